@@ -1,0 +1,65 @@
+//! `RunEvent` v1: what happened to a run, published to `quench.events.<playbook>.<kind>` after
+//! the change is committed, for SIEMs and other systems. Each event names the audit entry that
+//! records it, so a consumer can check it against `quench audit verify`.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RunEventSchema {
+    #[default]
+    #[serde(rename = "quench.run_event/v1")]
+    V1,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "quench run event v1")]
+pub struct RunEvent {
+    pub schema: RunEventSchema,
+    pub id: String,
+    pub kind: RunEventKind,
+    pub run_id: String,
+    pub playbook: String,
+    /// Content hash of the playbook version the run is pinned to.
+    pub playbook_version: String,
+    /// The run's key (the finding key, or the schedule's key for scheduled runs).
+    pub finding_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    pub at: DateTime<Utc>,
+    /// SHA-256 (hex) of the audit entry that records this event.
+    pub audit_hash: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunEventKind {
+    RunStarted,
+    StepStarted,
+    StepSucceeded,
+    StepFailed,
+    Waiting,
+    Decided,
+    RunCompleted,
+    RunFailed,
+    RunCancelled,
+}
+
+impl RunEventKind {
+    /// The word used as the last subject token (`quench.events.<playbook>.<kind>`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunEventKind::RunStarted => "run_started",
+            RunEventKind::StepStarted => "step_started",
+            RunEventKind::StepSucceeded => "step_succeeded",
+            RunEventKind::StepFailed => "step_failed",
+            RunEventKind::Waiting => "waiting",
+            RunEventKind::Decided => "decided",
+            RunEventKind::RunCompleted => "run_completed",
+            RunEventKind::RunFailed => "run_failed",
+            RunEventKind::RunCancelled => "run_cancelled",
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! NATS subject, stream and header names. Deploy files (NATS permissions) and other systems
+//! depend on these spellings; change them only with a new wire version.
+
+/// Findings: `quench.findings.<kind>`.
+pub const FINDINGS_PREFIX: &str = "quench.findings";
+pub const FINDINGS_ALL: &str = "quench.findings.>";
+/// Decisions: `quench.decisions.<run_id>`.
+pub const DECISIONS_PREFIX: &str = "quench.decisions";
+pub const DECISIONS_ALL: &str = "quench.decisions.>";
+/// Run events: `quench.events.<playbook>.<kind>`.
+pub const EVENTS_PREFIX: &str = "quench.events";
+pub const EVENTS_ALL: &str = "quench.events.>";
+/// Dead letters: `quench.dlq.findings`, `quench.dlq.decisions`.
+pub const DLQ_ALL: &str = "quench.dlq.>";
+pub const DLQ_FINDINGS: &str = "quench.dlq.findings";
+pub const DLQ_DECISIONS: &str = "quench.dlq.decisions";
+
+pub const STREAM_FINDINGS: &str = "QUENCH_FINDINGS";
+pub const STREAM_DECISIONS: &str = "QUENCH_DECISIONS";
+pub const STREAM_EVENTS: &str = "QUENCH_EVENTS";
+pub const STREAM_DLQ: &str = "QUENCH_DLQ";
+
+/// JetStream's de-duplication header; findings carry their `id` in it.
+pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
+/// Why a message was dead-lettered (a [`crate::ParseError::reason`] code plus detail).
+pub const HEADER_DLQ_REASON: &str = "Quench-Dlq-Reason";
+/// The subject the dead-lettered message originally arrived on.
+pub const HEADER_DLQ_SUBJECT: &str = "Quench-Dlq-Subject";
+
+pub fn finding(kind: &str) -> String {
+    format!("{FINDINGS_PREFIX}.{kind}")
+}
+
+pub fn decision(run_id: &str) -> String {
+    format!("{DECISIONS_PREFIX}.{run_id}")
+}
+
+pub fn event(playbook: &str, kind: crate::RunEventKind) -> String {
+    format!("{EVENTS_PREFIX}.{playbook}.{}", kind.as_str())
+}

@@ -1,0 +1,257 @@
+//! Input types of the built-in actions: the shape of each action's `with`. In a playbook every
+//! string may be a template; the compiler accepts a template wherever a value of another type is
+//! expected and leaves the final check to the moment the inputs are rendered.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlackMessage {
+    /// An email, a Slack user id (`U…`), a `#channel` or a `group:<name>`.
+    pub to: String,
+    /// mrkdwn text; values from findings are escaped.
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    /// Who may answer: emails, Slack user ids, `group:<name>` from the service config.
+    #[schemars(length(min = 1))]
+    pub approvers: Vec<String>,
+    /// How many distinct allowed answers decide the gate. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub quorum: Option<u32>,
+    /// The question shown with the buttons.
+    pub question: String,
+    /// One button per choice. Default `[approve, deny]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 5))]
+    pub choices: Option<Vec<String>>,
+    /// How long the gate stays open, e.g. `4h`.
+    pub timeout: String,
+    /// The choice taken when nobody answers in time; must be one of `choices`.
+    pub on_timeout: String,
+    /// Re-ping the approvers who have not answered this often.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remind_every: Option<String>,
+    /// Add approvers (and notify them) after a delay.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escalate: Vec<Escalation>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Escalation {
+    /// Delay after the gate opened, e.g. `2h`.
+    pub after: String,
+    #[schemars(length(min = 1))]
+    pub to: Vec<String>,
+}
+
+/// Exactly one of `for` and `until`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Wait {
+    /// A duration, e.g. `24h`.
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// An RFC 3339 time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeKey {
+    pub project_id: String,
+    pub key_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteAdminKey {
+    pub key_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteServiceAccount {
+    pub project_id: String,
+    pub service_account_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetProjectUserRole {
+    pub project_id: String,
+    pub user_id: String,
+    pub role: ProjectRole,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectRole {
+    Owner,
+    Member,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveProjectUser {
+    pub project_id: String,
+    pub user_id: String,
+}
+
+/// Lowers the limits given; at least one `max_*` is required.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitProjectRate {
+    pub project_id: String,
+    /// The model whose limit changes (rate limits are per project and model).
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_1_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens_per_1_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_images_per_1_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_audio_megabytes_per_1_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_1_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_1_day_max_input_tokens: Option<u64>,
+}
+
+impl LimitProjectRate {
+    pub const LIMITS: &'static [&'static str] = &[
+        "max_requests_per_1_minute",
+        "max_tokens_per_1_minute",
+        "max_images_per_1_minute",
+        "max_audio_megabytes_per_1_minute",
+        "max_requests_per_1_day",
+        "batch_1_day_max_input_tokens",
+    ];
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveProject {
+    pub project_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListKeys {
+    /// One project; every active project when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEvents {
+    /// RFC 3339 time or Unix seconds; events strictly after it.
+    pub since: String,
+    /// Audit event types, e.g. `api_key.created`.
+    #[schemars(length(min = 1))]
+    pub event_types: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_ids: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Usage {
+    /// RFC 3339 time or Unix seconds; the first bucket starts here.
+    pub since: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    #[schemars(length(min = 1))]
+    pub group_by: Vec<UsageGroup>,
+    /// Bucket width. Default `1d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<Bucket>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageGroup {
+    ApiKeyId,
+    ProjectId,
+    UserId,
+    Model,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Bucket {
+    #[serde(rename = "1m")]
+    Minute,
+    #[serde(rename = "1h")]
+    Hour,
+    #[serde(rename = "1d")]
+    Day,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRequest {
+    pub method: HttpMethod,
+    /// Only hosts in `http.allow_hosts` are reachable.
+    pub url: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<serde_json::Value>,
+    /// Statuses that count as success. Default: any 2xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<Vec<u16>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+/// A finding to publish; `id`, `schema` and `detected_at` are filled in by quench, and the
+/// `id` is derived from the run and step so a re-executed step publishes the same id.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishFinding {
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<quench_proto::Status>,
+    pub severity: quench_proto::Severity,
+    pub title: String,
+    pub resource: quench_proto::Resource,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<quench_proto::Owner>,
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub evidence: serde_json::Map<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Note {
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Fail {
+    pub message: String,
+}

@@ -1,0 +1,170 @@
+//! The action registry: every built-in action's name, input schema, whether it mutates the outside
+//! world, and whether what it does can be undone. The playbook compiler checks `with` against
+//! these schemas at load time; dry-run and the "irreversible without approval" warning read the
+//! flags. Implementations (the engine's `Action` trait, the connectors) register under the same
+//! names.
+
+mod inputs;
+
+use schemars::{JsonSchema, SchemaGenerator};
+
+pub use inputs::*;
+
+/// What the registry knows about one action before it ever runs.
+#[derive(Debug)]
+pub struct ActionSpec {
+    pub name: &'static str,
+    pub summary: &'static str,
+    /// Changes something outside quench; skipped (rendered and recorded) in dry-run.
+    pub mutates: bool,
+    /// Why it cannot be undone, when it cannot; `quench validate` warns when no approval precedes it.
+    pub irreversible: Option<&'static str>,
+    /// Fields of `steps.<id>.output` after the step.
+    pub outputs: &'static [&'static str],
+    input_schema: fn(&mut SchemaGenerator) -> schemars::Schema,
+}
+
+impl ActionSpec {
+    /// The JSON Schema of `with`, generated from the action's input type.
+    pub fn input_schema(&self, generator: &mut SchemaGenerator) -> schemars::Schema {
+        (self.input_schema)(generator)
+    }
+
+    pub fn is_approval(&self) -> bool {
+        self.name == APPROVAL
+    }
+}
+
+pub const APPROVAL: &str = "approval";
+
+const fn spec<T: JsonSchema>(
+    name: &'static str,
+    summary: &'static str,
+    mutates: bool,
+    irreversible: Option<&'static str>,
+    outputs: &'static [&'static str],
+) -> ActionSpec {
+    ActionSpec {
+        name,
+        summary,
+        mutates,
+        irreversible,
+        outputs,
+        input_schema: schema_of::<T>,
+    }
+}
+
+fn schema_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> schemars::Schema {
+    generator.subschema_for::<T>()
+}
+
+const DELETED: &[&str] = &["id", "deleted", "already_done"];
+
+/// Every built-in action, in the order PLAYBOOKS.md lists them.
+pub static REGISTRY: &[ActionSpec] = &[
+    spec::<SlackMessage>(
+        "slack.message",
+        "Send a Slack message to a person, a channel or a group",
+        false,
+        None,
+        &["channel", "ts", "delivered"],
+    ),
+    spec::<Approval>(
+        APPROVAL,
+        "Park the run until enough allowed approvers answer, or the gate times out",
+        false,
+        None,
+        &[],
+    ),
+    spec::<Wait>("wait", "Park the run for a duration or until a time", false, None, &[]),
+    spec::<RevokeKey>(
+        "openai.revoke_key",
+        "Delete a project API key",
+        true,
+        Some("a deleted API key cannot be restored"),
+        DELETED,
+    ),
+    spec::<DeleteAdminKey>(
+        "openai.delete_admin_key",
+        "Delete an organization admin API key",
+        true,
+        Some("a deleted admin key cannot be restored"),
+        DELETED,
+    ),
+    spec::<DeleteServiceAccount>(
+        "openai.delete_service_account",
+        "Delete a project service account and its keys",
+        true,
+        Some("a deleted service account and its keys cannot be restored"),
+        DELETED,
+    ),
+    spec::<SetProjectUserRole>(
+        "openai.set_project_user_role",
+        "Change a project member's role (narrow an owner to member)",
+        true,
+        None,
+        &["id", "role", "previous_role"],
+    ),
+    spec::<RemoveProjectUser>(
+        "openai.remove_project_user",
+        "Remove a user from a project",
+        true,
+        None,
+        DELETED,
+    ),
+    spec::<LimitProjectRate>(
+        "openai.limit_project_rate",
+        "Lower a project's rate limits for one model",
+        true,
+        None,
+        &["id", "model", "previous"],
+    ),
+    spec::<ArchiveProject>(
+        "openai.archive_project",
+        "Archive a project, disabling every key in it",
+        true,
+        Some("the OpenAI API has no way to unarchive a project"),
+        &["id", "status", "archived_at"],
+    ),
+    spec::<ListKeys>(
+        "openai.list_keys",
+        "List project API keys (every project when `project_id` is absent)",
+        false,
+        None,
+        &["items", "count"],
+    ),
+    spec::<AuditEvents>(
+        "openai.audit_events",
+        "Read the organization audit log since a time",
+        false,
+        None,
+        &["items", "count", "last_id", "last_effective_at"],
+    ),
+    spec::<Usage>("openai.usage", "Read request volume, grouped", false, None, &["buckets"]),
+    spec::<HttpRequest>(
+        "http.request",
+        "Call an allowlisted HTTP endpoint",
+        true,
+        None,
+        &["status", "json"],
+    ),
+    spec::<PublishFinding>(
+        "finding.publish",
+        "Publish a finding onto NATS (it may start other playbooks)",
+        false,
+        None,
+        &["id", "subject"],
+    ),
+    spec::<Note>("note", "Append a note to the run's audit trail", false, None, &[]),
+    spec::<Fail>("fail", "Fail the run with a message", false, None, &[]),
+];
+
+/// Looks an action up by the name a playbook `uses`.
+pub fn lookup(name: &str) -> Option<&'static ActionSpec> {
+    REGISTRY.iter().find(|spec| spec.name == name)
+}
+
+/// Every action name, for "did you mean" suggestions and documentation.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    REGISTRY.iter().map(|spec| spec.name)
+}

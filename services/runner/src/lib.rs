@@ -1,0 +1,6 @@
+//! quench's runner: the playbook language, the action registry and the `quench` command line.
+//! The binary (`main.rs`) only calls [`cli::main`]; tests drive this library directly.
+
+pub mod actions;
+pub mod cli;
+pub mod playbook;

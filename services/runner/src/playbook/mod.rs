@@ -1,0 +1,187 @@
+//! The playbook language: YAML files that say what to do about a finding (or on a timetable),
+//! compiled into checked [`Playbook`]s. `quench validate` and the service's loader both go
+//! through [`compile`], so what validates is what runs.
+//!
+//! Flow: `yaml` (parse, keep positions) → `structure` (generated schema from `model`) →
+//! `compile` (templates, references, actions, time) → [`Playbook`], or [`Diagnostic`]s rendered
+//! by `diagnostic`.
+
+mod compile;
+mod diagnostic;
+pub mod model;
+mod schedule;
+mod schema;
+mod structure;
+mod suggest;
+mod template;
+mod yaml;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use globset::GlobSet;
+
+pub use compile::{Compiled, compile, version_of};
+pub use diagnostic::{Code, Diagnostic, Located, Report, Severity};
+pub use model::{CatchUp, Conflict, Mode, OnResolved, Overlap};
+pub use schedule::{parse_cron, parse_duration, parse_timezone};
+pub use schema::{PLAYBOOK_SCHEMA_PATH, playbook_schema};
+pub use template::environment;
+
+use crate::actions::ActionSpec;
+
+/// A checked playbook, pinned to the exact source it was compiled from.
+#[derive(Debug, Clone)]
+pub struct Playbook {
+    pub name: String,
+    /// `sha256:<hex>` of the source; runs keep the version they started with.
+    pub version: String,
+    pub source: Arc<str>,
+    pub description: Option<String>,
+    pub owner: Option<String>,
+    /// `None` when the service's default mode applies.
+    pub mode: Option<Mode>,
+    pub trigger: Trigger,
+    /// Template for the run key (one open run per key).
+    pub key: String,
+    pub on_conflict: Conflict,
+    pub on_resolved: OnResolved,
+    pub timeout: Option<Duration>,
+    pub vars: model::Map,
+    pub steps: Vec<Step>,
+    pub on_failure: Vec<Step>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    Finding(FindingTrigger),
+    Schedule(Schedule),
+}
+
+#[derive(Debug, Clone)]
+pub struct FindingTrigger {
+    pub kinds: Vec<String>,
+    matcher: GlobSet,
+    /// Expression over `finding`.
+    pub condition: Option<String>,
+}
+
+impl FindingTrigger {
+    /// True when a finding of this kind is for this playbook (before `where`).
+    pub fn matches_kind(&self, kind: &str) -> bool {
+        self.matcher.is_match(kind)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// The line as written.
+    pub line: String,
+    pub cron: cron::Schedule,
+    pub timezone: chrono_tz::Tz,
+    pub overlap: Overlap,
+    pub catch_up: CatchUp,
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub id: String,
+    pub action: &'static ActionSpec,
+    /// Inputs; strings are templates, rendered when the step runs.
+    pub with: model::Map,
+    pub condition: Option<String>,
+    pub foreach: Option<String>,
+    pub retry: Option<RetryPolicy>,
+    /// Per attempt.
+    pub timeout: Option<Duration>,
+    pub continue_on_error: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// One playbook file and what compiling it said.
+#[derive(Debug)]
+pub struct Loaded {
+    pub path: PathBuf,
+    pub source: String,
+    pub compiled: Compiled,
+}
+
+impl Loaded {
+    pub fn report(&self) -> Report<'_> {
+        Report {
+            file: self.path.to_str().unwrap_or("<non-UTF-8 path>"),
+            source: &self.source,
+            diagnostics: &self.compiled.diagnostics,
+        }
+    }
+}
+
+/// Why playbook files could not be read at all (as opposed to read and found wanting).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not UTF-8 text")]
+    NotText { path: PathBuf },
+}
+
+/// Whether a path names a playbook file.
+pub fn is_playbook_file(path: &Path) -> bool {
+    matches!(path.extension().and_then(|extension| extension.to_str()), Some("yaml" | "yml"))
+}
+
+/// Expands files and directories (their `*.yaml`/`*.yml` files, not recursively, in name order)
+/// and compiles each. Names used by two files are reported on the second.
+pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Loaded>, Error> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let entries = std::fs::read_dir(path).map_err(|source| Error::Read { path: path.clone(), source })?;
+            let mut found: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .filter(|path| path.is_file() && is_playbook_file(path))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    let mut loaded: Vec<Loaded> = Vec::with_capacity(files.len());
+    for path in files {
+        let bytes = std::fs::read(&path).map_err(|source| Error::Read { path: path.clone(), source })?;
+        let source = String::from_utf8(bytes).map_err(|_| Error::NotText { path: path.clone() })?;
+        let mut compiled = compile(&source);
+        if let Some(playbook) = &compiled.playbook
+            && let Some(first) = loaded
+                .iter()
+                .find(|other| other.compiled.playbook.as_ref().is_some_and(|other| other.name == playbook.name))
+        {
+            let span = name_span(&source);
+            compiled.diagnostics.push(
+                Diagnostic::error(Code::DuplicatePlaybook, span, format!("playbook name `{}` is already used", playbook.name))
+                    .with_help(format!("{} has the same name; names must be unique", first.path.display())),
+            );
+            compiled.playbook = None;
+        }
+        loaded.push(Loaded { path, source, compiled });
+    }
+    Ok(loaded)
+}
+
+fn name_span(source: &str) -> std::ops::Range<usize> {
+    let Ok(document) = yaml::Document::parse(source) else { return 0..0 };
+    document.value_span("/name")
+}

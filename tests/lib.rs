@@ -1,0 +1,1 @@
+//! quench integration tests crate (the tests live in integration/)
