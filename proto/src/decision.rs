@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{InvalidField, ParseError, check_len, check_schema_tag, check_token, from_value};
+use crate::error::{
+    InvalidField, ParseError, check_len, check_schema_tag, check_token, from_value,
+};
 use crate::redact::redact_value;
 
 /// Decisions are small; anything larger is not a decision.
@@ -66,7 +68,10 @@ impl Decision {
     /// Parses a decision as it arrives from NATS; see [`crate::Finding::parse`] for the order.
     pub fn parse(bytes: &[u8]) -> Result<Decision, ParseError> {
         if bytes.len() > MAX_DECISION_BYTES {
-            return Err(ParseError::TooLarge { size: bytes.len(), limit: MAX_DECISION_BYTES });
+            return Err(ParseError::TooLarge {
+                size: bytes.len(),
+                limit: MAX_DECISION_BYTES,
+            });
         }
         let mut value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|error| ParseError::Json(error.to_string()))?;

@@ -12,7 +12,10 @@ pub enum ParseError {
     #[error("message is not valid JSON: {0}")]
     Json(String),
     #[error("unknown schema `{found}`, expected `{expected}`")]
-    UnknownSchema { found: String, expected: &'static str },
+    UnknownSchema {
+        found: String,
+        expected: &'static str,
+    },
     #[error(transparent)]
     Invalid(#[from] InvalidField),
 }
@@ -38,7 +41,10 @@ pub struct InvalidField {
 
 impl InvalidField {
     pub(crate) fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        InvalidField { field: field.into(), problem: problem.into() }
+        InvalidField {
+            field: field.into(),
+            problem: problem.into(),
+        }
     }
 }
 
@@ -58,9 +64,10 @@ pub(crate) fn check_schema_tag(
         None if value.is_object() => Err(InvalidField::new("schema", "missing field").into()),
         None => Err(InvalidField::new("", "expected a JSON object").into()),
         Some(serde_json::Value::String(found)) if found == expected => Ok(()),
-        Some(serde_json::Value::String(found)) => {
-            Err(ParseError::UnknownSchema { found: found.chars().take(64).collect(), expected })
-        }
+        Some(serde_json::Value::String(found)) => Err(ParseError::UnknownSchema {
+            found: found.chars().take(64).collect(),
+            expected,
+        }),
         Some(_) => Err(InvalidField::new("schema", "expected a string").into()),
     }
 }
@@ -75,7 +82,13 @@ pub(crate) fn from_value<T: serde::de::DeserializeOwned>(
         // serde reports a missing field at its parent; name the field itself.
         let field = quoted_field(&message)
             .filter(|_| message.starts_with("missing field"))
-            .map(|name| if path == "." { name.to_owned() } else { format!("{path}.{name}") })
+            .map(|name| {
+                if path == "." {
+                    name.to_owned()
+                } else {
+                    format!("{path}.{name}")
+                }
+            })
             .unwrap_or(path);
         InvalidField::new(field, message)
     })
@@ -88,15 +101,33 @@ fn quoted_field(message: &str) -> Option<&str> {
 }
 
 /// Length check shared by every message: `field` must hold between `min` and `max` characters.
-pub(crate) fn check_len(field: &str, value: &str, min: usize, max: usize) -> Result<(), InvalidField> {
+pub(crate) fn check_len(
+    field: &str,
+    value: &str,
+    min: usize,
+    max: usize,
+) -> Result<(), InvalidField> {
     let len = value.chars().count();
     if len < min {
-        return Err(InvalidField::new(field, if min == 1 { "must not be empty".to_owned() } else { format!("must be at least {min} characters") }));
+        return Err(InvalidField::new(
+            field,
+            if min == 1 {
+                "must not be empty".to_owned()
+            } else {
+                format!("must be at least {min} characters")
+            },
+        ));
     }
     if len > max {
-        return Err(InvalidField::new(field, format!("is {len} characters, longer than the limit of {max}")));
+        return Err(InvalidField::new(
+            field,
+            format!("is {len} characters, longer than the limit of {max}"),
+        ));
     }
-    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
         return Err(InvalidField::new(field, "contains control characters"));
     }
     Ok(())
@@ -105,8 +136,14 @@ pub(crate) fn check_len(field: &str, value: &str, min: usize, max: usize) -> Res
 /// An identifier that appears in NATS subjects or as a store key: no whitespace, no wildcards.
 pub(crate) fn check_token(field: &str, value: &str, max: usize) -> Result<(), InvalidField> {
     check_len(field, value, 1, max)?;
-    if value.chars().any(|c| c.is_whitespace() || c == '*' || c == '>') {
-        return Err(InvalidField::new(field, "must not contain whitespace, `*` or `>`"));
+    if value
+        .chars()
+        .any(|c| c.is_whitespace() || c == '*' || c == '>')
+    {
+        return Err(InvalidField::new(
+            field,
+            "must not contain whitespace, `*` or `>`",
+        ));
     }
     Ok(())
 }

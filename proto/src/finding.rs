@@ -10,7 +10,9 @@ use regex::Regex;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{InvalidField, ParseError, check_len, check_schema_tag, check_token, from_value};
+use crate::error::{
+    InvalidField, ParseError, check_len, check_schema_tag, check_token, from_value,
+};
 use crate::redact::redact_value;
 
 /// Findings larger than this are refused unless the operator configures another limit.
@@ -85,7 +87,9 @@ pub enum Status {
     Resolved,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Info,
@@ -164,7 +168,10 @@ impl Finding {
     /// neither the result nor an error message can carry a live secret.
     pub fn parse(bytes: &[u8], max_bytes: usize) -> Result<Finding, ParseError> {
         if bytes.len() > max_bytes {
-            return Err(ParseError::TooLarge { size: bytes.len(), limit: max_bytes });
+            return Err(ParseError::TooLarge {
+                size: bytes.len(),
+                limit: max_bytes,
+            });
         }
         let mut value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|error| ParseError::Json(error.to_string()))?;
@@ -214,11 +221,19 @@ impl Finding {
         optional(&resource.name, "resource.name", 256)?;
         optional(&resource.org_id, "resource.org_id", 128)?;
         optional(&resource.project_id, "resource.project_id", 128)?;
-        optional(&resource.service_account_id, "resource.service_account_id", 128)?;
+        optional(
+            &resource.service_account_id,
+            "resource.service_account_id",
+            128,
+        )?;
         optional(&resource.redacted_value, "resource.redacted_value", 64)?;
         if let Some(owner) = &self.owner {
             optional(&owner.email, "owner.email", 254)?;
-            if owner.email.as_deref().is_some_and(|email| !email.contains('@')) {
+            if owner
+                .email
+                .as_deref()
+                .is_some_and(|email| !email.contains('@'))
+            {
                 return Err(InvalidField::new("owner.email", "must be an email address"));
             }
             if let Some(id) = &owner.slack_user_id
@@ -232,14 +247,20 @@ impl Finding {
             optional(&owner.team, "owner.team", 128)?;
             optional(&owner.name, "owner.name", 128)?;
         }
-        let evidence = serde_json::to_vec(&self.evidence).map(|bytes| bytes.len()).unwrap_or(0);
+        let evidence = serde_json::to_vec(&self.evidence)
+            .map(|bytes| bytes.len())
+            .unwrap_or(0);
         if evidence > MAX_EVIDENCE_BYTES {
             return Err(InvalidField::new(
                 "evidence",
                 format!("is {evidence} bytes, larger than the limit of {MAX_EVIDENCE_BYTES}"),
             ));
         }
-        if self.evidence.values().any(|value| depth(value) > MAX_EVIDENCE_DEPTH) {
+        if self
+            .evidence
+            .values()
+            .any(|value| depth(value) > MAX_EVIDENCE_DEPTH)
+        {
             return Err(InvalidField::new(
                 "evidence",
                 format!("nests deeper than {MAX_EVIDENCE_DEPTH} levels"),
@@ -248,7 +269,10 @@ impl Finding {
         if self.labels.len() > MAX_LABELS {
             return Err(InvalidField::new(
                 "labels",
-                format!("has {} entries, more than the limit of {MAX_LABELS}", self.labels.len()),
+                format!(
+                    "has {} entries, more than the limit of {MAX_LABELS}",
+                    self.labels.len()
+                ),
             ));
         }
         for (key, value) in &self.labels {

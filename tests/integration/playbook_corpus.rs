@@ -7,7 +7,11 @@ use std::collections::BTreeSet;
 use quench_runner::playbook::{Code, Report, Severity, compile};
 
 fn expectations(source: &str) -> Vec<String> {
-    source.lines().filter_map(|line| line.strip_prefix("# expect: ")).map(|line| line.trim().to_owned()).collect()
+    source
+        .lines()
+        .filter_map(|line| line.strip_prefix("# expect: "))
+        .map(|line| line.trim().to_owned())
+        .collect()
 }
 
 fn describe(report: &Report<'_>) -> Vec<String> {
@@ -26,19 +30,39 @@ fn describe(report: &Report<'_>) -> Vec<String> {
 
 #[test]
 fn each_broken_playbook_is_refused_at_the_right_place() {
-    insta::glob!("../playbooks/invalid/*.yaml", |path| {
-        let source = std::fs::read_to_string(path).expect("corpus files are readable");
-        let compiled = compile(&source);
-        let file = format!("invalid/{}", path.file_name().and_then(|name| name.to_str()).expect("UTF-8 name"));
-        let report = Report { file: &file, source: &source, diagnostics: &compiled.diagnostics };
-        let expected = expectations(&source);
-        assert!(!expected.is_empty(), "{file} has no `# expect:` line");
-        assert_eq!(describe(&report), expected, "{file}: diagnostics differ from its `# expect:` lines");
-        if expected.iter().any(|line| line.starts_with("error")) {
-            assert!(compiled.playbook.is_none(), "{file}: a playbook with errors must not compile");
+    insta::glob!(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/playbooks"),
+        "invalid/*.yaml",
+        |path| {
+            let source = std::fs::read_to_string(path).expect("corpus files are readable");
+            let compiled = compile(&source);
+            let file = format!(
+                "invalid/{}",
+                path.file_name()
+                    .and_then(|name| name.to_str())
+                    .expect("UTF-8 name")
+            );
+            let report = Report {
+                file: &file,
+                source: &source,
+                diagnostics: &compiled.diagnostics,
+            };
+            let expected = expectations(&source);
+            assert!(!expected.is_empty(), "{file} has no `# expect:` line");
+            assert_eq!(
+                describe(&report),
+                expected,
+                "{file}: diagnostics differ from its `# expect:` lines"
+            );
+            if expected.iter().any(|line| line.starts_with("error")) {
+                assert!(
+                    compiled.playbook.is_none(),
+                    "{file}: a playbook with errors must not compile"
+                );
+            }
+            insta::assert_snapshot!(report.render(false));
         }
-        insta::assert_snapshot!(report.render(false));
-    });
+    );
 }
 
 #[test]
@@ -58,5 +82,8 @@ fn every_rule_has_a_broken_example() {
         .map(|code| code.as_str())
         .filter(|code| *code != Code::DuplicatePlaybook.as_str() && !covered.contains(*code))
         .collect();
-    assert!(missing.is_empty(), "rules without a broken example in tests/playbooks/invalid: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "rules without a broken example in tests/playbooks/invalid: {missing:?}"
+    );
 }

@@ -1,7 +1,9 @@
 //! Wire contracts: findings, decisions and run events round-trip, bad input is refused with the
 //! failing field named, secrets are redacted on entry, and the checked-in schemas are current.
 
-use quench_proto::{Decision, DEFAULT_MAX_FINDING_BYTES, Finding, ParseError, RunEvent, redact_str};
+use quench_proto::{
+    DEFAULT_MAX_FINDING_BYTES, Decision, Finding, ParseError, RunEvent, redact_str,
+};
 use serde_json::json;
 
 use crate::support;
@@ -27,46 +29,165 @@ fn finding() -> serde_json::Value {
 }
 
 fn parse(value: &serde_json::Value) -> Result<Finding, ParseError> {
-    Finding::parse(&serde_json::to_vec(value).expect("serializes"), DEFAULT_MAX_FINDING_BYTES)
+    Finding::parse(
+        &serde_json::to_vec(value).expect("serializes"),
+        DEFAULT_MAX_FINDING_BYTES,
+    )
 }
 
 #[test]
 fn finding_round_trips_and_gets_a_default_key() {
     let parsed = parse(&finding()).expect("a valid finding parses");
     assert_eq!(parsed.key, "openai.api_key.leaked:key_abc");
-    let again = Finding::parse(&serde_json::to_vec(&parsed).expect("serializes"), DEFAULT_MAX_FINDING_BYTES)
-        .expect("what quench writes, quench reads");
+    let again = Finding::parse(
+        &serde_json::to_vec(&parsed).expect("serializes"),
+        DEFAULT_MAX_FINDING_BYTES,
+    )
+    .expect("what quench writes, quench reads");
     assert_eq!(parsed, again);
+}
+
+/// Sets (or, with `None`, removes) the value at a JSON pointer; `""` replaces the whole value.
+fn change(value: &mut serde_json::Value, pointer: &str, to: Option<serde_json::Value>) {
+    let (parent, field) = pointer.rsplit_once('/').unwrap_or(("", ""));
+    match (to, pointer) {
+        (Some(to), "") => *value = to,
+        (Some(to), _) => {
+            let parent = value.pointer_mut(parent).expect("parent exists");
+            parent[field] = to;
+        }
+        (None, _) => {
+            let parent = value
+                .pointer_mut(parent)
+                .and_then(|p| p.as_object_mut())
+                .expect("parent is an object");
+            parent.remove(field);
+        }
+    }
 }
 
 /// Each case: a change to the valid finding, and the reason and message it must be refused with.
 #[test]
 fn bad_findings_name_the_failing_field() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, &str, &str)> = vec![
-        ("missing kind", Box::new(|f| { f.as_object_mut().map(|o| o.remove("kind")); }), "invalid_field", "field `kind`: missing field `kind`"),
-        ("missing nested", Box::new(|f| { f["resource"].as_object_mut().map(|o| o.remove("id")); }), "invalid_field", "field `resource.id`: missing field `id`"),
-        ("bad enum", Box::new(|f| f["severity"] = json!("urgent")), "invalid_field", "field `severity`: unknown variant `urgent`, expected one of `info`, `low`, `medium`, `high`, `critical`"),
-        ("bad resource type", Box::new(|f| f["resource"]["type"] = json!("token")), "invalid_field", "field `resource.type`: unknown variant `token`, expected one of `api_key`, `admin_key`, `service_account`, `project`, `user`, `integration`, `secret`"),
-        ("unknown field", Box::new(|f| f["severty"] = json!("high")), "invalid_field", "field `severty`: unknown field `severty`, expected one of `schema`, `id`, `key`, `kind`, `status`, `severity`, `title`, `detected_at`, `source`, `resource`, `owner`, `evidence`, `labels`"),
-        ("bad time", Box::new(|f| f["detected_at"] = json!("yesterday")), "invalid_field", "field `detected_at`: input contains invalid characters"),
-        ("empty id", Box::new(|f| f["id"] = json!("")), "invalid_field", "field `id`: must not be empty"),
-        ("id with space", Box::new(|f| f["id"] = json!("a b")), "invalid_field", "field `id`: must not contain whitespace, `*` or `>`"),
-        ("bad kind", Box::new(|f| f["kind"] = json!("OpenAI Leak")), "invalid_field", "field `kind`: must be 2 to 8 dot-separated lowercase words, e.g. `openai.api_key.leaked`"),
-        ("long title", Box::new(|f| f["title"] = json!("x".repeat(301))), "invalid_field", "field `title`: is 301 characters, longer than the limit of 300"),
-        ("bad url", Box::new(|f| f["source"]["url"] = json!("javascript:alert(1)")), "invalid_field", "field `source.url`: must be an http(s) URL"),
-        ("bad slack id", Box::new(|f| f["owner"]["slack_user_id"] = json!("alice")), "invalid_field", "field `owner.slack_user_id`: must be a Slack user id such as `U0123ABCD`"),
-        ("bad label", Box::new(|f| f["labels"]["bad key"] = json!("x")), "invalid_field", "field `labels.bad key`: label names are 1 to 64 of `A-Z a-z 0-9 _ . / -`"),
-        ("deep evidence", Box::new(|f| f["evidence"]["deep"] = json!([[[[[[[[[1]]]]]]]]])), "invalid_field", "field `evidence`: nests deeper than 8 levels"),
-        ("big evidence", Box::new(|f| f["evidence"]["blob"] = json!("y".repeat(17_000))), "invalid_field", "field `evidence`: is 17039 bytes, larger than the limit of 16384"),
-        ("other version", Box::new(|f| f["schema"] = json!("quench.finding/v2")), "unknown_schema", "unknown schema `quench.finding/v2`, expected `quench.finding/v1`"),
-        ("no schema", Box::new(|f| { f.as_object_mut().map(|o| o.remove("schema")); }), "invalid_field", "field `schema`: missing field"),
-        ("not an object", Box::new(|f| *f = json!([1, 2])), "invalid_field", "field ``: expected a JSON object"),
+    let cases = [
+        (
+            "/kind",
+            None,
+            "invalid_field",
+            "field `kind`: missing field `kind`",
+        ),
+        (
+            "/resource/id",
+            None,
+            "invalid_field",
+            "field `resource.id`: missing field `id`",
+        ),
+        (
+            "/severity",
+            Some(json!("urgent")),
+            "invalid_field",
+            "field `severity`: unknown variant `urgent`, expected one of `info`, `low`, `medium`, `high`, `critical`",
+        ),
+        (
+            "/resource/type",
+            Some(json!("token")),
+            "invalid_field",
+            "field `resource.type`: unknown variant `token`, expected one of `api_key`, `admin_key`, `service_account`, `project`, `user`, `integration`, `secret`",
+        ),
+        (
+            "/severty",
+            Some(json!("high")),
+            "invalid_field",
+            "field `severty`: unknown field `severty`, expected one of `schema`, `id`, `key`, `kind`, `status`, `severity`, `title`, `detected_at`, `source`, `resource`, `owner`, `evidence`, `labels`",
+        ),
+        (
+            "/detected_at",
+            Some(json!("yesterday")),
+            "invalid_field",
+            "field `detected_at`: input contains invalid characters",
+        ),
+        (
+            "/id",
+            Some(json!("")),
+            "invalid_field",
+            "field `id`: must not be empty",
+        ),
+        (
+            "/id",
+            Some(json!("a b")),
+            "invalid_field",
+            "field `id`: must not contain whitespace, `*` or `>`",
+        ),
+        (
+            "/kind",
+            Some(json!("OpenAI Leak")),
+            "invalid_field",
+            "field `kind`: must be 2 to 8 dot-separated lowercase words, e.g. `openai.api_key.leaked`",
+        ),
+        (
+            "/title",
+            Some(json!("x".repeat(301))),
+            "invalid_field",
+            "field `title`: is 301 characters, longer than the limit of 300",
+        ),
+        (
+            "/source/url",
+            Some(json!("javascript:alert(1)")),
+            "invalid_field",
+            "field `source.url`: must be an http(s) URL",
+        ),
+        (
+            "/owner/slack_user_id",
+            Some(json!("alice")),
+            "invalid_field",
+            "field `owner.slack_user_id`: must be a Slack user id such as `U0123ABCD`",
+        ),
+        (
+            "/labels/bad key",
+            Some(json!("x")),
+            "invalid_field",
+            "field `labels.bad key`: label names are 1 to 64 of `A-Z a-z 0-9 _ . / -`",
+        ),
+        (
+            "/evidence/deep",
+            Some(json!([[[[[[[[[1]]]]]]]]])),
+            "invalid_field",
+            "field `evidence`: nests deeper than 8 levels",
+        ),
+        (
+            "/evidence/blob",
+            Some(json!("y".repeat(17_000))),
+            "invalid_field",
+            "field `evidence`: is 17039 bytes, larger than the limit of 16384",
+        ),
+        (
+            "/schema",
+            Some(json!("quench.finding/v2")),
+            "unknown_schema",
+            "unknown schema `quench.finding/v2`, expected `quench.finding/v1`",
+        ),
+        (
+            "/schema",
+            None,
+            "invalid_field",
+            "field `schema`: missing field",
+        ),
+        (
+            "",
+            Some(json!([1, 2])),
+            "invalid_field",
+            "field ``: expected a JSON object",
+        ),
     ];
-    for (name, change, reason, message) in cases {
+    for (pointer, to, reason, message) in cases {
         let mut value = finding();
-        change(&mut value);
-        let error = parse(&value).expect_err(name);
-        assert_eq!((error.reason(), error.to_string().as_str()), (reason, message), "case `{name}`");
+        change(&mut value, pointer, to);
+        let error = parse(&value).expect_err(message);
+        assert_eq!(
+            (error.reason(), error.to_string().as_str()),
+            (reason, message),
+            "change at `{pointer}`"
+        );
     }
 }
 
@@ -75,23 +196,47 @@ fn oversized_and_malformed_bytes_are_refused() {
     let big = vec![b' '; DEFAULT_MAX_FINDING_BYTES + 1];
     let error = Finding::parse(&big, DEFAULT_MAX_FINDING_BYTES).expect_err("too large");
     assert_eq!(error.reason(), "too_large");
-    assert_eq!(error.to_string(), "message is 65537 bytes, larger than the limit of 65536 bytes");
+    assert_eq!(
+        error.to_string(),
+        "message is 65537 bytes, larger than the limit of 65536 bytes"
+    );
     let error = Finding::parse(b"{\"schema\": ", DEFAULT_MAX_FINDING_BYTES).expect_err("not JSON");
     assert_eq!(error.reason(), "invalid_json");
-    assert_eq!(error.to_string(), "message is not valid JSON: EOF while parsing a value at line 1 column 11");
+    assert_eq!(
+        error.to_string(),
+        "message is not valid JSON: EOF while parsing a value at line 1 column 11"
+    );
 }
 
 #[test]
 fn redaction_cases() {
     for (input, expected) in [
-        (format!("key={PROJECT_KEY}"), "key=sk-proj-[REDACTED]...Wxyz".to_owned()),
-        (format!("\"{ADMIN_KEY}\","), "\"sk-admin-[REDACTED]...9f3e\",".to_owned()),
-        (format!("OPENAI_API_KEY={LEGACY_KEY}\n"), "OPENAI_API_KEY=sk-[REDACTED]...6789\n".to_owned()),
-        (format!("{LEGACY_KEY} and {PROJECT_KEY}"), "sk-[REDACTED]...6789 and sk-proj-[REDACTED]...Wxyz".to_owned()),
+        (
+            format!("key={PROJECT_KEY}"),
+            "key=sk-proj-[REDACTED]...Wxyz".to_owned(),
+        ),
+        (
+            format!("\"{ADMIN_KEY}\","),
+            "\"sk-admin-[REDACTED]...9f3e\",".to_owned(),
+        ),
+        (
+            format!("OPENAI_API_KEY={LEGACY_KEY}\n"),
+            "OPENAI_API_KEY=sk-[REDACTED]...6789\n".to_owned(),
+        ),
+        (
+            format!("{LEGACY_KEY} and {PROJECT_KEY}"),
+            "sk-[REDACTED]...6789 and sk-proj-[REDACTED]...Wxyz".to_owned(),
+        ),
         // Provider-redacted forms, ids and ordinary words stay as they are.
         ("sk-proj-...wxyz".to_owned(), "sk-proj-...wxyz".to_owned()),
-        ("key_abc in proj_1".to_owned(), "key_abc in proj_1".to_owned()),
-        ("ask-proj-team about it".to_owned(), "ask-proj-team about it".to_owned()),
+        (
+            "key_abc in proj_1".to_owned(),
+            "key_abc in proj_1".to_owned(),
+        ),
+        (
+            "ask-proj-team about it".to_owned(),
+            "ask-proj-team about it".to_owned(),
+        ),
         ("sk-svcacct-short".to_owned(), "sk-svcacct-short".to_owned()),
     ] {
         assert_eq!(redact_str(&input), expected, "input {input}");
@@ -102,7 +247,8 @@ fn redaction_cases() {
 fn secrets_in_a_finding_never_reach_the_parsed_value_or_an_error() {
     let mut value = finding();
     value["title"] = json!(format!("leaked {PROJECT_KEY}"));
-    value["evidence"] = json!({"snippet": format!("OPENAI_API_KEY={ADMIN_KEY}"), PROJECT_KEY: [LEGACY_KEY]});
+    value["evidence"] =
+        json!({"snippet": format!("OPENAI_API_KEY={ADMIN_KEY}"), PROJECT_KEY: [LEGACY_KEY]});
     value["labels"] = json!({"raw": LEGACY_KEY});
     let parsed = parse(&value).expect("parses");
     let stored = serde_json::to_string(&parsed).expect("serializes");
@@ -123,12 +269,17 @@ fn decisions_and_run_events_round_trip() {
         "token": "tok-9f8e", "choice": "revoke", "actor": {"via": "slack", "id": "T1/U111", "name": "alice"},
         "decided_at": "2026-11-20T10:05:00Z"
     });
-    let parsed = Decision::parse(&serde_json::to_vec(&decision).expect("serializes")).expect("valid decision");
+    let parsed = Decision::parse(&serde_json::to_vec(&decision).expect("serializes"))
+        .expect("valid decision");
     assert_eq!(serde_json::to_value(&parsed).expect("serializes"), decision);
     let mut bad = decision.clone();
     bad["actor"]["via"] = json!("email");
-    let error = Decision::parse(&serde_json::to_vec(&bad).expect("serializes")).expect_err("bad via");
-    assert_eq!(error.to_string(), "field `actor.via`: unknown variant `email`, expected one of `slack`, `api`, `cli`, `console`");
+    let error =
+        Decision::parse(&serde_json::to_vec(&bad).expect("serializes")).expect_err("bad via");
+    assert_eq!(
+        error.to_string(),
+        "field `actor.via`: unknown variant `email`, expected one of `slack`, `api`, `cli`, `console`"
+    );
 
     let event = json!({
         "schema": "quench.run_event/v1", "id": "e-1", "kind": "waiting", "run_id": "run-1",
@@ -137,7 +288,10 @@ fn decisions_and_run_events_round_trip() {
     });
     let parsed: RunEvent = serde_json::from_value(event.clone()).expect("valid event");
     assert_eq!(serde_json::to_value(&parsed).expect("serializes"), event);
-    assert_eq!(quench_proto::subject::event(&parsed.playbook, parsed.kind), "quench.events.revoke-leaked-openai-key.waiting");
+    assert_eq!(
+        quench_proto::subject::event(&parsed.playbook, parsed.kind),
+        "quench.events.revoke-leaked-openai-key.waiting"
+    );
 }
 
 #[test]

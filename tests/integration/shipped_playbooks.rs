@@ -12,12 +12,22 @@ fn shipped_playbooks_validate_with_warnings_denied() {
         .env("NO_COLOR", "1")
         .output()
         .expect("quench runs");
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stdout));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
     let loaded = quench_runner::playbook::load_paths(&[workflows]).expect("readable");
-    assert!(loaded.len() >= 7, "expected the seven scenario playbooks, found {}", loaded.len());
+    assert!(
+        loaded.len() >= 7,
+        "expected the seven scenario playbooks, found {}",
+        loaded.len()
+    );
     for file in &loaded {
         assert!(
-            file.source.starts_with("# yaml-language-server: $schema=playbook.schema.json\n"),
+            file.source
+                .starts_with("# yaml-language-server: $schema=playbook.schema.json\n"),
             "{} must start with the schema modeline so editors check it",
             file.path.display()
         );

@@ -6,7 +6,10 @@ use std::path::Path;
 fn rust_files(directory: &Path, out: &mut Vec<std::path::PathBuf>) {
     for entry in std::fs::read_dir(directory).expect("readable directory") {
         let path = entry.expect("entry").path();
-        let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or_default();
         if path.is_dir() {
             if !name.starts_with('.') && name != "target" {
                 rust_files(&path, out);
@@ -28,7 +31,11 @@ fn every_rust_file_starts_with_a_module_doc_and_no_test_is_disabled() {
     let mut problems = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).expect("readable");
-        let relative = file.strip_prefix(&root).unwrap_or(&file).display().to_string();
+        let relative = file
+            .strip_prefix(&root)
+            .unwrap_or(&file)
+            .display()
+            .to_string();
         if !text.starts_with("//!") {
             problems.push(format!("{relative}: does not start with a `//!` line"));
         }

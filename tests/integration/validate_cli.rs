@@ -50,46 +50,86 @@ fn exit_codes_and_human_output() {
     let directory = tempfile::tempdir().expect("temp dir");
     let valid = write(directory.path(), "valid.yaml", VALID);
     let warns = write(directory.path(), "warns.yaml", WARNS);
-    let broken = write(directory.path(), "broken.yaml", &VALID.replace("uses: note", "uses: notes"));
+    let broken = write(
+        directory.path(),
+        "broken.yaml",
+        &VALID.replace("uses: note", "uses: notes"),
+    );
 
     let output = validate(&[&valid]);
     assert_eq!(output.status.code(), Some(0), "{output:?}");
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "validate ok: 1 playbook(s), 0 error(s), 0 warning(s)\n");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "validate ok: 1 playbook(s), 0 error(s), 0 warning(s)\n"
+    );
 
     let output = validate(&[&warns]);
-    assert_eq!(output.status.code(), Some(0), "a warning alone passes: {output:?}");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "a warning alone passes: {output:?}"
+    );
     let output = validate(&["--deny-warnings", &warns]);
-    assert_eq!(output.status.code(), Some(1), "--deny-warnings fails on a warning: {output:?}");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "--deny-warnings fails on a warning: {output:?}"
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("warning[irreversible-without-approval]"), "{stdout}");
+    assert!(
+        stdout.contains("warning[irreversible-without-approval]"),
+        "{stdout}"
+    );
     assert!(stdout.contains("warns.yaml:8:11"), "{stdout}");
     assert!(stdout.contains("(warnings denied)"), "{stdout}");
 
     let output = validate(&[&broken]);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("error[unknown-action]: unknown action `notes`"), "{stdout}");
+    assert!(
+        stdout.contains("error[unknown-action]: unknown action `notes`"),
+        "{stdout}"
+    );
     assert!(stdout.contains("broken.yaml:8:11"), "{stdout}");
     assert!(stdout.contains("8 |     uses: notes"), "{stdout}");
     assert!(stdout.contains("help: did you mean `note`?"), "{stdout}");
 
     let missing = directory.path().join("nope.yaml").display().to_string();
     let output = validate(&[&missing]);
-    assert_eq!(output.status.code(), Some(2), "a missing file is an I/O error: {output:?}");
-    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read"), "{output:?}");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a missing file is an I/O error: {output:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("cannot read"),
+        "{output:?}"
+    );
 
     let output = validate(&["--format", "yaml", &valid]);
-    assert_eq!(output.status.code(), Some(2), "a bad flag is a usage error: {output:?}");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a bad flag is a usage error: {output:?}"
+    );
     let empty = tempfile::tempdir().expect("temp dir");
     let output = validate(&[&empty.path().display().to_string()]);
-    assert_eq!(output.status.code(), Some(2), "a directory without playbooks is a usage error: {output:?}");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a directory without playbooks is a usage error: {output:?}"
+    );
 }
 
 #[test]
 fn json_output_for_ci() {
     let directory = tempfile::tempdir().expect("temp dir");
     write(directory.path(), "a.yaml", VALID);
-    write(directory.path(), "b.yaml", &VALID.replace("{{ finding.key }}", "{{ finding.kee }}"));
+    write(
+        directory.path(),
+        "b.yaml",
+        &VALID.replace("{{ finding.key }}", "{{ finding.kee }}"),
+    );
     let output = validate(&["--format", "json", &directory.path().display().to_string()]);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
@@ -97,13 +137,24 @@ fn json_output_for_ci() {
     assert_eq!(report["errors"], 1);
     assert_eq!(report["files"].as_array().map(Vec::len), Some(2));
     assert_eq!(report["files"][0]["playbook"], "note-leaks");
-    assert!(report["files"][0]["version"].as_str().is_some_and(|v| v.starts_with("sha256:")));
+    assert!(
+        report["files"][0]["version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("sha256:"))
+    );
     let diagnostic = &report["diagnostics"][0];
     assert_eq!(diagnostic["code"], "unknown-finding-field");
     assert_eq!(diagnostic["severity"], "error");
-    assert_eq!((diagnostic["line"].as_u64(), diagnostic["column"].as_u64()), (Some(10), Some(25)));
+    assert_eq!(
+        (diagnostic["line"].as_u64(), diagnostic["column"].as_u64()),
+        (Some(10), Some(25))
+    );
     assert_eq!(diagnostic["help"], "did you mean `key`?");
-    assert!(diagnostic["file"].as_str().is_some_and(|file| file.ends_with("b.yaml")));
+    assert!(
+        diagnostic["file"]
+            .as_str()
+            .is_some_and(|file| file.ends_with("b.yaml"))
+    );
 }
 
 #[test]
@@ -114,6 +165,9 @@ fn two_files_with_one_name_are_refused() {
     let output = validate(&[&directory.path().display().to_string()]);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("error[duplicate-playbook]: playbook name `note-leaks` is already used"), "{stdout}");
+    assert!(
+        stdout.contains("error[duplicate-playbook]: playbook name `note-leaks` is already used"),
+        "{stdout}"
+    );
     assert!(stdout.contains("b.yaml:2:7"), "{stdout}");
 }

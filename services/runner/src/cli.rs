@@ -13,7 +13,11 @@ use serde::Serialize;
 use crate::playbook::{self, Located, Severity};
 
 #[derive(Debug, Parser)]
-#[command(name = "quench", version, about = "Remediation engine for AI-platform credentials")]
+#[command(
+    name = "quench",
+    version,
+    about = "Remediation engine for AI-platform credentials"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -53,11 +57,20 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => {
             let _ = error.print();
-            return ExitCode::from(if error.use_stderr() { EXIT_USAGE } else { EXIT_OK });
+            return ExitCode::from(if error.use_stderr() {
+                EXIT_USAGE
+            } else {
+                EXIT_OK
+            });
         }
     };
     let styled = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let code = run(cli, &mut std::io::stdout().lock(), &mut std::io::stderr().lock(), styled);
+    let code = run(
+        cli,
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+        styled,
+    );
     ExitCode::from(code)
 }
 
@@ -97,11 +110,18 @@ pub fn validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write, s
         }
     };
     if loaded.is_empty() {
-        let _ = writeln!(err, "error: no playbook files (*.yaml, *.yml) found in the given paths");
+        let _ = writeln!(
+            err,
+            "error: no playbook files (*.yaml, *.yml) found in the given paths"
+        );
         return EXIT_USAGE;
     }
     let count = |severity| {
-        loaded.iter().flat_map(|file| &file.compiled.diagnostics).filter(|d| d.severity == severity).count()
+        loaded
+            .iter()
+            .flat_map(|file| &file.compiled.diagnostics)
+            .filter(|d| d.severity == severity)
+            .count()
     };
     let (errors, warnings) = (count(Severity::Error), count(Severity::Warning));
     let valid = errors == 0 && !(args.deny_warnings && warnings > 0);
@@ -120,9 +140,14 @@ pub fn validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write, s
                         valid: !file.compiled.has_errors(),
                     })
                     .collect(),
-                diagnostics: loaded.iter().flat_map(|file| file.report().located()).collect(),
+                diagnostics: loaded
+                    .iter()
+                    .flat_map(|file| file.report().located())
+                    .collect(),
             };
-            serde_json::to_writer_pretty(&mut *out, &report).map_err(std::io::Error::other).and_then(|()| writeln!(out))
+            serde_json::to_writer_pretty(&mut *out, &report)
+                .map_err(std::io::Error::other)
+                .and_then(|()| writeln!(out))
         }
         Format::Human => {
             let mut text = String::new();
@@ -130,7 +155,11 @@ pub fn validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write, s
                 text.push_str(&file.report().render(styled));
             }
             let verdict = if valid { "ok" } else { "failed" };
-            let denied = if args.deny_warnings && warnings > 0 { " (warnings denied)" } else { "" };
+            let denied = if args.deny_warnings && warnings > 0 {
+                " (warnings denied)"
+            } else {
+                ""
+            };
             text.push_str(&format!(
                 "validate {verdict}: {} playbook(s), {errors} error(s), {warnings} warning(s){denied}\n",
                 loaded.len()

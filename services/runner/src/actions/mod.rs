@@ -76,7 +76,13 @@ pub static REGISTRY: &[ActionSpec] = &[
         None,
         &[],
     ),
-    spec::<Wait>("wait", "Park the run for a duration or until a time", false, None, &[]),
+    spec::<Wait>(
+        "wait",
+        "Park the run for a duration or until a time",
+        false,
+        None,
+        &[],
+    ),
     spec::<RevokeKey>(
         "openai.revoke_key",
         "Delete a project API key",
@@ -131,16 +137,22 @@ pub static REGISTRY: &[ActionSpec] = &[
         "List project API keys (every project when `project_id` is absent)",
         false,
         None,
-        &["items", "count"],
+        &["keys", "count"],
     ),
     spec::<AuditEvents>(
         "openai.audit_events",
         "Read the organization audit log since a time",
         false,
         None,
-        &["items", "count", "last_id", "last_effective_at"],
+        &["events", "count", "last_id", "last_effective_at"],
     ),
-    spec::<Usage>("openai.usage", "Read request volume, grouped", false, None, &["buckets"]),
+    spec::<Usage>(
+        "openai.usage",
+        "Read request volume, grouped",
+        false,
+        None,
+        &["buckets"],
+    ),
     spec::<HttpRequest>(
         "http.request",
         "Call an allowlisted HTTP endpoint",
@@ -155,7 +167,13 @@ pub static REGISTRY: &[ActionSpec] = &[
         None,
         &["id", "subject"],
     ),
-    spec::<Note>("note", "Append a note to the run's audit trail", false, None, &[]),
+    spec::<Note>(
+        "note",
+        "Append a note to the run's audit trail",
+        false,
+        None,
+        &[],
+    ),
     spec::<Fail>("fail", "Fail the run with a message", false, None, &[]),
 ];
 

@@ -49,18 +49,36 @@ const DEFAULT_CHOICES: [&str; 2] = ["approve", "deny"];
 pub fn compile(source: &str) -> Compiled {
     let document = match Document::parse(source) {
         Ok(document) => document,
-        Err(diagnostic) => return Compiled { playbook: None, diagnostics: vec![diagnostic] },
+        Err(diagnostic) => {
+            return Compiled {
+                playbook: None,
+                diagnostics: vec![diagnostic],
+            };
+        }
     };
     let (schema, validator) = &*STRUCTURE;
-    let mut diagnostics =
-        structure::check(&document, "", &document.value, schema, validator, Subject::Playbook);
+    let mut diagnostics = structure::check(
+        &document,
+        "",
+        &document.value,
+        schema,
+        validator,
+        Subject::Playbook,
+    );
     let structural_errors = !diagnostics.is_empty();
-    let mut compiler = Compiler { document: &document, diagnostics: Vec::new() };
+    let mut compiler = Compiler {
+        document: &document,
+        diagnostics: Vec::new(),
+    };
     let playbook = compiler.playbook(source);
     diagnostics.append(&mut compiler.diagnostics);
     diagnostics.sort_by_key(|diagnostic| (diagnostic.span.start, diagnostic.severity));
-    let playbook = playbook.filter(|_| !structural_errors && !diagnostics.iter().any(Diagnostic::is_error));
-    Compiled { playbook, diagnostics }
+    let playbook =
+        playbook.filter(|_| !structural_errors && !diagnostics.iter().any(Diagnostic::is_error));
+    Compiled {
+        playbook,
+        diagnostics,
+    }
 }
 
 struct Compiler<'a> {
@@ -91,7 +109,15 @@ impl Compiler<'_> {
 
         let key = match self.get::<String>("/key") {
             Some(key) => {
-                self.template("/key", &key, &Scope { no_finding, vars: Some(&vars), ..Scope::default() });
+                self.template(
+                    "/key",
+                    &key,
+                    &Scope {
+                        no_finding,
+                        vars: Some(&vars),
+                        ..Scope::default()
+                    },
+                );
                 key
             }
             None if no_finding.is_some() => name.clone().unwrap_or_default(),
@@ -100,20 +126,37 @@ impl Compiler<'_> {
         let timeout = self.duration("/timeout");
         for (var, value) in &vars_map {
             let pointer = format!("/vars/{}", super::yaml::escape(var));
-            self.templates_in(&pointer, value, &Scope { no_finding, run: true, ..Scope::default() });
+            self.templates_in(
+                &pointer,
+                value,
+                &Scope {
+                    no_finding,
+                    run: true,
+                    ..Scope::default()
+                },
+            );
         }
 
-        let mut context = StepContext { earlier: Vec::new(), later: Vec::new(), approval_seen: false, vars: &vars, no_finding };
+        let mut context = StepContext {
+            earlier: Vec::new(),
+            later: Vec::new(),
+            approval_seen: false,
+            vars: &vars,
+            no_finding,
+        };
         let step_count = self.count("/steps");
-        let ids: Vec<Option<String>> =
-            (0..step_count).map(|index| self.get(&format!("/steps/{index}/id"))).collect();
+        let ids: Vec<Option<String>> = (0..step_count)
+            .map(|index| self.get(&format!("/steps/{index}/id")))
+            .collect();
         let mut first_seen: HashMap<String, usize> = HashMap::new();
         let mut steps = Vec::with_capacity(step_count);
         for (index, id) in ids.iter().enumerate() {
             let pointer = format!("/steps/{index}");
             match id {
                 None => {
-                    if self.document.contains(&pointer) && !self.document.contains(&format!("{pointer}/id")) {
+                    if self.document.contains(&pointer)
+                        && !self.document.contains(&format!("{pointer}/id"))
+                    {
                         self.push(Diagnostic::error(Code::MissingField, self.document.key_span(&pointer), "missing field `id`")
                             .with_help("every step needs an `id`, e.g. `id: notify_owner`; later steps read it as `steps.<id>`"));
                     }
@@ -122,9 +165,13 @@ impl Compiler<'_> {
                     if let Some(first) = first_seen.get(id) {
                         let first_span = self.document.value_span(&format!("/steps/{first}/id"));
                         self.push(
-                            Diagnostic::error(Code::DuplicateStep, self.document.value_span(&format!("{pointer}/id")), format!("duplicate step id `{id}`"))
-                                .with_label("used again here")
-                                .with_note(first_span, "first used here"),
+                            Diagnostic::error(
+                                Code::DuplicateStep,
+                                self.document.value_span(&format!("{pointer}/id")),
+                                format!("duplicate step id `{id}`"),
+                            )
+                            .with_label("used again here")
+                            .with_note(first_span, "first used here"),
                         );
                     } else {
                         first_seen.insert(id.clone(), index);
@@ -140,7 +187,9 @@ impl Compiler<'_> {
         context.later.clear();
         for index in 0..failure_count {
             let pointer = format!("/on_failure/{index}");
-            let id = self.get(&format!("{pointer}/id")).unwrap_or_else(|| format!("on_failure_{index}"));
+            let id = self
+                .get(&format!("{pointer}/id"))
+                .unwrap_or_else(|| format!("on_failure_{index}"));
             on_failure.push(self.step(&pointer, Some(id), &mut context, true));
         }
 
@@ -173,7 +222,11 @@ impl Compiler<'_> {
                 } else {
                     "`on` needs `finding` (kinds to react to) or `schedule` (a cron line)"
                 };
-                self.push(Diagnostic::error(Code::Trigger, self.document.key_span("/on"), message));
+                self.push(Diagnostic::error(
+                    Code::Trigger,
+                    self.document.key_span("/on"),
+                    message,
+                ));
                 None
             }
         }
@@ -186,7 +239,10 @@ impl Compiler<'_> {
             let pointer = format!("/on/finding/kinds/{index}");
             let valid_shape = !kind.is_empty()
                 && kind.split('.').all(|part| {
-                    !part.is_empty() && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-*".contains(c))
+                    !part.is_empty()
+                        && part.chars().all(|c| {
+                            c.is_ascii_lowercase() || c.is_ascii_digit() || "_-*".contains(c)
+                        })
                 });
             match Glob::new(kind) {
                 Ok(glob) if valid_shape => {
@@ -205,7 +261,11 @@ impl Compiler<'_> {
             self.expression("/on/finding/where", condition, &Scope::default());
         }
         let matcher = builder.build().ok()?;
-        ok.then_some(FindingTrigger { kinds: trigger.kinds, matcher, condition: trigger.condition })
+        ok.then_some(FindingTrigger {
+            kinds: trigger.kinds,
+            matcher,
+            condition: trigger.condition,
+        })
     }
 
     fn schedule(&mut self, trigger: model::ScheduleTrigger) -> Option<Schedule> {
@@ -213,8 +273,14 @@ impl Compiler<'_> {
             Ok(cron) => Some(cron),
             Err(message) => {
                 self.push(
-                    Diagnostic::error(Code::Cron, self.document.value_span("/on/schedule/cron"), message)
-                        .with_help("e.g. `0 9 * * MON-FRI` (5 fields) or `0 0 9 * * MON-FRI` (seconds first)"),
+                    Diagnostic::error(
+                        Code::Cron,
+                        self.document.value_span("/on/schedule/cron"),
+                        message,
+                    )
+                    .with_help(
+                        "e.g. `0 9 * * MON-FRI` (5 fields) or `0 0 9 * * MON-FRI` (seconds first)",
+                    ),
                 );
                 None
             }
@@ -225,8 +291,14 @@ impl Compiler<'_> {
                 Ok(timezone) => Some(timezone),
                 Err((message, help)) => {
                     self.push(
-                        Diagnostic::error(Code::Timezone, self.document.value_span("/on/schedule/timezone"), message)
-                            .with_help_opt(help.or_else(|| Some("use an IANA name such as `Europe/Berlin` or `UTC`".to_owned()))),
+                        Diagnostic::error(
+                            Code::Timezone,
+                            self.document.value_span("/on/schedule/timezone"),
+                            message,
+                        )
+                        .with_help_opt(help.or_else(|| {
+                            Some("use an IANA name such as `Europe/Berlin` or `UTC`".to_owned())
+                        })),
                     );
                     None
                 }
@@ -241,7 +313,13 @@ impl Compiler<'_> {
         })
     }
 
-    fn step(&mut self, pointer: &str, id: Option<String>, context: &mut StepContext<'_>, in_failure: bool) -> Option<Step> {
+    fn step(
+        &mut self,
+        pointer: &str,
+        id: Option<String>,
+        context: &mut StepContext<'_>,
+        in_failure: bool,
+    ) -> Option<Step> {
         let raw: Option<model::Step> = self.get(pointer);
         let uses: Option<String> = self.get(&format!("{pointer}/uses"));
         let action = uses.as_deref().and_then(|uses| self.action(pointer, uses));
@@ -262,11 +340,19 @@ impl Compiler<'_> {
             self.expression(&format!("{pointer}/foreach"), foreach, &scope(false));
         }
         if let Some(condition) = self.get::<String>(&format!("{pointer}/if")) {
-            self.expression(&format!("{pointer}/if"), &condition, &scope(foreach.is_some()));
+            self.expression(
+                &format!("{pointer}/if"),
+                &condition,
+                &scope(foreach.is_some()),
+            );
         }
         let with_pointer = format!("{pointer}/with");
         let with: model::Map = self.get(&with_pointer).unwrap_or_default();
-        self.templates_in(&with_pointer, &Value::Object(with.clone()), &scope(foreach.is_some()));
+        self.templates_in(
+            &with_pointer,
+            &Value::Object(with.clone()),
+            &scope(foreach.is_some()),
+        );
         if let Some(action) = action {
             self.inputs(&with_pointer, action, &with);
             if action.irreversible.is_some() && !context.approval_seen && !in_failure {
@@ -277,7 +363,10 @@ impl Compiler<'_> {
         let retry = self.retry(&format!("{pointer}/retry"));
 
         if let (Some(id), false) = (&id, in_failure) {
-            context.earlier.push(StepRef { id: id.clone(), approval: action.is_some_and(ActionSpec::is_approval) });
+            context.earlier.push(StepRef {
+                id: id.clone(),
+                approval: action.is_some_and(ActionSpec::is_approval),
+            });
         }
         context.approval_seen |= action.is_some_and(ActionSpec::is_approval);
 
@@ -298,10 +387,19 @@ impl Compiler<'_> {
         let action = actions::lookup(uses);
         if action.is_none() {
             self.push(
-                Diagnostic::error(Code::UnknownAction, self.document.value_span(&format!("{pointer}/uses")), format!("unknown action `{uses}`"))
-                    .with_help_opt(did_you_mean(uses, actions::names()).or_else(|| {
-                        Some(format!("built-in actions: {}", actions::names().collect::<Vec<_>>().join(", ")))
-                    })),
+                Diagnostic::error(
+                    Code::UnknownAction,
+                    self.document.value_span(&format!("{pointer}/uses")),
+                    format!("unknown action `{uses}`"),
+                )
+                .with_help_opt(did_you_mean(uses, actions::names()).or_else(
+                    || {
+                        Some(format!(
+                            "built-in actions: {}",
+                            actions::names().collect::<Vec<_>>().join(", ")
+                        ))
+                    },
+                )),
             );
         }
         action
@@ -311,31 +409,64 @@ impl Compiler<'_> {
     fn inputs(&mut self, pointer: &str, action: &ActionSpec, with: &model::Map) {
         let (schema, validator) = &INPUTS[action.name];
         let instance = Value::Object(with.clone());
-        let mut found =
-            structure::check(self.document, pointer, &instance, schema, validator, Subject::Input { action: action.name });
+        let mut found = structure::check(
+            self.document,
+            pointer,
+            &instance,
+            schema,
+            validator,
+            Subject::Input {
+                action: action.name,
+            },
+        );
         self.diagnostics.append(&mut found);
-        let literal = |name: &str| with.get(name).and_then(Value::as_str).filter(|text| !is_template(text));
+        let literal = |name: &str| {
+            with.get(name)
+                .and_then(Value::as_str)
+                .filter(|text| !is_template(text))
+        };
         match action.name {
             actions::APPROVAL => self.approval(pointer, with),
             "wait" => {
                 let given = with.contains_key("for") as u8 + with.contains_key("until") as u8;
                 if given != 1 {
-                    self.push(Diagnostic::error(Code::Input, self.document.key_span(pointer), "`wait` needs exactly one of `for` (a duration) and `until` (a time)"));
+                    self.push(Diagnostic::error(
+                        Code::Input,
+                        self.document.key_span(pointer),
+                        "`wait` needs exactly one of `for` (a duration) and `until` (a time)",
+                    ));
                 }
                 self.duration(&format!("{pointer}/for"));
                 if let Some(until) = literal("until")
                     && chrono::DateTime::parse_from_rfc3339(until).is_err()
                 {
-                    self.push(Diagnostic::error(Code::Input, self.document.value_span(&format!("{pointer}/until")), format!("`{until}` is not an RFC 3339 time")));
+                    self.push(Diagnostic::error(
+                        Code::Input,
+                        self.document.value_span(&format!("{pointer}/until")),
+                        format!("`{until}` is not an RFC 3339 time"),
+                    ));
                 }
             }
-            "openai.limit_project_rate" => {
-                if !LimitProjectRate::LIMITS.iter().any(|limit| with.contains_key(*limit)) {
-                    self.push(
-                        Diagnostic::error(Code::Input, self.document.key_span(pointer), "`openai.limit_project_rate` needs at least one limit")
-                            .with_help(format!("give one of {}", LimitProjectRate::LIMITS.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(", "))),
-                    );
-                }
+            "openai.limit_project_rate"
+                if !LimitProjectRate::LIMITS
+                    .iter()
+                    .any(|limit| with.contains_key(*limit)) =>
+            {
+                self.push(
+                    Diagnostic::error(
+                        Code::Input,
+                        self.document.key_span(pointer),
+                        "`openai.limit_project_rate` needs at least one limit",
+                    )
+                    .with_help(format!(
+                        "give one of {}",
+                        LimitProjectRate::LIMITS
+                            .iter()
+                            .map(|l| format!("`{l}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                );
             }
             "slack.message" => {
                 if let Some(to) = literal("to") {
@@ -349,28 +480,65 @@ impl Compiler<'_> {
     fn approval(&mut self, pointer: &str, with: &model::Map) {
         let timeout = self.duration(&format!("{pointer}/timeout"));
         let choices: Vec<String> = match with.get("choices") {
-            Some(Value::Array(items)) => items.iter().filter_map(|item| item.as_str().map(str::to_owned)).collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|item| item.as_str().map(str::to_owned))
+                .collect(),
             Some(_) => return,
-            None => DEFAULT_CHOICES.iter().map(|choice| (*choice).to_owned()).collect(),
+            None => DEFAULT_CHOICES
+                .iter()
+                .map(|choice| (*choice).to_owned())
+                .collect(),
         };
         let mut seen = BTreeSet::new();
         for (index, choice) in choices.iter().enumerate() {
             if !seen.insert(choice) {
-                self.push(Diagnostic::error(Code::Approval, self.document.value_span(&format!("{pointer}/choices/{index}")), format!("choice `{choice}` is listed twice")));
+                self.push(Diagnostic::error(
+                    Code::Approval,
+                    self.document
+                        .value_span(&format!("{pointer}/choices/{index}")),
+                    format!("choice `{choice}` is listed twice"),
+                ));
             }
         }
-        if let Some(on_timeout) = with.get("on_timeout").and_then(Value::as_str).filter(|text| !is_template(text))
+        if let Some(on_timeout) = with
+            .get("on_timeout")
+            .and_then(Value::as_str)
+            .filter(|text| !is_template(text))
             && !choices.iter().any(|choice| choice == on_timeout)
         {
-            let default = if with.contains_key("choices") { "" } else { " (the default choices)" };
+            let default = if with.contains_key("choices") {
+                ""
+            } else {
+                " (the default choices)"
+            };
             self.push(
-                Diagnostic::error(Code::Approval, self.document.value_span(&format!("{pointer}/on_timeout")), format!("`on_timeout: {on_timeout}` is not one of the choices{default}"))
-                    .with_help_opt(did_you_mean(on_timeout, choices.iter().map(String::as_str)).or_else(|| {
-                        Some(format!("choices are {}", choices.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")))
-                    })),
+                Diagnostic::error(
+                    Code::Approval,
+                    self.document.value_span(&format!("{pointer}/on_timeout")),
+                    format!("`on_timeout: {on_timeout}` is not one of the choices{default}"),
+                )
+                .with_help_opt(
+                    did_you_mean(on_timeout, choices.iter().map(String::as_str)).or_else(|| {
+                        Some(format!(
+                            "choices are {}",
+                            choices
+                                .iter()
+                                .map(|c| format!("`{c}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ))
+                    }),
+                ),
             );
         }
-        let approvers: Vec<&str> = with.get("approvers").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+        let approvers: Vec<&str> = with
+            .get("approvers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
         for (index, approver) in approvers.iter().enumerate() {
             if !is_template(approver) {
                 self.recipient(&format!("{pointer}/approvers/{index}"), approver, false);
@@ -378,30 +546,54 @@ impl Compiler<'_> {
         }
         if let Some(quorum) = with.get("quorum").and_then(Value::as_u64) {
             // Groups and templates may stand for many people; only plain people can be counted.
-            let countable = approvers.iter().all(|approver| !is_template(approver) && !approver.starts_with("group:"));
-            let escalations = with.get("escalate").and_then(Value::as_array).is_some_and(|list| !list.is_empty());
+            let countable = approvers
+                .iter()
+                .all(|approver| !is_template(approver) && !approver.starts_with("group:"));
+            let escalations = with
+                .get("escalate")
+                .and_then(Value::as_array)
+                .is_some_and(|list| !list.is_empty());
             if countable && !escalations && quorum as usize > approvers.len() {
                 self.push(Diagnostic::error(
                     Code::Approval,
                     self.document.value_span(&format!("{pointer}/quorum")),
-                    format!("`quorum: {quorum}` can never be reached by {} approver(s)", approvers.len()),
+                    format!(
+                        "`quorum: {quorum}` can never be reached by {} approver(s)",
+                        approvers.len()
+                    ),
                 ));
             }
         }
         if let Some(remind) = self.duration(&format!("{pointer}/remind_every"))
             && timeout.is_some_and(|timeout| remind >= timeout)
         {
-            self.push(Diagnostic::warning(Code::Approval, self.document.value_span(&format!("{pointer}/remind_every")), "`remind_every` is not shorter than `timeout`, so no reminder is ever sent"));
+            self.push(Diagnostic::warning(
+                Code::Approval,
+                self.document.value_span(&format!("{pointer}/remind_every")),
+                "`remind_every` is not shorter than `timeout`, so no reminder is ever sent",
+            ));
         }
-        let escalations = with.get("escalate").and_then(Value::as_array).map_or(0, Vec::len);
+        let escalations = with
+            .get("escalate")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
         for index in 0..escalations {
             let escalation = format!("{pointer}/escalate/{index}");
             if let Some(after) = self.duration(&format!("{escalation}/after"))
                 && timeout.is_some_and(|timeout| after >= timeout)
             {
-                self.push(Diagnostic::warning(Code::Approval, self.document.value_span(&format!("{escalation}/after")), "this escalation comes after the gate has timed out, so it never happens"));
+                self.push(Diagnostic::warning(
+                    Code::Approval,
+                    self.document.value_span(&format!("{escalation}/after")),
+                    "this escalation comes after the gate has timed out, so it never happens",
+                ));
             }
-            let targets = with.get("escalate").and_then(|list| list.pointer(&format!("/{index}/to"))).and_then(Value::as_array).cloned().unwrap_or_default();
+            let targets = with
+                .get("escalate")
+                .and_then(|list| list.pointer(&format!("/{index}/to")))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             for (target_index, target) in targets.iter().enumerate() {
                 if let Some(target) = target.as_str().filter(|text| !is_template(text)) {
                     self.recipient(&format!("{escalation}/to/{target_index}"), target, false);
@@ -413,13 +605,27 @@ impl Compiler<'_> {
     /// An approver or message target: an email, a Slack user id, `group:<name>`, or (for
     /// messages) a `#channel`.
     fn recipient(&mut self, pointer: &str, text: &str, channel_allowed: bool) {
-        let slack_id = text.len() > 2 && (text.starts_with('U') || text.starts_with('W')) && text.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
-        let group = text.strip_prefix("group:").is_some_and(|name| !name.is_empty() && !name.contains(char::is_whitespace));
+        let slack_id = text.len() > 2
+            && (text.starts_with('U') || text.starts_with('W'))
+            && text
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+        let group = text
+            .strip_prefix("group:")
+            .is_some_and(|name| !name.is_empty() && !name.contains(char::is_whitespace));
         let email = text.contains('@') && !text.contains(char::is_whitespace);
         let channel = channel_allowed && text.starts_with('#') && text.len() > 1;
         if !(slack_id || group || email || channel) {
-            let kinds = if channel_allowed { "an email, a Slack user id (`U…`), a `#channel` or `group:<name>`" } else { "an email, a Slack user id (`U…`) or `group:<name>`" };
-            self.push(Diagnostic::error(Code::Input, self.document.value_span(pointer), format!("`{text}` is not {kinds}")));
+            let kinds = if channel_allowed {
+                "an email, a Slack user id (`U…`), a `#channel` or `group:<name>`"
+            } else {
+                "an email, a Slack user id (`U…`) or `group:<name>`"
+            };
+            self.push(Diagnostic::error(
+                Code::Input,
+                self.document.value_span(pointer),
+                format!("`{text}` is not {kinds}"),
+            ));
         }
     }
 
@@ -438,12 +644,24 @@ impl Compiler<'_> {
 
     fn retry(&mut self, pointer: &str) -> Option<RetryPolicy> {
         let retry: model::Retry = self.get(pointer)?;
-        let backoff = self.duration(&format!("{pointer}/backoff")).unwrap_or(DEFAULT_BACKOFF);
-        let max_backoff = self.duration(&format!("{pointer}/max_backoff")).unwrap_or(DEFAULT_MAX_BACKOFF.max(backoff));
+        let backoff = self
+            .duration(&format!("{pointer}/backoff"))
+            .unwrap_or(DEFAULT_BACKOFF);
+        let max_backoff = self
+            .duration(&format!("{pointer}/max_backoff"))
+            .unwrap_or(DEFAULT_MAX_BACKOFF.max(backoff));
         if backoff > max_backoff {
-            self.push(Diagnostic::error(Code::Duration, self.document.value_span(&format!("{pointer}/backoff")), "`backoff` is longer than `max_backoff`"));
+            self.push(Diagnostic::error(
+                Code::Duration,
+                self.document.value_span(&format!("{pointer}/backoff")),
+                "`backoff` is longer than `max_backoff`",
+            ));
         }
-        Some(RetryPolicy { max_attempts: retry.max_attempts, backoff, max_backoff })
+        Some(RetryPolicy {
+            max_attempts: retry.max_attempts,
+            backoff,
+            max_backoff,
+        })
     }
 
     /// Reads a literal duration at `pointer`; reports it when it does not parse.
@@ -457,7 +675,9 @@ impl Compiler<'_> {
             Err(message) => {
                 self.push(
                     Diagnostic::error(Code::Duration, self.document.value_span(pointer), message)
-                        .with_help("write a number and a unit: `30s`, `15m`, `4h`, `7d`, or `1h 30m`"),
+                        .with_help(
+                            "write a number and a unit: `30s`, `15m`, `4h`, `7d`, or `1h 30m`",
+                        ),
                 );
                 None
             }
@@ -475,7 +695,11 @@ impl Compiler<'_> {
             }
             Value::Object(map) => {
                 for (key, item) in map {
-                    self.templates_in(&format!("{pointer}/{}", super::yaml::escape(key)), item, scope);
+                    self.templates_in(
+                        &format!("{pointer}/{}", super::yaml::escape(key)),
+                        item,
+                        scope,
+                    );
                 }
             }
             _ => {}
@@ -495,16 +719,31 @@ impl Compiler<'_> {
         self.references(pointer, text, references, scope);
     }
 
-    fn references(&mut self, pointer: &str, text: &str, references: Result<BTreeSet<String>, minijinja::Error>, scope: &Scope<'_>) {
+    fn references(
+        &mut self,
+        pointer: &str,
+        text: &str,
+        references: Result<BTreeSet<String>, minijinja::Error>,
+        scope: &Scope<'_>,
+    ) {
         match references {
             Err(error) => {
                 let needle = error
                     .range()
                     .and_then(|range| text.get(range.start..))
-                    .map(|rest| rest.lines().next().unwrap_or_default().chars().take(16).collect::<String>())
+                    .map(|rest| {
+                        rest.lines()
+                            .next()
+                            .unwrap_or_default()
+                            .chars()
+                            .take(16)
+                            .collect::<String>()
+                    })
                     .unwrap_or_default();
                 let span = self.document.locate(pointer, &needle);
-                let detail = error.detail().map_or_else(String::new, |detail| format!(": {detail}"));
+                let detail = error
+                    .detail()
+                    .map_or_else(String::new, |detail| format!(": {detail}"));
                 self.push(
                     Diagnostic::error(Code::Template, span, format!("{}{detail}", error.kind()))
                         .with_help("templates use Jinja syntax: `{{ finding.key }}`, `{% if … %}…{% endif %}`"),
@@ -513,7 +752,10 @@ impl Compiler<'_> {
             Ok(paths) => {
                 for problem in scope.check(&paths) {
                     let span = self.document.locate(pointer, &problem.path);
-                    self.push(Diagnostic::error(problem.code, span, problem.message).with_help_opt(problem.help));
+                    self.push(
+                        Diagnostic::error(problem.code, span, problem.message)
+                            .with_help_opt(problem.help),
+                    );
                 }
             }
         }
@@ -527,7 +769,11 @@ impl Compiler<'_> {
     }
 
     fn count(&self, pointer: &str) -> usize {
-        self.document.value.pointer(pointer).and_then(Value::as_array).map_or(0, Vec::len)
+        self.document
+            .value
+            .pointer(pointer)
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len)
     }
 
     fn push(&mut self, diagnostic: Diagnostic) {

@@ -134,7 +134,10 @@ impl Diagnostic {
     }
 
     pub fn warning(code: Code, span: Range<usize>, message: impl Into<String>) -> Diagnostic {
-        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(code, span, message) }
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(code, span, message)
+        }
     }
 
     pub fn with_label(mut self, label: impl Into<String>) -> Diagnostic {
@@ -214,7 +217,11 @@ impl Report<'_> {
 
     /// rustc-style text: `error[code]: message`, ` --> file:line:col`, the line, a caret, `help:`.
     pub fn render(&self, styled: bool) -> String {
-        let renderer = if styled { Renderer::styled() } else { Renderer::plain() };
+        let renderer = if styled {
+            Renderer::styled()
+        } else {
+            Renderer::plain()
+        };
         let mut out = String::new();
         for diagnostic in self.diagnostics {
             let level = match diagnostic.severity {
@@ -222,12 +229,19 @@ impl Report<'_> {
                 Severity::Warning => Level::WARNING,
             };
             let span = clamp(self.source, &diagnostic.span);
-            let mut snippet = Snippet::source(self.source).path(self.file).fold(true).annotation(
-                AnnotationKind::Primary.span(span).label(diagnostic.label.as_deref()),
-            );
+            let mut snippet = Snippet::source(self.source)
+                .path(self.file)
+                .fold(true)
+                .annotation(
+                    AnnotationKind::Primary
+                        .span(span)
+                        .label(diagnostic.label.as_deref()),
+                );
             for (note_span, note) in &diagnostic.notes {
                 snippet = snippet.annotation(
-                    AnnotationKind::Context.span(clamp(self.source, note_span)).label(note.as_str()),
+                    AnnotationKind::Context
+                        .span(clamp(self.source, note_span))
+                        .label(note.as_str()),
                 );
             }
             let mut report = vec![
@@ -237,7 +251,9 @@ impl Report<'_> {
                     .element(snippet),
             ];
             if let Some(help) = &diagnostic.help {
-                report.push(Group::with_title(Level::HELP.secondary_title(help.as_str())));
+                report.push(Group::with_title(
+                    Level::HELP.secondary_title(help.as_str()),
+                ));
             }
             out.push_str(&renderer.render(&report));
             out.push_str("\n\n");

@@ -138,7 +138,10 @@ pub enum Error {
 
 /// Whether a path names a playbook file.
 pub fn is_playbook_file(path: &Path) -> bool {
-    matches!(path.extension().and_then(|extension| extension.to_str()), Some("yaml" | "yml"))
+    matches!(
+        path.extension().and_then(|extension| extension.to_str()),
+        Some("yaml" | "yml")
+    )
 }
 
 /// Expands files and directories (their `*.yaml`/`*.yml` files, not recursively, in name order)
@@ -147,7 +150,10 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Loaded>, Error> {
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
-            let entries = std::fs::read_dir(path).map_err(|source| Error::Read { path: path.clone(), source })?;
+            let entries = std::fs::read_dir(path).map_err(|source| Error::Read {
+                path: path.clone(),
+                source,
+            })?;
             let mut found: Vec<PathBuf> = entries
                 .filter_map(Result::ok)
                 .map(|entry| entry.path())
@@ -161,27 +167,47 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Loaded>, Error> {
     }
     let mut loaded: Vec<Loaded> = Vec::with_capacity(files.len());
     for path in files {
-        let bytes = std::fs::read(&path).map_err(|source| Error::Read { path: path.clone(), source })?;
+        let bytes = std::fs::read(&path).map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })?;
         let source = String::from_utf8(bytes).map_err(|_| Error::NotText { path: path.clone() })?;
         let mut compiled = compile(&source);
         if let Some(playbook) = &compiled.playbook
-            && let Some(first) = loaded
-                .iter()
-                .find(|other| other.compiled.playbook.as_ref().is_some_and(|other| other.name == playbook.name))
+            && let Some(first) = loaded.iter().find(|other| {
+                other
+                    .compiled
+                    .playbook
+                    .as_ref()
+                    .is_some_and(|other| other.name == playbook.name)
+            })
         {
             let span = name_span(&source);
             compiled.diagnostics.push(
-                Diagnostic::error(Code::DuplicatePlaybook, span, format!("playbook name `{}` is already used", playbook.name))
-                    .with_help(format!("{} has the same name; names must be unique", first.path.display())),
+                Diagnostic::error(
+                    Code::DuplicatePlaybook,
+                    span,
+                    format!("playbook name `{}` is already used", playbook.name),
+                )
+                .with_help(format!(
+                    "{} has the same name; names must be unique",
+                    first.path.display()
+                )),
             );
             compiled.playbook = None;
         }
-        loaded.push(Loaded { path, source, compiled });
+        loaded.push(Loaded {
+            path,
+            source,
+            compiled,
+        });
     }
     Ok(loaded)
 }
 
 fn name_span(source: &str) -> std::ops::Range<usize> {
-    let Ok(document) = yaml::Document::parse(source) else { return 0..0 };
+    let Ok(document) = yaml::Document::parse(source) else {
+        return 0..0;
+    };
     document.value_span("/name")
 }

@@ -17,7 +17,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text.trim())
         .map_err(|error| format!("`{text}` is not a duration ({error})"))?;
     if duration.is_zero() {
-        return Err(format!("`{text}` is zero; a duration must be longer than that"));
+        return Err(format!(
+            "`{text}` is zero; a duration must be longer than that"
+        ));
     }
     Ok(duration)
 }
@@ -50,7 +52,9 @@ fn crontab_day_of_week(field: &str) -> Result<String, String> {
     let name = |number: &str| -> Result<&'static str, String> {
         match number.parse::<usize>() {
             Ok(day) if day <= 7 => Ok(DAY_NAMES[day]),
-            _ => Err(format!("day of week `{number}` is out of range 0-7 (0 and 7 are Sunday)")),
+            _ => Err(format!(
+                "day of week `{number}` is out of range 0-7 (0 and 7 are Sunday)"
+            )),
         }
     };
     let is_number = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
@@ -84,7 +88,8 @@ fn crontab_day_of_week(field: &str) -> Result<String, String> {
 pub fn parse_timezone(name: &str) -> Result<Tz, (String, Option<String>)> {
     Tz::from_str(name).map_err(|_| {
         let names = chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name());
-        let suggestion = super::suggest::closest(name, names).map(|close| format!("did you mean `{close}`?"));
+        let suggestion =
+            super::suggest::closest(name, names).map(|close| format!("did you mean `{close}`?"));
         (format!("`{name}` is not an IANA time zone"), suggestion)
     })
 }
@@ -105,7 +110,11 @@ mod tests {
         ] {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let day = crontab_day_of_week(fields[4]).expect("valid day field");
-            assert_eq!(format!("0 {} {day}", fields[..4].join(" ")), expected, "{line}");
+            assert_eq!(
+                format!("0 {} {day}", fields[..4].join(" ")),
+                expected,
+                "{line}"
+            );
             parse_cron(line).expect("parses");
         }
         assert!(parse_cron("0 9 * * 8").is_err());
@@ -117,7 +126,10 @@ mod tests {
     fn monday_nine_oclock_fires_on_a_monday() {
         use chrono::{Datelike, TimeZone, Utc, Weekday};
         let schedule = parse_cron("0 9 * * 1").expect("parses");
-        let after = Utc.with_ymd_and_hms(2026, 11, 26, 0, 0, 0).single().expect("valid time");
+        let after = Utc
+            .with_ymd_and_hms(2026, 11, 26, 0, 0, 0)
+            .single()
+            .expect("valid time");
         let next = schedule.after(&after).next().expect("a next fire time");
         assert_eq!(next.weekday(), Weekday::Mon);
     }

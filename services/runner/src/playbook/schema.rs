@@ -23,7 +23,10 @@ pub fn playbook_schema() -> Value {
         .map(|spec| (spec, spec.input_schema(&mut generator).to_value()))
         .collect();
     let mut root = generator.root_schema_for::<Playbook>().to_value();
-    if let Some(step) = root.pointer_mut("/definitions/Step").and_then(Value::as_object_mut) {
+    if let Some(step) = root
+        .pointer_mut("/definitions/Step")
+        .and_then(Value::as_object_mut)
+    {
         let cases: Vec<Value> = inputs
             .iter()
             .map(|(spec, input)| {
@@ -34,7 +37,10 @@ pub fn playbook_schema() -> Value {
             })
             .collect();
         step.insert("allOf".into(), Value::Array(cases));
-        if let Some(uses) = step.get_mut("properties").and_then(|properties| properties.get_mut("uses")) {
+        if let Some(uses) = step
+            .get_mut("properties")
+            .and_then(|properties| properties.get_mut("uses"))
+        {
             uses["enum"] = actions::names().collect();
         }
     }
@@ -44,7 +50,10 @@ pub fn playbook_schema() -> Value {
 /// The structural schema: the format without per-action inputs (checked separately, so that an
 /// input error can name the action and tolerate templates).
 pub(crate) static STRUCTURE: LazyLock<(Value, jsonschema::Validator)> = LazyLock::new(|| {
-    let schema = SchemaSettings::draft07().into_generator().into_root_schema_for::<Playbook>().to_value();
+    let schema = SchemaSettings::draft07()
+        .into_generator()
+        .into_root_schema_for::<Playbook>()
+        .to_value();
     let validator = jsonschema::validator_for(&schema).expect("generated playbook schema compiles");
     (schema, validator)
 });
@@ -61,7 +70,8 @@ pub(crate) static INPUTS: LazyLock<HashMap<&'static str, (Value, jsonschema::Val
                 if let Some(object) = schema.as_object_mut() {
                     object.insert("definitions".into(), Value::Object(definitions));
                 }
-                let validator = jsonschema::validator_for(&schema).expect("generated input schema compiles");
+                let validator =
+                    jsonschema::validator_for(&schema).expect("generated input schema compiles");
                 (spec.name, (schema, validator))
             })
             .collect()

@@ -68,23 +68,47 @@ fn explain(
                 });
                 let (code, message) = match subject {
                     Subject::Playbook => (Code::UnknownField, format!("unknown field `{name}`")),
-                    Subject::Input { action } => (Code::Input, format!("`{action}` has no input `{name}`")),
+                    Subject::Input { action } => {
+                        (Code::Input, format!("`{action}` has no input `{name}`"))
+                    }
                 };
-                out.push(Diagnostic::error(code, document.key_span(&key_pointer), message).with_help_opt(help));
+                out.push(
+                    Diagnostic::error(code, document.key_span(&key_pointer), message)
+                        .with_help_opt(help),
+                );
             }
         }
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().unwrap_or_default();
             let (code, message) = match subject {
                 Subject::Playbook => (Code::MissingField, format!("missing field `{name}`")),
-                Subject::Input { action } => (Code::Input, format!("`{action}` needs input `{name}`")),
+                Subject::Input { action } => {
+                    (Code::Input, format!("`{action}` needs input `{name}`"))
+                }
             };
             let span = if document.contains(&pointer) && !pointer.is_empty() {
                 document.key_span(&pointer)
             } else {
                 at
             };
-            out.push(Diagnostic::error(code, span, message));
+            let help = match (subject, name) {
+                (
+                    Subject::Input {
+                        action: crate::actions::APPROVAL,
+                    },
+                    "timeout",
+                ) => Some(
+                    "a gate must not wait forever: add e.g. `timeout: 4h` and say with `on_timeout` what silence means",
+                ),
+                (
+                    Subject::Input {
+                        action: crate::actions::APPROVAL,
+                    },
+                    "on_timeout",
+                ) => Some("say which of the `choices` is taken when nobody answers in time"),
+                _ => None,
+            };
+            out.push(Diagnostic::error(code, span, message).with_help_opt(help.map(str::to_owned)));
         }
         ValidationErrorKind::Type { kind } => {
             let expected = match kind {
@@ -98,10 +122,21 @@ fn explain(
                     .collect::<Vec<_>>()
                     .join(" or "),
             };
-            let code = if matches!(subject, Subject::Input { .. }) { Code::Input } else { Code::WrongType };
+            let code = if matches!(subject, Subject::Input { .. }) {
+                Code::Input
+            } else {
+                Code::WrongType
+            };
             out.push(
-                Diagnostic::error(code, at, format!("`{field}`{whose} must be {expected}, found {}", describe(instance)))
-                    .with_label(format!("expected {expected}")),
+                Diagnostic::error(
+                    code,
+                    at,
+                    format!(
+                        "`{field}`{whose} must be {expected}, found {}",
+                        describe(instance)
+                    ),
+                )
+                .with_label(format!("expected {expected}")),
             );
         }
         ValidationErrorKind::Enum { options } => {
@@ -109,21 +144,41 @@ fn explain(
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|option| option.as_str().map_or_else(|| option.to_string(), str::to_owned))
+                .map(|option| {
+                    option
+                        .as_str()
+                        .map_or_else(|| option.to_string(), str::to_owned)
+                })
                 .collect();
-            let value = instance.as_str().map_or_else(|| instance.to_string(), str::to_owned);
-            let code = if matches!(subject, Subject::Input { .. }) { Code::Input } else { Code::InvalidValue };
+            let value = instance
+                .as_str()
+                .map_or_else(|| instance.to_string(), str::to_owned);
+            let code = if matches!(subject, Subject::Input { .. }) {
+                Code::Input
+            } else {
+                Code::InvalidValue
+            };
             out.push(
-                Diagnostic::error(code, at, format!("`{value}` is not a valid `{field}`{whose}"))
-                    .with_help_opt(
-                        did_you_mean(&value, options.iter().map(String::as_str))
-                            .or_else(|| Some(format!("expected one of {}", quoted(&options)))),
-                    ),
+                Diagnostic::error(
+                    code,
+                    at,
+                    format!("`{value}` is not a valid `{field}`{whose}"),
+                )
+                .with_help_opt(
+                    did_you_mean(&value, options.iter().map(String::as_str))
+                        .or_else(|| Some(format!("expected one of {}", quoted(&options)))),
+                ),
             );
         }
         ValidationErrorKind::Constant { expected_value } => {
-            let expected = expected_value.as_str().map_or_else(|| expected_value.to_string(), str::to_owned);
-            out.push(Diagnostic::error(Code::InvalidValue, at, format!("`{field}` must be `{expected}`")));
+            let expected = expected_value
+                .as_str()
+                .map_or_else(|| expected_value.to_string(), str::to_owned);
+            out.push(Diagnostic::error(
+                Code::InvalidValue,
+                at,
+                format!("`{field}` must be `{expected}`"),
+            ));
         }
         ValidationErrorKind::Pattern { pattern } => {
             let value = instance.as_str().unwrap_or_default();
@@ -133,7 +188,12 @@ fn explain(
                 _ => format!("it must match `{pattern}`"),
             };
             out.push(
-                Diagnostic::error(Code::InvalidValue, at, format!("`{value}` is not a valid `{field}`")).with_help(help),
+                Diagnostic::error(
+                    Code::InvalidValue,
+                    at,
+                    format!("`{value}` is not a valid `{field}`"),
+                )
+                .with_help(help),
             );
         }
         ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context }
@@ -141,10 +201,21 @@ fn explain(
         {
             // A documented enum is `oneOf` of one `const` per variant: report it as an enum.
             let options = one_const_per_branch(context).unwrap_or_default();
-            let value = instance.as_str().map_or_else(|| instance.to_string(), str::to_owned);
-            let code = if matches!(subject, Subject::Input { .. }) { Code::Input } else { Code::InvalidValue };
+            let value = instance
+                .as_str()
+                .map_or_else(|| instance.to_string(), str::to_owned);
+            let code = if matches!(subject, Subject::Input { .. }) {
+                Code::Input
+            } else {
+                Code::InvalidValue
+            };
             out.push(
-                Diagnostic::error(code, at, format!("`{value}` is not a valid `{field}`{whose}")).with_help_opt(
+                Diagnostic::error(
+                    code,
+                    at,
+                    format!("`{value}` is not a valid `{field}`{whose}"),
+                )
+                .with_help_opt(
                     did_you_mean(&value, options.iter().map(String::as_str))
                         .or_else(|| Some(format!("expected one of {}", quoted(&options)))),
                 ),
@@ -153,10 +224,16 @@ fn explain(
         ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
             // `Option<T>` is `anyOf: [T, null]`: explain the errors of the branch that fits the
             // value's shape rather than "matches no alternative".
+            let here = error.instance_path().as_str();
             let branch = context
                 .iter()
-                .filter(|errors| !errors.iter().all(|error| is_type_error_at(error, error.instance_path().as_str())))
-                .max_by_key(|errors| errors.iter().map(|error| error.instance_path().as_str().len()).max());
+                .filter(|errors| !errors.iter().all(|error| is_type_error_at(error, here)))
+                .max_by_key(|errors| {
+                    errors
+                        .iter()
+                        .map(|error| error.instance_path().as_str().len())
+                        .max()
+                });
             match branch {
                 Some(errors) => {
                     for inner in errors {
@@ -164,24 +241,45 @@ fn explain(
                     }
                 }
                 None => out.push(Diagnostic::error(
-                    if matches!(subject, Subject::Input { .. }) { Code::Input } else { Code::WrongType },
+                    if matches!(subject, Subject::Input { .. }) {
+                        Code::Input
+                    } else {
+                        Code::WrongType
+                    },
                     at,
-                    format!("`{field}`{whose} has the wrong shape: found {}", describe(instance)),
+                    format!(
+                        "`{field}`{whose} has the wrong shape: found {}",
+                        describe(instance)
+                    ),
                 )),
             }
         }
         other => {
-            let code = if matches!(subject, Subject::Input { .. }) { Code::Input } else { Code::InvalidValue };
+            let code = if matches!(subject, Subject::Input { .. }) {
+                Code::Input
+            } else {
+                Code::InvalidValue
+            };
             let detail = match other {
-                ValidationErrorKind::MinItems { limit } => format!("needs at least {limit} item(s)"),
+                ValidationErrorKind::MinItems { limit } => {
+                    format!("needs at least {limit} item(s)")
+                }
                 ValidationErrorKind::MaxItems { limit } => format!("takes at most {limit} item(s)"),
-                ValidationErrorKind::MinLength { limit } => format!("must be at least {limit} character(s)"),
-                ValidationErrorKind::MaxLength { limit } => format!("must be at most {limit} character(s)"),
+                ValidationErrorKind::MinLength { limit } => {
+                    format!("must be at least {limit} character(s)")
+                }
+                ValidationErrorKind::MaxLength { limit } => {
+                    format!("must be at most {limit} character(s)")
+                }
                 ValidationErrorKind::Minimum { limit } => format!("must be at least {limit}"),
                 ValidationErrorKind::Maximum { limit } => format!("must be at most {limit}"),
                 _ => error.masked().to_string(),
             };
-            out.push(Diagnostic::error(code, at, format!("`{field}`{whose} {detail}")));
+            out.push(Diagnostic::error(
+                code,
+                at,
+                format!("`{field}`{whose} {detail}"),
+            ));
         }
     }
 }
@@ -193,10 +291,17 @@ fn one_const_per_branch(context: &[Vec<ValidationError<'static>>]) -> Option<Vec
         match branch.as_slice() {
             [error] => match error.kind() {
                 ValidationErrorKind::Constant { expected_value } => options.push(
-                    expected_value.as_str().map_or_else(|| expected_value.to_string(), str::to_owned),
+                    expected_value
+                        .as_str()
+                        .map_or_else(|| expected_value.to_string(), str::to_owned),
                 ),
                 ValidationErrorKind::Enum { options: values } => options.extend(
-                    values.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned),
+                    values
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned),
                 ),
                 _ => return None,
             },
@@ -207,13 +312,17 @@ fn one_const_per_branch(context: &[Vec<ValidationError<'static>>]) -> Option<Vec
 }
 
 fn is_type_error_at(error: &ValidationError<'_>, path: &str) -> bool {
-    matches!(error.kind(), ValidationErrorKind::Type { .. }) && error.instance_path().as_str() == path
+    matches!(error.kind(), ValidationErrorKind::Type { .. })
+        && error.instance_path().as_str() == path
 }
 
 /// The last meaningful segment of a pointer, for messages (`/steps/0/retry/max_attempts` →
 /// `max_attempts`; an index names its list: `/steps/0` → `steps[0]`).
 fn field_name(pointer: &str) -> String {
-    let segments: Vec<&str> = pointer.split('/').filter(|segment| !segment.is_empty()).collect();
+    let segments: Vec<&str> = pointer
+        .split('/')
+        .filter(|segment| !segment.is_empty())
+        .collect();
     match segments.as_slice() {
         [] => "playbook".to_owned(),
         [.., parent, index] if index.parse::<usize>().is_ok() => format!("{parent}[{index}]"),
@@ -223,7 +332,9 @@ fn field_name(pointer: &str) -> String {
 
 /// Names of the properties the schema at (the parent of) `schema_path` allows.
 fn allowed_properties(schema: &Value, schema_path: &str) -> Vec<String> {
-    let parent = schema_path.rsplit_once('/').map_or("", |(parent, _)| parent);
+    let parent = schema_path
+        .rsplit_once('/')
+        .map_or("", |(parent, _)| parent);
     resolve(schema, parent)
         .and_then(|node| node.get("properties"))
         .and_then(Value::as_object)
@@ -270,12 +381,18 @@ fn describe(value: &Value) -> String {
         Value::Null => "nothing".to_owned(),
         Value::Bool(value) => format!("the boolean `{value}`"),
         Value::Number(number) => format!("the number `{number}`"),
-        Value::String(text) => format!("the string `{}`", text.chars().take(40).collect::<String>()),
+        Value::String(text) => {
+            format!("the string `{}`", text.chars().take(40).collect::<String>())
+        }
         Value::Array(_) => "a list".to_owned(),
         Value::Object(_) => "a mapping".to_owned(),
     }
 }
 
 fn quoted(names: &[String]) -> String {
-    names.iter().map(|name| format!("`{name}`")).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|name| format!("`{name}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

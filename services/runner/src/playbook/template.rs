@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
-use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+use minijinja::{AutoEscape, Environment, ErrorKind, State, UndefinedBehavior};
 use serde_json::Value;
 
 use super::diagnostic::Code;
@@ -26,7 +26,27 @@ pub fn environment() -> Environment<'static> {
     environment.set_fuel(Some(FUEL));
     environment.set_recursion_limit(32);
     environment.set_auto_escape_callback(|_| AutoEscape::None);
+    environment.add_function("ago", ago);
     environment
+}
+
+/// `ago("90d")`: the time that long before `now`, as an RFC 3339 UTC string, so it compares
+/// correctly with the RFC 3339 times actions return (`item.last_used_at < ago("90d")`). It reads
+/// the run's `now`, which is virtual in playbook tests.
+fn ago(state: &State<'_, '_>, duration: String) -> Result<String, minijinja::Error> {
+    let invalid = |message: String| minijinja::Error::new(ErrorKind::InvalidOperation, message);
+    let now = state
+        .lookup("now")
+        .ok_or_else(|| invalid("`ago` needs `now` in the context".to_owned()))?;
+    let now = now
+        .as_str()
+        .and_then(|now| chrono::DateTime::parse_from_rfc3339(now).ok())
+        .ok_or_else(|| invalid(format!("`now` is not an RFC 3339 time: {now}")))?;
+    let duration = super::schedule::parse_duration(&duration).map_err(invalid)?;
+    let duration =
+        chrono::Duration::from_std(duration).map_err(|error| invalid(error.to_string()))?;
+    let then = now.with_timezone(&chrono::Utc) - duration;
+    Ok(then.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
 static ENVIRONMENT: LazyLock<Environment<'static>> = LazyLock::new(environment);
@@ -94,7 +114,10 @@ const FAILURE_FIELDS: &[&str] = &["step", "error"];
 impl Scope<'_> {
     /// Checks each referenced path; returns what cannot be satisfied.
     pub(crate) fn check(&self, paths: &BTreeSet<String>) -> Vec<Problem> {
-        paths.iter().filter_map(|path| self.check_one(path)).collect()
+        paths
+            .iter()
+            .filter_map(|path| self.check_one(path))
+            .collect()
     }
 
     fn roots(&self) -> Vec<&'static str> {
@@ -124,7 +147,12 @@ impl Scope<'_> {
         let segments: Vec<&str> = path.split('.').collect();
         let root = segments[0];
         let problem = |code: Code, message: String, help: Option<String>| {
-            Some(Problem { code, path: path.to_owned(), message, help })
+            Some(Problem {
+                code,
+                path: path.to_owned(),
+                message,
+                help,
+            })
         };
         let fixed = |fields: &[&str], what: &str| -> Option<Problem> {
             let field = segments.get(1)?;
@@ -145,7 +173,9 @@ impl Scope<'_> {
                 None => check_finding_path(path, &segments[1..]),
             },
             "steps" => match self.earlier {
-                None => unavailable("`steps` is not available here: no step has run yet".to_owned()),
+                None => {
+                    unavailable("`steps` is not available here: no step has run yet".to_owned())
+                }
                 Some(earlier) => self.check_step_path(path, &segments[1..], earlier),
             },
             "vars" => match (self.vars, segments.get(1)) {
@@ -155,8 +185,9 @@ impl Scope<'_> {
                 (Some(vars), Some(name)) => problem(
                     Code::UnknownName,
                     format!("`vars.{name}` is not declared"),
-                    did_you_mean(name, vars.iter().map(String::as_str))
-                        .or_else(|| Some(format!("declare it under `vars:` at the top of the playbook"))),
+                    did_you_mean(name, vars.iter().map(String::as_str)).or_else(|| {
+                        Some("declare it under `vars:` at the top of the playbook".to_owned())
+                    }),
                 ),
             },
             "run" if self.run => fixed(RUN_FIELDS, "run"),
@@ -166,7 +197,9 @@ impl Scope<'_> {
             "now" => fixed(&[], "now"),
             "item" if self.item => None,
             "index" if self.item && segments.len() == 1 => None,
-            "item" | "index" => unavailable(format!("`{root}` exists only in a step with `foreach`")),
+            "item" | "index" => {
+                unavailable(format!("`{root}` exists only in a step with `foreach`"))
+            }
             "failure" if self.failure => fixed(FAILURE_FIELDS, "failure"),
             "failure" => unavailable("`failure` exists only in `on_failure` steps".to_owned()),
             global if ENVIRONMENT.globals().any(|(name, _)| name == global) => None,
@@ -185,7 +218,12 @@ impl Scope<'_> {
     fn check_step_path(&self, path: &str, rest: &[&str], earlier: &[StepRef]) -> Option<Problem> {
         let id = *rest.first()?;
         let problem = |code: Code, message: String, help: Option<String>| {
-            Some(Problem { code, path: path.to_owned(), message, help })
+            Some(Problem {
+                code,
+                path: path.to_owned(),
+                message,
+                help,
+            })
         };
         let Some(step) = earlier.iter().find(|step| step.id == id) else {
             if self.current == Some(id) {
@@ -223,8 +261,11 @@ impl Scope<'_> {
                 )
             };
         }
-        let fields: Vec<&str> =
-            STEP_FIELDS.iter().chain(if step.approval { APPROVAL_FIELDS } else { &[] }).copied().collect();
+        let fields: Vec<&str> = STEP_FIELDS
+            .iter()
+            .chain(if step.approval { APPROVAL_FIELDS } else { &[] })
+            .copied()
+            .collect();
         problem(
             Code::UnknownName,
             format!("step results have no field `{field}`"),
@@ -235,7 +276,11 @@ impl Scope<'_> {
 }
 
 fn list(names: &[&str]) -> String {
-    names.iter().map(|name| format!("`{name}`")).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|name| format!("`{name}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The fields of a Finding, read from its generated JSON Schema so the check cannot drift from
@@ -254,11 +299,18 @@ static FINDING_FIELDS: LazyLock<Fields> = LazyLock::new(|| {
 fn fields_of(schema: &Value, root: &Value) -> Fields {
     if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
         let pointer = reference.trim_start_matches('#');
-        return root.pointer(pointer).map_or_else(Fields::default, |target| fields_of(target, root));
+        return root
+            .pointer(pointer)
+            .map_or_else(Fields::default, |target| fields_of(target, root));
     }
     let mut fields = Fields::default();
     for variants in ["anyOf", "oneOf", "allOf"] {
-        for variant in schema.get(variants).and_then(Value::as_array).into_iter().flatten() {
+        for variant in schema
+            .get(variants)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let variant = fields_of(variant, root);
             fields.open |= variant.open;
             fields.children.extend(variant.children);
@@ -266,7 +318,9 @@ fn fields_of(schema: &Value, root: &Value) -> Fields {
     }
     if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
         for (name, property) in properties {
-            fields.children.insert(name.clone(), fields_of(property, root));
+            fields
+                .children
+                .insert(name.clone(), fields_of(property, root));
         }
     }
     let is_object = schema.get("type").is_some_and(|kind| kind == "object");
@@ -313,17 +367,42 @@ mod tests {
 
     #[test]
     fn finding_fields_come_from_the_schema() {
-        assert!(check_finding_path("finding.resource.project_id", &["resource", "project_id"]).is_none());
-        assert!(check_finding_path("finding.evidence.anything.deep", &["evidence", "anything", "deep"]).is_none());
+        assert!(
+            check_finding_path("finding.resource.project_id", &["resource", "project_id"])
+                .is_none()
+        );
+        assert!(
+            check_finding_path(
+                "finding.evidence.anything.deep",
+                &["evidence", "anything", "deep"]
+            )
+            .is_none()
+        );
         let problem = check_finding_path("finding.resource.projectid", &["resource", "projectid"])
             .expect("a typo is a problem");
         assert_eq!(problem.help.as_deref(), Some("did you mean `project_id`?"));
     }
 
     #[test]
+    fn ago_counts_back_from_now() {
+        let environment = environment();
+        let rendered = environment
+            .render_str(
+                "{{ ago('90d') }}",
+                minijinja::context! { now => "2026-11-26T12:00:00Z" },
+            )
+            .expect("renders");
+        assert_eq!(rendered, "2026-08-28T12:00:00Z");
+        let undefined = environment.render_str("{{ missing }}", minijinja::context! {});
+        assert!(undefined.is_err(), "undefined values are errors");
+    }
+
+    #[test]
     fn references_are_dotted_paths() {
-        let paths = template_references("{{ finding.owner.email }} {% for k in steps.list.output %}{{ k.id }}{% endfor %}")
-            .expect("compiles");
+        let paths = template_references(
+            "{{ finding.owner.email }} {% for k in steps.list.output %}{{ k.id }}{% endfor %}",
+        )
+        .expect("compiles");
         assert_eq!(
             paths.into_iter().collect::<Vec<_>>(),
             ["finding.owner.email", "steps.list.output"]

@@ -31,7 +31,9 @@ impl Document {
     /// Parses `source`; a syntax error, a duplicate key, an anchor or a tag is the only problem
     /// reported, since nothing after it can be trusted.
     pub(crate) fn parse(source: &str) -> Result<Document, Diagnostic> {
-        let options = LoaderOptions::default().error_on_duplicate_keys(true).prevent_coercion(true);
+        let options = LoaderOptions::default()
+            .error_on_duplicate_keys(true)
+            .prevent_coercion(true);
         let lines = LineIndex::new(source);
         let node = marked_yaml::parse_yaml_with_options(0, source, options)
             .map_err(|error| load_error(source, &lines, error))?;
@@ -47,7 +49,8 @@ impl Document {
 
     /// The span of the value at `pointer`, or of its nearest ancestor that exists.
     pub(crate) fn value_span(&self, pointer: &str) -> Range<usize> {
-        self.nearest(pointer).map_or(0..self.source_len.min(1), |place| place.value.clone())
+        self.nearest(pointer)
+            .map_or(0..self.source_len.min(1), |place| place.value.clone())
     }
 
     /// The span of the key of the entry at `pointer` (its value when it has no key).
@@ -101,11 +104,11 @@ impl Document {
         key: Option<Range<usize>>,
     ) -> Value {
         let start = lines.offset(node.span().start());
-        let value = match node {
+        match node {
             Node::Scalar(scalar) => {
                 let span = start..scalar_end(source, start);
                 self.places.insert(pointer, Place { key, value: span });
-                return scalar_value(scalar.as_str(), scalar.may_coerce());
+                scalar_value(scalar.as_str(), scalar.may_coerce())
             }
             Node::Mapping(mapping) => {
                 let mut object = serde_json::Map::new();
@@ -125,13 +128,24 @@ impl Document {
             Node::Sequence(sequence) => {
                 let mut items = Vec::with_capacity(sequence.len());
                 for (index, child) in sequence.iter().enumerate() {
-                    items.push(self.convert(source, lines, child, format!("{pointer}/{index}"), None));
+                    items.push(self.convert(
+                        source,
+                        lines,
+                        child,
+                        format!("{pointer}/{index}"),
+                        None,
+                    ));
                 }
-                self.places.insert(pointer, Place { key, value: start..start + 1 });
+                self.places.insert(
+                    pointer,
+                    Place {
+                        key,
+                        value: start..start + 1,
+                    },
+                );
                 Value::Array(items)
             }
-        };
-        value
+        }
     }
 }
 
@@ -155,11 +169,11 @@ fn scalar_value(text: &str, plain: bool) -> Value {
     if let Ok(integer) = text.parse::<i64>() {
         return Value::Number(integer.into());
     }
-    let looks_numeric = text.chars().all(|c| c.is_ascii_digit() || "+-.eE".contains(c))
+    let looks_numeric = text
+        .chars()
+        .all(|c| c.is_ascii_digit() || "+-.eE".contains(c))
         && text.chars().any(|c| c.is_ascii_digit());
-    if looks_numeric
-        && let Some(number) = text.parse::<f64>().ok().and_then(Number::from_f64)
-    {
+    if looks_numeric && let Some(number) = text.parse::<f64>().ok().and_then(Number::from_f64) {
         return Value::Number(number);
     }
     Value::String(text.to_owned())
@@ -197,7 +211,15 @@ fn scalar_end(source: &str, start: usize) -> usize {
             let line = line.find(" #").map_or(line, |comment| &line[..comment]);
             let line = line.find(": ").map_or(line, |colon| &line[..colon]);
             // Inside `[a, b]` or `{a: b}` a plain scalar ends at the next flow indicator.
-            let in_flow = source[..start].trim_end().ends_with(['[', ',', '{']);
+            let line_start = source[..start].rfind('\n').map_or(0, |newline| newline + 1);
+            let depth = source[line_start..start]
+                .chars()
+                .fold(0i32, |depth, c| match c {
+                    '[' | '{' => depth + 1,
+                    ']' | '}' => depth - 1,
+                    _ => depth,
+                });
+            let in_flow = depth > 0;
             let line = match line.find([',', ']', '}']) {
                 Some(end) if in_flow => &line[..end],
                 _ => line,
@@ -227,7 +249,11 @@ fn load_error(source: &str, lines: &LineIndex, error: marked_yaml::LoadError) ->
         }
         LoadError::ScanError(marker, scan) => {
             let start = lines.offset(Some(&marker));
-            Diagnostic::error(Code::YamlSyntax, start..start + 1, format!("YAML syntax error: {}", scan.info()))
+            Diagnostic::error(
+                Code::YamlSyntax,
+                start..start + 1,
+                format!("YAML syntax error: {}", scan.info()),
+            )
         }
         LoadError::TopLevelMustBeMapping(marker) => Diagnostic::error(
             Code::YamlSyntax,
@@ -236,21 +262,52 @@ fn load_error(source: &str, lines: &LineIndex, error: marked_yaml::LoadError) ->
         ),
         LoadError::UnexpectedAnchor(marker) => Diagnostic::error(
             Code::YamlSyntax,
-            at(&marker),
+            anchor_span(source, lines.offset(Some(&marker))),
             "YAML anchors and aliases are not allowed in playbooks",
         )
         .with_help("repeat the value, or put it under `vars` and refer to it as `vars.<name>`"),
-        LoadError::UnexpectedTag(marker) => {
-            Diagnostic::error(Code::YamlSyntax, at(&marker), "YAML tags (`!tag`) are not allowed in playbooks")
-        }
-        LoadError::MappingKeyMustBeScalar(marker) => {
-            Diagnostic::error(Code::YamlSyntax, at(&marker), "mapping keys must be plain strings")
-        }
+        LoadError::UnexpectedTag(marker) => Diagnostic::error(
+            Code::YamlSyntax,
+            at(&marker),
+            "YAML tags (`!tag`) are not allowed in playbooks",
+        ),
+        LoadError::MappingKeyMustBeScalar(marker) => Diagnostic::error(
+            Code::YamlSyntax,
+            at(&marker),
+            "mapping keys must be plain strings",
+        ),
         other => Diagnostic::error(Code::YamlSyntax, 0..0, format!("YAML error: {other}")),
     }
 }
 
-fn at_span(scalar: &marked_yaml::types::MarkedScalarNode, lines: &LineIndex, source: &str) -> Range<usize> {
+/// The parser reports an anchor where the anchored node starts; point at the `&name` or
+/// `*name` token itself, the last one before that place.
+fn anchor_span(source: &str, offset: usize) -> Range<usize> {
+    let before = &source[..offset.min(source.len())];
+    let token = before
+        .rfind([' ', '\n', '[', '{', ','])
+        .map_or(0, |index| index + 1);
+    let start = [
+        before.rfind(" &"),
+        before.rfind(" *"),
+        before.rfind(":&"),
+        before.rfind(":*"),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .map_or(token, |index| index + 1);
+    let end = source[start..]
+        .find(|c: char| c.is_whitespace() || ",]}".contains(c))
+        .map_or(source.len(), |len| start + len);
+    start..end.max(start + 1)
+}
+
+fn at_span(
+    scalar: &marked_yaml::types::MarkedScalarNode,
+    lines: &LineIndex,
+    source: &str,
+) -> Range<usize> {
     let start = lines.offset(scalar.span().start());
     start..scalar_end(source, start)
 }
@@ -267,23 +324,36 @@ impl LineIndex {
         let starts = std::iter::once(0)
             .chain(source.match_indices('\n').map(|(index, _)| index + 1))
             .collect();
-        LineIndex { starts, source: source.to_owned() }
+        LineIndex {
+            starts,
+            source: source.to_owned(),
+        }
     }
 
     /// Byte offset of a marker (1-based line and column, columns in characters).
     fn offset(&self, marker: Option<&Marker>) -> usize {
         let Some(marker) = marker else { return 0 };
-        let line = marker.line().saturating_sub(1).min(self.starts.len().saturating_sub(1));
+        let line = marker
+            .line()
+            .saturating_sub(1)
+            .min(self.starts.len().saturating_sub(1));
         let line_start = self.starts.get(line).copied().unwrap_or(0);
         let line_text = &self.source[line_start..];
         let column = marker.column().saturating_sub(1);
-        line_start + line_text.char_indices().nth(column).map_or(line_text.len(), |(index, _)| index)
+        line_start
+            + line_text
+                .char_indices()
+                .nth(column)
+                .map_or(line_text.len(), |(index, _)| index)
     }
 
     /// 1-based line and column (in characters) of a byte offset.
     pub(crate) fn line_column(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.source.len());
-        let line = self.starts.partition_point(|start| *start <= offset).saturating_sub(1);
+        let line = self
+            .starts
+            .partition_point(|start| *start <= offset)
+            .saturating_sub(1);
         let line_start = self.starts[line];
         let column = self.source[line_start..offset].chars().count();
         (line + 1, column + 1)
