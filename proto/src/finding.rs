@@ -22,15 +22,23 @@ const MAX_EVIDENCE_BYTES: usize = 16 * 1024;
 const MAX_EVIDENCE_DEPTH: usize = 8;
 const MAX_LABELS: usize = 64;
 
-static KIND: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^[a-z0-9_-]+(\.[a-z0-9_-]+){1,7}$").expect("kind pattern compiles")
-});
+// Patterns shared by the checks below and the generated JSON Schema, so both say the same.
+const KIND_PATTERN: &str = r"^[a-z0-9_-]+(\.[a-z0-9_-]+){1,7}$";
+const PROVIDER_PATTERN: &str = r"^[a-z0-9_-]{1,32}$";
+const LABEL_KEY_PATTERN: &str = r"^[A-Za-z0-9_./-]{1,64}$";
+const SLACK_USER_PATTERN: &str = r"^[UW][A-Z0-9]{2,20}$";
+const URL_PATTERN: &str = r"^https?://";
+
+static KIND: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(KIND_PATTERN).expect("kind pattern compiles"));
 static PROVIDER: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[a-z0-9_-]{1,32}$").expect("provider pattern compiles"));
+    LazyLock::new(|| Regex::new(PROVIDER_PATTERN).expect("provider pattern compiles"));
 static LABEL_KEY: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9_./-]{1,64}$").expect("label pattern compiles"));
+    LazyLock::new(|| Regex::new(LABEL_KEY_PATTERN).expect("label pattern compiles"));
+static URL: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(URL_PATTERN).expect("url pattern compiles"));
 static SLACK_USER: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[UW][A-Z0-9]{2,20}$").expect("slack id pattern compiles"));
+    LazyLock::new(|| Regex::new(SLACK_USER_PATTERN).expect("slack id pattern compiles"));
 
 /// The `schema` tag of a finding; only v1 exists.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -51,18 +59,22 @@ impl FindingSchema {
 pub struct Finding {
     pub schema: FindingSchema,
     /// Unique id of this detection event; also sent as `Nats-Msg-Id` so JetStream drops re-sends.
+    #[schemars(length(min = 1, max = 128))]
     pub id: String,
     /// Identity of the underlying problem across repeated detections, e.g.
     /// `openai:project_key:key_abc`: the unit of dedupe and of per-key concurrency.
     /// Defaults to `<kind>:<resource.id>`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 256))]
     pub key: String,
     /// Dotted taxonomy, e.g. `openai.api_key.leaked`.
+    #[schemars(regex(pattern = KIND_PATTERN), length(max = 128))]
     pub kind: String,
     #[serde(default)]
     pub status: Status,
     pub severity: Severity,
     /// Short human text.
+    #[schemars(length(min = 1, max = 300))]
     pub title: String,
     /// When the scanner saw it (RFC 3339).
     pub detected_at: DateTime<Utc>,
@@ -73,8 +85,9 @@ pub struct Finding {
     /// Bounded free-form detail (at most 16 KiB serialized, nesting depth 8).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub evidence: serde_json::Map<String, serde_json::Value>,
-    /// String labels (at most 64).
+    /// String labels (at most 64; names of `A-Z a-z 0-9 _ . / -`, values up to 256 characters).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = MAX_LABELS, "propertyNames" = { "pattern": LABEL_KEY_PATTERN }))]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -103,10 +116,13 @@ pub enum Severity {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
+    #[schemars(length(min = 1, max = 64))]
     pub scanner: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 200))]
     pub rule: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = URL_PATTERN), length(max = 2048))]
     pub url: Option<String>,
 }
 
@@ -116,9 +132,11 @@ pub struct Source {
 pub struct Resource {
     /// `openai` for everything quench remediates today; other providers appear in findings
     /// from generic secret scanners.
+    #[schemars(regex(pattern = PROVIDER_PATTERN))]
     pub provider: String,
     #[serde(rename = "type")]
     pub kind: ResourceType,
+    #[schemars(length(min = 1, max = 256))]
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -153,8 +171,10 @@ pub enum ResourceType {
 #[serde(deny_unknown_fields)]
 pub struct Owner {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 254))]
     pub email: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SLACK_USER_PATTERN))]
     pub slack_user_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
@@ -206,7 +226,7 @@ impl Finding {
         optional(&self.source.rule, "source.rule", 200)?;
         if let Some(url) = &self.source.url {
             check_len("source.url", url, 1, 2048)?;
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
+            if !URL.is_match(url) {
                 return Err(InvalidField::new("source.url", "must be an http(s) URL"));
             }
         }

@@ -300,3 +300,37 @@ fn checked_in_schemas_are_current() {
         support::check_generated(&format!("proto/schema/{name}"), &schema);
     }
 }
+
+/// Scanners in other languages validate against the checked-in schema: it must accept what
+/// quench accepts and refuse what the typed parse refuses.
+#[test]
+fn checked_in_finding_schema_agrees_with_the_parser() {
+    let path = support::root().join("proto/schema/finding.v1.json");
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("schema exists"))
+            .expect("schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    assert!(
+        validator.is_valid(&finding()),
+        "{:?}",
+        validator
+            .iter_errors(&finding())
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+    );
+    for (pointer, to) in [
+        ("/kind", json!("OpenAI Leak")),
+        ("/severity", json!("urgent")),
+        ("/labels/bad key", json!("x")),
+        ("/source/url", json!("javascript:alert(1)")),
+        ("/owner/slack_user_id", json!("alice")),
+    ] {
+        let mut value = finding();
+        change(&mut value, pointer, Some(to));
+        assert!(
+            !validator.is_valid(&value),
+            "schema accepts a bad `{pointer}`"
+        );
+        assert!(parse(&value).is_err(), "parser accepts a bad `{pointer}`");
+    }
+}
