@@ -27,6 +27,32 @@ pub struct Cli {
 pub enum Command {
     /// Check playbooks (files, or directories of *.yaml) and report every problem at once.
     Validate(ValidateArgs),
+    /// Run offline playbook tests (files, or directories of *.yaml; default workflows/tests).
+    Test(TestArgs),
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+    /// Test files or directories.
+    #[arg(default_value = "workflows/tests")]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the audit chain and name the first entry that does not fit.
+    Verify {
+        /// The store directory (offline: the service must not be running on it).
+        #[arg(long)]
+        store: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -78,6 +104,10 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write, styled: bool) -> u8 {
     match cli.command {
         Command::Validate(args) => validate(&args, out, err, styled),
+        Command::Test(args) => test(&args, out, err),
+        Command::Audit {
+            command: AuditCommand::Verify { store },
+        } => audit_verify(&store, out, err),
     }
 }
 
@@ -172,4 +202,142 @@ pub fn validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write, s
         return EXIT_USAGE;
     }
     if valid { EXIT_OK } else { EXIT_INVALID }
+}
+
+#[derive(Debug, Serialize)]
+struct JsonTestCase {
+    file: String,
+    playbook: String,
+    case: String,
+    passed: bool,
+    failures: Vec<String>,
+}
+
+/// `quench test`.
+pub fn test(args: &TestArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let files = match crate::testing::collect(&args.paths) {
+        Ok(files) if !files.is_empty() => files,
+        Ok(_) => {
+            let _ = writeln!(
+                err,
+                "error: no test files (*.yaml, *.yml) found in the given paths"
+            );
+            return EXIT_USAGE;
+        }
+        Err(error) => {
+            let _ = writeln!(err, "error: {error}");
+            return EXIT_USAGE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = writeln!(err, "error: cannot start the runtime: {error}");
+            return EXIT_USAGE;
+        }
+    };
+    let mut results = Vec::new();
+    for file in &files {
+        match runtime.block_on(crate::testing::run_file(file)) {
+            Ok(report) => results.push(report),
+            Err(error) => {
+                let _ = writeln!(err, "error: {error}");
+                return EXIT_USAGE;
+            }
+        }
+    }
+    let cases: Vec<JsonTestCase> = results
+        .iter()
+        .flat_map(|report| {
+            report.cases.iter().map(|case| JsonTestCase {
+                file: report.path.display().to_string(),
+                playbook: report.playbook.clone(),
+                case: case.name.clone(),
+                passed: case.failures.is_empty(),
+                failures: case.failures.clone(),
+            })
+        })
+        .collect();
+    let failed = cases.iter().filter(|case| !case.passed).count();
+    let written = match args.format {
+        Format::Json => serde_json::to_writer_pretty(&mut *out, &cases)
+            .map_err(std::io::Error::other)
+            .and_then(|()| writeln!(out)),
+        Format::Human => {
+            let mut text = String::new();
+            for case in &cases {
+                let verdict = if case.passed { "ok  " } else { "FAIL" };
+                text.push_str(&format!("{verdict} {} › {}\n", case.playbook, case.case));
+                for failure in &case.failures {
+                    for line in failure.lines() {
+                        text.push_str(&format!("       {line}\n"));
+                    }
+                }
+            }
+            let verdict = if failed == 0 { "ok" } else { "failed" };
+            text.push_str(&format!(
+                "test {verdict}: {} case(s) in {} file(s), {failed} failed\n",
+                cases.len(),
+                files.len()
+            ));
+            out.write_all(text.as_bytes())
+        }
+    };
+    if let Err(error) = written {
+        let _ = writeln!(err, "error: cannot write the report: {error}");
+        return EXIT_USAGE;
+    }
+    if failed == 0 { EXIT_OK } else { EXIT_INVALID }
+}
+
+/// `quench audit verify --store PATH`.
+pub fn audit_verify(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    if !path.join("db").exists() {
+        let _ = writeln!(
+            err,
+            "error: {} is not a quench store (no `db` file in it)",
+            path.display()
+        );
+        return EXIT_USAGE;
+    }
+    let mut config = crate::store::StoreConfig::new(path);
+    config.sync = crate::store::SyncMode::Os;
+    let store = match crate::store::Store::open(&config) {
+        Ok(store) => store,
+        Err(error) => {
+            let _ = writeln!(
+                err,
+                "error: {error} (is the service still running on this store?)"
+            );
+            return EXIT_USAGE;
+        }
+    };
+    match store.verify_audit() {
+        Ok(report) => match report.first_bad {
+            None => {
+                let _ = writeln!(
+                    out,
+                    "audit chain ok: {} entries, head {}",
+                    report.entries, report.head
+                );
+                EXIT_OK
+            }
+            Some((seq, why)) => {
+                let _ = writeln!(out, "audit chain broken at entry #{seq}: {why}");
+                let _ = writeln!(
+                    out,
+                    "entries #1 to #{} verify (head {})",
+                    report.entries, report.head
+                );
+                EXIT_INVALID
+            }
+        },
+        Err(error) => {
+            let _ = writeln!(err, "error: {error}");
+            EXIT_USAGE
+        }
+    }
 }

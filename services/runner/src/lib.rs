@@ -3,4 +3,7 @@
 
 pub mod actions;
 pub mod cli;
+pub mod engine;
 pub mod playbook;
+pub mod store;
+pub mod testing;

@@ -27,7 +27,7 @@ pub use diagnostic::{Code, Diagnostic, Located, Report, Severity};
 pub use model::{CatchUp, Conflict, Mode, OnResolved, Overlap};
 pub use schedule::{parse_cron, parse_duration, parse_timezone};
 pub use schema::{PLAYBOOK_SCHEMA_PATH, playbook_schema};
-pub use template::environment;
+pub use template::{complete_finding, environment};
 
 use crate::actions::ActionSpec;
 
@@ -134,6 +134,18 @@ pub enum Error {
     },
     #[error("{path} is not UTF-8 text")]
     NotText { path: PathBuf },
+}
+
+/// Reads YAML the way playbooks are read (YAML 1.2 core types, duplicate keys, anchors and tags
+/// refused) into a JSON value; an error comes with its line and column.
+pub fn yaml_value(text: &str) -> Result<serde_json::Value, (usize, usize, String)> {
+    match yaml::Document::parse(text) {
+        Ok(document) => Ok(document.value),
+        Err(diagnostic) => {
+            let (line, column) = yaml::LineIndex::new(text).line_column(diagnostic.span.start);
+            Err((line, column, diagnostic.message))
+        }
+    }
 }
 
 /// Whether a path names a playbook file.

@@ -330,6 +330,29 @@ fn fields_of(schema: &Value, root: &Value) -> Fields {
     fields
 }
 
+/// Gives every field of the Finding schema a value, `null` for the absent ones (and `{}` for the
+/// free-form objects), so a template can test `finding.owner` without tripping over "undefined".
+pub fn complete_finding(value: &mut Value) {
+    fill(value, &FINDING_FIELDS);
+}
+
+fn fill(value: &mut Value, fields: &Fields) {
+    let Some(object) = value.as_object_mut() else {
+        return;
+    };
+    for (name, child) in &fields.children {
+        match object.get_mut(name) {
+            Some(present) => fill(present, child),
+            None if child.open => {
+                object.insert(name.clone(), Value::Object(serde_json::Map::new()));
+            }
+            None => {
+                object.insert(name.clone(), Value::Null);
+            }
+        }
+    }
+}
+
 fn check_finding_path(path: &str, rest: &[&str]) -> Option<Problem> {
     let mut fields = &*FINDING_FIELDS;
     let mut walked = String::from("finding");

@@ -1,0 +1,743 @@
+//! Approval gates and timers: opening a gate, answers (who may answer is decided here, never by
+//! the sender), quorum, timeout with `on_timeout`, reminders and escalation; and the durable
+//! timers that wake parked runs. Every answer — accepted or refused — is audited.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use quench_proto::{Decision, RunEventKind};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use super::drive::{Flow, state};
+use super::state::{
+    Answer, EscalationState, Gate, GateDecision, Run, RunStatus, StepStatus, Timer,
+};
+use super::{Engine, Error, Tx};
+use crate::actions::Approval;
+use crate::playbook::{Playbook, Step, parse_duration};
+use crate::store::{AuditDraft, Key};
+
+const DEFAULT_CHOICES: [&str; 2] = ["approve", "deny"];
+
+/// What became of an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecisionOutcome {
+    /// Recorded, and it decided the gate.
+    Decided {
+        choice: String,
+    },
+    /// Recorded; the gate waits for more answers (quorum).
+    Recorded {
+        choice: String,
+        answers: usize,
+        quorum: u32,
+    },
+    Refused(Refusal),
+}
+
+/// Why an answer was refused (audited, with who sent it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("no such run or gate")]
+    UnknownGate,
+    #[error("the gate's token does not match")]
+    WrongToken,
+    #[error("`{0}` is not one of the gate's choices")]
+    UnknownChoice(String),
+    #[error("{0} is not allowed to answer this gate")]
+    NotAllowed(String),
+    #[error("{0} has already answered")]
+    AlreadyAnswered(String),
+    #[error("already decided: {choice} by {by}")]
+    AlreadyDecided { choice: String, by: String },
+    #[error("the gate is closed: the run ended")]
+    Closed,
+}
+
+impl Refusal {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::UnknownGate => "unknown_gate",
+            Refusal::WrongToken => "wrong_token",
+            Refusal::UnknownChoice(_) => "unknown_choice",
+            Refusal::NotAllowed(_) => "not_allowed",
+            Refusal::AlreadyAnswered(_) => "already_answered",
+            Refusal::AlreadyDecided { .. } => "already_decided",
+            Refusal::Closed => "closed",
+        }
+    }
+}
+
+/// Identities compare in lower case; a Slack id may arrive as `T…/U…` (team and user).
+fn identity(id: &str) -> String {
+    let id = id.trim();
+    let id = id.rsplit_once('/').map_or(id, |(_, user)| user);
+    id.to_lowercase()
+}
+
+impl Engine {
+    /// Opens the gate of an `approval` step and parks the run on it.
+    pub(super) fn open_gate(
+        &self,
+        run: &mut Run,
+        playbook: &Playbook,
+        step: &Step,
+        input: Value,
+        tx: &mut Tx,
+        now: DateTime<Utc>,
+    ) -> Result<Flow, Error> {
+        let gate = match self.build_gate(run, step, input, now) {
+            Ok(gate) => gate,
+            Err(error) => {
+                return self.finish_step(
+                    run,
+                    playbook,
+                    step,
+                    StepStatus::Failed,
+                    Value::Null,
+                    Some(error),
+                    false,
+                    tx,
+                    now,
+                );
+            }
+        };
+        self.set_timer(
+            run,
+            tx,
+            gate.deadline,
+            Timer::GateTimeout {
+                step: step.id.clone(),
+            },
+        );
+        if let Some(every) = gate.remind_every_secs {
+            let due = now + chrono::Duration::seconds(every as i64);
+            if due < gate.deadline {
+                self.set_timer(
+                    run,
+                    tx,
+                    due,
+                    Timer::Remind {
+                        step: step.id.clone(),
+                    },
+                );
+            }
+        }
+        for (index, escalation) in gate.escalations.iter().enumerate() {
+            if escalation.at < gate.deadline {
+                self.set_timer(
+                    run,
+                    tx,
+                    escalation.at,
+                    Timer::Escalate {
+                        step: step.id.clone(),
+                        index,
+                    },
+                );
+            }
+        }
+        tx.batch.put(Key::Gate(&run.id, &step.id), &gate);
+        state(run, step).status = StepStatus::Waiting;
+        run.status = RunStatus::Waiting;
+        let detail = json!({
+            "question": gate.question,
+            "choices": gate.choices,
+            "approvers": gate.approvers,
+            "quorum": gate.quorum,
+            "deadline": gate.deadline,
+            "on_timeout": gate.on_timeout,
+        });
+        tx.event(
+            run,
+            now,
+            RunEventKind::Waiting,
+            Some(&step.id),
+            detail.clone(),
+        );
+        tx.history(run, now, "gate_opened", Some(&step.id), None, detail);
+        Ok(Flow::Stop)
+    }
+
+    fn build_gate(
+        &self,
+        run: &Run,
+        step: &Step,
+        input: Value,
+        now: DateTime<Utc>,
+    ) -> Result<Gate, String> {
+        let approval: Approval =
+            serde_json::from_value(input).map_err(|error| format!("approval inputs: {error}"))?;
+        let timeout = parse_duration(&approval.timeout)?;
+        let choices: Vec<String> = approval.choices.unwrap_or_else(|| {
+            DEFAULT_CHOICES
+                .iter()
+                .map(|choice| (*choice).to_owned())
+                .collect()
+        });
+        if !choices.contains(&approval.on_timeout) {
+            return Err(format!(
+                "`on_timeout: {}` is not one of the choices",
+                approval.on_timeout
+            ));
+        }
+        let approvers: Vec<String> = approval
+            .approvers
+            .into_iter()
+            .filter(|approver| !approver.trim().is_empty())
+            .collect();
+        let allowed = self.expand(&approvers)?;
+        if allowed.is_empty() {
+            return Err("the gate has no approvers".to_owned());
+        }
+        let deadline =
+            now + chrono::Duration::from_std(timeout).map_err(|error| error.to_string())?;
+        let remind_every_secs = approval
+            .remind_every
+            .as_deref()
+            .map(parse_duration)
+            .transpose()?
+            .map(|every| every.as_secs().max(1));
+        let mut escalations = Vec::new();
+        for escalation in approval.escalate {
+            let after = parse_duration(&escalation.after)?;
+            escalations.push(EscalationState {
+                at: now + chrono::Duration::from_std(after).map_err(|error| error.to_string())?,
+                to: escalation.to,
+                done: false,
+            });
+        }
+        Ok(Gate {
+            run_id: run.id.clone(),
+            step: step.id.clone(),
+            token: hex::encode(rand::random::<[u8; 16]>()),
+            question: approval.question,
+            choices,
+            quorum: approval.quorum.unwrap_or(1).max(1),
+            approvers,
+            allowed,
+            aliases: Default::default(),
+            opened_at: now,
+            deadline,
+            on_timeout: approval.on_timeout,
+            remind_every_secs,
+            reminders: 0,
+            escalations,
+            answers: Vec::new(),
+            decision: None,
+            closed: false,
+        })
+    }
+
+    /// Resolves approvers to identities: emails and Slack ids as they are, `group:<name>` to
+    /// the group's members from the service config.
+    fn expand(&self, approvers: &[String]) -> Result<BTreeSet<String>, String> {
+        let mut allowed = BTreeSet::new();
+        for approver in approvers {
+            match approver.strip_prefix("group:") {
+                Some(group) => {
+                    let members = self
+                        .inner
+                        .config
+                        .groups
+                        .get(group)
+                        .ok_or_else(|| format!("approver group `{group}` is not defined in the service config (`[groups]`)"))?;
+                    allowed.extend(members.iter().map(|member| identity(member)));
+                }
+                None => {
+                    allowed.insert(identity(approver));
+                }
+            }
+        }
+        Ok(allowed)
+    }
+
+    /// Takes an answer to a gate. Returns what became of it; the runs to drive are returned by
+    /// [`Engine::decide_and_wake`].
+    pub async fn decide(&self, decision: &Decision) -> Result<DecisionOutcome, Error> {
+        Ok(self.decide_and_wake(decision).await?.0)
+    }
+
+    /// Like [`Engine::decide`], also returning the runs to drive now.
+    pub async fn decide_and_wake(
+        &self,
+        decision: &Decision,
+    ) -> Result<(DecisionOutcome, Vec<String>), Error> {
+        let _guard = self.inner.locks.lock(&decision.run_id).await;
+        let now = self.now();
+        let mut tx = Tx::default();
+        let run: Option<Run> = self.run(&decision.run_id)?;
+        let gate: Option<Gate> = self
+            .inner
+            .store
+            .get(Key::Gate(&decision.run_id, &decision.gate))?;
+        let actor = json!({"via": decision.actor.via, "id": decision.actor.id, "name": decision.actor.name});
+        let (Some(mut run), Some(mut gate)) = (run, gate) else {
+            let mut draft = AuditDraft::new(
+                now,
+                "decision",
+                json!({"decision": decision.id, "choice": decision.choice, "refused": Refusal::UnknownGate.code()}),
+            );
+            draft.run_id = Some(decision.run_id.clone());
+            draft.step = Some(decision.gate.clone());
+            draft.actor = Some(actor);
+            draft.allowed = Some(false);
+            tx.audit_draft(draft);
+            self.commit(tx).await?;
+            return Ok((DecisionOutcome::Refused(Refusal::UnknownGate), Vec::new()));
+        };
+        let refusal = self.check_answer(&run, &gate, decision);
+        let step = gate.step.clone();
+        if let Some(refusal) = refusal {
+            let mut detail = json!({"decision": decision.id, "choice": decision.choice, "refused": refusal.code(), "reason": refusal.to_string()});
+            if let Some(comment) = &decision.comment {
+                detail["comment"] = comment.clone().into();
+            }
+            tx.audit(&run, now, "decision", Some(&step), detail);
+            mark_last_actor(&mut tx, actor, false);
+            tx.history(
+                &mut run,
+                now,
+                "answer_refused",
+                Some(&step),
+                None,
+                json!({"actor": decision.actor.id, "reason": refusal.to_string()}),
+            );
+            tx.save(&mut run, now);
+            self.commit(tx).await?;
+            return Ok((DecisionOutcome::Refused(refusal), Vec::new()));
+        }
+        gate.answers.push(Answer {
+            actor: decision.actor.id.clone(),
+            name: decision.actor.name.clone(),
+            via: via_name(decision),
+            choice: decision.choice.clone(),
+            at: now,
+            comment: decision.comment.clone(),
+        });
+        tx.audit(&run, now, "decision", Some(&step), json!({"decision": decision.id, "choice": decision.choice, "comment": decision.comment}));
+        mark_last_actor(&mut tx, actor, true);
+        tx.history(
+            &mut run,
+            now,
+            "answer",
+            Some(&step),
+            None,
+            json!({"actor": decision.actor.id, "choice": decision.choice}),
+        );
+        let agreeing: Vec<&Answer> = gate
+            .answers
+            .iter()
+            .filter(|answer| answer.choice == decision.choice)
+            .collect();
+        let outcome = if agreeing.len() as u32 >= gate.quorum {
+            let decided_by = agreeing.iter().map(|answer| answer.actor.clone()).collect();
+            self.decide_gate(
+                &mut run,
+                &mut gate,
+                decision.choice.clone(),
+                decided_by,
+                via_name(decision),
+                &mut tx,
+                now,
+            );
+            DecisionOutcome::Decided {
+                choice: decision.choice.clone(),
+            }
+        } else {
+            DecisionOutcome::Recorded {
+                choice: decision.choice.clone(),
+                answers: agreeing.len(),
+                quorum: gate.quorum,
+            }
+        };
+        tx.batch.put(Key::Gate(&run.id, &gate.step), &gate);
+        tx.save(&mut run, now);
+        let mut wake = self.commit(tx).await?;
+        if run.status == RunStatus::Running {
+            wake.push(run.id.clone());
+        }
+        Ok((outcome, wake))
+    }
+
+    fn check_answer(&self, run: &Run, gate: &Gate, decision: &Decision) -> Option<Refusal> {
+        if !bool::from(gate.token.as_bytes().ct_eq(decision.token.as_bytes())) {
+            return Some(Refusal::WrongToken);
+        }
+        if let Some(decided) = &gate.decision {
+            return Some(Refusal::AlreadyDecided {
+                choice: decided.choice.clone(),
+                by: decided.decided_by.join(", "),
+            });
+        }
+        if gate.closed || run.status.is_terminal() {
+            return Some(Refusal::Closed);
+        }
+        if !gate.choices.contains(&decision.choice) {
+            return Some(Refusal::UnknownChoice(decision.choice.clone()));
+        }
+        let who = identity(&decision.actor.id);
+        let alias = gate.aliases.get(&who).map(|alias| identity(alias));
+        let allowed =
+            gate.allowed.contains(&who) || alias.is_some_and(|alias| gate.allowed.contains(&alias));
+        if !allowed {
+            return Some(Refusal::NotAllowed(decision.actor.id.clone()));
+        }
+        if gate
+            .answers
+            .iter()
+            .any(|answer| identity(&answer.actor) == who)
+        {
+            return Some(Refusal::AlreadyAnswered(decision.actor.id.clone()));
+        }
+        None
+    }
+
+    /// Records the gate's decision on the gate and the step, and wakes the run.
+    #[allow(clippy::too_many_arguments)]
+    fn decide_gate(
+        &self,
+        run: &mut Run,
+        gate: &mut Gate,
+        choice: String,
+        decided_by: Vec<String>,
+        via: String,
+        tx: &mut Tx,
+        now: DateTime<Utc>,
+    ) {
+        gate.decision = Some(GateDecision {
+            choice: choice.clone(),
+            decided_by: decided_by.clone(),
+            decided_at: now,
+            via: via.clone(),
+        });
+        for name in [
+            Timer::GateTimeout {
+                step: gate.step.clone(),
+            }
+            .name(),
+            Timer::Remind {
+                step: gate.step.clone(),
+            }
+            .name(),
+        ] {
+            self.clear_timer(run, tx, &name);
+        }
+        for index in 0..gate.escalations.len() {
+            self.clear_timer(
+                run,
+                tx,
+                &Timer::Escalate {
+                    step: gate.step.clone(),
+                    index,
+                }
+                .name(),
+            );
+        }
+        let step = run.steps.entry(gate.step.clone()).or_default();
+        step.status = StepStatus::Succeeded;
+        step.choice = Some(choice.clone());
+        step.decided_by = decided_by.clone();
+        step.decided_at = Some(now);
+        step.via = Some(via.clone());
+        step.output = json!({"choice": choice, "decided_by": decided_by, "via": via});
+        step.finished_at = Some(now);
+        run.status = RunStatus::Running;
+        tx.event(
+            run,
+            now,
+            RunEventKind::Decided,
+            Some(&gate.step),
+            json!({"choice": choice, "decided_by": decided_by, "via": via}),
+        );
+        tx.history(
+            run,
+            now,
+            "decided",
+            Some(&gate.step),
+            None,
+            json!({"choice": choice, "decided_by": decided_by, "via": via}),
+        );
+    }
+
+    /// Fires every timer due now. Returns the runs to drive.
+    pub async fn fire_due(&self) -> Result<Vec<String>, Error> {
+        let mut wake = Vec::new();
+        loop {
+            let now = self.now();
+            let due = self.inner.store.due_timers::<Timer>(now, 512)?;
+            if due.is_empty() {
+                return Ok(wake);
+            }
+            for (key, timer) in due {
+                wake.extend(self.fire(&key, timer).await?);
+            }
+        }
+    }
+
+    async fn fire(&self, key: &crate::store::TimerKey, timer: Timer) -> Result<Vec<String>, Error> {
+        let _guard = self.inner.locks.lock(&key.run).await;
+        let now = self.now();
+        let mut tx = Tx::default();
+        tx.batch.delete(key.key());
+        let run: Option<Run> = self.run(&key.run)?;
+        let Some(mut run) = run.filter(|run| {
+            !run.status.is_terminal()
+                && run
+                    .timers
+                    .iter()
+                    .any(|set| set.name == key.name && set.due == key.due)
+        }) else {
+            // A stale timer (the run ended, or the timer was replaced): just remove it.
+            self.commit(tx).await?;
+            return Ok(Vec::new());
+        };
+        run.timers
+            .retain(|set| !(set.name == key.name && set.due == key.due));
+        match timer {
+            Timer::Wait { step } => {
+                let state = run.steps.entry(step.clone()).or_default();
+                state.status = StepStatus::Succeeded;
+                state.finished_at = Some(now);
+                run.status = RunStatus::Running;
+                tx.event(
+                    &run,
+                    now,
+                    RunEventKind::StepSucceeded,
+                    Some(&step),
+                    json!({"waited_until": key.due}),
+                );
+                tx.history(&mut run, now, "wait_over", Some(&step), None, Value::Null);
+            }
+            Timer::Retry { step } => {
+                run.steps.entry(step.clone()).or_default().status = StepStatus::Running;
+                run.status = RunStatus::Running;
+                tx.history(&mut run, now, "retry", Some(&step), None, Value::Null);
+            }
+            Timer::GateTimeout { step } => {
+                if let Some(mut gate) = self.inner.store.get::<Gate>(Key::Gate(&run.id, &step))?
+                    && gate.decision.is_none()
+                {
+                    let choice = gate.on_timeout.clone();
+                    tx.audit(
+                        &run,
+                        now,
+                        "gate_timed_out",
+                        Some(&step),
+                        json!({"choice": choice, "answers": gate.answers.len()}),
+                    );
+                    self.decide_gate(
+                        &mut run,
+                        &mut gate,
+                        choice,
+                        vec!["timeout".to_owned()],
+                        "timeout".to_owned(),
+                        &mut tx,
+                        now,
+                    );
+                    tx.batch.put(Key::Gate(&run.id, &step), &gate);
+                }
+            }
+            Timer::Remind { step } => {
+                if let Some(mut gate) = self.inner.store.get::<Gate>(Key::Gate(&run.id, &step))?
+                    && gate.decision.is_none()
+                {
+                    gate.reminders += 1;
+                    let pending = self.not_answered(&gate);
+                    tx.audit(
+                        &run,
+                        now,
+                        "gate_reminder",
+                        Some(&step),
+                        json!({"reminder": gate.reminders, "to": pending}),
+                    );
+                    tx.history(
+                        &mut run,
+                        now,
+                        "reminder",
+                        Some(&step),
+                        None,
+                        json!({"to": pending}),
+                    );
+                    if let Some(every) = gate.remind_every_secs {
+                        let next = now + chrono::Duration::seconds(every as i64);
+                        if next < gate.deadline {
+                            self.set_timer(
+                                &mut run,
+                                &mut tx,
+                                next,
+                                Timer::Remind { step: step.clone() },
+                            );
+                        }
+                    }
+                    tx.batch.put(Key::Gate(&run.id, &step), &gate);
+                }
+            }
+            Timer::Escalate { step, index } => {
+                if let Some(mut gate) = self.inner.store.get::<Gate>(Key::Gate(&run.id, &step))?
+                    && gate.decision.is_none()
+                    && let Some(escalation) = gate.escalations.get(index).cloned()
+                {
+                    match self.expand(&escalation.to) {
+                        Ok(added) => {
+                            gate.allowed.extend(added);
+                            gate.approvers.extend(escalation.to.iter().cloned());
+                            tx.audit(
+                                &run,
+                                now,
+                                "gate_escalated",
+                                Some(&step),
+                                json!({"to": escalation.to}),
+                            );
+                            tx.history(
+                                &mut run,
+                                now,
+                                "escalated",
+                                Some(&step),
+                                None,
+                                json!({"to": escalation.to}),
+                            );
+                        }
+                        Err(error) => {
+                            tx.audit(
+                                &run,
+                                now,
+                                "gate_escalation_failed",
+                                Some(&step),
+                                json!({"to": escalation.to, "error": error}),
+                            );
+                        }
+                    }
+                    if let Some(state) = gate.escalations.get_mut(index) {
+                        state.done = true;
+                    }
+                    tx.batch.put(Key::Gate(&run.id, &step), &gate);
+                }
+            }
+            Timer::RunTimeout => {
+                let playbook = self.version(&run.version)?;
+                let error = format!(
+                    "the run timed out (its `timeout` passed at {})",
+                    key.due.to_rfc3339()
+                );
+                // A run in its `on_failure` steps is already failing; the deadline ends it.
+                if run.phase == super::state::Phase::Main {
+                    let at = run
+                        .steps
+                        .iter()
+                        .find(|(_, state)| !state.status.is_done())
+                        .map(|(id, _)| id.clone())
+                        .unwrap_or_default();
+                    self.close_waiting_steps(&mut run, &mut tx, now)?;
+                    run.status = RunStatus::Running;
+                    self.fail_run(&mut run, &playbook, &at, error, &mut tx, now)?;
+                } else {
+                    self.end(&mut run, &mut tx, RunStatus::Failed, Some(error), now)?;
+                }
+            }
+        }
+        tx.save(&mut run, now);
+        let mut wake = self.commit(tx).await?;
+        if run.status == RunStatus::Running {
+            wake.push(run.id.clone());
+        }
+        Ok(wake)
+    }
+
+    /// When a run fails while parked (its deadline), its waiting step fails and its timers go.
+    fn close_waiting_steps(
+        &self,
+        run: &mut Run,
+        tx: &mut Tx,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        for state in run.steps.values_mut() {
+            if matches!(state.status, StepStatus::Waiting | StepStatus::Running) {
+                state.status = StepStatus::Failed;
+                state.error = Some("the run timed out".to_owned());
+                state.finished_at = Some(now);
+                state.in_flight = None;
+            }
+        }
+        for timer in std::mem::take(&mut run.timers) {
+            if timer.name != Timer::RunTimeout.name() {
+                tx.batch.delete(Key::Timer {
+                    due: timer.due,
+                    run: &run.id,
+                    name: &timer.name,
+                });
+            }
+        }
+        for mut gate in self.inner.store.gates::<Gate>(&run.id)? {
+            if gate.decision.is_none() && !gate.closed {
+                gate.closed = true;
+                tx.batch.put(Key::Gate(&run.id, &gate.step), &gate);
+            }
+        }
+        Ok(())
+    }
+
+    fn not_answered(&self, gate: &Gate) -> Vec<String> {
+        let answered: BTreeSet<String> = gate
+            .answers
+            .iter()
+            .map(|answer| identity(&answer.actor))
+            .collect();
+        gate.approvers
+            .iter()
+            .filter(|approver| !answered.contains(&identity(approver)))
+            .cloned()
+            .collect()
+    }
+
+    /// Cancels a run that has not ended (an operator, `on_resolved: cancel`, `replace`).
+    pub async fn cancel(&self, run_id: &str, reason: &str) -> Result<bool, Error> {
+        let _guard = self.inner.locks.lock(run_id).await;
+        let mut tx = Tx::default();
+        let Some(mut run) = self.run(run_id)? else {
+            return Ok(false);
+        };
+        if run.status.is_terminal() {
+            return Ok(false);
+        }
+        let now = self.now();
+        self.cancel_locked(&mut run, reason, &mut tx, now)?;
+        tx.save(&mut run, now);
+        let wake = self.commit(tx).await?;
+        self.drive_all(wake).await?;
+        Ok(true)
+    }
+
+    /// Cancels a run whose lock the caller holds.
+    pub(super) fn cancel_locked(
+        &self,
+        run: &mut Run,
+        reason: &str,
+        tx: &mut Tx,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        for state in run.steps.values_mut() {
+            if matches!(state.status, StepStatus::Waiting | StepStatus::Running) {
+                state.status = StepStatus::Skipped;
+                state.error = Some(format!("cancelled: {reason}"));
+                state.in_flight = None;
+            }
+        }
+        self.end(run, tx, RunStatus::Cancelled, Some(reason.to_owned()), now)
+    }
+}
+
+fn via_name(decision: &Decision) -> String {
+    serde_json::to_value(decision.actor.via)
+        .ok()
+        .and_then(|via| via.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Sets the actor and verdict on the audit entry just appended.
+fn mark_last_actor(tx: &mut Tx, actor: Value, allowed: bool) {
+    tx.batch.amend_last_audit(|draft| {
+        draft.actor = Some(actor);
+        draft.allowed = Some(allowed);
+    });
+}

@@ -1,0 +1,440 @@
+//! Taking findings in: drop ids already seen, match playbooks (kinds, then `where`), then start a
+//! run or apply the playbook's key policy (`attach`, `skip`, `queue`, `replace`) and
+//! `on_resolved` — all for a whole batch of findings in one commit, so the caller can
+//! acknowledge the batch once it returns.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use quench_proto::{Finding, Status};
+use serde_json::{Value, json};
+
+use super::locks::RunGuard;
+use super::render::{Scope, context};
+use super::state::{Phase, Queued, Run, RunStatus};
+use super::{Engine, Error, Tx};
+use crate::playbook::{Conflict, OnResolved, Playbook, Trigger};
+use crate::store::{AuditDraft, Key};
+
+/// Most attached finding ids remembered on a run.
+const MAX_ATTACHED: usize = 100;
+
+/// What became of one finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FindingOutcome {
+    /// Its id was seen before: dropped.
+    Duplicate,
+    /// No playbook matched (audited).
+    Unmatched,
+    /// Handled by at least one playbook; what each did.
+    Matched(Vec<(String, Handling)>),
+}
+
+/// What one matching playbook did with a finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handling {
+    Started {
+        run: String,
+    },
+    Attached {
+        run: String,
+    },
+    Skipped {
+        run: String,
+    },
+    Queued {
+        behind: String,
+    },
+    Replaced {
+        cancelled: String,
+        run: String,
+    },
+    /// A `resolved` finding cancelled the open run.
+    Resolved {
+        cancelled: String,
+    },
+    /// A `resolved` finding was recorded; nothing changed.
+    ResolvedNoted,
+    /// `where`, `vars` or `key` could not be evaluated (audited).
+    Error(String),
+}
+
+impl Engine {
+    /// Takes a batch of parsed findings in one commit. Returns each finding's outcome, and the
+    /// runs to drive.
+    pub async fn ingest(
+        &self,
+        findings: &[Finding],
+    ) -> Result<(Vec<FindingOutcome>, Vec<String>), Error> {
+        let _intake = self.inner.intake.lock().await;
+        let now = self.now();
+        let playbooks = self.playbooks();
+        let mut tx = Tx::default();
+        let mut seen = HashSet::new();
+        let mut open: HashMap<(String, String), Option<String>> = HashMap::new();
+        let mut held: HashMap<String, (RunGuard<'_>, Run)> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(findings.len());
+
+        for finding in findings {
+            if !seen.insert(finding.id.clone())
+                || self.inner.store.contains(Key::Seen(&finding.id))?
+            {
+                outcomes.push(FindingOutcome::Duplicate);
+                continue;
+            }
+            tx.batch.put(Key::Seen(&finding.id), &now);
+            tx.batch.put(Key::SeenExpiry(now, &finding.id), &true);
+            tx.audit_draft(AuditDraft::new(
+                now,
+                "finding_received",
+                json!({"id": finding.id, "kind": finding.kind, "key": finding.key, "status": finding.status, "severity": finding.severity, "source": finding.source}),
+            ));
+            let mut handled = Vec::new();
+            for playbook in playbooks.values() {
+                let Trigger::Finding(trigger) = &playbook.trigger else {
+                    continue;
+                };
+                if !trigger.matches_kind(&finding.kind) {
+                    continue;
+                }
+                let handling = self
+                    .handle(playbook, finding, &mut tx, &mut open, &mut held, now)
+                    .await?;
+                if let Some(handling) = handling {
+                    handled.push((playbook.name.clone(), handling));
+                }
+            }
+            if handled.is_empty() {
+                tx.audit_draft(AuditDraft::new(
+                    now,
+                    "finding_unmatched",
+                    json!({"id": finding.id, "kind": finding.kind}),
+                ));
+                outcomes.push(FindingOutcome::Unmatched);
+            } else {
+                outcomes.push(FindingOutcome::Matched(handled));
+            }
+        }
+        self.prune_seen(&mut tx, now)?;
+        for (_, (_, run)) in held.iter_mut() {
+            tx.save(run, now);
+        }
+        let wake = self.commit(tx).await?;
+        drop(held);
+        Ok((outcomes, wake))
+    }
+
+    /// One finding against one playbook whose kinds match. `None` when `where` is false.
+    async fn handle<'a>(
+        &'a self,
+        playbook: &Arc<Playbook>,
+        finding: &Finding,
+        tx: &mut Tx,
+        open: &mut HashMap<(String, String), Option<String>>,
+        held: &mut HashMap<String, (RunGuard<'a>, Run)>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Handling>, Error> {
+        let audit = |kind: &'static str, detail: Value| {
+            let mut draft = AuditDraft::new(now, kind, detail);
+            draft.playbook = Some(playbook.name.clone());
+            draft.version = Some(playbook.version.clone());
+            draft
+        };
+        // A provisional run gives `where`, `vars` and `key` the same context a run would.
+        let provisional = provisional_run(playbook, Some(finding), now, self.inner.config.mode);
+        let scope = context(&provisional, playbook, now, Scope::default());
+        if let Trigger::Finding(trigger) = &playbook.trigger
+            && let Some(condition) = &trigger.condition
+        {
+            match self.inner.renderer.condition(condition, &scope) {
+                Ok(true) => {}
+                Ok(false) => return Ok(None),
+                Err(error) => {
+                    tx.audit_draft(audit(
+                        "match_error",
+                        json!({"finding": finding.id, "error": format!("`where` failed: {error}")}),
+                    ));
+                    return Ok(Some(Handling::Error(error)));
+                }
+            }
+        }
+        let vars = match self
+            .inner
+            .renderer
+            .value(&Value::Object(playbook.vars.clone()), &scope)
+        {
+            Ok(Value::Object(vars)) => vars,
+            Ok(_) => serde_json::Map::new(),
+            Err(error) => {
+                tx.audit_draft(audit(
+                    "match_error",
+                    json!({"finding": finding.id, "error": format!("`vars` failed: {error}")}),
+                ));
+                return Ok(Some(Handling::Error(error)));
+            }
+        };
+        let mut with_vars = provisional;
+        with_vars.vars = vars.clone();
+        let scope = context(&with_vars, playbook, now, Scope::default());
+        let key = match self
+            .inner
+            .renderer
+            .value(&Value::String(playbook.key.clone()), &scope)
+        {
+            Ok(Value::String(key)) if !key.is_empty() => key,
+            Ok(other) => {
+                let error = format!("`key` rendered to {other}, not a non-empty string");
+                tx.audit_draft(audit(
+                    "match_error",
+                    json!({"finding": finding.id, "error": error}),
+                ));
+                return Ok(Some(Handling::Error(error)));
+            }
+            Err(error) => {
+                tx.audit_draft(audit(
+                    "match_error",
+                    json!({"finding": finding.id, "error": format!("`key` failed: {error}")}),
+                ));
+                return Ok(Some(Handling::Error(error)));
+            }
+        };
+        tx.audit_draft(audit(
+            "finding_matched",
+            json!({"finding": finding.id, "key": key}),
+        ));
+
+        let slot = (playbook.name.clone(), key.clone());
+        let current = match open.get(&slot) {
+            Some(current) => current.clone(),
+            None => self
+                .inner
+                .store
+                .get::<String>(Key::Open(&playbook.name, &key))?,
+        };
+
+        if finding.status == Status::Resolved {
+            return Ok(Some(match (current, playbook.on_resolved) {
+                (Some(run_id), OnResolved::Cancel) => {
+                    let reason = format!("finding {} reported the problem resolved", finding.id);
+                    self.cancel_held(&run_id, &reason, tx, held, now).await?;
+                    open.insert(slot, None);
+                    Handling::Resolved { cancelled: run_id }
+                }
+                (current, _) => {
+                    tx.audit_draft(audit(
+                        "finding_resolved",
+                        json!({"finding": finding.id, "key": key, "open_run": current}),
+                    ));
+                    Handling::ResolvedNoted
+                }
+            }));
+        }
+
+        let handling = match (current, playbook.on_conflict) {
+            (None, _) => {
+                let run = self.start_run(tx, playbook, Some(finding.clone()), key, vars, now);
+                open.insert(slot, Some(run.id.clone()));
+                Handling::Started { run: run.id }
+            }
+            (Some(run_id), Conflict::Attach) => {
+                if let Some((_, run)) = self.hold(&run_id, held).await? {
+                    run.attached.push(finding.id.clone());
+                    if run.attached.len() > MAX_ATTACHED {
+                        run.attached.remove(0);
+                    }
+                    let snapshot = run.clone();
+                    tx.audit(
+                        &snapshot,
+                        now,
+                        "finding_attached",
+                        None,
+                        json!({"finding": finding.id}),
+                    );
+                    if let Some((_, run)) = held.get_mut(&run_id) {
+                        tx.history(
+                            run,
+                            now,
+                            "finding_attached",
+                            None,
+                            None,
+                            json!({"finding": finding.id}),
+                        );
+                    }
+                }
+                Handling::Attached { run: run_id }
+            }
+            (Some(run_id), Conflict::Skip) => {
+                tx.audit_draft(audit(
+                    "finding_skipped",
+                    json!({"finding": finding.id, "key": key, "open_run": run_id}),
+                ));
+                Handling::Skipped { run: run_id }
+            }
+            (Some(run_id), Conflict::Queue) => {
+                let seq = now.timestamp_nanos_opt().unwrap_or_default() as u64
+                    + tx.batch.audit_count() as u64;
+                tx.batch.put(
+                    Key::Queued(&playbook.name, &key, seq),
+                    &Queued {
+                        finding: finding.clone(),
+                        queued_at: now,
+                    },
+                );
+                tx.audit_draft(audit(
+                    "finding_queued",
+                    json!({"finding": finding.id, "key": key, "behind": run_id}),
+                ));
+                Handling::Queued { behind: run_id }
+            }
+            (Some(run_id), Conflict::Replace) => {
+                let reason = format!("replaced by a run for finding {}", finding.id);
+                self.cancel_held(&run_id, &reason, tx, held, now).await?;
+                let run = self.start_run(tx, playbook, Some(finding.clone()), key, vars, now);
+                open.insert(slot, Some(run.id.clone()));
+                Handling::Replaced {
+                    cancelled: run_id,
+                    run: run.id,
+                }
+            }
+        };
+        Ok(Some(handling))
+    }
+
+    /// Starts a run of a playbook without a finding (a scheduled playbook's tick). Returns the
+    /// run, or `None` when a run for its key is still open; and the runs to drive.
+    pub async fn trigger(&self, name: &str) -> Result<(Option<String>, Vec<String>), Error> {
+        let _intake = self.inner.intake.lock().await;
+        let now = self.now();
+        let Some(playbook) = self.playbooks().get(name).cloned() else {
+            return Ok((None, Vec::new()));
+        };
+        let mut tx = Tx::default();
+        let mut provisional = provisional_run(&playbook, None, now, self.inner.config.mode);
+        let scope = context(&provisional, &playbook, now, Scope::default());
+        let rendered = self
+            .inner
+            .renderer
+            .value(&Value::Object(playbook.vars.clone()), &scope)
+            .map(|vars| match vars {
+                Value::Object(vars) => vars,
+                _ => serde_json::Map::new(),
+            })
+            .and_then(|vars| {
+                provisional.vars = vars.clone();
+                let scope = context(&provisional, &playbook, now, Scope::default());
+                match self
+                    .inner
+                    .renderer
+                    .value(&Value::String(playbook.key.clone()), &scope)?
+                {
+                    Value::String(key) if !key.is_empty() => Ok((vars, key)),
+                    other => Err(format!("`key` rendered to {other}, not a non-empty string")),
+                }
+            });
+        let (vars, key) = match rendered {
+            Ok(rendered) => rendered,
+            Err(error) => {
+                let mut draft = AuditDraft::new(now, "trigger_error", json!({"error": error}));
+                draft.playbook = Some(playbook.name.clone());
+                draft.version = Some(playbook.version.clone());
+                tx.audit_draft(draft);
+                self.commit(tx).await?;
+                return Ok((None, Vec::new()));
+            }
+        };
+        if let Some(open) = self
+            .inner
+            .store
+            .get::<String>(Key::Open(&playbook.name, &key))?
+        {
+            let mut draft = AuditDraft::new(now, "trigger_skipped", json!({"open_run": open}));
+            draft.playbook = Some(playbook.name.clone());
+            tx.audit_draft(draft);
+            self.commit(tx).await?;
+            return Ok((None, Vec::new()));
+        }
+        let run = self.start_run(&mut tx, &playbook, None, key, vars, now);
+        let wake = self.commit(tx).await?;
+        Ok((Some(run.id), wake))
+    }
+
+    /// Locks and loads a run for the rest of the intake batch.
+    async fn hold<'a, 'h>(
+        &'a self,
+        run_id: &str,
+        held: &'h mut HashMap<String, (RunGuard<'a>, Run)>,
+    ) -> Result<Option<&'h mut (RunGuard<'a>, Run)>, Error> {
+        if !held.contains_key(run_id) {
+            let guard = self.inner.locks.lock(run_id).await;
+            let Some(run) = self.run(run_id)? else {
+                return Ok(None);
+            };
+            held.insert(run_id.to_owned(), (guard, run));
+        }
+        Ok(held.get_mut(run_id))
+    }
+
+    async fn cancel_held<'a>(
+        &'a self,
+        run_id: &str,
+        reason: &str,
+        tx: &mut Tx,
+        held: &mut HashMap<String, (RunGuard<'a>, Run)>,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        if let Some((_, run)) = self.hold(run_id, held).await?
+            && !run.status.is_terminal()
+        {
+            let mut taken = run.clone();
+            self.cancel_locked(&mut taken, reason, tx, now)?;
+            *run = taken;
+        }
+        Ok(())
+    }
+
+    /// Forgets seen finding ids older than the retention (a bounded amount per commit).
+    fn prune_seen(&self, tx: &mut Tx, now: DateTime<Utc>) -> Result<(), Error> {
+        let retention = chrono::Duration::from_std(self.inner.config.seen_retention)
+            .unwrap_or(chrono::Duration::MAX);
+        let Some(before) = now.checked_sub_signed(retention) else {
+            return Ok(());
+        };
+        for (at, id) in self.inner.store.expired_seen(before, 256)? {
+            tx.batch.delete(Key::SeenExpiry(at, &id));
+            tx.batch.delete(Key::Seen(&id));
+        }
+        Ok(())
+    }
+}
+
+/// A run that does not exist yet, so that `where`, `vars` and `key` see the usual context.
+fn provisional_run(
+    playbook: &Playbook,
+    finding: Option<&Finding>,
+    now: DateTime<Utc>,
+    mode: crate::playbook::Mode,
+) -> Run {
+    Run {
+        id: String::new(),
+        playbook: playbook.name.clone(),
+        version: playbook.version.clone(),
+        key: finding.map_or_else(|| playbook.name.clone(), |finding| finding.key.clone()),
+        finding: finding.cloned(),
+        attached: Vec::new(),
+        mode: playbook.mode.unwrap_or(mode),
+        status: RunStatus::Running,
+        started_at: now,
+        updated_at: now,
+        ended_at: None,
+        deadline: None,
+        vars: serde_json::Map::new(),
+        phase: Phase::Main,
+        cursor: 0,
+        steps: Default::default(),
+        failure: None,
+        cancelled: None,
+        timers: Vec::new(),
+        history_seq: 0,
+    }
+}

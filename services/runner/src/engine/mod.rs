@@ -1,0 +1,387 @@
+//! The workflow engine: findings in, durable runs of playbooks out.
+//!
+//! Every change of run state is a [`store::Batch`] committed before anything else happens: an
+//! effect's *intent* (with its idempotency key `run/step/iteration`) is durable before the call,
+//! its result before the next step. A run that parks (on a gate, a `wait` or a retry backoff)
+//! leaves only records and a timer in the store. After a crash, runs that were between steps are
+//! driven again ([`Engine::recover`]) and an intent without a result is executed again with the
+//! same key; timers that fell due while the process was down fire at start-up.
+//!
+//! The engine does no network I/O itself: actions are called through [`Actions`], and the run
+//! events it emits go to an [`EventSink`].
+//!
+//! Concurrency: one lock per run (decisions, timers and driving of one run never interleave);
+//! intake of findings is serialized, and commits of all runs are grouped by the store.
+
+mod action;
+mod clock;
+mod drive;
+mod gate;
+mod intake;
+mod locks;
+mod render;
+pub mod state;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use quench_proto::{RunEvent, RunEventKind, RunEventSchema};
+use serde_json::Value;
+
+pub use action::{Action, ActionError, ActionFuture, Actions, Call, Success};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use gate::{DecisionOutcome, Refusal};
+pub use intake::{FindingOutcome, Handling};
+pub use render::MAX_FOREACH;
+pub use state::{Gate, HistoryEntry, Run, RunStatus, StepState, StepStatus};
+
+use crate::playbook::{self, Mode, Playbook};
+use crate::store::{AuditDraft, Batch, Key, Store};
+
+/// How the engine behaves; flags and config say this, playbooks do not.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The mode of playbooks that do not set one.
+    pub mode: Mode,
+    /// Approver groups: `group:<name>` → emails and Slack user ids.
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// Per-attempt deadline of a step without its own `timeout`.
+    pub default_step_timeout: Duration,
+    /// How long seen finding ids are remembered for de-duplication.
+    pub seen_retention: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            mode: Mode::Live,
+            groups: BTreeMap::new(),
+            default_step_timeout: Duration::from_secs(300),
+            seen_retention: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error("playbook version {version} is not in the store")]
+    UnknownVersion { version: String },
+    #[error("playbook version {version} no longer compiles: {message}")]
+    Recompile { version: String, message: String },
+}
+
+/// Where run events go after their commit (NATS in the service; a list in tests).
+pub trait EventSink: Send + Sync + std::fmt::Debug {
+    fn publish(&self, events: Vec<RunEvent>);
+}
+
+/// A cheap handle to the engine.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    actions: Actions,
+    config: EngineConfig,
+    /// The current playbooks, by name.
+    playbooks: RwLock<Arc<BTreeMap<String, Arc<Playbook>>>>,
+    /// Every version seen, by content hash (runs keep theirs).
+    versions: Mutex<HashMap<String, Arc<Playbook>>>,
+    locks: locks::RunLocks,
+    intake: tokio::sync::Mutex<()>,
+    renderer: render::Renderer,
+    events: Option<Arc<dyn EventSink>>,
+}
+
+impl Engine {
+    pub fn new(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        actions: Actions,
+        config: EngineConfig,
+    ) -> Engine {
+        Engine {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                actions,
+                config,
+                playbooks: RwLock::new(Arc::new(BTreeMap::new())),
+                versions: Mutex::new(HashMap::new()),
+                locks: locks::RunLocks::default(),
+                intake: tokio::sync::Mutex::new(()),
+                renderer: render::Renderer::new(),
+                events: None,
+            }),
+        }
+    }
+
+    /// The same engine, sending run events to `sink`. Call before sharing the engine.
+    pub fn with_events(self, sink: Arc<dyn EventSink>) -> Engine {
+        let mut inner =
+            Arc::try_unwrap(self.inner).expect("with_events is called before the engine is shared");
+        inner.events = Some(sink);
+        Engine {
+            inner: Arc::new(inner),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
+    /// Makes `playbooks` the current set. New versions are stored by content hash and audited;
+    /// runs already open keep the version they started with.
+    pub async fn load_playbooks(
+        &self,
+        playbooks: Vec<Playbook>,
+        loaded_by: &str,
+    ) -> Result<(), Error> {
+        let now = self.now();
+        let mut batch = Batch::new();
+        let mut set = BTreeMap::new();
+        for playbook in playbooks {
+            let playbook = Arc::new(playbook);
+            if !self
+                .inner
+                .store
+                .contains(Key::PlaybookVersion(&playbook.version))?
+            {
+                batch.put(
+                    Key::PlaybookVersion(&playbook.version),
+                    &playbook.source.as_ref(),
+                );
+                batch.put(Key::PlaybookHistory(&playbook.name, now), &playbook.version);
+                let mut draft =
+                    AuditDraft::new(now, "playbook_loaded", serde_json::json!({"by": loaded_by}));
+                draft.playbook = Some(playbook.name.clone());
+                draft.version = Some(playbook.version.clone());
+                batch.audit(draft);
+            }
+            self.versions()
+                .insert(playbook.version.clone(), playbook.clone());
+            set.insert(playbook.name.clone(), playbook);
+        }
+        self.inner.store.commit(batch).await?;
+        *self
+            .inner
+            .playbooks
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(set);
+        Ok(())
+    }
+
+    /// The current playbooks.
+    pub fn playbooks(&self) -> Arc<BTreeMap<String, Arc<Playbook>>> {
+        self.inner
+            .playbooks
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn versions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Playbook>>> {
+        self.inner
+            .versions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The playbook a run is pinned to, from the cache or recompiled from its stored source.
+    fn version(&self, version: &str) -> Result<Arc<Playbook>, Error> {
+        if let Some(playbook) = self.versions().get(version) {
+            return Ok(playbook.clone());
+        }
+        let source: String = self
+            .inner
+            .store
+            .get(Key::PlaybookVersion(version))?
+            .ok_or_else(|| Error::UnknownVersion {
+                version: version.to_owned(),
+            })?;
+        let compiled = playbook::compile(&source);
+        let playbook = compiled.playbook.ok_or_else(|| Error::Recompile {
+            version: version.to_owned(),
+            message: compiled
+                .diagnostics
+                .first()
+                .map_or_else(String::new, |d| d.message.clone()),
+        })?;
+        let playbook = Arc::new(playbook);
+        self.versions().insert(version.to_owned(), playbook.clone());
+        Ok(playbook)
+    }
+
+    /// Runs that must be driven after a start: those that were between steps when the process
+    /// stopped. (Timers that fell due meanwhile fire through [`Engine::fire_due`].)
+    pub fn recover(&self) -> Result<Vec<String>, Error> {
+        Ok(self.inner.store.active_runs()?)
+    }
+
+    /// When the next timer falls due.
+    pub fn next_due(&self) -> Result<Option<DateTime<Utc>>, Error> {
+        Ok(self.inner.store.next_due()?)
+    }
+
+    /// Reads a run.
+    pub fn run(&self, id: &str) -> Result<Option<Run>, Error> {
+        Ok(self.inner.store.get(Key::Run(id))?)
+    }
+
+    /// Drives runs one after another until each parks or ends; returns runs they started
+    /// (queued findings whose turn came) after driving those too.
+    pub async fn drive_all(&self, mut runs: Vec<String>) -> Result<(), Error> {
+        while let Some(run) = runs.pop() {
+            let more = self.drive(&run).await?;
+            runs.extend(more);
+        }
+        Ok(())
+    }
+
+    /// Commits a transaction and publishes its run events.
+    async fn commit(&self, tx: Tx) -> Result<Vec<String>, Error> {
+        let Tx {
+            batch,
+            events,
+            to_drive,
+        } = tx;
+        let committed = self.inner.store.commit(batch).await?;
+        if let Some(sink) = &self.inner.events
+            && !events.is_empty()
+        {
+            let events = events
+                .into_iter()
+                .map(|pending| RunEvent {
+                    schema: RunEventSchema::V1,
+                    id: uuid::Uuid::now_v7().to_string(),
+                    kind: pending.kind,
+                    run_id: pending.run_id,
+                    playbook: pending.playbook,
+                    playbook_version: pending.version,
+                    finding_key: pending.key,
+                    step: pending.step,
+                    at: pending.at,
+                    audit_hash: committed
+                        .audit
+                        .get(pending.audit_index)
+                        .map(|r| r.hash.clone())
+                        .unwrap_or_default(),
+                })
+                .collect();
+            sink.publish(events);
+        }
+        Ok(to_drive)
+    }
+}
+
+/// One commit's worth of changes, with the run events it will emit.
+#[derive(Debug, Default)]
+struct Tx {
+    batch: Batch,
+    events: Vec<PendingEvent>,
+    /// Runs this transaction started or woke, to drive after the commit.
+    to_drive: Vec<String>,
+}
+
+#[derive(Debug)]
+struct PendingEvent {
+    kind: RunEventKind,
+    run_id: String,
+    playbook: String,
+    version: String,
+    key: String,
+    step: Option<String>,
+    at: DateTime<Utc>,
+    audit_index: usize,
+}
+
+impl Tx {
+    /// Appends an audit entry about `run`; returns its index within this transaction.
+    fn audit(
+        &mut self,
+        run: &Run,
+        at: DateTime<Utc>,
+        kind: &'static str,
+        step: Option<&str>,
+        detail: Value,
+    ) -> usize {
+        let mut draft = AuditDraft::new(at, kind, detail);
+        draft.run_id = Some(run.id.clone());
+        draft.playbook = Some(run.playbook.clone());
+        draft.version = Some(run.version.clone());
+        draft.step = step.map(str::to_owned);
+        self.audit_draft(draft)
+    }
+
+    fn audit_draft(&mut self, draft: AuditDraft) -> usize {
+        self.batch.audit(draft);
+        self.batch.audit_count() - 1
+    }
+
+    /// An audit entry that is also a run event.
+    fn event(
+        &mut self,
+        run: &Run,
+        at: DateTime<Utc>,
+        kind: RunEventKind,
+        step: Option<&str>,
+        detail: Value,
+    ) {
+        let audit_index = self.audit(run, at, kind.as_str(), step, detail);
+        self.events.push(PendingEvent {
+            kind,
+            run_id: run.id.clone(),
+            playbook: run.playbook.clone(),
+            version: run.version.clone(),
+            key: run.key.clone(),
+            step: step.map(str::to_owned),
+            at,
+            audit_index,
+        });
+    }
+
+    /// Appends a line to the run's timeline.
+    fn history(
+        &mut self,
+        run: &mut Run,
+        at: DateTime<Utc>,
+        event: &str,
+        step: Option<&str>,
+        iteration: Option<usize>,
+        detail: Value,
+    ) {
+        let entry = HistoryEntry {
+            at,
+            event: event.to_owned(),
+            step: step.map(str::to_owned),
+            iteration,
+            detail,
+        };
+        self.batch
+            .put(Key::History(&run.id, run.history_seq), &entry);
+        run.history_seq += 1;
+    }
+
+    /// Writes the run and keeps its "active" marker in step with its status.
+    fn save(&mut self, run: &mut Run, at: DateTime<Utc>) {
+        run.updated_at = at;
+        self.batch.put(Key::Run(&run.id), &*run);
+        if run.status == RunStatus::Running {
+            self.batch.put(Key::Active(&run.id), &true);
+        } else {
+            self.batch.delete(Key::Active(&run.id));
+        }
+    }
+}

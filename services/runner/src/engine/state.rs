@@ -1,0 +1,334 @@
+//! What the engine keeps in the store: runs with their step states, approval gates, timers, the
+//! effect journal and the run timeline. These are part of the store's public format: a change
+//! here is a change of `store::FORMAT_VERSION`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use quench_proto::Finding;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::playbook::Mode;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Between steps or executing one; driven again after a restart.
+    Running,
+    /// Parked on a timer or a gate; costs disk, not memory.
+    Waiting,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Waiting => "waiting",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    #[default]
+    Main,
+    OnFailure,
+}
+
+/// One run of one playbook version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Run {
+    pub id: String,
+    pub playbook: String,
+    /// The playbook version (content hash) the run is pinned to.
+    pub version: String,
+    pub key: String,
+    /// The finding that started it; `None` for scheduled runs.
+    pub finding: Option<Finding>,
+    /// Ids of findings that joined the run later (`on_conflict: attach`), most recent last.
+    #[serde(default)]
+    pub attached: Vec<String>,
+    pub mode: Mode,
+    pub status: RunStatus,
+    pub started_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default)]
+    pub ended_at: Option<DateTime<Utc>>,
+    /// The run's `timeout`, as a time.
+    #[serde(default)]
+    pub deadline: Option<DateTime<Utc>>,
+    pub vars: serde_json::Map<String, Value>,
+    #[serde(default)]
+    pub phase: Phase,
+    /// Index of the current step in the current phase.
+    pub cursor: usize,
+    pub steps: BTreeMap<String, StepState>,
+    #[serde(default)]
+    pub failure: Option<Failure>,
+    /// Why a cancelled run was cancelled.
+    #[serde(default)]
+    pub cancelled: Option<String>,
+    /// Timers currently set for this run (so they can all be removed when it ends).
+    #[serde(default)]
+    pub timers: Vec<TimerRef>,
+    /// Next timeline sequence number.
+    #[serde(default)]
+    pub history_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub step: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerRef {
+    pub due: DateTime<Utc>,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    #[default]
+    Pending,
+    /// An effect is in flight (its intent is journaled).
+    Running,
+    /// Parked: a gate, a `wait`, or a retry backoff.
+    Waiting,
+    Succeeded,
+    Failed,
+    Skipped,
+    AlreadyDone,
+    DryRun,
+}
+
+impl StepStatus {
+    pub fn is_done(self) -> bool {
+        matches!(
+            self,
+            StepStatus::Succeeded
+                | StepStatus::Failed
+                | StepStatus::Skipped
+                | StepStatus::AlreadyDone
+                | StepStatus::DryRun
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Waiting => "waiting",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+            StepStatus::AlreadyDone => "already_done",
+            StepStatus::DryRun => "dry_run",
+        }
+    }
+}
+
+/// The state of one step of a run; after the step, what templates read as `steps.<id>`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StepState {
+    pub status: StepStatus,
+    #[serde(default)]
+    pub output: Value,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Executions of the current call so far (retries and re-executions after a restart).
+    #[serde(default)]
+    pub attempt: u32,
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The iteration whose effect is in flight or waiting to be retried.
+    #[serde(default)]
+    pub in_flight: Option<usize>,
+    /// Approval results.
+    #[serde(default)]
+    pub choice: Option<String>,
+    #[serde(default)]
+    pub decided_by: Vec<String>,
+    #[serde(default)]
+    pub decided_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub via: Option<String>,
+    /// `foreach`: the items, and each finished item's result.
+    #[serde(default)]
+    pub items: Option<Vec<Value>>,
+    #[serde(default)]
+    pub item_results: Vec<ItemResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ItemResult {
+    pub status: StepStatus,
+    #[serde(default)]
+    pub output: Value,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// An approval gate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Gate {
+    pub run_id: String,
+    pub step: String,
+    /// Unguessable; carried in Slack button values and required with every answer.
+    pub token: String,
+    pub question: String,
+    pub choices: Vec<String>,
+    pub quorum: u32,
+    /// Approvers as rendered (emails, Slack ids, `group:<name>`), escalations included.
+    pub approvers: Vec<String>,
+    /// Identities allowed to answer: lowercased emails and Slack ids, groups expanded.
+    pub allowed: BTreeSet<String>,
+    /// Other identities of an approver (e.g. the Slack id of an email), added by delivery.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, String>,
+    pub opened_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+    pub on_timeout: String,
+    #[serde(default)]
+    pub remind_every_secs: Option<u64>,
+    #[serde(default)]
+    pub reminders: u32,
+    #[serde(default)]
+    pub escalations: Vec<EscalationState>,
+    #[serde(default)]
+    pub answers: Vec<Answer>,
+    #[serde(default)]
+    pub decision: Option<GateDecision>,
+    /// Closed without a decision (the run ended first).
+    #[serde(default)]
+    pub closed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EscalationState {
+    pub at: DateTime<Utc>,
+    pub to: Vec<String>,
+    #[serde(default)]
+    pub done: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Answer {
+    pub actor: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub via: String,
+    pub choice: String,
+    pub at: DateTime<Utc>,
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GateDecision {
+    pub choice: String,
+    pub decided_by: Vec<String>,
+    pub decided_at: DateTime<Utc>,
+    pub via: String,
+}
+
+/// What a durable timer does when it fires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Timer {
+    /// A `wait` step is over.
+    Wait { step: String },
+    /// A gate reached its `timeout`.
+    GateTimeout { step: String },
+    /// Re-ping the approvers who have not answered.
+    Remind { step: String },
+    /// Add approvers.
+    Escalate { step: String, index: usize },
+    /// Retry a failed call after its backoff.
+    Retry { step: String },
+    /// The run's `timeout`.
+    RunTimeout,
+}
+
+impl Timer {
+    /// The timer's name within its run (unique at any moment).
+    pub fn name(&self) -> String {
+        match self {
+            Timer::Wait { step } => format!("wait:{step}"),
+            Timer::GateTimeout { step } => format!("gate:{step}"),
+            Timer::Remind { step } => format!("remind:{step}"),
+            Timer::Escalate { step, index } => format!("escalate:{step}:{index}"),
+            Timer::Retry { step } => format!("retry:{step}"),
+            Timer::RunTimeout => "deadline".to_owned(),
+        }
+    }
+}
+
+/// One journaled effect: the intent is committed before the call, the result after it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Effect {
+    pub run_id: String,
+    pub step: String,
+    pub iteration: usize,
+    pub action: String,
+    pub input: Value,
+    pub intended_at: DateTime<Utc>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub result: Option<EffectResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EffectResult {
+    pub status: StepStatus,
+    #[serde(default)]
+    pub output: Value,
+    #[serde(default)]
+    pub error: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// One line of a run's timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub at: DateTime<Utc>,
+    pub event: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iteration: Option<usize>,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub detail: Value,
+}
+
+/// A finding waiting behind an open run (`on_conflict: queue`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Queued {
+    pub finding: Finding,
+    pub queued_at: DateTime<Utc>,
+}
+
+/// The idempotency key of an effect: `run_id/step_id/iteration`.
+pub fn idempotency_key(run_id: &str, step: &str, iteration: usize) -> String {
+    format!("{run_id}/{step}/{iteration}")
+}

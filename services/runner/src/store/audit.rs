@@ -1,0 +1,215 @@
+//! The audit log: append-only entries, each chained to the one before by SHA-256 over its exact
+//! stored bytes. The committer appends (it alone knows the head); [`verify`] recomputes the chain
+//! and names the first entry that does not fit — an edited, removed or reordered entry, or a log
+//! that ends before its recorded head.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{Error, Key, Store};
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// An entry before the committer places it in the chain.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditDraft {
+    pub at: DateTime<Utc>,
+    /// What happened, e.g. `finding_received`, `run_started`, `step_intent`, `decision`.
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub playbook: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// Who acted (for decisions), as `{via, id, name}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<serde_json::Value>,
+    /// For decisions: whether the actor was allowed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<bool>,
+    pub detail: serde_json::Value,
+}
+
+impl AuditDraft {
+    pub fn new(at: DateTime<Utc>, kind: &'static str, detail: serde_json::Value) -> AuditDraft {
+        AuditDraft {
+            at,
+            kind,
+            run_id: None,
+            playbook: None,
+            version: None,
+            step: None,
+            actor: None,
+            allowed: None,
+            detail,
+        }
+    }
+}
+
+/// An entry as stored: the draft plus its place in the chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub prev: String,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub playbook: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<bool>,
+    pub detail: serde_json::Value,
+}
+
+/// Where an appended entry landed: its sequence number and hash (carried by run events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRef {
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// The last entry of the chain, kept in the store's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Head {
+    pub(super) seq: u64,
+    pub(super) hash: String,
+}
+
+pub(super) fn read_head(db: &sled::Db) -> Result<Head, Error> {
+    let raw = Key::Meta("audit_head").encode();
+    match db.get(&raw)? {
+        None => Ok(Head {
+            seq: 0,
+            hash: GENESIS.to_owned(),
+        }),
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|source| Error::Decode {
+            key: "m/audit_head".to_owned(),
+            source,
+        }),
+    }
+}
+
+#[derive(Serialize)]
+struct Placed<'a> {
+    seq: u64,
+    prev: &'a str,
+    #[serde(flatten)]
+    draft: &'a AuditDraft,
+}
+
+/// Places a draft after `head`; returns its sequence number, stored bytes and reference.
+pub(super) fn chain(head: &mut Head, draft: AuditDraft) -> (u64, Vec<u8>, AuditRef) {
+    let seq = head.seq + 1;
+    let body = serde_json::to_vec(&Placed {
+        seq,
+        prev: &head.hash,
+        draft: &draft,
+    })
+    .expect("audit entries serialize");
+    let hash = hex::encode(Sha256::digest(&body));
+    let mut stored = Vec::with_capacity(hash.len() + 1 + body.len());
+    stored.extend_from_slice(hash.as_bytes());
+    stored.push(b'\n');
+    stored.extend_from_slice(&body);
+    *head = Head {
+        seq,
+        hash: hash.clone(),
+    };
+    (seq, stored, AuditRef { seq, hash })
+}
+
+/// Splits a stored entry into its recorded hash and parsed body.
+pub fn parse_stored(stored: &[u8]) -> Option<(String, &[u8], AuditEntry)> {
+    let newline = stored.iter().position(|byte| *byte == b'\n')?;
+    let hash = std::str::from_utf8(&stored[..newline]).ok()?.to_owned();
+    let body = &stored[newline + 1..];
+    let entry = serde_json::from_slice(body).ok()?;
+    Some((hash, body, entry))
+}
+
+/// The result of recomputing the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    pub entries: u64,
+    pub head: String,
+    /// The first entry that does not fit, and why.
+    pub first_bad: Option<(u64, String)>,
+}
+
+pub(super) fn verify(store: &Store) -> Result<Verification, Error> {
+    let mut prev = GENESIS.to_owned();
+    let mut expected = 1u64;
+    let bad = |seq: u64, why: String, entries: u64, prev: &str| {
+        Ok(Verification {
+            entries,
+            head: prev.to_owned(),
+            first_bad: Some((seq, why)),
+        })
+    };
+    for item in store.audit_entries() {
+        let (seq, stored) = item?;
+        if seq != expected {
+            return bad(
+                expected,
+                format!("entry #{expected} is missing (the next stored entry is #{seq})"),
+                expected - 1,
+                &prev,
+            );
+        }
+        let Some((hash, body, entry)) = parse_stored(&stored) else {
+            return bad(seq, "the entry is not readable".to_owned(), seq - 1, &prev);
+        };
+        let computed = hex::encode(Sha256::digest(body));
+        if computed != hash {
+            return bad(
+                seq,
+                "its content does not match its hash (the entry was changed)".to_owned(),
+                seq - 1,
+                &prev,
+            );
+        }
+        if entry.seq != seq || entry.prev != prev {
+            return bad(
+                seq,
+                "it does not follow the entry before it (entries were removed or reordered)"
+                    .to_owned(),
+                seq - 1,
+                &prev,
+            );
+        }
+        prev = hash;
+        expected += 1;
+    }
+    let entries = expected - 1;
+    let head: Head = store.get(Key::Meta("audit_head"))?.unwrap_or(Head {
+        seq: 0,
+        hash: GENESIS.to_owned(),
+    });
+    if head.seq != entries || head.hash != prev {
+        return bad(
+            entries + 1,
+            format!(
+                "the log ends at entry #{entries} but its recorded head is entry #{} (entries were removed from the end)",
+                head.seq
+            ),
+            entries,
+            &prev,
+        );
+    }
+    Ok(Verification {
+        entries,
+        head: prev,
+        first_bad: None,
+    })
+}

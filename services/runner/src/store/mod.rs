@@ -1,0 +1,504 @@
+//! The store: the only place run state lives. One narrow interface — typed keys, reads, and
+//! [`Store::commit`] of a [`Batch`] that is applied atomically — so the engine never sees sled and
+//! a distributed backend (JetStream KV) can be added behind the same surface.
+//!
+//! Layout (a public format, version [`FORMAT_VERSION`]): one sled tree, keys made of a family
+//! prefix and NUL-separated parts ([`Key`]), values JSON. Timers are keyed by due time first, so
+//! the next due timer is the first key of its family and a million parked runs cost disk, not a
+//! scan at start-up.
+//!
+//! Writes go through one committer thread that groups concurrent batches into one sled batch,
+//! flushes, and `fdatasync`s the log file when `sync = always` (sled 0.34's `flush` does not
+//! fsync, and `flush_async` deadlocks with many calls in flight).
+
+mod audit;
+mod committer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use audit::{AuditDraft, AuditEntry, AuditRef, Verification, parse_stored};
+pub use committer::SyncMode;
+
+/// Version of the on-disk layout; written at creation and checked at open.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Where and how the store keeps its data.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub sync: SyncMode,
+    /// sled's page cache; bounds memory whatever the number of runs.
+    pub cache_bytes: u64,
+}
+
+impl StoreConfig {
+    pub fn new(path: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            path: path.into(),
+            sync: SyncMode::Always,
+            cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open the store at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error(
+        "the store at {path} has format version {found}; this quench reads version {FORMAT_VERSION}"
+    )]
+    Format { path: PathBuf, found: String },
+    #[error("store I/O failed: {0}")]
+    Io(#[from] sled::Error),
+    #[error("cannot sync the store to disk: {0}")]
+    Sync(#[source] std::io::Error),
+    #[error("stored value under {key} is unreadable: {source}")]
+    Decode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the store's committer has stopped")]
+    Closed,
+}
+
+/// A typed key. Families are separate prefixes; their parts are NUL-separated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key<'a> {
+    /// Layout version and other store metadata.
+    Meta(&'a str),
+    /// A run's record.
+    Run(&'a str),
+    /// Runs that were between steps (not parked) at their last commit: driven again at start-up.
+    Active(&'a str),
+    /// A run's timeline entry.
+    History(&'a str, u64),
+    /// An approval gate of a run.
+    Gate(&'a str, &'a str),
+    /// A durable timer, ordered by due time.
+    Timer {
+        due: DateTime<Utc>,
+        run: &'a str,
+        name: &'a str,
+    },
+    /// The open run for (playbook, key).
+    Open(&'a str, &'a str),
+    /// A finding waiting for the open run of its (playbook, key) to end (`on_conflict: queue`).
+    Queued(&'a str, &'a str, u64),
+    /// A finding id already taken in, and when.
+    Seen(&'a str),
+    /// Seen ids by time, for bounded retention.
+    SeenExpiry(DateTime<Utc>, &'a str),
+    /// The effect journal, by idempotency key `run/step/iteration`.
+    Effect(&'a str),
+    /// A playbook version's source, by content hash.
+    PlaybookVersion(&'a str),
+    /// When a playbook name was loaded at a version.
+    PlaybookHistory(&'a str, DateTime<Utc>),
+    /// The audit log, by sequence number.
+    Audit(u64),
+}
+
+impl Key<'_> {
+    fn encode(&self) -> Vec<u8> {
+        fn parts(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+            let mut out = prefix.to_vec();
+            for (index, part) in parts.iter().enumerate() {
+                if index > 0 {
+                    out.push(0);
+                }
+                out.extend_from_slice(part);
+            }
+            out
+        }
+        let millis = |time: &DateTime<Utc>| (time.timestamp_millis().max(0) as u64).to_be_bytes();
+        match self {
+            Key::Meta(name) => parts(b"m/", &[name.as_bytes()]),
+            Key::Run(id) => parts(b"r/", &[id.as_bytes()]),
+            Key::Active(id) => parts(b"x/", &[id.as_bytes()]),
+            Key::History(run, seq) => parts(b"h/", &[run.as_bytes(), &seq.to_be_bytes()]),
+            Key::Gate(run, step) => parts(b"g/", &[run.as_bytes(), step.as_bytes()]),
+            Key::Timer { due, run, name } => {
+                let mut out = b"t/".to_vec();
+                out.extend_from_slice(&millis(due));
+                out.extend_from_slice(run.as_bytes());
+                out.push(0);
+                out.extend_from_slice(name.as_bytes());
+                out
+            }
+            Key::Open(playbook, key) => parts(b"o/", &[playbook.as_bytes(), key.as_bytes()]),
+            Key::Queued(playbook, key, seq) => parts(
+                b"q/",
+                &[playbook.as_bytes(), key.as_bytes(), &seq.to_be_bytes()],
+            ),
+            Key::Seen(id) => parts(b"f/", &[id.as_bytes()]),
+            Key::SeenExpiry(at, id) => {
+                let mut out = b"fx/".to_vec();
+                out.extend_from_slice(&millis(at));
+                out.extend_from_slice(id.as_bytes());
+                out
+            }
+            Key::Effect(key) => parts(b"j/", &[key.as_bytes()]),
+            Key::PlaybookVersion(version) => parts(b"p/", &[version.as_bytes()]),
+            Key::PlaybookHistory(name, at) => parts(b"ph/", &[name.as_bytes(), &millis(at)]),
+            Key::Audit(seq) => parts(b"a/", &[&seq.to_be_bytes()]),
+        }
+    }
+}
+
+/// A timer as read back from the due-time index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimerKey {
+    pub due: DateTime<Utc>,
+    pub run: String,
+    pub name: String,
+}
+
+impl TimerKey {
+    pub fn key(&self) -> Key<'_> {
+        Key::Timer {
+            due: self.due,
+            run: &self.run,
+            name: &self.name,
+        }
+    }
+
+    fn decode(raw: &[u8]) -> Option<TimerKey> {
+        let rest = raw.strip_prefix(b"t/")?;
+        let millis = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+        let (run, name) = std::str::from_utf8(rest.get(8..)?).ok()?.split_once('\0')?;
+        Some(TimerKey {
+            due: DateTime::from_timestamp_millis(millis as i64)?,
+            run: run.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// Changes applied together or not at all.
+#[derive(Debug, Default)]
+pub struct Batch {
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    audit: Vec<AuditDraft>,
+}
+
+impl Batch {
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    pub fn put(&mut self, key: Key<'_>, value: &impl Serialize) -> &mut Batch {
+        let bytes = serde_json::to_vec(value).expect("store values serialize to JSON");
+        self.ops.push((key.encode(), Some(bytes)));
+        self
+    }
+
+    pub fn delete(&mut self, key: Key<'_>) -> &mut Batch {
+        self.ops.push((key.encode(), None));
+        self
+    }
+
+    /// Appends an audit entry; the committer chains it to the previous one.
+    pub fn audit(&mut self, draft: AuditDraft) -> &mut Batch {
+        self.audit.push(draft);
+        self
+    }
+
+    /// Changes the audit entry appended last (to add who acted once that is known).
+    pub fn amend_last_audit(&mut self, amend: impl FnOnce(&mut AuditDraft)) {
+        if let Some(draft) = self.audit.last_mut() {
+            amend(draft);
+        }
+    }
+
+    /// Audit entries appended so far.
+    pub fn audit_count(&self) -> usize {
+        self.audit.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.audit.is_empty()
+    }
+
+    /// Moves everything from `other` into this batch, after what is here.
+    pub fn append(&mut self, other: &mut Batch) {
+        self.ops.append(&mut other.ops);
+        self.audit.append(&mut other.audit);
+    }
+}
+
+/// What a commit produced: the audit entries it appended, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Committed {
+    pub audit: Vec<AuditRef>,
+}
+
+/// A cheap handle to the store; clones share one database and one committer.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: sled::Db,
+    committer: committer::Handle,
+    path: Option<PathBuf>,
+}
+
+impl Store {
+    /// Opens (or creates) the store; checks the format version.
+    pub fn open(config: &StoreConfig) -> Result<Store, Error> {
+        let db = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|source| Error::Open {
+                path: config.path.clone(),
+                source,
+            })?;
+        Store::start(db, Some(config.path.clone()), config.sync)
+    }
+
+    /// A store in a temporary directory that disappears on drop (playbook tests, unit tests).
+    pub fn temporary() -> Result<Store, Error> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .cache_capacity(16 * 1024 * 1024)
+            .open()?;
+        Store::start(db, None, SyncMode::Os)
+    }
+
+    fn start(db: sled::Db, path: Option<PathBuf>, sync: SyncMode) -> Result<Store, Error> {
+        let shown = path.clone().unwrap_or_else(|| PathBuf::from("<temporary>"));
+        let format = Key::Meta("format").encode();
+        match db.get(&format)? {
+            Some(found) if found.as_ref() == FORMAT_VERSION.to_string().as_bytes() => {}
+            Some(found) => {
+                return Err(Error::Format {
+                    path: shown,
+                    found: String::from_utf8_lossy(&found).into_owned(),
+                });
+            }
+            None if db.first()?.is_some() => {
+                return Err(Error::Format {
+                    path: shown,
+                    found: "none".to_owned(),
+                });
+            }
+            None => {
+                db.insert(format, FORMAT_VERSION.to_string().as_bytes())?;
+                db.flush()?;
+                if let Some(path) = &path {
+                    committer::sync_dir(path).map_err(Error::Sync)?;
+                }
+            }
+        }
+        let log_file = path.as_deref().map(Path::to_path_buf);
+        let committer = committer::Handle::start(db.clone(), log_file, sync)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                committer,
+                path,
+            }),
+        })
+    }
+
+    /// Applies a batch atomically and durably (per the sync mode); returns once it is on disk.
+    pub async fn commit(&self, batch: Batch) -> Result<Committed, Error> {
+        if batch.is_empty() {
+            return Ok(Committed::default());
+        }
+        self.inner.committer.commit(batch).await
+    }
+
+    /// Reads one value.
+    pub fn get<T: DeserializeOwned>(&self, key: Key<'_>) -> Result<Option<T>, Error> {
+        let raw = key.encode();
+        match self.inner.db.get(&raw)? {
+            None => Ok(None),
+            Some(bytes) => decode(&raw, &bytes).map(Some),
+        }
+    }
+
+    pub fn contains(&self, key: Key<'_>) -> Result<bool, Error> {
+        Ok(self.inner.db.contains_key(key.encode())?)
+    }
+
+    /// Values under a raw key prefix, in key order.
+    fn scan<T: DeserializeOwned>(
+        &self,
+        prefix: Vec<u8>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, T)>, Error> {
+        let mut out = Vec::new();
+        for item in self.inner.db.scan_prefix(&prefix).take(limit) {
+            let (key, value) = item?;
+            out.push((key.to_vec(), decode(&key, &value)?));
+        }
+        Ok(out)
+    }
+
+    /// The timeline of a run, oldest first.
+    pub fn history<T: DeserializeOwned>(&self, run: &str) -> Result<Vec<T>, Error> {
+        let mut prefix = b"h/".to_vec();
+        prefix.extend_from_slice(run.as_bytes());
+        prefix.push(0);
+        Ok(self
+            .scan(prefix, usize::MAX)?
+            .into_iter()
+            .map(|(_, value)| value)
+            .collect())
+    }
+
+    /// Gates of a run.
+    pub fn gates<T: DeserializeOwned>(&self, run: &str) -> Result<Vec<T>, Error> {
+        let mut prefix = b"g/".to_vec();
+        prefix.extend_from_slice(run.as_bytes());
+        prefix.push(0);
+        Ok(self
+            .scan(prefix, usize::MAX)?
+            .into_iter()
+            .map(|(_, value)| value)
+            .collect())
+    }
+
+    /// Timers due at or before `now`, earliest first.
+    pub fn due_timers<T: DeserializeOwned>(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(TimerKey, T)>, Error> {
+        let end = Key::Timer {
+            due: now + chrono::Duration::milliseconds(1),
+            run: "",
+            name: "",
+        }
+        .encode();
+        let mut out = Vec::new();
+        for item in self.inner.db.range(b"t/".to_vec()..end).take(limit) {
+            let (key, value) = item?;
+            if let Some(timer) = TimerKey::decode(&key) {
+                out.push((timer, decode(&key, &value)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// When the next timer falls due, if any.
+    pub fn next_due(&self) -> Result<Option<DateTime<Utc>>, Error> {
+        let first = self.inner.db.scan_prefix(b"t/").next().transpose()?;
+        Ok(first
+            .and_then(|(key, _)| TimerKey::decode(&key))
+            .map(|timer| timer.due))
+    }
+
+    /// Ids of runs that were between steps at their last commit.
+    pub fn active_runs(&self) -> Result<Vec<String>, Error> {
+        let mut out = Vec::new();
+        for item in self.inner.db.scan_prefix(b"x/") {
+            let (key, _) = item?;
+            out.push(String::from_utf8_lossy(&key[2..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// The oldest finding queued behind the open run of (playbook, key).
+    pub fn first_queued<T: DeserializeOwned>(
+        &self,
+        playbook: &str,
+        key: &str,
+    ) -> Result<Option<(u64, T)>, Error> {
+        let mut prefix = b"q/".to_vec();
+        prefix.extend_from_slice(playbook.as_bytes());
+        prefix.push(0);
+        prefix.extend_from_slice(key.as_bytes());
+        prefix.push(0);
+        let first = self.scan::<T>(prefix.clone(), 1)?.into_iter().next();
+        Ok(first.map(|(raw, value)| {
+            let seq = raw[prefix.len()..]
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            (seq, value)
+        }))
+    }
+
+    /// Seen finding ids older than `before`, oldest first (for pruning).
+    pub fn expired_seen(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(DateTime<Utc>, String)>, Error> {
+        let end = Key::SeenExpiry(before, "").encode();
+        let mut out = Vec::new();
+        for item in self.inner.db.range(b"fx/".to_vec()..end).take(limit) {
+            let (key, _) = item?;
+            let rest = &key[3..];
+            let Some(millis) = rest
+                .get(..8)
+                .and_then(|bytes| bytes.try_into().ok())
+                .map(u64::from_be_bytes)
+            else {
+                continue;
+            };
+            let Some(at) = DateTime::from_timestamp_millis(millis as i64) else {
+                continue;
+            };
+            out.push((at, String::from_utf8_lossy(&rest[8..]).into_owned()));
+        }
+        Ok(out)
+    }
+
+    /// Every audit entry in order, as stored.
+    pub fn audit_entries(&self) -> impl Iterator<Item = Result<(u64, Vec<u8>), Error>> + '_ {
+        self.inner.db.scan_prefix(b"a/").map(|item| {
+            let (key, value) = item?;
+            let seq = key[2..]
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(u64::MAX);
+            Ok((seq, value.to_vec()))
+        })
+    }
+
+    /// Recomputes the audit chain and names the first entry that does not fit.
+    pub fn verify_audit(&self) -> Result<Verification, Error> {
+        audit::verify(self)
+    }
+
+    /// On-disk size of the store directory, in bytes (0 for a temporary store).
+    pub fn size_on_disk(&self) -> Result<u64, Error> {
+        Ok(self.inner.db.size_on_disk()?)
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.path.as_deref()
+    }
+
+    /// Test support: writes raw bytes under a raw key, bypassing the committer and the audit
+    /// chain — how the tamper tests play an attacker with access to the files.
+    #[doc(hidden)]
+    pub fn raw_tree(&self) -> &sled::Tree {
+        &self.inner.db
+    }
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(bytes).map_err(|source| Error::Decode {
+        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        source,
+    })
+}
