@@ -1,5 +1,7 @@
 //! quench's integration tests: one binary, a module per area, and shared `support`.
 
+mod crash;
+mod engine;
 mod playbook_corpus;
 mod proto_contracts;
 mod shipped_playbooks;

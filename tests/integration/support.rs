@@ -48,3 +48,191 @@ pub(crate) fn quench_bin() -> PathBuf {
     );
     bin
 }
+
+/// An engine on a store, with a manual clock and scripted actions, for driving runs from tests.
+pub(crate) struct Harness {
+    pub(crate) engine: quench_runner::engine::Engine,
+    pub(crate) clock: std::sync::Arc<quench_runner::engine::ManualClock>,
+    pub(crate) script: std::sync::Arc<quench_runner::testing::Script>,
+}
+
+/// Monday 2026-01-05 09:00 UTC: where test time starts.
+pub(crate) fn start_time() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339("2026-01-05T09:00:00Z")
+        .expect("valid time")
+        .with_timezone(&chrono::Utc)
+}
+
+impl Harness {
+    /// A harness on a temporary store with the given playbooks (YAML sources).
+    pub(crate) async fn new(playbooks: &[&str]) -> Harness {
+        let store = quench_runner::store::Store::temporary().expect("temporary store");
+        Harness::on(store, playbooks, start_time(), Default::default()).await
+    }
+
+    /// A harness on a given store, at a given time, with scripted action results.
+    pub(crate) async fn on(
+        store: quench_runner::store::Store,
+        playbooks: &[&str],
+        now: chrono::DateTime<chrono::Utc>,
+        mocks: std::collections::BTreeMap<String, Vec<quench_runner::testing::MockResult>>,
+    ) -> Harness {
+        use std::sync::Arc;
+        let clock = Arc::new(quench_runner::engine::ManualClock::new(now));
+        let script = Arc::new(quench_runner::testing::Script::new(mocks));
+        let mut actions = quench_runner::engine::Actions::new();
+        for spec in quench_runner::actions::REGISTRY {
+            actions.insert(
+                spec.name,
+                Arc::new(quench_runner::testing::ScriptedAction::new(
+                    spec,
+                    script.clone(),
+                )),
+            );
+        }
+        let mut config = quench_runner::engine::EngineConfig::default();
+        config.groups.insert(
+            "secops".to_owned(),
+            vec!["lead@example.com".to_owned(), "U0SECOPS1".to_owned()],
+        );
+        let engine = quench_runner::engine::Engine::new(store, clock.clone(), actions, config);
+        let compiled = playbooks
+            .iter()
+            .map(|source| {
+                let compiled = quench_runner::playbook::compile(source);
+                compiled.playbook.unwrap_or_else(|| {
+                    panic!("test playbook does not compile: {:?}", compiled.diagnostics)
+                })
+            })
+            .collect();
+        engine
+            .load_playbooks(compiled, "test")
+            .await
+            .expect("playbooks load");
+        Harness {
+            engine,
+            clock,
+            script,
+        }
+    }
+
+    /// Ingests findings and drives every run they start; returns the outcomes.
+    pub(crate) async fn ingest(
+        &self,
+        findings: &[quench_proto::Finding],
+    ) -> Vec<quench_runner::engine::FindingOutcome> {
+        let (outcomes, wake) = self.engine.ingest(findings).await.expect("ingest");
+        self.engine.drive_all(wake).await.expect("drive");
+        outcomes
+    }
+
+    /// Moves time forward and fires what fell due.
+    pub(crate) async fn advance(&self, by: std::time::Duration) {
+        use quench_runner::engine::Clock;
+        self.clock
+            .advance_to(self.clock.now() + chrono::Duration::from_std(by).expect("duration"));
+        let wake = self.engine.fire_due().await.expect("fire");
+        self.engine.drive_all(wake).await.expect("drive");
+    }
+
+    pub(crate) fn run(&self, id: &str) -> quench_runner::engine::Run {
+        self.engine.run(id).expect("readable").expect("run exists")
+    }
+
+    pub(crate) fn gate(&self, run: &str, step: &str) -> quench_runner::engine::Gate {
+        self.engine
+            .store()
+            .get(quench_runner::store::Key::Gate(run, step))
+            .expect("readable")
+            .expect("gate exists")
+    }
+
+    /// Answers a gate as `by` (via the API) with the gate's own token; drives the run.
+    pub(crate) async fn answer(
+        &self,
+        run: &str,
+        step: &str,
+        choice: &str,
+        by: &str,
+    ) -> quench_runner::engine::DecisionOutcome {
+        let token = self.gate(run, step).token;
+        self.answer_with_token(run, step, choice, by, &token).await
+    }
+
+    pub(crate) async fn answer_with_token(
+        &self,
+        run: &str,
+        step: &str,
+        choice: &str,
+        by: &str,
+        token: &str,
+    ) -> quench_runner::engine::DecisionOutcome {
+        use quench_runner::engine::Clock;
+        let decision = quench_proto::Decision {
+            schema: quench_proto::DecisionSchema::V1,
+            id: format!("d-{by}-{choice}"),
+            run_id: run.to_owned(),
+            gate: step.to_owned(),
+            token: token.to_owned(),
+            choice: choice.to_owned(),
+            comment: None,
+            actor: quench_proto::Actor {
+                via: quench_proto::Via::Api,
+                id: by.to_owned(),
+                name: None,
+            },
+            decided_at: self.clock.now(),
+        };
+        let (outcome, wake) = self
+            .engine
+            .decide_and_wake(&decision)
+            .await
+            .expect("decide");
+        self.engine.drive_all(wake).await.expect("drive");
+        outcome
+    }
+
+    /// Audit entries of one kind, in order.
+    pub(crate) fn audit(&self, kind: &str) -> Vec<quench_runner::store::AuditEntry> {
+        self.engine
+            .store()
+            .audit_entries()
+            .map(|entry| {
+                quench_runner::store::parse_stored(&entry.expect("entry").1)
+                    .expect("parses")
+                    .2
+            })
+            .filter(|entry| entry.kind == kind)
+            .collect()
+    }
+}
+
+/// A valid finding of `kind` about key `key_id`, with id `id`.
+pub(crate) fn finding(id: &str, kind: &str, key_id: &str) -> quench_proto::Finding {
+    let value = serde_json::json!({
+        "schema": "quench.finding/v1", "id": id, "kind": kind, "severity": "high", "title": "test finding",
+        "detected_at": "2026-01-05T08:00:00Z", "source": {"scanner": "test"},
+        "resource": {"provider": "openai", "type": "api_key", "id": key_id, "project_id": "proj_1"},
+        "owner": {"email": "alice@example.com"}
+    });
+    quench_proto::Finding::parse(
+        value.to_string().as_bytes(),
+        quench_proto::DEFAULT_MAX_FINDING_BYTES,
+    )
+    .expect("valid finding")
+}
+
+/// The run a finding started, from its ingest outcome.
+pub(crate) fn started(outcome: &quench_runner::engine::FindingOutcome) -> String {
+    match outcome {
+        quench_runner::engine::FindingOutcome::Matched(handled) => handled
+            .iter()
+            .find_map(|(_, handling)| match handling {
+                quench_runner::engine::Handling::Started { run } => Some(run.clone()),
+                quench_runner::engine::Handling::Replaced { run, .. } => Some(run.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no run started: {outcome:?}")),
+        other => panic!("no run started: {other:?}"),
+    }
+}

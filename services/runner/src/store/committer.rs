@@ -37,7 +37,19 @@ struct Request {
 
 #[derive(Debug)]
 pub(super) struct Handle {
-    sender: mpsc::SyncSender<Request>,
+    sender: Option<mpsc::SyncSender<Request>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Handle {
+    /// Closes the queue and waits for the committer to finish what was sent, so that dropping
+    /// the store releases the database (and its file lock) before the next open.
+    fn drop(&mut self) {
+        drop(self.sender.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Handle {
@@ -55,16 +67,19 @@ impl Handle {
         };
         let head = audit::read_head(&db)?;
         let (sender, receiver) = mpsc::sync_channel(QUEUE);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("quench-committer".into())
             .spawn(move || run(db, log, head, receiver))
             .map_err(Error::Sync)?;
-        Ok(Handle { sender })
+        Ok(Handle {
+            sender: Some(sender),
+            thread: Some(thread),
+        })
     }
 
     pub(super) async fn commit(&self, batch: Batch) -> Result<Committed, Error> {
         let (reply, done) = oneshot::channel();
-        let sender = self.sender.clone();
+        let sender = self.sender.clone().ok_or(Error::Closed)?;
         // The queue is bounded; when it is full, wait off the async threads.
         match sender.try_send(Request { batch, reply }) {
             Ok(()) => {}

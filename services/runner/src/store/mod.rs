@@ -251,8 +251,9 @@ pub struct Store {
 
 #[derive(Debug)]
 struct Inner {
-    db: sled::Db,
+    /// Dropped first: waits for the committer thread, which holds its own handle on `db`.
     committer: committer::Handle,
+    db: sled::Db,
     path: Option<PathBuf>,
 }
 

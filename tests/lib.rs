@@ -1,1 +1,0 @@
-//! quench integration tests crate (the tests live in integration/)
