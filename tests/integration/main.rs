@@ -3,8 +3,10 @@
 mod crash;
 mod engine;
 mod playbook_corpus;
+mod playbook_tests;
 mod proto_contracts;
 mod shipped_playbooks;
+mod store;
 mod support;
 mod tidy;
 mod validate_cli;

@@ -1,0 +1,213 @@
+//! The store: its format version is checked at open, concurrent commits are grouped without
+//! losing or reordering anything, and tampering with the audit log is caught — by
+//! `Store::verify_audit` and by `quench audit verify --store`, which names the first bad entry.
+
+use std::sync::Arc;
+
+use quench_runner::store::{AuditDraft, Batch, Key, Store, StoreConfig, SyncMode};
+use serde_json::json;
+
+use crate::support;
+
+fn open(path: &std::path::Path) -> Store {
+    Store::open(&StoreConfig::new(path)).expect("store opens")
+}
+
+#[test]
+fn a_store_of_another_format_version_is_refused() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    drop(open(directory.path()));
+    {
+        let db = sled::open(directory.path()).expect("raw open");
+        db.insert(b"m/format", b"99".to_vec()).expect("write");
+        db.flush().expect("flush");
+    }
+    let error = Store::open(&StoreConfig::new(directory.path())).expect_err("refused");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "the store at {} has format version 99; this quench reads version 1",
+            directory.path().display()
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commits_are_grouped_and_all_land_in_order() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let mut config = StoreConfig::new(directory.path());
+    config.sync = SyncMode::Always;
+    let store = Arc::new(Store::open(&config).expect("store"));
+    let mut tasks = Vec::new();
+    for task in 0..1000u32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut batch = Batch::new();
+            batch.put(Key::Run(&format!("run-{task}")), &json!({"task": task}));
+            batch.audit(AuditDraft::new(
+                chrono::Utc::now(),
+                "test",
+                json!({"task": task}),
+            ));
+            store.commit(batch).await.expect("commit").audit[0].seq
+        }));
+    }
+    let mut seqs = Vec::new();
+    for task in tasks {
+        seqs.push(task.await.expect("task"));
+    }
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (1..=1000).collect::<Vec<u64>>(),
+        "every entry got its own place in the chain"
+    );
+    for task in 0..1000u32 {
+        let value: serde_json::Value = store
+            .get(Key::Run(&format!("run-{task}")))
+            .expect("read")
+            .expect("present");
+        assert_eq!(value["task"], task);
+    }
+    assert_eq!(store.verify_audit().expect("verify").first_bad, None);
+}
+
+/// A store with a chain of ten entries, closed again.
+async fn store_with_entries(path: &std::path::Path) {
+    let store = open(path);
+    for n in 1..=10 {
+        let mut batch = Batch::new();
+        let mut draft = AuditDraft::new(chrono::Utc::now(), "decision", json!({"n": n}));
+        draft.allowed = Some(false);
+        batch.audit(draft);
+        store.commit(batch).await.expect("commit");
+    }
+}
+
+fn verify_cli(path: &std::path::Path) -> (Option<i32>, String) {
+    let output = std::process::Command::new(support::quench_bin())
+        .args(["audit", "verify", "--store"])
+        .arg(path)
+        .output()
+        .expect("quench runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+fn audit_key(seq: u64) -> Vec<u8> {
+    let mut key = b"a/".to_vec();
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+#[tokio::test]
+async fn tampering_with_the_audit_log_is_caught() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    store_with_entries(directory.path()).await;
+    assert_eq!(
+        verify_cli(directory.path()),
+        (
+            Some(0),
+            format!(
+                "audit chain ok: 10 entries, head {}\n",
+                head(directory.path())
+            )
+        )
+    );
+
+    // An attacker flips a refusal into an acceptance in entry #4.
+    {
+        let db = sled::open(directory.path()).expect("raw open");
+        let stored = db.get(audit_key(4)).expect("read").expect("entry 4");
+        let changed =
+            String::from_utf8_lossy(&stored).replace("\"allowed\":false", "\"allowed\":true");
+        db.insert(audit_key(4), changed.as_bytes()).expect("write");
+        db.flush().expect("flush");
+    }
+    let (code, stdout) = verify_cli(directory.path());
+    assert_eq!(code, Some(1));
+    assert!(
+        stdout.starts_with("audit chain broken at entry #4: its content does not match its hash"),
+        "{stdout}"
+    );
+
+    // Recomputing the entry's own hash does not help: the next entry no longer follows it.
+    {
+        let db = sled::open(directory.path()).expect("raw open");
+        let stored = db.get(audit_key(4)).expect("read").expect("entry 4");
+        let body = &stored[stored.iter().position(|b| *b == b'\n').expect("newline") + 1..];
+        let rehashed = [hex(body).as_bytes(), b"\n", body].concat();
+        db.insert(audit_key(4), rehashed).expect("write");
+        db.flush().expect("flush");
+    }
+    let (code, stdout) = verify_cli(directory.path());
+    assert_eq!(code, Some(1));
+    assert!(
+        stdout
+            .starts_with("audit chain broken at entry #5: it does not follow the entry before it"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn removed_entries_are_caught() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    store_with_entries(directory.path()).await;
+    {
+        let db = sled::open(directory.path()).expect("raw open");
+        db.remove(audit_key(6)).expect("remove");
+        db.flush().expect("flush");
+    }
+    let store = open(directory.path());
+    let report = store.verify_audit().expect("verify");
+    assert_eq!(
+        report.first_bad,
+        Some((
+            6,
+            "entry #6 is missing (the next stored entry is #7)".to_owned()
+        ))
+    );
+    drop(store);
+
+    let directory = tempfile::tempdir().expect("temp dir");
+    store_with_entries(directory.path()).await;
+    {
+        let db = sled::open(directory.path()).expect("raw open");
+        db.remove(audit_key(10)).expect("remove");
+        db.remove(audit_key(9)).expect("remove");
+        db.flush().expect("flush");
+    }
+    let (code, stdout) = verify_cli(directory.path());
+    assert_eq!(code, Some(1));
+    assert!(
+        stdout.starts_with("audit chain broken at entry #9: the log ends at entry #8 but its recorded head is entry #10"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn verify_refuses_a_directory_that_is_not_a_store() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let output = std::process::Command::new(support::quench_bin())
+        .args(["audit", "verify", "--store"])
+        .arg(directory.path())
+        .output()
+        .expect("quench runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is not a quench store"));
+}
+
+fn head(path: &std::path::Path) -> String {
+    open(path).verify_audit().expect("verify").head
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(bytes);
+    digest.iter().fold(String::new(), |mut out, byte| {
+        let _ = write!(out, "{byte:02x}");
+        out
+    })
+}
