@@ -2,7 +2,8 @@
 //! the sender), quorum, timeout with `on_timeout`, reminders and escalation; and the durable
 //! timers that wake parked runs. Every answer — accepted or refused — is audited.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use quench_proto::{Decision, RunEventKind};
@@ -19,6 +20,10 @@ use crate::playbook::{Playbook, Step, parse_duration};
 use crate::store::{AuditDraft, Key};
 
 const DEFAULT_CHOICES: [&str; 2] = ["approve", "deny"];
+/// Timers read per pass of `fire_due`.
+const FIRE_BATCH: usize = 4096;
+/// Runs whose timers fire at once (their commits are grouped by the store).
+const FIRE_CONCURRENCY: usize = 256;
 
 /// What became of an answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -460,17 +465,44 @@ impl Engine {
         );
     }
 
-    /// Fires every timer due now. Returns the runs to drive.
+    /// Fires every timer due now, runs in parallel (their commits group), each run's timers in
+    /// due order. Returns the runs to drive.
     pub async fn fire_due(&self) -> Result<Vec<String>, Error> {
         let mut wake = Vec::new();
         loop {
             let now = self.now();
-            let due = self.inner.store.due_timers::<Timer>(now, 512)?;
+            let due = self.inner.store.due_timers::<Timer>(now, FIRE_BATCH)?;
             if due.is_empty() {
                 return Ok(wake);
             }
+            let mut by_run: BTreeMap<String, Vec<(crate::store::TimerKey, Timer)>> =
+                BTreeMap::new();
             for (key, timer) in due {
-                wake.extend(self.fire(&key, timer).await?);
+                by_run
+                    .entry(key.run.clone())
+                    .or_default()
+                    .push((key, timer));
+            }
+            let limit = Arc::new(tokio::sync::Semaphore::new(FIRE_CONCURRENCY));
+            let mut tasks = tokio::task::JoinSet::new();
+            for (_, timers) in by_run {
+                let engine = self.clone();
+                let permit = limit
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Error::Stopped)?;
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    let mut wake = Vec::new();
+                    for (key, timer) in timers {
+                        wake.extend(engine.fire(&key, timer).await?);
+                    }
+                    Ok::<_, Error>(wake)
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                wake.extend(done.map_err(|_| Error::Stopped)??);
             }
         }
     }

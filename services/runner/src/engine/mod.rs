@@ -72,6 +72,8 @@ pub enum Error {
     UnknownVersion { version: String },
     #[error("playbook version {version} no longer compiles: {message}")]
     Recompile { version: String, message: String },
+    #[error("the engine is stopping")]
+    Stopped,
 }
 
 /// Where run events go after their commit (NATS in the service; a list in tests).
@@ -248,6 +250,36 @@ impl Engine {
             runs.extend(more);
         }
         Ok(())
+    }
+
+    /// Drives runs in parallel, at most `concurrency` at a time, until each parks or ends (and
+    /// the runs they start, too). Commits of parallel runs are grouped by the store.
+    pub async fn drive_many(&self, runs: Vec<String>, concurrency: usize) -> Result<(), Error> {
+        let limit = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut pending = runs;
+        loop {
+            while let Some(run) = pending.pop() {
+                let permit = limit
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Error::Stopped)?;
+                let engine = self.clone();
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    engine.drive(&run).await
+                });
+                // Collect what finished meanwhile, so started runs join the queue early.
+                while let Some(done) = tasks.try_join_next() {
+                    pending.extend(done.map_err(|_| Error::Stopped)??);
+                }
+            }
+            match tasks.join_next().await {
+                Some(done) => pending.extend(done.map_err(|_| Error::Stopped)??),
+                None => return Ok(()),
+            }
+        }
     }
 
     /// Commits a transaction and publishes its run events.

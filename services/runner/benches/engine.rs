@@ -1,0 +1,277 @@
+//! Engine benchmarks (figures, not pass/fail tests). Run with
+//! `cargo bench -p quench-runner --bench engine -- park [RUNS]` and `… -- deadlines [RUNS]`.
+//!
+//! - `park`: parks RUNS runs (default 1,000,000) on an approval gate through the real intake
+//!   and engine, on a durable store (`sync = always`); then a fresh process opens the store and
+//!   reports restart-to-ready time, its RSS with all those runs parked, and the store's size.
+//! - `deadlines`: parks RUNS runs (default 100,000) on gates that time out 60 s after opening,
+//!   so the deadlines fall due within about a minute; then fires them with the engine's timer
+//!   path and reports how late the last one fired.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quench_proto::Finding;
+use quench_runner::engine::{
+    Actions, Engine, EngineConfig, FindingOutcome, Gate, Handling, RunStatus, SystemClock,
+};
+use quench_runner::store::{Store, StoreConfig};
+
+const BATCH: usize = 1000;
+const CONCURRENCY: usize = 512;
+
+fn playbook(timeout: &str) -> String {
+    format!(
+        r#"schema: quench.playbook/v1
+name: bench
+on:
+  finding:
+    kinds: [openai.api_key.leaked]
+steps:
+  - id: decide
+    uses: approval
+    with:
+      approvers: ["{{{{ finding.owner.email }}}}"]
+      question: "Revoke {{{{ finding.resource.id }}}}?"
+      choices: [revoke, keep]
+      timeout: {timeout}
+      on_timeout: keep
+  - id: done
+    uses: note
+    with:
+      message: "{{{{ steps.decide.choice }}}}"
+"#
+    )
+}
+
+fn finding(n: usize) -> Finding {
+    let json = serde_json::json!({
+        "schema": "quench.finding/v1", "id": format!("bench-{n}"), "kind": "openai.api_key.leaked",
+        "severity": "high", "title": "OpenAI key in a public repository", "detected_at": "2026-11-20T10:00:00Z",
+        "source": {"scanner": "bench", "url": "https://github.com/acme/web/blob/main/.env#L3"},
+        "resource": {"provider": "openai", "type": "api_key", "id": format!("key_{n:08}"), "name": "web prod", "project_id": "proj_1", "redacted_value": "sk-proj-...wxyz"},
+        "owner": {"email": format!("owner{}@example.com", n % 5000)}
+    });
+    Finding::parse(
+        json.to_string().as_bytes(),
+        quench_proto::DEFAULT_MAX_FINDING_BYTES,
+    )
+    .expect("valid finding")
+}
+
+async fn engine(dir: &Path, timeout: &str) -> Engine {
+    let store = Store::open(&StoreConfig::new(dir)).expect("store opens");
+    let engine = Engine::new(
+        store,
+        Arc::new(SystemClock),
+        Actions::new(),
+        EngineConfig::default(),
+    );
+    let compiled = quench_runner::playbook::compile(&playbook(timeout))
+        .playbook
+        .expect("bench playbook compiles");
+    engine
+        .load_playbooks(vec![compiled], "bench")
+        .await
+        .expect("load");
+    engine
+}
+
+/// Parks `runs` runs; returns how long it took and the run ids.
+async fn park(engine: &Engine, runs: usize) -> (Duration, Vec<String>) {
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(runs);
+    let mut batch_start = 0;
+    while batch_start < runs {
+        let findings: Vec<Finding> = (batch_start..(batch_start + BATCH).min(runs))
+            .map(finding)
+            .collect();
+        let (outcomes, wake) = engine.ingest(&findings).await.expect("ingest");
+        for outcome in outcomes {
+            if let FindingOutcome::Matched(handled) = outcome {
+                ids.extend(
+                    handled
+                        .into_iter()
+                        .filter_map(|(_, handling)| match handling {
+                            Handling::Started { run } => Some(run),
+                            _ => None,
+                        }),
+                );
+            }
+        }
+        engine.drive_many(wake, CONCURRENCY).await.expect("drive");
+        batch_start += BATCH;
+        if batch_start % 100_000 == 0 {
+            let rate = batch_start as f64 / started.elapsed().as_secs_f64();
+            eprintln!(
+                "  parked {batch_start} runs ({rate:.0} runs/s, RSS {} MiB)",
+                rss_mib("VmRSS")
+            );
+        }
+    }
+    (started.elapsed(), ids)
+}
+
+fn rss_mib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .and_then(|value| value.split_whitespace().next())
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map_or(0, |kib| kib / 1024)
+}
+
+fn size_on_disk(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        total += if path.is_dir() {
+            size_on_disk(&path)
+        } else {
+            entry.metadata().map_or(0, |meta| meta.len())
+        };
+    }
+    total
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| arg != "--bench")
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match args.first().map(String::as_str) {
+        Some("park") => {
+            let runs = args
+                .get(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1_000_000);
+            let dir = tempdir("park");
+            eprintln!("park: {runs} runs on an approval gate in {}", dir.display());
+            let elapsed = runtime.block_on(async {
+                let engine = engine(&dir, "30d").await;
+                park(&engine, runs).await.0
+            });
+            println!(
+                "park: {runs} runs parked in {:.1} s ({:.0} runs/s); peak RSS while parking {} MiB",
+                elapsed.as_secs_f64(),
+                runs as f64 / elapsed.as_secs_f64(),
+                rss_mib("VmHWM")
+            );
+            // A new process: what a restart costs with all those runs parked.
+            let status = std::process::Command::new(std::env::current_exe().expect("own path"))
+                .args([
+                    "restart",
+                    dir.to_str().expect("utf-8 path"),
+                    &runs.to_string(),
+                ])
+                .status()
+                .expect("restart process");
+            assert!(status.success());
+            println!(
+                "park: store size on disk {} MiB",
+                size_on_disk(&dir) / (1024 * 1024)
+            );
+            if std::env::var_os("QUENCH_BENCH_KEEP").is_none() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+        Some("restart") => {
+            let dir = PathBuf::from(&args[1]);
+            let expected: usize = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+            let started = Instant::now();
+            let (recovered, next) = runtime.block_on(async {
+                let engine = engine(&dir, "30d").await;
+                let recovered = engine.recover().expect("recover");
+                (recovered.len(), engine.next_due().expect("next due"))
+            });
+            let ready = started.elapsed();
+            println!(
+                "restart: ready in {:.3} s (runs to resume: {recovered}, next timer {next:?}); RSS after ready {} MiB (peak {} MiB), {expected} runs parked",
+                ready.as_secs_f64(),
+                rss_mib("VmRSS"),
+                rss_mib("VmHWM")
+            );
+        }
+        Some("deadlines") => {
+            let runs = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(100_000);
+            let dir = tempdir("deadlines");
+            runtime.block_on(deadlines(&dir, runs));
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        _ => eprintln!("usage: engine (park [RUNS] | deadlines [RUNS])"),
+    }
+}
+
+async fn deadlines(dir: &Path, runs: usize) {
+    let engine = engine(dir, "60s").await;
+    let (elapsed, ids) = park(&engine, runs).await;
+    eprintln!(
+        "deadlines: {runs} gates opened in {:.1} s; their deadlines fall due over that span, 60 s later",
+        elapsed.as_secs_f64()
+    );
+    // The engine's timer path: sleep until the next deadline, fire what is due, drive the runs.
+    loop {
+        match engine.next_due().expect("next due") {
+            None => break,
+            Some(due) => {
+                let wait = (due - chrono::Utc::now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .min(Duration::from_millis(200));
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let wake = engine.fire_due().await.expect("fire");
+        engine.drive_many(wake, CONCURRENCY).await.expect("drive");
+    }
+    let mut latest = chrono::Duration::zero();
+    let mut first_due = None;
+    let mut last_due = None;
+    let mut fired = 0;
+    for run_id in &ids {
+        let run = engine.run(run_id).expect("read").expect("run");
+        let gate: Gate = engine
+            .store()
+            .get(quench_runner::store::Key::Gate(run_id, "decide"))
+            .expect("read")
+            .expect("gate");
+        if run.status != RunStatus::Completed {
+            continue;
+        }
+        let decided = run.steps["decide"].decided_at.expect("decided");
+        latest = latest.max(decided - gate.deadline);
+        first_due = Some(
+            first_due.map_or(gate.deadline, |first: chrono::DateTime<chrono::Utc>| {
+                first.min(gate.deadline)
+            }),
+        );
+        last_due = Some(
+            last_due.map_or(gate.deadline, |last: chrono::DateTime<chrono::Utc>| {
+                last.max(gate.deadline)
+            }),
+        );
+        fired += 1;
+    }
+    let span = match (first_due, last_due) {
+        (Some(first), Some(last)) => (last - first).num_milliseconds() as f64 / 1000.0,
+        _ => 0.0,
+    };
+    println!(
+        "deadlines: {fired}/{runs} gates timed out; deadlines spanned {span:.1} s; the latest fired {:.3} s after its deadline",
+        latest.num_milliseconds() as f64 / 1000.0
+    );
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::var_os("QUENCH_BENCH_DIR")
+        .map_or_else(std::env::temp_dir, PathBuf::from)
+        .join(format!("quench-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    dir
+}
