@@ -325,6 +325,18 @@ impl Compiler<'_> {
         let action = uses.as_deref().and_then(|uses| self.action(pointer, uses));
         let foreach: Option<String> = self.get(&format!("{pointer}/foreach"));
 
+        if let (Some(_), Some(action)) = (&foreach, action)
+            && matches!(action.name, "wait" | crate::actions::APPROVAL)
+        {
+            self.push(
+                Diagnostic::error(
+                    Code::Input,
+                    self.document.key_span(&format!("{pointer}/foreach")),
+                    format!("`{}` cannot run per item: a run parks on one gate or timer at a time", action.name),
+                )
+                .with_help("ask once about the whole list, or start one run per item with `finding.publish`"),
+            );
+        }
         let current = id.as_deref().filter(|_| !in_failure);
         let scope = |item: bool| Scope {
             no_finding: context.no_finding,
