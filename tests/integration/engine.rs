@@ -666,3 +666,81 @@ steps:
         "re-executed once, with the same idempotency key"
     );
 }
+
+/// An action whose first call takes an hour, longer than any step timeout.
+#[derive(Debug, Default)]
+struct SlowOnce {
+    calls: std::sync::atomic::AtomicU32,
+}
+
+impl Action for SlowOnce {
+    fn call<'a>(&'a self, _call: &'a Call) -> ActionFuture<'a> {
+        Box::pin(async move {
+            if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                tokio::time::sleep(HOUR).await;
+            }
+            Ok(Success::new(json!({"ok": true})))
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_timeout_bounds_each_attempt_and_retries() {
+    let playbook = r#"schema: quench.playbook/v1
+name: slow
+on:
+  finding:
+    kinds: [test.slow]
+steps:
+  - id: call
+    uses: http.request
+    with:
+      method: POST
+      url: https://hooks.example.com/quench
+    timeout: 30s
+    retry: { max_attempts: 2, backoff: 1s }
+"#;
+    let action = Arc::new(SlowOnce::default());
+    let mut actions = Actions::new();
+    actions.insert("http.request", action.clone());
+    let clock = Arc::new(ManualClock::new(start_time()));
+    let engine = Engine::new(
+        Store::temporary().expect("store"),
+        clock.clone(),
+        actions,
+        EngineConfig::default(),
+    );
+    let compiled = quench_runner::playbook::compile(playbook)
+        .playbook
+        .expect("compiles");
+    engine
+        .load_playbooks(vec![compiled], "test")
+        .await
+        .expect("load");
+    let (outcome, wake) = engine
+        .ingest(&[finding("s", "test.slow", "k")])
+        .await
+        .expect("ingest");
+    let run = started(&outcome[0]);
+    engine.drive_all(wake).await.expect("drive");
+    let waiting = engine.run(&run).expect("read").expect("run");
+    assert_eq!(
+        waiting.status,
+        RunStatus::Waiting,
+        "the timed-out attempt waits for its retry"
+    );
+    assert_eq!(
+        waiting.steps["call"].error.as_deref(),
+        Some("timed out after 30s")
+    );
+
+    clock.advance_to(start_time() + chrono::Duration::seconds(2));
+    let wake = engine.fire_due().await.expect("fire");
+    engine.drive_all(wake).await.expect("drive");
+    let done = engine.run(&run).expect("read").expect("run");
+    assert_eq!(
+        (done.status, done.steps["call"].status),
+        (RunStatus::Completed, StepStatus::Succeeded)
+    );
+    assert_eq!(action.calls.load(Ordering::SeqCst), 2);
+}
