@@ -164,7 +164,6 @@ impl Engine {
                 Some(&step.id),
                 json!({"action": step.action.name}),
             );
-            tx.history(run, now, "step_started", Some(&step.id), None, Value::Null);
         }
         let Some(foreach) = &step.foreach else {
             if let Some(condition) = &step.condition {
@@ -190,7 +189,6 @@ impl Engine {
                             Some(&step.id),
                             json!({"if": condition}),
                         );
-                        tx.history(run, now, "step_skipped", Some(&step.id), None, Value::Null);
                         return Ok(Flow::Continue);
                     }
                     Err(error) => {
@@ -323,6 +321,14 @@ impl Engine {
         tx: &mut Tx,
         now: DateTime<Utc>,
     ) -> Result<Flow, Error> {
+        let engine_action = matches!(
+            step.action.name,
+            "note" | "fail" | "wait" | crate::actions::APPROVAL
+        );
+        if tx.no_calls && !engine_action {
+            // Starting a run at intake goes only as far as the first call; a driver makes it.
+            return Ok(Flow::Stop);
+        }
         let input = match self
             .inner
             .renderer
@@ -436,14 +442,6 @@ impl Engine {
                     Some(&step.id),
                     json!({"action": name, "idempotency_key": key, "input": input, "attempt": 1}),
                 );
-                tx.history(
-                    run,
-                    now,
-                    "call",
-                    Some(&step.id),
-                    Some(iteration),
-                    json!({"attempt": 1}),
-                );
                 Ok(Flow::Call(Box::new(
                     self.pending(run, step, effect, key, 1, action),
                 )))
@@ -534,14 +532,6 @@ impl Engine {
             "step_intent",
             Some(&step.id),
             json!({"action": effect.action, "idempotency_key": key, "input": effect.input, "attempt": attempt, "execution": effect.attempts}),
-        );
-        tx.history(
-            run,
-            now,
-            "call",
-            Some(&step.id),
-            Some(iteration),
-            json!({"attempt": attempt, "execution": effect.attempts}),
         );
         Ok(Flow::Call(Box::new(
             self.pending(run, step, effect, key, attempt, action),
@@ -659,14 +649,6 @@ impl Engine {
                 Some(&step.id),
                 json!({"error": message, "attempt": attempt, "next_attempt_at": due}),
             );
-            tx.history(
-                run,
-                now,
-                "retry_scheduled",
-                Some(&step.id),
-                Some(iteration),
-                json!({"error": message, "due": due}),
-            );
             return Ok(Flow::Stop);
         }
         let (status, output, error) = match result {
@@ -706,14 +688,6 @@ impl Engine {
             output,
             error: error.clone(),
         });
-        tx.history(
-            run,
-            now,
-            "item_done",
-            Some(&step.id),
-            Some(iteration),
-            json!({"status": status.as_str(), "error": error}),
-        );
         if status == StepStatus::Failed && (fatal || !step.continue_on_error) {
             let outputs: Vec<Value> = state(run, step)
                 .item_results
@@ -768,14 +742,6 @@ impl Engine {
             Some(&step.id),
             json!({"status": status.as_str(), "error": error}),
         );
-        tx.history(
-            run,
-            now,
-            "step_done",
-            Some(&step.id),
-            None,
-            json!({"status": status.as_str(), "error": error}),
-        );
         if status != StepStatus::Failed || (!fatal && step.continue_on_error) {
             return Ok(Flow::Continue);
         }
@@ -802,14 +768,6 @@ impl Engine {
                 run.phase = Phase::OnFailure;
                 run.cursor = 0;
                 tx.audit(run, now, "run_failing", Some(step), json!({"error": error}));
-                tx.history(
-                    run,
-                    now,
-                    "on_failure",
-                    Some(step),
-                    None,
-                    json!({"error": error}),
-                );
                 return Ok(());
             }
         }
@@ -867,14 +825,6 @@ impl Engine {
             now,
             RunEventKind::Waiting,
             Some(&step.id),
-            json!({"until": due}),
-        );
-        tx.history(
-            run,
-            now,
-            "waiting",
-            Some(&step.id),
-            None,
             json!({"until": due}),
         );
         Ok(Flow::Stop)
@@ -959,14 +909,6 @@ impl Engine {
             None,
             json!({"failure": run.failure, "reason": reason}),
         );
-        tx.history(
-            run,
-            now,
-            status.as_str(),
-            None,
-            None,
-            json!({"failure": run.failure, "reason": reason}),
-        );
         if holds_slot {
             self.start_queued(run, tx, now)?;
         }
@@ -995,19 +937,20 @@ impl Engine {
             return Ok(());
         };
         let vars = ended.vars.clone();
-        let run = self.start_run(
+        self.start_run(
             tx,
             &current,
             Some(queued.finding),
             ended.key.clone(),
             vars,
             now,
-        );
-        tx.to_drive.push(run.id);
+        )?;
         Ok(())
     }
 
-    /// Creates a run (status `running`) in the transaction and takes the open-run slot.
+    /// Creates a run in the transaction, takes the open-run slot, and advances it through the
+    /// steps that need no call (notes, an opening gate), so a run that parks at once is written
+    /// once. The caller drives it from its first call.
     pub(super) fn start_run(
         &self,
         tx: &mut Tx,
@@ -1016,7 +959,7 @@ impl Engine {
         key: String,
         vars: serde_json::Map<String, Value>,
         now: DateTime<Utc>,
-    ) -> Run {
+    ) -> Result<Run, Error> {
         let mut run = Run {
             id: uuid::Uuid::now_v7().to_string(),
             playbook: playbook.name.clone(),
@@ -1039,7 +982,6 @@ impl Engine {
             failure: None,
             cancelled: None,
             timers: Vec::new(),
-            history_seq: 0,
         };
         if let Some(deadline) = run.deadline {
             self.set_timer(&mut run, tx, deadline, Timer::RunTimeout);
@@ -1053,17 +995,19 @@ impl Engine {
             None,
             json!({"finding": finding_id, "key": run.key, "mode": run.mode}),
         );
-        tx.history(
-            &mut run,
-            now,
-            "run_started",
-            None,
-            None,
-            json!({"finding": finding_id}),
-        );
+        tx.no_calls = true;
+        let advanced = self.advance(&mut run, playbook, tx);
+        tx.no_calls = false;
+        advanced?;
+        if run.status.is_terminal() {
+            // Ended before its slot was ever committed: give the slot back in the same batch.
+            tx.batch.delete(Key::Open(&run.playbook, &run.key));
+        }
         tx.save(&mut run, now);
-        tx.to_drive.push(run.id.clone());
-        run
+        if run.status == RunStatus::Running {
+            tx.to_drive.push(run.id.clone());
+        }
+        Ok(run)
     }
 }
 

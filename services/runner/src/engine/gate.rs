@@ -160,7 +160,6 @@ impl Engine {
             Some(&step.id),
             detail.clone(),
         );
-        tx.history(run, now, "gate_opened", Some(&step.id), None, detail);
         Ok(Flow::Stop)
     }
 
@@ -300,14 +299,6 @@ impl Engine {
             }
             tx.audit(&run, now, "decision", Some(&step), detail);
             mark_last_actor(&mut tx, actor, false);
-            tx.history(
-                &mut run,
-                now,
-                "answer_refused",
-                Some(&step),
-                None,
-                json!({"actor": decision.actor.id, "reason": refusal.to_string()}),
-            );
             tx.save(&mut run, now);
             self.commit(tx).await?;
             return Ok((DecisionOutcome::Refused(refusal), Vec::new()));
@@ -322,14 +313,6 @@ impl Engine {
         });
         tx.audit(&run, now, "decision", Some(&step), json!({"decision": decision.id, "choice": decision.choice, "comment": decision.comment}));
         mark_last_actor(&mut tx, actor, true);
-        tx.history(
-            &mut run,
-            now,
-            "answer",
-            Some(&step),
-            None,
-            json!({"actor": decision.actor.id, "choice": decision.choice}),
-        );
         let agreeing: Vec<&Answer> = gate
             .answers
             .iter()
@@ -455,14 +438,6 @@ impl Engine {
             Some(&gate.step),
             json!({"choice": choice, "decided_by": decided_by, "via": via}),
         );
-        tx.history(
-            run,
-            now,
-            "decided",
-            Some(&gate.step),
-            None,
-            json!({"choice": choice, "decided_by": decided_by, "via": via}),
-        );
     }
 
     /// Fires every timer due now, runs in parallel (their commits group), each run's timers in
@@ -539,12 +514,10 @@ impl Engine {
                     Some(&step),
                     json!({"waited_until": key.due}),
                 );
-                tx.history(&mut run, now, "wait_over", Some(&step), None, Value::Null);
             }
             Timer::Retry { step } => {
                 run.steps.entry(step.clone()).or_default().status = StepStatus::Running;
                 run.status = RunStatus::Running;
-                tx.history(&mut run, now, "retry", Some(&step), None, Value::Null);
             }
             Timer::GateTimeout { step } => {
                 if let Some(mut gate) = self.inner.store.get::<Gate>(Key::Gate(&run.id, &step))?
@@ -583,14 +556,6 @@ impl Engine {
                         Some(&step),
                         json!({"reminder": gate.reminders, "to": pending}),
                     );
-                    tx.history(
-                        &mut run,
-                        now,
-                        "reminder",
-                        Some(&step),
-                        None,
-                        json!({"to": pending}),
-                    );
                     if let Some(every) = gate.remind_every_secs {
                         let next = now + chrono::Duration::seconds(every as i64);
                         if next < gate.deadline {
@@ -619,14 +584,6 @@ impl Engine {
                                 now,
                                 "gate_escalated",
                                 Some(&step),
-                                json!({"to": escalation.to}),
-                            );
-                            tx.history(
-                                &mut run,
-                                now,
-                                "escalated",
-                                Some(&step),
-                                None,
                                 json!({"to": escalation.to}),
                             );
                         }

@@ -233,8 +233,8 @@ impl Engine {
 
         let handling = match (current, playbook.on_conflict) {
             (None, _) => {
-                let run = self.start_run(tx, playbook, Some(finding.clone()), key, vars, now);
-                open.insert(slot, Some(run.id.clone()));
+                let run = self.start_run(tx, playbook, Some(finding.clone()), key, vars, now)?;
+                open.insert(slot, (!run.status.is_terminal()).then(|| run.id.clone()));
                 Handling::Started { run: run.id }
             }
             (Some(run_id), Conflict::Attach) => {
@@ -243,24 +243,13 @@ impl Engine {
                     if run.attached.len() > MAX_ATTACHED {
                         run.attached.remove(0);
                     }
-                    let snapshot = run.clone();
                     tx.audit(
-                        &snapshot,
+                        run,
                         now,
                         "finding_attached",
                         None,
                         json!({"finding": finding.id}),
                     );
-                    if let Some((_, run)) = held.get_mut(&run_id) {
-                        tx.history(
-                            run,
-                            now,
-                            "finding_attached",
-                            None,
-                            None,
-                            json!({"finding": finding.id}),
-                        );
-                    }
                 }
                 Handling::Attached { run: run_id }
             }
@@ -290,8 +279,8 @@ impl Engine {
             (Some(run_id), Conflict::Replace) => {
                 let reason = format!("replaced by a run for finding {}", finding.id);
                 self.cancel_held(&run_id, &reason, tx, held, now).await?;
-                let run = self.start_run(tx, playbook, Some(finding.clone()), key, vars, now);
-                open.insert(slot, Some(run.id.clone()));
+                let run = self.start_run(tx, playbook, Some(finding.clone()), key, vars, now)?;
+                open.insert(slot, (!run.status.is_terminal()).then(|| run.id.clone()));
                 Handling::Replaced {
                     cancelled: run_id,
                     run: run.id,
@@ -354,7 +343,7 @@ impl Engine {
             self.commit(tx).await?;
             return Ok((None, Vec::new()));
         }
-        let run = self.start_run(&mut tx, &playbook, None, key, vars, now);
+        let run = self.start_run(&mut tx, &playbook, None, key, vars, now)?;
         let wake = self.commit(tx).await?;
         Ok((Some(run.id), wake))
     }
@@ -435,6 +424,5 @@ fn provisional_run(
         failure: None,
         cancelled: None,
         timers: Vec::new(),
-        history_seq: 0,
     }
 }

@@ -35,7 +35,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use gate::{DecisionOutcome, Refusal};
 pub use intake::{FindingOutcome, Handling};
 pub use render::MAX_FOREACH;
-pub use state::{Gate, HistoryEntry, Run, RunStatus, StepState, StepStatus};
+pub use state::{Gate, Run, RunStatus, StepState, StepStatus};
 
 use crate::playbook::{self, Mode, Playbook};
 use crate::store::{AuditDraft, Batch, Key, Store};
@@ -288,6 +288,7 @@ impl Engine {
             batch,
             events,
             to_drive,
+            ..
         } = tx;
         let committed = self.inner.store.commit(batch).await?;
         if let Some(sink) = &self.inner.events
@@ -325,6 +326,8 @@ struct Tx {
     events: Vec<PendingEvent>,
     /// Runs this transaction started or woke, to drive after the commit.
     to_drive: Vec<String>,
+    /// Advance only through steps that need no call (a run being started at intake).
+    no_calls: bool,
 }
 
 #[derive(Debug)]
@@ -382,28 +385,6 @@ impl Tx {
             at,
             audit_index,
         });
-    }
-
-    /// Appends a line to the run's timeline.
-    fn history(
-        &mut self,
-        run: &mut Run,
-        at: DateTime<Utc>,
-        event: &str,
-        step: Option<&str>,
-        iteration: Option<usize>,
-        detail: Value,
-    ) {
-        let entry = HistoryEntry {
-            at,
-            event: event.to_owned(),
-            step: step.map(str::to_owned),
-            iteration,
-            detail,
-        };
-        self.batch
-            .put(Key::History(&run.id, run.history_seq), &entry);
-        run.history_seq += 1;
     }
 
     /// Writes the run and keeps its "active" marker in step with its status.

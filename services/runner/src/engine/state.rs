@@ -1,5 +1,5 @@
-//! What the engine keeps in the store: runs with their step states, approval gates, timers, the
-//! effect journal and the run timeline. These are part of the store's public format: a change
+//! What the engine keeps in the store: runs with their step states, approval gates, timers and
+//! the effect journal. (A run's timeline is its audit entries, indexed by run in the store.) These are part of the store's public format: a change
 //! here is a change of `store::FORMAT_VERSION`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -86,9 +86,6 @@ pub struct Run {
     /// Timers currently set for this run (so they can all be removed when it ends).
     #[serde(default)]
     pub timers: Vec<TimerRef>,
-    /// Next timeline sequence number.
-    #[serde(default)]
-    pub history_seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,19 +303,6 @@ pub struct EffectResult {
     #[serde(default)]
     pub error: Option<String>,
     pub at: DateTime<Utc>,
-}
-
-/// One line of a run's timeline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HistoryEntry {
-    pub at: DateTime<Utc>,
-    pub event: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iteration: Option<usize>,
-    #[serde(default, skip_serializing_if = "Value::is_null")]
-    pub detail: Value,
 }
 
 /// A finding waiting behind an open run (`on_conflict: queue`).

@@ -116,8 +116,12 @@ fn run(db: sled::Db, log: Option<File>, mut head: Head, receiver: mpsc::Receiver
             }
             let mut refs = Vec::with_capacity(batch.audit.len());
             for draft in batch.audit {
+                let run = draft.run_id.clone();
                 let (seq, bytes, reference) = audit::chain(&mut next_head, draft);
                 writes.insert(Key::Audit(seq).encode(), bytes);
+                if let Some(run) = run {
+                    writes.insert(Key::RunAudit(&run, seq).encode(), Vec::new());
+                }
                 refs.push(reference);
             }
             replies.push((reply, refs));

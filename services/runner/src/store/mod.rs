@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use audit::{AuditDraft, AuditEntry, AuditRef, Verification, parse_stored};
+
 pub use committer::SyncMode;
 
 /// Version of the on-disk layout; written at creation and checked at open.
@@ -81,8 +82,8 @@ pub enum Key<'a> {
     Run(&'a str),
     /// Runs that were between steps (not parked) at their last commit: driven again at start-up.
     Active(&'a str),
-    /// A run's timeline entry.
-    History(&'a str, u64),
+    /// Index of a run's audit entries (its timeline), written by the committer.
+    RunAudit(&'a str, u64),
     /// An approval gate of a run.
     Gate(&'a str, &'a str),
     /// A durable timer, ordered by due time.
@@ -126,7 +127,7 @@ impl Key<'_> {
             Key::Meta(name) => parts(b"m/", &[name.as_bytes()]),
             Key::Run(id) => parts(b"r/", &[id.as_bytes()]),
             Key::Active(id) => parts(b"x/", &[id.as_bytes()]),
-            Key::History(run, seq) => parts(b"h/", &[run.as_bytes(), &seq.to_be_bytes()]),
+            Key::RunAudit(run, seq) => parts(b"ar/", &[run.as_bytes(), &seq.to_be_bytes()]),
             Key::Gate(run, step) => parts(b"g/", &[run.as_bytes(), step.as_bytes()]),
             Key::Timer { due, run, name } => {
                 let mut out = b"t/".to_vec();
@@ -352,16 +353,28 @@ impl Store {
         Ok(out)
     }
 
-    /// The timeline of a run, oldest first.
-    pub fn history<T: DeserializeOwned>(&self, run: &str) -> Result<Vec<T>, Error> {
-        let mut prefix = b"h/".to_vec();
+    /// The audit entries of a run, oldest first: its timeline.
+    pub fn run_audit(&self, run: &str) -> Result<Vec<AuditEntry>, Error> {
+        let mut prefix = b"ar/".to_vec();
         prefix.extend_from_slice(run.as_bytes());
         prefix.push(0);
-        Ok(self
-            .scan(prefix, usize::MAX)?
-            .into_iter()
-            .map(|(_, value)| value)
-            .collect())
+        let mut out = Vec::new();
+        for item in self.inner.db.scan_prefix(&prefix) {
+            let (key, _) = item?;
+            let Some(seq) = key
+                .get(prefix.len()..)
+                .and_then(|bytes| bytes.try_into().ok())
+                .map(u64::from_be_bytes)
+            else {
+                continue;
+            };
+            if let Some(stored) = self.inner.db.get(Key::Audit(seq).encode())?
+                && let Some((_, _, entry)) = parse_stored(&stored)
+            {
+                out.push(entry);
+            }
+        }
+        Ok(out)
     }
 
     /// Gates of a run.
