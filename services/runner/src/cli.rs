@@ -34,7 +34,50 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Run the service: NATS intake, the engine, timers, health endpoints.
+    Serve(ServeArgs),
+    /// Publish findings (a JSON or JSON-lines file, a directory of them, or - for stdin).
+    Publish(PublishArgs),
 }
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Config file (TOML); environment `QUENCH_<SECTION>__<KEY>` and flags override it.
+    #[arg(long, env = "QUENCH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long)]
+    pub dump_config: bool,
+    /// NATS URL (overrides `nats.url`).
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// Address of /healthz and /readyz (overrides `api.listen`).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Store directory (overrides `store.path`).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Playbooks directory (overrides `playbooks.dir`).
+    #[arg(long)]
+    pub playbooks: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    /// NATS URL (overrides `nats.url`).
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// Config file, for NATS credentials.
+    #[arg(long, env = "QUENCH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// A file, a directory, or - for standard input.
+    pub path: PathBuf,
+}
+
+/// Exit code for a configuration error (EX_CONFIG).
+pub const EXIT_CONFIG: u8 = 64;
+/// Exit code when a service quench needs (NATS) is unavailable (EX_UNAVAILABLE).
+pub const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
@@ -108,6 +151,8 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write, styled: bool) -> 
         Command::Audit {
             command: AuditCommand::Verify { store },
         } => audit_verify(&store, out, err),
+        Command::Serve(args) => serve(&args, out, err),
+        Command::Publish(args) => publish(&args, out, err),
     }
 }
 
@@ -340,4 +385,140 @@ pub fn audit_verify(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn W
             EXIT_USAGE
         }
     }
+}
+
+fn load_config(file: Option<&std::path::Path>, overrides: &crate::config::Overrides, err: &mut dyn Write) -> Option<crate::config::Config> {
+    match crate::config::Config::load(file, overrides) {
+        Ok(config) => Some(config),
+        Err(error) => {
+            let _ = writeln!(err, "error: configuration: {error}");
+            None
+        }
+    }
+}
+
+fn runtime(err: &mut dyn Write) -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => Some(runtime),
+        Err(error) => {
+            let _ = writeln!(err, "error: cannot start the runtime: {error}");
+            None
+        }
+    }
+}
+
+/// `quench serve`.
+pub fn serve(args: &ServeArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let mut overrides = crate::config::Overrides::default();
+    if let Some(url) = &args.nats {
+        overrides.set("nats", "url", url.as_str());
+    }
+    if let Some(listen) = &args.listen {
+        overrides.set("api", "listen", listen.as_str());
+    }
+    if let Some(store) = &args.store {
+        overrides.set("store", "path", store.display().to_string());
+    }
+    if let Some(dir) = &args.playbooks {
+        overrides.set("playbooks", "dir", dir.display().to_string());
+    }
+    let Some(config) = load_config(args.config.as_deref(), &overrides, err) else { return EXIT_CONFIG };
+    if args.dump_config {
+        let _ = write!(out, "{}", config.dump());
+        return EXIT_OK;
+    }
+    init_tracing();
+    let Some(runtime) = runtime(err) else { return EXIT_USAGE };
+    let result = runtime.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        crate::service::serve(config, shutdown).await
+    });
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(error @ crate::service::Error::Nats(_)) => {
+            let _ = writeln!(err, "error: {error}");
+            EXIT_UNAVAILABLE
+        }
+        Err(error) => {
+            let _ = writeln!(err, "error: {error}");
+            EXIT_INVALID
+        }
+    }
+}
+
+/// First SIGTERM or SIGINT: shut down gracefully. Second: exit at once.
+async fn signals(shutdown: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    tracing::warn!("second signal: exiting at once");
+    std::process::exit(130);
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// `quench publish`.
+pub fn publish(args: &PublishArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let mut overrides = crate::config::Overrides::default();
+    if let Some(url) = &args.nats {
+        overrides.set("nats", "url", url.as_str());
+    }
+    let Some(config) = load_config(args.config.as_deref(), &overrides, err) else { return EXIT_CONFIG };
+    let findings = match crate::service::read_findings(&args.path) {
+        Ok(findings) if !findings.is_empty() => findings,
+        Ok(_) => {
+            let _ = writeln!(err, "error: no findings in {}", args.path.display());
+            return EXIT_USAGE;
+        }
+        Err(error) => {
+            let _ = writeln!(err, "error: cannot read {}: {error}", args.path.display());
+            return EXIT_USAGE;
+        }
+    };
+    let Some(runtime) = runtime(err) else { return EXIT_USAGE };
+    let reports = runtime.block_on(async {
+        let client = crate::service::connect(&config.nats).await?;
+        let jetstream = async_nats::jetstream::new(client.clone());
+        crate::service::ensure_streams(&jetstream, &config.nats.url).await?;
+        let reports = crate::service::publish_findings(&jetstream, findings).await;
+        let _ = client.flush().await;
+        Ok::<_, crate::service::Error>(reports)
+    });
+    let reports = match reports {
+        Ok(reports) => reports,
+        Err(error) => {
+            let _ = writeln!(err, "error: {error}");
+            return EXIT_UNAVAILABLE;
+        }
+    };
+    let mut failed = 0;
+    for report in &reports {
+        let id = report.id.as_deref().unwrap_or("-");
+        match &report.outcome {
+            Ok(ack) => {
+                let _ = writeln!(out, "published {id} from {}: {ack}", report.origin);
+            }
+            Err(error) => {
+                failed += 1;
+                let _ = writeln!(out, "FAILED {id} from {}: {error}", report.origin);
+            }
+        }
+    }
+    let _ = writeln!(out, "publish: {} sent, {failed} failed", reports.len() - failed);
+    if failed == 0 { EXIT_OK } else { EXIT_INVALID }
 }

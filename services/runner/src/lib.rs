@@ -3,7 +3,9 @@
 
 pub mod actions;
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod playbook;
+pub mod service;
 pub mod store;
 pub mod testing;

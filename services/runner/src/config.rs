@@ -1,0 +1,368 @@
+//! Service configuration, loaded in layers: defaults → `quench.toml` → environment
+//! (`QUENCH_<SECTION>__<KEY>`, e.g. `QUENCH_NATS__URL`) → command-line flags. Every secret can
+//! be given inline or as a `*_file` path (never both); secrets are held as `SecretString`, shown
+//! as `<redacted>` by `--dump-config`, and never logged. A bad value is reported with its key,
+//! its value and where it came from, before anything starts (exit 64).
+//!
+//! The key names are a contract with operators and deploy files: change them only with care.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::playbook::Mode;
+use crate::store::SyncMode;
+
+/// A secret from the config: deserialized from a string, serialized only as `<redacted>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(SecretString::from(value))
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub nats: NatsConfig,
+    pub store: StoreSection,
+    pub playbooks: PlaybooksSection,
+    pub engine: EngineSection,
+    pub api: ApiSection,
+    pub openai: OpenAiSection,
+    pub slack: SlackSection,
+    pub http: HttpSection,
+    /// Approver groups: `group:<name>` → emails and Slack user ids.
+    pub groups: BTreeMap<String, Vec<String>>,
+    pub gateway: GatewaySection,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Empty: `quench up` starts its own nats-server.
+    pub url: String,
+    pub credentials_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+    pub token: Option<Secret>,
+    pub token_file: Option<PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+impl Default for NatsConfig {
+    fn default() -> NatsConfig {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            credentials_file: None,
+            user: None,
+            password: None,
+            password_file: None,
+            token: None,
+            token_file: None,
+            tls_ca_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    pub path: PathBuf,
+    /// `always` (fdatasync every commit, the default) or `os`.
+    pub sync: SyncMode,
+}
+
+impl Default for StoreSection {
+    fn default() -> StoreSection {
+        StoreSection { path: PathBuf::from("./data/state"), sync: SyncMode::Always }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlaybooksSection {
+    pub dir: PathBuf,
+}
+
+impl Default for PlaybooksSection {
+    fn default() -> PlaybooksSection {
+        PlaybooksSection { dir: PathBuf::from("./workflows") }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    /// `live` or `dry_run`; when absent, dry-run unless an OpenAI admin key is configured.
+    pub mode: Option<Mode>,
+    /// Runs driven at once; intake waits when they are all busy.
+    pub max_inflight_runs: usize,
+}
+
+impl Default for EngineSection {
+    fn default() -> EngineSection {
+        EngineSection { mode: None, max_inflight_runs: 256 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    pub listen: SocketAddr,
+    pub tokens: Vec<ApiToken>,
+}
+
+impl Default for ApiSection {
+    fn default() -> ApiSection {
+        ApiSection { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), tokens: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    pub name: String,
+    pub role: Role,
+    /// SHA-256 (hex) of the bearer token; the token itself is never stored.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Approver,
+    Editor,
+    Admin,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenAiSection {
+    pub base_url: String,
+    pub admin_key: Option<Secret>,
+    pub admin_key_file: Option<PathBuf>,
+    pub org_id: Option<String>,
+}
+
+impl Default for OpenAiSection {
+    fn default() -> OpenAiSection {
+        OpenAiSection { base_url: "https://api.openai.com/v1".to_owned(), admin_key: None, admin_key_file: None, org_id: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlackSection {
+    pub api_url: String,
+    pub bot_token: Option<Secret>,
+    pub bot_token_file: Option<PathBuf>,
+    pub signing_secret: Option<Secret>,
+    pub signing_secret_file: Option<PathBuf>,
+    pub app_token: Option<Secret>,
+    pub app_token_file: Option<PathBuf>,
+}
+
+impl Default for SlackSection {
+    fn default() -> SlackSection {
+        SlackSection {
+            api_url: "https://slack.com/api".to_owned(),
+            bot_token: None,
+            bot_token_file: None,
+            signing_secret: None,
+            signing_secret_file: None,
+            app_token: None,
+            app_token_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Hosts `http.request` may reach.
+    pub allow_hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    pub listen: SocketAddr,
+    pub github_secret: Option<Secret>,
+    pub github_secret_file: Option<PathBuf>,
+    pub findings_secret: Option<Secret>,
+    pub findings_secret_file: Option<PathBuf>,
+}
+
+impl Default for GatewaySection {
+    fn default() -> GatewaySection {
+        GatewaySection {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8090)),
+            github_secret: None,
+            github_secret_file: None,
+            findings_secret: None,
+            findings_secret_file: None,
+        }
+    }
+}
+
+/// A configuration problem, naming the key, the value and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config file {path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("`{key}` = {value:?}: {problem}")]
+    Value { key: String, value: String, problem: String },
+}
+
+impl From<figment::Error> for Error {
+    fn from(error: figment::Error) -> Error {
+        Error::Invalid(error.to_string())
+    }
+}
+
+/// Overrides from command-line flags (the last layer).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub values: BTreeMap<String, BTreeMap<String, toml::Value>>,
+}
+
+impl Overrides {
+    pub fn set(&mut self, section: &str, key: &str, value: impl Into<toml::Value>) {
+        self.values.entry(section.to_owned()).or_default().insert(key.to_owned(), value.into());
+    }
+}
+
+impl Config {
+    /// Loads the layers, resolves `*_file` secrets and checks the values.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, Error> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(Error::Missing { path: path.to_owned() });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        // Only `QUENCH_<SECTION>__<KEY>` variables: `QUENCH_TOKEN` and friends belong to the CLI.
+        figment = figment
+            .merge(Env::prefixed("QUENCH_").filter(|key| key.as_str().contains("__")).split("__"))
+            .merge(Serialized::defaults(&overrides.values));
+        let mut config: Config = figment.extract()?;
+        config.resolve_secrets()?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The mode of playbooks that set none: as configured, else dry-run without an OpenAI key.
+    pub fn mode(&self) -> Mode {
+        self.engine.mode.unwrap_or(if self.openai.admin_key.is_some() { Mode::Live } else { Mode::DryRun })
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn dump(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|error| format!("# cannot show the config: {error}\n"))
+    }
+
+    fn resolve_secrets(&mut self) -> Result<(), Error> {
+        let pairs: [(&str, &mut Option<Secret>, &mut Option<PathBuf>); 8] = [
+            ("nats.password", &mut self.nats.password, &mut self.nats.password_file),
+            ("nats.token", &mut self.nats.token, &mut self.nats.token_file),
+            ("openai.admin_key", &mut self.openai.admin_key, &mut self.openai.admin_key_file),
+            ("slack.bot_token", &mut self.slack.bot_token, &mut self.slack.bot_token_file),
+            ("slack.signing_secret", &mut self.slack.signing_secret, &mut self.slack.signing_secret_file),
+            ("slack.app_token", &mut self.slack.app_token, &mut self.slack.app_token_file),
+            ("gateway.github_secret", &mut self.gateway.github_secret, &mut self.gateway.github_secret_file),
+            ("gateway.findings_secret", &mut self.gateway.findings_secret, &mut self.gateway.findings_secret_file),
+        ];
+        for (key, inline, file) in pairs {
+            match (inline.as_ref(), file.as_ref()) {
+                (Some(_), Some(path)) => {
+                    return Err(Error::Invalid(format!(
+                        "`{key}` and `{key}_file` ({}) are both set; give the secret one way",
+                        path.display()
+                    )));
+                }
+                (None, Some(path)) => {
+                    let text = std::fs::read_to_string(path).map_err(|error| Error::Value {
+                        key: format!("{key}_file"),
+                        value: path.display().to_string(),
+                        problem: format!("cannot read it: {error}"),
+                    })?;
+                    let secret = text.trim_end_matches(['\n', '\r']).to_owned();
+                    if secret.is_empty() {
+                        return Err(Error::Value {
+                            key: format!("{key}_file"),
+                            value: path.display().to_string(),
+                            problem: "the file is empty".to_owned(),
+                        });
+                    }
+                    *inline = Some(Secret::new(secret));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        let bad = |key: &str, value: &str, problem: &str| Error::Value { key: key.to_owned(), value: value.to_owned(), problem: problem.to_owned() };
+        let url = &self.nats.url;
+        if !url.is_empty() && !["nats://", "tls://", "ws://", "wss://"].iter().any(|scheme| url.starts_with(scheme)) {
+            return Err(bad("nats.url", url, "must start with nats://, tls://, ws:// or wss://, e.g. nats://127.0.0.1:4222"));
+        }
+        if self.nats.password.is_some() && self.nats.user.is_none() {
+            return Err(bad("nats.user", "", "a NATS password needs a user"));
+        }
+        for (index, token) in self.api.tokens.iter().enumerate() {
+            let key = format!("api.tokens[{index}].sha256");
+            if token.sha256.len() != 64 || !token.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad(&key, &token.sha256, "must be the 64 hex digits of the token's SHA-256 (`printf %s TOKEN | sha256sum`)"));
+            }
+            if token.name.trim().is_empty() {
+                return Err(bad(&format!("api.tokens[{index}].name"), &token.name, "must not be empty"));
+            }
+        }
+        if self.engine.max_inflight_runs == 0 {
+            return Err(bad("engine.max_inflight_runs", "0", "must be at least 1"));
+        }
+        for base in [("openai.base_url", &self.openai.base_url), ("slack.api_url", &self.slack.api_url)] {
+            if !(base.1.starts_with("https://") || base.1.starts_with("http://")) {
+                return Err(bad(base.0, base.1, "must be an http(s) URL"));
+            }
+        }
+        for (index, host) in self.http.allow_hosts.iter().enumerate() {
+            if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
+                return Err(bad(&format!("http.allow_hosts[{index}]"), host, "must be a host name such as hooks.example.com"));
+            }
+        }
+        for (group, members) in &self.groups {
+            if members.is_empty() {
+                return Err(bad(&format!("groups.{group}"), "[]", "an approver group needs members"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,198 @@
+//! Pulling findings and decisions from their durable consumers. A chunk of whatever messages are
+//! ready (up to a batch) is parsed; bad messages are dead-lettered with their reason and acked;
+//! the good ones go through the engine in one commit and are acked only after it. When the
+//! engine's in-flight runs are all busy, `Driver::spawn` waits, and so does the next fetch.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use quench_proto::{Decision, DEFAULT_MAX_FINDING_BYTES, Finding, ParseError, redact_str, subject};
+use tokio_util::sync::CancellationToken;
+
+use super::{Driver, Error};
+use crate::engine::Engine;
+
+/// Most messages taken through the engine in one commit.
+const BATCH: usize = 256;
+/// Unacknowledged messages a consumer may have out at once (bounds memory on our side too).
+const MAX_ACK_PENDING: i64 = 4096;
+const FINDINGS_CONSUMER: &str = "quench-findings";
+const DECISIONS_CONSUMER: &str = "quench-decisions";
+
+type Consumer = consumer::Consumer<consumer::pull::Config>;
+
+async fn consumer(jetstream: &jetstream::Context, stream: &str, name: &str, filter: &str) -> Result<Consumer, Error> {
+    let stream = jetstream
+        .get_stream(stream)
+        .await
+        .map_err(|error| Error::Nats(format!("cannot open stream {stream}: {error}")))?;
+    stream
+        .get_or_create_consumer(
+            name,
+            consumer::pull::Config {
+                durable_name: Some(name.to_owned()),
+                filter_subject: filter.to_owned(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(60),
+                max_ack_pending: MAX_ACK_PENDING,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|error| Error::Nats(format!("cannot create consumer {name}: {error}")))
+}
+
+pub(super) async fn findings_consumer(jetstream: &jetstream::Context) -> Result<Consumer, Error> {
+    consumer(jetstream, subject::STREAM_FINDINGS, FINDINGS_CONSUMER, subject::FINDINGS_ALL).await
+}
+
+pub(super) async fn decisions_consumer(jetstream: &jetstream::Context) -> Result<Consumer, Error> {
+    consumer(jetstream, subject::STREAM_DECISIONS, DECISIONS_CONSUMER, subject::DECISIONS_ALL).await
+}
+
+/// Yields chunks of ready messages until shutdown; re-opens the pull stream after errors (a
+/// NATS restart), so nothing is lost: unacked messages are simply delivered again.
+async fn each_chunk<F, Fut>(consumer: Consumer, shutdown: CancellationToken, what: &'static str, mut handle: F)
+where
+    F: FnMut(Vec<jetstream::Message>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut backoff = Duration::from_millis(100);
+    'reconnect: while !shutdown.is_cancelled() {
+        let messages = match consumer.stream().max_messages_per_batch(BATCH).heartbeat(Duration::from_secs(5)).messages().await {
+            Ok(messages) => messages,
+            Err(error) => {
+                tracing::warn!(%error, consumer = what, "cannot pull messages; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let mut chunks = messages.ready_chunks(BATCH);
+        loop {
+            let chunk = tokio::select! {
+                () = shutdown.cancelled() => return,
+                chunk = chunks.next() => chunk,
+            };
+            let Some(chunk) = chunk else { continue 'reconnect };
+            let mut ready = Vec::with_capacity(chunk.len());
+            for item in chunk {
+                match item {
+                    Ok(message) => ready.push(message),
+                    Err(error) => tracing::warn!(%error, consumer = what, "pull interrupted"),
+                }
+            }
+            if ready.is_empty() {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue 'reconnect;
+            }
+            backoff = Duration::from_millis(100);
+            handle(ready).await;
+        }
+    }
+}
+
+/// The findings intake.
+pub(super) async fn findings(consumer: Consumer, jetstream: jetstream::Context, engine: Engine, driver: Driver, shutdown: CancellationToken) {
+    each_chunk(consumer, shutdown, "findings", |messages| {
+        let (jetstream, engine, driver) = (jetstream.clone(), engine.clone(), driver.clone());
+        async move {
+            let mut findings = Vec::with_capacity(messages.len());
+            let mut accepted = Vec::with_capacity(messages.len());
+            for message in messages {
+                match Finding::parse(&message.payload, DEFAULT_MAX_FINDING_BYTES) {
+                    Ok(finding) => {
+                        findings.push(finding);
+                        accepted.push(message);
+                    }
+                    Err(error) => dead_letter(&jetstream, subject::DLQ_FINDINGS, &message, &error).await,
+                }
+            }
+            if findings.is_empty() {
+                return;
+            }
+            match engine.ingest(&findings).await {
+                Ok((outcomes, wake)) => {
+                    // Acknowledged only now that the runs they started are committed.
+                    for message in accepted {
+                        ack(&message).await;
+                    }
+                    tracing::debug!(findings = outcomes.len(), runs = wake.len(), "findings committed");
+                    driver.spawn(wake).await;
+                }
+                Err(error) => {
+                    // Not acked: JetStream delivers them again after `ack_wait`.
+                    tracing::error!(%error, count = findings.len(), "findings could not be committed; they will be delivered again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// The decisions intake.
+pub(super) async fn decisions(consumer: Consumer, jetstream: jetstream::Context, engine: Engine, driver: Driver, shutdown: CancellationToken) {
+    each_chunk(consumer, shutdown, "decisions", |messages| {
+        let (jetstream, engine, driver) = (jetstream.clone(), engine.clone(), driver.clone());
+        async move {
+            for message in messages {
+                let decision = match Decision::parse(&message.payload) {
+                    Ok(decision) => decision,
+                    Err(error) => {
+                        dead_letter(&jetstream, subject::DLQ_DECISIONS, &message, &error).await;
+                        continue;
+                    }
+                };
+                match engine.decide_and_wake(&decision).await {
+                    Ok((outcome, wake)) => {
+                        tracing::info!(run_id = %decision.run_id, gate = %decision.gate, actor = %decision.actor.id, ?outcome, "decision");
+                        ack(&message).await;
+                        driver.spawn(wake).await;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, run_id = %decision.run_id, "decision could not be committed; it will be delivered again");
+                    }
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// Republishes a refused message to the dead-letter subject with why and where from, then acks
+/// it. The body is redacted: a malformed finding may still carry a live key.
+async fn dead_letter(jetstream: &jetstream::Context, dlq: &str, message: &jetstream::Message, error: &ParseError) {
+    let reason: String = format!("{}: {error}", error.reason())
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(512)
+        .collect();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(subject::HEADER_DLQ_REASON, reason.as_str());
+    headers.insert(subject::HEADER_DLQ_SUBJECT, message.subject.as_str());
+    let body = redact_str(&String::from_utf8_lossy(&message.payload)).into_owned();
+    let published = match jetstream.publish_with_headers(dlq.to_owned(), headers, body.into()).await {
+        Ok(ack) => ack.await.map(drop).map_err(|error| error.to_string()),
+        Err(error) => Err(error.to_string()),
+    };
+    match published {
+        Ok(()) => {
+            tracing::warn!(subject = %message.subject, reason = error.reason(), "dead-lettered");
+            ack(message).await;
+        }
+        // Not acked: it comes back and is dead-lettered then.
+        Err(error) => tracing::error!(%error, "cannot dead-letter a refused message"),
+    }
+}
+
+async fn ack(message: &jetstream::Message) {
+    if let Err(error) = message.ack().await {
+        tracing::warn!(%error, "ack failed; the message will be delivered again and dropped as a duplicate");
+    }
+}

@@ -1,0 +1,185 @@
+//! `quench serve`: the engine wired to NATS JetStream. Findings and decisions are pulled from
+//! durable consumers, committed through the engine, and acknowledged only after the commit; bad
+//! input is dead-lettered with its reason; run events are published after their commit; timers
+//! fire; runs are driven with bounded concurrency so a busy engine slows intake instead of
+//! growing memory. SIGTERM stops the intake, lets in-flight steps finish within a grace period,
+//! and exits 0 — everything not finished is durable and resumes at the next start.
+
+mod events;
+mod http;
+mod intake;
+mod nats;
+mod publish;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use nats::{connect, ensure_streams};
+pub use publish::{PublishReport, publish_findings, read_findings};
+
+use crate::config::Config;
+use crate::engine::{Actions, Engine, EngineConfig, SystemClock};
+use crate::playbook;
+use crate::store::{Store, StoreConfig};
+
+/// How long in-flight steps may take to finish after SIGTERM.
+const GRACE: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Nats(String),
+    #[error("cannot open the store at {path}: {source}")]
+    Store {
+        path: String,
+        #[source]
+        source: crate::store::Error,
+    },
+    #[error("cannot read playbooks from {dir}: {source}")]
+    Playbooks {
+        dir: String,
+        #[source]
+        source: playbook::Error,
+    },
+    #[error(transparent)]
+    Engine(#[from] crate::engine::Error),
+    #[error("cannot serve HTTP on {listen}: {source}")]
+    Listen {
+        listen: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs are driven here: at most `max_inflight_runs` at once; `spawn` waits for room, which is
+/// what slows intake when the engine is busy.
+#[derive(Debug, Clone)]
+pub(crate) struct Driver {
+    engine: Engine,
+    permits: Arc<Semaphore>,
+    tasks: TaskTracker,
+}
+
+impl Driver {
+    /// Starts driving `runs`, waiting for room first. (Boxed: a run may start further runs,
+    /// which are driven the same way.)
+    pub(crate) fn spawn(&self, runs: Vec<String>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            for run in runs {
+                let Ok(permit) = self.permits.clone().acquire_owned().await else { return };
+                let driver = self.clone();
+                self.tasks.spawn(async move {
+                    let started = match driver.engine.drive(&run).await {
+                        Ok(started) => started,
+                        Err(error) => {
+                            tracing::error!(run_id = %run, %error, "driving the run failed; it resumes at the next start");
+                            Vec::new()
+                        }
+                    };
+                    drop(permit);
+                    driver.spawn(started).await;
+                });
+            }
+        })
+    }
+}
+
+/// Loads the playbooks in a directory; a file that does not compile is refused (and logged)
+/// while the others load.
+pub fn load_playbooks(dir: &std::path::Path) -> Result<Vec<playbook::Playbook>, Error> {
+    let loaded = playbook::load_paths(&[dir.to_owned()])
+        .map_err(|source| Error::Playbooks { dir: dir.display().to_string(), source })?;
+    let mut playbooks = Vec::new();
+    for file in loaded {
+        match file.compiled.playbook {
+            Some(playbook) => playbooks.push(playbook),
+            None => {
+                let report = file.report().render(false);
+                tracing::error!(file = %file.path.display(), "playbook refused:\n{report}");
+            }
+        }
+    }
+    Ok(playbooks)
+}
+
+/// The service. Returns when `shutdown` is cancelled and the grace period is over.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let playbooks = load_playbooks(&config.playbooks.dir)?;
+    tracing::info!(count = playbooks.len(), dir = %config.playbooks.dir.display(), "playbooks loaded");
+    let mut store_config = StoreConfig::new(&config.store.path);
+    store_config.sync = config.store.sync;
+    let store = Store::open(&store_config)
+        .map_err(|source| Error::Store { path: config.store.path.display().to_string(), source })?;
+
+    let client = connect(&config.nats).await?;
+    let jetstream = async_nats::jetstream::new(client.clone());
+    ensure_streams(&jetstream, &config.nats.url).await?;
+
+    let (events, publisher) = events::NatsEvents::new(jetstream.clone());
+    let mut actions = Actions::new();
+    actions.insert("finding.publish", Arc::new(publish::PublishAction::new(jetstream.clone())));
+    let engine_config = EngineConfig { mode: config.mode(), groups: config.groups.clone(), ..EngineConfig::default() };
+    let engine = Engine::new(store, Arc::new(SystemClock), actions, engine_config).with_events(Arc::new(events));
+    engine.load_playbooks(playbooks, "quench serve").await?;
+
+    let tasks = TaskTracker::new();
+    let drives = TaskTracker::new();
+    let driver = Driver { engine: engine.clone(), permits: Arc::new(Semaphore::new(config.engine.max_inflight_runs)), tasks: drives.clone() };
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .map_err(|source| Error::Listen { listen: config.api.listen.to_string(), source })?;
+    tasks.spawn(http::serve(listener, client.clone(), ready.clone(), shutdown.clone()));
+    tasks.spawn(publisher.run(shutdown.clone()));
+
+    // Runs that were between steps when the last process stopped.
+    driver.spawn(engine.recover()?).await;
+
+    let findings = intake::findings_consumer(&jetstream).await?;
+    let decisions = intake::decisions_consumer(&jetstream).await?;
+    tasks.spawn(intake::findings(findings, jetstream.clone(), engine.clone(), driver.clone(), shutdown.clone()));
+    tasks.spawn(intake::decisions(decisions, jetstream.clone(), engine.clone(), driver.clone(), shutdown.clone()));
+    tasks.spawn(timers(engine.clone(), driver.clone(), shutdown.clone()));
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!(listen = %config.api.listen, nats = %config.nats.url, mode = ?config.mode(), "quench is serving");
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: intake stopped, letting in-flight steps finish");
+    ready.store(false, Ordering::SeqCst);
+    tasks.close();
+    drives.close();
+    if tokio::time::timeout(GRACE, drives.wait()).await.is_err() {
+        tracing::warn!(grace = ?GRACE, "in-flight steps did not finish in time; they resume at the next start");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+    let _ = client.flush().await;
+    Ok(())
+}
+
+/// Fires timers as they fall due and drives the runs they wake.
+async fn timers(engine: Engine, driver: Driver, shutdown: CancellationToken) {
+    loop {
+        let wait = match engine.next_due() {
+            Ok(Some(due)) => (due - engine.now()).to_std().unwrap_or(Duration::ZERO).min(Duration::from_secs(1)),
+            Ok(None) => Duration::from_secs(1),
+            Err(error) => {
+                tracing::error!(%error, "cannot read timers");
+                Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        match engine.fire_due().await {
+            Ok(wake) => driver.spawn(wake).await,
+            Err(error) => tracing::error!(%error, "firing timers failed; retrying"),
+        }
+    }
+}
