@@ -5,6 +5,7 @@ mod engine;
 mod playbook_corpus;
 mod playbook_tests;
 mod proto_contracts;
+mod service;
 mod shipped_playbooks;
 mod store;
 mod support;

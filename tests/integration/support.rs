@@ -236,3 +236,222 @@ pub(crate) fn started(outcome: &quench_runner::engine::FindingOutcome) -> String
         other => panic!("no run started: {other:?}"),
     }
 }
+
+/// A real `nats-server` with JetStream on an ephemeral port and a temporary store, per test.
+pub(crate) struct NatsServer {
+    child: Option<std::process::Child>,
+    pub(crate) port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub(crate) fn start() -> NatsServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = NatsServer {
+            child: None,
+            port: 0,
+            dir,
+        };
+        server.spawn(None);
+        server
+    }
+
+    fn spawn(&mut self, port: Option<u16>) {
+        let port_arg = port.map_or_else(|| "-1".to_owned(), |port| port.to_string());
+        let ports_dir = self.dir.path().join("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).expect("ports dir");
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+            .arg(self.dir.path().join("jetstream"))
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("cannot start nats-server ({error}); install it (Debian: `apt-get install -y nats-server`; tests/run does this)")
+            });
+        let started = std::time::Instant::now();
+        self.port = loop {
+            let ports = std::fs::read_dir(&ports_dir)
+                .ok()
+                .and_then(|mut entries| entries.next())
+                .and_then(Result::ok);
+            if let Some(entry) = ports
+                && let Ok(text) = std::fs::read_to_string(entry.path())
+                && let Ok(value) = serde_json::from_str::<serde_json::Value>(&text)
+                && let Some(url) = value["nats"][0].as_str()
+            {
+                break url
+                    .rsplit(':')
+                    .next()
+                    .and_then(|port| port.parse().ok())
+                    .expect("port in the ports file");
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "nats-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        self.child = Some(child);
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same JetStream directory.
+    pub(crate) fn restart(&mut self) {
+        self.stop();
+        let port = self.port;
+        self.spawn(Some(port));
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A free loopback port (bound and released; good enough for tests).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `quench serve` as a child process.
+pub(crate) struct Service {
+    child: Option<std::process::Child>,
+    pub(crate) listen: String,
+    pub(crate) store: std::path::PathBuf,
+    playbooks: std::path::PathBuf,
+    nats: String,
+    log: std::path::PathBuf,
+}
+
+impl Service {
+    /// Starts the service on `nats` with the playbooks in `playbooks` and a store under `dir`.
+    pub(crate) fn start(nats: &str, playbooks: &std::path::Path, dir: &std::path::Path) -> Service {
+        let mut service = Service {
+            child: None,
+            listen: format!("127.0.0.1:{}", free_port()),
+            store: dir.join("state"),
+            playbooks: playbooks.to_owned(),
+            nats: nats.to_owned(),
+            log: dir.join("serve.log"),
+        };
+        service.spawn();
+        service
+    }
+
+    pub(crate) fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = std::process::Command::new(quench_bin())
+            .args([
+                "serve",
+                "--nats",
+                &self.nats,
+                "--listen",
+                &self.listen,
+                "--store",
+            ])
+            .arg(&self.store)
+            .arg("--playbooks")
+            .arg(&self.playbooks)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("quench serve starts");
+        self.child = Some(child);
+        let started = std::time::Instant::now();
+        while http_status(&self.listen, "/readyz") != Some(200) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten())
+            {
+                panic!(
+                    "quench serve exited with {status} during start:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "quench serve did not become ready:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+    }
+
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits; returns the exit code.
+    pub(crate) fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().ok().and_then(|status| status.code())
+    }
+
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The status code of a plain HTTP GET, or `None` when nothing answers.
+pub(crate) fn http_status(address: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Polls `check` until it is true or `within` passes.
+pub(crate) async fn eventually(
+    within: std::time::Duration,
+    what: &str,
+    mut check: impl FnMut() -> bool,
+) {
+    let started = std::time::Instant::now();
+    while !check() {
+        assert!(started.elapsed() < within, "not within {within:?}: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}

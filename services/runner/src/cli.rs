@@ -134,12 +134,8 @@ pub fn main() -> ExitCode {
         }
     };
     let styled = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let code = run(
-        cli,
-        &mut std::io::stdout().lock(),
-        &mut std::io::stderr().lock(),
-        styled,
-    );
+    // Not locked for the whole command: the service logs to stderr from other threads.
+    let code = run(cli, &mut std::io::stdout(), &mut std::io::stderr(), styled);
     ExitCode::from(code)
 }
 
@@ -387,7 +383,11 @@ pub fn audit_verify(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn W
     }
 }
 
-fn load_config(file: Option<&std::path::Path>, overrides: &crate::config::Overrides, err: &mut dyn Write) -> Option<crate::config::Config> {
+fn load_config(
+    file: Option<&std::path::Path>,
+    overrides: &crate::config::Overrides,
+    err: &mut dyn Write,
+) -> Option<crate::config::Config> {
     match crate::config::Config::load(file, overrides) {
         Ok(config) => Some(config),
         Err(error) => {
@@ -398,7 +398,10 @@ fn load_config(file: Option<&std::path::Path>, overrides: &crate::config::Overri
 }
 
 fn runtime(err: &mut dyn Write) -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => Some(runtime),
         Err(error) => {
             let _ = writeln!(err, "error: cannot start the runtime: {error}");
@@ -422,13 +425,17 @@ pub fn serve(args: &ServeArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     if let Some(dir) = &args.playbooks {
         overrides.set("playbooks", "dir", dir.display().to_string());
     }
-    let Some(config) = load_config(args.config.as_deref(), &overrides, err) else { return EXIT_CONFIG };
+    let Some(config) = load_config(args.config.as_deref(), &overrides, err) else {
+        return EXIT_CONFIG;
+    };
     if args.dump_config {
         let _ = write!(out, "{}", config.dump());
         return EXIT_OK;
     }
     init_tracing();
-    let Some(runtime) = runtime(err) else { return EXIT_USAGE };
+    let Some(runtime) = runtime(err) else {
+        return EXIT_USAGE;
+    };
     let result = runtime.block_on(async {
         let shutdown = tokio_util::sync::CancellationToken::new();
         tokio::spawn(signals(shutdown.clone()));
@@ -450,7 +457,10 @@ pub fn serve(args: &ServeArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
 /// First SIGTERM or SIGINT: shut down gracefully. Second: exit at once.
 async fn signals(shutdown: tokio_util::sync::CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };
@@ -468,8 +478,12 @@ async fn signals(shutdown: tokio_util::sync::CancellationToken) {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// `quench publish`.
@@ -478,7 +492,9 @@ pub fn publish(args: &PublishArgs, out: &mut dyn Write, err: &mut dyn Write) -> 
     if let Some(url) = &args.nats {
         overrides.set("nats", "url", url.as_str());
     }
-    let Some(config) = load_config(args.config.as_deref(), &overrides, err) else { return EXIT_CONFIG };
+    let Some(config) = load_config(args.config.as_deref(), &overrides, err) else {
+        return EXIT_CONFIG;
+    };
     let findings = match crate::service::read_findings(&args.path) {
         Ok(findings) if !findings.is_empty() => findings,
         Ok(_) => {
@@ -490,7 +506,9 @@ pub fn publish(args: &PublishArgs, out: &mut dyn Write, err: &mut dyn Write) -> 
             return EXIT_USAGE;
         }
     };
-    let Some(runtime) = runtime(err) else { return EXIT_USAGE };
+    let Some(runtime) = runtime(err) else {
+        return EXIT_USAGE;
+    };
     let reports = runtime.block_on(async {
         let client = crate::service::connect(&config.nats).await?;
         let jetstream = async_nats::jetstream::new(client.clone());
@@ -519,6 +537,10 @@ pub fn publish(args: &PublishArgs, out: &mut dyn Write, err: &mut dyn Write) -> 
             }
         }
     }
-    let _ = writeln!(out, "publish: {} sent, {failed} failed", reports.len() - failed);
+    let _ = writeln!(
+        out,
+        "publish: {} sent, {failed} failed",
+        reports.len() - failed
+    );
     if failed == 0 { EXIT_OK } else { EXIT_INVALID }
 }

@@ -94,7 +94,10 @@ pub struct StoreSection {
 
 impl Default for StoreSection {
     fn default() -> StoreSection {
-        StoreSection { path: PathBuf::from("./data/state"), sync: SyncMode::Always }
+        StoreSection {
+            path: PathBuf::from("./data/state"),
+            sync: SyncMode::Always,
+        }
     }
 }
 
@@ -106,7 +109,9 @@ pub struct PlaybooksSection {
 
 impl Default for PlaybooksSection {
     fn default() -> PlaybooksSection {
-        PlaybooksSection { dir: PathBuf::from("./workflows") }
+        PlaybooksSection {
+            dir: PathBuf::from("./workflows"),
+        }
     }
 }
 
@@ -121,7 +126,10 @@ pub struct EngineSection {
 
 impl Default for EngineSection {
     fn default() -> EngineSection {
-        EngineSection { mode: None, max_inflight_runs: 256 }
+        EngineSection {
+            mode: None,
+            max_inflight_runs: 256,
+        }
     }
 }
 
@@ -134,7 +142,10 @@ pub struct ApiSection {
 
 impl Default for ApiSection {
     fn default() -> ApiSection {
-        ApiSection { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), tokens: Vec::new() }
+        ApiSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tokens: Vec::new(),
+        }
     }
 }
 
@@ -167,7 +178,12 @@ pub struct OpenAiSection {
 
 impl Default for OpenAiSection {
     fn default() -> OpenAiSection {
-        OpenAiSection { base_url: "https://api.openai.com/v1".to_owned(), admin_key: None, admin_key_file: None, org_id: None }
+        OpenAiSection {
+            base_url: "https://api.openai.com/v1".to_owned(),
+            admin_key: None,
+            admin_key_file: None,
+            org_id: None,
+        }
     }
 }
 
@@ -234,7 +250,11 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
     #[error("`{key}` = {value:?}: {problem}")]
-    Value { key: String, value: String, problem: String },
+    Value {
+        key: String,
+        value: String,
+        problem: String,
+    },
 }
 
 impl From<figment::Error> for Error {
@@ -252,7 +272,10 @@ pub struct Overrides {
 
 impl Overrides {
     pub fn set(&mut self, section: &str, key: &str, value: impl Into<toml::Value>) {
-        self.values.entry(section.to_owned()).or_default().insert(key.to_owned(), value.into());
+        self.values
+            .entry(section.to_owned())
+            .or_default()
+            .insert(key.to_owned(), value.into());
     }
 }
 
@@ -262,13 +285,19 @@ impl Config {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
-                return Err(Error::Missing { path: path.to_owned() });
+                return Err(Error::Missing {
+                    path: path.to_owned(),
+                });
             }
             figment = figment.merge(Toml::file_exact(path));
         }
         // Only `QUENCH_<SECTION>__<KEY>` variables: `QUENCH_TOKEN` and friends belong to the CLI.
         figment = figment
-            .merge(Env::prefixed("QUENCH_").filter(|key| key.as_str().contains("__")).split("__"))
+            .merge(
+                Env::prefixed("QUENCH_")
+                    .filter(|key| key.as_str().contains("__"))
+                    .split("__"),
+            )
             .merge(Serialized::defaults(&overrides.values));
         let mut config: Config = figment.extract()?;
         config.resolve_secrets()?;
@@ -278,24 +307,63 @@ impl Config {
 
     /// The mode of playbooks that set none: as configured, else dry-run without an OpenAI key.
     pub fn mode(&self) -> Mode {
-        self.engine.mode.unwrap_or(if self.openai.admin_key.is_some() { Mode::Live } else { Mode::DryRun })
+        self.engine
+            .mode
+            .unwrap_or(if self.openai.admin_key.is_some() {
+                Mode::Live
+            } else {
+                Mode::DryRun
+            })
     }
 
     /// The effective configuration as TOML, secrets redacted.
     pub fn dump(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|error| format!("# cannot show the config: {error}\n"))
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|error| format!("# cannot show the config: {error}\n"))
     }
 
     fn resolve_secrets(&mut self) -> Result<(), Error> {
         let pairs: [(&str, &mut Option<Secret>, &mut Option<PathBuf>); 8] = [
-            ("nats.password", &mut self.nats.password, &mut self.nats.password_file),
-            ("nats.token", &mut self.nats.token, &mut self.nats.token_file),
-            ("openai.admin_key", &mut self.openai.admin_key, &mut self.openai.admin_key_file),
-            ("slack.bot_token", &mut self.slack.bot_token, &mut self.slack.bot_token_file),
-            ("slack.signing_secret", &mut self.slack.signing_secret, &mut self.slack.signing_secret_file),
-            ("slack.app_token", &mut self.slack.app_token, &mut self.slack.app_token_file),
-            ("gateway.github_secret", &mut self.gateway.github_secret, &mut self.gateway.github_secret_file),
-            ("gateway.findings_secret", &mut self.gateway.findings_secret, &mut self.gateway.findings_secret_file),
+            (
+                "nats.password",
+                &mut self.nats.password,
+                &mut self.nats.password_file,
+            ),
+            (
+                "nats.token",
+                &mut self.nats.token,
+                &mut self.nats.token_file,
+            ),
+            (
+                "openai.admin_key",
+                &mut self.openai.admin_key,
+                &mut self.openai.admin_key_file,
+            ),
+            (
+                "slack.bot_token",
+                &mut self.slack.bot_token,
+                &mut self.slack.bot_token_file,
+            ),
+            (
+                "slack.signing_secret",
+                &mut self.slack.signing_secret,
+                &mut self.slack.signing_secret_file,
+            ),
+            (
+                "slack.app_token",
+                &mut self.slack.app_token,
+                &mut self.slack.app_token_file,
+            ),
+            (
+                "gateway.github_secret",
+                &mut self.gateway.github_secret,
+                &mut self.gateway.github_secret_file,
+            ),
+            (
+                "gateway.findings_secret",
+                &mut self.gateway.findings_secret,
+                &mut self.gateway.findings_secret_file,
+            ),
         ];
         for (key, inline, file) in pairs {
             match (inline.as_ref(), file.as_ref()) {
@@ -328,10 +396,22 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), Error> {
-        let bad = |key: &str, value: &str, problem: &str| Error::Value { key: key.to_owned(), value: value.to_owned(), problem: problem.to_owned() };
+        let bad = |key: &str, value: &str, problem: &str| Error::Value {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            problem: problem.to_owned(),
+        };
         let url = &self.nats.url;
-        if !url.is_empty() && !["nats://", "tls://", "ws://", "wss://"].iter().any(|scheme| url.starts_with(scheme)) {
-            return Err(bad("nats.url", url, "must start with nats://, tls://, ws:// or wss://, e.g. nats://127.0.0.1:4222"));
+        if !url.is_empty()
+            && !["nats://", "tls://", "ws://", "wss://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+        {
+            return Err(bad(
+                "nats.url",
+                url,
+                "must start with nats://, tls://, ws:// or wss://, e.g. nats://127.0.0.1:4222",
+            ));
         }
         if self.nats.password.is_some() && self.nats.user.is_none() {
             return Err(bad("nats.user", "", "a NATS password needs a user"));
@@ -339,28 +419,47 @@ impl Config {
         for (index, token) in self.api.tokens.iter().enumerate() {
             let key = format!("api.tokens[{index}].sha256");
             if token.sha256.len() != 64 || !token.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(bad(&key, &token.sha256, "must be the 64 hex digits of the token's SHA-256 (`printf %s TOKEN | sha256sum`)"));
+                return Err(bad(
+                    &key,
+                    &token.sha256,
+                    "must be the 64 hex digits of the token's SHA-256 (`printf %s TOKEN | sha256sum`)",
+                ));
             }
             if token.name.trim().is_empty() {
-                return Err(bad(&format!("api.tokens[{index}].name"), &token.name, "must not be empty"));
+                return Err(bad(
+                    &format!("api.tokens[{index}].name"),
+                    &token.name,
+                    "must not be empty",
+                ));
             }
         }
         if self.engine.max_inflight_runs == 0 {
             return Err(bad("engine.max_inflight_runs", "0", "must be at least 1"));
         }
-        for base in [("openai.base_url", &self.openai.base_url), ("slack.api_url", &self.slack.api_url)] {
+        for base in [
+            ("openai.base_url", &self.openai.base_url),
+            ("slack.api_url", &self.slack.api_url),
+        ] {
             if !(base.1.starts_with("https://") || base.1.starts_with("http://")) {
                 return Err(bad(base.0, base.1, "must be an http(s) URL"));
             }
         }
         for (index, host) in self.http.allow_hosts.iter().enumerate() {
             if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
-                return Err(bad(&format!("http.allow_hosts[{index}]"), host, "must be a host name such as hooks.example.com"));
+                return Err(bad(
+                    &format!("http.allow_hosts[{index}]"),
+                    host,
+                    "must be a host name such as hooks.example.com",
+                ));
             }
         }
         for (group, members) in &self.groups {
             if members.is_empty() {
-                return Err(bad(&format!("groups.{group}"), "[]", "an approver group needs members"));
+                return Err(bad(
+                    &format!("groups.{group}"),
+                    "[]",
+                    "an approver group needs members",
+                ));
             }
         }
         Ok(())

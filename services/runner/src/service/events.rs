@@ -28,7 +28,13 @@ pub(super) struct Publisher {
 impl NatsEvents {
     pub(super) fn new(jetstream: jetstream::Context) -> (NatsEvents, Publisher) {
         let (queue, receiver) = mpsc::channel(QUEUE);
-        (NatsEvents { queue }, Publisher { jetstream, queue: receiver })
+        (
+            NatsEvents { queue },
+            Publisher {
+                jetstream,
+                queue: receiver,
+            },
+        )
     }
 }
 
@@ -63,13 +69,19 @@ impl Publisher {
     }
 
     async fn send(&self, event: &RunEvent) {
-        let Ok(body) = serde_json::to_vec(event) else { return };
+        let Ok(body) = serde_json::to_vec(event) else {
+            return;
+        };
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(subject::HEADER_MSG_ID, event.id.as_str());
         let subject = subject::event(&event.playbook, event.kind);
         let mut delay = Duration::from_millis(50);
         for _ in 0..6 {
-            let published = match self.jetstream.publish_with_headers(subject.clone(), headers.clone(), body.clone().into()).await {
+            let published = match self
+                .jetstream
+                .publish_with_headers(subject.clone(), headers.clone(), body.clone().into())
+                .await
+            {
                 Ok(ack) => ack.await.map(drop).map_err(|error| error.to_string()),
                 Err(error) => Err(error.to_string()),
             };

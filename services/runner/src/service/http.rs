@@ -18,12 +18,18 @@ struct Health {
     ready: Arc<AtomicBool>,
 }
 
-pub(super) async fn serve(listener: tokio::net::TcpListener, client: async_nats::Client, ready: Arc<AtomicBool>, shutdown: CancellationToken) {
+pub(super) async fn serve(
+    listener: tokio::net::TcpListener,
+    client: async_nats::Client,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
     let app = Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .with_state(Health { client, ready });
-    let serving = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });
+    let serving = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await });
     if let Err(error) = serving.await {
         tracing::error!(%error, "the HTTP server stopped");
     }
@@ -32,6 +38,15 @@ pub(super) async fn serve(listener: tokio::net::TcpListener, client: async_nats:
 async fn readyz(State(health): State<Health>) -> impl IntoResponse {
     let nats = health.client.connection_state() == async_nats::connection::State::Connected;
     let started = health.ready.load(Ordering::SeqCst);
-    let status = if nats && started { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"ready": nats && started, "nats": if nats { "connected" } else { "disconnected" }, "started": started})))
+    let status = if nats && started {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(
+            json!({"ready": nats && started, "nats": if nats { "connected" } else { "disconnected" }, "started": started}),
+        ),
+    )
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
-use quench_proto::{Decision, DEFAULT_MAX_FINDING_BYTES, Finding, ParseError, redact_str, subject};
+use quench_proto::{DEFAULT_MAX_FINDING_BYTES, Decision, Finding, ParseError, redact_str, subject};
 use tokio_util::sync::CancellationToken;
 
 use super::{Driver, Error};
@@ -22,7 +22,12 @@ const DECISIONS_CONSUMER: &str = "quench-decisions";
 
 type Consumer = consumer::Consumer<consumer::pull::Config>;
 
-async fn consumer(jetstream: &jetstream::Context, stream: &str, name: &str, filter: &str) -> Result<Consumer, Error> {
+async fn consumer(
+    jetstream: &jetstream::Context,
+    stream: &str,
+    name: &str,
+    filter: &str,
+) -> Result<Consumer, Error> {
     let stream = jetstream
         .get_stream(stream)
         .await
@@ -44,23 +49,45 @@ async fn consumer(jetstream: &jetstream::Context, stream: &str, name: &str, filt
 }
 
 pub(super) async fn findings_consumer(jetstream: &jetstream::Context) -> Result<Consumer, Error> {
-    consumer(jetstream, subject::STREAM_FINDINGS, FINDINGS_CONSUMER, subject::FINDINGS_ALL).await
+    consumer(
+        jetstream,
+        subject::STREAM_FINDINGS,
+        FINDINGS_CONSUMER,
+        subject::FINDINGS_ALL,
+    )
+    .await
 }
 
 pub(super) async fn decisions_consumer(jetstream: &jetstream::Context) -> Result<Consumer, Error> {
-    consumer(jetstream, subject::STREAM_DECISIONS, DECISIONS_CONSUMER, subject::DECISIONS_ALL).await
+    consumer(
+        jetstream,
+        subject::STREAM_DECISIONS,
+        DECISIONS_CONSUMER,
+        subject::DECISIONS_ALL,
+    )
+    .await
 }
 
 /// Yields chunks of ready messages until shutdown; re-opens the pull stream after errors (a
 /// NATS restart), so nothing is lost: unacked messages are simply delivered again.
-async fn each_chunk<F, Fut>(consumer: Consumer, shutdown: CancellationToken, what: &'static str, mut handle: F)
-where
+async fn each_chunk<F, Fut>(
+    consumer: Consumer,
+    shutdown: CancellationToken,
+    what: &'static str,
+    mut handle: F,
+) where
     F: FnMut(Vec<jetstream::Message>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let mut backoff = Duration::from_millis(100);
     'reconnect: while !shutdown.is_cancelled() {
-        let messages = match consumer.stream().max_messages_per_batch(BATCH).heartbeat(Duration::from_secs(5)).messages().await {
+        let messages = match consumer
+            .stream()
+            .max_messages_per_batch(BATCH)
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await
+        {
             Ok(messages) => messages,
             Err(error) => {
                 tracing::warn!(%error, consumer = what, "cannot pull messages; retrying");
@@ -78,7 +105,9 @@ where
                 () = shutdown.cancelled() => return,
                 chunk = chunks.next() => chunk,
             };
-            let Some(chunk) = chunk else { continue 'reconnect };
+            let Some(chunk) = chunk else {
+                continue 'reconnect;
+            };
             let mut ready = Vec::with_capacity(chunk.len());
             for item in chunk {
                 match item {
@@ -98,7 +127,13 @@ where
 }
 
 /// The findings intake.
-pub(super) async fn findings(consumer: Consumer, jetstream: jetstream::Context, engine: Engine, driver: Driver, shutdown: CancellationToken) {
+pub(super) async fn findings(
+    consumer: Consumer,
+    jetstream: jetstream::Context,
+    engine: Engine,
+    driver: Driver,
+    shutdown: CancellationToken,
+) {
     each_chunk(consumer, shutdown, "findings", |messages| {
         let (jetstream, engine, driver) = (jetstream.clone(), engine.clone(), driver.clone());
         async move {
@@ -137,7 +172,13 @@ pub(super) async fn findings(consumer: Consumer, jetstream: jetstream::Context, 
 }
 
 /// The decisions intake.
-pub(super) async fn decisions(consumer: Consumer, jetstream: jetstream::Context, engine: Engine, driver: Driver, shutdown: CancellationToken) {
+pub(super) async fn decisions(
+    consumer: Consumer,
+    jetstream: jetstream::Context,
+    engine: Engine,
+    driver: Driver,
+    shutdown: CancellationToken,
+) {
     each_chunk(consumer, shutdown, "decisions", |messages| {
         let (jetstream, engine, driver) = (jetstream.clone(), engine.clone(), driver.clone());
         async move {
@@ -167,7 +208,12 @@ pub(super) async fn decisions(consumer: Consumer, jetstream: jetstream::Context,
 
 /// Republishes a refused message to the dead-letter subject with why and where from, then acks
 /// it. The body is redacted: a malformed finding may still carry a live key.
-async fn dead_letter(jetstream: &jetstream::Context, dlq: &str, message: &jetstream::Message, error: &ParseError) {
+async fn dead_letter(
+    jetstream: &jetstream::Context,
+    dlq: &str,
+    message: &jetstream::Message,
+    error: &ParseError,
+) {
     let reason: String = format!("{}: {error}", error.reason())
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -177,7 +223,10 @@ async fn dead_letter(jetstream: &jetstream::Context, dlq: &str, message: &jetstr
     headers.insert(subject::HEADER_DLQ_REASON, reason.as_str());
     headers.insert(subject::HEADER_DLQ_SUBJECT, message.subject.as_str());
     let body = redact_str(&String::from_utf8_lossy(&message.payload)).into_owned();
-    let published = match jetstream.publish_with_headers(dlq.to_owned(), headers, body.into()).await {
+    let published = match jetstream
+        .publish_with_headers(dlq.to_owned(), headers, body.into())
+        .await
+    {
         Ok(ack) => ack.await.map(drop).map_err(|error| error.to_string()),
         Err(error) => Err(error.to_string()),
     };

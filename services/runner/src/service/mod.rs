@@ -68,10 +68,15 @@ pub(crate) struct Driver {
 impl Driver {
     /// Starts driving `runs`, waiting for room first. (Boxed: a run may start further runs,
     /// which are driven the same way.)
-    pub(crate) fn spawn(&self, runs: Vec<String>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+    pub(crate) fn spawn(
+        &self,
+        runs: Vec<String>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             for run in runs {
-                let Ok(permit) = self.permits.clone().acquire_owned().await else { return };
+                let Ok(permit) = self.permits.clone().acquire_owned().await else {
+                    return;
+                };
                 let driver = self.clone();
                 self.tasks.spawn(async move {
                     let started = match driver.engine.drive(&run).await {
@@ -92,8 +97,10 @@ impl Driver {
 /// Loads the playbooks in a directory; a file that does not compile is refused (and logged)
 /// while the others load.
 pub fn load_playbooks(dir: &std::path::Path) -> Result<Vec<playbook::Playbook>, Error> {
-    let loaded = playbook::load_paths(&[dir.to_owned()])
-        .map_err(|source| Error::Playbooks { dir: dir.display().to_string(), source })?;
+    let loaded = playbook::load_paths(&[dir.to_owned()]).map_err(|source| Error::Playbooks {
+        dir: dir.display().to_string(),
+        source,
+    })?;
     let mut playbooks = Vec::new();
     for file in loaded {
         match file.compiled.playbook {
@@ -113,8 +120,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     tracing::info!(count = playbooks.len(), dir = %config.playbooks.dir.display(), "playbooks loaded");
     let mut store_config = StoreConfig::new(&config.store.path);
     store_config.sync = config.store.sync;
-    let store = Store::open(&store_config)
-        .map_err(|source| Error::Store { path: config.store.path.display().to_string(), source })?;
+    let store = Store::open(&store_config).map_err(|source| Error::Store {
+        path: config.store.path.display().to_string(),
+        source,
+    })?;
 
     let client = connect(&config.nats).await?;
     let jetstream = async_nats::jetstream::new(client.clone());
@@ -122,20 +131,40 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
 
     let (events, publisher) = events::NatsEvents::new(jetstream.clone());
     let mut actions = Actions::new();
-    actions.insert("finding.publish", Arc::new(publish::PublishAction::new(jetstream.clone())));
-    let engine_config = EngineConfig { mode: config.mode(), groups: config.groups.clone(), ..EngineConfig::default() };
-    let engine = Engine::new(store, Arc::new(SystemClock), actions, engine_config).with_events(Arc::new(events));
+    actions.insert(
+        "finding.publish",
+        Arc::new(publish::PublishAction::new(jetstream.clone())),
+    );
+    let engine_config = EngineConfig {
+        mode: config.mode(),
+        groups: config.groups.clone(),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::new(store, Arc::new(SystemClock), actions, engine_config)
+        .with_events(Arc::new(events));
     engine.load_playbooks(playbooks, "quench serve").await?;
 
     let tasks = TaskTracker::new();
     let drives = TaskTracker::new();
-    let driver = Driver { engine: engine.clone(), permits: Arc::new(Semaphore::new(config.engine.max_inflight_runs)), tasks: drives.clone() };
+    let driver = Driver {
+        engine: engine.clone(),
+        permits: Arc::new(Semaphore::new(config.engine.max_inflight_runs)),
+        tasks: drives.clone(),
+    };
     let ready = Arc::new(AtomicBool::new(false));
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
-        .map_err(|source| Error::Listen { listen: config.api.listen.to_string(), source })?;
-    tasks.spawn(http::serve(listener, client.clone(), ready.clone(), shutdown.clone()));
+        .map_err(|source| Error::Listen {
+            listen: config.api.listen.to_string(),
+            source,
+        })?;
+    tasks.spawn(http::serve(
+        listener,
+        client.clone(),
+        ready.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(publisher.run(shutdown.clone()));
 
     // Runs that were between steps when the last process stopped.
@@ -143,8 +172,20 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
 
     let findings = intake::findings_consumer(&jetstream).await?;
     let decisions = intake::decisions_consumer(&jetstream).await?;
-    tasks.spawn(intake::findings(findings, jetstream.clone(), engine.clone(), driver.clone(), shutdown.clone()));
-    tasks.spawn(intake::decisions(decisions, jetstream.clone(), engine.clone(), driver.clone(), shutdown.clone()));
+    tasks.spawn(intake::findings(
+        findings,
+        jetstream.clone(),
+        engine.clone(),
+        driver.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(intake::decisions(
+        decisions,
+        jetstream.clone(),
+        engine.clone(),
+        driver.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(timers(engine.clone(), driver.clone(), shutdown.clone()));
     ready.store(true, Ordering::SeqCst);
     tracing::info!(listen = %config.api.listen, nats = %config.nats.url, mode = ?config.mode(), "quench is serving");
@@ -166,7 +207,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
 async fn timers(engine: Engine, driver: Driver, shutdown: CancellationToken) {
     loop {
         let wait = match engine.next_due() {
-            Ok(Some(due)) => (due - engine.now()).to_std().unwrap_or(Duration::ZERO).min(Duration::from_secs(1)),
+            Ok(Some(due)) => (due - engine.now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(Duration::from_secs(1)),
             Ok(None) => Duration::from_secs(1),
             Err(error) => {
                 tracing::error!(%error, "cannot read timers");

@@ -19,16 +19,20 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, Error> {
         .connection_timeout(Duration::from_secs(5))
         .event_callback(|event| async move {
             match event {
-                async_nats::Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("NATS connection lost; reconnecting")
+                }
                 async_nats::Event::Connected => tracing::info!("NATS connected"),
                 other => tracing::debug!(event = %other, "NATS event"),
             }
         });
     if let Some(path) = &config.credentials_file {
-        options = options
-            .credentials_file(path)
-            .await
-            .map_err(|error| Error::Nats(format!("cannot read nats.credentials_file {}: {error}", path.display())))?;
+        options = options.credentials_file(path).await.map_err(|error| {
+            Error::Nats(format!(
+                "cannot read nats.credentials_file {}: {error}",
+                path.display()
+            ))
+        })?;
     }
     if let (Some(user), Some(password)) = (&config.user, &config.password) {
         options = options.user_and_password(user.clone(), password.expose().to_owned());
@@ -82,7 +86,9 @@ pub async fn ensure_streams(jetstream: &jetstream::Context, url: &str) -> Result
             subjects: vec![subject::DLQ_ALL.to_owned()],
             storage: stream::StorageType::File,
             max_age: Duration::from_secs(30 * 24 * 3600),
-            description: Some("messages quench refused, with the reason in Quench-Dlq-Reason".to_owned()),
+            description: Some(
+                "messages quench refused, with the reason in Quench-Dlq-Reason".to_owned(),
+            ),
             ..Default::default()
         },
     ];

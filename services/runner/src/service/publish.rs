@@ -11,6 +11,9 @@ use sha2::{Digest, Sha256};
 
 use crate::engine::{Action, ActionError, ActionFuture, Call, Success};
 
+/// One finding read for publishing: where it came from, and the finding or why it is invalid.
+pub type ReadFinding = (String, Result<Finding, String>);
+
 /// What became of one published finding.
 #[derive(Debug, Clone)]
 pub struct PublishReport {
@@ -31,7 +34,11 @@ async fn publish(jetstream: &jetstream::Context, finding: &Finding) -> Result<St
         .map_err(|error| error.to_string())?
         .await
         .map_err(|error| error.to_string())?;
-    Ok(if ack.duplicate { format!("duplicate of an earlier publish (seq {})", ack.sequence) } else { format!("{} seq {}", ack.stream, ack.sequence) })
+    Ok(if ack.duplicate {
+        format!("duplicate of an earlier publish (seq {})", ack.sequence)
+    } else {
+        format!("{} seq {}", ack.stream, ack.sequence)
+    })
 }
 
 /// `finding.publish`: builds a finding from the rendered inputs, with an id derived from the
@@ -52,27 +59,42 @@ impl Action for PublishAction {
         Box::pin(async move {
             let mut value = call.input.clone();
             let Some(object) = value.as_object_mut() else {
-                return Err(ActionError::permanent("finding.publish needs a mapping of finding fields"));
+                return Err(ActionError::permanent(
+                    "finding.publish needs a mapping of finding fields",
+                ));
             };
-            let id = format!("quench-{}", &hex::encode(Sha256::digest(call.idempotency_key.as_bytes()))[..32]);
+            let id = format!(
+                "quench-{}",
+                &hex::encode(Sha256::digest(call.idempotency_key.as_bytes()))[..32]
+            );
             object.insert("schema".into(), Value::from("quench.finding/v1"));
             object.insert("id".into(), Value::from(id));
-            object.entry("detected_at").or_insert_with(|| Value::from(chrono::Utc::now().to_rfc3339()));
-            object.entry("source").or_insert_with(|| json!({"scanner": "quench", "rule": call.run_id}));
+            object
+                .entry("detected_at")
+                .or_insert_with(|| Value::from(chrono::Utc::now().to_rfc3339()));
+            object
+                .entry("source")
+                .or_insert_with(|| json!({"scanner": "quench", "rule": call.run_id}));
             // Absent optional fields may arrive as null from templates; the contract omits them.
             object.retain(|_, field| !field.is_null());
-            let bytes = serde_json::to_vec(&value).map_err(|error| ActionError::permanent(error.to_string()))?;
-            let finding = Finding::parse(&bytes, DEFAULT_MAX_FINDING_BYTES)
-                .map_err(|error| ActionError::permanent(format!("the finding is not valid: {error}")))?;
-            let published = publish(&self.jetstream, &finding).await.map_err(ActionError::retryable)?;
-            Ok(Success::new(json!({"id": finding.id, "subject": subject::finding(&finding.kind), "ack": published})))
+            let bytes = serde_json::to_vec(&value)
+                .map_err(|error| ActionError::permanent(error.to_string()))?;
+            let finding = Finding::parse(&bytes, DEFAULT_MAX_FINDING_BYTES).map_err(|error| {
+                ActionError::permanent(format!("the finding is not valid: {error}"))
+            })?;
+            let published = publish(&self.jetstream, &finding)
+                .await
+                .map_err(ActionError::retryable)?;
+            Ok(Success::new(
+                json!({"id": finding.id, "subject": subject::finding(&finding.kind), "ack": published}),
+            ))
         })
     }
 }
 
 /// Reads findings from a JSON file (one finding or a list), a JSON-lines file, a directory of
 /// such files, or `-` for standard input. Each entry is parsed (and redacted) on its own.
-pub fn read_findings(path: &Path) -> Result<Vec<(String, Result<Finding, String>)>, std::io::Error> {
+pub fn read_findings(path: &Path) -> Result<Vec<ReadFinding>, std::io::Error> {
     let mut out = Vec::new();
     if path == Path::new("-") {
         let mut text = String::new();
@@ -82,29 +104,51 @@ pub fn read_findings(path: &Path) -> Result<Vec<(String, Result<Finding, String>
         let mut files: Vec<_> = std::fs::read_dir(path)?
             .filter_map(Result::ok)
             .map(|entry| entry.path())
-            .filter(|path| matches!(path.extension().and_then(|e| e.to_str()), Some("json" | "jsonl" | "ndjson")))
+            .filter(|path| {
+                matches!(
+                    path.extension().and_then(|e| e.to_str()),
+                    Some("json" | "jsonl" | "ndjson")
+                )
+            })
             .collect();
         files.sort();
         for file in files {
-            parse_text(&file.display().to_string(), &std::fs::read_to_string(&file)?, &mut out);
+            parse_text(
+                &file.display().to_string(),
+                &std::fs::read_to_string(&file)?,
+                &mut out,
+            );
         }
     } else {
-        parse_text(&path.display().to_string(), &std::fs::read_to_string(path)?, &mut out);
+        parse_text(
+            &path.display().to_string(),
+            &std::fs::read_to_string(path)?,
+            &mut out,
+        );
     }
     Ok(out)
 }
 
-fn parse_text(origin: &str, text: &str, out: &mut Vec<(String, Result<Finding, String>)>) {
-    let parse = |bytes: &[u8]| Finding::parse(bytes, DEFAULT_MAX_FINDING_BYTES).map_err(|error| error.to_string());
+fn parse_text(origin: &str, text: &str, out: &mut Vec<ReadFinding>) {
+    let parse = |bytes: &[u8]| {
+        Finding::parse(bytes, DEFAULT_MAX_FINDING_BYTES).map_err(|error| error.to_string())
+    };
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Array(items)) => {
             for (index, item) in items.iter().enumerate() {
-                out.push((format!("{origin}[{index}]"), parse(item.to_string().as_bytes())));
+                out.push((
+                    format!("{origin}[{index}]"),
+                    parse(item.to_string().as_bytes()),
+                ));
             }
         }
         Ok(_) => out.push((origin.to_owned(), parse(text.as_bytes()))),
         Err(_) => {
-            for (number, line) in text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()) {
+            for (number, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, line)| !line.trim().is_empty())
+            {
                 out.push((format!("{origin}:{}", number + 1), parse(line.as_bytes())));
             }
         }
@@ -112,15 +156,26 @@ fn parse_text(origin: &str, text: &str, out: &mut Vec<(String, Result<Finding, S
 }
 
 /// Publishes the valid findings; invalid ones are reported and not sent.
-pub async fn publish_findings(jetstream: &jetstream::Context, findings: Vec<(String, Result<Finding, String>)>) -> Vec<PublishReport> {
+pub async fn publish_findings(
+    jetstream: &jetstream::Context,
+    findings: Vec<(String, Result<Finding, String>)>,
+) -> Vec<PublishReport> {
     let mut reports = Vec::with_capacity(findings.len());
     for (origin, finding) in findings {
         let report = match finding {
             Ok(finding) => {
                 let outcome = publish(jetstream, &finding).await;
-                PublishReport { origin, id: Some(finding.id), outcome }
+                PublishReport {
+                    origin,
+                    id: Some(finding.id),
+                    outcome,
+                }
             }
-            Err(error) => PublishReport { origin, id: None, outcome: Err(format!("not sent: {error}")) },
+            Err(error) => PublishReport {
+                origin,
+                id: None,
+                outcome: Err(format!("not sent: {error}")),
+            },
         };
         reports.push(report);
     }
