@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use nats::{connect, ensure_streams};
-pub use publish::{PublishReport, publish_findings, read_findings};
+pub use publish::{PublishReport, ReadFinding, publish_findings, read_findings};
 
 use crate::config::Config;
 use crate::engine::{Actions, Engine, EngineConfig, SystemClock};
