@@ -1,5 +1,6 @@
 //! quench's integration tests: one binary, a module per area, and shared `support`.
 
+mod config;
 mod crash;
 mod engine;
 mod playbook_corpus;

@@ -467,3 +467,55 @@ async fn sigterm_mid_run_exits_zero_and_the_run_resumes() {
     .await;
     assert!(world.service.log_text().contains("shutting down"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quench_publish_sends_findings_and_reports_acks() {
+    let world = World::start(&[GATE_PLAYBOOK]).await;
+    let directory = tempfile::tempdir().expect("temp dir");
+    let file = directory.path().join("findings.jsonl");
+    let mut bad = finding("p-bad", "key_pb");
+    bad["severity"] = json!("extreme");
+    let lines = [
+        finding("p-1", "key_p1").to_string(),
+        finding("p-2", "key_p2").to_string(),
+        bad.to_string(),
+    ];
+    std::fs::write(&file, lines.join("\n")).expect("write");
+    let publish = |path: &std::path::Path| {
+        std::process::Command::new(crate::support::quench_bin())
+            .args(["publish", "--nats", &world.nats.url()])
+            .arg(path)
+            .output()
+            .expect("quench publish runs")
+    };
+    let output = publish(&file);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "one invalid finding fails the command: {stdout}"
+    );
+    assert!(stdout.contains("published p-1 from "), "{stdout}");
+    assert!(stdout.contains("QUENCH_FINDINGS seq 1"), "{stdout}");
+    assert!(
+        stdout.contains("FAILED - from ") && stdout.contains("field `severity`"),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("publish: 2 sent, 1 failed\n"), "{stdout}");
+
+    std::fs::write(&file, lines[..2].join("\n")).expect("write");
+    let output = publish(&file);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("published p-1 from ")
+            && stdout.contains("duplicate of an earlier publish"),
+        "{stdout}"
+    );
+    eventually(WAIT, "both findings started runs", || {
+        world.count("waiting") == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(world.count("run_started"), 2);
+}

@@ -136,14 +136,15 @@ impl Default for EngineSection {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSection {
-    pub listen: SocketAddr,
+    /// `host:port` of the admin API and health endpoints.
+    pub listen: String,
     pub tokens: Vec<ApiToken>,
 }
 
 impl Default for ApiSection {
     fn default() -> ApiSection {
         ApiSection {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen: "127.0.0.1:8080".to_owned(),
             tokens: Vec::new(),
         }
     }
@@ -223,7 +224,8 @@ pub struct HttpSection {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewaySection {
-    pub listen: SocketAddr,
+    /// `host:port` of the gateway's webhooks.
+    pub listen: String,
     pub github_secret: Option<Secret>,
     pub github_secret_file: Option<PathBuf>,
     pub findings_secret: Option<Secret>,
@@ -233,7 +235,7 @@ pub struct GatewaySection {
 impl Default for GatewaySection {
     fn default() -> GatewaySection {
         GatewaySection {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8090)),
+            listen: "0.0.0.0:8090".to_owned(),
             github_secret: None,
             github_secret_file: None,
             findings_secret: None,
@@ -314,6 +316,14 @@ impl Config {
             } else {
                 Mode::DryRun
             })
+    }
+
+    /// The admin API address (checked at load).
+    pub fn api_listen(&self) -> SocketAddr {
+        self.api
+            .listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
     }
 
     /// The effective configuration as TOML, secrets redacted.
@@ -430,6 +440,18 @@ impl Config {
                     &format!("api.tokens[{index}].name"),
                     &token.name,
                     "must not be empty",
+                ));
+            }
+        }
+        for (key, listen) in [
+            ("api.listen", &self.api.listen),
+            ("gateway.listen", &self.gateway.listen),
+        ] {
+            if listen.parse::<SocketAddr>().is_err() {
+                return Err(bad(
+                    key,
+                    listen,
+                    "must be an address and port such as 127.0.0.1:8080",
                 ));
             }
         }

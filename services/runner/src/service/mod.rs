@@ -153,7 +153,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     };
     let ready = Arc::new(AtomicBool::new(false));
 
-    let listener = tokio::net::TcpListener::bind(config.api.listen)
+    let listener = tokio::net::TcpListener::bind(config.api_listen())
         .await
         .map_err(|source| Error::Listen {
             listen: config.api.listen.to_string(),

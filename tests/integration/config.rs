@@ -1,0 +1,185 @@
+//! Configuration as an operator meets it: layers (defaults, file, `QUENCH_<SECTION>__<KEY>`,
+//! flags), secrets inline or from `*_file`, `--dump-config` with secrets redacted, and bad
+//! values refused with their key and value before anything starts (exit 64).
+
+use std::process::Output;
+
+use crate::support;
+
+fn quench(arguments: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = std::process::Command::new(support::quench_bin());
+    command.args(arguments);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("quench runs")
+}
+
+#[test]
+fn layers_apply_in_order_and_secrets_are_redacted() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let secret_file = directory.path().join("admin-key");
+    std::fs::write(&secret_file, "sk-admin-from-a-file\n").expect("write secret");
+    let config = directory.path().join("quench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[nats]
+url = "nats://file.example:4222"
+user = "quench"
+password = "from-the-file"
+
+[store]
+path = "/var/lib/quench"
+sync = "os"
+
+[engine]
+max_inflight_runs = 64
+
+[openai]
+admin_key_file = "{}"
+
+[groups]
+secops = ["lead@example.com", "U0SECOPS1"]
+"#,
+            secret_file.display()
+        ),
+    )
+    .expect("write config");
+    let output = quench(
+        &[
+            "serve",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--dump-config",
+            "--store",
+            "/from/the/flag",
+        ],
+        &[
+            ("QUENCH_NATS__URL", "nats://env.example:4222"),
+            ("QUENCH_ENGINE__MAX_INFLIGHT_RUNS", "32"),
+            ("QUENCH_TOKEN", "not-a-config-key"),
+        ],
+    );
+    let dump = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        dump.contains("url = \"nats://env.example:4222\""),
+        "environment beats the file:\n{dump}"
+    );
+    assert!(
+        dump.contains("path = \"/from/the/flag\""),
+        "flags beat everything:\n{dump}"
+    );
+    assert!(
+        dump.contains("sync = \"os\""),
+        "the file beats the defaults:\n{dump}"
+    );
+    assert!(dump.contains("max_inflight_runs = 32"), "{dump}");
+    assert!(
+        dump.contains("secops = [\"lead@example.com\", \"U0SECOPS1\"]")
+            || dump.contains("secops = [\n"),
+        "{dump}"
+    );
+    assert!(
+        dump.contains("admin_key = \"<redacted>\""),
+        "a secret read from a file is shown redacted:\n{dump}"
+    );
+    assert!(dump.contains("password = \"<redacted>\""), "{dump}");
+    assert!(
+        !dump.contains("from-the-file") && !dump.contains("sk-admin-from-a-file"),
+        "no secret in the dump:\n{dump}"
+    );
+}
+
+#[test]
+fn bad_values_name_their_key_and_exit_64() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("QUENCH_ENGINE__MAX_INFLIGHT_RUNS", "lots")], "\"lots\""),
+        (&[("QUENCH_STORE__SYNC", "sometimes")], "sometimes"),
+        (
+            &[("QUENCH_NATS__URL", "http://127.0.0.1:4222")],
+            "`nats.url` = \"http://127.0.0.1:4222\": must start with nats://",
+        ),
+        (&[("QUENCH_API__LISTEN", "localhost-ish")], "localhost-ish"),
+        (
+            &[
+                ("QUENCH_NATS__TOKEN", "t"),
+                ("QUENCH_NATS__TOKEN_FILE", "/tmp/x"),
+            ],
+            "`nats.token` and `nats.token_file`",
+        ),
+        (
+            &[("QUENCH_OPENAI__ADMIN_KEY_FILE", "/nonexistent/key")],
+            "`openai.admin_key_file` = \"/nonexistent/key\": cannot read it",
+        ),
+        (&[("QUENCH_NATS__URLL", "nats://x:1")], "urll"),
+    ];
+    for (env, expected) in cases {
+        let output = quench(&["serve", "--dump-config"], env);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{env:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: configuration: ") && stderr.contains(expected),
+            "{env:?}: {stderr}"
+        );
+    }
+    let output = quench(&["serve", "--config", "/nonexistent/quench.toml"], &[]);
+    assert_eq!(output.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("config file /nonexistent/quench.toml does not exist")
+    );
+}
+
+#[test]
+fn unreachable_nats_is_reported_plainly() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let port = support::free_port();
+    let output = quench(
+        &[
+            "serve",
+            "--nats",
+            &format!("nats://127.0.0.1:{port}"),
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a missing --store value is a usage error: {stderr}"
+    );
+
+    let store = directory.path().join("state");
+    let playbooks = support::root().join("workflows");
+    let output = std::process::Command::new(support::quench_bin())
+        .args([
+            "serve",
+            "--nats",
+            &format!("nats://127.0.0.1:{port}"),
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+        ])
+        .arg(&store)
+        .arg("--playbooks")
+        .arg(&playbooks)
+        .output()
+        .expect("quench runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot reach NATS at nats://127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}
