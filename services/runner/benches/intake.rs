@@ -56,27 +56,44 @@ fn start_nats(dir: &Path) -> (std::process::Child, String) {
         .expect("nats-server starts (apt-get install -y nats-server)");
     let started = Instant::now();
     loop {
-        if let Some(entry) = std::fs::read_dir(&ports).ok().and_then(|mut entries| entries.next()).and_then(Result::ok)
+        if let Some(entry) = std::fs::read_dir(&ports)
+            .ok()
+            .and_then(|mut entries| entries.next())
+            .and_then(Result::ok)
             && let Ok(text) = std::fs::read_to_string(entry.path())
             && let Ok(value) = serde_json::from_str::<serde_json::Value>(&text)
             && let Some(url) = value["nats"][0].as_str()
         {
             return (child, url.to_owned());
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "nats-server did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nats-server did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 fn now_ns() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }
 
-async fn publish_all(jetstream: &jetstream::Context, count: usize, body: impl Fn(usize) -> (String, Vec<u8>)) {
+async fn publish_all(
+    jetstream: &jetstream::Context,
+    count: usize,
+    body: impl Fn(usize) -> (String, Vec<u8>),
+) {
     let mut pending = std::collections::VecDeque::new();
     for n in 0..count {
         let (subject, payload) = body(n);
-        pending.push_back(jetstream.publish(subject, payload.into()).await.expect("publish"));
+        pending.push_back(
+            jetstream
+                .publish(subject, payload.into())
+                .await
+                .expect("publish"),
+        );
         if pending.len() >= 1024 {
             pending.pop_front().expect("ack").await.expect("stream ack");
         }
@@ -89,7 +106,9 @@ async fn publish_all(jetstream: &jetstream::Context, count: usize, body: impl Fn
 async fn wait_drained(jetstream: &jetstream::Context, stream: &str, consumer: &str, count: u64) {
     loop {
         if let Ok(stream) = jetstream.get_stream(stream).await
-            && let Ok(mut consumer) = stream.get_consumer::<jetstream::consumer::pull::Config>(consumer).await
+            && let Ok(mut consumer) = stream
+                .get_consumer::<jetstream::consumer::pull::Config>(consumer)
+                .await
             && let Ok(info) = consumer.info().await
             && info.ack_floor.consumer_sequence >= count
         {
@@ -100,10 +119,16 @@ async fn wait_drained(jetstream: &jetstream::Context, stream: &str, consumer: &s
 }
 
 fn main() {
-    let count: usize = std::env::args().skip(1).find_map(|arg| arg.parse().ok()).unwrap_or(200_000);
+    let count: usize = std::env::args()
+        .skip(1)
+        .find_map(|arg| arg.parse().ok())
+        .unwrap_or(200_000);
     let dir = tempfile::tempdir().expect("temp dir");
     let (mut nats, url) = start_nats(dir.path());
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(async {
         let client = async_nats::connect(&url).await.expect("connect");
         let jetstream = jetstream::new(client.clone());
