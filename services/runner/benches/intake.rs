@@ -45,7 +45,7 @@ fn finding(n: usize, published_ns: u128) -> Vec<u8> {
 fn start_nats(dir: &Path) -> (std::process::Child, String) {
     let ports = dir.join("ports");
     std::fs::create_dir_all(&ports).expect("ports dir");
-    let child = std::process::Command::new("nats-server")
+    let mut child = std::process::Command::new("nats-server")
         .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
         .arg(dir.join("js"))
         .arg("--ports_file_dir")
@@ -66,10 +66,11 @@ fn start_nats(dir: &Path) -> (std::process::Child, String) {
         {
             return (child, url.to_owned());
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "nats-server did not start"
-        );
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("nats-server did not start");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
