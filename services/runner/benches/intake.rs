@@ -42,18 +42,30 @@ fn finding(n: usize, published_ns: u128) -> Vec<u8> {
     .into_bytes()
 }
 
-fn start_nats(dir: &Path) -> (std::process::Child, String) {
+/// The benchmark's own nats-server, stopped when dropped.
+struct Nats(std::process::Child);
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_nats(dir: &Path) -> (Nats, String) {
     let ports = dir.join("ports");
     std::fs::create_dir_all(&ports).expect("ports dir");
-    let mut child = std::process::Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
-        .arg(dir.join("js"))
-        .arg("--ports_file_dir")
-        .arg(&ports)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("nats-server starts (apt-get install -y nats-server)");
+    let child = Nats(
+        std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+            .arg(dir.join("js"))
+            .arg("--ports_file_dir")
+            .arg(&ports)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server starts (apt-get install -y nats-server)"),
+    );
     let started = Instant::now();
     loop {
         if let Some(entry) = std::fs::read_dir(&ports)
@@ -66,11 +78,10 @@ fn start_nats(dir: &Path) -> (std::process::Child, String) {
         {
             return (child, url.to_owned());
         }
-        if started.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("nats-server did not start");
-        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nats-server did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -125,7 +136,7 @@ fn main() {
         .find_map(|arg| arg.parse().ok())
         .unwrap_or(200_000);
     let dir = tempfile::tempdir().expect("temp dir");
-    let (mut nats, url) = start_nats(dir.path());
+    let (nats, url) = start_nats(dir.path());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -251,6 +262,5 @@ fn main() {
         println!("raw ceiling: {count} 1 KiB messages → sled, flush + fdatasync per 256, ack: {:.2} s: {raw_rate:.0} messages/s", raw.as_secs_f64());
         println!("ratio: durable ingest / raw ceiling = {:.2}", ingest_rate / raw_rate);
     });
-    let _ = nats.kill();
-    let _ = nats.wait();
+    drop(nats);
 }
