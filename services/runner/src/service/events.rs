@@ -48,52 +48,95 @@ impl EventSink for NatsEvents {
     }
 }
 
+/// Events sent and not yet acknowledged by the stream, at most.
+const IN_FLIGHT: usize = 256;
+
 impl Publisher {
+    /// Sends events as they come, without waiting for each acknowledgement (at most
+    /// [`IN_FLIGHT`] outstanding); an event whose publish fails is retried a few times.
     pub(super) async fn run(mut self, shutdown: CancellationToken) {
+        let mut in_flight: std::collections::VecDeque<(
+            RunEvent,
+            u32,
+            jetstream::context::PublishAckFuture,
+        )> = std::collections::VecDeque::new();
         loop {
-            let event = tokio::select! {
-                event = self.queue.recv() => event,
-                () = shutdown.cancelled() => {
-                    // Send what is queued, briefly, then stop.
-                    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-                    while let Ok(event) = self.queue.try_recv() {
-                        if tokio::time::Instant::now() > deadline { break }
-                        self.send(&event).await;
+            let next = if in_flight.is_empty() {
+                tokio::select! {
+                    event = self.queue.recv() => event.map(|event| (event, 0)),
+                    () = shutdown.cancelled() => None,
+                }
+            } else {
+                match self.queue.try_recv() {
+                    Ok(event) => Some((event, 0)),
+                    Err(_) => {
+                        // Nothing new: settle the oldest outstanding acknowledgement.
+                        if let Some((event, tries, ack)) = in_flight.pop_front()
+                            && ack.await.is_err()
+                        {
+                            self.retry(event, tries, &mut in_flight).await;
+                        }
+                        continue;
                     }
-                    return;
                 }
             };
-            let Some(event) = event else { return };
-            self.send(&event).await;
+            let Some((event, tries)) = next else {
+                for (event, tries, ack) in in_flight.drain(..).collect::<Vec<_>>() {
+                    if ack.await.is_err() && tries < 3 {
+                        self.send(&event).await;
+                    }
+                }
+                return;
+            };
+            if in_flight.len() >= IN_FLIGHT
+                && let Some((old, old_tries, ack)) = in_flight.pop_front()
+                && ack.await.is_err()
+            {
+                self.retry(old, old_tries, &mut in_flight).await;
+            }
+            match self.start(&event).await {
+                Some(ack) => in_flight.push_back((event, tries, ack)),
+                None => self.retry(event, tries, &mut in_flight).await,
+            }
         }
     }
 
-    async fn send(&self, event: &RunEvent) {
-        let Ok(body) = serde_json::to_vec(event) else {
+    async fn retry(
+        &self,
+        event: RunEvent,
+        tries: u32,
+        in_flight: &mut std::collections::VecDeque<(
+            RunEvent,
+            u32,
+            jetstream::context::PublishAckFuture,
+        )>,
+    ) {
+        if tries >= 5 {
+            tracing::warn!(event = %event.id, "a run event could not be published (the audit log has it)");
             return;
-        };
+        }
+        tokio::time::sleep(Duration::from_millis(50 << tries)).await;
+        if let Some(ack) = self.start(&event).await {
+            in_flight.push_back((event, tries + 1, ack));
+        }
+    }
+
+    /// Sends one event; the acknowledgement comes later.
+    async fn start(&self, event: &RunEvent) -> Option<jetstream::context::PublishAckFuture> {
+        let body = serde_json::to_vec(event).ok()?;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(subject::HEADER_MSG_ID, event.id.as_str());
         let subject = subject::event(&event.playbook, event.kind);
-        let mut delay = Duration::from_millis(50);
-        for _ in 0..6 {
-            let published = match self
-                .jetstream
-                .publish_with_headers(subject.clone(), headers.clone(), body.clone().into())
-                .await
-            {
-                Ok(ack) => ack.await.map(drop).map_err(|error| error.to_string()),
-                Err(error) => Err(error.to_string()),
-            };
-            match published {
-                Ok(()) => return,
-                Err(error) => {
-                    tracing::debug!(%error, "publishing a run event failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-            }
+        self.jetstream
+            .publish_with_headers(subject, headers, body.into())
+            .await
+            .ok()
+    }
+
+    /// Sends one event and waits for its acknowledgement (used while shutting down).
+    async fn send(&self, event: &RunEvent) {
+        if let Some(ack) = self.start(event).await {
+            let _ = tokio::time::timeout(Duration::from_secs(2), ack).await;
         }
-        tracing::warn!(event = %event.id, %subject, "a run event could not be published (the audit log has it)");
     }
 }
