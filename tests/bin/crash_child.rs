@@ -35,7 +35,8 @@ struct FakeOpenAi {
 impl FakeOpenAi {
     fn append(path: &Path, line: &str) -> std::io::Result<()> {
         let mut file = OpenOptions::new().create(true).append(true).open(path)?;
-        writeln!(file, "{line}")?;
+        // One write of the whole line: a crash in another thread cannot leave half a line.
+        file.write_all(format!("{line}\n").as_bytes())?;
         file.sync_data()
     }
 }

@@ -830,6 +830,24 @@ impl Engine {
         Ok(Flow::Stop)
     }
 
+    /// Removes every timer of a run and closes its undecided gates (the run ends or fails).
+    pub(super) fn clear_timers_and_gates(&self, run: &mut Run, tx: &mut Tx) -> Result<(), Error> {
+        for timer in std::mem::take(&mut run.timers) {
+            tx.batch.delete(Key::Timer {
+                due: timer.due,
+                run: &run.id,
+                name: &timer.name,
+            });
+        }
+        for mut gate in self.inner.store.gates::<super::Gate>(&run.id)? {
+            if gate.decision.is_none() && !gate.closed {
+                gate.closed = true;
+                tx.batch.put(Key::Gate(&run.id, &gate.step), &gate);
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn set_timer(&self, run: &mut Run, tx: &mut Tx, due: DateTime<Utc>, timer: Timer) {
         // Timer keys hold milliseconds; keep the run's copy identical so firing can match it.
         let due = DateTime::from_timestamp_millis(due.timestamp_millis()).unwrap_or(due);
@@ -875,19 +893,7 @@ impl Engine {
         run.status = status;
         run.ended_at = Some(now);
         run.cancelled = reason.clone();
-        for timer in std::mem::take(&mut run.timers) {
-            tx.batch.delete(Key::Timer {
-                due: timer.due,
-                run: &run.id,
-                name: &timer.name,
-            });
-        }
-        for mut gate in self.inner.store.gates::<super::Gate>(&run.id)? {
-            if gate.decision.is_none() && !gate.closed {
-                gate.closed = true;
-                tx.batch.put(Key::Gate(&run.id, &gate.step), &gate);
-            }
-        }
+        self.clear_timers_and_gates(run, tx)?;
         let holds_slot = self
             .inner
             .store

@@ -648,22 +648,7 @@ impl Engine {
                 state.in_flight = None;
             }
         }
-        for timer in std::mem::take(&mut run.timers) {
-            if timer.name != Timer::RunTimeout.name() {
-                tx.batch.delete(Key::Timer {
-                    due: timer.due,
-                    run: &run.id,
-                    name: &timer.name,
-                });
-            }
-        }
-        for mut gate in self.inner.store.gates::<Gate>(&run.id)? {
-            if gate.decision.is_none() && !gate.closed {
-                gate.closed = true;
-                tx.batch.put(Key::Gate(&run.id, &gate.step), &gate);
-            }
-        }
-        Ok(())
+        self.clear_timers_and_gates(run, tx)
     }
 
     fn not_answered(&self, gate: &Gate) -> Vec<String> {

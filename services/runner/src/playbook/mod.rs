@@ -156,9 +156,9 @@ pub fn is_playbook_file(path: &Path) -> bool {
     )
 }
 
-/// Expands files and directories (their `*.yaml`/`*.yml` files, not recursively, in name order)
-/// and compiles each. Names used by two files are reported on the second.
-pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Loaded>, Error> {
+/// Files as given, and directories as their `*.yaml`/`*.yml` files (not recursively, in name
+/// order): how `validate`, `test` and the service read their paths.
+pub fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
@@ -177,6 +177,13 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Loaded>, Error> {
             files.push(path.clone());
         }
     }
+    Ok(files)
+}
+
+/// Expands files and directories (see [`expand`]) and compiles each. Names used by two files
+/// are reported on the second.
+pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Loaded>, Error> {
+    let files = expand(paths)?;
     let mut loaded: Vec<Loaded> = Vec::with_capacity(files.len());
     for path in files {
         let bytes = std::fs::read(&path).map_err(|source| Error::Read {

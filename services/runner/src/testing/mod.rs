@@ -68,25 +68,13 @@ pub struct FileReport {
 
 /// Expands files and directories (their `*.yaml`/`*.yml`, not recursively) into test files.
 pub fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
-    let mut files = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let entries = std::fs::read_dir(path).map_err(|source| Error::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let mut found: Vec<PathBuf> = entries
-                .filter_map(Result::ok)
-                .map(|entry| entry.path())
-                .filter(|path| path.is_file() && playbook::is_playbook_file(path))
-                .collect();
-            found.sort();
-            files.extend(found);
-        } else {
-            files.push(path.clone());
-        }
-    }
-    Ok(files)
+    playbook::expand(paths).map_err(|error| match error {
+        playbook::Error::Read { path, source } => Error::Read { path, source },
+        playbook::Error::NotText { path } => Error::Invalid {
+            path,
+            message: "not UTF-8 text".to_owned(),
+        },
+    })
 }
 
 /// Runs every case of one test file.
