@@ -744,3 +744,65 @@ steps:
     );
     assert_eq!(action.calls.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn findings_for_one_key_in_one_batch_see_each_other() {
+    let attach = gate_playbook(
+        "same-attach",
+        "test.same.attach",
+        "on_conflict: attach",
+        "t",
+    );
+    let replace = gate_playbook(
+        "same-replace",
+        "test.same.replace",
+        "on_conflict: replace",
+        "t",
+    );
+    let resolve = gate_playbook(
+        "same-resolve",
+        "test.same.resolve",
+        "on_resolved: cancel",
+        "t",
+    );
+    let harness = Harness::new(&[&attach, &replace, &resolve]).await;
+
+    let outcome = harness
+        .ingest(&[
+            finding("a1", "test.same.attach", "k"),
+            finding("a2", "test.same.attach", "k"),
+        ])
+        .await;
+    let run = started(&outcome[0]);
+    assert_eq!(
+        harness.run(&run).attached,
+        vec!["a2".to_owned()],
+        "the second finding joined the run the first started"
+    );
+
+    let outcome = harness
+        .ingest(&[
+            finding("r1", "test.same.replace", "k"),
+            finding("r2", "test.same.replace", "k"),
+        ])
+        .await;
+    let (first, second) = (started(&outcome[0]), started(&outcome[1]));
+    assert_eq!(harness.run(&first).status, RunStatus::Cancelled);
+    assert_eq!(harness.run(&second).status, RunStatus::Waiting);
+
+    let mut gone = finding("g2", "test.same.resolve", "k");
+    gone.status = quench_proto::Status::Resolved;
+    let outcome = harness
+        .ingest(&[finding("g1", "test.same.resolve", "k"), gone])
+        .await;
+    let cancelled = started(&outcome[0]);
+    assert_eq!(harness.run(&cancelled).status, RunStatus::Cancelled);
+    // The slot is free again: a new finding for the key starts a new run.
+    let fresh = started(
+        &harness
+            .ingest(&[finding("g3", "test.same.resolve", "k")])
+            .await[0],
+    );
+    assert_ne!(fresh, cancelled);
+    assert_eq!(harness.run(&fresh).status, RunStatus::Waiting);
+}

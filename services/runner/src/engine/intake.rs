@@ -235,7 +235,9 @@ impl Engine {
             (None, _) => {
                 let run = self.start_run(tx, playbook, Some(finding.clone()), key, vars, now)?;
                 open.insert(slot, (!run.status.is_terminal()).then(|| run.id.clone()));
-                Handling::Started { run: run.id }
+                let id = run.id.clone();
+                self.hold_new(run, held).await;
+                Handling::Started { run: id }
             }
             (Some(run_id), Conflict::Attach) => {
                 if let Some((_, run)) = self.hold(&run_id, held).await? {
@@ -281,9 +283,11 @@ impl Engine {
                 self.cancel_held(&run_id, &reason, tx, held, now).await?;
                 let run = self.start_run(tx, playbook, Some(finding.clone()), key, vars, now)?;
                 open.insert(slot, (!run.status.is_terminal()).then(|| run.id.clone()));
+                let id = run.id.clone();
+                self.hold_new(run, held).await;
                 Handling::Replaced {
                     cancelled: run_id,
-                    run: run.id,
+                    run: id,
                 }
             }
         };
@@ -364,6 +368,13 @@ impl Engine {
         Ok(held.get_mut(run_id))
     }
 
+    /// Keeps a run started in this batch with the held ones, so a later finding of the same
+    /// batch (same key: attach, replace, resolved) changes it before it is first written.
+    async fn hold_new<'a>(&'a self, run: Run, held: &mut HashMap<String, (RunGuard<'a>, Run)>) {
+        let guard = self.inner.locks.lock(&run.id).await;
+        held.insert(run.id.clone(), (guard, run));
+    }
+
     async fn cancel_held<'a>(
         &'a self,
         run_id: &str,
@@ -377,6 +388,9 @@ impl Engine {
         {
             let mut taken = run.clone();
             self.cancel_locked(&mut taken, reason, tx, now)?;
+            // A run started earlier in this batch holds its slot only in the batch: free it here
+            // (for a stored run `end` has done so already; a second delete changes nothing).
+            tx.batch.delete(Key::Open(&taken.playbook, &taken.key));
             *run = taken;
         }
         Ok(())
