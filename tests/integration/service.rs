@@ -430,11 +430,34 @@ async fn a_nats_restart_mid_stream_loses_nothing() {
         }
     }
     // Run events are notifications (one published while NATS was down may be dropped); the
-    // store is the record, so wait for the events to settle and then check the store.
+    // store is the record. Wait until every finding was delivered to the service (an ack lost in
+    // the restart leaves a message unacknowledged until `ack_wait`, but it was committed first).
+    let jetstream = async_nats::jetstream::new(world.client.clone());
     let started = std::time::Instant::now();
-    while world.count("waiting") < total && started.elapsed() < Duration::from_secs(30) {
+    loop {
+        let drained = match jetstream.get_stream("QUENCH_FINDINGS").await {
+            Ok(stream) => match stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>("quench-findings")
+                .await
+            {
+                Ok(mut consumer) => consumer.info().await.is_ok_and(|info| {
+                    info.num_pending == 0 && info.delivered.stream_sequence >= total as u64
+                }),
+                Err(_) => false,
+            },
+            Err(_) => false,
+        };
+        if drained {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the findings were not all delivered"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Delivered findings are committed within a chunk's commit; give the last chunk that long.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let store = world.stop_and_open();
     assert_eq!(
         audit_kinds(&store, "run_started"),
