@@ -19,6 +19,16 @@ pub(crate) enum Subject<'a> {
     Input { action: &'a str },
 }
 
+impl Subject<'_> {
+    /// The code of a problem: every problem with an action's inputs is an `input` problem.
+    fn code(self, otherwise: Code) -> Code {
+        match self {
+            Subject::Input { .. } => Code::Input,
+            Subject::Playbook => otherwise,
+        }
+    }
+}
+
 /// Validates `instance` (found at `base` in the document) and returns one diagnostic per problem.
 /// For action inputs a template string is accepted in place of any value: its type is known only
 /// once it is rendered.
@@ -122,11 +132,7 @@ fn explain(
                     .collect::<Vec<_>>()
                     .join(" or "),
             };
-            let code = if matches!(subject, Subject::Input { .. }) {
-                Code::Input
-            } else {
-                Code::WrongType
-            };
+            let code = subject.code(Code::WrongType);
             out.push(
                 Diagnostic::error(
                     code,
@@ -150,25 +156,7 @@ fn explain(
                         .map_or_else(|| option.to_string(), str::to_owned)
                 })
                 .collect();
-            let value = instance
-                .as_str()
-                .map_or_else(|| instance.to_string(), str::to_owned);
-            let code = if matches!(subject, Subject::Input { .. }) {
-                Code::Input
-            } else {
-                Code::InvalidValue
-            };
-            out.push(
-                Diagnostic::error(
-                    code,
-                    at,
-                    format!("`{value}` is not a valid `{field}`{whose}"),
-                )
-                .with_help_opt(
-                    did_you_mean(&value, options.iter().map(String::as_str))
-                        .or_else(|| Some(format!("expected one of {}", quoted(&options)))),
-                ),
-            );
+            out.push(not_one_of(subject, at, instance, &field, &whose, &options));
         }
         ValidationErrorKind::Constant { expected_value } => {
             let expected = expected_value
@@ -201,25 +189,7 @@ fn explain(
         {
             // A documented enum is `oneOf` of one `const` per variant: report it as an enum.
             let options = one_const_per_branch(context).unwrap_or_default();
-            let value = instance
-                .as_str()
-                .map_or_else(|| instance.to_string(), str::to_owned);
-            let code = if matches!(subject, Subject::Input { .. }) {
-                Code::Input
-            } else {
-                Code::InvalidValue
-            };
-            out.push(
-                Diagnostic::error(
-                    code,
-                    at,
-                    format!("`{value}` is not a valid `{field}`{whose}"),
-                )
-                .with_help_opt(
-                    did_you_mean(&value, options.iter().map(String::as_str))
-                        .or_else(|| Some(format!("expected one of {}", quoted(&options)))),
-                ),
-            );
+            out.push(not_one_of(subject, at, instance, &field, &whose, &options));
         }
         ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
             // `Option<T>` is `anyOf: [T, null]`: explain the errors of the branch that fits the
@@ -241,11 +211,7 @@ fn explain(
                     }
                 }
                 None => out.push(Diagnostic::error(
-                    if matches!(subject, Subject::Input { .. }) {
-                        Code::Input
-                    } else {
-                        Code::WrongType
-                    },
+                    subject.code(Code::WrongType),
                     at,
                     format!(
                         "`{field}`{whose} has the wrong shape: found {}",
@@ -255,11 +221,7 @@ fn explain(
             }
         }
         other => {
-            let code = if matches!(subject, Subject::Input { .. }) {
-                Code::Input
-            } else {
-                Code::InvalidValue
-            };
+            let code = subject.code(Code::InvalidValue);
             let detail = match other {
                 ValidationErrorKind::MinItems { limit } => {
                     format!("needs at least {limit} item(s)")
@@ -309,6 +271,29 @@ fn one_const_per_branch(context: &[Vec<ValidationError<'static>>]) -> Option<Vec
         }
     }
     (!options.is_empty()).then_some(options)
+}
+
+/// "`x` is not a valid `field`", with the closest allowed value or the list of them.
+fn not_one_of(
+    subject: Subject<'_>,
+    at: std::ops::Range<usize>,
+    instance: &Value,
+    field: &str,
+    whose: &str,
+    options: &[String],
+) -> Diagnostic {
+    let value = instance
+        .as_str()
+        .map_or_else(|| instance.to_string(), str::to_owned);
+    Diagnostic::error(
+        subject.code(Code::InvalidValue),
+        at,
+        format!("`{value}` is not a valid `{field}`{whose}"),
+    )
+    .with_help_opt(
+        did_you_mean(&value, options.iter().map(String::as_str))
+            .or_else(|| Some(format!("expected one of {}", quoted(options)))),
+    )
 }
 
 fn is_type_error_at(error: &ValidationError<'_>, path: &str) -> bool {

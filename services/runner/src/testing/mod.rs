@@ -135,7 +135,7 @@ async fn run_case(
 ) -> Result<Vec<String>, String> {
     let start: DateTime<Utc> = case.now.or(file.now).unwrap_or_else(default_start);
     let clock = Arc::new(ManualClock::new(start));
-    let store = Store::temporary().map_err(|error| error.to_string())?;
+    let store = Store::temporary().map_err(text)?;
     let script = Arc::new(Script::new(case.mocks.clone()));
     let mut actions = Actions::new();
     for spec in crate::actions::REGISTRY {
@@ -160,19 +160,13 @@ async fn run_case(
     engine
         .load_playbooks(vec![playbook.clone()], "quench test")
         .await
-        .map_err(|error| error.to_string())?;
+        .map_err(text)?;
 
     let run_id = match &playbook.trigger {
         Trigger::Finding(_) => {
             let finding = case_finding(file, case, start)?;
-            let (outcomes, wake) = engine
-                .ingest(&[finding])
-                .await
-                .map_err(|error| error.to_string())?;
-            engine
-                .drive_all(wake)
-                .await
-                .map_err(|error| error.to_string())?;
+            let (outcomes, wake) = engine.ingest(&[finding]).await.map_err(text)?;
+            engine.drive_all(wake).await.map_err(text)?;
             match outcomes.first() {
                 Some(FindingOutcome::Matched(handled)) => {
                     handled.iter().find_map(|(_, handling)| match handling {
@@ -184,14 +178,8 @@ async fn run_case(
             }
         }
         Trigger::Schedule(_) => {
-            let (run, wake) = engine
-                .trigger(&playbook.name)
-                .await
-                .map_err(|error| error.to_string())?;
-            engine
-                .drive_all(wake)
-                .await
-                .map_err(|error| error.to_string())?;
+            let (run, wake) = engine.trigger(&playbook.name).await.map_err(text)?;
+            engine.drive_all(wake).await.map_err(text)?;
             run
         }
     };
@@ -203,16 +191,13 @@ async fn run_case(
     for _ in 0..MAX_ROUNDS {
         let run = engine
             .run(&run_id)
-            .map_err(|error| error.to_string())?
+            .map_err(text)?
             .ok_or("the run disappeared")?;
         if run.status.is_terminal() {
             break;
         }
         // The next thing that happens: a scripted answer or a timer, whichever comes first.
-        let gates: Vec<Gate> = engine
-            .store()
-            .gates(&run_id)
-            .map_err(|error| error.to_string())?;
+        let gates: Vec<Gate> = engine.store().gates(&run_id).map_err(text)?;
         let mut next_answer: Option<(DateTime<Utc>, Gate, ScriptedAnswer)> = None;
         for gate in gates
             .into_iter()
@@ -231,7 +216,7 @@ async fn run_case(
                 }
             }
         }
-        let next_timer = engine.next_due().map_err(|error| error.to_string())?;
+        let next_timer = engine.next_due().map_err(text)?;
         match (next_answer, next_timer) {
             (Some((at, gate, answer)), timer) if timer.is_none_or(|timer| at <= timer) => {
                 clock.advance_to(at);
@@ -251,22 +236,13 @@ async fn run_case(
                     },
                     decided_at: clock_now(&clock),
                 };
-                let (_, wake) = engine
-                    .decide_and_wake(&decision)
-                    .await
-                    .map_err(|error| error.to_string())?;
-                engine
-                    .drive_all(wake)
-                    .await
-                    .map_err(|error| error.to_string())?;
+                let (_, wake) = engine.decide_and_wake(&decision).await.map_err(text)?;
+                engine.drive_all(wake).await.map_err(text)?;
             }
             (_, Some(timer)) => {
                 clock.advance_to(timer);
-                let wake = engine.fire_due().await.map_err(|error| error.to_string())?;
-                engine
-                    .drive_all(wake)
-                    .await
-                    .map_err(|error| error.to_string())?;
+                let wake = engine.fire_due().await.map_err(text)?;
+                engine.drive_all(wake).await.map_err(text)?;
             }
             (_, None) => {
                 // Nothing can happen any more: the run waits for something the case never sends.
@@ -276,12 +252,9 @@ async fn run_case(
     }
     let run = engine
         .run(&run_id)
-        .map_err(|error| error.to_string())?
+        .map_err(text)?
         .ok_or("the run disappeared")?;
-    let verification = engine
-        .store()
-        .verify_audit()
-        .map_err(|error| error.to_string())?;
+    let verification = engine.store().verify_audit().map_err(text)?;
     let mut failures = check(case, &run, &script.calls());
     if let Some((seq, why)) = verification.first_bad {
         failures.push(format!(
@@ -289,6 +262,11 @@ async fn run_case(
         ));
     }
     Ok(failures)
+}
+
+/// An engine or store error as the case's failure text.
+fn text(error: impl std::fmt::Display) -> String {
+    error.to_string()
 }
 
 fn clock_now(clock: &ManualClock) -> DateTime<Utc> {
@@ -324,7 +302,7 @@ fn case_finding(file: &TestFile, case: &Case, start: DateTime<Utc>) -> Result<Fi
     for (name, default) in defaults {
         object.entry(name).or_insert(default);
     }
-    let bytes = serde_json::to_vec(&value).map_err(|error| error.to_string())?;
+    let bytes = serde_json::to_vec(&value).map_err(text)?;
     Finding::parse(&bytes, quench_proto::DEFAULT_MAX_FINDING_BYTES)
         .map_err(|error| format!("the finding is not valid: {error}"))
 }
