@@ -455,3 +455,6 @@ pub(crate) async fn eventually(
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
 }
+
+pub(crate) mod openai_fake;
+pub(crate) mod slack_fake;

@@ -1,0 +1,1 @@
+//! A fake of the OpenAI Admin API (see `../shared/reference/openai-admin-api.md`).
