@@ -211,3 +211,61 @@ fn hex(bytes: &[u8]) -> String {
         out
     })
 }
+
+/// Entries committed together are packed into records (the store's cost is per key); a run's
+/// timeline still lists exactly its entries in order, and an entry cut out of the middle of a
+/// record is caught.
+#[tokio::test]
+async fn packed_audit_records_keep_timelines_and_catch_a_removed_entry() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let store = open(directory.path());
+    let mut batch = Batch::new();
+    for n in 0..70u32 {
+        let mut draft = AuditDraft::new(chrono::Utc::now(), "note", json!({"n": n}));
+        draft.run_id = (n % 7 != 0).then(|| format!("run-{}", n % 3));
+        batch.audit(draft);
+    }
+    let committed = store.commit(batch).await.expect("commit");
+    assert_eq!(
+        committed.audit.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=70).collect::<Vec<u64>>()
+    );
+    let records = store.raw_tree().scan_prefix(b"a/").count();
+    assert!(records < 70 / 4, "70 entries packed into {records} records");
+    for run in 0..3u32 {
+        let timeline: Vec<u64> = store
+            .run_audit(&format!("run-{run}"))
+            .expect("timeline")
+            .iter()
+            .map(|entry| entry.detail["n"].as_u64().expect("n"))
+            .collect();
+        let expected: Vec<u64> = (0..70u64)
+            .filter(|n| n % 7 != 0 && n % 3 == u64::from(run))
+            .collect();
+        assert_eq!(timeline, expected, "timeline of run-{run}");
+    }
+    assert_eq!(store.verify_audit().expect("verify").first_bad, None);
+    drop(store);
+
+    // An attacker removes entry #3 from inside the first record (entries are two lines each).
+    {
+        let db = sled::open(directory.path()).expect("raw open");
+        let record = db.get(audit_key(1)).expect("read").expect("record 1");
+        let lines: Vec<&[u8]> = record.split(|byte| *byte == b'\n').collect();
+        let kept: Vec<&[u8]> = lines
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| index / 2 != 2)
+            .map(|(_, line)| *line)
+            .collect();
+        db.insert(audit_key(1), kept.join(&b'\n')).expect("write");
+        db.flush().expect("flush");
+    }
+    let (code, stdout) = verify_cli(directory.path());
+    assert_eq!(code, Some(1));
+    assert!(
+        stdout
+            .starts_with("audit chain broken at entry #3: it does not follow the entry before it"),
+        "{stdout}"
+    );
+}

@@ -60,6 +60,51 @@ pub enum Handling {
     Error(String),
 }
 
+/// Findings taken in whose commit is queued; [`Ingesting::finish`] waits until it is durable.
+#[derive(Debug)]
+pub struct Ingesting {
+    engine: Engine,
+    outcomes: Vec<FindingOutcome>,
+    submitted: super::Submitted,
+    generation: u64,
+    /// The runs the batch changed stay locked until it is durable.
+    held: Vec<RunGuard>,
+}
+
+impl Ingesting {
+    /// Waits until the batch is durable; returns each finding's outcome and the runs to drive.
+    pub async fn finish(self) -> Result<(Vec<FindingOutcome>, Vec<String>), Error> {
+        let Ingesting {
+            engine,
+            outcomes,
+            submitted,
+            generation,
+            held,
+        } = self;
+        let settled = engine.settle(submitted).await;
+        engine.overlay().forget(generation);
+        drop(held);
+        Ok((outcomes, settled?))
+    }
+}
+
+/// What batches being committed changed, for the batches prepared meanwhile: finding ids seen
+/// and open runs by (playbook, key), each tagged with its batch.
+#[derive(Debug, Default)]
+pub(super) struct Overlay {
+    generation: u64,
+    seen: HashMap<String, u64>,
+    open: HashMap<(String, String), (Option<String>, u64)>,
+}
+
+impl Overlay {
+    /// Forgets what a batch changed, now that the store has it.
+    fn forget(&mut self, generation: u64) {
+        self.seen.retain(|_, tag| *tag != generation);
+        self.open.retain(|_, (_, tag)| *tag != generation);
+    }
+}
+
 impl Engine {
     /// Takes a batch of parsed findings in one commit. Returns each finding's outcome, and the
     /// runs to drive.
@@ -67,17 +112,25 @@ impl Engine {
         &self,
         findings: &[Finding],
     ) -> Result<(Vec<FindingOutcome>, Vec<String>), Error> {
+        self.begin_ingest(findings).await?.finish().await
+    }
+
+    /// Takes a batch of parsed findings in and queues its commit; returns without waiting for
+    /// the disk, so the next batch can be prepared meanwhile. Batches are committed in the
+    /// order they began; [`Ingesting::finish`] waits for this one.
+    pub async fn begin_ingest(&self, findings: &[Finding]) -> Result<Ingesting, Error> {
         let _intake = self.inner.intake.lock().await;
         let now = self.now();
         let playbooks = self.playbooks();
         let mut tx = Tx::default();
         let mut seen = HashSet::new();
         let mut open: HashMap<(String, String), Option<String>> = HashMap::new();
-        let mut held: HashMap<String, (RunGuard<'_>, Run)> = HashMap::new();
+        let mut held: HashMap<String, (RunGuard, Run)> = HashMap::new();
         let mut outcomes = Vec::with_capacity(findings.len());
 
         for finding in findings {
             if !seen.insert(finding.id.clone())
+                || self.overlay().seen.contains_key(&finding.id)
                 || self.inner.store.contains(Key::Seen(&finding.id))?
             {
                 outcomes.push(FindingOutcome::Duplicate);
@@ -120,19 +173,62 @@ impl Engine {
         for (_, (_, run)) in held.iter_mut() {
             tx.save(run, now);
         }
-        let wake = self.commit(tx).await?;
-        drop(held);
-        Ok((outcomes, wake))
+        // Until this batch is durable, the next one sees its ids and open runs from here.
+        let generation = {
+            let mut overlay = self.overlay();
+            overlay.generation += 1;
+            let generation = overlay.generation;
+            for id in seen {
+                overlay.seen.insert(id, generation);
+            }
+            for (slot, run) in open {
+                overlay.open.insert(slot, (run, generation));
+            }
+            generation
+        };
+        let submitted = match self.submit(tx).await {
+            Ok(submitted) => submitted,
+            Err(error) => {
+                self.overlay().forget(generation);
+                return Err(error);
+            }
+        };
+        Ok(Ingesting {
+            engine: self.clone(),
+            outcomes,
+            submitted,
+            generation,
+            held: held.into_values().map(|(guard, _)| guard).collect(),
+        })
+    }
+
+    fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
+        self.inner
+            .overlay
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The open run of a playbook for a key, counting batches not yet durable.
+    fn open_run(&self, playbook: &str, key: &str) -> Result<Option<String>, Error> {
+        if let Some((run, _)) = self
+            .overlay()
+            .open
+            .get(&(playbook.to_owned(), key.to_owned()))
+        {
+            return Ok(run.clone());
+        }
+        Ok(self.inner.store.get::<String>(Key::Open(playbook, key))?)
     }
 
     /// One finding against one playbook whose kinds match. `None` when `where` is false.
-    async fn handle<'a>(
-        &'a self,
+    async fn handle(
+        &self,
         playbook: &Arc<Playbook>,
         finding: &Finding,
         tx: &mut Tx,
         open: &mut HashMap<(String, String), Option<String>>,
-        held: &mut HashMap<String, (RunGuard<'a>, Run)>,
+        held: &mut HashMap<String, (RunGuard, Run)>,
         now: DateTime<Utc>,
     ) -> Result<Option<Handling>, Error> {
         let audit = |kind: &'static str, detail: Value| {
@@ -207,10 +303,7 @@ impl Engine {
         let slot = (playbook.name.clone(), key.clone());
         let current = match open.get(&slot) {
             Some(current) => current.clone(),
-            None => self
-                .inner
-                .store
-                .get::<String>(Key::Open(&playbook.name, &key))?,
+            None => self.open_run(&playbook.name, &key)?,
         };
 
         if finding.status == Status::Resolved {
@@ -336,11 +429,7 @@ impl Engine {
                 return Ok((None, Vec::new()));
             }
         };
-        if let Some(open) = self
-            .inner
-            .store
-            .get::<String>(Key::Open(&playbook.name, &key))?
-        {
+        if let Some(open) = self.open_run(&playbook.name, &key)? {
             let mut draft = AuditDraft::new(now, "trigger_skipped", json!({"open_run": open}));
             draft.playbook = Some(playbook.name.clone());
             tx.audit_draft(draft);
@@ -353,11 +442,11 @@ impl Engine {
     }
 
     /// Locks and loads a run for the rest of the intake batch.
-    async fn hold<'a, 'h>(
-        &'a self,
+    async fn hold<'h>(
+        &self,
         run_id: &str,
-        held: &'h mut HashMap<String, (RunGuard<'a>, Run)>,
-    ) -> Result<Option<&'h mut (RunGuard<'a>, Run)>, Error> {
+        held: &'h mut HashMap<String, (RunGuard, Run)>,
+    ) -> Result<Option<&'h mut (RunGuard, Run)>, Error> {
         if !held.contains_key(run_id) {
             let guard = self.inner.locks.lock(run_id).await;
             let Some(run) = self.run(run_id)? else {
@@ -370,17 +459,17 @@ impl Engine {
 
     /// Keeps a run started in this batch with the held ones, so a later finding of the same
     /// batch (same key: attach, replace, resolved) changes it before it is first written.
-    async fn hold_new<'a>(&'a self, run: Run, held: &mut HashMap<String, (RunGuard<'a>, Run)>) {
+    async fn hold_new(&self, run: Run, held: &mut HashMap<String, (RunGuard, Run)>) {
         let guard = self.inner.locks.lock(&run.id).await;
         held.insert(run.id.clone(), (guard, run));
     }
 
-    async fn cancel_held<'a>(
-        &'a self,
+    async fn cancel_held(
+        &self,
         run_id: &str,
         reason: &str,
         tx: &mut Tx,
-        held: &mut HashMap<String, (RunGuard<'a>, Run)>,
+        held: &mut HashMap<String, (RunGuard, Run)>,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
         if let Some((_, run)) = self.hold(run_id, held).await?

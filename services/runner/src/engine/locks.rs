@@ -14,14 +14,14 @@ pub(crate) struct RunLocks {
 
 /// Held while a run is being changed; releases (and forgets) the lock on drop.
 #[derive(Debug)]
-pub(crate) struct RunGuard<'a> {
-    locks: &'a RunLocks,
+pub(crate) struct RunGuard {
+    locks: Arc<RunLocks>,
     run: String,
     guard: Option<OwnedMutexGuard<()>>,
 }
 
 impl RunLocks {
-    pub(crate) async fn lock(&self, run: &str) -> RunGuard<'_> {
+    pub(crate) async fn lock(self: &Arc<Self>, run: &str) -> RunGuard {
         let lock = {
             let mut locks = self
                 .locks
@@ -31,14 +31,14 @@ impl RunLocks {
         };
         let guard = lock.lock_owned().await;
         RunGuard {
-            locks: self,
+            locks: self.clone(),
             run: run.to_owned(),
             guard: Some(guard),
         }
     }
 }
 
-impl Drop for RunGuard<'_> {
+impl Drop for RunGuard {
     fn drop(&mut self) {
         drop(self.guard.take());
         let mut locks = self

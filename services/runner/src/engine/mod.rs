@@ -33,7 +33,7 @@ use serde_json::Value;
 pub use action::{Action, ActionError, ActionFuture, Actions, Call, Success};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use gate::{DecisionOutcome, Refusal};
-pub use intake::{FindingOutcome, Handling};
+pub use intake::{FindingOutcome, Handling, Ingesting};
 pub use render::MAX_FOREACH;
 pub use state::{Gate, Run, RunStatus, StepState, StepStatus};
 
@@ -97,8 +97,9 @@ struct Inner {
     playbooks: RwLock<Arc<BTreeMap<String, Arc<Playbook>>>>,
     /// Every version seen, by content hash (runs keep theirs).
     versions: Mutex<HashMap<String, Arc<Playbook>>>,
-    locks: locks::RunLocks,
+    locks: Arc<locks::RunLocks>,
     intake: tokio::sync::Mutex<()>,
+    overlay: Mutex<intake::Overlay>,
     renderer: render::Renderer,
     events: Option<Arc<dyn EventSink>>,
 }
@@ -118,8 +119,9 @@ impl Engine {
                 config,
                 playbooks: RwLock::new(Arc::new(BTreeMap::new())),
                 versions: Mutex::new(HashMap::new()),
-                locks: locks::RunLocks::default(),
+                locks: Arc::default(),
                 intake: tokio::sync::Mutex::new(()),
+                overlay: Mutex::default(),
                 renderer: render::Renderer::new(),
                 events: None,
             }),
@@ -284,13 +286,34 @@ impl Engine {
 
     /// Commits a transaction and publishes its run events.
     async fn commit(&self, tx: Tx) -> Result<Vec<String>, Error> {
+        let submitted = self.submit(tx).await?;
+        self.settle(submitted).await
+    }
+
+    /// Queues a transaction's batch for the committer (in order) without waiting for the disk.
+    async fn submit(&self, tx: Tx) -> Result<Submitted, Error> {
         let Tx {
             batch,
             events,
             to_drive,
             ..
         } = tx;
-        let committed = self.inner.store.commit(batch).await?;
+        Ok(Submitted {
+            pending: self.inner.store.submit(batch).await?,
+            events,
+            to_drive,
+        })
+    }
+
+    /// Waits until a submitted transaction is durable, then publishes its run events; returns
+    /// the runs to drive.
+    async fn settle(&self, submitted: Submitted) -> Result<Vec<String>, Error> {
+        let Submitted {
+            pending,
+            events,
+            to_drive,
+        } = submitted;
+        let committed = pending.wait().await?;
         if let Some(sink) = &self.inner.events
             && !events.is_empty()
         {
@@ -317,6 +340,14 @@ impl Engine {
         }
         Ok(to_drive)
     }
+}
+
+/// A transaction queued for the committer, not yet known to be durable.
+#[derive(Debug)]
+struct Submitted {
+    pending: crate::store::Pending,
+    events: Vec<PendingEvent>,
+    to_drive: Vec<String>,
 }
 
 /// One commit's worth of changes, with the run events it will emit.

@@ -1,14 +1,18 @@
 //! Pulling findings and decisions from their durable consumers. A chunk of whatever messages are
 //! ready (up to a batch) is parsed; bad messages are dead-lettered with their reason and acked;
 //! the good ones go through the engine in one commit and are acked only after it. When the
-//! engine's in-flight runs are all busy, `Driver::spawn` waits, and so does the next fetch.
+//! engine's in-flight runs are all busy, `Driver::spawn` waits; when batches in flight are at
+//! their bound, so does the next fetch.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use quench_proto::{DEFAULT_MAX_FINDING_BYTES, Decision, Finding, ParseError, redact_str, subject};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{Driver, Error};
 use crate::engine::Engine;
@@ -126,7 +130,13 @@ async fn each_chunk<F, Fut>(
     }
 }
 
-/// The findings intake.
+/// Batches whose commit may be in progress while the next is prepared.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// The findings intake. A chunk is parsed and taken into the engine in order; its commit, the
+/// acks and the driving of its runs proceed in a task while the next chunk is prepared (at most
+/// [`BATCHES_IN_FLIGHT`] at once). A failed commit stops the service: later batches may have
+/// assumed it, so the store refuses them too; every unacked message comes back after restart.
 pub(super) async fn findings(
     consumer: Consumer,
     jetstream: jetstream::Context,
@@ -134,8 +144,11 @@ pub(super) async fn findings(
     driver: Driver,
     shutdown: CancellationToken,
 ) {
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let tasks = TaskTracker::new();
     each_chunk(consumer, shutdown, "findings", |messages| {
         let (jetstream, engine, driver) = (jetstream.clone(), engine.clone(), driver.clone());
+        let (in_flight, tasks) = (in_flight.clone(), tasks.clone());
         async move {
             let mut findings = Vec::with_capacity(messages.len());
             let mut accepted = Vec::with_capacity(messages.len());
@@ -145,30 +158,50 @@ pub(super) async fn findings(
                         findings.push(finding);
                         accepted.push(message);
                     }
-                    Err(error) => dead_letter(&jetstream, subject::DLQ_FINDINGS, &message, &error).await,
+                    Err(error) => {
+                        dead_letter(&jetstream, subject::DLQ_FINDINGS, &message, &error).await
+                    }
                 }
             }
             if findings.is_empty() {
                 return;
             }
-            match engine.ingest(&findings).await {
-                Ok((outcomes, wake)) => {
-                    // Acknowledged only now that the runs they started are committed.
-                    for message in accepted {
-                        ack(&message).await;
+            let Ok(permit) = in_flight.acquire_owned().await else {
+                return;
+            };
+            let ingesting = match engine.begin_ingest(&findings).await {
+                Ok(ingesting) => ingesting,
+                Err(error) => return commit_failed(&error, findings.len()),
+            };
+            tasks.spawn(async move {
+                let _permit = permit;
+                match ingesting.finish().await {
+                    Ok((outcomes, wake)) => {
+                        // Acknowledged only now that the runs they started are committed.
+                        for message in accepted {
+                            ack(&message).await;
+                        }
+                        tracing::debug!(
+                            findings = outcomes.len(),
+                            runs = wake.len(),
+                            "findings committed"
+                        );
+                        driver.spawn(wake).await;
                     }
-                    tracing::debug!(findings = outcomes.len(), runs = wake.len(), "findings committed");
-                    driver.spawn(wake).await;
+                    Err(error) => commit_failed(&error, findings.len()),
                 }
-                Err(error) => {
-                    // Not acked: JetStream delivers them again after `ack_wait`.
-                    tracing::error!(%error, count = findings.len(), "findings could not be committed; they will be delivered again");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
+            });
         }
     })
     .await;
+    tasks.close();
+    tasks.wait().await;
+}
+
+/// Not acked: JetStream delivers the findings again (after a restart, when the store has
+/// failed: the service stops on [`crate::store::Store::failed`]).
+fn commit_failed(error: &crate::engine::Error, count: usize) {
+    tracing::error!(%error, count, "findings could not be committed; they will be delivered again");
 }
 
 /// The decisions intake.

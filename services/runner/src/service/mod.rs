@@ -54,6 +54,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("stopped after a failed store commit; nothing unacknowledged is lost, restart quench")]
+    CommitFailed,
 }
 
 /// Runs are driven here: at most `max_inflight_runs` at once; `spawn` waits for room, which is
@@ -114,8 +116,11 @@ pub fn load_playbooks(dir: &std::path::Path) -> Result<Vec<playbook::Playbook>, 
     Ok(playbooks)
 }
 
-/// The service. Returns when `shutdown` is cancelled and the grace period is over.
+/// The service. Returns when `shutdown` is cancelled and the grace period is over, or with an
+/// error when a store commit fails.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    // Stops the service's tasks: on `shutdown`, or when a commit fails.
+    let stop = shutdown.child_token();
     let playbooks = load_playbooks(&config.playbooks.dir)?;
     tracing::info!(count = playbooks.len(), dir = %config.playbooks.dir.display(), "playbooks loaded");
     let mut store_config = StoreConfig::new(&config.store.path);
@@ -163,13 +168,15 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
         listener,
         client.clone(),
         ready.clone(),
-        shutdown.clone(),
+        stop.clone(),
     ));
-    tasks.spawn(publisher.run(shutdown.clone()));
+    tasks.spawn(publisher.run(stop.clone()));
 
     // Runs that were between steps when the last process stopped.
     driver.spawn(engine.recover()?).await;
 
+    // Cancelled when a commit fails: the service stops rather than build on it.
+    let failed = engine.store().failed();
     let findings = intake::findings_consumer(&jetstream).await?;
     let decisions = intake::decisions_consumer(&jetstream).await?;
     tasks.spawn(intake::findings(
@@ -177,20 +184,24 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
         jetstream.clone(),
         engine.clone(),
         driver.clone(),
-        shutdown.clone(),
+        stop.clone(),
     ));
     tasks.spawn(intake::decisions(
         decisions,
         jetstream.clone(),
         engine.clone(),
         driver.clone(),
-        shutdown.clone(),
+        stop.clone(),
     ));
-    tasks.spawn(timers(engine.clone(), driver.clone(), shutdown.clone()));
+    tasks.spawn(timers(engine.clone(), driver.clone(), stop.clone()));
     ready.store(true, Ordering::SeqCst);
     tracing::info!(listen = %config.api.listen, nats = %config.nats.url, mode = ?config.mode(), "quench is serving");
 
-    shutdown.cancelled().await;
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = failed.cancelled() => {}
+    }
+    stop.cancel();
     tracing::info!("shutting down: intake stopped, letting in-flight steps finish");
     ready.store(false, Ordering::SeqCst);
     tasks.close();
@@ -200,6 +211,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
     let _ = client.flush().await;
+    if failed.is_cancelled() {
+        return Err(Error::CommitFailed);
+    }
     Ok(())
 }
 

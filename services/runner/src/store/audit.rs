@@ -2,6 +2,11 @@
 //! stored bytes. The committer appends (it alone knows the head); [`verify`] recomputes the chain
 //! and names the first entry that does not fit — an edited, removed or reordered entry, or a log
 //! that ends before its recorded head.
+//!
+//! Entries committed together are packed into records of up to [`MAX_RECORD_ENTRIES`] entries
+//! under the sequence number of their first (`a/<seq>`), one entry as two lines (hash, body);
+//! a run's timeline index (`ar/<run>/<seq>`) names the records that hold its entries. Packing
+//! matters: the store's cost is per key, and a finding's intake writes about six entries.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -127,6 +132,81 @@ pub(super) fn chain(head: &mut Head, draft: AuditDraft) -> (u64, Vec<u8>, AuditR
         hash: hash.clone(),
     };
     (seq, stored, AuditRef { seq, hash })
+}
+
+/// Most entries packed into one record, and the size after which a record is closed.
+const MAX_RECORD_ENTRIES: usize = 32;
+const MAX_RECORD_BYTES: usize = 16 * 1024;
+
+/// Packs the entries of one commit into records.
+#[derive(Debug, Default)]
+pub(super) struct Records {
+    first: u64,
+    bytes: Vec<u8>,
+    entries: usize,
+    runs: Vec<String>,
+}
+
+impl Records {
+    /// Adds an entry (as returned by [`chain`]); closes the record when it is full.
+    pub(super) fn push(
+        &mut self,
+        seq: u64,
+        stored: &[u8],
+        run: Option<String>,
+        writes: &mut sled::Batch,
+    ) {
+        if self.entries == 0 {
+            self.first = seq;
+        } else {
+            self.bytes.push(b'\n');
+        }
+        self.bytes.extend_from_slice(stored);
+        self.entries += 1;
+        if let Some(run) = run
+            && !self.runs.contains(&run)
+        {
+            self.runs.push(run);
+        }
+        if self.entries >= MAX_RECORD_ENTRIES || self.bytes.len() >= MAX_RECORD_BYTES {
+            self.finish(writes);
+        }
+    }
+
+    /// Writes the open record and its runs' index keys.
+    pub(super) fn finish(&mut self, writes: &mut sled::Batch) {
+        if self.entries == 0 {
+            return;
+        }
+        writes.insert(
+            Key::Audit(self.first).encode(),
+            std::mem::take(&mut self.bytes),
+        );
+        for run in self.runs.drain(..) {
+            writes.insert(Key::RunAudit(&run, self.first).encode(), Vec::new());
+        }
+        self.entries = 0;
+    }
+}
+
+/// The entries of a stored record, each as its stored bytes (`hash` line, body line).
+pub(super) fn split_record(record: &[u8]) -> Vec<&[u8]> {
+    let mut entries = Vec::new();
+    let mut start = 0;
+    let mut newlines = 0;
+    for (at, byte) in record.iter().enumerate() {
+        if *byte == b'\n' {
+            newlines += 1;
+            if newlines % 2 == 0 {
+                entries.push(&record[start..at]);
+                start = at + 1;
+            }
+        }
+    }
+    if start < record.len() {
+        entries.push(&record[start..]);
+    }
+    entries
 }
 
 /// Splits a stored entry into its recorded hash and parsed body.

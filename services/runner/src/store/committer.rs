@@ -2,7 +2,8 @@
 //! into one sled batch (atomic), then flushed, then — with `sync = always` — the log file is
 //! `fdatasync`ed, and only then is each sender told its batch is durable. One thread, because
 //! sled 0.34's `flush` does not fsync and `flush_async` deadlocks with many calls in flight; and
-//! because the audit chain needs one writer to keep its order.
+//! because the audit chain needs one writer to keep its order. After a failed commit it refuses
+//! every later one (fail-stop): callers may have queued work that assumed the failed batch.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::sync::mpsc;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use super::audit::{self, Head};
 use super::{Batch, Committed, Error, Key};
@@ -38,6 +40,8 @@ struct Request {
 #[derive(Debug)]
 pub(super) struct Handle {
     sender: Option<mpsc::SyncSender<Request>>,
+    /// Cancelled when a commit fails.
+    pub(super) failed: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -67,17 +71,24 @@ impl Handle {
         };
         let head = audit::read_head(&db)?;
         let (sender, receiver) = mpsc::sync_channel(QUEUE);
+        let failed = CancellationToken::new();
+        let on_failure = failed.clone();
         let thread = std::thread::Builder::new()
             .name("quench-committer".into())
-            .spawn(move || run(db, log, head, receiver))
+            .spawn(move || run(db, log, head, receiver, on_failure))
             .map_err(Error::Sync)?;
         Ok(Handle {
             sender: Some(sender),
+            failed,
             thread: Some(thread),
         })
     }
 
-    pub(super) async fn commit(&self, batch: Batch) -> Result<Committed, Error> {
+    /// Queues a batch (in order); the receiver gets the outcome once it is durable.
+    pub(super) async fn submit(
+        &self,
+        batch: Batch,
+    ) -> Result<oneshot::Receiver<Result<Committed, Error>>, Error> {
         let (reply, done) = oneshot::channel();
         let sender = self.sender.clone().ok_or(Error::Closed)?;
         // The queue is bounded; when it is full, wait off the async threads.
@@ -91,12 +102,25 @@ impl Handle {
             }
             Err(mpsc::TrySendError::Disconnected(_)) => return Err(Error::Closed),
         }
-        done.await.map_err(|_| Error::Closed)?
+        Ok(done)
     }
 }
 
-fn run(db: sled::Db, log: Option<File>, mut head: Head, receiver: mpsc::Receiver<Request>) {
+fn run(
+    db: sled::Db,
+    log: Option<File>,
+    mut head: Head,
+    receiver: mpsc::Receiver<Request>,
+    on_failure: CancellationToken,
+) {
+    // Set by a failed commit: batches queued after it were built on state that did not reach
+    // the disk, so none is applied (fail-stop; reopening the store recovers).
+    let mut failed: Option<String> = None;
     while let Ok(first) = receiver.recv() {
+        if let Some(message) = &failed {
+            let _ = first.reply.send(Err(Error::Failed(message.clone())));
+            continue;
+        }
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match receiver.try_recv() {
@@ -107,6 +131,7 @@ fn run(db: sled::Db, log: Option<File>, mut head: Head, receiver: mpsc::Receiver
         let mut writes = sled::Batch::default();
         let mut next_head = head.clone();
         let mut replies = Vec::with_capacity(group.len());
+        let mut records = audit::Records::default();
         for Request { batch, reply } in group {
             for (key, value) in batch.ops {
                 match value {
@@ -118,14 +143,12 @@ fn run(db: sled::Db, log: Option<File>, mut head: Head, receiver: mpsc::Receiver
             for draft in batch.audit {
                 let run = draft.run_id.clone();
                 let (seq, bytes, reference) = audit::chain(&mut next_head, draft);
-                writes.insert(Key::Audit(seq).encode(), bytes);
-                if let Some(run) = run {
-                    writes.insert(Key::RunAudit(&run, seq).encode(), Vec::new());
-                }
+                records.push(seq, &bytes, run, &mut writes);
                 refs.push(reference);
             }
             replies.push((reply, refs));
         }
+        records.finish(&mut writes);
         if next_head != head {
             writes.insert(
                 Key::Meta("audit_head").encode(),
@@ -150,15 +173,13 @@ fn run(db: sled::Db, log: Option<File>, mut head: Head, receiver: mpsc::Receiver
                 }
             }
             Err(error) => {
-                tracing::error!(%error, "store commit failed; the batch was not applied");
+                tracing::error!(%error, "store commit failed; refusing further writes");
                 let message = error.to_string();
                 for (reply, _) in replies {
-                    let _ = reply.send(Err(Error::Sync(std::io::Error::other(message.clone()))));
+                    let _ = reply.send(Err(Error::Failed(message.clone())));
                 }
-                // The in-memory head may now disagree with the disk; re-read it.
-                if let Ok(reread) = audit::read_head(&db) {
-                    head = reread;
-                }
+                failed = Some(message);
+                on_failure.cancel();
             }
         }
     }

@@ -71,6 +71,10 @@ pub enum Error {
     },
     #[error("the store's committer has stopped")]
     Closed,
+    /// A commit failed earlier: what was queued after it may rest on state that never reached
+    /// the disk, so the store refuses every later commit until it is opened again.
+    #[error("the store refuses writes after a failed commit ({0}); restart quench")]
+    Failed(String),
 }
 
 /// A typed key. Families are separate prefixes; their parts are NUL-separated.
@@ -82,7 +86,8 @@ pub enum Key<'a> {
     Run(&'a str),
     /// Runs that were between steps (not parked) at their last commit: driven again at start-up.
     Active(&'a str),
-    /// Index of a run's audit entries (its timeline), written by the committer.
+    /// Index of a run's audit entries (its timeline): the records holding them, by their first
+    /// sequence number. Written by the committer.
     RunAudit(&'a str, u64),
     /// An approval gate of a run.
     Gate(&'a str, &'a str),
@@ -106,7 +111,7 @@ pub enum Key<'a> {
     PlaybookVersion(&'a str),
     /// When a playbook name was loaded at a version.
     PlaybookHistory(&'a str, DateTime<Utc>),
-    /// The audit log, by sequence number.
+    /// The audit log: records of entries, by the sequence number of their first entry.
     Audit(u64),
 }
 
@@ -244,6 +249,20 @@ pub struct Committed {
     pub audit: Vec<AuditRef>,
 }
 
+/// A batch queued for the committer.
+#[derive(Debug)]
+pub struct Pending(Option<tokio::sync::oneshot::Receiver<Result<Committed, Error>>>);
+
+impl Pending {
+    /// Waits until the batch is durable (or failed).
+    pub async fn wait(self) -> Result<Committed, Error> {
+        match self.0 {
+            None => Ok(Committed::default()),
+            Some(reply) => reply.await.map_err(|_| Error::Closed)?,
+        }
+    }
+}
+
 /// A cheap handle to the store; clones share one database and one committer.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -320,10 +339,25 @@ impl Store {
 
     /// Applies a batch atomically and durably (per the sync mode); returns once it is on disk.
     pub async fn commit(&self, batch: Batch) -> Result<Committed, Error> {
+        self.submit(batch).await?.wait().await
+    }
+
+    /// Queues a batch for the committer and returns once it is queued: batches are applied in
+    /// the order they were submitted. [`Pending::wait`] returns once it is on disk.
+    pub async fn submit(&self, batch: Batch) -> Result<Pending, Error> {
         if batch.is_empty() {
-            return Ok(Committed::default());
+            return Ok(Pending(None));
         }
-        self.inner.committer.commit(batch).await
+        self.inner
+            .committer
+            .submit(batch)
+            .await
+            .map(|reply| Pending(Some(reply)))
+    }
+
+    /// Cancelled when a commit has failed and the store refuses writes ([`Error::Failed`]).
+    pub fn failed(&self) -> tokio_util::sync::CancellationToken {
+        self.inner.committer.failed.clone()
     }
 
     /// Reads one value.
@@ -368,10 +402,15 @@ impl Store {
             else {
                 continue;
             };
-            if let Some(stored) = self.inner.db.get(Key::Audit(seq).encode())?
-                && let Some((_, _, entry)) = parse_stored(&stored)
-            {
-                out.push(entry);
+            let Some(record) = self.inner.db.get(Key::Audit(seq).encode())? else {
+                continue;
+            };
+            for stored in audit::split_record(&record) {
+                if let Some((_, _, entry)) = parse_stored(stored)
+                    && entry.run_id.as_deref() == Some(run)
+                {
+                    out.push(entry);
+                }
             }
         }
         Ok(out)
@@ -476,15 +515,24 @@ impl Store {
         Ok(out)
     }
 
-    /// Every audit entry in order, as stored.
+    /// Every audit entry in order, as stored (records unpacked): its sequence number and bytes.
     pub fn audit_entries(&self) -> impl Iterator<Item = Result<(u64, Vec<u8>), Error>> + '_ {
-        self.inner.db.scan_prefix(b"a/").map(|item| {
-            let (key, value) = item?;
-            let seq = key[2..]
-                .try_into()
-                .map(u64::from_be_bytes)
-                .unwrap_or(u64::MAX);
-            Ok((seq, value.to_vec()))
+        self.inner.db.scan_prefix(b"a/").flat_map(|item| {
+            let unpacked: Vec<Result<(u64, Vec<u8>), Error>> = match item {
+                Err(error) => vec![Err(error.into())],
+                Ok((key, record)) => {
+                    let first = key[2..]
+                        .try_into()
+                        .map(u64::from_be_bytes)
+                        .unwrap_or(u64::MAX);
+                    audit::split_record(&record)
+                        .into_iter()
+                        .zip(first..)
+                        .map(|(stored, seq)| Ok((seq, stored.to_vec())))
+                        .collect()
+                }
+            };
+            unpacked
         })
     }
 
