@@ -1,1 +1,635 @@
-//! A fake of the OpenAI Admin API (see `../shared/reference/openai-admin-api.md`).
+//! A fake of the OpenAI Admin API, served over real HTTP on 127.0.0.1.
+//!
+//! It follows `/work/shared/reference/openai-admin-api.md` and the OpenAPI spec next to it
+//! (paths, query parameters, object shapes and `ErrorResponse` bodies), never client code, so
+//! the connector tests that use it check the connectors against the references. Tests seed and
+//! inspect its state through [`OpenAiFake`], and inject faults and broken pagination the same way.
+//!
+//! Behaviour that the references leave open, and the choice made here:
+//! - 401 (no or wrong `Authorization: Bearer`) and 404 (unknown project, key, …) use the
+//!   `ErrorResponse` shape; the spec declares neither status for the admin paths.
+//! - Deleting a project API key owned by a service account is refused with 400 (`ErrorResponse`,
+//!   `type: invalid_request_error`, `param: api_key_id`), as the spec's delete summary says;
+//!   deleting the service account removes it and its keys.
+//! - Without `owner_project_access`, key lists show only keys whose owner still has access to
+//!   the project (the spec warns that the default "may exclude some enabled keys").
+//! - Audit logs are listed newest first (as in the spec's example); `after` pages to older ones.
+//! - Usage buckets start at `start_time` and are `bucket_width` wide; `page` tokens are opaque.
+//! - Changes made through the API append audit events (actor: the admin key; `project`: the
+//!   default project if one is set, as the spec says for Admin API key actions). Tests can turn
+//!   this off with [`OpenAiFake::set_audit_mutations`].
+
+mod api;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use state::{AuditEntry, Membership, Owner, Project, RateLimit, ServiceAccount, State};
+
+/// A failure the fake returns instead of (or, for `Slow`, before) the normal answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// 429 with `Retry-After: <secs>` and an OpenAI error body.
+    RateLimited {
+        /// The `Retry-After` value in seconds.
+        retry_after_secs: u64,
+    },
+    /// 500 with an OpenAI `server_error` body.
+    ServerError,
+    /// Waits this long, then answers normally.
+    Slow(Duration),
+    /// This status with this message in an OpenAI error body.
+    Status(u16, String),
+}
+
+/// One request the fake received.
+#[derive(Debug, Clone)]
+pub(crate) struct Call {
+    /// HTTP method, e.g. `GET`.
+    pub(crate) method: String,
+    /// Path including `/v1`.
+    pub(crate) path: String,
+    /// Decoded query pairs in the order sent (`event_types[]` appears once per value).
+    pub(crate) query: Vec<(String, String)>,
+    /// The JSON body, if any (a body that is not JSON is kept as a string).
+    pub(crate) body: Option<Value>,
+    /// The `Authorization` header as sent.
+    pub(crate) authorization: Option<String>,
+}
+
+impl Call {
+    /// The first value of query parameter `name`.
+    pub(crate) fn query_value(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// Every value of query parameter `name` (give the exact name, e.g. `event_types[]`).
+    pub(crate) fn query_values(&self, name: &str) -> Vec<&str> {
+        self.query
+            .iter()
+            .filter(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+            .collect()
+    }
+}
+
+/// A user's role in a project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// `owner`
+    Owner,
+    /// `member`
+    Member,
+}
+
+impl Role {
+    /// The wire value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Member => "member",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Role> {
+        match text {
+            "owner" => Some(Role::Owner),
+            "member" => Some(Role::Member),
+            _ => None,
+        }
+    }
+}
+
+/// A project API key to seed. The secret is made up from the id unless given.
+#[derive(Debug, Clone)]
+pub(crate) struct KeySeed {
+    id: String,
+    name: String,
+    value: Option<String>,
+    redacted_value: Option<String>,
+    created_at: i64,
+    last_used_at: Option<i64>,
+}
+
+impl KeySeed {
+    /// A key with this id, named "Secret key", created at 2026-01-01, never used.
+    pub(crate) fn new(id: &str) -> KeySeed {
+        KeySeed {
+            id: id.to_owned(),
+            name: "Secret key".to_owned(),
+            value: None,
+            redacted_value: None,
+            created_at: DEFAULT_CREATED_AT,
+            last_used_at: None,
+        }
+    }
+
+    /// Sets the key's name.
+    pub(crate) fn name(mut self, name: &str) -> KeySeed {
+        self.name = name.to_owned();
+        self
+    }
+
+    /// Sets the full secret; `redacted_value` is derived from it unless set too.
+    pub(crate) fn value(mut self, value: &str) -> KeySeed {
+        self.value = Some(value.to_owned());
+        self
+    }
+
+    /// Sets `redacted_value` as the API shows it.
+    pub(crate) fn redacted_value(mut self, redacted: &str) -> KeySeed {
+        self.redacted_value = Some(redacted.to_owned());
+        self
+    }
+
+    /// Sets `created_at` (Unix seconds).
+    pub(crate) fn created_at(mut self, at: i64) -> KeySeed {
+        self.created_at = at;
+        self
+    }
+
+    /// Sets `last_used_at` (Unix seconds).
+    pub(crate) fn last_used_at(mut self, at: i64) -> KeySeed {
+        self.last_used_at = Some(at);
+        self
+    }
+}
+
+/// A project rate limit to seed: one per model, id `rl-<model>`.
+#[derive(Debug, Clone)]
+pub(crate) struct RateLimitSeed {
+    model: String,
+    limits: Vec<(&'static str, i64)>,
+}
+
+impl RateLimitSeed {
+    /// The two limits every model has.
+    pub(crate) fn new(
+        model: &str,
+        max_requests_per_1_minute: i64,
+        max_tokens_per_1_minute: i64,
+    ) -> RateLimitSeed {
+        RateLimitSeed {
+            model: model.to_owned(),
+            limits: vec![
+                ("max_requests_per_1_minute", max_requests_per_1_minute),
+                ("max_tokens_per_1_minute", max_tokens_per_1_minute),
+            ],
+        }
+    }
+
+    /// Adds one of the optional limits (`max_images_per_1_minute`, `max_requests_per_1_day`, …).
+    pub(crate) fn with(mut self, field: &'static str, value: i64) -> RateLimitSeed {
+        assert!(
+            state::RATE_LIMIT_FIELDS.contains(&field),
+            "{field} is not a rate limit field in the spec"
+        );
+        self.limits.retain(|(name, _)| *name != field);
+        self.limits.push((field, value));
+        self
+    }
+}
+
+/// An audit log event to seed (an `AuditLog` object of the spec).
+#[derive(Debug, Clone)]
+pub(crate) struct AuditEvent {
+    event_type: String,
+    effective_at: i64,
+    project_id: Option<String>,
+    actor: Value,
+    details: Value,
+}
+
+impl AuditEvent {
+    /// An event of `event_type` at `effective_at` whose type-keyed object is `details`
+    /// (e.g. `{"id": "key_1", "changes_requested": {"scopes": [...]}}`). The actor is a
+    /// dashboard session of `user-fake` unless set.
+    pub(crate) fn new(event_type: &str, effective_at: i64, details: Value) -> AuditEvent {
+        AuditEvent {
+            event_type: event_type.to_owned(),
+            effective_at,
+            project_id: None,
+            actor: json!({
+                "type": "session",
+                "session": {
+                    "user": {"id": "user-fake", "email": "owner@example.com"},
+                    "ip_address": "127.0.0.1"
+                }
+            }),
+            details,
+        }
+    }
+
+    /// Scopes the event to a seeded project (`project: {id, name}`).
+    pub(crate) fn project(mut self, project_id: &str) -> AuditEvent {
+        self.project_id = Some(project_id.to_owned());
+        self
+    }
+
+    /// Sets the `actor` object.
+    pub(crate) fn actor(mut self, actor: Value) -> AuditEvent {
+        self.actor = actor;
+        self
+    }
+}
+
+/// Completions usage to seed: what one key did at one moment. The fake sums these into buckets.
+#[derive(Debug, Clone)]
+pub(crate) struct UsageSeed {
+    at: i64,
+    project_id: String,
+    api_key_id: String,
+    user_id: Option<String>,
+    model: String,
+    batch: bool,
+    service_tier: String,
+    num_model_requests: i64,
+    input_tokens: i64,
+    output_tokens: i64,
+    input_cached_tokens: i64,
+    input_audio_tokens: i64,
+    output_audio_tokens: i64,
+}
+
+impl UsageSeed {
+    /// One request by `api_key_id` in `project_id` at `at` (Unix seconds), model `gpt-4o-mini`.
+    pub(crate) fn new(at: i64, project_id: &str, api_key_id: &str) -> UsageSeed {
+        UsageSeed {
+            at,
+            project_id: project_id.to_owned(),
+            api_key_id: api_key_id.to_owned(),
+            user_id: None,
+            model: "gpt-4o-mini".to_owned(),
+            batch: false,
+            service_tier: "default".to_owned(),
+            num_model_requests: 1,
+            input_tokens: 0,
+            output_tokens: 0,
+            input_cached_tokens: 0,
+            input_audio_tokens: 0,
+            output_audio_tokens: 0,
+        }
+    }
+
+    /// Sets `num_model_requests`.
+    pub(crate) fn requests(mut self, count: i64) -> UsageSeed {
+        self.num_model_requests = count;
+        self
+    }
+
+    /// Sets input and output tokens.
+    pub(crate) fn tokens(mut self, input: i64, output: i64) -> UsageSeed {
+        self.input_tokens = input;
+        self.output_tokens = output;
+        self
+    }
+
+    /// Sets the model.
+    pub(crate) fn model(mut self, model: &str) -> UsageSeed {
+        self.model = model.to_owned();
+        self
+    }
+
+    /// Sets the user whose key it was.
+    pub(crate) fn user(mut self, user_id: &str) -> UsageSeed {
+        self.user_id = Some(user_id.to_owned());
+        self
+    }
+
+    /// Marks it as batch usage.
+    pub(crate) fn batch(mut self, batch: bool) -> UsageSeed {
+        self.batch = batch;
+        self
+    }
+}
+
+/// 2026-01-01T00:00:00Z, the default creation time of seeded objects.
+const DEFAULT_CREATED_AT: i64 = 1_767_225_600;
+
+struct Shared {
+    state: Mutex<State>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The running fake. Dropping it stops the server.
+pub(crate) struct OpenAiFake {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for OpenAiFake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiFake")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for OpenAiFake {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl OpenAiFake {
+    /// Binds 127.0.0.1 on a free port and serves in a background task. The fake starts with
+    /// one admin key (see [`OpenAiFake::admin_key`]) and nothing else.
+    pub(crate) async fn start() -> OpenAiFake {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::new()),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("the OpenAI fake binds a loopback port");
+        let addr = listener
+            .local_addr()
+            .expect("a bound socket has an address");
+        let app = api::router(shared.clone());
+        let task = tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                eprintln!("OpenAI fake stopped: {error}");
+            }
+        });
+        OpenAiFake { addr, shared, task }
+    }
+
+    /// `http://127.0.0.1:PORT/v1`, the base URL a client is pointed at.
+    pub(crate) fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// The admin key (`sk-admin-fake…`) the fake accepts as `Authorization: Bearer`.
+    pub(crate) fn admin_key(&self) -> String {
+        self.shared.lock().admin_key_value.clone()
+    }
+
+    /// The id of that admin key in `GET /organization/admin_api_keys`.
+    pub(crate) fn admin_key_id(&self) -> String {
+        self.shared.lock().admin_key_id.clone()
+    }
+
+    // ---- configuration ----
+
+    /// Fixes the fake's clock (Unix seconds): creation, archive and audit times, and the end of
+    /// usage queries without `end_time`. By default it is the system clock.
+    pub(crate) fn set_now(&self, unix_seconds: i64) {
+        self.shared.lock().now = Some(unix_seconds);
+    }
+
+    /// Overrides the spec's default `limit` of every cursor list (projects, keys, audit logs, …)
+    /// for requests that send no `limit`, so tests can force several pages.
+    pub(crate) fn set_default_page_size(&self, size: usize) {
+        self.shared.lock().page_size = Some(size);
+    }
+
+    /// Overrides the default number of usage buckets per page (spec: 7, 24 or 60).
+    pub(crate) fn set_default_usage_buckets(&self, buckets: usize) {
+        self.shared.lock().usage_page_size = Some(buckets);
+    }
+
+    /// Breaks pagination: every list answers its first page with `has_more: true` and the same
+    /// `last_id` (usage: the same `next_page`), whatever cursor is sent.
+    pub(crate) fn set_always_has_more_same_cursor(&self, on: bool) {
+        self.shared.lock().broken_pagination = on;
+    }
+
+    /// Whether changes made through the API append audit events (default: yes).
+    pub(crate) fn set_audit_mutations(&self, on: bool) {
+        self.shared.lock().audit_mutations = on;
+    }
+
+    /// The next `count` requests fail with `fault` (queued after faults already waiting).
+    pub(crate) fn fail_next(&self, count: usize, fault: Fault) {
+        self.shared.lock().queue_fault(None, count, fault);
+    }
+
+    /// Like [`OpenAiFake::fail_next`], for requests whose path starts with `path_prefix`
+    /// (with or without the leading `/v1`).
+    pub(crate) fn fail_next_on(&self, path_prefix: &str, count: usize, fault: Fault) {
+        self.shared
+            .lock()
+            .queue_fault(Some(path_prefix.to_owned()), count, fault);
+    }
+
+    // ---- seeding ----
+
+    /// Adds an active project created at 2026-01-01.
+    pub(crate) fn seed_project(&self, id: &str, name: &str) {
+        self.shared.lock().add_project(id, name, None);
+    }
+
+    /// Adds a project that is already archived.
+    pub(crate) fn seed_archived_project(&self, id: &str, name: &str) {
+        self.shared
+            .lock()
+            .add_project(id, name, Some(DEFAULT_CREATED_AT));
+    }
+
+    /// Marks a seeded project as the organization's default project: it cannot be modified,
+    /// and audit events from Admin API key actions are attributed to it.
+    pub(crate) fn set_default_project(&self, project_id: &str) {
+        let mut state = self.shared.lock();
+        state.expect_project(project_id);
+        state.default_project = Some(project_id.to_owned());
+    }
+
+    /// Adds an organization user (name from the e-mail's local part) as a member of a project.
+    pub(crate) fn seed_user(&self, project_id: &str, user_id: &str, email: &str, role: Role) {
+        let mut state = self.shared.lock();
+        state.expect_project(project_id);
+        state.add_org_user(user_id, email);
+        state.add_membership(project_id, user_id, role);
+    }
+
+    /// Adds an organization user who is in no project (for `POST …/users` with `email`).
+    pub(crate) fn seed_org_user(&self, user_id: &str, email: &str) {
+        self.shared.lock().add_org_user(user_id, email);
+    }
+
+    /// Adds a user-owned project API key; the owner must have been seeded (`seed_user` or
+    /// `seed_org_user`). An owner who is not a project member has `owner_project_access: inactive`.
+    pub(crate) fn seed_key(&self, project_id: &str, owner_user_id: &str, key: KeySeed) {
+        let mut state = self.shared.lock();
+        state.expect_project(project_id);
+        assert!(
+            state.org_users.contains_key(owner_user_id),
+            "seed user {owner_user_id} before their keys"
+        );
+        state.add_key(project_id, Owner::User(owner_user_id.to_owned()), key);
+    }
+
+    /// Adds a service account (role `member`) and, as creating one through the API does, its
+    /// API key.
+    pub(crate) fn seed_service_account(
+        &self,
+        project_id: &str,
+        service_account_id: &str,
+        name: &str,
+        key: KeySeed,
+    ) {
+        let mut state = self.shared.lock();
+        state.expect_project(project_id);
+        state.add_service_account(project_id, service_account_id, name, "member");
+        state.add_key(
+            project_id,
+            Owner::ServiceAccount(service_account_id.to_owned()),
+            key,
+        );
+    }
+
+    /// Adds an organization admin API key owned by `user-fake`; returns its secret.
+    pub(crate) fn seed_admin_key(&self, id: &str, name: &str) -> String {
+        self.shared.lock().add_admin_key(id, name)
+    }
+
+    /// Adds a rate limit to a project; returns its id (`rl-<model>`).
+    pub(crate) fn seed_rate_limit(&self, project_id: &str, seed: RateLimitSeed) -> String {
+        let mut state = self.shared.lock();
+        state.expect_project(project_id);
+        state.add_rate_limit(project_id, seed)
+    }
+
+    /// Appends an audit log event; returns its id.
+    pub(crate) fn push_audit_event(&self, event: AuditEvent) -> String {
+        self.shared.lock().add_audit(event)
+    }
+
+    /// Records completions usage.
+    pub(crate) fn push_usage(&self, usage: UsageSeed) {
+        self.shared.lock().usage.push(usage);
+    }
+
+    /// Sets a key's `last_used_at`.
+    pub(crate) fn set_key_last_used(&self, key_id: &str, at: i64) {
+        let mut state = self.shared.lock();
+        let key = state
+            .keys
+            .iter_mut()
+            .find(|key| key.id == key_id)
+            .unwrap_or_else(|| panic!("no key {key_id}"));
+        key.last_used_at = Some(at);
+    }
+
+    // ---- inspection ----
+
+    /// Every request received, in order (including rejected and faulted ones).
+    pub(crate) fn calls(&self) -> Vec<Call> {
+        self.shared.lock().calls.clone()
+    }
+
+    /// The requests with this method and exact path (e.g. `DELETE`,
+    /// `/v1/organization/projects/proj_1/api_keys/key_1`).
+    pub(crate) fn calls_to(&self, method: &str, path: &str) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|call| call.method == method && call.path == path)
+            .collect()
+    }
+
+    /// Whether a project API key still exists in a project.
+    pub(crate) fn key_exists(&self, project_id: &str, key_id: &str) -> bool {
+        self.shared
+            .lock()
+            .keys
+            .iter()
+            .any(|key| key.project_id == project_id && key.id == key_id)
+    }
+
+    /// The key as `GET …/api_keys/{id}` would return it.
+    pub(crate) fn key(&self, project_id: &str, key_id: &str) -> Option<Value> {
+        let state = self.shared.lock();
+        state
+            .keys
+            .iter()
+            .find(|key| key.project_id == project_id && key.id == key_id)
+            .map(|key| state.render_key(key))
+    }
+
+    /// The full secret of a project API key (seeded or created), to play a leaked key.
+    pub(crate) fn key_secret(&self, key_id: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .keys
+            .iter()
+            .find(|key| key.id == key_id)
+            .map(|key| key.value.clone())
+    }
+
+    /// Whether a service account still exists in a project.
+    pub(crate) fn service_account_exists(
+        &self,
+        project_id: &str,
+        service_account_id: &str,
+    ) -> bool {
+        self.shared
+            .lock()
+            .service_accounts
+            .iter()
+            .any(|sa: &ServiceAccount| sa.project_id == project_id && sa.id == service_account_id)
+    }
+
+    /// The project as `GET /organization/projects/{id}` would return it.
+    pub(crate) fn project(&self, project_id: &str) -> Option<Value> {
+        self.shared
+            .lock()
+            .projects
+            .iter()
+            .find(|project: &&Project| project.id == project_id)
+            .map(Project::render)
+    }
+
+    /// The project user as `GET …/users/{id}` would return it (`None` once removed).
+    pub(crate) fn project_user(&self, project_id: &str, user_id: &str) -> Option<Value> {
+        let state = self.shared.lock();
+        state
+            .memberships
+            .iter()
+            .find(|m: &&Membership| m.project_id == project_id && m.user_id == user_id && m.active)
+            .map(|m| state.render_membership(m))
+    }
+
+    /// The rate limit as the list returns it.
+    pub(crate) fn rate_limit(&self, project_id: &str, rate_limit_id: &str) -> Option<Value> {
+        self.shared
+            .lock()
+            .rate_limits
+            .iter()
+            .find(|rl: &&RateLimit| rl.project_id == project_id && rl.id == rate_limit_id)
+            .map(RateLimit::render)
+    }
+
+    /// Whether an admin API key still exists.
+    pub(crate) fn admin_key_exists(&self, key_id: &str) -> bool {
+        self.shared
+            .lock()
+            .admin_keys
+            .iter()
+            .any(|key| key.id == key_id)
+    }
+
+    /// Every audit event, seeded or appended by the fake, oldest first.
+    pub(crate) fn audit_events(&self) -> Vec<Value> {
+        self.shared
+            .lock()
+            .audit
+            .iter()
+            .map(|entry: &AuditEntry| entry.log.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

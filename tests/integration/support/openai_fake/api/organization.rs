@@ -1,0 +1,355 @@
+//! Handlers for the organization-wide operations: admin API keys, audit logs and usage.
+
+use axum::extract::{Path, RawQuery, State as Extract};
+use serde_json::{Value, json};
+
+use super::super::state::{Listed, PageRequest, is_event_type, is_tenant_event};
+use super::projects::deleted;
+use super::{ApiError, Query, Reply, SharedState};
+
+// ---- admin API keys ----
+
+pub(super) async fn list_admin_keys(
+    Extract(shared): Extract<SharedState>,
+    RawQuery(raw): RawQuery,
+) -> Reply {
+    let state = shared.lock();
+    let query = Query::new(raw);
+    let limit = query.limit(&state, 20, 100)?;
+    let descending = match query.first("order") {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "order",
+                format!("Invalid 'order': expected 'asc' or 'desc', got '{other}'."),
+            ));
+        }
+    };
+    let all = state
+        .admin_keys
+        .iter()
+        .map(|key| Listed {
+            id: key.id.clone(),
+            key: (key.created_at, key.seq),
+            visible: true,
+            json: key.render(),
+        })
+        .collect();
+    let page = PageRequest {
+        kind: "admin_api_key",
+        limit,
+        after: query.first("after"),
+        before: None,
+        descending,
+    };
+    state.cursor_page(all, &page).map(axum::Json)
+}
+
+fn admin_key_not_found(key_id: &str) -> ApiError {
+    ApiError::not_found(format!("The admin API key {key_id} was not found"))
+}
+
+pub(super) async fn get_admin_key(
+    Extract(shared): Extract<SharedState>,
+    Path(key_id): Path<String>,
+) -> Reply {
+    let state = shared.lock();
+    state
+        .admin_keys
+        .iter()
+        .find(|key| key.id == key_id)
+        .map(|key| axum::Json(key.render()))
+        .ok_or_else(|| admin_key_not_found(&key_id))
+}
+
+pub(super) async fn delete_admin_key(
+    Extract(shared): Extract<SharedState>,
+    Path(key_id): Path<String>,
+) -> Reply {
+    let mut state = shared.lock();
+    let index = state
+        .admin_keys
+        .iter()
+        .position(|key| key.id == key_id)
+        .ok_or_else(|| admin_key_not_found(&key_id))?;
+    let key = state.admin_keys.remove(index);
+    state.bury("admin_api_key", &key.id, (key.created_at, key.seq));
+    Ok(deleted("organization.admin_api_key.deleted", &key_id))
+}
+
+// ---- audit logs ----
+
+pub(super) async fn list_audit_logs(
+    Extract(shared): Extract<SharedState>,
+    RawQuery(raw): RawQuery,
+) -> Reply {
+    let state = shared.lock();
+    let query = Query::new(raw);
+    let limit = query.limit(&state, 20, 100)?;
+    let gt = query.int("effective_at[gt]")?;
+    let gte = query.int("effective_at[gte]")?;
+    let lt = query.int("effective_at[lt]")?;
+    let lte = query.int("effective_at[lte]")?;
+    let tenant_only = query.boolean("tenant_only")?.unwrap_or(false);
+    let event_types = query.all(&["event_types[]"]);
+    for event_type in &event_types {
+        if !is_event_type(event_type) {
+            return Err(ApiError::invalid(
+                "event_types",
+                format!("Invalid 'event_types[]': '{event_type}' is not an audit log event type."),
+            ));
+        }
+        if is_tenant_event(event_type) != tenant_only {
+            return Err(ApiError::invalid(
+                "tenant_only",
+                if tenant_only {
+                    format!(
+                        "With tenant_only=true every event type must be tenant-scoped; '{event_type}' is not."
+                    )
+                } else {
+                    format!("'{event_type}' is tenant-scoped and needs tenant_only=true.")
+                },
+            ));
+        }
+    }
+    let project_ids = query.all(&["project_ids[]"]);
+    let actor_ids = query.all(&["actor_ids[]"]);
+    let actor_emails = query.all(&["actor_emails[]"]);
+    let resource_ids = query.all(&["resource_ids[]"]);
+    let all = state
+        .audit
+        .iter()
+        .map(|entry| {
+            let log = &entry.log;
+            let event_type = log["type"].as_str().unwrap_or_default();
+            let actor = &log["actor"];
+            let actor_id_values = [
+                &actor["session"]["user"]["id"],
+                &actor["api_key"]["id"],
+                &actor["api_key"]["user"]["id"],
+                &actor["api_key"]["service_account"]["id"],
+            ];
+            let actor_email_values = [
+                &actor["session"]["user"]["email"],
+                &actor["api_key"]["user"]["email"],
+            ];
+            let matches_any = |wanted: &[String], values: &[&Value]| {
+                wanted.is_empty()
+                    || values
+                        .iter()
+                        .filter_map(|value| value.as_str())
+                        .any(|value| wanted.iter().any(|w| w == value))
+            };
+            let at = entry.effective_at;
+            let visible = gt.is_none_or(|bound| at > bound)
+                && gte.is_none_or(|bound| at >= bound)
+                && lt.is_none_or(|bound| at < bound)
+                && lte.is_none_or(|bound| at <= bound)
+                && is_tenant_event(event_type) == tenant_only
+                && (event_types.is_empty() || event_types.iter().any(|t| t == event_type))
+                && matches_any(&project_ids, &[&log["project"]["id"]])
+                && matches_any(&actor_ids, &actor_id_values)
+                && matches_any(&actor_emails, &actor_email_values)
+                && matches_any(&resource_ids, &[&log[event_type]["id"]]);
+            Listed {
+                id: entry.id.clone(),
+                key: (entry.effective_at, entry.seq),
+                visible,
+                json: log.clone(),
+            }
+        })
+        .collect();
+    let page = PageRequest {
+        kind: "audit_log",
+        limit,
+        after: query.first("after"),
+        before: query.first("before"),
+        descending: true,
+    };
+    state.cursor_page(all, &page).map(axum::Json)
+}
+
+// ---- usage ----
+
+const GROUP_BY_FIELDS: [&str; 6] = [
+    "project_id",
+    "user_id",
+    "api_key_id",
+    "model",
+    "batch",
+    "service_tier",
+];
+
+pub(super) async fn usage_completions(
+    Extract(shared): Extract<SharedState>,
+    RawQuery(raw): RawQuery,
+) -> Reply {
+    let state = shared.lock();
+    let query = Query::new(raw);
+    let start_time = query.int("start_time")?.ok_or_else(|| {
+        ApiError::invalid("start_time", "Missing required parameter: 'start_time'.")
+    })?;
+    if start_time < 0 {
+        return Err(ApiError::invalid(
+            "start_time",
+            "Invalid 'start_time': must not be negative.",
+        ));
+    }
+    let end_time = match query.int("end_time")? {
+        Some(end) if end <= start_time => {
+            return Err(ApiError::invalid(
+                "end_time",
+                "Invalid 'end_time': must be after 'start_time'.",
+            ));
+        }
+        Some(end) => end,
+        None => state.now().max(start_time + 1),
+    };
+    let (width, default_limit, max_limit) = match query.first("bucket_width").unwrap_or("1d") {
+        "1m" => (60, 60, 1440),
+        "1h" => (3600, 24, 168),
+        "1d" => (86_400, 7, 31),
+        other => {
+            return Err(ApiError::invalid(
+                "bucket_width",
+                format!("Invalid 'bucket_width': expected '1m', '1h' or '1d', got '{other}'."),
+            ));
+        }
+    };
+    let limit = match query.int("limit")? {
+        None => state.usage_page_size.unwrap_or(default_limit),
+        Some(limit) => usize::try_from(limit)
+            .ok()
+            .filter(|limit| (1..=max_limit).contains(limit))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "limit",
+                    format!("Invalid 'limit': must be between 1 and {max_limit} for this bucket_width, got {limit}."),
+                )
+            })?,
+    };
+    let group_by = query.all(&["group_by", "group_by[]"]);
+    if let Some(bad) = group_by
+        .iter()
+        .find(|field| !GROUP_BY_FIELDS.contains(&field.as_str()))
+    {
+        return Err(ApiError::invalid(
+            "group_by",
+            format!(
+                "Invalid 'group_by': '{bad}' is not one of {}.",
+                GROUP_BY_FIELDS.join(", ")
+            ),
+        ));
+    }
+    let project_ids = query.all(&["project_ids", "project_ids[]"]);
+    let user_ids = query.all(&["user_ids", "user_ids[]"]);
+    let api_key_ids = query.all(&["api_key_ids", "api_key_ids[]"]);
+    let models = query.all(&["models", "models[]"]);
+    let batch = query.boolean("batch")?;
+    let first_page_token = format!("page_{start_time:x}_{width:x}");
+    let mut bucket_start = match query.first("page") {
+        None => start_time,
+        Some(token) => parse_page_token(token, start_time, end_time, width)?,
+    };
+    if state.broken_pagination {
+        bucket_start = start_time;
+    }
+    let mut buckets = Vec::new();
+    while bucket_start < end_time && buckets.len() < limit {
+        let bucket_end = bucket_start + width;
+        let mut groups: Vec<(Vec<Value>, Value)> = Vec::new();
+        for usage in state.usage.iter().filter(|usage| {
+            usage.at >= bucket_start
+                && usage.at < bucket_end
+                && usage.at < end_time
+                && (project_ids.is_empty() || project_ids.contains(&usage.project_id))
+                && (user_ids.is_empty()
+                    || usage
+                        .user_id
+                        .as_ref()
+                        .is_some_and(|user| user_ids.contains(user)))
+                && (api_key_ids.is_empty() || api_key_ids.contains(&usage.api_key_id))
+                && (models.is_empty() || models.contains(&usage.model))
+                && batch.is_none_or(|batch| batch == usage.batch)
+        }) {
+            let dimension = |field: &str| -> Value {
+                if !group_by.iter().any(|g| g == field) {
+                    return Value::Null;
+                }
+                match field {
+                    "project_id" => json!(usage.project_id),
+                    "user_id" => json!(usage.user_id),
+                    "api_key_id" => json!(usage.api_key_id),
+                    "model" => json!(usage.model),
+                    "batch" => json!(usage.batch),
+                    _ => json!(usage.service_tier),
+                }
+            };
+            let group: Vec<Value> = GROUP_BY_FIELDS.iter().map(|f| dimension(f)).collect();
+            let index = match groups.iter().position(|(key, _)| *key == group) {
+                Some(index) => index,
+                None => {
+                    let mut result = json!({
+                        "object": "organization.usage.completions.result",
+                        "input_tokens": 0,
+                        "output_tokens": 0,
+                        "input_cached_tokens": 0,
+                        "input_audio_tokens": 0,
+                        "output_audio_tokens": 0,
+                        "num_model_requests": 0,
+                    });
+                    for (field, value) in GROUP_BY_FIELDS.iter().zip(&group) {
+                        result[*field] = value.clone();
+                    }
+                    groups.push((group, result));
+                    groups.len() - 1
+                }
+            };
+            let result = &mut groups[index].1;
+            for (field, amount) in [
+                ("input_tokens", usage.input_tokens),
+                ("output_tokens", usage.output_tokens),
+                ("input_cached_tokens", usage.input_cached_tokens),
+                ("input_audio_tokens", usage.input_audio_tokens),
+                ("output_audio_tokens", usage.output_audio_tokens),
+                ("num_model_requests", usage.num_model_requests),
+            ] {
+                result[field] = json!(result[field].as_i64().unwrap_or(0) + amount);
+            }
+        }
+        buckets.push(json!({
+            "object": "bucket",
+            "start_time": bucket_start,
+            "end_time": bucket_end,
+            "results": groups.into_iter().map(|(_, result)| result).collect::<Vec<_>>(),
+        }));
+        bucket_start = bucket_end;
+    }
+    let (has_more, next_page) = if state.broken_pagination {
+        (true, Some(first_page_token))
+    } else if bucket_start < end_time {
+        (true, Some(format!("page_{bucket_start:x}_{width:x}")))
+    } else {
+        (false, None)
+    };
+    Ok(axum::Json(json!({
+        "object": "page",
+        "data": buckets,
+        "has_more": has_more,
+        "next_page": next_page,
+    })))
+}
+
+/// The bucket a `page` token points at; it must come from this query's own pages.
+fn parse_page_token(token: &str, start: i64, end: i64, width: i64) -> Result<i64, ApiError> {
+    let invalid = || ApiError::invalid("page", format!("Invalid 'page' cursor: '{token}'."));
+    let rest = token.strip_prefix("page_").ok_or_else(invalid)?;
+    let (at, token_width) = rest.split_once('_').ok_or_else(invalid)?;
+    let at = i64::from_str_radix(at, 16).map_err(|_| invalid())?;
+    let token_width = i64::from_str_radix(token_width, 16).map_err(|_| invalid())?;
+    if token_width != width || at < start || at >= end || (at - start) % width != 0 {
+        return Err(invalid());
+    }
+    Ok(at)
+}

@@ -1,0 +1,984 @@
+//! Tests of the OpenAI fake, over real HTTP with `reqwest`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::{AuditEvent, Fault, KeySeed, OpenAiFake, RateLimitSeed, Role, UsageSeed};
+
+/// A response: status, `Retry-After` if any, JSON body.
+struct Answer {
+    status: u16,
+    retry_after: Option<String>,
+    body: Value,
+}
+
+async fn send_as(
+    fake: &OpenAiFake,
+    auth: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Answer {
+    let client = reqwest::Client::new();
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("valid method");
+    let mut request = client.request(method, format!("{}{path}", fake.base_url()));
+    if let Some(auth) = auth {
+        request = request.header("Authorization", auth);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("the fake answers");
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|value| value.to_str().expect("ascii header").to_owned());
+    let body = response.json().await.expect("a JSON body");
+    Answer {
+        status,
+        retry_after,
+        body,
+    }
+}
+
+/// A request with the fake's admin key; `path` is relative to `/v1`.
+async fn send(fake: &OpenAiFake, method: &str, path: &str, body: Option<Value>) -> Answer {
+    let auth = format!("Bearer {}", fake.admin_key());
+    send_as(fake, Some(&auth), method, path, body).await
+}
+
+async fn get(fake: &OpenAiFake, path: &str) -> Value {
+    let answer = send(fake, "GET", path, None).await;
+    assert_eq!(answer.status, 200, "GET {path}: {}", answer.body);
+    answer.body
+}
+
+/// Asserts an OpenAI `ErrorResponse` with this status; returns the `error` object.
+fn assert_error(answer: &Answer, status: u16) -> Value {
+    assert_eq!(answer.status, status, "{}", answer.body);
+    let error = answer.body["error"].clone();
+    for field in ["message", "type", "param", "code"] {
+        assert!(
+            error.get(field).is_some(),
+            "error body lacks {field}: {}",
+            answer.body
+        );
+    }
+    assert!(error["message"].is_string() && error["type"].is_string());
+    error
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    page["data"]
+        .as_array()
+        .expect("data is an array")
+        .iter()
+        .map(|item| item["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+/// Follows `after=last_id` while `has_more`; returns every id and the number of pages.
+async fn walk(fake: &OpenAiFake, path: &str) -> (Vec<String>, usize) {
+    let mut all = Vec::new();
+    let mut pages = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let url = match &after {
+            Some(cursor) => format!("{path}{separator}after={cursor}"),
+            None => path.to_owned(),
+        };
+        let page = get(fake, &url).await;
+        pages += 1;
+        assert_eq!(page["object"], "list");
+        all.extend(ids(&page));
+        if page["has_more"] != json!(true) {
+            break;
+        }
+        after = page["last_id"].as_str().map(str::to_owned);
+        assert!(pages < 50, "pagination does not end");
+    }
+    (all, pages)
+}
+
+/// One project with a user-owned key and a service account with its key.
+async fn seeded() -> OpenAiFake {
+    let fake = OpenAiFake::start().await;
+    fake.set_now(1_767_600_000);
+    fake.seed_project("proj_1", "Main");
+    fake.seed_user("proj_1", "user_alice", "alice@example.com", Role::Owner);
+    fake.seed_key(
+        "proj_1",
+        "user_alice",
+        KeySeed::new("key_alice")
+            .name("laptop")
+            .last_used_at(1_767_500_000),
+    );
+    fake.seed_service_account("proj_1", "svc_acct_ci", "CI", KeySeed::new("key_ci"));
+    fake
+}
+
+#[tokio::test]
+async fn requests_without_the_admin_key_are_refused_like_openai() {
+    let fake = seeded().await;
+    assert!(fake.admin_key().starts_with("sk-admin-fake"));
+    assert!(fake.base_url().starts_with("http://127.0.0.1:"));
+    assert!(fake.base_url().ends_with("/v1"));
+
+    let missing = send_as(&fake, None, "GET", "/organization/projects", None).await;
+    let error = assert_error(&missing, 401);
+    assert!(
+        error["message"]
+            .as_str()
+            .expect("message")
+            .contains("didn't provide an API key")
+    );
+
+    let wrong = send_as(
+        &fake,
+        Some("Bearer sk-admin-wrong"),
+        "GET",
+        "/organization/projects",
+        None,
+    )
+    .await;
+    assert_eq!(assert_error(&wrong, 401)["code"], "invalid_api_key");
+
+    // A project key is not an admin key.
+    let secret = fake.key_secret("key_alice").expect("seeded");
+    let project_key = send_as(
+        &fake,
+        Some(&format!("Bearer {secret}")),
+        "GET",
+        "/organization/projects",
+        None,
+    )
+    .await;
+    assert_error(&project_key, 401);
+
+    let unknown = send(&fake, "GET", "/organization/nothing_here", None).await;
+    assert_error(&unknown, 404);
+    assert_eq!(fake.calls().len(), 4, "every request is recorded");
+    assert_eq!(
+        fake.calls()[1].authorization.as_deref(),
+        Some("Bearer sk-admin-wrong")
+    );
+}
+
+#[tokio::test]
+async fn projects_page_across_several_pages_and_archive() {
+    let fake = OpenAiFake::start().await;
+    for n in 1..=5 {
+        fake.seed_project(&format!("proj_{n}"), &format!("Project {n}"));
+    }
+    fake.seed_archived_project("proj_old", "Old");
+    fake.set_default_page_size(2);
+
+    let (active, pages) = walk(&fake, "/organization/projects").await;
+    assert_eq!(active, ["proj_1", "proj_2", "proj_3", "proj_4", "proj_5"]);
+    assert_eq!(pages, 3);
+    let (everything, _) = walk(&fake, "/organization/projects?include_archived=true").await;
+    assert_eq!(everything.len(), 6);
+
+    let page = get(&fake, "/organization/projects?limit=100").await;
+    assert_eq!(page["has_more"], false);
+    assert_eq!(page["first_id"], "proj_1");
+    assert_eq!(page["last_id"], "proj_5");
+    assert_eq!(page["data"][0]["object"], "organization.project");
+    assert_eq!(page["data"][0]["status"], "active");
+    assert_eq!(page["data"][0]["archived_at"], Value::Null);
+
+    assert_error(
+        &send(&fake, "GET", "/organization/projects?limit=0", None).await,
+        400,
+    );
+    assert_error(
+        &send(&fake, "GET", "/organization/projects?limit=101", None).await,
+        400,
+    );
+    assert_error(
+        &send(
+            &fake,
+            "GET",
+            "/organization/projects?include_archived=yes",
+            None,
+        )
+        .await,
+        400,
+    );
+    assert_error(
+        &send(&fake, "GET", "/organization/projects?after=proj_nope", None).await,
+        400,
+    );
+
+    fake.set_now(1_767_700_000);
+    let archived = send(&fake, "POST", "/organization/projects/proj_2/archive", None).await;
+    assert_eq!(archived.status, 200);
+    assert_eq!(archived.body["status"], "archived");
+    assert_eq!(archived.body["archived_at"], 1_767_700_000);
+    assert_eq!(
+        fake.project("proj_2").expect("exists")["status"],
+        "archived"
+    );
+    assert_eq!(
+        get(&fake, "/organization/projects/proj_2").await["status"],
+        "archived"
+    );
+    let (active, _) = walk(&fake, "/organization/projects").await;
+    assert!(!active.contains(&"proj_2".to_owned()));
+    assert_error(
+        &send(&fake, "GET", "/organization/projects/proj_x", None).await,
+        404,
+    );
+    assert_error(
+        &send(&fake, "POST", "/organization/projects/proj_x/archive", None).await,
+        404,
+    );
+    let events = fake.audit_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["type"], "project.archived");
+    assert_eq!(events[0]["project.archived"]["id"], "proj_2");
+}
+
+#[tokio::test]
+async fn project_keys_have_the_spec_shape_and_page() {
+    let fake = seeded().await;
+    let page = get(&fake, "/organization/projects/proj_1/api_keys").await;
+    assert_eq!(page["object"], "list");
+    assert_eq!(ids(&page), ["key_alice", "key_ci"]);
+    let alice = &page["data"][0];
+    assert_eq!(alice["object"], "organization.project.api_key");
+    assert_eq!(alice["name"], "laptop");
+    assert_eq!(alice["last_used_at"], 1_767_500_000);
+    assert_eq!(alice["owner_project_access"], "active");
+    assert_eq!(alice["owner"]["type"], "user");
+    assert_eq!(alice["owner"]["user"]["email"], "alice@example.com");
+    assert_eq!(alice["owner"]["user"]["role"], "owner");
+    let redacted = alice["redacted_value"].as_str().expect("redacted");
+    let secret = fake.key_secret("key_alice").expect("secret");
+    assert!(secret.starts_with("sk-proj-") && secret.contains("T3BlbkFJ"));
+    let (head, tail) = redacted.split_once("...").expect("prefix...suffix");
+    assert!(secret.starts_with(head) && secret.ends_with(tail));
+    let ci = &page["data"][1];
+    assert_eq!(ci["owner"]["type"], "service_account");
+    assert_eq!(ci["owner"]["service_account"]["id"], "svc_acct_ci");
+    assert_eq!(ci["owner"]["service_account"]["name"], "CI");
+    assert!(ci["owner"].get("user").is_none());
+
+    let one = get(&fake, "/organization/projects/proj_1/api_keys/key_alice").await;
+    assert_eq!(&one, alice);
+    assert_error(
+        &send(
+            &fake,
+            "GET",
+            "/organization/projects/proj_1/api_keys/key_nope",
+            None,
+        )
+        .await,
+        404,
+    );
+
+    for n in 0..5 {
+        fake.seed_key(
+            "proj_1",
+            "user_alice",
+            KeySeed::new(&format!("key_extra{n}")),
+        );
+    }
+    let (all, pages) = walk(&fake, "/organization/projects/proj_1/api_keys?limit=3").await;
+    assert_eq!(all.len(), 7);
+    assert_eq!(pages, 3);
+}
+
+#[tokio::test]
+async fn deleting_keys_follows_the_spec() {
+    let fake = seeded().await;
+    let path = "/organization/projects/proj_1/api_keys";
+
+    let refused = send(&fake, "DELETE", &format!("{path}/key_ci"), None).await;
+    let error = assert_error(&refused, 400);
+    assert_eq!(error["type"], "invalid_request_error");
+    assert_eq!(error["param"], "api_key_id");
+    assert!(fake.key_exists("proj_1", "key_ci"));
+
+    let done = send(&fake, "DELETE", &format!("{path}/key_alice"), None).await;
+    assert_eq!(done.status, 200);
+    assert_eq!(
+        done.body,
+        json!({"object": "organization.project.api_key.deleted", "id": "key_alice", "deleted": true})
+    );
+    assert!(!fake.key_exists("proj_1", "key_alice"));
+    let again = send(&fake, "DELETE", &format!("{path}/key_alice"), None).await;
+    assert_error(&again, 404);
+    assert_error(
+        &send(
+            &fake,
+            "DELETE",
+            "/organization/projects/proj_x/api_keys/key_ci",
+            None,
+        )
+        .await,
+        404,
+    );
+
+    let audit = fake.audit_events();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0]["type"], "api_key.deleted");
+    assert_eq!(audit[0]["api_key.deleted"]["id"], "key_alice");
+    assert_eq!(audit[0]["actor"]["type"], "api_key");
+    assert_eq!(
+        fake.calls_to("DELETE", &format!("/v1{path}/key_alice"))
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn service_accounts_list_create_and_delete_with_their_keys() {
+    let fake = seeded().await;
+    let path = "/organization/projects/proj_1/service_accounts";
+    let page = get(&fake, path).await;
+    assert_eq!(ids(&page), ["svc_acct_ci"]);
+    assert_eq!(
+        page["data"][0]["object"],
+        "organization.project.service_account"
+    );
+    assert_eq!(page["data"][0]["role"], "member");
+
+    let created = send(&fake, "POST", path, Some(json!({"name": "Deploy"}))).await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    assert_eq!(created.body["role"], "member");
+    let key = &created.body["api_key"];
+    assert_eq!(
+        key["object"],
+        "organization.project.service_account.api_key"
+    );
+    assert!(
+        key["value"]
+            .as_str()
+            .expect("value")
+            .starts_with("sk-svcacct-")
+    );
+    let new_sa = created.body["id"].as_str().expect("id").to_owned();
+    let new_key = key["id"].as_str().expect("key id").to_owned();
+    assert!(fake.key_exists("proj_1", &new_key));
+    assert_eq!(
+        fake.calls().last().expect("call").body,
+        Some(json!({"name": "Deploy"}))
+    );
+
+    let bare = send(
+        &fake,
+        "POST",
+        path,
+        Some(json!({"name": "Bare", "create_service_account_only": true})),
+    )
+    .await;
+    assert_eq!(bare.body["role"], "none");
+    assert_eq!(bare.body["api_key"], Value::Null);
+    assert_error(&send(&fake, "POST", path, Some(json!({}))).await, 400);
+    assert_error(
+        &send(&fake, "POST", path, Some(json!({"name": 7}))).await,
+        400,
+    );
+
+    let gone = send(&fake, "DELETE", &format!("{path}/{new_sa}"), None).await;
+    assert_eq!(
+        gone.body,
+        json!({"object": "organization.project.service_account.deleted", "id": new_sa, "deleted": true})
+    );
+    assert!(!fake.service_account_exists("proj_1", &new_sa));
+    assert!(!fake.key_exists("proj_1", &new_key), "its key went with it");
+    assert!(fake.key_exists("proj_1", "key_ci"));
+    assert_error(
+        &send(&fake, "DELETE", &format!("{path}/{new_sa}"), None).await,
+        404,
+    );
+    assert_error(
+        &send(&fake, "GET", &format!("{path}/{new_sa}"), None).await,
+        404,
+    );
+    assert_eq!(
+        get(&fake, &format!("{path}/svc_acct_ci")).await["name"],
+        "CI"
+    );
+
+    fake.seed_archived_project("proj_old", "Old");
+    let archived = "/organization/projects/proj_old/service_accounts";
+    assert_error(&send(&fake, "GET", archived, None).await, 400);
+    assert_error(
+        &send(&fake, "POST", archived, Some(json!({"name": "x"}))).await,
+        400,
+    );
+}
+
+#[tokio::test]
+async fn project_users_change_role_and_leave() {
+    let fake = seeded().await;
+    fake.seed_user("proj_1", "user_bob", "bob@example.com", Role::Member);
+    let path = "/organization/projects/proj_1/users";
+    let page = get(&fake, path).await;
+    assert_eq!(ids(&page), ["user_alice", "user_bob"]);
+    assert_eq!(page["data"][1]["object"], "organization.project.user");
+    assert_eq!(page["data"][1]["email"], "bob@example.com");
+    assert_eq!(page["data"][1]["role"], "member");
+
+    let promoted = send(
+        &fake,
+        "POST",
+        &format!("{path}/user_bob"),
+        Some(json!({"role": "owner"})),
+    )
+    .await;
+    assert_eq!(promoted.status, 200);
+    assert_eq!(promoted.body["role"], "owner");
+    assert_eq!(
+        fake.project_user("proj_1", "user_bob").expect("member")["role"],
+        "owner"
+    );
+    assert_error(
+        &send(
+            &fake,
+            "POST",
+            &format!("{path}/user_bob"),
+            Some(json!({"role": "admin"})),
+        )
+        .await,
+        400,
+    );
+    assert_error(
+        &send(&fake, "POST", &format!("{path}/user_bob"), Some(json!({}))).await,
+        400,
+    );
+    assert_error(
+        &send(
+            &fake,
+            "POST",
+            &format!("{path}/user_nope"),
+            Some(json!({"role": "member"})),
+        )
+        .await,
+        404,
+    );
+
+    // Alice leaves: her key stays enabled, but only `any`/`inactive` lists show it.
+    let left = send(&fake, "DELETE", &format!("{path}/user_alice"), None).await;
+    assert_eq!(
+        left.body,
+        json!({"object": "organization.project.user.deleted", "id": "user_alice", "deleted": true})
+    );
+    assert!(fake.project_user("proj_1", "user_alice").is_none());
+    let keys = "/organization/projects/proj_1/api_keys";
+    assert_eq!(ids(&get(&fake, keys).await), ["key_ci"]);
+    let any = get(&fake, &format!("{keys}?owner_project_access=any")).await;
+    assert_eq!(ids(&any), ["key_alice", "key_ci"]);
+    assert_eq!(any["data"][0]["owner_project_access"], "inactive");
+    let inactive = get(&fake, &format!("{keys}?owner_project_access=inactive")).await;
+    assert_eq!(ids(&inactive), ["key_alice"]);
+    assert_error(
+        &send(
+            &fake,
+            "GET",
+            &format!("{keys}?owner_project_access=all"),
+            None,
+        )
+        .await,
+        400,
+    );
+
+    // She can be added back by e-mail.
+    let back = send(
+        &fake,
+        "POST",
+        path,
+        Some(json!({"email": "alice@example.com", "role": "member"})),
+    )
+    .await;
+    assert_eq!(back.status, 200, "{}", back.body);
+    assert_eq!(back.body["id"], "user_alice");
+    assert_error(
+        &send(
+            &fake,
+            "POST",
+            path,
+            Some(json!({"user_id": "user_stranger", "role": "member"})),
+        )
+        .await,
+        400,
+    );
+
+    let types: Vec<Value> = fake
+        .audit_events()
+        .iter()
+        .map(|e| e["type"].clone())
+        .collect();
+    assert_eq!(types, ["user.updated", "user.deleted", "user.added"]);
+    assert_eq!(
+        fake.audit_events()[0]["user.updated"]["changes_requested"]["role"],
+        "owner"
+    );
+
+    fake.seed_archived_project("proj_old", "Old");
+    assert_error(
+        &send(&fake, "GET", "/organization/projects/proj_old/users", None).await,
+        400,
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_list_and_validate_changes() {
+    let fake = seeded().await;
+    let id = fake.seed_rate_limit(
+        "proj_1",
+        RateLimitSeed::new("gpt-4o", 500, 30_000).with("max_requests_per_1_day", 10_000),
+    );
+    assert_eq!(id, "rl-gpt-4o");
+    fake.seed_rate_limit(
+        "proj_1",
+        RateLimitSeed::new("dall-e-3", 50, 1_000).with("max_images_per_1_minute", 5),
+    );
+    let path = "/organization/projects/proj_1/rate_limits";
+    let page = get(&fake, path).await;
+    assert_eq!(ids(&page), ["rl-gpt-4o", "rl-dall-e-3"]);
+    assert_eq!(
+        page["data"][0],
+        json!({"object": "project.rate_limit", "id": "rl-gpt-4o", "model": "gpt-4o",
+               "max_requests_per_1_minute": 500, "max_tokens_per_1_minute": 30_000,
+               "max_requests_per_1_day": 10_000})
+    );
+    let second = get(&fake, &format!("{path}?limit=1&after=rl-gpt-4o")).await;
+    assert_eq!(ids(&second), ["rl-dall-e-3"]);
+    let first = get(&fake, &format!("{path}?limit=1&before=rl-dall-e-3")).await;
+    assert_eq!(ids(&first), ["rl-gpt-4o"]);
+
+    let lowered = send(
+        &fake,
+        "POST",
+        &format!("{path}/rl-gpt-4o"),
+        Some(json!({"max_requests_per_1_minute": 1, "max_tokens_per_1_minute": 100})),
+    )
+    .await;
+    assert_eq!(lowered.status, 200, "{}", lowered.body);
+    assert_eq!(lowered.body["max_requests_per_1_minute"], 1);
+    assert_eq!(
+        fake.rate_limit("proj_1", "rl-gpt-4o").expect("exists")["max_tokens_per_1_minute"],
+        100
+    );
+    let event = &fake.audit_events()[0];
+    assert_eq!(event["type"], "rate_limit.updated");
+    assert_eq!(
+        event["rate_limit.updated"]["changes_requested"]["max_requests_per_1_minute"],
+        1
+    );
+
+    for bad in [
+        json!({}),
+        json!({"max_requests_per_1_minute": "10"}),
+        json!({"max_requests_per_1_minute": 1.5}),
+        json!({"max_requests_per_1_minute": 0}),
+        json!({"max_requests_per_1_minute": -5}),
+        json!({"max_requests_per_1_hour": 10}),
+        json!({"max_images_per_1_minute": 10}),
+    ] {
+        let answer = send(
+            &fake,
+            "POST",
+            &format!("{path}/rl-gpt-4o"),
+            Some(bad.clone()),
+        )
+        .await;
+        assert_error(&answer, 400);
+    }
+    assert_error(
+        &send(
+            &fake,
+            "POST",
+            &format!("{path}/rl-nope"),
+            Some(json!({"max_requests_per_1_minute": 1})),
+        )
+        .await,
+        404,
+    );
+    let missing = send(
+        &fake,
+        "GET",
+        "/organization/projects/proj_x/rate_limits",
+        None,
+    )
+    .await;
+    assert!(
+        assert_error(&missing, 404)["message"]
+            .as_str()
+            .expect("message")
+            .contains("The project proj_x was not found")
+    );
+}
+
+#[tokio::test]
+async fn admin_keys_list_in_both_orders_and_delete() {
+    let fake = OpenAiFake::start().await;
+    let other = fake.seed_admin_key("key_admin_2", "Second");
+    assert!(other.starts_with("sk-admin-"));
+    let path = "/organization/admin_api_keys";
+    let asc = get(&fake, path).await;
+    assert_eq!(ids(&asc), [fake.admin_key_id(), "key_admin_2".to_owned()]);
+    assert_eq!(asc["data"][0]["object"], "organization.admin_api_key");
+    assert!(
+        asc["data"][0]["redacted_value"]
+            .as_str()
+            .expect("redacted")
+            .starts_with("sk-admin")
+    );
+    assert_eq!(asc["data"][0]["owner"]["type"], "user");
+    let desc = get(&fake, &format!("{path}?order=desc&limit=1")).await;
+    assert_eq!(ids(&desc), ["key_admin_2"]);
+    assert_eq!(desc["has_more"], true);
+    assert_error(
+        &send(&fake, "GET", &format!("{path}?order=newest"), None).await,
+        400,
+    );
+
+    let gone = send(&fake, "DELETE", &format!("{path}/key_admin_2"), None).await;
+    assert_eq!(
+        gone.body,
+        json!({"id": "key_admin_2", "object": "organization.admin_api_key.deleted", "deleted": true})
+    );
+    assert!(!fake.admin_key_exists("key_admin_2"));
+    assert_error(
+        &send(&fake, "DELETE", &format!("{path}/key_admin_2"), None).await,
+        404,
+    );
+    // A deleted admin key no longer authenticates.
+    let with_deleted = send_as(&fake, Some(&format!("Bearer {other}")), "GET", path, None).await;
+    assert_error(&with_deleted, 401);
+}
+
+#[tokio::test]
+async fn audit_logs_filter_and_page_newest_first() {
+    let fake = seeded().await;
+    fake.seed_project("proj_2", "Other");
+    fake.set_default_page_size(2);
+    let created = fake.push_audit_event(
+        AuditEvent::new(
+            "api_key.created",
+            100,
+            json!({"id": "key_a", "data": {"scopes": ["api.model.request"]}}),
+        )
+        .project("proj_1"),
+    );
+    fake.push_audit_event(
+        AuditEvent::new(
+            "api_key.updated",
+            200,
+            json!({"id": "key_a", "changes_requested": {"scopes": []}}),
+        )
+        .project("proj_1"),
+    );
+    fake.push_audit_event(
+        AuditEvent::new(
+            "project.updated",
+            300,
+            json!({"id": "proj_2", "changes_requested": {"title": "x"}}),
+        )
+        .project("proj_2"),
+    );
+    fake.push_audit_event(
+        AuditEvent::new("service_account.created", 400, json!({"id": "svc_1", "data": {"role": "member"}}))
+            .project("proj_1")
+            .actor(json!({"type": "api_key", "api_key": {"id": "key_tracking", "type": "service_account", "service_account": {"id": "svc_0"}}})),
+    );
+    fake.push_audit_event(AuditEvent::new(
+        "tenant.admin_api_key.deleted",
+        500,
+        json!({"id": "key_t"}),
+    ));
+
+    let path = "/organization/audit_logs";
+    let page = get(&fake, path).await;
+    assert_eq!(page["data"][0]["type"], "service_account.created");
+    assert_eq!(page["data"][0]["effective_at"], 400);
+    assert_eq!(
+        page["data"][0]["project"],
+        json!({"id": "proj_1", "name": "Main"})
+    );
+    assert_eq!(page["data"][1]["type"], "project.updated");
+    assert_eq!(page["has_more"], true);
+    let (all, pages) = walk(&fake, path).await;
+    assert_eq!(all.len(), 4, "tenant events need tenant_only=true");
+    assert_eq!(pages, 2);
+    assert_eq!(all.last(), Some(&created));
+
+    let since = get(
+        &fake,
+        &format!("{path}?effective_at[gt]=100&effective_at[lte]=300"),
+    )
+    .await;
+    let types: Vec<&Value> = since["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|e| &e["type"])
+        .collect();
+    assert_eq!(
+        types,
+        [&json!("project.updated"), &json!("api_key.updated")]
+    );
+    let encoded = get(&fake, &format!("{path}?effective_at%5Bgte%5D=400")).await;
+    assert_eq!(ids(&encoded).len(), 1);
+
+    let keys = get(
+        &fake,
+        &format!("{path}?event_types[]=api_key.created&event_types[]=api_key.updated&limit=10"),
+    )
+    .await;
+    assert_eq!(ids(&keys).len(), 2);
+    let projects = get(&fake, &format!("{path}?project_ids[]=proj_2")).await;
+    assert_eq!(ids(&projects).len(), 1);
+    let by_actor = get(&fake, &format!("{path}?actor_ids[]=svc_0")).await;
+    assert_eq!(ids(&by_actor).len(), 1);
+    let by_resource = get(&fake, &format!("{path}?resource_ids[]=key_a&limit=10")).await;
+    assert_eq!(ids(&by_resource).len(), 2);
+    let tenant = get(&fake, &format!("{path}?tenant_only=true")).await;
+    assert_eq!(tenant["data"][0]["type"], "tenant.admin_api_key.deleted");
+
+    let newer = get(&fake, &format!("{path}?before={created}&limit=1")).await;
+    assert_eq!(newer["data"][0]["type"], "api_key.updated");
+
+    assert_error(
+        &send(
+            &fake,
+            "GET",
+            &format!("{path}?event_types[]=key.leaked"),
+            None,
+        )
+        .await,
+        400,
+    );
+    assert_error(
+        &send(
+            &fake,
+            "GET",
+            &format!("{path}?event_types[]=tenant.admin_api_key.deleted"),
+            None,
+        )
+        .await,
+        400,
+    );
+    assert_error(
+        &send(
+            &fake,
+            "GET",
+            &format!("{path}?effective_at[gt]=yesterday"),
+            None,
+        )
+        .await,
+        400,
+    );
+    assert_error(
+        &send(&fake, "GET", &format!("{path}?limit=1000"), None).await,
+        400,
+    );
+}
+
+#[tokio::test]
+async fn completions_usage_buckets_group_and_page() {
+    let fake = seeded().await;
+    let day = 86_400;
+    let start = 1_767_225_600; // 2026-01-01
+    fake.push_usage(
+        UsageSeed::new(start + 10, "proj_1", "key_alice")
+            .requests(3)
+            .tokens(100, 50),
+    );
+    fake.push_usage(
+        UsageSeed::new(start + 20, "proj_1", "key_alice")
+            .requests(2)
+            .tokens(10, 5),
+    );
+    fake.push_usage(UsageSeed::new(start + 30, "proj_1", "key_ci").requests(7));
+    fake.push_usage(
+        UsageSeed::new(start + 2 * day + 5, "proj_2", "key_x")
+            .requests(1)
+            .model("gpt-4o"),
+    );
+    let path = "/organization/usage/completions";
+
+    let grouped = get(
+        &fake,
+        &format!("{path}?start_time={start}&end_time={}&bucket_width=1d&group_by[]=api_key_id&group_by[]=project_id", start + 3 * day),
+    )
+    .await;
+    assert_eq!(grouped["object"], "page");
+    assert_eq!(grouped["has_more"], false);
+    assert_eq!(grouped["next_page"], Value::Null);
+    let buckets = grouped["data"].as_array().expect("buckets");
+    assert_eq!(buckets.len(), 3);
+    assert_eq!(buckets[0]["object"], "bucket");
+    assert_eq!(buckets[0]["start_time"], start);
+    assert_eq!(buckets[0]["end_time"], start + day);
+    let first = buckets[0]["results"].as_array().expect("results");
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[0]["object"], "organization.usage.completions.result");
+    assert_eq!(first[0]["api_key_id"], "key_alice");
+    assert_eq!(first[0]["project_id"], "proj_1");
+    assert_eq!(first[0]["num_model_requests"], 5);
+    assert_eq!(first[0]["input_tokens"], 110);
+    assert_eq!(first[0]["output_tokens"], 55);
+    assert_eq!(first[0]["model"], Value::Null, "not grouped by model");
+    assert_eq!(first[1]["api_key_id"], "key_ci");
+    assert_eq!(buckets[1]["results"], json!([]));
+    assert_eq!(buckets[2]["results"][0]["api_key_id"], "key_x");
+
+    let totals = get(
+        &fake,
+        &format!("{path}?start_time={start}&end_time={}", start + day),
+    )
+    .await;
+    let total = &totals["data"][0]["results"][0];
+    assert_eq!(total["num_model_requests"], 12);
+    assert_eq!(total["api_key_id"], Value::Null);
+
+    let filtered = get(
+        &fake,
+        &format!(
+            "{path}?start_time={start}&end_time={}&api_key_ids[]=key_ci",
+            start + day
+        ),
+    )
+    .await;
+    assert_eq!(filtered["data"][0]["results"][0]["num_model_requests"], 7);
+
+    // Hourly buckets over two days, 24 per page by default: three pages.
+    let mut page_token: Option<String> = None;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let mut url = format!(
+            "{path}?start_time={start}&end_time={}&bucket_width=1h&group_by=api_key_id",
+            start + 2 * day + 3600
+        );
+        if let Some(token) = &page_token {
+            url.push_str(&format!("&page={token}"));
+        }
+        let page = get(&fake, &url).await;
+        pages += 1;
+        for bucket in page["data"].as_array().expect("buckets") {
+            seen.push(bucket["start_time"].as_i64().expect("start"));
+        }
+        if page["has_more"] == json!(false) {
+            assert_eq!(page["next_page"], Value::Null);
+            break;
+        }
+        page_token = Some(page["next_page"].as_str().expect("next_page").to_owned());
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 49);
+    assert!(seen.windows(2).all(|pair| pair[1] - pair[0] == 3600));
+
+    assert_error(&send(&fake, "GET", path, None).await, 400);
+    for bad in [
+        format!("start_time={start}&bucket_width=1w"),
+        format!("start_time={start}&group_by[]=organization"),
+        format!("start_time={start}&bucket_width=1d&limit=32"),
+        format!("start_time={start}&end_time={start}"),
+        format!("start_time={start}&page=page_nonsense"),
+        "start_time=soon".to_owned(),
+    ] {
+        let answer = send(&fake, "GET", &format!("{path}?{bad}"), None).await;
+        assert_error(&answer, 400);
+    }
+}
+
+#[tokio::test]
+async fn faults_are_served_in_order_and_by_path() {
+    let fake = seeded().await;
+    fake.fail_next(2, Fault::ServerError);
+    fake.fail_next(
+        1,
+        Fault::RateLimited {
+            retry_after_secs: 7,
+        },
+    );
+    let path = "/organization/projects";
+    let first = send(&fake, "GET", path, None).await;
+    assert_eq!(assert_error(&first, 500)["type"], "server_error");
+    assert_error(&send(&fake, "GET", path, None).await, 500);
+    let limited = send(&fake, "GET", path, None).await;
+    assert_error(&limited, 429);
+    assert_eq!(limited.retry_after.as_deref(), Some("7"));
+    assert_eq!(send(&fake, "GET", path, None).await.status, 200);
+
+    fake.fail_next_on(
+        "/organization/usage",
+        1,
+        Fault::Status(503, "overloaded".to_owned()),
+    );
+    assert_eq!(
+        send(&fake, "GET", path, None).await.status,
+        200,
+        "other paths are untouched"
+    );
+    let usage = send(
+        &fake,
+        "GET",
+        "/organization/usage/completions?start_time=0&end_time=60",
+        None,
+    )
+    .await;
+    assert_eq!(assert_error(&usage, 503)["message"], "overloaded");
+
+    fake.fail_next_on(
+        "/v1/organization/projects",
+        1,
+        Fault::Slow(Duration::from_millis(300)),
+    );
+    let started = Instant::now();
+    assert_eq!(send(&fake, "GET", path, None).await.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn broken_pagination_repeats_the_same_cursor() {
+    let fake = seeded().await;
+    for n in 2..=4 {
+        fake.seed_project(&format!("proj_{n}"), "p");
+    }
+    fake.set_always_has_more_same_cursor(true);
+    let first = get(&fake, "/organization/projects?limit=2").await;
+    assert_eq!(first["has_more"], true);
+    let cursor = first["last_id"].as_str().expect("last_id").to_owned();
+    let second = get(
+        &fake,
+        &format!("/organization/projects?limit=2&after={cursor}"),
+    )
+    .await;
+    assert_eq!(second["has_more"], true);
+    assert_eq!(second["last_id"], cursor.as_str());
+
+    let path = "/organization/usage/completions?start_time=0&end_time=600&bucket_width=1m&limit=2";
+    let usage = get(&fake, path).await;
+    assert_eq!(usage["has_more"], true);
+    let token = usage["next_page"].as_str().expect("next_page").to_owned();
+    let again = get(&fake, &format!("{path}&page={token}")).await;
+    assert_eq!(again["next_page"], token.as_str());
+    assert_eq!(again["data"], usage["data"]);
+}
+
+#[tokio::test]
+async fn stops_serving_when_dropped() {
+    let fake = OpenAiFake::start().await;
+    let url = format!("{}/organization/projects", fake.base_url());
+    drop(fake);
+    let client = reqwest::Client::new();
+    let mut refused = false;
+    for _ in 0..50 {
+        if client.get(&url).send().await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the fake still answers after drop");
+}
