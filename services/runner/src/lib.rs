@@ -4,6 +4,7 @@
 pub mod actions;
 pub mod cli;
 pub mod config;
+pub mod connectors;
 pub mod engine;
 pub mod playbook;
 pub mod service;

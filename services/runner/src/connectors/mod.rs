@@ -1,0 +1,52 @@
+//! Connectors: the actions that reach the outside world — the OpenAI Admin API, Slack, HTTP —
+//! built from the service config. Each speaks its service's real API (see
+//! `shared/reference/`), classifies failures for the retry policy ([`ActionError`]) and never
+//! puts a secret into an error, a log line or an output.
+
+pub mod http;
+pub mod openai;
+pub mod slack;
+
+use std::time::Duration;
+
+use crate::engine::ActionError;
+
+/// Per-request timeout of outbound HTTP calls.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An HTTP client for connectors: rustls (ring), timeouts, no redirects unless a connector
+/// follows them itself, and a `User-Agent` naming quench.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(concat!("quench/", env!("CARGO_PKG_VERSION")))
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("the HTTP client's configuration is valid")
+}
+
+/// `Retry-After` in seconds (the only form OpenAI and Slack send), capped at an hour.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let seconds: u64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds.min(3600)))
+}
+
+/// A transport failure (connect, timeout, broken body): worth retrying. The message names no
+/// header or body, so it cannot carry a credential.
+pub fn transport_error(service: &str, error: reqwest::Error) -> ActionError {
+    let what = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else {
+        "failed"
+    };
+    ActionError::retryable(format!("{service} request {what}: {}", error.without_url()))
+}
