@@ -462,8 +462,8 @@ impl Config {
             ("openai.base_url", &self.openai.base_url),
             ("slack.api_url", &self.slack.api_url),
         ] {
-            if !(base.1.starts_with("https://") || base.1.starts_with("http://")) {
-                return Err(bad(base.0, base.1, "must be an http(s) URL"));
+            if let Err(problem) = crate::connectors::check_base_url(base.1) {
+                return Err(bad(base.0, base.1, &problem));
             }
         }
         for (index, host) in self.http.allow_hosts.iter().enumerate() {

@@ -77,6 +77,17 @@ impl Harness {
         now: chrono::DateTime<chrono::Utc>,
         mocks: std::collections::BTreeMap<String, Vec<quench_runner::testing::MockResult>>,
     ) -> Harness {
+        Harness::with_slack(store, playbooks, now, mocks, None).await
+    }
+
+    /// As [`Harness::on`], with a real Slack connector for `slack.message` and gate notices.
+    pub(crate) async fn with_slack(
+        store: quench_runner::store::Store,
+        playbooks: &[&str],
+        now: chrono::DateTime<chrono::Utc>,
+        mocks: std::collections::BTreeMap<String, Vec<quench_runner::testing::MockResult>>,
+        slack: Option<std::sync::Arc<quench_runner::connectors::slack::Slack>>,
+    ) -> Harness {
         use std::sync::Arc;
         let clock = Arc::new(quench_runner::engine::ManualClock::new(now));
         let script = Arc::new(quench_runner::testing::Script::new(mocks));
@@ -95,7 +106,13 @@ impl Harness {
             "secops".to_owned(),
             vec!["lead@example.com".to_owned(), "U0SECOPS1".to_owned()],
         );
-        let engine = quench_runner::engine::Engine::new(store, clock.clone(), actions, config);
+        if let Some(slack) = &slack {
+            slack.register(&mut actions);
+        }
+        let mut engine = quench_runner::engine::Engine::new(store, clock.clone(), actions, config);
+        if let Some(slack) = slack {
+            engine = engine.with_notifier(slack);
+        }
         let compiled = playbooks
             .iter()
             .map(|source| {

@@ -26,6 +26,23 @@ pub fn http_client() -> reqwest::Client {
         .expect("the HTTP client's configuration is valid")
 }
 
+/// Checks a service's base URL: https, or plain http only to a loopback host (a local fake),
+/// so a credential never crosses a network in the clear.
+pub fn check_base_url(base: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(base).map_err(|error| format!("is not a URL: {error}"))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(host)) => host == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if loopback => Ok(url),
+        _ => Err("must use https (plain http only for a loopback fake)".to_owned()),
+    }
+}
+
 /// `Retry-After` in seconds (the only form OpenAI and Slack send), capped at an hour.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let seconds: u64 = headers

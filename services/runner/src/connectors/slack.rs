@@ -1,1 +1,457 @@
-//! The Slack connector.
+//! The Slack connector (slack-morphism 2.31.1): `slack.message`, and gate notices — a DM per
+//! approver with one button per choice (the gate's token in each button's value), reminders,
+//! escalations, and `chat.update` once the gate closes, showing the outcome without buttons.
+//!
+//! Recipients: an email (looked up with `users.lookupByEmail`, cached, then a DM through
+//! `conversations.open`), a Slack user id (`U…`/`W…`, DM), a `#channel`, or `group:<name>` from
+//! the service config (each member as above). Text from findings is escaped when the playbook is
+//! rendered (see `engine::render`), so it cannot mention `@channel` or forge a link.
+//! Errors: HTTP 429 honours `Retry-After`; `ok:false` codes are mapped (rate limits and Slack's
+//! own failures retry; `users_not_found` and the like are permanent, naming the recipient).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use slack_morphism::errors::SlackClientError;
+use slack_morphism::prelude::*;
+
+use crate::config::Secret;
+use crate::engine::{
+    Action, ActionError, ActionFuture, Actions, Call, Delivery, Gate, GateMessage, NoticeFuture,
+    NoticeKind, NoticeRequest, Notifier, Success,
+};
+
+/// The Slack Web API client for one bot token.
+pub struct Slack {
+    client: SlackHyperClient,
+    token: SlackApiToken,
+    groups: BTreeMap<String, Vec<String>>,
+    /// Email (lowercased) → Slack user id.
+    users: Mutex<HashMap<String, String>>,
+}
+
+impl std::fmt::Debug for Slack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slack").finish_non_exhaustive()
+    }
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone)]
+struct Destination {
+    /// The recipient as named (an email, a user id, `#channel`).
+    label: String,
+    channel: String,
+    /// (Slack user id, email) when an email was looked up.
+    alias: Option<(String, String)>,
+}
+
+impl Slack {
+    /// A client for `api_url` (`https://slack.com/api`, or a local fake in tests: plain
+    /// `http://` is accepted only for loopback hosts, so the token never crosses a network in
+    /// the clear).
+    pub fn new(
+        api_url: &str,
+        bot_token: &Secret,
+        groups: BTreeMap<String, Vec<String>>,
+    ) -> Result<Slack, String> {
+        super::check_base_url(api_url)
+            .map_err(|problem| format!("slack.api_url `{api_url}` {problem}"))?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(|error| format!("cannot load the system's TLS roots: {error}"))?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .build();
+        let connector = SlackClientHyperConnector::with_connector(https)
+            .with_slack_api_url(api_url.trim_end_matches('/'));
+        Ok(Slack {
+            client: SlackClient::new(connector),
+            token: SlackApiToken::new(bot_token.expose().to_owned().into()),
+            groups,
+            users: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Registers `slack.message`.
+    pub fn register(self: &Arc<Slack>, actions: &mut Actions) {
+        actions.insert("slack.message", Arc::new(SlackMessageAction(self.clone())));
+    }
+
+    fn cached_user(&self, email: &str) -> Option<String> {
+        self.users
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(email)
+            .cloned()
+    }
+
+    /// The Slack user id of an email (cached).
+    async fn user_id(&self, email: &str) -> Result<String, ActionError> {
+        let email = email.trim().to_lowercase();
+        if let Some(id) = self.cached_user(&email) {
+            return Ok(id);
+        }
+        let session = self.client.open_session(&self.token);
+        let found = session
+            .users_lookup_by_email(&SlackApiUsersLookupByEmailRequest::new(EmailAddress(
+                email.clone(),
+            )))
+            .await
+            .map_err(|error| classify("users.lookupByEmail", &email, error))?;
+        let id = found.user.id.0;
+        self.users
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(email, id.clone());
+        Ok(id)
+    }
+
+    async fn dm(&self, user: &str) -> Result<String, ActionError> {
+        let session = self.client.open_session(&self.token);
+        let opened = session
+            .conversations_open(
+                &SlackApiConversationsOpenRequest::new().with_users(vec![SlackUserId(user.into())]),
+            )
+            .await
+            .map_err(|error| classify("conversations.open", user, error))?;
+        Ok(opened.channel.id.0)
+    }
+
+    /// Resolves one recipient to where its messages go (a group to each member).
+    async fn resolve(&self, to: &str) -> Vec<Result<Destination, (String, ActionError)>> {
+        let to = to.trim();
+        if let Some(group) = to.strip_prefix("group:") {
+            let Some(members) = self.groups.get(group) else {
+                return vec![Err((
+                    to.to_owned(),
+                    ActionError::permanent(format!(
+                        "approver group `{group}` is not defined in the service config (`[groups]`)"
+                    )),
+                ))];
+            };
+            let mut out = Vec::new();
+            for member in members {
+                out.push(self.resolve_one(member).await);
+            }
+            return out;
+        }
+        vec![self.resolve_one(to).await]
+    }
+
+    async fn resolve_one(&self, to: &str) -> Result<Destination, (String, ActionError)> {
+        let failed = |error| (to.to_owned(), error);
+        if let Some(channel) = to.strip_prefix('#') {
+            return Ok(Destination {
+                label: to.to_owned(),
+                channel: channel.to_owned(),
+                alias: None,
+            });
+        }
+        if to.contains('@') {
+            let user = self.user_id(to).await.map_err(failed)?;
+            let channel = self.dm(&user).await.map_err(failed)?;
+            return Ok(Destination {
+                label: to.to_owned(),
+                channel,
+                alias: Some((user, to.to_lowercase())),
+            });
+        }
+        if to.starts_with(['U', 'W']) {
+            let channel = self.dm(to).await.map_err(failed)?;
+            return Ok(Destination {
+                label: to.to_owned(),
+                channel,
+                alias: None,
+            });
+        }
+        Err(failed(ActionError::permanent(format!(
+            "`{to}` is not an email, a Slack user id, a #channel or a group:<name>"
+        ))))
+    }
+
+    async fn post(
+        &self,
+        channel: &str,
+        content: SlackMessageContent,
+    ) -> Result<(String, String), ActionError> {
+        let session = self.client.open_session(&self.token);
+        let posted = session
+            .chat_post_message(&SlackApiChatPostMessageRequest::new(
+                SlackChannelId(channel.into()),
+                content,
+            ))
+            .await
+            .map_err(|error| classify("chat.postMessage", channel, error))?;
+        Ok((posted.channel.0, posted.ts.0))
+    }
+
+    async fn update(
+        &self,
+        message: &GateMessage,
+        content: SlackMessageContent,
+    ) -> Result<(), ActionError> {
+        let session = self.client.open_session(&self.token);
+        session
+            .chat_update(&SlackApiChatUpdateRequest::new(
+                SlackChannelId(message.channel.clone()),
+                content,
+                SlackTs(message.ts.clone()),
+            ))
+            .await
+            .map_err(|error| classify("chat.update", &message.channel, error))?;
+        Ok(())
+    }
+
+    async fn notify(&self, request: &NoticeRequest) -> Delivery {
+        let mut delivery = Delivery::default();
+        if request.kind == NoticeKind::Closed {
+            let content = closed_message(&request.gate);
+            for message in &request.gate.messages {
+                match self.update(message, content.clone()).await {
+                    Ok(()) => delivery.updated += 1,
+                    Err(error) => delivery.failed.push((message.to.clone(), error)),
+                }
+            }
+            return delivery;
+        }
+        let content = approval_message(request);
+        for recipient in &request.to {
+            for destination in self.resolve(recipient).await {
+                let destination = match destination {
+                    Ok(destination) => destination,
+                    Err(failure) => {
+                        delivery.failed.push(failure);
+                        continue;
+                    }
+                };
+                match self.post(&destination.channel, content.clone()).await {
+                    Ok((channel, ts)) => {
+                        delivery.posted.push(GateMessage {
+                            to: destination.label,
+                            channel,
+                            ts,
+                        });
+                        delivery.aliases.extend(destination.alias);
+                    }
+                    Err(error) => delivery.failed.push((destination.label, error)),
+                }
+            }
+        }
+        delivery
+    }
+}
+
+impl Notifier for Slack {
+    fn deliver<'a>(&'a self, request: &'a NoticeRequest) -> NoticeFuture<'a> {
+        Box::pin(self.notify(request))
+    }
+}
+
+/// The text of an approval request and its buttons: one per choice, each carrying the run, the
+/// gate and its token, so the gateway can turn a click into a decision.
+fn approval_message(request: &NoticeRequest) -> SlackMessageContent {
+    let gate = &request.gate;
+    let lead = match request.kind {
+        NoticeKind::Remind => "Reminder: an answer is still needed.\n",
+        NoticeKind::Escalate => "This was escalated to you.\n",
+        NoticeKind::Open | NoticeKind::Closed => "",
+    };
+    let text = format!(
+        "{lead}{}\n_{} · {} · answer by {}_",
+        gate.question,
+        escape(&request.playbook),
+        escape(&request.run_key),
+        gate.deadline.format("%Y-%m-%d %H:%M UTC"),
+    );
+    let buttons: Vec<SlackActionBlockElement> = gate
+        .choices
+        .iter()
+        .map(|choice| {
+            let value = json!({"run_id": gate.run_id, "gate": gate.step, "token": gate.token, "choice": choice});
+            SlackBlockButtonElement::new(pt!(choice.clone()))
+                .with_action_id(SlackActionId(format!("quench:{choice}")))
+                .with_value(value.to_string())
+                .into()
+        })
+        .collect();
+    SlackMessageContent::new()
+        .with_text(text.clone())
+        .with_blocks(slack_blocks![
+            some_into(SlackSectionBlock::new().with_text(md!(text))),
+            some_into(
+                SlackActionsBlock::new(buttons).with_block_id(SlackBlockId(format!(
+                    "quench:{}:{}",
+                    gate.run_id, gate.step
+                )))
+            )
+        ])
+}
+
+/// What an approval message becomes once its gate closes: the outcome, who and when; no buttons.
+fn closed_message(gate: &Gate) -> SlackMessageContent {
+    let outcome = match &gate.decision {
+        Some(decision) if decision.via == "timeout" => format!(
+            "No answer by {}: *{}* was taken.",
+            decision.decided_at.format("%Y-%m-%d %H:%M UTC"),
+            escape(&decision.choice)
+        ),
+        Some(decision) => format!(
+            "Decided: *{}* by {} (via {}) at {}.",
+            escape(&decision.choice),
+            decision
+                .decided_by
+                .iter()
+                .map(|who| mention(who))
+                .collect::<Vec<_>>()
+                .join(", "),
+            escape(&decision.via),
+            decision.decided_at.format("%Y-%m-%d %H:%M UTC"),
+        ),
+        None => "Closed without a decision: the run ended.".to_owned(),
+    };
+    let text = format!("{}\n{outcome}", gate.question);
+    SlackMessageContent::new()
+        .with_text(text.clone())
+        .with_blocks(slack_blocks![some_into(
+            SlackSectionBlock::new()
+                .with_text(md!(text))
+                .with_block_id(SlackBlockId(format!(
+                    "quench:{}:{}:closed",
+                    gate.run_id, gate.step
+                )))
+        )])
+}
+
+/// A decider as Slack shows them: a Slack user (`T…/U…` or `U…`) as a mention, anyone else
+/// (an email, an API token's name) as escaped text.
+fn mention(who: &str) -> String {
+    let user = who.rsplit_once('/').map_or(who, |(_, user)| user);
+    let is_slack_id = user.len() > 1
+        && user.starts_with(['U', 'W'])
+        && user
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+    if is_slack_id {
+        format!("<@{user}>")
+    } else {
+        escape(who)
+    }
+}
+
+/// Escapes text for Slack's mrkdwn: `&`, `<` and `>` (what makes mentions and links).
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Maps a Slack error to the retry policy. Messages name the method and the recipient, never
+/// the token.
+fn classify(method: &str, subject: &str, error: SlackClientError) -> ActionError {
+    match error {
+        SlackClientError::RateLimitError(limit) => ActionError::Retryable {
+            message: format!("Slack rate-limited {method}"),
+            retry_after: limit.retry_after,
+        },
+        SlackClientError::ApiError(api) => match api.code.as_str() {
+            "ratelimited"
+            | "rate_limited"
+            | "internal_error"
+            | "fatal_error"
+            | "service_unavailable"
+            | "request_timeout" => {
+                ActionError::retryable(format!("Slack could not complete {method} ({})", api.code))
+            }
+            "users_not_found" => ActionError::permanent(format!(
+                "no Slack user has the email {subject} (users_not_found)"
+            )),
+            "user_not_found" | "user_not_visible" | "user_disabled" => {
+                ActionError::permanent(format!("Slack cannot reach {subject} ({})", api.code))
+            }
+            "channel_not_found" | "not_in_channel" | "is_archived" => {
+                ActionError::permanent(format!(
+                    "Slack cannot post to {subject} ({}); invite the bot or check the name",
+                    api.code
+                ))
+            }
+            "invalid_auth" | "not_authed" | "token_revoked" | "account_inactive"
+            | "missing_scope" => ActionError::permanent(format!(
+                "Slack refused the bot token for {method} ({}); check slack.bot_token and the app's scopes",
+                api.code
+            )),
+            code => ActionError::permanent(format!("Slack refused {method} ({code})")),
+        },
+        SlackClientError::HttpError(http) if http.status_code.is_server_error() => {
+            ActionError::retryable(format!(
+                "Slack answered {method} with HTTP {}",
+                http.status_code
+            ))
+        }
+        SlackClientError::HttpError(http) => ActionError::permanent(format!(
+            "Slack answered {method} with HTTP {}",
+            http.status_code
+        )),
+        SlackClientError::HttpProtocolError(_) | SlackClientError::EndOfStream(_) => {
+            ActionError::retryable(format!("could not reach Slack for {method}"))
+        }
+        other => ActionError::permanent(format!(
+            "unexpected answer from Slack to {method}: {}",
+            quench_proto::redact_str(&other.to_string())
+        )),
+    }
+}
+
+/// `slack.message`: `to` (email, user id, `#channel`, `group:<name>`) and `text`.
+#[derive(Debug)]
+struct SlackMessageAction(Arc<Slack>);
+
+impl SlackMessageAction {
+    async fn send(&self, call: &Call) -> Result<Success, ActionError> {
+        let input: crate::actions::SlackMessage = serde_json::from_value(call.input.clone())
+            .map_err(|error| {
+                ActionError::permanent(format!("invalid slack.message inputs: {error}"))
+            })?;
+        let content = SlackMessageContent::new().with_text(input.text.clone());
+        let mut delivered = Vec::new();
+        let mut first: Option<(String, String)> = None;
+        for destination in self.0.resolve(&input.to).await {
+            let destination = destination.map_err(|(_, error)| error)?;
+            let (channel, ts) = self.0.post(&destination.channel, content.clone()).await?;
+            delivered.push(json!({"to": destination.label, "channel": channel, "ts": ts}));
+            first.get_or_insert((channel, ts));
+        }
+        let (channel, ts) = first.unwrap_or_default();
+        Ok(Success::new(
+            json!({"channel": channel, "ts": ts, "delivered": Value::Array(delivered)}),
+        ))
+    }
+}
+
+impl Action for SlackMessageAction {
+    fn call<'a>(&'a self, call: &'a Call) -> ActionFuture<'a> {
+        Box::pin(self.send(call))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn escaping_defuses_mentions_and_links() {
+        assert_eq!(
+            escape("<!channel> & <https://evil.example|click>"),
+            "&lt;!channel&gt; &amp; &lt;https://evil.example|click&gt;"
+        );
+    }
+}

@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 
 use super::render::{Scope, context};
 use super::state::{
-    Effect, EffectResult, Failure, ItemResult, Phase, Run, RunStatus, StepState, StepStatus, Timer,
-    TimerRef, idempotency_key,
+    Effect, EffectResult, Failure, ItemResult, NoticeKind, Phase, Run, RunStatus, StepState,
+    StepStatus, Timer, TimerRef, idempotency_key,
 };
 use super::{Action, ActionError, Call, Engine, Error, Success, Tx};
 use crate::playbook::{Mode, Playbook, RetryPolicy, Step};
@@ -332,7 +332,7 @@ impl Engine {
         let input = match self
             .inner
             .renderer
-            .value(&Value::Object(step.with.clone()), scope)
+            .inputs(step.action.name, &step.with, scope)
         {
             Ok(input) => input,
             Err(error) => {
@@ -842,6 +842,10 @@ impl Engine {
         for mut gate in self.inner.store.gates::<super::Gate>(&run.id)? {
             if gate.decision.is_none() && !gate.closed {
                 gate.closed = true;
+                if !gate.messages.is_empty() {
+                    let now = self.now();
+                    self.notice(tx, run, &gate.step, NoticeKind::Closed, Vec::new(), now);
+                }
                 tx.batch.put(Key::Gate(&run.id, &gate.step), &gate);
             }
         }

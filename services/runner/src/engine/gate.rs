@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq;
 
 use super::drive::{Flow, state};
 use super::state::{
-    Answer, EscalationState, Gate, GateDecision, Run, RunStatus, StepStatus, Timer,
+    Answer, EscalationState, Gate, GateDecision, NoticeKind, Run, RunStatus, StepStatus, Timer,
 };
 use super::{Engine, Error, Tx};
 use crate::actions::Approval;
@@ -142,6 +142,14 @@ impl Engine {
                 );
             }
         }
+        self.notice(
+            tx,
+            run,
+            &step.id,
+            NoticeKind::Open,
+            gate.approvers.clone(),
+            now,
+        );
         tx.batch.put(Key::Gate(&run.id, &step.id), &gate);
         state(run, step).status = StepStatus::Waiting;
         run.status = RunStatus::Waiting;
@@ -230,6 +238,7 @@ impl Engine {
             answers: Vec::new(),
             decision: None,
             closed: false,
+            messages: Vec::new(),
         })
     }
 
@@ -422,6 +431,9 @@ impl Engine {
                 .name(),
             );
         }
+        if !gate.messages.is_empty() {
+            self.notice(tx, run, &gate.step, NoticeKind::Closed, Vec::new(), now);
+        }
         let step = run.steps.entry(gate.step.clone()).or_default();
         step.status = StepStatus::Succeeded;
         step.choice = Some(choice.clone());
@@ -483,6 +495,17 @@ impl Engine {
     }
 
     async fn fire(&self, key: &crate::store::TimerKey, timer: Timer) -> Result<Vec<String>, Error> {
+        if let Timer::Notify {
+            step,
+            notice,
+            to,
+            attempt,
+            ..
+        } = timer
+        {
+            self.deliver_notice(key, step, notice, to, attempt).await?;
+            return Ok(Vec::new());
+        }
         let _guard = self.inner.locks.lock(&key.run).await;
         let now = self.now();
         let mut tx = Tx::default();
@@ -556,6 +579,7 @@ impl Engine {
                         Some(&step),
                         json!({"reminder": gate.reminders, "to": pending}),
                     );
+                    self.notice(&mut tx, &run, &step, NoticeKind::Remind, pending, now);
                     if let Some(every) = gate.remind_every_secs {
                         let next = now + chrono::Duration::seconds(every as i64);
                         if next < gate.deadline {
@@ -586,6 +610,14 @@ impl Engine {
                                 Some(&step),
                                 json!({"to": escalation.to}),
                             );
+                            self.notice(
+                                &mut tx,
+                                &run,
+                                &step,
+                                NoticeKind::Escalate,
+                                escalation.to.clone(),
+                                now,
+                            );
                         }
                         Err(error) => {
                             tx.audit(
@@ -603,6 +635,7 @@ impl Engine {
                     tx.batch.put(Key::Gate(&run.id, &step), &gate);
                 }
             }
+            Timer::Notify { .. } => {}
             Timer::RunTimeout => {
                 let playbook = self.version(&run.version)?;
                 let error = format!(

@@ -19,6 +19,7 @@ mod drive;
 mod gate;
 mod intake;
 mod locks;
+mod notify;
 mod render;
 pub mod state;
 
@@ -34,8 +35,9 @@ pub use action::{Action, ActionError, ActionFuture, Actions, Call, Success};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use gate::{DecisionOutcome, Refusal};
 pub use intake::{FindingOutcome, Handling, Ingesting};
+pub use notify::{Delivery, NoticeFuture, NoticeRequest, Notifier};
 pub use render::MAX_FOREACH;
-pub use state::{Gate, Run, RunStatus, StepState, StepStatus};
+pub use state::{Gate, GateMessage, NoticeKind, Run, RunStatus, StepState, StepStatus};
 
 use crate::playbook::{self, Mode, Playbook};
 use crate::store::{AuditDraft, Batch, Key, Store};
@@ -102,6 +104,7 @@ struct Inner {
     overlay: Mutex<intake::Overlay>,
     renderer: render::Renderer,
     events: Option<Arc<dyn EventSink>>,
+    notifier: Option<Arc<dyn Notifier>>,
 }
 
 impl Engine {
@@ -124,6 +127,7 @@ impl Engine {
                 overlay: Mutex::default(),
                 renderer: render::Renderer::new(),
                 events: None,
+                notifier: None,
             }),
         }
     }
@@ -133,6 +137,16 @@ impl Engine {
         let mut inner =
             Arc::try_unwrap(self.inner).expect("with_events is called before the engine is shared");
         inner.events = Some(sink);
+        Engine {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The same engine, delivering gate notices through `notifier`. Call before sharing it.
+    pub fn with_notifier(self, notifier: Arc<dyn Notifier>) -> Engine {
+        let mut inner = Arc::try_unwrap(self.inner)
+            .expect("with_notifier is called before the engine is shared");
+        inner.notifier = Some(notifier);
         Engine {
             inner: Arc::new(inner),
         }

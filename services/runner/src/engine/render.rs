@@ -9,6 +9,9 @@ use serde_json::Value;
 use super::state::Run;
 use crate::playbook::{Playbook, complete_finding, environment};
 
+/// Inputs (action, field) sent to Slack as mrkdwn.
+const SLACK_TEXT: &[(&str, &str)] = &[("slack.message", "text"), ("approval", "question")];
+
 /// Most items a `foreach` may iterate over.
 pub const MAX_FOREACH: usize = 1000;
 
@@ -22,6 +25,34 @@ impl Renderer {
         Renderer {
             environment: environment(),
         }
+    }
+
+    /// Renders a step's `with`. Inputs whose text goes to Slack as mrkdwn ([`SLACK_TEXT`]) are
+    /// rendered with what they interpolate escaped.
+    pub(crate) fn inputs(
+        &self,
+        action: &str,
+        with: &serde_json::Map<String, Value>,
+        context: &minijinja::Value,
+    ) -> Result<Value, String> {
+        let mut out = serde_json::Map::with_capacity(with.len());
+        for (name, value) in with {
+            let rendered = match value {
+                Value::String(text) if SLACK_TEXT.contains(&(action, name.as_str())) => {
+                    if text.contains("{{") || text.contains("{%") {
+                        self.environment
+                            .render_named_str("input.slack", text, context.clone())
+                            .map(Value::String)
+                            .map_err(describe)?
+                    } else {
+                        value.clone()
+                    }
+                }
+                other => self.value(other, context)?,
+            };
+            out.insert(name.clone(), rendered);
+        }
+        Ok(Value::Object(out))
     }
 
     /// Renders every string inside `value`.
@@ -233,6 +264,32 @@ mod tests {
         assert_eq!(
             renderer.value(&Value::from("t: {{ finding.title }}"), &context),
             Ok(Value::from("t: {{ 7 * 7 }}"))
+        );
+    }
+
+    #[test]
+    fn slack_text_escapes_what_it_interpolates_and_keeps_the_playbooks_own_markup() {
+        let renderer = Renderer::new();
+        let context = to_context(serde_json::json!({
+            "finding": {"title": "<!channel> & <https://evil.example|login>"}
+        }));
+        let with = serde_json::json!({
+            "to": "#security",
+            "text": "<@U0SECOPS> *{{ finding.title }}*",
+        });
+        let with = with.as_object().expect("an object");
+        assert_eq!(
+            renderer.inputs("slack.message", with, &context),
+            Ok(serde_json::json!({
+                "to": "#security",
+                "text": "<@U0SECOPS> *&lt;!channel&gt; &amp; &lt;https://evil.example|login&gt;*",
+            }))
+        );
+        // Other actions' inputs are not Slack text.
+        let note = serde_json::json!({"message": "{{ finding.title }}"});
+        assert_eq!(
+            renderer.inputs("note", note.as_object().expect("an object"), &context),
+            Ok(serde_json::json!({"message": "<!channel> & <https://evil.example|login>"}))
         );
     }
 }

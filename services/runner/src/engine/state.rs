@@ -218,6 +218,20 @@ pub struct Gate {
     /// Closed without a decision (the run ended first).
     #[serde(default)]
     pub closed: bool,
+    /// The messages that asked approvers (so they can be updated once the gate closes).
+    #[serde(default)]
+    pub messages: Vec<GateMessage>,
+}
+
+/// A message that put a gate in front of someone (e.g. a Slack DM with buttons).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateMessage {
+    /// The approver as the playbook names them (email, Slack id, `#channel`, a group member).
+    pub to: String,
+    /// Where the message is, e.g. the Slack channel id.
+    pub channel: String,
+    /// Its id there, e.g. the Slack `ts`.
+    pub ts: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -264,6 +278,44 @@ pub enum Timer {
     Retry { step: String },
     /// The run's `timeout`.
     RunTimeout,
+    /// Deliver a gate notice (not one of the run's own timers: it outlives the run, so that a
+    /// closed gate's messages are still updated).
+    Notify {
+        step: String,
+        notice: NoticeKind,
+        /// Recipients (for `open`, `remind`, `escalate`); empty for `closed`.
+        #[serde(default)]
+        to: Vec<String>,
+        #[serde(default)]
+        attempt: u32,
+        /// Makes the timer's name unique.
+        id: String,
+    },
+}
+
+/// What a gate notice says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    /// The gate opened: ask, with one button per choice.
+    Open,
+    /// Ask again those who have not answered.
+    Remind,
+    /// Ask approvers added by an escalation.
+    Escalate,
+    /// The gate closed: update every message to show the outcome, without buttons.
+    Closed,
+}
+
+impl NoticeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::Open => "open",
+            NoticeKind::Remind => "remind",
+            NoticeKind::Escalate => "escalate",
+            NoticeKind::Closed => "closed",
+        }
+    }
 }
 
 impl Timer {
@@ -276,6 +328,7 @@ impl Timer {
             Timer::Escalate { step, index } => format!("escalate:{step}:{index}"),
             Timer::Retry { step } => format!("retry:{step}"),
             Timer::RunTimeout => "deadline".to_owned(),
+            Timer::Notify { step, id, .. } => format!("notify:{step}:{id}"),
         }
     }
 }

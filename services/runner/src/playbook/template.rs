@@ -25,7 +25,26 @@ pub fn environment() -> Environment<'static> {
     environment.set_undefined_behavior(UndefinedBehavior::Strict);
     environment.set_fuel(Some(FUEL));
     environment.set_recursion_limit(32);
-    environment.set_auto_escape_callback(|_| AutoEscape::None);
+    // Templates named `*.slack` are Slack mrkdwn: what they interpolate is escaped (`&`, `<`,
+    // `>`), so a value from a finding cannot mention `@channel` or forge a link; the
+    // playbook's own text is kept as written.
+    environment.set_auto_escape_callback(|name| {
+        if name.ends_with(".slack") {
+            AutoEscape::Custom("slack".into())
+        } else {
+            AutoEscape::None
+        }
+    });
+    environment.set_formatter(|out, state, value| {
+        if matches!(state.auto_escape(), AutoEscape::Custom(name) if name == "slack")
+            && !value.is_safe()
+        {
+            out.write_str(&crate::connectors::slack::escape(&value.to_string()))
+                .map_err(|error| minijinja::Error::new(ErrorKind::WriteFailure, error.to_string()))
+        } else {
+            minijinja::escape_formatter(out, state, value)
+        }
+    });
     environment.add_function("ago", ago);
     environment
 }

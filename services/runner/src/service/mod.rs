@@ -23,6 +23,7 @@ pub use nats::{connect, ensure_streams};
 pub use publish::{PublishReport, ReadFinding, publish_findings, read_findings};
 
 use crate::config::Config;
+use crate::connectors::slack::Slack;
 use crate::engine::{Actions, Engine, EngineConfig, SystemClock};
 use crate::playbook;
 use crate::store::{Store, StoreConfig};
@@ -54,6 +55,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Connector(String),
     #[error("stopped after a failed store commit; nothing unacknowledged is lost, restart quench")]
     CommitFailed,
 }
@@ -145,8 +148,26 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
         groups: config.groups.clone(),
         ..EngineConfig::default()
     };
-    let engine = Engine::new(store, Arc::new(SystemClock), actions, engine_config)
+    let slack = match &config.slack.bot_token {
+        Some(token) => Some(Arc::new(
+            Slack::new(&config.slack.api_url, token, config.groups.clone())
+                .map_err(Error::Connector)?,
+        )),
+        None => {
+            tracing::warn!(
+                "slack.bot_token is not set: approvals are answered through NATS decisions only, and slack.message steps fail"
+            );
+            None
+        }
+    };
+    if let Some(slack) = &slack {
+        slack.register(&mut actions);
+    }
+    let mut engine = Engine::new(store, Arc::new(SystemClock), actions, engine_config)
         .with_events(Arc::new(events));
+    if let Some(slack) = slack {
+        engine = engine.with_notifier(slack);
+    }
     engine.load_playbooks(playbooks, "quench serve").await?;
 
     let tasks = TaskTracker::new();

@@ -1,0 +1,360 @@
+//! The Slack connector against the Slack fake, through the engine: approvals reach each approver
+//! as a DM with one button per choice, the click of an emailed approver is recognised by their
+//! Slack id, the messages are updated once the gate closes, failures are retried or audited,
+//! text from findings is escaped, and the bot token appears nowhere.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quench_runner::config::Secret;
+use quench_runner::connectors::slack::Slack;
+use quench_runner::engine::DecisionOutcome;
+use quench_runner::store::Store;
+use serde_json::{Value, json};
+
+use crate::support::slack_fake::{SlackFake, SlackFault};
+use crate::support::{Harness, start_time, started};
+
+const APPROVAL: &str = r#"schema: quench.playbook/v1
+name: slack-approval
+on:
+  finding:
+    kinds: [test.slack]
+steps:
+  - id: decide
+    uses: approval
+    with:
+      approvers: ["{{ finding.owner.email }}", "group:secops"]
+      question: "Revoke *{{ finding.title }}*?"
+      choices: [revoke, keep]
+      timeout: 4h
+      on_timeout: revoke
+      remind_every: 1h
+  - id: done
+    uses: note
+    with:
+      message: "{{ steps.decide.output.choice }}"
+"#;
+
+const MESSAGE: &str = r##"schema: quench.playbook/v1
+name: slack-message
+on:
+  finding:
+    kinds: [test.message]
+steps:
+  - id: tell
+    uses: slack.message
+    with:
+      to: "#security"
+      text: "<@U0SECOPS1> {{ finding.title }}"
+"##;
+
+async fn harness(fake: &SlackFake, playbooks: &[&str]) -> Harness {
+    let groups = BTreeMap::from([(
+        "secops".to_owned(),
+        vec!["lead@example.com".to_owned(), "U0SECOPS1".to_owned()],
+    )]);
+    let slack = Slack::new(&fake.api_url(), &Secret::new(fake.bot_token()), groups)
+        .expect("the Slack client builds");
+    fake.add_user("owner@example.com", "U0OWNER");
+    fake.add_user("lead@example.com", "U0LEAD");
+    fake.add_user("secops1@example.com", "U0SECOPS1");
+    fake.add_channel("security");
+    Harness::with_slack(
+        Store::temporary().expect("store"),
+        playbooks,
+        start_time(),
+        BTreeMap::new(),
+        Some(Arc::new(slack)),
+    )
+    .await
+}
+
+fn finding(id: &str, kind: &str, title: &str, owner: &str) -> quench_proto::Finding {
+    let value = json!({
+        "schema": "quench.finding/v1", "id": id, "kind": kind, "severity": "high",
+        "title": title, "detected_at": "2026-01-05T08:00:00Z",
+        "source": {"scanner": "test"},
+        "resource": {"provider": "openai", "type": "api_key", "id": "key_1", "project_id": "proj_1"},
+        "owner": {"email": owner}
+    });
+    quench_proto::Finding::parse(value.to_string().as_bytes(), 65536).expect("valid finding")
+}
+
+/// The buttons of a posted message: (label, value as JSON).
+fn buttons(blocks: &Value) -> Vec<(String, Value)> {
+    blocks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|block| block["type"] == "actions")
+        .flat_map(|block| block["elements"].as_array().cloned().unwrap_or_default())
+        .map(|button| {
+            let value: Value = serde_json::from_str(button["value"].as_str().expect("a value"))
+                .expect("the value is JSON");
+            (
+                button["text"]["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                value,
+            )
+        })
+        .collect()
+}
+
+fn slack_decision(run: &str, gate: &Value, choice: &str, user: &str) -> quench_proto::Decision {
+    quench_proto::Decision {
+        schema: quench_proto::DecisionSchema::V1,
+        id: format!("slack-{user}-{choice}"),
+        run_id: run.to_owned(),
+        gate: gate["gate"].as_str().expect("gate").to_owned(),
+        token: gate["token"].as_str().expect("token").to_owned(),
+        choice: choice.to_owned(),
+        comment: None,
+        actor: quench_proto::Actor {
+            via: quench_proto::Via::Slack,
+            id: format!("T0TEAM/{user}"),
+            name: None,
+        },
+        decided_at: start_time(),
+    }
+}
+
+#[tokio::test]
+async fn approvals_reach_every_approver_and_are_updated_with_the_outcome() {
+    let fake = SlackFake::start().await;
+    let harness = harness(&fake, &[APPROVAL]).await;
+    let run = started(
+        &harness
+            .ingest(&[finding(
+                "f1",
+                "test.slack",
+                "<!channel> & <https://evil.example|login>",
+                "owner@example.com",
+            )])
+            .await[0],
+    );
+    // The notice is a timer due at once.
+    harness.advance(Duration::ZERO).await;
+
+    let posts = fake.calls_to("chat.postMessage");
+    let channels: Vec<String> = posts
+        .iter()
+        .map(|call| {
+            call.param("channel")
+                .and_then(|c| c.as_str().map(str::to_owned))
+                .expect("channel")
+        })
+        .collect();
+    assert_eq!(
+        channels.len(),
+        3,
+        "owner, and both secops members: {channels:?}"
+    );
+    let owner_dm = fake.dm_channel("U0OWNER").expect("a DM with the owner");
+    let message = fake
+        .messages_in(&owner_dm)
+        .pop()
+        .expect("the owner was asked");
+    let text = message.text.clone().expect("a fallback text");
+    assert!(
+        text.contains("Revoke *&lt;!channel&gt; &amp; &lt;https://evil.example|login&gt;*?"),
+        "finding text is escaped: {text}"
+    );
+    let blocks = message.blocks.clone().expect("blocks");
+    let labels: Vec<String> = buttons(&blocks)
+        .into_iter()
+        .map(|(label, _)| label)
+        .collect();
+    assert_eq!(labels, ["revoke", "keep"]);
+    let gate = harness.gate(&run, "decide");
+    let (_, value) = buttons(&blocks).remove(1);
+    assert_eq!(
+        value,
+        json!({"run_id": run, "gate": "decide", "token": gate.token, "choice": "keep"})
+    );
+    assert_eq!(gate.messages.len(), 3);
+    assert_eq!(
+        gate.aliases.get("u0owner").map(String::as_str),
+        Some("owner@example.com"),
+        "the owner's Slack id is known as theirs"
+    );
+
+    // The owner clicks "keep" in Slack: their Slack id is recognised through the alias.
+    let decision = slack_decision(&run, &value, "keep", "U0OWNER");
+    let (outcome, wake) = harness
+        .engine
+        .decide_and_wake(&decision)
+        .await
+        .expect("decide");
+    assert_eq!(
+        outcome,
+        DecisionOutcome::Decided {
+            choice: "keep".to_owned()
+        }
+    );
+    harness.engine.drive_all(wake).await.expect("drive");
+    harness.advance(Duration::ZERO).await;
+
+    assert_eq!(
+        fake.calls_to("chat.update").len(),
+        3,
+        "every message updated"
+    );
+    for channel in channels {
+        let channel = if channel.starts_with('U') {
+            fake.dm_channel(&channel).expect("a DM")
+        } else {
+            channel
+        };
+        let message = fake.messages_in(&channel).pop().expect("a message");
+        let blocks = message.blocks.clone().unwrap_or(Value::Null);
+        assert!(buttons(&blocks).is_empty(), "no buttons left in {channel}");
+        let text = message.text.expect("text");
+        assert!(
+            text.contains("Decided: *keep* by <@U0OWNER> (via slack) at 2026-01-05 09:00 UTC."),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        harness.audit("gate_notified").len(),
+        2,
+        "asked, then updated"
+    );
+}
+
+#[tokio::test]
+async fn someone_slack_cannot_find_is_audited_and_the_others_are_still_asked() {
+    let fake = SlackFake::start().await;
+    let harness = harness(&fake, &[APPROVAL]).await;
+    let run = started(
+        &harness
+            .ingest(&[finding("f1", "test.slack", "key", "ghost@example.com")])
+            .await[0],
+    );
+    harness.advance(Duration::ZERO).await;
+    let failed = harness.audit("gate_notify_failed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].detail["to"], "ghost@example.com");
+    assert_eq!(failed[0].detail["retrying"], false);
+    assert_eq!(
+        failed[0].detail["error"],
+        "no Slack user has the email ghost@example.com (users_not_found)"
+    );
+    assert_eq!(harness.gate(&run, "decide").messages.len(), 2);
+}
+
+#[tokio::test]
+async fn a_rate_limited_notice_is_retried_after_retry_after_and_reminders_follow() {
+    let fake = SlackFake::start().await;
+    let harness = harness(&fake, &[APPROVAL]).await;
+    fake.fail_next(
+        "chat.postMessage",
+        SlackFault::RateLimited {
+            retry_after_secs: 30,
+        },
+    );
+    let run = started(
+        &harness
+            .ingest(&[finding("f1", "test.slack", "key", "owner@example.com")])
+            .await[0],
+    );
+    harness.advance(Duration::ZERO).await;
+    assert_eq!(
+        harness.gate(&run, "decide").messages.len(),
+        2,
+        "one rate-limited"
+    );
+    let failed = harness.audit("gate_notify_failed");
+    assert_eq!(failed[0].detail["retrying"], true);
+
+    harness.advance(Duration::from_secs(29)).await;
+    assert_eq!(
+        harness.gate(&run, "decide").messages.len(),
+        2,
+        "not before Retry-After"
+    );
+    harness.advance(Duration::from_secs(2)).await;
+    assert_eq!(
+        harness.gate(&run, "decide").messages.len(),
+        3,
+        "retried after it"
+    );
+
+    // An hour in, everyone who has not answered is reminded.
+    harness.advance(Duration::from_secs(3600)).await;
+    harness.advance(Duration::ZERO).await;
+    let owner_dm = fake.dm_channel("U0OWNER").expect("DM");
+    let last = fake.messages_in(&owner_dm).pop().expect("a message");
+    assert!(
+        last.text
+            .expect("text")
+            .starts_with("Reminder: an answer is still needed."),
+        "a reminder with buttons again"
+    );
+    assert_eq!(buttons(&last.blocks.expect("blocks")).len(), 2);
+}
+
+#[tokio::test]
+async fn slack_message_posts_escaped_text_and_the_token_appears_nowhere() {
+    let fake = SlackFake::start().await;
+    let harness = harness(&fake, &[MESSAGE]).await;
+    let run = started(
+        &harness
+            .ingest(&[finding(
+                "f1",
+                "test.message",
+                "<!here> leaked",
+                "owner@example.com",
+            )])
+            .await[0],
+    );
+    let message = fake.messages_in("security").pop().expect("posted");
+    assert_eq!(
+        message.text.as_deref(),
+        Some("<@U0SECOPS1> &lt;!here&gt; leaked"),
+        "the playbook's own mention stays; the finding's is defused"
+    );
+    let state = harness.run(&run);
+    let output = &state.steps["tell"].output;
+    assert_eq!(output["channel"], "security");
+    assert!(output["ts"].as_str().is_some_and(|ts| !ts.is_empty()));
+
+    let token = fake.bot_token();
+    let stored: Vec<String> = harness
+        .engine
+        .store()
+        .raw_tree()
+        .iter()
+        .map(|item| {
+            let (_, value) = item.expect("readable");
+            String::from_utf8_lossy(&value).into_owned()
+        })
+        .collect();
+    assert!(
+        stored.iter().all(|value| !value.contains(&token)),
+        "the bot token is not in the store"
+    );
+    let slack = Slack::new(
+        &fake.api_url(),
+        &Secret::new(token.clone()),
+        BTreeMap::new(),
+    )
+    .expect("builds");
+    assert!(!format!("{slack:?}").contains(&token));
+}
+
+#[test]
+fn the_api_url_must_be_https_unless_it_is_a_loopback_fake() {
+    let token = Secret::new("xoxb-test".to_owned());
+    let error = Slack::new("http://slack.example.com/api", &token, BTreeMap::new())
+        .expect_err("plain http to a remote host is refused");
+    assert_eq!(
+        error,
+        "slack.api_url `http://slack.example.com/api` must use https (plain http only for a loopback fake)"
+    );
+    assert!(Slack::new("https://slack.com/api", &token, BTreeMap::new()).is_ok());
+    assert!(Slack::new("http://127.0.0.1:9/api", &token, BTreeMap::new()).is_ok());
+}
