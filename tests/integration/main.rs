@@ -7,6 +7,7 @@ mod engine;
 mod playbook_corpus;
 mod playbook_tests;
 mod proto_contracts;
+mod schedule;
 mod service;
 mod shipped_playbooks;
 mod store;

@@ -150,6 +150,8 @@ impl Harness {
             .advance_to(self.clock.now() + chrono::Duration::from_std(by).expect("duration"));
         let wake = self.engine.fire_due().await.expect("fire");
         self.engine.drive_all(wake).await.expect("drive");
+        let wake = self.engine.fire_schedules().await.expect("schedules");
+        self.engine.drive_all(wake).await.expect("drive");
     }
 
     pub(crate) fn run(&self, id: &str) -> quench_runner::engine::Run {

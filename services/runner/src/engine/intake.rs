@@ -12,9 +12,10 @@ use serde_json::{Value, json};
 
 use super::locks::RunGuard;
 use super::render::{Scope, context};
+use super::schedule::Tick;
 use super::state::{Phase, Queued, Run, RunStatus};
 use super::{Engine, Error, Tx};
-use crate::playbook::{Conflict, OnResolved, Playbook, Trigger};
+use crate::playbook::{Conflict, OnResolved, Overlap, Playbook, Trigger};
 use crate::store::{AuditDraft, Key};
 
 /// Most attached finding ids remembered on a run.
@@ -387,15 +388,39 @@ impl Engine {
         Ok(Some(handling))
     }
 
-    /// Starts a run of a playbook without a finding (a scheduled playbook's tick). Returns the
-    /// run, or `None` when a run for its key is still open; and the runs to drive.
+    /// Starts a run of a playbook without a finding (as a scheduled playbook's tick would, now).
+    /// Returns the run, or `None` when a run for its key is still open; and the runs to drive.
     pub async fn trigger(&self, name: &str) -> Result<(Option<String>, Vec<String>), Error> {
+        self.trigger_tick(name, None, 0).await
+    }
+
+    /// Starts a run for a scheduled tick (or a manual trigger when `tick` is `None`), applying
+    /// the schedule's `overlap`; the schedule's next state is committed with the run.
+    pub(super) async fn trigger_tick(
+        &self,
+        name: &str,
+        tick: Option<Tick>,
+        missed: usize,
+    ) -> Result<(Option<String>, Vec<String>), Error> {
         let _intake = self.inner.intake.lock().await;
         let now = self.now();
         let Some(playbook) = self.playbooks().get(name).cloned() else {
             return Ok((None, Vec::new()));
         };
         let mut tx = Tx::default();
+        let audit = |kind: &'static str, detail: Value| {
+            let mut draft = AuditDraft::new(now, kind, detail);
+            draft.playbook = Some(playbook.name.clone());
+            draft.version = Some(playbook.version.clone());
+            draft
+        };
+        if let Some(tick) = &tick {
+            tx.batch.put(Key::Schedule(name), &tick.state);
+            tx.audit_draft(audit(
+                "schedule_tick",
+                json!({"due": tick.due, "missed": missed, "next": tick.state.next}),
+            ));
+        }
         let mut provisional = provisional_run(&playbook, None, now, self.inner.config.mode);
         let scope = context(&provisional, &playbook, now, Scope::default());
         let rendered = self
@@ -418,26 +443,46 @@ impl Engine {
                     other => Err(format!("`key` rendered to {other}, not a non-empty string")),
                 }
             });
-        let (vars, key) = match rendered {
+        let (vars, mut key) = match rendered {
             Ok(rendered) => rendered,
             Err(error) => {
-                let mut draft = AuditDraft::new(now, "trigger_error", json!({"error": error}));
-                draft.playbook = Some(playbook.name.clone());
-                draft.version = Some(playbook.version.clone());
-                tx.audit_draft(draft);
+                tx.audit_draft(audit("trigger_error", json!({"error": error})));
                 self.commit(tx).await?;
                 return Ok((None, Vec::new()));
             }
         };
+        let overlap = match (&playbook.trigger, &tick) {
+            (Trigger::Schedule(schedule), Some(_)) => schedule.overlap,
+            _ => Overlap::Skip,
+        };
+        let mut cancelled = None;
         if let Some(open) = self.open_run(&playbook.name, &key)? {
-            let mut draft = AuditDraft::new(now, "trigger_skipped", json!({"open_run": open}));
-            draft.playbook = Some(playbook.name.clone());
-            tx.audit_draft(draft);
-            self.commit(tx).await?;
-            return Ok((None, Vec::new()));
+            match (overlap, &tick) {
+                (Overlap::Allow, Some(tick)) => {
+                    key = format!("{key}@{}", tick.due.to_rfc3339());
+                }
+                (Overlap::CancelPrevious, Some(tick)) => {
+                    let guard = self.inner.locks.lock(&open).await;
+                    if let Some(mut run) = self.run(&open)?
+                        && !run.status.is_terminal()
+                    {
+                        let reason =
+                            format!("replaced by the tick due at {}", tick.due.to_rfc3339());
+                        self.cancel_locked(&mut run, &reason, &mut tx, now)?;
+                        tx.save(&mut run, now);
+                    }
+                    cancelled = Some(guard);
+                }
+                _ => {
+                    tx.audit_draft(audit("trigger_skipped", json!({"open_run": open})));
+                    self.commit(tx).await?;
+                    return Ok((None, Vec::new()));
+                }
+            }
         }
         let run = self.start_run(&mut tx, &playbook, None, key, vars, now)?;
         let wake = self.commit(tx).await?;
+        drop(cancelled);
         Ok((Some(run.id), wake))
     }
 

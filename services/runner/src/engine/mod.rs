@@ -21,6 +21,7 @@ mod intake;
 mod locks;
 mod notify;
 mod render;
+mod schedule;
 pub mod state;
 
 use std::collections::{BTreeMap, HashMap};
@@ -37,6 +38,7 @@ pub use gate::{DecisionOutcome, Refusal};
 pub use intake::{FindingOutcome, Handling, Ingesting};
 pub use notify::{Delivery, NoticeFuture, NoticeRequest, Notifier};
 pub use render::MAX_FOREACH;
+pub use schedule::{GRACE, ScheduleState, next_tick, upcoming};
 pub use state::{Gate, GateMessage, NoticeKind, Run, RunStatus, StepState, StepStatus};
 
 use crate::playbook::{self, Mode, Playbook};

@@ -238,15 +238,20 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     Ok(())
 }
 
-/// Fires timers as they fall due and drives the runs they wake.
+/// Fires timers and scheduled ticks as they fall due and drives the runs they wake.
 async fn timers(engine: Engine, driver: Driver, shutdown: CancellationToken) {
     loop {
-        let wait = match engine.next_due() {
-            Ok(Some(due)) => (due - engine.now())
-                .to_std()
-                .unwrap_or(Duration::ZERO)
-                .min(Duration::from_secs(1)),
-            Ok(None) => Duration::from_secs(1),
+        let next = engine
+            .next_due()
+            .and_then(|timer| Ok((timer, engine.next_schedule_due()?)));
+        let wait = match next {
+            Ok((timer, tick)) => match timer.into_iter().chain(tick).min() {
+                Some(due) => (due - engine.now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .min(Duration::from_secs(1)),
+                None => Duration::from_secs(1),
+            },
             Err(error) => {
                 tracing::error!(%error, "cannot read timers");
                 Duration::from_secs(1)
@@ -259,6 +264,10 @@ async fn timers(engine: Engine, driver: Driver, shutdown: CancellationToken) {
         match engine.fire_due().await {
             Ok(wake) => driver.spawn(wake).await,
             Err(error) => tracing::error!(%error, "firing timers failed; retrying"),
+        }
+        match engine.fire_schedules().await {
+            Ok(wake) => driver.spawn(wake).await,
+            Err(error) => tracing::error!(%error, "firing scheduled playbooks failed; retrying"),
         }
     }
 }

@@ -111,6 +111,8 @@ pub enum Key<'a> {
     PlaybookVersion(&'a str),
     /// When a playbook name was loaded at a version.
     PlaybookHistory(&'a str, DateTime<Utc>),
+    /// A scheduled playbook's next tick.
+    Schedule(&'a str),
     /// The audit log: records of entries, by the sequence number of their first entry.
     Audit(u64),
 }
@@ -158,6 +160,7 @@ impl Key<'_> {
             Key::PlaybookVersion(version) => parts(b"p/", &[version.as_bytes()]),
             Key::PlaybookHistory(name, at) => parts(b"ph/", &[name.as_bytes(), &millis(at)]),
             Key::Audit(seq) => parts(b"a/", &[&seq.to_be_bytes()]),
+            Key::Schedule(name) => parts(b"s/", &[name.as_bytes()]),
         }
     }
 }
