@@ -1,6 +1,7 @@
 //! quench's integration tests: one binary, a module per area, and shared `support`.
 
 mod config;
+mod connectors_http;
 mod connectors_slack;
 mod crash;
 mod engine;

@@ -467,12 +467,8 @@ impl Config {
             }
         }
         for (index, host) in self.http.allow_hosts.iter().enumerate() {
-            if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
-                return Err(bad(
-                    &format!("http.allow_hosts[{index}]"),
-                    host,
-                    "must be a host name such as hooks.example.com",
-                ));
+            if let Err(problem) = crate::connectors::http::check_allow_host(host) {
+                return Err(bad(&format!("http.allow_hosts[{index}]"), host, &problem));
             }
         }
         for (group, members) in &self.groups {

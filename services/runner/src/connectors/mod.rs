@@ -17,13 +17,31 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// An HTTP client for connectors: rustls (ring), timeouts, no redirects unless a connector
 /// follows them itself, and a `User-Agent` naming quench.
 pub fn http_client() -> reqwest::Client {
+    http_client_builder()
+        .build()
+        .expect("the HTTP client's configuration is valid")
+}
+
+/// The settings of [`http_client`], for a connector that adds its own (the HTTP connector pins
+/// the addresses it checked).
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    install_crypto_provider();
     reqwest::Client::builder()
         .user_agent(concat!("quench/", env!("CARGO_PKG_VERSION")))
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("the HTTP client's configuration is valid")
+}
+
+/// Installs ring as rustls's process-wide crypto provider. reqwest is built with `rustls-no-provider`
+/// (no aws-lc C build) and panics when it builds a client without one. Idempotent; a provider
+/// installed earlier by someone else is left alone.
+fn install_crypto_provider() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        // Err means a provider is already installed, which is all this needs.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// Checks a service's base URL: https, or plain http only to a loopback host (a local fake),
