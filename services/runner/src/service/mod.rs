@@ -148,6 +148,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
         groups: config.groups.clone(),
         ..EngineConfig::default()
     };
+    let http = crate::connectors::http::HttpAction::new(&config.http.allow_hosts)
+        .map_err(Error::Connector)?;
+    crate::connectors::http::register(&mut actions, Arc::new(http));
     let slack = match &config.slack.bot_token {
         Some(token) => Some(Arc::new(
             Slack::new(&config.slack.api_url, token, config.groups.clone())
