@@ -14,9 +14,21 @@ use crate::engine::ActionError;
 /// Per-request timeout of outbound HTTP calls.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Installs rustls' ring provider as the process default, once. reqwest is built with
+/// `rustls-no-provider` (no aws-lc C build) and panics when it builds a client without one; a
+/// provider installed earlier by someone else is kept.
+pub fn install_crypto_provider() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        // Err means a default provider is already installed, which is just as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// An HTTP client for connectors: rustls (ring), timeouts, no redirects unless a connector
 /// follows them itself, and a `User-Agent` naming quench.
 pub fn http_client() -> reqwest::Client {
+    install_crypto_provider();
     reqwest::Client::builder()
         .user_agent(concat!("quench/", env!("CARGO_PKG_VERSION")))
         .timeout(REQUEST_TIMEOUT)
