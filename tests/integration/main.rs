@@ -1,6 +1,7 @@
 //! quench's integration tests: one binary, a module per area, and shared `support`.
 
 mod config;
+mod connectors_openai;
 mod crash;
 mod engine;
 mod playbook_corpus;

@@ -97,18 +97,30 @@ pub fn register(actions: &mut Actions, client: Arc<OpenAi>) {
     reads::register(actions, &client);
 }
 
-/// Checks the configured base URL: http(s), a host, no credentials, query or fragment.
+/// Checks the configured base URL: https (http only to loopback), a host, no credentials, no
+/// query or fragment.
 fn base_url_of(base_url: &str) -> Result<Url, String> {
     let shown = quench_proto::redact_str(base_url).into_owned();
     let base = Url::parse(base_url.trim())
         .map_err(|error| format!("openai.base_url `{shown}` is not a URL: {error}"))?;
-    if !matches!(base.scheme(), "http" | "https") {
-        return Err(format!(
-            "openai.base_url `{shown}` must start with https:// (or http:// for a local fake)"
-        ));
-    }
     if base.cannot_be_a_base() || base.host_str().is_none_or(str::is_empty) {
         return Err(format!("openai.base_url `{shown}` has no host"));
+    }
+    // The admin key must not cross a network in the clear: plain http only to a loopback fake.
+    let loopback = match base.host() {
+        Some(url::Host::Domain(host)) => host == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match base.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => {
+            return Err(format!(
+                "openai.base_url `{shown}` must use https (plain http only for a loopback fake)"
+            ));
+        }
     }
     if !base.username().is_empty() || base.password().is_some() {
         // Not echoed: the user-info part is a credential.

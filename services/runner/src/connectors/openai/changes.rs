@@ -87,10 +87,10 @@ impl RevokeKey {
         let input: inputs::RevokeKey = parse_input(REVOKE_KEY, input)?;
         let request = self.plan(&input)?;
         match self.client.send(&request).await {
-            Ok(Reply::Done(_)) => Ok(deleted(&input.key_id, false)),
+            Ok(Reply::Done(_)) => Ok(deleted(input.key_id.trim(), false)),
             Ok(Reply::Gone) => {
                 self.client.confirm_project(&input.project_id).await?;
-                Ok(deleted(&input.key_id, true))
+                Ok(deleted(input.key_id.trim(), true))
             }
             Err(failure) if failure.status == Some(StatusCode::BAD_REQUEST) => {
                 Err(self.explain_refusal(&input, failure).await)
@@ -181,7 +181,7 @@ impl DeleteAdminKey {
         let input: inputs::DeleteAdminKey = parse_input(DELETE_ADMIN_KEY, input)?;
         let request = self.plan(&input)?;
         match self.client.send(&request).await? {
-            Reply::Done(_) => Ok(deleted(&input.key_id, false)),
+            Reply::Done(_) => Ok(deleted(input.key_id.trim(), false)),
             Reply::Gone => {
                 // A 404 also comes from a wrong base URL; listing admin keys proves it is right.
                 let probe = self
@@ -193,7 +193,7 @@ impl DeleteAdminKey {
                     )?
                     .query("limit", 1);
                 self.client.json(&probe).await?;
-                Ok(deleted(&input.key_id, true))
+                Ok(deleted(input.key_id.trim(), true))
             }
         }
     }
@@ -243,10 +243,10 @@ impl DeleteServiceAccount {
         let input: inputs::DeleteServiceAccount = parse_input(DELETE_SERVICE_ACCOUNT, input)?;
         let request = self.plan(&input)?;
         match self.client.send(&request).await? {
-            Reply::Done(_) => Ok(deleted(&input.service_account_id, false)),
+            Reply::Done(_) => Ok(deleted(input.service_account_id.trim(), false)),
             Reply::Gone => {
                 self.client.confirm_project(&input.project_id).await?;
-                Ok(deleted(&input.service_account_id, true))
+                Ok(deleted(input.service_account_id.trim(), true))
             }
         }
     }
@@ -364,10 +364,10 @@ impl RemoveProjectUser {
         let input: inputs::RemoveProjectUser = parse_input(REMOVE_PROJECT_USER, input)?;
         let request = self.plan(&input)?;
         match self.client.send(&request).await? {
-            Reply::Done(_) => Ok(deleted(&input.user_id, false)),
+            Reply::Done(_) => Ok(deleted(input.user_id.trim(), false)),
             Reply::Gone => {
                 self.client.confirm_project(&input.project_id).await?;
-                Ok(deleted(&input.user_id, true))
+                Ok(deleted(input.user_id.trim(), true))
             }
         }
     }
