@@ -2,6 +2,7 @@
 
 mod config;
 mod connectors_http;
+mod connectors_openai;
 mod connectors_slack;
 mod crash;
 mod engine;

@@ -59,6 +59,8 @@ pub(crate) struct Call {
     pub(crate) body: Option<Value>,
     /// The `Authorization` header as sent.
     pub(crate) authorization: Option<String>,
+    /// The `OpenAI-Organization` header as sent.
+    pub(crate) organization: Option<String>,
 }
 
 impl Call {
@@ -348,6 +350,8 @@ impl OpenAiFake {
     /// Binds 127.0.0.1 on a free port and serves in a background task. The fake starts with
     /// one admin key (see [`OpenAiFake::admin_key`]) and nothing else.
     pub(crate) async fn start() -> OpenAiFake {
+        // Tests talk to the fake with reqwest, which needs a crypto provider installed.
+        quench_runner::connectors::install_crypto_provider();
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new()),
         });
@@ -398,6 +402,14 @@ impl OpenAiFake {
     /// Overrides the default number of usage buckets per page (spec: 7, 24 or 60).
     pub(crate) fn set_default_usage_buckets(&self, buckets: usize) {
         self.shared.lock().usage_page_size = Some(buckets);
+    }
+
+    /// Serves at most `size` objects per page of every list (usage: buckets), whatever `limit`
+    /// a request sends. `limit` is only an upper bound in the spec, so clients must follow
+    /// `has_more` rather than count items; this lets tests force several pages on a client
+    /// that asks for the maximum.
+    pub(crate) fn set_max_page_size(&self, size: usize) {
+        self.shared.lock().max_page_size = Some(size.max(1));
     }
 
     /// Breaks pagination: every list answers its first page with `has_more: true` and the same

@@ -109,7 +109,7 @@ pub static REGISTRY: &[ActionSpec] = &[
         "Change a project member's role (narrow an owner to member)",
         true,
         None,
-        &["id", "role", "previous_role"],
+        &["id", "role", "previous_role", "email", "name"],
     ),
     spec::<RemoveProjectUser>(
         "openai.remove_project_user",
@@ -123,7 +123,7 @@ pub static REGISTRY: &[ActionSpec] = &[
         "Lower a project's rate limits for one model",
         true,
         None,
-        &["id", "model", "previous"],
+        &["id", "project_id", "model", "previous", "limits"],
     ),
     spec::<ArchiveProject>(
         "openai.archive_project",

@@ -14,6 +14,17 @@ use crate::engine::ActionError;
 /// Per-request timeout of outbound HTTP calls.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Installs rustls' ring provider as the process default, once. reqwest is built with
+/// `rustls-no-provider` (no aws-lc C build) and panics when it builds a client without one; a
+/// provider installed earlier by someone else is kept.
+pub fn install_crypto_provider() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        // Err means a default provider is already installed, which is just as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// An HTTP client for connectors: rustls (ring), timeouts, no redirects unless a connector
 /// follows them itself, and a `User-Agent` naming quench.
 pub fn http_client() -> reqwest::Client {
@@ -31,17 +42,6 @@ pub fn http_client_builder() -> reqwest::ClientBuilder {
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
-}
-
-/// Installs ring as rustls's process-wide crypto provider. reqwest is built with `rustls-no-provider`
-/// (no aws-lc C build) and panics when it builds a client without one. Idempotent; a provider
-/// installed earlier by someone else is left alone.
-fn install_crypto_provider() {
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| {
-        // Err means a provider is already installed, which is all this needs.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
 }
 
 /// Checks a service's base URL: https, or plain http only to a loopback host (a local fake),

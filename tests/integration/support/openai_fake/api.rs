@@ -228,6 +228,10 @@ async fn guard(Extract(shared): Extract<SharedState>, request: Request, next: Ne
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         }),
         authorization: authorization.clone(),
+        organization: parts
+            .headers
+            .get("openai-organization")
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned()),
     };
     let fault = {
         let mut state = shared.lock();
@@ -330,7 +334,18 @@ impl Query {
     }
 
     /// `limit` in `1..=max`; without one, the fake's configured page size or the spec default.
+    /// Either way no more than the fake's maximum page size, if one is set.
     fn limit(&self, state: &State, default: usize, max: usize) -> Result<usize, ApiError> {
+        let limit = self.requested_limit(state, default, max)?;
+        Ok(state.max_page_size.map_or(limit, |cap| limit.min(cap)))
+    }
+
+    fn requested_limit(
+        &self,
+        state: &State,
+        default: usize,
+        max: usize,
+    ) -> Result<usize, ApiError> {
         match self.int("limit")? {
             None => Ok(state.page_size.unwrap_or(default)),
             Some(limit) => usize::try_from(limit)

@@ -275,6 +275,7 @@ pub(super) struct State {
     pub(super) broken_pagination: bool,
     pub(super) page_size: Option<usize>,
     pub(super) usage_page_size: Option<usize>,
+    pub(super) max_page_size: Option<usize>,
     pub(super) now: Option<i64>,
     pub(super) audit_mutations: bool,
     /// Where deleted objects stood, so a cursor naming one still works.
@@ -302,6 +303,7 @@ impl State {
             broken_pagination: false,
             page_size: None,
             usage_page_size: None,
+            max_page_size: None,
             now: None,
             audit_mutations: true,
             tombstones: HashMap::new(),

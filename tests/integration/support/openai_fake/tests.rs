@@ -967,6 +967,51 @@ async fn broken_pagination_repeats_the_same_cursor() {
 }
 
 #[tokio::test]
+async fn a_maximum_page_size_caps_every_list_whatever_the_limit() {
+    let fake = seeded().await;
+    for n in 2..=5 {
+        fake.seed_project(&format!("proj_{n}"), "p");
+    }
+    fake.set_max_page_size(2);
+    let (projects, pages) = walk(&fake, "/organization/projects?limit=100").await;
+    assert_eq!(projects.len(), 5);
+    assert_eq!(pages, 3, "100 asked, 2 served per page");
+    let first = get(&fake, "/organization/projects?limit=100").await;
+    assert_eq!(ids(&first), ["proj_1", "proj_2"]);
+    assert_eq!(first["has_more"], true);
+    assert_error(
+        &send(&fake, "GET", "/organization/projects?limit=101", None).await,
+        400,
+    );
+
+    let usage = get(
+        &fake,
+        "/organization/usage/completions?start_time=0&end_time=600&bucket_width=1m&limit=1440",
+    )
+    .await;
+    assert_eq!(usage["data"].as_array().expect("buckets").len(), 2);
+    assert_eq!(usage["has_more"], true);
+}
+
+#[tokio::test]
+async fn the_organization_header_is_recorded() {
+    let fake = seeded().await;
+    let client = reqwest::Client::new();
+    let response = client
+        .get(format!("{}/organization/projects", fake.base_url()))
+        .bearer_auth(fake.admin_key())
+        .header("OpenAI-Organization", "org-123")
+        .send()
+        .await
+        .expect("the fake answers");
+    assert_eq!(response.status().as_u16(), 200);
+    get(&fake, "/organization/projects").await;
+    let calls = fake.calls();
+    assert_eq!(calls[0].organization.as_deref(), Some("org-123"));
+    assert_eq!(calls[1].organization, None);
+}
+
+#[tokio::test]
 async fn stops_serving_when_dropped() {
     let fake = OpenAiFake::start().await;
     let url = format!("{}/organization/projects", fake.base_url());

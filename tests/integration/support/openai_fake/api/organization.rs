@@ -229,6 +229,7 @@ pub(super) async fn usage_completions(
                 )
             })?,
     };
+    let limit = state.max_page_size.map_or(limit, |cap| limit.min(cap));
     let group_by = query.all(&["group_by", "group_by[]"]);
     if let Some(bad) = group_by
         .iter()
