@@ -74,6 +74,10 @@ struct World {
 
 impl World {
     async fn start(playbooks: &[&str]) -> World {
+        World::start_with_env(playbooks, &[]).await
+    }
+
+    async fn start_with_env(playbooks: &[&str], env: &[(&str, &str)]) -> World {
         let nats = NatsServer::start();
         let dir = tempfile::tempdir().expect("temp dir");
         let playbook_dir = dir.path().join("playbooks");
@@ -82,7 +86,7 @@ impl World {
             std::fs::write(playbook_dir.join(format!("p{index}.yaml")), playbook)
                 .expect("write playbook");
         }
-        let service = Service::start(&nats.url(), &playbook_dir, dir.path());
+        let service = Service::start_with_env(&nats.url(), &playbook_dir, dir.path(), env);
         let client = async_nats::connect(nats.url())
             .await
             .expect("test client connects");
@@ -541,4 +545,141 @@ async fn quench_publish_sends_findings_and_reports_acks() {
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(world.count("run_started"), 2);
+}
+
+const SLACK_REVOKE: &str = r#"schema: quench.playbook/v1
+name: slack-revoke
+on:
+  finding:
+    kinds: [openai.api_key.leaked]
+steps:
+  - id: decide
+    uses: approval
+    with:
+      approvers: ["{{ finding.owner.email }}"]
+      question: "Your key *{{ finding.resource.id }}* leaked. Revoke it?"
+      choices: [revoke, keep]
+      timeout: 1h
+      on_timeout: revoke
+  - id: revoke
+    if: steps.decide.output.choice == "revoke"
+    uses: openai.revoke_key
+    with:
+      project_id: "{{ finding.resource.project_id }}"
+      key_id: "{{ finding.resource.id }}"
+  - id: tell
+    uses: slack.message
+    with:
+      to: "{{ finding.owner.email }}"
+      text: "Done: {{ steps.decide.output.choice }}"
+"#;
+
+/// Through the real service: the owner gets a DM with buttons, a click (as the gateway would
+/// publish it) resumes the run, the message is updated, and — with no OpenAI admin key — the
+/// revoke is recorded as the request it would send, and nothing reaches OpenAI. The bot token
+/// appears in no log line and nowhere in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_approval_and_a_dry_run_revoke_through_the_service() {
+    use crate::support::openai_fake::{KeySeed, OpenAiFake, Role};
+    use crate::support::slack_fake::SlackFake;
+
+    let slack = SlackFake::start().await;
+    slack.add_user("owner@example.com", "U0OWNER");
+    let openai = OpenAiFake::start().await;
+    openai.seed_project("proj_1", "web");
+    openai.seed_user("proj_1", "user_1", "owner@example.com", Role::Owner);
+    openai.seed_key("proj_1", "user_1", KeySeed::new("key_1"));
+    let (api_url, token, base_url) = (slack.api_url(), slack.bot_token(), openai.base_url());
+    let mut world = World::start_with_env(
+        &[SLACK_REVOKE],
+        &[
+            ("QUENCH_SLACK__API_URL", &api_url),
+            ("QUENCH_SLACK__BOT_TOKEN", &token),
+            ("QUENCH_OPENAI__BASE_URL", &base_url),
+        ],
+    )
+    .await;
+    let mut leaked = finding("f-slack", "key_1");
+    leaked["owner"] = json!({"email": "owner@example.com"});
+    world.publish_finding(&leaked, Some("f-slack")).await;
+
+    eventually(WAIT, "the owner is asked in a DM", || {
+        slack
+            .dm_channel("U0OWNER")
+            .is_some_and(|dm| !slack.messages_in(&dm).is_empty())
+    })
+    .await;
+    let dm = slack.dm_channel("U0OWNER").expect("DM");
+    let asked = slack.messages_in(&dm).remove(0);
+    let blocks = asked.blocks.expect("blocks");
+    let revoke: serde_json::Value = blocks
+        .as_array()
+        .expect("blocks")
+        .iter()
+        .filter(|block| block["type"] == "actions")
+        .flat_map(|block| block["elements"].as_array().cloned().unwrap_or_default())
+        .find(|button| button["text"]["text"] == "revoke")
+        .and_then(|button| serde_json::from_str(button["value"].as_str()?).ok())
+        .expect("a revoke button carrying its decision");
+    let run = revoke["run_id"].as_str().expect("run").to_owned();
+
+    let click = json!({
+        "schema": "quench.decision/v1", "id": "click-1", "run_id": run, "gate": revoke["gate"],
+        "token": revoke["token"], "choice": "revoke",
+        "actor": {"via": "slack", "id": "T0TEAM/U0OWNER"}, "decided_at": "2026-11-20T10:05:00Z"
+    });
+    world
+        .publish(
+            &format!("quench.decisions.{run}"),
+            click.to_string().into_bytes(),
+            Some("click-1"),
+        )
+        .await;
+    eventually(WAIT, "the run completes", || {
+        world.count("run_completed") == 1
+    })
+    .await;
+    eventually(WAIT, "the approval message is updated", || {
+        !slack.calls_to("chat.update").is_empty()
+    })
+    .await;
+    let updated = slack.messages_in(&dm).remove(0);
+    assert!(
+        updated
+            .text
+            .as_deref()
+            .is_some_and(|text| text.contains("Decided: *revoke* by <@U0OWNER> (via slack)")),
+        "{updated:?}"
+    );
+    let told = slack.messages_in(&dm).pop().expect("the closing message");
+    assert_eq!(told.text.as_deref(), Some("Done: revoke"));
+
+    let log = world.service.log_text();
+    let store = world.stop_and_open();
+    assert!(
+        openai.calls().iter().all(|call| call.method != "DELETE"),
+        "dry-run sends nothing to OpenAI"
+    );
+    assert!(openai.key_exists("proj_1", "key_1"));
+    let dry_run: Vec<serde_json::Value> = store
+        .run_audit(&run)
+        .expect("timeline")
+        .into_iter()
+        .filter(|entry| entry.kind == "step_dry_run")
+        .map(|entry| entry.detail["request"].clone())
+        .collect();
+    assert_eq!(dry_run.len(), 1, "{dry_run:?}");
+    assert_eq!(dry_run[0]["method"], "DELETE");
+    assert_eq!(
+        dry_run[0]["path"],
+        "/v1/organization/projects/proj_1/api_keys/key_1"
+    );
+    assert!(!log.contains(&token), "the bot token is not logged");
+    for item in store.raw_tree().iter() {
+        let (_, value) = item.expect("readable");
+        assert!(
+            !String::from_utf8_lossy(&value).contains(&token),
+            "the bot token is not stored"
+        );
+    }
 }

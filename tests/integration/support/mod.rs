@@ -359,11 +359,23 @@ pub(crate) struct Service {
     playbooks: std::path::PathBuf,
     nats: String,
     log: std::path::PathBuf,
+    /// Extra environment (`QUENCH_<SECTION>__<KEY>` settings).
+    env: Vec<(String, String)>,
 }
 
 impl Service {
     /// Starts the service on `nats` with the playbooks in `playbooks` and a store under `dir`.
     pub(crate) fn start(nats: &str, playbooks: &std::path::Path, dir: &std::path::Path) -> Service {
+        Service::start_with_env(nats, playbooks, dir, &[])
+    }
+
+    /// As [`Service::start`], with configuration from the environment.
+    pub(crate) fn start_with_env(
+        nats: &str,
+        playbooks: &std::path::Path,
+        dir: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Service {
         let mut service = Service {
             child: None,
             listen: format!("127.0.0.1:{}", free_port()),
@@ -371,6 +383,10 @@ impl Service {
             playbooks: playbooks.to_owned(),
             nats: nats.to_owned(),
             log: dir.join("serve.log"),
+            env: env
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                .collect(),
         };
         service.spawn();
         service
@@ -394,6 +410,7 @@ impl Service {
             .arg(&self.store)
             .arg("--playbooks")
             .arg(&self.playbooks)
+            .envs(self.env.iter().map(|(key, value)| (key, value)))
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(std::process::Stdio::null())
@@ -475,8 +492,7 @@ pub(crate) async fn eventually(
     }
 }
 
-// Used by the OpenAI and Slack connector tests; until those exist, only the fakes' own tests
-// use them.
+// Not every helper of the fakes is used by a test yet.
 #[allow(dead_code)]
 pub(crate) mod openai_fake;
 #[allow(dead_code)]

@@ -29,8 +29,9 @@ use crate::engine::Actions;
 /// A client of the OpenAI Admin API: base URL, admin key, optional organization id.
 pub struct OpenAi {
     base: Url,
-    /// `Bearer <admin key>`, marked sensitive so `Debug` of the header map hides it.
-    authorization: HeaderValue,
+    /// `Bearer <admin key>`, marked sensitive so `Debug` of the header map hides it; `None`
+    /// without a key (dry-run: requests are described, never sent).
+    authorization: Option<HeaderValue>,
     organization: Option<HeaderValue>,
     http: reqwest::Client,
     request_timeout: Duration,
@@ -63,8 +64,20 @@ impl OpenAi {
             .transpose()?;
         Ok(OpenAi {
             base,
-            authorization,
+            authorization: Some(authorization),
             organization,
+            http: super::http_client(),
+            request_timeout: REQUEST_TIMEOUT,
+        })
+    }
+
+    /// A client without an admin key: dry-run describes its requests; a call fails (permanent)
+    /// saying the key is not configured.
+    pub fn without_key(base_url: &str) -> Result<OpenAi, String> {
+        Ok(OpenAi {
+            base: base_url_of(base_url)?,
+            authorization: None,
+            organization: None,
             http: super::http_client(),
             request_timeout: REQUEST_TIMEOUT,
         })

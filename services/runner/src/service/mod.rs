@@ -23,6 +23,7 @@ pub use nats::{connect, ensure_streams};
 pub use publish::{PublishReport, ReadFinding, publish_findings, read_findings};
 
 use crate::config::Config;
+use crate::connectors::openai::OpenAi;
 use crate::connectors::slack::Slack;
 use crate::engine::{Actions, Engine, EngineConfig, SystemClock};
 use crate::playbook;
@@ -148,6 +149,17 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
         groups: config.groups.clone(),
         ..EngineConfig::default()
     };
+    // Without an admin key the OpenAI actions still describe their requests (dry-run).
+    let openai = match &config.openai.admin_key {
+        Some(key) => OpenAi::new(
+            &config.openai.base_url,
+            key.clone(),
+            config.openai.org_id.clone(),
+        ),
+        None => OpenAi::without_key(&config.openai.base_url),
+    }
+    .map_err(Error::Connector)?;
+    crate::connectors::openai::register(&mut actions, Arc::new(openai));
     let http = crate::connectors::http::HttpAction::new(&config.http.allow_hosts)
         .map_err(Error::Connector)?;
     crate::connectors::http::register(&mut actions, Arc::new(http));

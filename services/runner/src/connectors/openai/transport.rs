@@ -141,11 +141,19 @@ impl OpenAi {
 
     /// Sends `request` and classifies the answer.
     pub(super) async fn send(&self, request: &Request) -> Result<Reply, Failure> {
+        let Some(authorization) = &self.authorization else {
+            return Err(Failure {
+                status: None,
+                error: ActionError::permanent(
+                    "openai.admin_key is not configured, so quench cannot call the OpenAI Admin API (set it, or run the playbook in dry_run mode)",
+                ),
+            });
+        };
         let mut builder = self
             .http
             .request(request.method.clone(), request.url.clone())
             .timeout(self.request_timeout)
-            .header(AUTHORIZATION, self.authorization.clone());
+            .header(AUTHORIZATION, authorization.clone());
         if let Some(organization) = &self.organization {
             builder = builder.header("OpenAI-Organization", organization.clone());
         }
