@@ -86,7 +86,7 @@ impl World {
             std::fs::write(playbook_dir.join(format!("p{index}.yaml")), playbook)
                 .expect("write playbook");
         }
-        let service = Service::start_with_env(&nats.url(), &playbook_dir, dir.path(), env);
+        let service = Service::start(&nats.url(), &playbook_dir, dir.path(), env);
         let client = async_nats::connect(nats.url())
             .await
             .expect("test client connects");

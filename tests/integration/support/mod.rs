@@ -364,13 +364,9 @@ pub(crate) struct Service {
 }
 
 impl Service {
-    /// Starts the service on `nats` with the playbooks in `playbooks` and a store under `dir`.
-    pub(crate) fn start(nats: &str, playbooks: &std::path::Path, dir: &std::path::Path) -> Service {
-        Service::start_with_env(nats, playbooks, dir, &[])
-    }
-
-    /// As [`Service::start`], with configuration from the environment.
-    pub(crate) fn start_with_env(
+    /// Starts the service on `nats` with the playbooks in `playbooks`, a store under `dir`, and
+    /// configuration from `env` (`QUENCH_<SECTION>__<KEY>`).
+    pub(crate) fn start(
         nats: &str,
         playbooks: &std::path::Path,
         dir: &std::path::Path,
