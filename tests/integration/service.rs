@@ -580,6 +580,17 @@ steps:
 /// appears in no log line and nowhere in the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slack_approval_and_a_dry_run_revoke_through_the_service() {
+    slack_approval_then_revoke(false).await;
+}
+
+/// The same with an admin key: the key is deleted at OpenAI exactly once, and the admin key
+/// appears in no log line and nowhere in the store either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_approval_and_a_live_revoke_through_the_service() {
+    slack_approval_then_revoke(true).await;
+}
+
+async fn slack_approval_then_revoke(live: bool) {
     use crate::support::openai_fake::{KeySeed, OpenAiFake, Role};
     use crate::support::slack_fake::SlackFake;
 
@@ -590,15 +601,16 @@ async fn slack_approval_and_a_dry_run_revoke_through_the_service() {
     openai.seed_user("proj_1", "user_1", "owner@example.com", Role::Owner);
     openai.seed_key("proj_1", "user_1", KeySeed::new("key_1"));
     let (api_url, token, base_url) = (slack.api_url(), slack.bot_token(), openai.base_url());
-    let mut world = World::start_with_env(
-        &[SLACK_REVOKE],
-        &[
-            ("QUENCH_SLACK__API_URL", &api_url),
-            ("QUENCH_SLACK__BOT_TOKEN", &token),
-            ("QUENCH_OPENAI__BASE_URL", &base_url),
-        ],
-    )
-    .await;
+    let admin_key = openai.admin_key();
+    let mut env = vec![
+        ("QUENCH_SLACK__API_URL", api_url.as_str()),
+        ("QUENCH_SLACK__BOT_TOKEN", token.as_str()),
+        ("QUENCH_OPENAI__BASE_URL", base_url.as_str()),
+    ];
+    if live {
+        env.push(("QUENCH_OPENAI__ADMIN_KEY", admin_key.as_str()));
+    }
+    let mut world = World::start_with_env(&[SLACK_REVOKE], &env).await;
     let mut leaked = finding("f-slack", "key_1");
     leaked["owner"] = json!({"email": "owner@example.com"});
     world.publish_finding(&leaked, Some("f-slack")).await;
@@ -656,24 +668,37 @@ async fn slack_approval_and_a_dry_run_revoke_through_the_service() {
 
     let log = world.service.log_text();
     let store = world.stop_and_open();
-    assert!(
-        openai.calls().iter().all(|call| call.method != "DELETE"),
-        "dry-run sends nothing to OpenAI"
-    );
-    assert!(openai.key_exists("proj_1", "key_1"));
-    let dry_run: Vec<serde_json::Value> = store
-        .run_audit(&run)
-        .expect("timeline")
-        .into_iter()
+    let deletes = openai.calls_to("DELETE", "/v1/organization/projects/proj_1/api_keys/key_1");
+    let timeline = store.run_audit(&run).expect("timeline");
+    let dry_run: Vec<serde_json::Value> = timeline
+        .iter()
         .filter(|entry| entry.kind == "step_dry_run")
         .map(|entry| entry.detail["request"].clone())
         .collect();
-    assert_eq!(dry_run.len(), 1, "{dry_run:?}");
-    assert_eq!(dry_run[0]["method"], "DELETE");
-    assert_eq!(
-        dry_run[0]["path"],
-        "/v1/organization/projects/proj_1/api_keys/key_1"
-    );
+    if live {
+        assert_eq!(deletes.len(), 1, "revoked exactly once");
+        assert!(!openai.key_exists("proj_1", "key_1"));
+        assert!(dry_run.is_empty());
+        let ended: Run = store.get(Key::Run(&run)).expect("read").expect("run");
+        assert_eq!(ended.steps["revoke"].output["deleted"], true);
+    } else {
+        assert!(deletes.is_empty(), "dry-run sends nothing to OpenAI");
+        assert!(openai.key_exists("proj_1", "key_1"));
+        assert_eq!(dry_run.len(), 1, "{dry_run:?}");
+        assert_eq!(dry_run[0]["method"], "DELETE");
+        assert_eq!(
+            dry_run[0]["path"],
+            "/v1/organization/projects/proj_1/api_keys/key_1"
+        );
+    }
+    assert!(!log.contains(&admin_key), "the admin key is not logged");
+    for item in store.raw_tree().iter() {
+        let (_, value) = item.expect("readable");
+        assert!(
+            !String::from_utf8_lossy(&value).contains(&admin_key),
+            "the admin key is not stored"
+        );
+    }
     assert!(!log.contains(&token), "the bot token is not logged");
     for item in store.raw_tree().iter() {
         let (_, value) = item.expect("readable");
