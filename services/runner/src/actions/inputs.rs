@@ -255,3 +255,11 @@ pub struct Note {
 pub struct Fail {
     pub message: String,
 }
+
+/// Values to remember for the playbook's later runs, e.g. `audit_cursor: "{{ … }}"`; each run
+/// sees them as `state.<name>` as they were when it started.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct StateSet(
+    #[schemars(length(min = 1))] pub serde_json::Map<String, serde_json::Value>,
+);

@@ -175,6 +175,13 @@ pub static REGISTRY: &[ActionSpec] = &[
         &[],
     ),
     spec::<Fail>("fail", "Fail the run with a message", false, None, &[]),
+    spec::<StateSet>(
+        "state.set",
+        "Remember values for this playbook's later runs (read as `state.<name>`)",
+        false,
+        None,
+        &[],
+    ),
 ];
 
 /// Looks an action up by the name a playbook `uses`.

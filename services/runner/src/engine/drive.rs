@@ -323,7 +323,7 @@ impl Engine {
     ) -> Result<Flow, Error> {
         let engine_action = matches!(
             step.action.name,
-            "note" | "fail" | "wait" | crate::actions::APPROVAL
+            "note" | "fail" | "wait" | "state.set" | crate::actions::APPROVAL
         );
         if tx.no_calls && !engine_action {
             // Starting a run at intake goes only as far as the first call; a driver makes it.
@@ -357,6 +357,33 @@ impl Engine {
                     step,
                     iteration,
                     Ok(Success::new(json!({"message": message}))),
+                    false,
+                    tx,
+                    now,
+                )
+            }
+            "state.set" => {
+                let values = input.as_object().cloned().unwrap_or_default();
+                let mut state: serde_json::Map<String, Value> = self
+                    .inner
+                    .store
+                    .get(Key::PlaybookState(&run.playbook))?
+                    .unwrap_or_default();
+                state.extend(values.clone());
+                tx.batch.put(Key::PlaybookState(&run.playbook), &state);
+                tx.audit(
+                    run,
+                    now,
+                    "state_set",
+                    Some(&step.id),
+                    Value::Object(values.clone()),
+                );
+                self.complete(
+                    run,
+                    playbook,
+                    step,
+                    iteration,
+                    Ok(Success::new(Value::Object(values))),
                     false,
                     tx,
                     now,
@@ -986,6 +1013,11 @@ impl Engine {
                 now + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX)
             }),
             vars,
+            state: self
+                .inner
+                .store
+                .get(Key::PlaybookState(&playbook.name))?
+                .unwrap_or_default(),
             phase: Phase::Main,
             cursor: 0,
             steps: Default::default(),

@@ -566,6 +566,7 @@ fn provisional_run(
         ended_at: None,
         deadline: None,
         vars: serde_json::Map::new(),
+        state: serde_json::Map::new(),
         phase: Phase::Main,
         cursor: 0,
         steps: Default::default(),

@@ -207,6 +207,7 @@ pub(crate) fn context(
     let mut context = serde_json::json!({
         "finding": finding,
         "vars": run.vars,
+        "state": run.state,
         "steps": steps,
         "run": {"id": run.id, "started_at": run.started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "mode": run.mode},
         "playbook": {"name": playbook.name, "version": playbook.version},

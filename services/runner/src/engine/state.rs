@@ -73,6 +73,9 @@ pub struct Run {
     #[serde(default)]
     pub deadline: Option<DateTime<Utc>>,
     pub vars: serde_json::Map<String, Value>,
+    /// The playbook's remembered values (`state.set`) as they were when the run started.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub state: serde_json::Map<String, Value>,
     #[serde(default)]
     pub phase: Phase,
     /// Index of the current step in the current phase.

@@ -151,7 +151,7 @@ impl Scope<'_> {
             roots.push("steps");
         }
         if self.run {
-            roots.push("run");
+            roots.extend(["run", "state"]);
         }
         if self.item {
             roots.extend(["item", "index"]);
@@ -211,6 +211,9 @@ impl Scope<'_> {
             },
             "run" if self.run => fixed(RUN_FIELDS, "run"),
             "run" => unavailable("`run` is not available here: no run exists yet".to_owned()),
+            // What `state.set` remembered: any name (test it with `is defined`).
+            "state" if self.run => None,
+            "state" => unavailable("`state` is not available here: no run exists yet".to_owned()),
             "playbook" => fixed(PLAYBOOK_FIELDS, "playbook"),
             "now" if segments.len() == 1 => None,
             "now" => fixed(&[], "now"),

@@ -113,6 +113,8 @@ pub enum Key<'a> {
     PlaybookHistory(&'a str, DateTime<Utc>),
     /// A scheduled playbook's next tick.
     Schedule(&'a str),
+    /// A playbook's remembered values (`state.set`), by playbook name.
+    PlaybookState(&'a str),
     /// The audit log: records of entries, by the sequence number of their first entry.
     Audit(u64),
 }
@@ -161,6 +163,7 @@ impl Key<'_> {
             Key::PlaybookHistory(name, at) => parts(b"ph/", &[name.as_bytes(), &millis(at)]),
             Key::Audit(seq) => parts(b"a/", &[&seq.to_be_bytes()]),
             Key::Schedule(name) => parts(b"s/", &[name.as_bytes()]),
+            Key::PlaybookState(name) => parts(b"ps/", &[name.as_bytes()]),
         }
     }
 }
