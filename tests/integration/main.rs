@@ -5,6 +5,7 @@ mod connectors_http;
 mod connectors_openai;
 mod connectors_slack;
 mod crash;
+mod discovery;
 mod engine;
 mod playbook_corpus;
 mod playbook_tests;

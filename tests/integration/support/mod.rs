@@ -88,6 +88,31 @@ impl Harness {
         mocks: std::collections::BTreeMap<String, Vec<quench_runner::testing::MockResult>>,
         slack: Option<std::sync::Arc<quench_runner::connectors::slack::Slack>>,
     ) -> Harness {
+        let register = slack.clone();
+        Harness::build(
+            store,
+            playbooks,
+            now,
+            mocks,
+            move |actions| {
+                if let Some(slack) = &register {
+                    slack.register(actions);
+                }
+            },
+            slack.map(|slack| slack as std::sync::Arc<dyn quench_runner::engine::Notifier>),
+        )
+        .await
+    }
+
+    /// A harness whose actions are scripted except those `register` puts in their place.
+    pub(crate) async fn build(
+        store: quench_runner::store::Store,
+        playbooks: &[&str],
+        now: chrono::DateTime<chrono::Utc>,
+        mocks: std::collections::BTreeMap<String, Vec<quench_runner::testing::MockResult>>,
+        register: impl FnOnce(&mut quench_runner::engine::Actions),
+        notifier: Option<std::sync::Arc<dyn quench_runner::engine::Notifier>>,
+    ) -> Harness {
         use std::sync::Arc;
         let clock = Arc::new(quench_runner::engine::ManualClock::new(now));
         let script = Arc::new(quench_runner::testing::Script::new(mocks));
@@ -106,12 +131,10 @@ impl Harness {
             "secops".to_owned(),
             vec!["lead@example.com".to_owned(), "U0SECOPS1".to_owned()],
         );
-        if let Some(slack) = &slack {
-            slack.register(&mut actions);
-        }
+        register(&mut actions);
         let mut engine = quench_runner::engine::Engine::new(store, clock.clone(), actions, config);
-        if let Some(slack) = slack {
-            engine = engine.with_notifier(slack);
+        if let Some(notifier) = notifier {
+            engine = engine.with_notifier(notifier);
         }
         let compiled = playbooks
             .iter()

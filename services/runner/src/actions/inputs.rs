@@ -260,6 +260,4 @@ pub struct Fail {
 /// sees them as `state.<name>` as they were when it started.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
-pub struct StateSet(
-    #[schemars(length(min = 1))] pub serde_json::Map<String, serde_json::Value>,
-);
+pub struct StateSet(#[schemars(length(min = 1))] pub serde_json::Map<String, serde_json::Value>);
