@@ -155,3 +155,29 @@ async fn overlap_skips_allows_or_cancels_the_previous_run() {
     let first = cancelled[0].run_id.clone().expect("a run");
     assert_eq!(harness.run(&first).status, RunStatus::Cancelled);
 }
+
+#[test]
+fn schedule_list_shows_each_scheduled_playbook_with_its_next_fire_times() {
+    let output = std::process::Command::new(crate::support::quench_bin())
+        .args([
+            "schedule",
+            "list",
+            "--count",
+            "2",
+            "--from",
+            "2026-03-28T12:00:00Z",
+        ])
+        .arg(crate::support::root().join("workflows"))
+        .output()
+        .expect("quench runs");
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "find-openai-usage-spikes  `0 6 * * *` UTC\n    \
+         next: Sun 2026-03-29 06:00 UTC, Mon 2026-03-30 06:00 UTC\n\
+         inventory-openai-keys  `0 7 * * MON` Europe/Berlin\n    \
+         next: Mon 2026-03-30 07:00 CEST, Mon 2026-04-06 07:00 CEST\n\
+         watch-openai-audit-log  `*/15 * * * *` UTC\n    \
+         next: Sat 2026-03-28 12:15 UTC, Sat 2026-03-28 12:30 UTC\n"
+    );
+}

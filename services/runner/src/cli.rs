@@ -38,6 +38,33 @@ pub enum Command {
     Serve(ServeArgs),
     /// Publish findings (a JSON or JSON-lines file, a directory of them, or - for stdin).
     Publish(PublishArgs),
+    /// Scheduled playbooks.
+    Schedule {
+        #[command(subcommand)]
+        command: ScheduleCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Each scheduled playbook with its next fire times (computed from the playbooks; the
+    /// service keeps its own next tick in the store, which agrees unless a tick is being caught up).
+    List(ScheduleListArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ScheduleListArgs {
+    /// Playbook files or directories.
+    #[arg(default_value = "workflows")]
+    pub paths: Vec<PathBuf>,
+    /// How many fire times to show per playbook.
+    #[arg(long, default_value_t = 3)]
+    pub count: usize,
+    /// Count from this time (RFC 3339) instead of now.
+    #[arg(long)]
+    pub from: Option<chrono::DateTime<chrono::FixedOffset>>,
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
 }
 
 #[derive(Debug, clap::Args)]
@@ -149,6 +176,9 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write, styled: bool) -> 
         } => audit_verify(&store, out, err),
         Command::Serve(args) => serve(&args, out, err),
         Command::Publish(args) => publish(&args, out, err),
+        Command::Schedule {
+            command: ScheduleCommand::List(args),
+        } => schedule_list(&args, out, err),
     }
 }
 
@@ -169,6 +199,83 @@ struct JsonFile {
     #[serde(skip_serializing_if = "Option::is_none")]
     version: Option<String>,
     valid: bool,
+}
+
+/// `quench schedule list`.
+pub fn schedule_list(args: &ScheduleListArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let loaded = match playbook::load_paths(&args.paths) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            let _ = writeln!(err, "error: {error}");
+            return EXIT_USAGE;
+        }
+    };
+    let from = args
+        .from
+        .map_or_else(chrono::Utc::now, |from| from.with_timezone(&chrono::Utc));
+    let mut rows = Vec::new();
+    let mut invalid = false;
+    for file in &loaded {
+        let Some(playbook) = &file.compiled.playbook else {
+            let _ = writeln!(
+                err,
+                "error: {} does not compile (see `quench validate`)",
+                file.path.display()
+            );
+            invalid = true;
+            continue;
+        };
+        let playbook::Trigger::Schedule(schedule) = &playbook.trigger else {
+            continue;
+        };
+        let next = crate::engine::upcoming(schedule, from, args.count);
+        rows.push(serde_json::json!({
+            "playbook": playbook.name,
+            "cron": schedule.line,
+            "timezone": schedule.timezone.name(),
+            "overlap": schedule.overlap,
+            "catch_up": schedule.catch_up,
+            "next": next,
+        }));
+    }
+    let written = match args.format {
+        Format::Json => serde_json::to_writer_pretty(&mut *out, &rows)
+            .map_err(std::io::Error::other)
+            .and_then(|()| writeln!(out)),
+        Format::Human => rows.iter().try_for_each(|row| {
+            let zone: chrono_tz::Tz = row["timezone"]
+                .as_str()
+                .and_then(|name| name.parse().ok())
+                .unwrap_or(chrono_tz::UTC);
+            let times: Vec<String> = row["next"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|time| time.as_str()?.parse::<chrono::DateTime<chrono::Utc>>().ok())
+                .map(|time| {
+                    time.with_timezone(&zone)
+                        .format("%a %Y-%m-%d %H:%M %Z")
+                        .to_string()
+                })
+                .collect();
+            writeln!(
+                out,
+                "{}  `{}` {}\n    next: {}",
+                row["playbook"].as_str().unwrap_or_default(),
+                row["cron"].as_str().unwrap_or_default(),
+                row["timezone"].as_str().unwrap_or_default(),
+                if times.is_empty() {
+                    "never".to_owned()
+                } else {
+                    times.join(", ")
+                }
+            )
+        }),
+    };
+    if written.is_err() {
+        return EXIT_USAGE;
+    }
+    if invalid { EXIT_INVALID } else { EXIT_OK }
 }
 
 /// `quench validate`.
