@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use quench_proto::{Finding, RunEventKind};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use super::render::{Scope, context};
 use super::state::{
@@ -55,11 +56,17 @@ impl Engine {
     /// Advances a run until it parks or ends. Returns the runs this started (a queued finding
     /// whose turn came), which the caller drives next.
     pub async fn drive(&self, run_id: &str) -> Result<Vec<String>, Error> {
+        let span = tracing::info_span!("run", run_id = %run_id, playbook = tracing::field::Empty);
+        self.drive_in(run_id, &span).instrument(span.clone()).await
+    }
+
+    async fn drive_in(&self, run_id: &str, span: &tracing::Span) -> Result<Vec<String>, Error> {
         let _guard = self.inner.locks.lock(run_id).await;
         let mut started = Vec::new();
         let Some(mut run) = self.run(run_id)? else {
             return Ok(started);
         };
+        span.record("playbook", run.playbook.as_str());
         while run.status == RunStatus::Running {
             let mut tx = Tx::default();
             let playbook = match self.version(&run.version) {
@@ -94,14 +101,31 @@ impl Engine {
         Ok(started)
     }
 
+    /// Makes the call under the step's timeout; its duration and failure class are measured.
     async fn execute(&self, pending: &PendingCall) -> Result<Success, ActionError> {
-        match tokio::time::timeout(pending.timeout, pending.action.call(&pending.call)).await {
+        let span = tracing::info_span!("step", step = %pending.call.step, action = %pending.call.action, attempt = pending.call.attempt);
+        let started = std::time::Instant::now();
+        let call = tokio::time::timeout(pending.timeout, pending.action.call(&pending.call));
+        let result = match call.instrument(span).await {
             Ok(result) => result,
             Err(_) => Err(ActionError::retryable(format!(
                 "timed out after {}",
                 humantime::format_duration(pending.timeout)
             ))),
-        }
+        };
+        let class = result.as_ref().err().map(|error| {
+            if error.is_retryable() {
+                "retryable"
+            } else {
+                "permanent"
+            }
+        });
+        crate::metrics::get().action_call(
+            &pending.call.action,
+            started.elapsed().as_secs_f64(),
+            class,
+        );
+        result
     }
 
     /// Moves the run forward through steps that need no call, until it must call, park or end.
@@ -963,11 +987,17 @@ impl Engine {
         tx.batch
             .delete(Key::Queued(&ended.playbook, &ended.key, seq));
         // A queued finding runs with the playbook as it is now, not as it was when it queued.
-        let Some(current) = self.playbooks().get(&ended.playbook).cloned() else {
+        let current = self.playbooks().get(&ended.playbook).cloned();
+        let dropped = match &current {
+            None => Some("the playbook is no longer loaded"),
+            Some(_) if !self.is_enabled(&ended.playbook)? => Some("the playbook is disabled"),
+            Some(_) => None,
+        };
+        let (Some(current), None) = (current, dropped) else {
             let mut draft = crate::store::AuditDraft::new(
                 now,
                 "finding_dropped",
-                json!({"finding": queued.finding.id, "reason": "the playbook is no longer loaded"}),
+                json!({"finding": queued.finding.id, "reason": dropped}),
             );
             draft.playbook = Some(ended.playbook.clone());
             tx.audit_draft(draft);
@@ -1024,6 +1054,7 @@ impl Engine {
             failure: None,
             cancelled: None,
             timers: Vec::new(),
+            counted: None,
         };
         if let Some(deadline) = run.deadline {
             self.set_timer(&mut run, tx, deadline, Timer::RunTimeout);

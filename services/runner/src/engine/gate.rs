@@ -41,6 +41,18 @@ pub enum DecisionOutcome {
     Refused(Refusal),
 }
 
+/// What became of a request to cancel a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancel {
+    NotFound,
+    /// The run had already ended so.
+    Ended(RunStatus),
+    /// Cancelled; the runs to drive now (a finding that was queued behind it).
+    Cancelled {
+        wake: Vec<String>,
+    },
+}
+
 /// Why an answer was refused (audited, with who sent it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -697,22 +709,38 @@ impl Engine {
             .collect()
     }
 
-    /// Cancels a run that has not ended (an operator, `on_resolved: cancel`, `replace`).
-    pub async fn cancel(&self, run_id: &str, reason: &str) -> Result<bool, Error> {
+    /// Cancels a run that has not ended, on behalf of an operator (`actor`, audited with the
+    /// reason). Returns what happened; a cancelled run's slot may start a queued finding's run,
+    /// which is returned to be driven.
+    pub async fn cancel(
+        &self,
+        run_id: &str,
+        reason: &str,
+        actor: &quench_proto::Actor,
+    ) -> Result<Cancel, Error> {
         let _guard = self.inner.locks.lock(run_id).await;
         let mut tx = Tx::default();
         let Some(mut run) = self.run(run_id)? else {
-            return Ok(false);
+            return Ok(Cancel::NotFound);
         };
         if run.status.is_terminal() {
-            return Ok(false);
+            return Ok(Cancel::Ended(run.status));
         }
         let now = self.now();
+        tx.audit(
+            &run,
+            now,
+            "run_cancel_requested",
+            None,
+            json!({"reason": reason}),
+        );
+        tx.batch.amend_last_audit(|draft| {
+            draft.actor = Some(serde_json::to_value(actor).unwrap_or(Value::Null));
+        });
         self.cancel_locked(&mut run, reason, &mut tx, now)?;
         tx.save(&mut run, now);
         let wake = self.commit(tx).await?;
-        self.drive_all(wake).await?;
-        Ok(true)
+        Ok(Cancel::Cancelled { wake })
     }
 
     /// Cancels a run whose lock the caller holds.

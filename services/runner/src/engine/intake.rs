@@ -59,6 +59,8 @@ pub enum Handling {
     ResolvedNoted,
     /// `where`, `vars` or `key` could not be evaluated (audited).
     Error(String),
+    /// The playbook is disabled: no run was started (audited).
+    Disabled,
 }
 
 /// Findings taken in whose commit is queued; [`Ingesting::finish`] waits until it is durable.
@@ -123,6 +125,7 @@ impl Engine {
         let _intake = self.inner.intake.lock().await;
         let now = self.now();
         let playbooks = self.playbooks();
+        let disabled = self.disabled_playbooks()?;
         let mut tx = Tx::default();
         let mut seen = HashSet::new();
         let mut open: HashMap<(String, String), Option<String>> = HashMap::new();
@@ -150,6 +153,19 @@ impl Engine {
                     continue;
                 };
                 if !trigger.matches_kind(&finding.kind) {
+                    continue;
+                }
+                // A disabled playbook starts nothing; a resolved finding still reaches its runs.
+                if disabled.contains(&playbook.name) && finding.status != Status::Resolved {
+                    let mut draft = AuditDraft::new(
+                        now,
+                        "finding_ignored",
+                        json!({"finding": finding.id, "reason": "the playbook is disabled"}),
+                    );
+                    draft.playbook = Some(playbook.name.clone());
+                    draft.version = Some(playbook.version.clone());
+                    tx.audit_draft(draft);
+                    handled.push((playbook.name.clone(), Handling::Disabled));
                     continue;
                 }
                 let handling = self
@@ -421,6 +437,15 @@ impl Engine {
                 json!({"due": tick.due, "missed": missed, "next": tick.state.next}),
             ));
         }
+        if !self.is_enabled(name)? {
+            // The schedule moves on (no burst of catch-up runs when it is enabled again).
+            tx.audit_draft(audit(
+                "trigger_skipped",
+                json!({"reason": "the playbook is disabled"}),
+            ));
+            self.commit(tx).await?;
+            return Ok((None, Vec::new()));
+        }
         let mut provisional = provisional_run(&playbook, None, now, self.inner.config.mode);
         let scope = context(&provisional, &playbook, now, Scope::default());
         let rendered = self
@@ -573,5 +598,6 @@ fn provisional_run(
         failure: None,
         cancelled: None,
         timers: Vec::new(),
+        counted: None,
     }
 }

@@ -34,7 +34,7 @@ use serde_json::Value;
 
 pub use action::{Action, ActionError, ActionFuture, Actions, Call, Success};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use gate::{DecisionOutcome, Refusal};
+pub use gate::{Cancel, DecisionOutcome, Refusal};
 pub use intake::{FindingOutcome, Handling, Ingesting};
 pub use notify::{Delivery, NoticeFuture, NoticeRequest, Notifier};
 pub use render::MAX_FOREACH;
@@ -83,6 +83,15 @@ pub enum Error {
 /// Where run events go after their commit (NATS in the service; a list in tests).
 pub trait EventSink: Send + Sync + std::fmt::Debug {
     fn publish(&self, events: Vec<RunEvent>);
+}
+
+/// Runs open and parked on approval, from the store's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunCounts {
+    /// Runs not ended (running or parked).
+    pub open: i64,
+    /// Runs parked on an approval gate.
+    pub awaiting_approval: i64,
 }
 
 /// A cheap handle to the engine.
@@ -162,14 +171,17 @@ impl Engine {
         self.inner.clock.now()
     }
 
-    /// Makes `playbooks` the current set. New versions are stored by content hash and audited;
-    /// runs already open keep the version they started with.
+    /// Makes `playbooks` the current set. Each version is stored by content hash; a playbook
+    /// whose current version changes (new, edited, or rolled back) gets a history entry and an
+    /// audit entry naming `loaded_by`, and one that leaves the set an audit entry too. Runs
+    /// already open keep the version they started with.
     pub async fn load_playbooks(
         &self,
         playbooks: Vec<Playbook>,
         loaded_by: &str,
     ) -> Result<(), Error> {
         let now = self.now();
+        let previous = self.playbooks();
         let mut batch = Batch::new();
         let mut set = BTreeMap::new();
         for playbook in playbooks {
@@ -183,9 +195,20 @@ impl Engine {
                     Key::PlaybookVersion(&playbook.version),
                     &playbook.source.as_ref(),
                 );
+            }
+            let current = self
+                .inner
+                .store
+                .playbook_history(&playbook.name)?
+                .pop()
+                .map(|(_, version)| version);
+            if current.as_deref() != Some(playbook.version.as_str()) {
                 batch.put(Key::PlaybookHistory(&playbook.name, now), &playbook.version);
-                let mut draft =
-                    AuditDraft::new(now, "playbook_loaded", serde_json::json!({"by": loaded_by}));
+                let mut draft = AuditDraft::new(
+                    now,
+                    "playbook_loaded",
+                    serde_json::json!({"by": loaded_by, "previous": current}),
+                );
                 draft.playbook = Some(playbook.name.clone());
                 draft.version = Some(playbook.version.clone());
                 batch.audit(draft);
@@ -194,12 +217,112 @@ impl Engine {
                 .insert(playbook.version.clone(), playbook.clone());
             set.insert(playbook.name.clone(), playbook);
         }
+        for (name, playbook) in previous.iter() {
+            if !set.contains_key(name) {
+                let mut draft = AuditDraft::new(
+                    now,
+                    "playbook_removed",
+                    serde_json::json!({"by": loaded_by}),
+                );
+                draft.playbook = Some(name.clone());
+                draft.version = Some(playbook.version.clone());
+                batch.audit(draft);
+            }
+        }
         self.inner.store.commit(batch).await?;
         *self
             .inner
             .playbooks
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(set);
+        Ok(())
+    }
+
+    /// Whether a playbook starts new runs (it does unless an operator disabled it).
+    pub fn is_enabled(&self, name: &str) -> Result<bool, Error> {
+        Ok(!self.inner.store.contains(Key::PlaybookDisabled(name))?)
+    }
+
+    /// Names of the disabled playbooks.
+    pub fn disabled_playbooks(&self) -> Result<std::collections::BTreeSet<String>, Error> {
+        Ok(self
+            .inner
+            .store
+            .disabled_playbooks::<Value>()?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// Enables or disables a playbook (a disabled one starts no new runs; its open runs go on).
+    /// Persisted and audited with `actor`; returns false when it was already so.
+    pub async fn set_enabled(
+        &self,
+        name: &str,
+        enabled: bool,
+        actor: &quench_proto::Actor,
+    ) -> Result<bool, Error> {
+        // Serialized with intake, so a batch sees the flag before or after, never half.
+        let _intake = self.inner.intake.lock().await;
+        if self.is_enabled(name)? == enabled {
+            return Ok(false);
+        }
+        let now = self.now();
+        let mut batch = Batch::new();
+        if enabled {
+            batch.delete(Key::PlaybookDisabled(name));
+        } else {
+            batch.put(
+                Key::PlaybookDisabled(name),
+                &serde_json::json!({"at": now, "by": actor.id}),
+            );
+        }
+        let kind = if enabled {
+            "playbook_enabled"
+        } else {
+            "playbook_disabled"
+        };
+        let mut draft = AuditDraft::new(now, kind, serde_json::json!({}));
+        draft.playbook = Some(name.to_owned());
+        draft.actor = Some(serde_json::to_value(actor).unwrap_or(Value::Null));
+        batch.audit(draft);
+        self.inner.store.commit(batch).await?;
+        Ok(true)
+    }
+
+    /// A playbook version (content hash), from the cache or recompiled from its stored source.
+    pub fn playbook_version(&self, version: &str) -> Result<Arc<Playbook>, Error> {
+        self.version(version)
+    }
+
+    /// How many runs are open, and how many of them are parked on an approval gate: read from
+    /// the counters the store keeps with every commit (one read, whatever the number of runs).
+    pub fn run_counts(&self) -> Result<RunCounts, Error> {
+        let counters = self.inner.store.counters()?.unwrap_or_default();
+        let get = |name: &str| counters.get(name).copied().unwrap_or(0);
+        Ok(RunCounts {
+            open: get(state::COUNT_OPEN),
+            awaiting_approval: get(state::COUNT_AWAITING_APPROVAL),
+        })
+    }
+
+    /// Makes sure the store's run counters exist. A store written before they were kept is
+    /// counted once here (a scan of every run); call it at start-up, before runs move.
+    pub async fn ensure_run_counts(&self) -> Result<(), Error> {
+        if self.inner.store.counters()?.is_some() {
+            return Ok(());
+        }
+        let (mut open, mut awaiting) = (0i64, 0i64);
+        for item in self.inner.store.runs_newest_first::<Run>(None) {
+            let (_, run) = item?;
+            let count = run.count();
+            open += count.open();
+            awaiting += count.awaiting_approval();
+        }
+        let mut batch = Batch::new();
+        batch.count(state::COUNT_OPEN, open);
+        batch.count(state::COUNT_AWAITING_APPROVAL, awaiting);
+        self.inner.store.commit(batch).await?;
         Ok(())
     }
 
@@ -257,7 +380,11 @@ impl Engine {
 
     /// Reads a run.
     pub fn run(&self, id: &str) -> Result<Option<Run>, Error> {
-        Ok(self.inner.store.get(Key::Run(id))?)
+        let run: Option<Run> = self.inner.store.get(Key::Run(id))?;
+        Ok(run.map(|mut run| {
+            run.counted = Some(run.count());
+            run
+        }))
     }
 
     /// Drives runs one after another until each parks or ends; returns runs they started
@@ -434,9 +561,23 @@ impl Tx {
         });
     }
 
-    /// Writes the run and keeps its "active" marker in step with its status.
+    /// Writes the run and keeps its "active" marker and the store's run counters in step with
+    /// its status.
     fn save(&mut self, run: &mut Run, at: DateTime<Utc>) {
         run.updated_at = at;
+        let count = run.count();
+        let before = run.counted.unwrap_or(state::Count::Ended);
+        if before != count {
+            let open = count.open() - before.open();
+            let awaiting = count.awaiting_approval() - before.awaiting_approval();
+            if open != 0 {
+                self.batch.count(state::COUNT_OPEN, open);
+            }
+            if awaiting != 0 {
+                self.batch.count(state::COUNT_AWAITING_APPROVAL, awaiting);
+            }
+        }
+        run.counted = Some(count);
         self.batch.put(Key::Run(&run.id), &*run);
         if run.status == RunStatus::Running {
             self.batch.put(Key::Active(&run.id), &true);

@@ -89,6 +89,51 @@ pub struct Run {
     /// Timers currently set for this run (so they can all be removed when it ends).
     #[serde(default)]
     pub timers: Vec<TimerRef>,
+    /// What the run counted as in the store's run counters when it was read or last saved
+    /// (not stored; `None` for a run not yet written).
+    #[serde(skip)]
+    pub(crate) counted: Option<Count>,
+}
+
+/// The store counter of runs not ended.
+pub(crate) const COUNT_OPEN: &str = "runs_open";
+/// The store counter of runs parked on an approval gate.
+pub(crate) const COUNT_AWAITING_APPROVAL: &str = "runs_awaiting_approval";
+
+/// How a run counts in the store's run counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Count {
+    Ended,
+    Open,
+    AwaitingApproval,
+}
+
+impl Count {
+    pub(crate) fn open(self) -> i64 {
+        i64::from(self != Count::Ended)
+    }
+
+    pub(crate) fn awaiting_approval(self) -> i64 {
+        i64::from(self == Count::AwaitingApproval)
+    }
+}
+
+impl Run {
+    /// How the run counts now: ended, open, or parked on a gate (its gate timeout is set).
+    pub(crate) fn count(&self) -> Count {
+        if self.status.is_terminal() {
+            Count::Ended
+        } else if self.status == RunStatus::Waiting
+            && self
+                .timers
+                .iter()
+                .any(|timer| timer.name.starts_with(GATE_TIMER_PREFIX))
+        {
+            Count::AwaitingApproval
+        } else {
+            Count::Open
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -265,6 +310,9 @@ pub struct GateDecision {
     pub via: String,
 }
 
+/// The name of a gate's timeout timer starts so (the run is parked on approval while it is set).
+const GATE_TIMER_PREFIX: &str = "gate:";
+
 /// What a durable timer does when it fires.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -326,7 +374,7 @@ impl Timer {
     pub fn name(&self) -> String {
         match self {
             Timer::Wait { step } => format!("wait:{step}"),
-            Timer::GateTimeout { step } => format!("gate:{step}"),
+            Timer::GateTimeout { step } => format!("{GATE_TIMER_PREFIX}{step}"),
             Timer::Remind { step } => format!("remind:{step}"),
             Timer::Escalate { step, index } => format!("escalate:{step}:{index}"),
             Timer::Retry { step } => format!("retry:{step}"),

@@ -5,6 +5,7 @@
 //! because the audit chain needs one writer to keep its order. After a failed commit it refuses
 //! every later one (fail-stop): callers may have queued work that assumed the failed batch.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -15,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::audit::{self, Head};
 use super::{Batch, Committed, Error, Key};
+
+/// The metadata key of the store's counters ([`Batch::count`]).
+pub(super) const COUNTERS: &str = "counters";
 
 /// Most batches grouped into one commit.
 const MAX_GROUP: usize = 4096;
@@ -70,12 +74,13 @@ impl Handle {
             _ => None,
         };
         let head = audit::read_head(&db)?;
+        let counters = read_counters(&db)?;
         let (sender, receiver) = mpsc::sync_channel(QUEUE);
         let failed = CancellationToken::new();
         let on_failure = failed.clone();
         let thread = std::thread::Builder::new()
             .name("quench-committer".into())
-            .spawn(move || run(db, log, head, receiver, on_failure))
+            .spawn(move || run(db, log, head, counters, receiver, on_failure))
             .map_err(Error::Sync)?;
         Ok(Handle {
             sender: Some(sender),
@@ -106,13 +111,25 @@ impl Handle {
     }
 }
 
+fn read_counters(db: &sled::Db) -> Result<BTreeMap<String, i64>, Error> {
+    match db.get(Key::Meta(COUNTERS).encode())? {
+        None => Ok(BTreeMap::new()),
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|source| Error::Decode {
+            key: format!("m/{COUNTERS}"),
+            source,
+        }),
+    }
+}
+
 fn run(
     db: sled::Db,
     log: Option<File>,
     mut head: Head,
+    mut counters: BTreeMap<String, i64>,
     receiver: mpsc::Receiver<Request>,
     on_failure: CancellationToken,
 ) {
+    let metrics = crate::metrics::get();
     // Set by a failed commit: batches queued after it were built on state that did not reach
     // the disk, so none is applied (fail-stop; reopening the store recovers).
     let mut failed: Option<String> = None;
@@ -128,11 +145,20 @@ fn run(
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
+        metrics.commit_batches.observe(group.len() as f64);
         let mut writes = sled::Batch::default();
         let mut next_head = head.clone();
+        let mut next_counters: Option<BTreeMap<String, i64>> = None;
         let mut replies = Vec::with_capacity(group.len());
         let mut records = audit::Records::default();
         for Request { batch, reply } in group {
+            for (name, delta) in batch.counts {
+                *next_counters
+                    .get_or_insert_with(|| counters.clone())
+                    .entry(name.to_owned())
+                    .or_default() += delta;
+            }
             for (key, value) in batch.ops {
                 match value {
                     Some(value) => writes.insert(key, value),
@@ -155,6 +181,12 @@ fn run(
                 serde_json::to_vec(&next_head).expect("head serializes"),
             );
         }
+        if let Some(next) = &next_counters {
+            writes.insert(
+                Key::Meta(COUNTERS).encode(),
+                serde_json::to_vec(next).expect("counters serialize"),
+            );
+        }
         fail::fail_point!("store::before_commit");
         let outcome = db
             .apply_batch(writes)
@@ -167,7 +199,13 @@ fn run(
         fail::fail_point!("store::after_commit");
         match outcome {
             Ok(()) => {
+                metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 head = next_head;
+                if let Some(next) = next_counters {
+                    counters = next;
+                }
                 for (reply, audit) in replies {
                     let _ = reply.send(Ok(Committed { audit }));
                 }

@@ -115,6 +115,8 @@ pub enum Key<'a> {
     Schedule(&'a str),
     /// A playbook's remembered values (`state.set`), by playbook name.
     PlaybookState(&'a str),
+    /// A playbook that starts no new runs, by name (who disabled it, and when).
+    PlaybookDisabled(&'a str),
     /// The audit log: records of entries, by the sequence number of their first entry.
     Audit(u64),
 }
@@ -164,6 +166,7 @@ impl Key<'_> {
             Key::Audit(seq) => parts(b"a/", &[&seq.to_be_bytes()]),
             Key::Schedule(name) => parts(b"s/", &[name.as_bytes()]),
             Key::PlaybookState(name) => parts(b"ps/", &[name.as_bytes()]),
+            Key::PlaybookDisabled(name) => parts(b"pd/", &[name.as_bytes()]),
         }
     }
 }
@@ -202,6 +205,8 @@ impl TimerKey {
 pub struct Batch {
     ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     audit: Vec<AuditDraft>,
+    /// Changes to the store's counters (`m/counters`), summed by the committer.
+    counts: Vec<(&'static str, i64)>,
 }
 
 impl Batch {
@@ -238,14 +243,22 @@ impl Batch {
         self.audit.len()
     }
 
+    /// Adds `delta` to a counter kept in the store (applied with the batch, by the one
+    /// committer, so concurrent batches never lose an update). A zero delta still creates it.
+    pub fn count(&mut self, name: &'static str, delta: i64) -> &mut Batch {
+        self.counts.push((name, delta));
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty() && self.audit.is_empty()
+        self.ops.is_empty() && self.audit.is_empty() && self.counts.is_empty()
     }
 
     /// Moves everything from `other` into this batch, after what is here.
     pub fn append(&mut self, other: &mut Batch) {
         self.ops.append(&mut other.ops);
         self.audit.append(&mut other.audit);
+        self.counts.append(&mut other.counts);
     }
 }
 
@@ -470,6 +483,87 @@ impl Store {
         for item in self.inner.db.scan_prefix(b"x/") {
             let (key, _) = item?;
             out.push(String::from_utf8_lossy(&key[2..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// Runs newest first (run ids are UUIDv7, so key order is creation order), starting after
+    /// `before` (exclusive) when given. Lazy: a caller reads only as many as it needs.
+    pub fn runs_newest_first<T: DeserializeOwned>(
+        &self,
+        before: Option<&str>,
+    ) -> impl Iterator<Item = Result<(String, T), Error>> + '_ {
+        let end = match before {
+            Some(id) => Key::Run(id).encode(),
+            None => b"r0".to_vec(),
+        };
+        self.inner.db.range(b"r/".to_vec()..end).rev().map(|item| {
+            let (key, value) = item?;
+            let id = String::from_utf8_lossy(&key[2..]).into_owned();
+            Ok((id, decode(&key, &value)?))
+        })
+    }
+
+    /// The store's counters (see [`Batch::count`]); `None` when none was ever written.
+    pub fn counters(&self) -> Result<Option<std::collections::BTreeMap<String, i64>>, Error> {
+        self.get(Key::Meta(committer::COUNTERS))
+    }
+
+    /// When a playbook name was loaded at which version, oldest first.
+    pub fn playbook_history(&self, name: &str) -> Result<Vec<(DateTime<Utc>, String)>, Error> {
+        let mut prefix = b"ph/".to_vec();
+        prefix.extend_from_slice(name.as_bytes());
+        prefix.push(0);
+        let mut out = Vec::new();
+        for (key, version) in self.scan::<String>(prefix.clone(), usize::MAX)? {
+            let Some(at) = key
+                .get(prefix.len()..)
+                .and_then(|bytes| bytes.try_into().ok())
+                .map(u64::from_be_bytes)
+                .and_then(|millis| DateTime::from_timestamp_millis(millis as i64))
+            else {
+                continue;
+            };
+            out.push((at, version));
+        }
+        Ok(out)
+    }
+
+    /// Names of the playbooks that are disabled, with what was recorded when they were.
+    pub fn disabled_playbooks<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, Error> {
+        Ok(self
+            .scan::<T>(b"pd/".to_vec(), usize::MAX)?
+            .into_iter()
+            .map(|(key, value)| (String::from_utf8_lossy(&key[3..]).into_owned(), value))
+            .collect())
+    }
+
+    /// Audit entries newest first, with their hashes: those before sequence number `before`
+    /// (exclusive) when given, at most `limit`.
+    pub fn audit_newest_first(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(String, AuditEntry)>, Error> {
+        let end = match before {
+            Some(seq) => Key::Audit(seq).encode(),
+            None => b"a0".to_vec(),
+        };
+        let mut out = Vec::new();
+        for item in self.inner.db.range(b"a/".to_vec()..end).rev() {
+            let (_, record) = item?;
+            let mut entries: Vec<(String, AuditEntry)> = audit::split_record(&record)
+                .into_iter()
+                .filter_map(|stored| parse_stored(stored).map(|(hash, _, entry)| (hash, entry)))
+                .filter(|(_, entry)| before.is_none_or(|before| entry.seq < before))
+                .collect();
+            entries.reverse();
+            for entry in entries {
+                out.push(entry);
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+            }
         }
         Ok(out)
     }

@@ -1,0 +1,300 @@
+//! Prometheus metrics: one process-wide registry (`prometheus-client`), written to by the
+//! intake, the engine and the store's committer, and rendered by the admin API's `/metrics`.
+//!
+//! Counters and histograms are updated where the event happens. The gauges that describe state
+//! (runs open, runs parked on approval, NATS connected, playbooks refused) are set just before
+//! rendering from values that are cheap to read: the run gauges come from counters the store's
+//! committer maintains in the same atomic commit as the runs themselves (`Batch::count`), so a
+//! scrape reads one key instead of scanning a million parked runs.
+//!
+//! Names are constants; the exposition appends `_total` to counters and the unit to histograms.
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+/// Findings parsed and taken in (`kind`).
+pub const FINDINGS_RECEIVED: &str = "quench_findings_received";
+/// Findings dropped because their id was seen before (`kind`).
+pub const FINDINGS_DEDUPLICATED: &str = "quench_findings_deduplicated";
+/// Messages refused and republished to the dead-letter subject (`subject`: findings or
+/// decisions; `reason`: the parse error's code).
+pub const DEAD_LETTERED: &str = "quench_dead_lettered";
+/// Runs started (`playbook`).
+pub const RUNS_STARTED: &str = "quench_runs_started";
+/// Runs that ended `completed` (`playbook`).
+pub const RUNS_COMPLETED: &str = "quench_runs_completed";
+/// Runs that ended `failed` (`playbook`).
+pub const RUNS_FAILED: &str = "quench_runs_failed";
+/// Runs that ended `cancelled` (`playbook`).
+pub const RUNS_CANCELLED: &str = "quench_runs_cancelled";
+/// Runs not ended: running or parked.
+pub const RUNS_OPEN: &str = "quench_runs_open";
+/// Runs parked on an approval gate.
+pub const RUNS_AWAITING_APPROVAL: &str = "quench_runs_awaiting_approval";
+/// Duration of action calls (`action`).
+pub const STEP_DURATION: &str = "quench_step_duration";
+/// Action calls that failed (`action`, `class`: retryable or permanent).
+pub const ACTION_ERRORS: &str = "quench_action_errors";
+/// Batches grouped into one store commit.
+pub const COMMIT_BATCHES: &str = "quench_store_commit_batches";
+/// Time of one store commit (apply, flush, fdatasync).
+pub const COMMIT_DURATION: &str = "quench_store_commit_duration";
+/// 1 while the NATS connection is up.
+pub const NATS_CONNECTED: &str = "quench_nats_connected";
+/// Playbook (re)loads from the directory or the API (`result`: ok or refused).
+pub const PLAYBOOK_LOADS: &str = "quench_playbook_loads";
+/// Playbook files currently refused (the last good version of each keeps serving).
+pub const PLAYBOOKS_REFUSED: &str = "quench_playbooks_refused";
+/// Playbooks currently loaded.
+pub const PLAYBOOKS_LOADED: &str = "quench_playbooks_loaded";
+
+/// Labels of per-kind finding counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+/// Labels of dead-letter counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadLetterLabels {
+    pub subject: String,
+    pub reason: String,
+}
+
+/// Labels of per-playbook run counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlaybookLabel {
+    pub playbook: String,
+}
+
+/// Labels of per-action metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    pub action: String,
+}
+
+/// Labels of action errors.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionErrorLabels {
+    pub action: String,
+    pub class: String,
+}
+
+/// Labels of playbook loads.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+/// The process's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub findings_received: Family<KindLabel, Counter>,
+    pub findings_deduplicated: Family<KindLabel, Counter>,
+    pub dead_lettered: Family<DeadLetterLabels, Counter>,
+    pub runs_started: Family<PlaybookLabel, Counter>,
+    pub runs_completed: Family<PlaybookLabel, Counter>,
+    pub runs_failed: Family<PlaybookLabel, Counter>,
+    pub runs_cancelled: Family<PlaybookLabel, Counter>,
+    pub runs_open: Gauge,
+    pub runs_awaiting_approval: Gauge,
+    pub step_duration: Family<ActionLabel, Histogram>,
+    pub action_errors: Family<ActionErrorLabels, Counter>,
+    pub commit_batches: Histogram,
+    pub commit_seconds: Histogram,
+    pub nats_connected: Gauge,
+    pub playbook_loads: Family<ResultLabel, Counter>,
+    pub playbooks_refused: Gauge,
+    pub playbooks_loaded: Gauge,
+}
+
+fn step_histogram() -> Histogram {
+    // 5 ms to about 80 s: API calls, with their retries' timeouts.
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process-wide metrics.
+pub fn get() -> &'static Metrics {
+    &METRICS
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let metrics = Metrics {
+            registry: Registry::default(),
+            findings_received: Family::default(),
+            findings_deduplicated: Family::default(),
+            dead_lettered: Family::default(),
+            runs_started: Family::default(),
+            runs_completed: Family::default(),
+            runs_failed: Family::default(),
+            runs_cancelled: Family::default(),
+            runs_open: Gauge::default(),
+            runs_awaiting_approval: Gauge::default(),
+            step_duration: Family::new_with_constructor(step_histogram),
+            action_errors: Family::default(),
+            // 1 to 4096 batches (the committer's group limit).
+            commit_batches: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            // 0.25 ms to about 4 s.
+            commit_seconds: Histogram::new(exponential_buckets(0.00025, 2.0, 15)),
+            nats_connected: Gauge::default(),
+            playbook_loads: Family::default(),
+            playbooks_refused: Gauge::default(),
+            playbooks_loaded: Gauge::default(),
+        };
+        let mut registry = Registry::default();
+        registry.register(
+            FINDINGS_RECEIVED,
+            "Findings parsed and taken in, by kind",
+            metrics.findings_received.clone(),
+        );
+        registry.register(
+            FINDINGS_DEDUPLICATED,
+            "Findings dropped as already seen (same id), by kind",
+            metrics.findings_deduplicated.clone(),
+        );
+        registry.register(
+            DEAD_LETTERED,
+            "Messages refused and dead-lettered, by DLQ subject and reason",
+            metrics.dead_lettered.clone(),
+        );
+        registry.register(
+            RUNS_STARTED,
+            "Runs started, by playbook",
+            metrics.runs_started.clone(),
+        );
+        registry.register(
+            RUNS_COMPLETED,
+            "Runs completed, by playbook",
+            metrics.runs_completed.clone(),
+        );
+        registry.register(
+            RUNS_FAILED,
+            "Runs failed, by playbook",
+            metrics.runs_failed.clone(),
+        );
+        registry.register(
+            RUNS_CANCELLED,
+            "Runs cancelled, by playbook",
+            metrics.runs_cancelled.clone(),
+        );
+        registry.register(
+            ACTION_ERRORS,
+            "Action calls that failed, by action and class (retryable, permanent)",
+            metrics.action_errors.clone(),
+        );
+        registry.register(
+            PLAYBOOK_LOADS,
+            "Playbook loads (directory, reload, API), by result (ok, refused)",
+            metrics.playbook_loads.clone(),
+        );
+        registry.register(
+            NATS_CONNECTED,
+            "1 while the NATS connection is up",
+            metrics.nats_connected.clone(),
+        );
+        registry.register(
+            RUNS_OPEN,
+            "Runs not ended (running or parked)",
+            metrics.runs_open.clone(),
+        );
+        registry.register(
+            RUNS_AWAITING_APPROVAL,
+            "Runs parked on an approval gate",
+            metrics.runs_awaiting_approval.clone(),
+        );
+        registry.register(
+            PLAYBOOKS_REFUSED,
+            "Playbook files refused at the last load (their last good version keeps serving)",
+            metrics.playbooks_refused.clone(),
+        );
+        registry.register(
+            PLAYBOOKS_LOADED,
+            "Playbooks loaded",
+            metrics.playbooks_loaded.clone(),
+        );
+        registry.register_with_unit(
+            STEP_DURATION,
+            "Duration of action calls, by action",
+            Unit::Seconds,
+            metrics.step_duration.clone(),
+        );
+        registry.register(
+            COMMIT_BATCHES,
+            "Batches grouped into one store commit",
+            metrics.commit_batches.clone(),
+        );
+        registry.register_with_unit(
+            COMMIT_DURATION,
+            "Duration of one store commit (apply, flush, fdatasync)",
+            Unit::Seconds,
+            metrics.commit_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// Counts a finding taken in (or dropped as a duplicate).
+    pub fn finding(&self, kind: &str, duplicate: bool) {
+        let family = if duplicate {
+            &self.findings_deduplicated
+        } else {
+            &self.findings_received
+        };
+        family
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a dead-lettered message.
+    pub fn dead_letter(&self, subject: &str, reason: &str) {
+        self.dead_lettered
+            .get_or_create(&DeadLetterLabels {
+                subject: subject.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records one action call and, when it failed, its class.
+    pub fn action_call(&self, action: &str, seconds: f64, error: Option<&'static str>) {
+        self.step_duration
+            .get_or_create(&ActionLabel {
+                action: action.to_owned(),
+            })
+            .observe(seconds);
+        if let Some(class) = error {
+            self.action_errors
+                .get_or_create(&ActionErrorLabels {
+                    action: action.to_owned(),
+                    class: class.to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// The Prometheus text exposition (OpenMetrics format).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(%error, "cannot encode the metrics");
+        }
+        out
+    }
+}
+
+/// The content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
