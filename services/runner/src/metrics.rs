@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-/// Findings parsed and taken in (`kind`).
+/// Findings parsed from the bus, duplicates included (`kind`).
 pub const FINDINGS_RECEIVED: &str = "quench_findings_received";
 /// Findings dropped because their id was seen before (`kind`).
 pub const FINDINGS_DEDUPLICATED: &str = "quench_findings_deduplicated";
@@ -245,16 +245,30 @@ impl Metrics {
         }
     }
 
-    /// Counts a finding taken in (or dropped as a duplicate).
+    /// Counts a finding taken in (every parsed one), and whether it was dropped as a duplicate.
     pub fn finding(&self, kind: &str, duplicate: bool) {
-        let family = if duplicate {
-            &self.findings_deduplicated
-        } else {
-            &self.findings_received
+        let label = KindLabel {
+            kind: kind.to_owned(),
+        };
+        self.findings_received.get_or_create(&label).inc();
+        if duplicate {
+            self.findings_deduplicated.get_or_create(&label).inc();
+        }
+    }
+
+    /// Counts a run event that starts or ends a run.
+    pub fn run_event(&self, playbook: &str, kind: quench_proto::RunEventKind) {
+        use quench_proto::RunEventKind;
+        let family = match kind {
+            RunEventKind::RunStarted => &self.runs_started,
+            RunEventKind::RunCompleted => &self.runs_completed,
+            RunEventKind::RunFailed => &self.runs_failed,
+            RunEventKind::RunCancelled => &self.runs_cancelled,
+            _ => return,
         };
         family
-            .get_or_create(&KindLabel {
-                kind: kind.to_owned(),
+            .get_or_create(&PlaybookLabel {
+                playbook: playbook.to_owned(),
             })
             .inc();
     }

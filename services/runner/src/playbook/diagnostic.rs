@@ -6,11 +6,13 @@ use std::fmt;
 use std::ops::Range;
 
 use annotate_snippets::{AnnotationKind, Group, Level, Renderer, Snippet};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::yaml::LineIndex;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Error,
@@ -19,7 +21,7 @@ pub enum Severity {
 
 /// A stable name per rule, shown in brackets (`error[unknown-field]`) and in JSON output, so CI
 /// and people can refer to a rule without quoting its message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Code {
     YamlSyntax,
@@ -165,8 +167,9 @@ impl Diagnostic {
     }
 }
 
-/// A diagnostic with its position resolved, as printed by `--format json`.
-#[derive(Debug, Clone, Serialize)]
+/// A diagnostic with its position resolved, as printed by `--format json` (and returned by the
+/// admin API when it refuses a playbook).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Located {
     pub file: String,
     pub severity: Severity,
@@ -176,9 +179,9 @@ pub struct Located {
     pub column: usize,
     pub end_line: usize,
     pub end_column: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub help: Option<String>,
 }
 

@@ -1,5 +1,5 @@
 //! Run events to NATS (`quench.events.<playbook>.<kind>`), published after the commit that
-//! records them, each with its id as `Nats-Msg-Id` so a re-send is dropped. The audit log is the
+//! records them (and counted in the run metrics there), each with its id as `Nats-Msg-Id` so a re-send is dropped. The audit log is the
 //! record; events are its notification, so a bounded queue sheds (and logs) rather than letting
 //! a NATS outage grow memory.
 
@@ -40,7 +40,10 @@ impl NatsEvents {
 
 impl EventSink for NatsEvents {
     fn publish(&self, events: Vec<RunEvent>) {
+        let metrics = crate::metrics::get();
         for event in events {
+            // Counted here, after the commit that made them true.
+            metrics.run_event(&event.playbook, event.kind);
             if self.queue.try_send(event).is_err() {
                 tracing::warn!("run event queue full; an event was dropped (the audit log has it)");
             }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Driver, Error};
-use crate::engine::Engine;
+use crate::engine::{Engine, FindingOutcome};
 
 /// Most messages taken through the engine in one commit.
 const BATCH: usize = 256;
@@ -169,6 +169,10 @@ pub(super) async fn findings(
             let Ok(permit) = in_flight.acquire_owned().await else {
                 return;
             };
+            let kinds: Vec<String> = findings
+                .iter()
+                .map(|finding| finding.kind.clone())
+                .collect();
             let ingesting = match engine.begin_ingest(&findings).await {
                 Ok(ingesting) => ingesting,
                 Err(error) => return commit_failed(&error, findings.len()),
@@ -180,6 +184,10 @@ pub(super) async fn findings(
                         // Acknowledged only now that the runs they started are committed.
                         for message in accepted {
                             ack(&message).await;
+                        }
+                        let metrics = crate::metrics::get();
+                        for (kind, outcome) in kinds.iter().zip(&outcomes) {
+                            metrics.finding(kind, *outcome == FindingOutcome::Duplicate);
                         }
                         tracing::debug!(
                             findings = outcomes.len(),
@@ -266,6 +274,7 @@ async fn dead_letter(
     match published {
         Ok(()) => {
             tracing::warn!(subject = %message.subject, reason = error.reason(), "dead-lettered");
+            crate::metrics::get().dead_letter(dlq, error.reason());
             ack(message).await;
         }
         // Not acked: it comes back and is dead-lettered then.

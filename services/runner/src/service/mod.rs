@@ -4,11 +4,15 @@
 //! fire; runs are driven with bounded concurrency so a busy engine slows intake instead of
 //! growing memory. SIGTERM stops the intake, lets in-flight steps finish within a grace period,
 //! and exits 0 — everything not finished is durable and resumes at the next start.
+//!
+//! The operator surface lives here too: the admin API with health and metrics (`api`), and the
+//! playbooks directory with its hot reload (`playbooks`).
 
+pub(crate) mod api;
 mod events;
-mod http;
 mod intake;
 mod nats;
+pub(crate) mod playbooks;
 mod publish;
 
 use std::sync::Arc;
@@ -19,6 +23,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use api::openapi;
 pub use nats::{connect, ensure_streams};
 pub use publish::{PublishReport, ReadFinding, publish_findings, read_findings};
 
@@ -100,33 +105,18 @@ impl Driver {
     }
 }
 
-/// Loads the playbooks in a directory; a file that does not compile is refused (and logged)
-/// while the others load.
-pub fn load_playbooks(dir: &std::path::Path) -> Result<Vec<playbook::Playbook>, Error> {
-    let loaded = playbook::load_paths(&[dir.to_owned()]).map_err(|source| Error::Playbooks {
-        dir: dir.display().to_string(),
-        source,
-    })?;
-    let mut playbooks = Vec::new();
-    for file in loaded {
-        match file.compiled.playbook {
-            Some(playbook) => playbooks.push(playbook),
-            None => {
-                let report = file.report().render(false);
-                tracing::error!(file = %file.path.display(), "playbook refused:\n{report}");
-            }
-        }
-    }
-    Ok(playbooks)
-}
-
 /// The service. Returns when `shutdown` is cancelled and the grace period is over, or with an
 /// error when a store commit fails.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     // Stops the service's tasks: on `shutdown`, or when a commit fails.
     let stop = shutdown.child_token();
-    let playbooks = load_playbooks(&config.playbooks.dir)?;
-    tracing::info!(count = playbooks.len(), dir = %config.playbooks.dir.display(), "playbooks loaded");
+    // Fail before connecting anything when the directory cannot be read at all.
+    playbook::expand(std::slice::from_ref(&config.playbooks.dir)).map_err(|source| {
+        Error::Playbooks {
+            dir: config.playbooks.dir.display().to_string(),
+            source,
+        }
+    })?;
     let mut store_config = StoreConfig::new(&config.store.path);
     store_config.sync = config.store.sync;
     let store = Store::open(&store_config).map_err(|source| Error::Store {
@@ -183,7 +173,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     if let Some(slack) = slack {
         engine = engine.with_notifier(slack);
     }
-    engine.load_playbooks(playbooks, "quench serve").await?;
+    engine.ensure_run_counts().await?;
+    let library = playbooks::Library::new(config.playbooks.dir.clone(), engine.clone());
+    library.reload("quench serve").await?;
 
     let tasks = TaskTracker::new();
     let drives = TaskTracker::new();
@@ -200,12 +192,22 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
             listen: config.api.listen.to_string(),
             source,
         })?;
-    tasks.spawn(http::serve(
-        listener,
-        client.clone(),
-        ready.clone(),
-        stop.clone(),
-    ));
+    let tokens = api::Tokens::new(&config.api.tokens);
+    if tokens.is_empty() {
+        tracing::warn!(
+            "no [[api.tokens]] configured: the admin API refuses every request (health and metrics still answer)"
+        );
+    }
+    let api = api::Api::new(api::Parts {
+        engine: engine.clone(),
+        driver: driver.clone(),
+        library: library.clone(),
+        client: client.clone(),
+        tokens,
+        ready: ready.clone(),
+    });
+    tasks.spawn(api::serve(listener, api, stop.clone()));
+    tasks.spawn(library.watch(stop.clone()));
     tasks.spawn(publisher.run(stop.clone()));
 
     // Runs that were between steps when the last process stopped.

@@ -1,7 +1,13 @@
 //! The `quench` command line. Each subcommand is a function from parsed arguments to an exit
 //! code; output goes to the writers it is given, so tests run commands in-process.
 //!
-//! Exit codes (shared by `validate` and, later, `test`): 0 valid, 1 invalid, 2 usage or I/O error.
+//! Exit codes: 0 ok, 1 invalid or refused, 2 usage or I/O error, 64 configuration (EX_CONFIG),
+//! 69 a service quench needs is unavailable (EX_UNAVAILABLE), 77 authentication (EX_NOPERM).
+//! The commands that talk to a running service through its admin API are in `remote`.
+
+mod remote;
+
+pub use remote::{ApiArgs, ApproveArgs, DlqCommand, EXIT_NOPERM, PlaybooksCommand, RunsCommand};
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -34,7 +40,7 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// Run the service: NATS intake, the engine, timers, health endpoints.
+    /// Run the service: NATS intake, the engine, timers, the admin API and metrics.
     Serve(ServeArgs),
     /// Publish findings (a JSON or JSON-lines file, a directory of them, or - for stdin).
     Publish(PublishArgs),
@@ -42,6 +48,23 @@ pub enum Command {
     Schedule {
         #[command(subcommand)]
         command: ScheduleCommand,
+    },
+    /// Runs in the service (through its admin API).
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+    /// Answer an approval gate as the token's identity (through the admin API).
+    Approve(ApproveArgs),
+    /// Playbooks in the service: list, apply, history, diff, enable, disable (admin API).
+    Playbooks {
+        #[command(subcommand)]
+        command: PlaybooksCommand,
+    },
+    /// Dead-lettered messages: list and replay (admin API).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
     },
 }
 
@@ -78,7 +101,7 @@ pub struct ServeArgs {
     /// NATS URL (overrides `nats.url`).
     #[arg(long)]
     pub nats: Option<String>,
-    /// Address of /healthz and /readyz (overrides `api.listen`).
+    /// Address of the admin API, /healthz, /readyz and /metrics (overrides `api.listen`).
     #[arg(long)]
     pub listen: Option<String>,
     /// Store directory (overrides `store.path`).
@@ -87,6 +110,16 @@ pub struct ServeArgs {
     /// Playbooks directory (overrides `playbooks.dir`).
     #[arg(long)]
     pub playbooks: Option<PathBuf>,
+    /// Log lines as text or as JSON objects (with the fields of their spans).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How `serve` writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -117,11 +150,24 @@ pub struct TestArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Recompute the audit chain and name the first entry that does not fit.
+    /// Recompute the audit chain and name the first entry that does not fit: through the
+    /// running service's API, or offline with `--store`.
     Verify {
         /// The store directory (offline: the service must not be running on it).
         #[arg(long)]
-        store: PathBuf,
+        store: Option<PathBuf>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Audit entries, newest first (admin API).
+    List {
+        /// Entries before this sequence number (the `more:` of the previous page).
+        #[arg(long)]
+        before: Option<u64>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        api: ApiArgs,
     },
 }
 
@@ -172,8 +218,18 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write, styled: bool) -> 
         Command::Validate(args) => validate(&args, out, err, styled),
         Command::Test(args) => test(&args, out, err),
         Command::Audit {
-            command: AuditCommand::Verify { store },
-        } => audit_verify(&store, out, err),
+            command: AuditCommand::Verify { store, api },
+        } => match store {
+            Some(store) => audit_verify(&store, out, err),
+            None => remote::audit_verify(&api, out, err),
+        },
+        Command::Audit {
+            command: AuditCommand::List { before, limit, api },
+        } => remote::audit_list(before, limit, &api, out, err),
+        Command::Runs { command } => remote::runs(&command, out, err),
+        Command::Approve(args) => remote::approve(&args, out, err),
+        Command::Playbooks { command } => remote::playbooks(&command, out, err),
+        Command::Dlq { command } => remote::dlq(&command, out, err),
         Command::Serve(args) => serve(&args, out, err),
         Command::Publish(args) => publish(&args, out, err),
         Command::Schedule {
@@ -539,7 +595,7 @@ pub fn serve(args: &ServeArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         let _ = write!(out, "{}", config.dump());
         return EXIT_OK;
     }
-    init_tracing();
+    init_tracing(args.log_format);
     let Some(runtime) = runtime(err) else {
         return EXIT_USAGE;
     };
@@ -584,13 +640,21 @@ async fn signals(shutdown: tokio_util::sync::CancellationToken) {
     std::process::exit(130);
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        // One object per line; `span` and `spans` carry run_id, playbook and step.
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+    };
 }
 
 /// `quench publish`.

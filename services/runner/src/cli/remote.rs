@@ -1,0 +1,930 @@
+//! The subcommands that talk to a running service through its admin API (`--api`, `--token` or
+//! `QUENCH_TOKEN`): runs, approvals, playbooks, dead letters and the online audit check. Tables
+//! by default, `--json` for scripts.
+//!
+//! Exit codes: 0 done, 1 refused or invalid (the API said no, or a check failed), 2 usage or
+//! local I/O, 64 bad `--api`, 69 the API cannot be reached (or says a dependency is down),
+//! 77 authentication (no, unknown, or too weak a token).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{EXIT_CONFIG, EXIT_INVALID, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE};
+use crate::playbook::{Located, Severity};
+use crate::service::api::types::{
+    AppliedView, ApplyRequest, AuditPage, AuditView, CancelRequest, Cancelled, DecisionRequest,
+    DecisionResult, DlqPage, ErrorBody, History, PlaybookList, Replayed, RunDetail, RunPage,
+    Verified, VersionSource,
+};
+
+/// Exit code for authentication and permission failures (EX_NOPERM).
+pub const EXIT_NOPERM: u8 = 77;
+
+/// How long one API request may take (an audit verification reads the whole log).
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Where the API is and who is calling.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// The admin API's base URL (https, or http to a loopback address).
+    #[arg(
+        long = "api",
+        env = "QUENCH_API_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub url: String,
+    /// A bearer token from the service's `[[api.tokens]]`.
+    #[arg(long, env = "QUENCH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RunsCommand {
+    /// Runs, newest first.
+    List {
+        /// open, running, waiting, completed, failed or cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        playbook: Option<String>,
+        /// Finding key (exact).
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// The `next` cursor printed by the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// A run: its steps, gates and audit entries.
+    Show {
+        run: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Cancel a run that has not ended.
+    Cancel {
+        run: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// `quench approve`.
+#[derive(Debug, clap::Args)]
+pub struct ApproveArgs {
+    pub run: String,
+    /// The approval step's id.
+    #[arg(long)]
+    pub gate: String,
+    /// One of the gate's choices (e.g. approve, deny, revoke, keep).
+    #[arg(long)]
+    pub choice: String,
+    #[arg(long)]
+    pub comment: Option<String>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PlaybooksCommand {
+    /// Loaded playbooks, and files the service refused.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Apply playbooks (files, or directories of *.yaml): each is compiled by the service and,
+    /// when it compiles, written into its playbooks directory and made current.
+    Apply {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The versions a playbook has had, newest first.
+    History {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// A unified diff between two versions (full `sha256:…` or a unique prefix of the hex).
+    Diff {
+        name: String,
+        from: String,
+        to: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Let a playbook start new runs again.
+    Enable {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Stop a playbook from starting new runs (its open runs go on).
+    Disable {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DlqCommand {
+    /// Dead-lettered messages, oldest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        cursor: Option<u64>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Republish dead letters to their original subjects and remove them from the DLQ.
+    Replay {
+        #[arg(required = true)]
+        seqs: Vec<u64>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// Why a request did not give an answer to show.
+#[derive(Debug)]
+enum Failure {
+    /// `--api` is not usable.
+    Config(String),
+    Unreachable(String),
+    Auth(String),
+    /// The API answered with an error.
+    Refused(ErrorBody),
+    Local(String),
+}
+
+impl Failure {
+    fn report(self, err: &mut dyn Write) -> u8 {
+        match self {
+            Failure::Config(message) => {
+                let _ = writeln!(err, "error: {message}");
+                EXIT_CONFIG
+            }
+            Failure::Unreachable(message) => {
+                let _ = writeln!(err, "error: {message}");
+                EXIT_UNAVAILABLE
+            }
+            Failure::Auth(message) => {
+                let _ = writeln!(err, "error: {message}");
+                EXIT_NOPERM
+            }
+            Failure::Refused(body) => {
+                let _ = writeln!(err, "error: {} ({})", body.error.message, body.error.code);
+                for diagnostic in &body.diagnostics {
+                    let _ = writeln!(err, "{}", diagnostic_line(diagnostic));
+                }
+                EXIT_INVALID
+            }
+            Failure::Local(message) => {
+                let _ = writeln!(err, "error: {message}");
+                EXIT_USAGE
+            }
+        }
+    }
+}
+
+/// One diagnostic as `file:line:col: error[code]: message` (and its help).
+fn diagnostic_line(diagnostic: &Located) -> String {
+    let severity = match diagnostic.severity {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+    };
+    let mut line = format!(
+        "{}:{}:{}: {severity}[{}]: {}",
+        diagnostic.file, diagnostic.line, diagnostic.column, diagnostic.code, diagnostic.message
+    );
+    if let Some(help) = &diagnostic.help {
+        line.push_str(&format!("\n    help: {help}"));
+    }
+    line
+}
+
+/// A blocking client of the admin API.
+struct Client {
+    base: url::Url,
+    token: Option<String>,
+    http: reqwest::Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Client {
+    fn new(args: &ApiArgs) -> Result<Client, Failure> {
+        let mut base = crate::connectors::check_base_url(&args.url)
+            .map_err(|problem| Failure::Config(format!("--api {:?} {problem}", args.url)))?;
+        // Paths are joined to it: keep a prefix such as `/quench` as a directory.
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        let http = crate::connectors::http_client_builder()
+            .timeout(TIMEOUT)
+            .build()
+            .map_err(|error| Failure::Local(format!("cannot build the HTTP client: {error}")))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| Failure::Local(format!("cannot start the runtime: {error}")))?;
+        Ok(Client {
+            base,
+            token: args.token.clone().filter(|token| !token.is_empty()),
+            http,
+            runtime,
+        })
+    }
+
+    fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T, Failure> {
+        self.send::<T, ()>(Method::GET, path, query, None)
+    }
+
+    fn post<T: DeserializeOwned, B: Serialize>(&self, path: &str, body: &B) -> Result<T, Failure> {
+        self.send(Method::POST, path, &[], Some(body))
+    }
+
+    fn send<T: DeserializeOwned, B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&B>,
+    ) -> Result<T, Failure> {
+        let url = self
+            .base
+            .join(path)
+            .map_err(|error| Failure::Config(format!("--api {}: {error}", self.base)))?;
+        let mut request = self.http.request(method, url.clone()).query(query);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        self.runtime.block_on(async {
+            let response = request.send().await.map_err(|error| {
+                Failure::Unreachable(format!(
+                    "cannot reach the quench API at {}: {} (is `quench serve` running there? see --api)",
+                    self.base,
+                    error.without_url()
+                ))
+            })?;
+            let status = response.status();
+            let bytes = response.bytes().await.map_err(|error| {
+                Failure::Unreachable(format!("the answer from {url} broke off: {error}"))
+            })?;
+            if status.is_success() {
+                return serde_json::from_slice(&bytes).map_err(|error| {
+                    Failure::Local(format!("unexpected answer from {url}: {error}"))
+                });
+            }
+            let body: ErrorBody = serde_json::from_slice(&bytes).map_err(|_| {
+                Failure::Refused(ErrorBody::new(
+                    "http",
+                    format!("{status} from {url}: {}", String::from_utf8_lossy(&bytes)),
+                ))
+            })?;
+            Err(match (status, body.error.code.as_str()) {
+                (StatusCode::UNAUTHORIZED, _) => Failure::Auth(format!(
+                    "{} (give --token or set QUENCH_TOKEN)",
+                    body.error.message
+                )),
+                (StatusCode::FORBIDDEN, "forbidden") => Failure::Auth(body.error.message),
+                (StatusCode::SERVICE_UNAVAILABLE, _) => Failure::Unreachable(body.error.message),
+                _ => Failure::Refused(body),
+            })
+        })
+    }
+}
+
+/// Runs an API command: builds the client, calls `body`, reports a failure.
+fn with_client(
+    args: &ApiArgs,
+    err: &mut dyn Write,
+    body: impl FnOnce(&Client) -> Result<u8, Failure>,
+) -> u8 {
+    match Client::new(args).and_then(|client| body(&client)) {
+        Ok(code) => code,
+        Err(failure) => failure.report(err),
+    }
+}
+
+fn print_json(out: &mut dyn Write, value: &impl Serialize) -> Result<(), Failure> {
+    serde_json::to_writer_pretty(&mut *out, value)
+        .map_err(std::io::Error::other)
+        .and_then(|()| writeln!(out))
+        .map_err(|error| Failure::Local(format!("cannot write the output: {error}")))
+}
+
+fn write_text(out: &mut dyn Write, text: &str) -> Result<(), Failure> {
+    out.write_all(text.as_bytes())
+        .map_err(|error| Failure::Local(format!("cannot write the output: {error}")))
+}
+
+/// Aligned columns: a header row, then each row; the last column is not padded.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers
+        .iter()
+        .map(|header| header.chars().count())
+        .collect();
+    for row in rows {
+        for (index, cell) in row.iter().enumerate() {
+            if let Some(width) = widths.get_mut(index) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        let last = cells.len().saturating_sub(1);
+        for (index, cell) in cells.into_iter().enumerate() {
+            if index == last {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}  ", width = widths[index]));
+            }
+        }
+        text.trim_end().to_owned() + "\n"
+    };
+    let mut text = line(headers.to_vec());
+    for row in rows {
+        text.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    text
+}
+
+fn short(version: &str) -> String {
+    let hex = version.strip_prefix("sha256:").unwrap_or(version);
+    hex.chars().take(12).collect()
+}
+
+fn time(at: &chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%SZ").to_string()
+}
+
+fn or_dash(value: Option<&str>) -> String {
+    value.unwrap_or("-").to_owned()
+}
+
+/// `quench runs …`.
+pub(super) fn runs(command: &RunsCommand, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    match command {
+        RunsCommand::List {
+            state,
+            playbook,
+            key,
+            limit,
+            cursor,
+            api,
+        } => with_client(api, err, |client| {
+            let mut query = vec![("limit", limit.to_string())];
+            for (name, value) in [
+                ("state", state),
+                ("playbook", playbook),
+                ("key", key),
+                ("cursor", cursor),
+            ] {
+                if let Some(value) = value {
+                    query.push((name, value.clone()));
+                }
+            }
+            let page: RunPage = client.get("api/v1/runs", &query)?;
+            if api.json {
+                print_json(out, &page)?;
+                return Ok(EXIT_OK);
+            }
+            let rows: Vec<Vec<String>> = page
+                .runs
+                .iter()
+                .map(|run| {
+                    vec![
+                        run.id.clone(),
+                        run.playbook.clone(),
+                        run.status.clone(),
+                        or_dash(run.step.as_deref()),
+                        time(&run.started_at),
+                        run.key.clone(),
+                    ]
+                })
+                .collect();
+            let mut text = table(
+                &["RUN", "PLAYBOOK", "STATUS", "STEP", "STARTED", "KEY"],
+                &rows,
+            );
+            if let Some(next) = &page.next {
+                text.push_str(&format!("more: --cursor {next}\n"));
+            }
+            write_text(out, &text)?;
+            Ok(EXIT_OK)
+        }),
+        RunsCommand::Show { run, api } => with_client(api, err, |client| {
+            let detail: RunDetail = client.get(&format!("api/v1/runs/{}", segment(run)), &[])?;
+            if api.json {
+                print_json(out, &detail)?;
+                return Ok(EXIT_OK);
+            }
+            write_text(out, &show_run(&detail))?;
+            Ok(EXIT_OK)
+        }),
+        RunsCommand::Cancel { run, reason, api } => with_client(api, err, |client| {
+            let cancelled: Cancelled = client.post(
+                &format!("api/v1/runs/{}/cancel", segment(run)),
+                &CancelRequest {
+                    reason: reason.clone(),
+                },
+            )?;
+            if api.json {
+                print_json(out, &cancelled)?;
+            } else {
+                write_text(out, &format!("run {} cancelled\n", cancelled.id))?;
+            }
+            Ok(EXIT_OK)
+        }),
+    }
+}
+
+fn show_run(detail: &RunDetail) -> String {
+    let run = &detail.run;
+    let mut text = format!(
+        "run       {}\nplaybook  {} ({})\nkey       {}\nstatus    {}\nmode      {}\nstarted   {}\n",
+        run.id,
+        run.playbook,
+        short(&run.version),
+        run.key,
+        run.status,
+        run.mode,
+        time(&run.started_at)
+    );
+    if let Some(ended) = &run.ended_at {
+        text.push_str(&format!("ended     {}\n", time(ended)));
+    }
+    if let (Some(id), Some(kind)) = (&run.finding_id, &run.finding_kind) {
+        text.push_str(&format!("finding   {id} ({kind})\n"));
+    }
+    if let Some(failure) = &run.failure {
+        text.push_str(&format!("failure   {failure}\n"));
+    }
+    if let Some(reason) = &run.cancelled {
+        text.push_str(&format!("cancelled {reason}\n"));
+    }
+    text.push_str("\nsteps:\n");
+    let rows: Vec<Vec<String>> = detail
+        .steps
+        .iter()
+        .map(|step| {
+            let mut note = step.error.clone().unwrap_or_default();
+            if let Some(choice) = &step.choice {
+                note = format!("{choice} by {}", step.decided_by.join(", "));
+            }
+            vec![
+                format!("  {}", step.id),
+                or_dash(step.action.as_deref()),
+                step.status.clone(),
+                step.finished_at
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), time),
+                note,
+            ]
+        })
+        .collect();
+    text.push_str(&table(
+        &["  STEP", "ACTION", "STATUS", "FINISHED", "NOTE"],
+        &rows,
+    ));
+    for gate in &detail.gates {
+        let state = match (&gate.decision, gate.closed) {
+            (Some(choice), _) => format!("decided {choice} by {}", gate.decided_by.join(", ")),
+            (None, true) => "closed".to_owned(),
+            (None, false) => format!("open until {}", time(&gate.deadline)),
+        };
+        text.push_str(&format!(
+            "\ngate {}: {}\n  choices: {}; approvers: {}; {state}\n",
+            gate.step,
+            gate.question,
+            gate.choices.join(", "),
+            gate.approvers.join(", ")
+        ));
+        for answer in &gate.answers {
+            text.push_str(&format!(
+                "  answered {} by {} via {} at {}\n",
+                answer.choice,
+                answer.actor,
+                answer.via,
+                time(&answer.at)
+            ));
+        }
+    }
+    text.push_str(&format!("\naudit ({} entries):\n", detail.audit.len()));
+    let rows: Vec<Vec<String>> = detail
+        .audit
+        .iter()
+        .map(|entry| {
+            vec![
+                format!("  #{}", entry.seq),
+                time(&entry.at),
+                entry.kind.clone(),
+                or_dash(entry.step.as_deref()),
+                who(entry),
+            ]
+        })
+        .collect();
+    text.push_str(&table(&["  SEQ", "AT", "KIND", "STEP", "ACTOR"], &rows));
+    text
+}
+
+/// `quench approve`.
+pub(super) fn approve(args: &ApproveArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    with_client(&args.api, err, |client| {
+        let result: DecisionResult = client.post(
+            &format!(
+                "api/v1/runs/{}/gates/{}/decision",
+                segment(&args.run),
+                segment(&args.gate)
+            ),
+            &DecisionRequest {
+                choice: args.choice.clone(),
+                comment: args.comment.clone(),
+            },
+        )?;
+        if args.api.json {
+            print_json(out, &result)?;
+        } else if result.outcome == "decided" {
+            write_text(
+                out,
+                &format!(
+                    "gate {} of run {}: decided {}\n",
+                    args.gate, args.run, result.choice
+                ),
+            )?;
+        } else {
+            write_text(
+                out,
+                &format!(
+                    "gate {} of run {}: answer {} recorded ({} of {} needed)\n",
+                    args.gate,
+                    args.run,
+                    result.choice,
+                    result.answers.unwrap_or_default(),
+                    result.quorum.unwrap_or_default()
+                ),
+            )?;
+        }
+        Ok(EXIT_OK)
+    })
+}
+
+/// `quench playbooks …`.
+pub(super) fn playbooks(
+    command: &PlaybooksCommand,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    match command {
+        PlaybooksCommand::List { api } => with_client(api, err, |client| {
+            let list: PlaybookList = client.get("api/v1/playbooks", &[])?;
+            if api.json {
+                print_json(out, &list)?;
+                return Ok(EXIT_OK);
+            }
+            let rows: Vec<Vec<String>> = list
+                .playbooks
+                .iter()
+                .map(|playbook| {
+                    vec![
+                        playbook.name.clone(),
+                        short(&playbook.version),
+                        if playbook.enabled {
+                            "enabled"
+                        } else {
+                            "disabled"
+                        }
+                        .to_owned(),
+                        playbook.trigger.clone(),
+                    ]
+                })
+                .collect();
+            let mut text = table(&["PLAYBOOK", "VERSION", "STATE", "TRIGGER"], &rows);
+            for refused in &list.refused {
+                text.push_str(&format!(
+                    "\nrefused: {}{}\n",
+                    refused.file,
+                    refused
+                        .serving
+                        .as_deref()
+                        .map(|version| format!(" (version {} keeps serving)", short(version)))
+                        .unwrap_or_default()
+                ));
+                for diagnostic in &refused.diagnostics {
+                    text.push_str(&format!("  {}\n", diagnostic_line(diagnostic)));
+                }
+            }
+            write_text(out, &text)?;
+            Ok(EXIT_OK)
+        }),
+        PlaybooksCommand::Apply { paths, api } => apply(paths, api, out, err),
+        PlaybooksCommand::History { name, api } => with_client(api, err, |client| {
+            let history: History =
+                client.get(&format!("api/v1/playbooks/{}/history", segment(name)), &[])?;
+            if api.json {
+                print_json(out, &history)?;
+                return Ok(EXIT_OK);
+            }
+            let rows: Vec<Vec<String>> = history
+                .versions
+                .iter()
+                .map(|entry| {
+                    vec![
+                        entry.version.clone(),
+                        time(&entry.at),
+                        if entry.current { "current" } else { "" }.to_owned(),
+                    ]
+                })
+                .collect();
+            write_text(out, &table(&["VERSION", "LOADED", ""], &rows))?;
+            Ok(EXIT_OK)
+        }),
+        PlaybooksCommand::Diff {
+            name,
+            from,
+            to,
+            api,
+        } => with_client(api, err, |client| {
+            let fetch = |version: &str| -> Result<VersionSource, Failure> {
+                client.get(
+                    &format!(
+                        "api/v1/playbooks/{}/versions/{}",
+                        segment(name),
+                        segment(version)
+                    ),
+                    &[],
+                )
+            };
+            let (old, new) = (fetch(from)?, fetch(to)?);
+            let diff = similar::TextDiff::from_lines(&old.source, &new.source)
+                .unified_diff()
+                .header(&old.version, &new.version)
+                .to_string();
+            if api.json {
+                print_json(
+                    out,
+                    &serde_json::json!({"name": name, "from": old.version, "to": new.version, "diff": diff}),
+                )?;
+            } else {
+                write_text(out, &diff)?;
+            }
+            Ok(EXIT_OK)
+        }),
+        PlaybooksCommand::Enable { name, api } => set_enabled(name, "enable", api, out, err),
+        PlaybooksCommand::Disable { name, api } => set_enabled(name, "disable", api, out, err),
+    }
+}
+
+fn set_enabled(
+    name: &str,
+    verb: &str,
+    api: &ApiArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    with_client(api, err, |client| {
+        let state: crate::service::api::types::EnabledView = client.post(
+            &format!("api/v1/playbooks/{}/{verb}", segment(name)),
+            &serde_json::json!({}),
+        )?;
+        if api.json {
+            print_json(out, &state)?;
+        } else {
+            let now = if state.enabled { "enabled" } else { "disabled" };
+            let note = if state.changed { "" } else { " (already)" };
+            write_text(out, &format!("playbook {} {now}{note}\n", state.name))?;
+        }
+        Ok(EXIT_OK)
+    })
+}
+
+fn apply(paths: &[PathBuf], api: &ApiArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let files = match crate::playbook::expand(paths) {
+        Ok(files) if !files.is_empty() => files,
+        Ok(_) => {
+            let _ = writeln!(
+                err,
+                "error: no playbook files (*.yaml, *.yml) in the given paths"
+            );
+            return EXIT_USAGE;
+        }
+        Err(error) => {
+            let _ = writeln!(err, "error: {error}");
+            return EXIT_USAGE;
+        }
+    };
+    with_client(api, err, |client| {
+        let mut results = Vec::new();
+        let mut refused = 0;
+        let mut text = String::new();
+        for file in &files {
+            let label = file.display().to_string();
+            let source = std::fs::read_to_string(file)
+                .map_err(|error| Failure::Local(format!("cannot read {label}: {error}")))?;
+            let answer: Result<AppliedView, Failure> = client.post(
+                "api/v1/playbooks",
+                &ApplyRequest {
+                    source,
+                    file: Some(label.clone()),
+                },
+            );
+            match answer {
+                Ok(applied) => {
+                    let what = if applied.changed {
+                        "applied"
+                    } else {
+                        "unchanged"
+                    };
+                    text.push_str(&format!(
+                        "{what}  {} {} ({label})\n",
+                        applied.name,
+                        short(&applied.version)
+                    ));
+                    for warning in &applied.warnings {
+                        text.push_str(&format!("  {}\n", diagnostic_line(warning)));
+                    }
+                    results.push(serde_json::json!({"file": label, "applied": applied}));
+                }
+                Err(Failure::Refused(body)) => {
+                    refused += 1;
+                    text.push_str(&format!("refused  {label}: {}\n", body.error.message));
+                    for diagnostic in &body.diagnostics {
+                        text.push_str(&format!("  {}\n", diagnostic_line(diagnostic)));
+                    }
+                    results.push(serde_json::json!({"file": label, "refused": body}));
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        if api.json {
+            print_json(out, &results)?;
+        } else {
+            text.push_str(&format!(
+                "apply: {} applied or unchanged, {refused} refused\n",
+                files.len() - refused
+            ));
+            write_text(out, &text)?;
+        }
+        Ok(if refused == 0 { EXIT_OK } else { EXIT_INVALID })
+    })
+}
+
+/// `quench dlq …`.
+pub(super) fn dlq(command: &DlqCommand, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    match command {
+        DlqCommand::List { limit, cursor, api } => with_client(api, err, |client| {
+            let mut query = vec![("limit", limit.to_string())];
+            if let Some(cursor) = cursor {
+                query.push(("cursor", cursor.to_string()));
+            }
+            let page: DlqPage = client.get("api/v1/dlq", &query)?;
+            if api.json {
+                print_json(out, &page)?;
+                return Ok(EXIT_OK);
+            }
+            let rows: Vec<Vec<String>> = page
+                .messages
+                .iter()
+                .map(|message| {
+                    vec![
+                        message.seq.to_string(),
+                        message.at.as_ref().map_or_else(|| "-".to_owned(), time),
+                        or_dash(message.original_subject.as_deref()),
+                        or_dash(message.reason.as_deref()),
+                    ]
+                })
+                .collect();
+            let mut text = table(&["SEQ", "AT", "SUBJECT", "REASON"], &rows);
+            if let Some(next) = page.next {
+                text.push_str(&format!("more: --cursor {next}\n"));
+            }
+            write_text(out, &text)?;
+            Ok(EXIT_OK)
+        }),
+        DlqCommand::Replay { seqs, api } => with_client(api, err, |client| {
+            let mut replayed = Vec::new();
+            for seq in seqs {
+                let done: Replayed =
+                    client.post(&format!("api/v1/dlq/{seq}/replay"), &serde_json::json!({}))?;
+                if !api.json {
+                    write_text(out, &format!("replayed {} to {}\n", done.seq, done.subject))?;
+                }
+                replayed.push(done);
+            }
+            if api.json {
+                print_json(out, &replayed)?;
+            }
+            Ok(EXIT_OK)
+        }),
+    }
+}
+
+/// `quench audit verify` against the running service.
+pub(super) fn audit_verify(api: &ApiArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    with_client(api, err, |client| {
+        let verified: Verified = client.get("api/v1/audit/verify", &[])?;
+        if api.json {
+            print_json(out, &verified)?;
+        } else if verified.ok {
+            write_text(
+                out,
+                &format!(
+                    "audit chain ok: {} entries, head {}\n",
+                    verified.entries, verified.head
+                ),
+            )?;
+        } else {
+            write_text(
+                out,
+                &format!(
+                    "audit chain broken at entry #{}: {}\nentries #1 to #{} verify (head {})\n",
+                    verified.first_bad.unwrap_or_default(),
+                    verified.reason.as_deref().unwrap_or_default(),
+                    verified.entries,
+                    verified.head
+                ),
+            )?;
+        }
+        Ok(if verified.ok { EXIT_OK } else { EXIT_INVALID })
+    })
+}
+
+/// `quench audit list` against the running service.
+pub(super) fn audit_list(
+    before: Option<u64>,
+    limit: usize,
+    api: &ApiArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    with_client(api, err, |client| {
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some(before) = before {
+            query.push(("before", before.to_string()));
+        }
+        let page: AuditPage = client.get("api/v1/audit", &query)?;
+        if api.json {
+            print_json(out, &page)?;
+            return Ok(EXIT_OK);
+        }
+        let rows: Vec<Vec<String>> = page
+            .entries
+            .iter()
+            .map(|entry| {
+                vec![
+                    entry.seq.to_string(),
+                    time(&entry.at),
+                    entry.kind.clone(),
+                    or_dash(entry.playbook.as_deref()),
+                    or_dash(entry.run_id.as_deref()),
+                    who(entry),
+                ]
+            })
+            .collect();
+        let mut text = table(&["SEQ", "AT", "KIND", "PLAYBOOK", "RUN", "ACTOR"], &rows);
+        if let Some(next) = page.next {
+            text.push_str(&format!("more: --before {next}\n"));
+        }
+        write_text(out, &text)?;
+        Ok(EXIT_OK)
+    })
+}
+
+/// Who acted in an audit entry: its actor, or who loaded a playbook version.
+fn who(entry: &AuditView) -> String {
+    entry
+        .actor
+        .as_ref()
+        .and_then(|actor| actor.get("id"))
+        .or_else(|| entry.detail.get("by"))
+        .and_then(|id| id.as_str())
+        .unwrap_or("-")
+        .to_owned()
+}
+
+/// A value as one URL path segment.
+fn segment(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}

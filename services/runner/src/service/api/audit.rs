@@ -1,0 +1,157 @@
+//! The audit log: entries newest first with cursor paging, and verification of the chain.
+
+use axum::extract::State;
+use axum::response::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use super::Api;
+use super::auth::Caller;
+use super::error::{ApiError, ErrorBody, Params};
+use crate::config::Role;
+use crate::store::AuditEntry;
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+/// One audit entry.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct AuditView {
+    pub(crate) seq: u64,
+    /// SHA-256 of the stored entry (run events carry it); absent in a run's timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) hash: Option<String>,
+    /// The hash of the entry before.
+    pub(crate) prev: String,
+    pub(crate) at: DateTime<Utc>,
+    /// What happened, e.g. `finding_received`, `run_started`, `step_intent`, `decision`,
+    /// `playbook_loaded`, `playbook_disabled`, `run_cancel_requested`, `dlq_replayed`.
+    pub(crate) kind: String,
+    pub(crate) run_id: Option<String>,
+    pub(crate) playbook: Option<String>,
+    pub(crate) version: Option<String>,
+    pub(crate) step: Option<String>,
+    /// Who acted: `{via, id, name}`.
+    #[schema(value_type = Option<Object>)]
+    pub(crate) actor: Option<Value>,
+    /// For answers to gates: whether the actor was allowed.
+    pub(crate) allowed: Option<bool>,
+    #[schema(value_type = Object)]
+    pub(crate) detail: Value,
+}
+
+impl AuditView {
+    pub(crate) fn from_entry(hash: Option<String>, entry: AuditEntry) -> AuditView {
+        AuditView {
+            seq: entry.seq,
+            hash,
+            prev: entry.prev,
+            at: entry.at,
+            kind: entry.kind,
+            run_id: entry.run_id,
+            playbook: entry.playbook,
+            version: entry.version,
+            step: entry.step,
+            actor: entry.actor,
+            allowed: entry.allowed,
+            detail: entry.detail,
+        }
+    }
+}
+
+/// Paging of `GET /api/v1/audit`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct AuditQuery {
+    /// Entries before this sequence number (the `next` of the previous page).
+    before: Option<u64>,
+    /// Entries per page (default 100, at most 1000).
+    limit: Option<usize>,
+}
+
+/// A page of audit entries, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct AuditPage {
+    pub(crate) entries: Vec<AuditView>,
+    /// Pass as `before` for the next (older) page; absent at the start of the log.
+    pub(crate) next: Option<u64>,
+}
+
+/// The result of recomputing the chain.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Verified {
+    pub(crate) ok: bool,
+    /// Entries that verify.
+    pub(crate) entries: u64,
+    /// The hash of the last entry that verifies.
+    pub(crate) head: String,
+    /// The first entry that does not fit, and why.
+    pub(crate) first_bad: Option<u64>,
+    pub(crate) reason: Option<String>,
+}
+
+/// Audit entries, newest first.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of entries (role viewer)", body = AuditPage),
+        (status = 400, description = "Bad paging", body = ErrorBody),
+        (status = 401, description = "No or unknown token", body = ErrorBody),
+        (status = 403, description = "Role too small", body = ErrorBody)
+    ))]
+pub(super) async fn list(
+    State(api): State<Api>,
+    caller: Caller,
+    Params(query): Params<AuditQuery>,
+) -> Result<Json<AuditPage>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let entries: Vec<AuditView> = api
+        .inner
+        .engine
+        .store()
+        .audit_newest_first(query.before, limit)?
+        .into_iter()
+        .map(|(hash, entry)| AuditView::from_entry(Some(hash), entry))
+        .collect();
+    let next = entries
+        .last()
+        .map(|entry| entry.seq)
+        .filter(|seq| entries.len() >= limit && *seq > 1);
+    Ok(Json(AuditPage { entries, next }))
+}
+
+/// Recomputes the whole chain (one verification at a time) and names the first entry that
+/// does not fit.
+#[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The verdict (role viewer); `ok` is false when the chain is broken", body = Verified),
+        (status = 401, description = "No or unknown token", body = ErrorBody),
+        (status = 403, description = "Role too small", body = ErrorBody)
+    ))]
+pub(super) async fn verify(
+    State(api): State<Api>,
+    caller: Caller,
+) -> Result<Json<Verified>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let _one = api
+        .inner
+        .verifying
+        .acquire()
+        .await
+        .map_err(ApiError::internal)?;
+    let store = api.inner.engine.store().clone();
+    let report = tokio::task::spawn_blocking(move || store.verify_audit())
+        .await
+        .map_err(ApiError::internal)??;
+    Ok(Json(Verified {
+        ok: report.first_bad.is_none(),
+        entries: report.entries,
+        head: report.head,
+        first_bad: report.first_bad.as_ref().map(|(seq, _)| *seq),
+        reason: report.first_bad.map(|(_, why)| why),
+    }))
+}

@@ -1,0 +1,160 @@
+//! The admin HTTP API on `api.listen` (axum), with `/healthz`, `/readyz` and `/metrics`.
+//!
+//! Every `/api/v1` route needs a bearer token from `[[api.tokens]]`: the presented token's
+//! SHA-256 is compared in constant time with each configured `sha256`; a missing or unknown token
+//! is 401, a role below the route's is 403 (`viewer` < `approver` < `editor` < `admin`). Every
+//! write is audited with the token's name. Health, readiness, metrics and the OpenAPI document
+//! are open, for probes and scrapers; `api.listen` defaults to loopback.
+//!
+//! Routes are registered through `utoipa-axum`, so the OpenAPI document (`/api/openapi.json`,
+//! checked in as `services/runner/openapi.json`) is generated from the same handlers that serve.
+
+mod audit;
+mod auth;
+mod dlq;
+mod error;
+mod health;
+mod playbooks;
+mod runs;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use axum::Router;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub(crate) use auth::Tokens;
+
+/// The API's request and response bodies (the CLI reads them too).
+pub(crate) mod types {
+    pub(crate) use super::audit::{AuditPage, AuditView, Verified};
+    pub(crate) use super::dlq::{DlqPage, Replayed};
+    pub(crate) use super::error::ErrorBody;
+    pub(crate) use super::playbooks::{
+        AppliedView, ApplyRequest, EnabledView, History, PlaybookList, VersionSource,
+    };
+    pub(crate) use super::runs::{
+        CancelRequest, Cancelled, DecisionRequest, DecisionResult, RunDetail, RunPage,
+    };
+}
+use auth::BearerScheme;
+
+use super::Driver;
+use super::playbooks::Library;
+use crate::engine::Engine;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub(crate) struct Api {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    engine: Engine,
+    driver: Driver,
+    library: Library,
+    jetstream: async_nats::jetstream::Context,
+    client: async_nats::Client,
+    tokens: Tokens,
+    ready: Arc<AtomicBool>,
+    /// One audit verification at a time: it reads the whole log.
+    verifying: Semaphore,
+}
+
+/// The parts of the service the API reads and steers.
+#[derive(Debug)]
+pub(crate) struct Parts {
+    pub(crate) engine: Engine,
+    pub(crate) driver: Driver,
+    pub(crate) library: Library,
+    pub(crate) client: async_nats::Client,
+    pub(crate) tokens: Tokens,
+    pub(crate) ready: Arc<AtomicBool>,
+}
+
+impl Api {
+    pub(crate) fn new(parts: Parts) -> Api {
+        let jetstream = async_nats::jetstream::new(parts.client.clone());
+        Api {
+            inner: Arc::new(Inner {
+                engine: parts.engine,
+                driver: parts.driver,
+                library: parts.library,
+                jetstream,
+                client: parts.client,
+                tokens: parts.tokens,
+                ready: parts.ready,
+                verifying: Semaphore::new(1),
+            }),
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "quench admin API",
+        description = "Runs, approvals, playbooks, dead letters and the audit log of a quench service. \
+                       Authenticate with `Authorization: Bearer <token>`; roles are viewer < approver < editor < admin."
+    ),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "runs", description = "Runs of playbooks, their timelines and approval gates"),
+        (name = "playbooks", description = "Playbooks: versions, history, apply, enable and disable"),
+        (name = "dlq", description = "Dead-lettered messages: list and replay"),
+        (name = "audit", description = "The hash-chained audit log"),
+        (name = "service", description = "Health, readiness, metrics")
+    )
+)]
+struct ApiDoc;
+
+/// The router and the OpenAPI document it is described by.
+fn router() -> (Router<Api>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(health::openapi_json))
+        .routes(routes!(runs::list))
+        .routes(routes!(runs::show))
+        .routes(routes!(runs::cancel))
+        .routes(routes!(runs::decide))
+        .routes(routes!(playbooks::list, playbooks::apply))
+        .routes(routes!(playbooks::show))
+        .routes(routes!(playbooks::history))
+        .routes(routes!(playbooks::version))
+        .routes(routes!(playbooks::enable))
+        .routes(routes!(playbooks::disable))
+        .routes(routes!(dlq::list))
+        .routes(routes!(dlq::replay))
+        .routes(routes!(audit::list))
+        .routes(routes!(audit::verify))
+        .split_for_parts()
+}
+
+/// The OpenAPI document of the admin API (what `/api/openapi.json` serves).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    DOCUMENT.clone()
+}
+
+static DOCUMENT: std::sync::LazyLock<utoipa::openapi::OpenApi> =
+    std::sync::LazyLock::new(|| router().1);
+
+/// Serves the API until shutdown.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    api: Api,
+    shutdown: CancellationToken,
+) {
+    let app = router().0.with_state(api);
+    let serving = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await });
+    if let Err(error) = serving.await {
+        tracing::error!(%error, "the HTTP server stopped");
+    }
+}

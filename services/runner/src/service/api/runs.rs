@@ -1,0 +1,549 @@
+//! Runs: list (filters and cursor paging, newest first), show (step timeline, gates, audit
+//! entries), cancel, and answers to approval gates as the token's identity.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use super::Api;
+use super::audit::AuditView;
+use super::auth::Caller;
+use super::error::{ApiError, Body, ErrorBody, Params};
+use crate::config::Role;
+use crate::engine::state::Phase;
+use crate::engine::{Cancel, DecisionOutcome, Gate, Refusal, Run, RunStatus, StepStatus};
+
+/// Most runs examined per list request (the store is read newest first; a filter that matches
+/// rarely returns a `next` cursor rather than reading everything).
+const SCAN_BUDGET: usize = 10_000;
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 500;
+
+/// Which runs to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum StateFilter {
+    /// Not ended: running or waiting.
+    Open,
+    Running,
+    Waiting,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl StateFilter {
+    fn matches(self, status: RunStatus) -> bool {
+        match self {
+            StateFilter::Open => !status.is_terminal(),
+            StateFilter::Running => status == RunStatus::Running,
+            StateFilter::Waiting => status == RunStatus::Waiting,
+            StateFilter::Completed => status == RunStatus::Completed,
+            StateFilter::Failed => status == RunStatus::Failed,
+            StateFilter::Cancelled => status == RunStatus::Cancelled,
+        }
+    }
+}
+
+/// Filters and paging of `GET /api/v1/runs`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct RunsQuery {
+    /// `open`, `running`, `waiting`, `completed`, `failed` or `cancelled`.
+    state: Option<StateFilter>,
+    /// Playbook name.
+    playbook: Option<String>,
+    /// Finding key (exact).
+    key: Option<String>,
+    /// The `next` of the previous page.
+    cursor: Option<String>,
+    /// Runs per page (default 50, at most 500).
+    limit: Option<usize>,
+}
+
+/// A run in a list.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct RunSummary {
+    pub(crate) id: String,
+    pub(crate) playbook: String,
+    /// The playbook version (content hash) the run is pinned to.
+    pub(crate) version: String,
+    pub(crate) key: String,
+    /// `running`, `waiting`, `completed`, `failed` or `cancelled`.
+    pub(crate) status: String,
+    /// `live` or `dry_run`.
+    pub(crate) mode: String,
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
+    pub(crate) ended_at: Option<DateTime<Utc>>,
+    /// The finding that started it (none for scheduled runs).
+    pub(crate) finding_id: Option<String>,
+    pub(crate) finding_kind: Option<String>,
+    /// The step it is at (running or parked).
+    pub(crate) step: Option<String>,
+    /// Why it failed: `<step>: <error>`.
+    pub(crate) failure: Option<String>,
+    /// Why it was cancelled.
+    pub(crate) cancelled: Option<String>,
+}
+
+/// A page of runs, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct RunPage {
+    pub(crate) runs: Vec<RunSummary>,
+    /// Pass as `cursor` for the next page; absent at the end.
+    pub(crate) next: Option<String>,
+}
+
+/// One step of a run, in playbook order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct StepView {
+    pub(crate) id: String,
+    /// `main` or `on_failure`.
+    pub(crate) phase: String,
+    pub(crate) action: Option<String>,
+    /// `pending`, `running`, `waiting`, `succeeded`, `failed`, `skipped`, `already_done`,
+    /// `dry_run`.
+    pub(crate) status: String,
+    pub(crate) attempt: u32,
+    pub(crate) started_at: Option<DateTime<Utc>>,
+    pub(crate) finished_at: Option<DateTime<Utc>>,
+    pub(crate) error: Option<String>,
+    #[schema(value_type = Object)]
+    pub(crate) output: Value,
+    /// For approvals: the choice, who decided and through what.
+    pub(crate) choice: Option<String>,
+    pub(crate) decided_by: Vec<String>,
+    pub(crate) via: Option<String>,
+}
+
+/// An answer given to a gate.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct AnswerView {
+    pub(crate) actor: String,
+    pub(crate) via: String,
+    pub(crate) choice: String,
+    pub(crate) at: DateTime<Utc>,
+    pub(crate) comment: Option<String>,
+}
+
+/// An approval gate (its token is never shown).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct GateView {
+    /// The approval step's id: answer with `POST .../gates/{step}/decision`.
+    pub(crate) step: String,
+    pub(crate) question: String,
+    pub(crate) choices: Vec<String>,
+    pub(crate) approvers: Vec<String>,
+    pub(crate) quorum: u32,
+    pub(crate) opened_at: DateTime<Utc>,
+    pub(crate) deadline: DateTime<Utc>,
+    pub(crate) on_timeout: String,
+    pub(crate) answers: Vec<AnswerView>,
+    /// The choice, once decided.
+    pub(crate) decision: Option<String>,
+    pub(crate) decided_by: Vec<String>,
+    pub(crate) decided_at: Option<DateTime<Utc>>,
+    /// Closed without a decision (the run ended first).
+    pub(crate) closed: bool,
+}
+
+/// A run with its timeline.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct RunDetail {
+    pub(crate) run: RunSummary,
+    /// The finding that started it (redacted at intake).
+    #[schema(value_type = Option<Object>)]
+    pub(crate) finding: Option<Value>,
+    #[schema(value_type = Object)]
+    pub(crate) vars: Value,
+    pub(crate) steps: Vec<StepView>,
+    pub(crate) gates: Vec<GateView>,
+    /// The run's audit entries, oldest first.
+    pub(crate) audit: Vec<AuditView>,
+}
+
+/// Why a run is cancelled.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub(crate) struct CancelRequest {
+    pub(crate) reason: Option<String>,
+}
+
+/// A cancelled run.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Cancelled {
+    pub(crate) id: String,
+    pub(crate) status: String,
+}
+
+/// An answer to a gate.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct DecisionRequest {
+    /// One of the gate's choices.
+    pub(crate) choice: String,
+    pub(crate) comment: Option<String>,
+}
+
+/// What became of an answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct DecisionResult {
+    /// `decided` (the gate is closed with this choice) or `recorded` (it waits for more
+    /// answers to reach its quorum).
+    pub(crate) outcome: String,
+    pub(crate) choice: String,
+    /// Answers agreeing so far, and how many are needed (for `recorded`).
+    pub(crate) answers: Option<usize>,
+    pub(crate) quorum: Option<u32>,
+}
+
+fn summary(run: &Run) -> RunSummary {
+    let step = if run.status.is_terminal() {
+        None
+    } else {
+        run.steps
+            .iter()
+            .find(|(_, state)| matches!(state.status, StepStatus::Running | StepStatus::Waiting))
+            .map(|(id, _)| id.clone())
+    };
+    RunSummary {
+        id: run.id.clone(),
+        playbook: run.playbook.clone(),
+        version: run.version.clone(),
+        key: run.key.clone(),
+        status: run.status.as_str().to_owned(),
+        mode: serde_json::to_value(run.mode)
+            .ok()
+            .and_then(|mode| mode.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        started_at: run.started_at,
+        updated_at: run.updated_at,
+        ended_at: run.ended_at,
+        finding_id: run.finding.as_ref().map(|finding| finding.id.clone()),
+        finding_kind: run.finding.as_ref().map(|finding| finding.kind.clone()),
+        step,
+        failure: run
+            .failure
+            .as_ref()
+            .map(|failure| format!("{}: {}", failure.step, failure.error)),
+        cancelled: run.cancelled.clone(),
+    }
+}
+
+/// List runs, newest first.
+#[utoipa::path(get, path = "/api/v1/runs", tag = "runs", params(RunsQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of runs (role viewer)", body = RunPage),
+        (status = 400, description = "A bad filter", body = ErrorBody),
+        (status = 401, description = "No or unknown token", body = ErrorBody),
+        (status = 403, description = "Role too small", body = ErrorBody)
+    ))]
+pub(super) async fn list(
+    State(api): State<Api>,
+    caller: Caller,
+    Params(query): Params<RunsQuery>,
+) -> Result<Json<RunPage>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let store = api.inner.engine.store();
+    let mut runs = Vec::new();
+    let mut last = None;
+    let mut examined = 0;
+    let mut exhausted = true;
+    for item in store.runs_newest_first::<Run>(query.cursor.as_deref()) {
+        if runs.len() >= limit || examined >= SCAN_BUDGET {
+            exhausted = false;
+            break;
+        }
+        let (id, run) = item?;
+        examined += 1;
+        last = Some(id);
+        let matches = query.state.is_none_or(|state| state.matches(run.status))
+            && query
+                .playbook
+                .as_ref()
+                .is_none_or(|playbook| &run.playbook == playbook)
+            && query.key.as_ref().is_none_or(|key| &run.key == key);
+        if matches {
+            runs.push(summary(&run));
+        }
+    }
+    Ok(Json(RunPage {
+        runs,
+        next: if exhausted { None } else { last },
+    }))
+}
+
+/// A run with its step timeline, gates and audit entries.
+#[utoipa::path(get, path = "/api/v1/runs/{id}", tag = "runs",
+    params(("id" = String, Path, description = "Run id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The run (role viewer)", body = RunDetail),
+        (status = 401, description = "No or unknown token", body = ErrorBody),
+        (status = 403, description = "Role too small", body = ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody)
+    ))]
+pub(super) async fn show(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RunDetail>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let engine = &api.inner.engine;
+    let run = engine
+        .run(&id)?
+        .ok_or_else(|| ApiError::NotFound(format!("no run {id}")))?;
+    let steps = steps(&api, &run);
+    let gates = engine
+        .store()
+        .gates::<Gate>(&run.id)?
+        .into_iter()
+        .map(|gate| GateView {
+            step: gate.step,
+            question: gate.question,
+            choices: gate.choices,
+            approvers: gate.approvers,
+            quorum: gate.quorum,
+            opened_at: gate.opened_at,
+            deadline: gate.deadline,
+            on_timeout: gate.on_timeout,
+            answers: gate
+                .answers
+                .into_iter()
+                .map(|answer| AnswerView {
+                    actor: answer.actor,
+                    via: answer.via,
+                    choice: answer.choice,
+                    at: answer.at,
+                    comment: answer.comment,
+                })
+                .collect(),
+            decision: gate.decision.as_ref().map(|d| d.choice.clone()),
+            decided_by: gate
+                .decision
+                .as_ref()
+                .map(|d| d.decided_by.clone())
+                .unwrap_or_default(),
+            decided_at: gate.decision.as_ref().map(|d| d.decided_at),
+            closed: gate.closed,
+        })
+        .collect();
+    let audit = engine
+        .store()
+        .run_audit(&run.id)?
+        .into_iter()
+        .map(|entry| AuditView::from_entry(None, entry))
+        .collect();
+    Ok(Json(RunDetail {
+        run: summary(&run),
+        finding: run
+            .finding
+            .as_ref()
+            .and_then(|finding| serde_json::to_value(finding).ok()),
+        vars: Value::Object(run.vars.clone()),
+        steps,
+        gates,
+        audit,
+    }))
+}
+
+/// The run's steps in playbook order (from its pinned version), then any not in it.
+fn steps(api: &Api, run: &Run) -> Vec<StepView> {
+    let mut order: Vec<(String, &'static str, Option<String>)> = Vec::new();
+    if let Ok(playbook) = api.inner.engine.playbook_version(&run.version) {
+        for step in &playbook.steps {
+            order.push((step.id.clone(), "main", Some(step.action.name.to_owned())));
+        }
+        for step in &playbook.on_failure {
+            order.push((
+                step.id.clone(),
+                "on_failure",
+                Some(step.action.name.to_owned()),
+            ));
+        }
+    }
+    for id in run.steps.keys() {
+        if !order.iter().any(|(known, _, _)| known == id) {
+            let phase = if run.phase == Phase::OnFailure {
+                "on_failure"
+            } else {
+                "main"
+            };
+            order.push((id.clone(), phase, None));
+        }
+    }
+    order
+        .into_iter()
+        .map(|(id, phase, action)| {
+            let state = run.steps.get(&id).cloned().unwrap_or_default();
+            StepView {
+                id,
+                phase: phase.to_owned(),
+                action,
+                status: state.status.as_str().to_owned(),
+                attempt: state.attempt,
+                started_at: state.started_at,
+                finished_at: state.finished_at,
+                error: state.error,
+                output: state.output,
+                choice: state.choice,
+                decided_by: state.decided_by,
+                via: state.via,
+            }
+        })
+        .collect()
+}
+
+/// Cancel a run that has not ended (audited with the token's name).
+#[utoipa::path(post, path = "/api/v1/runs/{id}/cancel", tag = "runs",
+    params(("id" = String, Path, description = "Run id")),
+    request_body = CancelRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Cancelled (role editor)", body = Cancelled),
+        (status = 400, description = "A bad body", body = ErrorBody),
+        (status = 401, description = "No or unknown token", body = ErrorBody),
+        (status = 403, description = "Role too small", body = ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody),
+        (status = 409, description = "The run has already ended", body = ErrorBody)
+    ))]
+pub(super) async fn cancel(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(request): Body<CancelRequest>,
+) -> Result<Json<Cancelled>, ApiError> {
+    caller.require(Role::Editor)?;
+    let reason = request
+        .reason
+        .filter(|reason| !reason.trim().is_empty())
+        .unwrap_or_else(|| format!("cancelled by {} through the API", caller.name));
+    match api
+        .inner
+        .engine
+        .cancel(&id, &reason, &caller.actor())
+        .await?
+    {
+        Cancel::NotFound => Err(ApiError::NotFound(format!("no run {id}"))),
+        Cancel::Ended(status) => Err(ApiError::Conflict(format!(
+            "run {id} has already ended: {}",
+            status.as_str()
+        ))),
+        Cancel::Cancelled { wake } => {
+            api.drive(wake);
+            tracing::info!(run_id = %id, by = %caller.name, "run cancelled through the API");
+            Ok(Json(Cancelled {
+                id,
+                status: RunStatus::Cancelled.as_str().to_owned(),
+            }))
+        }
+    }
+}
+
+/// Answer an approval gate as the token's identity: the token's *name* must be one of the
+/// gate's approvers (an email, a Slack id, or a member of a `group:` in `[groups]`). The engine
+/// decides, and audits the answer either way.
+#[utoipa::path(post, path = "/api/v1/runs/{id}/gates/{gate}/decision", tag = "runs",
+    params(
+        ("id" = String, Path, description = "Run id"),
+        ("gate" = String, Path, description = "The approval step's id")
+    ),
+    request_body = DecisionRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Recorded or decided (role approver)", body = DecisionResult),
+        (status = 400, description = "A bad body", body = ErrorBody),
+        (status = 401, description = "No or unknown token", body = ErrorBody),
+        (status = 403, description = "Role too small (`forbidden`), or the token's name is not an approver of this gate (`not_allowed`)", body = ErrorBody),
+        (status = 404, description = "No such run or gate (`unknown_gate`)", body = ErrorBody),
+        (status = 409, description = "Already decided, already answered by this identity, or closed", body = ErrorBody),
+        (status = 422, description = "Not one of the gate's choices (`unknown_choice`)", body = ErrorBody)
+    ))]
+pub(super) async fn decide(
+    State(api): State<Api>,
+    caller: Caller,
+    Path((id, gate)): Path<(String, String)>,
+    Body(request): Body<DecisionRequest>,
+) -> Result<Json<DecisionResult>, ApiError> {
+    caller.require(Role::Approver)?;
+    let engine = &api.inner.engine;
+    // The API runs inside the runner, so it may hand the engine the gate's own token; an
+    // unknown gate is still passed on, to be refused and audited like any other answer.
+    let token = engine
+        .store()
+        .get::<Gate>(crate::store::Key::Gate(&id, &gate))?
+        .map(|gate| gate.token)
+        .unwrap_or_default();
+    let decision = quench_proto::Decision {
+        schema: quench_proto::DecisionSchema::V1,
+        id: uuid::Uuid::now_v7().to_string(),
+        run_id: id.clone(),
+        gate: gate.clone(),
+        token,
+        choice: request.choice,
+        comment: request.comment,
+        actor: caller.actor(),
+        decided_at: engine.now(),
+    };
+    let (outcome, wake) = engine.decide_and_wake(&decision).await?;
+    tracing::info!(run_id = %id, gate = %gate, actor = %caller.name, ?outcome, "decision through the API");
+    match outcome {
+        DecisionOutcome::Decided { choice } => {
+            api.drive(wake);
+            Ok(Json(DecisionResult {
+                outcome: "decided".to_owned(),
+                choice,
+                answers: None,
+                quorum: None,
+            }))
+        }
+        DecisionOutcome::Recorded {
+            choice,
+            answers,
+            quorum,
+        } => Ok(Json(DecisionResult {
+            outcome: "recorded".to_owned(),
+            choice,
+            answers: Some(answers),
+            quorum: Some(quorum),
+        })),
+        DecisionOutcome::Refused(refusal) => {
+            let status = match &refusal {
+                Refusal::UnknownGate => StatusCode::NOT_FOUND,
+                Refusal::NotAllowed(_) => StatusCode::FORBIDDEN,
+                Refusal::UnknownChoice(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                Refusal::WrongToken
+                | Refusal::AlreadyAnswered(_)
+                | Refusal::AlreadyDecided { .. }
+                | Refusal::Closed => StatusCode::CONFLICT,
+            };
+            let message = match &refusal {
+                Refusal::NotAllowed(_) => format!(
+                    "{refusal}: the token's name must be one of the gate's approvers (or in one of its groups)"
+                ),
+                _ => refusal.to_string(),
+            };
+            Err(ApiError::Refused {
+                status,
+                code: refusal.code(),
+                message,
+            })
+        }
+    }
+}
+
+impl Api {
+    /// Drives runs woken by a request, without holding up its answer.
+    pub(super) fn drive(&self, runs: Vec<String>) {
+        if runs.is_empty() {
+            return;
+        }
+        let driver = self.inner.driver.clone();
+        tokio::spawn(async move { driver.spawn(runs).await });
+    }
+}
