@@ -384,6 +384,8 @@ pub(crate) struct Service {
     log: std::path::PathBuf,
     /// Extra environment (`QUENCH_<SECTION>__<KEY>` settings).
     env: Vec<(String, String)>,
+    /// Extra arguments of `quench serve` (e.g. `--config FILE`, `--log-format json`).
+    args: Vec<String>,
 }
 
 impl Service {
@@ -394,6 +396,17 @@ impl Service {
         playbooks: &std::path::Path,
         dir: &std::path::Path,
         env: &[(&str, &str)],
+    ) -> Service {
+        Service::start_with_args(nats, playbooks, dir, env, &[])
+    }
+
+    /// As [`Service::start`], with extra arguments of `quench serve`.
+    pub(crate) fn start_with_args(
+        nats: &str,
+        playbooks: &std::path::Path,
+        dir: &std::path::Path,
+        env: &[(&str, &str)],
+        args: &[&str],
     ) -> Service {
         let mut service = Service {
             child: None,
@@ -406,6 +419,7 @@ impl Service {
                 .iter()
                 .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
                 .collect(),
+            args: args.iter().map(|arg| (*arg).to_owned()).collect(),
         };
         service.spawn();
         service
@@ -429,6 +443,7 @@ impl Service {
             .arg(&self.store)
             .arg("--playbooks")
             .arg(&self.playbooks)
+            .args(&self.args)
             .envs(self.env.iter().map(|(key, value)| (key, value)))
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -469,6 +484,16 @@ impl Service {
             .args(["-TERM", &child.id().to_string()])
             .status();
         child.wait().ok().and_then(|status| status.code())
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, …) without waiting.
+    pub(crate) fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("the service is running");
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}"), child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} failed");
     }
 
     pub(crate) fn kill(&mut self) {

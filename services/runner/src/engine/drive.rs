@@ -67,6 +67,7 @@ impl Engine {
             return Ok(started);
         };
         span.record("playbook", run.playbook.as_str());
+        let was_open = !run.status.is_terminal();
         while run.status == RunStatus::Running {
             let mut tx = Tx::default();
             let playbook = match self.version(&run.version) {
@@ -97,6 +98,9 @@ impl Engine {
             self.apply_result(&mut run, &playbook, *pending, result, &mut tx, now)?;
             tx.save(&mut run, now);
             started.extend(self.commit(tx).await?);
+        }
+        if was_open && run.status.is_terminal() {
+            tracing::info!(status = run.status.as_str(), "run ended");
         }
         Ok(started)
     }

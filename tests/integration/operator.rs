@@ -1,0 +1,1340 @@
+//! The operator surface of a real `quench serve` (its own `nats-server`, a config file with one
+//! token per role): every route against every role (401, 403, and what the route does), the
+//! OpenAPI document (checked in, served, and naming exactly the routes), runs and gates, playbook
+//! apply / history / enable / disable, hot reload of a good and a bad file (and SIGHUP), the
+//! DLQ, metrics after a known sequence of events, JSON logs with span fields, and the CLI's
+//! output and exit codes against the running service.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::support::{NatsServer, Service, check_generated, quench_bin};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// (token, name, role): one per role, and a second approver who is nobody's approver.
+const TOKENS: [(&str, &str, &str); 5] = [
+    ("t-viewer", "viewer-bot", "viewer"),
+    ("t-approver", "approver@example.com", "approver"),
+    ("t-mallory", "mallory@example.com", "approver"),
+    ("t-editor", "editor-bot", "editor"),
+    ("t-admin", "admin-bot", "admin"),
+];
+const VIEWER: &str = "t-viewer";
+const APPROVER: &str = "t-approver";
+const MALLORY: &str = "t-mallory";
+const EDITOR: &str = "t-editor";
+const ADMIN: &str = "t-admin";
+
+const GATE_PLAYBOOK: &str = r#"schema: quench.playbook/v1
+name: gate
+on:
+  finding:
+    kinds: [test.gate]
+steps:
+  - id: decide
+    uses: approval
+    with:
+      approvers: [approver@example.com]
+      question: Revoke?
+      choices: [revoke, keep]
+      timeout: 1h
+      on_timeout: keep
+  - id: bye
+    uses: note
+    with:
+      message: "{{ steps.decide.choice }}"
+"#;
+
+/// Parks on a gate, then calls a host that is not allowlisted: a permanent action error.
+const METERED_PLAYBOOK: &str = r#"schema: quench.playbook/v1
+name: metered
+mode: live
+on:
+  finding:
+    kinds: [test.metered]
+steps:
+  - id: decide
+    uses: approval
+    with:
+      approvers: [approver@example.com]
+      question: Call?
+      choices: [go, stop]
+      timeout: 1h
+      on_timeout: stop
+  - id: call
+    uses: http.request
+    with:
+      method: GET
+      url: https://blocked.example.com/hook
+"#;
+
+fn finding(id: &str, kind: &str, key_id: &str) -> Value {
+    json!({
+        "schema": "quench.finding/v1", "id": id, "kind": kind, "severity": "high",
+        "title": "test finding", "detected_at": "2026-11-20T10:00:00Z", "source": {"scanner": "test"},
+        "resource": {"provider": "openai", "type": "api_key", "id": key_id, "project_id": "proj_1"}
+    })
+}
+
+struct Operator {
+    _nats: NatsServer,
+    service: Service,
+    client: async_nats::Client,
+    http: reqwest::Client,
+    playbooks: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// An HTTP answer: status and JSON body (`Null` when the body is not JSON).
+struct Answer {
+    status: u16,
+    body: Value,
+    text: String,
+}
+
+impl Operator {
+    async fn start(playbooks: &[(&str, &str)]) -> Operator {
+        Operator::start_with(playbooks, &[]).await
+    }
+
+    async fn start_with(playbooks: &[(&str, &str)], args: &[&str]) -> Operator {
+        let nats = NatsServer::start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let playbook_dir = dir.path().join("playbooks");
+        std::fs::create_dir(&playbook_dir).expect("playbook dir");
+        for (file, source) in playbooks {
+            std::fs::write(playbook_dir.join(file), source).expect("write playbook");
+        }
+        let mut config = String::new();
+        for (token, name, role) in TOKENS {
+            let sha = hex(&Sha256::digest(token.as_bytes()));
+            config.push_str(&format!(
+                "[[api.tokens]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{sha}\"\n\n"
+            ));
+        }
+        let config_file = dir.path().join("quench.toml");
+        std::fs::write(&config_file, config).expect("write config");
+        let config_arg = config_file.display().to_string();
+        let mut all_args = vec!["--config", config_arg.as_str()];
+        all_args.extend_from_slice(args);
+        let service =
+            Service::start_with_args(&nats.url(), &playbook_dir, dir.path(), &[], &all_args);
+        let client = async_nats::connect(nats.url())
+            .await
+            .expect("test client connects");
+        quench_runner::connectors::install_crypto_provider();
+        Operator {
+            _nats: nats,
+            service,
+            client,
+            http: reqwest::Client::new(),
+            playbooks: playbook_dir,
+            _dir: dir,
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}", self.service.listen)
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = self.http.request(method, format!("{}{path}", self.base()));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the API answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        Answer {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        }
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Value {
+        let answer = self.call("GET", path, Some(token), None).await;
+        assert_eq!(answer.status, 200, "GET {path}: {}", answer.text);
+        answer.body
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> Answer {
+        self.call("POST", path, Some(token), Some(body)).await
+    }
+
+    async fn publish(&self, subject: &str, body: Vec<u8>) {
+        let jetstream = async_nats::jetstream::new(self.client.clone());
+        jetstream
+            .publish(subject.to_owned(), body.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stream ack");
+    }
+
+    async fn publish_finding(&self, finding: &Value) {
+        let subject = format!(
+            "quench.findings.{}",
+            finding["kind"].as_str().expect("kind")
+        );
+        self.publish(&subject, finding.to_string().into_bytes())
+            .await;
+    }
+
+    async fn runs(&self, query: &str) -> Vec<Value> {
+        self.get(&format!("/api/v1/runs{query}"), VIEWER).await["runs"]
+            .as_array()
+            .expect("runs")
+            .clone()
+    }
+
+    /// Waits until a run of `playbook` has `status`; returns its id.
+    async fn run_with(&self, playbook: &str, status: &str) -> String {
+        let started = std::time::Instant::now();
+        loop {
+            let runs = self
+                .runs(&format!("?playbook={playbook}&state={status}"))
+                .await;
+            if let Some(run) = runs.first() {
+                return run["id"].as_str().expect("id").to_owned();
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "no {status} run of {playbook}:\n{}",
+                self.service.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn audit(&self) -> Vec<Value> {
+        self.get("/api/v1/audit?limit=1000", VIEWER).await["entries"]
+            .as_array()
+            .expect("entries")
+            .clone()
+    }
+
+    async fn metrics(&self) -> String {
+        let answer = self.call("GET", "/metrics", None, None).await;
+        assert_eq!(answer.status, 200);
+        answer.text
+    }
+
+    /// Scrapes until every series has its value; returns the last scrape.
+    async fn metrics_reach(&self, expected: &[(&str, f64)]) -> String {
+        let started = std::time::Instant::now();
+        loop {
+            let metrics = self.metrics().await;
+            let missing: Vec<_> = expected
+                .iter()
+                .filter(|(series, value)| metric(&metrics, series) != *value)
+                .collect();
+            if missing.is_empty() {
+                return metrics;
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "not reached: {missing:?} in:\n{metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs the `quench` binary against this service; returns (exit code, stdout, stderr).
+    fn cli(&self, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+        let mut command = std::process::Command::new(quench_bin());
+        command
+            .args(args)
+            .env("QUENCH_API_URL", self.base())
+            .env_remove("QUENCH_TOKEN");
+        if let Some(token) = token {
+            command.env("QUENCH_TOKEN", token);
+        }
+        let output = command.output().expect("quench runs");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The value of a metric line `name{labels} value` (0 when absent).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+fn role_rank(role: &str) -> usize {
+    ["viewer", "approver", "editor", "admin"]
+        .iter()
+        .position(|known| *known == role)
+        .expect("known role")
+}
+
+/// One route: method, OpenAPI path, a concrete path, the least role, a body, and the status a
+/// caller with that role gets (the request is built to be harmless: unknown ids, bad source).
+struct Route {
+    method: &'static str,
+    template: &'static str,
+    path: &'static str,
+    role: Option<&'static str>,
+    body: Option<Value>,
+    status: u16,
+}
+
+fn routes() -> Vec<Route> {
+    let route = |method, template, path, role, body, status| Route {
+        method,
+        template,
+        path,
+        role,
+        body,
+        status,
+    };
+    vec![
+        route("GET", "/healthz", "/healthz", None, None, 200),
+        route("GET", "/readyz", "/readyz", None, None, 200),
+        route("GET", "/metrics", "/metrics", None, None, 200),
+        route(
+            "GET",
+            "/api/openapi.json",
+            "/api/openapi.json",
+            None,
+            None,
+            200,
+        ),
+        route(
+            "GET",
+            "/api/v1/runs",
+            "/api/v1/runs",
+            Some("viewer"),
+            None,
+            200,
+        ),
+        route(
+            "GET",
+            "/api/v1/runs/{id}",
+            "/api/v1/runs/no-such-run",
+            Some("viewer"),
+            None,
+            404,
+        ),
+        route(
+            "POST",
+            "/api/v1/runs/{id}/cancel",
+            "/api/v1/runs/no-such-run/cancel",
+            Some("editor"),
+            Some(json!({})),
+            404,
+        ),
+        route(
+            "POST",
+            "/api/v1/runs/{id}/gates/{gate}/decision",
+            "/api/v1/runs/no-such-run/gates/decide/decision",
+            Some("approver"),
+            Some(json!({"choice": "revoke"})),
+            404,
+        ),
+        route(
+            "GET",
+            "/api/v1/playbooks",
+            "/api/v1/playbooks",
+            Some("viewer"),
+            None,
+            200,
+        ),
+        route(
+            "POST",
+            "/api/v1/playbooks",
+            "/api/v1/playbooks",
+            Some("editor"),
+            Some(json!({"source": "name: broken\n"})),
+            422,
+        ),
+        route(
+            "GET",
+            "/api/v1/playbooks/{name}",
+            "/api/v1/playbooks/gate",
+            Some("viewer"),
+            None,
+            200,
+        ),
+        route(
+            "GET",
+            "/api/v1/playbooks/{name}/history",
+            "/api/v1/playbooks/gate/history",
+            Some("viewer"),
+            None,
+            200,
+        ),
+        route(
+            "GET",
+            "/api/v1/playbooks/{name}/versions/{version}",
+            "/api/v1/playbooks/gate/versions/not-a-version",
+            Some("viewer"),
+            None,
+            404,
+        ),
+        route(
+            "POST",
+            "/api/v1/playbooks/{name}/enable",
+            "/api/v1/playbooks/no-such-playbook/enable",
+            Some("editor"),
+            Some(json!({})),
+            404,
+        ),
+        route(
+            "POST",
+            "/api/v1/playbooks/{name}/disable",
+            "/api/v1/playbooks/no-such-playbook/disable",
+            Some("editor"),
+            Some(json!({})),
+            404,
+        ),
+        route(
+            "GET",
+            "/api/v1/dlq",
+            "/api/v1/dlq",
+            Some("viewer"),
+            None,
+            200,
+        ),
+        route(
+            "POST",
+            "/api/v1/dlq/{seq}/replay",
+            "/api/v1/dlq/999999/replay",
+            Some("admin"),
+            Some(json!({})),
+            404,
+        ),
+        route(
+            "GET",
+            "/api/v1/audit",
+            "/api/v1/audit",
+            Some("viewer"),
+            None,
+            200,
+        ),
+        route(
+            "GET",
+            "/api/v1/audit/verify",
+            "/api/v1/audit/verify",
+            Some("viewer"),
+            None,
+            200,
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_each_role_as_documented() {
+    let operator = Operator::start(&[("gate.yaml", GATE_PLAYBOOK)]).await;
+    for route in routes() {
+        let what = format!("{} {}", route.method, route.path);
+        let Some(least) = route.role else {
+            let answer = operator.call(route.method, route.path, None, None).await;
+            assert_eq!(
+                answer.status, route.status,
+                "{what} without a token: {}",
+                answer.text
+            );
+            continue;
+        };
+        for token in [None, Some("not-a-configured-token")] {
+            let answer = operator
+                .call(route.method, route.path, token, route.body.clone())
+                .await;
+            assert_eq!(answer.status, 401, "{what} with {token:?}: {}", answer.text);
+            assert_eq!(answer.body["error"]["code"], "unauthorized", "{what}");
+        }
+        for (token, name, role) in TOKENS {
+            let answer = operator
+                .call(route.method, route.path, Some(token), route.body.clone())
+                .await;
+            if role_rank(role) < role_rank(least) {
+                assert_eq!(
+                    answer.status, 403,
+                    "{what} as {name} ({role}): {}",
+                    answer.text
+                );
+                assert_eq!(
+                    answer.body["error"]["code"], "forbidden",
+                    "{what} as {role}"
+                );
+            } else {
+                assert_eq!(
+                    answer.status, route.status,
+                    "{what} as {name} ({role}): {}",
+                    answer.text
+                );
+            }
+        }
+    }
+
+    // The refused playbook says why, with positions, in `quench validate --format json`'s shape.
+    let refused = operator
+        .post(
+            "/api/v1/playbooks",
+            EDITOR,
+            json!({"source": "name: broken\n", "file": "broken.yaml"}),
+        )
+        .await;
+    assert_eq!(refused.body["error"]["code"], "invalid_playbook");
+    let first = &refused.body["diagnostics"][0];
+    assert_eq!(first["file"], "broken.yaml");
+    assert_eq!(first["severity"], "error");
+    assert_eq!(first["code"], "missing-field");
+    assert_eq!(
+        (first["line"].as_u64(), first["column"].as_u64()),
+        (Some(1), Some(1))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_checked_in_and_names_exactly_the_routes() {
+    let operator = Operator::start(&[("gate.yaml", GATE_PLAYBOOK)]).await;
+    let served = operator
+        .call("GET", "/api/openapi.json", None, None)
+        .await
+        .body;
+    assert_eq!(
+        served,
+        serde_json::to_value(quench_runner::service::openapi()).expect("document serializes"),
+        "the served document is the one the library generates"
+    );
+    check_generated("services/runner/openapi.json", &served);
+    assert!(
+        served["openapi"]
+            .as_str()
+            .is_some_and(|version| version.starts_with("3."))
+    );
+
+    let mut documented = BTreeSet::new();
+    for (path, item) in served["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("path item") {
+            documented.insert((method.to_uppercase(), path.clone()));
+            let secured = operation.get("security").is_some();
+            assert_eq!(
+                secured,
+                path.starts_with("/api/v1/"),
+                "{method} {path}: the /api/v1 routes, and only they, need a bearer token"
+            );
+        }
+    }
+    let served_routes: BTreeSet<(String, String)> = routes()
+        .iter()
+        .map(|route| (route.method.to_owned(), route.template.to_owned()))
+        .collect();
+    assert_eq!(
+        documented, served_routes,
+        "the document names exactly the routes the role test exercises"
+    );
+    assert!(
+        served["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer",
+        "bearer auth is declared"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_are_listed_shown_answered_and_cancelled() {
+    let operator = Operator::start(&[("gate.yaml", GATE_PLAYBOOK)]).await;
+    operator
+        .publish_finding(&finding("f-1", "test.gate", "key_1"))
+        .await;
+    let first = operator.run_with("gate", "waiting").await;
+    operator
+        .publish_finding(&finding("f-2", "test.gate", "key_2"))
+        .await;
+    let started = std::time::Instant::now();
+    while operator.runs("?state=waiting").await.len() < 2 {
+        assert!(started.elapsed() < WAIT, "the second run parks");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Filters and paging: newest first, one per page, the cursor leads to the next.
+    let page = operator.get("/api/v1/runs?limit=1", VIEWER).await;
+    let second = page["runs"][0]["id"].as_str().expect("id").to_owned();
+    assert_ne!(second, first, "newest first");
+    let cursor = page["next"].as_str().expect("a next page");
+    let next = operator
+        .get(&format!("/api/v1/runs?limit=1&cursor={cursor}"), VIEWER)
+        .await;
+    assert_eq!(next["runs"][0]["id"], first.as_str());
+    assert_eq!(
+        operator.runs("?key=test.gate:key_1").await.len(),
+        1,
+        "the key filter"
+    );
+    assert!(operator.runs("?state=completed").await.is_empty());
+    assert!(operator.runs("?playbook=other").await.is_empty());
+    let bad = operator
+        .call("GET", "/api/v1/runs?state=sideways", Some(VIEWER), None)
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+
+    let shown = operator.get(&format!("/api/v1/runs/{first}"), VIEWER).await;
+    assert_eq!(shown["run"]["status"], "waiting");
+    assert_eq!(shown["run"]["step"], "decide");
+    let steps: Vec<(&str, &str)> = shown["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|step| {
+            (
+                step["id"].as_str().unwrap_or(""),
+                step["status"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [("decide", "waiting"), ("bye", "pending")],
+        "the timeline in playbook order"
+    );
+    assert_eq!(shown["gates"][0]["question"], "Revoke?");
+    assert!(
+        shown["gates"][0].get("token").is_none(),
+        "a gate's token is never shown"
+    );
+    let kinds: Vec<&str> = shown["audit"]
+        .as_array()
+        .expect("audit")
+        .iter()
+        .filter_map(|entry| entry["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.starts_with(&["run_started"]) && kinds.contains(&"waiting"),
+        "{kinds:?}"
+    );
+
+    // Someone who is not an approver of the gate is refused by the engine, and audited.
+    let refused = operator
+        .post(
+            &format!("/api/v1/runs/{first}/gates/decide/decision"),
+            MALLORY,
+            json!({"choice": "revoke"}),
+        )
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    assert_eq!(refused.body["error"]["code"], "not_allowed");
+    let unknown_choice = operator
+        .post(
+            &format!("/api/v1/runs/{first}/gates/decide/decision"),
+            APPROVER,
+            json!({"choice": "shrug"}),
+        )
+        .await;
+    assert_eq!(unknown_choice.status, 422, "{}", unknown_choice.text);
+
+    // The token's name is an approver: the gate is decided and the run goes on.
+    let decided = operator
+        .post(
+            &format!("/api/v1/runs/{first}/gates/decide/decision"),
+            APPROVER,
+            json!({"choice": "revoke", "comment": "leaked in a public repo"}),
+        )
+        .await;
+    assert_eq!(decided.status, 200, "{}", decided.text);
+    assert_eq!(
+        decided.body,
+        json!({"outcome": "decided", "choice": "revoke", "answers": null, "quorum": null})
+    );
+    operator.run_with("gate", "completed").await;
+    let again = operator
+        .post(
+            &format!("/api/v1/runs/{first}/gates/decide/decision"),
+            APPROVER,
+            json!({"choice": "keep"}),
+        )
+        .await;
+    assert_eq!(again.status, 409, "{}", again.text);
+    let shown = operator.get(&format!("/api/v1/runs/{first}"), VIEWER).await;
+    assert_eq!(shown["gates"][0]["decision"], "revoke");
+    assert_eq!(
+        shown["gates"][0]["decided_by"],
+        json!(["approver@example.com"])
+    );
+    assert_eq!(shown["steps"][1]["output"]["message"], "revoke");
+
+    // Cancel the other run; a second cancel finds it ended.
+    let cancelled = operator
+        .post(
+            &format!("/api/v1/runs/{second}/cancel"),
+            EDITOR,
+            json!({"reason": "duplicate report"}),
+        )
+        .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.text);
+    let twice = operator
+        .post(&format!("/api/v1/runs/{second}/cancel"), EDITOR, json!({}))
+        .await;
+    assert_eq!(twice.status, 409, "{}", twice.text);
+    let shown = operator
+        .get(&format!("/api/v1/runs/{second}"), VIEWER)
+        .await;
+    assert_eq!(shown["run"]["status"], "cancelled");
+    assert_eq!(shown["run"]["cancelled"], "duplicate report");
+    assert_eq!(shown["gates"][0]["closed"], true);
+
+    // Every write is in the audit log with the token's name.
+    let audit = operator.audit().await;
+    let by = |kind: &str, allowed: Option<bool>| {
+        audit
+            .iter()
+            .filter(|entry| {
+                entry["kind"] == kind
+                    && (allowed.is_none() || entry["allowed"].as_bool() == allowed)
+            })
+            .map(|entry| entry["actor"]["id"].as_str().unwrap_or("").to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(by("decision", Some(true)), ["approver@example.com"]);
+    assert!(by("decision", Some(false)).contains(&"mallory@example.com".to_owned()));
+    assert_eq!(by("run_cancel_requested", None), ["editor-bot"]);
+    let verified = operator.get("/api/v1/audit/verify", VIEWER).await;
+    assert_eq!(verified["ok"], true, "{verified}");
+
+    // Audit paging: newest first, `next` continues below.
+    let page = operator.get("/api/v1/audit?limit=3", VIEWER).await;
+    let seqs: Vec<u64> = page["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|entry| entry["seq"].as_u64())
+        .collect();
+    assert_eq!(seqs.len(), 3);
+    assert!(
+        seqs.windows(2).all(|pair| pair[0] == pair[1] + 1),
+        "{seqs:?}"
+    );
+    let next = page["next"].as_u64().expect("more");
+    let older = operator
+        .get(&format!("/api/v1/audit?limit=3&before={next}"), VIEWER)
+        .await;
+    assert_eq!(older["entries"][0]["seq"].as_u64(), Some(next - 1));
+}
+
+/// The current version of a loaded playbook, as the API lists it.
+async fn current_version(operator: &Operator, name: &str) -> Option<String> {
+    let list = operator.get("/api/v1/playbooks", VIEWER).await;
+    list["playbooks"]
+        .as_array()
+        .expect("playbooks")
+        .iter()
+        .find(|playbook| playbook["name"] == name)
+        .and_then(|playbook| playbook["version"].as_str().map(str::to_owned))
+}
+
+/// Audit entries saying a playbook version became current, as (version, by).
+async fn loads(operator: &Operator, name: &str) -> Vec<(String, String)> {
+    let mut loads: Vec<(String, String)> = operator
+        .audit()
+        .await
+        .iter()
+        .filter(|entry| entry["kind"] == "playbook_loaded" && entry["playbook"] == name)
+        .map(|entry| {
+            (
+                entry["version"].as_str().unwrap_or("").to_owned(),
+                entry["detail"]["by"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    loads.reverse();
+    loads
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playbooks_are_applied_versioned_disabled_and_enabled() {
+    let operator = Operator::start(&[("on-call.yaml", GATE_PLAYBOOK)]).await;
+    let v1 = current_version(&operator, "gate")
+        .await
+        .expect("gate is loaded");
+
+    let edited = GATE_PLAYBOOK.replace("question: Revoke?", "question: Revoke it now?");
+    let applied = operator
+        .post(
+            "/api/v1/playbooks",
+            EDITOR,
+            json!({"source": edited, "file": "gate.yaml"}),
+        )
+        .await;
+    assert_eq!(applied.status, 200, "{}", applied.text);
+    assert_eq!(applied.body["changed"], true);
+    let v2 = applied.body["version"]
+        .as_str()
+        .expect("version")
+        .to_owned();
+    assert_ne!(v1, v2);
+    // Written into the file that held the playbook: the directory stays the source of truth.
+    let on_disk = std::fs::read_to_string(operator.playbooks.join("on-call.yaml")).expect("file");
+    assert_eq!(on_disk, edited);
+    assert_eq!(
+        std::fs::read_dir(&operator.playbooks).expect("dir").count(),
+        1,
+        "no second file"
+    );
+    assert_eq!(
+        current_version(&operator, "gate").await.as_deref(),
+        Some(v2.as_str())
+    );
+    let same = operator
+        .post("/api/v1/playbooks", EDITOR, json!({"source": edited}))
+        .await;
+    assert_eq!(same.body["changed"], false, "{}", same.text);
+
+    let history = operator.get("/api/v1/playbooks/gate/history", VIEWER).await;
+    let versions: Vec<(&str, bool)> = history["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|entry| {
+            (
+                entry["version"].as_str().unwrap_or(""),
+                entry["current"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(versions, [(v2.as_str(), true), (v1.as_str(), false)]);
+    let prefix = &v1["sha256:".len().."sha256:".len() + 10];
+    let old = operator
+        .get(&format!("/api/v1/playbooks/gate/versions/{prefix}"), VIEWER)
+        .await;
+    assert_eq!(old["version"], v1.as_str());
+    assert_eq!(old["source"], GATE_PLAYBOOK);
+    let shown = operator.get("/api/v1/playbooks/gate", VIEWER).await;
+    assert_eq!(shown["source"], edited.as_str());
+    // The watcher sees the written file and finds nothing new: one entry per version.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let recorded = loads(&operator, "gate").await;
+    assert_eq!(
+        recorded,
+        [
+            (v1.clone(), "quench serve".to_owned()),
+            (v2.clone(), "api:editor-bot".to_owned())
+        ]
+    );
+
+    // Disabled: a finding starts nothing (and says so in the audit log); enabled: it does.
+    let disabled = operator
+        .post("/api/v1/playbooks/gate/disable", EDITOR, json!({}))
+        .await;
+    assert_eq!(
+        disabled.body,
+        json!({"name": "gate", "enabled": false, "changed": true})
+    );
+    let listed = operator.get("/api/v1/playbooks", VIEWER).await;
+    assert_eq!(listed["playbooks"][0]["enabled"], false);
+    operator
+        .publish_finding(&finding("d-1", "test.gate", "key_d"))
+        .await;
+    let started = std::time::Instant::now();
+    while !operator
+        .audit()
+        .await
+        .iter()
+        .any(|entry| entry["kind"] == "finding_ignored")
+    {
+        assert!(started.elapsed() < WAIT, "the finding is ignored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        operator.runs("").await.is_empty(),
+        "a disabled playbook starts no run"
+    );
+    let enabled = operator
+        .post("/api/v1/playbooks/gate/enable", EDITOR, json!({}))
+        .await;
+    assert_eq!(enabled.body["changed"], true);
+    operator
+        .publish_finding(&finding("d-2", "test.gate", "key_d"))
+        .await;
+    operator.run_with("gate", "waiting").await;
+    let audit = operator.audit().await;
+    for kind in ["playbook_disabled", "playbook_enabled"] {
+        assert!(
+            audit
+                .iter()
+                .any(|entry| entry["kind"] == kind && entry["actor"]["id"] == "editor-bot"),
+            "{kind} is audited with the token's name"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playbooks_reload_on_change_and_a_bad_file_keeps_the_last_good_version() {
+    let mut operator = Operator::start(&[("gate.yaml", GATE_PLAYBOOK)]).await;
+    let v1 = current_version(&operator, "gate").await.expect("loaded");
+    let file = operator.playbooks.join("gate.yaml");
+
+    // A good edit is picked up.
+    std::fs::write(&file, GATE_PLAYBOOK.replace("Revoke?", "Revoke now?")).expect("edit");
+    let started = std::time::Instant::now();
+    let v2 = loop {
+        match current_version(&operator, "gate").await {
+            Some(version) if version != v1 => break version,
+            _ => {}
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "the edit is loaded:\n{}",
+            operator.service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        loads(&operator, "gate").await[1],
+        (v2.clone(), "file change".to_owned())
+    );
+
+    // A bad edit is refused with its diagnostics; v2 keeps serving.
+    std::fs::write(
+        &file,
+        GATE_PLAYBOOK.replace("  - id: bye", "  - id: bye\n    wat: 1"),
+    )
+    .expect("break");
+    let started = std::time::Instant::now();
+    let refused = loop {
+        let list = operator.get("/api/v1/playbooks", VIEWER).await;
+        if let Some(refused) = list["refused"]
+            .as_array()
+            .and_then(|refused| refused.first())
+        {
+            break refused.clone();
+        }
+        assert!(started.elapsed() < WAIT, "the bad file is refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        refused["file"]
+            .as_str()
+            .expect("file")
+            .ends_with("gate.yaml")
+    );
+    assert_eq!(refused["playbook"], "gate");
+    assert_eq!(refused["serving"], v2.as_str());
+    assert_eq!(refused["diagnostics"][0]["code"], "unknown-field");
+    assert_eq!(refused["diagnostics"][0]["line"], 16);
+    assert_eq!(
+        current_version(&operator, "gate").await.as_deref(),
+        Some(v2.as_str())
+    );
+    assert!(
+        operator.service.log_text().contains("unknown field `wat`"),
+        "the refusal is logged"
+    );
+    let metrics = operator.metrics().await;
+    assert_eq!(metric(&metrics, "quench_playbooks_refused"), 1.0);
+    assert!(metric(&metrics, "quench_playbook_loads_total{result=\"refused\"}") >= 1.0);
+    // It still serves: a finding starts a run on v2.
+    operator
+        .publish_finding(&finding("r-1", "test.gate", "key_r"))
+        .await;
+    let run = operator.run_with("gate", "waiting").await;
+    let shown = operator.get(&format!("/api/v1/runs/{run}"), VIEWER).await;
+    assert_eq!(shown["run"]["version"], v2.as_str());
+
+    // SIGHUP reads the directory again.
+    let before = metric(
+        &operator.metrics().await,
+        "quench_playbook_loads_total{result=\"refused\"}",
+    );
+    operator.service.signal("HUP");
+    let started = std::time::Instant::now();
+    while metric(
+        &operator.metrics().await,
+        "quench_playbook_loads_total{result=\"refused\"}",
+    ) <= before
+    {
+        assert!(started.elapsed() < WAIT, "SIGHUP reloads");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // After a restart with the file still broken, the version the store last recorded serves.
+    assert_eq!(operator.service.terminate(), Some(0));
+    operator.service.spawn();
+    assert_eq!(
+        current_version(&operator, "gate").await.as_deref(),
+        Some(v2.as_str())
+    );
+    let list = operator.get("/api/v1/playbooks", VIEWER).await;
+    assert_eq!(list["refused"][0]["serving"], v2.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_replayed() {
+    let operator = Operator::start(&[("gate.yaml", GATE_PLAYBOOK)]).await;
+    operator
+        .publish("quench.findings.test.gate", b"{not json".to_vec())
+        .await;
+    // A dead letter whose body is a good finding (as if the scanner's fix came later).
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Quench-Dlq-Reason", "unknown_schema: test");
+    headers.insert("Quench-Dlq-Subject", "quench.findings.test.gate");
+    let jetstream = async_nats::jetstream::new(operator.client.clone());
+    jetstream
+        .publish_with_headers(
+            "quench.dlq.findings",
+            headers,
+            finding("late-1", "test.gate", "key_late")
+                .to_string()
+                .into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    // And one that claims to come from somewhere else.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Quench-Dlq-Subject", "quench.events.x.run_started");
+    jetstream
+        .publish_with_headers("quench.dlq.findings", headers, "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+
+    let started = std::time::Instant::now();
+    let messages = loop {
+        let page = operator.get("/api/v1/dlq", VIEWER).await;
+        let messages = page["messages"].as_array().expect("messages").clone();
+        if messages.len() == 3 {
+            break messages;
+        }
+        assert!(started.elapsed() < WAIT, "three dead letters: {page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let bad = messages
+        .iter()
+        .find(|message| message["body"] == "{not json")
+        .expect("the refused message");
+    assert_eq!(bad["subject"], "quench.dlq.findings");
+    assert_eq!(bad["original_subject"], "quench.findings.test.gate");
+    assert!(
+        bad["reason"]
+            .as_str()
+            .expect("reason")
+            .starts_with("invalid_json")
+    );
+    let page = operator.get("/api/v1/dlq?limit=1", VIEWER).await;
+    let cursor = page["next"].as_u64().expect("a next page");
+    let rest = operator
+        .get(&format!("/api/v1/dlq?cursor={cursor}"), VIEWER)
+        .await;
+    assert_eq!(rest["messages"].as_array().map(Vec::len), Some(2));
+
+    let late = messages
+        .iter()
+        .find(|message| {
+            message["original_subject"] == "quench.findings.test.gate"
+                && message["body"] != "{not json"
+        })
+        .expect("the late finding");
+    let seq = late["seq"].as_u64().expect("seq");
+    let replayed = operator
+        .post(&format!("/api/v1/dlq/{seq}/replay"), ADMIN, json!({}))
+        .await;
+    assert_eq!(replayed.status, 200, "{}", replayed.text);
+    assert_eq!(replayed.body["subject"], "quench.findings.test.gate");
+    operator.run_with("gate", "waiting").await;
+    let again = operator
+        .post(&format!("/api/v1/dlq/{seq}/replay"), ADMIN, json!({}))
+        .await;
+    assert_eq!(
+        again.status, 404,
+        "a replayed message is gone: {}",
+        again.text
+    );
+    let elsewhere = messages
+        .iter()
+        .find(|message| message["original_subject"] == "quench.events.x.run_started")
+        .expect("the odd one");
+    let refused = operator
+        .post(
+            &format!("/api/v1/dlq/{}/replay", elsewhere["seq"]),
+            ADMIN,
+            json!({}),
+        )
+        .await;
+    assert_eq!(refused.status, 409, "{}", refused.text);
+    let audit = operator.audit().await;
+    let replays: Vec<&Value> = audit
+        .iter()
+        .filter(|entry| entry["kind"] == "dlq_replayed")
+        .collect();
+    assert_eq!(replays.len(), 1);
+    assert_eq!(replays[0]["actor"]["id"], "admin-bot");
+    assert_eq!(replays[0]["detail"]["seq"], seq);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_a_known_sequence_of_events_and_logs_carry_spans() {
+    let operator = Operator::start_with(
+        &[("metered.yaml", METERED_PLAYBOOK)],
+        &["--log-format", "json"],
+    )
+    .await;
+    let metrics = operator.metrics().await;
+    assert_eq!(metric(&metrics, "quench_nats_connected"), 1.0);
+    assert_eq!(metric(&metrics, "quench_playbooks_loaded"), 1.0);
+    assert_eq!(metric(&metrics, "quench_runs_open"), 0.0);
+
+    // A finding, the same id again (dropped), and a message that is not JSON.
+    let first = finding("m-1", "test.metered", "key_m");
+    operator.publish_finding(&first).await;
+    operator.publish_finding(&first).await;
+    operator
+        .publish("quench.findings.test.metered", b"nope".to_vec())
+        .await;
+    let run = operator.run_with("metered", "waiting").await;
+    // Counters move after the commits they count, each batch on its own: wait for all of them.
+    let metrics = operator
+        .metrics_reach(&[
+            ("quench_findings_received_total{kind=\"test.metered\"}", 2.0),
+            ("quench_findings_deduplicated_total{kind=\"test.metered\"}", 1.0),
+            (
+                "quench_dead_lettered_total{subject=\"quench.dlq.findings\",reason=\"invalid_json\"}",
+                1.0,
+            ),
+            ("quench_runs_started_total{playbook=\"metered\"}", 1.0),
+        ])
+        .await;
+    assert_eq!(metric(&metrics, "quench_runs_open"), 1.0);
+    assert_eq!(metric(&metrics, "quench_runs_awaiting_approval"), 1.0);
+
+    // Approved: the call to a host that is not allowlisted fails for good, and so does the run.
+    let decided = operator
+        .post(
+            &format!("/api/v1/runs/{run}/gates/decide/decision"),
+            APPROVER,
+            json!({"choice": "go"}),
+        )
+        .await;
+    assert_eq!(decided.status, 200, "{}", decided.text);
+    operator.run_with("metered", "failed").await;
+    let metrics = operator
+        .metrics_reach(&[
+            ("quench_runs_failed_total{playbook=\"metered\"}", 1.0),
+            ("quench_runs_completed_total{playbook=\"metered\"}", 0.0),
+            ("quench_runs_open", 0.0),
+            ("quench_runs_awaiting_approval", 0.0),
+            (
+                "quench_action_errors_total{action=\"http.request\",class=\"permanent\"}",
+                1.0,
+            ),
+            (
+                "quench_step_duration_seconds_count{action=\"http.request\"}",
+                1.0,
+            ),
+        ])
+        .await;
+    assert!(metric(&metrics, "quench_store_commit_duration_seconds_count") >= 3.0);
+    assert!(metric(&metrics, "quench_store_commit_batches_count") >= 3.0);
+    for family in [
+        "# TYPE quench_step_duration_seconds histogram",
+        "# TYPE quench_store_commit_batches histogram",
+        "# TYPE quench_runs_open gauge",
+        "# TYPE quench_findings_received counter",
+    ] {
+        assert!(metrics.contains(family), "{family} in:\n{metrics}");
+    }
+
+    // JSON logs: the run's lines carry its id and playbook from the span.
+    let log = operator.service.log_text();
+    let ended = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["fields"]["message"] == "run ended")
+        .unwrap_or_else(|| panic!("a JSON `run ended` line in:\n{log}"));
+    assert_eq!(ended["span"]["run_id"], run.as_str());
+    assert_eq!(ended["span"]["playbook"], "metered");
+    assert_eq!(ended["fields"]["status"], "failed");
+    assert!(
+        !log.contains("t-admin") && !log.contains("t-approver"),
+        "no token is logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_talks_to_the_running_service() {
+    let operator = Operator::start(&[("gate.yaml", GATE_PLAYBOOK)]).await;
+    operator
+        .publish_finding(&finding("c-1", "test.gate", "key_c"))
+        .await;
+    let run = operator.run_with("gate", "waiting").await;
+
+    let (code, out, err) = operator.cli(Some(VIEWER), &["runs", "list"]);
+    assert_eq!(code, 0, "{err}");
+    let header = out.lines().next().expect("a header");
+    assert!(
+        header.starts_with("RUN") && header.contains("PLAYBOOK") && header.contains("STATUS"),
+        "{out}"
+    );
+    assert!(out.contains(&run) && out.contains("waiting"), "{out}");
+    let (code, out, _) = operator.cli(
+        Some(VIEWER),
+        &["runs", "list", "--state", "waiting", "--json"],
+    );
+    assert_eq!(code, 0);
+    let page: Value = serde_json::from_str(&out).expect("--json prints JSON");
+    assert_eq!(page["runs"][0]["id"], run.as_str());
+    let (code, out, _) = operator.cli(Some(VIEWER), &["runs", "show", &run]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("gate decide: Revoke?") && out.contains("run_started"),
+        "{out}"
+    );
+
+    // Exit codes: no token 77, too small a role 77, refused 1, unreachable 69, bad --api 64.
+    let (code, _, err) = operator.cli(None, &["runs", "list"]);
+    assert_eq!(code, 77, "{err}");
+    assert!(err.contains("QUENCH_TOKEN"), "{err}");
+    let (code, _, err) = operator.cli(Some(VIEWER), &["runs", "cancel", &run]);
+    assert_eq!(code, 77, "{err}");
+    let (code, _, err) = operator.cli(
+        Some(MALLORY),
+        &["approve", &run, "--gate", "decide", "--choice", "keep"],
+    );
+    assert_eq!(code, 1, "not an approver of this gate: {err}");
+    assert!(err.contains("not_allowed"), "{err}");
+    let (code, out, err) = operator.cli(
+        Some(APPROVER),
+        &["approve", &run, "--gate", "decide", "--choice", "keep"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("gate decide of run {run}: decided keep\n"));
+    let (code, _, err) = operator.cli(
+        Some(APPROVER),
+        &["approve", &run, "--gate", "decide", "--choice", "keep"],
+    );
+    assert_eq!(code, 1, "already decided: {err}");
+    let (code, _, err) = operator.cli(
+        Some(VIEWER),
+        &[
+            "runs",
+            "list",
+            "--api",
+            &format!("http://127.0.0.1:{}", crate::support::free_port()),
+        ],
+    );
+    assert_eq!(code, 69, "{err}");
+    let (code, _, err) = operator.cli(
+        Some(VIEWER),
+        &["runs", "list", "--api", "http://quench.example.com"],
+    );
+    assert_eq!(code, 64, "{err}");
+
+    // Playbooks: apply a directory (one good, one bad), list, history, diff.
+    let apply_dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        apply_dir.path().join("gate.yaml"),
+        GATE_PLAYBOOK.replace("Revoke?", "Revoke, really?"),
+    )
+    .expect("write");
+    std::fs::write(apply_dir.path().join("zz-broken.yaml"), "name: broken\n").expect("write");
+    let dir = apply_dir.path().display().to_string();
+    let (code, out, _) = operator.cli(Some(EDITOR), &["playbooks", "apply", &dir]);
+    assert_eq!(code, 1, "one file is refused: {out}");
+    assert!(out.contains("applied  gate "), "{out}");
+    assert!(
+        out.contains("refused  ") && out.contains("zz-broken.yaml:1:1: error[missing-field]"),
+        "{out}"
+    );
+    let (code, out, _) = operator.cli(Some(VIEWER), &["playbooks", "list"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("PLAYBOOK") && out.contains("gate") && out.contains("enabled"),
+        "{out}"
+    );
+    let (code, out, _) = operator.cli(Some(VIEWER), &["playbooks", "history", "gate", "--json"]);
+    assert_eq!(code, 0);
+    let history: Value = serde_json::from_str(&out).expect("JSON");
+    let versions: Vec<String> = history["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .filter_map(|entry| {
+            entry["version"]
+                .as_str()
+                .map(|version| version["sha256:".len()..][..10].to_owned())
+        })
+        .collect();
+    assert_eq!(versions.len(), 2);
+    let (code, out, err) = operator.cli(
+        Some(VIEWER),
+        &["playbooks", "diff", "gate", &versions[1], &versions[0]],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("-      question: Revoke?\n+      question: Revoke, really?\n"),
+        "{out}"
+    );
+    let (code, out, _) = operator.cli(Some(EDITOR), &["playbooks", "disable", "gate"]);
+    assert_eq!((code, out.as_str()), (0, "playbook gate disabled\n"));
+
+    // Dead letters and the audit log.
+    operator
+        .publish("quench.findings.test.gate", b"oops".to_vec())
+        .await;
+    let started = std::time::Instant::now();
+    let seq = loop {
+        let (code, out, _) = operator.cli(Some(VIEWER), &["dlq", "list", "--json"]);
+        assert_eq!(code, 0);
+        let page: Value = serde_json::from_str(&out).expect("JSON");
+        if let Some(seq) = page["messages"][0]["seq"].as_u64() {
+            break seq;
+        }
+        assert!(started.elapsed() < WAIT, "the dead letter is listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (code, out, _) = operator.cli(Some(VIEWER), &["dlq", "list"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("SEQ") && out.contains("invalid_json"),
+        "{out}"
+    );
+    let (code, _, _) = operator.cli(Some(EDITOR), &["dlq", "replay", &seq.to_string()]);
+    assert_eq!(code, 77, "replay needs admin");
+    let (code, out, err) = operator.cli(Some(ADMIN), &["dlq", "replay", &seq.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        format!("replayed {seq} to quench.findings.test.gate\n")
+    );
+    let (code, out, err) = operator.cli(Some(VIEWER), &["audit", "verify"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("audit chain ok: "), "{out}");
+    let (code, out, _) = operator.cli(Some(VIEWER), &["audit", "list", "--limit", "200"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("dlq_replayed") && out.contains("admin-bot"),
+        "{out}"
+    );
+    assert!(
+        out.contains("playbook_disabled") && out.contains("editor-bot"),
+        "{out}"
+    );
+}
