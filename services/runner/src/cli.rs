@@ -36,6 +36,9 @@ pub enum Command {
     },
     /// Run the service: NATS intake, the engine, timers, health endpoints.
     Serve(ServeArgs),
+    /// Quickstart: `serve` with a nats-server child (unless NATS is configured), the store in
+    /// ./data/state, playbooks from ./workflows, dry-run unless an OpenAI admin key is set.
+    Up(ServeArgs),
     /// Publish findings (a JSON or JSON-lines file, a directory of them, or - for stdin).
     Publish(PublishArgs),
     /// Scheduled playbooks.
@@ -175,6 +178,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write, styled: bool) -> 
             command: AuditCommand::Verify { store },
         } => audit_verify(&store, out, err),
         Command::Serve(args) => serve(&args, out, err),
+        Command::Up(args) => up(&args, out, err),
         Command::Publish(args) => publish(&args, out, err),
         Command::Schedule {
             command: ScheduleCommand::List(args),
@@ -519,6 +523,15 @@ fn runtime(err: &mut dyn Write) -> Option<tokio::runtime::Runtime> {
 
 /// `quench serve`.
 pub fn serve(args: &ServeArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    run_service(args, false, out, err)
+}
+
+/// `quench up`.
+pub fn up(args: &ServeArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    run_service(args, true, out, err)
+}
+
+fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let mut overrides = crate::config::Overrides::default();
     if let Some(url) = &args.nats {
         overrides.set("nats", "url", url.as_str());
@@ -532,33 +545,86 @@ pub fn serve(args: &ServeArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     if let Some(dir) = &args.playbooks {
         overrides.set("playbooks", "dir", dir.display().to_string());
     }
-    let Some(config) = load_config(args.config.as_deref(), &overrides, err) else {
+    let Some(mut config) = load_config(args.config.as_deref(), &overrides, err) else {
         return EXIT_CONFIG;
     };
     if args.dump_config {
         let _ = write!(out, "{}", config.dump());
         return EXIT_OK;
     }
+    // `quench up` starts its own NATS unless one is configured (flag, environment or file).
+    let own_nats = quickstart && !nats_configured(args);
     init_tracing();
     let Some(runtime) = runtime(err) else {
         return EXIT_USAGE;
     };
     let result = runtime.block_on(async {
+        let child = if own_nats {
+            match crate::service::up::NatsChild::start(&crate::service::up::nats_dir()).await {
+                Ok(child) => {
+                    config.nats.url = child.url().to_owned();
+                    Some(child)
+                }
+                Err(error) => return Err(Err(error)),
+            }
+        } else {
+            None
+        };
         let shutdown = tokio_util::sync::CancellationToken::new();
         tokio::spawn(signals(shutdown.clone()));
-        crate::service::serve(config, shutdown).await
+        if quickstart {
+            let banner = crate::service::up::next_steps(
+                &config.nats.url,
+                &config.api.listen,
+                config.mode() == crate::playbook::Mode::DryRun,
+                child.is_some(),
+            );
+            let ready = shutdown.clone();
+            let listen = config.api.listen.clone();
+            // Printed once the service answers /readyz, so the commands work when shown.
+            tokio::spawn(async move {
+                while !ready.is_cancelled() {
+                    if crate::service::ready(&listen).await {
+                        println!("{banner}");
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            });
+        }
+        let served = crate::service::serve(config, shutdown).await;
+        if let Some(child) = child {
+            child.stop().await;
+        }
+        served.map_err(Ok)
     });
     match result {
         Ok(()) => EXIT_OK,
-        Err(error @ crate::service::Error::Nats(_)) => {
+        Err(Err(error)) => {
             let _ = writeln!(err, "error: {error}");
             EXIT_UNAVAILABLE
         }
-        Err(error) => {
+        Err(Ok(error @ crate::service::Error::Nats(_))) => {
+            let _ = writeln!(err, "error: {error}");
+            EXIT_UNAVAILABLE
+        }
+        Err(Ok(error)) => {
             let _ = writeln!(err, "error: {error}");
             EXIT_INVALID
         }
     }
+}
+
+/// Whether NATS was given by flag, environment or config file.
+fn nats_configured(args: &ServeArgs) -> bool {
+    if args.nats.is_some() || std::env::var_os("QUENCH_NATS__URL").is_some() {
+        return true;
+    }
+    args.config
+        .as_deref()
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .is_some_and(|table| table.get("nats").and_then(|nats| nats.get("url")).is_some())
 }
 
 /// First SIGTERM or SIGINT: shut down gracefully. Second: exit at once.

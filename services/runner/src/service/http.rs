@@ -50,3 +50,12 @@ async fn readyz(State(health): State<Health>) -> impl IntoResponse {
         ),
     )
 }
+
+/// Whether a quench service answers `/readyz` with 200 at `listen`.
+pub(crate) async fn ready(listen: &str) -> bool {
+    let url = format!("http://{listen}/readyz");
+    match crate::connectors::http_client().get(url).send().await {
+        Ok(response) => response.status().is_success(),
+        Err(_) => false,
+    }
+}

@@ -10,6 +10,9 @@ mod http;
 mod intake;
 mod nats;
 mod publish;
+pub mod up;
+
+pub(crate) use http::ready;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
