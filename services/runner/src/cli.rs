@@ -383,7 +383,9 @@ pub fn audit_verify(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn W
     }
 }
 
-fn load_config(
+/// Loads the service config, writing a configuration error to `err` (the caller exits with
+/// [`EXIT_CONFIG`]). Shared with `quench-gateway`.
+pub fn load_config(
     file: Option<&std::path::Path>,
     overrides: &crate::config::Overrides,
     err: &mut dyn Write,
@@ -397,7 +399,8 @@ fn load_config(
     }
 }
 
-fn runtime(err: &mut dyn Write) -> Option<tokio::runtime::Runtime> {
+/// The multi-threaded runtime of a service, or `None` after writing why it cannot start.
+pub fn runtime(err: &mut dyn Write) -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -454,8 +457,9 @@ pub fn serve(args: &ServeArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     }
 }
 
-/// First SIGTERM or SIGINT: shut down gracefully. Second: exit at once.
-async fn signals(shutdown: tokio_util::sync::CancellationToken) {
+/// First SIGTERM or SIGINT: shut down gracefully. Second: exit at once. Shared with
+/// `quench-gateway`.
+pub async fn signals(shutdown: tokio_util::sync::CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut interrupt)) = (
         signal(SignalKind::terminate()),
@@ -477,7 +481,8 @@ async fn signals(shutdown: tokio_util::sync::CancellationToken) {
     std::process::exit(130);
 }
 
-fn init_tracing() {
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`). Shared with `quench-gateway`.
+pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()

@@ -17,6 +17,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// An HTTP client for connectors: rustls (ring), timeouts, no redirects unless a connector
 /// follows them itself, and a `User-Agent` naming quench.
 pub fn http_client() -> reqwest::Client {
+    // reqwest is built without a crypto provider of its own (`rustls-no-provider`): make ring,
+    // which slack-morphism uses too, the process default. Ignored when one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .user_agent(concat!("quench/", env!("CARGO_PKG_VERSION")))
         .timeout(REQUEST_TIMEOUT)
