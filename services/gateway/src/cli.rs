@@ -5,11 +5,13 @@
 //! value; 69 when NATS is unreachable; 1 for any other failure.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use quench_runner::cli::{EXIT_CONFIG, EXIT_INVALID, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE};
+use quench_runner::cli::{
+    ConfigArgs, EXIT_CONFIG, EXIT_INVALID, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE,
+    run_until_signalled,
+};
 use quench_runner::config::Overrides;
 
 use crate::server::{Error, Gateway};
@@ -22,15 +24,8 @@ use crate::server::{Error, Gateway};
     about = "Verifies Slack clicks and scanner webhooks and publishes them to NATS for quench"
 )]
 pub struct Args {
-    /// Config file (TOML); environment `QUENCH_<SECTION>__<KEY>` and flags override it.
-    #[arg(long, env = "QUENCH_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Print the effective configuration (secrets redacted) and exit.
-    #[arg(long)]
-    pub dump_config: bool,
-    /// NATS URL (overrides `nats.url`).
-    #[arg(long)]
-    pub nats: Option<String>,
+    #[command(flatten)]
+    pub common: ConfigArgs,
     /// Address to serve on (overrides `gateway.listen`).
     #[arg(long)]
     pub listen: Option<String>,
@@ -55,33 +50,22 @@ pub fn main() -> ExitCode {
 /// Runs the gateway with parsed arguments; returns the exit code.
 pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let mut overrides = Overrides::default();
-    if let Some(url) = &args.nats {
-        overrides.set("nats", "url", url.as_str());
-    }
     if let Some(listen) = &args.listen {
         overrides.set("gateway", "listen", listen.as_str());
     }
-    let Some(config) = quench_runner::cli::load_config(args.config.as_deref(), &overrides, err)
-    else {
-        return EXIT_CONFIG;
+    let config = match args.common.load(overrides, out, err) {
+        Ok(config) => config,
+        Err(code) => return code,
     };
-    if args.dump_config {
-        let _ = write!(out, "{}", config.dump());
-        return EXIT_OK;
-    }
     if let Err(error) = Gateway::check(&config) {
         let _ = writeln!(err, "error: configuration: {error}");
         return EXIT_CONFIG;
     }
-    quench_runner::cli::init_tracing();
-    let Some(runtime) = quench_runner::cli::runtime(err) else {
+    let Some(result) = run_until_signalled(err, |shutdown| async move {
+        Gateway::build(&config).await?.run(shutdown).await
+    }) else {
         return EXIT_USAGE;
     };
-    let result = runtime.block_on(async {
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(quench_runner::cli::signals(shutdown.clone()));
-        Gateway::build(&config).await?.run(shutdown).await
-    });
     match result {
         Ok(()) => EXIT_OK,
         Err(error @ Error::Nats(_)) => {

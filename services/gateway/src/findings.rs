@@ -4,19 +4,15 @@
 //! checked and redacted by [`Finding::parse`] exactly as the runner would, and the checked form
 //! is published to `quench.findings.<kind>` with its `id` as `Nats-Msg-Id`.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use quench_proto::{DEFAULT_MAX_FINDING_BYTES, Finding, ParseError, subject};
 use serde_json::json;
 
-use crate::limit::Endpoint;
 use crate::refusal::Refusal;
 use crate::server::AppState;
 use crate::signature::{now_unix, verify_findings};
@@ -24,32 +20,15 @@ use crate::signature::{now_unix, verify_findings};
 /// How long the stream may take to acknowledge a finding.
 pub(crate) const PUBLISH_WITHIN: Duration = Duration::from_secs(5);
 
-pub(crate) async fn webhook(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let client = state.limits.client(peer, &headers);
-    Endpoint::Findings
-        .answer(client, receive(&state, client, &headers, body))
-        .await
-}
-
-async fn receive(
+/// Handles an admitted request (see [`AppState::admit`]).
+pub(crate) async fn receive(
     state: &AppState,
-    client: IpAddr,
+    secret: &str,
     headers: &HeaderMap,
-    body: Body,
+    body: Bytes,
 ) -> Result<Response, Refusal> {
-    let secret = state
-        .findings_secret
-        .as_ref()
-        .ok_or(Refusal::NotConfigured("gateway.findings_secret"))?;
-    state.limits.check(Endpoint::Findings, client)?;
-    let body = state.limits.read_body(headers, body).await?;
     let now = now_unix();
-    let verified = verify_findings(secret.expose(), headers, &body, now)?;
+    let verified = verify_findings(secret, headers, &body, now)?;
     let finding = Finding::parse(&body, DEFAULT_MAX_FINDING_BYTES).map_err(refuse_parse)?;
     state.replays.admit(verified, now)?;
     match publish_finding(state, &finding, &finding.id).await {

@@ -18,12 +18,8 @@
 //! - The secret itself (GitHub may include `alert.secret`) never enters the finding; only its
 //!   redacted form, for OpenAI key shapes, as `resource.redacted_value`.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-
 use axum::Json;
-use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -32,7 +28,6 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::findings::publish_finding;
-use crate::limit::Endpoint;
 use crate::refusal::Refusal;
 use crate::server::AppState;
 use crate::signature::verify_github;
@@ -359,31 +354,14 @@ fn printable(text: &str) -> String {
         .collect()
 }
 
-pub(crate) async fn webhook(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let client = state.limits.client(peer, &headers);
-    Endpoint::GitHub
-        .answer(client, receive(&state, client, &headers, body))
-        .await
-}
-
-async fn receive(
+/// Handles an admitted request (see [`AppState::admit`]).
+pub(crate) async fn receive(
     state: &AppState,
-    client: IpAddr,
+    secret: &str,
     headers: &HeaderMap,
-    body: Body,
+    body: Bytes,
 ) -> Result<Response, Refusal> {
-    let secret = state
-        .github_secret
-        .as_ref()
-        .ok_or(Refusal::NotConfigured("gateway.github_secret"))?;
-    state.limits.check(Endpoint::GitHub, client)?;
-    let body = state.limits.read_body(headers, body).await?;
-    verify_github(secret.expose(), headers, &body)?;
+    verify_github(secret, headers, &body)?;
     let text = |name: &'static str| -> Result<&str, Refusal> {
         headers
             .get(name)

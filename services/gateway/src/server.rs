@@ -3,21 +3,23 @@
 //! flight finish, closes Socket Mode, waits briefly for replies to Slack still being sent, and
 //! flushes NATS.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use quench_runner::config::{Config, Secret};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::limit::{FORGET_EVERY, Limits};
+use crate::limit::{Endpoint, FORGET_EVERY, Limits};
 use crate::publish::Publisher;
+use crate::refusal::Refusal;
 use crate::signature::ReplayCache;
 use crate::slack::Interactions;
 use crate::slack::socket::SocketMode;
@@ -205,12 +207,62 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route(
-            "/slack/interactions",
-            post(crate::slack::http::interactions),
+            Endpoint::Slack.path(),
+            post(webhook).layer(Extension(Endpoint::Slack)),
         )
-        .route("/webhooks/github", post(crate::github::webhook))
-        .route("/webhooks/findings", post(crate::findings::webhook))
+        .route(
+            Endpoint::GitHub.path(),
+            post(webhook).layer(Extension(Endpoint::GitHub)),
+        )
+        .route(
+            Endpoint::Findings.path(),
+            post(webhook).layer(Extension(Endpoint::Findings)),
+        )
         .with_state(state)
+}
+
+/// Every webhook: admitted (see [`AppState::admit`]), then handled by its endpoint's module,
+/// under the request timeout; refusals answered and logged in one place.
+async fn webhook(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(endpoint): Extension<Endpoint>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let client = state.limits.client(peer, &headers);
+    let handled = async {
+        let (secret, body) = state.admit(endpoint, client, &headers, body).await?;
+        match endpoint {
+            Endpoint::Slack => crate::slack::http::receive(&state, secret, &headers, body).await,
+            Endpoint::GitHub => crate::github::receive(&state, secret, &headers, body).await,
+            Endpoint::Findings => crate::findings::receive(&state, secret, &headers, body).await,
+        }
+    };
+    endpoint.answer(client, handled).await
+}
+
+impl AppState {
+    /// What every webhook request passes before its signature is checked: its endpoint is
+    /// configured, the client is within its rate, the body within the cap. Returns the
+    /// endpoint's secret and the body.
+    pub(crate) async fn admit(
+        &self,
+        endpoint: Endpoint,
+        client: IpAddr,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<(&str, Bytes), Refusal> {
+        let (secret, key) = match endpoint {
+            Endpoint::Slack => (&self.slack_signing_secret, "slack.signing_secret"),
+            Endpoint::GitHub => (&self.github_secret, "gateway.github_secret"),
+            Endpoint::Findings => (&self.findings_secret, "gateway.findings_secret"),
+        };
+        let secret = secret.as_ref().ok_or(Refusal::NotConfigured(key))?;
+        self.limits.check(endpoint, client)?;
+        let body = self.limits.read_body(headers, body).await?;
+        Ok((secret.expose(), body))
+    }
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {

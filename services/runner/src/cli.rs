@@ -40,8 +40,9 @@ pub enum Command {
     Publish(PublishArgs),
 }
 
+/// The flags of every long-running quench process (`quench serve`, `quench-gateway`).
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {
+pub struct ConfigArgs {
     /// Config file (TOML); environment `QUENCH_<SECTION>__<KEY>` and flags override it.
     #[arg(long, env = "QUENCH_CONFIG")]
     pub config: Option<PathBuf>,
@@ -51,6 +52,34 @@ pub struct ServeArgs {
     /// NATS URL (overrides `nats.url`).
     #[arg(long)]
     pub nats: Option<String>,
+}
+
+impl ConfigArgs {
+    /// Loads the config with `--nats` and the caller's `overrides` on top. `Err` is the exit
+    /// code once there is nothing left to do: 64 after writing a configuration error, 0 after
+    /// writing `--dump-config`'s output.
+    pub fn load(
+        &self,
+        mut overrides: crate::config::Overrides,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> Result<crate::config::Config, u8> {
+        if let Some(url) = &self.nats {
+            overrides.set("nats", "url", url.as_str());
+        }
+        let config = load_config(self.config.as_deref(), &overrides, err).ok_or(EXIT_CONFIG)?;
+        if self.dump_config {
+            let _ = write!(out, "{}", config.dump());
+            return Err(EXIT_OK);
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: ConfigArgs,
     /// Address of /healthz and /readyz (overrides `api.listen`).
     #[arg(long)]
     pub listen: Option<String>,
@@ -384,8 +413,8 @@ pub fn audit_verify(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn W
 }
 
 /// Loads the service config, writing a configuration error to `err` (the caller exits with
-/// [`EXIT_CONFIG`]). Shared with `quench-gateway`.
-pub fn load_config(
+/// [`EXIT_CONFIG`]).
+fn load_config(
     file: Option<&std::path::Path>,
     overrides: &crate::config::Overrides,
     err: &mut dyn Write,
@@ -400,7 +429,7 @@ pub fn load_config(
 }
 
 /// The multi-threaded runtime of a service, or `None` after writing why it cannot start.
-pub fn runtime(err: &mut dyn Write) -> Option<tokio::runtime::Runtime> {
+fn runtime(err: &mut dyn Write) -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -416,9 +445,6 @@ pub fn runtime(err: &mut dyn Write) -> Option<tokio::runtime::Runtime> {
 /// `quench serve`.
 pub fn serve(args: &ServeArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let mut overrides = crate::config::Overrides::default();
-    if let Some(url) = &args.nats {
-        overrides.set("nats", "url", url.as_str());
-    }
     if let Some(listen) = &args.listen {
         overrides.set("api", "listen", listen.as_str());
     }
@@ -428,22 +454,14 @@ pub fn serve(args: &ServeArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     if let Some(dir) = &args.playbooks {
         overrides.set("playbooks", "dir", dir.display().to_string());
     }
-    let Some(config) = load_config(args.config.as_deref(), &overrides, err) else {
-        return EXIT_CONFIG;
+    let config = match args.common.load(overrides, out, err) {
+        Ok(config) => config,
+        Err(code) => return code,
     };
-    if args.dump_config {
-        let _ = write!(out, "{}", config.dump());
-        return EXIT_OK;
-    }
-    init_tracing();
-    let Some(runtime) = runtime(err) else {
+    let Some(result) = run_until_signalled(err, |shutdown| crate::service::serve(config, shutdown))
+    else {
         return EXIT_USAGE;
     };
-    let result = runtime.block_on(async {
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
-        crate::service::serve(config, shutdown).await
-    });
     match result {
         Ok(()) => EXIT_OK,
         Err(error @ crate::service::Error::Nats(_)) => {
@@ -457,9 +475,27 @@ pub fn serve(args: &ServeArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     }
 }
 
-/// First SIGTERM or SIGINT: shut down gracefully. Second: exit at once. Shared with
-/// `quench-gateway`.
-pub async fn signals(shutdown: tokio_util::sync::CancellationToken) {
+/// Runs a service: logging, a multi-threaded runtime, and a shutdown token cancelled by the
+/// first SIGTERM or SIGINT ([`signals`]). `None` (after writing why) when the runtime cannot
+/// start. Shared with `quench-gateway`.
+pub fn run_until_signalled<F, T>(
+    err: &mut dyn Write,
+    service: impl FnOnce(tokio_util::sync::CancellationToken) -> F,
+) -> Option<T>
+where
+    F: std::future::Future<Output = T>,
+{
+    init_tracing();
+    let runtime = runtime(err)?;
+    Some(runtime.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        service(shutdown).await
+    }))
+}
+
+/// First SIGTERM or SIGINT: shut down gracefully. Second: exit at once.
+async fn signals(shutdown: tokio_util::sync::CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut interrupt)) = (
         signal(SignalKind::terminate()),
@@ -481,8 +517,8 @@ pub async fn signals(shutdown: tokio_util::sync::CancellationToken) {
     std::process::exit(130);
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`). Shared with `quench-gateway`.
-pub fn init_tracing() {
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()

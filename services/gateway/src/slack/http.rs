@@ -3,17 +3,12 @@
 //! before), then the form's `payload=` JSON. The decision is published before Slack gets its
 //! 200, which it wants within 3 seconds; the user hears back through `response_url`.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::{Click, Handled};
-use crate::limit::Endpoint;
 use crate::refusal::Refusal;
 use crate::server::AppState;
 use crate::signature::{now_unix, verify_slack};
@@ -51,32 +46,15 @@ struct Action {
     action_ts: Option<String>,
 }
 
-pub(crate) async fn interactions(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let client = state.limits.client(peer, &headers);
-    Endpoint::Slack
-        .answer(client, receive(&state, client, &headers, body))
-        .await
-}
-
-async fn receive(
-    state: &Arc<AppState>,
-    client: std::net::IpAddr,
+/// Handles an admitted request (see [`AppState::admit`]).
+pub(crate) async fn receive(
+    state: &AppState,
+    secret: &str,
     headers: &HeaderMap,
-    body: Body,
+    body: Bytes,
 ) -> Result<Response, Refusal> {
-    let secret = state
-        .slack_signing_secret
-        .as_ref()
-        .ok_or(Refusal::NotConfigured("slack.signing_secret"))?;
-    state.limits.check(Endpoint::Slack, client)?;
-    let body = state.limits.read_body(headers, body).await?;
     let now = now_unix();
-    let verified = verify_slack(secret.expose(), headers, &body, now)?;
+    let verified = verify_slack(secret, headers, &body, now)?;
     let payload = url::form_urlencoded::parse(&body)
         .find(|(name, _)| name == "payload")
         .map(|(_, value)| value.into_owned())
