@@ -4,6 +4,7 @@ mod config;
 mod connectors_slack;
 mod crash;
 mod engine;
+mod gateway;
 mod playbook_corpus;
 mod playbook_tests;
 mod proto_contracts;
