@@ -229,14 +229,15 @@ struct Responder {
 
 impl Responder {
     fn allowed(&self, url: &str) -> bool {
-        if let Some(prefix) = &self.test_prefix
-            && url.starts_with(prefix.as_str())
-        {
-            return true;
-        }
+        // Compared as parsed (dot segments resolved), the way it would be requested.
         let Ok(parsed) = url::Url::parse(url) else {
             return false;
         };
+        if let Some(prefix) = &self.test_prefix
+            && parsed.as_str().starts_with(prefix.as_str())
+        {
+            return true;
+        }
         parsed.scheme() == "https"
             && parsed.host_str() == Some(SLACK_HOOKS)
             && parsed.port().is_none()
@@ -364,6 +365,7 @@ mod tests {
             "https://hooks.slack.com:8443/actions",
             "https://evil.example/?https://hooks.slack.com/",
             "http://127.0.0.1:9/other",
+            "http://127.0.0.1:9/response/../admin",
             "file:///etc/passwd",
         ] {
             assert!(!responder.allowed(refused), "{refused}");
