@@ -7,6 +7,7 @@ mod connectors_slack;
 mod crash;
 mod discovery;
 mod engine;
+mod gateway;
 mod playbook_corpus;
 mod playbook_tests;
 mod proto_contracts;

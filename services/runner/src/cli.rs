@@ -70,8 +70,9 @@ pub struct ScheduleListArgs {
     pub format: Format,
 }
 
+/// The flags of every long-running quench process (`quench serve`, `quench-gateway`).
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {
+pub struct ConfigArgs {
     /// Config file (TOML); environment `QUENCH_<SECTION>__<KEY>` and flags override it.
     #[arg(long, env = "QUENCH_CONFIG")]
     pub config: Option<PathBuf>,
@@ -81,6 +82,34 @@ pub struct ServeArgs {
     /// NATS URL (overrides `nats.url`).
     #[arg(long)]
     pub nats: Option<String>,
+}
+
+impl ConfigArgs {
+    /// Loads the config with `--nats` and the caller's `overrides` on top. `Err` is the exit
+    /// code once there is nothing left to do: 64 after writing a configuration error, 0 after
+    /// writing `--dump-config`'s output.
+    pub fn load(
+        &self,
+        mut overrides: crate::config::Overrides,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> Result<crate::config::Config, u8> {
+        if let Some(url) = &self.nats {
+            overrides.set("nats", "url", url.as_str());
+        }
+        let config = load_config(self.config.as_deref(), &overrides, err).ok_or(EXIT_CONFIG)?;
+        if self.dump_config {
+            let _ = write!(out, "{}", config.dump());
+            return Err(EXIT_OK);
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: ConfigArgs,
     /// Address of /healthz and /readyz (overrides `api.listen`).
     #[arg(long)]
     pub listen: Option<String>,
@@ -494,6 +523,8 @@ pub fn audit_verify(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn W
     }
 }
 
+/// Loads the service config, writing a configuration error to `err` (the caller exits with
+/// [`EXIT_CONFIG`]).
 fn load_config(
     file: Option<&std::path::Path>,
     overrides: &crate::config::Overrides,
@@ -508,6 +539,7 @@ fn load_config(
     }
 }
 
+/// The multi-threaded runtime of a service, or `None` after writing why it cannot start.
 fn runtime(err: &mut dyn Write) -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -533,9 +565,6 @@ pub fn up(args: &ServeArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
 
 fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let mut overrides = crate::config::Overrides::default();
-    if let Some(url) = &args.nats {
-        overrides.set("nats", "url", url.as_str());
-    }
     if let Some(listen) = &args.listen {
         overrides.set("api", "listen", listen.as_str());
     }
@@ -545,20 +574,13 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
     if let Some(dir) = &args.playbooks {
         overrides.set("playbooks", "dir", dir.display().to_string());
     }
-    let Some(mut config) = load_config(args.config.as_deref(), &overrides, err) else {
-        return EXIT_CONFIG;
+    let mut config = match args.common.load(overrides, out, err) {
+        Ok(config) => config,
+        Err(code) => return code,
     };
-    if args.dump_config {
-        let _ = write!(out, "{}", config.dump());
-        return EXIT_OK;
-    }
     // `quench up` starts its own NATS unless one is configured (flag, environment or file).
-    let own_nats = quickstart && !nats_configured(args);
-    init_tracing();
-    let Some(runtime) = runtime(err) else {
-        return EXIT_USAGE;
-    };
-    let result = runtime.block_on(async {
+    let own_nats = quickstart && !nats_configured(&args.common);
+    let Some(result) = run_until_signalled(err, |shutdown| async move {
         let child = if own_nats {
             match crate::service::up::NatsChild::start(&crate::service::up::nats_dir()).await {
                 Ok(child) => {
@@ -570,8 +592,6 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
         } else {
             None
         };
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
         if quickstart {
             let banner = crate::service::up::next_steps(
                 &config.nats.url,
@@ -597,7 +617,9 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
             child.stop().await;
         }
         served.map_err(Ok)
-    });
+    }) else {
+        return EXIT_USAGE;
+    };
     match result {
         Ok(()) => EXIT_OK,
         Err(Err(error)) => {
@@ -616,7 +638,7 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
 }
 
 /// Whether NATS was given by flag, environment or config file.
-fn nats_configured(args: &ServeArgs) -> bool {
+fn nats_configured(args: &ConfigArgs) -> bool {
     if args.nats.is_some() || std::env::var_os("QUENCH_NATS__URL").is_some() {
         return true;
     }
@@ -625,6 +647,25 @@ fn nats_configured(args: &ServeArgs) -> bool {
         .and_then(|path| std::fs::read_to_string(path).ok())
         .and_then(|text| text.parse::<toml::Table>().ok())
         .is_some_and(|table| table.get("nats").and_then(|nats| nats.get("url")).is_some())
+}
+
+/// Runs a service: logging, a multi-threaded runtime, and a shutdown token cancelled by the
+/// first SIGTERM or SIGINT ([`signals`]). `None` (after writing why) when the runtime cannot
+/// start. Shared with `quench-gateway`.
+pub fn run_until_signalled<F, T>(
+    err: &mut dyn Write,
+    service: impl FnOnce(tokio_util::sync::CancellationToken) -> F,
+) -> Option<T>
+where
+    F: std::future::Future<Output = T>,
+{
+    init_tracing();
+    let runtime = runtime(err)?;
+    Some(runtime.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        service(shutdown).await
+    }))
 }
 
 /// First SIGTERM or SIGINT: shut down gracefully. Second: exit at once.
@@ -650,6 +691,7 @@ async fn signals(shutdown: tokio_util::sync::CancellationToken) {
     std::process::exit(130);
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -56,19 +56,8 @@ impl Slack {
         bot_token: &Secret,
         groups: BTreeMap<String, Vec<String>>,
     ) -> Result<Slack, String> {
-        super::check_base_url(api_url)
-            .map_err(|problem| format!("slack.api_url `{api_url}` {problem}"))?;
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|error| format!("cannot load the system's TLS roots: {error}"))?
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .build();
-        let connector = SlackClientHyperConnector::with_connector(https)
-            .with_slack_api_url(api_url.trim_end_matches('/'));
         Ok(Slack {
-            client: SlackClient::new(connector),
+            client: SlackClient::new(connector(api_url)?),
             token: SlackApiToken::new(bot_token.expose().to_owned().into()),
             groups,
             users: Mutex::new(HashMap::new()),
@@ -248,6 +237,22 @@ impl Notifier for Slack {
     fn deliver<'a>(&'a self, request: &'a NoticeRequest) -> NoticeFuture<'a> {
         Box::pin(self.notify(request))
     }
+}
+
+/// A slack-morphism connector for `api_url`: https, or plain http only to a loopback fake (see
+/// [`super::check_base_url`]). Shared with `quench-gateway` (Socket Mode).
+pub fn connector(api_url: &str) -> Result<SlackClientHyperHttpsConnector, String> {
+    super::check_base_url(api_url)
+        .map_err(|problem| format!("slack.api_url `{api_url}` {problem}"))?;
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(|error| format!("cannot load the system's TLS roots: {error}"))?
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .build();
+    Ok(SlackClientHyperConnector::with_connector(https)
+        .with_slack_api_url(api_url.trim_end_matches('/')))
 }
 
 /// The text of an approval request and its buttons: one per choice, each carrying the run, the
