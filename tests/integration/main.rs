@@ -11,6 +11,7 @@ mod gateway;
 mod playbook_corpus;
 mod playbook_tests;
 mod proto_contracts;
+mod quickstart;
 mod schedule;
 mod service;
 mod shipped_playbooks;

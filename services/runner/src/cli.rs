@@ -580,6 +580,13 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
     };
     // `quench up` starts its own NATS unless one is configured (flag, environment or file).
     let own_nats = quickstart && !nats_configured(&args.common);
+    // The shipped playbooks ask `group:secops`; a quickstart without `[groups]` gets a stand-in.
+    let quickstart_group = quickstart && !config.groups.contains_key("secops");
+    if quickstart_group {
+        config
+            .groups
+            .insert("secops".to_owned(), vec!["secops@example.com".to_owned()]);
+    }
     let Some(result) = run_until_signalled(err, |shutdown| async move {
         let child = if own_nats {
             match crate::service::up::NatsChild::start(&crate::service::up::nats_dir()).await {
@@ -598,6 +605,7 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
                 &config.api.listen,
                 config.mode() == crate::playbook::Mode::DryRun,
                 child.is_some(),
+                quickstart_group,
             );
             let ready = shutdown.clone();
             let listen = config.api.listen.clone();

@@ -448,6 +448,30 @@ impl Action for SlackMessageAction {
     }
 }
 
+/// `slack.message` without a bot token, for a dry run (`quench up` with no credentials): the
+/// message is recorded in the run's output and audit trail, marked as not delivered.
+#[derive(Debug)]
+struct UnconfiguredSlackMessage;
+
+impl Action for UnconfiguredSlackMessage {
+    fn call<'a>(&'a self, call: &'a Call) -> ActionFuture<'a> {
+        Box::pin(async move {
+            Ok(Success::new(json!({
+                "channel": null,
+                "ts": null,
+                "delivered": [],
+                "not_sent": {"to": call.input.get("to"), "text": call.input.get("text")},
+                "why": "slack.bot_token is not configured (dry run)",
+            })))
+        })
+    }
+}
+
+/// Registers the dry-run `slack.message` used when no bot token is configured.
+pub fn register_unconfigured(actions: &mut Actions) {
+    actions.insert("slack.message", Arc::new(UnconfiguredSlackMessage));
+}
+
 #[cfg(test)]
 mod tests {
     use super::escape;

@@ -173,13 +173,19 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
         )),
         None => {
             tracing::warn!(
-                "slack.bot_token is not set: approvals are answered through NATS decisions only, and slack.message steps fail"
+                dry_run = config.mode() == crate::playbook::Mode::DryRun,
+                "slack.bot_token is not set: approvals are answered through NATS decisions and the API only; \
+                 slack.message steps are recorded, not sent, in dry-run and fail in live mode"
             );
             None
         }
     };
-    if let Some(slack) = &slack {
-        slack.register(&mut actions);
+    match &slack {
+        Some(slack) => slack.register(&mut actions),
+        None if config.mode() == crate::playbook::Mode::DryRun => {
+            crate::connectors::slack::register_unconfigured(&mut actions);
+        }
+        None => {}
     }
     let mut engine = Engine::new(store, Arc::new(SystemClock), actions, engine_config)
         .with_events(Arc::new(events));

@@ -121,7 +121,13 @@ pub fn nats_dir() -> PathBuf {
 }
 
 /// What `quench up` prints once it is serving.
-pub fn next_steps(nats: &str, listen: &str, dry_run: bool, nats_child: bool) -> String {
+pub fn next_steps(
+    nats: &str,
+    listen: &str,
+    dry_run: bool,
+    nats_child: bool,
+    stand_in_group: bool,
+) -> String {
     let mode = if dry_run {
         "dry-run: no OpenAI admin key is configured, so nothing is changed at OpenAI; \
          mutating steps record the request they would send"
@@ -133,10 +139,15 @@ pub fn next_steps(nats: &str, listen: &str, dry_run: bool, nats_child: bool) -> 
     } else {
         nats.to_owned()
     };
+    let group_line = if stand_in_group {
+        "\n  approvers  group:secops = secops@example.com (a stand-in: set [groups] in quench.toml)"
+    } else {
+        ""
+    };
     format!(
         "quench is up ({mode}).
   NATS       {nats_line}
-  admin API  http://{listen}
+  admin API  http://{listen}{group_line}
 
 Next, in another terminal:
   1. publish the sample leaked-key finding:
