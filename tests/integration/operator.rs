@@ -117,13 +117,14 @@ impl Operator {
                 "[[api.tokens]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{sha}\"\n\n"
             ));
         }
-        let config_file = dir.path().join("quench.toml");
-        std::fs::write(&config_file, config).expect("write config");
-        let config_arg = config_file.display().to_string();
-        let mut all_args = vec!["--config", config_arg.as_str()];
-        all_args.extend_from_slice(args);
-        let service =
-            Service::start_with_args(&nats.url(), &playbook_dir, dir.path(), &[], &all_args);
+        let service = Service::launch(
+            &nats.url(),
+            &playbook_dir,
+            dir.path(),
+            &[],
+            Some(&config),
+            args,
+        );
         let client = async_nats::connect(nats.url())
             .await
             .expect("test client connects");

@@ -7,7 +7,7 @@
 //! The key names are a contract with operators and deploy files: change them only with care.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
@@ -67,6 +67,10 @@ pub struct NatsConfig {
     pub token: Option<Secret>,
     pub token_file: Option<PathBuf>,
     pub tls_ca_file: Option<PathBuf>,
+    /// Prefix of this process's reply subjects (JetStream acks arrive there). Give each process
+    /// its own (e.g. `_INBOX.gateway`) so NATS permissions can let it read only its own replies
+    /// (see `deploy/nats-server.conf`).
+    pub inbox_prefix: String,
 }
 
 impl Default for NatsConfig {
@@ -80,6 +84,7 @@ impl Default for NatsConfig {
             token: None,
             token_file: None,
             tls_ca_file: None,
+            inbox_prefix: "_INBOX".to_owned(),
         }
     }
 }
@@ -230,6 +235,18 @@ pub struct GatewaySection {
     pub github_secret_file: Option<PathBuf>,
     pub findings_secret: Option<Secret>,
     pub findings_secret_file: Option<PathBuf>,
+    /// Largest request body accepted, in bytes (larger: 413).
+    pub max_body_bytes: usize,
+    /// Requests per second allowed per endpoint and client address (more: 429).
+    pub rate_limit_per_second: u32,
+    /// Requests a client may send at once before the per-second rate applies.
+    pub rate_limit_burst: u32,
+    /// Load balancers whose `X-Forwarded-For` names the client for rate limiting; requests
+    /// from anyone else are limited by their own address.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// TEST ONLY: one more URL prefix a Slack `response_url` may have besides
+    /// `https://hooks.slack.com/` (a local Slack fake). Never set it in production.
+    pub test_response_url_prefix: Option<String>,
 }
 
 impl Default for GatewaySection {
@@ -240,6 +257,11 @@ impl Default for GatewaySection {
             github_secret_file: None,
             findings_secret: None,
             findings_secret_file: None,
+            max_body_bytes: 256 * 1024,
+            rate_limit_per_second: 20,
+            rate_limit_burst: 100,
+            trusted_proxies: Vec::new(),
+            test_response_url_prefix: None,
         }
     }
 }
@@ -455,6 +477,41 @@ impl Config {
                 ));
             }
         }
+        if !is_subject_prefix(&self.nats.inbox_prefix) {
+            return Err(bad(
+                "nats.inbox_prefix",
+                &self.nats.inbox_prefix,
+                "must be dot-separated words without spaces or wildcards, e.g. _INBOX.gateway",
+            ));
+        }
+        if self.gateway.max_body_bytes < 1024 {
+            return Err(bad(
+                "gateway.max_body_bytes",
+                &self.gateway.max_body_bytes.to_string(),
+                "must be at least 1024",
+            ));
+        }
+        for (key, value) in [
+            (
+                "gateway.rate_limit_per_second",
+                self.gateway.rate_limit_per_second,
+            ),
+            ("gateway.rate_limit_burst", self.gateway.rate_limit_burst),
+        ] {
+            if value == 0 {
+                return Err(bad(key, "0", "must be at least 1"));
+            }
+        }
+        if let Some(prefix) = &self.gateway.test_response_url_prefix {
+            let checked = crate::connectors::check_base_url(prefix);
+            if checked.is_err() || !prefix.ends_with('/') {
+                return Err(bad(
+                    "gateway.test_response_url_prefix",
+                    prefix,
+                    "must be an https URL (or http on loopback) ending in `/`; it is for tests only",
+                ));
+            }
+        }
         if self.engine.max_inflight_runs == 0 {
             return Err(bad("engine.max_inflight_runs", "0", "must be at least 1"));
         }
@@ -482,4 +539,15 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A NATS subject prefix: dot-separated, non-empty words without whitespace or wildcards.
+fn is_subject_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && prefix.split('.').all(|word| {
+            !word.is_empty()
+                && !word
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == '*' || c == '>')
+        })
 }

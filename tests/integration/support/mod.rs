@@ -35,12 +35,21 @@ pub(crate) fn check_generated(relative: &str, generated: &serde_json::Value) {
 /// The `quench` binary built by this `cargo test` run (`target/<profile>/quench`). The README's
 /// test command builds the binaries before the tests, so this is always the current code.
 pub(crate) fn quench_bin() -> PathBuf {
+    binary("quench")
+}
+
+/// The `quench-gateway` binary built by this `cargo test` run, as [`quench_bin`].
+pub(crate) fn gateway_bin() -> PathBuf {
+    binary("quench-gateway")
+}
+
+fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary has a path");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("tests run from target/<profile>/deps");
-    let bin = profile_dir.join(format!("quench{}", std::env::consts::EXE_SUFFIX));
+    let bin = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
         "{} is missing: build it first with `cargo build --workspace --bins` (tests/run does this)",
@@ -284,6 +293,8 @@ pub(crate) struct NatsServer {
     child: Option<std::process::Child>,
     pub(crate) port: u16,
     dir: tempfile::TempDir,
+    /// A config file (`-c`) and the environment it reads, instead of the command-line setup.
+    config: Option<(PathBuf, Vec<(String, String)>)>,
 }
 
 impl NatsServer {
@@ -293,6 +304,49 @@ impl NatsServer {
             child: None,
             port: 0,
             dir,
+            config: None,
+        };
+        server.spawn(None);
+        server
+    }
+
+    /// Starts `nats-server -c` with a copy of `config` whose `listen:` and `store_dir:` lines
+    /// are rewritten to loopback on an ephemeral port and a temporary directory; `env` is the
+    /// server's environment (passwords the file refers to as `$NAME`).
+    pub(crate) fn with_config(config: &str, env: &[(&str, &str)]) -> NatsServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = dir.path().join("jetstream");
+        let mut rewritten = 0;
+        let text: Vec<String> = config
+            .lines()
+            .map(|line| {
+                let trimmed = line.trim_start();
+                if trimmed.starts_with("listen:") {
+                    rewritten += 1;
+                    "listen: 127.0.0.1:-1".to_owned()
+                } else if trimmed.starts_with("store_dir:") {
+                    rewritten += 1;
+                    format!("  store_dir: \"{}\"", store.display())
+                } else {
+                    line.to_owned()
+                }
+            })
+            .collect();
+        assert_eq!(
+            rewritten, 2,
+            "the config has one listen: and one store_dir: line"
+        );
+        let path = dir.path().join("nats-server.conf");
+        std::fs::write(&path, text.join("\n")).expect("write the NATS config");
+        let env = env
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        let mut server = NatsServer {
+            child: None,
+            port: 0,
+            dir,
+            config: Some((path, env)),
         };
         server.spawn(None);
         server
@@ -303,9 +357,21 @@ impl NatsServer {
         let ports_dir = self.dir.path().join("ports");
         let _ = std::fs::remove_dir_all(&ports_dir);
         std::fs::create_dir_all(&ports_dir).expect("ports dir");
-        let child = std::process::Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
-            .arg(self.dir.path().join("jetstream"))
+        let mut command = std::process::Command::new("nats-server");
+        match &self.config {
+            Some((path, env)) => {
+                command.arg("-c").arg(path).envs(env.iter().cloned());
+                if port.is_some() {
+                    command.args(["-p", &port_arg]);
+                }
+            }
+            None => {
+                command
+                    .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+                    .arg(self.dir.path().join("jetstream"));
+            }
+        }
+        let child = command
             .arg("--ports_file_dir")
             .arg(&ports_dir)
             .stdout(std::process::Stdio::null())
@@ -384,7 +450,8 @@ pub(crate) struct Service {
     log: std::path::PathBuf,
     /// Extra environment (`QUENCH_<SECTION>__<KEY>` settings).
     env: Vec<(String, String)>,
-    /// Extra arguments of `quench serve` (e.g. `--config FILE`, `--log-format json`).
+    config: Option<std::path::PathBuf>,
+    /// Extra arguments of `quench serve` (e.g. `--log-format json`).
     args: Vec<String>,
 }
 
@@ -397,17 +464,34 @@ impl Service {
         dir: &std::path::Path,
         env: &[(&str, &str)],
     ) -> Service {
-        Service::start_with_args(nats, playbooks, dir, env, &[])
+        Service::launch(nats, playbooks, dir, env, None, &[])
     }
 
-    /// As [`Service::start`], with extra arguments of `quench serve`.
-    pub(crate) fn start_with_args(
+    /// As [`Service::start`], with a config file (`--config`; the flags still win).
+    pub(crate) fn start_with_config(
+        nats: &str,
+        playbooks: &std::path::Path,
+        dir: &std::path::Path,
+        config: Option<&str>,
+    ) -> Service {
+        Service::launch(nats, playbooks, dir, &[], config, &[])
+    }
+
+    /// The service with environment, a config file (written to `dir/quench.toml`) and extra
+    /// arguments of `quench serve` (e.g. `--log-format json`).
+    pub(crate) fn launch(
         nats: &str,
         playbooks: &std::path::Path,
         dir: &std::path::Path,
         env: &[(&str, &str)],
+        config: Option<&str>,
         args: &[&str],
     ) -> Service {
+        let config = config.map(|text| {
+            let path = dir.join("quench.toml");
+            std::fs::write(&path, text).expect("write the service config");
+            path
+        });
         let mut service = Service {
             child: None,
             listen: format!("127.0.0.1:{}", free_port()),
@@ -419,6 +503,7 @@ impl Service {
                 .iter()
                 .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
                 .collect(),
+            config,
             args: args.iter().map(|arg| (*arg).to_owned()).collect(),
         };
         service.spawn();
@@ -431,15 +516,13 @@ impl Service {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = std::process::Command::new(quench_bin())
-            .args([
-                "serve",
-                "--nats",
-                &self.nats,
-                "--listen",
-                &self.listen,
-                "--store",
-            ])
+        let mut command = std::process::Command::new(quench_bin());
+        command.arg("serve");
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
+        let child = command
+            .args(["--nats", &self.nats, "--listen", &self.listen, "--store"])
             .arg(&self.store)
             .arg("--playbooks")
             .arg(&self.playbooks)
@@ -452,24 +535,8 @@ impl Service {
             .spawn()
             .expect("quench serve starts");
         self.child = Some(child);
-        let started = std::time::Instant::now();
-        while http_status(&self.listen, "/readyz") != Some(200) {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|child| child.try_wait().ok().flatten())
-            {
-                panic!(
-                    "quench serve exited with {status} during start:\n{}",
-                    self.log_text()
-                );
-            }
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(20),
-                "quench serve did not become ready:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(25));
+        if let Some(child) = self.child.as_mut() {
+            wait_ready(child, &self.listen, "quench serve", &self.log);
         }
     }
 
@@ -479,11 +546,7 @@ impl Service {
 
     /// SIGTERM, then waits; returns the exit code.
     pub(crate) fn terminate(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        child.wait().ok().and_then(|status| status.code())
+        terminate(&mut self.child)
     }
 
     /// Sends a signal (`HUP`, `TERM`, …) without waiting.
@@ -497,16 +560,106 @@ impl Service {
     }
 
     pub(crate) fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill(&mut self.child);
+    }
+}
+
+/// Sends a child SIGTERM and waits for it; returns its exit code.
+fn terminate(child: &mut Option<std::process::Child>) -> Option<i32> {
+    let mut child = child.take()?;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    child.wait().ok().and_then(|status| status.code())
+}
+
+/// Kills a child and reaps it.
+fn kill(child: &mut Option<std::process::Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
 impl Drop for Service {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Waits until a child process serving on `listen` answers `/readyz` with 200; panics with its
+/// log when it exits first or takes longer than 20 s.
+fn wait_ready(child: &mut std::process::Child, listen: &str, what: &str, log: &std::path::Path) {
+    let started = std::time::Instant::now();
+    while http_status(listen, "/readyz") != Some(200) {
+        let log = || std::fs::read_to_string(log).unwrap_or_default();
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited with {status} during start:\n{}", log());
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{what} did not become ready:\n{}",
+            log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+}
+
+/// `quench-gateway` as a child process, with a config file written for it.
+pub(crate) struct GatewayProcess {
+    child: Option<std::process::Child>,
+    /// `127.0.0.1:PORT` it serves on.
+    pub(crate) listen: String,
+    log: std::path::PathBuf,
+}
+
+impl GatewayProcess {
+    /// Starts `quench-gateway --config <dir>/gateway.toml --listen 127.0.0.1:<free port>` and
+    /// waits until `/readyz` answers 200.
+    pub(crate) fn start(config: &str, dir: &std::path::Path) -> GatewayProcess {
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, config).expect("write the gateway config");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let log = dir.join("gateway.log");
+        let child = std::process::Command::new(gateway_bin())
+            .arg("--config")
+            .arg(&path)
+            .args(["--listen", &listen])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("quench-gateway starts");
+        let mut gateway = GatewayProcess {
+            child: Some(child),
+            listen,
+            log,
+        };
+        if let Some(child) = gateway.child.as_mut() {
+            wait_ready(child, &gateway.listen, "quench-gateway", &gateway.log);
+        }
+        gateway
+    }
+
+    /// `http://127.0.0.1:PORT<path>`.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits; returns the exit code.
+    pub(crate) fn terminate(&mut self) -> Option<i32> {
+        terminate(&mut self.child)
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        kill(&mut self.child);
     }
 }
 

@@ -42,6 +42,9 @@ pub enum Command {
     },
     /// Run the service: NATS intake, the engine, timers, the admin API and metrics.
     Serve(ServeArgs),
+    /// Quickstart: `serve` with a nats-server child (unless NATS is configured), the store in
+    /// ./data/state, playbooks from ./workflows, dry-run unless an OpenAI admin key is set.
+    Up(ServeArgs),
     /// Publish findings (a JSON or JSON-lines file, a directory of them, or - for stdin).
     Publish(PublishArgs),
     /// Scheduled playbooks.
@@ -90,8 +93,9 @@ pub struct ScheduleListArgs {
     pub format: Format,
 }
 
+/// The flags of every long-running quench process (`quench serve`, `quench-gateway`).
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {
+pub struct ConfigArgs {
     /// Config file (TOML); environment `QUENCH_<SECTION>__<KEY>` and flags override it.
     #[arg(long, env = "QUENCH_CONFIG")]
     pub config: Option<PathBuf>,
@@ -101,6 +105,44 @@ pub struct ServeArgs {
     /// NATS URL (overrides `nats.url`).
     #[arg(long)]
     pub nats: Option<String>,
+    /// Log lines as text or as JSON objects (with the fields of their spans).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How a long-running process writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl ConfigArgs {
+    /// Loads the config with `--nats` and the caller's `overrides` on top. `Err` is the exit
+    /// code once there is nothing left to do: 64 after writing a configuration error, 0 after
+    /// writing `--dump-config`'s output.
+    pub fn load(
+        &self,
+        mut overrides: crate::config::Overrides,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> Result<crate::config::Config, u8> {
+        if let Some(url) = &self.nats {
+            overrides.set("nats", "url", url.as_str());
+        }
+        let config = load_config(self.config.as_deref(), &overrides, err).ok_or(EXIT_CONFIG)?;
+        if self.dump_config {
+            let _ = write!(out, "{}", config.dump());
+            return Err(EXIT_OK);
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: ConfigArgs,
     /// Address of the admin API, /healthz, /readyz and /metrics (overrides `api.listen`).
     #[arg(long)]
     pub listen: Option<String>,
@@ -110,16 +152,6 @@ pub struct ServeArgs {
     /// Playbooks directory (overrides `playbooks.dir`).
     #[arg(long)]
     pub playbooks: Option<PathBuf>,
-    /// Log lines as text or as JSON objects (with the fields of their spans).
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-}
-
-/// How `serve` writes its log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -231,6 +263,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write, styled: bool) -> 
         Command::Playbooks { command } => remote::playbooks(&command, out, err),
         Command::Dlq { command } => remote::dlq(&command, out, err),
         Command::Serve(args) => serve(&args, out, err),
+        Command::Up(args) => up(&args, out, err),
         Command::Publish(args) => publish(&args, out, err),
         Command::Schedule {
             command: ScheduleCommand::List(args),
@@ -546,6 +579,8 @@ pub fn audit_verify(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn W
     }
 }
 
+/// Loads the service config, writing a configuration error to `err` (the caller exits with
+/// [`EXIT_CONFIG`]).
 fn load_config(
     file: Option<&std::path::Path>,
     overrides: &crate::config::Overrides,
@@ -560,6 +595,7 @@ fn load_config(
     }
 }
 
+/// The multi-threaded runtime of a service, or `None` after writing why it cannot start.
 fn runtime(err: &mut dyn Write) -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -575,10 +611,16 @@ fn runtime(err: &mut dyn Write) -> Option<tokio::runtime::Runtime> {
 
 /// `quench serve`.
 pub fn serve(args: &ServeArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    run_service(args, false, out, err)
+}
+
+/// `quench up`.
+pub fn up(args: &ServeArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    run_service(args, true, out, err)
+}
+
+fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let mut overrides = crate::config::Overrides::default();
-    if let Some(url) = &args.nats {
-        overrides.set("nats", "url", url.as_str());
-    }
     if let Some(listen) = &args.listen {
         overrides.set("api", "listen", listen.as_str());
     }
@@ -588,33 +630,124 @@ pub fn serve(args: &ServeArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     if let Some(dir) = &args.playbooks {
         overrides.set("playbooks", "dir", dir.display().to_string());
     }
-    let Some(config) = load_config(args.config.as_deref(), &overrides, err) else {
-        return EXIT_CONFIG;
+    let mut config = match args.common.load(overrides, out, err) {
+        Ok(config) => config,
+        Err(code) => return code,
     };
-    if args.dump_config {
-        let _ = write!(out, "{}", config.dump());
-        return EXIT_OK;
+    // `quench up` starts its own NATS unless one is configured (flag, environment or file).
+    let own_nats = quickstart && !nats_configured(&args.common);
+    // The shipped playbooks ask `group:secops`; a quickstart without `[groups]` gets a stand-in.
+    let quickstart_group = quickstart && !config.groups.contains_key("secops");
+    if quickstart_group {
+        config
+            .groups
+            .insert("secops".to_owned(), vec!["secops@example.com".to_owned()]);
     }
-    init_tracing(args.log_format);
-    let Some(runtime) = runtime(err) else {
+    // A quickstart without API tokens gets one admin token for this run, so the banner's
+    // commands work; named after the stand-in approver, so it may answer the sample's gate.
+    let quickstart_token = (quickstart && config.api.tokens.is_empty()).then(|| {
+        use sha2::Digest;
+        let token = hex::encode(rand::random::<[u8; 24]>());
+        config.api.tokens.push(crate::config::ApiToken {
+            name: if quickstart_group {
+                "secops@example.com".to_owned()
+            } else {
+                "quickstart".to_owned()
+            },
+            role: crate::config::Role::Admin,
+            sha256: hex::encode(sha2::Sha256::digest(token.as_bytes())),
+        });
+        token
+    });
+    let Some(result) = run_until_signalled(err, args.common.log_format, |shutdown| async move {
+        let child = if own_nats {
+            match crate::service::up::NatsChild::start(&crate::service::up::nats_dir()).await {
+                Ok(child) => {
+                    config.nats.url = child.url().to_owned();
+                    Some(child)
+                }
+                Err(error) => return Err(Err(error)),
+            }
+        } else {
+            None
+        };
+        if quickstart {
+            let banner = crate::service::up::next_steps(
+                &config.nats.url,
+                &config.api.listen,
+                config.mode() == crate::playbook::Mode::DryRun,
+                child.is_some(),
+                quickstart_group,
+                quickstart_token.as_deref(),
+            );
+            let ready = shutdown.clone();
+            let listen = config.api.listen.clone();
+            // Printed once the service answers /readyz, so the commands work when shown.
+            tokio::spawn(async move {
+                while !ready.is_cancelled() {
+                    if crate::service::ready(&listen).await {
+                        println!("{banner}");
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            });
+        }
+        let served = crate::service::serve(config, shutdown).await;
+        if let Some(child) = child {
+            child.stop().await;
+        }
+        served.map_err(Ok)
+    }) else {
         return EXIT_USAGE;
     };
-    let result = runtime.block_on(async {
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
-        crate::service::serve(config, shutdown).await
-    });
     match result {
         Ok(()) => EXIT_OK,
-        Err(error @ crate::service::Error::Nats(_)) => {
+        Err(Err(error)) => {
             let _ = writeln!(err, "error: {error}");
             EXIT_UNAVAILABLE
         }
-        Err(error) => {
+        Err(Ok(error @ crate::service::Error::Nats(_))) => {
+            let _ = writeln!(err, "error: {error}");
+            EXIT_UNAVAILABLE
+        }
+        Err(Ok(error)) => {
             let _ = writeln!(err, "error: {error}");
             EXIT_INVALID
         }
     }
+}
+
+/// Whether NATS was given by flag, environment or config file.
+fn nats_configured(args: &ConfigArgs) -> bool {
+    if args.nats.is_some() || std::env::var_os("QUENCH_NATS__URL").is_some() {
+        return true;
+    }
+    args.config
+        .as_deref()
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .is_some_and(|table| table.get("nats").and_then(|nats| nats.get("url")).is_some())
+}
+
+/// Runs a service: logging, a multi-threaded runtime, and a shutdown token cancelled by the
+/// first SIGTERM or SIGINT ([`signals`]). `None` (after writing why) when the runtime cannot
+/// start. Shared with `quench-gateway`.
+pub fn run_until_signalled<F, T>(
+    err: &mut dyn Write,
+    log_format: LogFormat,
+    service: impl FnOnce(tokio_util::sync::CancellationToken) -> F,
+) -> Option<T>
+where
+    F: std::future::Future<Output = T>,
+{
+    init_tracing(log_format);
+    let runtime = runtime(err)?;
+    Some(runtime.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        service(shutdown).await
+    }))
 }
 
 /// First SIGTERM or SIGINT: shut down gracefully. Second: exit at once.
@@ -640,6 +773,7 @@ async fn signals(shutdown: tokio_util::sync::CancellationToken) {
     std::process::exit(130);
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON lines.
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -56,19 +56,8 @@ impl Slack {
         bot_token: &Secret,
         groups: BTreeMap<String, Vec<String>>,
     ) -> Result<Slack, String> {
-        super::check_base_url(api_url)
-            .map_err(|problem| format!("slack.api_url `{api_url}` {problem}"))?;
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|error| format!("cannot load the system's TLS roots: {error}"))?
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .build();
-        let connector = SlackClientHyperConnector::with_connector(https)
-            .with_slack_api_url(api_url.trim_end_matches('/'));
         Ok(Slack {
-            client: SlackClient::new(connector),
+            client: SlackClient::new(connector(api_url)?),
             token: SlackApiToken::new(bot_token.expose().to_owned().into()),
             groups,
             users: Mutex::new(HashMap::new()),
@@ -248,6 +237,22 @@ impl Notifier for Slack {
     fn deliver<'a>(&'a self, request: &'a NoticeRequest) -> NoticeFuture<'a> {
         Box::pin(self.notify(request))
     }
+}
+
+/// A slack-morphism connector for `api_url`: https, or plain http only to a loopback fake (see
+/// [`super::check_base_url`]). Shared with `quench-gateway` (Socket Mode).
+pub fn connector(api_url: &str) -> Result<SlackClientHyperHttpsConnector, String> {
+    super::check_base_url(api_url)
+        .map_err(|problem| format!("slack.api_url `{api_url}` {problem}"))?;
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(|error| format!("cannot load the system's TLS roots: {error}"))?
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .build();
+    Ok(SlackClientHyperConnector::with_connector(https)
+        .with_slack_api_url(api_url.trim_end_matches('/')))
 }
 
 /// The text of an approval request and its buttons: one per choice, each carrying the run, the
@@ -441,6 +446,30 @@ impl Action for SlackMessageAction {
     fn call<'a>(&'a self, call: &'a Call) -> ActionFuture<'a> {
         Box::pin(self.send(call))
     }
+}
+
+/// `slack.message` without a bot token, for a dry run (`quench up` with no credentials): the
+/// message is recorded in the run's output and audit trail, marked as not delivered.
+#[derive(Debug)]
+struct UnconfiguredSlackMessage;
+
+impl Action for UnconfiguredSlackMessage {
+    fn call<'a>(&'a self, call: &'a Call) -> ActionFuture<'a> {
+        Box::pin(async move {
+            Ok(Success::new(json!({
+                "channel": null,
+                "ts": null,
+                "delivered": [],
+                "not_sent": {"to": call.input.get("to"), "text": call.input.get("text")},
+                "why": "slack.bot_token is not configured (dry run)",
+            })))
+        })
+    }
+}
+
+/// Registers the dry-run `slack.message` used when no bot token is configured.
+pub fn register_unconfigured(actions: &mut Actions) {
+    actions.insert("slack.message", Arc::new(UnconfiguredSlackMessage));
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ mod intake;
 mod nats;
 pub(crate) mod playbooks;
 mod publish;
+pub mod up;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use api::openapi;
-pub use nats::{connect, ensure_streams};
+pub use nats::{connect, connect_as, ensure_streams};
 pub use publish::{PublishReport, ReadFinding, publish_findings, read_findings};
 
 use crate::config::Config;
@@ -160,13 +161,19 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
         )),
         None => {
             tracing::warn!(
-                "slack.bot_token is not set: approvals are answered through NATS decisions only, and slack.message steps fail"
+                dry_run = config.mode() == crate::playbook::Mode::DryRun,
+                "slack.bot_token is not set: approvals are answered through NATS decisions and the API only; \
+                 slack.message steps are recorded, not sent, in dry-run and fail in live mode"
             );
             None
         }
     };
-    if let Some(slack) = &slack {
-        slack.register(&mut actions);
+    match &slack {
+        Some(slack) => slack.register(&mut actions),
+        None if config.mode() == crate::playbook::Mode::DryRun => {
+            crate::connectors::slack::register_unconfigured(&mut actions);
+        }
+        None => {}
     }
     let mut engine = Engine::new(store, Arc::new(SystemClock), actions, engine_config)
         .with_events(Arc::new(events));
@@ -253,6 +260,15 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
         return Err(Error::CommitFailed);
     }
     Ok(())
+}
+
+/// Whether a quench service answers `/readyz` with 200 at `listen`.
+pub(crate) async fn ready(listen: &str) -> bool {
+    let url = format!("http://{listen}/readyz");
+    match crate::connectors::http_client().get(url).send().await {
+        Ok(response) => response.status().is_success(),
+        Err(_) => false,
+    }
 }
 
 /// Fires timers and scheduled ticks as they fall due and drives the runs they wake.

@@ -14,8 +14,14 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// Connects with the configured credentials; fails fast, naming the URL, when NATS is not there.
 pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, Error> {
+    connect_as(config, "quench").await
+}
+
+/// [`connect`], naming the connection `name` (as NATS monitoring shows it).
+pub async fn connect_as(config: &NatsConfig, name: &str) -> Result<async_nats::Client, Error> {
     let mut options = async_nats::ConnectOptions::new()
-        .name("quench")
+        .name(name)
+        .custom_inbox_prefix(config.inbox_prefix.as_str())
         .connection_timeout(Duration::from_secs(5))
         .event_callback(|event| async move {
             match event {

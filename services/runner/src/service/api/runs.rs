@@ -252,15 +252,16 @@ pub(super) async fn list(
     let store = api.inner.engine.store();
     let mut runs = Vec::new();
     let mut last = None;
-    let mut examined = 0;
     let mut exhausted = true;
-    for item in store.runs_newest_first::<Run>(query.cursor.as_deref()) {
+    for (examined, item) in store
+        .runs_newest_first::<Run>(query.cursor.as_deref())
+        .enumerate()
+    {
         if runs.len() >= limit || examined >= SCAN_BUDGET {
             exhausted = false;
             break;
         }
         let (id, run) = item?;
-        examined += 1;
         last = Some(id);
         let matches = query.state.is_none_or(|state| state.matches(run.status))
             && query

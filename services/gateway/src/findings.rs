@@ -1,0 +1,81 @@
+//! `POST /webhooks/findings`: one Finding v1 from any scanner, signed with
+//! `gateway.findings_secret` — `X-Quench-Timestamp: <unix secs>` and `X-Quench-Signature:
+//! sha256=<hex HMAC-SHA256 of "v1:{timestamp}:{raw body}">` (see the crate docs). The finding is
+//! checked and redacted by [`Finding::parse`] exactly as the runner would, and the checked form
+//! is published to `quench.findings.<kind>` with its `id` as `Nats-Msg-Id`.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use quench_proto::{DEFAULT_MAX_FINDING_BYTES, Finding, ParseError, subject};
+use serde_json::json;
+
+use crate::refusal::Refusal;
+use crate::server::AppState;
+use crate::signature::{now_unix, verify_findings};
+
+/// How long the stream may take to acknowledge a finding.
+pub(crate) const PUBLISH_WITHIN: Duration = Duration::from_secs(5);
+
+/// Handles an admitted request (see [`AppState::admit`]).
+pub(crate) async fn receive(
+    state: &AppState,
+    secret: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let now = now_unix();
+    let verified = verify_findings(secret, headers, &body, now)?;
+    let finding = Finding::parse(&body, DEFAULT_MAX_FINDING_BYTES).map_err(refuse_parse)?;
+    state.replays.admit(verified, now)?;
+    match publish_finding(state, &finding, &finding.id).await {
+        Ok(response) => Ok(response),
+        Err(refusal) => {
+            state.replays.forget(&verified);
+            Err(refusal)
+        }
+    }
+}
+
+/// A finding that does not parse: 413 when too large, else 422 naming the field. The message
+/// is safe to return: [`Finding::parse`] redacts before it reports.
+pub(crate) fn refuse_parse(error: ParseError) -> Refusal {
+    match error {
+        ParseError::TooLarge { limit, .. } => Refusal::TooLarge { limit },
+        other => Refusal::Unprocessable(format!("not a valid finding: {other}")),
+    }
+}
+
+/// Publishes a checked finding to `quench.findings.<kind>` with `msg_id` as `Nats-Msg-Id`;
+/// answers 202 with what was published.
+pub(crate) async fn publish_finding(
+    state: &AppState,
+    finding: &Finding,
+    msg_id: &str,
+) -> Result<Response, Refusal> {
+    let subject = subject::finding(&finding.kind);
+    let payload = serde_json::to_vec(finding).expect("a finding serializes");
+    let published = state
+        .publisher
+        .publish(subject.clone(), msg_id, payload, PUBLISH_WITHIN)
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "finding not published");
+            Refusal::Unavailable
+        })?;
+    tracing::info!(id = %finding.id, key = %finding.key, kind = %finding.kind, duplicate = published.duplicate, "finding published");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "status": "published",
+            "id": finding.id,
+            "key": finding.key,
+            "subject": subject,
+            "duplicate": published.duplicate,
+        })),
+    )
+        .into_response())
+}

@@ -1,0 +1,279 @@
+//! The gateway as a component: [`Gateway::build`] connects to NATS and binds the listener,
+//! [`Gateway::run`] serves until shutdown. Shutdown stops taking requests, lets the ones in
+//! flight finish, closes Socket Mode, waits briefly for replies to Slack still being sent, and
+//! flushes NATS.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use quench_runner::config::{Config, Secret};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::limit::{Endpoint, FORGET_EVERY, Limits};
+use crate::publish::Publisher;
+use crate::refusal::Refusal;
+use crate::signature::ReplayCache;
+use crate::slack::Interactions;
+use crate::slack::socket::SocketMode;
+
+/// Signatures remembered for replay detection (about 100 bytes each).
+const REPLAY_CAPACITY: usize = 100_000;
+/// How long replies to Slack still in flight may take at shutdown.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// Why the gateway could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// NATS is unreachable (exit 69).
+    #[error("{0}")]
+    Nats(String),
+    #[error("cannot listen on {listen}: {source}")]
+    Listen {
+        listen: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Slack(String),
+    #[error("the HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// What the request handlers share.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    pub(crate) nats: async_nats::Client,
+    pub(crate) publisher: Publisher,
+    pub(crate) limits: Limits,
+    pub(crate) replays: ReplayCache,
+    pub(crate) slack_signing_secret: Option<Secret>,
+    pub(crate) github_secret: Option<Secret>,
+    pub(crate) findings_secret: Option<Secret>,
+    pub(crate) interactions: Arc<Interactions>,
+}
+
+/// A built gateway: connected to NATS and bound, not yet serving.
+#[derive(Debug)]
+pub struct Gateway {
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    socket_mode: Option<(String, Secret)>,
+}
+
+impl Gateway {
+    /// The gateway-specific check of a loaded config: it must have something to serve.
+    pub fn check(config: &Config) -> Result<(), quench_runner::config::Error> {
+        let any = config.slack.signing_secret.is_some()
+            || config.slack.app_token.is_some()
+            || config.gateway.github_secret.is_some()
+            || config.gateway.findings_secret.is_some();
+        if any {
+            Ok(())
+        } else {
+            Err(quench_runner::config::Error::Invalid(
+                "the gateway has nothing to serve: set at least one of `slack.signing_secret`, `slack.app_token`, `gateway.github_secret`, `gateway.findings_secret` (or their `_file` forms)".to_owned(),
+            ))
+        }
+    }
+
+    /// Connects to NATS and binds `gateway.listen`.
+    pub async fn build(config: &Config) -> Result<Gateway, Error> {
+        let client = quench_runner::service::connect_as(&config.nats, "quench-gateway")
+            .await
+            .map_err(|error| Error::Nats(error.to_string()))?;
+        let listener = tokio::net::TcpListener::bind(&config.gateway.listen)
+            .await
+            .map_err(|source| Error::Listen {
+                listen: config.gateway.listen.clone(),
+                source,
+            })?;
+        let gateway = &config.gateway;
+        if gateway.test_response_url_prefix.is_some() {
+            tracing::warn!(
+                "gateway.test_response_url_prefix is set: replies to Slack may go to a URL that is not Slack's. This setting is for tests only"
+            );
+        }
+        let publisher = Publisher::new(client.clone());
+        let interactions = Arc::new(Interactions::new(
+            publisher.clone(),
+            gateway.test_response_url_prefix.clone(),
+        ));
+        let state = AppState {
+            nats: client,
+            publisher,
+            limits: Limits::new(
+                gateway.rate_limit_per_second,
+                gateway.rate_limit_burst,
+                gateway.max_body_bytes,
+                gateway.trusted_proxies.clone(),
+            ),
+            replays: ReplayCache::new(REPLAY_CAPACITY),
+            slack_signing_secret: config.slack.signing_secret.clone(),
+            github_secret: gateway.github_secret.clone(),
+            findings_secret: gateway.findings_secret.clone(),
+            interactions,
+        };
+        Ok(Gateway {
+            state: Arc::new(state),
+            listener,
+            socket_mode: config
+                .slack
+                .app_token
+                .clone()
+                .map(|token| (config.slack.api_url.clone(), token)),
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let Gateway {
+            state,
+            listener,
+            socket_mode,
+        } = self;
+        let socket = match &socket_mode {
+            Some((api_url, token)) => Some(
+                SocketMode::start(api_url, token, state.interactions.clone())
+                    .await
+                    .map_err(Error::Slack)?,
+            ),
+            None => None,
+        };
+        let forget = tokio::spawn({
+            let state = state.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(FORGET_EVERY) => state.limits.forget_idle(),
+                    }
+                }
+            }
+        });
+        let endpoints = [
+            ("slack.signing_secret", state.slack_signing_secret.is_some()),
+            ("slack.app_token", socket.is_some()),
+            ("gateway.github_secret", state.github_secret.is_some()),
+            ("gateway.findings_secret", state.findings_secret.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, on)| *on)
+        .map(|(key, _)| key)
+        .collect::<Vec<_>>()
+        .join(", ");
+        tracing::info!(listen = ?listener.local_addr().ok(), configured = %endpoints, "quench-gateway is serving");
+
+        let app = router(state.clone());
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+
+        tracing::info!("shutting down");
+        if let Some(socket) = socket {
+            socket.shutdown().await;
+        }
+        forget.abort();
+        state.interactions.tasks.close();
+        if tokio::time::timeout(GRACE, state.interactions.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some replies to Slack were not sent before shutdown");
+        }
+        let _ = state.nats.flush().await;
+        served.map_err(Error::Serve)
+    }
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route(
+            Endpoint::Slack.path(),
+            post(webhook).layer(Extension(Endpoint::Slack)),
+        )
+        .route(
+            Endpoint::GitHub.path(),
+            post(webhook).layer(Extension(Endpoint::GitHub)),
+        )
+        .route(
+            Endpoint::Findings.path(),
+            post(webhook).layer(Extension(Endpoint::Findings)),
+        )
+        .with_state(state)
+}
+
+/// Every webhook: admitted (see [`AppState::admit`]), then handled by its endpoint's module,
+/// under the request timeout; refusals answered and logged in one place.
+async fn webhook(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(endpoint): Extension<Endpoint>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let client = state.limits.client(peer, &headers);
+    let handled = async {
+        let (secret, body) = state.admit(endpoint, client, &headers, body).await?;
+        match endpoint {
+            Endpoint::Slack => crate::slack::http::receive(&state, secret, &headers, body).await,
+            Endpoint::GitHub => crate::github::receive(&state, secret, &headers, body).await,
+            Endpoint::Findings => crate::findings::receive(&state, secret, &headers, body).await,
+        }
+    };
+    endpoint.answer(client, handled).await
+}
+
+impl AppState {
+    /// What every webhook request passes before its signature is checked: its endpoint is
+    /// configured, the client is within its rate, the body within the cap. Returns the
+    /// endpoint's secret and the body.
+    pub(crate) async fn admit(
+        &self,
+        endpoint: Endpoint,
+        client: IpAddr,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<(&str, Bytes), Refusal> {
+        let (secret, key) = match endpoint {
+            Endpoint::Slack => (&self.slack_signing_secret, "slack.signing_secret"),
+            Endpoint::GitHub => (&self.github_secret, "gateway.github_secret"),
+            Endpoint::Findings => (&self.findings_secret, "gateway.findings_secret"),
+        };
+        let secret = secret.as_ref().ok_or(Refusal::NotConfigured(key))?;
+        self.limits.check(endpoint, client)?;
+        let body = self.limits.read_body(headers, body).await?;
+        Ok((secret.expose(), body))
+    }
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let nats = state.nats.connection_state() == async_nats::connection::State::Connected;
+    let status = if nats {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"ready": nats, "nats": if nats { "connected" } else { "disconnected" }})),
+    )
+}

@@ -1,0 +1,303 @@
+//! Request signatures: the three HMAC-SHA256 schemes the gateway verifies (Slack, quench
+//! findings, GitHub; see the crate docs), timestamp freshness, and the replay cache. The `sign_*`
+//! functions are public so that scanners and tests written in Rust sign exactly as the gateway
+//! verifies.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use axum::http::HeaderMap;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::refusal::Refusal;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// How far a signed timestamp may be from the gateway's clock, either way.
+pub const MAX_SKEW_SECS: i64 = 300;
+
+/// Slack's header with the request's signature.
+pub const SLACK_SIGNATURE: &str = "x-slack-signature";
+/// Slack's header with the request's Unix time.
+pub const SLACK_TIMESTAMP: &str = "x-slack-request-timestamp";
+/// The findings webhook's signature header.
+pub const QUENCH_SIGNATURE: &str = "x-quench-signature";
+/// The findings webhook's timestamp header.
+pub const QUENCH_TIMESTAMP: &str = "x-quench-timestamp";
+/// GitHub's signature header.
+pub const GITHUB_SIGNATURE: &str = "x-hub-signature-256";
+
+/// `v0=<hex>`: Slack's signature of `v0:{timestamp}:{body}`.
+pub fn sign_slack(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    format!(
+        "v0={}",
+        hex::encode(mac(
+            secret,
+            &[b"v0:", timestamp.to_string().as_bytes(), b":", body]
+        ))
+    )
+}
+
+/// `sha256=<hex>`: the findings webhook's signature of `v1:{timestamp}:{body}`.
+pub fn sign_findings(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    format!(
+        "sha256={}",
+        hex::encode(mac(
+            secret,
+            &[b"v1:", timestamp.to_string().as_bytes(), b":", body]
+        ))
+    )
+}
+
+/// `sha256=<hex>`: GitHub's signature of the body.
+pub fn sign_github(secret: &str, body: &[u8]) -> String {
+    format!("sha256={}", hex::encode(mac(secret, &[body])))
+}
+
+fn keyed(secret: &str) -> HmacSha256 {
+    HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length")
+}
+
+fn mac(secret: &str, parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = keyed(secret);
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// A verified signature: the MAC bytes (the replay cache's key) and the signed timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Verified {
+    pub(crate) mac: [u8; 32],
+    pub(crate) timestamp: i64,
+}
+
+/// Checks Slack's headers against the body.
+pub(crate) fn verify_slack(
+    secret: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: i64,
+) -> Result<Verified, Refusal> {
+    let timestamp = timestamp(headers, SLACK_TIMESTAMP, now)?;
+    let claimed = claimed_mac(headers, SLACK_SIGNATURE, "v0=")?;
+    let stamp = timestamp.to_string();
+    check(secret, &[b"v0:", stamp.as_bytes(), b":", body], &claimed)?;
+    Ok(Verified {
+        mac: claimed,
+        timestamp,
+    })
+}
+
+/// Checks the findings webhook's headers against the body.
+pub(crate) fn verify_findings(
+    secret: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: i64,
+) -> Result<Verified, Refusal> {
+    let timestamp = timestamp(headers, QUENCH_TIMESTAMP, now)?;
+    let claimed = claimed_mac(headers, QUENCH_SIGNATURE, "sha256=")?;
+    let stamp = timestamp.to_string();
+    check(secret, &[b"v1:", stamp.as_bytes(), b":", body], &claimed)?;
+    Ok(Verified {
+        mac: claimed,
+        timestamp,
+    })
+}
+
+/// Checks GitHub's signature header against the body.
+pub(crate) fn verify_github(secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), Refusal> {
+    let claimed = claimed_mac(headers, GITHUB_SIGNATURE, "sha256=")?;
+    check(secret, &[body], &claimed)
+}
+
+/// The signed timestamp, refused when missing, malformed, or too far from `now`.
+fn timestamp(headers: &HeaderMap, name: &'static str, now: i64) -> Result<i64, Refusal> {
+    let value = headers
+        .get(name)
+        .ok_or(Refusal::MissingHeader(name))?
+        .to_str()
+        .map_err(|_| Refusal::BadTimestamp)?;
+    if value.is_empty() || value.len() > 12 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Refusal::BadTimestamp);
+    }
+    let timestamp: i64 = value.parse().map_err(|_| Refusal::BadTimestamp)?;
+    if (now - timestamp).abs() > MAX_SKEW_SECS {
+        return Err(Refusal::StaleTimestamp);
+    }
+    Ok(timestamp)
+}
+
+/// The MAC a header claims: `<prefix><64 hex digits>`.
+fn claimed_mac(headers: &HeaderMap, name: &'static str, prefix: &str) -> Result<[u8; 32], Refusal> {
+    let value = headers
+        .get(name)
+        .ok_or(Refusal::MissingHeader(name))?
+        .to_str()
+        .map_err(|_| Refusal::BadSignature)?;
+    let digits = value.strip_prefix(prefix).ok_or(Refusal::BadSignature)?;
+    let mut mac = [0u8; 32];
+    hex::decode_to_slice(digits, &mut mac).map_err(|_| Refusal::BadSignature)?;
+    Ok(mac)
+}
+
+/// Recomputes the MAC and compares it in constant time (`verify_slice`).
+fn check(secret: &str, parts: &[&[u8]], claimed: &[u8; 32]) -> Result<(), Refusal> {
+    let mut mac = keyed(secret);
+    for part in parts {
+        mac.update(part);
+    }
+    mac.verify_slice(claimed).map_err(|_| Refusal::BadSignature)
+}
+
+/// Signatures accepted in the last [`MAX_SKEW_SECS`], so the same signed request cannot be
+/// accepted twice. Bounded: when full of signatures that are all still fresh, new requests are
+/// refused (fail closed) rather than forgetting one that could then be replayed.
+#[derive(Debug)]
+pub(crate) struct ReplayCache {
+    capacity: usize,
+    inner: Mutex<Seen>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    by_mac: HashMap<[u8; 32], i64>,
+    /// Insertion order, for expiry from the front.
+    order: VecDeque<([u8; 32], i64)>,
+}
+
+impl ReplayCache {
+    pub(crate) fn new(capacity: usize) -> ReplayCache {
+        ReplayCache {
+            capacity,
+            inner: Mutex::new(Seen::default()),
+        }
+    }
+
+    /// Records a verified signature; refuses one seen before, or any when the cache is full.
+    pub(crate) fn admit(&self, verified: Verified, now: i64) -> Result<(), Refusal> {
+        let mut seen = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // A signature older than the window is refused by its timestamp; forget it. Insertion
+        // order is close to timestamp order (each was fresh when it came), so expiring from
+        // the front keeps at most one window's worth of extra entries.
+        while let Some(&(mac, timestamp)) = seen.order.front() {
+            if now - timestamp <= MAX_SKEW_SECS {
+                break;
+            }
+            seen.order.pop_front();
+            if seen.by_mac.get(&mac) == Some(&timestamp) {
+                seen.by_mac.remove(&mac);
+            }
+        }
+        if seen.by_mac.contains_key(&verified.mac) {
+            return Err(Refusal::Replayed);
+        }
+        if seen.by_mac.len() >= self.capacity {
+            return Err(Refusal::Busy);
+        }
+        seen.by_mac.insert(verified.mac, verified.timestamp);
+        seen.order.push_back((verified.mac, verified.timestamp));
+        Ok(())
+    }
+
+    /// Forgets an admitted signature whose request then failed on the gateway's side, so the
+    /// caller's retry of the very same request is not taken for a replay.
+    pub(crate) fn forget(&self, verified: &Verified) {
+        let mut seen = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if seen.by_mac.get(&verified.mac) == Some(&verified.timestamp) {
+            seen.by_mac.remove(&verified.mac);
+        }
+    }
+}
+
+/// The current Unix time in seconds.
+pub(crate) fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().expect("header value"));
+        }
+        map
+    }
+
+    #[test]
+    fn slack_signatures_verify_and_refuse_as_documented() {
+        let now = 1_700_000_000;
+        let body = b"payload=%7B%7D";
+        let good = headers(&[
+            (SLACK_TIMESTAMP, now.to_string()),
+            (SLACK_SIGNATURE, sign_slack("s3cret", now, body)),
+        ]);
+        assert!(verify_slack("s3cret", &good, body, now).is_ok());
+        assert_eq!(
+            verify_slack("other", &good, body, now),
+            Err(Refusal::BadSignature)
+        );
+        assert_eq!(
+            verify_slack("s3cret", &good, b"payload=x", now),
+            Err(Refusal::BadSignature)
+        );
+        assert_eq!(
+            verify_slack("s3cret", &good, body, now + 301),
+            Err(Refusal::StaleTimestamp)
+        );
+        assert_eq!(
+            verify_slack("s3cret", &good, body, now - 301),
+            Err(Refusal::StaleTimestamp)
+        );
+        let missing = headers(&[(SLACK_TIMESTAMP, now.to_string())]);
+        assert_eq!(
+            verify_slack("s3cret", &missing, body, now),
+            Err(Refusal::MissingHeader(SLACK_SIGNATURE))
+        );
+        let negative = headers(&[
+            (SLACK_TIMESTAMP, "-5".to_owned()),
+            (SLACK_SIGNATURE, sign_slack("s3cret", -5, body)),
+        ]);
+        assert_eq!(
+            verify_slack("s3cret", &negative, body, now),
+            Err(Refusal::BadTimestamp)
+        );
+    }
+
+    #[test]
+    fn the_replay_cache_refuses_repeats_and_forgets_after_the_window() {
+        let cache = ReplayCache::new(2);
+        let one = Verified {
+            mac: [1; 32],
+            timestamp: 1000,
+        };
+        let two = Verified {
+            mac: [2; 32],
+            timestamp: 1000,
+        };
+        let three = Verified {
+            mac: [3; 32],
+            timestamp: 1200,
+        };
+        assert_eq!(cache.admit(one, 1000), Ok(()));
+        assert_eq!(cache.admit(one, 1001), Err(Refusal::Replayed));
+        assert_eq!(cache.admit(two, 1001), Ok(()));
+        assert_eq!(cache.admit(three, 1200), Err(Refusal::Busy));
+        // Once the first two are older than the window, there is room again.
+        assert_eq!(cache.admit(three, 1000 + MAX_SKEW_SECS + 1), Ok(()));
+    }
+}

@@ -1,0 +1,110 @@
+//! `POST /slack/interactions`: Slack's HTTP interactivity. Rate limit and size cap, then the
+//! signature (`X-Slack-Signature` over `v0:{ts}:{body}`, timestamp within 300 s, not seen
+//! before), then the form's `payload=` JSON. The decision is published before Slack gets its
+//! 200, which it wants within 3 seconds; the user hears back through `response_url`.
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::{Click, Handled};
+use crate::refusal::Refusal;
+use crate::server::AppState;
+use crate::signature::{now_unix, verify_slack};
+
+/// The parts of an interaction payload the gateway reads; the rest is ignored.
+#[derive(Debug, Deserialize)]
+struct Payload {
+    #[serde(rename = "type")]
+    kind: String,
+    team: Option<Id>,
+    user: Option<User>,
+    #[serde(default)]
+    actions: Vec<Action>,
+    response_url: Option<String>,
+    trigger_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Id {
+    id: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct User {
+    id: String,
+    team_id: Option<String>,
+    username: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Action {
+    action_id: String,
+    block_id: Option<String>,
+    value: Option<String>,
+    action_ts: Option<String>,
+}
+
+/// Handles an admitted request (see [`AppState::admit`]).
+pub(crate) async fn receive(
+    state: &AppState,
+    secret: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let now = now_unix();
+    let verified = verify_slack(secret, headers, &body, now)?;
+    let payload = url::form_urlencoded::parse(&body)
+        .find(|(name, _)| name == "payload")
+        .map(|(_, value)| value.into_owned())
+        .ok_or_else(|| Refusal::BadRequest("expected a form with a `payload` field".to_owned()))?;
+    let payload: Payload = serde_json::from_str(&payload).map_err(|_| {
+        Refusal::BadRequest("the `payload` field is not a Slack interaction".to_owned())
+    })?;
+    state.replays.admit(verified, now)?;
+    if payload.kind != "block_actions" {
+        // Not a button click (a shortcut, a view): acknowledged, nothing to publish.
+        return Ok(StatusCode::OK.into_response());
+    }
+    let click = click(payload)?;
+    let has_response_url = click.response_url.is_some();
+    match state.interactions.take(click).await {
+        Handled::Failed { .. } if !has_response_url => {
+            state.replays.forget(&verified);
+            Err(Refusal::Unavailable)
+        }
+        Handled::Failed { .. } => {
+            // The user is told to click again (a new click is a new signature).
+            state.replays.forget(&verified);
+            Ok(StatusCode::OK.into_response())
+        }
+        Handled::Recorded { .. } | Handled::Refused(_) => Ok(StatusCode::OK.into_response()),
+    }
+}
+
+/// The click in a `block_actions` payload: exactly one action, by a known user.
+fn click(payload: Payload) -> Result<Click, Refusal> {
+    let bad = |what: &str| Refusal::BadRequest(format!("the interaction {what}"));
+    let user = payload.user.ok_or_else(|| bad("names no user"))?;
+    let team = user
+        .team_id
+        .or(payload.team.map(|team| team.id))
+        .ok_or_else(|| bad("names no team"))?;
+    let [action] = <[Action; 1]>::try_from(payload.actions)
+        .map_err(|_| bad("does not have exactly one action"))?;
+    let moment = action
+        .action_ts
+        .or(payload.trigger_id)
+        .ok_or_else(|| bad("has neither an action_ts nor a trigger_id"))?;
+    Ok(Click {
+        team,
+        user: user.id,
+        username: user.username,
+        action_id: action.action_id,
+        block_id: action.block_id,
+        value: action.value,
+        moment,
+        response_url: payload.response_url,
+    })
+}

@@ -1,0 +1,180 @@
+//! `quench up`: the quickstart. Unless NATS is configured, a `nats-server` child is started on
+//! loopback with JetStream under `./data/nats`; then the service runs as `quench serve` would
+//! (store `./data/state`, playbooks `./workflows`, dry-run unless an OpenAI admin key is set) and
+//! what to do next is printed. Stopping quench stops the child too.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+/// How long the child may take to open its port.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A `nats-server` child process, stopped (SIGTERM, then SIGKILL) when dropped or stopped.
+#[derive(Debug)]
+pub struct NatsChild {
+    child: Option<Child>,
+    url: String,
+}
+
+/// Why the child could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "nats-server is not installed (or not on PATH). Install it (Debian/Ubuntu: `sudo apt-get install -y nats-server`; \
+         macOS: `brew install nats-server`; others: https://github.com/nats-io/nats-server/releases), \
+         or point quench at a NATS server with JetStream: `--nats nats://HOST:4222`"
+    )]
+    NotInstalled,
+    #[error("cannot start nats-server: {0}")]
+    Spawn(std::io::Error),
+    #[error("nats-server did not start within {seconds} s (its data is in {dir})")]
+    Timeout { seconds: u64, dir: String },
+    #[error("nats-server exited at start ({status}); is {dir} writable?")]
+    Exited { status: String, dir: String },
+}
+
+impl NatsChild {
+    /// Starts `nats-server` on a free loopback port with JetStream in `dir/jetstream`.
+    pub async fn start(dir: &Path) -> Result<NatsChild, StartError> {
+        let ports = dir.join("ports");
+        let _ = std::fs::remove_dir_all(&ports);
+        std::fs::create_dir_all(&ports).map_err(StartError::Spawn)?;
+        let mut child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+            .arg(dir.join("jetstream"))
+            .arg("--ports_file_dir")
+            .arg(&ports)
+            .arg("-l")
+            .arg(dir.join("nats-server.log"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|error| match error.kind() {
+                std::io::ErrorKind::NotFound => StartError::NotInstalled,
+                _ => StartError::Spawn(error),
+            })?;
+        let shown = dir.display().to_string();
+        let started = std::time::Instant::now();
+        let url = loop {
+            if let Some(url) = read_ports(&ports) {
+                break url;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(StartError::Exited {
+                    status: status.to_string(),
+                    dir: shown,
+                });
+            }
+            if started.elapsed() > START_TIMEOUT {
+                return Err(StartError::Timeout {
+                    seconds: START_TIMEOUT.as_secs(),
+                    dir: shown,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        };
+        Ok(NatsChild {
+            child: Some(child),
+            url,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Stops the child: SIGTERM (it flushes JetStream), then SIGKILL after 5 s.
+    pub async fn stop(mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// The client URL from the ports file nats-server writes once it listens.
+fn read_ports(dir: &Path) -> Option<String> {
+    let entry = std::fs::read_dir(dir).ok()?.next()?.ok()?;
+    let text = std::fs::read_to_string(entry.path()).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(value["nats"][0].as_str()?.to_owned())
+}
+
+/// Where `quench up` keeps NATS data.
+pub fn nats_dir() -> PathBuf {
+    PathBuf::from("./data/nats")
+}
+
+/// What `quench up` prints once it is serving. `token` is the admin API token made for this
+/// run when none is configured (printed here, on the terminal, and never logged).
+pub fn next_steps(
+    nats: &str,
+    listen: &str,
+    dry_run: bool,
+    nats_child: bool,
+    stand_in_group: bool,
+    token: Option<&str>,
+) -> String {
+    let mode = if dry_run {
+        "dry-run: no OpenAI admin key is configured, so nothing is changed at OpenAI; \
+         mutating steps record the request they would send"
+    } else {
+        "live: OpenAI and Slack calls are real"
+    };
+    let nats_line = if nats_child {
+        format!("{nats} (a nats-server child, JetStream in ./data/nats)")
+    } else {
+        nats.to_owned()
+    };
+    let group_line = if stand_in_group {
+        "\n  approvers  group:secops = secops@example.com (a stand-in: set [groups] in quench.toml)"
+    } else {
+        ""
+    };
+    let (token_line, token_step) = match token {
+        Some(token) => (
+            "\n  API token  an admin token for this run only (set [[api.tokens]] to keep one)"
+                .to_owned(),
+            format!("  0. use this run's API token:\n       export QUENCH_TOKEN={token}\n"),
+        ),
+        None => (String::new(), String::new()),
+    };
+    format!(
+        "quench is up ({mode}).
+  NATS       {nats_line}
+  admin API  http://{listen}{group_line}{token_line}
+
+Next, in another terminal:
+{token_step}  1. publish the sample leaked-key finding:
+       quench publish --nats {nats} workflows/examples/leaked-openai-key.json
+  2. watch its run wait for approval:
+       quench runs list --api http://{listen}
+  3. approve it (RUN from the list):
+       quench approve RUN --gate decide --choice revoke --api http://{listen}
+  4. verify the audit chain:
+       quench audit verify --api http://{listen}
+
+Ctrl-C stops quench{}.
+",
+        if nats_child {
+            " and its nats-server"
+        } else {
+            ""
+        }
+    )
+}

@@ -1,0 +1,150 @@
+//! `quench up`, as the README's first command: in a fresh directory holding the shipped
+//! `workflows/`, it starts its own nats-server, serves, says what to do next; the sample finding
+//! starts a run that waits for approval (dry-run: no credentials); the banner's commands list,
+//! approve and verify through the admin API with the token it printed; Ctrl-C stops it and its
+//! child.
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use crate::support::{free_port, quench_bin, root};
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quench_up_starts_nats_serves_the_shipped_playbooks_and_stops_cleanly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    copy_dir(&root().join("workflows"), &dir.path().join("workflows"));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let stdout_path = dir.path().join("up.out");
+    let mut child = std::process::Command::new(quench_bin())
+        .args(["up", "--listen", &listen])
+        .current_dir(dir.path())
+        .env_remove("QUENCH_NATS__URL")
+        .env("NO_COLOR", "1")
+        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
+        .stderr(std::fs::File::create(dir.path().join("up.err")).expect("stderr file"))
+        .spawn()
+        .expect("quench up starts");
+
+    let started = Instant::now();
+    let banner = loop {
+        let text = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+        if text.contains("Ctrl-C stops quench") {
+            break text;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            let _ = std::fs::File::open(dir.path().join("up.err"))
+                .and_then(|mut file| file.read_to_string(&mut err));
+            panic!("quench up exited with {status}:\n{err}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no banner:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(banner.starts_with("quench is up (dry-run:"), "{banner}");
+    assert!(banner.contains("(a nats-server child, JetStream in ./data/nats)"));
+    let nats = banner
+        .split_whitespace()
+        .find(|word| word.starts_with("nats://"))
+        .expect("the NATS URL")
+        .to_owned();
+    assert!(dir.path().join("data/nats/jetstream").is_dir());
+    assert!(dir.path().join("data/state").is_dir());
+
+    let client = async_nats::connect(&nats).await.expect("connects");
+    let mut events = client
+        .subscribe("quench.events.>")
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+    // Step 1 of the banner, as printed.
+    let publish = std::process::Command::new(quench_bin())
+        .args([
+            "publish",
+            "--nats",
+            &nats,
+            "workflows/examples/leaked-openai-key.json",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .expect("quench publish runs");
+    assert_eq!(publish.status.code(), Some(0), "{publish:?}");
+
+    let waiting = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(message) = events.next().await {
+            if message.subject.as_str() == "quench.events.revoke-leaked-openai-key.waiting" {
+                return serde_json::from_slice::<serde_json::Value>(&message.payload)
+                    .expect("a run event");
+            }
+        }
+        panic!("the event stream ended");
+    })
+    .await
+    .expect("the run waits for approval");
+    assert_eq!(waiting["step"], "decide");
+    let run = waiting["run_id"].as_str().expect("run id").to_owned();
+
+    // Steps 0, 2, 3 and 4 of the banner, as printed: the token made for this run works.
+    let token = banner
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("QUENCH_TOKEN="))
+        .expect("the banner gives an API token")
+        .to_owned();
+    let api = format!("http://{listen}");
+    let quench = |args: &[&str]| {
+        let output = std::process::Command::new(quench_bin())
+            .args(args)
+            .args(["--api", &api])
+            .env("QUENCH_TOKEN", &token)
+            .current_dir(dir.path())
+            .output()
+            .expect("quench runs");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = quench(&["runs", "list"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&run) && out.contains("waiting"), "{out}");
+    let (code, out, err) = quench(&["approve", &run, "--gate", "decide", "--choice", "revoke"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("decided revoke"), "{out}");
+    let (code, out, err) = quench(&["audit", "verify"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("audit chain ok"), "{out}");
+    let up_log = std::fs::read_to_string(dir.path().join("up.err")).unwrap_or_default();
+    assert!(!up_log.contains(&token), "the token is never logged");
+
+    let pid = child.id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status();
+    let status = child.wait().expect("quench up exits");
+    assert_eq!(status.code(), Some(0));
+    let ports = std::fs::read_dir(dir.path().join("data/nats/ports"))
+        .map(|entries| entries.count())
+        .unwrap_or(0);
+    assert_eq!(
+        ports, 0,
+        "nats-server removed its ports file: it has stopped"
+    );
+}
