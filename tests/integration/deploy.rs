@@ -51,13 +51,15 @@ fn relative(path: &Path) -> String {
         .to_string()
 }
 
-/// Output of a quench binary with no `QUENCH_*` variables from the test's own environment.
-fn run_clean(mut command: Command) -> Output {
+/// Output of a quench binary with `env` and no other `QUENCH_*` variables (none from the test's
+/// own environment).
+fn run_clean(mut command: Command, env: &[(String, String)]) -> Output {
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("QUENCH_") {
             command.env_remove(key);
         }
     }
+    command.envs(env.iter().map(|(key, value)| (key, value)));
     command.output().expect("the binary runs")
 }
 
@@ -220,21 +222,72 @@ fn secret_names(relative_path: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// What `--dump-config` made of an example config, run with its secret files in a temporary
+/// directory (the paths rewritten in a copy) and `env` set.
+struct Dump {
+    output: Output,
+    stdout: String,
+    stderr: String,
+    /// The `(key, path)` of each secret in the original file.
+    secrets: Vec<(String, String)>,
+    /// What the secret files held.
+    values: Vec<String>,
+}
+
+fn dump_config(example: &Example, env: &[(String, String)]) -> Dump {
+    let source = read(&support::root().join(example.path));
+    let secrets = secret_files(&source);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut copy = source.clone();
+    let mut values = Vec::new();
+    for (_, path) in &secrets {
+        let name = Path::new(path)
+            .file_name()
+            .and_then(|name| name.to_str())
+            .expect("a file name");
+        let file = dir.path().join(name);
+        let value = format!("{name}-value-for-tests");
+        std::fs::write(&file, format!("{value}\n")).expect("write a secret");
+        values.push(value);
+        copy = copy.replace(&format!("\"{path}\""), &format!("\"{}\"", file.display()));
+    }
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, &copy).expect("write the copy");
+
+    let mut command = if example.gateway {
+        Command::new(gateway_bin())
+    } else {
+        let mut command = Command::new(quench_bin());
+        command.arg("serve");
+        command
+    };
+    command.arg("--config").arg(&config).arg("--dump-config");
+    let output = run_clean(command, env);
+    Dump {
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        output,
+        secrets,
+        values,
+    }
+}
+
 #[test]
 fn quench_loads_every_example_config_and_redacts_its_secrets() {
     let nats_conf = read(&deploy().join("nats-server.conf"));
     for example in &EXAMPLES {
-        let source = read(&support::root().join(example.path));
-        let secrets = secret_files(&source);
+        let Dump {
+            output,
+            stdout,
+            stderr,
+            secrets,
+            values,
+        } = dump_config(example, &[]);
         assert!(
             !secrets.is_empty(),
             "{} names its secrets as *_file",
             example.path
         );
-        // The same config with its secret files in a temporary directory.
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut copy = source.clone();
-        let mut values = Vec::new();
         for (key, path) in &secrets {
             assert!(
                 path.starts_with(example.secrets_dir),
@@ -242,30 +295,7 @@ fn quench_loads_every_example_config_and_redacts_its_secrets() {
                 example.path,
                 example.secrets_dir
             );
-            let name = Path::new(path)
-                .file_name()
-                .and_then(|name| name.to_str())
-                .expect("a file name");
-            let file = dir.path().join(name);
-            let value = format!("{name}-value-for-tests");
-            std::fs::write(&file, format!("{value}\n")).expect("write a secret");
-            values.push(value);
-            copy = copy.replace(&format!("\"{path}\""), &format!("\"{}\"", file.display()));
         }
-        let config = dir.path().join("config.toml");
-        std::fs::write(&config, &copy).expect("write the copy");
-
-        let mut command = if example.gateway {
-            Command::new(gateway_bin())
-        } else {
-            let mut command = Command::new(quench_bin());
-            command.arg("serve");
-            command
-        };
-        command.arg("--config").arg(&config).arg("--dump-config");
-        let output = run_clean(command);
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(
             output.status.code(),
             Some(0),
@@ -636,6 +666,60 @@ fn kubernetes_runs_one_runner_on_a_volume_two_gateways_and_denies_by_default() {
             );
         }
     }
+}
+
+/// The `QUENCH_*` environment of a workload's first container, `$(POD_IP)` given a value.
+fn quench_environment(workload: &Value, pod_ip: &str) -> Vec<(String, String)> {
+    pod_spec(workload)
+        .and_then(|pod| pod.pointer("/containers/0/env"))
+        .and_then(Value::as_array)
+        .map(|env| {
+            env.iter()
+                .filter_map(|variable| {
+                    let name = text(variable, "/name")?;
+                    let value = text(variable, "/value")?;
+                    name.starts_with("QUENCH_")
+                        .then(|| (name.to_owned(), value.replace("$(POD_IP)", pod_ip)))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn quench_loads_the_kubernetes_configs_with_the_pods_environment() {
+    let objects = kubernetes_objects();
+    for (kind, name, example) in [
+        ("StatefulSet", "quench-runner", &EXAMPLES[0]),
+        ("Deployment", "quench-gateway", &EXAMPLES[1]),
+    ] {
+        let env = quench_environment(object(&objects, kind, name), "10.0.0.7");
+        let dump = dump_config(example, &env);
+        assert_eq!(
+            dump.output.status.code(),
+            Some(0),
+            "{kind} {name} with {env:?}:\n{}",
+            dump.stderr
+        );
+        for (key, value) in &env {
+            let key = key
+                .strip_prefix("QUENCH_")
+                .and_then(|key| key.split_once("__"))
+                .map(|(_, key)| key.to_lowercase())
+                .expect("QUENCH_<SECTION>__<KEY>");
+            assert!(
+                dump.stdout.contains(&format!("{key} = \"{value}\"")),
+                "{kind} {name}: {key} = {value:?}:\n{}",
+                dump.stdout
+            );
+        }
+    }
+    // The runner's admin API and probes are on the pod IP.
+    let runner = quench_environment(object(&objects, "StatefulSet", "quench-runner"), "10.0.0.7");
+    assert!(
+        runner.contains(&("QUENCH_API__LISTEN".to_owned(), "10.0.0.7:8080".to_owned())),
+        "{runner:?}"
+    );
 }
 
 fn object_of_kind<'a>(objects: &'a [(String, Value)], kind: &str) -> &'a Value {
