@@ -1,0 +1,1057 @@
+//! The deployment files in `deploy/`, checked by the tools that will read them: `nats-server -t`
+//! on the NATS config; quench's own loader (`--dump-config`) on every example config; every
+//! YAML file parsed, each Kubernetes object complete and each container hardened; each compose
+//! service with a health check; each systemd unit with its hardening; and the names that tie
+//! them together (secret files, NATS users and inbox prefixes, credentials) agreeing across
+//! files. `docker compose config -q` runs where Docker Compose is installed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::support::{self, gateway_bin, quench_bin};
+
+fn deploy() -> PathBuf {
+    support::root().join("deploy")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()))
+}
+
+/// Files under `dir` (recursively) whose names end with one of `suffixes`, sorted.
+fn files_under(dir: &Path, suffixes: &[&str]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = std::fs::read_dir(&dir)
+            .unwrap_or_else(|error| panic!("cannot list {}: {error}", dir.display()));
+        for entry in entries {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if let Some(name) = path.file_name().and_then(|name| name.to_str())
+                && suffixes.iter().any(|suffix| name.ends_with(suffix))
+            {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+fn relative(path: &Path) -> String {
+    path.strip_prefix(support::root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+/// Output of a quench binary with `env` and no other `QUENCH_*` variables (none from the test's
+/// own environment).
+fn run_clean(mut command: Command, env: &[(String, String)]) -> Output {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("QUENCH_") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(env.iter().map(|(key, value)| (key, value)));
+    command.output().expect("the binary runs")
+}
+
+// ---------------------------------------------------------------------------------------------
+// NATS
+
+const NATS_PASSWORDS: [(&str, &str); 3] = [
+    ("QUENCH_RUNNER_NATS_PASSWORD", "runner-password-for-tests"),
+    ("QUENCH_GATEWAY_NATS_PASSWORD", "gateway-password-for-tests"),
+    ("QUENCH_SCANNER_NATS_PASSWORD", "scanner-password-for-tests"),
+];
+
+/// The `$VARIABLE`s deploy/nats-server.conf reads from the server's environment (values
+/// written `key: $NAME`; a `$` inside a quoted subject such as `"$JS.API.>"` is no variable).
+fn nats_variables() -> BTreeSet<String> {
+    read(&deploy().join("nats-server.conf"))
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter_map(|line| {
+            let (_, value) = line.split_once(':')?;
+            let name = value.trim().strip_prefix('$')?;
+            let name: String = name
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            (!name.is_empty()).then_some(name)
+        })
+        .collect()
+}
+
+#[test]
+fn nats_server_accepts_the_deploy_config_with_the_passwords_in_its_environment() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A copy whose JetStream directory is writable here (`-t` only reads it, but a check that
+    // never points at /var/lib cannot be surprised by it).
+    let store = dir.path().join("jetstream");
+    let copy: Vec<String> = read(&deploy().join("nats-server.conf"))
+        .lines()
+        .map(|line| {
+            if line.trim_start().starts_with("store_dir:") {
+                format!("  store_dir: \"{}\"", store.display())
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect();
+    let config = dir.path().join("nats-server.conf");
+    std::fs::write(&config, copy.join("\n")).expect("write the copy");
+
+    assert_eq!(
+        nats_variables(),
+        NATS_PASSWORDS
+            .iter()
+            .map(|(name, _)| (*name).to_owned())
+            .collect::<BTreeSet<_>>(),
+        "the passwords nats-server.conf reads from its environment"
+    );
+    let nats_server = |with_passwords: bool| {
+        let mut command = Command::new("nats-server");
+        // As compose and Kubernetes start it: with the monitoring port for /healthz.
+        command.args(["-t", "-c"]).arg(&config).args(["-m", "8222"]);
+        for (name, value) in NATS_PASSWORDS {
+            command.env_remove(name);
+            if with_passwords {
+                command.env(name, value);
+            }
+        }
+        command
+            .output()
+            .expect("nats-server runs (tests/run installs it)")
+    };
+    let accepted = nats_server(true);
+    assert_eq!(
+        accepted.status.code(),
+        Some(0),
+        "nats-server -t refused deploy/nats-server.conf:\n{}{}",
+        String::from_utf8_lossy(&accepted.stdout),
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    let refused = nats_server(false);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_ne!(
+        refused.status.code(),
+        Some(0),
+        "without the passwords in its environment nats-server must refuse the config"
+    );
+    assert!(stderr.contains("QUENCH_RUNNER_NATS_PASSWORD"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// quench's configs
+
+/// An example config and what it must say.
+struct Example {
+    path: &'static str,
+    gateway: bool,
+    /// Where its secret files are expected: every `*_file` path starts with it.
+    secrets_dir: &'static str,
+    nats_user: &'static str,
+    inbox_prefix: &'static str,
+}
+
+const EXAMPLES: [Example; 4] = [
+    Example {
+        path: "deploy/quench.toml",
+        gateway: false,
+        secrets_dir: "/run/secrets/",
+        nats_user: "quench-runner",
+        inbox_prefix: "_INBOX.runner",
+    },
+    Example {
+        path: "deploy/quench-gateway.toml",
+        gateway: true,
+        secrets_dir: "/run/secrets/",
+        nats_user: "quench-gateway",
+        inbox_prefix: "_INBOX.gateway",
+    },
+    Example {
+        path: "deploy/systemd/quench.toml",
+        gateway: false,
+        secrets_dir: "/run/credentials/quench.service/",
+        nats_user: "quench-runner",
+        inbox_prefix: "_INBOX.runner",
+    },
+    Example {
+        path: "deploy/systemd/quench-gateway.toml",
+        gateway: true,
+        secrets_dir: "/run/credentials/quench-gateway.service/",
+        nats_user: "quench-gateway",
+        inbox_prefix: "_INBOX.gateway",
+    },
+];
+
+/// The `(key, path)` of every `*_file = "…"` line that is not commented out.
+fn secret_files(toml: &str) -> Vec<(String, String)> {
+    toml.lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            let key = key.trim();
+            let value = value.trim();
+            let path = value.strip_prefix('"')?.strip_suffix('"')?;
+            key.ends_with("_file")
+                .then(|| (key.to_owned(), path.to_owned()))
+        })
+        .collect()
+}
+
+/// The file names of a config's secrets (the last component of each `*_file` path).
+fn secret_names(relative_path: &str) -> BTreeSet<String> {
+    secret_files(&read(&support::root().join(relative_path)))
+        .into_iter()
+        .map(|(_, path)| {
+            Path::new(&path)
+                .file_name()
+                .and_then(|name| name.to_str())
+                .expect("a file name")
+                .to_owned()
+        })
+        .collect()
+}
+
+/// What `--dump-config` made of an example config, run with its secret files in a temporary
+/// directory (the paths rewritten in a copy) and `env` set.
+struct Dump {
+    output: Output,
+    stdout: String,
+    stderr: String,
+    /// The `(key, path)` of each secret in the original file.
+    secrets: Vec<(String, String)>,
+    /// What the secret files held.
+    values: Vec<String>,
+}
+
+fn dump_config(example: &Example, env: &[(String, String)]) -> Dump {
+    let source = read(&support::root().join(example.path));
+    let secrets = secret_files(&source);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut copy = source.clone();
+    let mut values = Vec::new();
+    for (_, path) in &secrets {
+        let name = Path::new(path)
+            .file_name()
+            .and_then(|name| name.to_str())
+            .expect("a file name");
+        let file = dir.path().join(name);
+        let value = format!("{name}-value-for-tests");
+        std::fs::write(&file, format!("{value}\n")).expect("write a secret");
+        values.push(value);
+        copy = copy.replace(&format!("\"{path}\""), &format!("\"{}\"", file.display()));
+    }
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, &copy).expect("write the copy");
+
+    let mut command = if example.gateway {
+        Command::new(gateway_bin())
+    } else {
+        let mut command = Command::new(quench_bin());
+        command.arg("serve");
+        command
+    };
+    command.arg("--config").arg(&config).arg("--dump-config");
+    let output = run_clean(command, env);
+    Dump {
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        output,
+        secrets,
+        values,
+    }
+}
+
+#[test]
+fn quench_loads_every_example_config_and_redacts_its_secrets() {
+    let nats_conf = read(&deploy().join("nats-server.conf"));
+    for example in &EXAMPLES {
+        let Dump {
+            output,
+            stdout,
+            stderr,
+            secrets,
+            values,
+        } = dump_config(example, &[]);
+        assert!(
+            !secrets.is_empty(),
+            "{} names its secrets as *_file",
+            example.path
+        );
+        for (key, path) in &secrets {
+            assert!(
+                path.starts_with(example.secrets_dir),
+                "{}: `{key}` = {path:?} should be under {}",
+                example.path,
+                example.secrets_dir
+            );
+        }
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{} is refused by quench's loader:\n{stderr}",
+            example.path
+        );
+        assert_eq!(
+            stdout.matches("= \"<redacted>\"").count(),
+            secrets.len(),
+            "{}: each of {secrets:?} is printed as <redacted>:\n{stdout}",
+            example.path
+        );
+        for value in &values {
+            assert!(
+                !stdout.contains(value.as_str()) && !stderr.contains(value.as_str()),
+                "{}: a secret was printed:\n{stdout}{stderr}",
+                example.path
+            );
+        }
+        // The NATS user and inbox prefix are the ones deploy/nats-server.conf allows together.
+        assert!(
+            stdout.contains(&format!("user = \"{}\"", example.nats_user))
+                && stdout.contains(&format!("inbox_prefix = \"{}\"", example.inbox_prefix)),
+            "{}: NATS user {} with inbox prefix {}:\n{stdout}",
+            example.path,
+            example.nats_user,
+            example.inbox_prefix
+        );
+        let user_block = nats_conf
+            .split("user: ")
+            .find(|block| block.starts_with(example.nats_user))
+            .unwrap_or_else(|| panic!("nats-server.conf has the user {}", example.nats_user));
+        assert!(
+            user_block.contains(&format!("\"{}.>\"", example.inbox_prefix)),
+            "nats-server.conf lets {} subscribe to {}.>",
+            example.nats_user,
+            example.inbox_prefix
+        );
+        assert!(
+            stdout.contains("sync = \"always\"") || example.gateway,
+            "{}: the runner fdatasyncs every commit",
+            example.path
+        );
+    }
+}
+
+#[test]
+fn kubernetes_uses_identical_copies_of_the_configs() {
+    for name in ["quench.toml", "quench-gateway.toml", "nats-server.conf"] {
+        assert!(
+            read(&deploy().join(name)) == read(&deploy().join("kubernetes").join(name)),
+            "deploy/kubernetes/{name} must be a copy of deploy/{name} (kustomize reads files only \
+             below its directory): cp deploy/{name} deploy/kubernetes/{name}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// YAML
+
+/// The YAML documents of a file (separated by `---` lines), as JSON with every scalar a string;
+/// duplicate keys are refused.
+fn yaml_documents(path: &Path) -> Vec<Value> {
+    let text = read(path);
+    let mut chunks = vec![String::new()];
+    for line in text.lines() {
+        if line.trim_end() == "---" {
+            chunks.push(String::new());
+        } else if let Some(chunk) = chunks.last_mut() {
+            chunk.push_str(line);
+            chunk.push('\n');
+        }
+    }
+    chunks
+        .iter()
+        .filter(|chunk| {
+            chunk.lines().any(|line| {
+                let line = line.trim();
+                !line.is_empty() && !line.starts_with('#')
+            })
+        })
+        .map(|chunk| {
+            let options = marked_yaml::LoaderOptions::default()
+                .error_on_duplicate_keys(true)
+                .prevent_coercion(true);
+            let node = marked_yaml::parse_yaml_with_options(0, chunk, options)
+                .unwrap_or_else(|error| panic!("{} is not valid YAML: {error}", relative(path)));
+            yaml_json(&node)
+        })
+        .collect()
+}
+
+fn yaml_json(node: &marked_yaml::Node) -> Value {
+    match node {
+        marked_yaml::Node::Scalar(scalar) => Value::String(scalar.as_str().to_owned()),
+        marked_yaml::Node::Sequence(sequence) => {
+            Value::Array(sequence.iter().map(yaml_json).collect())
+        }
+        marked_yaml::Node::Mapping(mapping) => Value::Object(
+            mapping
+                .iter()
+                .map(|(key, value)| (key.as_str().to_owned(), yaml_json(value)))
+                .collect(),
+        ),
+    }
+}
+
+fn text<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
+    value.pointer(pointer).and_then(Value::as_str)
+}
+
+fn strings(value: &Value, pointer: &str) -> Vec<String> {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|item| item.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_yaml_file_in_deploy_parses() {
+    let files = files_under(&deploy(), &[".yaml", ".yml"]);
+    assert!(files.len() >= 8, "deploy/ has its YAML files: {files:?}");
+    for file in files {
+        assert!(
+            !yaml_documents(&file).is_empty(),
+            "{} has no document",
+            relative(&file)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes
+
+/// Every object in deploy/kubernetes, with the file it is in.
+fn kubernetes_objects() -> Vec<(String, Value)> {
+    files_under(&deploy().join("kubernetes"), &[".yaml", ".yml"])
+        .into_iter()
+        .flat_map(|file| {
+            let name = relative(&file);
+            yaml_documents(&file)
+                .into_iter()
+                .map(move |document| (name.clone(), document))
+        })
+        .collect()
+}
+
+fn object<'a>(objects: &'a [(String, Value)], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .map(|(_, object)| object)
+        .find(|object| {
+            text(object, "/kind") == Some(kind) && text(object, "/metadata/name") == Some(name)
+        })
+        .unwrap_or_else(|| panic!("deploy/kubernetes has no {kind} {name}"))
+}
+
+/// The pod spec of a workload, if the object has one.
+fn pod_spec(object: &Value) -> Option<&Value> {
+    match text(object, "/kind")? {
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => {
+            object.pointer("/spec/template/spec")
+        }
+        "CronJob" => object.pointer("/spec/jobTemplate/spec/template/spec"),
+        "Pod" => object.pointer("/spec"),
+        _ => None,
+    }
+}
+
+/// What a pod spec lacks of the hardening every container here must keep.
+fn hardening_problems(pod: &Value, long_running: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    if text(pod, "/automountServiceAccountToken") != Some("false") {
+        problems.push("automountServiceAccountToken: false".to_owned());
+    }
+    let containers = ["/containers", "/initContainers"]
+        .iter()
+        .filter_map(|pointer| pod.pointer(pointer).and_then(Value::as_array))
+        .flatten()
+        .collect::<Vec<_>>();
+    if containers.is_empty() {
+        problems.push("no containers".to_owned());
+    }
+    for container in containers {
+        let name = text(container, "/name").unwrap_or("?");
+        let mut lacks = |what: &str| problems.push(format!("container {name}: {what}"));
+        let either = |pointer: &str| {
+            text(container, &format!("/securityContext{pointer}"))
+                .or_else(|| text(pod, &format!("/securityContext{pointer}")))
+        };
+        if text(container, "/securityContext/readOnlyRootFilesystem") != Some("true") {
+            lacks("securityContext.readOnlyRootFilesystem: true");
+        }
+        if text(container, "/securityContext/allowPrivilegeEscalation") != Some("false") {
+            lacks("securityContext.allowPrivilegeEscalation: false");
+        }
+        if !strings(container, "/securityContext/capabilities/drop").contains(&"ALL".to_owned()) {
+            lacks("securityContext.capabilities.drop: [ALL]");
+        }
+        if either("/runAsNonRoot") != Some("true") {
+            lacks("securityContext.runAsNonRoot: true");
+        }
+        if either("/seccompProfile/type") != Some("RuntimeDefault") {
+            lacks("securityContext.seccompProfile.type: RuntimeDefault");
+        }
+        for resource in [
+            "/resources/requests/cpu",
+            "/resources/requests/memory",
+            "/resources/limits/memory",
+        ] {
+            if text(container, resource).is_none() {
+                lacks(&resource[1..].replace('/', "."));
+            }
+        }
+        if long_running {
+            for probe in ["/readinessProbe", "/livenessProbe"] {
+                if container.pointer(probe).is_none() {
+                    lacks(&probe[1..]);
+                }
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn kubernetes_objects_are_complete_and_every_container_is_hardened() {
+    let objects = kubernetes_objects();
+    let mut problems = Vec::new();
+    let mut workloads = 0;
+    for (file, object) in &objects {
+        let kind = text(object, "/kind").unwrap_or_default();
+        if text(object, "/apiVersion").is_none() || kind.is_empty() {
+            problems.push(format!("{file}: an object without apiVersion or kind"));
+        }
+        let name = text(object, "/metadata/name");
+        if name.is_none() && kind != "Kustomization" {
+            problems.push(format!("{file}: a {kind} without metadata.name"));
+        }
+        if let Some(pod) = pod_spec(object) {
+            workloads += 1;
+            let long_running = !matches!(kind, "Job" | "CronJob" | "Pod");
+            for problem in hardening_problems(pod, long_running) {
+                problems.push(format!("{file}: {kind} {}: {problem}", name.unwrap_or("?")));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "deploy/kubernetes:\n  {}",
+        problems.join("\n  ")
+    );
+    assert!(workloads >= 4, "NATS, runner, gateway and the audit Job");
+
+    // The check itself: a container without a read-only root filesystem is caught.
+    let runner = object(&objects, "StatefulSet", "quench-runner");
+    let mut weakened = pod_spec(runner).expect("a pod spec").clone();
+    if let Some(context) = weakened
+        .pointer_mut("/containers/0/securityContext")
+        .and_then(Value::as_object_mut)
+    {
+        context.remove("readOnlyRootFilesystem");
+    }
+    assert_eq!(
+        hardening_problems(&weakened, true),
+        ["container runner: securityContext.readOnlyRootFilesystem: true"]
+    );
+}
+
+#[test]
+fn kubernetes_runs_one_runner_on_a_volume_two_gateways_and_denies_by_default() {
+    let objects = kubernetes_objects();
+
+    let runner = object(&objects, "StatefulSet", "quench-runner");
+    assert_eq!(
+        text(runner, "/spec/replicas"),
+        Some("1"),
+        "one runner per store"
+    );
+    let claim = text(runner, "/spec/volumeClaimTemplates/0/metadata/name").expect("a PVC");
+    let pod = pod_spec(runner).expect("a pod spec");
+    let mounts = pod
+        .pointer("/containers/0/volumeMounts")
+        .and_then(Value::as_array)
+        .expect("volume mounts");
+    assert!(
+        mounts
+            .iter()
+            .any(|mount| text(mount, "/name") == Some(claim)
+                && text(mount, "/mountPath") == Some("/var/lib/quench")),
+        "the PVC holds /var/lib/quench"
+    );
+    assert_eq!(
+        text(pod, "/containers/0/readinessProbe/httpGet/path"),
+        Some("/readyz")
+    );
+    let grace: u64 = text(pod, "/terminationGracePeriodSeconds")
+        .and_then(|value| value.parse().ok())
+        .expect("terminationGracePeriodSeconds");
+    assert!(grace > 20, "more than the runner's 20 s grace");
+
+    let gateway = object(&objects, "Deployment", "quench-gateway");
+    assert_eq!(text(gateway, "/spec/replicas"), Some("2"));
+    object(&objects, "Service", "quench-gateway");
+    object(&objects, "Service", "nats");
+    object(&objects, "StatefulSet", "nats");
+
+    let deny = object(&objects, "NetworkPolicy", "default-deny");
+    assert_eq!(
+        deny.pointer("/spec/podSelector"),
+        Some(&Value::Object(Default::default()))
+    );
+    assert_eq!(strings(deny, "/spec/policyTypes"), ["Ingress", "Egress"]);
+
+    // The Secrets hold exactly the files each config reads, and nats-server's environment
+    // holds every password its config refers to.
+    for (secret, config) in [
+        ("quench-runner", "deploy/quench.toml"),
+        ("quench-gateway", "deploy/quench-gateway.toml"),
+    ] {
+        let keys: BTreeSet<String> = object(&objects, "Secret", secret)
+            .pointer("/stringData")
+            .and_then(Value::as_object)
+            .map(|data| data.keys().cloned().collect())
+            .unwrap_or_default();
+        assert_eq!(keys, secret_names(config), "Secret {secret} and {config}");
+    }
+    let nats_env: BTreeSet<String> = pod_spec(object(&objects, "StatefulSet", "nats"))
+        .and_then(|pod| pod.pointer("/containers/0/env"))
+        .and_then(Value::as_array)
+        .map(|env| {
+            env.iter()
+                .filter_map(|variable| text(variable, "/name").map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        nats_variables().is_subset(&nats_env),
+        "the NATS pod's environment has {:?}",
+        nats_variables()
+    );
+
+    // kustomization.yaml names every manifest but the two applied by hand.
+    let kustomization = object_of_kind(&objects, "Kustomization");
+    let listed: BTreeSet<String> = strings(kustomization, "/resources").into_iter().collect();
+    let manifests: BTreeSet<String> = files_under(&deploy().join("kubernetes"), &[".yaml"])
+        .iter()
+        .filter_map(|file| file.file_name().and_then(|name| name.to_str()))
+        .filter(|name| !["kustomization.yaml", "secrets.yaml", "audit-verify.yaml"].contains(name))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(listed, manifests, "kustomization.yaml resources");
+    for generator in kustomization
+        .pointer("/configMapGenerator")
+        .and_then(Value::as_array)
+        .expect("configMapGenerator")
+    {
+        for file in strings(generator, "/files") {
+            assert!(
+                deploy().join("kubernetes").join(&file).is_file(),
+                "configMapGenerator file {file}"
+            );
+        }
+    }
+}
+
+/// The `QUENCH_*` environment of a workload's first container, `$(POD_IP)` given a value.
+fn quench_environment(workload: &Value, pod_ip: &str) -> Vec<(String, String)> {
+    pod_spec(workload)
+        .and_then(|pod| pod.pointer("/containers/0/env"))
+        .and_then(Value::as_array)
+        .map(|env| {
+            env.iter()
+                .filter_map(|variable| {
+                    let name = text(variable, "/name")?;
+                    let value = text(variable, "/value")?;
+                    name.starts_with("QUENCH_")
+                        .then(|| (name.to_owned(), value.replace("$(POD_IP)", pod_ip)))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn quench_loads_the_kubernetes_configs_with_the_pods_environment() {
+    let objects = kubernetes_objects();
+    for (kind, name, example) in [
+        ("StatefulSet", "quench-runner", &EXAMPLES[0]),
+        ("Deployment", "quench-gateway", &EXAMPLES[1]),
+    ] {
+        let env = quench_environment(object(&objects, kind, name), "10.0.0.7");
+        let dump = dump_config(example, &env);
+        assert_eq!(
+            dump.output.status.code(),
+            Some(0),
+            "{kind} {name} with {env:?}:\n{}",
+            dump.stderr
+        );
+        for (key, value) in &env {
+            let key = key
+                .strip_prefix("QUENCH_")
+                .and_then(|key| key.split_once("__"))
+                .map(|(_, key)| key.to_lowercase())
+                .expect("QUENCH_<SECTION>__<KEY>");
+            assert!(
+                dump.stdout.contains(&format!("{key} = \"{value}\"")),
+                "{kind} {name}: {key} = {value:?}:\n{}",
+                dump.stdout
+            );
+        }
+    }
+    // The runner's admin API and probes are on the pod IP.
+    let runner = quench_environment(object(&objects, "StatefulSet", "quench-runner"), "10.0.0.7");
+    assert!(
+        runner.contains(&("QUENCH_API__LISTEN".to_owned(), "10.0.0.7:8080".to_owned())),
+        "{runner:?}"
+    );
+}
+
+fn object_of_kind<'a>(objects: &'a [(String, Value)], kind: &str) -> &'a Value {
+    objects
+        .iter()
+        .map(|(_, object)| object)
+        .find(|object| text(object, "/kind") == Some(kind))
+        .unwrap_or_else(|| panic!("deploy/kubernetes has no {kind}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compose
+
+fn compose() -> Value {
+    let mut documents = yaml_documents(&deploy().join("compose.yaml"));
+    assert_eq!(documents.len(), 1, "compose.yaml is one document");
+    documents.remove(0)
+}
+
+/// Seconds of a duration written `45s`, `2m`, `1min` or `30`.
+fn seconds(duration: &str) -> u64 {
+    let duration = duration.trim();
+    let (number, unit) = duration
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((duration, ""), |at| duration.split_at(at));
+    let number: u64 = number
+        .parse()
+        .unwrap_or_else(|_| panic!("a duration: {duration:?}"));
+    match unit {
+        "" | "s" => number,
+        "m" | "min" => number * 60,
+        other => panic!("unit {other:?} in {duration:?}"),
+    }
+}
+
+#[test]
+fn compose_services_have_health_checks_hardening_and_their_secrets() {
+    let compose = compose();
+    let services = compose
+        .pointer("/services")
+        .and_then(Value::as_object)
+        .expect("services");
+    assert_eq!(
+        services.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["nats", "runner", "gateway"]
+    );
+    let declared: BTreeSet<String> = compose
+        .pointer("/secrets")
+        .and_then(Value::as_object)
+        .map(|secrets| secrets.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut problems = Vec::new();
+    for (name, service) in services {
+        if strings(service, "/healthcheck/test").len() < 2 {
+            problems.push(format!("{name}: healthcheck.test"));
+        }
+        if text(service, "/read_only") != Some("true") {
+            problems.push(format!("{name}: read_only: true"));
+        }
+        if !strings(service, "/cap_drop").contains(&"ALL".to_owned()) {
+            problems.push(format!("{name}: cap_drop: [ALL]"));
+        }
+        if !strings(service, "/security_opt").contains(&"no-new-privileges:true".to_owned()) {
+            problems.push(format!("{name}: security_opt: [no-new-privileges:true]"));
+        }
+        for secret in strings(service, "/secrets") {
+            if !declared.contains(&secret) {
+                problems.push(format!("{name}: secret {secret} is not declared"));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "compose.yaml:\n  {}",
+        problems.join("\n  ")
+    );
+    for (name, secret) in compose
+        .pointer("/secrets")
+        .and_then(Value::as_object)
+        .expect("secrets")
+    {
+        assert_eq!(
+            text(secret, "/file"),
+            Some(format!("./secrets/{name}").as_str()),
+            "secret {name} is a file in deploy/secrets"
+        );
+    }
+
+    // Each quench service gets exactly the secret files its config reads, at /run/secrets.
+    for (service, config, command) in [
+        (
+            "runner",
+            "deploy/quench.toml",
+            "quench serve --config /etc/quench/quench.toml",
+        ),
+        (
+            "gateway",
+            "deploy/quench-gateway.toml",
+            "quench-gateway --config /etc/quench/quench-gateway.toml",
+        ),
+    ] {
+        let service = &services[service];
+        let mounted: BTreeSet<String> = strings(service, "/secrets").into_iter().collect();
+        assert_eq!(
+            mounted,
+            secret_names(config),
+            "compose secrets for {config}"
+        );
+        assert_eq!(strings(service, "/command").join(" "), command);
+        let config_name = Path::new(config).file_name().and_then(|name| name.to_str());
+        assert!(
+            strings(service, "/volumes").iter().any(
+                |volume| volume.starts_with(&format!("./{}:", config_name.unwrap_or_default()))
+            ),
+            "compose mounts {config}"
+        );
+    }
+    let runner = &services["runner"];
+    assert!(
+        strings(runner, "/volumes")
+            .iter()
+            .any(|volume| volume.ends_with(":/var/lib/quench")),
+        "the runner's store is on a volume"
+    );
+    assert!(
+        seconds(text(runner, "/stop_grace_period").expect("stop_grace_period")) > 20,
+        "more than the runner's 20 s grace"
+    );
+    assert!(
+        strings(runner, "/healthcheck/test")
+            .iter()
+            .any(|part| part.ends_with("/readyz")),
+        "the runner's health check is /readyz"
+    );
+
+    // nats-server gets every password its config reads, from the secret files.
+    let nats = &services["nats"];
+    assert_eq!(text(nats, "/image"), Some("nats:2.10-alpine"));
+    let script = strings(nats, "/command").join("\n");
+    for variable in nats_variables() {
+        assert!(
+            script.contains(&format!("export {variable}=\"$$(cat /run/secrets/")),
+            "the NATS service sets {variable} from a secret file:\n{script}"
+        );
+    }
+    assert!(
+        script.contains("-c /etc/nats/nats-server.conf -m 8222"),
+        "{script}"
+    );
+    assert!(
+        strings(nats, "/healthcheck/test")
+            .iter()
+            .any(|part| part.starts_with("http://127.0.0.1:8222/healthz")),
+        "NATS is checked on its monitoring port"
+    );
+}
+
+#[test]
+fn docker_compose_accepts_the_file_where_docker_is_installed() {
+    let available = Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !available {
+        println!("docker compose is not available here: skipping `docker compose config -q`");
+        return;
+    }
+    // A copy with the secret files and the playbooks directory compose expects next to it.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let copy = dir.path().join("deploy");
+    std::fs::create_dir_all(copy.join("secrets")).expect("mkdir");
+    std::fs::create_dir_all(dir.path().join("workflows")).expect("mkdir");
+    for name in [
+        "compose.yaml",
+        "Dockerfile",
+        "nats-server.conf",
+        "quench.toml",
+        "quench-gateway.toml",
+    ] {
+        std::fs::copy(deploy().join(name), copy.join(name)).expect("copy");
+    }
+    let compose = compose();
+    for name in compose
+        .pointer("/secrets")
+        .and_then(Value::as_object)
+        .expect("secrets")
+        .keys()
+    {
+        std::fs::write(copy.join("secrets").join(name), "secret\n").expect("write a secret");
+    }
+    let output = Command::new("docker")
+        .args(["compose", "-f"])
+        .arg(copy.join("compose.yaml"))
+        .args(["config", "-q"])
+        .output()
+        .expect("docker compose runs");
+    assert!(
+        output.status.success(),
+        "docker compose config -q:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// systemd
+
+/// A unit file as `section → [(key, value)]`, in order (keys repeat: `LoadCredential=`).
+fn unit(name: &str) -> BTreeMap<String, Vec<(String, String)>> {
+    let path = deploy().join("systemd").join(name);
+    let mut sections: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    let mut section = String::new();
+    for (number, line) in read(&path).lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line
+            .strip_prefix('[')
+            .and_then(|rest| rest.strip_suffix(']'))
+        {
+            section = name.to_owned();
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("{name}:{}: not `Key=value`: {line}", number + 1));
+        assert!(
+            !section.is_empty(),
+            "{name}:{}: a key before any section",
+            number + 1
+        );
+        sections
+            .entry(section.clone())
+            .or_default()
+            .push((key.trim().to_owned(), value.trim().to_owned()));
+    }
+    sections
+}
+
+fn values<'a>(
+    unit: &'a BTreeMap<String, Vec<(String, String)>>,
+    section: &str,
+    key: &str,
+) -> Vec<&'a str> {
+    unit.get(section)
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|(name, _)| name == key)
+                .map(|(_, value)| value.as_str())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn systemd_units_are_hardened_and_load_the_credentials_their_configs_read() {
+    for (name, config, binary) in [
+        (
+            "quench.service",
+            "deploy/systemd/quench.toml",
+            "quench serve",
+        ),
+        (
+            "quench-gateway.service",
+            "deploy/systemd/quench-gateway.toml",
+            "quench-gateway",
+        ),
+    ] {
+        let unit = unit(name);
+        let mut problems = Vec::new();
+        for (key, expected) in [
+            ("NoNewPrivileges", "yes"),
+            ("ProtectSystem", "strict"),
+            ("ProtectHome", "yes"),
+            ("PrivateTmp", "yes"),
+            ("PrivateDevices", "yes"),
+            ("CapabilityBoundingSet", ""),
+            ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
+            ("SystemCallFilter", "@system-service"),
+            ("RestrictSUIDSGID", "yes"),
+            ("Restart", "on-failure"),
+        ] {
+            if !values(&unit, "Service", key).contains(&expected) {
+                problems.push(format!("{key}={expected}"));
+            }
+        }
+        let user = values(&unit, "Service", "User");
+        if user.is_empty() && values(&unit, "Service", "DynamicUser") != ["yes"] {
+            problems.push("User= or DynamicUser=yes".to_owned());
+        }
+        if user.contains(&"root") {
+            problems.push("not User=root".to_owned());
+        }
+        match values(&unit, "Service", "TimeoutStopSec").as_slice() {
+            [timeout] if seconds(timeout) > 20 => {}
+            other => problems.push(format!("TimeoutStopSec above 20 s, not {other:?}")),
+        }
+        let exec = values(&unit, "Service", "ExecStart").join(" ");
+        let config_name = Path::new(config)
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or_default();
+        if !exec.contains(&format!("{binary} --config /etc/quench/{config_name}")) {
+            problems.push(format!(
+                "ExecStart= runs {binary} with /etc/quench/{config_name}"
+            ));
+        }
+        if values(&unit, "Install", "WantedBy") != ["multi-user.target"] {
+            problems.push("WantedBy=multi-user.target".to_owned());
+        }
+        // LoadCredential=<name>:<source> for exactly the files the config names.
+        let credentials: BTreeSet<String> = values(&unit, "Service", "LoadCredential")
+            .iter()
+            .filter_map(|value| value.split_once(':').map(|(name, _)| name.to_owned()))
+            .collect();
+        if credentials != secret_names(config) {
+            problems.push(format!(
+                "LoadCredential= {credentials:?} against {config}: {:?}",
+                secret_names(config)
+            ));
+        }
+        assert!(
+            problems.is_empty(),
+            "deploy/systemd/{name}:\n  {}",
+            problems.join("\n  ")
+        );
+    }
+    let runner = unit("quench.service");
+    assert_eq!(values(&runner, "Service", "StateDirectory"), ["quench"]);
+    assert!(
+        read(&deploy().join("systemd/quench.toml")).contains("path = \"/var/lib/quench/state\""),
+        "the store is in the unit's StateDirectory"
+    );
+}
