@@ -806,3 +806,97 @@ async fn findings_for_one_key_in_one_batch_see_each_other() {
     assert_ne!(fresh, cancelled);
     assert_eq!(harness.run(&fresh).status, RunStatus::Waiting);
 }
+
+/// The counts behind `quench_runs_open` and `quench_runs_awaiting_approval`: they follow runs
+/// through parking on a gate or a `wait`, answers, cancellation and timeouts, stay true across a
+/// restart, and a store written before they were kept is counted once at start-up.
+#[tokio::test]
+async fn run_counts_follow_runs_and_an_old_store_is_counted_once() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let gate = gate_playbook("counted", "test.count.gate", "", "told");
+    let sleeper = r#"schema: quench.playbook/v1
+name: sleeper
+on:
+  finding:
+    kinds: [test.count.wait]
+steps:
+  - id: nap
+    uses: wait
+    with:
+      for: 2h
+"#;
+    let counts = |harness: &Harness| {
+        let counts = harness.engine.run_counts().expect("counts");
+        (counts.open, counts.awaiting_approval)
+    };
+    let store = Store::open(&StoreConfig::new(directory.path())).expect("store");
+    let harness = Harness::on(store, &[&gate, sleeper], start_time(), Default::default()).await;
+    assert_eq!(counts(&harness), (0, 0));
+    let outcomes = harness
+        .ingest(&[
+            finding("c-1", "test.count.gate", "key_1"),
+            finding("c-2", "test.count.gate", "key_2"),
+            finding("c-3", "test.count.gate", "key_3"),
+            finding("c-4", "test.count.wait", "key_4"),
+        ])
+        .await;
+    let runs: Vec<String> = outcomes.iter().map(started).collect();
+    assert_eq!(counts(&harness), (4, 3), "three on gates, one on a wait");
+
+    harness
+        .answer(&runs[0], "decide", "go", "alice@example.com")
+        .await;
+    assert_eq!(harness.run(&runs[0]).status, RunStatus::Completed);
+    assert_eq!(counts(&harness), (3, 2));
+    let cancelled = harness
+        .engine
+        .cancel(
+            &runs[1],
+            "not needed",
+            &quench_proto::Actor {
+                via: quench_proto::Via::Api,
+                id: "editor-bot".to_owned(),
+                name: None,
+            },
+        )
+        .await
+        .expect("cancel");
+    assert!(matches!(
+        cancelled,
+        quench_runner::engine::Cancel::Cancelled { .. }
+    ));
+    assert_eq!(counts(&harness), (2, 1));
+    // Two hours: the sleeper finishes; the remaining gate is still open.
+    harness.advance(2 * HOUR).await;
+    assert_eq!(counts(&harness), (1, 1));
+    // Its timeout: `on_timeout` decides, the run goes on and ends.
+    harness.advance(3 * HOUR).await;
+    assert_eq!(harness.run(&runs[2]).status, RunStatus::Completed);
+    assert_eq!(counts(&harness), (0, 0));
+
+    // A store from before the counters: they are counted from the runs once, at start-up.
+    let more = harness
+        .ingest(&[
+            finding("c-5", "test.count.gate", "key_5"),
+            finding("c-6", "test.count.wait", "key_6"),
+        ])
+        .await;
+    assert_eq!(more.len(), 2);
+    assert_eq!(counts(&harness), (2, 1));
+    drop(harness);
+    // A store from an older quench has no counters (the committer reads them when it starts).
+    let store = Store::open(&StoreConfig::new(directory.path())).expect("store");
+    store
+        .raw_tree()
+        .remove(b"m/counters")
+        .expect("remove the counters");
+    drop(store);
+    let store = Store::open(&StoreConfig::new(directory.path())).expect("store");
+    assert_eq!(store.counters().expect("read"), None);
+    let harness = Harness::on(store, &[&gate, sleeper], start_time(), Default::default()).await;
+    harness.engine.ensure_run_counts().await.expect("count");
+    assert_eq!(counts(&harness), (2, 1));
+    // Counted once: a second start-up leaves them alone.
+    harness.engine.ensure_run_counts().await.expect("count");
+    assert_eq!(counts(&harness), (2, 1));
+}

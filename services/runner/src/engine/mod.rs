@@ -196,12 +196,7 @@ impl Engine {
                     &playbook.source.as_ref(),
                 );
             }
-            let current = self
-                .inner
-                .store
-                .playbook_history(&playbook.name)?
-                .pop()
-                .map(|(_, version)| version);
+            let current = self.inner.store.current_playbook_version(&playbook.name)?;
             if current.as_deref() != Some(playbook.version.as_str()) {
                 batch.put(Key::PlaybookHistory(&playbook.name, now), &playbook.version);
                 let mut draft = AuditDraft::new(

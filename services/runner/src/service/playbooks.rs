@@ -274,7 +274,7 @@ impl Library {
     /// The version the store last made current for `name` (after a restart, the last good one).
     fn stored_current(&self, name: &str) -> Option<Playbook> {
         let engine = &self.inner.engine;
-        let (_, version) = engine.store().playbook_history(name).ok()?.pop()?;
+        let version = engine.store().current_playbook_version(name).ok()??;
         engine
             .playbook_version(&version)
             .ok()

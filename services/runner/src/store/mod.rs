@@ -529,6 +529,20 @@ impl Store {
         Ok(out)
     }
 
+    /// The version a playbook name was last loaded at (the end of its history).
+    pub fn current_playbook_version(&self, name: &str) -> Result<Option<String>, Error> {
+        let mut prefix = b"ph/".to_vec();
+        prefix.extend_from_slice(name.as_bytes());
+        prefix.push(0);
+        match self.inner.db.scan_prefix(&prefix).next_back() {
+            None => Ok(None),
+            Some(item) => {
+                let (key, value) = item?;
+                decode(&key, &value).map(Some)
+            }
+        }
+    }
+
     /// Names of the playbooks that are disabled, with what was recorded when they were.
     pub fn disabled_playbooks<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, Error> {
         Ok(self
