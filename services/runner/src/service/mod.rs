@@ -104,6 +104,16 @@ impl Driver {
             }
         })
     }
+
+    /// Starts driving `runs` without waiting for room (an API request that woke them answers
+    /// at once); tracked like the drives themselves, so shutdown waits for it too.
+    pub(crate) fn spawn_detached(&self, runs: Vec<String>) {
+        if runs.is_empty() {
+            return;
+        }
+        let driver = self.clone();
+        self.tasks.spawn(async move { driver.spawn(runs).await });
+    }
 }
 
 /// The service. Returns when `shutdown` is cancelled and the grace period is over, or with an

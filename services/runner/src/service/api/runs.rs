@@ -436,7 +436,7 @@ pub(super) async fn cancel(
             status.as_str()
         ))),
         Cancel::Cancelled { wake } => {
-            api.drive(wake);
+            api.inner.driver.spawn_detached(wake);
             tracing::info!(run_id = %id, by = %caller.name, "run cancelled through the API");
             Ok(Json(Cancelled {
                 id,
@@ -495,7 +495,7 @@ pub(super) async fn decide(
     tracing::info!(run_id = %id, gate = %gate, actor = %caller.name, ?outcome, "decision through the API");
     match outcome {
         DecisionOutcome::Decided { choice } => {
-            api.drive(wake);
+            api.inner.driver.spawn_detached(wake);
             Ok(Json(DecisionResult {
                 outcome: "decided".to_owned(),
                 choice,
@@ -535,16 +535,5 @@ pub(super) async fn decide(
                 message,
             })
         }
-    }
-}
-
-impl Api {
-    /// Drives runs woken by a request, without holding up its answer.
-    pub(super) fn drive(&self, runs: Vec<String>) {
-        if runs.is_empty() {
-            return;
-        }
-        let driver = self.inner.driver.clone();
-        tokio::spawn(async move { driver.spawn(runs).await });
     }
 }
