@@ -6,6 +6,7 @@ mod connectors_openai;
 mod connectors_slack;
 mod crash;
 mod discovery;
+mod e2e;
 mod engine;
 mod gateway;
 mod playbook_corpus;
