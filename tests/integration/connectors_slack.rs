@@ -297,6 +297,104 @@ async fn a_rate_limited_notice_is_retried_after_retry_after_and_reminders_follow
     assert_eq!(buttons(&last.blocks.expect("blocks")).len(), 2);
 }
 
+/// The shipped leaked-key playbook names secops twice when the finding has no owner (the owner
+/// template falls back to `group:secops`), and its escalation asks secops again; a secops member
+/// may also be the owner. Each person still gets one message per notice, and those who have
+/// answered (by Slack id, asked by email or through a group) are not reminded.
+const OVERLAP: &str = r#"schema: quench.playbook/v1
+name: slack-overlap
+on:
+  finding:
+    kinds: [test.overlap]
+steps:
+  - id: decide
+    uses: approval
+    with:
+      approvers: ["{{ finding.owner.email }}", "group:secops", "group:secops"]
+      question: Revoke?
+      choices: [revoke, keep]
+      quorum: 2
+      timeout: 4h
+      on_timeout: revoke
+      remind_every: 1h
+      escalate:
+        - after: 2h
+          to: [group:secops]
+  - id: done
+    uses: note
+    with:
+      message: "{{ steps.decide.output.choice }}"
+"#;
+
+#[tokio::test]
+async fn each_person_is_asked_once_per_notice_and_who_answered_is_not_reminded() {
+    let fake = SlackFake::start().await;
+    let harness = harness(&fake, &[OVERLAP]).await;
+    // lead is the owner (asked by email) and in secops (asked through the group, twice).
+    let run = started(
+        &harness
+            .ingest(&[finding("f1", "test.overlap", "key", "lead@example.com")])
+            .await[0],
+    );
+    harness.advance(Duration::ZERO).await;
+    let lead_dm = fake.dm_channel("U0LEAD").expect("lead was asked");
+    let other_dm = fake
+        .dm_channel("U0SECOPS1")
+        .expect("the other member was asked");
+    let count = |channel: &str, prefix: &str| {
+        fake.messages_in(channel)
+            .iter()
+            .filter(|message| {
+                message
+                    .text
+                    .as_deref()
+                    .is_some_and(|text| text.starts_with(prefix))
+            })
+            .count()
+    };
+    assert_eq!(fake.messages_in(&lead_dm).len(), 1, "lead is asked once");
+    assert_eq!(fake.messages_in(&other_dm).len(), 1);
+    assert_eq!(harness.gate(&run, "decide").messages.len(), 2);
+
+    // lead answers in Slack: one of the two answers needed.
+    let asked = fake.messages_in(&lead_dm).remove(0);
+    let (_, value) = buttons(&asked.blocks.expect("blocks")).remove(0);
+    let outcome = harness
+        .engine
+        .decide(&slack_decision(&run, &value, "revoke", "U0LEAD"))
+        .await
+        .expect("decide");
+    assert!(
+        matches!(outcome, DecisionOutcome::Recorded { .. }),
+        "{outcome:?}"
+    );
+
+    // Reminders at 1h, 2h (with the escalation) and 3h: one each for the member who has not
+    // answered, none for lead.
+    for _ in 0..3 {
+        harness.advance(Duration::from_secs(3600)).await;
+        harness.advance(Duration::ZERO).await;
+    }
+    assert_eq!(
+        count(&other_dm, "Reminder:"),
+        3,
+        "{:#?}",
+        fake.messages_in(&other_dm)
+    );
+    assert_eq!(
+        count(&lead_dm, "Reminder:"),
+        0,
+        "{:#?}",
+        fake.messages_in(&lead_dm)
+    );
+    assert_eq!(count(&other_dm, "This was escalated to you."), 1);
+    assert_eq!(
+        harness.audit("gate_reminder")[0].detail["to"],
+        json!(["U0SECOPS1"]),
+        "lead answered, by Slack id, and was asked by email and through the group"
+    );
+}
+
 #[tokio::test]
 async fn slack_message_posts_escaped_text_and_the_token_appears_nowhere() {
     let fake = SlackFake::start().await;

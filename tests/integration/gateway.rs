@@ -12,57 +12,26 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures::{SinkExt, StreamExt};
 use quench_gateway::github::{Outcome, map};
-use quench_gateway::signature::{sign_findings, sign_github, sign_slack};
+use quench_gateway::signature::sign_github;
 use serde_json::{Value, json};
 
+use crate::support::gateway_client::{
+    self, Button, FINDINGS_SECRET, GATEWAY_PASSWORD, RUNNER_PASSWORD, SCANNER_PASSWORD,
+    SIGNING_SECRET, answer, buttons, connect_as, deployed_nats, findings_request, form, http, now,
+    post, slack_request,
+};
 use crate::support::slack_fake::SlackFake;
 use crate::support::{GatewayProcess, NatsServer, Service, eventually, gateway_bin, http_status};
 
 const WAIT: Duration = Duration::from_secs(20);
-const SIGNING_SECRET: &str = "slack-signing-secret-for-tests";
 const GITHUB_SECRET: &str = "github-webhook-secret-for-tests";
-const FINDINGS_SECRET: &str = "findings-webhook-secret-for-tests";
 /// A gate's button value, as the runner's Slack connector writes it.
 const VALUE: &str = r#"{"run_id":"0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b","gate":"decide","token":"9f86d081884c7d659a2feaa0c55ad015","choice":"keep"}"#;
 const RUN: &str = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
 
-/// An HTTP client with the process's TLS provider in place (reqwest is built without one).
-fn http() -> reqwest::Client {
-    quench_runner::connectors::http_client()
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs() as i64
-}
-
 /// A secret-shaped OpenAI key, assembled so no key-shaped literal sits in the repository.
 fn fake_openai_key() -> String {
     format!("sk-proj-{}{}", "x".repeat(40), "Q7zK")
-}
-
-/// The status and JSON body (`null` when empty) of an answer.
-async fn answer(request: reqwest::RequestBuilder) -> (u16, Value, Option<String>) {
-    let response = request.send().await.expect("the gateway answers");
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .map(|value| value.to_str().expect("ascii").to_owned());
-    let bytes = response.bytes().await.expect("a body");
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-            panic!(
-                "not JSON (status {status}): {}",
-                String::from_utf8_lossy(&bytes)
-            )
-        })
-    };
-    (status, body, retry_after)
 }
 
 /// Sends each request and expects its status, with a JSON `{"error": …}` body.
@@ -122,7 +91,7 @@ async fn stored(jetstream: &jetstream::Context, stream: &str) -> Vec<Stored> {
     messages
 }
 
-/// A `block_actions` payload as Slack sends it for a click on one button.
+/// A click by `user` on a button of the gate `decide` of [`RUN`], in alice's DM.
 fn click_payload(
     user: &str,
     action_id: &str,
@@ -130,78 +99,13 @@ fn click_payload(
     action_ts: &str,
     response_url: &str,
 ) -> Value {
-    let block_id = format!("quench:{RUN}:decide");
-    json!({
-        "type": "block_actions",
-        "team": {"id": "T0FAKE", "domain": "acme"},
-        "user": {"id": user, "username": user.to_lowercase(), "name": user.to_lowercase(), "team_id": "T0FAKE"},
-        "api_app_id": "A0QUENCH",
-        "token": "legacy-verification-token",
-        "trigger_id": format!("{action_ts}.trigger"),
-        "container": {"type": "message", "message_ts": "1767603600.000001", "channel_id": "D0ALICE", "is_ephemeral": false},
-        "channel": {"id": "D0ALICE", "name": "directmessage"},
-        "message": {"type": "message", "ts": "1767603600.000001", "text": "Revoke?", "bot_id": "B0FAKE"},
-        "response_url": response_url,
-        "actions": [{
-            "type": "button", "action_id": action_id, "block_id": block_id,
-            "text": {"type": "plain_text", "text": "keep"}, "value": value, "action_ts": action_ts
-        }],
-        "state": {"values": {}}
-    })
-}
-
-fn form(payload: &Value) -> String {
-    form_urlencoded::Serializer::new(String::new())
-        .append_pair("payload", &payload.to_string())
-        .finish()
-}
-
-fn slack_request(url: &str, body: &str, timestamp: i64, secret: &str) -> reqwest::RequestBuilder {
-    let signature = sign_slack(secret, timestamp, body.as_bytes());
-    post(
-        url,
-        "application/x-www-form-urlencoded",
-        body,
-        [
-            ("x-slack-request-timestamp", timestamp.to_string()),
-            ("x-slack-signature", signature),
-        ],
-    )
-}
-
-fn findings_request(
-    url: &str,
-    body: &str,
-    timestamp: i64,
-    secret: &str,
-) -> reqwest::RequestBuilder {
-    let signature = sign_findings(secret, timestamp, body.as_bytes());
-    post(
-        url,
-        "application/json",
-        body,
-        [
-            ("x-quench-timestamp", timestamp.to_string()),
-            ("x-quench-signature", signature),
-        ],
-    )
-}
-
-/// A POST of `body` with a content type and more headers.
-fn post<const N: usize>(
-    url: &str,
-    content_type: &str,
-    body: &str,
-    headers: [(&str, String); N],
-) -> reqwest::RequestBuilder {
-    let mut request = http()
-        .post(url)
-        .header("content-type", content_type)
-        .body(body.to_owned());
-    for (name, value) in headers {
-        request = request.header(name, value);
-    }
-    request
+    let button = Button {
+        action_id: action_id.to_owned(),
+        value: value.to_owned(),
+        block_id: format!("quench:{RUN}:decide"),
+        text: "keep".to_owned(),
+    };
+    gateway_client::click_payload(user, &button, "D0ALICE", action_ts, response_url)
 }
 
 fn github_request(
@@ -230,11 +134,6 @@ fn finding(id: &str, key_id: &str) -> Value {
         "source": {"scanner": "test", "url": "https://example.com/paste/1"},
         "resource": {"provider": "openai", "type": "api_key", "id": key_id, "project_id": "proj_1"}
     })
-}
-
-/// `http://127.0.0.1:PORT/response/`: where the Slack fake's `response_url`s live.
-fn response_prefix(slack: &SlackFake) -> String {
-    format!("{}/response/", slack.api_url().trim_end_matches("/api"))
 }
 
 /// A nats-server with quench's streams, a Slack fake, and a gateway with every endpoint on.
@@ -274,7 +173,7 @@ test_response_url_prefix = "{prefix}"
 {gateway_keys}
 "#,
             nats = nats.url(),
-            prefix = response_prefix(&slack),
+            prefix = slack.response_url_prefix(),
         );
         let gateway = GatewayProcess::start(&config, dir.path());
         World {
@@ -1176,7 +1075,7 @@ test_response_url_prefix = "{prefix}"
         nats = nats.url(),
         api = slack.api_url(),
         token = slack.app_token(),
-        prefix = response_prefix(&slack),
+        prefix = slack.response_url_prefix(),
     );
     let gateway = GatewayProcess::start(&config, dir.path());
     eventually(WAIT, "the gateway opens a Socket Mode connection", || {
@@ -1251,52 +1150,6 @@ test_response_url_prefix = "{prefix}"
     assert_eq!(stored(&jetstream, "QUENCH_DECISIONS").await.len(), 1);
     let log = gateway.log_text();
     assert!(!log.contains(&slack.app_token()), "{log}");
-}
-
-const RUNNER_PASSWORD: &str = "runner-password-for-tests";
-const GATEWAY_PASSWORD: &str = "gateway-password-for-tests";
-const SCANNER_PASSWORD: &str = "scanner-password-for-tests";
-
-/// nats-server with `deploy/nats-server.conf`, passwords from its environment.
-fn deployed_nats() -> NatsServer {
-    let config = std::fs::read_to_string(crate::support::root().join("deploy/nats-server.conf"))
-        .expect("deploy/nats-server.conf");
-    NatsServer::with_config(
-        &config,
-        &[
-            ("QUENCH_RUNNER_NATS_PASSWORD", RUNNER_PASSWORD),
-            ("QUENCH_GATEWAY_NATS_PASSWORD", GATEWAY_PASSWORD),
-            ("QUENCH_SCANNER_NATS_PASSWORD", SCANNER_PASSWORD),
-        ],
-    )
-}
-
-/// A client as `user`, its server errors (permission violations) collected.
-async fn connect_as(
-    nats: &NatsServer,
-    user: &str,
-    password: &str,
-    inbox: &str,
-) -> (async_nats::Client, Arc<Mutex<Vec<String>>>) {
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let sink = errors.clone();
-    let client =
-        async_nats::ConnectOptions::with_user_and_password(user.to_owned(), password.to_owned())
-            .custom_inbox_prefix(inbox)
-            .event_callback(move |event| {
-                let sink = sink.clone();
-                async move {
-                    if let async_nats::Event::ServerError(error) = event {
-                        sink.lock()
-                            .expect("lock")
-                            .push(error.to_string().to_lowercase());
-                    }
-                }
-            })
-            .connect(nats.url())
-            .await
-            .unwrap_or_else(|error| panic!("{user} connects: {error}"));
-    (client, errors)
 }
 
 async fn violation(errors: &Arc<Mutex<Vec<String>>>, expected: &str) {
@@ -1436,30 +1289,6 @@ steps:
       message: "{{ steps.decide.choice }}"
 "#;
 
-/// The approval buttons of a Slack message: `(action_id, value, block_id)`.
-fn buttons(blocks: &Value) -> Vec<(String, String, String)> {
-    blocks
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|block| block["type"] == "actions")
-        .flat_map(|block| {
-            let block_id = block["block_id"].as_str().unwrap_or_default().to_owned();
-            block["elements"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(move |button| {
-                    (
-                        button["action_id"].as_str().unwrap_or_default().to_owned(),
-                        button["value"].as_str().unwrap_or_default().to_owned(),
-                        block_id.clone(),
-                    )
-                })
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_click_resumes_the_waiting_run_and_an_outsiders_does_not() {
     // Everything as deployed: each process with its own NATS user and inbox prefix.
@@ -1505,7 +1334,7 @@ findings_secret = "{FINDINGS_SECRET}"
 test_response_url_prefix = "{prefix}"
 "#,
         nats = nats.url(),
-        prefix = response_prefix(&slack),
+        prefix = slack.response_url_prefix(),
     );
     let gateway = GatewayProcess::start(&gateway_config, &gateway_dir);
 
@@ -1526,21 +1355,24 @@ test_response_url_prefix = "{prefix}"
     .await;
     let dm = slack.dm_channel("U0ALICE").expect("dm");
     let asked = slack.messages_in(&dm)[0].clone();
-    let (action_id, value, block_id) = buttons(asked.blocks.as_ref().expect("blocks"))
+    let keep = buttons(asked.blocks.as_ref())
         .into_iter()
-        .find(|(action, _, _)| action == "quench:keep")
+        .find(|button| button.action_id == "quench:keep")
         .expect("a keep button");
-    let run = serde_json::from_str::<Value>(&value).expect("JSON value")["run_id"]
+    let run = keep.value_json()["run_id"]
         .as_str()
         .expect("run id")
         .to_owned();
-    assert_eq!(block_id, format!("quench:{run}:decide"));
+    assert_eq!(keep.block_id, format!("quench:{run}:decide"));
 
     let click = |user: &str, action_ts: &str| {
-        let mut payload = click_payload(user, &action_id, &value, action_ts, &slack.response_url());
-        payload["actions"][0]["block_id"] = block_id.clone().into();
-        payload["container"]["channel_id"] = dm.clone().into();
-        form(&payload)
+        form(&gateway_client::click_payload(
+            user,
+            &keep,
+            &dm,
+            action_ts,
+            &slack.response_url(),
+        ))
     };
     let url = gateway.url("/slack/interactions");
 

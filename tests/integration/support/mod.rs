@@ -689,6 +689,7 @@ pub(crate) async fn eventually(
     }
 }
 
+pub(crate) mod gateway_client;
 // Not every helper of the fakes is used by a test yet.
 #[allow(dead_code)]
 pub(crate) mod openai_fake;

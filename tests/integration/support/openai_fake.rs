@@ -42,6 +42,9 @@ pub(crate) enum Fault {
     ServerError,
     /// Waits this long, then answers normally.
     Slow(Duration),
+    /// Does what the request asks at once, then waits this long before answering: the change
+    /// is made at OpenAI while the caller still waits for the answer (or dies waiting).
+    SlowAnswer(Duration),
     /// This status with this message in an OpenAI error body.
     Status(u16, String),
 }

@@ -283,6 +283,12 @@ impl SlackFake {
         )
     }
 
+    /// `http://127.0.0.1:PORT/response/`: what every [`SlackFake::response_url`] starts with
+    /// (the gateway's `test_response_url_prefix`).
+    pub(crate) fn response_url_prefix(&self) -> String {
+        format!("http://{}/response/", self.shared.addr)
+    }
+
     /// Everything POSTed to the response URLs, in order.
     pub(crate) fn responses(&self) -> Vec<ResponsePost> {
         self.shared.lock().responses.clone()

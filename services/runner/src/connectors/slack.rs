@@ -207,6 +207,9 @@ impl Slack {
             return delivery;
         }
         let content = approval_message(request);
+        // One message per person per notice, however many ways the playbook names them (an
+        // email and a group they are in, the same group twice, an escalation to someone asked).
+        let mut asked = std::collections::HashSet::new();
         for recipient in &request.to {
             for destination in self.resolve(recipient).await {
                 let destination = match destination {
@@ -216,6 +219,10 @@ impl Slack {
                         continue;
                     }
                 };
+                if !asked.insert(destination.channel.clone()) {
+                    delivery.aliases.extend(destination.alias);
+                    continue;
+                }
                 match self.post(&destination.channel, content.clone()).await {
                     Ok((channel, ts)) => {
                         delivery.posted.push(GateMessage {

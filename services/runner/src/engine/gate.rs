@@ -696,17 +696,37 @@ impl Engine {
         self.clear_timers_and_gates(run, tx)
     }
 
+    /// The approvers to remind: everyone asked who has not answered. An answer counts under
+    /// every name its author is known by (a Slack id, and the email it was looked up from), and
+    /// a group is reminded member by member once one of them has answered.
     fn not_answered(&self, gate: &Gate) -> Vec<String> {
-        let answered: BTreeSet<String> = gate
-            .answers
-            .iter()
-            .map(|answer| identity(&answer.actor))
-            .collect();
-        gate.approvers
-            .iter()
-            .filter(|approver| !answered.contains(&identity(approver)))
-            .cloned()
-            .collect()
+        let mut answered = BTreeSet::new();
+        for answer in &gate.answers {
+            let who = identity(&answer.actor);
+            if let Some(email) = gate.aliases.get(&who) {
+                answered.insert(identity(email));
+            }
+            answered.insert(who);
+        }
+        let mut pending = Vec::new();
+        let mut seen = BTreeSet::new();
+        for approver in &gate.approvers {
+            let members = approver
+                .strip_prefix("group:")
+                .filter(|_| !answered.is_empty())
+                .and_then(|group| self.inner.config.groups.get(group));
+            let names = match members {
+                Some(members) => members.clone(),
+                None => vec![approver.clone()],
+            };
+            for name in names {
+                let id = identity(&name);
+                if !answered.contains(&id) && seen.insert(id) {
+                    pending.push(name);
+                }
+            }
+        }
+        pending
     }
 
     /// Cancels a run that has not ended, on behalf of an operator (`actor`, audited with the

@@ -105,7 +105,9 @@ impl ApiError {
                     retry_after: None,
                 }
             }
-            Fault::Slow(_) => ApiError::bad_request("a slow fault is not an error"),
+            Fault::Slow(_) | Fault::SlowAnswer(_) => {
+                ApiError::bad_request("a slow fault is not an error")
+            }
         }
     }
 }
@@ -238,16 +240,23 @@ async fn guard(Extract(shared): Extract<SharedState>, request: Request, next: Ne
         state.calls.push(call);
         state.take_fault(parts.uri.path())
     };
+    let mut answer_after = None;
     match fault {
         Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,
+        Some(Fault::SlowAnswer(delay)) => answer_after = Some(delay),
         Some(fault) => return ApiError::from_fault(fault).into_response(),
         None => {}
     }
     if let Err(error) = authenticate(&shared.lock(), authorization.as_deref()) {
         return error.into_response();
     }
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    if let Some(delay) = answer_after {
+        tokio::time::sleep(delay).await;
+    }
+    response
 }
 
 fn authenticate(state: &State, authorization: Option<&str>) -> Result<(), ApiError> {

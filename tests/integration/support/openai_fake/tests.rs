@@ -940,6 +940,32 @@ async fn faults_are_served_in_order_and_by_path() {
 }
 
 #[tokio::test]
+async fn a_slow_answer_comes_after_the_change_is_made() {
+    let fake = seeded().await;
+    let path = "/organization/projects/proj_1/api_keys/key_alice";
+    let delay = Duration::from_millis(800);
+    fake.fail_next_on(path, 1, Fault::SlowAnswer(delay));
+    let started = Instant::now();
+    let delete = send(&fake, "DELETE", path, None);
+    tokio::pin!(delete);
+    // The key is gone while the caller still waits for the answer.
+    loop {
+        tokio::select! {
+            answer = &mut delete => panic!("answered before the key was seen gone: {}", answer.status),
+            () = tokio::time::sleep(Duration::from_millis(10)) => {
+                if !fake.key_exists("proj_1", "key_alice") {
+                    break;
+                }
+            }
+        }
+    }
+    let answer = delete.await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(started.elapsed() >= delay);
+    assert_eq!(send(&fake, "DELETE", path, None).await.status, 404);
+}
+
+#[tokio::test]
 async fn broken_pagination_repeats_the_same_cursor() {
     let fake = seeded().await;
     for n in 2..=4 {

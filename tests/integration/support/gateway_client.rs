@@ -1,0 +1,231 @@
+//! Talking to `quench-gateway` as its callers do: requests signed the way Slack and scanners sign
+//! them, `block_actions` payloads for a click on one of quench's approval buttons (read from the
+//! message the Slack fake holds), and the NATS users of `deploy/nats-server.conf`.
+
+use std::sync::{Arc, Mutex};
+
+use quench_gateway::signature::{sign_findings, sign_slack};
+use serde_json::{Value, json};
+
+use super::NatsServer;
+
+/// The gateway's `slack.signing_secret` in tests.
+pub(crate) const SIGNING_SECRET: &str = "slack-signing-secret-for-tests";
+/// The gateway's `gateway.findings_secret` in tests.
+pub(crate) const FINDINGS_SECRET: &str = "findings-webhook-secret-for-tests";
+
+/// Passwords of the users in `deploy/nats-server.conf` (given to nats-server by environment).
+pub(crate) const RUNNER_PASSWORD: &str = "runner-password-for-tests";
+pub(crate) const GATEWAY_PASSWORD: &str = "gateway-password-for-tests";
+pub(crate) const SCANNER_PASSWORD: &str = "scanner-password-for-tests";
+
+/// An HTTP client with the process's TLS provider in place (reqwest is built without one).
+pub(crate) fn http() -> reqwest::Client {
+    quench_runner::connectors::http_client()
+}
+
+/// Unix seconds now, as a signer stamps its requests.
+pub(crate) fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64
+}
+
+/// The status, JSON body (`null` when empty) and `Retry-After` of an answer.
+pub(crate) async fn answer(request: reqwest::RequestBuilder) -> (u16, Value, Option<String>) {
+    let response = request.send().await.expect("the gateway answers");
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|value| value.to_str().expect("ascii").to_owned());
+    let bytes = response.bytes().await.expect("a body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            panic!(
+                "not JSON (status {status}): {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        })
+    };
+    (status, body, retry_after)
+}
+
+/// A POST of `body` with a content type and more headers.
+pub(crate) fn post<const N: usize>(
+    url: &str,
+    content_type: &str,
+    body: &str,
+    headers: [(&str, String); N],
+) -> reqwest::RequestBuilder {
+    let mut request = http()
+        .post(url)
+        .header("content-type", content_type)
+        .body(body.to_owned());
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    request
+}
+
+/// A Slack interactivity request: the form `body`, `X-Slack-Request-Timestamp` and
+/// `X-Slack-Signature` over `v0:{timestamp}:{body}` with `secret`.
+pub(crate) fn slack_request(
+    url: &str,
+    body: &str,
+    timestamp: i64,
+    secret: &str,
+) -> reqwest::RequestBuilder {
+    let signature = sign_slack(secret, timestamp, body.as_bytes());
+    post(
+        url,
+        "application/x-www-form-urlencoded",
+        body,
+        [
+            ("x-slack-request-timestamp", timestamp.to_string()),
+            ("x-slack-signature", signature),
+        ],
+    )
+}
+
+/// A scanner's finding: `X-Quench-Timestamp` and `X-Quench-Signature` over `v1:{timestamp}:{body}`.
+pub(crate) fn findings_request(
+    url: &str,
+    body: &str,
+    timestamp: i64,
+    secret: &str,
+) -> reqwest::RequestBuilder {
+    let signature = sign_findings(secret, timestamp, body.as_bytes());
+    post(
+        url,
+        "application/json",
+        body,
+        [
+            ("x-quench-timestamp", timestamp.to_string()),
+            ("x-quench-signature", signature),
+        ],
+    )
+}
+
+/// One button of a message's `actions` blocks, as Slack sends it back when it is clicked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Button {
+    pub(crate) action_id: String,
+    pub(crate) value: String,
+    pub(crate) block_id: String,
+    /// The button's label.
+    pub(crate) text: String,
+}
+
+impl Button {
+    /// The button's value as JSON (quench's buttons carry `run_id`, `gate`, `token`, `choice`).
+    pub(crate) fn value_json(&self) -> Value {
+        serde_json::from_str(&self.value).expect("a quench button's value is JSON")
+    }
+}
+
+/// The buttons of a Slack message's blocks (none when it has no `actions` block).
+pub(crate) fn buttons(blocks: Option<&Value>) -> Vec<Button> {
+    blocks
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|block| block["type"] == "actions")
+        .flat_map(|block| {
+            let block_id = block["block_id"].as_str().unwrap_or_default().to_owned();
+            block["elements"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |button| Button {
+                    action_id: button["action_id"].as_str().unwrap_or_default().to_owned(),
+                    value: button["value"].as_str().unwrap_or_default().to_owned(),
+                    block_id: block_id.clone(),
+                    text: button["text"]["text"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                })
+        })
+        .collect()
+}
+
+/// A `block_actions` payload as Slack sends it when `user` clicks `button` in a message in
+/// `channel` at `action_ts`.
+pub(crate) fn click_payload(
+    user: &str,
+    button: &Button,
+    channel: &str,
+    action_ts: &str,
+    response_url: &str,
+) -> Value {
+    json!({
+        "type": "block_actions",
+        "team": {"id": "T0FAKE", "domain": "acme"},
+        "user": {"id": user, "username": user.to_lowercase(), "name": user.to_lowercase(), "team_id": "T0FAKE"},
+        "api_app_id": "A0QUENCH",
+        "token": "legacy-verification-token",
+        "trigger_id": format!("{action_ts}.trigger"),
+        "container": {"type": "message", "message_ts": "1767603600.000001", "channel_id": channel, "is_ephemeral": false},
+        "channel": {"id": channel, "name": "directmessage"},
+        "message": {"type": "message", "ts": "1767603600.000001", "text": "Revoke?", "bot_id": "B0FAKE"},
+        "response_url": response_url,
+        "actions": [{
+            "type": "button", "action_id": button.action_id, "block_id": button.block_id,
+            "text": {"type": "plain_text", "text": button.text}, "value": button.value, "action_ts": action_ts
+        }],
+        "state": {"values": {}}
+    })
+}
+
+/// The form body Slack posts: `payload=<JSON>`.
+pub(crate) fn form(payload: &Value) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .append_pair("payload", &payload.to_string())
+        .finish()
+}
+
+/// nats-server with `deploy/nats-server.conf`, passwords from its environment.
+pub(crate) fn deployed_nats() -> NatsServer {
+    let config = std::fs::read_to_string(super::root().join("deploy/nats-server.conf"))
+        .expect("deploy/nats-server.conf");
+    NatsServer::with_config(
+        &config,
+        &[
+            ("QUENCH_RUNNER_NATS_PASSWORD", RUNNER_PASSWORD),
+            ("QUENCH_GATEWAY_NATS_PASSWORD", GATEWAY_PASSWORD),
+            ("QUENCH_SCANNER_NATS_PASSWORD", SCANNER_PASSWORD),
+        ],
+    )
+}
+
+/// A client as `user`, its server errors (permission violations) collected.
+pub(crate) async fn connect_as(
+    nats: &NatsServer,
+    user: &str,
+    password: &str,
+    inbox: &str,
+) -> (async_nats::Client, Arc<Mutex<Vec<String>>>) {
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let sink = errors.clone();
+    let client =
+        async_nats::ConnectOptions::with_user_and_password(user.to_owned(), password.to_owned())
+            .custom_inbox_prefix(inbox)
+            .event_callback(move |event| {
+                let sink = sink.clone();
+                async move {
+                    if let async_nats::Event::ServerError(error) = event {
+                        sink.lock()
+                            .expect("lock")
+                            .push(error.to_string().to_lowercase());
+                    }
+                }
+            })
+            .connect(nats.url())
+            .await
+            .unwrap_or_else(|error| panic!("{user} connects: {error}"));
+    (client, errors)
+}
