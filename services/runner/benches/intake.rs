@@ -8,7 +8,8 @@
 //!    is committed).
 //! 2. Raw ceiling on the same server and disk: consume FINDINGS 1 KiB messages, insert each into
 //!    sled, flush + fdatasync per batch of 256, ack. Reports the ratio of the two rates.
-//! 3. Latency at 100 findings/s: from publish to the run event of the executed first step.
+//! 3. Latency at 100 findings/s: from publish to the run event of the executed first step, on a
+//!    fresh store (before 1) and after the FINDINGS of 1.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -146,78 +147,55 @@ fn main() {
         let jetstream = jetstream::new(client.clone());
         quench_runner::service::ensure_streams(&jetstream, &url).await.expect("streams");
 
+        let config = |state: &str| {
+            let playbooks = dir.path().join("playbooks");
+            std::fs::create_dir_all(&playbooks).expect("playbooks dir");
+            std::fs::write(playbooks.join("bench.yaml"), PLAYBOOK).expect("playbook");
+            let mut config = Config::default();
+            config.nats.url = url.clone();
+            config.store.path = dir.path().join(state);
+            config.playbooks.dir = playbooks;
+            config.api.listen = "127.0.0.1:0".to_owned();
+            config
+        };
+
+        // 0. Latency at 100 findings/s on a fresh store.
+        let shutdown = CancellationToken::new();
+        let service = tokio::spawn(quench_runner::service::serve(config("fresh"), shutdown.clone()));
+        latency(&client, &jetstream, 10 * count, &dir.path().join("fresh"), shutdown, service, "fresh store").await;
+
         // 1. Durable ingest rate.
         eprintln!("publishing {count} findings…");
         publish_all(&jetstream, count, |n| ("quench.findings.openai.api_key.leaked".to_owned(), finding(n, 0))).await;
-        let playbooks = dir.path().join("playbooks");
-        std::fs::create_dir_all(&playbooks).expect("playbooks dir");
-        std::fs::write(playbooks.join("bench.yaml"), PLAYBOOK).expect("playbook");
-        let mut config = Config::default();
-        config.nats.url = url.clone();
-        config.store.path = dir.path().join("state");
-        config.playbooks.dir = playbooks;
-        config.api.listen = "127.0.0.1:0".to_owned();
         let shutdown = CancellationToken::new();
-        let service = tokio::spawn(quench_runner::service::serve(config, shutdown.clone()));
+        let service = tokio::spawn(quench_runner::service::serve(config("state"), shutdown.clone()));
         let started = Instant::now();
-        wait_drained(&jetstream, "QUENCH_FINDINGS", "quench-findings", count as u64).await;
+        // The fresh-store phase took 1000 findings through the same consumer first.
+        wait_drained(&jetstream, "QUENCH_FINDINGS", "quench-findings", count as u64 + 1000).await;
         let ingest = started.elapsed();
         let ingest_rate = count as f64 / ingest.as_secs_f64();
         println!("intake: {count} findings durably ingested (acked after commit) in {:.2} s: {ingest_rate:.0} findings/s", ingest.as_secs_f64());
-
-        // 3. Latency at 100 findings/s, with the service running.
-        let mut events = client.subscribe("quench.events.bench-note.step_succeeded").await.expect("subscribe");
-        client.flush().await.expect("flush");
-        let latencies = tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while let Some(message) = events.next().await {
-                let arrived = now_ns();
-                let Ok(event) = serde_json::from_slice::<serde_json::Value>(&message.payload) else { continue };
-                let Some(run_id) = event["run_id"].as_str() else { continue };
-                latencies.push((run_id.to_owned(), arrived));
-                if latencies.len() >= 1000 {
-                    break;
-                }
+        // Every run's four events (started, step started, step succeeded, completed; the
+        // fresh-store phase's 1000 runs too) reach the events stream: none is shed, and the
+        // latency phase starts on a quiet service.
+        let expected = 4 * (count as u64 + 1000);
+        let waited = Instant::now();
+        let mut stream = jetstream.get_stream("QUENCH_EVENTS").await.expect("events stream");
+        let mut stored = 0;
+        while waited.elapsed() < Duration::from_secs(300) {
+            stored = stream.info().await.expect("stream info").state.messages;
+            if stored >= expected {
+                break;
             }
-            latencies
-        });
-        let mut sent = std::collections::HashMap::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        for n in 0..1000 {
-            tick.tick().await;
-            let key = format!("openai.api_key.leaked:key_{:08}", count + n);
-            let published = now_ns();
-            sent.insert(key, published);
-            jetstream
-                .publish("quench.findings.openai.api_key.leaked", finding(count + n, published).into())
-                .await
-                .expect("publish")
-                .await
-                .expect("ack");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let arrivals = tokio::time::timeout(Duration::from_secs(30), latencies).await.expect("events arrive").expect("task");
-        shutdown.cancel();
-        let _ = service.await;
-        // Map run → key through the store, now that the service has stopped.
-        let store = quench_runner::store::Store::open(&quench_runner::store::StoreConfig::new(dir.path().join("state"))).expect("store");
-        let mut samples: Vec<f64> = arrivals
-            .iter()
-            .filter_map(|(run, arrived)| {
-                let run: quench_runner::engine::Run = store.get(quench_runner::store::Key::Run(run)).ok().flatten()?;
-                let published = sent.get(&run.key)?;
-                Some((*arrived as f64 - *published as f64) / 1e6)
-            })
-            .collect();
-        samples.sort_by(f64::total_cmp);
-        let percentile = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
         println!(
-            "latency: {} findings at 100/s, publish → first step executed (its run event received): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            samples.len(),
-            percentile(0.50),
-            percentile(0.99),
-            samples.last().copied().unwrap_or_default()
+            "run events: {stored} of {expected} in QUENCH_EVENTS, {:.2} s after the last ack",
+            waited.elapsed().as_secs_f64()
         );
-        drop(store);
+
+        // 3. Latency at 100 findings/s, with the service running (on the store of 1).
+        latency(&client, &jetstream, count, &dir.path().join("state"), shutdown, service, &format!("after {count} findings")).await;
 
         // 2. Raw ceiling: 1 KiB messages, sled insert, flush + fdatasync per 256, ack.
         let raw = jetstream::stream::Config {
@@ -263,4 +241,85 @@ fn main() {
         println!("ratio: durable ingest / raw ceiling = {:.2}", ingest_rate / raw_rate);
     });
     drop(nats);
+}
+
+/// Publishes 1000 findings at 100/s to a running service and reports how long each took from
+/// publish to its first step's run event; stops the service.
+async fn latency(
+    client: &async_nats::Client,
+    jetstream: &jetstream::Context,
+    first: usize,
+    state: &Path,
+    shutdown: CancellationToken,
+    service: tokio::task::JoinHandle<Result<(), quench_runner::service::Error>>,
+    label: &str,
+) {
+    let mut events = client
+        .subscribe("quench.events.bench-note.step_succeeded")
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+    let latencies = tokio::spawn(async move {
+        let mut latencies = Vec::new();
+        while let Some(message) = events.next().await {
+            let arrived = now_ns();
+            let Ok(event) = serde_json::from_slice::<serde_json::Value>(&message.payload) else {
+                continue;
+            };
+            let Some(run_id) = event["run_id"].as_str() else {
+                continue;
+            };
+            latencies.push((run_id.to_owned(), arrived));
+            if latencies.len() >= 1000 {
+                break;
+            }
+        }
+        latencies
+    });
+    let mut sent = std::collections::HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    for n in 0..1000 {
+        tick.tick().await;
+        let key = format!("openai.api_key.leaked:key_{:08}", first + n);
+        let published = now_ns();
+        sent.insert(key, published);
+        jetstream
+            .publish(
+                "quench.findings.openai.api_key.leaked",
+                finding(first + n, published).into(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    let arrivals = tokio::time::timeout(Duration::from_secs(30), latencies)
+        .await
+        .expect("events arrive")
+        .expect("task");
+    shutdown.cancel();
+    let _ = service.await;
+    // Map run → key through the store, now that the service has stopped.
+    let store = quench_runner::store::Store::open(&quench_runner::store::StoreConfig::new(state))
+        .expect("store");
+    let mut samples: Vec<f64> = arrivals
+        .iter()
+        .filter_map(|(run, arrived)| {
+            let run: quench_runner::engine::Run = store
+                .get(quench_runner::store::Key::Run(run))
+                .ok()
+                .flatten()?;
+            let published = sent.get(&run.key)?;
+            Some((*arrived as f64 - *published as f64) / 1e6)
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    let percentile = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    println!(
+        "latency ({label}): {} findings at 100/s, publish → first step executed (its run event received): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        samples.len(),
+        percentile(0.50),
+        percentile(0.99),
+        samples.last().copied().unwrap_or_default()
+    );
 }

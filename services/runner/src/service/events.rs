@@ -1,7 +1,9 @@
 //! Run events to NATS (`quench.events.<playbook>.<kind>`), published after the commit that
 //! records them (and counted in the run metrics there), each with its id as `Nats-Msg-Id` so a re-send is dropped. The audit log is the
 //! record; events are its notification, so a bounded queue sheds (and logs) rather than letting
-//! a NATS outage grow memory.
+//! a NATS outage grow memory. Findings intake waits while the queue is more than half full
+//! ([`Backlog`]), so a burst of findings slows intake instead of shedding events; timers and
+//! decisions never wait on it (an event-bus outage must not hold back a revocation).
 
 use std::time::Duration;
 
@@ -35,6 +37,30 @@ impl NatsEvents {
                 queue: receiver,
             },
         )
+    }
+}
+
+/// How full the run-event queue is, for intake to wait on.
+#[derive(Debug, Clone)]
+pub(super) struct Backlog(mpsc::Sender<RunEvent>);
+
+impl Backlog {
+    /// More than half the queue is waiting to be published.
+    pub(super) fn is_high(&self) -> bool {
+        self.0.capacity() < self.0.max_capacity() / 2
+    }
+
+    /// Waits until the queue is at most half full (or `shutdown`).
+    pub(super) async fn wait_low(&self, shutdown: &CancellationToken) {
+        while self.is_high() && !shutdown.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl NatsEvents {
+    pub(super) fn backlog(&self) -> Backlog {
+        Backlog(self.queue.clone())
     }
 }
 

@@ -142,14 +142,23 @@ pub(super) async fn findings(
     jetstream: jetstream::Context,
     engine: Engine,
     driver: Driver,
+    backlog: super::events::Backlog,
     shutdown: CancellationToken,
 ) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     let tasks = TaskTracker::new();
+    let stop = shutdown.clone();
     each_chunk(consumer, shutdown, "findings", |messages| {
         let (jetstream, engine, driver) = (jetstream.clone(), engine.clone(), driver.clone());
-        let (in_flight, tasks) = (in_flight.clone(), tasks.clone());
+        let (in_flight, tasks, backlog, stop) = (
+            in_flight.clone(),
+            tasks.clone(),
+            backlog.clone(),
+            stop.clone(),
+        );
         async move {
+            // Run events not yet published slow intake down before they would be shed.
+            backlog.wait_low(&stop).await;
             let mut findings = Vec::with_capacity(messages.len());
             let mut accepted = Vec::with_capacity(messages.len());
             for message in messages {

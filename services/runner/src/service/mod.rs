@@ -140,6 +140,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     ensure_streams(&jetstream, &config.nats.url).await?;
 
     let (events, publisher) = events::NatsEvents::new(jetstream.clone());
+    let backlog = events.backlog();
     let mut actions = Actions::new();
     actions.insert(
         "finding.publish",
@@ -239,6 +240,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
         jetstream.clone(),
         engine.clone(),
         driver.clone(),
+        backlog,
         stop.clone(),
     ));
     tasks.spawn(intake::decisions(

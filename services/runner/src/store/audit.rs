@@ -136,7 +136,7 @@ pub(super) fn chain(head: &mut Head, draft: AuditDraft) -> (u64, Vec<u8>, AuditR
 
 /// Most entries packed into one record, and the size after which a record is closed.
 const MAX_RECORD_ENTRIES: usize = 32;
-const MAX_RECORD_BYTES: usize = 16 * 1024;
+const MAX_RECORD_BYTES: usize = 4 * 1024;
 
 /// Packs the entries of one commit into records.
 #[derive(Debug, Default)]
