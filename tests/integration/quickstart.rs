@@ -128,6 +128,23 @@ async fn quench_up_starts_nats_serves_the_shipped_playbooks_and_stops_cleanly() 
     let (code, out, err) = quench(&["approve", &run, "--gate", "decide", "--choice", "revoke"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("decided revoke"), "{out}");
+    // The tour's next step: the revoke was recorded, not sent (dry-run), with its request.
+    let started = Instant::now();
+    let shown = loop {
+        let (code, out, err) = quench(&["runs", "show", &run]);
+        assert_eq!(code, Some(0), "{err}");
+        if out.contains("dry_run") || started.elapsed() > Duration::from_secs(20) {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(shown.contains("openai.revoke_key  dry_run"), "{shown}");
+    let (code, json, err) = quench(&["runs", "show", &run, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        json.contains("/v1/organization/projects/proj_example/api_keys/key_example01"),
+        "the request it would have sent: {json}"
+    );
     let (code, out, err) = quench(&["audit", "verify"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("audit chain ok"), "{out}");
