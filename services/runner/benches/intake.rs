@@ -194,6 +194,11 @@ fn main() {
             waited.elapsed().as_secs_f64()
         );
 
+        // Optionally let the service settle first (`BENCH_SETTLE_SECS`), to tell a post-burst
+        // effect from one of the store's size.
+        if let Some(settle) = std::env::var("BENCH_SETTLE_SECS").ok().and_then(|s| s.parse().ok()) {
+            tokio::time::sleep(Duration::from_secs(settle)).await;
+        }
         // 3. Latency at 100 findings/s, with the service running (on the store of 1).
         latency(&client, &jetstream, count, &dir.path().join("state"), shutdown, service, &format!("after {count} findings")).await;
 

@@ -303,6 +303,9 @@ impl Store {
             .path(&config.path)
             .cache_capacity(config.cache_bytes)
             .mode(sled::Mode::HighThroughput)
+            // The committer flushes every commit itself; sled's own timed flusher would only
+            // compete with it for the log (latency spikes after a burst).
+            .flush_every_ms(None)
             .open()
             .map_err(|source| Error::Open {
                 path: config.path.clone(),
