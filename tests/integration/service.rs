@@ -708,3 +708,26 @@ async fn slack_approval_then_revoke(live: bool) {
         );
     }
 }
+
+/// `quench publish` creates no streams (a scanner's NATS user may not use the JetStream API):
+/// with no runner having set them up, it says what to do.
+#[test]
+fn quench_publish_without_streams_says_to_start_the_runner() {
+    let nats = NatsServer::start();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let file = directory.path().join("finding.json");
+    std::fs::write(&file, finding("p-none", "key_none").to_string()).expect("write");
+    let output = std::process::Command::new(crate::support::quench_bin())
+        .args(["publish", "--nats", &nats.url()])
+        .arg(&file)
+        .output()
+        .expect("quench publish runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(
+            "no JetStream stream takes quench.findings.openai.api_key.leaked (start `quench serve` once: it creates QUENCH_FINDINGS)"
+        ),
+        "{stdout}"
+    );
+}

@@ -817,7 +817,8 @@ pub fn publish(args: &PublishArgs, out: &mut dyn Write, err: &mut dyn Write) -> 
     let reports = runtime.block_on(async {
         let client = crate::service::connect(&config.nats).await?;
         let jetstream = async_nats::jetstream::new(client.clone());
-        crate::service::ensure_streams(&jetstream, &config.nats.url).await?;
+        // No stream is created here: that is the runner's job, and a scanner's NATS user may
+        // publish findings but not use the JetStream API (deploy/nats-server.conf).
         let reports = crate::service::publish_findings(&jetstream, findings).await;
         let _ = client.flush().await;
         Ok::<_, crate::service::Error>(reports)

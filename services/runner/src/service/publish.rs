@@ -28,12 +28,24 @@ async fn publish(jetstream: &jetstream::Context, finding: &Finding) -> Result<St
     let body = serde_json::to_vec(finding).map_err(|error| error.to_string())?;
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(subject::HEADER_MSG_ID, finding.id.as_str());
+    let no_stream = |error: String| {
+        let lower = error.to_lowercase();
+        if lower.contains("no responders") || lower.contains("no stream found") {
+            format!(
+                "no JetStream stream takes {} (start `quench serve` once: it creates {})",
+                subject::finding(&finding.kind),
+                subject::STREAM_FINDINGS
+            )
+        } else {
+            error
+        }
+    };
     let ack = jetstream
         .publish_with_headers(subject::finding(&finding.kind), headers, body.into())
         .await
-        .map_err(|error| error.to_string())?
+        .map_err(|error| no_stream(error.to_string()))?
         .await
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| no_stream(error.to_string()))?;
     Ok(if ack.duplicate {
         format!("duplicate of an earlier publish (seq {})", ack.sequence)
     } else {
