@@ -50,7 +50,19 @@ async fn open(
     playbooks: &[&str],
     now: chrono::DateTime<chrono::Utc>,
 ) -> Harness {
-    let store = Store::open(&StoreConfig::new(path)).expect("store");
+    // Reopened in the same process right after the last harness was dropped: sled's I/O
+    // threads may hold its file lock a moment longer under a loaded machine, so retry briefly.
+    let started = std::time::Instant::now();
+    let store = loop {
+        match Store::open(&StoreConfig::new(path)) {
+            Ok(store) => break store,
+            Err(error) if started.elapsed() < std::time::Duration::from_secs(5) => {
+                let _ = error;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("the store does not open: {error}"),
+        }
+    };
     Harness::on(store, playbooks, now, BTreeMap::new()).await
 }
 

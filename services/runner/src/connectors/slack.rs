@@ -338,8 +338,8 @@ fn closed_message(gate: &Gate) -> SlackMessageContent {
 }
 
 /// A decider as Slack shows them: a Slack user (`T…/U…` or `U…`) as a mention, anyone else
-/// (an email, an API token's name) as escaped text.
-fn mention(who: &str) -> String {
+/// (an email, an API token's name) as escaped text. Also the `mention` template filter.
+pub fn mention(who: &str) -> String {
     let user = who.rsplit_once('/').map_or(who, |(_, user)| user);
     let is_slack_id = user.len() > 1
         && user.starts_with(['U', 'W'])

@@ -46,6 +46,11 @@ pub fn environment() -> Environment<'static> {
         }
     });
     environment.add_function("ago", ago);
+    // `{{ steps.decide.decided_by | map('mention') | join(', ') }}`: Slack users as mentions in
+    // Slack text (kept as markup, not escaped), anyone else as escaped text.
+    environment.add_filter("mention", |who: String| {
+        minijinja::Value::from_safe_string(crate::connectors::slack::mention(&who))
+    });
     environment
 }
 
