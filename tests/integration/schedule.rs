@@ -56,8 +56,7 @@ async fn open(
     let store = loop {
         match Store::open(&StoreConfig::new(path)) {
             Ok(store) => break store,
-            Err(error) if started.elapsed() < std::time::Duration::from_secs(5) => {
-                let _ = error;
+            Err(_) if started.elapsed() < std::time::Duration::from_secs(5) => {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
             Err(error) => panic!("the store does not open: {error}"),
