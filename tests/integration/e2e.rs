@@ -27,8 +27,8 @@ use quench_runner::store::{AuditEntry, Key, Store, StoreConfig};
 use serde_json::{Value, json};
 
 use crate::support::gateway_client::{
-    Button, FINDINGS_SECRET, GATEWAY_PASSWORD, RUNNER_PASSWORD, SCANNER_PASSWORD, SIGNING_SECRET,
-    answer, buttons, click_payload, connect_as, deployed_nats, findings_request, form, now,
+    Button, FINDINGS_SECRET, RUNNER_PASSWORD, SCANNER_PASSWORD, SIGNING_SECRET, answer, buttons,
+    click_payload, connect_as, deployed_gateway, deployed_nats, findings_request, form, now,
     slack_request,
 };
 use crate::support::openai_fake::{Fault, KeySeed, OpenAiFake, Role};
@@ -196,25 +196,7 @@ secops = ["{SECOPS_EMAIL}"]
 
         let gateway_dir = dir.path().join("gateway");
         std::fs::create_dir(&gateway_dir).expect("gateway dir");
-        let gateway_config = format!(
-            r#"
-[nats]
-url = "{nats}"
-user = "quench-gateway"
-password = "{GATEWAY_PASSWORD}"
-inbox_prefix = "_INBOX.gateway"
-
-[slack]
-signing_secret = "{SIGNING_SECRET}"
-
-[gateway]
-findings_secret = "{FINDINGS_SECRET}"
-test_response_url_prefix = "{prefix}"
-"#,
-            nats = nats.url(),
-            prefix = slack.response_url_prefix(),
-        );
-        let gateway = GatewayProcess::start(&gateway_config, &gateway_dir);
+        let gateway = deployed_gateway(&nats, &slack, &gateway_dir);
 
         let (runner_client, _) =
             connect_as(&nats, "quench-runner", RUNNER_PASSWORD, "_INBOX.runner").await;

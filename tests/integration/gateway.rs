@@ -17,8 +17,8 @@ use serde_json::{Value, json};
 
 use crate::support::gateway_client::{
     self, Button, FINDINGS_SECRET, GATEWAY_PASSWORD, RUNNER_PASSWORD, SCANNER_PASSWORD,
-    SIGNING_SECRET, answer, buttons, connect_as, deployed_nats, findings_request, form, http, now,
-    post, slack_request,
+    SIGNING_SECRET, answer, buttons, connect_as, deployed_gateway, deployed_nats, findings_request,
+    form, http, now, post, slack_request,
 };
 use crate::support::slack_fake::SlackFake;
 use crate::support::{GatewayProcess, NatsServer, Service, eventually, gateway_bin, http_status};
@@ -1318,25 +1318,7 @@ bot_token = "{token}"
         Service::start_with_config(&nats.url(), &playbooks, dir.path(), Some(&runner_config));
     let gateway_dir = dir.path().join("gateway");
     std::fs::create_dir(&gateway_dir).expect("gateway dir");
-    let gateway_config = format!(
-        r#"
-[nats]
-url = "{nats}"
-user = "quench-gateway"
-password = "{GATEWAY_PASSWORD}"
-inbox_prefix = "_INBOX.gateway"
-
-[slack]
-signing_secret = "{SIGNING_SECRET}"
-
-[gateway]
-findings_secret = "{FINDINGS_SECRET}"
-test_response_url_prefix = "{prefix}"
-"#,
-        nats = nats.url(),
-        prefix = slack.response_url_prefix(),
-    );
-    let gateway = GatewayProcess::start(&gateway_config, &gateway_dir);
+    let gateway = deployed_gateway(&nats, &slack, &gateway_dir);
 
     // A scanner reports a leaked key through the gateway; the runner asks alice in Slack.
     let (status, reply, _) = answer(findings_request(

@@ -202,6 +202,35 @@ pub(crate) fn deployed_nats() -> NatsServer {
     )
 }
 
+/// `quench-gateway` as deployed: the gateway NATS user of `deploy/nats-server.conf` with its
+/// inbox prefix, the test signing and findings secrets, and replies to `response_url`s under the
+/// Slack fake's receiver. Its config and log go in `dir`.
+pub(crate) fn deployed_gateway(
+    nats: &NatsServer,
+    slack: &super::slack_fake::SlackFake,
+    dir: &std::path::Path,
+) -> super::GatewayProcess {
+    let config = format!(
+        r#"
+[nats]
+url = "{nats}"
+user = "quench-gateway"
+password = "{GATEWAY_PASSWORD}"
+inbox_prefix = "_INBOX.gateway"
+
+[slack]
+signing_secret = "{SIGNING_SECRET}"
+
+[gateway]
+findings_secret = "{FINDINGS_SECRET}"
+test_response_url_prefix = "{prefix}"
+"#,
+        nats = nats.url(),
+        prefix = slack.response_url_prefix(),
+    );
+    super::GatewayProcess::start(&config, dir)
+}
+
 /// A client as `user`, its server errors (permission violations) collected.
 pub(crate) async fn connect_as(
     nats: &NatsServer,

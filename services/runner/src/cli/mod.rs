@@ -666,7 +666,7 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
                     config.nats.url = child.url().to_owned();
                     Some(child)
                 }
-                Err(error) => return Err(Err(error)),
+                Err(error) => return Err(crate::service::Error::from(error)),
             }
         } else {
             None
@@ -697,21 +697,17 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
         if let Some(child) = child {
             child.stop().await;
         }
-        served.map_err(Ok)
+        served
     }) else {
         return EXIT_USAGE;
     };
     match result {
         Ok(()) => EXIT_OK,
-        Err(Err(error)) => {
+        Err(error @ (crate::service::Error::Nats(_) | crate::service::Error::NatsChild(_))) => {
             let _ = writeln!(err, "error: {error}");
             EXIT_UNAVAILABLE
         }
-        Err(Ok(error @ crate::service::Error::Nats(_))) => {
-            let _ = writeln!(err, "error: {error}");
-            EXIT_UNAVAILABLE
-        }
-        Err(Ok(error)) => {
+        Err(error) => {
             let _ = writeln!(err, "error: {error}");
             EXIT_INVALID
         }

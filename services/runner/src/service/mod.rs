@@ -64,6 +64,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Connector(String),
+    /// `quench up` could not start its nats-server child.
+    #[error(transparent)]
+    NatsChild(#[from] up::StartError),
     #[error("stopped after a failed store commit; nothing unacknowledged is lost, restart quench")]
     CommitFailed,
 }
