@@ -456,3 +456,42 @@ fn the_api_url_must_be_https_unless_it_is_a_loopback_fake() {
     assert!(Slack::new("https://slack.com/api", &token, BTreeMap::new()).is_ok());
     assert!(Slack::new("http://127.0.0.1:9/api", &token, BTreeMap::new()).is_ok());
 }
+
+/// A click can arrive before the runner has recorded the DM it came from (a restart between the
+/// post and its commit): the owner's Slack id is not known yet, so the answer is deferred —
+/// nothing recorded — and counts once the messages are delivered.
+#[tokio::test]
+async fn a_slack_answer_before_the_messages_are_recorded_is_deferred_not_refused() {
+    let fake = SlackFake::start().await;
+    let harness = harness(&fake, &[APPROVAL]).await;
+    let run = started(
+        &harness
+            .ingest(&[finding("f1", "test.slack", "key", "owner@example.com")])
+            .await[0],
+    );
+    let gate = harness.gate(&run, "decide");
+    assert!(gate.messages.is_empty(), "not delivered yet");
+    let button = json!({"run_id": run, "gate": "decide", "token": gate.token});
+    let click = slack_decision(&run, &button, "keep", "U0OWNER");
+    let (outcome, _) = harness
+        .engine
+        .decide_or_defer(&click, true)
+        .await
+        .expect("decide");
+    assert_eq!(outcome, DecisionOutcome::Deferred);
+    assert!(harness.audit("decision").is_empty(), "nothing recorded");
+
+    harness.advance(Duration::ZERO).await;
+    let (outcome, wake) = harness
+        .engine
+        .decide_or_defer(&click, true)
+        .await
+        .expect("decide");
+    assert_eq!(
+        outcome,
+        DecisionOutcome::Decided {
+            choice: "keep".to_owned()
+        }
+    );
+    harness.engine.drive_all(wake).await.expect("drive");
+}

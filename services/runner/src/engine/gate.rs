@@ -39,6 +39,9 @@ pub enum DecisionOutcome {
         quorum: u32,
     },
     Refused(Refusal),
+    /// Not taken yet: a Slack user the gate cannot place until its messages are delivered.
+    /// Nothing was recorded; the answer is to be offered again shortly.
+    Deferred,
 }
 
 /// What became of a request to cancel a run.
@@ -288,6 +291,17 @@ impl Engine {
         &self,
         decision: &Decision,
     ) -> Result<(DecisionOutcome, Vec<String>), Error> {
+        self.decide_or_defer(decision, false).await
+    }
+
+    /// Like [`Engine::decide_and_wake`]; with `may_defer`, a Slack answer the gate cannot place
+    /// yet (its messages are still being delivered) is [`DecisionOutcome::Deferred`] instead of
+    /// refused, for the caller to offer again.
+    pub async fn decide_or_defer(
+        &self,
+        decision: &Decision,
+        may_defer: bool,
+    ) -> Result<(DecisionOutcome, Vec<String>), Error> {
         let _guard = self.inner.locks.lock(&decision.run_id).await;
         let now = self.now();
         let mut tx = Tx::default();
@@ -312,6 +326,17 @@ impl Engine {
             return Ok((DecisionOutcome::Refused(Refusal::UnknownGate), Vec::new()));
         };
         let refusal = self.check_answer(&run, &gate, decision);
+        // A Slack user the gate does not know yet, while its messages are still being delivered
+        // (their delivery is what records which Slack id an emailed approver has): come back
+        // later rather than refuse someone who may well be allowed.
+        if may_defer
+            && matches!(refusal, Some(Refusal::NotAllowed(_)))
+            && decision.actor.via == quench_proto::Via::Slack
+            && gate.messages.is_empty()
+            && self.inner.notifier.is_some()
+        {
+            return Ok((DecisionOutcome::Deferred, Vec::new()));
+        }
         let step = gate.step.clone();
         if let Some(refusal) = refusal {
             let mut detail = json!({"decision": decision.id, "choice": decision.choice, "refused": refusal.code(), "reason": refusal.to_string()});

@@ -17,6 +17,9 @@ use tokio_util::task::TaskTracker;
 use super::{Driver, Error};
 use crate::engine::{Engine, FindingOutcome};
 
+/// How long a deferred decision waits before it is offered again, and how many times.
+const DEFER: Duration = Duration::from_secs(1);
+const MAX_DEFERRALS: i64 = 30;
 /// Most messages taken through the engine in one commit.
 const BATCH: usize = 256;
 /// Unacknowledged messages a consumer may have out at once (bounds memory on our side too).
@@ -240,7 +243,22 @@ pub(super) async fn decisions(
                         continue;
                     }
                 };
-                match engine.decide_and_wake(&decision).await {
+                // Deferred at most MAX_DEFERRALS times; then it is decided (and refused) for good.
+                let deliveries = message.info().map_or(1, |info| info.delivered);
+                match engine
+                    .decide_or_defer(&decision, deliveries <= MAX_DEFERRALS)
+                    .await
+                {
+                    Ok((crate::engine::DecisionOutcome::Deferred, _)) => {
+                        // Offered again once the gate's messages (and so its Slack ids) are in.
+                        tracing::info!(run_id = %decision.run_id, gate = %decision.gate, actor = %decision.actor.id, "decision deferred until the gate's messages are delivered");
+                        if let Err(error) = message
+                            .ack_with(jetstream::AckKind::Nak(Some(DEFER)))
+                            .await
+                        {
+                            tracing::warn!(%error, "nak failed; the decision comes back after ack_wait");
+                        }
+                    }
                     Ok((outcome, wake)) => {
                         tracing::info!(run_id = %decision.run_id, gate = %decision.gate, actor = %decision.actor.id, ?outcome, "decision");
                         ack(&message).await;

@@ -513,6 +513,13 @@ pub(super) async fn decide(
             answers: Some(answers),
             quorum: Some(quorum),
         })),
+        // Only Slack answers are deferred; an API answer never is, but say what it would mean.
+        DecisionOutcome::Deferred => Err(ApiError::Refused {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "deferred",
+            message: "the gate's messages are still being delivered; answer again shortly"
+                .to_owned(),
+        }),
         DecisionOutcome::Refused(refusal) => {
             let status = match &refusal {
                 Refusal::UnknownGate => StatusCode::NOT_FOUND,
