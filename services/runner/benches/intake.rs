@@ -19,6 +19,10 @@ use futures::StreamExt;
 use quench_runner::config::Config;
 use tokio_util::sync::CancellationToken;
 
+/// The allocator the `quench` binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PLAYBOOK: &str = r#"schema: quench.playbook/v1
 name: bench-note
 on:

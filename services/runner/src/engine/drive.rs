@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use quench_proto::{Finding, RunEventKind};
+use quench_proto::RunEventKind;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
@@ -894,7 +894,13 @@ impl Engine {
                 name: &timer.name,
             });
         }
-        for mut gate in self.inner.store.gates::<super::Gate>(&run.id)? {
+        // A run never written has nothing in the store (its id is new).
+        let stored = if run.counted.is_some() {
+            self.inner.store.gates::<super::Gate>(&run.id)?
+        } else {
+            Vec::new()
+        };
+        for mut gate in stored {
             if gate.decision.is_none() && !gate.closed {
                 gate.closed = true;
                 if !gate.messages.is_empty() {
@@ -953,12 +959,14 @@ impl Engine {
         run.ended_at = Some(now);
         run.cancelled = reason.clone();
         self.clear_timers_and_gates(run, tx)?;
-        let holds_slot = self
-            .inner
-            .store
-            .get::<String>(Key::Open(&run.playbook, &run.key))?
-            .as_deref()
-            == Some(run.id.as_str());
+        // (A run never written cannot hold a slot in the store.)
+        let holds_slot = run.counted.is_some()
+            && self
+                .inner
+                .store
+                .get::<String>(Key::Open(&run.playbook, &run.key))?
+                .as_deref()
+                == Some(run.id.as_str());
         if holds_slot {
             tx.batch.delete(Key::Open(&run.playbook, &run.key));
         }
@@ -1008,14 +1016,8 @@ impl Engine {
             return Ok(());
         };
         let vars = ended.vars.clone();
-        self.start_run(
-            tx,
-            &current,
-            Some(queued.finding),
-            ended.key.clone(),
-            vars,
-            now,
-        )?;
+        let run = Run::new(&current, Some(&queued.finding), now, self.inner.config.mode);
+        self.start_run(tx, &current, run, ended.key.clone(), vars, now)?;
         Ok(())
     }
 
@@ -1026,44 +1028,25 @@ impl Engine {
         &self,
         tx: &mut Tx,
         playbook: &Playbook,
-        finding: Option<Finding>,
+        mut run: Run,
         key: String,
         vars: serde_json::Map<String, Value>,
         now: DateTime<Utc>,
     ) -> Result<Run, Error> {
-        let mut run = Run {
-            id: uuid::Uuid::now_v7().to_string(),
-            playbook: playbook.name.clone(),
-            version: playbook.version.clone(),
-            key,
-            finding,
-            attached: Vec::new(),
-            mode: playbook.mode.unwrap_or(self.inner.config.mode),
-            status: RunStatus::Running,
-            started_at: now,
-            updated_at: now,
-            ended_at: None,
-            deadline: playbook.timeout.map(|timeout| {
-                now + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX)
-            }),
-            vars,
-            state: self
-                .inner
-                .store
-                .get(Key::PlaybookState(&playbook.name))?
-                .unwrap_or_default(),
-            phase: Phase::Main,
-            cursor: 0,
-            steps: Default::default(),
-            failure: None,
-            cancelled: None,
-            timers: Vec::new(),
-            counted: None,
-        };
+        run.id = uuid::Uuid::now_v7().to_string();
+        run.key = key;
+        run.vars = vars;
+        run.deadline = playbook.timeout.map(|timeout| {
+            now + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX)
+        });
+        run.state = self
+            .inner
+            .store
+            .get(Key::PlaybookState(&playbook.name))?
+            .unwrap_or_default();
         if let Some(deadline) = run.deadline {
             self.set_timer(&mut run, tx, deadline, Timer::RunTimeout);
         }
-        tx.batch.put(Key::Open(&run.playbook, &run.key), &run.id);
         let finding_id = run.finding.as_ref().map(|finding| finding.id.clone());
         tx.event(
             &run,
@@ -1076,9 +1059,9 @@ impl Engine {
         let advanced = self.advance(&mut run, playbook, tx);
         tx.no_calls = false;
         advanced?;
-        if run.status.is_terminal() {
-            // Ended before its slot was ever committed: give the slot back in the same batch.
-            tx.batch.delete(Key::Open(&run.playbook, &run.key));
+        // A run that ended at once never takes the slot.
+        if !run.status.is_terminal() {
+            tx.batch.put(Key::Open(&run.playbook, &run.key), &run.id);
         }
         tx.save(&mut run, now);
         if run.status == RunStatus::Running {

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::locks::RunGuard;
 use super::render::{Scope, context};
 use super::schedule::Tick;
-use super::state::{Phase, Queued, Run, RunStatus};
+use super::state::{Queued, Run};
 use super::{Engine, Error, Tx};
 use crate::playbook::{Conflict, OnResolved, Overlap, Playbook, Trigger};
 use crate::store::{AuditDraft, Key};
@@ -255,7 +255,7 @@ impl Engine {
             draft
         };
         // A provisional run gives `where`, `vars` and `key` the same context a run would.
-        let provisional = provisional_run(playbook, Some(finding), now, self.inner.config.mode);
+        let provisional = Run::new(playbook, Some(finding), now, self.inner.config.mode);
         let scope = context(&provisional, playbook, now, Scope::default());
         if let Trigger::Finding(trigger) = &playbook.trigger
             && let Some(condition) = &trigger.condition
@@ -343,7 +343,7 @@ impl Engine {
 
         let handling = match (current, playbook.on_conflict) {
             (None, _) => {
-                let run = self.start_run(tx, playbook, Some(finding.clone()), key, vars, now)?;
+                let run = self.start_run(tx, playbook, with_vars, key, vars, now)?;
                 open.insert(slot, (!run.status.is_terminal()).then(|| run.id.clone()));
                 let id = run.id.clone();
                 self.hold_new(run, held).await;
@@ -391,7 +391,7 @@ impl Engine {
             (Some(run_id), Conflict::Replace) => {
                 let reason = format!("replaced by a run for finding {}", finding.id);
                 self.cancel_held(&run_id, &reason, tx, held, now).await?;
-                let run = self.start_run(tx, playbook, Some(finding.clone()), key, vars, now)?;
+                let run = self.start_run(tx, playbook, with_vars, key, vars, now)?;
                 open.insert(slot, (!run.status.is_terminal()).then(|| run.id.clone()));
                 let id = run.id.clone();
                 self.hold_new(run, held).await;
@@ -446,7 +446,7 @@ impl Engine {
             self.commit(tx).await?;
             return Ok((None, Vec::new()));
         }
-        let mut provisional = provisional_run(&playbook, None, now, self.inner.config.mode);
+        let mut provisional = Run::new(&playbook, None, now, self.inner.config.mode);
         let scope = context(&provisional, &playbook, now, Scope::default());
         let rendered = self
             .inner
@@ -505,7 +505,7 @@ impl Engine {
                 }
             }
         }
-        let run = self.start_run(&mut tx, &playbook, None, key, vars, now)?;
+        let run = self.start_run(&mut tx, &playbook, provisional, key, vars, now)?;
         let wake = self.commit(tx).await?;
         drop(cancelled);
         Ok((Some(run.id), wake))
@@ -567,37 +567,5 @@ impl Engine {
             tx.batch.delete(Key::Seen(&id));
         }
         Ok(())
-    }
-}
-
-/// A run that does not exist yet, so that `where`, `vars` and `key` see the usual context.
-fn provisional_run(
-    playbook: &Playbook,
-    finding: Option<&Finding>,
-    now: DateTime<Utc>,
-    mode: crate::playbook::Mode,
-) -> Run {
-    Run {
-        id: String::new(),
-        playbook: playbook.name.clone(),
-        version: playbook.version.clone(),
-        key: finding.map_or_else(|| playbook.name.clone(), |finding| finding.key.clone()),
-        finding: finding.cloned(),
-        attached: Vec::new(),
-        mode: playbook.mode.unwrap_or(mode),
-        status: RunStatus::Running,
-        started_at: now,
-        updated_at: now,
-        ended_at: None,
-        deadline: None,
-        vars: serde_json::Map::new(),
-        state: serde_json::Map::new(),
-        phase: Phase::Main,
-        cursor: 0,
-        steps: Default::default(),
-        failure: None,
-        cancelled: None,
-        timers: Vec::new(),
-        counted: None,
     }
 }

@@ -572,11 +572,11 @@ impl Tx {
                 self.batch.count(state::COUNT_AWAITING_APPROVAL, awaiting);
             }
         }
-        run.counted = Some(count);
+        let written = run.counted.replace(count).is_some();
         self.batch.put(Key::Run(&run.id), &*run);
         if run.status == RunStatus::Running {
             self.batch.put(Key::Active(&run.id), &true);
-        } else {
+        } else if written {
             self.batch.delete(Key::Active(&run.id));
         }
     }

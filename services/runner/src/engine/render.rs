@@ -174,55 +174,83 @@ pub(crate) struct Scope<'a> {
     pub(crate) failure: bool,
 }
 
-/// The template context of a run: `finding`, `vars`, `steps`, `run`, `playbook`, `now`, and
-/// `item`/`index`, `failure` where they apply.
+/// The template context of a run: `finding`, `vars`, `state`, `steps`, `run`, `playbook`, `now`,
+/// and `item`/`index`, `failure` where they apply. Built straight into template values; the
+/// finding is converted once per run ([`Run::finding_value`]).
 pub(crate) fn context(
     run: &Run,
     playbook: &Playbook,
     now: chrono::DateTime<chrono::Utc>,
     scope: Scope<'_>,
 ) -> minijinja::Value {
-    let mut finding = run.finding.as_ref().map_or(Value::Null, |finding| {
-        serde_json::to_value(finding).unwrap_or(Value::Null)
+    use minijinja::Value as V;
+    let finding = run.finding_value.get_or_init(|| {
+        let mut finding = run.finding.as_ref().map_or(Value::Null, |finding| {
+            serde_json::to_value(finding).unwrap_or(Value::Null)
+        });
+        complete_finding(&mut finding);
+        to_context(&finding)
     });
-    complete_finding(&mut finding);
-    let steps: serde_json::Map<String, Value> = run
+    let steps: std::collections::BTreeMap<String, V> = run
         .steps
         .iter()
         .map(|(id, state)| {
-            let mut step = serde_json::json!({
-                "status": state.status.as_str(),
-                "output": state.output,
-                "error": state.error,
-            });
-            if state.choice.is_some() {
-                step["choice"] = state.choice.clone().into();
-                step["decided_by"] = state.decided_by.clone().into();
-                step["decided_at"] = state.decided_at.map(|at| at.to_rfc3339()).into();
-                step["via"] = state.via.clone().into();
-            }
+            let status = state.status.as_str();
+            let output = to_context(&state.output);
+            let error = state.error.clone();
+            let step = match &state.choice {
+                None => minijinja::context! { status, output, error },
+                Some(choice) => minijinja::context! {
+                    status, output, error,
+                    choice => choice.clone(),
+                    decided_by => state.decided_by.clone(),
+                    decided_at => state.decided_at.map(|at| at.to_rfc3339()),
+                    via => state.via.clone(),
+                },
+            };
             (id.clone(), step)
         })
         .collect();
-    let mut context = serde_json::json!({
-        "finding": finding,
-        "vars": run.vars,
-        "state": run.state,
-        "steps": steps,
-        "run": {"id": run.id, "started_at": run.started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "mode": run.mode},
-        "playbook": {"name": playbook.name, "version": playbook.version},
-        "now": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    });
-    if let Some((item, index)) = scope.item {
-        context["item"] = item.clone();
-        context["index"] = index.into();
+    let stamp =
+        |at: chrono::DateTime<chrono::Utc>| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let item = scope.item.map(|(item, _)| to_context(item));
+    let index = scope.item.map(|(_, index)| index);
+    let failure = scope
+        .failure
+        .then_some(run.failure.as_ref())
+        .flatten()
+        .map(|failure| minijinja::context! { step => failure.step.clone(), error => failure.error.clone() });
+    let context = minijinja::context! {
+        finding,
+        vars => to_context(&run.vars),
+        state => to_context(&run.state),
+        steps => V::from(steps),
+        run => minijinja::context! {
+            id => run.id.clone(),
+            started_at => stamp(run.started_at),
+            mode => to_context(run.mode),
+        },
+        playbook => minijinja::context! {
+            name => playbook.name.clone(),
+            version => playbook.version.clone(),
+        },
+        now => stamp(now),
+    };
+    // Absent rather than none, as before: `item is defined` and `failure is defined` tell.
+    match (item, index, failure) {
+        (None, None, None) => context,
+        (item, index, failure) => {
+            let mut extra = std::collections::BTreeMap::new();
+            if let (Some(item), Some(index)) = (item, index) {
+                extra.insert("item".to_owned(), item);
+                extra.insert("index".to_owned(), V::from(index));
+            }
+            if let Some(failure) = failure {
+                extra.insert("failure".to_owned(), failure);
+            }
+            minijinja::context! { ..V::from(extra), ..context }
+        }
     }
-    if scope.failure
-        && let Some(failure) = &run.failure
-    {
-        context["failure"] = serde_json::json!({"step": failure.step, "error": failure.error});
-    }
-    to_context(&context)
 }
 
 #[cfg(test)]

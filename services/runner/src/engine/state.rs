@@ -93,6 +93,62 @@ pub struct Run {
     /// (not stored; `None` for a run not yet written).
     #[serde(skip)]
     pub(crate) counted: Option<Count>,
+    /// The finding as templates see it, converted once (not stored).
+    #[serde(skip)]
+    pub(crate) finding_value: FindingValue,
+}
+
+impl Run {
+    /// A run of `playbook` not yet given an id or written: `where`, `vars` and `key` are
+    /// evaluated against it, and [`super::Engine::start_run`] makes it the real one.
+    pub(crate) fn new(
+        playbook: &crate::playbook::Playbook,
+        finding: Option<&Finding>,
+        now: DateTime<Utc>,
+        mode: Mode,
+    ) -> Run {
+        Run {
+            id: String::new(),
+            playbook: playbook.name.clone(),
+            version: playbook.version.clone(),
+            key: finding.map_or_else(|| playbook.name.clone(), |finding| finding.key.clone()),
+            finding: finding.cloned(),
+            attached: Vec::new(),
+            mode: playbook.mode.unwrap_or(mode),
+            status: RunStatus::Running,
+            started_at: now,
+            updated_at: now,
+            ended_at: None,
+            deadline: None,
+            vars: serde_json::Map::new(),
+            state: serde_json::Map::new(),
+            phase: Phase::Main,
+            cursor: 0,
+            steps: Default::default(),
+            failure: None,
+            cancelled: None,
+            timers: Vec::new(),
+            counted: None,
+            finding_value: FindingValue::default(),
+        }
+    }
+}
+
+/// A run's finding as a template value, made on first use and shared by the run's clones (a
+/// run's finding never changes).
+#[derive(Clone, Default)]
+pub(crate) struct FindingValue(std::sync::Arc<std::sync::OnceLock<minijinja::Value>>);
+
+impl FindingValue {
+    pub(crate) fn get_or_init(&self, make: impl FnOnce() -> minijinja::Value) -> minijinja::Value {
+        self.0.get_or_init(make).clone()
+    }
+}
+
+impl std::fmt::Debug for FindingValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FindingValue")
+    }
 }
 
 /// The store counter of runs not ended.
