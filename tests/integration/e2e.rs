@@ -359,9 +359,10 @@ secops = ["{SECOPS_EMAIL}"]
             .collect()
     }
 
-    /// `user` clicks `button` (in `channel`): a signed `block_actions` request into the gateway,
-    /// as Slack sends it. Returns the click's `response_url`.
-    async fn click(&self, user: &str, button: &Button, channel: &str) -> String {
+    /// `user` clicks the `choice` button of the message `asked`: a signed `block_actions` request
+    /// into the gateway, as Slack sends it. Returns the click's `response_url`.
+    async fn click(&self, user: &str, asked: &Asked, choice: &str) -> String {
+        let (button, channel) = (asked.button(choice), asked.channel.as_str());
         let response_url = self.slack.response_url();
         let n = self.clicks.fetch_add(1, Ordering::Relaxed);
         let action_ts = format!("{}.{:06}", now(), n + 1);
@@ -381,6 +382,12 @@ secops = ["{SECOPS_EMAIL}"]
         .await;
         assert_eq!(status, 200, "Slack gets its 200: {reply}");
         response_url
+    }
+
+    /// `user` clicks as [`World::click`] does; returns what the gateway told them.
+    async fn click_and_read_reply(&self, user: &str, asked: &Asked, choice: &str) -> String {
+        let response_url = self.click(user, asked, choice).await;
+        self.reply_to(&response_url).await
     }
 
     /// What the gateway told the clicker through `response_url`.
@@ -550,12 +557,9 @@ async fn a_leaked_key_is_revoked_once_the_owner_clicks_revoke() {
     world.asked(SECOPS).await;
     assert_eq!(world.deletes(), 0, "nothing is revoked before an answer");
 
-    let response_url = world
-        .click(OWNER, asked.button("revoke"), &asked.channel)
-        .await;
     assert!(
         world
-            .reply_to(&response_url)
+            .click_and_read_reply(OWNER, &asked, "revoke")
             .await
             .starts_with("Recorded your answer *revoke*")
     );
@@ -611,12 +615,9 @@ async fn the_owner_keeps_the_key_and_nothing_is_revoked() {
     let asked = world.asked(OWNER).await;
     let run = asked.run_id();
 
-    let response_url = world
-        .click(OWNER, asked.button("keep"), &asked.channel)
-        .await;
     assert!(
         world
-            .reply_to(&response_url)
+            .click_and_read_reply(OWNER, &asked, "keep")
             .await
             .starts_with("Recorded your answer *keep*")
     );
@@ -732,12 +733,9 @@ async fn someone_not_allowed_is_refused_and_the_run_keeps_waiting() {
     let run = asked.run_id();
     let secops = world.asked(SECOPS).await;
 
-    let response_url = world
-        .click(OUTSIDER, asked.button("revoke"), &asked.channel)
-        .await;
     assert!(
         world
-            .reply_to(&response_url)
+            .click_and_read_reply(OUTSIDER, &asked, "revoke")
             .await
             .starts_with("Recorded your answer *revoke*. quench checks that you may answer"),
         "the gateway does not decide who may answer"
@@ -750,9 +748,7 @@ async fn someone_not_allowed_is_refused_and_the_run_keeps_waiting() {
     assert_eq!(buttons(still.blocks.as_ref()), asked.buttons);
 
     // secops (a member of group:secops, asked in their own DM) may answer.
-    world
-        .click(SECOPS, secops.button("revoke"), &secops.channel)
-        .await;
+    world.click(SECOPS, &secops, "revoke").await;
     world
         .until("the run completes", || {
             !world.events(RunEventKind::RunCompleted).is_empty()
@@ -814,9 +810,7 @@ async fn a_resolved_finding_closes_the_waiting_run() {
         )
         .await;
 
-    world
-        .click(OWNER, asked.button("revoke"), &asked.channel)
-        .await;
+    world.click(OWNER, &asked, "revoke").await;
     world.decisions_taken(1).await;
     assert_eq!(world.deletes(), 0, "nothing revoked");
     assert!(world.openai.key_exists(PROJECT, KEY_ID));
@@ -855,12 +849,9 @@ async fn sigkill_while_waiting_loses_nothing() {
     assert!(world.events(RunEventKind::Decided).is_empty());
 
     world.runner.kill();
-    let response_url = world
-        .click(OWNER, asked.button("revoke"), &asked.channel)
-        .await;
     assert!(
         world
-            .reply_to(&response_url)
+            .click_and_read_reply(OWNER, &asked, "revoke")
             .await
             .starts_with("Recorded your answer *revoke*"),
         "recorded while the runner is down"
@@ -937,9 +928,7 @@ async fn sigkill_after_the_revoke_intent_revokes_exactly_once() {
     let asked = world.asked(OWNER).await;
     let run = asked.run_id();
 
-    world
-        .click(OWNER, asked.button("revoke"), &asked.channel)
-        .await;
+    world.click(OWNER, &asked, "revoke").await;
     world
         .until("OpenAI deleted the key; its answer is on the way", || {
             !world.openai.key_exists(PROJECT, KEY_ID)
