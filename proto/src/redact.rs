@@ -40,6 +40,26 @@ pub fn redact_str(text: &str) -> Cow<'_, str> {
     })
 }
 
+/// Redacts every secret-shaped run of bytes in a raw body that may not be UTF-8 or even JSON
+/// (a dead letter keeps the body as it came, as bytes). Never longer than `body` plus a few
+/// bytes per secret.
+pub fn redact_bytes(body: &[u8]) -> Vec<u8> {
+    static SECRET_BYTES: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
+        regex::bytes::Regex::new(SECRET.as_str()).expect("secret pattern compiles for bytes")
+    });
+    SECRET_BYTES
+        .replace_all(body, |captures: &regex::bytes::Captures<'_>| {
+            let whole = &captures[0];
+            let prefix = captures
+                .name("modern")
+                .or_else(|| captures.name("legacy"))
+                .map_or(&b""[..], |prefix| prefix.as_bytes());
+            let tail = &whole[whole.len().saturating_sub(4)..];
+            [prefix, REDACTED_MARKER.as_bytes(), b"...", tail].concat()
+        })
+        .into_owned()
+}
+
 /// Redacts every string in a JSON value, object keys included. Returns how many strings changed.
 pub fn redact_value(value: &mut serde_json::Value) -> usize {
     match value {
