@@ -26,6 +26,14 @@ pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
 pub const HEADER_DLQ_REASON: &str = "Quench-Dlq-Reason";
 /// The subject the dead-lettered message originally arrived on.
 pub const HEADER_DLQ_SUBJECT: &str = "Quench-Dlq-Subject";
+/// The size in bytes of the message as it arrived (the dead letter's body may be cut).
+pub const HEADER_DLQ_SIZE: &str = "Quench-Dlq-Size";
+/// `true` when the dead letter keeps only the first [`DLQ_BODY_LIMIT`] bytes of the body.
+pub const HEADER_DLQ_TRUNCATED: &str = "Quench-Dlq-Truncated";
+/// Most bytes of a refused message's body a dead letter keeps: the body is kept as it came (as
+/// bytes, redacted, never re-encoded), so a dead letter always fits in a NATS message whatever
+/// was sent.
+pub const DLQ_BODY_LIMIT: usize = 64 * 1024;
 
 pub fn finding(kind: &str) -> String {
     format!("{FINDINGS_PREFIX}.{kind}")

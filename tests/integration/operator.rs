@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::support::{NatsServer, Service, check_generated, quench_bin};
+use crate::support::{NatsServer, Service, check_generated, metric, quench_bin};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -280,15 +280,6 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The value of a metric line `name{labels} value` (0 when absent).
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
-        })
-        .unwrap_or(0.0)
-}
-
 fn role_rank(role: &str) -> usize {
     ["viewer", "approver", "editor", "admin"]
         .iter()

@@ -16,7 +16,7 @@ use crate::support::{NatsServer, Service, eventually, http_status};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-const GATE_PLAYBOOK: &str = r#"schema: quench.playbook/v1
+pub(crate) const GATE_PLAYBOOK: &str = r#"schema: quench.playbook/v1
 name: gate
 on:
   finding:
@@ -56,7 +56,7 @@ steps:
       message: awake
 "#;
 
-fn finding(id: &str, key_id: &str) -> serde_json::Value {
+pub(crate) fn finding(id: &str, key_id: &str) -> serde_json::Value {
     json!({
         "schema": "quench.finding/v1", "id": id, "kind": "openai.api_key.leaked", "severity": "high",
         "title": "leaked key", "detected_at": "2026-11-20T10:00:00Z", "source": {"scanner": "test"},
@@ -64,21 +64,35 @@ fn finding(id: &str, key_id: &str) -> serde_json::Value {
     })
 }
 
-struct World {
-    nats: NatsServer,
-    service: Service,
-    client: async_nats::Client,
+/// `quench serve` on its own nats-server, with a test client that records run events.
+pub(crate) struct World {
+    pub(crate) nats: NatsServer,
+    pub(crate) service: Service,
+    pub(crate) client: async_nats::Client,
     events: Arc<Mutex<Vec<RunEvent>>>,
     _dir: tempfile::TempDir,
 }
 
 impl World {
-    async fn start(playbooks: &[&str]) -> World {
+    pub(crate) async fn start(playbooks: &[&str]) -> World {
         World::start_with_env(playbooks, &[]).await
     }
 
-    async fn start_with_env(playbooks: &[&str], env: &[(&str, &str)]) -> World {
+    pub(crate) async fn start_with_env(playbooks: &[&str], env: &[(&str, &str)]) -> World {
         let nats = NatsServer::start();
+        let client = async_nats::connect(nats.url())
+            .await
+            .expect("test client connects");
+        World::on(nats, client, playbooks, env).await
+    }
+
+    /// The service on `nats` (configured by `env`), observed through `client`.
+    pub(crate) async fn on(
+        nats: NatsServer,
+        client: async_nats::Client,
+        playbooks: &[&str],
+        env: &[(&str, &str)],
+    ) -> World {
         let dir = tempfile::tempdir().expect("temp dir");
         let playbook_dir = dir.path().join("playbooks");
         std::fs::create_dir(&playbook_dir).expect("playbook dir");
@@ -87,9 +101,6 @@ impl World {
                 .expect("write playbook");
         }
         let service = Service::start(&nats.url(), &playbook_dir, dir.path(), env);
-        let client = async_nats::connect(nats.url())
-            .await
-            .expect("test client connects");
         let events = Arc::new(Mutex::new(Vec::new()));
         let mut subscription = client
             .subscribe("quench.events.>")
@@ -113,7 +124,7 @@ impl World {
         }
     }
 
-    async fn publish(&self, subject: &str, body: Vec<u8>, msg_id: Option<&str>) {
+    pub(crate) async fn publish(&self, subject: &str, body: Vec<u8>, msg_id: Option<&str>) {
         let jetstream = async_nats::jetstream::new(self.client.clone());
         let mut headers = async_nats::HeaderMap::new();
         if let Some(id) = msg_id {
@@ -127,7 +138,7 @@ impl World {
             .expect("stream ack");
     }
 
-    async fn publish_finding(&self, finding: &serde_json::Value, msg_id: Option<&str>) {
+    pub(crate) async fn publish_finding(&self, finding: &serde_json::Value, msg_id: Option<&str>) {
         let subject = format!(
             "quench.findings.{}",
             finding["kind"].as_str().expect("kind")
@@ -136,7 +147,7 @@ impl World {
             .await;
     }
 
-    fn count(&self, kind: &str) -> usize {
+    pub(crate) fn count(&self, kind: &str) -> usize {
         self.events
             .lock()
             .expect("lock")
@@ -145,7 +156,7 @@ impl World {
             .count()
     }
 
-    fn run_ids(&self, kind: &str) -> Vec<String> {
+    pub(crate) fn run_ids(&self, kind: &str) -> Vec<String> {
         self.events
             .lock()
             .expect("lock")
@@ -156,7 +167,7 @@ impl World {
     }
 
     /// Stops the service and opens its store.
-    fn stop_and_open(&mut self) -> Store {
+    pub(crate) fn stop_and_open(&mut self) -> Store {
         assert_eq!(
             self.service.terminate(),
             Some(0),
@@ -168,7 +179,7 @@ impl World {
     }
 }
 
-fn audit_kinds(store: &Store, kind: &str) -> usize {
+pub(crate) fn audit_kinds(store: &Store, kind: &str) -> usize {
     store
         .audit_entries()
         .filter(|entry| {

@@ -71,6 +71,21 @@ pub struct NatsConfig {
     /// its own (e.g. `_INBOX.gateway`) so NATS permissions can let it read only its own replies
     /// (see `deploy/nats-server.conf`).
     pub inbox_prefix: String,
+    /// How long a delivered finding or decision may stay unacknowledged before JetStream offers
+    /// it again (`60s`). quench extends it while a message waits for room, so only a message
+    /// that is truly stuck comes back.
+    pub ack_wait: String,
+    /// Deliveries after which JetStream stops offering a message; quench then dead-letters it
+    /// from the stream (reason `max_deliveries`), so nothing a sender publishes can hold intake
+    /// forever. At least 2; decisions waiting for their gate use some deliveries.
+    pub max_deliver: i64,
+}
+
+impl NatsConfig {
+    /// [`NatsConfig::ack_wait`] (checked at load).
+    pub fn ack_wait(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.ack_wait).unwrap_or(std::time::Duration::from_secs(60))
+    }
 }
 
 impl Default for NatsConfig {
@@ -85,6 +100,8 @@ impl Default for NatsConfig {
             token_file: None,
             tls_ca_file: None,
             inbox_prefix: "_INBOX".to_owned(),
+            ack_wait: "60s".to_owned(),
+            max_deliver: 50,
         }
     }
 }
@@ -482,6 +499,23 @@ impl Config {
                 "nats.inbox_prefix",
                 &self.nats.inbox_prefix,
                 "must be dot-separated words without spaces or wildcards, e.g. _INBOX.gateway",
+            ));
+        }
+        match humantime::parse_duration(&self.nats.ack_wait) {
+            Ok(wait) if wait >= std::time::Duration::from_secs(1) => {}
+            _ => {
+                return Err(bad(
+                    "nats.ack_wait",
+                    &self.nats.ack_wait,
+                    "must be a duration of at least 1s, e.g. 60s",
+                ));
+            }
+        }
+        if self.nats.max_deliver < 2 {
+            return Err(bad(
+                "nats.max_deliver",
+                &self.nats.max_deliver.to_string(),
+                "must be at least 2",
             ));
         }
         if self.gateway.max_body_bytes < 1024 {

@@ -25,6 +25,13 @@ pub const FINDINGS_DEDUPLICATED: &str = "quench_findings_deduplicated";
 /// Messages refused and republished to the dead-letter subject (`subject`: findings or
 /// decisions; `reason`: the parse error's code).
 pub const DEAD_LETTERED: &str = "quench_dead_lettered";
+/// Messages acknowledged without being processed or dead-lettered, because even their dead
+/// letter could not be published (`consumer`: findings or decisions; `reason`).
+pub const INTAKE_DROPPED: &str = "quench_intake_dropped";
+/// 1 while a consumer has messages waiting and has handled none for twice its ack wait.
+pub const INTAKE_STUCK: &str = "quench_intake_stuck";
+/// Messages of a consumer not yet acknowledged: waiting in the stream plus delivered.
+pub const INTAKE_PENDING: &str = "quench_intake_pending";
 /// Runs started (`playbook`).
 pub const RUNS_STARTED: &str = "quench_runs_started";
 /// Runs that ended `completed` (`playbook`).
@@ -67,6 +74,19 @@ pub struct DeadLetterLabels {
     pub reason: String,
 }
 
+/// Labels of per-consumer intake gauges.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabel {
+    pub consumer: String,
+}
+
+/// Labels of dropped-message counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DroppedLabels {
+    pub consumer: String,
+    pub reason: String,
+}
+
 /// Labels of per-playbook run counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PlaybookLabel {
@@ -99,6 +119,11 @@ pub struct Metrics {
     pub findings_received: Family<KindLabel, Counter>,
     pub findings_deduplicated: Family<KindLabel, Counter>,
     pub dead_lettered: Family<DeadLetterLabels, Counter>,
+    pub intake_dropped: Family<DroppedLabels, Counter>,
+    pub intake_stuck: Family<ConsumerLabel, Gauge>,
+    pub intake_pending: Family<ConsumerLabel, Gauge>,
+    /// Finding kinds given a label of their own so far (see [`MAX_KIND_LABELS`]).
+    kinds: std::sync::Mutex<std::collections::HashSet<String>>,
     pub runs_started: Family<PlaybookLabel, Counter>,
     pub runs_completed: Family<PlaybookLabel, Counter>,
     pub runs_failed: Family<PlaybookLabel, Counter>,
@@ -134,6 +159,10 @@ impl Metrics {
             findings_received: Family::default(),
             findings_deduplicated: Family::default(),
             dead_lettered: Family::default(),
+            intake_dropped: Family::default(),
+            intake_stuck: Family::default(),
+            intake_pending: Family::default(),
+            kinds: std::sync::Mutex::default(),
             runs_started: Family::default(),
             runs_completed: Family::default(),
             runs_failed: Family::default(),
@@ -166,6 +195,21 @@ impl Metrics {
             DEAD_LETTERED,
             "Messages refused and dead-lettered, by DLQ subject and reason",
             metrics.dead_lettered.clone(),
+        );
+        registry.register(
+            INTAKE_DROPPED,
+            "Messages acknowledged unprocessed because not even their dead letter could be published, by consumer and reason",
+            metrics.intake_dropped.clone(),
+        );
+        registry.register(
+            INTAKE_STUCK,
+            "1 while a consumer has messages waiting and handled none for twice its ack wait",
+            metrics.intake_stuck.clone(),
+        );
+        registry.register(
+            INTAKE_PENDING,
+            "Messages of a consumer not yet acknowledged (waiting in the stream or delivered)",
+            metrics.intake_pending.clone(),
         );
         registry.register(
             RUNS_STARTED,
@@ -246,9 +290,11 @@ impl Metrics {
     }
 
     /// Counts a finding taken in (every parsed one), and whether it was dropped as a duplicate.
+    /// Kinds come from publishers: past [`MAX_KIND_LABELS`] distinct ones, new kinds are counted
+    /// as `other`, so a publisher cannot grow the registry without bound.
     pub fn finding(&self, kind: &str, duplicate: bool) {
         let label = KindLabel {
-            kind: kind.to_owned(),
+            kind: self.kind_label(kind),
         };
         self.findings_received.get_or_create(&label).inc();
         if duplicate {
@@ -271,6 +317,43 @@ impl Metrics {
                 playbook: playbook.to_owned(),
             })
             .inc();
+    }
+
+    fn kind_label(&self, kind: &str) -> String {
+        let Ok(mut kinds) = self.kinds.lock() else {
+            return OTHER_KIND.to_owned();
+        };
+        if kinds.contains(kind) {
+            return kind.to_owned();
+        }
+        if kinds.len() < MAX_KIND_LABELS {
+            kinds.insert(kind.to_owned());
+            return kind.to_owned();
+        }
+        OTHER_KIND.to_owned()
+    }
+
+    /// Counts a message acknowledged without being processed or dead-lettered.
+    pub fn intake_dropped(&self, consumer: &str, reason: &str) {
+        self.intake_dropped
+            .get_or_create(&DroppedLabels {
+                consumer: consumer.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets a consumer's state gauges.
+    pub fn intake_state(&self, consumer: &str, pending: u64, stuck: bool) {
+        let label = ConsumerLabel {
+            consumer: consumer.to_owned(),
+        };
+        self.intake_pending
+            .get_or_create(&label)
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        self.intake_stuck
+            .get_or_create(&label)
+            .set(i64::from(stuck));
     }
 
     /// Counts a dead-lettered message.
@@ -309,6 +392,10 @@ impl Metrics {
         out
     }
 }
+
+/// Distinct finding kinds counted under their own label; later ones are counted as `other`.
+pub const MAX_KIND_LABELS: usize = 256;
+const OTHER_KIND: &str = "other";
 
 /// The content type of [`Metrics::render`].
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

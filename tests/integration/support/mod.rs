@@ -665,6 +665,11 @@ impl Drop for GatewayProcess {
 
 /// The status code of a plain HTTP GET, or `None` when nothing answers.
 pub(crate) fn http_status(address: &str, path: &str) -> Option<u16> {
+    http_get(address, path).map(|(status, _)| status)
+}
+
+/// The status code and body of a plain HTTP GET, or `None` when nothing answers.
+pub(crate) fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address).ok()?;
     stream
@@ -673,7 +678,22 @@ pub(crate) fn http_status(address: &str, path: &str) -> Option<u16> {
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// The value of one series (`name{labels}`) in a Prometheus exposition, 0 when absent.
+pub(crate) fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
 }
 
 /// Polls `check` until it is true or `within` passes.
@@ -684,6 +704,19 @@ pub(crate) async fn eventually(
 ) {
     let started = std::time::Instant::now();
     while !check() {
+        assert!(started.elapsed() < within, "not within {within:?}: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// [`eventually`] for a check that must await (e.g. reads NATS).
+pub(crate) async fn eventually_async<F, Fut>(within: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !check().await {
         assert!(started.elapsed() < within, "not within {within:?}: {what}");
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }

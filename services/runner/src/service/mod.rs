@@ -10,7 +10,7 @@
 
 pub(crate) mod api;
 mod events;
-mod intake;
+pub(crate) mod intake;
 mod nats;
 pub(crate) mod playbooks;
 mod publish;
@@ -206,6 +206,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
         tasks: drives.clone(),
     };
     let ready = Arc::new(AtomicBool::new(false));
+    let health = Arc::new(intake::Health::default());
 
     let listener = tokio::net::TcpListener::bind(config.api_listen())
         .await
@@ -226,6 +227,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
         client: client.clone(),
         tokens,
         ready: ready.clone(),
+        intake: health.clone(),
     });
     tasks.spawn(api::serve(listener, api, stop.clone()));
     tasks.spawn(library.watch(stop.clone()));
@@ -236,23 +238,30 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
 
     // Cancelled when a commit fails: the service stops rather than build on it.
     let failed = engine.store().failed();
-    let findings = intake::findings_consumer(&jetstream).await?;
-    let decisions = intake::decisions_consumer(&jetstream).await?;
+    let limits = intake::Limits::new(&config.nats);
+    let findings = intake::findings_consumer(&jetstream, limits).await?;
+    let decisions = intake::decisions_consumer(&jetstream, limits).await?;
+    let intake = intake::Intake {
+        jetstream: jetstream.clone(),
+        engine: engine.clone(),
+        driver: driver.clone(),
+        health,
+        limits,
+    };
+    let advisories = intake::max_deliveries(client.clone(), intake.clone(), stop.clone());
+    tasks.spawn(async move {
+        if let Err(error) = advisories.await {
+            tracing::error!(%error, "messages JetStream gives up delivering cannot be dead-lettered");
+        }
+    });
+    tasks.spawn(intake::watch(intake.clone(), stop.clone()));
     tasks.spawn(intake::findings(
         findings,
-        jetstream.clone(),
-        engine.clone(),
-        driver.clone(),
+        intake.clone(),
         backlog,
         stop.clone(),
     ));
-    tasks.spawn(intake::decisions(
-        decisions,
-        jetstream.clone(),
-        engine.clone(),
-        driver.clone(),
-        stop.clone(),
-    ));
+    tasks.spawn(intake::decisions(decisions, intake, stop.clone()));
     tasks.spawn(timers(engine.clone(), driver.clone(), stop.clone()));
     ready.store(true, Ordering::SeqCst);
     tracing::info!(listen = %config.api.listen, nats = %config.nats.url, mode = ?config.mode(), "quench is serving");

@@ -12,6 +12,9 @@ use crate::config::NatsConfig;
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a re-sent finding.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * 60 * 60);
 
+/// Most bytes the dead-letter stream keeps.
+const DLQ_MAX_BYTES: i64 = 1 << 30;
+
 /// Connects with the configured credentials; fails fast, naming the URL, when NATS is not there.
 pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, Error> {
     connect_as(config, "quench").await
@@ -92,6 +95,13 @@ pub async fn ensure_streams(jetstream: &jetstream::Context, url: &str) -> Result
             subjects: vec![subject::DLQ_ALL.to_owned()],
             storage: stream::StorageType::File,
             max_age: Duration::from_secs(30 * 24 * 3600),
+            // A flood of bad messages cannot fill the disk or refuse the next dead letter:
+            // past this size the oldest dead letters go (counted by the stream, not silent).
+            max_bytes: DLQ_MAX_BYTES,
+            discard: stream::DiscardPolicy::Old,
+            // A message refused twice (its ack lost) is dead-lettered once: its id is its
+            // stream and sequence.
+            duplicate_window: Duration::from_secs(10 * 60),
             description: Some(
                 "messages quench refused, with the reason in Quench-Dlq-Reason".to_owned(),
             ),

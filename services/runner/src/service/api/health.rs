@@ -25,6 +25,18 @@ pub(crate) struct Readiness {
     pub(crate) nats: String,
     /// Start-up finished (store open, streams ready, playbooks loaded, intake running).
     pub(crate) started: bool,
+    /// Each consumer's state.
+    pub(crate) intake: IntakeReadiness,
+}
+
+/// The intake's state per consumer: `ok`; `stuck` (messages are waiting and none was handled
+/// for twice `nats.ack_wait`: not ready); `shedding` (in the last minute a message was
+/// acknowledged unprocessed because not even its dead letter could be published; still ready,
+/// see `quench_intake_dropped`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct IntakeReadiness {
+    pub(crate) findings: String,
+    pub(crate) decisions: String,
 }
 
 /// Liveness.
@@ -36,16 +48,21 @@ pub(super) async fn healthz() -> Json<Health> {
     })
 }
 
-/// Readiness: 200 once started and while connected to NATS, else 503.
+/// Readiness: 200 once started, while connected to NATS and while no intake is stuck, else 503.
 #[utoipa::path(get, path = "/readyz", tag = "service",
     responses(
         (status = 200, description = "Ready", body = Readiness),
-        (status = 503, description = "Starting, stopping, or NATS is disconnected", body = Readiness)
+        (status = 503, description = "Starting, stopping, NATS is disconnected, or an intake is stuck", body = Readiness)
     ))]
 pub(super) async fn readyz(State(api): State<Api>) -> (StatusCode, Json<Readiness>) {
+    use crate::service::intake::{Source, State as IntakeState};
     let nats = api.inner.client.connection_state() == async_nats::connection::State::Connected;
     let started = api.inner.ready.load(Ordering::SeqCst);
-    let status = if nats && started {
+    let findings = api.inner.intake.state(Source::Findings);
+    let decisions = api.inner.intake.state(Source::Decisions);
+    let flowing = findings != IntakeState::Stuck && decisions != IntakeState::Stuck;
+    let ready = nats && started && flowing;
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -53,9 +70,13 @@ pub(super) async fn readyz(State(api): State<Api>) -> (StatusCode, Json<Readines
     (
         status,
         Json(Readiness {
-            ready: nats && started,
+            ready,
             nats: if nats { "connected" } else { "disconnected" }.to_owned(),
             started,
+            intake: IntakeReadiness {
+                findings: findings.as_str().to_owned(),
+                decisions: decisions.as_str().to_owned(),
+            },
         }),
     )
 }

@@ -62,6 +62,7 @@ struct Inner {
     client: async_nats::Client,
     tokens: Tokens,
     ready: Arc<AtomicBool>,
+    intake: Arc<super::intake::Health>,
     /// One audit verification at a time: it reads the whole log.
     verifying: Semaphore,
 }
@@ -75,6 +76,7 @@ pub(crate) struct Parts {
     pub(crate) client: async_nats::Client,
     pub(crate) tokens: Tokens,
     pub(crate) ready: Arc<AtomicBool>,
+    pub(crate) intake: Arc<super::intake::Health>,
 }
 
 impl Api {
@@ -89,6 +91,7 @@ impl Api {
                 client: parts.client,
                 tokens: parts.tokens,
                 ready: parts.ready,
+                intake: parts.intake,
                 verifying: Semaphore::new(1),
             }),
         }
