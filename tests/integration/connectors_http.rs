@@ -730,23 +730,58 @@ async fn describe_shows_the_request_without_header_values() {
     let http = action(&["hooks.example.com".to_owned()]);
     let input = json!({
         "method": "POST",
-        "url": "https://deploy:hunter2@hooks.example.com/revoke?key=key_abc",
+        "url": "https://hooks.example.com/revoke?key=key_abc",
         "headers": {"Authorization": TOKEN, "X-Team": "security"},
         "json": {"key_id": "key_abc", "leaked": "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"},
     });
     assert_eq!(
         http.describe(&input),
-        json!({
+        Ok(json!({
             "method": "POST",
-            "url": "https://redacted:redacted@hooks.example.com/revoke?key=key_abc",
+            "url": "https://hooks.example.com/revoke?key=key_abc",
             "headers": {"Authorization": "<redacted>", "X-Team": "<redacted>"},
             "json": {"key_id": "key_abc", "leaked": "sk-proj-[REDACTED]...6789"},
-        })
+        }))
     );
     assert_eq!(
         http.describe(&json!({"method": "GET", "url": "https://hooks.example.com/"})),
-        json!({"method": "GET", "url": "https://hooks.example.com/", "headers": {}, "json": null})
+        Ok(
+            json!({"method": "GET", "url": "https://hooks.example.com/", "headers": {}, "json": null})
+        )
     );
+}
+
+#[tokio::test]
+async fn describe_refuses_what_live_mode_refuses_before_sending() {
+    let http = action(&["hooks.example.com".to_owned()]);
+    for (input, wanted) in [
+        (
+            json!({"method": "GET", "url": "https://deploy:hunter2@hooks.example.com/"}),
+            "refuses URLs with credentials",
+        ),
+        (
+            json!({"method": "GET", "url": "https://elsewhere.example.com/"}),
+            "is not allowlisted",
+        ),
+        (
+            json!({"method": "GET", "url": "http://169.254.169.254/latest"}),
+            "is an internal address",
+        ),
+        (
+            json!({"method": "GET", "url": "https://hooks.example.com/", "headers": {"Host": "x"}}),
+            "cannot be set by a playbook",
+        ),
+        (json!({"method": "GET"}), "missing field `url`"),
+    ] {
+        let refused = http.describe(&input);
+        match &refused {
+            Err(ActionError::Permanent { message }) => {
+                assert!(message.contains(wanted), "{message}");
+                assert!(!message.contains("hunter2"), "{message}");
+            }
+            other => panic!("{input} should be refused with {wanted:?}, got {other:?}"),
+        }
+    }
 }
 
 #[test]

@@ -95,7 +95,7 @@ impl Connector {
         }
     }
 
-    fn describe(&self, action: &str, input: Value) -> Value {
+    fn describe(&self, action: &str, input: Value) -> Result<Value, ActionError> {
         self.actions
             .get(action)
             .unwrap_or_else(|| panic!("{action} is registered"))
@@ -880,15 +880,26 @@ async fn dry_run_describes_the_request_that_would_be_sent() {
     ];
     let mutating: Vec<_> = every_action().into_iter().take(expected.len()).collect();
     for ((action, input), expected) in mutating.into_iter().zip(expected) {
-        assert_eq!(connector.describe(action, input), expected, "{action}");
+        assert_eq!(connector.describe(action, input), Ok(expected), "{action}");
     }
-    let invalid = connector.describe("openai.revoke_key", json!({"key_id": "key_1"}));
-    assert!(
-        invalid["error"]
-            .as_str()
-            .is_some_and(|error| error.contains("project_id")),
-        "{invalid}"
-    );
+    // What live mode refuses before sending, a dry run refuses with the same error.
+    for (input, wanted) in [
+        (json!({"key_id": "key_1"}), "missing field `project_id`"),
+        (
+            json!({"project_id": "proj_1", "key_id": "key 1/../x"}),
+            "`key_id` is not an OpenAI id",
+        ),
+        (
+            json!({"project_id": "proj_1", "key_id": "sk-proj-abcdefghijklmnopqrstuvwxyz0123"}),
+            "`key_id` looks like a secret key",
+        ),
+    ] {
+        let refused = connector.describe("openai.revoke_key", input);
+        assert!(
+            matches!(&refused, Err(ActionError::Permanent { message }) if message.contains(wanted)),
+            "{refused:?}"
+        );
+    }
     assert_eq!(connector.requests(), 0, "describing sends nothing");
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use quench_proto::RunEvent;
-use quench_runner::engine::{Gate, Run, RunStatus};
+use quench_runner::engine::{Gate, Run, RunStatus, StepStatus};
 use quench_runner::store::{Key, Store, StoreConfig, parse_stored};
 use serde_json::json;
 
@@ -584,6 +584,62 @@ steps:
       to: "{{ finding.owner.email }}"
       text: "Done: {{ steps.decide.output.choice }}"
 "#;
+
+/// Dry-run sends nothing, but it checks what it would send exactly as live mode does before any
+/// call: a revoke whose key id is not an OpenAI id fails the step and the run (it does not show
+/// up as a harmless `dry_run`), and a valid one in the same run is described.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_fails_a_step_live_mode_would_refuse() {
+    const REVOKE_TWICE: &str = r#"schema: quench.playbook/v1
+name: dry-revoke
+on:
+  finding:
+    kinds: [openai.api_key.leaked]
+steps:
+  - id: valid
+    uses: openai.revoke_key
+    with:
+      project_id: "{{ finding.resource.project_id }}"
+      key_id: "{{ finding.resource.id }}"
+  - id: invalid
+    uses: openai.revoke_key
+    with:
+      project_id: "{{ finding.resource.project_id }}"
+      key_id: "{{ finding.resource.id }}/../../admin_api_keys/key_admin"
+"#;
+    let mut world = World::start(&[REVOKE_TWICE]).await;
+    world
+        .publish_finding(&finding("f-dry", "key_1"), Some("f-dry"))
+        .await;
+    eventually(WAIT, "the run ends", || {
+        world.count("run_failed") + world.count("run_completed") == 1
+    })
+    .await;
+    assert_eq!(
+        world.count("run_failed"),
+        1,
+        "the run fails as live mode's would"
+    );
+    let run = world.run_ids("run_failed").remove(0);
+    let store = world.stop_and_open();
+    let ended: Run = store.get(Key::Run(&run)).expect("read").expect("run");
+    assert_eq!(ended.steps["valid"].status, StepStatus::DryRun);
+    assert_eq!(ended.steps["invalid"].status, StepStatus::Failed);
+    let error = ended.steps["invalid"].error.clone().unwrap_or_default();
+    assert!(error.contains("`key_id` is not an OpenAI id"), "{error}");
+    let described: Vec<String> = store
+        .run_audit(&run)
+        .expect("timeline")
+        .iter()
+        .filter(|entry| entry.kind == "step_dry_run")
+        .filter_map(|entry| entry.step.clone())
+        .collect();
+    assert_eq!(
+        described,
+        ["valid"],
+        "only the valid request is recorded as dry-run"
+    );
+}
 
 /// Through the real service: the owner gets a DM with buttons, a click (as the gateway would
 /// publish it) resumes the run, the message is updated, and — with no OpenAI admin key — the

@@ -151,7 +151,11 @@ impl Action for HttpAction {
 
     /// The request that would be sent, with header values replaced by [`REDACTED`] and
     /// credentials in the URL or secret-shaped strings in the body redacted.
-    fn describe(&self, input: &Value) -> Value {
+    fn describe(&self, input: &Value) -> Result<Value, ActionError> {
+        // The checks live mode makes before it sends: the input's shape, the headers, and the
+        // allowlist for the first hop (DNS answers and redirects are only known by sending).
+        let prepared = Prepared::new(input, "dry-run")?;
+        self.admit(&prepared.url).map_err(ActionError::permanent)?;
         let url = match input.get("url") {
             Some(Value::String(url)) => Value::String(describe_url(url)),
             other => other.cloned().unwrap_or(Value::Null),
@@ -165,12 +169,12 @@ impl Action for HttpAction {
         };
         let mut body = input.get("json").cloned().unwrap_or(Value::Null);
         quench_proto::redact_value(&mut body);
-        json!({
+        Ok(json!({
             "method": input.get("method").cloned().unwrap_or(Value::Null),
             "url": url,
             "headers": headers,
             "json": body,
-        })
+        }))
     }
 }
 

@@ -82,9 +82,12 @@ pub type ActionFuture<'a> = Pin<Box<dyn Future<Output = Result<Success, ActionEr
 pub trait Action: Send + Sync + Debug {
     fn call<'a>(&'a self, call: &'a Call) -> ActionFuture<'a>;
 
-    /// What a dry run records instead of calling (connectors show the request they would send).
-    fn describe(&self, input: &Value) -> Value {
-        input.clone()
+    /// What a dry run records instead of calling: the request live mode would send (connectors
+    /// show method, path and body, never a credential), after every check live mode makes before
+    /// it sends anything. Input live mode would refuse is refused here with the same error, so a
+    /// dry run fails where a live run would.
+    fn describe(&self, input: &Value) -> Result<Value, ActionError> {
+        Ok(input.clone())
     }
 }
 

@@ -454,7 +454,22 @@ impl Engine {
                 };
                 let key = idempotency_key(&run.id, &step.id, iteration);
                 if run.mode == Mode::DryRun && step.action.mutates {
-                    let request = action.describe(&input);
+                    let request = match action.describe(&input) {
+                        Ok(request) => request,
+                        // Refused before any call, as live mode would refuse it.
+                        Err(error) => {
+                            return self.complete(
+                                run,
+                                playbook,
+                                step,
+                                iteration,
+                                Err(error),
+                                false,
+                                tx,
+                                now,
+                            );
+                        }
+                    };
                     tx.audit(
                         run,
                         now,

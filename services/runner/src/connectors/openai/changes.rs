@@ -51,11 +51,6 @@ pub(super) fn register(actions: &mut Actions, client: &Arc<OpenAi>) {
         );
 }
 
-/// What a dry run records for input that cannot be used.
-fn describe_with(planned: Result<Value, ActionError>) -> Value {
-    planned.unwrap_or_else(|error| json!({"error": error.to_string()}))
-}
-
 /// The output of a delete: `{id, deleted: true, already_done}`.
 fn deleted(id: &str, already_done: bool) -> Success {
     Success {
@@ -150,12 +145,10 @@ impl Action for RevokeKey {
         Box::pin(self.run(&call.input))
     }
 
-    fn describe(&self, input: &Value) -> Value {
-        describe_with(
-            parse_input(REVOKE_KEY, input)
-                .and_then(|input| self.plan(&input))
-                .map(|request| request.describe()),
-        )
+    fn describe(&self, input: &Value) -> Result<Value, ActionError> {
+        parse_input(REVOKE_KEY, input)
+            .and_then(|input| self.plan(&input))
+            .map(|request| request.describe())
     }
 }
 
@@ -204,12 +197,10 @@ impl Action for DeleteAdminKey {
         Box::pin(self.run(&call.input))
     }
 
-    fn describe(&self, input: &Value) -> Value {
-        describe_with(
-            parse_input(DELETE_ADMIN_KEY, input)
-                .and_then(|input| self.plan(&input))
-                .map(|request| request.describe()),
-        )
+    fn describe(&self, input: &Value) -> Result<Value, ActionError> {
+        parse_input(DELETE_ADMIN_KEY, input)
+            .and_then(|input| self.plan(&input))
+            .map(|request| request.describe())
     }
 }
 
@@ -257,12 +248,10 @@ impl Action for DeleteServiceAccount {
         Box::pin(self.run(&call.input))
     }
 
-    fn describe(&self, input: &Value) -> Value {
-        describe_with(
-            parse_input(DELETE_SERVICE_ACCOUNT, input)
-                .and_then(|input| self.plan(&input))
-                .map(|request| request.describe()),
-        )
+    fn describe(&self, input: &Value) -> Result<Value, ActionError> {
+        parse_input(DELETE_SERVICE_ACCOUNT, input)
+            .and_then(|input| self.plan(&input))
+            .map(|request| request.describe())
     }
 }
 
@@ -332,12 +321,10 @@ impl Action for SetProjectUserRole {
         Box::pin(self.run(&call.input))
     }
 
-    fn describe(&self, input: &Value) -> Value {
-        describe_with(
-            parse_input(SET_PROJECT_USER_ROLE, input)
-                .and_then(|input| self.plan(&input))
-                .map(|request| request.describe()),
-        )
+    fn describe(&self, input: &Value) -> Result<Value, ActionError> {
+        parse_input(SET_PROJECT_USER_ROLE, input)
+            .and_then(|input| self.plan(&input))
+            .map(|request| request.describe())
     }
 }
 
@@ -378,12 +365,10 @@ impl Action for RemoveProjectUser {
         Box::pin(self.run(&call.input))
     }
 
-    fn describe(&self, input: &Value) -> Value {
-        describe_with(
-            parse_input(REMOVE_PROJECT_USER, input)
-                .and_then(|input| self.plan(&input))
-                .map(|request| request.describe()),
-        )
+    fn describe(&self, input: &Value) -> Result<Value, ActionError> {
+        parse_input(REMOVE_PROJECT_USER, input)
+            .and_then(|input| self.plan(&input))
+            .map(|request| request.describe())
     }
 }
 
@@ -536,24 +521,23 @@ impl Action for LimitProjectRate {
     }
 
     /// The update, with the rate limit id left open: it is found by model when the step runs.
-    fn describe(&self, input: &Value) -> Value {
-        describe_with(parse_input(LIMIT_PROJECT_RATE, input).and_then(|input| {
-            let wanted = requested_limits(&input)?;
-            let list = self.list(&input)?;
-            let body: Map<String, Value> = wanted
-                .into_iter()
-                .map(|(field, value)| (field.to_owned(), json!(value)))
-                .collect();
-            Ok(json!({
-                "method": "POST",
-                "path": format!("{}/{{rate_limit_id}}", list.path()),
-                "body": body,
-                "rate_limit_id": format!(
-                    "the id of model `{}`'s limit, from GET {}",
-                    input.model.trim(),
-                    list.path()
-                ),
-            }))
+    fn describe(&self, input: &Value) -> Result<Value, ActionError> {
+        let input: LimitInput = parse_input(LIMIT_PROJECT_RATE, input)?;
+        let wanted = requested_limits(&input)?;
+        let list = self.list(&input)?;
+        let body: Map<String, Value> = wanted
+            .into_iter()
+            .map(|(field, value)| (field.to_owned(), json!(value)))
+            .collect();
+        Ok(json!({
+            "method": "POST",
+            "path": format!("{}/{{rate_limit_id}}", list.path()),
+            "body": body,
+            "rate_limit_id": format!(
+                "the id of model `{}`'s limit, from GET {}",
+                input.model.trim(),
+                list.path()
+            ),
         }))
     }
 }
@@ -603,12 +587,10 @@ impl Action for ArchiveProject {
         Box::pin(self.run(&call.input))
     }
 
-    fn describe(&self, input: &Value) -> Value {
-        describe_with(
-            parse_input(ARCHIVE_PROJECT, input)
-                .and_then(|input| self.plan(&input))
-                .map(|request| request.describe()),
-        )
+    fn describe(&self, input: &Value) -> Result<Value, ActionError> {
+        parse_input(ARCHIVE_PROJECT, input)
+            .and_then(|input| self.plan(&input))
+            .map(|request| request.describe())
     }
 }
 
