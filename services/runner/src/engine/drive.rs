@@ -437,39 +437,44 @@ impl Engine {
             "wait" => self.start_wait(run, playbook, step, &input, tx, now),
             crate::actions::APPROVAL => self.open_gate(run, playbook, step, input, tx, now),
             name => {
-                let Some(action) = self.inner.actions.get(name).cloned() else {
-                    let error = ActionError::permanent(format!(
-                        "action `{name}` is not available: its connector is not configured"
-                    ));
-                    return self.complete(
-                        run,
-                        playbook,
-                        step,
-                        iteration,
-                        Err(error),
-                        false,
-                        tx,
-                        now,
-                    );
+                let dry_run = run.mode == Mode::DryRun && step.action.mutates;
+                // A dry run describes the request after the checks live mode makes before any
+                // call, so what live mode would refuse fails here too.
+                let planned = self
+                    .inner
+                    .actions
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| {
+                        ActionError::permanent(format!(
+                            "action `{name}` is not available: its connector is not configured"
+                        ))
+                    })
+                    .and_then(|action| {
+                        let request = if dry_run {
+                            Some(action.describe(&input)?)
+                        } else {
+                            None
+                        };
+                        Ok((action, request))
+                    });
+                let (action, request) = match planned {
+                    Ok(planned) => planned,
+                    Err(error) => {
+                        return self.complete(
+                            run,
+                            playbook,
+                            step,
+                            iteration,
+                            Err(error),
+                            false,
+                            tx,
+                            now,
+                        );
+                    }
                 };
                 let key = idempotency_key(&run.id, &step.id, iteration);
-                if run.mode == Mode::DryRun && step.action.mutates {
-                    let request = match action.describe(&input) {
-                        Ok(request) => request,
-                        // Refused before any call, as live mode would refuse it.
-                        Err(error) => {
-                            return self.complete(
-                                run,
-                                playbook,
-                                step,
-                                iteration,
-                                Err(error),
-                                false,
-                                tx,
-                                now,
-                            );
-                        }
-                    };
+                if let Some(request) = request {
                     tx.audit(
                         run,
                         now,
