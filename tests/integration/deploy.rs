@@ -131,6 +131,23 @@ fn nats_server_accepts_the_deploy_config_with_the_passwords_in_its_environment()
             .output()
             .expect("nats-server runs (tests/run installs it)")
     };
+    assert!(
+        crate::support::nats_server_syncs(),
+        "deploy/nats-server.conf sets `sync_interval`, which needs nats-server 2.10 or newer: run \
+         ./tests/run (it installs the pinned one) or put a newer nats-server first on PATH"
+    );
+    let jetstream = read(&deploy().join("nats-server.conf"));
+    let jetstream = jetstream
+        .split("jetstream {")
+        .nth(1)
+        .and_then(|block| block.split('}').next())
+        .expect("a jetstream block");
+    assert!(
+        jetstream
+            .lines()
+            .any(|line| line.trim() == "sync_interval: always"),
+        "JetStream syncs every write before acknowledging it:{jetstream}"
+    );
     let accepted = nats_server(true);
     assert_eq!(
         accepted.status.code(),
@@ -857,7 +874,7 @@ fn compose_services_have_health_checks_hardening_and_their_secrets() {
 
     // nats-server gets every password its config reads, from the secret files.
     let nats = &services["nats"];
-    assert_eq!(text(nats, "/image"), Some("nats:2.10-alpine"));
+    assert_eq!(text(nats, "/image"), Some("nats:2.12.8-alpine"));
     let script = strings(nats, "/command").join("\n");
     for variable in nats_variables() {
         assert!(

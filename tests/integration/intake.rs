@@ -16,17 +16,17 @@ const LEAKED: &str = "quench.findings.openai.api_key.leaked";
 
 /// A message of `QUENCH_DLQ`: its subject, headers and body.
 #[derive(Debug)]
-struct DeadLetter {
-    subject: String,
-    reason: String,
-    original_subject: String,
-    size: Option<usize>,
-    truncated: bool,
-    body: Vec<u8>,
+pub(crate) struct DeadLetter {
+    pub(crate) subject: String,
+    pub(crate) reason: String,
+    pub(crate) original_subject: String,
+    pub(crate) size: Option<usize>,
+    pub(crate) truncated: bool,
+    pub(crate) body: Vec<u8>,
 }
 
 /// Every message now in `QUENCH_DLQ`.
-async fn dead_letters(client: &async_nats::Client) -> Vec<DeadLetter> {
+pub(crate) async fn dead_letters(client: &async_nats::Client) -> Vec<DeadLetter> {
     let jetstream = jetstream::new(client.clone());
     let Ok(mut stream) = jetstream.get_stream("QUENCH_DLQ").await else {
         return Vec::new();

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::support::{NatsServer, Service, check_generated, metric, quench_bin};
+use crate::support::{NatsServer, Service, check_generated, hex, metric, quench_bin};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -273,10 +273,6 @@ impl Operator {
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// The value of a metric line `name{labels} value` (0 when absent).

@@ -38,6 +38,27 @@ pub(crate) fn quench_bin() -> PathBuf {
     binary("quench")
 }
 
+/// Whether the `nats-server` on PATH knows JetStream's `sync_interval` (2.10 and newer; tests/run
+/// puts the pinned release from tests/tools/nats-server.txt first on PATH, Debian ships 2.9).
+pub(crate) fn nats_server_syncs() -> bool {
+    let output = std::process::Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .expect("nats-server runs (tests/run installs it)");
+    let said = String::from_utf8_lossy(&output.stdout);
+    let version: Vec<u32> = said
+        .trim()
+        .trim_start_matches("nats-server: v")
+        .split(['.', '-'])
+        .take(2)
+        .map(|part| {
+            part.parse()
+                .expect("nats-server --version prints vMAJOR.MINOR")
+        })
+        .collect();
+    version >= vec![2, 10]
+}
+
 /// The `quench-gateway` binary built by this `cargo test` run, as [`quench_bin`].
 pub(crate) fn gateway_bin() -> PathBuf {
     binary("quench-gateway")
@@ -684,6 +705,11 @@ pub(crate) fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default();
     Some((status, body))
+}
+
+/// Lower-case hex of `bytes` (token digests in `[[api.tokens]]`).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// The value of one series (`name{labels}`) in a Prometheus exposition, 0 when absent.

@@ -676,7 +676,7 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
                 &config.nats.url,
                 &config.api.listen,
                 config.mode() == crate::playbook::Mode::DryRun,
-                child.is_some(),
+                child.as_ref().map(crate::service::up::NatsChild::flush),
                 quickstart_group,
                 quickstart_token.as_deref(),
             );

@@ -16,6 +16,62 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct NatsChild {
     child: Option<Child>,
     url: String,
+    flush: Flush,
+}
+
+/// How the child's JetStream reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// `sync_interval: always`: what JetStream acknowledged is on disk (fsync per write).
+    EveryWrite,
+    /// The installed nats-server predates `sync_interval` (2.9 and older): it flushes every two
+    /// minutes, so a power loss can take findings it already acknowledged.
+    Periodic,
+}
+
+/// The child's JetStream settings. An acknowledged finding is one quench promises not to lose,
+/// so every write is synced (NATS's default, a flush every two minutes, lost acknowledged writes
+/// in Jepsen's analysis of NATS 2.12.1).
+fn child_config(store_dir: &Path, flush: Flush) -> String {
+    let store_dir = serde_json::Value::from(store_dir.display().to_string());
+    match flush {
+        Flush::EveryWrite => {
+            format!("jetstream {{\n  store_dir: {store_dir}\n  sync_interval: always\n}}\n")
+        }
+        Flush::Periodic => format!("jetstream {{\n  store_dir: {store_dir}\n}}\n"),
+    }
+}
+
+/// Writes the child's config, syncing every write when this nats-server knows the setting
+/// (`nats-server -t` checks the file without starting).
+async fn write_child_config(dir: &Path) -> Result<(PathBuf, Flush), StartError> {
+    let path = dir.join("nats-server.conf");
+    let store_dir = dir.join("jetstream");
+    for flush in [Flush::EveryWrite, Flush::Periodic] {
+        std::fs::write(&path, child_config(&store_dir, flush)).map_err(StartError::Spawn)?;
+        let checked = Command::new("nats-server")
+            .arg("-t")
+            .arg("-c")
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|error| match error.kind() {
+                std::io::ErrorKind::NotFound => StartError::NotInstalled,
+                _ => StartError::Spawn(error),
+            })?;
+        let said = String::from_utf8_lossy(&checked.stderr).into_owned()
+            + &String::from_utf8_lossy(&checked.stdout);
+        if checked.status.success() {
+            return Ok((path, flush));
+        }
+        if flush == Flush::Periodic || !said.contains("sync_interval") {
+            return Err(StartError::Config(said.trim().to_owned()));
+        }
+    }
+    Err(StartError::Config(
+        "no configuration was accepted".to_owned(),
+    ))
 }
 
 /// Why the child could not start.
@@ -33,17 +89,29 @@ pub enum StartError {
     Timeout { seconds: u64, dir: String },
     #[error("nats-server exited at start ({status}); is {dir} writable?")]
     Exited { status: String, dir: String },
+    #[error("nats-server refused the configuration quench wrote for it: {0}")]
+    Config(String),
 }
 
 impl NatsChild {
-    /// Starts `nats-server` on a free loopback port with JetStream in `dir/jetstream`.
+    /// Starts `nats-server` on a free loopback port with JetStream in `dir/jetstream`, synced
+    /// to disk on every write when the installed nats-server supports it (see [`Flush`]).
     pub async fn start(dir: &Path) -> Result<NatsChild, StartError> {
         let ports = dir.join("ports");
         let _ = std::fs::remove_dir_all(&ports);
         std::fs::create_dir_all(&ports).map_err(StartError::Spawn)?;
+        let (config, flush) = write_child_config(dir).await?;
+        if flush == Flush::Periodic {
+            tracing::warn!(
+                "this nats-server does not know `sync_interval` (it is older than 2.10): JetStream \
+                 flushes to disk every two minutes, and a power loss can lose findings it already \
+                 acknowledged; install nats-server 2.10 or newer"
+            );
+        }
         let mut child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
-            .arg(dir.join("jetstream"))
+            .arg("-c")
+            .arg(&config)
+            .args(["-a", "127.0.0.1", "-p", "-1"])
             .arg("--ports_file_dir")
             .arg(&ports)
             .arg("-l")
@@ -80,11 +148,16 @@ impl NatsChild {
         Ok(NatsChild {
             child: Some(child),
             url,
+            flush,
         })
     }
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    pub fn flush(&self) -> Flush {
+        self.flush
     }
 
     /// Stops the child: SIGTERM (it flushes JetStream), then SIGKILL after 5 s.
@@ -126,7 +199,7 @@ pub fn next_steps(
     nats: &str,
     listen: &str,
     dry_run: bool,
-    nats_child: bool,
+    nats_child: Option<Flush>,
     stand_in_group: bool,
     token: Option<&str>,
 ) -> String {
@@ -136,10 +209,15 @@ pub fn next_steps(
     } else {
         "live: OpenAI and Slack calls are real"
     };
-    let nats_line = if nats_child {
-        format!("{nats} (a nats-server child, JetStream in ./data/nats)")
-    } else {
-        nats.to_owned()
+    let nats_line = match nats_child {
+        Some(Flush::EveryWrite) => format!(
+            "{nats} (a nats-server child, JetStream in ./data/nats, synced to disk on every write)"
+        ),
+        Some(Flush::Periodic) => format!(
+            "{nats} (a nats-server child, JetStream in ./data/nats; this nats-server is older \
+             than 2.10 and flushes every two minutes: a power loss can lose acknowledged findings)"
+        ),
+        None => nats.to_owned(),
     };
     let group_line = if stand_in_group {
         "\n  approvers  group:secops = secops@example.com (a stand-in: set [groups] in quench.toml)"
@@ -171,7 +249,7 @@ Next, in another terminal:
 
 Ctrl-C stops quench{}.
 ",
-        if nats_child {
+        if nats_child.is_some() {
             " and its nats-server"
         } else {
             ""
