@@ -81,7 +81,7 @@ async fn a_run_keeps_the_playbook_version_it_started_with() {
         .script
         .calls()
         .iter()
-        .map(|(_, input)| input["text"].as_str().unwrap_or_default().to_owned())
+        .map(|call| call.input["text"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(
         texts,
@@ -440,7 +440,7 @@ steps:
         .script
         .calls()
         .iter()
-        .map(|(_, input)| input["key_id"].as_str().unwrap_or_default().to_owned())
+        .map(|call| call.input["key_id"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(keys, ["a-0", "c-2", "d-3"], "`if` is evaluated per item");
     let each = &run.steps["each"];
@@ -495,7 +495,7 @@ on_failure:
     let calls = harness.script.calls();
     assert_eq!(calls.len(), 1);
     assert!(
-        calls[0].1["text"]
+        calls[0].input["text"]
             .as_str()
             .unwrap_or_default()
             .starts_with("failed at decide: the run timed out"),

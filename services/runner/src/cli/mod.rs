@@ -480,6 +480,11 @@ pub fn test(args: &TestArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     for file in &files {
         match runtime.block_on(crate::testing::run_file(file)) {
             Ok(report) => results.push(report),
+            // Rendered diagnostics say `error[…]` themselves, with the place.
+            Err(error @ crate::testing::Error::Format { .. }) => {
+                let _ = write!(err, "{error}");
+                return EXIT_USAGE;
+            }
             Err(error) => {
                 let _ = writeln!(err, "error: {error}");
                 return EXIT_USAGE;

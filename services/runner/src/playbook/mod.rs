@@ -148,6 +148,63 @@ pub fn yaml_value(text: &str) -> Result<serde_json::Value, (usize, usize, String
     }
 }
 
+/// Reads a YAML document of another quench format (playbook test files) the way playbooks are
+/// read: parsed with positions (duplicate keys, anchors and tags refused), checked against the
+/// schema generated from `T` — every problem at once, at its line and column, unknown fields
+/// with a did-you-mean — and only then read into `T`. The error is the rendered report, naming
+/// `file`.
+pub fn read_checked<T: schemars::JsonSchema + serde::de::DeserializeOwned>(
+    file: &str,
+    source: &str,
+) -> Result<T, String> {
+    let report = |diagnostics: &[Diagnostic]| {
+        Report {
+            file,
+            source,
+            diagnostics,
+        }
+        .render(false)
+    };
+    let document = yaml::Document::parse(source).map_err(|diagnostic| report(&[diagnostic]))?;
+    let schema = schemars::generate::SchemaSettings::draft07()
+        .into_generator()
+        .into_root_schema_for::<T>()
+        .to_value();
+    let validator = jsonschema::validator_for(&schema)
+        .map_err(|error| format!("{file}: the format's schema does not compile: {error}"))?;
+    let diagnostics = structure::check(
+        &document,
+        "",
+        &document.value,
+        &schema,
+        &validator,
+        structure::Subject::Playbook,
+    );
+    if !diagnostics.is_empty() {
+        return Err(report(&diagnostics));
+    }
+    serde_path_to_error::deserialize(document.value.clone()).map_err(|error| {
+        let pointer: String = error
+            .path()
+            .iter()
+            .filter_map(|segment| match segment {
+                serde_path_to_error::Segment::Seq { index } => Some(format!("/{index}")),
+                serde_path_to_error::Segment::Map { key } => {
+                    Some(format!("/{}", yaml::escape(key)))
+                }
+                _ => None,
+            })
+            .collect();
+        let span = document.value_span(&pointer);
+        let field = error.path().to_string();
+        report(&[Diagnostic::error(
+            Code::InvalidValue,
+            span,
+            format!("`{field}`: {}", error.inner()),
+        )])
+    })
+}
+
 /// Whether a path names a playbook file.
 pub fn is_playbook_file(path: &Path) -> bool {
     matches!(

@@ -12,22 +12,32 @@
 //!     mocks: { openai.revoke_key: [ {error: retryable, message: "503"}, {output: {deleted: true}} ] }
 //!     expect:
 //!       status: completed
-//!       steps: { decide: { status: succeeded, choice: revoke }, revoke: succeeded }
+//!       steps:
+//!         decide:
+//!           status: succeeded
+//!           choice: revoke
+//!           notices: [ { notice: asked, to: [owner@example.com], after: 0s } ]
+//!         revoke: succeeded
+//!         tell: { status: succeeded, with: { text: "Done: revoke" } }
 //!       calls: [ { uses: openai.revoke_key, with: { key_id: key_abc } } ]
 //! ```
+//!
+//! The format has a JSON Schema generated from these types: every level refuses unknown fields,
+//! reported with line and column and a did-you-mean, as playbooks are.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use quench_proto::Via;
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use super::script::MockResult;
 use crate::playbook::Mode;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestFile {
     pub schema: TestSchema,
@@ -44,13 +54,13 @@ pub struct TestFile {
     pub cases: Vec<Case>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 pub enum TestSchema {
     #[serde(rename = "quench.playbook-test/v1")]
     V1,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Case {
     pub name: String,
@@ -65,6 +75,7 @@ pub struct Case {
     pub finding: Option<Value>,
     /// Answers per gate (step id), in the order they arrive; none means the gate times out.
     #[serde(default, deserialize_with = "one_or_many")]
+    #[schemars(with = "BTreeMap<String, OneOrMany<ScriptedAnswer>>")]
     pub approvals: BTreeMap<String, Vec<ScriptedAnswer>>,
     /// Results per action, in call order; when they run out, calls succeed.
     #[serde(default)]
@@ -73,13 +84,14 @@ pub struct Case {
     pub expect: Expect,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptedAnswer {
     pub choice: String,
     pub by: String,
     /// After the gate opened.
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(default, deserialize_with = "offset")]
+    #[schemars(with = "String")]
     pub after: Duration,
     #[serde(default = "slack")]
     pub via: Via,
@@ -89,7 +101,7 @@ fn slack() -> Via {
     Via::Slack
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
     /// `completed`, `failed`, `cancelled`, `waiting`, or `none` (no run starts).
@@ -102,52 +114,130 @@ pub struct Expect {
     pub calls: Option<Vec<ExpectedCall>>,
 }
 
-/// A step's expected status, or a mapping with its status and approval result.
-#[derive(Debug, Clone)]
+/// A step's expected status (`revoke: succeeded`), or a mapping with its status and what else to
+/// check.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(try_from = "Value")]
+#[schemars(with = "StepExpectForm")]
 pub struct StepExpect {
     pub status: String,
     pub choice: Option<String>,
     pub decided_by: Option<Vec<String>>,
+    pub output: Option<Value>,
+    pub with: Option<Value>,
+    pub notices: Option<Vec<ExpectedNotice>>,
 }
 
-impl<'de> Deserialize<'de> for StepExpect {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<StepExpect, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Form {
-            Status(String),
-            Full {
-                status: String,
-                #[serde(default)]
-                choice: Option<String>,
-                #[serde(default)]
-                decided_by: Option<Vec<String>>,
-            },
-        }
-        Ok(match Form::deserialize(deserializer)? {
-            Form::Status(status) => StepExpect {
-                status,
-                choice: None,
-                decided_by: None,
-            },
-            Form::Full {
-                status,
-                choice,
-                decided_by,
-            } => StepExpect {
-                status,
-                choice,
-                decided_by,
-            },
+/// The two shapes, for the schema (reading goes through `Value`, so that a problem inside the
+/// mapping is named rather than "matches no variant").
+#[derive(Debug, Clone, JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum StepExpectForm {
+    Status(String),
+    Full(Box<FullStepExpect>),
+}
+
+/// What a step's expectation may check.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct FullStepExpect {
+    /// `succeeded`, `failed`, `skipped`, `dry_run`, `waiting`, `not reached`, …
+    status: String,
+    /// An approval's choice.
+    #[serde(default)]
+    choice: Option<String>,
+    /// Who decided an approval (`timeout` when nobody did).
+    #[serde(default)]
+    decided_by: Option<Vec<String>>,
+    /// Fields of the step's output (`steps.<id>.output`), compared as a subset: a `note`'s
+    /// `message`, a scripted action's output.
+    #[serde(default)]
+    output: Option<Value>,
+    /// Fields of the step's rendered input (its last call), compared as a subset: the text a
+    /// `slack.message` sends, the ids a revoke uses.
+    #[serde(default)]
+    with: Option<Value>,
+    /// Every notice an approval sent, in order.
+    #[serde(default)]
+    notices: Option<Vec<ExpectedNotice>>,
+}
+
+impl TryFrom<Value> for StepExpect {
+    type Error = String;
+
+    fn try_from(value: Value) -> Result<StepExpect, String> {
+        let full =
+            match value {
+                Value::String(status) => FullStepExpect {
+                    status,
+                    choice: None,
+                    decided_by: None,
+                    output: None,
+                    with: None,
+                    notices: None,
+                },
+                other => serde_path_to_error::deserialize::<_, FullStepExpect>(other).map_err(
+                    |error| match error.path().to_string().as_str() {
+                        "." => error.inner().to_string(),
+                        path => format!("`{path}`: {}", error.inner()),
+                    },
+                )?,
+            };
+        Ok(StepExpect {
+            status: full.status,
+            choice: full.choice,
+            decided_by: full.decided_by,
+            output: full.output,
+            with: full.with,
+            notices: full.notices,
         })
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// One notice an approval sent: what, to whom, and how long after the gate opened.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedNotice {
+    pub notice: NoticeName,
+    /// Recipients as the playbook names them; for `closed`, those whose messages were updated.
+    pub to: Vec<String>,
+    #[serde(deserialize_with = "offset")]
+    #[schemars(with = "String")]
+    pub after: Duration,
+}
+
+/// The notices an approval sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeName {
+    /// The gate opened and asked its approvers.
+    Asked,
+    /// A reminder to those who had not answered.
+    Reminded,
+    /// The escalation approvers were asked.
+    Escalated,
+    /// The gate closed and its messages were updated to show the outcome.
+    Closed,
+}
+
+impl NoticeName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeName::Asked => "asked",
+            NoticeName::Reminded => "reminded",
+            NoticeName::Escalated => "escalated",
+            NoticeName::Closed => "closed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExpectedCall {
     pub uses: String,
     #[serde(default = "empty")]
+    #[schemars(with = "serde_json::Map<String, Value>")]
     pub with: Value,
 }
 
@@ -155,37 +245,39 @@ fn empty() -> Value {
     Value::Object(Default::default())
 }
 
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+/// A time after something (`0s` is allowed: at once).
+fn offset<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
-    crate::playbook::parse_duration(&text).map_err(serde::de::Error::custom)
+    humantime::parse_duration(text.trim())
+        .map_err(|error| serde::de::Error::custom(format!("`{text}` is not a duration ({error})")))
+}
+
+/// One answer, or several in the order they arrive.
+#[derive(Deserialize, JsonSchema)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<BTreeMap<String, Vec<ScriptedAnswer>>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Answers {
-        One(ScriptedAnswer),
-        Many(Vec<ScriptedAnswer>),
-    }
-    let map = BTreeMap::<String, Answers>::deserialize(deserializer)?;
+    let map = BTreeMap::<String, OneOrMany<ScriptedAnswer>>::deserialize(deserializer)?;
     Ok(map
         .into_iter()
         .map(|(gate, answers)| match answers {
-            Answers::One(answer) => (gate, vec![answer]),
-            Answers::Many(answers) => (gate, answers),
+            OneOrMany::One(answer) => (gate, vec![answer]),
+            OneOrMany::Many(answers) => (gate, answers),
         })
         .collect())
 }
 
 impl TestFile {
-    /// Parses a test file: YAML (duplicate keys refused) read with the same typing as playbooks,
-    /// then the fields, naming the path of a problem.
-    pub fn parse(text: &str) -> Result<TestFile, String> {
-        let value = crate::playbook::yaml_value(text)
-            .map_err(|(line, column, message)| format!("{line}:{column}: {message}"))?;
-        serde_path_to_error::deserialize(value)
-            .map_err(|error| format!("`{}`: {}", error.path(), error.inner()))
+    /// Parses a test file: YAML read as playbooks are (duplicate keys refused, YAML 1.2 core
+    /// types), checked against the format's schema — every problem at once, with line, column
+    /// and a did-you-mean — and then read into the types. `file` names it in messages.
+    pub fn parse(file: &str, text: &str) -> Result<TestFile, String> {
+        crate::playbook::read_checked(file, text)
     }
 }

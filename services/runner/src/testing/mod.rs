@@ -1,8 +1,9 @@
 //! Offline playbook tests (`quench test`): each case runs one playbook through the real engine,
 //! with a temporary store, a manual clock that jumps from one due timer (or scripted answer) to
 //! the next — a four-hour timeout passes instantly — scripted answers to gates, and scripted
-//! results for every action that would leave the process. Expectations cover the final status,
-//! each step's status (and an approval's choice), and the calls made with their inputs.
+//! results for every action that would leave the process, and a log of the notices approvals
+//! send. Expectations cover the final status, each step's status, output, rendered input (and an
+//! approval's choice, deciders and notices), and the calls made with their inputs.
 
 mod file;
 mod script;
@@ -15,8 +16,8 @@ use chrono::{DateTime, Utc};
 use quench_proto::{Actor, Decision, DecisionSchema, Finding};
 use serde_json::Value;
 
-pub use file::{Case, Expect, ScriptedAnswer, StepExpect, TestFile};
-pub use script::{MockResult, Script, ScriptedAction};
+pub use file::{Case, Expect, ExpectedNotice, NoticeName, ScriptedAnswer, StepExpect, TestFile};
+pub use script::{MockResult, NoticeLog, RecordedCall, Script, ScriptedAction, SentNotice};
 
 use crate::engine::{Actions, Engine, EngineConfig, FindingOutcome, Gate, ManualClock, RunStatus};
 use crate::playbook::{self, Mode, Playbook, Trigger};
@@ -36,6 +37,9 @@ pub enum Error {
     },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// The file does not follow the format: the rendered diagnostics, with line and column.
+    #[error("{report}")]
+    Format { report: String },
     #[error("{path}: the playbook {playbook} does not validate:\n{diagnostics}")]
     Playbook {
         path: PathBuf,
@@ -83,10 +87,8 @@ pub async fn run_file(path: &Path) -> Result<FileReport, Error> {
         path: path.to_owned(),
         source,
     })?;
-    let file = TestFile::parse(&text).map_err(|message| Error::Invalid {
-        path: path.to_owned(),
-        message,
-    })?;
+    let file = TestFile::parse(&path.display().to_string(), &text)
+        .map_err(|report| Error::Format { report })?;
     let playbook_path = path.parent().unwrap_or(Path::new(".")).join(&file.playbook);
     let source = std::fs::read_to_string(&playbook_path).map_err(|source| Error::Read {
         path: playbook_path.clone(),
@@ -156,7 +158,8 @@ async fn run_case(
         groups,
         ..EngineConfig::default()
     };
-    let engine = Engine::new(store, clock.clone(), actions, config);
+    let notices = Arc::new(NoticeLog::new(clock.clone()));
+    let engine = Engine::new(store, clock.clone(), actions, config).with_notifier(notices.clone());
     engine
         .load_playbooks(vec![playbook.clone()], "quench test")
         .await
@@ -250,12 +253,24 @@ async fn run_case(
             }
         }
     }
+    // What is due now still happens (the notice that closes a gate's messages when the run
+    // ended with it); later timers (reminders of a gate that closed) do not matter.
+    for _ in 0..MAX_ROUNDS {
+        match engine.next_due().map_err(text)? {
+            Some(due) if due <= clock_now(&clock) => {
+                let wake = engine.fire_due().await.map_err(text)?;
+                engine.drive_all(wake).await.map_err(text)?;
+            }
+            _ => break,
+        }
+    }
     let run = engine
         .run(&run_id)
         .map_err(text)?
         .ok_or("the run disappeared")?;
     let verification = engine.store().verify_audit().map_err(text)?;
-    let mut failures = check(case, &run, &script.calls());
+    let gates = engine.store().gates(&run_id).map_err(text)?;
+    let mut failures = check(case, &run, &script.calls(), &notices.sent(), &gates);
     if let Some((seq, why)) = verification.first_bad {
         failures.push(format!(
             "the audit chain does not verify at entry #{seq}: {why}"
@@ -344,7 +359,13 @@ fn check_no_run(case: &Case) -> Vec<String> {
 }
 
 /// Compares a finished case with its expectations.
-fn check(case: &Case, run: &crate::engine::Run, calls: &[(String, Value)]) -> Vec<String> {
+fn check(
+    case: &Case,
+    run: &crate::engine::Run,
+    calls: &[RecordedCall],
+    notices: &[SentNotice],
+    gates: &[Gate],
+) -> Vec<String> {
     let mut failures = Vec::new();
     let expect = &case.expect;
     if let Some(status) = &expect.status
@@ -396,13 +417,71 @@ fn check(case: &Case, run: &crate::engine::Run, calls: &[(String, Value)]) -> Ve
                 ));
             }
         }
+        if let Some(want) = &expected.output {
+            let got = state.map_or(Value::Null, |state| state.output.clone());
+            if !contains(&got, want) {
+                failures.push(format!(
+                    "step `{step}`: expected output with {want}, got {got}"
+                ));
+            }
+        }
+        if let Some(want) = &expected.with {
+            match calls.iter().rev().find(|call| call.step == *step) {
+                Some(call) if contains(&call.input, want) => {}
+                Some(call) => failures.push(format!(
+                    "step `{step}`: expected a call with {want}, got {}",
+                    call.input
+                )),
+                None => failures.push(format!(
+                    "step `{step}`: expected a call with {want}, but the step made no call \
+                     (only scripted actions are calls: not note, fail, wait, state.set or approval)"
+                )),
+            }
+        }
+        if let Some(want) = &expected.notices {
+            let opened = gates
+                .iter()
+                .find(|gate| gate.step == *step)
+                .map(|gate| gate.opened_at);
+            let got: Vec<ExpectedNotice> = notices
+                .iter()
+                .filter(|notice| notice.step == *step)
+                .map(|notice| ExpectedNotice {
+                    notice: notice.notice,
+                    to: notice.to.clone(),
+                    after: opened
+                        .and_then(|opened| (notice.at - opened).to_std().ok())
+                        .unwrap_or_default(),
+                })
+                .collect();
+            if &got != want {
+                let render = |notices: &[ExpectedNotice]| {
+                    notices
+                        .iter()
+                        .map(|notice| {
+                            format!(
+                                "{} to {:?} after {}\n",
+                                notice.notice.as_str(),
+                                notice.to,
+                                humantime::format_duration(notice.after)
+                            )
+                        })
+                        .collect::<String>()
+                };
+                let diff = similar::TextDiff::from_lines(&render(want), &render(&got))
+                    .unified_diff()
+                    .header("expected notices", "actual notices")
+                    .to_string();
+                failures.push(format!("step `{step}`: notices differ:\n{diff}"));
+            }
+        }
     }
     if let Some(expected) = &expect.calls {
         let matches = expected.len() == calls.len()
             && expected
                 .iter()
                 .zip(calls)
-                .all(|(want, (action, input))| want.uses == *action && contains(input, &want.with));
+                .all(|(want, call)| want.uses == call.action && contains(&call.input, &want.with));
         if !matches {
             let render = |lines: Vec<String>| lines.join("\n") + "\n";
             let want = render(
@@ -414,7 +493,13 @@ fn check(case: &Case, run: &crate::engine::Run, calls: &[(String, Value)]) -> Ve
             let got = render(
                 calls
                     .iter()
-                    .map(|(action, input)| format!("{action} {}", subset(input, expected, action)))
+                    .map(|call| {
+                        format!(
+                            "{} {}",
+                            call.action,
+                            subset(&call.input, expected, &call.action)
+                        )
+                    })
                     .collect(),
             );
             let diff = similar::TextDiff::from_lines(&want, &got)

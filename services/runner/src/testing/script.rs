@@ -5,14 +5,21 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
+use chrono::{DateTime, Utc};
+
+use super::file::NoticeName;
 use crate::actions::ActionSpec;
-use crate::engine::{Action, ActionError, ActionFuture, Call, Success};
+use crate::engine::{
+    Action, ActionError, ActionFuture, Call, Clock, Delivery, GateMessage, ManualClock,
+    NoticeFuture, NoticeKind, NoticeRequest, Notifier, Success,
+};
 
 /// One scripted result.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MockResult {
     #[serde(default)]
@@ -29,7 +36,7 @@ pub struct MockResult {
     pub already_done: bool,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     Retryable,
@@ -40,7 +47,15 @@ pub enum ErrorKind {
 #[derive(Debug)]
 pub struct Script {
     results: Mutex<BTreeMap<String, VecDeque<MockResult>>>,
-    calls: Mutex<Vec<(String, Value)>>,
+    calls: Mutex<Vec<RecordedCall>>,
+}
+
+/// One call a case made: the action, the step that made it, and the rendered input.
+#[derive(Debug, Clone)]
+pub struct RecordedCall {
+    pub action: String,
+    pub step: String,
+    pub input: Value,
 }
 
 impl Script {
@@ -56,19 +71,23 @@ impl Script {
         }
     }
 
-    /// Every call so far: action and rendered input.
-    pub fn calls(&self) -> Vec<(String, Value)> {
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<RecordedCall> {
         self.calls
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
     }
 
-    fn next(&self, spec: &ActionSpec, input: &Value) -> Result<Success, ActionError> {
+    fn next(&self, spec: &ActionSpec, call: &Call) -> Result<Success, ActionError> {
         self.calls
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push((spec.name.to_owned(), input.clone()));
+            .push(RecordedCall {
+                action: spec.name.to_owned(),
+                step: call.step.clone(),
+                input: call.input.clone(),
+            });
         let scripted = self
             .results
             .lock()
@@ -116,6 +135,94 @@ impl ScriptedAction {
 
 impl Action for ScriptedAction {
     fn call<'a>(&'a self, call: &'a Call) -> ActionFuture<'a> {
-        Box::pin(async move { self.script.next(self.spec, &call.input) })
+        Box::pin(async move { self.script.next(self.spec, call) })
+    }
+}
+
+/// Records the notices approvals send (instead of posting them to Slack), with the virtual time
+/// of each, and answers as a notifier that posted one message per recipient.
+#[derive(Debug)]
+pub struct NoticeLog {
+    clock: std::sync::Arc<ManualClock>,
+    sent: Mutex<Vec<SentNotice>>,
+}
+
+/// One notice a case sent.
+#[derive(Debug, Clone)]
+pub struct SentNotice {
+    pub step: String,
+    pub notice: NoticeName,
+    pub to: Vec<String>,
+    pub at: DateTime<Utc>,
+}
+
+impl NoticeLog {
+    pub fn new(clock: std::sync::Arc<ManualClock>) -> NoticeLog {
+        NoticeLog {
+            clock,
+            sent: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Every notice so far, in order.
+    pub fn sent(&self) -> Vec<SentNotice> {
+        self.sent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+impl Notifier for NoticeLog {
+    fn deliver<'a>(&'a self, request: &'a NoticeRequest) -> NoticeFuture<'a> {
+        Box::pin(async move {
+            let (notice, to) = match request.kind {
+                NoticeKind::Open => (NoticeName::Asked, request.to.clone()),
+                NoticeKind::Remind => (NoticeName::Reminded, request.to.clone()),
+                NoticeKind::Escalate => (NoticeName::Escalated, request.to.clone()),
+                NoticeKind::Closed => {
+                    // Each recipient once, however many messages (reminders) they were sent.
+                    let mut to: Vec<String> = Vec::new();
+                    for message in &request.gate.messages {
+                        if !to.contains(&message.to) {
+                            to.push(message.to.clone());
+                        }
+                    }
+                    (NoticeName::Closed, to)
+                }
+            };
+            let mut sent = self
+                .sent
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let posted = if notice == NoticeName::Closed {
+                Vec::new()
+            } else {
+                to.iter()
+                    .enumerate()
+                    .map(|(index, to)| GateMessage {
+                        to: to.clone(),
+                        channel: "quench-test".to_owned(),
+                        ts: format!("{}.{index}", sent.len()),
+                    })
+                    .collect()
+            };
+            let updated = if notice == NoticeName::Closed {
+                request.gate.messages.len()
+            } else {
+                0
+            };
+            sent.push(SentNotice {
+                step: request.gate.step.clone(),
+                notice,
+                to,
+                at: self.clock.now(),
+            });
+            Delivery {
+                posted,
+                updated,
+                ..Delivery::default()
+            }
+        })
     }
 }
