@@ -2,6 +2,26 @@
 //! and as a metric label, so it is a short fixed word; the display text names the field.
 
 use std::fmt;
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use crate::redact::redact_str;
+
+/// Free text: no control characters but newline and tab (Unicode `Cc`, as `char::is_control`).
+/// The JSON Schema `pattern` of every length-checked text field and the check of
+/// [`check_len`] in one.
+pub(crate) const TEXT_PATTERN: &str = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$";
+/// An identifier that appears in NATS subjects or as a store key: no control characters, no
+/// whitespace (Unicode `White_Space`, as `char::is_whitespace`), no `*` or `>` (see
+/// [`check_token`]).
+pub(crate) const TOKEN_PATTERN: &str =
+    r"^[^\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000*>]*$";
+
+static TEXT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(TEXT_PATTERN).expect("text pattern compiles"));
+static TOKEN: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(TOKEN_PATTERN).expect("token pattern compiles"));
 
 /// A message that could not be accepted. Every variant is permanent: re-delivering the same bytes
 /// fails the same way, so the caller dead-letters it instead of retrying.
@@ -21,6 +41,16 @@ pub enum ParseError {
 }
 
 impl ParseError {
+    /// The same error with every secret-shaped string in its text redacted: messages quote
+    /// field names and values as they came.
+    pub(crate) fn redacted(self) -> Self {
+        match self {
+            ParseError::Json(message) => ParseError::Json(redact_str(&message).into_owned()),
+            ParseError::Invalid(field) => ParseError::Invalid(field.redacted()),
+            other => other,
+        }
+    }
+
     /// The short, stable reason code for headers and metric labels.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -48,6 +78,16 @@ impl InvalidField {
     }
 }
 
+impl InvalidField {
+    /// The same error with every secret-shaped string in its field path and text redacted.
+    pub(crate) fn redacted(self) -> Self {
+        InvalidField {
+            field: redact_str(&self.field).into_owned(),
+            problem: redact_str(&self.problem).into_owned(),
+        }
+    }
+}
+
 impl fmt::Display for InvalidField {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "field `{}`: {}", self.field, self.problem)
@@ -65,7 +105,8 @@ pub(crate) fn check_schema_tag(
         None => Err(InvalidField::new("", "expected a JSON object").into()),
         Some(serde_json::Value::String(found)) if found == expected => Ok(()),
         Some(serde_json::Value::String(found)) => Err(ParseError::UnknownSchema {
-            found: found.chars().take(64).collect(),
+            // Redacted before it is cut: a cut key may no longer look like one.
+            found: redact_str(found).chars().take(64).collect(),
             expected,
         }),
         Some(_) => Err(InvalidField::new("schema", "expected a string").into()),
@@ -124,10 +165,7 @@ pub(crate) fn check_len(
             format!("is {len} characters, longer than the limit of {max}"),
         ));
     }
-    if value
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
-    {
+    if !TEXT.is_match(value) {
         return Err(InvalidField::new(field, "contains control characters"));
     }
     Ok(())
@@ -136,10 +174,7 @@ pub(crate) fn check_len(
 /// An identifier that appears in NATS subjects or as a store key: no whitespace, no wildcards.
 pub(crate) fn check_token(field: &str, value: &str, max: usize) -> Result<(), InvalidField> {
     check_len(field, value, 1, max)?;
-    if value
-        .chars()
-        .any(|c| c.is_whitespace() || c == '*' || c == '>')
-    {
+    if !TOKEN.is_match(value) {
         return Err(InvalidField::new(
             field,
             "must not contain whitespace, `*` or `>`",

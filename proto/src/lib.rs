@@ -8,6 +8,7 @@
 mod decision;
 mod error;
 mod finding;
+mod json;
 mod redact;
 mod run_event;
 pub mod subject;
@@ -18,7 +19,7 @@ pub use finding::{
     DEFAULT_MAX_FINDING_BYTES, Finding, FindingSchema, Owner, Resource, ResourceType, Severity,
     Source, Status,
 };
-pub use redact::{REDACTED_MARKER, redact_bytes, redact_str, redact_value};
+pub use redact::{REDACTED_MARKER, contains_secret, redact_bytes, redact_str, redact_value};
 pub use run_event::{RunEvent, RunEventKind, RunEventSchema};
 
 /// The JSON Schema of every message, keyed by the file name it is checked in under

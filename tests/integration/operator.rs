@@ -1004,15 +1004,40 @@ async fn dead_letters_are_listed_and_replayed() {
         .expect("publish")
         .await
         .expect("ack");
+    // And one cut at the body limit, written unredacted (by an older version, or by anyone
+    // allowed to publish dead letters): a key in its body, JSON-escaped, and in its headers.
+    let key = format!("sk-proj-{}T3BlbkFJ{}", "Dq7".repeat(20), "Lm9".repeat(20));
+    let escaped = key.replace('-', r"\u002d");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "Quench-Dlq-Subject",
+        format!("quench.findings.{key}").as_str(),
+    );
+    headers.insert(
+        "Quench-Dlq-Reason",
+        format!("invalid_json: near {key}").as_str(),
+    );
+    headers.insert("Quench-Dlq-Size", "70000");
+    headers.insert("Quench-Dlq-Truncated", "true");
+    jetstream
+        .publish_with_headers(
+            "quench.dlq.findings",
+            headers,
+            format!(r#"{{"title": "x{escaped}", "pad": "{}"#, "p".repeat(5000)).into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
 
     let started = std::time::Instant::now();
     let messages = loop {
         let page = operator.get("/api/v1/dlq", VIEWER).await;
         let messages = page["messages"].as_array().expect("messages").clone();
-        if messages.len() == 3 {
+        if messages.len() == 4 {
             break messages;
         }
-        assert!(started.elapsed() < WAIT, "three dead letters: {page}");
+        assert!(started.elapsed() < WAIT, "four dead letters: {page}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let bad = messages
@@ -1027,12 +1052,44 @@ async fn dead_letters_are_listed_and_replayed() {
             .expect("reason")
             .starts_with("invalid_json")
     );
+    assert_eq!(bad["original_size"], 9);
+    assert_eq!(bad["incomplete"], false);
     let page = operator.get("/api/v1/dlq?limit=1", VIEWER).await;
     let cursor = page["next"].as_u64().expect("a next page");
     let rest = operator
         .get(&format!("/api/v1/dlq?cursor={cursor}"), VIEWER)
         .await;
-    assert_eq!(rest["messages"].as_array().map(Vec::len), Some(2));
+    assert_eq!(rest["messages"].as_array().map(Vec::len), Some(3));
+
+    // The cut one: shown redacted (body, subject, reason) to a viewer, and not replayed.
+    let cut = messages
+        .iter()
+        .find(|message| message["incomplete"] == true)
+        .expect("the cut dead letter");
+    let shown = cut.to_string();
+    assert!(
+        !quench_proto::contains_secret(shown.as_bytes()) && !shown.contains(&key[8..60]),
+        "a key is shown: {shown}"
+    );
+    assert_eq!(cut["original_size"], 70000);
+    assert_eq!(cut["truncated"], true, "the preview is cut too");
+    assert_eq!(
+        cut["original_subject"],
+        "quench.findings.sk-proj-[REDACTED]...9Lm9"
+    );
+    let refused = operator
+        .post(
+            &format!("/api/v1/dlq/{}/replay", cut["seq"]),
+            ADMIN,
+            json!({}),
+        )
+        .await;
+    assert_eq!(refused.status, 409, "{}", refused.text);
+    assert!(
+        refused.text.contains("keeps only the first") && !refused.text.contains(&key[8..60]),
+        "{}",
+        refused.text
+    );
 
     let late = messages
         .iter()

@@ -152,7 +152,7 @@ fn bad_findings_name_the_failing_field() {
             "/evidence/deep",
             Some(json!([[[[[[[[[1]]]]]]]]])),
             "invalid_field",
-            "field `evidence`: nests deeper than 8 levels",
+            "field `evidence`: nests 10 levels deep, more than the limit of 8",
         ),
         (
             "/evidence/blob",
@@ -301,36 +301,213 @@ fn checked_in_schemas_are_current() {
     }
 }
 
-/// Scanners in other languages validate against the checked-in schema: it must accept what
-/// quench accepts and refuse what the typed parse refuses.
+/// Scanners in other languages validate against the checked-in schema, so the schema is the
+/// definition of a valid finding: a corpus of findings, each judged by a third-party validator
+/// (`jsonschema`, formats asserted) and by `Finding::parse`, must get the same verdict from both.
+/// Every check runs on the values as sent, before redaction.
 #[test]
-fn checked_in_finding_schema_agrees_with_the_parser() {
+fn checked_in_finding_schema_and_the_parser_agree_on_a_corpus() {
     let path = support::root().join("proto/schema/finding.v1.json");
     let schema: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).expect("schema exists"))
             .expect("schema is JSON");
-    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    assert!(
-        validator.is_valid(&finding()),
-        "{:?}",
-        validator
-            .iter_errors(&finding())
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-    );
-    for (pointer, to) in [
-        ("/kind", json!("OpenAI Leak")),
-        ("/severity", json!("urgent")),
-        ("/labels/bad key", json!("x")),
-        ("/source/url", json!("javascript:alert(1)")),
-        ("/owner/slack_user_id", json!("alice")),
-    ] {
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .expect("schema compiles");
+    let nested = |levels: usize| (0..levels).fold(json!(1), |inner, _| json!([inner]));
+    let long = |n: usize| json!("x".repeat(n));
+    let key_in = |before: &str| json!(format!("{before}{PROJECT_KEY} leaked"));
+    // (change, valid?)
+    let cases: Vec<(&str, Option<serde_json::Value>, bool)> = vec![
+        ("", None, true),
+        ("/title", Some(json!("line one\nline\ttwo")), true),
+        ("/title", Some(json!("Ж".repeat(300))), true),
+        ("/title", Some(long(301)), false),
+        ("/title", Some(json!("bell \u{7}")), false),
+        ("/title", Some(json!("next line \u{85}")), false),
+        ("/title", Some(json!("")), false),
+        ("/title", Some(json!(null)), false),
+        // Keys anywhere in free text are fine: they are redacted after the checks.
+        ("/title", Some(key_in("OPENAI_KEY_")), true),
+        ("/title", Some(key_in("Ж")), true),
+        ("/key", Some(key_in("key:")), true),
+        ("/id", Some(json!(format!("id-{LEGACY_KEY}"))), true),
+        ("/id", Some(json!("é-42")), true),
+        ("/id", Some(json!("a\u{a0}b")), false),
+        ("/id", Some(json!("a\u{3000}b")), false),
+        ("/id", Some(json!("a\tb")), false),
+        ("/id", Some(json!("a*b")), false),
+        ("/id", Some(long(129)), false),
+        ("/key", Some(long(256)), true),
+        ("/key", Some(long(257)), false),
+        ("/key", Some(json!("k\u{1}")), false),
+        // The default key of a long kind and resource id is shortened to fit.
+        ("/resource/id", Some(long(256)), true),
+        (
+            "/kind",
+            Some(json!("openai.sk-proj-abcdefghijklmnopqrst")),
+            false,
+        ),
+        (
+            "/resource/provider",
+            Some(json!("sk-proj-abcdefghijklmnop")),
+            false,
+        ),
+        ("/source/scanner", Some(long(64)), true),
+        ("/source/scanner", Some(long(65)), false),
+        // Over-long as sent, though its redacted form would fit.
+        (
+            "/source/scanner",
+            Some(json!(format!("scanner {PROJECT_KEY}"))),
+            false,
+        ),
+        ("/source/rule", Some(json!("")), false),
+        ("/source/url", Some(json!("https://example.com/a b")), true),
+        ("/source/url", Some(json!("https://example.com/\nx")), true),
+        (
+            "/source/url",
+            Some(json!("https://example.com/\u{1b}x")),
+            false,
+        ),
+        ("/source/url", Some(json!("ftp://example.com/")), false),
+        ("/resource/name", Some(long(256)), true),
+        ("/resource/name", Some(long(257)), false),
+        ("/resource/name", Some(json!("")), false),
+        ("/resource/org_id", Some(long(129)), false),
+        ("/resource/project_id", Some(json!("p\u{0}")), false),
+        ("/resource/service_account_id", Some(long(128)), true),
+        ("/resource/redacted_value", Some(long(65)), false),
+        ("/resource/redacted_value", Some(json!(null)), true),
+        (
+            "/resource/last_used_at",
+            Some(json!("2026-11-20T10:00:00+02:00")),
+            true,
+        ),
+        (
+            "/detected_at",
+            Some(json!("2026-11-20T10:00:00.123Z")),
+            true,
+        ),
+        ("/detected_at", Some(json!("yesterday")), false),
+        ("/owner/email", Some(json!("a@b")), true),
+        ("/owner/email", Some(json!("alice")), false),
+        ("/owner/email", Some(json!("a@")), false),
+        ("/owner/email", Some(json!("a\u{7}@example.com")), false),
+        ("/owner/team", Some(long(129)), false),
+        ("/owner/name", Some(json!("")), false),
+        ("/owner/slack_user_id", Some(json!("alice")), false),
+        ("/owner", Some(json!(null)), true),
+        ("/labels/github.repository", Some(json!("acme/web")), true),
+        ("/labels/bad key", Some(json!("x")), false),
+        (
+            "/labels/sk-proj-AbCdEfGhIjKlMnOpQrSt",
+            Some(json!("x")),
+            false,
+        ),
+        ("/labels/team", Some(long(256)), true),
+        ("/labels/team", Some(long(257)), false),
+        ("/labels/team", Some(json!("web\u{0}")), false),
+        ("/labels/team", Some(json!(1)), false),
+        ("/evidence/deep", Some(nested(7)), true),
+        ("/evidence/deep", Some(nested(8)), false),
+        (
+            "/evidence/deep",
+            Some(json!({"a": {"b": {"c": {"d": {"e": {"f": {"g": 1}}}}}}})),
+            true,
+        ),
+        (
+            "/evidence/deep",
+            Some(json!({"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": 1}}}}}}}})),
+            false,
+        ),
+        ("/evidence/control", Some(json!("\u{0}")), true),
+        ("/evidence", Some(json!(null)), false),
+        ("/severity", Some(json!("urgent")), false),
+        ("/status", Some(json!("resolved")), true),
+        ("/extra", Some(json!(1)), false),
+    ];
+    let mut disagreements = Vec::new();
+    for (pointer, to, valid) in &cases {
         let mut value = finding();
-        change(&mut value, pointer, Some(to));
+        if !pointer.is_empty() {
+            change(&mut value, pointer, to.clone());
+        }
+        let schema_says = validator.is_valid(&value);
+        let parser_says = parse(&value);
+        if schema_says != *valid || parser_says.is_ok() != *valid {
+            disagreements.push(format!(
+                "`{pointer}` = {}: expected valid={valid}, schema says {schema_says} ({:?}), parser says {:?}",
+                to.as_ref().map(|to| to.to_string().chars().take(60).collect::<String>()).unwrap_or_default(),
+                validator.iter_errors(&value).map(|e| e.to_string().chars().take(120).collect::<String>()).collect::<Vec<_>>(),
+                parser_says.map(|_| ()),
+            ));
+        }
+    }
+    assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));
+
+    // Byte sizes are outside JSON Schema's vocabulary; both caps are in the schema's
+    // descriptions, and they are the only findings the two judge differently.
+    let mut value = finding();
+    value["evidence"] = json!({"blob": "y".repeat(17_000)});
+    assert!(validator.is_valid(&value));
+    assert!(parse(&value).is_err());
+
+    // A schema judges a parsed document, so a repeated name never reaches it: the parser
+    // refuses one at any depth, as the schema's description says (I-JSON).
+    let text = serde_json::to_string(&finding()).expect("serializes");
+    for (from, to) in [
+        (
+            r#""severity":"high""#,
+            r#""severity":"low","severity":"critical""#,
+        ),
+        (
+            r#""commit":"4f2a9c1""#,
+            r#""commit":"4f2a9c1","commit":"0000000""#,
+        ),
+        (r#""team":"web""#, r#""team":"web","team":"ops""#),
+    ] {
+        assert!(text.contains(from), "{from}");
+        let repeated = text.replacen(from, to, 1);
+        let error = Finding::parse(repeated.as_bytes(), DEFAULT_MAX_FINDING_BYTES)
+            .expect_err("a repeated name is refused");
+        assert_eq!(error.reason(), "invalid_json");
+        assert!(error.to_string().contains("duplicate name"), "{error}");
+    }
+}
+
+/// Identity is computed from the values as sent: ten findings whose ids and keys each hold a
+/// different secret sharing the last four characters stay ten findings, and none of their
+/// identities holds a secret.
+#[test]
+fn identities_of_findings_that_differ_inside_a_secret_stay_distinct() {
+    let parsed: Vec<Finding> = (0..10)
+        .map(|n| {
+            let secret = format!("sk-proj-{n}{}Wxyz", "AbCdEfGhIjKlMnOpQrSt".repeat(3));
+            let mut value = finding();
+            value["id"] = json!(format!("leak-{secret}"));
+            value["key"] = json!(format!("openai:leaked:{secret}"));
+            value["title"] = json!(format!("leaked {secret}"));
+            parse(&value).expect("parses")
+        })
+        .collect();
+    let ids: std::collections::BTreeSet<&str> = parsed.iter().map(|f| f.id.as_str()).collect();
+    let keys: std::collections::BTreeSet<&str> = parsed.iter().map(|f| f.key.as_str()).collect();
+    assert_eq!((ids.len(), keys.len()), (10, 10), "{ids:?} {keys:?}");
+    for finding in &parsed {
+        let stored = serde_json::to_string(finding).expect("serializes");
         assert!(
-            !validator.is_valid(&value),
-            "schema accepts a bad `{pointer}`"
+            !quench_proto::contains_secret(stored.as_bytes()),
+            "{stored}"
         );
-        assert!(parse(&value).is_err(), "parser accepts a bad `{pointer}`");
+        assert!(
+            finding.id.starts_with("leak-sk-proj-[REDACTED]...Wxyz~"),
+            "{}",
+            finding.id
+        );
+        // What quench writes, quench reads, to the same identity.
+        let again =
+            Finding::parse(stored.as_bytes(), DEFAULT_MAX_FINDING_BYTES).expect("re-parses");
+        assert_eq!(&again, finding);
     }
 }

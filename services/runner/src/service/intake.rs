@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
-use quench_proto::{DEFAULT_MAX_FINDING_BYTES, Decision, Finding, redact_bytes, subject};
+use quench_proto::{
+    DEFAULT_MAX_FINDING_BYTES, Decision, Finding, redact_bytes, redact_str, subject,
+};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -497,9 +499,10 @@ impl Refusal {
         Refusal { code, detail }
     }
 
-    /// `code: detail`, one line of at most 512 characters (a header value).
+    /// `code: detail`, one line of at most 512 characters (a header value), redacted before
+    /// it is cut (a cut key may no longer look like one).
     fn header(&self) -> String {
-        format!("{}: {}", self.code, self.detail)
+        redact_str(&format!("{}: {}", self.code, self.detail))
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })
             .take(512)
@@ -569,7 +572,11 @@ impl DeadLetter<'_> {
     async fn publish(&self, jetstream: &jetstream::Context) -> Result<(), String> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(subject::HEADER_DLQ_REASON, self.refusal.header().as_str());
-        headers.insert(subject::HEADER_DLQ_SUBJECT, self.subject);
+        // A publisher chooses the subject too: `quench.findings.<anything>`.
+        headers.insert(
+            subject::HEADER_DLQ_SUBJECT,
+            redact_str(self.subject).as_ref(),
+        );
         headers.insert(
             subject::HEADER_DLQ_SIZE,
             self.payload.len().to_string().as_str(),

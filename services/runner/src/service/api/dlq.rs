@@ -1,12 +1,17 @@
 //! The dead-letter stream (`QUENCH_DLQ`): list what was refused, with why and where from, and
 //! replay a message — republish its (redacted) body to its original subject, then delete it
-//! from the stream. A replayed finding that is still bad is simply dead-lettered again.
+//! from the stream. A replayed finding that is still bad is simply dead-lettered again; a dead
+//! letter that keeps only part of its message is not replayed.
+//!
+//! Intake redacts a body before it dead-letters it; everything read back from the stream (body,
+//! subject, reason) is redacted again on the way out, so a letter written by an older version
+//! or by another publisher of `quench.dlq.>` cannot show a key to a viewer.
 
 use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
 use axum::extract::{Path, State};
 use axum::response::Json;
 use chrono::{DateTime, Utc};
-use quench_proto::subject;
+use quench_proto::{redact_bytes, redact_str, subject};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -43,9 +48,16 @@ pub(crate) struct DlqMessage {
     /// Why it was refused (`Quench-Dlq-Reason`).
     pub(crate) reason: Option<String>,
     pub(crate) at: Option<DateTime<Utc>>,
+    /// Bytes of the dead letter's body.
     pub(crate) size: usize,
-    /// The body (redacted when it was dead-lettered), at most 4 KiB of it.
+    /// Bytes of the message as it arrived (`Quench-Dlq-Size`).
+    pub(crate) original_size: Option<usize>,
+    /// The dead letter keeps only the first 64 KiB of the message (`Quench-Dlq-Truncated`): it
+    /// cannot be replayed.
+    pub(crate) incomplete: bool,
+    /// The body (redacted), at most 4 KiB of it.
     pub(crate) body: String,
+    /// `body` shows only the first 4 KiB.
     pub(crate) truncated: bool,
 }
 
@@ -77,11 +89,17 @@ async fn stream(api: &Api) -> Result<Stream<()>, ApiError> {
         })
 }
 
+/// A header of a dead letter, redacted.
 fn header(message: &async_nats::jetstream::message::StreamMessage, name: &str) -> Option<String> {
     message
         .headers
         .get(name)
-        .map(|value| value.as_str().to_owned())
+        .map(|value| redact_str(value.as_str()).into_owned())
+}
+
+/// Whether the dead letter keeps only part of its message.
+fn incomplete(message: &async_nats::jetstream::message::StreamMessage) -> bool {
+    header(message, subject::HEADER_DLQ_TRUNCATED).is_some_and(|value| value == "true")
 }
 
 /// Dead-lettered messages, oldest first.
@@ -129,16 +147,21 @@ pub(super) async fn list(
         }
         seq = message.sequence.saturating_add(1);
         let size = message.payload.len();
-        let shown = &message.payload[..size.min(PREVIEW)];
+        // Redacted whole, then cut: a key cut at the preview's end may no longer look like one.
+        let body = redact_bytes(&message.payload);
+        let shown = &body[..body.len().min(PREVIEW)];
         messages.push(DlqMessage {
             seq: message.sequence,
-            subject: message.subject.to_string(),
+            subject: redact_str(&message.subject).into_owned(),
             original_subject: header(&message, subject::HEADER_DLQ_SUBJECT),
             reason: header(&message, subject::HEADER_DLQ_REASON),
             at: DateTime::from_timestamp(message.time.unix_timestamp(), message.time.nanosecond()),
             size,
+            original_size: header(&message, subject::HEADER_DLQ_SIZE)
+                .and_then(|size| size.parse().ok()),
+            incomplete: incomplete(&message),
             body: String::from_utf8_lossy(shown).into_owned(),
-            truncated: size > PREVIEW,
+            truncated: body.len() > PREVIEW,
         });
     }
     let next = if more {
@@ -160,7 +183,7 @@ pub(super) async fn list(
         (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 403, description = "Role too small", body = ErrorBody),
         (status = 404, description = "No such message", body = ErrorBody),
-        (status = 409, description = "Its original subject is not a finding or decision subject", body = ErrorBody),
+        (status = 409, description = "Its original subject is not a finding or decision subject, or the dead letter keeps only part of its message", body = ErrorBody),
         (status = 503, description = "NATS cannot be reached", body = ErrorBody)
     ))]
 pub(super) async fn replay(
@@ -196,10 +219,19 @@ pub(super) async fn replay(
             "message {seq} came from `{original}`, not a finding or decision subject; it is not replayed"
         )));
     }
+    if incomplete(&message) {
+        let size = header(&message, subject::HEADER_DLQ_SIZE).unwrap_or_else(|| "?".to_owned());
+        return Err(ApiError::Conflict(format!(
+            "message {seq} keeps only the first {} of its {size} bytes ({}); it is not replayed: \
+             have the publisher send it again",
+            message.payload.len(),
+            subject::HEADER_DLQ_TRUNCATED
+        )));
+    }
     let published = api
         .inner
         .jetstream
-        .publish(original.clone(), message.payload.clone())
+        .publish(original.clone(), redact_bytes(&message.payload).into())
         .await
         .map_err(|error| ApiError::Unavailable(format!("cannot publish to {original}: {error}")))?
         .await
