@@ -227,6 +227,7 @@ async fn a_message_never_acknowledged_is_dead_lettered_once_jetstream_gives_up()
             ("QUENCH_NATS__ACK_WAIT", "1s"),
             ("QUENCH_NATS__MAX_DELIVER", "2"),
         ],
+        None,
     )
     .await;
     world

@@ -10,6 +10,7 @@ mod discovery;
 mod e2e;
 mod engine;
 mod gateway;
+mod hostile;
 mod intake;
 mod operator;
 mod playbook_corpus;

@@ -83,15 +83,17 @@ impl World {
         let client = async_nats::connect(nats.url())
             .await
             .expect("test client connects");
-        World::on(nats, client, playbooks, env).await
+        World::on(nats, client, playbooks, env, None).await
     }
 
-    /// The service on `nats` (configured by `env`), observed through `client`.
+    /// The service on `nats` (configured by `env` and the config file `config`), observed
+    /// through `client`.
     pub(crate) async fn on(
         nats: NatsServer,
         client: async_nats::Client,
         playbooks: &[&str],
         env: &[(&str, &str)],
+        config: Option<&str>,
     ) -> World {
         let dir = tempfile::tempdir().expect("temp dir");
         let playbook_dir = dir.path().join("playbooks");
@@ -100,7 +102,7 @@ impl World {
             std::fs::write(playbook_dir.join(format!("p{index}.yaml")), playbook)
                 .expect("write playbook");
         }
-        let service = Service::start(&nats.url(), &playbook_dir, dir.path(), env);
+        let service = Service::launch(&nats.url(), &playbook_dir, dir.path(), env, config, &[]);
         let events = Arc::new(Mutex::new(Vec::new()));
         let mut subscription = client
             .subscribe("quench.events.>")
@@ -145,6 +147,11 @@ impl World {
         );
         self.publish(&subject, finding.to_string().into_bytes(), msg_id)
             .await;
+    }
+
+    /// Every run event seen so far.
+    pub(crate) fn events(&self) -> Vec<RunEvent> {
+        self.events.lock().expect("lock").clone()
     }
 
     pub(crate) fn count(&self, kind: &str) -> usize {
@@ -639,6 +646,36 @@ steps:
         ["valid"],
         "only the valid request is recorded as dry-run"
     );
+
+    // The failure is one WARN line in the service log, with where and why; the log is plain
+    // text (stderr is a file, not a terminal).
+    let log = world.service.log_text();
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains(" WARN ") && line.contains("run failed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{log}");
+    for field in [
+        format!("run_id={run}"),
+        "playbook=dry-revoke".to_owned(),
+        "step=\"invalid\"".to_owned(),
+        "reason=\"`key_id` is not an OpenAI id".to_owned(),
+    ] {
+        assert!(failed[0].contains(&field), "{field} in {}", failed[0]);
+    }
+    let ended = log
+        .lines()
+        .find(|line| line.contains("run ended"))
+        .expect("a run ended line");
+    assert!(ended.contains("status=\"failed\""), "{ended}");
+    assert!(
+        ended.contains("reason=\"`key_id` is not an OpenAI id"),
+        "{ended}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "no ANSI escapes in a log file:\n{log}"
+    );
 }
 
 /// Through the real service: the owner gets a DM with buttons, a click (as the gateway would
@@ -734,6 +771,10 @@ async fn slack_approval_then_revoke(live: bool) {
     assert_eq!(told.text.as_deref(), Some("Done: revoke"));
 
     let log = world.service.log_text();
+    assert!(
+        log.contains("outcome=decided: revoke"),
+        "log fields read as text, not Rust Debug:\n{log}"
+    );
     let store = world.stop_and_open();
     let deletes = openai.calls_to("DELETE", "/v1/organization/projects/proj_1/api_keys/key_1");
     let timeline = store.run_audit(&run).expect("timeline");

@@ -175,7 +175,10 @@ impl Gateway {
         .map(|(key, _)| key)
         .collect::<Vec<_>>()
         .join(", ");
-        tracing::info!(listen = ?listener.local_addr().ok(), configured = %endpoints, "quench-gateway is serving");
+        let listen = listener
+            .local_addr()
+            .map_or_else(|_| "(unknown)".to_owned(), |address| address.to_string());
+        tracing::info!(%listen, configured = %endpoints, "quench-gateway is serving");
 
         let app = router(state.clone());
         let served = axum::serve(

@@ -477,18 +477,8 @@ pub(crate) struct Service {
 }
 
 impl Service {
-    /// Starts the service on `nats` with the playbooks in `playbooks`, a store under `dir`, and
-    /// configuration from `env` (`QUENCH_<SECTION>__<KEY>`).
-    pub(crate) fn start(
-        nats: &str,
-        playbooks: &std::path::Path,
-        dir: &std::path::Path,
-        env: &[(&str, &str)],
-    ) -> Service {
-        Service::launch(nats, playbooks, dir, env, None, &[])
-    }
-
-    /// As [`Service::start`], with a config file (`--config`; the flags still win).
+    /// The service on `nats` with the playbooks in `playbooks`, a store under `dir` and a config
+    /// file (`--config`; the flags still win).
     pub(crate) fn start_with_config(
         nats: &str,
         playbooks: &std::path::Path,
@@ -550,7 +540,8 @@ impl Service {
             .args(&self.args)
             .envs(self.env.iter().map(|(key, value)| (key, value)))
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
+            // No NO_COLOR: a log written to a file is plain text by itself.
+            .env_remove("NO_COLOR")
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()

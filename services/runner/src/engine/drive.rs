@@ -67,7 +67,6 @@ impl Engine {
             return Ok(started);
         };
         span.record("playbook", run.playbook.as_str());
-        let was_open = !run.status.is_terminal();
         while run.status == RunStatus::Running {
             let mut tx = Tx::default();
             let playbook = match self.version(&run.version) {
@@ -98,9 +97,6 @@ impl Engine {
             self.apply_result(&mut run, &playbook, *pending, result, &mut tx, now)?;
             tx.save(&mut run, now);
             started.extend(self.commit(tx).await?);
-        }
-        if was_open && run.status.is_terminal() {
-            tracing::info!(status = run.status.as_str(), "run ended");
         }
         Ok(started)
     }
@@ -1002,6 +998,13 @@ impl Engine {
             None,
             json!({"failure": run.failure, "reason": reason}),
         );
+        tx.ended.push(super::Ended {
+            run_id: run.id.clone(),
+            playbook: run.playbook.clone(),
+            status,
+            step: run.failure.as_ref().map(|failure| failure.step.clone()),
+            reason: reason.or_else(|| run.failure.as_ref().map(|failure| failure.error.clone())),
+        });
         if holds_slot {
             self.start_queued(run, tx, now)?;
         }

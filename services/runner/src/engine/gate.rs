@@ -44,6 +44,24 @@ pub enum DecisionOutcome {
     Deferred,
 }
 
+/// As a log field reads it: `decided: revoke`, `recorded: revoke (1 of 2)`, `refused: …`.
+impl std::fmt::Display for DecisionOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecisionOutcome::Decided { choice } => write!(f, "decided: {choice}"),
+            DecisionOutcome::Recorded {
+                choice,
+                answers,
+                quorum,
+            } => write!(f, "recorded: {choice} ({answers} of {quorum})"),
+            DecisionOutcome::Refused(refusal) => write!(f, "refused: {refusal}"),
+            DecisionOutcome::Deferred => {
+                f.write_str("deferred until the gate's messages are delivered")
+            }
+        }
+    }
+}
+
 /// What became of a request to cancel a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cancel {

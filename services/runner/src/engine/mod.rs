@@ -433,12 +433,14 @@ impl Engine {
         let Tx {
             batch,
             events,
+            ended,
             to_drive,
             ..
         } = tx;
         Ok(Submitted {
             pending: self.inner.store.submit(batch).await?,
             events,
+            ended,
             to_drive,
         })
     }
@@ -449,9 +451,13 @@ impl Engine {
         let Submitted {
             pending,
             events,
+            ended,
             to_drive,
         } = submitted;
         let committed = pending.wait().await?;
+        for ended in &ended {
+            ended.log();
+        }
         if let Some(sink) = &self.inner.events
             && !events.is_empty()
         {
@@ -485,7 +491,32 @@ impl Engine {
 struct Submitted {
     pending: crate::store::Pending,
     events: Vec<PendingEvent>,
+    ended: Vec<Ended>,
     to_drive: Vec<String>,
+}
+
+/// A run a transaction ends, for the log: a failed run is a WARN line with where and why, so an
+/// operator reading the service log sees it without querying the API.
+#[derive(Debug)]
+struct Ended {
+    run_id: String,
+    playbook: String,
+    status: RunStatus,
+    /// The step that failed.
+    step: Option<String>,
+    /// Why it failed or was cancelled.
+    reason: Option<String>,
+}
+
+impl Ended {
+    fn log(&self) {
+        let step = self.step.as_deref().unwrap_or("-");
+        let reason = self.reason.as_deref().unwrap_or("-");
+        if self.status == RunStatus::Failed {
+            tracing::warn!(run_id = %self.run_id, playbook = %self.playbook, step, reason, "run failed");
+        }
+        tracing::info!(run_id = %self.run_id, playbook = %self.playbook, status = self.status.as_str(), step, reason, "run ended");
+    }
 }
 
 /// One commit's worth of changes, with the run events it will emit.
@@ -493,6 +524,8 @@ struct Submitted {
 struct Tx {
     batch: Batch,
     events: Vec<PendingEvent>,
+    /// Runs this transaction ends, logged once it is durable.
+    ended: Vec<Ended>,
     /// Runs this transaction started or woke, to drive after the commit.
     to_drive: Vec<String>,
     /// Advance only through steps that need no call (a run being started at intake).

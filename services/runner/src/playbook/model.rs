@@ -66,6 +66,16 @@ pub enum Mode {
     DryRun,
 }
 
+impl Mode {
+    /// As configs and logs write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Live => "live",
+            Mode::DryRun => "dry_run",
+        }
+    }
+}
+
 /// Exactly one of `finding` or `schedule`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

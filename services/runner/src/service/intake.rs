@@ -471,7 +471,7 @@ pub(super) async fn decisions(consumer: Consumer, intake: Intake, shutdown: Canc
                         intake.health.handled(Source::Decisions);
                     }
                     Ok((outcome, wake)) => {
-                        tracing::info!(run_id = %decision.run_id, gate = %decision.gate, actor = %decision.actor.id, ?outcome, "decision");
+                        tracing::info!(run_id = %decision.run_id, gate = %decision.gate, actor = %decision.actor.id, %outcome, "decision");
                         ack(&message).await;
                         intake.health.handled(Source::Decisions);
                         intake.driver.spawn(wake).await;

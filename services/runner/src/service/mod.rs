@@ -264,7 +264,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     tasks.spawn(intake::decisions(decisions, intake, stop.clone()));
     tasks.spawn(timers(engine.clone(), driver.clone(), stop.clone()));
     ready.store(true, Ordering::SeqCst);
-    tracing::info!(listen = %config.api.listen, nats = %config.nats.url, mode = ?config.mode(), "quench is serving");
+    tracing::info!(listen = %config.api.listen, nats = %config.nats.url, mode = config.mode().as_str(), "quench is serving");
 
     tokio::select! {
         () = shutdown.cancelled() => {}

@@ -492,7 +492,7 @@ pub(super) async fn decide(
         decided_at: engine.now(),
     };
     let (outcome, wake) = engine.decide_and_wake(&decision).await?;
-    tracing::info!(run_id = %id, gate = %gate, actor = %caller.name, ?outcome, "decision through the API");
+    tracing::info!(run_id = %id, gate = %gate, actor = %caller.name, %outcome, "decision through the API");
     match outcome {
         DecisionOutcome::Decided { choice } => {
             api.inner.driver.spawn_detached(wake);
