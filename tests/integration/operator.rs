@@ -103,6 +103,11 @@ impl Operator {
     }
 
     async fn start_with(playbooks: &[(&str, &str)], args: &[&str]) -> Operator {
+        Operator::start_configured(playbooks, args, "").await
+    }
+
+    /// The service with `extra` appended to its config file (after the API tokens).
+    async fn start_configured(playbooks: &[(&str, &str)], args: &[&str], extra: &str) -> Operator {
         let nats = NatsServer::start();
         let dir = tempfile::tempdir().expect("temp dir");
         let playbook_dir = dir.path().join("playbooks");
@@ -117,6 +122,7 @@ impl Operator {
                 "[[api.tokens]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{sha}\"\n\n"
             ));
         }
+        config.push_str(extra);
         let service = Service::launch(
             &nats.url(),
             &playbook_dir,
@@ -1382,4 +1388,67 @@ async fn the_cli_talks_to_the_running_service() {
         out.contains("playbook_disabled") && out.contains("editor-bot"),
         "{out}"
     );
+}
+
+/// A playbook naming a group the config does not define would fail every run: the service
+/// refuses the file at load (listed with its diagnostic), and an apply answers 422.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_playbook_naming_an_undefined_group_is_refused_at_load() {
+    let asks = |group: &str| {
+        GATE_PLAYBOOK.replace(
+            "approvers: [approver@example.com]",
+            &format!("approvers: [\"group:{group}\"]"),
+        )
+    };
+    let operator = Operator::start_configured(
+        &[
+            ("typo.yaml", &asks("secop")),
+            (
+                "good.yaml",
+                &asks("secops").replace("name: gate", "name: gate-ok"),
+            ),
+        ],
+        &[],
+        "[groups]\nsecops = [\"lead@example.com\"]\n",
+    )
+    .await;
+    let list = operator.get("/api/v1/playbooks", VIEWER).await;
+    let loaded: Vec<&str> = list["playbooks"]
+        .as_array()
+        .expect("playbooks")
+        .iter()
+        .filter_map(|playbook| playbook["name"].as_str())
+        .collect();
+    assert_eq!(loaded, ["gate-ok"], "{list}");
+    let refused = &list["refused"][0];
+    assert!(
+        refused["file"]
+            .as_str()
+            .is_some_and(|file| file.ends_with("typo.yaml")),
+        "{list}"
+    );
+    let diagnostic = &refused["diagnostics"][0];
+    assert_eq!(diagnostic["code"], "undefined-group", "{list}");
+    assert!(
+        diagnostic["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("group `secop` is not defined")),
+        "{list}"
+    );
+    assert!(
+        diagnostic["help"]
+            .as_str()
+            .is_some_and(|help| help.contains("`secops`")),
+        "{list}"
+    );
+
+    let applied = operator
+        .post(
+            "/api/v1/playbooks",
+            EDITOR,
+            json!({"source": asks("nobody")}),
+        )
+        .await;
+    assert_eq!(applied.status, 422, "{}", applied.text);
+    assert_eq!(applied.body["diagnostics"][0]["code"], "undefined-group");
 }

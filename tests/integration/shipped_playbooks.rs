@@ -18,7 +18,7 @@ fn shipped_playbooks_validate_with_warnings_denied() {
         "{}",
         String::from_utf8_lossy(&output.stdout)
     );
-    let loaded = quench_runner::playbook::load_paths(&[workflows]).expect("readable");
+    let loaded = quench_runner::playbook::load_paths(&[workflows], None).expect("readable");
     assert!(
         loaded.len() >= 7,
         "expected the seven scenario playbooks, found {}",

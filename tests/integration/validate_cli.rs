@@ -171,3 +171,54 @@ fn two_files_with_one_name_are_refused() {
     );
     assert!(stdout.contains("b.yaml:2:7"), "{stdout}");
 }
+
+/// With `--config`, a literal `group:<name>` must be a group the config defines; without it,
+/// groups are not known and only their form is checked.
+#[test]
+fn undefined_groups_are_reported_against_the_config() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let asks = |group: &str| {
+        VALID.replace(
+            "  - id: record\n    uses: note\n    with:\n      message: \"seen {{ finding.key }}\"\n",
+            &format!(
+                "  - id: decide\n    uses: approval\n    with:\n      approvers: [\"group:{group}\"]\n      question: Revoke?\n      choices: [revoke, keep]\n      timeout: 1h\n      on_timeout: keep\n"
+            ),
+        )
+    };
+    let typo = write(directory.path(), "typo.yaml", &asks("secop"));
+    let good = write(
+        directory.path(),
+        "good.yaml",
+        &asks("secops").replace("note-leaks", "good"),
+    );
+    let config = write(
+        directory.path(),
+        "quench.toml",
+        "[groups]\nsecops = [\"lead@example.com\"]\n",
+    );
+
+    let output = validate(&["--config", &config, &typo, &good]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("error[undefined-group]: group `secop` is not defined"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("typo.yaml:"), "{stdout}");
+    assert!(stdout.contains("did you mean `secops`?"), "{stdout}");
+    assert!(!stdout.contains("good.yaml:"), "{stdout}");
+
+    let output = validate(&[&typo]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "without a config groups are not known: {output:?}"
+    );
+
+    let output = validate(&[
+        "--config",
+        &directory.path().join("missing.toml").display().to_string(),
+        &typo,
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+}

@@ -208,6 +208,10 @@ pub struct ValidateArgs {
     /// Treat warnings as errors (for CI).
     #[arg(long)]
     pub deny_warnings: bool,
+    /// The service config the playbooks will run with: literal `group:<name>` approvers must
+    /// name a group it defines.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
     /// Playbook files or directories.
@@ -292,7 +296,7 @@ struct JsonFile {
 
 /// `quench schedule list`.
 pub fn schedule_list(args: &ScheduleListArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    let loaded = match playbook::load_paths(&args.paths) {
+    let loaded = match playbook::load_paths(&args.paths, None) {
         Ok(loaded) => loaded,
         Err(error) => {
             let _ = writeln!(err, "error: {error}");
@@ -369,7 +373,17 @@ pub fn schedule_list(args: &ScheduleListArgs, out: &mut dyn Write, err: &mut dyn
 
 /// `quench validate`.
 pub fn validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write, styled: bool) -> u8 {
-    let loaded = match playbook::load_paths(&args.paths) {
+    let groups: Option<std::collections::BTreeSet<String>> = match &args.config {
+        Some(file) => {
+            let Some(config) = load_config(Some(file), &crate::config::Overrides::default(), err)
+            else {
+                return EXIT_USAGE;
+            };
+            Some(config.groups.keys().cloned().collect())
+        }
+        None => None,
+    };
+    let loaded = match playbook::load_paths(&args.paths, groups.as_ref()) {
         Ok(loaded) => loaded,
         Err(error) => {
             let _ = writeln!(err, "error: {error}");

@@ -322,6 +322,11 @@ impl Engine {
     }
 
     /// The current playbooks.
+    /// The names of the approver groups the config defines (`group:<name>`).
+    pub fn group_names(&self) -> std::collections::BTreeSet<String> {
+        self.inner.config.groups.keys().cloned().collect()
+    }
+
     pub fn playbooks(&self) -> Arc<BTreeMap<String, Arc<Playbook>>> {
         self.inner
             .playbooks

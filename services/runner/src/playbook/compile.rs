@@ -45,8 +45,17 @@ const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
 const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(300);
 const DEFAULT_CHOICES: [&str; 2] = ["approve", "deny"];
 
-/// Compiles one playbook source.
+/// Compiles one playbook source on its own: a literal `group:<name>` is checked only for its
+/// form, since which groups exist is the service's configuration ([`compile_with`]).
 pub fn compile(source: &str) -> Compiled {
+    compile_with(source, None)
+}
+
+/// Compiles one playbook source for a service whose config defines `groups`: a literal
+/// `group:<name>` (an approver, an escalation or message target, a var) naming a group not
+/// defined there is an error, since every run would fail on it. Templated groups are known only
+/// when rendered and fail their step then.
+pub fn compile_with(source: &str, groups: Option<&BTreeSet<String>>) -> Compiled {
     let document = match Document::parse(source) {
         Ok(document) => document,
         Err(diagnostic) => {
@@ -69,6 +78,7 @@ pub fn compile(source: &str) -> Compiled {
     let mut compiler = Compiler {
         document: &document,
         diagnostics: Vec::new(),
+        groups,
     };
     let playbook = compiler.playbook(source);
     diagnostics.append(&mut compiler.diagnostics);
@@ -84,6 +94,8 @@ pub fn compile(source: &str) -> Compiled {
 struct Compiler<'a> {
     document: &'a Document,
     diagnostics: Vec<Diagnostic>,
+    /// The groups the service's config defines, when known.
+    groups: Option<&'a BTreeSet<String>>,
 }
 
 /// What the steps before a given step established.
@@ -126,6 +138,9 @@ impl Compiler<'_> {
         let timeout = self.duration("/timeout");
         for (var, value) in &vars_map {
             let pointer = format!("/vars/{}", super::yaml::escape(var));
+            if let Some(name) = value.as_str().and_then(|text| text.strip_prefix("group:")) {
+                self.group_defined(&pointer, name);
+            }
             self.templates_in(
                 &pointer,
                 value,
@@ -627,6 +642,9 @@ impl Compiler<'_> {
             .is_some_and(|name| !name.is_empty() && !name.contains(char::is_whitespace));
         let email = text.contains('@') && !text.contains(char::is_whitespace);
         let channel = channel_allowed && text.starts_with('#') && text.len() > 1;
+        if group && let Some(name) = text.strip_prefix("group:") {
+            self.group_defined(pointer, name);
+        }
         if !(slack_id || group || email || channel) {
             let kinds = if channel_allowed {
                 "an email, a Slack user id (`U…`), a `#channel` or `group:<name>`"
@@ -639,6 +657,40 @@ impl Compiler<'_> {
                 format!("`{text}` is not {kinds}"),
             ));
         }
+    }
+
+    /// A literal `group:<name>` must name a group the config defines (when it is known).
+    fn group_defined(&mut self, pointer: &str, name: &str) {
+        let Some(groups) = self.groups else {
+            return;
+        };
+        if groups.contains(name) {
+            return;
+        }
+        let help = did_you_mean(name, groups.iter().map(String::as_str)).unwrap_or_else(|| {
+            if groups.is_empty() {
+                format!("the config defines no groups: add `[groups]` with `{name} = [\"lead@example.com\"]`")
+            } else {
+                format!(
+                    "the config defines {}; add `{name} = [...]` under `[groups]`",
+                    groups
+                        .iter()
+                        .map(|group| format!("`{group}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        });
+        self.push(
+            Diagnostic::error(
+                Code::UndefinedGroup,
+                self.document.value_span(pointer),
+                format!(
+                    "group `{name}` is not defined in the config, so every run would fail here"
+                ),
+            )
+            .with_help(help),
+        );
     }
 
     fn irreversible(&mut self, pointer: &str, action: &ActionSpec) {

@@ -45,6 +45,7 @@ pub enum Code {
     Approval,
     IrreversibleWithoutApproval,
     DuplicatePlaybook,
+    UndefinedGroup,
 }
 
 impl Code {
@@ -71,6 +72,7 @@ impl Code {
         Code::Approval,
         Code::IrreversibleWithoutApproval,
         Code::DuplicatePlaybook,
+        Code::UndefinedGroup,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -96,6 +98,7 @@ impl Code {
             Code::Approval => "approval",
             Code::IrreversibleWithoutApproval => "irreversible-without-approval",
             Code::DuplicatePlaybook => "duplicate-playbook",
+            Code::UndefinedGroup => "undefined-group",
         }
     }
 }

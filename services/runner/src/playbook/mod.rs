@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use globset::GlobSet;
 
-pub use compile::{Compiled, compile, version_of};
+pub use compile::{Compiled, compile, compile_with, version_of};
 pub use diagnostic::{Code, Diagnostic, Located, Report, Severity};
 pub use model::{CatchUp, Conflict, Mode, OnResolved, Overlap};
 pub use schedule::{parse_cron, parse_duration, parse_timezone};
@@ -237,9 +237,13 @@ pub fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
     Ok(files)
 }
 
-/// Expands files and directories (see [`expand`]) and compiles each. Names used by two files
-/// are reported on the second.
-pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Loaded>, Error> {
+/// Expands files and directories (see [`expand`]) and compiles each (against the config's
+/// `groups` when known, see [`compile_with`]). Names used by two files are reported on the
+/// second.
+pub fn load_paths(
+    paths: &[PathBuf],
+    groups: Option<&std::collections::BTreeSet<String>>,
+) -> Result<Vec<Loaded>, Error> {
     let files = expand(paths)?;
     let mut loaded: Vec<Loaded> = Vec::with_capacity(files.len());
     for path in files {
@@ -248,7 +252,7 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Loaded>, Error> {
             source,
         })?;
         let source = String::from_utf8(bytes).map_err(|_| Error::NotText { path: path.clone() })?;
-        let mut compiled = compile(&source);
+        let mut compiled = compile_with(&source, groups);
         if let Some(playbook) = &compiled.playbook
             && let Some(first) = loaded.iter().find(|other| {
                 other

@@ -114,10 +114,13 @@ impl Library {
     pub(crate) async fn reload(&self, by: &str) -> Result<(), Error> {
         let mut last_good = self.inner.state.lock().await;
         let dir = &self.inner.dir;
+        let groups = self.inner.engine.group_names();
         let loaded =
-            playbook::load_paths(std::slice::from_ref(dir)).map_err(|source| Error::Playbooks {
-                dir: dir.display().to_string(),
-                source,
+            playbook::load_paths(std::slice::from_ref(dir), Some(&groups)).map_err(|source| {
+                Error::Playbooks {
+                    dir: dir.display().to_string(),
+                    source,
+                }
             })?;
         let mut set: BTreeMap<String, Playbook> = BTreeMap::new();
         let mut files = Vec::with_capacity(loaded.len());
@@ -181,7 +184,7 @@ impl Library {
         label: &str,
         by: &str,
     ) -> Result<Applied, Refused> {
-        let compiled = playbook::compile(source);
+        let compiled = playbook::compile_with(source, Some(&self.inner.engine.group_names()));
         let diagnostics = playbook::Report {
             file: label,
             source,
