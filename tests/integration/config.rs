@@ -101,7 +101,10 @@ secops = ["lead@example.com", "U0SECOPS1"]
 #[test]
 fn bad_values_name_their_key_and_exit_64() {
     let cases: &[(&[(&str, &str)], &str)] = &[
-        (&[("QUENCH_ENGINE__MAX_INFLIGHT_RUNS", "lots")], "\"lots\""),
+        (
+            &[("QUENCH_ENGINE__MAX_INFLIGHT_RUNS", "lots")],
+            "`engine.max_inflight_runs` (from the environment variable QUENCH_ENGINE__MAX_INFLIGHT_RUNS): must be integer, found `lots`",
+        ),
         (&[("QUENCH_STORE__SYNC", "sometimes")], "sometimes"),
         (
             &[("QUENCH_NATS__URL", "http://127.0.0.1:4222")],
@@ -181,5 +184,41 @@ fn unreachable_nats_is_reported_plainly() {
     assert!(
         stderr.contains(&format!("cannot reach NATS at nats://127.0.0.1:{port}")),
         "{stderr}"
+    );
+}
+
+/// Every unknown key and wrongly typed value is reported at once, each with where it came from
+/// and a did-you-mean, in plain words (not one garbled error per start).
+#[test]
+fn every_config_problem_is_reported_at_once() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let file = directory.path().join("quench.toml");
+    std::fs::write(
+        &file,
+        "[engine]\nmax_inflight_run = 3\nmode = \"dryrun\"\n\n[natz]\nurl = \"nats://x:4222\"\n\n[api]\nlisten = 5\n",
+    )
+    .expect("write");
+    let output = std::process::Command::new(crate::support::quench_bin())
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env("QUENCH_STORE__SYNCC", "os")
+        .output()
+        .expect("quench runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    let shown = file.display().to_string();
+    for line in [
+        "5 problems:".to_owned(),
+        format!("unknown key `engine.max_inflight_run` (from {shown}): did you mean `max_inflight_runs`?"),
+        format!("`engine.mode` (from {shown}): `dryrun` is not one of `live`, `dry_run`"),
+        format!("unknown key `natz` (from {shown}): did you mean `nats`?"),
+        format!("`api.listen` (from {shown}): must be string, found 5"),
+        "unknown key `store.syncc` (from the environment variable QUENCH_STORE__SYNCC): did you mean `sync`?".to_owned(),
+    ] {
+        assert!(stderr.contains(&line), "{line}\nin:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains("default."),
+        "no figment profile names: {stderr}"
     );
 }

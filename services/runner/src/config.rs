@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use schemars::JsonSchema;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -33,13 +34,23 @@ impl Secret {
     }
 }
 
+impl JsonSchema for Secret {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Secret".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        String::json_schema(generator)
+    }
+}
+
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str("<redacted>")
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub nats: NatsConfig,
@@ -55,7 +66,7 @@ pub struct Config {
     pub gateway: GatewaySection,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
     /// Empty: `quench up` starts its own nats-server.
@@ -106,7 +117,7 @@ impl Default for NatsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
     pub path: PathBuf,
@@ -123,7 +134,7 @@ impl Default for StoreSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PlaybooksSection {
     pub dir: PathBuf,
@@ -137,7 +148,7 @@ impl Default for PlaybooksSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineSection {
     /// `live` or `dry_run`; when absent, dry-run unless an OpenAI admin key is configured.
@@ -155,7 +166,7 @@ impl Default for EngineSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSection {
     /// `host:port` of the admin API and health endpoints.
@@ -172,7 +183,7 @@ impl Default for ApiSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiToken {
     pub name: String,
@@ -181,7 +192,9 @@ pub struct ApiToken {
     pub sha256: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Viewer,
@@ -190,7 +203,7 @@ pub enum Role {
     Admin,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpenAiSection {
     pub base_url: String,
@@ -210,7 +223,7 @@ impl Default for OpenAiSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SlackSection {
     pub api_url: String,
@@ -236,14 +249,14 @@ impl Default for SlackSection {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSection {
     /// Hosts `http.request` may reach.
     pub allow_hosts: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewaySection {
     /// `host:port` of the gateway's webhooks.
@@ -304,6 +317,152 @@ impl From<figment::Error> for Error {
     }
 }
 
+/// Every unknown key and every value of the wrong type in the merged layers, reported at once
+/// with where it came from (the file or the environment variable) and a did-you-mean; the
+/// values themselves are checked after (`check`).
+fn check_keys(figment: &Figment) -> Result<(), Error> {
+    static SCHEMA: std::sync::LazyLock<(serde_json::Value, Option<jsonschema::Validator>)> =
+        std::sync::LazyLock::new(|| {
+            let schema = schemars::generate::SchemaSettings::draft07()
+                .into_generator()
+                .into_root_schema_for::<Config>()
+                .to_value();
+            let validator = jsonschema::validator_for(&schema).ok();
+            (schema, validator)
+        });
+    let (schema, Some(validator)) = &*SCHEMA else {
+        return Ok(());
+    };
+    let Ok(value) = figment.extract::<serde_json::Value>() else {
+        // Not even a tree of keys (a syntax error): extracting the config says where.
+        return Ok(());
+    };
+    let mut problems = Vec::new();
+    for error in validator.iter_errors(&value) {
+        let path: Vec<String> = error
+            .instance_path()
+            .as_str()
+            .split('/')
+            .filter(|segment| !segment.is_empty())
+            .map(|segment| segment.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        let source = |key: &[String]| {
+            figment
+                .find_metadata(&key.join("."))
+                .map(|metadata| match &metadata.source {
+                    Some(source) => format!(" (from {source})"),
+                    // The Env provider's metadata names only the prefix; the variable is known.
+                    None if metadata.name.contains("environment") => format!(
+                        " (from the environment variable QUENCH_{})",
+                        key.join("__").to_uppercase()
+                    ),
+                    None => format!(" (from {})", metadata.name),
+                })
+                .unwrap_or_default()
+        };
+        match error.kind() {
+            jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
+                let allowed =
+                    crate::playbook::allowed_properties(schema, error.schema_path().as_str());
+                for name in unexpected {
+                    let mut key = path.clone();
+                    key.push(name.clone());
+                    let help =
+                        crate::playbook::did_you_mean(name, allowed.iter().map(String::as_str))
+                            .unwrap_or_else(|| {
+                                let listed: Vec<String> =
+                                    allowed.iter().map(|name| format!("`{name}`")).collect();
+                                format!("known keys here: {}", listed.join(", "))
+                            });
+                    problems.push(format!(
+                        "unknown key `{}`{}: {help}",
+                        key.join("."),
+                        source(&key)
+                    ));
+                }
+            }
+            _ => problems.push(format!(
+                "`{}`{}: {}",
+                path.join("."),
+                source(&path),
+                describe_problem(&error)
+            )),
+        }
+    }
+    match problems.len() {
+        0 => Ok(()),
+        1 => Err(Error::Invalid(problems.remove(0))),
+        count => Err(Error::Invalid(format!(
+            "{count} problems:\n  - {}",
+            problems.join("\n  - ")
+        ))),
+    }
+}
+
+/// A schema violation other than an unknown key, as a person would say it.
+fn describe_problem(error: &jsonschema::ValidationError<'_>) -> String {
+    use jsonschema::error::ValidationErrorKind;
+    let found = match error.instance().as_ref() {
+        serde_json::Value::String(text) => format!("`{text}`"),
+        other => other.to_string(),
+    };
+    match error.kind() {
+        ValidationErrorKind::Type { kind } => {
+            let expected = match kind {
+                jsonschema::error::TypeKind::Single(single) => single.to_string(),
+                jsonschema::error::TypeKind::Multiple(set) => set
+                    .iter()
+                    .map(|kind| kind.to_string())
+                    .filter(|kind| kind != "null")
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            };
+            format!("must be {expected}, found {found}")
+        }
+        ValidationErrorKind::Enum { options } => {
+            let options: Vec<String> = options
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|option| format!("`{}`", option.as_str().unwrap_or_default()))
+                .collect();
+            format!("{found} is not one of {}", options.join(", "))
+        }
+        // A documented enum is `oneOf` one `const` per value, `Option<Enum>` is `anyOf: [Enum,
+        // null]`: say which values are allowed.
+        ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
+            let mut options: Vec<String> = Vec::new();
+            let mut other = None;
+            for inner in context.iter().flatten() {
+                match inner.kind() {
+                    ValidationErrorKind::Constant { expected_value } => {
+                        options.push(format!("`{}`", expected_value.as_str().unwrap_or_default()));
+                    }
+                    ValidationErrorKind::Enum { options: values } => options.extend(
+                        values
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|value| format!("`{}`", value.as_str().unwrap_or_default())),
+                    ),
+                    ValidationErrorKind::AnyOf { .. }
+                    | ValidationErrorKind::OneOfNotValid { .. } => {
+                        return describe_problem(inner);
+                    }
+                    ValidationErrorKind::Type { .. } => {}
+                    _ => other = other.or(Some(inner)),
+                }
+            }
+            match other {
+                _ if !options.is_empty() => format!("{found} is not one of {}", options.join(", ")),
+                Some(inner) => describe_problem(inner),
+                None => error.to_string(),
+            }
+        }
+        _ => error.to_string(),
+    }
+}
+
 /// Overrides from command-line flags (the last layer).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Overrides {
@@ -340,6 +499,7 @@ impl Config {
                     .split("__"),
             )
             .merge(Serialized::defaults(&overrides.values));
+        check_keys(&figment)?;
         let mut config: Config = figment.extract()?;
         config.resolve_secrets()?;
         config.check()?;

@@ -27,6 +27,8 @@ pub use diagnostic::{Code, Diagnostic, Located, Report, Severity};
 pub use model::{CatchUp, Conflict, Mode, OnResolved, Overlap};
 pub use schedule::{parse_cron, parse_duration, parse_timezone};
 pub use schema::{PLAYBOOK_SCHEMA_PATH, playbook_schema};
+pub(crate) use structure::allowed_properties;
+pub(crate) use suggest::did_you_mean;
 pub use template::{complete_finding, environment};
 
 use crate::actions::ActionSpec;

@@ -316,7 +316,7 @@ fn field_name(pointer: &str) -> String {
 }
 
 /// Names of the properties the schema at (the parent of) `schema_path` allows.
-fn allowed_properties(schema: &Value, schema_path: &str) -> Vec<String> {
+pub(crate) fn allowed_properties(schema: &Value, schema_path: &str) -> Vec<String> {
     let parent = schema_path
         .rsplit_once('/')
         .map_or("", |(parent, _)| parent);

@@ -26,7 +26,9 @@ const MAX_GROUP: usize = 4096;
 const QUEUE: usize = 16 * 1024;
 
 /// How hard a commit tries to reach the disk.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncMode {
     /// Flush and `fdatasync`: a commit survives power loss. The default.
