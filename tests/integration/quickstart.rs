@@ -59,6 +59,13 @@ async fn quench_up_starts_nats_serves_the_shipped_playbooks_and_stops_cleanly() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(banner.starts_with("quench is up (dry-run:"), "{banner}");
+    // Without an admin key the scheduled reviews that read the Admin API are paused, and said so.
+    assert!(
+        banner.contains(
+            "paused     watch-openai-audit-log: schedule paused (step `changes` uses `openai.audit_events`, and openai.admin_key is not configured)"
+        ),
+        "{banner}"
+    );
     // The child syncs every write to disk where nats-server knows how (2.10+), and says so;
     // an older one is named in the banner as flushing every two minutes.
     let child_config =

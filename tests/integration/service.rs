@@ -839,3 +839,62 @@ fn quench_publish_without_streams_says_to_start_the_runner() {
         "{stdout}"
     );
 }
+
+/// Without an OpenAI admin key a scheduled review that reads the Admin API could only fail, at
+/// every tick: it is paused (said once, at start), while a schedule that needs no credentials
+/// runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_that_need_missing_credentials_are_paused_not_failed() {
+    const READS_AUDIT_LOG: &str = r#"schema: quench.playbook/v1
+name: reads-audit-log
+on:
+  schedule:
+    cron: "* * * * * *"
+steps:
+  - id: changes
+    uses: openai.audit_events
+    with:
+      since: "2026-01-01T00:00:00Z"
+      event_types: [api_key.updated]
+"#;
+    const NOTES: &str = r#"schema: quench.playbook/v1
+name: notes
+on:
+  schedule:
+    cron: "* * * * * *"
+steps:
+  - id: say
+    uses: note
+    with:
+      message: tick
+"#;
+    let mut world = World::start(&[READS_AUDIT_LOG, NOTES]).await;
+    assert!(
+        world.service.log_text().contains("loaded=2 refused=0"),
+        "both playbooks load:\n{}",
+        world.service.log_text()
+    );
+    eventually(WAIT, "the schedule that needs nothing runs", || {
+        world.count("run_completed") >= 2
+    })
+    .await;
+    let events = world.events();
+    assert!(
+        events.iter().all(|event| event.playbook == "notes"),
+        "no run of the paused schedule: {events:?}"
+    );
+    assert_eq!(world.count("run_failed"), 0);
+    let log = world.service.log_text();
+    let paused: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("schedule paused"))
+        .collect();
+    assert_eq!(paused.len(), 1, "said once:\n{log}");
+    assert!(
+        paused[0].contains("playbook=reads-audit-log")
+            && paused[0].contains("openai.admin_key is not configured"),
+        "{}",
+        paused[0]
+    );
+    world.stop_and_open();
+}

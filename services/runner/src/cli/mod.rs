@@ -691,6 +691,20 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
             None
         };
         if quickstart {
+            // Scheduled playbooks whose runs could only fail here are paused: say which.
+            let unavailable = crate::service::unavailable(&config);
+            let paused: Vec<(String, String)> =
+                playbook::load_paths(std::slice::from_ref(&config.playbooks.dir), None)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|file| file.compiled.playbook.as_ref())
+                    .filter(|playbook| matches!(playbook.trigger, playbook::Trigger::Schedule(_)))
+                    .filter_map(|playbook| {
+                        playbook
+                            .blocked_by(&unavailable, config.mode())
+                            .map(|why| (playbook.name.clone(), format!("schedule paused ({why})")))
+                    })
+                    .collect();
             let banner = crate::service::up::next_steps(
                 &config.nats.url,
                 &config.api.listen,
@@ -698,6 +712,7 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
                 child.as_ref().map(crate::service::up::NatsChild::flush),
                 quickstart_group,
                 quickstart_token.as_deref(),
+                &paused,
             );
             let ready = shutdown.clone();
             let listen = config.api.listen.clone();

@@ -55,6 +55,9 @@ pub struct EngineConfig {
     pub default_step_timeout: Duration,
     /// How long seen finding ids are remembered for de-duplication.
     pub seen_retention: Duration,
+    /// Actions that cannot work here (see [`Playbook::blocked_by`]): a scheduled playbook that
+    /// needs one is paused instead of failing a run at every tick.
+    pub unavailable: Vec<(String, String)>,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +67,7 @@ impl Default for EngineConfig {
             groups: BTreeMap::new(),
             default_step_timeout: Duration::from_secs(300),
             seen_retention: Duration::from_secs(30 * 24 * 3600),
+            unavailable: Vec::new(),
         }
     }
 }
@@ -322,6 +326,19 @@ impl Engine {
     }
 
     /// The current playbooks.
+    /// The scheduled playbooks that are paused here, with why (see [`EngineConfig::unavailable`]).
+    pub fn paused_schedules(&self) -> Vec<(String, String)> {
+        self.playbooks()
+            .values()
+            .filter(|playbook| matches!(playbook.trigger, playbook::Trigger::Schedule(_)))
+            .filter_map(|playbook| {
+                playbook
+                    .blocked_by(&self.inner.config.unavailable, self.inner.config.mode)
+                    .map(|why| (playbook.name.clone(), why))
+            })
+            .collect()
+    }
+
     /// The names of the approver groups the config defines (`group:<name>`).
     pub fn group_names(&self) -> std::collections::BTreeSet<String> {
         self.inner.config.groups.keys().cloned().collect()

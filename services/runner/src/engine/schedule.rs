@@ -139,6 +139,17 @@ impl Engine {
                 last: Some(latest),
                 ..state
             };
+            // Paused: a run could only fail (its connector has no credentials). The timetable
+            // moves on without a run; the service said so once, at start.
+            if playbook
+                .blocked_by(&self.inner.config.unavailable, self.inner.config.mode)
+                .is_some()
+            {
+                let mut tx = Tx::default();
+                tx.batch.put(Key::Schedule(&playbook.name), &next);
+                self.commit(tx).await?;
+                continue;
+            }
             if schedule.catch_up == CatchUp::None && !on_time {
                 let mut tx = Tx::default();
                 let mut draft = AuditDraft::new(

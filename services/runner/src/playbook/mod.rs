@@ -55,6 +55,31 @@ pub struct Playbook {
     pub on_failure: Vec<Step>,
 }
 
+/// Actions that cannot work in this service (a connector without credentials), by name prefix,
+/// with why: `("openai.", "openai.admin_key is not configured")`.
+pub type Unavailable = [(String, String)];
+
+impl Playbook {
+    /// Why a run of this playbook cannot work here, if one of its steps needs an unavailable
+    /// action: a reading step always does (there is nothing to read without credentials), a
+    /// changing step only in live mode (dry-run describes it instead).
+    pub fn blocked_by(&self, unavailable: &Unavailable, default_mode: Mode) -> Option<String> {
+        let live = self.mode.unwrap_or(default_mode) == Mode::Live;
+        self.steps
+            .iter()
+            .chain(&self.on_failure)
+            .filter(|step| live || !step.action.mutates)
+            .find_map(|step| {
+                unavailable
+                    .iter()
+                    .find(|(prefix, _)| step.action.name.starts_with(prefix.as_str()))
+                    .map(|(_, why)| {
+                        format!("step `{}` uses `{}`, and {why}", step.id, step.action.name)
+                    })
+            })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Trigger {
     Finding(FindingTrigger),

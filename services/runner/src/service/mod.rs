@@ -152,6 +152,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     let engine_config = EngineConfig {
         mode: config.mode(),
         groups: config.groups.clone(),
+        unavailable: unavailable(&config),
         ..EngineConfig::default()
     };
     // Without an admin key the OpenAI actions still describe their requests (dry-run).
@@ -197,6 +198,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     engine.ensure_run_counts().await?;
     let library = playbooks::Library::new(config.playbooks.dir.clone(), engine.clone());
     library.reload("quench serve").await?;
+    for (playbook, why) in engine.paused_schedules() {
+        tracing::warn!(%playbook, reason = %why, "schedule paused: its runs could only fail here");
+    }
 
     let tasks = TaskTracker::new();
     let drives = TaskTracker::new();
@@ -327,4 +331,16 @@ async fn timers(engine: Engine, driver: Driver, shutdown: CancellationToken) {
             Err(error) => tracing::error!(%error, "firing scheduled playbooks failed; retrying"),
         }
     }
+}
+
+/// Actions this config cannot run (see [`crate::playbook::Playbook::blocked_by`]).
+pub fn unavailable(config: &Config) -> Vec<(String, String)> {
+    let mut unavailable = Vec::new();
+    if config.openai.admin_key.is_none() {
+        unavailable.push((
+            "openai.".to_owned(),
+            "openai.admin_key is not configured".to_owned(),
+        ));
+    }
+    unavailable
 }

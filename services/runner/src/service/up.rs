@@ -202,6 +202,7 @@ pub fn next_steps(
     nats_child: Option<Flush>,
     stand_in_group: bool,
     token: Option<&str>,
+    paused: &[(String, String)],
 ) -> String {
     let mode = if dry_run {
         "dry-run: no OpenAI admin key is configured, so nothing is changed at OpenAI; \
@@ -224,6 +225,10 @@ pub fn next_steps(
     } else {
         ""
     };
+    let paused_line: String = paused
+        .iter()
+        .map(|(playbook, why)| format!("\n  paused     {playbook}: {why}"))
+        .collect();
     let (token_line, token_step) = match token {
         Some(token) => (
             "\n  API token  an admin token for this run only (set [[api.tokens]] to keep one)"
@@ -235,7 +240,7 @@ pub fn next_steps(
     format!(
         "quench is up ({mode}).
   NATS       {nats_line}
-  admin API  http://{listen}{group_line}{token_line}
+  admin API  http://{listen}{group_line}{token_line}{paused_line}
 
 Next, in another terminal:
 {token_step}  1. publish the sample leaked-key finding:
