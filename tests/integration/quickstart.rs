@@ -188,3 +188,87 @@ async fn quench_up_starts_nats_serves_the_shipped_playbooks_and_stops_cleanly() 
         "nats-server removed its ports file: it has stopped"
     );
 }
+
+/// Starts `quench up` in `dir` on `listen`; its stdout and stderr go to `<name>.out`/`.err`.
+fn start_up(dir: &std::path::Path, listen: &str, name: &str) -> std::process::Child {
+    std::process::Command::new(quench_bin())
+        .args(["up", "--listen", listen])
+        .current_dir(dir)
+        .env_remove("QUENCH_NATS__URL")
+        .env_remove("QUENCH_CONFIG")
+        .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).expect("stdout file"))
+        .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).expect("stderr file"))
+        .spawn()
+        .expect("quench up starts")
+}
+
+/// `quench up` reads ./quench.toml and says so; a second `quench up` in the same directory is
+/// refused before it starts anything, naming the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quench_up_reads_the_local_config_and_a_second_one_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    copy_dir(&root().join("workflows"), &dir.path().join("workflows"));
+    std::fs::write(
+        dir.path().join("quench.toml"),
+        "[groups]\nsecops = [\"lead@example.com\"]\n",
+    )
+    .expect("config");
+    let mut first = start_up(dir.path(), &format!("127.0.0.1:{}", free_port()), "first");
+    let started = Instant::now();
+    let banner = loop {
+        let text = std::fs::read_to_string(dir.path().join("first.out")).unwrap_or_default();
+        if text.contains("Ctrl-C stops quench") {
+            break text;
+        }
+        assert!(
+            first.try_wait().ok().flatten().is_none(),
+            "quench up exited: {}",
+            std::fs::read_to_string(dir.path().join("first.err")).unwrap_or_default()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no banner:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(banner.contains("\n  config     quench.toml\n"), "{banner}");
+    assert!(
+        !banner.contains("a stand-in"),
+        "the config's group is used:\n{banner}"
+    );
+
+    let mut second = start_up(dir.path(), &format!("127.0.0.1:{}", free_port()), "second");
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the second quench up keeps running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stderr = std::fs::read_to_string(dir.path().join("second.err")).unwrap_or_default();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "another quench (pid {}) is using ./data",
+            first.id()
+        )),
+        "{stderr}"
+    );
+    let stdout = std::fs::read_to_string(dir.path().join("second.out")).unwrap_or_default();
+    assert!(stdout.is_empty(), "no banner, no token: {stdout}");
+    let ports = std::fs::read_dir(dir.path().join("data/nats/ports"))
+        .map(|entries| entries.count())
+        .unwrap_or(0);
+    assert_eq!(
+        ports, 1,
+        "no second nats-server on the same JetStream directory"
+    );
+
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &first.id().to_string()])
+        .status();
+    assert_eq!(first.wait().expect("exits").code(), Some(0));
+}

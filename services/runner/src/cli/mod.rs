@@ -94,7 +94,7 @@ pub struct ScheduleListArgs {
 }
 
 /// The flags of every long-running quench process (`quench serve`, `quench-gateway`).
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ConfigArgs {
     /// Config file (TOML); environment `QUENCH_<SECTION>__<KEY>` and flags override it.
     #[arg(long, env = "QUENCH_CONFIG")]
@@ -639,6 +639,30 @@ pub fn up(args: &ServeArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
 }
 
 fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    // `quench up` owns ./data: a second one in the same directory stops here, before it starts
+    // a nats-server on the same JetStream directory or prints a banner with a token.
+    let _instance = if quickstart && !args.common.dump_config {
+        match crate::service::up::Instance::claim(&crate::service::up::data_dir()) {
+            Ok(instance) => Some(instance),
+            Err(error) => {
+                let _ = writeln!(err, "error: {error}");
+                return EXIT_INVALID;
+            }
+        }
+    } else {
+        None
+    };
+    // `quench up` reads ./quench.toml when no config is named, and says so in its banner.
+    let mut common = args.common.clone();
+    let local_config = crate::service::up::local_config();
+    let config_file = match (&common.config, quickstart) {
+        (Some(path), _) => Some(path.display().to_string()),
+        (None, true) if local_config.is_file() => {
+            common.config = Some(local_config.clone());
+            Some(local_config.display().to_string())
+        }
+        (None, _) => None,
+    };
     let mut overrides = crate::config::Overrides::default();
     if let Some(listen) = &args.listen {
         overrides.set("api", "listen", listen.as_str());
@@ -649,12 +673,12 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
     if let Some(dir) = &args.playbooks {
         overrides.set("playbooks", "dir", dir.display().to_string());
     }
-    let mut config = match args.common.load(overrides, out, err) {
+    let mut config = match common.load(overrides, out, err) {
         Ok(config) => config,
         Err(code) => return code,
     };
     // `quench up` starts its own NATS unless one is configured (flag, environment or file).
-    let own_nats = quickstart && !nats_configured(&args.common);
+    let own_nats = quickstart && !nats_configured(&common);
     // The shipped playbooks ask `group:secops`; a quickstart without `[groups]` gets a stand-in.
     let quickstart_group = quickstart && !config.groups.contains_key("secops");
     if quickstart_group {
@@ -705,15 +729,16 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
                             .map(|why| (playbook.name.clone(), format!("schedule paused ({why})")))
                     })
                     .collect();
-            let banner = crate::service::up::next_steps(
-                &config.nats.url,
-                &config.api.listen,
-                config.mode() == crate::playbook::Mode::DryRun,
-                child.as_ref().map(crate::service::up::NatsChild::flush),
-                quickstart_group,
-                quickstart_token.as_deref(),
-                &paused,
-            );
+            let banner = crate::service::up::next_steps(&crate::service::up::Banner {
+                nats: &config.nats.url,
+                listen: &config.api.listen,
+                dry_run: config.mode() == crate::playbook::Mode::DryRun,
+                nats_child: child.as_ref().map(crate::service::up::NatsChild::flush),
+                stand_in_group: quickstart_group,
+                token: quickstart_token.as_deref(),
+                paused: &paused,
+                config_file: config_file.as_deref(),
+            });
             let ready = shutdown.clone();
             let listen = config.api.listen.clone();
             // Printed once the service answers /readyz, so the commands work when shown.

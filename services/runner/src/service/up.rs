@@ -188,22 +188,112 @@ fn read_ports(dir: &Path) -> Option<String> {
     Some(value["nats"][0].as_str()?.to_owned())
 }
 
-/// Where `quench up` keeps NATS data.
-pub fn nats_dir() -> PathBuf {
-    PathBuf::from("./data/nats")
+/// Where `quench up` keeps its data.
+pub fn data_dir() -> PathBuf {
+    PathBuf::from("./data")
 }
 
-/// What `quench up` prints once it is serving. `token` is the admin API token made for this
-/// run when none is configured (printed here, on the terminal, and never logged).
-pub fn next_steps(
-    nats: &str,
-    listen: &str,
-    dry_run: bool,
-    nats_child: Option<Flush>,
-    stand_in_group: bool,
-    token: Option<&str>,
-    paused: &[(String, String)],
-) -> String {
+/// Where `quench up` keeps NATS data.
+pub fn nats_dir() -> PathBuf {
+    data_dir().join("nats")
+}
+
+/// The config `quench up` reads when none is named.
+pub fn local_config() -> PathBuf {
+    PathBuf::from("quench.toml")
+}
+
+/// `quench up`'s claim on its data directory: an exclusive lock on `<dir>/quench.lock`, held
+/// for the life of the process (the OS releases it however the process ends), with the pid in
+/// the file for the next one to name.
+#[derive(Debug)]
+pub struct Instance {
+    _lock: std::fs::File,
+}
+
+/// Why `quench up` cannot use the data directory.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error(
+        "another quench (pid {pid}) is using {dir}; stop it first (Ctrl-C in its terminal, or `kill {pid}`), or run this one in another directory"
+    )]
+    Busy { pid: String, dir: String },
+    #[error("cannot use {dir}: {source}")]
+    Io {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Instance {
+    pub fn claim(dir: &Path) -> Result<Instance, ClaimError> {
+        use std::io::{Read, Seek, Write};
+        let shown = dir.display().to_string();
+        let io = |source| ClaimError::Io {
+            dir: shown.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("quench.lock"))
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim();
+                return Err(ClaimError::Busy {
+                    pid: if pid.is_empty() { "unknown" } else { pid }.to_owned(),
+                    dir: shown,
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => return Err(io(source)),
+        }
+        file.set_len(0).map_err(io)?;
+        file.rewind().map_err(io)?;
+        write!(file, "{}", std::process::id()).map_err(io)?;
+        file.flush().map_err(io)?;
+        Ok(Instance { _lock: file })
+    }
+}
+
+/// What `quench up` prints once it is serving.
+#[derive(Debug)]
+pub struct Banner<'a> {
+    pub nats: &'a str,
+    pub listen: &'a str,
+    pub dry_run: bool,
+    /// How the nats-server child syncs, when quench started one.
+    pub nats_child: Option<Flush>,
+    /// `group:secops` is a stand-in (the config defines no such group).
+    pub stand_in_group: bool,
+    /// The admin API token made for this run when none is configured (printed here, on the
+    /// terminal, and never logged).
+    pub token: Option<&'a str>,
+    /// Scheduled playbooks paused here, with why.
+    pub paused: &'a [(String, String)],
+    /// The config file read, if any.
+    pub config_file: Option<&'a str>,
+}
+
+/// The banner's text.
+pub fn next_steps(banner: &Banner<'_>) -> String {
+    let Banner {
+        nats,
+        listen,
+        dry_run,
+        nats_child,
+        stand_in_group,
+        token,
+        paused,
+        config_file,
+    } = *banner;
     let mode = if dry_run {
         "dry-run: no OpenAI admin key is configured, so nothing is changed at OpenAI; \
          mutating steps record the request they would send"
@@ -225,6 +315,10 @@ pub fn next_steps(
     } else {
         ""
     };
+    let config_line = match config_file {
+        Some(file) => format!("\n  config     {file}"),
+        None => "\n  config     none (defaults; put settings in ./quench.toml)".to_owned(),
+    };
     let paused_line: String = paused
         .iter()
         .map(|(playbook, why)| format!("\n  paused     {playbook}: {why}"))
@@ -240,7 +334,7 @@ pub fn next_steps(
     format!(
         "quench is up ({mode}).
   NATS       {nats_line}
-  admin API  http://{listen}{group_line}{token_line}{paused_line}
+  admin API  http://{listen}{config_line}{group_line}{token_line}{paused_line}
 
 Next, in another terminal:
 {token_step}  1. publish the sample leaked-key finding:
