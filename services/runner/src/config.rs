@@ -324,7 +324,7 @@ pub struct ReplayBudget {
     pub per_client: usize,
 }
 
-/// The largest replay budget accepted (about 1.2 GB of memory): anything larger is a typo.
+/// The largest replay budget accepted (up to 2 GB of memory): anything larger is a typo.
 pub const MAX_REPLAY_ENTRIES: usize = 10_000_000;
 
 /// A configuration problem, naming the key, the value and what to do.
