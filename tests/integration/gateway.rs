@@ -21,7 +21,9 @@ use crate::support::gateway_client::{
     form, http, now, post, slack_request,
 };
 use crate::support::slack_fake::SlackFake;
-use crate::support::{GatewayProcess, NatsServer, Service, eventually, gateway_bin, http_status};
+use crate::support::{
+    GatewayProcess, NatsServer, Service, eventually, gateway_bin, http_get, http_status, metric,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 const GITHUB_SECRET: &str = "github-webhook-secret-for-tests";
@@ -861,6 +863,147 @@ async fn each_client_has_its_own_budget_per_endpoint() {
     assert!(world.findings().await.is_empty());
 }
 
+/// The gateway's `/metrics` value of one series, 0 when absent.
+fn gateway_metric(world: &World, series: &str) -> f64 {
+    let (status, text) = http_get(&world.gateway.listen, "/metrics").expect("/metrics answers");
+    assert_eq!(status, 200, "{text}");
+    metric(&text, series)
+}
+
+/// A finding signed at `timestamp`, sent through the trusted proxy for the client `address`.
+fn finding_from(world: &World, id: &str, timestamp: i64, address: &str) -> reqwest::RequestBuilder {
+    let body = finding(id, &format!("key_{id}")).to_string();
+    findings_request(
+        &world.gateway.url("/webhooks/findings"),
+        &body,
+        timestamp,
+        FINDINGS_SECRET,
+    )
+    .header("x-forwarded-for", address)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_signed_findings_cannot_refuse_a_slack_click() {
+    // 127.0.0.1 is a trusted proxy, so X-Forwarded-For names the client of each finding.
+    let world = World::start(
+        r#"trusted_proxies = ["127.0.0.1"]
+[gateway.replay.findings]
+entries = 3
+per_client = 2"#,
+    )
+    .await;
+    let ts = now();
+    for id in ["a-1", "a-2"] {
+        let (status, reply, _) = answer(finding_from(&world, id, ts, "203.0.113.1")).await;
+        assert_eq!(status, 202, "{reply}");
+    }
+    let (status, reply, retry_after) = answer(finding_from(&world, "a-3", ts, "203.0.113.1")).await;
+    assert_eq!(status, 503, "the client's share is full: {reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .expect("error")
+            .starts_with("this client sent too many signed requests"),
+        "{reply}"
+    );
+    let wait: u64 = retry_after.expect("Retry-After").parse().expect("seconds");
+    assert!(
+        (1..=301).contains(&wait),
+        "until the oldest entry expires: {wait}"
+    );
+    let (status, reply, _) = answer(finding_from(&world, "b-1", ts, "203.0.113.2")).await;
+    assert_eq!(status, 202, "another client still has room: {reply}");
+    let (status, reply, retry_after) = answer(finding_from(&world, "c-1", ts, "203.0.113.3")).await;
+    assert_eq!(status, 503, "the endpoint's budget is full: {reply}");
+    assert!(retry_after.is_some());
+    let (status, reply, _) = answer(finding_from(&world, "a-1", ts, "203.0.113.1")).await;
+    assert_eq!(status, 409, "a replay is still a replay when full: {reply}");
+
+    // Slack has its own budget: a click is accepted and forwarded.
+    let url = world.gateway.url("/slack/interactions");
+    let body = form(&click_payload(
+        "U0ALICE",
+        "quench:keep",
+        VALUE,
+        "1767603700.000100",
+        &world.slack.response_url(),
+    ));
+    let (status, reply, _) = answer(slack_request(&url, &body, ts, SIGNING_SECRET)).await;
+    assert_eq!((status, reply), (200, Value::Null), "the click is accepted");
+    let decisions = world.decisions().await;
+    assert_eq!(decisions.len(), 1, "and published");
+    assert_eq!(decisions[0].payload["choice"], "keep");
+    let (status, _, _) = answer(slack_request(&url, &body, ts, SIGNING_SECRET)).await;
+    assert_eq!(status, 409, "the same click again is a replay");
+    assert_eq!(world.findings().await.len(), 3);
+
+    for (series, expected) in [
+        (r#"quench_gateway_replay_entries{endpoint="findings"}"#, 3.0),
+        (r#"quench_gateway_replay_entries{endpoint="slack"}"#, 1.0),
+        (
+            r#"quench_gateway_replay_capacity{endpoint="findings"}"#,
+            3.0,
+        ),
+        (
+            r#"quench_gateway_replay_client_capacity{endpoint="findings"}"#,
+            2.0,
+        ),
+        (
+            r#"quench_gateway_replay_capacity{endpoint="slack"}"#,
+            20_000.0,
+        ),
+        (
+            r#"quench_gateway_refused_total{endpoint="findings",reason="replay_client_budget_full"}"#,
+            1.0,
+        ),
+        (
+            r#"quench_gateway_refused_total{endpoint="findings",reason="replay_budget_full"}"#,
+            1.0,
+        ),
+        (
+            r#"quench_gateway_refused_total{endpoint="findings",reason="replayed"}"#,
+            1.0,
+        ),
+        (
+            r#"quench_gateway_refused_total{endpoint="slack",reason="replayed"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(gateway_metric(&world, series), expected, "{series}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_is_forgotten_when_its_timestamp_leaves_the_window() {
+    let world = World::start("[gateway.replay.findings]\nentries = 1\nper_client = 1").await;
+    let entries = r#"quench_gateway_replay_entries{endpoint="findings"}"#;
+    // Signed 298 s ago: fresh for two more seconds.
+    let old = now() - 298;
+    let (status, reply, _) = answer(finding_from(&world, "old", old, "203.0.113.1")).await;
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(gateway_metric(&world, entries), 1.0);
+    let (status, _, retry_after) = answer(finding_from(&world, "new", now(), "203.0.113.1")).await;
+    assert_eq!(status, 503, "the budget of one is full");
+    let wait: u64 = retry_after.expect("Retry-After").parse().expect("seconds");
+    assert!(
+        wait <= 4,
+        "the entry expires in seconds, not a window: {wait}"
+    );
+
+    eventually(WAIT, "the entry expires with its timestamp", || {
+        gateway_metric(&world, entries) == 0.0
+    })
+    .await;
+    let (status, reply, _) = answer(finding_from(&world, "old", old, "203.0.113.1")).await;
+    assert_eq!(
+        status, 401,
+        "the old request is now stale, not remembered: {reply}"
+    );
+    let (status, reply, _) = answer(finding_from(&world, "new", now(), "203.0.113.1")).await;
+    assert_eq!(status, 202, "room again: {reply}");
+    assert_eq!(gateway_metric(&world, entries), 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_configuration_errors_and_shutdown() {
     let mut world = World::start("").await;
@@ -895,6 +1038,29 @@ async fn health_configuration_errors_and_shutdown() {
     );
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("`gateway.rate_limit_burst` = \"0\""), "{err}");
+    for (env, expected) in [
+        (
+            [
+                ("QUENCH_GATEWAY__REPLAY__FINDINGS__ENTRIES", "10"),
+                ("QUENCH_GATEWAY__REPLAY__FINDINGS__PER_CLIENT", "11"),
+            ],
+            "`gateway.replay.findings.per_client` = \"11\": must be between 1 and `gateway.replay.findings.entries` (10)",
+        ),
+        (
+            [
+                ("QUENCH_GATEWAY__REPLAY__SLACK__ENTRIES", "0"),
+                ("QUENCH_GATEWAY__REPLAY__SLACK__PER_CLIENT", "0"),
+            ],
+            "`gateway.replay.slack.entries` = \"0\": must be between 1 and 10000000",
+        ),
+    ] {
+        let (code, _, err) = gateway(
+            &["--nats", &world.nats.url()],
+            &[&[("QUENCH_GATEWAY__FINDINGS_SECRET", "s")], env.as_slice()].concat(),
+        );
+        assert_eq!(code, Some(64), "{err}");
+        assert!(err.contains(expected), "{err}");
+    }
     let (code, _, err) = gateway(
         &["--nats", &world.nats.url()],
         &[

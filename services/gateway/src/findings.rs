@@ -4,6 +4,7 @@
 //! checked and redacted by [`Finding::parse`] exactly as the runner would, and the checked form
 //! is published to `quench.findings.<kind>` with its `id` as `Nats-Msg-Id`.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::Json;
@@ -24,17 +25,20 @@ pub(crate) const PUBLISH_WITHIN: Duration = Duration::from_secs(5);
 pub(crate) async fn receive(
     state: &AppState,
     secret: &str,
+    client: IpAddr,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, Refusal> {
     let now = now_unix();
     let verified = verify_findings(secret, headers, &body, now)?;
     let finding = Finding::parse(&body, DEFAULT_MAX_FINDING_BYTES).map_err(refuse_parse)?;
-    state.replays.admit(verified, now)?;
+    // One secret signs every scanner's findings, so the client a budget is kept for is the
+    // address the rate limits count (one scanner host, or the client behind a trusted proxy).
+    state.findings_replays.admit(verified, client, now)?;
     match publish_finding(state, &finding, &finding.id).await {
         Ok(response) => Ok(response),
         Err(refusal) => {
-            state.replays.forget(&verified);
+            state.findings_replays.forget(&verified);
             Err(refusal)
         }
     }

@@ -13,6 +13,7 @@
 //! | `POST /webhooks/github` | GitHub secret scanning | `gateway.github_secret` | `quench.findings.<kind>` |
 //! | `POST /webhooks/findings` | any scanner | `gateway.findings_secret` | `quench.findings.<kind>` |
 //! | `GET /healthz`, `GET /readyz` | probes | — | — (`/readyz`: 200 while NATS is connected) |
+//! | `GET /metrics` | Prometheus | — | — (keep it off the public route, as the health probes) |
 //!
 //! An endpoint whose secret is not configured answers 404. Every refusal is a 4xx (or 503)
 //! with a JSON body `{"error": "…"}`, is logged with the endpoint, client address and reason
@@ -36,8 +37,10 @@
 //!   drop it.
 //!
 //! A Slack or findings request whose signature was already accepted within the 300 s window
-//! is refused as a replay (409). The cache is per process and bounded; behind several
-//! gateways the decision's and finding's `Nats-Msg-Id` still make a replay a no-op.
+//! is refused as a replay (409). The replay cache is per process, one per endpoint, and keeps
+//! each signature until its own timestamp leaves the window; behind several gateways the
+//! decision's and finding's `Nats-Msg-Id` still make a replay a no-op. Its budgets are in
+//! Limits below.
 //!
 //! # Slack clicks
 //!
@@ -56,13 +59,23 @@
 //! too, as the runner would refuse them); each endpoint allows `gateway.rate_limit_per_second`
 //! requests per second per client address after a burst of `gateway.rate_limit_burst` (429
 //! with `Retry-After`); a request has 10 s to arrive and be answered (408).
+//!
+//! The replay cache holds at most `gateway.replay.<endpoint>.entries` signatures per endpoint
+//! (Slack 20,000, findings 100,000: about `entries / 300` signed requests per second), of which
+//! one client — a Slack team, a findings client address — holds at most
+//! `gateway.replay.<endpoint>.per_client` (10,000; 25,000). A full budget refuses only that
+//! endpoint or that client, with 503 and a `Retry-After` of when its oldest entry expires; it
+//! never forgets a fresh signature to make room. `GET /metrics` exports the entries, the budgets
+//! and every refusal by endpoint and reason.
 
 pub mod cli;
 mod findings;
 pub mod github;
 mod limit;
+mod metrics;
 mod publish;
 mod refusal;
+mod replay;
 mod server;
 pub mod signature;
 mod slack;

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use crate::metrics::Metrics;
 use crate::refusal::Refusal;
 
 /// The webhook endpoints, each with its own buckets.
@@ -31,11 +32,21 @@ impl Endpoint {
         }
     }
 
+    /// The endpoint's name in metrics and config (`gateway.replay.<name>`).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Endpoint::Slack => "slack",
+            Endpoint::GitHub => "github",
+            Endpoint::Findings => "findings",
+        }
+    }
+
     /// Runs a handler under the request timeout and turns its result into the answer, logging
-    /// a refusal (endpoint, client, reason; never a body or a header value). Refusals are the
-    /// callers' mistakes, so not errors.
+    /// and counting a refusal (endpoint, client, reason; never a body or a header value).
+    /// Refusals are the callers' mistakes, so not errors.
     pub(crate) async fn answer(
         self,
+        metrics: &Metrics,
         client: IpAddr,
         handler: impl Future<Output = Result<Response, Refusal>>,
     ) -> Response {
@@ -45,12 +56,13 @@ impl Endpoint {
         match result {
             Ok(response) => response,
             Err(refusal) => {
+                metrics.refused(self, &refusal);
                 let status = refusal.status().as_u16();
                 match refusal {
                     Refusal::RateLimited { .. } => {
                         tracing::debug!(endpoint = self.path(), %client, status, reason = refusal.reason(), "request refused")
                     }
-                    Refusal::Unavailable | Refusal::Busy => {
+                    Refusal::Unavailable | Refusal::ReplayFull { .. } => {
                         tracing::warn!(endpoint = self.path(), %client, status, reason = refusal.reason(), "request refused")
                     }
                     _ => {

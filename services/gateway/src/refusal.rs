@@ -9,6 +9,28 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+/// Whose replay budget is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// The endpoint's: every client of it is refused until entries expire.
+    Endpoint,
+    /// One client's share: only that client is refused.
+    Client,
+}
+
+impl Scope {
+    fn message(self) -> &'static str {
+        match self {
+            Scope::Endpoint => {
+                "too many signed requests to this endpoint in the last 300 seconds to remember another; retry later"
+            }
+            Scope::Client => {
+                "this client sent too many signed requests in the last 300 seconds to remember another; retry later"
+            }
+        }
+    }
+}
+
 /// A refused request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Refusal {
@@ -34,8 +56,8 @@ pub(crate) enum Refusal {
     BadRequest(String),
     #[error("{0}")]
     Unprocessable(String),
-    #[error("too many requests to remember; retry later")]
-    Busy,
+    #[error("{}", .scope.message())]
+    ReplayFull { scope: Scope, retry_after: Duration },
     #[error("quench could not accept the message now; retry later")]
     Unavailable,
     #[error("the request took too long")]
@@ -56,12 +78,12 @@ impl Refusal {
             Refusal::Replayed => StatusCode::CONFLICT,
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
             Refusal::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Refusal::Busy | Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::ReplayFull { .. } | Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Timeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
-    /// A short fixed word for logs.
+    /// A short fixed word for logs and the refusal metric's `reason`.
     pub(crate) fn reason(&self) -> &'static str {
         match self {
             Refusal::NotConfigured(_) => "not_configured",
@@ -74,7 +96,14 @@ impl Refusal {
             Refusal::Replayed => "replayed",
             Refusal::BadRequest(_) => "bad_request",
             Refusal::Unprocessable(_) => "unprocessable",
-            Refusal::Busy => "busy",
+            Refusal::ReplayFull {
+                scope: Scope::Endpoint,
+                ..
+            } => "replay_budget_full",
+            Refusal::ReplayFull {
+                scope: Scope::Client,
+                ..
+            } => "replay_client_budget_full",
             Refusal::Unavailable => "unavailable",
             Refusal::Timeout => "timeout",
         }
@@ -82,8 +111,10 @@ impl Refusal {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Refusal::RateLimited { retry_after } => Some(*retry_after),
-            Refusal::Busy | Refusal::Unavailable => Some(Duration::from_secs(5)),
+            Refusal::RateLimited { retry_after } | Refusal::ReplayFull { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            Refusal::Unavailable => Some(Duration::from_secs(5)),
             _ => None,
         }
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
@@ -18,14 +18,14 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::limit::{Endpoint, FORGET_EVERY, Limits};
+use crate::metrics::Metrics;
 use crate::publish::Publisher;
 use crate::refusal::Refusal;
-use crate::signature::ReplayCache;
+use crate::replay::ReplayCache;
+use crate::signature::now_unix;
 use crate::slack::Interactions;
 use crate::slack::socket::SocketMode;
 
-/// Signatures remembered for replay detection (about 100 bytes each).
-const REPLAY_CAPACITY: usize = 100_000;
 /// How long replies to Slack still in flight may take at shutdown.
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -53,7 +53,11 @@ pub(crate) struct AppState {
     pub(crate) nats: async_nats::Client,
     pub(crate) publisher: Publisher,
     pub(crate) limits: Limits,
-    pub(crate) replays: ReplayCache,
+    /// Accepted Slack signatures; a client is a Slack team.
+    pub(crate) slack_replays: ReplayCache,
+    /// Accepted findings signatures; a client is a client address.
+    pub(crate) findings_replays: ReplayCache,
+    pub(crate) metrics: Metrics,
     pub(crate) slack_signing_secret: Option<Secret>,
     pub(crate) github_secret: Option<Secret>,
     pub(crate) findings_secret: Option<Secret>,
@@ -115,7 +119,9 @@ impl Gateway {
                 gateway.max_body_bytes,
                 gateway.trusted_proxies.clone(),
             ),
-            replays: ReplayCache::new(REPLAY_CAPACITY),
+            slack_replays: ReplayCache::new(gateway.replay.slack),
+            findings_replays: ReplayCache::new(gateway.replay.findings),
+            metrics: Metrics::new(),
             slack_signing_secret: config.slack.signing_secret.clone(),
             github_secret: gateway.github_secret.clone(),
             findings_secret: gateway.findings_secret.clone(),
@@ -159,7 +165,11 @@ impl Gateway {
                 loop {
                     tokio::select! {
                         () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(FORGET_EVERY) => state.limits.forget_idle(),
+                        () = tokio::time::sleep(FORGET_EVERY) => {
+                            state.limits.forget_idle();
+                            state.slack_replays.expire(now_unix());
+                            state.findings_replays.expire(now_unix());
+                        }
                     }
                 }
             }
@@ -209,6 +219,7 @@ fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route(
             Endpoint::Slack.path(),
             post(webhook).layer(Extension(Endpoint::Slack)),
@@ -239,10 +250,12 @@ async fn webhook(
         match endpoint {
             Endpoint::Slack => crate::slack::http::receive(&state, secret, &headers, body).await,
             Endpoint::GitHub => crate::github::receive(&state, secret, &headers, body).await,
-            Endpoint::Findings => crate::findings::receive(&state, secret, &headers, body).await,
+            Endpoint::Findings => {
+                crate::findings::receive(&state, secret, client, &headers, body).await
+            }
         }
     };
-    endpoint.answer(client, handled).await
+    endpoint.answer(&state.metrics, client, handled).await
 }
 
 impl AppState {
@@ -278,5 +291,17 @@ async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
         status,
         Json(json!({"ready": nats, "nats": if nats { "connected" } else { "disconnected" }})),
+    )
+}
+
+/// Prometheus metrics (OpenMetrics text): refusals, and the replay caches' entries and budgets.
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let replays = [
+        (Endpoint::Slack, &state.slack_replays),
+        (Endpoint::Findings, &state.findings_replays),
+    ];
+    (
+        [(header::CONTENT_TYPE, quench_runner::metrics::CONTENT_TYPE)],
+        state.metrics.render(&replays, now_unix()),
     )
 }

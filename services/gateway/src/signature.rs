@@ -1,10 +1,7 @@
 //! Request signatures: the three HMAC-SHA256 schemes the gateway verifies (Slack, quench
-//! findings, GitHub; see the crate docs), timestamp freshness, and the replay cache. The `sign_*`
-//! functions are public so that scanners and tests written in Rust sign exactly as the gateway
-//! verifies.
-
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+//! findings, GitHub; see the crate docs) and timestamp freshness; what was accepted is
+//! remembered by `replay`. The `sign_*` functions are public so that scanners and tests written
+//! in Rust sign exactly as the gateway verifies.
 
 use axum::http::HeaderMap;
 use hmac::{Hmac, Mac};
@@ -153,72 +150,6 @@ fn check(secret: &str, parts: &[&[u8]], claimed: &[u8; 32]) -> Result<(), Refusa
     mac.verify_slice(claimed).map_err(|_| Refusal::BadSignature)
 }
 
-/// Signatures accepted in the last [`MAX_SKEW_SECS`], so the same signed request cannot be
-/// accepted twice. Bounded: when full of signatures that are all still fresh, new requests are
-/// refused (fail closed) rather than forgetting one that could then be replayed.
-#[derive(Debug)]
-pub(crate) struct ReplayCache {
-    capacity: usize,
-    inner: Mutex<Seen>,
-}
-
-#[derive(Debug, Default)]
-struct Seen {
-    by_mac: HashMap<[u8; 32], i64>,
-    /// Insertion order, for expiry from the front.
-    order: VecDeque<([u8; 32], i64)>,
-}
-
-impl ReplayCache {
-    pub(crate) fn new(capacity: usize) -> ReplayCache {
-        ReplayCache {
-            capacity,
-            inner: Mutex::new(Seen::default()),
-        }
-    }
-
-    /// Records a verified signature; refuses one seen before, or any when the cache is full.
-    pub(crate) fn admit(&self, verified: Verified, now: i64) -> Result<(), Refusal> {
-        let mut seen = self
-            .inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // A signature older than the window is refused by its timestamp; forget it. Insertion
-        // order is close to timestamp order (each was fresh when it came), so expiring from
-        // the front keeps at most one window's worth of extra entries.
-        while let Some(&(mac, timestamp)) = seen.order.front() {
-            if now - timestamp <= MAX_SKEW_SECS {
-                break;
-            }
-            seen.order.pop_front();
-            if seen.by_mac.get(&mac) == Some(&timestamp) {
-                seen.by_mac.remove(&mac);
-            }
-        }
-        if seen.by_mac.contains_key(&verified.mac) {
-            return Err(Refusal::Replayed);
-        }
-        if seen.by_mac.len() >= self.capacity {
-            return Err(Refusal::Busy);
-        }
-        seen.by_mac.insert(verified.mac, verified.timestamp);
-        seen.order.push_back((verified.mac, verified.timestamp));
-        Ok(())
-    }
-
-    /// Forgets an admitted signature whose request then failed on the gateway's side, so the
-    /// caller's retry of the very same request is not taken for a replay.
-    pub(crate) fn forget(&self, verified: &Verified) {
-        let mut seen = self
-            .inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if seen.by_mac.get(&verified.mac) == Some(&verified.timestamp) {
-            seen.by_mac.remove(&verified.mac);
-        }
-    }
-}
-
 /// The current Unix time in seconds.
 pub(crate) fn now_unix() -> i64 {
     std::time::SystemTime::now()
@@ -276,28 +207,5 @@ mod tests {
             verify_slack("s3cret", &negative, body, now),
             Err(Refusal::BadTimestamp)
         );
-    }
-
-    #[test]
-    fn the_replay_cache_refuses_repeats_and_forgets_after_the_window() {
-        let cache = ReplayCache::new(2);
-        let one = Verified {
-            mac: [1; 32],
-            timestamp: 1000,
-        };
-        let two = Verified {
-            mac: [2; 32],
-            timestamp: 1000,
-        };
-        let three = Verified {
-            mac: [3; 32],
-            timestamp: 1200,
-        };
-        assert_eq!(cache.admit(one, 1000), Ok(()));
-        assert_eq!(cache.admit(one, 1001), Err(Refusal::Replayed));
-        assert_eq!(cache.admit(two, 1001), Ok(()));
-        assert_eq!(cache.admit(three, 1200), Err(Refusal::Busy));
-        // Once the first two are older than the window, there is room again.
-        assert_eq!(cache.admit(three, 1000 + MAX_SKEW_SECS + 1), Ok(()));
     }
 }

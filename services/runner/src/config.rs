@@ -274,6 +274,8 @@ pub struct GatewaySection {
     /// Load balancers whose `X-Forwarded-For` names the client for rate limiting; requests
     /// from anyone else are limited by their own address.
     pub trusted_proxies: Vec<IpAddr>,
+    /// How many accepted signatures the replay cache may hold, per endpoint and per client.
+    pub replay: ReplaySection,
     /// TEST ONLY: one more URL prefix a Slack `response_url` may have besides
     /// `https://hooks.slack.com/` (a local Slack fake). Never set it in production.
     pub test_response_url_prefix: Option<String>,
@@ -291,10 +293,52 @@ impl Default for GatewaySection {
             rate_limit_per_second: 20,
             rate_limit_burst: 100,
             trusted_proxies: Vec::new(),
+            replay: ReplaySection::default(),
             test_response_url_prefix: None,
         }
     }
 }
+
+/// The replay cache's budgets (`[gateway.replay.slack]`, `[gateway.replay.findings]`). A
+/// signature is remembered until its own timestamp leaves the 300 s window, so a budget of
+/// `entries` sustains about `entries / 300` signed requests per second; GitHub signs no
+/// timestamp and has no cache.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplaySection {
+    /// Slack interactions; a client is a Slack team.
+    pub slack: ReplayBudget,
+    /// Signed findings; a client is a client address (as rate limits count it).
+    pub findings: ReplayBudget,
+}
+
+impl Default for ReplaySection {
+    fn default() -> ReplaySection {
+        ReplaySection {
+            slack: ReplayBudget {
+                entries: 20_000,
+                per_client: 10_000,
+            },
+            findings: ReplayBudget {
+                entries: 100_000,
+                per_client: 25_000,
+            },
+        }
+    }
+}
+
+/// One endpoint's share of the replay cache.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayBudget {
+    /// Signatures remembered at once for the endpoint (more: 503 for that endpoint only).
+    pub entries: usize,
+    /// Of those, how many one client may hold (more: 503 for that client only).
+    pub per_client: usize,
+}
+
+/// The largest replay budget accepted (up to 2 GB of memory): anything larger is a typo.
+pub const MAX_REPLAY_ENTRIES: usize = 10_000_000;
 
 /// A configuration problem, naming the key, the value and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -694,6 +738,28 @@ impl Config {
         ] {
             if value == 0 {
                 return Err(bad(key, "0", "must be at least 1"));
+            }
+        }
+        for (endpoint, budget) in [
+            ("slack", self.gateway.replay.slack),
+            ("findings", self.gateway.replay.findings),
+        ] {
+            if !(1..=MAX_REPLAY_ENTRIES).contains(&budget.entries) {
+                return Err(bad(
+                    &format!("gateway.replay.{endpoint}.entries"),
+                    &budget.entries.to_string(),
+                    &format!("must be between 1 and {MAX_REPLAY_ENTRIES}"),
+                ));
+            }
+            if !(1..=budget.entries).contains(&budget.per_client) {
+                return Err(bad(
+                    &format!("gateway.replay.{endpoint}.per_client"),
+                    &budget.per_client.to_string(),
+                    &format!(
+                        "must be between 1 and `gateway.replay.{endpoint}.entries` ({})",
+                        budget.entries
+                    ),
+                ));
             }
         }
         if let Some(prefix) = &self.gateway.test_response_url_prefix {

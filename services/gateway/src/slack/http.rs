@@ -26,6 +26,16 @@ struct Payload {
     trigger_id: Option<String>,
 }
 
+impl Payload {
+    /// The team of the user who acted, else of the interaction.
+    fn team(&self) -> Option<&str> {
+        self.user
+            .as_ref()
+            .and_then(|user| user.team_id.as_deref())
+            .or(self.team.as_ref().map(|team| team.id.as_str()))
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct Id {
     id: String,
@@ -62,7 +72,11 @@ pub(crate) async fn receive(
     let payload: Payload = serde_json::from_str(&payload).map_err(|_| {
         Refusal::BadRequest("the `payload` field is not a Slack interaction".to_owned())
     })?;
-    state.replays.admit(verified, now)?;
+    // Every Slack request is signed with the app's one secret; the client a budget is kept for is
+    // the workspace (team) that sent it, so one busy workspace cannot refuse another's clicks.
+    state
+        .slack_replays
+        .admit(verified, payload.team().unwrap_or_default(), now)?;
     if payload.kind != "block_actions" {
         // Not a button click (a shortcut, a view): acknowledged, nothing to publish.
         return Ok(StatusCode::OK.into_response());
@@ -71,12 +85,12 @@ pub(crate) async fn receive(
     let has_response_url = click.response_url.is_some();
     match state.interactions.take(click).await {
         Handled::Failed { .. } if !has_response_url => {
-            state.replays.forget(&verified);
+            state.slack_replays.forget(&verified);
             Err(Refusal::Unavailable)
         }
         Handled::Failed { .. } => {
             // The user is told to click again (a new click is a new signature).
-            state.replays.forget(&verified);
+            state.slack_replays.forget(&verified);
             Ok(StatusCode::OK.into_response())
         }
         Handled::Recorded { .. } | Handled::Refused(_) => Ok(StatusCode::OK.into_response()),
@@ -86,11 +100,11 @@ pub(crate) async fn receive(
 /// The click in a `block_actions` payload: exactly one action, by a known user.
 fn click(payload: Payload) -> Result<Click, Refusal> {
     let bad = |what: &str| Refusal::BadRequest(format!("the interaction {what}"));
+    let team = payload
+        .team()
+        .ok_or_else(|| bad("names no team"))?
+        .to_owned();
     let user = payload.user.ok_or_else(|| bad("names no user"))?;
-    let team = user
-        .team_id
-        .or(payload.team.map(|team| team.id))
-        .ok_or_else(|| bad("names no team"))?;
     let [action] = <[Action; 1]>::try_from(payload.actions)
         .map_err(|_| bad("does not have exactly one action"))?;
     let moment = action
