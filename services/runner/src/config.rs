@@ -303,7 +303,7 @@ impl Default for GatewaySection {
 /// signature is remembered until its own timestamp leaves the 300 s window, so a budget of
 /// `entries` sustains about `entries / 300` signed requests per second; GitHub signs no
 /// timestamp and has no cache.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplaySection {
     /// Slack interactions; a client is a Slack team.
@@ -328,7 +328,7 @@ impl Default for ReplaySection {
 }
 
 /// One endpoint's share of the replay cache.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayBudget {
     /// Signatures remembered at once for the endpoint (more: 503 for that endpoint only).
