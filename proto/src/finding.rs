@@ -405,13 +405,15 @@ fn not_secret(field: &str, value: &str) -> Result<(), InvalidField> {
 /// arrays and objects, spelled out level by level (`EvidenceN` holds at most N levels).
 fn evidence_schema(generator: &mut SchemaGenerator) -> Schema {
     let levels = MAX_EVIDENCE_DEPTH - 1;
+    // `/$defs` or `/definitions`, as the generator's draft says.
+    let path = generator.settings().definitions_path.to_string();
     let definitions = generator.definitions_mut();
     definitions.insert(
         "Evidence0".to_owned(),
         json_schema!({"not": {"type": ["array", "object"]}}).to_value(),
     );
     for level in 1..=levels {
-        let inner = format!("#/$defs/Evidence{}", level - 1);
+        let inner = format!("#{path}/Evidence{}", level - 1);
         definitions.insert(
             format!("Evidence{level}"),
             json_schema!({
@@ -423,7 +425,7 @@ fn evidence_schema(generator: &mut SchemaGenerator) -> Schema {
     }
     json_schema!({
         "type": "object",
-        "additionalProperties": {"$ref": format!("#/$defs/Evidence{levels}")},
+        "additionalProperties": {"$ref": format!("#{path}/Evidence{levels}")},
     })
 }
 
