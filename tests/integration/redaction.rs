@@ -4,7 +4,8 @@
 //! them escaped (dead letters), and one arrives on a subject that is a key. Afterwards no
 //! key-shaped string, nor any piece of a key, is in the store's files, `GET /api/v1/runs/{id}`,
 //! the audit log, run events, `GET /api/v1/dlq` or either process's log. And findings that
-//! differ only inside a secret (the same last four characters) start one run each.
+//! differ only inside a secret (the same last four characters) start one run each. And a key
+//! that is in the store all the same (here quoted by a playbook) is not served by the API.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -94,12 +95,12 @@ struct World {
 }
 
 impl World {
-    async fn start() -> World {
+    async fn start(playbook: &str) -> World {
         let nats = NatsServer::start();
         let dir = tempfile::tempdir().expect("temp dir");
         let playbooks = dir.path().join("playbooks");
         std::fs::create_dir(&playbooks).expect("playbook dir");
-        std::fs::write(playbooks.join("gate.yaml"), GATE_PLAYBOOK).expect("write playbook");
+        std::fs::write(playbooks.join("playbook.yaml"), playbook).expect("write playbook");
         let sha = format!("{:x}", Sha256::digest(VIEWER.as_bytes()));
         let config = format!(
             "[[api.tokens]]\nname = \"viewer-bot\"\nrole = \"viewer\"\nsha256 = \"{sha}\"\n"
@@ -157,6 +158,18 @@ impl World {
         page["runs"].as_array().expect("runs").clone()
     }
 
+    /// Every run as `GET /api/v1/runs/{id}` shows it holds no key (see [`assert_clean`]).
+    async fn assert_runs_clean(&self, keys: &[String]) {
+        for run in self.runs().await {
+            let id = run["id"].as_str().expect("id");
+            assert_clean(
+                &format!("GET /api/v1/runs/{id}"),
+                &self.get(&format!("/api/v1/runs/{id}")).await,
+                keys,
+            );
+        }
+    }
+
     async fn wait_for_runs(&self, count: usize) {
         let started = std::time::Instant::now();
         let mut runs = self.runs().await;
@@ -177,7 +190,7 @@ impl World {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_in_findings_reach_no_store_api_event_dead_letter_or_log() {
-    let mut world = World::start().await;
+    let mut world = World::start(GATE_PLAYBOOK).await;
     let keys: Vec<String> = (0..12).map(key).collect();
     let subject = "quench.findings.openai.api_key.leaked";
 
@@ -274,14 +287,7 @@ async fn keys_in_findings_reach_no_store_api_event_dead_letter_or_log() {
     })
     .await;
 
-    for run in world.runs().await {
-        let id = run["id"].as_str().expect("id");
-        assert_clean(
-            &format!("GET /api/v1/runs/{id}"),
-            &world.get(&format!("/api/v1/runs/{id}")).await,
-            &keys,
-        );
-    }
+    world.assert_runs_clean(&keys).await;
     assert_clean(
         "GET /api/v1/runs",
         &world.get("/api/v1/runs?limit=100").await,
@@ -338,7 +344,7 @@ async fn keys_in_findings_reach_no_store_api_event_dead_letter_or_log() {
 /// four characters: their identities are taken before redaction, so ten runs start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn findings_that_differ_only_inside_a_secret_start_a_run_each() {
-    let world = World::start().await;
+    let world = World::start(GATE_PLAYBOOK).await;
     let secrets: Vec<String> = (0..10).map(|n| format!("{}Wxyz", key(n))).collect();
     for secret in &secrets {
         let mut value = finding(&format!("leak-{secret}"), &format!("leaked {secret}"));
@@ -355,5 +361,32 @@ async fn findings_that_differ_only_inside_a_secret_start_a_run_each() {
         "GET /api/v1/runs",
         &world.get("/api/v1/runs?limit=100").await,
         &secrets,
+    );
+}
+
+/// Intake redacts what comes in, but a key may be in the store all the same (written by an
+/// older version, or quoted by a playbook): the admin API redacts every answer on the way out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_in_the_store_is_not_served_by_the_api() {
+    let quoted = key(20);
+    let playbook = format!(
+        "schema: quench.playbook/v1\nname: quoting\non:\n  finding:\n    kinds: [openai.api_key.leaked]\nsteps:\n  - id: quote\n    uses: note\n    with:\n      message: \"the old key was {quoted}\"\n"
+    );
+    let world = World::start(&playbook).await;
+    world
+        .publish(
+            "quench.findings.openai.api_key.leaked",
+            finding("quoting-1", "a leak").to_string().into_bytes(),
+        )
+        .await;
+    world.wait_for_runs(1).await;
+    let keys = [quoted];
+    world.assert_runs_clean(&keys).await;
+    let shown = world.get("/api/v1/playbooks/quoting").await;
+    assert_clean("GET /api/v1/playbooks/quoting", &shown, &keys);
+    assert!(
+        String::from_utf8_lossy(&shown).contains("the old key was sk-proj-[REDACTED]..."),
+        "{}",
+        String::from_utf8_lossy(&shown)
     );
 }
