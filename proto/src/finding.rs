@@ -103,6 +103,7 @@ pub struct Finding {
     #[schemars(length(min = 1, max = 300), regex(pattern = TEXT_PATTERN))]
     pub title: String,
     /// When the scanner saw it (RFC 3339).
+    #[serde(deserialize_with = "rfc3339")]
     pub detected_at: DateTime<Utc>,
     pub source: Source,
     pub resource: Resource,
@@ -187,7 +188,11 @@ pub struct Resource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64), regex(pattern = TEXT_PATTERN))]
     pub redacted_value: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_rfc3339"
+    )]
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
@@ -405,13 +410,15 @@ fn not_secret(field: &str, value: &str) -> Result<(), InvalidField> {
 /// arrays and objects, spelled out level by level (`EvidenceN` holds at most N levels).
 fn evidence_schema(generator: &mut SchemaGenerator) -> Schema {
     let levels = MAX_EVIDENCE_DEPTH - 1;
+    // `/$defs` or `/definitions`, as the generator's draft says.
+    let path = generator.settings().definitions_path.to_string();
     let definitions = generator.definitions_mut();
     definitions.insert(
         "Evidence0".to_owned(),
         json_schema!({"not": {"type": ["array", "object"]}}).to_value(),
     );
     for level in 1..=levels {
-        let inner = format!("#/$defs/Evidence{}", level - 1);
+        let inner = format!("#{path}/Evidence{}", level - 1);
         definitions.insert(
             format!("Evidence{level}"),
             json_schema!({
@@ -423,7 +430,7 @@ fn evidence_schema(generator: &mut SchemaGenerator) -> Schema {
     }
     json_schema!({
         "type": "object",
-        "additionalProperties": {"$ref": format!("#/$defs/Evidence{levels}")},
+        "additionalProperties": {"$ref": format!("#{path}/Evidence{levels}")},
     })
 }
 
@@ -432,6 +439,27 @@ fn optional(value: &Option<String>, field: &str, max: usize) -> Result<(), Inval
         Some(value) => check_len(field, value, 1, max),
         None => Ok(()),
     }
+}
+
+/// A time as RFC 3339 and the schema's `date-time` say: chrono also takes a space for the `T`.
+fn rfc3339<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if !matches!(text.as_bytes().get(10), Some(b'T' | b't')) {
+        return Err(serde::de::Error::custom(
+            "expected an RFC 3339 time such as `2026-11-20T10:00:00Z`",
+        ));
+    }
+    DateTime::parse_from_rfc3339(&text)
+        .map(|time| time.with_timezone(&Utc))
+        .map_err(serde::de::Error::custom)
+}
+
+fn optional_rfc3339<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<DateTime<Utc>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Time(#[serde(deserialize_with = "rfc3339")] DateTime<Utc>);
+    Ok(Option::<Time>::deserialize(deserializer)?.map(|Time(time)| time))
 }
 
 /// Levels of arrays and objects in `value` (0 for a scalar).

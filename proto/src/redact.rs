@@ -53,19 +53,35 @@ static UNIT: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
 /// Replaces every secret-shaped substring of `text`; borrows when there is nothing to replace.
 /// The result is never longer than `text`.
 pub fn redact_str(text: &str) -> Cow<'_, str> {
-    SECRET.replace_all(text, |captures: &regex::Captures<'_>| {
-        replacement(captures[0].as_bytes())
-    })
+    // `find_iter`, not `replace_all`: only the whole match is needed, and asking for captures
+    // would run a slower engine over every string.
+    let mut matches = SECRET.find_iter(text).peekable();
+    if matches.peek().is_none() {
+        return Cow::Borrowed(text);
+    }
+    let mut redacted = String::with_capacity(text.len());
+    let mut last = 0;
+    for found in matches {
+        redacted.push_str(&text[last..found.start()]);
+        redacted.push_str(&replacement(found.as_str().as_bytes()));
+        last = found.end();
+    }
+    redacted.push_str(&text[last..]);
+    Cow::Owned(redacted)
 }
 
 /// Redacts every secret-shaped run of bytes in a raw body that may not be UTF-8 or even JSON
 /// (a dead letter keeps the body as it came, as bytes). Never longer than `body`.
 pub fn redact_bytes(body: &[u8]) -> Vec<u8> {
-    SECRET_BYTES
-        .replace_all(body, |captures: &regex::bytes::Captures<'_>| {
-            replacement(&captures[0])
-        })
-        .into_owned()
+    let mut redacted = Vec::with_capacity(body.len());
+    let mut last = 0;
+    for found in SECRET_BYTES.find_iter(body) {
+        redacted.extend_from_slice(&body[last..found.start()]);
+        redacted.extend_from_slice(replacement(found.as_bytes()).as_bytes());
+        last = found.end();
+    }
+    redacted.extend_from_slice(&body[last..]);
+    redacted
 }
 
 /// Whether a raw body holds anything [`redact_bytes`] would replace. A JSON document for which
@@ -110,23 +126,15 @@ pub fn redact_value(value: &mut serde_json::Value) -> usize {
 /// `<kind prefix>[REDACTED]...<last four>`, `<kind prefix>[REDACTED]` and `[REDACTED]` that is
 /// not longer than the match. Always ASCII.
 fn replacement(matched: &[u8]) -> String {
-    let key: String = UNIT
-        .captures_iter(matched)
-        .filter_map(|unit| {
-            let hex = unit.name("json").or_else(|| unit.name("percent"));
-            let byte = match hex {
-                Some(hex) => std::str::from_utf8(hex.as_bytes())
-                    .ok()
-                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())?,
-                None => *unit
-                    .name("escaped")
-                    .or_else(|| unit.name("plain"))?
-                    .as_bytes()
-                    .first()?,
-            };
-            Some(char::from(byte))
-        })
-        .collect();
+    let plain = matched
+        .iter()
+        .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_'));
+    let key: String = if plain {
+        // The usual case: the key as itself, nothing to decode.
+        matched.iter().copied().map(char::from).collect()
+    } else {
+        decode(matched)
+    };
     let prefix = MODERN_KINDS
         .iter()
         .map(|kind| format!("sk-{kind}-"))
@@ -144,6 +152,26 @@ fn replacement(matched: &[u8]) -> String {
     .into_iter()
     .find(|candidate| candidate.len() <= matched.len())
     .unwrap_or_else(|| REDACTED_MARKER.to_owned())
+}
+
+/// The key a match writes with escapes, one [`UNIT`] at a time.
+fn decode(matched: &[u8]) -> String {
+    UNIT.captures_iter(matched)
+        .filter_map(|unit| {
+            let hex = unit.name("json").or_else(|| unit.name("percent"));
+            let byte = match hex {
+                Some(hex) => std::str::from_utf8(hex.as_bytes())
+                    .ok()
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())?,
+                None => *unit
+                    .name("escaped")
+                    .or_else(|| unit.name("plain"))?
+                    .as_bytes()
+                    .first()?,
+            };
+            Some(char::from(byte))
+        })
+        .collect()
 }
 
 /// The key shapes as a regex. With `escapes`, each character may also be written as the module

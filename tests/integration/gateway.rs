@@ -197,6 +197,42 @@ test_response_url_prefix = "{prefix}"
     }
 }
 
+/// A key in a click's free text (the user name, read from the url-encoded form) is redacted
+/// before the decision is published: the decisions stream never holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_in_a_click_is_redacted_before_it_is_published() {
+    let world = World::start("").await;
+    let key = fake_openai_key();
+    let mut payload = click_payload(
+        "U0ALICE",
+        "quench:keep",
+        VALUE,
+        "1767603700.000300",
+        &world.slack.response_url(),
+    );
+    payload["user"]["username"] = json!(format!("alice_{key}"));
+    let body = form(&payload);
+    let (status, reply, _) = answer(slack_request(
+        &world.gateway.url("/slack/interactions"),
+        &body,
+        now(),
+        SIGNING_SECRET,
+    ))
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    let decisions = world.decisions().await;
+    assert_eq!(decisions.len(), 1);
+    let stored = decisions[0].payload.to_string();
+    assert!(
+        !quench_proto::contains_secret(stored.as_bytes()),
+        "{stored}"
+    );
+    assert_eq!(
+        decisions[0].payload["actor"]["name"],
+        "alice_sk-proj-[REDACTED]...Q7zK"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slack_clicks_are_verified_published_once_and_answered() {
     let world = World::start("").await;

@@ -17,6 +17,7 @@ mod playbook_corpus;
 mod playbook_tests;
 mod proto_contracts;
 mod quickstart;
+mod redaction;
 mod schedule;
 mod service;
 mod shipped_playbooks;

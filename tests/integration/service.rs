@@ -12,7 +12,7 @@ use quench_runner::engine::{Gate, Run, RunStatus, StepStatus};
 use quench_runner::store::{Key, Store, StoreConfig, parse_stored};
 use serde_json::json;
 
-use crate::support::{NatsServer, Service, eventually, http_status};
+use crate::support::{NatsServer, Service, eventually, http_status, record};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -103,20 +103,7 @@ impl World {
                 .expect("write playbook");
         }
         let service = Service::launch(&nats.url(), &playbook_dir, dir.path(), env, config, &[]);
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let mut subscription = client
-            .subscribe("quench.events.>")
-            .await
-            .expect("subscribe");
-        let sink = events.clone();
-        tokio::spawn(async move {
-            while let Some(message) = subscription.next().await {
-                if let Ok(event) = serde_json::from_slice::<RunEvent>(&message.payload) {
-                    sink.lock().expect("lock").push(event);
-                }
-            }
-        });
-        client.flush().await.expect("flush");
+        let events = record::<RunEvent>(&client, "quench.events.>").await;
         World {
             nats,
             service,

@@ -220,10 +220,11 @@ fn finding_json(event: &str, delivery: &str, parsed: &Event, received_at: DateTi
             .clone()
             .unwrap_or_else(|| secret_type.to_owned())
     };
-    let title: String = format!(
+    // Redacted before it is cut: a key cut at the end may no longer look like one.
+    let title: String = redact_str(&format!(
         "{what} leaked in {} (GitHub secret scanning alert #{}, {action})",
         repository.full_name, alert.number
-    )
+    ))
     .chars()
     .take(300)
     .collect();

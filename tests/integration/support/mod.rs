@@ -726,6 +726,30 @@ pub(crate) async fn eventually(
     }
 }
 
+/// Every message on `subject` from now on that parses as a `T`, as it arrives (a background
+/// task of `client`'s subscription).
+pub(crate) async fn record<T: serde::de::DeserializeOwned + Send + 'static>(
+    client: &async_nats::Client,
+    subject: &str,
+) -> std::sync::Arc<std::sync::Mutex<Vec<T>>> {
+    use futures::StreamExt;
+    let records = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut subscription = client
+        .subscribe(subject.to_owned())
+        .await
+        .expect("subscribe");
+    let sink = records.clone();
+    tokio::spawn(async move {
+        while let Some(message) = subscription.next().await {
+            if let Ok(record) = serde_json::from_slice::<T>(&message.payload) {
+                sink.lock().expect("lock").push(record);
+            }
+        }
+    });
+    client.flush().await.expect("flush");
+    records
+}
+
 /// [`eventually`] for a check that must await (e.g. reads NATS).
 pub(crate) async fn eventually_async<F, Fut>(within: std::time::Duration, what: &str, mut check: F)
 where

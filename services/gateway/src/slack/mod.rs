@@ -186,13 +186,19 @@ fn decision(click: &Click, now: DateTime<Utc>) -> Result<Decision, String> {
         actor: Actor {
             via: Via::Slack,
             id: format!("{}/{}", click.team, click.user),
-            name: click.username.clone().filter(|name| !name.is_empty()),
+            // Free text from the payload (decoded from the form): redacted like a finding's.
+            name: click
+                .username
+                .as_deref()
+                .filter(|name| !name.is_empty())
+                .map(|name| quench_proto::redact_str(name).into_owned()),
         },
         decided_at: slack_time(&click.moment).unwrap_or(now),
     };
-    decision
-        .validate()
-        .map_err(|invalid| format!("the button is not a valid answer ({invalid})"))?;
+    decision.validate().map_err(|invalid| {
+        quench_proto::redact_str(&format!("the button is not a valid answer ({invalid})"))
+            .into_owned()
+    })?;
     Ok(decision)
 }
 

@@ -154,10 +154,40 @@ pub(crate) async fn serve(
     api: Api,
     shutdown: CancellationToken,
 ) {
-    let app = router().0.with_state(api);
+    let app = router()
+        .0
+        .layer(axum::middleware::from_fn(redact_answer))
+        .with_state(api);
     let serving = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await });
     if let Err(error) = serving.await {
         tracing::error!(%error, "the HTTP server stopped");
+    }
+}
+
+/// Most bytes of an answer read to redact it; API answers are pages of bounded size.
+const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
+/// Defence in depth: every answer's body passes `redact_bytes` (escapes included, never
+/// longer), so a key that is in the store although intake redacts (written by an older version,
+/// or quoted in a playbook's own text) is never served.
+async fn redact_answer(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let response = next.run(request).await;
+    let (mut parts, body) = response.into_parts();
+    match axum::body::to_bytes(body, MAX_ANSWER_BYTES).await {
+        Ok(bytes) if quench_proto::contains_secret(&bytes) => {
+            parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+            let redacted = quench_proto::redact_bytes(&bytes);
+            axum::response::Response::from_parts(parts, axum::body::Body::from(redacted))
+        }
+        Ok(bytes) => axum::response::Response::from_parts(parts, axum::body::Body::from(bytes)),
+        Err(error) => {
+            tracing::warn!(%error, "an answer could not be read to redact it");
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
     }
 }
