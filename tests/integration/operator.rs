@@ -553,6 +553,118 @@ async fn the_openapi_document_is_checked_in_and_names_exactly_the_routes() {
     );
 }
 
+/// Every `$ref` of the document, as JSON pointers into it.
+fn references(value: &Value, found: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("$ref", Value::String(pointer)) => found.push(pointer.clone()),
+                    _ => references(value, found),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| references(item, found)),
+        _ => {}
+    }
+}
+
+/// What schemathesis (tests/schemathesis) found at the edges of the document, checked here too:
+/// every `$ref` resolves, a run's steps validate against `RunDetail` while they have no output,
+/// each `limit` has a documented maximum that is served and one past it is refused, sequence
+/// numbers are `int64` (past `i64::MAX` or negative is a 400), and a dead letter that cannot
+/// exist (sequence 0) is a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_keeps_to_its_document_at_the_edges() {
+    let operator = Operator::start(&[("gate.yaml", GATE_PLAYBOOK)]).await;
+    let document = operator
+        .call("GET", "/api/openapi.json", None, None)
+        .await
+        .body;
+    let mut pointers = Vec::new();
+    references(&document, &mut pointers);
+    assert!(!pointers.is_empty());
+    for pointer in &pointers {
+        let target = pointer.strip_prefix('#').expect("a local reference");
+        assert!(
+            document.pointer(target).is_some(),
+            "`{pointer}` does not resolve"
+        );
+    }
+
+    operator
+        .publish_finding(&finding("edge-1", "test.gate", "key_edge"))
+        .await;
+    let id = operator.run_with("gate", "waiting").await;
+    let detail = operator.get(&format!("/api/v1/runs/{id}"), VIEWER).await;
+    assert_eq!(detail["steps"][1]["output"], Value::Null, "{detail}");
+    let schema = json!({
+        "$ref": "#/components/schemas/RunDetail",
+        "components": document["components"],
+    });
+    let validator = jsonschema::validator_for(&schema).expect("the document's schemas compile");
+    let problems: Vec<String> = validator
+        .iter_errors(&detail)
+        .map(|error| format!("{} at {}", error, error.instance_path()))
+        .collect();
+    assert!(problems.is_empty(), "{problems:#?}\n{detail}");
+
+    for (path, parameter) in [
+        ("/api/v1/runs", "limit"),
+        ("/api/v1/dlq", "limit"),
+        ("/api/v1/audit", "limit"),
+    ] {
+        let maximum = document["paths"][path]["get"]["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .find(|documented| documented["name"] == parameter)
+            .and_then(|documented| documented["schema"]["maximum"].as_u64())
+            .unwrap_or_else(|| panic!("{path}: `{parameter}` has no documented maximum"));
+        for (value, status) in [(maximum, 200), (maximum + 1, 400), (0, 400)] {
+            let answer = operator
+                .call(
+                    "GET",
+                    &format!("{path}?{parameter}={value}"),
+                    Some(VIEWER),
+                    None,
+                )
+                .await;
+            assert_eq!(
+                answer.status, status,
+                "{path}?{parameter}={value}: {}",
+                answer.text
+            );
+        }
+    }
+    for query in [
+        "/api/v1/dlq?cursor=9223372036854775808",
+        "/api/v1/dlq?cursor=-1",
+        "/api/v1/audit?before=9223372036854775808",
+        "/api/v1/audit?before=-1",
+    ] {
+        let answer = operator.call("GET", query, Some(VIEWER), None).await;
+        assert_eq!(answer.status, 400, "{query}: {}", answer.text);
+        assert_eq!(answer.body["error"]["code"], "bad_request", "{query}");
+    }
+    let in_range = operator
+        .call(
+            "GET",
+            "/api/v1/audit?before=9223372036854775807",
+            Some(VIEWER),
+            None,
+        )
+        .await;
+    assert_eq!(in_range.status, 200, "{}", in_range.text);
+
+    for (seq, status) in [("0", 404), ("9223372036854775808", 400), ("-1", 400)] {
+        let answer = operator
+            .post(&format!("/api/v1/dlq/{seq}/replay"), ADMIN, json!({}))
+            .await;
+        assert_eq!(answer.status, status, "replay {seq}: {}", answer.text);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_are_listed_shown_answered_and_cancelled() {
     let operator = Operator::start(&[("gate.yaml", GATE_PLAYBOOK)]).await;

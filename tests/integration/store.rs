@@ -199,6 +199,106 @@ fn verify_refuses_a_directory_that_is_not_a_store() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("is not a quench store"));
 }
 
+/// Sets every file under `path` (and `path`) to `file_mode`, directories to `directory_mode`.
+fn set_modes(path: &std::path::Path, file_mode: u32, directory_mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(path).expect("readable store") {
+        let entry = entry.expect("entry").path();
+        if entry.is_dir() {
+            set_modes(&entry, file_mode, directory_mode);
+        } else {
+            std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(file_mode))
+                .expect("chmod");
+        }
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(directory_mode)).expect("chmod");
+}
+
+/// A store this user may not write (a read-only mount, a backup of another user's) is still
+/// verified offline: from a copy. Its files are made read-only; as root (CI), who may write
+/// anyway, the command runs as `nobody`.
+#[tokio::test]
+async fn verify_reads_a_store_it_may_not_write() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let directory = tempfile::tempdir().expect("temp dir");
+    store_with_entries(directory.path()).await;
+    let expected = head(directory.path());
+    set_modes(directory.path(), 0o444, 0o555);
+    let mut command = std::process::Command::new(support::quench_bin());
+    command
+        .args(["audit", "verify", "--store"])
+        .arg(directory.path());
+    let root = std::fs::metadata("/proc/self").expect("/proc").uid() == 0;
+    if root {
+        command.uid(65534).gid(65534);
+    }
+    let output = command.output().expect("quench runs");
+    set_modes(directory.path(), 0o644, 0o755);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        format!("audit chain ok: 10 entries, head {expected}")
+    );
+    assert!(stderr.contains("verifying a copy"), "{stderr}");
+    assert_eq!(head(directory.path()), expected, "the store is as it was");
+}
+
+/// A store in use by another process: offline `audit verify` and `serve` both say so once,
+/// name the store, and exit 74 (the store cannot be opened); `verify` says what to do instead.
+#[tokio::test]
+async fn a_store_in_use_is_named_once_and_exits_74() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let store_path = directory.path().join("state");
+    let playbooks = directory.path().join("playbooks");
+    std::fs::create_dir(&playbooks).expect("playbooks dir");
+    store_with_entries(&store_path).await;
+    let in_use = open(&store_path);
+    let verify = std::process::Command::new(support::quench_bin())
+        .args(["audit", "verify", "--store"])
+        .arg(&store_path)
+        .output()
+        .expect("quench runs");
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert_eq!(verify.status.code(), Some(74), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the store at {} is in use by another process",
+            store_path.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`quench audit verify` without --store"),
+        "{stderr}"
+    );
+
+    let serve = std::process::Command::new(support::quench_bin())
+        .args(["serve", "--nats", "nats://127.0.0.1:1", "--store"])
+        .arg(&store_path)
+        .arg("--playbooks")
+        .arg(&playbooks)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("quench runs");
+    let stderr = String::from_utf8_lossy(&serve.stderr);
+    assert_eq!(serve.status.code(), Some(74), "{stderr}");
+    let error = stderr
+        .lines()
+        .find(|line| line.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert_eq!(
+        error,
+        format!(
+            "error: the store at {} is in use by another process (a running quench?)",
+            store_path.display()
+        )
+    );
+    drop(in_use);
+}
+
 fn head(path: &std::path::Path) -> String {
     open(path).verify_audit().expect("verify").head
 }

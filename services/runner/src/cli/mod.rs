@@ -2,7 +2,8 @@
 //! code; output goes to the writers it is given, so tests run commands in-process.
 //!
 //! Exit codes: 0 ok, 1 invalid or refused, 2 usage or I/O error, 64 configuration (EX_CONFIG),
-//! 69 a service quench needs is unavailable (EX_UNAVAILABLE), 77 authentication (EX_NOPERM).
+//! 69 a service quench needs is unavailable (EX_UNAVAILABLE), 74 the store cannot be opened,
+//! read or written (EX_IOERR), 77 authentication (EX_NOPERM).
 //! The commands that talk to a running service through its admin API are in `remote`.
 
 mod remote;
@@ -170,6 +171,8 @@ pub struct PublishArgs {
 pub const EXIT_CONFIG: u8 = 64;
 /// Exit code when a service quench needs (NATS) is unavailable (EX_UNAVAILABLE).
 pub const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit code when the store cannot be opened, read or written (EX_IOERR).
+pub const EXIT_STORE: u8 = 74;
 
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
@@ -561,14 +564,43 @@ pub fn audit_verify(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn W
     }
     let mut config = crate::store::StoreConfig::new(path);
     config.sync = crate::store::SyncMode::Os;
-    let store = match crate::store::Store::open(&config) {
-        Ok(store) => store,
-        Err(error) => {
+    // Kept until the end: a store this process may not write is verified from a copy in it.
+    let mut copy = None;
+    let opened = match crate::store::Store::open(&config) {
+        Err(crate::store::Error::ReadOnly { .. }) => tempfile::tempdir()
+            .map_err(|source| crate::store::Error::Copy {
+                path: path.to_owned(),
+                source,
+            })
+            .and_then(|directory| {
+                let store = crate::store::Store::open_copy(&config, directory.path());
+                copy = Some(directory);
+                store
+            }),
+        opened => opened,
+    };
+    let store = match opened {
+        Ok(store) => {
+            if copy.is_some() {
+                let _ = writeln!(
+                    err,
+                    "note: {} cannot be written by this user; verifying a copy of it",
+                    path.display()
+                );
+            }
+            store
+        }
+        Err(error @ crate::store::Error::Locked { .. }) => {
             let _ = writeln!(
                 err,
-                "error: {error} (is the service still running on this store?)"
+                "error: {error}; stop the service first, or verify through its admin API: \
+                 `quench audit verify` without --store"
             );
-            return EXIT_USAGE;
+            return EXIT_STORE;
+        }
+        Err(error) => {
+            let _ = writeln!(err, "error: {error}");
+            return EXIT_STORE;
         }
     };
     match store.verify_audit() {
@@ -593,7 +625,7 @@ pub fn audit_verify(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn W
         },
         Err(error) => {
             let _ = writeln!(err, "error: {error}");
-            EXIT_USAGE
+            EXIT_STORE
         }
     }
 }
@@ -765,6 +797,10 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
         Err(error @ (crate::service::Error::Nats(_) | crate::service::Error::NatsChild(_))) => {
             let _ = writeln!(err, "error: {error}");
             EXIT_UNAVAILABLE
+        }
+        Err(error @ (crate::service::Error::Store(_) | crate::service::Error::CommitFailed)) => {
+            let _ = writeln!(err, "error: {error}");
+            EXIT_STORE
         }
         Err(error) => {
             let _ = writeln!(err, "error: {error}");

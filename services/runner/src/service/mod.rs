@@ -42,12 +42,9 @@ const GRACE: Duration = Duration::from_secs(20);
 pub enum Error {
     #[error("{0}")]
     Nats(String),
-    #[error("cannot open the store at {path}: {source}")]
-    Store {
-        path: String,
-        #[source]
-        source: crate::store::Error,
-    },
+    /// The store's errors name its path.
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
     #[error("cannot read playbooks from {dir}: {source}")]
     Playbooks {
         dir: String,
@@ -133,10 +130,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     })?;
     let mut store_config = StoreConfig::new(&config.store.path);
     store_config.sync = config.store.sync;
-    let store = Store::open(&store_config).map_err(|source| Error::Store {
-        path: config.store.path.display().to_string(),
-        source,
-    })?;
+    let store = Store::open(&store_config)?;
 
     let client = connect(&config.nats).await?;
     let jetstream = async_nats::jetstream::new(client.clone());

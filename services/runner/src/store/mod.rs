@@ -55,6 +55,23 @@ pub enum Error {
         #[source]
         source: sled::Error,
     },
+    /// This process may not write the store (a read-only mount, another owner): a reader can
+    /// still use [`Store::open_copy`].
+    #[error("cannot open the store at {path} for writing: {source}")]
+    ReadOnly {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    /// Another process has the store open (sled locks its log file).
+    #[error("the store at {path} is in use by another process (a running quench?)")]
+    Locked { path: PathBuf },
+    #[error("cannot copy the store at {path}: {source}")]
+    Copy {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "the store at {path} has format version {found}; this quench reads version {FORMAT_VERSION}"
     )]
@@ -299,6 +316,7 @@ struct Inner {
 impl Store {
     /// Opens (or creates) the store; checks the format version.
     pub fn open(config: &StoreConfig) -> Result<Store, Error> {
+        refuse_if_locked(&config.path)?;
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_bytes)
@@ -307,11 +325,61 @@ impl Store {
             // compete with it for the log (latency spikes after a burst).
             .flush_every_ms(None)
             .open()
-            .map_err(|source| Error::Open {
-                path: config.path.clone(),
-                source,
+            .map_err(|source| {
+                let path = config.path.clone();
+                match &source {
+                    sled::Error::Io(error)
+                        if matches!(
+                            error.kind(),
+                            std::io::ErrorKind::PermissionDenied
+                                | std::io::ErrorKind::ReadOnlyFilesystem
+                        ) =>
+                    {
+                        Error::ReadOnly { path, source }
+                    }
+                    _ => Error::Open { path, source },
+                }
             })?;
         Store::start(db, Some(config.path.clone()), config.sync)
+    }
+
+    /// Opens a copy of the store at `config.path`, made in the empty directory `into`, for a
+    /// reader that may not write the original (sled 0.34 has no read-only mode). The copy is
+    /// made under a shared lock on the original's log, so no quench writes it meanwhile.
+    pub fn open_copy(config: &StoreConfig, into: &Path) -> Result<Store, Error> {
+        let original = &config.path;
+        let copy_error = |source| Error::Copy {
+            path: original.clone(),
+            source,
+        };
+        let log = std::fs::File::open(original.join("db")).map_err(copy_error)?;
+        match log.try_lock_shared() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    path: original.clone(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(error)) => return Err(copy_error(error)),
+        }
+        for entry in walkdir::WalkDir::new(original).min_depth(1) {
+            let entry = entry.map_err(|error| copy_error(error.into()))?;
+            let relative = entry.path().strip_prefix(original).unwrap_or(entry.path());
+            let target = into.join(relative);
+            if entry.file_type().is_dir() {
+                std::fs::create_dir_all(&target).map_err(copy_error)?;
+            } else {
+                // Contents only: `fs::copy` would carry the read-only mode over to the copy.
+                let mut from = std::fs::File::open(entry.path()).map_err(copy_error)?;
+                let mut to = std::fs::File::create(&target).map_err(copy_error)?;
+                std::io::copy(&mut from, &mut to).map_err(copy_error)?;
+            }
+        }
+        drop(log);
+        Store::open(&StoreConfig {
+            path: into.to_path_buf(),
+            ..config.clone()
+        })
     }
 
     /// A store in a temporary directory that disappears on drop (playbook tests, unit tests).
@@ -325,8 +393,13 @@ impl Store {
 
     fn start(db: sled::Db, path: Option<PathBuf>, sync: SyncMode) -> Result<Store, Error> {
         let shown = path.clone().unwrap_or_else(|| PathBuf::from("<temporary>"));
+        // Every failure to open names the store, so callers need not say it again.
+        let open_error = |source| Error::Open {
+            path: shown.clone(),
+            source,
+        };
         let format = Key::Meta("format").encode();
-        match db.get(&format)? {
+        match db.get(&format).map_err(open_error)? {
             Some(found) if found.as_ref() == FORMAT_VERSION.to_string().as_bytes() => {}
             Some(found) => {
                 return Err(Error::Format {
@@ -334,15 +407,16 @@ impl Store {
                     found: String::from_utf8_lossy(&found).into_owned(),
                 });
             }
-            None if db.first()?.is_some() => {
+            None if db.first().map_err(open_error)?.is_some() => {
                 return Err(Error::Format {
                     path: shown,
                     found: "none".to_owned(),
                 });
             }
             None => {
-                db.insert(format, FORMAT_VERSION.to_string().as_bytes())?;
-                db.flush()?;
+                db.insert(format, FORMAT_VERSION.to_string().as_bytes())
+                    .map_err(open_error)?;
+                db.flush().map_err(open_error)?;
                 if let Some(path) = &path {
                     committer::sync_dir(path).map_err(Error::Sync)?;
                 }
@@ -680,4 +754,19 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, Error> {
         key: String::from_utf8_lossy(key).replace('\0', "/"),
         source,
     })
+}
+
+/// `Error::Locked` when another process holds the lock sled takes on the store's log (sled's own
+/// error says so only in its text). The probe's lock is released before sled takes its own;
+/// a store without a readable log is left to sled to open or refuse.
+fn refuse_if_locked(path: &Path) -> Result<(), Error> {
+    let Ok(log) = std::fs::File::open(path.join("db")) else {
+        return Ok(());
+    };
+    match log.try_lock() {
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
+            path: path.to_path_buf(),
+        }),
+        Ok(()) | Err(std::fs::TryLockError::Error(_)) => Ok(()),
+    }
 }

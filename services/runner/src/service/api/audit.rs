@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::Api;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody, Params};
+use super::query::{self, Sequence};
 use crate::config::Role;
 use crate::store::AuditEntry;
 
@@ -66,9 +67,11 @@ impl AuditView {
 #[into_params(parameter_in = Query)]
 pub(crate) struct AuditQuery {
     /// Entries before this sequence number (the `next` of the previous page).
-    before: Option<u64>,
+    #[param(value_type = Option<u64>)]
+    before: Option<Sequence>,
     /// Entries per page (default 100, at most 1000).
-    limit: Option<usize>,
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
 }
 
 /// A page of audit entries, newest first.
@@ -107,12 +110,12 @@ pub(super) async fn list(
     Params(query): Params<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
     caller.require(Role::Viewer)?;
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let limit = query::limit(query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let entries: Vec<AuditView> = api
         .inner
         .engine
         .store()
-        .audit_newest_first(query.before, limit)?
+        .audit_newest_first(query.before.map(|before| before.0), limit)?
         .into_iter()
         .map(|(hash, entry)| AuditView::from_entry(Some(hash), entry))
         .collect();

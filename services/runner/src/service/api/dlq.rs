@@ -18,6 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::Api;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody, Params};
+use super::query::{self, Sequence};
 use crate::config::Role;
 use crate::store::{AuditDraft, Batch};
 
@@ -31,9 +32,11 @@ const PREVIEW: usize = 4096;
 #[into_params(parameter_in = Query)]
 pub(crate) struct DlqQuery {
     /// Messages after this stream sequence (the `next` of the previous page).
-    cursor: Option<u64>,
+    #[param(value_type = Option<u64>)]
+    cursor: Option<Sequence>,
     /// Messages per page (default 50, at most 500).
-    limit: Option<usize>,
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
 }
 
 /// A dead-lettered message.
@@ -118,10 +121,10 @@ pub(super) async fn list(
     Params(query): Params<DlqQuery>,
 ) -> Result<Json<DlqPage>, ApiError> {
     caller.require(Role::Viewer)?;
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let limit = query::limit(query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let stream = stream(&api).await?;
     let mut messages = Vec::new();
-    let mut seq = query.cursor.unwrap_or(0).saturating_add(1);
+    let mut seq = query.cursor.map_or(0, |cursor| cursor.0).saturating_add(1);
     let mut more = false;
     loop {
         // The next message at or after `seq` (replayed ones are deleted: skipped here).
@@ -192,17 +195,17 @@ pub(super) async fn replay(
     Path(seq): Path<String>,
 ) -> Result<Json<Replayed>, ApiError> {
     caller.require(Role::Admin)?;
-    let seq: u64 = seq
-        .parse()
-        .map_err(|_| ApiError::BadRequest(format!("`{seq}` is not a sequence number")))?;
+    let Sequence(seq) = seq.parse()?;
+    let not_found = || ApiError::NotFound(format!("no message {seq} in {}", subject::STREAM_DLQ));
+    // JetStream numbers messages from 1 and calls a request for 0 malformed: there is none.
+    if seq == 0 {
+        return Err(not_found());
+    }
     let stream = stream(&api).await?;
     let message = match stream.get_raw_message(seq).await {
         Ok(message) => message,
         Err(error) if matches!(error.kind(), RawMessageErrorKind::NoMessageFound) => {
-            return Err(ApiError::NotFound(format!(
-                "no message {seq} in {}",
-                subject::STREAM_DLQ
-            )));
+            return Err(not_found());
         }
         Err(error) => return Err(ApiError::Unavailable(error.to_string())),
     };

@@ -15,6 +15,7 @@ mod dlq;
 mod error;
 mod health;
 mod playbooks;
+mod query;
 mod runs;
 
 use std::sync::Arc;

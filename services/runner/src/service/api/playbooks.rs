@@ -88,8 +88,12 @@ pub(crate) struct VersionSource {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub(crate) struct ApplyRequest {
     /// The YAML source.
+    #[schema(
+        example = "schema: quench.playbook/v1\nname: example\non:\n  finding:\n    kinds: [example.kind]\nsteps:\n  - id: say\n    uses: note\n    with:\n      message: noted\n"
+    )]
     pub(crate) source: String,
     /// A name for the source in diagnostics (e.g. the client's file name).
+    #[schema(example = "example.yaml")]
     pub(crate) file: Option<String>,
 }
 

@@ -13,6 +13,7 @@ use super::Api;
 use super::audit::AuditView;
 use super::auth::Caller;
 use super::error::{ApiError, Body, ErrorBody, Params};
+use super::query;
 use crate::config::Role;
 use crate::engine::state::Phase;
 use crate::engine::{Cancel, DecisionOutcome, Gate, Refusal, Run, RunStatus, StepStatus};
@@ -54,6 +55,7 @@ impl StateFilter {
 #[into_params(parameter_in = Query)]
 pub(crate) struct RunsQuery {
     /// `open`, `running`, `waiting`, `completed`, `failed` or `cancelled`.
+    #[param(inline)]
     state: Option<StateFilter>,
     /// Playbook name.
     playbook: Option<String>,
@@ -62,7 +64,8 @@ pub(crate) struct RunsQuery {
     /// The `next` of the previous page.
     cursor: Option<String>,
     /// Runs per page (default 50, at most 500).
-    limit: Option<usize>,
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
 }
 
 /// A run in a list.
@@ -113,7 +116,8 @@ pub(crate) struct StepView {
     pub(crate) started_at: Option<DateTime<Utc>>,
     pub(crate) finished_at: Option<DateTime<Utc>>,
     pub(crate) error: Option<String>,
-    #[schema(value_type = Object)]
+    /// What the step produced; null until it has an output.
+    #[schema(value_type = Option<Object>)]
     pub(crate) output: Value,
     /// For approvals: the choice, who decided and through what.
     pub(crate) choice: Option<String>,
@@ -248,7 +252,7 @@ pub(super) async fn list(
     Params(query): Params<RunsQuery>,
 ) -> Result<Json<RunPage>, ApiError> {
     caller.require(Role::Viewer)?;
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let limit = query::limit(query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let store = api.inner.engine.store();
     let mut runs = Vec::new();
     let mut last = None;
