@@ -15,10 +15,12 @@ pub const REDACTED_MARKER: &str = "[REDACTED]";
 
 static SECRET: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(concat!(
+        // No `\b` before `sk-`: a key glued to a word character (`\nsk-…` in escaped JSON,
+        // `%3Dsk-…` in a URL) is still a key. Redacting the odd `task-proj-…` word is the price.
         // Modern project, service-account and admin keys, with or without the T3BlbkFJ marker.
-        r"\b(?P<modern>sk-(?:proj|svcacct|admin|service)-)[A-Za-z0-9_-]{16,}",
+        r"(?P<modern>sk-(?:proj|svcacct|admin|service)-)[A-Za-z0-9_-]{16,}",
         // Legacy user keys and older named service-account keys: anything around the marker.
-        r"|\b(?P<legacy>sk-)[A-Za-z0-9_-]*T3BlbkFJ[A-Za-z0-9_-]+",
+        r"|(?P<legacy>sk-)[A-Za-z0-9_-]*T3BlbkFJ[A-Za-z0-9_-]+",
     ))
     .expect("secret pattern compiles")
 });

@@ -65,6 +65,7 @@ mod publish;
 mod refusal;
 mod server;
 pub mod signature;
-mod slack;
+pub mod slack;
 
+pub use refusal::Refusal;
 pub use server::{Error, Gateway};

@@ -11,7 +11,7 @@ use serde_json::json;
 
 /// A refused request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum Refusal {
+pub enum Refusal {
     #[error("this endpoint is not configured (set {0})")]
     NotConfigured(&'static str),
     #[error("the request body is larger than the limit of {limit} bytes")]

@@ -55,19 +55,12 @@ pub(crate) async fn receive(
 ) -> Result<Response, Refusal> {
     let now = now_unix();
     let verified = verify_slack(secret, headers, &body, now)?;
-    let payload = url::form_urlencoded::parse(&body)
-        .find(|(name, _)| name == "payload")
-        .map(|(_, value)| value.into_owned())
-        .ok_or_else(|| Refusal::BadRequest("expected a form with a `payload` field".to_owned()))?;
-    let payload: Payload = serde_json::from_str(&payload).map_err(|_| {
-        Refusal::BadRequest("the `payload` field is not a Slack interaction".to_owned())
-    })?;
+    let click = parse(&body)?;
     state.replays.admit(verified, now)?;
-    if payload.kind != "block_actions" {
+    let Some(click) = click else {
         // Not a button click (a shortcut, a view): acknowledged, nothing to publish.
         return Ok(StatusCode::OK.into_response());
-    }
-    let click = click(payload)?;
+    };
     let has_response_url = click.response_url.is_some();
     match state.interactions.take(click).await {
         Handled::Failed { .. } if !has_response_url => {
@@ -81,6 +74,22 @@ pub(crate) async fn receive(
         }
         Handled::Recorded { .. } | Handled::Refused(_) => Ok(StatusCode::OK.into_response()),
     }
+}
+
+/// The click in an interaction form (`payload=<JSON>`); `None` when the interaction is not a
+/// `block_actions` one (a shortcut, a view), which is acknowledged and not published.
+pub(crate) fn parse(body: &[u8]) -> Result<Option<Click>, Refusal> {
+    let payload = url::form_urlencoded::parse(body)
+        .find(|(name, _)| name == "payload")
+        .map(|(_, value)| value.into_owned())
+        .ok_or_else(|| Refusal::BadRequest("expected a form with a `payload` field".to_owned()))?;
+    let payload: Payload = serde_json::from_str(&payload).map_err(|_| {
+        Refusal::BadRequest("the `payload` field is not a Slack interaction".to_owned())
+    })?;
+    if payload.kind != "block_actions" {
+        return Ok(None);
+    }
+    click(payload).map(Some)
 }
 
 /// The click in a `block_actions` payload: exactly one action, by a known user.

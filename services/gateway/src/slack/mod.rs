@@ -132,6 +132,16 @@ impl Interactions {
     }
 }
 
+/// The decision a (verified) HTTP interaction form stands for, as `POST /slack/interactions`
+/// derives it before publishing: `Ok(None)` when it is not a button click, `Err` with what the
+/// caller or the user is told. Pure, so it can be fuzzed.
+pub fn form_decision(body: &[u8], now: DateTime<Utc>) -> Result<Option<Decision>, String> {
+    match http::parse(body).map_err(|refusal| refusal.to_string())? {
+        None => Ok(None),
+        Some(click) => decision(&click, now).map(Some),
+    }
+}
+
 /// The decision a click stands for, or why it stands for none (told to the user).
 fn decision(click: &Click, now: DateTime<Utc>) -> Result<Decision, String> {
     let not_ours = || "this button is not a quench approval".to_owned();
