@@ -227,6 +227,16 @@ fn redaction_cases() {
             format!("{LEGACY_KEY} and {PROJECT_KEY}"),
             "sk-[REDACTED]...6789 and sk-proj-[REDACTED]...Wxyz".to_owned(),
         ),
+        // A key glued to a word character: an escaped newline in quoted JSON, a URL-encoded `=`
+        // (found by the `redact` fuzz target).
+        (
+            format!("line1\\n{PROJECT_KEY}"),
+            "line1\\nsk-proj-[REDACTED]...Wxyz".to_owned(),
+        ),
+        (
+            format!("?api_key%3D{PROJECT_KEY}"),
+            "?api_key%3Dsk-proj-[REDACTED]...Wxyz".to_owned(),
+        ),
         // Provider-redacted forms, ids and ordinary words stay as they are.
         ("sk-proj-...wxyz".to_owned(), "sk-proj-...wxyz".to_owned()),
         (

@@ -347,9 +347,10 @@ fn word(text: &str, max: usize) -> Option<String> {
     (!word.is_empty()).then_some(word)
 }
 
-/// A caller-chosen name, safe to echo: printable ASCII, at most 64 characters.
+/// A caller-chosen name, safe to echo: redacted, printable ASCII, at most 64 characters.
 fn printable(text: &str) -> String {
-    text.chars()
+    redact_str(text)
+        .chars()
         .filter(|c| c.is_ascii_graphic())
         .take(64)
         .collect()

@@ -78,6 +78,7 @@ mod refusal;
 mod replay;
 mod server;
 pub mod signature;
-mod slack;
+pub mod slack;
 
+pub use refusal::Refusal;
 pub use server::{Error, Gateway};

@@ -11,7 +11,7 @@ use serde_json::json;
 
 /// Whose replay budget is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Scope {
+pub enum Scope {
     /// The endpoint's: every client of it is refused until entries expire.
     Endpoint,
     /// One client's share: only that client is refused.
@@ -33,7 +33,7 @@ impl Scope {
 
 /// A refused request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum Refusal {
+pub enum Refusal {
     #[error("this endpoint is not configured (set {0})")]
     NotConfigured(&'static str),
     #[error("the request body is larger than the limit of {limit} bytes")]

@@ -66,13 +66,13 @@ fn mac(secret: &str, parts: &[&[u8]]) -> [u8; 32] {
 
 /// A verified signature: the MAC bytes (the replay cache's key) and the signed timestamp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Verified {
-    pub(crate) mac: [u8; 32],
-    pub(crate) timestamp: i64,
+pub struct Verified {
+    pub mac: [u8; 32],
+    pub timestamp: i64,
 }
 
 /// Checks Slack's headers against the body.
-pub(crate) fn verify_slack(
+pub fn verify_slack(
     secret: &str,
     headers: &HeaderMap,
     body: &[u8],
@@ -89,7 +89,7 @@ pub(crate) fn verify_slack(
 }
 
 /// Checks the findings webhook's headers against the body.
-pub(crate) fn verify_findings(
+pub fn verify_findings(
     secret: &str,
     headers: &HeaderMap,
     body: &[u8],
@@ -106,7 +106,7 @@ pub(crate) fn verify_findings(
 }
 
 /// Checks GitHub's signature header against the body.
-pub(crate) fn verify_github(secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), Refusal> {
+pub fn verify_github(secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), Refusal> {
     let claimed = claimed_mac(headers, GITHUB_SIGNATURE, "sha256=")?;
     check(secret, &[body], &claimed)
 }

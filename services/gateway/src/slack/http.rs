@@ -65,23 +65,14 @@ pub(crate) async fn receive(
 ) -> Result<Response, Refusal> {
     let now = now_unix();
     let verified = verify_slack(secret, headers, &body, now)?;
-    let payload = url::form_urlencoded::parse(&body)
-        .find(|(name, _)| name == "payload")
-        .map(|(_, value)| value.into_owned())
-        .ok_or_else(|| Refusal::BadRequest("expected a form with a `payload` field".to_owned()))?;
-    let payload: Payload = serde_json::from_str(&payload).map_err(|_| {
-        Refusal::BadRequest("the `payload` field is not a Slack interaction".to_owned())
-    })?;
+    let (team, click) = parse(&body)?;
     // Every Slack request is signed with the app's one secret; the client a budget is kept for is
     // the workspace (team) that sent it, so one busy workspace cannot refuse another's clicks.
-    state
-        .slack_replays
-        .admit(verified, payload.team().unwrap_or_default(), now)?;
-    if payload.kind != "block_actions" {
+    state.slack_replays.admit(verified, &team, now)?;
+    let Some(click) = click else {
         // Not a button click (a shortcut, a view): acknowledged, nothing to publish.
         return Ok(StatusCode::OK.into_response());
-    }
-    let click = click(payload)?;
+    };
     let has_response_url = click.response_url.is_some();
     match state.interactions.take(click).await {
         Handled::Failed { .. } if !has_response_url => {
@@ -95,6 +86,24 @@ pub(crate) async fn receive(
         }
         Handled::Recorded { .. } | Handled::Refused(_) => Ok(StatusCode::OK.into_response()),
     }
+}
+
+/// The team that sent an interaction form (`payload=<JSON>`, empty when it names none) and its
+/// click; `None` when the interaction is not a `block_actions` one (a shortcut, a view), which
+/// is acknowledged and not published.
+pub(crate) fn parse(body: &[u8]) -> Result<(String, Option<Click>), Refusal> {
+    let payload = url::form_urlencoded::parse(body)
+        .find(|(name, _)| name == "payload")
+        .map(|(_, value)| value.into_owned())
+        .ok_or_else(|| Refusal::BadRequest("expected a form with a `payload` field".to_owned()))?;
+    let payload: Payload = serde_json::from_str(&payload).map_err(|_| {
+        Refusal::BadRequest("the `payload` field is not a Slack interaction".to_owned())
+    })?;
+    let team = payload.team().unwrap_or_default().to_owned();
+    if payload.kind != "block_actions" {
+        return Ok((team, None));
+    }
+    Ok((team, Some(click(payload)?)))
 }
 
 /// The click in a `block_actions` payload: exactly one action, by a known user.

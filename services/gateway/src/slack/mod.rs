@@ -132,6 +132,16 @@ impl Interactions {
     }
 }
 
+/// The decision a (verified) HTTP interaction form stands for, as `POST /slack/interactions`
+/// derives it before publishing: `Ok(None)` when it is not a button click, `Err` with what the
+/// caller or the user is told. Pure, so it can be fuzzed.
+pub fn form_decision(body: &[u8], now: DateTime<Utc>) -> Result<Option<Decision>, String> {
+    match http::parse(body).map_err(|refusal| refusal.to_string())?.1 {
+        None => Ok(None),
+        Some(click) => decision(&click, now).map(Some),
+    }
+}
+
 /// The decision a click stands for, or why it stands for none (told to the user).
 fn decision(click: &Click, now: DateTime<Utc>) -> Result<Decision, String> {
     let not_ours = || "this button is not a quench approval".to_owned();
@@ -195,11 +205,14 @@ fn decision(click: &Click, now: DateTime<Utc>) -> Result<Decision, String> {
         },
         decided_at: slack_time(&click.moment).unwrap_or(now),
     };
-    decision.validate().map_err(|invalid| {
-        quench_proto::redact_str(&format!("the button is not a valid answer ({invalid})"))
+    // Through the runner's own parse: it redacts anything key-shaped (a Slack username can be
+    // anything) before the decision is published and stored, and checks every field, so what
+    // the gateway publishes is what the runner reads.
+    let bytes = serde_json::to_vec(&decision).expect("a decision serializes");
+    Decision::parse(&bytes).map_err(|error| {
+        quench_proto::redact_str(&format!("the button is not a valid answer ({error})"))
             .into_owned()
-    })?;
-    Ok(decision)
+    })
 }
 
 /// `1700000001.000200` → that instant.

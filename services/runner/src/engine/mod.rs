@@ -37,7 +37,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use gate::{Cancel, DecisionOutcome, Refusal};
 pub use intake::{FindingOutcome, Handling, Ingesting};
 pub use notify::{Delivery, NoticeFuture, NoticeRequest, Notifier};
-pub use render::MAX_FOREACH;
+pub use render::{MAX_FOREACH, is_slack_text, preview};
 pub use schedule::{GRACE, ScheduleState, next_tick, upcoming};
 pub use state::{Gate, GateMessage, NoticeKind, Run, RunStatus, StepState, StepStatus};
 

@@ -7,13 +7,54 @@ use minijinja::Environment;
 use serde_json::Value;
 
 use super::state::Run;
-use crate::playbook::{Playbook, complete_finding, environment};
+use crate::playbook::{Mode, Playbook, complete_finding, environment};
 
 /// Inputs (action, field) sent to Slack as mrkdwn.
 const SLACK_TEXT: &[(&str, &str)] = &[("slack.message", "text"), ("approval", "question")];
 
 /// Most items a `foreach` may iterate over.
 pub const MAX_FOREACH: usize = 1000;
+
+/// Whether input `field` of `action` is Slack mrkdwn, rendered with what it interpolates escaped.
+pub fn is_slack_text(action: &str, field: &str) -> bool {
+    SLACK_TEXT.contains(&(action, field))
+}
+
+/// What the engine renders from `finding` at the start of a run of `playbook`, before any step
+/// has run: `where`, `vars`, `key`, then each step's `with` (a step that reads an earlier
+/// step's result is an error here). Each is `(place, result)`. It is the run's own code, so the
+/// fuzz target that feeds it hostile finding values tests what a run does with them.
+pub fn preview(
+    playbook: &Playbook,
+    finding: &quench_proto::Finding,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<(String, Result<Value, String>)> {
+    let renderer = Renderer::new();
+    let mut run = Run::new(playbook, Some(finding), now, Mode::DryRun);
+    let mut rendered = Vec::new();
+    let scope = context(&run, playbook, now, Scope::default());
+    if let crate::playbook::Trigger::Finding(trigger) = &playbook.trigger
+        && let Some(condition) = &trigger.condition
+    {
+        let result = renderer.condition(condition, &scope).map(Value::Bool);
+        rendered.push(("where".to_owned(), result));
+    }
+    let vars = renderer.value(&Value::Object(playbook.vars.clone()), &scope);
+    if let Ok(Value::Object(vars)) = &vars {
+        run.vars = vars.clone();
+    }
+    rendered.push(("vars".to_owned(), vars));
+    let scope = context(&run, playbook, now, Scope::default());
+    rendered.push((
+        "key".to_owned(),
+        renderer.value(&Value::String(playbook.key.clone()), &scope),
+    ));
+    for step in playbook.steps.iter().chain(&playbook.on_failure) {
+        let result = renderer.inputs(step.action.name, &step.with, &scope);
+        rendered.push((format!("steps.{}.with", step.id), result));
+    }
+    rendered
+}
 
 #[derive(Debug)]
 pub(crate) struct Renderer {

@@ -121,7 +121,7 @@ impl Document {
                     let child = self.convert(source, lines, child, child_pointer, Some(key_span));
                     object.insert(name.as_str().to_owned(), child);
                 }
-                let span = first_key.unwrap_or(start..start + 1);
+                let span = first_key.unwrap_or_else(|| one_character(source, start));
                 self.places.insert(pointer, Place { key, value: span });
                 Value::Object(object)
             }
@@ -140,7 +140,7 @@ impl Document {
                     pointer,
                     Place {
                         key,
-                        value: start..start + 1,
+                        value: one_character(source, start),
                     },
                 );
                 Value::Array(items)
@@ -358,4 +358,14 @@ impl LineIndex {
         let column = self.source[line_start..offset].chars().count();
         (line + 1, column + 1)
     }
+}
+
+/// The character at `start` as a span; empty at the end of the source (an empty file is an
+/// empty mapping that still needs a place for "missing field").
+fn one_character(source: &str, start: usize) -> Range<usize> {
+    let length = source
+        .get(start..)
+        .and_then(|rest| rest.chars().next())
+        .map_or(0, char::len_utf8);
+    start..start + length
 }
