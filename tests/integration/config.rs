@@ -103,7 +103,7 @@ fn bad_values_name_their_key_and_exit_64() {
     let cases: &[(&[(&str, &str)], &str)] = &[
         (
             &[("QUENCH_ENGINE__MAX_INFLIGHT_RUNS", "lots")],
-            "`engine.max_inflight_runs` (from the environment variable QUENCH_ENGINE__MAX_INFLIGHT_RUNS): must be integer, found `lots`",
+            "`engine.max_inflight_runs` (from the environment variable QUENCH_ENGINE__MAX_INFLIGHT_RUNS): must be integer, found a string",
         ),
         (&[("QUENCH_STORE__SYNC", "sometimes")], "sometimes"),
         (
@@ -212,7 +212,7 @@ fn every_config_problem_is_reported_at_once() {
         format!("unknown key `engine.max_inflight_run` (from {shown}): did you mean `max_inflight_runs`?"),
         format!("`engine.mode` (from {shown}): `dryrun` is not one of `live`, `dry_run`"),
         format!("unknown key `natz` (from {shown}): did you mean `nats`?"),
-        format!("`api.listen` (from {shown}): must be string, found 5"),
+        format!("`api.listen` (from {shown}): must be string, found a number"),
         "unknown key `store.syncc` (from the environment variable QUENCH_STORE__SYNCC): did you mean `sync`?".to_owned(),
     ] {
         assert!(stderr.contains(&line), "{line}\nin:\n{stderr}");
@@ -221,4 +221,15 @@ fn every_config_problem_is_reported_at_once() {
         !stderr.contains("default."),
         "no figment profile names: {stderr}"
     );
+
+    // A secret given with the wrong type is named by its key, never shown.
+    let output = std::process::Command::new(crate::support::quench_bin())
+        .args(["serve", "--dump-config"])
+        .env("QUENCH_SLACK__BOT_TOKEN", "[\"xoxb-secret-in-a-list\"]")
+        .output()
+        .expect("quench runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("`slack.bot_token`"), "{stderr}");
+    assert!(!stderr.contains("xoxb-secret-in-a-list"), "{stderr}");
 }

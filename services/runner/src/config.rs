@@ -461,7 +461,7 @@ fn describe_problem(error: &jsonschema::ValidationError<'_>) -> String {
                     .collect::<Vec<_>>()
                     .join(" or "),
             };
-            format!("must be {expected}, found {found}")
+            format!("must be {expected}, found {}", kind_of(error.instance()))
         }
         ValidationErrorKind::Enum { options } => {
             let options: Vec<String> = options
@@ -476,6 +476,7 @@ fn describe_problem(error: &jsonschema::ValidationError<'_>) -> String {
         // null]`: say which values are allowed.
         ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
             let mut options: Vec<String> = Vec::new();
+            let mut types: Vec<String> = Vec::new();
             let mut other = None;
             for inner in context.iter().flatten() {
                 match inner.kind() {
@@ -493,17 +494,42 @@ fn describe_problem(error: &jsonschema::ValidationError<'_>) -> String {
                     | ValidationErrorKind::OneOfNotValid { .. } => {
                         return describe_problem(inner);
                     }
+                    ValidationErrorKind::Type {
+                        kind: jsonschema::error::TypeKind::Single(single),
+                    } => types.push(single.to_string()),
                     ValidationErrorKind::Type { .. } => {}
                     _ => other = other.or(Some(inner)),
                 }
             }
+            types.retain(|kind| kind != "null");
             match other {
                 _ if !options.is_empty() => format!("{found} is not one of {}", options.join(", ")),
                 Some(inner) => describe_problem(inner),
-                None => error.to_string(),
+                None => format!(
+                    "must be {}, found {}",
+                    types.join(" or "),
+                    kind_of(error.instance())
+                ),
             }
         }
-        _ => error.to_string(),
+        // Other rules: which one, never the value (a key may hold a secret).
+        _ => format!(
+            "is not valid here ({} breaks `{}`)",
+            kind_of(error.instance()),
+            error.schema_path().as_str()
+        ),
+    }
+}
+
+/// The kind of a value, for messages that must not show it.
+fn kind_of(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "nothing",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "a table",
     }
 }
 
