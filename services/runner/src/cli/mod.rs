@@ -157,7 +157,8 @@ pub struct ServeArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct PublishArgs {
-    /// NATS URL (overrides `nats.url`).
+    /// NATS URL (overrides `nats.url`). Without it or a config, the `quench up` running in this
+    /// directory (./data/up.json), else nats://127.0.0.1:4222.
     #[arg(long)]
     pub nats: Option<String>,
     /// Config file, for NATS credentials.
@@ -736,7 +737,25 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
     });
     let Some(result) = run_until_signalled(err, args.common.log_format, |shutdown| async move {
         let child = if own_nats {
-            match crate::service::up::NatsChild::start(&crate::service::up::nats_dir()).await {
+            let index = std::env::var("QUENCH_PYPI_INDEX")
+                .unwrap_or_else(|_| crate::service::up::install::DEFAULT_INDEX.to_owned());
+            let tools = crate::service::up::data_dir().join("tools");
+            let mut say = |line: String| eprintln!("quench up: {line}");
+            let server = match crate::service::up::install::find_or_install(
+                &tools, &index, &mut say,
+            )
+            .await
+            {
+                Ok(server) => server,
+                Err(missing) => {
+                    return Err(crate::service::Error::from(
+                        crate::service::up::StartError::from(missing),
+                    ));
+                }
+            };
+            match crate::service::up::NatsChild::start(&server, &crate::service::up::nats_dir())
+                .await
+            {
                 Ok(child) => {
                     config.nats.url = child.url().to_owned();
                     Some(child)
@@ -765,7 +784,7 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
                 nats: &config.nats.url,
                 listen: &config.api.listen,
                 dry_run: config.mode() == crate::playbook::Mode::DryRun,
-                nats_child: child.as_ref().map(crate::service::up::NatsChild::flush),
+                nats_child: child.as_ref(),
                 stand_in_group: quickstart_group,
                 token: quickstart_token.as_deref(),
                 paused: &paused,
@@ -773,10 +792,19 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
             });
             let ready = shutdown.clone();
             let listen = config.api.listen.clone();
-            // Printed once the service answers /readyz, so the commands work when shown.
+            let endpoints = crate::service::up::Endpoints {
+                pid: std::process::id(),
+                api: format!("http://{listen}"),
+                nats: config.nats.url.clone(),
+            };
+            // Printed once the service answers /readyz, so the commands work when shown; the
+            // CLI finds this instance through ./data/up.json from then on.
             tokio::spawn(async move {
                 while !ready.is_cancelled() {
                     if crate::service::ready(&listen).await {
+                        if let Err(error) = endpoints.write(&crate::service::up::data_dir()) {
+                            tracing::warn!(%error, "cannot write ./data/up.json: CLI commands need --api and --nats");
+                        }
                         println!("{banner}");
                         return;
                     }
@@ -785,6 +813,9 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
             });
         }
         let served = crate::service::serve(config, shutdown).await;
+        if quickstart {
+            crate::service::up::Endpoints::remove(&crate::service::up::data_dir());
+        }
         if let Some(child) = child {
             child.stop().await;
         }
@@ -889,7 +920,10 @@ fn init_tracing(format: LogFormat) {
 /// `quench publish`.
 pub fn publish(args: &PublishArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let mut overrides = crate::config::Overrides::default();
-    if let Some(url) = &args.nats {
+    let up = (args.config.is_none() && std::env::var_os("QUENCH_NATS__URL").is_none())
+        .then(|| crate::service::up::Endpoints::of_running(&crate::service::up::data_dir()))
+        .flatten();
+    if let Some(url) = args.nats.as_ref().or(up.as_ref().map(|up| &up.nats)) {
         overrides.set("nats", "url", url.as_str());
     }
     let Some(config) = load_config(args.config.as_deref(), &overrides, err) else {

@@ -31,13 +31,10 @@ const TIMEOUT: Duration = Duration::from_secs(300);
 /// Where the API is and who is calling.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiArgs {
-    /// The admin API's base URL (https, or http to a loopback address).
-    #[arg(
-        long = "api",
-        env = "QUENCH_API_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    pub url: String,
+    /// The admin API's base URL (https, or http to a loopback address). Default: the
+    /// `quench up` running in this directory (./data/up.json), else http://127.0.0.1:8080.
+    #[arg(long = "api", env = "QUENCH_API_URL")]
+    pub url: Option<String>,
     /// A bearer token from the service's `[[api.tokens]]`.
     #[arg(long, env = "QUENCH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -68,12 +65,14 @@ pub enum RunsCommand {
     },
     /// A run: its steps, gates and audit entries.
     Show {
+        /// The run id, or a unique prefix of it.
         run: String,
         #[command(flatten)]
         api: ApiArgs,
     },
     /// Cancel a run that has not ended.
     Cancel {
+        /// The run id, or a unique prefix of it.
         run: String,
         #[arg(long)]
         reason: Option<String>,
@@ -85,6 +84,7 @@ pub enum RunsCommand {
 /// `quench approve`.
 #[derive(Debug, clap::Args)]
 pub struct ApproveArgs {
+    /// The run id, or a unique prefix of it.
     pub run: String,
     /// The approval step's id.
     #[arg(long)]
@@ -170,6 +170,8 @@ enum Failure {
     Auth(String),
     /// The API answered with an error.
     Refused(ErrorBody),
+    /// What the command names does not exist (or is ambiguous).
+    NotFound(String),
     Local(String),
 }
 
@@ -199,6 +201,10 @@ impl Failure {
                 let _ = writeln!(err, "error: {message}");
                 EXIT_USAGE
             }
+            Failure::NotFound(message) => {
+                let _ = writeln!(err, "error: {message}");
+                EXIT_INVALID
+            }
         }
     }
 }
@@ -227,10 +233,21 @@ struct Client {
     runtime: tokio::runtime::Runtime,
 }
 
+impl ApiArgs {
+    /// `--api`, else the `quench up` running in this directory, else the default.
+    pub fn url(&self) -> String {
+        self.url.clone().unwrap_or_else(|| {
+            crate::service::up::Endpoints::of_running(&crate::service::up::data_dir())
+                .map_or_else(|| "http://127.0.0.1:8080".to_owned(), |up| up.api)
+        })
+    }
+}
+
 impl Client {
     fn new(args: &ApiArgs) -> Result<Client, Failure> {
-        let mut base = crate::connectors::check_base_url(&args.url)
-            .map_err(|problem| Failure::Config(format!("--api {:?} {problem}", args.url)))?;
+        let url = args.url();
+        let mut base = crate::connectors::check_base_url(&url)
+            .map_err(|problem| Failure::Config(format!("--api {url:?} {problem}")))?;
         // Paths are joined to it: keep a prefix such as `/quench` as a directory.
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
@@ -434,7 +451,8 @@ pub(super) fn runs(command: &RunsCommand, out: &mut dyn Write, err: &mut dyn Wri
             Ok(EXIT_OK)
         }),
         RunsCommand::Show { run, api } => with_client(api, err, |client| {
-            let detail: RunDetail = client.get(&format!("api/v1/runs/{}", segment(run)), &[])?;
+            let run = resolve_run(client, run)?;
+            let detail: RunDetail = client.get(&format!("api/v1/runs/{}", segment(&run)), &[])?;
             if api.json {
                 print_json(out, &detail)?;
                 return Ok(EXIT_OK);
@@ -443,8 +461,9 @@ pub(super) fn runs(command: &RunsCommand, out: &mut dyn Write, err: &mut dyn Wri
             Ok(EXIT_OK)
         }),
         RunsCommand::Cancel { run, reason, api } => with_client(api, err, |client| {
+            let run = resolve_run(client, run)?;
             let cancelled: Cancelled = client.post(
-                &format!("api/v1/runs/{}/cancel", segment(run)),
+                &format!("api/v1/runs/{}/cancel", segment(&run)),
                 &CancelRequest {
                     reason: reason.clone(),
                 },
@@ -456,6 +475,35 @@ pub(super) fn runs(command: &RunsCommand, out: &mut dyn Write, err: &mut dyn Wri
             }
             Ok(EXIT_OK)
         }),
+    }
+}
+
+/// The run a command names: a full id as given, else the one run whose id starts with it.
+fn resolve_run(client: &Client, given: &str) -> Result<String, Failure> {
+    if uuid::Uuid::try_parse(given).is_ok() {
+        return Ok(given.to_owned());
+    }
+    let page: RunPage = client.get(
+        "api/v1/runs",
+        &[("id_prefix", given.to_owned()), ("limit", "3".to_owned())],
+    )?;
+    match page.runs.as_slice() {
+        [] => Err(Failure::NotFound(format!(
+            "no run id starts with {given:?} (`quench runs list` shows them)"
+        ))),
+        [run] => Ok(run.id.clone()),
+        runs => {
+            let ids: Vec<&str> = runs.iter().map(|run| run.id.as_str()).collect();
+            Err(Failure::NotFound(format!(
+                "{given:?} is the start of more than one run id ({}{}): give more of it",
+                ids.join(", "),
+                if page.next.is_some() || runs.len() > 2 {
+                    ", …"
+                } else {
+                    ""
+                }
+            )))
+        }
     }
 }
 
@@ -551,10 +599,11 @@ fn show_run(detail: &RunDetail) -> String {
 /// `quench approve`.
 pub(super) fn approve(args: &ApproveArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     with_client(&args.api, err, |client| {
+        let run = resolve_run(client, &args.run)?;
         let result: DecisionResult = client.post(
             &format!(
                 "api/v1/runs/{}/gates/{}/decision",
-                segment(&args.run),
+                segment(&run),
                 segment(&args.gate)
             ),
             &DecisionRequest {
@@ -569,7 +618,7 @@ pub(super) fn approve(args: &ApproveArgs, out: &mut dyn Write, err: &mut dyn Wri
                 out,
                 &format!(
                     "gate {} of run {}: decided {}\n",
-                    args.gate, args.run, result.choice
+                    args.gate, run, result.choice
                 ),
             )?;
         } else {
@@ -578,7 +627,7 @@ pub(super) fn approve(args: &ApproveArgs, out: &mut dyn Write, err: &mut dyn Wri
                 &format!(
                     "gate {} of run {}: answer {} recorded ({} of {} needed)\n",
                     args.gate,
-                    args.run,
+                    run,
                     result.choice,
                     result.answers.unwrap_or_default(),
                     result.quorum.unwrap_or_default()

@@ -312,7 +312,7 @@ impl Engine {
             return Ok(());
         }
         let (mut open, mut awaiting) = (0i64, 0i64);
-        for item in self.inner.store.runs_newest_first::<Run>(None) {
+        for item in self.inner.store.runs_newest_first::<Run>("", None) {
             let (_, run) = item?;
             let count = run.count();
             open += count.open();

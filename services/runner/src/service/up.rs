@@ -3,6 +3,8 @@
 //! (store `./data/state`, playbooks `./workflows`, dry-run unless an OpenAI admin key is set) and
 //! what to do next is printed. Stopping quench stops the child too.
 
+pub mod install;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,6 +19,8 @@ pub struct NatsChild {
     child: Option<Child>,
     url: String,
     flush: Flush,
+    moved: Option<u16>,
+    origin: install::Origin,
 }
 
 /// How the child's JetStream reaches the disk.
@@ -42,14 +46,21 @@ fn child_config(store_dir: &Path, flush: Flush) -> String {
     }
 }
 
+/// The child's config file, as an absolute path (it names the child in `ps`).
+fn config_path(dir: &Path) -> PathBuf {
+    std::path::absolute(dir)
+        .unwrap_or_else(|_| dir.to_owned())
+        .join("nats-server.conf")
+}
+
 /// Writes the child's config, syncing every write when this nats-server knows the setting
 /// (`nats-server -t` checks the file without starting).
-async fn write_child_config(dir: &Path) -> Result<(PathBuf, Flush), StartError> {
-    let path = dir.join("nats-server.conf");
+async fn write_child_config(program: &Path, dir: &Path) -> Result<(PathBuf, Flush), StartError> {
+    let path = config_path(dir);
     let store_dir = dir.join("jetstream");
     for flush in [Flush::EveryWrite, Flush::Periodic] {
         std::fs::write(&path, child_config(&store_dir, flush)).map_err(StartError::Spawn)?;
-        let checked = Command::new("nats-server")
+        let checked = Command::new(program)
             .arg("-t")
             .arg("-c")
             .arg(&path)
@@ -57,7 +68,9 @@ async fn write_child_config(dir: &Path) -> Result<(PathBuf, Flush), StartError> 
             .output()
             .await
             .map_err(|error| match error.kind() {
-                std::io::ErrorKind::NotFound => StartError::NotInstalled,
+                std::io::ErrorKind::NotFound => {
+                    StartError::NotInstalled(program.display().to_string())
+                }
                 _ => StartError::Spawn(error),
             })?;
         let said = String::from_utf8_lossy(&checked.stderr).into_owned()
@@ -77,12 +90,10 @@ async fn write_child_config(dir: &Path) -> Result<(PathBuf, Flush), StartError> 
 /// Why the child could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error(
-        "nats-server is not installed (or not on PATH). Install it (Debian/Ubuntu: `sudo apt-get install -y nats-server`; \
-         macOS: `brew install nats-server`; others: https://github.com/nats-io/nats-server/releases), \
-         or point quench at a NATS server with JetStream: `--nats nats://HOST:4222`"
-    )]
-    NotInstalled,
+    #[error(transparent)]
+    Missing(#[from] install::Missing),
+    #[error("nats-server disappeared: {0} cannot be run")]
+    NotInstalled(String),
     #[error("cannot start nats-server: {0}")]
     Spawn(std::io::Error),
     #[error("nats-server did not start within {seconds} s (its data is in {dir})")]
@@ -94,13 +105,13 @@ pub enum StartError {
 }
 
 impl NatsChild {
-    /// Starts `nats-server` on a free loopback port with JetStream in `dir/jetstream`, synced
-    /// to disk on every write when the installed nats-server supports it (see [`Flush`]).
-    pub async fn start(dir: &Path) -> Result<NatsChild, StartError> {
-        let ports = dir.join("ports");
-        let _ = std::fs::remove_dir_all(&ports);
-        std::fs::create_dir_all(&ports).map_err(StartError::Spawn)?;
-        let (config, flush) = write_child_config(dir).await?;
+    /// Starts `server` on loopback with JetStream in `dir/jetstream`, synced to disk on every
+    /// write when it supports that (see [`Flush`]). The port is the one the last start used
+    /// (kept in `dir/port`), so URLs stay the same across restarts; a fresh directory, or a
+    /// remembered port now taken by something else, gets a free one (see [`NatsChild::moved`]).
+    pub async fn start(server: &install::NatsServer, dir: &Path) -> Result<NatsChild, StartError> {
+        std::fs::create_dir_all(dir).map_err(StartError::Spawn)?;
+        let (config, flush) = write_child_config(&server.program, dir).await?;
         if flush == Flush::Periodic {
             tracing::warn!(
                 "this nats-server does not know `sync_interval` (it is older than 2.10): JetStream \
@@ -108,48 +119,50 @@ impl NatsChild {
                  acknowledged; install nats-server 2.10 or newer"
             );
         }
-        let mut child = Command::new("nats-server")
-            .arg("-c")
-            .arg(&config)
-            .args(["-a", "127.0.0.1", "-p", "-1"])
-            .arg("--ports_file_dir")
-            .arg(&ports)
-            .arg("-l")
-            .arg(dir.join("nats-server.log"))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|error| match error.kind() {
-                std::io::ErrorKind::NotFound => StartError::NotInstalled,
-                _ => StartError::Spawn(error),
-            })?;
-        let shown = dir.display().to_string();
-        let started = std::time::Instant::now();
-        let url = loop {
-            if let Some(url) = read_ports(&ports) {
-                break url;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(StartError::Exited {
-                    status: status.to_string(),
-                    dir: shown,
-                });
-            }
-            if started.elapsed() > START_TIMEOUT {
-                return Err(StartError::Timeout {
-                    seconds: START_TIMEOUT.as_secs(),
-                    dir: shown,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        stop_orphan(dir).await;
+        let port_file = dir.join("port");
+        let remembered = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|text| text.trim().parse::<u16>().ok())
+            .filter(|port| *port != 0);
+        let free =
+            remembered.filter(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok());
+        let started = match free {
+            Some(port) => match spawn(server, &config, dir, Some(port)).await {
+                // Taken between the check and the start: any free port will do.
+                Err(StartError::Exited { .. }) => spawn(server, &config, dir, None).await,
+                other => other,
+            },
+            None => spawn(server, &config, dir, None).await,
         };
+        let (child, url) = started?;
+        if let Some(pid) = child.id() {
+            std::fs::write(dir.join("nats.pid"), format!("{pid}\n")).map_err(StartError::Spawn)?;
+        }
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse::<u16>().ok());
+        if let Some(port) = port {
+            std::fs::write(&port_file, format!("{port}\n")).map_err(StartError::Spawn)?;
+        }
         Ok(NatsChild {
             child: Some(child),
             url,
             flush,
+            moved: remembered.filter(|old| Some(*old) != port),
+            origin: server.origin.clone(),
         })
+    }
+
+    /// The remembered port this start could not use (it was taken), if so.
+    pub fn moved(&self) -> Option<u16> {
+        self.moved
+    }
+
+    /// Where the nats-server program came from.
+    pub fn origin(&self) -> &install::Origin {
+        &self.origin
     }
 
     pub fn url(&self) -> &str {
@@ -177,6 +190,100 @@ impl NatsChild {
         {
             let _ = child.kill().await;
         }
+    }
+}
+
+/// Stops a nats-server child left running by a `quench up` that was killed (SIGKILL gives it
+/// no chance to stop its child): it holds the remembered port and the JetStream directory, and
+/// the caller holds the data directory's lock, so no live `quench up` owns it.
+async fn stop_orphan(dir: &Path) {
+    let Some(pid) = std::fs::read_to_string(dir.join("nats.pid"))
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+    else {
+        return;
+    };
+    let pid = pid.to_string();
+    // Only our child: a nats-server started with this directory's config (a pid can be reused).
+    let args = Command::new("ps")
+        .args(["-o", "args=", "-p", &pid])
+        .output()
+        .await
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let config = config_path(dir);
+    if !args.contains("nats-server") || !args.contains(&config.display().to_string()) {
+        return;
+    }
+    tracing::warn!(pid = %pid, "stopping the nats-server child of a quench up that did not stop it");
+    let alive = || async {
+        Command::new("kill")
+            .args(["-0", &pid])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await
+            .is_ok_and(|status| status.success())
+    };
+    for signal in ["-TERM", "-KILL"] {
+        let _ = Command::new("kill").args([signal, &pid]).status().await;
+        for _ in 0..100 {
+            if !alive().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Runs `server` on `port` (any free one when `None`) and waits until it listens.
+async fn spawn(
+    server: &install::NatsServer,
+    config: &Path,
+    dir: &Path,
+    port: Option<u16>,
+) -> Result<(Child, String), StartError> {
+    let ports = dir.join("ports");
+    let _ = std::fs::remove_dir_all(&ports);
+    std::fs::create_dir_all(&ports).map_err(StartError::Spawn)?;
+    let port = port.map_or_else(|| "-1".to_owned(), |port| port.to_string());
+    let mut child = Command::new(&server.program)
+        .arg("-c")
+        .arg(config)
+        .args(["-a", "127.0.0.1", "-p", &port])
+        .arg("--ports_file_dir")
+        .arg(&ports)
+        .arg("-l")
+        .arg(dir.join("nats-server.log"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::NotFound => {
+                StartError::NotInstalled(server.program.display().to_string())
+            }
+            _ => StartError::Spawn(error),
+        })?;
+    let shown = dir.display().to_string();
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(url) = read_ports(&ports) {
+            return Ok((child, url));
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(StartError::Exited {
+                status: status.to_string(),
+                dir: shown,
+            });
+        }
+        if started.elapsed() > START_TIMEOUT {
+            return Err(StartError::Timeout {
+                seconds: START_TIMEOUT.as_secs(),
+                dir: shown,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -263,14 +370,58 @@ impl Instance {
     }
 }
 
+/// Where a running `quench up` serves, written to `<data>/up.json` once it is ready, so CLI
+/// commands run in the same directory find it without `--api` or `--nats`. It holds addresses
+/// only (never the token). Read only while the instance holds its lock: a file left by a
+/// process that died is ignored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Endpoints {
+    pub pid: u32,
+    /// The admin API's base URL, e.g. `http://127.0.0.1:8080`.
+    pub api: String,
+    /// The NATS URL.
+    pub nats: String,
+}
+
+impl Endpoints {
+    fn path(dir: &Path) -> PathBuf {
+        dir.join("up.json")
+    }
+
+    /// Writes the file (beside it, then renamed).
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let partial = dir.join("up.json.partial");
+        std::fs::write(&partial, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(&partial, Self::path(dir))
+    }
+
+    /// Removes the file (when `quench up` stops).
+    pub fn remove(dir: &Path) {
+        let _ = std::fs::remove_file(Self::path(dir));
+    }
+
+    /// The endpoints of the `quench up` running on `dir`, if one is.
+    pub fn of_running(dir: &Path) -> Option<Endpoints> {
+        let text = std::fs::read(Self::path(dir)).ok()?;
+        let endpoints: Endpoints = serde_json::from_slice(&text).ok()?;
+        // A shared lock is refused while `quench up` holds its exclusive one.
+        let lock = std::fs::File::open(dir.join("quench.lock")).ok()?;
+        match lock.try_lock_shared() {
+            Ok(()) => None,
+            Err(std::fs::TryLockError::WouldBlock) => Some(endpoints),
+            Err(std::fs::TryLockError::Error(_)) => None,
+        }
+    }
+}
+
 /// What `quench up` prints once it is serving.
 #[derive(Debug)]
 pub struct Banner<'a> {
     pub nats: &'a str,
     pub listen: &'a str,
     pub dry_run: bool,
-    /// How the nats-server child syncs, when quench started one.
-    pub nats_child: Option<Flush>,
+    /// The nats-server child, when quench started one.
+    pub nats_child: Option<&'a NatsChild>,
     /// `group:secops` is a stand-in (the config defines no such group).
     pub stand_in_group: bool,
     /// The admin API token made for this run when none is configured (printed here, on the
@@ -301,13 +452,36 @@ pub fn next_steps(banner: &Banner<'_>) -> String {
         "live: OpenAI and Slack calls are real"
     };
     let nats_line = match nats_child {
-        Some(Flush::EveryWrite) => format!(
-            "{nats} (a nats-server child, JetStream in ./data/nats, synced to disk on every write)"
-        ),
-        Some(Flush::Periodic) => format!(
-            "{nats} (a nats-server child, JetStream in ./data/nats; this nats-server is older \
-             than 2.10 and flushes every two minutes: a power loss can lose acknowledged findings)"
-        ),
+        Some(child) => {
+            let flush = match child.flush() {
+                Flush::EveryWrite => "JetStream in ./data/nats, synced to disk on every write",
+                Flush::Periodic => {
+                    "JetStream in ./data/nats; this nats-server is older than 2.10 and flushes \
+                     every two minutes: a power loss can lose acknowledged findings"
+                }
+            };
+            let program = match child.origin() {
+                install::Origin::Path(version) => format!("nats-server {version} from the PATH"),
+                install::Origin::Installed => {
+                    format!("nats-server {} in ./data/tools", install::VERSION)
+                }
+                install::Origin::Downloaded { .. } => format!(
+                    "nats-server {}, installed now into ./data/tools",
+                    install::VERSION
+                ),
+                install::Origin::Old { version, .. } => {
+                    format!("nats-server {version} from the PATH")
+                }
+            };
+            let moved = match child.moved() {
+                Some(old) => format!(
+                    "\n             (port {old}, used last time, is taken by another program: \
+                     this run's NATS URL is new)"
+                ),
+                None => String::new(),
+            };
+            format!("{nats} ({program}; {flush}){moved}")
+        }
         None => nats.to_owned(),
     };
     let group_line = if stand_in_group {
@@ -338,13 +512,16 @@ pub fn next_steps(banner: &Banner<'_>) -> String {
 
 Next, in another terminal:
 {token_step}  1. publish the sample leaked-key finding:
-       quench publish --nats {nats} workflows/examples/leaked-openai-key.json
+       quench publish workflows/examples/leaked-openai-key.json
   2. watch its run wait for approval:
-       quench runs list --api http://{listen}
-  3. approve it (RUN from the list):
-       quench approve RUN --gate decide --choice revoke --api http://{listen}
-  4. verify the audit chain:
-       quench audit verify --api http://{listen}
+       quench runs list
+  3. approve it (RUN from the list; a unique prefix of it is enough):
+       quench approve RUN --gate decide --choice revoke
+  4. see what happened, and verify the audit chain:
+       quench runs show RUN
+       quench audit verify
+  (run these in this directory: they find this quench through ./data/up.json;
+   elsewhere, add --nats {nats} or --api http://{listen})
 
 Ctrl-C stops quench{}.
 ",

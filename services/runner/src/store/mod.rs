@@ -564,17 +564,28 @@ impl Store {
         Ok(out)
     }
 
-    /// Runs newest first (run ids are UUIDv7, so key order is creation order), starting after
-    /// `before` (exclusive) when given. Lazy: a caller reads only as many as it needs.
+    /// Runs whose id starts with `prefix` (all for `""`), newest first (run ids are UUIDv7, so
+    /// key order is creation order), starting after `before` (exclusive) when given. Lazy: a
+    /// caller reads only as many as it needs.
     pub fn runs_newest_first<T: DeserializeOwned>(
         &self,
+        prefix: &str,
         before: Option<&str>,
     ) -> impl Iterator<Item = Result<(String, T), Error>> + '_ {
-        let end = match before {
-            Some(id) => Key::Run(id).encode(),
-            None => b"r0".to_vec(),
-        };
-        self.inner.db.range(b"r/".to_vec()..end).rev().map(|item| {
+        let start = Key::Run(prefix).encode();
+        // The first key after every key that starts with `start`.
+        let mut end = start.clone();
+        while let Some(last) = end.pop() {
+            if last < u8::MAX {
+                end.push(last + 1);
+                break;
+            }
+        }
+        if let Some(id) = before {
+            end = end.min(Key::Run(id).encode());
+        }
+        let end = end.max(start.clone());
+        self.inner.db.range(start..end).rev().map(|item| {
             let (key, value) = item?;
             let id = String::from_utf8_lossy(&key[2..]).into_owned();
             Ok((id, decode(&key, &value)?))

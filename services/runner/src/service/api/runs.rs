@@ -61,6 +61,8 @@ pub(crate) struct RunsQuery {
     playbook: Option<String>,
     /// Finding key (exact).
     key: Option<String>,
+    /// Runs whose id starts with this (how the CLI finds a run from a unique prefix).
+    id_prefix: Option<String>,
     /// The `next` of the previous page.
     cursor: Option<String>,
     /// Runs per page (default 50, at most 500).
@@ -258,7 +260,10 @@ pub(super) async fn list(
     let mut last = None;
     let mut exhausted = true;
     for (examined, item) in store
-        .runs_newest_first::<Run>(query.cursor.as_deref())
+        .runs_newest_first::<Run>(
+            query.id_prefix.as_deref().unwrap_or(""),
+            query.cursor.as_deref(),
+        )
         .enumerate()
     {
         if runs.len() >= limit || examined >= SCAN_BUDGET {
