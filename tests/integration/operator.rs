@@ -1564,3 +1564,196 @@ async fn a_playbook_naming_an_undefined_group_is_refused_at_load() {
     assert_eq!(applied.status, 422, "{}", applied.text);
     assert_eq!(applied.body["diagnostics"][0]["code"], "undefined-group");
 }
+
+/// Asks, revokes (dry-run) and notes; tells secops when it fails.
+const AUDITED_PLAYBOOK: &str = r##"schema: quench.playbook/v1
+name: audited
+mode: dry_run
+on:
+  finding:
+    kinds: [test.audited]
+steps:
+  - id: notify
+    uses: slack.message
+    with:
+      to: "#secops"
+      text: "Key {{ finding.resource.id }} leaked"
+  - id: decide
+    uses: approval
+    with:
+      approvers: [approver@example.com]
+      question: Revoke?
+      choices: [revoke, keep]
+      timeout: 1h
+      on_timeout: keep
+  - id: revoke
+    if: steps.decide.choice == "revoke"
+    uses: openai.revoke_key
+    with:
+      project_id: "{{ finding.resource.project_id }}"
+      key_id: "{{ finding.resource.id }}"
+  - id: bye
+    uses: note
+    with:
+      message: "revoked {{ finding.resource.id }}"
+on_failure:
+  - id: tell
+    uses: note
+    with:
+      message: it failed
+"##;
+
+/// "Who approved revoking key X, when, through what, and what request was sent" is answered by
+/// `quench runs show` (a run-id prefix is enough) and `quench audit list` with filters, without
+/// `--json`: each step's request, a note's text, the comment, the refused answer marked, and no
+/// `pending` for an `on_failure` step of a completed run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auditor_reads_who_approved_what_and_the_request_sent() {
+    let operator = Operator::start(&[("audited.yaml", AUDITED_PLAYBOOK)]).await;
+    operator
+        .publish_finding(&finding("a-1", "test.audited", "key_audit1"))
+        .await;
+    let run = operator.run_with("audited", "waiting").await;
+    let prefix = &run[..13];
+    let key = operator.runs("?playbook=audited").await[0]["key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    let (code, _, err) = operator.cli(
+        Some(MALLORY),
+        &["approve", prefix, "--gate", "decide", "--choice", "keep"],
+    );
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = operator.cli(
+        Some(APPROVER),
+        &[
+            "approve",
+            prefix,
+            "--gate",
+            "decide",
+            "--choice",
+            "revoke",
+            "--comment",
+            "confirmed with the owner",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let _ = operator.run_with("audited", "completed").await;
+
+    let (code, out, err) = operator.cli(Some(VIEWER), &["runs", "show", prefix]);
+    assert_eq!(code, 0, "{err}");
+    let line = |step: &str| {
+        out.lines()
+            .find(|line| line.trim_start().starts_with(&format!("{step} ")))
+            .unwrap_or_else(|| panic!("no line for {step}:\n{out}"))
+            .to_owned()
+    };
+    assert!(
+        line("notify").contains("to #secops: \"Key key_audit1 leaked\""),
+        "{out}"
+    );
+    assert!(
+        line("decide").contains("revoke by approver@example.com via api"),
+        "{out}"
+    );
+    assert!(
+        line("revoke").contains("DELETE /v1/organization/projects/proj_1/api_keys/key_audit1"),
+        "{out}"
+    );
+    assert!(line("bye").contains("\"revoked key_audit1\""), "{out}");
+    assert!(
+        out.contains("answered revoke by approver@example.com via api at ")
+            && out.contains(": \"confirmed with the owner\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("REFUSED  keep by mallory@example.com via api at "),
+        "{out}"
+    );
+    assert!(!out.contains("tell"), "on_failure was not reached: {out}");
+    assert!(!out.contains("pending"), "{out}");
+
+    // The audit log, filtered: the decisions about this key, with the comment and the refusal.
+    let (code, out, err) = operator.cli(
+        Some(VIEWER),
+        &["audit", "list", "--key", &key, "--kind", "decision"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(out.lines().next().unwrap_or("").contains("DETAIL"), "{out}");
+    assert!(
+        rows[0].contains("approver@example.com")
+            && rows[0].contains("revoke: \"confirmed with the owner\""),
+        "{out}"
+    );
+    assert!(
+        rows[1].contains("mallory@example.com") && rows[1].contains("REFUSED keep"),
+        "{out}"
+    );
+    let (code, out, err) = operator.cli(
+        Some(VIEWER),
+        &[
+            "audit",
+            "list",
+            "--run",
+            prefix,
+            "--actor",
+            "approver@example.com",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let (code, out, err) = operator.cli(
+        Some(VIEWER),
+        &["audit", "list", "--run", prefix, "--kind", "step_dry_run"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "openai.revoke_key: DELETE /v1/organization/projects/proj_1/api_keys/key_audit1"
+        ),
+        "{out}"
+    );
+    // Slack messages are sent (here recorded as not sent: no bot token) even in dry-run.
+    let (code, out, err) = operator.cli(
+        Some(VIEWER),
+        &["audit", "list", "--run", prefix, "--kind", "step_intent"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("slack.message: to #secops: \"Key key_audit1 leaked\""),
+        "{out}"
+    );
+    let (code, out, _) = operator.cli(
+        Some(VIEWER),
+        &[
+            "audit",
+            "list",
+            "--key",
+            "openai:nothing",
+            "--kind",
+            "decision",
+        ],
+    );
+    assert_eq!((code, out.lines().count()), (0, 1), "{out}");
+
+    // Prefixes: none matches, or more than one does.
+    let (code, _, err) = operator.cli(Some(VIEWER), &["runs", "show", "ffffffff"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no run id starts with \"ffffffff\""), "{err}");
+    operator
+        .publish_finding(&finding("a-2", "test.audited", "key_audit2"))
+        .await;
+    let started = std::time::Instant::now();
+    while operator.runs("?playbook=audited").await.len() < 2 {
+        assert!(started.elapsed() < WAIT, "a second run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, _, err) = operator.cli(Some(VIEWER), &["runs", "show", &run[..1]]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("is the start of more than one run id"),
+        "{err}"
+    );
+}

@@ -195,16 +195,32 @@ pub enum AuditCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Audit entries, newest first (admin API).
-    List {
-        /// Entries before this sequence number (the `more:` of the previous page).
-        #[arg(long)]
-        before: Option<u64>,
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
+    /// Audit entries, newest first, with what each says (admin API).
+    List(AuditListArgs),
+}
+
+/// `quench audit list`: filters combine (all must match).
+#[derive(Debug, clap::Args)]
+pub struct AuditListArgs {
+    /// Entries before this sequence number (the `more:` of the previous page).
+    #[arg(long)]
+    pub before: Option<u64>,
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Only this run's entries (its id, or a unique prefix of it).
+    #[arg(long)]
+    pub run: Option<String>,
+    /// Only entries of runs of this finding key, e.g. `openai:project_key:key_abc`.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Only entries of this kind, e.g. `decision`, `step_intent`, `step_dry_run`.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only entries by this actor (as the ACTOR column shows it).
+    #[arg(long)]
+    pub actor: Option<String>,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -264,8 +280,8 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write, styled: bool) -> 
             None => remote::audit_verify(&api, out, err),
         },
         Command::Audit {
-            command: AuditCommand::List { before, limit, api },
-        } => remote::audit_list(before, limit, &api, out, err),
+            command: AuditCommand::List(args),
+        } => remote::audit_list(&args, out, err),
         Command::Runs { command } => remote::runs(&command, out, err),
         Command::Approve(args) => remote::approve(&args, out, err),
         Command::Playbooks { command } => remote::playbooks(&command, out, err),

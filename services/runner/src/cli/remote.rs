@@ -19,7 +19,7 @@ use crate::playbook::{Located, Severity};
 use crate::service::api::types::{
     AppliedView, ApplyRequest, AuditPage, AuditView, CancelRequest, Cancelled, DecisionRequest,
     DecisionResult, DlqPage, ErrorBody, History, PlaybookList, Replayed, RunDetail, RunPage,
-    Verified, VersionSource,
+    StepView, Verified, VersionSource,
 };
 
 /// Exit code for authentication and permission failures (EX_NOPERM).
@@ -531,28 +531,37 @@ fn show_run(detail: &RunDetail) -> String {
     if let Some(reason) = &run.cancelled {
         text.push_str(&format!("cancelled {reason}\n"));
     }
-    text.push_str("\nsteps:\n");
-    let rows: Vec<Vec<String>> = detail
+    // `on_failure` steps are shown when the run reached them.
+    let shown: Vec<&StepView> = detail
         .steps
         .iter()
+        .filter(|step| step.phase == "main" || step.status != "not_run")
+        .collect();
+    text.push_str("\nsteps:\n");
+    let rows: Vec<Vec<String>> = shown
+        .iter()
         .map(|step| {
-            let mut note = step.error.clone().unwrap_or_default();
-            if let Some(choice) = &step.choice {
-                note = format!("{choice} by {}", step.decided_by.join(", "));
-            }
             vec![
-                format!("  {}", step.id),
+                format!(
+                    "  {}{}",
+                    step.id,
+                    if step.phase == "on_failure" {
+                        " (on_failure)"
+                    } else {
+                        ""
+                    }
+                ),
                 or_dash(step.action.as_deref()),
                 step.status.clone(),
                 step.finished_at
                     .as_ref()
                     .map_or_else(|| "-".to_owned(), time),
-                note,
+                step_detail(step),
             ]
         })
         .collect();
     text.push_str(&table(
-        &["  STEP", "ACTION", "STATUS", "FINISHED", "NOTE"],
+        &["  STEP", "ACTION", "STATUS", "FINISHED", "DETAIL"],
         &rows,
     ));
     for gate in &detail.gates {
@@ -570,11 +579,38 @@ fn show_run(detail: &RunDetail) -> String {
         ));
         for answer in &gate.answers {
             text.push_str(&format!(
-                "  answered {} by {} via {} at {}\n",
+                "  answered {} by {} via {} at {}{}\n",
                 answer.choice,
                 answer.actor,
                 answer.via,
-                time(&answer.at)
+                time(&answer.at),
+                answer
+                    .comment
+                    .as_deref()
+                    .map_or_else(String::new, |comment| format!(": {}", quoted(comment)))
+            ));
+        }
+        // Answers the engine refused are in the audit trail only: shown here, marked.
+        for entry in detail.audit.iter().filter(|entry| {
+            entry.kind == "decision"
+                && entry.step.as_deref() == Some(gate.step.as_str())
+                && entry.detail.get("refused").is_some()
+        }) {
+            let text_of = |name: &str| entry.detail.get(name).and_then(|value| value.as_str());
+            text.push_str(&format!(
+                "  REFUSED  {} by {} via {} at {}: {}\n",
+                text_of("choice").unwrap_or("-"),
+                who(entry),
+                entry
+                    .actor
+                    .as_ref()
+                    .and_then(|actor| actor.get("via"))
+                    .and_then(|via| via.as_str())
+                    .unwrap_or("-"),
+                time(&entry.at),
+                text_of("reason")
+                    .or(text_of("refused"))
+                    .unwrap_or("refused")
             ));
         }
     }
@@ -589,11 +625,119 @@ fn show_run(detail: &RunDetail) -> String {
                 entry.kind.clone(),
                 or_dash(entry.step.as_deref()),
                 who(entry),
+                audit_detail(entry),
             ]
         })
         .collect();
-    text.push_str(&table(&["  SEQ", "AT", "KIND", "STEP", "ACTOR"], &rows));
+    text.push_str(&table(
+        &["  SEQ", "AT", "KIND", "STEP", "ACTOR", "DETAIL"],
+        &rows,
+    ));
     text
+}
+
+/// What a step did, in a line: the request it sent (or would have), a note's text, who
+/// decided an approval, or its error.
+fn step_detail(step: &StepView) -> String {
+    if let Some(choice) = &step.choice {
+        return format!(
+            "{choice} by {}{}",
+            step.decided_by.join(", "),
+            step.via
+                .as_deref()
+                .map_or_else(String::new, |via| format!(" via {via}"))
+        );
+    }
+    let mut parts: Vec<String> = Vec::new();
+    match step.requests.as_slice() {
+        [] => {}
+        [request] => parts.push(request_line(request)),
+        [first, ..] => parts.push(format!(
+            "{} requests, first: {}",
+            step.requests.len(),
+            request_line(first)
+        )),
+    }
+    if step.action.as_deref() == Some("note")
+        && let Some(message) = step.output.get("message").and_then(|value| value.as_str())
+    {
+        parts.push(quoted(message));
+    }
+    if let Some(error) = &step.error {
+        parts.push(error.clone());
+    }
+    parts.join("; ")
+}
+
+/// A request as one line: `DELETE /v1/organization/…`, `POST https://…`, `to #channel: "…"`.
+fn request_line(request: &serde_json::Value) -> String {
+    let text = |name: &str| request.get(name).and_then(|value| value.as_str());
+    match (text("method"), text("path"), text("url"), text("to")) {
+        (Some(method), Some(path), _, _) => format!("{method} {path}"),
+        (Some(method), None, Some(url), _) => format!("{method} {url}"),
+        (_, _, _, Some(to)) => match text("text") {
+            Some(message) => format!("to {to}: {}", quoted(message)),
+            None => format!("to {to}"),
+        },
+        _ => clip(&request.to_string()),
+    }
+}
+
+/// An audit entry's detail, in a line: what matters for its kind.
+fn audit_detail(entry: &AuditView) -> String {
+    let detail = &entry.detail;
+    let text = |name: &str| detail.get(name).and_then(|value| value.as_str());
+    let line = match entry.kind.as_str() {
+        "decision" => {
+            let choice = text("choice").unwrap_or("-");
+            let comment = text("comment")
+                .map_or_else(String::new, |comment| format!(": {}", quoted(comment)));
+            match (text("refused"), text("reason")) {
+                (Some(_), Some(reason)) => format!("REFUSED {choice}: {reason}"),
+                (Some(code), None) => format!("REFUSED {choice}: {code}"),
+                _ => format!("{choice}{comment}"),
+            }
+        }
+        "step_intent" | "step_dry_run" => {
+            let action = text("action").unwrap_or("-");
+            match detail.get("request") {
+                Some(request) if !request.is_null() => {
+                    format!("{action}: {}", request_line(request))
+                }
+                _ => action.to_owned(),
+            }
+        }
+        "note" => text("message").map(quoted).unwrap_or_default(),
+        _ => {
+            let mut parts = Vec::new();
+            for name in [
+                "choice", "status", "outcome", "error", "reason", "key", "version",
+            ] {
+                if let Some(value) = text(name) {
+                    parts.push(format!("{name}={value}"));
+                }
+            }
+            parts.join(" ")
+        }
+    };
+    clip(&line)
+}
+
+/// A text in quotes, on one line.
+fn quoted(text: &str) -> String {
+    clip(&format!("{:?}", text.replace('\n', " ")))
+}
+
+/// At most 100 characters.
+fn clip(text: &str) -> String {
+    const MAX: usize = 100;
+    if text.chars().count() <= MAX {
+        text.to_owned()
+    } else {
+        let mut clipped: String = text.chars().take(MAX - 1).collect();
+        clipped.push('…');
+        clipped
+    }
 }
 
 /// `quench approve`.
@@ -920,16 +1064,27 @@ pub(super) fn audit_verify(api: &ApiArgs, out: &mut dyn Write, err: &mut dyn Wri
 
 /// `quench audit list` against the running service.
 pub(super) fn audit_list(
-    before: Option<u64>,
-    limit: usize,
-    api: &ApiArgs,
+    args: &super::AuditListArgs,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
+    let api = &args.api;
     with_client(api, err, |client| {
-        let mut query = vec![("limit", limit.to_string())];
-        if let Some(before) = before {
+        let mut query = vec![("limit", args.limit.to_string())];
+        if let Some(before) = args.before {
             query.push(("before", before.to_string()));
+        }
+        if let Some(run) = &args.run {
+            query.push(("run", resolve_run(client, run)?));
+        }
+        for (name, value) in [
+            ("key", &args.key),
+            ("kind", &args.kind),
+            ("actor", &args.actor),
+        ] {
+            if let Some(value) = value {
+                query.push((name, value.clone()));
+            }
         }
         let page: AuditPage = client.get("api/v1/audit", &query)?;
         if api.json {
@@ -946,11 +1101,18 @@ pub(super) fn audit_list(
                     entry.kind.clone(),
                     or_dash(entry.playbook.as_deref()),
                     or_dash(entry.run_id.as_deref()),
+                    or_dash(entry.step.as_deref()),
                     who(entry),
+                    audit_detail(entry),
                 ]
             })
             .collect();
-        let mut text = table(&["SEQ", "AT", "KIND", "PLAYBOOK", "RUN", "ACTOR"], &rows);
+        let mut text = table(
+            &[
+                "SEQ", "AT", "KIND", "PLAYBOOK", "RUN", "STEP", "ACTOR", "DETAIL",
+            ],
+            &rows,
+        );
         if let Some(next) = page.next {
             text.push_str(&format!("more: --before {next}\n"));
         }

@@ -446,11 +446,15 @@ impl Engine {
                             "action `{name}` is not available: its connector is not configured"
                         ))
                     })
+                    // The request it sends (or in dry-run would send), kept on the step for
+                    // the people reading the run: never a credential (see `Action::describe`).
+                    // Input a live call would refuse is refused by the call itself (classified
+                    // and counted like any action error); a dry run refuses it here.
                     .and_then(|action| {
                         let request = if dry_run {
                             Some(action.describe(&input)?)
                         } else {
-                            None
+                            action.describe(&input).ok()
                         };
                         Ok((action, request))
                     });
@@ -470,7 +474,10 @@ impl Engine {
                     }
                 };
                 let key = idempotency_key(&run.id, &step.id, iteration);
-                if let Some(request) = request {
+                if let Some(request) = &request {
+                    state(run, step).requests.push(request.clone());
+                }
+                if let (true, Some(request)) = (dry_run, request.clone()) {
                     tx.audit(
                         run,
                         now,
@@ -511,7 +518,7 @@ impl Engine {
                     now,
                     "step_intent",
                     Some(&step.id),
-                    json!({"action": name, "idempotency_key": key, "input": input, "attempt": 1}),
+                    json!({"action": name, "idempotency_key": key, "input": input, "request": request, "attempt": 1}),
                 );
                 Ok(Flow::Call(Box::new(
                     self.pending(run, step, effect, key, 1, action),

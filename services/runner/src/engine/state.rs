@@ -278,6 +278,10 @@ pub struct StepState {
     pub items: Option<Vec<Value>>,
     #[serde(default)]
     pub item_results: Vec<ItemResult>,
+    /// The requests sent (or in dry-run described), one per call, as `Action::describe` shows
+    /// them: method and path, URL, channel; never a credential.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

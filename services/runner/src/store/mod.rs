@@ -641,17 +641,22 @@ impl Store {
     }
 
     /// Audit entries newest first, with their hashes: those before sequence number `before`
-    /// (exclusive) when given, at most `limit`.
+    /// (exclusive) when given that `keep` accepts, at most `limit`, examining at most `budget`
+    /// entries. The second value is where to go on (the `before` of the next page), absent at
+    /// the start of the log.
     pub fn audit_newest_first(
         &self,
         before: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<(String, AuditEntry)>, Error> {
+        budget: usize,
+        mut keep: impl FnMut(&AuditEntry) -> bool,
+    ) -> Result<AuditPage, Error> {
         let end = match before {
             Some(seq) => Key::Audit(seq).encode(),
             None => b"a0".to_vec(),
         };
         let mut out = Vec::new();
+        let mut examined = 0;
         for item in self.inner.db.range(b"a/".to_vec()..end).rev() {
             let (_, record) = item?;
             let mut entries: Vec<(String, AuditEntry)> = audit::split_record(&record)
@@ -660,14 +665,18 @@ impl Store {
                 .filter(|(_, entry)| before.is_none_or(|before| entry.seq < before))
                 .collect();
             entries.reverse();
-            for entry in entries {
-                out.push(entry);
-                if out.len() >= limit {
-                    return Ok(out);
+            for (hash, entry) in entries {
+                examined += 1;
+                let seq = entry.seq;
+                if keep(&entry) {
+                    out.push((hash, entry));
+                }
+                if out.len() >= limit || examined >= budget {
+                    return Ok((out, Some(seq).filter(|seq| *seq > 1)));
                 }
             }
         }
-        Ok(out)
+        Ok((out, None))
     }
 
     /// The oldest finding queued behind the open run of (playbook, key).
@@ -781,3 +790,6 @@ fn refuse_if_locked(path: &Path) -> Result<(), Error> {
         Ok(()) | Err(std::fs::TryLockError::Error(_)) => Ok(()),
     }
 }
+
+/// A page of audit entries with their hashes, and the `before` of the next page.
+pub type AuditPage = (Vec<(String, AuditEntry)>, Option<u64>);

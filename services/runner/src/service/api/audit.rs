@@ -72,13 +72,40 @@ pub(crate) struct AuditQuery {
     /// Entries per page (default 100, at most 1000).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// Only this run's entries (its id).
+    run: Option<String>,
+    /// Only entries of runs of this finding key (and findings with it).
+    key: Option<String>,
+    /// Only entries of this kind, e.g. `decision`, `step_intent`, `step_dry_run`.
+    kind: Option<String>,
+    /// Only entries by this actor (id or name, as shown in the actor column).
+    actor: Option<String>,
+}
+
+/// Most entries examined per list request: a filter that matches rarely returns a `next`
+/// cursor rather than reading the whole log.
+const SCAN_BUDGET: usize = 10_000;
+
+/// The names an entry's actor goes by: its id and name, or who loaded a playbook version.
+fn actor_names(entry: &AuditEntry) -> impl Iterator<Item = &str> {
+    let actor = entry.actor.as_ref();
+    [
+        actor.and_then(|actor| actor.get("id")),
+        actor.and_then(|actor| actor.get("name")),
+        entry.detail.get("by"),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(Value::as_str)
 }
 
 /// A page of audit entries, newest first.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub(crate) struct AuditPage {
     pub(crate) entries: Vec<AuditView>,
-    /// Pass as `before` for the next (older) page; absent at the start of the log.
+    /// Pass as `before` for the next (older) page; absent at the start of the log. With a
+    /// filter, a page can be short (or empty) and still have a `next`: at most 10,000 entries
+    /// are examined per request.
     pub(crate) next: Option<u64>,
 }
 
@@ -111,18 +138,42 @@ pub(super) async fn list(
 ) -> Result<Json<AuditPage>, ApiError> {
     caller.require(Role::Viewer)?;
     let limit = query::limit(query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
-    let entries: Vec<AuditView> = api
-        .inner
-        .engine
-        .store()
-        .audit_newest_first(query.before.map(|before| before.0), limit)?
+    let engine = &api.inner.engine;
+    // Runs' keys, looked up once per run for the key filter.
+    let mut keys: std::collections::HashMap<String, Option<String>> = Default::default();
+    let mut key_of = |run: &str| -> Option<String> {
+        keys.entry(run.to_owned())
+            .or_insert_with(|| engine.run(run).ok().flatten().map(|run| run.key))
+            .clone()
+    };
+    let keep = |entry: &AuditEntry| {
+        query
+            .run
+            .as_ref()
+            .is_none_or(|run| entry.run_id.as_ref() == Some(run))
+            && query.kind.as_ref().is_none_or(|kind| &entry.kind == kind)
+            && query
+                .actor
+                .as_ref()
+                .is_none_or(|actor| actor_names(entry).any(|name| name == actor))
+            && query.key.as_ref().is_none_or(|key| {
+                entry.detail.get("key").and_then(Value::as_str) == Some(key.as_str())
+                    || entry
+                        .run_id
+                        .as_deref()
+                        .is_some_and(|run| key_of(run).as_ref() == Some(key))
+            })
+    };
+    let (entries, next) = engine.store().audit_newest_first(
+        query.before.map(|before| before.0),
+        limit,
+        SCAN_BUDGET,
+        keep,
+    )?;
+    let entries = entries
         .into_iter()
         .map(|(hash, entry)| AuditView::from_entry(Some(hash), entry))
         .collect();
-    let next = entries
-        .last()
-        .map(|entry| entry.seq)
-        .filter(|seq| entries.len() >= limit && *seq > 1);
     Ok(Json(AuditPage { entries, next }))
 }
 

@@ -39,7 +39,7 @@ pub(crate) mod types {
         AppliedView, ApplyRequest, EnabledView, History, PlaybookList, VersionSource,
     };
     pub(crate) use super::runs::{
-        CancelRequest, Cancelled, DecisionRequest, DecisionResult, RunDetail, RunPage,
+        CancelRequest, Cancelled, DecisionRequest, DecisionResult, RunDetail, RunPage, StepView,
     };
 }
 use auth::BearerScheme;

@@ -112,7 +112,7 @@ pub(crate) struct StepView {
     pub(crate) phase: String,
     pub(crate) action: Option<String>,
     /// `pending`, `running`, `waiting`, `succeeded`, `failed`, `skipped`, `already_done`,
-    /// `dry_run`.
+    /// `dry_run`, or `not_run` (the run ended without reaching it).
     pub(crate) status: String,
     pub(crate) attempt: u32,
     pub(crate) started_at: Option<DateTime<Utc>>,
@@ -125,6 +125,11 @@ pub(crate) struct StepView {
     pub(crate) choice: Option<String>,
     pub(crate) decided_by: Vec<String>,
     pub(crate) via: Option<String>,
+    /// The requests it sent, or in dry-run would have sent, one per call: `{method, path,
+    /// body}` for OpenAI, `{method, url, headers, json}` for HTTP (header values redacted),
+    /// `{to, text}` for Slack. Never a credential.
+    #[schema(value_type = Vec<Object>)]
+    pub(crate) requests: Vec<Value>,
 }
 
 /// An answer given to a gate.
@@ -391,11 +396,18 @@ fn steps(api: &Api, run: &Run) -> Vec<StepView> {
         .into_iter()
         .map(|(id, phase, action)| {
             let state = run.steps.get(&id).cloned().unwrap_or_default();
+            // A step an ended run never reached (an `on_failure` step of a run that did not
+            // fail, or what came after a failed step) is not waiting for anything.
+            let status = if run.status.is_terminal() && state.status == StepStatus::Pending {
+                "not_run"
+            } else {
+                state.status.as_str()
+            };
             StepView {
                 id,
                 phase: phase.to_owned(),
                 action,
-                status: state.status.as_str().to_owned(),
+                status: status.to_owned(),
                 attempt: state.attempt,
                 started_at: state.started_at,
                 finished_at: state.finished_at,
@@ -404,6 +416,7 @@ fn steps(api: &Api, run: &Run) -> Vec<StepView> {
                 choice: state.choice,
                 decided_by: state.decided_by,
                 via: state.via,
+                requests: state.requests,
             }
         })
         .collect()
