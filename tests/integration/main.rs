@@ -7,6 +7,7 @@ mod connectors_slack;
 mod crash;
 mod deploy;
 mod discovery;
+mod docs;
 mod e2e;
 mod engine;
 mod gateway;

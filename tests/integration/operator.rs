@@ -1757,3 +1757,199 @@ async fn an_auditor_reads_who_approved_what_and_the_request_sent() {
         "{err}"
     );
 }
+
+/// Two enabled playbooks that run for the same finding kind: the service says so when it loads
+/// them (and loads both), an apply answers with the warning naming both and the kind, the CLI
+/// prints it, and a disabled playbook is not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playbooks_that_share_a_finding_kind_warn_at_load_and_apply() {
+    let all_tests = GATE_PLAYBOOK
+        .replace("name: gate", "name: all-tests")
+        .replace("[test.gate]", "[test.*]");
+    let operator = Operator::start(&[("gate.yaml", GATE_PLAYBOOK), ("all.yaml", &all_tests)]).await;
+    let log = operator.service.log_text();
+    assert!(
+        log.contains(
+            "warning[overlapping-trigger]: playbooks `gate` and `all-tests` both run for finding \
+             kind `test.gate`; each such finding starts a run of both"
+        ),
+        "{log}"
+    );
+    assert!(
+        current_version(&operator, "gate").await.is_some(),
+        "it loads"
+    );
+    assert!(current_version(&operator, "all-tests").await.is_some());
+
+    let third = GATE_PLAYBOOK.replace("name: gate", "name: third");
+    let applied = operator
+        .post(
+            "/api/v1/playbooks",
+            EDITOR,
+            json!({"source": third, "file": "third.yaml"}),
+        )
+        .await;
+    assert_eq!(applied.status, 200, "{}", applied.text);
+    let overlaps = |body: &Value| -> Vec<String> {
+        body["warnings"]
+            .as_array()
+            .expect("warnings")
+            .iter()
+            .filter(|warning| warning["code"] == "overlapping-trigger")
+            .map(|warning| warning["message"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        overlaps(&applied.body),
+        [
+            "playbooks `third` and `all-tests` both run for finding kind `test.gate`; each such \
+             finding starts a run of both",
+            "playbooks `third` and `gate` both run for finding kind `test.gate`; each such \
+             finding starts a run of both",
+        ],
+        "{}",
+        applied.text
+    );
+    assert_eq!(applied.body["warnings"][0]["file"], "third.yaml");
+    assert_eq!(applied.body["warnings"][0]["line"], 5);
+    // A new version of a playbook is not compared with its old self.
+    let again = operator
+        .post(
+            "/api/v1/playbooks",
+            EDITOR,
+            json!({"source": third.replace("Revoke?", "Revoke it?")}),
+        )
+        .await;
+    assert_eq!(overlaps(&again.body).len(), 2, "{}", again.text);
+
+    // Disabled playbooks start nothing, so they are not counted.
+    for name in ["all-tests", "third"] {
+        let disabled = operator
+            .post(
+                &format!("/api/v1/playbooks/{name}/disable"),
+                EDITOR,
+                json!({}),
+            )
+            .await;
+        assert_eq!(disabled.status, 200, "{}", disabled.text);
+    }
+    let fourth = write_temp(
+        "fourth.yaml",
+        &GATE_PLAYBOOK.replace("name: gate", "name: fourth"),
+    );
+    let (code, out, err) = operator.cli(
+        Some(EDITOR),
+        &["playbooks", "apply", &fourth.1.display().to_string()],
+    );
+    assert_eq!(code, 0, "a warning does not refuse the file: {out}{err}");
+    assert!(
+        out.contains(
+            "warning[overlapping-trigger]: playbooks `fourth` and `gate` both run for finding \
+             kind `test.gate`"
+        ),
+        "{out}"
+    );
+    assert!(
+        !out.contains("`all-tests`") && !out.contains("`third`"),
+        "disabled playbooks are left out: {out}"
+    );
+}
+
+/// A file in a temporary directory (kept alive by the returned guard).
+fn write_temp(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let path = directory.path().join(name);
+    std::fs::write(&path, text).expect("write");
+    (directory, path)
+}
+
+/// A playbook's history as (by, current), newest first.
+async fn history_by(operator: &Operator, name: &str) -> Vec<(String, bool)> {
+    let history = operator
+        .get(&format!("/api/v1/playbooks/{name}/history"), VIEWER)
+        .await;
+    history["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|entry| {
+            (
+                entry["by"].as_str().unwrap_or("(none)").to_owned(),
+                entry["current"] == true,
+            )
+        })
+        .collect()
+}
+
+/// `playbooks history` says who made each version current: the start, an apply through the API
+/// (the token's name), a change of the file; an entry recorded before quench kept that reads
+/// `unknown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playbook_history_says_who_made_each_version_current() {
+    let mut operator = Operator::start(&[("gate.yaml", GATE_PLAYBOOK)]).await;
+    let applied = operator
+        .post(
+            "/api/v1/playbooks",
+            EDITOR,
+            json!({"source": GATE_PLAYBOOK.replace("Revoke?", "Revoke now?")}),
+        )
+        .await;
+    assert_eq!(applied.status, 200, "{}", applied.text);
+    std::fs::write(
+        operator.playbooks.join("gate.yaml"),
+        GATE_PLAYBOOK.replace("Revoke?", "Revoke at once?"),
+    )
+    .expect("edit");
+    let started = std::time::Instant::now();
+    while history_by(&operator, "gate").await.len() < 3 {
+        assert!(
+            started.elapsed() < WAIT,
+            "the edit is loaded:\n{}",
+            operator.service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let by = |entries: &[(String, bool)]| -> Vec<String> {
+        entries.iter().map(|(by, _)| by.clone()).collect()
+    };
+    let entries = history_by(&operator, "gate").await;
+    assert_eq!(
+        by(&entries),
+        ["file change", "api:editor-bot", "quench serve"],
+        "newest first"
+    );
+    assert!(entries[0].1, "the newest is current");
+
+    // A store written before quench recorded who: its entries read as unknown.
+    assert_eq!(operator.service.terminate(), Some(0));
+    {
+        use quench_runner::store::{Batch, Key, Store, StoreConfig};
+        let store = Store::open(&StoreConfig::new(&operator.service.store)).expect("store opens");
+        let long_ago = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .expect("time")
+            .with_timezone(&chrono::Utc);
+        let mut batch = Batch::new();
+        batch.put(Key::PlaybookHistory("gate", long_ago), &"sha256:00000000");
+        store.commit(batch).await.expect("commit");
+    }
+    operator.service.spawn();
+    let entries = history_by(&operator, "gate").await;
+    assert_eq!(
+        by(&entries),
+        ["file change", "api:editor-bot", "quench serve", "unknown"]
+    );
+    let (code, out, err) = operator.cli(Some(VIEWER), &["playbooks", "history", "gate"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("VERSION") && lines[0].contains("BY"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("file change") && lines[1].ends_with("current"),
+        "{out}"
+    );
+    assert!(lines[2].contains("api:editor-bot"), "{out}");
+    assert!(lines[3].contains("quench serve"), "{out}");
+    assert!(lines[4].contains("unknown"), "{out}");
+}

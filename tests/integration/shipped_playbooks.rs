@@ -41,22 +41,3 @@ fn checked_in_playbook_schema_is_current() {
         &quench_runner::playbook::playbook_schema(),
     );
 }
-
-#[test]
-fn readme_playbook_examples_compile() {
-    let readme = std::fs::read_to_string(support::root().join("README.md")).expect("README exists");
-    let blocks: Vec<&str> = readme
-        .split("```yaml\n")
-        .skip(1)
-        .filter_map(|rest| rest.split("```").next())
-        .collect();
-    assert!(!blocks.is_empty(), "README shows a playbook");
-    for block in blocks {
-        let compiled = quench_runner::playbook::compile(block);
-        assert!(
-            compiled.diagnostics.is_empty(),
-            "README example does not validate: {:?}",
-            compiled.diagnostics
-        );
-    }
-}

@@ -222,3 +222,89 @@ fn undefined_groups_are_reported_against_the_config() {
     ]);
     assert_eq!(output.status.code(), Some(2), "{output:?}");
 }
+
+/// Two playbooks that run for the same finding kind are a warning naming both and the kind
+/// (they still validate); `where` conditions that differ are taken to divide the findings.
+#[test]
+fn playbooks_that_share_a_finding_kind_are_a_warning() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let glob = VALID
+        .replace("note-leaks", "all-key-findings")
+        .replace("[openai.api_key.leaked]", "[openai.api_key.*]");
+    let first = write(directory.path(), "a.yaml", VALID);
+    let second = write(directory.path(), "b.yaml", &glob);
+
+    let output = validate(&[&first, &second]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "a warning alone passes: {stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "warning[overlapping-trigger]: playbooks `all-key-findings` and `note-leaks` both run \
+             for finding kind `openai.api_key.leaked`; each such finding starts a run of both"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("b.yaml:5:13"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("`note-leaks` is in {first}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("1 warning(s)"),
+        "reported once per pair: {stdout}"
+    );
+    let output = validate(&["--deny-warnings", &first, &second]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let output = validate(&[&first]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("0 warning(s)"),
+        "{output:?}"
+    );
+
+    // Different `where` conditions divide the findings: no warning.
+    let with_where = |name: &str, condition: &str| {
+        glob.replace("all-key-findings", name).replace(
+            "    kinds: [openai.api_key.*]\n",
+            &format!("    kinds: [openai.api_key.*]\n    where: {condition}\n"),
+        )
+    };
+    let high = write(
+        directory.path(),
+        "high.yaml",
+        &with_where("high", "finding.severity == \"high\""),
+    );
+    let low = write(
+        directory.path(),
+        "low.yaml",
+        &with_where("low", "finding.severity == \"low\""),
+    );
+    let output = validate(&["--deny-warnings", &high, &low]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    // The same `where`, or a `where` on one side only, still lets both run.
+    let also_high = write(
+        directory.path(),
+        "also-high.yaml",
+        &with_where("also-high", "finding.severity  ==  \"high\""),
+    );
+    let output = validate(&["--format", "json", &high, &also_high, &first]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let overlaps: Vec<&str> = report["diagnostics"]
+        .as_array()
+        .expect("diagnostics")
+        .iter()
+        .filter(|diagnostic| diagnostic["code"] == "overlapping-trigger")
+        .map(|diagnostic| diagnostic["message"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(overlaps.len(), 3, "{overlaps:?}");
+    assert!(
+        overlaps[0].starts_with(
+            "playbooks `also-high` and `high` both run for finding kinds `openai.api_key.*`;"
+        ),
+        "{overlaps:?}"
+    );
+}

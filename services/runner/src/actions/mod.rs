@@ -60,7 +60,8 @@ fn schema_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> schemars::Schema
 
 const DELETED: &[&str] = &["id", "deleted", "already_done"];
 
-/// Every built-in action, in the order PLAYBOOKS.md lists them.
+/// Every built-in action, in the order `docs/playbooks.md` documents them (a test holds the two
+/// together: each action there with its inputs, outputs and whether it mutates).
 pub static REGISTRY: &[ActionSpec] = &[
     spec::<SlackMessage>(
         "slack.message",

@@ -403,13 +403,15 @@ pub fn validate(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write, s
         }
         None => None,
     };
-    let loaded = match playbook::load_paths(&args.paths, groups.as_ref()) {
+    let mut loaded = match playbook::load_paths(&args.paths, groups.as_ref()) {
         Ok(loaded) => loaded,
         Err(error) => {
             let _ = writeln!(err, "error: {error}");
             return EXIT_USAGE;
         }
     };
+    // The files given are compared as the service would load them together.
+    playbook::warn_overlaps(&mut loaded, |_| false);
     if loaded.is_empty() {
         let _ = writeln!(
             err,

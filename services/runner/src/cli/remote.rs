@@ -845,11 +845,12 @@ pub(super) fn playbooks(
                     vec![
                         entry.version.clone(),
                         time(&entry.at),
+                        entry.by.clone(),
                         if entry.current { "current" } else { "" }.to_owned(),
                     ]
                 })
                 .collect();
-            write_text(out, &table(&["VERSION", "LOADED", ""], &rows))?;
+            write_text(out, &table(&["VERSION", "LOADED", "BY", ""], &rows))?;
             Ok(EXIT_OK)
         }),
         PlaybooksCommand::Diff {

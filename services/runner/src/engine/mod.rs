@@ -203,6 +203,7 @@ impl Engine {
             let current = self.inner.store.current_playbook_version(&playbook.name)?;
             if current.as_deref() != Some(playbook.version.as_str()) {
                 batch.put(Key::PlaybookHistory(&playbook.name, now), &playbook.version);
+                batch.put(Key::PlaybookLoadedBy(&playbook.name, now), &loaded_by);
                 let mut draft = AuditDraft::new(
                     now,
                     "playbook_loaded",

@@ -46,6 +46,7 @@ pub enum Code {
     IrreversibleWithoutApproval,
     DuplicatePlaybook,
     UndefinedGroup,
+    OverlappingTrigger,
 }
 
 impl Code {
@@ -73,6 +74,7 @@ impl Code {
         Code::IrreversibleWithoutApproval,
         Code::DuplicatePlaybook,
         Code::UndefinedGroup,
+        Code::OverlappingTrigger,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -99,6 +101,7 @@ impl Code {
             Code::IrreversibleWithoutApproval => "irreversible-without-approval",
             Code::DuplicatePlaybook => "duplicate-playbook",
             Code::UndefinedGroup => "undefined-group",
+            Code::OverlappingTrigger => "overlapping-trigger",
         }
     }
 }

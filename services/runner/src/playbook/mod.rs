@@ -9,6 +9,7 @@
 mod compile;
 mod diagnostic;
 pub mod model;
+mod overlap;
 mod schedule;
 mod schema;
 mod structure;
@@ -25,6 +26,7 @@ use globset::GlobSet;
 pub use compile::{Compiled, compile, compile_with, version_of};
 pub use diagnostic::{Code, Diagnostic, Located, Report, Severity};
 pub use model::{CatchUp, Conflict, Mode, OnResolved, Overlap};
+pub use overlap::{overlapping, warn_overlaps};
 pub use schedule::{parse_cron, parse_duration, parse_timezone};
 pub use schema::{PLAYBOOK_SCHEMA_PATH, playbook_schema};
 pub(crate) use structure::allowed_properties;

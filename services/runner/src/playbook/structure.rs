@@ -374,7 +374,7 @@ fn describe(value: &Value) -> String {
     }
 }
 
-fn quoted(names: &[String]) -> String {
+pub(super) fn quoted(names: &[String]) -> String {
     names
         .iter()
         .map(|name| format!("`{name}`"))

@@ -115,13 +115,15 @@ impl Library {
         let mut last_good = self.inner.state.lock().await;
         let dir = &self.inner.dir;
         let groups = self.inner.engine.group_names();
-        let loaded =
+        let mut loaded =
             playbook::load_paths(std::slice::from_ref(dir), Some(&groups)).map_err(|source| {
                 Error::Playbooks {
                     dir: dir.display().to_string(),
                     source,
                 }
             })?;
+        let disabled = self.inner.engine.disabled_playbooks().unwrap_or_default();
+        playbook::warn_overlaps(&mut loaded, |playbook| disabled.contains(&playbook.name));
         let mut set: BTreeMap<String, Playbook> = BTreeMap::new();
         let mut files = Vec::with_capacity(loaded.len());
         let mut refused = Vec::new();
@@ -129,6 +131,9 @@ impl Library {
             let diagnostics = file.report().located();
             match &file.compiled.playbook {
                 Some(playbook) => {
+                    if !file.compiled.diagnostics.is_empty() {
+                        tracing::warn!(file = %file.path.display(), playbook = %playbook.name, "playbook loaded with warnings:\n{}", file.report().render(false));
+                    }
                     last_good.insert(file.path.clone(), playbook.clone());
                     set.insert(playbook.name.clone(), playbook.clone());
                     files.push(FileStatus {
@@ -184,7 +189,28 @@ impl Library {
         label: &str,
         by: &str,
     ) -> Result<Applied, Refused> {
-        let compiled = playbook::compile_with(source, Some(&self.inner.engine.group_names()));
+        let mut compiled = playbook::compile_with(source, Some(&self.inner.engine.group_names()));
+        if let Some(applied) = &compiled.playbook {
+            let current = self.inner.engine.playbooks();
+            let disabled = self.inner.engine.disabled_playbooks().unwrap_or_default();
+            let status = self.status();
+            let origin = |name: &str| {
+                status
+                    .files
+                    .iter()
+                    .find(|file| file.playbook.as_deref() == Some(name))
+                    .map(|file| file.path.as_path())
+            };
+            let others = current
+                .values()
+                .filter(|other| !disabled.contains(&other.name))
+                .map(|other| (other.as_ref(), origin(&other.name)));
+            let mut found = playbook::overlapping(applied, others);
+            compiled.diagnostics.append(&mut found);
+            compiled
+                .diagnostics
+                .sort_by_key(|diagnostic| (diagnostic.span.start, diagnostic.severity));
+        }
         let diagnostics = playbook::Report {
             file: label,
             source,

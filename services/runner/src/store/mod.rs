@@ -94,6 +94,15 @@ pub enum Error {
     Failed(String),
 }
 
+/// One entry of a playbook's history: when a version became current, and who made it so
+/// (`None` for entries recorded before quench kept that).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaybookLoad {
+    pub at: DateTime<Utc>,
+    pub version: String,
+    pub by: Option<String>,
+}
+
 /// A typed key. Families are separate prefixes; their parts are NUL-separated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Key<'a> {
@@ -128,6 +137,10 @@ pub enum Key<'a> {
     PlaybookVersion(&'a str),
     /// When a playbook name was loaded at a version.
     PlaybookHistory(&'a str, DateTime<Utc>),
+    /// Who made that version current (`quench serve`, `file change`, `SIGHUP`, `api:<token
+    /// name>`), beside its history entry: a family of its own, so a store written by a quench
+    /// that keeps it still reads in one that does not, and entries from before it read as unknown.
+    PlaybookLoadedBy(&'a str, DateTime<Utc>),
     /// A scheduled playbook's next tick.
     Schedule(&'a str),
     /// A playbook's remembered values (`state.set`), by playbook name.
@@ -180,6 +193,7 @@ impl Key<'_> {
             Key::Effect(key) => parts(b"j/", &[key.as_bytes()]),
             Key::PlaybookVersion(version) => parts(b"p/", &[version.as_bytes()]),
             Key::PlaybookHistory(name, at) => parts(b"ph/", &[name.as_bytes(), &millis(at)]),
+            Key::PlaybookLoadedBy(name, at) => parts(b"pb/", &[name.as_bytes(), &millis(at)]),
             Key::Audit(seq) => parts(b"a/", &[&seq.to_be_bytes()]),
             Key::Schedule(name) => parts(b"s/", &[name.as_bytes()]),
             Key::PlaybookState(name) => parts(b"ps/", &[name.as_bytes()]),
@@ -597,8 +611,8 @@ impl Store {
         self.get(Key::Meta(committer::COUNTERS))
     }
 
-    /// When a playbook name was loaded at which version, oldest first.
-    pub fn playbook_history(&self, name: &str) -> Result<Vec<(DateTime<Utc>, String)>, Error> {
+    /// When a playbook name was loaded at which version, and by whom, oldest first.
+    pub fn playbook_history(&self, name: &str) -> Result<Vec<PlaybookLoad>, Error> {
         let mut prefix = b"ph/".to_vec();
         prefix.extend_from_slice(name.as_bytes());
         prefix.push(0);
@@ -612,7 +626,8 @@ impl Store {
             else {
                 continue;
             };
-            out.push((at, version));
+            let by = self.get(Key::PlaybookLoadedBy(name, at))?;
+            out.push(PlaybookLoad { at, version, by });
         }
         Ok(out)
     }

@@ -65,6 +65,10 @@ pub(crate) struct HistoryEntry {
     pub(crate) version: String,
     /// When it became current.
     pub(crate) at: DateTime<Utc>,
+    /// Who made it current: `api:<token name>` (an apply through the API), `quench serve` (read
+    /// from the playbooks directory at start), `file change` or `SIGHUP` (a reload of the
+    /// directory); `unknown` for versions recorded by a quench that did not keep this.
+    pub(crate) by: String,
     /// It is the version new runs use.
     pub(crate) current: bool,
 }
@@ -263,7 +267,7 @@ pub(super) async fn show(
     }))
 }
 
-/// The versions a playbook has had, newest first.
+/// The versions a playbook has had, newest first, each with when and by whom it was made current.
 #[utoipa::path(get, path = "/api/v1/playbooks/{name}/history", tag = "playbooks",
     params(("name" = String, Path, description = "Playbook name")),
     security(("bearer" = [])),
@@ -295,10 +299,11 @@ pub(super) async fn history(
     let versions = entries
         .into_iter()
         .enumerate()
-        .map(|(index, (at, version))| HistoryEntry {
-            current: index == 0 && current.as_deref() == Some(version.as_str()),
-            version,
-            at,
+        .map(|(index, load)| HistoryEntry {
+            current: index == 0 && current.as_deref() == Some(load.version.as_str()),
+            version: load.version,
+            at: load.at,
+            by: load.by.unwrap_or_else(|| "unknown".to_owned()),
         })
         .collect();
     Ok(Json(History { name, versions }))
@@ -330,7 +335,7 @@ pub(super) async fn version(
     let mut known: Vec<String> = store
         .playbook_history(&name)?
         .into_iter()
-        .map(|(_, version)| version)
+        .map(|load| load.version)
         .collect();
     known.sort();
     known.dedup();
