@@ -33,9 +33,23 @@ impl ActionSpec {
     pub fn is_approval(&self) -> bool {
         self.name == APPROVAL
     }
+
+    /// Whether the engine carries it out itself (no connector, no call, never scripted in
+    /// playbook tests): see [`ENGINE_HANDLED`].
+    pub fn is_engine_handled(&self) -> bool {
+        is_engine_handled(self.name)
+    }
 }
 
 pub const APPROVAL: &str = "approval";
+
+/// The actions the engine carries out itself; every other action is a call to a connector.
+pub const ENGINE_HANDLED: &[&str] = &["note", "fail", "wait", "state.set", APPROVAL];
+
+/// Whether the engine carries out action `name` itself.
+pub fn is_engine_handled(name: &str) -> bool {
+    ENGINE_HANDLED.contains(&name)
+}
 
 const fn spec<T: JsonSchema>(
     name: &'static str,

@@ -345,10 +345,7 @@ impl Engine {
         tx: &mut Tx,
         now: DateTime<Utc>,
     ) -> Result<Flow, Error> {
-        let engine_action = matches!(
-            step.action.name,
-            "note" | "fail" | "wait" | "state.set" | crate::actions::APPROVAL
-        );
+        let engine_action = crate::actions::is_engine_handled(step.action.name);
         if tx.no_calls && !engine_action {
             // Starting a run at intake goes only as far as the first call; a driver makes it.
             return Ok(Flow::Stop);

@@ -8,6 +8,7 @@
 
 mod compile;
 mod diagnostic;
+mod lines;
 pub mod model;
 mod overlap;
 mod schedule;
@@ -171,7 +172,7 @@ pub fn yaml_value(text: &str) -> Result<serde_json::Value, (usize, usize, String
     match yaml::Document::parse(text) {
         Ok(document) => Ok(document.value),
         Err(diagnostic) => {
-            let (line, column) = yaml::LineIndex::new(text).line_column(diagnostic.span.start);
+            let (line, column) = lines::LineIndex::new(text).line_column(diagnostic.span.start);
             Err((line, column, diagnostic.message))
         }
     }

@@ -141,10 +141,7 @@ async fn run_case(
     let script = Arc::new(Script::new(case.mocks.clone()));
     let mut actions = Actions::new();
     for spec in crate::actions::REGISTRY {
-        if !matches!(
-            spec.name,
-            "note" | "fail" | "wait" | crate::actions::APPROVAL
-        ) {
+        if !spec.is_engine_handled() {
             actions.insert(
                 spec.name,
                 Arc::new(ScriptedAction::new(spec, script.clone())),
