@@ -123,6 +123,10 @@ fn bad_values_name_their_key_and_exit_64() {
             "`openai.admin_key_file` = \"/nonexistent/key\": cannot read it",
         ),
         (&[("QUENCH_NATS__URLL", "nats://x:1")], "urll"),
+        (
+            &[("QUENCH_STORE__RETAIN_ENDED", "10s")],
+            "`store.retain_ended` = \"10s\": must be a duration of at least 1m (e.g. 90d) or `forever`",
+        ),
     ];
     for (env, expected) in cases {
         let output = quench(&["serve", "--dump-config"], env);

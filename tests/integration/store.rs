@@ -369,3 +369,128 @@ async fn packed_audit_records_keep_timelines_and_catch_a_removed_entry() {
         "{stdout}"
     );
 }
+
+/// `[store] retain_ended`: a run ended longer ago than the retention is purged with everything
+/// that belongs only to it (record, gates, effect journal, timeline index); a run that ended
+/// later, and an open run, are kept; the audit log keeps every entry, verifies, and records the
+/// purge; a late answer to a purged run's gate is refused as unknown, not written back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_runs_are_purged_after_their_retention_and_the_audit_log_is_kept() {
+    use crate::support::{Harness, finding, started};
+    use quench_runner::store::Key;
+    const PLAYBOOK: &str = r#"schema: quench.playbook/v1
+name: retained
+on:
+  finding:
+    kinds: [test.retained]
+steps:
+  - id: decide
+    uses: approval
+    with:
+      approvers: [lead@example.com]
+      question: Revoke?
+      choices: [revoke, keep]
+      timeout: 30d
+      on_timeout: keep
+  - id: revoke
+    uses: openai.revoke_key
+    with:
+      project_id: proj_1
+      key_id: "{{ finding.resource.id }}"
+"#;
+    let harness = Harness::new(&[PLAYBOOK]).await;
+    let old = started(
+        &harness
+            .ingest(&[finding("f-old", "test.retained", "key_old")])
+            .await[0],
+    );
+    let open = started(
+        &harness
+            .ingest(&[finding("f-open", "test.retained", "key_open")])
+            .await[0],
+    );
+    let gate_token = harness.gate(&old, "decide").token;
+    harness
+        .answer(&old, "decide", "revoke", "lead@example.com")
+        .await;
+    assert_eq!(harness.run(&old).status.as_str(), "completed");
+    let store = harness.engine.store();
+    let effect = format!("{old}/revoke/0");
+    assert!(store.contains(Key::Effect(&effect)).expect("readable"));
+    assert!(!store.run_audit(&old).expect("timeline").is_empty());
+
+    // Ten days on, a third run ends; then the first is eleven days ended, the third one day.
+    harness
+        .advance(std::time::Duration::from_secs(10 * 86400))
+        .await;
+    let recent = started(
+        &harness
+            .ingest(&[finding("f-recent", "test.retained", "key_recent")])
+            .await[0],
+    );
+    harness
+        .answer(&recent, "decide", "keep", "lead@example.com")
+        .await;
+    harness.advance(std::time::Duration::from_secs(86400)).await;
+    let audit_before = store.verify_audit().expect("verifies");
+
+    let retain = std::time::Duration::from_secs(7 * 86400);
+    let purged = harness
+        .engine
+        .purge_ended(retain, 100)
+        .await
+        .expect("purge");
+    assert_eq!((purged.runs, purged.more), (1, false), "{purged:?}");
+    assert!(harness.engine.run(&old).expect("readable").is_none());
+    assert!(
+        store
+            .get::<serde_json::Value>(Key::Gate(&old, "decide"))
+            .expect("readable")
+            .is_none()
+    );
+    assert!(!store.contains(Key::Effect(&effect)).expect("readable"));
+    assert!(store.run_audit(&old).expect("timeline").is_empty());
+    assert_eq!(harness.run(&recent).status.as_str(), "completed");
+    assert_eq!(harness.run(&open).status.as_str(), "waiting");
+    assert!(
+        store
+            .contains(Key::Gate(&open, "decide"))
+            .expect("readable")
+    );
+
+    // Nothing left to purge; the audit log kept every entry and records the purge.
+    let again = harness
+        .engine
+        .purge_ended(retain, 100)
+        .await
+        .expect("purge");
+    assert_eq!(again.runs, 0);
+    let audit_after = store.verify_audit().expect("verifies");
+    assert!(audit_after.first_bad.is_none(), "{audit_after:?}");
+    assert_eq!(audit_after.entries, audit_before.entries + 1);
+    let purges = harness.audit("runs_purged");
+    assert_eq!(purges.len(), 1);
+    assert_eq!(purges[0].detail["runs"], 1);
+    assert_eq!(purges[0].detail["retain_ended"], "7days");
+    assert!(
+        harness
+            .audit("decision")
+            .iter()
+            .any(|entry| entry.run_id.as_deref() == Some(old.as_str()))
+    );
+
+    // A late answer to the purged run's gate: refused as an unknown gate, nothing written back.
+    let outcome = harness
+        .answer_with_token(&old, "decide", "keep", "lead@example.com", &gate_token)
+        .await;
+    assert!(
+        matches!(
+            outcome,
+            quench_runner::engine::DecisionOutcome::Refused(
+                quench_runner::engine::Refusal::UnknownGate
+            )
+        ),
+        "{outcome:?}"
+    );
+    assert!(harness.engine.run(&old).expect("readable").is_none());
+}

@@ -123,6 +123,9 @@ pub struct StoreSection {
     pub path: PathBuf,
     /// `always` (fdatasync every commit, the default) or `os`.
     pub sync: SyncMode,
+    /// How long an ended run (its record, gates, effects and timeline index) is kept after it
+    /// ended (`90d`); `forever` keeps everything. Its audit entries stay in the audit log.
+    pub retain_ended: String,
 }
 
 impl Default for StoreSection {
@@ -130,7 +133,18 @@ impl Default for StoreSection {
         StoreSection {
             path: PathBuf::from("./data/state"),
             sync: SyncMode::Always,
+            retain_ended: "90d".to_owned(),
         }
+    }
+}
+
+impl StoreSection {
+    /// [`StoreSection::retain_ended`] (checked at load): `None` keeps ended runs forever.
+    pub fn retain_ended(&self) -> Option<std::time::Duration> {
+        if self.retain_ended == "forever" {
+            return None;
+        }
+        humantime::parse_duration(&self.retain_ended).ok()
     }
 }
 
@@ -740,6 +754,16 @@ impl Config {
                     "must be a duration of at least 1s, e.g. 60s",
                 ));
             }
+        }
+        if self.store.retain_ended != "forever"
+            && !humantime::parse_duration(&self.store.retain_ended)
+                .is_ok_and(|retain| retain >= std::time::Duration::from_secs(60))
+        {
+            return Err(bad(
+                "store.retain_ended",
+                &self.store.retain_ended,
+                "must be a duration of at least 1m (e.g. 90d) or `forever`",
+            ));
         }
         if self.nats.max_deliver < 2 {
             return Err(bad(

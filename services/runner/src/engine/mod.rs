@@ -21,6 +21,7 @@ mod intake;
 mod locks;
 mod notify;
 mod render;
+mod retention;
 mod schedule;
 pub mod state;
 
@@ -38,6 +39,7 @@ pub use gate::{Cancel, DecisionOutcome, Refusal};
 pub use intake::{FindingOutcome, Handling, Ingesting};
 pub use notify::{Delivery, NoticeFuture, NoticeRequest, Notifier};
 pub use render::{MAX_FOREACH, is_slack_text, preview};
+pub use retention::Purged;
 pub use schedule::{GRACE, ScheduleState, next_tick, upcoming};
 pub use state::{Gate, GateMessage, NoticeKind, Run, RunStatus, StepState, StepStatus};
 

@@ -261,6 +261,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     ));
     tasks.spawn(intake::decisions(decisions, intake, stop.clone()));
     tasks.spawn(timers(engine.clone(), driver.clone(), stop.clone()));
+    if let Some(retain) = config.store.retain_ended() {
+        tasks.spawn(retention(engine.clone(), retain, stop.clone()));
+    }
     ready.store(true, Ordering::SeqCst);
     tracing::info!(listen = %config.api.listen, nats = %config.nats.url, mode = config.mode().as_str(), "quench is serving");
 
@@ -323,6 +326,26 @@ async fn timers(engine: Engine, driver: Driver, shutdown: CancellationToken) {
         match engine.fire_schedules().await {
             Ok(wake) => driver.spawn(wake).await,
             Err(error) => tracing::error!(%error, "firing scheduled playbooks failed; retrying"),
+        }
+    }
+}
+
+/// Purges runs ended longer than `retain` ago: a pass a minute (the first at start-up), passes
+/// back to back while there is more, each bounded so the hot path keeps the store.
+async fn retention(engine: Engine, retain: Duration, shutdown: CancellationToken) {
+    const PASS: usize = 1000;
+    loop {
+        let wait = match engine.purge_ended(retain, PASS).await {
+            Ok(purged) if purged.more => Duration::from_millis(10),
+            Ok(_) => Duration::from_secs(60),
+            Err(error) => {
+                tracing::error!(%error, "purging ended runs failed; retrying in a minute");
+                Duration::from_secs(60)
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }

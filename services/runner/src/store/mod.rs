@@ -256,6 +256,30 @@ impl Batch {
         self
     }
 
+    /// Deletes everything that belongs only to run `run`: its record, its active marker, its
+    /// gates, its effect journal and its timeline index (an ended run has no timers; the keys as read from
+    /// `store` now; the caller holds the run's lock so none is added meanwhile). Its audit
+    /// entries stay in the log.
+    pub fn delete_run(&mut self, store: &Store, run: &str) -> Result<&mut Batch, Error> {
+        self.ops.push((Key::Run(run).encode(), None));
+        self.ops.push((Key::Active(run).encode(), None));
+        let mut owned = |prefix: Vec<u8>| -> Result<(), Error> {
+            for item in store.inner.db.scan_prefix(&prefix) {
+                let (key, _) = item?;
+                self.ops.push((key.to_vec(), None));
+            }
+            Ok(())
+        };
+        for family in [&b"ar/"[..], b"g/"] {
+            let mut prefix = family.to_vec();
+            prefix.extend_from_slice(run.as_bytes());
+            prefix.push(0);
+            owned(prefix)?;
+        }
+        owned(format!("j/{run}/").into_bytes())?;
+        Ok(self)
+    }
+
     /// Appends an audit entry; the committer chains it to the previous one.
     pub fn audit(&mut self, draft: AuditDraft) -> &mut Batch {
         self.audit.push(draft);
@@ -600,6 +624,27 @@ impl Store {
         }
         let end = end.max(start.clone());
         self.inner.db.range(start..end).rev().map(|item| {
+            let (key, value) = item?;
+            let id = String::from_utf8_lossy(&key[2..]).into_owned();
+            Ok((id, decode(&key, &value)?))
+        })
+    }
+
+    /// Runs oldest first (by id: UUIDv7, so creation order), after `after` (exclusive) when
+    /// given. Lazy.
+    pub fn runs_oldest_first<T: DeserializeOwned>(
+        &self,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = Result<(String, T), Error>> + '_ {
+        let start = match after {
+            Some(id) => {
+                let mut key = Key::Run(id).encode();
+                key.push(0);
+                key
+            }
+            None => b"r/".to_vec(),
+        };
+        self.inner.db.range(start..b"r0".to_vec()).map(|item| {
             let (key, value) = item?;
             let id = String::from_utf8_lossy(&key[2..]).into_owned();
             Ok((id, decode(&key, &value)?))
