@@ -441,6 +441,22 @@ fn routes() -> Vec<Route> {
             None,
             200,
         ),
+        route(
+            "GET",
+            "/api/v1/audit/export",
+            "/api/v1/audit/export?before=2",
+            Some("viewer"),
+            None,
+            200,
+        ),
+        route(
+            "POST",
+            "/api/v1/audit/prune",
+            "/api/v1/audit/prune",
+            Some("admin"),
+            Some(json!({"through": 999_999, "hash": "0"})),
+            409,
+        ),
     ]
 }
 
@@ -1952,4 +1968,183 @@ async fn playbook_history_says_who_made_each_version_current() {
     assert!(lines[2].contains("api:editor-bot"), "{out}");
     assert!(lines[3].contains("quench serve"), "{out}");
     assert!(lines[4].contains("unknown"), "{out}");
+}
+
+/// `quench audit export` writes a segment that verifies on its own (and a changed one does not);
+/// `quench audit prune` removes only what the export's last hash proves was exported (admin
+/// only), leaves a checkpoint that `audit verify` starts from, and is itself audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_is_exported_in_segments_that_verify_and_pruned_behind_a_checkpoint() {
+    let operator = Operator::start(&[("gate.yaml", GATE_PLAYBOOK)]).await;
+    for index in 0..40 {
+        operator
+            .publish_finding(&finding(
+                &format!("x-{index}"),
+                "test.gate",
+                &format!("key_x{index}"),
+            ))
+            .await;
+    }
+    let started = std::time::Instant::now();
+    while operator.runs("?state=waiting&limit=100").await.len() < 40 {
+        assert!(started.elapsed() < WAIT, "40 runs wait");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let total = operator.audit().await.len() as u64;
+    assert!(total > 100, "{total}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("audit-1.jsonl");
+    let file_arg = file.display().to_string();
+    let before = (total / 2).to_string();
+    let (code, out, err) = operator.cli(
+        Some(VIEWER),
+        &["audit", "export", "--before", &before, "--out", &file_arg],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(&format!("exported entries #1 to #{} to ", total / 2 - 1)),
+        "{out}"
+    );
+    let text = std::fs::read_to_string(&file).expect("the export");
+    assert_eq!(text.lines().count() as u64, total / 2 - 1);
+    let last_hash = out
+        .split("the last hash is ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .expect("the last hash")
+        .to_owned();
+    let (code, out, _) = operator.cli(None, &["audit", "verify", "--file", &file_arg]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("segment ok: entries #1 to #"), "{out}");
+
+    // A changed line, or a removed one, does not verify.
+    let tampered = dir.path().join("tampered.jsonl");
+    std::fs::write(&tampered, text.replacen("test.gate", "test.gatf", 1)).expect("write");
+    let (code, out, _) = operator.cli(
+        None,
+        &["audit", "verify", "--file", &tampered.display().to_string()],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("segment broken: "), "{out}");
+    let lines: Vec<&str> = text.lines().collect();
+    let removed = dir.path().join("removed.jsonl");
+    std::fs::write(&removed, [&lines[..5], &lines[6..]].concat().join("\n")).expect("write");
+    let (code, out, _) = operator.cli(
+        None,
+        &["audit", "verify", "--file", &removed.display().to_string()],
+    );
+    assert_eq!(code, 1, "{out}");
+
+    // Pruning needs admin and the export's last hash.
+    let through = (total / 2 - 1).to_string();
+    let (code, _, err) = operator.cli(
+        Some(EDITOR),
+        &[
+            "audit",
+            "prune",
+            "--through",
+            &through,
+            "--hash",
+            &last_hash,
+        ],
+    );
+    assert_eq!(code, 77, "{err}");
+    let (code, _, err) = operator.cli(
+        Some(ADMIN),
+        &[
+            "audit",
+            "prune",
+            "--through",
+            &through,
+            "--hash",
+            &"0".repeat(64),
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is not stored with hash"), "{err}");
+    assert_eq!(
+        operator.audit().await.len() as u64,
+        total + 0,
+        "nothing removed"
+    );
+    let (code, out, err) = operator.cli(
+        Some(ADMIN),
+        &[
+            "audit",
+            "prune",
+            "--through",
+            &through,
+            "--hash",
+            &last_hash,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("pruned the audit log through entry #"),
+        "{out}"
+    );
+    let checkpoint: u64 = out
+        .trim_start_matches("pruned the audit log through entry #")
+        .split(';')
+        .next()
+        .and_then(|seq| seq.parse().ok())
+        .expect("the checkpoint");
+    assert!(
+        checkpoint < total / 2 && checkpoint + 32 > total / 2 - 1,
+        "{checkpoint}"
+    );
+
+    // The rest still verifies from the checkpoint; the prune is audited with who did it.
+    let (code, out, err) = operator.cli(Some(VIEWER), &["audit", "verify"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("audit chain ok: "), "{out}");
+    let entries = operator.audit().await;
+    assert!(
+        entries
+            .iter()
+            .all(|entry| entry["seq"].as_u64() > Some(checkpoint))
+    );
+    let pruned = entries
+        .iter()
+        .find(|entry| entry["kind"] == "audit_pruned")
+        .expect("the prune is audited");
+    assert_eq!(pruned["actor"]["id"], "admin-bot");
+    assert_eq!(pruned["detail"]["through"], checkpoint);
+
+    // The next export starts after the checkpoint and follows the first one's entries.
+    let second = dir.path().join("audit-2.jsonl");
+    let (code, out, err) = operator.cli(
+        Some(VIEWER),
+        &[
+            "audit",
+            "export",
+            "--before",
+            &total.to_string(),
+            "--out",
+            &second.display().to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(&format!("exported entries #{} to ", checkpoint + 1)),
+        "{out}"
+    );
+    let checkpoint_hash = std::fs::read_to_string(&file)
+        .expect("first export")
+        .lines()
+        .nth(checkpoint as usize - 1)
+        .map(|line| hex(&Sha256::digest(line.as_bytes())))
+        .expect("the checkpoint's line");
+    let (code, out, _) = operator.cli(
+        None,
+        &[
+            "audit",
+            "verify",
+            "--file",
+            &second.display().to_string(),
+            "--after",
+            &checkpoint_hash,
+        ],
+    );
+    assert_eq!(code, 0, "the second segment follows the first: {out}");
 }

@@ -192,11 +192,42 @@ pub enum AuditCommand {
         /// The store directory (offline: the service must not be running on it).
         #[arg(long)]
         store: Option<PathBuf>,
+        /// An exported segment (offline): checks it on its own.
+        #[arg(long, conflicts_with = "store")]
+        file: Option<PathBuf>,
+        /// With --file: the hash the segment must follow (the previous segment's last hash).
+        #[arg(long, requires = "file")]
+        after: Option<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
     /// Audit entries, newest first, with what each says (admin API).
     List(AuditListArgs),
+    /// Write the entries before a sequence number to a JSON Lines file that verifies on its own
+    /// (checked before the file is kept); `--prune` then removes them from the service.
+    Export {
+        /// Entries before this sequence number.
+        #[arg(long)]
+        before: u64,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Remove the exported entries from the service once the file verifies (admin).
+        #[arg(long)]
+        prune: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Remove exported entries through `--through`, proven by the hash the export ends with
+    /// (admin); `audit verify` then starts from that checkpoint.
+    Prune {
+        #[arg(long)]
+        through: u64,
+        #[arg(long)]
+        hash: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 /// `quench audit list`: filters combine (all must match).
@@ -274,11 +305,30 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write, styled: bool) -> 
         Command::Validate(args) => validate(&args, out, err, styled),
         Command::Test(args) => test(&args, out, err),
         Command::Audit {
-            command: AuditCommand::Verify { store, api },
-        } => match store {
-            Some(store) => audit_verify(&store, out, err),
-            None => remote::audit_verify(&api, out, err),
+            command:
+                AuditCommand::Verify {
+                    store,
+                    file,
+                    after,
+                    api,
+                },
+        } => match (store, file) {
+            (Some(store), _) => audit_verify(&store, out, err),
+            (None, Some(file)) => audit_verify_file(&file, after.as_deref(), out, err),
+            (None, None) => remote::audit_verify(&api, out, err),
         },
+        Command::Audit {
+            command:
+                AuditCommand::Export {
+                    before,
+                    out: path,
+                    prune,
+                    api,
+                },
+        } => remote::audit_export(before, &path, prune, &api, out, err),
+        Command::Audit {
+            command: AuditCommand::Prune { through, hash, api },
+        } => remote::audit_prune(through, &hash, &api, out, err),
         Command::Audit {
             command: AuditCommand::List(args),
         } => remote::audit_list(&args, out, err),
@@ -682,6 +732,36 @@ fn runtime(err: &mut dyn Write) -> Option<tokio::runtime::Runtime> {
 /// `quench serve`.
 pub fn serve(args: &ServeArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     run_service(args, false, out, err)
+}
+
+/// `quench audit verify --file`: an exported segment, on its own.
+fn audit_verify_file(
+    file: &std::path::Path,
+    after: Option<&str>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(error) => {
+            let _ = writeln!(err, "error: cannot read {}: {error}", file.display());
+            return EXIT_USAGE;
+        }
+    };
+    match crate::store::verify_segment(&text, after) {
+        Ok(segment) => {
+            let _ = writeln!(
+                out,
+                "segment ok: entries #{} to #{}, following {}, head {}",
+                segment.first, segment.last, segment.prev, segment.head
+            );
+            EXIT_OK
+        }
+        Err(problem) => {
+            let _ = writeln!(out, "segment broken: {problem}");
+            EXIT_INVALID
+        }
+    }
 }
 
 /// `quench up`.

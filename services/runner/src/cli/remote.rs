@@ -18,8 +18,8 @@ use super::{EXIT_CONFIG, EXIT_INVALID, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE};
 use crate::playbook::{Located, Severity};
 use crate::service::api::types::{
     AppliedView, ApplyRequest, AuditPage, AuditView, CancelRequest, Cancelled, DecisionRequest,
-    DecisionResult, DlqPage, ErrorBody, History, PlaybookList, Replayed, RunDetail, RunPage,
-    StepView, Verified, VersionSource,
+    DecisionResult, DlqPage, ErrorBody, History, PlaybookList, PruneRequest, PruneResult, Replayed,
+    RunDetail, RunPage, StepView, Verified, VersionSource,
 };
 
 /// Exit code for authentication and permission failures (EX_NOPERM).
@@ -283,6 +283,44 @@ impl Client {
         query: &[(&str, String)],
         body: Option<&B>,
     ) -> Result<T, Failure> {
+        self.runtime.block_on(async {
+            let (url, response) = self.request(method, path, query, body).await?;
+            let bytes = response.bytes().await.map_err(|error| {
+                Failure::Unreachable(format!("the answer from {url} broke off: {error}"))
+            })?;
+            serde_json::from_slice(&bytes)
+                .map_err(|error| Failure::Local(format!("unexpected answer from {url}: {error}")))
+        })
+    }
+
+    /// A GET whose body is written to `into` as it arrives (for answers that are not JSON and
+    /// can be large, such as an audit export).
+    fn download(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        into: &mut dyn Write,
+    ) -> Result<(), Failure> {
+        self.runtime.block_on(async {
+            let (url, mut response) = self.request::<()>(Method::GET, path, query, None).await?;
+            while let Some(chunk) = response.chunk().await.map_err(|error| {
+                Failure::Unreachable(format!("the answer from {url} broke off: {error}"))
+            })? {
+                into.write_all(&chunk)
+                    .map_err(|error| Failure::Local(format!("cannot write: {error}")))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Sends a request; a status other than success becomes the failure it stands for.
+    async fn request<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&B>,
+    ) -> Result<(url::Url, reqwest::Response), Failure> {
         let url = self
             .base
             .join(path)
@@ -294,38 +332,34 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
-        self.runtime.block_on(async {
-            let response = request.send().await.map_err(|error| {
-                Failure::Unreachable(format!(
-                    "cannot reach the quench API at {}: {} (is `quench serve` running there? see --api)",
-                    self.base,
-                    error.without_url()
-                ))
-            })?;
-            let status = response.status();
-            let bytes = response.bytes().await.map_err(|error| {
-                Failure::Unreachable(format!("the answer from {url} broke off: {error}"))
-            })?;
-            if status.is_success() {
-                return serde_json::from_slice(&bytes).map_err(|error| {
-                    Failure::Local(format!("unexpected answer from {url}: {error}"))
-                });
-            }
-            let body: ErrorBody = serde_json::from_slice(&bytes).map_err(|_| {
-                Failure::Refused(ErrorBody::new(
-                    "http",
-                    format!("{status} from {url}: {}", String::from_utf8_lossy(&bytes)),
-                ))
-            })?;
-            Err(match (status, body.error.code.as_str()) {
-                (StatusCode::UNAUTHORIZED, _) => Failure::Auth(format!(
-                    "{} (give --token or set QUENCH_TOKEN)",
-                    body.error.message
-                )),
-                (StatusCode::FORBIDDEN, "forbidden") => Failure::Auth(body.error.message),
-                (StatusCode::SERVICE_UNAVAILABLE, _) => Failure::Unreachable(body.error.message),
-                _ => Failure::Refused(body),
-            })
+        let response = request.send().await.map_err(|error| {
+            Failure::Unreachable(format!(
+                "cannot reach the quench API at {}: {} (is `quench serve` running there? see --api)",
+                self.base,
+                error.without_url()
+            ))
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok((url, response));
+        }
+        let bytes = response.bytes().await.map_err(|error| {
+            Failure::Unreachable(format!("the answer from {url} broke off: {error}"))
+        })?;
+        let body: ErrorBody = serde_json::from_slice(&bytes).map_err(|_| {
+            Failure::Refused(ErrorBody::new(
+                "http",
+                format!("{status} from {url}: {}", String::from_utf8_lossy(&bytes)),
+            ))
+        })?;
+        Err(match (status, body.error.code.as_str()) {
+            (StatusCode::UNAUTHORIZED, _) => Failure::Auth(format!(
+                "{} (give --token or set QUENCH_TOKEN)",
+                body.error.message
+            )),
+            (StatusCode::FORBIDDEN, "forbidden") => Failure::Auth(body.error.message),
+            (StatusCode::SERVICE_UNAVAILABLE, _) => Failure::Unreachable(body.error.message),
+            _ => Failure::Refused(body),
         })
     }
 }
@@ -1061,6 +1095,100 @@ pub(super) fn audit_verify(api: &ApiArgs, out: &mut dyn Write, err: &mut dyn Wri
         }
         Ok(if verified.ok { EXIT_OK } else { EXIT_INVALID })
     })
+}
+
+/// `quench audit export`: the entries before `before`, written to `out_path` (beside it, then
+/// renamed, once the file verifies on its own); with `prune`, then removed from the service.
+pub(super) fn audit_export(
+    before: u64,
+    out_path: &std::path::Path,
+    prune: bool,
+    api: &ApiArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    with_client(api, err, |client| {
+        let partial = out_path.with_extension("partial");
+        let local = |error: std::io::Error| {
+            Failure::Local(format!("cannot write {}: {error}", partial.display()))
+        };
+        let mut file = std::fs::File::create(&partial).map_err(local)?;
+        client.download(
+            "api/v1/audit/export",
+            &[("before", before.to_string())],
+            &mut file,
+        )?;
+        file.sync_all().map_err(local)?;
+        let text = std::fs::read_to_string(&partial).map_err(local)?;
+        let segment = crate::store::verify_segment(&text, None).map_err(|problem| {
+            Failure::Refused(ErrorBody::new(
+                "export_does_not_verify",
+                format!(
+                    "the export in {} does not verify: {problem}",
+                    partial.display()
+                ),
+            ))
+        })?;
+        std::fs::rename(&partial, out_path).map_err(local)?;
+        write_text(
+            out,
+            &format!(
+                "exported entries #{} to #{} to {} (they follow {}; the last hash is {})\n",
+                segment.first,
+                segment.last,
+                out_path.display(),
+                segment.prev,
+                segment.head
+            ),
+        )?;
+        if !prune {
+            write_text(
+                out,
+                &format!(
+                    "keep the file safe; then remove them from the service with:\n  quench audit prune --through {} --hash {}\n",
+                    segment.last, segment.head
+                ),
+            )?;
+            return Ok(EXIT_OK);
+        }
+        prune_through(client, segment.last, &segment.head, out)
+    })
+}
+
+/// `quench audit prune`.
+pub(super) fn audit_prune(
+    through: u64,
+    hash: &str,
+    api: &ApiArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    with_client(api, err, |client| prune_through(client, through, hash, out))
+}
+
+fn prune_through(
+    client: &Client,
+    through: u64,
+    hash: &str,
+    out: &mut dyn Write,
+) -> Result<u8, Failure> {
+    let result: PruneResult = client.post(
+        "api/v1/audit/prune",
+        &PruneRequest {
+            through,
+            hash: hash.to_owned(),
+        },
+    )?;
+    let text = match (result.checkpoint, result.checkpoint_hash) {
+        (Some(seq), Some(hash)) => format!(
+            "pruned the audit log through entry #{seq}; `audit verify` now starts after it (hash {hash})\n"
+        ),
+        _ => format!(
+            "nothing pruned: entries are removed in whole stored records, and none ends by entry #{through}\n"
+        ),
+    };
+    write_text(out, &text)?;
+    Ok(EXIT_OK)
 }
 
 /// `quench audit list` against the running service.

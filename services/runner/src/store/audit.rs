@@ -227,9 +227,77 @@ pub struct Verification {
     pub first_bad: Option<(u64, String)>,
 }
 
+/// Where the stored chain starts: after the last pruned (exported) entry, else at the start.
+pub(super) fn checkpoint(store: &Store) -> Result<Head, Error> {
+    Ok(store.get(Key::Meta(CHECKPOINT))?.unwrap_or(Head {
+        seq: 0,
+        hash: GENESIS.to_owned(),
+    }))
+}
+
+/// The metadata key of the prune checkpoint.
+pub(super) const CHECKPOINT: &str = "audit_checkpoint";
+
+/// Checks an exported segment on its own: JSON Lines of entry bodies (as hashed), in order, each
+/// following the one before; the first must follow `prev` when given (the hash the previous
+/// segment ended with, or the genesis hash for the first segment).
+pub fn verify_segment(text: &str, prev: Option<&str>) -> Result<Segment, String> {
+    let mut segment: Option<Segment> = None;
+    for (index, line) in text.lines().enumerate() {
+        let number = index + 1;
+        let entry: AuditEntry = serde_json::from_str(line)
+            .map_err(|error| format!("line {number} is not an audit entry: {error}"))?;
+        let hash = hex::encode(Sha256::digest(line.as_bytes()));
+        match &mut segment {
+            None => {
+                if let Some(prev) = prev
+                    && entry.prev != prev
+                {
+                    return Err(format!(
+                        "line 1 (entry #{}) does not follow {prev}: its prev is {}",
+                        entry.seq, entry.prev
+                    ));
+                }
+                if entry.seq == 1 && entry.prev != GENESIS {
+                    return Err("entry #1 does not start the chain".to_owned());
+                }
+                segment = Some(Segment {
+                    first: entry.seq,
+                    prev: entry.prev.clone(),
+                    last: entry.seq,
+                    head: hash,
+                });
+            }
+            Some(segment) => {
+                if entry.seq != segment.last + 1 || entry.prev != segment.head {
+                    return Err(format!(
+                        "line {number} (entry #{}) does not follow entry #{} (entries were changed, removed or reordered)",
+                        entry.seq, segment.last
+                    ));
+                }
+                segment.last = entry.seq;
+                segment.head = hash;
+            }
+        }
+    }
+    segment.ok_or_else(|| "the segment holds no entries".to_owned())
+}
+
+/// A verified exported segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub first: u64,
+    /// The hash the first entry follows.
+    pub prev: String,
+    pub last: u64,
+    /// The last entry's hash.
+    pub head: String,
+}
+
 pub(super) fn verify(store: &Store) -> Result<Verification, Error> {
-    let mut prev = GENESIS.to_owned();
-    let mut expected = 1u64;
+    let start = checkpoint(store)?;
+    let mut prev = start.hash;
+    let mut expected = start.seq + 1;
     let bad = |seq: u64, why: String, entries: u64, prev: &str| {
         Ok(Verification {
             entries,

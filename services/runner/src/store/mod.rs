@@ -21,7 +21,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use audit::{AuditDraft, AuditEntry, AuditRef, Verification, parse_stored};
+pub use audit::{
+    AuditDraft, AuditEntry, AuditRef, Segment, Verification, parse_stored, verify_segment,
+};
 
 pub use committer::SyncMode;
 
@@ -92,6 +94,17 @@ pub enum Error {
     /// the disk, so the store refuses every later commit until it is opened again.
     #[error("the store refuses writes after a failed commit ({0}); restart quench")]
     Failed(String),
+}
+
+/// What [`Store::prune_audit`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pruned {
+    /// Entries up to `seq` (whose hash is `hash`, the new checkpoint) were removed.
+    Through { seq: u64, hash: String },
+    /// No whole record ends by the entry given: nothing was removed.
+    Nothing,
+    /// The entry given is not stored with the hash given (or not stored): nothing was removed.
+    NotThatHash,
 }
 
 /// One entry of a playbook's history: when a version became current, and who made it so
@@ -807,9 +820,85 @@ impl Store {
         })
     }
 
-    /// Recomputes the audit chain and names the first entry that does not fit.
+    /// Recomputes the audit chain (from the prune checkpoint, if any) and names the first entry
+    /// that does not fit.
     pub fn verify_audit(&self) -> Result<Verification, Error> {
         audit::verify(self)
+    }
+
+    /// The entry the stored chain follows: the last pruned one, or `(0, genesis)`.
+    pub fn audit_checkpoint(&self) -> Result<(u64, String), Error> {
+        audit::checkpoint(self).map(|head| (head.seq, head.hash))
+    }
+
+    /// The bodies of stored audit entries before `before` (as hashed: one JSON Lines line
+    /// each), oldest first: an export segment (see [`audit::verify_segment`]).
+    pub fn audit_export(
+        &self,
+        before: u64,
+    ) -> impl Iterator<Item = Result<(u64, Vec<u8>), Error>> + '_ {
+        self.audit_entries()
+            .take_while(move |item| item.as_ref().map_or(true, |(seq, _)| *seq < before))
+            .map(|item| {
+                let (seq, stored) = item?;
+                let body = stored
+                    .iter()
+                    .position(|byte| *byte == b'\n')
+                    .map_or_else(Vec::new, |newline| stored[newline + 1..].to_vec());
+                Ok((seq, body))
+            })
+    }
+
+    /// Removes the audit records whose entries all come at or before `through`, which must be
+    /// stored with hash `hash` (whoever prunes shows they hold the export that ends there),
+    /// and records the last removed entry as the checkpoint `verify_audit` starts from.
+    pub async fn prune_audit(&self, through: u64, hash: &str) -> Result<Pruned, Error> {
+        let mut found = None;
+        let mut last_whole: Option<(u64, String)> = None;
+        let mut records = Vec::new();
+        for item in self.inner.db.scan_prefix(b"a/") {
+            let (key, record) = item?;
+            let first = key[2..]
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(u64::MAX);
+            let entries = audit::split_record(&record);
+            let hashes: Vec<Option<String>> = entries
+                .iter()
+                .map(|stored| parse_stored(stored).map(|(hash, _, _)| hash))
+                .collect();
+            let last = first + entries.len().saturating_sub(1) as u64;
+            if (first..=last).contains(&through) {
+                found = hashes.get((through - first) as usize).cloned().flatten();
+            }
+            let last_hash = hashes.last().cloned().flatten();
+            match last_hash {
+                Some(last_hash) if last <= through => {
+                    records.push(first);
+                    last_whole = Some((last, last_hash));
+                }
+                _ => break,
+            }
+        }
+        if found.as_deref() != Some(hash) {
+            return Ok(Pruned::NotThatHash);
+        }
+        let Some((seq, head)) = last_whole else {
+            return Ok(Pruned::Nothing);
+        };
+        let mut batch = Batch::new();
+        for first in records {
+            batch.delete(Key::Audit(first));
+        }
+        batch.put(
+            Key::Meta(audit::CHECKPOINT),
+            &audit::Head {
+                seq,
+                hash: head.clone(),
+            },
+        );
+        self.commit(batch).await?;
+        Ok(Pruned::Through { seq, hash: head })
     }
 
     /// On-disk size of the store directory, in bytes (0 for a temporary store).

@@ -12,7 +12,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody, Params};
 use super::query::{self, Sequence};
 use crate::config::Role;
-use crate::store::AuditEntry;
+use crate::store::{AuditDraft, AuditEntry, Batch, Pruned};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
@@ -175,6 +175,135 @@ pub(super) async fn list(
         .map(|(hash, entry)| AuditView::from_entry(Some(hash), entry))
         .collect();
     Ok(Json(AuditPage { entries, next }))
+}
+
+/// Which entries to export.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ExportQuery {
+    /// Entries before this sequence number (from the first one stored).
+    #[param(value_type = u64)]
+    before: Sequence,
+}
+
+/// The stored audit entries before `before`, oldest first, as JSON Lines: each line is an
+/// entry exactly as hashed, so the file verifies on its own (`quench audit verify --file`).
+#[utoipa::path(get, path = "/api/v1/audit/export", tag = "audit", params(ExportQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The entries (role viewer), one JSON object per line", content_type = "application/jsonl", body = String),
+        (status = 400, description = "Bad `before`", body = ErrorBody),
+        (status = 401, description = "No or unknown token", body = ErrorBody),
+        (status = 403, description = "Role too small", body = ErrorBody)
+    ))]
+pub(super) async fn export(
+    State(api): State<Api>,
+    caller: Caller,
+    Params(query): Params<ExportQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    caller.require(Role::Viewer)?;
+    let store = api.inner.engine.store().clone();
+    let before = query.before.0;
+    // Read on a blocking thread and sent as it is read: an export can be the whole log.
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(16);
+    tokio::task::spawn_blocking(move || {
+        for item in store.audit_export(before) {
+            let chunk = item
+                .map(|(_, mut body)| {
+                    body.push(b'\n');
+                    body
+                })
+                .map_err(std::io::Error::other);
+            let failed = chunk.is_err();
+            if sender.blocking_send(chunk).is_err() || failed {
+                return;
+            }
+        }
+    });
+    let stream = tokio_stream_of(receiver);
+    axum::response::Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/jsonl")
+        .body(axum::body::Body::from_stream(stream))
+        .map_err(ApiError::internal)
+}
+
+/// The receiving end of a channel as a stream.
+fn tokio_stream_of<T: Send + 'static>(
+    receiver: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    })
+}
+
+/// What to prune: the last entry of an export, and its hash.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct PruneRequest {
+    /// The last exported entry's sequence number.
+    pub(crate) through: u64,
+    /// Its hash (the export's last line, hashed): proof the caller holds that export.
+    pub(crate) hash: String,
+}
+
+/// What a prune removed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct PruneResult {
+    /// The last removed entry (the new checkpoint), absent when nothing could be removed
+    /// (entries are removed in whole stored records, so up to a few dozen entries before
+    /// `through` may stay).
+    pub(crate) checkpoint: Option<u64>,
+    pub(crate) checkpoint_hash: Option<String>,
+}
+
+/// Removes exported audit entries up to `through` (in whole stored records), leaving a
+/// checkpoint that verification starts from; audited with the caller's name.
+#[utoipa::path(post, path = "/api/v1/audit/prune", tag = "audit",
+    request_body = PruneRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Pruned, or nothing to prune (role admin)", body = PruneResult),
+        (status = 400, description = "A bad body", body = ErrorBody),
+        (status = 401, description = "No or unknown token", body = ErrorBody),
+        (status = 403, description = "Role too small", body = ErrorBody),
+        (status = 409, description = "That entry is not stored with that hash", body = ErrorBody)
+    ))]
+pub(super) async fn prune(
+    State(api): State<Api>,
+    caller: Caller,
+    super::error::Body(request): super::error::Body<PruneRequest>,
+) -> Result<Json<PruneResult>, ApiError> {
+    caller.require(Role::Admin)?;
+    let engine = &api.inner.engine;
+    let pruned = engine
+        .store()
+        .prune_audit(request.through, &request.hash)
+        .await?;
+    let (checkpoint, checkpoint_hash) = match pruned {
+        Pruned::NotThatHash => {
+            return Err(ApiError::Conflict(format!(
+                "entry #{} is not stored with hash {}: export the log again and prune with the hash its last line has",
+                request.through, request.hash
+            )));
+        }
+        Pruned::Nothing => (None, None),
+        Pruned::Through { seq, hash } => (Some(seq), Some(hash)),
+    };
+    if let (Some(seq), Some(hash)) = (checkpoint, &checkpoint_hash) {
+        let mut draft = AuditDraft::new(
+            engine.now(),
+            "audit_pruned",
+            serde_json::json!({"through": seq, "hash": hash, "asked_through": request.through}),
+        );
+        draft.actor = Some(serde_json::to_value(caller.actor()).unwrap_or_default());
+        let mut batch = Batch::new();
+        batch.audit(draft);
+        engine.store().commit(batch).await?;
+        tracing::info!(through = seq, by = %caller.name, "audit log pruned after export");
+    }
+    Ok(Json(PruneResult {
+        checkpoint,
+        checkpoint_hash,
+    }))
 }
 
 /// Recomputes the whole chain (one verification at a time) and names the first entry that

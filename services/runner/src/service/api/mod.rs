@@ -32,7 +32,7 @@ pub(crate) use auth::Tokens;
 
 /// The API's request and response bodies (the CLI reads them too).
 pub(crate) mod types {
-    pub(crate) use super::audit::{AuditPage, AuditView, Verified};
+    pub(crate) use super::audit::{AuditPage, AuditView, PruneRequest, PruneResult, Verified};
     pub(crate) use super::dlq::{DlqPage, Replayed};
     pub(crate) use super::error::ErrorBody;
     pub(crate) use super::playbooks::{
@@ -138,6 +138,8 @@ fn router() -> (Router<Api>, utoipa::openapi::OpenApi) {
         .routes(routes!(dlq::replay))
         .routes(routes!(audit::list))
         .routes(routes!(audit::verify))
+        .routes(routes!(audit::export))
+        .routes(routes!(audit::prune))
         .split_for_parts()
 }
 
