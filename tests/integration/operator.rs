@@ -2064,7 +2064,7 @@ async fn the_audit_log_is_exported_in_segments_that_verify_and_pruned_behind_a_c
     assert!(err.contains("is not stored with hash"), "{err}");
     assert_eq!(
         operator.audit().await.len() as u64,
-        total + 0,
+        total,
         "nothing removed"
     );
     let (code, out, err) = operator.cli(
