@@ -919,9 +919,11 @@ async fn list_keys_covers_every_active_project_across_pages() {
         .fake
         .seed_key("proj_old", "user_bob", KeySeed::new("key_archived"));
     // Bob leaves proj_1 with a key there: listed anyway (owner_project_access=any).
-    connector
-        .fake
-        .seed_key("proj_1", "user_bob", KeySeed::new("key_left_behind"));
+    connector.fake.seed_key(
+        "proj_1",
+        "user_bob",
+        KeySeed::new("key_left_behind").expires_at(1_770_000_000),
+    );
     connector
         .ok(
             "openai.remove_project_user",
@@ -964,6 +966,7 @@ async fn list_keys_covers_every_active_project_across_pages() {
             "redacted_value": redacted,
             "created_at": "2026-01-01T00:00:00Z",
             "last_used_at": "2026-01-04T04:13:20Z",
+            "expires_at": null,
             "owner_project_access": "active",
             "owner": {"type": "user", "id": "user_alice", "name": "alice", "email": "alice@example.com", "role": "owner"},
         })
@@ -974,6 +977,7 @@ async fn list_keys_covers_every_active_project_across_pages() {
     );
     assert_eq!(listed["keys"][1]["last_used_at"], Value::Null);
     assert_eq!(listed["keys"][2]["owner_project_access"], "inactive");
+    assert_eq!(listed["keys"][2]["expires_at"], "2026-02-02T02:40:00Z");
 
     let key_lists: Vec<_> = connector
         .fake

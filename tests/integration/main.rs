@@ -5,6 +5,7 @@ mod connectors_http;
 mod connectors_openai;
 mod connectors_slack;
 mod crash;
+mod demo;
 mod deploy;
 mod discovery;
 mod docs;

@@ -11,7 +11,7 @@ use futures::StreamExt;
 
 use crate::support::{free_port, hex, quench_bin, root};
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+pub(crate) fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).expect("create dir");
     for entry in std::fs::read_dir(from).expect("read dir") {
         let entry = entry.expect("entry");
@@ -21,6 +21,32 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         } else {
             std::fs::copy(entry.path(), &target).expect("copy");
         }
+    }
+}
+
+/// Waits (up to 30 s) until `quench up`'s banner is complete in `out`, its stdout file; fails
+/// with its stderr file `err` if it exits first.
+pub(crate) async fn wait_for_banner(
+    child: &mut std::process::Child,
+    out: &std::path::Path,
+    err: &std::path::Path,
+) -> String {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(out).unwrap_or_default();
+        if text.contains("Ctrl-C stops quench") {
+            return text;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut said = String::new();
+            let _ = std::fs::File::open(err).and_then(|mut file| file.read_to_string(&mut said));
+            panic!("quench up exited with {status}:\n{said}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no banner:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -40,24 +66,7 @@ async fn quench_up_starts_nats_serves_the_shipped_playbooks_and_stops_cleanly() 
         .spawn()
         .expect("quench up starts");
 
-    let started = Instant::now();
-    let banner = loop {
-        let text = std::fs::read_to_string(&stdout_path).unwrap_or_default();
-        if text.contains("Ctrl-C stops quench") {
-            break text;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut err = String::new();
-            let _ = std::fs::File::open(dir.path().join("up.err"))
-                .and_then(|mut file| file.read_to_string(&mut err));
-            panic!("quench up exited with {status}:\n{err}");
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no banner:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let banner = wait_for_banner(&mut child, &stdout_path, &dir.path().join("up.err")).await;
     assert!(banner.starts_with("quench is up (dry-run:"), "{banner}");
     // Without an admin key the scheduled reviews that read the Admin API are paused, and said so.
     assert!(
@@ -330,22 +339,12 @@ async fn quench_up_reads_the_local_config_and_a_second_one_is_refused() {
     .expect("config");
     let mut first = start_up(dir.path(), &format!("127.0.0.1:{}", free_port()), "first");
     let started = Instant::now();
-    let banner = loop {
-        let text = std::fs::read_to_string(dir.path().join("first.out")).unwrap_or_default();
-        if text.contains("Ctrl-C stops quench") {
-            break text;
-        }
-        assert!(
-            first.try_wait().ok().flatten().is_none(),
-            "quench up exited: {}",
-            std::fs::read_to_string(dir.path().join("first.err")).unwrap_or_default()
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no banner:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let banner = wait_for_banner(
+        &mut first,
+        &dir.path().join("first.out"),
+        &dir.path().join("first.err"),
+    )
+    .await;
     assert!(banner.contains("\n  config     quench.toml\n"), "{banner}");
     assert!(
         !banner.contains("a stand-in"),

@@ -764,8 +764,8 @@ where
 }
 
 pub(crate) mod gateway_client;
-// Not every helper of the fakes is used by a test yet.
-#[allow(dead_code)]
-pub(crate) mod openai_fake;
+/// The OpenAI fake is a crate of its own (`services/openai-fake`): `quench up --demo` serves it too.
+pub(crate) use quench_openai_fake as openai_fake;
+// Not every helper of the Slack fake is used by a test yet.
 #[allow(dead_code)]
 pub(crate) mod slack_fake;

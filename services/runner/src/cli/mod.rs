@@ -45,7 +45,7 @@ pub enum Command {
     Serve(ServeArgs),
     /// Quickstart: `serve` with a nats-server child (unless NATS is configured), the store in
     /// ./data/state, playbooks from ./workflows, dry-run unless an OpenAI admin key is set.
-    Up(ServeArgs),
+    Up(UpArgs),
     /// Publish findings (a JSON or JSON-lines file, a directory of them, or - for stdin).
     Publish(PublishArgs),
     /// Scheduled playbooks.
@@ -153,6 +153,17 @@ pub struct ServeArgs {
     /// Playbooks directory (overrides `playbooks.dir`).
     #[arg(long)]
     pub playbooks: Option<PathBuf>,
+}
+
+/// `quench up`'s flags: `serve`'s, and `--demo`.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Run against a simulated OpenAI organization served by this process, dry-run only, with
+    /// nothing leaving this machine (state in ./data/demo).
+    #[arg(long)]
+    pub demo: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -731,7 +742,7 @@ fn runtime(err: &mut dyn Write) -> Option<tokio::runtime::Runtime> {
 
 /// `quench serve`.
 pub fn serve(args: &ServeArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    run_service(args, false, out, err)
+    run_service(args, false, false, out, err)
 }
 
 /// `quench audit verify --file`: an exported segment, on its own.
@@ -765,11 +776,17 @@ fn audit_verify_file(
 }
 
 /// `quench up`.
-pub fn up(args: &ServeArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    run_service(args, true, out, err)
+pub fn up(args: &UpArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    run_service(&args.serve, true, args.demo, out, err)
 }
 
-fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+fn run_service(
+    args: &ServeArgs,
+    quickstart: bool,
+    demo: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
     // `quench up` owns ./data: a second one in the same directory stops here, before it starts
     // a nats-server on the same JetStream directory or prints a banner with a token.
     let _instance = if quickstart && !args.common.dump_config {
@@ -808,8 +825,9 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
         Ok(config) => config,
         Err(code) => return code,
     };
-    // `quench up` starts its own NATS unless one is configured (flag, environment or file).
-    let own_nats = quickstart && !nats_configured(&common);
+    // `quench up` starts its own NATS unless one is configured (flag, environment or file);
+    // the demo always does.
+    let own_nats = quickstart && (demo || !nats_configured(&common));
     // The shipped playbooks ask `group:secops`; a quickstart without `[groups]` gets a stand-in.
     let quickstart_group = quickstart && !config.groups.contains_key("secops");
     if quickstart_group {
@@ -834,6 +852,14 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
         token
     });
     let Some(result) = run_until_signalled(err, args.common.log_format, |shutdown| async move {
+        let demo = match demo {
+            true => Some(crate::service::demo::Demo::start(&mut config).await?),
+            false => None,
+        };
+        let nats_dir = match demo {
+            Some(_) => crate::service::demo::nats_dir(),
+            None => crate::service::up::nats_dir(),
+        };
         let child = if own_nats {
             let index = std::env::var("QUENCH_PYPI_INDEX")
                 .unwrap_or_else(|_| crate::service::up::install::DEFAULT_INDEX.to_owned());
@@ -851,9 +877,7 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
                     ));
                 }
             };
-            match crate::service::up::NatsChild::start(&server, &crate::service::up::nats_dir())
-                .await
-            {
+            match crate::service::up::NatsChild::start(&server, &nats_dir).await {
                 Ok(child) => {
                     config.nats.url = child.url().to_owned();
                     Some(child)
@@ -887,6 +911,7 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
                 token: quickstart_token.as_deref(),
                 paused: &paused,
                 config_file: config_file.as_deref(),
+                demo: demo.as_ref(),
             });
             let ready = shutdown.clone();
             let listen = config.api.listen.clone();
@@ -910,13 +935,17 @@ fn run_service(args: &ServeArgs, quickstart: bool, out: &mut dyn Write, err: &mu
                 }
             });
         }
-        let served = crate::service::serve(config, shutdown).await;
+        let start = demo
+            .as_ref()
+            .map_or_else(Default::default, crate::service::demo::Demo::start_options);
+        let served = crate::service::serve_with(config, start, shutdown).await;
         if quickstart {
             crate::service::up::Endpoints::remove(&crate::service::up::data_dir());
         }
         if let Some(child) = child {
             child.stop().await;
         }
+        drop(demo);
         served
     }) else {
         return EXIT_USAGE;

@@ -1043,7 +1043,8 @@ impl Engine {
             return Ok(());
         };
         let vars = ended.vars.clone();
-        let run = Run::new(&current, Some(&queued.finding), now, self.inner.config.mode);
+        let mode = self.inner.config.mode_of(&current);
+        let run = Run::new(&current, Some(&queued.finding), now, mode);
         self.start_run(tx, &current, run, ended.key.clone(), vars, now)?;
         Ok(())
     }

@@ -255,7 +255,12 @@ impl Engine {
             draft
         };
         // A provisional run gives `where`, `vars` and `key` the same context a run would.
-        let provisional = Run::new(playbook, Some(finding), now, self.inner.config.mode);
+        let provisional = Run::new(
+            playbook,
+            Some(finding),
+            now,
+            self.inner.config.mode_of(playbook),
+        );
         let scope = context(&provisional, playbook, now, Scope::default());
         if let Trigger::Finding(trigger) = &playbook.trigger
             && let Some(condition) = &trigger.condition
@@ -446,7 +451,7 @@ impl Engine {
             self.commit(tx).await?;
             return Ok((None, Vec::new()));
         }
-        let mut provisional = Run::new(&playbook, None, now, self.inner.config.mode);
+        let mut provisional = Run::new(&playbook, None, now, self.inner.config.mode_of(&playbook));
         let scope = context(&provisional, &playbook, now, Scope::default());
         let rendered = self
             .inner

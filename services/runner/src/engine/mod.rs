@@ -51,6 +51,8 @@ use crate::store::{AuditDraft, Batch, Key, Store};
 pub struct EngineConfig {
     /// The mode of playbooks that do not set one.
     pub mode: Mode,
+    /// Every run is dry-run, whatever its playbook's `mode` says (`quench up --demo`).
+    pub dry_run_only: bool,
     /// Approver groups: `group:<name>` → emails and Slack user ids.
     pub groups: BTreeMap<String, Vec<String>>,
     /// Per-attempt deadline of a step without its own `timeout`.
@@ -66,10 +68,23 @@ impl Default for EngineConfig {
     fn default() -> EngineConfig {
         EngineConfig {
             mode: Mode::Live,
+            dry_run_only: false,
             groups: BTreeMap::new(),
             default_step_timeout: Duration::from_secs(300),
             seen_retention: Duration::from_secs(30 * 24 * 3600),
             unavailable: Vec::new(),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The mode of a new run of `playbook`: dry-run when only dry runs are allowed, else the
+    /// playbook's own, else the default.
+    pub(crate) fn mode_of(&self, playbook: &Playbook) -> Mode {
+        if self.dry_run_only {
+            Mode::DryRun
+        } else {
+            playbook.mode.unwrap_or(self.mode)
         }
     }
 }

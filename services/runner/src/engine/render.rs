@@ -30,7 +30,12 @@ pub fn preview(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Vec<(String, Result<Value, String>)> {
     let renderer = Renderer::new();
-    let mut run = Run::new(playbook, Some(finding), now, Mode::DryRun);
+    let mut run = Run::new(
+        playbook,
+        Some(finding),
+        now,
+        playbook.mode.unwrap_or(Mode::DryRun),
+    );
     let mut rendered = Vec::new();
     let scope = context(&run, playbook, now, Scope::default());
     if let crate::playbook::Trigger::Finding(trigger) = &playbook.trigger

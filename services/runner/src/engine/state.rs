@@ -99,8 +99,9 @@ pub struct Run {
 }
 
 impl Run {
-    /// A run of `playbook` not yet given an id or written: `where`, `vars` and `key` are
-    /// evaluated against it, and [`super::Engine::start_run`] makes it the real one.
+    /// A run of `playbook` in `mode` (see [`super::EngineConfig`]'s `mode_of`), not yet given
+    /// an id or written: `where`, `vars` and `key` are evaluated against it, and
+    /// [`super::Engine::start_run`] makes it the real one.
     pub(crate) fn new(
         playbook: &crate::playbook::Playbook,
         finding: Option<&Finding>,
@@ -114,7 +115,7 @@ impl Run {
             key: finding.map_or_else(|| playbook.name.clone(), |finding| finding.key.clone()),
             finding: finding.cloned(),
             attached: Vec::new(),
-            mode: playbook.mode.unwrap_or(mode),
+            mode,
             status: RunStatus::Running,
             started_at: now,
             updated_at: now,

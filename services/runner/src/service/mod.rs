@@ -9,6 +9,7 @@
 //! playbooks directory with its hot reload (`playbooks`).
 
 pub(crate) mod api;
+pub mod demo;
 mod events;
 pub(crate) mod intake;
 mod nats;
@@ -116,9 +117,29 @@ impl Driver {
     }
 }
 
+/// How a service runs beyond what its config says: what `quench up --demo` changes (flags,
+/// not config keys, since no deployment should run this way).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Start {
+    /// Every run is dry-run, whatever its playbook's `mode` says.
+    pub dry_run_only: bool,
+    /// Start one run of every scheduled playbook once the service serves, instead of waiting
+    /// for its first tick (the timetable is unchanged).
+    pub trigger_schedules: bool,
+}
+
 /// The service. Returns when `shutdown` is cancelled and the grace period is over, or with an
 /// error when a store commit fails.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    serve_with(config, Start::default(), shutdown).await
+}
+
+/// [`serve`], with `start`'s changes.
+pub async fn serve_with(
+    config: Config,
+    start: Start,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     // Stops the service's tasks: on `shutdown`, or when a commit fails.
     let stop = shutdown.child_token();
     // Fail before connecting anything when the directory cannot be read at all.
@@ -145,6 +166,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     );
     let engine_config = EngineConfig {
         mode: config.mode(),
+        dry_run_only: start.dry_run_only,
         groups: config.groups.clone(),
         unavailable: unavailable(&config),
         ..EngineConfig::default()
@@ -264,6 +286,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     if let Some(retain) = config.store.retain_ended() {
         tasks.spawn(retention(engine.clone(), retain, stop.clone()));
     }
+    if start.trigger_schedules {
+        trigger_schedules(&engine, &driver).await;
+    }
     ready.store(true, Ordering::SeqCst);
     tracing::info!(listen = %config.api.listen, nats = %config.nats.url, mode = config.mode().as_str(), "quench is serving");
 
@@ -293,6 +318,30 @@ pub(crate) async fn ready(listen: &str) -> bool {
     match crate::connectors::http_client().get(url).send().await {
         Ok(response) => response.status().is_success(),
         Err(_) => false,
+    }
+}
+
+/// Starts one run of every scheduled playbook that is not paused, as a tick due now would
+/// (a disabled playbook, or one whose previous run is still open, starts none).
+async fn trigger_schedules(engine: &Engine, driver: &Driver) {
+    let paused: Vec<String> = engine
+        .paused_schedules()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    for (name, playbook) in engine.playbooks().iter() {
+        if !matches!(playbook.trigger, playbook::Trigger::Schedule(_)) || paused.contains(name) {
+            continue;
+        }
+        match engine.trigger(name).await {
+            Ok((run, wake)) => {
+                tracing::info!(playbook = %name, run_id = run.as_deref().unwrap_or("none"), "scheduled playbook started at start-up");
+                driver.spawn(wake).await;
+            }
+            Err(error) => {
+                tracing::error!(playbook = %name, %error, "cannot start the scheduled playbook; it runs at its next tick");
+            }
+        }
     }
 }
 

@@ -431,6 +431,9 @@ pub struct Banner<'a> {
     pub paused: &'a [(String, String)],
     /// The config file read, if any.
     pub config_file: Option<&'a str>,
+    /// `quench up --demo`'s organization, which changes the mode, adds lines and replaces the
+    /// next steps.
+    pub demo: Option<&'a super::demo::Demo>,
 }
 
 /// The banner's text.
@@ -444,21 +447,31 @@ pub fn next_steps(banner: &Banner<'_>) -> String {
         token,
         paused,
         config_file,
+        demo,
     } = *banner;
-    let mode = if dry_run {
+    let mode = if let Some(demo) = demo {
+        demo.mode()
+    } else if dry_run {
         "dry-run: no OpenAI admin key is configured, so nothing is changed at OpenAI; \
          mutating steps record the request they would send"
     } else {
         "live: OpenAI and Slack calls are real"
     };
+    let jetstream = match demo {
+        Some(_) => super::demo::nats_dir(),
+        None => nats_dir(),
+    };
+    let jetstream = jetstream.display();
     let nats_line = match nats_child {
         Some(child) => {
             let flush = match child.flush() {
-                Flush::EveryWrite => "JetStream in ./data/nats, synced to disk on every write",
-                Flush::Periodic => {
-                    "JetStream in ./data/nats; this nats-server is older than 2.10 and flushes \
-                     every two minutes: a power loss can lose acknowledged findings"
+                Flush::EveryWrite => {
+                    format!("JetStream in {jetstream}, synced to disk on every write")
                 }
+                Flush::Periodic => format!(
+                    "JetStream in {jetstream}; this nats-server is older than 2.10 and flushes \
+                     every two minutes: a power loss can lose acknowledged findings"
+                ),
             };
             let program = match child.origin() {
                 install::Origin::Path(version) => format!("nats-server {version} from the PATH"),
@@ -505,11 +518,12 @@ pub fn next_steps(banner: &Banner<'_>) -> String {
         ),
         None => (String::new(), String::new()),
     };
-    format!(
-        "quench is up ({mode}).
-  NATS       {nats_line}
-  admin API  http://{listen}{config_line}{group_line}{token_line}{paused_line}
-
+    let (demo_lines, steps) = match demo {
+        Some(demo) => (demo.summary(), demo.next_steps(listen, &token_step)),
+        None => (
+            String::new(),
+            format!(
+                "
 Next, in another terminal:
 {token_step}  1. publish the sample leaked-key finding:
        quench publish workflows/examples/leaked-openai-key.json
@@ -522,7 +536,15 @@ Next, in another terminal:
        quench audit verify
   (run these in this directory: they find this quench through ./data/up.json;
    elsewhere, add --nats {nats} or --api http://{listen})
-
+"
+            ),
+        ),
+    };
+    format!(
+        "quench is up ({mode}).
+  NATS       {nats_line}
+  admin API  http://{listen}{config_line}{group_line}{token_line}{paused_line}{demo_lines}
+{steps}
 Ctrl-C stops quench{}.
 ",
         if nats_child.is_some() {

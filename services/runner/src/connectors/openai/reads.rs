@@ -147,8 +147,9 @@ impl ListKeys {
     }
 }
 
-/// One key: `{project_id, id, name, redacted_value, created_at, last_used_at,
-/// owner_project_access, owner: {type, id, name, email, role}}`. Owner fields OpenAI does not
+/// One key: `{project_id, id, name, redacted_value, created_at, last_used_at, expires_at,
+/// owner_project_access, owner: {type, id, name, email, role}}` (`expires_at` is `null` for a
+/// key that never expires, or from a server that does not say). Owner fields OpenAI does not
 /// give (a service account has no e-mail) are `null`, so templates can test them.
 fn key_row(project_id: &str, key: &Value) -> Value {
     let owner = &key["owner"];
@@ -164,6 +165,7 @@ fn key_row(project_id: &str, key: &Value) -> Value {
         "redacted_value": key["redacted_value"],
         "created_at": time(&key["created_at"]),
         "last_used_at": time(&key["last_used_at"]),
+        "expires_at": time(&key["expires_at"]),
         "owner_project_access": key["owner_project_access"],
         "owner": {
             "type": owner["type"],

@@ -452,14 +452,34 @@ pub(super) async fn create_service_account_key(
             ));
         }
     };
+    // `openai-admin-api-updates.md` §3: 1 … 31,536,000 seconds, or null for no expiry.
+    let expires_in = match body.get("expires_in_seconds") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(number))
+            if number
+                .as_i64()
+                .is_some_and(|seconds| (1..=31_536_000).contains(&seconds)) =>
+        {
+            number.as_i64()
+        }
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "expires_in_seconds",
+                format!(
+                    "Invalid 'expires_in_seconds': expected an integer from 1 to 31536000, but got {other}."
+                ),
+            ));
+        }
+    };
     let key_id = format!("key_fake{:04}", state.seq());
     let now = state.now();
-    state.add_key(
-        &project_id,
-        Owner::ServiceAccount(sa_id),
-        KeySeed::new(&key_id).name(&name).created_at(now),
-    );
-    let body = key_created_body(&state, &key_id);
+    let mut seed = KeySeed::new(&key_id).name(&name).created_at(now);
+    if let Some(seconds) = expires_in {
+        seed = seed.expires_at(now + seconds);
+    }
+    state.add_key(&project_id, Owner::ServiceAccount(sa_id), seed);
+    let mut body = key_created_body(&state, &key_id);
+    body["expires_at"] = json!(expires_in.map(|seconds| now + seconds));
     state.audit_mutation(
         "api_key.created",
         json!({"id": key_id, "data": {"scopes": scopes}}),

@@ -169,6 +169,7 @@ pub(super) struct ProjectKey {
     pub(super) redacted_value: String,
     pub(super) created_at: i64,
     pub(super) last_used_at: Option<i64>,
+    pub(super) expires_at: Option<i64>,
     pub(super) owner: Owner,
     pub(super) seq: u64,
 }
@@ -311,6 +312,15 @@ impl State {
         };
         state.admin_key_value = state.add_admin_key("key_admin_fake", "Fake admin key");
         state
+    }
+
+    /// Makes `secret` the value of the fake's own admin key, the one requests authenticate with.
+    pub(super) fn replace_admin_key(&mut self, secret: &str) {
+        let id = self.admin_key_id.clone();
+        if let Some(key) = self.admin_keys.iter_mut().find(|key| key.id == id) {
+            key.value = secret.to_owned();
+        }
+        self.admin_key_value = secret.to_owned();
     }
 
     pub(super) fn seq(&mut self) -> u64 {
@@ -475,6 +485,7 @@ impl State {
             redacted_value,
             created_at: seed.created_at,
             last_used_at: seed.last_used_at,
+            expires_at: seed.expires_at,
             owner,
             seq,
         });
@@ -590,6 +601,7 @@ impl State {
             "name": key.name,
             "created_at": key.created_at,
             "last_used_at": key.last_used_at,
+            "expires_at": key.expires_at,
             "id": key.id,
             "owner_project_access": if self.owner_has_access(key) { "active" } else { "inactive" },
             "owner": self.render_owner(key),

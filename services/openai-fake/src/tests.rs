@@ -6,6 +6,13 @@ use serde_json::{Value, json};
 
 use super::{AuditEvent, Fault, KeySeed, OpenAiFake, RateLimitSeed, Role, UsageSeed};
 
+/// A reqwest client; reqwest is built without a default TLS crypto provider, so ring is
+/// installed first (once per process; an earlier one is kept).
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// A response: status, `Retry-After` if any, JSON body.
 struct Answer {
     status: u16,
@@ -20,7 +27,7 @@ async fn send_as(
     path: &str,
     body: Option<Value>,
 ) -> Answer {
-    let client = reqwest::Client::new();
+    let client = client();
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("valid method");
     let mut request = client.request(method, format!("{}{path}", fake.base_url()));
     if let Some(auth) = auth {
@@ -168,6 +175,32 @@ async fn requests_without_the_admin_key_are_refused_like_openai() {
 }
 
 #[tokio::test]
+async fn a_given_admin_key_is_the_only_one_accepted() {
+    let secret = "sk-admin-given0123456789abcdef";
+    let fake = OpenAiFake::serve(Some(secret)).await.expect("serves");
+    assert_eq!(fake.admin_key(), secret);
+    assert_eq!(
+        send(&fake, "GET", "/organization/projects", None)
+            .await
+            .status,
+        200
+    );
+    let made_up = OpenAiFake::start().await.admin_key();
+    let refused = send_as(
+        &fake,
+        Some(&format!("Bearer {made_up}")),
+        "GET",
+        "/organization/projects",
+        None,
+    )
+    .await;
+    assert_eq!(assert_error(&refused, 401)["code"], "invalid_api_key");
+    let listed = get(&fake, "/organization/admin_api_keys").await;
+    assert_eq!(listed["data"][0]["id"], fake.admin_key_id());
+    assert_eq!(listed["data"][0]["redacted_value"], "sk-admin...cdef");
+}
+
+#[tokio::test]
 async fn projects_page_across_several_pages_and_archive() {
     let fake = OpenAiFake::start().await;
     for n in 1..=5 {
@@ -252,6 +285,7 @@ async fn project_keys_have_the_spec_shape_and_page() {
     assert_eq!(alice["object"], "organization.project.api_key");
     assert_eq!(alice["name"], "laptop");
     assert_eq!(alice["last_used_at"], 1_767_500_000);
+    assert_eq!(alice["expires_at"], Value::Null, "seeded without an expiry");
     assert_eq!(alice["owner_project_access"], "active");
     assert_eq!(alice["owner"]["type"], "user");
     assert_eq!(alice["owner"]["user"]["email"], "alice@example.com");
@@ -280,7 +314,14 @@ async fn project_keys_have_the_spec_shape_and_page() {
         404,
     );
 
-    for n in 0..5 {
+    fake.seed_key(
+        "proj_1",
+        "user_alice",
+        KeySeed::new("key_expiring").expires_at(1_770_000_000),
+    );
+    let expiring = get(&fake, "/organization/projects/proj_1/api_keys/key_expiring").await;
+    assert_eq!(expiring["expires_at"], 1_770_000_000);
+    for n in 0..4 {
         fake.seed_key(
             "proj_1",
             "user_alice",
@@ -411,6 +452,84 @@ async fn service_accounts_list_create_and_delete_with_their_keys() {
     assert_error(
         &send(&fake, "POST", archived, Some(json!({"name": "x"}))).await,
         400,
+    );
+}
+
+#[tokio::test]
+async fn service_account_keys_are_minted_with_scopes_and_an_expiry() {
+    let fake = seeded().await;
+    let path = "/organization/projects/proj_1/service_accounts/svc_acct_ci/api_keys";
+    let minted = send(
+        &fake,
+        "POST",
+        path,
+        Some(
+            json!({"name": "rotated", "scopes": ["api.model.request"], "expires_in_seconds": 3600}),
+        ),
+    )
+    .await;
+    assert_eq!(minted.status, 200, "{}", minted.body);
+    assert_eq!(
+        minted.body["object"],
+        "organization.project.service_account.api_key"
+    );
+    assert_eq!(minted.body["name"], "rotated");
+    assert_eq!(minted.body["expires_at"], 1_767_600_000 + 3600);
+    assert!(
+        minted.body["value"]
+            .as_str()
+            .expect("the secret, once")
+            .starts_with("sk-svcacct-")
+    );
+    let id = minted.body["id"].as_str().expect("id").to_owned();
+    let listed = get(
+        &fake,
+        &format!("/organization/projects/proj_1/api_keys/{id}"),
+    )
+    .await;
+    assert_eq!(listed["expires_at"], 1_767_600_000 + 3600);
+    assert_eq!(listed["owner"]["service_account"]["id"], "svc_acct_ci");
+    let audit = fake.audit_events();
+    let created = audit.last().expect("an audit event");
+    assert_eq!(created["type"], "api_key.created");
+    assert_eq!(
+        created["api_key.created"]["data"]["scopes"],
+        json!(["api.model.request"])
+    );
+
+    let forever = send(
+        &fake,
+        "POST",
+        path,
+        Some(json!({"expires_in_seconds": null})),
+    )
+    .await;
+    assert_eq!(forever.status, 200, "{}", forever.body);
+    assert_eq!(forever.body["expires_at"], Value::Null);
+    assert_eq!(forever.body["name"], "Secret key");
+    for bad in [json!(0), json!(31_536_001), json!("3600"), json!(1.5)] {
+        let refused = send(
+            &fake,
+            "POST",
+            path,
+            Some(json!({"expires_in_seconds": bad})),
+        )
+        .await;
+        assert_eq!(
+            assert_error(&refused, 400)["param"],
+            "expires_in_seconds",
+            "{bad}"
+        );
+    }
+    assert_error(
+        &send(
+            &fake,
+            "POST",
+            "/organization/projects/proj_1/service_accounts/svc_nope/api_keys",
+            Some(json!({})),
+        )
+        .await,
+        404,
     );
 }
 
@@ -1022,7 +1141,7 @@ async fn a_maximum_page_size_caps_every_list_whatever_the_limit() {
 #[tokio::test]
 async fn the_organization_header_is_recorded() {
     let fake = seeded().await;
-    let client = reqwest::Client::new();
+    let client = client();
     let response = client
         .get(format!("{}/organization/projects", fake.base_url()))
         .bearer_auth(fake.admin_key())
@@ -1042,7 +1161,7 @@ async fn stops_serving_when_dropped() {
     let fake = OpenAiFake::start().await;
     let url = format!("{}/organization/projects", fake.base_url());
     drop(fake);
-    let client = reqwest::Client::new();
+    let client = client();
     let mut refused = false;
     for _ in 0..50 {
         if client.get(&url).send().await.is_err() {

@@ -18,8 +18,17 @@
 //! - Changes made through the API append audit events (actor: the admin key; `project`: the
 //!   default project if one is set, as the spec says for Admin API key actions). Tests can turn
 //!   this off with [`OpenAiFake::set_audit_mutations`].
+//! - Project API keys carry `expires_at` (`null` when seeded without one), and a service-account
+//!   key created with `expires_in_seconds` expires that long after its creation, as
+//!   `openai-admin-api-updates.md` describes; the fake does not refuse an expired key.
+//!
+//! Two users: quench's integration tests, and `quench up --demo`, which serves [`demo::seed`]'s
+//! simulated organization from inside the quench process.
+
+#![warn(missing_docs)]
 
 mod api;
+pub mod demo;
 mod state;
 
 use std::net::SocketAddr;
@@ -32,7 +41,7 @@ use state::{AuditEntry, Membership, Owner, Project, RateLimit, ServiceAccount, S
 
 /// A failure the fake returns instead of (or, for `Slow`, before) the normal answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Fault {
+pub enum Fault {
     /// 429 with `Retry-After: <secs>` and an OpenAI error body.
     RateLimited {
         /// The `Retry-After` value in seconds.
@@ -51,24 +60,24 @@ pub(crate) enum Fault {
 
 /// One request the fake received.
 #[derive(Debug, Clone)]
-pub(crate) struct Call {
+pub struct Call {
     /// HTTP method, e.g. `GET`.
-    pub(crate) method: String,
+    pub method: String,
     /// Path including `/v1`.
-    pub(crate) path: String,
+    pub path: String,
     /// Decoded query pairs in the order sent (`event_types[]` appears once per value).
-    pub(crate) query: Vec<(String, String)>,
+    pub query: Vec<(String, String)>,
     /// The JSON body, if any (a body that is not JSON is kept as a string).
-    pub(crate) body: Option<Value>,
+    pub body: Option<Value>,
     /// The `Authorization` header as sent.
-    pub(crate) authorization: Option<String>,
+    pub authorization: Option<String>,
     /// The `OpenAI-Organization` header as sent.
-    pub(crate) organization: Option<String>,
+    pub organization: Option<String>,
 }
 
 impl Call {
     /// The first value of query parameter `name`.
-    pub(crate) fn query_value(&self, name: &str) -> Option<&str> {
+    pub fn query_value(&self, name: &str) -> Option<&str> {
         self.query
             .iter()
             .find(|(key, _)| key == name)
@@ -76,7 +85,7 @@ impl Call {
     }
 
     /// Every value of query parameter `name` (give the exact name, e.g. `event_types[]`).
-    pub(crate) fn query_values(&self, name: &str) -> Vec<&str> {
+    pub fn query_values(&self, name: &str) -> Vec<&str> {
         self.query
             .iter()
             .filter(|(key, _)| key == name)
@@ -87,7 +96,7 @@ impl Call {
 
 /// A user's role in a project.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Role {
+pub enum Role {
     /// `owner`
     Owner,
     /// `member`
@@ -96,7 +105,7 @@ pub(crate) enum Role {
 
 impl Role {
     /// The wire value.
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Role::Owner => "owner",
             Role::Member => "member",
@@ -114,18 +123,19 @@ impl Role {
 
 /// A project API key to seed. The secret is made up from the id unless given.
 #[derive(Debug, Clone)]
-pub(crate) struct KeySeed {
+pub struct KeySeed {
     id: String,
     name: String,
     value: Option<String>,
     redacted_value: Option<String>,
     created_at: i64,
     last_used_at: Option<i64>,
+    expires_at: Option<i64>,
 }
 
 impl KeySeed {
     /// A key with this id, named "Secret key", created at 2026-01-01, never used.
-    pub(crate) fn new(id: &str) -> KeySeed {
+    pub fn new(id: &str) -> KeySeed {
         KeySeed {
             id: id.to_owned(),
             name: "Secret key".to_owned(),
@@ -133,50 +143,57 @@ impl KeySeed {
             redacted_value: None,
             created_at: DEFAULT_CREATED_AT,
             last_used_at: None,
+            expires_at: None,
         }
     }
 
     /// Sets the key's name.
-    pub(crate) fn name(mut self, name: &str) -> KeySeed {
+    pub fn name(mut self, name: &str) -> KeySeed {
         self.name = name.to_owned();
         self
     }
 
     /// Sets the full secret; `redacted_value` is derived from it unless set too.
-    pub(crate) fn value(mut self, value: &str) -> KeySeed {
+    pub fn value(mut self, value: &str) -> KeySeed {
         self.value = Some(value.to_owned());
         self
     }
 
     /// Sets `redacted_value` as the API shows it.
-    pub(crate) fn redacted_value(mut self, redacted: &str) -> KeySeed {
+    pub fn redacted_value(mut self, redacted: &str) -> KeySeed {
         self.redacted_value = Some(redacted.to_owned());
         self
     }
 
     /// Sets `created_at` (Unix seconds).
-    pub(crate) fn created_at(mut self, at: i64) -> KeySeed {
+    pub fn created_at(mut self, at: i64) -> KeySeed {
         self.created_at = at;
         self
     }
 
     /// Sets `last_used_at` (Unix seconds).
-    pub(crate) fn last_used_at(mut self, at: i64) -> KeySeed {
+    pub fn last_used_at(mut self, at: i64) -> KeySeed {
         self.last_used_at = Some(at);
+        self
+    }
+
+    /// Sets `expires_at` (Unix seconds); without it the key never expires.
+    pub fn expires_at(mut self, at: i64) -> KeySeed {
+        self.expires_at = Some(at);
         self
     }
 }
 
 /// A project rate limit to seed: one per model, id `rl-<model>`.
 #[derive(Debug, Clone)]
-pub(crate) struct RateLimitSeed {
+pub struct RateLimitSeed {
     model: String,
     limits: Vec<(&'static str, i64)>,
 }
 
 impl RateLimitSeed {
     /// The two limits every model has.
-    pub(crate) fn new(
+    pub fn new(
         model: &str,
         max_requests_per_1_minute: i64,
         max_tokens_per_1_minute: i64,
@@ -191,7 +208,7 @@ impl RateLimitSeed {
     }
 
     /// Adds one of the optional limits (`max_images_per_1_minute`, `max_requests_per_1_day`, …).
-    pub(crate) fn with(mut self, field: &'static str, value: i64) -> RateLimitSeed {
+    pub fn with(mut self, field: &'static str, value: i64) -> RateLimitSeed {
         assert!(
             state::RATE_LIMIT_FIELDS.contains(&field),
             "{field} is not a rate limit field in the spec"
@@ -204,7 +221,7 @@ impl RateLimitSeed {
 
 /// An audit log event to seed (an `AuditLog` object of the spec).
 #[derive(Debug, Clone)]
-pub(crate) struct AuditEvent {
+pub struct AuditEvent {
     event_type: String,
     effective_at: i64,
     project_id: Option<String>,
@@ -216,7 +233,7 @@ impl AuditEvent {
     /// An event of `event_type` at `effective_at` whose type-keyed object is `details`
     /// (e.g. `{"id": "key_1", "changes_requested": {"scopes": [...]}}`). The actor is a
     /// dashboard session of `user-fake` unless set.
-    pub(crate) fn new(event_type: &str, effective_at: i64, details: Value) -> AuditEvent {
+    pub fn new(event_type: &str, effective_at: i64, details: Value) -> AuditEvent {
         AuditEvent {
             event_type: event_type.to_owned(),
             effective_at,
@@ -233,13 +250,13 @@ impl AuditEvent {
     }
 
     /// Scopes the event to a seeded project (`project: {id, name}`).
-    pub(crate) fn project(mut self, project_id: &str) -> AuditEvent {
+    pub fn project(mut self, project_id: &str) -> AuditEvent {
         self.project_id = Some(project_id.to_owned());
         self
     }
 
     /// Sets the `actor` object.
-    pub(crate) fn actor(mut self, actor: Value) -> AuditEvent {
+    pub fn actor(mut self, actor: Value) -> AuditEvent {
         self.actor = actor;
         self
     }
@@ -247,7 +264,7 @@ impl AuditEvent {
 
 /// Completions usage to seed: what one key did at one moment. The fake sums these into buckets.
 #[derive(Debug, Clone)]
-pub(crate) struct UsageSeed {
+pub struct UsageSeed {
     at: i64,
     project_id: String,
     api_key_id: String,
@@ -265,7 +282,7 @@ pub(crate) struct UsageSeed {
 
 impl UsageSeed {
     /// One request by `api_key_id` in `project_id` at `at` (Unix seconds), model `gpt-4o-mini`.
-    pub(crate) fn new(at: i64, project_id: &str, api_key_id: &str) -> UsageSeed {
+    pub fn new(at: i64, project_id: &str, api_key_id: &str) -> UsageSeed {
         UsageSeed {
             at,
             project_id: project_id.to_owned(),
@@ -284,32 +301,32 @@ impl UsageSeed {
     }
 
     /// Sets `num_model_requests`.
-    pub(crate) fn requests(mut self, count: i64) -> UsageSeed {
+    pub fn requests(mut self, count: i64) -> UsageSeed {
         self.num_model_requests = count;
         self
     }
 
     /// Sets input and output tokens.
-    pub(crate) fn tokens(mut self, input: i64, output: i64) -> UsageSeed {
+    pub fn tokens(mut self, input: i64, output: i64) -> UsageSeed {
         self.input_tokens = input;
         self.output_tokens = output;
         self
     }
 
     /// Sets the model.
-    pub(crate) fn model(mut self, model: &str) -> UsageSeed {
+    pub fn model(mut self, model: &str) -> UsageSeed {
         self.model = model.to_owned();
         self
     }
 
     /// Sets the user whose key it was.
-    pub(crate) fn user(mut self, user_id: &str) -> UsageSeed {
+    pub fn user(mut self, user_id: &str) -> UsageSeed {
         self.user_id = Some(user_id.to_owned());
         self
     }
 
     /// Marks it as batch usage.
-    pub(crate) fn batch(mut self, batch: bool) -> UsageSeed {
+    pub fn batch(mut self, batch: bool) -> UsageSeed {
         self.batch = batch;
         self
     }
@@ -329,7 +346,7 @@ impl Shared {
 }
 
 /// The running fake. Dropping it stops the server.
-pub(crate) struct OpenAiFake {
+pub struct OpenAiFake {
     addr: SocketAddr,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
@@ -352,39 +369,53 @@ impl Drop for OpenAiFake {
 impl OpenAiFake {
     /// Binds 127.0.0.1 on a free port and serves in a background task. The fake starts with
     /// one admin key (see [`OpenAiFake::admin_key`]) and nothing else.
-    pub(crate) async fn start() -> OpenAiFake {
-        // Tests talk to the fake with reqwest, which needs a crypto provider installed.
-        quench_runner::connectors::install_crypto_provider();
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::new()),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    ///
+    /// # Panics
+    ///
+    /// When no loopback port can be bound (tests want to stop there); [`OpenAiFake::serve`]
+    /// returns the error instead.
+    pub async fn start() -> OpenAiFake {
+        OpenAiFake::serve(None)
             .await
-            .expect("the OpenAI fake binds a loopback port");
-        let addr = listener
-            .local_addr()
-            .expect("a bound socket has an address");
+            .expect("the OpenAI fake binds a loopback port")
+    }
+
+    /// Binds 127.0.0.1 on a free port and serves in a background task, with `admin_key` (when
+    /// given) as the only secret it accepts instead of the made-up `sk-admin-fake…` one, so a
+    /// fake that must not answer a key known in advance (`quench up --demo`) is never reachable
+    /// with one. The key is set before the first request can arrive.
+    pub async fn serve(admin_key: Option<&str>) -> std::io::Result<OpenAiFake> {
+        let mut state = State::new();
+        if let Some(secret) = admin_key {
+            state.replace_admin_key(secret);
+        }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
         let app = api::router(shared.clone());
         let task = tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, app).await {
                 eprintln!("OpenAI fake stopped: {error}");
             }
         });
-        OpenAiFake { addr, shared, task }
+        Ok(OpenAiFake { addr, shared, task })
     }
 
     /// `http://127.0.0.1:PORT/v1`, the base URL a client is pointed at.
-    pub(crate) fn base_url(&self) -> String {
+    pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
     }
 
-    /// The admin key (`sk-admin-fake…`) the fake accepts as `Authorization: Bearer`.
-    pub(crate) fn admin_key(&self) -> String {
+    /// The admin key (`sk-admin-fake…`, or the one given to [`OpenAiFake::serve`]) the fake
+    /// accepts as `Authorization: Bearer`.
+    pub fn admin_key(&self) -> String {
         self.shared.lock().admin_key_value.clone()
     }
 
     /// The id of that admin key in `GET /organization/admin_api_keys`.
-    pub(crate) fn admin_key_id(&self) -> String {
+    pub fn admin_key_id(&self) -> String {
         self.shared.lock().admin_key_id.clone()
     }
 
@@ -392,18 +423,18 @@ impl OpenAiFake {
 
     /// Fixes the fake's clock (Unix seconds): creation, archive and audit times, and the end of
     /// usage queries without `end_time`. By default it is the system clock.
-    pub(crate) fn set_now(&self, unix_seconds: i64) {
+    pub fn set_now(&self, unix_seconds: i64) {
         self.shared.lock().now = Some(unix_seconds);
     }
 
     /// Overrides the spec's default `limit` of every cursor list (projects, keys, audit logs, …)
     /// for requests that send no `limit`, so tests can force several pages.
-    pub(crate) fn set_default_page_size(&self, size: usize) {
+    pub fn set_default_page_size(&self, size: usize) {
         self.shared.lock().page_size = Some(size);
     }
 
     /// Overrides the default number of usage buckets per page (spec: 7, 24 or 60).
-    pub(crate) fn set_default_usage_buckets(&self, buckets: usize) {
+    pub fn set_default_usage_buckets(&self, buckets: usize) {
         self.shared.lock().usage_page_size = Some(buckets);
     }
 
@@ -411,29 +442,29 @@ impl OpenAiFake {
     /// a request sends. `limit` is only an upper bound in the spec, so clients must follow
     /// `has_more` rather than count items; this lets tests force several pages on a client
     /// that asks for the maximum.
-    pub(crate) fn set_max_page_size(&self, size: usize) {
+    pub fn set_max_page_size(&self, size: usize) {
         self.shared.lock().max_page_size = Some(size.max(1));
     }
 
     /// Breaks pagination: every list answers its first page with `has_more: true` and the same
     /// `last_id` (usage: the same `next_page`), whatever cursor is sent.
-    pub(crate) fn set_always_has_more_same_cursor(&self, on: bool) {
+    pub fn set_always_has_more_same_cursor(&self, on: bool) {
         self.shared.lock().broken_pagination = on;
     }
 
     /// Whether changes made through the API append audit events (default: yes).
-    pub(crate) fn set_audit_mutations(&self, on: bool) {
+    pub fn set_audit_mutations(&self, on: bool) {
         self.shared.lock().audit_mutations = on;
     }
 
     /// The next `count` requests fail with `fault` (queued after faults already waiting).
-    pub(crate) fn fail_next(&self, count: usize, fault: Fault) {
+    pub fn fail_next(&self, count: usize, fault: Fault) {
         self.shared.lock().queue_fault(None, count, fault);
     }
 
     /// Like [`OpenAiFake::fail_next`], for requests whose path starts with `path_prefix`
     /// (with or without the leading `/v1`).
-    pub(crate) fn fail_next_on(&self, path_prefix: &str, count: usize, fault: Fault) {
+    pub fn fail_next_on(&self, path_prefix: &str, count: usize, fault: Fault) {
         self.shared
             .lock()
             .queue_fault(Some(path_prefix.to_owned()), count, fault);
@@ -442,12 +473,12 @@ impl OpenAiFake {
     // ---- seeding ----
 
     /// Adds an active project created at 2026-01-01.
-    pub(crate) fn seed_project(&self, id: &str, name: &str) {
+    pub fn seed_project(&self, id: &str, name: &str) {
         self.shared.lock().add_project(id, name, None);
     }
 
     /// Adds a project that is already archived.
-    pub(crate) fn seed_archived_project(&self, id: &str, name: &str) {
+    pub fn seed_archived_project(&self, id: &str, name: &str) {
         self.shared
             .lock()
             .add_project(id, name, Some(DEFAULT_CREATED_AT));
@@ -455,14 +486,14 @@ impl OpenAiFake {
 
     /// Marks a seeded project as the organization's default project: it cannot be modified,
     /// and audit events from Admin API key actions are attributed to it.
-    pub(crate) fn set_default_project(&self, project_id: &str) {
+    pub fn set_default_project(&self, project_id: &str) {
         let mut state = self.shared.lock();
         state.expect_project(project_id);
         state.default_project = Some(project_id.to_owned());
     }
 
     /// Adds an organization user (name from the e-mail's local part) as a member of a project.
-    pub(crate) fn seed_user(&self, project_id: &str, user_id: &str, email: &str, role: Role) {
+    pub fn seed_user(&self, project_id: &str, user_id: &str, email: &str, role: Role) {
         let mut state = self.shared.lock();
         state.expect_project(project_id);
         state.add_org_user(user_id, email);
@@ -470,13 +501,13 @@ impl OpenAiFake {
     }
 
     /// Adds an organization user who is in no project (for `POST …/users` with `email`).
-    pub(crate) fn seed_org_user(&self, user_id: &str, email: &str) {
+    pub fn seed_org_user(&self, user_id: &str, email: &str) {
         self.shared.lock().add_org_user(user_id, email);
     }
 
     /// Adds a user-owned project API key; the owner must have been seeded (`seed_user` or
     /// `seed_org_user`). An owner who is not a project member has `owner_project_access: inactive`.
-    pub(crate) fn seed_key(&self, project_id: &str, owner_user_id: &str, key: KeySeed) {
+    pub fn seed_key(&self, project_id: &str, owner_user_id: &str, key: KeySeed) {
         let mut state = self.shared.lock();
         state.expect_project(project_id);
         assert!(
@@ -488,7 +519,7 @@ impl OpenAiFake {
 
     /// Adds a service account (role `member`) and, as creating one through the API does, its
     /// API key.
-    pub(crate) fn seed_service_account(
+    pub fn seed_service_account(
         &self,
         project_id: &str,
         service_account_id: &str,
@@ -506,29 +537,29 @@ impl OpenAiFake {
     }
 
     /// Adds an organization admin API key owned by `user-fake`; returns its secret.
-    pub(crate) fn seed_admin_key(&self, id: &str, name: &str) -> String {
+    pub fn seed_admin_key(&self, id: &str, name: &str) -> String {
         self.shared.lock().add_admin_key(id, name)
     }
 
     /// Adds a rate limit to a project; returns its id (`rl-<model>`).
-    pub(crate) fn seed_rate_limit(&self, project_id: &str, seed: RateLimitSeed) -> String {
+    pub fn seed_rate_limit(&self, project_id: &str, seed: RateLimitSeed) -> String {
         let mut state = self.shared.lock();
         state.expect_project(project_id);
         state.add_rate_limit(project_id, seed)
     }
 
     /// Appends an audit log event; returns its id.
-    pub(crate) fn push_audit_event(&self, event: AuditEvent) -> String {
+    pub fn push_audit_event(&self, event: AuditEvent) -> String {
         self.shared.lock().add_audit(event)
     }
 
     /// Records completions usage.
-    pub(crate) fn push_usage(&self, usage: UsageSeed) {
+    pub fn push_usage(&self, usage: UsageSeed) {
         self.shared.lock().usage.push(usage);
     }
 
     /// Sets a key's `last_used_at`.
-    pub(crate) fn set_key_last_used(&self, key_id: &str, at: i64) {
+    pub fn set_key_last_used(&self, key_id: &str, at: i64) {
         let mut state = self.shared.lock();
         let key = state
             .keys
@@ -541,13 +572,13 @@ impl OpenAiFake {
     // ---- inspection ----
 
     /// Every request received, in order (including rejected and faulted ones).
-    pub(crate) fn calls(&self) -> Vec<Call> {
+    pub fn calls(&self) -> Vec<Call> {
         self.shared.lock().calls.clone()
     }
 
     /// The requests with this method and exact path (e.g. `DELETE`,
     /// `/v1/organization/projects/proj_1/api_keys/key_1`).
-    pub(crate) fn calls_to(&self, method: &str, path: &str) -> Vec<Call> {
+    pub fn calls_to(&self, method: &str, path: &str) -> Vec<Call> {
         self.calls()
             .into_iter()
             .filter(|call| call.method == method && call.path == path)
@@ -555,7 +586,7 @@ impl OpenAiFake {
     }
 
     /// Whether a project API key still exists in a project.
-    pub(crate) fn key_exists(&self, project_id: &str, key_id: &str) -> bool {
+    pub fn key_exists(&self, project_id: &str, key_id: &str) -> bool {
         self.shared
             .lock()
             .keys
@@ -564,7 +595,7 @@ impl OpenAiFake {
     }
 
     /// The key as `GET …/api_keys/{id}` would return it.
-    pub(crate) fn key(&self, project_id: &str, key_id: &str) -> Option<Value> {
+    pub fn key(&self, project_id: &str, key_id: &str) -> Option<Value> {
         let state = self.shared.lock();
         state
             .keys
@@ -574,7 +605,7 @@ impl OpenAiFake {
     }
 
     /// The full secret of a project API key (seeded or created), to play a leaked key.
-    pub(crate) fn key_secret(&self, key_id: &str) -> Option<String> {
+    pub fn key_secret(&self, key_id: &str) -> Option<String> {
         self.shared
             .lock()
             .keys
@@ -584,11 +615,7 @@ impl OpenAiFake {
     }
 
     /// Whether a service account still exists in a project.
-    pub(crate) fn service_account_exists(
-        &self,
-        project_id: &str,
-        service_account_id: &str,
-    ) -> bool {
+    pub fn service_account_exists(&self, project_id: &str, service_account_id: &str) -> bool {
         self.shared
             .lock()
             .service_accounts
@@ -597,7 +624,7 @@ impl OpenAiFake {
     }
 
     /// The project as `GET /organization/projects/{id}` would return it.
-    pub(crate) fn project(&self, project_id: &str) -> Option<Value> {
+    pub fn project(&self, project_id: &str) -> Option<Value> {
         self.shared
             .lock()
             .projects
@@ -607,7 +634,7 @@ impl OpenAiFake {
     }
 
     /// The project user as `GET …/users/{id}` would return it (`None` once removed).
-    pub(crate) fn project_user(&self, project_id: &str, user_id: &str) -> Option<Value> {
+    pub fn project_user(&self, project_id: &str, user_id: &str) -> Option<Value> {
         let state = self.shared.lock();
         state
             .memberships
@@ -617,7 +644,7 @@ impl OpenAiFake {
     }
 
     /// The rate limit as the list returns it.
-    pub(crate) fn rate_limit(&self, project_id: &str, rate_limit_id: &str) -> Option<Value> {
+    pub fn rate_limit(&self, project_id: &str, rate_limit_id: &str) -> Option<Value> {
         self.shared
             .lock()
             .rate_limits
@@ -627,7 +654,7 @@ impl OpenAiFake {
     }
 
     /// Whether an admin API key still exists.
-    pub(crate) fn admin_key_exists(&self, key_id: &str) -> bool {
+    pub fn admin_key_exists(&self, key_id: &str) -> bool {
         self.shared
             .lock()
             .admin_keys
@@ -636,7 +663,7 @@ impl OpenAiFake {
     }
 
     /// Every audit event, seeded or appended by the fake, oldest first.
-    pub(crate) fn audit_events(&self) -> Vec<Value> {
+    pub fn audit_events(&self) -> Vec<Value> {
         self.shared
             .lock()
             .audit
