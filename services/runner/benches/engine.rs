@@ -7,6 +7,10 @@
 //! - `deadlines`: parks RUNS runs (default 100,000) on gates that time out 60 s after opening,
 //!   so the deadlines fall due within about a minute; then fires them with the engine's timer
 //!   path and reports how late the last one fired.
+//! - `retention`: takes in FINDINGS findings (default 3,000,000) whose runs end at once, with
+//!   `retain_ended = 1m`, seen ids kept 1 m, and the audit log exported and pruned every 30 s
+//!   (as an operator's job would), and reports store size and RSS every 10 s: after the first
+//!   minute they stay flat.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -204,7 +208,16 @@ fn main() {
             runtime.block_on(deadlines(&dir, runs));
             let _ = std::fs::remove_dir_all(&dir);
         }
-        _ => eprintln!("usage: engine (park [RUNS] | deadlines [RUNS])"),
+        Some("retention") => {
+            let findings = args
+                .get(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(3_000_000);
+            let dir = tempdir("retention");
+            runtime.block_on(retention(&dir, findings));
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        _ => eprintln!("usage: engine (park [RUNS] | deadlines [RUNS] | retention [FINDINGS])"),
     }
 }
 
@@ -274,4 +287,121 @@ fn tempdir(name: &str) -> PathBuf {
         .join(format!("quench-bench-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench dir");
     dir
+}
+
+/// Findings whose runs end at once, under retention: store size and RSS over time.
+async fn retention(dir: &Path, total: usize) {
+    let store = Store::open(&StoreConfig::new(dir.join("state"))).expect("store opens");
+    let config = EngineConfig {
+        seen_retention: Duration::from_secs(60),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::new(store, Arc::new(SystemClock), Actions::new(), config);
+    let source = r#"schema: quench.playbook/v1
+name: bench
+on:
+  finding:
+    kinds: [openai.api_key.leaked]
+steps:
+  - id: done
+    uses: note
+    with:
+      message: "{{ finding.resource.id }}"
+"#;
+    let compiled = quench_runner::playbook::compile(source)
+        .playbook
+        .expect("bench playbook compiles");
+    engine
+        .load_playbooks(vec![compiled], "bench")
+        .await
+        .expect("load");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped =
+        |stop: &Arc<std::sync::atomic::AtomicBool>| stop.load(std::sync::atomic::Ordering::SeqCst);
+    // The service's retention loop (`service::retention`), with `retain_ended = 1m`.
+    let purger = {
+        let engine = engine.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut purged = 0;
+            while !stopped(&stop) {
+                let pass = engine
+                    .purge_ended(Duration::from_secs(60), 1000)
+                    .await
+                    .expect("purge");
+                purged += pass.runs;
+                let wait = if pass.more { 10 } else { 1000 };
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            purged
+        })
+    };
+    // An operator's job: export the audit log and prune what was exported, every 30 s.
+    let exporter = {
+        let store = engine.store().clone();
+        let stop = stop.clone();
+        let exports = dir.join("exports");
+        std::fs::create_dir_all(&exports).expect("exports dir");
+        tokio::spawn(async move {
+            let mut exported: u64 = 0;
+            while !stopped(&stop) {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                let Some(newest) = store
+                    .audit_newest_first(None, 1, 1, |_| true)
+                    .expect("audit")
+                    .0
+                    .first()
+                    .map(|(_, entry)| entry.seq)
+                else {
+                    continue;
+                };
+                let mut last = None;
+                let mut bytes = Vec::new();
+                for item in store.audit_export(newest.saturating_sub(1000)) {
+                    let (seq, body) = item.expect("export");
+                    use sha2::Digest;
+                    last = Some((seq, hex::encode(sha2::Sha256::digest(&body))));
+                    bytes.extend_from_slice(&body);
+                    bytes.push(b'\n');
+                }
+                let Some((seq, hash)) = last else { continue };
+                let file = exports.join(format!("audit-{seq}.jsonl"));
+                std::fs::write(&file, &bytes).expect("write export");
+                exported += bytes.len() as u64;
+                // The export is kept elsewhere; here only its size is counted.
+                let _ = std::fs::remove_file(&file);
+                store.prune_audit(seq, &hash).await.expect("prune");
+            }
+            exported
+        })
+    };
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let mut sent = 0;
+    println!("retention: SECONDS FINDINGS RATE/s STORE_MiB RSS_MiB");
+    while sent < total {
+        let findings: Vec<Finding> = (sent..(sent + BATCH).min(total)).map(finding).collect();
+        let (_, wake) = engine.ingest(&findings).await.expect("ingest");
+        engine.drive_many(wake, CONCURRENCY).await.expect("drive");
+        sent += findings.len();
+        if last_report.elapsed() >= Duration::from_secs(10) || sent == total {
+            last_report = Instant::now();
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "retention: {seconds:.0} {sent} {:.0} {} {}",
+                sent as f64 / seconds,
+                size_on_disk(&dir.join("state")) / (1024 * 1024),
+                rss_mib("VmRSS")
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let purged = purger.await.expect("purger");
+    let exported = exporter.await.expect("exporter");
+    println!(
+        "retention: {total} findings in {:.0} s; {purged} runs purged; {} MiB of audit log exported and pruned; peak RSS {} MiB",
+        started.elapsed().as_secs_f64(),
+        exported / (1024 * 1024),
+        rss_mib("VmHWM")
+    );
 }

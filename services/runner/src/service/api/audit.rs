@@ -240,9 +240,25 @@ fn tokio_stream_of<T: Send + 'static>(
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub(crate) struct PruneRequest {
     /// The last exported entry's sequence number.
+    #[serde(deserialize_with = "whole_number")]
     pub(crate) through: u64,
     /// Its hash (the export's last line, hashed): proof the caller holds that export.
     pub(crate) hash: String,
+}
+
+/// A non-negative whole number, written as JSON allows it (`12` or `12.0`: JSON Schema calls
+/// both integers, and so do clients that send every number as a double).
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    number
+        .as_u64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|value| value.fract() == 0.0 && *value >= 0.0 && *value < 2f64.powi(64))
+                .map(|value| value as u64)
+        })
+        .ok_or_else(|| serde::de::Error::custom(format!("{number} is not a sequence number")))
 }
 
 /// What a prune removed.
