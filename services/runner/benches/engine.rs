@@ -319,21 +319,21 @@ steps:
     let stopped =
         |stop: &Arc<std::sync::atomic::AtomicBool>| stop.load(std::sync::atomic::Ordering::SeqCst);
     // The service's retention loop (`service::retention`), with `retain_ended = 1m`.
+    let purged = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let purger = {
         let engine = engine.clone();
         let stop = stop.clone();
+        let purged = purged.clone();
         tokio::spawn(async move {
-            let mut purged = 0;
             while !stopped(&stop) {
                 let pass = engine
                     .purge_ended(Duration::from_secs(60), 1000)
                     .await
                     .expect("purge");
-                purged += pass.runs;
+                purged.fetch_add(pass.runs, std::sync::atomic::Ordering::Relaxed);
                 let wait = if pass.more { 10 } else { 1000 };
                 tokio::time::sleep(Duration::from_millis(wait)).await;
             }
-            purged
         })
     };
     // An operator's job: export the audit log and prune what was exported, every 30 s.
@@ -355,21 +355,23 @@ steps:
                 else {
                     continue;
                 };
+                let file = exports.join(format!("audit-{newest}.jsonl"));
+                let mut writer =
+                    std::io::BufWriter::new(std::fs::File::create(&file).expect("export file"));
                 let mut last = None;
-                let mut bytes = Vec::new();
                 for item in store.audit_export(newest.saturating_sub(1000)) {
-                    let (seq, body) = item.expect("export");
                     use sha2::Digest;
+                    use std::io::Write;
+                    let (seq, body) = item.expect("export");
                     last = Some((seq, hex::encode(sha2::Sha256::digest(&body))));
-                    bytes.extend_from_slice(&body);
-                    bytes.push(b'\n');
+                    writer.write_all(&body).expect("write export");
+                    writer.write_all(b"\n").expect("write export");
+                    exported += body.len() as u64 + 1;
                 }
-                let Some((seq, hash)) = last else { continue };
-                let file = exports.join(format!("audit-{seq}.jsonl"));
-                std::fs::write(&file, &bytes).expect("write export");
-                exported += bytes.len() as u64;
+                drop(writer);
                 // The export is kept elsewhere; here only its size is counted.
                 let _ = std::fs::remove_file(&file);
+                let Some((seq, hash)) = last else { continue };
                 store.prune_audit(seq, &hash).await.expect("prune");
             }
             exported
@@ -378,7 +380,7 @@ steps:
     let started = Instant::now();
     let mut last_report = Instant::now();
     let mut sent = 0;
-    println!("retention: SECONDS FINDINGS RATE/s STORE_MiB RSS_MiB");
+    println!("retention: SECONDS FINDINGS RATE/s PURGED AUDIT_FROM STORE_MiB RSS_MiB");
     while sent < total {
         let findings: Vec<Finding> = (sent..(sent + BATCH).min(total)).map(finding).collect();
         let (_, wake) = engine.ingest(&findings).await.expect("ingest");
@@ -388,16 +390,19 @@ steps:
             last_report = Instant::now();
             let seconds = started.elapsed().as_secs_f64();
             println!(
-                "retention: {seconds:.0} {sent} {:.0} {} {}",
+                "retention: {seconds:.0} {sent} {:.0} {} {} {} {}",
                 sent as f64 / seconds,
+                purged.load(std::sync::atomic::Ordering::Relaxed),
+                engine.store().audit_checkpoint().expect("checkpoint").0,
                 size_on_disk(&dir.join("state")) / (1024 * 1024),
                 rss_mib("VmRSS")
             );
         }
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let purged = purger.await.expect("purger");
+    purger.await.expect("purger");
     let exported = exporter.await.expect("exporter");
+    let purged = purged.load(std::sync::atomic::Ordering::Relaxed);
     println!(
         "retention: {total} findings in {:.0} s; {purged} runs purged; {} MiB of audit log exported and pruned; peak RSS {} MiB",
         started.elapsed().as_secs_f64(),

@@ -36,6 +36,38 @@ impl RunLocks {
             guard: Some(guard),
         }
     }
+
+    /// The run's lock if nobody holds it now (for work that can skip a busy run and come
+    /// back, and that holds many locks at once: it never waits, so it never deadlocks).
+    pub(crate) fn try_lock(self: &Arc<Self>, run: &str) -> Option<RunGuard> {
+        let lock = {
+            let mut locks = self
+                .locks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            locks.entry(run.to_owned()).or_default().clone()
+        };
+        // On failure the guard below is never made: drop our clone, then forget an unused entry.
+        let Ok(guard) = lock.clone().try_lock_owned() else {
+            drop(lock);
+            let mut locks = self
+                .locks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if locks
+                .get(run)
+                .is_some_and(|lock| Arc::strong_count(lock) == 1)
+            {
+                locks.remove(run);
+            }
+            return None;
+        };
+        Some(RunGuard {
+            locks: self.clone(),
+            run: run.to_owned(),
+            guard: Some(guard),
+        })
+    }
 }
 
 impl Drop for RunGuard {

@@ -1,21 +1,18 @@
 //! Retention: ended runs are purged once they have been ended for `[store] retain_ended`, with
 //! everything that belongs only to them (record, gates, effect journal, timeline index), in
-//! bounded passes off the hot path. Each purge holds the run's lock through its commit, so a
-//! late answer to one of its gates cannot write the run back half-deleted. Audit entries are
+//! bounded passes off the hot path. A pass is one batch, committed while it holds the locks of
+//! the runs it deletes (taken without waiting: a busy run is left for the next pass), so a late
+//! answer to one of their gates cannot write a run back half-deleted. Audit entries are
 //! never touched here; each pass that purges something is itself audited.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use serde_json::json;
 
 use super::state::Run;
 use super::{Engine, Error};
 use crate::store::{AuditDraft, Batch};
-
-/// Runs purged at once (their commits are grouped by the committer).
-const CONCURRENCY: usize = 32;
 
 /// What one pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -54,18 +51,25 @@ impl Engine {
                 break;
             }
         }
-        let results: Vec<Result<bool, Error>> = futures::stream::iter(candidates)
-            .map(|id| self.purge_run(id, cutoff))
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
-        for result in results {
-            if result? {
-                purged.runs += 1;
+        // One batch for the pass, committed with every purged run's lock held: a run whose lock
+        // is busy (a late answer to its gate, say) is skipped and comes back next pass.
+        let mut guards = Vec::with_capacity(candidates.len());
+        let mut batch = Batch::new();
+        for id in candidates {
+            let Some(guard) = self.inner.locks.try_lock(&id) else {
+                continue;
+            };
+            let Some(run) = self.run(&id)? else {
+                continue;
+            };
+            if !ended_before(&run, cutoff) {
+                continue;
             }
+            batch.delete_run(store, &id)?;
+            guards.push(guard);
         }
+        purged.runs = guards.len();
         if purged.runs > 0 {
-            let mut batch = Batch::new();
             batch.audit(AuditDraft::new(
                 now,
                 "runs_purged",
@@ -76,6 +80,7 @@ impl Engine {
                 }),
             ));
             store.commit(batch).await?;
+            drop(guards);
             tracing::info!(
                 runs = purged.runs,
                 ended_before = %cutoff,
@@ -83,22 +88,6 @@ impl Engine {
             );
         }
         Ok(purged)
-    }
-
-    /// Deletes one run if it is still ended before `cutoff` (read again under its lock).
-    async fn purge_run(&self, id: String, cutoff: DateTime<Utc>) -> Result<bool, Error> {
-        let _guard = self.inner.locks.lock(&id).await;
-        let Some(run) = self.run(&id)? else {
-            return Ok(false);
-        };
-        if !ended_before(&run, cutoff) {
-            return Ok(false);
-        }
-        let store = self.store();
-        let mut batch = Batch::new();
-        batch.delete_run(store, &id)?;
-        store.commit(batch).await?;
-        Ok(true)
     }
 }
 

@@ -853,52 +853,80 @@ impl Store {
     /// stored with hash `hash` (whoever prunes shows they hold the export that ends there),
     /// and records the last removed entry as the checkpoint `verify_audit` starts from.
     pub async fn prune_audit(&self, through: u64, hash: &str) -> Result<Pruned, Error> {
-        let mut found = None;
-        let mut last_whole: Option<(u64, String)> = None;
-        let mut records = Vec::new();
-        for item in self.inner.db.scan_prefix(b"a/") {
-            let (key, record) = item?;
-            let first = key[2..]
-                .try_into()
-                .map(u64::from_be_bytes)
-                .unwrap_or(u64::MAX);
+        /// Records removed per commit: a prune of millions of entries stays small batches.
+        const CHUNK: usize = 1024;
+        // The record holding `through` is the last one starting at or before it.
+        let holding = self
+            .inner
+            .db
+            .range(b"a/".to_vec()..=Key::Audit(through).encode())
+            .next_back()
+            .transpose()?;
+        let found = holding.and_then(|(key, record)| {
+            let first = u64::from_be_bytes(key.get(2..)?.try_into().ok()?);
             let entries = audit::split_record(&record);
-            let hashes: Vec<Option<String>> = entries
-                .iter()
-                .map(|stored| parse_stored(stored).map(|(hash, _, _)| hash))
-                .collect();
-            let last = first + entries.len().saturating_sub(1) as u64;
-            if (first..=last).contains(&through) {
-                found = hashes.get((through - first) as usize).cloned().flatten();
-            }
-            let last_hash = hashes.last().cloned().flatten();
-            match last_hash {
-                Some(last_hash) if last <= through => {
-                    records.push(first);
-                    last_whole = Some((last, last_hash));
-                }
-                _ => break,
-            }
-        }
+            let stored = entries.get(usize::try_from(through.checked_sub(first)?).ok()?)?;
+            parse_stored(stored).map(|(hash, _, _)| hash)
+        });
         if found.as_deref() != Some(hash) {
             return Ok(Pruned::NotThatHash);
         }
-        let Some((seq, head)) = last_whole else {
-            return Ok(Pruned::Nothing);
-        };
-        let mut batch = Batch::new();
-        for first in records {
-            batch.delete(Key::Audit(first));
+        let mut checkpoint: Option<(u64, String)> = None;
+        let mut records = Vec::new();
+        let mut done = false;
+        while !done {
+            let mut last_whole: Option<(u64, String)> = None;
+            records.clear();
+            for item in self.inner.db.scan_prefix(b"a/") {
+                let (key, record) = item?;
+                let first = key[2..]
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(u64::MAX);
+                let entries = audit::split_record(&record);
+                let last = first + entries.len().saturating_sub(1) as u64;
+                let last_hash = entries
+                    .last()
+                    .and_then(|stored| parse_stored(stored))
+                    .map(|(hash, _, _)| hash);
+                match last_hash {
+                    Some(last_hash) if last <= through => {
+                        records.push(first);
+                        last_whole = Some((last, last_hash));
+                    }
+                    _ => {
+                        done = true;
+                        break;
+                    }
+                }
+                if records.len() >= CHUNK {
+                    break;
+                }
+            }
+            let Some((seq, head)) = last_whole else {
+                break;
+            };
+            let mut batch = Batch::new();
+            for first in &records {
+                batch.delete(Key::Audit(*first));
+            }
+            batch.put(
+                Key::Meta(audit::CHECKPOINT),
+                &audit::Head {
+                    seq,
+                    hash: head.clone(),
+                },
+            );
+            self.commit(batch).await?;
+            checkpoint = Some((seq, head));
+            if records.len() < CHUNK {
+                done = true;
+            }
         }
-        batch.put(
-            Key::Meta(audit::CHECKPOINT),
-            &audit::Head {
-                seq,
-                hash: head.clone(),
-            },
-        );
-        self.commit(batch).await?;
-        Ok(Pruned::Through { seq, hash: head })
+        Ok(match checkpoint {
+            Some((seq, hash)) => Pruned::Through { seq, hash },
+            None => Pruned::Nothing,
+        })
     }
 
     /// On-disk size of the store directory, in bytes (0 for a temporary store).
