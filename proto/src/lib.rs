@@ -11,6 +11,7 @@ mod finding;
 mod json;
 mod redact;
 mod run_event;
+pub mod slack;
 pub mod subject;
 
 pub use decision::{Actor, Decision, DecisionSchema, MAX_DECISION_BYTES, Via};

@@ -354,7 +354,7 @@ impl OpenAiFake {
     /// one admin key (see [`OpenAiFake::admin_key`]) and nothing else.
     pub(crate) async fn start() -> OpenAiFake {
         // Tests talk to the fake with reqwest, which needs a crypto provider installed.
-        quench_runner::connectors::install_crypto_provider();
+        quench_common::http::install_crypto_provider();
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new()),
         });

@@ -23,7 +23,8 @@ use serde::de::DeserializeOwned;
 
 pub use audit::{AuditDraft, AuditEntry, AuditRef, Verification, parse_stored};
 
-pub use committer::SyncMode;
+// The `store.sync` config value.
+pub use quench_common::config::SyncMode;
 
 /// Version of the on-disk layout; written at creation and checked at open.
 pub const FORMAT_VERSION: u32 = 1;
