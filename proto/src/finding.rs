@@ -244,15 +244,36 @@ impl Finding {
         let value = crate::json::from_slice(bytes)
             .map_err(|error| ParseError::Json(error.to_string()).redacted())?;
         check_schema_tag(&value, FindingSchema::TAG)?;
-        let mut finding: Finding = from_value(value).map_err(InvalidField::redacted)?;
-        finding.fill_defaults();
-        finding.validate().map_err(InvalidField::redacted)?;
+        let finding: Finding = from_value(value).map_err(InvalidField::redacted)?;
+        finding.accepted(bytes)
+    }
+
+    /// Checks a finding built in code (a gateway mapping a scanner's own format) as
+    /// [`Finding::parse`] checks one that arrives as bytes: the size cap on its JSON, the
+    /// default `key`, every field, then identity and redaction.
+    pub fn checked(self, max_bytes: usize) -> Result<Finding, ParseError> {
+        let bytes = serde_json::to_vec(&self)
+            .map_err(|error| InvalidField::new("", error.to_string()).redacted())?;
+        if bytes.len() > max_bytes {
+            return Err(ParseError::TooLarge {
+                size: bytes.len(),
+                limit: max_bytes,
+            });
+        }
+        self.accepted(&bytes)
+    }
+
+    /// What [`Finding::parse`] and [`Finding::checked`] do once the finding is typed; `bytes`
+    /// is its JSON.
+    fn accepted(mut self, bytes: &[u8]) -> Result<Finding, ParseError> {
+        self.fill_defaults();
+        self.validate().map_err(InvalidField::redacted)?;
         // Most findings quote no key: skip the redaction pass when the raw bytes show none
         // (`contains_secret` sees every way JSON can write one).
         if contains_secret(bytes) {
-            finding = finding.redacted()?;
+            self = self.redacted()?;
         }
-        Ok(finding)
+        Ok(self)
     }
 
     /// Fills the fields whose default depends on others (`key`).

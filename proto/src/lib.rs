@@ -1,5 +1,6 @@
-//! quench wire contracts: the messages that cross process boundaries and the NATS names they
-//! travel on. No I/O and no async runtime live here; every other crate depends on this one.
+//! quench wire contracts: the messages that cross process boundaries, the NATS names they
+//! travel on, and what quench writes into Slack and reads back from it ([`slack`]). No I/O and no
+//! async runtime live here; every other crate depends on this one.
 //!
 //! Each message carries a `schema` tag with its version, is validated field by field on entry
 //! ([`Finding::parse`], [`Decision::parse`]), and has a JSON Schema generated from these types and
@@ -11,6 +12,7 @@ mod finding;
 mod json;
 mod redact;
 mod run_event;
+pub mod slack;
 pub mod subject;
 
 pub use decision::{Actor, Decision, DecisionSchema, MAX_DECISION_BYTES, Via};

@@ -212,7 +212,7 @@ async fn intake_survives_hostile_traffic_and_no_key_leaks_anywhere() {
     for letter in dead_letters(&client).await {
         places.push((format!("a dead letter ({})", letter.reason), letter.body));
     }
-    quench_runner::connectors::install_crypto_provider();
+    quench_common::http::install_crypto_provider();
     let http = reqwest::Client::new();
     let api = |path: String| {
         let http = http.clone();

@@ -134,7 +134,7 @@ impl Operator {
         let client = async_nats::connect(nats.url())
             .await
             .expect("test client connects");
-        quench_runner::connectors::install_crypto_provider();
+        quench_common::http::install_crypto_provider();
         Operator {
             _nats: nats,
             service,

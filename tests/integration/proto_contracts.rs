@@ -272,6 +272,36 @@ fn secrets_in_a_finding_never_reach_the_parsed_value_or_an_error() {
     assert!(!error.to_string().contains("T3BlbkFJ"), "{error}");
 }
 
+/// What a gateway builds from a scanner's own format gets what the bytes of that finding would
+/// get from `Finding::parse`: the default key, redaction with identities, the same refusals.
+#[test]
+fn a_finding_built_in_code_is_checked_as_a_parsed_one() {
+    let mut value = finding();
+    value["id"] = json!(format!("delivery-{LEGACY_KEY}"));
+    value["title"] = json!(format!("leaked {PROJECT_KEY}"));
+    value["labels"] = json!({"raw": LEGACY_KEY});
+    let built: Finding = serde_json::from_value(value.clone()).expect("a typed finding");
+    let checked = built
+        .clone()
+        .checked(DEFAULT_MAX_FINDING_BYTES)
+        .expect("a valid finding is accepted");
+    assert_eq!(checked, parse(&value).expect("parses"));
+    let stored = serde_json::to_string(&checked).expect("serializes");
+    assert!(!stored.contains("T3BlbkFJ"), "a secret survived: {stored}");
+
+    let mut untitled = built.clone();
+    untitled.title = String::new();
+    assert_eq!(
+        untitled
+            .checked(DEFAULT_MAX_FINDING_BYTES)
+            .expect_err("no title")
+            .to_string(),
+        "field `title`: must not be empty"
+    );
+    let error = built.checked(256).expect_err("larger than the cap");
+    assert_eq!(error.reason(), "too_large");
+}
+
 #[test]
 fn decisions_and_run_events_round_trip() {
     let decision = json!({

@@ -1,6 +1,6 @@
 //! `quench-gateway [--config FILE] [--nats URL] [--listen ADDR] [--dump-config]`: loads the
-//! shared quench config (the runner's loader, so keys, layers, `*_file` secrets and errors are
-//! the same), starts the gateway and stops it on SIGTERM or Ctrl-C (a second signal exits at
+//! shared quench config (`quench_common`'s loader, as the runner's, so keys, layers, `*_file`
+//! secrets and errors are the same), starts the gateway and stops it on SIGTERM or Ctrl-C (a second signal exits at
 //! once). Exit codes as for `quench serve`: 64 for a configuration error, naming the key and
 //! value; 69 when NATS is unreachable; 1 for any other failure.
 
@@ -8,11 +8,11 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use quench_runner::cli::{
+use quench_common::cli::{
     ConfigArgs, EXIT_CONFIG, EXIT_INVALID, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE,
     run_until_signalled,
 };
-use quench_runner::config::Overrides;
+use quench_common::config::Overrides;
 
 use crate::server::{Error, Gateway};
 

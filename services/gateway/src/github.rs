@@ -18,12 +18,17 @@
 //! - The secret itself (GitHub may include `alert.secret`) never enters the finding; only its
 //!   redacted form, for OpenAI key shapes, as `resource.redacted_value`.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use quench_proto::{DEFAULT_MAX_FINDING_BYTES, Finding, redact_str};
+use quench_proto::{
+    DEFAULT_MAX_FINDING_BYTES, Finding, FindingSchema, Resource, ResourceType, Severity, Source,
+    Status, redact_str,
+};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -160,8 +165,8 @@ pub fn map(
         return Err(Error::Delivery);
     }
     let parsed: Event = serde_json::from_slice(body).map_err(|error| shape(error.to_string()))?;
-    let value = finding_json(event, delivery, &parsed, received_at);
-    let finding = Finding::parse(value.to_string().as_bytes(), DEFAULT_MAX_FINDING_BYTES)
+    let finding = finding(event, delivery, &parsed, received_at)
+        .checked(DEFAULT_MAX_FINDING_BYTES)
         .map_err(|error| Error::Finding(error.to_string()))?;
     Ok(Outcome::Finding(Box::new(finding)))
 }
@@ -171,7 +176,8 @@ struct ActionOnly {
     action: String,
 }
 
-fn finding_json(event: &str, delivery: &str, parsed: &Event, received_at: DateTime<Utc>) -> Value {
+/// The finding an event stands for, before [`Finding::checked`].
+fn finding(event: &str, delivery: &str, parsed: &Event, received_at: DateTime<Utc>) -> Finding {
     let Event {
         action,
         alert,
@@ -185,7 +191,7 @@ fn finding_json(event: &str, delivery: &str, parsed: &Event, received_at: DateTi
         (
             "openai.api_key.leaked".to_owned(),
             "openai".to_owned(),
-            "api_key",
+            ResourceType::ApiKey,
         )
     } else {
         let provider = secret_type
@@ -193,7 +199,11 @@ fn finding_json(event: &str, delivery: &str, parsed: &Event, received_at: DateTi
             .next()
             .and_then(|first| word(first, 32))
             .unwrap_or_else(|| "unknown".to_owned());
-        (format!("secret.{type_word}.leaked"), provider, "secret")
+        (
+            format!("secret.{type_word}.leaked"),
+            provider,
+            ResourceType::Secret,
+        )
     };
     let repo_ref = repository
         .id
@@ -279,16 +289,13 @@ fn finding_json(event: &str, delivery: &str, parsed: &Event, received_at: DateTi
         github.insert("location".into(), Value::Object(details));
     }
 
-    let mut labels = Map::new();
-    labels.insert(
-        "github.repository".into(),
-        repository.full_name.as_str().into(),
-    );
-    labels.insert("github.alert".into(), alert.number.to_string().into());
-    labels.insert("github.secret_type".into(), secret_type.into());
-    labels.insert("github.action".into(), action.as_str().into());
+    let mut labels = BTreeMap::new();
+    labels.insert("github.repository".into(), repository.full_name.clone());
+    labels.insert("github.alert".into(), alert.number.to_string());
+    labels.insert("github.secret_type".into(), secret_type.to_owned());
+    labels.insert("github.action".into(), action.clone());
     if let Some(resolution) = &alert.resolution {
-        labels.insert("github.resolution".into(), resolution.as_str().into());
+        labels.insert("github.resolution".into(), resolution.clone());
     }
 
     let detected_at = match event {
@@ -298,35 +305,43 @@ fn finding_json(event: &str, delivery: &str, parsed: &Event, received_at: DateTi
     }
     .unwrap_or(received_at);
 
-    let mut resource = json!({
-        "provider": provider,
-        "type": resource_type,
-        "id": key,
-    });
-    if let Some(name) = &alert.secret_type_display_name {
-        resource["name"] = name.as_str().into();
+    Finding {
+        schema: FindingSchema::V1,
+        id: delivery.to_owned(),
+        key: key.clone(),
+        kind,
+        status: if resolved {
+            Status::Resolved
+        } else {
+            Status::Open
+        },
+        severity: if public {
+            Severity::Critical
+        } else {
+            Severity::High
+        },
+        title,
+        detected_at,
+        source: Source {
+            scanner: SCANNER.to_owned(),
+            rule: Some(secret_type.to_owned()),
+            url,
+        },
+        resource: Resource {
+            provider,
+            kind: resource_type,
+            id: key,
+            name: alert.secret_type_display_name.clone(),
+            org_id: None,
+            project_id: None,
+            service_account_id: None,
+            redacted_value,
+            last_used_at: None,
+        },
+        owner: None,
+        evidence: Map::from_iter([("github".to_owned(), Value::Object(github))]),
+        labels,
     }
-    if let Some(redacted) = redacted_value {
-        resource["redacted_value"] = redacted.into();
-    }
-    let mut source = json!({"scanner": SCANNER, "rule": secret_type});
-    if let Some(url) = url {
-        source["url"] = url.into();
-    }
-    json!({
-        "schema": "quench.finding/v1",
-        "id": delivery,
-        "key": key,
-        "kind": kind,
-        "status": if resolved { "resolved" } else { "open" },
-        "severity": if public { "critical" } else { "high" },
-        "title": title,
-        "detected_at": detected_at.to_rfc3339(),
-        "source": source,
-        "resource": resource,
-        "evidence": {"github": github},
-        "labels": labels,
-    })
 }
 
 /// `text` as one lowercase word of `a-z 0-9 _ -` (other characters become `_`), at most

@@ -44,14 +44,15 @@
 //!
 //! # Slack clicks
 //!
-//! Approval buttons (built by the runner's Slack connector) carry `action_id = quench:<choice>`,
-//! `block_id = quench:<run_id>:<gate>` and the value `{"run_id","gate","token","choice"}`,
-//! which is parsed strictly. The decision's actor is `<team>/<user>` (`T…/U…`) via `slack`, its
-//! id is derived from the team, user, action timestamp and button, so a click Slack delivers
-//! twice is one decision. The click is published (and acknowledged by JetStream) before Slack
-//! gets its 200, and then the user is told through `response_url` — "Recorded your answer
-//! *keep*", or why nothing was recorded. Whether the answer counts is the runner's decision,
-//! which updates the message itself. `response_url` must be `https://hooks.slack.com/…`.
+//! Approval buttons (`quench_proto::slack::ApprovalButton`, written by the runner's Slack
+//! connector) carry `action_id = quench:<choice>`, `block_id = quench:<run_id>:<gate>` and the
+//! value `{"run_id","gate","token","choice"}`, which is parsed strictly. The decision's actor is
+//! `<team>/<user>` (`T…/U…`) via `slack`, its id is derived from the team, user, action timestamp
+//! and button, so a click Slack delivers twice is one decision. The click is published (and
+//! acknowledged by JetStream) before Slack gets its 200, and then the user is told through
+//! `response_url` — "Recorded your answer *keep*", or why nothing was recorded. Whether the answer
+//! counts is the runner's decision, which updates the message itself. `response_url` must be
+//! `https://hooks.slack.com/…`.
 //!
 //! # Limits
 //!

@@ -22,7 +22,7 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use quench_runner::config::ReplayBudget;
+use quench_common::config::ReplayBudget;
 
 use crate::refusal::{Refusal, Scope};
 use crate::signature::{MAX_SKEW_SECS, Verified};

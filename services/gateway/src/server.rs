@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use quench_runner::config::{Config, Secret};
+use quench_common::config::{self, Config, Secret};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -74,7 +74,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// The gateway-specific check of a loaded config: it must have something to serve.
-    pub fn check(config: &Config) -> Result<(), quench_runner::config::Error> {
+    pub fn check(config: &Config) -> Result<(), config::Error> {
         let any = config.slack.signing_secret.is_some()
             || config.slack.app_token.is_some()
             || config.gateway.github_secret.is_some()
@@ -82,7 +82,7 @@ impl Gateway {
         if any {
             Ok(())
         } else {
-            Err(quench_runner::config::Error::Invalid(
+            Err(config::Error::Invalid(
                 "the gateway has nothing to serve: set at least one of `slack.signing_secret`, `slack.app_token`, `gateway.github_secret`, `gateway.findings_secret` (or their `_file` forms)".to_owned(),
             ))
         }
@@ -90,7 +90,7 @@ impl Gateway {
 
     /// Connects to NATS and binds `gateway.listen`.
     pub async fn build(config: &Config) -> Result<Gateway, Error> {
-        let client = quench_runner::service::connect_as(&config.nats, "quench-gateway")
+        let client = quench_common::nats::connect_as(&config.nats, "quench-gateway")
             .await
             .map_err(|error| Error::Nats(error.to_string()))?;
         let listener = tokio::net::TcpListener::bind(&config.gateway.listen)
@@ -301,7 +301,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         (Endpoint::Findings, &state.findings_replays),
     ];
     (
-        [(header::CONTENT_TYPE, quench_runner::metrics::CONTENT_TYPE)],
+        [(header::CONTENT_TYPE, quench_common::metrics::CONTENT_TYPE)],
         state.metrics.render(&replays, now_unix()),
     )
 }

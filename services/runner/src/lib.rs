@@ -3,7 +3,6 @@
 
 pub mod actions;
 pub mod cli;
-pub mod config;
 pub mod connectors;
 pub mod engine;
 pub mod metrics;
@@ -11,3 +10,6 @@ pub mod playbook;
 pub mod service;
 pub mod store;
 pub mod testing;
+
+// The service config is shared with `quench-gateway`; `crate::config` stays its name here.
+pub use quench_common::config;

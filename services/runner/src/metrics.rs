@@ -396,6 +396,3 @@ impl Metrics {
 /// Distinct finding kinds counted under their own label; later ones are counted as `other`.
 pub const MAX_KIND_LABELS: usize = 256;
 const OTHER_KIND: &str = "other";
-
-/// The content type of [`Metrics::render`].
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

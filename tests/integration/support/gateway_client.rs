@@ -21,7 +21,7 @@ pub(crate) const SCANNER_PASSWORD: &str = "scanner-password-for-tests";
 
 /// An HTTP client with the process's TLS provider in place (reqwest is built without one).
 pub(crate) fn http() -> reqwest::Client {
-    quench_runner::connectors::http_client()
+    quench_common::http::http_client()
 }
 
 /// Unix seconds now, as a signer stamps its requests.

@@ -176,7 +176,7 @@ impl SlackFake {
     /// Binds 127.0.0.1 on a free port and serves in a background task.
     pub(crate) async fn start() -> SlackFake {
         // Tests talk to the fake with reqwest, which needs a crypto provider installed.
-        quench_runner::connectors::install_crypto_provider();
+        quench_common::http::install_crypto_provider();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("the Slack fake binds a loopback port");

@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use quench_proto::slack::{ApprovalButton, escape};
 use quench_proto::{Actor, Decision, DecisionSchema, Via, subject};
-use quench_runner::connectors::slack::escape;
-use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio_util::task::TaskTracker;
@@ -22,14 +21,13 @@ use crate::publish::Publisher;
 
 /// How long the stream may take to acknowledge a decision: Slack wants its answer within 3 s.
 const PUBLISH_WITHIN: Duration = Duration::from_secs(2);
-/// The prefix of quench's approval buttons' `action_id` (`quench:<choice>`).
-const ACTION_PREFIX: &str = "quench:";
 /// Where Slack's `response_url`s point.
 const SLACK_HOOKS: &str = "hooks.slack.com";
 
 /// One button click, as either transport delivers it. Slack vouches for every field (the
 /// request was signed, or came over the app's own Socket Mode connection); the button's
-/// `value` is ours, round-tripped through Slack, and is parsed strictly.
+/// `action_id`, `block_id` and `value` are ours, round-tripped through Slack, and are parsed
+/// strictly ([`ApprovalButton::parse`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Click {
     pub(crate) team: String,
@@ -42,16 +40,6 @@ pub(crate) struct Click {
     /// makes the decision id the same when Slack delivers the click again.
     pub(crate) moment: String,
     pub(crate) response_url: Option<String>,
-}
-
-/// The value of an approval button, as the runner's Slack connector writes it.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ButtonValue {
-    run_id: String,
-    gate: String,
-    token: String,
-    choice: String,
 }
 
 /// What became of a click.
@@ -79,7 +67,7 @@ impl Interactions {
         Interactions {
             publisher,
             responder: Responder {
-                client: quench_runner::connectors::http_client(),
+                client: quench_common::http::http_client(),
                 test_prefix: test_response_url_prefix,
             },
             tasks: TaskTracker::new(),
@@ -144,32 +132,12 @@ pub fn form_decision(body: &[u8], now: DateTime<Utc>) -> Result<Option<Decision>
 
 /// The decision a click stands for, or why it stands for none (told to the user).
 fn decision(click: &Click, now: DateTime<Utc>) -> Result<Decision, String> {
-    let not_ours = || "this button is not a quench approval".to_owned();
-    let action_choice = click
-        .action_id
-        .strip_prefix(ACTION_PREFIX)
-        .ok_or_else(not_ours)?;
-    let value = click.value.as_deref().ok_or_else(not_ours)?;
-    let value: ButtonValue = serde_json::from_str(value)
-        .map_err(|_| "the button's value is not a quench approval".to_owned())?;
-    if value.choice != action_choice {
-        return Err("the button's action and value disagree".to_owned());
-    }
-    // The run id becomes one NATS subject token.
-    if value.run_id.is_empty()
-        || value.run_id.len() > 128
-        || !value
-            .run_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err("the button names no valid run".to_owned());
-    }
-    if let Some(block) = &click.block_id
-        && *block != format!("{ACTION_PREFIX}{}:{}", value.run_id, value.gate)
-    {
-        return Err("the button's block and value disagree".to_owned());
-    }
+    let value = ApprovalButton::parse(
+        &click.action_id,
+        click.block_id.as_deref(),
+        click.value.as_deref(),
+    )
+    .map_err(|error| error.to_string())?;
     let id = {
         let mut hash = Sha256::new();
         for part in [
@@ -371,7 +339,7 @@ mod tests {
     #[test]
     fn replies_go_only_to_slack() {
         let responder = Responder {
-            client: quench_runner::connectors::http_client(),
+            client: quench_common::http::http_client(),
             test_prefix: Some("http://127.0.0.1:9/response/".to_owned()),
         };
         assert!(responder.allowed("https://hooks.slack.com/actions/T1/1/xyz"));

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use quench_runner::config::Secret;
+use quench_common::config::Secret;
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
 
@@ -31,7 +31,7 @@ impl SocketMode {
         app_token: &Secret,
         interactions: Arc<Interactions>,
     ) -> Result<SocketMode, String> {
-        let connector = quench_runner::connectors::slack::connector(api_url)?;
+        let connector = quench_common::slack::connector(api_url)?;
         let client = Arc::new(SlackClient::new(connector));
         let environment = Arc::new(
             SlackClientEventsListenerEnvironment::new(client)

@@ -246,13 +246,13 @@ impl ApiArgs {
 impl Client {
     fn new(args: &ApiArgs) -> Result<Client, Failure> {
         let url = args.url();
-        let mut base = crate::connectors::check_base_url(&url)
+        let mut base = quench_common::http::check_base_url(&url)
             .map_err(|problem| Failure::Config(format!("--api {url:?} {problem}")))?;
         // Paths are joined to it: keep a prefix such as `/quench` as a directory.
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
-        let http = crate::connectors::http_client_builder()
+        let http = quench_common::http::http_client_builder()
             .timeout(TIMEOUT)
             .build()
             .map_err(|error| Failure::Local(format!("cannot build the HTTP client: {error}")))?;

@@ -4,7 +4,7 @@
 //! address DNS returns. The request then goes to exactly the addresses that were checked, so a
 //! second lookup cannot swap in an internal one (DNS rebinding).
 //!
-//! Allowlist entries (validated by [`HttpAction::new`] and [`check_allow_host`]):
+//! Allowlist entries (parsed by `quench_common::http::AllowHost`, for the config check and here):
 //! - `hooks.example.com`: that host; `*.example.com`: any subdomain at any depth (not
 //!   `example.com` itself, and at least two labels after `*.`);
 //! - `10.1.2.3`, `[fd00::1]`: that address literal, which may be internal since it is named;
@@ -20,13 +20,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use quench_common::http::{AllowHost, PRIVATE_PREFIX, REQUEST_TIMEOUT, http_client_builder};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use url::{Host, Url};
 
 use crate::actions::{HttpMethod, HttpRequest};
-use crate::connectors::{REQUEST_TIMEOUT, http_client_builder, retry_after, transport_error};
+use crate::connectors::{retry_after, transport_error};
 use crate::engine::{Action, ActionError, ActionFuture, Actions, Call, Success};
 
 /// The action's name in playbooks.
@@ -40,9 +41,6 @@ pub const MAX_REDIRECTS: usize = 5;
 
 /// What a header value becomes in a dry run's description.
 pub const REDACTED: &str = "<redacted>";
-
-/// Marks an allowlist entry whose DNS answers may be internal addresses.
-const PRIVATE_PREFIX: &str = "private:";
 
 /// How much of an unexpected response is read to quote in the error.
 const EXCERPT_READ_BYTES: usize = 16 * 1024;
@@ -70,11 +68,6 @@ const FORBIDDEN_HEADERS: &[&str] = &[
 /// Registers `http.request`.
 pub fn register(actions: &mut Actions, action: Arc<HttpAction>) {
     actions.insert(NAME, action);
-}
-
-/// Checks one `http.allow_hosts` entry; the error says what is wrong and how to write it.
-pub fn check_allow_host(entry: &str) -> Result<(), String> {
-    AllowHost::parse(entry).map(drop)
 }
 
 /// Bounds of one call.
@@ -329,7 +322,7 @@ impl HttpAction {
             .allow
             .iter()
             .filter(|entry| entry.matches_host(&host))
-            .filter(|entry| entry.port.map_or(default_port, |allowed| allowed == port))
+            .filter(|entry| entry.port().map_or(default_port, |allowed| allowed == port))
             .collect();
         if matching.is_empty() {
             if let Some(ip) = literal(&host)
@@ -348,7 +341,7 @@ impl HttpAction {
         let matching: Vec<&AllowHost> = if scheme == "http" {
             let exact: Vec<&AllowHost> = matching
                 .into_iter()
-                .filter(|entry| !matches!(entry.pattern, Pattern::Subdomains(_)))
+                .filter(|entry| !entry.is_wildcard())
                 .collect();
             if exact.is_empty() {
                 return Err(format!(
@@ -360,10 +353,10 @@ impl HttpAction {
         } else {
             matching
         };
-        let private = matching.iter().any(|entry| entry.private);
+        let private = matching.iter().any(|entry| entry.is_private());
         let entry = matching
             .first()
-            .map(|entry| entry.entry.clone())
+            .map(|entry| entry.entry().to_owned())
             .unwrap_or_default();
         Ok(Target {
             host,
@@ -651,148 +644,6 @@ fn excerpt(bytes: &[u8], secrets: &[String]) -> String {
     cut
 }
 
-/// One `http.allow_hosts` entry, parsed.
-#[derive(Debug, Clone)]
-struct AllowHost {
-    pattern: Pattern,
-    /// `None`: the scheme's default port only.
-    port: Option<u16>,
-    /// DNS may answer with internal addresses.
-    private: bool,
-    /// As written, for messages.
-    entry: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Pattern {
-    /// A host name, lowercase ASCII (IDNA), no trailing dot.
-    Name(String),
-    /// An address literal.
-    Address(IpAddr),
-    /// `*.suffix`: names ending in `.suffix`.
-    Subdomains(String),
-}
-
-impl AllowHost {
-    fn parse(entry: &str) -> Result<AllowHost, String> {
-        let (private, rest) = match entry.strip_prefix(PRIVATE_PREFIX) {
-            Some(rest) => (true, rest),
-            None => (false, entry),
-        };
-        if rest.is_empty() {
-            return Err(
-                "empty; write a host such as hooks.example.com, *.example.com or 10.0.0.5:8080"
-                    .to_owned(),
-            );
-        }
-        if rest.contains(|character: char| {
-            character.is_whitespace() || matches!(character, '/' | '@' | '?' | '#' | '\\')
-        }) {
-            return Err(
-                "not a host; write the host with an optional :port, such as \
-                 hooks.example.com:8443, not a URL"
-                    .to_owned(),
-            );
-        }
-        let (host, port) = split_port(rest)?;
-        let pattern = if let Some(suffix) = host.strip_prefix("*.") {
-            if suffix.contains('*') {
-                return Err("only one wildcard is allowed, as a leading `*.`".to_owned());
-            }
-            match Host::parse(suffix) {
-                Ok(Host::Domain(suffix)) => {
-                    let suffix = suffix.trim_end_matches('.').to_owned();
-                    if suffix.split('.').count() < 2 || suffix.split('.').any(str::is_empty) {
-                        return Err(
-                            "too broad; a wildcard needs at least two labels after `*.`, \
-                             such as *.example.com"
-                                .to_owned(),
-                        );
-                    }
-                    Pattern::Subdomains(suffix)
-                }
-                Ok(_) => {
-                    return Err("a wildcard cannot cover addresses; name the address".to_owned());
-                }
-                Err(error) => return Err(format!("not a valid host: {error}")),
-            }
-        } else if host.contains('*') {
-            return Err("a wildcard must be a leading `*.`, such as *.example.com".to_owned());
-        } else {
-            match Host::parse(host) {
-                Ok(Host::Domain(name)) => {
-                    let name = name.trim_end_matches('.').to_owned();
-                    if name.is_empty() || name.split('.').any(str::is_empty) {
-                        return Err("not a valid host name".to_owned());
-                    }
-                    Pattern::Name(name)
-                }
-                Ok(Host::Ipv4(ip)) => {
-                    // `Host::parse` also reads `0x7f.1` and `2130706433`; an entry that looks like
-                    // a name but is an address is a mistake (`private:8080`).
-                    if ip.to_string() != host {
-                        return Err(
-                            "not a host name, and an IPv4 address must be written as four \
-                             decimal numbers, such as 10.0.0.5"
-                                .to_owned(),
-                        );
-                    }
-                    Pattern::Address(IpAddr::V4(ip))
-                }
-                Ok(Host::Ipv6(ip)) => Pattern::Address(IpAddr::V6(ip)),
-                Err(error) => return Err(format!("not a valid host: {error}")),
-            }
-        };
-        Ok(AllowHost {
-            pattern,
-            port,
-            private,
-            entry: entry.to_owned(),
-        })
-    }
-
-    fn matches_host(&self, host: &Host<String>) -> bool {
-        match (&self.pattern, host) {
-            (Pattern::Name(allowed), Host::Domain(name)) => allowed == name.trim_end_matches('.'),
-            (Pattern::Subdomains(suffix), Host::Domain(name)) => name
-                .trim_end_matches('.')
-                .strip_suffix(suffix.as_str())
-                .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
-            (Pattern::Address(allowed), Host::Ipv4(ip)) => *allowed == IpAddr::V4(*ip),
-            (Pattern::Address(allowed), Host::Ipv6(ip)) => *allowed == IpAddr::V6(*ip),
-            _ => false,
-        }
-    }
-}
-
-/// `host`, `host:port`, `[v6]`, `[v6]:port`.
-fn split_port(text: &str) -> Result<(&str, Option<u16>), String> {
-    let (host, port) = if text.starts_with('[') {
-        let close = text.find(']').ok_or_else(|| "an unclosed `[`".to_owned())?;
-        let (host, after) = text.split_at(close + 1);
-        match after.strip_prefix(':') {
-            Some(port) => (host, Some(port)),
-            None if after.is_empty() => (host, None),
-            None => return Err("text after `]` that is not a :port".to_owned()),
-        }
-    } else if text.matches(':').count() > 1 {
-        return Err("an IPv6 address must be in brackets, such as [fd00::1]:8443".to_owned());
-    } else {
-        match text.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (text, None),
-        }
-    };
-    let port = match port {
-        None => None,
-        Some(port) => match port.parse::<u16>() {
-            Ok(port) if port != 0 => Some(port),
-            _ => return Err(format!("port `{port}` is not a number from 1 to 65535")),
-        },
-    };
-    Ok((host, port))
-}
-
 fn port_is_default(scheme: &str, port: u16) -> bool {
     matches!((scheme, port), ("http", 80) | ("https", 443))
 }
@@ -942,55 +793,6 @@ mod tests {
             let ip: IpAddr = public.parse().expect("an address");
             assert!(is_public(ip), "{public} counted as internal");
         }
-    }
-
-    #[test]
-    fn allowlist_entries() {
-        let good = [
-            "hooks.example.com",
-            "HOOKS.Example.com:8443",
-            "*.example.com",
-            "private:vault.corp.internal:8200",
-            "127.0.0.1:8080",
-            "[::1]:8080",
-            "[fd00::1]",
-        ];
-        for entry in good {
-            assert!(AllowHost::parse(entry).is_ok(), "{entry} refused");
-        }
-        let bad = [
-            "",
-            "private:",
-            "https://hooks.example.com",
-            "hooks.example.com/path",
-            "user@hooks.example.com",
-            "*.com",
-            "*",
-            "a.*.example.com",
-            "*.*.example.com",
-            "hooks.example.com:0",
-            "hooks.example.com:99999",
-            "hooks.example.com:http",
-            "::1",
-            "[::1",
-            "private:8080",
-            "0x7f.1",
-            "*.10.0.0.1",
-        ];
-        for entry in bad {
-            assert!(AllowHost::parse(entry).is_err(), "{entry} accepted");
-        }
-    }
-
-    #[test]
-    fn wildcard_matches_subdomains_only() {
-        let entry = AllowHost::parse("*.example.com").expect("valid");
-        let host = |name: &str| Host::Domain(name.to_owned());
-        assert!(entry.matches_host(&host("a.example.com")));
-        assert!(entry.matches_host(&host("a.b.example.com")));
-        assert!(!entry.matches_host(&host("example.com")));
-        assert!(!entry.matches_host(&host("badexample.com")));
-        assert!(!entry.matches_host(&host("example.com.evil.net")));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Connectors: the actions that reach the outside world — the OpenAI Admin API, Slack, HTTP —
 //! built from the service config. Each speaks its service's real API (see
 //! `shared/reference/`), classifies failures for the retry policy ([`ActionError`]) and never
-//! puts a secret into an error, a log line or an output.
+//! puts a secret into an error, a log line or an output. The HTTP client setup and the
+//! base-URL policy they share with the gateway are `quench_common::http`.
 
 pub mod http;
 pub mod openai;
@@ -10,56 +11,6 @@ pub mod slack;
 use std::time::Duration;
 
 use crate::engine::ActionError;
-
-/// Per-request timeout of outbound HTTP calls.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Installs rustls' ring provider as the process default, once. reqwest is built with
-/// `rustls-no-provider` (no aws-lc C build) and panics when it builds a client without one; a
-/// provider installed earlier by someone else is kept.
-pub fn install_crypto_provider() {
-    static INSTALL: std::sync::Once = std::sync::Once::new();
-    INSTALL.call_once(|| {
-        // Err means a default provider is already installed, which is just as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
-/// An HTTP client for connectors: rustls (ring), timeouts, no redirects unless a connector
-/// follows them itself, and a `User-Agent` naming quench.
-pub fn http_client() -> reqwest::Client {
-    http_client_builder()
-        .build()
-        .expect("the HTTP client's configuration is valid")
-}
-
-/// The settings of [`http_client`], for a connector that adds its own (the HTTP connector pins
-/// the addresses it checked).
-pub fn http_client_builder() -> reqwest::ClientBuilder {
-    install_crypto_provider();
-    reqwest::Client::builder()
-        .user_agent(concat!("quench/", env!("CARGO_PKG_VERSION")))
-        .timeout(REQUEST_TIMEOUT)
-        .connect_timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-}
-
-/// Checks a service's base URL: https, or plain http only to a loopback host (a local fake),
-/// so a credential never crosses a network in the clear.
-pub fn check_base_url(base: &str) -> Result<url::Url, String> {
-    let url = url::Url::parse(base).map_err(|error| format!("is not a URL: {error}"))?;
-    let loopback = match url.host() {
-        Some(url::Host::Domain(host)) => host == "localhost",
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
-    match url.scheme() {
-        "https" => Ok(url),
-        "http" if loopback => Ok(url),
-        _ => Err("must use https (plain http only for a loopback fake)".to_owned()),
-    }
-}
 
 /// `Retry-After` in seconds (the only form OpenAI and Slack send), capped at an hour.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {

@@ -19,10 +19,10 @@ mod transport;
 use std::sync::Arc;
 use std::time::Duration;
 
+use quench_common::http::{REQUEST_TIMEOUT, check_base_url, http_client};
 use reqwest::header::HeaderValue;
 use url::Url;
 
-use super::REQUEST_TIMEOUT;
 use crate::config::Secret;
 use crate::engine::Actions;
 
@@ -66,7 +66,7 @@ impl OpenAi {
             base,
             authorization: Some(authorization),
             organization,
-            http: super::http_client(),
+            http: http_client(),
             request_timeout: REQUEST_TIMEOUT,
         })
     }
@@ -78,13 +78,13 @@ impl OpenAi {
             base: base_url_of(base_url)?,
             authorization: None,
             organization: None,
-            http: super::http_client(),
+            http: http_client(),
             request_timeout: REQUEST_TIMEOUT,
         })
     }
 
     /// The same client with another per-request timeout (the default is
-    /// [`REQUEST_TIMEOUT`](super::REQUEST_TIMEOUT)); tests use a short one.
+    /// [`REQUEST_TIMEOUT`]); tests use a short one.
     pub fn with_request_timeout(self, timeout: Duration) -> OpenAi {
         OpenAi {
             request_timeout: timeout,
@@ -114,7 +114,7 @@ pub fn register(actions: &mut Actions, client: Arc<OpenAi>) {
 /// query or fragment.
 fn base_url_of(base_url: &str) -> Result<Url, String> {
     let shown = quench_proto::redact_str(base_url).into_owned();
-    let base = super::check_base_url(base_url.trim())
+    let base = check_base_url(base_url.trim())
         .map_err(|problem| format!("openai.base_url `{shown}` {problem}"))?;
     if base.cannot_be_a_base() || base.host_str().is_none_or(str::is_empty) {
         return Err(format!("openai.base_url `{shown}` has no host"));

@@ -12,6 +12,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use quench_common::slack::connector;
+use quench_proto::slack::{ApprovalButton, block_id_of, closed_block_id_of, escape, mention};
 use serde_json::{Value, json};
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
@@ -246,24 +248,9 @@ impl Notifier for Slack {
     }
 }
 
-/// A slack-morphism connector for `api_url`: https, or plain http only to a loopback fake (see
-/// [`super::check_base_url`]). Shared with `quench-gateway` (Socket Mode).
-pub fn connector(api_url: &str) -> Result<SlackClientHyperHttpsConnector, String> {
-    super::check_base_url(api_url)
-        .map_err(|problem| format!("slack.api_url `{api_url}` {problem}"))?;
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .map_err(|error| format!("cannot load the system's TLS roots: {error}"))?
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .build();
-    Ok(SlackClientHyperConnector::with_connector(https)
-        .with_slack_api_url(api_url.trim_end_matches('/')))
-}
-
 /// The text of an approval request and its buttons: one per choice, each carrying the run, the
-/// gate and its token, so the gateway can turn a click into a decision.
+/// gate and its token (`quench_proto::slack::ApprovalButton`), so the gateway can turn a click
+/// into a decision.
 fn approval_message(request: &NoticeRequest) -> SlackMessageContent {
     let gate = &request.gate;
     let lead = match request.kind {
@@ -282,10 +269,15 @@ fn approval_message(request: &NoticeRequest) -> SlackMessageContent {
         .choices
         .iter()
         .map(|choice| {
-            let value = json!({"run_id": gate.run_id, "gate": gate.step, "token": gate.token, "choice": choice});
+            let button = ApprovalButton {
+                run_id: gate.run_id.clone(),
+                gate: gate.step.clone(),
+                token: gate.token.clone(),
+                choice: choice.clone(),
+            };
             SlackBlockButtonElement::new(pt!(choice.clone()))
-                .with_action_id(SlackActionId(format!("quench:{choice}")))
-                .with_value(value.to_string())
+                .with_action_id(SlackActionId(button.action_id()))
+                .with_value(button.value())
                 .into()
         })
         .collect();
@@ -294,10 +286,8 @@ fn approval_message(request: &NoticeRequest) -> SlackMessageContent {
         .with_blocks(slack_blocks![
             some_into(SlackSectionBlock::new().with_text(md!(text))),
             some_into(
-                SlackActionsBlock::new(buttons).with_block_id(SlackBlockId(format!(
-                    "quench:{}:{}",
-                    gate.run_id, gate.step
-                )))
+                SlackActionsBlock::new(buttons)
+                    .with_block_id(SlackBlockId(block_id_of(&gate.run_id, &gate.step)))
             )
         ])
 }
@@ -330,41 +320,8 @@ fn closed_message(gate: &Gate) -> SlackMessageContent {
         .with_blocks(slack_blocks![some_into(
             SlackSectionBlock::new()
                 .with_text(md!(text))
-                .with_block_id(SlackBlockId(format!(
-                    "quench:{}:{}:closed",
-                    gate.run_id, gate.step
-                )))
+                .with_block_id(SlackBlockId(closed_block_id_of(&gate.run_id, &gate.step)))
         )])
-}
-
-/// A decider as Slack shows them: a Slack user (`T…/U…` or `U…`) as a mention, anyone else
-/// (an email, an API token's name) as escaped text. Also the `mention` template filter.
-pub fn mention(who: &str) -> String {
-    let user = who.rsplit_once('/').map_or(who, |(_, user)| user);
-    let is_slack_id = user.len() > 1
-        && user.starts_with(['U', 'W'])
-        && user
-            .chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
-    if is_slack_id {
-        format!("<@{user}>")
-    } else {
-        escape(who)
-    }
-}
-
-/// Escapes text for Slack's mrkdwn: `&`, `<` and `>` (what makes mentions and links).
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 /// Maps a Slack error to the retry policy. Messages name the method and the recipient, never
@@ -477,17 +434,4 @@ impl Action for UnconfiguredSlackMessage {
 /// Registers the dry-run `slack.message` used when no bot token is configured.
 pub fn register_unconfigured(actions: &mut Actions) {
     actions.insert("slack.message", Arc::new(UnconfiguredSlackMessage));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::escape;
-
-    #[test]
-    fn escaping_defuses_mentions_and_links() {
-        assert_eq!(
-            escape("<!channel> & <https://evil.example|click>"),
-            "&lt;!channel&gt; &amp; &lt;https://evil.example|click&gt;"
-        );
-    }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use globset::{Glob, GlobSetBuilder};
+use quench_common::suggest::did_you_mean;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -21,7 +22,6 @@ use super::model::{self, Conflict, OnResolved};
 use super::schedule::{parse_cron, parse_duration, parse_timezone};
 use super::schema::{INPUTS, STRUCTURE};
 use super::structure::{self, Subject};
-use super::suggest::did_you_mean;
 use super::template::{Scope, StepRef, expression_references, is_template, template_references};
 use super::yaml::Document;
 use super::{FindingTrigger, Playbook, RetryPolicy, Schedule, Step, Trigger};

@@ -14,7 +14,6 @@ mod overlap;
 mod schedule;
 mod schema;
 mod structure;
-mod suggest;
 mod template;
 mod yaml;
 
@@ -30,8 +29,6 @@ pub use model::{CatchUp, Conflict, Mode, OnResolved, Overlap};
 pub use overlap::{overlapping, warn_overlaps};
 pub use schedule::{parse_cron, parse_duration, parse_timezone};
 pub use schema::{PLAYBOOK_SCHEMA_PATH, playbook_schema};
-pub(crate) use structure::allowed_properties;
-pub(crate) use suggest::did_you_mean;
 pub use template::{complete_finding, environment};
 
 use crate::actions::ActionSpec;

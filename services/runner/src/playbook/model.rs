@@ -6,6 +6,9 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+// `engine.mode` in the service config sets the default, so the type lives with the config.
+pub use quench_common::config::Mode;
+
 pub(crate) type Map = serde_json::Map<String, serde_json::Value>;
 
 /// The `schema` tag of a playbook; only v1 exists.
@@ -57,23 +60,6 @@ pub struct Playbook {
     /// Steps run once when the run fails for good, with `failure.step` and `failure.error`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub on_failure: Vec<Step>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    Live,
-    DryRun,
-}
-
-impl Mode {
-    /// As configs and logs write it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Live => "live",
-            Mode::DryRun => "dry_run",
-        }
-    }
 }
 
 /// Exactly one of `finding` or `schedule`.

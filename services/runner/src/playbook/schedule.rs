@@ -88,8 +88,7 @@ fn crontab_day_of_week(field: &str) -> Result<String, String> {
 pub fn parse_timezone(name: &str) -> Result<Tz, (String, Option<String>)> {
     Tz::from_str(name).map_err(|_| {
         let names = chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name());
-        let suggestion =
-            super::suggest::closest(name, names).map(|close| format!("did you mean `{close}`?"));
+        let suggestion = quench_common::suggest::did_you_mean(name, names);
         (format!("`{name}` is not an IANA time zone"), suggestion)
     })
 }

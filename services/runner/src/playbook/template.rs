@@ -11,10 +11,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
 use minijinja::{AutoEscape, Environment, ErrorKind, State, UndefinedBehavior};
+use quench_common::suggest::did_you_mean;
 use serde_json::Value;
 
 use super::diagnostic::Code;
-use super::suggest::did_you_mean;
 
 /// Upper bound on the work one render may do (instructions plus string lengths).
 const FUEL: u64 = 200_000;
@@ -39,7 +39,7 @@ pub fn environment() -> Environment<'static> {
         if matches!(state.auto_escape(), AutoEscape::Custom(name) if name == "slack")
             && !value.is_safe()
         {
-            out.write_str(&crate::connectors::slack::escape(&value.to_string()))
+            out.write_str(&quench_proto::slack::escape(&value.to_string()))
                 .map_err(|error| minijinja::Error::new(ErrorKind::WriteFailure, error.to_string()))
         } else {
             minijinja::escape_formatter(out, state, value)
@@ -49,7 +49,7 @@ pub fn environment() -> Environment<'static> {
     // `{{ steps.decide.decided_by | map('mention') | join(', ') }}`: Slack users as mentions in
     // Slack text (kept as markup, not escaped), anyone else as escaped text.
     environment.add_filter("mention", |who: String| {
-        minijinja::Value::from_safe_string(crate::connectors::slack::mention(&who))
+        minijinja::Value::from_safe_string(quench_proto::slack::mention(&who))
     });
     environment
 }

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use api::openapi;
-pub use nats::{connect, connect_as, ensure_streams};
+pub use nats::{connect, ensure_streams};
 pub use publish::{PublishReport, ReadFinding, publish_findings, read_findings};
 
 use crate::config::Config;
@@ -315,7 +315,7 @@ pub async fn serve_with(
 /// Whether a quench service answers `/readyz` with 200 at `listen`.
 pub(crate) async fn ready(listen: &str) -> bool {
     let url = format!("http://{listen}/readyz");
-    match crate::connectors::http_client().get(url).send().await {
+    match quench_common::http::http_client().get(url).send().await {
         Ok(response) => response.status().is_success(),
         Err(_) => false,
     }

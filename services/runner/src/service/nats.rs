@@ -1,5 +1,6 @@
-//! Connecting to NATS and preparing JetStream: the streams quench owns, created or updated at
-//! start-up, with messages that say what is wrong when NATS is unreachable or JetStream is off.
+//! Connecting to NATS (through `quench_common::nats`) and preparing JetStream: the streams
+//! quench owns, created or updated at start-up, with messages that say what is wrong when NATS
+//! is unreachable or JetStream is off.
 
 use std::time::Duration;
 
@@ -15,49 +16,12 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * 60 * 60);
 /// Most bytes the dead-letter stream keeps.
 const DLQ_MAX_BYTES: i64 = 1 << 30;
 
-/// Connects with the configured credentials; fails fast, naming the URL, when NATS is not there.
+/// Connects as `quench` with the configured credentials; fails fast, naming the URL, when NATS
+/// is not there.
 pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, Error> {
-    connect_as(config, "quench").await
-}
-
-/// [`connect`], naming the connection `name` (as NATS monitoring shows it).
-pub async fn connect_as(config: &NatsConfig, name: &str) -> Result<async_nats::Client, Error> {
-    let mut options = async_nats::ConnectOptions::new()
-        .name(name)
-        .custom_inbox_prefix(config.inbox_prefix.as_str())
-        .connection_timeout(Duration::from_secs(5))
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Disconnected => {
-                    tracing::warn!("NATS connection lost; reconnecting")
-                }
-                async_nats::Event::Connected => tracing::info!("NATS connected"),
-                other => tracing::debug!(event = %other, "NATS event"),
-            }
-        });
-    if let Some(path) = &config.credentials_file {
-        options = options.credentials_file(path).await.map_err(|error| {
-            Error::Nats(format!(
-                "cannot read nats.credentials_file {}: {error}",
-                path.display()
-            ))
-        })?;
-    }
-    if let (Some(user), Some(password)) = (&config.user, &config.password) {
-        options = options.user_and_password(user.clone(), password.expose().to_owned());
-    }
-    if let Some(token) = &config.token {
-        options = options.token(token.expose().to_owned());
-    }
-    if let Some(ca) = &config.tls_ca_file {
-        options = options.add_root_certificates(ca.clone()).require_tls(true);
-    }
-    options.connect(config.url.as_str()).await.map_err(|error| {
-        Error::Nats(format!(
-            "cannot reach NATS at {}: {error}. Is nats-server running there with these credentials? (`quench up` starts one locally)",
-            config.url
-        ))
-    })
+    quench_common::nats::connect_as(config, "quench")
+        .await
+        .map_err(|error| Error::Nats(error.to_string()))
 }
 
 /// Creates or updates quench's streams.

@@ -10,12 +10,11 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::audit::{self, Head};
-use super::{Batch, Committed, Error, Key};
+use super::{Batch, Committed, Error, Key, SyncMode};
 
 /// The metadata key of the store's counters ([`Batch::count`]).
 pub(super) const COUNTERS: &str = "counters";
@@ -24,19 +23,6 @@ pub(super) const COUNTERS: &str = "counters";
 const MAX_GROUP: usize = 4096;
 /// Requests that may wait for the committer before senders are slowed down.
 const QUEUE: usize = 16 * 1024;
-
-/// How hard a commit tries to reach the disk.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncMode {
-    /// Flush and `fdatasync`: a commit survives power loss. The default.
-    #[default]
-    Always,
-    /// Flush to the OS only: a commit survives the process being killed, not the machine.
-    Os,
-}
 
 struct Request {
     batch: Batch,

@@ -25,7 +25,8 @@ pub use audit::{
     AuditDraft, AuditEntry, AuditRef, Segment, Verification, parse_stored, verify_segment,
 };
 
-pub use committer::SyncMode;
+// The `store.sync` config value.
+pub use quench_common::config::SyncMode;
 
 /// Version of the on-disk layout; written at creation and checked at open.
 pub const FORMAT_VERSION: u32 = 1;

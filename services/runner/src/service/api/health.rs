@@ -98,7 +98,7 @@ pub(super) async fn metrics(State(api): State<Api>) -> impl IntoResponse {
     let connected = api.inner.client.connection_state() == async_nats::connection::State::Connected;
     metrics.nats_connected.set(i64::from(connected));
     (
-        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        [(header::CONTENT_TYPE, quench_common::metrics::CONTENT_TYPE)],
         metrics.render(),
     )
 }

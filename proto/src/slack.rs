@@ -1,0 +1,214 @@
+//! What quench writes into Slack and reads back. Text sent as mrkdwn interpolates with
+//! [`escape`] and [`mention`]. An approval message carries one [`ApprovalButton`] per choice:
+//! the runner's Slack connector writes them, Slack hands a clicked button's `action_id`,
+//! `block_id` and `value` back untouched, and the gateway reads them — so the three are a wire
+//! format between the two processes, defined here once:
+//!
+//! - `action_id` = `quench:<choice>`;
+//! - `block_id` = `quench:<run_id>:<gate>` (the actions block of one gate's buttons);
+//! - `value` = `{"run_id","gate","token","choice"}` as JSON, read strictly (unknown fields are
+//!   refused), and it must agree with the other two.
+
+use serde::{Deserialize, Serialize};
+
+/// The prefix of every `action_id` and `block_id` quench writes.
+pub const PREFIX: &str = "quench:";
+
+/// Longest run id a button may name: the run id becomes one NATS subject token.
+const MAX_RUN_ID: usize = 128;
+
+/// One approval button: a choice on one gate of one run, with the gate's unguessable token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalButton {
+    pub run_id: String,
+    /// The gate's step id within the run.
+    pub gate: String,
+    pub token: String,
+    pub choice: String,
+}
+
+/// Why a click is not on a quench approval button; the text is what the user is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ButtonError {
+    #[error("this button is not a quench approval")]
+    NotOurs,
+    #[error("the button's value is not a quench approval")]
+    Value,
+    #[error("the button's action and value disagree")]
+    ActionDisagrees,
+    #[error("the button names no valid run")]
+    RunId,
+    #[error("the button's block and value disagree")]
+    BlockDisagrees,
+}
+
+impl ApprovalButton {
+    /// `quench:<choice>`.
+    pub fn action_id(&self) -> String {
+        format!("{PREFIX}{}", self.choice)
+    }
+
+    /// The button's `value`: the run, the gate, its token and the choice, as JSON.
+    pub fn value(&self) -> String {
+        serde_json::to_string(self).expect("a button of four strings serializes")
+    }
+
+    /// The button a click was on, from what Slack hands back: its `action_id`, the `block_id`
+    /// of its block (when Slack sends it) and its `value`. Every part must agree with the value.
+    pub fn parse(
+        action_id: &str,
+        block_id: Option<&str>,
+        value: Option<&str>,
+    ) -> Result<ApprovalButton, ButtonError> {
+        let action_choice = action_id.strip_prefix(PREFIX).ok_or(ButtonError::NotOurs)?;
+        let value = value.ok_or(ButtonError::NotOurs)?;
+        let button: ApprovalButton = serde_json::from_str(value).map_err(|_| ButtonError::Value)?;
+        if button.choice != action_choice {
+            return Err(ButtonError::ActionDisagrees);
+        }
+        if button.run_id.is_empty()
+            || button.run_id.len() > MAX_RUN_ID
+            || !button
+                .run_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ButtonError::RunId);
+        }
+        if let Some(block) = block_id
+            && block != block_id_of(&button.run_id, &button.gate)
+        {
+            return Err(ButtonError::BlockDisagrees);
+        }
+        Ok(button)
+    }
+}
+
+/// The `block_id` of the actions block holding a gate's buttons: `quench:<run_id>:<gate>`.
+pub fn block_id_of(run_id: &str, gate: &str) -> String {
+    format!("{PREFIX}{run_id}:{gate}")
+}
+
+/// The `block_id` of the text an approval message becomes once its gate closes (no buttons).
+pub fn closed_block_id_of(run_id: &str, gate: &str) -> String {
+    format!("{PREFIX}{run_id}:{gate}:closed")
+}
+
+/// A decider as Slack shows them: a Slack user (`T…/U…` or `U…`) as a mention, anyone else
+/// (an email, an API token's name) as escaped text. Also the `mention` template filter.
+pub fn mention(who: &str) -> String {
+    let user = who.rsplit_once('/').map_or(who, |(_, user)| user);
+    let is_slack_id = user.len() > 1
+        && user.starts_with(['U', 'W'])
+        && user
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+    if is_slack_id {
+        format!("<@{user}>")
+    } else {
+        escape(who)
+    }
+}
+
+/// Escapes text for Slack's mrkdwn: `&`, `<` and `>` (what makes mentions and links).
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn escaping_defuses_mentions_and_links() {
+        assert_eq!(
+            escape("<!channel> & <https://evil.example|click>"),
+            "&lt;!channel&gt; &amp; &lt;https://evil.example|click&gt;"
+        );
+    }
+
+    #[test]
+    fn the_value_is_the_json_the_gateway_has_always_read() {
+        let button = ApprovalButton {
+            run_id: "run-1".to_owned(),
+            gate: "decide".to_owned(),
+            token: "abc123".to_owned(),
+            choice: "keep".to_owned(),
+        };
+        assert_eq!(
+            button.value(),
+            r#"{"run_id":"run-1","gate":"decide","token":"abc123","choice":"keep"}"#
+        );
+        assert_eq!(button.action_id(), "quench:keep");
+        assert_eq!(block_id_of("run-1", "decide"), "quench:run-1:decide");
+        assert_eq!(
+            closed_block_id_of("run-1", "decide"),
+            "quench:run-1:decide:closed"
+        );
+    }
+
+    fn button() -> impl Strategy<Value = ApprovalButton> {
+        (
+            "[A-Za-z0-9_-]{1,128}",
+            any::<String>(),
+            any::<String>(),
+            any::<String>(),
+        )
+            .prop_map(|(run_id, gate, token, choice)| ApprovalButton {
+                run_id,
+                gate,
+                token,
+                choice,
+            })
+    }
+
+    proptest! {
+        /// What the runner writes, the gateway reads back as the same button, whether or not
+        /// Slack sends the block id.
+        #[test]
+        fn a_button_round_trips(button in button()) {
+            let block = block_id_of(&button.run_id, &button.gate);
+            let value = button.value();
+            prop_assert_eq!(
+                ApprovalButton::parse(&button.action_id(), Some(&block), Some(&value)),
+                Ok(button.clone())
+            );
+            prop_assert_eq!(
+                ApprovalButton::parse(&button.action_id(), None, Some(&value)),
+                Ok(button)
+            );
+        }
+
+        /// A button's value under another button's action or block is refused: a click
+        /// cannot answer with a choice, run or gate its value does not name.
+        #[test]
+        fn parts_of_different_buttons_do_not_combine(one in button(), other in button()) {
+            let value = one.value();
+            if other.choice != one.choice {
+                prop_assert_eq!(
+                    ApprovalButton::parse(&other.action_id(), None, Some(&value)),
+                    Err(ButtonError::ActionDisagrees)
+                );
+            }
+            let block = block_id_of(&other.run_id, &other.gate);
+            if block != block_id_of(&one.run_id, &one.gate) {
+                prop_assert_eq!(
+                    ApprovalButton::parse(&one.action_id(), Some(&block), Some(&value)),
+                    Err(ButtonError::BlockDisagrees)
+                );
+            }
+        }
+    }
+}
