@@ -119,6 +119,10 @@ impl Scenario {
     /// Starts the child and kills it with SIGKILL after `after`.
     fn kill_after(&self, after: Duration) {
         let mut child = self.child(None).spawn().expect("child starts");
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a plain thread waits for a child process"
+        )]
         std::thread::sleep(after);
         let _ = child.kill();
         let _ = child.wait();

@@ -138,6 +138,10 @@ async fn signals(shutdown: tokio_util::sync::CancellationToken) {
         _ = interrupt.recv() => {}
     }
     tracing::warn!("second signal: exiting at once");
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a second signal exits at once, as the house style asks"
+    )]
     std::process::exit(130);
 }
 

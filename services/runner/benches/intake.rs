@@ -92,6 +92,10 @@ fn start_nats(dir: &Path) -> (Nats, String) {
             started.elapsed() < Duration::from_secs(10),
             "nats-server did not start"
         );
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a plain thread polls a child process"
+        )]
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -422,6 +422,10 @@ impl NatsServer {
                 started.elapsed() < std::time::Duration::from_secs(10),
                 "nats-server did not start"
             );
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "a plain thread polls a child process"
+            )]
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
         self.child = Some(child);
@@ -613,6 +617,10 @@ fn wait_ready(child: &mut std::process::Child, listen: &str, what: &str, log: &s
             "{what} did not become ready:\n{}",
             log()
         );
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a plain thread polls a child process"
+        )]
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
 }
