@@ -435,12 +435,24 @@ steps:
     let audit_before = store.verify_audit().expect("verifies");
 
     let retain = std::time::Duration::from_secs(7 * 86400);
+    let counted = || {
+        crate::support::metric(
+            &quench_runner::metrics::get().render(),
+            "quench_runs_purged_total",
+        )
+    };
+    let counted_before = counted();
     let purged = harness
         .engine
         .purge_ended(retain, 100)
         .await
         .expect("purge");
     assert_eq!((purged.runs, purged.more), (1, false), "{purged:?}");
+    assert_eq!(
+        counted() - counted_before,
+        1.0,
+        "quench_runs_purged_total counts it"
+    );
     assert!(harness.engine.run(&old).expect("readable").is_none());
     assert!(
         store

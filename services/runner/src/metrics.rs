@@ -40,6 +40,8 @@ pub const RUNS_COMPLETED: &str = "quench_runs_completed";
 pub const RUNS_FAILED: &str = "quench_runs_failed";
 /// Runs that ended `cancelled` (`playbook`).
 pub const RUNS_CANCELLED: &str = "quench_runs_cancelled";
+/// Counter: ended runs purged by `[store] retain_ended`.
+pub const RUNS_PURGED: &str = "quench_runs_purged";
 /// Runs not ended: running or parked.
 pub const RUNS_OPEN: &str = "quench_runs_open";
 /// Runs parked on an approval gate.
@@ -128,6 +130,7 @@ pub struct Metrics {
     pub runs_completed: Family<PlaybookLabel, Counter>,
     pub runs_failed: Family<PlaybookLabel, Counter>,
     pub runs_cancelled: Family<PlaybookLabel, Counter>,
+    pub runs_purged: Counter,
     pub runs_open: Gauge,
     pub runs_awaiting_approval: Gauge,
     pub step_duration: Family<ActionLabel, Histogram>,
@@ -167,6 +170,7 @@ impl Metrics {
             runs_completed: Family::default(),
             runs_failed: Family::default(),
             runs_cancelled: Family::default(),
+            runs_purged: Counter::default(),
             runs_open: Gauge::default(),
             runs_awaiting_approval: Gauge::default(),
             step_duration: Family::new_with_constructor(step_histogram),
@@ -230,6 +234,11 @@ impl Metrics {
             RUNS_CANCELLED,
             "Runs cancelled, by playbook",
             metrics.runs_cancelled.clone(),
+        );
+        registry.register(
+            RUNS_PURGED,
+            "Ended runs purged after `[store] retain_ended` (their audit entries stay)",
+            metrics.runs_purged.clone(),
         );
         registry.register(
             ACTION_ERRORS,

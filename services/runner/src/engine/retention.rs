@@ -81,6 +81,7 @@ impl Engine {
             ));
             store.commit(batch).await?;
             drop(guards);
+            crate::metrics::get().runs_purged.inc_by(purged.runs as u64);
             tracing::info!(
                 runs = purged.runs,
                 ended_before = %cutoff,
