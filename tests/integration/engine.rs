@@ -602,7 +602,23 @@ steps:
         keys: Default::default(),
     });
     let open = |action: Arc<HangsOnce>| {
-        let store = Store::open(&StoreConfig::new(directory.path())).expect("store");
+        // The first engine's committer thread lets go of the store just after the engine is
+        // dropped: in one process a reopen can find it still locked for a moment.
+        let started = std::time::Instant::now();
+        let store = loop {
+            match Store::open(&StoreConfig::new(directory.path())) {
+                Err(quench_runner::store::Error::Locked { .. })
+                    if started.elapsed() < Duration::from_secs(10) =>
+                {
+                    #[expect(
+                        clippy::disallowed_methods,
+                        reason = "a sync closure waits for a lock"
+                    )]
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => break other.expect("store"),
+            }
+        };
         let mut actions = Actions::new();
         actions.insert("openai.revoke_key", action);
         Engine::new(
