@@ -10,7 +10,7 @@ use std::time::Duration;
 use quench_runner::config::Secret;
 use quench_runner::connectors::slack::Slack;
 use quench_runner::engine::DecisionOutcome;
-use quench_runner::store::Store;
+use quench_runner::store::{Store, StoreConfig};
 use serde_json::{Value, json};
 
 use crate::support::slack_fake::{SlackFake, SlackFault};
@@ -51,6 +51,10 @@ steps:
 "##;
 
 async fn harness(fake: &SlackFake, playbooks: &[&str]) -> Harness {
+    harness_on(Store::temporary().expect("store"), fake, playbooks).await
+}
+
+async fn harness_on(store: Store, fake: &SlackFake, playbooks: &[&str]) -> Harness {
     let groups = BTreeMap::from([(
         "secops".to_owned(),
         vec!["lead@example.com".to_owned(), "U0SECOPS1".to_owned()],
@@ -62,7 +66,7 @@ async fn harness(fake: &SlackFake, playbooks: &[&str]) -> Harness {
     fake.add_user("secops1@example.com", "U0SECOPS1");
     fake.add_channel("security");
     Harness::with_slack(
-        Store::temporary().expect("store"),
+        store,
         playbooks,
         start_time(),
         BTreeMap::new(),
@@ -398,7 +402,9 @@ async fn each_person_is_asked_once_per_notice_and_who_answered_is_not_reminded()
 #[tokio::test]
 async fn slack_message_posts_escaped_text_and_the_token_appears_nowhere() {
     let fake = SlackFake::start().await;
-    let harness = harness(&fake, &[MESSAGE]).await;
+    let directory = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&StoreConfig::new(directory.path())).expect("store");
+    let harness = harness_on(store, &fake, &[MESSAGE]).await;
     let run = started(
         &harness
             .ingest(&[finding(
@@ -421,16 +427,9 @@ async fn slack_message_posts_escaped_text_and_the_token_appears_nowhere() {
     assert!(output["ts"].as_str().is_some_and(|ts| !ts.is_empty()));
 
     let token = fake.bot_token();
-    let stored: Vec<String> = harness
-        .engine
-        .store()
-        .raw_tree()
-        .iter()
-        .map(|item| {
-            let (_, value) = item.expect("readable");
-            String::from_utf8_lossy(&value).into_owned()
-        })
-        .collect();
+    drop(harness);
+    let stored = crate::support::stored_values(directory.path());
+    assert!(!stored.is_empty(), "the store was read");
     assert!(
         stored.iter().all(|value| !value.contains(&token)),
         "the bot token is not in the store"

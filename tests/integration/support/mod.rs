@@ -79,6 +79,19 @@ fn binary(name: &str) -> PathBuf {
     bin
 }
 
+/// Every value stored under `path`, read as an attacker with the files would: sled opened on the
+/// directory itself (the store must have been dropped; it lets go of its files before the drop
+/// returns).
+pub(crate) fn stored_values(path: &Path) -> Vec<String> {
+    let db = sled::open(path).expect("the store's files open with sled");
+    db.iter()
+        .map(|item| {
+            let (_, value) = item.expect("readable");
+            String::from_utf8_lossy(&value).into_owned()
+        })
+        .collect()
+}
+
 /// An engine on a store, with a manual clock and scripted actions, for driving runs from tests.
 pub(crate) struct Harness {
     pub(crate) engine: quench_runner::engine::Engine,

@@ -260,36 +260,23 @@ pub(super) async fn list(
 ) -> Result<Json<RunPage>, ApiError> {
     caller.require(Role::Viewer)?;
     let limit = query::limit(query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
-    let store = api.inner.engine.store();
-    let mut runs = Vec::new();
-    let mut last = None;
-    let mut exhausted = true;
-    for (examined, item) in store
-        .runs_newest_first::<Run>(
-            query.id_prefix.as_deref().unwrap_or(""),
-            query.cursor.as_deref(),
-        )
-        .enumerate()
-    {
-        if runs.len() >= limit || examined >= SCAN_BUDGET {
-            exhausted = false;
-            break;
-        }
-        let (id, run) = item?;
-        last = Some(id);
-        let matches = query.state.is_none_or(|state| state.matches(run.status))
-            && query
-                .playbook
-                .as_ref()
-                .is_none_or(|playbook| &run.playbook == playbook)
-            && query.key.as_ref().is_none_or(|key| &run.key == key);
-        if matches {
-            runs.push(summary(&run));
-        }
-    }
+    let page = api.inner.engine.store().runs_page::<Run>(
+        query.id_prefix.as_deref().unwrap_or(""),
+        query.cursor.as_deref(),
+        limit,
+        SCAN_BUDGET,
+        |run| {
+            query.state.is_none_or(|state| state.matches(run.status))
+                && query
+                    .playbook
+                    .as_ref()
+                    .is_none_or(|playbook| &run.playbook == playbook)
+                && query.key.as_ref().is_none_or(|key| &run.key == key)
+        },
+    )?;
     Ok(Json(RunPage {
-        runs,
-        next: if exhausted { None } else { last },
+        runs: page.items.iter().map(summary).collect(),
+        next: page.next,
     }))
 }
 
@@ -499,7 +486,7 @@ pub(super) async fn decide(
     // unknown gate is still passed on, to be refused and audited like any other answer.
     let token = engine
         .store()
-        .get::<Gate>(crate::store::Key::Gate(&id, &gate))?
+        .gate::<Gate>(&id, &gate)?
         .map(|gate| gate.token)
         .unwrap_or_default();
     let decision = quench_proto::Decision {
