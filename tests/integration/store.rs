@@ -509,3 +509,26 @@ steps:
     );
     assert!(harness.engine.run(&old).expect("readable").is_none());
 }
+
+/// Dropping the last handle returns only once the store's files are let go of — sled's own
+/// threads may still be finishing log writes after its database is dropped — so the same
+/// process can open the store again at once (an engine restarted in a test, `audit verify`
+/// after a test's service). Without the wait about one round in a hundred found it locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_store_can_be_opened_again_at_once() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    for round in 0..300u32 {
+        let store = Store::open(&StoreConfig::new(directory.path()))
+            .unwrap_or_else(|error| panic!("round {round}: {error}"));
+        let mut batch = Batch::new();
+        for n in 0..50 {
+            batch.put(
+                Key::Run(&format!("run-{round}-{n}")),
+                &json!({"n": n, "padding": "x".repeat(2000)}),
+            );
+            batch.audit(AuditDraft::new(chrono::Utc::now(), "test", json!({"n": n})));
+        }
+        store.commit(batch).await.expect("commit");
+        drop(store);
+    }
+}
