@@ -53,18 +53,17 @@ pub(super) struct PendingCall {
 }
 
 impl Engine {
-    /// Advances a run until it parks or ends. Returns the runs this started (a queued finding
-    /// whose turn came), which the caller drives next.
-    pub async fn drive(&self, run_id: &str) -> Result<Vec<String>, Error> {
+    /// Advances a run until it parks or ends (the engine's workers call it for every queued
+    /// run; runs it starts, such as a queued finding whose turn came, are queued in turn).
+    pub(super) async fn drive(&self, run_id: &str) -> Result<(), Error> {
         let span = tracing::info_span!("run", run_id = %run_id, playbook = tracing::field::Empty);
         self.drive_in(run_id, &span).instrument(span.clone()).await
     }
 
-    async fn drive_in(&self, run_id: &str, span: &tracing::Span) -> Result<Vec<String>, Error> {
+    async fn drive_in(&self, run_id: &str, span: &tracing::Span) -> Result<(), Error> {
         let _guard = self.inner.locks.lock(run_id).await;
-        let mut started = Vec::new();
         let Some(mut run) = self.run(run_id)? else {
-            return Ok(started);
+            return Ok(());
         };
         span.record("playbook", run.playbook.as_str());
         while run.status == RunStatus::Running {
@@ -80,14 +79,14 @@ impl Engine {
                     });
                     self.end(&mut run, &mut tx, RunStatus::Failed, None, now)?;
                     tx.save(&mut run, now);
-                    started.extend(self.commit(tx).await?);
+                    self.commit(tx).await?;
                     break;
                 }
             };
             let next = self.advance(&mut run, &playbook, &mut tx)?;
             let now = self.now();
             tx.save(&mut run, now);
-            started.extend(self.commit(tx).await?);
+            self.commit(tx).await?;
             let Next::Call(pending) = next else { break };
             fail::fail_point!("engine::after_intent");
             let result = self.execute(&pending).await;
@@ -96,9 +95,9 @@ impl Engine {
             let now = self.now();
             self.apply_result(&mut run, &playbook, *pending, result, &mut tx, now)?;
             tx.save(&mut run, now);
-            started.extend(self.commit(tx).await?);
+            self.commit(tx).await?;
         }
-        Ok(started)
+        Ok(())
     }
 
     /// Makes the call under the step's timeout; its duration and failure class are measured.
@@ -947,6 +946,7 @@ impl Engine {
             &timer,
         );
         run.timers.push(TimerRef { due, name });
+        tx.timers = true;
     }
 
     pub(super) fn clear_timer(&self, run: &mut Run, tx: &mut Tx, name: &str) {

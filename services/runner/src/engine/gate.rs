@@ -68,10 +68,18 @@ pub enum Cancel {
     NotFound,
     /// The run had already ended so.
     Ended(RunStatus),
-    /// Cancelled; the runs to drive now (a finding that was queued behind it).
-    Cancelled {
-        wake: Vec<String>,
-    },
+    /// Cancelled (a finding queued behind it starts its run).
+    Cancelled,
+}
+
+/// Whether an answer the gate cannot place yet may wait (see [`Engine::decide`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Defer {
+    /// Decide now: accept or refuse for good (the API, the CLI, a last delivery).
+    Never,
+    /// A Slack user the gate does not know while its messages are still being delivered is
+    /// [`DecisionOutcome::Deferred`], for the caller to offer again, instead of refused.
+    WhileUndelivered,
 }
 
 /// Why an answer was refused (audited, with who sent it).
@@ -298,28 +306,14 @@ impl Engine {
         Ok(allowed)
     }
 
-    /// Takes an answer to a gate. Returns what became of it; the runs to drive are returned by
-    /// [`Engine::decide_and_wake`].
-    pub async fn decide(&self, decision: &Decision) -> Result<DecisionOutcome, Error> {
-        Ok(self.decide_and_wake(decision).await?.0)
-    }
-
-    /// Like [`Engine::decide`], also returning the runs to drive now.
-    pub async fn decide_and_wake(
+    /// Takes an answer to a gate and returns what became of it; a decided gate's run is
+    /// driven on by the engine. Who may answer is decided here, whatever the sender claims, and
+    /// every answer (accepted or refused) is audited.
+    pub async fn decide(
         &self,
         decision: &Decision,
-    ) -> Result<(DecisionOutcome, Vec<String>), Error> {
-        self.decide_or_defer(decision, false).await
-    }
-
-    /// Like [`Engine::decide_and_wake`]; with `may_defer`, a Slack answer the gate cannot place
-    /// yet (its messages are still being delivered) is [`DecisionOutcome::Deferred`] instead of
-    /// refused, for the caller to offer again.
-    pub async fn decide_or_defer(
-        &self,
-        decision: &Decision,
-        may_defer: bool,
-    ) -> Result<(DecisionOutcome, Vec<String>), Error> {
+        defer: Defer,
+    ) -> Result<DecisionOutcome, Error> {
         let _guard = self.inner.locks.lock(&decision.run_id).await;
         let now = self.now();
         let mut tx = Tx::default();
@@ -341,19 +335,19 @@ impl Engine {
             draft.allowed = Some(false);
             tx.audit_draft(draft);
             self.commit(tx).await?;
-            return Ok((DecisionOutcome::Refused(Refusal::UnknownGate), Vec::new()));
+            return Ok(DecisionOutcome::Refused(Refusal::UnknownGate));
         };
         let refusal = self.check_answer(&run, &gate, decision);
         // A Slack user the gate does not know yet, while its messages are still being delivered
         // (their delivery is what records which Slack id an emailed approver has): come back
         // later rather than refuse someone who may well be allowed.
-        if may_defer
+        if defer == Defer::WhileUndelivered
             && matches!(refusal, Some(Refusal::NotAllowed(_)))
             && decision.actor.via == quench_proto::Via::Slack
             && gate.messages.is_empty()
             && self.inner.notifier.is_some()
         {
-            return Ok((DecisionOutcome::Deferred, Vec::new()));
+            return Ok(DecisionOutcome::Deferred);
         }
         let step = gate.step.clone();
         if let Some(refusal) = refusal {
@@ -365,7 +359,7 @@ impl Engine {
             mark_last_actor(&mut tx, actor, false);
             tx.save(&mut run, now);
             self.commit(tx).await?;
-            return Ok((DecisionOutcome::Refused(refusal), Vec::new()));
+            return Ok(DecisionOutcome::Refused(refusal));
         }
         gate.answers.push(Answer {
             actor: decision.actor.id.clone(),
@@ -405,11 +399,11 @@ impl Engine {
         };
         tx.batch.put(Key::Gate(&run.id, &gate.step), &gate);
         tx.save(&mut run, now);
-        let mut wake = self.commit(tx).await?;
         if run.status == RunStatus::Running {
-            wake.push(run.id.clone());
+            tx.to_drive.push(run.id.clone());
         }
-        Ok((outcome, wake))
+        self.commit(tx).await?;
+        Ok(outcome)
     }
 
     fn check_answer(&self, run: &Run, gate: &Gate, decision: &Decision) -> Option<Refusal> {
@@ -508,15 +502,16 @@ impl Engine {
     }
 
     /// Fires every timer due now, runs in parallel (their commits group), each run's timers in
-    /// due order. Returns the runs to drive.
-    pub async fn fire_due(&self) -> Result<Vec<String>, Error> {
-        let mut wake = Vec::new();
+    /// due order; the runs they wake are driven by the engine. Returns how many fired.
+    pub async fn fire_due(&self) -> Result<usize, Error> {
+        let mut fired = 0;
         loop {
             let now = self.now();
             let due = self.inner.store.due_timers::<Timer>(now, FIRE_BATCH)?;
             if due.is_empty() {
-                return Ok(wake);
+                return Ok(fired);
             }
+            fired += due.len();
             let mut by_run: BTreeMap<String, Vec<(crate::store::TimerKey, Timer)>> =
                 BTreeMap::new();
             for (key, timer) in due {
@@ -536,20 +531,19 @@ impl Engine {
                     .map_err(|_| Error::Stopped)?;
                 tasks.spawn(async move {
                     let _permit = permit;
-                    let mut wake = Vec::new();
                     for (key, timer) in timers {
-                        wake.extend(engine.fire(&key, timer).await?);
+                        engine.fire(&key, timer).await?;
                     }
-                    Ok::<_, Error>(wake)
+                    Ok::<_, Error>(())
                 });
             }
             while let Some(done) = tasks.join_next().await {
-                wake.extend(done.map_err(|_| Error::Stopped)??);
+                done.map_err(|_| Error::Stopped)??;
             }
         }
     }
 
-    async fn fire(&self, key: &crate::store::TimerKey, timer: Timer) -> Result<Vec<String>, Error> {
+    async fn fire(&self, key: &crate::store::TimerKey, timer: Timer) -> Result<(), Error> {
         if let Timer::Notify {
             step,
             notice,
@@ -558,8 +552,7 @@ impl Engine {
             ..
         } = timer
         {
-            self.deliver_notice(key, step, notice, to, attempt).await?;
-            return Ok(Vec::new());
+            return self.deliver_notice(key, step, notice, to, attempt).await;
         }
         let _guard = self.inner.locks.lock(&key.run).await;
         let now = self.now();
@@ -574,8 +567,7 @@ impl Engine {
                     .any(|set| set.name == key.name && set.due == key.due)
         }) else {
             // A stale timer (the run ended, or the timer was replaced): just remove it.
-            self.commit(tx).await?;
-            return Ok(Vec::new());
+            return self.commit(tx).await;
         };
         run.timers
             .retain(|set| !(set.name == key.name && set.due == key.due));
@@ -714,11 +706,10 @@ impl Engine {
             }
         }
         tx.save(&mut run, now);
-        let mut wake = self.commit(tx).await?;
         if run.status == RunStatus::Running {
-            wake.push(run.id.clone());
+            tx.to_drive.push(run.id.clone());
         }
-        Ok(wake)
+        self.commit(tx).await
     }
 
     /// When a run fails while parked (its deadline), its waiting step fails and its timers go.
@@ -773,8 +764,7 @@ impl Engine {
     }
 
     /// Cancels a run that has not ended, on behalf of an operator (`actor`, audited with the
-    /// reason). Returns what happened; a cancelled run's slot may start a queued finding's run,
-    /// which is returned to be driven.
+    /// reason). Returns what happened; a cancelled run's slot may start a queued finding's run.
     pub async fn cancel(
         &self,
         run_id: &str,
@@ -802,8 +792,8 @@ impl Engine {
         });
         self.cancel_locked(&mut run, reason, &mut tx, now)?;
         tx.save(&mut run, now);
-        let wake = self.commit(tx).await?;
-        Ok(Cancel::Cancelled { wake })
+        self.commit(tx).await?;
+        Ok(Cancel::Cancelled)
     }
 
     /// Cancels a run whose lock the caller holds.
