@@ -10,13 +10,13 @@ use quench_proto::{Decision, RunEventKind};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use super::drive::{Flow, state};
+use super::drive::{Flow, Outcome, StepCx};
 use super::state::{
     Answer, EscalationState, Gate, GateDecision, NoticeKind, Run, RunStatus, StepStatus, Timer,
 };
 use super::{Engine, Error, Tx};
 use crate::actions::Approval;
-use crate::playbook::{Playbook, Step, parse_duration};
+use crate::playbook::{Step, parse_duration};
 use crate::store::{AuditDraft, Key};
 
 const DEFAULT_CHOICES: [&str; 2] = ["approve", "deny"];
@@ -124,48 +124,38 @@ fn identity(id: &str) -> String {
 
 impl Engine {
     /// Opens the gate of an `approval` step and parks the run on it.
-    pub(super) fn open_gate(
-        &self,
-        run: &mut Run,
-        playbook: &Playbook,
-        step: &Step,
-        input: Value,
-        tx: &mut Tx,
-        now: DateTime<Utc>,
-    ) -> Result<Flow, Error> {
-        let gate = match self.build_gate(run, step, input, now) {
+    pub(super) fn open_gate(&self, mut cx: StepCx<'_>, input: Value) -> Result<Flow, Error> {
+        let gate = match self.build_gate(cx.run, cx.step, input, cx.now) {
             Ok(gate) => gate,
             Err(error) => {
                 return self.finish_step(
-                    run,
-                    playbook,
-                    step,
-                    StepStatus::Failed,
-                    Value::Null,
-                    Some(error),
-                    false,
-                    tx,
-                    now,
+                    cx,
+                    Outcome {
+                        status: StepStatus::Failed,
+                        output: Value::Null,
+                        error: Some(error),
+                        fatal: false,
+                    },
                 );
             }
         };
         self.set_timer(
-            run,
-            tx,
+            cx.run,
+            cx.tx,
             gate.deadline,
             Timer::GateTimeout {
-                step: step.id.clone(),
+                step: cx.step.id.clone(),
             },
         );
         if let Some(every) = gate.remind_every_secs {
-            let due = now + chrono::Duration::seconds(every as i64);
+            let due = cx.now + chrono::Duration::seconds(every as i64);
             if due < gate.deadline {
                 self.set_timer(
-                    run,
-                    tx,
+                    cx.run,
+                    cx.tx,
                     due,
                     Timer::Remind {
-                        step: step.id.clone(),
+                        step: cx.step.id.clone(),
                     },
                 );
             }
@@ -173,27 +163,27 @@ impl Engine {
         for (index, escalation) in gate.escalations.iter().enumerate() {
             if escalation.at < gate.deadline {
                 self.set_timer(
-                    run,
-                    tx,
+                    cx.run,
+                    cx.tx,
                     escalation.at,
                     Timer::Escalate {
-                        step: step.id.clone(),
+                        step: cx.step.id.clone(),
                         index,
                     },
                 );
             }
         }
         self.notice(
-            tx,
-            run,
-            &step.id,
+            cx.tx,
+            cx.run,
+            &cx.step.id,
             NoticeKind::Open,
             gate.approvers.clone(),
-            now,
+            cx.now,
         );
-        tx.batch.put(Key::Gate(&run.id, &step.id), &gate);
-        state(run, step).status = StepStatus::Waiting;
-        run.status = RunStatus::Waiting;
+        cx.tx.batch.put(Key::Gate(&cx.run.id, &cx.step.id), &gate);
+        cx.state().status = StepStatus::Waiting;
+        cx.run.status = RunStatus::Waiting;
         let detail = json!({
             "question": gate.question,
             "choices": gate.choices,
@@ -202,11 +192,11 @@ impl Engine {
             "deadline": gate.deadline,
             "on_timeout": gate.on_timeout,
         });
-        tx.event(
-            run,
-            now,
+        cx.tx.event(
+            cx.run,
+            cx.now,
             RunEventKind::Waiting,
-            Some(&step.id),
+            Some(&cx.step.id),
             detail.clone(),
         );
         Ok(Flow::Stop)
@@ -378,15 +368,13 @@ impl Engine {
             .collect();
         let outcome = if agreeing.len() as u32 >= gate.quorum {
             let decided_by = agreeing.iter().map(|answer| answer.actor.clone()).collect();
-            self.decide_gate(
-                &mut run,
-                &mut gate,
-                decision.choice.clone(),
+            let decided = GateDecision {
+                choice: decision.choice.clone(),
                 decided_by,
-                via_name(decision),
-                &mut tx,
-                now,
-            );
+                decided_at: now,
+                via: via_name(decision),
+            };
+            self.decide_gate(&mut run, &mut gate, decided, &mut tx);
             DecisionOutcome::Decided {
                 choice: decision.choice.clone(),
             }
@@ -440,23 +428,14 @@ impl Engine {
     }
 
     /// Records the gate's decision on the gate and the step, and wakes the run.
-    #[allow(clippy::too_many_arguments)]
-    fn decide_gate(
-        &self,
-        run: &mut Run,
-        gate: &mut Gate,
-        choice: String,
-        decided_by: Vec<String>,
-        via: String,
-        tx: &mut Tx,
-        now: DateTime<Utc>,
-    ) {
-        gate.decision = Some(GateDecision {
-            choice: choice.clone(),
-            decided_by: decided_by.clone(),
+    fn decide_gate(&self, run: &mut Run, gate: &mut Gate, decided: GateDecision, tx: &mut Tx) {
+        let GateDecision {
+            choice,
+            decided_by,
             decided_at: now,
-            via: via.clone(),
-        });
+            via,
+        } = decided.clone();
+        gate.decision = Some(decided);
         for name in [
             Timer::GateTimeout {
                 step: gate.step.clone(),
@@ -601,15 +580,13 @@ impl Engine {
                         Some(&step),
                         json!({"choice": choice, "answers": gate.answers.len()}),
                     );
-                    self.decide_gate(
-                        &mut run,
-                        &mut gate,
+                    let decided = GateDecision {
                         choice,
-                        vec!["timeout".to_owned()],
-                        "timeout".to_owned(),
-                        &mut tx,
-                        now,
-                    );
+                        decided_by: vec!["timeout".to_owned()],
+                        decided_at: now,
+                        via: "timeout".to_owned(),
+                    };
+                    self.decide_gate(&mut run, &mut gate, decided, &mut tx);
                     tx.batch.put(Key::Gate(&run.id, &step), &gate);
                 }
             }
