@@ -2,7 +2,7 @@
 //! the admin API need — [`Store::commit`] of a [`Batch`] that is applied atomically, reads by
 //! typed [`Key`], and named queries (due timers, active runs, queued findings, gates of a run,
 //! pages of runs, pages of audit entries). [`Store`] is the cheap handle callers hold; it does the
-//! typed (JSON) decoding over a [`Backend`], which deals in bytes and typed key parts. Every
+//! typed (JSON) decoding over a `Backend`, which deals in bytes and typed key parts. Every
 //! record belongs to a partition ([`Key::partition`]), so a backend that splits the store (N
 //! runners over a NATS JetStream cluster; ARCHITECTURE.md) routes by it.
 //!
