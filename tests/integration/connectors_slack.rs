@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use quench_runner::config::Secret;
 use quench_runner::connectors::slack::Slack;
-use quench_runner::engine::DecisionOutcome;
+use quench_runner::engine::{DecisionOutcome, Defer};
 use quench_runner::store::Store;
 use serde_json::{Value, json};
 
@@ -184,9 +184,9 @@ async fn approvals_reach_every_approver_and_are_updated_with_the_outcome() {
 
     // The owner clicks "keep" in Slack: their Slack id is recognised through the alias.
     let decision = slack_decision(&run, &value, "keep", "U0OWNER");
-    let (outcome, wake) = harness
+    let outcome = harness
         .engine
-        .decide_and_wake(&decision)
+        .decide(&decision, Defer::Never)
         .await
         .expect("decide");
     assert_eq!(
@@ -195,7 +195,7 @@ async fn approvals_reach_every_approver_and_are_updated_with_the_outcome() {
             choice: "keep".to_owned()
         }
     );
-    harness.engine.drive_all(wake).await.expect("drive");
+    harness.engine.idle().await.expect("drive");
     harness.advance(Duration::ZERO).await;
 
     assert_eq!(
@@ -361,7 +361,10 @@ async fn each_person_is_asked_once_per_notice_and_who_answered_is_not_reminded()
     let (_, value) = buttons(&asked.blocks.expect("blocks")).remove(0);
     let outcome = harness
         .engine
-        .decide(&slack_decision(&run, &value, "revoke", "U0LEAD"))
+        .decide(
+            &slack_decision(&run, &value, "revoke", "U0LEAD"),
+            Defer::Never,
+        )
         .await
         .expect("decide");
     assert!(
@@ -473,18 +476,18 @@ async fn a_slack_answer_before_the_messages_are_recorded_is_deferred_not_refused
     assert!(gate.messages.is_empty(), "not delivered yet");
     let button = json!({"run_id": run, "gate": "decide", "token": gate.token});
     let click = slack_decision(&run, &button, "keep", "U0OWNER");
-    let (outcome, _) = harness
+    let outcome = harness
         .engine
-        .decide_or_defer(&click, true)
+        .decide(&click, Defer::WhileUndelivered)
         .await
         .expect("decide");
     assert_eq!(outcome, DecisionOutcome::Deferred);
     assert!(harness.audit("decision").is_empty(), "nothing recorded");
 
     harness.advance(Duration::ZERO).await;
-    let (outcome, wake) = harness
+    let outcome = harness
         .engine
-        .decide_or_defer(&click, true)
+        .decide(&click, Defer::WhileUndelivered)
         .await
         .expect("decide");
     assert_eq!(
@@ -493,5 +496,5 @@ async fn a_slack_answer_before_the_messages_are_recorded_is_deferred_not_refused
             choice: "keep".to_owned()
         }
     );
-    harness.engine.drive_all(wake).await.expect("drive");
+    harness.engine.idle().await.expect("drive");
 }

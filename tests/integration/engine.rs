@@ -634,16 +634,13 @@ steps:
         .load_playbooks(vec![compiled.clone()], "test")
         .await
         .expect("load");
-    let (outcome, wake) = engine
+    let outcome = engine
         .ingest(&[finding("j", "test.journal", "key_j")])
         .await
         .expect("ingest");
     let run = started(&outcome[0]);
-    let driver = tokio::spawn({
-        let engine = engine.clone();
-        async move { engine.drive_all(wake).await }
-    });
-    // Wait until the intent is durable and the call is in flight, then "crash".
+    // The engine drives the run; wait until the intent is durable and the call is in flight,
+    // then "crash".
     let key = format!("{run}/revoke/0");
     while !engine
         .store()
@@ -653,8 +650,8 @@ steps:
     {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    driver.abort();
-    let _ = driver.await;
+    engine.abort();
+    engine.idle().await.expect("aborted, not failed");
     assert_eq!(
         engine.run(&run).expect("read").expect("run").steps["revoke"].status,
         StepStatus::Running
@@ -672,7 +669,7 @@ steps:
         vec![run.clone()],
         "the interrupted run is found at start"
     );
-    engine.drive_all(recovered).await.expect("drive");
+    engine.idle().await.expect("drive");
     let ended = engine.run(&run).expect("read").expect("run");
     assert_eq!(ended.status, RunStatus::Completed);
     assert_eq!(ended.steps["revoke"].status, StepStatus::AlreadyDone);
@@ -733,12 +730,12 @@ steps:
         .load_playbooks(vec![compiled], "test")
         .await
         .expect("load");
-    let (outcome, wake) = engine
+    let outcome = engine
         .ingest(&[finding("s", "test.slow", "k")])
         .await
         .expect("ingest");
     let run = started(&outcome[0]);
-    engine.drive_all(wake).await.expect("drive");
+    engine.idle().await.expect("drive");
     let waiting = engine.run(&run).expect("read").expect("run");
     assert_eq!(
         waiting.status,
@@ -751,8 +748,8 @@ steps:
     );
 
     clock.advance_to(start_time() + chrono::Duration::seconds(2));
-    let wake = engine.fire_due().await.expect("fire");
-    engine.drive_all(wake).await.expect("drive");
+    engine.fire_due().await.expect("fire");
+    engine.idle().await.expect("drive");
     let done = engine.run(&run).expect("read").expect("run");
     assert_eq!(
         (done.status, done.steps["call"].status),
@@ -879,7 +876,7 @@ steps:
         .expect("cancel");
     assert!(matches!(
         cancelled,
-        quench_runner::engine::Cancel::Cancelled { .. }
+        quench_runner::engine::Cancel::Cancelled
     ));
     assert_eq!(counts(&harness), (2, 1));
     // Two hours: the sleeper finishes; the remaining gate is still open.

@@ -191,8 +191,8 @@ impl Harness {
         &self,
         findings: &[quench_proto::Finding],
     ) -> Vec<quench_runner::engine::FindingOutcome> {
-        let (outcomes, wake) = self.engine.ingest(findings).await.expect("ingest");
-        self.engine.drive_all(wake).await.expect("drive");
+        let outcomes = self.engine.ingest(findings).await.expect("ingest");
+        self.engine.idle().await.expect("drive");
         outcomes
     }
 
@@ -201,10 +201,10 @@ impl Harness {
         use quench_runner::engine::Clock;
         self.clock
             .advance_to(self.clock.now() + chrono::Duration::from_std(by).expect("duration"));
-        let wake = self.engine.fire_due().await.expect("fire");
-        self.engine.drive_all(wake).await.expect("drive");
-        let wake = self.engine.fire_schedules().await.expect("schedules");
-        self.engine.drive_all(wake).await.expect("drive");
+        self.engine.fire_due().await.expect("fire");
+        self.engine.idle().await.expect("drive");
+        self.engine.fire_schedules().await.expect("schedules");
+        self.engine.idle().await.expect("drive");
     }
 
     pub(crate) fn run(&self, id: &str) -> quench_runner::engine::Run {
@@ -255,12 +255,12 @@ impl Harness {
             },
             decided_at: self.clock.now(),
         };
-        let (outcome, wake) = self
+        let outcome = self
             .engine
-            .decide_and_wake(&decision)
+            .decide(&decision, quench_runner::engine::Defer::Never)
             .await
             .expect("decide");
-        self.engine.drive_all(wake).await.expect("drive");
+        self.engine.idle().await.expect("drive");
         outcome
     }
 

@@ -23,7 +23,9 @@ mod notify;
 mod render;
 mod retention;
 mod schedule;
+mod scheduler;
 pub mod state;
+mod timers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -35,7 +37,7 @@ use serde_json::Value;
 
 pub use action::{Action, ActionError, ActionFuture, Actions, Call, Success};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use gate::{Cancel, DecisionOutcome, Refusal};
+pub use gate::{Cancel, DecisionOutcome, Defer, Refusal};
 pub use intake::{FindingOutcome, Handling, Ingesting};
 pub use notify::{Delivery, NoticeFuture, NoticeRequest, Notifier};
 pub use render::{MAX_FOREACH, is_slack_text, preview};
@@ -62,6 +64,9 @@ pub struct EngineConfig {
     /// Actions that cannot work here (see [`Playbook::blocked_by`]): a scheduled playbook that
     /// needs one is paused instead of failing a run at every tick.
     pub unavailable: Vec<(String, String)>,
+    /// Runs driven at once; intake waits while this many more are queued (`[engine]
+    /// max_inflight_runs`).
+    pub max_inflight_runs: usize,
 }
 
 impl Default for EngineConfig {
@@ -73,6 +78,7 @@ impl Default for EngineConfig {
             default_step_timeout: Duration::from_secs(300),
             seen_retention: Duration::from_secs(30 * 24 * 3600),
             unavailable: Vec::new(),
+            max_inflight_runs: 256,
         }
     }
 }
@@ -137,6 +143,11 @@ struct Inner {
     renderer: render::Renderer,
     events: Option<Arc<dyn EventSink>>,
     notifier: Option<Arc<dyn Notifier>>,
+    /// The runs to drive.
+    scheduler: Arc<scheduler::Scheduler>,
+    /// Notified by every commit that sets a timer or a schedule, so the timer loop sleeps until
+    /// the earliest one without polling.
+    timers: tokio::sync::Notify,
 }
 
 impl Engine {
@@ -148,6 +159,8 @@ impl Engine {
     ) -> Engine {
         Engine {
             inner: Arc::new(Inner {
+                scheduler: Arc::new(scheduler::Scheduler::new(config.max_inflight_runs)),
+                timers: tokio::sync::Notify::new(),
                 store,
                 clock,
                 actions,
@@ -252,6 +265,8 @@ impl Engine {
             .playbooks
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(set);
+        // A new or changed schedule may fall due before the timer loop's current sleep ends.
+        self.inner.timers.notify_one();
         Ok(())
     }
 
@@ -402,10 +417,13 @@ impl Engine {
         Ok(playbook)
     }
 
-    /// Runs that must be driven after a start: those that were between steps when the process
-    /// stopped. (Timers that fell due meanwhile fire through [`Engine::fire_due`].)
+    /// Queues the runs that must be driven after a start: those that were between steps when
+    /// the process stopped; returns them. (Timers that fell due meanwhile fire through
+    /// [`Engine::fire_due`].)
     pub fn recover(&self) -> Result<Vec<String>, Error> {
-        Ok(self.inner.store.active_runs()?)
+        let runs = self.inner.store.active_runs()?;
+        self.schedule(runs.iter().cloned());
+        Ok(runs)
     }
 
     /// When the next timer falls due.
@@ -422,48 +440,8 @@ impl Engine {
         }))
     }
 
-    /// Drives runs one after another until each parks or ends; returns runs they started
-    /// (queued findings whose turn came) after driving those too.
-    pub async fn drive_all(&self, mut runs: Vec<String>) -> Result<(), Error> {
-        while let Some(run) = runs.pop() {
-            let more = self.drive(&run).await?;
-            runs.extend(more);
-        }
-        Ok(())
-    }
-
-    /// Drives runs in parallel, at most `concurrency` at a time, until each parks or ends (and
-    /// the runs they start, too). Commits of parallel runs are grouped by the store.
-    pub async fn drive_many(&self, runs: Vec<String>, concurrency: usize) -> Result<(), Error> {
-        let limit = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut pending = runs;
-        loop {
-            while let Some(run) = pending.pop() {
-                let permit = limit
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| Error::Stopped)?;
-                let engine = self.clone();
-                tasks.spawn(async move {
-                    let _permit = permit;
-                    engine.drive(&run).await
-                });
-                // Collect what finished meanwhile, so started runs join the queue early.
-                while let Some(done) = tasks.try_join_next() {
-                    pending.extend(done.map_err(|_| Error::Stopped)??);
-                }
-            }
-            match tasks.join_next().await {
-                Some(done) => pending.extend(done.map_err(|_| Error::Stopped)??),
-                None => return Ok(()),
-            }
-        }
-    }
-
-    /// Commits a transaction and publishes its run events.
-    async fn commit(&self, tx: Tx) -> Result<Vec<String>, Error> {
+    /// Commits a transaction, publishes its run events and queues the runs it woke.
+    async fn commit(&self, tx: Tx) -> Result<(), Error> {
         let submitted = self.submit(tx).await?;
         self.settle(submitted).await
     }
@@ -475,6 +453,7 @@ impl Engine {
             events,
             ended,
             to_drive,
+            timers,
             ..
         } = tx;
         Ok(Submitted {
@@ -482,19 +461,25 @@ impl Engine {
             events,
             ended,
             to_drive,
+            timers,
         })
     }
 
-    /// Waits until a submitted transaction is durable, then publishes its run events; returns
-    /// the runs to drive.
-    async fn settle(&self, submitted: Submitted) -> Result<Vec<String>, Error> {
+    /// Waits until a submitted transaction is durable, then publishes its run events, queues
+    /// the runs it woke and wakes the timer loop when it set a timer.
+    async fn settle(&self, submitted: Submitted) -> Result<(), Error> {
         let Submitted {
             pending,
             events,
             ended,
             to_drive,
+            timers,
         } = submitted;
         let committed = pending.wait().await?;
+        if timers {
+            self.inner.timers.notify_one();
+        }
+        self.schedule(to_drive);
         for ended in &ended {
             ended.log();
         }
@@ -522,7 +507,7 @@ impl Engine {
                 .collect();
             sink.publish(events);
         }
-        Ok(to_drive)
+        Ok(())
     }
 }
 
@@ -533,6 +518,7 @@ struct Submitted {
     events: Vec<PendingEvent>,
     ended: Vec<Ended>,
     to_drive: Vec<String>,
+    timers: bool,
 }
 
 /// A run a transaction ends, for the log: a failed run is a WARN line with where and why, so an
@@ -568,6 +554,8 @@ struct Tx {
     ended: Vec<Ended>,
     /// Runs this transaction started or woke, to drive after the commit.
     to_drive: Vec<String>,
+    /// It sets a timer or a schedule's next tick (the timer loop recomputes its sleep).
+    timers: bool,
     /// Advance only through steps that need no call (a run being started at intake).
     no_calls: bool,
 }

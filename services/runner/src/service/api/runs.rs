@@ -16,7 +16,7 @@ use super::error::{ApiError, Body, ErrorBody, Params};
 use super::query;
 use crate::config::Role;
 use crate::engine::state::Phase;
-use crate::engine::{Cancel, DecisionOutcome, Gate, Refusal, Run, RunStatus, StepStatus};
+use crate::engine::{Cancel, DecisionOutcome, Defer, Gate, Refusal, Run, RunStatus, StepStatus};
 
 /// Most runs examined per list request (the store is read newest first; a filter that matches
 /// rarely returns a `next` cursor rather than reading everything).
@@ -462,8 +462,7 @@ pub(super) async fn cancel(
             "run {id} has already ended: {}",
             status.as_str()
         ))),
-        Cancel::Cancelled { wake } => {
-            api.inner.driver.spawn_detached(wake);
+        Cancel::Cancelled => {
             tracing::info!(run_id = %id, by = %caller.name, "run cancelled through the API");
             Ok(Json(Cancelled {
                 id,
@@ -518,18 +517,15 @@ pub(super) async fn decide(
         actor: caller.actor(),
         decided_at: engine.now(),
     };
-    let (outcome, wake) = engine.decide_and_wake(&decision).await?;
+    let outcome = engine.decide(&decision, Defer::Never).await?;
     tracing::info!(run_id = %id, gate = %gate, actor = %caller.name, %outcome, "decision through the API");
     match outcome {
-        DecisionOutcome::Decided { choice } => {
-            api.inner.driver.spawn_detached(wake);
-            Ok(Json(DecisionResult {
-                outcome: "decided".to_owned(),
-                choice,
-                answers: None,
-                quorum: None,
-            }))
-        }
+        DecisionOutcome::Decided { choice } => Ok(Json(DecisionResult {
+            outcome: "decided".to_owned(),
+            choice,
+            answers: None,
+            quorum: None,
+        })),
         DecisionOutcome::Recorded {
             choice,
             answers,
