@@ -14,6 +14,7 @@
 //! intake of findings is serialized, and commits of all runs are grouped by the store.
 
 mod action;
+mod catalog;
 mod clock;
 mod drive;
 mod gate;
@@ -26,14 +27,14 @@ mod schedule;
 mod scheduler;
 pub mod state;
 mod timers;
+mod tx;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use quench_proto::{RunEvent, RunEventKind, RunEventSchema};
-use serde_json::Value;
+use quench_proto::RunEvent;
 
 pub use action::{Action, ActionError, ActionFuture, Actions, Call, Success};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -45,8 +46,9 @@ pub use retention::Purged;
 pub use schedule::{GRACE, ScheduleState, next_tick, upcoming};
 pub use state::{Gate, GateMessage, NoticeKind, Run, RunStatus, StepState, StepStatus};
 
-use crate::playbook::{self, Mode, Playbook};
-use crate::store::{AuditDraft, Batch, Key, Store};
+use crate::playbook::{Mode, Playbook};
+use crate::store::{Batch, Key, Store};
+use tx::{Ended, Submitted, Tx};
 
 /// How the engine behaves; flags and config say this, playbooks do not.
 #[derive(Debug, Clone)]
@@ -133,10 +135,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     actions: Actions,
     config: EngineConfig,
-    /// The current playbooks, by name.
-    playbooks: RwLock<Arc<BTreeMap<String, Arc<Playbook>>>>,
-    /// Every version seen, by content hash (runs keep theirs).
-    versions: Mutex<HashMap<String, Arc<Playbook>>>,
+    catalog: catalog::Catalog,
     locks: Arc<locks::RunLocks>,
     intake: tokio::sync::Mutex<()>,
     overlay: Mutex<intake::Overlay>,
@@ -165,8 +164,7 @@ impl Engine {
                 clock,
                 actions,
                 config,
-                playbooks: RwLock::new(Arc::new(BTreeMap::new())),
-                versions: Mutex::new(HashMap::new()),
+                catalog: catalog::Catalog::default(),
                 locks: Arc::default(),
                 intake: tokio::sync::Mutex::new(()),
                 overlay: Mutex::default(),
@@ -205,128 +203,6 @@ impl Engine {
         self.inner.clock.now()
     }
 
-    /// Makes `playbooks` the current set. Each version is stored by content hash; a playbook
-    /// whose current version changes (new, edited, or rolled back) gets a history entry and an
-    /// audit entry naming `loaded_by`, and one that leaves the set an audit entry too. Runs
-    /// already open keep the version they started with.
-    pub async fn load_playbooks(
-        &self,
-        playbooks: Vec<Playbook>,
-        loaded_by: &str,
-    ) -> Result<(), Error> {
-        let now = self.now();
-        let previous = self.playbooks();
-        let mut batch = Batch::new();
-        let mut set = BTreeMap::new();
-        for playbook in playbooks {
-            let playbook = Arc::new(playbook);
-            if !self
-                .inner
-                .store
-                .contains(Key::PlaybookVersion(&playbook.version))?
-            {
-                batch.put(
-                    Key::PlaybookVersion(&playbook.version),
-                    &playbook.source.as_ref(),
-                );
-            }
-            let current = self.inner.store.current_playbook_version(&playbook.name)?;
-            if current.as_deref() != Some(playbook.version.as_str()) {
-                batch.put(Key::PlaybookHistory(&playbook.name, now), &playbook.version);
-                batch.put(Key::PlaybookLoadedBy(&playbook.name, now), &loaded_by);
-                let mut draft = AuditDraft::new(
-                    now,
-                    "playbook_loaded",
-                    serde_json::json!({"by": loaded_by, "previous": current}),
-                );
-                draft.playbook = Some(playbook.name.clone());
-                draft.version = Some(playbook.version.clone());
-                batch.audit(draft);
-            }
-            self.versions()
-                .insert(playbook.version.clone(), playbook.clone());
-            set.insert(playbook.name.clone(), playbook);
-        }
-        for (name, playbook) in previous.iter() {
-            if !set.contains_key(name) {
-                let mut draft = AuditDraft::new(
-                    now,
-                    "playbook_removed",
-                    serde_json::json!({"by": loaded_by}),
-                );
-                draft.playbook = Some(name.clone());
-                draft.version = Some(playbook.version.clone());
-                batch.audit(draft);
-            }
-        }
-        self.inner.store.commit(batch).await?;
-        *self
-            .inner
-            .playbooks
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(set);
-        // A new or changed schedule may fall due before the timer loop's current sleep ends.
-        self.inner.timers.notify_one();
-        Ok(())
-    }
-
-    /// Whether a playbook starts new runs (it does unless an operator disabled it).
-    pub fn is_enabled(&self, name: &str) -> Result<bool, Error> {
-        Ok(!self.inner.store.contains(Key::PlaybookDisabled(name))?)
-    }
-
-    /// Names of the disabled playbooks.
-    pub fn disabled_playbooks(&self) -> Result<std::collections::BTreeSet<String>, Error> {
-        Ok(self
-            .inner
-            .store
-            .disabled_playbooks::<Value>()?
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect())
-    }
-
-    /// Enables or disables a playbook (a disabled one starts no new runs; its open runs go on).
-    /// Persisted and audited with `actor`; returns false when it was already so.
-    pub async fn set_enabled(
-        &self,
-        name: &str,
-        enabled: bool,
-        actor: &quench_proto::Actor,
-    ) -> Result<bool, Error> {
-        // Serialized with intake, so a batch sees the flag before or after, never half.
-        let _intake = self.inner.intake.lock().await;
-        if self.is_enabled(name)? == enabled {
-            return Ok(false);
-        }
-        let now = self.now();
-        let mut batch = Batch::new();
-        if enabled {
-            batch.delete(Key::PlaybookDisabled(name));
-        } else {
-            batch.put(
-                Key::PlaybookDisabled(name),
-                &serde_json::json!({"at": now, "by": actor.id}),
-            );
-        }
-        let kind = if enabled {
-            "playbook_enabled"
-        } else {
-            "playbook_disabled"
-        };
-        let mut draft = AuditDraft::new(now, kind, serde_json::json!({}));
-        draft.playbook = Some(name.to_owned());
-        draft.actor = Some(serde_json::to_value(actor).unwrap_or(Value::Null));
-        batch.audit(draft);
-        self.inner.store.commit(batch).await?;
-        Ok(true)
-    }
-
-    /// A playbook version (content hash), from the cache or recompiled from its stored source.
-    pub fn playbook_version(&self, version: &str) -> Result<Arc<Playbook>, Error> {
-        self.version(version)
-    }
-
     /// How many runs are open, and how many of them are parked on an approval gate: read from
     /// the counters the store keeps with every commit (one read, whatever the number of runs).
     pub fn run_counts(&self) -> Result<RunCounts, Error> {
@@ -358,65 +234,6 @@ impl Engine {
         Ok(())
     }
 
-    /// The current playbooks.
-    /// The scheduled playbooks that are paused here, with why (see [`EngineConfig::unavailable`]).
-    pub fn paused_schedules(&self) -> Vec<(String, String)> {
-        self.playbooks()
-            .values()
-            .filter(|playbook| matches!(playbook.trigger, playbook::Trigger::Schedule(_)))
-            .filter_map(|playbook| {
-                playbook
-                    .blocked_by(&self.inner.config.unavailable, self.inner.config.mode)
-                    .map(|why| (playbook.name.clone(), why))
-            })
-            .collect()
-    }
-
-    /// The names of the approver groups the config defines (`group:<name>`).
-    pub fn group_names(&self) -> std::collections::BTreeSet<String> {
-        self.inner.config.groups.keys().cloned().collect()
-    }
-
-    pub fn playbooks(&self) -> Arc<BTreeMap<String, Arc<Playbook>>> {
-        self.inner
-            .playbooks
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-
-    fn versions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Playbook>>> {
-        self.inner
-            .versions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// The playbook a run is pinned to, from the cache or recompiled from its stored source.
-    fn version(&self, version: &str) -> Result<Arc<Playbook>, Error> {
-        if let Some(playbook) = self.versions().get(version) {
-            return Ok(playbook.clone());
-        }
-        let source: String = self
-            .inner
-            .store
-            .get(Key::PlaybookVersion(version))?
-            .ok_or_else(|| Error::UnknownVersion {
-                version: version.to_owned(),
-            })?;
-        let compiled = playbook::compile(&source);
-        let playbook = compiled.playbook.ok_or_else(|| Error::Recompile {
-            version: version.to_owned(),
-            message: compiled
-                .diagnostics
-                .first()
-                .map_or_else(String::new, |d| d.message.clone()),
-        })?;
-        let playbook = Arc::new(playbook);
-        self.versions().insert(version.to_owned(), playbook.clone());
-        Ok(playbook)
-    }
-
     /// Queues the runs that must be driven after a start: those that were between steps when
     /// the process stopped; returns them. (Timers that fell due meanwhile fire through
     /// [`Engine::fire_due`].)
@@ -438,207 +255,5 @@ impl Engine {
             run.counted = Some(run.count());
             run
         }))
-    }
-
-    /// Commits a transaction, publishes its run events and queues the runs it woke.
-    async fn commit(&self, tx: Tx) -> Result<(), Error> {
-        let submitted = self.submit(tx).await?;
-        self.settle(submitted).await
-    }
-
-    /// Queues a transaction's batch for the committer (in order) without waiting for the disk.
-    async fn submit(&self, tx: Tx) -> Result<Submitted, Error> {
-        let Tx {
-            batch,
-            events,
-            ended,
-            to_drive,
-            timers,
-            ..
-        } = tx;
-        Ok(Submitted {
-            pending: self.inner.store.submit(batch).await?,
-            events,
-            ended,
-            to_drive,
-            timers,
-        })
-    }
-
-    /// Waits until a submitted transaction is durable, then publishes its run events, queues
-    /// the runs it woke and wakes the timer loop when it set a timer.
-    async fn settle(&self, submitted: Submitted) -> Result<(), Error> {
-        let Submitted {
-            pending,
-            events,
-            ended,
-            to_drive,
-            timers,
-        } = submitted;
-        let committed = pending.wait().await?;
-        if timers {
-            self.inner.timers.notify_one();
-        }
-        self.schedule(to_drive);
-        for ended in &ended {
-            ended.log();
-        }
-        if let Some(sink) = &self.inner.events
-            && !events.is_empty()
-        {
-            let events = events
-                .into_iter()
-                .map(|pending| RunEvent {
-                    schema: RunEventSchema::V1,
-                    id: uuid::Uuid::now_v7().to_string(),
-                    kind: pending.kind,
-                    run_id: pending.run_id,
-                    playbook: pending.playbook,
-                    playbook_version: pending.version,
-                    finding_key: pending.key,
-                    step: pending.step,
-                    at: pending.at,
-                    audit_hash: committed
-                        .audit
-                        .get(pending.audit_index)
-                        .map(|r| r.hash.clone())
-                        .unwrap_or_default(),
-                })
-                .collect();
-            sink.publish(events);
-        }
-        Ok(())
-    }
-}
-
-/// A transaction queued for the committer, not yet known to be durable.
-#[derive(Debug)]
-struct Submitted {
-    pending: crate::store::Pending,
-    events: Vec<PendingEvent>,
-    ended: Vec<Ended>,
-    to_drive: Vec<String>,
-    timers: bool,
-}
-
-/// A run a transaction ends, for the log: a failed run is a WARN line with where and why, so an
-/// operator reading the service log sees it without querying the API.
-#[derive(Debug)]
-struct Ended {
-    run_id: String,
-    playbook: String,
-    status: RunStatus,
-    /// The step that failed.
-    step: Option<String>,
-    /// Why it failed or was cancelled.
-    reason: Option<String>,
-}
-
-impl Ended {
-    fn log(&self) {
-        let step = self.step.as_deref().unwrap_or("-");
-        let reason = self.reason.as_deref().unwrap_or("-");
-        if self.status == RunStatus::Failed {
-            tracing::warn!(run_id = %self.run_id, playbook = %self.playbook, step, reason, "run failed");
-        }
-        tracing::info!(run_id = %self.run_id, playbook = %self.playbook, status = self.status.as_str(), step, reason, "run ended");
-    }
-}
-
-/// One commit's worth of changes, with the run events it will emit.
-#[derive(Debug, Default)]
-struct Tx {
-    batch: Batch,
-    events: Vec<PendingEvent>,
-    /// Runs this transaction ends, logged once it is durable.
-    ended: Vec<Ended>,
-    /// Runs this transaction started or woke, to drive after the commit.
-    to_drive: Vec<String>,
-    /// It sets a timer or a schedule's next tick (the timer loop recomputes its sleep).
-    timers: bool,
-    /// Advance only through steps that need no call (a run being started at intake).
-    no_calls: bool,
-}
-
-#[derive(Debug)]
-struct PendingEvent {
-    kind: RunEventKind,
-    run_id: String,
-    playbook: String,
-    version: String,
-    key: String,
-    step: Option<String>,
-    at: DateTime<Utc>,
-    audit_index: usize,
-}
-
-impl Tx {
-    /// Appends an audit entry about `run`; returns its index within this transaction.
-    fn audit(
-        &mut self,
-        run: &Run,
-        at: DateTime<Utc>,
-        kind: &'static str,
-        step: Option<&str>,
-        detail: Value,
-    ) -> usize {
-        let mut draft = AuditDraft::new(at, kind, detail);
-        draft.run_id = Some(run.id.clone());
-        draft.playbook = Some(run.playbook.clone());
-        draft.version = Some(run.version.clone());
-        draft.step = step.map(str::to_owned);
-        self.audit_draft(draft)
-    }
-
-    fn audit_draft(&mut self, draft: AuditDraft) -> usize {
-        self.batch.audit(draft);
-        self.batch.audit_count() - 1
-    }
-
-    /// An audit entry that is also a run event.
-    fn event(
-        &mut self,
-        run: &Run,
-        at: DateTime<Utc>,
-        kind: RunEventKind,
-        step: Option<&str>,
-        detail: Value,
-    ) {
-        let audit_index = self.audit(run, at, kind.as_str(), step, detail);
-        self.events.push(PendingEvent {
-            kind,
-            run_id: run.id.clone(),
-            playbook: run.playbook.clone(),
-            version: run.version.clone(),
-            key: run.key.clone(),
-            step: step.map(str::to_owned),
-            at,
-            audit_index,
-        });
-    }
-
-    /// Writes the run and keeps its "active" marker and the store's run counters in step with
-    /// its status.
-    fn save(&mut self, run: &mut Run, at: DateTime<Utc>) {
-        run.updated_at = at;
-        let count = run.count();
-        let before = run.counted.unwrap_or(state::Count::Ended);
-        if before != count {
-            let open = count.open() - before.open();
-            let awaiting = count.awaiting_approval() - before.awaiting_approval();
-            if open != 0 {
-                self.batch.count(state::COUNT_OPEN, open);
-            }
-            if awaiting != 0 {
-                self.batch.count(state::COUNT_AWAITING_APPROVAL, awaiting);
-            }
-        }
-        let written = run.counted.replace(count).is_some();
-        self.batch.put(Key::Run(&run.id), &*run);
-        if run.status == RunStatus::Running {
-            self.batch.put(Key::Active(&run.id), &true);
-        } else if written {
-            self.batch.delete(Key::Active(&run.id));
-        }
     }
 }

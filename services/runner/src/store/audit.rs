@@ -118,7 +118,12 @@ pub struct Verification {
 
 /// Checks an exported segment on its own: JSON Lines of entry bodies (as hashed), in order, each
 /// following the one before; the first must follow `prev` when given (the hash the previous
-/// segment ended with, or the genesis hash for the first segment).
+/// segment ended with, or the genesis hash for the first segment). Entry #1 must start the
+/// chain, and there is no entry #0.
+///
+/// A segment is checked only against itself: a changed last line verifies with another head,
+/// and a segment missing its last lines verifies as the shorter segment it is. Its `head` is
+/// what to compare with a hash published outside the store (a run event's, or the prune's).
 pub fn verify_segment(text: &str, prev: Option<&str>) -> Result<Segment, String> {
     let mut segment: Option<Segment> = None;
     for (index, line) in text.lines().enumerate() {
@@ -126,6 +131,11 @@ pub fn verify_segment(text: &str, prev: Option<&str>) -> Result<Segment, String>
         let entry: AuditEntry = serde_json::from_str(line)
             .map_err(|error| format!("line {number} is not an audit entry: {error}"))?;
         let hash = hex::encode(Sha256::digest(line.as_bytes()));
+        if entry.seq == 0 {
+            return Err(format!(
+                "line {number} is entry #0: entries are numbered from 1"
+            ));
+        }
         match &mut segment {
             None => {
                 if let Some(prev) = prev
@@ -147,7 +157,7 @@ pub fn verify_segment(text: &str, prev: Option<&str>) -> Result<Segment, String>
                 });
             }
             Some(segment) => {
-                if entry.seq != segment.last + 1 || entry.prev != segment.head {
+                if segment.last.checked_add(1) != Some(entry.seq) || entry.prev != segment.head {
                     return Err(format!(
                         "line {number} (entry #{}) does not follow entry #{} (entries were changed, removed or reordered)",
                         entry.seq, segment.last

@@ -61,8 +61,10 @@ pub(crate) struct RunsQuery {
     playbook: Option<String>,
     /// Finding key (exact).
     key: Option<String>,
-    /// Runs whose id starts with this (how the CLI finds a run from a unique prefix).
-    id_prefix: Option<String>,
+    /// Runs whose id starts with this (how the CLI finds a run from a unique prefix): at most
+    /// the 36 characters of a run id, lower-case hex digits and `-`.
+    #[param(value_type = Option<String>, max_length = 36, pattern = "^[0-9a-f-]*$")]
+    id_prefix: Option<query::RunIdPrefix>,
     /// The `next` of the previous page.
     cursor: Option<String>,
     /// Runs per page (default 50, at most 500).
@@ -249,7 +251,7 @@ fn summary(run: &Run) -> RunSummary {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of runs (role viewer)", body = RunPage),
-        (status = 400, description = "A bad filter", body = ErrorBody),
+        (status = 400, description = "A bad filter or page size, or an `id_prefix` that no run id starts with (longer than 36 characters, or a character other than lower-case hex and `-`)", body = ErrorBody),
         (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 403, description = "Role too small", body = ErrorBody)
     ))]
@@ -261,7 +263,10 @@ pub(super) async fn list(
     caller.require(Role::Viewer)?;
     let limit = query::limit(query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let page = api.inner.engine.store().runs_page::<Run>(
-        query.id_prefix.as_deref().unwrap_or(""),
+        query
+            .id_prefix
+            .as_ref()
+            .map_or("", |prefix| prefix.0.as_str()),
         query.cursor.as_deref(),
         limit,
         SCAN_BUDGET,
