@@ -23,7 +23,8 @@ use super::{Engine, Error};
 #[derive(Debug)]
 pub(super) struct Scheduler {
     queue: Mutex<Queue>,
-    /// Notified (all waiters) whenever the queue shrinks or a worker finishes a run.
+    /// Notified (all waiters) when the queue drops below its bound, a worker leaves, or the
+    /// queue closes.
     changed: Notify,
     /// Workers at most (runs driven at once).
     concurrency: usize,
@@ -217,17 +218,18 @@ async fn work(mut worker: Worker) {
             queue.queued.remove(&run);
             queue.running += 1;
             worker.driving = true;
+            // Waiters are woken only when what they wait for may have become true: room when
+            // the queue drops below its bound here, idle when the last worker leaves (`Drop`).
+            if queue.waiting.len() + 1 == worker.scheduler.concurrency {
+                worker.scheduler.changed.notify_waiters();
+            }
             run
         };
-        worker.scheduler.changed.notify_waiters();
         if let Err(error) = worker.engine().drive(&run).await {
             tracing::error!(run_id = %run, %error, "driving the run failed; it resumes at the next start");
             worker.scheduler.queue().error.get_or_insert(error);
         }
-        let mut queue = worker.scheduler.queue();
-        queue.running -= 1;
+        worker.scheduler.queue().running -= 1;
         worker.driving = false;
-        drop(queue);
-        worker.scheduler.changed.notify_waiters();
     }
 }
