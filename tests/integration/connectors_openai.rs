@@ -1844,3 +1844,83 @@ async fn dry_run_describes_the_narrowing_requests() {
     }
     assert_eq!(connector.requests(), 0, "describing sends nothing");
 }
+
+/// A playbook branches on `key_expired`: the engine runs the real connector against the fake.
+#[tokio::test]
+async fn a_playbook_branches_on_an_expired_key() {
+    use quench_runner::engine::StepStatus;
+
+    let connector = seeded().await;
+    connector.fake.seed_key(
+        "proj_1",
+        "user_alice",
+        KeySeed::new("key_old").expires_at(NOW - 60),
+    );
+    let playbook = r#"
+schema: quench.playbook/v1
+name: time-box
+mode: live
+on:
+  finding:
+    kinds: [test.narrow]
+steps:
+  - id: expire
+    uses: openai.set_key_expiry
+    with:
+      project_id: "{{ finding.resource.project_id }}"
+      key_id: "{{ finding.resource.id }}"
+      expires_in: 14d
+    continue_on_error: true
+  - id: gone
+    if: steps.expire.status == "failed" and steps.expire.error is startingwith("key_expired")
+    uses: note
+    with:
+      message: "{{ finding.resource.id }} had already expired"
+  - id: boxed
+    if: steps.expire.status == "succeeded"
+    uses: note
+    with:
+      message: "{{ finding.resource.id }} expires at {{ steps.expire.output.expires_at }}"
+"#;
+    let client = connector.client.clone();
+    let harness = crate::support::Harness::build(
+        quench_runner::store::Store::temporary().expect("store"),
+        &[playbook],
+        crate::support::start_time(),
+        Default::default(),
+        move |actions| openai::register(actions, client),
+        None,
+    )
+    .await;
+    let status = |run: &quench_runner::engine::Run, step: &str| run.steps[step].status;
+    for (id, key_id, expired) in [("f1", "key_old", true), ("f2", "key_alice", false)] {
+        let outcomes = harness
+            .ingest(&[crate::support::finding(id, "test.narrow", key_id)])
+            .await;
+        let run = harness.run(&crate::support::started(&outcomes[0]));
+        if expired {
+            assert_eq!(status(&run, "expire"), StepStatus::Failed);
+            assert!(
+                run.steps["expire"]
+                    .error
+                    .as_deref()
+                    .is_some_and(|error| error.starts_with("key_expired: ")),
+                "{:?}",
+                run.steps["expire"].error
+            );
+            assert_eq!(status(&run, "gone"), StepStatus::Succeeded);
+            assert_eq!(status(&run, "boxed"), StepStatus::Skipped);
+        } else {
+            assert_eq!(status(&run, "expire"), StepStatus::Succeeded);
+            assert_eq!(status(&run, "gone"), StepStatus::Skipped);
+            assert_eq!(
+                run.steps["boxed"].output["message"],
+                "key_alice expires at 2026-01-19T00:00:00Z"
+            );
+        }
+    }
+    assert_eq!(
+        connector.fake.key("proj_1", "key_old").expect("kept")["expires_at"],
+        NOW - 60
+    );
+}
