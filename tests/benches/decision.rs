@@ -28,7 +28,9 @@
 //! the engine taking the decision under the run's lock (the `at` of its `decision` audit entry),
 //! the decision committed (the runner's `decision` log line, written after the commit), and the
 //! revoke step's intent (the `at` of its `step_intent` entry; the intent is committed before the
-//! call). Audit times and log times are the runner's wall clock, read against the bench's.
+//! call). Audit times and log times are the runner's wall clock, read against the bench's. Also
+//! when the gate's closing notice started (it updates the DMs under the run's lock), and the
+//! disk's `fdatasync` latency, probed between samples: three syncs lie on the measured path.
 
 #[path = "../integration/support/mod.rs"]
 #[expect(
@@ -59,6 +61,8 @@ const WARM_UP: usize = 20;
 const DEFAULT_SAMPLES: usize = 300;
 /// How long any one wait may take before the bench gives up with the runner's log.
 const WAIT: Duration = Duration::from_secs(30);
+/// `fdatasync` probes of the disk after each sample.
+const SYNC_PROBES: usize = 3;
 
 /// The owner of the example finding, and their Slack id; the one member of `[groups] secops`.
 const OWNER_EMAIL: &str = "alice@example.com";
@@ -98,17 +102,13 @@ async fn bench(samples: usize) {
         load_average()
     );
     let world = World::start(WARM_UP + samples).await;
-    let syncs = sync_latencies(world.dir.path());
-    println!(
-        "disk: fdatasync of a 4 KiB append where the store is, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms \
-         (the store and nats-server each sync before a decision takes effect)",
-        percentile(&syncs, 0.50),
-        percentile(&syncs, 0.99),
-        percentile(&syncs, 1.0),
-    );
+    let mut probe = SyncProbe::create(world.dir.path());
     let mut measured = Vec::with_capacity(WARM_UP + samples);
+    let mut syncs = Vec::new();
     for n in 0..WARM_UP + samples {
         measured.push(world.sample(n).await);
+        // Between samples, so that it tells the disk's state without slowing a sample down.
+        syncs.extend((0..SYNC_PROBES).map(|_| probe.sync()));
     }
     let log = world.runner.log_text();
     let committed = decisions_logged(&log);
@@ -124,6 +124,13 @@ async fn bench(samples: usize) {
         percentile(&column(warm_up, |t| Some(t.total)), 1.0),
     );
     report(measured);
+    println!(
+        "disk during the run: fdatasync of a 4 KiB append where the store is ({} probes between \
+         samples; a decision waits for three: nats-server stores it, the store commits it and the \
+         revoke's intent): {}",
+        syncs.len(),
+        quartet(&syncs),
+    );
     println!("load average at the end: {}", load_average());
 }
 
@@ -167,6 +174,9 @@ struct Sample {
     /// The `at` of the run's `decision` and revoke `step_intent` audit entries.
     decision_at: DateTime<Utc>,
     intent_at: DateTime<Utc>,
+    /// The `at` of the gate's `closed` notice: the approval DMs updated, under the run's lock,
+    /// by the timer loop (written due at once in the decision's commit).
+    closed_at: DateTime<Utc>,
 }
 
 /// One sample's figures in milliseconds from t0.
@@ -177,6 +187,7 @@ struct Timing {
     taken: f64,
     committed: Option<f64>,
     intent: f64,
+    closed: f64,
 }
 
 impl World {
@@ -306,17 +317,22 @@ sha256 = "{token_sha}"
         })
         .await;
         let entries = self.audit(&run_id).await;
-        let at = |kind: &str, step: &str| {
+        let at = |kind: &str, step: &str, notice: Option<&str>| {
             entries
                 .iter()
-                .find(|entry| entry["kind"] == kind && entry["step"] == step)
+                .find(|entry| {
+                    entry["kind"] == kind
+                        && entry["step"] == step
+                        && notice.is_none_or(|notice| entry["detail"]["notice"] == notice)
+                })
                 .and_then(|entry| entry["at"].as_str())
                 .and_then(|at| at.parse::<DateTime<Utc>>().ok())
                 .unwrap_or_else(|| panic!("no {kind} entry of step {step} in {entries:#?}"))
         };
         Sample {
-            decision_at: at("decision", "decide"),
-            intent_at: at("step_intent", "revoke"),
+            decision_at: at("decision", "decide", None),
+            intent_at: at("step_intent", "revoke", None),
+            closed_at: at("gate_notified", "decide", Some("closed")),
             run_id,
             wall,
             acked,
@@ -425,6 +441,7 @@ impl Sample {
             taken: since(self.decision_at),
             committed: committed.map(since),
             intent: since(self.intent_at),
+            closed: since(self.closed_at),
         }
     }
 }
@@ -452,22 +469,26 @@ fn decisions_logged(log: &str) -> BTreeMap<String, DateTime<Utc>> {
         .collect()
 }
 
-/// 200 appends of 4 KiB to a file in `dir`, each followed by `fdatasync`: their durations in ms.
-fn sync_latencies(dir: &std::path::Path) -> Vec<f64> {
-    use std::io::Write;
-    let path = dir.join("sync-probe");
-    let mut file = std::fs::File::create(&path).expect("a probe file");
-    let block = [0u8; 4096];
-    let syncs = (0..200)
-        .map(|_| {
-            file.write_all(&block).expect("write");
-            let started = Instant::now();
-            file.sync_data().expect("fdatasync");
-            millis(started.elapsed())
-        })
-        .collect();
-    let _ = std::fs::remove_file(path);
-    syncs
+/// A file in the store's directory to time `fdatasync` on, as the disk is at the moment.
+struct SyncProbe {
+    file: std::fs::File,
+}
+
+impl SyncProbe {
+    fn create(dir: &std::path::Path) -> SyncProbe {
+        SyncProbe {
+            file: std::fs::File::create(dir.join("sync-probe")).expect("a probe file"),
+        }
+    }
+
+    /// Appends 4 KiB and syncs it; the sync's duration in ms.
+    fn sync(&mut self) -> f64 {
+        use std::io::Write;
+        self.file.write_all(&[0u8; 4096]).expect("write");
+        let started = Instant::now();
+        self.file.sync_data().expect("fdatasync");
+        millis(started.elapsed())
+    }
 }
 
 fn millis(duration: Duration) -> f64 {
@@ -536,10 +557,12 @@ fn report(measured: &[Timing]) {
     }
     let mut slowest: Vec<&Timing> = measured.iter().collect();
     slowest.sort_by(|a, b| b.total.total_cmp(&a.total));
-    println!("slowest samples (total: acked / took / committed / intent, ms from t0):");
+    println!(
+        "slowest samples (total: acked / took / committed / intent; closing notice, ms from t0):"
+    );
     for timing in slowest.iter().take(5) {
         println!(
-            "  {:.2}: {:.2} / {:.2} / {} / {:.2}",
+            "  {:.2}: {:.2} / {:.2} / {} / {:.2}; {:.2}",
             timing.total,
             timing.acked,
             timing.taken,
@@ -547,8 +570,16 @@ fn report(measured: &[Timing]) {
                 .committed
                 .map_or_else(|| "-".to_owned(), |c| format!("{c:.2}")),
             timing.intent,
+            timing.closed,
         );
     }
+    let notice_first = measured.iter().filter(|t| t.closed < t.intent).count();
+    println!(
+        "the gate's closing notice (which holds the run's lock while it updates the DMs) started \
+         before the revoke intent in {notice_first} of {} samples; its start: {}",
+        measured.len(),
+        quartet(&column(measured, |t| Some(t.closed))),
+    );
     let missing = measured.iter().filter(|t| t.committed.is_none()).count();
     if missing > 0 {
         println!("({missing} samples without a `decision` log line)");
