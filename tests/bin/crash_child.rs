@@ -158,9 +158,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     engine.load_playbooks(vec![playbook], "crash-child").await?;
 
-    // Runs that were between steps when the last process died.
-    let recovered = engine.recover()?;
-    spawn_drives(&engine, recovered);
+    // Runs that were between steps when the last process died (the engine drives them).
+    engine.recover()?;
 
     let acks_path = args.state.join("acks.log");
     let findings: Vec<Finding> = std::fs::read_to_string(&args.findings)?
@@ -182,19 +181,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         if unacked.is_empty() {
             continue;
         }
-        let (_, wake) = engine.ingest(&unacked).await?;
+        engine.ingest(&unacked).await?;
         for finding in &unacked {
             FakeOpenAi::append(&acks_path, &finding.id)?;
             acked.insert(finding.id.clone());
         }
-        spawn_drives(&engine, wake);
     }
 
     // Fire timers until every run has ended.
     loop {
-        let wake = engine.fire_due().await?;
-        spawn_drives(&engine, wake);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        engine.fire_due().await?;
+        // A drive that fails is a bug this harness must not wait out.
+        if let Ok(Err(error)) = tokio::time::timeout(Duration::from_millis(20), engine.idle()).await
+        {
+            eprintln!("crash-child: drive failed: {error}");
+            std::process::abort();
+        }
         let open = open_runs(&engine)?;
         if open == 0 && engine.recover()?.is_empty() {
             break;
@@ -202,18 +204,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     println!("DONE");
     Ok(())
-}
-
-fn spawn_drives(engine: &Engine, runs: Vec<String>) {
-    for run in runs {
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            if let Err(error) = engine.drive_all(vec![run]).await {
-                eprintln!("crash-child: drive failed: {error}");
-                std::process::abort();
-            }
-        });
-    }
 }
 
 /// Runs not yet ended, counted from the audit log's starts and ends.

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use quench_runner::config::Secret;
 use quench_runner::connectors::slack::Slack;
-use quench_runner::engine::DecisionOutcome;
-use quench_runner::store::Store;
+use quench_runner::engine::{DecisionOutcome, Defer};
+use quench_runner::store::{Store, StoreConfig};
 use serde_json::{Value, json};
 
 use crate::support::slack_fake::{SlackFake, SlackFault};
@@ -51,6 +51,10 @@ steps:
 "##;
 
 async fn harness(fake: &SlackFake, playbooks: &[&str]) -> Harness {
+    harness_on(Store::temporary().expect("store"), fake, playbooks).await
+}
+
+async fn harness_on(store: Store, fake: &SlackFake, playbooks: &[&str]) -> Harness {
     let groups = BTreeMap::from([(
         "secops".to_owned(),
         vec!["lead@example.com".to_owned(), "U0SECOPS1".to_owned()],
@@ -62,7 +66,7 @@ async fn harness(fake: &SlackFake, playbooks: &[&str]) -> Harness {
     fake.add_user("secops1@example.com", "U0SECOPS1");
     fake.add_channel("security");
     Harness::with_slack(
-        Store::temporary().expect("store"),
+        store,
         playbooks,
         start_time(),
         BTreeMap::new(),
@@ -184,9 +188,9 @@ async fn approvals_reach_every_approver_and_are_updated_with_the_outcome() {
 
     // The owner clicks "keep" in Slack: their Slack id is recognised through the alias.
     let decision = slack_decision(&run, &value, "keep", "U0OWNER");
-    let (outcome, wake) = harness
+    let outcome = harness
         .engine
-        .decide_and_wake(&decision)
+        .decide(&decision, Defer::Never)
         .await
         .expect("decide");
     assert_eq!(
@@ -195,7 +199,7 @@ async fn approvals_reach_every_approver_and_are_updated_with_the_outcome() {
             choice: "keep".to_owned()
         }
     );
-    harness.engine.drive_all(wake).await.expect("drive");
+    harness.engine.idle().await.expect("drive");
     harness.advance(Duration::ZERO).await;
 
     assert_eq!(
@@ -361,7 +365,10 @@ async fn each_person_is_asked_once_per_notice_and_who_answered_is_not_reminded()
     let (_, value) = buttons(&asked.blocks.expect("blocks")).remove(0);
     let outcome = harness
         .engine
-        .decide(&slack_decision(&run, &value, "revoke", "U0LEAD"))
+        .decide(
+            &slack_decision(&run, &value, "revoke", "U0LEAD"),
+            Defer::Never,
+        )
         .await
         .expect("decide");
     assert!(
@@ -398,7 +405,9 @@ async fn each_person_is_asked_once_per_notice_and_who_answered_is_not_reminded()
 #[tokio::test]
 async fn slack_message_posts_escaped_text_and_the_token_appears_nowhere() {
     let fake = SlackFake::start().await;
-    let harness = harness(&fake, &[MESSAGE]).await;
+    let directory = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&StoreConfig::new(directory.path())).expect("store");
+    let harness = harness_on(store, &fake, &[MESSAGE]).await;
     let run = started(
         &harness
             .ingest(&[finding(
@@ -421,16 +430,9 @@ async fn slack_message_posts_escaped_text_and_the_token_appears_nowhere() {
     assert!(output["ts"].as_str().is_some_and(|ts| !ts.is_empty()));
 
     let token = fake.bot_token();
-    let stored: Vec<String> = harness
-        .engine
-        .store()
-        .raw_tree()
-        .iter()
-        .map(|item| {
-            let (_, value) = item.expect("readable");
-            String::from_utf8_lossy(&value).into_owned()
-        })
-        .collect();
+    drop(harness);
+    let stored = crate::support::stored_values(directory.path());
+    assert!(!stored.is_empty(), "the store was read");
     assert!(
         stored.iter().all(|value| !value.contains(&token)),
         "the bot token is not in the store"
@@ -473,18 +475,18 @@ async fn a_slack_answer_before_the_messages_are_recorded_is_deferred_not_refused
     assert!(gate.messages.is_empty(), "not delivered yet");
     let button = json!({"run_id": run, "gate": "decide", "token": gate.token});
     let click = slack_decision(&run, &button, "keep", "U0OWNER");
-    let (outcome, _) = harness
+    let outcome = harness
         .engine
-        .decide_or_defer(&click, true)
+        .decide(&click, Defer::WhileUndelivered)
         .await
         .expect("decide");
     assert_eq!(outcome, DecisionOutcome::Deferred);
     assert!(harness.audit("decision").is_empty(), "nothing recorded");
 
     harness.advance(Duration::ZERO).await;
-    let (outcome, wake) = harness
+    let outcome = harness
         .engine
-        .decide_or_defer(&click, true)
+        .decide(&click, Defer::WhileUndelivered)
         .await
         .expect("decide");
     assert_eq!(
@@ -493,5 +495,5 @@ async fn a_slack_answer_before_the_messages_are_recorded_is_deferred_not_refused
             choice: "keep".to_owned()
         }
     );
-    harness.engine.drive_all(wake).await.expect("drive");
+    harness.engine.idle().await.expect("drive");
 }

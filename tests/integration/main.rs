@@ -21,6 +21,7 @@ mod proto_contracts;
 mod quickstart;
 mod redaction;
 mod schedule;
+mod scheduler;
 mod service;
 mod shipped_playbooks;
 mod store;

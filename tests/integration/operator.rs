@@ -588,8 +588,9 @@ fn references(value: &Value, found: &mut Vec<String>) {
 /// What schemathesis (tests/schemathesis) found at the edges of the document, checked here too:
 /// every `$ref` resolves, a run's steps validate against `RunDetail` while they have no output,
 /// each `limit` has a documented maximum that is served and one past it is refused, sequence
-/// numbers are `int64` (past `i64::MAX` or negative is a 400), and a dead letter that cannot
-/// exist (sequence 0) is a 404.
+/// numbers are `int64` (past `i64::MAX` or negative is a 400), a run-id prefix is at most a run
+/// id (36 characters of lower-case hex and `-`), and a dead letter that cannot exist (sequence 0)
+/// is a 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_keeps_to_its_document_at_the_edges() {
     let operator = Operator::start(&[("gate.yaml", GATE_PLAYBOOK)]).await;
@@ -672,6 +673,61 @@ async fn the_api_keeps_to_its_document_at_the_edges() {
         )
         .await;
     assert_eq!(in_range.status, 200, "{}", in_range.text);
+
+    // A run id is a UUID as text: `id_prefix` is at most its 36 characters, each lower-case
+    // hex or `-`, as documented; anything else can match no run and is refused, saying why.
+    let documented = document["paths"]["/api/v1/runs"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .find(|documented| documented["name"] == "id_prefix")
+        .expect("`id_prefix` is documented")["schema"]
+        .clone();
+    assert_eq!(
+        (&documented["maxLength"], &documented["pattern"]),
+        (&json!(36), &json!("^[0-9a-f-]*$")),
+        "{documented}"
+    );
+    assert_eq!(id.len(), 36, "{id}");
+    for (prefix, found) in [(id.as_str(), 1), (&id[..9], 1), ("", 1), ("ffffffff-", 0)] {
+        let page = operator
+            .get(&format!("/api/v1/runs?id_prefix={prefix}"), VIEWER)
+            .await;
+        assert_eq!(
+            page["runs"].as_array().map(Vec::len),
+            Some(found),
+            "{prefix}: {page}"
+        );
+    }
+    for (prefix, why) in [
+        (
+            format!("{id}0"),
+            "37 characters is longer than a run id (36)",
+        ),
+        (
+            "f".repeat(1000),
+            "1000 characters is longer than a run id (36)",
+        ),
+        ("0195F0C2".to_owned(), "holds 'F', which no run id does"),
+        ("0195f0c2%2F".to_owned(), "holds '/', which no run id does"),
+        ("%C3%A9".to_owned(), "holds '\u{e9}', which no run id does"),
+    ] {
+        let answer = operator
+            .call(
+                "GET",
+                &format!("/api/v1/runs?id_prefix={prefix}"),
+                Some(VIEWER),
+                None,
+            )
+            .await;
+        assert_eq!(answer.status, 400, "{prefix}: {}", answer.text);
+        assert_eq!(answer.body["error"]["code"], "bad_request", "{prefix}");
+        let message = answer.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("id_prefix") && message.contains(why),
+            "{prefix}: {message}"
+        );
+    }
 
     for (seq, status) in [("0", 404), ("9223372036854775808", 400), ("-1", 400)] {
         let answer = operator

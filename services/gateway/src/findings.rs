@@ -14,16 +14,19 @@ use axum::response::{IntoResponse, Response};
 use quench_proto::{DEFAULT_MAX_FINDING_BYTES, Finding, ParseError, subject};
 use serde_json::json;
 
+use crate::publish::Publisher;
 use crate::refusal::Refusal;
-use crate::server::AppState;
+use crate::replay::ReplayCache;
 use crate::signature::{now_unix, verify_findings};
 
 /// How long the stream may take to acknowledge a finding.
 pub(crate) const PUBLISH_WITHIN: Duration = Duration::from_secs(5);
 
-/// Handles an admitted request (see [`AppState::admit`]).
+/// Handles a request the server admitted (endpoint configured, client within its rate, body
+/// within the cap): `replays` is the findings endpoint's replay cache.
 pub(crate) async fn receive(
-    state: &AppState,
+    publisher: &Publisher,
+    replays: &ReplayCache,
     secret: &str,
     client: IpAddr,
     headers: &HeaderMap,
@@ -34,11 +37,11 @@ pub(crate) async fn receive(
     let finding = Finding::parse(&body, DEFAULT_MAX_FINDING_BYTES).map_err(refuse_parse)?;
     // One secret signs every scanner's findings, so the client a budget is kept for is the
     // address the rate limits count (one scanner host, or the client behind a trusted proxy).
-    state.findings_replays.admit(verified, client, now)?;
-    match publish_finding(state, &finding, &finding.id).await {
+    replays.admit(verified, client, now)?;
+    match publish_finding(publisher, &finding, &finding.id).await {
         Ok(response) => Ok(response),
         Err(refusal) => {
-            state.findings_replays.forget(&verified);
+            replays.forget(&verified);
             Err(refusal)
         }
     }
@@ -56,14 +59,13 @@ pub(crate) fn refuse_parse(error: ParseError) -> Refusal {
 /// Publishes a checked finding to `quench.findings.<kind>` with `msg_id` as `Nats-Msg-Id`;
 /// answers 202 with what was published.
 pub(crate) async fn publish_finding(
-    state: &AppState,
+    publisher: &Publisher,
     finding: &Finding,
     msg_id: &str,
 ) -> Result<Response, Refusal> {
     let subject = subject::finding(&finding.kind);
     let payload = serde_json::to_vec(finding).expect("a finding serializes");
-    let published = state
-        .publisher
+    let published = publisher
         .publish(subject.clone(), msg_id, payload, PUBLISH_WITHIN)
         .await
         .map_err(|error| {

@@ -33,8 +33,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::findings::publish_finding;
+use crate::publish::Publisher;
 use crate::refusal::Refusal;
-use crate::server::AppState;
 use crate::signature::verify_github;
 
 /// GitHub's event-name header.
@@ -371,9 +371,10 @@ fn printable(text: &str) -> String {
         .collect()
 }
 
-/// Handles an admitted request (see [`AppState::admit`]).
+/// Handles a request the server admitted (endpoint configured, client within its rate, body
+/// within the cap).
 pub(crate) async fn receive(
-    state: &AppState,
+    publisher: &Publisher,
     secret: &str,
     headers: &HeaderMap,
     body: Bytes,
@@ -410,7 +411,7 @@ pub(crate) async fn receive(
             Json(json!({"status": "ignored", "reason": reason})),
         )
             .into_response()),
-        Ok(Outcome::Finding(finding)) => publish_finding(state, &finding, delivery).await,
+        Ok(Outcome::Finding(finding)) => publish_finding(publisher, &finding, delivery).await,
         Err(error @ Error::Finding(_)) => Err(Refusal::Unprocessable(error.to_string())),
         Err(error) => Err(Refusal::BadRequest(error.to_string())),
     }

@@ -70,6 +70,7 @@
 //! and every refusal by endpoint and reason.
 
 pub mod cli;
+mod endpoint;
 mod findings;
 pub mod github;
 mod limit;

@@ -8,72 +8,11 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, header};
-use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::metrics::Metrics;
+use crate::endpoint::Endpoint;
 use crate::refusal::Refusal;
-
-/// The webhook endpoints, each with its own buckets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Endpoint {
-    Slack,
-    GitHub,
-    Findings,
-}
-
-impl Endpoint {
-    pub(crate) fn path(self) -> &'static str {
-        match self {
-            Endpoint::Slack => "/slack/interactions",
-            Endpoint::GitHub => "/webhooks/github",
-            Endpoint::Findings => "/webhooks/findings",
-        }
-    }
-
-    /// The endpoint's name in metrics and config (`gateway.replay.<name>`).
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Endpoint::Slack => "slack",
-            Endpoint::GitHub => "github",
-            Endpoint::Findings => "findings",
-        }
-    }
-
-    /// Runs a handler under the request timeout and turns its result into the answer, logging
-    /// and counting a refusal (endpoint, client, reason; never a body or a header value).
-    /// Refusals are the callers' mistakes, so not errors.
-    pub(crate) async fn answer(
-        self,
-        metrics: &Metrics,
-        client: IpAddr,
-        handler: impl Future<Output = Result<Response, Refusal>>,
-    ) -> Response {
-        let result = tokio::time::timeout(REQUEST_TIMEOUT, handler)
-            .await
-            .unwrap_or(Err(Refusal::Timeout));
-        match result {
-            Ok(response) => response,
-            Err(refusal) => {
-                metrics.refused(self, &refusal);
-                let status = refusal.status().as_u16();
-                match refusal {
-                    Refusal::RateLimited { .. } => {
-                        tracing::debug!(endpoint = self.path(), %client, status, reason = refusal.reason(), "request refused")
-                    }
-                    Refusal::Unavailable | Refusal::ReplayFull { .. } => {
-                        tracing::warn!(endpoint = self.path(), %client, status, reason = refusal.reason(), "request refused")
-                    }
-                    _ => {
-                        tracing::info!(endpoint = self.path(), %client, status, reason = refusal.reason(), "request refused")
-                    }
-                }
-                refusal.into_response()
-            }
-        }
-    }
-}
 
 /// Token buckets per endpoint and client address, and the size cap.
 #[derive(Debug)]
@@ -158,9 +97,6 @@ impl Limits {
         self.buckets.shrink_to_fit();
     }
 }
-
-/// How long one request may take, from reading its body to the answer.
-pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often idle buckets are forgotten.
 pub(crate) const FORGET_EVERY: Duration = Duration::from_secs(60);

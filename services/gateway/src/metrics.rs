@@ -1,5 +1,5 @@
 //! The gateway's Prometheus metrics (`prometheus-client`), served at `GET /metrics` on the
-//! gateway's listener. Refusals are counted where they are answered (`Endpoint::answer`); the
+//! gateway's listener. Refusals are counted where they are answered (`server::answer`); the
 //! replay cache's gauges are set just before rendering, after expiring what left the window.
 //!
 //! Names are constants; the exposition appends `_total` to counters.
@@ -10,7 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::limit::Endpoint;
+use crate::endpoint::Endpoint;
 use crate::refusal::Refusal;
 use crate::replay::ReplayCache;
 

@@ -1,6 +1,6 @@
 //! Why a request was refused, and the one place refusals become HTTP answers: a status, a JSON
 //! body `{"error": "…"}` (and `Retry-After` where waiting helps). Refusals are logged by
-//! `Endpoint::answer` without secrets or bodies; none of them publishes anything.
+//! `server::answer` without secrets or bodies; none of them publishes anything.
 
 use std::time::Duration;
 

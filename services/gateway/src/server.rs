@@ -17,7 +17,8 @@ use quench_common::config::{self, Config, Secret};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::limit::{Endpoint, FORGET_EVERY, Limits};
+use crate::endpoint::Endpoint;
+use crate::limit::{FORGET_EVERY, Limits};
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
 use crate::refusal::Refusal;
@@ -28,6 +29,9 @@ use crate::slack::socket::SocketMode;
 
 /// How long replies to Slack still in flight may take at shutdown.
 const GRACE: Duration = Duration::from_secs(5);
+
+/// How long one request may take, from reading its body to the answer.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the gateway could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -247,15 +251,56 @@ async fn webhook(
     let client = state.limits.client(peer, &headers);
     let handled = async {
         let (secret, body) = state.admit(endpoint, client, &headers, body).await?;
+        // Each handler is given only what it uses.
         match endpoint {
-            Endpoint::Slack => crate::slack::http::receive(&state, secret, &headers, body).await,
-            Endpoint::GitHub => crate::github::receive(&state, secret, &headers, body).await,
+            Endpoint::Slack => {
+                let (replays, interactions) = (&state.slack_replays, &state.interactions);
+                crate::slack::http::receive(replays, interactions, secret, &headers, body).await
+            }
+            Endpoint::GitHub => {
+                crate::github::receive(&state.publisher, secret, &headers, body).await
+            }
             Endpoint::Findings => {
-                crate::findings::receive(&state, secret, client, &headers, body).await
+                let (publisher, replays) = (&state.publisher, &state.findings_replays);
+                crate::findings::receive(publisher, replays, secret, client, &headers, body).await
             }
         }
     };
-    endpoint.answer(&state.metrics, client, handled).await
+    answer(endpoint, &state.metrics, client, handled).await
+}
+
+/// Runs a handler under the request timeout and turns its result into the answer, logging and
+/// counting a refusal (endpoint, client, reason; never a body or a header value). Refusals are
+/// the callers' mistakes, so not errors.
+async fn answer(
+    endpoint: Endpoint,
+    metrics: &Metrics,
+    client: IpAddr,
+    handler: impl Future<Output = Result<Response, Refusal>>,
+) -> Response {
+    let result = tokio::time::timeout(REQUEST_TIMEOUT, handler)
+        .await
+        .unwrap_or(Err(Refusal::Timeout));
+    match result {
+        Ok(response) => response,
+        Err(refusal) => {
+            metrics.refused(endpoint, &refusal);
+            let status = refusal.status().as_u16();
+            let path = endpoint.path();
+            match refusal {
+                Refusal::RateLimited { .. } => {
+                    tracing::debug!(endpoint = path, %client, status, reason = refusal.reason(), "request refused")
+                }
+                Refusal::Unavailable | Refusal::ReplayFull { .. } => {
+                    tracing::warn!(endpoint = path, %client, status, reason = refusal.reason(), "request refused")
+                }
+                _ => {
+                    tracing::info!(endpoint = path, %client, status, reason = refusal.reason(), "request refused")
+                }
+            }
+            refusal.into_response()
+        }
+    }
 }
 
 impl AppState {

@@ -70,7 +70,10 @@ async fn engine(dir: &Path, timeout: &str) -> Engine {
         store,
         Arc::new(SystemClock),
         Actions::new(),
-        EngineConfig::default(),
+        EngineConfig {
+            max_inflight_runs: CONCURRENCY,
+            ..EngineConfig::default()
+        },
     );
     let compiled = quench_runner::playbook::compile(&playbook(timeout))
         .playbook
@@ -91,7 +94,7 @@ async fn park(engine: &Engine, runs: usize) -> (Duration, Vec<String>) {
         let findings: Vec<Finding> = (batch_start..(batch_start + BATCH).min(runs))
             .map(finding)
             .collect();
-        let (outcomes, wake) = engine.ingest(&findings).await.expect("ingest");
+        let outcomes = engine.ingest(&findings).await.expect("ingest");
         for outcome in outcomes {
             if let FindingOutcome::Matched(handled) = outcome {
                 ids.extend(
@@ -104,7 +107,7 @@ async fn park(engine: &Engine, runs: usize) -> (Duration, Vec<String>) {
                 );
             }
         }
-        engine.drive_many(wake, CONCURRENCY).await.expect("drive");
+        engine.idle().await.expect("drive");
         batch_start += BATCH;
         if batch_start % 100_000 == 0 {
             let rate = batch_start as f64 / started.elapsed().as_secs_f64();
@@ -240,8 +243,8 @@ async fn deadlines(dir: &Path, runs: usize) {
                 tokio::time::sleep(wait).await;
             }
         }
-        let wake = engine.fire_due().await.expect("fire");
-        engine.drive_many(wake, CONCURRENCY).await.expect("drive");
+        engine.fire_due().await.expect("fire");
+        engine.idle().await.expect("drive");
     }
     let mut latest = chrono::Duration::zero();
     let mut first_due = None;
@@ -294,6 +297,7 @@ async fn retention(dir: &Path, total: usize) {
     let store = Store::open(&StoreConfig::new(dir.join("state"))).expect("store opens");
     let config = EngineConfig {
         seen_retention: Duration::from_secs(60),
+        max_inflight_runs: CONCURRENCY,
         ..EngineConfig::default()
     };
     let engine = Engine::new(store, Arc::new(SystemClock), Actions::new(), config);
@@ -383,8 +387,8 @@ steps:
     println!("retention: SECONDS FINDINGS RATE/s PURGED AUDIT_FROM STORE_MiB RSS_MiB");
     while sent < total {
         let findings: Vec<Finding> = (sent..(sent + BATCH).min(total)).map(finding).collect();
-        let (_, wake) = engine.ingest(&findings).await.expect("ingest");
-        engine.drive_many(wake, CONCURRENCY).await.expect("drive");
+        engine.ingest(&findings).await.expect("ingest");
+        engine.idle().await.expect("drive");
         sent += findings.len();
         if last_report.elapsed() >= Duration::from_secs(10) || sent == total {
             last_report = Instant::now();

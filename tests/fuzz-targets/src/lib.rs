@@ -7,9 +7,15 @@
 //! Inputs that carry more than a body put the extra parts first, one per line (see each
 //! target), so that corpus files stay readable and real payloads can be seeds.
 
+mod audit;
 mod gateway;
 mod proto;
 mod runner;
+
+pub use audit::{
+    audit_segment, check_changed, check_removed, check_reordered, check_segment, check_truncated,
+    line_hash,
+};
 
 pub use gateway::{
     github_event, github_signature, signed_finding, slack_interaction, slack_signature,
@@ -28,6 +34,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("playbook", playbook),
     ("template", template),
     ("config", config),
+    ("audit_segment", audit_segment),
     ("slack_signature", slack_signature),
     ("github_signature", github_signature),
     ("signed_finding", signed_finding),

@@ -85,6 +85,19 @@ fn binary(name: &str) -> PathBuf {
     bin
 }
 
+/// Every value stored under `path`, read as an attacker with the files would: sled opened on the
+/// directory itself (the store must have been dropped; it lets go of its files before the drop
+/// returns).
+pub(crate) fn stored_values(path: &Path) -> Vec<String> {
+    let db = sled::open(path).expect("the store's files open with sled");
+    db.iter()
+        .map(|item| {
+            let (_, value) = item.expect("readable");
+            String::from_utf8_lossy(&value).into_owned()
+        })
+        .collect()
+}
+
 /// An engine on a store, with a manual clock and scripted actions, for driving runs from tests.
 pub(crate) struct Harness {
     pub(crate) engine: quench_runner::engine::Engine,
@@ -197,8 +210,8 @@ impl Harness {
         &self,
         findings: &[quench_proto::Finding],
     ) -> Vec<quench_runner::engine::FindingOutcome> {
-        let (outcomes, wake) = self.engine.ingest(findings).await.expect("ingest");
-        self.engine.drive_all(wake).await.expect("drive");
+        let outcomes = self.engine.ingest(findings).await.expect("ingest");
+        self.engine.idle().await.expect("drive");
         outcomes
     }
 
@@ -207,10 +220,10 @@ impl Harness {
         use quench_runner::engine::Clock;
         self.clock
             .advance_to(self.clock.now() + chrono::Duration::from_std(by).expect("duration"));
-        let wake = self.engine.fire_due().await.expect("fire");
-        self.engine.drive_all(wake).await.expect("drive");
-        let wake = self.engine.fire_schedules().await.expect("schedules");
-        self.engine.drive_all(wake).await.expect("drive");
+        self.engine.fire_due().await.expect("fire");
+        self.engine.idle().await.expect("drive");
+        self.engine.fire_schedules().await.expect("schedules");
+        self.engine.idle().await.expect("drive");
     }
 
     pub(crate) fn run(&self, id: &str) -> quench_runner::engine::Run {
@@ -261,12 +274,12 @@ impl Harness {
             },
             decided_at: self.clock.now(),
         };
-        let (outcome, wake) = self
+        let outcome = self
             .engine
-            .decide_and_wake(&decision)
+            .decide(&decision, quench_runner::engine::Defer::Never)
             .await
             .expect("decide");
-        self.engine.drive_all(wake).await.expect("drive");
+        self.engine.idle().await.expect("drive");
         outcome
     }
 

@@ -3,14 +3,16 @@
 //! before), then the form's `payload=` JSON. The decision is published before Slack gets its
 //! 200, which it wants within 3 seconds; the user hears back through `response_url`.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{Click, Handled};
+use super::{Click, Handled, Interactions};
 use crate::refusal::Refusal;
-use crate::server::AppState;
+use crate::replay::ReplayCache;
 use crate::signature::{now_unix, verify_slack};
 
 /// The parts of an interaction payload the gateway reads; the rest is ignored.
@@ -56,9 +58,11 @@ struct Action {
     action_ts: Option<String>,
 }
 
-/// Handles an admitted request (see [`AppState::admit`]).
+/// Handles a request the server admitted (endpoint configured, client within its rate, body
+/// within the cap): `replays` is the Slack endpoint's replay cache.
 pub(crate) async fn receive(
-    state: &AppState,
+    replays: &ReplayCache,
+    interactions: &Arc<Interactions>,
     secret: &str,
     headers: &HeaderMap,
     body: Bytes,
@@ -68,20 +72,20 @@ pub(crate) async fn receive(
     let (team, click) = parse(&body)?;
     // Every Slack request is signed with the app's one secret; the client a budget is kept for is
     // the workspace (team) that sent it, so one busy workspace cannot refuse another's clicks.
-    state.slack_replays.admit(verified, &team, now)?;
+    replays.admit(verified, &team, now)?;
     let Some(click) = click else {
         // Not a button click (a shortcut, a view): acknowledged, nothing to publish.
         return Ok(StatusCode::OK.into_response());
     };
     let has_response_url = click.response_url.is_some();
-    match state.interactions.take(click).await {
+    match interactions.take(click).await {
         Handled::Failed { .. } if !has_response_url => {
-            state.slack_replays.forget(&verified);
+            replays.forget(&verified);
             Err(Refusal::Unavailable)
         }
         Handled::Failed { .. } => {
             // The user is told to click again (a new click is a new signature).
-            state.slack_replays.forget(&verified);
+            replays.forget(&verified);
             Ok(StatusCode::OK.into_response())
         }
         Handled::Recorded { .. } | Handled::Refused(_) => Ok(StatusCode::OK.into_response()),

@@ -52,19 +52,44 @@ pub(super) struct PendingCall {
     pub(super) index: usize,
 }
 
+/// The step being worked on: its run and playbook, the transaction collecting the changes,
+/// and the time they happen at. Passed by value down the step's helpers.
+pub(super) struct StepCx<'a> {
+    pub(super) run: &'a mut Run,
+    pub(super) playbook: &'a Playbook,
+    pub(super) step: &'a Step,
+    pub(super) tx: &'a mut Tx,
+    pub(super) now: DateTime<Utc>,
+}
+
+impl StepCx<'_> {
+    /// The step's state in the run, created on first use.
+    pub(super) fn state(&mut self) -> &mut StepState {
+        state(self.run, self.step)
+    }
+}
+
+/// What one call (or one `foreach` item) came to, as it is recorded on the step.
+pub(super) struct Outcome {
+    pub(super) status: StepStatus,
+    pub(super) output: Value,
+    pub(super) error: Option<String>,
+    /// A `fail` step: the run fails whatever `continue_on_error` says.
+    pub(super) fatal: bool,
+}
+
 impl Engine {
-    /// Advances a run until it parks or ends. Returns the runs this started (a queued finding
-    /// whose turn came), which the caller drives next.
-    pub async fn drive(&self, run_id: &str) -> Result<Vec<String>, Error> {
+    /// Advances a run until it parks or ends (the engine's workers call it for every queued
+    /// run; runs it starts, such as a queued finding whose turn came, are queued in turn).
+    pub(super) async fn drive(&self, run_id: &str) -> Result<(), Error> {
         let span = tracing::info_span!("run", run_id = %run_id, playbook = tracing::field::Empty);
         self.drive_in(run_id, &span).instrument(span.clone()).await
     }
 
-    async fn drive_in(&self, run_id: &str, span: &tracing::Span) -> Result<Vec<String>, Error> {
+    async fn drive_in(&self, run_id: &str, span: &tracing::Span) -> Result<(), Error> {
         let _guard = self.inner.locks.lock(run_id).await;
-        let mut started = Vec::new();
         let Some(mut run) = self.run(run_id)? else {
-            return Ok(started);
+            return Ok(());
         };
         span.record("playbook", run.playbook.as_str());
         while run.status == RunStatus::Running {
@@ -80,14 +105,14 @@ impl Engine {
                     });
                     self.end(&mut run, &mut tx, RunStatus::Failed, None, now)?;
                     tx.save(&mut run, now);
-                    started.extend(self.commit(tx).await?);
+                    self.commit(tx).await?;
                     break;
                 }
             };
             let next = self.advance(&mut run, &playbook, &mut tx)?;
             let now = self.now();
             tx.save(&mut run, now);
-            started.extend(self.commit(tx).await?);
+            self.commit(tx).await?;
             let Next::Call(pending) = next else { break };
             fail::fail_point!("engine::after_intent");
             let result = self.execute(&pending).await;
@@ -96,9 +121,9 @@ impl Engine {
             let now = self.now();
             self.apply_result(&mut run, &playbook, *pending, result, &mut tx, now)?;
             tx.save(&mut run, now);
-            started.extend(self.commit(tx).await?);
+            self.commit(tx).await?;
         }
-        Ok(started)
+        Ok(())
     }
 
     /// Makes the call under the step's timeout; its duration and failure class are measured.
@@ -158,8 +183,20 @@ impl Engine {
                     run.status = RunStatus::Waiting;
                     Flow::Stop
                 }
-                StepStatus::Running => self.reexecute(run, playbook, step, tx, now)?,
-                _ => self.begin(run, playbook, step, tx, now)?,
+                status => {
+                    let cx = StepCx {
+                        run: &mut *run,
+                        playbook,
+                        step,
+                        tx: &mut *tx,
+                        now,
+                    };
+                    if status == StepStatus::Running {
+                        self.reexecute(cx)?
+                    } else {
+                        self.begin(cx)?
+                    }
+                }
             };
             match flow {
                 Flow::Continue => {}
@@ -170,31 +207,24 @@ impl Engine {
     }
 
     /// Starts a pending step (or its next `foreach` item).
-    fn begin(
-        &self,
-        run: &mut Run,
-        playbook: &Playbook,
-        step: &Step,
-        tx: &mut Tx,
-        now: DateTime<Utc>,
-    ) -> Result<Flow, Error> {
-        let failure = run.phase == Phase::OnFailure;
-        if state(run, step).started_at.is_none() {
-            state(run, step).started_at = Some(now);
-            tx.event(
-                run,
-                now,
+    fn begin(&self, mut cx: StepCx<'_>) -> Result<Flow, Error> {
+        let failure = cx.run.phase == Phase::OnFailure;
+        if cx.state().started_at.is_none() {
+            cx.state().started_at = Some(cx.now);
+            cx.tx.event(
+                cx.run,
+                cx.now,
                 RunEventKind::StepStarted,
-                Some(&step.id),
-                json!({"action": step.action.name}),
+                Some(&cx.step.id),
+                json!({"action": cx.step.action.name}),
             );
         }
-        let Some(foreach) = &step.foreach else {
-            if let Some(condition) = &step.condition {
+        let Some(foreach) = &cx.step.foreach else {
+            if let Some(condition) = &cx.step.condition {
                 let scope = context(
-                    run,
-                    playbook,
-                    now,
+                    cx.run,
+                    cx.playbook,
+                    cx.now,
                     Scope {
                         item: None,
                         failure,
@@ -203,74 +233,73 @@ impl Engine {
                 match self.inner.renderer.condition(condition, &scope) {
                     Ok(true) => {}
                     Ok(false) => {
-                        let state = state(run, step);
+                        let now = cx.now;
+                        let state = cx.state();
                         state.status = StepStatus::Skipped;
                         state.finished_at = Some(now);
-                        tx.audit(
-                            run,
-                            now,
+                        cx.tx.audit(
+                            cx.run,
+                            cx.now,
                             "step_skipped",
-                            Some(&step.id),
+                            Some(&cx.step.id),
                             json!({"if": condition}),
                         );
                         return Ok(Flow::Continue);
                     }
                     Err(error) => {
                         let error = ActionError::permanent(format!("`if` failed: {error}"));
-                        return self.complete(run, playbook, step, 0, Err(error), false, tx, now);
+                        return self.complete(cx, 0, Err(error), false);
                     }
                 }
             }
             let scope = context(
-                run,
-                playbook,
-                now,
+                cx.run,
+                cx.playbook,
+                cx.now,
                 Scope {
                     item: None,
                     failure,
                 },
             );
-            return self.start_call(run, playbook, step, 0, &scope, tx, now);
+            return self.start_call(cx, 0, &scope);
         };
 
-        if state(run, step).items.is_none() {
+        if cx.state().items.is_none() {
             let scope = context(
-                run,
-                playbook,
-                now,
+                cx.run,
+                cx.playbook,
+                cx.now,
                 Scope {
                     item: None,
                     failure,
                 },
             );
             match self.inner.renderer.list(foreach, &scope) {
-                Ok(items) => state(run, step).items = Some(items),
+                Ok(items) => cx.state().items = Some(items),
                 Err(error) => {
                     let error = ActionError::permanent(format!("`foreach` failed: {error}"));
-                    state(run, step).items = Some(Vec::new());
+                    cx.state().items = Some(Vec::new());
                     return self.finish_step(
-                        run,
-                        playbook,
-                        step,
-                        StepStatus::Failed,
-                        Value::Null,
-                        Some(error.to_string()),
-                        false,
-                        tx,
-                        now,
+                        cx,
+                        Outcome {
+                            status: StepStatus::Failed,
+                            output: Value::Null,
+                            error: Some(error.to_string()),
+                            fatal: false,
+                        },
                     );
                 }
             }
         }
         let (index, items_len) = {
-            let state = state(run, step);
+            let state = cx.state();
             (
                 state.item_results.len(),
                 state.items.as_ref().map_or(0, Vec::len),
             )
         };
         if index >= items_len {
-            let state = state(run, step);
+            let state = cx.state();
             let failed = state
                 .item_results
                 .iter()
@@ -287,36 +316,35 @@ impl Engine {
                 StepStatus::Succeeded
             };
             return self.finish_step(
-                run,
-                playbook,
-                step,
-                status,
-                Value::Array(outputs),
-                failed,
-                false,
-                tx,
-                now,
+                cx,
+                Outcome {
+                    status,
+                    output: Value::Array(outputs),
+                    error: failed,
+                    fatal: false,
+                },
             );
         }
-        let item = state(run, step)
+        let item = cx
+            .state()
             .items
             .as_ref()
             .and_then(|items| items.get(index).cloned())
             .unwrap_or(Value::Null);
         let scope = context(
-            run,
-            playbook,
-            now,
+            cx.run,
+            cx.playbook,
+            cx.now,
             Scope {
                 item: Some((&item, index)),
                 failure,
             },
         );
-        if let Some(condition) = &step.condition {
+        if let Some(condition) = &cx.step.condition {
             match self.inner.renderer.condition(condition, &scope) {
                 Ok(true) => {}
                 Ok(false) => {
-                    state(run, step).item_results.push(ItemResult {
+                    cx.state().item_results.push(ItemResult {
                         status: StepStatus::Skipped,
                         output: Value::Null,
                         error: None,
@@ -326,61 +354,52 @@ impl Engine {
                 Err(error) => {
                     let error =
                         ActionError::permanent(format!("`if` failed for item {index}: {error}"));
-                    return self.complete(run, playbook, step, index, Err(error), false, tx, now);
+                    return self.complete(cx, index, Err(error), false);
                 }
             }
         }
-        self.start_call(run, playbook, step, index, &scope, tx, now)
+        self.start_call(cx, index, &scope)
     }
 
     /// Renders the inputs and runs the action: engine actions at once, others as a journaled call.
-    #[allow(clippy::too_many_arguments)]
     fn start_call(
         &self,
-        run: &mut Run,
-        playbook: &Playbook,
-        step: &Step,
+        mut cx: StepCx<'_>,
         iteration: usize,
         scope: &minijinja::Value,
-        tx: &mut Tx,
-        now: DateTime<Utc>,
     ) -> Result<Flow, Error> {
-        let engine_action = crate::actions::is_engine_handled(step.action.name);
-        if tx.no_calls && !engine_action {
+        let engine_action = crate::actions::is_engine_handled(cx.step.action.name);
+        if cx.tx.no_calls && !engine_action {
             // Starting a run at intake goes only as far as the first call; a driver makes it.
             return Ok(Flow::Stop);
         }
         let input = match self
             .inner
             .renderer
-            .inputs(step.action.name, &step.with, scope)
+            .inputs(cx.step.action.name, &cx.step.with, scope)
         {
             Ok(input) => input,
             Err(error) => {
                 let error = ActionError::permanent(format!("cannot render the inputs: {error}"));
-                return self.complete(run, playbook, step, iteration, Err(error), false, tx, now);
+                return self.complete(cx, iteration, Err(error), false);
             }
         };
-        state(run, step).attempt = 1;
-        match step.action.name {
+        cx.state().attempt = 1;
+        match cx.step.action.name {
             "note" => {
                 let message = input.get("message").cloned().unwrap_or(Value::Null);
-                tx.audit(
-                    run,
-                    now,
+                cx.tx.audit(
+                    cx.run,
+                    cx.now,
                     "note",
-                    Some(&step.id),
+                    Some(&cx.step.id),
                     json!({"message": message}),
                 );
                 self.complete(
-                    run,
-                    playbook,
-                    step,
+                    cx,
                     iteration,
                     Ok(Success::new(json!({"message": message}))),
                     false,
-                    tx,
-                    now,
                 )
             }
             "state.set" => {
@@ -388,26 +407,24 @@ impl Engine {
                 let mut state: serde_json::Map<String, Value> = self
                     .inner
                     .store
-                    .get(Key::PlaybookState(&run.playbook))?
+                    .get(Key::PlaybookState(&cx.run.playbook))?
                     .unwrap_or_default();
                 state.extend(values.clone());
-                tx.batch.put(Key::PlaybookState(&run.playbook), &state);
-                tx.audit(
-                    run,
-                    now,
+                cx.tx
+                    .batch
+                    .put(Key::PlaybookState(&cx.run.playbook), &state);
+                cx.tx.audit(
+                    cx.run,
+                    cx.now,
                     "state_set",
-                    Some(&step.id),
+                    Some(&cx.step.id),
                     Value::Object(values.clone()),
                 );
                 self.complete(
-                    run,
-                    playbook,
-                    step,
+                    cx,
                     iteration,
                     Ok(Success::new(Value::Object(values))),
                     false,
-                    tx,
-                    now,
                 )
             }
             "fail" => {
@@ -416,21 +433,12 @@ impl Engine {
                     .and_then(Value::as_str)
                     .unwrap_or("the playbook failed the run")
                     .to_owned();
-                self.complete(
-                    run,
-                    playbook,
-                    step,
-                    iteration,
-                    Err(ActionError::permanent(message)),
-                    true,
-                    tx,
-                    now,
-                )
+                self.complete(cx, iteration, Err(ActionError::permanent(message)), true)
             }
-            "wait" => self.start_wait(run, playbook, step, &input, tx, now),
-            crate::actions::APPROVAL => self.open_gate(run, playbook, step, input, tx, now),
+            "wait" => self.start_wait(cx, &input),
+            crate::actions::APPROVAL => self.open_gate(cx, input),
             name => {
-                let dry_run = run.mode == Mode::DryRun && step.action.mutates;
+                let dry_run = cx.run.mode == Mode::DryRun && cx.step.action.mutates;
                 // A dry run describes the request after the checks live mode makes before any
                 // call, so what live mode would refuse fails here too.
                 let planned = self
@@ -458,67 +466,56 @@ impl Engine {
                 let (action, request) = match planned {
                     Ok(planned) => planned,
                     Err(error) => {
-                        return self.complete(
-                            run,
-                            playbook,
-                            step,
-                            iteration,
-                            Err(error),
-                            false,
-                            tx,
-                            now,
-                        );
+                        return self.complete(cx, iteration, Err(error), false);
                     }
                 };
-                let key = idempotency_key(&run.id, &step.id, iteration);
+                let key = idempotency_key(&cx.run.id, &cx.step.id, iteration);
                 if let Some(request) = &request {
-                    state(run, step).requests.push(request.clone());
+                    cx.state().requests.push(request.clone());
                 }
                 if let (true, Some(request)) = (dry_run, request.clone()) {
-                    tx.audit(
-                        run,
-                        now,
+                    cx.tx.audit(
+                        cx.run,
+                        cx.now,
                         "step_dry_run",
-                        Some(&step.id),
+                        Some(&cx.step.id),
                         json!({"action": name, "idempotency_key": key, "request": request}),
                     );
                     let output = json!({"dry_run": true, "request": request});
                     return self.complete_with(
-                        run,
-                        playbook,
-                        step,
+                        cx,
                         iteration,
-                        StepStatus::DryRun,
-                        output,
-                        None,
-                        false,
-                        tx,
-                        now,
+                        Outcome {
+                            status: StepStatus::DryRun,
+                            output,
+                            error: None,
+                            fatal: false,
+                        },
                     );
                 }
                 let effect = Effect {
-                    run_id: run.id.clone(),
-                    step: step.id.clone(),
+                    run_id: cx.run.id.clone(),
+                    step: cx.step.id.clone(),
                     iteration,
                     action: name.to_owned(),
                     input: input.clone(),
-                    intended_at: now,
+                    intended_at: cx.now,
                     attempts: 1,
                     result: None,
                 };
-                tx.batch.put(Key::Effect(&key), &effect);
-                let state = state(run, step);
+                cx.tx.batch.put(Key::Effect(&key), &effect);
+                let state = cx.state();
                 state.status = StepStatus::Running;
                 state.in_flight = Some(iteration);
-                tx.audit(
-                    run,
-                    now,
+                cx.tx.audit(
+                    cx.run,
+                    cx.now,
                     "step_intent",
-                    Some(&step.id),
+                    Some(&cx.step.id),
                     json!({"action": name, "idempotency_key": key, "input": input, "request": request, "attempt": 1}),
                 );
                 Ok(Flow::Call(Box::new(
-                    self.pending(run, step, effect, key, 1, action),
+                    self.pending(cx.run, cx.step, effect, key, 1, action),
                 )))
             }
         }
@@ -555,33 +552,24 @@ impl Engine {
 
     /// A step found `running`: its intent has no result (a restart, or a retry whose backoff
     /// ended). Executes it again with the journaled input and the same idempotency key.
-    fn reexecute(
-        &self,
-        run: &mut Run,
-        playbook: &Playbook,
-        step: &Step,
-        tx: &mut Tx,
-        now: DateTime<Utc>,
-    ) -> Result<Flow, Error> {
-        let iteration = state(run, step).in_flight.unwrap_or(0);
-        let key = idempotency_key(&run.id, &step.id, iteration);
+    fn reexecute(&self, mut cx: StepCx<'_>) -> Result<Flow, Error> {
+        let iteration = cx.state().in_flight.unwrap_or(0);
+        let key = idempotency_key(&cx.run.id, &cx.step.id, iteration);
         let Some(mut effect) = self.inner.store.get::<Effect>(Key::Effect(&key))? else {
             let error = ActionError::permanent(format!("journal entry {key} is missing"));
-            return self.complete(run, playbook, step, iteration, Err(error), false, tx, now);
+            return self.complete(cx, iteration, Err(error), false);
         };
         if let Some(result) = effect.result.clone() {
             // The result was recorded but the step was not moved on; take the recorded result.
             return self.complete_with(
-                run,
-                playbook,
-                step,
+                cx,
                 iteration,
-                result.status,
-                result.output,
-                result.error,
-                false,
-                tx,
-                now,
+                Outcome {
+                    status: result.status,
+                    output: result.output,
+                    error: result.error,
+                    fatal: false,
+                },
             );
         }
         if effect.attempts >= MAX_EXECUTIONS {
@@ -589,27 +577,27 @@ impl Engine {
                 "gave up after {} executions without a result",
                 effect.attempts
             ));
-            return self.complete(run, playbook, step, iteration, Err(error), false, tx, now);
+            return self.complete(cx, iteration, Err(error), false);
         }
         let Some(action) = self.inner.actions.get(&effect.action).cloned() else {
             let error = ActionError::permanent(format!(
                 "action `{}` is not available: its connector is not configured",
                 effect.action
             ));
-            return self.complete(run, playbook, step, iteration, Err(error), false, tx, now);
+            return self.complete(cx, iteration, Err(error), false);
         };
         effect.attempts += 1;
-        tx.batch.put(Key::Effect(&key), &effect);
-        let attempt = state(run, step).attempt.max(1);
-        tx.audit(
-            run,
-            now,
+        cx.tx.batch.put(Key::Effect(&key), &effect);
+        let attempt = cx.state().attempt.max(1);
+        cx.tx.audit(
+            cx.run,
+            cx.now,
             "step_intent",
-            Some(&step.id),
+            Some(&cx.step.id),
             json!({"action": effect.action, "idempotency_key": key, "input": effect.input, "attempt": attempt, "execution": effect.attempts}),
         );
         Ok(Flow::Call(Box::new(
-            self.pending(run, step, effect, key, attempt, action),
+            self.pending(cx.run, cx.step, effect, key, attempt, action),
         )))
     }
 
@@ -666,62 +654,56 @@ impl Engine {
                 "detail": detail,
             }),
         );
-        self.complete(
+        let cx = StepCx {
             run,
             playbook,
             step,
-            pending.call.iteration,
-            result,
-            false,
             tx,
             now,
-        )?;
+        };
+        self.complete(cx, pending.call.iteration, result, false)?;
         Ok(())
     }
 
     /// Applies a call's outcome to the step: retry later, or record it and move on.
-    #[allow(clippy::too_many_arguments)]
     fn complete(
         &self,
-        run: &mut Run,
-        playbook: &Playbook,
-        step: &Step,
+        mut cx: StepCx<'_>,
         iteration: usize,
         result: Result<Success, ActionError>,
         fatal: bool,
-        tx: &mut Tx,
-        now: DateTime<Utc>,
     ) -> Result<Flow, Error> {
-        let attempt = state(run, step).attempt.max(1);
+        let attempt = cx.state().attempt.max(1);
         if let Err(ActionError::Retryable {
             message,
             retry_after,
         }) = &result
             && !fatal
-            && attempt < max_attempts(step.retry.as_ref())
+            && attempt < max_attempts(cx.step.retry.as_ref())
         {
-            let key = idempotency_key(&run.id, &step.id, iteration);
-            let delay = retry_after.unwrap_or_else(|| backoff(step.retry.as_ref(), attempt, &key));
-            let due = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-            let state = state(run, step);
+            let key = idempotency_key(&cx.run.id, &cx.step.id, iteration);
+            let delay =
+                retry_after.unwrap_or_else(|| backoff(cx.step.retry.as_ref(), attempt, &key));
+            let due = cx.now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+            let state = cx.state();
             state.attempt = attempt + 1;
             state.status = StepStatus::Waiting;
             state.in_flight = Some(iteration);
             state.error = Some(message.clone());
             self.set_timer(
-                run,
-                tx,
+                cx.run,
+                cx.tx,
                 due,
                 Timer::Retry {
-                    step: step.id.clone(),
+                    step: cx.step.id.clone(),
                 },
             );
-            run.status = RunStatus::Waiting;
-            tx.audit(
-                run,
-                now,
+            cx.run.status = RunStatus::Waiting;
+            cx.tx.audit(
+                cx.run,
+                cx.now,
                 "step_retry",
-                Some(&step.id),
+                Some(&cx.step.id),
                 json!({"error": message, "attempt": attempt, "next_attempt_at": due}),
             );
             return Ok(Flow::Stop);
@@ -731,30 +713,32 @@ impl Engine {
             Ok(success) => (StepStatus::Succeeded, success.output, None),
             Err(error) => (StepStatus::Failed, Value::Null, Some(error.to_string())),
         };
-        self.complete_with(
-            run, playbook, step, iteration, status, output, error, fatal, tx, now,
-        )
+        let outcome = Outcome {
+            status,
+            output,
+            error,
+            fatal,
+        };
+        self.complete_with(cx, iteration, outcome)
     }
 
     /// Records the final outcome of one call (one item of a `foreach`, or the whole step).
-    #[allow(clippy::too_many_arguments)]
     fn complete_with(
         &self,
-        run: &mut Run,
-        playbook: &Playbook,
-        step: &Step,
+        mut cx: StepCx<'_>,
         iteration: usize,
-        status: StepStatus,
-        output: Value,
-        error: Option<String>,
-        fatal: bool,
-        tx: &mut Tx,
-        now: DateTime<Utc>,
+        outcome: Outcome,
     ) -> Result<Flow, Error> {
-        if step.foreach.is_none() {
-            return self.finish_step(run, playbook, step, status, output, error, fatal, tx, now);
+        if cx.step.foreach.is_none() {
+            return self.finish_step(cx, outcome);
         }
-        let current = state(run, step);
+        let Outcome {
+            status,
+            output,
+            error,
+            fatal,
+        } = outcome;
+        let current = cx.state();
         current.in_flight = None;
         current.attempt = 0;
         current.status = StepStatus::Pending;
@@ -763,43 +747,34 @@ impl Engine {
             output,
             error: error.clone(),
         });
-        if status == StepStatus::Failed && (fatal || !step.continue_on_error) {
-            let outputs: Vec<Value> = state(run, step)
+        if status == StepStatus::Failed && (fatal || !cx.step.continue_on_error) {
+            let outputs: Vec<Value> = cx
+                .state()
                 .item_results
                 .iter()
                 .map(|item| item.output.clone())
                 .collect();
-            let error = error.map(|error| format!("item {iteration}: {error}"));
-            return self.finish_step(
-                run,
-                playbook,
-                step,
-                StepStatus::Failed,
-                Value::Array(outputs),
-                error,
+            let outcome = Outcome {
+                status: StepStatus::Failed,
+                output: Value::Array(outputs),
+                error: error.map(|error| format!("item {iteration}: {error}")),
                 fatal,
-                tx,
-                now,
-            );
+            };
+            return self.finish_step(cx, outcome);
         }
         Ok(Flow::Continue)
     }
 
     /// Sets a step's final status; a failure fails the run unless the step continues on error.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn finish_step(
-        &self,
-        run: &mut Run,
-        playbook: &Playbook,
-        step: &Step,
-        status: StepStatus,
-        output: Value,
-        error: Option<String>,
-        fatal: bool,
-        tx: &mut Tx,
-        now: DateTime<Utc>,
-    ) -> Result<Flow, Error> {
-        let state = state(run, step);
+    pub(super) fn finish_step(&self, mut cx: StepCx<'_>, outcome: Outcome) -> Result<Flow, Error> {
+        let Outcome {
+            status,
+            output,
+            error,
+            fatal,
+        } = outcome;
+        let now = cx.now;
+        let state = cx.state();
         state.status = status;
         state.output = output.clone();
         state.error = error.clone();
@@ -810,17 +785,24 @@ impl Engine {
         } else {
             RunEventKind::StepSucceeded
         };
-        tx.event(
-            run,
-            now,
+        cx.tx.event(
+            cx.run,
+            cx.now,
             kind,
-            Some(&step.id),
+            Some(&cx.step.id),
             json!({"status": status.as_str(), "error": error}),
         );
-        if status != StepStatus::Failed || (!fatal && step.continue_on_error) {
+        if status != StepStatus::Failed || (!fatal && cx.step.continue_on_error) {
             return Ok(Flow::Continue);
         }
-        self.fail_run(run, playbook, &step.id, error.unwrap_or_default(), tx, now)?;
+        self.fail_run(
+            cx.run,
+            cx.playbook,
+            &cx.step.id,
+            error.unwrap_or_default(),
+            cx.tx,
+            cx.now,
+        )?;
         Ok(Flow::Continue)
     }
 
@@ -849,21 +831,13 @@ impl Engine {
         self.end(run, tx, RunStatus::Failed, None, now)
     }
 
-    fn start_wait(
-        &self,
-        run: &mut Run,
-        playbook: &Playbook,
-        step: &Step,
-        input: &Value,
-        tx: &mut Tx,
-        now: DateTime<Utc>,
-    ) -> Result<Flow, Error> {
+    fn start_wait(&self, mut cx: StepCx<'_>, input: &Value) -> Result<Flow, Error> {
         let due = match (
             input.get("for").and_then(Value::as_str),
             input.get("until").and_then(Value::as_str),
         ) {
             (Some(duration), None) => crate::playbook::parse_duration(duration).map(|duration| {
-                now + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+                cx.now + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
             }),
             (None, Some(until)) => DateTime::parse_from_rfc3339(until)
                 .map(|until| until.with_timezone(&Utc))
@@ -873,33 +847,24 @@ impl Engine {
         let due = match due {
             Ok(due) => due,
             Err(error) => {
-                return self.complete(
-                    run,
-                    playbook,
-                    step,
-                    0,
-                    Err(ActionError::permanent(error)),
-                    false,
-                    tx,
-                    now,
-                );
+                return self.complete(cx, 0, Err(ActionError::permanent(error)), false);
             }
         };
         self.set_timer(
-            run,
-            tx,
+            cx.run,
+            cx.tx,
             due,
             Timer::Wait {
-                step: step.id.clone(),
+                step: cx.step.id.clone(),
             },
         );
-        state(run, step).status = StepStatus::Waiting;
-        run.status = RunStatus::Waiting;
-        tx.event(
-            run,
-            now,
+        cx.state().status = StepStatus::Waiting;
+        cx.run.status = RunStatus::Waiting;
+        cx.tx.event(
+            cx.run,
+            cx.now,
             RunEventKind::Waiting,
-            Some(&step.id),
+            Some(&cx.step.id),
             json!({"until": due}),
         );
         Ok(Flow::Stop)
@@ -947,6 +912,7 @@ impl Engine {
             &timer,
         );
         run.timers.push(TimerRef { due, name });
+        tx.timers = true;
     }
 
     pub(super) fn clear_timer(&self, run: &mut Run, tx: &mut Tx, name: &str) {

@@ -10,13 +10,13 @@ use quench_proto::{Decision, RunEventKind};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use super::drive::{Flow, state};
+use super::drive::{Flow, Outcome, StepCx};
 use super::state::{
     Answer, EscalationState, Gate, GateDecision, NoticeKind, Run, RunStatus, StepStatus, Timer,
 };
 use super::{Engine, Error, Tx};
 use crate::actions::Approval;
-use crate::playbook::{Playbook, Step, parse_duration};
+use crate::playbook::{Step, parse_duration};
 use crate::store::{AuditDraft, Key};
 
 const DEFAULT_CHOICES: [&str; 2] = ["approve", "deny"];
@@ -68,10 +68,18 @@ pub enum Cancel {
     NotFound,
     /// The run had already ended so.
     Ended(RunStatus),
-    /// Cancelled; the runs to drive now (a finding that was queued behind it).
-    Cancelled {
-        wake: Vec<String>,
-    },
+    /// Cancelled (a finding queued behind it starts its run).
+    Cancelled,
+}
+
+/// Whether an answer the gate cannot place yet may wait (see [`Engine::decide`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Defer {
+    /// Decide now: accept or refuse for good (the API, the CLI, a last delivery).
+    Never,
+    /// A Slack user the gate does not know while its messages are still being delivered is
+    /// [`DecisionOutcome::Deferred`], for the caller to offer again, instead of refused.
+    WhileUndelivered,
 }
 
 /// Why an answer was refused (audited, with who sent it).
@@ -116,48 +124,38 @@ fn identity(id: &str) -> String {
 
 impl Engine {
     /// Opens the gate of an `approval` step and parks the run on it.
-    pub(super) fn open_gate(
-        &self,
-        run: &mut Run,
-        playbook: &Playbook,
-        step: &Step,
-        input: Value,
-        tx: &mut Tx,
-        now: DateTime<Utc>,
-    ) -> Result<Flow, Error> {
-        let gate = match self.build_gate(run, step, input, now) {
+    pub(super) fn open_gate(&self, mut cx: StepCx<'_>, input: Value) -> Result<Flow, Error> {
+        let gate = match self.build_gate(cx.run, cx.step, input, cx.now) {
             Ok(gate) => gate,
             Err(error) => {
                 return self.finish_step(
-                    run,
-                    playbook,
-                    step,
-                    StepStatus::Failed,
-                    Value::Null,
-                    Some(error),
-                    false,
-                    tx,
-                    now,
+                    cx,
+                    Outcome {
+                        status: StepStatus::Failed,
+                        output: Value::Null,
+                        error: Some(error),
+                        fatal: false,
+                    },
                 );
             }
         };
         self.set_timer(
-            run,
-            tx,
+            cx.run,
+            cx.tx,
             gate.deadline,
             Timer::GateTimeout {
-                step: step.id.clone(),
+                step: cx.step.id.clone(),
             },
         );
         if let Some(every) = gate.remind_every_secs {
-            let due = now + chrono::Duration::seconds(every as i64);
+            let due = cx.now + chrono::Duration::seconds(every as i64);
             if due < gate.deadline {
                 self.set_timer(
-                    run,
-                    tx,
+                    cx.run,
+                    cx.tx,
                     due,
                     Timer::Remind {
-                        step: step.id.clone(),
+                        step: cx.step.id.clone(),
                     },
                 );
             }
@@ -165,27 +163,27 @@ impl Engine {
         for (index, escalation) in gate.escalations.iter().enumerate() {
             if escalation.at < gate.deadline {
                 self.set_timer(
-                    run,
-                    tx,
+                    cx.run,
+                    cx.tx,
                     escalation.at,
                     Timer::Escalate {
-                        step: step.id.clone(),
+                        step: cx.step.id.clone(),
                         index,
                     },
                 );
             }
         }
         self.notice(
-            tx,
-            run,
-            &step.id,
+            cx.tx,
+            cx.run,
+            &cx.step.id,
             NoticeKind::Open,
             gate.approvers.clone(),
-            now,
+            cx.now,
         );
-        tx.batch.put(Key::Gate(&run.id, &step.id), &gate);
-        state(run, step).status = StepStatus::Waiting;
-        run.status = RunStatus::Waiting;
+        cx.tx.batch.put(Key::Gate(&cx.run.id, &cx.step.id), &gate);
+        cx.state().status = StepStatus::Waiting;
+        cx.run.status = RunStatus::Waiting;
         let detail = json!({
             "question": gate.question,
             "choices": gate.choices,
@@ -194,11 +192,11 @@ impl Engine {
             "deadline": gate.deadline,
             "on_timeout": gate.on_timeout,
         });
-        tx.event(
-            run,
-            now,
+        cx.tx.event(
+            cx.run,
+            cx.now,
             RunEventKind::Waiting,
-            Some(&step.id),
+            Some(&cx.step.id),
             detail.clone(),
         );
         Ok(Flow::Stop)
@@ -298,28 +296,14 @@ impl Engine {
         Ok(allowed)
     }
 
-    /// Takes an answer to a gate. Returns what became of it; the runs to drive are returned by
-    /// [`Engine::decide_and_wake`].
-    pub async fn decide(&self, decision: &Decision) -> Result<DecisionOutcome, Error> {
-        Ok(self.decide_and_wake(decision).await?.0)
-    }
-
-    /// Like [`Engine::decide`], also returning the runs to drive now.
-    pub async fn decide_and_wake(
+    /// Takes an answer to a gate and returns what became of it; a decided gate's run is
+    /// driven on by the engine. Who may answer is decided here, whatever the sender claims, and
+    /// every answer (accepted or refused) is audited.
+    pub async fn decide(
         &self,
         decision: &Decision,
-    ) -> Result<(DecisionOutcome, Vec<String>), Error> {
-        self.decide_or_defer(decision, false).await
-    }
-
-    /// Like [`Engine::decide_and_wake`]; with `may_defer`, a Slack answer the gate cannot place
-    /// yet (its messages are still being delivered) is [`DecisionOutcome::Deferred`] instead of
-    /// refused, for the caller to offer again.
-    pub async fn decide_or_defer(
-        &self,
-        decision: &Decision,
-        may_defer: bool,
-    ) -> Result<(DecisionOutcome, Vec<String>), Error> {
+        defer: Defer,
+    ) -> Result<DecisionOutcome, Error> {
         let _guard = self.inner.locks.lock(&decision.run_id).await;
         let now = self.now();
         let mut tx = Tx::default();
@@ -341,19 +325,19 @@ impl Engine {
             draft.allowed = Some(false);
             tx.audit_draft(draft);
             self.commit(tx).await?;
-            return Ok((DecisionOutcome::Refused(Refusal::UnknownGate), Vec::new()));
+            return Ok(DecisionOutcome::Refused(Refusal::UnknownGate));
         };
         let refusal = self.check_answer(&run, &gate, decision);
         // A Slack user the gate does not know yet, while its messages are still being delivered
         // (their delivery is what records which Slack id an emailed approver has): come back
         // later rather than refuse someone who may well be allowed.
-        if may_defer
+        if defer == Defer::WhileUndelivered
             && matches!(refusal, Some(Refusal::NotAllowed(_)))
             && decision.actor.via == quench_proto::Via::Slack
             && gate.messages.is_empty()
             && self.inner.notifier.is_some()
         {
-            return Ok((DecisionOutcome::Deferred, Vec::new()));
+            return Ok(DecisionOutcome::Deferred);
         }
         let step = gate.step.clone();
         if let Some(refusal) = refusal {
@@ -365,7 +349,7 @@ impl Engine {
             mark_last_actor(&mut tx, actor, false);
             tx.save(&mut run, now);
             self.commit(tx).await?;
-            return Ok((DecisionOutcome::Refused(refusal), Vec::new()));
+            return Ok(DecisionOutcome::Refused(refusal));
         }
         gate.answers.push(Answer {
             actor: decision.actor.id.clone(),
@@ -384,15 +368,13 @@ impl Engine {
             .collect();
         let outcome = if agreeing.len() as u32 >= gate.quorum {
             let decided_by = agreeing.iter().map(|answer| answer.actor.clone()).collect();
-            self.decide_gate(
-                &mut run,
-                &mut gate,
-                decision.choice.clone(),
+            let decided = GateDecision {
+                choice: decision.choice.clone(),
                 decided_by,
-                via_name(decision),
-                &mut tx,
-                now,
-            );
+                decided_at: now,
+                via: via_name(decision),
+            };
+            self.decide_gate(&mut run, &mut gate, decided, &mut tx);
             DecisionOutcome::Decided {
                 choice: decision.choice.clone(),
             }
@@ -405,11 +387,11 @@ impl Engine {
         };
         tx.batch.put(Key::Gate(&run.id, &gate.step), &gate);
         tx.save(&mut run, now);
-        let mut wake = self.commit(tx).await?;
         if run.status == RunStatus::Running {
-            wake.push(run.id.clone());
+            tx.to_drive.push(run.id.clone());
         }
-        Ok((outcome, wake))
+        self.commit(tx).await?;
+        Ok(outcome)
     }
 
     fn check_answer(&self, run: &Run, gate: &Gate, decision: &Decision) -> Option<Refusal> {
@@ -446,23 +428,14 @@ impl Engine {
     }
 
     /// Records the gate's decision on the gate and the step, and wakes the run.
-    #[allow(clippy::too_many_arguments)]
-    fn decide_gate(
-        &self,
-        run: &mut Run,
-        gate: &mut Gate,
-        choice: String,
-        decided_by: Vec<String>,
-        via: String,
-        tx: &mut Tx,
-        now: DateTime<Utc>,
-    ) {
-        gate.decision = Some(GateDecision {
-            choice: choice.clone(),
-            decided_by: decided_by.clone(),
+    fn decide_gate(&self, run: &mut Run, gate: &mut Gate, decided: GateDecision, tx: &mut Tx) {
+        let GateDecision {
+            choice,
+            decided_by,
             decided_at: now,
-            via: via.clone(),
-        });
+            via,
+        } = decided.clone();
+        gate.decision = Some(decided);
         for name in [
             Timer::GateTimeout {
                 step: gate.step.clone(),
@@ -508,15 +481,16 @@ impl Engine {
     }
 
     /// Fires every timer due now, runs in parallel (their commits group), each run's timers in
-    /// due order. Returns the runs to drive.
-    pub async fn fire_due(&self) -> Result<Vec<String>, Error> {
-        let mut wake = Vec::new();
+    /// due order; the runs they wake are driven by the engine. Returns how many fired.
+    pub async fn fire_due(&self) -> Result<usize, Error> {
+        let mut fired = 0;
         loop {
             let now = self.now();
             let due = self.inner.store.due_timers::<Timer>(now, FIRE_BATCH)?;
             if due.is_empty() {
-                return Ok(wake);
+                return Ok(fired);
             }
+            fired += due.len();
             let mut by_run: BTreeMap<String, Vec<(crate::store::TimerKey, Timer)>> =
                 BTreeMap::new();
             for (key, timer) in due {
@@ -536,20 +510,19 @@ impl Engine {
                     .map_err(|_| Error::Stopped)?;
                 tasks.spawn(async move {
                     let _permit = permit;
-                    let mut wake = Vec::new();
                     for (key, timer) in timers {
-                        wake.extend(engine.fire(&key, timer).await?);
+                        engine.fire(&key, timer).await?;
                     }
-                    Ok::<_, Error>(wake)
+                    Ok::<_, Error>(())
                 });
             }
             while let Some(done) = tasks.join_next().await {
-                wake.extend(done.map_err(|_| Error::Stopped)??);
+                done.map_err(|_| Error::Stopped)??;
             }
         }
     }
 
-    async fn fire(&self, key: &crate::store::TimerKey, timer: Timer) -> Result<Vec<String>, Error> {
+    async fn fire(&self, key: &crate::store::TimerKey, timer: Timer) -> Result<(), Error> {
         if let Timer::Notify {
             step,
             notice,
@@ -558,8 +531,7 @@ impl Engine {
             ..
         } = timer
         {
-            self.deliver_notice(key, step, notice, to, attempt).await?;
-            return Ok(Vec::new());
+            return self.deliver_notice(key, step, notice, to, attempt).await;
         }
         let _guard = self.inner.locks.lock(&key.run).await;
         let now = self.now();
@@ -574,8 +546,7 @@ impl Engine {
                     .any(|set| set.name == key.name && set.due == key.due)
         }) else {
             // A stale timer (the run ended, or the timer was replaced): just remove it.
-            self.commit(tx).await?;
-            return Ok(Vec::new());
+            return self.commit(tx).await;
         };
         run.timers
             .retain(|set| !(set.name == key.name && set.due == key.due));
@@ -609,15 +580,13 @@ impl Engine {
                         Some(&step),
                         json!({"choice": choice, "answers": gate.answers.len()}),
                     );
-                    self.decide_gate(
-                        &mut run,
-                        &mut gate,
+                    let decided = GateDecision {
                         choice,
-                        vec!["timeout".to_owned()],
-                        "timeout".to_owned(),
-                        &mut tx,
-                        now,
-                    );
+                        decided_by: vec!["timeout".to_owned()],
+                        decided_at: now,
+                        via: "timeout".to_owned(),
+                    };
+                    self.decide_gate(&mut run, &mut gate, decided, &mut tx);
                     tx.batch.put(Key::Gate(&run.id, &step), &gate);
                 }
             }
@@ -714,11 +683,10 @@ impl Engine {
             }
         }
         tx.save(&mut run, now);
-        let mut wake = self.commit(tx).await?;
         if run.status == RunStatus::Running {
-            wake.push(run.id.clone());
+            tx.to_drive.push(run.id.clone());
         }
-        Ok(wake)
+        self.commit(tx).await
     }
 
     /// When a run fails while parked (its deadline), its waiting step fails and its timers go.
@@ -773,8 +741,7 @@ impl Engine {
     }
 
     /// Cancels a run that has not ended, on behalf of an operator (`actor`, audited with the
-    /// reason). Returns what happened; a cancelled run's slot may start a queued finding's run,
-    /// which is returned to be driven.
+    /// reason). Returns what happened; a cancelled run's slot may start a queued finding's run.
     pub async fn cancel(
         &self,
         run_id: &str,
@@ -802,8 +769,8 @@ impl Engine {
         });
         self.cancel_locked(&mut run, reason, &mut tx, now)?;
         tx.save(&mut run, now);
-        let wake = self.commit(tx).await?;
-        Ok(Cancel::Cancelled { wake })
+        self.commit(tx).await?;
+        Ok(Cancel::Cancelled)
     }
 
     /// Cancels a run whose lock the caller holds.

@@ -75,8 +75,9 @@ pub struct Ingesting {
 }
 
 impl Ingesting {
-    /// Waits until the batch is durable; returns each finding's outcome and the runs to drive.
-    pub async fn finish(self) -> Result<(Vec<FindingOutcome>, Vec<String>), Error> {
+    /// Waits until the batch is durable; returns each finding's outcome (the engine drives the
+    /// runs it started).
+    pub async fn finish(self) -> Result<Vec<FindingOutcome>, Error> {
         let Ingesting {
             engine,
             outcomes,
@@ -87,7 +88,8 @@ impl Ingesting {
         let settled = engine.settle(submitted).await;
         engine.overlay().forget(generation);
         drop(held);
-        Ok((outcomes, settled?))
+        settled?;
+        Ok(outcomes)
     }
 }
 
@@ -109,12 +111,9 @@ impl Overlay {
 }
 
 impl Engine {
-    /// Takes a batch of parsed findings in one commit. Returns each finding's outcome, and the
-    /// runs to drive.
-    pub async fn ingest(
-        &self,
-        findings: &[Finding],
-    ) -> Result<(Vec<FindingOutcome>, Vec<String>), Error> {
+    /// Takes a batch of parsed findings in one commit. Returns each finding's outcome; the
+    /// runs they start are driven by the engine.
+    pub async fn ingest(&self, findings: &[Finding]) -> Result<Vec<FindingOutcome>, Error> {
         self.begin_ingest(findings).await?.finish().await
     }
 
@@ -410,8 +409,8 @@ impl Engine {
     }
 
     /// Starts a run of a playbook without a finding (as a scheduled playbook's tick would, now).
-    /// Returns the run, or `None` when a run for its key is still open; and the runs to drive.
-    pub async fn trigger(&self, name: &str) -> Result<(Option<String>, Vec<String>), Error> {
+    /// Returns the run, or `None` when a run for its key is still open.
+    pub async fn trigger(&self, name: &str) -> Result<Option<String>, Error> {
         self.trigger_tick(name, None, 0).await
     }
 
@@ -422,11 +421,11 @@ impl Engine {
         name: &str,
         tick: Option<Tick>,
         missed: usize,
-    ) -> Result<(Option<String>, Vec<String>), Error> {
+    ) -> Result<Option<String>, Error> {
         let _intake = self.inner.intake.lock().await;
         let now = self.now();
         let Some(playbook) = self.playbooks().get(name).cloned() else {
-            return Ok((None, Vec::new()));
+            return Ok(None);
         };
         let mut tx = Tx::default();
         let audit = |kind: &'static str, detail: Value| {
@@ -437,6 +436,7 @@ impl Engine {
         };
         if let Some(tick) = &tick {
             tx.batch.put(Key::Schedule(name), &tick.state);
+            tx.timers = true;
             tx.audit_draft(audit(
                 "schedule_tick",
                 json!({"due": tick.due, "missed": missed, "next": tick.state.next}),
@@ -449,7 +449,7 @@ impl Engine {
                 json!({"reason": "the playbook is disabled"}),
             ));
             self.commit(tx).await?;
-            return Ok((None, Vec::new()));
+            return Ok(None);
         }
         let mut provisional = Run::new(&playbook, None, now, self.inner.config.mode_of(&playbook));
         let scope = context(&provisional, &playbook, now, Scope::default());
@@ -478,7 +478,7 @@ impl Engine {
             Err(error) => {
                 tx.audit_draft(audit("trigger_error", json!({"error": error})));
                 self.commit(tx).await?;
-                return Ok((None, Vec::new()));
+                return Ok(None);
             }
         };
         let overlap = match (&playbook.trigger, &tick) {
@@ -506,14 +506,14 @@ impl Engine {
                 _ => {
                     tx.audit_draft(audit("trigger_skipped", json!({"open_run": open})));
                     self.commit(tx).await?;
-                    return Ok((None, Vec::new()));
+                    return Ok(None);
                 }
             }
         }
         let run = self.start_run(&mut tx, &playbook, provisional, key, vars, now)?;
-        let wake = self.commit(tx).await?;
+        self.commit(tx).await?;
         drop(cancelled);
-        Ok((Some(run.id), wake))
+        Ok(Some(run.id))
     }
 
     /// Locks and loads a run for the rest of the intake batch.

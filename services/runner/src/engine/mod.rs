@@ -14,6 +14,7 @@
 //! intake of findings is serialized, and commits of all runs are grouped by the store.
 
 mod action;
+mod catalog;
 mod clock;
 mod drive;
 mod gate;
@@ -23,19 +24,21 @@ mod notify;
 mod render;
 mod retention;
 mod schedule;
+mod scheduler;
 pub mod state;
+mod timers;
+mod tx;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use quench_proto::{RunEvent, RunEventKind, RunEventSchema};
-use serde_json::Value;
+use quench_proto::RunEvent;
 
 pub use action::{Action, ActionError, ActionFuture, Actions, Call, Success};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use gate::{Cancel, DecisionOutcome, Refusal};
+pub use gate::{Cancel, DecisionOutcome, Defer, Refusal};
 pub use intake::{FindingOutcome, Handling, Ingesting};
 pub use notify::{Delivery, NoticeFuture, NoticeRequest, Notifier};
 pub use render::{MAX_FOREACH, is_slack_text, preview};
@@ -43,8 +46,9 @@ pub use retention::Purged;
 pub use schedule::{GRACE, ScheduleState, next_tick, upcoming};
 pub use state::{Gate, GateMessage, NoticeKind, Run, RunStatus, StepState, StepStatus};
 
-use crate::playbook::{self, Mode, Playbook};
-use crate::store::{AuditDraft, Batch, Key, Store};
+use crate::playbook::{Mode, Playbook};
+use crate::store::{Batch, Key, Store};
+use tx::{Ended, Submitted, Tx};
 
 /// How the engine behaves; flags and config say this, playbooks do not.
 #[derive(Debug, Clone)]
@@ -62,6 +66,9 @@ pub struct EngineConfig {
     /// Actions that cannot work here (see [`Playbook::blocked_by`]): a scheduled playbook that
     /// needs one is paused instead of failing a run at every tick.
     pub unavailable: Vec<(String, String)>,
+    /// Runs driven at once; intake waits while this many more are queued (`[engine]
+    /// max_inflight_runs`).
+    pub max_inflight_runs: usize,
 }
 
 impl Default for EngineConfig {
@@ -73,6 +80,7 @@ impl Default for EngineConfig {
             default_step_timeout: Duration::from_secs(300),
             seen_retention: Duration::from_secs(30 * 24 * 3600),
             unavailable: Vec::new(),
+            max_inflight_runs: 256,
         }
     }
 }
@@ -127,16 +135,18 @@ struct Inner {
     clock: Arc<dyn Clock>,
     actions: Actions,
     config: EngineConfig,
-    /// The current playbooks, by name.
-    playbooks: RwLock<Arc<BTreeMap<String, Arc<Playbook>>>>,
-    /// Every version seen, by content hash (runs keep theirs).
-    versions: Mutex<HashMap<String, Arc<Playbook>>>,
+    catalog: catalog::Catalog,
     locks: Arc<locks::RunLocks>,
     intake: tokio::sync::Mutex<()>,
     overlay: Mutex<intake::Overlay>,
     renderer: render::Renderer,
     events: Option<Arc<dyn EventSink>>,
     notifier: Option<Arc<dyn Notifier>>,
+    /// The runs to drive.
+    scheduler: Arc<scheduler::Scheduler>,
+    /// Notified by every commit that sets a timer or a schedule, so the timer loop sleeps until
+    /// the earliest one without polling.
+    timers: tokio::sync::Notify,
 }
 
 impl Engine {
@@ -148,12 +158,13 @@ impl Engine {
     ) -> Engine {
         Engine {
             inner: Arc::new(Inner {
+                scheduler: Arc::new(scheduler::Scheduler::new(config.max_inflight_runs)),
+                timers: tokio::sync::Notify::new(),
                 store,
                 clock,
                 actions,
                 config,
-                playbooks: RwLock::new(Arc::new(BTreeMap::new())),
-                versions: Mutex::new(HashMap::new()),
+                catalog: catalog::Catalog::default(),
                 locks: Arc::default(),
                 intake: tokio::sync::Mutex::new(()),
                 overlay: Mutex::default(),
@@ -192,126 +203,6 @@ impl Engine {
         self.inner.clock.now()
     }
 
-    /// Makes `playbooks` the current set. Each version is stored by content hash; a playbook
-    /// whose current version changes (new, edited, or rolled back) gets a history entry and an
-    /// audit entry naming `loaded_by`, and one that leaves the set an audit entry too. Runs
-    /// already open keep the version they started with.
-    pub async fn load_playbooks(
-        &self,
-        playbooks: Vec<Playbook>,
-        loaded_by: &str,
-    ) -> Result<(), Error> {
-        let now = self.now();
-        let previous = self.playbooks();
-        let mut batch = Batch::new();
-        let mut set = BTreeMap::new();
-        for playbook in playbooks {
-            let playbook = Arc::new(playbook);
-            if !self
-                .inner
-                .store
-                .contains(Key::PlaybookVersion(&playbook.version))?
-            {
-                batch.put(
-                    Key::PlaybookVersion(&playbook.version),
-                    &playbook.source.as_ref(),
-                );
-            }
-            let current = self.inner.store.current_playbook_version(&playbook.name)?;
-            if current.as_deref() != Some(playbook.version.as_str()) {
-                batch.put(Key::PlaybookHistory(&playbook.name, now), &playbook.version);
-                batch.put(Key::PlaybookLoadedBy(&playbook.name, now), &loaded_by);
-                let mut draft = AuditDraft::new(
-                    now,
-                    "playbook_loaded",
-                    serde_json::json!({"by": loaded_by, "previous": current}),
-                );
-                draft.playbook = Some(playbook.name.clone());
-                draft.version = Some(playbook.version.clone());
-                batch.audit(draft);
-            }
-            self.versions()
-                .insert(playbook.version.clone(), playbook.clone());
-            set.insert(playbook.name.clone(), playbook);
-        }
-        for (name, playbook) in previous.iter() {
-            if !set.contains_key(name) {
-                let mut draft = AuditDraft::new(
-                    now,
-                    "playbook_removed",
-                    serde_json::json!({"by": loaded_by}),
-                );
-                draft.playbook = Some(name.clone());
-                draft.version = Some(playbook.version.clone());
-                batch.audit(draft);
-            }
-        }
-        self.inner.store.commit(batch).await?;
-        *self
-            .inner
-            .playbooks
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(set);
-        Ok(())
-    }
-
-    /// Whether a playbook starts new runs (it does unless an operator disabled it).
-    pub fn is_enabled(&self, name: &str) -> Result<bool, Error> {
-        Ok(!self.inner.store.contains(Key::PlaybookDisabled(name))?)
-    }
-
-    /// Names of the disabled playbooks.
-    pub fn disabled_playbooks(&self) -> Result<std::collections::BTreeSet<String>, Error> {
-        Ok(self
-            .inner
-            .store
-            .disabled_playbooks::<Value>()?
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect())
-    }
-
-    /// Enables or disables a playbook (a disabled one starts no new runs; its open runs go on).
-    /// Persisted and audited with `actor`; returns false when it was already so.
-    pub async fn set_enabled(
-        &self,
-        name: &str,
-        enabled: bool,
-        actor: &quench_proto::Actor,
-    ) -> Result<bool, Error> {
-        // Serialized with intake, so a batch sees the flag before or after, never half.
-        let _intake = self.inner.intake.lock().await;
-        if self.is_enabled(name)? == enabled {
-            return Ok(false);
-        }
-        let now = self.now();
-        let mut batch = Batch::new();
-        if enabled {
-            batch.delete(Key::PlaybookDisabled(name));
-        } else {
-            batch.put(
-                Key::PlaybookDisabled(name),
-                &serde_json::json!({"at": now, "by": actor.id}),
-            );
-        }
-        let kind = if enabled {
-            "playbook_enabled"
-        } else {
-            "playbook_disabled"
-        };
-        let mut draft = AuditDraft::new(now, kind, serde_json::json!({}));
-        draft.playbook = Some(name.to_owned());
-        draft.actor = Some(serde_json::to_value(actor).unwrap_or(Value::Null));
-        batch.audit(draft);
-        self.inner.store.commit(batch).await?;
-        Ok(true)
-    }
-
-    /// A playbook version (content hash), from the cache or recompiled from its stored source.
-    pub fn playbook_version(&self, version: &str) -> Result<Arc<Playbook>, Error> {
-        self.version(version)
-    }
-
     /// How many runs are open, and how many of them are parked on an approval gate: read from
     /// the counters the store keeps with every commit (one read, whatever the number of runs).
     pub fn run_counts(&self) -> Result<RunCounts, Error> {
@@ -343,69 +234,13 @@ impl Engine {
         Ok(())
     }
 
-    /// The current playbooks.
-    /// The scheduled playbooks that are paused here, with why (see [`EngineConfig::unavailable`]).
-    pub fn paused_schedules(&self) -> Vec<(String, String)> {
-        self.playbooks()
-            .values()
-            .filter(|playbook| matches!(playbook.trigger, playbook::Trigger::Schedule(_)))
-            .filter_map(|playbook| {
-                playbook
-                    .blocked_by(&self.inner.config.unavailable, self.inner.config.mode)
-                    .map(|why| (playbook.name.clone(), why))
-            })
-            .collect()
-    }
-
-    /// The names of the approver groups the config defines (`group:<name>`).
-    pub fn group_names(&self) -> std::collections::BTreeSet<String> {
-        self.inner.config.groups.keys().cloned().collect()
-    }
-
-    pub fn playbooks(&self) -> Arc<BTreeMap<String, Arc<Playbook>>> {
-        self.inner
-            .playbooks
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-
-    fn versions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Playbook>>> {
-        self.inner
-            .versions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// The playbook a run is pinned to, from the cache or recompiled from its stored source.
-    fn version(&self, version: &str) -> Result<Arc<Playbook>, Error> {
-        if let Some(playbook) = self.versions().get(version) {
-            return Ok(playbook.clone());
-        }
-        let source: String = self
-            .inner
-            .store
-            .get(Key::PlaybookVersion(version))?
-            .ok_or_else(|| Error::UnknownVersion {
-                version: version.to_owned(),
-            })?;
-        let compiled = playbook::compile(&source);
-        let playbook = compiled.playbook.ok_or_else(|| Error::Recompile {
-            version: version.to_owned(),
-            message: compiled
-                .diagnostics
-                .first()
-                .map_or_else(String::new, |d| d.message.clone()),
-        })?;
-        let playbook = Arc::new(playbook);
-        self.versions().insert(version.to_owned(), playbook.clone());
-        Ok(playbook)
-    }
-
-    /// Runs that must be driven after a start: those that were between steps when the process
-    /// stopped. (Timers that fell due meanwhile fire through [`Engine::fire_due`].)
+    /// Queues the runs that must be driven after a start: those that were between steps when
+    /// the process stopped; returns them. (Timers that fell due meanwhile fire through
+    /// [`Engine::fire_due`].)
     pub fn recover(&self) -> Result<Vec<String>, Error> {
-        Ok(self.inner.store.active_runs()?)
+        let runs = self.inner.store.active_runs()?;
+        self.schedule(runs.iter().cloned());
+        Ok(runs)
     }
 
     /// When the next timer falls due.
@@ -420,237 +255,5 @@ impl Engine {
             run.counted = Some(run.count());
             run
         }))
-    }
-
-    /// Drives runs one after another until each parks or ends; returns runs they started
-    /// (queued findings whose turn came) after driving those too.
-    pub async fn drive_all(&self, mut runs: Vec<String>) -> Result<(), Error> {
-        while let Some(run) = runs.pop() {
-            let more = self.drive(&run).await?;
-            runs.extend(more);
-        }
-        Ok(())
-    }
-
-    /// Drives runs in parallel, at most `concurrency` at a time, until each parks or ends (and
-    /// the runs they start, too). Commits of parallel runs are grouped by the store.
-    pub async fn drive_many(&self, runs: Vec<String>, concurrency: usize) -> Result<(), Error> {
-        let limit = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut pending = runs;
-        loop {
-            while let Some(run) = pending.pop() {
-                let permit = limit
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| Error::Stopped)?;
-                let engine = self.clone();
-                tasks.spawn(async move {
-                    let _permit = permit;
-                    engine.drive(&run).await
-                });
-                // Collect what finished meanwhile, so started runs join the queue early.
-                while let Some(done) = tasks.try_join_next() {
-                    pending.extend(done.map_err(|_| Error::Stopped)??);
-                }
-            }
-            match tasks.join_next().await {
-                Some(done) => pending.extend(done.map_err(|_| Error::Stopped)??),
-                None => return Ok(()),
-            }
-        }
-    }
-
-    /// Commits a transaction and publishes its run events.
-    async fn commit(&self, tx: Tx) -> Result<Vec<String>, Error> {
-        let submitted = self.submit(tx).await?;
-        self.settle(submitted).await
-    }
-
-    /// Queues a transaction's batch for the committer (in order) without waiting for the disk.
-    async fn submit(&self, tx: Tx) -> Result<Submitted, Error> {
-        let Tx {
-            batch,
-            events,
-            ended,
-            to_drive,
-            ..
-        } = tx;
-        Ok(Submitted {
-            pending: self.inner.store.submit(batch).await?,
-            events,
-            ended,
-            to_drive,
-        })
-    }
-
-    /// Waits until a submitted transaction is durable, then publishes its run events; returns
-    /// the runs to drive.
-    async fn settle(&self, submitted: Submitted) -> Result<Vec<String>, Error> {
-        let Submitted {
-            pending,
-            events,
-            ended,
-            to_drive,
-        } = submitted;
-        let committed = pending.wait().await?;
-        for ended in &ended {
-            ended.log();
-        }
-        if let Some(sink) = &self.inner.events
-            && !events.is_empty()
-        {
-            let events = events
-                .into_iter()
-                .map(|pending| RunEvent {
-                    schema: RunEventSchema::V1,
-                    id: uuid::Uuid::now_v7().to_string(),
-                    kind: pending.kind,
-                    run_id: pending.run_id,
-                    playbook: pending.playbook,
-                    playbook_version: pending.version,
-                    finding_key: pending.key,
-                    step: pending.step,
-                    at: pending.at,
-                    audit_hash: committed
-                        .audit
-                        .get(pending.audit_index)
-                        .map(|r| r.hash.clone())
-                        .unwrap_or_default(),
-                })
-                .collect();
-            sink.publish(events);
-        }
-        Ok(to_drive)
-    }
-}
-
-/// A transaction queued for the committer, not yet known to be durable.
-#[derive(Debug)]
-struct Submitted {
-    pending: crate::store::Pending,
-    events: Vec<PendingEvent>,
-    ended: Vec<Ended>,
-    to_drive: Vec<String>,
-}
-
-/// A run a transaction ends, for the log: a failed run is a WARN line with where and why, so an
-/// operator reading the service log sees it without querying the API.
-#[derive(Debug)]
-struct Ended {
-    run_id: String,
-    playbook: String,
-    status: RunStatus,
-    /// The step that failed.
-    step: Option<String>,
-    /// Why it failed or was cancelled.
-    reason: Option<String>,
-}
-
-impl Ended {
-    fn log(&self) {
-        let step = self.step.as_deref().unwrap_or("-");
-        let reason = self.reason.as_deref().unwrap_or("-");
-        if self.status == RunStatus::Failed {
-            tracing::warn!(run_id = %self.run_id, playbook = %self.playbook, step, reason, "run failed");
-        }
-        tracing::info!(run_id = %self.run_id, playbook = %self.playbook, status = self.status.as_str(), step, reason, "run ended");
-    }
-}
-
-/// One commit's worth of changes, with the run events it will emit.
-#[derive(Debug, Default)]
-struct Tx {
-    batch: Batch,
-    events: Vec<PendingEvent>,
-    /// Runs this transaction ends, logged once it is durable.
-    ended: Vec<Ended>,
-    /// Runs this transaction started or woke, to drive after the commit.
-    to_drive: Vec<String>,
-    /// Advance only through steps that need no call (a run being started at intake).
-    no_calls: bool,
-}
-
-#[derive(Debug)]
-struct PendingEvent {
-    kind: RunEventKind,
-    run_id: String,
-    playbook: String,
-    version: String,
-    key: String,
-    step: Option<String>,
-    at: DateTime<Utc>,
-    audit_index: usize,
-}
-
-impl Tx {
-    /// Appends an audit entry about `run`; returns its index within this transaction.
-    fn audit(
-        &mut self,
-        run: &Run,
-        at: DateTime<Utc>,
-        kind: &'static str,
-        step: Option<&str>,
-        detail: Value,
-    ) -> usize {
-        let mut draft = AuditDraft::new(at, kind, detail);
-        draft.run_id = Some(run.id.clone());
-        draft.playbook = Some(run.playbook.clone());
-        draft.version = Some(run.version.clone());
-        draft.step = step.map(str::to_owned);
-        self.audit_draft(draft)
-    }
-
-    fn audit_draft(&mut self, draft: AuditDraft) -> usize {
-        self.batch.audit(draft);
-        self.batch.audit_count() - 1
-    }
-
-    /// An audit entry that is also a run event.
-    fn event(
-        &mut self,
-        run: &Run,
-        at: DateTime<Utc>,
-        kind: RunEventKind,
-        step: Option<&str>,
-        detail: Value,
-    ) {
-        let audit_index = self.audit(run, at, kind.as_str(), step, detail);
-        self.events.push(PendingEvent {
-            kind,
-            run_id: run.id.clone(),
-            playbook: run.playbook.clone(),
-            version: run.version.clone(),
-            key: run.key.clone(),
-            step: step.map(str::to_owned),
-            at,
-            audit_index,
-        });
-    }
-
-    /// Writes the run and keeps its "active" marker and the store's run counters in step with
-    /// its status.
-    fn save(&mut self, run: &mut Run, at: DateTime<Utc>) {
-        run.updated_at = at;
-        let count = run.count();
-        let before = run.counted.unwrap_or(state::Count::Ended);
-        if before != count {
-            let open = count.open() - before.open();
-            let awaiting = count.awaiting_approval() - before.awaiting_approval();
-            if open != 0 {
-                self.batch.count(state::COUNT_OPEN, open);
-            }
-            if awaiting != 0 {
-                self.batch.count(state::COUNT_AWAITING_APPROVAL, awaiting);
-            }
-        }
-        let written = run.counted.replace(count).is_some();
-        self.batch.put(Key::Run(&run.id), &*run);
-        if run.status == RunStatus::Running {
-            self.batch.put(Key::Active(&run.id), &true);
-        } else if written {
-            self.batch.delete(Key::Active(&run.id));
-        }
     }
 }

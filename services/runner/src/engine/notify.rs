@@ -190,4 +190,5 @@ fn queue_notice(
         },
         &timer,
     );
+    tx.timers = true;
 }

@@ -88,9 +88,10 @@ pub fn upcoming(schedule: &Schedule, after: DateTime<Utc>, count: usize) -> Vec<
 }
 
 impl Engine {
-    /// Fires the scheduled playbooks whose tick is due; returns the runs to drive.
-    pub async fn fire_schedules(&self) -> Result<Vec<String>, Error> {
-        let mut wake = Vec::new();
+    /// Fires the scheduled playbooks whose tick is due (the engine drives the runs they start);
+    /// returns how many runs started.
+    pub async fn fire_schedules(&self) -> Result<usize, Error> {
+        let mut started = 0;
         for playbook in self.playbooks().values() {
             let Trigger::Schedule(schedule) = &playbook.trigger else {
                 continue;
@@ -116,6 +117,7 @@ impl Engine {
                     let mut tx = Tx::default();
                     let state = fresh(other.and_then(|state| state.last));
                     tx.batch.put(Key::Schedule(&playbook.name), &state);
+                    tx.timers = true;
                     self.commit(tx).await?;
                     continue;
                 }
@@ -147,6 +149,7 @@ impl Engine {
             {
                 let mut tx = Tx::default();
                 tx.batch.put(Key::Schedule(&playbook.name), &next);
+                tx.timers = true;
                 self.commit(tx).await?;
                 continue;
             }
@@ -160,6 +163,7 @@ impl Engine {
                 draft.playbook = Some(playbook.name.clone());
                 tx.audit_draft(draft);
                 tx.batch.put(Key::Schedule(&playbook.name), &next);
+                tx.timers = true;
                 self.commit(tx).await?;
                 continue;
             }
@@ -167,12 +171,15 @@ impl Engine {
                 due: latest,
                 state: next,
             };
-            let (_, started) = self
+            if self
                 .trigger_tick(&playbook.name, Some(tick), missed)
-                .await?;
-            wake.extend(started);
+                .await?
+                .is_some()
+            {
+                started += 1;
+            }
         }
-        Ok(wake)
+        Ok(started)
     }
 
     /// When the next scheduled tick is due, if any.

@@ -5,11 +5,12 @@
 //! ([`Backlog`]), so a burst of findings slows intake instead of shedding events; timers and
 //! decisions never wait on it (an event-bus outage must not hold back a revocation).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use quench_proto::{RunEvent, subject};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::EventSink;
@@ -19,22 +20,30 @@ const QUEUE: usize = 65_536;
 #[derive(Debug)]
 pub(super) struct NatsEvents {
     queue: mpsc::Sender<RunEvent>,
+    drained: Arc<Notify>,
 }
 
 #[derive(Debug)]
 pub(super) struct Publisher {
     jetstream: jetstream::Context,
     queue: mpsc::Receiver<RunEvent>,
+    /// Notified each time the publisher takes an event off the queue.
+    drained: Arc<Notify>,
 }
 
 impl NatsEvents {
     pub(super) fn new(jetstream: jetstream::Context) -> (NatsEvents, Publisher) {
         let (queue, receiver) = mpsc::channel(QUEUE);
+        let drained = Arc::new(Notify::new());
         (
-            NatsEvents { queue },
+            NatsEvents {
+                queue,
+                drained: drained.clone(),
+            },
             Publisher {
                 jetstream,
                 queue: receiver,
+                drained,
             },
         )
     }
@@ -42,25 +51,42 @@ impl NatsEvents {
 
 /// How full the run-event queue is, for intake to wait on.
 #[derive(Debug, Clone)]
-pub(super) struct Backlog(mpsc::Sender<RunEvent>);
+pub(super) struct Backlog {
+    queue: mpsc::Sender<RunEvent>,
+    drained: Arc<Notify>,
+}
 
 impl Backlog {
     /// More than half the queue is waiting to be published.
     pub(super) fn is_high(&self) -> bool {
-        self.0.capacity() < self.0.max_capacity() / 2
+        self.queue.capacity() < self.queue.max_capacity() / 2
     }
 
-    /// Waits until the queue is at most half full (or `shutdown`).
+    /// Waits until the queue is at most half full (or `shutdown`): woken as the publisher
+    /// takes events off it.
     pub(super) async fn wait_low(&self, shutdown: &CancellationToken) {
-        while self.is_high() && !shutdown.is_cancelled() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            // Registered before the check, so an event taken in between is not missed.
+            drained.as_mut().enable();
+            if !self.is_high() || shutdown.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                () = drained => {}
+                () = shutdown.cancelled() => return,
+            }
         }
     }
 }
 
 impl NatsEvents {
     pub(super) fn backlog(&self) -> Backlog {
-        Backlog(self.queue.clone())
+        Backlog {
+            queue: self.queue.clone(),
+            drained: self.drained.clone(),
+        }
     }
 }
 
@@ -109,6 +135,9 @@ impl Publisher {
                     }
                 }
             };
+            if next.is_some() {
+                self.drained.notify_waiters();
+            }
             let Some((event, tries)) = next else {
                 for (event, tries, ack) in in_flight.drain(..).collect::<Vec<_>>() {
                     if ack.await.is_err() && tries < 3 {

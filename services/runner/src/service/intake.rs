@@ -1,8 +1,8 @@
 //! Pulling findings and decisions from their durable consumers. A chunk of whatever messages are
 //! ready (up to a batch) is parsed; bad messages are dead-lettered with their reason and acked;
 //! the good ones go through the engine in one commit and are acked only after it. When the
-//! engine's in-flight runs are all busy, `Driver::spawn` waits; when batches in flight are at
-//! their bound, so does the next fetch.
+//! engine's work queue is full ([`crate::engine::Engine::room`]) findings intake waits; when
+//! batches in flight are at their bound, so does the next fetch.
 //!
 //! Nothing a sender publishes can stop intake: a dead letter keeps the body as bytes, cut to a
 //! bound, so it always fits; a message whose dead letter cannot be published is acknowledged and
@@ -23,8 +23,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Driver, Error};
-use crate::engine::{Engine, FindingOutcome};
+use super::Error;
+use crate::engine::{Defer, Engine, FindingOutcome};
 
 /// How long a deferred decision waits before it is offered again, and how many times.
 const DEFER: Duration = Duration::from_secs(1);
@@ -339,7 +339,6 @@ const BATCHES_IN_FLIGHT: usize = 4;
 pub(super) struct Intake {
     pub(super) jetstream: jetstream::Context,
     pub(super) engine: Engine,
-    pub(super) driver: Driver,
     pub(super) health: Arc<Health>,
     pub(super) limits: Limits,
 }
@@ -387,8 +386,10 @@ pub(super) async fn findings(
             }
             let ack_wait = intake.limits.ack_wait;
             let prepared = keep_alive(&accepted, ack_wait, async {
-                // Run events not yet published slow intake down before they would be shed.
+                // Run events not yet published slow intake down before they would be shed, and
+                // so do runs waiting to be driven.
                 backlog.wait_low(&stop).await;
+                intake.engine.room().await;
                 let permit = in_flight.clone().acquire_owned().await.ok()?;
                 Some((permit, intake.engine.begin_ingest(&findings).await))
             })
@@ -404,7 +405,7 @@ pub(super) async fn findings(
             tasks.spawn(async move {
                 let _permit = permit;
                 match keep_alive(&accepted, ack_wait, ingesting.finish()).await {
-                    Ok((outcomes, wake)) => {
+                    Ok(outcomes) => {
                         // Acknowledged only now that the runs they started are committed.
                         for message in &accepted {
                             ack(message).await;
@@ -414,12 +415,7 @@ pub(super) async fn findings(
                         for (kind, outcome) in kinds.iter().zip(&outcomes) {
                             metrics.finding(kind, *outcome == FindingOutcome::Duplicate);
                         }
-                        tracing::debug!(
-                            findings = outcomes.len(),
-                            runs = wake.len(),
-                            "findings committed"
-                        );
-                        intake.driver.spawn(wake).await;
+                        tracing::debug!(findings = outcomes.len(), "findings committed");
                     }
                     Err(error) => commit_failed(&error, kinds.len()),
                 }
@@ -454,12 +450,13 @@ pub(super) async fn decisions(consumer: Consumer, intake: Intake, shutdown: Canc
                         continue;
                     }
                 };
-                match intake
-                    .engine
-                    .decide_or_defer(&decision, deliveries(&message) <= defer_until)
-                    .await
-                {
-                    Ok((crate::engine::DecisionOutcome::Deferred, _)) => {
+                let defer = if deliveries(&message) <= defer_until {
+                    Defer::WhileUndelivered
+                } else {
+                    Defer::Never
+                };
+                match intake.engine.decide(&decision, defer).await {
+                    Ok(crate::engine::DecisionOutcome::Deferred) => {
                         // Offered again once the gate's messages (and so its Slack ids) are in.
                         tracing::info!(run_id = %decision.run_id, gate = %decision.gate, actor = %decision.actor.id, "decision deferred until the gate's messages are delivered");
                         if let Err(error) = message
@@ -470,11 +467,10 @@ pub(super) async fn decisions(consumer: Consumer, intake: Intake, shutdown: Canc
                         }
                         intake.health.handled(Source::Decisions);
                     }
-                    Ok((outcome, wake)) => {
+                    Ok(outcome) => {
                         tracing::info!(run_id = %decision.run_id, gate = %decision.gate, actor = %decision.actor.id, %outcome, "decision");
                         ack(&message).await;
                         intake.health.handled(Source::Decisions);
-                        intake.driver.spawn(wake).await;
                     }
                     Err(error) => {
                         tracing::error!(%error, run_id = %decision.run_id, "decision could not be committed; it will be delivered again");

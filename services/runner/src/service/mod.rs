@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -67,54 +66,6 @@ pub enum Error {
     NatsChild(#[from] up::StartError),
     #[error("stopped after a failed store commit; nothing unacknowledged is lost, restart quench")]
     CommitFailed,
-}
-
-/// Runs are driven here: at most `max_inflight_runs` at once; `spawn` waits for room, which is
-/// what slows intake when the engine is busy.
-#[derive(Debug, Clone)]
-pub(crate) struct Driver {
-    engine: Engine,
-    permits: Arc<Semaphore>,
-    tasks: TaskTracker,
-}
-
-impl Driver {
-    /// Starts driving `runs`, waiting for room first. (Boxed: a run may start further runs,
-    /// which are driven the same way.)
-    pub(crate) fn spawn(
-        &self,
-        runs: Vec<String>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
-        Box::pin(async move {
-            for run in runs {
-                let Ok(permit) = self.permits.clone().acquire_owned().await else {
-                    return;
-                };
-                let driver = self.clone();
-                self.tasks.spawn(async move {
-                    let started = match driver.engine.drive(&run).await {
-                        Ok(started) => started,
-                        Err(error) => {
-                            tracing::error!(run_id = %run, %error, "driving the run failed; it resumes at the next start");
-                            Vec::new()
-                        }
-                    };
-                    drop(permit);
-                    driver.spawn(started).await;
-                });
-            }
-        })
-    }
-
-    /// Starts driving `runs` without waiting for room (an API request that woke them answers
-    /// at once); tracked like the drives themselves, so shutdown waits for it too.
-    pub(crate) fn spawn_detached(&self, runs: Vec<String>) {
-        if runs.is_empty() {
-            return;
-        }
-        let driver = self.clone();
-        self.tasks.spawn(async move { driver.spawn(runs).await });
-    }
 }
 
 /// How a service runs beyond what its config says: what `quench up --demo` changes (flags,
@@ -169,6 +120,7 @@ pub async fn serve_with(
         dry_run_only: start.dry_run_only,
         groups: config.groups.clone(),
         unavailable: unavailable(&config),
+        max_inflight_runs: config.engine.max_inflight_runs,
         ..EngineConfig::default()
     };
     // Without an admin key the OpenAI actions still describe their requests (dry-run).
@@ -219,12 +171,6 @@ pub async fn serve_with(
     }
 
     let tasks = TaskTracker::new();
-    let drives = TaskTracker::new();
-    let driver = Driver {
-        engine: engine.clone(),
-        permits: Arc::new(Semaphore::new(config.engine.max_inflight_runs)),
-        tasks: drives.clone(),
-    };
     let ready = Arc::new(AtomicBool::new(false));
     let health = Arc::new(intake::Health::default());
 
@@ -242,7 +188,6 @@ pub async fn serve_with(
     }
     let api = api::Api::new(api::Parts {
         engine: engine.clone(),
-        driver: driver.clone(),
         library: library.clone(),
         client: client.clone(),
         tokens,
@@ -254,7 +199,7 @@ pub async fn serve_with(
     tasks.spawn(publisher.run(stop.clone()));
 
     // Runs that were between steps when the last process stopped.
-    driver.spawn(engine.recover()?).await;
+    engine.recover()?;
 
     // Cancelled when a commit fails: the service stops rather than build on it.
     let failed = engine.store().failed();
@@ -264,7 +209,6 @@ pub async fn serve_with(
     let intake = intake::Intake {
         jetstream: jetstream.clone(),
         engine: engine.clone(),
-        driver: driver.clone(),
         health,
         limits,
     };
@@ -282,12 +226,15 @@ pub async fn serve_with(
         stop.clone(),
     ));
     tasks.spawn(intake::decisions(decisions, intake, stop.clone()));
-    tasks.spawn(timers(engine.clone(), driver.clone(), stop.clone()));
+    tasks.spawn({
+        let (engine, stop) = (engine.clone(), stop.clone());
+        async move { engine.run_timers(stop).await }
+    });
     if let Some(retain) = config.store.retain_ended() {
         tasks.spawn(retention(engine.clone(), retain, stop.clone()));
     }
     if start.trigger_schedules {
-        trigger_schedules(&engine, &driver).await;
+        trigger_schedules(&engine).await;
     }
     ready.store(true, Ordering::SeqCst);
     tracing::info!(listen = %config.api.listen, nats = %config.nats.url, mode = config.mode().as_str(), "quench is serving");
@@ -300,9 +247,10 @@ pub async fn serve_with(
     tracing::info!("shutting down: intake stopped, letting in-flight steps finish");
     ready.store(false, Ordering::SeqCst);
     tasks.close();
-    drives.close();
-    if tokio::time::timeout(GRACE, drives.wait()).await.is_err() {
+    engine.close();
+    if tokio::time::timeout(GRACE, engine.idle()).await.is_err() {
         tracing::warn!(grace = ?GRACE, "in-flight steps did not finish in time; they resume at the next start");
+        engine.abort();
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
     let _ = client.flush().await;
@@ -323,7 +271,7 @@ pub(crate) async fn ready(listen: &str) -> bool {
 
 /// Starts one run of every scheduled playbook that is not paused, as a tick due now would
 /// (a disabled playbook, or one whose previous run is still open, starts none).
-async fn trigger_schedules(engine: &Engine, driver: &Driver) {
+async fn trigger_schedules(engine: &Engine) {
     let paused: Vec<String> = engine
         .paused_schedules()
         .into_iter()
@@ -334,47 +282,12 @@ async fn trigger_schedules(engine: &Engine, driver: &Driver) {
             continue;
         }
         match engine.trigger(name).await {
-            Ok((run, wake)) => {
+            Ok(run) => {
                 tracing::info!(playbook = %name, run_id = run.as_deref().unwrap_or("none"), "scheduled playbook started at start-up");
-                driver.spawn(wake).await;
             }
             Err(error) => {
                 tracing::error!(playbook = %name, %error, "cannot start the scheduled playbook; it runs at its next tick");
             }
-        }
-    }
-}
-
-/// Fires timers and scheduled ticks as they fall due and drives the runs they wake.
-async fn timers(engine: Engine, driver: Driver, shutdown: CancellationToken) {
-    loop {
-        let next = engine
-            .next_due()
-            .and_then(|timer| Ok((timer, engine.next_schedule_due()?)));
-        let wait = match next {
-            Ok((timer, tick)) => match timer.into_iter().chain(tick).min() {
-                Some(due) => (due - engine.now())
-                    .to_std()
-                    .unwrap_or(Duration::ZERO)
-                    .min(Duration::from_secs(1)),
-                None => Duration::from_secs(1),
-            },
-            Err(error) => {
-                tracing::error!(%error, "cannot read timers");
-                Duration::from_secs(1)
-            }
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
-        }
-        match engine.fire_due().await {
-            Ok(wake) => driver.spawn(wake).await,
-            Err(error) => tracing::error!(%error, "firing timers failed; retrying"),
-        }
-        match engine.fire_schedules().await {
-            Ok(wake) => driver.spawn(wake).await,
-            Err(error) => tracing::error!(%error, "firing scheduled playbooks failed; retrying"),
         }
     }
 }

@@ -19,7 +19,9 @@ use serde_json::Value;
 pub use file::{Case, Expect, ExpectedNotice, NoticeName, ScriptedAnswer, StepExpect, TestFile};
 pub use script::{MockResult, NoticeLog, RecordedCall, Script, ScriptedAction, SentNotice};
 
-use crate::engine::{Actions, Engine, EngineConfig, FindingOutcome, Gate, ManualClock, RunStatus};
+use crate::engine::{
+    Actions, Defer, Engine, EngineConfig, FindingOutcome, Gate, ManualClock, RunStatus,
+};
 use crate::playbook::{self, Mode, Playbook, Trigger};
 use crate::store::Store;
 
@@ -165,8 +167,8 @@ async fn run_case(
     let run_id = match &playbook.trigger {
         Trigger::Finding(_) => {
             let finding = case_finding(file, case, start)?;
-            let (outcomes, wake) = engine.ingest(&[finding]).await.map_err(text)?;
-            engine.drive_all(wake).await.map_err(text)?;
+            let outcomes = engine.ingest(&[finding]).await.map_err(text)?;
+            engine.idle().await.map_err(text)?;
             match outcomes.first() {
                 Some(FindingOutcome::Matched(handled)) => {
                     handled.iter().find_map(|(_, handling)| match handling {
@@ -178,8 +180,8 @@ async fn run_case(
             }
         }
         Trigger::Schedule(_) => {
-            let (run, wake) = engine.trigger(&playbook.name).await.map_err(text)?;
-            engine.drive_all(wake).await.map_err(text)?;
+            let run = engine.trigger(&playbook.name).await.map_err(text)?;
+            engine.idle().await.map_err(text)?;
             run
         }
     };
@@ -236,13 +238,13 @@ async fn run_case(
                     },
                     decided_at: clock_now(&clock),
                 };
-                let (_, wake) = engine.decide_and_wake(&decision).await.map_err(text)?;
-                engine.drive_all(wake).await.map_err(text)?;
+                engine.decide(&decision, Defer::Never).await.map_err(text)?;
+                engine.idle().await.map_err(text)?;
             }
             (_, Some(timer)) => {
                 clock.advance_to(timer);
-                let wake = engine.fire_due().await.map_err(text)?;
-                engine.drive_all(wake).await.map_err(text)?;
+                engine.fire_due().await.map_err(text)?;
+                engine.idle().await.map_err(text)?;
             }
             (_, None) => {
                 // Nothing can happen any more: the run waits for something the case never sends.
@@ -255,8 +257,8 @@ async fn run_case(
     for _ in 0..MAX_ROUNDS {
         match engine.next_due().map_err(text)? {
             Some(due) if due <= clock_now(&clock) => {
-                let wake = engine.fire_due().await.map_err(text)?;
-                engine.drive_all(wake).await.map_err(text)?;
+                engine.fire_due().await.map_err(text)?;
+                engine.idle().await.map_err(text)?;
             }
             _ => break,
         }

@@ -246,19 +246,89 @@ pub(crate) struct PruneRequest {
     pub(crate) hash: String,
 }
 
-/// A non-negative whole number, written as JSON allows it (`12` or `12.0`: JSON Schema calls
-/// both integers, and so do clients that send every number as a double).
+/// A non-negative whole number, written as JSON allows it (`12`, `12.0`, `1.2e1`: JSON Schema
+/// calls them all integers, and so do clients that send every number as a double), up to
+/// `u64::MAX`. Read from the number as written, not through a double: a fraction a double would
+/// round away (`12.0000000000000001`, `1e-400`) is refused, and a large value is not rounded to
+/// a neighbour.
 fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
-    let number = serde_json::Number::deserialize(deserializer)?;
-    number
-        .as_u64()
-        .or_else(|| {
-            number
-                .as_f64()
-                .filter(|value| value.fract() == 0.0 && *value >= 0.0 && *value < 2f64.powi(64))
-                .map(|value| value as u64)
-        })
-        .ok_or_else(|| serde::de::Error::custom(format!("{number} is not a sequence number")))
+    let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
+    let text = raw.get();
+    let shown: String = text.chars().take(40).collect();
+    let shown = if shown.len() < text.len() {
+        format!("{shown}…")
+    } else {
+        shown
+    };
+    parse_whole_number(text).map_err(|why| serde::de::Error::custom(format!("{shown} {why}")))
+}
+
+/// The value of a JSON number `text` when it is a whole number from 0 to `u64::MAX`; else why
+/// not.
+fn parse_whole_number(text: &str) -> Result<u64, &'static str> {
+    const NOT_A_NUMBER: &str = "is not a sequence number (a whole number)";
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => (mantissa, Some(exponent)),
+        None => (unsigned, None),
+    };
+    let (integer, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let is_digits = |part: &str| part.bytes().all(|byte| byte.is_ascii_digit());
+    if integer.is_empty() || !is_digits(integer) || !is_digits(fraction) {
+        return Err(NOT_A_NUMBER);
+    }
+    // The power of ten the digits are scaled by, saturated far beyond any u64 (20 digits): a
+    // written exponent can be longer than any integer type.
+    let mut scale: i64 = 0;
+    if let Some(exponent) = exponent {
+        let (sign, digits) = match exponent.as_bytes().first() {
+            Some(b'-') => (-1, &exponent[1..]),
+            Some(b'+') => (1, &exponent[1..]),
+            _ => (1, exponent),
+        };
+        if digits.is_empty() || !is_digits(digits) {
+            return Err(NOT_A_NUMBER);
+        }
+        for digit in digits.bytes() {
+            scale = (scale * 10 + i64::from(digit - b'0')).min(1 << 40);
+        }
+        scale *= sign;
+    }
+    let digits = || integer.bytes().chain(fraction.bytes());
+    // Significant digits: without leading zeros, and trailing zeros folded into the scale.
+    let leading = digits().take_while(|digit| *digit == b'0').count();
+    let total = integer.len() + fraction.len();
+    if leading == total {
+        return Ok(0); // zero, however written (`-0`, `0.0e7`)
+    }
+    let trailing = digits().rev().take_while(|digit| *digit == b'0').count();
+    let fraction_len = i64::try_from(fraction.len()).map_err(|_| NOT_A_NUMBER)?;
+    let scale = scale - fraction_len + i64::try_from(trailing).map_err(|_| NOT_A_NUMBER)?;
+    if negative {
+        return Err("is negative: sequence numbers start at 1");
+    }
+    if scale < 0 {
+        return Err("is not a whole number");
+    }
+    let significant = total - leading - trailing;
+    const TOO_LARGE: &str = "is larger than any sequence number (at most 18446744073709551615)";
+    if i64::try_from(significant).map_err(|_| TOO_LARGE)? + scale > 20 {
+        return Err(TOO_LARGE);
+    }
+    let mut value: u64 = 0;
+    for digit in digits().skip(leading).take(significant) {
+        value = value
+            .checked_mul(10)
+            .and_then(|value| value.checked_add(u64::from(digit - b'0')))
+            .ok_or(TOO_LARGE)?;
+    }
+    for _ in 0..scale {
+        value = value.checked_mul(10).ok_or(TOO_LARGE)?;
+    }
+    Ok(value)
 }
 
 /// What a prune removed.
@@ -353,4 +423,223 @@ pub(super) async fn verify(
         first_bad: report.first_bad.as_ref().map(|(seq, _)| *seq),
         reason: report.first_bad.map(|(_, why)| why),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    //! `through` of `POST /api/v1/audit/prune`, read as the handler reads the body (axum's
+    //! `Json`), against a model that computes each written number exactly in `u128`.
+
+    use proptest::prelude::*;
+
+    use super::PruneRequest;
+
+    /// What the body `{"through": <written>, ...}` yields: the number, or the refusal.
+    fn through(written: &str) -> Result<u64, String> {
+        let body = format!(r#"{{"through": {written}, "hash": "h"}}"#);
+        axum::Json::<PruneRequest>::from_bytes(body.as_bytes())
+            .map(|axum::Json(request)| request.through)
+            .map_err(|rejection| rejection.body_text())
+    }
+
+    /// A JSON number's parts: sign, integer digits, fraction digits, exponent.
+    #[derive(Debug, Clone)]
+    struct Written {
+        negative: bool,
+        integer: String,
+        fraction: Option<String>,
+        exponent: Option<(char, &'static str, u32)>,
+    }
+
+    impl Written {
+        fn text(&self) -> String {
+            let mut text = String::new();
+            if self.negative {
+                text.push('-');
+            }
+            text.push_str(&self.integer);
+            if let Some(fraction) = &self.fraction {
+                text.push('.');
+                text.push_str(fraction);
+            }
+            if let Some((letter, sign, exponent)) = self.exponent {
+                text.push(letter);
+                text.push_str(sign);
+                text.push_str(&exponent.to_string());
+            }
+            text
+        }
+
+        /// The model: the value when it is a whole number from 0 to `u64::MAX`.
+        fn value(&self) -> Option<u64> {
+            let fraction = self.fraction.as_deref().unwrap_or("");
+            let mut digits: u128 = format!("{}{fraction}", self.integer)
+                .parse()
+                .expect("at most 38 digits");
+            let mut scale = match self.exponent {
+                Some((_, "-", exponent)) => -i64::from(exponent),
+                Some((_, _, exponent)) => i64::from(exponent),
+                None => 0,
+            } - fraction.len() as i64;
+            if digits == 0 {
+                return Some(0);
+            }
+            while scale < 0 && digits.is_multiple_of(10) {
+                digits /= 10;
+                scale += 1;
+            }
+            if self.negative || scale < 0 {
+                return None;
+            }
+            let mut value = digits;
+            for _ in 0..scale {
+                value = value.checked_mul(10)?;
+            }
+            u64::try_from(value).ok()
+        }
+    }
+
+    /// JSON numbers: no leading zeros, up to 19 integer and 19 fraction digits, exponents up
+    /// to 40 either way; biased towards the interesting: whole values, `.0`, zeros, huge.
+    fn written() -> impl Strategy<Value = Written> {
+        let integer = prop_oneof![
+            Just("0".to_owned()),
+            "[1-9][0-9]{0,18}",
+            any::<u64>().prop_map(|value| value.to_string()),
+            Just(u64::MAX.to_string()),
+            Just("18446744073709551616".to_owned()),
+        ];
+        let fraction = prop_oneof![
+            Just(None),
+            Just(Some("0".to_owned())),
+            "0{1,19}".prop_map(Some),
+            "[0-9]{1,19}".prop_map(Some),
+            "0{15,17}1".prop_map(Some),
+        ];
+        let exponent = prop_oneof![
+            Just(None),
+            (
+                prop::sample::select(&['e', 'E'][..]),
+                prop::sample::select(&["", "+", "-"][..]),
+                0..=40_u32,
+            )
+                .prop_map(Some),
+        ];
+        (prop::bool::weighted(0.2), integer, fraction, exponent).prop_map(
+            |(negative, integer, fraction, exponent)| Written {
+                negative,
+                integer,
+                fraction,
+                exponent,
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn a_number_is_taken_exactly_when_it_is_a_whole_number_that_fits(written in written()) {
+            let text = written.text();
+            match (through(&text), written.value()) {
+                (Ok(got), Some(expected)) => prop_assert_eq!(got, expected, "{}", text),
+                (Err(error), None) => prop_assert!(
+                    error.contains("through"),
+                    "{text}: the refusal names the field: {error}"
+                ),
+                (got, expected) => prop_assert!(false, "{text}: {got:?}, expected {expected:?}"),
+            }
+        }
+
+        #[test]
+        fn every_integer_is_taken_as_written(value in any::<u64>()) {
+            prop_assert_eq!(through(&value.to_string()), Ok(value));
+            prop_assert_eq!(through(&format!("{value}.0")), Ok(value));
+            prop_assert_eq!(through(&format!("{value}.000e0")), Ok(value));
+        }
+
+        #[test]
+        fn an_integral_double_is_taken(value in 0..(1_u64 << 53)) {
+            // What a client that sends every number as a double writes.
+            let double = value as f64;
+            prop_assert_eq!(through(&format!("{double:?}")), Ok(value));
+            prop_assert_eq!(through(&format!("{double:e}")), Ok(value));
+        }
+
+        #[test]
+        fn a_fraction_is_refused(value in any::<u64>(), fraction in "[0-9]{0,20}[1-9]") {
+            let written = format!("{value}.{fraction}");
+            prop_assert!(through(&written).is_err(), "{}", written);
+        }
+
+        #[test]
+        fn a_negative_number_is_refused(value in 1..=u64::MAX) {
+            for written in [format!("-{value}"), format!("-{value}.0")] {
+                prop_assert!(through(&written).is_err(), "{}", written);
+            }
+        }
+
+        #[test]
+        fn a_number_past_u64_is_refused(value in (u128::from(u64::MAX) + 1)..=u128::MAX) {
+            for written in [value.to_string(), format!("{value}.0")] {
+                prop_assert!(through(&written).is_err(), "{}", written);
+            }
+        }
+
+        #[test]
+        fn anything_but_a_number_is_refused(text in ".*") {
+            let string = serde_json::to_string(&text).expect("a string serializes");
+            prop_assert!(through(&string).is_err(), "{}", string);
+        }
+    }
+
+    #[test]
+    fn examples() {
+        let cases: &[(&str, Result<u64, &str>)] = &[
+            ("12", Ok(12)),
+            ("12.0", Ok(12)),
+            ("1.2e1", Ok(12)),
+            ("1200E-2", Ok(12)),
+            ("0", Ok(0)),
+            ("-0", Ok(0)),
+            ("0.0e-999999999999999999999", Ok(0)),
+            ("18446744073709551615", Ok(u64::MAX)),
+            ("18446744073709551615.0", Ok(u64::MAX)),
+            ("9007199254740993.0", Ok(9_007_199_254_740_993)),
+            ("12.5", Err("is not a whole number")),
+            ("12.0000000000000001", Err("is not a whole number")),
+            ("1e-400", Err("is not a whole number")),
+            ("-1", Err("is negative")),
+            ("-12.0", Err("is negative")),
+            (
+                "18446744073709551616",
+                Err("is larger than any sequence number"),
+            ),
+            ("1e20", Err("is larger than any sequence number")),
+            (
+                "1e999999999999999999999",
+                Err("is larger than any sequence number"),
+            ),
+            ("\"12\"", Err("is not a sequence number")),
+            ("null", Err("is not a sequence number")),
+            ("[12]", Err("is not a sequence number")),
+            ("{\"seq\": 12}", Err("is not a sequence number")),
+        ];
+        for (written, expected) in cases {
+            match (through(written), expected) {
+                (Ok(got), Ok(expected)) => assert_eq!(got, *expected, "{written}"),
+                (Err(error), Err(why)) => assert!(
+                    error.contains(why) && error.contains("through"),
+                    "{written}: {error}"
+                ),
+                (got, expected) => panic!("{written}: {got:?}, expected {expected:?}"),
+            }
+        }
+        let long = format!("\"{}\"", "x".repeat(1000));
+        let error = through(&long).expect_err("a string");
+        assert!(
+            error.len() < 200,
+            "a refusal quotes a bounded part: {error}"
+        );
+    }
 }

@@ -44,7 +44,6 @@ pub(crate) mod types {
 }
 use auth::BearerScheme;
 
-use super::Driver;
 use super::playbooks::Library;
 use crate::engine::Engine;
 
@@ -57,7 +56,6 @@ pub(crate) struct Api {
 #[derive(Debug)]
 struct Inner {
     engine: Engine,
-    driver: Driver,
     library: Library,
     jetstream: async_nats::jetstream::Context,
     client: async_nats::Client,
@@ -72,7 +70,6 @@ struct Inner {
 #[derive(Debug)]
 pub(crate) struct Parts {
     pub(crate) engine: Engine,
-    pub(crate) driver: Driver,
     pub(crate) library: Library,
     pub(crate) client: async_nats::Client,
     pub(crate) tokens: Tokens,
@@ -86,7 +83,6 @@ impl Api {
         Api {
             inner: Arc::new(Inner {
                 engine: parts.engine,
-                driver: parts.driver,
                 library: parts.library,
                 jetstream,
                 client: parts.client,

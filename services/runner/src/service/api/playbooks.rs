@@ -360,8 +360,8 @@ pub(super) async fn version(
             )));
         }
     };
-    let source: String = store
-        .get(crate::store::Key::PlaybookVersion(&found))?
+    let source = store
+        .playbook_source(&found)?
         .ok_or_else(|| ApiError::NotFound(format!("the source of {found} is not stored")))?;
     Ok(Json(VersionSource {
         name,

@@ -35,6 +35,38 @@ impl FromStr for Sequence {
     }
 }
 
+/// The length of a run id: a UUID as text (`0195f0c2-7b3a-7c4e-9a1d-3f6b2e8c9d10`).
+pub(crate) const RUN_ID_LENGTH: usize = 36;
+
+/// The start of a run id (`id_prefix`): at most [`RUN_ID_LENGTH`] characters, each lower-case
+/// hex or `-`. A longer prefix, or one with any other character, can match no run: a 400 that
+/// says why, rather than an empty page (and no scan of the store for it).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub(crate) struct RunIdPrefix(pub(crate) String);
+
+impl TryFrom<String> for RunIdPrefix {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<RunIdPrefix, String> {
+        let length = text.chars().count();
+        if length > RUN_ID_LENGTH {
+            return Err(format!(
+                "id_prefix: {length} characters is longer than a run id ({RUN_ID_LENGTH}); give at most the whole id"
+            ));
+        }
+        if let Some(other) = text
+            .chars()
+            .find(|character| !matches!(character, '0'..='9' | 'a'..='f' | '-'))
+        {
+            return Err(format!(
+                "id_prefix: `{text}` holds {other:?}, which no run id does (run ids are lower-case hex digits and `-`)"
+            ));
+        }
+        Ok(RunIdPrefix(text))
+    }
+}
+
 /// The page size a route serves: `default` when none is asked for; 400 outside `1..=max`.
 pub(crate) fn limit(requested: Option<u32>, default: usize, max: usize) -> Result<usize, ApiError> {
     let Some(requested) = requested else {

@@ -16,7 +16,7 @@ use super::error::{ApiError, Body, ErrorBody, Params};
 use super::query;
 use crate::config::Role;
 use crate::engine::state::Phase;
-use crate::engine::{Cancel, DecisionOutcome, Gate, Refusal, Run, RunStatus, StepStatus};
+use crate::engine::{Cancel, DecisionOutcome, Defer, Gate, Refusal, Run, RunStatus, StepStatus};
 
 /// Most runs examined per list request (the store is read newest first; a filter that matches
 /// rarely returns a `next` cursor rather than reading everything).
@@ -61,8 +61,10 @@ pub(crate) struct RunsQuery {
     playbook: Option<String>,
     /// Finding key (exact).
     key: Option<String>,
-    /// Runs whose id starts with this (how the CLI finds a run from a unique prefix).
-    id_prefix: Option<String>,
+    /// Runs whose id starts with this (how the CLI finds a run from a unique prefix): at most
+    /// the 36 characters of a run id, lower-case hex digits and `-`.
+    #[param(value_type = Option<String>, max_length = 36, pattern = "^[0-9a-f-]*$")]
+    id_prefix: Option<query::RunIdPrefix>,
     /// The `next` of the previous page.
     cursor: Option<String>,
     /// Runs per page (default 50, at most 500).
@@ -249,7 +251,7 @@ fn summary(run: &Run) -> RunSummary {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of runs (role viewer)", body = RunPage),
-        (status = 400, description = "A bad filter", body = ErrorBody),
+        (status = 400, description = "A bad filter or page size, or an `id_prefix` that no run id starts with (longer than 36 characters, or a character other than lower-case hex and `-`)", body = ErrorBody),
         (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 403, description = "Role too small", body = ErrorBody)
     ))]
@@ -260,36 +262,26 @@ pub(super) async fn list(
 ) -> Result<Json<RunPage>, ApiError> {
     caller.require(Role::Viewer)?;
     let limit = query::limit(query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
-    let store = api.inner.engine.store();
-    let mut runs = Vec::new();
-    let mut last = None;
-    let mut exhausted = true;
-    for (examined, item) in store
-        .runs_newest_first::<Run>(
-            query.id_prefix.as_deref().unwrap_or(""),
-            query.cursor.as_deref(),
-        )
-        .enumerate()
-    {
-        if runs.len() >= limit || examined >= SCAN_BUDGET {
-            exhausted = false;
-            break;
-        }
-        let (id, run) = item?;
-        last = Some(id);
-        let matches = query.state.is_none_or(|state| state.matches(run.status))
-            && query
-                .playbook
-                .as_ref()
-                .is_none_or(|playbook| &run.playbook == playbook)
-            && query.key.as_ref().is_none_or(|key| &run.key == key);
-        if matches {
-            runs.push(summary(&run));
-        }
-    }
+    let page = api.inner.engine.store().runs_page::<Run>(
+        query
+            .id_prefix
+            .as_ref()
+            .map_or("", |prefix| prefix.0.as_str()),
+        query.cursor.as_deref(),
+        limit,
+        SCAN_BUDGET,
+        |run| {
+            query.state.is_none_or(|state| state.matches(run.status))
+                && query
+                    .playbook
+                    .as_ref()
+                    .is_none_or(|playbook| &run.playbook == playbook)
+                && query.key.as_ref().is_none_or(|key| &run.key == key)
+        },
+    )?;
     Ok(Json(RunPage {
-        runs,
-        next: if exhausted { None } else { last },
+        runs: page.items.iter().map(summary).collect(),
+        next: page.next,
     }))
 }
 
@@ -457,8 +449,7 @@ pub(super) async fn cancel(
             "run {id} has already ended: {}",
             status.as_str()
         ))),
-        Cancel::Cancelled { wake } => {
-            api.inner.driver.spawn_detached(wake);
+        Cancel::Cancelled => {
             tracing::info!(run_id = %id, by = %caller.name, "run cancelled through the API");
             Ok(Json(Cancelled {
                 id,
@@ -499,7 +490,7 @@ pub(super) async fn decide(
     // unknown gate is still passed on, to be refused and audited like any other answer.
     let token = engine
         .store()
-        .get::<Gate>(crate::store::Key::Gate(&id, &gate))?
+        .gate::<Gate>(&id, &gate)?
         .map(|gate| gate.token)
         .unwrap_or_default();
     let decision = quench_proto::Decision {
@@ -513,18 +504,15 @@ pub(super) async fn decide(
         actor: caller.actor(),
         decided_at: engine.now(),
     };
-    let (outcome, wake) = engine.decide_and_wake(&decision).await?;
+    let outcome = engine.decide(&decision, Defer::Never).await?;
     tracing::info!(run_id = %id, gate = %gate, actor = %caller.name, %outcome, "decision through the API");
     match outcome {
-        DecisionOutcome::Decided { choice } => {
-            api.inner.driver.spawn_detached(wake);
-            Ok(Json(DecisionResult {
-                outcome: "decided".to_owned(),
-                choice,
-                answers: None,
-                quorum: None,
-            }))
-        }
+        DecisionOutcome::Decided { choice } => Ok(Json(DecisionResult {
+            outcome: "decided".to_owned(),
+            choice,
+            answers: None,
+            quorum: None,
+        })),
         DecisionOutcome::Recorded {
             choice,
             answers,

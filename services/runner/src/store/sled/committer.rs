@@ -7,17 +7,16 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::audit::{self, Head};
-use super::{Batch, Committed, Error, Key, SyncMode};
-
-/// The metadata key of the store's counters ([`Batch::count`]).
-pub(super) const COUNTERS: &str = "counters";
+use super::super::audit::Head;
+use super::super::key::{AUDIT_HEAD, COUNTERS};
+use super::super::{Batch, Committed, Error, Key, Pending, SyncMode};
+use super::{audit, io, read};
 
 /// Most batches grouped into one commit.
 const MAX_GROUP: usize = 4096;
@@ -50,19 +49,19 @@ impl Drop for Handle {
 
 impl Handle {
     pub(super) fn start(
-        db: sled::Db,
-        path: Option<PathBuf>,
+        db: ::sled::Db,
+        path: Option<&Path>,
         sync: SyncMode,
+        head: Head,
     ) -> Result<Handle, Error> {
         // sled 0.34 keeps its log in `<path>/db`; an fd of our own on it is enough to fdatasync it.
-        let log = match (&path, sync) {
+        let log = match (path, sync) {
             (Some(path), SyncMode::Always) => {
                 Some(File::open(path.join("db")).map_err(Error::Sync)?)
             }
             _ => None,
         };
-        let head = audit::read_head(&db)?;
-        let counters = read_counters(&db)?;
+        let counters = read(&db, &Key::Meta(COUNTERS))?.unwrap_or_default();
         let (sender, receiver) = mpsc::sync_channel(QUEUE);
         let failed = CancellationToken::new();
         let on_failure = failed.clone();
@@ -77,11 +76,8 @@ impl Handle {
         })
     }
 
-    /// Queues a batch (in order); the receiver gets the outcome once it is durable.
-    pub(super) async fn submit(
-        &self,
-        batch: Batch,
-    ) -> Result<oneshot::Receiver<Result<Committed, Error>>, Error> {
+    /// Queues a batch (in order); the [`Pending`] gets the outcome once it is durable.
+    pub(super) async fn submit(&self, batch: Batch) -> Result<Pending, Error> {
         let (reply, done) = oneshot::channel();
         let sender = self.sender.clone().ok_or(Error::Closed)?;
         // The queue is bounded; when it is full, wait off the async threads.
@@ -95,22 +91,12 @@ impl Handle {
             }
             Err(mpsc::TrySendError::Disconnected(_)) => return Err(Error::Closed),
         }
-        Ok(done)
-    }
-}
-
-fn read_counters(db: &sled::Db) -> Result<BTreeMap<String, i64>, Error> {
-    match db.get(Key::Meta(COUNTERS).encode())? {
-        None => Ok(BTreeMap::new()),
-        Some(bytes) => serde_json::from_slice(&bytes).map_err(|source| Error::Decode {
-            key: format!("m/{COUNTERS}"),
-            source,
-        }),
+        Ok(Pending(Some(done)))
     }
 }
 
 fn run(
-    db: sled::Db,
+    db: ::sled::Db,
     log: Option<File>,
     mut head: Head,
     mut counters: BTreeMap<String, i64>,
@@ -135,7 +121,7 @@ fn run(
         }
         let started = std::time::Instant::now();
         metrics.commit_batches.observe(group.len() as f64);
-        let mut writes = sled::Batch::default();
+        let mut writes = ::sled::Batch::default();
         let mut next_head = head.clone();
         let mut next_counters: Option<BTreeMap<String, i64>> = None;
         let mut replies = Vec::with_capacity(group.len());
@@ -165,7 +151,7 @@ fn run(
         records.finish(&mut writes);
         if next_head != head {
             writes.insert(
-                Key::Meta("audit_head").encode(),
+                Key::Meta(AUDIT_HEAD).encode(),
                 serde_json::to_vec(&next_head).expect("head serializes"),
             );
         }
@@ -179,7 +165,7 @@ fn run(
         let outcome = db
             .apply_batch(writes)
             .and_then(|()| db.flush().map(drop))
-            .map_err(Error::Io)
+            .map_err(io)
             .and_then(|()| {
                 log.as_ref()
                     .map_or(Ok(()), |file| file.sync_data().map_err(Error::Sync))

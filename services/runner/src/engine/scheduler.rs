@@ -1,0 +1,233 @@
+//! The engine's work queue: the runs to drive, fed by every commit that starts or wakes one.
+//!
+//! A commit that leaves a run `running` (a new run, an answered gate, a fired timer, a queued
+//! finding whose turn came) puts the run here once it is durable; workers, at most
+//! [`EngineConfig::max_inflight_runs`](super::EngineConfig) at once, drive runs until they park
+//! or end. Workers are tasks started on demand and gone when the queue is empty, so an idle
+//! engine holds no task (and dropping the last handle closes the store).
+//!
+//! The queue is bounded where work comes in from outside: intake waits for [`Engine::room`]
+//! before it takes a batch in, which is what slows a burst of findings down instead of growing
+//! memory. Commits made while driving (a run that starts the queued finding behind it) never
+//! wait, so workers cannot deadlock on the queue they drain. A run already queued is queued
+//! once.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+
+use super::{Engine, Error};
+
+#[derive(Debug)]
+pub(super) struct Scheduler {
+    queue: Mutex<Queue>,
+    /// Notified (all waiters) whenever the queue shrinks or a worker finishes a run.
+    changed: Notify,
+    /// Workers at most (runs driven at once).
+    concurrency: usize,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    waiting: VecDeque<String>,
+    queued: HashSet<String>,
+    /// Runs being driven now.
+    running: usize,
+    workers: HashMap<u64, AbortHandle>,
+    /// Workers that found no work and are letting go of their engine handle.
+    leaving: usize,
+    next_worker: u64,
+    /// No run is started any more (shutdown); what is queued resumes at the next start.
+    closed: bool,
+    /// The first drive that failed since [`Engine::idle`] last looked.
+    error: Option<Error>,
+}
+
+impl Scheduler {
+    pub(super) fn new(concurrency: usize) -> Scheduler {
+        Scheduler {
+            queue: Mutex::default(),
+            changed: Notify::new(),
+            concurrency: concurrency.max(1),
+        }
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until `ready` holds for the queue (checked again at every change).
+    async fn until(&self, mut ready: impl FnMut(&mut Queue) -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a change in between is not missed.
+            changed.as_mut().enable();
+            if ready(&mut self.queue()) {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// A worker's hold on the engine; ends the worker however its task ends (done, failed,
+/// panicked or aborted). The engine handle is let go of before the queue says the worker is
+/// gone, so whoever waits for [`Engine::idle`] and then drops the last handle closes the store.
+struct Worker {
+    engine: Option<Engine>,
+    scheduler: Arc<Scheduler>,
+    id: u64,
+    /// Still counted in the queue's workers (else: counted as leaving).
+    registered: bool,
+    driving: bool,
+}
+
+impl Worker {
+    fn engine(&self) -> &Engine {
+        self.engine
+            .as_ref()
+            .expect("a worker holds its engine until it is dropped")
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        drop(self.engine.take());
+        let mut queue = self.scheduler.queue();
+        if self.registered {
+            queue.workers.remove(&self.id);
+        } else {
+            queue.leaving -= 1;
+        }
+        if self.driving {
+            queue.running -= 1;
+        }
+        drop(queue);
+        self.scheduler.changed.notify_waiters();
+    }
+}
+
+impl Engine {
+    /// Queues runs to drive and starts workers for them, up to the limit.
+    pub(super) fn schedule(&self, runs: impl IntoIterator<Item = String>) {
+        let scheduler = &self.inner.scheduler;
+        let mut queue = scheduler.queue();
+        for run in runs {
+            if queue.queued.insert(run.clone()) {
+                queue.waiting.push_back(run);
+            }
+        }
+        while !queue.closed
+            && queue.workers.len() < scheduler.concurrency
+            && queue.workers.len() < queue.waiting.len() + queue.running
+        {
+            let id = queue.next_worker;
+            queue.next_worker += 1;
+            let worker = Worker {
+                engine: Some(self.clone()),
+                scheduler: self.inner.scheduler.clone(),
+                id,
+                registered: true,
+                driving: false,
+            };
+            let handle = tokio::spawn(work(worker));
+            queue.workers.insert(id, handle.abort_handle());
+        }
+    }
+
+    /// Waits until the work queue has room: intake calls it before it takes work in.
+    pub async fn room(&self) {
+        let scheduler = &self.inner.scheduler;
+        let limit = scheduler.concurrency;
+        scheduler
+            .until(|queue| queue.closed || queue.waiting.len() < limit)
+            .await;
+    }
+
+    /// Waits until every queued run has been driven until it parked or ended (and the runs
+    /// they started, too); returns the first error a drive met since the last call. Tests and
+    /// `quench test` use it to wait for the engine's own scheduling.
+    pub async fn idle(&self) -> Result<(), Error> {
+        let scheduler = &self.inner.scheduler;
+        scheduler
+            .until(|queue| {
+                queue.workers.is_empty()
+                    && queue.leaving == 0
+                    && (queue.closed || queue.waiting.is_empty())
+            })
+            .await;
+        match scheduler.queue().error.take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts no more runs (shutdown): runs being driven go on until they park, end or are
+    /// aborted; queued ones stay in the store and are driven at the next start.
+    pub fn close(&self) {
+        self.inner.scheduler.queue().closed = true;
+        self.inner.scheduler.changed.notify_waiters();
+    }
+
+    /// Stops every drive at once, at whatever point it is (as a crash would: what was
+    /// committed stays, the rest is redone at the next start).
+    pub fn abort(&self) {
+        self.close();
+        let workers: Vec<AbortHandle> = self
+            .inner
+            .scheduler
+            .queue()
+            .workers
+            .values()
+            .cloned()
+            .collect();
+        for worker in workers {
+            worker.abort();
+        }
+    }
+
+    /// Runs queued or being driven.
+    pub fn backlog(&self) -> usize {
+        let queue = self.inner.scheduler.queue();
+        queue.waiting.len() + queue.running
+    }
+}
+
+/// A worker: drives queued runs one after another until the queue is empty.
+async fn work(mut worker: Worker) {
+    loop {
+        let run = {
+            let mut queue = worker.scheduler.queue();
+            let next = if queue.closed {
+                None
+            } else {
+                queue.waiting.pop_front()
+            };
+            let Some(run) = next else {
+                // Leaves under the lock that found no work, so a run queued right after
+                // starts a worker of its own instead of counting on this one.
+                queue.workers.remove(&worker.id);
+                queue.leaving += 1;
+                worker.registered = false;
+                return;
+            };
+            queue.queued.remove(&run);
+            queue.running += 1;
+            worker.driving = true;
+            run
+        };
+        worker.scheduler.changed.notify_waiters();
+        if let Err(error) = worker.engine().drive(&run).await {
+            tracing::error!(run_id = %run, %error, "driving the run failed; it resumes at the next start");
+            worker.scheduler.queue().error.get_or_insert(error);
+        }
+        let mut queue = worker.scheduler.queue();
+        queue.running -= 1;
+        worker.driving = false;
+        drop(queue);
+        worker.scheduler.changed.notify_waiters();
+    }
+}

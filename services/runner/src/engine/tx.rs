@@ -1,0 +1,214 @@
+//! Transactions: one commit's worth of changes with the run events it emits, the runs it ends
+//! (logged once durable) and the runs it wakes (queued once durable).
+
+use chrono::{DateTime, Utc};
+use quench_proto::{RunEvent, RunEventKind, RunEventSchema};
+use serde_json::Value;
+
+use super::state::{self, Run, RunStatus};
+use super::{Engine, Error};
+use crate::store::{AuditDraft, Batch, Key};
+
+impl Engine {
+    /// Commits a transaction, publishes its run events and queues the runs it woke.
+    pub(super) async fn commit(&self, tx: Tx) -> Result<(), Error> {
+        let submitted = self.submit(tx).await?;
+        self.settle(submitted).await
+    }
+
+    /// Queues a transaction's batch for the committer (in order) without waiting for the disk.
+    pub(super) async fn submit(&self, tx: Tx) -> Result<Submitted, Error> {
+        let Tx {
+            batch,
+            events,
+            ended,
+            to_drive,
+            timers,
+            ..
+        } = tx;
+        Ok(Submitted {
+            pending: self.inner.store.submit(batch).await?,
+            events,
+            ended,
+            to_drive,
+            timers,
+        })
+    }
+
+    /// Waits until a submitted transaction is durable, then publishes its run events, queues
+    /// the runs it woke and wakes the timer loop when it set a timer.
+    pub(super) async fn settle(&self, submitted: Submitted) -> Result<(), Error> {
+        let Submitted {
+            pending,
+            events,
+            ended,
+            to_drive,
+            timers,
+        } = submitted;
+        let committed = pending.wait().await?;
+        if timers {
+            self.inner.timers.notify_one();
+        }
+        self.schedule(to_drive);
+        for ended in &ended {
+            ended.log();
+        }
+        if let Some(sink) = &self.inner.events
+            && !events.is_empty()
+        {
+            let events = events
+                .into_iter()
+                .map(|pending| RunEvent {
+                    schema: RunEventSchema::V1,
+                    id: uuid::Uuid::now_v7().to_string(),
+                    kind: pending.kind,
+                    run_id: pending.run_id,
+                    playbook: pending.playbook,
+                    playbook_version: pending.version,
+                    finding_key: pending.key,
+                    step: pending.step,
+                    at: pending.at,
+                    audit_hash: committed
+                        .audit
+                        .get(pending.audit_index)
+                        .map(|r| r.hash.clone())
+                        .unwrap_or_default(),
+                })
+                .collect();
+            sink.publish(events);
+        }
+        Ok(())
+    }
+}
+
+/// A transaction queued for the committer, not yet known to be durable.
+#[derive(Debug)]
+pub(super) struct Submitted {
+    pub(super) pending: crate::store::Pending,
+    pub(super) events: Vec<PendingEvent>,
+    pub(super) ended: Vec<Ended>,
+    pub(super) to_drive: Vec<String>,
+    pub(super) timers: bool,
+}
+
+/// A run a transaction ends, for the log: a failed run is a WARN line with where and why, so an
+/// operator reading the service log sees it without querying the API.
+#[derive(Debug)]
+pub(super) struct Ended {
+    pub(super) run_id: String,
+    pub(super) playbook: String,
+    pub(super) status: RunStatus,
+    /// The step that failed.
+    pub(super) step: Option<String>,
+    /// Why it failed or was cancelled.
+    pub(super) reason: Option<String>,
+}
+
+impl Ended {
+    pub(super) fn log(&self) {
+        let step = self.step.as_deref().unwrap_or("-");
+        let reason = self.reason.as_deref().unwrap_or("-");
+        if self.status == RunStatus::Failed {
+            tracing::warn!(run_id = %self.run_id, playbook = %self.playbook, step, reason, "run failed");
+        }
+        tracing::info!(run_id = %self.run_id, playbook = %self.playbook, status = self.status.as_str(), step, reason, "run ended");
+    }
+}
+
+/// One commit's worth of changes, with the run events it will emit.
+#[derive(Debug, Default)]
+pub(super) struct Tx {
+    pub(super) batch: Batch,
+    pub(super) events: Vec<PendingEvent>,
+    /// Runs this transaction ends, logged once it is durable.
+    pub(super) ended: Vec<Ended>,
+    /// Runs this transaction started or woke, to drive after the commit.
+    pub(super) to_drive: Vec<String>,
+    /// It sets a timer or a schedule's next tick (the timer loop recomputes its sleep).
+    pub(super) timers: bool,
+    /// Advance only through steps that need no call (a run being started at intake).
+    pub(super) no_calls: bool,
+}
+
+#[derive(Debug)]
+pub(super) struct PendingEvent {
+    pub(super) kind: RunEventKind,
+    pub(super) run_id: String,
+    pub(super) playbook: String,
+    pub(super) version: String,
+    pub(super) key: String,
+    pub(super) step: Option<String>,
+    pub(super) at: DateTime<Utc>,
+    pub(super) audit_index: usize,
+}
+
+impl Tx {
+    /// Appends an audit entry about `run`; returns its index within this transaction.
+    pub(super) fn audit(
+        &mut self,
+        run: &Run,
+        at: DateTime<Utc>,
+        kind: &'static str,
+        step: Option<&str>,
+        detail: Value,
+    ) -> usize {
+        let mut draft = AuditDraft::new(at, kind, detail);
+        draft.run_id = Some(run.id.clone());
+        draft.playbook = Some(run.playbook.clone());
+        draft.version = Some(run.version.clone());
+        draft.step = step.map(str::to_owned);
+        self.audit_draft(draft)
+    }
+
+    pub(super) fn audit_draft(&mut self, draft: AuditDraft) -> usize {
+        self.batch.audit(draft);
+        self.batch.audit_count() - 1
+    }
+
+    /// An audit entry that is also a run event.
+    pub(super) fn event(
+        &mut self,
+        run: &Run,
+        at: DateTime<Utc>,
+        kind: RunEventKind,
+        step: Option<&str>,
+        detail: Value,
+    ) {
+        let audit_index = self.audit(run, at, kind.as_str(), step, detail);
+        self.events.push(PendingEvent {
+            kind,
+            run_id: run.id.clone(),
+            playbook: run.playbook.clone(),
+            version: run.version.clone(),
+            key: run.key.clone(),
+            step: step.map(str::to_owned),
+            at,
+            audit_index,
+        });
+    }
+
+    /// Writes the run and keeps its "active" marker and the store's run counters in step with
+    /// its status.
+    pub(super) fn save(&mut self, run: &mut Run, at: DateTime<Utc>) {
+        run.updated_at = at;
+        let count = run.count();
+        let before = run.counted.unwrap_or(state::Count::Ended);
+        if before != count {
+            let open = count.open() - before.open();
+            let awaiting = count.awaiting_approval() - before.awaiting_approval();
+            if open != 0 {
+                self.batch.count(state::COUNT_OPEN, open);
+            }
+            if awaiting != 0 {
+                self.batch.count(state::COUNT_AWAITING_APPROVAL, awaiting);
+            }
+        }
+        let written = run.counted.replace(count).is_some();
+        self.batch.put(Key::Run(&run.id), &*run);
+        if run.status == RunStatus::Running {
+            self.batch.put(Key::Active(&run.id), &true);
+        } else if written {
+            self.batch.delete(Key::Active(&run.id));
+        }
+    }
+}

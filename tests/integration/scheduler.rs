@@ -1,0 +1,159 @@
+//! The engine schedules its own runs: every commit that starts or wakes a run queues it, at
+//! most `max_inflight_runs` are driven at once, intake waits for room when more are queued, and
+//! the timer loop is woken by the commit that sets an earlier timer instead of polling.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quench_runner::engine::{
+    Action, ActionFuture, Actions, Call, Engine, EngineConfig, RunStatus, Success, SystemClock,
+};
+use quench_runner::store::Store;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{finding, started};
+
+/// A call that waits for a permit: the test decides when each one returns.
+#[derive(Debug)]
+struct Gated {
+    permits: Arc<Semaphore>,
+}
+
+impl Action for Gated {
+    fn call<'a>(&'a self, _call: &'a Call) -> ActionFuture<'a> {
+        Box::pin(async move {
+            let permit = self.permits.acquire().await.expect("open");
+            permit.forget();
+            Ok(Success::new(json!({"ok": true})))
+        })
+    }
+}
+
+async fn engine(source: &str, actions: Actions, max_inflight_runs: usize) -> Engine {
+    let engine = Engine::new(
+        Store::temporary().expect("store"),
+        Arc::new(SystemClock),
+        actions,
+        EngineConfig {
+            max_inflight_runs,
+            ..EngineConfig::default()
+        },
+    );
+    let compiled = quench_runner::playbook::compile(source)
+        .playbook
+        .expect("compiles");
+    engine
+        .load_playbooks(vec![compiled], "test")
+        .await
+        .expect("load");
+    engine
+}
+
+#[tokio::test]
+async fn runs_are_driven_by_the_engine_within_its_bound_and_intake_waits_for_room() {
+    let source = r#"schema: quench.playbook/v1
+name: gated
+on:
+  finding:
+    kinds: [test.gated]
+steps:
+  - id: call
+    uses: http.request
+    with:
+      method: POST
+      url: https://hooks.example.com/quench
+"#;
+    let permits = Arc::new(Semaphore::new(0));
+    let mut actions = Actions::new();
+    actions.insert(
+        "http.request",
+        Arc::new(Gated {
+            permits: permits.clone(),
+        }),
+    );
+    let engine = engine(source, actions, 1).await;
+    let mut runs = Vec::new();
+    for n in 0..3 {
+        let outcome = engine
+            .ingest(&[finding(&format!("g{n}"), "test.gated", &format!("k{n}"))])
+            .await
+            .expect("ingest");
+        runs.push(started(&outcome[0]));
+    }
+    // One run is driven (its call waits), two are queued: more than the bound of one.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while engine.backlog() != 3 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(engine.backlog(), 3, "one driven, two queued");
+    let room = tokio::time::timeout(Duration::from_millis(200), engine.room()).await;
+    assert!(
+        room.is_err(),
+        "intake waits while the queue is over its bound"
+    );
+
+    // Each call let through ends a run and the next queued one starts.
+    permits.add_permits(2);
+    tokio::time::timeout(Duration::from_secs(10), engine.room())
+        .await
+        .expect("room once the queue drains");
+    permits.add_permits(1);
+    tokio::time::timeout(Duration::from_secs(10), engine.idle())
+        .await
+        .expect("idle")
+        .expect("no drive failed");
+    for run in runs {
+        let run = engine.run(&run).expect("read").expect("run");
+        assert_eq!(run.status, RunStatus::Completed, "{}", run.id);
+    }
+    assert_eq!(engine.backlog(), 0);
+}
+
+#[tokio::test]
+async fn a_new_timer_wakes_the_timer_loop_without_polling() {
+    let source = r#"schema: quench.playbook/v1
+name: short
+on:
+  finding:
+    kinds: [test.short]
+steps:
+  - id: pause
+    uses: wait
+    with:
+      for: 1s
+  - id: done
+    uses: note
+    with:
+      message: woke
+"#;
+    let engine = engine(source, Actions::new(), 4).await;
+    let stop = CancellationToken::new();
+    let timers = tokio::spawn({
+        let (engine, stop) = (engine.clone(), stop.clone());
+        async move { engine.run_timers(stop).await }
+    });
+    // With nothing due the loop sleeps for its longest sleep (a minute); the run's timer is
+    // set afterwards, a second ahead.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let outcome = engine
+        .ingest(&[finding("w", "test.short", "k")])
+        .await
+        .expect("ingest");
+    let run = started(&outcome[0]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = engine.run(&run).expect("read").expect("run").status;
+        if status == RunStatus::Completed {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the timer did not fire within 10 s (status {status:?}): the loop was not woken"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    timers.await.expect("timer loop ends");
+}
