@@ -232,6 +232,7 @@ async fn invalid_url(method: Method, uri: Uri) -> ApiError {
 
 /// Records the request, applies the next queued fault, then checks the admin key.
 async fn guard(Extract(shared): Extract<SharedState>, request: Request, next: Next) -> Response {
+    let received_at = std::time::Instant::now();
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, 4 * 1024 * 1024)
         .await
@@ -253,12 +254,14 @@ async fn guard(Extract(shared): Extract<SharedState>, request: Request, next: Ne
             .headers
             .get("openai-organization")
             .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned()),
+        received_at,
     };
     let fault = {
         let mut state = shared.lock();
         state.calls.push(call);
         state.take_fault(parts.uri.path())
     };
+    shared.arrived.notify_waiters();
     let mut answer_after = None;
     match fault {
         Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,

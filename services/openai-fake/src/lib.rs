@@ -44,7 +44,7 @@ mod state;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -84,6 +84,9 @@ pub struct Call {
     pub authorization: Option<String>,
     /// The `OpenAI-Organization` header as sent.
     pub organization: Option<String>,
+    /// When the fake began handling it (its head had arrived; before the body is read), to
+    /// measure how long a caller took to send it (see [`OpenAiFake::received`]).
+    pub received_at: Instant,
 }
 
 impl Call {
@@ -357,6 +360,8 @@ const DEFAULT_CREATED_AT: i64 = 1_767_225_600;
 
 struct Shared {
     state: Mutex<State>,
+    /// Woken each time a request is recorded in `state.calls`.
+    arrived: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -411,6 +416,7 @@ impl OpenAiFake {
         }
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
+            arrived: tokio::sync::Notify::new(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -641,6 +647,29 @@ impl OpenAiFake {
             .into_iter()
             .filter(|call| call.method == method && call.path == path)
             .collect()
+    }
+
+    /// Waits until a request with this method and exact path has been received and returns
+    /// the first one (at once when it came already); with its [`Call::received_at`] a caller
+    /// measures when its request arrived rather than when it noticed. Put a timeout around it.
+    pub async fn received(&self, method: &str, path: &str) -> Call {
+        loop {
+            // Registered before looking, so a request recorded in between still wakes us.
+            let arrived = self.shared.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            let found = self
+                .shared
+                .lock()
+                .calls
+                .iter()
+                .find(|call| call.method == method && call.path == path)
+                .cloned();
+            if let Some(call) = found {
+                return call;
+            }
+            arrived.await;
+        }
     }
 
     /// Whether a project API key still exists in a project.

@@ -377,6 +377,58 @@ async fn deleting_keys_follows_the_spec() {
 }
 
 #[tokio::test]
+async fn a_waiter_learns_when_a_request_arrived() {
+    let fake = seeded().await;
+    let path = "/v1/organization/projects/proj_1/api_keys/key_alice";
+    let waiting = fake.received("DELETE", path);
+    tokio::pin!(waiting);
+    // A request to another path, or with another method, does not end the wait.
+    send(
+        &fake,
+        "GET",
+        "/organization/projects/proj_1/api_keys/key_alice",
+        None,
+    )
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), waiting.as_mut())
+            .await
+            .is_err(),
+        "a GET is not the DELETE waited for"
+    );
+    let before = Instant::now();
+    let deleted = send(
+        &fake,
+        "DELETE",
+        "/organization/projects/proj_1/api_keys/key_alice",
+        None,
+    )
+    .await;
+    let answered = Instant::now();
+    assert_eq!(deleted.status, 200);
+    let call = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the wait ends once the DELETE arrived");
+    assert_eq!((call.method.as_str(), call.path.as_str()), ("DELETE", path));
+    assert!(
+        before <= call.received_at && call.received_at <= answered,
+        "the arrival instant lies between sending and the answer"
+    );
+    // A request that came already is returned at once, the first of its kind.
+    send(
+        &fake,
+        "DELETE",
+        "/organization/projects/proj_1/api_keys/key_alice",
+        None,
+    )
+    .await;
+    let again = tokio::time::timeout(Duration::from_secs(1), fake.received("DELETE", path))
+        .await
+        .expect("at once");
+    assert_eq!(again.received_at, call.received_at);
+}
+
+#[tokio::test]
 async fn service_accounts_list_create_and_delete_with_their_keys() {
     let fake = seeded().await;
     let path = "/organization/projects/proj_1/service_accounts";
