@@ -28,6 +28,7 @@ pub use audit::{
     AuditDraft, AuditEntry, AuditRef, Segment, Verification, parse_stored, verify_segment,
 };
 pub use key::{Key, Partition, TimerKey};
+pub use sled::{COMPACT_FACTOR, COMPACT_FLOOR};
 
 // The `store.sync` config value.
 pub use quench_common::config::SyncMode;
@@ -42,6 +43,11 @@ pub struct StoreConfig {
     pub sync: SyncMode,
     /// The backend's page cache; bounds memory whatever the number of runs.
     pub cache_bytes: u64,
+    /// The store is compacted (its live data copied into a fresh file, see [`Store::compact`])
+    /// once its file is larger than this and than [`COMPACT_FACTOR`] × its size after the last
+    /// compaction or at open. Default [`COMPACT_FLOOR`]; not a `[store]` setting, as the rule
+    /// already bounds the disk to about twice the live data and smaller is not worth a pause.
+    pub compact_floor: u64,
 }
 
 impl StoreConfig {
@@ -50,6 +56,7 @@ impl StoreConfig {
             path: path.into(),
             sync: SyncMode::Always,
             cache_bytes: 64 * 1024 * 1024,
+            compact_floor: COMPACT_FLOOR,
         }
     }
 }
@@ -99,6 +106,10 @@ pub enum Error {
     /// the disk, so the store refuses every later commit until it is opened again.
     #[error("the store refuses writes after a failed commit ({0}); restart quench")]
     Failed(String),
+    /// A compaction asked for ([`Store::compact`]) failed: the store goes on as it was, unless
+    /// [`Store::failed`] says otherwise.
+    #[error("the store could not be compacted: {0}")]
+    Compaction(String),
 }
 
 /// A backend's own error, kept opaque: callers act on [`Error`]'s variants, and the message
@@ -224,6 +235,18 @@ impl Batch {
     }
 }
 
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    /// The store's size on disk before, and after.
+    pub before_bytes: u64,
+    pub after_bytes: u64,
+    /// How long it took: commits wait meanwhile.
+    pub duration: std::time::Duration,
+    /// Of which copying the live data (the rest: closing, renaming, opening the copy).
+    pub copying: std::time::Duration,
+}
+
 /// What a commit produced: the audit entries it appended, in order.
 #[derive(Debug, Clone, Default)]
 pub struct Committed {
@@ -332,6 +355,9 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
         through: u64,
         hash: &'a str,
     ) -> BoxFuture<'a, Result<Pruned, Error>>;
+
+    /// See [`Store::compact`].
+    fn compact(&self) -> BoxFuture<'_, Result<Option<Compacted>, Error>>;
 
     /// Bytes the store takes on disk (0 when it has no files of its own).
     fn size_on_disk(&self) -> Result<u64, Error>;
@@ -617,6 +643,14 @@ impl Store {
     /// and records the last removed entry as the checkpoint `verify_audit` starts from.
     pub async fn prune_audit(&self, through: u64, hash: &str) -> Result<Pruned, Error> {
         self.backend.prune_audit(through, hash).await
+    }
+
+    /// Compacts the store now, after the batches submitted so far and before those submitted
+    /// later: its live data is copied into a fresh file that replaces it, and commits wait
+    /// meanwhile. The backend also does this on its own once the file has outgrown the data
+    /// (see [`StoreConfig::compact_floor`]). `None` for a store without files of its own.
+    pub async fn compact(&self) -> Result<Option<Compacted>, Error> {
+        self.backend.compact().await
     }
 
     /// On-disk size of the store directory, in bytes (0 for a temporary store).
