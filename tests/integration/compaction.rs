@@ -205,6 +205,8 @@ async fn commits_submitted_during_a_compaction_are_neither_lost_nor_reordered() 
                 let mut batch = Batch::new();
                 batch.put(Key::Run(&format!("ordered-{n:05}")), &json!({"n": n}));
                 batch.put(Key::Run("ordered-last"), &json!({"n": n}));
+                // Sorts first: copied before the batches written during the copy change it.
+                batch.put(Key::Run("a-first"), &json!({"n": n}));
                 batch.audit(AuditDraft::new(
                     chrono::Utc::now(),
                     "ordered",
@@ -250,6 +252,14 @@ async fn commits_submitted_during_a_compaction_are_neither_lost_nor_reordered() 
         .expect("read")
         .expect("present");
     assert_eq!(last["n"], 1999);
+    let first: Value = store
+        .get(Key::Run("a-first"))
+        .expect("read")
+        .expect("present");
+    assert_eq!(
+        first["n"], 1999,
+        "what was written during the copy is in the copy"
+    );
 
     read_lazily.extend(lazy.map(|item| item.expect("run").0));
     let mut expected: Vec<String> = (0..300).map(|n| format!("kept-{n:04}")).collect();
@@ -258,7 +268,7 @@ async fn commits_submitted_during_a_compaction_are_neither_lost_nor_reordered() 
     expected.push("ordered-last".to_owned());
     expected.sort();
     // The lazy reader saw the store as it is read chunk by chunk: what was there before and
-    // after the compaction, each key once, in order.
+    // after the compaction, each key once, in order (`a-first` came before where it was).
     assert_eq!(read_lazily, expected);
 }
 

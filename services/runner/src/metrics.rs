@@ -56,7 +56,7 @@ pub const COMMIT_BATCHES: &str = "quench_store_commit_batches";
 pub const COMMIT_DURATION: &str = "quench_store_commit_duration";
 /// Store compactions (the live data copied into a fresh file).
 pub const STORE_COMPACTIONS: &str = "quench_store_compactions";
-/// Time of one store compaction (commits wait meanwhile).
+/// How long commits waited for one store compaction (its copy runs beside them).
 pub const COMPACTION_DURATION: &str = "quench_store_compaction_duration";
 /// 1 while the NATS connection is up.
 pub const NATS_CONNECTED: &str = "quench_nats_connected";
@@ -308,7 +308,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             COMPACTION_DURATION,
-            "Duration of one store compaction (commits wait meanwhile)",
+            "How long commits waited for one store compaction (bringing the copy up to date and swapping it in)",
             Unit::Seconds,
             metrics.compaction_seconds.clone(),
         );

@@ -241,10 +241,11 @@ pub struct Compacted {
     /// The store's size on disk before, and after.
     pub before_bytes: u64,
     pub after_bytes: u64,
-    /// How long it took: commits wait meanwhile.
-    pub duration: std::time::Duration,
-    /// Of which copying the live data (the rest: closing, renaming, opening the copy).
+    /// How long the copy of the live data took; commits went on meanwhile.
     pub copying: std::time::Duration,
+    /// How long commits waited: the copy brought up to date with what they wrote meanwhile,
+    /// the old file closed, the copy renamed and opened.
+    pub paused: std::time::Duration,
 }
 
 /// What a commit produced: the audit entries it appended, in order.
@@ -645,9 +646,9 @@ impl Store {
         self.backend.prune_audit(through, hash).await
     }
 
-    /// Compacts the store now, after the batches submitted so far and before those submitted
-    /// later: its live data is copied into a fresh file that replaces it, and commits wait
-    /// meanwhile. The backend also does this on its own once the file has outgrown the data
+    /// Compacts the store now: its live data is copied into a fresh file (while commits go
+    /// on), brought up to date with what they wrote meanwhile, and swapped in (commits wait for
+    /// that part); returns once the swap is done. The backend also does this on its own once the file has outgrown the data
     /// (see [`StoreConfig::compact_floor`]). `None` for a store without files of its own.
     pub async fn compact(&self) -> Result<Option<Compacted>, Error> {
         self.backend.compact().await

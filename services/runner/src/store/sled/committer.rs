@@ -24,6 +24,8 @@ use super::{Slot, audit, io};
 const MAX_GROUP: usize = 4096;
 /// Requests that may wait for the committer before senders are slowed down.
 const QUEUE: usize = 16 * 1024;
+/// How often an idle committer looks whether a compaction's copy is done.
+const COPY_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 enum Request {
     Commit(Commit),
@@ -124,6 +126,29 @@ impl Handle {
     }
 }
 
+/// A group's writes, and the keys they touch while a compaction copies the store (the copy is
+/// brought up to date with those keys before it is swapped in).
+pub(super) struct Writes {
+    batch: ::sled::Batch,
+    touched: Option<Vec<Vec<u8>>>,
+}
+
+impl Writes {
+    pub(super) fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        if let Some(touched) = &mut self.touched {
+            touched.push(key.clone());
+        }
+        self.batch.insert(key, value);
+    }
+
+    pub(super) fn remove(&mut self, key: Vec<u8>) {
+        if let Some(touched) = &mut self.touched {
+            touched.push(key.clone());
+        }
+        self.batch.remove(key);
+    }
+}
+
 /// The committer thread's state.
 struct Committer {
     slot: Arc<Slot>,
@@ -141,18 +166,28 @@ struct Committer {
 
 impl Committer {
     fn run(mut self, receiver: mpsc::Receiver<Request>) {
-        while let Ok(first) = receiver.recv() {
+        // Who asked for the compaction under way (or about to begin).
+        let mut asked = Vec::new();
+        loop {
+            // While a copy runs, wake up now and then to see whether it is done.
+            let first = if self.copying() {
+                match receiver.recv_timeout(COPY_POLL) {
+                    Ok(request) => Some(request),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match receiver.recv() {
+                    Ok(request) => Some(request),
+                    Err(_) => break,
+                }
+            };
             let mut group = Vec::new();
-            let mut compact = Vec::new();
-            let mut next = Some(first);
-            // A compaction asked for ends the group: batches sent after it come after it.
+            let mut next = first;
             while let Some(request) = next.take() {
                 match request {
                     Request::Commit(commit) => group.push(commit),
-                    Request::Compact(reply) => {
-                        compact.push(reply);
-                        break;
-                    }
+                    Request::Compact(reply) => asked.push(reply),
                 }
                 if group.len() < MAX_GROUP {
                     next = receiver.try_recv().ok();
@@ -162,7 +197,7 @@ impl Committer {
                 for commit in group {
                     let _ = commit.reply.send(Err(Error::Failed(message.clone())));
                 }
-                for reply in compact {
+                for reply in asked.drain(..) {
                     let _ = reply.send(Err(Error::Failed(message.clone())));
                 }
                 continue;
@@ -170,25 +205,32 @@ impl Committer {
             if !group.is_empty() {
                 self.commit(group);
             }
-            let due = self.failed.is_none()
-                && self
-                    .compactor
-                    .as_mut()
-                    .is_some_and(|compactor| compactor.due(&self.slot));
-            if due || !compact.is_empty() {
-                let outcome = self.compact().map_err(|error| error.to_string());
-                for reply in compact {
+            if self.failed.is_none()
+                && let Some(outcome) = self.compaction_step(!asked.is_empty())
+            {
+                let outcome = outcome.map_err(|error| error.to_string());
+                for reply in asked.drain(..) {
                     let _ = reply.send(outcome.clone().map_err(Error::Compaction));
                 }
             }
         }
+        if let Some(compactor) = self.compactor.as_mut() {
+            compactor.abandon();
+        }
+    }
+
+    fn copying(&self) -> bool {
+        self.compactor.as_ref().is_some_and(Compactor::copying)
     }
 
     fn commit(&mut self, group: Vec<Commit>) {
         let metrics = crate::metrics::get();
         let started = std::time::Instant::now();
         metrics.commit_batches.observe(group.len() as f64);
-        let mut writes = ::sled::Batch::default();
+        let mut writes = Writes {
+            batch: ::sled::Batch::default(),
+            touched: self.copying().then(Vec::new),
+        };
         let mut next_head = self.head.clone();
         let mut next_counters: Option<BTreeMap<String, i64>> = None;
         let mut replies = Vec::with_capacity(group.len());
@@ -228,6 +270,10 @@ impl Committer {
                 serde_json::to_vec(next).expect("counters serialize"),
             );
         }
+        if let (Some(touched), Some(compactor)) = (writes.touched, self.compactor.as_mut()) {
+            compactor.touched(touched);
+        }
+        let writes = writes.batch;
         fail::fail_point!("store::before_commit");
         let outcome = self
             .slot
@@ -266,35 +312,62 @@ impl Committer {
         }
     }
 
-    /// Compacts (see `compact`); batches sent meanwhile wait in the queue.
+    /// Moves a compaction on between groups (see `compact`): begins one when it is due or
+    /// `asked` for, and swaps the copy in once it is made. The outcome, once there is one.
+    fn compaction_step(&mut self, asked: bool) -> Option<Result<Option<Compacted>, Error>> {
+        let Some(compactor) = self.compactor.as_mut() else {
+            return asked.then_some(Ok(None));
+        };
+        if !compactor.copying() {
+            if !(asked || compactor.due(&self.slot)) {
+                return None;
+            }
+            if let Err(failure) = compactor.begin(&self.slot) {
+                return Some(Err(self.compaction_failed(failure)));
+            }
+        }
+        let compactor = self.compactor.as_mut()?;
+        if !compactor.copied() {
+            return None;
+        }
+        Some(self.compact())
+    }
+
+    /// Swaps the finished copy in; batches sent meanwhile wait in the queue.
     fn compact(&mut self) -> Result<Option<Compacted>, Error> {
         let Some(compactor) = self.compactor.as_mut() else {
             return Ok(None);
         };
-        match compactor.compact(&self.slot, &mut self.log) {
+        match compactor.finish(&self.slot, &mut self.log) {
             Ok(compacted) => {
                 let metrics = crate::metrics::get();
                 metrics.compactions.inc();
                 metrics
                     .compaction_seconds
-                    .observe(compacted.duration.as_secs_f64());
+                    .observe(compacted.paused.as_secs_f64());
                 tracing::info!(
                     before_mib = compacted.before_bytes / (1024 * 1024),
                     after_mib = compacted.after_bytes / (1024 * 1024),
-                    seconds = compacted.duration.as_secs_f64(),
                     copying_seconds = compacted.copying.as_secs_f64(),
-                    "store compacted; commits waited meanwhile"
+                    paused_seconds = compacted.paused.as_secs_f64(),
+                    "store compacted (commits went on while it copied, and waited while it swapped)"
                 );
                 Ok(Some(compacted))
             }
-            Err(Failure::Recovered(error)) => {
+            Err(failure) => Err(self.compaction_failed(failure)),
+        }
+    }
+
+    fn compaction_failed(&mut self, failure: Failure) -> Error {
+        match failure {
+            Failure::Recovered(error) => {
                 tracing::warn!(%error, "store compaction failed; the store goes on uncompacted");
-                Err(error)
+                error
             }
-            Err(Failure::Lost(error)) => {
+            Failure::Lost(error) => {
                 tracing::error!(%error, "store compaction failed and the store could not be opened again; refusing further writes");
                 self.fail(error.to_string());
-                Err(error)
+                error
             }
         }
     }

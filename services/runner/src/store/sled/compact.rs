@@ -4,8 +4,10 @@
 //! expiring, the audit log pruned after export) grows by about everything ever written. So the
 //! committer — the one writer — copies every live key into a fresh sled beside the store once
 //! the file has grown past [`FACTOR`] × its size after the last compaction (or at open), and
-//! past a floor, and swaps the copy in. Batches submitted meanwhile wait in the committer's
-//! bounded queue; readers read the old database until the swap and wait for the swap itself.
+//! past a floor, and swaps the copy in. The copy is made by a thread of its own while commits go
+//! on; the committer notes the keys they write, and once the copy is made it reads those keys
+//! again into it, then swaps: batches submitted during that last part (the pause) wait in its
+//! bounded queue. Readers read the old database until the swap and wait for the swap itself.
 //!
 //! The directory dance, for the store `P` (each rename and removal is followed by an fsync of
 //! the parent directory):
@@ -28,9 +30,12 @@
 //! `P`). An open locks every directory of the dance before repairing, so it never "repairs" a
 //! compaction that another process has under way; a killed process holds no lock.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::super::{BackendError, Compacted, Error, SyncMode};
@@ -196,6 +201,23 @@ pub(super) struct Compactor {
     /// The file's size after the last compaction, or at open.
     baseline: u64,
     checked: Instant,
+    /// The copy under way.
+    copying: Option<Copying>,
+}
+
+/// A copy being made by its own thread while commits go on.
+#[derive(Debug)]
+struct Copying {
+    started: Instant,
+    before: u64,
+    /// On `P.quench-compacting`, from its creation.
+    lock: DirLock,
+    /// Returns the copy, every key of the old database as the thread read it.
+    thread: std::thread::JoinHandle<Result<::sled::Db, Error>>,
+    /// Keys the committer wrote since the copy began: read again from the old database (then
+    /// still, as the committer waits) into the copy before the swap.
+    touched: BTreeSet<Vec<u8>>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Compactor {
@@ -213,6 +235,7 @@ impl Compactor {
             floor,
             baseline: size,
             checked: Instant::now(),
+            copying: None,
         }
     }
 
@@ -228,29 +251,110 @@ impl Compactor {
             .is_ok_and(|size| size > limit)
     }
 
-    /// Copies every live key into a fresh database and swaps it in (see the module's
-    /// documentation). `log` is the committer's handle for `fdatasync`, reopened on the new file.
-    pub(super) fn compact(
-        &mut self,
-        slot: &Slot,
-        log: &mut Option<File>,
-    ) -> Result<Compacted, Failure> {
-        let started = Instant::now();
+    pub(super) fn copying(&self) -> bool {
+        self.copying.is_some()
+    }
+
+    /// Whether the copy's thread is done (and [`Compactor::finish`] will not wait for it).
+    pub(super) fn copied(&self) -> bool {
+        self.copying
+            .as_ref()
+            .is_some_and(|copying| copying.thread.is_finished())
+    }
+
+    /// Keys a commit wrote while the copy is made.
+    pub(super) fn touched(&mut self, keys: Vec<Vec<u8>>) {
+        if let Some(copying) = &mut self.copying {
+            copying.touched.extend(keys);
+        }
+    }
+
+    /// Starts the copy (step 1) on a thread of its own, into `P.quench-compacting`.
+    pub(super) fn begin(&mut self, slot: &Slot) -> Result<(), Failure> {
         let before = slot
             .with(|db| db.size_on_disk().map_err(sled_error))
             .map_err(Failure::Recovered)?;
         // A failure from here on leaves the old database in place; the next attempt waits
         // until the file has doubled again.
         self.baseline = before;
-        let lock = match self.copy(slot) {
-            Ok(lock) => lock,
+        let started = Instant::now();
+        let dance = &self.dance;
+        let fs_error = |error| dance.open_error(error);
+        let prepared = (|| {
+            if dance.compacting.try_exists().map_err(fs_error)? {
+                std::fs::remove_dir_all(&dance.compacting).map_err(fs_error)?;
+            }
+            std::fs::create_dir(&dance.compacting).map_err(fs_error)?;
+            let lock = dance
+                .lock(&dance.compacting)?
+                .ok_or_else(|| fs_error(io::ErrorKind::NotFound.into()))?;
+            let copy = open_db(&dance.compacting, self.cache_bytes)?;
+            let old = slot.with(|db| Ok(db.clone()))?;
+            Ok::<_, Error>((lock, copy, old))
+        })();
+        let (lock, copy, old) = match prepared {
+            Ok(prepared) => prepared,
             Err(error) => {
-                let _ = std::fs::remove_dir_all(&self.dance.compacting);
-                let _ = std::fs::remove_dir_all(&self.dance.compacted);
+                let _ = std::fs::remove_dir_all(&dance.compacting);
                 return Err(Failure::Recovered(error));
             }
         };
-        let copying = started.elapsed();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("quench-compactor".into())
+                .spawn(move || copy_into(&old, &copy, &stop).map(|()| copy))
+                .map_err(|error| Failure::Recovered(Error::Sync(error)))?
+        };
+        self.copying = Some(Copying {
+            started,
+            before,
+            lock,
+            thread,
+            touched: BTreeSet::new(),
+            stop,
+        });
+        Ok(())
+    }
+
+    /// Stops a copy under way and removes it (the committer is closing).
+    pub(super) fn abandon(&mut self) {
+        if let Some(copying) = self.copying.take() {
+            copying.stop.store(true, Ordering::Relaxed);
+            if let Ok(Ok(copy)) = copying.thread.join() {
+                drop(copy);
+                wait_released(&self.dance.compacting.join("db"));
+            }
+            let _ = std::fs::remove_dir_all(&self.dance.compacting);
+        }
+    }
+
+    /// Brings the finished copy up to date, makes it durable and swaps it in (see the module's
+    /// documentation); commits wait meanwhile. `log` is the committer's handle for `fdatasync`,
+    /// reopened on the new file.
+    pub(super) fn finish(
+        &mut self,
+        slot: &Slot,
+        log: &mut Option<File>,
+    ) -> Result<Compacted, Failure> {
+        let Some(copying) = self.copying.take() else {
+            return Err(Failure::Recovered(Error::Closed));
+        };
+        let copied = copying.started.elapsed();
+        let paused = Instant::now();
+        let before = copying.before;
+        let lock = copying.lock;
+        let published = copying
+            .thread
+            .join()
+            .unwrap_or_else(|_| Err(Error::Failed("the compaction's copy panicked".to_owned())))
+            .and_then(|copy| self.publish(slot, copy, copying.touched));
+        if let Err(error) = published {
+            let _ = std::fs::remove_dir_all(&self.dance.compacting);
+            let _ = std::fs::remove_dir_all(&self.dance.compacted);
+            return Err(Failure::Recovered(error));
+        }
         let mut opened = slot
             .0
             .write()
@@ -294,33 +398,40 @@ impl Compactor {
         Ok(Compacted {
             before_bytes: before,
             after_bytes: after,
-            duration: started.elapsed(),
-            copying,
+            copying: copied,
+            paused: paused.elapsed(),
         })
     }
 
-    /// Step 1: the copy, complete in `P.quench-compacted`, locked from its creation.
-    fn copy(&self, slot: &Slot) -> Result<DirLock, Error> {
+    /// The rest of step 1: the keys written meanwhile read again into the copy, which is then
+    /// flushed, closed, fsynced and renamed `P.quench-compacted`.
+    fn publish(
+        &self,
+        slot: &Slot,
+        copy: ::sled::Db,
+        touched: BTreeSet<Vec<u8>>,
+    ) -> Result<(), Error> {
         let dance = &self.dance;
-        let fs_error = |error| dance.open_error(error);
-        if dance.compacting.try_exists().map_err(fs_error)? {
-            std::fs::remove_dir_all(&dance.compacting).map_err(fs_error)?;
-        }
-        std::fs::create_dir(&dance.compacting).map_err(fs_error)?;
-        let lock = dance
-            .lock(&dance.compacting)?
-            .ok_or_else(|| fs_error(io::ErrorKind::NotFound.into()))?;
-        let copy = open_db(&dance.compacting, self.cache_bytes)?;
-        slot.with(|db| copy_into(db, &copy))?;
+        slot.with(|db| {
+            let mut batch = ::sled::Batch::default();
+            for key in touched {
+                match db.get(&key).map_err(sled_error)? {
+                    Some(value) => batch.insert(key, value),
+                    None => batch.remove(key),
+                }
+            }
+            copy.apply_batch(batch).map_err(sled_error)
+        })?;
         copy.flush().map_err(sled_error)?;
         drop(copy);
         wait_released(&dance.compacting.join("db"));
         sync_tree(&dance.compacting).map_err(Error::Sync)?;
         fail::fail_point!("store::compact_copied");
-        std::fs::rename(&dance.compacting, &dance.compacted).map_err(fs_error)?;
+        std::fs::rename(&dance.compacting, &dance.compacted)
+            .map_err(|error| dance.open_error(error))?;
         sync_dir(&dance.parent).map_err(Error::Sync)?;
         fail::fail_point!("store::compact_published");
-        Ok(lock)
+        Ok(())
     }
 
     /// Step 2 and 3's removal: the copy takes the store's name.
@@ -350,8 +461,8 @@ impl Compactor {
     }
 }
 
-/// Every tree's every key, in batches.
-fn copy_into(from: &::sled::Db, to: &::sled::Db) -> Result<(), Error> {
+/// Every tree's every key, in batches, unless `stop` is set.
+fn copy_into(from: &::sled::Db, to: &::sled::Db, stop: &AtomicBool) -> Result<(), Error> {
     for name in from.tree_names() {
         let source = from.open_tree(&name).map_err(sled_error)?;
         let target = to.open_tree(&name).map_err(sled_error)?;
@@ -362,6 +473,9 @@ fn copy_into(from: &::sled::Db, to: &::sled::Db) -> Result<(), Error> {
             bytes += key.len() + value.len();
             batch.insert(key, value);
             if bytes >= COPY_BATCH_BYTES {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
                 target
                     .apply_batch(std::mem::take(&mut batch))
                     .map_err(sled_error)?;
