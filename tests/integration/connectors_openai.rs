@@ -198,6 +198,26 @@ fn every_action() -> Vec<(&'static str, Value)> {
             "openai.usage",
             json!({"since": "2026-01-01T00:00:00Z", "group_by": ["api_key_id"]}),
         ),
+        (
+            "openai.set_key_scopes",
+            json!({"project_id": "proj_1", "key_id": "key_alice", "scopes": ["api.model.request"]}),
+        ),
+        (
+            "openai.set_key_expiry",
+            json!({"project_id": "proj_1", "key_id": "key_alice", "expires_in": "14d"}),
+        ),
+        (
+            "openai.set_model_permissions",
+            json!({"project_id": "proj_1", "mode": "allow_list", "model_ids": ["gpt-4o"]}),
+        ),
+        (
+            "openai.set_hosted_tools",
+            json!({"project_id": "proj_1", "web_search": false}),
+        ),
+        (
+            "openai.set_spend_limit",
+            json!({"project_id": "proj_1", "threshold_amount": 10_000}),
+        ),
     ]
 }
 
@@ -335,12 +355,28 @@ async fn every_action_classifies_every_kind_of_failure() {
                 "{action} {status}: {message}"
             );
         }
-        // One request per failure, plus the owner check after the 400 of a key delete.
-        let extra = usize::from(action == "openai.revoke_key");
+        // One request per failure, plus the owner check after the 400 of a key delete and the
+        // expiry check after the 400 of a key update.
+        let extra = usize::from(matches!(
+            action,
+            "openai.revoke_key" | "openai.set_key_scopes" | "openai.set_key_expiry"
+        ));
         assert_eq!(connector.requests() - before, 7 + extra, "{action}");
     }
     // Nothing was changed by any of it.
     assert!(connector.fake.key_exists("proj_1", "key_alice"));
+    assert_eq!(
+        connector.fake.model_permissions("proj_1"),
+        Some(json!({"object": "project.model_permissions", "mode": "deny_list", "model_ids": []}))
+    );
+    assert_eq!(
+        connector
+            .fake
+            .hosted_tool_permissions("proj_1")
+            .expect("seeded")["web_search"],
+        json!({"enabled": true})
+    );
+    assert_eq!(connector.fake.spend_limit("proj_1"), None);
     assert!(connector.fake.admin_key_exists("key_admin_fake"));
     assert_eq!(
         connector.fake.project("proj_2").expect("seeded")["status"],
@@ -1211,4 +1247,680 @@ async fn a_cursor_that_repeats_stops_every_list_quickly() {
         );
         assert_eq!(connector.requests() - before, 2, "{action}: stops at once");
     }
+}
+
+// ---- narrowing: a key's scopes and expiry, a project's models, tools and spend ----
+
+/// The one request sent to `method path`, checked to be the only one there.
+fn sent(connector: &Connector, method: &str, path: &str) -> Value {
+    let calls = connector.fake.calls_to(method, path);
+    assert_eq!(calls.len(), 1, "{method} {path}: {calls:?}");
+    calls[0].body.clone().unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn set_key_scopes_replaces_them_and_never_widens_unasked() {
+    let connector = seeded().await;
+    connector.fake.set_audit_mutations(true);
+    let path = "/v1/organization/projects/proj_1/api_keys/key_alice";
+    let done = connector
+        .ok(
+            "openai.set_key_scopes",
+            json!({"project_id": "proj_1", "key_id": "key_alice", "scopes": ["api.model.request", "api.files.read"]}),
+        )
+        .await;
+    assert_eq!(
+        done,
+        Success::new(json!({
+            "id": "key_alice",
+            "project_id": "proj_1",
+            "scopes": ["api.model.request", "api.files.read"],
+            "expires_at": null,
+            "owner_project_access": "active",
+        }))
+    );
+    // The update endpoint of the reference: POST, `scopes` an array of strings, nothing else.
+    assert_eq!(
+        sent(&connector, "POST", path),
+        json!({"scopes": ["api.model.request", "api.files.read"]})
+    );
+    assert_eq!(
+        connector.fake.key_scopes("proj_1", "key_alice"),
+        Some(vec![
+            "api.model.request".to_owned(),
+            "api.files.read".to_owned()
+        ])
+    );
+    let audit = connector.fake.audit_events();
+    let updated = audit.last().expect("an audit event");
+    assert_eq!(updated["type"], "api_key.updated");
+    assert_eq!(
+        updated["api_key.updated"]["changes_requested"]["scopes"],
+        json!(["api.model.request", "api.files.read"])
+    );
+
+    // `[]` is every permission: refused before anything is sent, live and in a dry run.
+    let everything = json!({"project_id": "proj_1", "key_id": "key_alice", "scopes": []});
+    let message = connector
+        .permanent("openai.set_key_scopes", everything.clone())
+        .await;
+    assert!(
+        message.contains("removes every restriction") && message.contains("allow_widen: true"),
+        "{message}"
+    );
+    let refused = connector.describe("openai.set_key_scopes", everything.clone());
+    assert!(
+        matches!(&refused, Err(ActionError::Permanent { message }) if message.contains("allow_widen")),
+        "{refused:?}"
+    );
+    assert_eq!(connector.fake.calls_to("POST", path).len(), 1);
+    let mut allowed = everything;
+    allowed["allow_widen"] = json!(true);
+    connector.ok("openai.set_key_scopes", allowed).await;
+    assert_eq!(
+        connector.fake.calls_to("POST", path)[1].body,
+        Some(json!({"scopes": []}))
+    );
+    assert_eq!(
+        connector.fake.key_scopes("proj_1", "key_alice"),
+        Some(Vec::new()),
+        "the API reads `[]` as no restrictions"
+    );
+
+    // Identifiers of the documented shape only, each once; no list of them is invented.
+    let before = connector.requests();
+    for (scopes, wanted) in [
+        (json!(["models:read"]), "is not a scope identifier"),
+        (json!(["api"]), "is not a scope identifier"),
+        (json!(["API.Model.Request"]), "is not a scope identifier"),
+        (json!(["api..read"]), "is not a scope identifier"),
+        (json!([""]), "is not a scope identifier"),
+        (
+            json!(["api.model.request", "api.model.request"]),
+            "listed twice",
+        ),
+        (json!("api.model.request"), "invalid input"),
+    ] {
+        let message = connector
+            .permanent(
+                "openai.set_key_scopes",
+                json!({"project_id": "proj_1", "key_id": "key_alice", "scopes": scopes}),
+            )
+            .await;
+        assert!(message.contains(wanted), "{scopes}: {message}");
+    }
+    assert_eq!(connector.requests(), before, "bad scopes are never sent");
+    connector
+        .ok(
+            "openai.set_key_scopes",
+            json!({"project_id": "proj_1", "key_id": "key_alice", "scopes": ["api.all.read", "api.organization.projects.api_keys.read", "api.fine_tuning.jobs-v2.write"]}),
+        )
+        .await;
+
+    // A service account's key is updated the same way.
+    connector
+        .ok(
+            "openai.set_key_scopes",
+            json!({"project_id": "proj_1", "key_id": "key_ci", "scopes": ["api.responses.write"]}),
+        )
+        .await;
+    assert_eq!(
+        connector.fake.key_scopes("proj_1", "key_ci"),
+        Some(vec!["api.responses.write".to_owned()])
+    );
+}
+
+#[tokio::test]
+async fn set_key_expiry_sends_whole_seconds_up_to_a_year() {
+    let connector = seeded().await;
+    let path = "/v1/organization/projects/proj_1/api_keys/key_alice";
+    let done = connector
+        .ok(
+            "openai.set_key_expiry",
+            json!({"project_id": "proj_1", "key_id": "key_alice", "expires_in": "14d"}),
+        )
+        .await;
+    assert_eq!(
+        done,
+        Success::new(json!({
+            "id": "key_alice",
+            "project_id": "proj_1",
+            "expires_at": "2026-01-19T00:00:00Z",
+            "owner_project_access": "active",
+        }))
+    );
+    let body = sent(&connector, "POST", path);
+    assert_eq!(body, json!({"expires_in_seconds": 1_209_600}));
+    assert!(
+        body["expires_in_seconds"].is_u64(),
+        "an integer, not a string"
+    );
+    assert_eq!(
+        connector.fake.key("proj_1", "key_alice").expect("kept")["expires_at"],
+        NOW + 1_209_600
+    );
+    connector
+        .ok(
+            "openai.set_key_expiry",
+            json!({"project_id": "proj_1", "key_id": "key_alice", "expires_in": "365d"}),
+        )
+        .await;
+    assert_eq!(
+        connector.fake.calls_to("POST", path)[1].body,
+        Some(json!({"expires_in_seconds": 31_536_000}))
+    );
+
+    let before = connector.requests();
+    for (expires_in, wanted) in [
+        ("366d", "longer than 365 days"),
+        ("1y", "write `365d`"),
+        ("1500ms", "whole number of seconds"),
+        ("0s", "zero"),
+        ("later", "not a duration"),
+    ] {
+        let input =
+            json!({"project_id": "proj_1", "key_id": "key_alice", "expires_in": expires_in});
+        let message = connector
+            .permanent("openai.set_key_expiry", input.clone())
+            .await;
+        assert!(
+            message.contains("`expires_in`") && message.contains(wanted),
+            "{expires_in}: {message}"
+        );
+        assert_eq!(
+            connector.describe("openai.set_key_expiry", input),
+            Err(ActionError::Permanent { message }),
+            "a dry run refuses it the same way"
+        );
+    }
+    assert_eq!(connector.requests(), before, "a bad expiry is never sent");
+}
+
+#[tokio::test]
+async fn an_expired_key_is_a_distinct_permanent_error() {
+    let connector = seeded().await;
+    // Expired an hour before the fake's clock, and long before the connector's.
+    connector.fake.seed_key(
+        "proj_1",
+        "user_alice",
+        KeySeed::new("key_old").expires_at(NOW - 3600),
+    );
+    let expired = |message: &str| {
+        assert!(
+            message.starts_with("key_expired: API key key_old in project proj_1 has expired"),
+            "{message}"
+        );
+        assert!(
+            message.contains("(400)"),
+            "OpenAI's answer is kept: {message}"
+        );
+    };
+    for (action, input) in [
+        (
+            "openai.set_key_expiry",
+            json!({"project_id": "proj_1", "key_id": "key_old", "expires_in": "30d"}),
+        ),
+        (
+            "openai.set_key_scopes",
+            json!({"project_id": "proj_1", "key_id": "key_old", "scopes": ["api.model.request"]}),
+        ),
+    ] {
+        let before = connector.requests();
+        expired(&connector.permanent(action, input).await);
+        // The update, then the key read to see its expiry.
+        assert_eq!(connector.requests() - before, 2, "{action}");
+    }
+    assert_eq!(
+        connector.fake.key("proj_1", "key_old").expect("kept")["expires_at"],
+        NOW - 3600,
+        "nothing changed"
+    );
+    assert_eq!(
+        connector.fake.key_scopes("proj_1", "key_old"),
+        Some(Vec::new())
+    );
+
+    // Recognised from the key too, when OpenAI's message does not say so; not for a key that
+    // has not expired.
+    for (key_id, expired_then) in [("key_old", true), ("key_alice", false)] {
+        connector.fake.fail_next(
+            1,
+            Fault::Status(400, "This key cannot be modified.".to_owned()),
+        );
+        let message = connector
+            .permanent(
+                "openai.set_key_expiry",
+                json!({"project_id": "proj_1", "key_id": key_id, "expires_in": "30d"}),
+            )
+            .await;
+        assert!(
+            message.contains("(400): This key cannot be modified."),
+            "{message}"
+        );
+        if expired_then {
+            expired(&message);
+            assert!(message.contains("(at 2026-01-04T23:00:00Z)"), "{message}");
+        } else {
+            assert!(!message.contains("key_expired"), "{message}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn set_model_permissions_reads_first_and_only_narrows() {
+    let connector = seeded().await;
+    let path = "/v1/organization/projects/proj_1/model_permissions";
+    let set = |mode: &str, models: &[&str]| json!({"project_id": "proj_1", "mode": mode, "model_ids": models});
+    // Every model allowed (a deny list of none) → only two.
+    let done = connector
+        .ok(
+            "openai.set_model_permissions",
+            set("allow_list", &["gpt-4.1", "o3"]),
+        )
+        .await;
+    assert_eq!(
+        done,
+        Success::new(json!({
+            "project_id": "proj_1",
+            "mode": "allow_list",
+            "model_ids": ["gpt-4.1", "o3"],
+            "previous": {"mode": "deny_list", "model_ids": []},
+        }))
+    );
+    assert_eq!(connector.fake.calls_to("GET", path).len(), 1);
+    assert_eq!(
+        sent(&connector, "POST", path),
+        json!({"mode": "allow_list", "model_ids": ["gpt-4.1", "o3"]})
+    );
+    // The same policy again, in another order: nothing sent.
+    let again = connector
+        .ok(
+            "openai.set_model_permissions",
+            set("allow_list", &["o3", "gpt-4.1"]),
+        )
+        .await;
+    assert!(again.already_done);
+    assert_eq!(connector.fake.calls_to("POST", path).len(), 1);
+
+    // Widening in each way is refused, naming what it would allow, and nothing is sent.
+    for (input, wanted) in [
+        (
+            set("allow_list", &["gpt-4.1", "gpt-4o"]),
+            "allows `gpt-4o`, which the current allow list does not",
+        ),
+        (
+            set("deny_list", &["o3"]),
+            "a deny list allows every model it does not name",
+        ),
+    ] {
+        let message = connector
+            .permanent("openai.set_model_permissions", input)
+            .await;
+        assert!(
+            message.contains(wanted) && message.contains("allow_widen: true"),
+            "{message}"
+        );
+    }
+    assert_eq!(connector.fake.calls_to("POST", path).len(), 1);
+    // Narrower: fine.
+    connector
+        .ok("openai.set_model_permissions", set("allow_list", &["o3"]))
+        .await;
+    assert_eq!(
+        connector.fake.model_permissions("proj_1").expect("seeded")["model_ids"],
+        json!(["o3"])
+    );
+
+    // Deny lists: denying more narrows, denying less widens.
+    connector
+        .fake
+        .seed_model_permissions("proj_2", "deny_list", &["o1"]);
+    let deny =
+        |models: &[&str]| json!({"project_id": "proj_2", "mode": "deny_list", "model_ids": models});
+    connector
+        .ok("openai.set_model_permissions", deny(&["o1", "o3"]))
+        .await;
+    let message = connector
+        .permanent("openai.set_model_permissions", deny(&["o3"]))
+        .await;
+    assert!(
+        message.contains("allows `o1`, which the current deny list blocks"),
+        "{message}"
+    );
+    let message = connector
+        .permanent(
+            "openai.set_model_permissions",
+            json!({"project_id": "proj_2", "mode": "allow_list", "model_ids": ["o3", "gpt-4o"]}),
+        )
+        .await;
+    assert!(message.contains("allows `o3`"), "{message}");
+    let mut widen = deny(&[]);
+    widen["allow_widen"] = json!(true);
+    connector.ok("openai.set_model_permissions", widen).await;
+    assert_eq!(
+        connector.fake.model_permissions("proj_2"),
+        Some(json!({"object": "project.model_permissions", "mode": "deny_list", "model_ids": []}))
+    );
+}
+
+#[tokio::test]
+async fn set_hosted_tools_turns_off_only_what_changes() {
+    let connector = seeded().await;
+    let path = "/v1/organization/projects/proj_1/hosted_tool_permissions";
+    let done = connector
+        .ok(
+            "openai.set_hosted_tools",
+            json!({"project_id": "proj_1", "web_search": false, "mcp": false}),
+        )
+        .await;
+    let all_on = json!({"file_search": true, "web_search": true, "image_generation": true, "mcp": true, "code_interpreter": true});
+    assert_eq!(
+        done,
+        Success::new(json!({
+            "project_id": "proj_1",
+            "tools": {"file_search": true, "web_search": false, "image_generation": true, "mcp": false, "code_interpreter": true},
+            "previous": all_on,
+        }))
+    );
+    // The spec's update body: one `{enabled}` object per tool that changes.
+    assert_eq!(
+        sent(&connector, "POST", path),
+        json!({"web_search": {"enabled": false}, "mcp": {"enabled": false}})
+    );
+    // `mcp` is off already: only `code_interpreter` is sent; then nothing at all.
+    connector
+        .ok(
+            "openai.set_hosted_tools",
+            json!({"project_id": "proj_1", "mcp": false, "code_interpreter": false}),
+        )
+        .await;
+    assert_eq!(
+        connector.fake.calls_to("POST", path)[1].body,
+        Some(json!({"code_interpreter": {"enabled": false}}))
+    );
+    let again = connector
+        .ok(
+            "openai.set_hosted_tools",
+            json!({"project_id": "proj_1", "mcp": false, "file_search": true}),
+        )
+        .await;
+    assert!(again.already_done);
+    assert_eq!(connector.fake.calls_to("POST", path).len(), 2);
+
+    // Turning a tool on widens.
+    let on = json!({"project_id": "proj_1", "web_search": true, "file_search": false});
+    let message = connector
+        .permanent("openai.set_hosted_tools", on.clone())
+        .await;
+    assert!(
+        message.contains("it turns on `web_search` in project proj_1"),
+        "{message}"
+    );
+    assert_eq!(connector.fake.calls_to("POST", path).len(), 2);
+    let mut allowed = on;
+    allowed["allow_widen"] = json!(true);
+    connector.ok("openai.set_hosted_tools", allowed).await;
+    assert_eq!(
+        connector
+            .fake
+            .hosted_tool_permissions("proj_1")
+            .expect("seeded"),
+        json!({
+            "file_search": {"enabled": false},
+            "web_search": {"enabled": true},
+            "image_generation": {"enabled": true},
+            "mcp": {"enabled": false},
+            "code_interpreter": {"enabled": false},
+        })
+    );
+
+    let before = connector.requests();
+    let message = connector
+        .permanent("openai.set_hosted_tools", json!({"project_id": "proj_1"}))
+        .await;
+    assert!(
+        message.contains("needs at least one of file_search"),
+        "{message}"
+    );
+    assert_eq!(connector.requests(), before);
+}
+
+#[tokio::test]
+async fn set_spend_limit_sets_or_lowers_in_cents() {
+    let connector = seeded().await;
+    let path = "/v1/organization/projects/proj_1/spend_limit";
+    let limit = |cents: u64| json!({"project_id": "proj_1", "threshold_amount": cents});
+    let done = connector.ok("openai.set_spend_limit", limit(10_000)).await;
+    assert_eq!(
+        done,
+        Success::new(json!({
+            "project_id": "proj_1",
+            "threshold_amount": 10_000,
+            "currency": "USD",
+            "interval": "month",
+            "enforcement": "enforcing",
+            "previous": null,
+        }))
+    );
+    // The spec's `UpdateProjectSpendLimitBody`: all three fields, the amount an integer.
+    assert_eq!(
+        sent(&connector, "POST", path),
+        json!({"threshold_amount": 10_000, "currency": "USD", "interval": "month"})
+    );
+    let again = connector.ok("openai.set_spend_limit", limit(10_000)).await;
+    assert!(again.already_done);
+    assert_eq!(again.output["previous"], 10_000);
+    let lower = connector.ok("openai.set_spend_limit", limit(2_500)).await;
+    assert_eq!(lower.output["previous"], 10_000);
+    assert_eq!(lower.output["threshold_amount"], 2_500);
+    assert_eq!(connector.fake.calls_to("POST", path).len(), 2);
+
+    let message = connector
+        .permanent("openai.set_spend_limit", limit(50_000))
+        .await;
+    assert!(
+        message.contains("raises the hard spend limit of project proj_1 from 2500 to 50000"),
+        "{message}"
+    );
+    assert_eq!(connector.fake.calls_to("POST", path).len(), 2);
+    let mut allowed = limit(50_000);
+    allowed["allow_widen"] = json!(true);
+    connector.ok("openai.set_spend_limit", allowed).await;
+    assert_eq!(
+        connector.fake.spend_limit("proj_1").expect("set")["threshold_amount"],
+        50_000
+    );
+
+    // No limit and no project are told apart.
+    let message = connector
+        .permanent(
+            "openai.set_spend_limit",
+            json!({"project_id": "proj_nope", "threshold_amount": 100}),
+        )
+        .await;
+    assert!(
+        message.contains(
+            "OpenAI has no project proj_nope (404 on GET /v1/organization/projects/proj_nope)"
+        ),
+        "{message}"
+    );
+    for bad in [json!(0), json!(-5), json!("100")] {
+        let message = connector
+            .permanent(
+                "openai.set_spend_limit",
+                json!({"project_id": "proj_1", "threshold_amount": bad}),
+            )
+            .await;
+        assert!(message.contains("threshold_amount"), "{bad}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn dry_run_describes_the_narrowing_requests() {
+    let connector = seeded().await;
+    let checks = |path: &str, what: &str| {
+        format!(
+            "GET {path} first: {what} already in place is already_done, and a change that \
+             allows more is refused without allow_widen"
+        )
+    };
+    let projects = "/v1/organization/projects/proj_1";
+    for (action, input, expected) in [
+        (
+            "openai.set_key_scopes",
+            json!({"project_id": "proj_1", "key_id": "key_alice", "scopes": ["api.model.request"]}),
+            json!({"method": "POST", "path": format!("{projects}/api_keys/key_alice"), "body": {"scopes": ["api.model.request"]}}),
+        ),
+        (
+            "openai.set_key_scopes",
+            json!({"project_id": "proj_1", "key_id": "key_alice", "scopes": [], "allow_widen": true}),
+            json!({"method": "POST", "path": format!("{projects}/api_keys/key_alice"), "body": {"scopes": []}}),
+        ),
+        (
+            "openai.set_key_expiry",
+            json!({"project_id": "proj_1", "key_id": "key_alice", "expires_in": "1h 30m"}),
+            json!({"method": "POST", "path": format!("{projects}/api_keys/key_alice"), "body": {"expires_in_seconds": 5400}}),
+        ),
+        (
+            "openai.set_model_permissions",
+            json!({"project_id": "proj_1", "mode": "deny_list", "model_ids": ["o3"]}),
+            json!({
+                "method": "POST",
+                "path": format!("{projects}/model_permissions"),
+                "body": {"mode": "deny_list", "model_ids": ["o3"]},
+                "checks": checks(&format!("{projects}/model_permissions"), "the same policy"),
+            }),
+        ),
+        (
+            "openai.set_hosted_tools",
+            json!({"project_id": "proj_1", "image_generation": false, "mcp": true}),
+            json!({
+                "method": "POST",
+                "path": format!("{projects}/hosted_tool_permissions"),
+                "body": {"image_generation": {"enabled": false}, "mcp": {"enabled": true}},
+                "checks": checks(&format!("{projects}/hosted_tool_permissions"), "a tool already so"),
+            }),
+        ),
+        (
+            "openai.set_spend_limit",
+            json!({"project_id": "proj_1", "threshold_amount": 10_000}),
+            json!({
+                "method": "POST",
+                "path": format!("{projects}/spend_limit"),
+                "body": {"threshold_amount": 10_000, "currency": "USD", "interval": "month"},
+                "checks": checks(&format!("{projects}/spend_limit"), "the same limit"),
+            }),
+        ),
+    ] {
+        assert_eq!(connector.describe(action, input), Ok(expected), "{action}");
+    }
+    for (action, input, wanted) in [
+        (
+            "openai.set_key_scopes",
+            json!({"project_id": "proj_1", "key_id": "sk-proj-abcdefghijklmnopqrstuvwxyz0123", "scopes": ["api.model.request"]}),
+            "`key_id` looks like a secret key",
+        ),
+        (
+            "openai.set_hosted_tools",
+            json!({"project_id": "proj_1"}),
+            "needs at least one of",
+        ),
+        (
+            "openai.set_spend_limit",
+            json!({"project_id": "proj_1", "threshold_amount": 0}),
+            "at least 1",
+        ),
+        (
+            "openai.set_model_permissions",
+            json!({"project_id": "proj_1", "mode": "block_list", "model_ids": []}),
+            "unknown variant `block_list`",
+        ),
+    ] {
+        let refused = connector.describe(action, input);
+        assert!(
+            matches!(&refused, Err(ActionError::Permanent { message }) if message.contains(wanted)),
+            "{action}: {refused:?}"
+        );
+    }
+    assert_eq!(connector.requests(), 0, "describing sends nothing");
+}
+
+/// A playbook branches on `key_expired`: the engine runs the real connector against the fake.
+#[tokio::test]
+async fn a_playbook_branches_on_an_expired_key() {
+    use quench_runner::engine::StepStatus;
+
+    let connector = seeded().await;
+    connector.fake.seed_key(
+        "proj_1",
+        "user_alice",
+        KeySeed::new("key_old").expires_at(NOW - 60),
+    );
+    let playbook = r#"
+schema: quench.playbook/v1
+name: time-box
+mode: live
+on:
+  finding:
+    kinds: [test.narrow]
+steps:
+  - id: expire
+    uses: openai.set_key_expiry
+    with:
+      project_id: "{{ finding.resource.project_id }}"
+      key_id: "{{ finding.resource.id }}"
+      expires_in: 14d
+    continue_on_error: true
+  - id: gone
+    if: steps.expire.status == "failed" and steps.expire.error is startingwith("key_expired")
+    uses: note
+    with:
+      message: "{{ finding.resource.id }} had already expired"
+  - id: boxed
+    if: steps.expire.status == "succeeded"
+    uses: note
+    with:
+      message: "{{ finding.resource.id }} expires at {{ steps.expire.output.expires_at }}"
+"#;
+    let client = connector.client.clone();
+    let harness = crate::support::Harness::build(
+        quench_runner::store::Store::temporary().expect("store"),
+        &[playbook],
+        crate::support::start_time(),
+        Default::default(),
+        move |actions| openai::register(actions, client),
+        None,
+    )
+    .await;
+    let status = |run: &quench_runner::engine::Run, step: &str| run.steps[step].status;
+    for (id, key_id, expired) in [("f1", "key_old", true), ("f2", "key_alice", false)] {
+        let outcomes = harness
+            .ingest(&[crate::support::finding(id, "test.narrow", key_id)])
+            .await;
+        let run = harness.run(&crate::support::started(&outcomes[0]));
+        if expired {
+            assert_eq!(status(&run, "expire"), StepStatus::Failed);
+            assert!(
+                run.steps["expire"]
+                    .error
+                    .as_deref()
+                    .is_some_and(|error| error.starts_with("key_expired: ")),
+                "{:?}",
+                run.steps["expire"].error
+            );
+            assert_eq!(status(&run, "gone"), StepStatus::Succeeded);
+            assert_eq!(status(&run, "boxed"), StepStatus::Skipped);
+        } else {
+            assert_eq!(status(&run, "expire"), StepStatus::Succeeded);
+            assert_eq!(status(&run, "gone"), StepStatus::Skipped);
+            assert_eq!(
+                run.steps["boxed"].output["message"],
+                "key_alice expires at 2026-01-19T00:00:00Z"
+            );
+        }
+    }
+    assert_eq!(
+        connector.fake.key("proj_1", "key_old").expect("kept")["expires_at"],
+        NOW - 60
+    );
 }

@@ -28,8 +28,8 @@ use serde_json::{Value, json};
 
 use crate::support::gateway_client::{
     Button, FINDINGS_SECRET, RUNNER_PASSWORD, SCANNER_PASSWORD, SIGNING_SECRET, answer, buttons,
-    click_payload, connect_as, deployed_gateway, deployed_nats, findings_request, form, now,
-    slack_request,
+    click_payload, connect_as, deployed_gateway, deployed_nats, deployed_runner, findings_request,
+    form, now, publish_finding, slack_request,
 };
 use crate::support::openai_fake::{Fault, KeySeed, OpenAiFake, Role};
 use crate::support::slack_fake::{SlackFake, SlackMessage};
@@ -163,22 +163,9 @@ impl World {
         openai.seed_key(PROJECT, "user_alice", KeySeed::new(KEY_ID).name(KEY_NAME));
 
         let dir = tempfile::tempdir().expect("temp dir");
-        let playbooks = dir.path().join("playbooks");
-        std::fs::create_dir(&playbooks).expect("playbook dir");
-        std::fs::write(playbooks.join("revoke-leaked-openai-key.yaml"), playbook)
-            .expect("write the playbook");
         // Live: an admin key is configured, so the revoke reaches the OpenAI fake.
-        let runner_config = format!(
+        let extra = format!(
             r#"
-[nats]
-user = "quench-runner"
-password = "{RUNNER_PASSWORD}"
-inbox_prefix = "_INBOX.runner"
-
-[slack]
-api_url = "{slack_api}"
-bot_token = "{bot_token}"
-
 [openai]
 base_url = "{openai_url}"
 admin_key = "{admin_key}"
@@ -186,13 +173,17 @@ admin_key = "{admin_key}"
 [groups]
 secops = ["{SECOPS_EMAIL}"]
 "#,
-            slack_api = slack.api_url(),
-            bot_token = slack.bot_token(),
             openai_url = openai.base_url(),
             admin_key = openai.admin_key(),
         );
-        let runner =
-            Service::start_with_config(&nats.url(), &playbooks, dir.path(), Some(&runner_config));
+        let runner = deployed_runner(
+            &nats,
+            &slack,
+            &[("revoke-leaked-openai-key.yaml", playbook)],
+            &extra,
+            &[],
+            dir.path(),
+        );
 
         let gateway_dir = dir.path().join("gateway");
         std::fs::create_dir(&gateway_dir).expect("gateway dir");
@@ -241,21 +232,7 @@ secops = ["{SECOPS_EMAIL}"]
 
     /// A scanner reports a finding straight on NATS (JetStream, `Nats-Msg-Id` = its id).
     async fn publish(&self, finding: &Value) {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", finding["id"].as_str().expect("id"));
-        self.scanner_js
-            .publish_with_headers(
-                format!(
-                    "quench.findings.{}",
-                    finding["kind"].as_str().expect("kind")
-                ),
-                headers,
-                finding.to_string().into(),
-            )
-            .await
-            .expect("published")
-            .await
-            .expect("the stream acknowledges it");
+        publish_finding(&self.scanner_js, finding).await;
     }
 
     /// A scanner reports a finding through the gateway's signed webhook.

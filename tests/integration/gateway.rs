@@ -17,12 +17,12 @@ use serde_json::{Value, json};
 
 use crate::support::gateway_client::{
     self, Button, FINDINGS_SECRET, GATEWAY_PASSWORD, RUNNER_PASSWORD, SCANNER_PASSWORD,
-    SIGNING_SECRET, answer, buttons, connect_as, deployed_gateway, deployed_nats, findings_request,
-    form, http, now, post, slack_request,
+    SIGNING_SECRET, answer, buttons, connect_as, deployed_gateway, deployed_nats, deployed_runner,
+    findings_request, form, http, now, post, slack_request,
 };
 use crate::support::slack_fake::SlackFake;
 use crate::support::{
-    GatewayProcess, NatsServer, Service, eventually, gateway_bin, http_get, http_status, metric,
+    GatewayProcess, NatsServer, eventually, gateway_bin, http_get, http_status, metric,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -1500,25 +1500,14 @@ async fn a_signed_click_resumes_the_waiting_run_and_an_outsiders_does_not() {
     slack.add_user("alice@example.com", "U0ALICE");
     slack.add_user("bob@example.com", "U0BOB");
     let dir = tempfile::tempdir().expect("temp dir");
-    let playbooks = dir.path().join("playbooks");
-    std::fs::create_dir(&playbooks).expect("playbook dir");
-    std::fs::write(playbooks.join("gate.yaml"), GATE_PLAYBOOK).expect("playbook");
-    let runner_config = format!(
-        r#"
-[nats]
-user = "quench-runner"
-password = "{RUNNER_PASSWORD}"
-inbox_prefix = "_INBOX.runner"
-
-[slack]
-api_url = "{api}"
-bot_token = "{token}"
-"#,
-        api = slack.api_url(),
-        token = slack.bot_token(),
+    let mut service = deployed_runner(
+        &nats,
+        &slack,
+        &[("gate.yaml", GATE_PLAYBOOK)],
+        "",
+        &[],
+        dir.path(),
     );
-    let mut service =
-        Service::start_with_config(&nats.url(), &playbooks, dir.path(), Some(&runner_config));
     let gateway_dir = dir.path().join("gateway");
     std::fs::create_dir(&gateway_dir).expect("gateway dir");
     let gateway = deployed_gateway(&nats, &slack, &gateway_dir);

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quench_runner::engine::{
-    Action, ActionFuture, Actions, Call, Engine, EngineConfig, RunStatus, Success, SystemClock,
+    Action, ActionFuture, Actions, Call, Defer, Delivery, Engine, EngineConfig, Gate, GateMessage,
+    NoticeFuture, NoticeKind, NoticeRequest, Notifier, RunStatus, Success, SystemClock,
 };
 use quench_runner::store::Store;
 use serde_json::json;
@@ -153,6 +154,164 @@ steps:
             "the timer did not fire within 10 s (status {status:?}): the loop was not woken"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    timers.await.expect("timer loop ends");
+}
+
+/// Records what happened, in order: calls of the action and notices delivered.
+#[derive(Debug, Default)]
+struct Order {
+    seen: std::sync::Mutex<Vec<String>>,
+}
+
+impl Order {
+    fn push(&self, what: String) {
+        self.seen.lock().expect("lock").push(what);
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+#[derive(Debug)]
+struct Recorded(Arc<Order>);
+
+impl Action for Recorded {
+    fn call<'a>(&'a self, call: &'a Call) -> ActionFuture<'a> {
+        Box::pin(async move {
+            self.0.push(format!("call {}", call.run_id));
+            Ok(Success::new(json!({"ok": true})))
+        })
+    }
+}
+
+impl Notifier for Recorded {
+    fn deliver<'a>(&'a self, request: &'a NoticeRequest) -> NoticeFuture<'a> {
+        Box::pin(async move {
+            self.0
+                .push(format!("{} {}", request.kind.as_str(), request.gate.run_id));
+            let posted = match request.kind {
+                NoticeKind::Closed => Vec::new(),
+                _ => vec![GateMessage {
+                    to: "alice@example.com".to_owned(),
+                    channel: "D1".to_owned(),
+                    ts: "1.0".to_owned(),
+                }],
+            };
+            Delivery {
+                updated: usize::from(request.kind == NoticeKind::Closed),
+                posted,
+                aliases: Vec::new(),
+                failed: Vec::new(),
+            }
+        })
+    }
+}
+
+// Several threads, as in the service: the timer loop runs on another thread than the decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decided_run_takes_its_next_step_before_the_gate_closing_notice() {
+    let source = r#"schema: quench.playbook/v1
+name: decided
+on:
+  finding:
+    kinds: [test.decided]
+steps:
+  - id: decide
+    uses: approval
+    with:
+      approvers: [alice@example.com]
+      question: Go?
+      choices: [go, stop]
+      timeout: 1h
+      on_timeout: stop
+  - id: call
+    uses: http.request
+    with:
+      method: POST
+      url: https://hooks.example.com/quench
+"#;
+    let order = Arc::new(Order::default());
+    let mut actions = Actions::new();
+    actions.insert("http.request", Arc::new(Recorded(order.clone())));
+    let engine = Engine::new(
+        Store::temporary().expect("store"),
+        Arc::new(SystemClock),
+        actions,
+        EngineConfig::default(),
+    )
+    .with_notifier(Arc::new(Recorded(order.clone())));
+    let compiled = quench_runner::playbook::compile(source)
+        .playbook
+        .expect("compiles");
+    engine
+        .load_playbooks(vec![compiled], "test")
+        .await
+        .expect("load");
+    let stop = CancellationToken::new();
+    let timers = tokio::spawn({
+        let (engine, stop) = (engine.clone(), stop.clone());
+        async move { engine.run_timers(stop).await }
+    });
+    // The closing notice is queued, due at once, by the very commit that wakes the run; the
+    // timer loop is awake. Each time, the run's call comes first.
+    for n in 0..20 {
+        let outcome = engine
+            .ingest(&[finding(&format!("d{n}"), "test.decided", &format!("k{n}"))])
+            .await
+            .expect("ingest");
+        let run = started(&outcome[0]);
+        let asked = format!("open {run}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !order.seen().contains(&asked)
+            || engine
+                .store()
+                .gate::<Gate>(&run, "decide")
+                .expect("gate")
+                .is_none_or(|gate| gate.messages.is_empty())
+        {
+            assert!(tokio::time::Instant::now() < deadline, "never asked");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let gate: Gate = engine
+            .store()
+            .gate(&run, "decide")
+            .expect("gate")
+            .expect("gate");
+        let decision = quench_proto::Decision {
+            schema: quench_proto::DecisionSchema::V1,
+            id: format!("answer-{n}"),
+            run_id: run.clone(),
+            gate: "decide".to_owned(),
+            token: gate.token,
+            choice: "go".to_owned(),
+            comment: None,
+            actor: quench_proto::Actor {
+                via: quench_proto::Via::Api,
+                id: "alice@example.com".to_owned(),
+                name: None,
+            },
+            decided_at: chrono::Utc::now(),
+        };
+        engine
+            .decide(&decision, Defer::Never)
+            .await
+            .expect("decide");
+        let closed = format!("closed {run}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !order.seen().contains(&closed) {
+            assert!(tokio::time::Instant::now() < deadline, "never closed");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let seen = order.seen();
+        let call = seen.iter().position(|what| *what == format!("call {run}"));
+        let closing = seen.iter().position(|what| *what == closed);
+        assert!(
+            call.is_some() && call < closing,
+            "round {n}: the run's call must come before the closing notice: {seen:?}"
+        );
     }
     stop.cancel();
     timers.await.expect("timer loop ends");

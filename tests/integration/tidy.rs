@@ -298,3 +298,44 @@ fn no_new_import_cycle_between_top_level_modules() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// The store's seam holds: only `store/sled/` names sled's API, and the admin API reads through
+/// named queries, never key encodings or raw scans.
+#[test]
+fn sled_stays_behind_the_store_seam_and_the_api_uses_queries() {
+    let root = crate::support::root();
+    let runner = root.join("services/runner/src");
+    let mut files = Vec::new();
+    rust_files(&runner, &mut files);
+    let mut problems = Vec::new();
+    for file in files {
+        let relative = file
+            .strip_prefix(&runner)
+            .unwrap_or(&file)
+            .display()
+            .to_string();
+        let text = std::fs::read_to_string(&file).expect("readable");
+        let code: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("//"))
+            .collect();
+        // (`sled::Sled` is the store's own backend module, which `store/mod.rs` opens.)
+        let names_sled = |line: &&str| {
+            line.replace(concat!("sled", "::Sled"), "")
+                .contains(concat!("sled", "::"))
+        };
+        if !relative.starts_with("store/sled/") && code.iter().any(names_sled) {
+            problems.push(format!("{relative}: names sled's API outside store/sled/"));
+        }
+        if relative.starts_with("service/api/") {
+            for pattern in [concat!("Key", "::"), concat!("scan_", "prefix"), "raw_tree"] {
+                if code.iter().any(|line| line.contains(pattern)) {
+                    problems.push(format!(
+                        "{relative}: uses `{pattern}`; the API reads through named store or engine queries"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use super::state::{State, redact};
 use super::{Call, Fault, Role, Shared};
 
+mod controls;
 mod organization;
 mod projects;
 
@@ -150,7 +151,9 @@ pub(super) fn router(shared: SharedState) -> Router {
         )
         .route(
             &format!("{projects}/{{project_id}}/api_keys/{{key_id}}"),
-            get(projects::get_key).delete(projects::delete_key),
+            get(projects::get_key)
+                .post(projects::update_key)
+                .delete(projects::delete_key),
         )
         .route(
             &format!("{projects}/{{project_id}}/service_accounts"),
@@ -185,6 +188,22 @@ pub(super) fn router(shared: SharedState) -> Router {
             post(projects::update_rate_limit),
         )
         .route(
+            &format!("{projects}/{{project_id}}/model_permissions"),
+            get(controls::get_model_permissions)
+                .post(controls::update_model_permissions)
+                .delete(controls::delete_model_permissions),
+        )
+        .route(
+            &format!("{projects}/{{project_id}}/hosted_tool_permissions"),
+            get(controls::get_hosted_tools).post(controls::update_hosted_tools),
+        )
+        .route(
+            &format!("{projects}/{{project_id}}/spend_limit"),
+            get(controls::get_spend_limit)
+                .post(controls::update_spend_limit)
+                .delete(controls::delete_spend_limit),
+        )
+        .route(
             "/v1/organization/admin_api_keys",
             get(organization::list_admin_keys),
         )
@@ -213,6 +232,7 @@ async fn invalid_url(method: Method, uri: Uri) -> ApiError {
 
 /// Records the request, applies the next queued fault, then checks the admin key.
 async fn guard(Extract(shared): Extract<SharedState>, request: Request, next: Next) -> Response {
+    let received_at = std::time::Instant::now();
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, 4 * 1024 * 1024)
         .await
@@ -234,12 +254,14 @@ async fn guard(Extract(shared): Extract<SharedState>, request: Request, next: Ne
             .headers
             .get("openai-organization")
             .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned()),
+        received_at,
     };
     let fault = {
         let mut state = shared.lock();
         state.calls.push(call);
         state.take_fault(parts.uri.path())
     };
+    shared.arrived.notify_waiters();
     let mut answer_after = None;
     match fault {
         Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,
@@ -398,6 +420,37 @@ fn optional_string(body: &Map<String, Value>, field: &str) -> Result<Option<Stri
 fn required_string(body: &Map<String, Value>, field: &str) -> Result<String, ApiError> {
     optional_string(body, field)?
         .ok_or_else(|| ApiError::invalid(field, format!("Missing required parameter: '{field}'.")))
+}
+
+/// A field that must be an array of strings.
+fn string_list(field: &str, value: &Value) -> Result<Vec<String>, ApiError> {
+    match value {
+        Value::Array(items) if items.iter().all(Value::is_string) => Ok(items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect()),
+        other => Err(ApiError::invalid(
+            field,
+            format!("Invalid type for '{field}': expected an array of strings, but got {other}."),
+        )),
+    }
+}
+
+/// `expires_in_seconds` of a key: an integer from 1 to 31,536,000 (one year), as
+/// `openai-admin-api-updates.md` gives it for minting and for updating a key.
+fn expires_in_seconds(value: &Value) -> Result<i64, ApiError> {
+    value
+        .as_i64()
+        .filter(|seconds| (1..=31_536_000).contains(seconds))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "expires_in_seconds",
+                format!(
+                    "Invalid 'expires_in_seconds': expected an integer from 1 to 31536000, but got {value}."
+                ),
+            )
+        })
 }
 
 fn role_field(body: &Map<String, Value>) -> Result<Option<Role>, ApiError> {

@@ -20,7 +20,18 @@
 //!   this off with [`OpenAiFake::set_audit_mutations`].
 //! - Project API keys carry `expires_at` (`null` when seeded without one), and a service-account
 //!   key created with `expires_in_seconds` expires that long after its creation, as
-//!   `openai-admin-api-updates.md` describes; the fake does not refuse an expired key.
+//!   `openai-admin-api-updates.md` describes. Each key keeps its scopes (empty: all
+//!   permissions); the API never returns them, tests read them with [`OpenAiFake::key_scopes`].
+//! - `POST …/api_keys/{id}` (the update of `openai-admin-api-updates.md` §1) takes `scopes` and
+//!   `expires_in_seconds`, at least one, neither `null`, nothing else, and saves both together;
+//!   `scopes: []` removes every restriction, as the API does. An expired key is refused with 400
+//!   `invalid_request_error`, `param: api_key_id`, `code: null` and a message saying it expired:
+//!   the reference says only that an expired key "cannot be updated", the spec's `ErrorResponse`
+//!   is the error shape, and 400 is the status the spec gives for refusals on this path (the key
+//!   delete's "various conditions").
+//! - A project starts with a deny list of no models (every model allowed; `GET …/model_permissions`
+//!   shows it, and `DELETE` goes back to it), every hosted tool enabled (the spec's example), and
+//!   no hard spend limit (`GET …/spend_limit` is then 404; `DELETE` answers 404 too).
 //!
 //! Two users: quench's integration tests, and `quench up --demo`, which serves [`demo::seed`]'s
 //! simulated organization from inside the quench process.
@@ -33,7 +44,7 @@ mod state;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -73,6 +84,9 @@ pub struct Call {
     pub authorization: Option<String>,
     /// The `OpenAI-Organization` header as sent.
     pub organization: Option<String>,
+    /// When the fake began handling it (its head had arrived; before the body is read), to
+    /// measure how long a caller took to send it (see [`OpenAiFake::received`]).
+    pub received_at: Instant,
 }
 
 impl Call {
@@ -131,6 +145,7 @@ pub struct KeySeed {
     created_at: i64,
     last_used_at: Option<i64>,
     expires_at: Option<i64>,
+    scopes: Vec<String>,
 }
 
 impl KeySeed {
@@ -144,6 +159,7 @@ impl KeySeed {
             created_at: DEFAULT_CREATED_AT,
             last_used_at: None,
             expires_at: None,
+            scopes: Vec::new(),
         }
     }
 
@@ -180,6 +196,13 @@ impl KeySeed {
     /// Sets `expires_at` (Unix seconds); without it the key never expires.
     pub fn expires_at(mut self, at: i64) -> KeySeed {
         self.expires_at = Some(at);
+        self
+    }
+
+    /// Restricts the key to these scopes (e.g. `api.model.request`); without them it has all
+    /// permissions.
+    pub fn scopes(mut self, scopes: &[&str]) -> KeySeed {
+        self.scopes = scopes.iter().map(|scope| (*scope).to_owned()).collect();
         self
     }
 }
@@ -337,6 +360,8 @@ const DEFAULT_CREATED_AT: i64 = 1_767_225_600;
 
 struct Shared {
     state: Mutex<State>,
+    /// Woken each time a request is recorded in `state.calls`.
+    arrived: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -391,6 +416,7 @@ impl OpenAiFake {
         }
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
+            arrived: tokio::sync::Notify::new(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -548,6 +574,44 @@ impl OpenAiFake {
         state.add_rate_limit(project_id, seed)
     }
 
+    /// Sets a project's model policy: `mode` is `allow_list` or `deny_list`. A project starts
+    /// with a deny list of nothing (every model allowed).
+    pub fn seed_model_permissions(&self, project_id: &str, mode: &str, model_ids: &[&str]) {
+        let mode = match mode {
+            "allow_list" => "allow_list",
+            "deny_list" => "deny_list",
+            other => panic!("{other} is not a model permissions mode in the spec"),
+        };
+        let mut state = self.shared.lock();
+        let project = state.project_mut(project_id);
+        project.controls.model_mode = mode;
+        project.controls.model_ids = model_ids.iter().map(|id| (*id).to_owned()).collect();
+    }
+
+    /// Turns a hosted tool (`file_search`, `web_search`, `image_generation`, `mcp`,
+    /// `code_interpreter`) on or off for a project; a project starts with every tool on.
+    pub fn seed_hosted_tool(&self, project_id: &str, tool: &str, enabled: bool) {
+        let tool = state::HOSTED_TOOLS
+            .into_iter()
+            .find(|known| *known == tool)
+            .unwrap_or_else(|| panic!("{tool} is not a hosted tool in the spec"));
+        let mut state = self.shared.lock();
+        state
+            .project_mut(project_id)
+            .controls
+            .hosted_tools
+            .insert(tool, enabled);
+    }
+
+    /// Sets a project's hard spend limit, in cents per month; a project starts with none.
+    pub fn seed_spend_limit(&self, project_id: &str, cents: i64) {
+        self.shared
+            .lock()
+            .project_mut(project_id)
+            .controls
+            .spend_limit = Some(cents);
+    }
+
     /// Appends an audit log event; returns its id.
     pub fn push_audit_event(&self, event: AuditEvent) -> String {
         self.shared.lock().add_audit(event)
@@ -585,6 +649,29 @@ impl OpenAiFake {
             .collect()
     }
 
+    /// Waits until a request with this method and exact path has been received and returns
+    /// the first one (at once when it came already); with its [`Call::received_at`] a caller
+    /// measures when its request arrived rather than when it noticed. Put a timeout around it.
+    pub async fn received(&self, method: &str, path: &str) -> Call {
+        loop {
+            // Registered before looking, so a request recorded in between still wakes us.
+            let arrived = self.shared.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            let found = self
+                .shared
+                .lock()
+                .calls
+                .iter()
+                .find(|call| call.method == method && call.path == path)
+                .cloned();
+            if let Some(call) = found {
+                return call;
+            }
+            arrived.await;
+        }
+    }
+
     /// Whether a project API key still exists in a project.
     pub fn key_exists(&self, project_id: &str, key_id: &str) -> bool {
         self.shared
@@ -602,6 +689,41 @@ impl OpenAiFake {
             .iter()
             .find(|key| key.project_id == project_id && key.id == key_id)
             .map(|key| state.render_key(key))
+    }
+
+    /// The scope restrictions of a project API key (empty: all permissions), which the API
+    /// itself never returns; `None` when there is no such key.
+    pub fn key_scopes(&self, project_id: &str, key_id: &str) -> Option<Vec<String>> {
+        self.shared
+            .lock()
+            .keys
+            .iter()
+            .find(|key| key.project_id == project_id && key.id == key_id)
+            .map(|key| key.scopes.clone())
+    }
+
+    /// The project's model policy as `GET …/model_permissions` returns it.
+    pub fn model_permissions(&self, project_id: &str) -> Option<Value> {
+        let state = self.shared.lock();
+        state
+            .project(project_id)
+            .map(|project| project.controls.render_models())
+    }
+
+    /// The project's hosted tools as `GET …/hosted_tool_permissions` returns them.
+    pub fn hosted_tool_permissions(&self, project_id: &str) -> Option<Value> {
+        let state = self.shared.lock();
+        state
+            .project(project_id)
+            .map(|project| project.controls.render_tools())
+    }
+
+    /// The project's hard spend limit as `GET …/spend_limit` returns it; `None` when none is set.
+    pub fn spend_limit(&self, project_id: &str) -> Option<Value> {
+        let state = self.shared.lock();
+        state
+            .project(project_id)
+            .and_then(|project| project.controls.render_spend_limit())
     }
 
     /// The full secret of a project API key (seeded or created), to play a leaked key.

@@ -101,6 +101,76 @@ pub(super) struct Project {
     pub(super) archived_at: Option<i64>,
     pub(super) external_key_id: Option<String>,
     pub(super) seq: u64,
+    /// The project-wide narrowing controls (`…/model_permissions`, `…/hosted_tool_permissions`,
+    /// `…/spend_limit`).
+    pub(super) controls: Controls,
+}
+
+/// The hosted tools of `ProjectHostedToolPermissions`, in the spec's order.
+pub(super) const HOSTED_TOOLS: [&str; 5] = [
+    "file_search",
+    "web_search",
+    "image_generation",
+    "mcp",
+    "code_interpreter",
+];
+
+/// A project's model policy, hosted tools and hard spend limit. A new project allows every
+/// model (a deny list of nothing), enables every tool (as the spec's example shows) and has no
+/// spend limit.
+pub(super) struct Controls {
+    /// `allow_list` or `deny_list`.
+    pub(super) model_mode: &'static str,
+    pub(super) model_ids: Vec<String>,
+    /// Enabled or not, per entry of [`HOSTED_TOOLS`].
+    pub(super) hosted_tools: BTreeMap<&'static str, bool>,
+    /// Cents per month.
+    pub(super) spend_limit: Option<i64>,
+}
+
+impl Default for Controls {
+    fn default() -> Controls {
+        Controls {
+            model_mode: "deny_list",
+            model_ids: Vec::new(),
+            hosted_tools: HOSTED_TOOLS.iter().map(|tool| (*tool, true)).collect(),
+            spend_limit: None,
+        }
+    }
+}
+
+impl Controls {
+    /// `ProjectModelPermissions`.
+    pub(super) fn render_models(&self) -> Value {
+        json!({
+            "object": "project.model_permissions",
+            "mode": self.model_mode,
+            "model_ids": self.model_ids,
+        })
+    }
+
+    /// `ProjectHostedToolPermissions`: `{<tool>: {enabled}}` for every tool.
+    pub(super) fn render_tools(&self) -> Value {
+        Value::Object(
+            self.hosted_tools
+                .iter()
+                .map(|(tool, enabled)| ((*tool).to_owned(), json!({"enabled": enabled})))
+                .collect(),
+        )
+    }
+
+    /// `ProjectSpendLimitResource`, when a limit is set.
+    pub(super) fn render_spend_limit(&self) -> Option<Value> {
+        self.spend_limit.map(|cents| {
+            json!({
+                "object": "project.spend_limit",
+                "threshold_amount": cents,
+                "currency": "USD",
+                "interval": "month",
+                "enforcement": {"status": "enforcing"},
+            })
+        })
+    }
 }
 
 impl Project {
@@ -170,8 +240,18 @@ pub(super) struct ProjectKey {
     pub(super) created_at: i64,
     pub(super) last_used_at: Option<i64>,
     pub(super) expires_at: Option<i64>,
+    /// The key's scope restrictions; empty means none (all permissions). The API never returns
+    /// them; tests read them through `OpenAiFake::key_scopes`.
+    pub(super) scopes: Vec<String>,
     pub(super) owner: Owner,
     pub(super) seq: u64,
+}
+
+impl ProjectKey {
+    /// Whether the key has expired by `now` (an expired key cannot be updated).
+    pub(super) fn expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
 }
 
 pub(super) struct AdminKey {
@@ -384,6 +464,14 @@ impl State {
             .find(|project| project.id == project_id)
     }
 
+    /// The project, for seeding; panics when it was not seeded.
+    pub(super) fn project_mut(&mut self, project_id: &str) -> &mut Project {
+        self.projects
+            .iter_mut()
+            .find(|project| project.id == project_id)
+            .unwrap_or_else(|| panic!("seed project {project_id} first"))
+    }
+
     pub(super) fn add_project(&mut self, id: &str, name: &str, archived_at: Option<i64>) {
         assert!(self.project(id).is_none(), "project {id} seeded twice");
         let seq = self.seq();
@@ -394,6 +482,7 @@ impl State {
             archived_at,
             external_key_id: None,
             seq,
+            controls: Controls::default(),
         });
     }
 
@@ -486,6 +575,7 @@ impl State {
             created_at: seed.created_at,
             last_used_at: seed.last_used_at,
             expires_at: seed.expires_at,
+            scopes: seed.scopes,
             owner,
             seq,
         });

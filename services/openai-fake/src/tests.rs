@@ -377,6 +377,58 @@ async fn deleting_keys_follows_the_spec() {
 }
 
 #[tokio::test]
+async fn a_waiter_learns_when_a_request_arrived() {
+    let fake = seeded().await;
+    let path = "/v1/organization/projects/proj_1/api_keys/key_alice";
+    let waiting = fake.received("DELETE", path);
+    tokio::pin!(waiting);
+    // A request to another path, or with another method, does not end the wait.
+    send(
+        &fake,
+        "GET",
+        "/organization/projects/proj_1/api_keys/key_alice",
+        None,
+    )
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), waiting.as_mut())
+            .await
+            .is_err(),
+        "a GET is not the DELETE waited for"
+    );
+    let before = Instant::now();
+    let deleted = send(
+        &fake,
+        "DELETE",
+        "/organization/projects/proj_1/api_keys/key_alice",
+        None,
+    )
+    .await;
+    let answered = Instant::now();
+    assert_eq!(deleted.status, 200);
+    let call = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the wait ends once the DELETE arrived");
+    assert_eq!((call.method.as_str(), call.path.as_str()), ("DELETE", path));
+    assert!(
+        before <= call.received_at && call.received_at <= answered,
+        "the arrival instant lies between sending and the answer"
+    );
+    // A request that came already is returned at once, the first of its kind.
+    send(
+        &fake,
+        "DELETE",
+        "/organization/projects/proj_1/api_keys/key_alice",
+        None,
+    )
+    .await;
+    let again = tokio::time::timeout(Duration::from_secs(1), fake.received("DELETE", path))
+        .await
+        .expect("at once");
+    assert_eq!(again.received_at, call.received_at);
+}
+
+#[tokio::test]
 async fn service_accounts_list_create_and_delete_with_their_keys() {
     let fake = seeded().await;
     let path = "/organization/projects/proj_1/service_accounts";
@@ -489,6 +541,10 @@ async fn service_account_keys_are_minted_with_scopes_and_an_expiry() {
     .await;
     assert_eq!(listed["expires_at"], 1_767_600_000 + 3600);
     assert_eq!(listed["owner"]["service_account"]["id"], "svc_acct_ci");
+    assert_eq!(
+        fake.key_scopes("proj_1", &id),
+        Some(vec!["api.model.request".to_owned()])
+    );
     let audit = fake.audit_events();
     let created = audit.last().expect("an audit event");
     assert_eq!(created["type"], "api_key.created");
@@ -1171,4 +1227,346 @@ async fn stops_serving_when_dropped() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(refused, "the fake still answers after drop");
+}
+
+#[tokio::test]
+async fn updating_a_key_follows_the_reference() {
+    let fake = seeded().await;
+    let path = "/organization/projects/proj_1/api_keys/key_alice";
+
+    // Both fields, saved together; the answer is the key object, redacted.
+    let updated = send(
+        &fake,
+        "POST",
+        path,
+        Some(json!({"scopes": ["api.model.request"], "expires_in_seconds": 3600})),
+    )
+    .await;
+    assert_eq!(updated.status, 200, "{}", updated.body);
+    assert_eq!(updated.body["object"], "organization.project.api_key");
+    assert_eq!(updated.body["id"], "key_alice");
+    assert_eq!(updated.body["expires_at"], 1_767_600_000 + 3600);
+    assert_eq!(updated.body["owner_project_access"], "active");
+    assert!(
+        updated.body.get("scopes").is_none(),
+        "scopes are not returned"
+    );
+    assert!(updated.body.get("value").is_none(), "no secret");
+    assert_eq!(
+        fake.key_scopes("proj_1", "key_alice"),
+        Some(vec!["api.model.request".to_owned()])
+    );
+    let listed = get(&fake, "/organization/projects/proj_1/api_keys").await;
+    assert_eq!(listed["data"][0]["expires_at"], 1_767_600_000 + 3600);
+    let audit = fake.audit_events();
+    let event = audit.last().expect("an audit event");
+    assert_eq!(event["type"], "api_key.updated");
+    assert_eq!(event["api_key.updated"]["id"], "key_alice");
+    assert_eq!(
+        event["api_key.updated"]["changes_requested"]["scopes"],
+        json!(["api.model.request"])
+    );
+
+    // One field leaves the other as it was.
+    let expiry_only = send(&fake, "POST", path, Some(json!({"expires_in_seconds": 60}))).await;
+    assert_eq!(expiry_only.status, 200, "{}", expiry_only.body);
+    assert_eq!(expiry_only.body["expires_at"], 1_767_600_000 + 60);
+    assert_eq!(
+        fake.key_scopes("proj_1", "key_alice"),
+        Some(vec!["api.model.request".to_owned()])
+    );
+    // `[]` removes every restriction (the API widens; refusing it is the client's business).
+    let everything = send(&fake, "POST", path, Some(json!({"scopes": []}))).await;
+    assert_eq!(everything.status, 200, "{}", everything.body);
+    assert_eq!(fake.key_scopes("proj_1", "key_alice"), Some(Vec::new()));
+    assert_eq!(everything.body["expires_at"], 1_767_600_000 + 60);
+
+    // Refusals, each naming its parameter; a refused update changes nothing.
+    for (body, param) in [
+        (json!({}), Value::Null),
+        (json!({"name": "renamed"}), json!("name")),
+        (json!({"scopes": null}), json!("scopes")),
+        (json!({"scopes": "api.model.request"}), json!("scopes")),
+        (json!({"scopes": [1]}), json!("scopes")),
+        (json!({"scopes": [""]}), json!("scopes")),
+        (
+            json!({"expires_in_seconds": null}),
+            json!("expires_in_seconds"),
+        ),
+        (
+            json!({"expires_in_seconds": 0}),
+            json!("expires_in_seconds"),
+        ),
+        (
+            json!({"expires_in_seconds": 31_536_001}),
+            json!("expires_in_seconds"),
+        ),
+        (
+            json!({"expires_in_seconds": "60"}),
+            json!("expires_in_seconds"),
+        ),
+        (
+            json!({"expires_in_seconds": 1.5}),
+            json!("expires_in_seconds"),
+        ),
+        (
+            json!({"scopes": ["api.files.read"], "expires_in_seconds": 0}),
+            json!("expires_in_seconds"),
+        ),
+    ] {
+        let refused = send(&fake, "POST", path, Some(body.clone())).await;
+        assert_eq!(assert_error(&refused, 400)["param"], param, "{body}");
+    }
+    assert_eq!(fake.key_scopes("proj_1", "key_alice"), Some(Vec::new()));
+    let limit = send(
+        &fake,
+        "POST",
+        path,
+        Some(json!({"expires_in_seconds": 31_536_000})),
+    )
+    .await;
+    assert_eq!(limit.status, 200, "a year is allowed: {}", limit.body);
+
+    // A service account's key can be updated too; unknown keys and projects are 404.
+    let ci = send(
+        &fake,
+        "POST",
+        "/organization/projects/proj_1/api_keys/key_ci",
+        Some(json!({"scopes": ["api.responses.write"]})),
+    )
+    .await;
+    assert_eq!(ci.status, 200, "{}", ci.body);
+    assert_eq!(
+        fake.key_scopes("proj_1", "key_ci"),
+        Some(vec!["api.responses.write".to_owned()])
+    );
+    for missing in [
+        "/organization/projects/proj_1/api_keys/key_nope",
+        "/organization/projects/proj_nope/api_keys/key_alice",
+    ] {
+        assert_error(
+            &send(&fake, "POST", missing, Some(json!({"scopes": []}))).await,
+            404,
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_expired_key_cannot_be_updated() {
+    let fake = seeded().await;
+    fake.seed_key(
+        "proj_1",
+        "user_alice",
+        KeySeed::new("key_old")
+            .expires_at(1_767_600_000)
+            .scopes(&["api.all.read"]),
+    );
+    let path = "/organization/projects/proj_1/api_keys/key_old";
+    for body in [
+        json!({"expires_in_seconds": 86_400}),
+        json!({"scopes": ["api.model.request"]}),
+    ] {
+        let refused = send(&fake, "POST", path, Some(body)).await;
+        let error = assert_error(&refused, 400);
+        assert_eq!(error["type"], "invalid_request_error");
+        assert_eq!(error["param"], "api_key_id");
+        assert_eq!(error["code"], Value::Null);
+        assert_eq!(
+            error["message"],
+            "API key key_old has expired and can no longer be updated."
+        );
+    }
+    let key = get(&fake, path).await;
+    assert_eq!(key["expires_at"], 1_767_600_000);
+    assert_eq!(
+        fake.key_scopes("proj_1", "key_old"),
+        Some(vec!["api.all.read".to_owned()])
+    );
+    // A second before its expiry it still could be.
+    fake.set_now(1_767_599_999);
+    let renewed = send(
+        &fake,
+        "POST",
+        path,
+        Some(json!({"expires_in_seconds": 86_400})),
+    )
+    .await;
+    assert_eq!(renewed.status, 200, "{}", renewed.body);
+    assert_eq!(renewed.body["expires_at"], 1_767_599_999 + 86_400);
+}
+
+#[tokio::test]
+async fn keys_of_an_archived_project_cannot_be_updated() {
+    let fake = seeded().await;
+    fake.seed_archived_project("proj_old", "Old");
+    fake.seed_user("proj_old", "user_alice", "alice@example.com", Role::Owner);
+    fake.seed_key("proj_old", "user_alice", KeySeed::new("key_archived"));
+    let refused = send(
+        &fake,
+        "POST",
+        "/organization/projects/proj_old/api_keys/key_archived",
+        Some(json!({"scopes": ["api.model.request"]})),
+    )
+    .await;
+    assert_eq!(assert_error(&refused, 400)["param"], "project_id");
+}
+
+#[tokio::test]
+async fn model_permissions_follow_the_spec() {
+    let fake = seeded().await;
+    let path = "/organization/projects/proj_1/model_permissions";
+    assert_eq!(
+        get(&fake, path).await,
+        json!({"object": "project.model_permissions", "mode": "deny_list", "model_ids": []}),
+        "a new project allows every model"
+    );
+    let set = send(
+        &fake,
+        "POST",
+        path,
+        Some(json!({"mode": "allow_list", "model_ids": ["gpt-4.1", "o3"]})),
+    )
+    .await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    assert_eq!(
+        set.body,
+        json!({"object": "project.model_permissions", "mode": "allow_list", "model_ids": ["gpt-4.1", "o3"]})
+    );
+    assert_eq!(get(&fake, path).await, set.body);
+    for (body, param) in [
+        (json!({"model_ids": []}), "mode"),
+        (json!({"mode": "allow_list"}), "model_ids"),
+        (json!({"mode": "block_list", "model_ids": []}), "mode"),
+        (
+            json!({"mode": "allow_list", "model_ids": "o3"}),
+            "model_ids",
+        ),
+        (
+            json!({"mode": "allow_list", "model_ids": [], "note": "x"}),
+            "note",
+        ),
+    ] {
+        let refused = send(&fake, "POST", path, Some(body.clone())).await;
+        assert_eq!(assert_error(&refused, 400)["param"], param, "{body}");
+    }
+    let deleted = send(&fake, "DELETE", path, None).await;
+    assert_eq!(
+        deleted.body,
+        json!({"object": "project.model_permissions.deleted", "deleted": true})
+    );
+    assert_eq!(get(&fake, path).await["mode"], "deny_list");
+    assert_error(
+        &send(
+            &fake,
+            "GET",
+            "/organization/projects/proj_nope/model_permissions",
+            None,
+        )
+        .await,
+        404,
+    );
+    fake.seed_model_permissions("proj_1", "allow_list", &["gpt-4o"]);
+    assert_eq!(
+        fake.model_permissions("proj_1").expect("seeded")["model_ids"],
+        json!(["gpt-4o"])
+    );
+}
+
+#[tokio::test]
+async fn hosted_tools_follow_the_spec() {
+    let fake = seeded().await;
+    let path = "/organization/projects/proj_1/hosted_tool_permissions";
+    let on = json!({"enabled": true});
+    let off = json!({"enabled": false});
+    assert_eq!(
+        get(&fake, path).await,
+        json!({"file_search": on, "web_search": on, "image_generation": on, "mcp": on, "code_interpreter": on})
+    );
+    // Tools left out or `null` are unchanged.
+    let changed = send(
+        &fake,
+        "POST",
+        path,
+        Some(json!({"file_search": {"enabled": true}, "image_generation": {"enabled": false}, "mcp": null})),
+    )
+    .await;
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    assert_eq!(
+        changed.body,
+        json!({"file_search": on, "web_search": on, "image_generation": off, "mcp": on, "code_interpreter": on})
+    );
+    assert_eq!(get(&fake, path).await, changed.body);
+    for (body, param) in [
+        (json!({"image_generation": false}), "image_generation"),
+        (json!({"mcp": {}}), "mcp"),
+        (json!({"mcp": {"enabled": "no"}}), "mcp"),
+        (json!({"mcp": {"enabled": true, "why": "x"}}), "why"),
+        (json!({"browser": {"enabled": false}}), "browser"),
+    ] {
+        let refused = send(&fake, "POST", path, Some(body.clone())).await;
+        assert_eq!(assert_error(&refused, 400)["param"], param, "{body}");
+    }
+    fake.seed_hosted_tool("proj_1", "mcp", false);
+    assert_eq!(
+        fake.hosted_tool_permissions("proj_1").expect("seeded")["mcp"],
+        off
+    );
+}
+
+#[tokio::test]
+async fn spend_limits_follow_the_spec() {
+    let fake = seeded().await;
+    let path = "/organization/projects/proj_1/spend_limit";
+    assert_error(&send(&fake, "GET", path, None).await, 404);
+    assert_error(&send(&fake, "DELETE", path, None).await, 404);
+    let body = json!({"threshold_amount": 10_000, "currency": "USD", "interval": "month"});
+    let set = send(&fake, "POST", path, Some(body)).await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    let expected = json!({
+        "object": "project.spend_limit",
+        "threshold_amount": 10_000,
+        "currency": "USD",
+        "interval": "month",
+        "enforcement": {"status": "enforcing"},
+    });
+    assert_eq!(set.body, expected);
+    assert_eq!(get(&fake, path).await, expected);
+    assert_eq!(fake.spend_limit("proj_1"), Some(expected));
+    for (body, param) in [
+        (
+            json!({"currency": "USD", "interval": "month"}),
+            "threshold_amount",
+        ),
+        (
+            json!({"threshold_amount": 0, "currency": "USD", "interval": "month"}),
+            "threshold_amount",
+        ),
+        (
+            json!({"threshold_amount": "100", "currency": "USD", "interval": "month"}),
+            "threshold_amount",
+        ),
+        (
+            json!({"threshold_amount": 100, "interval": "month"}),
+            "currency",
+        ),
+        (
+            json!({"threshold_amount": 100, "currency": "EUR", "interval": "month"}),
+            "currency",
+        ),
+        (
+            json!({"threshold_amount": 100, "currency": "USD", "interval": "week"}),
+            "interval",
+        ),
+    ] {
+        let refused = send(&fake, "POST", path, Some(body.clone())).await;
+        assert_eq!(assert_error(&refused, 400)["param"], param, "{body}");
+    }
+    let deleted = send(&fake, "DELETE", path, None).await;
+    assert_eq!(
+        deleted.body,
+        json!({"object": "project.spend_limit.deleted", "deleted": true})
+    );
+    assert_eq!(fake.spend_limit("proj_1"), None);
+    fake.seed_spend_limit("proj_1", 500);
+    assert_eq!(get(&fake, path).await["threshold_amount"], 500);
 }

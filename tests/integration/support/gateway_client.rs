@@ -231,6 +231,60 @@ test_response_url_prefix = "{prefix}"
     super::GatewayProcess::start(&config, dir)
 }
 
+/// `quench serve` as deployed beside [`deployed_nats`]: the runner NATS user of
+/// `deploy/nats-server.conf` with its inbox prefix, Slack at the fake, and `extra` appended to its
+/// config file; `playbooks` (file name, source) in `dir/playbooks`, its store and log in `dir`,
+/// `args` added to `quench serve`.
+pub(crate) fn deployed_runner(
+    nats: &NatsServer,
+    slack: &super::slack_fake::SlackFake,
+    playbooks: &[(&str, &str)],
+    extra: &str,
+    args: &[&str],
+    dir: &std::path::Path,
+) -> super::Service {
+    let playbook_dir = dir.join("playbooks");
+    std::fs::create_dir(&playbook_dir).expect("playbook dir");
+    for (file, source) in playbooks {
+        std::fs::write(playbook_dir.join(file), source).expect("write the playbook");
+    }
+    let config = format!(
+        r#"
+[nats]
+user = "quench-runner"
+password = "{RUNNER_PASSWORD}"
+inbox_prefix = "_INBOX.runner"
+
+[slack]
+api_url = "{api}"
+bot_token = "{token}"
+{extra}"#,
+        api = slack.api_url(),
+        token = slack.bot_token(),
+    );
+    super::Service::launch(&nats.url(), &playbook_dir, dir, &[], Some(&config), args)
+}
+
+/// A scanner reports a finding straight on NATS: a JetStream publish on
+/// `quench.findings.<kind>` with its id as `Nats-Msg-Id`, acknowledged by the stream.
+pub(crate) async fn publish_finding(scanner: &async_nats::jetstream::Context, finding: &Value) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", finding["id"].as_str().expect("id"));
+    scanner
+        .publish_with_headers(
+            format!(
+                "quench.findings.{}",
+                finding["kind"].as_str().expect("kind")
+            ),
+            headers,
+            finding.to_string().into(),
+        )
+        .await
+        .expect("published")
+        .await
+        .expect("the stream acknowledges it");
+}
+
 /// A client as `user`, its server errors (permission violations) collected.
 pub(crate) async fn connect_as(
     nats: &NatsServer,

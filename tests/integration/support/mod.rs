@@ -71,9 +71,15 @@ fn binary(name: &str) -> PathBuf {
         .and_then(Path::parent)
         .expect("tests run from target/<profile>/deps");
     let bin = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    // A benchmark runs from target/release and uses the release binaries.
+    let release = if profile_dir.ends_with("release") {
+        " --release"
+    } else {
+        ""
+    };
     assert!(
         bin.exists(),
-        "{} is missing: build it first with `cargo build --workspace --bins` (tests/run does this)",
+        "{} is missing: build it first with `cargo build{release} --workspace --bins` (tests/run does this)",
         bin.display()
     );
     bin
@@ -494,19 +500,9 @@ pub(crate) struct Service {
 }
 
 impl Service {
-    /// The service on `nats` with the playbooks in `playbooks`, a store under `dir` and a config
-    /// file (`--config`; the flags still win).
-    pub(crate) fn start_with_config(
-        nats: &str,
-        playbooks: &std::path::Path,
-        dir: &std::path::Path,
-        config: Option<&str>,
-    ) -> Service {
-        Service::launch(nats, playbooks, dir, &[], config, &[])
-    }
-
-    /// The service with environment, a config file (written to `dir/quench.toml`) and extra
-    /// arguments of `quench serve` (e.g. `--log-format json`).
+    /// The service on `nats` with the playbooks in `playbooks`, a store under `dir`, environment,
+    /// a config file (written to `dir/quench.toml`; the flags still win) and extra arguments of
+    /// `quench serve` (e.g. `--log-format json`).
     pub(crate) fn launch(
         nats: &str,
         playbooks: &std::path::Path,

@@ -10,7 +10,8 @@ use serde_json::{Map, Value, json};
 use super::super::KeySeed;
 use super::super::state::{Listed, Owner, PageRequest, Project, RATE_LIMIT_FIELDS, State};
 use super::{
-    ApiError, Query, Reply, SharedState, json_body, optional_string, required_string, role_field,
+    ApiError, Query, Reply, SharedState, expires_in_seconds, json_body, optional_string,
+    required_string, role_field, string_list,
 };
 
 // ---- lookups shared by handlers ----
@@ -20,14 +21,20 @@ fn project_not_found(project_id: &str) -> ApiError {
 }
 
 /// The project, or 404 (wording of the spec's rate-limit `error_response` example).
-fn find_project<'a>(state: &'a State, project_id: &str) -> Result<&'a Project, ApiError> {
+pub(super) fn find_project<'a>(
+    state: &'a State,
+    project_id: &str,
+) -> Result<&'a Project, ApiError> {
     state
         .project(project_id)
         .ok_or_else(|| project_not_found(project_id))
 }
 
 /// The project, or 404; 400 when it is archived ("Archived projects cannot be used or updated").
-fn active_project<'a>(state: &'a State, project_id: &str) -> Result<&'a Project, ApiError> {
+pub(super) fn active_project<'a>(
+    state: &'a State,
+    project_id: &str,
+) -> Result<&'a Project, ApiError> {
     let project = find_project(state, project_id)?;
     if project.archived_at.is_some() {
         return Err(ApiError::invalid(
@@ -243,6 +250,79 @@ pub(super) async fn delete_key(
     Ok(deleted("organization.project.api_key.deleted", &key_id))
 }
 
+/// `POST …/api_keys/{api_key_id}` (`openai-admin-api-updates.md` §1): `scopes` replaces the
+/// key's restrictions (`[]` removes them all), `expires_in_seconds` counts from now. At least one
+/// field, neither `null`, both saved together; an expired key is refused.
+pub(super) async fn update_key(
+    Extract(shared): Extract<SharedState>,
+    Path((project_id, key_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Reply {
+    let body = json_body(&body)?;
+    let mut state = shared.lock();
+    active_project(&state, &project_id)?;
+    let index = state
+        .keys
+        .iter()
+        .position(|key| key.project_id == project_id && key.id == key_id)
+        .ok_or_else(|| key_not_found(&project_id, &key_id))?;
+    if let Some(field) = body
+        .keys()
+        .find(|field| !["scopes", "expires_in_seconds"].contains(&field.as_str()))
+    {
+        return Err(ApiError::invalid(
+            field,
+            format!("Unrecognized request argument supplied: {field}"),
+        ));
+    }
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "Provide at least one of: scopes, expires_in_seconds.",
+        ));
+    }
+    // Neither field takes `null`.
+    let scopes = body
+        .get("scopes")
+        .map(|value| string_list("scopes", value))
+        .transpose()?;
+    if let Some(scopes) = &scopes
+        && scopes.iter().any(|scope| scope.trim().is_empty())
+    {
+        return Err(ApiError::invalid(
+            "scopes",
+            "Invalid 'scopes': a scope cannot be empty.",
+        ));
+    }
+    let expires_in = body
+        .get("expires_in_seconds")
+        .map(expires_in_seconds)
+        .transpose()?;
+    let now = state.now();
+    let key = &mut state.keys[index];
+    if key.expired(now) {
+        return Err(ApiError::invalid(
+            "api_key_id",
+            format!("API key {key_id} has expired and can no longer be updated."),
+        ));
+    }
+    if let Some(scopes) = &scopes {
+        key.scopes.clone_from(scopes);
+    }
+    if let Some(seconds) = expires_in {
+        key.expires_at = Some(now + seconds);
+    }
+    let rendered = state.render_key(&state.keys[index]);
+    let mut changes = Map::new();
+    if let Some(scopes) = scopes {
+        changes.insert("scopes".into(), json!(scopes));
+    }
+    state.audit_mutation(
+        "api_key.updated",
+        json!({"id": key_id, "changes_requested": changes}),
+    );
+    Ok(axum::Json(rendered))
+}
+
 // ---- service accounts ----
 
 fn service_account_not_found(project_id: &str, sa_id: &str) -> ApiError {
@@ -442,38 +522,20 @@ pub(super) async fn create_service_account_key(
     let name = optional_string(&body, "name")?.unwrap_or_else(|| "Secret key".to_owned());
     let scopes = match body.get("scopes") {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => items.clone(),
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "scopes",
-                format!(
-                    "Invalid type for 'scopes': expected an array of strings, but got {other}."
-                ),
-            ));
-        }
+        Some(value) => string_list("scopes", value)?,
     };
     // `openai-admin-api-updates.md` §3: 1 … 31,536,000 seconds, or null for no expiry.
     let expires_in = match body.get("expires_in_seconds") {
         None | Some(Value::Null) => None,
-        Some(Value::Number(number))
-            if number
-                .as_i64()
-                .is_some_and(|seconds| (1..=31_536_000).contains(&seconds)) =>
-        {
-            number.as_i64()
-        }
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "expires_in_seconds",
-                format!(
-                    "Invalid 'expires_in_seconds': expected an integer from 1 to 31536000, but got {other}."
-                ),
-            ));
-        }
+        Some(value) => Some(expires_in_seconds(value)?),
     };
     let key_id = format!("key_fake{:04}", state.seq());
     let now = state.now();
-    let mut seed = KeySeed::new(&key_id).name(&name).created_at(now);
+    let scope_names: Vec<&str> = scopes.iter().map(String::as_str).collect();
+    let mut seed = KeySeed::new(&key_id)
+        .name(&name)
+        .created_at(now)
+        .scopes(&scope_names);
     if let Some(seconds) = expires_in {
         seed = seed.expires_at(now + seconds);
     }

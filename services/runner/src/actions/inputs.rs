@@ -139,6 +139,140 @@ impl LimitProjectRate {
     ];
 }
 
+/// Replaces a key's scopes. An empty list removes every restriction, so it is refused unless
+/// `allow_widen` is true.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetKeyScopes {
+    pub project_id: String,
+    pub key_id: String,
+    /// Scope identifiers as in the OpenAI dashboard, e.g. `api.model.request`, `api.files.read`.
+    pub scopes: Vec<String>,
+    /// Allow a change that widens what the key may do (`scopes: []`: all permissions).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_widen: bool,
+}
+
+impl SetKeyScopes {
+    /// Checks the shape of a scope identifier: dot-separated lowercase words starting with
+    /// `api`, at least three (`api.model.request`, `api.files.read`, `api.all.read`), as the
+    /// dashboard and the audit log write them. The set of scopes is not published, so the list
+    /// itself is left to OpenAI.
+    pub fn check_scope(scope: &str) -> Result<(), String> {
+        let words: Vec<&str> = scope.split('.').collect();
+        let word_ok = |word: &&str| {
+            !word.is_empty()
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
+        };
+        if scope.len() <= 128 && words.len() >= 3 && words[0] == "api" && words.iter().all(word_ok)
+        {
+            return Ok(());
+        }
+        let shown: String = quench_proto::redact_str(scope).chars().take(80).collect();
+        Err(format!(
+            "`{}` is not a scope identifier (dot-separated lowercase words starting with `api`, \
+             e.g. `api.model.request`, `api.files.read`)",
+            shown.escape_debug()
+        ))
+    }
+}
+
+/// Sets when a key expires, counted from the moment the change is made.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetKeyExpiry {
+    pub project_id: String,
+    pub key_id: String,
+    /// A duration of at most 365 days, e.g. `14d`.
+    pub expires_in: String,
+}
+
+/// Replaces a project's model allow or deny list. Refused when it would allow a model the
+/// current policy does not, unless `allow_widen` is true.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetModelPermissions {
+    pub project_id: String,
+    pub mode: ModelPermissionsMode,
+    /// Model ids, e.g. `gpt-4.1`.
+    pub model_ids: Vec<String>,
+    /// Allow a change that lets the project use a model it could not use before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_widen: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelPermissionsMode {
+    /// Only the listed models.
+    AllowList,
+    /// Every model but the listed ones.
+    DenyList,
+}
+
+/// Turns a project's hosted tools on or off; at least one. Turning one on is refused unless
+/// `allow_widen` is true.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetHostedTools {
+    pub project_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_search: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_search: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_generation: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_interpreter: Option<bool>,
+    /// Allow turning a tool on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_widen: bool,
+}
+
+impl SetHostedTools {
+    /// The hosted tools of the spec, in its order.
+    pub const TOOLS: &'static [&'static str] = &[
+        "file_search",
+        "web_search",
+        "image_generation",
+        "mcp",
+        "code_interpreter",
+    ];
+
+    /// The tools the input sets, with their wanted state, in [`SetHostedTools::TOOLS`] order.
+    pub fn requested(&self) -> Vec<(&'static str, bool)> {
+        [
+            self.file_search,
+            self.web_search,
+            self.image_generation,
+            self.mcp,
+            self.code_interpreter,
+        ]
+        .into_iter()
+        .zip(Self::TOOLS)
+        .filter_map(|(enabled, tool)| Some((*tool, enabled?)))
+        .collect()
+    }
+}
+
+/// Sets a project's hard monthly spend limit. Raising an existing limit is refused unless
+/// `allow_widen` is true.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetSpendLimit {
+    pub project_id: String,
+    /// The limit in US cents per month (`10000` is $100).
+    #[schemars(range(min = 1))]
+    pub threshold_amount: u64,
+    /// Allow raising the limit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_widen: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ArchiveProject {

@@ -5,7 +5,9 @@
 //! [`OpenAi`] holds the HTTP client and the credentials; [`register`] adds one [`Action`] per
 //! playbook action to the engine's set. `transport` sends requests and maps every answer that is
 //! not a success to an [`ActionError`] in one place; `changes` holds the actions that change
-//! something at OpenAI, `reads` the ones that only read (inventory, audit log, usage).
+//! something at OpenAI, `narrow` the ones that narrow a key or a project without breaking it
+//! (scopes, expiry, models, hosted tools, spend limit), `reads` the ones that only read
+//! (inventory, audit log, usage).
 //!
 //! Architecture invariant: the admin key lives only in the `Authorization` header value, marked
 //! sensitive; it never reaches a message, a log line, an output or `Debug`.
@@ -13,6 +15,7 @@
 //! [`Action`]: crate::engine::Action
 
 mod changes;
+mod narrow;
 mod reads;
 mod transport;
 
@@ -25,6 +28,8 @@ use url::Url;
 
 use crate::config::Secret;
 use crate::engine::Actions;
+
+pub use narrow::KEY_EXPIRED;
 
 /// A client of the OpenAI Admin API: base URL, admin key, optional organization id.
 pub struct OpenAi {
@@ -107,6 +112,7 @@ impl std::fmt::Debug for OpenAi {
 /// Adds every `openai.*` action, all sharing `client`.
 pub fn register(actions: &mut Actions, client: Arc<OpenAi>) {
     changes::register(actions, &client);
+    narrow::register(actions, &client);
     reads::register(actions, &client);
 }
 

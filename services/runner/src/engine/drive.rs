@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
+use super::locks::RunGuard;
 use super::render::{Scope, context};
 use super::state::{
     Effect, EffectResult, Failure, ItemResult, NoticeKind, Phase, Run, RunStatus, StepState,
@@ -81,13 +82,24 @@ pub(super) struct Outcome {
 impl Engine {
     /// Advances a run until it parks or ends (the engine's workers call it for every queued
     /// run; runs it starts, such as a queued finding whose turn came, are queued in turn).
-    pub(super) async fn drive(&self, run_id: &str) -> Result<(), Error> {
+    /// `handed` is the run's lock when the commit that woke it handed it over.
+    pub(super) async fn drive(&self, run_id: &str, handed: Option<RunGuard>) -> Result<(), Error> {
         let span = tracing::info_span!("run", run_id = %run_id, playbook = tracing::field::Empty);
-        self.drive_in(run_id, &span).instrument(span.clone()).await
+        self.drive_in(run_id, handed, &span)
+            .instrument(span.clone())
+            .await
     }
 
-    async fn drive_in(&self, run_id: &str, span: &tracing::Span) -> Result<(), Error> {
-        let _guard = self.inner.locks.lock(run_id).await;
+    async fn drive_in(
+        &self,
+        run_id: &str,
+        handed: Option<RunGuard>,
+        span: &tracing::Span,
+    ) -> Result<(), Error> {
+        let _guard = match handed {
+            Some(guard) => guard,
+            None => self.inner.locks.lock(run_id).await,
+        };
         let Some(mut run) = self.run(run_id)? else {
             return Ok(());
         };

@@ -304,7 +304,7 @@ impl Engine {
         decision: &Decision,
         defer: Defer,
     ) -> Result<DecisionOutcome, Error> {
-        let _guard = self.inner.locks.lock(&decision.run_id).await;
+        let guard = self.inner.locks.lock(&decision.run_id).await;
         let now = self.now();
         let mut tx = Tx::default();
         let run: Option<Run> = self.run(&decision.run_id)?;
@@ -388,7 +388,9 @@ impl Engine {
         tx.batch.put(Key::Gate(&run.id, &gate.step), &gate);
         tx.save(&mut run, now);
         if run.status == RunStatus::Running {
+            // Driven next, before the gate's closing notice this commit queued.
             tx.to_drive.push(run.id.clone());
+            tx.handoff = Some(guard);
         }
         self.commit(tx).await?;
         Ok(outcome)
@@ -533,7 +535,7 @@ impl Engine {
         {
             return self.deliver_notice(key, step, notice, to, attempt).await;
         }
-        let _guard = self.inner.locks.lock(&key.run).await;
+        let guard = self.inner.locks.lock(&key.run).await;
         let now = self.now();
         let mut tx = Tx::default();
         tx.batch.delete(key.key());
@@ -685,6 +687,7 @@ impl Engine {
         tx.save(&mut run, now);
         if run.status == RunStatus::Running {
             tx.to_drive.push(run.id.clone());
+            tx.handoff = Some(guard);
         }
         self.commit(tx).await
     }

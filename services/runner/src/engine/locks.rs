@@ -70,6 +70,13 @@ impl RunLocks {
     }
 }
 
+impl RunGuard {
+    /// The run this guard locks.
+    pub(crate) fn run(&self) -> &str {
+        &self.run
+    }
+}
+
 impl Drop for RunGuard {
     fn drop(&mut self) {
         drop(self.guard.take());

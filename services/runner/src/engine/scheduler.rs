@@ -18,12 +18,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
+use super::locks::RunGuard;
 use super::{Engine, Error};
 
 #[derive(Debug)]
 pub(super) struct Scheduler {
     queue: Mutex<Queue>,
-    /// Notified (all waiters) whenever the queue shrinks or a worker finishes a run.
+    /// Notified (all waiters) when the queue drops below its bound, a worker leaves, or the
+    /// queue closes.
     changed: Notify,
     /// Workers at most (runs driven at once).
     concurrency: usize,
@@ -33,8 +35,14 @@ pub(super) struct Scheduler {
 struct Queue {
     waiting: VecDeque<String>,
     queued: HashSet<String>,
-    /// Runs being driven now.
-    running: usize,
+    /// Locks handed over with queued runs (see `Tx::handoff`), taken by the worker that drives
+    /// the run.
+    handed: HashMap<String, RunGuard>,
+    /// Runs taken by a worker and not yet driven to a stop (the worker may still be waiting for
+    /// the run's lock).
+    running: HashMap<String, usize>,
+    /// Sum of `running`'s counts (a run re-queued while being driven may be taken twice).
+    driven: usize,
     workers: HashMap<u64, AbortHandle>,
     /// Workers that found no work and are letting go of their engine handle.
     leaving: usize,
@@ -43,6 +51,19 @@ struct Queue {
     closed: bool,
     /// The first drive that failed since [`Engine::idle`] last looked.
     error: Option<Error>,
+}
+
+impl Queue {
+    /// A worker is done with `run`.
+    fn finished(&mut self, run: &str) {
+        self.driven -= 1;
+        if let Some(count) = self.running.get_mut(run) {
+            *count -= 1;
+            if *count == 0 {
+                self.running.remove(run);
+            }
+        }
+    }
 }
 
 impl Scheduler {
@@ -82,7 +103,8 @@ struct Worker {
     id: u64,
     /// Still counted in the queue's workers (else: counted as leaving).
     registered: bool,
-    driving: bool,
+    /// The run it is driving.
+    driving: Option<String>,
 }
 
 impl Worker {
@@ -102,8 +124,8 @@ impl Drop for Worker {
         } else {
             queue.leaving -= 1;
         }
-        if self.driving {
-            queue.running -= 1;
+        if let Some(run) = self.driving.take() {
+            queue.finished(&run);
         }
         drop(queue);
         self.scheduler.changed.notify_waiters();
@@ -113,6 +135,15 @@ impl Drop for Worker {
 impl Engine {
     /// Queues runs to drive and starts workers for them, up to the limit.
     pub(super) fn schedule(&self, runs: impl IntoIterator<Item = String>) {
+        self.schedule_with(runs, None);
+    }
+
+    /// [`Engine::schedule`], handing over the lock of one of the runs with it.
+    pub(super) fn schedule_with(
+        &self,
+        runs: impl IntoIterator<Item = String>,
+        handoff: Option<RunGuard>,
+    ) {
         let scheduler = &self.inner.scheduler;
         let mut queue = scheduler.queue();
         for run in runs {
@@ -120,9 +151,18 @@ impl Engine {
                 queue.waiting.push_back(run);
             }
         }
+        // Not to a run a worker has already taken: that worker may be waiting for this very
+        // lock, and gets it next anyway (tokio's mutex is first come, first served).
+        if let Some(guard) = handoff
+            && queue.queued.contains(guard.run())
+            && !queue.running.contains_key(guard.run())
+            && !queue.closed
+        {
+            queue.handed.insert(guard.run().to_owned(), guard);
+        }
         while !queue.closed
             && queue.workers.len() < scheduler.concurrency
-            && queue.workers.len() < queue.waiting.len() + queue.running
+            && queue.workers.len() < queue.waiting.len() + queue.driven
         {
             let id = queue.next_worker;
             queue.next_worker += 1;
@@ -131,7 +171,7 @@ impl Engine {
                 scheduler: self.inner.scheduler.clone(),
                 id,
                 registered: true,
-                driving: false,
+                driving: None,
             };
             let handle = tokio::spawn(work(worker));
             queue.workers.insert(id, handle.abort_handle());
@@ -168,7 +208,12 @@ impl Engine {
     /// Starts no more runs (shutdown): runs being driven go on until they park, end or are
     /// aborted; queued ones stay in the store and are driven at the next start.
     pub fn close(&self) {
-        self.inner.scheduler.queue().closed = true;
+        let handed = {
+            let mut queue = self.inner.scheduler.queue();
+            queue.closed = true;
+            std::mem::take(&mut queue.handed)
+        };
+        drop(handed);
         self.inner.scheduler.changed.notify_waiters();
     }
 
@@ -192,14 +237,14 @@ impl Engine {
     /// Runs queued or being driven.
     pub fn backlog(&self) -> usize {
         let queue = self.inner.scheduler.queue();
-        queue.waiting.len() + queue.running
+        queue.waiting.len() + queue.driven
     }
 }
 
 /// A worker: drives queued runs one after another until the queue is empty.
 async fn work(mut worker: Worker) {
     loop {
-        let run = {
+        let (run, handed) = {
             let mut queue = worker.scheduler.queue();
             let next = if queue.closed {
                 None
@@ -215,19 +260,22 @@ async fn work(mut worker: Worker) {
                 return;
             };
             queue.queued.remove(&run);
-            queue.running += 1;
-            worker.driving = true;
-            run
+            let handed = queue.handed.remove(&run);
+            *queue.running.entry(run.clone()).or_default() += 1;
+            queue.driven += 1;
+            worker.driving = Some(run.clone());
+            // Waiters are woken only when what they wait for may have become true: room when
+            // the queue drops below its bound here, idle when the last worker leaves (`Drop`).
+            if queue.waiting.len() + 1 == worker.scheduler.concurrency {
+                worker.scheduler.changed.notify_waiters();
+            }
+            (run, handed)
         };
-        worker.scheduler.changed.notify_waiters();
-        if let Err(error) = worker.engine().drive(&run).await {
+        if let Err(error) = worker.engine().drive(&run, handed).await {
             tracing::error!(run_id = %run, %error, "driving the run failed; it resumes at the next start");
             worker.scheduler.queue().error.get_or_insert(error);
         }
-        let mut queue = worker.scheduler.queue();
-        queue.running -= 1;
-        worker.driving = false;
-        drop(queue);
-        worker.scheduler.changed.notify_waiters();
+        worker.scheduler.queue().finished(&run);
+        worker.driving = None;
     }
 }

@@ -19,13 +19,13 @@ use sha2::{Digest, Sha256};
 
 use super::diagnostic::{Code, Diagnostic};
 use super::model::{self, Conflict, OnResolved};
-use super::schedule::{parse_cron, parse_duration, parse_timezone};
+use super::schedule::{parse_cron, parse_duration, parse_key_expiry, parse_timezone};
 use super::schema::{INPUTS, STRUCTURE};
 use super::structure::{self, Subject};
 use super::template::{Scope, StepRef, expression_references, is_template, template_references};
 use super::yaml::Document;
 use super::{FindingTrigger, Playbook, RetryPolicy, Schedule, Step, Trigger};
-use crate::actions::{self, ActionSpec, LimitProjectRate};
+use crate::actions::{self, ActionSpec, LimitProjectRate, SetHostedTools, SetKeyScopes};
 
 /// What compiling one playbook produced: the playbook when there is no error, and every
 /// diagnostic (warnings included) in source order.
@@ -500,8 +500,112 @@ impl Compiler<'_> {
                     self.recipient(&format!("{pointer}/to"), to, true);
                 }
             }
+            "openai.set_key_scopes" => self.scopes(pointer, with),
+            "openai.set_key_expiry" => {
+                if let Some(expires_in) = literal("expires_in")
+                    && let Err(message) = parse_key_expiry(expires_in)
+                {
+                    self.push(
+                        Diagnostic::error(
+                            Code::Duration,
+                            self.document.value_span(&format!("{pointer}/expires_in")),
+                            message,
+                        )
+                        .with_help("write a duration of whole seconds up to `365d`, e.g. `14d`"),
+                    );
+                }
+            }
+            "openai.set_hosted_tools"
+                if !SetHostedTools::TOOLS
+                    .iter()
+                    .any(|tool| with.contains_key(*tool)) =>
+            {
+                self.push(
+                    Diagnostic::error(
+                        Code::Input,
+                        self.document.key_span(pointer),
+                        "`openai.set_hosted_tools` needs at least one tool",
+                    )
+                    .with_help(format!(
+                        "give one of {}",
+                        SetHostedTools::TOOLS
+                            .iter()
+                            .map(|tool| format!("`{tool}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                );
+            }
             _ => {}
         }
+        self.allow_widen(pointer, action, with);
+    }
+
+    /// `openai.set_key_scopes`: each literal scope has the documented shape, none twice, and a
+    /// literal `scopes: []` (every permission) only with `allow_widen: true`.
+    fn scopes(&mut self, pointer: &str, with: &model::Map) {
+        let Some(Value::Array(scopes)) = with.get("scopes") else {
+            return;
+        };
+        let mut seen = BTreeSet::new();
+        for (index, scope) in scopes.iter().enumerate() {
+            let Some(scope) = scope.as_str().filter(|text| !is_template(text)) else {
+                continue;
+            };
+            let span = self
+                .document
+                .value_span(&format!("{pointer}/scopes/{index}"));
+            if let Err(message) = SetKeyScopes::check_scope(scope) {
+                self.push(Diagnostic::error(Code::Input, span, message));
+            } else if !seen.insert(scope) {
+                self.push(Diagnostic::error(
+                    Code::Input,
+                    span,
+                    format!("scope `{scope}` is listed twice"),
+                ));
+            }
+        }
+        if scopes.is_empty() && with.get("allow_widen") != Some(&Value::Bool(true)) {
+            self.push(
+                Diagnostic::error(
+                    Code::Input,
+                    self.document.value_span(&format!("{pointer}/scopes")),
+                    "`scopes: []` removes every restriction from the key (all permissions), so \
+                     every run would refuse it",
+                )
+                .with_help(
+                    "list the scopes the key keeps, e.g. `[api.model.request]`, or set \
+                     `allow_widen: true` if widening is intended",
+                ),
+            );
+        }
+    }
+
+    /// A step that may widen (`allow_widen: true`, or a template that may render to it).
+    fn allow_widen(&mut self, pointer: &str, action: &ActionSpec, with: &model::Map) {
+        let may_widen = match with.get("allow_widen") {
+            Some(Value::Bool(allow)) => *allow,
+            Some(Value::String(text)) => is_template(text),
+            _ => false,
+        };
+        if !may_widen {
+            return;
+        }
+        self.push(
+            Diagnostic::warning(
+                Code::AllowWiden,
+                self.document.value_span(&format!("{pointer}/allow_widen")),
+                format!(
+                    "`{}` may widen access here: `allow_widen` lets it grant more than the key or \
+                     project has now",
+                    action.name
+                ),
+            )
+            .with_help(
+                "narrowing needs no `allow_widen`; keep it only where granting more is the \
+                 point, behind an approval",
+            ),
+        );
     }
 
     fn approval(&mut self, pointer: &str, with: &model::Map) {

@@ -27,7 +27,7 @@ pub use compile::{Compiled, compile, compile_with, version_of};
 pub use diagnostic::{Code, Diagnostic, Located, Report, Severity};
 pub use model::{CatchUp, Conflict, Mode, OnResolved, Overlap};
 pub use overlap::{overlapping, warn_overlaps};
-pub use schedule::{parse_cron, parse_duration, parse_timezone};
+pub use schedule::{MAX_KEY_EXPIRY, parse_cron, parse_duration, parse_key_expiry, parse_timezone};
 pub use schema::{PLAYBOOK_SCHEMA_PATH, playbook_schema};
 pub use template::{complete_finding, environment};
 

@@ -24,6 +24,28 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// The longest expiry OpenAI accepts for an API key: `expires_in_seconds` is at most
+/// 31,536,000 (365 days).
+pub const MAX_KEY_EXPIRY: Duration = Duration::from_secs(31_536_000);
+
+/// Parses a key's expiry (`expires_in` of `openai.set_key_expiry`) into whole seconds: a
+/// duration of whole seconds, at most [`MAX_KEY_EXPIRY`].
+pub fn parse_key_expiry(text: &str) -> Result<u64, String> {
+    let duration = parse_duration(text)?;
+    if duration > MAX_KEY_EXPIRY {
+        return Err(format!(
+            "`{text}` is longer than 365 days, the longest expiry OpenAI accepts for a key (`1y` \
+             is 365.25 days: write `365d`)"
+        ));
+    }
+    if duration.subsec_nanos() != 0 {
+        return Err(format!(
+            "`{text}` is not a whole number of seconds; OpenAI takes an expiry in seconds"
+        ));
+    }
+    Ok(duration.as_secs())
+}
+
 /// Parses a crontab line of 5, 6 or 7 fields.
 pub fn parse_cron(line: &str) -> Result<cron::Schedule, String> {
     let fields: Vec<&str> = line.split_whitespace().collect();
@@ -140,5 +162,22 @@ mod tests {
         assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("four hours").is_err());
+    }
+
+    #[test]
+    fn key_expiries() {
+        assert_eq!(parse_key_expiry("14d"), Ok(14 * 86400));
+        assert_eq!(parse_key_expiry("1s"), Ok(1));
+        assert_eq!(parse_key_expiry("365d"), Ok(31_536_000));
+        for (text, problem) in [
+            ("366d", "longer than 365 days"),
+            ("1y", "write `365d`"),
+            ("1500ms", "whole number of seconds"),
+            ("0s", "zero"),
+            ("soon", "not a duration"),
+        ] {
+            let error = parse_key_expiry(text).expect_err(text);
+            assert!(error.contains(problem), "{text}: {error}");
+        }
     }
 }

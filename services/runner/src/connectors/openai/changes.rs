@@ -598,7 +598,7 @@ impl Action for ArchiveProject {
 
 impl OpenAi {
     /// `GET /organization/projects/{project_id}`; a 404 is a permanent error naming it.
-    async fn project(&self, project_id: &str) -> Result<Value, Failure> {
+    pub(super) async fn project(&self, project_id: &str) -> Result<Value, Failure> {
         let project_id = id("project_id", project_id)?;
         let request = self.request(
             Method::GET,
