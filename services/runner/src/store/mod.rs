@@ -28,10 +28,19 @@ pub use audit::{
     AuditDraft, AuditEntry, AuditRef, Segment, Verification, parse_stored, verify_segment,
 };
 pub use key::{Key, Partition, TimerKey};
-pub use sled::{COMPACT_FACTOR, COMPACT_FLOOR};
 
 // The `store.sync` config value.
 pub use quench_common::config::SyncMode;
+
+/// A backend that compacts (sled: see `store/sled/compact.rs`) does so once its file is this
+/// many times its size after the last compaction (or at open). 2 bounds the disk to about
+/// twice the live data (three times during a compaction, old and copy side by side) while
+/// copying the live data at most once per as much written.
+pub const COMPACT_FACTOR: u64 = 2;
+
+/// The default [`StoreConfig::compact_floor`]: below it the store is never compacted, whatever
+/// its ratio (a small store is not worth the copy and the pause).
+pub const COMPACT_FLOOR: u64 = 256 * 1024 * 1024;
 
 /// Version of the on-disk layout; written at creation and checked at open.
 pub const FORMAT_VERSION: u32 = 1;

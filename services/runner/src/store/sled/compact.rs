@@ -3,8 +3,8 @@
 //! data is mostly written once and deleted later (runs purged after `retain_ended`, seen ids
 //! expiring, the audit log pruned after export) grows by about everything ever written. So the
 //! committer — the one writer — copies every live key into a fresh sled beside the store once
-//! the file has grown past [`FACTOR`] × its size after the last compaction (or at open), and
-//! past a floor, and swaps the copy in. The copy is made by a thread of its own while commits go
+//! the file has grown past [`COMPACT_FACTOR`] × its size after the last compaction (or at
+//! open), and past a floor, and swaps the copy in. The copy is made by a thread of its own while commits go
 //! on; the committer notes the keys they write, and once the copy is made it reads those keys
 //! again into it, then swaps: batches submitted during that last part (the pause) wait in its
 //! bounded queue. Readers read the old database until the swap and wait for the swap itself.
@@ -38,19 +38,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::super::{BackendError, Compacted, Error, SyncMode};
+use super::super::{BackendError, COMPACT_FACTOR, Compacted, Error, SyncMode};
 use super::committer::sync_dir;
 use super::{Opened, Slot, io as sled_error, open_db, wait_released};
-
-/// The store is compacted once its file is this many times its size after the last compaction
-/// (or at open). 2 bounds the disk to about twice the live data (three times during a
-/// compaction, old and copy side by side) while copying the live data at most once per as
-/// much written.
-pub const FACTOR: u64 = 2;
-
-/// The default floor below which the store is never compacted: a small store is not worth a
-/// pause of commits, whatever its ratio.
-pub const FLOOR: u64 = 256 * 1024 * 1024;
 
 /// How often the committer looks at the file's size (between batches).
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -239,14 +229,14 @@ impl Compactor {
         }
     }
 
-    /// Whether the file has outgrown its live data: larger than [`FACTOR`] × the baseline and
-    /// than the floor. Looks at the size at most once per [`CHECK_EVERY`].
+    /// Whether the file has outgrown its live data: larger than [`COMPACT_FACTOR`] × the
+    /// baseline and than the floor. Looks at the size at most once per [`CHECK_EVERY`].
     pub(super) fn due(&mut self, slot: &Slot) -> bool {
         if self.checked.elapsed() < CHECK_EVERY {
             return false;
         }
         self.checked = Instant::now();
-        let limit = self.baseline.saturating_mul(FACTOR).max(self.floor);
+        let limit = self.baseline.saturating_mul(COMPACT_FACTOR).max(self.floor);
         slot.with(|db| db.size_on_disk().map_err(sled_error))
             .is_ok_and(|size| size > limit)
     }

@@ -35,8 +35,6 @@ use super::{
     Pruned, Rows, RunOrder, StoreConfig, Stored, SyncMode, TimerKey,
 };
 
-pub use compact::{FACTOR as COMPACT_FACTOR, FLOOR as COMPACT_FLOOR};
-
 /// A sled store. Fields drop in order: the committer first (its thread is joined), then the
 /// database, then `released` waits until sled has let go of its log, so the next open in this
 /// process cannot find it locked.
