@@ -87,6 +87,9 @@ impl Action for Recorder {
     }
 }
 
+#[path = "child.rs"]
+mod child;
+
 struct Args {
     store: PathBuf,
     playbook: PathBuf,
@@ -94,37 +97,17 @@ struct Args {
     state: PathBuf,
 }
 
-fn args() -> anyhow::Result<Args> {
-    let mut args = std::env::args().skip(1);
-    let mut next = |name: &str| -> anyhow::Result<PathBuf> {
-        let flag = args.next().with_context(|| format!("expected --{name}"))?;
-        anyhow::ensure!(flag == format!("--{name}"), "expected --{name}, got {flag}");
-        Ok(PathBuf::from(
-            args.next()
-                .with_context(|| format!("--{name} needs a value"))?,
-        ))
-    };
+fn args(mut flags: child::Flags) -> anyhow::Result<Args> {
     Ok(Args {
-        store: next("store")?,
-        playbook: next("playbook")?,
-        findings: next("findings")?,
-        state: next("state")?,
+        store: flags.next("store")?.into(),
+        playbook: flags.next("playbook")?.into(),
+        findings: flags.next("findings")?.into(),
+        state: flags.next("state")?.into(),
     })
 }
 
 fn main() -> anyhow::Result<()> {
-    // A failpoint's panic is the crash: abort at once, like kill -9 (no unwinding, no flushing).
-    std::panic::set_hook(Box::new(|info| {
-        eprintln!("crash-child: crashing at {info}");
-        std::process::abort();
-    }));
-    let _failpoints = fail::FailScenario::setup();
-    let args = args()?;
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?
-        .block_on(run(args))
+    child::main("crash-child", args, run)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

@@ -81,7 +81,7 @@ impl Scenario {
     }
 
     fn child(&self, failpoints: Option<&str>) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_quench-crash-child"));
+        let mut command = child_command(env!("CARGO_BIN_EXE_quench-crash-child"), failpoints);
         command
             .arg("--store")
             .arg(self.path("store"))
@@ -90,13 +90,7 @@ impl Scenario {
             .arg("--findings")
             .arg(self.path("findings.jsonl"))
             .arg("--state")
-            .arg(self.path("state"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        match failpoints {
-            Some(spec) => command.env("FAILPOINTS", spec),
-            None => command.env_remove("FAILPOINTS"),
-        };
+            .arg(self.path("state"));
         command
     }
 
@@ -114,18 +108,6 @@ impl Scenario {
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
-    }
-
-    /// Starts the child and kills it with SIGKILL after `after`.
-    fn kill_after(&self, after: Duration) {
-        let mut child = self.child(None).spawn().expect("child starts");
-        #[expect(
-            clippy::disallowed_methods,
-            reason = "a plain thread waits for a child process"
-        )]
-        std::thread::sleep(after);
-        let _ = child.kill();
-        let _ = child.wait();
     }
 
     /// Runs the child to the end.
@@ -236,6 +218,45 @@ impl Scenario {
     }
 }
 
+/// A crash-test child, its output captured, with `FAILPOINTS` set to `failpoints` or cleared.
+pub(crate) fn child_command(binary: &str, failpoints: Option<&str>) -> Command {
+    let mut command = Command::new(binary);
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    match failpoints {
+        Some(spec) => command.env("FAILPOINTS", spec),
+        None => command.env_remove("FAILPOINTS"),
+    };
+    command
+}
+
+/// `count` delays from `least` to `least + spread` milliseconds, the same for a seed every time
+/// (xorshift).
+pub(crate) fn random_moments(
+    mut seed: u64,
+    count: usize,
+    least: u64,
+    spread: u64,
+) -> impl Iterator<Item = Duration> {
+    (0..count).map(move |_| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        Duration::from_millis(least + seed % spread)
+    })
+}
+
+/// Starts a child and kills it with SIGKILL after `after`.
+pub(crate) fn kill_after(command: &mut Command, after: Duration) {
+    let mut child = command.spawn().expect("child starts");
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a plain thread waits for a child process"
+    )]
+    std::thread::sleep(after);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 fn crash_child_exists() -> bool {
     Path::new(env!("CARGO_BIN_EXE_quench-crash-child")).exists()
 }
@@ -266,12 +287,8 @@ fn killed_at_every_commit_and_effect_boundary() {
 #[test]
 fn killed_at_random_moments() {
     let scenario = Scenario::new();
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    for _ in 0..8 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        scenario.kill_after(Duration::from_millis(40 + seed % 400));
+    for after in random_moments(0x9e37_79b9_7f4a_7c15, 8, 40, 400) {
+        kill_after(&mut scenario.child(None), after);
     }
     scenario.finish();
     scenario.check("random kill -9");

@@ -10,7 +10,9 @@
 //! - `retention`: takes in FINDINGS findings (default 3,000,000) whose runs end at once, with
 //!   `retain_ended = 1m`, seen ids kept 1 m, and the audit log exported and pruned every 30 s
 //!   (as an operator's job would), and reports store size and RSS every 10 s: after the first
-//!   minute they stay flat.
+//!   minute they stay flat. The store compacts itself (its file past twice its size after the
+//!   last compaction and past 256 MiB); the report counts compactions and the seconds commits
+//!   waited for them, and names each compaction's duration (`compacted:` lines).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -144,6 +146,13 @@ fn size_on_disk(dir: &Path) -> u64 {
 }
 
 fn main() {
+    // The store's own lines (one per compaction) go to stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "quench_runner::store=info",
+        ))
+        .with_writer(std::io::stderr)
+        .try_init();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|arg| arg != "--bench")
@@ -292,6 +301,20 @@ fn tempdir(name: &str) -> PathBuf {
     dir
 }
 
+/// The store's compactions so far and the seconds they took, from the metrics as served.
+fn compactions() -> (u64, f64) {
+    let text = quench_runner::metrics::get().render();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        value("quench_store_compaction_duration_seconds_count ") as u64,
+        value("quench_store_compaction_duration_seconds_sum "),
+    )
+}
+
 /// Findings whose runs end at once, under retention: store size and RSS over time.
 async fn retention(dir: &Path, total: usize) {
     let store = Store::open(&StoreConfig::new(dir.join("state"))).expect("store opens");
@@ -384,7 +407,10 @@ steps:
     let started = Instant::now();
     let mut last_report = Instant::now();
     let mut sent = 0;
-    println!("retention: SECONDS FINDINGS RATE/s PURGED AUDIT_FROM STORE_MiB RSS_MiB");
+    println!(
+        "retention: SECONDS FINDINGS RATE/s PURGED AUDIT_FROM STORE_MiB RSS_MiB COMPACTIONS COMPACTING_S"
+    );
+    let mut compacted = (0, 0.0);
     while sent < total {
         let findings: Vec<Finding> = (sent..(sent + BATCH).min(total)).map(finding).collect();
         engine.ingest(&findings).await.expect("ingest");
@@ -393,14 +419,23 @@ steps:
         if last_report.elapsed() >= Duration::from_secs(10) || sent == total {
             last_report = Instant::now();
             let seconds = started.elapsed().as_secs_f64();
+            let (count, compacting) = compactions();
             println!(
-                "retention: {seconds:.0} {sent} {:.0} {} {} {} {}",
+                "retention: {seconds:.0} {sent} {:.0} {} {} {} {} {count} {compacting:.1}",
                 sent as f64 / seconds,
                 purged.load(std::sync::atomic::Ordering::Relaxed),
                 engine.store().audit_checkpoint().expect("checkpoint").0,
                 size_on_disk(&dir.join("state")) / (1024 * 1024),
-                rss_mib("VmRSS")
+                rss_mib("VmRSS"),
             );
+            if count > compacted.0 {
+                println!(
+                    "compacted: {} compaction(s) in these 10 s, {:.1} s in all",
+                    count - compacted.0,
+                    compacting - compacted.1
+                );
+                compacted = (count, compacting);
+            }
         }
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -54,6 +54,10 @@ pub const ACTION_ERRORS: &str = "quench_action_errors";
 pub const COMMIT_BATCHES: &str = "quench_store_commit_batches";
 /// Time of one store commit (apply, flush, fdatasync).
 pub const COMMIT_DURATION: &str = "quench_store_commit_duration";
+/// Store compactions (the live data copied into a fresh file).
+pub const STORE_COMPACTIONS: &str = "quench_store_compactions";
+/// How long commits waited for one store compaction (its copy runs beside them).
+pub const COMPACTION_DURATION: &str = "quench_store_compaction_duration";
 /// 1 while the NATS connection is up.
 pub const NATS_CONNECTED: &str = "quench_nats_connected";
 /// Playbook (re)loads from the directory or the API (`result`: ok or refused).
@@ -137,6 +141,8 @@ pub struct Metrics {
     pub action_errors: Family<ActionErrorLabels, Counter>,
     pub commit_batches: Histogram,
     pub commit_seconds: Histogram,
+    pub compactions: Counter,
+    pub compaction_seconds: Histogram,
     pub nats_connected: Gauge,
     pub playbook_loads: Family<ResultLabel, Counter>,
     pub playbooks_refused: Gauge,
@@ -179,6 +185,9 @@ impl Metrics {
             commit_batches: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             // 0.25 ms to about 4 s.
             commit_seconds: Histogram::new(exponential_buckets(0.00025, 2.0, 15)),
+            compactions: Counter::default(),
+            // 10 ms to about 160 s.
+            compaction_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 15)),
             nats_connected: Gauge::default(),
             playbook_loads: Family::default(),
             playbooks_refused: Gauge::default(),
@@ -291,6 +300,17 @@ impl Metrics {
             "Duration of one store commit (apply, flush, fdatasync)",
             Unit::Seconds,
             metrics.commit_seconds.clone(),
+        );
+        registry.register(
+            STORE_COMPACTIONS,
+            "Store compactions: the live data copied into a fresh file that replaced the old one",
+            metrics.compactions.clone(),
+        );
+        registry.register_with_unit(
+            COMPACTION_DURATION,
+            "How long commits waited for one store compaction (bringing the copy up to date and swapping it in)",
+            Unit::Seconds,
+            metrics.compaction_seconds.clone(),
         );
         Metrics {
             registry,

@@ -32,6 +32,16 @@ pub use key::{Key, Partition, TimerKey};
 // The `store.sync` config value.
 pub use quench_common::config::SyncMode;
 
+/// A backend that compacts (sled: see `store/sled/compact.rs`) does so once its file is this
+/// many times its size after the last compaction (or at open). 2 bounds the disk to about
+/// twice the live data (three times during a compaction, old and copy side by side) while
+/// copying the live data at most once per as much written.
+pub const COMPACT_FACTOR: u64 = 2;
+
+/// The default [`StoreConfig::compact_floor`]: below it the store is never compacted, whatever
+/// its ratio (a small store is not worth the copy and the pause).
+pub const COMPACT_FLOOR: u64 = 256 * 1024 * 1024;
+
 /// Version of the on-disk layout; written at creation and checked at open.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -42,6 +52,11 @@ pub struct StoreConfig {
     pub sync: SyncMode,
     /// The backend's page cache; bounds memory whatever the number of runs.
     pub cache_bytes: u64,
+    /// The store is compacted (its live data copied into a fresh file, see [`Store::compact`])
+    /// once its file is larger than this and than [`COMPACT_FACTOR`] × its size after the last
+    /// compaction or at open. Default [`COMPACT_FLOOR`]; not a `[store]` setting, as the rule
+    /// already bounds the disk to about twice the live data and smaller is not worth a pause.
+    pub compact_floor: u64,
 }
 
 impl StoreConfig {
@@ -50,6 +65,7 @@ impl StoreConfig {
             path: path.into(),
             sync: SyncMode::Always,
             cache_bytes: 64 * 1024 * 1024,
+            compact_floor: COMPACT_FLOOR,
         }
     }
 }
@@ -99,6 +115,10 @@ pub enum Error {
     /// the disk, so the store refuses every later commit until it is opened again.
     #[error("the store refuses writes after a failed commit ({0}); restart quench")]
     Failed(String),
+    /// A compaction asked for ([`Store::compact`]) failed: the store goes on as it was, unless
+    /// [`Store::failed`] says otherwise.
+    #[error("the store could not be compacted: {0}")]
+    Compaction(String),
 }
 
 /// A backend's own error, kept opaque: callers act on [`Error`]'s variants, and the message
@@ -224,6 +244,19 @@ impl Batch {
     }
 }
 
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    /// The store's size on disk before, and after.
+    pub before_bytes: u64,
+    pub after_bytes: u64,
+    /// How long the copy of the live data took; commits went on meanwhile.
+    pub copying: std::time::Duration,
+    /// How long commits waited: the copy brought up to date with what they wrote meanwhile,
+    /// the old file closed, the copy renamed and opened.
+    pub paused: std::time::Duration,
+}
+
 /// What a commit produced: the audit entries it appended, in order.
 #[derive(Debug, Clone, Default)]
 pub struct Committed {
@@ -332,6 +365,9 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
         through: u64,
         hash: &'a str,
     ) -> BoxFuture<'a, Result<Pruned, Error>>;
+
+    /// See [`Store::compact`].
+    fn compact(&self) -> BoxFuture<'_, Result<Option<Compacted>, Error>>;
 
     /// Bytes the store takes on disk (0 when it has no files of its own).
     fn size_on_disk(&self) -> Result<u64, Error>;
@@ -617,6 +653,14 @@ impl Store {
     /// and records the last removed entry as the checkpoint `verify_audit` starts from.
     pub async fn prune_audit(&self, through: u64, hash: &str) -> Result<Pruned, Error> {
         self.backend.prune_audit(through, hash).await
+    }
+
+    /// Compacts the store now: its live data is copied into a fresh file (while commits go
+    /// on), brought up to date with what they wrote meanwhile, and swapped in (commits wait for
+    /// that part); returns once the swap is done. The backend also does this on its own once the file has outgrown the data
+    /// (see [`StoreConfig::compact_floor`]). `None` for a store without files of its own.
+    pub async fn compact(&self) -> Result<Option<Compacted>, Error> {
+        self.backend.compact().await
     }
 
     /// On-disk size of the store directory, in bytes (0 for a temporary store).

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use super::super::audit::{AuditDraft, AuditRef, Head, parse_stored};
 use super::super::key::{AUDIT_CHECKPOINT, AUDIT_HEAD, seq_part};
 use super::super::{Error, Key};
+use super::committer::Writes;
 use super::read;
 
 /// The recorded head, or genesis for an empty log.
@@ -76,7 +77,7 @@ impl Records {
         seq: u64,
         stored: &[u8],
         run: Option<String>,
-        writes: &mut ::sled::Batch,
+        writes: &mut Writes,
     ) {
         if self.entries == 0 {
             self.first = seq;
@@ -96,7 +97,7 @@ impl Records {
     }
 
     /// Writes the open record and its runs' index keys.
-    pub(super) fn finish(&mut self, writes: &mut ::sled::Batch) {
+    pub(super) fn finish(&mut self, writes: &mut Writes) {
         if self.entries == 0 {
             return;
         }

@@ -4,26 +4,36 @@
 //! sled 0.34's `flush` does not fsync and `flush_async` deadlocks with many calls in flight; and
 //! because the audit chain needs one writer to keep its order. After a failed commit it refuses
 //! every later one (fail-stop): callers may have queued work that assumed the failed batch.
+//! Between groups it compacts the store when the file has outgrown its data (`compact`).
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::super::audit::Head;
 use super::super::key::{AUDIT_HEAD, COUNTERS};
-use super::super::{Batch, Committed, Error, Key, Pending, SyncMode};
-use super::{audit, io, read};
+use super::super::{Batch, Committed, Compacted, Error, Key, Pending, SyncMode};
+use super::compact::{Compactor, Failure};
+use super::{Slot, audit, io};
 
 /// Most batches grouped into one commit.
 const MAX_GROUP: usize = 4096;
 /// Requests that may wait for the committer before senders are slowed down.
 const QUEUE: usize = 16 * 1024;
+/// How often an idle committer looks whether a compaction's copy is done.
+const COPY_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
-struct Request {
+enum Request {
+    Commit(Commit),
+    /// Compact now (see `compact`), between the batches sent before and after.
+    Compact(oneshot::Sender<Result<Option<Compacted>, Error>>),
+}
+
+struct Commit {
     batch: Batch,
     reply: oneshot::Sender<Result<Committed, Error>>,
 }
@@ -49,10 +59,12 @@ impl Drop for Handle {
 
 impl Handle {
     pub(super) fn start(
-        db: ::sled::Db,
+        slot: Arc<Slot>,
         path: Option<&Path>,
         sync: SyncMode,
         head: Head,
+        counters: BTreeMap<String, i64>,
+        compactor: Option<Compactor>,
     ) -> Result<Handle, Error> {
         // sled 0.34 keeps its log in `<path>/db`; an fd of our own on it is enough to fdatasync it.
         let log = match (path, sync) {
@@ -61,13 +73,20 @@ impl Handle {
             }
             _ => None,
         };
-        let counters = read(&db, &Key::Meta(COUNTERS))?.unwrap_or_default();
         let (sender, receiver) = mpsc::sync_channel(QUEUE);
         let failed = CancellationToken::new();
-        let on_failure = failed.clone();
+        let committer = Committer {
+            slot,
+            log,
+            head,
+            counters,
+            compactor,
+            failed: None,
+            on_failure: failed.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("quench-committer".into())
-            .spawn(move || run(db, log, head, counters, receiver, on_failure))
+            .spawn(move || committer.run(receiver))
             .map_err(Error::Sync)?;
         Ok(Handle {
             sender: Some(sender),
@@ -79,57 +98,147 @@ impl Handle {
     /// Queues a batch (in order); the [`Pending`] gets the outcome once it is durable.
     pub(super) async fn submit(&self, batch: Batch) -> Result<Pending, Error> {
         let (reply, done) = oneshot::channel();
+        self.send(Request::Commit(Commit { batch, reply })).await?;
+        Ok(Pending(Some(done)))
+    }
+
+    /// Compacts the store after the batches queued so far; `None` for a store without files
+    /// of its own.
+    pub(super) async fn compact(&self) -> Result<Option<Compacted>, Error> {
+        let (reply, done) = oneshot::channel();
+        self.send(Request::Compact(reply)).await?;
+        done.await.map_err(|_| Error::Closed)?
+    }
+
+    async fn send(&self, request: Request) -> Result<(), Error> {
         let sender = self.sender.clone().ok_or(Error::Closed)?;
         // The queue is bounded; when it is full, wait off the async threads.
-        match sender.try_send(Request { batch, reply }) {
-            Ok(()) => {}
+        match sender.try_send(request) {
+            Ok(()) => Ok(()),
             Err(mpsc::TrySendError::Full(request)) => {
                 tokio::task::spawn_blocking(move || sender.send(request))
                     .await
                     .map_err(|_| Error::Closed)?
-                    .map_err(|_| Error::Closed)?;
+                    .map_err(|_| Error::Closed)
             }
-            Err(mpsc::TrySendError::Disconnected(_)) => return Err(Error::Closed),
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(Error::Closed),
         }
-        Ok(Pending(Some(done)))
     }
 }
 
-fn run(
-    db: ::sled::Db,
-    log: Option<File>,
-    mut head: Head,
-    mut counters: BTreeMap<String, i64>,
-    receiver: mpsc::Receiver<Request>,
-    on_failure: CancellationToken,
-) {
-    let metrics = crate::metrics::get();
-    // Set by a failed commit: batches queued after it were built on state that did not reach
-    // the disk, so none is applied (fail-stop; reopening the store recovers).
-    let mut failed: Option<String> = None;
-    while let Ok(first) = receiver.recv() {
-        if let Some(message) = &failed {
-            let _ = first.reply.send(Err(Error::Failed(message.clone())));
-            continue;
+/// A group's writes, and the keys they touch while a compaction copies the store (the copy is
+/// brought up to date with those keys before it is swapped in).
+pub(super) struct Writes {
+    batch: ::sled::Batch,
+    touched: Option<Vec<Vec<u8>>>,
+}
+
+impl Writes {
+    pub(super) fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        if let Some(touched) = &mut self.touched {
+            touched.push(key.clone());
         }
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match receiver.try_recv() {
-                Ok(request) => group.push(request),
-                Err(_) => break,
+        self.batch.insert(key, value);
+    }
+
+    pub(super) fn remove(&mut self, key: Vec<u8>) {
+        if let Some(touched) = &mut self.touched {
+            touched.push(key.clone());
+        }
+        self.batch.remove(key);
+    }
+}
+
+/// The committer thread's state.
+struct Committer {
+    slot: Arc<Slot>,
+    /// The log file, for `fdatasync` (with `sync = always`).
+    log: Option<File>,
+    head: Head,
+    counters: BTreeMap<String, i64>,
+    /// None for a temporary store.
+    compactor: Option<Compactor>,
+    /// Set by a failed commit: batches queued after it were built on state that did not reach
+    /// the disk, so none is applied (fail-stop; reopening the store recovers).
+    failed: Option<String>,
+    on_failure: CancellationToken,
+}
+
+impl Committer {
+    fn run(mut self, receiver: mpsc::Receiver<Request>) {
+        // Who asked for the compaction under way (or about to begin).
+        let mut asked = Vec::new();
+        loop {
+            // While a copy runs, wake up now and then to see whether it is done.
+            let first = if self.copying() {
+                match receiver.recv_timeout(COPY_POLL) {
+                    Ok(request) => Some(request),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match receiver.recv() {
+                    Ok(request) => Some(request),
+                    Err(_) => break,
+                }
+            };
+            let mut group = Vec::new();
+            let mut next = first;
+            while let Some(request) = next.take() {
+                match request {
+                    Request::Commit(commit) => group.push(commit),
+                    Request::Compact(reply) => asked.push(reply),
+                }
+                if group.len() < MAX_GROUP {
+                    next = receiver.try_recv().ok();
+                }
+            }
+            if let Some(message) = &self.failed {
+                for commit in group {
+                    let _ = commit.reply.send(Err(Error::Failed(message.clone())));
+                }
+                for reply in asked.drain(..) {
+                    let _ = reply.send(Err(Error::Failed(message.clone())));
+                }
+                continue;
+            }
+            if !group.is_empty() {
+                self.commit(group);
+            }
+            if self.failed.is_none()
+                && let Some(outcome) = self.compaction_step(!asked.is_empty())
+            {
+                let outcome = outcome.map_err(|error| error.to_string());
+                for reply in asked.drain(..) {
+                    let _ = reply.send(outcome.clone().map_err(Error::Compaction));
+                }
             }
         }
+        if let Some(compactor) = self.compactor.as_mut() {
+            compactor.abandon();
+        }
+    }
+
+    fn copying(&self) -> bool {
+        self.compactor.as_ref().is_some_and(Compactor::copying)
+    }
+
+    fn commit(&mut self, group: Vec<Commit>) {
+        let metrics = crate::metrics::get();
         let started = std::time::Instant::now();
         metrics.commit_batches.observe(group.len() as f64);
-        let mut writes = ::sled::Batch::default();
-        let mut next_head = head.clone();
+        let mut writes = Writes {
+            batch: ::sled::Batch::default(),
+            touched: self.copying().then(Vec::new),
+        };
+        let mut next_head = self.head.clone();
         let mut next_counters: Option<BTreeMap<String, i64>> = None;
         let mut replies = Vec::with_capacity(group.len());
         let mut records = audit::Records::default();
-        for Request { batch, reply } in group {
+        for Commit { batch, reply } in group {
             for (name, delta) in batch.counts {
                 *next_counters
-                    .get_or_insert_with(|| counters.clone())
+                    .get_or_insert_with(|| self.counters.clone())
                     .entry(name.to_owned())
                     .or_default() += delta;
             }
@@ -149,7 +258,7 @@ fn run(
             replies.push((reply, refs));
         }
         records.finish(&mut writes);
-        if next_head != head {
+        if next_head != self.head {
             writes.insert(
                 Key::Meta(AUDIT_HEAD).encode(),
                 serde_json::to_vec(&next_head).expect("head serializes"),
@@ -161,13 +270,21 @@ fn run(
                 serde_json::to_vec(next).expect("counters serialize"),
             );
         }
+        if let (Some(touched), Some(compactor)) = (writes.touched, self.compactor.as_mut()) {
+            compactor.touched(touched);
+        }
+        let writes = writes.batch;
         fail::fail_point!("store::before_commit");
-        let outcome = db
-            .apply_batch(writes)
-            .and_then(|()| db.flush().map(drop))
-            .map_err(io)
+        let outcome = self
+            .slot
+            .with(|db| {
+                db.apply_batch(writes)
+                    .and_then(|()| db.flush().map(drop))
+                    .map_err(io)
+            })
             .and_then(|()| {
-                log.as_ref()
+                self.log
+                    .as_ref()
                     .map_or(Ok(()), |file| file.sync_data().map_err(Error::Sync))
             });
         fail::fail_point!("store::after_commit");
@@ -176,9 +293,9 @@ fn run(
                 metrics
                     .commit_seconds
                     .observe(started.elapsed().as_secs_f64());
-                head = next_head;
+                self.head = next_head;
                 if let Some(next) = next_counters {
-                    counters = next;
+                    self.counters = next;
                 }
                 for (reply, audit) in replies {
                     let _ = reply.send(Ok(Committed { audit }));
@@ -190,10 +307,74 @@ fn run(
                 for (reply, _) in replies {
                     let _ = reply.send(Err(Error::Failed(message.clone())));
                 }
-                failed = Some(message);
-                on_failure.cancel();
+                self.fail(message);
             }
         }
+    }
+
+    /// Moves a compaction on between groups (see `compact`): begins one when it is due or
+    /// `asked` for, and swaps the copy in once it is made. The outcome, once there is one.
+    fn compaction_step(&mut self, asked: bool) -> Option<Result<Option<Compacted>, Error>> {
+        let Some(compactor) = self.compactor.as_mut() else {
+            return asked.then_some(Ok(None));
+        };
+        if !compactor.copying() {
+            if !(asked || compactor.due(&self.slot)) {
+                return None;
+            }
+            if let Err(failure) = compactor.begin(&self.slot) {
+                return Some(Err(self.compaction_failed(failure)));
+            }
+        }
+        let compactor = self.compactor.as_mut()?;
+        if !compactor.copied() {
+            return None;
+        }
+        Some(self.compact())
+    }
+
+    /// Swaps the finished copy in; batches sent meanwhile wait in the queue.
+    fn compact(&mut self) -> Result<Option<Compacted>, Error> {
+        let Some(compactor) = self.compactor.as_mut() else {
+            return Ok(None);
+        };
+        match compactor.finish(&self.slot, &mut self.log) {
+            Ok(compacted) => {
+                let metrics = crate::metrics::get();
+                metrics.compactions.inc();
+                metrics
+                    .compaction_seconds
+                    .observe(compacted.paused.as_secs_f64());
+                tracing::info!(
+                    before_mib = compacted.before_bytes / (1024 * 1024),
+                    after_mib = compacted.after_bytes / (1024 * 1024),
+                    copying_seconds = compacted.copying.as_secs_f64(),
+                    paused_seconds = compacted.paused.as_secs_f64(),
+                    "store compacted (commits went on while it copied, and waited while it swapped)"
+                );
+                Ok(Some(compacted))
+            }
+            Err(failure) => Err(self.compaction_failed(failure)),
+        }
+    }
+
+    fn compaction_failed(&mut self, failure: Failure) -> Error {
+        match failure {
+            Failure::Recovered(error) => {
+                tracing::warn!(%error, "store compaction failed; the store goes on uncompacted");
+                error
+            }
+            Failure::Lost(error) => {
+                tracing::error!(%error, "store compaction failed and the store could not be opened again; refusing further writes");
+                self.fail(error.to_string());
+                error
+            }
+        }
+    }
+
+    fn fail(&mut self, message: String) {
+        self.failed = Some(message);
+        self.on_failure.cancel();
     }
 }
 

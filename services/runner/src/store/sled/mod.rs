@@ -8,33 +8,186 @@
 //! does not fsync, and `flush_async` deadlocks with many calls in flight); it alone chains audit
 //! entries (`audit`). sled 0.34 has no read-only mode and locks its log: a held lock is
 //! [`Error::Locked`], a store this process may not write [`Error::ReadOnly`].
+//!
+//! The committer also compacts the store (`compact`) once its file has outgrown the live
+//! data, swapping the database under readers: they reach it through a [`Slot`] and hold it
+//! only while they read (lazy iterations read in chunks), so a swap never waits for a slow
+//! reader and no reader sees a half-state.
 
 mod audit;
 mod committer;
+mod compact;
 
+use std::collections::VecDeque;
 use std::fs::File;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 
 use super::audit::{AuditEntry, Head, Verification, parse_stored, verify_chain};
-use super::key::{AUDIT_CHECKPOINT, FORMAT, seq_part, shown, time_part};
+use super::key::{AUDIT_CHECKPOINT, COUNTERS, FORMAT, seq_part, shown, time_part};
 use super::{
-    Backend, BackendError, Batch, BoxFuture, Error, FORMAT_VERSION, Key, Pending, Pruned, Rows,
-    RunOrder, StoreConfig, Stored, SyncMode, TimerKey,
+    Backend, BackendError, Batch, BoxFuture, Compacted, Error, FORMAT_VERSION, Key, Pending,
+    Pruned, Rows, RunOrder, StoreConfig, Stored, SyncMode, TimerKey,
 };
 
-/// A sled store. Fields drop in order: the committer first (its thread holds its own handle on
-/// `db` and is joined), then the database, then `released` waits until sled has let go of its
-/// log, so the next open in this process cannot find it locked.
+/// A sled store. Fields drop in order: the committer first (its thread is joined), then the
+/// database, then `released` waits until sled has let go of its log, so the next open in this
+/// process cannot find it locked.
 #[derive(Debug)]
 pub(super) struct Sled {
     committer: committer::Handle,
-    db: ::sled::Db,
+    db: Arc<Slot>,
     path: Option<PathBuf>,
     _released: Released,
+}
+
+/// The open database, which a compaction swaps. A reader holds the read lock only while it
+/// reads (one chunk of a lazy iteration at most, never across another read: the lock prefers
+/// a waiting writer); the swap holds the write lock from closing the old database to opening
+/// the new one, so no reader holds the old one when it closes, and none sees the store missing.
+#[derive(Debug)]
+struct Slot(RwLock<Option<Opened>>);
+
+/// A database and the locks on the directories it lives in (see `compact`): they go together.
+#[derive(Debug)]
+struct Opened {
+    db: ::sled::Db,
+    locks: Vec<compact::DirLock>,
+}
+
+impl Slot {
+    /// Runs `read` on the current database; [`Error::Closed`] after a compaction that could
+    /// not open the store again.
+    fn with<T>(&self, read: impl FnOnce(&::sled::Db) -> Result<T, Error>) -> Result<T, Error> {
+        let opened = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        match opened.as_ref() {
+            Some(opened) => read(&opened.db),
+            None => Err(Error::Closed),
+        }
+    }
+}
+
+/// Most entries a lazy iteration reads per chunk; it starts with [`FIRST_CHUNK`] and doubles,
+/// so a caller that wants one row reads few.
+const MAX_CHUNK: usize = 256;
+const FIRST_CHUNK: usize = 8;
+/// A chunk also ends once it holds this many bytes (audit records are large).
+const CHUNK_BYTES: usize = 1024 * 1024;
+
+/// A lazy iteration over a key range that reads in chunks, each from the database current at
+/// the time, going on after the last key it returned: a compaction in between keeps every key
+/// and value, so the iteration continues where it was.
+struct Chunks {
+    slot: Arc<Slot>,
+    lower: Bound<Vec<u8>>,
+    upper: Bound<Vec<u8>>,
+    backwards: bool,
+    chunk: usize,
+    buffered: VecDeque<(::sled::IVec, ::sled::IVec)>,
+    finished: bool,
+}
+
+impl Chunks {
+    /// Whether no key lies between the bounds (sled is not asked about such a range).
+    fn exhausted(&self) -> bool {
+        match (&self.lower, &self.upper) {
+            (_, Bound::Unbounded) | (Bound::Unbounded, _) => false,
+            (Bound::Included(lower), Bound::Included(upper)) => lower > upper,
+            (Bound::Included(lower) | Bound::Excluded(lower), Bound::Excluded(upper))
+            | (Bound::Excluded(lower), Bound::Included(upper)) => lower >= upper,
+        }
+    }
+
+    fn refill(&mut self) -> Result<(), Error> {
+        if self.exhausted() {
+            self.finished = true;
+            return Ok(());
+        }
+        let limit = self.chunk;
+        self.chunk = (self.chunk * 2).min(MAX_CHUNK);
+        let range = (self.lower.clone(), self.upper.clone());
+        let backwards = self.backwards;
+        let read = self.slot.with(|db| {
+            let mut read = VecDeque::new();
+            let mut bytes = 0;
+            let mut items: Box<dyn Iterator<Item = _>> = if backwards {
+                Box::new(db.range::<Vec<u8>, _>(range).rev())
+            } else {
+                Box::new(db.range::<Vec<u8>, _>(range))
+            };
+            while read.len() < limit && bytes < CHUNK_BYTES {
+                let Some(item) = items.next() else {
+                    return Ok((read, true));
+                };
+                let (key, value): (::sled::IVec, ::sled::IVec) = item.map_err(io)?;
+                bytes += key.len() + value.len();
+                read.push_back((key, value));
+            }
+            Ok((read, false))
+        })?;
+        let (read, ended) = read;
+        match read.back() {
+            Some((key, _)) if backwards => self.upper = Bound::Excluded(key.to_vec()),
+            Some((key, _)) => self.lower = Bound::Excluded(key.to_vec()),
+            None => {}
+        }
+        self.finished = ended || read.is_empty();
+        self.buffered = read;
+        Ok(())
+    }
+}
+
+impl Iterator for Chunks {
+    type Item = Result<(::sled::IVec, ::sled::IVec), Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buffered.is_empty()
+            && !self.finished
+            && let Err(error) = self.refill()
+        {
+            self.finished = true;
+            return Some(Err(error));
+        }
+        self.buffered.pop_front().map(Ok)
+    }
+}
+
+/// Opens (or creates) the sled database at `path`, with the settings every open uses.
+fn open_db(path: &Path, cache_bytes: u64) -> Result<::sled::Db, Error> {
+    ::sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_bytes)
+        .mode(::sled::Mode::HighThroughput)
+        // The committer flushes every commit itself; sled's own timed flusher would only
+        // compete with it for the log (latency spikes after a burst).
+        .flush_every_ms(None)
+        .open()
+        .map_err(|source| {
+            let path = path.to_path_buf();
+            match &source {
+                ::sled::Error::Io(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::PermissionDenied
+                            | std::io::ErrorKind::ReadOnlyFilesystem
+                    ) =>
+                {
+                    Error::ReadOnly {
+                        path,
+                        source: BackendError::new(source),
+                    }
+                }
+                _ => Error::Open {
+                    path,
+                    source: BackendError::new(source),
+                },
+            }
+        })
 }
 
 /// The error of a sled call, kept opaque.
@@ -80,37 +233,30 @@ fn prefix(family: &[u8], parts: &[&str]) -> Vec<u8> {
 
 impl Sled {
     pub(super) fn open(config: &StoreConfig) -> Result<Sled, Error> {
+        let dance = compact::Dance::of(&config.path);
+        let lock = dance.as_ref().map(compact::Dance::open).transpose()?;
         refuse_if_locked(&config.path)?;
-        let db = ::sled::Config::new()
-            .path(&config.path)
-            .cache_capacity(config.cache_bytes)
-            .mode(::sled::Mode::HighThroughput)
-            // The committer flushes every commit itself; sled's own timed flusher would only
-            // compete with it for the log (latency spikes after a burst).
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| {
-                let path = config.path.clone();
-                match &source {
-                    ::sled::Error::Io(error)
-                        if matches!(
-                            error.kind(),
-                            std::io::ErrorKind::PermissionDenied
-                                | std::io::ErrorKind::ReadOnlyFilesystem
-                        ) =>
-                    {
-                        Error::ReadOnly {
-                            path,
-                            source: BackendError::new(source),
-                        }
-                    }
-                    _ => Error::Open {
-                        path,
-                        source: BackendError::new(source),
-                    },
-                }
-            })?;
-        Sled::start(db, Some(config.path.clone()), config.sync)
+        let db = open_db(&config.path, config.cache_bytes)?;
+        let compactor = |size| {
+            dance.map(|dance| {
+                compact::Compactor::new(
+                    dance,
+                    config.cache_bytes,
+                    config.sync,
+                    config.compact_floor,
+                    size,
+                )
+            })
+        };
+        Sled::start(
+            Opened {
+                db,
+                locks: lock.into_iter().collect(),
+            },
+            Some(config.path.clone()),
+            config.sync,
+            compactor,
+        )
     }
 
     pub(super) fn open_copy(config: &StoreConfig, into: &Path) -> Result<Sled, Error> {
@@ -119,16 +265,20 @@ impl Sled {
             path: original.clone(),
             source,
         };
-        let log = File::open(original.join("db")).map_err(copy_error)?;
-        match log.try_lock_shared() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::Locked {
+        // Shared locks on the directory (a process compacting the store holds it while sled's
+        // lock on the log is let go of) and on the log, held until the copy is made.
+        let shared = |path: PathBuf| -> Result<File, Error> {
+            let file = File::open(path).map_err(copy_error)?;
+            match file.try_lock_shared() {
+                Ok(()) => Ok(file),
+                Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
                     path: original.clone(),
-                });
+                }),
+                Err(std::fs::TryLockError::Error(error)) => Err(copy_error(error)),
             }
-            Err(std::fs::TryLockError::Error(error)) => return Err(copy_error(error)),
-        }
+        };
+        let directory = shared(original.clone())?;
+        let log = shared(original.join("db"))?;
         for entry in walkdir::WalkDir::new(original).min_depth(1) {
             let entry = entry.map_err(|error| copy_error(error.into()))?;
             let relative = entry.path().strip_prefix(original).unwrap_or(entry.path());
@@ -142,7 +292,7 @@ impl Sled {
                 std::io::copy(&mut from, &mut to).map_err(copy_error)?;
             }
         }
-        drop(log);
+        drop((log, directory));
         Sled::open(&StoreConfig {
             path: into.to_path_buf(),
             ..config.clone()
@@ -155,10 +305,26 @@ impl Sled {
             .cache_capacity(16 * 1024 * 1024)
             .open()
             .map_err(io)?;
-        Sled::start(db, None, SyncMode::Os)
+        Sled::start(
+            Opened {
+                db,
+                locks: Vec::new(),
+            },
+            None,
+            SyncMode::Os,
+            |_| None,
+        )
     }
 
-    fn start(db: ::sled::Db, path: Option<PathBuf>, sync: SyncMode) -> Result<Sled, Error> {
+    /// Checks (or writes) the format version and starts the committer; `compactor` is given the
+    /// store's size at open.
+    fn start(
+        opened: Opened,
+        path: Option<PathBuf>,
+        sync: SyncMode,
+        compactor: impl FnOnce(u64) -> Option<compact::Compactor>,
+    ) -> Result<Sled, Error> {
+        let db = &opened.db;
         let shown = path.clone().unwrap_or_else(|| PathBuf::from("<temporary>"));
         // Every failure to open names the store, so callers need not say it again.
         let open_error = |source| Error::Open {
@@ -189,11 +355,21 @@ impl Sled {
                 }
             }
         }
-        let head = audit::read_head(&db)?;
-        let committer = committer::Handle::start(db.clone(), path.as_deref(), sync, head)?;
+        let head = audit::read_head(db)?;
+        let counters = read(db, &Key::Meta(COUNTERS))?.unwrap_or_default();
+        let compactor = compactor(db.size_on_disk().map_err(open_error)?);
+        let slot = Arc::new(Slot(RwLock::new(Some(opened))));
+        let committer = committer::Handle::start(
+            slot.clone(),
+            path.as_deref(),
+            sync,
+            head,
+            counters,
+            compactor,
+        )?;
         Ok(Sled {
             committer,
-            db,
+            db: slot,
             _released: Released {
                 log: path.as_ref().map(|path| path.join("db")),
             },
@@ -201,10 +377,34 @@ impl Sled {
         })
     }
 
+    /// A lazy iteration over a key range (see [`Chunks`]).
+    fn range(&self, lower: Bound<Vec<u8>>, upper: Bound<Vec<u8>>, backwards: bool) -> Chunks {
+        Chunks {
+            slot: self.db.clone(),
+            lower,
+            upper,
+            backwards,
+            chunk: FIRST_CHUNK,
+            buffered: VecDeque::new(),
+            finished: false,
+        }
+    }
+
+    /// The keys under a raw key prefix, lazily, first to last or `backwards`.
+    fn under(&self, prefix: &[u8], backwards: bool) -> Chunks {
+        let end = prefix_end(prefix);
+        let upper = if end.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(end)
+        };
+        self.range(Bound::Included(prefix.to_vec()), upper, backwards)
+    }
+
     /// Values under a raw key prefix, in key order: (key, value).
     fn scan(&self, prefix: &[u8]) -> Rows<'_, (Vec<u8>, Vec<u8>)> {
-        Box::new(self.db.scan_prefix(prefix).map(|item| {
-            let (key, value) = item.map_err(io)?;
+        Box::new(self.under(prefix, false).map(|item| {
+            let (key, value) = item?;
             Ok((key.to_vec(), value.to_vec()))
         }))
     }
@@ -216,13 +416,16 @@ impl Sled {
             .collect()
     }
 
-    /// Audit records (first sequence number, record) in key order, from `range`.
+    /// Audit records (first sequence number, record) between the bounds, in key order or
+    /// `backwards`.
     fn records(
         &self,
-        range: impl std::ops::RangeBounds<Vec<u8>>,
-    ) -> impl DoubleEndedIterator<Item = Result<(u64, ::sled::IVec), Error>> + '_ {
-        self.db.range(range).map(|item| {
-            let (key, record) = item.map_err(io)?;
+        lower: Bound<Vec<u8>>,
+        upper: Bound<Vec<u8>>,
+        backwards: bool,
+    ) -> impl Iterator<Item = Result<(u64, ::sled::IVec), Error>> + 'static {
+        self.range(lower, upper, backwards).map(|item| {
+            let (key, record) = item?;
             Ok((audit::record_first(&key), record))
         })
     }
@@ -232,8 +435,12 @@ impl Sled {
         const CHUNK: usize = 1024;
         // The record holding `through` is the last one starting at or before it.
         let holding = self
-            .records(b"a/".to_vec()..=Key::Audit(through).encode())
-            .next_back()
+            .records(
+                Bound::Included(b"a/".to_vec()),
+                Bound::Included(Key::Audit(through).encode()),
+                true,
+            )
+            .next()
             .transpose()?;
         let found = holding.and_then(|(first, record)| {
             let entries = audit::split_record(&record);
@@ -249,7 +456,11 @@ impl Sled {
         while !done {
             let mut last_whole: Option<(u64, String)> = None;
             records.clear();
-            for item in self.records(b"a/".to_vec()..b"a0".to_vec()) {
+            for item in self.records(
+                Bound::Included(b"a/".to_vec()),
+                Bound::Excluded(b"a0".to_vec()),
+                false,
+            ) {
                 let (first, record) = item?;
                 match audit::record_last(first, &record) {
                     Some((last, last_hash)) if last <= through => {
@@ -302,15 +513,12 @@ impl Backend for Sled {
     }
 
     fn get(&self, key: &Key<'_>) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self
-            .db
-            .get(key.encode())
-            .map_err(io)?
-            .map(|value| value.to_vec()))
+        let value = self.db.with(|db| db.get(key.encode()).map_err(io))?;
+        Ok(value.map(|value| value.to_vec()))
     }
 
     fn contains(&self, key: &Key<'_>) -> Result<bool, Error> {
-        self.db.contains_key(key.encode()).map_err(io)
+        self.db.with(|db| db.contains_key(key.encode()).map_err(io))
     }
 
     fn gates(&self, run: &str) -> Result<Vec<Stored<String>>, Error> {
@@ -346,8 +554,11 @@ impl Backend for Sled {
         }
         .encode();
         let mut out = Vec::new();
-        for item in self.db.range(b"t/".to_vec()..end).take(limit) {
-            let (key, value) = item.map_err(io)?;
+        for item in self
+            .range(Bound::Included(b"t/".to_vec()), Bound::Excluded(end), false)
+            .take(limit)
+        {
+            let (key, value) = item?;
             if let Some(timer) = TimerKey::decode(&key) {
                 out.push((timer, value.to_vec()));
             }
@@ -356,7 +567,9 @@ impl Backend for Sled {
     }
 
     fn next_due(&self) -> Result<Option<DateTime<Utc>>, Error> {
-        let first = self.db.scan_prefix(b"t/").next().transpose().map_err(io)?;
+        let first = self
+            .db
+            .with(|db| db.scan_prefix(b"t/").next().transpose().map_err(io))?;
         Ok(first
             .and_then(|(key, _)| TimerKey::decode(&key))
             .map(|timer| timer.due))
@@ -383,8 +596,15 @@ impl Backend for Sled {
     ) -> Result<Vec<(DateTime<Utc>, String)>, Error> {
         let end = Key::SeenExpiry(before, "").encode();
         let mut out = Vec::new();
-        for item in self.db.range(b"fx/".to_vec()..end).take(limit) {
-            let (key, _) = item.map_err(io)?;
+        for item in self
+            .range(
+                Bound::Included(b"fx/".to_vec()),
+                Bound::Excluded(end),
+                false,
+            )
+            .take(limit)
+        {
+            let (key, _) = item?;
             let rest = &key[3..];
             let Some(at) = time_part(rest) else {
                 continue;
@@ -395,8 +615,8 @@ impl Backend for Sled {
     }
 
     fn runs<'a>(&'a self, order: RunOrder<'_>) -> Rows<'a, Stored<String>> {
-        let row = |item: Result<(::sled::IVec, ::sled::IVec), ::sled::Error>| {
-            let (key, value) = item.map_err(io)?;
+        let row = |item: Result<(::sled::IVec, ::sled::IVec), Error>| {
+            let (key, value) = item?;
             Ok((
                 String::from_utf8_lossy(&key[2..]).into_owned(),
                 value.to_vec(),
@@ -410,7 +630,10 @@ impl Backend for Sled {
                     end = end.min(Key::Run(id).encode());
                 }
                 let end = end.max(start.clone());
-                Box::new(self.db.range(start..end).rev().map(row))
+                Box::new(
+                    self.range(Bound::Included(start), Bound::Excluded(end), true)
+                        .map(row),
+                )
             }
             RunOrder::OldestFirst { after } => {
                 let start = match after {
@@ -421,7 +644,14 @@ impl Backend for Sled {
                     }
                     None => b"r/".to_vec(),
                 };
-                Box::new(self.db.range(start..b"r0".to_vec()).map(row))
+                Box::new(
+                    self.range(
+                        Bound::Included(start),
+                        Bound::Excluded(b"r0".to_vec()),
+                        false,
+                    )
+                    .map(row),
+                )
             }
         }
     }
@@ -445,12 +675,7 @@ impl Backend for Sled {
 
     fn last_playbook_load(&self, name: &str) -> Result<Option<Stored<DateTime<Utc>>>, Error> {
         let prefix = prefix(b"ph/", &[name]);
-        let last = self
-            .db
-            .scan_prefix(&prefix)
-            .next_back()
-            .transpose()
-            .map_err(io)?;
+        let last = self.under(&prefix, true).next().transpose()?;
         Ok(last.map(|(key, version)| {
             let at = time_part(&key[prefix.len()..]).unwrap_or(DateTime::UNIX_EPOCH);
             (at, version.to_vec())
@@ -474,7 +699,10 @@ impl Backend for Sled {
             let Some(seq) = seq_part(rest).filter(|_| rest.len() == 8) else {
                 continue;
             };
-            let Some(record) = self.db.get(Key::Audit(seq).encode()).map_err(io)? else {
+            let Some(record) = self
+                .db
+                .with(|db| db.get(Key::Audit(seq).encode()).map_err(io))?
+            else {
                 continue;
             };
             for stored in audit::split_record(&record) {
@@ -490,18 +718,22 @@ impl Backend for Sled {
 
     fn audit_entries(&self) -> Rows<'_, (u64, Vec<u8>)> {
         Box::new(
-            self.records(b"a/".to_vec()..b"a0".to_vec())
-                .flat_map(|item| {
-                    let unpacked: Vec<Result<(u64, Vec<u8>), Error>> = match item {
-                        Err(error) => vec![Err(error)],
-                        Ok((first, record)) => audit::split_record(&record)
-                            .into_iter()
-                            .zip(first..)
-                            .map(|(stored, seq)| Ok((seq, stored.to_vec())))
-                            .collect(),
-                    };
-                    unpacked
-                }),
+            self.records(
+                Bound::Included(b"a/".to_vec()),
+                Bound::Excluded(b"a0".to_vec()),
+                false,
+            )
+            .flat_map(|item| {
+                let unpacked: Vec<Result<(u64, Vec<u8>), Error>> = match item {
+                    Err(error) => vec![Err(error)],
+                    Ok((first, record)) => audit::split_record(&record)
+                        .into_iter()
+                        .zip(first..)
+                        .map(|(stored, seq)| Ok((seq, stored.to_vec())))
+                        .collect(),
+                };
+                unpacked
+            }),
         )
     }
 
@@ -511,8 +743,7 @@ impl Backend for Sled {
             None => b"a0".to_vec(),
         };
         Box::new(
-            self.records(b"a/".to_vec()..end)
-                .rev()
+            self.records(Bound::Included(b"a/".to_vec()), Bound::Excluded(end), true)
                 .flat_map(move |item| {
                     let entries: Vec<Result<(String, AuditEntry), Error>> = match item {
                         Err(error) => vec![Err(error)],
@@ -532,12 +763,15 @@ impl Backend for Sled {
     }
 
     fn audit_checkpoint(&self) -> Result<(u64, String), Error> {
-        audit::checkpoint(&self.db).map(|head| (head.seq, head.hash))
+        self.db
+            .with(audit::checkpoint)
+            .map(|head| (head.seq, head.hash))
     }
 
     fn verify_audit(&self) -> Result<Verification, Error> {
-        let start = audit::checkpoint(&self.db)?;
-        verify_chain(start, self.audit_entries(), audit::read_head(&self.db)?)
+        let start = self.db.with(audit::checkpoint)?;
+        let head = self.db.with(audit::read_head)?;
+        verify_chain(start, self.audit_entries(), head)
     }
 
     fn prune_audit<'a>(
@@ -548,8 +782,12 @@ impl Backend for Sled {
         Box::pin(self.prune(through, hash))
     }
 
+    fn compact(&self) -> BoxFuture<'_, Result<Option<Compacted>, Error>> {
+        Box::pin(self.committer.compact())
+    }
+
     fn size_on_disk(&self) -> Result<u64, Error> {
-        self.db.size_on_disk().map_err(io)
+        self.db.with(|db| db.size_on_disk().map_err(io))
     }
 
     fn path(&self) -> Option<&Path> {
@@ -588,28 +826,32 @@ const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 impl Drop for Released {
     fn drop(&mut self) {
-        let Some(log) = &self.log else {
-            return;
-        };
-        let Ok(file) = File::open(log) else {
-            return;
-        };
-        let started = Instant::now();
-        loop {
-            match file.try_lock() {
-                // Our probe's lock goes with `file`.
-                Ok(()) | Err(std::fs::TryLockError::Error(_)) => return,
-                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < RELEASE_WAIT => {
-                    #[expect(
-                        clippy::disallowed_methods,
-                        reason = "a drop waits for sled's threads to close the log file; no runtime to yield to"
-                    )]
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    tracing::warn!(log = %log.display(), "the store's log is still locked after closing it");
-                    return;
-                }
+        if let Some(log) = &self.log {
+            wait_released(log);
+        }
+    }
+}
+
+/// Waits (at most [`RELEASE_WAIT`]) until no sled holds the lock on the log file `log`.
+fn wait_released(log: &Path) {
+    let Ok(file) = File::open(log) else {
+        return;
+    };
+    let started = Instant::now();
+    loop {
+        match file.try_lock() {
+            // Our probe's lock goes with `file`.
+            Ok(()) | Err(std::fs::TryLockError::Error(_)) => return,
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < RELEASE_WAIT => {
+                #[expect(
+                    clippy::disallowed_methods,
+                    reason = "waits for sled's threads to close the log file; no runtime to yield to"
+                )]
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                tracing::warn!(log = %log.display(), "the store's log is still locked after closing it");
+                return;
             }
         }
     }

@@ -1,0 +1,485 @@
+//! Online compaction of the sled store. sled 0.34 reuses a log segment only after its segment
+//! cleaner has moved the live pages out of it, which it does not keep up with: a store whose
+//! data is mostly written once and deleted later (runs purged after `retain_ended`, seen ids
+//! expiring, the audit log pruned after export) grows by about everything ever written. So the
+//! committer — the one writer — copies every live key into a fresh sled beside the store once
+//! the file has grown past [`COMPACT_FACTOR`] × its size after the last compaction (or at
+//! open), and past a floor, and swaps the copy in. The copy is made by a thread of its own while commits go
+//! on; the committer notes the keys they write, and once the copy is made it reads those keys
+//! again into it, then swaps: batches submitted during that last part (the pause) wait in its
+//! bounded queue. Readers read the old database until the swap and wait for the swap itself.
+//!
+//! The directory dance, for the store `P` (each rename and removal is followed by an fsync of
+//! the parent directory):
+//!
+//! 1. the copy is written into `P.quench-compacting`, flushed, and fsynced (files and
+//!    directories), then renamed `P.quench-compacted`: that name is its completeness marker;
+//! 2. the old database is closed, `P` is renamed `P.quench-old`, `P.quench-compacted` is
+//!    renamed `P`;
+//! 3. `P.quench-old` is removed and `P` is opened.
+//!
+//! [`repair`], run by every open, finishes or rolls back what a crash interrupted: a
+//! `compacting` directory is an unfinished copy (removed); a `compacted` one beside `P` is
+//! rolled back (removed: `P` holds the same data, and may have taken commits after a failed
+//! swap); a `compacted` one without `P` is rolled forward (renamed `P`); an `old` one beside
+//! `P` is removed (without `P`, it is renamed back). What is inside `P` keeps format version 1.
+//!
+//! Locks: sled locks `P/db`, but between closing the old database and opening the new one no
+//! sled would, so the process also holds an exclusive `flock` on the directory `P` itself for
+//! as long as the store is open, and on the copy's directory from its creation (it becomes
+//! `P`). An open locks every directory of the dance before repairing, so it never "repairs" a
+//! compaction that another process has under way; a killed process holds no lock.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::super::{BackendError, COMPACT_FACTOR, Compacted, Error, SyncMode};
+use super::committer::sync_dir;
+use super::{Opened, Slot, io as sled_error, open_db, wait_released};
+
+/// How often the committer looks at the file's size (between batches).
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Bytes of keys and values copied per sled batch.
+const COPY_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// The store's directory and its siblings of the dance.
+#[derive(Debug, Clone)]
+pub(super) struct Dance {
+    store: PathBuf,
+    compacting: PathBuf,
+    compacted: PathBuf,
+    old: PathBuf,
+    parent: PathBuf,
+}
+
+impl Dance {
+    /// None for a path without a last component of its own (`/`, `..`): such a store is
+    /// never compacted.
+    pub(super) fn of(store: &Path) -> Option<Dance> {
+        let name = store.file_name()?;
+        let sibling = |suffix: &str| {
+            let mut sibling = name.to_os_string();
+            sibling.push(suffix);
+            store.with_file_name(sibling)
+        };
+        let parent = match store.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        Some(Dance {
+            store: store.to_path_buf(),
+            compacting: sibling(".quench-compacting"),
+            compacted: sibling(".quench-compacted"),
+            old: sibling(".quench-old"),
+            parent,
+        })
+    }
+
+    fn open_error(&self, source: io::Error) -> Error {
+        let path = self.store.clone();
+        if matches!(
+            source.kind(),
+            io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+        ) {
+            Error::ReadOnly {
+                path,
+                source: BackendError::new(source),
+            }
+        } else {
+            Error::Open {
+                path,
+                source: BackendError::new(source),
+            }
+        }
+    }
+
+    /// At open: locks every directory of the dance (another process's compaction under way is
+    /// [`Error::Locked`]), repairs what a crash left, and returns the lock on `P` (created if
+    /// missing), held as long as the store is open.
+    pub(super) fn open(&self) -> Result<DirLock, Error> {
+        {
+            let mut held = Vec::new();
+            for directory in [&self.store, &self.compacting, &self.compacted, &self.old] {
+                held.extend(self.lock(directory)?);
+            }
+            repair(self).map_err(|error| self.open_error(error))?;
+        }
+        std::fs::create_dir_all(&self.store).map_err(|error| self.open_error(error))?;
+        self.lock(&self.store)?
+            .ok_or_else(|| self.open_error(io::ErrorKind::NotFound.into()))
+    }
+
+    /// An exclusive lock on `directory`; none when it does not exist.
+    fn lock(&self, directory: &Path) -> Result<Option<DirLock>, Error> {
+        let file = match File::open(directory) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(self.open_error(error)),
+        };
+        match file.try_lock() {
+            Ok(()) => Ok(Some(DirLock(file))),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
+                path: self.store.clone(),
+            }),
+            // A file system without locks: sled's own lock on `P/db` is all there is.
+            Err(std::fs::TryLockError::Error(_)) => Ok(Some(DirLock(file))),
+        }
+    }
+}
+
+/// An exclusive `flock` on a directory, held while this lives.
+#[derive(Debug)]
+pub(super) struct DirLock(#[expect(dead_code, reason = "held for its lock")] File);
+
+/// Finishes or rolls back an interrupted compaction (see the module's documentation). The
+/// caller holds the locks.
+pub(super) fn repair(dance: &Dance) -> io::Result<()> {
+    if dance.compacting.try_exists()? {
+        std::fs::remove_dir_all(&dance.compacting)?;
+        sync_dir(&dance.parent)?;
+    }
+    if dance.compacted.try_exists()? {
+        if dance.store.try_exists()? {
+            std::fs::remove_dir_all(&dance.compacted)?;
+        } else {
+            std::fs::rename(&dance.compacted, &dance.store)?;
+        }
+        sync_dir(&dance.parent)?;
+    }
+    if dance.old.try_exists()? {
+        if dance.store.try_exists()? {
+            std::fs::remove_dir_all(&dance.old)?;
+        } else {
+            std::fs::rename(&dance.old, &dance.store)?;
+        }
+        sync_dir(&dance.parent)?;
+    }
+    Ok(())
+}
+
+/// fsyncs every file and directory under `root`, and `root`.
+fn sync_tree(root: &Path) -> io::Result<()> {
+    for entry in walkdir::WalkDir::new(root).contents_first(true) {
+        let entry = entry.map_err(io::Error::other)?;
+        File::open(entry.path())?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Why a compaction did not happen.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// The store goes on with the database it had (or the copy, when only cleaning up failed).
+    Recovered(Error),
+    /// No database could be opened again: the store refuses every later commit.
+    Lost(Error),
+}
+
+/// The committer's part: when to compact, and how.
+#[derive(Debug)]
+pub(super) struct Compactor {
+    dance: Dance,
+    cache_bytes: u64,
+    sync: SyncMode,
+    floor: u64,
+    /// The file's size after the last compaction, or at open.
+    baseline: u64,
+    checked: Instant,
+    /// The copy under way.
+    copying: Option<Copying>,
+}
+
+/// A copy being made by its own thread while commits go on.
+#[derive(Debug)]
+struct Copying {
+    started: Instant,
+    before: u64,
+    /// On `P.quench-compacting`, from its creation.
+    lock: DirLock,
+    /// Returns the copy, every key of the old database as the thread read it.
+    thread: std::thread::JoinHandle<Result<::sled::Db, Error>>,
+    /// Keys the committer wrote since the copy began: read again from the old database (then
+    /// still, as the committer waits) into the copy before the swap.
+    touched: BTreeSet<Vec<u8>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Compactor {
+    pub(super) fn new(
+        dance: Dance,
+        cache_bytes: u64,
+        sync: SyncMode,
+        floor: u64,
+        size: u64,
+    ) -> Compactor {
+        Compactor {
+            dance,
+            cache_bytes,
+            sync,
+            floor,
+            baseline: size,
+            checked: Instant::now(),
+            copying: None,
+        }
+    }
+
+    /// Whether the file has outgrown its live data: larger than [`COMPACT_FACTOR`] × the
+    /// baseline and than the floor. Looks at the size at most once per [`CHECK_EVERY`].
+    pub(super) fn due(&mut self, slot: &Slot) -> bool {
+        if self.checked.elapsed() < CHECK_EVERY {
+            return false;
+        }
+        self.checked = Instant::now();
+        let limit = self.baseline.saturating_mul(COMPACT_FACTOR).max(self.floor);
+        slot.with(|db| db.size_on_disk().map_err(sled_error))
+            .is_ok_and(|size| size > limit)
+    }
+
+    pub(super) fn copying(&self) -> bool {
+        self.copying.is_some()
+    }
+
+    /// Whether the copy's thread is done (and [`Compactor::finish`] will not wait for it).
+    pub(super) fn copied(&self) -> bool {
+        self.copying
+            .as_ref()
+            .is_some_and(|copying| copying.thread.is_finished())
+    }
+
+    /// Keys a commit wrote while the copy is made.
+    pub(super) fn touched(&mut self, keys: Vec<Vec<u8>>) {
+        if let Some(copying) = &mut self.copying {
+            copying.touched.extend(keys);
+        }
+    }
+
+    /// Starts the copy (step 1) on a thread of its own, into `P.quench-compacting`.
+    pub(super) fn begin(&mut self, slot: &Slot) -> Result<(), Failure> {
+        let before = slot
+            .with(|db| db.size_on_disk().map_err(sled_error))
+            .map_err(Failure::Recovered)?;
+        // A failure from here on leaves the old database in place; the next attempt waits
+        // until the file has doubled again.
+        self.baseline = before;
+        let started = Instant::now();
+        let dance = &self.dance;
+        let fs_error = |error| dance.open_error(error);
+        let prepared = (|| {
+            if dance.compacting.try_exists().map_err(fs_error)? {
+                std::fs::remove_dir_all(&dance.compacting).map_err(fs_error)?;
+            }
+            std::fs::create_dir(&dance.compacting).map_err(fs_error)?;
+            let lock = dance
+                .lock(&dance.compacting)?
+                .ok_or_else(|| fs_error(io::ErrorKind::NotFound.into()))?;
+            let copy = open_db(&dance.compacting, self.cache_bytes)?;
+            let old = slot.with(|db| Ok(db.clone()))?;
+            Ok::<_, Error>((lock, copy, old))
+        })();
+        let (lock, copy, old) = match prepared {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                let _ = std::fs::remove_dir_all(&dance.compacting);
+                return Err(Failure::Recovered(error));
+            }
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("quench-compactor".into())
+                .spawn(move || copy_into(&old, &copy, &stop).map(|()| copy))
+                .map_err(|error| Failure::Recovered(Error::Sync(error)))?
+        };
+        self.copying = Some(Copying {
+            started,
+            before,
+            lock,
+            thread,
+            touched: BTreeSet::new(),
+            stop,
+        });
+        Ok(())
+    }
+
+    /// Stops a copy under way and removes it (the committer is closing).
+    pub(super) fn abandon(&mut self) {
+        if let Some(copying) = self.copying.take() {
+            copying.stop.store(true, Ordering::Relaxed);
+            if let Ok(Ok(copy)) = copying.thread.join() {
+                drop(copy);
+                wait_released(&self.dance.compacting.join("db"));
+            }
+            let _ = std::fs::remove_dir_all(&self.dance.compacting);
+        }
+    }
+
+    /// Brings the finished copy up to date, makes it durable and swaps it in (see the module's
+    /// documentation); commits wait meanwhile. `log` is the committer's handle for `fdatasync`,
+    /// reopened on the new file.
+    pub(super) fn finish(
+        &mut self,
+        slot: &Slot,
+        log: &mut Option<File>,
+    ) -> Result<Compacted, Failure> {
+        let Some(copying) = self.copying.take() else {
+            return Err(Failure::Recovered(Error::Closed));
+        };
+        let copied = copying.started.elapsed();
+        let paused = Instant::now();
+        let before = copying.before;
+        let lock = copying.lock;
+        let published = copying
+            .thread
+            .join()
+            .unwrap_or_else(|_| Err(Error::Failed("the compaction's copy panicked".to_owned())))
+            .and_then(|copy| self.publish(slot, copy, copying.touched));
+        if let Err(error) = published {
+            let _ = std::fs::remove_dir_all(&self.dance.compacting);
+            let _ = std::fs::remove_dir_all(&self.dance.compacted);
+            return Err(Failure::Recovered(error));
+        }
+        let mut opened = slot
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(Opened { db, locks }) = opened.take() else {
+            return Err(Failure::Lost(Error::Closed));
+        };
+        *log = None;
+        drop(db);
+        wait_released(&self.dance.store.join("db"));
+        match self.swap().and_then(|()| self.open()) {
+            Ok((db, file)) => {
+                *opened = Some(Opened {
+                    db,
+                    locks: vec![lock],
+                });
+                drop(locks);
+                *log = file;
+            }
+            Err(error) => {
+                // Whatever the dance got to, `repair` makes `P` whole again (this process
+                // holds every lock) and the store goes on with it.
+                let reopened = repair(&self.dance)
+                    .map_err(|error| self.dance.open_error(error))
+                    .and_then(|()| self.open());
+                let (db, file) = reopened.map_err(|_| Failure::Lost(lost(&error)))?;
+                let mut locks = locks;
+                locks.push(lock);
+                *opened = Some(Opened { db, locks });
+                *log = file;
+                return Err(Failure::Recovered(error));
+            }
+        }
+        let after = opened
+            .as_ref()
+            .map_or(Ok(0), |opened| opened.db.size_on_disk().map_err(sled_error))
+            .map_err(Failure::Recovered)?;
+        drop(opened);
+        self.baseline = after;
+        self.checked = Instant::now();
+        Ok(Compacted {
+            before_bytes: before,
+            after_bytes: after,
+            copying: copied,
+            paused: paused.elapsed(),
+        })
+    }
+
+    /// The rest of step 1: the keys written meanwhile read again into the copy, which is then
+    /// flushed, closed, fsynced and renamed `P.quench-compacted`.
+    fn publish(
+        &self,
+        slot: &Slot,
+        copy: ::sled::Db,
+        touched: BTreeSet<Vec<u8>>,
+    ) -> Result<(), Error> {
+        let dance = &self.dance;
+        slot.with(|db| {
+            let mut batch = ::sled::Batch::default();
+            for key in touched {
+                match db.get(&key).map_err(sled_error)? {
+                    Some(value) => batch.insert(key, value),
+                    None => batch.remove(key),
+                }
+            }
+            copy.apply_batch(batch).map_err(sled_error)
+        })?;
+        copy.flush().map_err(sled_error)?;
+        drop(copy);
+        wait_released(&dance.compacting.join("db"));
+        sync_tree(&dance.compacting).map_err(Error::Sync)?;
+        fail::fail_point!("store::compact_copied");
+        std::fs::rename(&dance.compacting, &dance.compacted)
+            .map_err(|error| dance.open_error(error))?;
+        sync_dir(&dance.parent).map_err(Error::Sync)?;
+        fail::fail_point!("store::compact_published");
+        Ok(())
+    }
+
+    /// Step 2 and 3's removal: the copy takes the store's name.
+    fn swap(&self) -> Result<(), Error> {
+        let dance = &self.dance;
+        let fs_error = |error| dance.open_error(error);
+        std::fs::rename(&dance.store, &dance.old).map_err(fs_error)?;
+        sync_dir(&dance.parent).map_err(Error::Sync)?;
+        fail::fail_point!("store::compact_moved_aside");
+        std::fs::rename(&dance.compacted, &dance.store).map_err(fs_error)?;
+        sync_dir(&dance.parent).map_err(Error::Sync)?;
+        fail::fail_point!("store::compact_swapped");
+        std::fs::remove_dir_all(&dance.old).map_err(fs_error)?;
+        sync_dir(&dance.parent).map_err(Error::Sync)?;
+        fail::fail_point!("store::compact_cleaned");
+        Ok(())
+    }
+
+    /// Opens `P`, and its log for `fdatasync` when every commit is synced.
+    fn open(&self) -> Result<(::sled::Db, Option<File>), Error> {
+        let db = open_db(&self.dance.store, self.cache_bytes)?;
+        let log = match self.sync {
+            SyncMode::Always => Some(File::open(self.dance.store.join("db")).map_err(Error::Sync)?),
+            SyncMode::Os => None,
+        };
+        Ok((db, log))
+    }
+}
+
+/// Every tree's every key, in batches, unless `stop` is set.
+fn copy_into(from: &::sled::Db, to: &::sled::Db, stop: &AtomicBool) -> Result<(), Error> {
+    for name in from.tree_names() {
+        let source = from.open_tree(&name).map_err(sled_error)?;
+        let target = to.open_tree(&name).map_err(sled_error)?;
+        let mut batch = ::sled::Batch::default();
+        let mut bytes = 0;
+        for item in source.iter() {
+            let (key, value) = item.map_err(sled_error)?;
+            bytes += key.len() + value.len();
+            batch.insert(key, value);
+            if bytes >= COPY_BATCH_BYTES {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                target
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(sled_error)?;
+                bytes = 0;
+            }
+        }
+        target.apply_batch(batch).map_err(sled_error)?;
+    }
+    Ok(())
+}
+
+/// What later commits are told when a failed compaction left no database open.
+fn lost(error: &Error) -> Error {
+    Error::Failed(format!(
+        "compaction failed and the store could not be opened again: {error}"
+    ))
+}
