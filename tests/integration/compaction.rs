@@ -362,10 +362,11 @@ impl Child {
             "{what}: every round stored once, in order"
         );
         if let Some(&acked_last) = acked.last() {
-            assert_eq!(
-                acked,
-                (0..=acked_last).collect::<Vec<u64>>(),
-                "{what}: acks in order"
+            // A round committed but killed before its ack was written is stored and not in
+            // the acks (the next start goes on after it): acks only rise.
+            assert!(
+                acked.windows(2).all(|pair| pair[0] < pair[1]),
+                "{what}: acks in order: {acked:?}"
             );
             let last = last.expect("acked rounds are stored");
             assert!(

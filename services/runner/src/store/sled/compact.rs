@@ -122,7 +122,7 @@ impl Dance {
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(self.open_error(error)),
         };
-        match file.try_lock() {
+        match super::try_lock_a_moment(&file, super::Lock::Exclusive) {
             Ok(()) => Ok(Some(DirLock(file))),
             Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
                 path: self.store.clone(),

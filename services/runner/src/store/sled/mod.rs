@@ -269,7 +269,7 @@ impl Sled {
         // lock on the log is let go of) and on the log, held until the copy is made.
         let shared = |path: PathBuf| -> Result<File, Error> {
             let file = File::open(path).map_err(copy_error)?;
-            match file.try_lock_shared() {
+            match try_lock_a_moment(&file, Lock::Shared) {
                 Ok(()) => Ok(file),
                 Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
                     path: original.clone(),
@@ -795,6 +795,38 @@ impl Backend for Sled {
     }
 }
 
+/// A lock to take on a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lock {
+    Exclusive,
+    Shared,
+}
+
+/// Takes `lock` on `file`, trying again for up to a second while it would block. A lock this
+/// process has let go of can stay held for a moment after: a child process that another thread
+/// is spawning holds copies of every descriptor until it execs (they close then), and flock
+/// locks belong to the open file, not to the descriptor. Another process that really holds the
+/// store still gets `WouldBlock`, a second later.
+pub(super) fn try_lock_a_moment(file: &File, lock: Lock) -> Result<(), std::fs::TryLockError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let tried = match lock {
+            Lock::Exclusive => file.try_lock(),
+            Lock::Shared => file.try_lock_shared(),
+        };
+        match tried {
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                #[expect(
+                    clippy::disallowed_methods,
+                    reason = "opening a store is synchronous; a moment's wait for a lock in passing"
+                )]
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// `Error::Locked` when another process holds the lock sled takes on the store's log (sled's own
 /// error says so only in its text). The probe's lock is released before sled takes its own;
 /// a store without a readable log is left to sled to open or refuse.
@@ -802,7 +834,7 @@ fn refuse_if_locked(path: &Path) -> Result<(), Error> {
     let Ok(log) = File::open(path.join("db")) else {
         return Ok(());
     };
-    match log.try_lock() {
+    match try_lock_a_moment(&log, Lock::Exclusive) {
         Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
             path: path.to_path_buf(),
         }),
