@@ -317,7 +317,10 @@ fn compactions() -> (u64, f64) {
 
 /// Findings whose runs end at once, under retention: store size and RSS over time.
 async fn retention(dir: &Path, total: usize) {
-    let store = Store::open(&StoreConfig::new(dir.join("state"))).expect("store opens");
+    // Automatic compaction is off by default (`store::COMPACT_OFF`); this bench measures it.
+    let mut store_config = StoreConfig::new(dir.join("state"));
+    store_config.compact_floor = quench_runner::store::COMPACT_FLOOR;
+    let store = Store::open(&store_config).expect("store opens");
     let config = EngineConfig {
         seen_retention: Duration::from_secs(60),
         max_inflight_runs: CONCURRENCY,
