@@ -236,20 +236,9 @@ steps:
     let order = Arc::new(Order::default());
     let mut actions = Actions::new();
     actions.insert("http.request", Arc::new(Recorded(order.clone())));
-    let engine = Engine::new(
-        Store::temporary().expect("store"),
-        Arc::new(SystemClock),
-        actions,
-        EngineConfig::default(),
-    )
-    .with_notifier(Arc::new(Recorded(order.clone())));
-    let compiled = quench_runner::playbook::compile(source)
-        .playbook
-        .expect("compiles");
-    engine
-        .load_playbooks(vec![compiled], "test")
+    let engine = engine(source, actions, 256)
         .await
-        .expect("load");
+        .with_notifier(Arc::new(Recorded(order.clone())));
     let stop = CancellationToken::new();
     let timers = tokio::spawn({
         let (engine, stop) = (engine.clone(), stop.clone());
