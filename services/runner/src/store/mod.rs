@@ -663,8 +663,9 @@ impl Store {
 
     /// Compacts the store now: its live data is copied into a fresh file (while commits go
     /// on), brought up to date with what they wrote meanwhile, and swapped in (commits wait for
-    /// that part); returns once the swap is done. The backend also does this on its own once the file has outgrown the data
-    /// (see [`StoreConfig::compact_floor`]). `None` for a store without files of its own.
+    /// that part); returns once the swap is done. The backend also does this on its own once
+    /// the file has outgrown the data (see [`StoreConfig::compact_floor`]). `None` for a store
+    /// without files of its own.
     pub async fn compact(&self) -> Result<Option<Compacted>, Error> {
         self.backend.compact().await
     }

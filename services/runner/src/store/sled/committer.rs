@@ -365,7 +365,10 @@ impl Committer {
                 error
             }
             Failure::Lost(error) => {
-                tracing::error!(%error, "store compaction failed and the store could not be opened again; refusing further writes");
+                tracing::error!(
+                    %error,
+                    "store compaction failed and the store could not be opened again; refusing further writes"
+                );
                 self.fail(error.to_string());
                 error
             }

@@ -4,10 +4,11 @@
 //! expiring, the audit log pruned after export) grows by about everything ever written. So the
 //! committer — the one writer — copies every live key into a fresh sled beside the store once
 //! the file has grown past [`COMPACT_FACTOR`] × its size after the last compaction (or at
-//! open), and past a floor, and swaps the copy in. The copy is made by a thread of its own while commits go
-//! on; the committer notes the keys they write, and once the copy is made it reads those keys
-//! again into it, then swaps: batches submitted during that last part (the pause) wait in its
-//! bounded queue. Readers read the old database until the swap and wait for the swap itself.
+//! open), and past a floor, and swaps the copy in. The copy is made by a thread of its own
+//! while commits go on; the committer notes the keys they write, and once the copy is made it
+//! reads those keys again into it, then swaps: batches submitted during that last part (the
+//! pause) wait in its bounded queue. Readers read the old database until the swap and wait for
+//! the swap itself.
 //!
 //! The directory dance, for the store `P` (each rename and removal is followed by an fsync of
 //! the parent directory):
