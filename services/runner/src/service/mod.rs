@@ -133,7 +133,11 @@ pub async fn serve_with(
         None => OpenAi::without_key(&config.openai.base_url),
     }
     .map_err(Error::Connector)?;
-    crate::connectors::openai::register(&mut actions, Arc::new(openai));
+    let openai = Arc::new(openai);
+    crate::connectors::openai::register(&mut actions, openai.clone());
+    let stores = crate::connectors::secret_store::SecretStores::from_config(&config.secret_stores)
+        .map_err(Error::Connector)?;
+    crate::connectors::openai::register_rotation(&mut actions, openai, stores);
     let http = crate::connectors::http::HttpAction::new(&config.http.allow_hosts)
         .map_err(Error::Connector)?;
     crate::connectors::http::register(&mut actions, Arc::new(http));
