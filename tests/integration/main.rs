@@ -21,6 +21,7 @@ mod playbook_tests;
 mod proto_contracts;
 mod quickstart;
 mod redaction;
+mod rotation;
 mod schedule;
 mod scheduler;
 mod service;
