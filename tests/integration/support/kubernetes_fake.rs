@@ -149,7 +149,8 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response {
         .into_response()
 }
 
-/// Records the request and checks the bearer token and namespace.
+/// Records the request and checks the bearer token and namespace; `Some` is the answer to give
+/// instead.
 fn admit(
     shared: &Shared,
     method: &str,
@@ -157,7 +158,7 @@ fn admit(
     name: &str,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<(), Response> {
+) -> Option<Response> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -174,14 +175,14 @@ fn admit(
         body: String::from_utf8_lossy(body).into_owned(),
     });
     if authorization.as_deref() != Some(&format!("Bearer {}", state.token)) {
-        return Err(status(
+        return Some(status(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
             "Unauthorized".to_owned(),
         ));
     }
     if namespace != state.namespace {
-        return Err(status(
+        return Some(status(
             StatusCode::FORBIDDEN,
             "Forbidden",
             format!(
@@ -191,7 +192,7 @@ fn admit(
             ),
         ));
     }
-    Ok(())
+    None
 }
 
 fn not_found(name: &str) -> Response {
@@ -207,7 +208,7 @@ async fn read(
     Path((namespace, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = admit(&shared, "GET", &namespace, &name, &headers, &Bytes::new()) {
+    if let Some(refused) = admit(&shared, "GET", &namespace, &name, &headers, &Bytes::new()) {
         return refused;
     }
     match lock(&shared).secrets.get(&name) {
@@ -243,7 +244,7 @@ async fn patch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = admit(&shared, "PATCH", &namespace, &name, &headers, &body) {
+    if let Some(refused) = admit(&shared, "PATCH", &namespace, &name, &headers, &body) {
         return refused;
     }
     let content_type = headers

@@ -206,14 +206,14 @@ fn errors(status: StatusCode, messages: &[&str]) -> Response {
     (status, axum::Json(json!({"errors": messages}))).into_response()
 }
 
-/// Records the request and checks its token; `Err` is the answer to give instead.
+/// Records the request and checks its token; `Some` is the answer to give instead.
 fn admit(
     shared: &Shared,
     method: Method,
     path: String,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<(), Response> {
+) -> Option<Response> {
     let token = headers
         .get("x-vault-token")
         .and_then(|value| value.to_str().ok())
@@ -233,11 +233,7 @@ fn admit(
     let known = token.is_some_and(|token| state.tokens.contains(&token));
     drop(state);
     shared.arrived.notify_waiters();
-    if known {
-        Ok(())
-    } else {
-        Err(errors(StatusCode::FORBIDDEN, &["permission denied"]))
-    }
+    (!known).then(|| errors(StatusCode::FORBIDDEN, &["permission denied"]))
 }
 
 fn now() -> String {
@@ -302,7 +298,7 @@ async fn read_data(
     Path(path): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = admit(
+    if let Some(refused) = admit(
         &shared,
         Method::GET,
         format!("/v1/{MOUNT}/data/{path}"),
@@ -342,7 +338,7 @@ async fn write_data(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = admit(
+    if let Some(refused) = admit(
         &shared,
         Method::POST,
         format!("/v1/{MOUNT}/data/{path}"),
@@ -399,7 +395,7 @@ async fn read_metadata(
     Path(path): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = admit(
+    if let Some(refused) = admit(
         &shared,
         Method::GET,
         format!("/v1/{MOUNT}/metadata/{path}"),
@@ -441,7 +437,7 @@ async fn patch_metadata(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = admit(
+    if let Some(refused) = admit(
         &shared,
         Method::PATCH,
         format!("/v1/{MOUNT}/metadata/{path}"),
