@@ -1890,6 +1890,7 @@ steps:
         Default::default(),
         move |actions| openai::register(actions, client),
         None,
+        |_| {},
     )
     .await;
     let status = |run: &quench_runner::engine::Run, step: &str| run.steps[step].status;

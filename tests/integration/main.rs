@@ -21,6 +21,7 @@ mod playbook_tests;
 mod proto_contracts;
 mod quickstart;
 mod redaction;
+mod safety;
 mod schedule;
 mod scheduler;
 mod service;
