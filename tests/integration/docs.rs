@@ -427,5 +427,8 @@ fn every_safety_key_is_documented() {
         .iter()
         .filter(|word| !page.contains(&format!("`{word}")))
         .collect();
-    assert!(missing.is_empty(), "docs/safety.md does not explain {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "docs/safety.md does not explain {missing:?}"
+    );
 }
