@@ -99,6 +99,8 @@ pub struct Config {
     pub gateway: GatewaySection,
     /// Where `openai.rotate_service_account_key` delivers a minted key: `[secret_stores.<name>]`.
     pub secret_stores: BTreeMap<String, SecretStoreConfig>,
+    /// Blast-radius rails on every mutating step, whatever the playbooks say.
+    pub safety: SafetySection,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -296,6 +298,57 @@ impl Default for SlackSection {
             app_token_file: None,
         }
     }
+}
+
+/// `[safety]`: rails that hold a mutating step for a human answer (budget, protected
+/// resources) or until a change freeze ends. Off until something is set.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SafetySection {
+    /// Mutating actions allowed per rolling hour, all actions together (none: no global budget).
+    pub max_mutations_per_hour: Option<u32>,
+    /// Mutating actions allowed per rolling hour, by action name (e.g. `"openai.revoke_key" = 10`).
+    pub max_per_hour: BTreeMap<String, u32>,
+    /// Who answers a held step (emails, Slack ids, `group:<name>`).
+    pub approvers: Vec<String>,
+    /// How long a safety gate waits for an answer before it holds (`4h`).
+    pub timeout: String,
+    /// Resources no mutating action touches without an answer from the safety approvers:
+    /// `project:<glob>`, `key:<glob>` (key or service-account id), `name:<glob>` (the finding's
+    /// resource name), `label:<name>=<glob>` (a label of the finding).
+    pub protect: Vec<String>,
+    /// Change freezes: mutating steps wait (durably) until the window ends, unless `urgent`.
+    pub freeze: Vec<FreezeWindow>,
+}
+
+impl Default for SafetySection {
+    fn default() -> SafetySection {
+        SafetySection {
+            max_mutations_per_hour: None,
+            max_per_hour: BTreeMap::new(),
+            approvers: Vec::new(),
+            timeout: "4h".to_owned(),
+            protect: Vec::new(),
+            freeze: Vec::new(),
+        }
+    }
+}
+
+/// One change-freeze window: it opens at each tick of `cron` (in `timezone`) and lasts
+/// `duration`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FreezeWindow {
+    /// Shown in the audit log and the API (e.g. `weekend`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Crontab line of the window's start: 5 fields, or 6/7 with seconds (and year).
+    pub cron: String,
+    /// How long each window lasts (e.g. `62h`).
+    pub duration: String,
+    /// IANA time zone of the cron line (`UTC`).
+    #[serde(default)]
+    pub timezone: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -1096,7 +1149,105 @@ impl Config {
                 ));
             }
         }
+        self.check_safety()
+    }
+
+    /// `[safety]`: what can be checked without the runner's cron and glob compilers (the
+    /// runner checks the cron lines, time zones and globs when it builds the rails).
+    fn check_safety(&self) -> Result<(), Error> {
+        let bad = |key: &str, value: &str, problem: &str| Error::Value {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            problem: problem.to_owned(),
+        };
+        let safety = &self.safety;
+        if !humantime::parse_duration(&safety.timeout)
+            .is_ok_and(|timeout| timeout >= std::time::Duration::from_secs(60))
+        {
+            return Err(bad(
+                "safety.timeout",
+                &safety.timeout,
+                "must be a duration of at least 1m, e.g. 4h",
+            ));
+        }
+        for (index, rule) in safety.protect.iter().enumerate() {
+            if let Err(problem) = ProtectRule::parse(rule) {
+                return Err(bad(&format!("safety.protect[{index}]"), rule, &problem));
+            }
+        }
+        for (index, window) in safety.freeze.iter().enumerate() {
+            if !humantime::parse_duration(&window.duration)
+                .is_ok_and(|duration| duration >= std::time::Duration::from_secs(60))
+            {
+                return Err(bad(
+                    &format!("safety.freeze[{index}].duration"),
+                    &window.duration,
+                    "must be a duration of at least 1m, e.g. 62h",
+                ));
+            }
+        }
+        let needs_approvers = safety.max_mutations_per_hour.is_some()
+            || !safety.max_per_hour.is_empty()
+            || !safety.protect.is_empty();
+        if needs_approvers && safety.approvers.iter().all(|a| a.trim().is_empty()) {
+            return Err(bad(
+                "safety.approvers",
+                "[]",
+                "a budget or a protect rule needs someone to answer for what it holds, \
+                 e.g. approvers = [\"group:secops\"]",
+            ));
+        }
+        for (index, approver) in safety.approvers.iter().enumerate() {
+            if let Some(group) = approver.strip_prefix("group:")
+                && !self.groups.contains_key(group)
+            {
+                return Err(bad(
+                    &format!("safety.approvers[{index}]"),
+                    approver,
+                    &format!("the group `{group}` is not defined under [groups]"),
+                ));
+            }
+        }
         Ok(())
+    }
+}
+
+/// One `[safety] protect` entry: what it looks at, and the glob it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtectRule<'a> {
+    /// A project id.
+    Project(&'a str),
+    /// A key id or service-account id.
+    Key(&'a str),
+    /// The finding's resource name.
+    Name(&'a str),
+    /// A label of the finding: its name, and a glob of its value.
+    Label(&'a str, &'a str),
+}
+
+impl ProtectRule<'_> {
+    pub fn parse(rule: &str) -> Result<ProtectRule<'_>, String> {
+        let (kind, glob) = rule.split_once(':').ok_or_else(|| {
+            "must be `project:<glob>`, `key:<glob>`, `name:<glob>` or `label:<name>=<glob>`"
+                .to_owned()
+        })?;
+        if glob.trim().is_empty() {
+            return Err(format!("`{kind}:` needs a value after the colon"));
+        }
+        match kind {
+            "project" => Ok(ProtectRule::Project(glob)),
+            "key" => Ok(ProtectRule::Key(glob)),
+            "name" => Ok(ProtectRule::Name(glob)),
+            "label" => match glob.split_once('=') {
+                Some((name, value)) if !name.is_empty() && !value.is_empty() => {
+                    Ok(ProtectRule::Label(name, value))
+                }
+                _ => Err("a label rule is `label:<name>=<glob>`, e.g. label:env=prod".to_owned()),
+            },
+            other => Err(format!(
+                "`{other}` is not a kind of protect rule; use project, key, name or label"
+            )),
+        }
     }
 }
 

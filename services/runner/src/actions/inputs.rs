@@ -345,6 +345,16 @@ pub struct ListKeys {
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+pub struct ListProjectUsers {
+    /// The project.
+    pub project_id: String,
+    /// Only users with this role in the project (`owner` or `member`); all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<ProjectRole>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AuditEvents {
     /// RFC 3339 time or Unix seconds; events strictly after it.
     pub since: String,

@@ -218,6 +218,13 @@ pub static REGISTRY: &[ActionSpec] = &[
         None,
         &["keys", "count"],
     ),
+    spec::<ListProjectUsers>(
+        "openai.list_project_users",
+        "List the people of a project with their roles (e.g. its owners, to ask about an orphaned key)",
+        false,
+        None,
+        &["users", "count"],
+    ),
     spec::<AuditEvents>(
         "openai.audit_events",
         "Read the organization audit log since a time",

@@ -407,6 +407,7 @@ impl Compiler<'_> {
             retry,
             timeout,
             continue_on_error: raw.continue_on_error,
+            urgent: raw.urgent,
         })
     }
 
