@@ -272,6 +272,62 @@ async fn commits_submitted_during_a_compaction_are_neither_lost_nor_reordered() 
     assert_eq!(read_lazily, expected);
 }
 
+/// Commits go on while a compaction copies the store: none waits for the copy, only for the
+/// last catch-up round and the swap, a small part of the copy's time however large the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_wait_for_a_small_part_of_a_compaction() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let path = directory.path().join("state");
+    let store = Store::open(&config(&path)).expect("store");
+    for chunk in 0..LIVE_RUNS / 500 {
+        let mut batch = Batch::new();
+        for n in chunk * 500..(chunk + 1) * 500 {
+            batch.put(
+                Key::Run(&format!("kept-{n:05}")),
+                &json!({"n": n, "padding": "k".repeat(2000)}),
+            );
+        }
+        store.commit(batch).await.expect("commit");
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let store = store.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut round, mut longest) = (0, Duration::ZERO);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                churn(&store, round..round + 1).await;
+                longest = longest.max(started.elapsed());
+                round += 1;
+            }
+            (round, longest)
+        })
+    };
+    let compacted = store
+        .compact()
+        .await
+        .expect("compacts")
+        .expect("a store on disk");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (rounds, longest) = writer.await.expect("writer");
+    assert!(rounds > 10, "commits went on during the copy: {rounds}");
+    assert!(
+        longest * 4 < compacted.copying && compacted.paused * 4 < compacted.copying,
+        "the longest commit took {longest:?} and commits were paused {:?}, against {:?} copying",
+        compacted.paused,
+        compacted.copying
+    );
+    let runs = store
+        .runs_oldest_first::<Value>(None)
+        .collect::<Result<Vec<_>, _>>()
+        .expect("runs");
+    assert_eq!(runs.len(), LIVE_RUNS as usize + 20);
+}
+
+/// Runs of ~2 KB the compaction test above copies.
+const LIVE_RUNS: u32 = 20_000;
+
 /// The compaction crash-test child, on one store and acks file.
 struct Child {
     dir: tempfile::TempDir,

@@ -330,7 +330,12 @@ impl Committer {
         if !compactor.copied() {
             return None;
         }
-        Some(self.compact())
+        let outcome = self.compact();
+        // Who asked finds the old database gone (commits wait for its removal only then).
+        if asked && let Some(compactor) = self.compactor.as_mut() {
+            compactor.settle();
+        }
+        Some(outcome)
     }
 
     /// Swaps the finished copy in; batches sent meanwhile wait in the queue.

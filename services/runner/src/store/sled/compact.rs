@@ -5,10 +5,20 @@
 //! committer — the one writer — copies every live key into a fresh sled beside the store once
 //! the file has grown past [`COMPACT_FACTOR`] × its size after the last compaction (or at
 //! open), and past a floor, and swaps the copy in. The copy is made by a thread of its own
-//! while commits go on; the committer notes the keys they write, and once the copy is made it
-//! reads those keys again into it, then swaps: batches submitted during that last part (the
-//! pause) wait in its bounded queue. Readers read the old database until the swap and wait for
-//! the swap itself.
+//! while commits go on; the committer notes the keys they write, and the thread, once it has
+//! copied every key, reads the keys noted meanwhile again into the copy, in rounds, while they
+//! get fewer. Then the committer reads the last round's keys itself and swaps: batches
+//! submitted during that last part (the pause) wait in its bounded queue. Readers read the old
+//! database until the swap and wait for the swap itself.
+//!
+//! What keeps the pause short and the memory flat: the copy is written key by key (sled's
+//! `apply_batch` takes a lock that stops every read and write of every database in the
+//! process, and holds its log until the batch is in), so the committer never waits for it;
+//! the copy is opened with a small cache; the catch-up is done in rounds by the thread, so the
+//! committer's last round holds only what was written during the one before; and the copy is
+//! closed and opened again once every key is in, which makes sled write a snapshot of its
+//! page table (sled has no other way to ask for one), so the open after the swap reads only
+//! the log the rounds wrote, not the whole copy.
 //!
 //! The directory dance, for the store `P` (each rename and removal is followed by an fsync of
 //! the parent directory):
@@ -35,8 +45,8 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::super::{BackendError, COMPACT_FACTOR, Compacted, Error, SyncMode};
@@ -46,8 +56,15 @@ use super::{Opened, Slot, io as sled_error, open_db, wait_released};
 /// How often the committer looks at the file's size (between batches).
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// Bytes of keys and values copied per sled batch.
-const COPY_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// The copy's page cache while it is made (it is opened with the store's own once swapped in):
+/// the copy writes each key once, so a cache would only double the process's memory.
+const COPY_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The catch-up rounds end once a round has at most this many keys, or has no fewer than the
+/// round before (commits write faster than the copy catches up), or after [`MAX_ROUNDS`]: the
+/// committer reads what is left with commits waiting.
+const LAST_ROUND_KEYS: usize = 2048;
+const MAX_ROUNDS: usize = 32;
 
 /// The store's directory and its siblings of the dance.
 #[derive(Debug, Clone)]
@@ -98,6 +115,15 @@ impl Dance {
                 source: BackendError::new(source),
             }
         }
+    }
+
+    /// Removes the database from before a swap; what a failure leaves, the next open removes.
+    fn remove_old(&self) {
+        let removed = std::fs::remove_dir_all(&self.old).and_then(|()| sync_dir(&self.parent));
+        if let Err(error) = removed {
+            tracing::warn!(%error, path = %self.old.display(), "cannot remove the store's database from before its compaction");
+        }
+        fail::fail_point!("store::compact_cleaned");
     }
 
     /// At open: locks every directory of the dance (another process's compaction under way is
@@ -194,6 +220,9 @@ pub(super) struct Compactor {
     checked: Instant,
     /// The copy under way.
     copying: Option<Copying>,
+    /// Removes the old database after a swap (a large file: its removal is no part of the
+    /// pause). Joined before the next compaction, whose swap reuses the name.
+    cleaning: Option<std::thread::JoinHandle<()>>,
 }
 
 /// A copy being made by its own thread while commits go on.
@@ -203,12 +232,32 @@ struct Copying {
     before: u64,
     /// On `P.quench-compacting`, from its creation.
     lock: DirLock,
-    /// Returns the copy, every key of the old database as the thread read it.
+    /// Returns the copy: every key of the old database as the thread read it, and the keys of
+    /// its catch-up rounds.
     thread: std::thread::JoinHandle<Result<::sled::Db, Error>>,
-    /// Keys the committer wrote since the copy began: read again from the old database (then
-    /// still, as the committer waits) into the copy before the swap.
-    touched: BTreeSet<Vec<u8>>,
+    touched: Arc<Touched>,
     stop: Arc<AtomicBool>,
+}
+
+/// Keys the committer wrote since the copy began (it notes them once they are written). The
+/// copy's thread takes them in rounds and reads each again from the old database into the
+/// copy; what it leaves, the committer reads before the swap, with the old database still.
+/// Either read comes after the write that noted the key, and a key written again after a round
+/// took it is noted again, so the copy ends with every key's last value.
+#[derive(Debug, Default)]
+struct Touched(Mutex<BTreeSet<Vec<u8>>>);
+
+impl Touched {
+    fn extend(&self, keys: impl IntoIterator<Item = Vec<u8>>) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(keys);
+    }
+
+    fn take(&self) -> BTreeSet<Vec<u8>> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
 }
 
 impl Compactor {
@@ -227,6 +276,7 @@ impl Compactor {
             baseline: size,
             checked: Instant::now(),
             copying: None,
+            cleaning: None,
         }
     }
 
@@ -255,13 +305,14 @@ impl Compactor {
 
     /// Keys a commit wrote while the copy is made.
     pub(super) fn touched(&mut self, keys: Vec<Vec<u8>>) {
-        if let Some(copying) = &mut self.copying {
+        if let Some(copying) = &self.copying {
             copying.touched.extend(keys);
         }
     }
 
     /// Starts the copy (step 1) on a thread of its own, into `P.quench-compacting`.
     pub(super) fn begin(&mut self, slot: &Slot) -> Result<(), Failure> {
+        self.settle();
         let before = slot
             .with(|db| db.size_on_disk().map_err(sled_error))
             .map_err(Failure::Recovered)?;
@@ -279,7 +330,7 @@ impl Compactor {
             let lock = dance
                 .lock(&dance.compacting)?
                 .ok_or_else(|| fs_error(io::ErrorKind::NotFound.into()))?;
-            let copy = open_db(&dance.compacting, self.cache_bytes)?;
+            let copy = open_db(&dance.compacting, COPY_CACHE_BYTES)?;
             let old = slot.with(|db| Ok(db.clone()))?;
             Ok::<_, Error>((lock, copy, old))
         })();
@@ -291,11 +342,14 @@ impl Compactor {
             }
         };
         let stop = Arc::new(AtomicBool::new(false));
+        let touched = Arc::new(Touched::default());
         let thread = {
             let stop = stop.clone();
+            let touched = touched.clone();
+            let path = dance.compacting.clone();
             std::thread::Builder::new()
                 .name("quench-compactor".into())
-                .spawn(move || copy_into(&old, &copy, &stop).map(|()| copy))
+                .spawn(move || make_copy(&old, copy, &path, &touched, &stop))
                 .map_err(|error| Failure::Recovered(Error::Sync(error)))?
         };
         self.copying = Some(Copying {
@@ -303,14 +357,22 @@ impl Compactor {
             before,
             lock,
             thread,
-            touched: BTreeSet::new(),
+            touched,
             stop,
         });
         Ok(())
     }
 
+    /// Waits until the old database of the last compaction is removed.
+    pub(super) fn settle(&mut self) {
+        if let Some(cleaning) = self.cleaning.take() {
+            let _ = cleaning.join();
+        }
+    }
+
     /// Stops a copy under way and removes it (the committer is closing).
     pub(super) fn abandon(&mut self) {
+        self.settle();
         if let Some(copying) = self.copying.take() {
             copying.stop.store(true, Ordering::Relaxed);
             if let Ok(Ok(copy)) = copying.thread.join() {
@@ -340,7 +402,7 @@ impl Compactor {
             .thread
             .join()
             .unwrap_or_else(|_| Err(Error::Failed("the compaction's copy panicked".to_owned())))
-            .and_then(|copy| self.publish(slot, copy, copying.touched));
+            .and_then(|copy| self.publish(slot, copy, &copying.touched));
         if let Err(error) = published {
             let _ = std::fs::remove_dir_all(&self.dance.compacting);
             let _ = std::fs::remove_dir_all(&self.dance.compacted);
@@ -384,6 +446,7 @@ impl Compactor {
             .map_or(Ok(0), |opened| opened.db.size_on_disk().map_err(sled_error))
             .map_err(Failure::Recovered)?;
         drop(opened);
+        self.clean();
         self.baseline = after;
         self.checked = Instant::now();
         Ok(Compacted {
@@ -396,23 +459,9 @@ impl Compactor {
 
     /// The rest of step 1: the keys written meanwhile read again into the copy, which is then
     /// flushed, closed, fsynced and renamed `P.quench-compacted`.
-    fn publish(
-        &self,
-        slot: &Slot,
-        copy: ::sled::Db,
-        touched: BTreeSet<Vec<u8>>,
-    ) -> Result<(), Error> {
+    fn publish(&self, slot: &Slot, copy: ::sled::Db, touched: &Touched) -> Result<(), Error> {
         let dance = &self.dance;
-        slot.with(|db| {
-            let mut batch = ::sled::Batch::default();
-            for key in touched {
-                match db.get(&key).map_err(sled_error)? {
-                    Some(value) => batch.insert(key, value),
-                    None => batch.remove(key),
-                }
-            }
-            copy.apply_batch(batch).map_err(sled_error)
-        })?;
+        slot.with(|db| catch_up(db, &copy, touched.take()))?;
         copy.flush().map_err(sled_error)?;
         drop(copy);
         wait_released(&dance.compacting.join("db"));
@@ -435,10 +484,20 @@ impl Compactor {
         std::fs::rename(&dance.compacted, &dance.store).map_err(fs_error)?;
         sync_dir(&dance.parent).map_err(Error::Sync)?;
         fail::fail_point!("store::compact_swapped");
-        std::fs::remove_dir_all(&dance.old).map_err(fs_error)?;
-        sync_dir(&dance.parent).map_err(Error::Sync)?;
-        fail::fail_point!("store::compact_cleaned");
         Ok(())
+    }
+
+    /// Step 3's removal of the old database, on a thread of its own (an open removes what a
+    /// crash leaves of it).
+    fn clean(&mut self) {
+        let dance = self.dance.clone();
+        match std::thread::Builder::new()
+            .name("quench-compact-clean".into())
+            .spawn(move || dance.remove_old())
+        {
+            Ok(thread) => self.cleaning = Some(thread),
+            Err(_) => self.dance.remove_old(),
+        }
     }
 
     /// Opens `P`, and its log for `fdatasync` when every commit is synced.
@@ -452,28 +511,85 @@ impl Compactor {
     }
 }
 
-/// Every tree's every key, in batches, unless `stop` is set.
+/// The copy's thread: every key of `old` into `copy`, then the keys written meanwhile, in
+/// rounds while they get fewer (see [`LAST_ROUND_KEYS`]); then the copy is closed and opened
+/// again (sled writes a snapshot of its page table at open, so the open after the swap reads
+/// only the log written since, not the whole copy), and the rounds go on from there. The
+/// copy's log is fsynced before it is returned, so making it durable under the pause costs
+/// only the last round. Returns early, with the copy incomplete, once `stop` is set.
+fn make_copy(
+    old: &::sled::Db,
+    copy: ::sled::Db,
+    path: &Path,
+    touched: &Touched,
+    stop: &AtomicBool,
+) -> Result<::sled::Db, Error> {
+    copy_into(old, &copy, stop)?;
+    catch_up_in_rounds(old, &copy, touched, stop)?;
+    if stop.load(Ordering::Relaxed) {
+        return Ok(copy);
+    }
+    copy.flush().map_err(sled_error)?;
+    drop(copy);
+    wait_released(&path.join("db"));
+    let copy = open_db(path, COPY_CACHE_BYTES)?;
+    catch_up_in_rounds(old, &copy, touched, stop)?;
+    copy.flush().map_err(sled_error)?;
+    File::open(path.join("db"))
+        .and_then(|log| log.sync_data())
+        .map_err(Error::Sync)?;
+    Ok(copy)
+}
+
+/// Reads the keys written meanwhile into the copy, a round at a time, until a round is small
+/// or no smaller than the one before (see [`LAST_ROUND_KEYS`]); leaves the rest in `touched`.
+fn catch_up_in_rounds(
+    old: &::sled::Db,
+    copy: &::sled::Db,
+    touched: &Touched,
+    stop: &AtomicBool,
+) -> Result<(), Error> {
+    let mut previous = usize::MAX;
+    for _ in 0..MAX_ROUNDS {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let keys = touched.take();
+        if keys.len() <= LAST_ROUND_KEYS || keys.len() >= previous {
+            touched.extend(keys);
+            return Ok(());
+        }
+        previous = keys.len();
+        catch_up(old, copy, keys)?;
+    }
+    Ok(())
+}
+
+/// Every tree's every key, unless `stop` is set. Key by key: see the module's documentation.
 fn copy_into(from: &::sled::Db, to: &::sled::Db, stop: &AtomicBool) -> Result<(), Error> {
     for name in from.tree_names() {
         let source = from.open_tree(&name).map_err(sled_error)?;
         let target = to.open_tree(&name).map_err(sled_error)?;
-        let mut batch = ::sled::Batch::default();
-        let mut bytes = 0;
-        for item in source.iter() {
-            let (key, value) = item.map_err(sled_error)?;
-            bytes += key.len() + value.len();
-            batch.insert(key, value);
-            if bytes >= COPY_BATCH_BYTES {
-                if stop.load(Ordering::Relaxed) {
-                    return Ok(());
-                }
-                target
-                    .apply_batch(std::mem::take(&mut batch))
-                    .map_err(sled_error)?;
-                bytes = 0;
+        for (n, item) in source.iter().enumerate() {
+            if n % 1024 == 0 && stop.load(Ordering::Relaxed) {
+                return Ok(());
             }
+            let (key, value) = item.map_err(sled_error)?;
+            target.insert(key, value).map_err(sled_error)?;
         }
-        target.apply_batch(batch).map_err(sled_error)?;
+    }
+    Ok(())
+}
+
+/// Reads `keys` again from `from` into `to` (the value, or the removal). They were written in
+/// the store's default tree, the only one the committer writes.
+fn catch_up(from: &::sled::Db, to: &::sled::Db, keys: BTreeSet<Vec<u8>>) -> Result<(), Error> {
+    for key in keys {
+        match from.get(&key).map_err(sled_error)? {
+            Some(value) => to.insert(key, value).map(drop),
+            None => to.remove(key).map(drop),
+        }
+        .map_err(sled_error)?;
     }
     Ok(())
 }
