@@ -504,3 +504,94 @@ async fn key_usage_fails_clearly_without_a_mapping_or_with_bad_input() {
         other => panic!("a rate-limited usage read is retried, got {other:?}"),
     }
 }
+
+// ---- the shipped weekly playbook, end to end against the fake ----
+
+/// `finding.publish`, recording what it would publish.
+#[derive(Debug, Default)]
+struct Published(std::sync::Mutex<Vec<Value>>);
+
+impl quench_runner::engine::Action for Published {
+    fn call<'a>(&'a self, call: &'a Call) -> quench_runner::engine::ActionFuture<'a> {
+        Box::pin(async move {
+            self.0.lock().expect("lock").push(call.input.clone());
+            Ok(Success::new(
+                json!({"id": call.idempotency_key, "subject": "recorded"}),
+            ))
+        })
+    }
+}
+
+#[tokio::test]
+async fn the_weekly_review_publishes_a_finding_for_each_key_that_can_be_narrowed() {
+    let fake = organization(chrono::Utc::now().timestamp()).await;
+    fake.set_max_page_size(8);
+    let source = std::fs::read_to_string(
+        support::root().join("workflows/find-overprivileged-openai-keys.yaml"),
+    )
+    .expect("the shipped playbook");
+    let client = Arc::new(
+        OpenAi::new(&fake.base_url(), Secret::new(fake.admin_key()), None)
+            .expect("client")
+            .with_usage_scopes(shipped_mapping()),
+    );
+    let published = Arc::new(Published::default());
+    let recorder = published.clone();
+    // Monday 08:00 in Berlin is 07:00 UTC in January; start a minute before. (The schedule runs
+    // on this manual clock; the usage window is the real one the seeded usage is relative to.)
+    let start = chrono::DateTime::parse_from_rfc3339("2026-01-05T06:59:00Z")
+        .expect("time")
+        .with_timezone(&chrono::Utc);
+    let harness = support::Harness::build(
+        quench_runner::store::Store::temporary().expect("store"),
+        &[&source],
+        start,
+        Default::default(),
+        move |actions| {
+            openai::register(actions, client);
+            actions.insert("finding.publish", recorder);
+        },
+        None,
+        |_| {},
+    )
+    .await;
+    harness.advance(std::time::Duration::ZERO).await;
+    harness.advance(std::time::Duration::from_secs(60)).await;
+    let findings = std::mem::take(&mut *published.0.lock().expect("lock"));
+    let keys: Vec<&str> = findings
+        .iter()
+        .map(|finding| finding["key"].as_str().expect("key"))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "openai:project_key:key_chat:scopes",
+            "openai:project_key:key_embed:scopes"
+        ],
+        "not the exact, wrongly scoped, unknown, batch or idle keys: {findings:#?}"
+    );
+    let embed = &findings[1];
+    assert_eq!(embed["kind"], "openai.api_key.overprivileged");
+    assert_eq!(embed["owner"], json!({"email": "alice@example.com"}));
+    assert_eq!(
+        embed["evidence"],
+        json!({
+            "days": 30,
+            "requests": {"embeddings": 40},
+            "current_scopes": ["api.files.read", "api.model.request"],
+            "proposed_scopes": ["api.model.request"],
+        })
+    );
+    // What it publishes is a valid finding.
+    for finding in &findings {
+        let mut finding = finding.clone();
+        // As `finding.publish` completes it.
+        finding["schema"] = json!("quench.finding/v1");
+        finding["id"] = json!("quench-0123456789abcdef0123456789abcdef");
+        finding["detected_at"] = json!("2026-01-05T07:00:00Z");
+        finding["source"] = json!({"scanner": "quench"});
+        let bytes = serde_json::to_vec(&finding).expect("json");
+        quench_proto::Finding::parse(&bytes, quench_proto::DEFAULT_MAX_FINDING_BYTES)
+            .unwrap_or_else(|error| panic!("{error}: {finding:#}"));
+    }
+}
