@@ -22,6 +22,7 @@ mod playbook_tests;
 mod proto_contracts;
 mod quickstart;
 mod redaction;
+mod rotation;
 mod safety;
 mod schedule;
 mod scheduler;

@@ -97,6 +97,8 @@ pub struct Config {
     /// Approver groups: `group:<name>` → emails and Slack user ids.
     pub groups: BTreeMap<String, Vec<String>>,
     pub gateway: GatewaySection,
+    /// Where `openai.rotate_service_account_key` delivers a minted key: `[secret_stores.<name>]`.
+    pub secret_stores: BTreeMap<String, SecretStoreConfig>,
     /// Blast-radius rails on every mutating step, whatever the playbooks say.
     pub safety: SafetySection,
 }
@@ -401,6 +403,232 @@ impl Default for GatewaySection {
             test_response_url_prefix: None,
         }
     }
+}
+
+/// One secret store (`[secret_stores.<name>]`): a HashiCorp Vault KV v2 mount or a Kubernetes
+/// namespace's Secrets. Credentials come from files (read at each use, so an agent or the
+/// kubelet may rotate them) or from an inline value (an environment variable); never both.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SecretStoreConfig {
+    Vault(VaultStore),
+    Kubernetes(KubernetesStore),
+}
+
+/// A Vault KV version 2 secrets engine.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VaultStore {
+    /// `https://vault.example.com:8200` (plain http only to loopback).
+    pub address: String,
+    /// Where the KV v2 engine is mounted (default `secret`).
+    #[serde(default = "default_vault_mount")]
+    pub mount: String,
+    /// `token` (`token` or `token_file`) or `approle` (`role_id`, `secret_id` or
+    /// `secret_id_file`).
+    pub auth: VaultAuth,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_id: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_id_file: Option<PathBuf>,
+    /// Where the AppRole auth method is mounted (default `approle`).
+    #[serde(default = "default_approle_mount")]
+    pub approle_mount: String,
+}
+
+fn default_vault_mount() -> String {
+    "secret".to_owned()
+}
+
+fn default_approle_mount() -> String {
+    "approle".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VaultAuth {
+    Token,
+    Approle,
+}
+
+/// The Secrets of one Kubernetes namespace, through the API server.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesStore {
+    /// The API server (default `https://kubernetes.default.svc`, from inside the cluster).
+    #[serde(default = "default_api_server")]
+    pub api_server: String,
+    pub namespace: String,
+    /// The bearer token (default: the pod's service account token file).
+    #[serde(default = "default_kubernetes_token_file")]
+    pub token_file: PathBuf,
+    /// CA bundle of the API server's certificate (default: the pod's service account CA); the
+    /// system roots are used when the file does not exist.
+    #[serde(default = "default_kubernetes_ca_file")]
+    pub ca_file: PathBuf,
+}
+
+fn default_api_server() -> String {
+    "https://kubernetes.default.svc".to_owned()
+}
+
+fn default_kubernetes_token_file() -> PathBuf {
+    PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+}
+
+fn default_kubernetes_ca_file() -> PathBuf {
+    PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+}
+
+impl SecretStoreConfig {
+    /// Checks one store's settings; `key` is `secret_stores.<name>`. Credential files are read
+    /// once here so a missing or empty one stops the start, and again at each use.
+    fn check(&self, key: &str) -> Result<(), Error> {
+        let bad = |field: &str, value: &str, problem: &str| Error::Value {
+            key: format!("{key}.{field}"),
+            value: value.to_owned(),
+            problem: problem.to_owned(),
+        };
+        match self {
+            SecretStoreConfig::Vault(vault) => {
+                check_base_url(&vault.address)
+                    .map_err(|problem| bad("address", &vault.address, &problem))?;
+                for (field, value) in [
+                    ("mount", &vault.mount),
+                    ("approle_mount", &vault.approle_mount),
+                ] {
+                    if !is_path(value) {
+                        return Err(bad(
+                            field,
+                            value,
+                            "must be a mount path such as `secret` or `kv/team-a`",
+                        ));
+                    }
+                }
+                match vault.auth {
+                    VaultAuth::Token => {
+                        one_secret(
+                            key,
+                            "token",
+                            vault.token.as_ref(),
+                            vault.token_file.as_ref(),
+                        )?;
+                        if vault.role_id.is_some()
+                            || vault.secret_id.is_some()
+                            || vault.secret_id_file.is_some()
+                        {
+                            return Err(bad(
+                                "auth",
+                                "token",
+                                "`role_id` and `secret_id` belong to `auth = \"approle\"`",
+                            ));
+                        }
+                    }
+                    VaultAuth::Approle => {
+                        if vault
+                            .role_id
+                            .as_deref()
+                            .is_none_or(|role| role.trim().is_empty())
+                        {
+                            return Err(bad("role_id", "", "AppRole needs the role's `role_id`"));
+                        }
+                        one_secret(
+                            key,
+                            "secret_id",
+                            vault.secret_id.as_ref(),
+                            vault.secret_id_file.as_ref(),
+                        )?;
+                        if vault.token.is_some() || vault.token_file.is_some() {
+                            return Err(bad(
+                                "auth",
+                                "approle",
+                                "`token` belongs to `auth = \"token\"`",
+                            ));
+                        }
+                    }
+                }
+            }
+            SecretStoreConfig::Kubernetes(kubernetes) => {
+                check_base_url(&kubernetes.api_server)
+                    .map_err(|problem| bad("api_server", &kubernetes.api_server, &problem))?;
+                if !is_dns_label(&kubernetes.namespace) {
+                    return Err(bad(
+                        "namespace",
+                        &kubernetes.namespace,
+                        "must be a Kubernetes namespace name (lowercase letters, digits and `-`, at most 63)",
+                    ));
+                }
+                read_secret_file(&format!("{key}.token_file"), &kubernetes.token_file)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Exactly one of an inline secret and its `_file`; the file must be readable and not empty.
+fn one_secret(
+    store: &str,
+    field: &str,
+    inline: Option<&Secret>,
+    file: Option<&PathBuf>,
+) -> Result<(), Error> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(Error::Invalid(format!(
+            "`{store}.{field}` and `{store}.{field}_file` are both set; give the secret one way"
+        ))),
+        (None, None) => Err(Error::Invalid(format!(
+            "`{store}` needs `{field}_file` (or `{field}`, e.g. from QUENCH_SECRET_STORES__…)"
+        ))),
+        (Some(_), None) => Ok(()),
+        (None, Some(path)) => read_secret_file(&format!("{store}.{field}_file"), path).map(drop),
+    }
+}
+
+/// Reads a secret from a file (a trailing newline is not part of it).
+pub fn read_secret_file(key: &str, path: &Path) -> Result<Secret, Error> {
+    let text = std::fs::read_to_string(path).map_err(|error| Error::Value {
+        key: key.to_owned(),
+        value: path.display().to_string(),
+        problem: format!("cannot read it: {error}"),
+    })?;
+    let secret = text.trim_end_matches(['\n', '\r']).to_owned();
+    if secret.is_empty() {
+        return Err(Error::Value {
+            key: key.to_owned(),
+            value: path.display().to_string(),
+            problem: "the file is empty".to_owned(),
+        });
+    }
+    Ok(Secret::new(secret))
+}
+
+/// A `/`-separated path of non-empty segments without `.` or `..` (a Vault mount).
+fn is_path(text: &str) -> bool {
+    !text.is_empty()
+        && text.split('/').all(|segment| {
+            !segment.is_empty()
+                && !matches!(segment, "." | "..")
+                && !segment
+                    .chars()
+                    .any(|c| c.is_whitespace() || matches!(c, '?' | '#' | '%'))
+        })
+}
+
+/// An RFC 1123 label: what Kubernetes accepts as a namespace name.
+pub fn is_dns_label(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 63
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !text.starts_with('-')
+        && !text.ends_with('-')
 }
 
 /// The replay cache's budgets (`[gateway.replay.slack]`, `[gateway.replay.findings]`). A
@@ -768,20 +996,7 @@ impl Config {
                     )));
                 }
                 (None, Some(path)) => {
-                    let text = std::fs::read_to_string(path).map_err(|error| Error::Value {
-                        key: format!("{key}_file"),
-                        value: path.display().to_string(),
-                        problem: format!("cannot read it: {error}"),
-                    })?;
-                    let secret = text.trim_end_matches(['\n', '\r']).to_owned();
-                    if secret.is_empty() {
-                        return Err(Error::Value {
-                            key: format!("{key}_file"),
-                            value: path.display().to_string(),
-                            problem: "the file is empty".to_owned(),
-                        });
-                    }
-                    *inline = Some(Secret::new(secret));
+                    *inline = Some(read_secret_file(&format!("{key}_file"), path)?);
                 }
                 _ => {}
             }
@@ -938,6 +1153,9 @@ impl Config {
             if let Err(problem) = AllowHost::parse(host) {
                 return Err(bad(&format!("http.allow_hosts[{index}]"), host, &problem));
             }
+        }
+        for (name, store) in &self.secret_stores {
+            store.check(&format!("secret_stores.{name}"))?;
         }
         for (group, members) in &self.groups {
             if members.is_empty() {

@@ -790,3 +790,9 @@ pub(crate) use quench_openai_fake as openai_fake;
 // Not every helper of the Slack fake is used by a test yet.
 #[allow(dead_code)]
 pub(crate) mod slack_fake;
+
+/// A HashiCorp Vault (KV v2, token and AppRole auth) on loopback.
+pub(crate) mod vault_fake;
+
+/// A Kubernetes API server (Secrets only) on loopback.
+pub(crate) mod kubernetes_fake;

@@ -157,7 +157,11 @@ pub async fn serve_with(
     }
     .map_err(Error::Connector)?
     .with_usage_scopes(usage_scopes);
-    crate::connectors::openai::register(&mut actions, Arc::new(openai));
+    let openai = Arc::new(openai);
+    crate::connectors::openai::register(&mut actions, openai.clone());
+    let stores = crate::connectors::secret_store::SecretStores::from_config(&config.secret_stores)
+        .map_err(Error::Connector)?;
+    crate::connectors::openai::register_rotation(&mut actions, openai, stores);
     let http = crate::connectors::http::HttpAction::new(&config.http.allow_hosts)
         .map_err(Error::Connector)?;
     crate::connectors::http::register(&mut actions, Arc::new(http));
