@@ -1,7 +1,7 @@
 //! `quench up --demo`, as a newcomer runs it: in a fresh directory with the shipped `workflows/`,
 //! the simulated organization is served inside quench, the discovery playbooks run at start, and
 //! within seconds there is one run per planted problem (unused, orphaned and idle keys, audit-log
-//! drift, a usage spike) and none for the healthy keys. Every run is dry-run even where the
+//! drift, a usage spike, a key that may do more than it uses) and none for the healthy keys. Every run is dry-run even where the
 //! environment asks for live mode against the real OpenAI and a remote NATS, or a playbook says
 //! `mode: live`: an approved delete is recorded with its request, not sent.
 
@@ -14,7 +14,7 @@ use crate::quickstart::{copy_dir, wait_for_banner};
 use crate::support::{free_port, quench_bin, root};
 
 /// The runs the planted problems start: `(playbook, key)`.
-const EXPECTED: [(&str, &str); 9] = [
+const EXPECTED: [(&str, &str); 10] = [
     (
         "delete-stale-service-account",
         "openai:service_account:svc_acct_nightly_export",
@@ -22,6 +22,10 @@ const EXPECTED: [(&str, &str); 9] = [
     (
         "limit-usage-spike",
         "openai:usage_spike:key_billing_batch:gpt-4o",
+    ),
+    (
+        "narrow-overprivileged-openai-key",
+        "openai:project_key:key_support_bot_prod:scopes",
     ),
     ("review-admin-key-or-scope", "openai:audit:audit_log-000029"),
     ("review-admin-key-or-scope", "openai:audit:audit_log-000031"),
@@ -124,6 +128,7 @@ async fn the_demo_finds_the_planted_keys_and_drift_and_changes_nothing() {
         .collect();
     let discovery = [
         "find-openai-usage-spikes",
+        "find-overprivileged-openai-keys",
         "inventory-openai-keys",
         "watch-openai-audit-log",
     ];

@@ -15,12 +15,13 @@ use crate::support;
 
 const PLAYBOOKS: &str = "docs/playbooks.md";
 const TESTS: &str = "docs/playbook-tests.md";
-const PAGES: [&str; 5] = [
+const PAGES: [&str; 6] = [
     "README.md",
     "docs/README.md",
     PLAYBOOKS,
     TESTS,
     "docs/safety.md",
+    "docs/least-privilege.md",
 ];
 
 fn read(relative: &str) -> String {
@@ -207,6 +208,8 @@ fn every_field_value_and_diagnostic_of_the_formats_is_documented() {
 enum Example {
     Playbook(Value),
     TestFile,
+    /// A usage-scope mapping file (`docs/least-privilege.md`).
+    UsageScopes,
     Fragment(Value),
 }
 
@@ -220,6 +223,7 @@ fn classify(block: &str) -> Result<Example, String> {
     Ok(match value["schema"].as_str() {
         Some("quench.playbook/v1") => Example::Playbook(value),
         Some("quench.playbook-test/v1") => Example::TestFile,
+        Some("quench.usage-scopes/v1") => Example::UsageScopes,
         _ => Example::Fragment(value),
     })
 }
@@ -315,6 +319,14 @@ async fn the_examples_compile_and_the_example_tests_pass() {
                     let path = tests.join(format!("{}.yaml", test_files.len()));
                     std::fs::write(&path, block).expect("write");
                     test_files.push((place, path));
+                }
+                Ok(Example::UsageScopes) => {
+                    let path = directory.path().join("usage-scopes.yaml");
+                    std::fs::write(&path, block).expect("write");
+                    if let Err(error) = quench_runner::connectors::openai::UsageScopes::load(&path)
+                    {
+                        problems.push(format!("{place}: {error}"));
+                    }
                 }
                 Ok(Example::Fragment(value)) if page == TESTS => {
                     if let Some(error) = case_fragment_errors(&value) {

@@ -15,6 +15,7 @@ mod engine;
 mod gateway;
 mod hostile;
 mod intake;
+mod least_privilege;
 mod operator;
 mod playbook_corpus;
 mod playbook_tests;

@@ -186,6 +186,8 @@ fn schedule_list_shows_each_scheduled_playbook_with_its_next_fire_times() {
         String::from_utf8_lossy(&output.stdout),
         "find-openai-usage-spikes  `0 6 * * *` UTC\n    \
          next: Sun 2026-03-29 06:00 UTC, Mon 2026-03-30 06:00 UTC\n\
+         find-overprivileged-openai-keys  `0 8 * * MON` Europe/Berlin\n    \
+         next: Mon 2026-03-30 08:00 CEST, Mon 2026-04-06 08:00 CEST\n\
          inventory-openai-keys  `0 7 * * MON` Europe/Berlin\n    \
          next: Mon 2026-03-30 07:00 CEST, Mon 2026-04-06 07:00 CEST\n\
          watch-openai-audit-log  `*/15 * * * *` UTC\n    \

@@ -261,6 +261,9 @@ pub struct OpenAiSection {
     pub admin_key: Option<Secret>,
     pub admin_key_file: Option<PathBuf>,
     pub org_id: Option<String>,
+    /// The file mapping usage families to scopes that `openai.key_usage` proposes from; default
+    /// `data/usage-scopes.yaml` in `playbooks.dir` (see `Config::usage_scopes`).
+    pub usage_scopes: Option<PathBuf>,
 }
 
 impl Default for OpenAiSection {
@@ -270,6 +273,7 @@ impl Default for OpenAiSection {
             admin_key: None,
             admin_key_file: None,
             org_id: None,
+            usage_scopes: None,
         }
     }
 }
@@ -911,6 +915,19 @@ impl Config {
             } else {
                 Mode::DryRun
             })
+    }
+
+    /// The usage-scope mapping file of `openai.key_usage`: `openai.usage_scopes`, else
+    /// `data/usage-scopes.yaml` in the playbooks directory (where the shipped one is), and
+    /// whether it was configured (a configured file must exist; the default may be absent).
+    pub fn usage_scopes(&self) -> (PathBuf, bool) {
+        match &self.openai.usage_scopes {
+            Some(path) => (path.clone(), true),
+            None => (
+                self.playbooks.dir.join("data").join("usage-scopes.yaml"),
+                false,
+            ),
+        }
     }
 
     /// The admin API address (checked at load).

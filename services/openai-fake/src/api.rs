@@ -215,10 +215,7 @@ pub(super) fn router(shared: SharedState) -> Router {
             "/v1/organization/audit_logs",
             get(organization::list_audit_logs),
         )
-        .route(
-            "/v1/organization/usage/completions",
-            get(organization::usage_completions),
-        )
+        .route("/v1/organization/usage/{family}", get(organization::usage))
         .fallback(invalid_url)
         .method_not_allowed_fallback(invalid_url)
         .layer(middleware::from_fn_with_state(shared.clone(), guard))

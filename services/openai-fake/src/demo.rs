@@ -1,7 +1,8 @@
 //! A small simulated OpenAI organization for `quench up --demo`: four projects, six people, four
 //! service accounts, ten project keys, a second admin key, a day of audit-log drift and eight
 //! days of usage. Every time is relative to `now`, so the shipped discovery playbooks
-//! (`inventory-openai-keys`, `watch-openai-audit-log`, `find-openai-usage-spikes`) find the
+//! (`inventory-openai-keys`, `watch-openai-audit-log`, `find-openai-usage-spikes`,
+//! `find-overprivileged-openai-keys`) find the
 //! same things whenever the demo starts: what [`Organization::planted`] lists, and nothing else.
 //!
 //! What each playbook looks for, and what is planted for it:
@@ -11,7 +12,9 @@
 //! - the audit-log watch (events of the last day): a key given every permission
 //!   (`support-bot-prod`), a service account created (`etl-runner`), a member made project owner
 //!   (`dave@demo.example`), a new admin key (`ci-deploy`);
-//! - the usage check (yesterday against the seven days before): `billing-batch` on `gpt-4o`.
+//! - the usage check (yesterday against the seven days before): `billing-batch` on `gpt-4o`;
+//! - the least-privilege review (usage against recorded scopes): `support-bot-prod`, whose
+//!   restrictions were lifted; the other keys in use were created with what they use.
 //!
 //! The other keys are healthy on purpose (used recently, owners in place, steady usage), so the
 //! findings stand out against an organization that is mostly fine.
@@ -23,6 +26,13 @@ use crate::{AuditEvent, KeySeed, OpenAiFake, Role, UsageSeed};
 const MINUTE: i64 = 60;
 const HOUR: i64 = 3600;
 const DAY: i64 = 86_400;
+
+/// What completions usage needs in the shipped `workflows/data/usage-scopes.yaml`.
+const TEXT_SCOPES: [&str; 3] = [
+    "api.model.request",
+    "api.responses.read",
+    "api.responses.write",
+];
 
 /// What [`seed`] put into the fake.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,6 +248,22 @@ pub fn seed(fake: &OpenAiFake, now: i64) -> Organization {
     for event in events {
         fake.push_audit_event(event);
     }
+    // Older: the healthy keys in use were created with the scopes their usage needs, so the
+    // least-privilege review proposes nothing for them (support-bot-prod's were lifted above).
+    for (key, created) in [
+        ("key_web_frontend", 200),
+        ("key_frank_finetune", 45),
+        ("key_billing_batch", 250),
+    ] {
+        fake.push_audit_event(
+            AuditEvent::new(
+                "api_key.created",
+                ago(created * DAY),
+                json!({"id": key, "data": {"scopes": TEXT_SCOPES}}),
+            )
+            .actor(session("user_alice")),
+        );
+    }
 
     // ---- eight days of usage: day 0 is the last 24 hours ----
     let steady = [
@@ -299,6 +325,7 @@ pub fn seed(fake: &OpenAiFake, now: i64) -> Organization {
             "erin-eval-harness (research): its owner erin@demo.example left the project",
             "nightly-export (data-pipeline): a service account idle for 200 days",
             "support-bot-prod (support-bot): given every permission 3 hours ago",
+            "support-bot-prod (support-bot): may do anything, used only model requests in 30 days",
             "etl-runner (data-pipeline): a service account created 5 hours ago",
             "dave@demo.example (support-bot): made project owner 4 hours ago",
             "ci-deploy: a new admin key, 2 hours ago",

@@ -15,6 +15,9 @@
 //!   the project (the spec warns that the default "may exclude some enabled keys").
 //! - Audit logs are listed newest first (as in the spec's example); `after` pages to older ones.
 //! - Usage buckets start at `start_time` and are `bucket_width` wide; `page` tokens are opaque.
+//!   Every usage endpoint that groups by `api_key_id` is served (completions, embeddings,
+//!   moderations, images, audio speeches and transcriptions, file search and web search calls),
+//!   each with its own result object, counters and `group_by` fields as the spec gives them.
 //! - Changes made through the API append audit events (actor: the admin key; `project`: the
 //!   default project if one is set, as the spec says for Admin API key actions). Tests can turn
 //!   this off with [`OpenAiFake::set_audit_mutations`].
@@ -285,55 +288,102 @@ impl AuditEvent {
     }
 }
 
-/// Completions usage to seed: what one key did at one moment. The fake sums these into buckets.
+/// Usage to seed: what one key did at one moment on one of the spec's `/organization/usage/*`
+/// endpoints (completions unless made with [`UsageSeed::of`]). The fake sums these into buckets.
 #[derive(Debug, Clone)]
 pub struct UsageSeed {
     at: i64,
+    /// The endpoint under `/organization/usage/`, one of [`USAGE_ENDPOINTS`].
+    endpoint: &'static str,
     project_id: String,
     api_key_id: String,
     user_id: Option<String>,
     model: String,
     batch: bool,
     service_tier: String,
-    num_model_requests: i64,
-    input_tokens: i64,
-    output_tokens: i64,
-    input_cached_tokens: i64,
-    input_audio_tokens: i64,
-    output_audio_tokens: i64,
+    /// `size`, `source` (images), `vector_store_id` (file search), `context_level` (web search).
+    dimensions: Vec<(&'static str, String)>,
+    /// The result's counters (`num_model_requests`, `input_tokens`, `images`, …) by name.
+    amounts: Vec<(&'static str, i64)>,
 }
 
+/// The usage endpoints the fake serves (`/organization/usage/<name>`), as the spec has them.
+pub const USAGE_ENDPOINTS: [&str; 8] = [
+    "completions",
+    "embeddings",
+    "moderations",
+    "images",
+    "audio_speeches",
+    "audio_transcriptions",
+    "file_search_calls",
+    "web_search_calls",
+];
+
 impl UsageSeed {
-    /// One request by `api_key_id` in `project_id` at `at` (Unix seconds), model `gpt-4o-mini`.
+    /// One completions request by `api_key_id` in `project_id` at `at` (Unix seconds), model
+    /// `gpt-4o-mini`.
     pub fn new(at: i64, project_id: &str, api_key_id: &str) -> UsageSeed {
+        UsageSeed::of("completions", at, project_id, api_key_id)
+    }
+
+    /// One request on usage endpoint `endpoint` (one of [`USAGE_ENDPOINTS`]).
+    ///
+    /// # Panics
+    ///
+    /// When `endpoint` is not one of them.
+    pub fn of(endpoint: &str, at: i64, project_id: &str, api_key_id: &str) -> UsageSeed {
+        let endpoint = USAGE_ENDPOINTS
+            .into_iter()
+            .find(|known| *known == endpoint)
+            .unwrap_or_else(|| panic!("{endpoint} is not a usage endpoint of the spec"));
         UsageSeed {
             at,
+            endpoint,
             project_id: project_id.to_owned(),
             api_key_id: api_key_id.to_owned(),
             user_id: None,
             model: "gpt-4o-mini".to_owned(),
             batch: false,
             service_tier: "default".to_owned(),
-            num_model_requests: 1,
-            input_tokens: 0,
-            output_tokens: 0,
-            input_cached_tokens: 0,
-            input_audio_tokens: 0,
-            output_audio_tokens: 0,
+            dimensions: Vec::new(),
+            amounts: Vec::new(),
         }
+        .requests(1)
     }
 
-    /// Sets `num_model_requests`.
-    pub fn requests(mut self, count: i64) -> UsageSeed {
-        self.num_model_requests = count;
+    /// Sets the request count: `num_model_requests`, and `num_requests` where the endpoint's
+    /// result has it (file search and web search calls).
+    pub fn requests(self, count: i64) -> UsageSeed {
+        let family = state::usage_family(self.endpoint);
+        let mut seed = self;
+        for field in ["num_model_requests", "num_requests"] {
+            if family.amounts.contains(&field) {
+                seed = seed.amount(field, count);
+            }
+        }
+        seed
+    }
+
+    /// Sets one of the result's counters (e.g. `characters` of audio speeches).
+    ///
+    /// # Panics
+    ///
+    /// When the endpoint's result has no such field in the spec.
+    pub fn amount(mut self, field: &'static str, value: i64) -> UsageSeed {
+        assert!(
+            state::usage_family(self.endpoint).amounts.contains(&field),
+            "{} usage has no {field} in the spec",
+            self.endpoint
+        );
+        self.amounts.retain(|(name, _)| *name != field);
+        self.amounts.push((field, value));
         self
     }
 
-    /// Sets input and output tokens.
-    pub fn tokens(mut self, input: i64, output: i64) -> UsageSeed {
-        self.input_tokens = input;
-        self.output_tokens = output;
-        self
+    /// Sets input and output tokens (completions).
+    pub fn tokens(self, input: i64, output: i64) -> UsageSeed {
+        self.amount("input_tokens", input)
+            .amount("output_tokens", output)
     }
 
     /// Sets the model.
@@ -348,9 +398,26 @@ impl UsageSeed {
         self
     }
 
-    /// Marks it as batch usage.
+    /// Marks it as batch usage (completions).
     pub fn batch(mut self, batch: bool) -> UsageSeed {
         self.batch = batch;
+        self
+    }
+
+    /// Sets an endpoint-specific grouping value: `size` or `source` (images),
+    /// `vector_store_id` (file search calls), `context_level` (web search calls).
+    ///
+    /// # Panics
+    ///
+    /// When the endpoint cannot be grouped by `field` in the spec.
+    pub fn dimension(mut self, field: &'static str, value: &str) -> UsageSeed {
+        assert!(
+            state::usage_family(self.endpoint).group_by.contains(&field),
+            "{} usage cannot be grouped by {field} in the spec",
+            self.endpoint
+        );
+        self.dimensions.retain(|(name, _)| *name != field);
+        self.dimensions.push((field, value.to_owned()));
         self
     }
 }
@@ -617,7 +684,7 @@ impl OpenAiFake {
         self.shared.lock().add_audit(event)
     }
 
-    /// Records completions usage.
+    /// Records usage (any endpoint, see [`UsageSeed::of`]).
     pub fn push_usage(&self, usage: UsageSeed) {
         self.shared.lock().usage.push(usage);
     }

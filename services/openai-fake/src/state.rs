@@ -851,3 +851,157 @@ pub(super) fn synthetic_secret(prefix: &str, seed: &str) -> String {
     let second = filler(58);
     format!("{prefix}{first}T3BlbkFJ{second}")
 }
+
+/// What one `/organization/usage/<name>` endpoint answers, as the spec has it: the result
+/// object's `object`, the fields it can be grouped by (each present in every result, `null`
+/// unless grouped by), and its counters.
+#[derive(Debug)]
+pub(super) struct UsageFamily {
+    pub(super) object: &'static str,
+    pub(super) group_by: &'static [&'static str],
+    pub(super) amounts: &'static [&'static str],
+    /// Query parameters that filter by a grouping field, with that field.
+    pub(super) filters: &'static [(&'static str, &'static str)],
+}
+
+const MODEL_GROUPS: &[&str] = &["project_id", "user_id", "api_key_id", "model"];
+const COMMON_FILTERS: &[(&str, &str)] = &[
+    ("project_ids", "project_id"),
+    ("user_ids", "user_id"),
+    ("api_key_ids", "api_key_id"),
+    ("models", "model"),
+];
+
+/// The spec's usage endpoint `name` (one of `USAGE_ENDPOINTS`); `UsageCompletionsResult`,
+/// `UsageEmbeddingsResult`, … give the objects and counters, each operation its `group_by` enum.
+pub(super) fn usage_family(name: &str) -> &'static UsageFamily {
+    const COMPLETIONS: UsageFamily = UsageFamily {
+        object: "organization.usage.completions.result",
+        group_by: &[
+            "project_id",
+            "user_id",
+            "api_key_id",
+            "model",
+            "batch",
+            "service_tier",
+        ],
+        amounts: &[
+            "input_tokens",
+            "output_tokens",
+            "input_cached_tokens",
+            "input_audio_tokens",
+            "output_audio_tokens",
+            "num_model_requests",
+        ],
+        filters: COMMON_FILTERS,
+    };
+    const EMBEDDINGS: UsageFamily = UsageFamily {
+        object: "organization.usage.embeddings.result",
+        group_by: MODEL_GROUPS,
+        amounts: &["input_tokens", "num_model_requests"],
+        filters: COMMON_FILTERS,
+    };
+    const MODERATIONS: UsageFamily = UsageFamily {
+        object: "organization.usage.moderations.result",
+        ..EMBEDDINGS
+    };
+    const IMAGES: UsageFamily = UsageFamily {
+        object: "organization.usage.images.result",
+        group_by: &[
+            "project_id",
+            "user_id",
+            "api_key_id",
+            "model",
+            "size",
+            "source",
+        ],
+        amounts: &["images", "num_model_requests"],
+        filters: &[
+            ("project_ids", "project_id"),
+            ("user_ids", "user_id"),
+            ("api_key_ids", "api_key_id"),
+            ("models", "model"),
+            ("sizes", "size"),
+            ("sources", "source"),
+        ],
+    };
+    const AUDIO_SPEECHES: UsageFamily = UsageFamily {
+        object: "organization.usage.audio_speeches.result",
+        group_by: MODEL_GROUPS,
+        amounts: &["characters", "num_model_requests"],
+        filters: COMMON_FILTERS,
+    };
+    const AUDIO_TRANSCRIPTIONS: UsageFamily = UsageFamily {
+        object: "organization.usage.audio_transcriptions.result",
+        group_by: MODEL_GROUPS,
+        amounts: &["seconds", "num_model_requests"],
+        filters: COMMON_FILTERS,
+    };
+    const FILE_SEARCH_CALLS: UsageFamily = UsageFamily {
+        object: "organization.usage.file_searches.result",
+        group_by: &["project_id", "user_id", "api_key_id", "vector_store_id"],
+        amounts: &["num_requests"],
+        filters: &[
+            ("project_ids", "project_id"),
+            ("user_ids", "user_id"),
+            ("api_key_ids", "api_key_id"),
+            ("vector_store_ids", "vector_store_id"),
+        ],
+    };
+    const WEB_SEARCH_CALLS: UsageFamily = UsageFamily {
+        object: "organization.usage.web_searches.result",
+        group_by: &[
+            "project_id",
+            "user_id",
+            "api_key_id",
+            "model",
+            "context_level",
+        ],
+        amounts: &["num_model_requests", "num_requests"],
+        filters: &[
+            ("project_ids", "project_id"),
+            ("user_ids", "user_id"),
+            ("api_key_ids", "api_key_id"),
+            ("models", "model"),
+            ("context_levels", "context_level"),
+        ],
+    };
+    match name {
+        "completions" => &COMPLETIONS,
+        "embeddings" => &EMBEDDINGS,
+        "moderations" => &MODERATIONS,
+        "images" => &IMAGES,
+        "audio_speeches" => &AUDIO_SPEECHES,
+        "audio_transcriptions" => &AUDIO_TRANSCRIPTIONS,
+        "file_search_calls" => &FILE_SEARCH_CALLS,
+        "web_search_calls" => &WEB_SEARCH_CALLS,
+        other => panic!("{other} is not a usage endpoint the fake serves"),
+    }
+}
+
+impl UsageSeed {
+    /// The value of grouping field `field` for this usage (`null` when it has none).
+    pub(super) fn dimension_value(&self, field: &str) -> Value {
+        match field {
+            "project_id" => json!(self.project_id),
+            "user_id" => json!(self.user_id),
+            "api_key_id" => json!(self.api_key_id),
+            "model" => json!(self.model),
+            "batch" => json!(self.batch),
+            "service_tier" => json!(self.service_tier),
+            other => self
+                .dimensions
+                .iter()
+                .find(|(name, _)| *name == other)
+                .map_or(Value::Null, |(_, value)| json!(value)),
+        }
+    }
+
+    /// The counter `field` (0 when not set).
+    pub(super) fn amount_value(&self, field: &str) -> i64 {
+        self.amounts
+            .iter()
+            .find(|(name, _)| *name == field)
+            .map_or(0, |(_, value)| *value)
+    }
+}

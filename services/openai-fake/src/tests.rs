@@ -1066,6 +1066,164 @@ async fn completions_usage_buckets_group_and_page() {
     }
 }
 
+/// Each usage endpoint that groups by `api_key_id` answers with its own result object, counters
+/// and grouping fields, as the spec's `Usage*Result` schemas and examples have them, and keeps
+/// its usage apart from the other endpoints'.
+#[tokio::test]
+async fn every_usage_endpoint_grouped_by_key_has_the_spec_shape() {
+    let fake = seeded().await;
+    let start = 1_767_225_600; // 2026-01-01
+    let at = start + 100;
+    fake.push_usage(
+        UsageSeed::new(at, "proj_1", "key_alice")
+            .requests(4)
+            .batch(true),
+    );
+    fake.push_usage(
+        UsageSeed::of("embeddings", at, "proj_1", "key_alice")
+            .requests(2)
+            .amount("input_tokens", 20),
+    );
+    fake.push_usage(UsageSeed::of("moderations", at, "proj_1", "key_alice").requests(3));
+    fake.push_usage(
+        UsageSeed::of("images", at, "proj_1", "key_alice")
+            .requests(2)
+            .amount("images", 2)
+            .model("dall-e-3")
+            .dimension("size", "1024x1024")
+            .dimension("source", "image.generation"),
+    );
+    fake.push_usage(
+        UsageSeed::of("audio_speeches", at, "proj_1", "key_alice").amount("characters", 45),
+    );
+    fake.push_usage(
+        UsageSeed::of("audio_transcriptions", at, "proj_1", "key_alice").amount("seconds", 10),
+    );
+    fake.push_usage(
+        UsageSeed::of("file_search_calls", at, "proj_1", "key_ci")
+            .requests(5)
+            .dimension("vector_store_id", "vs_abc"),
+    );
+    fake.push_usage(
+        UsageSeed::of("web_search_calls", at, "proj_1", "key_ci")
+            .requests(6)
+            .dimension("context_level", "low"),
+    );
+    let end = start + 86_400;
+    let result = |endpoint: &'static str, group_by: &'static str| {
+        let fake = &fake;
+        async move {
+            let page = get(
+                fake,
+                &format!("/organization/usage/{endpoint}?start_time={start}&end_time={end}&group_by[]=api_key_id&group_by[]=project_id{group_by}"),
+            )
+            .await;
+            assert_eq!(page["object"], "page", "{endpoint}");
+            assert_eq!(page["has_more"], false, "{endpoint}");
+            assert_eq!(page["data"][0]["object"], "bucket", "{endpoint}");
+            let results = page["data"][0]["results"]
+                .as_array()
+                .expect("results")
+                .clone();
+            assert_eq!(
+                results.len(),
+                1,
+                "{endpoint}: only its own usage: {results:?}"
+            );
+            results[0].clone()
+        }
+    };
+    assert_eq!(
+        result("completions", "&group_by[]=batch").await,
+        json!({"object": "organization.usage.completions.result", "input_tokens": 0,
+               "output_tokens": 0, "input_cached_tokens": 0, "input_audio_tokens": 0,
+               "output_audio_tokens": 0, "num_model_requests": 4, "project_id": "proj_1",
+               "user_id": null, "api_key_id": "key_alice", "model": null, "batch": true,
+               "service_tier": null})
+    );
+    assert_eq!(
+        result("embeddings", "").await,
+        json!({"object": "organization.usage.embeddings.result", "input_tokens": 20,
+               "num_model_requests": 2, "project_id": "proj_1", "user_id": null,
+               "api_key_id": "key_alice", "model": null})
+    );
+    assert_eq!(
+        result("moderations", "").await["object"],
+        "organization.usage.moderations.result"
+    );
+    assert_eq!(
+        result(
+            "images",
+            "&group_by[]=size&group_by[]=source&group_by[]=model"
+        )
+        .await,
+        json!({"object": "organization.usage.images.result", "images": 2,
+               "num_model_requests": 2, "size": "1024x1024", "source": "image.generation",
+               "project_id": "proj_1", "user_id": null, "api_key_id": "key_alice",
+               "model": "dall-e-3"})
+    );
+    assert_eq!(
+        result("audio_speeches", "").await,
+        json!({"object": "organization.usage.audio_speeches.result", "characters": 45,
+               "num_model_requests": 1, "project_id": "proj_1", "user_id": null,
+               "api_key_id": "key_alice", "model": null})
+    );
+    assert_eq!(
+        result("audio_transcriptions", "").await,
+        json!({"object": "organization.usage.audio_transcriptions.result", "seconds": 10,
+               "num_model_requests": 1, "project_id": "proj_1", "user_id": null,
+               "api_key_id": "key_alice", "model": null})
+    );
+    assert_eq!(
+        result("file_search_calls", "&group_by[]=vector_store_id").await,
+        json!({"object": "organization.usage.file_searches.result", "num_requests": 5,
+               "project_id": "proj_1", "user_id": null, "api_key_id": "key_ci",
+               "vector_store_id": "vs_abc"})
+    );
+    assert_eq!(
+        result("web_search_calls", "").await,
+        json!({"object": "organization.usage.web_searches.result", "num_model_requests": 6,
+               "num_requests": 6, "project_id": "proj_1", "user_id": null,
+               "api_key_id": "key_ci", "model": null, "context_level": null})
+    );
+    // Filters of one endpoint, and group_by fields another endpoint does not have.
+    let filtered = get(
+        &fake,
+        &format!(
+            "/organization/usage/images?start_time={start}&end_time={end}&sources[]=image.edit"
+        ),
+    )
+    .await;
+    assert_eq!(filtered["data"][0]["results"], json!([]));
+    for (endpoint, bad) in [
+        ("embeddings", "batch"),
+        ("file_search_calls", "model"),
+        ("audio_speeches", "size"),
+    ] {
+        let answer = send(
+            &fake,
+            "GET",
+            &format!("/organization/usage/{endpoint}?start_time={start}&group_by[]={bad}"),
+            None,
+        )
+        .await;
+        assert_eq!(
+            assert_error(&answer, 400)["param"],
+            "group_by",
+            "{endpoint} {bad}"
+        );
+    }
+    // Usage the fake does not serve by key is not a path of the API it fakes.
+    let unknown = send(
+        &fake,
+        "GET",
+        &format!("/organization/usage/everything?start_time={start}"),
+        None,
+    )
+    .await;
+    assert_error(&unknown, 404);
+}
+
 #[tokio::test]
 async fn faults_are_served_in_order_and_by_path() {
     let fake = seeded().await;

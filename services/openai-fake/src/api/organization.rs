@@ -3,7 +3,8 @@
 use axum::extract::{Path, RawQuery, State as Extract};
 use serde_json::{Value, json};
 
-use super::super::state::{Listed, PageRequest, is_event_type, is_tenant_event};
+use super::super::USAGE_ENDPOINTS;
+use super::super::state::{Listed, PageRequest, is_event_type, is_tenant_event, usage_family};
 use super::projects::deleted;
 use super::{ApiError, Query, Reply, SharedState};
 
@@ -172,19 +173,22 @@ pub(super) async fn list_audit_logs(
 
 // ---- usage ----
 
-const GROUP_BY_FIELDS: [&str; 6] = [
-    "project_id",
-    "user_id",
-    "api_key_id",
-    "model",
-    "batch",
-    "service_tier",
-];
-
-pub(super) async fn usage_completions(
+/// `GET /organization/usage/{family}`: the spec's usage endpoints that group by `api_key_id`,
+/// one handler, each family's result shaped by `usage_family`.
+pub(super) async fn usage(
     Extract(shared): Extract<SharedState>,
+    Path(family_name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Reply {
+    let Some(endpoint) = USAGE_ENDPOINTS
+        .into_iter()
+        .find(|known| *known == family_name)
+    else {
+        return Err(ApiError::not_found(format!(
+            "Invalid URL (GET /v1/organization/usage/{family_name})"
+        )));
+    };
+    let family = usage_family(endpoint);
     let state = shared.lock();
     let query = Query::new(raw);
     let start_time = query.int("start_time")?.ok_or_else(|| {
@@ -233,21 +237,28 @@ pub(super) async fn usage_completions(
     let group_by = query.all(&["group_by", "group_by[]"]);
     if let Some(bad) = group_by
         .iter()
-        .find(|field| !GROUP_BY_FIELDS.contains(&field.as_str()))
+        .find(|field| !family.group_by.contains(&field.as_str()))
     {
         return Err(ApiError::invalid(
             "group_by",
             format!(
                 "Invalid 'group_by': '{bad}' is not one of {}.",
-                GROUP_BY_FIELDS.join(", ")
+                family.group_by.join(", ")
             ),
         ));
     }
-    let project_ids = query.all(&["project_ids", "project_ids[]"]);
-    let user_ids = query.all(&["user_ids", "user_ids[]"]);
-    let api_key_ids = query.all(&["api_key_ids", "api_key_ids[]"]);
-    let models = query.all(&["models", "models[]"]);
-    let batch = query.boolean("batch")?;
+    let filters: Vec<(&str, Vec<String>)> = family
+        .filters
+        .iter()
+        .map(|(parameter, field)| (*field, query.all(&[parameter, &format!("{parameter}[]")])))
+        .filter(|(_, wanted)| !wanted.is_empty())
+        .collect();
+    // Only completions usage can be split into batch and non-batch jobs.
+    let batch = if family.group_by.contains(&"batch") {
+        query.boolean("batch")?
+    } else {
+        None
+    };
     let first_page_token = format!("page_{start_time:x}_{width:x}");
     let mut bucket_start = match query.first("page") {
         None => start_time,
@@ -261,46 +272,37 @@ pub(super) async fn usage_completions(
         let bucket_end = bucket_start + width;
         let mut groups: Vec<(Vec<Value>, Value)> = Vec::new();
         for usage in state.usage.iter().filter(|usage| {
-            usage.at >= bucket_start
+            usage.endpoint == endpoint
+                && usage.at >= bucket_start
                 && usage.at < bucket_end
                 && usage.at < end_time
-                && (project_ids.is_empty() || project_ids.contains(&usage.project_id))
-                && (user_ids.is_empty()
-                    || usage
-                        .user_id
-                        .as_ref()
-                        .is_some_and(|user| user_ids.contains(user)))
-                && (api_key_ids.is_empty() || api_key_ids.contains(&usage.api_key_id))
-                && (models.is_empty() || models.contains(&usage.model))
+                && filters.iter().all(|(field, wanted)| {
+                    usage
+                        .dimension_value(field)
+                        .as_str()
+                        .is_some_and(|value| wanted.iter().any(|w| w == value))
+                })
                 && batch.is_none_or(|batch| batch == usage.batch)
         }) {
-            let dimension = |field: &str| -> Value {
-                if !group_by.iter().any(|g| g == field) {
-                    return Value::Null;
-                }
-                match field {
-                    "project_id" => json!(usage.project_id),
-                    "user_id" => json!(usage.user_id),
-                    "api_key_id" => json!(usage.api_key_id),
-                    "model" => json!(usage.model),
-                    "batch" => json!(usage.batch),
-                    _ => json!(usage.service_tier),
-                }
-            };
-            let group: Vec<Value> = GROUP_BY_FIELDS.iter().map(|f| dimension(f)).collect();
+            let group: Vec<Value> = family
+                .group_by
+                .iter()
+                .map(|field| {
+                    if group_by.iter().any(|g| g == field) {
+                        usage.dimension_value(field)
+                    } else {
+                        Value::Null
+                    }
+                })
+                .collect();
             let index = match groups.iter().position(|(key, _)| *key == group) {
                 Some(index) => index,
                 None => {
-                    let mut result = json!({
-                        "object": "organization.usage.completions.result",
-                        "input_tokens": 0,
-                        "output_tokens": 0,
-                        "input_cached_tokens": 0,
-                        "input_audio_tokens": 0,
-                        "output_audio_tokens": 0,
-                        "num_model_requests": 0,
-                    });
-                    for (field, value) in GROUP_BY_FIELDS.iter().zip(&group) {
+                    let mut result = json!({"object": family.object});
+                    for amount in family.amounts {
+                        result[*amount] = json!(0);
+                    }
+                    for (field, value) in family.group_by.iter().zip(&group) {
                         result[*field] = value.clone();
                     }
                     groups.push((group, result));
@@ -308,15 +310,9 @@ pub(super) async fn usage_completions(
                 }
             };
             let result = &mut groups[index].1;
-            for (field, amount) in [
-                ("input_tokens", usage.input_tokens),
-                ("output_tokens", usage.output_tokens),
-                ("input_cached_tokens", usage.input_cached_tokens),
-                ("input_audio_tokens", usage.input_audio_tokens),
-                ("output_audio_tokens", usage.output_audio_tokens),
-                ("num_model_requests", usage.num_model_requests),
-            ] {
-                result[field] = json!(result[field].as_i64().unwrap_or(0) + amount);
+            for amount in family.amounts {
+                result[*amount] =
+                    json!(result[*amount].as_i64().unwrap_or(0) + usage.amount_value(amount));
             }
         }
         buckets.push(json!({

@@ -154,6 +154,10 @@ pub struct SetKeyScopes {
 }
 
 impl SetKeyScopes {
+    /// [`SetKeyScopes::check_scope`]'s rule as a JSON Schema pattern (with a length of at most
+    /// 128), for formats that list scopes in a file (`usage-scopes.yaml`).
+    pub const SCOPE_PATTERN: &'static str = r"^api(\.[a-z0-9_-]+){2,}$";
+
     /// Checks the shape of a scope identifier: dot-separated lowercase words starting with
     /// `api`, at least three (`api.model.request`, `api.files.read`, `api.all.read`), as the
     /// dashboard and the audit log write them. The set of scopes is not published, so the list
@@ -377,6 +381,19 @@ pub struct Usage {
     /// Bucket width. Default `1d`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket: Option<Bucket>,
+}
+
+/// Reads what each key used over the last `days` and proposes the scopes it needs.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyUsage {
+    /// How many days back to read usage, 1 to 365. Default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 365))]
+    pub days: Option<u32>,
+    /// One project; every active project when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

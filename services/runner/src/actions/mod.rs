@@ -239,6 +239,13 @@ pub static REGISTRY: &[ActionSpec] = &[
         None,
         &["buckets"],
     ),
+    spec::<KeyUsage>(
+        "openai.key_usage",
+        "Read what each key used (usage by family) and propose the scopes it needs",
+        false,
+        None,
+        &["keys", "count", "since", "until"],
+    ),
     spec::<HttpRequest>(
         "http.request",
         "Call an allowlisted HTTP endpoint",

@@ -8,7 +8,7 @@
 //! something at OpenAI, `narrow` the ones that narrow a key or a project without breaking it
 //! (scopes, expiry, models, hosted tools, spend limit), `rotate` the zero-downtime rotation of a
 //! service account's key into a secret store, `reads` the ones that only read (inventory, audit
-//! log, usage).
+//! log, usage), `least_privilege` the scopes a key's usage needs.
 //!
 //! Architecture invariant: the admin key lives only in the `Authorization` header value, marked
 //! sensitive; it never reaches a message, a log line, an output or `Debug`.
@@ -16,11 +16,13 @@
 //! [`Action`]: crate::engine::Action
 
 mod changes;
+mod least_privilege;
 mod narrow;
 mod reads;
 mod rotate;
 mod transport;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +33,7 @@ use url::Url;
 use crate::config::Secret;
 use crate::engine::Actions;
 
+pub use least_privilege::UsageScopes;
 pub use narrow::KEY_EXPIRED;
 pub use rotate::register as register_rotation;
 
@@ -43,6 +46,8 @@ pub struct OpenAi {
     organization: Option<HeaderValue>,
     http: reqwest::Client,
     request_timeout: Duration,
+    /// The usage-scope mapping `openai.key_usage` reads (see [`OpenAi::with_usage_scopes`]).
+    usage_scopes: Option<PathBuf>,
 }
 
 impl OpenAi {
@@ -76,6 +81,7 @@ impl OpenAi {
             organization,
             http: http_client(),
             request_timeout: REQUEST_TIMEOUT,
+            usage_scopes: None,
         })
     }
 
@@ -88,6 +94,7 @@ impl OpenAi {
             organization: None,
             http: http_client(),
             request_timeout: REQUEST_TIMEOUT,
+            usage_scopes: None,
         })
     }
 
@@ -108,6 +115,7 @@ impl std::fmt::Debug for OpenAi {
             .field("admin_key", &"<redacted>")
             .field("organization", &self.organization)
             .field("request_timeout", &self.request_timeout)
+            .field("usage_scopes", &self.usage_scopes)
             .finish_non_exhaustive()
     }
 }
@@ -117,6 +125,7 @@ pub fn register(actions: &mut Actions, client: Arc<OpenAi>) {
     changes::register(actions, &client);
     narrow::register(actions, &client);
     reads::register(actions, &client);
+    least_privilege::register(actions, &client);
 }
 
 /// Checks the configured base URL: https (http only to loopback), a host, no credentials, no

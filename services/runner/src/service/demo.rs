@@ -61,6 +61,8 @@ impl Demo {
             admin_key: Some(Secret::new(secret)),
             admin_key_file: None,
             org_id: None,
+            // The demo keeps the configured mapping (by default the shipped one).
+            usage_scopes: config.openai.usage_scopes.take(),
         };
         config.slack = SlackSection::default();
         config.nats = NatsConfig::default();

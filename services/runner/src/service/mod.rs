@@ -61,6 +61,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Connector(String),
+    /// The usage-scope mapping of `openai.key_usage` is missing (when configured) or invalid.
+    #[error("{0}")]
+    UsageScopes(String),
     #[error("configuration: {0}")]
     Safety(crate::engine::SafetyConfigError),
     /// `quench up` could not start its nats-server child.
@@ -79,6 +82,22 @@ pub struct Start {
     /// Start one run of every scheduled playbook once the service serves, instead of waiting
     /// for its first tick (the timetable is unchanged).
     pub trigger_schedules: bool,
+}
+
+/// The usage-scope mapping `openai.key_usage` will read, checked now so a broken edit stops the
+/// start with its file, line and column. A missing default file is only warned about: the
+/// action fails saying so, and nothing else needs it.
+fn usage_scopes(config: &Config) -> Result<std::path::PathBuf, Error> {
+    let (path, configured) = config.usage_scopes();
+    if configured || path.exists() {
+        crate::connectors::openai::UsageScopes::load(&path).map_err(Error::UsageScopes)?;
+    } else {
+        tracing::warn!(
+            path = %path.display(),
+            "no usage-scope mapping: openai.key_usage steps fail until it exists (see docs/least-privilege.md)"
+        );
+    }
+    Ok(path)
 }
 
 /// The service. Returns when `shutdown` is cancelled and the grace period is over, or with an
@@ -102,6 +121,7 @@ pub async fn serve_with(
             source,
         }
     })?;
+    let usage_scopes = usage_scopes(&config)?;
     let mut store_config = StoreConfig::new(&config.store.path);
     store_config.sync = config.store.sync;
     let store = Store::open(&store_config)?;
@@ -135,7 +155,8 @@ pub async fn serve_with(
         ),
         None => OpenAi::without_key(&config.openai.base_url),
     }
-    .map_err(Error::Connector)?;
+    .map_err(Error::Connector)?
+    .with_usage_scopes(usage_scopes);
     let openai = Arc::new(openai);
     crate::connectors::openai::register(&mut actions, openai.clone());
     let stores = crate::connectors::secret_store::SecretStores::from_config(&config.secret_stores)

@@ -97,7 +97,7 @@ fn numbers_as_strings(input: &Value, fields: &[&str]) -> Value {
 }
 
 /// A read's output, with anything secret-shaped redacted on the way out.
-fn output(mut value: Value) -> Success {
+pub(super) fn output(mut value: Value) -> Success {
     quench_proto::redact_value(&mut value);
     Success::new(value)
 }
@@ -115,37 +115,42 @@ struct ListKeys {
 impl ListKeys {
     async fn run(&self, input: &Value) -> Result<Success, ActionError> {
         let input: ListKeysInput = parse_input(LIST_KEYS, input)?;
-        let projects = match &input.project_id {
+        let keys = self
+            .client
+            .project_keys(input.project_id.as_deref())
+            .await?;
+        Ok(output(json!({"count": keys.len(), "keys": keys})))
+    }
+}
+
+impl OpenAi {
+    /// The keys of one project or of every active one, as [`key_row`]s.
+    pub(super) async fn project_keys(
+        &self,
+        project_id: Option<&str>,
+    ) -> Result<Vec<Value>, ActionError> {
+        let projects = match project_id {
             Some(project_id) => vec![id("project_id", project_id)?.to_owned()],
             None => self.active_projects().await?,
         };
         let mut keys = Vec::new();
         for project_id in &projects {
             let request = self
-                .client
                 .request(
                     Method::GET,
                     &["organization", "projects", project_id, "api_keys"],
                     format!("API keys of project {project_id}"),
                 )?
                 .query("owner_project_access", "any");
-            let page = self
-                .client
-                .walk(&request, Paging::Cursor, PAGE_LIMIT)
-                .await?;
+            let page = self.walk(&request, Paging::Cursor, PAGE_LIMIT).await?;
             keys.extend(page.iter().map(|key| key_row(project_id, key)));
         }
-        Ok(output(json!({"count": keys.len(), "keys": keys})))
+        Ok(keys)
     }
 
     async fn active_projects(&self) -> Result<Vec<String>, Failure> {
-        let request =
-            self.client
-                .request(Method::GET, &["organization", "projects"], "projects")?;
-        let projects = self
-            .client
-            .walk(&request, Paging::Cursor, PAGE_LIMIT)
-            .await?;
+        let request = self.request(Method::GET, &["organization", "projects"], "projects")?;
+        let projects = self.walk(&request, Paging::Cursor, PAGE_LIMIT).await?;
         Ok(projects
             .iter()
             // Archived projects are left out by default; this also covers a server that sends them.
