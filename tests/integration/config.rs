@@ -237,3 +237,111 @@ fn every_config_problem_is_reported_at_once() {
     assert!(stderr.contains("`slack.bot_token`"), "{stderr}");
     assert!(!stderr.contains("xoxb-secret-in-a-list"), "{stderr}");
 }
+
+/// `[secret_stores.<name>]`: a Vault store and a Kubernetes store load, their credentials are
+/// redacted in the dump, and each mistake stops the start with the key named.
+#[test]
+fn secret_stores_load_and_their_mistakes_are_named() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let token_file = directory.path().join("token");
+    std::fs::write(&token_file, "k8s-token\n").expect("write token");
+    let write = |name: &str, text: &str| {
+        let path = directory.path().join(name);
+        std::fs::write(&path, text).expect("write config");
+        path
+    };
+    let good = write(
+        "good.toml",
+        &format!(
+            r#"
+[secret_stores.vault]
+type = "vault"
+address = "https://vault.example.com:8200"
+auth = "approle"
+role_id = "role-1"
+secret_id = "inline-secret-id"
+
+[secret_stores.k8s]
+type = "kubernetes"
+namespace = "payments"
+token_file = "{}"
+"#,
+            token_file.display()
+        ),
+    );
+    let output = quench(
+        &[
+            "serve",
+            "--config",
+            good.to_str().expect("utf-8"),
+            "--dump-config",
+        ],
+        &[],
+    );
+    let dump = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(dump.contains("[secret_stores.vault]"), "{dump}");
+    assert!(
+        dump.contains("mount = \"secret\""),
+        "the default mount:\n{dump}"
+    );
+    assert!(
+        dump.contains("api_server = \"https://kubernetes.default.svc\""),
+        "{dump}"
+    );
+    assert!(
+        !dump.contains("inline-secret-id"),
+        "the secret id is redacted:\n{dump}"
+    );
+
+    let cases = [
+        (
+            "[secret_stores.v]\ntype = \"vault\"\naddress = \"http://vault.example.com\"\nauth = \"token\"\ntoken = \"t\"\n",
+            "`secret_stores.v.address`",
+        ),
+        (
+            "[secret_stores.v]\ntype = \"vault\"\naddress = \"https://vault.example.com\"\nauth = \"token\"\n",
+            "needs `token_file`",
+        ),
+        (
+            "[secret_stores.v]\ntype = \"vault\"\naddress = \"https://vault.example.com\"\nauth = \"approle\"\nsecret_id = \"s\"\n",
+            "`secret_stores.v.role_id`",
+        ),
+        (
+            "[secret_stores.v]\ntype = \"vault\"\naddress = \"https://vault.example.com\"\nauth = \"token\"\ntoken_file = \"/nonexistent/token\"\n",
+            "`secret_stores.v.token_file`",
+        ),
+        (
+            "[secret_stores.v]\ntype = \"vault\"\naddress = \"https://vault.example.com\"\nauth = \"token\"\ntoken = \"t\"\ntokn = \"x\"\n",
+            "tokn",
+        ),
+        (
+            "[secret_stores.k]\ntype = \"kubernetes\"\nnamespace = \"Payments\"\n",
+            "`secret_stores.k.namespace`",
+        ),
+        ("[secret_stores.x]\ntype = \"aws\"\n", "secret_stores.x"),
+    ];
+    for (index, (text, expected)) in cases.into_iter().enumerate() {
+        let path = write(&format!("bad{index}.toml"), text);
+        let output = quench(
+            &[
+                "serve",
+                "--config",
+                path.to_str().expect("utf-8"),
+                "--dump-config",
+            ],
+            &[],
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{text}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{text}: expected {expected} in:\n{stderr}"
+        );
+    }
+}

@@ -191,6 +191,10 @@ fn every_action() -> Vec<(&'static str, Value)> {
         ("openai.archive_project", json!({"project_id": "proj_2"})),
         ("openai.list_keys", json!({})),
         (
+            "openai.list_project_users",
+            json!({"project_id": "proj_1", "role": "owner"}),
+        ),
+        (
             "openai.audit_events",
             json!({"since": "2026-01-01T00:00:00Z", "event_types": ["api_key.created"]}),
         ),
@@ -940,6 +944,53 @@ async fn dry_run_describes_the_request_that_would_be_sent() {
 }
 
 // ---- reading actions ----
+
+#[tokio::test]
+async fn list_project_users_reads_every_page_and_filters_by_role() {
+    let connector = seeded().await;
+    for n in 0..3 {
+        connector.fake.seed_user(
+            "proj_1",
+            &format!("user_owner{n}"),
+            &format!("owner{n}@example.com"),
+            Role::Owner,
+        );
+    }
+    connector.fake.set_max_page_size(2);
+    let owners = connector
+        .ok(
+            "openai.list_project_users",
+            json!({"project_id": "proj_1", "role": "owner"}),
+        )
+        .await
+        .output;
+    let emails: Vec<&str> = owners["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .filter_map(|user| user["email"].as_str())
+        .collect();
+    assert_eq!(
+        emails,
+        [
+            "alice@example.com",
+            "owner0@example.com",
+            "owner1@example.com",
+            "owner2@example.com"
+        ]
+    );
+    assert_eq!(owners["count"], 4);
+    assert_eq!(owners["users"][0]["role"], "owner");
+    let calls = connector
+        .fake
+        .calls_to("GET", "/v1/organization/projects/proj_1/users");
+    assert_eq!(calls.len(), 3, "five people, two a page");
+    let everyone = connector
+        .ok("openai.list_project_users", json!({"project_id": "proj_1"}))
+        .await
+        .output;
+    assert_eq!(everyone["count"], 5, "bob the member too");
+}
 
 #[tokio::test]
 async fn list_keys_covers_every_active_project_across_pages() {
@@ -1890,6 +1941,7 @@ steps:
         Default::default(),
         move |actions| openai::register(actions, client),
         None,
+        |_| {},
     )
     .await;
     let status = |run: &quench_runner::engine::Run, step: &str| run.steps[step].status;

@@ -48,10 +48,10 @@ async fn the_demo_finds_the_planted_keys_and_drift_and_changes_nothing() {
     // A playbook that asks for live mode is still dry-run in the demo.
     let review = dir.path().join("workflows/review-unused-openai-key.yaml");
     let source = std::fs::read_to_string(&review).expect("shipped playbook");
-    assert!(source.contains("\ntimeout: 8d\n"));
+    assert!(source.contains("\ntimeout: 16d\n"));
     std::fs::write(
         &review,
-        source.replace("\ntimeout: 8d\n", "\ntimeout: 8d\nmode: live\n"),
+        source.replace("\ntimeout: 16d\n", "\ntimeout: 16d\nmode: live\n"),
     )
     .expect("write playbook");
     let listen = format!("127.0.0.1:{}", free_port());
@@ -142,7 +142,18 @@ async fn the_demo_finds_the_planted_keys_and_drift_and_changes_nothing() {
                 )
             })
             .collect();
-        if found == expected {
+        // Each finding's run has parked at its first question (an unowned key's run reads the
+        // project's owners first).
+        let settled = runs.iter().all(|run| {
+            let playbook = run["playbook"].as_str().unwrap_or_default();
+            run["status"]
+                == if discovery.contains(&playbook) {
+                    "completed"
+                } else {
+                    "waiting"
+                }
+        });
+        if found == expected && settled {
             break runs;
         }
         assert!(
@@ -169,7 +180,8 @@ async fn the_demo_finds_the_planted_keys_and_drift_and_changes_nothing() {
     let inventory = quench(&["runs", "show", inventory]);
     assert_eq!(inventory["steps"][0]["output"]["count"], 10, "{inventory}");
 
-    // Secops deletes bob's unused key: recorded with its request, not sent.
+    // Secops lets bob's unused key expire: its expiry and delete are recorded with their
+    // requests, not sent (a dry run knows no expiry time, so it does not wait for it).
     let unused = runs
         .iter()
         .find(|run| run["key"] == "openai:project_key:key_bob_laptop")
@@ -189,9 +201,16 @@ async fn the_demo_finds_the_planted_keys_and_drift_and_changes_nothing() {
         shown["finding"]["resource"]["last_used_at"].is_string(),
         "when the key was last used: {shown}"
     );
-    let decided = quench(&["approve", &unused, "--gate", "ask", "--choice", "delete"]);
+    let decided = quench(&[
+        "approve",
+        &unused,
+        "--gate",
+        "ask",
+        "--choice",
+        "let-expire",
+    ]);
     assert_eq!(decided["outcome"], "decided", "{decided}");
-    assert_eq!(decided["choice"], "delete", "{decided}");
+    assert_eq!(decided["choice"], "let-expire", "{decided}");
     let shown = loop {
         let shown = quench(&["runs", "show", &unused]);
         if shown["run"]["status"] == "completed" {

@@ -71,6 +71,7 @@ async fn harness(fake: &OpenAiFake, playbook: &str, now: &str) -> (Harness, Arc<
             actions.insert("finding.publish", recorder);
         },
         None,
+        |_| {},
     )
     .await;
     // The first look sets up the timetable.

@@ -15,7 +15,13 @@ use crate::support;
 
 const PLAYBOOKS: &str = "docs/playbooks.md";
 const TESTS: &str = "docs/playbook-tests.md";
-const PAGES: [&str; 4] = ["README.md", "docs/README.md", PLAYBOOKS, TESTS];
+const PAGES: [&str; 5] = [
+    "README.md",
+    "docs/README.md",
+    PLAYBOOKS,
+    TESTS,
+    "docs/safety.md",
+];
 
 fn read(relative: &str) -> String {
     std::fs::read_to_string(support::root().join(relative))
@@ -403,4 +409,26 @@ fn every_link_between_the_pages_resolves() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Every `[safety]` key (and every key of a freeze window) is explained on the safety page.
+#[test]
+fn every_safety_key_is_documented() {
+    let page = read("docs/safety.md");
+    let mut words = BTreeSet::new();
+    for schema in [
+        schemars::schema_for!(quench_common::config::SafetySection).to_value(),
+        schemars::schema_for!(quench_common::config::FreezeWindow).to_value(),
+    ] {
+        schema_words(&schema, &mut words);
+    }
+    assert!(words.contains("max_per_hour") && words.contains("duration"));
+    let missing: Vec<&String> = words
+        .iter()
+        .filter(|word| !page.contains(&format!("`{word}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/safety.md does not explain {missing:?}"
+    );
 }

@@ -152,6 +152,11 @@ impl Drop for World {
 impl World {
     /// Everything running, with `playbook` as the only playbook.
     async fn start(playbook: &str) -> World {
+        World::start_with(playbook, "").await
+    }
+
+    /// As [`World::start`], with `more` appended to the runner's config.
+    async fn start_with(playbook: &str, more: &str) -> World {
         let nats = deployed_nats();
         let slack = SlackFake::start().await;
         slack.add_user(OWNER_EMAIL, OWNER);
@@ -172,6 +177,7 @@ admin_key = "{admin_key}"
 
 [groups]
 secops = ["{SECOPS_EMAIL}"]
+{more}
 "#,
             openai_url = openai.base_url(),
             admin_key = openai.admin_key(),
@@ -946,4 +952,115 @@ async fn sigkill_after_the_revoke_intent_revokes_exactly_once() {
     assert_eq!(world.events(RunEventKind::RunCompleted).len(), 1);
     assert_eq!(world.told_owner().len(), 2, "told once");
     assert_eq!(world.deletes(), 2);
+}
+
+/// A scanner floods quench with leaks while `[safety]` allows ten revokes an hour: exactly ten
+/// keys are revoked, the other runs wait on one safety gate asked once in Slack, and one click
+/// of the safety approver releases them all (each key revoked once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_leaks_spends_the_safety_budget_and_one_click_releases_the_rest() {
+    const FLOOD: usize = 200;
+    const BUDGET: usize = 10;
+    let playbook = r#"schema: quench.playbook/v1
+name: revoke-leaked-openai-key
+on:
+  finding:
+    kinds: [openai.api_key.leaked]
+steps:
+  - id: revoke
+    uses: openai.revoke_key
+    with:
+      project_id: "{{ finding.resource.project_id }}"
+      key_id: "{{ finding.resource.id }}"
+"#;
+    let world = World::start_with(
+        playbook,
+        &format!(
+            r#"
+[safety]
+approvers = ["{SECOPS_EMAIL}"]
+max_per_hour = {{ "openai.revoke_key" = {BUDGET} }}
+"#
+        ),
+    )
+    .await;
+    let keys: Vec<String> = (0..FLOOD)
+        .map(|index| format!("key_flood{index:03}"))
+        .collect();
+    for key in &keys {
+        world
+            .openai
+            .seed_key(PROJECT, "user_alice", KeySeed::new(key));
+    }
+    let findings: Vec<Value> = keys
+        .iter()
+        .map(|key| {
+            let mut finding = leaked_finding();
+            finding["id"] = json!(format!("leak-{key}"));
+            finding["key"] = json!(format!("openai:project_key:{key}"));
+            finding["resource"]["id"] = json!(key);
+            finding
+        })
+        .collect();
+    futures::future::join_all(findings.iter().map(|finding| world.publish(finding))).await;
+
+    let revoked = || {
+        world
+            .openai
+            .calls()
+            .into_iter()
+            .filter(|call| call.method == "DELETE")
+            .count()
+    };
+    let held = || {
+        world
+            .events(RunEventKind::Waiting)
+            .iter()
+            .filter(|event| event.step.as_deref() == Some("revoke"))
+            .count()
+    };
+    world
+        .until("the budget is spent and every other run waits", || {
+            revoked() == BUDGET && held() == FLOOD - BUDGET
+        })
+        .await;
+    let asked = world.asked(SECOPS).await;
+    let question = world.message(&asked.channel, &asked.ts);
+    assert!(
+        question
+            .text
+            .as_deref()
+            .is_some_and(|text| text.contains("Safety budget reached: 10 of 10")),
+        "{question:?}"
+    );
+    assert_eq!(
+        world.gate_messages().len(),
+        1,
+        "one safety gate, asked once"
+    );
+    assert_eq!(revoked(), BUDGET, "nothing more before the answer");
+
+    world.click(SECOPS, &asked, "release").await;
+    world
+        .until("every held run went on", || revoked() == FLOOD)
+        .await;
+    world
+        .until("every run completed", || {
+            world.events(RunEventKind::RunCompleted).len() >= FLOOD
+        })
+        .await;
+    for key in &keys {
+        assert!(!world.openai.key_exists(PROJECT, key), "{key}");
+    }
+    let mut deleted: Vec<String> = world
+        .openai
+        .calls()
+        .into_iter()
+        .filter(|call| call.method == "DELETE")
+        .map(|call| call.path)
+        .collect();
+    deleted.sort();
+    deleted.dedup();
+    assert_eq!(deleted.len(), FLOOD, "each key revoked once");
+    assert_eq!(revoked(), FLOOD, "and no key twice");
 }

@@ -21,6 +21,8 @@ mod playbook_tests;
 mod proto_contracts;
 mod quickstart;
 mod redaction;
+mod rotation;
+mod safety;
 mod schedule;
 mod scheduler;
 mod service;

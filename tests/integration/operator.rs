@@ -331,6 +331,14 @@ fn routes() -> Vec<Route> {
         ),
         route(
             "GET",
+            "/api/v1/safety",
+            "/api/v1/safety",
+            Some("viewer"),
+            None,
+            200,
+        ),
+        route(
+            "GET",
             "/api/v1/runs/{id}",
             "/api/v1/runs/no-such-run",
             Some("viewer"),

@@ -97,6 +97,10 @@ pub struct Config {
     /// Approver groups: `group:<name>` → emails and Slack user ids.
     pub groups: BTreeMap<String, Vec<String>>,
     pub gateway: GatewaySection,
+    /// Where `openai.rotate_service_account_key` delivers a minted key: `[secret_stores.<name>]`.
+    pub secret_stores: BTreeMap<String, SecretStoreConfig>,
+    /// Blast-radius rails on every mutating step, whatever the playbooks say.
+    pub safety: SafetySection,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -296,6 +300,57 @@ impl Default for SlackSection {
     }
 }
 
+/// `[safety]`: rails that hold a mutating step for a human answer (budget, protected
+/// resources) or until a change freeze ends. Off until something is set.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SafetySection {
+    /// Mutating actions allowed per rolling hour, all actions together (none: no global budget).
+    pub max_mutations_per_hour: Option<u32>,
+    /// Mutating actions allowed per rolling hour, by action name (e.g. `"openai.revoke_key" = 10`).
+    pub max_per_hour: BTreeMap<String, u32>,
+    /// Who answers a held step (emails, Slack ids, `group:<name>`).
+    pub approvers: Vec<String>,
+    /// How long a safety gate waits for an answer before it holds (`4h`).
+    pub timeout: String,
+    /// Resources no mutating action touches without an answer from the safety approvers:
+    /// `project:<glob>`, `key:<glob>` (key or service-account id), `name:<glob>` (the finding's
+    /// resource name), `label:<name>=<glob>` (a label of the finding).
+    pub protect: Vec<String>,
+    /// Change freezes: mutating steps wait (durably) until the window ends, unless `urgent`.
+    pub freeze: Vec<FreezeWindow>,
+}
+
+impl Default for SafetySection {
+    fn default() -> SafetySection {
+        SafetySection {
+            max_mutations_per_hour: None,
+            max_per_hour: BTreeMap::new(),
+            approvers: Vec::new(),
+            timeout: "4h".to_owned(),
+            protect: Vec::new(),
+            freeze: Vec::new(),
+        }
+    }
+}
+
+/// One change-freeze window: it opens at each tick of `cron` (in `timezone`) and lasts
+/// `duration`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FreezeWindow {
+    /// Shown in the audit log and the API (e.g. `weekend`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Crontab line of the window's start: 5 fields, or 6/7 with seconds (and year).
+    pub cron: String,
+    /// How long each window lasts (e.g. `62h`).
+    pub duration: String,
+    /// IANA time zone of the cron line (`UTC`).
+    #[serde(default)]
+    pub timezone: Option<String>,
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSection {
@@ -344,6 +399,232 @@ impl Default for GatewaySection {
             test_response_url_prefix: None,
         }
     }
+}
+
+/// One secret store (`[secret_stores.<name>]`): a HashiCorp Vault KV v2 mount or a Kubernetes
+/// namespace's Secrets. Credentials come from files (read at each use, so an agent or the
+/// kubelet may rotate them) or from an inline value (an environment variable); never both.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SecretStoreConfig {
+    Vault(VaultStore),
+    Kubernetes(KubernetesStore),
+}
+
+/// A Vault KV version 2 secrets engine.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VaultStore {
+    /// `https://vault.example.com:8200` (plain http only to loopback).
+    pub address: String,
+    /// Where the KV v2 engine is mounted (default `secret`).
+    #[serde(default = "default_vault_mount")]
+    pub mount: String,
+    /// `token` (`token` or `token_file`) or `approle` (`role_id`, `secret_id` or
+    /// `secret_id_file`).
+    pub auth: VaultAuth,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_id: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_id_file: Option<PathBuf>,
+    /// Where the AppRole auth method is mounted (default `approle`).
+    #[serde(default = "default_approle_mount")]
+    pub approle_mount: String,
+}
+
+fn default_vault_mount() -> String {
+    "secret".to_owned()
+}
+
+fn default_approle_mount() -> String {
+    "approle".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VaultAuth {
+    Token,
+    Approle,
+}
+
+/// The Secrets of one Kubernetes namespace, through the API server.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesStore {
+    /// The API server (default `https://kubernetes.default.svc`, from inside the cluster).
+    #[serde(default = "default_api_server")]
+    pub api_server: String,
+    pub namespace: String,
+    /// The bearer token (default: the pod's service account token file).
+    #[serde(default = "default_kubernetes_token_file")]
+    pub token_file: PathBuf,
+    /// CA bundle of the API server's certificate (default: the pod's service account CA); the
+    /// system roots are used when the file does not exist.
+    #[serde(default = "default_kubernetes_ca_file")]
+    pub ca_file: PathBuf,
+}
+
+fn default_api_server() -> String {
+    "https://kubernetes.default.svc".to_owned()
+}
+
+fn default_kubernetes_token_file() -> PathBuf {
+    PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+}
+
+fn default_kubernetes_ca_file() -> PathBuf {
+    PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+}
+
+impl SecretStoreConfig {
+    /// Checks one store's settings; `key` is `secret_stores.<name>`. Credential files are read
+    /// once here so a missing or empty one stops the start, and again at each use.
+    fn check(&self, key: &str) -> Result<(), Error> {
+        let bad = |field: &str, value: &str, problem: &str| Error::Value {
+            key: format!("{key}.{field}"),
+            value: value.to_owned(),
+            problem: problem.to_owned(),
+        };
+        match self {
+            SecretStoreConfig::Vault(vault) => {
+                check_base_url(&vault.address)
+                    .map_err(|problem| bad("address", &vault.address, &problem))?;
+                for (field, value) in [
+                    ("mount", &vault.mount),
+                    ("approle_mount", &vault.approle_mount),
+                ] {
+                    if !is_path(value) {
+                        return Err(bad(
+                            field,
+                            value,
+                            "must be a mount path such as `secret` or `kv/team-a`",
+                        ));
+                    }
+                }
+                match vault.auth {
+                    VaultAuth::Token => {
+                        one_secret(
+                            key,
+                            "token",
+                            vault.token.as_ref(),
+                            vault.token_file.as_ref(),
+                        )?;
+                        if vault.role_id.is_some()
+                            || vault.secret_id.is_some()
+                            || vault.secret_id_file.is_some()
+                        {
+                            return Err(bad(
+                                "auth",
+                                "token",
+                                "`role_id` and `secret_id` belong to `auth = \"approle\"`",
+                            ));
+                        }
+                    }
+                    VaultAuth::Approle => {
+                        if vault
+                            .role_id
+                            .as_deref()
+                            .is_none_or(|role| role.trim().is_empty())
+                        {
+                            return Err(bad("role_id", "", "AppRole needs the role's `role_id`"));
+                        }
+                        one_secret(
+                            key,
+                            "secret_id",
+                            vault.secret_id.as_ref(),
+                            vault.secret_id_file.as_ref(),
+                        )?;
+                        if vault.token.is_some() || vault.token_file.is_some() {
+                            return Err(bad(
+                                "auth",
+                                "approle",
+                                "`token` belongs to `auth = \"token\"`",
+                            ));
+                        }
+                    }
+                }
+            }
+            SecretStoreConfig::Kubernetes(kubernetes) => {
+                check_base_url(&kubernetes.api_server)
+                    .map_err(|problem| bad("api_server", &kubernetes.api_server, &problem))?;
+                if !is_dns_label(&kubernetes.namespace) {
+                    return Err(bad(
+                        "namespace",
+                        &kubernetes.namespace,
+                        "must be a Kubernetes namespace name (lowercase letters, digits and `-`, at most 63)",
+                    ));
+                }
+                read_secret_file(&format!("{key}.token_file"), &kubernetes.token_file)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Exactly one of an inline secret and its `_file`; the file must be readable and not empty.
+fn one_secret(
+    store: &str,
+    field: &str,
+    inline: Option<&Secret>,
+    file: Option<&PathBuf>,
+) -> Result<(), Error> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(Error::Invalid(format!(
+            "`{store}.{field}` and `{store}.{field}_file` are both set; give the secret one way"
+        ))),
+        (None, None) => Err(Error::Invalid(format!(
+            "`{store}` needs `{field}_file` (or `{field}`, e.g. from QUENCH_SECRET_STORES__…)"
+        ))),
+        (Some(_), None) => Ok(()),
+        (None, Some(path)) => read_secret_file(&format!("{store}.{field}_file"), path).map(drop),
+    }
+}
+
+/// Reads a secret from a file (a trailing newline is not part of it).
+pub fn read_secret_file(key: &str, path: &Path) -> Result<Secret, Error> {
+    let text = std::fs::read_to_string(path).map_err(|error| Error::Value {
+        key: key.to_owned(),
+        value: path.display().to_string(),
+        problem: format!("cannot read it: {error}"),
+    })?;
+    let secret = text.trim_end_matches(['\n', '\r']).to_owned();
+    if secret.is_empty() {
+        return Err(Error::Value {
+            key: key.to_owned(),
+            value: path.display().to_string(),
+            problem: "the file is empty".to_owned(),
+        });
+    }
+    Ok(Secret::new(secret))
+}
+
+/// A `/`-separated path of non-empty segments without `.` or `..` (a Vault mount).
+fn is_path(text: &str) -> bool {
+    !text.is_empty()
+        && text.split('/').all(|segment| {
+            !segment.is_empty()
+                && !matches!(segment, "." | "..")
+                && !segment
+                    .chars()
+                    .any(|c| c.is_whitespace() || matches!(c, '?' | '#' | '%'))
+        })
+}
+
+/// An RFC 1123 label: what Kubernetes accepts as a namespace name.
+pub fn is_dns_label(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 63
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !text.starts_with('-')
+        && !text.ends_with('-')
 }
 
 /// The replay cache's budgets (`[gateway.replay.slack]`, `[gateway.replay.findings]`). A
@@ -698,20 +979,7 @@ impl Config {
                     )));
                 }
                 (None, Some(path)) => {
-                    let text = std::fs::read_to_string(path).map_err(|error| Error::Value {
-                        key: format!("{key}_file"),
-                        value: path.display().to_string(),
-                        problem: format!("cannot read it: {error}"),
-                    })?;
-                    let secret = text.trim_end_matches(['\n', '\r']).to_owned();
-                    if secret.is_empty() {
-                        return Err(Error::Value {
-                            key: format!("{key}_file"),
-                            value: path.display().to_string(),
-                            problem: "the file is empty".to_owned(),
-                        });
-                    }
-                    *inline = Some(Secret::new(secret));
+                    *inline = Some(read_secret_file(&format!("{key}_file"), path)?);
                 }
                 _ => {}
             }
@@ -869,6 +1137,9 @@ impl Config {
                 return Err(bad(&format!("http.allow_hosts[{index}]"), host, &problem));
             }
         }
+        for (name, store) in &self.secret_stores {
+            store.check(&format!("secret_stores.{name}"))?;
+        }
         for (group, members) in &self.groups {
             if members.is_empty() {
                 return Err(bad(
@@ -878,7 +1149,105 @@ impl Config {
                 ));
             }
         }
+        self.check_safety()
+    }
+
+    /// `[safety]`: what can be checked without the runner's cron and glob compilers (the
+    /// runner checks the cron lines, time zones and globs when it builds the rails).
+    fn check_safety(&self) -> Result<(), Error> {
+        let bad = |key: &str, value: &str, problem: &str| Error::Value {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            problem: problem.to_owned(),
+        };
+        let safety = &self.safety;
+        if !humantime::parse_duration(&safety.timeout)
+            .is_ok_and(|timeout| timeout >= std::time::Duration::from_secs(60))
+        {
+            return Err(bad(
+                "safety.timeout",
+                &safety.timeout,
+                "must be a duration of at least 1m, e.g. 4h",
+            ));
+        }
+        for (index, rule) in safety.protect.iter().enumerate() {
+            if let Err(problem) = ProtectRule::parse(rule) {
+                return Err(bad(&format!("safety.protect[{index}]"), rule, &problem));
+            }
+        }
+        for (index, window) in safety.freeze.iter().enumerate() {
+            if !humantime::parse_duration(&window.duration)
+                .is_ok_and(|duration| duration >= std::time::Duration::from_secs(60))
+            {
+                return Err(bad(
+                    &format!("safety.freeze[{index}].duration"),
+                    &window.duration,
+                    "must be a duration of at least 1m, e.g. 62h",
+                ));
+            }
+        }
+        let needs_approvers = safety.max_mutations_per_hour.is_some()
+            || !safety.max_per_hour.is_empty()
+            || !safety.protect.is_empty();
+        if needs_approvers && safety.approvers.iter().all(|a| a.trim().is_empty()) {
+            return Err(bad(
+                "safety.approvers",
+                "[]",
+                "a budget or a protect rule needs someone to answer for what it holds, \
+                 e.g. approvers = [\"group:secops\"]",
+            ));
+        }
+        for (index, approver) in safety.approvers.iter().enumerate() {
+            if let Some(group) = approver.strip_prefix("group:")
+                && !self.groups.contains_key(group)
+            {
+                return Err(bad(
+                    &format!("safety.approvers[{index}]"),
+                    approver,
+                    &format!("the group `{group}` is not defined under [groups]"),
+                ));
+            }
+        }
         Ok(())
+    }
+}
+
+/// One `[safety] protect` entry: what it looks at, and the glob it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtectRule<'a> {
+    /// A project id.
+    Project(&'a str),
+    /// A key id or service-account id.
+    Key(&'a str),
+    /// The finding's resource name.
+    Name(&'a str),
+    /// A label of the finding: its name, and a glob of its value.
+    Label(&'a str, &'a str),
+}
+
+impl ProtectRule<'_> {
+    pub fn parse(rule: &str) -> Result<ProtectRule<'_>, String> {
+        let (kind, glob) = rule.split_once(':').ok_or_else(|| {
+            "must be `project:<glob>`, `key:<glob>`, `name:<glob>` or `label:<name>=<glob>`"
+                .to_owned()
+        })?;
+        if glob.trim().is_empty() {
+            return Err(format!("`{kind}:` needs a value after the colon"));
+        }
+        match kind {
+            "project" => Ok(ProtectRule::Project(glob)),
+            "key" => Ok(ProtectRule::Key(glob)),
+            "name" => Ok(ProtectRule::Name(glob)),
+            "label" => match glob.split_once('=') {
+                Some((name, value)) if !name.is_empty() && !value.is_empty() => {
+                    Ok(ProtectRule::Label(name, value))
+                }
+                _ => Err("a label rule is `label:<name>=<glob>`, e.g. label:env=prod".to_owned()),
+            },
+            other => Err(format!(
+                "`{other}` is not a kind of protect rule; use project, key, name or label"
+            )),
+        }
     }
 }
 

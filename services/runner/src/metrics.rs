@@ -66,6 +66,10 @@ pub const PLAYBOOK_LOADS: &str = "quench_playbook_loads";
 pub const PLAYBOOKS_REFUSED: &str = "quench_playbooks_refused";
 /// Playbooks currently loaded.
 pub const PLAYBOOKS_LOADED: &str = "quench_playbooks_loaded";
+/// Mutating calls let through by the `[safety]` rails in the last hour, by action.
+pub const SAFETY_CALLS: &str = "quench_safety_calls_last_hour";
+/// Runs whose mutating step waits on a safety gate (budget or protect).
+pub const SAFETY_WAITING: &str = "quench_safety_waiting_runs";
 
 /// Labels of per-kind finding counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -147,6 +151,8 @@ pub struct Metrics {
     pub playbook_loads: Family<ResultLabel, Counter>,
     pub playbooks_refused: Gauge,
     pub playbooks_loaded: Gauge,
+    pub safety_calls: Family<ActionLabel, Gauge>,
+    pub safety_waiting: Gauge,
 }
 
 fn step_histogram() -> Histogram {
@@ -192,6 +198,8 @@ impl Metrics {
             playbook_loads: Family::default(),
             playbooks_refused: Gauge::default(),
             playbooks_loaded: Gauge::default(),
+            safety_calls: Family::default(),
+            safety_waiting: Gauge::default(),
         };
         let mut registry = Registry::default();
         registry.register(
@@ -283,6 +291,16 @@ impl Metrics {
             PLAYBOOKS_LOADED,
             "Playbooks loaded",
             metrics.playbooks_loaded.clone(),
+        );
+        registry.register(
+            SAFETY_CALLS,
+            "Mutating calls the [safety] rails let through in the last hour, by action",
+            metrics.safety_calls.clone(),
+        );
+        registry.register(
+            SAFETY_WAITING,
+            "Runs whose mutating step waits on a safety gate (over budget, or a protected resource)",
+            metrics.safety_waiting.clone(),
         );
         registry.register_with_unit(
             STEP_DURATION,

@@ -149,11 +149,13 @@ impl Harness {
                 }
             },
             slack.map(|slack| slack as std::sync::Arc<dyn quench_runner::engine::Notifier>),
+            |_| {},
         )
         .await
     }
 
-    /// A harness whose actions are scripted except those `register` puts in their place.
+    /// A harness whose actions are scripted except those `register` puts in their place, with
+    /// the engine's config changed by `configure` first.
     pub(crate) async fn build(
         store: quench_runner::store::Store,
         playbooks: &[&str],
@@ -161,6 +163,7 @@ impl Harness {
         mocks: std::collections::BTreeMap<String, Vec<quench_runner::testing::MockResult>>,
         register: impl FnOnce(&mut quench_runner::engine::Actions),
         notifier: Option<std::sync::Arc<dyn quench_runner::engine::Notifier>>,
+        configure: impl FnOnce(&mut quench_runner::engine::EngineConfig),
     ) -> Harness {
         use std::sync::Arc;
         let clock = Arc::new(quench_runner::engine::ManualClock::new(now));
@@ -181,6 +184,7 @@ impl Harness {
             vec!["lead@example.com".to_owned(), "U0SECOPS1".to_owned()],
         );
         register(&mut actions);
+        configure(&mut config);
         let mut engine = quench_runner::engine::Engine::new(store, clock.clone(), actions, config);
         if let Some(notifier) = notifier {
             engine = engine.with_notifier(notifier);
@@ -786,3 +790,9 @@ pub(crate) use quench_openai_fake as openai_fake;
 // Not every helper of the Slack fake is used by a test yet.
 #[allow(dead_code)]
 pub(crate) mod slack_fake;
+
+/// A HashiCorp Vault (KV v2, token and AppRole auth) on loopback.
+pub(crate) mod vault_fake;
+
+/// A Kubernetes API server (Secrets only) on loopback.
+pub(crate) mod kubernetes_fake;

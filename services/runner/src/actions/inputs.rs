@@ -189,6 +189,62 @@ pub struct SetKeyExpiry {
     pub expires_in: String,
 }
 
+/// Replaces a service account's key without downtime: mints a new key on the same account,
+/// delivers its secret to a secret store, then gives the old key a grace expiry (or keeps it for
+/// a later step to delete).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateServiceAccountKey {
+    pub project_id: String,
+    pub service_account_id: String,
+    /// The key being replaced; it must belong to the service account.
+    pub key_id: String,
+    /// The new key's scopes (as in `openai.set_key_scopes`); `[]` (all permissions) only with
+    /// `allow_widen`.
+    pub scopes: Vec<String>,
+    /// The new key's lifetime: whole seconds up to `365d`, e.g. `90d`.
+    pub expires_in: String,
+    /// Where the new key's secret is written.
+    pub secret: SecretTarget,
+    /// What becomes of the old key: `grace` (the default: it expires after `grace`) or `keep`
+    /// (untouched, for a later step to delete once the owner confirms the switch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub then: Option<OldKey>,
+    /// How long the old key keeps working under `then: grace`. Default `24h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace: Option<String>,
+    /// The new key's name; quench appends the idempotency key in brackets. Default
+    /// `quench rotation`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Allow `scopes: []` (all permissions).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_widen: bool,
+}
+
+/// A field of a secret in a configured store.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretTarget {
+    /// The name of a `[secret_stores.<name>]` in the service config.
+    pub store: String,
+    /// Vault: the secret's path under the mount (`apps/payments/openai`); Kubernetes: the
+    /// Secret's name.
+    pub path: String,
+    /// The field of the secret's data that receives the key, e.g. `OPENAI_API_KEY`.
+    pub field: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OldKey {
+    /// Expire the old key after `grace` (never lengthening its life).
+    #[default]
+    Grace,
+    /// Leave the old key as it is.
+    Keep,
+}
+
 /// Replaces a project's model allow or deny list. Refused when it would allow a model the
 /// current policy does not, unless `allow_widen` is true.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -285,6 +341,16 @@ pub struct ListKeys {
     /// One project; every active project when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListProjectUsers {
+    /// The project.
+    pub project_id: String,
+    /// Only users with this role in the project (`owner` or `member`); all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<ProjectRole>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -160,6 +160,23 @@ pub static REGISTRY: &[ActionSpec] = &[
         None,
         &["id", "project_id", "expires_at", "owner_project_access"],
     ),
+    spec::<RotateServiceAccountKey>(
+        "openai.rotate_service_account_key",
+        "Replace a service account's key without downtime: mint, deliver to a secret store, expire the old one",
+        true,
+        None,
+        &[
+            "id",
+            "project_id",
+            "service_account_id",
+            "name",
+            "redacted_value",
+            "expires_at",
+            "scopes",
+            "secret",
+            "old_key",
+        ],
+    ),
     spec::<SetModelPermissions>(
         "openai.set_model_permissions",
         "Replace a project's model allow or deny list",
@@ -200,6 +217,13 @@ pub static REGISTRY: &[ActionSpec] = &[
         false,
         None,
         &["keys", "count"],
+    ),
+    spec::<ListProjectUsers>(
+        "openai.list_project_users",
+        "List the people of a project with their roles (e.g. its owners, to ask about an orphaned key)",
+        false,
+        None,
+        &["users", "count"],
     ),
     spec::<AuditEvents>(
         "openai.audit_events",

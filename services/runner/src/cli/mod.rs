@@ -746,6 +746,11 @@ fn run_service(
         Ok(config) => config,
         Err(code) => return code,
     };
+    // The rails' cron lines, time zones, globs and action names, refused before anything starts.
+    if let Err(error) = crate::engine::SafetyConfig::from_section(&config.safety) {
+        let _ = writeln!(err, "error: configuration: {error}");
+        return EXIT_CONFIG;
+    }
     // `quench up` starts its own NATS unless one is configured (flag, environment or file);
     // the demo always does.
     let own_nats = quickstart && (demo || !nats_configured(&common));

@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod openai;
+pub mod secret_store;
 pub mod slack;
 
 use std::time::Duration;

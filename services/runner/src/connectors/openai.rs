@@ -6,8 +6,9 @@
 //! playbook action to the engine's set. `transport` sends requests and maps every answer that is
 //! not a success to an [`ActionError`] in one place; `changes` holds the actions that change
 //! something at OpenAI, `narrow` the ones that narrow a key or a project without breaking it
-//! (scopes, expiry, models, hosted tools, spend limit), `reads` the ones that only read
-//! (inventory, audit log, usage).
+//! (scopes, expiry, models, hosted tools, spend limit), `rotate` the zero-downtime rotation of a
+//! service account's key into a secret store, `reads` the ones that only read (inventory, audit
+//! log, usage).
 //!
 //! Architecture invariant: the admin key lives only in the `Authorization` header value, marked
 //! sensitive; it never reaches a message, a log line, an output or `Debug`.
@@ -17,6 +18,7 @@
 mod changes;
 mod narrow;
 mod reads;
+mod rotate;
 mod transport;
 
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use crate::config::Secret;
 use crate::engine::Actions;
 
 pub use narrow::KEY_EXPIRED;
+pub use rotate::register as register_rotation;
 
 /// A client of the OpenAI Admin API: base URL, admin key, optional organization id.
 pub struct OpenAi {

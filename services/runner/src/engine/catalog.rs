@@ -171,7 +171,7 @@ impl Engine {
             .clone()
     }
 
-    fn versions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Playbook>>> {
+    pub(super) fn versions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Playbook>>> {
         self.inner
             .catalog
             .versions

@@ -156,6 +156,12 @@ impl Engine {
             },
         };
         span.record("playbook", run.playbook.as_str());
+        let mut tx = Tx::default();
+        if self.resolve_safety_wait(&mut run, &mut tx)? {
+            let now = self.now();
+            tx.save(&mut run, now);
+            self.commit(tx).await?;
+        }
         loop {
             if let Some((playbook, pending)) = call.take() {
                 self.perform(&mut run, &playbook, pending).await?;
@@ -586,6 +592,12 @@ impl Engine {
                     }
                 };
                 let key = idempotency_key(&cx.run.id, &cx.step.id, iteration);
+                if !dry_run
+                    && cx.step.action.mutates
+                    && let Some(flow) = self.rails(&mut cx, name, &input, iteration, &key)?
+                {
+                    return Ok(flow);
+                }
                 if let Some(request) = &request {
                     cx.state().requests.push(request.clone());
                 }
@@ -839,7 +851,7 @@ impl Engine {
     }
 
     /// Records the final outcome of one call (one item of a `foreach`, or the whole step).
-    fn complete_with(
+    pub(super) fn complete_with(
         &self,
         mut cx: StepCx<'_>,
         iteration: usize,
@@ -966,14 +978,27 @@ impl Engine {
                 return self.complete(cx, 0, Err(ActionError::permanent(error)), false);
             }
         };
-        self.set_timer(
-            cx.run,
-            cx.tx,
-            due,
-            Timer::Wait {
-                step: cx.step.id.clone(),
-            },
-        );
+        let timer = Timer::Wait {
+            step: cx.step.id.clone(),
+        };
+        Ok(self.park_until(&mut cx, due, timer, json!({"until": due})))
+    }
+
+    /// Parks the step until `timer` fires at `due`; the `waiting` event carries `detail`.
+    pub(super) fn park_until(
+        &self,
+        cx: &mut StepCx<'_>,
+        due: DateTime<Utc>,
+        timer: Timer,
+        detail: Value,
+    ) -> Flow {
+        self.set_timer(cx.run, cx.tx, due, timer);
+        self.park(cx, detail)
+    }
+
+    /// Parks the step: the run waits (for a timer or a gate's end), and says so in a `waiting`
+    /// event carrying `detail`.
+    pub(super) fn park(&self, cx: &mut StepCx<'_>, detail: Value) -> Flow {
         cx.state().status = StepStatus::Waiting;
         cx.run.status = RunStatus::Waiting;
         cx.tx.event(
@@ -981,13 +1006,16 @@ impl Engine {
             cx.now,
             RunEventKind::Waiting,
             Some(&cx.step.id),
-            json!({"until": due}),
+            detail,
         );
-        Ok(Flow::Stop)
+        Flow::Stop
     }
 
     /// Removes every timer of a run and closes its undecided gates (the run ends or fails).
     pub(super) fn clear_timers_and_gates(&self, run: &mut Run, tx: &mut Tx) -> Result<(), Error> {
+        if let Some(wait) = run.safety_wait.take() {
+            tx.batch.delete(Key::SafetyWait(&wait.hold, &run.id));
+        }
         for timer in std::mem::take(&mut run.timers) {
             tx.batch.delete(Key::Timer {
                 due: timer.due,
@@ -1069,6 +1097,7 @@ impl Engine {
         run.ended_at = Some(now);
         run.cancelled = reason.clone();
         self.clear_timers_and_gates(run, tx)?;
+        self.hold_ended(run, tx)?;
         // (A run never written cannot hold a slot in the store.)
         let holds_slot = run.counted.is_some()
             && self

@@ -116,7 +116,7 @@ impl Refusal {
 }
 
 /// Identities compare in lower case; a Slack id may arrive as `T…/U…` (team and user).
-fn identity(id: &str) -> String {
+pub(super) fn identity(id: &str) -> String {
     let id = id.trim();
     let id = id.rsplit_once('/').map_or(id, |(_, user)| user);
     id.to_lowercase()
@@ -275,7 +275,7 @@ impl Engine {
 
     /// Resolves approvers to identities: emails and Slack ids as they are, `group:<name>` to
     /// the group's members from the service config.
-    fn expand(&self, approvers: &[String]) -> Result<BTreeSet<String>, String> {
+    pub(super) fn expand(&self, approvers: &[String]) -> Result<BTreeSet<String>, String> {
         let mut allowed = BTreeSet::new();
         for approver in approvers {
             match approver.strip_prefix("group:") {
@@ -566,6 +566,18 @@ impl Engine {
             Timer::Retry { step } => {
                 run.steps.entry(step.clone()).or_default().status = StepStatus::Running;
                 run.status = RunStatus::Running;
+            }
+            Timer::Freeze { step } => {
+                // The step starts again, through the rails (another window may have begun).
+                run.steps.entry(step.clone()).or_default().status = StepStatus::Pending;
+                run.status = RunStatus::Running;
+                tx.audit(
+                    &run,
+                    now,
+                    "safety_freeze_ended",
+                    Some(&step),
+                    json!({"until": key.due}),
+                );
             }
             Timer::GateTimeout { step } => {
                 if let Some(mut gate) = self.inner.store.get::<Gate>(Key::Gate(&run.id, &step))?

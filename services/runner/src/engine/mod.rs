@@ -23,6 +23,7 @@ mod locks;
 mod notify;
 mod render;
 mod retention;
+mod safety;
 mod schedule;
 mod scheduler;
 pub mod state;
@@ -43,6 +44,9 @@ pub use intake::{FindingOutcome, Handling, Ingesting};
 pub use notify::{Delivery, NoticeFuture, NoticeRequest, Notifier};
 pub use render::{MAX_FOREACH, is_slack_text, preview};
 pub use retention::Purged;
+pub use safety::{
+    ActionBudget, FreezeStatus, SAFETY_PLAYBOOK, SafetyConfig, SafetyConfigError, SafetyStatus,
+};
 pub use schedule::{GRACE, ScheduleState, next_tick, upcoming};
 pub use state::{Gate, GateMessage, NoticeKind, Run, RunStatus, StepState, StepStatus};
 
@@ -69,6 +73,8 @@ pub struct EngineConfig {
     /// Runs driven at once; intake waits while this many more are queued (`[engine]
     /// max_inflight_runs`).
     pub max_inflight_runs: usize,
+    /// The blast-radius rails (`[safety]`).
+    pub safety: SafetyConfig,
 }
 
 impl Default for EngineConfig {
@@ -81,6 +87,7 @@ impl Default for EngineConfig {
             seen_retention: Duration::from_secs(30 * 24 * 3600),
             unavailable: Vec::new(),
             max_inflight_runs: 256,
+            safety: SafetyConfig::default(),
         }
     }
 }
@@ -107,6 +114,8 @@ pub enum Error {
     Recompile { version: String, message: String },
     #[error("the engine is stopping")]
     Stopped,
+    #[error("safety rails: {0}")]
+    Safety(String),
 }
 
 /// Where run events go after their commit (NATS in the service; a list in tests).
@@ -147,6 +156,8 @@ struct Inner {
     /// Notified by every commit that sets a timer or a schedule, so the timer loop sleeps until
     /// the earliest one without polling.
     timers: tokio::sync::Notify,
+    /// The `[safety]` rails and their budget ledger.
+    rails: safety::Rails,
 }
 
 impl Engine {
@@ -160,6 +171,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 scheduler: Arc::new(scheduler::Scheduler::new(config.max_inflight_runs)),
                 timers: tokio::sync::Notify::new(),
+                rails: safety::Rails::new(config.safety.clone()),
                 store,
                 clock,
                 actions,
@@ -238,7 +250,9 @@ impl Engine {
     /// the process stopped; returns them. (Timers that fell due meanwhile fire through
     /// [`Engine::fire_due`].)
     pub fn recover(&self) -> Result<Vec<String>, Error> {
-        let runs = self.inner.store.active_runs()?;
+        let mut runs = self.inner.store.active_runs()?;
+        // Runs waiting on a safety gate resolve their step if the gate ended before a crash.
+        runs.extend(self.all_waiting()?);
         self.schedule(runs.iter().cloned());
         Ok(runs)
     }

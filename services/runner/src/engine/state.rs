@@ -89,6 +89,9 @@ pub struct Run {
     /// Timers currently set for this run (so they can all be removed when it ends).
     #[serde(default)]
     pub timers: Vec<TimerRef>,
+    /// The safety gate a mutating step of this run waits on (see `engine::safety`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_wait: Option<SafetyWait>,
     /// What the run counted as in the store's run counters when it was read or last saved
     /// (not stored; `None` for a run not yet written).
     #[serde(skip)]
@@ -129,6 +132,7 @@ impl Run {
             failure: None,
             cancelled: None,
             timers: Vec::new(),
+            safety_wait: None,
             counted: None,
             finding_value: FindingValue::default(),
         }
@@ -283,6 +287,21 @@ pub struct StepState {
     /// them: method and path, URL, channel; never a credential.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requests: Vec<Value>,
+    /// The iteration the safety approvers released: it passes the `[safety]` rails once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_released: Option<usize>,
+}
+
+/// Why and where a run waits on a safety gate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SafetyWait {
+    /// The run of the built-in safety playbook whose gate decides.
+    pub hold: String,
+    pub step: String,
+    pub iteration: usize,
+    /// `budget` or `protect`.
+    pub rail: String,
+    pub since: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -388,6 +407,8 @@ pub enum Timer {
     Escalate { step: String, index: usize },
     /// Retry a failed call after its backoff.
     Retry { step: String },
+    /// A change freeze (`[safety] freeze`) that held a mutating step has ended.
+    Freeze { step: String },
     /// The run's `timeout`.
     RunTimeout,
     /// Deliver a gate notice (not one of the run's own timers: it outlives the run, so that a
@@ -439,6 +460,7 @@ impl Timer {
             Timer::Remind { step } => format!("remind:{step}"),
             Timer::Escalate { step, index } => format!("escalate:{step}:{index}"),
             Timer::Retry { step } => format!("retry:{step}"),
+            Timer::Freeze { step } => format!("freeze:{step}"),
             Timer::RunTimeout => "deadline".to_owned(),
             Timer::Notify { step, id, .. } => format!("notify:{step}:{id}"),
         }

@@ -26,6 +26,7 @@ impl Engine {
             to_drive,
             timers,
             handoff,
+            holds_ended,
             ..
         } = tx;
         Ok(Submitted {
@@ -35,6 +36,7 @@ impl Engine {
             to_drive,
             timers,
             handoff,
+            holds_ended,
         })
     }
 
@@ -48,12 +50,17 @@ impl Engine {
             to_drive,
             timers,
             handoff,
+            holds_ended,
         } = submitted;
         let committed = pending.wait().await?;
         if timers {
             self.inner.timers.notify_one();
         }
         self.schedule_with(to_drive, handoff);
+        if !holds_ended.is_empty() {
+            // The runs waiting on a safety gate that ended resolve their steps.
+            self.schedule(self.waiting_on(&holds_ended)?);
+        }
         for ended in &ended {
             ended.log();
         }
@@ -94,6 +101,7 @@ pub(super) struct Submitted {
     pub(super) to_drive: Vec<String>,
     pub(super) timers: bool,
     pub(super) handoff: Option<Handoff>,
+    pub(super) holds_ended: Vec<String>,
 }
 
 /// A run a transaction ends, for the log: a failed run is a WARN line with where and why, so an
@@ -138,6 +146,8 @@ pub(super) struct Tx {
     pub(super) handoff: Option<Handoff>,
     /// Advance only through steps that need no call (a run being started at intake).
     pub(super) no_calls: bool,
+    /// Safety gate runs this transaction ends: the runs waiting on them are driven after it.
+    pub(super) holds_ended: Vec<String>,
 }
 
 #[derive(Debug)]

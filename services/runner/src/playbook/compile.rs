@@ -407,6 +407,7 @@ impl Compiler<'_> {
             retry,
             timeout,
             continue_on_error: raw.continue_on_error,
+            urgent: raw.urgent,
         })
     }
 
@@ -502,17 +503,16 @@ impl Compiler<'_> {
             }
             "openai.set_key_scopes" => self.scopes(pointer, with),
             "openai.set_key_expiry" => {
-                if let Some(expires_in) = literal("expires_in")
-                    && let Err(message) = parse_key_expiry(expires_in)
-                {
-                    self.push(
-                        Diagnostic::error(
-                            Code::Duration,
-                            self.document.value_span(&format!("{pointer}/expires_in")),
-                            message,
-                        )
-                        .with_help("write a duration of whole seconds up to `365d`, e.g. `14d`"),
-                    );
+                if let Some(expires_in) = literal("expires_in") {
+                    self.key_expiry(&format!("{pointer}/expires_in"), expires_in);
+                }
+            }
+            "openai.rotate_service_account_key" => {
+                self.scopes(pointer, with);
+                for field in ["expires_in", "grace"] {
+                    if let Some(text) = literal(field) {
+                        self.key_expiry(&format!("{pointer}/{field}"), text);
+                    }
                 }
             }
             "openai.set_hosted_tools"
@@ -541,7 +541,17 @@ impl Compiler<'_> {
         self.allow_widen(pointer, action, with);
     }
 
-    /// `openai.set_key_scopes`: each literal scope has the documented shape, none twice, and a
+    /// A key's expiry: whole seconds up to 365 days.
+    fn key_expiry(&mut self, pointer: &str, text: &str) {
+        if let Err(message) = parse_key_expiry(text) {
+            self.push(
+                Diagnostic::error(Code::Duration, self.document.value_span(pointer), message)
+                    .with_help("write a duration of whole seconds up to `365d`, e.g. `14d`"),
+            );
+        }
+    }
+
+    /// `openai.set_key_scopes`, `openai.rotate_service_account_key`: each literal scope has the documented shape, none twice, and a
     /// literal `scopes: []` (every permission) only with `allow_widen: true`.
     fn scopes(&mut self, pointer: &str, with: &model::Map) {
         let Some(Value::Array(scopes)) = with.get("scopes") else {

@@ -123,6 +123,8 @@ pub struct Step {
     /// Per attempt.
     pub timeout: Option<Duration>,
     pub continue_on_error: bool,
+    /// Runs during a change freeze (`[safety] freeze`).
+    pub urgent: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -163,6 +163,10 @@ pub struct Step {
     /// When the step fails for good the run goes on.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub continue_on_error: bool,
+    /// A mutating step that does not wait for a change freeze (`[safety] freeze`); budgets
+    /// and protected resources still apply.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub urgent: bool,
 }
 
 /// Retries of retryable errors, with exponential backoff and jitter; a `Retry-After` hint wins.

@@ -61,6 +61,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Connector(String),
+    #[error("configuration: {0}")]
+    Safety(crate::engine::SafetyConfigError),
     /// `quench up` could not start its nats-server child.
     #[error(transparent)]
     NatsChild(#[from] up::StartError),
@@ -121,6 +123,7 @@ pub async fn serve_with(
         groups: config.groups.clone(),
         unavailable: unavailable(&config),
         max_inflight_runs: config.engine.max_inflight_runs,
+        safety: crate::engine::SafetyConfig::from_section(&config.safety).map_err(Error::Safety)?,
         ..EngineConfig::default()
     };
     // Without an admin key the OpenAI actions still describe their requests (dry-run).
@@ -133,7 +136,11 @@ pub async fn serve_with(
         None => OpenAi::without_key(&config.openai.base_url),
     }
     .map_err(Error::Connector)?;
-    crate::connectors::openai::register(&mut actions, Arc::new(openai));
+    let openai = Arc::new(openai);
+    crate::connectors::openai::register(&mut actions, openai.clone());
+    let stores = crate::connectors::secret_store::SecretStores::from_config(&config.secret_stores)
+        .map_err(Error::Connector)?;
+    crate::connectors::openai::register_rotation(&mut actions, openai, stores);
     let http = crate::connectors::http::HttpAction::new(&config.http.allow_hosts)
         .map_err(Error::Connector)?;
     crate::connectors::http::register(&mut actions, Arc::new(http));

@@ -50,6 +50,11 @@ pub enum Key<'a> {
     PlaybookDisabled(&'a str),
     /// The audit log: records of entries, by the sequence number of their first entry.
     Audit(u64),
+    /// The `[safety]` budget's ledger: one mutating call let through, by when and its
+    /// idempotency key (entries older than the budget's hour are removed).
+    SafetyUse(DateTime<Utc>, &'a str),
+    /// A run whose mutating step waits on a safety gate: (the gate's run, the waiting run).
+    SafetyWait(&'a str, &'a str),
 }
 
 /// The store metadata a backend keeps for itself, per partition (never written by callers).
@@ -82,6 +87,9 @@ pub enum Partition<'a> {
     /// Store-wide control records that every partition reads and only control commits
     /// write: the format version and the playbook library (versions, history, disabled).
     Control,
+    /// The `[safety]` budget's ledger: one sequence for the whole estate, because a budget
+    /// counts every run's mutations. Written with the intent of each counted call.
+    Safety,
 }
 
 impl Key<'_> {
@@ -104,6 +112,9 @@ impl Key<'_> {
             Key::Open(_, key) | Key::Queued(_, key, _) => Partition::RunKey(key),
             Key::Seen(_) | Key::SeenExpiry(..) => Partition::Intake,
             Key::Schedule(name) | Key::PlaybookState(name) => Partition::Playbook(name),
+            Key::SafetyUse(..) => Partition::Safety,
+            // The waiting run's record, indexed by the gate it waits on.
+            Key::SafetyWait(_, run) => Partition::Run(run),
         }
     }
 
@@ -152,6 +163,13 @@ impl Key<'_> {
             Key::Schedule(name) => parts(b"s/", &[name.as_bytes()]),
             Key::PlaybookState(name) => parts(b"ps/", &[name.as_bytes()]),
             Key::PlaybookDisabled(name) => parts(b"pd/", &[name.as_bytes()]),
+            Key::SafetyUse(at, key) => {
+                let mut out = b"su/".to_vec();
+                out.extend_from_slice(&millis(at));
+                out.extend_from_slice(key.as_bytes());
+                out
+            }
+            Key::SafetyWait(hold, run) => parts(b"sw/", &[hold.as_bytes(), run.as_bytes()]),
         }
     }
 
@@ -258,6 +276,8 @@ mod tests {
             (Key::Schedule("review"), Partition::Playbook("review")),
             (Key::PlaybookState("review"), Partition::Playbook("review")),
             (Key::Audit(1), Partition::Own),
+            (Key::SafetyUse(at, &effect), Partition::Safety),
+            (Key::SafetyWait("hold", run), Partition::Run(run)),
         ];
         for (key, partition) in &cases {
             assert_eq!(key.partition(), *partition, "{key:?}");
@@ -284,9 +304,11 @@ mod tests {
                 Key::PlaybookState(_) => "playbook_state",
                 Key::PlaybookDisabled(_) => "playbook_disabled",
                 Key::Audit(_) => "audit",
+                Key::SafetyUse(..) => "safety_use",
+                Key::SafetyWait(..) => "safety_wait",
             })
             .collect();
-        assert_eq!(families.len(), 18, "{families:?}");
+        assert_eq!(families.len(), 20, "{families:?}");
     }
 
     /// The encoding is the on-disk format (version 1): these bytes must not change.

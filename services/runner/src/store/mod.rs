@@ -297,6 +297,9 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A stored value (JSON bytes) with the typed key part that names it among its family.
 pub(crate) type Stored<K> = (K, Vec<u8>);
 
+/// A `[safety]` ledger entry's key parts: when, and the call's idempotency key.
+pub(crate) type SafetyUseKey = (DateTime<Utc>, String);
+
 /// A lazy sequence a backend reads.
 pub(crate) type Rows<'a, T> = Box<dyn Iterator<Item = Result<T, Error>> + 'a>;
 
@@ -355,6 +358,11 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     fn last_playbook_load(&self, name: &str) -> Result<Option<Stored<DateTime<Utc>>>, Error>;
     /// Disabled playbooks: (name, value).
     fn disabled_playbooks(&self) -> Result<Vec<Stored<String>>, Error>;
+    /// The `[safety]` ledger, oldest first: (when, idempotency key) and value.
+    fn safety_uses(&self) -> Result<Vec<Stored<SafetyUseKey>>, Error>;
+    /// Runs waiting on safety gates: (gate run, waiting run) and value; of one gate's run, or
+    /// of all.
+    fn safety_waiters(&self, hold: Option<&str>) -> Result<Vec<Stored<(String, String)>>, Error>;
 
     /// A run's audit entries, oldest first.
     fn run_audit(&self, run: &str) -> Result<Vec<AuditEntry>, Error>;
@@ -591,6 +599,36 @@ impl Store {
             .map(|(name, value)| {
                 let value = decode(&Key::PlaybookDisabled(&name), &value)?;
                 Ok((name, value))
+            })
+            .collect()
+    }
+
+    /// The `[safety]` budget's ledger, oldest first: when, the idempotency key, the value.
+    pub fn safety_uses<T: DeserializeOwned>(
+        &self,
+    ) -> Result<Vec<(DateTime<Utc>, String, T)>, Error> {
+        self.backend
+            .safety_uses()?
+            .into_iter()
+            .map(|((at, key), value)| {
+                let value = decode(&Key::SafetyUse(at, &key), &value)?;
+                Ok((at, key, value))
+            })
+            .collect()
+    }
+
+    /// Runs waiting on safety gates (the gate's run, the waiting run, the value): of the
+    /// gate run `hold`, or of every gate.
+    pub fn safety_waiters<T: DeserializeOwned>(
+        &self,
+        hold: Option<&str>,
+    ) -> Result<Vec<(String, String, T)>, Error> {
+        self.backend
+            .safety_waiters(hold)?
+            .into_iter()
+            .map(|((hold, run), value)| {
+                let value = decode(&Key::SafetyWait(&hold, &run), &value)?;
+                Ok((hold, run, value))
             })
             .collect()
     }

@@ -63,7 +63,7 @@ fn widening(action: &str, what: String) -> ActionError {
 // ---- a key's scopes and expiry ----
 
 /// `POST /organization/projects/{project_id}/api_keys/{api_key_id}` with `body`.
-fn key_update(
+pub(super) fn key_update(
     client: &OpenAi,
     project_id: &str,
     key_id: &str,
@@ -97,7 +97,7 @@ impl OpenAi {
     /// Sends a key update. A refusal (4xx that is not about the admin key) is looked into: when
     /// OpenAI says the key expired, or the key shows an `expires_at` already past, the error is
     /// the permanent `key_expired: …`; any other refusal keeps OpenAI's message.
-    async fn update_key(
+    pub(super) async fn update_key(
         &self,
         request: &Request,
         project_id: &str,
@@ -154,6 +154,32 @@ fn is_refusal(failure: &Failure) -> bool {
     })
 }
 
+/// Checks a key's scopes: each identifier's shape, none twice, and `[]` (no restrictions: all
+/// permissions of `key`'s owner) only with `allow_widen`.
+pub(super) fn check_scopes(
+    action: &str,
+    key: &str,
+    scopes: &[String],
+    allow_widen: bool,
+) -> Result<(), ActionError> {
+    let mut seen = BTreeSet::new();
+    for scope in scopes {
+        inputs::SetKeyScopes::check_scope(scope).map_err(ActionError::permanent)?;
+        if !seen.insert(scope.as_str()) {
+            return Err(ActionError::permanent(format!(
+                "scope `{scope}` is listed twice"
+            )));
+        }
+    }
+    if scopes.is_empty() && !allow_widen {
+        return Err(widening(
+            action,
+            format!("`scopes: []` removes every restriction from {key} (all permissions)"),
+        ));
+    }
+    Ok(())
+}
+
 // ---- openai.set_key_scopes ----
 
 /// `POST …/api_keys/{api_key_id}` with `{scopes}`, which replaces the key's restrictions.
@@ -165,25 +191,13 @@ struct SetKeyScopes {
 impl SetKeyScopes {
     /// Checks every scope and refuses `[]` (all permissions) without `allow_widen`.
     fn plan(&self, input: &inputs::SetKeyScopes) -> Result<Request, ActionError> {
-        let mut seen = BTreeSet::new();
-        for scope in &input.scopes {
-            inputs::SetKeyScopes::check_scope(scope).map_err(ActionError::permanent)?;
-            if !seen.insert(scope.as_str()) {
-                return Err(ActionError::permanent(format!(
-                    "scope `{scope}` is listed twice"
-                )));
-            }
-        }
-        if input.scopes.is_empty() && !input.allow_widen {
-            let key_id = id("key_id", &input.key_id)?;
-            return Err(widening(
-                SET_KEY_SCOPES,
-                format!(
-                    "`scopes: []` removes every restriction from API key {key_id} (all \
-                     permissions)"
-                ),
-            ));
-        }
+        let key_id = id("key_id", &input.key_id)?;
+        check_scopes(
+            SET_KEY_SCOPES,
+            &format!("API key {key_id}"),
+            &input.scopes,
+            input.allow_widen,
+        )?;
         key_update(
             &self.client,
             &input.project_id,

@@ -1,5 +1,5 @@
-//! The `openai.*` actions that only read: the key inventory, the audit log and completions
-//! usage. Each follows pagination to the end (bounded by `MAX_PAGES`) and reshapes OpenAI's
+//! The `openai.*` actions that only read: the key inventory, a project's people, the audit log
+//! and completions usage. Each follows pagination to the end (bounded by `MAX_PAGES`) and reshapes OpenAI's
 //! objects into what playbooks compare: times as RFC 3339 UTC strings (like `ago()` and `now`),
 //! owners flattened, usage one row per bucket and group.
 
@@ -12,11 +12,13 @@ use serde_json::{Map, Value, json};
 use super::OpenAi;
 use super::transport::{Failure, PAGE_LIMIT, Paging, id, parse_input};
 use crate::actions::{
-    AuditEvents as AuditInput, Bucket, ListKeys as ListKeysInput, Usage as UsageInput, UsageGroup,
+    AuditEvents as AuditInput, Bucket, ListKeys as ListKeysInput,
+    ListProjectUsers as ListProjectUsersInput, ProjectRole, Usage as UsageInput, UsageGroup,
 };
 use crate::engine::{Action, ActionError, ActionFuture, Actions, Call, Success};
 
 const LIST_KEYS: &str = "openai.list_keys";
+const LIST_PROJECT_USERS: &str = "openai.list_project_users";
 const AUDIT_EVENTS: &str = "openai.audit_events";
 const USAGE: &str = "openai.usage";
 
@@ -25,6 +27,12 @@ pub(super) fn register(actions: &mut Actions, client: &Arc<OpenAi>) {
         .insert(
             LIST_KEYS,
             Arc::new(ListKeys {
+                client: client.clone(),
+            }),
+        )
+        .insert(
+            LIST_PROJECT_USERS,
+            Arc::new(ListProjectUsers {
                 client: client.clone(),
             }),
         )
@@ -178,6 +186,55 @@ fn key_row(project_id: &str, key: &Value) -> Value {
 }
 
 impl Action for ListKeys {
+    fn call<'a>(&'a self, call: &'a Call) -> ActionFuture<'a> {
+        Box::pin(self.run(&call.input))
+    }
+}
+
+// ---- openai.list_project_users ----
+
+/// A project's people: `GET /organization/projects/{id}/users`, every page, as `{id, name,
+/// email, role, added_at}`, only those with `role` when it is given.
+#[derive(Debug)]
+struct ListProjectUsers {
+    client: Arc<OpenAi>,
+}
+
+impl ListProjectUsers {
+    async fn run(&self, input: &Value) -> Result<Success, ActionError> {
+        let input: ListProjectUsersInput = parse_input(LIST_PROJECT_USERS, input)?;
+        let project_id = id("project_id", &input.project_id)?;
+        let request = self.client.request(
+            Method::GET,
+            &["organization", "projects", project_id, "users"],
+            format!("people of project {project_id}"),
+        )?;
+        let page = self
+            .client
+            .walk(&request, Paging::Cursor, PAGE_LIMIT)
+            .await?;
+        let wanted = input.role.map(|role| match role {
+            ProjectRole::Owner => "owner",
+            ProjectRole::Member => "member",
+        });
+        let users: Vec<Value> = page
+            .iter()
+            .filter(|user| wanted.is_none_or(|role| user["role"] == role))
+            .map(|user| {
+                json!({
+                    "id": user["id"],
+                    "name": user["name"],
+                    "email": user["email"],
+                    "role": user["role"],
+                    "added_at": time(&user["added_at"]),
+                })
+            })
+            .collect();
+        Ok(output(json!({"count": users.len(), "users": users})))
+    }
+}
+
+impl Action for ListProjectUsers {
     fn call<'a>(&'a self, call: &'a Call) -> ActionFuture<'a> {
         Box::pin(self.run(&call.input))
     }

@@ -95,6 +95,21 @@ pub(super) async fn metrics(State(api): State<Api>) -> impl IntoResponse {
         }
         Err(error) => tracing::warn!(%error, "cannot read the run counters"),
     }
+    match api.inner.engine.safety_status() {
+        Ok(safety) => {
+            for (action, budget) in &safety.actions {
+                let label = crate::metrics::ActionLabel {
+                    action: action.clone(),
+                };
+                metrics
+                    .safety_calls
+                    .get_or_create(&label)
+                    .set(i64::from(budget.used));
+            }
+            metrics.safety_waiting.set(safety.waiting as i64);
+        }
+        Err(error) => tracing::warn!(%error, "cannot read the safety ledger"),
+    }
     let connected = api.inner.client.connection_state() == async_nats::connection::State::Connected;
     metrics.nats_connected.set(i64::from(connected));
     (

@@ -17,6 +17,7 @@ mod health;
 mod playbooks;
 mod query;
 mod runs;
+mod safety;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -108,6 +109,7 @@ impl Api {
         (name = "playbooks", description = "Playbooks: versions, history, apply, enable and disable"),
         (name = "dlq", description = "Dead-lettered messages: list and replay"),
         (name = "audit", description = "The hash-chained audit log"),
+        (name = "safety", description = "The blast-radius rails: budgets, protected resources, change freezes"),
         (name = "service", description = "Health, readiness, metrics")
     )
 )]
@@ -136,6 +138,7 @@ fn router() -> (Router<Api>, utoipa::openapi::OpenApi) {
         .routes(routes!(audit::verify))
         .routes(routes!(audit::export))
         .routes(routes!(audit::prune))
+        .routes(routes!(safety::status))
         .split_for_parts()
 }
 

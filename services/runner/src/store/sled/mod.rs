@@ -691,6 +691,39 @@ impl Backend for Sled {
             .collect()
     }
 
+    fn safety_uses(&self) -> Result<Vec<Stored<super::SafetyUseKey>>, Error> {
+        self.scan(b"su/")
+            .filter_map(|item| {
+                let (key, value) = match item {
+                    Ok(item) => item,
+                    Err(error) => return Some(Err(error)),
+                };
+                let rest = &key[3..];
+                let at = time_part(rest)?;
+                let id = String::from_utf8_lossy(rest.get(8..)?).into_owned();
+                Some(Ok(((at, id), value)))
+            })
+            .collect()
+    }
+
+    fn safety_waiters(&self, hold: Option<&str>) -> Result<Vec<Stored<(String, String)>>, Error> {
+        let prefix = match hold {
+            Some(hold) => prefix(b"sw/", &[hold]),
+            None => b"sw/".to_vec(),
+        };
+        self.scan(&prefix)
+            .filter_map(|item| {
+                let (key, value) = match item {
+                    Ok(item) => item,
+                    Err(error) => return Some(Err(error)),
+                };
+                let rest = std::str::from_utf8(&key[3..]).ok()?;
+                let (hold, run) = rest.split_once('\0')?;
+                Some(Ok(((hold.to_owned(), run.to_owned()), value)))
+            })
+            .collect()
+    }
+
     fn run_audit(&self, run: &str) -> Result<Vec<AuditEntry>, Error> {
         let prefix = prefix(b"ar/", &[run]);
         let mut out = Vec::new();
