@@ -26,11 +26,13 @@
 //!
 //! Where the time goes, per sample, as offsets from t0: the stream's acknowledgement (bench),
 //! the engine taking the decision under the run's lock (the `at` of its `decision` audit entry),
-//! the decision committed (the runner's `decision` log line, written after the commit), and the
-//! revoke step's intent (the `at` of its `step_intent` entry; the intent is committed before the
-//! call). Audit times and log times are the runner's wall clock, read against the bench's. Also
-//! when the gate's closing notice started (it updates the DMs under the run's lock), and the
-//! disk's `fdatasync` latency, probed between samples: three syncs lie on the measured path.
+//! the revoke step's intent (the `at` of its `step_intent` entry: the run is driven on within the
+//! decision's transaction up to that intent), and the decision committed with that intent (the
+//! runner's `decision` log line, written after the one commit). Audit times and log times are the
+//! runner's wall clock, read against the bench's. Also when the gate's closing notice started (it
+//! updates the DMs under the run's lock), and the disk's `fdatasync` latency, probed between
+//! samples: two syncs lie on the measured path (nats-server storing the decision, the store
+//! committing it with the intent).
 
 #[path = "../integration/support/mod.rs"]
 #[expect(
@@ -126,7 +128,7 @@ async fn bench(samples: usize) {
     report(measured);
     println!(
         "disk during the run: fdatasync of a 4 KiB append where the store is ({} probes between \
-         samples; a decision waits for three: nats-server stores it, the store commits it and the \
+         samples; a decision waits for two: nats-server stores it, the store commits it with the \
          revoke's intent): {}",
         syncs.len(),
         quartet(&syncs),
@@ -531,8 +533,10 @@ fn report(measured: &[Timing]) {
         ("engine took the decision (audit `decision`.at)", |t| {
             Some(t.taken)
         }),
-        ("decision committed (log line `decision`)", |t| t.committed),
         ("revoke intent (audit `step_intent`.at)", |t| Some(t.intent)),
+        ("decision + intent committed (log line `decision`)", |t| {
+            t.committed
+        }),
         ("DELETE received by the OpenAI fake", |t| Some(t.total)),
     ];
     for (name, pick) in points {
@@ -541,14 +545,14 @@ fn report(measured: &[Timing]) {
     }
     let stretches: [(&str, Pick); 4] = [
         ("publish → engine took it", |t| Some(t.taken)),
-        ("took it → committed", |t| {
-            t.committed.map(|c| c - t.taken)
+        ("took it → revoke intent (drive, uncommitted)", |t| {
+            Some(t.intent - t.taken)
         }),
-        ("committed → revoke intent", |t| {
-            t.committed.map(|c| t.intent - c)
+        ("revoke intent → committed (one commit)", |t| {
+            t.committed.map(|c| c - t.intent)
         }),
-        ("revoke intent → DELETE received", |t| {
-            Some(t.total - t.intent)
+        ("committed → DELETE received", |t| {
+            t.committed.map(|c| t.total - c)
         }),
     ];
     for (name, pick) in stretches {
@@ -558,25 +562,25 @@ fn report(measured: &[Timing]) {
     let mut slowest: Vec<&Timing> = measured.iter().collect();
     slowest.sort_by(|a, b| b.total.total_cmp(&a.total));
     println!(
-        "slowest samples (total: acked / took / committed / intent; closing notice, ms from t0):"
+        "slowest samples (total: acked / took / intent / committed; closing notice, ms from t0):"
     );
     for timing in slowest.iter().take(5) {
         println!(
-            "  {:.2}: {:.2} / {:.2} / {} / {:.2}; {:.2}",
+            "  {:.2}: {:.2} / {:.2} / {:.2} / {}; {:.2}",
             timing.total,
             timing.acked,
             timing.taken,
+            timing.intent,
             timing
                 .committed
                 .map_or_else(|| "-".to_owned(), |c| format!("{c:.2}")),
-            timing.intent,
             timing.closed,
         );
     }
-    let notice_first = measured.iter().filter(|t| t.closed < t.intent).count();
+    let notice_first = measured.iter().filter(|t| t.closed < t.total).count();
     println!(
         "the gate's closing notice (which holds the run's lock while it updates the DMs) started \
-         before the revoke intent in {notice_first} of {} samples; its start: {}",
+         before the DELETE was received in {notice_first} of {} samples; its start: {}",
         measured.len(),
         quartet(&column(measured, |t| Some(t.closed))),
     );

@@ -94,13 +94,13 @@ impl Scenario {
         command
     }
 
-    /// Runs the child with a failpoint that must crash it.
-    fn crash_at(&self, spec: &str) {
+    /// Runs the child with a failpoint that must crash it; true when the work ran out before
+    /// the failpoint was hit that often (nothing to crash).
+    fn crash_at(&self, spec: &str) -> bool {
         let output = self.child(Some(spec)).output().expect("child runs");
         let stdout = String::from_utf8_lossy(&output.stdout);
         if output.status.success() && stdout.contains("DONE") {
-            // The work ran out before the failpoint was hit that often; nothing to crash.
-            return;
+            return true;
         }
         assert!(
             !output.status.success(),
@@ -108,6 +108,7 @@ impl Scenario {
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
+        false
     }
 
     /// Runs the child to the end.
@@ -282,6 +283,43 @@ fn killed_at_every_commit_and_effect_boundary() {
             });
         }
     });
+}
+
+/// Crashes right after every commit, one commit per process, until the first gates are decided
+/// (their timeout here): the crash right after the decisions' commit must not leave a decided
+/// gate without the intent of the call it leads to, as the decision and that intent are one
+/// commit. (Crashing after every commit for longer would re-execute a call once per process
+/// without ever committing its result, until it is given up after 20 executions.)
+#[test]
+fn a_decision_is_never_durable_without_the_intent_it_leads_to() {
+    let scenario = Scenario::new();
+    let mut crashes = 0;
+    let mut decided = 0;
+    while decided == 0 && !scenario.crash_at("store::after_commit=0*off->panic") {
+        crashes += 1;
+        assert!(crashes < 400, "not decided after {crashes} crashes");
+        let store = Store::open(&StoreConfig::new(scenario.path("store")))
+            .expect("store opens after the child exited");
+        decided = 0;
+        for item in store.runs_newest_first::<Run>("", None) {
+            let (id, run) = item.expect("run readable");
+            if !run
+                .steps
+                .get("decide")
+                .is_some_and(|step| step.status == StepStatus::Succeeded)
+            {
+                continue;
+            }
+            decided += 1;
+            let revoke = run.steps.get("revoke").map(|step| step.status);
+            assert!(
+                revoke.is_some_and(|status| status != StepStatus::Pending),
+                "after crash {crashes}: run {id} is decided, its revoke has no intent ({revoke:?})"
+            );
+        }
+    }
+    scenario.finish();
+    scenario.check("a crash after every commit until gates are decided");
 }
 
 #[test]

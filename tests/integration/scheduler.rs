@@ -5,11 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use quench_runner::engine::state::Effect;
 use quench_runner::engine::{
-    Action, ActionFuture, Actions, Call, Defer, Delivery, Engine, EngineConfig, Gate, GateMessage,
-    NoticeFuture, NoticeKind, NoticeRequest, Notifier, RunStatus, Success, SystemClock,
+    Action, ActionFuture, Actions, Call, DecisionOutcome, Defer, Delivery, Engine, EngineConfig,
+    Gate, GateMessage, NoticeFuture, NoticeKind, NoticeRequest, Notifier, RunStatus, StepStatus,
+    Success, SystemClock,
 };
-use quench_runner::store::Store;
+use quench_runner::store::{Key, Store};
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -264,30 +266,7 @@ steps:
             assert!(tokio::time::Instant::now() < deadline, "never asked");
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let gate: Gate = engine
-            .store()
-            .gate(&run, "decide")
-            .expect("gate")
-            .expect("gate");
-        let decision = quench_proto::Decision {
-            schema: quench_proto::DecisionSchema::V1,
-            id: format!("answer-{n}"),
-            run_id: run.clone(),
-            gate: "decide".to_owned(),
-            token: gate.token,
-            choice: "go".to_owned(),
-            comment: None,
-            actor: quench_proto::Actor {
-                via: quench_proto::Via::Api,
-                id: "alice@example.com".to_owned(),
-                name: None,
-            },
-            decided_at: chrono::Utc::now(),
-        };
-        engine
-            .decide(&decision, Defer::Never)
-            .await
-            .expect("decide");
+        answer(&engine, &run, "go").await;
         let closed = format!("closed {run}");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !order.seen().contains(&closed) {
@@ -304,4 +283,225 @@ steps:
     }
     stop.cancel();
     timers.await.expect("timer loop ends");
+}
+
+/// Alice answers the run's `decide` gate with `choice` through the API; the gate must take it.
+async fn answer(engine: &Engine, run: &str, choice: &str) {
+    let gate: Gate = engine
+        .store()
+        .gate(run, "decide")
+        .expect("gate")
+        .expect("gate");
+    let decision = quench_proto::Decision {
+        schema: quench_proto::DecisionSchema::V1,
+        id: format!("answer-{run}"),
+        run_id: run.to_owned(),
+        gate: "decide".to_owned(),
+        token: gate.token,
+        choice: choice.to_owned(),
+        comment: None,
+        actor: quench_proto::Actor {
+            via: quench_proto::Via::Api,
+            id: "alice@example.com".to_owned(),
+            name: None,
+        },
+        decided_at: chrono::Utc::now(),
+    };
+    let outcome = engine
+        .decide(&decision, Defer::Never)
+        .await
+        .expect("decide");
+    assert_eq!(
+        outcome,
+        DecisionOutcome::Decided {
+            choice: choice.to_owned()
+        }
+    );
+}
+
+const DECIDE_THEN_CALL: &str = r#"schema: quench.playbook/v1
+name: decide-then-call
+on:
+  finding:
+    kinds: [test.decide]
+steps:
+  - id: decide
+    uses: approval
+    with:
+      approvers: [alice@example.com]
+      question: Go?
+      choices: [go, stop]
+      timeout: 1h
+      on_timeout: stop
+  - id: remember
+    uses: state.set
+    with:
+      decided: "{{ steps.decide.choice }}"
+  - id: call
+    if: steps.decide.choice == "go"
+    uses: http.request
+    with:
+      method: POST
+      url: https://hooks.example.com/quench
+"#;
+
+/// Counts the calls it lets through (each waits for a permit).
+#[derive(Debug)]
+struct Counted {
+    permits: Arc<Semaphore>,
+    calls: std::sync::Mutex<Vec<(String, u32)>>,
+}
+
+impl Action for Counted {
+    fn call<'a>(&'a self, call: &'a Call) -> ActionFuture<'a> {
+        Box::pin(async move {
+            self.calls
+                .lock()
+                .expect("lock")
+                .push((call.idempotency_key.clone(), call.attempt));
+            let permit = self.permits.acquire().await.expect("open");
+            permit.forget();
+            Ok(Success::new(json!({"ok": true})))
+        })
+    }
+}
+
+// One thread: the worker the decision's commit queues cannot run before this test reads the
+// store right after `decide` returns, so what the store shows then is the decision's commit
+// alone.
+#[tokio::test(flavor = "current_thread")]
+async fn a_decision_and_the_intent_of_the_call_it_leads_to_are_one_commit() {
+    let action = Arc::new(Counted {
+        permits: Arc::new(Semaphore::new(0)),
+        calls: std::sync::Mutex::default(),
+    });
+    let mut actions = Actions::new();
+    actions.insert("http.request", action.clone());
+    let engine = engine(DECIDE_THEN_CALL, actions, 256).await;
+    let outcome = engine
+        .ingest(&[finding("d1", "test.decide", "k1")])
+        .await
+        .expect("ingest");
+    let run = started(&outcome[0]);
+    engine.idle().await.expect("parked on the gate");
+
+    answer(&engine, &run, "go").await;
+    // Durable when `decide` returned, before any worker ran: the decision, the step it led
+    // through and the intent of the call, journaled.
+    let stored = engine.run(&run).expect("read").expect("run");
+    assert_eq!(stored.status, RunStatus::Running);
+    assert_eq!(stored.steps["decide"].status, StepStatus::Succeeded);
+    assert_eq!(stored.steps["remember"].status, StepStatus::Succeeded);
+    assert_eq!(
+        stored.steps["call"].status,
+        StepStatus::Running,
+        "the call's intent is in the decision's commit"
+    );
+    let key = format!("{run}/call/0");
+    let effect: Effect = engine
+        .store()
+        .get(Key::Effect(&key))
+        .expect("read")
+        .expect("the call is journaled in the decision's commit");
+    assert_eq!((effect.attempts, effect.result.is_none()), (1, true));
+    let state: serde_json::Map<String, serde_json::Value> = engine
+        .store()
+        .get(Key::PlaybookState("decide-then-call"))
+        .expect("read")
+        .expect("state set in the decision's commit");
+    assert_eq!(state["decided"], "go");
+    let kinds: Vec<String> = engine
+        .store()
+        .run_audit(&run)
+        .expect("timeline")
+        .into_iter()
+        .map(|entry| entry.kind)
+        .collect();
+    let decision = kinds.iter().position(|kind| kind == "decision");
+    let intent = kinds.iter().position(|kind| kind == "step_intent");
+    assert!(
+        decision.is_some() && decision < intent,
+        "decision, then intent: {kinds:?}"
+    );
+    assert!(
+        action.calls.lock().expect("lock").is_empty(),
+        "not called yet"
+    );
+
+    // The worker handed the call makes it once, as journaled, and records its result.
+    action.permits.add_permits(1);
+    tokio::time::timeout(Duration::from_secs(10), engine.idle())
+        .await
+        .expect("idle")
+        .expect("no drive failed");
+    assert_eq!(*action.calls.lock().expect("lock"), vec![(key.clone(), 1)]);
+    let stored = engine.run(&run).expect("read").expect("run");
+    assert_eq!(stored.status, RunStatus::Completed);
+    assert_eq!(stored.steps["call"].status, StepStatus::Succeeded);
+    let effect: Effect = engine
+        .store()
+        .get(Key::Effect(&key))
+        .expect("read")
+        .expect("journaled");
+    assert_eq!(effect.attempts, 1, "made once, never re-executed");
+    let intents = engine
+        .store()
+        .run_audit(&run)
+        .expect("timeline")
+        .into_iter()
+        .filter(|entry| entry.kind == "step_intent")
+        .count();
+    assert_eq!(intents, 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_decision_that_ends_the_run_keeps_its_gate_decided() {
+    let order = Arc::new(Order::default());
+    let mut actions = Actions::new();
+    actions.insert("http.request", Arc::new(Recorded(order.clone())));
+    let engine = engine(DECIDE_THEN_CALL, actions, 256)
+        .await
+        .with_notifier(Arc::new(Recorded(order.clone())));
+    let outcome = engine
+        .ingest(&[finding("d2", "test.decide", "k2")])
+        .await
+        .expect("ingest");
+    let run = started(&outcome[0]);
+    engine.idle().await.expect("parked on the gate");
+    engine.fire_due().await.expect("the opening notice");
+    let asked: Gate = engine
+        .store()
+        .gate(&run, "decide")
+        .expect("gate")
+        .expect("gate");
+    assert!(!asked.messages.is_empty(), "asked: {:?}", order.seen());
+
+    // `stop` skips the call: the run ends in the decision's own commit.
+    answer(&engine, &run, "stop").await;
+    let stored = engine.run(&run).expect("read").expect("run");
+    assert_eq!(stored.status, RunStatus::Completed);
+    assert_eq!(stored.steps["call"].status, StepStatus::Skipped);
+    let gate: Gate = engine
+        .store()
+        .gate(&run, "decide")
+        .expect("gate")
+        .expect("gate");
+    assert_eq!(
+        gate.decision.map(|decision| decision.choice).as_deref(),
+        Some("stop"),
+        "ending the run does not undo the gate's decision"
+    );
+    assert!(!gate.closed, "a decided gate is not closed as undecided");
+    engine.fire_due().await.expect("the closing notice");
+    engine.idle().await.expect("idle");
+    let seen = order.seen();
+    let closed = seen
+        .iter()
+        .filter(|what| **what == format!("closed {run}"))
+        .count();
+    assert_eq!(closed, 1, "one closing notice: {seen:?}");
+    assert!(
+        !seen.iter().any(|what| what.starts_with("call")),
+        "{seen:?}"
+    );
 }

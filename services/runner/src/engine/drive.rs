@@ -4,6 +4,10 @@
 //! rendered input and the idempotency key, step `running`), call, commit the result with the
 //! next state. A run found `running` at a step after a restart has an intent without a result;
 //! it is executed again with the same input and key.
+//!
+//! A decision or a timer that wakes a run drives it on within its own transaction
+//! ([`Engine::drive_on`]) up to the intent of the next call, and hands the lock and that call to
+//! the worker, which makes the call first: the decision and the intent are one commit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,11 +83,51 @@ pub(super) struct Outcome {
     pub(super) fatal: bool,
 }
 
+/// A run woken under its lock, handed from the transaction that woke it to the worker that
+/// drives it (see `Tx::handoff`).
+pub(super) struct Handoff {
+    pub(super) guard: RunGuard,
+    /// The call whose intent that transaction journaled, for the worker to make first.
+    pub(super) call: Option<Resume>,
+}
+
+/// A run as the transaction that woke it left it, at a call whose intent that transaction
+/// committed: what the worker needs to make the call and record its result without reading
+/// the run again.
+pub(super) struct Resume {
+    pub(super) run: Run,
+    pub(super) playbook: Arc<Playbook>,
+    pub(super) pending: Box<PendingCall>,
+}
+
+impl Handoff {
+    /// The run whose lock this is.
+    pub(super) fn run(&self) -> &str {
+        self.guard.run()
+    }
+}
+
+impl std::fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handoff")
+            .field("run", &self.run())
+            .field(
+                "call",
+                &self
+                    .call
+                    .as_ref()
+                    .map(|resume| &resume.pending.call.idempotency_key),
+            )
+            .finish()
+    }
+}
+
 impl Engine {
     /// Advances a run until it parks or ends (the engine's workers call it for every queued
     /// run; runs it starts, such as a queued finding whose turn came, are queued in turn).
-    /// `handed` is the run's lock when the commit that woke it handed it over.
-    pub(super) async fn drive(&self, run_id: &str, handed: Option<RunGuard>) -> Result<(), Error> {
+    /// `handed` is the run's lock, and maybe its journaled next call, when the commit that
+    /// woke it handed them over.
+    pub(super) async fn drive(&self, run_id: &str, handed: Option<Handoff>) -> Result<(), Error> {
         let span = tracing::info_span!("run", run_id = %run_id, playbook = tracing::field::Empty);
         self.drive_in(run_id, handed, &span)
             .instrument(span.clone())
@@ -93,15 +137,23 @@ impl Engine {
     async fn drive_in(
         &self,
         run_id: &str,
-        handed: Option<RunGuard>,
+        handed: Option<Handoff>,
         span: &tracing::Span,
     ) -> Result<(), Error> {
-        let _guard = match handed {
-            Some(guard) => guard,
-            None => self.inner.locks.lock(run_id).await,
+        let (_guard, resume) = match handed {
+            Some(Handoff { guard, call }) => (guard, call),
+            None => (self.inner.locks.lock(run_id).await, None),
         };
-        let Some(mut run) = self.run(run_id)? else {
-            return Ok(());
+        let (mut run, mut call) = match resume {
+            Some(Resume {
+                run,
+                playbook,
+                pending,
+            }) => (run, Some((playbook, pending))),
+            None => match self.run(run_id)? {
+                Some(run) => (run, None),
+                None => return Ok(()),
+            },
         };
         span.record("playbook", run.playbook.as_str());
         let mut tx = Tx::default();
@@ -110,7 +162,13 @@ impl Engine {
             tx.save(&mut run, now);
             self.commit(tx).await?;
         }
-        while run.status == RunStatus::Running {
+        loop {
+            if let Some((playbook, pending)) = call.take() {
+                self.perform(&mut run, &playbook, pending).await?;
+            }
+            if run.status != RunStatus::Running {
+                break;
+            }
             let mut tx = Tx::default();
             let playbook = match self.version(&run.version) {
                 Ok(playbook) => playbook,
@@ -132,16 +190,61 @@ impl Engine {
             tx.save(&mut run, now);
             self.commit(tx).await?;
             let Next::Call(pending) = next else { break };
-            fail::fail_point!("engine::after_intent");
-            let result = self.execute(&pending).await;
-            fail::fail_point!("engine::after_effect");
-            let mut tx = Tx::default();
-            let now = self.now();
-            self.apply_result(&mut run, &playbook, *pending, result, &mut tx, now)?;
-            tx.save(&mut run, now);
-            self.commit(tx).await?;
+            call = Some((playbook, pending));
         }
         Ok(())
+    }
+
+    /// Saves a run changed under its lock (`guard`) in `tx`. When the change woke it (a decided
+    /// gate, a fired timer), it is driven on within the same transaction, through the steps
+    /// that need no call and up to and including the journaled intent of its next call, and
+    /// the lock and that call are handed to the worker that drives it once `tx` is durable: a
+    /// decision and the call it leads to take one commit (one `fdatasync`), not two, and
+    /// nothing takes the run between them. The steps go through `advance`, as on every other
+    /// path, so a step is checked and journaled the same way whatever woke its run.
+    pub(super) fn drive_on(
+        &self,
+        mut run: Run,
+        tx: &mut Tx,
+        guard: RunGuard,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let mut call = None;
+        // A version that cannot be loaded is left to the worker, which fails the run and says why.
+        if run.status == RunStatus::Running
+            && let Ok(playbook) = self.version(&run.version)
+            && let Next::Call(pending) = self.advance(&mut run, &playbook, tx)?
+        {
+            call = Some((playbook, pending));
+        }
+        tx.save(&mut run, now);
+        if run.status == RunStatus::Running {
+            tx.to_drive.push(run.id.clone());
+            let call = call.map(|(playbook, pending)| Resume {
+                run,
+                playbook,
+                pending,
+            });
+            tx.handoff = Some(Handoff { guard, call });
+        }
+        Ok(())
+    }
+
+    /// Makes a call whose intent is committed, then commits its result with the next state.
+    async fn perform(
+        &self,
+        run: &mut Run,
+        playbook: &Playbook,
+        pending: Box<PendingCall>,
+    ) -> Result<(), Error> {
+        fail::fail_point!("engine::after_intent");
+        let result = self.execute(&pending).await;
+        fail::fail_point!("engine::after_effect");
+        let mut tx = Tx::default();
+        let now = self.now();
+        self.apply_result(run, playbook, *pending, result, &mut tx, now)?;
+        tx.save(run, now);
+        self.commit(tx).await
     }
 
     /// Makes the call under the step's timeout; its duration and failure class are measured.
@@ -422,10 +525,11 @@ impl Engine {
             }
             "state.set" => {
                 let values = input.as_object().cloned().unwrap_or_default();
+                // Through the transaction: a `state.set` before this one in it counts.
                 let mut state: serde_json::Map<String, Value> = self
                     .inner
                     .store
-                    .get(Key::PlaybookState(&cx.run.playbook))?
+                    .get_after(&cx.tx.batch, Key::PlaybookState(&cx.run.playbook))?
                     .unwrap_or_default();
                 state.extend(values.clone());
                 cx.tx
@@ -925,7 +1029,15 @@ impl Engine {
         } else {
             Vec::new()
         };
-        for mut gate in stored {
+        for stored in stored {
+            // As this transaction left it: a gate it decided or closed is not closed again.
+            let Some(mut gate) = self
+                .inner
+                .store
+                .get_after::<super::Gate>(&tx.batch, Key::Gate(&run.id, &stored.step))?
+            else {
+                continue;
+            };
             if gate.decision.is_none() && !gate.closed {
                 gate.closed = true;
                 if !gate.messages.is_empty() {

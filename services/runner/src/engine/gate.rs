@@ -386,12 +386,9 @@ impl Engine {
             }
         };
         tx.batch.put(Key::Gate(&run.id, &gate.step), &gate);
-        tx.save(&mut run, now);
-        if run.status == RunStatus::Running {
-            // Driven next, before the gate's closing notice this commit queued.
-            tx.to_drive.push(run.id.clone());
-            tx.handoff = Some(guard);
-        }
+        // A decided run goes on in this commit up to its next call, which is made before the
+        // gate's closing notice this commit queued.
+        self.drive_on(run, &mut tx, guard, now)?;
         self.commit(tx).await?;
         Ok(outcome)
     }
@@ -696,11 +693,7 @@ impl Engine {
                 }
             }
         }
-        tx.save(&mut run, now);
-        if run.status == RunStatus::Running {
-            tx.to_drive.push(run.id.clone());
-            tx.handoff = Some(guard);
-        }
+        self.drive_on(run, &mut tx, guard, now)?;
         self.commit(tx).await
     }
 

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
-use super::locks::RunGuard;
+use super::drive::Handoff;
 use super::{Engine, Error};
 
 #[derive(Debug)]
@@ -35,9 +35,9 @@ pub(super) struct Scheduler {
 struct Queue {
     waiting: VecDeque<String>,
     queued: HashSet<String>,
-    /// Locks handed over with queued runs (see `Tx::handoff`), taken by the worker that drives
-    /// the run.
-    handed: HashMap<String, RunGuard>,
+    /// Locks (and journaled calls) handed over with queued runs (see `Tx::handoff`), taken by
+    /// the worker that drives the run.
+    handed: HashMap<String, Handoff>,
     /// Runs taken by a worker and not yet driven to a stop (the worker may still be waiting for
     /// the run's lock).
     running: HashMap<String, usize>,
@@ -138,11 +138,14 @@ impl Engine {
         self.schedule_with(runs, None);
     }
 
-    /// [`Engine::schedule`], handing over the lock of one of the runs with it.
+    /// [`Engine::schedule`], handing over the lock of one of the runs with it. A handoff that
+    /// cannot be taken is dropped, lock and call: the run's next drive reads it from the store,
+    /// finds its step `running` and makes the journaled call then (with the same idempotency
+    /// key), as after a restart.
     pub(super) fn schedule_with(
         &self,
         runs: impl IntoIterator<Item = String>,
-        handoff: Option<RunGuard>,
+        handoff: Option<Handoff>,
     ) {
         let scheduler = &self.inner.scheduler;
         let mut queue = scheduler.queue();
@@ -153,12 +156,12 @@ impl Engine {
         }
         // Not to a run a worker has already taken: that worker may be waiting for this very
         // lock, and gets it next anyway (tokio's mutex is first come, first served).
-        if let Some(guard) = handoff
-            && queue.queued.contains(guard.run())
-            && !queue.running.contains_key(guard.run())
+        if let Some(handoff) = handoff
+            && queue.queued.contains(handoff.run())
+            && !queue.running.contains_key(handoff.run())
             && !queue.closed
         {
-            queue.handed.insert(guard.run().to_owned(), guard);
+            queue.handed.insert(handoff.run().to_owned(), handoff);
         }
         while !queue.closed
             && queue.workers.len() < scheduler.concurrency

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use quench_proto::{RunEvent, RunEventKind, RunEventSchema};
 use serde_json::Value;
 
-use super::locks::RunGuard;
+use super::drive::Handoff;
 use super::state::{self, Run, RunStatus};
 use super::{Engine, Error};
 use crate::store::{AuditDraft, Batch, Key};
@@ -100,7 +100,7 @@ pub(super) struct Submitted {
     pub(super) ended: Vec<Ended>,
     pub(super) to_drive: Vec<String>,
     pub(super) timers: bool,
-    pub(super) handoff: Option<RunGuard>,
+    pub(super) handoff: Option<Handoff>,
     pub(super) holds_ended: Vec<String>,
 }
 
@@ -139,10 +139,11 @@ pub(super) struct Tx {
     pub(super) to_drive: Vec<String>,
     /// It sets a timer or a schedule's next tick (the timer loop recomputes its sleep).
     pub(super) timers: bool,
-    /// The lock of a run in `to_drive`, held by whoever made this transaction: handed to the
-    /// worker that drives the run, so nothing else (a gate notice the same commit queued) takes
-    /// the run between the commit that woke it and its next step.
-    pub(super) handoff: Option<RunGuard>,
+    /// The lock of a run in `to_drive`, held by whoever made this transaction, with the call
+    /// whose intent this transaction journaled (see `Engine::drive_on`): handed to the worker
+    /// that drives the run, so nothing else (a gate notice the same commit queued) takes the
+    /// run between the commit that woke it and its next call.
+    pub(super) handoff: Option<Handoff>,
     /// Advance only through steps that need no call (a run being started at intake).
     pub(super) no_calls: bool,
     /// Safety gate runs this transaction ends: the runs waiting on them are driven after it.

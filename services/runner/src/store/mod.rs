@@ -446,6 +446,27 @@ impl Store {
         }
     }
 
+    /// Reads one value as it will be once `batch` is committed: what the batch last wrote
+    /// under `key` (a put, or a delete), else what the store holds. A transaction that reads
+    /// back what it changed (a gate it decided, playbook state it set) sees its own change.
+    pub fn get_after<T: DeserializeOwned>(
+        &self,
+        batch: &Batch,
+        key: Key<'_>,
+    ) -> Result<Option<T>, Error> {
+        let encoded = key.encode();
+        match batch
+            .ops
+            .iter()
+            .rev()
+            .find(|(written, _)| *written == encoded)
+        {
+            Some((_, None)) => Ok(None),
+            Some((_, Some(bytes))) => decode(&key, bytes).map(Some),
+            None => self.get(key),
+        }
+    }
+
     pub fn contains(&self, key: Key<'_>) -> Result<bool, Error> {
         self.backend.contains(&key)
     }
