@@ -229,3 +229,33 @@ fn refusal(
 fn unreachable(store: &str, error: reqwest::Error) -> ActionError {
     crate::connectors::transport_error(&format!("secret store `{store}`"), error)
 }
+
+/// Sends a request to secret store `store` and reads its answer: the status, the headers and
+/// the body as JSON (`null` when it is not JSON). Failing to reach the store is retryable.
+async fn exchange(
+    store: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<
+    (
+        reqwest::StatusCode,
+        reqwest::header::HeaderMap,
+        serde_json::Value,
+    ),
+    ActionError,
+> {
+    let response = request
+        .send()
+        .await
+        .map_err(|error| unreachable(store, error))?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|error| unreachable(store, error))?;
+    Ok((
+        status,
+        headers,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    ))
+}

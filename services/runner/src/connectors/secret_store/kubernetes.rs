@@ -11,7 +11,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde_json::{Map, Value, json};
 use url::Url;
 
-use super::{Credential, Delivered, Label, Place, refusal, unreachable};
+use super::{Credential, Delivered, Label, Place, exchange, refusal};
 use crate::config::{KubernetesStore, is_dns_label};
 use crate::engine::ActionError;
 use quench_common::http::{check_base_url, http_client_builder};
@@ -217,21 +217,7 @@ impl Kubernetes {
                 )
                 .body(patch.to_string());
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|error| unreachable(&self.name, error))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|error| unreachable(&self.name, error))?;
-        Ok((
-            status,
-            headers,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        ))
+        exchange(&self.name, request).await
     }
 }
 

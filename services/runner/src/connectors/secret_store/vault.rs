@@ -18,7 +18,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 use url::Url;
 
-use super::{Credential, Delivered, Label, Place, refusal, unreachable};
+use super::{Credential, Delivered, Label, Place, exchange, refusal};
 use crate::config::{Secret, VaultAuth, VaultStore};
 use crate::engine::ActionError;
 use quench_common::http::{check_base_url, http_client};
@@ -350,20 +350,11 @@ impl Vault {
     }
 
     async fn answer(&self, request: reqwest::RequestBuilder) -> Result<Answer, ActionError> {
-        let response = request
-            .send()
-            .await
-            .map_err(|error| unreachable(&self.name, error))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|error| unreachable(&self.name, error))?;
+        let (status, headers, body) = exchange(&self.name, request).await?;
         Ok(Answer {
             status,
             headers,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            body,
         })
     }
 
