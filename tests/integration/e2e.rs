@@ -961,20 +961,8 @@ async fn sigkill_after_the_revoke_intent_revokes_exactly_once() {
 async fn a_flood_of_leaks_spends_the_safety_budget_and_one_click_releases_the_rest() {
     const FLOOD: usize = 200;
     const BUDGET: usize = 10;
-    let playbook = r#"schema: quench.playbook/v1
-name: revoke-leaked-openai-key
-on:
-  finding:
-    kinds: [openai.api_key.leaked]
-steps:
-  - id: revoke
-    uses: openai.revoke_key
-    with:
-      project_id: "{{ finding.resource.project_id }}"
-      key_id: "{{ finding.resource.id }}"
-"#;
     let world = World::start_with(
-        playbook,
+        crate::safety::REVOKE,
         &format!(
             r#"
 [safety]

@@ -14,7 +14,8 @@ use quench_runner::store::{Store, StoreConfig};
 
 use crate::support::{Harness, finding, start_time, started};
 
-const REVOKE: &str = r#"schema: quench.playbook/v1
+/// Revokes a leaked key at once, no question asked: every call meets the rails first.
+pub(crate) const REVOKE: &str = r#"schema: quench.playbook/v1
 name: revoke
 on:
   finding:
