@@ -55,6 +55,22 @@ pub enum Key<'a> {
     SafetyUse(DateTime<Utc>, &'a str),
     /// A run whose mutating step waits on a safety gate: (the gate's run, the waiting run).
     SafetyWait(&'a str, &'a str),
+    /// An identity of the estate inventory (`project_key:key_abc`, `service_account:svc_1`,
+    /// `admin_key:key_x`, `user:user_1`, `project:proj_1`): what the last sync or audit-log
+    /// event saw of it.
+    Identity(&'a str),
+    /// One change to an identity (created, changed fields, deleted), by the inventory's change
+    /// sequence number: the identity's history.
+    IdentityHistory(&'a str, u64),
+    /// What people said about an identity (owner, purpose), kept apart from what the sync
+    /// sees so a sync never overwrites it.
+    Attributes(&'a str),
+    /// A finding the inventory published for (identity, risk), so a risk is published once
+    /// and resolved when it goes away.
+    InventoryFinding(&'a str, &'a str),
+    /// The inventory's own bookkeeping (the change sequence, the last pass, the audit-log
+    /// cursor), by name.
+    InventoryMeta(&'a str),
 }
 
 /// The store metadata a backend keeps for itself, per partition (never written by callers).
@@ -90,6 +106,10 @@ pub enum Partition<'a> {
     /// The `[safety]` budget's ledger: one sequence for the whole estate, because a budget
     /// counts every run's mutations. Written with the intent of each counted call.
     Safety,
+    /// The estate inventory (identities, their history and attributes, the findings it
+    /// published): one sequence, because a sync pass is one change set over the whole
+    /// organization and its sequence numbers order every identity's history.
+    Estate,
 }
 
 impl Key<'_> {
@@ -115,6 +135,11 @@ impl Key<'_> {
             Key::SafetyUse(..) => Partition::Safety,
             // The waiting run's record, indexed by the gate it waits on.
             Key::SafetyWait(_, run) => Partition::Run(run),
+            Key::Identity(_)
+            | Key::IdentityHistory(..)
+            | Key::Attributes(_)
+            | Key::InventoryFinding(..)
+            | Key::InventoryMeta(_) => Partition::Estate,
         }
     }
 
@@ -170,6 +195,11 @@ impl Key<'_> {
                 out
             }
             Key::SafetyWait(hold, run) => parts(b"sw/", &[hold.as_bytes(), run.as_bytes()]),
+            Key::Identity(id) => parts(b"i/", &[id.as_bytes()]),
+            Key::IdentityHistory(id, seq) => parts(b"ih/", &[id.as_bytes(), &seq.to_be_bytes()]),
+            Key::Attributes(id) => parts(b"ia/", &[id.as_bytes()]),
+            Key::InventoryFinding(id, risk) => parts(b"ir/", &[id.as_bytes(), risk.as_bytes()]),
+            Key::InventoryMeta(name) => parts(b"im/", &[name.as_bytes()]),
         }
     }
 
@@ -278,6 +308,17 @@ mod tests {
             (Key::Audit(1), Partition::Own),
             (Key::SafetyUse(at, &effect), Partition::Safety),
             (Key::SafetyWait("hold", run), Partition::Run(run)),
+            (Key::Identity("project_key:key_1"), Partition::Estate),
+            (
+                Key::IdentityHistory("project_key:key_1", 4),
+                Partition::Estate,
+            ),
+            (Key::Attributes("project_key:key_1"), Partition::Estate),
+            (
+                Key::InventoryFinding("project_key:key_1", "unused"),
+                Partition::Estate,
+            ),
+            (Key::InventoryMeta("sequence"), Partition::Estate),
         ];
         for (key, partition) in &cases {
             assert_eq!(key.partition(), *partition, "{key:?}");
@@ -306,9 +347,14 @@ mod tests {
                 Key::Audit(_) => "audit",
                 Key::SafetyUse(..) => "safety_use",
                 Key::SafetyWait(..) => "safety_wait",
+                Key::Identity(_) => "identity",
+                Key::IdentityHistory(..) => "identity_history",
+                Key::Attributes(_) => "attributes",
+                Key::InventoryFinding(..) => "inventory_finding",
+                Key::InventoryMeta(_) => "inventory_meta",
             })
             .collect();
-        assert_eq!(families.len(), 20, "{families:?}");
+        assert_eq!(families.len(), 25, "{families:?}");
     }
 
     /// The encoding is the on-disk format (version 1): these bytes must not change.
