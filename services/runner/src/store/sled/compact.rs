@@ -58,7 +58,7 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The copy's page cache while it is made (it is opened with the store's own once swapped in):
 /// the copy writes each key once, so a cache would only double the process's memory.
-const COPY_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+const COPY_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// The catch-up rounds end once a round has at most this many keys, or has no fewer than the
 /// round before (commits write faster than the copy catches up), or after [`MAX_ROUNDS`]: the
