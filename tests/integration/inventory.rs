@@ -110,16 +110,18 @@ async fn sync(
     openai: &OpenAi,
     at: DateTime<Utc>,
 ) -> quench_runner::inventory::PassReport {
-    let events = openai.watched_events_since(0).await.expect("audit log");
+    let lists = openai.estate().await.expect("the walk succeeds");
+    let report = inventory
+        .apply_pass(Pass::from_lists(&lists), at)
+        .await
+        .expect("the pass commits");
+    let since = inventory.audit_since().expect("cursor").unwrap_or(0);
+    let events = openai.watched_events_since(since).await.expect("audit log");
     inventory
         .apply_events(&events, at)
         .await
         .expect("events apply");
-    let lists = openai.estate().await.expect("the walk succeeds");
-    inventory
-        .apply_pass(Pass::from_lists(&lists), at)
-        .await
-        .expect("the pass commits")
+    report
 }
 
 fn view(inventory: &Inventory, id: &str) -> View {
@@ -197,9 +199,10 @@ async fn a_pass_records_the_estate_with_risks_and_history() {
         view(&inventory, "project_key:key_ci").identity.facts.scopes,
         Some(vec!["api.model.request".to_owned()])
     );
+    // Seeded long ago and never used.
     assert_eq!(
         risks(&view(&inventory, "admin_key:key_admin")),
-        ["admin_key"]
+        ["never_used", "admin_key"]
     );
     let ann = view(&inventory, "user:user_ann");
     assert_eq!(ann.identity.facts.email.as_deref(), Some("ann@example.com"));
@@ -207,8 +210,20 @@ async fn a_pass_records_the_estate_with_risks_and_history() {
     let created = inventory
         .history("project_key:key_unused")
         .expect("history");
-    assert_eq!(created.len(), 1, "{created:?}");
-    assert_eq!(created[0].1.what, "created");
+    assert_eq!(created.len(), 2, "{created:?}");
+    assert_eq!(
+        (created[0].1.what.as_str(), created[0].1.source.as_str()),
+        ("created", "sync")
+    );
+    // The scopes, from the audit log's event, at its time.
+    assert_eq!(created[1].1.what, "changed");
+    assert!(created[1].1.source.starts_with("audit_log:"), "{created:?}");
+    assert_eq!(
+        created[1].1.fields.keys().collect::<Vec<_>>(),
+        ["scopes"],
+        "{created:?}"
+    );
+    assert_eq!(created[1].1.at, now() - chrono::Duration::days(5));
 
     // Nothing new: nothing written, not even bookkeeping.
     let state = inventory.state().expect("state");
@@ -219,7 +234,7 @@ async fn a_pass_records_the_estate_with_risks_and_history() {
 
     // An expiry set, a key deleted, a key used: the next pass sees each.
     let later = now() + chrono::Duration::hours(1);
-    let update = reqwest::Client::new()
+    let update = quench_common::http::http_client()
         .post(format!(
             "{}/organization/projects/proj_pay/api_keys/key_unused",
             fake.base_url()
@@ -230,7 +245,7 @@ async fn a_pass_records_the_estate_with_risks_and_history() {
         .await
         .expect("update");
     assert!(update.status().is_success(), "{}", update.status());
-    let delete = reqwest::Client::new()
+    let delete = quench_common::http::http_client()
         .delete(format!(
             "{}/organization/projects/proj_lab/api_keys/key_never",
             fake.base_url()
@@ -250,10 +265,10 @@ async fn a_pass_records_the_estate_with_risks_and_history() {
     let history = inventory
         .history("project_key:key_unused")
         .expect("history");
-    assert_eq!(history.len(), 2, "{history:?}");
-    assert_eq!(history[1].1.what, "changed");
+    assert_eq!(history.len(), 3, "{history:?}");
+    assert_eq!(history[2].1.what, "changed");
     assert!(
-        history[1].1.fields.contains_key("expires_at"),
+        history[2].1.fields.contains_key("expires_at"),
         "{history:?}"
     );
     assert!(!risks(&view(&inventory, "project_key:key_unused")).contains(&"no_expiry"));
@@ -381,7 +396,7 @@ async fn filters_and_paging() {
 }
 
 async fn api_get(listen: &str, token: &str, path: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
+    let response = quench_common::http::http_client()
         .get(format!("http://{listen}{path}"))
         .bearer_auth(token)
         .send()
@@ -409,6 +424,9 @@ admin_key = "{admin_key}"
 [inventory]
 interval = "1h"
 watch_interval = "10s"
+
+[groups]
+secops = ["secops@example.com"]
 
 [[api.tokens]]
 name = "viewer"
@@ -461,6 +479,8 @@ sha256 = "{sha}"
     assert!(text.contains("bob@example.com"), "{text}");
 
     // The unused key's finding reaches the shipped review playbook, once.
+    let log = dir.path().join("serve.log");
+    let _print_log = scopeguard_log(&log);
     support::eventually_async(Duration::from_secs(20), "the review run", || async {
         let (_, runs) = api_get(
             listen,
@@ -481,4 +501,17 @@ sha256 = "{sha}"
     )
     .await;
     assert_eq!(runs["runs"].as_array().map(Vec::len), Some(1), "{runs}");
+}
+
+/// Prints the service's log when the test fails after this point.
+fn scopeguard_log(log: &std::path::Path) -> impl Drop + '_ {
+    struct Guard<'a>(&'a std::path::Path);
+    impl Drop for Guard<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                eprintln!("{}", std::fs::read_to_string(self.0).unwrap_or_default());
+            }
+        }
+    }
+    Guard(log)
 }

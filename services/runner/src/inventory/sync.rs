@@ -342,6 +342,10 @@ impl Inventory {
         now: DateTime<Utc>,
     ) -> Result<PassReport, Error> {
         let state = self.state()?;
+        // The first read of the log (no cursor yet) is a backfill of what the passes cannot
+        // see (scopes): it annotates identities a pass found and creates none, so keys
+        // created and deleted long ago do not come and go.
+        let backfill = state.audit_cursor.is_none();
         let mut cursor = state.audit_cursor.clone().unwrap_or_default();
         let mut set = ChangeSet::new(state, now);
         // Identities changed by earlier events of this batch, not yet committed.
@@ -390,6 +394,9 @@ impl Inventory {
                 Some(identity) => Some(identity),
                 None => self.identity(&id)?,
             };
+            if existing.is_none() && (backfill || changed != "created") {
+                continue;
+            }
             let mut identity = existing.clone().unwrap_or_else(|| Identity {
                 id: id.clone(),
                 kind,

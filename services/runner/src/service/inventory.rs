@@ -148,8 +148,6 @@ impl Sync {
             let now = tokio::time::Instant::now();
             if now >= next_pass {
                 next_pass = now + self.interval;
-                // The watch first: it brings the keys' scopes, which a pass never sees.
-                self.watch_once().await;
                 match self.pass().await {
                     Ok(report) => {
                         tracing::info!(
@@ -172,9 +170,9 @@ impl Sync {
                         });
                     }
                 }
-            } else {
-                self.watch_once().await;
             }
+            // After a pass: the audit log brings the keys' scopes, which a pass never sees.
+            self.watch_once().await;
             self.publish_and_count().await;
             let wait = self
                 .watch_interval
