@@ -515,3 +515,227 @@ fn scopeguard_log(log: &std::path::Path) -> impl Drop + '_ {
     }
     Guard(log)
 }
+
+/// The risks of `id`, by id.
+fn risks_of(inventory: &Inventory, id: &str, at: DateTime<Utc>) -> Vec<String> {
+    inventory
+        .view(id, at)
+        .expect("store")
+        .unwrap_or_else(|| panic!("{id} is in the inventory"))
+        .risks
+        .into_iter()
+        .map(|risk| risk.id)
+        .collect()
+}
+
+/// A realistic organization (dozens of projects, people who left, service accounts with several
+/// keys, admin keys, scopes only in the audit log): every case the fake seeded carries the risk
+/// it should, keys of archived projects and keys deleted before the first pass are not
+/// invented, and between passes the watcher sees a new key and a deletion.
+#[tokio::test]
+async fn a_realistic_organization() {
+    use crate::support::openai_fake::{KeyOwner, OrgSpec};
+    let fake = OpenAiFake::start().await;
+    let summary = fake.seed_org(&OrgSpec::small().at(NOW));
+    fake.set_now(NOW);
+    let openai = client(&fake);
+    let inventory = Inventory::new(Store::temporary().expect("store"), Policy::default());
+    let report = sync(&inventory, &openai, now()).await;
+    assert!(report.created > 50, "{report:?}");
+    let archived = |project: &str| summary.archived_projects.iter().any(|id| id == project);
+    let live = |keys: &[crate::support::openai_fake::KeyRef]| -> Vec<String> {
+        keys.iter()
+            .filter(|key| !archived(&key.project_id))
+            .map(|key| format!("project_key:{}", key.key_id))
+            .collect()
+    };
+    let expect = |keys: &[String], risk: &str| {
+        assert!(!keys.is_empty(), "the fake seeds some keys with {risk}");
+        for id in keys {
+            let risks = risks_of(&inventory, id, now());
+            assert!(
+                risks.iter().any(|r| r == risk),
+                "{id}: {risks:?} lacks {risk}"
+            );
+        }
+    };
+    expect(&live(&summary.orphaned_keys), "owner_left");
+    expect(&live(&summary.stale_keys), "unused");
+    expect(&live(&summary.unrestricted_keys), "unrestricted_scopes");
+    for id in live(&summary.restricted_keys) {
+        assert!(
+            !risks_of(&inventory, &id, now()).contains(&"unrestricted_scopes".to_owned()),
+            "{id}"
+        );
+    }
+    for id in &summary.unused_admin_keys {
+        expect(&[format!("admin_key:{id}")], "admin_key");
+    }
+    for project in &summary.archived_projects {
+        let identity = inventory
+            .identity(&format!("project:{project}"))
+            .expect("store")
+            .expect("archived projects are listed");
+        assert_eq!(identity.facts.status.as_deref(), Some("archived"));
+    }
+    for key in &summary.deleted_keys {
+        assert!(
+            inventory
+                .identity(&format!("project_key:{}", key.key_id))
+                .expect("store")
+                .is_none(),
+            "{} was deleted before the first pass: the backfill does not invent it",
+            key.key_id
+        );
+    }
+    let keys = inventory
+        .list(
+            &quench_runner::inventory::Filter {
+                kind: Some(quench_runner::inventory::Kind::ProjectKey),
+                ..Default::default()
+            },
+            None,
+            1000,
+            100_000,
+            now(),
+        )
+        .expect("list")
+        .0;
+    let in_archived = keys
+        .iter()
+        .filter(|view| {
+            view.identity
+                .facts
+                .project_id
+                .as_deref()
+                .is_some_and(archived)
+        })
+        .count();
+    assert_eq!(in_archived, 0, "archived projects' keys are not walked");
+
+    // Between passes: the watcher alone sees a key created and one deleted.
+    let project = summary.default_project.clone();
+    fake.add_key(
+        &project,
+        &KeyOwner::ServiceAccount("svc_new".to_owned()),
+        KeySeed::new("key_brand_new")
+            .name("brand-new")
+            .created_at(NOW + 60)
+            .scopes(&["api.model.request"]),
+    );
+    let gone = keys
+        .iter()
+        .find(|view| view.identity.facts.project_id.as_deref() == Some(project.as_str()))
+        .expect("a key in the default project")
+        .identity
+        .openai_id
+        .clone();
+    assert!(fake.delete_key(&project, &gone));
+    let since = inventory
+        .audit_since()
+        .expect("cursor")
+        .expect("a cursor after the first watch");
+    let events = openai.watched_events_since(since).await.expect("audit log");
+    let watched = inventory
+        .apply_events(&events, now())
+        .await
+        .expect("events apply");
+    // The key and its new service account.
+    assert_eq!((watched.created, watched.deleted), (2, 1), "{watched:?}");
+    assert!(
+        inventory
+            .identity("service_account:svc_new")
+            .expect("store")
+            .is_some()
+    );
+    let new = inventory
+        .identity("project_key:key_brand_new")
+        .expect("store")
+        .expect("the watcher added the new key");
+    assert_eq!(new.facts.scopes, Some(vec!["api.model.request".to_owned()]));
+    assert!(
+        inventory
+            .identity(&format!("project_key:{gone}"))
+            .expect("store")
+            .expect("kept")
+            .deleted_at
+            .is_some()
+    );
+}
+
+/// `kill -9` while a pass walks the lists: nothing of the pass was written; the next start
+/// walks again and records each identity once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pass_killed_midway_is_done_again_once() {
+    let fake = organization().await;
+    // The walk stalls on the second project's keys.
+    fake.fail_next_on(
+        "/v1/organization/projects/proj_lab/api_keys",
+        1,
+        Fault::Slow(Duration::from_secs(30)),
+    );
+    let nats = support::NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "inventory-kill-token";
+    let config = format!(
+        "[openai]\nbase_url = \"{}\"\nadmin_key = \"{}\"\n\n[inventory]\npublish = []\n\n\
+         [[api.tokens]]\nname = \"viewer\"\nrole = \"viewer\"\nsha256 = \"{}\"\n",
+        fake.base_url(),
+        fake.admin_key(),
+        support::hex(&<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes())),
+    );
+    let playbooks = dir.path().join("playbooks");
+    std::fs::create_dir_all(&playbooks).expect("playbooks dir");
+    let mut service = tokio::task::block_in_place(|| {
+        support::Service::launch(&nats.url(), &playbooks, dir.path(), &[], Some(&config), &[])
+    });
+    fake.received("GET", "/v1/organization/projects/proj_lab/api_keys")
+        .await;
+    service.kill();
+    {
+        let store = Store::open(&quench_runner::store::StoreConfig::new(
+            dir.path().join("state"),
+        ))
+        .expect("the store opens after kill -9");
+        let inventory = Inventory::new(store, Policy::default());
+        let written: Vec<String> = inventory
+            .store()
+            .identities::<Identity>(None)
+            .map(|item| item.expect("readable").0)
+            .collect();
+        assert!(
+            written.is_empty(),
+            "a pass that did not finish wrote nothing: {written:?}"
+        );
+    }
+    tokio::task::block_in_place(|| service.spawn());
+    let listen = service.listen.clone();
+    let listen = listen.as_str();
+    support::eventually_async(
+        Duration::from_secs(20),
+        "the pass after the restart",
+        || async {
+            let (status, body) = api_get(listen, token, "/api/v1/inventory/status").await;
+            status == 200 && !body["last_pass"].is_null()
+        },
+    )
+    .await;
+    service.terminate();
+    let store = Store::open(&quench_runner::store::StoreConfig::new(
+        dir.path().join("state"),
+    ))
+    .expect("store");
+    let inventory = Inventory::new(store, Policy::default());
+    for id in [
+        "project_key:key_active",
+        "project_key:key_orphan",
+        "user:user_ann",
+    ] {
+        let history = inventory.history(id).expect("history");
+        let created = history
+            .iter()
+            .filter(|(_, change)| change.what == "created")
+            .count();
+        assert_eq!(created, 1, "{id}: {history:?}");
+    }
+}
