@@ -41,8 +41,23 @@ pub struct Outgoing {
 /// (`leaked` comes from findings; other kinds' risks have no playbook shape).
 fn shape(identity: &Identity, risk: &str) -> Option<(String, String)> {
     let id = &identity.openai_id;
+    let service_account = identity
+        .facts
+        .owner
+        .as_ref()
+        .filter(|owner| owner.kind == "service_account")
+        .and_then(|owner| owner.id.as_deref());
     match (identity.kind, risk) {
         (_, risk::LEAKED) => None,
+        // A service account's unused key: the account is what goes stale (one finding per
+        // account, as `delete-stale-service-account` takes it up).
+        (Kind::ProjectKey, risk::UNUSED | risk::NEVER_USED) if service_account.is_some() => Some((
+            "openai.service_account.stale".to_owned(),
+            format!(
+                "openai:service_account:{}",
+                service_account.unwrap_or_default()
+            ),
+        )),
         (Kind::ProjectKey, risk::UNUSED | risk::NEVER_USED) => Some((
             "openai.api_key.unused".to_owned(),
             format!("openai:project_key:{id}"),
@@ -83,8 +98,16 @@ fn finding(
         .name
         .clone()
         .unwrap_or_else(|| identity.openai_id.clone());
-    let resource_type = match identity.kind {
-        Kind::AdminKey => "admin_key",
+    let service_account = facts
+        .owner
+        .as_ref()
+        .filter(|owner| {
+            owner.kind == "service_account" && kind.starts_with("openai.service_account.")
+        })
+        .and_then(|owner| owner.id.clone());
+    let resource_type = match (identity.kind, &service_account) {
+        (_, Some(_)) => "service_account",
+        (Kind::AdminKey, None) => "admin_key",
         _ => "api_key",
     };
     let severity = match risk.id.as_str() {
@@ -110,13 +133,15 @@ fn finding(
         "resource": {
             "provider": "openai",
             "type": resource_type,
-            "id": identity.openai_id,
-            "name": facts.name,
+            "id": service_account.clone().unwrap_or_else(|| identity.openai_id.clone()),
+            "name": if service_account.is_some() { facts.owner.as_ref().and_then(|owner| owner.name.clone()) } else { facts.name.clone() },
             "project_id": facts.project_id,
             "redacted_value": facts.redacted_value,
             "last_used_at": facts.last_used_at.map(|at| at.to_rfc3339()),
         },
         "evidence": {
+            "key_id": identity.openai_id,
+            "last_used_at": facts.last_used_at.map(|at| at.to_rfc3339()),
             "risk": risk.id,
             "fact": risk.fact,
             "inventory_id": identity.id,
