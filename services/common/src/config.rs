@@ -354,12 +354,17 @@ pub struct InventorySection {
     /// (`1m`).
     pub watch_interval: String,
     /// The risks the sync publishes findings for (once per identity and risk; resolved when
-    /// the risk goes away). By default the ones shipped playbooks take up.
+    /// the risk goes away). By default the ones shipped playbooks take up, and `data_exposure`.
     pub publish: Vec<String>,
+    /// Whether a change to a project's data settings (hosted tools, model policy, data
+    /// retention, certificates) seen between two passes is published as an
+    /// `openai.project.drift` finding.
+    pub publish_drift: bool,
 }
 
 /// The risks the sync publishes by default: those a shipped playbook takes up.
-pub const DEFAULT_PUBLISHED_RISKS: &[&str] = &["unused", "never_used", "owner_left"];
+pub const DEFAULT_PUBLISHED_RISKS: &[&str] =
+    &["unused", "never_used", "owner_left", "data_exposure"];
 
 impl Default for InventorySection {
     fn default() -> InventorySection {
@@ -371,6 +376,7 @@ impl Default for InventorySection {
                 .iter()
                 .map(|risk| (*risk).to_owned())
                 .collect(),
+            publish_drift: true,
         }
     }
 }
@@ -385,7 +391,48 @@ pub struct PolicySection {
     pub never_used_after: String,
     /// A key older than this is `too_old` (e.g. `365d`); no limit when unset.
     pub max_key_age: Option<String>,
+    /// What projects of a class may do with data: `[[policy.projects]]`, first match wins.
+    pub projects: Vec<ProjectClass>,
 }
+
+/// One class of projects (`[[policy.projects]]`) and what its projects may not do; a project
+/// that breaks it has the `data_exposure` risk, naming the setting and this rule.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectClass {
+    /// A glob matched against the project's id and its name (`prod-*`).
+    #[serde(rename = "match")]
+    pub matches: String,
+    /// Hosted tools that must be off: `file_search`, `web_search`, `image_generation`, `mcp`,
+    /// `code_interpreter`.
+    #[serde(default)]
+    pub deny_tools: Vec<String>,
+    /// The data retention types allowed (e.g. `["zero_data_retention"]`); any when empty.
+    #[serde(default)]
+    pub data_retention: Vec<String>,
+    /// The project must use a model allow list (not a deny list).
+    #[serde(default)]
+    pub require_model_allow_list: bool,
+}
+
+/// The hosted tools a project can turn on or off (`ProjectHostedToolPermissions`).
+pub const HOSTED_TOOLS: &[&str] = &[
+    "file_search",
+    "web_search",
+    "image_generation",
+    "mcp",
+    "code_interpreter",
+];
+
+/// A project's data retention types (`ProjectDataRetention.type`).
+pub const DATA_RETENTION_TYPES: &[&str] = &[
+    "organization_default",
+    "none",
+    "zero_data_retention",
+    "modified_abuse_monitoring",
+    "enhanced_zero_data_retention",
+    "enhanced_modified_abuse_monitoring",
+];
 
 impl Default for PolicySection {
     fn default() -> PolicySection {
@@ -393,6 +440,7 @@ impl Default for PolicySection {
             unused_after: "90d".to_owned(),
             never_used_after: "7d".to_owned(),
             max_key_age: None,
+            projects: Vec::new(),
         }
     }
 }
@@ -407,6 +455,7 @@ pub const KNOWN_RISKS: &[&str] = &[
     "owner_left",
     "admin_key",
     "too_old",
+    "data_exposure",
 ];
 
 /// One change-freeze window: it opens at each tick of `cron` (in `timezone`) and lasts
@@ -1330,6 +1379,40 @@ impl Config {
         )?;
         if let Some(age) = &self.policy.max_key_age {
             at_least("policy.max_key_age", age, 86_400, "365d")?;
+        }
+        for (index, class) in self.policy.projects.iter().enumerate() {
+            let key = |field: &str| format!("policy.projects[{index}].{field}");
+            if let Err(error) = globset::Glob::new(&class.matches) {
+                return Err(bad(
+                    &key("match"),
+                    &class.matches,
+                    &error.kind().to_string(),
+                ));
+            }
+            let known = |value: &str, known: &[&str], field: &str, what: &str| {
+                if known.contains(&value) {
+                    return Ok(());
+                }
+                let hint = crate::suggest::did_you_mean(value, known.iter().copied())
+                    .map(|near| format!(" ({near})"))
+                    .unwrap_or_default();
+                Err(bad(
+                    &key(field),
+                    value,
+                    &format!("not a {what}{hint}; one of {}", known.join(", ")),
+                ))
+            };
+            for tool in &class.deny_tools {
+                known(tool, HOSTED_TOOLS, "deny_tools", "hosted tool")?;
+            }
+            for retention in &class.data_retention {
+                known(
+                    retention,
+                    DATA_RETENTION_TYPES,
+                    "data_retention",
+                    "data retention type",
+                )?;
+            }
         }
         Ok(())
     }

@@ -13,9 +13,9 @@ use serde_json::Value;
 
 use super::{
     AuditCursor, Change, Facts, FieldChange, Identity, Inventory, KeyOwner, Kind, META_STATE,
-    ProjectRole, State,
+    ModelPolicy, ProjectRole, State,
 };
-use crate::connectors::openai::EstateLists;
+use crate::connectors::openai::{EstateLists, ProjectSettings};
 use crate::store::{Batch, Error, Key};
 
 /// What one walk saw: identity id → (kind, OpenAI id, facts).
@@ -70,6 +70,11 @@ impl Pass {
                     ..Facts::default()
                 },
             );
+        }
+        for (project, settings) in &lists.settings {
+            if let Some((_, _, facts)) = pass.seen.get_mut(&Kind::Project.id(project)) {
+                settings_facts(settings, facts);
+            }
         }
         let project_name = |project: &str| project_names.get(project).cloned().flatten();
         for (project, key) in &lists.keys {
@@ -182,6 +187,41 @@ impl Pass {
         self.seen
             .insert(kind.id(openai_id), (kind, openai_id.to_owned(), facts));
     }
+}
+
+/// A project's data settings as facts: hosted tools on or off, the model policy, the data
+/// retention type, the active certificates (what OpenAI refused to say stays empty).
+fn settings_facts(settings: &ProjectSettings, facts: &mut Facts) {
+    if let Some(Value::Object(tools)) = &settings.hosted_tools {
+        facts.hosted_tools = tools
+            .iter()
+            .filter_map(|(tool, value)| Some((tool.clone(), value["enabled"].as_bool()?)))
+            .collect();
+    }
+    if let Some(models) = &settings.model_permissions
+        && let Some(mode) = models["mode"].as_str()
+    {
+        facts.model_policy = Some(ModelPolicy {
+            mode: mode.to_owned(),
+            model_ids: models["model_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|id| id.as_str().map(str::to_owned))
+                .collect(),
+        });
+    }
+    facts.data_retention = settings
+        .data_retention
+        .as_ref()
+        .and_then(|retention| text(&retention["type"]));
+    facts.certificates = settings
+        .certificates
+        .iter()
+        .flatten()
+        .filter(|certificate| certificate["active"] != false)
+        .filter_map(|certificate| text(&certificate["id"]))
+        .collect();
 }
 
 /// The changed fields between two sets of facts, `last_used_at` left out.

@@ -278,6 +278,7 @@ pub async fn serve_with(
             interval: config.inventory_interval(),
             watch_interval: config.inventory_watch_interval(),
             publish: config.inventory.publish.clone(),
+            publish_drift: config.inventory.publish_drift,
             status: inventory_status,
         };
         tasks.spawn(sync.run(stop.clone()));
