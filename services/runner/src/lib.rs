@@ -6,6 +6,7 @@ pub mod cli;
 pub mod connectors;
 pub mod engine;
 pub mod metrics;
+pub mod owners;
 pub mod playbook;
 pub mod service;
 pub mod store;

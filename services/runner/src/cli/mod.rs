@@ -13,7 +13,9 @@ pub use quench_common::cli::{
     run_until_signalled,
 };
 use quench_common::cli::{load_config, runtime};
-pub use remote::{ApiArgs, ApproveArgs, DlqCommand, EXIT_NOPERM, PlaybooksCommand, RunsCommand};
+pub use remote::{
+    ApiArgs, ApproveArgs, DlqCommand, EXIT_NOPERM, InventoryCommand, PlaybooksCommand, RunsCommand,
+};
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -74,6 +76,11 @@ pub enum Command {
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// Identities of the estate: set and show their owner and purpose (admin API).
+    Inventory {
+        #[command(subcommand)]
+        command: InventoryCommand,
     },
 }
 
@@ -298,6 +305,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write, styled: bool) -> 
         Command::Approve(args) => remote::approve(&args, out, err),
         Command::Playbooks { command } => remote::playbooks(&command, out, err),
         Command::Dlq { command } => remote::dlq(&command, out, err),
+        Command::Inventory { command } => remote::inventory(&command, out, err),
         Command::Serve(args) => serve(&args, out, err),
         Command::Up(args) => up(&args, out, err),
         Command::Publish(args) => publish(&args, out, err),

@@ -17,9 +17,10 @@ use serde::de::DeserializeOwned;
 use super::{EXIT_CONFIG, EXIT_INVALID, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE};
 use crate::playbook::{Located, Severity};
 use crate::service::api::types::{
-    AppliedView, ApplyRequest, AuditPage, AuditView, CancelRequest, Cancelled, DecisionRequest,
-    DecisionResult, DlqPage, ErrorBody, History, PlaybookList, PruneRequest, PruneResult, Replayed,
-    RunDetail, RunPage, StepView, Verified, VersionSource,
+    AppliedView, ApplyRequest, AttributesRequest, AttributesView, AuditPage, AuditView,
+    CancelRequest, Cancelled, DecisionRequest, DecisionResult, DlqPage, ErrorBody, History,
+    PlaybookList, PruneRequest, PruneResult, Replayed, RunDetail, RunPage, StepView, Verified,
+    VersionSource,
 };
 
 /// Exit code for authentication and permission failures (EX_NOPERM).
@@ -161,6 +162,35 @@ pub enum DlqCommand {
     },
 }
 
+/// `quench inventory …`: what people say about an identity (owner, purpose).
+#[derive(Debug, clap::Subcommand)]
+pub enum InventoryCommand {
+    /// Record who owns an identity: an email, or `team:<name>` (a team under `[teams]`).
+    SetOwner {
+        /// The identity, e.g. project_key:key_abc or service_account:svc_1.
+        id: String,
+        /// An email or team:<name>; "" clears it.
+        owner: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Record what an identity is for.
+    SetPurpose {
+        /// The identity, e.g. project_key:key_abc.
+        id: String,
+        /// The purpose (at most 500 characters); "" clears it.
+        purpose: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The owner and purpose recorded for an identity, with who set them and when.
+    Attributes {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
 /// Why a request did not give an answer to show.
 #[derive(Debug)]
 enum Failure {
@@ -274,6 +304,10 @@ impl Client {
 
     fn post<T: DeserializeOwned, B: Serialize>(&self, path: &str, body: &B) -> Result<T, Failure> {
         self.send(Method::POST, path, &[], Some(body))
+    }
+
+    fn put<T: DeserializeOwned, B: Serialize>(&self, path: &str, body: &B) -> Result<T, Failure> {
+        self.send(Method::PUT, path, &[], Some(body))
     }
 
     fn send<T: DeserializeOwned, B: Serialize>(
@@ -1267,4 +1301,61 @@ fn segment(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
+}
+
+/// `quench inventory …`.
+pub(super) fn inventory(
+    command: &InventoryCommand,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let (id, api, request) = match command {
+        InventoryCommand::SetOwner { id, owner, api } => (
+            id,
+            api,
+            Some(AttributesRequest {
+                owner: Some(owner.clone()),
+                purpose: None,
+            }),
+        ),
+        InventoryCommand::SetPurpose { id, purpose, api } => (
+            id,
+            api,
+            Some(AttributesRequest {
+                owner: None,
+                purpose: Some(purpose.clone()),
+            }),
+        ),
+        InventoryCommand::Attributes { id, api } => (id, api, None),
+    };
+    with_client(api, err, |client| {
+        let path = format!("api/v1/inventory/{}/attributes", segment(id));
+        let view: AttributesView = match &request {
+            Some(request) => client.put(&path, request)?,
+            None => client.get(&path, &[])?,
+        };
+        if api.json {
+            print_json(out, &view)?;
+            return Ok(EXIT_OK);
+        }
+        let line = |name: &str, attribute: &Option<crate::owners::Attribute>| match attribute {
+            Some(attribute) => format!(
+                "{name:<8} {}  (set by {} at {})\n",
+                attribute.value,
+                attribute.set_by,
+                time(&attribute.set_at)
+            ),
+            None => format!("{name:<8} -\n"),
+        };
+        write_text(
+            out,
+            &format!(
+                "{}\n{}{}",
+                view.id,
+                line("owner", &view.owner),
+                line("purpose", &view.purpose)
+            ),
+        )?;
+        Ok(EXIT_OK)
+    })
 }
