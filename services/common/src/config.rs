@@ -351,7 +351,8 @@ impl Default for SafetySection {
 pub struct OwnersSection {
     /// Project → team, first match wins.
     pub rules: Vec<OwnerRule>,
-    /// Who owns what nothing else names: a team (`payments`) or `group:<name>`.
+    /// Who owns what nothing else names: a team (`payments` or `team:payments`) or
+    /// `group:<name>`.
     pub fallback: Option<String>,
 }
 
@@ -1354,7 +1355,9 @@ impl Config {
                         format!("the group `{group}` is not defined under [groups]; {hint}"),
                     ));
                 }
-                None if self.teams.contains_key(fallback) => {}
+                None if self
+                    .teams
+                    .contains_key(fallback.strip_prefix("team:").unwrap_or(fallback)) => {}
                 None => {
                     return Err(bad(
                         "owners.fallback".to_owned(),

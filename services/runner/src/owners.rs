@@ -623,7 +623,11 @@ pub fn resolve(owners: &Owners, facts: &Facts<'_>) -> ResolvedOwner {
                     recipient: Some(fallback.clone()),
                 })
             }),
-            None => team(Link::Fallback, source, fallback),
+            None => team(
+                Link::Fallback,
+                source,
+                fallback.strip_prefix("team:").unwrap_or(fallback),
+            ),
         };
         if let Some(found) = found {
             return found;

@@ -599,6 +599,14 @@ fn show_run(detail: &RunDetail) -> String {
     if let Some(reason) = &run.cancelled {
         text.push_str(&format!("cancelled {reason}\n"));
     }
+    if let Some(owner) = &detail.owner {
+        text.push_str(&format!(
+            "owner     {} ({}: {})\n",
+            owner.recipient.as_deref().unwrap_or("nobody"),
+            owner.link.as_str(),
+            owner.source
+        ));
+    }
     // `on_failure` steps are shown when the run reached them.
     let shown: Vec<&StepView> = detail
         .steps
