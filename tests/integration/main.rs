@@ -17,6 +17,7 @@ mod hostile;
 mod intake;
 mod least_privilege;
 mod operator;
+mod owners;
 mod playbook_corpus;
 mod playbook_tests;
 mod proto_contracts;
