@@ -15,6 +15,7 @@ mod engine;
 mod gateway;
 mod hostile;
 mod intake;
+mod inventory;
 mod least_privilege;
 mod operator;
 mod owners;

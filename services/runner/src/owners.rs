@@ -409,11 +409,10 @@ fn via_name(via: quench_proto::Via) -> String {
 
 /// What is known about the key (or other identity) a finding names, for the chain.
 ///
-/// **The inventory plugs in here.** Today the facts come from the finding alone: its
-/// resource (id, type, project, service account) and its evidence (`owner_email`, the key's
-/// owning user, and `project_name`, when the publisher knew them). Once the inventory keeps
-/// identities, this is where the key's owning user, its service account and its project's name
-/// are read from `Key::Identity` instead.
+/// **The inventory plugs in here** ([`key_facts`]): the finding gives its resource (id, type,
+/// project, service account) and its evidence (`owner_email`, the key's owning user, and
+/// `project_name`, when the publisher knew them); the inventory's record of the identity fills
+/// in the key's owning user, its service account and its project's name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyFacts {
     /// Inventory ids whose recorded owner counts, most specific first: the identity itself
@@ -425,8 +424,52 @@ pub struct KeyFacts {
     pub project_name: Option<String>,
 }
 
-/// The facts about the identity a finding names (see [`KeyFacts`]).
-pub fn key_facts(_store: &Store, finding: Option<&Finding>) -> KeyFacts {
+/// The facts about the identity a finding names (see [`KeyFacts`]): the finding's, completed
+/// by the inventory's record of the identity (`Key::Identity`) when there is one — its owning
+/// user's email while they still have access to the project, its owning service account, its
+/// project's name. The record is read as JSON: `inventory` reaches the engine through the
+/// connectors, so this module cannot name its types without a cycle.
+pub fn key_facts(store: &Store, finding: Option<&Finding>) -> KeyFacts {
+    let mut facts = finding_facts(finding);
+    let Some(identity) = facts.identities.first().cloned() else {
+        return facts;
+    };
+    let Ok(Some(record)) = store.get::<Value>(Key::Identity(&identity)) else {
+        return facts;
+    };
+    let text = |pointer: &str| {
+        record
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .filter(|text| !text.is_empty())
+            .map(str::to_owned)
+    };
+    let access_left = text("/facts/owner_project_access").as_deref() == Some("inactive");
+    match text("/facts/owner/type").as_deref() {
+        Some("user") if !access_left && facts.user_email.is_none() => {
+            facts.user_email = text("/facts/owner/email").filter(|email| is_email(email));
+        }
+        Some("service_account") => {
+            if let Some(account) = text("/facts/owner/id") {
+                let id = format!("service_account:{account}");
+                if !facts.identities.contains(&id) {
+                    facts.identities.push(id);
+                }
+            }
+        }
+        _ => {}
+    }
+    if facts.project_id.is_none() {
+        facts.project_id = text("/facts/project_id");
+    }
+    if facts.project_name.is_none() {
+        facts.project_name = text("/facts/project_name");
+    }
+    facts
+}
+
+/// The facts the finding itself gives.
+fn finding_facts(finding: Option<&Finding>) -> KeyFacts {
     let Some(finding) = finding else {
         return KeyFacts::default();
     };
@@ -925,6 +968,86 @@ mod tests {
             RecordedOwner::parse(" a@example.com ", &owners),
             Ok(RecordedOwner::Person("a@example.com".to_owned()))
         );
+    }
+
+    #[tokio::test]
+    async fn the_inventory_record_gives_the_keys_user_and_service_account() {
+        let store = Store::temporary().expect("store");
+        let owners = config(CONFIG);
+        let record = |owner: Value, access: &str| {
+            serde_json::json!({"facts": {"owner": owner, "owner_project_access": access,
+                "project_id": "proj_x", "project_name": "prod-web"}})
+        };
+        let mut batch = crate::store::Batch::new();
+        batch.put(
+            Key::Identity("project_key:key_user"),
+            &record(
+                serde_json::json!({"type": "user", "id": "user_1", "email": "kim@example.com"}),
+                "active",
+            ),
+        );
+        batch.put(
+            Key::Identity("project_key:key_left"),
+            &record(
+                serde_json::json!({"type": "user", "id": "user_2", "email": "gone@example.com"}),
+                "inactive",
+            ),
+        );
+        batch.put(
+            Key::Identity("project_key:key_svc"),
+            &record(
+                serde_json::json!({"type": "service_account", "id": "svc_9"}),
+                "active",
+            ),
+        );
+        batch.put(
+            Key::Attributes("service_account:svc_9"),
+            &Attributes {
+                owner: Some(Attribute {
+                    value: "team:payments".to_owned(),
+                    set_by: "api:editor".to_owned(),
+                    set_at: chrono::Utc::now(),
+                }),
+                purpose: None,
+            },
+        );
+        store.commit(batch).await.expect("commit");
+        let finding = |key: &str| {
+            let value = serde_json::json!({
+                "schema": "quench.finding/v1", "id": format!("f-{key}"), "kind": "openai.api_key.leaked",
+                "severity": "high", "title": "t", "detected_at": "2026-01-05T08:00:00Z",
+                "source": {"scanner": "test"},
+                "resource": {"provider": "openai", "type": "api_key", "id": key}
+            });
+            Finding::parse(
+                value.to_string().as_bytes(),
+                quench_proto::DEFAULT_MAX_FINDING_BYTES,
+            )
+            .expect("a finding")
+        };
+        let resolved =
+            |key: &str| resolve_for(&store, &owners, Some(&finding(key))).expect("resolves");
+        let user = resolved("key_user");
+        assert_eq!(
+            (user.link, user.recipient.as_deref()),
+            (Link::KeyUser, Some("kim@example.com"))
+        );
+        // The user left the project: the project's name maps it to a team instead.
+        let left = resolved("key_left");
+        assert_eq!(
+            (left.link, left.team.as_deref()),
+            (Link::Mapping, Some("platform"))
+        );
+        let account = resolved("key_svc");
+        assert_eq!(
+            (account.link, account.source.as_str()),
+            (
+                Link::Recorded,
+                "the owner recorded for service_account:svc_9"
+            )
+        );
+        // Not in the inventory: the finding is all there is.
+        assert_eq!(resolved("key_unknown").link, Link::Fallback);
     }
 
     /// One optional fact per link, as the strategy draws them.

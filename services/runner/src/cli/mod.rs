@@ -77,7 +77,8 @@ pub enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
-    /// Identities of the estate: set and show their owner and purpose (admin API).
+    /// The estate inventory: OpenAI keys, service accounts, admin keys, users and projects
+    /// with their risks and history (admin API).
     Inventory {
         #[command(subcommand)]
         command: InventoryCommand,

@@ -19,8 +19,8 @@ use crate::playbook::{Located, Severity};
 use crate::service::api::types::{
     AppliedView, ApplyRequest, AttributesRequest, AttributesView, AuditPage, AuditView,
     CancelRequest, Cancelled, DecisionRequest, DecisionResult, DlqPage, ErrorBody, History,
-    PlaybookList, PruneRequest, PruneResult, Replayed, RunDetail, RunPage, StepView, Verified,
-    VersionSource,
+    IdentityDetail, InventoryPage, PlaybookList, PruneRequest, PruneResult, Replayed, RunDetail,
+    RunPage, StepView, Verified, VersionSource,
 };
 
 /// Exit code for authentication and permission failures (EX_NOPERM).
@@ -143,28 +143,55 @@ pub enum PlaybooksCommand {
 }
 
 #[derive(Debug, clap::Subcommand)]
-pub enum DlqCommand {
-    /// Dead-lettered messages, oldest first.
-    List {
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
-        #[arg(long)]
-        cursor: Option<u64>,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
-    /// Republish dead letters to their original subjects and remove them from the DLQ.
-    Replay {
-        #[arg(required = true)]
-        seqs: Vec<u64>,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
-}
-
-/// `quench inventory …`: what people say about an identity (owner, purpose).
-#[derive(Debug, clap::Subcommand)]
 pub enum InventoryCommand {
+    /// Identities of the estate (keys, service accounts, admin keys, users, projects) with
+    /// their risks, in id order.
+    List {
+        /// project, project_key, service_account, admin_key or user.
+        #[arg(long)]
+        kind: Option<String>,
+        /// A project id.
+        #[arg(long)]
+        project: Option<String>,
+        /// A key owner's email, user id or service-account id.
+        #[arg(long)]
+        owner: Option<String>,
+        /// leaked, unused, never_used, no_expiry, unrestricted_scopes, owner_left, admin_key,
+        /// too_old.
+        #[arg(long)]
+        risk: Option<String>,
+        /// Keys not used for at least this long (e.g. 90d), never-used ones included.
+        #[arg(long)]
+        unused_for: Option<String>,
+        /// Keys whose owner left the project or that name none.
+        #[arg(long)]
+        unowned: bool,
+        /// Keys that expire within this long (e.g. 14d).
+        #[arg(long)]
+        expiring_within: Option<String>,
+        /// Deleted identities too.
+        #[arg(long)]
+        include_deleted: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// The `next` cursor printed by the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// One identity: its facts, risks, attributes and history.
+    Show {
+        /// The identity's id, e.g. project_key:key_abc.
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// How the inventory sync is doing.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Record who owns an identity: an email, or `team:<name>` (a team under `[teams]`).
     SetOwner {
         /// The identity, e.g. project_key:key_abc or service_account:svc_1.
@@ -186,6 +213,26 @@ pub enum InventoryCommand {
     /// The owner and purpose recorded for an identity, with who set them and when.
     Attributes {
         id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DlqCommand {
+    /// Dead-lettered messages, oldest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        cursor: Option<u64>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Republish dead letters to their original subjects and remove them from the DLQ.
+    Replay {
+        #[arg(required = true)]
+        seqs: Vec<u64>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -1059,6 +1106,183 @@ fn apply(paths: &[PathBuf], api: &ApiArgs, out: &mut dyn Write, err: &mut dyn Wr
     })
 }
 
+/// `quench inventory …`.
+pub(super) fn inventory(
+    command: &InventoryCommand,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    match command {
+        InventoryCommand::SetOwner { id, owner, api } => attributes(
+            id,
+            Some(AttributesRequest {
+                owner: Some(owner.clone()),
+                purpose: None,
+            }),
+            api,
+            out,
+            err,
+        ),
+        InventoryCommand::SetPurpose { id, purpose, api } => attributes(
+            id,
+            Some(AttributesRequest {
+                owner: None,
+                purpose: Some(purpose.clone()),
+            }),
+            api,
+            out,
+            err,
+        ),
+        InventoryCommand::Attributes { id, api } => attributes(id, None, api, out, err),
+        InventoryCommand::List {
+            kind,
+            project,
+            owner,
+            risk,
+            unused_for,
+            unowned,
+            expiring_within,
+            include_deleted,
+            limit,
+            cursor,
+            api,
+        } => with_client(api, err, |client| {
+            let mut query = vec![("limit", limit.to_string())];
+            for (name, value) in [
+                ("kind", kind),
+                ("project", project),
+                ("owner", owner),
+                ("risk", risk),
+                ("unused_for", unused_for),
+                ("expiring_within", expiring_within),
+                ("cursor", cursor),
+            ] {
+                if let Some(value) = value {
+                    query.push((name, value.clone()));
+                }
+            }
+            if *unowned {
+                query.push(("unowned", "true".to_owned()));
+            }
+            if *include_deleted {
+                query.push(("include_deleted", "true".to_owned()));
+            }
+            let page: InventoryPage = client.get("api/v1/inventory", &query)?;
+            if api.json {
+                print_json(out, &page)?;
+                return Ok(EXIT_OK);
+            }
+            let text_of = |value: &serde_json::Value| value.as_str().unwrap_or("-").to_owned();
+            let rows: Vec<Vec<String>> = page
+                .identities
+                .iter()
+                .map(|identity| {
+                    let facts = &identity["facts"];
+                    let owner = &facts["owner"];
+                    let risks: Vec<&str> = identity["risks"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|risk| risk["id"].as_str())
+                        .collect();
+                    let mut id = text_of(&identity["id"]);
+                    if identity.get("deleted_at").is_some_and(|at| !at.is_null()) {
+                        id.push_str(" (deleted)");
+                    }
+                    vec![
+                        id,
+                        text_of(&facts["name"]),
+                        text_of(&facts["project_id"]),
+                        owner["email"]
+                            .as_str()
+                            .or(owner["id"].as_str())
+                            .unwrap_or("-")
+                            .to_owned(),
+                        text_of(&facts["last_used_at"]),
+                        if risks.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            risks.join(",")
+                        },
+                    ]
+                })
+                .collect();
+            let mut text = table(
+                &["ID", "NAME", "PROJECT", "OWNER", "LAST USED", "RISKS"],
+                &rows,
+            );
+            if let Some(next) = &page.next {
+                text.push_str(&format!("more: --cursor {next}\n"));
+            }
+            write_text(out, &text)?;
+            Ok(EXIT_OK)
+        }),
+        InventoryCommand::Show { id, api } => with_client(api, err, |client| {
+            let detail: IdentityDetail =
+                client.get(&format!("api/v1/inventory/{}", segment(id)), &[])?;
+            if api.json {
+                print_json(out, &detail)?;
+                return Ok(EXIT_OK);
+            }
+            let identity = &detail.identity;
+            let mut text = format!(
+                "{}  ({})\n",
+                identity["id"].as_str().unwrap_or("-"),
+                identity["kind"].as_str().unwrap_or("-")
+            );
+            if let Some(deleted) = identity["deleted_at"].as_str() {
+                text.push_str(&format!("deleted at {deleted}\n"));
+            }
+            if let Some(facts) = identity["facts"].as_object() {
+                for (name, value) in facts {
+                    let shown = match value {
+                        serde_json::Value::String(text) => text.clone(),
+                        other => other.to_string(),
+                    };
+                    text.push_str(&format!("  {name}: {shown}\n"));
+                }
+            }
+            let risks = identity["risks"].as_array().cloned().unwrap_or_default();
+            text.push_str(if risks.is_empty() {
+                "risks: none\n"
+            } else {
+                "risks:\n"
+            });
+            for risk in &risks {
+                text.push_str(&format!(
+                    "  {}: {}\n",
+                    risk["id"].as_str().unwrap_or("-"),
+                    risk["fact"].as_str().unwrap_or("-")
+                ));
+            }
+            if let Some(attributes) = identity.get("attributes").filter(|value| !value.is_null()) {
+                text.push_str(&format!("attributes: {attributes}\n"));
+            }
+            text.push_str("history:\n");
+            for change in &detail.history {
+                let fields: Vec<&str> = change["fields"]
+                    .as_object()
+                    .map(|fields| fields.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
+                text.push_str(&format!(
+                    "  {}  {}  ({}) {}\n",
+                    change["at"].as_str().unwrap_or("-"),
+                    change["what"].as_str().unwrap_or("-"),
+                    change["source"].as_str().unwrap_or("-"),
+                    fields.join(", ")
+                ));
+            }
+            write_text(out, &text)?;
+            Ok(EXIT_OK)
+        }),
+        InventoryCommand::Status { api } => with_client(api, err, |client| {
+            let status: serde_json::Value = client.get("api/v1/inventory/status", &[])?;
+            print_json(out, &status)?;
+            Ok(EXIT_OK)
+        }),
+    }
+}
+
 /// `quench dlq …`.
 pub(super) fn dlq(command: &DlqCommand, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     match command {
@@ -1311,31 +1535,15 @@ fn segment(value: &str) -> String {
         .replace('+', "%20")
 }
 
-/// `quench inventory …`.
-pub(super) fn inventory(
-    command: &InventoryCommand,
+/// `quench inventory set-owner|set-purpose|attributes`: a change to an identity's attributes
+/// (or none, to show them).
+fn attributes(
+    id: &str,
+    request: Option<AttributesRequest>,
+    api: &ApiArgs,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
-    let (id, api, request) = match command {
-        InventoryCommand::SetOwner { id, owner, api } => (
-            id,
-            api,
-            Some(AttributesRequest {
-                owner: Some(owner.clone()),
-                purpose: None,
-            }),
-        ),
-        InventoryCommand::SetPurpose { id, purpose, api } => (
-            id,
-            api,
-            Some(AttributesRequest {
-                owner: None,
-                purpose: Some(purpose.clone()),
-            }),
-        ),
-        InventoryCommand::Attributes { id, api } => (id, api, None),
-    };
     with_client(api, err, |client| {
         let path = format!("api/v1/inventory/{}/attributes", segment(id));
         let view: AttributesView = match &request {

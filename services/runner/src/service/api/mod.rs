@@ -15,6 +15,7 @@ mod auth;
 mod dlq;
 mod error;
 mod health;
+mod inventory;
 mod playbooks;
 mod query;
 mod runs;
@@ -38,6 +39,7 @@ pub(crate) mod types {
     pub(crate) use super::audit::{AuditPage, AuditView, PruneRequest, PruneResult, Verified};
     pub(crate) use super::dlq::{DlqPage, Replayed};
     pub(crate) use super::error::ErrorBody;
+    pub(crate) use super::inventory::{IdentityDetail, InventoryPage};
     pub(crate) use super::playbooks::{
         AppliedView, ApplyRequest, EnabledView, History, PlaybookList, VersionSource,
     };
@@ -67,6 +69,8 @@ struct Inner {
     intake: Arc<super::intake::Health>,
     /// One audit verification at a time: it reads the whole log.
     verifying: Semaphore,
+    inventory: crate::inventory::Inventory,
+    inventory_status: super::inventory::SharedStatus,
 }
 
 /// The parts of the service the API reads and steers.
@@ -78,6 +82,8 @@ pub(crate) struct Parts {
     pub(crate) tokens: Tokens,
     pub(crate) ready: Arc<AtomicBool>,
     pub(crate) intake: Arc<super::intake::Health>,
+    pub(crate) inventory: crate::inventory::Inventory,
+    pub(crate) inventory_status: super::inventory::SharedStatus,
 }
 
 impl Api {
@@ -93,6 +99,8 @@ impl Api {
                 ready: parts.ready,
                 intake: parts.intake,
                 verifying: Semaphore::new(1),
+                inventory: parts.inventory,
+                inventory_status: parts.inventory_status,
             }),
         }
     }
@@ -111,6 +119,7 @@ impl Api {
         (name = "playbooks", description = "Playbooks: versions, history, apply, enable and disable"),
         (name = "dlq", description = "Dead-lettered messages: list and replay"),
         (name = "audit", description = "The hash-chained audit log"),
+        (name = "inventory", description = "The estate inventory: OpenAI projects, keys, service accounts, admin keys and users, with risks and history"),
         (name = "safety", description = "The blast-radius rails: budgets, protected resources, change freezes"),
         (name = "inventory", description = "Identities of the estate: the owner and purpose people recorded"),
         (name = "service", description = "Health, readiness, metrics")
@@ -143,6 +152,9 @@ fn router() -> (Router<Api>, utoipa::openapi::OpenApi) {
         .routes(routes!(audit::prune))
         .routes(routes!(safety::status))
         .routes(routes!(attributes::show, attributes::set))
+        .routes(routes!(inventory::list))
+        .routes(routes!(inventory::status))
+        .routes(routes!(inventory::show))
         .split_for_parts()
 }
 
