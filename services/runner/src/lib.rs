@@ -7,6 +7,7 @@ pub mod connectors;
 pub mod engine;
 pub mod inventory;
 pub mod metrics;
+pub mod owners;
 pub mod playbook;
 pub mod service;
 pub mod store;

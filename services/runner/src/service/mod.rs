@@ -67,6 +67,9 @@ pub enum Error {
     UsageScopes(String),
     #[error("configuration: {0}")]
     Safety(crate::engine::SafetyConfigError),
+    /// `[owners]` could not be compiled (checked at load already).
+    #[error("configuration: {0}")]
+    Owners(String),
     /// `quench up` could not start its nats-server child.
     #[error(transparent)]
     NatsChild(#[from] up::StartError),
@@ -138,7 +141,9 @@ pub async fn serve_with(
         "finding.publish",
         Arc::new(publish::PublishAction::new(jetstream.clone())),
     );
+    let owners = Arc::new(crate::owners::Owners::from_config(&config).map_err(Error::Owners)?);
     let engine_config = EngineConfig {
+        owners: owners.clone(),
         mode: config.mode(),
         dry_run_only: start.dry_run_only,
         groups: config.groups.clone(),
@@ -170,7 +175,8 @@ pub async fn serve_with(
     let slack = match &config.slack.bot_token {
         Some(token) => Some(Arc::new(
             Slack::new(&config.slack.api_url, token, config.groups.clone())
-                .map_err(Error::Connector)?,
+                .map_err(Error::Connector)?
+                .with_owners(owners.clone()),
         )),
         None => {
             tracing::warn!(

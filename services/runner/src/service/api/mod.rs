@@ -9,6 +9,7 @@
 //! Routes are registered through `utoipa-axum`, so the OpenAPI document (`/api/openapi.json`,
 //! checked in as `services/runner/openapi.json`) is generated from the same handlers that serve.
 
+mod attributes;
 mod audit;
 mod auth;
 mod dlq;
@@ -34,6 +35,7 @@ pub(crate) use auth::Tokens;
 
 /// The API's request and response bodies (the CLI reads them too).
 pub(crate) mod types {
+    pub(crate) use super::attributes::{AttributesRequest, AttributesView};
     pub(crate) use super::audit::{AuditPage, AuditView, PruneRequest, PruneResult, Verified};
     pub(crate) use super::dlq::{DlqPage, Replayed};
     pub(crate) use super::error::ErrorBody;
@@ -119,6 +121,7 @@ impl Api {
         (name = "audit", description = "The hash-chained audit log"),
         (name = "inventory", description = "The estate inventory: OpenAI projects, keys, service accounts, admin keys and users, with risks and history"),
         (name = "safety", description = "The blast-radius rails: budgets, protected resources, change freezes"),
+        (name = "inventory", description = "Identities of the estate: the owner and purpose people recorded"),
         (name = "service", description = "Health, readiness, metrics")
     )
 )]
@@ -148,6 +151,7 @@ fn router() -> (Router<Api>, utoipa::openapi::OpenApi) {
         .routes(routes!(audit::export))
         .routes(routes!(audit::prune))
         .routes(routes!(safety::status))
+        .routes(routes!(attributes::show, attributes::set))
         .routes(routes!(inventory::list))
         .routes(routes!(inventory::status))
         .routes(routes!(inventory::show))
