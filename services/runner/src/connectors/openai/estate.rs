@@ -7,11 +7,15 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::OpenAi;
-use super::transport::{PAGE_LIMIT, Paging};
+use super::transport::{PAGE_LIMIT, Paging, Patience};
 use crate::engine::ActionError;
 
-/// How many times one page is asked for again after a 429 or a 5xx.
-const PATIENCE: u32 = 8;
+/// One page is asked for again up to 8 times after a 429 or a 5xx; a list may take up to
+/// 20,000 pages (2,000,000 objects: the first read of a large organization's audit log).
+const PATIENCE: Patience = Patience {
+    retries: 8,
+    max_pages: 20_000,
+};
 
 /// The audit-log event types that change what the inventory knows between passes.
 pub const WATCHED_EVENTS: &[&str] = &[
@@ -137,7 +141,7 @@ impl OpenAi {
 
     async fn object(&self, segments: &[&str], about: &str) -> Result<Value, ActionError> {
         let request = self.request(Method::GET, segments, about)?;
-        Ok(self.json_patiently(&request, PATIENCE).await?)
+        Ok(self.json_patiently(&request, PATIENCE.retries).await?)
     }
 
     async fn project_settings(&self, project: &str) -> Result<ProjectSettings, ActionError> {

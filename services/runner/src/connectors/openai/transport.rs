@@ -18,6 +18,19 @@ use crate::engine::ActionError;
 /// step busy forever.
 pub(super) const MAX_PAGES: usize = 1000;
 
+/// How long a walk keeps going: tries per page after a retryable failure, and most pages.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Patience {
+    pub(super) retries: u32,
+    pub(super) max_pages: usize,
+}
+
+/// A step's walk: no second try (the step's own retry policy decides), [`MAX_PAGES`].
+const STEP: Patience = Patience {
+    retries: 0,
+    max_pages: MAX_PAGES,
+};
+
 /// Objects asked for per page of a cursor list (the spec's maximum).
 pub(super) const PAGE_LIMIT: u32 = 100;
 
@@ -207,23 +220,24 @@ impl OpenAi {
         paging: Paging,
         limit: u32,
     ) -> Result<Vec<Value>, Failure> {
-        self.walk_patiently(request, paging, limit, 0).await
+        self.walk_patiently(request, paging, limit, STEP).await
     }
 
-    /// [`OpenAi::walk`], asking for a page again up to `patience` times when OpenAI answers
-    /// it with a retryable failure (429 and 5xx), after its `Retry-After` or a backoff: a
-    /// long walk (the inventory's) does not start over for one rate-limited page.
+    /// [`OpenAi::walk`], asking for a page again up to `patience.retries` times when OpenAI
+    /// answers it with a retryable failure (429 and 5xx), after its `Retry-After` or a backoff
+    /// (a long walk, the inventory's, does not start over for one rate-limited page), for at
+    /// most `patience.max_pages` pages.
     pub(super) async fn walk_patiently(
         &self,
         request: &Request,
         paging: Paging,
         limit: u32,
-        patience: u32,
+        patience: Patience,
     ) -> Result<Vec<Value>, Failure> {
         let mut items = Vec::new();
         let mut cursor: Option<String> = None;
         let mut seen = HashSet::new();
-        for page in 1..=MAX_PAGES {
+        for page in 1..=patience.max_pages {
             let mut this = request.clone().query("limit", limit);
             if let Some(cursor) = &cursor {
                 let name = match paging {
@@ -232,7 +246,7 @@ impl OpenAi {
                 };
                 this = this.query(name, cursor);
             }
-            let body = self.json_patiently(&this, patience).await?;
+            let body = self.json_patiently(&this, patience.retries).await?;
             let Some(data) = body.get("data").and_then(Value::as_array) else {
                 return Err(broken(request, "an answer without a `data` list"));
             };
@@ -259,8 +273,8 @@ impl OpenAi {
             cursor = Some(next.to_owned());
         }
         Err(Failure::from(ActionError::permanent(format!(
-            "listing {} took more than {MAX_PAGES} pages; stopped",
-            request.about
+            "listing {} took more than {} pages; stopped",
+            request.about, patience.max_pages
         ))))
     }
 }
