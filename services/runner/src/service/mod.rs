@@ -66,6 +66,9 @@ pub enum Error {
     UsageScopes(String),
     #[error("configuration: {0}")]
     Safety(crate::engine::SafetyConfigError),
+    /// `[evidence] signing_key_file` is not an Ed25519 key.
+    #[error("configuration: {0}")]
+    Evidence(String),
     /// `quench up` could not start its nats-server child.
     #[error(transparent)]
     NatsChild(#[from] up::StartError),
@@ -122,6 +125,9 @@ pub async fn serve_with(
         }
     })?;
     let usage_scopes = usage_scopes(&config)?;
+    let signer = crate::evidence::Signer::from_config(&config.evidence)
+        .map_err(|error| Error::Evidence(error.to_string()))?
+        .map(Arc::new);
     let mut store_config = StoreConfig::new(&config.store.path);
     store_config.sync = config.store.sync;
     let store = Store::open(&store_config)?;
@@ -221,6 +227,8 @@ pub async fn serve_with(
         tokens,
         ready: ready.clone(),
         intake: health.clone(),
+        signer,
+        sources: Arc::new(crate::evidence::NothingRecorded),
     });
     tasks.spawn(api::serve(listener, api, stop.clone()));
     tasks.spawn(library.watch(stop.clone()));

@@ -13,6 +13,7 @@ mod audit;
 mod auth;
 mod dlq;
 mod error;
+mod evidence;
 mod health;
 mod playbooks;
 mod query;
@@ -36,6 +37,7 @@ pub(crate) mod types {
     pub(crate) use super::audit::{AuditPage, AuditView, PruneRequest, PruneResult, Verified};
     pub(crate) use super::dlq::{DlqPage, Replayed};
     pub(crate) use super::error::ErrorBody;
+    pub(crate) use super::evidence::{EvidenceRequest, PackView};
     pub(crate) use super::playbooks::{
         AppliedView, ApplyRequest, EnabledView, History, PlaybookList, VersionSource,
     };
@@ -63,8 +65,12 @@ struct Inner {
     tokens: Tokens,
     ready: Arc<AtomicBool>,
     intake: Arc<super::intake::Health>,
-    /// One audit verification at a time: it reads the whole log.
+    /// One audit verification or evidence pack at a time: each reads the whole log.
     verifying: Semaphore,
+    /// Signs evidence packs (`[evidence] signing_key_file`); none are made without it.
+    signer: Option<Arc<crate::evidence::Signer>>,
+    /// The inventory and campaigns of evidence packs.
+    sources: Arc<dyn crate::evidence::EvidenceSources>,
 }
 
 /// The parts of the service the API reads and steers.
@@ -76,6 +82,8 @@ pub(crate) struct Parts {
     pub(crate) tokens: Tokens,
     pub(crate) ready: Arc<AtomicBool>,
     pub(crate) intake: Arc<super::intake::Health>,
+    pub(crate) signer: Option<Arc<crate::evidence::Signer>>,
+    pub(crate) sources: Arc<dyn crate::evidence::EvidenceSources>,
 }
 
 impl Api {
@@ -91,6 +99,8 @@ impl Api {
                 ready: parts.ready,
                 intake: parts.intake,
                 verifying: Semaphore::new(1),
+                signer: parts.signer,
+                sources: parts.sources,
             }),
         }
     }
@@ -109,6 +119,7 @@ impl Api {
         (name = "playbooks", description = "Playbooks: versions, history, apply, enable and disable"),
         (name = "dlq", description = "Dead-lettered messages: list and replay"),
         (name = "audit", description = "The hash-chained audit log"),
+        (name = "evidence", description = "Signed evidence packs for auditors"),
         (name = "safety", description = "The blast-radius rails: budgets, protected resources, change freezes"),
         (name = "service", description = "Health, readiness, metrics")
     )
@@ -138,6 +149,7 @@ fn router() -> (Router<Api>, utoipa::openapi::OpenApi) {
         .routes(routes!(audit::verify))
         .routes(routes!(audit::export))
         .routes(routes!(audit::prune))
+        .routes(routes!(evidence::make))
         .routes(routes!(safety::status))
         .split_for_parts()
 }
