@@ -16,6 +16,7 @@ mod evidence;
 mod gateway;
 mod hostile;
 mod intake;
+mod inventory;
 mod least_privilege;
 mod operator;
 mod playbook_corpus;

@@ -101,6 +101,10 @@ pub struct Config {
     pub secret_stores: BTreeMap<String, SecretStoreConfig>,
     /// Blast-radius rails on every mutating step, whatever the playbooks say.
     pub safety: SafetySection,
+    /// The estate inventory of OpenAI identities, synced from the Admin API.
+    pub inventory: InventorySection,
+    /// What the inventory measures identities against (risks).
+    pub policy: PolicySection,
     /// Evidence packs for auditors (`quench evidence`): the key that signs them.
     pub evidence: EvidenceSection,
 }
@@ -349,6 +353,73 @@ impl Default for SafetySection {
         }
     }
 }
+
+/// `[inventory]`: the sync that keeps the estate inventory (`GET /api/v1/inventory`).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct InventorySection {
+    /// Whether the sync runs; by default it does when `openai.admin_key` is set.
+    pub enabled: Option<bool>,
+    /// How often a full pass walks the Admin API's lists (`1h`).
+    pub interval: String,
+    /// How often, between passes, the audit log is read for key and service-account changes
+    /// (`1m`).
+    pub watch_interval: String,
+    /// The risks the sync publishes findings for (once per identity and risk; resolved when
+    /// the risk goes away). By default the ones shipped playbooks take up.
+    pub publish: Vec<String>,
+}
+
+/// The risks the sync publishes by default: those a shipped playbook takes up.
+pub const DEFAULT_PUBLISHED_RISKS: &[&str] = &["unused", "never_used", "owner_left"];
+
+impl Default for InventorySection {
+    fn default() -> InventorySection {
+        InventorySection {
+            enabled: None,
+            interval: "1h".to_owned(),
+            watch_interval: "1m".to_owned(),
+            publish: DEFAULT_PUBLISHED_RISKS
+                .iter()
+                .map(|risk| (*risk).to_owned())
+                .collect(),
+        }
+    }
+}
+
+/// `[policy]`: the lines an identity must stay within; crossing one is a risk.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySection {
+    /// A key not used for this long is `unused` (`90d`).
+    pub unused_after: String,
+    /// A key never used this long after its creation is `never_used` (`7d`).
+    pub never_used_after: String,
+    /// A key older than this is `too_old` (e.g. `365d`); no limit when unset.
+    pub max_key_age: Option<String>,
+}
+
+impl Default for PolicySection {
+    fn default() -> PolicySection {
+        PolicySection {
+            unused_after: "90d".to_owned(),
+            never_used_after: "7d".to_owned(),
+            max_key_age: None,
+        }
+    }
+}
+
+/// The risks the inventory knows (`[inventory] publish` names them).
+pub const KNOWN_RISKS: &[&str] = &[
+    "leaked",
+    "unused",
+    "never_used",
+    "no_expiry",
+    "unrestricted_scopes",
+    "owner_left",
+    "admin_key",
+    "too_old",
+];
 
 /// One change-freeze window: it opens at each tick of `cron` (in `timezone`) and lasts
 /// `duration`.
@@ -1182,7 +1253,101 @@ impl Config {
                 ));
             }
         }
-        self.check_safety()
+        self.check_safety()?;
+        self.check_inventory()
+    }
+
+    /// Whether the inventory sync runs: as `[inventory] enabled` says, by default when an
+    /// admin key is configured.
+    pub fn inventory_enabled(&self) -> bool {
+        self.inventory
+            .enabled
+            .unwrap_or(self.openai.admin_key.is_some())
+    }
+
+    pub fn inventory_interval(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.inventory.interval)
+            .unwrap_or(std::time::Duration::from_secs(3600))
+    }
+
+    pub fn inventory_watch_interval(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.inventory.watch_interval)
+            .unwrap_or(std::time::Duration::from_secs(60))
+    }
+
+    /// `[inventory]` and `[policy]`.
+    fn check_inventory(&self) -> Result<(), Error> {
+        let bad = |key: &str, value: &str, problem: &str| Error::Value {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            problem: problem.to_owned(),
+        };
+        let at_least = |key: &str, value: &str, minimum: u64, example: &str| {
+            if humantime::parse_duration(value)
+                .is_ok_and(|duration| duration >= std::time::Duration::from_secs(minimum))
+            {
+                Ok(())
+            } else {
+                let shown = humantime::format_duration(std::time::Duration::from_secs(minimum));
+                Err(bad(
+                    key,
+                    value,
+                    &format!("must be a duration of at least {shown}, e.g. {example}"),
+                ))
+            }
+        };
+        if self.inventory.enabled == Some(true)
+            && self.openai.admin_key.is_none()
+            && self.openai.admin_key_file.is_none()
+        {
+            return Err(bad(
+                "inventory.enabled",
+                "true",
+                "the inventory reads the OpenAI Admin API: set openai.admin_key_file (or openai.admin_key) too",
+            ));
+        }
+        at_least("inventory.interval", &self.inventory.interval, 60, "1h")?;
+        at_least(
+            "inventory.watch_interval",
+            &self.inventory.watch_interval,
+            10,
+            "1m",
+        )?;
+        for (index, risk) in self.inventory.publish.iter().enumerate() {
+            if !KNOWN_RISKS.contains(&risk.as_str()) {
+                let hint = crate::suggest::did_you_mean(risk, KNOWN_RISKS.iter().copied())
+                    .map(|near| format!(" ({near})"))
+                    .unwrap_or_default();
+                return Err(bad(
+                    &format!("inventory.publish[{index}]"),
+                    risk,
+                    &format!("no such risk{hint}; known: {}", KNOWN_RISKS.join(", ")),
+                ));
+            }
+            if risk == "leaked" {
+                return Err(bad(
+                    &format!("inventory.publish[{index}]"),
+                    risk,
+                    "`leaked` comes from findings already; the inventory does not publish it",
+                ));
+            }
+        }
+        at_least(
+            "policy.unused_after",
+            &self.policy.unused_after,
+            86_400,
+            "90d",
+        )?;
+        at_least(
+            "policy.never_used_after",
+            &self.policy.never_used_after,
+            3600,
+            "7d",
+        )?;
+        if let Some(age) = &self.policy.max_key_age {
+            at_least("policy.max_key_age", age, 86_400, "365d")?;
+        }
+        Ok(())
     }
 
     /// `[safety]`: what can be checked without the runner's cron and glob compilers (the

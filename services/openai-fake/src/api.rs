@@ -204,6 +204,27 @@ pub(super) fn router(shared: SharedState) -> Router {
                 .delete(controls::delete_spend_limit),
         )
         .route(
+            &format!("{projects}/{{project_id}}/data_retention"),
+            get(controls::get_data_retention).post(controls::update_data_retention),
+        )
+        .route(
+            &format!("{projects}/{{project_id}}/certificates"),
+            get(organization::list_project_certificates),
+        )
+        .route("/v1/organization/users", get(organization::list_users))
+        .route(
+            "/v1/organization/users/{user_id}",
+            get(organization::get_user).delete(organization::delete_user),
+        )
+        .route(
+            "/v1/organization/data_retention",
+            get(organization::get_data_retention),
+        )
+        .route(
+            "/v1/organization/certificates",
+            get(organization::list_certificates),
+        )
+        .route(
             "/v1/organization/admin_api_keys",
             get(organization::list_admin_keys),
         )

@@ -43,7 +43,11 @@
 
 mod api;
 pub mod demo;
+mod org;
 mod state;
+mod table;
+
+pub use org::{KeyOwner, KeyRef, OrgSpec, OrgSummary, Setting};
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -51,7 +55,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use state::{AuditEntry, Membership, Owner, Project, RateLimit, ServiceAccount, State};
+use state::{AuditEntry, Membership, OrgUser, Owner, Project, RateLimit, State};
 
 /// A failure the fake returns instead of (or, for `Slow`, before) the normal answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,7 +312,7 @@ pub struct UsageSeed {
 }
 
 /// The usage endpoints the fake serves (`/organization/usage/<name>`), as the spec has them.
-pub const USAGE_ENDPOINTS: [&str; 8] = [
+pub const USAGE_ENDPOINTS: [&str; 10] = [
     "completions",
     "embeddings",
     "moderations",
@@ -317,7 +321,12 @@ pub const USAGE_ENDPOINTS: [&str; 8] = [
     "audio_transcriptions",
     "file_search_calls",
     "web_search_calls",
+    "code_interpreter_sessions",
+    "vector_stores",
 ];
+
+/// The usage endpoints the spec reports per project only: no key, user or model.
+const PROJECT_USAGE_ENDPOINTS: [&str; 2] = ["code_interpreter_sessions", "vector_stores"];
 
 impl UsageSeed {
     /// One completions request by `api_key_id` in `project_id` at `at` (Unix seconds), model
@@ -326,12 +335,34 @@ impl UsageSeed {
         UsageSeed::of("completions", at, project_id, api_key_id)
     }
 
-    /// One request on usage endpoint `endpoint` (one of [`USAGE_ENDPOINTS`]).
+    /// One request on usage endpoint `endpoint` (one of [`USAGE_ENDPOINTS`] that groups by key).
     ///
     /// # Panics
     ///
     /// When `endpoint` is not one of them.
     pub fn of(endpoint: &str, at: i64, project_id: &str, api_key_id: &str) -> UsageSeed {
+        assert!(
+            !PROJECT_USAGE_ENDPOINTS.contains(&endpoint),
+            "{endpoint} usage is per project: seed it with UsageSeed::project"
+        );
+        UsageSeed::any(endpoint, at, project_id, api_key_id)
+    }
+
+    /// Project-level usage (`code_interpreter_sessions`: set `num_sessions`; `vector_stores`:
+    /// set `usage_bytes`, with [`UsageSeed::amount`]).
+    ///
+    /// # Panics
+    ///
+    /// When `endpoint` is not one of those two.
+    pub fn project(endpoint: &str, at: i64, project_id: &str) -> UsageSeed {
+        assert!(
+            PROJECT_USAGE_ENDPOINTS.contains(&endpoint),
+            "{endpoint} usage is per key: seed it with UsageSeed::of"
+        );
+        UsageSeed::any(endpoint, at, project_id, "")
+    }
+
+    fn any(endpoint: &str, at: i64, project_id: &str, api_key_id: &str) -> UsageSeed {
         let endpoint = USAGE_ENDPOINTS
             .into_iter()
             .find(|known| *known == endpoint)
@@ -563,18 +594,42 @@ impl OpenAiFake {
             .queue_fault(Some(path_prefix.to_owned()), count, fault);
     }
 
+    /// From now on every `every_n_requests`th request (counting every request the fake
+    /// receives, the 429s included) is answered 429 with `Retry-After: retry_after_secs`, so a
+    /// long walk meets rate limits the way it would at OpenAI; queued faults come first.
+    /// `None` switches it off.
+    ///
+    /// # Panics
+    ///
+    /// When `every_n_requests` is below 2 (every request refused: nothing could succeed).
+    pub fn set_rate_limit(&self, every_n_requests: Option<u64>, retry_after_secs: u64) {
+        self.shared.lock().throttle = every_n_requests.map(|every| {
+            assert!(
+                every >= 2,
+                "a rate limit every {every} requests refuses them all"
+            );
+            state::Throttle {
+                every,
+                retry_after_secs,
+                seen: 0,
+            }
+        });
+    }
+
     // ---- seeding ----
 
     /// Adds an active project created at 2026-01-01.
     pub fn seed_project(&self, id: &str, name: &str) {
-        self.shared.lock().add_project(id, name, None);
+        self.shared
+            .lock()
+            .add_project(id, name, DEFAULT_CREATED_AT, None);
     }
 
     /// Adds a project that is already archived.
     pub fn seed_archived_project(&self, id: &str, name: &str) {
         self.shared
             .lock()
-            .add_project(id, name, Some(DEFAULT_CREATED_AT));
+            .add_project(id, name, DEFAULT_CREATED_AT, Some(DEFAULT_CREATED_AT));
     }
 
     /// Marks a seeded project as the organization's default project: it cannot be modified,
@@ -585,17 +640,22 @@ impl OpenAiFake {
         state.default_project = Some(project_id.to_owned());
     }
 
-    /// Adds an organization user (name from the e-mail's local part) as a member of a project.
+    /// Adds an organization user (org role `reader`, name from the e-mail's local part) as a
+    /// member of a project.
     pub fn seed_user(&self, project_id: &str, user_id: &str, email: &str, role: Role) {
         let mut state = self.shared.lock();
         state.expect_project(project_id);
-        state.add_org_user(user_id, email);
-        state.add_membership(project_id, user_id, role);
+        let now = state.now();
+        state.add_org_user(user_id, email, "reader", DEFAULT_CREATED_AT);
+        state.add_membership(project_id, user_id, role, now);
     }
 
-    /// Adds an organization user who is in no project (for `POST …/users` with `email`).
+    /// Adds an organization user (org role `reader`) who is in no project (for `POST …/users`
+    /// with `email`).
     pub fn seed_org_user(&self, user_id: &str, email: &str) {
-        self.shared.lock().add_org_user(user_id, email);
+        self.shared
+            .lock()
+            .add_org_user(user_id, email, "reader", DEFAULT_CREATED_AT);
     }
 
     /// Adds a user-owned project API key; the owner must have been seeded (`seed_user` or
@@ -604,7 +664,7 @@ impl OpenAiFake {
         let mut state = self.shared.lock();
         state.expect_project(project_id);
         assert!(
-            state.org_users.contains_key(owner_user_id),
+            state.any_user(owner_user_id).is_some(),
             "seed user {owner_user_id} before their keys"
         );
         state.add_key(project_id, Owner::User(owner_user_id.to_owned()), key);
@@ -621,7 +681,8 @@ impl OpenAiFake {
     ) {
         let mut state = self.shared.lock();
         state.expect_project(project_id);
-        state.add_service_account(project_id, service_account_id, name, "member");
+        let now = state.now();
+        state.add_service_account(project_id, service_account_id, name, "member", now);
         state.add_key(
             project_id,
             Owner::ServiceAccount(service_account_id.to_owned()),
@@ -644,39 +705,36 @@ impl OpenAiFake {
     /// Sets a project's model policy: `mode` is `allow_list` or `deny_list`. A project starts
     /// with a deny list of nothing (every model allowed).
     pub fn seed_model_permissions(&self, project_id: &str, mode: &str, model_ids: &[&str]) {
-        let mode = match mode {
-            "allow_list" => "allow_list",
-            "deny_list" => "deny_list",
-            other => panic!("{other} is not a model permissions mode in the spec"),
-        };
-        let mut state = self.shared.lock();
-        let project = state.project_mut(project_id);
-        project.controls.model_mode = mode;
-        project.controls.model_ids = model_ids.iter().map(|id| (*id).to_owned()).collect();
+        let setting = Setting::models(mode, model_ids);
+        setting.apply(&mut self.shared.lock().project_mut(project_id).controls);
     }
 
     /// Turns a hosted tool (`file_search`, `web_search`, `image_generation`, `mcp`,
     /// `code_interpreter`) on or off for a project; a project starts with every tool on.
     pub fn seed_hosted_tool(&self, project_id: &str, tool: &str, enabled: bool) {
-        let tool = state::HOSTED_TOOLS
-            .into_iter()
-            .find(|known| *known == tool)
-            .unwrap_or_else(|| panic!("{tool} is not a hosted tool in the spec"));
-        let mut state = self.shared.lock();
-        state
-            .project_mut(project_id)
-            .controls
-            .hosted_tools
-            .insert(tool, enabled);
+        let setting = Setting::hosted_tool(tool, enabled);
+        setting.apply(&mut self.shared.lock().project_mut(project_id).controls);
     }
 
     /// Sets a project's hard spend limit, in cents per month; a project starts with none.
     pub fn seed_spend_limit(&self, project_id: &str, cents: i64) {
-        self.shared
-            .lock()
-            .project_mut(project_id)
-            .controls
-            .spend_limit = Some(cents);
+        Setting::SpendLimit(Some(cents))
+            .apply(&mut self.shared.lock().project_mut(project_id).controls);
+    }
+
+    /// Sets the organization's data retention (`GET /organization/data_retention`), one of the
+    /// spec's `OrganizationDataRetention.type` values; by default the spec's example,
+    /// `modified_abuse_monitoring`.
+    ///
+    /// # Panics
+    ///
+    /// When the spec has no such type.
+    pub fn seed_org_data_retention(&self, retention: &str) {
+        let retention = state::ORGANIZATION_RETENTION_TYPES
+            .into_iter()
+            .find(|known| *known == retention)
+            .unwrap_or_else(|| panic!("{retention} is not an organization data retention type"));
+        self.shared.lock().data_retention = retention;
     }
 
     /// Appends an audit log event; returns its id.
@@ -684,18 +742,16 @@ impl OpenAiFake {
         self.shared.lock().add_audit(event)
     }
 
-    /// Records usage (any endpoint, see [`UsageSeed::of`]).
+    /// Records usage (any endpoint, see [`UsageSeed::of`] and [`UsageSeed::project`]).
     pub fn push_usage(&self, usage: UsageSeed) {
-        self.shared.lock().usage.push(usage);
+        self.shared.lock().add_usage(usage);
     }
 
     /// Sets a key's `last_used_at`.
     pub fn set_key_last_used(&self, key_id: &str, at: i64) {
         let mut state = self.shared.lock();
         let key = state
-            .keys
-            .iter_mut()
-            .find(|key| key.id == key_id)
+            .key_anywhere_mut(key_id)
             .unwrap_or_else(|| panic!("no key {key_id}"));
         key.last_used_at = Some(at);
     }
@@ -707,12 +763,20 @@ impl OpenAiFake {
         self.shared.lock().calls.clone()
     }
 
+    /// How many requests the fake has received (cheaper than `calls().len()` after a long walk).
+    pub fn call_count(&self) -> usize {
+        self.shared.lock().calls.len()
+    }
+
     /// The requests with this method and exact path (e.g. `DELETE`,
     /// `/v1/organization/projects/proj_1/api_keys/key_1`).
     pub fn calls_to(&self, method: &str, path: &str) -> Vec<Call> {
-        self.calls()
-            .into_iter()
+        self.shared
+            .lock()
+            .calls
+            .iter()
             .filter(|call| call.method == method && call.path == path)
+            .cloned()
             .collect()
     }
 
@@ -743,19 +807,18 @@ impl OpenAiFake {
     pub fn key_exists(&self, project_id: &str, key_id: &str) -> bool {
         self.shared
             .lock()
-            .keys
-            .iter()
-            .any(|key| key.project_id == project_id && key.id == key_id)
+            .project(project_id)
+            .is_some_and(|project| project.keys.contains(key_id))
     }
 
     /// The key as `GET …/api_keys/{id}` would return it.
     pub fn key(&self, project_id: &str, key_id: &str) -> Option<Value> {
         let state = self.shared.lock();
-        state
+        let project = state.project(project_id)?;
+        project
             .keys
-            .iter()
-            .find(|key| key.project_id == project_id && key.id == key_id)
-            .map(|key| state.render_key(key))
+            .get(key_id)
+            .map(|key| state.render_key(project, key))
     }
 
     /// The scope restrictions of a project API key (empty: all permissions), which the API
@@ -763,9 +826,9 @@ impl OpenAiFake {
     pub fn key_scopes(&self, project_id: &str, key_id: &str) -> Option<Vec<String>> {
         self.shared
             .lock()
+            .project(project_id)?
             .keys
-            .iter()
-            .find(|key| key.project_id == project_id && key.id == key_id)
+            .get(key_id)
             .map(|key| key.scopes.clone())
     }
 
@@ -793,62 +856,67 @@ impl OpenAiFake {
             .and_then(|project| project.controls.render_spend_limit())
     }
 
+    /// The project's data retention as `GET …/data_retention` returns it.
+    pub fn data_retention(&self, project_id: &str) -> Option<Value> {
+        let state = self.shared.lock();
+        state
+            .project(project_id)
+            .map(|project| project.controls.render_data_retention())
+    }
+
     /// The full secret of a project API key (seeded or created), to play a leaked key.
     pub fn key_secret(&self, key_id: &str) -> Option<String> {
         self.shared
             .lock()
-            .keys
-            .iter()
-            .find(|key| key.id == key_id)
-            .map(|key| key.value.clone())
+            .key_anywhere(key_id)
+            .map(|(_, key)| key.value.clone())
     }
 
     /// Whether a service account still exists in a project.
     pub fn service_account_exists(&self, project_id: &str, service_account_id: &str) -> bool {
         self.shared
             .lock()
-            .service_accounts
-            .iter()
-            .any(|sa: &ServiceAccount| sa.project_id == project_id && sa.id == service_account_id)
+            .project(project_id)
+            .is_some_and(|project| project.service_accounts.contains(service_account_id))
     }
 
     /// The project as `GET /organization/projects/{id}` would return it.
     pub fn project(&self, project_id: &str) -> Option<Value> {
-        self.shared
-            .lock()
-            .projects
-            .iter()
-            .find(|project: &&Project| project.id == project_id)
-            .map(Project::render)
+        self.shared.lock().project(project_id).map(Project::render)
     }
 
     /// The project user as `GET …/users/{id}` would return it (`None` once removed).
     pub fn project_user(&self, project_id: &str, user_id: &str) -> Option<Value> {
         let state = self.shared.lock();
         state
-            .memberships
-            .iter()
-            .find(|m: &&Membership| m.project_id == project_id && m.user_id == user_id && m.active)
+            .membership(project_id, user_id)
+            .filter(|m: &&Membership| m.active)
             .map(|m| state.render_membership(m))
+    }
+
+    /// The organization user as `GET /organization/users/{id}` would return it (`None` once
+    /// removed from the organization).
+    pub fn org_user(&self, user_id: &str) -> Option<Value> {
+        self.shared
+            .lock()
+            .org_users
+            .get(user_id)
+            .map(OrgUser::render)
     }
 
     /// The rate limit as the list returns it.
     pub fn rate_limit(&self, project_id: &str, rate_limit_id: &str) -> Option<Value> {
         self.shared
             .lock()
+            .project(project_id)?
             .rate_limits
-            .iter()
-            .find(|rl: &&RateLimit| rl.project_id == project_id && rl.id == rate_limit_id)
+            .get(rate_limit_id)
             .map(RateLimit::render)
     }
 
     /// Whether an admin API key still exists.
     pub fn admin_key_exists(&self, key_id: &str) -> bool {
-        self.shared
-            .lock()
-            .admin_keys
-            .iter()
-            .any(|key| key.id == key_id)
+        self.shared.lock().admin_keys.contains(key_id)
     }
 
     /// Every audit event, seeded or appended by the fake, oldest first.
@@ -857,8 +925,13 @@ impl OpenAiFake {
             .lock()
             .audit
             .iter()
-            .map(|entry: &AuditEntry| entry.log.clone())
+            .map(AuditEntry::render)
             .collect()
+    }
+
+    /// How many audit events the fake holds.
+    pub fn audit_event_count(&self) -> usize {
+        self.shared.lock().audit.len()
     }
 }
 

@@ -1,11 +1,13 @@
-//! The fake's data: what is seeded or created, how it renders as the spec's objects, and the
-//! cursor pages every list endpoint shares.
+//! The fake's data: what is seeded or created, and how it renders as the spec's objects. Every
+//! list lives in a [`Table`] (per project where the list is per project), so lookups by id are
+//! O(1) and pages O(page).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::api::ApiError;
+use super::table::{Order, PageRequest, Row, Table};
 use super::{AuditEvent, Call, DEFAULT_CREATED_AT, Fault, KeySeed, RateLimitSeed, Role, UsageSeed};
 
 /// The optional and required limit fields of `ProjectRateLimit`, in the spec's order.
@@ -102,8 +104,24 @@ pub(super) struct Project {
     pub(super) external_key_id: Option<String>,
     pub(super) seq: u64,
     /// The project-wide narrowing controls (`…/model_permissions`, `…/hosted_tool_permissions`,
-    /// `…/spend_limit`).
+    /// `…/spend_limit`, `…/data_retention`).
     pub(super) controls: Controls,
+    pub(super) keys: Table<ProjectKey>,
+    pub(super) service_accounts: Table<ServiceAccount>,
+    /// Every user who was ever in the project, by user id (inactive once removed).
+    pub(super) members: Table<Membership>,
+    pub(super) rate_limits: Table<RateLimit>,
+    /// The organization's certificates configured for this project.
+    pub(super) certificates: Table<ProjectCertificate>,
+}
+
+impl Row for Project {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn order(&self) -> Order {
+        (0, self.seq)
+    }
 }
 
 /// The hosted tools of `ProjectHostedToolPermissions`, in the spec's order.
@@ -115,9 +133,20 @@ pub(super) const HOSTED_TOOLS: [&str; 5] = [
     "code_interpreter",
 ];
 
-/// A project's model policy, hosted tools and hard spend limit. A new project allows every
-/// model (a deny list of nothing), enables every tool (as the spec's example shows) and has no
-/// spend limit.
+/// The `type` values of `ProjectDataRetention` (and `UpdateProjectDataRetentionBody`).
+pub(super) const PROJECT_RETENTION_TYPES: [&str; 6] = [
+    "organization_default",
+    "none",
+    "zero_data_retention",
+    "modified_abuse_monitoring",
+    "enhanced_zero_data_retention",
+    "enhanced_modified_abuse_monitoring",
+];
+
+/// A project's model policy, hosted tools, hard spend limit and data retention. A new project
+/// allows every model (a deny list of nothing), enables every tool (as the spec's example
+/// shows), has no spend limit and follows the organization's data retention (the spec's
+/// example, `organization_default`).
 pub(super) struct Controls {
     /// `allow_list` or `deny_list`.
     pub(super) model_mode: &'static str,
@@ -126,6 +155,8 @@ pub(super) struct Controls {
     pub(super) hosted_tools: BTreeMap<&'static str, bool>,
     /// Cents per month.
     pub(super) spend_limit: Option<i64>,
+    /// One of [`PROJECT_RETENTION_TYPES`].
+    pub(super) data_retention: &'static str,
 }
 
 impl Default for Controls {
@@ -135,6 +166,7 @@ impl Default for Controls {
             model_ids: Vec::new(),
             hosted_tools: HOSTED_TOOLS.iter().map(|tool| (*tool, true)).collect(),
             spend_limit: None,
+            data_retention: "organization_default",
         }
     }
 }
@@ -171,6 +203,11 @@ impl Controls {
             })
         })
     }
+
+    /// `ProjectDataRetention`.
+    pub(super) fn render_data_retention(&self) -> Value {
+        json!({"object": "project.data_retention", "type": self.data_retention})
+    }
 }
 
 impl Project {
@@ -187,17 +224,43 @@ impl Project {
     }
 }
 
+/// An organization member. The fake's own admin key belongs to `user-fake`, who is not one.
 pub(super) struct OrgUser {
     pub(super) id: String,
     pub(super) email: String,
     pub(super) name: String,
-    pub(super) created_at: i64,
+    /// `owner` or `reader` (the spec's `User.role`).
+    pub(super) role: &'static str,
+    pub(super) added_at: i64,
+    pub(super) seq: u64,
+}
+
+impl Row for OrgUser {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn order(&self) -> Order {
+        (0, self.seq)
+    }
+}
+
+impl OrgUser {
+    /// `User` with the fields the spec marks required plus the ones its example shows.
+    pub(super) fn render(&self) -> Value {
+        json!({
+            "object": "organization.user",
+            "id": self.id,
+            "name": self.name,
+            "email": self.email,
+            "role": self.role,
+            "added_at": self.added_at,
+        })
+    }
 }
 
 /// A user's place in a project. Removing the user keeps the row (inactive) so their keys can
 /// still show the owner, with `owner_project_access: inactive`.
 pub(super) struct Membership {
-    pub(super) project_id: String,
     pub(super) user_id: String,
     pub(super) role: Role,
     pub(super) added_at: i64,
@@ -205,13 +268,30 @@ pub(super) struct Membership {
     pub(super) seq: u64,
 }
 
+impl Row for Membership {
+    fn id(&self) -> &str {
+        &self.user_id
+    }
+    fn order(&self) -> Order {
+        (0, self.seq)
+    }
+}
+
 pub(super) struct ServiceAccount {
-    pub(super) project_id: String,
     pub(super) id: String,
     pub(super) name: String,
     pub(super) role: String,
     pub(super) created_at: i64,
     pub(super) seq: u64,
+}
+
+impl Row for ServiceAccount {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn order(&self) -> Order {
+        (0, self.seq)
+    }
 }
 
 impl ServiceAccount {
@@ -226,13 +306,13 @@ impl ServiceAccount {
     }
 }
 
+#[derive(Clone)]
 pub(super) enum Owner {
     User(String),
     ServiceAccount(String),
 }
 
 pub(super) struct ProjectKey {
-    pub(super) project_id: String,
     pub(super) id: String,
     pub(super) name: String,
     pub(super) value: String,
@@ -247,6 +327,15 @@ pub(super) struct ProjectKey {
     pub(super) seq: u64,
 }
 
+impl Row for ProjectKey {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn order(&self) -> Order {
+        (0, self.seq)
+    }
+}
+
 impl ProjectKey {
     /// Whether the key has expired by `now` (an expired key cannot be updated).
     pub(super) fn expired(&self, now: i64) -> bool {
@@ -259,37 +348,35 @@ pub(super) struct AdminKey {
     pub(super) name: String,
     pub(super) value: String,
     pub(super) created_at: i64,
+    pub(super) last_used_at: Option<i64>,
+    /// The organization member who owns it; `None`: `user-fake`, the fake's own owner.
+    pub(super) owner: Option<String>,
     pub(super) seq: u64,
 }
 
-impl AdminKey {
-    pub(super) fn render(&self) -> Value {
-        json!({
-            "object": "organization.admin_api_key",
-            "id": self.id,
-            "name": self.name,
-            "redacted_value": redact(&self.value),
-            "created_at": self.created_at,
-            "expires_at": null,
-            "last_used_at": null,
-            "owner": {
-                "type": "user",
-                "object": "organization.user",
-                "id": "user-fake",
-                "name": "Fake Owner",
-                "created_at": DEFAULT_CREATED_AT,
-                "role": "owner"
-            }
-        })
+impl Row for AdminKey {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn order(&self) -> Order {
+        (self.created_at, self.seq)
     }
 }
 
 pub(super) struct RateLimit {
-    pub(super) project_id: String,
     pub(super) id: String,
     pub(super) model: String,
     pub(super) limits: BTreeMap<String, i64>,
     pub(super) seq: u64,
+}
+
+impl Row for RateLimit {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn order(&self) -> Order {
+        (0, self.seq)
+    }
 }
 
 impl RateLimit {
@@ -307,11 +394,98 @@ impl RateLimit {
     }
 }
 
+/// A certificate uploaded to the organization (`OrganizationCertificate`). Lists are ordered
+/// by `created_at`, as the spec's `order` parameter says.
+pub(super) struct Certificate {
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) created_at: i64,
+    pub(super) valid_at: i64,
+    pub(super) expires_at: i64,
+    /// Active at the organization level.
+    pub(super) active: bool,
+    pub(super) seq: u64,
+}
+
+impl Row for Certificate {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn order(&self) -> Order {
+        (self.created_at, self.seq)
+    }
+}
+
+impl Certificate {
+    /// The certificate as a list shows it: `object` is `organization.certificate` or
+    /// `organization.project.certificate`, `active` the state at that level.
+    pub(super) fn render(&self, object: &str, active: bool) -> Value {
+        json!({
+            "object": object,
+            "id": self.id,
+            "name": self.name,
+            "active": active,
+            "created_at": self.created_at,
+            "certificate_details": {
+                "valid_at": self.valid_at,
+                "expires_at": self.expires_at,
+            },
+        })
+    }
+}
+
+/// An organization certificate configured for a project, in the certificate's own order.
+pub(super) struct ProjectCertificate {
+    pub(super) id: String,
+    pub(super) order: Order,
+    pub(super) active: bool,
+}
+
+impl Row for ProjectCertificate {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn order(&self) -> Order {
+        self.order
+    }
+}
+
+/// An `AuditLog`, kept compact (a large organization has one per key) and rendered per page.
 pub(super) struct AuditEntry {
     pub(super) id: String,
+    pub(super) event_type: String,
     pub(super) effective_at: i64,
+    /// `project: {id, name}` as it was when the event happened.
+    pub(super) project: Option<(String, String)>,
+    /// Shared: a seeded organization has a handful of actors for many events.
+    pub(super) actor: Arc<Value>,
+    /// The object under the event's type (`{"id": …, "data": …}`).
+    pub(super) details: Value,
     pub(super) seq: u64,
-    pub(super) log: Value,
+}
+
+impl Row for AuditEntry {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn order(&self) -> Order {
+        (self.effective_at, self.seq)
+    }
+}
+
+impl AuditEntry {
+    pub(super) fn render(&self) -> Value {
+        let mut log = serde_json::Map::new();
+        log.insert("id".into(), json!(self.id));
+        log.insert("type".into(), json!(self.event_type));
+        log.insert("effective_at".into(), json!(self.effective_at));
+        if let Some((id, name)) = &self.project {
+            log.insert("project".into(), json!({"id": id, "name": name}));
+        }
+        log.insert("actor".into(), (*self.actor).clone());
+        log.insert(self.event_type.clone(), self.details.clone());
+        Value::Object(log)
+    }
 }
 
 pub(super) struct QueuedFault {
@@ -320,74 +494,79 @@ pub(super) struct QueuedFault {
     fault: Fault,
 }
 
-/// One object offered to [`State::cursor_page`]: its id, its place in the order, whether the
-/// request's filters keep it, and its JSON.
-pub(super) struct Listed {
-    pub(super) id: String,
-    pub(super) key: (i64, u64),
-    pub(super) visible: bool,
-    pub(super) json: Value,
-}
-
-/// What a cursor list request asked for.
-pub(super) struct PageRequest<'a> {
-    pub(super) kind: &'static str,
-    pub(super) limit: usize,
-    pub(super) after: Option<&'a str>,
-    pub(super) before: Option<&'a str>,
-    pub(super) descending: bool,
+/// Every `every`th request is answered 429 with `Retry-After: retry_after_secs`.
+pub(super) struct Throttle {
+    pub(super) every: u64,
+    pub(super) retry_after_secs: u64,
+    pub(super) seen: u64,
 }
 
 pub(super) struct State {
     pub(super) admin_key_value: String,
     pub(super) admin_key_id: String,
-    pub(super) projects: Vec<Project>,
+    pub(super) projects: Table<Project>,
     pub(super) default_project: Option<String>,
-    pub(super) org_users: BTreeMap<String, OrgUser>,
-    pub(super) memberships: Vec<Membership>,
-    pub(super) service_accounts: Vec<ServiceAccount>,
-    pub(super) keys: Vec<ProjectKey>,
-    pub(super) admin_keys: Vec<AdminKey>,
-    pub(super) rate_limits: Vec<RateLimit>,
-    pub(super) audit: Vec<AuditEntry>,
-    pub(super) usage: Vec<UsageSeed>,
+    pub(super) org_users: Table<OrgUser>,
+    /// Users removed from the organization, kept to show as the owners of the keys they left
+    /// behind.
+    pub(super) former_users: HashMap<String, OrgUser>,
+    /// The project of every project API key (key ids are unique in the organization).
+    pub(super) key_projects: HashMap<String, String>,
+    /// The project of every service account.
+    pub(super) service_account_projects: HashMap<String, String>,
+    pub(super) admin_keys: Table<AdminKey>,
+    pub(super) certificates: Table<Certificate>,
+    /// `OrganizationDataRetention.type`.
+    pub(super) data_retention: &'static str,
+    pub(super) audit: Table<AuditEntry>,
+    /// Usage by endpoint and time, so a bucket reads only its own rows.
+    pub(super) usage: BTreeMap<(&'static str, i64, u64), UsageSeed>,
     pub(super) calls: Vec<Call>,
     pub(super) faults: VecDeque<QueuedFault>,
+    pub(super) throttle: Option<Throttle>,
     pub(super) broken_pagination: bool,
     pub(super) page_size: Option<usize>,
     pub(super) usage_page_size: Option<usize>,
     pub(super) max_page_size: Option<usize>,
     pub(super) now: Option<i64>,
     pub(super) audit_mutations: bool,
-    /// Where deleted objects stood, so a cursor naming one still works.
-    tombstones: HashMap<(&'static str, String), (i64, u64)>,
     next_seq: u64,
 }
+
+/// The `type` values of `OrganizationDataRetention`.
+pub(super) const ORGANIZATION_RETENTION_TYPES: [&str; 4] = [
+    "zero_data_retention",
+    "modified_abuse_monitoring",
+    "enhanced_zero_data_retention",
+    "enhanced_modified_abuse_monitoring",
+];
 
 impl State {
     pub(super) fn new() -> State {
         let mut state = State {
             admin_key_value: String::new(),
             admin_key_id: "key_admin_fake".to_owned(),
-            projects: Vec::new(),
+            projects: Table::default(),
             default_project: None,
-            org_users: BTreeMap::new(),
-            memberships: Vec::new(),
-            service_accounts: Vec::new(),
-            keys: Vec::new(),
-            admin_keys: Vec::new(),
-            rate_limits: Vec::new(),
-            audit: Vec::new(),
-            usage: Vec::new(),
+            org_users: Table::default(),
+            former_users: HashMap::new(),
+            key_projects: HashMap::new(),
+            service_account_projects: HashMap::new(),
+            admin_keys: Table::default(),
+            certificates: Table::default(),
+            // The spec's example; its enum has no value for "no special retention".
+            data_retention: "modified_abuse_monitoring",
+            audit: Table::default(),
+            usage: BTreeMap::new(),
             calls: Vec::new(),
             faults: VecDeque::new(),
+            throttle: None,
             broken_pagination: false,
             page_size: None,
             usage_page_size: None,
             max_page_size: None,
             now: None,
             audit_mutations: true,
-            tombstones: HashMap::new(),
             next_seq: 0,
         };
         state.admin_key_value = state.add_admin_key("key_admin_fake", "Fake admin key");
@@ -397,7 +576,7 @@ impl State {
     /// Makes `secret` the value of the fake's own admin key, the one requests authenticate with.
     pub(super) fn replace_admin_key(&mut self, secret: &str) {
         let id = self.admin_key_id.clone();
-        if let Some(key) = self.admin_keys.iter_mut().find(|key| key.id == id) {
+        if let Some(key) = self.admin_keys.get_mut(&id) {
             key.value = secret.to_owned();
         }
         self.admin_key_value = secret.to_owned();
@@ -419,6 +598,11 @@ impl State {
         })
     }
 
+    /// A page request with the fake's broken-pagination switch applied.
+    pub(super) fn page_request<'a>(&self, limit: usize, after: Option<&'a str>) -> PageRequest<'a> {
+        PageRequest::after(limit, after, self.broken_pagination)
+    }
+
     // ---- faults ----
 
     pub(super) fn queue_fault(&mut self, prefix: Option<String>, count: usize, fault: Fault) {
@@ -431,15 +615,24 @@ impl State {
         }
     }
 
-    /// The first queued fault that applies to `path`, consuming one use of it.
+    /// The first queued fault that applies to `path`, consuming one use of it; otherwise the
+    /// throttle's 429 when this request is its `every`th.
     pub(super) fn take_fault(&mut self, path: &str) -> Option<Fault> {
+        let throttled = self.throttle.as_mut().and_then(|throttle| {
+            throttle.seen += 1;
+            (throttle.seen % throttle.every == 0).then_some(Fault::RateLimited {
+                retry_after_secs: throttle.retry_after_secs,
+            })
+        });
         let unversioned = path.strip_prefix("/v1").unwrap_or(path);
-        let index = self.faults.iter().position(|queued| {
+        let Some(index) = self.faults.iter().position(|queued| {
             queued
                 .prefix
                 .as_deref()
                 .is_none_or(|prefix| path.starts_with(prefix) || unversioned.starts_with(prefix))
-        })?;
+        }) else {
+            return throttled;
+        };
         let queued = self.faults.get_mut(index)?;
         queued.remaining -= 1;
         let fault = queued.fault.clone();
@@ -449,77 +642,132 @@ impl State {
         Some(fault)
     }
 
-    // ---- seeding and creation ----
+    // ---- lookups ----
 
     pub(super) fn expect_project(&self, project_id: &str) {
         assert!(
-            self.project(project_id).is_some(),
+            self.projects.contains(project_id),
             "seed project {project_id} first"
         );
     }
 
     pub(super) fn project(&self, project_id: &str) -> Option<&Project> {
-        self.projects
-            .iter()
-            .find(|project| project.id == project_id)
+        self.projects.get(project_id)
     }
 
     /// The project, for seeding; panics when it was not seeded.
     pub(super) fn project_mut(&mut self, project_id: &str) -> &mut Project {
         self.projects
-            .iter_mut()
-            .find(|project| project.id == project_id)
+            .get_mut(project_id)
             .unwrap_or_else(|| panic!("seed project {project_id} first"))
     }
 
-    pub(super) fn add_project(&mut self, id: &str, name: &str, archived_at: Option<i64>) {
-        assert!(self.project(id).is_none(), "project {id} seeded twice");
+    pub(super) fn membership(&self, project_id: &str, user_id: &str) -> Option<&Membership> {
+        self.project(project_id)?.members.get(user_id)
+    }
+
+    /// A project API key by id alone, with its project.
+    pub(super) fn key_anywhere(&self, key_id: &str) -> Option<(&Project, &ProjectKey)> {
+        let project = self.project(self.key_projects.get(key_id)?)?;
+        Some((project, project.keys.get(key_id)?))
+    }
+
+    /// A project API key by id alone, to change it.
+    pub(super) fn key_anywhere_mut(&mut self, key_id: &str) -> Option<&mut ProjectKey> {
+        let project_id = self.key_projects.get(key_id)?;
+        self.projects.get_mut(project_id)?.keys.get_mut(key_id)
+    }
+
+    /// A member of the organization, or one removed from it (to show as a key's owner).
+    pub(super) fn any_user(&self, user_id: &str) -> Option<&OrgUser> {
+        self.org_users
+            .get(user_id)
+            .or_else(|| self.former_users.get(user_id))
+    }
+
+    // ---- seeding and creation ----
+
+    pub(super) fn add_project(
+        &mut self,
+        id: &str,
+        name: &str,
+        created_at: i64,
+        archived_at: Option<i64>,
+    ) {
         let seq = self.seq();
-        self.projects.push(Project {
+        let added = self.projects.insert(Project {
             id: id.to_owned(),
             name: name.to_owned(),
-            created_at: DEFAULT_CREATED_AT,
+            created_at,
             archived_at,
             external_key_id: None,
             seq,
             controls: Controls::default(),
+            keys: Table::default(),
+            service_accounts: Table::default(),
+            members: Table::default(),
+            rate_limits: Table::default(),
+            certificates: Table::default(),
+        });
+        assert!(added, "project {id} seeded twice");
+    }
+
+    /// Adds an organization member (name from the e-mail's local part) unless there is one
+    /// with this id.
+    pub(super) fn add_org_user(
+        &mut self,
+        user_id: &str,
+        email: &str,
+        role: &'static str,
+        added_at: i64,
+    ) {
+        if self.org_users.contains(user_id) {
+            return;
+        }
+        let name = email.split('@').next().unwrap_or(email).to_owned();
+        let seq = self.seq();
+        self.org_users.insert(OrgUser {
+            id: user_id.to_owned(),
+            email: email.to_owned(),
+            name,
+            role,
+            added_at,
+            seq,
         });
     }
 
-    pub(super) fn add_org_user(&mut self, user_id: &str, email: &str) {
-        let name = email.split('@').next().unwrap_or(email).to_owned();
-        self.org_users
-            .entry(user_id.to_owned())
-            .or_insert_with(|| OrgUser {
-                id: user_id.to_owned(),
-                email: email.to_owned(),
-                name,
-                created_at: DEFAULT_CREATED_AT,
-            });
+    /// Removes a member from the organization: out of every project, kept only as the owner
+    /// of the keys they leave behind (`owner_project_access: inactive`).
+    pub(super) fn remove_org_user(&mut self, user_id: &str) -> bool {
+        let Some(user) = self.org_users.remove(user_id) else {
+            return false;
+        };
+        for project in self.projects.values_mut() {
+            if let Some(membership) = project.members.get_mut(user_id) {
+                membership.active = false;
+            }
+        }
+        self.former_users.insert(user.id.clone(), user);
+        true
     }
 
-    pub(super) fn membership(&self, project_id: &str, user_id: &str) -> Option<&Membership> {
-        self.memberships
-            .iter()
-            .find(|m| m.project_id == project_id && m.user_id == user_id)
-    }
-
-    /// Adds or re-activates a membership.
-    pub(super) fn add_membership(&mut self, project_id: &str, user_id: &str, role: Role) {
-        let added_at = self.now();
-        if let Some(existing) = self
-            .memberships
-            .iter_mut()
-            .find(|m| m.project_id == project_id && m.user_id == user_id)
-        {
+    /// Adds or re-activates a membership at `added_at`.
+    pub(super) fn add_membership(
+        &mut self,
+        project_id: &str,
+        user_id: &str,
+        role: Role,
+        added_at: i64,
+    ) {
+        let seq = self.seq();
+        let project = self.project_mut(project_id);
+        if let Some(existing) = project.members.get_mut(user_id) {
             existing.role = role;
             existing.active = true;
             existing.added_at = added_at;
             return;
         }
-        let seq = self.seq();
-        self.memberships.push(Membership {
-            project_id: project_id.to_owned(),
+        project.members.insert(Membership {
             user_id: user_id.to_owned(),
             role,
             added_at,
@@ -534,26 +782,51 @@ impl State {
         id: &str,
         name: &str,
         role: &str,
+        created_at: i64,
     ) {
         assert!(
-            !self.service_accounts.iter().any(|sa| sa.id == id),
+            !self.service_account_projects.contains_key(id),
             "service account {id} seeded twice"
         );
         let seq = self.seq();
-        let created_at = self.now();
-        self.service_accounts.push(ServiceAccount {
-            project_id: project_id.to_owned(),
-            id: id.to_owned(),
-            name: name.to_owned(),
-            role: role.to_owned(),
-            created_at,
-            seq,
-        });
+        self.project_mut(project_id)
+            .service_accounts
+            .insert(ServiceAccount {
+                id: id.to_owned(),
+                name: name.to_owned(),
+                role: role.to_owned(),
+                created_at,
+                seq,
+            });
+        self.service_account_projects
+            .insert(id.to_owned(), project_id.to_owned());
+    }
+
+    /// Removes a service account and its keys; returns the ids of the keys.
+    pub(super) fn remove_service_account(&mut self, project_id: &str, id: &str) -> Vec<String> {
+        let Some(project) = self.projects.get_mut(project_id) else {
+            return Vec::new();
+        };
+        if project.service_accounts.remove(id).is_none() {
+            return Vec::new();
+        }
+        let gone: Vec<String> = project
+            .keys
+            .iter()
+            .filter(|key| matches!(&key.owner, Owner::ServiceAccount(owner) if owner == id))
+            .map(|key| key.id.clone())
+            .collect();
+        for key_id in &gone {
+            project.keys.remove(key_id);
+            self.key_projects.remove(key_id);
+        }
+        self.service_account_projects.remove(id);
+        gone
     }
 
     pub(super) fn add_key(&mut self, project_id: &str, owner: Owner, seed: KeySeed) {
         assert!(
-            !self.keys.iter().any(|key| key.id == seed.id),
+            !self.key_projects.contains_key(&seed.id),
             "key {} seeded twice",
             seed.id
         );
@@ -566,8 +839,9 @@ impl State {
             .unwrap_or_else(|| synthetic_secret(prefix, &seed.id));
         let redacted_value = seed.redacted_value.unwrap_or_else(|| redact(&value));
         let seq = self.seq();
-        self.keys.push(ProjectKey {
-            project_id: project_id.to_owned(),
+        self.key_projects
+            .insert(seed.id.clone(), project_id.to_owned());
+        self.project_mut(project_id).keys.insert(ProjectKey {
             id: seed.id,
             name: seed.name,
             value,
@@ -581,11 +855,25 @@ impl State {
         });
     }
 
+    /// Removes a project API key; returns it.
+    pub(super) fn remove_key(&mut self, project_id: &str, key_id: &str) -> Option<ProjectKey> {
+        let key = self.projects.get_mut(project_id)?.keys.remove(key_id)?;
+        self.key_projects.remove(key_id);
+        Some(key)
+    }
+
     pub(super) fn add_admin_key(&mut self, id: &str, name: &str) -> String {
-        assert!(
-            !self.admin_keys.iter().any(|key| key.id == id),
-            "admin key {id} seeded twice"
-        );
+        self.add_owned_admin_key(id, name, None, DEFAULT_CREATED_AT, None)
+    }
+
+    pub(super) fn add_owned_admin_key(
+        &mut self,
+        id: &str,
+        name: &str,
+        owner: Option<String>,
+        created_at: i64,
+        last_used_at: Option<i64>,
+    ) -> String {
         let value = if id == "key_admin_fake" {
             // Recognisable in logs: `sk-admin-fake…`.
             synthetic_secret("sk-admin-fake", id)
@@ -593,28 +881,23 @@ impl State {
             synthetic_secret("sk-admin-", id)
         };
         let seq = self.seq();
-        self.admin_keys.push(AdminKey {
+        let added = self.admin_keys.insert(AdminKey {
             id: id.to_owned(),
             name: name.to_owned(),
             value: value.clone(),
-            created_at: DEFAULT_CREATED_AT,
+            created_at,
+            last_used_at,
+            owner,
             seq,
         });
+        assert!(added, "admin key {id} seeded twice");
         value
     }
 
     pub(super) fn add_rate_limit(&mut self, project_id: &str, seed: RateLimitSeed) -> String {
         let id = format!("rl-{}", seed.model);
-        assert!(
-            !self
-                .rate_limits
-                .iter()
-                .any(|rl| rl.project_id == project_id && rl.id == id),
-            "rate limit {id} seeded twice in {project_id}"
-        );
         let seq = self.seq();
-        self.rate_limits.push(RateLimit {
-            project_id: project_id.to_owned(),
+        let added = self.project_mut(project_id).rate_limits.insert(RateLimit {
             id: id.clone(),
             model: seed.model,
             limits: seed
@@ -624,7 +907,40 @@ impl State {
                 .collect(),
             seq,
         });
+        assert!(added, "rate limit {id} seeded twice in {project_id}");
         id
+    }
+
+    pub(super) fn add_certificate(&mut self, certificate: Certificate) {
+        let id = certificate.id.clone();
+        assert!(
+            self.certificates.insert(certificate),
+            "certificate {id} seeded twice"
+        );
+    }
+
+    /// Configures an organization certificate for a project.
+    pub(super) fn add_project_certificate(
+        &mut self,
+        project_id: &str,
+        certificate_id: &str,
+        active: bool,
+    ) {
+        let order = self
+            .certificates
+            .get(certificate_id)
+            .map(Row::order)
+            .unwrap_or_else(|| panic!("seed certificate {certificate_id} first"));
+        let certificates = &mut self.project_mut(project_id).certificates;
+        if let Some(existing) = certificates.get_mut(certificate_id) {
+            existing.active = active;
+            return;
+        }
+        certificates.insert(ProjectCertificate {
+            id: certificate_id.to_owned(),
+            order,
+            active,
+        });
     }
 
     pub(super) fn add_audit(&mut self, event: AuditEvent) -> String {
@@ -633,28 +949,40 @@ impl State {
             "{} is not an AuditLogEventType",
             event.event_type
         );
+        self.add_audit_entry(
+            event.event_type,
+            event.effective_at,
+            event.project_id.as_deref(),
+            Arc::new(event.actor),
+            event.details,
+        )
+    }
+
+    /// Appends an audit event whose type is known to be one of the spec's.
+    pub(super) fn add_audit_entry(
+        &mut self,
+        event_type: String,
+        effective_at: i64,
+        project_id: Option<&str>,
+        actor: Arc<Value>,
+        details: Value,
+    ) -> String {
         let seq = self.seq();
         let id = format!("audit_log-{seq:06}");
-        let mut log = serde_json::Map::new();
-        log.insert("id".into(), json!(id));
-        log.insert("type".into(), json!(event.event_type));
-        log.insert("effective_at".into(), json!(event.effective_at));
-        if let Some(project_id) = &event.project_id {
+        let project = project_id.map(|project_id| {
             let project = self
                 .project(project_id)
                 .unwrap_or_else(|| panic!("seed project {project_id} before its audit events"));
-            log.insert(
-                "project".into(),
-                json!({"id": project.id, "name": project.name}),
-            );
-        }
-        log.insert("actor".into(), event.actor);
-        log.insert(event.event_type.clone(), event.details);
-        self.audit.push(AuditEntry {
+            (project.id.clone(), project.name.clone())
+        });
+        self.audit.insert(AuditEntry {
             id: id.clone(),
-            effective_at: event.effective_at,
+            event_type,
+            effective_at,
+            project,
+            actor,
+            details,
             seq,
-            log: Value::Object(log),
         });
         id
     }
@@ -677,14 +1005,14 @@ impl State {
         self.add_audit(event);
     }
 
-    /// Remembers where a deleted object stood in its list.
-    pub(super) fn bury(&mut self, kind: &'static str, id: &str, key: (i64, u64)) {
-        self.tombstones.insert((kind, id.to_owned()), key);
+    pub(super) fn add_usage(&mut self, usage: UsageSeed) {
+        let seq = self.seq();
+        self.usage.insert((usage.endpoint, usage.at, seq), usage);
     }
 
     // ---- rendering ----
 
-    pub(super) fn render_key(&self, key: &ProjectKey) -> Value {
+    pub(super) fn render_key(&self, project: &Project, key: &ProjectKey) -> Value {
         json!({
             "object": "organization.project.api_key",
             "redacted_value": key.redacted_value,
@@ -693,26 +1021,18 @@ impl State {
             "last_used_at": key.last_used_at,
             "expires_at": key.expires_at,
             "id": key.id,
-            "owner_project_access": if self.owner_has_access(key) { "active" } else { "inactive" },
-            "owner": self.render_owner(key),
+            "owner_project_access": if owner_has_access(project, key) { "active" } else { "inactive" },
+            "owner": self.render_owner(project, key),
         })
     }
 
-    pub(super) fn owner_has_access(&self, key: &ProjectKey) -> bool {
-        match &key.owner {
-            Owner::User(user_id) => self
-                .membership(&key.project_id, user_id)
-                .is_some_and(|m| m.active),
-            Owner::ServiceAccount(_) => true,
-        }
-    }
-
-    fn render_owner(&self, key: &ProjectKey) -> Value {
+    fn render_owner(&self, project: &Project, key: &ProjectKey) -> Value {
         match &key.owner {
             Owner::User(user_id) => {
-                let user = self.org_users.get(user_id);
-                let role = self
-                    .membership(&key.project_id, user_id)
+                let user = self.any_user(user_id);
+                let role = project
+                    .members
+                    .get(user_id)
                     .map_or("member", |m| m.role.as_str());
                 json!({
                     "type": "user",
@@ -721,12 +1041,12 @@ impl State {
                         "name": user.map(|u| u.name.as_str()),
                         "email": user.map(|u| u.email.as_str()),
                         "role": role,
-                        "created_at": user.map_or(DEFAULT_CREATED_AT, |u| u.created_at),
+                        "created_at": user.map_or(DEFAULT_CREATED_AT, |u| u.added_at),
                     }
                 })
             }
             Owner::ServiceAccount(sa_id) => {
-                let sa = self.service_accounts.iter().find(|sa| &sa.id == sa_id);
+                let sa = project.service_accounts.get(sa_id);
                 json!({
                     "type": "service_account",
                     "service_account": {
@@ -741,7 +1061,7 @@ impl State {
     }
 
     pub(super) fn render_membership(&self, membership: &Membership) -> Value {
-        let user = self.org_users.get(&membership.user_id);
+        let user = self.any_user(&membership.user_id);
         json!({
             "object": "organization.project.user",
             "id": membership.user_id,
@@ -752,64 +1072,44 @@ impl State {
         })
     }
 
-    // ---- cursor pages ----
+    pub(super) fn render_admin_key(&self, key: &AdminKey) -> Value {
+        let owner = match key.owner.as_deref().and_then(|id| self.any_user(id)) {
+            Some(user) => json!({
+                "type": "user",
+                "object": "organization.user",
+                "id": user.id,
+                "name": user.name,
+                "created_at": user.added_at,
+                "role": user.role,
+            }),
+            None => json!({
+                "type": "user",
+                "object": "organization.user",
+                "id": "user-fake",
+                "name": "Fake Owner",
+                "created_at": DEFAULT_CREATED_AT,
+                "role": "owner"
+            }),
+        };
+        json!({
+            "object": "organization.admin_api_key",
+            "id": key.id,
+            "name": key.name,
+            "redacted_value": redact(&key.value),
+            "created_at": key.created_at,
+            "expires_at": null,
+            "last_used_at": key.last_used_at,
+            "owner": owner,
+        })
+    }
+}
 
-    /// A `{object: "list", data, first_id, last_id, has_more}` page of `all`, in ascending (or
-    /// descending) order of `key`. `after`/`before` name an object of `all` (or one deleted
-    /// since); an unknown cursor is a 400.
-    pub(super) fn cursor_page(
-        &self,
-        mut all: Vec<Listed>,
-        request: &PageRequest<'_>,
-    ) -> Result<Value, ApiError> {
-        all.sort_by_key(|item| item.key);
-        if request.descending {
-            all.reverse();
-        }
-        let position = |cursor: &str, param: &str| -> Result<(i64, u64), ApiError> {
-            all.iter()
-                .find(|item| item.id == cursor)
-                .map(|item| item.key)
-                .or_else(|| {
-                    self.tombstones
-                        .get(&(request.kind, cursor.to_owned()))
-                        .copied()
-                })
-                .ok_or_else(|| {
-                    ApiError::invalid(param, format!("No object with id '{cursor}' to page from."))
-                })
-        };
-        // `true` when `a` comes before `b` in the listed order.
-        let precedes = |a: (i64, u64), b: (i64, u64)| {
-            if request.descending { a > b } else { a < b }
-        };
-        let visible: Vec<&Listed> = all.iter().filter(|item| item.visible).collect();
-        let (page, has_more): (Vec<&Listed>, bool) = if self.broken_pagination {
-            (visible.iter().copied().take(request.limit).collect(), true)
-        } else {
-            let after = request.after.map(|c| position(c, "after")).transpose()?;
-            let before = request.before.map(|c| position(c, "before")).transpose()?;
-            let window: Vec<&Listed> = visible
-                .iter()
-                .copied()
-                .filter(|item| after.is_none_or(|a| precedes(a, item.key)))
-                .filter(|item| before.is_none_or(|b| precedes(item.key, b)))
-                .collect();
-            let more = window.len() > request.limit;
-            if before.is_some() && after.is_none() {
-                let skip = window.len().saturating_sub(request.limit);
-                (window.into_iter().skip(skip).collect(), more)
-            } else {
-                (window.into_iter().take(request.limit).collect(), more)
-            }
-        };
-        Ok(json!({
-            "object": "list",
-            "data": page.iter().map(|item| item.json.clone()).collect::<Vec<_>>(),
-            "first_id": page.first().map(|item| item.id.clone()),
-            "last_id": page.last().map(|item| item.id.clone()),
-            "has_more": has_more,
-        }))
+/// Whether a key's owner still has access to its project: a service account always, a user
+/// while a member.
+pub(super) fn owner_has_access(project: &Project, key: &ProjectKey) -> bool {
+    match &key.owner {
+        Owner::User(user_id) => project.members.get(user_id).is_some_and(|m| m.active),
+        Owner::ServiceAccount(_) => true,
     }
 }
 
@@ -966,7 +1266,22 @@ pub(super) fn usage_family(name: &str) -> &'static UsageFamily {
             ("context_levels", "context_level"),
         ],
     };
+    // Usage the spec reports per project only (no key, user or model).
+    const CODE_INTERPRETER_SESSIONS: UsageFamily = UsageFamily {
+        object: "organization.usage.code_interpreter_sessions.result",
+        group_by: &["project_id"],
+        amounts: &["num_sessions"],
+        filters: &[("project_ids", "project_id")],
+    };
+    const VECTOR_STORES: UsageFamily = UsageFamily {
+        object: "organization.usage.vector_stores.result",
+        group_by: &["project_id"],
+        amounts: &["usage_bytes"],
+        filters: &[("project_ids", "project_id")],
+    };
     match name {
+        "code_interpreter_sessions" => &CODE_INTERPRETER_SESSIONS,
+        "vector_stores" => &VECTOR_STORES,
         "completions" => &COMPLETIONS,
         "embeddings" => &EMBEDDINGS,
         "moderations" => &MODERATIONS,

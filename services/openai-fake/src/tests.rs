@@ -1728,3 +1728,5 @@ async fn spend_limits_follow_the_spec() {
     fake.seed_spend_limit("proj_1", 500);
     assert_eq!(get(&fake, path).await["threshold_amount"], 500);
 }
+
+mod org;

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod connectors;
 pub mod engine;
 pub mod evidence;
+pub mod inventory;
 pub mod metrics;
 pub mod playbook;
 pub mod service;

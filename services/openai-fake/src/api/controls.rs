@@ -1,12 +1,16 @@
 //! Handlers for a project's narrowing controls in the spec: the model allow or deny list
-//! (`…/model_permissions`), the hosted tools (`…/hosted_tool_permissions`) and the hard spend
-//! limit (`…/spend_limit`).
+//! (`…/model_permissions`), the hosted tools (`…/hosted_tool_permissions`), the hard spend
+//! limit (`…/spend_limit`) and data retention (`…/data_retention`).
+//!
+//! The spec has no audit event type for these settings; a change is logged as `project.updated`
+//! with only the project's `id` (its `changes_requested` documents `title` alone), so an
+//! audit-log reader learns that the project changed and reads the settings again.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State as Extract};
 use serde_json::{Map, Value, json};
 
-use super::super::state::{Controls, HOSTED_TOOLS, State};
+use super::super::state::{Controls, HOSTED_TOOLS, PROJECT_RETENTION_TYPES, State};
 use super::projects::{active_project, find_project};
 use super::{ApiError, Reply, SharedState, json_body, string_list};
 
@@ -14,6 +18,12 @@ use super::{ApiError, Reply, SharedState, json_body, string_list};
 fn controls_mut<'a>(state: &'a mut State, project_id: &str) -> Result<&'a mut Controls, ApiError> {
     active_project(state, project_id)?;
     Ok(&mut state.project_mut(project_id).controls)
+}
+
+/// Logs the change (`project.updated`) and answers with the setting as it now is.
+fn changed(state: &mut State, project_id: &str, rendered: Value) -> Reply {
+    state.audit_mutation("project.updated", json!({"id": project_id}));
+    Ok(axum::Json(rendered))
 }
 
 /// Refuses a field the operation does not have.
@@ -75,7 +85,8 @@ pub(super) async fn update_model_permissions(
     };
     controls.model_mode = mode;
     controls.model_ids = model_ids;
-    Ok(axum::Json(controls.render_models()))
+    let rendered = controls.render_models();
+    changed(&mut state, &project_id, rendered)
 }
 
 pub(super) async fn delete_model_permissions(
@@ -87,9 +98,11 @@ pub(super) async fn delete_model_permissions(
     let defaults = Controls::default();
     controls.model_mode = defaults.model_mode;
     controls.model_ids = defaults.model_ids;
-    Ok(axum::Json(
+    changed(
+        &mut state,
+        &project_id,
         json!({"object": "project.model_permissions.deleted", "deleted": true}),
-    ))
+    )
 }
 
 // ---- hosted tools ----
@@ -137,7 +150,8 @@ pub(super) async fn update_hosted_tools(
         }
     }
     controls.hosted_tools.extend(changes);
-    Ok(axum::Json(controls.render_tools()))
+    let rendered = controls.render_tools();
+    changed(&mut state, &project_id, rendered)
 }
 
 // ---- hard spend limit ----
@@ -209,9 +223,8 @@ pub(super) async fn update_spend_limit(
         }
     }
     controls.spend_limit = Some(cents);
-    Ok(axum::Json(
-        controls.render_spend_limit().unwrap_or_default(),
-    ))
+    let rendered = controls.render_spend_limit().unwrap_or_default();
+    changed(&mut state, &project_id, rendered)
 }
 
 pub(super) async fn delete_spend_limit(
@@ -223,7 +236,55 @@ pub(super) async fn delete_spend_limit(
     if controls.spend_limit.take().is_none() {
         return Err(no_spend_limit(&project_id));
     }
-    Ok(axum::Json(
+    changed(
+        &mut state,
+        &project_id,
         json!({"object": "project.spend_limit.deleted", "deleted": true}),
-    ))
+    )
+}
+
+// ---- data retention ----
+
+pub(super) async fn get_data_retention(
+    Extract(shared): Extract<SharedState>,
+    Path(project_id): Path<String>,
+) -> Reply {
+    let state = shared.lock();
+    let project = find_project(&state, &project_id)?;
+    Ok(axum::Json(project.controls.render_data_retention()))
+}
+
+/// `UpdateProjectDataRetentionBody`: `retention_type`, required, one of the spec's values.
+pub(super) async fn update_data_retention(
+    Extract(shared): Extract<SharedState>,
+    Path(project_id): Path<String>,
+    body: Bytes,
+) -> Reply {
+    let body = json_body(&body)?;
+    let mut state = shared.lock();
+    let controls = controls_mut(&mut state, &project_id)?;
+    only(&body, &["retention_type"])?;
+    let retention = match body.get("retention_type") {
+        None => {
+            return Err(ApiError::invalid(
+                "retention_type",
+                "Missing required parameter: 'retention_type'.",
+            ));
+        }
+        Some(value) => PROJECT_RETENTION_TYPES
+            .into_iter()
+            .find(|known| value.as_str() == Some(*known))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "retention_type",
+                    format!(
+                        "Invalid 'retention_type': expected one of {}, but got {value}.",
+                        PROJECT_RETENTION_TYPES.join(", ")
+                    ),
+                )
+            })?,
+    };
+    controls.data_retention = retention;
+    let rendered = controls.render_data_retention();
+    changed(&mut state, &project_id, rendered)
 }

@@ -1,12 +1,41 @@
-//! Handlers for the organization-wide operations: admin API keys, audit logs and usage.
+//! Handlers for the organization-wide operations: admin API keys, users, certificates, data
+//! retention, audit logs and usage.
 
 use axum::extract::{Path, RawQuery, State as Extract};
 use serde_json::{Value, json};
 
 use super::super::USAGE_ENDPOINTS;
-use super::super::state::{Listed, PageRequest, is_event_type, is_tenant_event, usage_family};
-use super::projects::deleted;
+use super::super::state::{
+    AuditEntry, Certificate, OrgUser, State, is_event_type, is_tenant_event, usage_family,
+};
+use super::super::table::PageRequest;
+use super::projects::{deleted, find_project};
 use super::{ApiError, Query, Reply, SharedState};
+
+/// The page a list with `order=asc|desc` asks for (`limit` 1-100, default 20; `after`),
+/// newest first when `descending_by_default` and no `order` is sent.
+fn ordered_page<'a>(
+    state: &State,
+    query: &'a Query,
+    descending_by_default: bool,
+) -> Result<PageRequest<'a>, ApiError> {
+    let limit = query.limit(state, 20, 100)?;
+    let descending = match query.first("order") {
+        None => descending_by_default,
+        Some("asc") => false,
+        Some("desc") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "order",
+                format!("Invalid 'order': expected 'asc' or 'desc', got '{other}'."),
+            ));
+        }
+    };
+    Ok(PageRequest {
+        descending,
+        ..state.page_request(limit, query.first("after"))
+    })
+}
 
 // ---- admin API keys ----
 
@@ -16,35 +45,11 @@ pub(super) async fn list_admin_keys(
 ) -> Reply {
     let state = shared.lock();
     let query = Query::new(raw);
-    let limit = query.limit(&state, 20, 100)?;
-    let descending = match query.first("order") {
-        None | Some("asc") => false,
-        Some("desc") => true,
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "order",
-                format!("Invalid 'order': expected 'asc' or 'desc', got '{other}'."),
-            ));
-        }
-    };
-    let all = state
+    let page = ordered_page(&state, &query, false)?;
+    state
         .admin_keys
-        .iter()
-        .map(|key| Listed {
-            id: key.id.clone(),
-            key: (key.created_at, key.seq),
-            visible: true,
-            json: key.render(),
-        })
-        .collect();
-    let page = PageRequest {
-        kind: "admin_api_key",
-        limit,
-        after: query.first("after"),
-        before: None,
-        descending,
-    };
-    state.cursor_page(all, &page).map(axum::Json)
+        .page(&page, |_| true, |key| state.render_admin_key(key))
+        .map(axum::Json)
 }
 
 fn admin_key_not_found(key_id: &str) -> ApiError {
@@ -58,9 +63,8 @@ pub(super) async fn get_admin_key(
     let state = shared.lock();
     state
         .admin_keys
-        .iter()
-        .find(|key| key.id == key_id)
-        .map(|key| axum::Json(key.render()))
+        .get(&key_id)
+        .map(|key| axum::Json(state.render_admin_key(key)))
         .ok_or_else(|| admin_key_not_found(&key_id))
 }
 
@@ -69,13 +73,10 @@ pub(super) async fn delete_admin_key(
     Path(key_id): Path<String>,
 ) -> Reply {
     let mut state = shared.lock();
-    let index = state
+    state
         .admin_keys
-        .iter()
-        .position(|key| key.id == key_id)
+        .remove(&key_id)
         .ok_or_else(|| admin_key_not_found(&key_id))?;
-    let key = state.admin_keys.remove(index);
-    state.bury("admin_api_key", &key.id, (key.created_at, key.seq));
     Ok(deleted("organization.admin_api_key.deleted", &key_id))
 }
 
@@ -118,57 +119,56 @@ pub(super) async fn list_audit_logs(
     let actor_ids = query.all(&["actor_ids[]"]);
     let actor_emails = query.all(&["actor_emails[]"]);
     let resource_ids = query.all(&["resource_ids[]"]);
-    let all = state
-        .audit
-        .iter()
-        .map(|entry| {
-            let log = &entry.log;
-            let event_type = log["type"].as_str().unwrap_or_default();
-            let actor = &log["actor"];
-            let actor_id_values = [
-                &actor["session"]["user"]["id"],
-                &actor["api_key"]["id"],
-                &actor["api_key"]["user"]["id"],
-                &actor["api_key"]["service_account"]["id"],
-            ];
-            let actor_email_values = [
-                &actor["session"]["user"]["email"],
-                &actor["api_key"]["user"]["email"],
-            ];
-            let matches_any = |wanted: &[String], values: &[&Value]| {
-                wanted.is_empty()
-                    || values
-                        .iter()
-                        .filter_map(|value| value.as_str())
-                        .any(|value| wanted.iter().any(|w| w == value))
-            };
-            let at = entry.effective_at;
-            let visible = gt.is_none_or(|bound| at > bound)
-                && gte.is_none_or(|bound| at >= bound)
-                && lt.is_none_or(|bound| at < bound)
-                && lte.is_none_or(|bound| at <= bound)
-                && is_tenant_event(event_type) == tenant_only
-                && (event_types.is_empty() || event_types.iter().any(|t| t == event_type))
-                && matches_any(&project_ids, &[&log["project"]["id"]])
-                && matches_any(&actor_ids, &actor_id_values)
-                && matches_any(&actor_emails, &actor_email_values)
-                && matches_any(&resource_ids, &[&log[event_type]["id"]]);
-            Listed {
-                id: entry.id.clone(),
-                key: (entry.effective_at, entry.seq),
-                visible,
-                json: log.clone(),
-            }
-        })
-        .collect();
+    let visible = |entry: &AuditEntry| {
+        let event_type = entry.event_type.as_str();
+        let actor = &*entry.actor;
+        let actor_id_values = [
+            &actor["session"]["user"]["id"],
+            &actor["api_key"]["id"],
+            &actor["api_key"]["user"]["id"],
+            &actor["api_key"]["service_account"]["id"],
+        ];
+        let actor_email_values = [
+            &actor["session"]["user"]["email"],
+            &actor["api_key"]["user"]["email"],
+        ];
+        let matches_any = |wanted: &[String], values: &[&Value]| {
+            wanted.is_empty()
+                || values
+                    .iter()
+                    .filter_map(|value| value.as_str())
+                    .any(|value| wanted.iter().any(|w| w == value))
+        };
+        let project_id = entry
+            .project
+            .as_ref()
+            .map_or(Value::Null, |(id, _)| json!(id));
+        is_tenant_event(event_type) == tenant_only
+            && (event_types.is_empty() || event_types.iter().any(|t| t == event_type))
+            && matches_any(&project_ids, &[&project_id])
+            && matches_any(&actor_ids, &actor_id_values)
+            && matches_any(&actor_emails, &actor_email_values)
+            && matches_any(&resource_ids, &[&entry.details["id"]])
+    };
+    // The time filters bound the walk itself, in `effective_at` order.
+    let low = [gt.map(|at| at.saturating_add(1)), gte]
+        .into_iter()
+        .flatten()
+        .max();
+    let high = [lt.map(|at| at.saturating_sub(1)), lte]
+        .into_iter()
+        .flatten()
+        .min();
     let page = PageRequest {
-        kind: "audit_log",
-        limit,
-        after: query.first("after"),
         before: query.first("before"),
         descending: true,
+        within: (low, high),
+        ..state.page_request(limit, query.first("after"))
     };
-    state.cursor_page(all, &page).map(axum::Json)
+    state
+        .audit
+        .page(&page, visible, AuditEntry::render)
+        .map(axum::Json)
 }
 
 // ---- usage ----
@@ -271,18 +271,16 @@ pub(super) async fn usage(
     while bucket_start < end_time && buckets.len() < limit {
         let bucket_end = bucket_start + width;
         let mut groups: Vec<(Vec<Value>, Value)> = Vec::new();
-        for usage in state.usage.iter().filter(|usage| {
-            usage.endpoint == endpoint
-                && usage.at >= bucket_start
-                && usage.at < bucket_end
-                && usage.at < end_time
-                && filters.iter().all(|(field, wanted)| {
-                    usage
-                        .dimension_value(field)
-                        .as_str()
-                        .is_some_and(|value| wanted.iter().any(|w| w == value))
-                })
-                && batch.is_none_or(|batch| batch == usage.batch)
+        let rows = state
+            .usage
+            .range((endpoint, bucket_start, 0)..(endpoint, bucket_end.min(end_time), 0));
+        for usage in rows.map(|(_, usage)| usage).filter(|usage| {
+            filters.iter().all(|(field, wanted)| {
+                usage
+                    .dimension_value(field)
+                    .as_str()
+                    .is_some_and(|value| wanted.iter().any(|w| w == value))
+            }) && batch.is_none_or(|batch| batch == usage.batch)
         }) {
             let group: Vec<Value> = family
                 .group_by
@@ -349,4 +347,116 @@ fn parse_page_token(token: &str, start: i64, end: i64, width: i64) -> Result<i64
         return Err(invalid());
     }
     Ok(at)
+}
+
+// ---- organization users ----
+
+fn org_user_not_found(user_id: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "The user {user_id} was not found in the organization"
+    ))
+}
+
+/// `GET /organization/users`: members of the organization (not the ones removed), `emails`
+/// filters by e-mail (sent as `emails=…` or `emails[]=…`, once per value).
+pub(super) async fn list_users(
+    Extract(shared): Extract<SharedState>,
+    RawQuery(raw): RawQuery,
+) -> Reply {
+    let state = shared.lock();
+    let query = Query::new(raw);
+    let limit = query.limit(&state, 20, 100)?;
+    let emails = query.all(&["emails", "emails[]"]);
+    state
+        .org_users
+        .page(
+            &state.page_request(limit, query.first("after")),
+            |user| emails.is_empty() || emails.contains(&user.email),
+            OrgUser::render,
+        )
+        .map(axum::Json)
+}
+
+pub(super) async fn get_user(
+    Extract(shared): Extract<SharedState>,
+    Path(user_id): Path<String>,
+) -> Reply {
+    let state = shared.lock();
+    state
+        .org_users
+        .get(&user_id)
+        .map(|user| axum::Json(user.render()))
+        .ok_or_else(|| org_user_not_found(&user_id))
+}
+
+/// `DELETE /organization/users/{user_id}`: the user leaves the organization and every project;
+/// their project keys stay, with `owner_project_access: inactive`.
+pub(super) async fn delete_user(
+    Extract(shared): Extract<SharedState>,
+    Path(user_id): Path<String>,
+) -> Reply {
+    let mut state = shared.lock();
+    if !state.remove_org_user(&user_id) {
+        return Err(org_user_not_found(&user_id));
+    }
+    state.audit_mutation("user.deleted", json!({"id": user_id}));
+    Ok(deleted("organization.user.deleted", &user_id))
+}
+
+// ---- data retention ----
+
+pub(super) async fn get_data_retention(Extract(shared): Extract<SharedState>) -> Reply {
+    let state = shared.lock();
+    Ok(axum::Json(json!({
+        "object": "organization.data_retention",
+        "type": state.data_retention,
+    })))
+}
+
+// ---- certificates ----
+
+/// `GET /organization/certificates`: newest first unless `order=asc`.
+pub(super) async fn list_certificates(
+    Extract(shared): Extract<SharedState>,
+    RawQuery(raw): RawQuery,
+) -> Reply {
+    let state = shared.lock();
+    let query = Query::new(raw);
+    let page = ordered_page(&state, &query, true)?;
+    state
+        .certificates
+        .page(
+            &page,
+            |_| true,
+            |certificate| certificate.render("organization.certificate", certificate.active),
+        )
+        .map(axum::Json)
+}
+
+/// `GET /organization/projects/{project_id}/certificates`: the organization's certificates
+/// configured for the project, `active` at the project level.
+pub(super) async fn list_project_certificates(
+    Extract(shared): Extract<SharedState>,
+    Path(project_id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Reply {
+    let state = shared.lock();
+    let project = find_project(&state, &project_id)?;
+    let query = Query::new(raw);
+    let page = ordered_page(&state, &query, true)?;
+    project
+        .certificates
+        .page(
+            &page,
+            |_| true,
+            |configured| {
+                state.certificates.get(&configured.id).map_or(
+                    Value::Null,
+                    |certificate: &Certificate| {
+                        certificate.render("organization.project.certificate", configured.active)
+                    },
+                )
+            },
+        )
+        .map(axum::Json)
 }

@@ -8,7 +8,10 @@ use axum::extract::{Path, RawQuery, State as Extract};
 use serde_json::{Map, Value, json};
 
 use super::super::KeySeed;
-use super::super::state::{Listed, Owner, PageRequest, Project, RATE_LIMIT_FIELDS, State};
+use super::super::state::{
+    Owner, Project, RATE_LIMIT_FIELDS, RateLimit, ServiceAccount, State, owner_has_access,
+};
+use super::super::table::PageRequest;
 use super::{
     ApiError, Query, Reply, SharedState, expires_in_seconds, json_body, optional_string,
     required_string, role_field, string_list,
@@ -61,24 +64,14 @@ pub(super) async fn list_projects(
     let query = Query::new(raw);
     let limit = query.limit(&state, 20, 100)?;
     let include_archived = query.boolean("include_archived")?.unwrap_or(false);
-    let all = state
+    state
         .projects
-        .iter()
-        .map(|project| Listed {
-            id: project.id.clone(),
-            key: (0, project.seq),
-            visible: include_archived || project.archived_at.is_none(),
-            json: project.render(),
-        })
-        .collect();
-    let page = PageRequest {
-        kind: "project",
-        limit,
-        after: query.first("after"),
-        before: None,
-        descending: false,
-    };
-    state.cursor_page(all, &page).map(axum::Json)
+        .page(
+            &state.page_request(limit, query.first("after")),
+            |project| include_archived || project.archived_at.is_none(),
+            Project::render,
+        )
+        .map(axum::Json)
 }
 
 pub(super) async fn get_project(
@@ -107,8 +100,7 @@ pub(super) async fn modify_project(
     let external_key_id = optional_string(&body, "external_key_id")?;
     let project = state
         .projects
-        .iter_mut()
-        .find(|project| project.id == project_id)
+        .get_mut(&project_id)
         .ok_or_else(|| project_not_found(&project_id))?;
     if let Some(name) = &name {
         project.name.clone_from(name);
@@ -137,8 +129,7 @@ pub(super) async fn archive_project(
     let now = state.now();
     let project = state
         .projects
-        .iter_mut()
-        .find(|project| project.id == project_id)
+        .get_mut(&project_id)
         .ok_or_else(|| project_not_found(&project_id))?;
     let newly = project.archived_at.is_none();
     if newly {
@@ -173,33 +164,23 @@ pub(super) async fn list_keys(
             ),
         ));
     }
-    let all = state
+    let project = find_project(&state, &project_id)?;
+    project
         .keys
-        .iter()
-        .filter(|key| key.project_id == project_id)
-        .map(|key| {
-            let active = state.owner_has_access(key);
-            Listed {
-                id: key.id.clone(),
-                key: (0, key.seq),
+        .page(
+            &state.page_request(limit, query.first("after")),
+            |key| {
+                let active = owner_has_access(project, key);
                 // Without the parameter, membership-based visibility: keys of owners with access.
-                visible: match access {
+                match access {
                     Some("any") => true,
                     Some("inactive") => !active,
                     _ => active,
-                },
-                json: state.render_key(key),
-            }
-        })
-        .collect();
-    let page = PageRequest {
-        kind: "project_api_key",
-        limit,
-        after: query.first("after"),
-        before: None,
-        descending: false,
-    };
-    state.cursor_page(all, &page).map(axum::Json)
+                }
+            },
+            |key| state.render_key(project, key),
+        )
+        .map(axum::Json)
 }
 
 fn key_not_found(project_id: &str, key_id: &str) -> ApiError {
@@ -213,13 +194,12 @@ pub(super) async fn get_key(
     Path((project_id, key_id)): Path<(String, String)>,
 ) -> Reply {
     let state = shared.lock();
-    find_project(&state, &project_id)?;
-    let key = state
+    let project = find_project(&state, &project_id)?;
+    let key = project
         .keys
-        .iter()
-        .find(|key| key.project_id == project_id && key.id == key_id)
+        .get(&key_id)
         .ok_or_else(|| key_not_found(&project_id, &key_id))?;
-    Ok(axum::Json(state.render_key(key)))
+    Ok(axum::Json(state.render_key(project, key)))
 }
 
 pub(super) async fn delete_key(
@@ -227,14 +207,13 @@ pub(super) async fn delete_key(
     Path((project_id, key_id)): Path<(String, String)>,
 ) -> Reply {
     let mut state = shared.lock();
-    find_project(&state, &project_id)?;
-    let index = state
+    let project = find_project(&state, &project_id)?;
+    let key = project
         .keys
-        .iter()
-        .position(|key| key.project_id == project_id && key.id == key_id)
+        .get(&key_id)
         .ok_or_else(|| key_not_found(&project_id, &key_id))?;
-    if let Owner::ServiceAccount(sa_id) = &state.keys[index].owner
-        && state
+    if let Owner::ServiceAccount(sa_id) = &key.owner
+        && project
             .keys
             .iter()
             .filter(|key| matches!(&key.owner, Owner::ServiceAccount(owner) if owner == sa_id))
@@ -254,8 +233,7 @@ pub(super) async fn delete_key(
             ),
         ));
     }
-    let key = state.keys.remove(index);
-    state.bury("project_api_key", &key.id, (0, key.seq));
+    state.remove_key(&project_id, &key_id);
     state.audit_mutation("api_key.deleted", json!({"id": key_id}));
     Ok(deleted("organization.project.api_key.deleted", &key_id))
 }
@@ -270,12 +248,9 @@ pub(super) async fn update_key(
 ) -> Reply {
     let body = json_body(&body)?;
     let mut state = shared.lock();
-    active_project(&state, &project_id)?;
-    let index = state
-        .keys
-        .iter()
-        .position(|key| key.project_id == project_id && key.id == key_id)
-        .ok_or_else(|| key_not_found(&project_id, &key_id))?;
+    if !active_project(&state, &project_id)?.keys.contains(&key_id) {
+        return Err(key_not_found(&project_id, &key_id));
+    }
     if let Some(field) = body
         .keys()
         .find(|field| !["scopes", "expires_in_seconds"].contains(&field.as_str()))
@@ -308,7 +283,11 @@ pub(super) async fn update_key(
         .map(expires_in_seconds)
         .transpose()?;
     let now = state.now();
-    let key = &mut state.keys[index];
+    let key = state
+        .project_mut(&project_id)
+        .keys
+        .get_mut(&key_id)
+        .ok_or_else(|| key_not_found(&project_id, &key_id))?;
     if key.expired(now) {
         return Err(ApiError::invalid(
             "api_key_id",
@@ -321,7 +300,12 @@ pub(super) async fn update_key(
     if let Some(seconds) = expires_in {
         key.expires_at = Some(now + seconds);
     }
-    let rendered = state.render_key(&state.keys[index]);
+    let project = find_project(&state, &project_id)?;
+    let rendered = project
+        .keys
+        .get(&key_id)
+        .map(|key| state.render_key(project, key))
+        .unwrap_or_default();
     let mut changes = Map::new();
     if let Some(scopes) = scopes {
         changes.insert("scopes".into(), json!(scopes));
@@ -347,28 +331,17 @@ pub(super) async fn list_service_accounts(
     RawQuery(raw): RawQuery,
 ) -> Reply {
     let state = shared.lock();
-    active_project(&state, &project_id)?;
+    let project = active_project(&state, &project_id)?;
     let query = Query::new(raw);
     let limit = query.limit(&state, 20, 100)?;
-    let all = state
+    project
         .service_accounts
-        .iter()
-        .filter(|sa| sa.project_id == project_id)
-        .map(|sa| Listed {
-            id: sa.id.clone(),
-            key: (0, sa.seq),
-            visible: true,
-            json: sa.render(),
-        })
-        .collect();
-    let page = PageRequest {
-        kind: "service_account",
-        limit,
-        after: query.first("after"),
-        before: None,
-        descending: false,
-    };
-    state.cursor_page(all, &page).map(axum::Json)
+        .page(
+            &state.page_request(limit, query.first("after")),
+            |_| true,
+            ServiceAccount::render,
+        )
+        .map(axum::Json)
 }
 
 pub(super) async fn create_service_account(
@@ -395,12 +368,12 @@ pub(super) async fn create_service_account(
     let number = state.seq();
     let sa_id = format!("svc_acct_fake{number:04}");
     let role = if only { "none" } else { "member" };
-    state.add_service_account(&project_id, &sa_id, &name, role);
+    let now = state.now();
+    state.add_service_account(&project_id, &sa_id, &name, role, now);
     let mut response = state
-        .service_accounts
-        .iter()
-        .find(|sa| sa.id == sa_id)
-        .map(|sa| sa.render())
+        .project(&project_id)
+        .and_then(|project| project.service_accounts.get(&sa_id))
+        .map(ServiceAccount::render)
         .unwrap_or_default();
     let api_key = if only {
         Value::Null
@@ -427,10 +400,8 @@ pub(super) async fn create_service_account(
 /// `ProjectServiceAccountApiKey`: the one time the secret is shown.
 fn key_created_body(state: &State, key_id: &str) -> Value {
     state
-        .keys
-        .iter()
-        .find(|key| key.id == key_id)
-        .map(|key| {
+        .key_anywhere(key_id)
+        .map(|(_, key)| {
             json!({
                 "object": "organization.project.service_account.api_key",
                 "value": key.value,
@@ -447,11 +418,9 @@ pub(super) async fn get_service_account(
     Path((project_id, sa_id)): Path<(String, String)>,
 ) -> Reply {
     let state = shared.lock();
-    find_project(&state, &project_id)?;
-    state
+    find_project(&state, &project_id)?
         .service_accounts
-        .iter()
-        .find(|sa| sa.project_id == project_id && sa.id == sa_id)
+        .get(&sa_id)
         .map(|sa| axum::Json(sa.render()))
         .ok_or_else(|| service_account_not_found(&project_id, &sa_id))
 }
@@ -467,9 +436,9 @@ pub(super) async fn update_service_account(
     let name = optional_string(&body, "name")?;
     let role = role_field(&body)?;
     let sa = state
+        .project_mut(&project_id)
         .service_accounts
-        .iter_mut()
-        .find(|sa| sa.project_id == project_id && sa.id == sa_id)
+        .get_mut(&sa_id)
         .ok_or_else(|| service_account_not_found(&project_id, &sa_id))?;
     if let Some(name) = name {
         sa.name = name;
@@ -492,21 +461,13 @@ pub(super) async fn delete_service_account(
     Path((project_id, sa_id)): Path<(String, String)>,
 ) -> Reply {
     let mut state = shared.lock();
-    active_project(&state, &project_id)?;
-    let index = state
+    if !active_project(&state, &project_id)?
         .service_accounts
-        .iter()
-        .position(|sa| sa.project_id == project_id && sa.id == sa_id)
-        .ok_or_else(|| service_account_not_found(&project_id, &sa_id))?;
-    let sa = state.service_accounts.remove(index);
-    state.bury("service_account", &sa.id, (0, sa.seq));
-    let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut state.keys)
-        .into_iter()
-        .partition(|key| matches!(&key.owner, Owner::ServiceAccount(owner) if *owner == sa_id));
-    state.keys = kept;
-    for key in gone {
-        state.bury("project_api_key", &key.id, (0, key.seq));
+        .contains(&sa_id)
+    {
+        return Err(service_account_not_found(&project_id, &sa_id));
     }
+    state.remove_service_account(&project_id, &sa_id);
     state.audit_mutation("service_account.deleted", json!({"id": sa_id}));
     Ok(deleted(
         "organization.project.service_account.deleted",
@@ -521,11 +482,9 @@ pub(super) async fn create_service_account_key(
 ) -> Reply {
     let body = json_body(&body)?;
     let mut state = shared.lock();
-    active_project(&state, &project_id)?;
-    if !state
+    if !active_project(&state, &project_id)?
         .service_accounts
-        .iter()
-        .any(|sa| sa.project_id == project_id && sa.id == sa_id)
+        .contains(&sa_id)
     {
         return Err(service_account_not_found(&project_id, &sa_id));
     }
@@ -581,28 +540,17 @@ pub(super) async fn list_users(
     RawQuery(raw): RawQuery,
 ) -> Reply {
     let state = shared.lock();
-    active_project(&state, &project_id)?;
+    let project = active_project(&state, &project_id)?;
     let query = Query::new(raw);
     let limit = query.limit(&state, 20, 100)?;
-    let all = state
-        .memberships
-        .iter()
-        .filter(|m| m.project_id == project_id)
-        .map(|m| Listed {
-            id: m.user_id.clone(),
-            key: (0, m.seq),
-            visible: m.active,
-            json: state.render_membership(m),
-        })
-        .collect();
-    let page = PageRequest {
-        kind: "project_user",
-        limit,
-        after: query.first("after"),
-        before: None,
-        descending: false,
-    };
-    state.cursor_page(all, &page).map(axum::Json)
+    project
+        .members
+        .page(
+            &state.page_request(limit, query.first("after")),
+            |m| m.active,
+            |m| state.render_membership(m),
+        )
+        .map(axum::Json)
 }
 
 pub(super) async fn add_user(
@@ -622,7 +570,7 @@ pub(super) async fn add_user(
         (Some(user_id), _) => user_id,
         (None, Some(email)) => state
             .org_users
-            .values()
+            .iter()
             .find(|user| user.email == email)
             .map(|user| user.id.clone())
             .ok_or_else(|| {
@@ -637,7 +585,7 @@ pub(super) async fn add_user(
             ));
         }
     };
-    if !state.org_users.contains_key(&user_id) {
+    if !state.org_users.contains(&user_id) {
         return Err(ApiError::invalid(
             "user_id",
             format!(
@@ -654,7 +602,8 @@ pub(super) async fn add_user(
             format!("User {user_id} is already a member of project {project_id}."),
         ));
     }
-    state.add_membership(&project_id, &user_id, role);
+    let now = state.now();
+    state.add_membership(&project_id, &user_id, role, now);
     let rendered = state
         .membership(&project_id, &user_id)
         .map(|m| state.render_membership(m))
@@ -691,11 +640,7 @@ pub(super) async fn modify_user(
     // The schema lets `role` be null, but a modify without a role changes nothing: refused.
     let role = role_field(&body)?
         .ok_or_else(|| ApiError::invalid("role", "Missing required parameter: 'role'."))?;
-    if let Some(membership) = state
-        .memberships
-        .iter_mut()
-        .find(|m| m.project_id == project_id && m.user_id == user_id)
-    {
+    if let Some(membership) = state.project_mut(&project_id).members.get_mut(&user_id) {
         membership.role = role;
     }
     let rendered = state
@@ -716,11 +661,7 @@ pub(super) async fn delete_user(
     let mut state = shared.lock();
     active_project(&state, &project_id)?;
     active_member(&state, &project_id, &user_id)?;
-    if let Some(membership) = state
-        .memberships
-        .iter_mut()
-        .find(|m| m.project_id == project_id && m.user_id == user_id)
-    {
+    if let Some(membership) = state.project_mut(&project_id).members.get_mut(&user_id) {
         membership.active = false;
     }
     state.audit_mutation("user.deleted", json!({"id": user_id}));
@@ -735,28 +676,17 @@ pub(super) async fn list_rate_limits(
     RawQuery(raw): RawQuery,
 ) -> Reply {
     let state = shared.lock();
-    find_project(&state, &project_id)?;
+    let project = find_project(&state, &project_id)?;
     let query = Query::new(raw);
     let limit = query.limit(&state, 100, 100)?;
-    let all = state
-        .rate_limits
-        .iter()
-        .filter(|rl| rl.project_id == project_id)
-        .map(|rl| Listed {
-            id: rl.id.clone(),
-            key: (0, rl.seq),
-            visible: true,
-            json: rl.render(),
-        })
-        .collect();
     let page = PageRequest {
-        kind: "rate_limit",
-        limit,
-        after: query.first("after"),
         before: query.first("before"),
-        descending: false,
+        ..state.page_request(limit, query.first("after"))
     };
-    state.cursor_page(all, &page).map(axum::Json)
+    project
+        .rate_limits
+        .page(&page, |_| true, RateLimit::render)
+        .map(axum::Json)
 }
 
 pub(super) async fn update_rate_limit(
@@ -767,10 +697,9 @@ pub(super) async fn update_rate_limit(
     let body = json_body(&body)?;
     let mut state = shared.lock();
     active_project(&state, &project_id)?;
-    let rate_limit = state
+    let rate_limit = find_project(&state, &project_id)?
         .rate_limits
-        .iter()
-        .find(|rl| rl.project_id == project_id && rl.id == rate_limit_id)
+        .get(&rate_limit_id)
         .ok_or_else(|| {
             ApiError::not_found(format!(
                 "The rate limit {rate_limit_id} was not found in project {project_id}"
@@ -812,9 +741,9 @@ pub(super) async fn update_rate_limit(
         changes.insert(field.clone(), number);
     }
     let Some(rate_limit) = state
+        .project_mut(&project_id)
         .rate_limits
-        .iter_mut()
-        .find(|rl| rl.project_id == project_id && rl.id == rate_limit_id)
+        .get_mut(&rate_limit_id)
     else {
         return Err(project_not_found(&project_id));
     };

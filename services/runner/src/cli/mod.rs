@@ -14,7 +14,9 @@ pub use quench_common::cli::{
     run_until_signalled,
 };
 use quench_common::cli::{load_config, runtime};
-pub use remote::{ApiArgs, ApproveArgs, DlqCommand, EXIT_NOPERM, PlaybooksCommand, RunsCommand};
+pub use remote::{
+    ApiArgs, ApproveArgs, DlqCommand, EXIT_NOPERM, InventoryCommand, PlaybooksCommand, RunsCommand,
+};
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -75,6 +77,12 @@ pub enum Command {
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// The estate inventory: OpenAI keys, service accounts, admin keys, users and projects
+    /// with their risks and history (admin API).
+    Inventory {
+        #[command(subcommand)]
+        command: InventoryCommand,
     },
     /// Evidence packs for auditors: make a signed pack for a period (admin API), or verify one
     /// (`quench evidence verify PACK`).
@@ -353,6 +361,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write, styled: bool) -> 
         Command::Approve(args) => remote::approve(&args, out, err),
         Command::Playbooks { command } => remote::playbooks(&command, out, err),
         Command::Dlq { command } => remote::dlq(&command, out, err),
+        Command::Inventory { command } => remote::inventory(&command, out, err),
         Command::Evidence(args) => match &args.command {
             Some(EvidenceCommand::Verify(verify)) => evidence::verify(verify, out, err),
             None => remote::evidence(&args, out, err),

@@ -18,8 +18,8 @@ use super::{EXIT_CONFIG, EXIT_INVALID, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE};
 use crate::playbook::{Located, Severity};
 use crate::service::api::types::{
     AppliedView, ApplyRequest, AuditPage, AuditView, CancelRequest, Cancelled, DecisionRequest,
-    DecisionResult, DlqPage, ErrorBody, History, PlaybookList, PruneRequest, PruneResult, Replayed,
-    RunDetail, RunPage, StepView, Verified, VersionSource,
+    DecisionResult, DlqPage, ErrorBody, History, IdentityDetail, InventoryPage, PlaybookList,
+    PruneRequest, PruneResult, Replayed, RunDetail, RunPage, StepView, Verified, VersionSource,
 };
 
 /// Exit code for authentication and permission failures (EX_NOPERM).
@@ -136,6 +136,58 @@ pub enum PlaybooksCommand {
     /// Stop a playbook from starting new runs (its open runs go on).
     Disable {
         name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum InventoryCommand {
+    /// Identities of the estate (keys, service accounts, admin keys, users, projects) with
+    /// their risks, in id order.
+    List {
+        /// project, project_key, service_account, admin_key or user.
+        #[arg(long)]
+        kind: Option<String>,
+        /// A project id.
+        #[arg(long)]
+        project: Option<String>,
+        /// A key owner's email, user id or service-account id.
+        #[arg(long)]
+        owner: Option<String>,
+        /// leaked, unused, never_used, no_expiry, unrestricted_scopes, owner_left, admin_key,
+        /// too_old.
+        #[arg(long)]
+        risk: Option<String>,
+        /// Keys not used for at least this long (e.g. 90d), never-used ones included.
+        #[arg(long)]
+        unused_for: Option<String>,
+        /// Keys whose owner left the project or that name none.
+        #[arg(long)]
+        unowned: bool,
+        /// Keys that expire within this long (e.g. 14d).
+        #[arg(long)]
+        expiring_within: Option<String>,
+        /// Deleted identities too.
+        #[arg(long)]
+        include_deleted: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// The `next` cursor printed by the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// One identity: its facts, risks, attributes and history.
+    Show {
+        /// The identity's id, e.g. project_key:key_abc.
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// How the inventory sync is doing.
+    Status {
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -1015,6 +1067,162 @@ fn apply(paths: &[PathBuf], api: &ApiArgs, out: &mut dyn Write, err: &mut dyn Wr
         }
         Ok(if refused == 0 { EXIT_OK } else { EXIT_INVALID })
     })
+}
+
+/// `quench inventory …`.
+pub(super) fn inventory(
+    command: &InventoryCommand,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    match command {
+        InventoryCommand::List {
+            kind,
+            project,
+            owner,
+            risk,
+            unused_for,
+            unowned,
+            expiring_within,
+            include_deleted,
+            limit,
+            cursor,
+            api,
+        } => with_client(api, err, |client| {
+            let mut query = vec![("limit", limit.to_string())];
+            for (name, value) in [
+                ("kind", kind),
+                ("project", project),
+                ("owner", owner),
+                ("risk", risk),
+                ("unused_for", unused_for),
+                ("expiring_within", expiring_within),
+                ("cursor", cursor),
+            ] {
+                if let Some(value) = value {
+                    query.push((name, value.clone()));
+                }
+            }
+            if *unowned {
+                query.push(("unowned", "true".to_owned()));
+            }
+            if *include_deleted {
+                query.push(("include_deleted", "true".to_owned()));
+            }
+            let page: InventoryPage = client.get("api/v1/inventory", &query)?;
+            if api.json {
+                print_json(out, &page)?;
+                return Ok(EXIT_OK);
+            }
+            let text_of = |value: &serde_json::Value| value.as_str().unwrap_or("-").to_owned();
+            let rows: Vec<Vec<String>> = page
+                .identities
+                .iter()
+                .map(|identity| {
+                    let facts = &identity["facts"];
+                    let owner = &facts["owner"];
+                    let risks: Vec<&str> = identity["risks"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|risk| risk["id"].as_str())
+                        .collect();
+                    let mut id = text_of(&identity["id"]);
+                    if identity.get("deleted_at").is_some_and(|at| !at.is_null()) {
+                        id.push_str(" (deleted)");
+                    }
+                    vec![
+                        id,
+                        text_of(&facts["name"]),
+                        text_of(&facts["project_id"]),
+                        owner["email"]
+                            .as_str()
+                            .or(owner["id"].as_str())
+                            .unwrap_or("-")
+                            .to_owned(),
+                        text_of(&facts["last_used_at"]),
+                        if risks.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            risks.join(",")
+                        },
+                    ]
+                })
+                .collect();
+            let mut text = table(
+                &["ID", "NAME", "PROJECT", "OWNER", "LAST USED", "RISKS"],
+                &rows,
+            );
+            if let Some(next) = &page.next {
+                text.push_str(&format!("more: --cursor {next}\n"));
+            }
+            write_text(out, &text)?;
+            Ok(EXIT_OK)
+        }),
+        InventoryCommand::Show { id, api } => with_client(api, err, |client| {
+            let detail: IdentityDetail =
+                client.get(&format!("api/v1/inventory/{}", segment(id)), &[])?;
+            if api.json {
+                print_json(out, &detail)?;
+                return Ok(EXIT_OK);
+            }
+            let identity = &detail.identity;
+            let mut text = format!(
+                "{}  ({})\n",
+                identity["id"].as_str().unwrap_or("-"),
+                identity["kind"].as_str().unwrap_or("-")
+            );
+            if let Some(deleted) = identity["deleted_at"].as_str() {
+                text.push_str(&format!("deleted at {deleted}\n"));
+            }
+            if let Some(facts) = identity["facts"].as_object() {
+                for (name, value) in facts {
+                    let shown = match value {
+                        serde_json::Value::String(text) => text.clone(),
+                        other => other.to_string(),
+                    };
+                    text.push_str(&format!("  {name}: {shown}\n"));
+                }
+            }
+            let risks = identity["risks"].as_array().cloned().unwrap_or_default();
+            text.push_str(if risks.is_empty() {
+                "risks: none\n"
+            } else {
+                "risks:\n"
+            });
+            for risk in &risks {
+                text.push_str(&format!(
+                    "  {}: {}\n",
+                    risk["id"].as_str().unwrap_or("-"),
+                    risk["fact"].as_str().unwrap_or("-")
+                ));
+            }
+            if let Some(attributes) = identity.get("attributes").filter(|value| !value.is_null()) {
+                text.push_str(&format!("attributes: {attributes}\n"));
+            }
+            text.push_str("history:\n");
+            for change in &detail.history {
+                let fields: Vec<&str> = change["fields"]
+                    .as_object()
+                    .map(|fields| fields.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
+                text.push_str(&format!(
+                    "  {}  {}  ({}) {}\n",
+                    change["at"].as_str().unwrap_or("-"),
+                    change["what"].as_str().unwrap_or("-"),
+                    change["source"].as_str().unwrap_or("-"),
+                    fields.join(", ")
+                ));
+            }
+            write_text(out, &text)?;
+            Ok(EXIT_OK)
+        }),
+        InventoryCommand::Status { api } => with_client(api, err, |client| {
+            let status: serde_json::Value = client.get("api/v1/inventory/status", &[])?;
+            print_json(out, &status)?;
+            Ok(EXIT_OK)
+        }),
+    }
 }
 
 /// `quench dlq …`.

@@ -16,6 +16,7 @@
 //! [`Action`]: crate::engine::Action
 
 mod changes;
+mod estate;
 mod least_privilege;
 mod narrow;
 mod reads;
@@ -33,6 +34,7 @@ use url::Url;
 use crate::config::Secret;
 use crate::engine::Actions;
 
+pub use estate::{EstateLists, WATCHED_EVENTS};
 pub use least_privilege::UsageScopes;
 pub use narrow::KEY_EXPIRED;
 pub use rotate::register as register_rotation;

@@ -15,6 +15,7 @@
 //! the chain (`quench audit list`, or an exported segment).
 
 mod collect;
+mod estate;
 mod pack;
 mod percentile;
 mod render;

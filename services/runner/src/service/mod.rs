@@ -12,6 +12,7 @@ pub(crate) mod api;
 pub mod demo;
 mod events;
 pub(crate) mod intake;
+pub(crate) mod inventory;
 mod nats;
 pub(crate) mod playbooks;
 mod publish;
@@ -164,6 +165,7 @@ pub async fn serve_with(
     .map_err(Error::Connector)?
     .with_usage_scopes(usage_scopes);
     let openai = Arc::new(openai);
+    let estate = openai.clone();
     crate::connectors::openai::register(&mut actions, openai.clone());
     let stores = crate::connectors::secret_store::SecretStores::from_config(&config.secret_stores)
         .map_err(Error::Connector)?;
@@ -214,6 +216,11 @@ pub async fn serve_with(
             listen: config.api.listen.to_string(),
             source,
         })?;
+    let inventory = crate::inventory::Inventory::new(
+        engine.store().clone(),
+        crate::inventory::Policy::from_section(&config.policy),
+    );
+    let inventory_status = inventory::SharedStatus::default();
     let tokens = api::Tokens::new(&config.api.tokens);
     if tokens.is_empty() {
         tracing::warn!(
@@ -227,8 +234,10 @@ pub async fn serve_with(
         tokens,
         ready: ready.clone(),
         intake: health.clone(),
+        inventory: inventory.clone(),
+        inventory_status: inventory_status.clone(),
         signer,
-        sources: Arc::new(crate::evidence::NothingRecorded),
+        sources: Arc::new(inventory.clone()),
     });
     tasks.spawn(api::serve(listener, api, stop.clone()));
     tasks.spawn(library.watch(stop.clone()));
@@ -268,6 +277,18 @@ pub async fn serve_with(
     });
     if let Some(retain) = config.store.retain_ended() {
         tasks.spawn(retention(engine.clone(), retain, stop.clone()));
+    }
+    if config.inventory_enabled() {
+        let sync = inventory::Sync {
+            inventory,
+            openai: estate,
+            jetstream: jetstream.clone(),
+            interval: config.inventory_interval(),
+            watch_interval: config.inventory_watch_interval(),
+            publish: config.inventory.publish.clone(),
+            status: inventory_status,
+        };
+        tasks.spawn(sync.run(stop.clone()));
     }
     if start.trigger_schedules {
         trigger_schedules(&engine).await;

@@ -24,7 +24,10 @@ pub struct PublishReport {
 }
 
 /// Publishes one finding; returns the stream sequence, or that JetStream dropped it as a repeat.
-async fn publish(jetstream: &jetstream::Context, finding: &Finding) -> Result<String, String> {
+pub(crate) async fn publish(
+    jetstream: &jetstream::Context,
+    finding: &Finding,
+) -> Result<String, String> {
     let body = serde_json::to_vec(finding).map_err(|error| error.to_string())?;
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(subject::HEADER_MSG_ID, finding.id.as_str());

@@ -364,6 +364,15 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     /// of all.
     fn safety_waiters(&self, hold: Option<&str>) -> Result<Vec<Stored<(String, String)>>, Error>;
 
+    /// Every open run: (playbook, run key) and the run id's value.
+    fn open_runs(&self) -> Result<Vec<Stored<(String, String)>>, Error>;
+    /// Inventory identities in id order, after `after` (exclusive) when given: id and value.
+    fn identities<'a>(&'a self, after: Option<&str>) -> Rows<'a, Stored<String>>;
+    /// An identity's history, oldest first: change sequence number and value.
+    fn identity_history(&self, id: &str) -> Result<Vec<Stored<u64>>, Error>;
+    /// Every finding the inventory published: (identity, risk) and value.
+    fn inventory_findings(&self) -> Result<Vec<Stored<(String, String)>>, Error>;
+
     /// A run's audit entries, oldest first.
     fn run_audit(&self, run: &str) -> Result<Vec<AuditEntry>, Error>;
     /// Every stored audit entry in order: (sequence number, stored bytes `hash\nbody`).
@@ -629,6 +638,53 @@ impl Store {
             .map(|((hold, run), value)| {
                 let value = decode(&Key::SafetyWait(&hold, &run), &value)?;
                 Ok((hold, run, value))
+            })
+            .collect()
+    }
+
+    /// Every open run: (playbook, run key, run id).
+    pub fn open_runs(&self) -> Result<Vec<(String, String, String)>, Error> {
+        self.backend
+            .open_runs()?
+            .into_iter()
+            .map(|((playbook, key), value)| {
+                let run = decode(&Key::Open(&playbook, &key), &value)?;
+                Ok((playbook, key, run))
+            })
+            .collect()
+    }
+
+    /// Inventory identities in id order after `after` (exclusive), decoded lazily.
+    pub fn identities<T: DeserializeOwned>(
+        &self,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = Result<(String, T), Error>> + '_ {
+        self.backend.identities(after).map(|item| {
+            let (id, value) = item?;
+            let value = decode(&Key::Identity(&id), &value)?;
+            Ok((id, value))
+        })
+    }
+
+    /// An identity's history, oldest first: (change sequence number, value).
+    pub fn identity_history<T: DeserializeOwned>(&self, id: &str) -> Result<Vec<(u64, T)>, Error> {
+        self.backend
+            .identity_history(id)?
+            .into_iter()
+            .map(|(seq, value)| Ok((seq, decode(&Key::IdentityHistory(id, seq), &value)?)))
+            .collect()
+    }
+
+    /// Every finding the inventory published: (identity, risk, value).
+    pub fn inventory_findings<T: DeserializeOwned>(
+        &self,
+    ) -> Result<Vec<(String, String, T)>, Error> {
+        self.backend
+            .inventory_findings()?
+            .into_iter()
+            .map(|((id, risk), value)| {
+                let value = decode(&Key::InventoryFinding(&id, &risk), &value)?;
+                Ok((id, risk, value))
             })
             .collect()
     }

@@ -207,6 +207,19 @@ impl OpenAi {
         paging: Paging,
         limit: u32,
     ) -> Result<Vec<Value>, Failure> {
+        self.walk_patiently(request, paging, limit, 0).await
+    }
+
+    /// [`OpenAi::walk`], asking for a page again up to `patience` times when OpenAI answers
+    /// it with a retryable failure (429 and 5xx), after its `Retry-After` or a backoff: a
+    /// long walk (the inventory's) does not start over for one rate-limited page.
+    pub(super) async fn walk_patiently(
+        &self,
+        request: &Request,
+        paging: Paging,
+        limit: u32,
+        patience: u32,
+    ) -> Result<Vec<Value>, Failure> {
         let mut items = Vec::new();
         let mut cursor: Option<String> = None;
         let mut seen = HashSet::new();
@@ -219,7 +232,7 @@ impl OpenAi {
                 };
                 this = this.query(name, cursor);
             }
-            let body = self.json(&this).await?;
+            let body = self.json_patiently(&this, patience).await?;
             let Some(data) = body.get("data").and_then(Value::as_array) else {
                 return Err(broken(request, "an answer without a `data` list"));
             };
@@ -249,6 +262,34 @@ impl OpenAi {
             "listing {} took more than {MAX_PAGES} pages; stopped",
             request.about
         ))))
+    }
+}
+
+impl OpenAi {
+    /// [`OpenAi::json`], again up to `patience` times after a retryable failure.
+    async fn json_patiently(&self, request: &Request, patience: u32) -> Result<Value, Failure> {
+        /// Longest wait between two tries, whatever `Retry-After` says.
+        const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+        let mut attempt = 0;
+        loop {
+            match self.json(request).await {
+                Err(Failure {
+                    error:
+                        ActionError::Retryable {
+                            message,
+                            retry_after,
+                        },
+                    ..
+                }) if attempt < patience => {
+                    attempt += 1;
+                    let backoff = std::time::Duration::from_millis(250 << attempt.min(8));
+                    let wait = retry_after.unwrap_or(backoff).min(MAX_WAIT);
+                    tracing::debug!(%message, attempt, ?wait, "OpenAI asked to wait; asking again");
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
     }
 }
 

@@ -15,6 +15,7 @@ mod dlq;
 mod error;
 mod evidence;
 mod health;
+mod inventory;
 mod playbooks;
 mod query;
 mod runs;
@@ -38,6 +39,7 @@ pub(crate) mod types {
     pub(crate) use super::dlq::{DlqPage, Replayed};
     pub(crate) use super::error::ErrorBody;
     pub(crate) use super::evidence::{EvidenceRequest, PackView};
+    pub(crate) use super::inventory::{IdentityDetail, InventoryPage};
     pub(crate) use super::playbooks::{
         AppliedView, ApplyRequest, EnabledView, History, PlaybookList, VersionSource,
     };
@@ -67,6 +69,8 @@ struct Inner {
     intake: Arc<super::intake::Health>,
     /// One audit verification or evidence pack at a time: each reads the whole log.
     verifying: Semaphore,
+    inventory: crate::inventory::Inventory,
+    inventory_status: super::inventory::SharedStatus,
     /// Signs evidence packs (`[evidence] signing_key_file`); none are made without it.
     signer: Option<Arc<crate::evidence::Signer>>,
     /// The inventory and campaigns of evidence packs.
@@ -82,6 +86,8 @@ pub(crate) struct Parts {
     pub(crate) tokens: Tokens,
     pub(crate) ready: Arc<AtomicBool>,
     pub(crate) intake: Arc<super::intake::Health>,
+    pub(crate) inventory: crate::inventory::Inventory,
+    pub(crate) inventory_status: super::inventory::SharedStatus,
     pub(crate) signer: Option<Arc<crate::evidence::Signer>>,
     pub(crate) sources: Arc<dyn crate::evidence::EvidenceSources>,
 }
@@ -99,6 +105,8 @@ impl Api {
                 ready: parts.ready,
                 intake: parts.intake,
                 verifying: Semaphore::new(1),
+                inventory: parts.inventory,
+                inventory_status: parts.inventory_status,
                 signer: parts.signer,
                 sources: parts.sources,
             }),
@@ -119,6 +127,7 @@ impl Api {
         (name = "playbooks", description = "Playbooks: versions, history, apply, enable and disable"),
         (name = "dlq", description = "Dead-lettered messages: list and replay"),
         (name = "audit", description = "The hash-chained audit log"),
+        (name = "inventory", description = "The estate inventory: OpenAI projects, keys, service accounts, admin keys and users, with risks and history"),
         (name = "evidence", description = "Signed evidence packs for auditors"),
         (name = "safety", description = "The blast-radius rails: budgets, protected resources, change freezes"),
         (name = "service", description = "Health, readiness, metrics")
@@ -151,6 +160,9 @@ fn router() -> (Router<Api>, utoipa::openapi::OpenApi) {
         .routes(routes!(audit::prune))
         .routes(routes!(evidence::make))
         .routes(routes!(safety::status))
+        .routes(routes!(inventory::list))
+        .routes(routes!(inventory::status))
+        .routes(routes!(inventory::show))
         .split_for_parts()
 }
 

@@ -724,6 +724,68 @@ impl Backend for Sled {
             .collect()
     }
 
+    fn open_runs(&self) -> Result<Vec<Stored<(String, String)>>, Error> {
+        self.scan(b"o/")
+            .filter_map(|item| {
+                let (key, value) = match item {
+                    Ok(item) => item,
+                    Err(error) => return Some(Err(error)),
+                };
+                let rest = std::str::from_utf8(&key[2..]).ok()?;
+                let (playbook, run_key) = rest.split_once('\0')?;
+                Some(Ok(((playbook.to_owned(), run_key.to_owned()), value)))
+            })
+            .collect()
+    }
+
+    fn identities<'a>(&'a self, after: Option<&str>) -> Rows<'a, Stored<String>> {
+        let start = match after {
+            Some(id) => {
+                let mut key = Key::Identity(id).encode();
+                key.push(0);
+                Bound::Included(key)
+            }
+            None => Bound::Included(b"i/".to_vec()),
+        };
+        Box::new(
+            self.range(start, Bound::Excluded(prefix_end(b"i/")), false)
+                .map(|item| {
+                    let (key, value) = item?;
+                    Ok((
+                        String::from_utf8_lossy(&key[2..]).into_owned(),
+                        value.to_vec(),
+                    ))
+                }),
+        )
+    }
+
+    fn identity_history(&self, id: &str) -> Result<Vec<Stored<u64>>, Error> {
+        let prefix = prefix(b"ih/", &[id]);
+        let mut out = Vec::new();
+        for item in self.scan(&prefix) {
+            let (key, value) = item?;
+            let rest = &key[prefix.len()..];
+            if let Some(seq) = seq_part(rest).filter(|_| rest.len() == 8) {
+                out.push((seq, value));
+            }
+        }
+        Ok(out)
+    }
+
+    fn inventory_findings(&self) -> Result<Vec<Stored<(String, String)>>, Error> {
+        self.scan(b"ir/")
+            .filter_map(|item| {
+                let (key, value) = match item {
+                    Ok(item) => item,
+                    Err(error) => return Some(Err(error)),
+                };
+                let rest = std::str::from_utf8(&key[3..]).ok()?;
+                let (id, risk) = rest.split_once('\0')?;
+                Some(Ok(((id.to_owned(), risk.to_owned()), value)))
+            })
+            .collect()
+    }
+
     fn run_audit(&self, run: &str) -> Result<Vec<AuditEntry>, Error> {
         let prefix = prefix(b"ar/", &[run]);
         let mut out = Vec::new();

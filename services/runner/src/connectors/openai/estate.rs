@@ -1,0 +1,127 @@
+//! What the estate inventory reads from the Admin API: one walk over the organization's lists
+//! (projects, and per active project its keys, service accounts and people; admin keys; users)
+//! and the audit log's key and service-account events since a time. Rate limits are waited out
+//! page by page ([`OpenAi::walk_patiently`]), so a large organization's walk does not start over.
+
+use reqwest::Method;
+use serde_json::Value;
+
+use super::OpenAi;
+use super::transport::{PAGE_LIMIT, Paging};
+use crate::engine::ActionError;
+
+/// How many times one page is asked for again after a 429 or a 5xx.
+const PATIENCE: u32 = 8;
+
+/// The audit-log event types that change what the inventory knows between passes.
+pub const WATCHED_EVENTS: &[&str] = &[
+    "api_key.created",
+    "api_key.updated",
+    "api_key.deleted",
+    "service_account.created",
+    "service_account.updated",
+    "service_account.deleted",
+];
+
+/// The lists of one walk, as OpenAI answered them.
+#[derive(Debug, Default)]
+pub struct EstateLists {
+    /// Every project, archived ones included.
+    pub projects: Vec<Value>,
+    /// (project id, key) for every active project.
+    pub keys: Vec<(String, Value)>,
+    /// (project id, service account) for every active project.
+    pub service_accounts: Vec<(String, Value)>,
+    /// (project id, project user) for every active project.
+    pub project_users: Vec<(String, Value)>,
+    pub admin_keys: Vec<Value>,
+    pub users: Vec<Value>,
+}
+
+impl OpenAi {
+    async fn list(&self, segments: &[&str], about: &str) -> Result<Vec<Value>, ActionError> {
+        let request = self.request(Method::GET, segments, about)?;
+        Ok(self
+            .walk_patiently(&request, Paging::Cursor, PAGE_LIMIT, PATIENCE)
+            .await?)
+    }
+
+    /// Walks the organization's lists.
+    pub async fn estate(&self) -> Result<EstateLists, ActionError> {
+        let mut lists = EstateLists::default();
+        let request = self
+            .request(Method::GET, &["organization", "projects"], "projects")?
+            .query("include_archived", true);
+        lists.projects = self
+            .walk_patiently(&request, Paging::Cursor, PAGE_LIMIT, PATIENCE)
+            .await?;
+        let active: Vec<String> = lists
+            .projects
+            .iter()
+            .filter(|project| project["status"] != "archived")
+            .filter_map(|project| project["id"].as_str().map(str::to_owned))
+            .collect();
+        for project in &active {
+            let request = self
+                .request(
+                    Method::GET,
+                    &["organization", "projects", project, "api_keys"],
+                    format!("API keys of project {project}"),
+                )?
+                .query("owner_project_access", "any");
+            for key in self
+                .walk_patiently(&request, Paging::Cursor, PAGE_LIMIT, PATIENCE)
+                .await?
+            {
+                lists.keys.push((project.clone(), key));
+            }
+            for account in self
+                .list(
+                    &["organization", "projects", project, "service_accounts"],
+                    &format!("service accounts of project {project}"),
+                )
+                .await?
+            {
+                lists.service_accounts.push((project.clone(), account));
+            }
+            for user in self
+                .list(
+                    &["organization", "projects", project, "users"],
+                    &format!("people of project {project}"),
+                )
+                .await?
+            {
+                lists.project_users.push((project.clone(), user));
+            }
+        }
+        lists.admin_keys = self
+            .list(&["organization", "admin_api_keys"], "admin API keys")
+            .await?;
+        lists.users = self
+            .list(&["organization", "users"], "organization users")
+            .await?;
+        Ok(lists)
+    }
+
+    /// The audit log's [`WATCHED_EVENTS`] with `effective_at` at or after `since` (Unix
+    /// seconds), oldest first.
+    pub async fn watched_events_since(&self, since: i64) -> Result<Vec<Value>, ActionError> {
+        let mut request = self
+            .request(
+                Method::GET,
+                &["organization", "audit_logs"],
+                "audit log events",
+            )?
+            .query("effective_at[gte]", since);
+        for event_type in WATCHED_EVENTS {
+            request = request.query("event_types[]", event_type);
+        }
+        let mut events = self
+            .walk_patiently(&request, Paging::Cursor, PAGE_LIMIT, PATIENCE)
+            .await?;
+        // OpenAI lists newest first.
+        events.reverse();
+        events.sort_by_key(|event| event["effective_at"].as_i64().unwrap_or(i64::MIN));
+        Ok(events)
+    }
+}

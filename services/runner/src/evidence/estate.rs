@@ -1,0 +1,214 @@
+//! The estate inventory as an evidence source: every identity as it stood at the period's end,
+//! with its owner, purpose and risks. An identity's facts are taken back to that moment through
+//! its history (each change after it undone, newest first), so a pack made later for the same
+//! period lists the same identities with the same facts. Risks are assessed at that moment
+//! against the findings open now; owner and purpose come from what people set on the identity
+//! (its attributes `owner` and `purpose`, kept as they are now), else from what OpenAI says.
+//! Campaigns are not recorded yet: that section says so.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::{AttestationRow, CampaignRow, EvidenceSources, InventoryRow, Period};
+use crate::inventory::{Change, Identity, Inventory, risk};
+use crate::store::Key;
+
+impl EvidenceSources for Inventory {
+    fn inventory_at(&self, at: DateTime<Utc>) -> Result<Option<Vec<InventoryRow>>, String> {
+        let store = self.store();
+        let context = risk::Context::load(store).map_err(|error| error.to_string())?;
+        let mut rows = Vec::new();
+        for item in store.identities::<Identity>(None) {
+            let (_, identity) = item.map_err(|error| error.to_string())?;
+            if identity.first_seen >= at {
+                continue;
+            }
+            let history: Vec<(u64, Change)> = self
+                .history(&identity.id)
+                .map_err(|error| error.to_string())?;
+            let Some(identity) = as_at(identity, &history, at) else {
+                continue;
+            };
+            let attributes: Option<Value> = store
+                .get(Key::Attributes(&identity.id))
+                .map_err(|error| error.to_string())?;
+            let said = |field: &str| {
+                attributes
+                    .as_ref()
+                    .and_then(|attributes| attributes.get(field))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            };
+            let openai_owner = identity.facts.owner.as_ref().and_then(|owner| {
+                owner
+                    .email
+                    .clone()
+                    .or_else(|| owner.name.clone())
+                    .or_else(|| owner.id.clone())
+            });
+            let (owner, owner_source) = match (said("owner"), openai_owner) {
+                (Some(owner), _) => (Some(owner), Some("attribute".to_owned())),
+                (None, Some(owner)) => (Some(owner), Some("openai".to_owned())),
+                (None, None) => (None, None),
+            };
+            let risks = risk::assess(&identity, self.policy(), &context, at)
+                .into_iter()
+                .map(|risk| format!("{}: {}", risk.id, risk.fact))
+                .collect();
+            rows.push(InventoryRow {
+                id: identity.id.clone(),
+                kind: identity.kind.as_str().to_owned(),
+                project: identity.facts.project_id.clone(),
+                name: identity.facts.name.clone(),
+                owner,
+                owner_source,
+                purpose: said("purpose"),
+                created_at: identity.facts.created_at,
+                last_used_at: identity.facts.last_used_at,
+                expires_at: identity.facts.expires_at,
+                deleted_at: identity.deleted_at,
+                risks,
+            });
+        }
+        // No inventory was ever synced: say so rather than list nothing.
+        if rows.is_empty() && self.state().map_err(|error| error.to_string())?.sequence == 0 {
+            return Ok(None);
+        }
+        Ok(Some(rows))
+    }
+
+    fn campaigns(
+        &self,
+        _: Period,
+    ) -> Result<Option<(Vec<CampaignRow>, Vec<AttestationRow>)>, String> {
+        Ok(None)
+    }
+}
+
+/// The identity as it stood at `at`: the changes after it undone, newest first; `None` when it
+/// was not known then.
+fn as_at(mut identity: Identity, history: &[(u64, Change)], at: DateTime<Utc>) -> Option<Identity> {
+    let later: Vec<&Change> = history
+        .iter()
+        .map(|(_, change)| change)
+        .filter(|change| change.at > at)
+        .collect();
+    if later.iter().any(|change| change.what == "created")
+        && !history
+            .iter()
+            .any(|(_, change)| change.at <= at && change.what == "created")
+    {
+        return None;
+    }
+    let mut facts = serde_json::to_value(&identity.facts).ok()?;
+    for change in later.iter().rev() {
+        match change.what.as_str() {
+            // Deleted after the period: it existed then.
+            "deleted" => identity.deleted_at = None,
+            // Seen again after the period: it was deleted then, since its last deletion.
+            "restored" => {
+                identity.deleted_at = history
+                    .iter()
+                    .map(|(_, change)| change)
+                    .filter(|change| change.what == "deleted" && change.at <= at)
+                    .map(|change| change.at)
+                    .max();
+            }
+            _ => {}
+        }
+        if let Value::Object(fields) = &mut facts {
+            for (name, field) in &change.fields {
+                if field.from.is_null() {
+                    fields.remove(name);
+                } else {
+                    fields.insert(name.clone(), field.from.clone());
+                }
+            }
+        }
+    }
+    identity.facts = serde_json::from_value(facts).ok()?;
+    Some(identity)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    use super::as_at;
+    use crate::inventory::{Change, Facts, FieldChange, Identity, Kind};
+
+    fn change(day: u32, what: &str, fields: &[(&str, Value, Value)]) -> Change {
+        Change {
+            at: chrono::Utc
+                .with_ymd_and_hms(2026, 1, day, 0, 0, 0)
+                .single()
+                .expect("a day"),
+            what: what.to_owned(),
+            source: "sync".to_owned(),
+            fields: fields
+                .iter()
+                .map(|(name, from, to)| {
+                    (
+                        (*name).to_owned(),
+                        FieldChange {
+                            from: from.clone(),
+                            to: to.clone(),
+                        },
+                    )
+                })
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    use serde_json::Value;
+
+    #[test]
+    fn an_identity_is_taken_back_to_the_period_end() {
+        let day = |day| {
+            chrono::Utc
+                .with_ymd_and_hms(2026, 1, day, 0, 0, 0)
+                .single()
+                .expect("a day")
+        };
+        let identity = Identity {
+            id: "project_key:key_1".to_owned(),
+            kind: Kind::ProjectKey,
+            openai_id: "key_1".to_owned(),
+            facts: Facts {
+                name: Some("renamed".to_owned()),
+                expires_at: Some(day(30)),
+                ..Facts::default()
+            },
+            first_seen: day(1),
+            changed_at: day(20),
+            deleted_at: Some(day(25)),
+        };
+        let history = vec![
+            (
+                1,
+                change(1, "created", &[("name", Value::Null, json!("web"))]),
+            ),
+            (
+                2,
+                change(
+                    20,
+                    "changed",
+                    &[
+                        ("name", json!("web"), json!("renamed")),
+                        ("expires_at", Value::Null, json!("2026-01-30T00:00:00Z")),
+                    ],
+                ),
+            ),
+            (3, change(25, "deleted", &[])),
+        ];
+        let then = as_at(identity.clone(), &history, day(10)).expect("known then");
+        assert_eq!(then.facts.name.as_deref(), Some("web"));
+        assert_eq!(then.facts.expires_at, None);
+        assert_eq!(then.deleted_at, None);
+        let now = as_at(identity.clone(), &history, day(26)).expect("known");
+        assert_eq!(now, identity);
+    }
+}

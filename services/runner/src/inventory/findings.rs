@@ -1,0 +1,269 @@
+//! Findings the inventory publishes for risks, so the shipped playbooks take them up as they
+//! took up the weekly review's: once per identity and risk, and a `resolved` finding when the
+//! risk goes away. Each (identity, risk) has a record under [`Key::InventoryFinding`] counting
+//! its episodes; a finding's id is derived from (identity, risk, episode), so a publish
+//! repeated after a crash (published, not yet recorded) carries the same id and intake drops it.
+
+use chrono::{DateTime, Utc};
+use quench_proto::{DEFAULT_MAX_FINDING_BYTES, Finding};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::risk::{self, Context, Risk};
+use super::{Identity, Inventory, Kind};
+use crate::store::{Batch, Error, Key};
+
+/// What the inventory remembers of (identity, risk).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Published {
+    /// How many times the risk appeared (1 the first time).
+    pub episode: u64,
+    /// The open finding's id.
+    pub finding_id: String,
+    pub kind: String,
+    pub opened_at: DateTime<Utc>,
+    /// Set once a `resolved` finding went out; a new episode starts when the risk is back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+/// One finding to publish, and the record to commit once it is on the stream.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub identity: String,
+    pub risk: String,
+    pub finding: Finding,
+    pub record: Published,
+}
+
+/// The finding kind and key of `risk` on `identity`; `None` for what is not published
+/// (`leaked` comes from findings; other kinds' risks have no playbook shape).
+fn shape(identity: &Identity, risk: &str) -> Option<(String, String)> {
+    let id = &identity.openai_id;
+    let service_account = identity
+        .facts
+        .owner
+        .as_ref()
+        .filter(|owner| owner.kind == "service_account")
+        .and_then(|owner| owner.id.as_deref());
+    match (identity.kind, risk) {
+        (_, risk::LEAKED) => None,
+        // A service account's unused key: the account is what goes stale (one finding per
+        // account, as `delete-stale-service-account` takes it up).
+        (Kind::ProjectKey, risk::UNUSED | risk::NEVER_USED) if service_account.is_some() => Some((
+            "openai.service_account.stale".to_owned(),
+            format!(
+                "openai:service_account:{}",
+                service_account.unwrap_or_default()
+            ),
+        )),
+        (Kind::ProjectKey, risk::UNUSED | risk::NEVER_USED) => Some((
+            "openai.api_key.unused".to_owned(),
+            format!("openai:project_key:{id}"),
+        )),
+        (Kind::ProjectKey, risk::OWNER_LEFT) => Some((
+            "openai.api_key.unowned".to_owned(),
+            format!("openai:project_key:{id}:owner"),
+        )),
+        (Kind::ProjectKey, risk) => Some((
+            format!("openai.api_key.{risk}"),
+            format!("openai:project_key:{id}:{risk}"),
+        )),
+        (Kind::AdminKey, risk) => Some((
+            format!("openai.admin_key.{risk}"),
+            format!("openai:admin_key:{id}:{risk}"),
+        )),
+        _ => None,
+    }
+}
+
+fn finding_id(identity: &str, risk: &str, episode: u64, suffix: &str) -> String {
+    let digest = Sha256::digest(format!("{identity}\0{risk}\0{episode}").as_bytes());
+    format!("inventory-{}{suffix}", &hex::encode(digest)[..32])
+}
+
+/// The finding for `risk` of `identity`, open or resolved.
+fn finding(
+    identity: &Identity,
+    risk: &Risk,
+    kind: &str,
+    key: &str,
+    id: String,
+    resolved: bool,
+    now: DateTime<Utc>,
+) -> Result<Finding, String> {
+    let facts = &identity.facts;
+    let name = facts
+        .name
+        .clone()
+        .unwrap_or_else(|| identity.openai_id.clone());
+    let service_account = facts
+        .owner
+        .as_ref()
+        .filter(|owner| {
+            owner.kind == "service_account" && kind.starts_with("openai.service_account.")
+        })
+        .and_then(|owner| owner.id.clone());
+    let resource_type = match (identity.kind, &service_account) {
+        (_, Some(_)) => "service_account",
+        (Kind::AdminKey, None) => "admin_key",
+        _ => "api_key",
+    };
+    let severity = match risk.id.as_str() {
+        risk::OWNER_LEFT | risk::UNRESTRICTED_SCOPES | risk::ADMIN_KEY => "medium",
+        _ => "low",
+    };
+    let title = format!(
+        "OpenAI key {name}: {} ({})",
+        risk.id.replace('_', " "),
+        risk.fact
+    );
+    let title: String = title.chars().take(300).collect();
+    let mut value = json!({
+        "schema": "quench.finding/v1",
+        "id": id,
+        "key": key,
+        "kind": kind,
+        "status": if resolved { "resolved" } else { "open" },
+        "severity": severity,
+        "title": title,
+        "detected_at": now.to_rfc3339(),
+        "source": {"scanner": "quench", "rule": format!("inventory:{}", risk.id)},
+        "resource": {
+            "provider": "openai",
+            "type": resource_type,
+            "id": service_account.clone().unwrap_or_else(|| identity.openai_id.clone()),
+            "name": if service_account.is_some() { facts.owner.as_ref().and_then(|owner| owner.name.clone()) } else { facts.name.clone() },
+            "project_id": facts.project_id,
+            "redacted_value": facts.redacted_value,
+            "last_used_at": facts.last_used_at.map(|at| at.to_rfc3339()),
+        },
+        "evidence": {
+            "key_id": identity.openai_id,
+            "last_used_at": facts.last_used_at.map(|at| at.to_rfc3339()),
+            "risk": risk.id,
+            "fact": risk.fact,
+            "inventory_id": identity.id,
+            "former_owner": facts.owner.as_ref().and_then(|owner| owner.email.clone().or_else(|| owner.id.clone())),
+        },
+    });
+    if let Some(email) = facts
+        .owner
+        .as_ref()
+        .and_then(|owner| owner.email.as_ref())
+        .filter(|_| risk.id != risk::OWNER_LEFT)
+    {
+        value["owner"] = json!({"email": email});
+    }
+    strip_nulls(&mut value);
+    let bytes = serde_json::to_vec(&value).map_err(|error| error.to_string())?;
+    Finding::parse(&bytes, DEFAULT_MAX_FINDING_BYTES).map_err(|error| error.to_string())
+}
+
+fn strip_nulls(value: &mut Value) {
+    if let Value::Object(map) = value {
+        map.retain(|_, field| !field.is_null());
+        for field in map.values_mut() {
+            strip_nulls(field);
+        }
+    }
+}
+
+impl Inventory {
+    /// The findings to publish now for the risks in `publish`: new risks (a new episode) and
+    /// risks gone away (their `resolved` finding). Bounded by `limit` per call.
+    pub fn findings_due(
+        &self,
+        publish: &[String],
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Outgoing>, Error> {
+        let context = Context::load(&self.store)?;
+        let mut records: std::collections::HashMap<(String, String), Published> = self
+            .store
+            .inventory_findings::<Published>()?
+            .into_iter()
+            .map(|(id, risk, record)| ((id, risk), record))
+            .collect();
+        let mut out = Vec::new();
+        for item in self.store.identities::<Identity>(None) {
+            let (_, identity) = item?;
+            let risks = risk::assess(&identity, &self.policy, &context, now);
+            for wanted in publish {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let Some((kind, key)) = shape(&identity, wanted) else {
+                    continue;
+                };
+                let record = records.remove(&(identity.id.clone(), wanted.clone()));
+                let open = record
+                    .as_ref()
+                    .filter(|record| record.resolved_at.is_none());
+                match (risks.iter().find(|risk| risk.id == *wanted), open) {
+                    (Some(risk), None) => {
+                        let episode = record.as_ref().map_or(1, |record| record.episode + 1);
+                        let id = finding_id(&identity.id, wanted, episode, "");
+                        match finding(&identity, risk, &kind, &key, id.clone(), false, now) {
+                            Ok(finding) => out.push(Outgoing {
+                                identity: identity.id.clone(),
+                                risk: wanted.clone(),
+                                finding,
+                                record: Published {
+                                    episode,
+                                    finding_id: id,
+                                    kind,
+                                    opened_at: now,
+                                    resolved_at: None,
+                                },
+                            }),
+                            Err(error) => {
+                                tracing::warn!(identity = %identity.id, risk = %wanted, %error, "the inventory cannot build a finding for this risk");
+                            }
+                        }
+                    }
+                    (None, Some(open)) => {
+                        let gone = Risk {
+                            id: wanted.clone(),
+                            fact: "no longer the case".to_owned(),
+                        };
+                        let id = finding_id(&identity.id, wanted, open.episode, "-resolved");
+                        match finding(&identity, &gone, &open.kind, &key, id, true, now) {
+                            Ok(finding) => out.push(Outgoing {
+                                identity: identity.id.clone(),
+                                risk: wanted.clone(),
+                                finding,
+                                record: Published {
+                                    resolved_at: Some(now),
+                                    ..open.clone()
+                                },
+                            }),
+                            Err(error) => {
+                                tracing::warn!(identity = %identity.id, risk = %wanted, %error, "the inventory cannot build a resolved finding for this risk");
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records findings that are on the stream.
+    pub async fn published(&self, sent: &[Outgoing]) -> Result<(), Error> {
+        if sent.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        for outgoing in sent {
+            batch.put(
+                Key::InventoryFinding(&outgoing.identity, &outgoing.risk),
+                &outgoing.record,
+            );
+        }
+        self.store.commit(batch).await?;
+        Ok(())
+    }
+}

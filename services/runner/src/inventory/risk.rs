@@ -1,0 +1,354 @@
+//! Risks derived from an identity's facts, each naming the fact it comes from and the policy
+//! it is measured against. Derived when read, never stored: a changed policy or the passing of
+//! time changes them without a sync. The sync stores only which risks it published a finding
+//! for ([`crate::store::Key::InventoryFinding`]).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{Identity, Kind};
+use crate::store::{Error, Store};
+
+/// `[policy]`, as the inventory measures against it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// A key not used for this long is `unused`.
+    pub unused_after: Duration,
+    /// A key never used this long after its creation is `never_used`.
+    pub never_used_after: Duration,
+    /// A key older than this is `too_old`; `None`: no age limit.
+    pub max_key_age: Option<Duration>,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            unused_after: Duration::days(90),
+            never_used_after: Duration::days(7),
+            max_key_age: None,
+        }
+    }
+}
+
+impl Policy {
+    /// From the config's `[policy]` (checked at load: a bad duration never gets here).
+    pub fn from_section(section: &quench_common::config::PolicySection) -> Policy {
+        let duration = |text: &str, default: Duration| {
+            humantime::parse_duration(text)
+                .ok()
+                .and_then(|duration| Duration::from_std(duration).ok())
+                .unwrap_or(default)
+        };
+        let default = Policy::default();
+        Policy {
+            unused_after: duration(&section.unused_after, default.unused_after),
+            never_used_after: duration(&section.never_used_after, default.never_used_after),
+            max_key_age: section
+                .max_key_age
+                .as_deref()
+                .map(|age| duration(age, Duration::days(365))),
+        }
+    }
+}
+
+/// The risks the inventory knows, with what each means (the API and docs list them).
+pub const RISKS: &[(&str, &str)] = &[
+    (
+        LEAKED,
+        "an open finding says the key leaked (a run of a `*.leaked` finding is open)",
+    ),
+    (UNUSED, "not used for `[policy] unused_after`"),
+    (
+        NEVER_USED,
+        "never used, `[policy] never_used_after` after its creation",
+    ),
+    (NO_EXPIRY, "a project key without an expiry"),
+    (
+        UNRESTRICTED_SCOPES,
+        "a key whose scopes (from the audit log) are unrestricted",
+    ),
+    (
+        OWNER_LEFT,
+        "a key whose owner no longer has access to its project, or that names no owner",
+    ),
+    (
+        ADMIN_KEY,
+        "an admin key: it can change the whole organization",
+    ),
+    (TOO_OLD, "a key older than `[policy] max_key_age`"),
+];
+
+pub const LEAKED: &str = "leaked";
+pub const UNUSED: &str = "unused";
+pub const NEVER_USED: &str = "never_used";
+pub const NO_EXPIRY: &str = "no_expiry";
+pub const UNRESTRICTED_SCOPES: &str = "unrestricted_scopes";
+pub const OWNER_LEFT: &str = "owner_left";
+pub const ADMIN_KEY: &str = "admin_key";
+pub const TOO_OLD: &str = "too_old";
+
+/// Whether `name` is a risk the inventory knows.
+pub fn is_risk(name: &str) -> bool {
+    RISKS.iter().any(|(risk, _)| *risk == name)
+}
+
+/// One risk of one identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Risk {
+    /// One of [`RISKS`].
+    pub id: String,
+    /// The fact it comes from, in words (`last used 2026-03-01, 120 days ago; policy unused_after = 90d`).
+    pub fact: String,
+}
+
+/// What besides the identity decides its risks: the open findings about it.
+#[derive(Debug, Default)]
+pub struct Context {
+    /// OpenAI object id (a finding's `resource.id`) → kinds of the findings of its open runs.
+    open: HashMap<String, Vec<(String, String)>>,
+}
+
+impl Context {
+    /// Reads the open runs' findings.
+    pub fn load(store: &Store) -> Result<Context, Error> {
+        let mut open: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        for (_, _, run_id) in store.open_runs()? {
+            let Some(run) = store.get::<serde_json::Value>(crate::store::Key::Run(&run_id))? else {
+                continue;
+            };
+            let finding = &run["finding"];
+            if let (Some(kind), Some(resource)) =
+                (finding["kind"].as_str(), finding["resource"]["id"].as_str())
+            {
+                open.entry(resource.to_owned())
+                    .or_default()
+                    .push((kind.to_owned(), run_id.clone()));
+            }
+        }
+        Ok(Context { open })
+    }
+
+    /// The open findings (kind, run id) about OpenAI object `openai_id`.
+    pub fn open_findings(&self, openai_id: &str) -> &[(String, String)] {
+        self.open.get(openai_id).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Whether a key names no owner who still has access to its project.
+pub fn unowned(identity: &Identity) -> bool {
+    if identity.kind != Kind::ProjectKey {
+        return false;
+    }
+    let facts = &identity.facts;
+    if facts.owner_project_access.as_deref() == Some("inactive") {
+        return true;
+    }
+    match &facts.owner {
+        None => true,
+        Some(owner) => owner.kind == "user" && owner.email.is_none() && owner.id.is_none(),
+    }
+}
+
+fn day(time: DateTime<Utc>) -> String {
+    time.format("%Y-%m-%d").to_string()
+}
+
+fn days(duration: Duration) -> String {
+    format!("{}d", duration.num_days())
+}
+
+/// The risks of `identity` at `now` under `policy`. A deleted identity has none.
+pub fn assess(
+    identity: &Identity,
+    policy: &Policy,
+    context: &Context,
+    now: DateTime<Utc>,
+) -> Vec<Risk> {
+    let mut risks = Vec::new();
+    if identity.deleted_at.is_some() {
+        return risks;
+    }
+    let mut risk = |id: &str, fact: String| {
+        risks.push(Risk {
+            id: id.to_owned(),
+            fact,
+        });
+    };
+    let facts = &identity.facts;
+    let is_key = matches!(identity.kind, Kind::ProjectKey | Kind::AdminKey);
+    if let Some((kind, run)) = context
+        .open_findings(&identity.openai_id)
+        .iter()
+        .find(|(kind, _)| kind.ends_with(".leaked"))
+    {
+        risk(LEAKED, format!("open finding {kind} (run {run})"));
+    }
+    if is_key {
+        match facts.last_used_at {
+            Some(used) if now - used >= policy.unused_after => risk(
+                UNUSED,
+                format!(
+                    "last used {} ({} ago; policy unused_after = {})",
+                    day(used),
+                    days(now - used),
+                    days(policy.unused_after)
+                ),
+            ),
+            None => {
+                if let Some(created) = facts.created_at
+                    && now - created >= policy.never_used_after
+                {
+                    risk(
+                        NEVER_USED,
+                        format!(
+                            "never used since its creation on {} (policy never_used_after = {})",
+                            day(created),
+                            days(policy.never_used_after)
+                        ),
+                    );
+                }
+            }
+            Some(_) => {}
+        }
+        if let (Some(max_age), Some(created)) = (policy.max_key_age, facts.created_at)
+            && now - created >= max_age
+        {
+            risk(
+                TOO_OLD,
+                format!(
+                    "created {} ({} old; policy max_key_age = {})",
+                    day(created),
+                    days(now - created),
+                    days(max_age)
+                ),
+            );
+        }
+    }
+    if identity.kind == Kind::ProjectKey {
+        if facts.expires_at.is_none() {
+            risk(
+                NO_EXPIRY,
+                "expires_at is not set: the key never expires".to_owned(),
+            );
+        }
+        if let Some(scopes) = &facts.scopes
+            && scopes.is_empty()
+        {
+            risk(
+                UNRESTRICTED_SCOPES,
+                "scopes are unrestricted (the audit log's last scope change set none)".to_owned(),
+            );
+        }
+        if unowned(identity) {
+            let owner = facts
+                .owner
+                .as_ref()
+                .and_then(|owner| owner.email.clone().or_else(|| owner.id.clone()))
+                .unwrap_or_else(|| "nobody".to_owned());
+            let fact = if facts.owner_project_access.as_deref() == Some("inactive") {
+                format!("owner_project_access is inactive: {owner} left the project")
+            } else {
+                "the key names no owner".to_owned()
+            };
+            risk(OWNER_LEFT, fact);
+        }
+    }
+    if identity.kind == Kind::AdminKey {
+        risk(
+            ADMIN_KEY,
+            "an admin API key: it can change every project, key and user".to_owned(),
+        );
+    }
+    risks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::{Facts, KeyOwner};
+
+    fn key(facts: Facts) -> Identity {
+        let at = DateTime::from_timestamp(1_700_000_000, 0).expect("time");
+        Identity {
+            id: "project_key:key_1".to_owned(),
+            kind: Kind::ProjectKey,
+            openai_id: "key_1".to_owned(),
+            facts,
+            first_seen: at,
+            changed_at: at,
+            deleted_at: None,
+        }
+    }
+
+    fn ids(risks: &[Risk]) -> Vec<&str> {
+        risks.iter().map(|risk| risk.id.as_str()).collect()
+    }
+
+    #[test]
+    fn each_risk_names_its_fact() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).expect("time");
+        let policy = Policy {
+            max_key_age: Some(Duration::days(365)),
+            ..Policy::default()
+        };
+        let owner = KeyOwner {
+            kind: "user".to_owned(),
+            id: Some("user_1".to_owned()),
+            name: None,
+            email: Some("ann@example.com".to_owned()),
+            role: None,
+        };
+        let stale = key(Facts {
+            created_at: Some(now - Duration::days(400)),
+            last_used_at: Some(now - Duration::days(120)),
+            owner: Some(owner.clone()),
+            owner_project_access: Some("inactive".to_owned()),
+            scopes: Some(Vec::new()),
+            ..Facts::default()
+        });
+        let risks = assess(&stale, &policy, &Context::default(), now);
+        assert_eq!(
+            ids(&risks),
+            [UNUSED, TOO_OLD, NO_EXPIRY, UNRESTRICTED_SCOPES, OWNER_LEFT]
+        );
+        assert!(risks[0].fact.contains("120d ago"), "{:?}", risks[0]);
+        assert!(risks[4].fact.contains("ann@example.com"), "{:?}", risks[4]);
+
+        let fresh = key(Facts {
+            created_at: Some(now - Duration::days(3)),
+            expires_at: Some(now + Duration::days(30)),
+            owner: Some(owner),
+            owner_project_access: Some("active".to_owned()),
+            scopes: Some(vec!["api.model.request".to_owned()]),
+            ..Facts::default()
+        });
+        assert!(assess(&fresh, &policy, &Context::default(), now).is_empty());
+        let mut never = fresh.clone();
+        never.facts.created_at = Some(now - Duration::days(8));
+        assert_eq!(
+            ids(&assess(&never, &policy, &Context::default(), now)),
+            [NEVER_USED]
+        );
+        let mut deleted = stale;
+        deleted.deleted_at = Some(now);
+        assert!(assess(&deleted, &policy, &Context::default(), now).is_empty());
+    }
+
+    #[test]
+    fn every_risk_is_documented() {
+        for id in [
+            LEAKED,
+            UNUSED,
+            NEVER_USED,
+            NO_EXPIRY,
+            UNRESTRICTED_SCOPES,
+            OWNER_LEFT,
+            ADMIN_KEY,
+            TOO_OLD,
+        ] {
+            assert!(is_risk(id), "{id}");
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The inventory's sync inside `quench serve`: a full pass at start-up and every
+//! `[inventory] interval`, the audit-log watcher every `watch_interval` between passes, and
+//! after each the findings for new and vanished risks. A failed pass or watch is logged and
+//! tried again at the next turn; the last outcome of each is kept for `GET
+//! /api/v1/inventory/status` and the metrics.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::connectors::openai::OpenAi;
+use crate::inventory::{Inventory, Pass, PassReport};
+
+/// Findings published per round at most; the rest go out at the next.
+const PUBLISH_PER_ROUND: usize = 1000;
+
+/// How the sync is doing, as the API shows it.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub(crate) struct SyncStatus {
+    /// Whether the sync runs in this service.
+    pub(crate) enabled: bool,
+    /// The last full pass that ended, and what it changed.
+    #[schema(value_type = Option<Object>)]
+    pub(crate) last_pass: Option<PassReport>,
+    /// The last pass's error, when it failed.
+    pub(crate) last_pass_error: Option<String>,
+    pub(crate) last_pass_failed_at: Option<DateTime<Utc>>,
+    /// The last audit-log watch, and its error when it failed.
+    #[schema(value_type = Option<Object>)]
+    pub(crate) last_watch: Option<PassReport>,
+    pub(crate) last_watch_error: Option<String>,
+    /// Findings published for risks since start-up (resolutions included).
+    pub(crate) findings_published: u64,
+}
+
+pub(crate) type SharedStatus = Arc<Mutex<SyncStatus>>;
+
+/// What the sync needs.
+pub(crate) struct Sync {
+    pub(crate) inventory: Inventory,
+    pub(crate) openai: Arc<OpenAi>,
+    pub(crate) jetstream: jetstream::Context,
+    pub(crate) interval: Duration,
+    pub(crate) watch_interval: Duration,
+    pub(crate) publish: Vec<String>,
+    pub(crate) status: SharedStatus,
+}
+
+impl Sync {
+    fn status(&self, change: impl FnOnce(&mut SyncStatus)) {
+        change(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// One full pass; its report, or why it failed.
+    pub(crate) async fn pass(&self) -> Result<PassReport, String> {
+        let lists = self
+            .openai
+            .estate()
+            .await
+            .map_err(|error| error.to_string())?;
+        let pass = Pass::from_lists(&lists);
+        drop(lists);
+        self.inventory
+            .apply_pass(pass, Utc::now())
+            .await
+            .map_err(|error| error.to_string())
+    }
+
+    /// One read of the audit log since the cursor.
+    pub(crate) async fn watch(&self) -> Result<PassReport, String> {
+        let since = self
+            .inventory
+            .audit_since()
+            .map_err(|error| error.to_string())?
+            .unwrap_or(0);
+        let events = self
+            .openai
+            .watched_events_since(since)
+            .await
+            .map_err(|error| error.to_string())?;
+        self.inventory
+            .apply_events(&events, Utc::now())
+            .await
+            .map_err(|error| error.to_string())
+    }
+
+    /// Publishes the findings due, a bounded round at a time; how many went out.
+    pub(crate) async fn publish(&self) -> Result<u64, String> {
+        let mut total = 0;
+        loop {
+            let due = self
+                .inventory
+                .findings_due(&self.publish, Utc::now(), PUBLISH_PER_ROUND)
+                .map_err(|error| error.to_string())?;
+            if due.is_empty() {
+                return Ok(total);
+            }
+            let more = due.len() >= PUBLISH_PER_ROUND;
+            let mut sent = Vec::with_capacity(due.len());
+            let mut failed = None;
+            for outgoing in due {
+                match super::publish::publish(&self.jetstream, &outgoing.finding).await {
+                    Ok(_) => sent.push(outgoing),
+                    Err(error) => {
+                        failed = Some(error);
+                        break;
+                    }
+                }
+            }
+            total += sent.len() as u64;
+            // What went out is recorded even when a later publish failed.
+            self.inventory
+                .published(&sent)
+                .await
+                .map_err(|error| error.to_string())?;
+            if let Some(error) = failed {
+                return Err(format!("publishing a risk's finding failed: {error}"));
+            }
+            if !more {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn publish_and_count(&self) {
+        match self.publish().await {
+            Ok(count) => {
+                self.status(|status| status.findings_published += count);
+                if count > 0 {
+                    tracing::info!(count, "the inventory published findings for risks");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the inventory's findings wait for the next round")
+            }
+        }
+    }
+
+    /// Runs until `stop`.
+    pub(crate) async fn run(self, stop: CancellationToken) {
+        self.status(|status| status.enabled = true);
+        let mut next_pass = tokio::time::Instant::now();
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= next_pass {
+                next_pass = now + self.interval;
+                match self.pass().await {
+                    Ok(report) => {
+                        tracing::info!(
+                            created = report.created,
+                            changed = report.changed,
+                            deleted = report.deleted,
+                            identities = report.identities,
+                            "inventory pass"
+                        );
+                        self.status(|status| {
+                            status.last_pass = Some(report);
+                            status.last_pass_error = None;
+                        });
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "the inventory pass failed; it runs again at the next interval");
+                        self.status(|status| {
+                            status.last_pass_error = Some(error);
+                            status.last_pass_failed_at = Some(Utc::now());
+                        });
+                    }
+                }
+            }
+            // After a pass: the audit log brings the keys' scopes, which a pass never sees.
+            self.watch_once().await;
+            self.publish_and_count().await;
+            let wait = self
+                .watch_interval
+                .min(next_pass - tokio::time::Instant::now());
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn watch_once(&self) {
+        match self.watch().await {
+            Ok(report) => self.status(|status| {
+                status.last_watch = Some(report);
+                status.last_watch_error = None;
+            }),
+            Err(error) => {
+                tracing::warn!(%error, "reading the audit log for the inventory failed; trying again at the next watch");
+                self.status(|status| status.last_watch_error = Some(error));
+            }
+        }
+    }
+}
