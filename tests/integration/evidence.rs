@@ -753,6 +753,31 @@ sha256 = "{viewer_sha}"
         );
     }
 
+    // Against an export of the chain through the pack's last entry.
+    let last = document.chain.last.expect("entries in the period");
+    let segment = dir.path().join("chain.jsonl");
+    let (code, stdout, stderr) = run_cli(
+        &[
+            "audit",
+            "export",
+            "--before",
+            &(last + 1).to_string(),
+            "--out",
+            &segment.display().to_string(),
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let (code, stdout, _) = verify(&out, &["--audit", &segment.display().to_string()]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "ok      against the chain: entry #{last} has hash {}",
+            document.chain.last_hash.as_deref().expect("a hash")
+        )),
+        "{stdout}"
+    );
+
     // A changed file is named, with the check that shows it.
     let changed = dir.path().join("changed");
     copy_pack(&out, &changed);

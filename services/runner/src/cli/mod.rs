@@ -724,7 +724,7 @@ pub(crate) fn open_offline(path: &std::path::Path, err: &mut dyn Write) -> Resul
             if copy.is_some() {
                 let _ = writeln!(
                     err,
-                    "note: {} cannot be written by this user; reading a copy of it",
+                    "note: {} cannot be written by this user; verifying a copy of it",
                     path.display()
                 );
             }
