@@ -430,7 +430,7 @@ pub(super) fn collect(store: &Store, period: Period) -> Result<Collected, crate:
             exceptions[*index].run_status = run.status.unwrap_or("unknown").to_owned();
         }
     }
-    let kept: Vec<usize> = runs
+    let kept: std::collections::HashSet<usize> = runs
         .values()
         .flat_map(|run| run.open_exceptions.iter().copied())
         .collect();

@@ -786,3 +786,95 @@ pub fn against_chain(
         false => verified.fail("against the chain", problems.join("; ")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! A pack is hostile input to `verify`: whatever byte of whichever file is changed, the pack
+    //! does not verify, and nothing an attacker writes makes `verify` panic.
+
+    use proptest::prelude::*;
+
+    use super::{Format, Signer, verify, write_pack};
+    use crate::evidence::{NothingRecorded, Period, build};
+    use crate::store::{AuditDraft, Batch, Store};
+
+    /// A signed pack of a store with a finding and a decision, written to a fresh directory.
+    fn pack() -> (tempfile::TempDir, std::path::PathBuf, Signer) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let store = Store::temporary().expect("store");
+        let at = chrono::DateTime::parse_from_rfc3339("2026-01-05T09:00:00Z")
+            .expect("time")
+            .with_timezone(&chrono::Utc);
+        runtime.block_on(async {
+            let mut batch = Batch::new();
+            batch.audit(AuditDraft::new(
+                at,
+                "finding_received",
+                serde_json::json!({"id": "f1", "kind": "openai.api_key.leaked", "key": "k1",
+                    "status": "open", "severity": "high", "source": {"scanner": "test, \"quoted\""}}),
+            ));
+            store.commit(batch).await.expect("commit");
+        });
+        let period = Period::new(at, at + chrono::Duration::days(1)).expect("period");
+        let document = build(&store, &NothingRecorded, period, at, "test").expect("document");
+        let signer = Signer::from_seed(&[3; 32]);
+        let signed = signer
+            .sign(&document, &[Format::Csv, Format::Html])
+            .expect("signed");
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("pack");
+        write_pack(&signed, &path).expect("written");
+        (dir, path, signer)
+    }
+
+    const FILES: [&str; 12] = [
+        "evidence.json",
+        "findings.csv",
+        "timing.csv",
+        "actions.csv",
+        "exceptions.csv",
+        "inventory.csv",
+        "campaigns.csv",
+        "attestations.csv",
+        "chain.csv",
+        "report.html",
+        "manifest.json",
+        "manifest.sig",
+    ];
+
+    #[test]
+    fn an_untouched_pack_verifies() {
+        let (_dir, path, signer) = pack();
+        let key = super::public_key(&signer.public_key_pem()).expect("key");
+        let (verified, document) = verify(&path, Some(&key));
+        assert!(verified.ok(), "{:#?}", verified.checks);
+        assert_eq!(document.map(|document| document.summary.findings), Some(1));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        #[test]
+        fn any_changed_byte_is_caught(file in 0..FILES.len(), at in any::<prop::sample::Index>(), flip in 1_u8..=255) {
+            let (_dir, path, signer) = pack();
+            let key = super::public_key(&signer.public_key_pem()).expect("key");
+            let target = path.join(FILES[file]);
+            let mut bytes = std::fs::read(&target).expect("read");
+            let index = at.index(bytes.len());
+            bytes[index] ^= flip;
+            std::fs::write(&target, &bytes).expect("write");
+            let (verified, _) = verify(&path, Some(&key));
+            prop_assert!(!verified.ok(), "{} byte {index} ^ {flip} passed", FILES[file]);
+        }
+
+        #[test]
+        fn any_file_content_is_refused_without_panic(file in 0..FILES.len(), content in prop::collection::vec(any::<u8>(), 0..512)) {
+            let (_dir, path, _) = pack();
+            std::fs::write(path.join(FILES[file]), &content).expect("write");
+            let (verified, _) = verify(&path, None);
+            prop_assert!(!verified.ok());
+        }
+    }
+}
