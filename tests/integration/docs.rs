@@ -15,13 +15,14 @@ use crate::support;
 
 const PLAYBOOKS: &str = "docs/playbooks.md";
 const TESTS: &str = "docs/playbook-tests.md";
-const PAGES: [&str; 7] = [
+const PAGES: [&str; 8] = [
     "README.md",
     "docs/README.md",
     PLAYBOOKS,
     TESTS,
     "docs/safety.md",
     "docs/least-privilege.md",
+    "docs/owners.md",
     "docs/evidence.md",
 ];
 

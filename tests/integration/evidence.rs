@@ -736,12 +736,15 @@ sha256 = "{viewer_sha}"
         .find(|row| row.id == "project_key:key_a")
         .expect("the key is in the inventory");
     assert_eq!(
-        (
-            key.owner.as_deref(),
-            key.owner_source.as_deref(),
-            key.project.as_deref()
-        ),
-        (Some("alice@example.com"), Some("openai"), Some("proj_1"))
+        (key.owner.as_deref(), key.project.as_deref()),
+        (Some("alice@example.com"), Some("proj_1"))
+    );
+    assert!(
+        key.owner_source
+            .as_deref()
+            .is_some_and(|source| source.starts_with("key_user: ")),
+        "the owner chain's link: {:?}",
+        key.owner_source
     );
     assert!(!document.campaigns.recorded);
     let secret = openai.admin_key();

@@ -739,3 +739,114 @@ async fn a_pass_killed_midway_is_done_again_once() {
         assert_eq!(created, 1, "{id}: {history:?}");
     }
 }
+
+/// Data exposure and drift: a `[[policy.projects]]` class for `prod-*` (no mcp, no web_search,
+/// zero data retention) makes every prod project the fake seeded with mcp or web_search on, or
+/// without zero retention, a `data_exposure` risk naming the setting and the rule, and its
+/// finding goes out once; a setting changed between two passes is a drift finding (once), a
+/// setting never read is not.
+#[tokio::test]
+async fn data_exposure_and_drift() {
+    use crate::support::openai_fake::{OrgSpec, Setting};
+    use quench_runner::inventory::{Kind, risk};
+    let fake = OpenAiFake::start().await;
+    let summary = fake.seed_org(&OrgSpec::small().at(NOW));
+    fake.set_now(NOW);
+    let openai = client(&fake);
+    let mut policy = Policy::default();
+    policy.projects.push(
+        risk::ProjectRule::new(quench_common::config::ProjectClass {
+            matches: "prod-*".to_owned(),
+            deny_tools: vec!["mcp".to_owned(), "web_search".to_owned()],
+            data_retention: vec!["zero_data_retention".to_owned()],
+            require_model_allow_list: false,
+        })
+        .expect("the glob compiles"),
+    );
+    let inventory = Inventory::new(Store::temporary().expect("store"), policy);
+    sync(&inventory, &openai, now()).await;
+    let archived = |project: &String| summary.archived_projects.contains(project);
+    let exposed: std::collections::BTreeSet<&String> = summary
+        .prod_mcp_projects
+        .iter()
+        .chain(&summary.prod_web_search_projects)
+        .chain(&summary.prod_without_zero_retention)
+        .filter(|project| !archived(project))
+        .collect();
+    assert!(!exposed.is_empty(), "the fake seeds exposed prod projects");
+    for project in &exposed {
+        let view = view(&inventory, &format!("project:{project}"));
+        let risk = view
+            .risks
+            .iter()
+            .find(|risk| risk.id == "data_exposure")
+            .unwrap_or_else(|| panic!("{project}: {:?}", view.risks));
+        assert!(risk.fact.contains("prod-*"), "{risk:?}");
+    }
+    for project in &summary.prod_mcp_projects {
+        if !archived(project) {
+            let fact = &view(&inventory, &format!("project:{project}")).risks[0].fact;
+            assert!(fact.contains("mcp"), "{project}: {fact}");
+        }
+    }
+    let due = inventory
+        .findings_due(&["data_exposure".to_owned()], true, now(), 10_000)
+        .expect("due");
+    let kinds: Vec<&str> = due.iter().map(|out| out.finding.kind.as_str()).collect();
+    assert_eq!(kinds.len(), exposed.len(), "{kinds:?}");
+    assert!(
+        kinds
+            .iter()
+            .all(|kind| *kind == "openai.project.data_exposure")
+    );
+    inventory.published(&due).await.expect("recorded");
+    assert!(
+        inventory
+            .findings_due(&["data_exposure".to_owned()], true, now(), 10_000)
+            .expect("due")
+            .is_empty(),
+        "published once"
+    );
+
+    // Drift: mcp turned on in a project where it was off, seen by the next pass.
+    let quiet = inventory
+        .list(
+            &quench_runner::inventory::Filter {
+                kind: Some(Kind::Project),
+                ..Default::default()
+            },
+            None,
+            1000,
+            100_000,
+            now(),
+        )
+        .expect("list")
+        .0
+        .into_iter()
+        .find(|view| view.identity.facts.hosted_tools.get("mcp") == Some(&false))
+        .expect("a project with mcp off");
+    let project = quiet.identity.openai_id.clone();
+    fake.change_setting(&project, &Setting::hosted_tool("mcp", true));
+    let report = sync(&inventory, &openai, now() + chrono::Duration::hours(1)).await;
+    assert_eq!(report.changed, 1, "{report:?}");
+    let due = inventory
+        .findings_due(&[], true, now(), 10_000)
+        .expect("due");
+    assert_eq!(due.len(), 1, "{due:?}");
+    let drift = &due[0].finding;
+    assert_eq!(drift.kind, "openai.project.drift");
+    assert_eq!(drift.resource.id, project);
+    assert_eq!(
+        drift.evidence["changes"]["hosted_tools"]["to"]["mcp"],
+        json!(true),
+        "{:?}",
+        drift.evidence
+    );
+    inventory.published(&due).await.expect("recorded");
+    assert!(
+        inventory
+            .findings_due(&[], true, now(), 10_000)
+            .expect("due")
+            .is_empty()
+    );
+}

@@ -19,6 +19,7 @@ mod intake;
 mod inventory;
 mod least_privilege;
 mod operator;
+mod owners;
 mod playbook_corpus;
 mod playbook_tests;
 mod proto_contracts;

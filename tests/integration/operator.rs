@@ -363,6 +363,22 @@ fn routes() -> Vec<Route> {
         ),
         route(
             "GET",
+            "/api/v1/inventory/{id}/attributes",
+            "/api/v1/inventory/project_key:key_route/attributes",
+            Some("viewer"),
+            None,
+            200,
+        ),
+        route(
+            "PUT",
+            "/api/v1/inventory/{id}/attributes",
+            "/api/v1/inventory/project_key:key_route/attributes",
+            Some("editor"),
+            Some(json!({"purpose": "the route table's check"})),
+            200,
+        ),
+        route(
+            "GET",
             "/api/v1/runs/{id}",
             "/api/v1/runs/no-such-run",
             Some("viewer"),

@@ -101,6 +101,11 @@ pub struct Config {
     pub secret_stores: BTreeMap<String, SecretStoreConfig>,
     /// Blast-radius rails on every mutating step, whatever the playbooks say.
     pub safety: SafetySection,
+    /// Who owns what a finding names when the finding does not say: project → team rules and
+    /// a fallback (see `docs/owners.md`).
+    pub owners: OwnersSection,
+    /// Teams: `[teams.<name>]` → emails, Slack user ids, a channel, an approver group.
+    pub teams: BTreeMap<String, Team>,
     /// The estate inventory of OpenAI identities, synced from the Admin API.
     pub inventory: InventorySection,
     /// What the inventory measures identities against (risks).
@@ -354,6 +359,46 @@ impl Default for SafetySection {
     }
 }
 
+/// `[owners]`: the config's links of the owner resolution chain. Rules are tried in order; the
+/// first whose project id or project-name glob matches names the team. `fallback` answers when
+/// no other link of the chain does.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct OwnersSection {
+    /// Project → team, first match wins.
+    pub rules: Vec<OwnerRule>,
+    /// Who owns what nothing else names: a team (`payments` or `team:payments`) or
+    /// `group:<name>`.
+    pub fallback: Option<String>,
+}
+
+/// One `[[owners.rules]]` entry: exactly one of `project_id` and `project_name`, and the team.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerRule {
+    /// A project id (`proj_abc`); a glob (`proj_*`) matches several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+    /// A glob of the project's name (`prod-*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_name: Option<String>,
+    /// The team (under `[teams]`) that owns the matching projects.
+    pub team: String,
+}
+
+/// One `[teams.<name>]`: the people who answer for it, and where its notices go.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Team {
+    pub emails: Vec<String>,
+    /// Slack user ids (`U…`/`W…`).
+    pub slack_user_ids: Vec<String>,
+    /// The team's Slack channel id (`C…`/`G…`): messages to the team go there.
+    pub channel: Option<String>,
+    /// An approver group (`[groups]`) whose members belong to the team too.
+    pub group: Option<String>,
+}
+
 /// `[inventory]`: the sync that keeps the estate inventory (`GET /api/v1/inventory`).
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -366,12 +411,17 @@ pub struct InventorySection {
     /// (`1m`).
     pub watch_interval: String,
     /// The risks the sync publishes findings for (once per identity and risk; resolved when
-    /// the risk goes away). By default the ones shipped playbooks take up.
+    /// the risk goes away). By default the ones shipped playbooks take up, and `data_exposure`.
     pub publish: Vec<String>,
+    /// Whether a change to a project's data settings (hosted tools, model policy, data
+    /// retention, certificates) seen between two passes is published as an
+    /// `openai.project.drift` finding.
+    pub publish_drift: bool,
 }
 
 /// The risks the sync publishes by default: those a shipped playbook takes up.
-pub const DEFAULT_PUBLISHED_RISKS: &[&str] = &["unused", "never_used", "owner_left"];
+pub const DEFAULT_PUBLISHED_RISKS: &[&str] =
+    &["unused", "never_used", "owner_left", "data_exposure"];
 
 impl Default for InventorySection {
     fn default() -> InventorySection {
@@ -383,6 +433,7 @@ impl Default for InventorySection {
                 .iter()
                 .map(|risk| (*risk).to_owned())
                 .collect(),
+            publish_drift: true,
         }
     }
 }
@@ -397,7 +448,48 @@ pub struct PolicySection {
     pub never_used_after: String,
     /// A key older than this is `too_old` (e.g. `365d`); no limit when unset.
     pub max_key_age: Option<String>,
+    /// What projects of a class may do with data: `[[policy.projects]]`, first match wins.
+    pub projects: Vec<ProjectClass>,
 }
+
+/// One class of projects (`[[policy.projects]]`) and what its projects may not do; a project
+/// that breaks it has the `data_exposure` risk, naming the setting and this rule.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectClass {
+    /// A glob matched against the project's id and its name (`prod-*`).
+    #[serde(rename = "match")]
+    pub matches: String,
+    /// Hosted tools that must be off: `file_search`, `web_search`, `image_generation`, `mcp`,
+    /// `code_interpreter`.
+    #[serde(default)]
+    pub deny_tools: Vec<String>,
+    /// The data retention types allowed (e.g. `["zero_data_retention"]`); any when empty.
+    #[serde(default)]
+    pub data_retention: Vec<String>,
+    /// The project must use a model allow list (not a deny list).
+    #[serde(default)]
+    pub require_model_allow_list: bool,
+}
+
+/// The hosted tools a project can turn on or off (`ProjectHostedToolPermissions`).
+pub const HOSTED_TOOLS: &[&str] = &[
+    "file_search",
+    "web_search",
+    "image_generation",
+    "mcp",
+    "code_interpreter",
+];
+
+/// A project's data retention types (`ProjectDataRetention.type`).
+pub const DATA_RETENTION_TYPES: &[&str] = &[
+    "organization_default",
+    "none",
+    "zero_data_retention",
+    "modified_abuse_monitoring",
+    "enhanced_zero_data_retention",
+    "enhanced_modified_abuse_monitoring",
+];
 
 impl Default for PolicySection {
     fn default() -> PolicySection {
@@ -405,6 +497,7 @@ impl Default for PolicySection {
             unused_after: "90d".to_owned(),
             never_used_after: "7d".to_owned(),
             max_key_age: None,
+            projects: Vec::new(),
         }
     }
 }
@@ -419,6 +512,7 @@ pub const KNOWN_RISKS: &[&str] = &[
     "owner_left",
     "admin_key",
     "too_old",
+    "data_exposure",
 ];
 
 /// One change-freeze window: it opens at each tick of `cron` (in `timezone`) and lasts
@@ -1254,7 +1348,166 @@ impl Config {
             }
         }
         self.check_safety()?;
+        self.check_owners()?;
         self.check_inventory()
+    }
+
+    /// `[owners]` and `[teams]`: every team has people, every address has its form, every rule
+    /// and the fallback name something defined. (Public for the playbook tests' own `teams`.)
+    pub fn check_owners(&self) -> Result<(), Error> {
+        let bad = |key: String, value: &str, problem: String| Error::Value {
+            key,
+            value: value.to_owned(),
+            problem,
+        };
+        let team_hint = |name: &str| {
+            did_you_mean(name, self.teams.keys().map(String::as_str)).unwrap_or_else(|| {
+                if self.teams.is_empty() {
+                    format!("define it: [teams.{name}] with `emails` or `slack_user_ids`")
+                } else {
+                    format!(
+                        "teams defined: {}",
+                        self.teams
+                            .keys()
+                            .map(|team| format!("`{team}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            })
+        };
+        for (name, team) in &self.teams {
+            let key = format!("teams.{name}");
+            if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == ':') {
+                return Err(bad(
+                    key,
+                    name,
+                    "a team name has no spaces or `:` (it is written `team:<name>`)".to_owned(),
+                ));
+            }
+            if team.emails.is_empty() && team.slack_user_ids.is_empty() && team.group.is_none() {
+                return Err(bad(
+                    key,
+                    "",
+                    "a team needs people who can answer for it: `emails`, `slack_user_ids` or \
+                     `group` (a `channel` only receives its messages)"
+                        .to_owned(),
+                ));
+            }
+            for (index, email) in team.emails.iter().enumerate() {
+                if !is_email(email) {
+                    return Err(bad(
+                        format!("{key}.emails[{index}]"),
+                        email,
+                        "must be an email address such as lead@example.com".to_owned(),
+                    ));
+                }
+            }
+            for (index, id) in team.slack_user_ids.iter().enumerate() {
+                if !is_slack_id(id, &['U', 'W']) {
+                    return Err(bad(
+                        format!("{key}.slack_user_ids[{index}]"),
+                        id,
+                        "must be a Slack user id such as U0123ABCD (the member id in the \
+                         person's Slack profile), not a name"
+                            .to_owned(),
+                    ));
+                }
+            }
+            if let Some(channel) = &team.channel
+                && !is_slack_id(channel, &['C', 'G'])
+            {
+                return Err(bad(
+                    format!("{key}.channel"),
+                    channel,
+                    "must be a Slack channel id such as C0123ABCD (shown in the channel's \
+                     details), not its name"
+                        .to_owned(),
+                ));
+            }
+            if let Some(group) = &team.group
+                && !self.groups.contains_key(group)
+            {
+                let hint = did_you_mean(group, self.groups.keys().map(String::as_str))
+                    .unwrap_or_else(|| {
+                        format!("define it under [groups]: {group} = [\"lead@example.com\"]")
+                    });
+                return Err(bad(
+                    format!("{key}.group"),
+                    group,
+                    format!("the group `{group}` is not defined under [groups]; {hint}"),
+                ));
+            }
+        }
+        for (index, rule) in self.owners.rules.iter().enumerate() {
+            let key = format!("owners.rules[{index}]");
+            let pattern = match (&rule.project_id, &rule.project_name) {
+                (Some(id), None) => ("project_id", id),
+                (None, Some(name)) => ("project_name", name),
+                _ => {
+                    return Err(bad(
+                        key,
+                        "",
+                        "a rule names exactly one of `project_id` (e.g. \"proj_abc\") and \
+                         `project_name` (a glob, e.g. \"prod-*\")"
+                            .to_owned(),
+                    ));
+                }
+            };
+            if pattern.1.trim().is_empty() {
+                return Err(bad(
+                    format!("{key}.{}", pattern.0),
+                    pattern.1,
+                    "must not be empty".to_owned(),
+                ));
+            }
+            if let Err(error) = globset::Glob::new(pattern.1) {
+                return Err(bad(
+                    format!("{key}.{}", pattern.0),
+                    pattern.1,
+                    format!("not a glob: {}", error.kind()),
+                ));
+            }
+            if !self.teams.contains_key(&rule.team) {
+                return Err(bad(
+                    format!("{key}.team"),
+                    &rule.team,
+                    format!(
+                        "no team `{}` under [teams]; {}",
+                        rule.team,
+                        team_hint(&rule.team)
+                    ),
+                ));
+            }
+        }
+        if let Some(fallback) = &self.owners.fallback {
+            match fallback.strip_prefix("group:") {
+                Some(group) if self.groups.contains_key(group) => {}
+                Some(group) => {
+                    let hint = did_you_mean(group, self.groups.keys().map(String::as_str))
+                        .unwrap_or_else(|| "define it under [groups]".to_owned());
+                    return Err(bad(
+                        "owners.fallback".to_owned(),
+                        fallback,
+                        format!("the group `{group}` is not defined under [groups]; {hint}"),
+                    ));
+                }
+                None if self
+                    .teams
+                    .contains_key(fallback.strip_prefix("team:").unwrap_or(fallback)) => {}
+                None => {
+                    return Err(bad(
+                        "owners.fallback".to_owned(),
+                        fallback,
+                        format!(
+                            "must be a team under [teams] or `group:<name>`; {}",
+                            team_hint(fallback)
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether the inventory sync runs: as `[inventory] enabled` says, by default when an
@@ -1346,6 +1599,40 @@ impl Config {
         )?;
         if let Some(age) = &self.policy.max_key_age {
             at_least("policy.max_key_age", age, 86_400, "365d")?;
+        }
+        for (index, class) in self.policy.projects.iter().enumerate() {
+            let key = |field: &str| format!("policy.projects[{index}].{field}");
+            if let Err(error) = globset::Glob::new(&class.matches) {
+                return Err(bad(
+                    &key("match"),
+                    &class.matches,
+                    &error.kind().to_string(),
+                ));
+            }
+            let known = |value: &str, known: &[&str], field: &str, what: &str| {
+                if known.contains(&value) {
+                    return Ok(());
+                }
+                let hint = crate::suggest::did_you_mean(value, known.iter().copied())
+                    .map(|near| format!(" ({near})"))
+                    .unwrap_or_default();
+                Err(bad(
+                    &key(field),
+                    value,
+                    &format!("not a {what}{hint}; one of {}", known.join(", ")),
+                ))
+            };
+            for tool in &class.deny_tools {
+                known(tool, HOSTED_TOOLS, "deny_tools", "hosted tool")?;
+            }
+            for retention in &class.data_retention {
+                known(
+                    retention,
+                    DATA_RETENTION_TYPES,
+                    "data_retention",
+                    "data retention type",
+                )?;
+            }
         }
         Ok(())
     }
@@ -1447,6 +1734,28 @@ impl ProtectRule<'_> {
             )),
         }
     }
+}
+
+/// An email address as people write one: `local@domain.tld`, no spaces, one `@`.
+pub fn is_email(text: &str) -> bool {
+    let Some((local, domain)) = text.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && !text.contains(|c: char| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+}
+
+/// A Slack id: one of `prefixes`, then upper-case letters and digits (`U0123ABCD`, `C0SEC`).
+pub fn is_slack_id(text: &str, prefixes: &[char]) -> bool {
+    text.len() > 2
+        && text.starts_with(prefixes)
+        && text
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
 }
 
 /// A NATS subject prefix: dot-separated, non-empty words without whitespace or wildcards.

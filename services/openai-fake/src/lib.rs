@@ -17,7 +17,25 @@
 //! - Usage buckets start at `start_time` and are `bucket_width` wide; `page` tokens are opaque.
 //!   Every usage endpoint that groups by `api_key_id` is served (completions, embeddings,
 //!   moderations, images, audio speeches and transcriptions, file search and web search calls),
-//!   each with its own result object, counters and `group_by` fields as the spec gives them.
+//!   each with its own result object, counters and `group_by` fields as the spec gives them, and
+//!   the two the spec reports per project only (`code_interpreter_sessions`, `vector_stores`).
+//! - Every cursor list is kept in order in a `table::Table`: a request costs the page it
+//!   returns (plus the objects a filter skips), never the whole list, so a walk over 100,000
+//!   keys stays linear. A cursor may name an object deleted since.
+//! - `GET /organization/users` lists members of the organization with their org role (`owner`
+//!   or `reader`, the `User` schema); `emails` filters (sent as `emails=` or `emails[]=`).
+//!   `DELETE /organization/users/{id}` removes the user from the organization and every project;
+//!   their project keys stay, `owner_project_access: inactive`, still showing the owner.
+//! - `GET /organization/data_retention` answers the spec's example (`modified_abuse_monitoring`)
+//!   unless seeded otherwise: its enum has no value for an organization without special
+//!   retention. A project starts at `organization_default`.
+//! - Certificates are seeded only (no upload); lists are newest first unless `order=asc`, and
+//!   never show the PEM `content`.
+//! - Changes to a project's model permissions, hosted tools, spend limit or data retention are
+//!   logged as `project.updated` with only the project's `id`: the spec has no event type for
+//!   them, and `project.updated.changes_requested` documents `title` alone.
+//! - [`OpenAiFake::set_rate_limit`] answers every Nth request 429 with `Retry-After`, for walks
+//!   long enough to meet OpenAI's rate limits; [`OpenAiFake::fail_next`] queues single faults.
 //! - Changes made through the API append audit events (actor: the admin key; `project`: the
 //!   default project if one is set, as the spec says for Admin API key actions). Tests can turn
 //!   this off with [`OpenAiFake::set_audit_mutations`].
@@ -37,7 +55,8 @@
 //!   no hard spend limit (`GET …/spend_limit` is then 404; `DELETE` answers 404 too).
 //!
 //! Two users: quench's integration tests, and `quench up --demo`, which serves [`demo::seed`]'s
-//! simulated organization from inside the quench process.
+//! simulated organization from inside the quench process. The estate inventory's tests and
+//! benchmark seed a larger, realistic organization with [`OpenAiFake::seed_org`] (see `org`).
 
 #![warn(missing_docs)]
 

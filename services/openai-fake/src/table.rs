@@ -221,3 +221,163 @@ fn previous((at, seq): Order) -> Option<Order> {
         None => at.checked_sub(1).map(|at| (at, u64::MAX)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! `Table::page` against the obvious model: sort everything, drop what the cursors and
+    //! bounds exclude, filter, take.
+
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::{Order, PageRequest, Row, Table};
+
+    #[derive(Debug, Clone)]
+    struct Item {
+        id: String,
+        order: Order,
+        visible: bool,
+    }
+
+    impl Row for Item {
+        fn id(&self) -> &str {
+            &self.id
+        }
+        fn order(&self) -> Order {
+            self.order
+        }
+    }
+
+    /// The page the model expects: `(ids, has_more)`, or `None` for an unknown cursor.
+    fn model(
+        items: &[Item],
+        removed: &[Item],
+        request: &PageRequest<'_>,
+    ) -> Option<(Vec<String>, bool)> {
+        let position = |cursor: &str| {
+            items
+                .iter()
+                .chain(removed)
+                .find(|item| item.id == cursor)
+                .map(|item| item.order)
+        };
+        let after = match request.after {
+            Some(cursor) => Some(position(cursor)?),
+            None => None,
+        };
+        let before = match request.before {
+            Some(cursor) => Some(position(cursor)?),
+            None => None,
+        };
+        let mut listed: Vec<&Item> = items.iter().collect();
+        listed.sort_by_key(|item| item.order);
+        if request.descending {
+            listed.reverse();
+        }
+        let precedes = |a: Order, b: Order| if request.descending { a > b } else { a < b };
+        let window: Vec<&Item> = listed
+            .into_iter()
+            .filter(|item| item.visible)
+            .filter(|item| after.is_none_or(|a| precedes(a, item.order)))
+            .filter(|item| before.is_none_or(|b| precedes(item.order, b)))
+            .filter(|item| request.within.0.is_none_or(|low| item.order.0 >= low))
+            .filter(|item| request.within.1.is_none_or(|high| item.order.0 <= high))
+            .collect();
+        let more = window.len() > request.limit;
+        let page: Vec<String> = if before.is_some() && after.is_none() {
+            let skip = window.len().saturating_sub(request.limit);
+            window
+                .iter()
+                .skip(skip)
+                .map(|item| item.id.clone())
+                .collect()
+        } else {
+            window
+                .iter()
+                .take(request.limit)
+                .map(|item| item.id.clone())
+                .collect()
+        };
+        Some((page, more))
+    }
+
+    fn item() -> impl Strategy<Value = (i64, bool)> {
+        (-3i64..4, proptest::bool::weighted(0.8))
+    }
+
+    proptest! {
+        #[test]
+        fn pages_like_the_model(
+            rows in proptest::collection::vec(item(), 0..40),
+            removals in proptest::collection::vec(any::<prop::sample::Index>(), 0..5),
+            limit in 1usize..8,
+            after in proptest::option::of(any::<prop::sample::Index>()),
+            before in proptest::option::of(any::<prop::sample::Index>()),
+            descending in any::<bool>(),
+            low in proptest::option::of(-3i64..4),
+            high in proptest::option::of(-3i64..4),
+        ) {
+            let mut items: Vec<Item> = rows
+                .iter()
+                .enumerate()
+                .map(|(seq, (at, visible))| Item {
+                    id: format!("obj_{seq}"),
+                    order: (*at, seq as u64 + 1),
+                    visible: *visible,
+                })
+                .collect();
+            let mut table = Table::default();
+            for item in &items {
+                prop_assert!(table.insert(item.clone()));
+            }
+            let mut removed = Vec::new();
+            for index in removals {
+                if items.is_empty() {
+                    break;
+                }
+                let gone = items.remove(index.index(items.len()));
+                prop_assert!(table.remove(&gone.id).is_some());
+                removed.push(gone);
+            }
+            let every: Vec<String> = items
+                .iter()
+                .chain(&removed)
+                .map(|item| item.id.clone())
+                .chain(["obj_unknown".to_owned()])
+                .collect();
+            let after = after.map(|index| every[index.index(every.len())].clone());
+            let before = before.map(|index| every[index.index(every.len())].clone());
+            let request = PageRequest {
+                limit,
+                after: after.as_deref(),
+                before: before.as_deref(),
+                descending,
+                within: (low, high),
+                broken: false,
+            };
+            let page = table.page(&request, |item| item.visible, |item| json!({"id": item.id}));
+            match model(&items, &removed, &request) {
+                None => prop_assert!(page.is_err()),
+                Some((ids, more)) => {
+                    let page = page.expect("a page");
+                    let listed: Vec<String> = page["data"]
+                        .as_array()
+                        .expect("data")
+                        .iter()
+                        .map(|item| item["id"].as_str().expect("id").to_owned())
+                        .collect();
+                    prop_assert_eq!(&listed, &ids);
+                    prop_assert_eq!(&page["has_more"], &json!(more));
+                    prop_assert_eq!(
+                        &page["first_id"],
+                        &ids.first().map_or(Value::Null, |id| json!(id))
+                    );
+                    prop_assert_eq!(
+                        &page["last_id"],
+                        &ids.last().map_or(Value::Null, |id| json!(id))
+                    );
+                }
+            }
+        }
+    }
+}

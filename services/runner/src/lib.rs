@@ -8,6 +8,7 @@ pub mod engine;
 pub mod evidence;
 pub mod inventory;
 pub mod metrics;
+pub mod owners;
 pub mod playbook;
 pub mod service;
 pub mod store;

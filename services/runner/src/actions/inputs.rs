@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SlackMessage {
-    /// An email, a Slack user id (`U…`), a `#channel` or a `group:<name>`.
+    /// An email, a Slack user id (`U…`), a `#channel`, a `group:<name>`, a `team:<name>` (its
+    /// channel, else each member), or the run's `owner` / `owner.team`.
     pub to: String,
     /// mrkdwn text; values from findings are escaped.
     pub text: String,
@@ -19,7 +20,8 @@ pub struct SlackMessage {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Approval {
-    /// Who may answer: emails, Slack user ids, `group:<name>` from the service config.
+    /// Who may answer: emails, Slack user ids, `group:<name>` and `team:<name>` from the service
+    /// config, the run's `owner` and `owner.team`.
     #[schemars(length(min = 1))]
     pub approvers: Vec<String>,
     /// How many distinct allowed answers decide the gate. Default 1.

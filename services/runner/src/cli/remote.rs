@@ -17,9 +17,10 @@ use serde::de::DeserializeOwned;
 use super::{EXIT_CONFIG, EXIT_INVALID, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE};
 use crate::playbook::{Located, Severity};
 use crate::service::api::types::{
-    AppliedView, ApplyRequest, AuditPage, AuditView, CancelRequest, Cancelled, DecisionRequest,
-    DecisionResult, DlqPage, ErrorBody, History, IdentityDetail, InventoryPage, PlaybookList,
-    PruneRequest, PruneResult, Replayed, RunDetail, RunPage, StepView, Verified, VersionSource,
+    AppliedView, ApplyRequest, AttributesRequest, AttributesView, AuditPage, AuditView,
+    CancelRequest, Cancelled, DecisionRequest, DecisionResult, DlqPage, ErrorBody, History,
+    IdentityDetail, InventoryPage, PlaybookList, PruneRequest, PruneResult, Replayed, RunDetail,
+    RunPage, StepView, Verified, VersionSource,
 };
 
 /// Exit code for authentication and permission failures (EX_NOPERM).
@@ -191,6 +192,30 @@ pub enum InventoryCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Record who owns an identity: an email, or `team:<name>` (a team under `[teams]`).
+    SetOwner {
+        /// The identity, e.g. project_key:key_abc or service_account:svc_1.
+        id: String,
+        /// An email or team:<name>; "" clears it.
+        owner: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Record what an identity is for.
+    SetPurpose {
+        /// The identity, e.g. project_key:key_abc.
+        id: String,
+        /// The purpose (at most 500 characters); "" clears it.
+        purpose: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The owner and purpose recorded for an identity, with who set them and when.
+    Attributes {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -326,6 +351,10 @@ impl Client {
 
     fn post<T: DeserializeOwned, B: Serialize>(&self, path: &str, body: &B) -> Result<T, Failure> {
         self.send(Method::POST, path, &[], Some(body))
+    }
+
+    fn put<T: DeserializeOwned, B: Serialize>(&self, path: &str, body: &B) -> Result<T, Failure> {
+        self.send(Method::PUT, path, &[], Some(body))
     }
 
     fn send<T: DeserializeOwned, B: Serialize>(
@@ -616,6 +645,14 @@ fn show_run(detail: &RunDetail) -> String {
     }
     if let Some(reason) = &run.cancelled {
         text.push_str(&format!("cancelled {reason}\n"));
+    }
+    if let Some(owner) = &detail.owner {
+        text.push_str(&format!(
+            "owner     {} ({}: {})\n",
+            owner.recipient.as_deref().unwrap_or("nobody"),
+            owner.link.as_str(),
+            owner.source
+        ));
     }
     // `on_failure` steps are shown when the run reached them.
     let shown: Vec<&StepView> = detail
@@ -1076,6 +1113,27 @@ pub(super) fn inventory(
     err: &mut dyn Write,
 ) -> u8 {
     match command {
+        InventoryCommand::SetOwner { id, owner, api } => attributes(
+            id,
+            Some(AttributesRequest {
+                owner: Some(owner.clone()),
+                purpose: None,
+            }),
+            api,
+            out,
+            err,
+        ),
+        InventoryCommand::SetPurpose { id, purpose, api } => attributes(
+            id,
+            Some(AttributesRequest {
+                owner: None,
+                purpose: Some(purpose.clone()),
+            }),
+            api,
+            out,
+            err,
+        ),
+        InventoryCommand::Attributes { id, api } => attributes(id, None, api, out, err),
         InventoryCommand::List {
             kind,
             project,
@@ -1475,6 +1533,47 @@ fn segment(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
+}
+
+/// `quench inventory set-owner|set-purpose|attributes`: a change to an identity's attributes
+/// (or none, to show them).
+fn attributes(
+    id: &str,
+    request: Option<AttributesRequest>,
+    api: &ApiArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    with_client(api, err, |client| {
+        let path = format!("api/v1/inventory/{}/attributes", segment(id));
+        let view: AttributesView = match &request {
+            Some(request) => client.put(&path, request)?,
+            None => client.get(&path, &[])?,
+        };
+        if api.json {
+            print_json(out, &view)?;
+            return Ok(EXIT_OK);
+        }
+        let line = |name: &str, attribute: &Option<crate::owners::Attribute>| match attribute {
+            Some(attribute) => format!(
+                "{name:<8} {}  (set by {} at {})\n",
+                attribute.value,
+                attribute.set_by,
+                time(&attribute.set_at)
+            ),
+            None => format!("{name:<8} -\n"),
+        };
+        write_text(
+            out,
+            &format!(
+                "{}\n{}{}",
+                view.id,
+                line("owner", &view.owner),
+                line("purpose", &view.purpose)
+            ),
+        )?;
+        Ok(EXIT_OK)
+    })
 }
 
 /// `quench evidence --from --to`: the service makes and signs the pack; it is written to a new

@@ -34,7 +34,7 @@ use url::Url;
 use crate::config::Secret;
 use crate::engine::Actions;
 
-pub use estate::{EstateLists, WATCHED_EVENTS};
+pub use estate::{EstateLists, ProjectSettings, WATCHED_EVENTS};
 pub use least_privilege::UsageScopes;
 pub use narrow::KEY_EXPIRED;
 pub use rotate::register as register_rotation;

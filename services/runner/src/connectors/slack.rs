@@ -3,8 +3,9 @@
 //! escalations, and `chat.update` once the gate closes, showing the outcome without buttons.
 //!
 //! Recipients: an email (looked up with `users.lookupByEmail`, cached, then a DM through
-//! `conversations.open`), a Slack user id (`U…`/`W…`, DM), a `#channel`, or `group:<name>` from
-//! the service config (each member as above). Text from findings is escaped when the playbook is
+//! `conversations.open`), a Slack user id (`U…`/`W…`, DM), a `#channel`, `group:<name>` from
+//! the service config (each member as above), or `team:<name>` (`[teams]`: a message goes to the
+//! team's channel when it has one, an approval to each member). Text from findings is escaped when the playbook is
 //! rendered (see `engine::render`), so it cannot mention `@channel` or forge a link.
 //! Errors: HTTP 429 honours `Retry-After`; `ok:false` codes are mapped (rate limits and Slack's
 //! own failures retry; `users_not_found` and the like are permanent, naming the recipient).
@@ -29,6 +30,8 @@ pub struct Slack {
     client: SlackHyperClient,
     token: SlackApiToken,
     groups: BTreeMap<String, Vec<String>>,
+    /// `[teams]`: `team:<name>` → its members, and the channel its messages go to.
+    owners: Arc<crate::owners::Owners>,
     /// Email (lowercased) → Slack user id.
     users: Mutex<HashMap<String, String>>,
 }
@@ -62,8 +65,15 @@ impl Slack {
             client: SlackClient::new(connector(api_url)?),
             token: SlackApiToken::new(bot_token.expose().to_owned().into()),
             groups,
+            owners: Arc::default(),
             users: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The same client, knowing `[teams]` for `team:<name>` recipients.
+    pub fn with_owners(mut self, owners: Arc<crate::owners::Owners>) -> Slack {
+        self.owners = owners;
+        self
     }
 
     /// Registers `slack.message`.
@@ -111,9 +121,36 @@ impl Slack {
         Ok(opened.channel.id.0)
     }
 
-    /// Resolves one recipient to where its messages go (a group to each member).
-    async fn resolve(&self, to: &str) -> Vec<Result<Destination, (String, ActionError)>> {
+    /// Resolves one recipient to where its messages go (a group to each member; a team to its
+    /// channel when it has one and `channel` allows, else to each member).
+    async fn resolve(
+        &self,
+        to: &str,
+        channel: bool,
+    ) -> Vec<Result<Destination, (String, ActionError)>> {
         let to = to.trim();
+        if let Some(team) = to.strip_prefix("team:") {
+            if channel && let Some(id) = self.owners.team_channel(team) {
+                return vec![Ok(Destination {
+                    label: to.to_owned(),
+                    channel: id.to_owned(),
+                    alias: None,
+                })];
+            }
+            let Some(members) = self.owners.team_members(team) else {
+                return vec![Err((
+                    to.to_owned(),
+                    ActionError::permanent(format!(
+                        "team `{team}` is not defined in the service config (`[teams]`)"
+                    )),
+                ))];
+            };
+            let mut out = Vec::new();
+            for member in &members {
+                out.push(self.resolve_one(member).await);
+            }
+            return out;
+        }
         if let Some(group) = to.strip_prefix("group:") {
             let Some(members) = self.groups.get(group) else {
                 return vec![Err((
@@ -159,7 +196,7 @@ impl Slack {
             });
         }
         Err(failed(ActionError::permanent(format!(
-            "`{to}` is not an email, a Slack user id, a #channel or a group:<name>"
+            "`{to}` is not an email, a Slack user id, a #channel, a group:<name> or a team:<name>"
         ))))
     }
 
@@ -213,7 +250,8 @@ impl Slack {
         // email and a group they are in, the same group twice, an escalation to someone asked).
         let mut asked = std::collections::HashSet::new();
         for recipient in &request.to {
-            for destination in self.resolve(recipient).await {
+            // Approval buttons go to each person, never to a team's channel.
+            for destination in self.resolve(recipient, false).await {
                 let destination = match destination {
                     Ok(destination) => destination,
                     Err(failure) => {
@@ -380,7 +418,7 @@ fn classify(method: &str, subject: &str, error: SlackClientError) -> ActionError
     }
 }
 
-/// `slack.message`: `to` (email, user id, `#channel`, `group:<name>`) and `text`.
+/// `slack.message`: `to` (email, user id, `#channel`, `group:<name>`, `team:<name>`) and `text`.
 #[derive(Debug)]
 struct SlackMessageAction(Arc<Slack>);
 
@@ -393,7 +431,7 @@ impl SlackMessageAction {
         let content = SlackMessageContent::new().with_text(input.text.clone());
         let mut delivered = Vec::new();
         let mut first: Option<(String, String)> = None;
-        for destination in self.0.resolve(&input.to).await {
+        for destination in self.0.resolve(&input.to, true).await {
             let destination = destination.map_err(|(_, error)| error)?;
             let (channel, ts) = self.0.post(&destination.channel, content.clone()).await?;
             delivered.push(json!({"to": destination.label, "channel": channel, "ts": ts}));

@@ -498,7 +498,14 @@ impl Engine {
             .inner
             .renderer
             .inputs(cx.step.action.name, &cx.step.with, scope)
-        {
+            .and_then(|mut input| {
+                crate::owners::name_recipients(
+                    cx.step.action.name,
+                    &mut input,
+                    cx.run.owner.as_ref(),
+                )?;
+                Ok(input)
+            }) {
             Ok(input) => input,
             Err(error) => {
                 let error = ActionError::permanent(format!("cannot render the inputs: {error}"));
@@ -1163,9 +1170,27 @@ impl Engine {
         };
         let vars = ended.vars.clone();
         let mode = self.inner.config.mode_of(&current);
-        let run = Run::new(&current, Some(&queued.finding), now, mode);
+        let mut run = Run::new(&current, Some(&queued.finding), now, mode);
+        run.owner = self.owner_for(&current, Some(&queued.finding))?;
         self.start_run(tx, &current, run, ended.key.clone(), vars, now)?;
         Ok(())
+    }
+
+    /// The owner of a new run of `playbook` (for `finding`, or none for a scheduled run), when
+    /// the playbook reads one: resolved once, kept on the run (see [`crate::owners`]).
+    pub(super) fn owner_for(
+        &self,
+        playbook: &Playbook,
+        finding: Option<&quench_proto::Finding>,
+    ) -> Result<Option<crate::owners::ResolvedOwner>, Error> {
+        if !playbook.uses_owner {
+            return Ok(None);
+        }
+        Ok(Some(crate::owners::resolve_for(
+            &self.inner.store,
+            &self.inner.config.owners,
+            finding,
+        )?))
     }
 
     /// Creates a run in the transaction, takes the open-run slot, and advances it through the
@@ -1202,6 +1227,15 @@ impl Engine {
             None,
             json!({"finding": finding_id, "key": run.key, "mode": run.mode}),
         );
+        if let Some(owner) = &run.owner {
+            tx.audit(
+                &run,
+                now,
+                "owner_resolved",
+                None,
+                json!({"link": owner.link, "source": owner.source, "team": owner.team, "recipient": owner.recipient}),
+            );
+        }
         tx.no_calls = true;
         let advanced = self.advance(&mut run, playbook, tx);
         tx.no_calls = false;

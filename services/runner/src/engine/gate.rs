@@ -273,11 +273,18 @@ impl Engine {
         })
     }
 
-    /// Resolves approvers to identities: emails and Slack ids as they are, `group:<name>` to
-    /// the group's members from the service config.
+    /// Resolves approvers to identities: emails and Slack ids as they are, `group:<name>` and
+    /// `team:<name>` to their members from the service config.
     pub(super) fn expand(&self, approvers: &[String]) -> Result<BTreeSet<String>, String> {
         let mut allowed = BTreeSet::new();
         for approver in approvers {
+            if let Some(team) = approver.strip_prefix("team:") {
+                let members = self.inner.config.owners.team_members(team).ok_or_else(|| {
+                    format!("team `{team}` is not defined in the service config (`[teams]`)")
+                })?;
+                allowed.extend(members.iter().map(|member| identity(member)));
+                continue;
+            }
             match approver.strip_prefix("group:") {
                 Some(group) => {
                     let members = self
@@ -730,12 +737,18 @@ impl Engine {
         let mut pending = Vec::new();
         let mut seen = BTreeSet::new();
         for approver in &gate.approvers {
-            let members = approver
-                .strip_prefix("group:")
-                .filter(|_| !answered.is_empty())
-                .and_then(|group| self.inner.config.groups.get(group));
+            let members = if answered.is_empty() {
+                None
+            } else if let Some(team) = approver.strip_prefix("team:") {
+                self.inner.config.owners.team_members(team)
+            } else {
+                approver
+                    .strip_prefix("group:")
+                    .and_then(|group| self.inner.config.groups.get(group))
+                    .cloned()
+            };
             let names = match members {
-                Some(members) => members.clone(),
+                Some(members) => members,
                 None => vec![approver.clone()],
             };
             for name in names {

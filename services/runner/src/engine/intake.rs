@@ -254,12 +254,13 @@ impl Engine {
             draft
         };
         // A provisional run gives `where`, `vars` and `key` the same context a run would.
-        let provisional = Run::new(
+        let mut provisional = Run::new(
             playbook,
             Some(finding),
             now,
             self.inner.config.mode_of(playbook),
         );
+        provisional.owner = self.owner_for(playbook, Some(finding))?;
         let scope = context(&provisional, playbook, now, Scope::default());
         if let Trigger::Finding(trigger) = &playbook.trigger
             && let Some(condition) = &trigger.condition
@@ -452,6 +453,7 @@ impl Engine {
             return Ok(None);
         }
         let mut provisional = Run::new(&playbook, None, now, self.inner.config.mode_of(&playbook));
+        provisional.owner = self.owner_for(&playbook, None)?;
         let scope = context(&provisional, &playbook, now, Scope::default());
         let rendered = self
             .inner

@@ -75,6 +75,8 @@ pub struct EngineConfig {
     pub max_inflight_runs: usize,
     /// The blast-radius rails (`[safety]`).
     pub safety: SafetyConfig,
+    /// The config's links of the owner resolution chain (`[owners]`, `[teams]`).
+    pub owners: Arc<crate::owners::Owners>,
 }
 
 impl Default for EngineConfig {
@@ -88,6 +90,7 @@ impl Default for EngineConfig {
             unavailable: Vec::new(),
             max_inflight_runs: 256,
             safety: SafetyConfig::default(),
+            owners: Arc::default(),
         }
     }
 }
@@ -209,6 +212,11 @@ impl Engine {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The config's links of the owner resolution chain.
+    pub fn owners(&self) -> &crate::owners::Owners {
+        &self.inner.config.owners
     }
 
     pub fn now(&self) -> DateTime<Utc> {

@@ -36,6 +36,16 @@ pub fn preview(
         now,
         playbook.mode.unwrap_or(Mode::DryRun),
     );
+    if playbook.uses_owner {
+        // Without a store or config: the finding's own owner is the only link.
+        run.owner = Some(crate::owners::resolve(
+            &crate::owners::Owners::default(),
+            &crate::owners::Facts {
+                finding_owner: finding.owner.as_ref(),
+                ..Default::default()
+            },
+        ));
+    }
     let mut rendered = Vec::new();
     let scope = context(&run, playbook, now, Scope::default());
     if let crate::playbook::Trigger::Finding(trigger) = &playbook.trigger
@@ -55,7 +65,12 @@ pub fn preview(
         renderer.value(&Value::String(playbook.key.clone()), &scope),
     ));
     for step in playbook.steps.iter().chain(&playbook.on_failure) {
-        let result = renderer.inputs(step.action.name, &step.with, &scope);
+        let result = renderer
+            .inputs(step.action.name, &step.with, &scope)
+            .and_then(|mut input| {
+                crate::owners::name_recipients(step.action.name, &mut input, run.owner.as_ref())?;
+                Ok(input)
+            });
         rendered.push((format!("steps.{}.with", step.id), result));
     }
     rendered
@@ -220,7 +235,7 @@ pub(crate) struct Scope<'a> {
     pub(crate) failure: bool,
 }
 
-/// The template context of a run: `finding`, `vars`, `state`, `steps`, `run`, `playbook`, `now`,
+/// The template context of a run: `finding`, `owner`, `vars`, `state`, `steps`, `run`, `playbook`, `now`,
 /// and `item`/`index`, `failure` where they apply. Built straight into template values; the
 /// finding is converted once per run ([`Run::finding_value`]).
 pub(crate) fn context(
@@ -266,8 +281,13 @@ pub(crate) fn context(
         .then_some(run.failure.as_ref())
         .flatten()
         .map(|failure| minijinja::context! { step => failure.step.clone(), error => failure.error.clone() });
+    let owner = match &run.owner {
+        Some(owner) => to_context(owner),
+        None => to_context(crate::owners::ResolvedOwner::default()),
+    };
     let context = minijinja::context! {
         finding,
+        owner,
         vars => to_context(&run.vars),
         state => to_context(&run.state),
         steps => V::from(steps),

@@ -92,6 +92,10 @@ pub struct Run {
     /// The safety gate a mutating step of this run waits on (see `engine::safety`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safety_wait: Option<SafetyWait>,
+    /// The owner resolved when the run started, for a playbook that reads it
+    /// ([`crate::playbook::Playbook::uses_owner`]): who, and which link of the chain answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<crate::owners::ResolvedOwner>,
     /// What the run counted as in the store's run counters when it was read or last saved
     /// (not stored; `None` for a run not yet written).
     #[serde(skip)]
@@ -133,6 +137,7 @@ impl Run {
             cancelled: None,
             timers: Vec::new(),
             safety_wait: None,
+            owner: None,
             counted: None,
             finding_value: FindingValue::default(),
         }

@@ -2,20 +2,30 @@
 //! with its owner, purpose and risks. An identity's facts are taken back to that moment through
 //! its history (each change after it undone, newest first), so a pack made later for the same
 //! period lists the same identities with the same facts. Risks are assessed at that moment
-//! against the findings open now; owner and purpose come from what people set on the identity
-//! (its attributes `owner` and `purpose`, kept as they are now), else from what OpenAI says.
-//! Campaigns are not recorded yet: that section says so.
+//! against the findings open now. The owner is the owner chain's answer (`owners::resolve`, the
+//! one chain playbooks use: the key's user while they have access, the recorded owner of the
+//! identity or its service account, `[owners]` rules, the fallback), with the link that gave it;
+//! the purpose is what people recorded (attributes are kept as they are now). Campaigns are not
+//! recorded yet: that section says so.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::{AttestationRow, CampaignRow, EvidenceSources, InventoryRow, Period};
 use crate::inventory::{Change, Identity, Inventory, risk};
-use crate::store::Key;
+use crate::owners::{self, Owners};
 
-impl EvidenceSources for Inventory {
+/// The inventory with the owner chain's config.
+#[derive(Debug, Clone)]
+pub struct Estate {
+    pub inventory: Inventory,
+    pub owners: std::sync::Arc<Owners>,
+}
+
+impl EvidenceSources for Estate {
     fn inventory_at(&self, at: DateTime<Utc>) -> Result<Option<Vec<InventoryRow>>, String> {
-        let store = self.store();
+        let inventory = &self.inventory;
+        let store = inventory.store();
         let context = risk::Context::load(store).map_err(|error| error.to_string())?;
         let mut rows = Vec::new();
         for item in store.identities::<Identity>(None) {
@@ -23,35 +33,18 @@ impl EvidenceSources for Inventory {
             if identity.first_seen >= at {
                 continue;
             }
-            let history: Vec<(u64, Change)> = self
+            let history: Vec<(u64, Change)> = inventory
                 .history(&identity.id)
                 .map_err(|error| error.to_string())?;
             let Some(identity) = as_at(identity, &history, at) else {
                 continue;
             };
-            let attributes: Option<Value> = store
-                .get(Key::Attributes(&identity.id))
-                .map_err(|error| error.to_string())?;
-            let said = |field: &str| {
-                attributes
-                    .as_ref()
-                    .and_then(|attributes| attributes.get(field))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            };
-            let openai_owner = identity.facts.owner.as_ref().and_then(|owner| {
-                owner
-                    .email
-                    .clone()
-                    .or_else(|| owner.name.clone())
-                    .or_else(|| owner.id.clone())
-            });
-            let (owner, owner_source) = match (said("owner"), openai_owner) {
-                (Some(owner), _) => (Some(owner), Some("attribute".to_owned())),
-                (None, Some(owner)) => (Some(owner), Some("openai".to_owned())),
-                (None, None) => (None, None),
-            };
-            let risks = risk::assess(&identity, self.policy(), &context, at)
+            let (owner, owner_source) = self.owner(&identity).map_err(|error| error.to_string())?;
+            let purpose = owners::attributes(store, &identity.id)
+                .map_err(|error| error.to_string())?
+                .and_then(|attributes| attributes.purpose)
+                .map(|purpose| purpose.value);
+            let risks = risk::assess(&identity, inventory.policy(), &context, at)
                 .into_iter()
                 .map(|risk| format!("{}: {}", risk.id, risk.fact))
                 .collect();
@@ -62,7 +55,7 @@ impl EvidenceSources for Inventory {
                 name: identity.facts.name.clone(),
                 owner,
                 owner_source,
-                purpose: said("purpose"),
+                purpose,
                 created_at: identity.facts.created_at,
                 last_used_at: identity.facts.last_used_at,
                 expires_at: identity.facts.expires_at,
@@ -71,7 +64,13 @@ impl EvidenceSources for Inventory {
             });
         }
         // No inventory was ever synced: say so rather than list nothing.
-        if rows.is_empty() && self.state().map_err(|error| error.to_string())?.sequence == 0 {
+        if rows.is_empty()
+            && inventory
+                .state()
+                .map_err(|error| error.to_string())?
+                .sequence
+                == 0
+        {
             return Ok(None);
         }
         Ok(Some(rows))
@@ -82,6 +81,52 @@ impl EvidenceSources for Inventory {
         _: Period,
     ) -> Result<Option<(Vec<CampaignRow>, Vec<AttestationRow>)>, String> {
         Ok(None)
+    }
+}
+
+impl Estate {
+    /// The owner chain's answer for an identity (no finding: the chain starts at the key's
+    /// user), as the recipient it names and the link with what answered.
+    fn owner(
+        &self,
+        identity: &Identity,
+    ) -> Result<(Option<String>, Option<String>), crate::store::Error> {
+        let facts = &identity.facts;
+        let key_user = facts
+            .owner
+            .as_ref()
+            .filter(|owner| owner.kind == "user")
+            .filter(|_| facts.owner_project_access.as_deref() != Some("inactive"))
+            .and_then(|owner| owner.email.as_deref());
+        let mut identities = vec![identity.id.clone()];
+        if let Some(account) = facts
+            .owner
+            .as_ref()
+            .filter(|owner| owner.kind == "service_account")
+            .and_then(|owner| owner.id.as_ref())
+        {
+            identities.push(format!("service_account:{account}"));
+        }
+        let recorded = owners::recorded_owner(self.inventory.store(), &self.owners, &identities)?;
+        let resolved = owners::resolve(
+            &self.owners,
+            &owners::Facts {
+                finding_owner: None,
+                key_user,
+                recorded: recorded
+                    .as_ref()
+                    .map(|(identity, owner)| (identity.as_str(), owner)),
+                project_id: facts.project_id.as_deref(),
+                project_name: facts.project_name.as_deref(),
+            },
+        );
+        if resolved.recipient.is_none() {
+            return Ok((None, None));
+        }
+        Ok((
+            resolved.recipient,
+            Some(format!("{}: {}", resolved.link.as_str(), resolved.source)),
+        ))
     }
 }
 

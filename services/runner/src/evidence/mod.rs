@@ -23,6 +23,7 @@ mod render;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use estate::Estate;
 pub use pack::{
     Check, Format, MANIFEST, Manifest, PackFile, SIGNATURE, Signed, Signer, Verified,
     against_chain, public_key, verify, write_pack,

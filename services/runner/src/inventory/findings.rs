@@ -70,6 +70,10 @@ fn shape(identity: &Identity, risk: &str) -> Option<(String, String)> {
             format!("openai.api_key.{risk}"),
             format!("openai:project_key:{id}:{risk}"),
         )),
+        (Kind::Project, risk::DATA_EXPOSURE) => Some((
+            "openai.project.data_exposure".to_owned(),
+            format!("openai:project:{id}:data_exposure"),
+        )),
         (Kind::AdminKey, risk) => Some((
             format!("openai.admin_key.{risk}"),
             format!("openai:admin_key:{id}:{risk}"),
@@ -108,14 +112,22 @@ fn finding(
     let resource_type = match (identity.kind, &service_account) {
         (_, Some(_)) => "service_account",
         (Kind::AdminKey, None) => "admin_key",
+        (Kind::Project, None) => "project",
         _ => "api_key",
     };
     let severity = match risk.id.as_str() {
-        risk::OWNER_LEFT | risk::UNRESTRICTED_SCOPES | risk::ADMIN_KEY => "medium",
+        risk::OWNER_LEFT | risk::UNRESTRICTED_SCOPES | risk::ADMIN_KEY | risk::DATA_EXPOSURE => {
+            "medium"
+        }
         _ => "low",
     };
+    let what = if identity.kind == Kind::Project {
+        "OpenAI project"
+    } else {
+        "OpenAI key"
+    };
     let title = format!(
-        "OpenAI key {name}: {} ({})",
+        "{what} {name}: {} ({})",
         risk.id.replace('_', " "),
         risk.fact
     );
@@ -140,7 +152,8 @@ fn finding(
             "last_used_at": facts.last_used_at.map(|at| at.to_rfc3339()),
         },
         "evidence": {
-            "key_id": identity.openai_id,
+            "settings": settings_evidence(identity),
+            "key_id": (identity.kind != Kind::Project).then(|| identity.openai_id.clone()),
             "last_used_at": facts.last_used_at.map(|at| at.to_rfc3339()),
             "risk": risk.id,
             "fact": risk.fact,
@@ -161,6 +174,78 @@ fn finding(
     Finding::parse(&bytes, DEFAULT_MAX_FINDING_BYTES).map_err(|error| error.to_string())
 }
 
+/// A project's data settings as a finding's evidence (null for other identities).
+fn settings_evidence(identity: &Identity) -> Value {
+    if identity.kind != Kind::Project {
+        return Value::Null;
+    }
+    let facts = &identity.facts;
+    json!({
+        "hosted_tools": facts.hosted_tools,
+        "model_policy": facts.model_policy,
+        "data_retention": facts.data_retention,
+        "certificates": facts.certificates.len(),
+    })
+}
+
+/// The drift finding for a change of a project's data settings (history entry `seq`).
+fn drift_finding(
+    identity: &Identity,
+    seq: u64,
+    change: &super::Change,
+    now: DateTime<Utc>,
+) -> Result<Finding, String> {
+    let name = identity
+        .facts
+        .name
+        .clone()
+        .unwrap_or_else(|| identity.openai_id.clone());
+    let fields: Vec<&str> = change.fields.keys().map(String::as_str).collect();
+    let title: String = format!(
+        "OpenAI project {name}: data settings changed ({})",
+        fields.join(", ")
+    )
+    .chars()
+    .take(300)
+    .collect();
+    let changes: serde_json::Map<String, Value> = change
+        .fields
+        .iter()
+        .map(|(field, change)| (field.clone(), json!({"from": change.from, "to": change.to})))
+        .collect();
+    let mut value = json!({
+        "schema": "quench.finding/v1",
+        "id": finding_id(&identity.id, "drift", seq, ""),
+        "key": format!("openai:project:{}:drift:{seq}", identity.openai_id),
+        "kind": "openai.project.drift",
+        "severity": "medium",
+        "title": title,
+        "detected_at": now.to_rfc3339(),
+        "source": {"scanner": "quench", "rule": "inventory:drift"},
+        "resource": {
+            "provider": "openai",
+            "type": "project",
+            "id": identity.openai_id,
+            "name": identity.facts.name,
+            "project_id": identity.openai_id,
+        },
+        "evidence": {
+            "changes": changes,
+            "changed_at": change.at.to_rfc3339(),
+            "source": change.source,
+            "inventory_id": identity.id,
+        },
+    });
+    strip_nulls(&mut value);
+    let bytes = serde_json::to_vec(&value).map_err(|error| error.to_string())?;
+    Finding::parse(&bytes, DEFAULT_MAX_FINDING_BYTES).map_err(|error| error.to_string())
+}
+
+/// The record name of the drift finding for history entry `seq`.
+fn drift_record(seq: u64) -> String {
+    format!("drift:{seq:020}")
+}
+
 fn strip_nulls(value: &mut Value) {
     if let Value::Object(map) = value {
         map.retain(|_, field| !field.is_null());
@@ -176,6 +261,7 @@ impl Inventory {
     pub fn findings_due(
         &self,
         publish: &[String],
+        drift: bool,
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<Outgoing>, Error> {
@@ -189,6 +275,9 @@ impl Inventory {
         let mut out = Vec::new();
         for item in self.store.identities::<Identity>(None) {
             let (_, identity) = item?;
+            if drift && identity.kind == Kind::Project {
+                self.drift_due(&identity, &records, now, limit, &mut out)?;
+            }
             let risks = risk::assess(&identity, &self.policy, &context, now);
             for wanted in publish {
                 if out.len() >= limit {
@@ -249,6 +338,54 @@ impl Inventory {
             }
         }
         Ok(out)
+    }
+
+    /// Drift findings not published yet for `project`'s history: changes by a pass (not its
+    /// creation) of a data setting that was known before.
+    fn drift_due(
+        &self,
+        project: &Identity,
+        records: &std::collections::HashMap<(String, String), Published>,
+        now: DateTime<Utc>,
+        limit: usize,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), Error> {
+        for (seq, mut change) in self.history(&project.id)? {
+            if out.len() >= limit {
+                return Ok(());
+            }
+            if change.what != "changed" {
+                continue;
+            }
+            change.fields.retain(|field, change| {
+                super::DATA_SETTINGS.contains(&field.as_str()) && !change.from.is_null()
+            });
+            let record = drift_record(seq);
+            if change.fields.is_empty()
+                || records.contains_key(&(project.id.clone(), record.clone()))
+            {
+                continue;
+            }
+            match drift_finding(project, seq, &change, now) {
+                Ok(finding) => out.push(Outgoing {
+                    identity: project.id.clone(),
+                    risk: record,
+                    record: Published {
+                        episode: seq,
+                        finding_id: finding.id.clone(),
+                        kind: finding.kind.clone(),
+                        opened_at: now,
+                        // A change is an event: nothing to resolve later.
+                        resolved_at: Some(now),
+                    },
+                    finding,
+                }),
+                Err(error) => {
+                    tracing::warn!(project = %project.id, seq, %error, "the inventory cannot build a drift finding");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Records findings that are on the stream.

@@ -141,7 +141,34 @@ pub struct Facts {
     /// A project's status (`active`, `archived`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// A project's hosted tools: name → on. Empty when not read.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hosted_tools: BTreeMap<String, bool>,
+    /// A project's model policy: `allow_list` or `deny_list`, and its model ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_policy: Option<ModelPolicy>,
+    /// A project's data retention type (`zero_data_retention`, `organization_default`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_retention: Option<String>,
+    /// A project's active certificates (mutual TLS), by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<String>,
 }
+
+/// A project's model allow or deny list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ModelPolicy {
+    pub mode: String,
+    pub model_ids: Vec<String>,
+}
+
+/// The facts of a project that decide where its data goes: a change to any is drift.
+pub const DATA_SETTINGS: &[&str] = &[
+    "hosted_tools",
+    "model_policy",
+    "data_retention",
+    "certificates",
+];
 
 impl Facts {
     /// Every field as JSON, by name (what a change records).

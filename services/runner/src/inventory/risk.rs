@@ -12,7 +12,7 @@ use super::{Identity, Kind};
 use crate::store::{Error, Store};
 
 /// `[policy]`, as the inventory measures against it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     /// A key not used for this long is `unused`.
     pub unused_after: Duration,
@@ -20,6 +20,27 @@ pub struct Policy {
     pub never_used_after: Duration,
     /// A key older than this is `too_old`; `None`: no age limit.
     pub max_key_age: Option<Duration>,
+    /// Project classes, first match wins.
+    pub projects: Vec<ProjectRule>,
+}
+
+/// One `[[policy.projects]]` class, its glob compiled.
+#[derive(Debug, Clone)]
+pub struct ProjectRule {
+    pub class: quench_common::config::ProjectClass,
+    matcher: globset::GlobMatcher,
+}
+
+impl ProjectRule {
+    /// The rule for `class`; `None` for a glob that does not compile (refused at load).
+    pub fn new(class: quench_common::config::ProjectClass) -> Option<ProjectRule> {
+        let matcher = globset::Glob::new(&class.matches).ok()?.compile_matcher();
+        Some(ProjectRule { class, matcher })
+    }
+
+    fn matches(&self, id: &str, name: Option<&str>) -> bool {
+        self.matcher.is_match(id) || name.is_some_and(|name| self.matcher.is_match(name))
+    }
 }
 
 impl Default for Policy {
@@ -28,6 +49,7 @@ impl Default for Policy {
             unused_after: Duration::days(90),
             never_used_after: Duration::days(7),
             max_key_age: None,
+            projects: Vec::new(),
         }
     }
 }
@@ -49,6 +71,12 @@ impl Policy {
                 .max_key_age
                 .as_deref()
                 .map(|age| duration(age, Duration::days(365))),
+            projects: section
+                .projects
+                .iter()
+                .cloned()
+                .filter_map(ProjectRule::new)
+                .collect(),
         }
     }
 }
@@ -78,6 +106,10 @@ pub const RISKS: &[(&str, &str)] = &[
         "an admin key: it can change the whole organization",
     ),
     (TOO_OLD, "a key older than `[policy] max_key_age`"),
+    (
+        DATA_EXPOSURE,
+        "a project whose data settings break its `[[policy.projects]]` class",
+    ),
 ];
 
 pub const LEAKED: &str = "leaked";
@@ -88,10 +120,11 @@ pub const UNRESTRICTED_SCOPES: &str = "unrestricted_scopes";
 pub const OWNER_LEFT: &str = "owner_left";
 pub const ADMIN_KEY: &str = "admin_key";
 pub const TOO_OLD: &str = "too_old";
+pub const DATA_EXPOSURE: &str = "data_exposure";
 
 /// Whether `name` is a risk the inventory knows.
 pub fn is_risk(name: &str) -> bool {
-    RISKS.iter().any(|(risk, _)| *risk == name)
+    quench_common::config::KNOWN_RISKS.contains(&name)
 }
 
 /// One risk of one identity.
@@ -157,6 +190,53 @@ fn day(time: DateTime<Utc>) -> String {
 
 fn days(duration: Duration) -> String {
     format!("{}d", duration.num_days())
+}
+
+/// What a project does that its class forbids, in words, naming the rule; `None` when it
+/// keeps to it (or no class matches, or its settings could not be read).
+fn data_exposure(project: &Identity, policy: &Policy) -> Option<String> {
+    let facts = &project.facts;
+    let rule = policy
+        .projects
+        .iter()
+        .find(|rule| rule.matches(&project.openai_id, facts.name.as_deref()))?;
+    let class = &rule.class;
+    let mut broken = Vec::new();
+    let on: Vec<&str> = class
+        .deny_tools
+        .iter()
+        .filter(|tool| facts.hosted_tools.get(tool.as_str()) == Some(&true))
+        .map(String::as_str)
+        .collect();
+    if !on.is_empty() {
+        broken.push(format!("hosted tools on: {} (denied)", on.join(", ")));
+    }
+    if !class.data_retention.is_empty()
+        && let Some(retention) = &facts.data_retention
+        && !class.data_retention.contains(retention)
+    {
+        broken.push(format!(
+            "data retention is {retention} (allowed: {})",
+            class.data_retention.join(", ")
+        ));
+    }
+    if class.require_model_allow_list
+        && let Some(models) = &facts.model_policy
+        && models.mode != "allow_list"
+    {
+        broken.push(format!(
+            "models by {} (an allow list is required)",
+            models.mode
+        ));
+    }
+    if broken.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{}; policy project class `{}`",
+        broken.join("; "),
+        class.matches
+    ))
 }
 
 /// The risks of `identity` at `now` under `policy`. A deleted identity has none.
@@ -255,6 +335,12 @@ pub fn assess(
             risk(OWNER_LEFT, fact);
         }
     }
+    if identity.kind == Kind::Project
+        && facts.status.as_deref() != Some("archived")
+        && let Some(fact) = data_exposure(identity, policy)
+    {
+        risk(DATA_EXPOSURE, fact);
+    }
     if identity.kind == Kind::AdminKey {
         risk(
             ADMIN_KEY,
@@ -347,8 +433,12 @@ mod tests {
             OWNER_LEFT,
             ADMIN_KEY,
             TOO_OLD,
+            DATA_EXPOSURE,
         ] {
             assert!(is_risk(id), "{id}");
         }
+        // The config's list (what `[inventory] publish` may name) and the described ones agree.
+        let described: Vec<&str> = RISKS.iter().map(|(id, _)| *id).collect();
+        assert_eq!(described, quench_common::config::KNOWN_RISKS);
     }
 }

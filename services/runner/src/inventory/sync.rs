@@ -13,9 +13,9 @@ use serde_json::Value;
 
 use super::{
     AuditCursor, Change, Facts, FieldChange, Identity, Inventory, KeyOwner, Kind, META_STATE,
-    ProjectRole, State,
+    ModelPolicy, ProjectRole, State,
 };
-use crate::connectors::openai::EstateLists;
+use crate::connectors::openai::{EstateLists, ProjectSettings};
 use crate::store::{Batch, Error, Key};
 
 /// What one walk saw: identity id → (kind, OpenAI id, facts).
@@ -70,6 +70,11 @@ impl Pass {
                     ..Facts::default()
                 },
             );
+        }
+        for (project, settings) in &lists.settings {
+            if let Some((_, _, facts)) = pass.seen.get_mut(&Kind::Project.id(project)) {
+                settings_facts(settings, facts);
+            }
         }
         let project_name = |project: &str| project_names.get(project).cloned().flatten();
         for (project, key) in &lists.keys {
@@ -182,6 +187,41 @@ impl Pass {
         self.seen
             .insert(kind.id(openai_id), (kind, openai_id.to_owned(), facts));
     }
+}
+
+/// A project's data settings as facts: hosted tools on or off, the model policy, the data
+/// retention type, the active certificates (what OpenAI refused to say stays empty).
+fn settings_facts(settings: &ProjectSettings, facts: &mut Facts) {
+    if let Some(Value::Object(tools)) = &settings.hosted_tools {
+        facts.hosted_tools = tools
+            .iter()
+            .filter_map(|(tool, value)| Some((tool.clone(), value["enabled"].as_bool()?)))
+            .collect();
+    }
+    if let Some(models) = &settings.model_permissions
+        && let Some(mode) = models["mode"].as_str()
+    {
+        facts.model_policy = Some(ModelPolicy {
+            mode: mode.to_owned(),
+            model_ids: models["model_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|id| id.as_str().map(str::to_owned))
+                .collect(),
+        });
+    }
+    facts.data_retention = settings
+        .data_retention
+        .as_ref()
+        .and_then(|retention| text(&retention["type"]));
+    facts.certificates = settings
+        .certificates
+        .iter()
+        .flatten()
+        .filter(|certificate| certificate["active"] != false)
+        .filter_map(|certificate| text(&certificate["id"]))
+        .collect();
 }
 
 /// The changed fields between two sets of facts, `last_used_at` left out.
@@ -483,5 +523,113 @@ impl Inventory {
     /// `None` before the first watch (which reads the whole log, for the keys' scopes).
     pub fn audit_since(&self) -> Result<Option<i64>, Error> {
         Ok(self.state()?.audit_cursor.map(|cursor| cursor.effective_at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::store::Store;
+
+    /// Any JSON, shallow, with the field names OpenAI's objects use so the shapes get near.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let names = prop::sample::select(vec![
+            "id",
+            "name",
+            "type",
+            "owner",
+            "user",
+            "service_account",
+            "email",
+            "created_at",
+            "last_used_at",
+            "expires_at",
+            "status",
+            "role",
+            "effective_at",
+            "project",
+            "api_key.created",
+            "api_key.updated",
+            "api_key.deleted",
+            "data",
+            "scopes",
+            "changes_requested",
+            "enabled",
+            "mode",
+            "model_ids",
+            "mcp",
+        ]);
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "[a-z_.]{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(names.clone(), inner, 0..6).prop_map(|map| {
+                    Value::Object(map.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                }),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// Whatever a server answers, reading a walk's lists never panics, and every identity
+        /// it yields has an id of its kind.
+        #[test]
+        fn lists_from_a_hostile_server_never_panic(
+            projects in prop::collection::vec(json_value(), 0..4),
+            keys in prop::collection::vec(json_value(), 0..4),
+            users in prop::collection::vec(json_value(), 0..4),
+            tools in json_value(),
+        ) {
+            let lists = EstateLists {
+                projects: projects.clone(),
+                keys: keys.into_iter().map(|key| ("proj_1".to_owned(), key)).collect(),
+                project_users: users.iter().cloned().map(|user| ("proj_1".to_owned(), user)).collect(),
+                users,
+                admin_keys: projects,
+                service_accounts: Vec::new(),
+                settings: vec![(
+                    "proj_1".to_owned(),
+                    ProjectSettings {
+                        hosted_tools: Some(tools.clone()),
+                        model_permissions: Some(tools.clone()),
+                        data_retention: Some(tools),
+                        certificates: None,
+                    },
+                )],
+            };
+            let pass = Pass::from_lists(&lists);
+            for (id, (kind, openai_id, _)) in &pass.seen {
+                prop_assert_eq!(id, &kind.id(openai_id));
+            }
+        }
+
+        /// Whatever the audit log holds, applying it never panics and never moves the cursor
+        /// back.
+        #[test]
+        fn audit_events_from_a_hostile_server_never_panic(
+            events in prop::collection::vec(json_value(), 0..6),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            runtime.block_on(async {
+                let inventory = Inventory::new(Store::temporary().expect("store"), super::super::Policy::default());
+                let now = DateTime::from_timestamp(1_800_000_000, 0).expect("time");
+                // A first read (the backfill), then the same events as news.
+                inventory.apply_events(&[json!({"id": "e0", "effective_at": 5, "type": "api_key.deleted", "api_key.deleted": {"id": "k"}})], now).await.expect("apply");
+                let before = inventory.audit_since().expect("cursor");
+                inventory.apply_events(&events, now).await.expect("apply");
+                let after = inventory.audit_since().expect("cursor");
+                assert!(after >= before, "{before:?} → {after:?}");
+            });
+        }
     }
 }

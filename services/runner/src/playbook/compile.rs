@@ -79,6 +79,7 @@ pub fn compile_with(source: &str, groups: Option<&BTreeSet<String>>) -> Compiled
         document: &document,
         diagnostics: Vec::new(),
         groups,
+        uses_owner: false,
     };
     let playbook = compiler.playbook(source);
     diagnostics.append(&mut compiler.diagnostics);
@@ -96,6 +97,8 @@ struct Compiler<'a> {
     diagnostics: Vec<Diagnostic>,
     /// The groups the service's config defines, when known.
     groups: Option<&'a BTreeSet<String>>,
+    /// Whether anything reads the run's resolved owner (see [`Playbook::uses_owner`]).
+    uses_owner: bool,
 }
 
 /// What the steps before a given step established.
@@ -140,6 +143,9 @@ impl Compiler<'_> {
             let pointer = format!("/vars/{}", super::yaml::escape(var));
             if let Some(name) = value.as_str().and_then(|text| text.strip_prefix("group:")) {
                 self.group_defined(&pointer, name);
+            }
+            if value.as_str().is_some_and(crate::owners::names_owner) {
+                self.uses_owner = true;
             }
             self.templates_in(
                 &pointer,
@@ -223,6 +229,7 @@ impl Compiler<'_> {
             vars: vars_map,
             steps: steps.into_iter().collect::<Option<Vec<_>>>()?,
             on_failure: on_failure.into_iter().collect::<Option<Vec<_>>>()?,
+            uses_owner: self.uses_owner,
         })
     }
 
@@ -687,9 +694,12 @@ impl Compiler<'_> {
         }
         if let Some(quorum) = with.get("quorum").and_then(Value::as_u64) {
             // Groups and templates may stand for many people; only plain people can be counted.
-            let countable = approvers
-                .iter()
-                .all(|approver| !is_template(approver) && !approver.starts_with("group:"));
+            let countable = approvers.iter().all(|approver| {
+                !is_template(approver)
+                    && !approver.starts_with("group:")
+                    && !approver.starts_with("team:")
+                    && !crate::owners::names_owner(approver)
+            });
             let escalations = with
                 .get("escalate")
                 .and_then(Value::as_array)
@@ -743,9 +753,19 @@ impl Compiler<'_> {
         }
     }
 
-    /// An approver or message target: an email, a Slack user id, `group:<name>`, or (for
-    /// messages) a `#channel`.
+    /// An approver or message target: an email, a Slack user id, `group:<name>`,
+    /// `team:<name>`, the run's `owner` or `owner.team`, or (for messages) a `#channel`.
     fn recipient(&mut self, pointer: &str, text: &str, channel_allowed: bool) {
+        if crate::owners::names_owner(text) {
+            self.uses_owner = true;
+            return;
+        }
+        if text
+            .strip_prefix("team:")
+            .is_some_and(|name| !name.is_empty() && !name.contains(char::is_whitespace))
+        {
+            return;
+        }
         let slack_id = text.len() > 2
             && (text.starts_with('U') || text.starts_with('W'))
             && text
@@ -761,9 +781,9 @@ impl Compiler<'_> {
         }
         if !(slack_id || group || email || channel) {
             let kinds = if channel_allowed {
-                "an email, a Slack user id (`U…`), a `#channel` or `group:<name>`"
+                "an email, a Slack user id (`U…`), a `#channel`, `group:<name>`, `team:<name>`, `owner` or `owner.team`"
             } else {
-                "an email, a Slack user id (`U…`) or `group:<name>`"
+                "an email, a Slack user id (`U…`), `group:<name>`, `team:<name>`, `owner` or `owner.team`"
             };
             self.push(Diagnostic::error(
                 Code::Input,
@@ -888,6 +908,13 @@ impl Compiler<'_> {
         if !is_template(text) {
             return;
         }
+        // A template may give `owner` as a recipient from a string of its own.
+        if ["'owner'", "\"owner\"", "'owner.team'", "\"owner.team\""]
+            .iter()
+            .any(|quoted| text.contains(quoted))
+        {
+            self.uses_owner = true;
+        }
         let references = template_references(text);
         self.references(pointer, text, references, scope);
     }
@@ -928,6 +955,12 @@ impl Compiler<'_> {
                 );
             }
             Ok(paths) => {
+                if paths
+                    .iter()
+                    .any(|path| path == "owner" || path.starts_with("owner."))
+                {
+                    self.uses_owner = true;
+                }
                 for problem in scope.check(&paths) {
                     let span = self.document.locate(pointer, &problem.path);
                     self.push(

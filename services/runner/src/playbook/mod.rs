@@ -53,6 +53,9 @@ pub struct Playbook {
     pub vars: model::Map,
     pub steps: Vec<Step>,
     pub on_failure: Vec<Step>,
+    /// Whether the playbook reads the resolved owner (`owner` in a template, `owner` or
+    /// `owner.team` as a recipient): a run of it resolves its owner when it starts.
+    pub uses_owner: bool,
 }
 
 /// Actions that cannot work in this service (a connector without credentials), by name prefix,

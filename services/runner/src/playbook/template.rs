@@ -134,6 +134,15 @@ const APPROVAL_FIELDS: &[&str] = &["choice", "decided_by", "decided_at", "via"];
 const RUN_FIELDS: &[&str] = &["id", "started_at", "mode"];
 const PLAYBOOK_FIELDS: &[&str] = &["name", "version"];
 const FAILURE_FIELDS: &[&str] = &["step", "error"];
+const OWNER_FIELDS: &[&str] = &[
+    "link",
+    "source",
+    "team",
+    "emails",
+    "slack_user_ids",
+    "channel",
+    "recipient",
+];
 
 impl Scope<'_> {
     /// Checks each referenced path; returns what cannot be satisfied.
@@ -145,7 +154,7 @@ impl Scope<'_> {
     }
 
     fn roots(&self) -> Vec<&'static str> {
-        let mut roots = vec!["playbook", "now"];
+        let mut roots = vec!["playbook", "now", "owner"];
         if self.no_finding.is_none() {
             roots.push("finding");
         }
@@ -220,6 +229,7 @@ impl Scope<'_> {
             "state" if self.run => None,
             "state" => unavailable("`state` is not available here: no run exists yet".to_owned()),
             "playbook" => fixed(PLAYBOOK_FIELDS, "playbook"),
+            "owner" => fixed(OWNER_FIELDS, "owner"),
             "now" if segments.len() == 1 => None,
             "now" => fixed(&[], "now"),
             "item" if self.item => None,

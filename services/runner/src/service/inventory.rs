@@ -47,6 +47,7 @@ pub(crate) struct Sync {
     pub(crate) interval: Duration,
     pub(crate) watch_interval: Duration,
     pub(crate) publish: Vec<String>,
+    pub(crate) publish_drift: bool,
     pub(crate) status: SharedStatus,
 }
 
@@ -94,7 +95,12 @@ impl Sync {
         loop {
             let due = self
                 .inventory
-                .findings_due(&self.publish, Utc::now(), PUBLISH_PER_ROUND)
+                .findings_due(
+                    &self.publish,
+                    self.publish_drift,
+                    Utc::now(),
+                    PUBLISH_PER_ROUND,
+                )
                 .map_err(|error| error.to_string())?;
             if due.is_empty() {
                 return Ok(total);

@@ -67,6 +67,9 @@ pub enum Error {
     UsageScopes(String),
     #[error("configuration: {0}")]
     Safety(crate::engine::SafetyConfigError),
+    /// `[owners]` could not be compiled (checked at load already).
+    #[error("configuration: {0}")]
+    Owners(String),
     /// `[evidence] signing_key_file` is not an Ed25519 key.
     #[error("configuration: {0}")]
     Evidence(String),
@@ -144,7 +147,9 @@ pub async fn serve_with(
         "finding.publish",
         Arc::new(publish::PublishAction::new(jetstream.clone())),
     );
+    let owners = Arc::new(crate::owners::Owners::from_config(&config).map_err(Error::Owners)?);
     let engine_config = EngineConfig {
+        owners: owners.clone(),
         mode: config.mode(),
         dry_run_only: start.dry_run_only,
         groups: config.groups.clone(),
@@ -176,7 +181,8 @@ pub async fn serve_with(
     let slack = match &config.slack.bot_token {
         Some(token) => Some(Arc::new(
             Slack::new(&config.slack.api_url, token, config.groups.clone())
-                .map_err(Error::Connector)?,
+                .map_err(Error::Connector)?
+                .with_owners(owners.clone()),
         )),
         None => {
             tracing::warn!(
@@ -237,7 +243,10 @@ pub async fn serve_with(
         inventory: inventory.clone(),
         inventory_status: inventory_status.clone(),
         signer,
-        sources: Arc::new(inventory.clone()),
+        sources: Arc::new(crate::evidence::Estate {
+            inventory: inventory.clone(),
+            owners: owners.clone(),
+        }),
     });
     tasks.spawn(api::serve(listener, api, stop.clone()));
     tasks.spawn(library.watch(stop.clone()));
@@ -286,6 +295,7 @@ pub async fn serve_with(
             interval: config.inventory_interval(),
             watch_interval: config.inventory_watch_interval(),
             publish: config.inventory.publish.clone(),
+            publish_drift: config.inventory.publish_drift,
             status: inventory_status,
         };
         tasks.spawn(sync.run(stop.clone()));

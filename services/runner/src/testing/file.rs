@@ -4,6 +4,8 @@
 //! schema: quench.playbook-test/v1
 //! playbook: ../revoke-leaked-openai-key.yaml   # relative to this file
 //! groups: { secops: [lead@example.com] }       # approver groups, as the service config has them
+//! teams: { payments: { emails: [pay@example.com] } }   # [teams], as the service config has them
+//! owners: { fallback: "group:secops" }          # [owners], as the service config has them
 //! finding: { kind: openai.api_key.leaked, resource: {…}, owner: {…} }   # base for every case
 //! cases:
 //!   - name: the owner agrees and the key is revoked
@@ -45,6 +47,12 @@ pub struct TestFile {
     pub playbook: String,
     #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
+    /// Teams, as the service config has them (`[teams]`).
+    #[serde(default)]
+    pub teams: BTreeMap<String, crate::config::Team>,
+    /// The owner mapping and fallback, as the service config has them (`[owners]`).
+    #[serde(default)]
+    pub owners: crate::config::OwnersSection,
     /// Start of virtual time (default 2026-01-05T09:00:00Z, a Monday morning).
     #[serde(default)]
     pub now: Option<DateTime<Utc>>,

@@ -152,8 +152,19 @@ async fn run_case(
     }
     let mut groups = file.groups.clone();
     groups.extend(case.groups.clone());
+    let owners = {
+        let config = crate::config::Config {
+            groups: groups.clone(),
+            teams: file.teams.clone(),
+            owners: file.owners.clone(),
+            ..crate::config::Config::default()
+        };
+        config.check_owners().map_err(text)?;
+        crate::owners::Owners::from_config(&config)?
+    };
     let config = EngineConfig {
         mode: case.mode.unwrap_or(Mode::Live),
+        owners: Arc::new(owners),
         groups,
         ..EngineConfig::default()
     };

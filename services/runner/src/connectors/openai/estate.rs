@@ -36,6 +36,36 @@ pub struct EstateLists {
     pub project_users: Vec<(String, Value)>,
     pub admin_keys: Vec<Value>,
     pub users: Vec<Value>,
+    /// (project id, its data settings) for every active project.
+    pub settings: Vec<(String, ProjectSettings)>,
+}
+
+/// What decides where a project's data goes, as OpenAI answered; `None` where OpenAI refused
+/// to say (an endpoint this organization does not have, a role that may not read it).
+#[derive(Debug, Default)]
+pub struct ProjectSettings {
+    /// `ProjectHostedToolPermissions`.
+    pub hosted_tools: Option<Value>,
+    /// `ProjectModelPermissions`.
+    pub model_permissions: Option<Value>,
+    /// `ProjectDataRetention`.
+    pub data_retention: Option<Value>,
+    /// The project's certificates.
+    pub certificates: Option<Vec<Value>>,
+}
+
+/// A setting's answer, or `None` when OpenAI refused it for good (a rate limit or an outage
+/// that outlasts the patience fails the walk instead: a pass must not take "could not read"
+/// for "changed").
+fn setting<T>(answer: Result<T, ActionError>, what: &str) -> Result<Option<T>, ActionError> {
+    match answer {
+        Ok(value) => Ok(Some(value)),
+        Err(error) if !error.is_retryable() => {
+            tracing::debug!(%error, what, "a project setting cannot be read; left unknown");
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
 }
 
 impl OpenAi {
@@ -93,6 +123,8 @@ impl OpenAi {
             {
                 lists.project_users.push((project.clone(), user));
             }
+            let settings = self.project_settings(project).await?;
+            lists.settings.push((project.clone(), settings));
         }
         lists.admin_keys = self
             .list(&["organization", "admin_api_keys"], "admin API keys")
@@ -101,6 +133,49 @@ impl OpenAi {
             .list(&["organization", "users"], "organization users")
             .await?;
         Ok(lists)
+    }
+
+    async fn object(&self, segments: &[&str], about: &str) -> Result<Value, ActionError> {
+        let request = self.request(Method::GET, segments, about)?;
+        Ok(self.json_patiently(&request, PATIENCE).await?)
+    }
+
+    async fn project_settings(&self, project: &str) -> Result<ProjectSettings, ActionError> {
+        let path = |leaf: &'static str| ["organization", "projects", project, leaf];
+        Ok(ProjectSettings {
+            hosted_tools: setting(
+                self.object(
+                    &path("hosted_tool_permissions"),
+                    &format!("hosted tools of project {project}"),
+                )
+                .await,
+                "hosted tools",
+            )?,
+            model_permissions: setting(
+                self.object(
+                    &path("model_permissions"),
+                    &format!("model permissions of project {project}"),
+                )
+                .await,
+                "model permissions",
+            )?,
+            data_retention: setting(
+                self.object(
+                    &path("data_retention"),
+                    &format!("data retention of project {project}"),
+                )
+                .await,
+                "data retention",
+            )?,
+            certificates: setting(
+                self.list(
+                    &path("certificates"),
+                    &format!("certificates of project {project}"),
+                )
+                .await,
+                "certificates",
+            )?,
+        })
     }
 
     /// The audit log's [`WATCHED_EVENTS`] with `effective_at` at or after `since` (Unix

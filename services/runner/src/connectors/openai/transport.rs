@@ -267,7 +267,11 @@ impl OpenAi {
 
 impl OpenAi {
     /// [`OpenAi::json`], again up to `patience` times after a retryable failure.
-    async fn json_patiently(&self, request: &Request, patience: u32) -> Result<Value, Failure> {
+    pub(super) async fn json_patiently(
+        &self,
+        request: &Request,
+        patience: u32,
+    ) -> Result<Value, Failure> {
         /// Longest wait between two tries, whatever `Retry-After` says.
         const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
         let mut attempt = 0;

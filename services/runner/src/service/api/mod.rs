@@ -9,6 +9,7 @@
 //! Routes are registered through `utoipa-axum`, so the OpenAPI document (`/api/openapi.json`,
 //! checked in as `services/runner/openapi.json`) is generated from the same handlers that serve.
 
+mod attributes;
 mod audit;
 mod auth;
 mod dlq;
@@ -35,6 +36,7 @@ pub(crate) use auth::Tokens;
 
 /// The API's request and response bodies (the CLI reads them too).
 pub(crate) mod types {
+    pub(crate) use super::attributes::{AttributesRequest, AttributesView};
     pub(crate) use super::audit::{AuditPage, AuditView, PruneRequest, PruneResult, Verified};
     pub(crate) use super::dlq::{DlqPage, Replayed};
     pub(crate) use super::error::ErrorBody;
@@ -130,6 +132,7 @@ impl Api {
         (name = "inventory", description = "The estate inventory: OpenAI projects, keys, service accounts, admin keys and users, with risks and history"),
         (name = "evidence", description = "Signed evidence packs for auditors"),
         (name = "safety", description = "The blast-radius rails: budgets, protected resources, change freezes"),
+        (name = "inventory", description = "Identities of the estate: the owner and purpose people recorded"),
         (name = "service", description = "Health, readiness, metrics")
     )
 )]
@@ -160,6 +163,7 @@ fn router() -> (Router<Api>, utoipa::openapi::OpenApi) {
         .routes(routes!(audit::prune))
         .routes(routes!(evidence::make))
         .routes(routes!(safety::status))
+        .routes(routes!(attributes::show, attributes::set))
         .routes(routes!(inventory::list))
         .routes(routes!(inventory::status))
         .routes(routes!(inventory::show))

@@ -174,6 +174,12 @@ pub(crate) struct RunDetail {
     pub(crate) finding: Option<Value>,
     #[schema(value_type = Object)]
     pub(crate) vars: Value,
+    /// The owner resolved when the run started (for a playbook that reads `owner`): `link`
+    /// names which link of the chain answered (`finding`, `key_user`, `recorded`, `mapping`,
+    /// `fallback`, `none`), `source` what it was, then the team and the people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub(crate) owner: Option<crate::owners::ResolvedOwner>,
     pub(crate) steps: Vec<StepView>,
     pub(crate) gates: Vec<GateView>,
     /// The run's audit entries, oldest first.
@@ -353,6 +359,7 @@ pub(super) async fn show(
             .as_ref()
             .and_then(|finding| serde_json::to_value(finding).ok()),
         vars: Value::Object(run.vars.clone()),
+        owner: run.owner.clone(),
         steps,
         gates,
         audit,
