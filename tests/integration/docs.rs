@@ -15,7 +15,7 @@ use crate::support;
 
 const PLAYBOOKS: &str = "docs/playbooks.md";
 const TESTS: &str = "docs/playbook-tests.md";
-const PAGES: [&str; 7] = [
+const PAGES: [&str; 8] = [
     "README.md",
     "docs/README.md",
     PLAYBOOKS,
@@ -23,6 +23,7 @@ const PAGES: [&str; 7] = [
     "docs/safety.md",
     "docs/least-privilege.md",
     "docs/owners.md",
+    "docs/evidence.md",
 ];
 
 fn read(relative: &str) -> String {

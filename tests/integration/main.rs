@@ -12,6 +12,7 @@ mod discovery;
 mod docs;
 mod e2e;
 mod engine;
+mod evidence;
 mod gateway;
 mod hostile;
 mod intake;

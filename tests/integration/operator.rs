@@ -505,6 +505,15 @@ fn routes() -> Vec<Route> {
             Some(json!({"through": 999_999, "hash": "0"})),
             409,
         ),
+        // This service has no `[evidence] signing_key_file`: no unsigned pack is made.
+        route(
+            "POST",
+            "/api/v1/evidence",
+            "/api/v1/evidence",
+            Some("admin"),
+            Some(json!({"from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"})),
+            409,
+        ),
     ]
 }
 

@@ -110,6 +110,18 @@ pub struct Config {
     pub inventory: InventorySection,
     /// What the inventory measures identities against (risks).
     pub policy: PolicySection,
+    /// Evidence packs for auditors (`quench evidence`): the key that signs them.
+    pub evidence: EvidenceSection,
+}
+
+/// `[evidence]`: evidence packs are signed with an Ed25519 key; without one, none is made.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvidenceSection {
+    /// The Ed25519 private key as PKCS#8 PEM (RFC 8410), e.g. made by
+    /// `openssl genpkey -algorithm ed25519 -out evidence-signing.pem`. A file only: the key is
+    /// read at start and never logged, stored or served.
+    pub signing_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -1321,6 +1333,10 @@ impl Config {
         }
         for (name, store) in &self.secret_stores {
             store.check(&format!("secret_stores.{name}"))?;
+        }
+        if let Some(path) = &self.evidence.signing_key_file {
+            // Readable and not empty here; that it is an Ed25519 key is checked by the runner.
+            read_secret_file("evidence.signing_key_file", path)?;
         }
         for (group, members) in &self.groups {
             if members.is_empty() {

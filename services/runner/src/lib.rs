@@ -5,6 +5,7 @@ pub mod actions;
 pub mod cli;
 pub mod connectors;
 pub mod engine;
+pub mod evidence;
 pub mod inventory;
 pub mod metrics;
 pub mod owners;

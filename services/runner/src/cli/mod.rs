@@ -6,6 +6,7 @@
 //! read or written (EX_IOERR), 77 authentication (EX_NOPERM).
 //! The commands that talk to a running service through its admin API are in `remote`.
 
+mod evidence;
 mod remote;
 
 pub use quench_common::cli::{
@@ -83,6 +84,60 @@ pub enum Command {
         #[command(subcommand)]
         command: InventoryCommand,
     },
+    /// Evidence packs for auditors: make a signed pack for a period (admin API), or verify one
+    /// (`quench evidence verify PACK`).
+    Evidence(EvidenceArgs),
+}
+
+/// `quench evidence`: `--from` and `--to` make a pack; `verify` checks one.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct EvidenceArgs {
+    #[command(subcommand)]
+    pub command: Option<EvidenceCommand>,
+    /// Start of the period (inclusive): a date (UTC midnight) or an RFC 3339 time.
+    #[arg(long, required = true)]
+    pub from: Option<String>,
+    /// End of the period: a date means the end of that day (UTC), a time is exclusive.
+    #[arg(long, required = true)]
+    pub to: Option<String>,
+    /// Renderings to add to evidence.json (always written): `csv`, `html`, or `json` for none;
+    /// repeat or separate with commas. Default: csv and html.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub format: Vec<crate::evidence::Format>,
+    /// The directory to write (must not exist). Default: ./evidence-FROM-TO.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvidenceCommand {
+    /// Check a pack: its signature, every file against the manifest, its internal consistency,
+    /// and with --store or --audit, the pack against the audit chain.
+    Verify(EvidenceVerifyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EvidenceVerifyArgs {
+    /// The pack's directory.
+    pub pack: PathBuf,
+    /// The public key you trust (SPKI PEM: `openssl pkey -in KEY -pubout`). Without it the
+    /// signature is checked with the key the manifest names, which proves integrity, not origin.
+    #[arg(long, value_name = "FILE")]
+    pub public_key: Option<PathBuf>,
+    /// Also check the pack against this store's audit chain (offline: the service must not be
+    /// running on it).
+    #[arg(long, conflicts_with = "audit")]
+    pub store: Option<PathBuf>,
+    /// Also check the pack against an exported audit segment (`quench audit export`) that
+    /// starts with entry #1 or the pack's first entry and reaches its last.
+    #[arg(long, value_name = "FILE")]
+    pub audit: Option<PathBuf>,
+    /// Print the checks as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -307,6 +362,10 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write, styled: bool) -> 
         Command::Playbooks { command } => remote::playbooks(&command, out, err),
         Command::Dlq { command } => remote::dlq(&command, out, err),
         Command::Inventory { command } => remote::inventory(&command, out, err),
+        Command::Evidence(args) => match &args.command {
+            Some(EvidenceCommand::Verify(verify)) => evidence::verify(verify, out, err),
+            None => remote::evidence(&args, out, err),
+        },
         Command::Serve(args) => serve(&args, out, err),
         Command::Up(args) => up(&args, out, err),
         Command::Publish(args) => publish(&args, out, err),
@@ -594,56 +653,11 @@ pub fn test(args: &TestArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
 
 /// `quench audit verify --store PATH`.
 pub fn audit_verify(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    if !path.join("db").exists() {
-        let _ = writeln!(
-            err,
-            "error: {} is not a quench store (no `db` file in it)",
-            path.display()
-        );
-        return EXIT_USAGE;
-    }
-    let mut config = crate::store::StoreConfig::new(path);
-    config.sync = crate::store::SyncMode::Os;
-    // Kept until the end: a store this process may not write is verified from a copy in it.
-    let mut copy = None;
-    let opened = match crate::store::Store::open(&config) {
-        Err(crate::store::Error::ReadOnly { .. }) => tempfile::tempdir()
-            .map_err(|source| crate::store::Error::Copy {
-                path: path.to_owned(),
-                source,
-            })
-            .and_then(|directory| {
-                let store = crate::store::Store::open_copy(&config, directory.path());
-                copy = Some(directory);
-                store
-            }),
-        opened => opened,
+    let offline = match open_offline(path, err) {
+        Ok(opened) => opened,
+        Err(code) => return code,
     };
-    let store = match opened {
-        Ok(store) => {
-            if copy.is_some() {
-                let _ = writeln!(
-                    err,
-                    "note: {} cannot be written by this user; verifying a copy of it",
-                    path.display()
-                );
-            }
-            store
-        }
-        Err(error @ crate::store::Error::Locked { .. }) => {
-            let _ = writeln!(
-                err,
-                "error: {error}; stop the service first, or verify through its admin API: \
-                 `quench audit verify` without --store"
-            );
-            return EXIT_STORE;
-        }
-        Err(error) => {
-            let _ = writeln!(err, "error: {error}");
-            return EXIT_STORE;
-        }
-    };
-    match store.verify_audit() {
+    match offline.store.verify_audit() {
         Ok(report) => match report.first_bad {
             None => {
                 let _ = writeln!(
@@ -666,6 +680,67 @@ pub fn audit_verify(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn W
         Err(error) => {
             let _ = writeln!(err, "error: {error}");
             EXIT_STORE
+        }
+    }
+}
+
+/// A store opened by an offline reader, and the copy it reads when it may not write the store.
+pub(crate) struct Offline {
+    pub(crate) store: crate::store::Store,
+    /// Removed after the store is closed (fields drop in order).
+    _copy: Option<tempfile::TempDir>,
+}
+
+/// Opens a store for an offline reader (the service must not be running on it): the store
+/// itself, or a copy of it when this user may not write it (sled 0.34 has no read-only mode).
+/// Errors are reported, and their exit code returned.
+pub(crate) fn open_offline(path: &std::path::Path, err: &mut dyn Write) -> Result<Offline, u8> {
+    if !path.join("db").exists() {
+        let _ = writeln!(
+            err,
+            "error: {} is not a quench store (no `db` file in it)",
+            path.display()
+        );
+        return Err(EXIT_USAGE);
+    }
+    let mut config = crate::store::StoreConfig::new(path);
+    config.sync = crate::store::SyncMode::Os;
+    let mut copy = None;
+    let opened = match crate::store::Store::open(&config) {
+        Err(crate::store::Error::ReadOnly { .. }) => tempfile::tempdir()
+            .map_err(|source| crate::store::Error::Copy {
+                path: path.to_owned(),
+                source,
+            })
+            .and_then(|directory| {
+                let store = crate::store::Store::open_copy(&config, directory.path());
+                copy = Some(directory);
+                store
+            }),
+        opened => opened,
+    };
+    match opened {
+        Ok(store) => {
+            if copy.is_some() {
+                let _ = writeln!(
+                    err,
+                    "note: {} cannot be written by this user; verifying a copy of it",
+                    path.display()
+                );
+            }
+            Ok(Offline { store, _copy: copy })
+        }
+        Err(error @ crate::store::Error::Locked { .. }) => {
+            let _ = writeln!(
+                err,
+                "error: {error}; stop the service first, or verify through its admin API: \
+                 `quench audit verify` without --store"
+            );
+            Err(EXIT_STORE)
+        }
+        Err(error) => {
+            let _ = writeln!(err, "error: {error}");
+            Err(EXIT_STORE)
         }
     }
 }
@@ -757,6 +832,11 @@ fn run_service(
     };
     // The rails' cron lines, time zones, globs and action names, refused before anything starts.
     if let Err(error) = crate::engine::SafetyConfig::from_section(&config.safety) {
+        let _ = writeln!(err, "error: configuration: {error}");
+        return EXIT_CONFIG;
+    }
+    // The evidence signing key, refused before anything starts when it is not an Ed25519 key.
+    if let Err(error) = crate::evidence::Signer::from_config(&config.evidence) {
         let _ = writeln!(err, "error: configuration: {error}");
         return EXIT_CONFIG;
     }

@@ -1575,3 +1575,115 @@ fn attributes(
         Ok(EXIT_OK)
     })
 }
+
+/// `quench evidence --from --to`: the service makes and signs the pack; it is written to a new
+/// directory (beside it, then renamed) and verified there before it is reported.
+pub(super) fn evidence(args: &super::EvidenceArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    use crate::evidence::Format;
+    use base64::Engine as _;
+    let (Some(from_text), Some(to_text)) = (&args.from, &args.to) else {
+        let _ = writeln!(
+            err,
+            "error: give --from and --to (or `quench evidence verify PACK`)"
+        );
+        return EXIT_USAGE;
+    };
+    let bounds = crate::evidence::parse_bound(from_text, false)
+        .map_err(|problem| format!("--from {problem}"))
+        .and_then(|from| {
+            crate::evidence::parse_bound(to_text, true)
+                .map(|to| (from, to))
+                .map_err(|problem| format!("--to {problem}"))
+        })
+        .and_then(|(from, to)| {
+            crate::evidence::Period::new(from, to).map_err(|error| error.to_string())
+        });
+    let period = match bounds {
+        Ok(period) => period,
+        Err(problem) => {
+            let _ = writeln!(err, "error: {problem}");
+            return EXIT_USAGE;
+        }
+    };
+    let formats: Vec<Format> = if args.format.is_empty() {
+        vec![Format::Csv, Format::Html]
+    } else {
+        args.format
+            .iter()
+            .copied()
+            .filter(|format| *format != Format::Json)
+            .collect()
+    };
+    let dir = args.out.clone().unwrap_or_else(|| {
+        let name = |text: &str| text.replace([':', '/', '\\', ' '], "-");
+        PathBuf::from(format!("evidence-{}-{}", name(from_text), name(to_text)))
+    });
+    if dir.exists() {
+        let _ = writeln!(
+            err,
+            "error: {} exists: give a new directory to --out",
+            dir.display()
+        );
+        return EXIT_USAGE;
+    }
+    with_client(&args.api, err, |client| {
+        let pack: crate::service::api::types::PackView = client.post(
+            "api/v1/evidence",
+            &crate::service::api::types::EvidenceRequest {
+                from: period.from,
+                to: period.to,
+                formats: Some(formats.clone()),
+            },
+        )?;
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(&pack.signature)
+            .map_err(|error| Failure::Local(format!("the signature is not base64: {error}")))?;
+        let signed = crate::evidence::Signed {
+            files: pack.files,
+            signature,
+        };
+        crate::evidence::write_pack(&signed, &dir).map_err(Failure::Local)?;
+        let (verified, document) = crate::evidence::verify(&dir, None);
+        if !verified.ok() {
+            let mut text = format!("the pack written to {} does not verify:\n", dir.display());
+            for check in verified.failures() {
+                text.push_str(&format!(
+                    "  {}: {}\n",
+                    check.what,
+                    check.problem.as_deref().unwrap_or_default()
+                ));
+            }
+            return Err(Failure::Refused(ErrorBody::new(
+                "pack_does_not_verify",
+                text,
+            )));
+        }
+        let summary = document
+            .map(|document| document.summary)
+            .unwrap_or_default();
+        if args.api.json {
+            print_json(
+                out,
+                &serde_json::json!({"pack": dir, "fingerprint": pack.fingerprint, "summary": summary}),
+            )?;
+        } else {
+            write_text(
+                out,
+                &format!(
+                    "wrote evidence pack {} ({} to {}): {} findings, {} mutating actions, {} exceptions\n\
+                     signed by key {}\n\
+                     check it with: quench evidence verify {} --public-key evidence-public.pem\n",
+                    dir.display(),
+                    period.from,
+                    period.to,
+                    summary.findings,
+                    summary.actions,
+                    summary.exceptions,
+                    pack.fingerprint,
+                    dir.display()
+                ),
+            )?;
+        }
+        Ok(EXIT_OK)
+    })
+}

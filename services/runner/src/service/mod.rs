@@ -70,6 +70,9 @@ pub enum Error {
     /// `[owners]` could not be compiled (checked at load already).
     #[error("configuration: {0}")]
     Owners(String),
+    /// `[evidence] signing_key_file` is not an Ed25519 key.
+    #[error("configuration: {0}")]
+    Evidence(String),
     /// `quench up` could not start its nats-server child.
     #[error(transparent)]
     NatsChild(#[from] up::StartError),
@@ -126,6 +129,9 @@ pub async fn serve_with(
         }
     })?;
     let usage_scopes = usage_scopes(&config)?;
+    let signer = crate::evidence::Signer::from_config(&config.evidence)
+        .map_err(|error| Error::Evidence(error.to_string()))?
+        .map(Arc::new);
     let mut store_config = StoreConfig::new(&config.store.path);
     store_config.sync = config.store.sync;
     let store = Store::open(&store_config)?;
@@ -236,6 +242,11 @@ pub async fn serve_with(
         intake: health.clone(),
         inventory: inventory.clone(),
         inventory_status: inventory_status.clone(),
+        signer,
+        sources: Arc::new(crate::evidence::Estate {
+            inventory: inventory.clone(),
+            owners: owners.clone(),
+        }),
     });
     tasks.spawn(api::serve(listener, api, stop.clone()));
     tasks.spawn(library.watch(stop.clone()));

@@ -14,6 +14,7 @@ mod audit;
 mod auth;
 mod dlq;
 mod error;
+mod evidence;
 mod health;
 mod inventory;
 mod playbooks;
@@ -39,6 +40,7 @@ pub(crate) mod types {
     pub(crate) use super::audit::{AuditPage, AuditView, PruneRequest, PruneResult, Verified};
     pub(crate) use super::dlq::{DlqPage, Replayed};
     pub(crate) use super::error::ErrorBody;
+    pub(crate) use super::evidence::{EvidenceRequest, PackView};
     pub(crate) use super::inventory::{IdentityDetail, InventoryPage};
     pub(crate) use super::playbooks::{
         AppliedView, ApplyRequest, EnabledView, History, PlaybookList, VersionSource,
@@ -67,10 +69,14 @@ struct Inner {
     tokens: Tokens,
     ready: Arc<AtomicBool>,
     intake: Arc<super::intake::Health>,
-    /// One audit verification at a time: it reads the whole log.
+    /// One audit verification or evidence pack at a time: each reads the whole log.
     verifying: Semaphore,
     inventory: crate::inventory::Inventory,
     inventory_status: super::inventory::SharedStatus,
+    /// Signs evidence packs (`[evidence] signing_key_file`); none are made without it.
+    signer: Option<Arc<crate::evidence::Signer>>,
+    /// The inventory and campaigns of evidence packs.
+    sources: Arc<dyn crate::evidence::EvidenceSources>,
 }
 
 /// The parts of the service the API reads and steers.
@@ -84,6 +90,8 @@ pub(crate) struct Parts {
     pub(crate) intake: Arc<super::intake::Health>,
     pub(crate) inventory: crate::inventory::Inventory,
     pub(crate) inventory_status: super::inventory::SharedStatus,
+    pub(crate) signer: Option<Arc<crate::evidence::Signer>>,
+    pub(crate) sources: Arc<dyn crate::evidence::EvidenceSources>,
 }
 
 impl Api {
@@ -101,6 +109,8 @@ impl Api {
                 verifying: Semaphore::new(1),
                 inventory: parts.inventory,
                 inventory_status: parts.inventory_status,
+                signer: parts.signer,
+                sources: parts.sources,
             }),
         }
     }
@@ -120,6 +130,7 @@ impl Api {
         (name = "dlq", description = "Dead-lettered messages: list and replay"),
         (name = "audit", description = "The hash-chained audit log"),
         (name = "inventory", description = "The estate inventory: OpenAI projects, keys, service accounts, admin keys and users, with risks and history"),
+        (name = "evidence", description = "Signed evidence packs for auditors"),
         (name = "safety", description = "The blast-radius rails: budgets, protected resources, change freezes"),
         (name = "inventory", description = "Identities of the estate: the owner and purpose people recorded"),
         (name = "service", description = "Health, readiness, metrics")
@@ -150,6 +161,7 @@ fn router() -> (Router<Api>, utoipa::openapi::OpenApi) {
         .routes(routes!(audit::verify))
         .routes(routes!(audit::export))
         .routes(routes!(audit::prune))
+        .routes(routes!(evidence::make))
         .routes(routes!(safety::status))
         .routes(routes!(attributes::show, attributes::set))
         .routes(routes!(inventory::list))
