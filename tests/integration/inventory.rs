@@ -850,3 +850,53 @@ async fn data_exposure_and_drift() {
             .is_empty()
     );
 }
+
+/// A key's first use of a usage family it never used before is drift: the first pass records
+/// what it used (no finding), a later pass that sees a new family publishes one
+/// `openai.api_key.drift` finding naming it; families seen before, or going quiet, are not.
+#[tokio::test]
+async fn a_key_using_a_new_capability_is_drift() {
+    let fake = organization().await;
+    // The usage window is read against the real clock.
+    let recent = Utc::now().timestamp() - 3600;
+    fake.mark_key_used("key_active", recent, "completions", "gpt-4o");
+    let openai = client(&fake);
+    let inventory = Inventory::new(Store::temporary().expect("store"), Policy::default());
+    sync(&inventory, &openai, now()).await;
+    let key = inventory
+        .identity("project_key:key_active")
+        .expect("store")
+        .expect("listed");
+    assert_eq!(
+        key.facts.capabilities.iter().collect::<Vec<_>>(),
+        ["completions"]
+    );
+    assert!(
+        inventory
+            .findings_due(&[], true, now(), 100)
+            .expect("due")
+            .is_empty(),
+        "what a key is first seen using is not drift"
+    );
+
+    fake.mark_key_used("key_active", recent + 60, "file_search_calls", "gpt-4o");
+    fake.mark_key_used("key_active", recent + 60, "completions", "gpt-4o");
+    sync(&inventory, &openai, now() + chrono::Duration::hours(1)).await;
+    let due = inventory.findings_due(&[], true, now(), 100).expect("due");
+    assert_eq!(due.len(), 1, "{due:?}");
+    let drift = &due[0].finding;
+    assert_eq!(drift.kind, "openai.api_key.drift");
+    assert!(drift.title.contains("file_search_calls"), "{}", drift.title);
+    assert!(!drift.title.contains("completions"), "{}", drift.title);
+    assert_eq!(drift.resource.project_id.as_deref(), Some("proj_pay"));
+    inventory.published(&due).await.expect("recorded");
+    // Nothing new: no more drift, and the pass writes nothing.
+    let again = sync(&inventory, &openai, now() + chrono::Duration::hours(2)).await;
+    assert!(!again.wrote, "{again:?}");
+    assert!(
+        inventory
+            .findings_due(&[], true, now(), 100)
+            .expect("due")
+            .is_empty()
+    );
+}

@@ -188,26 +188,56 @@ fn settings_evidence(identity: &Identity) -> Value {
     })
 }
 
-/// The drift finding for a change of a project's data settings (history entry `seq`).
+/// The drift finding for a change (history entry `seq`) of a project's data settings or of
+/// what a key uses (`openai.project.drift`, `openai.api_key.drift`).
 fn drift_finding(
     identity: &Identity,
     seq: u64,
     change: &super::Change,
     now: DateTime<Utc>,
 ) -> Result<Finding, String> {
-    let name = identity
-        .facts
+    let facts = &identity.facts;
+    let name = facts
         .name
         .clone()
         .unwrap_or_else(|| identity.openai_id.clone());
     let fields: Vec<&str> = change.fields.keys().map(String::as_str).collect();
-    let title: String = format!(
-        "OpenAI project {name}: data settings changed ({})",
-        fields.join(", ")
-    )
-    .chars()
-    .take(300)
-    .collect();
+    let (kind, key_kind, resource_type, what, project_id) = if identity.kind == Kind::Project {
+        (
+            "openai.project.drift",
+            "project",
+            "project",
+            format!(
+                "OpenAI project {name}: data settings changed ({})",
+                fields.join(", ")
+            ),
+            Some(identity.openai_id.clone()),
+        )
+    } else {
+        let new: Vec<String> = change
+            .fields
+            .get("capabilities")
+            .map(|change| {
+                let before: Vec<&Value> = change.from.as_array().into_iter().flatten().collect();
+                change
+                    .to
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|family| !before.contains(family))
+                    .filter_map(|family| family.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (
+            "openai.api_key.drift",
+            "project_key",
+            "api_key",
+            format!("OpenAI key {name}: first use of {}", new.join(", ")),
+            facts.project_id.clone(),
+        )
+    };
+    let title: String = what.chars().take(300).collect();
     let changes: serde_json::Map<String, Value> = change
         .fields
         .iter()
@@ -216,18 +246,19 @@ fn drift_finding(
     let mut value = json!({
         "schema": "quench.finding/v1",
         "id": finding_id(&identity.id, "drift", seq, ""),
-        "key": format!("openai:project:{}:drift:{seq}", identity.openai_id),
-        "kind": "openai.project.drift",
+        "key": format!("openai:{key_kind}:{}:drift:{seq}", identity.openai_id),
+        "kind": kind,
         "severity": "medium",
         "title": title,
         "detected_at": now.to_rfc3339(),
         "source": {"scanner": "quench", "rule": "inventory:drift"},
         "resource": {
             "provider": "openai",
-            "type": "project",
+            "type": resource_type,
             "id": identity.openai_id,
-            "name": identity.facts.name,
-            "project_id": identity.openai_id,
+            "name": facts.name,
+            "project_id": project_id,
+            "redacted_value": facts.redacted_value,
         },
         "evidence": {
             "changes": changes,
@@ -236,6 +267,9 @@ fn drift_finding(
             "inventory_id": identity.id,
         },
     });
+    if let Some(email) = facts.owner.as_ref().and_then(|owner| owner.email.as_ref()) {
+        value["owner"] = json!({"email": email});
+    }
     strip_nulls(&mut value);
     let bytes = serde_json::to_vec(&value).map_err(|error| error.to_string())?;
     Finding::parse(&bytes, DEFAULT_MAX_FINDING_BYTES).map_err(|error| error.to_string())
@@ -275,7 +309,7 @@ impl Inventory {
         let mut out = Vec::new();
         for item in self.store.identities::<Identity>(None) {
             let (_, identity) = item?;
-            if drift && identity.kind == Kind::Project {
+            if drift && matches!(identity.kind, Kind::Project | Kind::ProjectKey) {
                 self.drift_due(&identity, &records, now, limit, &mut out)?;
             }
             let risks = risk::assess(&identity, &self.policy, &context, now);
@@ -340,8 +374,9 @@ impl Inventory {
         Ok(out)
     }
 
-    /// Drift findings not published yet for `project`'s history: changes by a pass (not its
-    /// creation) of a data setting that was known before.
+    /// Drift findings not published yet for the history of `project` (a project or a key):
+    /// changes by a pass (not its creation) of a [`super::DATA_SETTINGS`] fact that was known
+    /// before.
     fn drift_due(
         &self,
         project: &Identity,

@@ -153,6 +153,11 @@ pub struct Facts {
     /// A project's active certificates (mutual TLS), by id.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<String>,
+    /// The usage families a key has been seen using (`completions`, `embeddings`,
+    /// `file_search_calls`, …), from the usage API; only ever grows. A family added after the
+    /// first is drift.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub capabilities: std::collections::BTreeSet<String>,
 }
 
 /// A project's model allow or deny list.
@@ -162,12 +167,14 @@ pub struct ModelPolicy {
     pub model_ids: Vec<String>,
 }
 
-/// The facts of a project that decide where its data goes: a change to any is drift.
+/// The facts of a project that decide where its data goes, and of a key what it reaches: a
+/// change to any (from a known value) is drift.
 pub const DATA_SETTINGS: &[&str] = &[
     "hosted_tools",
     "model_policy",
     "data_retention",
     "certificates",
+    "capabilities",
 ];
 
 impl Facts {

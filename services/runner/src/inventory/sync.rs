@@ -106,6 +106,7 @@ impl Pass {
                     last_used_at: time(&key["last_used_at"]),
                     expires_at: time(&key["expires_at"]),
                     owner_project_access: text(&key["owner_project_access"]),
+                    capabilities: lists.usage.get(id).cloned().unwrap_or_default(),
                     ..Facts::default()
                 },
             );
@@ -294,6 +295,10 @@ impl Inventory {
                     if facts.scopes.is_none() {
                         facts.scopes = identity.facts.scopes.clone();
                     }
+                    // What a key used is kept: the usage window only says what is recent.
+                    facts
+                        .capabilities
+                        .extend(identity.facts.capabilities.iter().cloned());
                     let fields = diff(&identity.facts, &facts);
                     let restored = identity.deleted_at.is_some();
                     if fields.is_empty() && !restored {

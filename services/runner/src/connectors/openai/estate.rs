@@ -42,7 +42,13 @@ pub struct EstateLists {
     pub users: Vec<Value>,
     /// (project id, its data settings) for every active project.
     pub settings: Vec<(String, ProjectSettings)>,
+    /// Key id → the usage families it used over the last [`USAGE_DAYS`] days.
+    pub usage: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
 }
+
+/// Days of usage a pass reads for the keys' capabilities (passes overlap: what a key used is
+/// kept as a union, so a window longer than the interval loses nothing).
+pub(super) const USAGE_DAYS: i64 = 7;
 
 /// What decides where a project's data goes, as OpenAI answered; `None` where OpenAI refused
 /// to say (an endpoint this organization does not have, a role that may not read it).
@@ -135,6 +141,10 @@ impl OpenAi {
             .await?;
         lists.users = self
             .list(&["organization", "users"], "organization users")
+            .await?;
+        let until = chrono::Utc::now().timestamp();
+        lists.usage = self
+            .families_by_key(until - USAGE_DAYS * 86_400, until)
             .await?;
         Ok(lists)
     }

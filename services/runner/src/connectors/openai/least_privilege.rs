@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::OpenAi;
 use super::reads::{output, time};
-use super::transport::{PAGE_LIMIT, Paging, id, parse_input};
+use super::transport::{MAX_PAGES, PAGE_LIMIT, Paging, Patience, id, parse_input};
 use crate::actions::KeyUsage as KeyUsageInput;
 use crate::engine::{Action, ActionError, ActionFuture, Actions, Call, Success};
 
@@ -276,54 +276,13 @@ impl KeyUsage {
         UsageScopes::load(path).map_err(ActionError::permanent)
     }
 
-    /// Requests per key and family from every usage endpoint that groups by `api_key_id`.
     async fn usage(
         &self,
         since: i64,
         until: i64,
         project_id: Option<&str>,
     ) -> Result<BTreeMap<String, BTreeMap<Family, i64>>, ActionError> {
-        let mut usage: BTreeMap<String, BTreeMap<Family, i64>> = BTreeMap::new();
-        for (endpoint, counter) in ENDPOINTS {
-            let mut request = self
-                .client
-                .request(
-                    Method::GET,
-                    &["organization", "usage", endpoint],
-                    format!("{endpoint} usage"),
-                )?
-                .query("start_time", since)
-                .query("end_time", until)
-                .query("bucket_width", "1d")
-                .query("group_by[]", "api_key_id")
-                .query("group_by[]", "project_id");
-            if endpoint == "completions" {
-                request = request.query("group_by[]", "batch");
-            }
-            if let Some(project_id) = project_id {
-                request = request.query("project_ids[]", project_id);
-            }
-            // 31 daily buckets is the most a page may hold.
-            let buckets = self.client.walk(&request, Paging::Page, 31).await?;
-            for bucket in &buckets {
-                for row in bucket["results"].as_array().into_iter().flatten() {
-                    let (Some(key_id), Some(family)) =
-                        (row["api_key_id"].as_str(), Family::of(endpoint, row))
-                    else {
-                        continue;
-                    };
-                    let requests = row[counter].as_i64().unwrap_or(0);
-                    if requests > 0 {
-                        *usage
-                            .entry(key_id.to_owned())
-                            .or_default()
-                            .entry(family)
-                            .or_default() += requests;
-                    }
-                }
-            }
-        }
-        Ok(usage)
+        self.client.usage_by_key(since, until, project_id, 0).await
     }
 
     /// Each key's scopes from its newest `api_key.created` (`data.scopes`) or `api_key.updated`
@@ -451,5 +410,90 @@ impl OpenAi {
             usage_scopes: Some(path),
             ..self
         }
+    }
+}
+
+impl OpenAi {
+    /// Requests per key and family from every usage endpoint that groups by `api_key_id`,
+    /// each page asked for again up to `retries` times after a 429 or a 5xx.
+    async fn usage_by_key(
+        &self,
+        since: i64,
+        until: i64,
+        project_id: Option<&str>,
+        retries: u32,
+    ) -> Result<BTreeMap<String, BTreeMap<Family, i64>>, ActionError> {
+        let mut usage: BTreeMap<String, BTreeMap<Family, i64>> = BTreeMap::new();
+        for (endpoint, counter) in ENDPOINTS {
+            let mut request = self
+                .request(
+                    Method::GET,
+                    &["organization", "usage", endpoint],
+                    format!("{endpoint} usage"),
+                )?
+                .query("start_time", since)
+                .query("end_time", until)
+                .query("bucket_width", "1d")
+                .query("group_by[]", "api_key_id")
+                .query("group_by[]", "project_id");
+            if endpoint == "completions" {
+                request = request.query("group_by[]", "batch");
+            }
+            if let Some(project_id) = project_id {
+                request = request.query("project_ids[]", project_id);
+            }
+            // 31 daily buckets is the most a page may hold.
+            let buckets = self
+                .walk_patiently(
+                    &request,
+                    Paging::Page,
+                    31,
+                    Patience {
+                        retries,
+                        max_pages: MAX_PAGES,
+                    },
+                )
+                .await?;
+            for bucket in &buckets {
+                for row in bucket["results"].as_array().into_iter().flatten() {
+                    let (Some(key_id), Some(family)) =
+                        (row["api_key_id"].as_str(), Family::of(endpoint, row))
+                    else {
+                        continue;
+                    };
+                    let requests = row[counter].as_i64().unwrap_or(0);
+                    if requests > 0 {
+                        *usage
+                            .entry(key_id.to_owned())
+                            .or_default()
+                            .entry(family)
+                            .or_default() += requests;
+                    }
+                }
+            }
+        }
+        Ok(usage)
+    }
+
+    /// The usage families (`completions`, `completions_batch`, `embeddings`, `file_search_calls`,
+    /// …) each key used between `since` and `until`: what the inventory keeps as a key's
+    /// capabilities.
+    pub async fn families_by_key(
+        &self,
+        since: i64,
+        until: i64,
+    ) -> Result<BTreeMap<String, BTreeSet<String>>, ActionError> {
+        Ok(self
+            .usage_by_key(since, until, None, 8)
+            .await?
+            .into_iter()
+            .map(|(key, families)| {
+                let names = families
+                    .keys()
+                    .map(|family| family.name().to_owned())
+                    .collect();
+                (key, names)
+            })
+            .collect())
     }
 }
