@@ -602,6 +602,7 @@ mod tests {
                 users,
                 admin_keys: projects,
                 service_accounts: Vec::new(),
+                usage: Default::default(),
                 settings: vec![(
                     "proj_1".to_owned(),
                     ProjectSettings {
