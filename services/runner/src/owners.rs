@@ -305,10 +305,12 @@ pub fn check_identity(identity: &str) -> Result<(), String> {
     }
     if id.is_empty()
         || id.len() > 256
-        || id.contains(|c: char| c.is_whitespace() || c.is_control() || c == '/')
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
     {
         return Err(format!(
-            "`{identity}`: the id after `{kind}:` must be 1 to 256 characters without spaces or `/`"
+            "`{identity}`: the id after `{kind}:` must be 1 to 256 of `A-Z a-z 0-9 _ . : -`"
         ));
     }
     Ok(())

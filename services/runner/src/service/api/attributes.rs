@@ -39,7 +39,7 @@ pub(crate) struct AttributesRequest {
 /// The owner and purpose people recorded for an identity (role viewer); both absent when
 /// nothing was recorded.
 #[utoipa::path(get, path = "/api/v1/inventory/{id}/attributes", tag = "inventory",
-    params(("id" = String, Path, description = "Identity id, e.g. project_key:key_abc")),
+    params(("id" = String, Path, description = "Identity id, e.g. project_key:key_abc", pattern = r"^(project_key|service_account|admin_key|project|user):[A-Za-z0-9_.:-]{1,256}$")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The identity's attributes", body = AttributesView),
@@ -67,12 +67,13 @@ pub(super) async fn show(
 /// Set an identity's owner and/or purpose (role editor, any identity; audited with the token's
 /// name as `attributes_set`). The inventory's sync never changes them.
 #[utoipa::path(put, path = "/api/v1/inventory/{id}/attributes", tag = "inventory",
-    params(("id" = String, Path, description = "Identity id, e.g. project_key:key_abc")),
+    params(("id" = String, Path, description = "Identity id, e.g. project_key:key_abc", pattern = r"^(project_key|service_account|admin_key|project|user):[A-Za-z0-9_.:-]{1,256}$")),
     request_body = AttributesRequest,
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The attributes now", body = AttributesView),
-        (status = 400, description = "Not an identity id, an unknown team, not an email, or a purpose too long", body = ErrorBody),
+        (status = 400, description = "Not an identity id, or a body that is not an attributes object", body = ErrorBody),
+        (status = 422, description = "An unknown team, an owner that is not an email, or a purpose too long", body = ErrorBody),
         (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 403, description = "Role too small", body = ErrorBody)
     ))]
@@ -98,7 +99,11 @@ pub(super) async fn set(
     )
     .await
     .map_err(|error| match error {
-        AttributesError::Invalid(message) => ApiError::BadRequest(message),
+        AttributesError::Invalid(message) => ApiError::Refused {
+            status: axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid_attributes",
+            message,
+        },
         AttributesError::Store(error) => ApiError::internal(error),
     })?;
     Ok(Json(AttributesView {

@@ -180,10 +180,20 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(request, state).await {
-            Ok(axum::Json(value)) => Ok(Body(value)),
-            Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
+        // Every body of this API is a JSON object; serde would also read a struct from an
+        // array of its fields, which the OpenAPI document does not allow.
+        let value = match axum::Json::<serde_json::Value>::from_request(request, state).await {
+            Ok(axum::Json(value)) => value,
+            Err(rejection) => return Err(ApiError::BadRequest(rejection.body_text())),
+        };
+        if !value.is_object() {
+            return Err(ApiError::BadRequest(
+                "the body must be a JSON object".to_owned(),
+            ));
         }
+        serde_json::from_value(value)
+            .map(Body)
+            .map_err(|error| ApiError::BadRequest(format!("the body does not fit: {error}")))
     }
 }
 

@@ -28,7 +28,7 @@ pub(crate) struct EvidenceRequest {
     pub(crate) to: DateTime<Utc>,
     /// Renderings besides `evidence.json` (always present): `csv`, `html`; default both.
     #[serde(default)]
-    #[schema(value_type = Vec<String>)]
+    #[schema(inline)]
     pub(crate) formats: Option<Vec<Format>>,
 }
 
@@ -48,10 +48,11 @@ pub(crate) struct PackView {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The pack's files and signature (role admin)", body = PackView),
-        (status = 400, description = "A bad body, or `from` not before `to`", body = ErrorBody),
+        (status = 400, description = "A bad body", body = ErrorBody),
         (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 403, description = "Role too small", body = ErrorBody),
-        (status = 409, description = "No signing key is configured (`[evidence] signing_key_file`)", body = ErrorBody)
+        (status = 409, description = "No signing key is configured (`[evidence] signing_key_file`)", body = ErrorBody),
+        (status = 422, description = "An empty period: `from` not before `to`", body = ErrorBody)
     ))]
 pub(super) async fn make(
     State(api): State<Api>,
@@ -59,8 +60,11 @@ pub(super) async fn make(
     Body(request): Body<EvidenceRequest>,
 ) -> Result<Json<PackView>, ApiError> {
     caller.require(Role::Admin)?;
-    let period = Period::new(request.from, request.to)
-        .map_err(|error| ApiError::BadRequest(error.to_string()))?;
+    let period = Period::new(request.from, request.to).map_err(|error| ApiError::Refused {
+        status: axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        code: "empty_period",
+        message: error.to_string(),
+    })?;
     let Some(signer) = api.inner.signer.clone() else {
         return Err(ApiError::Conflict(
             "no evidence signing key is configured: set `[evidence] signing_key_file` to an Ed25519 \

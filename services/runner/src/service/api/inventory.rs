@@ -20,8 +20,6 @@ const MAX_LIMIT: usize = 1000;
 /// Most identities examined per list request; a filter that matches rarely returns a `next`
 /// cursor rather than reading everything.
 const SCAN_BUDGET: usize = 20_000;
-/// Longest identity id accepted (`<kind>:<OpenAI id>`).
-const MAX_ID_LENGTH: usize = 300;
 
 /// Filters and paging of `GET /api/v1/inventory`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -35,13 +33,17 @@ pub(crate) struct InventoryQuery {
     /// A key owner's email, user id or service-account id.
     owner: Option<String>,
     /// A risk: `leaked`, `unused`, `never_used`, `no_expiry`, `unrestricted_scopes`,
-    /// `owner_left`, `admin_key`, `too_old`.
+    /// `owner_left`, `admin_key`, `too_old`, `data_exposure`.
+    #[param(pattern = "^(leaked|unused|never_used|no_expiry|unrestricted_scopes|owner_left|admin_key|too_old|data_exposure)$")]
     risk: Option<String>,
-    /// Keys not used for at least this long, never-used ones included (`90d`).
+    /// Keys not used for at least this long, never-used ones included: a number and a unit,
+    /// `s`, `m`, `h`, `d` or `w` (`90d`).
+    #[param(pattern = "^[0-9]{1,6}[smhdw]$")]
     unused_for: Option<String>,
     /// Keys whose owner left the project or that name none.
     unowned: Option<bool>,
-    /// Keys that expire within this long (`14d`).
+    /// Keys that expire within this long: a number and a unit, `s`, `m`, `h`, `d` or `w` (`14d`).
+    #[param(pattern = "^[0-9]{1,6}[smhdw]$")]
     expiring_within: Option<String>,
     /// Deleted identities too (marked with `deleted_at`).
     include_deleted: Option<bool>,
@@ -73,15 +75,27 @@ pub(crate) struct IdentityDetail {
     pub(crate) history: Vec<Value>,
 }
 
+/// A duration as the API takes it: up to six digits and one unit, `s`, `m`, `h`, `d` or `w`.
 fn duration(name: &str, text: &str) -> Result<chrono::Duration, ApiError> {
-    humantime::parse_duration(text)
-        .ok()
-        .and_then(|duration| chrono::Duration::from_std(duration).ok())
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "{name}: `{text}` is not a duration such as 90d or 12h"
-            ))
-        })
+    let bad = || {
+        ApiError::BadRequest(format!(
+            "{name}: `{text}` is not a duration such as 90d or 12h (a number and one of s, m, h, d, w)"
+        ))
+    };
+    let split = text.len().checked_sub(1).ok_or_else(bad)?;
+    let (number, unit) = text.split_at_checked(split).ok_or_else(bad)?;
+    if number.is_empty() || number.len() > 6 || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let number: i64 = number.parse().map_err(|_| bad())?;
+    Ok(match unit {
+        "s" => chrono::Duration::seconds(number),
+        "m" => chrono::Duration::minutes(number),
+        "h" => chrono::Duration::hours(number),
+        "d" => chrono::Duration::days(number),
+        "w" => chrono::Duration::weeks(number),
+        _ => return Err(bad()),
+    })
 }
 
 impl InventoryQuery {
@@ -197,10 +211,11 @@ pub(super) async fn status(
 
 /// One identity with its risks, attributes and history (role viewer).
 #[utoipa::path(get, path = "/api/v1/inventory/{id}", tag = "inventory",
-    params(("id" = String, Path, description = "The identity's id, e.g. `project_key:key_abc`", max_length = 300)),
+    params(("id" = String, Path, description = "The identity's id, e.g. `project_key:key_abc`", pattern = r"^(project_key|service_account|admin_key|project|user):[A-Za-z0-9_.:-]{1,256}$")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The identity and its history", body = IdentityDetail),
+        (status = 400, description = "Not an identity id", body = ErrorBody),
         (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 403, description = "Role too small", body = ErrorBody),
         (status = 404, description = "No such identity", body = ErrorBody)
@@ -211,11 +226,7 @@ pub(super) async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<IdentityDetail>, ApiError> {
     caller.require(Role::Viewer)?;
-    if id.chars().count() > MAX_ID_LENGTH {
-        return Err(ApiError::NotFound(format!(
-            "no identity has an id that long ({MAX_ID_LENGTH} characters at most)"
-        )));
-    }
+    crate::owners::check_identity(&id).map_err(ApiError::BadRequest)?;
     let inventory = &api.inner.inventory;
     let Some(view) = inventory.view(&id, Utc::now())? else {
         return Err(ApiError::NotFound(format!(
