@@ -12,7 +12,9 @@
 //! process's RSS (the fake's share measured after seeding, before the first pass). Then the
 //! audit-log backfill (scopes) after the first pass, timed the same way.
 
-use std::path::Path;
+#[path = "../../services/runner/benches/shared/measure.rs"]
+mod measure;
+use measure::{rss_mib, size_on_disk};
 use std::time::Instant;
 
 use quench_openai_fake::{OpenAiFake, OrgSpec};
@@ -20,29 +22,6 @@ use quench_runner::config::Secret;
 use quench_runner::connectors::openai::OpenAi;
 use quench_runner::inventory::{Inventory, Pass, Policy};
 use quench_runner::store::{Store, StoreConfig};
-
-fn rss_mib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{field}:")))
-        .and_then(|value| value.split_whitespace().next())
-        .and_then(|kib| kib.parse::<u64>().ok())
-        .map_or(0, |kib| kib / 1024)
-}
-
-fn size_on_disk(dir: &Path) -> u64 {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        total += if path.is_dir() {
-            size_on_disk(&path)
-        } else {
-            entry.metadata().map_or(0, |meta| meta.len())
-        };
-    }
-    total
-}
 
 fn main() {
     let mut args = std::env::args().skip(1).filter(|arg| arg != "--bench");

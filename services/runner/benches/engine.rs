@@ -14,6 +14,9 @@
 //!   last compaction and past 256 MiB); the report counts compactions and the seconds commits
 //!   waited for them, and names each compaction's duration (`compacted:` lines).
 
+#[path = "shared/measure.rs"]
+mod measure;
+use measure::{rss_mib, size_on_disk};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -124,29 +127,6 @@ async fn park(engine: &Engine, runs: usize) -> (Duration, Vec<String>) {
         }
     }
     (started.elapsed(), ids)
-}
-
-fn rss_mib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{field}:")))
-        .and_then(|value| value.split_whitespace().next())
-        .and_then(|kib| kib.parse::<u64>().ok())
-        .map_or(0, |kib| kib / 1024)
-}
-
-fn size_on_disk(dir: &Path) -> u64 {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        total += if path.is_dir() {
-            size_on_disk(&path)
-        } else {
-            entry.metadata().map_or(0, |meta| meta.len())
-        };
-    }
-    total
 }
 
 fn main() {

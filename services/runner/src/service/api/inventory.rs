@@ -34,7 +34,9 @@ pub(crate) struct InventoryQuery {
     owner: Option<String>,
     /// A risk: `leaked`, `unused`, `never_used`, `no_expiry`, `unrestricted_scopes`,
     /// `owner_left`, `admin_key`, `too_old`, `data_exposure`.
-    #[param(pattern = "^(leaked|unused|never_used|no_expiry|unrestricted_scopes|owner_left|admin_key|too_old|data_exposure)$")]
+    #[param(
+        pattern = "^(leaked|unused|never_used|no_expiry|unrestricted_scopes|owner_left|admin_key|too_old|data_exposure)$"
+    )]
     risk: Option<String>,
     /// Keys not used for at least this long, never-used ones included: a number and a unit,
     /// `s`, `m`, `h`, `d` or `w` (`90d`).
