@@ -283,11 +283,9 @@ impl Inventory {
     pub async fn apply_pass(&self, pass: Pass, now: DateTime<Utc>) -> Result<PassReport, Error> {
         let mut set = ChangeSet::new(self.state()?, now);
         let mut seen = pass.seen;
-        let stored: Vec<(String, Identity)> = self
-            .store
-            .identities::<Identity>(None)
-            .collect::<Result<_, _>>()?;
-        for (id, mut identity) in stored {
+        // Read lazily: a pass holds what it saw and what changed, not the whole stored estate.
+        for item in self.store.identities::<Identity>(None) {
+            let (id, mut identity) = item?;
             match seen.remove(&id) {
                 Some((_, _, mut facts)) => {
                     set.report.identities += 1;
