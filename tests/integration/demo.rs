@@ -184,6 +184,26 @@ async fn the_demo_finds_the_planted_keys_and_drift_and_changes_nothing() {
         .expect("the inventory run");
     let inventory = quench(&["runs", "show", inventory]);
     assert_eq!(inventory["steps"][0]["output"]["count"], 10, "{inventory}");
+    // So did the estate inventory's sync, as the README's tour shows.
+    let started = std::time::Instant::now();
+    loop {
+        if !quench(&["inventory", "status"])["last_pass"].is_null() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no inventory pass"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let unused = quench(&["inventory", "list", "--risk", "unused"]);
+    let ids: Vec<&str> = unused["identities"]
+        .as_array()
+        .expect("identities")
+        .iter()
+        .filter_map(|identity| identity["id"].as_str())
+        .collect();
+    assert!(ids.contains(&"project_key:key_bob_laptop"), "{unused}");
 
     // Secops lets bob's unused key expire: its expiry and delete are recorded with their
     // requests, not sent (a dry run knows no expiry time, so it does not wait for it).
