@@ -851,7 +851,7 @@ async fn data_exposure_and_drift() {
     );
 }
 
-/// A key's first use of a usage family it never used before is drift: the first pass records
+/// A key's first use of a usage family or a model family it never used before is drift: the first pass records
 /// what it used (no finding), a later pass that sees a new family publishes one
 /// `openai.api_key.drift` finding naming it; families seen before, or going quiet, are not.
 #[tokio::test]
@@ -871,6 +871,10 @@ async fn a_key_using_a_new_capability_is_drift() {
         key.facts.capabilities.iter().collect::<Vec<_>>(),
         ["completions"]
     );
+    assert_eq!(
+        key.facts.model_families.iter().collect::<Vec<_>>(),
+        ["gpt-4o"]
+    );
     assert!(
         inventory
             .findings_due(&[], true, now(), 100)
@@ -880,14 +884,30 @@ async fn a_key_using_a_new_capability_is_drift() {
     );
 
     fake.mark_key_used("key_active", recent + 60, "file_search_calls", "gpt-4o");
-    fake.mark_key_used("key_active", recent + 60, "completions", "gpt-4o");
+    fake.mark_key_used(
+        "key_active",
+        recent + 60,
+        "completions",
+        "gpt-4o-2024-08-06",
+    );
+    fake.mark_key_used("key_active", recent + 60, "completions", "o3-mini");
     sync(&inventory, &openai, now() + chrono::Duration::hours(1)).await;
     let due = inventory.findings_due(&[], true, now(), 100).expect("due");
     assert_eq!(due.len(), 1, "{due:?}");
     let drift = &due[0].finding;
     assert_eq!(drift.kind, "openai.api_key.drift");
     assert!(drift.title.contains("file_search_calls"), "{}", drift.title);
+    assert!(
+        drift.title.contains("o3-mini"),
+        "a new model family: {}",
+        drift.title
+    );
     assert!(!drift.title.contains("completions"), "{}", drift.title);
+    assert!(
+        !drift.title.contains("gpt-4o"),
+        "the same model family: {}",
+        drift.title
+    );
     assert_eq!(drift.resource.project_id.as_deref(), Some("proj_pay"));
     inventory.published(&due).await.expect("recorded");
     // Nothing new: no more drift, and the pass writes nothing.

@@ -35,7 +35,7 @@ use crate::config::Secret;
 use crate::engine::Actions;
 
 pub use estate::{EstateLists, ProjectSettings, WATCHED_EVENTS};
-pub use least_privilege::UsageScopes;
+pub use least_privilege::{Capabilities, UsageScopes, model_family};
 pub use narrow::KEY_EXPIRED;
 pub use rotate::register as register_rotation;
 

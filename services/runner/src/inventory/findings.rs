@@ -214,21 +214,22 @@ fn drift_finding(
             Some(identity.openai_id.clone()),
         )
     } else {
-        let new: Vec<String> = change
-            .fields
-            .get("capabilities")
-            .map(|change| {
-                let before: Vec<&Value> = change.from.as_array().into_iter().flatten().collect();
+        // What the key uses now that it did not before: usage families, then model families.
+        let new: Vec<String> = ["capabilities", "model_families"]
+            .iter()
+            .filter_map(|field| change.fields.get(*field))
+            .flat_map(|change| {
+                let before: Vec<Value> = change.from.as_array().cloned().unwrap_or_default();
                 change
                     .to
                     .as_array()
+                    .cloned()
+                    .unwrap_or_default()
                     .into_iter()
-                    .flatten()
-                    .filter(|family| !before.contains(family))
+                    .filter(move |family| !before.contains(family))
                     .filter_map(|family| family.as_str().map(str::to_owned))
-                    .collect()
             })
-            .unwrap_or_default();
+            .collect();
         (
             "openai.api_key.drift",
             "project_key",

@@ -158,6 +158,9 @@ pub struct Facts {
     /// first is drift.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub capabilities: std::collections::BTreeSet<String>,
+    /// The model families a key has been seen using (`gpt-4o`, `o3-mini`), likewise.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub model_families: std::collections::BTreeSet<String>,
 }
 
 /// A project's model allow or deny list.
@@ -175,6 +178,7 @@ pub const DATA_SETTINGS: &[&str] = &[
     "data_retention",
     "certificates",
     "capabilities",
+    "model_families",
 ];
 
 impl Facts {

@@ -106,7 +106,16 @@ impl Pass {
                     last_used_at: time(&key["last_used_at"]),
                     expires_at: time(&key["expires_at"]),
                     owner_project_access: text(&key["owner_project_access"]),
-                    capabilities: lists.usage.get(id).cloned().unwrap_or_default(),
+                    capabilities: lists
+                        .usage
+                        .get(id)
+                        .map(|used| used.families.clone())
+                        .unwrap_or_default(),
+                    model_families: lists
+                        .usage
+                        .get(id)
+                        .map(|used| used.models.clone())
+                        .unwrap_or_default(),
                     ..Facts::default()
                 },
             );
@@ -297,6 +306,9 @@ impl Inventory {
                     facts
                         .capabilities
                         .extend(identity.facts.capabilities.iter().cloned());
+                    facts
+                        .model_families
+                        .extend(identity.facts.model_families.iter().cloned());
                     let fields = diff(&identity.facts, &facts);
                     let restored = identity.deleted_at.is_some();
                     if fields.is_empty() && !restored {

@@ -42,8 +42,8 @@ pub struct EstateLists {
     pub users: Vec<Value>,
     /// (project id, its data settings) for every active project.
     pub settings: Vec<(String, ProjectSettings)>,
-    /// Key id → the usage families it used over the last [`USAGE_DAYS`] days.
-    pub usage: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// Key id → what it used over the last [`USAGE_DAYS`] days.
+    pub usage: std::collections::BTreeMap<String, super::Capabilities>,
 }
 
 /// Days of usage a pass reads for the keys' capabilities (passes overlap: what a key used is
@@ -144,7 +144,7 @@ impl OpenAi {
             .await?;
         let until = chrono::Utc::now().timestamp();
         lists.usage = self
-            .families_by_key(until - USAGE_DAYS * 86_400, until)
+            .capabilities_by_key(until - USAGE_DAYS * 86_400, until)
             .await?;
         Ok(lists)
     }

@@ -282,7 +282,11 @@ impl KeyUsage {
         until: i64,
         project_id: Option<&str>,
     ) -> Result<BTreeMap<String, BTreeMap<Family, i64>>, ActionError> {
-        self.client.usage_by_key(since, until, project_id, 0).await
+        Ok(self
+            .client
+            .usage_by_key(since, until, project_id, Reading::Requests)
+            .await?
+            .requests)
     }
 
     /// Each key's scopes from its newest `api_key.created` (`data.scopes`) or `api_key.updated`
@@ -413,17 +417,74 @@ impl OpenAi {
     }
 }
 
+/// What a reading of the usage endpoints is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// A step's (`openai.key_usage`): requests per key and family, no second try of a page.
+    Requests,
+    /// The inventory's: also the models, each page tried again after a 429 or a 5xx.
+    Capabilities,
+}
+
+/// Usage per key: requests per family, and the models used.
+#[derive(Debug, Default)]
+struct KeyUsageRows {
+    requests: BTreeMap<String, BTreeMap<Family, i64>>,
+    models: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// What a key has been seen using: usage families and model families.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `completions`, `completions_batch`, `embeddings`, `file_search_calls`, …
+    pub families: BTreeSet<String>,
+    /// Model families (`gpt-4o`, `o3-mini`, `text-embedding-3-small`): the model without its
+    /// date or version suffix.
+    pub models: BTreeSet<String>,
+}
+
+/// A model's family: its id without a trailing date (`-2024-08-06`, `-20240806`) or
+/// four-digit version (`-0613`).
+pub fn model_family(model: &str) -> String {
+    let model = model.trim();
+    let is_digits =
+        |part: &str, len: usize| part.len() == len && part.bytes().all(|b| b.is_ascii_digit());
+    let parts: Vec<&str> = model.split('-').collect();
+    let mut keep = parts.len();
+    if keep >= 4
+        && is_digits(parts[keep - 3], 4)
+        && is_digits(parts[keep - 2], 2)
+        && is_digits(parts[keep - 1], 2)
+    {
+        keep -= 3;
+    } else if keep >= 2 && (is_digits(parts[keep - 1], 8) || is_digits(parts[keep - 1], 4)) {
+        keep -= 1;
+    }
+    let family = parts[..keep].join("-");
+    if family.is_empty() {
+        model.to_owned()
+    } else {
+        family
+    }
+}
+
 impl OpenAi {
-    /// Requests per key and family from every usage endpoint that groups by `api_key_id`,
-    /// each page asked for again up to `retries` times after a 429 or a 5xx.
+    /// Usage per key from every usage endpoint that groups by `api_key_id`: requests per
+    /// family, and for [`Reading::Capabilities`] the models too (grouped by `model` where the
+    /// endpoint can), each page tried again up to 8 times after a 429 or a 5xx.
     async fn usage_by_key(
         &self,
         since: i64,
         until: i64,
         project_id: Option<&str>,
-        retries: u32,
-    ) -> Result<BTreeMap<String, BTreeMap<Family, i64>>, ActionError> {
-        let mut usage: BTreeMap<String, BTreeMap<Family, i64>> = BTreeMap::new();
+        reading: Reading,
+    ) -> Result<KeyUsageRows, ActionError> {
+        let mut usage = KeyUsageRows::default();
+        let retries = if reading == Reading::Capabilities {
+            8
+        } else {
+            0
+        };
         for (endpoint, counter) in ENDPOINTS {
             let mut request = self
                 .request(
@@ -438,6 +499,11 @@ impl OpenAi {
                 .query("group_by[]", "project_id");
             if endpoint == "completions" {
                 request = request.query("group_by[]", "batch");
+            }
+            // Every usage endpoint that groups by key groups by model too, but file search.
+            let by_model = reading == Reading::Capabilities && endpoint != "file_search_calls";
+            if by_model {
+                request = request.query("group_by[]", "model");
             }
             if let Some(project_id) = project_id {
                 request = request.query("project_ids[]", project_id);
@@ -464,10 +530,19 @@ impl OpenAi {
                     let requests = row[counter].as_i64().unwrap_or(0);
                     if requests > 0 {
                         *usage
+                            .requests
                             .entry(key_id.to_owned())
                             .or_default()
                             .entry(family)
                             .or_default() += requests;
+                        if let Some(model) = row["model"].as_str().filter(|model| !model.is_empty())
+                        {
+                            usage
+                                .models
+                                .entry(key_id.to_owned())
+                                .or_default()
+                                .insert(model_family(model));
+                        }
                     }
                 }
             }
@@ -475,25 +550,51 @@ impl OpenAi {
         Ok(usage)
     }
 
-    /// The usage families (`completions`, `completions_batch`, `embeddings`, `file_search_calls`,
-    /// …) each key used between `since` and `until`: what the inventory keeps as a key's
-    /// capabilities.
-    pub async fn families_by_key(
+    /// What each key used between `since` and `until`: its usage families and model
+    /// families, which the inventory keeps as the key's capabilities.
+    pub async fn capabilities_by_key(
         &self,
         since: i64,
         until: i64,
-    ) -> Result<BTreeMap<String, BTreeSet<String>>, ActionError> {
-        Ok(self
-            .usage_by_key(since, until, None, 8)
-            .await?
+    ) -> Result<BTreeMap<String, Capabilities>, ActionError> {
+        let mut usage = self
+            .usage_by_key(since, until, None, Reading::Capabilities)
+            .await?;
+        Ok(usage
+            .requests
             .into_iter()
             .map(|(key, families)| {
-                let names = families
-                    .keys()
-                    .map(|family| family.name().to_owned())
-                    .collect();
-                (key, names)
+                let capabilities = Capabilities {
+                    families: families
+                        .keys()
+                        .map(|family| family.name().to_owned())
+                        .collect(),
+                    models: usage.models.remove(&key).unwrap_or_default(),
+                };
+                (key, capabilities)
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod model_family_tests {
+    use super::model_family;
+
+    #[test]
+    fn a_family_is_the_model_without_its_date_or_version() {
+        for (model, family) in [
+            ("gpt-4o-2024-08-06", "gpt-4o"),
+            ("gpt-4o", "gpt-4o"),
+            ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
+            ("gpt-4-0613", "gpt-4"),
+            ("o3-mini-20250131", "o3-mini"),
+            ("text-embedding-3-small", "text-embedding-3-small"),
+            ("dall-e-3", "dall-e-3"),
+            ("", ""),
+            ("-2024-01-01", "-2024-01-01"),
+        ] {
+            assert_eq!(model_family(model), family, "{model}");
+        }
     }
 }
