@@ -514,6 +514,20 @@ fn or_dash(value: Option<&str>) -> String {
     value.unwrap_or("-").to_owned()
 }
 
+/// A list request's query: `limit`, and each filter that is given.
+fn list_query(
+    limit: usize,
+    filters: &[(&'static str, &Option<String>)],
+) -> Vec<(&'static str, String)> {
+    let mut query = vec![("limit", limit.to_string())];
+    for (name, value) in filters {
+        if let Some(value) = value {
+            query.push((name, value.clone()));
+        }
+    }
+    query
+}
+
 /// `quench runs …`.
 pub(super) fn runs(command: &RunsCommand, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     match command {
@@ -525,17 +539,15 @@ pub(super) fn runs(command: &RunsCommand, out: &mut dyn Write, err: &mut dyn Wri
             cursor,
             api,
         } => with_client(api, err, |client| {
-            let mut query = vec![("limit", limit.to_string())];
-            for (name, value) in [
-                ("state", state),
-                ("playbook", playbook),
-                ("key", key),
-                ("cursor", cursor),
-            ] {
-                if let Some(value) = value {
-                    query.push((name, value.clone()));
-                }
-            }
+            let query = list_query(
+                *limit,
+                &[
+                    ("state", state),
+                    ("playbook", playbook),
+                    ("key", key),
+                    ("cursor", cursor),
+                ],
+            );
             let page: RunPage = client.get("api/v1/runs", &query)?;
             if api.json {
                 print_json(out, &page)?;
@@ -1147,20 +1159,18 @@ pub(super) fn inventory(
             cursor,
             api,
         } => with_client(api, err, |client| {
-            let mut query = vec![("limit", limit.to_string())];
-            for (name, value) in [
-                ("kind", kind),
-                ("project", project),
-                ("owner", owner),
-                ("risk", risk),
-                ("unused_for", unused_for),
-                ("expiring_within", expiring_within),
-                ("cursor", cursor),
-            ] {
-                if let Some(value) = value {
-                    query.push((name, value.clone()));
-                }
-            }
+            let mut query = list_query(
+                *limit,
+                &[
+                    ("kind", kind),
+                    ("project", project),
+                    ("owner", owner),
+                    ("risk", risk),
+                    ("unused_for", unused_for),
+                    ("expiring_within", expiring_within),
+                    ("cursor", cursor),
+                ],
+            );
             if *unowned {
                 query.push(("unowned", "true".to_owned()));
             }
