@@ -132,16 +132,19 @@ impl Sync {
         }
     }
 
-    async fn publish_and_count(&self) {
+    /// Publishes what is due; whether all of it went out.
+    async fn publish_and_count(&self) -> bool {
         match self.publish().await {
             Ok(count) => {
                 self.status(|status| status.findings_published += count);
                 if count > 0 {
                     tracing::info!(count, "the inventory published findings for risks");
                 }
+                true
             }
             Err(error) => {
-                tracing::warn!(%error, "the inventory's findings wait for the next round")
+                tracing::warn!(%error, "the inventory's findings wait for the next round");
+                false
             }
         }
     }
@@ -150,9 +153,13 @@ impl Sync {
     pub(crate) async fn run(self, stop: CancellationToken) {
         self.status(|status| status.enabled = true);
         let mut next_pass = tokio::time::Instant::now();
+        // Whether findings may be due: after a pass (time alone makes keys unused), after a
+        // watch that changed something, and until a round published everything.
+        let mut due = false;
         loop {
             let now = tokio::time::Instant::now();
             if now >= next_pass {
+                due = true;
                 next_pass = now + self.interval;
                 match self.pass().await {
                     Ok(report) => {
@@ -178,11 +185,13 @@ impl Sync {
                 }
             }
             // After a pass: the audit log brings the keys' scopes, which a pass never sees.
-            self.watch_once().await;
-            self.publish_and_count().await;
+            due |= self.watch_once().await;
+            if due {
+                due = !self.publish_and_count().await;
+            }
             let wait = self
                 .watch_interval
-                .min(next_pass - tokio::time::Instant::now());
+                .min(next_pass.saturating_duration_since(tokio::time::Instant::now()));
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
@@ -190,15 +199,21 @@ impl Sync {
         }
     }
 
-    async fn watch_once(&self) {
+    /// One watch; whether it changed the inventory.
+    async fn watch_once(&self) -> bool {
         match self.watch().await {
-            Ok(report) => self.status(|status| {
-                status.last_watch = Some(report);
-                status.last_watch_error = None;
-            }),
+            Ok(report) => {
+                let wrote = report.wrote;
+                self.status(|status| {
+                    status.last_watch = Some(report);
+                    status.last_watch_error = None;
+                });
+                wrote
+            }
             Err(error) => {
                 tracing::warn!(%error, "reading the audit log for the inventory failed; trying again at the next watch");
                 self.status(|status| status.last_watch_error = Some(error));
+                false
             }
         }
     }
