@@ -39,11 +39,11 @@ pub(crate) struct AttributesRequest {
 /// The owner and purpose people recorded for an identity (role viewer); both absent when
 /// nothing was recorded.
 #[utoipa::path(get, path = "/api/v1/inventory/{id}/attributes", tag = "inventory",
-    params(("id" = String, Path, description = "Identity id, e.g. project_key:key_abc", pattern = r"^(project_key|service_account|admin_key|project|user):[A-Za-z0-9_.:-]{1,256}$")),
+    params(("id" = String, Path, description = "Identity id, e.g. project_key:key_abc: a kind (`project_key`, `service_account`, `admin_key`, `project`, `user`), `:`, and 1 to 256 of `A-Z a-z 0-9 _ . : -`")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The identity's attributes", body = AttributesView),
-        (status = 400, description = "Not an identity id", body = ErrorBody),
+        (status = 404, description = "Not an identity id", body = ErrorBody),
         (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 403, description = "Role too small", body = ErrorBody)
     ))]
@@ -53,7 +53,7 @@ pub(super) async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<AttributesView>, ApiError> {
     caller.require(Role::Viewer)?;
-    crate::owners::check_identity(&id).map_err(ApiError::BadRequest)?;
+    crate::owners::check_identity(&id).map_err(ApiError::NotFound)?;
     let attributes = crate::owners::attributes(api.inner.engine.store(), &id)
         .map_err(ApiError::internal)?
         .unwrap_or_default();
@@ -67,13 +67,13 @@ pub(super) async fn show(
 /// Set an identity's owner and/or purpose (role editor, any identity; audited with the token's
 /// name as `attributes_set`). The inventory's sync never changes them.
 #[utoipa::path(put, path = "/api/v1/inventory/{id}/attributes", tag = "inventory",
-    params(("id" = String, Path, description = "Identity id, e.g. project_key:key_abc", pattern = r"^(project_key|service_account|admin_key|project|user):[A-Za-z0-9_.:-]{1,256}$")),
+    params(("id" = String, Path, description = "Identity id, e.g. project_key:key_abc: a kind (`project_key`, `service_account`, `admin_key`, `project`, `user`), `:`, and 1 to 256 of `A-Z a-z 0-9 _ . : -`")),
     request_body = AttributesRequest,
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The attributes now", body = AttributesView),
-        (status = 400, description = "Not an identity id, or a body that is not an attributes object", body = ErrorBody),
-        (status = 422, description = "An unknown team, an owner that is not an email, or a purpose too long", body = ErrorBody),
+        (status = 400, description = "A body that is not an attributes object", body = ErrorBody),
+        (status = 422, description = "Not an identity id, an unknown team, an owner that is not an email, or a purpose too long", body = ErrorBody),
         (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 403, description = "Role too small", body = ErrorBody)
     ))]
