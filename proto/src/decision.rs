@@ -38,6 +38,11 @@ pub struct Decision {
     /// The gate's unguessable token, as carried in the Slack button value.
     pub token: String,
     pub choice: String,
+    /// The item answered, on a gate that asks per item (an attestation lists several
+    /// identities, each answered on its own); absent on an ordinary gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub item: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
     pub actor: Actor,
@@ -88,6 +93,9 @@ impl Decision {
         check_token("gate", &self.gate, 64)?;
         check_token("token", &self.token, 128)?;
         check_len("choice", &self.choice, 1, 64)?;
+        if let Some(item) = &self.item {
+            check_len("item", item, 1, 128)?;
+        }
         if let Some(comment) = &self.comment {
             check_len("comment", comment, 0, 1000)?;
         }

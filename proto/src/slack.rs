@@ -26,7 +26,14 @@ pub struct ApprovalButton {
     pub gate: String,
     pub token: String,
     pub choice: String,
+    /// The item this button answers, on a gate that asks per item (absent otherwise, so an
+    /// ordinary button's value is the JSON it has always been).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<String>,
 }
+
+/// Longest item id a button may name (the block id holds it, and Slack's limit is 255).
+const MAX_ITEM: usize = 128;
 
 /// Why a click is not on a quench approval button; the text is what the user is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -49,9 +56,18 @@ impl ApprovalButton {
         format!("{PREFIX}{}", self.choice)
     }
 
-    /// The button's `value`: the run, the gate, its token and the choice, as JSON.
+    /// The button's `value`: the run, the gate, its token, the choice (and the item), as JSON.
     pub fn value(&self) -> String {
-        serde_json::to_string(self).expect("a button of four strings serializes")
+        serde_json::to_string(self).expect("a button of strings serializes")
+    }
+
+    /// The `block_id` of the actions block holding this button: the gate's, or for an item the
+    /// item's own (a message that lists items has one actions block per item).
+    pub fn block_id(&self) -> String {
+        match &self.item {
+            None => block_id_of(&self.run_id, &self.gate),
+            Some(item) => item_block_id_of(&self.run_id, &self.gate, item),
+        }
     }
 
     /// The button a click was on, from what Slack hands back: its `action_id`, the `block_id`
@@ -76,8 +92,15 @@ impl ApprovalButton {
         {
             return Err(ButtonError::RunId);
         }
+        if button
+            .item
+            .as_ref()
+            .is_some_and(|item| item.is_empty() || item.len() > MAX_ITEM)
+        {
+            return Err(ButtonError::Value);
+        }
         if let Some(block) = block_id
-            && block != block_id_of(&button.run_id, &button.gate)
+            && block != button.block_id()
         {
             return Err(ButtonError::BlockDisagrees);
         }
@@ -88,6 +111,12 @@ impl ApprovalButton {
 /// The `block_id` of the actions block holding a gate's buttons: `quench:<run_id>:<gate>`.
 pub fn block_id_of(run_id: &str, gate: &str) -> String {
     format!("{PREFIX}{run_id}:{gate}")
+}
+
+/// The `block_id` of the actions block for one item of a gate that asks per item:
+/// `quench:<run_id>:<gate>#<item>`.
+pub fn item_block_id_of(run_id: &str, gate: &str, item: &str) -> String {
+    format!("{PREFIX}{run_id}:{gate}#{item}")
 }
 
 /// The `block_id` of the text an approval message becomes once its gate closes (no buttons).
@@ -146,10 +175,26 @@ mod tests {
             gate: "decide".to_owned(),
             token: "abc123".to_owned(),
             choice: "keep".to_owned(),
+            item: None,
         };
         assert_eq!(
             button.value(),
             r#"{"run_id":"run-1","gate":"decide","token":"abc123","choice":"keep"}"#
+        );
+        assert_eq!(button.block_id(), "quench:run-1:decide");
+        let item = ApprovalButton {
+            item: Some("project_key:key_1".to_owned()),
+            ..button.clone()
+        };
+        assert_eq!(item.block_id(), "quench:run-1:decide#project_key:key_1");
+        assert_eq!(
+            ApprovalButton::parse(
+                &item.action_id(),
+                Some(&button.block_id()),
+                Some(&item.value())
+            ),
+            Err(ButtonError::BlockDisagrees),
+            "an item's button is refused under the gate's own block"
         );
         assert_eq!(button.action_id(), "quench:keep");
         assert_eq!(block_id_of("run-1", "decide"), "quench:run-1:decide");
@@ -165,12 +210,14 @@ mod tests {
             any::<String>(),
             any::<String>(),
             any::<String>(),
+            proptest::option::of("[A-Za-z0-9_:.-]{1,128}"),
         )
-            .prop_map(|(run_id, gate, token, choice)| ApprovalButton {
+            .prop_map(|(run_id, gate, token, choice, item)| ApprovalButton {
                 run_id,
                 gate,
                 token,
                 choice,
+                item,
             })
     }
 
@@ -179,7 +226,7 @@ mod tests {
         /// Slack sends the block id.
         #[test]
         fn a_button_round_trips(button in button()) {
-            let block = block_id_of(&button.run_id, &button.gate);
+            let block = button.block_id();
             let value = button.value();
             prop_assert_eq!(
                 ApprovalButton::parse(&button.action_id(), Some(&block), Some(&value)),
@@ -202,8 +249,8 @@ mod tests {
                     Err(ButtonError::ActionDisagrees)
                 );
             }
-            let block = block_id_of(&other.run_id, &other.gate);
-            if block != block_id_of(&one.run_id, &one.gate) {
+            let block = other.block_id();
+            if block != one.block_id() {
                 prop_assert_eq!(
                     ApprovalButton::parse(&one.action_id(), Some(&block), Some(&value)),
                     Err(ButtonError::BlockDisagrees)

@@ -2,6 +2,7 @@
 //! The binary (`main.rs`) only calls [`cli::main`]; tests drive this library directly.
 
 pub mod actions;
+pub mod campaign;
 pub mod cli;
 pub mod connectors;
 pub mod engine;

@@ -241,6 +241,27 @@ pub struct Attributes {
     /// What the identity is for, in the owner's words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purpose: Option<Attribute>,
+    /// Owners who said it is not theirs (an attestation's `not_mine`): each a recipient as the
+    /// chain named them (an email, a Slack id, `team:<name>`), which the chain passes over for
+    /// this identity from then on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disowned_by: Vec<Attribute>,
+    /// The last attestation of it: which campaign, the answer, who gave it and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attested: Option<Attested>,
+}
+
+/// An identity's last attestation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Attested {
+    pub campaign: String,
+    /// The answer (`keep`, `narrow`, `revoke`, `not_mine`).
+    pub choice: String,
+    /// Nobody answered by the deadline: the campaign's default was taken.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub defaulted: bool,
+    pub by: Vec<String>,
+    pub at: DateTime<Utc>,
 }
 
 /// One attribute's value and its provenance.
@@ -318,6 +339,12 @@ pub fn check_identity(identity: &str) -> Result<(), String> {
 
 /// One writer of attributes at a time, so two changes to one identity never lose each other.
 static WRITING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Holds the attributes' one-writer lock, for a writer that commits attributes in a batch of
+/// its own (a campaign recording answers); read, change and commit while holding it.
+pub async fn writing() -> tokio::sync::MutexGuard<'static, ()> {
+    WRITING.lock().await
+}
 
 /// Applies a change to an identity's attributes and audits it (`attributes_set`, with the
 /// actor, each changed field's value before and after); returns the attributes now. A change
@@ -402,7 +429,8 @@ pub async fn set_attributes(
     Ok(after)
 }
 
-fn via_name(via: quench_proto::Via) -> String {
+/// How an actor's channel is written in `set_by` (`api`, `slack`, `cli`, `console`).
+pub fn via_name(via: quench_proto::Via) -> String {
     serde_json::to_value(via)
         .ok()
         .and_then(|via| via.as_str().map(str::to_owned))
@@ -432,7 +460,11 @@ pub struct KeyFacts {
 /// project's name. The record is read as JSON: `inventory` reaches the engine through the
 /// connectors, so this module cannot name its types without a cycle.
 pub fn key_facts(store: &Store, finding: Option<&Finding>) -> KeyFacts {
-    let mut facts = finding_facts(finding);
+    complete_facts(store, finding_facts(finding))
+}
+
+/// Completes facts from the inventory's record of their first identity.
+fn complete_facts(store: &Store, mut facts: KeyFacts) -> KeyFacts {
     let Some(identity) = facts.identities.first().cloned() else {
         return facts;
     };
@@ -546,6 +578,52 @@ pub struct Facts<'a> {
     pub recorded: Option<(&'a str, &'a RecordedOwner)>,
     pub project_id: Option<&'a str>,
     pub project_name: Option<&'a str>,
+    /// Recipients who said the identity is not theirs (lowercased): passed over.
+    pub disowned: &'a [String],
+}
+
+/// Who said the identities are not theirs (their attributes' `disowned_by`), lowercased.
+pub fn disowned(store: &Store, identities: &[String]) -> Result<Vec<String>, crate::store::Error> {
+    let mut out = Vec::new();
+    for identity in identities {
+        if let Some(attributes) = attributes(store, identity)? {
+            out.extend(
+                attributes
+                    .disowned_by
+                    .iter()
+                    .map(|attribute| attribute.value.to_lowercase()),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The owner of an inventory identity (`project_key:key_abc`), with no finding: the chain
+/// starts at the key's owning user, from the inventory's record of it.
+pub fn resolve_identity(
+    store: &Store,
+    owners: &Owners,
+    identity: &str,
+) -> Result<ResolvedOwner, crate::store::Error> {
+    resolve_identity_passing_over(store, owners, identity, &[])
+}
+
+/// [`resolve_identity`], passing over these recipients too (lowercased; a "not mine" about to
+/// be recorded).
+pub fn resolve_identity_passing_over(
+    store: &Store,
+    owners: &Owners,
+    identity: &str,
+    also_disowned: &[String],
+) -> Result<ResolvedOwner, crate::store::Error> {
+    let facts = complete_facts(
+        store,
+        KeyFacts {
+            identities: vec![identity.to_owned()],
+            ..KeyFacts::default()
+        },
+    );
+    resolve_with(store, owners, None, &facts, also_disowned)
 }
 
 /// Gathers the facts for a finding (or none, for a scheduled run) and resolves its owner.
@@ -555,7 +633,30 @@ pub fn resolve_for(
     finding: Option<&Finding>,
 ) -> Result<ResolvedOwner, crate::store::Error> {
     let facts = key_facts(store, finding);
+    resolve_facts(store, owners, finding, &facts)
+}
+
+/// The owner from facts gathered by the caller (e.g. an identity as it stood at a past date),
+/// with the recorded owners and disowning of `facts.identities` as they are now.
+pub fn resolve_facts(
+    store: &Store,
+    owners: &Owners,
+    finding: Option<&Finding>,
+    facts: &KeyFacts,
+) -> Result<ResolvedOwner, crate::store::Error> {
+    resolve_with(store, owners, finding, facts, &[])
+}
+
+fn resolve_with(
+    store: &Store,
+    owners: &Owners,
+    finding: Option<&Finding>,
+    facts: &KeyFacts,
+    also_disowned: &[String],
+) -> Result<ResolvedOwner, crate::store::Error> {
     let recorded = recorded_owner(store, owners, &facts.identities)?;
+    let mut disowned = disowned(store, &facts.identities)?;
+    disowned.extend(also_disowned.iter().cloned());
     Ok(resolve(
         owners,
         &Facts {
@@ -566,6 +667,7 @@ pub fn resolve_for(
                 .map(|(identity, owner)| (identity.as_str(), owner)),
             project_id: facts.project_id.as_deref(),
             project_name: facts.project_name.as_deref(),
+            disowned: &disowned,
         },
     ))
 }
@@ -573,11 +675,19 @@ pub fn resolve_for(
 /// The chain: the first link that yields people answers (see the module's documentation).
 pub fn resolve(owners: &Owners, facts: &Facts<'_>) -> ResolvedOwner {
     let mapped = owners.mapped(facts.project_id, facts.project_name);
+    let disowned = |recipient: &str| {
+        facts
+            .disowned
+            .iter()
+            .any(|who| who.eq_ignore_ascii_case(recipient))
+    };
     let person = |link: Link, source: String, email: Option<&str>, slack: Option<&str>| {
-        let email = email.map(str::trim).filter(|email| is_email(email));
+        let email = email
+            .map(str::trim)
+            .filter(|email| is_email(email) && !disowned(email));
         let slack = slack
             .map(str::trim)
-            .filter(|id| is_slack_id(id, &['U', 'W']));
+            .filter(|id| is_slack_id(id, &['U', 'W']) && !disowned(id));
         let recipient = email.or(slack)?;
         let team = email
             .and_then(|email| owners.team_of(email))
@@ -594,6 +704,9 @@ pub fn resolve(owners: &Owners, facts: &Facts<'_>) -> ResolvedOwner {
         })
     };
     let team = |link: Link, source: String, name: &str| {
+        if disowned(&format!("team:{name}")) {
+            return None;
+        }
         let members = owners.team_members(name)?;
         let (emails, slack_user_ids) = split_people(&members);
         if emails.is_empty() && slack_user_ids.is_empty() {

@@ -147,6 +147,7 @@ fn decision(click: &Click, now: DateTime<Utc>) -> Result<Decision, String> {
             &value.run_id,
             &value.gate,
             &value.choice,
+            value.item.as_deref().unwrap_or_default(),
         ] {
             hash.update(part.as_bytes());
             hash.update([0]);
@@ -160,6 +161,7 @@ fn decision(click: &Click, now: DateTime<Utc>) -> Result<Decision, String> {
         gate: value.gate,
         token: value.token,
         choice: value.choice,
+        item: value.item,
         comment: None,
         actor: Actor {
             via: Via::Slack,

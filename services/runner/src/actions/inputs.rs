@@ -44,6 +44,14 @@ pub struct Approval {
     /// Add approvers (and notify them) after a delay.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub escalate: Vec<Escalation>,
+    /// Ask per item instead of once (an attestation): each item is an object with a unique
+    /// string `id` (and a `label` and facts to show), answered on its own with one of the
+    /// `choices`; the gate is decided when every item is, and at `timeout` every item still
+    /// open takes `on_timeout`. At most 20 items (one Slack message holds them). Usually a
+    /// template, e.g. `"{{ finding.evidence.identities }}"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 20))]
+    pub items: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -93,6 +93,11 @@ pub struct ApproveArgs {
     /// One of the gate's choices (e.g. approve, deny, revoke, keep).
     #[arg(long)]
     pub choice: String,
+    /// The item answered, on a gate that asks per item (an attestation lists identities:
+    /// `--item project_key:key_abc`).
+    #[arg(long)]
+    pub item: Option<String>,
+    /// Said with the answer (for a key kept in an attestation, its purpose).
     #[arg(long)]
     pub comment: Option<String>,
     #[command(flatten)]
@@ -887,6 +892,7 @@ pub(super) fn approve(args: &ApproveArgs, out: &mut dyn Write, err: &mut dyn Wri
             ),
             &DecisionRequest {
                 choice: args.choice.clone(),
+                item: args.item.clone(),
                 comment: args.comment.clone(),
             },
         )?;

@@ -14,15 +14,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use quench_common::slack::connector;
-use quench_proto::slack::{ApprovalButton, block_id_of, closed_block_id_of, escape, mention};
+use quench_proto::slack::{
+    ApprovalButton, block_id_of, closed_block_id_of, escape, item_block_id_of, mention,
+};
 use serde_json::{Value, json};
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
 
 use crate::config::Secret;
 use crate::engine::{
-    Action, ActionError, ActionFuture, Actions, Call, Delivery, Gate, GateMessage, NoticeFuture,
-    NoticeKind, NoticeRequest, Notifier, Success,
+    Action, ActionError, ActionFuture, Actions, Call, Delivery, Gate, GateMessage, ItemDecision,
+    NoticeFuture, NoticeKind, NoticeRequest, Notifier, Success, item_id,
 };
 
 /// The Slack Web API client for one bot token.
@@ -235,8 +237,12 @@ impl Slack {
 
     async fn notify(&self, request: &NoticeRequest) -> Delivery {
         let mut delivery = Delivery::default();
-        if request.kind == NoticeKind::Closed {
-            let content = closed_message(&request.gate);
+        if matches!(request.kind, NoticeKind::Closed | NoticeKind::Progress) {
+            let content = if request.kind == NoticeKind::Closed {
+                closed_message(&request.gate)
+            } else {
+                approval_message(request)
+            };
             for message in &request.gate.messages {
                 match self.update(message, content.clone()).await {
                     Ok(()) => delivery.updated += 1,
@@ -294,7 +300,7 @@ fn approval_message(request: &NoticeRequest) -> SlackMessageContent {
     let lead = match request.kind {
         NoticeKind::Remind => "Reminder: an answer is still needed.\n",
         NoticeKind::Escalate => "This was escalated to you.\n",
-        NoticeKind::Open | NoticeKind::Closed => "",
+        NoticeKind::Open | NoticeKind::Closed | NoticeKind::Progress => "",
     };
     let text = format!(
         "{lead}{}\n_{} · {} · answer by {}_",
@@ -303,30 +309,58 @@ fn approval_message(request: &NoticeRequest) -> SlackMessageContent {
         escape(&request.run_key),
         gate.deadline.format("%Y-%m-%d %H:%M UTC"),
     );
-    let buttons: Vec<SlackActionBlockElement> = gate
-        .choices
-        .iter()
-        .map(|choice| {
-            let button = ApprovalButton {
-                run_id: gate.run_id.clone(),
-                gate: gate.step.clone(),
-                token: gate.token.clone(),
-                choice: choice.clone(),
-            };
-            SlackBlockButtonElement::new(pt!(choice.clone()))
-                .with_action_id(SlackActionId(button.action_id()))
-                .with_value(button.value())
-                .into()
-        })
-        .collect();
+    let buttons = |item: Option<&str>| -> SlackBlock {
+        let elements: Vec<SlackActionBlockElement> = gate
+            .choices
+            .iter()
+            .map(|choice| {
+                let button = ApprovalButton {
+                    run_id: gate.run_id.clone(),
+                    gate: gate.step.clone(),
+                    token: gate.token.clone(),
+                    choice: choice.clone(),
+                    item: item.map(str::to_owned),
+                };
+                SlackBlockButtonElement::new(pt!(choice.clone()))
+                    .with_action_id(SlackActionId(button.action_id()))
+                    .with_value(button.value())
+                    .into()
+            })
+            .collect();
+        let block_id = match item {
+            None => block_id_of(&gate.run_id, &gate.step),
+            Some(item) => item_block_id_of(&gate.run_id, &gate.step, item),
+        };
+        SlackActionsBlock::new(elements)
+            .with_block_id(SlackBlockId(block_id))
+            .into()
+    };
+    if gate.per_item() {
+        // One section per item with its facts, and its buttons while it is open (a decided
+        // item shows its outcome instead): at most 1 + 2 × 20 blocks, under Slack's 50.
+        let mut blocks: Vec<SlackBlock> =
+            vec![SlackSectionBlock::new().with_text(md!(text.clone())).into()];
+        for item in &gate.items {
+            let id = item_id(item);
+            let decision = gate.item_decisions.get(id);
+            blocks.push(
+                SlackSectionBlock::new()
+                    .with_text(md!(item_text(item, decision)))
+                    .into(),
+            );
+            if decision.is_none() {
+                blocks.push(buttons(Some(id)));
+            }
+        }
+        return SlackMessageContent::new()
+            .with_text(text)
+            .with_blocks(blocks);
+    }
     SlackMessageContent::new()
         .with_text(text.clone())
-        .with_blocks(slack_blocks![
-            some_into(SlackSectionBlock::new().with_text(md!(text))),
-            some_into(
-                SlackActionsBlock::new(buttons)
-                    .with_block_id(SlackBlockId(block_id_of(&gate.run_id, &gate.step)))
-            )
+        .with_blocks(vec![
+            SlackSectionBlock::new().with_text(md!(text)).into(),
+            buttons(None),
         ])
 }
 
@@ -352,7 +386,14 @@ fn closed_message(gate: &Gate) -> SlackMessageContent {
         ),
         None => "Closed without a decision: the run ended.".to_owned(),
     };
-    let text = format!("{}\n{outcome}", gate.question);
+    let mut text = format!("{}\n{outcome}", gate.question);
+    if gate.per_item() {
+        for item in &gate.items {
+            text.push_str("\n");
+            text.push_str(&item_text(item, gate.item_decisions.get(item_id(item))));
+        }
+        text = truncate(&text, SECTION_TEXT_MAX);
+    }
     SlackMessageContent::new()
         .with_text(text.clone())
         .with_blocks(slack_blocks![some_into(
@@ -360,6 +401,75 @@ fn closed_message(gate: &Gate) -> SlackMessageContent {
                 .with_text(md!(text))
                 .with_block_id(SlackBlockId(closed_block_id_of(&gate.run_id, &gate.step)))
         )])
+}
+
+/// Slack's limit on a section block's text.
+const SECTION_TEXT_MAX: usize = 3000;
+/// Facts shown per item, and the length of each value.
+const ITEM_FACTS: usize = 8;
+const FACT_CHARS: usize = 80;
+
+/// An item of a per-item gate as Slack shows it: its label (or id), its id, its scalar facts
+/// (escaped: they come from findings), and its outcome once decided.
+fn item_text(item: &serde_json::Map<String, Value>, decision: Option<&ItemDecision>) -> String {
+    let id = item_id(item);
+    let label = item.get("label").and_then(Value::as_str).unwrap_or(id);
+    let mut text = format!(
+        "*{}* `{}`",
+        escape(&truncate(label, FACT_CHARS)),
+        escape(id)
+    );
+    let facts: Vec<String> = item
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "id" | "label"))
+        .filter_map(|(name, value)| {
+            let value = match value {
+                Value::String(text) => text.clone(),
+                Value::Number(number) => number.to_string(),
+                Value::Bool(flag) => flag.to_string(),
+                Value::Array(list) if list.iter().all(Value::is_string) => list
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                _ => return None,
+            };
+            Some(format!(
+                "{}: {}",
+                escape(&truncate(name, 40)),
+                escape(&truncate(&value, FACT_CHARS))
+            ))
+        })
+        .take(ITEM_FACTS)
+        .collect();
+    if !facts.is_empty() {
+        text.push_str("\n");
+        text.push_str(&facts.join(" · "));
+    }
+    if let Some(decision) = decision {
+        let by = if decision.defaulted {
+            "no answer in time".to_owned()
+        } else {
+            decision
+                .decided_by
+                .iter()
+                .map(|who| mention(who))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        text.push_str(&format!("\n→ *{}* ({by})", escape(&decision.choice)));
+    }
+    truncate(&text, SECTION_TEXT_MAX)
+}
+
+/// At most `max` characters, with `…` when cut.
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
 }
 
 /// Maps a Slack error to the retry policy. Messages name the method and the recipient, never

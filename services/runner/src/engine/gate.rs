@@ -12,7 +12,8 @@ use subtle::ConstantTimeEq;
 
 use super::drive::{Flow, Outcome, StepCx};
 use super::state::{
-    Answer, EscalationState, Gate, GateDecision, NoticeKind, Run, RunStatus, StepStatus, Timer,
+    Answer, EscalationState, Gate, GateDecision, ItemDecision, NoticeKind, Run, RunStatus,
+    StepStatus, Timer, item_id,
 };
 use super::{Engine, Error, Tx};
 use crate::actions::Approval;
@@ -20,6 +21,13 @@ use crate::playbook::{Step, parse_duration};
 use crate::store::{AuditDraft, Key};
 
 const DEFAULT_CHOICES: [&str; 2] = ["approve", "deny"];
+/// Most items a gate may ask about: one Slack message holds 50 blocks, two per item.
+pub const MAX_GATE_ITEMS: usize = 20;
+/// Longest item id (it goes into a Slack block id, whose limit is 255).
+const MAX_ITEM_ID: usize = 128;
+/// The choice a per-item gate records for itself once every item is decided (each item's own
+/// choice is in the step's output).
+pub const ITEMS_DECIDED: &str = "items";
 /// Timers read per pass of `fire_due`.
 const FIRE_BATCH: usize = 4096;
 /// Runs whose timers fire at once (their commits are grouped by the store).
@@ -99,6 +107,10 @@ pub enum Refusal {
     AlreadyDecided { choice: String, by: String },
     #[error("the gate is closed: the run ended")]
     Closed,
+    #[error("the gate asks per item: name one of its items")]
+    NoItem,
+    #[error("`{0}` is not one of the gate's items")]
+    UnknownItem(String),
 }
 
 impl Refusal {
@@ -111,6 +123,8 @@ impl Refusal {
             Refusal::AlreadyAnswered(_) => "already_answered",
             Refusal::AlreadyDecided { .. } => "already_decided",
             Refusal::Closed => "closed",
+            Refusal::NoItem => "no_item",
+            Refusal::UnknownItem(_) => "unknown_item",
         }
     }
 }
@@ -191,6 +205,7 @@ impl Engine {
             "quorum": gate.quorum,
             "deadline": gate.deadline,
             "on_timeout": gate.on_timeout,
+            "items": gate.item_ids().collect::<Vec<_>>(),
         });
         cx.tx.event(
             cx.run,
@@ -241,6 +256,8 @@ impl Engine {
             .map(parse_duration)
             .transpose()?
             .map(|every| every.as_secs().max(1));
+        let items = approval.items.unwrap_or_default();
+        check_items(&items)?;
         let mut escalations = Vec::new();
         for escalation in approval.escalate {
             let after = parse_duration(&escalation.after)?;
@@ -270,6 +287,8 @@ impl Engine {
             decision: None,
             closed: false,
             messages: Vec::new(),
+            items,
+            item_decisions: BTreeMap::new(),
         })
     }
 
@@ -365,15 +384,50 @@ impl Engine {
             choice: decision.choice.clone(),
             at: now,
             comment: decision.comment.clone(),
+            item: decision.item.clone(),
         });
-        tx.audit(&run, now, "decision", Some(&step), json!({"decision": decision.id, "choice": decision.choice, "comment": decision.comment}));
+        let mut detail = json!({"decision": decision.id, "choice": decision.choice, "comment": decision.comment});
+        if let Some(item) = &decision.item {
+            detail["item"] = item.clone().into();
+        }
+        tx.audit(&run, now, "decision", Some(&step), detail);
         mark_last_actor(&mut tx, actor, true);
         let agreeing: Vec<&Answer> = gate
             .answers
             .iter()
-            .filter(|answer| answer.choice == decision.choice)
+            .filter(|answer| answer.choice == decision.choice && answer.item == decision.item)
             .collect();
-        let outcome = if agreeing.len() as u32 >= gate.quorum {
+        let outcome = if let Some(item) = &decision.item {
+            if agreeing.len() as u32 >= gate.quorum {
+                let decided_by = agreeing.iter().map(|answer| answer.actor.clone()).collect();
+                gate.item_decisions.insert(
+                    item.clone(),
+                    ItemDecision {
+                        choice: decision.choice.clone(),
+                        decided_by,
+                        decided_at: now,
+                        via: via_name(decision),
+                        comment: decision.comment.clone(),
+                        defaulted: false,
+                    },
+                );
+                if gate.undecided().next().is_none() {
+                    let decided = items_decided(&gate, now);
+                    self.decide_gate(&mut run, &mut gate, decided, &mut tx);
+                } else if !gate.messages.is_empty() {
+                    self.notice(&mut tx, &run, &step, NoticeKind::Progress, Vec::new(), now);
+                }
+                DecisionOutcome::Decided {
+                    choice: decision.choice.clone(),
+                }
+            } else {
+                DecisionOutcome::Recorded {
+                    choice: decision.choice.clone(),
+                    answers: agreeing.len(),
+                    quorum: gate.quorum,
+                }
+            }
+        } else if agreeing.len() as u32 >= gate.quorum {
             let decided_by = agreeing.iter().map(|answer| answer.actor.clone()).collect();
             let decided = GateDecision {
                 choice: decision.choice.clone(),
@@ -416,6 +470,22 @@ impl Engine {
         if !gate.choices.contains(&decision.choice) {
             return Some(Refusal::UnknownChoice(decision.choice.clone()));
         }
+        match (&decision.item, gate.per_item()) {
+            (None, true) => return Some(Refusal::NoItem),
+            (Some(item), false) => return Some(Refusal::UnknownItem(item.clone())),
+            (Some(item), true) => {
+                if !gate.item_ids().any(|id| id == item) {
+                    return Some(Refusal::UnknownItem(item.clone()));
+                }
+                if let Some(decided) = gate.item_decisions.get(item) {
+                    return Some(Refusal::AlreadyDecided {
+                        choice: decided.choice.clone(),
+                        by: decided.decided_by.join(", "),
+                    });
+                }
+            }
+            (None, false) => {}
+        }
         let who = identity(&decision.actor.id);
         let alias = gate.aliases.get(&who).map(|alias| identity(alias));
         let allowed =
@@ -426,7 +496,7 @@ impl Engine {
         if gate
             .answers
             .iter()
-            .any(|answer| identity(&answer.actor) == who)
+            .any(|answer| identity(&answer.actor) == who && answer.item == decision.item)
         {
             return Some(Refusal::AlreadyAnswered(decision.actor.id.clone()));
         }
@@ -474,7 +544,11 @@ impl Engine {
         step.decided_by = decided_by.clone();
         step.decided_at = Some(now);
         step.via = Some(via.clone());
-        step.output = json!({"choice": choice, "decided_by": decided_by, "via": via});
+        step.output = if gate.per_item() {
+            items_output(gate)
+        } else {
+            json!({"choice": choice, "decided_by": decided_by, "via": via})
+        };
         step.finished_at = Some(now);
         run.status = RunStatus::Running;
         tx.event(
@@ -591,18 +665,35 @@ impl Engine {
                     && gate.decision.is_none()
                 {
                     let choice = gate.on_timeout.clone();
-                    tx.audit(
-                        &run,
-                        now,
-                        "gate_timed_out",
-                        Some(&step),
-                        json!({"choice": choice, "answers": gate.answers.len()}),
-                    );
-                    let decided = GateDecision {
-                        choice,
-                        decided_by: vec!["timeout".to_owned()],
-                        decided_at: now,
-                        via: "timeout".to_owned(),
+                    let defaulted: Vec<String> = gate.undecided().map(str::to_owned).collect();
+                    let mut detail = json!({"choice": choice, "answers": gate.answers.len()});
+                    if gate.per_item() {
+                        // Every item nobody answered takes the default, each on the record.
+                        detail["defaulted"] = json!(defaulted);
+                    }
+                    tx.audit(&run, now, "gate_timed_out", Some(&step), detail);
+                    for item in defaulted {
+                        gate.item_decisions.insert(
+                            item,
+                            ItemDecision {
+                                choice: choice.clone(),
+                                decided_by: vec!["timeout".to_owned()],
+                                decided_at: now,
+                                via: "timeout".to_owned(),
+                                comment: None,
+                                defaulted: true,
+                            },
+                        );
+                    }
+                    let decided = if gate.per_item() {
+                        items_decided(&gate, now)
+                    } else {
+                        GateDecision {
+                            choice,
+                            decided_by: vec!["timeout".to_owned()],
+                            decided_at: now,
+                            via: "timeout".to_owned(),
+                        }
                     };
                     self.decide_gate(&mut run, &mut gate, decided, &mut tx);
                     tx.batch.put(Key::Gate(&run.id, &step), &gate);
@@ -726,6 +817,17 @@ impl Engine {
     /// every name its author is known by (a Slack id, and the email it was looked up from), and
     /// a group is reminded member by member once one of them has answered.
     fn not_answered(&self, gate: &Gate) -> Vec<String> {
+        if gate.per_item() {
+            // Items are still open (or there would be no reminder): everyone asked is asked
+            // again, since any of them may answer the rest.
+            let mut seen = BTreeSet::new();
+            return gate
+                .approvers
+                .iter()
+                .filter(|approver| seen.insert(identity(approver)))
+                .cloned()
+                .collect();
+        }
         let mut answered = BTreeSet::new();
         for answer in &gate.answers {
             let who = identity(&answer.actor);
@@ -811,6 +913,91 @@ impl Engine {
         }
         self.end(run, tx, RunStatus::Cancelled, Some(reason.to_owned()), now)
     }
+}
+
+/// Checks a per-item gate's items: at most [`MAX_GATE_ITEMS`], each an object with a unique
+/// string `id`.
+fn check_items(items: &[serde_json::Map<String, Value>]) -> Result<(), String> {
+    if items.len() > MAX_GATE_ITEMS {
+        return Err(format!(
+            "`items` lists {} items; a gate asks about at most {MAX_GATE_ITEMS}",
+            items.len()
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for (index, item) in items.iter().enumerate() {
+        let id = match item.get("id") {
+            Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_ITEM_ID => id,
+            _ => {
+                return Err(format!(
+                    "`items[{index}]` needs an `id`: a string of 1 to {MAX_ITEM_ID} bytes"
+                ));
+            }
+        };
+        if !seen.insert(id) {
+            return Err(format!("`items` lists `{id}` twice"));
+        }
+    }
+    Ok(())
+}
+
+/// The decision a per-item gate records once every item is decided: who decided any of them.
+fn items_decided(gate: &Gate, now: DateTime<Utc>) -> GateDecision {
+    let mut decided_by: Vec<String> = Vec::new();
+    let mut via: Vec<String> = Vec::new();
+    for decision in gate.item_decisions.values() {
+        for who in &decision.decided_by {
+            if !decided_by.contains(who) {
+                decided_by.push(who.clone());
+            }
+        }
+        if !via.contains(&decision.via) {
+            via.push(decision.via.clone());
+        }
+    }
+    GateDecision {
+        choice: ITEMS_DECIDED.to_owned(),
+        decided_by,
+        decided_at: now,
+        via: via.join(","),
+    }
+}
+
+/// A per-item gate's step output: every item with its decision (`items`), the items by choice
+/// (`by_choice`, every choice present), and how many were `defaulted`.
+pub(super) fn items_output(gate: &Gate) -> Value {
+    let mut by_choice: serde_json::Map<String, Value> = gate
+        .choices
+        .iter()
+        .map(|choice| (choice.clone(), Value::Array(Vec::new())))
+        .collect();
+    let mut items = Vec::new();
+    let mut defaulted = 0;
+    for item in &gate.items {
+        let mut out = item.clone();
+        if let Some(decision) = gate.item_decisions.get(item_id(item)) {
+            out.insert("choice".into(), decision.choice.clone().into());
+            out.insert("decided_by".into(), json!(decision.decided_by));
+            out.insert("decided_at".into(), json!(decision.decided_at));
+            out.insert("via".into(), decision.via.clone().into());
+            out.insert("comment".into(), json!(decision.comment));
+            out.insert("defaulted".into(), decision.defaulted.into());
+            defaulted += usize::from(decision.defaulted);
+            if let Some(Value::Array(list)) = by_choice.get_mut(&decision.choice) {
+                list.push(Value::Object(out.clone()));
+            }
+        }
+        items.push(Value::Object(out));
+    }
+    let decision = gate.decision.as_ref();
+    json!({
+        "choice": ITEMS_DECIDED,
+        "decided_by": decision.map(|d| d.decided_by.clone()).unwrap_or_default(),
+        "via": decision.map(|d| d.via.clone()).unwrap_or_default(),
+        "items": items,
+        "by_choice": by_choice,
+        "defaulted": defaulted,
+    })
 }
 
 fn via_name(decision: &Decision) -> String {

@@ -40,6 +40,7 @@ use quench_proto::RunEvent;
 pub use action::{Action, ActionError, ActionFuture, Actions, Call, Success};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use gate::{Cancel, DecisionOutcome, Defer, Refusal};
+pub use gate::{ITEMS_DECIDED, MAX_GATE_ITEMS};
 pub use intake::{FindingOutcome, Handling, Ingesting};
 pub use notify::{Delivery, NoticeFuture, NoticeRequest, Notifier};
 pub use render::{MAX_FOREACH, is_slack_text, preview};
@@ -48,7 +49,9 @@ pub use safety::{
     ActionBudget, FreezeStatus, SAFETY_PLAYBOOK, SafetyConfig, SafetyConfigError, SafetyStatus,
 };
 pub use schedule::{GRACE, ScheduleState, next_tick, upcoming};
-pub use state::{Gate, GateMessage, NoticeKind, Run, RunStatus, StepState, StepStatus};
+pub use state::{
+    Gate, GateMessage, ItemDecision, NoticeKind, Run, RunStatus, StepState, StepStatus, item_id,
+};
 
 use crate::playbook::{Mode, Playbook};
 use crate::store::{Batch, Key, Store};

@@ -33,7 +33,8 @@ pub struct NoticeRequest {
     pub run_key: String,
     pub gate: Gate,
     /// Recipients as the playbook names them (emails, Slack ids, `#channel`, `group:<name>`);
-    /// empty for [`NoticeKind::Closed`], which updates `gate.messages`.
+    /// empty for [`NoticeKind::Closed`] and [`NoticeKind::Progress`], which update
+    /// `gate.messages`.
     pub to: Vec<String>,
 }
 
@@ -44,7 +45,7 @@ pub struct Delivery {
     pub posted: Vec<GateMessage>,
     /// Other identities learnt on the way: (Slack user id, email).
     pub aliases: Vec<(String, String)>,
-    /// Messages updated (for `closed`).
+    /// Messages updated (for `closed` and `progress`).
     pub updated: usize,
     /// Recipients (or, for `closed`, message channels) that failed, and why.
     pub failed: Vec<(String, ActionError)>,
@@ -94,10 +95,10 @@ impl Engine {
             return Ok(());
         };
         let settled = gate.decision.is_some() || gate.closed;
-        if (notice == NoticeKind::Closed) != settled
-            || (notice == NoticeKind::Closed && gate.messages.is_empty())
-        {
-            // Nothing to ask once the gate is settled, and nothing to update before.
+        let updates = matches!(notice, NoticeKind::Closed | NoticeKind::Progress);
+        if (notice == NoticeKind::Closed) != settled || (updates && gate.messages.is_empty()) {
+            // Nothing to ask (or to show progress on) once the gate is settled, nothing to
+            // close before, and nothing to update before anything was posted.
             self.commit(tx).await?;
             return Ok(());
         }
@@ -151,11 +152,7 @@ impl Engine {
                 Duration::from_secs(2u64 << attempt.min(7)).min(Duration::from_secs(300))
             });
             let due = now + chrono::Duration::from_std(backoff).unwrap_or_default();
-            let to = if notice == NoticeKind::Closed {
-                Vec::new()
-            } else {
-                retry
-            };
+            let to = if updates { Vec::new() } else { retry };
             queue_notice(&mut tx, &run.id, &step, notice, to, attempt + 1, due);
         }
         tx.batch.put(Key::Gate(&run.id, &step), &gate);

@@ -354,6 +354,52 @@ pub struct Gate {
     /// The messages that asked approvers (so they can be updated once the gate closes).
     #[serde(default)]
     pub messages: Vec<GateMessage>,
+    /// A gate that asks per item (an attestation: one answer per identity listed) holds its
+    /// items here, in order, each an object with a unique string `id`; empty on an ordinary
+    /// gate. It is decided once every item is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<serde_json::Map<String, Value>>,
+    /// Each decided item's decision, by item id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub item_decisions: BTreeMap<String, ItemDecision>,
+}
+
+impl Gate {
+    /// Whether the gate asks per item.
+    pub fn per_item(&self) -> bool {
+        !self.items.is_empty()
+    }
+
+    /// The id of each item, in order.
+    pub fn item_ids(&self) -> impl Iterator<Item = &str> {
+        self.items.iter().map(item_id)
+    }
+
+    /// Items not decided yet, in order.
+    pub fn undecided(&self) -> impl Iterator<Item = &str> {
+        self.item_ids()
+            .filter(|id| !self.item_decisions.contains_key(*id))
+    }
+}
+
+/// An item's `id` (checked present and a string when the gate opened).
+pub fn item_id(item: &serde_json::Map<String, Value>) -> &str {
+    item.get("id").and_then(Value::as_str).unwrap_or_default()
+}
+
+/// How one item of a per-item gate was decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemDecision {
+    pub choice: String,
+    pub decided_by: Vec<String>,
+    pub decided_at: DateTime<Utc>,
+    pub via: String,
+    /// What the answer said besides its choice (e.g. the purpose of a key kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// Nobody answered in time: the gate's `on_timeout` was taken.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub defaulted: bool,
 }
 
 /// A message that put a gate in front of someone (e.g. a Slack DM with buttons).
@@ -385,6 +431,9 @@ pub struct Answer {
     pub at: DateTime<Utc>,
     #[serde(default)]
     pub comment: Option<String>,
+    /// The item answered, on a gate that asks per item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -443,6 +492,9 @@ pub enum NoticeKind {
     Escalate,
     /// The gate closed: update every message to show the outcome, without buttons.
     Closed,
+    /// An item of a per-item gate was decided: update every message to show it, keeping the
+    /// buttons of the items still open.
+    Progress,
 }
 
 impl NoticeKind {
@@ -452,6 +504,7 @@ impl NoticeKind {
             NoticeKind::Remind => "remind",
             NoticeKind::Escalate => "escalate",
             NoticeKind::Closed => "closed",
+            NoticeKind::Progress => "progress",
         }
     }
 }

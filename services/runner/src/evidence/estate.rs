@@ -92,12 +92,6 @@ impl Estate {
         identity: &Identity,
     ) -> Result<(Option<String>, Option<String>), crate::store::Error> {
         let facts = &identity.facts;
-        let key_user = facts
-            .owner
-            .as_ref()
-            .filter(|owner| owner.kind == "user")
-            .filter(|_| facts.owner_project_access.as_deref() != Some("inactive"))
-            .and_then(|owner| owner.email.as_deref());
         let mut identities = vec![identity.id.clone()];
         if let Some(account) = facts
             .owner
@@ -107,19 +101,19 @@ impl Estate {
         {
             identities.push(format!("service_account:{account}"));
         }
-        let recorded = owners::recorded_owner(self.inventory.store(), &self.owners, &identities)?;
-        let resolved = owners::resolve(
-            &self.owners,
-            &owners::Facts {
-                finding_owner: None,
-                key_user,
-                recorded: recorded
-                    .as_ref()
-                    .map(|(identity, owner)| (identity.as_str(), owner)),
-                project_id: facts.project_id.as_deref(),
-                project_name: facts.project_name.as_deref(),
-            },
-        );
+        let key_facts = owners::KeyFacts {
+            identities,
+            user_email: facts
+                .owner
+                .as_ref()
+                .filter(|owner| owner.kind == "user")
+                .filter(|_| facts.owner_project_access.as_deref() != Some("inactive"))
+                .and_then(|owner| owner.email.clone()),
+            project_id: facts.project_id.clone(),
+            project_name: facts.project_name.clone(),
+        };
+        let resolved =
+            owners::resolve_facts(self.inventory.store(), &self.owners, None, &key_facts)?;
         if resolved.recipient.is_none() {
             return Ok((None, None));
         }

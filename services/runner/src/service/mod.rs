@@ -9,6 +9,7 @@
 //! playbooks directory with its hot reload (`playbooks`).
 
 pub(crate) mod api;
+mod campaigns;
 pub mod demo;
 mod events;
 pub(crate) mod intake;
@@ -287,6 +288,13 @@ pub async fn serve_with(
     if let Some(retain) = config.store.retain_ended() {
         tasks.spawn(retention(engine.clone(), retain, stop.clone()));
     }
+    tasks.spawn(
+        campaigns::Follow {
+            campaigns: crate::campaign::Campaigns::new(inventory.clone(), (*owners).clone()),
+            jetstream: jetstream.clone(),
+        }
+        .run(stop.clone()),
+    );
     if config.inventory_enabled() {
         let sync = inventory::Sync {
             inventory,

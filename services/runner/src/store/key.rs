@@ -71,6 +71,11 @@ pub enum Key<'a> {
     /// The inventory's own bookkeeping (the change sequence, the last pass, the audit-log
     /// cursor), by name.
     InventoryMeta(&'a str),
+    /// An attestation campaign (access review): its scope, who started it, its state.
+    Campaign(&'a str),
+    /// One part of a campaign: the identities put to one owner in one message, the run that
+    /// asks, and the answers seen so far; by campaign and part number.
+    CampaignChunk(&'a str, u32),
 }
 
 /// The store metadata a backend keeps for itself, per partition (never written by callers).
@@ -139,7 +144,9 @@ impl Key<'_> {
             | Key::IdentityHistory(..)
             | Key::Attributes(_)
             | Key::InventoryFinding(..)
-            | Key::InventoryMeta(_) => Partition::Estate,
+            | Key::InventoryMeta(_)
+            | Key::Campaign(_)
+            | Key::CampaignChunk(..) => Partition::Estate,
         }
     }
 
@@ -200,6 +207,8 @@ impl Key<'_> {
             Key::Attributes(id) => parts(b"ia/", &[id.as_bytes()]),
             Key::InventoryFinding(id, risk) => parts(b"ir/", &[id.as_bytes(), risk.as_bytes()]),
             Key::InventoryMeta(name) => parts(b"im/", &[name.as_bytes()]),
+            Key::Campaign(id) => parts(b"c/", &[id.as_bytes()]),
+            Key::CampaignChunk(id, n) => parts(b"cc/", &[id.as_bytes(), &n.to_be_bytes()]),
         }
     }
 
@@ -319,6 +328,8 @@ mod tests {
                 Partition::Estate,
             ),
             (Key::InventoryMeta("sequence"), Partition::Estate),
+            (Key::Campaign("c1"), Partition::Estate),
+            (Key::CampaignChunk("c1", 2), Partition::Estate),
         ];
         for (key, partition) in &cases {
             assert_eq!(key.partition(), *partition, "{key:?}");
@@ -352,9 +363,11 @@ mod tests {
                 Key::Attributes(_) => "attributes",
                 Key::InventoryFinding(..) => "inventory_finding",
                 Key::InventoryMeta(_) => "inventory_meta",
+                Key::Campaign(_) => "campaign",
+                Key::CampaignChunk(..) => "campaign_chunk",
             })
             .collect();
-        assert_eq!(families.len(), 25, "{families:?}");
+        assert_eq!(families.len(), 27, "{families:?}");
     }
 
     /// The encoding is the on-disk format (version 1): these bytes must not change.
@@ -381,6 +394,8 @@ mod tests {
             b"fx/\0\0\0\0\0\0\x01\x02f"
         );
         assert_eq!(Key::Audit(2).encode(), b"a/\0\0\0\0\0\0\0\x02");
+        assert_eq!(Key::Campaign("c1").encode(), b"c/c1");
+        assert_eq!(Key::CampaignChunk("c1", 2).encode(), b"cc/c1\0\0\0\0\x02");
         let timer = TimerKey::decode(
             &Key::Timer {
                 due: at,

@@ -372,6 +372,10 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     fn identity_history(&self, id: &str) -> Result<Vec<Stored<u64>>, Error>;
     /// Every finding the inventory published: (identity, risk) and value.
     fn inventory_findings(&self) -> Result<Vec<Stored<(String, String)>>, Error>;
+    /// Every campaign: id and value.
+    fn campaigns(&self) -> Result<Vec<Stored<String>>, Error>;
+    /// A campaign's parts in order: part number and value.
+    fn campaign_chunks(&self, id: &str) -> Result<Vec<Stored<u32>>, Error>;
 
     /// A run's audit entries, oldest first.
     fn run_audit(&self, run: &str) -> Result<Vec<AuditEntry>, Error>;
@@ -686,6 +690,24 @@ impl Store {
                 let value = decode(&Key::InventoryFinding(&id, &risk), &value)?;
                 Ok((id, risk, value))
             })
+            .collect()
+    }
+
+    /// Every campaign, in id order (ids are UUIDv7: the order they were started).
+    pub fn campaigns<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, Error> {
+        self.backend
+            .campaigns()?
+            .into_iter()
+            .map(|(id, value)| Ok((id.clone(), decode(&Key::Campaign(&id), &value)?)))
+            .collect()
+    }
+
+    /// A campaign's parts, in order.
+    pub fn campaign_chunks<T: DeserializeOwned>(&self, id: &str) -> Result<Vec<(u32, T)>, Error> {
+        self.backend
+            .campaign_chunks(id)?
+            .into_iter()
+            .map(|(n, value)| Ok((n, decode(&Key::CampaignChunk(id, n), &value)?)))
             .collect()
     }
 

@@ -103,6 +103,12 @@ pub struct ScriptedAnswer {
     pub after: Duration,
     #[serde(default = "slack")]
     pub via: Via,
+    /// The item answered, on a gate that asks per item.
+    #[serde(default)]
+    pub item: Option<String>,
+    /// What the answer says besides its choice (e.g. the purpose of a key kept).
+    #[serde(default)]
+    pub comment: Option<String>,
 }
 
 fn slack() -> Via {

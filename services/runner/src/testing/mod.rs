@@ -241,7 +241,8 @@ async fn run_case(
                     gate: gate.step.clone(),
                     token: gate.token.clone(),
                     choice: answer.choice.clone(),
-                    comment: None,
+                    item: answer.item.clone(),
+                    comment: answer.comment.clone(),
                     actor: Actor {
                         via: answer.via,
                         id: answer.by.clone(),

@@ -176,11 +176,19 @@ impl NoticeLog {
 impl Notifier for NoticeLog {
     fn deliver<'a>(&'a self, request: &'a NoticeRequest) -> NoticeFuture<'a> {
         Box::pin(async move {
+            if request.kind == NoticeKind::Progress {
+                // An item answered on a per-item gate: the messages are updated; a case's
+                // notices are the asking and closing ones.
+                return Delivery {
+                    updated: request.gate.messages.len(),
+                    ..Delivery::default()
+                };
+            }
             let (notice, to) = match request.kind {
                 NoticeKind::Open => (NoticeName::Asked, request.to.clone()),
                 NoticeKind::Remind => (NoticeName::Reminded, request.to.clone()),
                 NoticeKind::Escalate => (NoticeName::Escalated, request.to.clone()),
-                NoticeKind::Closed => {
+                NoticeKind::Progress | NoticeKind::Closed => {
                     // Each recipient once, however many messages (reminders) they were sent.
                     let mut to: Vec<String> = Vec::new();
                     for message in &request.gate.messages {

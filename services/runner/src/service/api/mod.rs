@@ -12,6 +12,7 @@
 mod attributes;
 mod audit;
 mod auth;
+mod campaigns;
 mod dlq;
 mod error;
 mod evidence;
@@ -130,6 +131,7 @@ impl Api {
         (name = "dlq", description = "Dead-lettered messages: list and replay"),
         (name = "audit", description = "The hash-chained audit log"),
         (name = "inventory", description = "The estate inventory: OpenAI projects, keys, service accounts, admin keys and users, with risks and history"),
+        (name = "campaigns", description = "Attestation campaigns (access reviews): every key in a scope put to its owner"),
         (name = "evidence", description = "Signed evidence packs for auditors"),
         (name = "safety", description = "The blast-radius rails: budgets, protected resources, change freezes"),
         (name = "inventory", description = "Identities of the estate: the owner and purpose people recorded"),
@@ -167,6 +169,8 @@ fn router() -> (Router<Api>, utoipa::openapi::OpenApi) {
         .routes(routes!(inventory::list))
         .routes(routes!(inventory::status))
         .routes(routes!(inventory::show))
+        .routes(routes!(campaigns::list, campaigns::start))
+        .routes(routes!(campaigns::show))
         .split_for_parts()
 }
 

@@ -204,6 +204,11 @@ pub(crate) struct Cancelled {
 pub(crate) struct DecisionRequest {
     /// One of the gate's choices.
     pub(crate) choice: String,
+    /// The item answered, on a gate that asks per item (an attestation), e.g.
+    /// `project_key:key_abc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) item: Option<String>,
+    /// For a key kept in an attestation, its purpose.
     pub(crate) comment: Option<String>,
 }
 
@@ -483,7 +488,7 @@ pub(super) async fn cancel(
         (status = 403, description = "Role too small (`forbidden`), or the token's name is not an approver of this gate (`not_allowed`)", body = ErrorBody),
         (status = 404, description = "No such run or gate (`unknown_gate`)", body = ErrorBody),
         (status = 409, description = "Already decided, already answered by this identity, or closed", body = ErrorBody),
-        (status = 422, description = "Not one of the gate's choices (`unknown_choice`)", body = ErrorBody)
+        (status = 422, description = "Not one of the gate's choices (`unknown_choice`), no item named on a gate that asks per item (`no_item`), or not one of its items (`unknown_item`)", body = ErrorBody)
     ))]
 pub(super) async fn decide(
     State(api): State<Api>,
@@ -507,6 +512,7 @@ pub(super) async fn decide(
         gate: gate.clone(),
         token,
         choice: request.choice,
+        item: request.item,
         comment: request.comment,
         actor: caller.actor(),
         decided_at: engine.now(),
@@ -541,7 +547,9 @@ pub(super) async fn decide(
             let status = match &refusal {
                 Refusal::UnknownGate => StatusCode::NOT_FOUND,
                 Refusal::NotAllowed(_) => StatusCode::FORBIDDEN,
-                Refusal::UnknownChoice(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                Refusal::UnknownChoice(_) | Refusal::NoItem | Refusal::UnknownItem(_) => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
                 Refusal::WrongToken
                 | Refusal::AlreadyAnswered(_)
                 | Refusal::AlreadyDecided { .. }

@@ -786,6 +786,28 @@ impl Backend for Sled {
             .collect()
     }
 
+    fn campaigns(&self) -> Result<Vec<Stored<String>>, Error> {
+        self.scan(b"c/")
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((String::from_utf8_lossy(&key[2..]).into_owned(), value))
+            })
+            .collect()
+    }
+
+    fn campaign_chunks(&self, id: &str) -> Result<Vec<Stored<u32>>, Error> {
+        let prefix = prefix(b"cc/", &[id]);
+        let mut out = Vec::new();
+        for item in self.scan(&prefix) {
+            let (key, value) = item?;
+            let rest = &key[prefix.len()..];
+            if let Ok(n) = <[u8; 4]>::try_from(rest) {
+                out.push((u32::from_be_bytes(n), value));
+            }
+        }
+        Ok(out)
+    }
+
     fn run_audit(&self, run: &str) -> Result<Vec<AuditEntry>, Error> {
         let prefix = prefix(b"ar/", &[run]);
         let mut out = Vec::new();
