@@ -15,7 +15,7 @@ use crate::support;
 
 const PLAYBOOKS: &str = "docs/playbooks.md";
 const TESTS: &str = "docs/playbook-tests.md";
-const PAGES: [&str; 8] = [
+const PAGES: [&str; 9] = [
     "README.md",
     "docs/README.md",
     PLAYBOOKS,
@@ -24,6 +24,7 @@ const PAGES: [&str; 8] = [
     "docs/least-privilege.md",
     "docs/owners.md",
     "docs/evidence.md",
+    "docs/campaigns.md",
 ];
 
 fn read(relative: &str) -> String {

@@ -488,3 +488,61 @@ pub struct Fail {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct StateSet(#[schemars(length(min = 1))] pub serde_json::Map<String, serde_json::Value>);
+
+/// Which keys a campaign covers: project API keys that match every field given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignScope {
+    /// A project id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Keys with this risk (see `quench inventory list --risk`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk: Option<String>,
+    /// Keys whose resolved owner is in this team (`[teams]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// Keys whose OpenAI owner is this user (email or id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Keys not used for at least this long, e.g. `90d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unused_for: Option<String>,
+}
+
+impl CampaignScope {
+    /// In words, for tables and titles.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for (name, value) in [
+            ("project", &self.project),
+            ("risk", &self.risk),
+            ("team", &self.team),
+            ("owner", &self.owner),
+            ("unused for", &self.unused_for),
+        ] {
+            if let Some(value) = value {
+                parts.push(format!("{name} {value}"));
+            }
+        }
+        if parts.is_empty() {
+            "all project keys".to_owned()
+        } else {
+            format!("project keys: {}", parts.join(", "))
+        }
+    }
+}
+
+/// `campaign.start` (and `POST /api/v1/campaigns`): an attestation campaign over project keys.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartCampaign {
+    /// A name people recognise, e.g. `2026-Q4 key review`.
+    pub name: String,
+    #[serde(default)]
+    pub scope: CampaignScope,
+    /// The attestation playbook; default `attest-openai-identities`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub playbook: Option<String>,
+}
+

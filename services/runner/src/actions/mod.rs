@@ -260,6 +260,13 @@ pub static REGISTRY: &[ActionSpec] = &[
         None,
         &["id", "subject"],
     ),
+    spec::<StartCampaign>(
+        "campaign.start",
+        "Start an attestation campaign over project keys (an access review)",
+        false,
+        None,
+        &["id", "identities", "parts", "unassigned"],
+    ),
     spec::<Note>(
         "note",
         "Append a note to the run's audit trail",

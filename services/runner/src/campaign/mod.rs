@@ -30,6 +30,7 @@ use quench_proto::{DEFAULT_MAX_FINDING_BYTES, Finding};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+pub use crate::actions::{CampaignScope as Scope, StartCampaign as Start};
 use crate::engine::{Gate, ItemDecision, MAX_GATE_ITEMS, Run};
 use crate::inventory::{Filter, Identity, Inventory, Kind};
 use crate::owners::{self, Attested, Link, Owners};
@@ -51,50 +52,6 @@ pub const KEEP: &str = "keep";
 pub const NOT_MINE: &str = "not_mine";
 /// Runs examined when a part's run is looked for among recent runs.
 const RUN_SCAN_BUDGET: usize = 5_000;
-
-/// Which keys a campaign covers: project API keys that match every field given.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Scope {
-    /// A project id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub project: Option<String>,
-    /// Keys with this risk (see `quench inventory list --risk`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub risk: Option<String>,
-    /// Keys whose resolved owner is in this team (`[teams]`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub team: Option<String>,
-    /// Keys whose OpenAI owner is this user (email or id).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner: Option<String>,
-    /// Keys not used for at least this long, e.g. `90d`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unused_for: Option<String>,
-}
-
-impl Scope {
-    /// In words, for tables and titles.
-    pub fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        for (name, value) in [
-            ("project", &self.project),
-            ("risk", &self.risk),
-            ("team", &self.team),
-            ("owner", &self.owner),
-            ("unused for", &self.unused_for),
-        ] {
-            if let Some(value) = value {
-                parts.push(format!("{name} {value}"));
-            }
-        }
-        if parts.is_empty() {
-            "all project keys".to_owned()
-        } else {
-            format!("project keys: {}", parts.join(", "))
-        }
-    }
-}
 
 /// A campaign, under [`Key::Campaign`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -202,19 +159,6 @@ impl Part {
     fn item_ids(&self) -> impl Iterator<Item = &str> {
         self.items.iter().map(crate::engine::item_id)
     }
-}
-
-/// What to start.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Start {
-    /// A name people recognise, e.g. `2026-Q4 key review`.
-    pub name: String,
-    #[serde(default)]
-    pub scope: Scope,
-    /// The attestation playbook; default `attest-openai-identities`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub playbook: Option<String>,
 }
 
 /// Why a campaign was not started.
@@ -325,12 +269,14 @@ impl Campaigns {
 
     /// Every campaign, oldest first.
     pub fn list(&self) -> Result<Vec<Campaign>, Error> {
-        Ok(self
+        let mut campaigns: Vec<Campaign> = self
             .store()
             .campaigns::<Campaign>()?
             .into_iter()
             .map(|(_, campaign)| campaign)
-            .collect())
+            .collect();
+        campaigns.sort_by(|a, b| a.started_at.cmp(&b.started_at).then_with(|| a.id.cmp(&b.id)));
+        Ok(campaigns)
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Campaign>, Error> {
@@ -354,6 +300,22 @@ impl Campaigns {
         actor: &quench_proto::Actor,
         now: DateTime<Utc>,
     ) -> Result<Campaign, StartError> {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        Ok(self.start_as(&id, start, actor, now).await?.0)
+    }
+
+    /// [`Campaigns::start`] with the campaign's id given (a playbook step derives it from its
+    /// idempotency key): a campaign that already has it is returned as it is, with `false`.
+    pub async fn start_as(
+        &self,
+        id: &str,
+        start: &Start,
+        actor: &quench_proto::Actor,
+        now: DateTime<Utc>,
+    ) -> Result<(Campaign, bool), StartError> {
+        if let Some(campaign) = self.get(id)? {
+            return Ok((campaign, false));
+        }
         let name = start.name.trim();
         if name.is_empty() || name.chars().count() > 120 || name.contains(char::is_control) {
             return Err(StartError::Invalid(
@@ -365,9 +327,8 @@ impl Campaigns {
             .clone()
             .unwrap_or_else(|| DEFAULT_PLAYBOOK.to_owned());
         let filter = self.filter(&start.scope)?;
-        let id = uuid::Uuid::now_v7().simple().to_string();
         let mut campaign = Campaign {
-            id: id.clone(),
+            id: id.to_owned(),
             name: name.to_owned(),
             scope: start.scope.clone(),
             playbook,
@@ -425,11 +386,11 @@ impl Campaigns {
                 let part = Part::new(campaign.parts, &owner, items, None);
                 // Refused here, at the start, rather than when it is published.
                 part_finding(&campaign, &part).map_err(StartError::Invalid)?;
-                batch.put(Key::CampaignChunk(&id, part.n), &part);
+                batch.put(Key::CampaignChunk(id, part.n), &part);
                 campaign.parts += 1;
             }
         }
-        batch.put(Key::Campaign(&id), &campaign);
+        batch.put(Key::Campaign(id), &campaign);
         let mut draft = AuditDraft::new(
             now,
             "campaign_started",
@@ -446,7 +407,7 @@ impl Campaigns {
         draft.actor = Some(serde_json::to_value(actor).unwrap_or(Value::Null));
         batch.audit(draft);
         self.store().commit(batch).await?;
-        Ok(campaign)
+        Ok((campaign, true))
     }
 
     fn filter(&self, scope: &Scope) -> Result<Filter, StartError> {

@@ -149,6 +149,21 @@ pub async fn serve_with(
         Arc::new(publish::PublishAction::new(jetstream.clone())),
     );
     let owners = Arc::new(crate::owners::Owners::from_config(&config).map_err(Error::Owners)?);
+    // `campaign.start` needs the engine, which needs the actions: it gets it once made.
+    let engine_cell = Arc::new(std::sync::OnceLock::new());
+    actions.insert(
+        "campaign.start",
+        Arc::new(campaigns::StartAction {
+            campaigns: crate::campaign::Campaigns::new(
+                crate::inventory::Inventory::new(
+                    store.clone(),
+                    crate::inventory::Policy::from_section(&config.policy),
+                ),
+                (*owners).clone(),
+            ),
+            engine: engine_cell.clone(),
+        }),
+    );
     let engine_config = EngineConfig {
         owners: owners.clone(),
         mode: config.mode(),
@@ -207,6 +222,7 @@ pub async fn serve_with(
         engine = engine.with_notifier(slack);
     }
     engine.ensure_run_counts().await?;
+    let _ = engine_cell.set(engine.clone());
     let library = playbooks::Library::new(config.playbooks.dir.clone(), engine.clone());
     library.reload("quench serve").await?;
     for (playbook, why) in engine.paused_schedules() {

@@ -11,9 +11,8 @@ use utoipa::ToSchema;
 use super::Api;
 use super::auth::Caller;
 use super::error::{ApiError, Body, ErrorBody};
-use crate::campaign::{Campaign, Campaigns, FINDING_KIND, Progress, Start, StartError};
+use crate::campaign::{Campaign, Campaigns, Progress, Start, StartError};
 use crate::config::Role;
-use crate::playbook::Trigger;
 
 /// Every campaign.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -75,28 +74,8 @@ pub(super) async fn start(
         .playbook
         .clone()
         .unwrap_or_else(|| crate::campaign::DEFAULT_PLAYBOOK.to_owned());
-    let playbooks = engine.playbooks();
-    let Some(playbook) = playbooks.get(&name) else {
-        return Err(invalid(
-            "unknown_playbook",
-            format!(
-                "no playbook `{name}` is loaded: a campaign's parts would start no run (ship \
-                 workflows/attest-openai-identities.yaml, or name another)"
-            ),
-        ));
-    };
-    if !matches!(&playbook.trigger, Trigger::Finding(trigger) if trigger.matches_kind(FINDING_KIND))
-    {
-        return Err(invalid(
-            "unsuitable_playbook",
-            format!("playbook `{name}` does not take `{FINDING_KIND}` findings"),
-        ));
-    }
-    if !engine.is_enabled(&name)? {
-        return Err(invalid(
-            "disabled_playbook",
-            format!("playbook `{name}` is disabled: enable it first"),
-        ));
+    if let Err((code, message)) = super::super::campaigns::check_playbook(engine, &name) {
+        return Err(invalid(code, message));
     }
     let actor = caller.actor();
     let campaign = campaigns(&api)
