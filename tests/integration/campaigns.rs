@@ -155,8 +155,17 @@ fn open_items(message: &support::slack_fake::SlackMessage) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_campaign_asks_each_owner_once_and_survives_a_crash() {
+/// The organization, Slack, NATS and `quench serve` with the attestation playbook (minutes
+/// instead of weeks) and `extra` playbooks, its first inventory pass done.
+struct Setup {
+    fake: OpenAiFake,
+    slack: SlackFake,
+    nats: support::NatsServer,
+    dir: tempfile::TempDir,
+    service: support::Service,
+}
+
+async fn setup(extra: &[(&str, &str)]) -> Setup {
     let fake = organization().await;
     let slack = SlackFake::start().await;
     for (email, id) in [
@@ -182,6 +191,9 @@ async fn a_campaign_asks_each_owner_once_and_survives_a_crash() {
         .replace("after: 10d", "after: 42s");
     assert_ne!(quick, shipped, "the shipped playbook's durations moved");
     std::fs::write(playbooks.join("attest-openai-identities.yaml"), quick).expect("write");
+    for (file, source) in extra {
+        std::fs::write(playbooks.join(file), source).expect("write");
+    }
     let tokens: String = [
         (ADMIN, "admin"),
         (ANN, "approver"),
@@ -230,13 +242,11 @@ team = "payments"
         slack_url = slack.api_url(),
         bot_token = slack.bot_token(),
     );
-    let mut service = tokio::task::block_in_place(|| {
+    let service = tokio::task::block_in_place(|| {
         support::Service::launch(&nats.url(), &playbooks, dir.path(), &[], Some(&config), &[])
     });
     let listen = service.listen.clone();
     let listen = listen.as_str();
-    let log = dir.path().join("serve.log");
-    let _print_log = print_log_on_failure(&log);
     support::eventually_async(
         Duration::from_secs(30),
         "the first inventory pass",
@@ -253,6 +263,28 @@ team = "payments"
         },
     )
     .await;
+    Setup {
+        fake,
+        slack,
+        nats,
+        dir,
+        service,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_campaign_asks_each_owner_once_and_survives_a_crash() {
+    let Setup {
+        fake,
+        slack,
+        nats: _nats,
+        dir,
+        mut service,
+    } = setup(&[]).await;
+    let listen = service.listen.clone();
+    let listen = listen.as_str();
+    let log = dir.path().join("serve.log");
+    let _print_log = print_log_on_failure(&log);
 
     // Starting one is an editor's business, and a scope must name things that exist.
     let start = json!({"name": "2026-Q4 key review"});
@@ -546,4 +578,112 @@ fn print_log_on_failure(log: &std::path::Path) -> impl Drop + '_ {
         }
     }
     Guard(log)
+}
+
+/// A playbook starts a campaign (`campaign.start`): once, however often its step is made;
+/// naming an attestation playbook that is not loaded fails the step with what to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_playbook_starts_a_campaign() {
+    let starter = |name: &str, kind: &str, extra: &str| {
+        format!(
+            "schema: quench.playbook/v1\nname: {name}\non:\n  finding:\n    kinds: [{kind}]\n\
+             steps:\n  - id: start\n    uses: campaign.start\n    with:\n      name: \"{{{{ finding.title }}}}\"\n\
+             \x20     scope: {{ project: proj_lab }}\n{extra}"
+        )
+    };
+    let good = starter("start-review", "review.requested", "");
+    let bad = starter(
+        "start-nowhere",
+        "review.misnamed",
+        "      playbook: no-such-playbook\n",
+    );
+    let Setup {
+        slack,
+        nats,
+        dir,
+        service,
+        ..
+    } = setup(&[("start-review.yaml", &good), ("start-nowhere.yaml", &bad)]).await;
+    let listen = service.listen.clone();
+    let listen = listen.as_str();
+    let log = dir.path().join("serve.log");
+    let _print_log = print_log_on_failure(&log);
+    let client = async_nats::connect(nats.url()).await.expect("nats");
+    let jetstream = async_nats::jetstream::new(client);
+    for (id, kind) in [("ask-1", "review.requested"), ("ask-2", "review.misnamed")] {
+        support::gateway_client::publish_finding(
+            &jetstream,
+            &json!({
+                "schema": "quench.finding/v1", "id": id, "kind": kind, "severity": "low",
+                "title": "lab keys review", "detected_at": "2026-12-01T00:00:00Z",
+                "source": {"scanner": "test"},
+                "resource": {"provider": "openai", "type": "project", "id": "proj_lab"},
+            }),
+        )
+        .await;
+    }
+    support::eventually_async(
+        Duration::from_secs(30),
+        "the campaign's messages",
+        || async {
+            dms(&slack, slack_id(ANN)).len() == 1 && dms(&slack, slack_id(ADMIN)).len() == 1
+        },
+    )
+    .await;
+    let (_, list) = api(
+        listen,
+        ADMIN,
+        reqwest::Method::GET,
+        "/api/v1/campaigns",
+        None,
+    )
+    .await;
+    let campaigns = list["campaigns"].as_array().expect("campaigns");
+    assert_eq!(campaigns.len(), 1, "{list}");
+    // Ann's notebook and Eve's script: the lab project's keys.
+    assert_eq!(campaigns[0]["name"], "lab keys review");
+    assert_eq!(campaigns[0]["identities"], 2);
+    assert!(
+        campaigns[0]["started_by"]
+            .as_str()
+            .is_some_and(|by| by.starts_with("api:run:")),
+        "{list}"
+    );
+    let (_, runs) = api(
+        listen,
+        ADMIN,
+        reqwest::Method::GET,
+        "/api/v1/runs?playbook=start-nowhere",
+        None,
+    )
+    .await;
+    let run = runs["runs"][0]["id"]
+        .as_str()
+        .expect("the failing run")
+        .to_owned();
+    support::eventually_async(Duration::from_secs(20), "the failed run", || async {
+        let (_, run) = api(
+            listen,
+            ADMIN,
+            reqwest::Method::GET,
+            &format!("/api/v1/runs/{run}"),
+            None,
+        )
+        .await;
+        run["run"]["status"] == "failed"
+    })
+    .await;
+    let (_, detail) = api(
+        listen,
+        ADMIN,
+        reqwest::Method::GET,
+        &format!("/api/v1/runs/{run}"),
+        None,
+    )
+    .await;
+    let text = detail.to_string();
+    assert!(
+        text.contains("no playbook `no-such-playbook` is loaded"),
+        "{text}"
+    );
 }

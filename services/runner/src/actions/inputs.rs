@@ -490,7 +490,9 @@ pub struct Fail {
 pub struct StateSet(#[schemars(length(min = 1))] pub serde_json::Map<String, serde_json::Value>);
 
 /// Which keys a campaign covers: project API keys that match every field given.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignScope {
     /// A project id.
@@ -545,4 +547,3 @@ pub struct StartCampaign {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub playbook: Option<String>,
 }
-

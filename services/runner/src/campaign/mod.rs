@@ -275,7 +275,11 @@ impl Campaigns {
             .into_iter()
             .map(|(_, campaign)| campaign)
             .collect();
-        campaigns.sort_by(|a, b| a.started_at.cmp(&b.started_at).then_with(|| a.id.cmp(&b.id)));
+        campaigns.sort_by(|a, b| {
+            a.started_at
+                .cmp(&b.started_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
         Ok(campaigns)
     }
 

@@ -128,8 +128,9 @@ pub(crate) struct StartAction {
 impl Action for StartAction {
     fn call<'a>(&'a self, call: &'a Call) -> ActionFuture<'a> {
         Box::pin(async move {
-            let start: Start = serde_json::from_value(call.input.clone())
-                .map_err(|error| ActionError::permanent(format!("campaign.start inputs: {error}")))?;
+            let start: Start = serde_json::from_value(call.input.clone()).map_err(|error| {
+                ActionError::permanent(format!("campaign.start inputs: {error}"))
+            })?;
             let engine = self
                 .engine
                 .get()
@@ -138,7 +139,8 @@ impl Action for StartAction {
                 .playbook
                 .clone()
                 .unwrap_or_else(|| crate::campaign::DEFAULT_PLAYBOOK.to_owned());
-            check_playbook(engine, &playbook).map_err(|(_, message)| ActionError::permanent(message))?;
+            check_playbook(engine, &playbook)
+                .map_err(|(_, message)| ActionError::permanent(message))?;
             let id = hex::encode(&Sha256::digest(call.idempotency_key.as_bytes())[..16]);
             let actor = quench_proto::Actor {
                 via: quench_proto::Via::Api,
