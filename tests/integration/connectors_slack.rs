@@ -116,6 +116,7 @@ fn slack_decision(run: &str, gate: &Value, choice: &str, user: &str) -> quench_p
         gate: gate["gate"].as_str().expect("gate").to_owned(),
         token: gate["token"].as_str().expect("token").to_owned(),
         choice: choice.to_owned(),
+        item: None,
         comment: None,
         actor: quench_proto::Actor {
             via: quench_proto::Via::Slack,

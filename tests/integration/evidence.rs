@@ -61,6 +61,7 @@ async fn answer_gate(harness: &Harness, run: &str, choice: &str, by: &str, comme
         gate: "decide".to_owned(),
         token: harness.gate(run, "decide").token,
         choice: choice.to_owned(),
+        item: None,
         comment: Some(comment.to_owned()),
         actor: quench_proto::Actor {
             via: quench_proto::Via::Api,

@@ -1,5 +1,6 @@
 //! quench's integration tests: one binary, a module per area, and shared `support`.
 
+mod campaigns;
 mod compaction;
 mod config;
 mod connectors_http;

@@ -355,6 +355,32 @@ fn routes() -> Vec<Route> {
         ),
         route(
             "GET",
+            "/api/v1/campaigns",
+            "/api/v1/campaigns",
+            Some("viewer"),
+            None,
+            200,
+        ),
+        // An empty inventory: nothing is in scope (the attestation playbook is not loaded
+        // here either; the scope is checked after it, so this is the playbook's refusal).
+        route(
+            "POST",
+            "/api/v1/campaigns",
+            "/api/v1/campaigns",
+            Some("editor"),
+            Some(json!({"name": "route table"})),
+            422,
+        ),
+        route(
+            "GET",
+            "/api/v1/campaigns/{id}",
+            "/api/v1/campaigns/no-such-campaign",
+            Some("viewer"),
+            None,
+            404,
+        ),
+        route(
+            "GET",
             "/api/v1/inventory/{id}",
             "/api/v1/inventory/project_key:no-such-key",
             Some("viewer"),

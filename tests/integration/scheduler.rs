@@ -299,6 +299,7 @@ async fn answer(engine: &Engine, run: &str, choice: &str) {
         gate: "decide".to_owned(),
         token: gate.token,
         choice: choice.to_owned(),
+        item: None,
         comment: None,
         actor: quench_proto::Actor {
             via: quench_proto::Via::Api,

@@ -919,6 +919,47 @@ mod tests {
         team = "platform"
     "#;
 
+    /// Whoever said "not mine" is passed over: the chain goes on to its next link, a person
+    /// and a team alike; the fallback stays the last word.
+    #[test]
+    fn a_disowning_owner_is_passed_over() {
+        let owners = config(CONFIG);
+        let recorded = RecordedOwner::Team("platform".to_owned());
+        let facts = |disowned: &'static [String]| Facts {
+            key_user: Some("bob@example.com"),
+            recorded: None,
+            project_id: Some("proj_pay"),
+            disowned,
+            ..Facts::default()
+        };
+        let owner = resolve(&owners, &facts(&[]));
+        assert_eq!(owner.recipient.as_deref(), Some("bob@example.com"));
+        static BOB: std::sync::LazyLock<Vec<String>> =
+            std::sync::LazyLock::new(|| vec!["BOB@example.com".to_owned()]);
+        let owner = resolve(&owners, &facts(&BOB));
+        assert_eq!(
+            (owner.link, owner.recipient.as_deref()),
+            (Link::Mapping, Some("team:payments"))
+        );
+        static BOTH: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+            vec!["bob@example.com".to_owned(), "team:payments".to_owned()]
+        });
+        let owner = resolve(&owners, &facts(&BOTH));
+        assert_eq!(
+            (owner.link, owner.recipient.as_deref()),
+            (Link::Fallback, Some("group:secops"))
+        );
+        let owner = resolve(
+            &owners,
+            &Facts {
+                recorded: Some(("project_key:key_1", &recorded)),
+                disowned: &["team:platform".to_owned()],
+                ..Facts::default()
+            },
+        );
+        assert_eq!(owner.link, Link::Fallback, "{owner:?}");
+    }
+
     #[test]
     fn each_link_answers_in_its_turn() {
         let owners = config(CONFIG);
@@ -1123,7 +1164,7 @@ mod tests {
                     set_by: "api:editor".to_owned(),
                     set_at: chrono::Utc::now(),
                 }),
-                purpose: None,
+                ..Attributes::default()
             },
         );
         store.commit(batch).await.expect("commit");
@@ -1258,6 +1299,7 @@ mod tests {
                 recorded: drawn.recorded.as_ref().map(|owner| ("project_key:key_1", owner)),
                 project_id: drawn.project_id.as_deref(),
                 project_name: drawn.project_name.as_deref(),
+                disowned: &[],
             };
             let owner = resolve(&owners, &facts);
             let email = |text: &Option<String>| text.as_deref().is_some_and(is_email);

@@ -270,6 +270,7 @@ impl Harness {
             gate: step.to_owned(),
             token: token.to_owned(),
             choice: choice.to_owned(),
+            item: None,
             comment: None,
             actor: quench_proto::Actor {
                 via: quench_proto::Via::Api,

@@ -15,7 +15,8 @@ pub use quench_common::cli::{
 };
 use quench_common::cli::{load_config, runtime};
 pub use remote::{
-    ApiArgs, ApproveArgs, DlqCommand, EXIT_NOPERM, InventoryCommand, PlaybooksCommand, RunsCommand,
+    ApiArgs, ApproveArgs, CampaignCommand, DlqCommand, EXIT_NOPERM, InventoryCommand,
+    PlaybooksCommand, RunsCommand,
 };
 
 use std::io::{IsTerminal, Write};
@@ -83,6 +84,12 @@ pub enum Command {
     Inventory {
         #[command(subcommand)]
         command: InventoryCommand,
+    },
+    /// Attestation campaigns (access reviews): start one over a scope of project keys, list
+    /// them, and follow one's progress (admin API).
+    Campaign {
+        #[command(subcommand)]
+        command: CampaignCommand,
     },
     /// Evidence packs for auditors: make a signed pack for a period (admin API), or verify one
     /// (`quench evidence verify PACK`).
@@ -362,6 +369,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write, styled: bool) -> 
         Command::Playbooks { command } => remote::playbooks(&command, out, err),
         Command::Dlq { command } => remote::dlq(&command, out, err),
         Command::Inventory { command } => remote::inventory(&command, out, err),
+        Command::Campaign { command } => remote::campaign(&command, out, err),
         Command::Evidence(args) => match &args.command {
             Some(EvidenceCommand::Verify(verify)) => evidence::verify(verify, out, err),
             None => remote::evidence(&args, out, err),

@@ -105,6 +105,51 @@ pub struct ApproveArgs {
 }
 
 #[derive(Debug, clap::Subcommand)]
+pub enum CampaignCommand {
+    /// Start a campaign: every project key in the scope goes to its owner (the owner chain),
+    /// one Slack message per owner, asked by the attestation playbook.
+    Start {
+        /// A name people recognise, e.g. "2026-Q4 key review".
+        #[arg(long)]
+        name: String,
+        /// Only keys of this project (id).
+        #[arg(long)]
+        project: Option<String>,
+        /// Only keys with this risk (leaked, unused, never_used, no_expiry, …).
+        #[arg(long)]
+        risk: Option<String>,
+        /// Only keys whose resolved owner is in this team (`[teams]`).
+        #[arg(long)]
+        team: Option<String>,
+        /// Only keys this user owns in OpenAI (email or id).
+        #[arg(long)]
+        owner: Option<String>,
+        /// Only keys not used for at least this long, e.g. 90d.
+        #[arg(long)]
+        unused_for: Option<String>,
+        /// The attestation playbook (default attest-openai-identities).
+        #[arg(long)]
+        playbook: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Every campaign.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// One campaign's progress: totals, per owner, per team, and (with --items) per key.
+    Show {
+        id: String,
+        /// List every key with its state and answer.
+        #[arg(long)]
+        items: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
 pub enum PlaybooksCommand {
     /// Loaded playbooks, and files the service refused.
     List {
@@ -1702,4 +1747,173 @@ pub(super) fn evidence(args: &super::EvidenceArgs, out: &mut dyn Write, err: &mu
         }
         Ok(EXIT_OK)
     })
+}
+
+/// `quench campaign`.
+pub(super) fn campaign(command: &CampaignCommand, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    use crate::campaign::{Campaign, Counts, Progress, Scope, Start};
+    let counts_row = |name: &str, counts: &Counts| {
+        vec![
+            name.to_owned(),
+            counts.identities.to_string(),
+            counts.answered.to_string(),
+            counts.pending.to_string(),
+            counts.defaulted.to_string(),
+            counts.reassigned.to_string(),
+            (counts.closed + counts.unassigned).to_string(),
+        ]
+    };
+    const COUNTS: [&str; 7] = [
+        "",
+        "KEYS",
+        "ANSWERED",
+        "PENDING",
+        "DEFAULTED",
+        "REASSIGNED",
+        "NOT ASKED",
+    ];
+    match command {
+        CampaignCommand::Start {
+            name,
+            project,
+            risk,
+            team,
+            owner,
+            unused_for,
+            playbook,
+            api,
+        } => with_client(api, err, |client| {
+            let start = Start {
+                name: name.clone(),
+                scope: Scope {
+                    project: project.clone(),
+                    risk: risk.clone(),
+                    team: team.clone(),
+                    owner: owner.clone(),
+                    unused_for: unused_for.clone(),
+                },
+                playbook: playbook.clone(),
+            };
+            let campaign: Campaign = client.post("api/v1/campaigns", &start)?;
+            if api.json {
+                print_json(out, &campaign)?;
+            } else {
+                write_text(
+                    out,
+                    &format!(
+                        "campaign {} started: {} key(s) in {} message(s); {} with nobody to ask\nfollow it: quench campaign show {}\n",
+                        campaign.id,
+                        campaign.identities,
+                        campaign.parts,
+                        campaign.unassigned.len(),
+                        campaign.id
+                    ),
+                )?;
+            }
+            Ok(EXIT_OK)
+        }),
+        CampaignCommand::List { api } => with_client(api, err, |client| {
+            #[derive(serde::Deserialize, serde::Serialize)]
+            struct List {
+                campaigns: Vec<Campaign>,
+            }
+            let list: List = client.get("api/v1/campaigns", &[])?;
+            if api.json {
+                print_json(out, &list)?;
+                return Ok(EXIT_OK);
+            }
+            let rows: Vec<Vec<String>> = list
+                .campaigns
+                .iter()
+                .map(|campaign| {
+                    vec![
+                        campaign.id.clone(),
+                        campaign.name.clone(),
+                        campaign.scope.describe(),
+                        campaign.started_at.format("%Y-%m-%d %H:%M").to_string(),
+                        campaign.identities.to_string(),
+                        campaign.completed_at.map_or_else(
+                            || "running".to_owned(),
+                            |at| format!("completed {}", at.format("%Y-%m-%d %H:%M")),
+                        ),
+                    ]
+                })
+                .collect();
+            write_text(
+                out,
+                &table(&["ID", "NAME", "SCOPE", "STARTED", "KEYS", "STATUS"], &rows),
+            )?;
+            Ok(EXIT_OK)
+        }),
+        CampaignCommand::Show { id, items, api } => with_client(api, err, |client| {
+            let progress: Progress =
+                client.get(&format!("api/v1/campaigns/{}", segment(id)), &[])?;
+            if api.json {
+                print_json(out, &progress)?;
+                return Ok(EXIT_OK);
+            }
+            let campaign = &progress.campaign;
+            let mut text = format!(
+                "{} ({}): {}\nscope: {}; playbook {}; started {} by {}\n",
+                campaign.name,
+                campaign.id,
+                progress.status,
+                campaign.scope.describe(),
+                campaign.playbook,
+                campaign.started_at.format("%Y-%m-%d %H:%M UTC"),
+                campaign.started_by,
+            );
+            if let Some(deadline) = progress.deadline {
+                text.push_str(&format!(
+                    "deadline {}; unanswered keys get: {}\n",
+                    deadline.format("%Y-%m-%d %H:%M UTC"),
+                    progress.default_answer.as_deref().unwrap_or("-")
+                ));
+            }
+            text.push('\n');
+            let mut rows = vec![counts_row("total", &progress.totals)];
+            rows.extend(
+                progress
+                    .by_owner
+                    .iter()
+                    .map(|(owner, counts)| counts_row(&format!("owner {owner}"), counts)),
+            );
+            rows.extend(
+                progress
+                    .by_team
+                    .iter()
+                    .map(|(team, counts)| counts_row(&format!("team {team}"), counts)),
+            );
+            text.push_str(&table(&COUNTS, &rows));
+            if *items {
+                let rows: Vec<Vec<String>> = progress
+                    .items
+                    .iter()
+                    .map(|item| {
+                        vec![
+                            item.identity.clone(),
+                            item.owner.clone(),
+                            item.state.clone(),
+                            item.choice.clone().unwrap_or_else(|| "-".to_owned()),
+                            if item.by.is_empty() {
+                                "-".to_owned()
+                            } else {
+                                item.by.join(", ")
+                            },
+                            item.comment
+                                .as_deref()
+                                .map_or_else(|| "-".to_owned(), quoted),
+                        ]
+                    })
+                    .collect();
+                text.push('\n');
+                text.push_str(&table(
+                    &["KEY", "OWNER", "STATE", "ANSWER", "BY", "SAID"],
+                    &rows,
+                ));
+            }
+            write_text(out, &text)?;
+            Ok(EXIT_OK)
+        }),
+    }
 }

@@ -5,13 +5,15 @@
 //! against the findings open now. The owner is the owner chain's answer (`owners::resolve`, the
 //! one chain playbooks use: the key's user while they have access, the recorded owner of the
 //! identity or its service account, `[owners]` rules, the fallback), with the link that gave it;
-//! the purpose is what people recorded (attributes are kept as they are now). Campaigns are not
-//! recorded yet: that section says so.
+//! the purpose is what people recorded (attributes are kept as they are now). Campaigns are
+//! those active in the period (started before its end, not completed before its start), with
+//! their progress now, and every attestation answered or defaulted in the period.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::{AttestationRow, CampaignRow, EvidenceSources, InventoryRow, Period};
+use crate::campaign::Campaigns;
 use crate::inventory::{Change, Identity, Inventory, risk};
 use crate::owners::{self, Owners};
 
@@ -78,9 +80,69 @@ impl EvidenceSources for Estate {
 
     fn campaigns(
         &self,
-        _: Period,
+        period: Period,
     ) -> Result<Option<(Vec<CampaignRow>, Vec<AttestationRow>)>, String> {
-        Ok(None)
+        let text = |error: crate::store::Error| error.to_string();
+        let campaigns = Campaigns::new(self.inventory.clone(), (*self.owners).clone());
+        let all = campaigns.list().map_err(text)?;
+        if all.is_empty() {
+            return Ok(None);
+        }
+        let mut rows = Vec::new();
+        let mut attestations = Vec::new();
+        for campaign in all {
+            let active = campaign.started_at < period.to
+                && campaign
+                    .completed_at
+                    .is_none_or(|completed| completed >= period.from);
+            if !active {
+                continue;
+            }
+            let Some(progress) = campaigns.progress(&campaign.id).map_err(text)? else {
+                continue;
+            };
+            for item in &progress.items {
+                let (Some(choice), Some(at)) = (&item.choice, item.at) else {
+                    continue;
+                };
+                if at < period.from || at >= period.to {
+                    continue;
+                }
+                let answer = if item.state == "defaulted" {
+                    format!("defaulted:{choice}")
+                } else {
+                    choice.clone()
+                };
+                attestations.push(AttestationRow {
+                    campaign: campaign.id.clone(),
+                    identity: item.identity.clone(),
+                    owner: Some(item.owner.clone()).filter(|owner| !owner.is_empty()),
+                    purpose: item
+                        .comment
+                        .clone()
+                        .filter(|_| choice == crate::campaign::KEEP),
+                    by: Some(item.by.join(", ")).filter(|by| !by.is_empty()),
+                    via: item.via.clone(),
+                    answer,
+                    at,
+                    seq: None,
+                });
+            }
+            rows.push(CampaignRow {
+                id: campaign.id.clone(),
+                name: campaign.name.clone(),
+                scope: campaign.scope.describe(),
+                started_at: campaign.started_at,
+                deadline: progress.deadline,
+                ended_at: campaign.completed_at,
+                default_answer: progress.default_answer.clone(),
+                answered: progress.totals.answered,
+                pending: progress.totals.pending,
+                defaulted: progress.totals.defaulted,
+            });
+        }
+        attestations.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.identity.cmp(&b.identity)));
+        Ok(Some((rows, attestations)))
     }
 }
 
