@@ -396,7 +396,7 @@ fn closed_message(gate: &Gate) -> SlackMessageContent {
     let mut text = format!("{}\n{outcome}", gate.question);
     if gate.per_item() {
         for item in &gate.items {
-            text.push_str("\n");
+            text.push('\n');
             text.push_str(&item_text(item, gate.item_decisions.get(item_id(item))));
         }
         text = truncate(&text, SECTION_TEXT_MAX);
@@ -450,7 +450,7 @@ fn item_text(item: &serde_json::Map<String, Value>, decision: Option<&ItemDecisi
         .take(ITEM_FACTS)
         .collect();
     if !facts.is_empty() {
-        text.push_str("\n");
+        text.push('\n');
         text.push_str(&facts.join(" · "));
     }
     if let Some(decision) = decision {
