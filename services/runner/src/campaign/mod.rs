@@ -164,6 +164,33 @@ pub struct Part {
 }
 
 impl Part {
+    /// A new part asking `owner` about `items`.
+    pub fn new(
+        n: u32,
+        owner: &owners::ResolvedOwner,
+        items: Vec<Map<String, Value>>,
+        reassigned_from: Option<u32>,
+    ) -> Part {
+        Part {
+            n,
+            owner: owner.recipient.clone().unwrap_or_default(),
+            link: owner.link,
+            source: owner.source.clone(),
+            team: owner.team.clone(),
+            items,
+            reassigned_from,
+            published_at: None,
+            run: None,
+            deadline: None,
+            default_answer: None,
+            decisions: BTreeMap::new(),
+            applied: BTreeSet::new(),
+            reassigned: BTreeMap::new(),
+            ended_at: None,
+            run_status: None,
+        }
+    }
+
     fn key(&self, campaign: &str) -> String {
         format!("campaign:{campaign}:{}", self.n)
     }
@@ -393,26 +420,9 @@ impl Campaigns {
             return Err(StartError::Empty(start.scope.describe()));
         }
         let mut batch = Batch::new();
-        for (recipient, (owner, items)) in by_owner {
+        for (owner, items) in by_owner.into_values() {
             for items in split(items) {
-                let part = Part {
-                    n: campaign.parts,
-                    owner: recipient.clone(),
-                    link: owner.link,
-                    source: owner.source.clone(),
-                    team: owner.team.clone(),
-                    items,
-                    reassigned_from: None,
-                    published_at: None,
-                    run: None,
-                    deadline: None,
-                    default_answer: None,
-                    decisions: BTreeMap::new(),
-                    applied: BTreeSet::new(),
-                    reassigned: BTreeMap::new(),
-                    ended_at: None,
-                    run_status: None,
-                };
+                let part = Part::new(campaign.parts, &owner, items, None);
                 // Refused here, at the start, rather than when it is published.
                 part_finding(&campaign, &part).map_err(StartError::Invalid)?;
                 batch.put(Key::CampaignChunk(&id, part.n), &part);
@@ -616,24 +626,7 @@ impl Campaigns {
                                 item.insert("reassigned_by".into(), part.owner.clone().into());
                                 let n = campaign.parts;
                                 campaign.parts += 1;
-                                new_parts.push(Part {
-                                    n,
-                                    owner: owner.recipient.clone().unwrap_or_default(),
-                                    link: owner.link,
-                                    source: owner.source.clone(),
-                                    team: owner.team.clone(),
-                                    items: vec![item],
-                                    reassigned_from: Some(part.n),
-                                    published_at: None,
-                                    run: None,
-                                    deadline: None,
-                                    default_answer: None,
-                                    decisions: BTreeMap::new(),
-                                    applied: BTreeSet::new(),
-                                    reassigned: BTreeMap::new(),
-                                    ended_at: None,
-                                    run_status: None,
-                                });
+                                new_parts.push(Part::new(n, &owner, vec![item], Some(part.n)));
                                 report.reassigned += 1;
                                 Some(n)
                             }
