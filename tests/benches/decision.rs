@@ -18,7 +18,7 @@
 //! the scanner user, waits until the owner's approval DM is posted and its delivery committed
 //! (the gate's `gate_notified` audit entry: an earlier click would be deferred until then), builds
 //! the `quench.decision/v1` of the owner's click on *revoke* with the gateway's own code
-//! (`quench_gateway::slack::form_decision`), then takes t0 and publishes it as the gateway does
+//! (`quench_gateway::slack::form_answer`), then takes t0 and publishes it as the gateway does
 //! (JetStream publish with `Nats-Msg-Id`, waiting for the stream's acknowledgement) on
 //! `quench.decisions.<run_id>`. The sample is the time until the fake began handling the DELETE
 //! ([`quench_openai_fake::Call::received_at`]). The next sample starts once the run completed
@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
+use quench_gateway::slack::Answer;
 use quench_proto::subject;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -285,9 +286,12 @@ sha256 = "{token_sha}"
             &action_ts,
             &self.slack.response_url(),
         );
-        let decision = quench_gateway::slack::form_decision(form(&payload).as_bytes(), Utc::now())
-            .expect("the gateway takes the click")
-            .expect("a button click");
+        let Some(Answer::Decision(decision)) =
+            quench_gateway::slack::form_answer(form(&payload).as_bytes(), Utc::now())
+                .expect("the gateway takes the click")
+        else {
+            panic!("a button click is a decision");
+        };
         let body = serde_json::to_vec(&decision).expect("a decision serializes");
         let revoke = format!("/v1/organization/projects/{PROJECT}/api_keys/{}", key_id(n));
         let mut headers = async_nats::HeaderMap::new();

@@ -498,3 +498,34 @@ async fn a_slack_answer_before_the_messages_are_recorded_is_deferred_not_refused
     );
     harness.engine.idle().await.expect("drive");
 }
+
+/// A choice in `comment_for` carries its question in its button's value (the gateway asks it
+/// in a form); the other choices' values are as they have always been.
+#[tokio::test]
+async fn a_choice_that_needs_a_comment_carries_its_question() {
+    let fake = SlackFake::start().await;
+    let playbook = APPROVAL.replace(
+        "      choices: [revoke, keep]\n",
+        "      choices: [revoke, keep]\n      comment_for:\n        keep: \"What is {{ finding.resource.id }} for?\"\n",
+    );
+    let harness = harness(&fake, &[&playbook]).await;
+    started(
+        &harness
+            .ingest(&[finding("f1", "test.slack", "a key", "owner@example.com")])
+            .await[0],
+    );
+    harness.advance(Duration::ZERO).await;
+    let owner_dm = fake.dm_channel("U0OWNER").expect("a DM with the owner");
+    let message = fake
+        .messages_in(&owner_dm)
+        .pop()
+        .expect("the owner was asked");
+    let values: BTreeMap<String, Value> = buttons(&message.blocks.expect("blocks"))
+        .into_iter()
+        .collect();
+    assert_eq!(values["keep"]["ask"], "What is key_1 for?");
+    assert_eq!(values["revoke"].get("ask"), None);
+    let keep = quench_proto::slack::ApprovalButton::from_metadata(&values["keep"].to_string())
+        .expect("the gateway reads it back as a button that asks");
+    assert_eq!(keep.choice, "keep");
+}

@@ -20,7 +20,7 @@ use crate::support::gateway_client::{
     SIGNING_SECRET, answer, buttons, connect_as, deployed_gateway, deployed_nats, deployed_runner,
     findings_request, form, http, now, post, slack_request,
 };
-use crate::support::slack_fake::SlackFake;
+use crate::support::slack_fake::{OpenedView, SlackFake};
 use crate::support::{
     GatewayProcess, NatsServer, eventually, gateway_bin, http_get, http_status, metric,
 };
@@ -139,7 +139,8 @@ fn finding(id: &str, key_id: &str) -> Value {
     })
 }
 
-/// A nats-server with quench's streams, a Slack fake, and a gateway with every endpoint on.
+/// A nats-server with quench's streams, a Slack fake, and a gateway with every endpoint on (and
+/// the bot token that opens forms).
 struct World {
     jetstream: jetstream::Context,
     gateway: GatewayProcess,
@@ -168,6 +169,8 @@ url = "{nats}"
 
 [slack]
 signing_secret = "{SIGNING_SECRET}"
+api_url = "{api}"
+bot_token = "{bot_token}"
 
 [gateway]
 github_secret = "{GITHUB_SECRET}"
@@ -176,6 +179,8 @@ test_response_url_prefix = "{prefix}"
 {gateway_keys}
 "#,
             nats = nats.url(),
+            api = slack.api_url(),
+            bot_token = slack.bot_token(),
             prefix = slack.response_url_prefix(),
         );
         let gateway = GatewayProcess::start(&config, dir.path());
@@ -388,6 +393,166 @@ async fn slack_clicks_are_verified_published_once_and_answered() {
         log.contains("bad_signature") && log.contains("stale_timestamp"),
         "{log}"
     );
+}
+
+/// [`VALUE`]'s button asking for a comment first, as the runner writes a choice in
+/// `comment_for`.
+fn asking_value() -> String {
+    quench_proto::slack::ApprovalButton::parse("quench:keep", None, Some(VALUE))
+        .expect("a button")
+        .with_ask("What is this key for?")
+        .value()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_choice_that_needs_a_comment_opens_a_form_whose_submission_is_the_answer() {
+    let world = World::start("").await;
+    let url = world.gateway.url("/slack/interactions");
+    let signed = |payload: &Value| slack_request(&url, &form(payload), now(), SIGNING_SECRET);
+
+    // The click on `keep`: a form opens in front of alice, nothing is published, nothing is
+    // said through response_url (the form is the answer).
+    let mut click = click_payload(
+        "U0ALICE",
+        "quench:keep",
+        &asking_value(),
+        "1767603700.000100",
+        &world.slack.response_url(),
+    );
+    click["trigger_id"] = json!(world.slack.trigger_id());
+    let (status, reply, _) = answer(signed(&click)).await;
+    assert_eq!((status, reply), (200, Value::Null));
+    let views = world.slack.views();
+    assert_eq!(views.len(), 1, "one form opened");
+    let view = &views[0];
+    assert_eq!(view.trigger_id, click["trigger_id"]);
+    assert_eq!(view.view["callback_id"], "quench:comment");
+    assert_eq!(view.view["private_metadata"], asking_value());
+    let input = &view.view["blocks"][1];
+    assert_eq!(input["label"]["text"], "What is this key for?");
+    assert_eq!(input["element"]["max_length"], 500);
+    let opened = world.slack.calls_to("views.open");
+    assert_eq!(
+        opened[0].authorization.as_deref(),
+        Some(format!("Bearer {}", world.slack.bot_token()).as_str()),
+        "the form is opened with the bot token"
+    );
+    assert!(
+        world.decisions().await.is_empty(),
+        "a click that asks publishes nothing"
+    );
+
+    // The submission (by whoever Slack says submitted it) is the decision, with the comment.
+    let submitted = world
+        .slack
+        .view_submission(view, "U0BOB", "  the nightly billing export  ");
+    let (status, reply, _) = answer(signed(&submitted)).await;
+    assert_eq!(
+        (status, reply),
+        (200, Value::Null),
+        "an empty 200 closes the form"
+    );
+    let decisions = world.decisions().await;
+    assert_eq!(decisions.len(), 1);
+    assert_eq!(decisions[0].subject, format!("quench.decisions.{RUN}"));
+    let decision = quench_proto::Decision::parse(decisions[0].payload.to_string().as_bytes())
+        .expect("a valid decision");
+    assert_eq!(decision.choice, "keep");
+    assert_eq!(decision.token, "9f86d081884c7d659a2feaa0c55ad015");
+    assert_eq!(
+        decision.comment.as_deref(),
+        Some("the nightly billing export")
+    );
+    assert_eq!(
+        decision.actor.id, "T0FAKE/U0BOB",
+        "the submitting user answers"
+    );
+    // Slack delivering the submission again (signed anew, a second later): the same decision.
+    let again = slack_request(&url, &form(&submitted), now() + 1, SIGNING_SECRET);
+    let (status, _, _) = answer(again).await;
+    assert_eq!(status, 200);
+    assert_eq!(world.decisions().await.len(), 1, "Nats-Msg-Id dedupes it");
+
+    // Tampered metadata, a form that is not ours, a blank or overlong comment: the form stays
+    // open and says why; nothing is published.
+    let tampered = |edit: &dyn Fn(&mut Value)| {
+        let mut payload = world.slack.view_submission(view, "U0BOB", "for billing");
+        edit(&mut payload);
+        payload
+    };
+    let refusals = [
+        tampered(&|payload| {
+            payload["view"]["private_metadata"] = json!(asking_value().replace(RUN, "0190a1b2.>"));
+        }),
+        tampered(&|payload| {
+            payload["view"]["private_metadata"] = json!(VALUE);
+        }),
+        tampered(&|payload| {
+            payload["view"]["private_metadata"] =
+                json!(asking_value().replace("\"choice\"", "\"admin\":true,\"choice\""));
+        }),
+        tampered(&|payload| {
+            payload["view"]["callback_id"] = json!("someone-elses-form");
+        }),
+        world.slack.view_submission(view, "U0BOB", "   "),
+        world.slack.view_submission(view, "U0BOB", &"x".repeat(501)),
+    ];
+    for payload in &refusals {
+        let (status, reply, _) = answer(signed(payload)).await;
+        assert_eq!(status, 200, "{reply}");
+        assert_eq!(reply["response_action"], "errors", "{reply}");
+        let error = reply["errors"]["quench:comment"]
+            .as_str()
+            .expect("an error");
+        assert!(error.starts_with("Nothing was recorded"), "{error}");
+    }
+    assert_eq!(
+        world.decisions().await.len(),
+        1,
+        "nothing refused was published"
+    );
+
+    // The same trigger again: Slack will not open a second form with it; the user is told.
+    let before = world.slack.responses().len();
+    click["actions"][0]["action_ts"] = json!("1767603700.000200");
+    let (status, _, _) = answer(signed(&click)).await;
+    assert_eq!(status, 200);
+    eventually(WAIT, "the user is told the form did not open", || {
+        world.slack.responses().len() == before + 1
+    })
+    .await;
+    let told = world.slack.responses()[before].body["text"]
+        .as_str()
+        .expect("text")
+        .to_owned();
+    assert!(
+        told.starts_with("Nothing was recorded") && told.contains("exchanged_trigger_id"),
+        "{told}"
+    );
+
+    // Another choice publishes at once, as before.
+    let revoke = VALUE.replace("\"choice\":\"keep\"", "\"choice\":\"revoke\"");
+    let mut click = click_payload(
+        "U0ALICE",
+        "quench:revoke",
+        &revoke,
+        "1767603900.000100",
+        &world.slack.response_url(),
+    );
+    click["trigger_id"] = json!(world.slack.trigger_id());
+    let (status, _, _) = answer(signed(&click)).await;
+    assert_eq!(status, 200);
+    let decisions = world.decisions().await;
+    assert_eq!(decisions.len(), 2);
+    assert_eq!(decisions[1].payload["choice"], "revoke");
+    assert_eq!(decisions[1].payload.get("comment"), None);
+    assert_eq!(
+        world.slack.views().len(),
+        1,
+        "no form for a choice that needs none"
+    );
+    let log = world.gateway.log_text();
+    assert!(!log.contains(&world.slack.bot_token()), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1351,6 +1516,56 @@ test_response_url_prefix = "{prefix}"
             .starts_with("Nothing was recorded")
     );
     assert_eq!(stored(&jetstream, "QUENCH_DECISIONS").await.len(), 1);
+
+    // A form's submission: the decision by the submitting user, with the comment. A tampered
+    // one is answered in the acknowledgement, where Slack takes the form's errors.
+    let form_view = OpenedView {
+        id: "V0SOCKET1".to_owned(),
+        trigger_id: "1.2.abc".to_owned(),
+        view: json!({
+            "type": "modal", "title": {"type": "plain_text", "text": "Answer keep"},
+            "submit": {"type": "plain_text", "text": "Send"},
+            "callback_id": "quench:comment", "private_metadata": asking_value(),
+            "blocks": [{"type": "input", "block_id": "quench:comment",
+                        "label": {"type": "plain_text", "text": "What is this key for?"},
+                        "element": {"type": "plain_text_input", "action_id": "comment"}}]
+        }),
+    };
+    let mut tampered = slack.view_submission(&form_view, "U0BOB", "for billing");
+    tampered["view"]["private_metadata"] = json!(VALUE);
+    socket.send(&json!({
+        "type": "interactive", "envelope_id": "env-3", "accepts_response_payload": true,
+        "payload": tampered,
+    }));
+    eventually(WAIT, "acknowledged", || socket.acks("env-3") == 1).await;
+    let ack = socket
+        .received
+        .lock()
+        .expect("lock")
+        .iter()
+        .find(|frame| frame["envelope_id"] == "env-3")
+        .cloned()
+        .expect("the acknowledgement");
+    assert_eq!(ack["payload"]["response_action"], "errors", "{ack}");
+    assert!(
+        ack["payload"]["errors"]["quench:comment"]
+            .as_str()
+            .is_some_and(|error| error.starts_with("Nothing was recorded")),
+        "{ack}"
+    );
+    assert_eq!(stored(&jetstream, "QUENCH_DECISIONS").await.len(), 1);
+    socket.send(&json!({
+        "type": "interactive", "envelope_id": "env-4", "accepts_response_payload": true,
+        "payload": slack.view_submission(&form_view, "U0BOB", "the nightly billing export"),
+    }));
+    eventually(WAIT, "acknowledged", || socket.acks("env-4") == 1).await;
+    let decisions = stored(&jetstream, "QUENCH_DECISIONS").await;
+    assert_eq!(decisions.len(), 2, "published before the acknowledgement");
+    assert_eq!(
+        decisions[1].payload["comment"],
+        "the nightly billing export"
+    );
+    assert_eq!(decisions[1].payload["actor"]["id"], "T0FAKE/U0BOB");
     let log = gateway.log_text();
     assert!(!log.contains(&slack.app_token()), "{log}");
 }

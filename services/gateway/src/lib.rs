@@ -54,6 +54,12 @@
 //! counts is the runner's decision, which updates the message itself. `response_url` must be
 //! `https://hooks.slack.com/…`.
 //!
+//! A button whose value has `ask` (a choice in the playbook's `comment_for`) publishes nothing:
+//! the gateway opens a form with `views.open` (the click's `trigger_id`, `slack.bot_token`)
+//! carrying the button's value in `private_metadata`. The form's `view_submission`, on the same
+//! endpoint or over Socket Mode, is the decision by the submitting user, with the comment; what
+//! cannot be recorded is answered `response_action: errors`, so the form stays open and says why.
+//!
 //! # Limits
 //!
 //! Bodies over `gateway.max_body_bytes` (256 KiB) are refused with 413 (findings over 64 KiB

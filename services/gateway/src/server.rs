@@ -25,6 +25,7 @@ use crate::refusal::Refusal;
 use crate::replay::ReplayCache;
 use crate::signature::now_unix;
 use crate::slack::Interactions;
+use crate::slack::form::Asker;
 use crate::slack::socket::SocketMode;
 
 /// How long replies to Slack still in flight may take at shutdown.
@@ -110,9 +111,19 @@ impl Gateway {
             );
         }
         let publisher = Publisher::new(client.clone());
+        // With the bot token, a choice that needs a comment opens a form; without it, such a
+        // click is refused (and the user told how else to answer).
+        let asker = config
+            .slack
+            .bot_token
+            .as_ref()
+            .map(|token| Asker::new(&config.slack.api_url, token))
+            .transpose()
+            .map_err(Error::Slack)?;
         let interactions = Arc::new(Interactions::new(
             publisher.clone(),
             gateway.test_response_url_prefix.clone(),
+            asker,
         ));
         let state = AppState {
             nats: client,

@@ -10,6 +10,8 @@ use quench_gateway::signature::{
     SLACK_TIMESTAMP, Verified, sign_findings, sign_github, sign_slack, verify_findings,
     verify_github, verify_slack,
 };
+use quench_gateway::slack::Answer;
+use quench_proto::slack::{ApprovalButton, MAX_ASK, MAX_COMMENT};
 use quench_proto::{DEFAULT_MAX_FINDING_BYTES, Finding};
 use serde_json::Value;
 
@@ -170,21 +172,44 @@ fn received_at() -> DateTime<Utc> {
     DateTime::from_timestamp(NOW, 0).expect("a time")
 }
 
-/// A (signed) Slack interaction form, `payload=<JSON>`. A click becomes a decision that the
-/// runner's own parse accepts unchanged (what the gateway publishes is what the runner reads)
-/// and whose run id is one subject token; what a refused caller or user is told holds no key.
+/// A (signed) Slack interaction form, `payload=<JSON>`: a click or a form's submission. A
+/// decision is one that the runner's own parse accepts unchanged (what the gateway publishes is
+/// what the runner reads) and whose run id is one subject token; a comment (only a form's) is
+/// trimmed, not empty and within the form's bound; a click that asks names a bounded question,
+/// and its value is metadata the gateway reads back as the same button; what a refused caller
+/// or user is told holds no key.
 pub fn slack_interaction(data: &[u8]) {
-    match quench_gateway::slack::form_decision(data, received_at()) {
+    match quench_gateway::slack::form_answer(data, received_at()) {
         Ok(None) => {}
-        Ok(Some(decision)) => {
+        Ok(Some(Answer::Decision(decision))) => {
             check_decision(&decision);
             assert!(
                 !decision.run_id.is_empty() && !decision.run_id.contains(['.', '*', '>', ' ']),
                 "the run id {:?} is not one subject token",
                 decision.run_id
             );
+            if let Some(comment) = &decision.comment {
+                assert!(
+                    !comment.is_empty()
+                        && comment.trim() == comment
+                        && comment.chars().count() <= MAX_COMMENT,
+                    "comment {comment:?}"
+                );
+            }
         }
-        Err(reason) => assert_no_key("a refused click's reason", &reason),
+        Ok(Some(Answer::Ask(button))) => {
+            let question = button
+                .ask
+                .as_deref()
+                .expect("a button that asks has a question");
+            assert!(question.chars().count() <= MAX_ASK, "question {question:?}");
+            assert_eq!(
+                ApprovalButton::from_metadata(&button.value()),
+                Ok(button.clone()),
+                "the form's metadata reads back as the button"
+            );
+        }
+        Err(reason) => assert_no_key("a refused interaction's reason", &reason),
     }
 }
 

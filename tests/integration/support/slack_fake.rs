@@ -1,7 +1,15 @@
 //! A fake of the Slack Web API as slack-morphism 2.31.1 calls it, served over real HTTP on
 //! 127.0.0.1, plus a receiver for `response_url` posts.
 //!
-//! It follows `/work/shared/reference/slack.md` (§2, §3, §6): slack-morphism joins the base URL
+//! It follows `/work/shared/reference/slack.md` (§2, §3, §6) and, for `views.open`, Slack's
+//! method reference (docs.slack.dev/reference/methods/views.open): a `trigger_id` it issued
+//! ([`SlackFake::trigger_id`]) opens one view, once, within 3 seconds (else
+//! `exchanged_trigger_id`, `expired_trigger_id`, `invalid_trigger_id`); a modal must have a
+//! plain-text `title` of at most 24 characters, typed blocks (at most 100), a `submit` when it
+//! has an input, `private_metadata` of at most 3000 characters and a `callback_id` of at most
+//! 255 (else `invalid_arguments`); the answer is the view with its `id`, `team_id`, `hash` and
+//! empty `state`. [`SlackFake::view_submission`] is the payload Slack then sends when the user
+//! submits the view. slack-morphism joins the base URL
 //! and the method name (`{api_url}/chat.postMessage`), sends the token as
 //! `Authorization: Bearer`, calls `users.lookupByEmail` as GET with `?email=` and the other
 //! methods as POST with a JSON body. Answers are `Content-Type: application/json`, carry `error`
@@ -80,6 +88,17 @@ pub(crate) struct SlackMessage {
     pub(crate) updates: usize,
 }
 
+/// A view `views.open` opened.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct OpenedView {
+    /// Its id (`V…`).
+    pub(crate) id: String,
+    /// The trigger it was opened with.
+    pub(crate) trigger_id: String,
+    /// The view as sent (a JSON object).
+    pub(crate) view: Value,
+}
+
 /// One POST to a `response_url`.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ResponsePost {
@@ -111,6 +130,9 @@ struct SlackState {
     next_ts: u64,
     response_urls_issued: u64,
     responses: Vec<ResponsePost>,
+    /// Trigger ids issued, with when, and whether a view was opened with it.
+    triggers: BTreeMap<String, (std::time::Instant, bool)>,
+    views: Vec<OpenedView>,
 }
 
 impl SlackState {
@@ -293,6 +315,110 @@ impl SlackFake {
     pub(crate) fn responses(&self) -> Vec<ResponsePost> {
         self.shared.lock().responses.clone()
     }
+
+    /// A fresh `trigger_id`, as Slack puts in an interaction: good for one `views.open` within
+    /// 3 seconds.
+    pub(crate) fn trigger_id(&self) -> String {
+        let mut state = self.shared.lock();
+        let n = state.triggers.len() + 1;
+        let trigger = format!("{n}.{TS_EPOCH}.{:012x}", n * 7919);
+        state
+            .triggers
+            .insert(trigger.clone(), (std::time::Instant::now(), false));
+        trigger
+    }
+
+    /// The views `views.open` opened, in order.
+    pub(crate) fn views(&self) -> Vec<OpenedView> {
+        self.shared.lock().views.clone()
+    }
+
+    /// The `view_submission` payload Slack sends when `user` submits `view` having typed
+    /// `text` into its plain-text input (every input of the view gets it).
+    pub(crate) fn view_submission(&self, view: &OpenedView, user: &str, text: &str) -> Value {
+        let mut values = Map::new();
+        for block in view.view["blocks"].as_array().into_iter().flatten() {
+            if block["type"] == "input" {
+                let action = block["element"]["action_id"].as_str().unwrap_or_default();
+                values.insert(
+                    block["block_id"].as_str().unwrap_or_default().to_owned(),
+                    json!({action: {"type": "plain_text_input", "value": text}}),
+                );
+            }
+        }
+        let mut submitted = stateful(&view.id, &view.view);
+        submitted["state"] = json!({"values": values});
+        json!({
+            "type": "view_submission",
+            "team": {"id": TEAM_ID, "domain": "acme"},
+            "user": {"id": user, "username": user.to_lowercase(), "name": user.to_lowercase(), "team_id": TEAM_ID},
+            "api_app_id": "A0QUENCH",
+            "token": "legacy-verification-token",
+            "trigger_id": format!("{}.submit", view.id),
+            "view": submitted,
+            "response_urls": [],
+            "is_enterprise_install": false,
+            "enterprise": null,
+        })
+    }
+}
+
+/// A view as Slack returns it: as sent, with its id, team, hash and state.
+fn stateful(id: &str, view: &Value) -> Value {
+    let mut out = view.clone();
+    out["id"] = json!(id);
+    out["team_id"] = json!(TEAM_ID);
+    out["app_id"] = json!("A0QUENCH");
+    out["bot_id"] = json!(BOT_ID);
+    out["root_view_id"] = json!(id);
+    out["previous_view_id"] = Value::Null;
+    out["hash"] = json!(format!("{TS_EPOCH}.{id}"));
+    out["state"] = json!({"values": {}});
+    for key in ["private_metadata", "callback_id", "external_id"] {
+        if out.get(key).is_none_or(Value::is_null) {
+            out[key] = json!("");
+        }
+    }
+    out
+}
+
+/// Why a modal `views.open` was given is not one Slack would open (`invalid_arguments`).
+fn modal_problem(view: &Value) -> Option<&'static str> {
+    let chars = |value: &Value| value.as_str().map(|text| text.chars().count());
+    if view["type"] != "modal" {
+        return Some("only modals are opened here");
+    }
+    let title = &view["title"];
+    if title["type"] != "plain_text"
+        || !chars(&title["text"]).is_some_and(|n| (1..=24).contains(&n))
+    {
+        return Some("title: plain_text of 1 to 24 characters");
+    }
+    let Some(blocks) = view["blocks"].as_array() else {
+        return Some("blocks: an array");
+    };
+    if blocks.len() > 100 || blocks.iter().any(|block| !block["type"].is_string()) {
+        return Some("blocks: at most 100, each typed");
+    }
+    let has_input = blocks.iter().any(|block| block["type"] == "input");
+    for block in blocks.iter().filter(|block| block["type"] == "input") {
+        if !chars(&block["label"]["text"]).is_some_and(|n| (1..=2000).contains(&n)) {
+            return Some("input label: 1 to 2000 characters");
+        }
+        if !block["element"]["type"].is_string() {
+            return Some("input element: typed");
+        }
+    }
+    if has_input && view["submit"]["type"] != "plain_text" {
+        return Some("submit: required with an input");
+    }
+    if chars(&view["private_metadata"]).is_some_and(|n| n > 3000) {
+        return Some("private_metadata: at most 3000 characters");
+    }
+    if chars(&view["callback_id"]).is_some_and(|n| n > 255) {
+        return Some("callback_id: at most 255 characters");
+    }
+    None
 }
 
 // ---- HTTP ----
@@ -553,6 +679,36 @@ async fn web_api(
                 "text": message.text,
                 "message": updated,
             }))
+        }
+        "views.open" => {
+            let view = match call.param("view") {
+                Some(Value::String(encoded)) => serde_json::from_str::<Value>(&encoded).ok(),
+                Some(view @ Value::Object(_)) => Some(view),
+                _ => None,
+            };
+            let Some(view) = view.filter(|view| modal_problem(view).is_none()) else {
+                return fail("invalid_arguments");
+            };
+            let Some(trigger) = string("trigger_id") else {
+                return fail("invalid_arguments");
+            };
+            let Some((issued, used)) = state.triggers.get_mut(&trigger) else {
+                return fail("invalid_trigger_id");
+            };
+            if *used {
+                return fail("exchanged_trigger_id");
+            }
+            if issued.elapsed() > std::time::Duration::from_secs(3) {
+                return fail("expired_trigger_id");
+            }
+            *used = true;
+            let id = format!("V0FAKE{:04}", state.views.len() + 1);
+            state.views.push(OpenedView {
+                id: id.clone(),
+                trigger_id: trigger,
+                view: view.clone(),
+            });
+            ok(json!({"view": stateful(&id, &view)}))
         }
         "apps.connections.open" => {
             let url = state
@@ -953,6 +1109,62 @@ mod tests {
         )
         .await;
         assert_eq!(with_app_token.body["error"], "not_allowed_token_type");
+    }
+
+    #[tokio::test]
+    async fn views_open_exchanges_a_trigger_once_for_a_valid_modal() {
+        let fake = SlackFake::start().await;
+        let modal = json!({
+            "type": "modal", "title": {"type": "plain_text", "text": "Answer keep"},
+            "submit": {"type": "plain_text", "text": "Send"},
+            "callback_id": "quench:comment", "private_metadata": "{}",
+            "blocks": [{"type": "input", "block_id": "b", "label": {"type": "plain_text", "text": "Why?"},
+                        "element": {"type": "plain_text_input", "action_id": "a"}}]
+        });
+        let trigger = fake.trigger_id();
+        let opened = post_json(
+            &fake,
+            "views.open",
+            json!({"trigger_id": trigger, "view": modal}),
+        )
+        .await;
+        assert_eq!(opened.body["ok"], true, "{}", opened.body);
+        assert_eq!(opened.body["view"]["id"], "V0FAKE0001");
+        assert_eq!(opened.body["view"]["callback_id"], "quench:comment");
+        assert!(opened.body["view"]["hash"].is_string());
+        let again = post_json(
+            &fake,
+            "views.open",
+            json!({"trigger_id": trigger, "view": modal}),
+        )
+        .await;
+        assert_eq!(again.body["error"], "exchanged_trigger_id");
+        let unknown = post_json(
+            &fake,
+            "views.open",
+            json!({"trigger_id": "1.2.abc", "view": modal}),
+        )
+        .await;
+        assert_eq!(unknown.body["error"], "invalid_trigger_id");
+        let mut untitled = modal.clone();
+        untitled["title"]["text"] = json!("a title longer than twenty-four");
+        let refused = post_json(
+            &fake,
+            "views.open",
+            json!({"trigger_id": fake.trigger_id(), "view": untitled}),
+        )
+        .await;
+        assert_eq!(refused.body["error"], "invalid_arguments");
+        let views = fake.views();
+        assert_eq!(views.len(), 1);
+        let submitted = fake.view_submission(&views[0], "U0BOB", "for billing");
+        assert_eq!(submitted["type"], "view_submission");
+        assert_eq!(submitted["user"]["id"], "U0BOB");
+        assert_eq!(submitted["view"]["id"], "V0FAKE0001");
+        assert_eq!(
+            submitted["view"]["state"]["values"]["b"]["a"]["value"],
+            "for billing"
+        );
     }
 
     #[tokio::test]

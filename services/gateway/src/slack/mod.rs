@@ -3,7 +3,12 @@
 //! checks the approval button, publishes the [`Decision`] and then tells the user, through the
 //! click's `response_url`, that the answer was recorded (or why it was not). Whether the answer
 //! counts is for the runner to decide; it updates the message itself.
+//!
+//! A button that asks for a comment (`ApprovalButton::ask`) is not an answer yet: the click
+//! opens a form ([`form`]) and publishes nothing; the form's submission, reduced to a
+//! [`Submission`], is the answer ([`Interactions::submit`]), with the comment.
 
+pub(crate) mod form;
 pub(crate) mod http;
 pub(crate) mod socket;
 
@@ -18,6 +23,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::task::TaskTracker;
 
 use crate::publish::Publisher;
+use form::{Asker, Submission};
 
 /// How long the stream may take to acknowledge a decision: Slack wants its answer within 3 s.
 const PUBLISH_WITHIN: Duration = Duration::from_secs(2);
@@ -40,6 +46,8 @@ pub(crate) struct Click {
     /// makes the decision id the same when Slack delivers the click again.
     pub(crate) moment: String,
     pub(crate) response_url: Option<String>,
+    /// What lets the gateway open a form in front of the user (for 3 seconds, once).
+    pub(crate) trigger_id: Option<String>,
 }
 
 /// What became of a click.
@@ -51,66 +59,62 @@ pub(crate) enum Handled {
     Refused(String),
     /// Publishing failed; the user is asked to click again.
     Failed { choice: String },
+    /// The choice needs a comment: a form asking for it was opened; nothing was published.
+    Asked { choice: String },
 }
 
-/// Handles clicks from either transport; holds the publisher and the `response_url` poster.
+/// What a verified interaction stands for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// A decision to publish (a click, or a form's submission with its comment).
+    Decision(Decision),
+    /// A click on a choice that needs a comment: the form to open for this button.
+    Ask(ApprovalButton),
+}
+
+/// Handles clicks and form submissions from either transport; holds the publisher, the
+/// `response_url` poster and, with `slack.bot_token`, what opens forms.
 #[derive(Debug)]
 pub(crate) struct Interactions {
     publisher: Publisher,
     responder: Responder,
+    /// Opens forms; `None` without a bot token, when a choice that needs a comment is refused.
+    asker: Option<Arc<Asker>>,
     /// The `response_url` posts still in flight (waited for at shutdown).
     pub(crate) tasks: TaskTracker,
 }
 
 impl Interactions {
-    pub(crate) fn new(publisher: Publisher, test_response_url_prefix: Option<String>) -> Self {
+    pub(crate) fn new(
+        publisher: Publisher,
+        test_response_url_prefix: Option<String>,
+        asker: Option<Asker>,
+    ) -> Self {
         Interactions {
             publisher,
             responder: Responder {
                 client: quench_common::http::http_client(),
                 test_prefix: test_response_url_prefix,
             },
+            asker: asker.map(Arc::new),
             tasks: TaskTracker::new(),
         }
     }
 
-    /// Publishes the click's decision, then (in the background) tells the user what happened.
+    /// Publishes the click's decision (or opens the form its choice needs), then (in the
+    /// background) tells the user what happened.
     pub(crate) async fn take(self: &Arc<Self>, click: Click) -> Handled {
-        let handled = match decision(&click, Utc::now()) {
+        let handled = match answer(&click, Utc::now()) {
             Err(reason) => Handled::Refused(reason),
-            Ok(decision) => {
-                let payload = serde_json::to_vec(&decision).expect("a decision serializes");
-                match self
-                    .publisher
-                    .publish(
-                        subject::decision(&decision.run_id),
-                        &decision.id,
-                        payload,
-                        PUBLISH_WITHIN,
-                    )
-                    .await
-                {
-                    Ok(published) => {
-                        tracing::info!(run_id = %decision.run_id, gate = %decision.gate, actor = %decision.actor.id, duplicate = published.duplicate, "decision published");
-                        Handled::Recorded {
-                            choice: decision.choice,
-                            duplicate: published.duplicate,
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(run_id = %decision.run_id, %error, "decision not published");
-                        Handled::Failed {
-                            choice: decision.choice,
-                        }
-                    }
-                }
-            }
+            Ok(Answer::Decision(decision)) => self.publish(decision).await,
+            Ok(Answer::Ask(button)) => self.ask(&click, button).await,
         };
         if let Handled::Refused(reason) = &handled {
             tracing::info!(actor = %format!("{}/{}", click.team, click.user), reason = %reason, "click refused");
         }
-        if let Some(url) = click.response_url {
-            let text = message(&handled);
+        if let Some(url) = click.response_url
+            && let Some(text) = message(&handled)
+        {
             let interactions = self.clone();
             self.tasks.spawn(async move {
                 interactions.responder.post(&url, &text).await;
@@ -118,36 +122,159 @@ impl Interactions {
         }
         handled
     }
-}
 
-/// The decision a (verified) HTTP interaction form stands for, as `POST /slack/interactions`
-/// derives it before publishing: `Ok(None)` when it is not a button click, `Err` with what the
-/// caller or the user is told. Pure, so it can be fuzzed.
-pub fn form_decision(body: &[u8], now: DateTime<Utc>) -> Result<Option<Decision>, String> {
-    match http::parse(body).map_err(|refusal| refusal.to_string())?.1 {
-        None => Ok(None),
-        Some(click) => decision(&click, now).map(Some),
+    /// Publishes a form's answer: the decision by the submitting user, with the comment.
+    /// `Refused` and `Failed` are shown in the form, which stays open.
+    pub(crate) async fn submit(&self, submission: &Submission) -> Handled {
+        let handled = match submission_decision(submission, Utc::now()) {
+            Err(reason) => Handled::Refused(reason),
+            Ok(decision) => self.publish(decision).await,
+        };
+        if let Handled::Refused(reason) = &handled {
+            tracing::info!(actor = %format!("{}/{}", submission.team, submission.user), reason = %reason, "form refused");
+        }
+        handled
+    }
+
+    async fn publish(&self, decision: Decision) -> Handled {
+        let payload = serde_json::to_vec(&decision).expect("a decision serializes");
+        match self
+            .publisher
+            .publish(
+                subject::decision(&decision.run_id),
+                &decision.id,
+                payload,
+                PUBLISH_WITHIN,
+            )
+            .await
+        {
+            Ok(published) => {
+                tracing::info!(run_id = %decision.run_id, gate = %decision.gate, actor = %decision.actor.id, duplicate = published.duplicate, "decision published");
+                Handled::Recorded {
+                    choice: decision.choice,
+                    duplicate: published.duplicate,
+                }
+            }
+            Err(error) => {
+                tracing::warn!(run_id = %decision.run_id, %error, "decision not published");
+                Handled::Failed {
+                    choice: decision.choice,
+                }
+            }
+        }
+    }
+
+    /// Opens the form a choice needs, in front of the user who clicked.
+    async fn ask(&self, click: &Click, button: ApprovalButton) -> Handled {
+        let Some(asker) = &self.asker else {
+            return Handled::Refused(format!(
+                "*{}* needs a comment, and this quench cannot ask for one in Slack (the gateway has no `slack.bot_token`); answer with `quench approve … --comment`",
+                button.choice
+            ));
+        };
+        let Some(trigger_id) = click.trigger_id.as_deref() else {
+            return Handled::Refused(
+                "the click carries no trigger_id to open a form with".to_owned(),
+            );
+        };
+        match asker.open(trigger_id, &button).await {
+            Ok(()) => {
+                tracing::info!(run_id = %button.run_id, gate = %button.gate, choice = %button.choice, "form opened");
+                Handled::Asked {
+                    choice: button.choice,
+                }
+            }
+            Err(problem) => {
+                tracing::warn!(run_id = %button.run_id, %problem, "form not opened");
+                Handled::Refused(format!(
+                    "the form asking about *{}* could not be opened ({problem}); please click again",
+                    button.choice
+                ))
+            }
+        }
     }
 }
 
-/// The decision a click stands for, or why it stands for none (told to the user).
-fn decision(click: &Click, now: DateTime<Utc>) -> Result<Decision, String> {
-    let value = ApprovalButton::parse(
+/// What a (verified) HTTP interaction form stands for, as `POST /slack/interactions` derives
+/// it before publishing or opening a form: `Ok(None)` when it is neither a button click nor a
+/// form's submission, `Err` with what the caller or the user is told. Pure, so it can be fuzzed.
+pub fn form_answer(body: &[u8], now: DateTime<Utc>) -> Result<Option<Answer>, String> {
+    match http::parse(body).map_err(|refusal| refusal.to_string())?.1 {
+        http::Interaction::Other => Ok(None),
+        http::Interaction::Click(click) => answer(&click, now).map(Some),
+        http::Interaction::Submission(submission) => {
+            submission_decision(&submission, now).map(|decision| Some(Answer::Decision(decision)))
+        }
+    }
+}
+
+/// What a click stands for — a decision, or the form its choice needs — or why it stands for
+/// nothing (told to the user).
+fn answer(click: &Click, now: DateTime<Utc>) -> Result<Answer, String> {
+    let button = ApprovalButton::parse(
         &click.action_id,
         click.block_id.as_deref(),
         click.value.as_deref(),
     )
     .map_err(|error| error.to_string())?;
+    if button.ask.is_some() {
+        return Ok(Answer::Ask(button));
+    }
+    let answerer = Answerer {
+        team: &click.team,
+        user: &click.user,
+        username: click.username.as_deref(),
+        moment: &click.moment,
+    };
+    decision(
+        button,
+        &answerer,
+        None,
+        slack_time(&click.moment).unwrap_or(now),
+    )
+    .map(Answer::Decision)
+}
+
+/// The decision a form's submission stands for: the button in its metadata, answered by the
+/// user who submitted it, with the comment.
+fn submission_decision(submission: &Submission, now: DateTime<Utc>) -> Result<Decision, String> {
+    let (button, comment) = submission.answer()?;
+    let answerer = Answerer {
+        team: &submission.team,
+        user: &submission.user,
+        username: submission.username.as_deref(),
+        moment: &submission.view_id,
+    };
+    // Slack stamps no time on a submission: it was decided when it arrived.
+    decision(button, &answerer, Some(comment), now)
+}
+
+/// Who answered, as Slack vouches for it, and the moment (a click's `action_ts`, a form's view
+/// id) that makes the decision id the same when Slack delivers the answer again.
+struct Answerer<'a> {
+    team: &'a str,
+    user: &'a str,
+    username: Option<&'a str>,
+    moment: &'a str,
+}
+
+/// The decision for `button` by `answerer`, or why there is none (told to the user).
+fn decision(
+    button: ApprovalButton,
+    answerer: &Answerer<'_>,
+    comment: Option<String>,
+    decided_at: DateTime<Utc>,
+) -> Result<Decision, String> {
     let id = {
         let mut hash = Sha256::new();
         for part in [
-            &click.team,
-            &click.user,
-            &click.moment,
-            &value.run_id,
-            &value.gate,
-            &value.choice,
-            value.item.as_deref().unwrap_or_default(),
+            answerer.team,
+            answerer.user,
+            answerer.moment,
+            &button.run_id,
+            &button.gate,
+            &button.choice,
+            button.item.as_deref().unwrap_or_default(),
         ] {
             hash.update(part.as_bytes());
             hash.update([0]);
@@ -157,23 +284,22 @@ fn decision(click: &Click, now: DateTime<Utc>) -> Result<Decision, String> {
     let decision = Decision {
         schema: DecisionSchema::V1,
         id,
-        run_id: value.run_id,
-        gate: value.gate,
-        token: value.token,
-        choice: value.choice,
-        item: value.item,
-        comment: None,
+        run_id: button.run_id,
+        gate: button.gate,
+        token: button.token,
+        choice: button.choice,
+        item: button.item,
+        comment,
         actor: Actor {
             via: Via::Slack,
-            id: format!("{}/{}", click.team, click.user),
+            id: format!("{}/{}", answerer.team, answerer.user),
             // Free text from the payload (decoded from the form): redacted like a finding's.
-            name: click
+            name: answerer
                 .username
-                .as_deref()
                 .filter(|name| !name.is_empty())
                 .map(|name| quench_proto::redact_str(name).into_owned()),
         },
-        decided_at: slack_time(&click.moment).unwrap_or(now),
+        decided_at,
     };
     // Through the runner's own parse: it redacts anything key-shaped (a Slack username can be
     // anything) before the decision is published and stored, and checks every field, so what
@@ -193,9 +319,10 @@ fn slack_time(ts: &str) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(seconds, micros * 1000)
 }
 
-/// What the user is told (ephemerally) about their click.
-fn message(handled: &Handled) -> String {
-    match handled {
+/// What the user is told (ephemerally) about their click; nothing when a form opened (the
+/// form is the answer).
+fn message(handled: &Handled) -> Option<String> {
+    Some(match handled {
         Handled::Recorded { choice, .. } => format!(
             "Recorded your answer *{}*. quench checks that you may answer this request and updates the message.",
             escape(choice)
@@ -204,6 +331,19 @@ fn message(handled: &Handled) -> String {
         Handled::Failed { choice } => format!(
             "Your answer *{}* could not be recorded: quench is not reachable right now. Please click again in a minute.",
             escape(choice)
+        ),
+        Handled::Asked { .. } => return None,
+    })
+}
+
+/// What the user is told inside a form that stays open (its submission was not recorded), or
+/// `None` when it was and the form closes.
+pub(crate) fn form_error(handled: &Handled) -> Option<String> {
+    match handled {
+        Handled::Recorded { .. } | Handled::Asked { .. } => None,
+        Handled::Refused(reason) => Some(format!("Nothing was recorded: {reason}.")),
+        Handled::Failed { .. } => Some(
+            "Your answer could not be recorded: quench is not reachable right now. Please send it again in a minute.".to_owned(),
         ),
     }
 }
@@ -270,6 +410,15 @@ mod tests {
             value: Some(value.to_owned()),
             moment: "1700000001.000200".to_owned(),
             response_url: None,
+            trigger_id: Some("1700000001.000200.trigger".to_owned()),
+        }
+    }
+
+    /// The decision a click stands for (a click that opens a form is none).
+    fn decided(click: &Click, now: DateTime<Utc>) -> Result<Decision, String> {
+        match answer(click, now)? {
+            Answer::Decision(decision) => Ok(decision),
+            Answer::Ask(button) => Err(format!("asks first: {button:?}")),
         }
     }
 
@@ -277,7 +426,7 @@ mod tests {
 
     #[test]
     fn a_quench_button_becomes_a_decision_with_a_stable_id() {
-        let decision = decision(&click(VALUE), Utc::now()).expect("a decision");
+        let decision = decided(&click(VALUE), Utc::now()).expect("a decision");
         assert_eq!(decision.run_id, "run-1");
         assert_eq!(decision.gate, "decide");
         assert_eq!(decision.choice, "keep");
@@ -288,7 +437,7 @@ mod tests {
             decision.decided_at.to_rfc3339(),
             "2023-11-14T22:13:21.000200+00:00"
         );
-        let again = super::decision(&click(VALUE), Utc::now()).expect("a decision");
+        let again = decided(&click(VALUE), Utc::now()).expect("a decision");
         assert_eq!(
             decision.id, again.id,
             "a re-delivered click is the same decision"
@@ -296,14 +445,62 @@ mod tests {
         let mut later = click(VALUE);
         later.moment = "1700000002.000100".to_owned();
         assert_ne!(
-            super::decision(&later, Utc::now()).expect("a decision").id,
+            decided(&later, Utc::now()).expect("a decision").id,
             decision.id
         );
     }
 
     #[test]
+    fn a_button_that_asks_opens_a_form_and_its_submission_is_the_decision() {
+        let asking = ApprovalButton::parse("quench:keep", None, Some(VALUE))
+            .expect("a button")
+            .with_ask("What is this key for?");
+        let mut click = click(&asking.value());
+        assert_eq!(
+            answer(&click, Utc::now()),
+            Ok(Answer::Ask(asking.clone())),
+            "nothing to publish yet"
+        );
+        click.value = Some(VALUE.to_owned());
+        assert!(matches!(
+            answer(&click, Utc::now()),
+            Ok(Answer::Decision(_))
+        ));
+
+        let submission = Submission {
+            team: "T1".to_owned(),
+            user: "U222".to_owned(),
+            username: Some("bob".to_owned()),
+            view_id: "V0FORM1".to_owned(),
+            callback_id: Some(form::CALLBACK_ID.to_owned()),
+            metadata: Some(asking.value()),
+            comment: Some(" the nightly billing export ".to_owned()),
+        };
+        let now = Utc::now();
+        let decision = submission_decision(&submission, now).expect("a decision");
+        assert_eq!(decision.choice, "keep");
+        assert_eq!(decision.token, asking.token);
+        assert_eq!(
+            decision.comment.as_deref(),
+            Some("the nightly billing export")
+        );
+        assert_eq!(
+            decision.actor.id, "T1/U222",
+            "the one who submitted answers"
+        );
+        assert_eq!(decision.decided_at, now);
+        assert_eq!(
+            submission_decision(&submission, Utc::now())
+                .expect("a decision")
+                .id,
+            decision.id,
+            "a re-delivered submission is the same decision"
+        );
+    }
+
+    #[test]
     fn anything_else_is_refused_with_a_reason() {
-        let refused = |click: Click| super::decision(&click, Utc::now()).err();
+        let refused = |click: Click| decided(&click, Utc::now()).err();
         let mut other = click(VALUE);
         other.action_id = "approve".to_owned();
         assert_eq!(

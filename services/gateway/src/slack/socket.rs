@@ -1,7 +1,9 @@
 //! Slack Socket Mode (slack-morphism 2.31.1): the gateway opens WebSockets to Slack
 //! (`apps.connections.open` with `slack.app_token`, against `slack.api_url`), so no inbound port
 //! is needed for clicks. Each `block_actions` envelope becomes a [`Click`] and is handled
-//! exactly as over HTTP; the envelope is acknowledged once the decision is published. Slack
+//! exactly as over HTTP; the envelope is acknowledged once the decision is published. A
+//! `view_submission` (a form asking for a comment) becomes a [`Submission`]; its envelope's
+//! acknowledgement carries `response_action: errors` when the form should stay open. Slack
 //! signs nothing here — the app token authenticates the connection — and it delivers an
 //! unacknowledged envelope again, which the decision's stable id makes harmless.
 
@@ -11,7 +13,8 @@ use quench_common::config::Secret;
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
 
-use super::{Click, Interactions};
+use super::form::{INPUT_ACTION, INPUT_BLOCK, Submission};
+use super::{Click, Interactions, form_error};
 
 /// A running Socket Mode listener.
 pub(crate) struct SocketMode {
@@ -63,25 +66,65 @@ async fn on_interaction(
     event: SlackInteractionEvent,
     _client: Arc<SlackHyperClient>,
     state: SlackClientEventsUserState,
-) -> UserCallbackResult<()> {
+) -> UserCallbackResult<SlackInteractionResponse> {
     let interactions = state
         .read()
         .await
         .get_user_state::<Arc<Interactions>>()
         .cloned();
-    let (Some(interactions), SlackInteractionEvent::BlockActions(event)) = (interactions, event)
-    else {
-        return Ok(());
+    let Some(interactions) = interactions else {
+        return Ok(SlackInteractionResponse::Empty);
     };
-    match click(event) {
-        Ok(click) => {
-            interactions.take(click).await;
+    match event {
+        SlackInteractionEvent::BlockActions(event) => match click(event) {
+            Ok(click) => {
+                interactions.take(click).await;
+            }
+            Err(problem) => tracing::info!(problem, "Socket Mode click refused"),
+        },
+        SlackInteractionEvent::ViewSubmission(event) => {
+            let handled = interactions.submit(&submission(event)).await;
+            // The answer to the envelope is what the form does: close (empty), or stay open
+            // and say why nothing was recorded.
+            if let Some(error) = form_error(&handled) {
+                let errors = [(INPUT_BLOCK.to_owned(), error)].into_iter().collect();
+                return Ok(SlackViewSubmissionResponse::Errors(
+                    SlackViewSubmissionErrorsResponse::new(errors),
+                )
+                .into());
+            }
         }
-        Err(problem) => tracing::info!(problem, "Socket Mode click refused"),
+        _ => {}
     }
     // Acknowledged in every case: a failed publish was told to the user (click again), and a
     // refused click fails the same way when delivered again.
-    Ok(())
+    Ok(SlackInteractionResponse::Empty)
+}
+
+/// The submission in a `view_submission` envelope: the view's id, callback id, metadata and
+/// the input's value, by the user who submitted it.
+fn submission(event: SlackInteractionViewSubmissionEvent) -> Submission {
+    let (callback_id, metadata) = match event.view.view {
+        SlackView::Modal(modal) => (modal.callback_id.map(|id| id.0), modal.private_metadata),
+        SlackView::Home(home) => (home.callback_id.map(|id| id.0), home.private_metadata),
+    };
+    let comment = event
+        .view
+        .state_params
+        .state
+        .as_ref()
+        .and_then(|state| state.values.get(&SlackBlockId(INPUT_BLOCK.to_owned())))
+        .and_then(|block| block.get(&SlackActionId(INPUT_ACTION.to_owned())))
+        .and_then(|input| input.value.clone());
+    Submission {
+        team: event.user.team_id.unwrap_or(event.team.id).0,
+        user: event.user.id.0,
+        username: event.user.username,
+        view_id: event.view.state_params.id.0,
+        callback_id,
+        metadata,
+        comment,
+    }
 }
 
 /// The click in a `block_actions` envelope: exactly one action, by a known user.
@@ -99,8 +142,9 @@ fn click(event: SlackInteractionBlockActionsEvent) -> Result<Click, &'static str
         value: action.value,
         moment: action
             .action_ts
-            .map_or(event.trigger_id.0, |moment| moment.0),
+            .map_or_else(|| event.trigger_id.0.clone(), |moment| moment.0),
         response_url: event.response_url.map(|url| url.0.to_string()),
+        trigger_id: Some(event.trigger_id.0),
     })
 }
 
@@ -121,7 +165,7 @@ fn on_error(
 }
 
 /// What went wrong, without any body or token.
-fn describe(error: &SlackClientError) -> String {
+pub(crate) fn describe(error: &SlackClientError) -> String {
     match error {
         SlackClientError::ApiError(api) => format!("Slack refused the call ({})", api.code),
         SlackClientError::HttpError(http) => format!("Slack answered HTTP {}", http.status_code),

@@ -52,6 +52,12 @@ pub struct Approval {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 20))]
     pub items: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
+    /// Choices that need a few words, each with the question asked (e.g. `keep: "What is this
+    /// key for?"`): in Slack, clicking such a choice opens a form with the question, and the
+    /// answer's comment is what was written (at most 500 characters). Every key must be one of
+    /// `choices`; a question has at most 300 characters.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub comment_for: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -294,7 +294,7 @@ impl Notifier for Slack {
 
 /// The text of an approval request and its buttons: one per choice, each carrying the run, the
 /// gate and its token (`quench_proto::slack::ApprovalButton`), so the gateway can turn a click
-/// into a decision.
+/// into a decision — or, for a choice in `comment_for`, the question the gateway asks first.
 fn approval_message(request: &NoticeRequest) -> SlackMessageContent {
     let gate = &request.gate;
     let lead = match request.kind {
@@ -320,6 +320,13 @@ fn approval_message(request: &NoticeRequest) -> SlackMessageContent {
                     token: gate.token.clone(),
                     choice: choice.clone(),
                     item: item.map(str::to_owned),
+                    ask: None,
+                };
+                // A choice that needs words carries its question: the gateway asks it in a
+                // form, and the form's answer is the decision.
+                let button = match gate.comment_for.get(choice) {
+                    Some(question) => button.with_ask(question),
+                    None => button,
                 };
                 SlackBlockButtonElement::new(pt!(choice.clone()))
                     .with_action_id(SlackActionId(button.action_id()))

@@ -258,6 +258,15 @@ impl Engine {
             .map(|every| every.as_secs().max(1));
         let items = approval.items.unwrap_or_default();
         check_items(&items)?;
+        if let Some(choice) = approval
+            .comment_for
+            .keys()
+            .find(|choice| !choices.contains(choice))
+        {
+            return Err(format!(
+                "`comment_for` names `{choice}`, which is not one of the choices"
+            ));
+        }
         let mut escalations = Vec::new();
         for escalation in approval.escalate {
             let after = parse_duration(&escalation.after)?;
@@ -289,6 +298,7 @@ impl Engine {
             messages: Vec::new(),
             items,
             item_decisions: BTreeMap::new(),
+            comment_for: approval.comment_for,
         })
     }
 

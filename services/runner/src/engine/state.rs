@@ -362,6 +362,10 @@ pub struct Gate {
     /// Each decided item's decision, by item id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub item_decisions: BTreeMap<String, ItemDecision>,
+    /// Choices that need a comment, each with the question asked (`comment_for`): Slack asks
+    /// it in a form before the click is an answer. Empty when no choice needs one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub comment_for: BTreeMap<String, String>,
 }
 
 impl Gate {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use globset::{Glob, GlobSetBuilder};
 use quench_common::suggest::did_you_mean;
+use quench_proto::slack::MAX_ASK;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -625,6 +626,50 @@ impl Compiler<'_> {
         );
     }
 
+    /// `comment_for`: every key one of the choices (unless the choices are templates, known
+    /// only when the step runs), every question short enough for a Slack form.
+    fn comment_for(&mut self, pointer: &str, with: &model::Map, choices: &[String]) {
+        let Some(Value::Object(questions)) = with.get("comment_for") else {
+            return;
+        };
+        let templated = choices.iter().any(|choice| is_template(choice));
+        for (choice, question) in questions {
+            let entry = format!("{pointer}/comment_for/{}", super::yaml::escape(choice));
+            if !templated && !is_template(choice) && !choices.contains(choice) {
+                self.push(
+                    Diagnostic::error(
+                        Code::Approval,
+                        self.document.key_span(&entry),
+                        format!("`comment_for` names `{choice}`, which is not one of the choices"),
+                    )
+                    .with_help_opt(choices_help(choice, choices)),
+                );
+            }
+            let Some(question) = question.as_str() else {
+                continue;
+            };
+            if question.trim().is_empty() {
+                self.push(Diagnostic::error(
+                    Code::Approval,
+                    self.document.value_span(&entry),
+                    format!("the question for `{choice}` is empty"),
+                ));
+            } else if !is_template(question) && question.chars().count() > MAX_ASK {
+                self.push(
+                    Diagnostic::error(
+                        Code::Approval,
+                        self.document.value_span(&entry),
+                        format!(
+                            "the question for `{choice}` has {} characters; a Slack form shows at most {MAX_ASK}",
+                            question.chars().count()
+                        ),
+                    )
+                    .with_help("ask briefly; the message itself can say more"),
+                );
+            }
+        }
+    }
+
     fn approval(&mut self, pointer: &str, with: &model::Map) {
         let timeout = self.duration(&format!("{pointer}/timeout"));
         let choices: Vec<String> = match with.get("choices") {
@@ -666,20 +711,10 @@ impl Compiler<'_> {
                     self.document.value_span(&format!("{pointer}/on_timeout")),
                     format!("`on_timeout: {on_timeout}` is not one of the choices{default}"),
                 )
-                .with_help_opt(
-                    did_you_mean(on_timeout, choices.iter().map(String::as_str)).or_else(|| {
-                        Some(format!(
-                            "choices are {}",
-                            choices
-                                .iter()
-                                .map(|c| format!("`{c}`"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ))
-                    }),
-                ),
+                .with_help_opt(choices_help(on_timeout, &choices)),
             );
         }
+        self.comment_for(pointer, with, &choices);
         let approvers: Vec<&str> = with
             .get("approvers")
             .and_then(Value::as_array)
@@ -996,4 +1031,19 @@ impl Compiler<'_> {
 /// version it has run under this name.
 pub fn version_of(source: &str) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(source.as_bytes())))
+}
+
+/// The help for a value that should be one of an approval's choices: the nearest choice, else
+/// the list of them.
+fn choices_help(given: &str, choices: &[String]) -> Option<String> {
+    did_you_mean(given, choices.iter().map(String::as_str)).or_else(|| {
+        Some(format!(
+            "choices are {}",
+            choices
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
 }
