@@ -622,6 +622,27 @@ async fn a_playbook_starts_a_campaign() {
         )
         .await;
     }
+    // A finding that claims to be a campaign's part, made by someone else: dead-lettered, no run.
+    let forged = json!({
+        "schema": "quench.finding/v1", "id": "forged-1", "kind": "quench.attestation",
+        "key": "campaign:0193aa:0", "severity": "low", "title": "review your keys",
+        "detected_at": "2026-12-01T00:00:00Z", "source": {"scanner": "mallory"},
+        "resource": {"provider": "openai", "type": "user", "id": "mallory@example.com"},
+        "owner": {"email": "mallory@example.com"},
+        "evidence": {"campaign": "0193aa", "campaign_name": "x", "part": 0, "identities": [
+            {"id": "project_key:key_checkout", "key_id": "key_checkout", "project_id": "proj_pay"}
+        ]},
+    });
+    support::gateway_client::publish_finding(&jetstream, &forged).await;
+    support::eventually_async(
+        Duration::from_secs(20),
+        "the forged finding's dead letter",
+        || async {
+            let (_, dlq) = api(listen, ADMIN, reqwest::Method::GET, "/api/v1/dlq", None).await;
+            dlq.to_string().contains("unverified_attestation")
+        },
+    )
+    .await;
     support::eventually_async(
         Duration::from_secs(30),
         "the campaign's messages",
@@ -648,6 +669,19 @@ async fn a_playbook_starts_a_campaign() {
             .as_str()
             .is_some_and(|by| by.starts_with("api:run:")),
         "{list}"
+    );
+    let (_, attestations) = api(
+        listen,
+        ADMIN,
+        reqwest::Method::GET,
+        "/api/v1/runs?playbook=attest-openai-identities",
+        None,
+    )
+    .await;
+    assert_eq!(
+        attestations["runs"].as_array().map(Vec::len),
+        Some(2),
+        "the campaign's two parts, not the forged one: {attestations}"
     );
     let (_, runs) = api(
         listen,

@@ -906,6 +906,44 @@ fn split(items: Vec<Map<String, Value>>) -> Vec<Vec<Map<String, Value>>> {
     parts
 }
 
+/// Whether intake may take `finding` in: a [`FINDING_KIND`] finding is quench's own, taken in
+/// only when it is exactly the finding of a campaign part this store holds. Anyone who may
+/// publish findings could otherwise list any keys, name themselves the owner, and answer
+/// `revoke`. Other findings pass. The error says why, for the dead letter.
+pub fn admit(store: &Store, finding: &Finding) -> Result<(), String> {
+    if finding.kind != FINDING_KIND {
+        return Ok(());
+    }
+    let part_of = || {
+        let rest = finding.key.strip_prefix("campaign:")?;
+        let (campaign, n) = rest.rsplit_once(':')?;
+        Some((campaign.to_owned(), n.parse::<u32>().ok()?))
+    };
+    let Some((id, n)) = part_of() else {
+        return Err(format!(
+            "`{FINDING_KIND}` findings are made by campaigns only; key `{}` names no campaign part",
+            finding.key
+        ));
+    };
+    let campaign = store
+        .get::<Campaign>(Key::Campaign(&id))
+        .map_err(|error| error.to_string())?
+        .ok_or_else(|| {
+            format!("no campaign `{id}`: `{FINDING_KIND}` findings are made by campaigns only")
+        })?;
+    let part = store
+        .get::<Part>(Key::CampaignChunk(&id, n))
+        .map_err(|error| error.to_string())?
+        .ok_or_else(|| format!("campaign `{id}` has no part {n}"))?;
+    let expected = part_finding(&campaign, &part)?;
+    if serde_json::to_value(&expected).ok() != serde_json::to_value(finding).ok() {
+        return Err(format!(
+            "the finding is not part {n} of campaign `{id}` as the campaign made it"
+        ));
+    }
+    Ok(())
+}
+
 /// The finding a part is published as (the same bytes each time: it is built from the records
 /// alone, so a repeat is a duplicate intake drops).
 pub fn part_finding(campaign: &Campaign, part: &Part) -> Result<Finding, String> {

@@ -149,6 +149,36 @@ async fn keys_are_grouped_by_their_owner_in_parts_of_at_most_twenty() {
     assert_eq!(audit.len(), 1);
 }
 
+/// Intake takes a campaign's part only as the campaign made it.
+#[tokio::test]
+async fn only_a_campaigns_own_parts_are_admitted() {
+    let campaigns = campaigns(&[identity("key_a", Some("ann@example.com"), "proj_lab")]).await;
+    let campaign = campaigns
+        .start(&start("Q4", Scope::default()), &actor(), Utc::now())
+        .await
+        .expect("started");
+    let store = campaigns.store();
+    let parts = campaigns.parts(&campaign.id).expect("parts");
+    let finding = part_finding(&campaign, &parts[0]).expect("finding");
+    assert_eq!(admit(store, &finding), Ok(()));
+    let mut forged = finding.clone();
+    forged.owner = Some(quench_proto::Owner {
+        email: Some("mallory@example.com".to_owned()),
+        ..Default::default()
+    });
+    assert!(admit(store, &forged).is_err_and(|why| why.contains("as the campaign made it")));
+    let mut elsewhere = finding.clone();
+    elsewhere.key = "campaign:nope:0".to_owned();
+    assert!(admit(store, &elsewhere).is_err_and(|why| why.contains("no campaign")));
+    let mut unkeyed = finding.clone();
+    unkeyed.key = "anything".to_owned();
+    assert!(admit(store, &unkeyed).is_err());
+    let mut other = finding;
+    other.kind = "openai.api_key.unused".to_owned();
+    other.owner = None;
+    assert_eq!(admit(store, &other), Ok(()));
+}
+
 #[tokio::test]
 async fn a_scope_narrows_and_a_bad_one_is_refused_with_what_to_give() {
     let identities = [

@@ -372,6 +372,12 @@ pub(super) async fn findings(
             for message in messages {
                 match Finding::parse(&message.payload, DEFAULT_MAX_FINDING_BYTES) {
                     Ok(finding) => {
+                        // A campaign's part is quench's own finding: only as the campaign made it.
+                        if let Err(why) = crate::campaign::admit(intake.engine.store(), &finding) {
+                            let refusal = Refusal::new("unverified_attestation", why);
+                            intake.refuse(Source::Findings, &message, refusal).await;
+                            continue;
+                        }
                         findings.push(finding);
                         accepted.push(message);
                     }
