@@ -235,14 +235,7 @@ impl Finding {
     /// fixed before redaction (see [`identity`]), so two findings that differ only inside a
     /// secret stay two findings. Neither the result nor an error message carries a live secret.
     pub fn parse(bytes: &[u8], max_bytes: usize) -> Result<Finding, ParseError> {
-        if bytes.len() > max_bytes {
-            return Err(ParseError::TooLarge {
-                size: bytes.len(),
-                limit: max_bytes,
-            });
-        }
-        let value = crate::json::from_slice(bytes)
-            .map_err(|error| ParseError::Json(error.to_string()).redacted())?;
+        let value = crate::json::message(bytes, max_bytes)?;
         check_schema_tag(&value, FindingSchema::TAG)?;
         let finding: Finding = from_value(value).map_err(InvalidField::redacted)?;
         finding.accepted(bytes)

@@ -20,6 +20,18 @@ pub(crate) fn from_slice(bytes: &[u8]) -> Result<Value, serde_json::Error> {
     Ok(value)
 }
 
+/// A message as it arrives: at most `max_bytes`, then one JSON value with unique names. Errors
+/// are redacted (a message may quote a key).
+pub(crate) fn message(bytes: &[u8], max_bytes: usize) -> Result<Value, crate::ParseError> {
+    if bytes.len() > max_bytes {
+        return Err(crate::ParseError::TooLarge {
+            size: bytes.len(),
+            limit: max_bytes,
+        });
+    }
+    from_slice(bytes).map_err(|error| crate::ParseError::Json(error.to_string()).redacted())
+}
+
 /// A [`Value`] visitor that refuses repeated object names.
 struct UniqueNames;
 

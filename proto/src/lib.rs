@@ -10,6 +10,7 @@ mod decision;
 mod error;
 mod finding;
 mod json;
+pub mod ocsf;
 mod redact;
 mod run_event;
 pub mod slack;

@@ -4,12 +4,19 @@
 /// Findings: `quench.findings.<kind>`.
 pub const FINDINGS_PREFIX: &str = "quench.findings";
 pub const FINDINGS_ALL: &str = "quench.findings.>";
+/// OCSF findings (Compliance, Detection, IAM Analysis): mapped to findings by the runner.
+/// (`ocsf` is no finding kind: a kind has at least two words.)
+pub const FINDINGS_OCSF: &str = "quench.findings.ocsf";
 /// Decisions: `quench.decisions.<run_id>`.
 pub const DECISIONS_PREFIX: &str = "quench.decisions";
 pub const DECISIONS_ALL: &str = "quench.decisions.>";
 /// Run events: `quench.events.<playbook>.<kind>`.
 pub const EVENTS_PREFIX: &str = "quench.events";
 pub const EVENTS_ALL: &str = "quench.events.>";
+/// OCSF records of what quench did: `quench.ocsf.<class>` (`remediation_activity`,
+/// `detection_finding`).
+pub const OCSF_PREFIX: &str = "quench.ocsf";
+pub const OCSF_ALL: &str = "quench.ocsf.>";
 /// Dead letters: `quench.dlq.findings`, `quench.dlq.decisions`.
 pub const DLQ_ALL: &str = "quench.dlq.>";
 pub const DLQ_FINDINGS: &str = "quench.dlq.findings";
@@ -19,6 +26,7 @@ pub const STREAM_FINDINGS: &str = "QUENCH_FINDINGS";
 pub const STREAM_DECISIONS: &str = "QUENCH_DECISIONS";
 pub const STREAM_EVENTS: &str = "QUENCH_EVENTS";
 pub const STREAM_DLQ: &str = "QUENCH_DLQ";
+pub const STREAM_OCSF: &str = "QUENCH_OCSF";
 
 /// JetStream's de-duplication header; findings carry their `id` in it.
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
@@ -45,4 +53,8 @@ pub fn decision(run_id: &str) -> String {
 
 pub fn event(playbook: &str, kind: crate::RunEventKind) -> String {
     format!("{EVENTS_PREFIX}.{playbook}.{}", kind.as_str())
+}
+
+pub fn ocsf(class: crate::ocsf::Class) -> String {
+    format!("{OCSF_PREFIX}.{}", class.as_str())
 }

@@ -8,6 +8,8 @@ pub(crate) enum Endpoint {
     Slack,
     GitHub,
     Findings,
+    /// OCSF findings, signed like findings (and sharing their replay cache).
+    Ocsf,
 }
 
 impl Endpoint {
@@ -16,6 +18,7 @@ impl Endpoint {
             Endpoint::Slack => "/slack/interactions",
             Endpoint::GitHub => "/webhooks/github",
             Endpoint::Findings => "/webhooks/findings",
+            Endpoint::Ocsf => "/webhooks/ocsf",
         }
     }
 
@@ -25,6 +28,7 @@ impl Endpoint {
             Endpoint::Slack => "slack",
             Endpoint::GitHub => "github",
             Endpoint::Findings => "findings",
+            Endpoint::Ocsf => "ocsf",
         }
     }
 }

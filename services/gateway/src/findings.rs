@@ -3,6 +3,12 @@
 //! sha256=<hex HMAC-SHA256 of "v1:{timestamp}:{raw body}">` (see the crate docs). The finding is
 //! checked and redacted by [`Finding::parse`] exactly as the runner would, and the checked form
 //! is published to `quench.findings.<kind>` with its `id` as `Nats-Msg-Id`.
+//!
+//! `POST /webhooks/ocsf` is the same for one OCSF finding event (Compliance, Detection or IAM
+//! Analysis Finding, as Security Hub or Prowler write them), signed the same way with the same
+//! secret: it is mapped by [`quench_proto::ocsf::parse`] (a refusal names the OCSF attribute)
+//! and the finding it maps to is published like a native one. Both endpoints share one replay
+//! cache, so a signature is admitted once whichever endpoint it is sent to.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -31,10 +37,11 @@ pub(crate) async fn receive(
     client: IpAddr,
     headers: &HeaderMap,
     body: Bytes,
+    format: Format,
 ) -> Result<Response, Refusal> {
     let now = now_unix();
     let verified = verify_findings(secret, headers, &body, now)?;
-    let finding = Finding::parse(&body, DEFAULT_MAX_FINDING_BYTES).map_err(refuse_parse)?;
+    let finding = format.parse(&body).map_err(refuse_parse)?;
     // One secret signs every scanner's findings, so the client a budget is kept for is the
     // address the rate limits count (one scanner host, or the client behind a trusted proxy).
     replays.admit(verified, client, now)?;
@@ -43,6 +50,24 @@ pub(crate) async fn receive(
         Err(refusal) => {
             replays.forget(&verified);
             Err(refusal)
+        }
+    }
+}
+
+/// What a signed findings endpoint takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// Finding v1 (`/webhooks/findings`).
+    Finding,
+    /// One OCSF finding event (`/webhooks/ocsf`).
+    Ocsf,
+}
+
+impl Format {
+    fn parse(self, body: &[u8]) -> Result<Finding, ParseError> {
+        match self {
+            Format::Finding => Finding::parse(body, DEFAULT_MAX_FINDING_BYTES),
+            Format::Ocsf => quench_proto::ocsf::parse(body, quench_proto::ocsf::MAX_OCSF_BYTES),
         }
     }
 }

@@ -247,6 +247,10 @@ fn router(state: Arc<AppState>) -> Router {
             Endpoint::Findings.path(),
             post(webhook).layer(Extension(Endpoint::Findings)),
         )
+        .route(
+            Endpoint::Ocsf.path(),
+            post(webhook).layer(Extension(Endpoint::Ocsf)),
+        )
         .with_state(state)
 }
 
@@ -271,9 +275,15 @@ async fn webhook(
             Endpoint::GitHub => {
                 crate::github::receive(&state.publisher, secret, &headers, body).await
             }
-            Endpoint::Findings => {
+            Endpoint::Findings | Endpoint::Ocsf => {
+                let format = if endpoint == Endpoint::Ocsf {
+                    crate::findings::Format::Ocsf
+                } else {
+                    crate::findings::Format::Finding
+                };
                 let (publisher, replays) = (&state.publisher, &state.findings_replays);
-                crate::findings::receive(publisher, replays, secret, client, &headers, body).await
+                crate::findings::receive(publisher, replays, secret, client, &headers, body, format)
+                    .await
             }
         }
     };
@@ -328,7 +338,9 @@ impl AppState {
         let (secret, key) = match endpoint {
             Endpoint::Slack => (&self.slack_signing_secret, "slack.signing_secret"),
             Endpoint::GitHub => (&self.github_secret, "gateway.github_secret"),
-            Endpoint::Findings => (&self.findings_secret, "gateway.findings_secret"),
+            Endpoint::Findings | Endpoint::Ocsf => {
+                (&self.findings_secret, "gateway.findings_secret")
+            }
         };
         let secret = secret.as_ref().ok_or(Refusal::NotConfigured(key))?;
         self.limits.check(endpoint, client)?;

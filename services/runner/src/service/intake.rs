@@ -275,7 +275,7 @@ pub(super) async fn decisions_consumer(
 
 /// Yields chunks of ready messages until shutdown; re-opens the pull stream after errors (a
 /// NATS restart), so nothing is lost: unacked messages are simply delivered again.
-async fn each_chunk<F, Fut>(
+pub(super) async fn each_chunk<F, Fut>(
     consumer: Consumer,
     shutdown: CancellationToken,
     what: &'static str,
@@ -370,7 +370,7 @@ pub(super) async fn findings(
             let mut findings = Vec::with_capacity(messages.len());
             let mut accepted = Vec::with_capacity(messages.len());
             for message in messages {
-                match Finding::parse(&message.payload, DEFAULT_MAX_FINDING_BYTES) {
+                match parse_finding(&message.subject, &message.payload) {
                     Ok(finding) => {
                         // A campaign's part is quench's own finding: only as the campaign made it.
                         if let Err(why) = crate::campaign::admit(intake.engine.store(), &finding) {
@@ -486,6 +486,17 @@ pub(super) async fn decisions(consumer: Consumer, intake: Intake, shutdown: Canc
         }
     })
     .await;
+}
+
+/// A finding as it arrives on `subject`: an OCSF finding event on `quench.findings.ocsf`
+/// (mapped by [`quench_proto::ocsf::parse`], which names the OCSF attribute it could not map),
+/// a Finding v1 on every other `quench.findings.<kind>`. Either is checked and redacted alike.
+fn parse_finding(subject: &str, payload: &[u8]) -> Result<Finding, quench_proto::ParseError> {
+    if subject == subject::FINDINGS_OCSF {
+        quench_proto::ocsf::parse(payload, quench_proto::ocsf::MAX_OCSF_BYTES)
+    } else {
+        Finding::parse(payload, DEFAULT_MAX_FINDING_BYTES)
+    }
 }
 
 /// Why a message is refused: a short stable code (header prefix and metric label) and the

@@ -15,6 +15,7 @@ mod events;
 pub(crate) mod intake;
 pub(crate) mod inventory;
 mod nats;
+mod ocsf;
 pub(crate) mod playbooks;
 mod publish;
 pub mod up;
@@ -297,6 +298,14 @@ pub async fn serve_with(
         stop.clone(),
     ));
     tasks.spawn(intake::decisions(decisions, intake, stop.clone()));
+    let records = ocsf::consumer(&jetstream).await?;
+    tasks.spawn(
+        ocsf::Emitter {
+            jetstream: jetstream.clone(),
+            engine: engine.clone(),
+        }
+        .run(records, stop.clone()),
+    );
     tasks.spawn({
         let (engine, stop) = (engine.clone(), stop.clone());
         async move { engine.run_timers(stop).await }

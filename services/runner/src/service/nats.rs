@@ -16,6 +16,9 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * 60 * 60);
 /// Most bytes the dead-letter stream keeps.
 const DLQ_MAX_BYTES: i64 = 1 << 30;
 
+/// Most bytes the OCSF records stream keeps.
+const OCSF_MAX_BYTES: i64 = 1 << 30;
+
 /// Connects as `quench` with the configured credentials; fails fast, naming the URL, when NATS
 /// is not there.
 pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, Error> {
@@ -52,6 +55,23 @@ pub async fn ensure_streams(jetstream: &jetstream::Context, url: &str) -> Result
             duplicate_window: Duration::from_secs(10 * 60),
             max_age: Duration::from_secs(30 * 24 * 3600),
             description: Some("quench run events for SIEMs and other systems".to_owned()),
+            ..Default::default()
+        },
+        stream::Config {
+            name: subject::STREAM_OCSF.to_owned(),
+            subjects: vec![subject::OCSF_ALL.to_owned()],
+            storage: stream::StorageType::File,
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            // Bounded like the dead letters: past this size the oldest records go.
+            max_bytes: OCSF_MAX_BYTES,
+            discard: stream::DiscardPolicy::Old,
+            // A record published again after a crash (its event not yet acknowledged) is
+            // dropped: its id is its event's.
+            duplicate_window: Duration::from_secs(10 * 60),
+            description: Some(
+                "OCSF records of what quench did (Remediation Activity, Detection Finding updates)"
+                    .to_owned(),
+            ),
             ..Default::default()
         },
         stream::Config {
