@@ -59,6 +59,68 @@ fn signature_cases(
     ]
 }
 
+/// `/webhooks/ocsf` takes one OCSF finding event signed like a finding: the Security Hub-shaped
+/// sample is mapped and published as the finding it maps to, the same signature is not admitted
+/// again, and an event that cannot be mapped is
+/// refused with 422 naming the OCSF attribute, publishing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_ocsf_findings_are_mapped_and_published() {
+    let world = World::start("").await;
+    let url = world.gateway.url("/webhooks/ocsf");
+    let path =
+        crate::support::root().join("tests/fixtures/ocsf/securityhub-detection-finding.json");
+    let body = std::fs::read_to_string(path).expect("fixture");
+    let uid =
+        "arn:aws:securityhub:us-east-1:123456789012:finding/7f1c2b4e-0d1a-4c55-9a3e-openai-key";
+
+    let ts = now();
+    let (status, reply, _) = answer(findings_request(&url, &body, ts, FINDINGS_SECRET)).await;
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(
+        reply,
+        json!({"status": "published", "id": uid, "key": "openai.api_key.leaked:key_leaked0001",
+               "subject": "quench.findings.openai.api_key.leaked", "duplicate": false})
+    );
+    let findings = world.findings().await;
+    assert_eq!(findings.len(), 1);
+    assert_eq!(findings[0].msg_id.as_deref(), Some(uid));
+    assert_eq!(findings[0].payload["schema"], "quench.finding/v1");
+    assert_eq!(findings[0].payload["resource"]["id"], "key_leaked0001");
+    let (status, _, _) = answer(findings_request(&url, &body, ts, FINDINGS_SECRET)).await;
+    assert_eq!(status, 409, "a signature is admitted once");
+
+    let mut unmappable: Value = serde_json::from_str(&body).expect("JSON");
+    unmappable["class_uid"] = json!(4001);
+    let (status, reply, _) = answer(findings_request(
+        &url,
+        &unmappable.to_string(),
+        now(),
+        FINDINGS_SECRET,
+    ))
+    .await;
+    assert_eq!(status, 422, "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("`class_uid`")),
+        "{reply}"
+    );
+    refused([
+        ("unsigned", http().post(&url).body(body.clone()), 401),
+        (
+            "signed with another secret",
+            findings_request(&url, &body, now(), "not-the-secret"),
+            401,
+        ),
+    ])
+    .await;
+    assert_eq!(
+        world.findings().await.len(),
+        1,
+        "nothing more was published"
+    );
+}
+
 /// One stored message: subject, `Nats-Msg-Id`, payload.
 #[derive(Debug, Clone)]
 struct Stored {

@@ -20,7 +20,7 @@ pub use audit::{
 pub use gateway::{
     github_event, github_signature, signed_finding, slack_interaction, slack_signature,
 };
-pub use proto::{decision, finding, redact};
+pub use proto::{decision, finding, ocsf_finding, redact};
 pub use runner::{config, playbook, template};
 
 /// A target's body: panics when the input breaks a property.
@@ -29,6 +29,7 @@ pub type Target = fn(&[u8]);
 /// Every target by name: the name is the cargo-fuzz binary and the corpus directory.
 pub const TARGETS: &[(&str, Target)] = &[
     ("finding", finding),
+    ("ocsf_finding", ocsf_finding),
     ("decision", decision),
     ("redact", redact),
     ("playbook", playbook),

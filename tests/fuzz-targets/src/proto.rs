@@ -15,6 +15,17 @@ pub fn finding(data: &[u8]) {
     message(data, parse_finding, check_finding);
 }
 
+/// An OCSF finding event as `quench.findings.ocsf` or `/webhooks/ocsf` delivers it (the whole
+/// input is the body): what the mapping accepts is a finding with the properties of [`finding`]
+/// (valid, nothing key-shaped, re-parses to itself as Finding v1), and an error holds no key.
+pub fn ocsf_finding(data: &[u8]) {
+    message(data, parse_ocsf, check_finding);
+}
+
+fn parse_ocsf(bytes: &[u8]) -> Result<Finding, ParseError> {
+    quench_proto::ocsf::parse(bytes, quench_proto::ocsf::MAX_OCSF_BYTES)
+}
+
 /// A decision as NATS delivers it: same properties as [`finding`].
 pub fn decision(data: &[u8]) {
     message(data, Decision::parse, check_decision);
