@@ -532,8 +532,14 @@ fn make_copy(
     touched: &Touched,
     stop: &AtomicBool,
 ) -> Result<(::sled::Db, u64), Error> {
+    let started = Instant::now();
     copy_into(old, &copy, stop)?;
     let live = copy.size_on_disk().map_err(sled_error)?;
+    tracing::debug!(
+        live_mib = live / (1024 * 1024),
+        seconds = started.elapsed().as_secs_f64(),
+        "compaction copied every live key"
+    );
     catch_up_in_rounds(old, &copy, touched, stop)?;
     if stop.load(Ordering::Relaxed) {
         return Ok((copy, live));
@@ -569,7 +575,15 @@ fn catch_up_in_rounds(
             return Ok(());
         }
         previous = keys.len();
+        let started = Instant::now();
         catch_up(old, copy, keys)?;
+        // What decides whether a compaction converges: a round must read its keys faster than
+        // commits touch new ones.
+        tracing::debug!(
+            keys = previous,
+            seconds = started.elapsed().as_secs_f64(),
+            "compaction catch-up round"
+        );
     }
     Ok(())
 }
