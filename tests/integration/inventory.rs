@@ -480,7 +480,7 @@ sha256 = "{sha}"
 
     // The unused key's finding reaches the shipped review playbook, once.
     let log = dir.path().join("serve.log");
-    let _print_log = scopeguard_log(&log);
+    let _print_log = support::print_log_on_failure(&log);
     support::eventually_async(Duration::from_secs(20), "the review run", || async {
         let (_, runs) = api_get(
             listen,
@@ -501,19 +501,6 @@ sha256 = "{sha}"
     )
     .await;
     assert_eq!(runs["runs"].as_array().map(Vec::len), Some(1), "{runs}");
-}
-
-/// Prints the service's log when the test fails after this point.
-fn scopeguard_log(log: &std::path::Path) -> impl Drop + '_ {
-    struct Guard<'a>(&'a std::path::Path);
-    impl Drop for Guard<'_> {
-        fn drop(&mut self) {
-            if std::thread::panicking() {
-                eprintln!("{}", std::fs::read_to_string(self.0).unwrap_or_default());
-            }
-        }
-    }
-    Guard(log)
 }
 
 /// The risks of `id`, by id.
