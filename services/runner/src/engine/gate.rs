@@ -551,7 +551,17 @@ impl Engine {
         step.output = if gate.per_item() {
             items_output(gate)
         } else {
-            json!({"choice": choice, "decided_by": decided_by, "via": via})
+            // What the deciding answers said besides their choice (e.g. why a tool stays on).
+            let comments: Vec<Value> = gate
+                .answers
+                .iter()
+                .filter(|answer| answer.choice == choice && answer.item.is_none())
+                .filter_map(|answer| {
+                    let comment = answer.comment.as_deref()?.trim();
+                    (!comment.is_empty()).then(|| json!({"by": answer.actor, "comment": comment}))
+                })
+                .collect();
+            json!({"choice": choice, "decided_by": decided_by, "via": via, "comments": comments})
         };
         step.finished_at = Some(now);
         run.status = RunStatus::Running;
