@@ -1,3 +1,7 @@
+//! Campaigns over a store of their own: parts per owner, scopes and their refusals, the
+//! findings parts become (valid, redacted, the same each time), what intake admits, and parts
+//! no run took.
+
 use proptest::prelude::*;
 
 use super::*;
