@@ -284,7 +284,7 @@ async fn a_campaign_asks_each_owner_once_and_survives_a_crash() {
     let listen = service.listen.clone();
     let listen = listen.as_str();
     let log = dir.path().join("serve.log");
-    let _print_log = print_log_on_failure(&log);
+    let _print_log = support::print_log_on_failure(&log);
 
     // Starting one is an editor's business, and a scope must name things that exist.
     let start = json!({"name": "2026-Q4 key review"});
@@ -567,19 +567,6 @@ fn slack_id(who: &str) -> &'static str {
     }
 }
 
-/// Prints the service's log when the test fails after this point.
-fn print_log_on_failure(log: &std::path::Path) -> impl Drop + '_ {
-    struct Guard<'a>(&'a std::path::Path);
-    impl Drop for Guard<'_> {
-        fn drop(&mut self) {
-            if std::thread::panicking() {
-                eprintln!("{}", std::fs::read_to_string(self.0).unwrap_or_default());
-            }
-        }
-    }
-    Guard(log)
-}
-
 /// A playbook starts a campaign (`campaign.start`): once, however often its step is made;
 /// naming an attestation playbook that is not loaded fails the step with what to do.
 #[tokio::test(flavor = "multi_thread")]
@@ -607,7 +594,7 @@ async fn a_playbook_starts_a_campaign() {
     let listen = service.listen.clone();
     let listen = listen.as_str();
     let log = dir.path().join("serve.log");
-    let _print_log = print_log_on_failure(&log);
+    let _print_log = support::print_log_on_failure(&log);
     let client = async_nats::connect(nats.url()).await.expect("nats");
     let jetstream = async_nats::jetstream::new(client);
     for (id, kind) in [("ask-1", "review.requested"), ("ask-2", "review.misnamed")] {

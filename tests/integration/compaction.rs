@@ -104,6 +104,12 @@ async fn a_compaction_keeps_every_key_and_value_and_shrinks_the_file() {
     assert_eq!(compacted.before_bytes, size_before);
     let size_after = store.size_on_disk().expect("size");
     assert_eq!(compacted.after_bytes, size_after);
+    // Nothing was written meanwhile: the live data is the whole copy.
+    assert!(
+        compacted.live_bytes > 0 && compacted.live_bytes <= size_after,
+        "live {} of {size_after} bytes",
+        compacted.live_bytes
+    );
     assert!(
         size_after * 4 < size_before,
         "the file shrinks to about its live data: {size_before} -> {size_after} bytes"

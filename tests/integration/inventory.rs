@@ -480,7 +480,7 @@ sha256 = "{sha}"
 
     // The unused key's finding reaches the shipped review playbook, once.
     let log = dir.path().join("serve.log");
-    let _print_log = scopeguard_log(&log);
+    let _print_log = support::print_log_on_failure(&log);
     support::eventually_async(Duration::from_secs(20), "the review run", || async {
         let (_, runs) = api_get(
             listen,
@@ -501,19 +501,6 @@ sha256 = "{sha}"
     )
     .await;
     assert_eq!(runs["runs"].as_array().map(Vec::len), Some(1), "{runs}");
-}
-
-/// Prints the service's log when the test fails after this point.
-fn scopeguard_log(log: &std::path::Path) -> impl Drop + '_ {
-    struct Guard<'a>(&'a std::path::Path);
-    impl Drop for Guard<'_> {
-        fn drop(&mut self) {
-            if std::thread::panicking() {
-                eprintln!("{}", std::fs::read_to_string(self.0).unwrap_or_default());
-            }
-        }
-    }
-    Guard(log)
 }
 
 /// The risks of `id`, by id.
@@ -740,6 +727,38 @@ async fn a_pass_killed_midway_is_done_again_once() {
     }
 }
 
+/// The fake's small organization, synced once by an inventory whose `prod-*` class denies mcp
+/// and web_search and allows the data retention types given (any when none).
+async fn prod_class(
+    data_retention: &[&str],
+) -> (
+    OpenAiFake,
+    support::openai_fake::OrgSummary,
+    OpenAi,
+    Inventory,
+) {
+    let fake = OpenAiFake::start().await;
+    let summary = fake.seed_org(&support::openai_fake::OrgSpec::small().at(NOW));
+    fake.set_now(NOW);
+    let openai = client(&fake);
+    let mut policy = Policy::default();
+    policy.projects.push(
+        quench_runner::inventory::risk::ProjectRule::new(quench_common::config::ProjectClass {
+            matches: "prod-*".to_owned(),
+            deny_tools: vec!["mcp".to_owned(), "web_search".to_owned()],
+            data_retention: data_retention
+                .iter()
+                .map(|kind| (*kind).to_owned())
+                .collect(),
+            require_model_allow_list: false,
+        })
+        .expect("the glob compiles"),
+    );
+    let inventory = Inventory::new(Store::temporary().expect("store"), policy);
+    sync(&inventory, &openai, now()).await;
+    (fake, summary, openai, inventory)
+}
+
 /// Data exposure and drift: a `[[policy.projects]]` class for `prod-*` (no mcp, no web_search,
 /// zero data retention) makes every prod project the fake seeded with mcp or web_search on, or
 /// without zero retention, a `data_exposure` risk naming the setting and the rule, and its
@@ -747,24 +766,9 @@ async fn a_pass_killed_midway_is_done_again_once() {
 /// setting never read is not.
 #[tokio::test]
 async fn data_exposure_and_drift() {
-    use crate::support::openai_fake::{OrgSpec, Setting};
-    use quench_runner::inventory::{Kind, risk};
-    let fake = OpenAiFake::start().await;
-    let summary = fake.seed_org(&OrgSpec::small().at(NOW));
-    fake.set_now(NOW);
-    let openai = client(&fake);
-    let mut policy = Policy::default();
-    policy.projects.push(
-        risk::ProjectRule::new(quench_common::config::ProjectClass {
-            matches: "prod-*".to_owned(),
-            deny_tools: vec!["mcp".to_owned(), "web_search".to_owned()],
-            data_retention: vec!["zero_data_retention".to_owned()],
-            require_model_allow_list: false,
-        })
-        .expect("the glob compiles"),
-    );
-    let inventory = Inventory::new(Store::temporary().expect("store"), policy);
-    sync(&inventory, &openai, now()).await;
+    use crate::support::openai_fake::Setting;
+    use quench_runner::inventory::Kind;
+    let (fake, summary, openai, inventory) = prod_class(&["zero_data_retention"]).await;
     let archived = |project: &String| summary.archived_projects.contains(project);
     let exposed: std::collections::BTreeSet<&String> = summary
         .prod_mcp_projects
@@ -919,4 +923,136 @@ async fn a_key_using_a_new_capability_is_drift() {
             .expect("due")
             .is_empty()
     );
+}
+
+/// The inventory's exposure and drift findings reach the shipped playbooks, with the real OpenAI
+/// connector: the evidence names the tools to turn off, so an owner's "turn_off" turns off
+/// exactly those in the project (the fake's settings), and the next pass sees the project keep
+/// to its class; a project someone fixed by hand gets a `resolved` finding that cancels its open
+/// run; each change is a drift finding whose question says what changed.
+#[tokio::test]
+async fn exposure_and_drift_reach_their_playbooks() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use crate::support::openai_fake::Setting;
+    use quench_proto::Finding;
+    use quench_runner::engine::RunStatus;
+    let (fake, summary, openai, inventory) = prod_class(&[]).await;
+    let publish = ["data_exposure".to_owned()];
+    let due = inventory
+        .findings_due(&publish, true, now(), 10_000)
+        .expect("due");
+    inventory.published(&due).await.expect("recorded");
+    let exposed: Vec<Finding> = due.iter().map(|out| out.finding.clone()).collect();
+    assert!(
+        exposed.len() >= 2,
+        "two exposed projects at least: {summary:?}"
+    );
+    let tools_on = |finding: &Finding| -> Vec<String> {
+        serde_json::from_value(finding.evidence["exposure"]["tools_on"].clone())
+            .expect("the evidence lists the tools")
+    };
+
+    let source = |name: &str| {
+        std::fs::read_to_string(support::root().join("workflows").join(name))
+            .expect("the shipped playbook")
+    };
+    let client = Arc::new(client(&fake));
+    let harness = support::Harness::build(
+        Store::temporary().expect("store"),
+        &[
+            &source("contain-project-data-exposure.yaml"),
+            &source("confirm-openai-drift.yaml"),
+        ],
+        support::start_time(),
+        BTreeMap::new(),
+        move |actions| quench_runner::connectors::openai::register(actions, client),
+        None,
+        |_| {},
+    )
+    .await;
+    let runs: Vec<String> = harness
+        .ingest(&exposed)
+        .await
+        .iter()
+        .map(support::started)
+        .collect();
+    let (answered, fixed) = ((&exposed[0], &runs[0]), (&exposed[1], &runs[1]));
+    let question = harness.gate(answered.1, "ask").question;
+    for tool in tools_on(answered.0) {
+        assert!(question.contains(&tool), "{question}");
+    }
+    assert!(question.contains("prod-*"), "{question}");
+
+    // Secops turns the denied tools off: the project's other tools stay as they were.
+    let before = fake
+        .hosted_tool_permissions(&answered.0.resource.id)
+        .expect("the project's tools");
+    harness
+        .answer(answered.1, "ask", "turn_off", "lead@example.com")
+        .await;
+    assert_eq!(harness.run(answered.1).status, RunStatus::Completed);
+    let after = fake
+        .hosted_tool_permissions(&answered.0.resource.id)
+        .expect("the project's tools");
+    for tool in quench_common::config::HOSTED_TOOLS {
+        let expected = if tools_on(answered.0).iter().any(|on| on == tool) {
+            json!({"enabled": false})
+        } else {
+            before[tool].clone()
+        };
+        assert_eq!(after[tool], expected, "{tool}: {before} → {after}");
+    }
+    // Someone turns the other project's tools off by hand.
+    for tool in tools_on(fixed.0) {
+        fake.change_setting(&fixed.0.resource.id, &Setting::hosted_tool(&tool, false));
+    }
+
+    sync(&inventory, &openai, now() + chrono::Duration::hours(1)).await;
+    let due = inventory
+        .findings_due(&publish, true, now(), 10_000)
+        .expect("due");
+    let kinds: BTreeMap<(String, String), String> = due
+        .iter()
+        .map(|out| {
+            (
+                (out.finding.kind.clone(), out.finding.resource.id.clone()),
+                format!("{:?}", out.finding.status).to_lowercase(),
+            )
+        })
+        .collect();
+    for project in [&answered.0.resource.id, &fixed.0.resource.id] {
+        let exposure = ("openai.project.data_exposure".to_owned(), project.clone());
+        assert_eq!(
+            kinds.get(&exposure).map(String::as_str),
+            Some("resolved"),
+            "{kinds:?}"
+        );
+        let drift = ("openai.project.drift".to_owned(), project.clone());
+        assert!(kinds.contains_key(&drift), "{kinds:?}");
+    }
+    let findings: Vec<Finding> = due.iter().map(|out| out.finding.clone()).collect();
+    let outcomes = harness.ingest(&findings).await;
+    assert_eq!(harness.run(fixed.1).status, RunStatus::Cancelled);
+    assert_eq!(harness.run(answered.1).status, RunStatus::Completed);
+    // Each drift's question says which tools went off.
+    for (finding, outcome) in findings.iter().zip(&outcomes) {
+        if finding.kind != "openai.project.drift" {
+            continue;
+        }
+        let run = support::started(outcome);
+        assert_eq!(harness.run(&run).playbook, "confirm-openai-drift");
+        let question = harness.gate(&run, "ask").question;
+        let source = exposed
+            .iter()
+            .find(|exposed| exposed.resource.id == finding.resource.id)
+            .expect("a project turned off");
+        let (_, off) = question
+            .split_once("turned off: ")
+            .expect("tools turned off");
+        for tool in tools_on(source) {
+            assert!(off.contains(&tool), "{question}");
+        }
+    }
 }

@@ -497,7 +497,12 @@ fn complete_facts(store: &Store, mut facts: KeyFacts) -> KeyFacts {
         facts.project_id = text("/facts/project_id");
     }
     if facts.project_name.is_none() {
-        facts.project_name = text("/facts/project_name");
+        // A project's own record names it; a key's or account's names its project.
+        facts.project_name = if identity.starts_with("project:") {
+            text("/facts/name")
+        } else {
+            text("/facts/project_name")
+        };
     }
     facts
 }
@@ -527,10 +532,15 @@ fn finding_facts(finding: Option<&Finding>) -> KeyFacts {
             .filter(|text| !text.is_empty())
             .map(str::to_owned)
     };
+    // A finding about a project is about its own project.
+    let project_id = match (&resource.project_id, resource.kind) {
+        (None, ResourceType::Project) => Some(resource.id.clone()),
+        (project_id, _) => project_id.clone(),
+    };
     KeyFacts {
         identities,
         user_email: text("owner_email").filter(|email| is_email(email)),
-        project_id: resource.project_id.clone(),
+        project_id,
         project_name: text("project_name"),
     }
 }
@@ -1157,6 +1167,10 @@ mod tests {
             ),
         );
         batch.put(
+            Key::Identity("project:proj_p"),
+            &serde_json::json!({"facts": {"name": "prod-data", "status": "active"}}),
+        );
+        batch.put(
             Key::Attributes("service_account:svc_9"),
             &Attributes {
                 owner: Some(Attribute {
@@ -1169,11 +1183,16 @@ mod tests {
         );
         store.commit(batch).await.expect("commit");
         let finding = |key: &str| {
+            let kind = if key.starts_with("proj_") {
+                "project"
+            } else {
+                "api_key"
+            };
             let value = serde_json::json!({
                 "schema": "quench.finding/v1", "id": format!("f-{key}"), "kind": "openai.api_key.leaked",
                 "severity": "high", "title": "t", "detected_at": "2026-01-05T08:00:00Z",
                 "source": {"scanner": "test"},
-                "resource": {"provider": "openai", "type": "api_key", "id": key}
+                "resource": {"provider": "openai", "type": kind, "id": key}
             });
             Finding::parse(
                 value.to_string().as_bytes(),
@@ -1204,6 +1223,17 @@ mod tests {
         );
         // Not in the inventory: the finding is all there is.
         assert_eq!(resolved("key_unknown").link, Link::Fallback);
+        // A project is its own project: its name (the inventory's) maps it to a team.
+        let project = resolved("proj_p");
+        assert_eq!(
+            (project.link, project.team.as_deref()),
+            (Link::Mapping, Some("platform"))
+        );
+        // By its id too, with no record of it.
+        assert_eq!(
+            resolved("proj_pay").recipient.as_deref(),
+            Some("team:payments")
+        );
     }
 
     /// One optional fact per link, as the strategy draws them.

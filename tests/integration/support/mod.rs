@@ -797,3 +797,16 @@ pub(crate) mod vault_fake;
 
 /// A Kubernetes API server (Secrets only) on loopback.
 pub(crate) mod kubernetes_fake;
+
+/// Prints a service's log when the test fails after this point (keep the guard alive).
+pub(crate) fn print_log_on_failure(log: &std::path::Path) -> impl Drop + '_ {
+    struct Guard<'a>(&'a std::path::Path);
+    impl Drop for Guard<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                eprintln!("{}", std::fs::read_to_string(self.0).unwrap_or_default());
+            }
+        }
+    }
+    Guard(log)
+}

@@ -50,6 +50,8 @@ const PART_EVIDENCE_BYTES: usize = 12 * 1024;
 pub const KEEP: &str = "keep";
 /// The answer that passes an identity to the owner chain's next link.
 pub const NOT_MINE: &str = "not_mine";
+/// A part published this long ago with no run found counts as `not_started`.
+const NOT_STARTED_AFTER: chrono::Duration = chrono::Duration::minutes(2);
 /// Runs examined when a part's run is looked for among recent runs.
 const RUN_SCAN_BUDGET: usize = 5_000;
 
@@ -189,6 +191,9 @@ pub struct Counts {
     pub closed: usize,
     /// Nobody to ask.
     pub unassigned: usize,
+    /// Published, but no run took it (the attestation playbook was disabled or unloaded).
+    #[serde(default)]
+    pub not_started: usize,
 }
 
 /// One identity's place in a campaign.
@@ -198,7 +203,8 @@ pub struct ItemRow {
     pub part: u32,
     pub owner: String,
     pub team: Option<String>,
-    /// `pending`, `answered`, `defaulted`, `reassigned`, `closed` or `unassigned`.
+    /// `pending`, `answered`, `defaulted`, `reassigned`, `closed`, `not_started` or
+    /// `unassigned`.
     pub state: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub choice: Option<String>,
@@ -754,6 +760,15 @@ impl Campaigns {
                     Some(decision) if decision.defaulted => "defaulted",
                     Some(_) => "answered",
                     None if part.ended_at.is_some() => "closed",
+                    // Published a while ago and no run took it: the playbook was disabled or
+                    // unloaded since the campaign started (intake found no match for it).
+                    None if part.run.is_none()
+                        && part
+                            .published_at
+                            .is_some_and(|at| Utc::now() - at > NOT_STARTED_AFTER) =>
+                    {
+                        "not_started"
+                    }
                     None => "pending",
                 };
                 for counts in [
@@ -832,6 +847,7 @@ fn count(counts: &mut Counts, state: &str) {
         "pending" => counts.pending += 1,
         "reassigned" => counts.reassigned += 1,
         "closed" => counts.closed += 1,
+        "not_started" => counts.not_started += 1,
         _ => counts.unassigned += 1,
     }
 }

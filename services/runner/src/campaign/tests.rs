@@ -1,3 +1,7 @@
+//! Campaigns over a store of their own: parts per owner, scopes and their refusals, the
+//! findings parts become (valid, redacted, the same each time), what intake admits, and parts
+//! no run took.
+
 use proptest::prelude::*;
 
 use super::*;
@@ -147,6 +151,38 @@ async fn keys_are_grouped_by_their_owner_in_parts_of_at_most_twenty() {
         .expect("audit")
         .0;
     assert_eq!(audit.len(), 1);
+}
+
+/// A part no run took (its playbook disabled after the start) says so, rather than pending.
+#[tokio::test]
+async fn a_part_no_run_took_is_not_started() {
+    let campaigns = campaigns(&[identity("key_a", Some("ann@example.com"), "proj_lab")]).await;
+    let campaign = campaigns
+        .start(&start("Q4", Scope::default()), &actor(), Utc::now())
+        .await
+        .expect("started");
+    let state = |campaigns: &Campaigns| {
+        let progress = campaigns
+            .progress(&campaign.id)
+            .expect("store")
+            .expect("found");
+        progress.items[0].state.clone()
+    };
+    assert_eq!(state(&campaigns), "pending");
+    let outgoing = campaigns.unpublished(10).expect("store");
+    assert_eq!(outgoing.len(), 1);
+    campaigns
+        .published(&outgoing, Utc::now() - chrono::Duration::minutes(5))
+        .await
+        .expect("recorded");
+    assert!(campaigns.unpublished(10).expect("store").is_empty());
+    campaigns.reconcile(Utc::now()).await.expect("reconcile");
+    assert_eq!(state(&campaigns), "not_started");
+    let progress = campaigns
+        .progress(&campaign.id)
+        .expect("store")
+        .expect("found");
+    assert_eq!(progress.totals.not_started, 1);
 }
 
 /// Intake takes a campaign's part only as the campaign made it.

@@ -1760,7 +1760,7 @@ pub(super) fn campaign(command: &CampaignCommand, out: &mut dyn Write, err: &mut
             counts.pending.to_string(),
             counts.defaulted.to_string(),
             counts.reassigned.to_string(),
-            (counts.closed + counts.unassigned).to_string(),
+            (counts.closed + counts.unassigned + counts.not_started).to_string(),
         ]
     };
     const COUNTS: [&str; 7] = [

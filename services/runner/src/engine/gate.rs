@@ -407,45 +407,39 @@ impl Engine {
             .iter()
             .filter(|answer| answer.choice == decision.choice && answer.item == decision.item)
             .collect();
-        let outcome = if let Some(item) = &decision.item {
-            if agreeing.len() as u32 >= gate.quorum {
-                let decided_by = agreeing.iter().map(|answer| answer.actor.clone()).collect();
-                gate.item_decisions.insert(
-                    item.clone(),
-                    ItemDecision {
+        let outcome = if agreeing.len() as u32 >= gate.quorum {
+            let decided_by: Vec<String> =
+                agreeing.iter().map(|answer| answer.actor.clone()).collect();
+            match &decision.item {
+                Some(item) => {
+                    gate.item_decisions.insert(
+                        item.clone(),
+                        ItemDecision {
+                            choice: decision.choice.clone(),
+                            decided_by,
+                            decided_at: now,
+                            via: via_name(decision),
+                            comment: decision.comment.clone(),
+                            defaulted: false,
+                        },
+                    );
+                    if gate.undecided().next().is_none() {
+                        let decided = items_decided(&gate, now);
+                        self.decide_gate(&mut run, &mut gate, decided, &mut tx);
+                    } else if !gate.messages.is_empty() {
+                        self.notice(&mut tx, &run, &step, NoticeKind::Progress, Vec::new(), now);
+                    }
+                }
+                None => {
+                    let decided = GateDecision {
                         choice: decision.choice.clone(),
                         decided_by,
                         decided_at: now,
                         via: via_name(decision),
-                        comment: decision.comment.clone(),
-                        defaulted: false,
-                    },
-                );
-                if gate.undecided().next().is_none() {
-                    let decided = items_decided(&gate, now);
+                    };
                     self.decide_gate(&mut run, &mut gate, decided, &mut tx);
-                } else if !gate.messages.is_empty() {
-                    self.notice(&mut tx, &run, &step, NoticeKind::Progress, Vec::new(), now);
-                }
-                DecisionOutcome::Decided {
-                    choice: decision.choice.clone(),
-                }
-            } else {
-                DecisionOutcome::Recorded {
-                    choice: decision.choice.clone(),
-                    answers: agreeing.len(),
-                    quorum: gate.quorum,
                 }
             }
-        } else if agreeing.len() as u32 >= gate.quorum {
-            let decided_by = agreeing.iter().map(|answer| answer.actor.clone()).collect();
-            let decided = GateDecision {
-                choice: decision.choice.clone(),
-                decided_by,
-                decided_at: now,
-                via: via_name(decision),
-            };
-            self.decide_gate(&mut run, &mut gate, decided, &mut tx);
             DecisionOutcome::Decided {
                 choice: decision.choice.clone(),
             }
@@ -557,7 +551,17 @@ impl Engine {
         step.output = if gate.per_item() {
             items_output(gate)
         } else {
-            json!({"choice": choice, "decided_by": decided_by, "via": via})
+            // What the deciding answers said besides their choice (e.g. why a tool stays on).
+            let comments: Vec<Value> = gate
+                .answers
+                .iter()
+                .filter(|answer| answer.choice == choice && answer.item.is_none())
+                .filter_map(|answer| {
+                    let comment = answer.comment.as_deref()?.trim();
+                    (!comment.is_empty()).then(|| json!({"by": answer.actor, "comment": comment}))
+                })
+                .collect();
+            json!({"choice": choice, "decided_by": decided_by, "via": via, "comments": comments})
         };
         step.finished_at = Some(now);
         run.status = RunStatus::Running;

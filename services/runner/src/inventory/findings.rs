@@ -87,14 +87,15 @@ fn finding_id(identity: &str, risk: &str, episode: u64, suffix: &str) -> String 
     format!("inventory-{}{suffix}", &hex::encode(digest)[..32])
 }
 
-/// The finding for `risk` of `identity`, open or resolved.
+/// The finding for `risk` of `identity`, open or resolved, of the `(kind, key)` [`shape`] gives;
+/// `exposure` is how a project breaks its class (an open `data_exposure`), its evidence.
 fn finding(
     identity: &Identity,
     risk: &Risk,
-    kind: &str,
-    key: &str,
+    (kind, key): (&str, &str),
     id: String,
     resolved: bool,
+    exposure: Option<&risk::Exposure>,
     now: DateTime<Utc>,
 ) -> Result<Finding, String> {
     let facts = &identity.facts;
@@ -114,6 +115,12 @@ fn finding(
         (Kind::AdminKey, None) => "admin_key",
         (Kind::Project, None) => "project",
         _ => "api_key",
+    };
+    // A project is its own project (as the owner chain and the project actions read it).
+    let project_id = if identity.kind == Kind::Project {
+        Some(identity.openai_id.clone())
+    } else {
+        facts.project_id.clone()
     };
     let severity = match risk.id.as_str() {
         risk::OWNER_LEFT | risk::UNRESTRICTED_SCOPES | risk::ADMIN_KEY | risk::DATA_EXPOSURE => {
@@ -147,12 +154,13 @@ fn finding(
             "type": resource_type,
             "id": service_account.clone().unwrap_or_else(|| identity.openai_id.clone()),
             "name": if service_account.is_some() { facts.owner.as_ref().and_then(|owner| owner.name.clone()) } else { facts.name.clone() },
-            "project_id": facts.project_id,
+            "project_id": project_id,
             "redacted_value": facts.redacted_value,
             "last_used_at": facts.last_used_at.map(|at| at.to_rfc3339()),
         },
         "evidence": {
             "settings": settings_evidence(identity),
+            "exposure": exposure,
             "key_id": (identity.kind != Kind::Project).then(|| identity.openai_id.clone()),
             "last_used_at": facts.last_used_at.map(|at| at.to_rfc3339()),
             "risk": risk.id,
@@ -219,15 +227,9 @@ fn drift_finding(
             .iter()
             .filter_map(|field| change.fields.get(*field))
             .flat_map(|change| {
-                let before: Vec<Value> = change.from.as_array().cloned().unwrap_or_default();
-                change
-                    .to
-                    .as_array()
-                    .cloned()
+                added_removed(change)
+                    .map(|(added, _)| added)
                     .unwrap_or_default()
-                    .into_iter()
-                    .filter(move |family| !before.contains(family))
-                    .filter_map(|family| family.as_str().map(str::to_owned))
             })
             .collect();
         (
@@ -242,7 +244,14 @@ fn drift_finding(
     let changes: serde_json::Map<String, Value> = change
         .fields
         .iter()
-        .map(|(field, change)| (field.clone(), json!({"from": change.from, "to": change.to})))
+        .map(|(field, change)| {
+            let mut entry = json!({"from": change.from, "to": change.to});
+            if let Some((added, removed)) = added_removed(change) {
+                entry["added"] = json!(added);
+                entry["removed"] = json!(removed);
+            }
+            (field.clone(), entry)
+        })
         .collect();
     let mut value = json!({
         "schema": "quench.finding/v1",
@@ -274,6 +283,44 @@ fn drift_finding(
     strip_nulls(&mut value);
     let bytes = serde_json::to_vec(&value).map_err(|error| error.to_string())?;
     Finding::parse(&bytes, DEFAULT_MAX_FINDING_BYTES).map_err(|error| error.to_string())
+}
+
+/// For a setting that is a set — a list of names (`capabilities`, `model_families`,
+/// `certificates`), or names that are on (`hosted_tools`: tool → on) — what `to` has that
+/// `from` had not, and the reverse, each in order; `None` for other settings (`data_retention`,
+/// `model_policy`), whose `from` and `to` say it all. Never longer than `from` and `to`.
+fn added_removed(change: &super::FieldChange) -> Option<(Vec<String>, Vec<String>)> {
+    fn members(value: &Value) -> Option<Vec<String>> {
+        match value {
+            Value::Array(items) => items
+                .iter()
+                .map(|item| item.as_str().map(str::to_owned))
+                .collect(),
+            Value::Object(map) => map
+                .iter()
+                .map(|(name, on)| on.as_bool().map(|on| on.then(|| name.clone())))
+                .collect::<Option<Vec<_>>>()
+                .map(|names| names.into_iter().flatten().collect()),
+            _ => None,
+        }
+    }
+    // A set emptied (or first filled) is absent on that side: facts leave empty sets out.
+    let set = |value: &Value| match value {
+        Value::Null => Some(Vec::new()),
+        value => members(value),
+    };
+    if change.from.is_null() && change.to.is_null() {
+        return None;
+    }
+    let (from, to) = (set(&change.from)?, set(&change.to)?);
+    let only = |these: &[String], those: &[String]| -> Vec<String> {
+        these
+            .iter()
+            .filter(|name| !those.contains(name))
+            .cloned()
+            .collect()
+    };
+    Some((only(&to, &from), only(&from, &to)))
 }
 
 /// The record name of the drift finding for history entry `seq`.
@@ -329,7 +376,18 @@ impl Inventory {
                     (Some(risk), None) => {
                         let episode = record.as_ref().map_or(1, |record| record.episode + 1);
                         let id = finding_id(&identity.id, wanted, episode, "");
-                        match finding(&identity, risk, &kind, &key, id.clone(), false, now) {
+                        let exposure = (risk.id == risk::DATA_EXPOSURE)
+                            .then(|| risk::exposure(&identity, &self.policy))
+                            .flatten();
+                        match finding(
+                            &identity,
+                            risk,
+                            (&kind, &key),
+                            id.clone(),
+                            false,
+                            exposure.as_ref(),
+                            now,
+                        ) {
                             Ok(finding) => out.push(Outgoing {
                                 identity: identity.id.clone(),
                                 risk: wanted.clone(),
@@ -353,7 +411,7 @@ impl Inventory {
                             fact: "no longer the case".to_owned(),
                         };
                         let id = finding_id(&identity.id, wanted, open.episode, "-resolved");
-                        match finding(&identity, &gone, &open.kind, &key, id, true, now) {
+                        match finding(&identity, &gone, (&open.kind, &key), id, true, None, now) {
                             Ok(finding) => out.push(Outgoing {
                                 identity: identity.id.clone(),
                                 risk: wanted.clone(),
@@ -438,5 +496,53 @@ impl Inventory {
         }
         self.store.commit(batch).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::added_removed;
+    use crate::inventory::FieldChange;
+
+    fn change(from: Value, to: Value) -> Option<(Vec<String>, Vec<String>)> {
+        added_removed(&FieldChange { from, to })
+    }
+
+    /// Sets say what came and went; other settings, and values that are not sets of names
+    /// (whatever a server sent), say nothing beyond their `from` and `to`.
+    #[test]
+    fn added_and_removed_of_a_set_setting() {
+        let names = |names: &[&str]| names.iter().map(|name| (*name).to_owned()).collect();
+        assert_eq!(
+            change(
+                json!({"mcp": false, "web_search": true}),
+                json!({"mcp": true, "web_search": false, "file_search": false})
+            ),
+            Some((names(&["mcp"]), names(&["web_search"])))
+        );
+        assert_eq!(
+            change(json!(["completions"]), json!(["completions", "images"])),
+            Some((names(&["images"]), names(&[])))
+        );
+        assert_eq!(
+            change(json!(["cert_1"]), Value::Null),
+            Some((names(&[]), names(&["cert_1"])))
+        );
+        assert_eq!(
+            change(json!("organization_default"), json!("zero_data_retention")),
+            None
+        );
+        assert_eq!(
+            change(
+                json!({"mode": "allow_list", "model_ids": ["gpt-4o"]}),
+                json!({"mode": "deny_list", "model_ids": []})
+            ),
+            None
+        );
+        assert_eq!(change(json!([1, 2]), json!(["a"])), None);
+        assert_eq!(change(json!({"mcp": "yes"}), json!({"mcp": true})), None);
+        assert_eq!(change(Value::Null, Value::Null), None);
     }
 }

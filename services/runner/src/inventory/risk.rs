@@ -192,51 +192,94 @@ fn days(duration: Duration) -> String {
     format!("{}d", duration.num_days())
 }
 
-/// What a project does that its class forbids, in words, naming the rule; `None` when it
-/// keeps to it (or no class matches, or its settings could not be read).
-fn data_exposure(project: &Identity, policy: &Policy) -> Option<String> {
+/// How a project breaks its `[[policy.projects]]` class: the `data_exposure` risk says it in
+/// words ([`Exposure::fact`]), its finding carries it as `evidence.exposure`, so a playbook acts
+/// on the settings (which tools to turn off) without reading the text. Bounded: at most the five
+/// hosted tools, the retention types the config knows, and the class's glob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Exposure {
+    /// The class broken: its `match` glob (at most 200 characters).
+    pub class: String,
+    /// Hosted tools the class denies that are on, in the spec's order; empty when none.
+    pub tools_on: Vec<String>,
+    /// The project's data retention type, when the class does not allow it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_retention: Option<String>,
+    /// The retention types the class allows (set with `data_retention`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_retention: Vec<String>,
+    /// The project's model policy mode (`deny_list`), when the class requires an allow list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_policy: Option<String>,
+}
+
+impl Exposure {
+    /// What the project does that its class forbids, in words, naming the rule.
+    pub fn fact(&self) -> String {
+        let mut broken = Vec::new();
+        if !self.tools_on.is_empty() {
+            broken.push(format!(
+                "hosted tools on: {} (denied)",
+                self.tools_on.join(", ")
+            ));
+        }
+        if let Some(retention) = &self.data_retention {
+            broken.push(format!(
+                "data retention is {retention} (allowed: {})",
+                self.allowed_retention.join(", ")
+            ));
+        }
+        if let Some(mode) = &self.model_policy {
+            broken.push(format!("models by {mode} (an allow list is required)"));
+        }
+        format!(
+            "{}; policy project class `{}`",
+            broken.join("; "),
+            self.class
+        )
+    }
+}
+
+/// How `project` breaks the first class it matches; `None` when it keeps to it (or no class
+/// matches, or its settings could not be read).
+pub fn exposure(project: &Identity, policy: &Policy) -> Option<Exposure> {
+    if project.kind != Kind::Project {
+        return None;
+    }
     let facts = &project.facts;
     let rule = policy
         .projects
         .iter()
         .find(|rule| rule.matches(&project.openai_id, facts.name.as_deref()))?;
     let class = &rule.class;
-    let mut broken = Vec::new();
-    let on: Vec<&str> = class
-        .deny_tools
+    let tools_on: Vec<String> = quench_common::config::HOSTED_TOOLS
         .iter()
-        .filter(|tool| facts.hosted_tools.get(tool.as_str()) == Some(&true))
-        .map(String::as_str)
+        .filter(|tool| class.deny_tools.iter().any(|denied| denied == *tool))
+        .filter(|tool| facts.hosted_tools.get(**tool) == Some(&true))
+        .map(|tool| (*tool).to_owned())
         .collect();
-    if !on.is_empty() {
-        broken.push(format!("hosted tools on: {} (denied)", on.join(", ")));
-    }
-    if !class.data_retention.is_empty()
-        && let Some(retention) = &facts.data_retention
-        && !class.data_retention.contains(retention)
-    {
-        broken.push(format!(
-            "data retention is {retention} (allowed: {})",
-            class.data_retention.join(", ")
-        ));
-    }
-    if class.require_model_allow_list
-        && let Some(models) = &facts.model_policy
-        && models.mode != "allow_list"
-    {
-        broken.push(format!(
-            "models by {} (an allow list is required)",
-            models.mode
-        ));
-    }
-    if broken.is_empty() {
+    let data_retention = facts.data_retention.clone().filter(|retention| {
+        !class.data_retention.is_empty() && !class.data_retention.contains(retention)
+    });
+    let model_policy = facts
+        .model_policy
+        .as_ref()
+        .filter(|models| class.require_model_allow_list && models.mode != "allow_list")
+        .map(|models| models.mode.clone());
+    if tools_on.is_empty() && data_retention.is_none() && model_policy.is_none() {
         return None;
     }
-    Some(format!(
-        "{}; policy project class `{}`",
-        broken.join("; "),
-        class.matches
-    ))
+    Some(Exposure {
+        class: class.matches.chars().take(200).collect(),
+        tools_on,
+        allowed_retention: if data_retention.is_some() {
+            class.data_retention.clone()
+        } else {
+            Vec::new()
+        },
+        data_retention,
+        model_policy,
+    })
 }
 
 /// The risks of `identity` at `now` under `policy`. A deleted identity has none.
@@ -337,9 +380,9 @@ pub fn assess(
     }
     if identity.kind == Kind::Project
         && facts.status.as_deref() != Some("archived")
-        && let Some(fact) = data_exposure(identity, policy)
+        && let Some(exposure) = exposure(identity, policy)
     {
-        risk(DATA_EXPOSURE, fact);
+        risk(DATA_EXPOSURE, exposure.fact());
     }
     if identity.kind == Kind::AdminKey {
         risk(
@@ -420,6 +463,73 @@ mod tests {
         let mut deleted = stale;
         deleted.deleted_at = Some(now);
         assert!(assess(&deleted, &policy, &Context::default(), now).is_empty());
+    }
+
+    /// A project breaking its class: the tools to turn off (denied and on, each once, in the
+    /// spec's order), the retention not allowed, the missing allow list; the fact says the same.
+    #[test]
+    fn an_exposure_is_structured_and_its_fact_says_it() {
+        use crate::inventory::ModelPolicy;
+        let now = DateTime::from_timestamp(1_800_000_000, 0).expect("time");
+        let class = quench_common::config::ProjectClass {
+            matches: "prod-*".to_owned(),
+            deny_tools: vec!["mcp".to_owned(), "web_search".to_owned(), "mcp".to_owned()],
+            data_retention: vec!["zero_data_retention".to_owned()],
+            require_model_allow_list: true,
+        };
+        let policy = Policy {
+            projects: vec![ProjectRule::new(class).expect("glob")],
+            ..Policy::default()
+        };
+        let mut project = key(Facts {
+            name: Some("prod-web".to_owned()),
+            hosted_tools: [("mcp", true), ("web_search", true), ("file_search", true)]
+                .into_iter()
+                .map(|(tool, on)| (tool.to_owned(), on))
+                .collect(),
+            data_retention: Some("organization_default".to_owned()),
+            model_policy: Some(ModelPolicy {
+                mode: "deny_list".to_owned(),
+                model_ids: Vec::new(),
+            }),
+            ..Facts::default()
+        });
+        project.kind = Kind::Project;
+        project.openai_id = "proj_1".to_owned();
+        let exposure = exposure(&project, &policy).expect("exposed");
+        assert_eq!(exposure.tools_on, ["web_search", "mcp"]);
+        assert_eq!(
+            exposure.data_retention.as_deref(),
+            Some("organization_default")
+        );
+        assert_eq!(exposure.allowed_retention, ["zero_data_retention"]);
+        assert_eq!(exposure.model_policy.as_deref(), Some("deny_list"));
+        assert_eq!(
+            exposure.fact(),
+            "hosted tools on: web_search, mcp (denied); data retention is organization_default \
+             (allowed: zero_data_retention); models by deny_list (an allow list is required); \
+             policy project class `prod-*`"
+        );
+        let risks = assess(&project, &policy, &Context::default(), now);
+        assert_eq!(risks.last().map(|risk| &risk.fact), Some(&exposure.fact()));
+
+        // Only the tools: nothing else is named, in the evidence or the fact.
+        project.facts.data_retention = Some("zero_data_retention".to_owned());
+        project.facts.model_policy = None;
+        let exposure = super::exposure(&project, &policy).expect("exposed");
+        assert_eq!(
+            serde_json::to_value(&exposure).expect("json"),
+            serde_json::json!({"class": "prod-*", "tools_on": ["web_search", "mcp"]})
+        );
+        // Keeping to the class, a project outside it, and a key are not exposed.
+        project.facts.hosted_tools.clear();
+        assert_eq!(super::exposure(&project, &policy), None);
+        project.facts.hosted_tools.insert("mcp".to_owned(), true);
+        project.facts.name = Some("dev-web".to_owned());
+        assert_eq!(super::exposure(&project, &policy), None);
+        project.facts.name = Some("prod-web".to_owned());
+        project.kind = Kind::ProjectKey;
+        assert_eq!(super::exposure(&project, &policy), None);
     }
 
     #[test]

@@ -33,17 +33,9 @@ impl Follow {
             .campaigns
             .unpublished(PUBLISH_PER_ROUND)
             .map_err(|error| error.to_string())?;
-        let mut sent = Vec::with_capacity(due.len());
-        let mut failed = None;
-        for outgoing in due {
-            match super::publish::publish(&self.jetstream, &outgoing.finding).await {
-                Ok(_) => sent.push(outgoing),
-                Err(error) => {
-                    failed = Some(error);
-                    break;
-                }
-            }
-        }
+        let (sent, failed) =
+            super::publish::publish_in_order(&self.jetstream, due, |outgoing| &outgoing.finding)
+                .await;
         // What went out is recorded even when a later publish failed.
         self.campaigns
             .published(&sent, Utc::now())

@@ -106,17 +106,11 @@ impl Sync {
                 return Ok(total);
             }
             let more = due.len() >= PUBLISH_PER_ROUND;
-            let mut sent = Vec::with_capacity(due.len());
-            let mut failed = None;
-            for outgoing in due {
-                match super::publish::publish(&self.jetstream, &outgoing.finding).await {
-                    Ok(_) => sent.push(outgoing),
-                    Err(error) => {
-                        failed = Some(error);
-                        break;
-                    }
-                }
-            }
+            let (sent, failed) =
+                super::publish::publish_in_order(&self.jetstream, due, |outgoing| {
+                    &outgoing.finding
+                })
+                .await;
             total += sent.len() as u64;
             // What went out is recorded even when a later publish failed.
             self.inventory

@@ -56,6 +56,23 @@ pub(crate) async fn publish(
     })
 }
 
+/// Publishes each item's finding in order until one fails: the items sent, and the error that
+/// stopped the rest (the caller records what went out either way).
+pub(crate) async fn publish_in_order<T>(
+    jetstream: &jetstream::Context,
+    items: Vec<T>,
+    finding: impl Fn(&T) -> &Finding,
+) -> (Vec<T>, Option<String>) {
+    let mut sent = Vec::with_capacity(items.len());
+    for item in items {
+        if let Err(error) = publish(jetstream, finding(&item)).await {
+            return (sent, Some(error));
+        }
+        sent.push(item);
+    }
+    (sent, None)
+}
+
 /// `finding.publish`: builds a finding from the rendered inputs, with an id derived from the
 /// idempotency key so a re-executed step publishes the same finding (and JetStream drops it).
 #[derive(Debug)]

@@ -256,6 +256,9 @@ pub struct Compacted {
     /// The store's size on disk before, and after.
     pub before_bytes: u64,
     pub after_bytes: u64,
+    /// The copy's size right after every live key was in, before the keys written meanwhile:
+    /// the live data as sled stores it, which the next compaction is measured against.
+    pub live_bytes: u64,
     /// How long the copy of the live data took; commits went on meanwhile.
     pub copying: std::time::Duration,
     /// How long commits waited: the copy brought up to date with what they wrote meanwhile,

@@ -353,6 +353,7 @@ impl Committer {
                 tracing::info!(
                     before_mib = compacted.before_bytes / (1024 * 1024),
                     after_mib = compacted.after_bytes / (1024 * 1024),
+                    live_mib = compacted.live_bytes / (1024 * 1024),
                     copying_seconds = compacted.copying.as_secs_f64(),
                     paused_seconds = compacted.paused.as_secs_f64(),
                     "store compacted (commits went on while it copied, and waited while it swapped)"

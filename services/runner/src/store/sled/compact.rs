@@ -233,8 +233,8 @@ struct Copying {
     /// On `P.quench-compacting`, from its creation.
     lock: DirLock,
     /// Returns the copy: every key of the old database as the thread read it, and the keys of
-    /// its catch-up rounds.
-    thread: std::thread::JoinHandle<Result<::sled::Db, Error>>,
+    /// its catch-up rounds; and the copy's size once every live key was in.
+    thread: std::thread::JoinHandle<Result<(::sled::Db, u64), Error>>,
     touched: Arc<Touched>,
     stop: Arc<AtomicBool>,
 }
@@ -375,7 +375,7 @@ impl Compactor {
         self.settle();
         if let Some(copying) = self.copying.take() {
             copying.stop.store(true, Ordering::Relaxed);
-            if let Ok(Ok(copy)) = copying.thread.join() {
+            if let Ok(Ok((copy, _))) = copying.thread.join() {
                 drop(copy);
                 wait_released(&self.dance.compacting.join("db"));
             }
@@ -398,11 +398,15 @@ impl Compactor {
         let paused = Instant::now();
         let before = copying.before;
         let lock = copying.lock;
+        let mut live = 0;
         let published = copying
             .thread
             .join()
             .unwrap_or_else(|_| Err(Error::Failed("the compaction's copy panicked".to_owned())))
-            .and_then(|copy| self.publish(slot, copy, &copying.touched));
+            .and_then(|(copy, copied)| {
+                live = copied;
+                self.publish(slot, copy, &copying.touched)
+            });
         if let Err(error) = published {
             let _ = std::fs::remove_dir_all(&self.dance.compacting);
             let _ = std::fs::remove_dir_all(&self.dance.compacted);
@@ -447,11 +451,15 @@ impl Compactor {
             .map_err(Failure::Recovered)?;
         drop(opened);
         self.clean();
-        self.baseline = after;
+        // Measured against the live data, not the file after the swap: that also holds what
+        // commits wrote during the copy, and doubling it would let each compaction start later
+        // than the one before (a store under a steady stream of writes would grow without end).
+        self.baseline = live.min(after);
         self.checked = Instant::now();
         Ok(Compacted {
             before_bytes: before,
             after_bytes: after,
+            live_bytes: live,
             copying: copied,
             paused: paused.elapsed(),
         })
@@ -523,11 +531,18 @@ fn make_copy(
     path: &Path,
     touched: &Touched,
     stop: &AtomicBool,
-) -> Result<::sled::Db, Error> {
+) -> Result<(::sled::Db, u64), Error> {
+    let started = Instant::now();
     copy_into(old, &copy, stop)?;
+    let live = copy.size_on_disk().map_err(sled_error)?;
+    tracing::debug!(
+        live_mib = live / (1024 * 1024),
+        seconds = started.elapsed().as_secs_f64(),
+        "compaction copied every live key"
+    );
     catch_up_in_rounds(old, &copy, touched, stop)?;
     if stop.load(Ordering::Relaxed) {
-        return Ok(copy);
+        return Ok((copy, live));
     }
     copy.flush().map_err(sled_error)?;
     drop(copy);
@@ -538,7 +553,7 @@ fn make_copy(
     File::open(path.join("db"))
         .and_then(|log| log.sync_data())
         .map_err(Error::Sync)?;
-    Ok(copy)
+    Ok((copy, live))
 }
 
 /// Reads the keys written meanwhile into the copy, a round at a time, until a round is small
@@ -560,7 +575,15 @@ fn catch_up_in_rounds(
             return Ok(());
         }
         previous = keys.len();
+        let started = Instant::now();
         catch_up(old, copy, keys)?;
+        // What decides whether a compaction converges: a round must read its keys faster than
+        // commits touch new ones.
+        tracing::debug!(
+            keys = previous,
+            seconds = started.elapsed().as_secs_f64(),
+            "compaction catch-up round"
+        );
     }
     Ok(())
 }
