@@ -55,6 +55,7 @@ pub fn event(playbook: &str, kind: crate::RunEventKind) -> String {
     format!("{EVENTS_PREFIX}.{playbook}.{}", kind.as_str())
 }
 
-pub fn ocsf(class: crate::ocsf::Class) -> String {
-    format!("{OCSF_PREFIX}.{}", class.as_str())
+/// `quench.ocsf.<class>`, `class` as `ocsf::Class::as_str` names it.
+pub fn ocsf(class: &str) -> String {
+    format!("{OCSF_PREFIX}.{class}")
 }

@@ -39,7 +39,7 @@ pub struct Record {
 
 impl Record {
     pub fn subject(&self) -> String {
-        crate::subject::ocsf(self.class)
+        crate::subject::ocsf(self.class.as_str())
     }
 }
 
