@@ -108,7 +108,15 @@ fn bad_values_name_their_key_and_exit_64() {
         (&[("QUENCH_STORE__SYNC", "sometimes")], "sometimes"),
         (
             &[("QUENCH_NATS__URL", "http://127.0.0.1:4222")],
-            "`nats.url` = \"http://127.0.0.1:4222\": must start with nats://",
+            "`nats.url` = \"http://127.0.0.1:4222\": must be nats://, tls://, ws:// or wss:// URLs separated by commas",
+        ),
+        (
+            &[("QUENCH_NATS__URL", "nats://127.0.0.1:4222, http://b:4222")],
+            "`nats.url` = \"http://b:4222\": must be nats://",
+        ),
+        (
+            &[("QUENCH_NATS__REPLICAS", "7")],
+            "`nats.replicas` = \"7\": must be 1 (a single server) to 5",
         ),
         (&[("QUENCH_API__LISTEN", "localhost-ish")], "localhost-ish"),
         (

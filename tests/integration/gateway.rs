@@ -219,7 +219,7 @@ impl World {
             .await
             .expect("test client connects");
         let jetstream = jetstream::new(client);
-        quench_runner::service::ensure_streams(&jetstream, &nats.url())
+        quench_runner::service::ensure_streams(&jetstream, &nats.url(), 1)
             .await
             .expect("streams");
         let slack = SlackFake::start().await;
@@ -1482,7 +1482,7 @@ async fn socket_mode_clicks_are_published_and_acknowledged() {
     let nats = NatsServer::start();
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let jetstream = jetstream::new(client);
-    quench_runner::service::ensure_streams(&jetstream, &nats.url())
+    quench_runner::service::ensure_streams(&jetstream, &nats.url(), 1)
         .await
         .expect("streams");
     let slack = SlackFake::start().await;
@@ -1654,7 +1654,7 @@ async fn nats_permissions_confine_the_gateway_user() {
     let (runner, runner_errors) =
         connect_as(&nats, "quench-runner", RUNNER_PASSWORD, "_INBOX.runner").await;
     let runner_js = jetstream::new(runner.clone());
-    quench_runner::service::ensure_streams(&runner_js, &nats.url())
+    quench_runner::service::ensure_streams(&runner_js, &nats.url(), 1)
         .await
         .expect("the runner user manages the streams");
 

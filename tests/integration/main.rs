@@ -19,6 +19,7 @@ mod hostile;
 mod intake;
 mod inventory;
 mod least_privilege;
+mod nats_cluster;
 mod ocsf;
 mod operator;
 mod owners;

@@ -127,7 +127,9 @@ pub struct EvidenceSection {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
-    /// Empty: `quench up` starts its own nats-server.
+    /// Empty: `quench up` starts its own nats-server. Several servers of a cluster separated by
+    /// commas (`nats://a:4222,nats://b:4222`): the first that answers is used, the others (and
+    /// those the cluster announces) when it goes away.
     pub url: String,
     pub credentials_file: Option<PathBuf>,
     pub user: Option<String>,
@@ -148,9 +150,22 @@ pub struct NatsConfig {
     /// from the stream (reason `max_deliveries`), so nothing a sender publishes can hold intake
     /// forever. At least 2; decisions waiting for their gate use some deliveries.
     pub max_deliver: i64,
+    /// Copies JetStream keeps of each of quench's streams: 1 on a single server, 3 (or 5) on a
+    /// cluster, so the loss of a server loses no finding, decision or event. Changing it
+    /// re-replicates the existing streams at the next start.
+    pub replicas: usize,
 }
 
 impl NatsConfig {
+    /// The servers of [`NatsConfig::url`], as written (checked at load).
+    pub fn urls(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .collect()
+    }
+
     /// [`NatsConfig::ack_wait`] (checked at load).
     pub fn ack_wait(&self) -> std::time::Duration {
         humantime::parse_duration(&self.ack_wait).unwrap_or(std::time::Duration::from_secs(60))
@@ -171,6 +186,7 @@ impl Default for NatsConfig {
             inbox_prefix: "_INBOX".to_owned(),
             ack_wait: "60s".to_owned(),
             max_deliver: 50,
+            replicas: 1,
         }
     }
 }
@@ -1187,16 +1203,24 @@ impl Config {
             value: value.to_owned(),
             problem: problem.to_owned(),
         };
-        let url = &self.nats.url;
-        if !url.is_empty()
-            && !["nats://", "tls://", "ws://", "wss://"]
+        for url in self.nats.urls() {
+            if !["nats://", "tls://", "ws://", "wss://"]
                 .iter()
                 .any(|scheme| url.starts_with(scheme))
-        {
+                || url.parse::<async_nats::ServerAddr>().is_err()
+            {
+                return Err(bad(
+                    "nats.url",
+                    url,
+                    "must be nats://, tls://, ws:// or wss:// URLs separated by commas, e.g. nats://127.0.0.1:4222",
+                ));
+            }
+        }
+        if !(1..=5).contains(&self.nats.replicas) {
             return Err(bad(
-                "nats.url",
-                url,
-                "must start with nats://, tls://, ws:// or wss://, e.g. nats://127.0.0.1:4222",
+                "nats.replicas",
+                &self.nats.replicas.to_string(),
+                "must be 1 (a single server) to 5; 3 on a three-server cluster",
             ));
         }
         if self.nats.password.is_some() && self.nats.user.is_none() {

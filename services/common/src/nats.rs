@@ -59,8 +59,13 @@ pub async fn connect_as(config: &NatsConfig, name: &str) -> Result<async_nats::C
     if let Some(ca) = &config.tls_ca_file {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
     }
+    let servers: Vec<async_nats::ServerAddr> = config
+        .urls()
+        .iter()
+        .filter_map(|url| url.parse().ok())
+        .collect();
     options
-        .connect(config.url.as_str())
+        .connect(servers)
         .await
         .map_err(|error| Error::Unreachable {
             url: config.url.clone(),

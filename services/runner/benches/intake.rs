@@ -158,7 +158,7 @@ fn main() {
     runtime.block_on(async {
         let client = async_nats::connect(&url).await.expect("connect");
         let jetstream = jetstream::new(client.clone());
-        quench_runner::service::ensure_streams(&jetstream, &url).await.expect("streams");
+        quench_runner::service::ensure_streams(&jetstream, &url, 1).await.expect("streams");
 
         let config = |state: &str| {
             let playbooks = dir.path().join("playbooks");

@@ -459,6 +459,44 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// `size` servers forming one JetStream cluster on loopback, each with its own client and
+    /// route port and its own store directory.
+    pub(crate) fn cluster(size: usize) -> Vec<NatsServer> {
+        let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let route_list = routes
+            .iter()
+            .map(|port| format!("nats-route://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        routes
+            .iter()
+            .enumerate()
+            .map(|(index, route)| {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let config = dir.path().join("nats-server.conf");
+                std::fs::write(
+                    &config,
+                    format!(
+                        "server_name: n{index}\nlisten: 127.0.0.1:{port}\n\
+                         jetstream {{ store_dir: \"{store}\" }}\n\
+                         cluster {{ name: quench-test, listen: 127.0.0.1:{route}, routes: [{route_list}] }}\n",
+                        port = free_port(),
+                        store = dir.path().join("jetstream").display(),
+                    ),
+                )
+                .expect("write the server config");
+                let mut server = NatsServer {
+                    child: None,
+                    port: 0,
+                    dir,
+                    config: Some((config, Vec::new())),
+                };
+                server.spawn(None);
+                server
+            })
+            .collect()
+    }
+
     pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -140,7 +140,7 @@ pub async fn serve_with(
 
     let client = connect(&config.nats).await?;
     let jetstream = async_nats::jetstream::new(client.clone());
-    ensure_streams(&jetstream, &config.nats.url).await?;
+    ensure_streams(&jetstream, &config.nats.url, config.nats.replicas).await?;
 
     let (events, publisher) = events::NatsEvents::new(jetstream.clone());
     let backlog = events.backlog();

@@ -28,7 +28,11 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, Error> {
 }
 
 /// Creates or updates quench's streams.
-pub async fn ensure_streams(jetstream: &jetstream::Context, url: &str) -> Result<(), Error> {
+pub async fn ensure_streams(
+    jetstream: &jetstream::Context,
+    url: &str,
+    replicas: usize,
+) -> Result<(), Error> {
     let streams = [
         stream::Config {
             name: subject::STREAM_FINDINGS.to_owned(),
@@ -92,7 +96,8 @@ pub async fn ensure_streams(jetstream: &jetstream::Context, url: &str) -> Result
             ..Default::default()
         },
     ];
-    for config in streams {
+    for mut config in streams {
+        config.num_replicas = replicas;
         let name = config.name.clone();
         jetstream.create_or_update_stream(config).await.map_err(|error| {
             let text = error.to_string();
@@ -100,6 +105,10 @@ pub async fn ensure_streams(jetstream: &jetstream::Context, url: &str) -> Result
             if ["no responders", "timed out", "not enabled", "unavailable"].iter().any(|sign| text.to_lowercase().contains(sign)) {
                 Error::Nats(format!(
                     "JetStream is not available on {url} ({text}). Start nats-server with JetStream enabled (`nats-server -js`) or enable it for this account"
+                ))
+            } else if replicas > 1 && ["replicas", "insufficient resources", "clustered"].iter().any(|sign| text.to_lowercase().contains(sign)) {
+                Error::Nats(format!(
+                    "cannot keep {replicas} copies of stream {name} on {url} ({text}): `[nats] replicas = {replicas}` needs a JetStream cluster of at least {replicas} servers; use 1 on a single server"
                 ))
             } else {
                 Error::Nats(format!("cannot create or update stream {name} on {url}: {text}"))
