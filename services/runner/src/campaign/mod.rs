@@ -665,6 +665,14 @@ impl Campaigns {
                 .get::<String>(Key::Open(&campaign.playbook, &key))?
             {
                 Some(run) => Some(run),
+                // A part no run took stops being looked for among the runs once it counts as
+                // not started: that scan is not made every round for ever.
+                None if part
+                    .published_at
+                    .is_some_and(|at| Utc::now() - at > NOT_STARTED_AFTER) =>
+                {
+                    None
+                }
                 // It may have ended already: among the recent runs.
                 None => self
                     .store()
