@@ -6,6 +6,7 @@ mod config;
 mod connectors_http;
 mod connectors_openai;
 mod connectors_slack;
+mod console;
 mod crash;
 mod demo;
 mod deploy;

@@ -331,6 +331,14 @@ fn routes() -> Vec<Route> {
         ),
         route(
             "GET",
+            "/api/v1/inbox",
+            "/api/v1/inbox",
+            Some("viewer"),
+            None,
+            200,
+        ),
+        route(
+            "GET",
             "/api/v1/safety",
             "/api/v1/safety",
             Some("viewer"),

@@ -112,6 +112,40 @@ pub struct Config {
     pub policy: PolicySection,
     /// Evidence packs for auditors (`quench evidence`): the key that signs them.
     pub evidence: EvidenceSection,
+    /// The web console at `/` of `api.listen`: sign-in and sessions.
+    pub console: ConsoleSection,
+}
+
+/// `[console]`: the web console the runner serves at `/` of `api.listen`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleSection {
+    /// Serve the console (its pages and sign-in routes); the API is served either way.
+    pub enabled: bool,
+    /// Whether an API token may be exchanged for a console session (the sign-in form, and the
+    /// login link `quench up` prints). The session has the token's name and role.
+    pub token_sign_in: bool,
+    /// How long a session lasts from sign-in, e.g. `12h`; it also ends at sign-out and when
+    /// the service restarts (sessions are held in memory only).
+    pub session_ttl: String,
+}
+
+impl Default for ConsoleSection {
+    fn default() -> ConsoleSection {
+        ConsoleSection {
+            enabled: true,
+            token_sign_in: true,
+            session_ttl: "12h".to_owned(),
+        }
+    }
+}
+
+impl ConsoleSection {
+    /// `session_ttl` as a duration (checked at load: 1 minute to 30 days).
+    pub fn session_ttl(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.session_ttl)
+            .unwrap_or(std::time::Duration::from_secs(12 * 3600))
+    }
 }
 
 /// `[evidence]`: evidence packs are signed with an Ed25519 key; without one, none is made.
@@ -1338,6 +1372,16 @@ impl Config {
                     "must be an https URL (or http on loopback) ending in `/`; it is for tests only",
                 ));
             }
+        }
+        if !humantime::parse_duration(&self.console.session_ttl).is_ok_and(|ttl| {
+            (std::time::Duration::from_secs(60)..=std::time::Duration::from_secs(30 * 86_400))
+                .contains(&ttl)
+        }) {
+            return Err(bad(
+                "console.session_ttl",
+                &self.console.session_ttl,
+                "must be a duration from 1m to 30d, e.g. 12h",
+            ));
         }
         if self.engine.max_inflight_runs == 0 {
             return Err(bad("engine.max_inflight_runs", "0", "must be at least 1"));

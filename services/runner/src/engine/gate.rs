@@ -491,10 +491,7 @@ impl Engine {
             (None, false) => {}
         }
         let who = identity(&decision.actor.id);
-        let alias = gate.aliases.get(&who).map(|alias| identity(alias));
-        let allowed =
-            gate.allowed.contains(&who) || alias.is_some_and(|alias| gate.allowed.contains(&alias));
-        if !allowed {
+        if !gate.allows(&decision.actor.id) {
             return Some(Refusal::NotAllowed(decision.actor.id.clone()));
         }
         if gate

@@ -369,6 +369,23 @@ pub struct Gate {
 }
 
 impl Gate {
+    /// Whether `who` (an email, a Slack id, a token's name) may answer: one of the allowed
+    /// identities, directly or through one of its aliases. Groups and escalations are already
+    /// expanded into `allowed`.
+    pub fn allows(&self, who: &str) -> bool {
+        let who = super::gate::identity(who);
+        let alias = self
+            .aliases
+            .get(&who)
+            .map(|alias| super::gate::identity(alias));
+        self.allowed.contains(&who) || alias.is_some_and(|alias| self.allowed.contains(&alias))
+    }
+
+    /// Whether the gate still waits for answers.
+    pub fn is_open(&self) -> bool {
+        self.decision.is_none() && !self.closed
+    }
+
     /// Whether the gate asks per item.
     pub fn per_item(&self) -> bool {
         !self.items.is_empty()

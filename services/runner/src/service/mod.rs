@@ -10,6 +10,7 @@
 
 pub(crate) mod api;
 mod campaigns;
+pub(crate) mod console;
 pub mod demo;
 mod events;
 pub(crate) mod intake;
@@ -265,6 +266,7 @@ pub async fn serve_with(
             inventory: inventory.clone(),
             owners: owners.clone(),
         }),
+        console: Arc::new(console::Console::new(&config.console, &config.api.listen)),
     });
     tasks.spawn(api::serve(listener, api, stop.clone()));
     tasks.spawn(library.watch(stop.clone()));

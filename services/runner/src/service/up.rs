@@ -512,11 +512,15 @@ pub fn next_steps(banner: &Banner<'_>) -> String {
         .collect();
     let (token_line, token_step) = match token {
         Some(token) => (
-            "\n  API token  an admin token for this run only (set [[api.tokens]] to keep one)"
-                .to_owned(),
+            format!(
+                "\n  console    http://{listen}/#token={token}\n             (a login link for this run only; the token stays in the browser)\n  API token  an admin token for this run only (set [[api.tokens]] to keep one)"
+            ),
             format!("  0. use this run's API token:\n       export QUENCH_TOKEN={token}\n"),
         ),
-        None => (String::new(), String::new()),
+        None => (
+            format!("\n  console    http://{listen}/ (sign in with a token of [[api.tokens]])"),
+            String::new(),
+        ),
     };
     let (demo_lines, steps) = match demo {
         Some(demo) => (demo.summary(), demo.next_steps(listen, &token_step)),

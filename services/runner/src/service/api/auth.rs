@@ -1,5 +1,8 @@
-//! Bearer tokens and roles. A token is never stored or logged: the config holds its SHA-256,
-//! and a request's token is hashed and compared with every configured hash in constant time.
+//! Who calls: a bearer token, or a console session. A token is never stored or logged: the
+//! config holds its SHA-256, and a request's token is hashed and compared with every configured
+//! hash in constant time. A console session is its cookie (see `service::console`); a write
+//! made with it (any method but GET, HEAD and OPTIONS) must also carry the session's CSRF token
+//! in `X-CSRF-Token`, or it is refused with 403 `csrf` before the handler runs.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -47,7 +50,7 @@ impl Tokens {
 
     /// The caller a presented token belongs to. Every entry is compared, so the time taken
     /// does not depend on which one (if any) matches.
-    fn caller(&self, presented: &str) -> Option<Caller> {
+    pub(crate) fn caller(&self, presented: &str) -> Option<Caller> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut found = None;
         for entry in &self.entries {
@@ -55,6 +58,7 @@ impl Tokens {
                 found = Some(Caller {
                     name: entry.name.clone(),
                     role: entry.role,
+                    via: quench_proto::Via::Api,
                 });
             }
         }
@@ -62,11 +66,13 @@ impl Tokens {
     }
 }
 
-/// Who is calling: the token's name and role.
+/// Who is calling: the token's name and role, or the signed-in person's.
 #[derive(Debug, Clone)]
 pub(crate) struct Caller {
     pub(crate) name: String,
     pub(crate) role: Role,
+    /// `Api` for a bearer token, `Console` for a console session.
+    pub(crate) via: quench_proto::Via,
 }
 
 impl Caller {
@@ -85,7 +91,7 @@ impl Caller {
     /// The caller as an actor of audit entries and decisions.
     pub(crate) fn actor(&self) -> quench_proto::Actor {
         quench_proto::Actor {
-            via: quench_proto::Via::Api,
+            via: self.via,
             id: self.name.clone(),
             name: None,
         }
@@ -96,11 +102,12 @@ impl FromRequestParts<Api> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Caller, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .ok_or(ApiError::Unauthorized("no bearer token"))?;
+        let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+            return console_caller(parts, api);
+        };
+        let header = header
+            .to_str()
+            .map_err(|_| ApiError::Unauthorized("no bearer token"))?;
         let (scheme, token) = header
             .trim()
             .split_once(' ')
@@ -113,6 +120,37 @@ impl FromRequestParts<Api> for Caller {
             .caller(token.trim())
             .ok_or(ApiError::Unauthorized("unknown token"))
     }
+}
+
+/// The caller a console session cookie names; a write must echo the session's CSRF token.
+fn console_caller(parts: &Parts, api: &Api) -> Result<Caller, ApiError> {
+    let session = api
+        .inner
+        .console
+        .session(&parts.headers)
+        .ok_or(ApiError::Unauthorized("no bearer token"))?;
+    if !matches!(
+        parts.method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    ) {
+        let presented = parts
+            .headers
+            .get("x-csrf-token")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        if presented.is_empty() || !session.csrf_matches(presented) {
+            return Err(ApiError::Refused {
+                status: axum::http::StatusCode::FORBIDDEN,
+                code: "csrf",
+                message: "a write with a console session must carry the session's CSRF token in `X-CSRF-Token`; reload the page".to_owned(),
+            });
+        }
+    }
+    Ok(Caller {
+        name: session.person,
+        role: session.role,
+        via: quench_proto::Via::Console,
+    })
 }
 
 /// Declares the bearer scheme in the OpenAPI document.

@@ -17,6 +17,7 @@ mod dlq;
 mod error;
 mod evidence;
 mod health;
+mod inbox;
 mod inventory;
 mod playbooks;
 mod query;
@@ -78,6 +79,8 @@ struct Inner {
     signer: Option<Arc<crate::evidence::Signer>>,
     /// The inventory and campaigns of evidence packs.
     sources: Arc<dyn crate::evidence::EvidenceSources>,
+    /// The web console's settings and sessions.
+    console: Arc<super::console::Console>,
 }
 
 /// The parts of the service the API reads and steers.
@@ -93,6 +96,7 @@ pub(crate) struct Parts {
     pub(crate) inventory_status: super::inventory::SharedStatus,
     pub(crate) signer: Option<Arc<crate::evidence::Signer>>,
     pub(crate) sources: Arc<dyn crate::evidence::EvidenceSources>,
+    pub(crate) console: Arc<super::console::Console>,
 }
 
 impl Api {
@@ -112,8 +116,19 @@ impl Api {
                 inventory_status: parts.inventory_status,
                 signer: parts.signer,
                 sources: parts.sources,
+                console: parts.console,
             }),
         }
+    }
+
+    /// The web console's settings and sessions.
+    pub(crate) fn console(&self) -> &super::console::Console {
+        &self.inner.console
+    }
+
+    /// The configured API tokens.
+    pub(crate) fn tokens(&self) -> &Tokens {
+        &self.inner.tokens
     }
 }
 
@@ -151,6 +166,7 @@ fn router() -> (Router<Api>, utoipa::openapi::OpenApi) {
         .routes(routes!(runs::show))
         .routes(routes!(runs::cancel))
         .routes(routes!(runs::decide))
+        .routes(routes!(inbox::inbox))
         .routes(routes!(playbooks::list, playbooks::apply))
         .routes(routes!(playbooks::show))
         .routes(routes!(playbooks::history))
@@ -188,8 +204,10 @@ pub(crate) async fn serve(
     api: Api,
     shutdown: CancellationToken,
 ) {
+    let console = super::console::routes(api.console().enabled());
     let app = router()
         .0
+        .merge(console)
         .layer(axum::middleware::from_fn(redact_answer))
         .with_state(api);
     let serving = axum::serve(listener, app)

@@ -1,0 +1,912 @@
+// The quench console: one ES module, no dependencies, no build step. It reads and writes
+// through the admin API (/api/v1) with the session cookie; every write carries the session's
+// CSRF token. Text from the service (finding titles, keys, outputs) is only ever set as text
+// (textContent), never parsed as HTML: the page's policy requires Trusted Types and allows
+// none, so an HTML sink would throw.
+
+const ROLES = ["viewer", "approver", "editor", "admin"];
+const POLL_MS = 10000;
+
+let session = null; // {person, role, csrf}
+let pollTimer = null;
+
+const $ = (id) => document.getElementById(id);
+
+// Builds an element: h("a", {href: "#/x", class: "y", onclick: f}, "text", child, ...).
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+    else if (name === "class") el.className = value;
+    else if (value === true) el.setAttribute(name, "");
+    else el.setAttribute(name, String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+function can(role) {
+  return session !== null && ROLES.indexOf(session.role) >= ROLES.indexOf(role);
+}
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message || `HTTP ${status}`);
+    this.status = status;
+    this.code = code || "error";
+  }
+}
+
+async function call(method, path, body) {
+  const headers = { Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (method !== "GET" && session) headers["X-CSRF-Token"] = session.csrf;
+  const response = await fetch(path, {
+    method,
+    headers,
+    credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  let data = null;
+  try {
+    data = await response.json();
+  } catch {
+    data = null;
+  }
+  if (response.status === 401 && path.startsWith("/api/")) {
+    session = null;
+    showSignIn("Your session has ended; sign in again.");
+    throw new ApiError(401, "unauthorized", "not signed in");
+  }
+  if (!response.ok) {
+    const error = (data && data.error) || {};
+    throw new ApiError(response.status, error.code, error.message);
+  }
+  return data;
+}
+
+const get = (path) => call("GET", path);
+const post = (path, body) => call("POST", path, body === undefined ? {} : body);
+
+function query(params) {
+  const search = new URLSearchParams();
+  for (const [name, value] of Object.entries(params)) {
+    if (value !== undefined && value !== null && value !== "") search.set(name, value);
+  }
+  const text = search.toString();
+  return text ? `?${text}` : "";
+}
+
+// ---- formatting -------------------------------------------------------------------------
+
+function duration(seconds) {
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s}s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m}m`;
+  const hours = Math.floor(m / 60);
+  if (hours < 48) return `${hours}h ${m % 60}m`;
+  return `${Math.floor(hours / 24)}d ${hours % 24}h`;
+}
+
+function when(iso) {
+  if (!iso) return "";
+  const date = new Date(iso);
+  return date.toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+}
+
+function until(iso) {
+  const seconds = (new Date(iso).getTime() - Date.now()) / 1000;
+  return seconds >= 0 ? `in ${duration(seconds)}` : `${duration(-seconds)} ago`;
+}
+
+function status(text) {
+  return h("span", { class: `status status-${text}` }, text);
+}
+
+function fact(label, value) {
+  return h("span", {}, `${label} `, h("b", {}, value));
+}
+
+function json(value) {
+  return h("pre", {}, JSON.stringify(value, null, 2));
+}
+
+function folded(label, value) {
+  if (value === null || value === undefined) return "";
+  return h("details", {}, h("summary", {}, label), json(value));
+}
+
+function message(kind, text) {
+  return h("div", { class: `message ${kind}`, role: kind === "error" ? "alert" : "status" }, text);
+}
+
+function failure(error) {
+  const code = error.code ? `${error.code}: ` : "";
+  return message("error", `${code}${error.message}`);
+}
+
+function page(title, ...children) {
+  const main = $("main");
+  main.replaceChildren(h("h1", {}, title), ...children);
+  document.title = `${title} · quench`;
+}
+
+// ---- sign-in ----------------------------------------------------------------------------
+
+function showSignIn(note) {
+  stopPolling();
+  $("nav").hidden = true;
+  $("who").hidden = true;
+  const input = h("input", {
+    id: "token",
+    type: "password",
+    autocomplete: "off",
+    placeholder: "API token",
+    "aria-label": "API token",
+  });
+  const notice = h("div", {});
+  if (note) notice.append(message("info", note));
+  const form = h(
+    "form",
+    {
+      id: "sign-in",
+      onsubmit: async (event) => {
+        event.preventDefault();
+        notice.replaceChildren();
+        try {
+          await signInWithToken(input.value);
+        } catch (error) {
+          notice.replaceChildren(failure(error));
+        }
+      },
+    },
+    h("label", { for: "token" }, "Sign in with an API token"),
+    input,
+    h("button", { class: "primary", type: "submit" }, "Sign in"),
+  );
+  $("main").replaceChildren(
+    h("div", { class: "signin card" }, h("h1", {}, "Sign in to quench"), notice, form),
+  );
+  document.title = "Sign in · quench";
+}
+
+async function signInWithToken(token) {
+  const response = await fetch("/console/session", {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Accept: "application/json" },
+    credentials: "same-origin",
+    body: JSON.stringify({ token: token.trim() }),
+  });
+  const data = await response.json().catch(() => null);
+  if (!response.ok) {
+    const error = (data && data.error) || {};
+    throw new ApiError(response.status, error.code, error.message);
+  }
+  signedIn(data);
+}
+
+function signedIn(view) {
+  session = { person: view.person, role: view.role, csrf: view.csrf };
+  $("person").textContent = session.person;
+  $("role").textContent = session.role;
+  $("nav").hidden = false;
+  $("who").hidden = false;
+  startPolling();
+  route();
+}
+
+async function signOut() {
+  try {
+    await call("POST", "/console/sign-out", {});
+  } catch {
+    // Signed out either way.
+  }
+  session = null;
+  showSignIn("Signed out.");
+}
+
+// ---- live updates -----------------------------------------------------------------------
+
+function startPolling() {
+  stopPolling();
+  refreshBadge();
+  pollTimer = setInterval(() => {
+    refreshBadge();
+    const editing = document.activeElement && ["INPUT", "TEXTAREA", "SELECT"].includes(document.activeElement.tagName);
+    if (currentView() === "inbox" && !editing) route();
+  }, POLL_MS);
+}
+
+function stopPolling() {
+  if (pollTimer) clearInterval(pollTimer);
+  pollTimer = null;
+}
+
+async function refreshBadge() {
+  try {
+    const inbox = await get("/api/v1/inbox");
+    setBadge(inbox.count);
+  } catch {
+    // The next poll tries again.
+  }
+}
+
+function setBadge(count) {
+  const badge = $("badge");
+  badge.textContent = String(count);
+  badge.hidden = count === 0;
+}
+
+/** The end of an id: run ids are UUIDv7, whose first digits are a timestamp runs share. */
+function shortId(id) {
+  return id.length > 8 ? `…${id.slice(-8)}` : id;
+}
+
+/**
+ * A filter form: submitting it puts its fields in the view's hash, which renders the view again.
+ * `fields` are [name, label] pairs (text inputs); `before` and `after` are extra controls.
+ */
+function filterForm(view, filters, fields, { id, before = [], label = "Filter", after = [] } = {}) {
+  const form = h(
+    "form",
+    {
+      class: "filters",
+      id,
+      onsubmit: (event) => {
+        event.preventDefault();
+        location.hash = `#/${view}${query(Object.fromEntries(new FormData(form).entries()))}`;
+      },
+    },
+    before,
+    fields.map(([name, text]) => h("input", { name, placeholder: text, "aria-label": text, value: filters[name] })),
+    h("button", { type: "submit", class: "primary" }, label),
+    after,
+  );
+  return form;
+}
+
+// ---- views ------------------------------------------------------------------------------
+
+async function inboxView() {
+  const inbox = await get("/api/v1/inbox");
+  setBadge(inbox.count);
+  const intro = h(
+    "p",
+    { class: "facts" },
+    `Approvals waiting for ${inbox.person}: ${inbox.count}.`,
+    can("approver") ? "" : ` Your role (${session.role}) cannot answer gates; runs and audit are yours to read.`,
+  );
+  if (inbox.gates.length === 0) {
+    page("Inbox", intro, h("p", { class: "empty", id: "inbox-empty" }, "Nothing waits for you."));
+    return;
+  }
+  page("Inbox", intro, h("div", { id: "inbox" }, inbox.gates.map(gateCard)));
+}
+
+function gateCard(gate) {
+  const result = h("div", { class: "result" });
+  const card = h(
+    "article",
+    { class: "card gate", "data-run": gate.run_id, "data-gate": gate.gate },
+    h("h3", {}, gate.finding_title || gate.question),
+    h(
+      "div",
+      { class: "facts" },
+      fact("playbook", gate.playbook),
+      fact("key", gate.key),
+      fact("waited", duration(gate.waited_secs)),
+      fact("deadline", `${until(gate.deadline)} (then ${gate.on_timeout})`),
+      fact("reminders", gate.reminders),
+      gate.escalations ? fact("escalated", gate.escalations) : "",
+      gate.quorum > 1 ? fact("answers", `${gate.answers} of ${gate.quorum}`) : "",
+    ),
+    h("p", {}, gate.question),
+    h("p", { class: "facts" }, h("a", { href: `#/runs/${encodeURIComponent(gate.run_id)}` }, "the run's timeline")),
+  );
+  if (gate.items && gate.items.length > 0) {
+    for (const item of gate.items) {
+      const facts = Object.entries(item)
+        .filter(([name]) => name !== "id")
+        .map(([name, value]) => fact(name, typeof value === "object" ? JSON.stringify(value) : value));
+      const itemResult = h("div", { class: "result" });
+      card.append(
+        h(
+          "div",
+          { class: "item", "data-item": item.id },
+          h("div", {}, h("code", {}, item.id)),
+          h("div", { class: "facts" }, facts),
+          answerControls(gate, item.id, itemResult),
+          itemResult,
+        ),
+      );
+    }
+  } else {
+    card.append(answerControls(gate, null, result), result);
+  }
+  return card;
+}
+
+function answerControls(gate, item, result) {
+  if (!can("approver")) return "";
+  const row = h("div", { class: "actions" });
+  for (const choice of gate.choices) {
+    const asks = gate.comment_for && gate.comment_for[choice];
+    row.append(
+      h(
+        "button",
+        {
+          type: "button",
+          class: "choice",
+          "data-choice": choice,
+          onclick: () => {
+            if (asks) {
+              askComment(row, asks, (comment) => answer(gate, item, choice, comment, result, row));
+            } else {
+              answer(gate, item, choice, null, result, row);
+            }
+          },
+        },
+        choice,
+      ),
+    );
+  }
+  return row;
+}
+
+function askComment(row, question, send) {
+  const input = h("input", { type: "text", class: "comment", placeholder: question, "aria-label": question, size: 40 });
+  const form = h(
+    "form",
+    {
+      class: "actions",
+      onsubmit: (event) => {
+        event.preventDefault();
+        if (input.value.trim() === "") return;
+        send(input.value.trim());
+      },
+    },
+    h("label", {}, question, " ", input),
+    h("button", { type: "submit", class: "primary" }, "Send"),
+  );
+  row.after(form);
+  input.focus();
+}
+
+async function answer(gate, item, choice, comment, result, row) {
+  for (const button of row.querySelectorAll("button")) button.disabled = true;
+  const body = { choice };
+  if (item) body.item = item;
+  if (comment) body.comment = comment;
+  try {
+    const outcome = await post(
+      `/api/v1/runs/${encodeURIComponent(gate.run_id)}/gates/${encodeURIComponent(gate.gate)}/decision`,
+      body,
+    );
+    const text = outcome.outcome === "decided"
+      ? `Answered ${choice}: the gate is decided and the run goes on.`
+      : `Answered ${choice}: recorded, ${outcome.answers} of ${outcome.quorum} answers.`;
+    result.replaceChildren(message("info", text));
+    refreshBadge();
+  } catch (error) {
+    result.replaceChildren(failure(error));
+    for (const button of row.querySelectorAll("button")) button.disabled = false;
+  }
+}
+
+async function runsView(params) {
+  const filters = {
+    state: params.get("state") || "",
+    playbook: params.get("playbook") || "",
+    key: params.get("key") || "",
+    id_prefix: params.get("id_prefix") || "",
+  };
+  const cursor = params.get("cursor") || "";
+  const stateSelect = h(
+    "select",
+    { name: "state", "aria-label": "state" },
+    ["", "open", "running", "waiting", "completed", "failed", "cancelled"].map((value) =>
+      h("option", { value, selected: value === filters.state }, value || "any state"),
+    ),
+  );
+  const form = filterForm(
+    "runs",
+    filters,
+    [
+      ["playbook", "playbook"],
+      ["key", "finding key"],
+      ["id_prefix", "run id prefix"],
+    ],
+    { id: "run-filters", before: [stateSelect], label: "Search" },
+  );
+  const list = await get(`/api/v1/runs${query({ ...filters, cursor, limit: 50 })}`);
+  const rows = list.runs.map((run) =>
+    h(
+      "tr",
+      { class: "clickable", "data-run": run.id, onclick: () => (location.hash = `#/runs/${encodeURIComponent(run.id)}`) },
+      h("td", {}, h("a", { href: `#/runs/${encodeURIComponent(run.id)}`, title: run.id }, shortId(run.id))),
+      h("td", {}, run.playbook),
+      h("td", {}, h("code", {}, run.key)),
+      h("td", {}, status(run.status), run.step ? ` at ${run.step}` : ""),
+      h("td", {}, run.mode),
+      h("td", {}, when(run.started_at)),
+      h("td", {}, run.failure || run.cancelled || ""),
+    ),
+  );
+  const table = rows.length
+    ? h(
+        "table",
+        { id: "runs" },
+        h("thead", {}, h("tr", {}, ["run", "playbook", "key", "status", "mode", "started", "why"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, rows),
+      )
+    : h("p", { class: "empty" }, "No run matches.");
+  const pager = h("div", { class: "pager" });
+  if (list.next) {
+    pager.append(h("a", { href: `#/runs${query({ ...filters, cursor: list.next })}` }, "Older runs →"));
+  }
+  page("Runs", form, table, pager);
+}
+
+async function runView(id) {
+  const detail = await get(`/api/v1/runs/${encodeURIComponent(id)}`);
+  const run = detail.run;
+  const result = h("div", {});
+  const parts = [
+    h(
+      "div",
+      { class: "card" },
+      h(
+        "div",
+        { class: "facts" },
+        fact("status", run.status),
+        fact("playbook", `${run.playbook} @ ${run.version.slice(0, 12)}`),
+        fact("key", run.key),
+        fact("mode", run.mode),
+        fact("started", when(run.started_at)),
+        run.ended_at ? fact("ended", when(run.ended_at)) : "",
+      ),
+      run.failure ? message("error", `failed: ${run.failure}`) : "",
+      run.cancelled ? message("info", `cancelled: ${run.cancelled}`) : "",
+      folded("finding", detail.finding),
+      folded("owner", detail.owner),
+    ),
+  ];
+  const open = run.status === "running" || run.status === "waiting";
+  if (open && can("editor")) {
+    const reason = h("input", { name: "reason", placeholder: "why cancel", "aria-label": "reason", size: 40 });
+    parts.push(
+      h(
+        "form",
+        {
+          class: "actions",
+          id: "cancel",
+          onsubmit: async (event) => {
+            event.preventDefault();
+            try {
+              await post(`/api/v1/runs/${encodeURIComponent(id)}/cancel`, { reason: reason.value || null });
+              route();
+            } catch (error) {
+              result.replaceChildren(failure(error));
+            }
+          },
+        },
+        reason,
+        h("button", { type: "submit", class: "danger" }, "Cancel run"),
+      ),
+    );
+  }
+  parts.push(result, h("h2", {}, "Steps"));
+  parts.push(
+    h(
+      "table",
+      { id: "steps" },
+      h("thead", {}, h("tr", {}, ["step", "action", "status", "attempt", "started", "finished", "detail"].map((t) => h("th", {}, t)))),
+      h(
+        "tbody",
+        {},
+        detail.steps.map((step) =>
+          h(
+            "tr",
+            { "data-step": step.id },
+            h("td", {}, step.phase === "main" ? step.id : `${step.id} (${step.phase})`),
+            h("td", {}, h("code", {}, step.action || "")),
+            h("td", {}, status(step.status), step.choice ? ` → ${step.choice}` : ""),
+            h("td", {}, step.attempt),
+            h("td", {}, when(step.started_at)),
+            h("td", {}, when(step.finished_at)),
+            h(
+              "td",
+              {},
+              step.error ? h("div", { class: "bad" }, step.error) : "",
+              step.decided_by && step.decided_by.length ? h("div", {}, `by ${step.decided_by.join(", ")} via ${step.via || "?"}`) : "",
+              step.requests && step.requests.length ? folded(`requests (${step.requests.length})`, step.requests) : "",
+              folded("output", step.output),
+            ),
+          ),
+        ),
+      ),
+    ),
+  );
+  if (detail.gates.length) {
+    parts.push(h("h2", {}, "Approvals"));
+    for (const gate of detail.gates) {
+      parts.push(
+        h(
+          "div",
+          { class: "card" },
+          h("h3", {}, gate.question),
+          h(
+            "div",
+            { class: "facts" },
+            fact("approvers", gate.approvers.join(", ")),
+            fact("deadline", when(gate.deadline)),
+            fact("on timeout", gate.on_timeout),
+            gate.decision ? fact("decision", `${gate.decision} by ${gate.decided_by.join(", ")}`) : fact("decision", gate.closed ? "closed" : "open"),
+          ),
+          gate.answers.length ? folded(`answers (${gate.answers.length})`, gate.answers) : "",
+        ),
+      );
+    }
+  }
+  parts.push(h("h2", {}, "Audit"), auditTable(detail.audit));
+  page(`Run ${run.id}`, ...parts);
+}
+
+function auditTable(entries) {
+  if (!entries.length) return h("p", { class: "empty" }, "No audit entry.");
+  return h(
+    "table",
+    { class: "audit" },
+    h("thead", {}, h("tr", {}, ["seq", "at", "kind", "actor", "run", "step", "detail"].map((t) => h("th", {}, t)))),
+    h(
+      "tbody",
+      {},
+      entries.map((entry) =>
+        h(
+          "tr",
+          {},
+          h("td", {}, entry.seq),
+          h("td", {}, when(entry.at)),
+          h("td", {}, entry.kind, entry.allowed === false ? h("span", { class: "bad" }, " (refused)") : ""),
+          h("td", {}, entry.actor ? `${entry.actor.id} via ${entry.actor.via}` : ""),
+          h("td", {}, entry.run_id ? h("a", { href: `#/runs/${encodeURIComponent(entry.run_id)}`, title: entry.run_id }, shortId(entry.run_id)) : ""),
+          h("td", {}, entry.step || ""),
+          h("td", {}, folded("detail", entry.detail)),
+        ),
+      ),
+    ),
+  );
+}
+
+async function playbooksView() {
+  const list = await get("/api/v1/playbooks");
+  const parts = [
+    h(
+      "table",
+      { id: "playbooks" },
+      h("thead", {}, h("tr", {}, ["name", "version", "state", "trigger", "owner", "file"].map((t) => h("th", {}, t)))),
+      h(
+        "tbody",
+        {},
+        list.playbooks.map((playbook) =>
+          h(
+            "tr",
+            {},
+            h("td", {}, h("a", { href: `#/playbooks/${encodeURIComponent(playbook.name)}` }, playbook.name)),
+            h("td", {}, h("code", {}, playbook.version.slice(0, 12))),
+            h("td", {}, playbook.enabled ? h("span", { class: "ok" }, "loaded") : h("span", { class: "warn" }, "disabled")),
+            h("td", {}, playbook.trigger),
+            h("td", {}, playbook.owner || ""),
+            h("td", {}, playbook.file || ""),
+          ),
+        ),
+      ),
+    ),
+  ];
+  if (list.refused && list.refused.length) {
+    parts.push(h("h2", {}, "Refused at load"));
+    for (const refused of list.refused) parts.push(h("div", { class: "card" }, json(refused)));
+  }
+  page("Playbooks", ...parts);
+}
+
+async function playbookView(name) {
+  const history = await get(`/api/v1/playbooks/${encodeURIComponent(name)}/history`);
+  const source = h("div", {});
+  const show = async (version) => {
+    try {
+      const body = await get(`/api/v1/playbooks/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}`);
+      source.replaceChildren(h("h2", {}, `Version ${version.slice(0, 12)}`), h("pre", { class: "source" }, body.source));
+    } catch (error) {
+      source.replaceChildren(failure(error));
+    }
+  };
+  page(
+    `Playbook ${name}`,
+    h(
+      "table",
+      {},
+      h("thead", {}, h("tr", {}, ["version", "loaded", "by", ""].map((t) => h("th", {}, t)))),
+      h(
+        "tbody",
+        {},
+        history.versions.map((entry) =>
+          h(
+            "tr",
+            {},
+            h("td", {}, h("code", {}, entry.version.slice(0, 12)), entry.current ? " (current)" : ""),
+            h("td", {}, when(entry.at)),
+            h("td", {}, entry.by),
+            h("td", {}, h("button", { type: "button", onclick: () => show(entry.version) }, "source")),
+          ),
+        ),
+      ),
+    ),
+    source,
+  );
+  const current = history.versions.find((entry) => entry.current);
+  if (current) show(current.version);
+}
+
+async function auditView(params) {
+  const filters = {
+    run: params.get("run") || "",
+    key: params.get("key") || "",
+    kind: params.get("kind") || "",
+    actor: params.get("actor") || "",
+  };
+  const before = params.get("before") || "";
+  const verified = h("div", {});
+  const form = filterForm(
+    "audit",
+    filters,
+    ["run", "key", "kind", "actor"].map((name) => [name, name]),
+    {
+      after: [
+    h(
+      "button",
+      {
+        type: "button",
+        id: "verify",
+        onclick: async () => {
+          verified.replaceChildren(message("info", "Verifying the chain…"));
+          try {
+            const result = await get("/api/v1/audit/verify");
+            verified.replaceChildren(
+              result.ok
+                ? message("info", `The chain verifies: ${result.entries} entries, head ${result.head.slice(0, 16)}.`)
+                : message("error", `The chain is broken at ${result.first_bad}: ${result.reason}`),
+            );
+          } catch (error) {
+            verified.replaceChildren(failure(error));
+          }
+        },
+      },
+      "Verify chain",
+    ),
+      ],
+    },
+  );
+  const list = await get(`/api/v1/audit${query({ ...filters, before, limit: 100 })}`);
+  const pager = h("div", { class: "pager" });
+  if (list.next) pager.append(h("a", { href: `#/audit${query({ ...filters, before: list.next })}` }, "Older entries →"));
+  page("Audit log", form, verified, auditTable(list.entries), pager);
+}
+
+async function dlqView(params) {
+  const cursor = params.get("cursor") || "";
+  const list = await get(`/api/v1/dlq${query({ cursor, limit: 50 })}`);
+  const result = h("div", {});
+  const rows = list.messages.map((entry) =>
+    h(
+      "tr",
+      {},
+      h("td", {}, entry.seq),
+      h("td", {}, h("code", {}, entry.original_subject || entry.subject)),
+      h("td", {}, entry.reason || ""),
+      h("td", {}, when(entry.at)),
+      h("td", {}, entry.size),
+      h("td", {}, h("details", {}, h("summary", {}, "body"), h("pre", {}, entry.body))),
+      h(
+        "td",
+        {},
+        can("admin")
+          ? h(
+              "button",
+              {
+                type: "button",
+                onclick: async () => {
+                  try {
+                    const replayed = await post(`/api/v1/dlq/${entry.seq}/replay`);
+                    result.replaceChildren(message("info", `Replayed ${replayed.seq} to ${replayed.subject}.`));
+                  } catch (error) {
+                    result.replaceChildren(failure(error));
+                  }
+                },
+              },
+              "replay",
+            )
+          : "",
+      ),
+    ),
+  );
+  const pager = h("div", { class: "pager" });
+  if (list.next) pager.append(h("a", { href: `#/dlq${query({ cursor: list.next })}` }, "More →"));
+  page(
+    "Dead letters",
+    result,
+    rows.length
+      ? h("table", {}, h("thead", {}, h("tr", {}, ["seq", "subject", "reason", "at", "bytes", "", ""].map((t) => h("th", {}, t)))), h("tbody", {}, rows))
+      : h("p", { class: "empty" }, "No dead letter."),
+    pager,
+  );
+}
+
+async function inventoryView(params) {
+  const filters = {
+    kind: params.get("kind") || "",
+    project: params.get("project") || "",
+    owner: params.get("owner") || "",
+    risk: params.get("risk") || "",
+  };
+  const cursor = params.get("cursor") || "";
+  const form = filterForm(
+    "inventory",
+    filters,
+    ["kind", "project", "owner", "risk"].map((name) => [name, name]),
+  );
+  let list;
+  try {
+    list = await get(`/api/v1/inventory${query({ ...filters, cursor, limit: 100 })}`);
+  } catch (error) {
+    page("Inventory", form, failure(error));
+    return;
+  }
+  const rows = list.identities.map((identity) =>
+    h(
+      "tr",
+      {},
+      h("td", {}, h("a", { href: `#/inventory/${encodeURIComponent(identity.id)}` }, identity.id)),
+      h("td", {}, identity.kind),
+      h("td", {}, (identity.attributes && identity.attributes.owner) || ""),
+      h("td", {}, (identity.attributes && identity.attributes.purpose) || ""),
+      h("td", {}, (identity.risks || []).map((risk) => risk.id).join(", ")),
+      h("td", {}, when(identity.changed_at)),
+    ),
+  );
+  const pager = h("div", { class: "pager" });
+  if (list.next) pager.append(h("a", { href: `#/inventory${query({ ...filters, cursor: list.next })}` }, "More →"));
+  page(
+    "Inventory",
+    form,
+    rows.length
+      ? h("table", {}, h("thead", {}, h("tr", {}, ["identity", "kind", "owner", "purpose", "risks", "changed"].map((t) => h("th", {}, t)))), h("tbody", {}, rows))
+      : h("p", { class: "empty" }, "No identity matches."),
+    pager,
+  );
+}
+
+async function identityView(id) {
+  const detail = await get(`/api/v1/inventory/${encodeURIComponent(id)}`);
+  const runs = await get(`/api/v1/runs${query({ key: id, limit: 20 })}`).catch(() => ({ runs: [] }));
+  page(
+    `Identity ${id}`,
+    h("div", { class: "card" }, json(detail.identity)),
+    h("h2", {}, "Remediation history"),
+    runs.runs.length
+      ? h("ul", {}, runs.runs.map((run) => h("li", {}, h("a", { href: `#/runs/${encodeURIComponent(run.id)}` }, `${run.playbook}`), " ", status(run.status), ` ${when(run.started_at)}`)))
+      : h("p", { class: "empty" }, "No run for this key."),
+    h("h2", {}, "Changes"),
+    json(detail.history),
+  );
+}
+
+async function campaignsView() {
+  const list = await get("/api/v1/campaigns");
+  page(
+    "Campaigns",
+    list.campaigns.length
+      ? h(
+          "table",
+          {},
+          h("thead", {}, h("tr", {}, ["campaign", "playbook", "started", "by", "keys", "messages", "completed"].map((t) => h("th", {}, t)))),
+          h(
+            "tbody",
+            {},
+            list.campaigns.map((campaign) =>
+              h(
+                "tr",
+                {},
+                h("td", {}, h("a", { href: `#/campaigns/${encodeURIComponent(campaign.id)}` }, campaign.name)),
+                h("td", {}, campaign.playbook),
+                h("td", {}, when(campaign.started_at)),
+                h("td", {}, campaign.started_by),
+                h("td", {}, campaign.identities),
+                h("td", {}, campaign.parts),
+                h("td", {}, campaign.completed_at ? when(campaign.completed_at) : "running"),
+              ),
+            ),
+          ),
+        )
+      : h("p", { class: "empty" }, "No campaign yet. Start one with `quench campaign start`."),
+  );
+}
+
+async function campaignView(id) {
+  const detail = await get(`/api/v1/campaigns/${encodeURIComponent(id)}`);
+  page(`Campaign ${id}`, json(detail));
+}
+
+// ---- routing ----------------------------------------------------------------------------
+
+function currentView() {
+  const path = location.hash.replace(/^#\/?/, "").split("?")[0];
+  return path.split("/")[0] || "inbox";
+}
+
+async function route() {
+  if (!session) return;
+  const [path, search] = location.hash.replace(/^#\/?/, "").split("?");
+  const params = new URLSearchParams(search || "");
+  const [view, ...rest] = path.split("/");
+  const arg = rest.length ? decodeURIComponent(rest.join("/")) : null;
+  for (const link of document.querySelectorAll("nav a")) {
+    link.classList.toggle("current", link.dataset.view === (view || "inbox"));
+  }
+  try {
+    switch (view || "inbox") {
+      case "inbox":
+        return await inboxView();
+      case "runs":
+        return await (arg ? runView(arg) : runsView(params));
+      case "playbooks":
+        return await (arg ? playbookView(arg) : playbooksView());
+      case "audit":
+        return await auditView(params);
+      case "dlq":
+        return await dlqView(params);
+      case "inventory":
+        return await (arg ? identityView(arg) : inventoryView(params));
+      case "campaigns":
+        return await (arg ? campaignView(arg) : campaignsView());
+      default:
+        page("Not found", h("p", {}, "No such page. "), h("a", { href: "#/inbox" }, "Go to the inbox"));
+    }
+  } catch (error) {
+    if (error.status === 401) return;
+    page("Error", failure(error));
+  }
+}
+
+async function start() {
+  $("sign-out").addEventListener("click", signOut);
+  window.addEventListener("hashchange", route);
+  // The login link of `quench up` carries its token in the fragment, which no request sends;
+  // it is taken out of the address bar (and history) before anything else.
+  const fragment = new URLSearchParams(location.hash.replace(/^#/, ""));
+  const token = fragment.get("token");
+  if (token) {
+    history.replaceState(null, "", `${location.pathname}#/inbox`);
+    try {
+      await signInWithToken(token);
+      return;
+    } catch (error) {
+      showSignIn(`The login link did not work (${error.message}); paste a token instead.`);
+      return;
+    }
+  }
+  try {
+    const view = await (await fetch("/console/session", { credentials: "same-origin" })).json();
+    if (view.signed_in) signedIn(view);
+    else showSignIn();
+  } catch {
+    showSignIn("The service did not answer; reload to try again.");
+  }
+}
+
+start();

@@ -1,0 +1,663 @@
+//! The web console of a real `quench serve`: sign-in with a token (and the login link's
+//! fragment), the session cookie's attributes, CSRF and cross-origin refusals, the policy
+//! headers, the approval inbox per person, a viewer who cannot write, sign-out — over HTTP, and
+//! in a real Chromium (Debian's `chromium` and `chromedriver`, which `tests/run` installs)
+//! driven over WebDriver: sign in with the login link, answer a gate from the inbox and see the
+//! run go on, find the run by its key and read its timeline, a hostile finding title shown as
+//! text, a viewer with no write control, sign-out. Screenshots of each view are written to
+//! `target/console-screenshots/`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::support::{NatsServer, Service, free_port, hex, root};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// (token, name, role).
+const TOKENS: [(&str, &str, &str); 4] = [
+    ("t-viewer", "viewer@example.com", "viewer"),
+    ("t-ann", "ann@example.com", "approver"),
+    ("t-bob", "bob@example.com", "approver"),
+    ("t-admin", "admin-bot", "admin"),
+];
+
+const GATE_PLAYBOOK: &str = r#"schema: quench.playbook/v1
+name: gate
+on:
+  finding:
+    kinds: [test.gate]
+steps:
+  - id: decide
+    uses: approval
+    with:
+      approvers: [ann@example.com]
+      question: Revoke this key?
+      choices: [revoke, keep]
+      timeout: 1h
+      on_timeout: keep
+  - id: bye
+    uses: note
+    with:
+      message: "{{ steps.decide.choice }}"
+"#;
+
+/// What a hostile publisher puts in a title: markup that would run if parsed as HTML.
+const HOSTILE_TITLE: &str = "<img src=x onerror=\"document.title='owned'\"> leaked key";
+
+struct Console {
+    _nats: NatsServer,
+    service: Service,
+    client: async_nats::Client,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+impl Console {
+    async fn start() -> Console {
+        let nats = NatsServer::start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let playbooks = dir.path().join("playbooks");
+        std::fs::create_dir(&playbooks).expect("playbook dir");
+        std::fs::write(playbooks.join("gate.yaml"), GATE_PLAYBOOK).expect("write playbook");
+        let mut config = String::new();
+        for (token, name, role) in TOKENS {
+            let sha = hex(&Sha256::digest(token.as_bytes()));
+            config.push_str(&format!(
+                "[[api.tokens]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{sha}\"\n\n"
+            ));
+        }
+        let service = Service::launch(&nats.url(), &playbooks, dir.path(), &[], Some(&config), &[]);
+        let client = async_nats::connect(nats.url()).await.expect("connects");
+        quench_common::http::install_crypto_provider();
+        Console {
+            _nats: nats,
+            service,
+            client,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.service.listen)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
+        let response = request.send().await.expect("the service answers");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        Answer {
+            status,
+            headers,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        }
+    }
+
+    /// Signs in with a token; returns the cookie pair to send and the CSRF token.
+    async fn sign_in(&self, token: &str) -> (String, String) {
+        let answer = self
+            .send(
+                self.http
+                    .post(self.url("/console/session"))
+                    .json(&json!({"token": token})),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let set = answer.headers["set-cookie"].to_str().expect("ascii");
+        let pair = set.split(';').next().expect("pair").to_owned();
+        let csrf = answer.body["csrf"].as_str().expect("csrf").to_owned();
+        (pair, csrf)
+    }
+
+    async fn publish(&self, id: &str, key_id: &str, title: &str) {
+        let finding = json!({
+            "schema": "quench.finding/v1", "id": id, "kind": "test.gate", "severity": "high",
+            "key": format!("openai:key:{key_id}"),
+            "title": title, "detected_at": "2026-11-20T10:00:00Z", "source": {"scanner": "test"},
+            "resource": {"provider": "openai", "type": "api_key", "id": key_id, "project_id": "proj_1"}
+        });
+        async_nats::jetstream::new(self.client.clone())
+            .publish("quench.findings.test.gate", finding.to_string().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+
+    async fn api(&self, path: &str, token: &str) -> Value {
+        let answer = self
+            .send(self.http.get(self.url(path)).bearer_auth(token))
+            .await;
+        assert_eq!(answer.status, 200, "GET {path}: {}", answer.body);
+        answer.body
+    }
+
+    /// Waits until the run of `key` has `status`; returns it.
+    async fn run_of(&self, key: &str, status: &str) -> Value {
+        let started = std::time::Instant::now();
+        loop {
+            let runs = self
+                .api(&format!("/api/v1/runs?key={key}"), "t-admin")
+                .await;
+            if let Some(run) = runs["runs"]
+                .as_array()
+                .and_then(|runs| runs.iter().find(|run| run["status"] == status))
+            {
+                return run.clone();
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "no {status} run of {key}:\n{}",
+                self.service.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_csrf_and_the_inbox_over_http() {
+    let console = Console::start().await;
+    console.publish("f-1", "key_http", "a leaked key").await;
+    let run = console.run_of("openai:key:key_http", "waiting").await;
+    let run_id = run["id"].as_str().expect("id");
+
+    // The page and its assets carry the policy headers; nothing is fetched from elsewhere.
+    for (path, content_type) in [
+        ("/", "text/html"),
+        ("/assets/app.js", "text/javascript"),
+        ("/assets/app.css", "text/css"),
+    ] {
+        let answer = console.send(console.http.get(console.url(path))).await;
+        assert_eq!(answer.status, 200, "{path}");
+        let header = |name: &str| answer.headers[name].to_str().expect("ascii").to_owned();
+        assert!(header("content-type").starts_with(content_type), "{path}");
+        let csp = header("content-security-policy");
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+            "require-trusted-types-for 'script'",
+        ] {
+            assert!(csp.contains(directive), "{path}: {csp}");
+        }
+        assert_eq!(header("x-content-type-options"), "nosniff");
+        assert_eq!(header("x-frame-options"), "DENY");
+    }
+    let page = reqwest::get(console.url("/"))
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "{page}"
+    );
+
+    // Not signed in: the session says so, and the API refuses.
+    let whoami = console
+        .send(console.http.get(console.url("/console/session")))
+        .await;
+    assert_eq!(whoami.body["signed_in"], false);
+    assert_eq!(whoami.body["methods"], json!(["token"]));
+    let inbox = console
+        .send(console.http.get(console.url("/api/v1/inbox")))
+        .await;
+    assert_eq!(inbox.status, 401);
+
+    // A wrong token, a body that is not one, and a sign-in from another site are refused.
+    for (body, origin, status) in [
+        (json!({"token": "nope"}), None, 401),
+        (json!({"token": 7}), None, 400),
+        (json!({"token": "t-ann", "extra": 1}), None, 400),
+        (
+            json!({"token": "t-ann"}),
+            Some("http://evil.example.com"),
+            403,
+        ),
+    ] {
+        let mut request = console
+            .http
+            .post(console.url("/console/session"))
+            .json(&body);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        let answer = console.send(request).await;
+        assert_eq!(answer.status, status, "{body} {origin:?}: {}", answer.body);
+        assert!(answer.headers.get("set-cookie").is_none());
+    }
+
+    // Ann signs in: the cookie is HttpOnly and SameSite=Strict (not Secure: loopback).
+    let answer = console
+        .send(
+            console
+                .http
+                .post(console.url("/console/session"))
+                .json(&json!({"token": "t-ann"})),
+        )
+        .await;
+    let set = answer.headers["set-cookie"].to_str().expect("ascii");
+    assert!(set.starts_with("quench_session="), "{set}");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/"),
+        "{set}"
+    );
+    assert_eq!(answer.body["person"], "ann@example.com");
+    assert_eq!(answer.body["role"], "approver");
+    let (cookie, csrf) = console.sign_in("t-ann").await;
+
+    // Her inbox holds the gate, with what an approver needs to answer it.
+    let inbox = console
+        .send(
+            console
+                .http
+                .get(console.url("/api/v1/inbox"))
+                .header("cookie", &cookie),
+        )
+        .await;
+    assert_eq!(inbox.status, 200, "{}", inbox.body);
+    assert_eq!(inbox.body["person"], "ann@example.com");
+    assert_eq!(inbox.body["count"], 1);
+    let gate = &inbox.body["gates"][0];
+    assert_eq!(gate["run_id"], run_id);
+    assert_eq!(gate["gate"], "decide");
+    assert_eq!(gate["question"], "Revoke this key?");
+    assert_eq!(gate["choices"], json!(["revoke", "keep"]));
+    assert_eq!(gate["finding_title"], "a leaked key");
+    assert_eq!(gate["key"], "openai:key:key_http");
+    assert_eq!(gate["on_timeout"], "keep");
+    // Bob is nobody's approver here: his inbox is empty.
+    let bob = console.api("/api/v1/inbox", "t-bob").await;
+    assert_eq!(bob["count"], 0);
+
+    let decision = console.url(&format!("/api/v1/runs/{run_id}/gates/decide/decision"));
+    // A write with the cookie but without the CSRF token, or with another, is refused before
+    // the engine sees it: the gate stays open and nothing is audited.
+    for token in [None, Some("forged"), Some("")] {
+        let mut request = console
+            .http
+            .post(&decision)
+            .header("cookie", &cookie)
+            .json(&json!({"choice": "revoke"}));
+        if let Some(token) = token {
+            request = request.header("x-csrf-token", token);
+        }
+        let answer = console.send(request).await;
+        assert_eq!(answer.status, 403, "{token:?}: {}", answer.body);
+        assert_eq!(answer.body["error"]["code"], "csrf");
+    }
+    let audit = console
+        .api("/api/v1/audit?kind=decision&limit=100", "t-admin")
+        .await;
+    assert_eq!(
+        audit["entries"].as_array().expect("entries").len(),
+        0,
+        "{audit}"
+    );
+
+    // With it, the answer is Ann's, through the console.
+    let answer = console
+        .send(
+            console
+                .http
+                .post(&decision)
+                .header("cookie", &cookie)
+                .header("x-csrf-token", &csrf)
+                .json(&json!({"choice": "revoke"})),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["outcome"], "decided");
+    console.run_of("openai:key:key_http", "completed").await;
+    let detail = console
+        .api(&format!("/api/v1/runs/{run_id}"), "t-admin")
+        .await;
+    let step = detail["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|step| step["id"] == "decide")
+        .expect("decide")
+        .clone();
+    assert_eq!(step["decided_by"], json!(["ann@example.com"]));
+    assert_eq!(step["via"], "console");
+    let inbox = console
+        .send(
+            console
+                .http
+                .get(console.url("/api/v1/inbox"))
+                .header("cookie", &cookie),
+        )
+        .await;
+    assert_eq!(inbox.body["count"], 0);
+
+    // A viewer's session reads but cannot write, whatever the page shows.
+    console.publish("f-2", "key_viewer", "another").await;
+    let run = console.run_of("openai:key:key_viewer", "waiting").await;
+    let (viewer_cookie, viewer_csrf) = console.sign_in("t-viewer").await;
+    let answer = console
+        .send(
+            console
+                .http
+                .post(console.url(&format!(
+                    "/api/v1/runs/{}/gates/decide/decision",
+                    run["id"].as_str().expect("id")
+                )))
+                .header("cookie", &viewer_cookie)
+                .header("x-csrf-token", &viewer_csrf)
+                .json(&json!({"choice": "revoke"})),
+        )
+        .await;
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert_eq!(answer.body["error"]["code"], "forbidden");
+
+    // Sign-out needs the CSRF token, ends the session and clears the cookie.
+    let sign_out = console.url("/console/sign-out");
+    let answer = console
+        .send(console.http.post(&sign_out).header("cookie", &cookie))
+        .await;
+    assert_eq!(answer.status, 403);
+    let answer = console
+        .send(
+            console
+                .http
+                .post(&sign_out)
+                .header("cookie", &cookie)
+                .header("x-csrf-token", &csrf),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(
+        answer.headers["set-cookie"]
+            .to_str()
+            .expect("ascii")
+            .contains("Max-Age=0")
+    );
+    let after = console
+        .send(
+            console
+                .http
+                .get(console.url("/api/v1/inbox"))
+                .header("cookie", &cookie),
+        )
+        .await;
+    assert_eq!(after.status, 401);
+}
+
+/// chromedriver on a free port, killed on drop.
+struct Driver {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let binary = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+            .into_iter()
+            .find(|path| std::path::Path::new(path).exists())
+            .expect("chromedriver is installed (Debian's chromium-driver; tests/run installs it)");
+        let port = free_port();
+        let child = std::process::Command::new(binary)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        Driver { child, port }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn browser(driver: &Driver, profile: &std::path::Path) -> fantoccini::Client {
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".to_owned(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,900", format!("--user-data-dir={}", profile.display())
+            ]
+        }),
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        match fantoccini::ClientBuilder::new(connector)
+            .capabilities(capabilities.clone())
+            .connect(&format!("http://127.0.0.1:{}", driver.port))
+            .await
+        {
+            Ok(client) => return client,
+            Err(error) => {
+                assert!(started.elapsed() < WAIT, "chromedriver: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn screenshots() -> PathBuf {
+    let dir = root().join("target/console-screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    dir
+}
+
+async fn screenshot(client: &fantoccini::Client, name: &str) {
+    let png = client.screenshot().await.expect("screenshot");
+    std::fs::write(screenshots().join(format!("{name}.png")), png).expect("write screenshot");
+}
+
+async fn find(client: &fantoccini::Client, css: &str) -> fantoccini::elements::Element {
+    client
+        .wait()
+        .at_most(WAIT)
+        .for_element(fantoccini::Locator::Css(css))
+        .await
+        .unwrap_or_else(|error| panic!("no `{css}` on the page: {error}"))
+}
+
+/// Waits until `css` matches an element whose text contains `text`.
+async fn find_text(client: &fantoccini::Client, css: &str, text: &str) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        for element in client
+            .find_all(fantoccini::Locator::Css(css))
+            .await
+            .unwrap_or_default()
+        {
+            if let Ok(found) = element.text().await
+                && found.contains(text)
+            {
+                return found;
+            }
+        }
+        if started.elapsed() > WAIT {
+            screenshot(client, "failure").await;
+            let body = client
+                .find(fantoccini::Locator::Css("body"))
+                .await
+                .expect("body")
+                .text()
+                .await
+                .unwrap_or_default();
+            panic!("no `{css}` with {text:?}; the page reads:\n{body}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_answers_from_the_inbox_finds_the_run_and_a_viewer_cannot_write() {
+    let console = Console::start().await;
+    console.publish("f-b", "key_browser", HOSTILE_TITLE).await;
+    let run = console.run_of("openai:key:key_browser", "waiting").await;
+    let run_id = run["id"].as_str().expect("id").to_owned();
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+
+    // The login link: the token in the fragment signs in and leaves the address bar.
+    client
+        .goto(&console.url("/#token=t-ann"))
+        .await
+        .expect("goto");
+    let card = find(&client, &format!("article.gate[data-run='{run_id}']")).await;
+    let url = client.current_url().await.expect("url");
+    assert!(!url.as_str().contains("t-ann"), "{url}");
+    assert_eq!(
+        find(&client, "#person").await.text().await.expect("text"),
+        "ann@example.com"
+    );
+    // The hostile title is text: no element was made from it, and nothing ran.
+    let title = card
+        .find(fantoccini::Locator::Css("h3"))
+        .await
+        .expect("title")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(title, HOSTILE_TITLE);
+    assert!(
+        card.find_all(fantoccini::Locator::Css("img"))
+            .await
+            .expect("find")
+            .is_empty()
+    );
+    assert_ne!(client.title().await.expect("title"), "owned");
+    find_text(&client, "#badge", "1").await;
+    screenshot(&client, "inbox").await;
+
+    // Answer: the page says so, and the run goes on.
+    card.find(fantoccini::Locator::Css("button[data-choice='revoke']"))
+        .await
+        .expect("revoke button")
+        .click()
+        .await
+        .expect("click");
+    find_text(&client, "article.gate .message.info", "decided").await;
+    console.run_of("openai:key:key_browser", "completed").await;
+    let detail = console
+        .api(&format!("/api/v1/runs/{run_id}"), "t-admin")
+        .await;
+    let audit = detail["audit"].as_array().expect("audit");
+    let decision = audit
+        .iter()
+        .find(|entry| entry["kind"] == "decision")
+        .expect("the decision is audited");
+    assert_eq!(decision["actor"]["id"], "ann@example.com");
+    assert_eq!(decision["actor"]["via"], "console");
+
+    // Find the run by its key and read its timeline.
+    client.goto(&console.url("/#/runs")).await.expect("goto");
+    let key = find(&client, "#run-filters input[name='key']").await;
+    key.send_keys("openai:key:key_browser").await.expect("type");
+    find(&client, "#run-filters button[type='submit']")
+        .await
+        .click()
+        .await
+        .expect("search");
+    find(&client, &format!("#runs tr[data-run='{run_id}']"))
+        .await
+        .click()
+        .await
+        .expect("open the run");
+    let decide = find(&client, "#steps tr[data-step='decide']").await;
+    let text = decide.text().await.expect("text");
+    assert!(
+        text.contains("succeeded") && text.contains("revoke"),
+        "{text}"
+    );
+    assert!(text.contains("ann@example.com via console"), "{text}");
+    find_text(&client, "table.audit", "decision").await;
+    screenshot(&client, "run").await;
+
+    // Sign out: back to the sign-in form; the session is gone.
+    find(&client, "#sign-out")
+        .await
+        .click()
+        .await
+        .expect("sign out");
+    find(&client, "#sign-in").await;
+
+    // A viewer, signed in through the form, sees gates but no control that writes.
+    console.publish("f-v", "key_viewer", "for the viewer").await;
+    let waiting = console.run_of("openai:key:key_viewer", "waiting").await;
+    let waiting_id = waiting["id"].as_str().expect("id").to_owned();
+    find(&client, "#token")
+        .await
+        .send_keys("t-viewer")
+        .await
+        .expect("type");
+    find(&client, "#sign-in button[type='submit']")
+        .await
+        .click()
+        .await
+        .expect("sign in");
+    find_text(&client, "#role", "viewer").await;
+    // Signing in again returns to the page that was open (the run); the inbox is a click away.
+    find(&client, "nav a[data-view='inbox']")
+        .await
+        .click()
+        .await
+        .expect("inbox");
+    find_text(&client, "main p.facts", "cannot answer").await;
+    screenshot(&client, "inbox-viewer").await;
+    client
+        .goto(&console.url(&format!("/#/runs/{waiting_id}")))
+        .await
+        .expect("goto");
+    find(&client, "#steps").await;
+    assert!(
+        client
+            .find_all(fantoccini::Locator::Css("#cancel, button.choice"))
+            .await
+            .expect("find")
+            .is_empty(),
+        "a viewer sees no write control"
+    );
+    // The page's own fetch, made as the viewer with the CSRF token, is still refused.
+    let refused = client
+        .execute_async(
+            r#"const done = arguments[arguments.length - 1];
+               fetch("/console/session").then(r => r.json()).then(s =>
+                 fetch(arguments[0], {method: "POST", headers: {"Content-Type": "application/json",
+                   "X-CSRF-Token": s.csrf}, body: JSON.stringify({choice: "revoke"})}))
+               .then(r => done(r.status));"#,
+            vec![json!(format!(
+                "/api/v1/runs/{waiting_id}/gates/decide/decision"
+            ))],
+        )
+        .await
+        .expect("script");
+    assert_eq!(refused, json!(403));
+    client.goto(&console.url("/#/audit")).await.expect("goto");
+    find(&client, "table.audit").await;
+    screenshot(&client, "audit").await;
+    client
+        .goto(&console.url("/#/playbooks"))
+        .await
+        .expect("goto");
+    find(&client, "#playbooks").await;
+    screenshot(&client, "playbooks").await;
+    client.close().await.expect("close");
+}
