@@ -45,6 +45,19 @@ steps:
       message: "{{ steps.decide.choice }}"
 "#;
 
+/// A playbook with a typo in an action's name: refused at load, fixed in the editor.
+const BROKEN_PLAYBOOK: &str = r#"schema: quench.playbook/v1
+name: broken
+on:
+  finding:
+    kinds: [test.broken]
+steps:
+  - id: say
+    uses: notte
+    with:
+      message: hello
+"#;
+
 /// What a hostile publisher puts in a title: markup that would run if parsed as HTML.
 const HOSTILE_TITLE: &str = "<img src=x onerror=\"document.title='owned'\"> leaked key";
 
@@ -69,6 +82,7 @@ impl Console {
         let playbooks = dir.path().join("playbooks");
         std::fs::create_dir(&playbooks).expect("playbook dir");
         std::fs::write(playbooks.join("gate.yaml"), GATE_PLAYBOOK).expect("write playbook");
+        std::fs::write(playbooks.join("broken.yaml"), BROKEN_PLAYBOOK).expect("write playbook");
         let mut config = String::new();
         for (token, name, role) in TOKENS {
             let sha = hex(&Sha256::digest(token.as_bytes()));
@@ -658,6 +672,103 @@ async fn a_browser_answers_from_the_inbox_finds_the_run_and_a_viewer_cannot_writ
         .await
         .expect("goto");
     find(&client, "#playbooks").await;
+    find_text(&client, ".card.refused", "unknown action `notte`").await;
+    assert!(
+        client
+            .find_all(fantoccini::Locator::Css("a.fix, #new-playbook"))
+            .await
+            .expect("find")
+            .is_empty(),
+        "a viewer is offered no editor"
+    );
+    find(&client, "#sign-out")
+        .await
+        .click()
+        .await
+        .expect("sign out");
+
+    // An admin fixes the refused playbook in the editor, guided by its inline diagnostic.
+    find(&client, "#token")
+        .await
+        .send_keys("t-admin")
+        .await
+        .expect("type");
+    find(&client, "#sign-in button[type='submit']")
+        .await
+        .click()
+        .await
+        .expect("sign in");
+    find_text(&client, "#role", "admin").await;
+    client
+        .goto(&console.url("/#/playbooks"))
+        .await
+        .expect("goto");
+    find(&client, ".card.refused").await;
     screenshot(&client, "playbooks").await;
+    find(&client, ".card.refused a.fix")
+        .await
+        .click()
+        .await
+        .expect("fix");
+    let diagnostic = find_text(&client, "#diagnostics li.diagnostic.error", "notte").await;
+    assert!(
+        diagnostic.contains("8:11") && diagnostic.contains("did you mean `note`?"),
+        "{diagnostic}"
+    );
+    assert_eq!(
+        find(&client, ".editor .diag-error")
+            .await
+            .text()
+            .await
+            .expect("text"),
+        "notte",
+        "the error is marked where it is"
+    );
+    find_text(&client, "#check-status", "applying it would be refused").await;
+    screenshot(&client, "editor").await;
+    // A click on the diagnostic puts the caret on it; delete the typo and type the fix.
+    find(&client, "#diagnostics li.diagnostic.error")
+        .await
+        .click()
+        .await
+        .expect("go to the diagnostic");
+    let delete = "\u{e017}".repeat("notte".len());
+    find(&client, "#source")
+        .await
+        .send_keys(&format!("{delete}note"))
+        .await
+        .expect("type the fix");
+    find_text(&client, "#check-status", "It compiles: broken version").await;
+    assert!(
+        client
+            .find_all(fantoccini::Locator::Css(
+                "#diagnostics li.diagnostic.error, .editor .diag-error"
+            ))
+            .await
+            .expect("find")
+            .is_empty()
+    );
+    find(&client, "#apply").await.click().await.expect("apply");
+    find_text(&client, "main .message.info", "Applied: broken version").await;
+    let list = console.api("/api/v1/playbooks", "t-admin").await;
+    assert_eq!(list["refused"], json!([]), "{list}");
+    assert!(
+        list["playbooks"]
+            .as_array()
+            .expect("playbooks")
+            .iter()
+            .any(|playbook| playbook["name"] == "broken"),
+        "{list}"
+    );
+    let history = console
+        .api("/api/v1/playbooks/broken/history", "t-admin")
+        .await;
+    assert_eq!(history["versions"][0]["by"], "api:admin-bot", "{history}");
+    client
+        .goto(&console.url("/#/playbooks/broken"))
+        .await
+        .expect("goto");
+    find(&client, "#history").await;
+    screenshot(&client, "playbook").await;
     client.close().await.expect("close");
 }

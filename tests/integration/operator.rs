@@ -373,6 +373,14 @@ fn routes() -> Vec<Route> {
         // here either; the scope is checked after it, so this is the playbook's refusal).
         route(
             "POST",
+            "/api/v1/validate",
+            "/api/v1/validate",
+            Some("editor"),
+            Some(json!({"source": "name: broken\n"})),
+            200,
+        ),
+        route(
+            "POST",
             "/api/v1/campaigns",
             "/api/v1/campaigns",
             Some("editor"),
@@ -612,6 +620,48 @@ async fn every_route_answers_each_role_as_documented() {
     assert_eq!(
         (first["line"].as_u64(), first["column"].as_u64()),
         (Some(1), Some(1))
+    );
+
+    // `validate` compiles with the same compiler and applies nothing: the same diagnostics for
+    // the broken source, the name and version a good one would get, and whether it is current.
+    let checked = operator
+        .post(
+            "/api/v1/validate",
+            EDITOR,
+            json!({"source": "name: broken\n", "file": "broken.yaml"}),
+        )
+        .await;
+    assert_eq!(checked.status, 200, "{}", checked.text);
+    assert_eq!(checked.body["ok"], false);
+    assert_eq!(checked.body["diagnostics"], refused.body["diagnostics"]);
+    let renamed = GATE_PLAYBOOK.replace("name: gate", "name: gate-draft");
+    let checked = operator
+        .post("/api/v1/validate", EDITOR, json!({"source": renamed}))
+        .await;
+    assert_eq!(checked.body["ok"], true, "{}", checked.text);
+    assert_eq!(checked.body["name"], "gate-draft");
+    assert_eq!(checked.body["current"], false);
+    assert!(
+        checked.body["version"]
+            .as_str()
+            .is_some_and(|version| version.starts_with("sha256:"))
+    );
+    let draft = operator
+        .call("GET", "/api/v1/playbooks/gate-draft", Some(EDITOR), None)
+        .await;
+    assert_eq!(
+        draft.status, 404,
+        "validate applied nothing: {}",
+        draft.text
+    );
+    let checked = operator
+        .post("/api/v1/validate", EDITOR, json!({"source": GATE_PLAYBOOK}))
+        .await;
+    assert_eq!(
+        (checked.body["ok"].clone(), checked.body["current"].clone()),
+        (json!(true), json!(true)),
+        "{}",
+        checked.text
     );
 }
 

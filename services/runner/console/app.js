@@ -4,6 +4,8 @@
 // (textContent), never parsed as HTML: the page's policy requires Trusted Types and allows
 // none, so an HTML sink would throw.
 
+import { highlight, lineDiff, offsetOf } from "./editor.js";
+
 const ROLES = ["viewer", "approver", "editor", "admin"];
 const POLL_MS = 10000;
 
@@ -608,49 +610,288 @@ async function playbooksView() {
       ),
     ),
   ];
+  if (can("editor")) parts.unshift(h("p", {}, h("a", { href: "#/edit", class: "button", id: "new-playbook" }, "New playbook")));
   if (list.refused && list.refused.length) {
     parts.push(h("h2", {}, "Refused at load"));
-    for (const refused of list.refused) parts.push(h("div", { class: "card" }, json(refused)));
+    for (const refused of list.refused) {
+      parts.push(
+        h(
+          "div",
+          { class: "card refused", "data-file": refused.file },
+          h("h3", {}, refused.file),
+          h(
+            "p",
+            { class: "facts" },
+            refused.serving
+              ? `Version ${refused.serving.slice(0, 12)} of ${refused.playbook} keeps serving.`
+              : "Nothing serves in its place.",
+          ),
+          diagnosticList(refused.diagnostics),
+          can("editor") && refused.playbook
+            ? h("a", { href: `#/edit/${encodeURIComponent(refused.playbook)}`, class: "button fix" }, "Fix in the editor")
+            : "",
+        ),
+      );
+    }
   }
   page("Playbooks", ...parts);
 }
 
 async function playbookView(name) {
-  const history = await get(`/api/v1/playbooks/${encodeURIComponent(name)}/history`);
+  const path = `/api/v1/playbooks/${encodeURIComponent(name)}`;
+  const [history, detail] = await Promise.all([get(`${path}/history`), get(path).catch(() => null)]);
   const source = h("div", {});
+  const result = h("div", {});
+  const versionSource = async (version) =>
+    (await get(`${path}/versions/${encodeURIComponent(version)}`)).source;
+  const current = history.versions.find((entry) => entry.current);
   const show = async (version) => {
     try {
-      const body = await get(`/api/v1/playbooks/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}`);
-      source.replaceChildren(h("h2", {}, `Version ${version.slice(0, 12)}`), h("pre", { class: "source" }, body.source));
+      source.replaceChildren(h("h2", {}, `Version ${version.slice(0, 12)}`), h("pre", { class: "source" }, await versionSource(version)));
     } catch (error) {
       source.replaceChildren(failure(error));
     }
   };
+  const diff = async (version) => {
+    try {
+      const [before, after] = await Promise.all([versionSource(version), versionSource(current.version)]);
+      const lines = lineDiff(before, after);
+      source.replaceChildren(
+        h("h2", {}, `From ${version.slice(0, 12)} to the current ${current.version.slice(0, 12)}`),
+        lines === null
+          ? message("info", "Too long to compare here.")
+          : h(
+              "pre",
+              { class: "source diff" },
+              lines.map((line) => h("span", { class: `diff-${{ " ": "same", "-": "del", "+": "add" }[line.kind]}` }, `${line.kind} ${line.text}`)),
+            ),
+      );
+    } catch (error) {
+      source.replaceChildren(failure(error));
+    }
+  };
+  const restore = async (version) => {
+    const reason = `Make version ${version.slice(0, 12)} of ${name} current again?`;
+    if (!window.confirm(reason)) return;
+    try {
+      const applied = await post("/api/v1/playbooks", { source: await versionSource(version), file: `${name}.yaml` });
+      result.replaceChildren(message("info", `Restored: version ${applied.version.slice(0, 12)} is current.`));
+      await playbookView(name);
+    } catch (error) {
+      result.replaceChildren(failure(error));
+    }
+  };
+  const toggle = async (enable) => {
+    try {
+      await post(`${path}/${enable ? "enable" : "disable"}`);
+      await playbookView(name);
+    } catch (error) {
+      result.replaceChildren(failure(error));
+    }
+  };
+  const controls = [];
+  if (can("editor")) {
+    controls.push(h("a", { href: `#/edit/${encodeURIComponent(name)}`, class: "button", id: "edit" }, "Edit"));
+    if (detail) {
+      controls.push(
+        detail.enabled
+          ? h("button", { type: "button", id: "disable", onclick: () => toggle(false) }, "Disable")
+          : h("button", { type: "button", id: "enable", onclick: () => toggle(true) }, "Enable"),
+      );
+    }
+  }
   page(
     `Playbook ${name}`,
+    detail
+      ? h(
+          "p",
+          { class: "facts" },
+          fact("state", detail.enabled ? "loaded" : "disabled"),
+          fact("trigger", detail.trigger),
+          detail.owner ? fact("owner", detail.owner) : "",
+          detail.file ? fact("file", detail.file) : "",
+        )
+      : "",
+    h("div", { class: "actions" }, controls),
+    result,
+    h("h2", {}, "History"),
     h(
       "table",
-      {},
-      h("thead", {}, h("tr", {}, ["version", "loaded", "by", ""].map((t) => h("th", {}, t)))),
+      { id: "history" },
+      h("thead", {}, h("tr", {}, ["version", "current since", "by", ""].map((t) => h("th", {}, t)))),
       h(
         "tbody",
         {},
         history.versions.map((entry) =>
           h(
             "tr",
-            {},
+            { "data-version": entry.version },
             h("td", {}, h("code", {}, entry.version.slice(0, 12)), entry.current ? " (current)" : ""),
             h("td", {}, when(entry.at)),
             h("td", {}, entry.by),
-            h("td", {}, h("button", { type: "button", onclick: () => show(entry.version) }, "source")),
+            h(
+              "td",
+              {},
+              h("button", { type: "button", onclick: () => show(entry.version) }, "source"),
+              current && !entry.current ? h("button", { type: "button", class: "diff", onclick: () => diff(entry.version) }, "diff to current") : "",
+              can("editor") && !entry.current ? h("button", { type: "button", class: "restore", onclick: () => restore(entry.version) }, "restore") : "",
+            ),
           ),
         ),
       ),
     ),
     source,
   );
-  const current = history.versions.find((entry) => entry.current);
   if (current) show(current.version);
+}
+
+function diagnosticList(diagnostics, onPick) {
+  return h(
+    "ul",
+    { class: "diagnostics" },
+    diagnostics.map((diagnostic) =>
+      h(
+        "li",
+        {
+          class: `diagnostic ${diagnostic.severity}`,
+          "data-line": diagnostic.line,
+          onclick: onPick ? () => onPick(diagnostic) : undefined,
+        },
+        h("span", { class: "where" }, `${diagnostic.line}:${diagnostic.column}`),
+        " ",
+        h("b", {}, diagnostic.severity),
+        ` [${diagnostic.code}] ${diagnostic.message}`,
+        diagnostic.help ? h("div", { class: "help" }, `help: ${diagnostic.help}`) : "",
+      ),
+    ),
+  );
+}
+
+const TEMPLATE = `schema: quench.playbook/v1
+name: my-playbook
+description: What this playbook is for.
+on:
+  finding:
+    kinds: [openai.api_key.leaked]
+steps:
+  - id: tell
+    uses: note
+    with:
+      message: "{{ finding.title }}"
+`;
+
+// The editor: highlighting and the compiler's diagnostics as one types (POST /api/v1/validate,
+// the compiler of `quench validate`, nothing applied), then apply.
+async function editorView(name) {
+  let source = TEMPLATE;
+  let origin = "a new playbook";
+  if (name) {
+    const list = await get("/api/v1/playbooks");
+    const refused = (list.refused || []).find((file) => file.playbook === name);
+    if (refused) {
+      source = refused.source;
+      origin = `${refused.file}, refused at load`;
+    } else {
+      source = (await get(`/api/v1/playbooks/${encodeURIComponent(name)}`)).source;
+      origin = `the current version of ${name}`;
+    }
+  }
+  const file = `${name || "new"}.yaml`;
+  const textarea = h("textarea", {
+    id: "source",
+    spellcheck: "false",
+    autocomplete: "off",
+    autocapitalize: "off",
+    wrap: "off",
+    "aria-label": "playbook source",
+  });
+  textarea.value = source;
+  const shown = h("pre", { class: "highlight", "aria-hidden": "true" });
+  const state = h("p", { id: "check-status", class: "facts" }, "Checking…");
+  const diagnostics = h("div", { id: "diagnostics" });
+  const result = h("div", {});
+  let latest = [];
+  let sequence = 0;
+  let timer = null;
+  const paint = () => {
+    shown.replaceChildren(...highlight(h, textarea.value, latest));
+    shown.scrollTop = textarea.scrollTop;
+    shown.scrollLeft = textarea.scrollLeft;
+  };
+  const pick = (diagnostic) => {
+    const at = offsetOf(textarea.value, diagnostic.line, diagnostic.column);
+    textarea.focus();
+    textarea.setSelectionRange(at, at);
+  };
+  const check = async () => {
+    const mine = ++sequence;
+    try {
+      const checked = await post("/api/v1/validate", { source: textarea.value, file });
+      if (mine !== sequence) return;
+      latest = checked.diagnostics;
+      const errors = latest.filter((d) => d.severity === "error").length;
+      const warnings = latest.length - errors;
+      state.className = `facts ${checked.ok ? "ok" : "bad"}`;
+      state.textContent = checked.ok
+        ? `It compiles: ${checked.name} version ${checked.version.slice(0, 12)}${checked.current ? " (already current)" : ""}${warnings ? `, ${warnings} warning(s)` : ""}.`
+        : `${errors} error(s)${warnings ? `, ${warnings} warning(s)` : ""}: applying it would be refused.`;
+      diagnostics.replaceChildren(diagnosticList(latest, pick));
+      paint();
+    } catch (error) {
+      if (mine === sequence) state.replaceChildren(failure(error));
+    }
+  };
+  textarea.addEventListener("input", () => {
+    latest = [];
+    paint();
+    state.textContent = "Checking…";
+    clearTimeout(timer);
+    timer = setTimeout(check, 250);
+  });
+  textarea.addEventListener("scroll", () => {
+    shown.scrollTop = textarea.scrollTop;
+    shown.scrollLeft = textarea.scrollLeft;
+  });
+  textarea.addEventListener("keydown", (event) => {
+    // Tab indents (YAML has no tabs): two spaces.
+    if (event.key === "Tab" && !event.shiftKey) {
+      event.preventDefault();
+      textarea.setRangeText("  ", textarea.selectionStart, textarea.selectionEnd, "end");
+      textarea.dispatchEvent(new Event("input"));
+    }
+  });
+  const apply = h(
+    "button",
+    {
+      type: "button",
+      class: "primary",
+      id: "apply",
+      onclick: async () => {
+        try {
+          const applied = await post("/api/v1/playbooks", { source: textarea.value, file });
+          result.replaceChildren(
+            message("info", `Applied: ${applied.name} version ${applied.version.slice(0, 12)} is current${applied.changed ? "" : " (it already was)"}, written to ${applied.file}.`),
+            h("a", { href: `#/playbooks/${encodeURIComponent(applied.name)}` }, "Its history"),
+          );
+          await check();
+        } catch (error) {
+          result.replaceChildren(failure(error));
+        }
+      },
+    },
+    "Apply",
+  );
+  page(
+    name ? `Edit ${name}` : "New playbook",
+    h("p", { class: "facts" }, `From ${origin}. Checked as you type by the compiler of quench validate; nothing changes until you apply.`),
+    h("div", { class: "editor" }, shown, textarea),
+    state,
+    diagnostics,
+    h("div", { class: "actions" }, apply),
+    result,
+  );
+  paint();
+  await check();
 }
 
 async function auditView(params) {
@@ -866,6 +1107,8 @@ async function route() {
         return await (arg ? runView(arg) : runsView(params));
       case "playbooks":
         return await (arg ? playbookView(arg) : playbooksView());
+      case "edit":
+        return await editorView(arg);
       case "audit":
         return await auditView(params);
       case "dlq":

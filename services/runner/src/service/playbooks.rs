@@ -38,6 +38,9 @@ pub(crate) struct FileStatus {
     pub(crate) serving: Option<String>,
     /// Errors (refused) or warnings.
     pub(crate) diagnostics: Vec<Located>,
+    /// A refused file's text as read, for the console's editor; `None` for a loaded file
+    /// (its source is the current version's).
+    pub(crate) source: Option<Arc<str>>,
 }
 
 impl FileStatus {
@@ -142,6 +145,7 @@ impl Library {
                         version: Some(playbook.version.clone()),
                         serving: None,
                         diagnostics,
+                        source: None,
                     });
                 }
                 None => {
@@ -170,6 +174,7 @@ impl Library {
                 version: None,
                 serving: fallback.as_ref().map(|playbook| playbook.version.clone()),
                 diagnostics,
+                source: Some(Arc::from(file.source.as_str())),
             });
             if let Some(playbook) = fallback {
                 set.insert(playbook.name.clone(), playbook);
@@ -181,14 +186,10 @@ impl Library {
         self.commit(set.into_values().collect(), files, by).await
     }
 
-    /// Compiles `source`; when it compiles, writes it into the directory and makes it current,
-    /// recorded as applied `by`.
-    pub(crate) async fn apply(
-        &self,
-        source: &str,
-        label: &str,
-        by: &str,
-    ) -> Result<Applied, Refused> {
+    /// Compiles `source` as `apply` would, changing nothing: the playbook when it compiles, and
+    /// every diagnostic (errors, warnings, overlaps with the other enabled playbooks) located
+    /// in `label`.
+    pub(crate) fn check(&self, source: &str, label: &str) -> (Option<Playbook>, Vec<Located>) {
         let mut compiled = playbook::compile_with(source, Some(&self.inner.engine.group_names()));
         if let Some(applied) = &compiled.playbook {
             let current = self.inner.engine.playbooks();
@@ -217,7 +218,19 @@ impl Library {
             diagnostics: &compiled.diagnostics,
         }
         .located();
-        let Some(playbook) = compiled.playbook else {
+        (compiled.playbook, diagnostics)
+    }
+
+    /// Compiles `source`; when it compiles, writes it into the directory and makes it current,
+    /// recorded as applied `by`.
+    pub(crate) async fn apply(
+        &self,
+        source: &str,
+        label: &str,
+        by: &str,
+    ) -> Result<Applied, Refused> {
+        let (playbook, diagnostics) = self.check(source, label);
+        let Some(playbook) = playbook else {
             return Err(Refused::Invalid(diagnostics));
         };
         let mut last_good = self.inner.state.lock().await;
@@ -253,6 +266,7 @@ impl Library {
             version: Some(playbook.version.clone()),
             serving: None,
             diagnostics: diagnostics.clone(),
+            source: None,
         });
         files.sort_by(|a, b| a.path.cmp(&b.path));
         self.commit(set.into_values().collect(), files, by)

@@ -168,6 +168,7 @@ fn router() -> (Router<Api>, utoipa::openapi::OpenApi) {
         .routes(routes!(runs::decide))
         .routes(routes!(inbox::inbox))
         .routes(routes!(playbooks::list, playbooks::apply))
+        .routes(routes!(playbooks::validate))
         .routes(routes!(playbooks::show))
         .routes(routes!(playbooks::history))
         .routes(routes!(playbooks::version))

@@ -40,6 +40,8 @@ pub(crate) struct RefusedFile {
     /// The version serving instead.
     pub(crate) serving: Option<String>,
     pub(crate) diagnostics: Vec<Located>,
+    /// The file's text as the load read it (what the diagnostics point into).
+    pub(crate) source: String,
 }
 
 /// What is loaded.
@@ -111,6 +113,20 @@ pub(crate) struct AppliedView {
     /// Where it was written in the playbooks directory.
     pub(crate) file: String,
     pub(crate) warnings: Vec<Located>,
+}
+
+/// What compiling a playbook found; nothing was applied.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Checked {
+    /// True when it compiles (warnings allowed): applying it would succeed.
+    pub(crate) ok: bool,
+    /// The playbook's name and the version it would have, when it compiles.
+    pub(crate) name: Option<String>,
+    pub(crate) version: Option<String>,
+    /// Whether that version is already current.
+    pub(crate) current: bool,
+    /// Errors and warnings with line and column, in source order.
+    pub(crate) diagnostics: Vec<Located>,
 }
 
 /// Whether a playbook starts new runs.
@@ -189,6 +205,7 @@ pub(super) async fn list(
             playbook: file.playbook.clone(),
             serving: file.serving.clone(),
             diagnostics: file.diagnostics.clone(),
+            source: file.source.as_deref().unwrap_or_default().to_owned(),
         })
         .collect();
     Ok(Json(PlaybookList {
@@ -241,6 +258,49 @@ pub(super) async fn apply(
         }
         Err(Refused::Failed(message)) => Err(ApiError::Internal(message)),
     }
+}
+
+/// Compile a playbook without applying it: the same compiler and checks as `POST
+/// /api/v1/playbooks` and `quench validate` (the configured groups, overlaps with the enabled
+/// playbooks); what the console's editor calls as one types.
+#[utoipa::path(post, path = "/api/v1/validate", tag = "playbooks",
+    request_body = ApplyRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Compiled (role editor): `ok` says whether it would apply", body = Checked),
+        (status = 400, description = "A bad body", body = ErrorBody),
+        (status = 401, description = "No or unknown token", body = ErrorBody),
+        (status = 403, description = "Role too small", body = ErrorBody)
+    ))]
+pub(super) async fn validate(
+    State(api): State<Api>,
+    caller: Caller,
+    Body(request): Body<ApplyRequest>,
+) -> Result<Json<Checked>, ApiError> {
+    caller.require(Role::Editor)?;
+    let label = request.file.as_deref().unwrap_or("<request>");
+    let library = api.inner.library.clone();
+    let source = request.source;
+    let label = label.to_owned();
+    // Compiling is CPU work (templates, schemas): off the async workers.
+    let (playbook, diagnostics) =
+        tokio::task::spawn_blocking(move || library.check(&source, &label))
+            .await
+            .map_err(|error| ApiError::Internal(format!("the check stopped: {error}")))?;
+    let current = playbook.as_ref().is_some_and(|playbook| {
+        api.inner
+            .engine
+            .playbooks()
+            .get(&playbook.name)
+            .is_some_and(|loaded| loaded.version == playbook.version)
+    });
+    Ok(Json(Checked {
+        ok: playbook.is_some(),
+        name: playbook.as_ref().map(|playbook| playbook.name.clone()),
+        version: playbook.as_ref().map(|playbook| playbook.version.clone()),
+        current,
+        diagnostics,
+    }))
 }
 
 /// A loaded playbook and its current source.

@@ -31,6 +31,7 @@ use crate::config::{ConsoleSection, Role};
 const INDEX: &str = include_str!("../../../console/index.html");
 const SCRIPT: &str = include_str!("../../../console/app.js");
 const STYLE: &str = include_str!("../../../console/app.css");
+const EDITOR: &str = include_str!("../../../console/editor.js");
 
 /// The policy every console response carries.
 pub(crate) const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -107,6 +108,7 @@ pub(crate) fn routes(enabled: bool) -> Router<Api> {
     Router::new()
         .route("/", get(index))
         .route("/assets/app.js", get(script))
+        .route("/assets/editor.js", get(editor_script))
         .route("/assets/app.css", get(style))
         .route("/console/session", get(whoami).post(sign_in))
         .route("/console/sign-out", axum::routing::post(sign_out))
@@ -141,6 +143,10 @@ async fn index() -> Response {
 
 async fn script() -> Response {
     asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+async fn editor_script() -> Response {
+    asset("text/javascript; charset=utf-8", EDITOR)
 }
 
 async fn style() -> Response {
