@@ -132,6 +132,42 @@ fn bad_values_name_their_key_and_exit_64() {
         ),
         (&[("QUENCH_NATS__URLL", "nats://x:1")], "urll"),
         (
+            &[
+                ("QUENCH_CONSOLE__OIDC__ISSUER", "http://idp.example.com"),
+                ("QUENCH_CONSOLE__OIDC__CLIENT_ID", "quench"),
+                ("QUENCH_CONSOLE__OIDC__DEFAULT_ROLE", "viewer"),
+            ],
+            "`console.oidc.issuer` = \"http://idp.example.com\": must use https",
+        ),
+        (
+            &[
+                ("QUENCH_CONSOLE__OIDC__ISSUER", "https://idp.example.com"),
+                ("QUENCH_CONSOLE__OIDC__CLIENT_ID", "quench"),
+            ],
+            "`console.oidc.roles` = \"{}\": maps no group to a role and there is no default_role",
+        ),
+        (
+            &[
+                ("QUENCH_API__LISTEN", "10.0.0.1:8080"),
+                ("QUENCH_CONSOLE__OIDC__ISSUER", "https://idp.example.com"),
+                ("QUENCH_CONSOLE__OIDC__CLIENT_ID", "quench"),
+                ("QUENCH_CONSOLE__OIDC__DEFAULT_ROLE", "viewer"),
+            ],
+            "`console.oidc.redirect_url` = \"\": is needed when api.listen is not loopback",
+        ),
+        (
+            &[
+                ("QUENCH_CONSOLE__OIDC__ISSUER", "https://idp.example.com"),
+                ("QUENCH_CONSOLE__OIDC__CLIENT_ID", "quench"),
+                ("QUENCH_CONSOLE__OIDC__DEFAULT_ROLE", "viewer"),
+                (
+                    "QUENCH_CONSOLE__OIDC__REDIRECT_URL",
+                    "https://quench.example.com/callback",
+                ),
+            ],
+            "must end in /console/oidc/callback",
+        ),
+        (
             &[("QUENCH_STORE__RETAIN_ENDED", "10s")],
             "`store.retain_ended` = \"10s\": must be a duration of at least 1m (e.g. 90d) or `forever`",
         ),

@@ -77,6 +77,11 @@ struct Answer {
 
 impl Console {
     async fn start() -> Console {
+        Console::start_at(format!("127.0.0.1:{}", free_port()), "").await
+    }
+
+    /// On a given API listener, with more config after the tokens.
+    async fn start_at(listen: String, more_config: &str) -> Console {
         let nats = NatsServer::start();
         let dir = tempfile::tempdir().expect("temp dir");
         let playbooks = dir.path().join("playbooks");
@@ -90,7 +95,16 @@ impl Console {
                 "[[api.tokens]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{sha}\"\n\n"
             ));
         }
-        let service = Service::launch(&nats.url(), &playbooks, dir.path(), &[], Some(&config), &[]);
+        config.push_str(more_config);
+        let service = Service::launch_at(
+            listen,
+            &nats.url(),
+            &playbooks,
+            dir.path(),
+            &[],
+            Some(&config),
+            &[],
+        );
         let client = async_nats::connect(nats.url()).await.expect("connects");
         quench_common::http::install_crypto_provider();
         Console {
@@ -770,5 +784,258 @@ async fn a_browser_answers_from_the_inbox_finds_the_run_and_a_viewer_cannot_writ
         .expect("goto");
     find(&client, "#history").await;
     screenshot(&client, "playbook").await;
+    client.close().await.expect("close");
+}
+
+/// PyPI's oidc-provider-mock (a real OpenID provider on Flask and authlib, installed by
+/// `tests/run`) on a free port, killed on drop.
+struct Provider {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Provider {
+    /// With users (their claims); clients must register (so the client secret is checked).
+    async fn start(users: &[Value]) -> Provider {
+        quench_common::http::install_crypto_provider();
+        let tools = std::fs::read_dir(root().join("target/tools"))
+            .expect("target/tools (tests/run installs the tools)")
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .find(|path| {
+                path.file_name()
+                    .and_then(|name| name.to_str())
+                    .is_some_and(|name| {
+                        name.starts_with("oidc-provider-mock-") && !name.ends_with(".partial")
+                    })
+            })
+            .expect("oidc-provider-mock is installed in target/tools (tests/run installs it)");
+        let port = free_port();
+        let mut command = std::process::Command::new("python3");
+        command
+            .args(["-W", "ignore", "-m", "oidc_provider_mock", "--port"])
+            .arg(port.to_string())
+            .args(["--require-registration", "true"])
+            .env("PYTHONPATH", &tools)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        for user in users {
+            command.arg("--user-claims").arg(user.to_string());
+        }
+        let child = command.spawn().expect("the OpenID provider starts");
+        let provider = Provider {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let started = std::time::Instant::now();
+        let discovery = format!("{}/.well-known/openid-configuration", provider.url);
+        while !reqwest::get(&discovery)
+            .await
+            .is_ok_and(|response| response.status().is_success())
+        {
+            assert!(
+                started.elapsed() < WAIT,
+                "the OpenID provider did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        provider
+    }
+
+    /// Registers a client (RFC 7591) for a redirect URL; returns its id and secret.
+    async fn register(&self, redirect: &str) -> (String, String) {
+        let client: Value = reqwest::Client::new()
+            .post(format!("{}/oauth2/clients", self.url))
+            .json(&json!({"redirect_uris": [redirect]}))
+            .send()
+            .await
+            .expect("registration")
+            .json()
+            .await
+            .expect("a client");
+        (
+            client["client_id"].as_str().expect("id").to_owned(),
+            client["client_secret"].as_str().expect("secret").to_owned(),
+        )
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Signs in through the provider's page as the predefined user `sub`.
+async fn sign_in_with_provider(client: &fantoccini::Client, console: &Console, sub: &str) {
+    client.goto(&console.url("/")).await.expect("goto");
+    find(client, "#sso")
+        .await
+        .click()
+        .await
+        .expect("to the provider");
+    find(client, &format!("button[name='sub'][value='{sub}']"))
+        .await
+        .click()
+        .await
+        .expect("authorize");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_sign_on_through_an_openid_provider() {
+    let provider = Provider::start(&[
+        json!({"sub": "ann", "email": "ann@example.com", "email_verified": true, "groups": ["approvers", "staff"]}),
+        json!({"sub": "eve", "email": "eve@example.com", "email_verified": false, "groups": ["secops"]}),
+        json!({"sub": "otto", "email": "otto@example.com", "email_verified": true, "groups": ["staff"]}),
+    ])
+    .await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (client_id, secret) = provider
+        .register(&format!("http://{listen}/console/oidc/callback"))
+        .await;
+    let secrets = tempfile::tempdir().expect("dir");
+    let secret_file = secrets.path().join("oidc-secret");
+    std::fs::write(&secret_file, &secret).expect("write the secret");
+    let console = Console::start_at(
+        listen,
+        &format!(
+            "[console.oidc]\nissuer = \"{}\"\nclient_id = \"{client_id}\"\nclient_secret_file = \"{}\"\n\n[console.oidc.roles]\napprovers = \"approver\"\nsecops = \"admin\"\n",
+            provider.url,
+            secret_file.display()
+        ),
+    )
+    .await;
+    console.publish("f-sso", "key_sso", "a leaked key").await;
+    let run = console.run_of("openai:key:key_sso", "waiting").await;
+    let run_id = run["id"].as_str().expect("id").to_owned();
+
+    // The page offers single sign-on.
+    let session = console
+        .send(console.http.get(console.url("/console/session")))
+        .await;
+    assert_eq!(session.body["methods"], json!(["oidc", "token"]));
+    assert_eq!(session.body["issuer"], provider.url.as_str());
+
+    // A callback no browser started, or one without the browser's binding cookie, signs no one in.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let forged = no_redirects
+        .get(console.url("/console/oidc/callback?code=abc&state=forged"))
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(forged.status(), 303);
+    assert_eq!(forged.headers()["location"], "/#signin_error=login_expired");
+    let started = no_redirects
+        .get(console.url("/console/oidc/login"))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(started.status(), 303);
+    let location = url::Url::parse(started.headers()["location"].to_str().expect("ascii"))
+        .expect("the provider's URL");
+    assert!(location.as_str().starts_with(&provider.url), "{location}");
+    let params: std::collections::HashMap<String, String> =
+        location.query_pairs().into_owned().collect();
+    assert_eq!(params["code_challenge_method"], "S256", "PKCE");
+    assert_eq!(params["client_id"], client_id);
+    assert!(params.contains_key("nonce") && params.contains_key("state"));
+    let binding = started.headers()["set-cookie"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        binding.contains("HttpOnly") && binding.contains("SameSite=Lax"),
+        "{binding}"
+    );
+    let unbound = no_redirects
+        .get(console.url(&format!(
+            "/console/oidc/callback?code=abc&state={}",
+            params["state"]
+        )))
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(
+        unbound.headers()["location"],
+        "/#signin_error=login_expired"
+    );
+    assert!(
+        unbound
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .all(|cookie| !cookie
+                .to_str()
+                .unwrap_or_default()
+                .starts_with("quench_session="))
+    );
+
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+
+    // Ann signs in at the provider; her groups make her an approver; she answers her gate.
+    sign_in_with_provider(&client, &console, "ann").await;
+    find_text(&client, "#person", "ann@example.com").await;
+    find_text(&client, "#role", "approver").await;
+    let card = find(&client, &format!("article.gate[data-run='{run_id}']")).await;
+    screenshot(&client, "sso-inbox").await;
+    card.find(fantoccini::Locator::Css("button[data-choice='keep']"))
+        .await
+        .expect("keep")
+        .click()
+        .await
+        .expect("click");
+    find_text(&client, "article.gate .message.info", "decided").await;
+    console.run_of("openai:key:key_sso", "completed").await;
+    let detail = console
+        .api(&format!("/api/v1/runs/{run_id}"), "t-admin")
+        .await;
+    let decision = detail["audit"]
+        .as_array()
+        .expect("audit")
+        .iter()
+        .find(|entry| entry["kind"] == "decision")
+        .expect("the decision is audited")
+        .clone();
+    assert_eq!(decision["actor"]["id"], "ann@example.com");
+    assert_eq!(decision["actor"]["via"], "console");
+    let method = client
+        .execute_async(
+            r#"const done = arguments[arguments.length - 1];
+               fetch("/console/session").then(r => r.json()).then(s => done(s.method));"#,
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert_eq!(method, json!("oidc"));
+    find(&client, "#sign-out")
+        .await
+        .click()
+        .await
+        .expect("sign out");
+    find(&client, "#sso").await;
+
+    // An unverified email, and a person in no mapped group, are refused with why.
+    sign_in_with_provider(&client, &console, "eve").await;
+    find_text(&client, "main .message", "no verified email").await;
+    sign_in_with_provider(&client, &console, "otto").await;
+    find_text(&client, "main .message", "no group that gives a role").await;
+    screenshot(&client, "sso-refused").await;
+    let whoami = client
+        .execute_async(
+            r#"const done = arguments[arguments.length - 1];
+               fetch("/console/session").then(r => r.json()).then(s => done(s.signed_in));"#,
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert_eq!(whoami, json!(false));
+    let log = console.service.log_text();
+    assert!(!log.contains(&secret), "the client secret is never logged");
     client.close().await.expect("close");
 }

@@ -128,6 +128,8 @@ pub struct ConsoleSection {
     /// How long a session lasts from sign-in, e.g. `12h`; it also ends at sign-out and when
     /// the service restarts (sessions are held in memory only).
     pub session_ttl: String,
+    /// Single sign-on with OpenID Connect; without it, only token sign-in.
+    pub oidc: Option<OidcSection>,
 }
 
 impl Default for ConsoleSection {
@@ -136,7 +138,73 @@ impl Default for ConsoleSection {
             enabled: true,
             token_sign_in: true,
             session_ttl: "12h".to_owned(),
+            oidc: None,
         }
+    }
+}
+
+/// `[console.oidc]`: sign-in through an OpenID Connect provider (authorization code flow with
+/// PKCE). The person is the ID token's verified `email`; their role is the highest that
+/// `roles` gives any group in the groups claim (else `default_role`, else no sign-in).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OidcSection {
+    /// The provider's issuer URL (https; plain http only on loopback), where
+    /// `/.well-known/openid-configuration` is found.
+    pub issuer: String,
+    pub client_id: String,
+    /// The client secret (`client_secret_basic`); none for a public client (PKCE only).
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Where the provider sends the browser back: this service's `/console/oidc/callback` as
+    /// the browser reaches it. Needed unless `api.listen` is loopback (then
+    /// `http://<api.listen>/console/oidc/callback`).
+    #[serde(default)]
+    pub redirect_url: Option<String>,
+    /// Scopes asked besides `openid`.
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+    /// The ID token claim that lists the person's groups.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Group → role (`viewer`, `approver`, `editor`, `admin`).
+    #[serde(default)]
+    pub roles: BTreeMap<String, Role>,
+    /// The role of a verified person in none of `roles`' groups; unset, they cannot sign in.
+    #[serde(default)]
+    pub default_role: Option<Role>,
+}
+
+fn default_oidc_scopes() -> Vec<String> {
+    vec!["email".to_owned(), "profile".to_owned()]
+}
+
+fn default_groups_claim() -> String {
+    "groups".to_owned()
+}
+
+impl OidcSection {
+    /// The redirect URL: the configured one, or the loopback listener's callback.
+    pub fn redirect_url(&self, listen: &str) -> Option<String> {
+        match &self.redirect_url {
+            Some(url) => Some(url.clone()),
+            None => listen
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .filter(|address| address.ip().is_loopback())
+                .map(|address| format!("http://{address}/console/oidc/callback")),
+        }
+    }
+
+    /// The role of a person in `groups`: the highest any of them maps to, else `default_role`.
+    pub fn role_of<'a>(&self, groups: impl IntoIterator<Item = &'a str>) -> Option<Role> {
+        groups
+            .into_iter()
+            .filter_map(|group| self.roles.get(group).copied())
+            .max()
+            .or(self.default_role)
     }
 }
 
@@ -817,6 +885,26 @@ fn one_secret(
     }
 }
 
+/// One secret given inline or as `<key>_file`, never both; the file is read into the inline
+/// slot.
+fn resolve_secret(
+    key: &str,
+    inline: &mut Option<Secret>,
+    file: &mut Option<PathBuf>,
+) -> Result<(), Error> {
+    match (inline.as_ref(), file.as_ref()) {
+        (Some(_), Some(path)) => Err(Error::Invalid(format!(
+            "`{key}` and `{key}_file` ({}) are both set; give the secret one way",
+            path.display()
+        ))),
+        (None, Some(path)) => {
+            *inline = Some(read_secret_file(&format!("{key}_file"), path)?);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Reads a secret from a file (a trailing newline is not part of it).
 pub fn read_secret_file(key: &str, path: &Path) -> Result<Secret, Error> {
     let text = std::fs::read_to_string(path).map_err(|error| Error::Value {
@@ -1171,6 +1259,60 @@ impl Config {
             .unwrap_or_else(|error| format!("# cannot show the config: {error}\n"))
     }
 
+    fn check_oidc(&self) -> Result<(), Error> {
+        let Some(oidc) = &self.console.oidc else {
+            return Ok(());
+        };
+        let bad = |key: &str, value: &str, problem: &str| Error::Value {
+            key: format!("console.oidc.{key}"),
+            value: value.to_owned(),
+            problem: problem.to_owned(),
+        };
+        if let Err(problem) = check_base_url(&oidc.issuer) {
+            return Err(bad("issuer", &oidc.issuer, &problem));
+        }
+        if oidc.client_id.trim().is_empty() {
+            return Err(bad(
+                "client_id",
+                "",
+                "must name this service's client at the provider",
+            ));
+        }
+        match oidc.redirect_url(&self.api.listen) {
+            None => {
+                return Err(bad(
+                    "redirect_url",
+                    "",
+                    "is needed when api.listen is not loopback: this service's \
+                     /console/oidc/callback as browsers reach it, e.g. \
+                     https://quench.example.com/console/oidc/callback",
+                ));
+            }
+            Some(url) => {
+                let parsed =
+                    check_base_url(&url).map_err(|problem| bad("redirect_url", &url, &problem))?;
+                if parsed.path() != "/console/oidc/callback" {
+                    return Err(bad(
+                        "redirect_url",
+                        &url,
+                        "must end in /console/oidc/callback (the path this service answers)",
+                    ));
+                }
+            }
+        }
+        if oidc.groups_claim.trim().is_empty() {
+            return Err(bad("groups_claim", "", "must name a claim, e.g. groups"));
+        }
+        if oidc.roles.is_empty() && oidc.default_role.is_none() {
+            return Err(bad(
+                "roles",
+                "{}",
+                "maps no group to a role and there is no default_role: no one could sign in",
+            ));
+        }
+        Ok(())
+    }
+
     fn resolve_secrets(&mut self) -> Result<(), Error> {
         let pairs: [(&str, &mut Option<Secret>, &mut Option<PathBuf>); 8] = [
             (
@@ -1215,23 +1357,20 @@ impl Config {
             ),
         ];
         for (key, inline, file) in pairs {
-            match (inline.as_ref(), file.as_ref()) {
-                (Some(_), Some(path)) => {
-                    return Err(Error::Invalid(format!(
-                        "`{key}` and `{key}_file` ({}) are both set; give the secret one way",
-                        path.display()
-                    )));
-                }
-                (None, Some(path)) => {
-                    *inline = Some(read_secret_file(&format!("{key}_file"), path)?);
-                }
-                _ => {}
-            }
+            resolve_secret(key, inline, file)?;
+        }
+        if let Some(oidc) = &mut self.console.oidc {
+            resolve_secret(
+                "console.oidc.client_secret",
+                &mut oidc.client_secret,
+                &mut oidc.client_secret_file,
+            )?;
         }
         Ok(())
     }
 
     fn check(&self) -> Result<(), Error> {
+        self.check_oidc()?;
         let bad = |key: &str, value: &str, problem: &str| Error::Value {
             key: key.to_owned(),
             value: value.to_owned(),

@@ -140,7 +140,20 @@ function page(title, ...children) {
 
 // ---- sign-in ----------------------------------------------------------------------------
 
-function showSignIn(note) {
+// The ways the service offers to sign in (GET /console/session), read at start.
+let offered = { methods: ["token"], issuer: null };
+
+// What a refused single sign-on comes back with (`#signin_error=<code>`).
+const SIGNIN_ERRORS = {
+  provider_unreachable: "The identity provider could not be reached; try again, or tell the operator.",
+  login_expired: "That sign-in was not started here or took too long; start again.",
+  denied: "The identity provider did not sign you in.",
+  unverified: "The identity provider's answer did not verify; the attempt was logged.",
+  no_verified_email: "Your identity provider account has no verified email.",
+  no_role: "You are in no group that gives a role in quench; ask the operator.",
+};
+
+function showSignIn(note, kind = "info") {
   stopPolling();
   $("nav").hidden = true;
   $("who").hidden = true;
@@ -152,7 +165,7 @@ function showSignIn(note) {
     "aria-label": "API token",
   });
   const notice = h("div", {});
-  if (note) notice.append(message("info", note));
+  if (note) notice.append(message(kind, note));
   const form = h(
     "form",
     {
@@ -171,8 +184,24 @@ function showSignIn(note) {
     input,
     h("button", { class: "primary", type: "submit" }, "Sign in"),
   );
+  let host = offered.issuer || "";
+  try {
+    host = new URL(offered.issuer).host;
+  } catch {
+    // Shown as configured.
+  }
+  const sso = offered.methods.includes("oidc")
+    ? h("p", {}, h("a", { href: "/console/oidc/login", id: "sso", class: "button primary" }, `Sign in with ${host}`))
+    : "";
   $("main").replaceChildren(
-    h("div", { class: "signin card" }, h("h1", {}, "Sign in to quench"), notice, form),
+    h(
+      "div",
+      { class: "signin card" },
+      h("h1", {}, "Sign in to quench"),
+      notice,
+      sso,
+      offered.methods.includes("token") ? form : "",
+    ),
   );
   document.title = "Sign in · quench";
 }
@@ -1133,6 +1162,8 @@ async function start() {
   // it is taken out of the address bar (and history) before anything else.
   const fragment = new URLSearchParams(location.hash.replace(/^#/, ""));
   const token = fragment.get("token");
+  const refusedSignIn = fragment.get("signin_error");
+  if (refusedSignIn) history.replaceState(null, "", `${location.pathname}#/inbox`);
   if (token) {
     history.replaceState(null, "", `${location.pathname}#/inbox`);
     try {
@@ -1145,7 +1176,9 @@ async function start() {
   }
   try {
     const view = await (await fetch("/console/session", { credentials: "same-origin" })).json();
+    offered = { methods: view.methods || [], issuer: view.issuer || null };
     if (view.signed_in) signedIn(view);
+    else if (refusedSignIn) showSignIn(SIGNIN_ERRORS[refusedSignIn] || "The sign-in was refused.", "error");
     else showSignIn();
   } catch {
     showSignIn("The service did not answer; reload to try again.");

@@ -554,6 +554,21 @@ impl Service {
         config: Option<&str>,
         args: &[&str],
     ) -> Service {
+        let listen = format!("127.0.0.1:{}", free_port());
+        Service::launch_at(listen, nats, playbooks, dir, env, config, args)
+    }
+
+    /// [`Service::launch`] on a given API listener (for a config that names it, such as an
+    /// OpenID redirect URL registered before the service starts).
+    pub(crate) fn launch_at(
+        listen: String,
+        nats: &str,
+        playbooks: &std::path::Path,
+        dir: &std::path::Path,
+        env: &[(&str, &str)],
+        config: Option<&str>,
+        args: &[&str],
+    ) -> Service {
         let config = config.map(|text| {
             let path = dir.join("quench.toml");
             std::fs::write(&path, text).expect("write the service config");
@@ -561,7 +576,7 @@ impl Service {
         });
         let mut service = Service {
             child: None,
-            listen: format!("127.0.0.1:{}", free_port()),
+            listen,
             store: dir.join("state"),
             playbooks: playbooks.to_owned(),
             nats: nats.to_owned(),

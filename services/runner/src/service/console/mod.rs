@@ -9,10 +9,12 @@
 //! this origin only, no inline code, no frames, Trusted Types required so no script can write
 //! HTML from strings), `nosniff`, no referrer, and no framing.
 //!
-//! Sign-in: an API token exchanged for a session (`[console] token_sign_in`, on by default;
-//! the login link `quench up` prints carries its one-run token in the URL's fragment, which the
-//! browser never sends to any server).
+//! Sign-in: OpenID Connect single sign-on (`[console.oidc]`, see `oidc`), or an API token
+//! exchanged for a session (`[console] token_sign_in`, on by default; the login link `quench
+//! up` prints carries its one-run token in the URL's fragment, which the browser never sends to
+//! any server).
 
+pub(crate) mod oidc;
 pub(crate) mod session;
 
 use std::net::SocketAddr;
@@ -46,6 +48,8 @@ pub(crate) struct Console {
     /// `Secure` cookies (with the `__Host-` prefix), unless the listener is loopback.
     secure: bool,
     sessions: Sessions,
+    /// Single sign-on, when `[console.oidc]` is set.
+    oidc: Option<oidc::Oidc>,
 }
 
 impl Console {
@@ -53,11 +57,23 @@ impl Console {
         let loopback = listen
             .parse::<SocketAddr>()
             .is_ok_and(|address| address.ip().is_loopback());
+        let oidc = section
+            .oidc
+            .as_ref()
+            .and_then(|oidc| match oidc::Oidc::new(oidc, listen) {
+                Ok(oidc) => Some(oidc),
+                Err(problem) => {
+                    // The config check refuses what would make this fail.
+                    tracing::error!(%problem, "console single sign-on is off");
+                    None
+                }
+            });
         Console {
             enabled: section.enabled,
             token_sign_in: section.token_sign_in,
             secure: !loopback,
             sessions: Sessions::new(section.session_ttl()),
+            oidc,
         }
     }
 
@@ -77,6 +93,43 @@ impl Console {
     /// The session cookie's value, under the name this listener uses.
     fn cookie(&self, headers: &HeaderMap) -> Option<String> {
         let name = if self.secure { HOST_COOKIE } else { COOKIE };
+        Console::cookie_named(headers, name)
+    }
+
+    fn set_cookie(&self, value: &str, max_age: cookie::time::Duration) -> HeaderValue {
+        let name = if self.secure { HOST_COOKIE } else { COOKIE };
+        self.cookie_header(name, value, cookie::SameSite::Strict, max_age)
+    }
+
+    /// The cookie binding a pending single sign-on to this browser: `Lax`, since the provider
+    /// sends the browser back with a cross-site navigation.
+    fn login_cookie_name(&self) -> String {
+        if self.secure {
+            format!("__Host-{}", oidc::LOGIN_COOKIE)
+        } else {
+            oidc::LOGIN_COOKIE.to_owned()
+        }
+    }
+
+    fn cookie_header(
+        &self,
+        name: &str,
+        value: &str,
+        same_site: cookie::SameSite,
+        max_age: cookie::time::Duration,
+    ) -> HeaderValue {
+        let cookie = cookie::Cookie::build((name, value))
+            .path("/")
+            .http_only(true)
+            .secure(self.secure)
+            .same_site(same_site)
+            .max_age(max_age)
+            .build();
+        HeaderValue::from_str(&cookie.to_string()).unwrap_or(HeaderValue::from_static(""))
+    }
+
+    /// A named cookie's value from a request.
+    fn cookie_named(headers: &HeaderMap, name: &str) -> Option<String> {
         headers
             .get_all(header::COOKIE)
             .iter()
@@ -85,18 +138,6 @@ impl Console {
             .filter_map(Result::ok)
             .find(|cookie| cookie.name() == name)
             .map(|cookie| cookie.value().to_owned())
-    }
-
-    fn set_cookie(&self, value: &str, max_age: cookie::time::Duration) -> HeaderValue {
-        let name = if self.secure { HOST_COOKIE } else { COOKIE };
-        let cookie = cookie::Cookie::build((name, value))
-            .path("/")
-            .http_only(true)
-            .secure(self.secure)
-            .same_site(cookie::SameSite::Strict)
-            .max_age(max_age)
-            .build();
-        HeaderValue::from_str(&cookie.to_string()).unwrap_or(HeaderValue::from_static(""))
     }
 }
 
@@ -112,6 +153,8 @@ pub(crate) fn routes(enabled: bool) -> Router<Api> {
         .route("/assets/app.css", get(style))
         .route("/console/session", get(whoami).post(sign_in))
         .route("/console/sign-out", axum::routing::post(sign_out))
+        .route("/console/oidc/login", get(oidc_login))
+        .route("/console/oidc/callback", get(oidc_callback))
 }
 
 /// The headers every console response carries.
@@ -157,8 +200,11 @@ async fn style() -> Response {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct SessionView {
     pub(crate) signed_in: bool,
-    /// The ways to sign in this service offers: `token`.
+    /// The ways to sign in this service offers: `oidc`, `token`.
     pub(crate) methods: Vec<String>,
+    /// With `oidc`: the identity provider's issuer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) issuer: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) person: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -175,11 +221,12 @@ impl Console {
     fn view(&self, session: Option<&Session>) -> SessionView {
         SessionView {
             signed_in: session.is_some(),
-            methods: if self.token_sign_in {
-                vec!["token".to_owned()]
-            } else {
-                Vec::new()
-            },
+            methods: [(self.oidc.is_some(), "oidc"), (self.token_sign_in, "token")]
+                .into_iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, method)| method.to_owned())
+                .collect(),
+            issuer: self.oidc.as_ref().map(|oidc| oidc.issuer().to_owned()),
             person: session.map(|session| session.person.clone()),
             role: session.map(|session| session.role),
             method: session.map(|session| session.method.to_owned()),
@@ -282,6 +329,93 @@ async fn sign_in(
         .headers_mut()
         .insert(header::SET_COOKIE, console.set_cookie(&value, ttl));
     response
+}
+
+/// A redirect (303) that also sets cookies.
+fn redirect(location: &str, cookies: &[HeaderValue]) -> Response {
+    let mut response = hardened(
+        (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, location.to_owned())],
+        )
+            .into_response(),
+    );
+    for cookie in cookies {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, cookie.clone());
+    }
+    response
+}
+
+/// The single sign-on side, or the answer that there is none.
+fn sso(console: &Console) -> Result<&oidc::Oidc, Box<Response>> {
+    console.oidc.as_ref().ok_or_else(|| {
+        Box::new(refused(
+            StatusCode::NOT_FOUND,
+            "oidc_off",
+            "single sign-on is not configured ([console.oidc])",
+        ))
+    })
+}
+
+/// Starts single sign-on: to the provider, with this browser's binding cookie.
+async fn oidc_login(State(api): State<Api>) -> Response {
+    let console = api.console();
+    let oidc = match sso(console) {
+        Ok(oidc) => oidc,
+        Err(response) => return *response,
+    };
+    match oidc.start().await {
+        Ok((url, binding)) => {
+            let cookie = console.cookie_header(
+                &console.login_cookie_name(),
+                &binding,
+                cookie::SameSite::Lax,
+                cookie::time::Duration::minutes(10),
+            );
+            redirect(&url, &[cookie])
+        }
+        Err(refusal) => {
+            tracing::warn!(code = refusal.code(), %refusal, "console single sign-on could not start");
+            redirect(&format!("/#signin_error={}", refusal.code()), &[])
+        }
+    }
+}
+
+/// Where the provider sends the browser back: a session, or the page with why not.
+async fn oidc_callback(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<oidc::Callback>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let console = api.console();
+    let oidc = match sso(console) {
+        Ok(oidc) => oidc,
+        Err(response) => return *response,
+    };
+    let answer = query.map(|query| query.0).unwrap_or_default();
+    let name = console.login_cookie_name();
+    let binding = Console::cookie_named(&headers, &name);
+    let clear = console.cookie_header(
+        &name,
+        "",
+        cookie::SameSite::Lax,
+        cookie::time::Duration::ZERO,
+    );
+    match oidc.finish(&answer, binding.as_deref()).await {
+        Ok(person) => {
+            let (value, session) = console.sessions.open(person.email, person.role, "oidc");
+            tracing::info!(person = %session.person, role = ?session.role, "signed in to the console through single sign-on");
+            let ttl = cookie::time::Duration::try_from(console.sessions.ttl())
+                .unwrap_or(cookie::time::Duration::HOUR);
+            redirect("/#/inbox", &[clear, console.set_cookie(&value, ttl)])
+        }
+        Err(refusal) => {
+            tracing::warn!(code = refusal.code(), %refusal, "a console single sign-on was refused");
+            redirect(&format!("/#signin_error={}", refusal.code()), &[clear])
+        }
+    }
 }
 
 async fn sign_out(State(api): State<Api>, headers: HeaderMap) -> Response {
