@@ -423,6 +423,42 @@ async fn sessions_csrf_and_the_inbox_over_http() {
         )
         .await;
     assert_eq!(after.status, 401);
+
+    // Live updates: the run events as Server-Sent Events, for any role that reads; none without
+    // a session or token.
+    let refused = console
+        .send(console.http.get(console.url("/api/v1/events")))
+        .await;
+    assert_eq!(refused.status, 401);
+    let mut stream = console
+        .http
+        .get(console.url("/api/v1/events"))
+        .bearer_auth("t-viewer")
+        .send()
+        .await
+        .expect("the stream opens");
+    assert_eq!(stream.status(), 200);
+    assert!(
+        stream.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/event-stream")
+    );
+    console.publish("f-3", "key_live", "live").await;
+    let mut seen = String::new();
+    let started = std::time::Instant::now();
+    while !(seen.contains("event: run")
+        && seen.contains(r#""kind":"waiting""#)
+        && seen.contains("openai:key:key_live"))
+    {
+        let left = WAIT.saturating_sub(started.elapsed());
+        let chunk = tokio::time::timeout(left, stream.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no waiting event for key_live; the stream said:\n{seen}"))
+            .expect("the stream reads")
+            .expect("the stream stays open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
 }
 
 /// chromedriver on a free port, killed on drop.
@@ -574,6 +610,25 @@ async fn a_browser_answers_from_the_inbox_finds_the_run_and_a_viewer_cannot_writ
     assert_ne!(client.title().await.expect("title"), "owned");
     find_text(&client, "#badge", "1").await;
     screenshot(&client, "inbox").await;
+
+    // A gate that opens while the inbox is shown appears by itself, from the run events (long
+    // before the 10-second poll would bring it).
+    console
+        .publish("f-live", "key_live_page", "arrives live")
+        .await;
+    let arrived = console.run_of("openai:key:key_live_page", "waiting").await;
+    client
+        .wait()
+        .at_most(Duration::from_secs(6))
+        .for_element(fantoccini::Locator::Css(&format!(
+            "article.gate[data-run='{}']",
+            arrived["id"].as_str().expect("id")
+        )))
+        .await
+        .expect("the new gate appears without a reload");
+    find_text(&client, "#badge", "2").await;
+    // The inbox was drawn again: find the first card anew.
+    let card = find(&client, &format!("article.gate[data-run='{run_id}']")).await;
 
     // Answer: the page says so, and the run goes on.
     card.find(fantoccini::Locator::Css("button[data-choice='revoke']"))

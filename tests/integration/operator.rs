@@ -166,7 +166,16 @@ impl Operator {
         }
         let response = request.send().await.expect("the API answers");
         let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
+        let streaming = response
+            .headers()
+            .get("content-type")
+            .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"));
+        // A live stream does not end: its status and headers are the answer.
+        let text = if streaming {
+            String::new()
+        } else {
+            response.text().await.expect("body")
+        };
         Answer {
             status,
             body: serde_json::from_str(&text).unwrap_or(Value::Null),
@@ -325,6 +334,14 @@ fn routes() -> Vec<Route> {
             "GET",
             "/api/v1/runs",
             "/api/v1/runs",
+            Some("viewer"),
+            None,
+            200,
+        ),
+        route(
+            "GET",
+            "/api/v1/events",
+            "/api/v1/events",
             Some("viewer"),
             None,
             200,

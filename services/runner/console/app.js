@@ -243,19 +243,68 @@ async function signOut() {
 
 // ---- live updates -----------------------------------------------------------------------
 
+// Polling every 10 s works without anything else; run events over Server-Sent Events
+// (GET /api/v1/events) make the inbox, its badge and an open run follow within a moment.
+let live = null;
+let liveTimer = null;
+
+function typing() {
+  return document.activeElement && ["INPUT", "TEXTAREA", "SELECT"].includes(document.activeElement.tagName);
+}
+
 function startPolling() {
   stopPolling();
   refreshBadge();
   pollTimer = setInterval(() => {
     refreshBadge();
-    const editing = document.activeElement && ["INPUT", "TEXTAREA", "SELECT"].includes(document.activeElement.tagName);
-    if (currentView() === "inbox" && !editing) route();
+    if (currentView() === "inbox" && !typing()) route();
   }, POLL_MS);
+  if (window.EventSource) {
+    live = new EventSource("/api/v1/events");
+    live.addEventListener("run", (message) => {
+      let event;
+      try {
+        event = JSON.parse(message.data);
+      } catch {
+        return;
+      }
+      onRunEvent(event);
+    });
+    // This stream fell behind, or came back after a break: whatever is shown may be stale.
+    live.addEventListener("resync", () => onRunEvent(null));
+    let opened = false;
+    live.addEventListener("ready", () => {
+      if (opened) onRunEvent(null);
+      opened = true;
+    });
+    live.addEventListener("open", () => document.body.classList.add("live"));
+    live.addEventListener("error", () => document.body.classList.remove("live"));
+  }
 }
 
 function stopPolling() {
   if (pollTimer) clearInterval(pollTimer);
   pollTimer = null;
+  if (live) live.close();
+  live = null;
+  document.body.classList.remove("live");
+}
+
+// What a run event changes on the page now shown; redrawn once per burst.
+function onRunEvent(event) {
+  const [path] = location.hash.replace(/^#\/?/, "").split("?");
+  const [view, ...rest] = path.split("/");
+  const arg = rest.length ? decodeURIComponent(rest.join("/")) : null;
+  const gates = event === null || ["waiting", "decided", "run_completed", "run_failed", "run_cancelled"].includes(event.kind);
+  if (gates) refreshBadge();
+  const redraw =
+    event === null ||
+    ((view || "inbox") === "inbox" && gates) ||
+    // The run shown (the runs list is not redrawn under a hand reaching for a filter).
+    (view === "runs" && arg !== null && arg === event.run_id);
+  if (!redraw || typing()) return;
+  clearTimeout(liveTimer);
+  liveTimer = setTimeout(route, 300);
 }
 
 async function refreshBadge() {
@@ -312,11 +361,19 @@ async function inboxView() {
     `Approvals waiting for ${inbox.person}: ${inbox.count}.`,
     can("approver") ? "" : ` Your role (${session.role}) cannot answer gates; runs and audit are yours to read.`,
   );
-  if (inbox.gates.length === 0) {
+  const recent = [...document.querySelectorAll("#inbox article.gate[data-answered-at]")].filter(
+    (card) => Date.now() - Number(card.dataset.answeredAt) < 60000,
+  );
+  const same = (card, gate) => card.dataset.run === gate.run_id && card.dataset.gate === gate.gate;
+  const cards = [
+    ...recent,
+    ...inbox.gates.filter((gate) => !recent.some((card) => same(card, gate))).map(gateCard),
+  ];
+  if (cards.length === 0) {
     page("Inbox", intro, h("p", { class: "empty", id: "inbox-empty" }, "Nothing waits for you."));
     return;
   }
-  page("Inbox", intro, h("div", { id: "inbox" }, inbox.gates.map(gateCard)));
+  page("Inbox", intro, h("div", { id: "inbox" }, cards));
 }
 
 function gateCard(gate) {
@@ -422,11 +479,19 @@ async function answer(gate, item, choice, comment, result, row) {
       ? `Answered ${choice}: the gate is decided and the run goes on.`
       : `Answered ${choice}: recorded, ${outcome.answers} of ${outcome.quorum} answers.`;
     result.replaceChildren(message("info", text));
+    markAnswered(row);
     refreshBadge();
   } catch (error) {
     result.replaceChildren(failure(error));
+    markAnswered(row);
     for (const button of row.querySelectorAll("button")) button.disabled = false;
   }
+}
+
+// A card just answered keeps its outcome on screen for a minute, through redraws.
+function markAnswered(row) {
+  const card = row.closest("article.gate");
+  if (card) card.dataset.answeredAt = String(Date.now());
 }
 
 async function runsView(params) {
@@ -1120,6 +1185,8 @@ function currentView() {
 }
 
 async function route() {
+  // A redraw a run event asked for is this one (or is for a page no longer shown).
+  clearTimeout(liveTimer);
   if (!session) return;
   const [path, search] = location.hash.replace(/^#\/?/, "").split("?");
   const params = new URLSearchParams(search || "");

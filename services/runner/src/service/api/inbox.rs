@@ -16,7 +16,7 @@ use super::Api;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::config::Role;
-use crate::engine::{Gate, Run};
+use crate::engine::Gate;
 
 /// The most gates one inbox lists (the count covers them all).
 const MAX_LISTED: usize = 500;
@@ -77,9 +77,9 @@ pub(crate) struct InboxGate {
     ))]
 pub(super) async fn inbox(State(api): State<Api>, caller: Caller) -> Result<Json<Inbox>, ApiError> {
     caller.require(Role::Viewer)?;
-    let store = api.inner.engine.store().clone();
+    let engine = api.inner.engine.clone();
     let person = caller.name.clone();
-    let gates = tokio::task::spawn_blocking(move || open_gates_of(&store, &person))
+    let gates = tokio::task::spawn_blocking(move || open_gates_of(&engine, &person))
         .await
         .map_err(ApiError::internal)??;
     let count = gates.len();
@@ -91,7 +91,8 @@ pub(super) async fn inbox(State(api): State<Api>, caller: Caller) -> Result<Json
 }
 
 /// Every open gate `person` may answer and has not answered, earliest deadline first.
-fn open_gates_of(store: &crate::store::Store, person: &str) -> Result<Vec<InboxGate>, ApiError> {
+fn open_gates_of(engine: &crate::engine::Engine, person: &str) -> Result<Vec<InboxGate>, ApiError> {
+    let store = engine.store();
     let who = person.trim().to_lowercase();
     let now = Utc::now();
     let mut listed = Vec::new();
@@ -117,7 +118,7 @@ fn open_gates_of(store: &crate::store::Store, person: &str) -> Result<Vec<InboxG
             if (gate.per_item() && items.is_empty()) || (!gate.per_item() && answered(None)) {
                 continue;
             }
-            let Some(run) = store.get::<Run>(crate::store::Key::Run(&run_id))? else {
+            let Some(run) = engine.run(&run_id)? else {
                 continue;
             };
             listed.push(InboxGate {

@@ -19,6 +19,7 @@ mod evidence;
 mod health;
 mod inbox;
 mod inventory;
+mod live;
 mod playbooks;
 mod query;
 mod runs;
@@ -81,6 +82,8 @@ struct Inner {
     sources: Arc<dyn crate::evidence::EvidenceSources>,
     /// The web console's settings and sessions.
     console: Arc<super::console::Console>,
+    /// Run events fanned out to live streams.
+    live: live::Live,
 }
 
 /// The parts of the service the API reads and steers.
@@ -117,6 +120,7 @@ impl Api {
                 signer: parts.signer,
                 sources: parts.sources,
                 console: parts.console,
+                live: live::Live::default(),
             }),
         }
     }
@@ -167,6 +171,7 @@ fn router() -> (Router<Api>, utoipa::openapi::OpenApi) {
         .routes(routes!(runs::cancel))
         .routes(routes!(runs::decide))
         .routes(routes!(inbox::inbox))
+        .routes(routes!(live::events))
         .routes(routes!(playbooks::list, playbooks::apply))
         .routes(routes!(playbooks::validate))
         .routes(routes!(playbooks::show))
@@ -230,6 +235,14 @@ async fn redact_answer(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let response = next.run(request).await;
+    // A live stream never ends, so it cannot be read whole: `live` redacts each event itself.
+    if response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"))
+    {
+        return response;
+    }
     let (mut parts, body) = response.into_parts();
     match axum::body::to_bytes(body, MAX_ANSWER_BYTES).await {
         Ok(bytes) if quench_proto::contains_secret(&bytes) => {
