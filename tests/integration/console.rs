@@ -424,6 +424,50 @@ async fn sessions_csrf_and_the_inbox_over_http() {
         .await;
     assert_eq!(after.status, 401);
 
+    // Runs are found by text in the title or key (any case), by finding kind, and by time.
+    let ids = |body: &Value| -> Vec<String> {
+        body["runs"]
+            .as_array()
+            .expect("runs")
+            .iter()
+            .map(|run| run["key"].as_str().expect("key").to_owned())
+            .collect()
+    };
+    let found = console.api("/api/v1/runs?q=LEAKED%20KEY", "t-viewer").await;
+    assert_eq!(ids(&found), ["openai:key:key_http"], "{found}");
+    assert_eq!(found["runs"][0]["title"], "a leaked key");
+    let found = console.api("/api/v1/runs?q=key_view", "t-viewer").await;
+    assert_eq!(ids(&found), ["openai:key:key_viewer"], "{found}");
+    let found = console.api("/api/v1/runs?kind=test.gate", "t-viewer").await;
+    assert_eq!(ids(&found).len(), 2, "{found}");
+    let found = console
+        .api("/api/v1/runs?kind=test.other", "t-viewer")
+        .await;
+    assert!(ids(&found).is_empty(), "{found}");
+    let window = "since=2020-01-01T00:00:00Z&until=2100-01-01T00:00:00Z";
+    let found = console
+        .api(&format!("/api/v1/runs?{window}"), "t-viewer")
+        .await;
+    assert_eq!(ids(&found).len(), 2, "{found}");
+    for outside in ["since=2099-01-01T00:00:00Z", "until=2020-01-01T00:00:00Z"] {
+        let found = console
+            .api(&format!("/api/v1/runs?{outside}"), "t-viewer")
+            .await;
+        assert!(ids(&found).is_empty(), "{outside}: {found}");
+    }
+    let backwards = console
+        .send(
+            console
+                .http
+                .get(
+                    console
+                        .url("/api/v1/runs?since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z"),
+                )
+                .bearer_auth("t-viewer"),
+        )
+        .await;
+    assert_eq!(backwards.status, 400, "{}", backwards.body);
+
     // Live updates: the run events as Server-Sent Events, for any role that reads; none without
     // a session or token.
     let refused = console
@@ -538,6 +582,20 @@ async fn find(client: &fantoccini::Client, css: &str) -> fantoccini::elements::E
         .for_element(fantoccini::Locator::Css(css))
         .await
         .unwrap_or_else(|error| panic!("no `{css}` on the page: {error}"))
+}
+
+/// Clicks what `css` matches, again if the page redrew it between finding and clicking.
+async fn click(client: &fantoccini::Client, css: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        match find(client, css).await.click().await {
+            Ok(()) => return,
+            Err(error) => {
+                assert!(started.elapsed() < WAIT, "cannot click `{css}`: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 /// Waits until `css` matches an element whose text contains `text`.
@@ -659,11 +717,8 @@ async fn a_browser_answers_from_the_inbox_finds_the_run_and_a_viewer_cannot_writ
         .click()
         .await
         .expect("search");
-    find(&client, &format!("#runs tr[data-run='{run_id}']"))
-        .await
-        .click()
-        .await
-        .expect("open the run");
+    // The list is drawn again for the search: click the row of the new drawing.
+    click(&client, &format!("#runs tr[data-run='{run_id}']")).await;
     let decide = find(&client, "#steps tr[data-step='decide']").await;
     let text = decide.text().await.expect("text");
     assert!(

@@ -329,7 +329,8 @@ function shortId(id) {
 
 /**
  * A filter form: submitting it puts its fields in the view's hash, which renders the view again.
- * `fields` are [name, label] pairs (text inputs); `before` and `after` are extra controls.
+ * `fields` are [name, label, type?] (text inputs by default); `before` and `after` are extra
+ * controls.
  */
 function filterForm(view, filters, fields, { id, before = [], label = "Filter", after = [] } = {}) {
   const form = h(
@@ -343,7 +344,9 @@ function filterForm(view, filters, fields, { id, before = [], label = "Filter", 
       },
     },
     before,
-    fields.map(([name, text]) => h("input", { name, placeholder: text, "aria-label": text, value: filters[name] })),
+    fields.map(([name, text, type = "text"]) =>
+      h("input", { name, type, placeholder: text, "aria-label": text, title: text, value: filters[name] }),
+    ),
     h("button", { type: "submit", class: "primary" }, label),
     after,
   );
@@ -499,9 +502,15 @@ async function runsView(params) {
     state: params.get("state") || "",
     playbook: params.get("playbook") || "",
     key: params.get("key") || "",
+    kind: params.get("kind") || "",
+    q: params.get("q") || "",
+    since: params.get("since") || "",
+    until: params.get("until") || "",
     id_prefix: params.get("id_prefix") || "",
   };
   const cursor = params.get("cursor") || "";
+  // The time inputs hold local time; the API takes RFC 3339.
+  const instant = (local) => (local ? new Date(local).toISOString() : "");
   const stateSelect = h(
     "select",
     { name: "state", "aria-label": "state" },
@@ -513,18 +522,31 @@ async function runsView(params) {
     "runs",
     filters,
     [
+      ["q", "text in title or key"],
       ["playbook", "playbook"],
       ["key", "finding key"],
+      ["kind", "finding kind"],
+      ["since", "started since", "datetime-local"],
+      ["until", "started before", "datetime-local"],
       ["id_prefix", "run id prefix"],
     ],
     { id: "run-filters", before: [stateSelect], label: "Search" },
   );
-  const list = await get(`/api/v1/runs${query({ ...filters, cursor, limit: 50 })}`);
+  let list;
+  try {
+    list = await get(
+      `/api/v1/runs${query({ ...filters, since: instant(filters.since), until: instant(filters.until), cursor, limit: 50 })}`,
+    );
+  } catch (error) {
+    page("Runs", form, failure(error));
+    return;
+  }
   const rows = list.runs.map((run) =>
     h(
       "tr",
       { class: "clickable", "data-run": run.id, onclick: () => (location.hash = `#/runs/${encodeURIComponent(run.id)}`) },
       h("td", {}, h("a", { href: `#/runs/${encodeURIComponent(run.id)}`, title: run.id }, shortId(run.id))),
+      h("td", {}, run.title || ""),
       h("td", {}, run.playbook),
       h("td", {}, h("code", {}, run.key)),
       h("td", {}, status(run.status), run.step ? ` at ${run.step}` : ""),
@@ -537,10 +559,10 @@ async function runsView(params) {
     ? h(
         "table",
         { id: "runs" },
-        h("thead", {}, h("tr", {}, ["run", "playbook", "key", "status", "mode", "started", "why"].map((t) => h("th", {}, t)))),
+        h("thead", {}, h("tr", {}, ["run", "finding", "playbook", "key", "status", "mode", "started", "why"].map((t) => h("th", {}, t)))),
         h("tbody", {}, rows),
       )
-    : h("p", { class: "empty" }, "No run matches.");
+    : h("p", { class: "empty" }, list.next ? "No match among the newest runs read; look further back below." : "No run matches.");
   const pager = h("div", { class: "pager" });
   if (list.next) {
     pager.append(h("a", { href: `#/runs${query({ ...filters, cursor: list.next })}` }, "Older runs →"));
@@ -1184,7 +1206,24 @@ function currentView() {
   return path.split("/")[0] || "inbox";
 }
 
-async function route() {
+// Renders run one after another, and a render asked for while others wait replaces them: a
+// slow earlier page can never be drawn over a later one.
+let routing = Promise.resolve();
+let queued = 0;
+
+function route() {
+  queued += 1;
+  routing = routing
+    .then(async () => {
+      queued -= 1;
+      if (queued === 0) await render();
+    })
+    // A failed render must not stop the ones after it.
+    .catch((error) => page("Error", failure(error)));
+  return routing;
+}
+
+async function render() {
   // A redraw a run event asked for is this one (or is for a page no longer shown).
   clearTimeout(liveTimer);
   if (!session) return;

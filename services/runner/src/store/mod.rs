@@ -553,12 +553,14 @@ impl Store {
     }
 
     /// A page of runs newest first: those whose id starts with `prefix`, before the cursor
-    /// `before`, that `keep` accepts — at most `limit`, examining at most `budget` runs (a
-    /// filter that matches rarely returns a `next` cursor rather than reading everything).
+    /// `before` and not before `floor` (ids are UUIDv7, so these bound creation time), that
+    /// `keep` accepts — at most `limit`, examining at most `budget` runs (a filter that matches
+    /// rarely returns a `next` cursor rather than reading everything).
     pub fn runs_page<T: DeserializeOwned>(
         &self,
         prefix: &str,
         before: Option<&str>,
+        floor: Option<&str>,
         limit: usize,
         budget: usize,
         mut keep: impl FnMut(&T) -> bool,
@@ -570,6 +572,9 @@ impl Store {
                 return Ok(Page { items, next: last });
             }
             let (id, run) = item?;
+            if floor.is_some_and(|floor| id.as_str() < floor) {
+                return Ok(Page { items, next: None });
+            }
             last = Some(id);
             if keep(&run) {
                 items.push(run);

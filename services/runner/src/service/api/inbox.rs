@@ -79,23 +79,26 @@ pub(super) async fn inbox(State(api): State<Api>, caller: Caller) -> Result<Json
     caller.require(Role::Viewer)?;
     let engine = api.inner.engine.clone();
     let person = caller.name.clone();
-    let gates = tokio::task::spawn_blocking(move || open_gates_of(&engine, &person))
+    let (count, gates) = tokio::task::spawn_blocking(move || open_gates_of(&engine, &person))
         .await
         .map_err(ApiError::internal)??;
-    let count = gates.len();
     Ok(Json(Inbox {
         person: caller.name,
         count,
-        gates: gates.into_iter().take(MAX_LISTED).collect(),
+        gates,
     }))
 }
 
-/// Every open gate `person` may answer and has not answered, earliest deadline first.
-fn open_gates_of(engine: &crate::engine::Engine, person: &str) -> Result<Vec<InboxGate>, ApiError> {
+/// Every open gate `person` may answer and has not answered, earliest deadline first: how many,
+/// and the first `MAX_LISTED` with their runs' facts (a run is read only for a gate listed).
+fn open_gates_of(
+    engine: &crate::engine::Engine,
+    person: &str,
+) -> Result<(usize, Vec<InboxGate>), ApiError> {
     let store = engine.store();
     let who = person.trim().to_lowercase();
     let now = Utc::now();
-    let mut listed = Vec::new();
+    let mut waiting = Vec::new();
     for (_, _, run_id) in store.open_runs()? {
         for gate in store.gates::<Gate>(&run_id)? {
             if !gate.is_open() || !gate.allows(person) {
@@ -118,31 +121,36 @@ fn open_gates_of(engine: &crate::engine::Engine, person: &str) -> Result<Vec<Inb
             if (gate.per_item() && items.is_empty()) || (!gate.per_item() && answered(None)) {
                 continue;
             }
-            let Some(run) = engine.run(&run_id)? else {
-                continue;
-            };
-            listed.push(InboxGate {
-                run_id: run_id.clone(),
-                playbook: run.playbook.clone(),
-                gate: gate.step.clone(),
-                question: gate.question.clone(),
-                choices: gate.choices.clone(),
-                comment_for: gate.comment_for.clone(),
-                quorum: gate.quorum,
-                answers: gate.answers.len(),
-                key: run.key.clone(),
-                finding_kind: run.finding.as_ref().map(|finding| finding.kind.clone()),
-                finding_title: run.finding.as_ref().map(|finding| finding.title.clone()),
-                opened_at: gate.opened_at,
-                waited_secs: (now - gate.opened_at).num_seconds().max(0),
-                deadline: gate.deadline,
-                on_timeout: gate.on_timeout.clone(),
-                reminders: gate.reminders,
-                escalations: gate.escalations.iter().filter(|step| step.done).count(),
-                items,
-            });
+            waiting.push((gate, run_id.clone(), items));
         }
     }
-    listed.sort_by(|a, b| (a.deadline, &a.run_id).cmp(&(b.deadline, &b.run_id)));
-    Ok(listed)
+    waiting.sort_by(|a, b| (a.0.deadline, &a.1).cmp(&(b.0.deadline, &b.1)));
+    let count = waiting.len();
+    let mut listed = Vec::with_capacity(count.min(MAX_LISTED));
+    for (gate, run_id, items) in waiting.into_iter().take(MAX_LISTED) {
+        let Some(run) = engine.run(&run_id)? else {
+            continue;
+        };
+        listed.push(InboxGate {
+            run_id,
+            playbook: run.playbook.clone(),
+            gate: gate.step.clone(),
+            question: gate.question.clone(),
+            choices: gate.choices.clone(),
+            comment_for: gate.comment_for.clone(),
+            quorum: gate.quorum,
+            answers: gate.answers.len(),
+            key: run.key.clone(),
+            finding_kind: run.finding.as_ref().map(|finding| finding.kind.clone()),
+            finding_title: run.finding.as_ref().map(|finding| finding.title.clone()),
+            opened_at: gate.opened_at,
+            waited_secs: (now - gate.opened_at).num_seconds().max(0),
+            deadline: gate.deadline,
+            on_timeout: gate.on_timeout.clone(),
+            reminders: gate.reminders,
+            escalations: gate.escalations.iter().filter(|step| step.done).count(),
+            items,
+        });
+    }
+    Ok((count, listed))
 }

@@ -61,6 +61,18 @@ pub(crate) struct RunsQuery {
     playbook: Option<String>,
     /// Finding key (exact).
     key: Option<String>,
+    /// Finding kind (exact), e.g. `openai.api_key.leaked`.
+    kind: Option<String>,
+    /// Runs started at or after this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
+    since: Option<DateTime<Utc>>,
+    /// Runs started before this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
+    until: Option<DateTime<Utc>>,
+    /// Text anywhere in the finding's title, the key, the playbook or the run id (case does not
+    /// matter); at most 200 characters.
+    #[param(max_length = 200)]
+    q: Option<String>,
     /// Runs whose id starts with this (how the CLI finds a run from a unique prefix): at most
     /// the 36 characters of a run id, lower-case hex digits and `-`.
     #[param(value_type = Option<String>, max_length = 36, pattern = "^[0-9a-f-]*$")]
@@ -90,6 +102,9 @@ pub(crate) struct RunSummary {
     /// The finding that started it (none for scheduled runs).
     pub(crate) finding_id: Option<String>,
     pub(crate) finding_kind: Option<String>,
+    /// The finding's title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) title: Option<String>,
     /// The step it is at (running or parked).
     pub(crate) step: Option<String>,
     /// Why it failed: `<step>: <error>`.
@@ -248,6 +263,7 @@ fn summary(run: &Run) -> RunSummary {
         ended_at: run.ended_at,
         finding_id: run.finding.as_ref().map(|finding| finding.id.clone()),
         finding_kind: run.finding.as_ref().map(|finding| finding.kind.clone()),
+        title: run.finding.as_ref().map(|finding| finding.title.clone()),
         step,
         failure: run
             .failure
@@ -257,12 +273,40 @@ fn summary(run: &Run) -> RunSummary {
     }
 }
 
+/// The smallest UUIDv7 of the millisecond `at`: every run id created from then on sorts at or
+/// after it, every earlier one before it.
+fn id_floor(at: DateTime<Utc>) -> String {
+    let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0) & 0xffff_ffff_ffff;
+    format!(
+        "{:08x}-{:04x}-0000-0000-000000000000",
+        millis >> 16,
+        millis & 0xffff
+    )
+}
+
+/// Whether lower-cased `text` is in the run's finding title, key, playbook or id.
+fn matches_text(run: &Run, text: &str) -> bool {
+    let title = run
+        .finding
+        .as_ref()
+        .map(|finding| finding.title.as_str())
+        .unwrap_or_default();
+    [
+        title,
+        run.key.as_str(),
+        run.playbook.as_str(),
+        run.id.as_str(),
+    ]
+    .iter()
+    .any(|field| field.to_lowercase().contains(text))
+}
+
 /// List runs, newest first.
 #[utoipa::path(get, path = "/api/v1/runs", tag = "runs", params(RunsQuery),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of runs (role viewer)", body = RunPage),
-        (status = 400, description = "A bad filter or page size, or an `id_prefix` that no run id starts with (longer than 36 characters, or a character other than lower-case hex and `-`)", body = ErrorBody),
+        (status = 400, description = "A bad filter or page size, `since` not before `until`, or an `id_prefix` that no run id starts with (longer than 36 characters, or a character other than lower-case hex and `-`)", body = ErrorBody),
         (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 403, description = "Role too small", body = ErrorBody)
     ))]
@@ -273,12 +317,38 @@ pub(super) async fn list(
 ) -> Result<Json<RunPage>, ApiError> {
     caller.require(Role::Viewer)?;
     let limit = query::limit(query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
+    if let (Some(since), Some(until)) = (query.since, query.until)
+        && since >= until
+    {
+        return Err(ApiError::BadRequest(
+            "`since` must be before `until`".to_owned(),
+        ));
+    }
+    let text = match &query.q {
+        Some(q) if q.chars().count() > 200 => {
+            return Err(ApiError::BadRequest(
+                "`q` is at most 200 characters".to_owned(),
+            ));
+        }
+        Some(q) if !q.trim().is_empty() => Some(q.trim().to_lowercase()),
+        _ => None,
+    };
+    // Run ids are UUIDv7: a time bound is an id bound, so a time range reads only its runs.
+    let ceiling = query
+        .until
+        .map(|until| id_floor(until + chrono::Duration::milliseconds(1)));
+    let before = match (query.cursor.as_deref(), ceiling.as_deref()) {
+        (Some(cursor), Some(ceiling)) => Some(cursor.min(ceiling)),
+        (cursor, ceiling) => cursor.or(ceiling),
+    };
+    let floor = query.since.map(id_floor);
     let page = api.inner.engine.store().runs_page::<Run>(
         query
             .id_prefix
             .as_ref()
             .map_or("", |prefix| prefix.0.as_str()),
-        query.cursor.as_deref(),
+        before,
+        floor.as_deref(),
         limit,
         SCAN_BUDGET,
         |run| {
@@ -288,6 +358,14 @@ pub(super) async fn list(
                     .as_ref()
                     .is_none_or(|playbook| &run.playbook == playbook)
                 && query.key.as_ref().is_none_or(|key| &run.key == key)
+                && query.kind.as_ref().is_none_or(|kind| {
+                    run.finding
+                        .as_ref()
+                        .is_some_and(|finding| &finding.kind == kind)
+                })
+                && query.since.is_none_or(|since| run.started_at >= since)
+                && query.until.is_none_or(|until| run.started_at < until)
+                && text.as_ref().is_none_or(|text| matches_text(run, text))
         },
     )?;
     Ok(Json(RunPage {
@@ -566,6 +644,34 @@ pub(super) async fn decide(
                 code: refusal.code(),
                 message,
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone as _;
+    use proptest::prelude::*;
+
+    use super::id_floor;
+
+    proptest! {
+        /// A run id made at any millisecond sorts at or after that millisecond's floor and
+        /// before the next millisecond's.
+        #[test]
+        fn a_run_id_sorts_between_its_millisecond_floors(millis in 0u64..4_102_444_800_000, random in any::<u128>()) {
+            let seconds = i64::try_from(millis / 1000).expect("seconds");
+            let nanos = u32::try_from((millis % 1000) * 1_000_000).expect("nanos");
+            let at = chrono::Utc.timestamp_opt(seconds, nanos).single().expect("a time");
+            let timestamp = uuid::Timestamp::from_unix(uuid::NoContext, millis / 1000, nanos);
+            let mut id = *uuid::Uuid::new_v7(timestamp).as_bytes();
+            // Any random bits: the floor must hold for all of them.
+            let noise = random.to_be_bytes();
+            id[6] = (id[6] & 0xf0) | (noise[6] & 0x0f);
+            id[7..].copy_from_slice(&noise[7..]);
+            let id = uuid::Uuid::from_bytes(id).to_string();
+            prop_assert!(id_floor(at) <= id, "{id} < {}", id_floor(at));
+            prop_assert!(id < id_floor(at + chrono::Duration::milliseconds(1)), "{id}");
         }
     }
 }
