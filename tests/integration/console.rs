@@ -455,18 +455,14 @@ async fn sessions_csrf_and_the_inbox_over_http() {
             .await;
         assert!(ids(&found).is_empty(), "{outside}: {found}");
     }
-    let backwards = console
-        .send(
-            console
-                .http
-                .get(
-                    console
-                        .url("/api/v1/runs?since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z"),
-                )
-                .bearer_auth("t-viewer"),
+    // An empty range holds nothing (not an error: any two times are a valid request).
+    let found = console
+        .api(
+            "/api/v1/runs?since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z",
+            "t-viewer",
         )
         .await;
-    assert_eq!(backwards.status, 400, "{}", backwards.body);
+    assert!(ids(&found).is_empty(), "{found}");
 
     // Live updates: the run events as Server-Sent Events, for any role that reads; none without
     // a session or token.
