@@ -594,6 +594,42 @@ async fn click(client: &fantoccini::Client, css: &str) {
     }
 }
 
+/// Clicks `choice` on a gate's card in Ann's inbox; the page says the gate is decided, the run
+/// of `key` completes, and its audit has the decision as Ann's, via the console.
+async fn answer_as_ann(
+    client: &fantoccini::Client,
+    console: &Console,
+    card: &fantoccini::elements::Element,
+    choice: &str,
+    key: &str,
+) {
+    card.find(fantoccini::Locator::Css(&format!(
+        "button[data-choice='{choice}']"
+    )))
+    .await
+    .unwrap_or_else(|error| panic!("no {choice} button: {error}"))
+    .click()
+    .await
+    .expect("click");
+    find_text(client, "article.gate .message.info", "decided").await;
+    let run = console.run_of(key, "completed").await;
+    let detail = console
+        .api(
+            &format!("/api/v1/runs/{}", run["id"].as_str().expect("id")),
+            "t-admin",
+        )
+        .await;
+    let decision = detail["audit"]
+        .as_array()
+        .expect("audit")
+        .iter()
+        .find(|entry| entry["kind"] == "decision")
+        .expect("the decision is audited")
+        .clone();
+    assert_eq!(decision["actor"]["id"], "ann@example.com");
+    assert_eq!(decision["actor"]["via"], "console");
+}
+
 /// Waits until `css` matches an element whose text contains `text`.
 async fn find_text(client: &fantoccini::Client, css: &str, text: &str) -> String {
     let started = std::time::Instant::now();
@@ -685,24 +721,7 @@ async fn a_browser_answers_from_the_inbox_finds_the_run_and_a_viewer_cannot_writ
     let card = find(&client, &format!("article.gate[data-run='{run_id}']")).await;
 
     // Answer: the page says so, and the run goes on.
-    card.find(fantoccini::Locator::Css("button[data-choice='revoke']"))
-        .await
-        .expect("revoke button")
-        .click()
-        .await
-        .expect("click");
-    find_text(&client, "article.gate .message.info", "decided").await;
-    console.run_of("openai:key:key_browser", "completed").await;
-    let detail = console
-        .api(&format!("/api/v1/runs/{run_id}"), "t-admin")
-        .await;
-    let audit = detail["audit"].as_array().expect("audit");
-    let decision = audit
-        .iter()
-        .find(|entry| entry["kind"] == "decision")
-        .expect("the decision is audited");
-    assert_eq!(decision["actor"]["id"], "ann@example.com");
-    assert_eq!(decision["actor"]["via"], "console");
+    answer_as_ann(&client, &console, &card, "revoke", "openai:key:key_browser").await;
 
     // Find the run by its key and read its timeline.
     client.goto(&console.url("/#/runs")).await.expect("goto");
@@ -1090,26 +1109,7 @@ async fn single_sign_on_through_an_openid_provider() {
     find_text(&client, "#role", "approver").await;
     let card = find(&client, &format!("article.gate[data-run='{run_id}']")).await;
     screenshot(&client, "sso-inbox").await;
-    card.find(fantoccini::Locator::Css("button[data-choice='keep']"))
-        .await
-        .expect("keep")
-        .click()
-        .await
-        .expect("click");
-    find_text(&client, "article.gate .message.info", "decided").await;
-    console.run_of("openai:key:key_sso", "completed").await;
-    let detail = console
-        .api(&format!("/api/v1/runs/{run_id}"), "t-admin")
-        .await;
-    let decision = detail["audit"]
-        .as_array()
-        .expect("audit")
-        .iter()
-        .find(|entry| entry["kind"] == "decision")
-        .expect("the decision is audited")
-        .clone();
-    assert_eq!(decision["actor"]["id"], "ann@example.com");
-    assert_eq!(decision["actor"]["via"], "console");
+    answer_as_ann(&client, &console, &card, "keep", "openai:key:key_sso").await;
     let method = client
         .execute_async(
             r#"const done = arguments[arguments.length - 1];
