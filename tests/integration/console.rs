@@ -594,6 +594,21 @@ async fn click(client: &fantoccini::Client, css: &str) {
     }
 }
 
+/// Signs in through the page's token form; waits until the header shows `role`.
+async fn sign_in_with_form(client: &fantoccini::Client, token: &str, role: &str) {
+    find(client, "#token")
+        .await
+        .send_keys(token)
+        .await
+        .expect("type");
+    find(client, "#sign-in button[type='submit']")
+        .await
+        .click()
+        .await
+        .expect("sign in");
+    find_text(client, "#role", role).await;
+}
+
 /// Clicks `choice` on a gate's card in Ann's inbox; the page says the gate is decided, the run
 /// of `key` completes, and its audit has the decision as Ann's, via the console.
 async fn answer_as_ann(
@@ -756,17 +771,7 @@ async fn a_browser_answers_from_the_inbox_finds_the_run_and_a_viewer_cannot_writ
     console.publish("f-v", "key_viewer", "for the viewer").await;
     let waiting = console.run_of("openai:key:key_viewer", "waiting").await;
     let waiting_id = waiting["id"].as_str().expect("id").to_owned();
-    find(&client, "#token")
-        .await
-        .send_keys("t-viewer")
-        .await
-        .expect("type");
-    find(&client, "#sign-in button[type='submit']")
-        .await
-        .click()
-        .await
-        .expect("sign in");
-    find_text(&client, "#role", "viewer").await;
+    sign_in_with_form(&client, "t-viewer", "viewer").await;
     // Signing in again returns to the page that was open (the run); the inbox is a click away.
     find(&client, "nav a[data-view='inbox']")
         .await
@@ -827,17 +832,7 @@ async fn a_browser_answers_from_the_inbox_finds_the_run_and_a_viewer_cannot_writ
         .expect("sign out");
 
     // An admin fixes the refused playbook in the editor, guided by its inline diagnostic.
-    find(&client, "#token")
-        .await
-        .send_keys("t-admin")
-        .await
-        .expect("type");
-    find(&client, "#sign-in button[type='submit']")
-        .await
-        .click()
-        .await
-        .expect("sign in");
-    find_text(&client, "#role", "admin").await;
+    sign_in_with_form(&client, "t-admin", "admin").await;
     client
         .goto(&console.url("/#/playbooks"))
         .await
