@@ -45,6 +45,9 @@ pub enum RunEventKind {
     RunCompleted,
     RunFailed,
     RunCancelled,
+    // A failed run restarted from its failed step by an operator (audited with who and why),
+    // under the same run id. (Not a doc comment: it would turn the schema's enum into a oneOf.)
+    RunRestarted,
 }
 
 impl RunEventKind {
@@ -60,6 +63,7 @@ impl RunEventKind {
             RunEventKind::RunCompleted => "run_completed",
             RunEventKind::RunFailed => "run_failed",
             RunEventKind::RunCancelled => "run_cancelled",
+            RunEventKind::RunRestarted => "run_restarted",
         }
     }
 }

@@ -29,6 +29,7 @@ mod playbook_tests;
 mod proto_contracts;
 mod quickstart;
 mod redaction;
+mod restart;
 mod rotation;
 mod safety;
 mod schedule;

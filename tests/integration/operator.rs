@@ -398,6 +398,14 @@ fn routes() -> Vec<Route> {
         ),
         route(
             "POST",
+            "/api/v1/test",
+            "/api/v1/test",
+            Some("editor"),
+            Some(json!({"source": "name: broken\n"})),
+            422,
+        ),
+        route(
+            "POST",
             "/api/v1/campaigns",
             "/api/v1/campaigns",
             Some("editor"),
@@ -448,6 +456,14 @@ fn routes() -> Vec<Route> {
             "POST",
             "/api/v1/runs/{id}/cancel",
             "/api/v1/runs/no-such-run/cancel",
+            Some("editor"),
+            Some(json!({})),
+            404,
+        ),
+        route(
+            "POST",
+            "/api/v1/runs/{id}/restart",
+            "/api/v1/runs/no-such-run/restart",
             Some("editor"),
             Some(json!({})),
             404,
@@ -679,6 +695,98 @@ async fn every_route_answers_each_role_as_documented() {
         (json!(true), json!(true)),
         "{}",
         checked.text
+    );
+
+    // The playbook's offline tests run against the text sent, nothing applied: a test file sent
+    // with it, or the files in the directory's `tests/` that name a playbook of that name.
+    let tests = r#"schema: quench.playbook-test/v1
+playbook: ../gate.yaml
+finding:
+  kind: test.gate
+  severity: high
+  title: a key
+  source: { scanner: test }
+  resource: { provider: openai, type: api_key, id: key_t, project_id: proj_1 }
+cases:
+  - name: revoked
+    approvals:
+      decide: { choice: revoke, by: approver@example.com }
+    expect:
+      status: completed
+      steps: { bye: succeeded }
+  - name: expects the wrong status
+    approvals:
+      decide: { choice: keep, by: approver@example.com }
+    expect:
+      status: failed
+"#;
+    let ran = operator
+        .post(
+            "/api/v1/test",
+            EDITOR,
+            json!({"source": GATE_PLAYBOOK, "tests": tests}),
+        )
+        .await;
+    assert_eq!(ran.status, 200, "{}", ran.text);
+    assert_eq!(
+        (ran.body["passed"].clone(), ran.body["failed"].clone()),
+        (json!(1), json!(1)),
+        "{}",
+        ran.text
+    );
+    let cases = &ran.body["files"][0]["cases"];
+    assert_eq!(cases[0]["passed"], true, "{}", ran.text);
+    assert_eq!(cases[1]["passed"], false);
+    assert!(
+        cases[1]["failures"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("status"),
+        "{}",
+        ran.text
+    );
+    let none = operator
+        .post("/api/v1/test", EDITOR, json!({"source": GATE_PLAYBOOK}))
+        .await;
+    assert_eq!(
+        none.body["files"],
+        json!([]),
+        "no test file yet: {}",
+        none.text
+    );
+    std::fs::create_dir(operator.playbooks.join("tests")).expect("tests dir");
+    std::fs::write(operator.playbooks.join("tests/gate.yaml"), tests).expect("test file");
+    let found = operator
+        .post("/api/v1/test", EDITOR, json!({"source": GATE_PLAYBOOK}))
+        .await;
+    assert_eq!(
+        found.body["files"][0]["file"]
+            .as_str()
+            .map(|file| file.ends_with("gate.yaml")),
+        Some(true),
+        "{}",
+        found.text
+    );
+    assert_eq!(found.body["passed"], 1, "{}", found.text);
+    let bad = operator
+        .post(
+            "/api/v1/test",
+            EDITOR,
+            json!({"source": GATE_PLAYBOOK, "tests": "schema: quench.playbook-test/v1\ncases: 3\n"}),
+        )
+        .await;
+    assert_eq!(
+        (bad.status, bad.body["error"]["code"].clone()),
+        (422, json!("invalid_tests")),
+        "{}",
+        bad.text
+    );
+    assert_eq!(
+        operator
+            .post("/api/v1/test", VIEWER, json!({"source": GATE_PLAYBOOK}))
+            .await
+            .status,
+        403
     );
 }
 
@@ -1569,6 +1677,46 @@ async fn metrics_count_a_known_sequence_of_events_and_logs_carry_spans() {
         !log.contains("t-admin") && !log.contains("t-approver"),
         "no token is logged"
     );
+
+    // Restarted from the failed step through the CLI: the same call fails the same way again,
+    // counted as a second failure of the one run.
+    let (code, _, err) = operator.cli(Some(VIEWER), &["runs", "restart", &run]);
+    assert_ne!(code, 0, "a viewer cannot restart a run: {err}");
+    let (code, out, err) = operator.cli(
+        Some(EDITOR),
+        &["runs", "restart", &run, "--reason", "host allowlisted"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("run {run} restarted from step call\n"));
+    operator
+        .metrics_reach(&[
+            ("quench_runs_failed_total{playbook=\"metered\"}", 2.0),
+            ("quench_runs_started_total{playbook=\"metered\"}", 1.0),
+            (
+                "quench_action_errors_total{action=\"http.request\",class=\"permanent\"}",
+                2.0,
+            ),
+            ("quench_runs_open", 0.0),
+        ])
+        .await;
+    let shown = operator.get(&format!("/api/v1/runs/{run}"), VIEWER).await;
+    let call = shown["steps"]
+        .as_array()
+        .and_then(|steps| steps.iter().find(|step| step["id"] == "call"))
+        .expect("the step is shown");
+    assert_eq!(call["restarts"], 1);
+    assert_eq!(call["status"], "failed");
+    let restarted = shown["audit"]
+        .as_array()
+        .and_then(|audit| {
+            audit
+                .iter()
+                .find(|entry| entry["kind"] == "run_restart_requested")
+        })
+        .expect("the restart is audited");
+    assert_eq!(restarted["actor"]["id"], "editor-bot");
+    assert_eq!(restarted["detail"]["reason"], "host allowlisted");
+    assert_eq!(restarted["step"], "call");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

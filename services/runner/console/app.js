@@ -295,7 +295,7 @@ function onRunEvent(event) {
   const [path] = location.hash.replace(/^#\/?/, "").split("?");
   const [view, ...rest] = path.split("/");
   const arg = rest.length ? decodeURIComponent(rest.join("/")) : null;
-  const gates = event === null || ["waiting", "decided", "run_completed", "run_failed", "run_cancelled"].includes(event.kind);
+  const gates = event === null || ["waiting", "decided", "run_completed", "run_failed", "run_cancelled", "run_restarted"].includes(event.kind);
   if (gates) refreshBadge();
   const redraw =
     event === null ||
@@ -618,6 +618,30 @@ async function runView(id) {
       ),
     );
   }
+  if (run.status === "failed" && can("editor")) {
+    const failed = detail.steps.find((step) => step.phase === "main" && step.status === "failed");
+    const reason = h("input", { name: "reason", placeholder: "why restart", "aria-label": "restart reason", size: 40 });
+    parts.push(
+      h(
+        "form",
+        {
+          class: "actions",
+          id: "restart",
+          onsubmit: async (event) => {
+            event.preventDefault();
+            try {
+              await post(`/api/v1/runs/${encodeURIComponent(id)}/restart`, { reason: reason.value || null });
+              route();
+            } catch (error) {
+              result.replaceChildren(failure(error));
+            }
+          },
+        },
+        reason,
+        h("button", { type: "submit" }, failed ? `Restart from ${failed.id}` : "Restart from the failed step"),
+      ),
+    );
+  }
   parts.push(result, h("h2", {}, "Steps"));
   parts.push(
     h(
@@ -634,7 +658,7 @@ async function runView(id) {
             h("td", {}, step.phase === "main" ? step.id : `${step.id} (${step.phase})`),
             h("td", {}, h("code", {}, step.action || "")),
             h("td", {}, status(step.status), step.choice ? ` → ${step.choice}` : ""),
-            h("td", {}, step.attempt),
+            h("td", {}, step.restarts ? `${step.attempt} (restarted ${step.restarts}×)` : step.attempt),
             h("td", {}, when(step.started_at)),
             h("td", {}, when(step.finished_at)),
             h(

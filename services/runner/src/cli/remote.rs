@@ -19,8 +19,8 @@ use crate::playbook::{Located, Severity};
 use crate::service::api::types::{
     AppliedView, ApplyRequest, AttributesRequest, AttributesView, AuditPage, AuditView,
     CancelRequest, Cancelled, DecisionRequest, DecisionResult, DlqPage, ErrorBody, History,
-    IdentityDetail, InventoryPage, PlaybookList, PruneRequest, PruneResult, Replayed, RunDetail,
-    RunPage, StepView, Verified, VersionSource,
+    IdentityDetail, InventoryPage, PlaybookList, PruneRequest, PruneResult, Replayed,
+    RestartRequest, Restarted, RunDetail, RunPage, StepView, Verified, VersionSource,
 };
 
 /// Exit code for authentication and permission failures (EX_NOPERM).
@@ -73,6 +73,15 @@ pub enum RunsCommand {
     },
     /// Cancel a run that has not ended.
     Cancel {
+        /// The run id, or a unique prefix of it.
+        run: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Restart a failed run from the step that failed it (a new attempt, same idempotency key).
+    Restart {
         /// The run id, or a unique prefix of it.
         run: String,
         #[arg(long)]
@@ -649,6 +658,27 @@ pub(super) fn runs(command: &RunsCommand, out: &mut dyn Write, err: &mut dyn Wri
                 print_json(out, &cancelled)?;
             } else {
                 write_text(out, &format!("run {} cancelled\n", cancelled.id))?;
+            }
+            Ok(EXIT_OK)
+        }),
+        RunsCommand::Restart { run, reason, api } => with_client(api, err, |client| {
+            let run = resolve_run(client, run)?;
+            let restarted: Restarted = client.post(
+                &format!("api/v1/runs/{}/restart", segment(&run)),
+                &RestartRequest {
+                    reason: reason.clone(),
+                },
+            )?;
+            if api.json {
+                print_json(out, &restarted)?;
+            } else {
+                write_text(
+                    out,
+                    &format!(
+                        "run {} restarted from step {}\n",
+                        restarted.id, restarted.step
+                    ),
+                )?;
             }
             Ok(EXIT_OK)
         }),

@@ -226,7 +226,7 @@ impl Engine {
     }
 
     /// The open run of a playbook for a key, counting batches not yet durable.
-    fn open_run(&self, playbook: &str, key: &str) -> Result<Option<String>, Error> {
+    pub(super) fn open_run(&self, playbook: &str, key: &str) -> Result<Option<String>, Error> {
         if let Some((run, _)) = self
             .overlay()
             .open

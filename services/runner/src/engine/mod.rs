@@ -22,6 +22,7 @@ mod intake;
 mod locks;
 mod notify;
 mod render;
+mod restart;
 mod retention;
 mod safety;
 mod schedule;
@@ -44,6 +45,7 @@ pub use gate::{ITEMS_DECIDED, MAX_GATE_ITEMS};
 pub use intake::{FindingOutcome, Handling, Ingesting};
 pub use notify::{Delivery, NoticeFuture, NoticeRequest, Notifier};
 pub use render::{MAX_FOREACH, is_slack_text, preview};
+pub use restart::Restart;
 pub use retention::Purged;
 pub use safety::{
     ActionBudget, FreezeStatus, SAFETY_PLAYBOOK, SafetyConfig, SafetyConfigError, SafetyStatus,

@@ -295,6 +295,13 @@ pub struct StepState {
     /// The iteration the safety approvers released: it passes the `[safety]` rails once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safety_released: Option<usize>,
+    /// Times an operator restarted the run from this step after it failed here.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u32,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 /// Why and where a run waits on a safety gate.

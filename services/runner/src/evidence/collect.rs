@@ -422,6 +422,12 @@ pub(super) fn collect(store: &Store, period: Period) -> Result<Collected, crate:
                     resolve(&mut findings, &finding_index, &runs, &run_id, &entry);
                 }
             }
+            // A restarted run is running again: its outcome is whatever it ends with next.
+            "run_restarted" => {
+                if let Some(run) = run_id.and_then(|run_id| runs.get_mut(&run_id)) {
+                    run.status = None;
+                }
+            }
             _ => {}
         }
     }

@@ -186,6 +186,11 @@ impl Library {
         self.commit(set.into_values().collect(), files, by).await
     }
 
+    /// The playbooks directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
     /// Compiles `source` as `apply` would, changing nothing: the playbook when it compiles, and
     /// every diagnostic (errors, warnings, overlaps with the other enabled playbooks) located
     /// in `label`.

@@ -91,28 +91,45 @@ pub async fn run_file(path: &Path) -> Result<FileReport, Error> {
     })?;
     let file = TestFile::parse(&path.display().to_string(), &text)
         .map_err(|report| Error::Format { report })?;
-    let playbook_path = path.parent().unwrap_or(Path::new(".")).join(&file.playbook);
+    let playbook_path = playbook_of(path, &file);
     let source = std::fs::read_to_string(&playbook_path).map_err(|source| Error::Read {
         path: playbook_path.clone(),
         source,
     })?;
-    let compiled = playbook::compile(&source);
+    run_with_source(path, &file, &playbook_path, &source).await
+}
+
+/// The playbook file a test file names (relative to the test file's directory).
+pub fn playbook_of(path: &Path, file: &TestFile) -> PathBuf {
+    path.parent().unwrap_or(Path::new(".")).join(&file.playbook)
+}
+
+/// Runs every case of a parsed test file (read from `path`) against a playbook's `source`
+/// (read from `playbook_path`, or an editor's text not yet saved there): what the console runs
+/// before a change is applied.
+pub async fn run_with_source(
+    path: &Path,
+    file: &TestFile,
+    playbook_path: &Path,
+    source: &str,
+) -> Result<FileReport, Error> {
+    let compiled = playbook::compile(source);
     let Some(playbook) = compiled.playbook.clone() else {
         let shown = playbook_path.display().to_string();
         let report = playbook::Report {
             file: &shown,
-            source: &source,
+            source,
             diagnostics: &compiled.diagnostics,
         };
         return Err(Error::Playbook {
             path: path.to_owned(),
-            playbook: playbook_path,
+            playbook: playbook_path.to_owned(),
             diagnostics: report.render(false),
         });
     };
     let mut cases = Vec::new();
     for case in &file.cases {
-        let failures = run_case(&file, case, &playbook)
+        let failures = run_case(file, case, &playbook)
             .await
             .map_err(|message| Error::Engine {
                 path: path.to_owned(),

@@ -20,6 +20,7 @@ mod health;
 mod inbox;
 mod inventory;
 mod live;
+mod offline;
 mod playbooks;
 mod query;
 mod runs;
@@ -49,7 +50,8 @@ pub(crate) mod types {
         AppliedView, ApplyRequest, EnabledView, History, PlaybookList, VersionSource,
     };
     pub(crate) use super::runs::{
-        CancelRequest, Cancelled, DecisionRequest, DecisionResult, RunDetail, RunPage, StepView,
+        CancelRequest, Cancelled, DecisionRequest, DecisionResult, RestartRequest, Restarted,
+        RunDetail, RunPage, StepView,
     };
 }
 use auth::BearerScheme;
@@ -74,6 +76,8 @@ struct Inner {
     intake: Arc<super::intake::Health>,
     /// One audit verification or evidence pack at a time: each reads the whole log.
     verifying: Semaphore,
+    /// One run of a playbook's offline tests at a time: each is a whole engine.
+    testing: Semaphore,
     inventory: crate::inventory::Inventory,
     inventory_status: super::inventory::SharedStatus,
     /// Signs evidence packs (`[evidence] signing_key_file`); none are made without it.
@@ -115,6 +119,7 @@ impl Api {
                 ready: parts.ready,
                 intake: parts.intake,
                 verifying: Semaphore::new(1),
+                testing: Semaphore::new(1),
                 inventory: parts.inventory,
                 inventory_status: parts.inventory_status,
                 signer: parts.signer,
@@ -169,11 +174,13 @@ fn router() -> (Router<Api>, utoipa::openapi::OpenApi) {
         .routes(routes!(runs::list))
         .routes(routes!(runs::show))
         .routes(routes!(runs::cancel))
+        .routes(routes!(runs::restart))
         .routes(routes!(runs::decide))
         .routes(routes!(inbox::inbox))
         .routes(routes!(live::events))
         .routes(routes!(playbooks::list, playbooks::apply))
         .routes(routes!(playbooks::validate))
+        .routes(routes!(offline::test))
         .routes(routes!(playbooks::show))
         .routes(routes!(playbooks::history))
         .routes(routes!(playbooks::version))

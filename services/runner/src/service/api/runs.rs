@@ -16,7 +16,9 @@ use super::error::{ApiError, Body, ErrorBody, Params};
 use super::query;
 use crate::config::Role;
 use crate::engine::state::Phase;
-use crate::engine::{Cancel, DecisionOutcome, Defer, Gate, Refusal, Run, RunStatus, StepStatus};
+use crate::engine::{
+    Cancel, DecisionOutcome, Defer, Gate, Refusal, Restart, Run, RunStatus, StepStatus,
+};
 
 /// Most runs examined per list request (the store is read newest first; a filter that matches
 /// rarely returns a `next` cursor rather than reading everything).
@@ -147,6 +149,8 @@ pub(crate) struct StepView {
     /// `{to, text}` for Slack. Never a credential.
     #[schema(value_type = Vec<Object>)]
     pub(crate) requests: Vec<Value>,
+    /// Times an operator restarted the run from this step after it failed here.
+    pub(crate) restarts: u32,
 }
 
 /// An answer given to a gate.
@@ -212,6 +216,23 @@ pub(crate) struct CancelRequest {
 pub(crate) struct Cancelled {
     pub(crate) id: String,
     pub(crate) status: String,
+}
+
+/// Why a failed run is restarted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub(crate) struct RestartRequest {
+    pub(crate) reason: Option<String>,
+}
+
+/// A restarted run: running again from `step`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Restarted {
+    pub(crate) id: String,
+    pub(crate) status: String,
+    /// The failed step it runs again.
+    pub(crate) step: String,
+    /// For a `foreach` step, the item it goes on from (0 otherwise).
+    pub(crate) iteration: usize,
 }
 
 /// An answer to a gate.
@@ -501,6 +522,7 @@ fn steps(api: &Api, run: &Run) -> Vec<StepView> {
                 decided_by: state.decided_by,
                 via: state.via,
                 requests: state.requests,
+                restarts: state.restarts,
             }
         })
         .collect()
@@ -546,6 +568,64 @@ pub(super) async fn cancel(
             Ok(Json(Cancelled {
                 id,
                 status: RunStatus::Cancelled.as_str().to_owned(),
+            }))
+        }
+    }
+}
+
+/// Restart a failed run from the step that failed it: the step runs again as a new attempt
+/// with the same idempotency key (a journaled call is executed again from the journal), under
+/// the same run id; audited with the caller and the reason.
+#[utoipa::path(post, path = "/api/v1/runs/{id}/restart", tag = "runs",
+    params(("id" = String, Path, description = "Run id")),
+    request_body = RestartRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Running again (role editor)", body = Restarted),
+        (status = 400, description = "A bad body", body = ErrorBody),
+        (status = 401, description = "No or unknown token", body = ErrorBody),
+        (status = 403, description = "Role too small", body = ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody),
+        (status = 409, description = "The run has not failed (`not_failed`), or cannot be restarted: another run holds its key, it failed outside its steps, or on purpose (`not_restartable`)", body = ErrorBody)
+    ))]
+pub(super) async fn restart(
+    State(api): State<Api>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(request): Body<RestartRequest>,
+) -> Result<Json<Restarted>, ApiError> {
+    caller.require(Role::Editor)?;
+    let reason = request
+        .reason
+        .filter(|reason| !reason.trim().is_empty())
+        .unwrap_or_else(|| format!("restarted by {} through the API", caller.name));
+    match api
+        .inner
+        .engine
+        .restart(&id, &reason, &caller.actor())
+        .await?
+    {
+        Restart::NotFound => Err(ApiError::NotFound(format!("no run {id}"))),
+        Restart::NotFailed(status) => Err(ApiError::Refused {
+            status: StatusCode::CONFLICT,
+            code: "not_failed",
+            message: format!(
+                "run {id} is {}: only a failed run is restarted",
+                status.as_str()
+            ),
+        }),
+        Restart::Refused(why) => Err(ApiError::Refused {
+            status: StatusCode::CONFLICT,
+            code: "not_restartable",
+            message: format!("run {id} cannot be restarted: {why}"),
+        }),
+        Restart::Restarted { step, iteration } => {
+            tracing::info!(run_id = %id, step = %step, by = %caller.name, "run restarted through the API");
+            Ok(Json(Restarted {
+                id,
+                status: RunStatus::Running.as_str().to_owned(),
+                step,
+                iteration,
             }))
         }
     }
