@@ -58,6 +58,36 @@ steps:
       message: hello
 "#;
 
+/// Calls a host that is not allowlisted: fails for good, every time (restarted from the page).
+const FAILING_PLAYBOOK: &str = r#"schema: quench.playbook/v1
+name: failing
+on:
+  finding:
+    kinds: [test.failing]
+steps:
+  - id: call
+    uses: http.request
+    with:
+      method: GET
+      url: https://blocked.example.com/hook
+"#;
+
+/// The fixed `broken` playbook's offline test, run from the editor before applying.
+const BROKEN_TESTS: &str = r#"schema: quench.playbook-test/v1
+playbook: ../broken.yaml
+finding:
+  kind: test.broken
+  severity: high
+  title: a key
+  source: { scanner: test }
+  resource: { provider: openai, type: api_key, id: key_t, project_id: proj_1 }
+cases:
+  - name: says hello
+    expect:
+      status: completed
+      steps: { say: succeeded }
+"#;
+
 /// What a hostile publisher puts in a title: markup that would run if parsed as HTML.
 const HOSTILE_TITLE: &str = "<img src=x onerror=\"document.title='owned'\"> leaked key";
 
@@ -88,6 +118,9 @@ impl Console {
         std::fs::create_dir(&playbooks).expect("playbook dir");
         std::fs::write(playbooks.join("gate.yaml"), GATE_PLAYBOOK).expect("write playbook");
         std::fs::write(playbooks.join("broken.yaml"), BROKEN_PLAYBOOK).expect("write playbook");
+        std::fs::write(playbooks.join("failing.yaml"), FAILING_PLAYBOOK).expect("write playbook");
+        std::fs::create_dir(playbooks.join("tests")).expect("tests dir");
+        std::fs::write(playbooks.join("tests/broken.yaml"), BROKEN_TESTS).expect("write tests");
         let mut config = String::new();
         for (token, name, role) in TOKENS {
             let sha = hex(&Sha256::digest(token.as_bytes()));
@@ -149,14 +182,21 @@ impl Console {
     }
 
     async fn publish(&self, id: &str, key_id: &str, title: &str) {
+        self.publish_kind("test.gate", id, key_id, title).await;
+    }
+
+    async fn publish_kind(&self, kind: &str, id: &str, key_id: &str, title: &str) {
         let finding = json!({
-            "schema": "quench.finding/v1", "id": id, "kind": "test.gate", "severity": "high",
+            "schema": "quench.finding/v1", "id": id, "kind": kind, "severity": "high",
             "key": format!("openai:key:{key_id}"),
             "title": title, "detected_at": "2026-11-20T10:00:00Z", "source": {"scanner": "test"},
             "resource": {"provider": "openai", "type": "api_key", "id": key_id, "project_id": "proj_1"}
         });
         async_nats::jetstream::new(self.client.clone())
-            .publish("quench.findings.test.gate", finding.to_string().into())
+            .publish(
+                format!("quench.findings.{kind}"),
+                finding.to_string().into(),
+            )
             .await
             .expect("publish")
             .await
@@ -882,6 +922,16 @@ async fn a_browser_answers_from_the_inbox_finds_the_run_and_a_viewer_cannot_writ
             .expect("find")
             .is_empty()
     );
+    // Its offline test (tests/broken.yaml beside the playbooks) runs against the text as fixed,
+    // before it is applied.
+    find(&client, "#run-tests")
+        .await
+        .click()
+        .await
+        .expect("run tests");
+    find_text(&client, "#test-results", "1 passed, 0 failed.").await;
+    find_text(&client, "#test-results li[data-case='says hello']", "✓").await;
+    screenshot(&client, "editor-tests").await;
     find(&client, "#apply").await.click().await.expect("apply");
     find_text(&client, "main .message.info", "Applied: broken version").await;
     let list = console.api("/api/v1/playbooks", "t-admin").await;
@@ -904,6 +954,42 @@ async fn a_browser_answers_from_the_inbox_finds_the_run_and_a_viewer_cannot_writ
         .expect("goto");
     find(&client, "#history").await;
     screenshot(&client, "playbook").await;
+
+    // A failed run is restarted from its failed step, with a reason; it fails the same way
+    // again (the host is still not allowlisted), and the step says it was restarted.
+    console
+        .publish_kind("test.failing", "f-fail", "key_failing", "fails")
+        .await;
+    let failed = console.run_of("openai:key:key_failing", "failed").await;
+    let failed_id = failed["id"].as_str().expect("id").to_owned();
+    client
+        .goto(&console.url(&format!("/#/runs/{failed_id}")))
+        .await
+        .expect("goto");
+    find_text(&client, "#restart button", "Restart from call").await;
+    find(&client, "#restart input[name='reason']")
+        .await
+        .send_keys("the host is allowlisted now")
+        .await
+        .expect("type");
+    click(&client, "#restart button").await;
+    find_text(&client, "#steps tr[data-step='call']", "restarted 1×").await;
+    find_text(&client, "table.audit", "run_restart_requested").await;
+    screenshot(&client, "run-restarted").await;
+    let shown = console
+        .api(&format!("/api/v1/runs/{failed_id}"), "t-admin")
+        .await;
+    let requested = shown["audit"]
+        .as_array()
+        .and_then(|audit| {
+            audit
+                .iter()
+                .find(|entry| entry["kind"] == "run_restart_requested")
+        })
+        .expect("audited");
+    assert_eq!(requested["actor"]["id"], "admin-bot", "{requested}");
+    assert_eq!(requested["actor"]["via"], "console", "{requested}");
+    assert_eq!(requested["detail"]["reason"], "the host is allowlisted now");
     client.close().await.expect("close");
 }
 

@@ -36,10 +36,12 @@ function can(role) {
 }
 
 class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, diagnostics) {
     super(message || `HTTP ${status}`);
     this.status = status;
     this.code = code || "error";
+    // A refused playbook's problems, with line and column.
+    this.diagnostics = diagnostics || null;
   }
 }
 
@@ -66,7 +68,7 @@ async function call(method, path, body) {
   }
   if (!response.ok) {
     const error = (data && data.error) || {};
-    throw new ApiError(response.status, error.code, error.message);
+    throw new ApiError(response.status, error.code, error.message, data && data.diagnostics);
   }
   return data;
 }
@@ -1021,17 +1023,81 @@ async function editorView(name) {
     },
     "Apply",
   );
+  // The playbook's offline tests (quench test) against the text as it is, before applying:
+  // the test files beside the playbooks that name it, or the test file pasted below.
+  const testFile = h("textarea", {
+    id: "test-file",
+    class: "test-file",
+    spellcheck: "false",
+    wrap: "off",
+    rows: 8,
+    placeholder: "schema: quench.playbook-test/v1 …",
+    "aria-label": "test file",
+  });
+  const tested = h("div", { id: "test-results" });
+  const runTests = h(
+    "button",
+    {
+      type: "button",
+      id: "run-tests",
+      onclick: async () => {
+        tested.replaceChildren(message("info", "Running the tests…"));
+        try {
+          const ran = await post("/api/v1/test", { source: textarea.value, tests: testFile.value.trim() ? testFile.value : null });
+          tested.replaceChildren(testResults(ran));
+        } catch (error) {
+          if (error.diagnostics) {
+            latest = error.diagnostics;
+            diagnostics.replaceChildren(diagnosticList(latest, pick));
+            paint();
+          }
+          tested.replaceChildren(failure(error));
+        }
+      },
+    },
+    "Run tests",
+  );
   page(
     name ? `Edit ${name}` : "New playbook",
     h("p", { class: "facts" }, `From ${origin}. Checked as you type by the compiler of quench validate; nothing changes until you apply.`),
     h("div", { class: "editor" }, shown, textarea),
     state,
     diagnostics,
-    h("div", { class: "actions" }, apply),
+    h("div", { class: "actions" }, apply, runTests),
     result,
+    h("details", {}, h("summary", {}, "Test file (optional: without one, the files in the playbooks directory's tests/ that name this playbook run)"), testFile),
+    tested,
   );
   paint();
   await check();
+}
+
+function testResults(ran) {
+  if (!ran.files.length) {
+    return message("info", `No test file names ${ran.playbook}: add one to the playbooks directory's tests/, or paste one above.`);
+  }
+  const summary = message(ran.failed ? "error" : "info", `${ran.passed} passed, ${ran.failed} failed.`);
+  const files = ran.files.map((file) =>
+    h(
+      "div",
+      { class: "card", "data-file": file.file },
+      h("h3", {}, file.file),
+      file.error ? h("pre", { class: "bad" }, file.error) : "",
+      h(
+        "ul",
+        { class: "cases" },
+        file.cases.map((one) =>
+          h(
+            "li",
+            { "data-case": one.name, class: one.passed ? "ok" : "bad" },
+            `${one.passed ? "✓" : "✗"} ${one.name}`,
+            one.failures.length ? h("ul", {}, one.failures.map((text) => h("li", {}, text))) : "",
+          ),
+        ),
+      ),
+    ),
+  );
+  return h("div", {}, summary, ...files);
 }
 
 async function auditView(params) {

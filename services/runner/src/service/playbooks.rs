@@ -396,7 +396,7 @@ fn watch_dir(dir: &Path, changes: mpsc::Sender<()>) -> Option<notify::Recommende
 }
 
 /// The `name` a playbook source declares, when its YAML can be read.
-fn declared_name(source: &str) -> Option<String> {
+pub(crate) fn declared_name(source: &str) -> Option<String> {
     playbook::yaml_value(source)
         .ok()?
         .get("name")?

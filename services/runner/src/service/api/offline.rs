@@ -16,6 +16,7 @@ use super::Api;
 use super::auth::Caller;
 use super::error::{ApiError, Body, ErrorBody};
 use crate::config::Role;
+use crate::service::playbooks::declared_name;
 use crate::testing::{self, TestFile};
 
 /// Longest a request's tests may run before the answer gives up on them.
@@ -137,8 +138,8 @@ pub(super) async fn test(
     }))
 }
 
-/// The test files in `dir` whose playbook has the name `name` (a file that cannot be read or
-/// parsed belongs to no playbook we can tell, and is left out).
+/// The test files in `dir` whose playbook file declares the name `name` (a test file that
+/// cannot be read or parsed belongs to no playbook we can tell, and is left out).
 fn naming(dir: &Path, name: &str) -> Vec<(PathBuf, TestFile)> {
     if !dir.is_dir() {
         return Vec::new();
@@ -151,9 +152,10 @@ fn naming(dir: &Path, name: &str) -> Vec<(PathBuf, TestFile)> {
         .filter_map(|path| {
             let text = std::fs::read_to_string(&path).ok()?;
             let file = TestFile::parse(&path.display().to_string(), &text).ok()?;
+            // The name the file declares, whether or not it compiles (it may be the refused
+            // file the editor is fixing).
             let source = std::fs::read_to_string(testing::playbook_of(&path, &file)).ok()?;
-            let compiled = crate::playbook::compile(&source).playbook?;
-            (compiled.name == name).then_some((path, file))
+            (declared_name(&source)? == name).then_some((path, file))
         })
         .collect()
 }
