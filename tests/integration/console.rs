@@ -504,6 +504,41 @@ async fn sessions_csrf_and_the_inbox_over_http() {
         .await;
     assert!(ids(&found).is_empty(), "{found}");
 
+    // The audit log by time: a window around now holds the entries, one in the future none, and
+    // a `since` far in the past ends the pages (no `next`).
+    let entries = |body: &Value| body["entries"].as_array().expect("entries").len();
+    let now = chrono::Utc::now();
+    let window = format!(
+        "since={}&until={}",
+        (now - chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        (now + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let all = console.api("/api/v1/audit?limit=1000", "t-viewer").await;
+    let found = console
+        .api(&format!("/api/v1/audit?limit=1000&{window}"), "t-viewer")
+        .await;
+    assert!(entries(&all) > 5, "{all}");
+    assert_eq!(entries(&found), entries(&all), "{found}");
+    let found = console
+        .api("/api/v1/audit?since=2099-01-01T00:00:00Z", "t-viewer")
+        .await;
+    assert_eq!(entries(&found), 0, "{found}");
+    let found = console
+        .api(
+            "/api/v1/audit?limit=1&since=2099-01-01T00:00:00Z&until=2100-01-01T00:00:00Z",
+            "t-viewer",
+        )
+        .await;
+    assert_eq!(
+        found["next"],
+        Value::Null,
+        "older entries cannot match: {found}"
+    );
+    let found = console
+        .api("/api/v1/audit?until=2020-01-01T00:00:00Z", "t-viewer")
+        .await;
+    assert_eq!(entries(&found), 0, "{found}");
+
     // Live updates: the run events as Server-Sent Events, for any role that reads; none without
     // a session or token.
     let refused = console
@@ -851,6 +886,25 @@ async fn a_browser_answers_from_the_inbox_finds_the_run_and_a_viewer_cannot_writ
     client.goto(&console.url("/#/audit")).await.expect("goto");
     find(&client, "table.audit").await;
     screenshot(&client, "audit").await;
+    // The page's export link downloads the log, which verifies on its own.
+    let href = find(&client, "a#export")
+        .await
+        .attr("href")
+        .await
+        .expect("attr")
+        .expect("an export link");
+    let exported = client
+        .execute_async(
+            r#"const done = arguments[arguments.length - 1];
+               fetch(arguments[0]).then(r => r.text()).then(done);"#,
+            vec![json!(href)],
+        )
+        .await
+        .expect("script");
+    let exported = exported.as_str().expect("text");
+    assert!(exported.lines().count() > 5, "{exported}");
+    let segment = quench_runner::store::verify_segment(exported, None);
+    assert!(segment.is_ok(), "{segment:?}");
     client
         .goto(&console.url("/#/playbooks"))
         .await

@@ -103,6 +103,11 @@ function when(iso) {
   return date.toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
 }
 
+// A datetime-local field's value (the browser's time zone) as RFC 3339, for the API.
+function instant(local) {
+  return local ? new Date(local).toISOString() : "";
+}
+
 function until(iso) {
   const seconds = (new Date(iso).getTime() - Date.now()) / 1000;
   return seconds >= 0 ? `in ${duration(seconds)}` : `${duration(-seconds)} ago`;
@@ -512,7 +517,6 @@ async function runsView(params) {
   };
   const cursor = params.get("cursor") || "";
   // The time inputs hold local time; the API takes RFC 3339.
-  const instant = (local) => (local ? new Date(local).toISOString() : "");
   const stateSelect = h(
     "select",
     { name: "state", "aria-label": "state" },
@@ -1106,13 +1110,19 @@ async function auditView(params) {
     key: params.get("key") || "",
     kind: params.get("kind") || "",
     actor: params.get("actor") || "",
+    since: params.get("since") || "",
+    until: params.get("until") || "",
   };
   const before = params.get("before") || "";
   const verified = h("div", {});
   const form = filterForm(
     "audit",
     filters,
-    ["run", "key", "kind", "actor"].map((name) => [name, name]),
+    [
+      ...["run", "key", "kind", "actor"].map((name) => [name, name]),
+      ["since", "at or after", "datetime-local"],
+      ["until", "before", "datetime-local"],
+    ],
     {
       after: [
     h(
@@ -1139,10 +1149,29 @@ async function auditView(params) {
       ],
     },
   );
-  const list = await get(`/api/v1/audit${query({ ...filters, before, limit: 100 })}`);
+  const list = await get(`/api/v1/audit${query({ ...filters, since: instant(filters.since), until: instant(filters.until), before, limit: 100 })}`);
   const pager = h("div", { class: "pager" });
   if (list.next) pager.append(h("a", { href: `#/audit${query({ ...filters, before: list.next })}` }, "Older entries →"));
-  page("Audit log", form, verified, auditTable(list.entries), pager);
+  // The export is the whole stored log up to its newest entry (JSON Lines, each line as hashed),
+  // which verifies on its own: `quench audit verify --file`.
+  const newest = await get("/api/v1/audit?limit=1");
+  const exported = newest.entries.length
+    ? h(
+        "p",
+        { class: "facts" },
+        h(
+          "a",
+          {
+            id: "export",
+            href: `/api/v1/audit/export?before=${newest.entries[0].seq + 1}`,
+            download: `quench-audit-through-${newest.entries[0].seq}.jsonl`,
+          },
+          `Export the log through entry ${newest.entries[0].seq}`,
+        ),
+        " (JSON Lines; verify it on its own with quench audit verify --file).",
+      )
+    : "";
+  page("Audit log", form, verified, exported, auditTable(list.entries), pager);
 }
 
 async function dlqView(params) {

@@ -730,12 +730,28 @@ impl Store {
         budget: usize,
         mut keep: impl FnMut(&AuditEntry) -> bool,
     ) -> Result<AuditPage, Error> {
+        self.audit_newest_first_until(before, limit, budget, |entry| {
+            if keep(entry) { Scan::Keep } else { Scan::Skip }
+        })
+    }
+
+    /// As [`Store::audit_newest_first`], with a `scan` that may also end the scan
+    /// ([`Scan::Stop`]: no entry from here on, older, can match), which ends the log's pages.
+    pub fn audit_newest_first_until(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+        budget: usize,
+        mut scan: impl FnMut(&AuditEntry) -> Scan,
+    ) -> Result<AuditPage, Error> {
         let mut out = Vec::new();
         for (examined, item) in self.backend.audit_newest_first(before).enumerate() {
             let (hash, entry) = item?;
             let seq = entry.seq;
-            if keep(&entry) {
-                out.push((hash, entry));
+            match scan(&entry) {
+                Scan::Keep => out.push((hash, entry)),
+                Scan::Skip => {}
+                Scan::Stop => return Ok((out, None)),
             }
             if out.len() >= limit || examined + 1 >= budget {
                 return Ok((out, Some(seq).filter(|seq| *seq > 1)));
@@ -844,3 +860,12 @@ fn decode_runs<'a, T: DeserializeOwned>(
 
 /// A page of audit entries with their hashes, and the `before` of the next page.
 pub type AuditPage = (Vec<(String, AuditEntry)>, Option<u64>);
+
+/// What a scan of the audit log does with an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    Keep,
+    Skip,
+    /// Skip it and end the scan: no older entry can match.
+    Stop,
+}

@@ -12,7 +12,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody, Params};
 use super::query::{self, Sequence};
 use crate::config::Role;
-use crate::store::{AuditDraft, AuditEntry, Batch, Pruned};
+use crate::store::{AuditDraft, AuditEntry, Batch, Pruned, Scan};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
@@ -80,7 +80,17 @@ pub(crate) struct AuditQuery {
     kind: Option<String>,
     /// Only entries by this actor (id or name, as shown in the actor column).
     actor: Option<String>,
+    /// Entries at or after this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
+    since: Option<DateTime<Utc>>,
+    /// Entries before this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
+    until: Option<DateTime<Utc>>,
 }
+
+/// How far before `since` the scan goes on: an entry's time is taken when its commit is
+/// prepared, so entries a little apart may be chained out of time order.
+const CLOCK_SLACK: chrono::Duration = chrono::Duration::minutes(5);
 
 /// Most entries examined per list request: a filter that matches rarely returns a `next`
 /// cursor rather than reading the whole log.
@@ -164,11 +174,26 @@ pub(super) async fn list(
                         .is_some_and(|run| key_of(run).as_ref() == Some(key))
             })
     };
-    let (entries, next) = engine.store().audit_newest_first(
+    let mut keep = keep;
+    let (entries, next) = engine.store().audit_newest_first_until(
         query.before.map(|before| before.0),
         limit,
         SCAN_BUDGET,
-        keep,
+        |entry| {
+            if query
+                .since
+                .is_some_and(|since| entry.at < since - CLOCK_SLACK)
+            {
+                Scan::Stop
+            } else if query.since.is_none_or(|since| entry.at >= since)
+                && query.until.is_none_or(|until| entry.at < until)
+                && keep(entry)
+            {
+                Scan::Keep
+            } else {
+                Scan::Skip
+            }
+        },
     )?;
     let entries = entries
         .into_iter()
@@ -223,6 +248,10 @@ pub(super) async fn export(
     let stream = tokio_stream_of(receiver);
     axum::response::Response::builder()
         .header(axum::http::header::CONTENT_TYPE, "application/jsonl")
+        .header(
+            axum::http::header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"quench-audit-before-{before}.jsonl\""),
+        )
         .body(axum::body::Body::from_stream(stream))
         .map_err(ApiError::internal)
 }
