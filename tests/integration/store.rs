@@ -412,6 +412,7 @@ steps:
             .ingest(&[finding("f-open", "test.retained", "key_open")])
             .await[0],
     );
+    let old_key = harness.run(&old).key;
     let gate_token = harness.gate(&old, "decide").token;
     harness
         .answer(&old, "decide", "revoke", "lead@example.com")
@@ -465,6 +466,20 @@ steps:
     );
     assert!(!store.contains(Key::Effect(&effect)).expect("readable"));
     assert!(store.run_audit(&old).expect("timeline").is_empty());
+    assert!(
+        !store
+            .contains(Key::RunOfKey(&old_key, &old))
+            .expect("readable")
+            && !store
+                .contains(Key::RunOfPlaybook("retained", &old))
+                .expect("readable"),
+        "its index entries go with it"
+    );
+    assert!(
+        store
+            .contains(Key::RunOfPlaybook("retained", &recent))
+            .expect("readable")
+    );
     assert_eq!(harness.run(&recent).status.as_str(), "completed");
     assert_eq!(harness.run(&open).status.as_str(), "waiting");
     assert!(
@@ -531,4 +546,102 @@ async fn a_dropped_store_can_be_opened_again_at_once() {
         store.commit(batch).await.expect("commit");
         drop(store);
     }
+}
+
+/// Runs are found by key and by playbook through the store's indexes, newest first and paged,
+/// exactly as a scan of every run finds them; a store whose runs were written before the
+/// indexes is indexed once at start-up.
+#[tokio::test]
+async fn runs_are_found_by_key_and_playbook_through_their_indexes() {
+    use crate::support::{Harness, finding, started};
+    use quench_runner::engine::Run;
+    use quench_runner::store::{Batch, Key, RunIndex, RunsScan};
+    let playbook = |name: &str, kind: &str| {
+        format!(
+            "schema: quench.playbook/v1\nname: {name}\non:\n  finding:\n    kinds: [{kind}]\nsteps:\n  - id: say\n    uses: note\n    with:\n      message: hi\n"
+        )
+    };
+    let (first, second) = (
+        playbook("first", "test.first"),
+        playbook("second", "test.second"),
+    );
+    let harness = Harness::new(&[&first, &second]).await;
+    let mut runs = Vec::new();
+    for (n, (kind, key_id)) in [
+        ("test.first", "key_a"),
+        ("test.first", "key_b"),
+        ("test.second", "key_a"),
+        ("test.first", "key_a"),
+        ("test.first", "key_a"),
+        ("test.second", "key_b"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let outcome = harness
+            .ingest(&[finding(&format!("f-{n}"), kind, key_id)])
+            .await;
+        runs.push(started(&outcome[0]));
+    }
+    let store = harness.engine.store();
+    let key_a = harness.run(&runs[0]).key;
+    // What a scan of every run finds, newest first.
+    let scanned = |keep: &dyn Fn(&Run) -> bool| -> Vec<String> {
+        store
+            .runs_newest_first::<Run>("", None)
+            .map(|item| item.expect("readable").1)
+            .filter(|run| keep(run))
+            .map(|run| run.id)
+            .collect()
+    };
+    // Every page of an index, two at a time.
+    let paged = |index: RunIndex<'_>| -> Vec<String> {
+        let mut found = Vec::new();
+        let mut before: Option<String> = None;
+        loop {
+            let page = store
+                .runs_page::<Run>(
+                    RunsScan {
+                        index: Some(index),
+                        before: before.as_deref(),
+                        ..RunsScan::default()
+                    },
+                    2,
+                    100,
+                    |_| true,
+                )
+                .expect("page");
+            found.extend(page.items.into_iter().map(|run| run.id));
+            match page.next {
+                Some(next) => before = Some(next),
+                None => return found,
+            }
+        }
+    };
+    let of_key_a = scanned(&|run| run.key == key_a);
+    // (A finding's default key is its kind and resource: the second playbook's runs have
+    // keys of their own.)
+    assert_eq!(
+        of_key_a,
+        vec![runs[4].clone(), runs[3].clone(), runs[0].clone()]
+    );
+    assert_eq!(paged(RunIndex::Key(&key_a)), of_key_a);
+    let of_second = scanned(&|run| run.playbook == "second");
+    assert_eq!(of_second, vec![runs[5].clone(), runs[2].clone()]);
+    assert_eq!(paged(RunIndex::Playbook("second")), of_second);
+    assert!(paged(RunIndex::Key("openai:key:nobody")).is_empty());
+    assert!(paged(RunIndex::Playbook("first\0")).is_empty());
+
+    // Runs stored without index entries (as by a quench before them) are indexed once.
+    assert!(!store.run_indexes_complete().expect("readable"));
+    let mut batch = Batch::new();
+    for run in &of_key_a {
+        batch.delete(Key::RunOfKey(&key_a, run));
+    }
+    store.commit(batch).await.expect("commit");
+    assert!(paged(RunIndex::Key(&key_a)).is_empty());
+    harness.engine.ensure_run_indexes().await.expect("index");
+    assert!(store.run_indexes_complete().expect("readable"));
+    assert_eq!(paged(RunIndex::Key(&key_a)), of_key_a);
+    assert_eq!(paged(RunIndex::Playbook("second")), of_second);
 }

@@ -259,6 +259,37 @@ impl Engine {
         Ok(())
     }
 
+    /// Makes sure the run indexes (by key and by playbook) list every stored run. A store
+    /// written before they were kept is indexed once here, in batches (a scan of every run);
+    /// call it at start-up. Until it is done, searches read every run, as before.
+    pub async fn ensure_run_indexes(&self) -> Result<(), Error> {
+        const BATCH: usize = 1000;
+        let store = &self.inner.store;
+        if store.run_indexes_complete()? {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        let mut pending = 0;
+        let mut indexed = 0usize;
+        for item in store.runs_newest_first::<Run>("", None) {
+            let (id, run) = item?;
+            batch.put(Key::RunOfKey(&run.key, &id), &true);
+            batch.put(Key::RunOfPlaybook(&run.playbook, &id), &true);
+            pending += 1;
+            indexed += 1;
+            if pending == BATCH {
+                store.commit(std::mem::take(&mut batch)).await?;
+                pending = 0;
+            }
+        }
+        batch.put(Key::Meta(crate::store::RUN_INDEXES), &true);
+        store.commit(batch).await?;
+        if indexed > 0 {
+            tracing::info!(runs = indexed, "stored runs indexed by key and playbook");
+        }
+        Ok(())
+    }
+
     /// Queues the runs that must be driven after a start: those that were between steps when
     /// the process stopped; returns them. (Timers that fell due meanwhile fire through
     /// [`Engine::fire_due`].)

@@ -65,7 +65,7 @@ impl Engine {
             if !ended_before(&run, cutoff) {
                 continue;
             }
-            batch.delete_run(store, &id)?;
+            batch.delete_run(store, &id, &run.key, &run.playbook)?;
             guards.push(guard);
         }
         purged.runs = guards.len();

@@ -225,6 +225,12 @@ impl Tx {
         }
         let written = run.counted.replace(count).is_some();
         self.batch.put(Key::Run(&run.id), &*run);
+        if !written {
+            // A new run: indexed by its key and playbook (for the runs search), for good.
+            self.batch.put(Key::RunOfKey(&run.key, &run.id), &true);
+            self.batch
+                .put(Key::RunOfPlaybook(&run.playbook, &run.id), &true);
+        }
         if run.status == RunStatus::Running {
             self.batch.put(Key::Active(&run.id), &true);
         } else if written {

@@ -224,6 +224,7 @@ pub async fn serve_with(
         engine = engine.with_notifier(slack);
     }
     engine.ensure_run_counts().await?;
+    engine.ensure_run_indexes().await?;
     let _ = engine_cell.set(engine.clone());
     let library = playbooks::Library::new(config.playbooks.dir.clone(), engine.clone());
     library.reload("quench serve").await?;

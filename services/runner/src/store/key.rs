@@ -11,6 +11,11 @@ pub enum Key<'a> {
     Meta(&'a str),
     /// A run's record.
     Run(&'a str),
+    /// Index of runs by run key (the finding key, or what the playbook's `key` made): (key,
+    /// run id). Written when the run is first saved, removed with it.
+    RunOfKey(&'a str, &'a str),
+    /// Index of runs by playbook name: (playbook, run id). As [`Key::RunOfKey`].
+    RunOfPlaybook(&'a str, &'a str),
     /// Runs that were between steps (not parked) at their last commit: driven again at start-up.
     Active(&'a str),
     /// Index of a run's audit entries (its timeline): the records holding them, by their first
@@ -84,6 +89,9 @@ pub(crate) const AUDIT_CHECKPOINT: &str = "audit_checkpoint";
 pub(crate) const COUNTERS: &str = "counters";
 /// The layout version, store-wide.
 pub(crate) const FORMAT: &str = "format";
+/// Set once every run stored before the run indexes were kept has been indexed
+/// ([`Key::RunOfKey`], [`Key::RunOfPlaybook`]).
+pub const RUN_INDEXES: &str = "run_indexes";
 
 /// Where a record belongs when the store is split into partitions (one journal each, one
 /// writer each). A run lives in the partition of its run key: the finding key unless the
@@ -134,7 +142,11 @@ impl Key<'_> {
             | Key::Timer { run, .. } => Partition::Run(run),
             // `run/step/iteration`: run ids (UUIDs) hold no `/`.
             Key::Effect(key) => Partition::Run(key.split_once('/').map_or(*key, |(run, _)| run)),
-            Key::Open(_, key) | Key::Queued(_, key, _) => Partition::RunKey(key),
+            Key::Open(_, key) | Key::Queued(_, key, _) | Key::RunOfKey(key, _) => {
+                Partition::RunKey(key)
+            }
+            // Each partition indexes its own runs; a read by playbook merges them in id order.
+            Key::RunOfPlaybook(_, run) => Partition::Run(run),
             Key::Seen(_) | Key::SeenExpiry(..) => Partition::Intake,
             Key::Schedule(name) | Key::PlaybookState(name) => Partition::Playbook(name),
             Key::SafetyUse(..) => Partition::Safety,
@@ -164,6 +176,10 @@ impl Key<'_> {
         match self {
             Key::Meta(name) => parts(b"m/", &[name.as_bytes()]),
             Key::Run(id) => parts(b"r/", &[id.as_bytes()]),
+            Key::RunOfKey(key, run) => parts(b"rk/", &[key.as_bytes(), run.as_bytes()]),
+            Key::RunOfPlaybook(playbook, run) => {
+                parts(b"rp/", &[playbook.as_bytes(), run.as_bytes()])
+            }
             Key::Active(id) => parts(b"x/", &[id.as_bytes()]),
             Key::RunAudit(run, seq) => parts(b"ar/", &[run.as_bytes(), &seq.to_be_bytes()]),
             Key::Gate(run, step) => parts(b"g/", &[run.as_bytes(), step.as_bytes()]),
@@ -286,6 +302,11 @@ mod tests {
             (Key::Meta(COUNTERS), Partition::Own),
             (Key::Meta("something else"), Partition::Control),
             (Key::Run(run), Partition::Run(run)),
+            (
+                Key::RunOfKey("openai:key:1", run),
+                Partition::RunKey("openai:key:1"),
+            ),
+            (Key::RunOfPlaybook("revoke", run), Partition::Run(run)),
             (Key::Active(run), Partition::Run(run)),
             (Key::RunAudit(run, 7), Partition::Run(run)),
             (Key::Gate(run, "decide"), Partition::Run(run)),
@@ -340,6 +361,8 @@ mod tests {
             .map(|(key, _)| match key {
                 Key::Meta(_) => "meta",
                 Key::Run(_) => "run",
+                Key::RunOfKey(..) => "run_of_key",
+                Key::RunOfPlaybook(..) => "run_of_playbook",
                 Key::Active(_) => "active",
                 Key::RunAudit(..) => "run_audit",
                 Key::Gate(..) => "gate",
@@ -367,7 +390,7 @@ mod tests {
                 Key::CampaignChunk(..) => "campaign_chunk",
             })
             .collect();
-        assert_eq!(families.len(), 27, "{families:?}");
+        assert_eq!(families.len(), 29, "{families:?}");
     }
 
     /// The encoding is the on-disk format (version 1): these bytes must not change.
@@ -375,6 +398,8 @@ mod tests {
     fn keys_encode_as_format_version_1() {
         let at = DateTime::from_timestamp_millis(0x0102).expect("time");
         assert_eq!(Key::Run("r1").encode(), b"r/r1");
+        assert_eq!(Key::RunOfKey("k", "r1").encode(), b"rk/k\0r1");
+        assert_eq!(Key::RunOfPlaybook("p", "r1").encode(), b"rp/p\0r1");
         assert_eq!(Key::Gate("r1", "s").encode(), b"g/r1\0s");
         assert_eq!(
             Key::Timer {

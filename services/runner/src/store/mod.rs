@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 pub use audit::{
     AuditDraft, AuditEntry, AuditRef, Segment, Verification, parse_stored, verify_segment,
 };
-pub use key::{Key, Partition, TimerKey};
+pub use key::{Key, Partition, RUN_INDEXES, TimerKey};
 
 // The `store.sync` config value.
 pub use quench_common::config::SyncMode;
@@ -204,9 +204,18 @@ impl Batch {
     /// gates, its effect journal and its timeline index (an ended run has no timers; the keys as read from
     /// `store` now; the caller holds the run's lock so none is added meanwhile). Its audit
     /// entries stay in the log.
-    pub fn delete_run(&mut self, store: &Store, run: &str) -> Result<&mut Batch, Error> {
+    pub fn delete_run(
+        &mut self,
+        store: &Store,
+        run: &str,
+        key: &str,
+        playbook: &str,
+    ) -> Result<&mut Batch, Error> {
         self.ops.push((Key::Run(run).encode(), None));
         self.ops.push((Key::Active(run).encode(), None));
+        self.ops.push((Key::RunOfKey(key, run).encode(), None));
+        self.ops
+            .push((Key::RunOfPlaybook(playbook, run).encode(), None));
         for key in store.backend.owned_by_run(run)? {
             self.ops.push((key, None));
         }
@@ -317,6 +326,30 @@ pub(crate) enum RunOrder<'a> {
     },
     /// Every run, oldest first, after `after` (exclusive).
     OldestFirst { after: Option<&'a str> },
+    /// The runs an index lists, newest first, before `before` (exclusive).
+    Indexed {
+        index: RunIndex<'a>,
+        before: Option<&'a str>,
+    },
+}
+
+/// Which runs a [`Store::runs_page`] reads: those an index lists (else every run), whose id
+/// starts with `prefix`, before the cursor `before` and not before `floor`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunsScan<'a> {
+    pub index: Option<RunIndex<'a>>,
+    pub prefix: &'a str,
+    pub before: Option<&'a str>,
+    pub floor: Option<&'a str>,
+}
+
+/// A secondary index of runs ([`Key::RunOfKey`], [`Key::RunOfPlaybook`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunIndex<'a> {
+    /// Runs of one run key.
+    Key(&'a str),
+    /// Runs of one playbook.
+    Playbook(&'a str),
 }
 
 /// What a store backend does: atomic commits of a [`Batch`], reads by [`Key`], and the named
@@ -556,18 +589,28 @@ impl Store {
     /// `before` and not before `floor` (ids are UUIDv7, so these bound creation time), that
     /// `keep` accepts — at most `limit`, examining at most `budget` runs (a filter that matches
     /// rarely returns a `next` cursor rather than reading everything).
+    ///
+    /// With an `index`, only the runs it lists are read (the id `prefix` is then a filter).
     pub fn runs_page<T: DeserializeOwned>(
         &self,
-        prefix: &str,
-        before: Option<&str>,
-        floor: Option<&str>,
+        scan: RunsScan<'_>,
         limit: usize,
         budget: usize,
         mut keep: impl FnMut(&T) -> bool,
     ) -> Result<Page<T>, Error> {
+        let RunsScan {
+            index,
+            prefix,
+            before,
+            floor,
+        } = scan;
+        let runs = match index {
+            Some(index) => decode_runs(self.backend.runs(RunOrder::Indexed { index, before })),
+            None => decode_runs(self.backend.runs(RunOrder::NewestFirst { prefix, before })),
+        };
         let mut items = Vec::new();
         let mut last = None;
-        for (examined, item) in self.runs_newest_first::<T>(prefix, before).enumerate() {
+        for (examined, item) in runs.enumerate() {
             if items.len() >= limit || examined >= budget {
                 return Ok(Page { items, next: last });
             }
@@ -575,12 +618,18 @@ impl Store {
             if floor.is_some_and(|floor| id.as_str() < floor) {
                 return Ok(Page { items, next: None });
             }
+            let kept = id.starts_with(prefix) && keep(&run);
             last = Some(id);
-            if keep(&run) {
+            if kept {
                 items.push(run);
             }
         }
         Ok(Page { items, next: None })
+    }
+
+    /// Whether the run indexes hold every stored run (see [`key::RUN_INDEXES`]).
+    pub fn run_indexes_complete(&self) -> Result<bool, Error> {
+        self.contains(Key::Meta(key::RUN_INDEXES))
     }
 
     /// The store's counters (see [`Batch::count`]); `None` when none was ever written.

@@ -19,6 +19,7 @@ use crate::engine::state::Phase;
 use crate::engine::{
     Cancel, DecisionOutcome, Defer, Gate, Refusal, Restart, Run, RunStatus, StepStatus,
 };
+use crate::store::{RunIndex, RunsScan};
 
 /// Most runs examined per list request (the store is read newest first; a filter that matches
 /// rarely returns a `next` cursor rather than reading everything).
@@ -365,32 +366,40 @@ pub(super) async fn list(
         (cursor, ceiling) => cursor.or(ceiling),
     };
     let floor = query.since.map(id_floor);
-    let page = api.inner.engine.store().runs_page::<Run>(
-        query
+    let store = api.inner.engine.store();
+    // A key or playbook reads only its runs, through the store's index of them (a key's runs
+    // are fewer than a playbook's), once every stored run is indexed.
+    let index = match (&query.key, &query.playbook) {
+        _ if !store.run_indexes_complete()? => None,
+        (Some(key), _) => Some(RunIndex::Key(key)),
+        (None, Some(playbook)) => Some(RunIndex::Playbook(playbook)),
+        (None, None) => None,
+    };
+    let scan = RunsScan {
+        index,
+        prefix: query
             .id_prefix
             .as_ref()
             .map_or("", |prefix| prefix.0.as_str()),
         before,
-        floor.as_deref(),
-        limit,
-        SCAN_BUDGET,
-        |run| {
-            query.state.is_none_or(|state| state.matches(run.status))
-                && query
-                    .playbook
+        floor: floor.as_deref(),
+    };
+    let page = store.runs_page::<Run>(scan, limit, SCAN_BUDGET, |run| {
+        query.state.is_none_or(|state| state.matches(run.status))
+            && query
+                .playbook
+                .as_ref()
+                .is_none_or(|playbook| &run.playbook == playbook)
+            && query.key.as_ref().is_none_or(|key| &run.key == key)
+            && query.kind.as_ref().is_none_or(|kind| {
+                run.finding
                     .as_ref()
-                    .is_none_or(|playbook| &run.playbook == playbook)
-                && query.key.as_ref().is_none_or(|key| &run.key == key)
-                && query.kind.as_ref().is_none_or(|kind| {
-                    run.finding
-                        .as_ref()
-                        .is_some_and(|finding| &finding.kind == kind)
-                })
-                && query.since.is_none_or(|since| run.started_at >= since)
-                && query.until.is_none_or(|until| run.started_at < until)
-                && text.as_ref().is_none_or(|text| matches_text(run, text))
-        },
-    )?;
+                    .is_some_and(|finding| &finding.kind == kind)
+            })
+            && query.since.is_none_or(|since| run.started_at >= since)
+            && query.until.is_none_or(|until| run.started_at < until)
+            && text.as_ref().is_none_or(|text| matches_text(run, text))
+    })?;
     Ok(Json(RunPage {
         runs: page.items.iter().map(summary).collect(),
         next: page.next,

@@ -32,7 +32,7 @@ use super::audit::{AuditEntry, Head, Verification, parse_stored, verify_chain};
 use super::key::{AUDIT_CHECKPOINT, COUNTERS, FORMAT, seq_part, shown, time_part};
 use super::{
     Backend, BackendError, Batch, BoxFuture, Compacted, Error, FORMAT_VERSION, Key, Pending,
-    Pruned, Rows, RunOrder, StoreConfig, Stored, SyncMode, TimerKey,
+    Pruned, Rows, RunIndex, RunOrder, StoreConfig, Stored, SyncMode, TimerKey,
 };
 
 /// A sled store. Fields drop in order: the committer first (its thread is joined), then the
@@ -633,6 +633,39 @@ impl Backend for Sled {
                 Box::new(
                     self.range(Bound::Included(start), Bound::Excluded(end), true)
                         .map(row),
+                )
+            }
+            RunOrder::Indexed { index, before } => {
+                let start = match index {
+                    RunIndex::Key(key) => prefix(b"rk/", &[key]),
+                    RunIndex::Playbook(playbook) => prefix(b"rp/", &[playbook]),
+                };
+                let mut end = prefix_end(&start);
+                if let Some(id) = before {
+                    let mut bound = start.clone();
+                    bound.extend_from_slice(id.as_bytes());
+                    end = end.min(bound);
+                }
+                let end = end.max(start.clone());
+                let width = start.len();
+                // Each listed run is read; one the index still lists but the store no longer
+                // has (never the case after a commit: both go in one batch) is passed over.
+                Box::new(
+                    self.range(Bound::Included(start), Bound::Excluded(end), true)
+                        .filter_map(move |item| {
+                            let id = match item {
+                                Ok((key, _)) => String::from_utf8_lossy(&key[width..]).into_owned(),
+                                Err(error) => return Some(Err(error)),
+                            };
+                            match self
+                                .db
+                                .with(|db| db.get(Key::Run(&id).encode()).map_err(io))
+                            {
+                                Ok(Some(value)) => Some(Ok((id, value.to_vec()))),
+                                Ok(None) => None,
+                                Err(error) => Some(Err(error)),
+                            }
+                        }),
                 )
             }
             RunOrder::OldestFirst { after } => {
