@@ -268,22 +268,31 @@ impl Engine {
         if store.run_indexes_complete()? {
             return Ok(());
         }
-        let mut batch = Batch::new();
-        let mut pending = 0;
         let mut indexed = 0usize;
-        for item in store.runs_newest_first::<Run>("", None) {
-            let (id, run) = item?;
-            batch.put(Key::RunOfKey(&run.key, &id), &true);
-            batch.put(Key::RunOfPlaybook(&run.playbook, &id), &true);
-            pending += 1;
-            indexed += 1;
-            if pending == BATCH {
-                store.commit(std::mem::take(&mut batch)).await?;
-                pending = 0;
+        let mut after: Option<String> = None;
+        loop {
+            // A batch's runs are read before it is committed (the reader is not held across
+            // the commit).
+            let mut batch = Batch::new();
+            let mut last = None;
+            for item in store
+                .runs_oldest_first::<Run>(after.as_deref())
+                .take(BATCH)
+            {
+                let (id, run) = item?;
+                batch.put(Key::RunOfKey(&run.key, &id), &true);
+                batch.put(Key::RunOfPlaybook(&run.playbook, &id), &true);
+                indexed += 1;
+                last = Some(id);
             }
+            let Some(last) = last else {
+                batch.put(Key::Meta(crate::store::RUN_INDEXES), &true);
+                store.commit(batch).await?;
+                break;
+            };
+            store.commit(batch).await?;
+            after = Some(last);
         }
-        batch.put(Key::Meta(crate::store::RUN_INDEXES), &true);
-        store.commit(batch).await?;
         if indexed > 0 {
             tracing::info!(runs = indexed, "stored runs indexed by key and playbook");
         }
