@@ -503,6 +503,19 @@ async fn sessions_csrf_and_the_inbox_over_http() {
         )
         .await;
     assert!(ids(&found).is_empty(), "{found}");
+    // ... but the rest of the request is still checked: a `q` over 200 characters is refused.
+    let refused = console
+        .send(
+            console
+                .http
+                .get(console.url(&format!(
+                    "/api/v1/runs?since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z&q={}",
+                    "x".repeat(201)
+                )))
+                .bearer_auth("t-viewer"),
+        )
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
 
     // The audit log by time: a window around now holds the entries, one in the future none, and
     // a `since` far in the past ends the pages (no `next`).

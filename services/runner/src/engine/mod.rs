@@ -275,10 +275,7 @@ impl Engine {
             // the commit).
             let mut batch = Batch::new();
             let mut last = None;
-            for item in store
-                .runs_oldest_first::<Run>(after.as_deref())
-                .take(BATCH)
-            {
+            for item in store.runs_oldest_first::<Run>(after.as_deref()).take(BATCH) {
                 let (id, run) = item?;
                 batch.put(Key::RunOfKey(&run.key, &id), &true);
                 batch.put(Key::RunOfPlaybook(&run.playbook, &id), &true);

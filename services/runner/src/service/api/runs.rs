@@ -339,15 +339,6 @@ pub(super) async fn list(
 ) -> Result<Json<RunPage>, ApiError> {
     caller.require(Role::Viewer)?;
     let limit = query::limit(query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
-    // An empty time range holds no run.
-    if let (Some(since), Some(until)) = (query.since, query.until)
-        && since >= until
-    {
-        return Ok(Json(RunPage {
-            runs: Vec::new(),
-            next: None,
-        }));
-    }
     let text = match &query.q {
         Some(q) if q.chars().count() > 200 => {
             return Err(ApiError::BadRequest(
@@ -357,6 +348,15 @@ pub(super) async fn list(
         Some(q) if !q.trim().is_empty() => Some(q.trim().to_lowercase()),
         _ => None,
     };
+    // An empty time range holds no run (once the request is known to be valid).
+    if let (Some(since), Some(until)) = (query.since, query.until)
+        && since >= until
+    {
+        return Ok(Json(RunPage {
+            runs: Vec::new(),
+            next: None,
+        }));
+    }
     // Run ids are UUIDv7: a time bound is an id bound, so a time range reads only its runs.
     let ceiling = query
         .until
