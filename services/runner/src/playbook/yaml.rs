@@ -250,9 +250,14 @@ fn load_error(source: &str, lines: &LineIndex, error: marked_yaml::LoadError) ->
         }
         LoadError::ScanError(marker, scan) => {
             let start = lines.offset(Some(&marker));
+            // The character there, whatever its width (a span ends on a character boundary).
+            let end = source
+                .get(start..)
+                .and_then(|rest| rest.chars().next())
+                .map_or(start, |character| start + character.len_utf8());
             Diagnostic::error(
                 Code::YamlSyntax,
-                start..start + 1,
+                start..end,
                 format!("YAML syntax error: {}", scan.info()),
             )
         }

@@ -222,12 +222,34 @@ pub(crate) async fn serve(
         .0
         .merge(console)
         .layer(axum::middleware::from_fn(redact_answer))
+        // A handler that panics answers 500 (and is logged) instead of dropping the connection.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .with_state(api);
     let serving = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await });
     if let Err(error) = serving.await {
         tracing::error!(%error, "the HTTP server stopped");
     }
+}
+
+/// The answer to a request whose handler panicked: the error body every failure has; the
+/// panic's message is logged, not returned (it may quote the request).
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic");
+    tracing::error!(panic = %quench_proto::redact_str(message), "an API handler panicked");
+    (
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(error::ErrorBody::new(
+            "internal",
+            "the request failed inside quench; the service log says why".to_owned(),
+        )),
+    )
+        .into_response()
 }
 
 /// Most bytes of an answer read to redact it; API answers are pages of bounded size.
