@@ -1,6 +1,7 @@
 //! quench's integration tests: one binary, a module per area, and shared `support`.
 
 mod campaigns;
+mod cluster_journal;
 mod compaction;
 mod config;
 mod connectors_http;

@@ -4,6 +4,7 @@
 pub mod actions;
 pub mod campaign;
 pub mod cli;
+pub mod cluster;
 pub mod connectors;
 pub mod engine;
 pub mod evidence;

@@ -1,0 +1,6 @@
+//! Cluster mode's parts (ARCHITECTURE.md, "Several runners on a NATS cluster"): the partition
+//! map, and each partition's fenced journal on JetStream. Not yet wired into `quench serve`,
+//! which keeps every partition in sled.
+
+pub mod journal;
+pub mod partition;

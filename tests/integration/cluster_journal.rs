@@ -1,0 +1,219 @@
+//! Cluster mode's fencing on real nats-servers: a runner that lost its partition — paused,
+//! slow, partitioned away — has its next journal append refused once another runner took the
+//! partition over, on one server and across the loss of the stream's leader in a three-server
+//! cluster; of concurrent take-overs exactly one writer can go on.
+
+use std::time::Duration;
+
+use quench_runner::cluster::journal::{AppendError, Journal, Record};
+use serde_json::json;
+
+use crate::support;
+
+fn commit(n: usize) -> Record {
+    Record::Commit {
+        batch: json!({"n": n}),
+    }
+}
+
+async fn journal_on(urls: &[String], replicas: usize) -> Journal {
+    let client = async_nats::connect(urls.to_vec()).await.expect("nats");
+    let jetstream = async_nats::jetstream::new(client);
+    // A cluster answers once it has elected its meta leader.
+    let mut tries = 0;
+    loop {
+        match Journal::ensure(jetstream.clone(), replicas).await {
+            Ok(journal) => return journal,
+            Err(error) => {
+                tries += 1;
+                assert!(tries < 60, "the journal stream: {error}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_lost_its_partition_cannot_append() {
+    let nats = support::NatsServer::start();
+    let journal = journal_on(&[nats.url()], 1).await;
+
+    let mut first = journal
+        .take_over(3, "runner-a", 1)
+        .await
+        .expect("take over");
+    for n in 0..3 {
+        first.append(&commit(n)).await.expect("append");
+    }
+    // runner-a stops (SIGSTOP, a long pause); runner-b takes the partition over.
+    let mut second = journal
+        .take_over(3, "runner-b", 2)
+        .await
+        .expect("take over");
+    // runner-a comes back and writes as if it still owned the partition: refused.
+    let refused = first.append(&commit(99)).await;
+    let expected = first.last();
+    assert!(
+        matches!(
+            refused,
+            Err(AppendError::Fenced { partition: 3, expected: e }) if e == expected
+        ),
+        "{refused:?}"
+    );
+    second.append(&commit(3)).await.expect("the owner appends");
+
+    // The journal holds a's three commits, b's take-over and b's commit; nothing of a's after.
+    let records: Vec<Record> = journal
+        .replay(3, 0)
+        .await
+        .expect("replay")
+        .into_iter()
+        .map(|(_, record)| record)
+        .collect();
+    assert_eq!(
+        records,
+        vec![
+            Record::Owner {
+                runner: "runner-a".into(),
+                lease: 1
+            },
+            commit(0),
+            commit(1),
+            commit(2),
+            Record::Owner {
+                runner: "runner-b".into(),
+                lease: 2
+            },
+            commit(3),
+        ]
+    );
+    // Replay from a sequence gives what follows it; other partitions are their own.
+    let tail = journal.replay(3, second.last() - 1).await.expect("replay");
+    assert_eq!(tail.len(), 1);
+    assert_eq!(journal.last(4).await.expect("last"), 0);
+    let mut other = journal
+        .take_over(4, "runner-a", 3)
+        .await
+        .expect("take over");
+    other.append(&commit(0)).await.expect("append");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_concurrent_take_overs_one_writer_goes_on() {
+    let nats = support::NatsServer::start();
+    let journal = journal_on(&[nats.url()], 1).await;
+    let mut tasks = Vec::new();
+    for n in 0..8u64 {
+        let journal = journal.clone();
+        tasks.push(tokio::spawn(async move {
+            journal.take_over(7, &format!("runner-{n}"), n).await
+        }));
+    }
+    let mut writers = Vec::new();
+    for task in tasks {
+        // A take-over that raced another is fenced at once; that is one way to lose.
+        if let Ok(writer) = task.await.expect("task") {
+            writers.push(writer);
+        }
+    }
+    assert!(!writers.is_empty(), "someone takes the partition");
+    let mut went_on = 0;
+    for writer in &mut writers {
+        match writer.append(&commit(0)).await {
+            Ok(_) => went_on += 1,
+            Err(AppendError::Fenced { .. }) => {}
+            Err(error) => panic!("{error}"),
+        }
+    }
+    assert_eq!(went_on, 1, "exactly one writer owns the partition");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fencing_holds_across_the_loss_of_the_streams_leader() {
+    let mut servers = tokio::task::block_in_place(|| support::NatsServer::cluster(3));
+    let urls: Vec<String> = servers.iter().map(support::NatsServer::url).collect();
+    let journal = journal_on(&urls, 3).await;
+    let mut first = journal
+        .take_over(1, "runner-a", 1)
+        .await
+        .expect("take over");
+    for n in 0..5 {
+        first.append(&commit(n)).await.expect("append");
+    }
+    // The server that leads the journal stream is killed.
+    let client = async_nats::connect(urls.clone()).await.expect("nats");
+    let info = async_nats::jetstream::new(client)
+        .get_stream(quench_runner::cluster::journal::STREAM)
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .clone();
+    let leader = info
+        .cluster
+        .and_then(|cluster| cluster.leader)
+        .expect("a leader");
+    let index: usize = leader
+        .trim_start_matches('n')
+        .parse()
+        .expect("servers are named n0, n1, n2");
+    tokio::task::block_in_place(|| servers[index].stop());
+    let survivor = urls[(index + 1) % 3].clone();
+
+    // Another runner, on a surviving server, takes the partition over once a new leader is
+    // elected; what the first appended survived the loss.
+    let other = journal_on(&[survivor], 3).await;
+    let mut second = loop {
+        match other.take_over(1, "runner-b", 2).await {
+            Ok(writer) => break writer,
+            Err(AppendError::Unknown { .. }) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => panic!("{error}"),
+        }
+    };
+    // Reads may time out while the new leader settles; a reader asks again.
+    let mut tries = 0;
+    let records: Vec<Record> = loop {
+        match other.replay(1, 0).await {
+            Ok(records) => break records.into_iter().map(|(_, record)| record).collect(),
+            Err(error) => {
+                tries += 1;
+                assert!(tries < 30, "replay: {error}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let mut expected = vec![Record::Owner {
+        runner: "runner-a".into(),
+        lease: 1,
+    }];
+    expected.extend((0..5).map(commit));
+    assert_eq!(records[..6], expected[..], "{records:?}");
+    // (A take-over whose acknowledgement was lost in the election is tried again: its owner
+    // record can be there twice.)
+    assert!(
+        records[6..].iter().all(|record| *record
+            == Record::Owner {
+                runner: "runner-b".into(),
+                lease: 2
+            })
+            && records.len() > 6,
+        "{records:?}"
+    );
+    // The first runner's next append is refused, not merely lost.
+    let refused = loop {
+        match first.append(&commit(99)).await {
+            Err(AppendError::Unknown { .. }) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(refused, Err(AppendError::Fenced { partition: 1, .. })),
+        "{refused:?}"
+    );
+    second.append(&commit(5)).await.expect("the owner appends");
+}
