@@ -2,6 +2,7 @@
 
 mod campaigns;
 mod cluster_journal;
+mod cluster_owners;
 mod compaction;
 mod config;
 mod connectors_http;

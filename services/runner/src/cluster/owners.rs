@@ -1,0 +1,230 @@
+//! Partition ownership by lease (ARCHITECTURE.md, "Several runners on a NATS cluster"): the KV
+//! bucket `QUENCH_OWNERS` holds a `member.<runner>` heartbeat per live runner and one
+//! `partition.<n>` key per owned partition, whose value is the owner and whose revision is its
+//! lease. Keys not written for the bucket's `max_age` (the lease) are removed by the server, so
+//! a dead or paused runner's partitions come free after one lease. Leases are for liveness
+//! only: what keeps a former owner from writing is the journal's fencing ([`super::journal`]).
+//!
+//! Each runner computes the same assignment from the live members ([`super::partition::owner`])
+//! and, once per [`Owners::rebalance`], renews the leases it holds, gives up those another
+//! member should have (after it stopped writing them: the caller's part), and claims the free
+//! partitions it should have. Members joining or leaving move partitions without a restart.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::TryStreamExt;
+
+/// The bucket of members and leases.
+pub const BUCKET: &str = "QUENCH_OWNERS";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot create or open the ownership bucket {BUCKET}: {0}")]
+    Bucket(String),
+    #[error("ownership bucket {BUCKET}: {0}")]
+    Kv(String),
+}
+
+/// A partition this runner holds, and the revision its lease was last written at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub partition: u32,
+    pub revision: u64,
+}
+
+/// What one rebalancing round did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Partitions newly claimed (the caller replays and takes each over in its journal).
+    pub claimed: Vec<u32>,
+    /// Leases found lost (expired and taken, or overwritten): the caller stops at once.
+    pub lost: Vec<u32>,
+    /// Partitions given up for another member.
+    pub released: Vec<u32>,
+}
+
+/// One runner's view of the members and leases.
+#[derive(Debug, Clone)]
+pub struct Owners {
+    kv: kv::Store,
+    runner: String,
+}
+
+impl Owners {
+    /// Opens (or creates) the bucket with `lease` as its `max_age` and announces `runner`.
+    pub async fn join(
+        jetstream: &jetstream::Context,
+        runner: &str,
+        lease: Duration,
+        replicas: usize,
+    ) -> Result<Owners, Error> {
+        let kv = jetstream
+            .create_key_value(kv::Config {
+                bucket: BUCKET.to_owned(),
+                description: "quench runners and the partitions they own".to_owned(),
+                history: 1,
+                max_age: lease,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| Error::Bucket(error.to_string()))?;
+        let owners = Owners {
+            kv,
+            runner: runner.to_owned(),
+        };
+        owners.heartbeat().await?;
+        Ok(owners)
+    }
+
+    pub fn runner(&self) -> &str {
+        &self.runner
+    }
+
+    /// Says this runner is alive (every lease / 5, say).
+    pub async fn heartbeat(&self) -> Result<(), Error> {
+        self.kv
+            .put(format!("member.{}", self.runner), Bytes::new())
+            .await
+            .map(drop)
+            .map_err(|error| Error::Kv(error.to_string()))
+    }
+
+    /// Leaves: the heartbeat goes at once (the partitions are released by the caller).
+    pub async fn leave(&self) -> Result<(), Error> {
+        self.kv
+            .delete(format!("member.{}", self.runner))
+            .await
+            .map_err(|error| Error::Kv(error.to_string()))
+    }
+
+    /// The live members, by id.
+    pub async fn members(&self) -> Result<BTreeSet<String>, Error> {
+        let keys: Vec<String> = self
+            .kv
+            .keys()
+            .await
+            .map_err(|error| Error::Kv(error.to_string()))?
+            .try_collect()
+            .await
+            .map_err(|error| Error::Kv(error.to_string()))?;
+        Ok(keys
+            .into_iter()
+            .filter_map(|key| key.strip_prefix("member.").map(str::to_owned))
+            .collect())
+    }
+
+    /// Who holds `partition`, and at which revision.
+    pub async fn owner_of(&self, partition: u32) -> Result<Option<(String, u64)>, Error> {
+        let entry = self
+            .kv
+            .entry(format!("partition.{partition}"))
+            .await
+            .map_err(|error| Error::Kv(error.to_string()))?;
+        Ok(entry
+            .filter(|entry| entry.operation == kv::Operation::Put)
+            .map(|entry| {
+                (
+                    String::from_utf8_lossy(&entry.value).into_owned(),
+                    entry.revision,
+                )
+            }))
+    }
+
+    /// Claims a free partition; `None` when someone holds it.
+    pub async fn claim(&self, partition: u32) -> Result<Option<Lease>, Error> {
+        match self
+            .kv
+            .create(
+                format!("partition.{partition}"),
+                Bytes::from(self.runner.clone()),
+            )
+            .await
+        {
+            Ok(revision) => Ok(Some(Lease {
+                partition,
+                revision,
+            })),
+            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(error) => Err(Error::Kv(error.to_string())),
+        }
+    }
+
+    /// Renews a lease; false when it was lost (expired and claimed, or written by another).
+    pub async fn renew(&self, lease: &mut Lease) -> Result<bool, Error> {
+        match self
+            .kv
+            .update(
+                format!("partition.{}", lease.partition),
+                Bytes::from(self.runner.clone()),
+                lease.revision,
+            )
+            .await
+        {
+            Ok(revision) => {
+                lease.revision = revision;
+                Ok(true)
+            }
+            Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(error) => Err(Error::Kv(error.to_string())),
+        }
+    }
+
+    /// Gives a lease up (only if it is still this one).
+    pub async fn release(&self, lease: Lease) -> Result<(), Error> {
+        self.kv
+            .delete_expect_revision(
+                format!("partition.{}", lease.partition),
+                Some(lease.revision),
+            )
+            .await
+            .map_err(|error| Error::Kv(error.to_string()))
+    }
+
+    /// One round over `partitions` partitions: renews what `held` holds, releases what another
+    /// live member should own, claims what this runner should own and nobody holds. The caller
+    /// drops its writer of every partition `lost` or `released` (an append it still has in
+    /// flight either lands before the next owner's take-over, which then replays it, or is
+    /// fenced) and takes over every partition `claimed`.
+    pub async fn rebalance(
+        &self,
+        partitions: u32,
+        held: &mut BTreeMap<u32, Lease>,
+    ) -> Result<Changes, Error> {
+        self.heartbeat().await?;
+        let members = self.members().await?;
+        let members: Vec<&str> = members.iter().map(String::as_str).collect();
+        let mine = |partition: u32| {
+            super::partition::owner(partition, &members) == Some(self.runner.as_str())
+        };
+        let mut changes = Changes::default();
+        for (partition, lease) in held.iter_mut() {
+            if !self.renew(lease).await? {
+                changes.lost.push(*partition);
+            }
+        }
+        for partition in &changes.lost {
+            held.remove(partition);
+        }
+        let leaving: Vec<u32> = held.keys().copied().filter(|p| !mine(*p)).collect();
+        for partition in leaving {
+            if let Some(lease) = held.remove(&partition) {
+                self.release(lease).await?;
+                changes.released.push(partition);
+            }
+        }
+        for partition in 0..partitions {
+            if mine(partition)
+                && !held.contains_key(&partition)
+                && let Some(lease) = self.claim(partition).await?
+            {
+                held.insert(partition, lease);
+                changes.claimed.push(partition);
+            }
+        }
+        Ok(changes)
+    }
+}
