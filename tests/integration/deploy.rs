@@ -166,6 +166,113 @@ fn nats_server_accepts_the_deploy_config_with_the_passwords_in_its_environment()
     assert!(stderr.contains("QUENCH_RUNNER_NATS_PASSWORD"), "{stderr}");
 }
 
+/// nats-server children, killed on drop.
+struct Servers(Vec<std::process::Child>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Three servers started from deploy/nats-cluster.conf (and the nats-server.conf it includes),
+/// with only their addresses and directories rewritten for loopback, form a JetStream cluster
+/// that keeps three copies of a stream for `quench-runner`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_form_a_cluster_from_the_deploy_config() {
+    let base = read(&deploy().join("nats-server.conf"));
+    let cluster = read(&deploy().join("nats-cluster.conf"));
+    assert!(cluster.contains("include ./nats-server.conf"), "{cluster}");
+    let clients: Vec<u16> = (0..3).map(|_| support::free_port()).collect();
+    let routes: Vec<u16> = (0..3).map(|_| support::free_port()).collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut servers = Servers(Vec::new());
+    for index in 0..3 {
+        let here = dir.path().join(format!("nats-{index}"));
+        std::fs::create_dir_all(&here).expect("dir");
+        let base = base
+            .replace(
+                "store_dir: /var/lib/nats/jetstream",
+                &format!("store_dir: \"{}\"", here.join("jetstream").display()),
+            )
+            .replace(
+                "listen: 0.0.0.0:4222",
+                &format!("listen: 127.0.0.1:{}", clients[index]),
+            );
+        std::fs::write(here.join("nats-server.conf"), base).expect("write");
+        let mut local = cluster.replace(
+            "listen: 0.0.0.0:6222",
+            &format!("listen: 127.0.0.1:{}", routes[index]),
+        );
+        for (other, port) in routes.iter().enumerate() {
+            local = local.replace(
+                &format!("nats-route://nats-{other}.nats:6222"),
+                &format!("nats-route://127.0.0.1:{port}"),
+            );
+        }
+        assert!(
+            !local.contains(".nats:6222"),
+            "every route rewritten:\n{local}"
+        );
+        std::fs::write(here.join("nats-cluster.conf"), local).expect("write");
+        let mut command = Command::new("nats-server");
+        command
+            .arg("-c")
+            .arg(here.join("nats-cluster.conf"))
+            .env("NATS_SERVER_NAME", format!("nats-{index}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        for (name, value) in NATS_PASSWORDS {
+            command.env(name, value);
+        }
+        servers.0.push(command.spawn().expect("nats-server runs"));
+    }
+    let client = async_nats::ConnectOptions::with_user_and_password(
+        "quench-runner".to_owned(),
+        NATS_PASSWORDS[0].1.to_owned(),
+    )
+    .custom_inbox_prefix("_INBOX.runner")
+    .retry_on_initial_connect()
+    .connect(format!("127.0.0.1:{}", clients[0]))
+    .await
+    .expect("quench-runner connects");
+    let jetstream = async_nats::jetstream::new(client);
+    let config = async_nats::jetstream::stream::Config {
+        name: "QUENCH_FINDINGS".to_owned(),
+        subjects: vec!["quench.findings.>".to_owned()],
+        num_replicas: 3,
+        ..Default::default()
+    };
+    let mut tries = 0;
+    let info = loop {
+        match jetstream.create_or_update_stream(config.clone()).await {
+            Ok(info) => break info,
+            Err(error) => {
+                tries += 1;
+                assert!(tries < 60, "no three-copy stream on the cluster: {error}");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let cluster_info = info.cluster.expect("a clustered stream");
+    assert_eq!(cluster_info.name.as_deref(), Some("quench"));
+    assert_eq!(
+        cluster_info.replicas.len(),
+        2,
+        "two copies beside the leader"
+    );
+    let ack = jetstream
+        .publish("quench.findings.test", "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("acknowledged by a majority");
+    assert_eq!(ack.sequence, 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // quench's configs
 
