@@ -1267,12 +1267,50 @@ async fn single_sign_on_through_an_openid_provider() {
         .await
         .expect("script");
     assert_eq!(method, json!("oidc"));
+    // Signing out ends the session at the provider too (RP-initiated logout): the browser goes
+    // to its end-session page with the ID token as hint, and comes back to the console.
     find(&client, "#sign-out")
         .await
         .click()
         .await
         .expect("sign out");
+    let started = std::time::Instant::now();
+    let at = loop {
+        let at = client.current_url().await.expect("url");
+        if at.path().ends_with("/oauth2/end_session") {
+            break at;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "not sent to the provider's logout: {at}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let hint: std::collections::HashMap<String, String> = at.query_pairs().into_owned().collect();
+    assert!(at.as_str().starts_with(&provider.url), "{at}");
+    assert_eq!(hint["client_id"], client_id);
+    assert_eq!(
+        hint["post_logout_redirect_uri"],
+        console.url("/"),
+        "back to the console"
+    );
+    assert!(hint["id_token_hint"].split('.').count() == 3, "{hint:?}");
+    screenshot(&client, "sso-end-session").await;
+    find(&client, "form button[type='submit']")
+        .await
+        .click()
+        .await
+        .expect("end the session at the provider");
     find(&client, "#sso").await;
+    assert!(
+        client
+            .current_url()
+            .await
+            .expect("url")
+            .as_str()
+            .starts_with(&console.url("/")),
+        "back at the console"
+    );
 
     // An unverified email, and a person in no mapped group, are refused with why.
     sign_in_with_provider(&client, &console, "eve").await;

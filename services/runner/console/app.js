@@ -239,12 +239,18 @@ function signedIn(view) {
 }
 
 async function signOut() {
+  let ended = null;
   try {
-    await call("POST", "/console/sign-out", {});
+    ended = await call("POST", "/console/sign-out", {});
   } catch {
     // Signed out either way.
   }
   session = null;
+  // A single sign-on session ends at the identity provider too, which sends the browser back.
+  if (ended && ended.logout_url) {
+    location.assign(ended.logout_url);
+    return;
+  }
   showSignIn("Signed out.");
 }
 

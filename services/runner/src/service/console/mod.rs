@@ -215,6 +215,10 @@ pub(crate) struct SessionView {
     /// Echo in `X-CSRF-Token` with every write.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) csrf: Option<String>,
+    /// After a sign-out from a single sign-on session: where the page sends the browser to end
+    /// the session at the identity provider too (its `end_session_endpoint`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) logout_url: Option<String>,
 }
 
 impl Console {
@@ -231,6 +235,7 @@ impl Console {
             role: session.map(|session| session.role),
             method: session.map(|session| session.method.to_owned()),
             csrf: session.map(|session| session.csrf.clone()),
+            logout_url: None,
         }
     }
 }
@@ -405,7 +410,10 @@ async fn oidc_callback(
     );
     match oidc.finish(&answer, binding.as_deref()).await {
         Ok(person) => {
-            let (value, session) = console.sessions.open(person.email, person.role, "oidc");
+            let (value, session) =
+                console
+                    .sessions
+                    .open_sso(person.email, person.role, person.id_token);
             tracing::info!(person = %session.person, role = ?session.role, "signed in to the console through single sign-on");
             let ttl = cookie::time::Duration::try_from(console.sessions.ttl())
                 .unwrap_or(cookie::time::Duration::HOUR);
@@ -438,7 +446,11 @@ async fn sign_out(State(api): State<Api>, headers: HeaderMap) -> Response {
         console.sessions.close(&value);
     }
     tracing::info!(person = %session.person, "signed out of the console");
-    let mut response = json(StatusCode::OK, &console.view(None));
+    let mut view = console.view(None);
+    if let (Some(oidc), "oidc") = (&console.oidc, session.method) {
+        view.logout_url = oidc.logout_url(session.id_token.as_deref()).await;
+    }
+    let mut response = json(StatusCode::OK, &view);
     response.headers_mut().insert(
         header::SET_COOKIE,
         console.set_cookie("", cookie::time::Duration::ZERO),

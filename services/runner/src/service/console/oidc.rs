@@ -18,14 +18,14 @@ use std::time::{Duration, Instant};
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreErrorResponseType,
     CoreGenderClaim, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm,
-    CoreProviderMetadata, CoreRevocableToken, CoreRevocationErrorResponse,
-    CoreTokenIntrospectionResponse, CoreTokenType,
+    CoreRevocableToken, CoreRevocationErrorResponse, CoreTokenIntrospectionResponse, CoreTokenType,
 };
 use openidconnect::{
     AdditionalClaims, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EmptyExtraTokenFields,
-    EndpointMaybeSet, EndpointNotSet, EndpointSet, HttpRequest, HttpResponse, IdTokenFields,
-    IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
-    StandardErrorResponse, StandardTokenResponse, TokenResponse,
+    EndSessionUrl, EndpointMaybeSet, EndpointNotSet, EndpointSet, HttpRequest, HttpResponse,
+    IdTokenFields, IssuerUrl, LogoutRequest, Nonce, PkceCodeChallenge, PkceCodeVerifier,
+    PostLogoutRedirectUrl, ProviderMetadataWithLogout, RedirectUrl, Scope, StandardErrorResponse,
+    StandardTokenResponse, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -58,6 +58,12 @@ type Fields = IdTokenFields<
     CoreJwsSigningAlgorithm,
 >;
 type Tokens = StandardTokenResponse<Fields, CoreTokenType>;
+type IdToken = openidconnect::IdToken<
+    Claims,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm,
+>;
 type Client = openidconnect::Client<
     Claims,
     CoreAuthDisplay,
@@ -109,11 +115,22 @@ impl Refusal {
     }
 }
 
-/// A signed-in person as the provider vouched for them.
-#[derive(Debug, Clone)]
+/// A signed-in person as the provider vouched for them, with the ID token that says so (kept
+/// in the session's memory only, as the `id_token_hint` of the provider's logout).
+#[derive(Clone)]
 pub(crate) struct Person {
     pub(crate) email: String,
     pub(crate) role: Role,
+    pub(crate) id_token: String,
+}
+
+impl std::fmt::Debug for Person {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Person")
+            .field("email", &self.email)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -128,6 +145,8 @@ struct Pending {
 #[derive(Debug, Clone)]
 struct Discovered {
     client: Client,
+    /// The provider's `end_session_endpoint` (RP-initiated logout), when it has one.
+    end_session: Option<EndSessionUrl>,
     at: Instant,
 }
 
@@ -207,20 +226,31 @@ impl Oidc {
 
     /// The client, discovered anew when `fresh` or when older than an hour.
     async fn client(&self, fresh: bool) -> Result<Client, Refusal> {
+        Ok(self.discover(fresh).await?.client)
+    }
+
+    /// The provider as discovered (anew when `fresh` or older than an hour).
+    async fn discover(&self, fresh: bool) -> Result<Discovered, Refusal> {
         let mut discovered = self.discovered.lock().await;
         if let Some(known) = discovered.as_ref()
             && !fresh
             && known.at.elapsed() < METADATA_TTL
         {
-            return Ok(known.client.clone());
+            return Ok(known.clone());
         }
         let issuer = IssuerUrl::new(self.section.issuer.clone())
             .map_err(|error| Refusal::Provider(error.to_string()))?;
         let http = self.http.clone();
         let call = move |request: HttpRequest| send(http.clone(), request);
-        let metadata = CoreProviderMetadata::discover_async(issuer, &call)
+        let metadata = ProviderMetadataWithLogout::discover_async(issuer, &call)
             .await
             .map_err(|error| Refusal::Provider(chain(&error)))?;
+        let end_session = metadata
+            .additional_metadata()
+            .end_session_endpoint
+            .clone()
+            // Only where every other call may go: https, or http on loopback.
+            .filter(|url| quench_common::http::check_base_url(url.as_str()).is_ok());
         let client = Client::from_provider_metadata(
             metadata,
             ClientId::new(self.section.client_id.clone()),
@@ -230,11 +260,36 @@ impl Oidc {
                 .map(|secret| ClientSecret::new(secret.expose().to_owned())),
         )
         .set_redirect_uri(self.redirect.clone());
-        *discovered = Some(Discovered {
-            client: client.clone(),
+        let found = Discovered {
+            client,
+            end_session,
             at: Instant::now(),
-        });
-        Ok(client)
+        };
+        *discovered = Some(found.clone());
+        Ok(found)
+    }
+
+    /// Where to send the browser to end the person's session at the provider too (OpenID
+    /// Connect RP-Initiated Logout): its `end_session_endpoint` with the ID token as
+    /// `id_token_hint`, the client id, and the console as `post_logout_redirect_uri`. `None`
+    /// when the provider has no such endpoint or cannot be reached (the quench session is
+    /// ended either way).
+    pub(crate) async fn logout_url(&self, id_token: Option<&str>) -> Option<String> {
+        let discovered = self.discover(false).await.ok()?;
+        let mut request = LogoutRequest::from(discovered.end_session?)
+            .set_client_id(ClientId::new(self.section.client_id.clone()));
+        if let Some(token) = id_token.and_then(|token| token.parse::<IdToken>().ok()) {
+            request = request.set_id_token_hint(&token);
+        }
+        let console = self
+            .redirect
+            .as_str()
+            .strip_suffix("console/oidc/callback")
+            .map(str::to_owned);
+        if let Some(back) = console.and_then(|url| PostLogoutRedirectUrl::new(url).ok()) {
+            request = request.set_post_logout_redirect_uri(back);
+        }
+        Some(request.http_get_url().to_string())
     }
 
     /// Starts a login: the provider's authorization URL to send the browser to, and the value
@@ -340,7 +395,11 @@ impl Oidc {
             .section
             .role_of(groups.iter().map(String::as_str))
             .ok_or_else(|| Refusal::NoRole(email.clone()))?;
-        Ok(Person { email, role })
+        Ok(Person {
+            email,
+            role,
+            id_token: token.to_string(),
+        })
     }
 }
 

@@ -23,7 +23,7 @@ pub(crate) const HOST_COOKIE: &str = "__Host-quench_session";
 const MAX_SESSIONS: usize = 10_000;
 
 /// A signed-in person.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Session {
     /// Who: a verified email (single sign-on) or an API token's name (token sign-in).
     pub(crate) person: String,
@@ -33,6 +33,20 @@ pub(crate) struct Session {
     /// Echoed by the page in `X-CSRF-Token` on every write.
     pub(crate) csrf: String,
     pub(crate) expires: Instant,
+    /// With single sign-on: the ID token, the hint of the provider's logout (never shown,
+    /// logged or stored).
+    pub(crate) id_token: Option<String>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("person", &self.person)
+            .field("role", &self.role)
+            .field("method", &self.method)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Session {
@@ -76,6 +90,7 @@ impl Sessions {
             method,
             csrf: URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>()),
             expires: Instant::now() + self.ttl,
+            id_token: None,
         };
         let mut table = self.lock();
         let now = Instant::now();
@@ -89,6 +104,21 @@ impl Sessions {
             table.remove(&oldest);
         }
         table.insert(hash(&id), session.clone());
+        (id, session)
+    }
+
+    /// As [`Sessions::open`], for a person signed in through single sign-on with `id_token`.
+    pub(crate) fn open_sso(
+        &self,
+        person: String,
+        role: Role,
+        id_token: String,
+    ) -> (String, Session) {
+        let (id, mut session) = self.open(person, role, "oidc");
+        session.id_token = Some(id_token);
+        if let Some(stored) = self.lock().get_mut(&hash(&id)) {
+            stored.id_token = session.id_token.clone();
+        }
         (id, session)
     }
 
