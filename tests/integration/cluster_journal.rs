@@ -1,11 +1,13 @@
 //! Cluster mode's fencing on real nats-servers: a runner that lost its partition — paused,
 //! slow, partitioned away — has its next journal append refused once another runner took the
 //! partition over, on one server and across the loss of the stream's leader in a three-server
-//! cluster; of concurrent take-overs exactly one writer can go on.
+//! cluster; of concurrent take-overs exactly one writer can go on; a partition is rebuilt from
+//! its snapshot and the journal after it, and the purge a snapshot allows keeps the fencing.
 
 use std::time::Duration;
 
 use quench_runner::cluster::journal::{AppendError, Journal, Record};
+use quench_runner::cluster::snapshot::Snapshots;
 use serde_json::json;
 
 use crate::support;
@@ -216,4 +218,55 @@ async fn fencing_holds_across_the_loss_of_the_streams_leader() {
         "{refused:?}"
     );
     second.append(&commit(5)).await.expect("the owner appends");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_is_rebuilt_from_its_snapshot_and_the_journal_after_it() {
+    let nats = support::NatsServer::start();
+    let journal = journal_on(&[nats.url()], 1).await;
+    let client = async_nats::connect(nats.url()).await.expect("nats");
+    let snapshots = Snapshots::open(async_nats::jetstream::new(client), 1)
+        .await
+        .expect("bucket");
+    // Nothing yet: the whole (empty) journal.
+    let empty = snapshots.restore(&journal, 2).await.expect("restore");
+    assert_eq!((empty.snapshot, empty.records.len()), (None, 0));
+
+    let mut writer = journal
+        .take_over(2, "runner-a", 1)
+        .await
+        .expect("take over");
+    for n in 0..4 {
+        writer.append(&commit(n)).await.expect("append");
+    }
+    // The state as of the last append is saved; the journal below it is purged.
+    let at = writer.last();
+    let state = vec![7u8; 300_000];
+    snapshots.save(2, at, &state).await.expect("save");
+    for n in 4..6 {
+        writer.append(&commit(n)).await.expect("append");
+    }
+    let restored = snapshots.restore(&journal, 2).await.expect("restore");
+    assert_eq!(restored.snapshot, Some((at, state)));
+    let after: Vec<Record> = restored.records.into_iter().map(|(_, r)| r).collect();
+    assert_eq!(after, vec![commit(4), commit(5)]);
+    // Only the message at the snapshot's sequence is left below it.
+    let all = journal.replay(2, 0).await.expect("replay");
+    assert_eq!(
+        all.first().map(|(sequence, _)| *sequence),
+        Some(at),
+        "{all:?}"
+    );
+    assert_eq!(all.len(), 3);
+
+    // The purge kept the fencing's base: a take-over still fences the former writer.
+    let mut next = journal
+        .take_over(2, "runner-b", 2)
+        .await
+        .expect("take over");
+    assert!(matches!(
+        writer.append(&commit(6)).await,
+        Err(AppendError::Fenced { partition: 2, .. })
+    ));
+    next.append(&commit(6)).await.expect("the owner appends");
 }
