@@ -76,8 +76,9 @@ struct Inner {
     intake: Arc<super::intake::Health>,
     /// One audit verification or evidence pack at a time: each reads the whole log.
     verifying: Semaphore,
-    /// One run of a playbook's offline tests at a time: each is a whole engine.
-    testing: Semaphore,
+    /// One run of a playbook's offline tests at a time: each is a whole engine (the permit goes
+    /// with the run, so a run the answer gave up on still holds it until it ends).
+    testing: Arc<Semaphore>,
     inventory: crate::inventory::Inventory,
     inventory_status: super::inventory::SharedStatus,
     /// Signs evidence packs (`[evidence] signing_key_file`); none are made without it.
@@ -119,7 +120,7 @@ impl Api {
                 ready: parts.ready,
                 intake: parts.intake,
                 verifying: Semaphore::new(1),
-                testing: Semaphore::new(1),
+                testing: Arc::new(Semaphore::new(1)),
                 inventory: parts.inventory,
                 inventory_status: parts.inventory_status,
                 signer: parts.signer,

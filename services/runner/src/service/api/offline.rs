@@ -79,10 +79,11 @@ pub(super) async fn test(
 ) -> Result<Json<TestRun>, ApiError> {
     caller.require(Role::Editor)?;
     // One test run at a time: each is a whole engine.
-    let _permit = api
+    let permit = api
         .inner
         .testing
-        .acquire()
+        .clone()
+        .acquire_owned()
         .await
         .map_err(ApiError::internal)?;
     let library = api.inner.library.clone();
@@ -108,7 +109,11 @@ pub(super) async fn test(
     };
     let source = request.source;
     let name = playbook.name.clone();
-    let running = tokio::task::spawn_blocking(move || run_files(files, &source));
+    let running = tokio::task::spawn_blocking(move || {
+        let files = run_files(files, &source);
+        drop(permit);
+        files
+    });
     let files = tokio::time::timeout(TEST_TIME, running)
         .await
         .map_err(|_| {
