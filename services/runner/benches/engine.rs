@@ -130,11 +130,14 @@ async fn park(engine: &Engine, runs: usize) -> (Duration, Vec<String>) {
 }
 
 fn main() {
-    // The store's own lines (one per compaction) go to stderr.
+    // The store's own lines (one per compaction) go to stderr; `RUST_LOG` for more (e.g.
+    // `quench_runner::store=debug`: the copy and each catch-up round of a compaction).
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "quench_runner::store=info",
-        ))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("quench_runner::store=info")
+            }),
+        )
         .with_writer(std::io::stderr)
         .try_init();
     let args: Vec<String> = std::env::args()
