@@ -304,9 +304,8 @@ fn compactions() -> (u64, f64) {
 
 /// Findings whose runs end at once, under retention: store size and RSS over time.
 async fn retention(dir: &Path, total: usize) {
-    // Automatic compaction is off by default (`store::COMPACT_OFF`); this bench measures it.
-    let mut store_config = StoreConfig::new(dir.join("state"));
-    store_config.compact_floor = quench_runner::store::COMPACT_FLOOR;
+    // With automatic compaction (the default floor, `store::COMPACT_FLOOR`): this bench measures it.
+    let store_config = StoreConfig::new(dir.join("state"));
     let store = Store::open(&store_config).expect("store opens");
     let config = EngineConfig {
         seen_retention: Duration::from_secs(60),
