@@ -130,11 +130,14 @@ async fn park(engine: &Engine, runs: usize) -> (Duration, Vec<String>) {
 }
 
 fn main() {
-    // The store's own lines (one per compaction) go to stderr.
+    // The store's own lines (one per compaction) go to stderr; `RUST_LOG` for more (e.g.
+    // `quench_runner::store=debug`: the copy and each catch-up round of a compaction).
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "quench_runner::store=info",
-        ))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("quench_runner::store=info")
+            }),
+        )
         .with_writer(std::io::stderr)
         .try_init();
     let args: Vec<String> = std::env::args()
@@ -301,9 +304,8 @@ fn compactions() -> (u64, f64) {
 
 /// Findings whose runs end at once, under retention: store size and RSS over time.
 async fn retention(dir: &Path, total: usize) {
-    // Automatic compaction is off by default (`store::COMPACT_OFF`); this bench measures it.
-    let mut store_config = StoreConfig::new(dir.join("state"));
-    store_config.compact_floor = quench_runner::store::COMPACT_FLOOR;
+    // With automatic compaction (the default floor, `store::COMPACT_FLOOR`): this bench measures it.
+    let store_config = StoreConfig::new(dir.join("state"));
     let store = Store::open(&store_config).expect("store opens");
     let config = EngineConfig {
         seen_retention: Duration::from_secs(60),

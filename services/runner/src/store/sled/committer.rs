@@ -270,10 +270,10 @@ impl Committer {
                 serde_json::to_vec(next).expect("counters serialize"),
             );
         }
-        if let (Some(touched), Some(compactor)) = (writes.touched, self.compactor.as_mut()) {
-            compactor.touched(touched);
-        }
-        let writes = writes.batch;
+        let Writes {
+            batch: writes,
+            touched,
+        } = writes;
         fail::fail_point!("store::before_commit");
         let outcome = self
             .slot
@@ -288,6 +288,11 @@ impl Committer {
                     .map_or(Ok(()), |file| file.sync_data().map_err(Error::Sync))
             });
         fail::fail_point!("store::after_commit");
+        // Noted once written, not before: the copy's thread reads a noted key again (or skips it
+        // while copying, leaving it to that read), so the read must see this write.
+        if let (Some(touched), Some(compactor)) = (touched, self.compactor.as_mut()) {
+            compactor.touched(touched);
+        }
         match outcome {
             Ok(()) => {
                 metrics
