@@ -21,7 +21,7 @@ pub use gateway::{
     github_event, github_signature, signed_finding, slack_interaction, slack_signature,
 };
 pub use proto::{decision, finding, ocsf_finding, redact};
-pub use runner::{config, playbook, template};
+pub use runner::{config, playbook, playbook_test, template};
 
 /// A target's body: panics when the input breaks a property.
 pub type Target = fn(&[u8]);
@@ -33,6 +33,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("decision", decision),
     ("redact", redact),
     ("playbook", playbook),
+    ("playbook_test", playbook_test),
     ("template", template),
     ("config", config),
     ("audit_segment", audit_segment),

@@ -1,5 +1,6 @@
-//! Targets for the runner: playbook YAML → compile, template rendering with hostile finding
-//! values, and config loading.
+//! Targets for the runner: playbook YAML → compile, a playbook's test file (what
+//! `POST /api/v1/test` takes from an editor), template rendering with hostile finding values,
+//! and config loading.
 
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
@@ -62,6 +63,34 @@ pub fn playbook(data: &[u8]) {
     if let Some(playbook) = &compiled.playbook {
         assert_eq!(playbook.version, version_of(source));
     }
+}
+
+/// A playbook's test file, as `quench test` reads it and `POST /api/v1/test` takes it from a
+/// request: parsing never panics, says why when it refuses (with a line and column), and is
+/// deterministic.
+pub fn playbook_test(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let first = quench_runner::testing::TestFile::parse("fuzz.yaml", text);
+    if let Err(report) = &first {
+        assert!(
+            report.contains("fuzz.yaml"),
+            "a refusal names the file: {report}"
+        );
+    }
+    let again = quench_runner::testing::TestFile::parse("fuzz.yaml", text);
+    assert_eq!(
+        first
+            .as_ref()
+            .map(|file| file.cases.len())
+            .map_err(Clone::clone),
+        again
+            .as_ref()
+            .map(|file| file.cases.len())
+            .map_err(Clone::clone),
+        "parsing is deterministic"
+    );
 }
 
 /// The shipped playbooks (`workflows/`), compiled once.
