@@ -248,19 +248,11 @@ fn load_error(source: &str, lines: &LineIndex, error: marked_yaml::LoadError) ->
             .with_label("defined again here")
             .with_note(first..scalar_end(source, first), "first defined here")
         }
-        LoadError::ScanError(marker, scan) => {
-            let start = lines.offset(Some(&marker));
-            // The character there, whatever its width (a span ends on a character boundary).
-            let end = source
-                .get(start..)
-                .and_then(|rest| rest.chars().next())
-                .map_or(start, |character| start + character.len_utf8());
-            Diagnostic::error(
-                Code::YamlSyntax,
-                start..end,
-                format!("YAML syntax error: {}", scan.info()),
-            )
-        }
+        LoadError::ScanError(marker, scan) => Diagnostic::error(
+            Code::YamlSyntax,
+            one_character(source, lines.offset(Some(&marker))),
+            format!("YAML syntax error: {}", scan.info()),
+        ),
         LoadError::TopLevelMustBeMapping(marker) => Diagnostic::error(
             Code::YamlSyntax,
             at(&marker),
@@ -306,7 +298,12 @@ fn anchor_span(source: &str, offset: usize) -> Range<usize> {
     let end = source[start..]
         .find(|c: char| c.is_whitespace() || ",]}".contains(c))
         .map_or(source.len(), |len| start + len);
-    start..end.max(start + 1)
+    if end > start {
+        start..end
+    } else {
+        // No token there (the source ends, or a separator follows): the one character.
+        one_character(source, start)
+    }
 }
 
 fn at_span(
