@@ -1680,6 +1680,18 @@ async fn metrics_count_a_known_sequence_of_events_and_logs_carry_spans() {
 
     // Restarted from the failed step through the CLI: the same call fails the same way again,
     // counted as a second failure of the one run.
+    let long = operator
+        .post(
+            &format!("/api/v1/runs/{run}/restart"),
+            EDITOR,
+            json!({"reason": "x".repeat(1001)}),
+        )
+        .await;
+    assert_eq!(
+        long.status, 400,
+        "a reason is at most 1,000 characters: {}",
+        long.text
+    );
     let (code, _, err) = operator.cli(Some(VIEWER), &["runs", "restart", &run]);
     assert_ne!(code, 0, "a viewer cannot restart a run: {err}");
     let (code, out, err) = operator.cli(

@@ -209,7 +209,23 @@ pub(crate) struct RunDetail {
 /// Why a run is cancelled.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub(crate) struct CancelRequest {
+    #[schema(max_length = 1000)]
     pub(crate) reason: Option<String>,
+}
+
+/// Longest reason a cancel or restart keeps (it goes into the audit log).
+const MAX_REASON: usize = 1000;
+
+/// The reason an operator gave (trimmed; at most [`MAX_REASON`] characters), or `default` when
+/// none was given.
+fn reason(given: Option<String>, default: impl FnOnce() -> String) -> Result<String, ApiError> {
+    match given.as_deref().map(str::trim) {
+        Some(reason) if reason.chars().count() > MAX_REASON => Err(ApiError::BadRequest(format!(
+            "`reason` is at most {MAX_REASON} characters"
+        ))),
+        Some(reason) if !reason.is_empty() => Ok(reason.to_owned()),
+        _ => Ok(default()),
+    }
 }
 
 /// A cancelled run.
@@ -222,6 +238,7 @@ pub(crate) struct Cancelled {
 /// Why a failed run is restarted.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub(crate) struct RestartRequest {
+    #[schema(max_length = 1000)]
     pub(crate) reason: Option<String>,
 }
 
@@ -544,7 +561,7 @@ fn steps(api: &Api, run: &Run) -> Vec<StepView> {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Cancelled (role editor)", body = Cancelled),
-        (status = 400, description = "A bad body", body = ErrorBody),
+        (status = 400, description = "A bad body, or a reason over 1,000 characters", body = ErrorBody),
         (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 403, description = "Role too small", body = ErrorBody),
         (status = 404, description = "No such run", body = ErrorBody),
@@ -557,10 +574,9 @@ pub(super) async fn cancel(
     Body(request): Body<CancelRequest>,
 ) -> Result<Json<Cancelled>, ApiError> {
     caller.require(Role::Editor)?;
-    let reason = request
-        .reason
-        .filter(|reason| !reason.trim().is_empty())
-        .unwrap_or_else(|| format!("cancelled by {} through the API", caller.name));
+    let reason = reason(request.reason, || {
+        format!("cancelled by {} through the API", caller.name)
+    })?;
     match api
         .inner
         .engine
@@ -591,7 +607,7 @@ pub(super) async fn cancel(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Running again (role editor)", body = Restarted),
-        (status = 400, description = "A bad body", body = ErrorBody),
+        (status = 400, description = "A bad body, or a reason over 1,000 characters", body = ErrorBody),
         (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 403, description = "Role too small", body = ErrorBody),
         (status = 404, description = "No such run", body = ErrorBody),
@@ -604,10 +620,9 @@ pub(super) async fn restart(
     Body(request): Body<RestartRequest>,
 ) -> Result<Json<Restarted>, ApiError> {
     caller.require(Role::Editor)?;
-    let reason = request
-        .reason
-        .filter(|reason| !reason.trim().is_empty())
-        .unwrap_or_else(|| format!("restarted by {} through the API", caller.name));
+    let reason = reason(request.reason, || {
+        format!("restarted by {} through the API", caller.name)
+    })?;
     match api
         .inner
         .engine
