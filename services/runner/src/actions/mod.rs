@@ -42,9 +42,11 @@ impl ActionSpec {
 }
 
 pub const APPROVAL: &str = "approval";
+/// The action that fails the run on purpose (engine-handled).
+pub const FAIL: &str = "fail";
 
 /// The actions the engine carries out itself; every other action is a call to a connector.
-pub const ENGINE_HANDLED: &[&str] = &["note", "fail", "wait", "state.set", APPROVAL];
+pub const ENGINE_HANDLED: &[&str] = &["note", FAIL, "wait", "state.set", APPROVAL];
 
 /// Whether the engine carries out action `name` itself.
 pub fn is_engine_handled(name: &str) -> bool {
@@ -274,7 +276,7 @@ pub static REGISTRY: &[ActionSpec] = &[
         None,
         &[],
     ),
-    spec::<Fail>("fail", "Fail the run with a message", false, None, &[]),
+    spec::<Fail>(FAIL, "Fail the run with a message", false, None, &[]),
     spec::<StateSet>(
         "state.set",
         "Remember values for this playbook's later runs (read as `state.<name>`)",

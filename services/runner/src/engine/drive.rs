@@ -556,7 +556,7 @@ impl Engine {
                     false,
                 )
             }
-            "fail" => {
+            crate::actions::FAIL => {
                 let message = input
                     .get("message")
                     .and_then(Value::as_str)

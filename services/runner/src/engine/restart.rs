@@ -75,7 +75,7 @@ impl Engine {
             )));
         };
         let step = &playbook.steps[index];
-        if step.action.name == "fail" {
+        if step.action.name == crate::actions::FAIL {
             return Ok(Restart::Refused(format!(
                 "step `{}` fails the run on purpose (action `fail`); a restart would fail again",
                 step.id
