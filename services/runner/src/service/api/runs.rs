@@ -219,10 +219,16 @@ const MAX_REASON: usize = 1000;
 /// The reason an operator gave (trimmed; at most [`MAX_REASON`] characters), or `default` when
 /// none was given.
 fn reason(given: Option<String>, default: impl FnOnce() -> String) -> Result<String, ApiError> {
-    match given.as_deref().map(str::trim) {
-        Some(reason) if reason.chars().count() > MAX_REASON => Err(ApiError::BadRequest(format!(
+    // Counted as sent (the schema's `maxLength`), before trimming.
+    if given
+        .as_deref()
+        .is_some_and(|reason| reason.chars().count() > MAX_REASON)
+    {
+        return Err(ApiError::BadRequest(format!(
             "`reason` is at most {MAX_REASON} characters"
-        ))),
+        )));
+    }
+    match given.as_deref().map(str::trim) {
         Some(reason) if !reason.is_empty() => Ok(reason.to_owned()),
         _ => Ok(default()),
     }
