@@ -1692,6 +1692,15 @@ async fn metrics_count_a_known_sequence_of_events_and_logs_carry_spans() {
         "a reason is at most 1,000 characters: {}",
         long.text
     );
+    // ... counted as sent, spaces included (the schema's maxLength).
+    let padded = operator
+        .post(
+            &format!("/api/v1/runs/{run}/restart"),
+            EDITOR,
+            json!({"reason": format!(" {} ", "x".repeat(999))}),
+        )
+        .await;
+    assert_eq!(padded.status, 400, "{}", padded.text);
     let (code, _, err) = operator.cli(Some(VIEWER), &["runs", "restart", &run]);
     assert_ne!(code, 0, "a viewer cannot restart a run: {err}");
     let (code, out, err) = operator.cli(
