@@ -126,24 +126,27 @@ impl Handle {
     }
 }
 
-/// A group's writes, and the keys they touch while a compaction copies the store (the copy is
-/// brought up to date with those keys before it is swapped in).
+/// A group's writes, and, while a compaction copies the store, each write again for the copy
+/// (the committer writes them into it too once they are in the store, see `compact`).
 pub(super) struct Writes {
     batch: ::sled::Batch,
-    touched: Option<Vec<Vec<u8>>>,
+    mirrored: Option<Vec<Mirrored>>,
 }
+
+/// One write, for the copy a compaction is making: the value, or the removal.
+pub(super) type Mirrored = (Vec<u8>, Option<Vec<u8>>);
 
 impl Writes {
     pub(super) fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        if let Some(touched) = &mut self.touched {
-            touched.push(key.clone());
+        if let Some(mirrored) = &mut self.mirrored {
+            mirrored.push((key.clone(), Some(value.clone())));
         }
         self.batch.insert(key, value);
     }
 
     pub(super) fn remove(&mut self, key: Vec<u8>) {
-        if let Some(touched) = &mut self.touched {
-            touched.push(key.clone());
+        if let Some(mirrored) = &mut self.mirrored {
+            mirrored.push((key.clone(), None));
         }
         self.batch.remove(key);
     }
@@ -229,7 +232,7 @@ impl Committer {
         metrics.commit_batches.observe(group.len() as f64);
         let mut writes = Writes {
             batch: ::sled::Batch::default(),
-            touched: self.copying().then(Vec::new),
+            mirrored: self.copying().then(Vec::new),
         };
         let mut next_head = self.head.clone();
         let mut next_counters: Option<BTreeMap<String, i64>> = None;
@@ -272,7 +275,7 @@ impl Committer {
         }
         let Writes {
             batch: writes,
-            touched,
+            mirrored,
         } = writes;
         fail::fail_point!("store::before_commit");
         let outcome = self
@@ -288,13 +291,13 @@ impl Committer {
                     .map_or(Ok(()), |file| file.sync_data().map_err(Error::Sync))
             });
         fail::fail_point!("store::after_commit");
-        // Noted once written, not before: the copy's thread reads a noted key again (or skips it
-        // while copying, leaving it to that read), so the read must see this write.
-        if let (Some(touched), Some(compactor)) = (touched, self.compactor.as_mut()) {
-            compactor.touched(touched);
-        }
         match outcome {
             Ok(()) => {
+                // Into the copy after the store, not before: whatever the copy's thread read of
+                // these keys from the store before this commit, this write then overwrites.
+                if let (Some(mirrored), Some(compactor)) = (mirrored, self.compactor.as_mut()) {
+                    compactor.written(mirrored);
+                }
                 metrics
                     .commit_seconds
                     .observe(started.elapsed().as_secs_f64());

@@ -5,24 +5,27 @@
 //! committer — the one writer — copies every live key into a fresh sled beside the store once
 //! the file has grown past [`COMPACT_FACTOR`] × its size after the last compaction (or at
 //! open), and past a floor, and swaps the copy in. The copy is made by a thread of its own
-//! while commits go on; the committer notes the keys they write, and the thread, once it has
-//! copied every key, reads the keys noted meanwhile again into the copy, in rounds, while they
-//! get fewer. Then the committer reads the last round's keys itself and swaps: batches
+//! while commits go on, and the committer writes every commit into the copy too (see
+//! [`Mirror`]), so the copy is complete, with every commit in it, as soon as the thread has
+//! copied every key: how long that takes no longer decides how much is left to catch up.
+//! The thread then closes the copy and opens it again (below), while the committer notes the
+//! keys it writes instead; the thread reads those again into the copy, in rounds while they
+//! get fewer, and the committer reads the last round's keys itself and swaps: batches
 //! submitted during that last part (the pause) wait in its bounded queue. Readers read the old
 //! database until the swap and wait for the swap itself.
 //!
 //! What keeps the pause short and the memory flat: the copy is written key by key (sled's
 //! `apply_batch` takes a lock that stops every read and write of every database in the
-//! process, and holds its log until the batch is in), so the committer never waits for it;
-//! the copy is opened with a small cache; the catch-up is done in rounds by the thread, so the
-//! committer's last round holds only what was written during the one before; and the copy is
-//! closed and opened again once every key is in, which makes sled write a snapshot of its
-//! page table (sled has no other way to ask for one), so the open after the swap reads only
-//! the log the rounds wrote, not the whole copy. The copy skips the keys already noted (the
-//! catch-up reads them anyway; most were created since the copy began), and reads and writes
-//! the default tree through each `Db`'s own handle, never a second one from `open_tree` (see
-//! [`tree`]: a second handle's root goes stale, and every lookup through it walked a whole
-//! level of the tree — the catch-up of a 1.7 GiB copy ran at 6k keys/s instead of 50–100k).
+//! process, and holds its log until the batch is in), in chunks of [`CHUNK`] keys, so the
+//! committer waits for at most one chunk; the copy is opened with a small cache; the catch-up
+//! covers only the writes made while the copy is closed and opened again, and its rounds are
+//! the thread's, so the committer's last round holds only what was written during the one
+//! before; and the reopening makes sled write a snapshot of its page table (sled has no other
+//! way to ask for one), so the open after the swap reads only the log the rounds wrote, not
+//! the whole copy. Reads and writes of the default tree go through each `Db`'s own handle,
+//! never a second one from `open_tree` (see [`tree`]: a second handle's root goes stale, and
+//! every lookup through it walked a whole level of the tree — the catch-up of a 1.7 GiB copy
+//! ran at 6k keys/s instead of 50–100k).
 //!
 //! The directory dance, for the store `P` (each rename and removal is followed by an fsync of
 //! the parent directory):
@@ -48,13 +51,14 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::super::{BackendError, COMPACT_FACTOR, Compacted, Error, SyncMode};
-use super::committer::sync_dir;
+use super::committer::{Mirrored, sync_dir};
 use super::{Opened, Slot, io as sled_error, open_db, wait_released};
 
 /// How often the committer looks at the file's size (between batches).
@@ -239,36 +243,78 @@ struct Copying {
     /// Returns the copy: every key of the old database as the thread read it, and the keys of
     /// its catch-up rounds; and the copy's size once every live key was in.
     thread: std::thread::JoinHandle<Result<(::sled::Db, u64), Error>>,
-    touched: Arc<Touched>,
+    mirror: Arc<Mirror>,
     stop: Arc<AtomicBool>,
 }
 
-/// Keys the committer wrote since the copy began (it notes them once they are written, after
-/// `apply_batch`: a read that follows the note sees the write). The copy's thread takes them
-/// in rounds and reads each again from the old database into the copy; what it leaves, the
-/// committer reads before the swap, with the old database still. Either read comes after the
-/// write that noted the key, and a key written again after a round took it is noted again, so
-/// the copy ends with every key's last value.
+/// What the committer and the copy's thread share while the copy is made. First the copy
+/// itself: the thread copies the old database into it a chunk of keys at a time, each chunk
+/// read and written under the lock, and the committer writes every commit into it too, under
+/// the lock, after the commit is in the old database. So for every key, whichever of the two
+/// writes it last into the copy wrote its last value: a chunk read before the commit's write
+/// to the old database is overwritten by the committer's, and one read after it reads the
+/// value the committer wrote. Once every key is copied, the thread takes the copy back (to
+/// close and reopen it, see the module's documentation) and the committer notes the keys it
+/// writes instead; the thread, and finally the committer, read those again into the copy.
 #[derive(Debug, Default)]
-struct Touched(Mutex<BTreeSet<Vec<u8>>>);
+struct Mirror(Mutex<Mirroring>);
 
-impl Touched {
-    fn extend(&self, keys: impl IntoIterator<Item = Vec<u8>>) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(keys);
+#[derive(Debug, Default)]
+struct Mirroring {
+    /// The copy, while every commit is also written into it.
+    copy: Option<::sled::Db>,
+    /// Keys written since the thread took the copy back. A read of one of them that follows
+    /// the note sees the write (it is noted once written), and a key written again after a
+    /// round took it is noted again, so the copy ends with every key's last value.
+    touched: BTreeSet<Vec<u8>>,
+    /// A write into the copy failed: the compaction is given up.
+    failed: Option<String>,
+}
+
+impl Mirror {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Mirroring> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn contains(&self, key: &[u8]) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(key)
+    /// The committer's writes, once they are in the old database.
+    fn written(&self, writes: Vec<Mirrored>) {
+        let mut mirroring = self.lock();
+        if mirroring.failed.is_some() {
+            return;
+        }
+        let Some(copy) = &mirroring.copy else {
+            mirroring
+                .touched
+                .extend(writes.into_iter().map(|(key, _)| key));
+            return;
+        };
+        let written = writes.into_iter().try_for_each(|(key, value)| match value {
+            Some(value) => copy.insert(key, value).map(drop),
+            None => copy.remove(key).map(drop),
+        });
+        if let Err(error) = written {
+            mirroring.failed = Some(error.to_string());
+        }
+    }
+
+    /// Ends the committer's writes into the copy: from now on it notes the keys it writes.
+    fn stop_writing(&self) -> Result<(), Error> {
+        let mut mirroring = self.lock();
+        mirroring.copy = None;
+        match &mirroring.failed {
+            Some(failed) => Err(Error::Failed(format!(
+                "a commit could not be written into the compaction's copy: {failed}"
+            ))),
+            None => Ok(()),
+        }
     }
 
     fn take(&self) -> BTreeSet<Vec<u8>> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+        std::mem::take(&mut self.lock().touched)
+    }
+
+    fn put_back(&self, keys: BTreeSet<Vec<u8>>) {
+        self.lock().touched.extend(keys);
     }
 }
 
@@ -315,10 +361,10 @@ impl Compactor {
             .is_some_and(|copying| copying.thread.is_finished())
     }
 
-    /// Keys a commit wrote while the copy is made.
-    pub(super) fn touched(&mut self, keys: Vec<Vec<u8>>) {
+    /// A commit's writes, once in the store, while the copy is made (see [`Mirror`]).
+    pub(super) fn written(&mut self, writes: Vec<Mirrored>) {
         if let Some(copying) = &self.copying {
-            copying.touched.extend(keys);
+            copying.mirror.written(writes);
         }
     }
 
@@ -354,22 +400,31 @@ impl Compactor {
             }
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let touched = Arc::new(Touched::default());
+        let mirror = Arc::new(Mirror::default());
+        mirror.lock().copy = Some(copy.clone());
         let thread = {
             let stop = stop.clone();
-            let touched = touched.clone();
+            let shared = mirror.clone();
             let path = dance.compacting.clone();
             std::thread::Builder::new()
                 .name("quench-compactor".into())
-                .spawn(move || make_copy(&old, copy, &path, &touched, &stop))
-                .map_err(|error| Failure::Recovered(Error::Sync(error)))?
+                .spawn(move || {
+                    let made = make_copy(&old, copy, &path, &shared, &stop);
+                    // Whatever happened, the committer holds the copy no longer.
+                    shared.lock().copy = None;
+                    made
+                })
+                .map_err(|error| {
+                    mirror.lock().copy = None;
+                    Failure::Recovered(Error::Sync(error))
+                })?
         };
         self.copying = Some(Copying {
             started,
             before,
             lock,
             thread,
-            touched,
+            mirror,
             stop,
         });
         Ok(())
@@ -417,7 +472,7 @@ impl Compactor {
             .unwrap_or_else(|_| Err(Error::Failed("the compaction's copy panicked".to_owned())))
             .and_then(|(copy, copied)| {
                 live = copied;
-                self.publish(slot, copy, &copying.touched)
+                self.publish(slot, copy, &copying.mirror)
             });
         if let Err(error) = published {
             let _ = std::fs::remove_dir_all(&self.dance.compacting);
@@ -479,9 +534,9 @@ impl Compactor {
 
     /// The rest of step 1: the keys written meanwhile read again into the copy, which is then
     /// flushed, closed, fsynced and renamed `P.quench-compacted`.
-    fn publish(&self, slot: &Slot, copy: ::sled::Db, touched: &Touched) -> Result<(), Error> {
+    fn publish(&self, slot: &Slot, copy: ::sled::Db, mirror: &Mirror) -> Result<(), Error> {
         let dance = &self.dance;
-        slot.with(|db| catch_up(db, &copy, touched.take()))?;
+        slot.with(|db| catch_up(db, &copy, mirror.take()))?;
         copy.flush().map_err(sled_error)?;
         drop(copy);
         wait_released(&dance.compacting.join("db"));
@@ -531,31 +586,31 @@ impl Compactor {
     }
 }
 
-/// The copy's thread: every key of `old` into `copy`, then the keys written meanwhile, in
-/// rounds while they get fewer (see [`LAST_ROUND_KEYS`]); then the copy is closed and opened
-/// again (sled writes a snapshot of its page table at open, so the open after the swap reads
-/// only the log written since, not the whole copy), and the rounds go on from there. The
-/// copy's log is fsynced before it is returned, so making it durable under the pause costs
-/// only the last round. Returns early, with the copy incomplete, once `stop` is set.
+/// The copy's thread: every key of `old` into `copy`, with the committer writing every commit
+/// into it too (see [`Mirror`]); then the copy is taken back, closed and opened again (sled
+/// writes a snapshot of its page table at open, so the open after the swap reads only the log
+/// written since, not the whole copy), and the keys written meanwhile are read into it, in
+/// rounds while they get fewer (see [`LAST_ROUND_KEYS`]). The copy's log is fsynced before it
+/// is returned, so making it durable under the pause costs only the last round. Returns early,
+/// with the copy incomplete, once `stop` is set.
 fn make_copy(
     old: &::sled::Db,
     copy: ::sled::Db,
     path: &Path,
-    touched: &Touched,
+    mirror: &Mirror,
     stop: &AtomicBool,
 ) -> Result<(::sled::Db, u64), Error> {
     let started = Instant::now();
-    let copied = copy_into(old, &copy, touched, stop)?;
+    let copied = copy_into(old, &copy, mirror, stop)?;
+    mirror.stop_writing()?;
     let live = copy.size_on_disk().map_err(sled_error)?;
     tracing::debug!(
         live_mib = live / (1024 * 1024),
         keys = copied.keys,
         data_mib = copied.bytes / (1024 * 1024),
-        skipped = copied.skipped,
         seconds = started.elapsed().as_secs_f64(),
         "compaction copied every live key"
     );
-    catch_up_in_rounds(old, &copy, touched, stop)?;
     if stop.load(Ordering::Relaxed) {
         return Ok((copy, live));
     }
@@ -563,7 +618,7 @@ fn make_copy(
     drop(copy);
     wait_released(&path.join("db"));
     let copy = open_db(path, COPY_CACHE_BYTES)?;
-    catch_up_in_rounds(old, &copy, touched, stop)?;
+    catch_up_in_rounds(old, &copy, mirror, stop)?;
     copy.flush().map_err(sled_error)?;
     File::open(path.join("db"))
         .and_then(|log| log.sync_data())
@@ -572,11 +627,11 @@ fn make_copy(
 }
 
 /// Reads the keys written meanwhile into the copy, a round at a time, until a round is small
-/// or no smaller than the one before (see [`LAST_ROUND_KEYS`]); leaves the rest in `touched`.
+/// or no smaller than the one before (see [`LAST_ROUND_KEYS`]); leaves the rest noted.
 fn catch_up_in_rounds(
     old: &::sled::Db,
     copy: &::sled::Db,
-    touched: &Touched,
+    mirror: &Mirror,
     stop: &AtomicBool,
 ) -> Result<(), Error> {
     let mut previous = usize::MAX;
@@ -584,9 +639,9 @@ fn catch_up_in_rounds(
         if stop.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let keys = touched.take();
+        let keys = mirror.take();
         if keys.len() <= LAST_ROUND_KEYS || keys.len() >= previous {
-            touched.extend(keys);
+            mirror.put_back(keys);
             return Ok(());
         }
         previous = keys.len();
@@ -630,37 +685,52 @@ struct Copied {
     keys: u64,
     /// Of their keys and values.
     bytes: u64,
-    /// Keys commits had written since the copy began: left to the catch-up.
-    skipped: u64,
 }
 
-/// Every tree's every key, unless `stop` is set. Key by key: see the module's documentation.
-/// Skips the keys commits have written since the copy began (the committer writes only the
-/// default tree): the catch-up reads each of them again anyway, and most are keys created
-/// since, which the copy would otherwise chase at the end of each family of keys.
+/// Keys the copy's thread reads and writes under the [`Mirror`]'s lock at a time: the
+/// committer waits for at most one chunk.
+const CHUNK: usize = 256;
+
+/// Every tree's every key, unless `stop` is set: a chunk at a time, each read from `from` and
+/// written key by key (see the module's documentation) under the mirror's lock, going on after
+/// the last key of the chunk before (a key the committer writes behind that point, it writes
+/// into the copy itself).
 fn copy_into(
     from: &::sled::Db,
     to: &::sled::Db,
-    touched: &Touched,
+    mirror: &Mirror,
     stop: &AtomicBool,
 ) -> Result<Copied, Error> {
     let mut copied = Copied::default();
     for name in from.tree_names() {
         let source = tree(from, &name)?;
         let target = tree(to, &name)?;
-        let written = name == DEFAULT_TREE;
-        for (n, item) in source.iter().enumerate() {
-            if n % 1024 == 0 && stop.load(Ordering::Relaxed) {
+        let mut after: Option<::sled::IVec> = None;
+        loop {
+            if stop.load(Ordering::Relaxed) {
                 return Ok(copied);
             }
-            let (key, value) = item.map_err(sled_error)?;
-            if written && touched.contains(&key) {
-                copied.skipped += 1;
-                continue;
+            let mirroring = mirror.lock();
+            if mirroring.failed.is_some() {
+                return Ok(copied);
             }
-            copied.keys += 1;
-            copied.bytes += (key.len() + value.len()) as u64;
-            target.insert(key, value).map_err(sled_error)?;
+            let chunk = match after.take() {
+                Some(last) => source.range((Bound::Excluded(last), Bound::Unbounded)),
+                None => source.iter(),
+            };
+            let mut keys = 0;
+            for item in chunk.take(CHUNK) {
+                let (key, value) = item.map_err(sled_error)?;
+                copied.keys += 1;
+                copied.bytes += (key.len() + value.len()) as u64;
+                target.insert(key.clone(), value).map_err(sled_error)?;
+                after = Some(key);
+                keys += 1;
+            }
+            drop(mirroring);
+            if keys < CHUNK {
+                break;
+            }
         }
     }
     Ok(copied)
@@ -697,6 +767,56 @@ mod tests {
             .expect("a temporary sled opens")
     }
 
+    /// The copy ends equal to the old database whatever the committer writes meanwhile:
+    /// inserts and removals of keys behind, at and ahead of the copy's chunks, mirrored while
+    /// the thread copies, then noted once it has taken the copy back and read again.
+    #[test]
+    fn a_copy_made_while_commits_go_on_ends_with_every_commit() {
+        let old = temporary();
+        for n in 0..20_000_u32 {
+            old.insert(n.to_be_bytes(), &n.to_be_bytes()[..])
+                .expect("insert");
+        }
+        let copy = temporary();
+        let mirror = Arc::new(Mirror::default());
+        mirror.lock().copy = Some(copy.clone());
+        let done = Arc::new(AtomicBool::new(false));
+        let committer = {
+            let (old, mirror, done) = (old.clone(), mirror.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut writes = 0_u32;
+                while !done.load(Ordering::Relaxed) || writes < 20_000 {
+                    // Spread over the keys there are and some past them.
+                    let key = (writes.wrapping_mul(2_654_435_761) % 30_000).to_be_bytes();
+                    let value = (writes % 3 != 0).then(|| writes.to_le_bytes().to_vec());
+                    match &value {
+                        Some(value) => old.insert(key, value.clone()).map(drop),
+                        None => old.remove(key).map(drop),
+                    }
+                    .expect("commit");
+                    mirror.written(vec![(key.to_vec(), value)]);
+                    writes += 1;
+                }
+                writes
+            })
+        };
+        let copied = copy_into(&old, &copy, &mirror, &AtomicBool::new(false)).expect("copy");
+        mirror
+            .stop_writing()
+            .expect("no write into the copy failed");
+        std::thread::sleep(Duration::from_millis(20));
+        done.store(true, Ordering::Relaxed);
+        let writes = committer.join().expect("committer");
+        catch_up(&old, &copy, mirror.take()).expect("catch up");
+        assert!(copied.keys >= 10_000 && writes >= 20_000);
+        let contents = |db: &::sled::Db| {
+            db.iter()
+                .map(|item| item.expect("read"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(contents(&copy), contents(&old));
+    }
+
     /// The copy is written through the `Db`'s own default tree, not a second handle on it (see
     /// [`tree`]): a subscriber on the `Db` sees every key the copy writes, which writes through
     /// another handle would not reach (sled keeps subscribers per handle, like the root).
@@ -709,7 +829,7 @@ mod tests {
         }
         let to = temporary();
         let mut seen = to.watch_prefix(Vec::<u8>::new());
-        copy_into(&from, &to, &Touched::default(), &AtomicBool::new(false)).expect("copy");
+        copy_into(&from, &to, &Mirror::default(), &AtomicBool::new(false)).expect("copy");
         let mut events = 0;
         while seen.next_timeout(Duration::from_millis(100)).is_ok() {
             events += 1;
