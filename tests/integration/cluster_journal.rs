@@ -6,15 +6,16 @@
 
 use std::time::Duration;
 
-use quench_runner::cluster::journal::{AppendError, Journal, Record};
+use quench_runner::cluster::journal::{AppendError, Journal, Record, encode_writes};
 use quench_runner::cluster::snapshot::Snapshots;
-use serde_json::json;
 
 use crate::support;
 
 fn commit(n: usize) -> Record {
     Record::Commit {
-        batch: json!({"n": n}),
+        part: 0,
+        parts: 1,
+        bytes: encode_writes(&[(format!("n/{n}").into_bytes(), Some(vec![7]))]),
     }
 }
 

@@ -56,6 +56,8 @@ pub const COMMIT_BATCHES: &str = "quench_store_commit_batches";
 pub const COMMIT_DURATION: &str = "quench_store_commit_duration";
 /// Store compactions (the live data copied into a fresh file).
 pub const STORE_COMPACTIONS: &str = "quench_store_compactions";
+/// Cluster mode: journal appends refused because another runner took the partition over.
+pub const JOURNAL_FENCED: &str = "quench_journal_fenced";
 /// How long commits waited for one store compaction (its copy runs beside them).
 pub const COMPACTION_DURATION: &str = "quench_store_compaction_duration";
 /// 1 while the NATS connection is up.
@@ -147,6 +149,7 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     pub compactions: Counter,
     pub compaction_seconds: Histogram,
+    pub journal_fenced: Counter,
     pub nats_connected: Gauge,
     pub playbook_loads: Family<ResultLabel, Counter>,
     pub playbooks_refused: Gauge,
@@ -194,6 +197,7 @@ impl Metrics {
             compactions: Counter::default(),
             // 10 ms to about 160 s.
             compaction_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 15)),
+            journal_fenced: Counter::default(),
             nats_connected: Gauge::default(),
             playbook_loads: Family::default(),
             playbooks_refused: Gauge::default(),
@@ -323,6 +327,11 @@ impl Metrics {
             STORE_COMPACTIONS,
             "Store compactions: the live data copied into a fresh file that replaced the old one",
             metrics.compactions.clone(),
+        );
+        registry.register(
+            JOURNAL_FENCED,
+            "Journal appends refused because another runner owns the partition (cluster mode's fencing)",
+            metrics.journal_fenced.clone(),
         );
         registry.register_with_unit(
             COMPACTION_DURATION,

@@ -17,6 +17,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::store::{CommitLog, LoggedCommit, Write};
+
 /// The stream every partition's journal is a subject of.
 pub const STREAM: &str = "QUENCH_JOURNAL";
 /// `quench.journal.<partition>`.
@@ -52,14 +54,100 @@ pub enum AppendError {
     Unknown { partition: u32, message: String },
 }
 
-/// What a journal message is. The full backend adds its commits; this part knows owners.
+/// What a journal message is (encoded with `postcard`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
     /// A runner took the partition over (with the revision of its lease, for the log).
     Owner { runner: String, lease: u64 },
-    /// One atomic change of the partition's state (an encoded store batch).
-    Commit { batch: serde_json::Value },
+    /// Part `part` (from 0) of `parts` of one commit: its writes, encoded ([`encode_writes`]),
+    /// split so that each message fits the server's `max_payload`. The parts of a commit are
+    /// consecutive in the partition's journal (an append between them would have fenced the
+    /// writer); a commit whose writer stopped before its last part was never acknowledged and
+    /// is never applied ([`commits`]).
+    Commit {
+        part: u32,
+        parts: u32,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+}
+
+impl Record {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("a journal record encodes")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Record, String> {
+        postcard::from_bytes(bytes).map_err(|error| error.to_string())
+    }
+}
+
+/// One write of a commit, as the journal holds it.
+#[derive(Serialize, Deserialize)]
+struct LoggedWrite<'a> {
+    #[serde(with = "serde_bytes", borrow)]
+    key: std::borrow::Cow<'a, [u8]>,
+    #[serde(with = "serde_bytes", borrow)]
+    value: Option<std::borrow::Cow<'a, [u8]>>,
+}
+
+/// A commit's writes in the journal's encoding.
+pub fn encode_writes(writes: &[Write]) -> Vec<u8> {
+    let logged: Vec<LoggedWrite<'_>> = writes
+        .iter()
+        .map(|(key, value)| LoggedWrite {
+            key: key.into(),
+            value: value.as_deref().map(Into::into),
+        })
+        .collect();
+    postcard::to_stdvec(&logged).expect("writes encode")
+}
+
+pub fn decode_writes(bytes: &[u8]) -> Result<Vec<Write>, String> {
+    let logged: Vec<LoggedWrite<'_>> =
+        postcard::from_bytes(bytes).map_err(|error| error.to_string())?;
+    Ok(logged
+        .into_iter()
+        .map(|write| {
+            (
+                write.key.into_owned(),
+                write.value.map(|value| value.into_owned()),
+            )
+        })
+        .collect())
+}
+
+/// The commits among a partition's records, in order, each at the position of its last part:
+/// parts put together, owner records passed over, and a commit cut short (its parts not all
+/// there before the next record) dropped — its writer never acknowledged it.
+pub fn commits(records: Vec<(u64, Record)>) -> Result<Vec<LoggedCommit>, String> {
+    let mut out = Vec::new();
+    let mut partial: Option<(u32, Vec<u8>)> = None;
+    for (sequence, record) in records {
+        match record {
+            Record::Owner { .. } => partial = None,
+            Record::Commit { part, parts, bytes } => {
+                let mut buffer = match partial.take() {
+                    Some((next, buffer)) if next == part && part > 0 => buffer,
+                    _ if part == 0 => Vec::new(),
+                    // A part without the ones before it: the rest of a cut-short commit.
+                    _ => continue,
+                };
+                buffer.extend_from_slice(&bytes);
+                if part + 1 == parts {
+                    let writes = decode_writes(&buffer)
+                        .map_err(|error| format!("the commit at {sequence}: {error}"))?;
+                    out.push(LoggedCommit {
+                        position: sequence,
+                        writes,
+                    });
+                } else {
+                    partial = Some((part + 1, buffer));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The journal stream on a JetStream context.
@@ -158,7 +246,7 @@ impl Journal {
                 .info()
                 .map_err(|error| read(error.to_string()))?
                 .stream_sequence;
-            let record = serde_json::from_slice(&message.payload)
+            let record = Record::decode(&message.payload)
                 .map_err(|error| read(format!("message {sequence}: {error}")))?;
             out.push((sequence, record));
             if sequence >= last {
@@ -260,15 +348,200 @@ impl Writer {
     /// took the partition: the writer must stop (its state is stale), and nothing that waited
     /// on this append may be acknowledged.
     pub async fn append(&mut self, record: &Record) -> Result<u64, AppendError> {
-        let body = serde_json::to_vec(record).map_err(|error| AppendError::Unknown {
-            partition: self.partition,
-            message: error.to_string(),
-        })?;
         let sequence = self
             .journal
-            .publish(self.partition, self.last, Bytes::from(body))
+            .publish(self.partition, self.last, Bytes::from(record.encode()))
             .await?;
         self.last = sequence;
         Ok(sequence)
+    }
+}
+
+/// A partition's journal as a store's [`CommitLog`]: each commit is appended (in parts when
+/// larger than the server's `max_payload`) by this partition's [`Writer`], fenced, before the
+/// store applies it. The store's committer calls it on its own thread, which waits here for
+/// the stream's acknowledgement.
+#[derive(Debug)]
+pub struct JournalLog {
+    writer: Writer,
+    runtime: tokio::runtime::Handle,
+    /// Bytes of a commit's encoding per message.
+    part_bytes: usize,
+    fenced: Option<tokio_util::sync::CancellationToken>,
+}
+
+/// Room left in each message for the record's own encoding and the headers.
+const PART_OVERHEAD: usize = 4096;
+
+impl JournalLog {
+    /// `max_payload` is the server's (`async_nats::Client::server_info`); `fenced` is
+    /// cancelled when an append is refused because another runner owns the partition.
+    pub fn new(
+        writer: Writer,
+        runtime: tokio::runtime::Handle,
+        max_payload: usize,
+        fenced: tokio_util::sync::CancellationToken,
+    ) -> JournalLog {
+        JournalLog {
+            writer,
+            runtime,
+            part_bytes: max_payload.saturating_sub(PART_OVERHEAD).max(1024),
+            fenced: Some(fenced),
+        }
+    }
+}
+
+impl CommitLog for JournalLog {
+    fn append(&mut self, writes: &[Write]) -> Result<u64, String> {
+        let encoded = encode_writes(writes);
+        let chunks: Vec<&[u8]> = if encoded.is_empty() {
+            vec![&[][..]]
+        } else {
+            encoded.chunks(self.part_bytes).collect()
+        };
+        let parts = u32::try_from(chunks.len()).map_err(|_| "a commit too large".to_owned())?;
+        let mut position = self.writer.last();
+        for (part, bytes) in (0..parts).zip(chunks) {
+            let record = Record::Commit {
+                part,
+                parts,
+                bytes: bytes.to_vec(),
+            };
+            match self.runtime.block_on(self.writer.append(&record)) {
+                Ok(sequence) => position = sequence,
+                Err(error) => {
+                    if let AppendError::Fenced { .. } = error {
+                        crate::metrics::get().journal_fenced.inc();
+                        if let Some(fenced) = self.fenced.take() {
+                            fenced.cancel();
+                        }
+                    }
+                    tracing::error!(%error, "a commit was not appended to the partition's journal");
+                    return Err(error.to_string());
+                }
+            }
+        }
+        Ok(position)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parts_of(writes: &[Write], size: usize) -> Vec<Record> {
+        let encoded = encode_writes(writes);
+        let chunks: Vec<&[u8]> = encoded.chunks(size).collect();
+        let parts = u32::try_from(chunks.len()).expect("few parts");
+        (0..parts)
+            .zip(chunks)
+            .map(|(part, bytes)| Record::Commit {
+                part,
+                parts,
+                bytes: bytes.to_vec(),
+            })
+            .collect()
+    }
+
+    /// Parts are put together into their commit at the last part's position; a commit cut
+    /// short by a take-over is dropped, and so are the parts of it that follow nothing.
+    #[test]
+    fn commits_are_put_together_from_their_parts_and_cut_short_ones_dropped() {
+        let big: Vec<Write> = (0..50_u8)
+            .map(|n| (vec![b'k', n], (n % 5 != 0).then(|| vec![n; 100])))
+            .collect();
+        let small: Vec<Write> = vec![(b"one".to_vec(), Some(b"1".to_vec()))];
+        let big_parts = parts_of(&big, 700);
+        assert!(big_parts.len() > 3);
+        let mut records = Vec::new();
+        let mut sequence = 0;
+        let mut push = |record: Record, records: &mut Vec<(u64, Record)>| {
+            sequence += 1;
+            records.push((sequence, record));
+            sequence
+        };
+        push(
+            Record::Owner {
+                runner: "a".into(),
+                lease: 1,
+            },
+            &mut records,
+        );
+        let mut big_at = 0;
+        for part in big_parts.clone() {
+            big_at = push(part, &mut records);
+        }
+        // runner a dies after two parts of the next commit; b takes over.
+        for part in big_parts.iter().take(2).cloned() {
+            push(part, &mut records);
+        }
+        push(
+            Record::Owner {
+                runner: "b".into(),
+                lease: 2,
+            },
+            &mut records,
+        );
+        // A stray later part (a's, if it were not fenced) belongs to no commit.
+        push(big_parts[2].clone(), &mut records);
+        let small_at = push(parts_of(&small, 700).remove(0), &mut records);
+        let commits = commits(records).expect("decodes");
+        assert_eq!(
+            commits,
+            vec![
+                LoggedCommit {
+                    position: big_at,
+                    writes: big
+                },
+                LoggedCommit {
+                    position: small_at,
+                    writes: small
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_commit_is_one_empty_part() {
+        let records = vec![(
+            1,
+            Record::Commit {
+                part: 0,
+                parts: 1,
+                bytes: encode_writes(&[]),
+            },
+        )];
+        assert_eq!(
+            commits(records).expect("decodes"),
+            vec![LoggedCommit {
+                position: 1,
+                writes: Vec::new()
+            }]
+        );
+    }
+
+    proptest! {
+        /// A journal message is read from the stream: whatever its bytes, decoding returns an
+        /// error or a record, never a panic; and every record and set of writes round-trips.
+        #[test]
+        fn decoding_never_panics_and_encoding_round_trips(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+            writes in proptest::collection::vec(
+                (proptest::collection::vec(any::<u8>(), 0..40),
+                 proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200))),
+                0..20,
+            ),
+            runner in ".{0,20}",
+            lease in any::<u64>(),
+        ) {
+            let _ = Record::decode(&bytes);
+            let _ = decode_writes(&bytes);
+            prop_assert_eq!(decode_writes(&encode_writes(&writes)), Ok(writes.clone()));
+            let owner = Record::Owner { runner, lease };
+            prop_assert_eq!(Record::decode(&owner.encode()), Ok(owner));
+            let commit = Record::Commit { part: 0, parts: 1, bytes: encode_writes(&writes) };
+            prop_assert_eq!(Record::decode(&commit.encode()), Ok(commit));
+        }
     }
 }

@@ -7,3 +7,4 @@ pub mod journal;
 pub mod owners;
 pub mod partition;
 pub mod snapshot;
+pub mod store;

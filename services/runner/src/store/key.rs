@@ -87,6 +87,8 @@ pub enum Key<'a> {
 pub(crate) const AUDIT_HEAD: &str = "audit_head";
 pub(crate) const AUDIT_CHECKPOINT: &str = "audit_checkpoint";
 pub(crate) const COUNTERS: &str = "counters";
+/// The position in its commit log (cluster mode's journal) of the last commit a store applied.
+pub(crate) const LOGGED: &str = "logged";
 /// The layout version, store-wide.
 pub(crate) const FORMAT: &str = "format";
 /// Set once every run stored before the run indexes were kept has been indexed
@@ -129,7 +131,9 @@ impl Key<'_> {
     /// The partition this record belongs to.
     pub fn partition(&self) -> Partition<'_> {
         match self {
-            Key::Meta(AUDIT_HEAD | AUDIT_CHECKPOINT | COUNTERS) | Key::Audit(_) => Partition::Own,
+            Key::Meta(AUDIT_HEAD | AUDIT_CHECKPOINT | COUNTERS | LOGGED) | Key::Audit(_) => {
+                Partition::Own
+            }
             Key::Meta(_)
             | Key::PlaybookVersion(_)
             | Key::PlaybookHistory(..)
@@ -299,6 +303,7 @@ mod tests {
             (Key::Meta(FORMAT), Partition::Control),
             (Key::Meta(AUDIT_HEAD), Partition::Own),
             (Key::Meta(AUDIT_CHECKPOINT), Partition::Own),
+            (Key::Meta(LOGGED), Partition::Own),
             (Key::Meta(COUNTERS), Partition::Own),
             (Key::Meta("something else"), Partition::Control),
             (Key::Run(run), Partition::Run(run)),

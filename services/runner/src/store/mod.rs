@@ -52,6 +52,28 @@ pub const COMPACT_OFF: u64 = u64::MAX;
 /// Version of the on-disk layout; written at creation and checked at open.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// One write as a backend applies it: a key and its new value, or its removal.
+pub type Write = (Vec<u8>, Option<Vec<u8>>);
+
+/// A commit as a [`CommitLog`] holds it: its position there, and its writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedCommit {
+    pub position: u64,
+    pub writes: Vec<Write>,
+}
+
+/// Where a store sends every commit, whole and in order, before it applies it: in cluster
+/// mode, its partition's fenced journal on JetStream (`cluster::journal`). The store is then a
+/// cache of the log: it records the position of the last commit it applied, and a store opened
+/// again is brought up to date from the log ([`Store::apply_logged`]).
+pub trait CommitLog: Send + fmt::Debug {
+    /// Appends one commit's writes (the final ones: audit entries chained, counters summed)
+    /// and returns its position once the log holds it durably. An error fails the store
+    /// (fail-stop): the commit may or may not be in the log, no caller is told it is durable,
+    /// and nothing more is written; the log is the truth a store opened again catches up with.
+    fn append(&mut self, writes: &[Write]) -> Result<u64, String>;
+}
+
 /// Where and how the store keeps its data.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -124,6 +146,9 @@ pub enum Error {
     Failed(String),
     /// A compaction asked for ([`Store::compact`]) failed: the store goes on as it was, unless
     /// [`Store::failed`] says otherwise.
+    /// The commit log refused a commit or did not say it holds it ([`CommitLog::append`]).
+    #[error("the commit log did not take the commit ({0}); the store refuses writes")]
+    Logged(String),
     #[error("the store could not be compacted: {0}")]
     Compaction(String),
 }
@@ -266,8 +291,9 @@ pub struct Compacted {
     /// The store's size on disk before, and after.
     pub before_bytes: u64,
     pub after_bytes: u64,
-    /// The copy's size right after every live key was in, before the keys written meanwhile:
-    /// the live data as sled stores it, which the next compaction is measured against.
+    /// The copy's size right after every live key was in (with what commits wrote into it
+    /// meanwhile): the live data as sled stores it, which the next compaction is measured
+    /// against.
     pub live_bytes: u64,
     /// How long the copy of the live data took; commits went on meanwhile.
     pub copying: std::time::Duration,
@@ -433,6 +459,11 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     /// See [`Store::compact`].
     fn compact(&self) -> BoxFuture<'_, Result<Option<Compacted>, Error>>;
 
+    /// See [`Store::logged_position`].
+    fn logged_position(&self) -> Result<u64, Error>;
+    /// See [`Store::apply_logged`].
+    fn apply_logged(&self, commits: Vec<LoggedCommit>) -> BoxFuture<'_, Result<u64, Error>>;
+
     /// Bytes the store takes on disk (0 when it has no files of its own).
     fn size_on_disk(&self) -> Result<u64, Error>;
     fn path(&self) -> Option<&Path>;
@@ -449,6 +480,13 @@ impl Store {
     /// Opens (or creates) the store; checks the format version.
     pub fn open(config: &StoreConfig) -> Result<Store, Error> {
         Ok(Store::over(sled::Sled::open(config)?))
+    }
+
+    /// Opens (or creates) the store as a cache of `log`: every commit is appended to it before
+    /// it is applied (see [`CommitLog`]). Bring it up to date with [`Store::apply_logged`]
+    /// before committing.
+    pub fn open_logged(config: &StoreConfig, log: Box<dyn CommitLog>) -> Result<Store, Error> {
+        Ok(Store::over(sled::Sled::open_logged(config, Some(log))?))
     }
 
     /// Opens a copy of the store at `config.path`, made in the empty directory `into`, for a
@@ -882,6 +920,18 @@ impl Store {
     }
 
     /// On-disk size of the store directory, in bytes (0 for a temporary store).
+    /// The position in its commit log of the last commit this store applied (0: none).
+    pub fn logged_position(&self) -> Result<u64, Error> {
+        self.backend.logged_position()
+    }
+
+    /// Applies commits read from the commit log, in order, as they are (nothing is appended
+    /// to the log): those at or before [`Store::logged_position`] are skipped. Returns the
+    /// position reached. For a store opened with [`Store::open_logged`], before it commits.
+    pub async fn apply_logged(&self, commits: Vec<LoggedCommit>) -> Result<u64, Error> {
+        self.backend.apply_logged(commits).await
+    }
+
     pub fn size_on_disk(&self) -> Result<u64, Error> {
         self.backend.size_on_disk()
     }

@@ -15,8 +15,10 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::super::audit::Head;
-use super::super::key::{AUDIT_HEAD, COUNTERS};
-use super::super::{Batch, Committed, Compacted, Error, Key, Pending, SyncMode};
+use super::super::key::{AUDIT_HEAD, COUNTERS, LOGGED};
+use super::super::{
+    Batch, CommitLog, Committed, Compacted, Error, Key, LoggedCommit, Pending, SyncMode, Write,
+};
 use super::compact::{Compactor, Failure};
 use super::{Slot, audit, io};
 
@@ -29,6 +31,8 @@ const COPY_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 enum Request {
     Commit(Commit),
+    /// Apply commits read from the commit log (see `apply_logged`).
+    Logged(Vec<LoggedCommit>, oneshot::Sender<Result<u64, Error>>),
     /// Compact now (see `compact`), between the batches sent before and after.
     Compact(oneshot::Sender<Result<Option<Compacted>, Error>>),
 }
@@ -65,6 +69,7 @@ impl Handle {
         head: Head,
         counters: BTreeMap<String, i64>,
         compactor: Option<Compactor>,
+        journal: Option<Box<dyn CommitLog>>,
     ) -> Result<Handle, Error> {
         // sled 0.34 keeps its log in `<path>/db`; an fd of our own on it is enough to fdatasync it.
         let log = match (path, sync) {
@@ -81,6 +86,7 @@ impl Handle {
             head,
             counters,
             compactor,
+            journal,
             failed: None,
             on_failure: failed.clone(),
         };
@@ -110,6 +116,13 @@ impl Handle {
         done.await.map_err(|_| Error::Closed)?
     }
 
+    /// Applies commits read from the commit log, after the batches queued so far.
+    pub(super) async fn apply_logged(&self, commits: Vec<LoggedCommit>) -> Result<u64, Error> {
+        let (reply, done) = oneshot::channel();
+        self.send(Request::Logged(commits, reply)).await?;
+        done.await.map_err(|_| Error::Closed)?
+    }
+
     async fn send(&self, request: Request) -> Result<(), Error> {
         let sender = self.sender.clone().ok_or(Error::Closed)?;
         // The queue is bounded; when it is full, wait off the async threads.
@@ -126,29 +139,35 @@ impl Handle {
     }
 }
 
-/// A group's writes, and, while a compaction copies the store, each write again for the copy
-/// (the committer writes them into it too once they are in the store, see `compact`).
+/// A group's writes, and each write again when something else needs them: the commit log
+/// (which gets them before the store), and the copy a compaction is making (the committer
+/// writes them into it too once they are in the store, see `compact`).
 pub(super) struct Writes {
     batch: ::sled::Batch,
-    mirrored: Option<Vec<Mirrored>>,
+    recorded: Option<Vec<Write>>,
 }
-
-/// One write, for the copy a compaction is making: the value, or the removal.
-pub(super) type Mirrored = (Vec<u8>, Option<Vec<u8>>);
 
 impl Writes {
     pub(super) fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        if let Some(mirrored) = &mut self.mirrored {
-            mirrored.push((key.clone(), Some(value.clone())));
+        if let Some(recorded) = &mut self.recorded {
+            recorded.push((key.clone(), Some(value.clone())));
         }
         self.batch.insert(key, value);
     }
 
     pub(super) fn remove(&mut self, key: Vec<u8>) {
-        if let Some(mirrored) = &mut self.mirrored {
-            mirrored.push((key.clone(), None));
+        if let Some(recorded) = &mut self.recorded {
+            recorded.push((key.clone(), None));
         }
         self.batch.remove(key);
+    }
+
+    /// Sets `key` to `value`, or removes it.
+    fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        match value {
+            Some(value) => self.insert(key, value),
+            None => self.remove(key),
+        }
     }
 }
 
@@ -161,6 +180,8 @@ struct Committer {
     counters: BTreeMap<String, i64>,
     /// None for a temporary store.
     compactor: Option<Compactor>,
+    /// Where each commit goes before it is applied (cluster mode).
+    journal: Option<Box<dyn CommitLog>>,
     /// Set by a failed commit: batches queued after it were built on state that did not reach
     /// the disk, so none is applied (fail-stop; reopening the store recovers).
     failed: Option<String>,
@@ -191,6 +212,20 @@ impl Committer {
                 match request {
                     Request::Commit(commit) => group.push(commit),
                     Request::Compact(reply) => asked.push(reply),
+                    Request::Logged(commits, reply) => {
+                        // After the batches before it, before those after it.
+                        let before = std::mem::take(&mut group);
+                        match &self.failed {
+                            Some(message) => {
+                                for commit in before {
+                                    let _ = commit.reply.send(Err(Error::Failed(message.clone())));
+                                }
+                            }
+                            None if !before.is_empty() => self.commit(before),
+                            None => {}
+                        }
+                        let _ = reply.send(self.apply_logged(commits));
+                    }
                 }
                 if group.len() < MAX_GROUP {
                     next = receiver.try_recv().ok();
@@ -232,7 +267,7 @@ impl Committer {
         metrics.commit_batches.observe(group.len() as f64);
         let mut writes = Writes {
             batch: ::sled::Batch::default(),
-            mirrored: self.copying().then(Vec::new),
+            recorded: (self.copying() || self.journal.is_some()).then(Vec::new),
         };
         let mut next_head = self.head.clone();
         let mut next_counters: Option<BTreeMap<String, i64>> = None;
@@ -246,10 +281,7 @@ impl Committer {
                     .or_default() += delta;
             }
             for (key, value) in batch.ops {
-                match value {
-                    Some(value) => writes.insert(key, value),
-                    None => writes.remove(key),
-                }
+                writes.write(key, value);
             }
             let mut refs = Vec::with_capacity(batch.audit.len());
             for draft in batch.audit {
@@ -273,9 +305,27 @@ impl Committer {
                 serde_json::to_vec(next).expect("counters serialize"),
             );
         }
+        if let Some(journal) = self.journal.as_mut() {
+            match journal.append(writes.recorded.as_deref().unwrap_or_default()) {
+                Ok(position) => writes.insert(
+                    Key::Meta(LOGGED).encode(),
+                    position.to_string().into_bytes(),
+                ),
+                Err(message) => {
+                    tracing::error!(error = %message, "the commit log did not take a commit; refusing further writes");
+                    let error = Error::Logged(message);
+                    // Failed before anyone is told, so a caller told sees the store failed.
+                    self.fail(error.to_string());
+                    for (reply, _) in replies {
+                        let _ = reply.send(Err(Error::Failed(error.to_string())));
+                    }
+                    return;
+                }
+            }
+        }
         let Writes {
             batch: writes,
-            mirrored,
+            recorded,
         } = writes;
         fail::fail_point!("store::before_commit");
         let outcome = self
@@ -295,8 +345,10 @@ impl Committer {
             Ok(()) => {
                 // Into the copy after the store, not before: whatever the copy's thread read of
                 // these keys from the store before this commit, this write then overwrites.
-                if let (Some(mirrored), Some(compactor)) = (mirrored, self.compactor.as_mut()) {
-                    compactor.written(mirrored);
+                if let (Some(recorded), Some(compactor)) = (recorded, self.compactor.as_mut())
+                    && compactor.copying()
+                {
+                    compactor.written(recorded);
                 }
                 metrics
                     .commit_seconds
@@ -316,6 +368,70 @@ impl Committer {
                     let _ = reply.send(Err(Error::Failed(message.clone())));
                 }
                 self.fail(message);
+            }
+        }
+    }
+
+    /// Applies commits read from the commit log as they are, in order, skipping those at or
+    /// before the position already applied, each in one sled batch with its position; then
+    /// reads the audit head and the counters again (the commits moved them). Returns the
+    /// position reached.
+    fn apply_logged(&mut self, commits: Vec<LoggedCommit>) -> Result<u64, Error> {
+        if let Some(message) = &self.failed {
+            return Err(Error::Failed(message.clone()));
+        }
+        let mut position = self.slot.with(super::logged_position)?;
+        for LoggedCommit {
+            position: at,
+            writes,
+        } in commits
+        {
+            if at <= position {
+                continue;
+            }
+            let mut batch = Writes {
+                batch: ::sled::Batch::default(),
+                recorded: self.copying().then(Vec::new),
+            };
+            for (key, value) in writes {
+                batch.write(key, value);
+            }
+            batch.insert(Key::Meta(LOGGED).encode(), at.to_string().into_bytes());
+            let Writes { batch, recorded } = batch;
+            if let Err(error) = self.slot.with(|db| db.apply_batch(batch).map_err(io)) {
+                self.fail(error.to_string());
+                return Err(error);
+            }
+            if let (Some(recorded), Some(compactor)) = (recorded, self.compactor.as_mut()) {
+                compactor.written(recorded);
+            }
+            position = at;
+        }
+        let synced = self
+            .slot
+            .with(|db| db.flush().map(drop).map_err(io))
+            .and_then(|()| {
+                self.log
+                    .as_ref()
+                    .map_or(Ok(()), |file| file.sync_data().map_err(Error::Sync))
+            })
+            .and_then(|()| {
+                self.slot.with(|db| {
+                    Ok((
+                        audit::read_head(db)?,
+                        super::read(db, &Key::Meta(COUNTERS))?.unwrap_or_default(),
+                    ))
+                })
+            });
+        match synced {
+            Ok((head, counters)) => {
+                self.head = head;
+                self.counters = counters;
+                Ok(position)
+            }
+            Err(error) => {
+                self.fail(error.to_string());
+                Err(error)
             }
         }
     }

@@ -53,12 +53,13 @@ use std::fs::File;
 use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::super::Write;
 use super::super::{BackendError, COMPACT_FACTOR, Compacted, Error, SyncMode};
-use super::committer::{Mirrored, sync_dir};
+use super::committer::sync_dir;
 use super::{Opened, Slot, io as sled_error, open_db, wait_released};
 
 /// How often the committer looks at the file's size (between batches).
@@ -257,7 +258,7 @@ struct Copying {
 /// close and reopen it, see the module's documentation) and the committer notes the keys it
 /// writes instead; the thread, and finally the committer, read those again into the copy.
 #[derive(Debug, Default)]
-struct Mirror(Mutex<Mirroring>);
+struct Mirror(parking_lot::Mutex<Mirroring>);
 
 #[derive(Debug, Default)]
 struct Mirroring {
@@ -272,12 +273,12 @@ struct Mirroring {
 }
 
 impl Mirror {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Mirroring> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Mirroring> {
+        self.0.lock()
     }
 
     /// The committer's writes, once they are in the old database.
-    fn written(&self, writes: Vec<Mirrored>) {
+    fn written(&self, writes: Vec<Write>) {
         let mut mirroring = self.lock();
         if mirroring.failed.is_some() {
             return;
@@ -362,7 +363,7 @@ impl Compactor {
     }
 
     /// A commit's writes, once in the store, while the copy is made (see [`Mirror`]).
-    pub(super) fn written(&mut self, writes: Vec<Mirrored>) {
+    pub(super) fn written(&mut self, writes: Vec<Write>) {
         if let Some(copying) = &self.copying {
             copying.mirror.written(writes);
         }
@@ -727,7 +728,9 @@ fn copy_into(
                 after = Some(key);
                 keys += 1;
             }
-            drop(mirroring);
+            // To the committer if it waits: a plain unlock would let this thread take the lock
+            // back at once, chunk after chunk, while a commit waits.
+            parking_lot::MutexGuard::unlock_fair(mirroring);
             if keys < CHUNK {
                 break;
             }
@@ -781,14 +784,16 @@ mod tests {
         let mirror = Arc::new(Mirror::default());
         mirror.lock().copy = Some(copy.clone());
         let done = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let committer = {
             let (old, mirror, done) = (old.clone(), mirror.clone(), done.clone());
+            let progress = progress.clone();
             std::thread::spawn(move || {
                 let mut writes = 0_u32;
                 while !done.load(Ordering::Relaxed) || writes < 20_000 {
                     // Spread over the keys there are and some past them.
                     let key = (writes.wrapping_mul(2_654_435_761) % 30_000).to_be_bytes();
-                    let value = (writes % 3 != 0).then(|| writes.to_le_bytes().to_vec());
+                    let value = (!writes.is_multiple_of(3)).then(|| writes.to_le_bytes().to_vec());
                     match &value {
                         Some(value) => old.insert(key, value.clone()).map(drop),
                         None => old.remove(key).map(drop),
@@ -796,6 +801,7 @@ mod tests {
                     .expect("commit");
                     mirror.written(vec![(key.to_vec(), value)]);
                     writes += 1;
+                    progress.store(writes, Ordering::Relaxed);
                 }
                 writes
             })
@@ -804,7 +810,11 @@ mod tests {
         mirror
             .stop_writing()
             .expect("no write into the copy failed");
-        std::thread::sleep(Duration::from_millis(20));
+        // Some writes are noted, not mirrored, before the committer stops.
+        let noted_from = progress.load(Ordering::Relaxed);
+        while progress.load(Ordering::Relaxed) < noted_from + 1000 {
+            std::hint::spin_loop();
+        }
         done.store(true, Ordering::Relaxed);
         let writes = committer.join().expect("committer");
         catch_up(&old, &copy, mirror.take()).expect("catch up");

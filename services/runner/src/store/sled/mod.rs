@@ -29,10 +29,11 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 
 use super::audit::{AuditEntry, Head, Verification, parse_stored, verify_chain};
-use super::key::{AUDIT_CHECKPOINT, COUNTERS, FORMAT, seq_part, shown, time_part};
+use super::key::{AUDIT_CHECKPOINT, COUNTERS, FORMAT, LOGGED, seq_part, shown, time_part};
 use super::{
-    Backend, BackendError, Batch, BoxFuture, Compacted, Error, FORMAT_VERSION, Key, Pending,
-    Pruned, Rows, RunIndex, RunOrder, StoreConfig, Stored, SyncMode, TimerKey,
+    Backend, BackendError, Batch, BoxFuture, CommitLog, Compacted, Error, FORMAT_VERSION, Key,
+    LoggedCommit, Pending, Pruned, Rows, RunIndex, RunOrder, StoreConfig, Stored, SyncMode,
+    TimerKey,
 };
 
 /// A sled store. Fields drop in order: the committer first (its thread is joined), then the
@@ -196,7 +197,10 @@ fn io(error: ::sled::Error) -> Error {
 }
 
 /// Reads and decodes one value straight from the tree (metadata the backend keeps itself).
-fn read<T: DeserializeOwned>(db: &::sled::Db, key: &Key<'_>) -> Result<Option<T>, Error> {
+pub(super) fn read<T: DeserializeOwned>(
+    db: &::sled::Db,
+    key: &Key<'_>,
+) -> Result<Option<T>, Error> {
     let raw = key.encode();
     match db.get(&raw).map_err(io)? {
         None => Ok(None),
@@ -207,6 +211,11 @@ fn read<T: DeserializeOwned>(db: &::sled::Db, key: &Key<'_>) -> Result<Option<T>
                 source,
             }),
     }
+}
+
+/// The position in its commit log of the last commit `db` applied (0: none).
+pub(super) fn logged_position(db: &::sled::Db) -> Result<u64, Error> {
+    Ok(read::<u64>(db, &Key::Meta(LOGGED))?.unwrap_or(0))
 }
 
 /// The first key after every key that starts with `prefix`.
@@ -233,6 +242,14 @@ fn prefix(family: &[u8], parts: &[&str]) -> Vec<u8> {
 
 impl Sled {
     pub(super) fn open(config: &StoreConfig) -> Result<Sled, Error> {
+        Sled::open_logged(config, None)
+    }
+
+    /// With a commit log, every commit is appended to it before it is applied.
+    pub(super) fn open_logged(
+        config: &StoreConfig,
+        log: Option<Box<dyn CommitLog>>,
+    ) -> Result<Sled, Error> {
         let dance = compact::Dance::of(&config.path);
         let lock = dance.as_ref().map(compact::Dance::open).transpose()?;
         refuse_if_locked(&config.path)?;
@@ -256,6 +273,7 @@ impl Sled {
             Some(config.path.clone()),
             config.sync,
             compactor,
+            log,
         )
     }
 
@@ -313,6 +331,7 @@ impl Sled {
             None,
             SyncMode::Os,
             |_| None,
+            None,
         )
     }
 
@@ -323,6 +342,7 @@ impl Sled {
         path: Option<PathBuf>,
         sync: SyncMode,
         compactor: impl FnOnce(u64) -> Option<compact::Compactor>,
+        log: Option<Box<dyn CommitLog>>,
     ) -> Result<Sled, Error> {
         let db = &opened.db;
         let shown = path.clone().unwrap_or_else(|| PathBuf::from("<temporary>"));
@@ -366,6 +386,7 @@ impl Sled {
             head,
             counters,
             compactor,
+            log,
         )?;
         Ok(Sled {
             committer,
@@ -934,6 +955,14 @@ impl Backend for Sled {
 
     fn compact(&self) -> BoxFuture<'_, Result<Option<Compacted>, Error>> {
         Box::pin(self.committer.compact())
+    }
+
+    fn logged_position(&self) -> Result<u64, Error> {
+        self.db.with(logged_position)
+    }
+
+    fn apply_logged(&self, commits: Vec<LoggedCommit>) -> BoxFuture<'_, Result<u64, Error>> {
+        Box::pin(self.committer.apply_logged(commits))
     }
 
     fn size_on_disk(&self) -> Result<u64, Error> {
