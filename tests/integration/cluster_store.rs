@@ -3,9 +3,11 @@
 //! partition over rebuilds the same state from the journal — runs, audit chain and head,
 //! counters — and goes on with the chain; the former owner's next commit is refused and fails
 //! its store, and a cache that fell behind catches up from its own position. A commit larger
-//! than the server's `max_payload` goes in parts.
+//! than the server's `max_payload` goes in parts. A snapshot lets the journal be purged: a
+//! runner without a cache, or with one behind the purge, starts from the snapshot.
 
 use quench_runner::cluster::journal::{Journal, Record};
+use quench_runner::cluster::snapshot::Snapshots;
 use quench_runner::cluster::store::{Opening, Owned, open};
 use quench_runner::store::{AuditDraft, Batch, Key, StoreConfig, SyncMode};
 use serde_json::{Value, json};
@@ -21,9 +23,15 @@ fn config(path: &std::path::Path) -> StoreConfig {
     }
 }
 
-async fn take(journal: &Journal, runner: &str, lease: u64, path: &std::path::Path) -> Owned {
+async fn take(
+    (journal, snapshots): (&Journal, &Snapshots),
+    runner: &str,
+    lease: u64,
+    path: &std::path::Path,
+) -> Owned {
     let opening = Opening {
         journal,
+        snapshots,
         runner,
         lease,
         max_payload: 1024 * 1024,
@@ -81,12 +89,15 @@ fn state(owned: &Owned) -> State {
 async fn a_partition_moves_to_another_runner_with_its_whole_state_and_fences_the_old_one() {
     let nats = support::NatsServer::start();
     let client = async_nats::connect(nats.url()).await.expect("nats");
-    let journal = Journal::ensure(async_nats::jetstream::new(client), 1)
+    let jetstream = async_nats::jetstream::new(client);
+    let journal = Journal::ensure(jetstream.clone(), 1)
         .await
         .expect("journal");
+    let snapshots = Snapshots::open(jetstream, 1).await.expect("snapshots");
+    let cluster = (&journal, &snapshots);
     let directory = tempfile::tempdir().expect("temp dir");
 
-    let a = take(&journal, "runner-a", 1, &directory.path().join("a")).await;
+    let a = take(cluster, "runner-a", 1, &directory.path().join("a")).await;
     assert_eq!(a.position, 0);
     for n in 0..20 {
         // Every fifth commit is larger than the server's max_payload (1 MiB): parts.
@@ -106,7 +117,7 @@ async fn a_partition_moves_to_another_runner_with_its_whole_state_and_fences_the
     assert_eq!(before.1.len(), 20);
 
     // runner-b takes the partition over with an empty cache: the same state, rebuilt.
-    let b = take(&journal, "runner-b", 2, &directory.path().join("b")).await;
+    let b = take(cluster, "runner-b", 2, &directory.path().join("b")).await;
     assert!(b.position > 0);
     assert_eq!(state(&b), before);
     let counters = b.store.counters().expect("counters").expect("kept");
@@ -140,8 +151,31 @@ async fn a_partition_moves_to_another_runner_with_its_whole_state_and_fences_the
 
     // runner-a takes it back with its own cache, behind by b's one commit: it applies only
     // what followed its position.
-    let a = take(&journal, "runner-a", 3, &directory.path().join("a")).await;
+    let a = take(cluster, "runner-a", 3, &directory.path().join("a")).await;
     assert_eq!(state(&a), after_b);
     let committed = a.store.commit(batch(21, 10)).await.expect("commits");
     assert_eq!(committed.audit[0].seq, 22);
+
+    // runner-a snapshots the partition: the journal below it is purged.
+    let at = a
+        .snapshot(&snapshots)
+        .await
+        .expect("snapshot")
+        .expect("something committed");
+    let left = journal.replay(PARTITION, 0).await.expect("replay");
+    assert_eq!(left.first().map(|(sequence, _)| *sequence), Some(at));
+    a.store.commit(batch(22, 10)).await.expect("commits");
+    let after_a = state(&a);
+    drop(a);
+
+    // runner-c has no cache, runner-b's is behind the purge: both start from the snapshot and
+    // apply the commit after it — the same state, and the chain goes on.
+    let c = take(cluster, "runner-c", 4, &directory.path().join("c")).await;
+    assert_eq!(state(&c), after_a);
+    drop(c);
+    drop(b);
+    let b = take(cluster, "runner-b", 5, &directory.path().join("b")).await;
+    assert_eq!(state(&b), after_a);
+    let committed = b.store.commit(batch(23, 10)).await.expect("commits");
+    assert_eq!(committed.audit[0].seq, 24);
 }

@@ -1,11 +1,12 @@
 //! A partition's snapshots in the JetStream object store (ARCHITECTURE.md, "Several runners on a
 //! NATS cluster"): the owner saves the partition's state as of journal sequence `s` as the object
-//! `partition-<n>` of the bucket `QUENCH_SNAPSHOTS` (with `s` in its metadata), then purges the
-//! partition's journal below `s` — keeping the message at `s`, so the next append's expected
-//! sequence still has its base. A new owner rebuilds the partition from the newest snapshot and
+//! `partition-<n>-<s>` of the bucket `QUENCH_SNAPSHOTS` (with `s` in its metadata too), then
+//! purges the partition's journal below `s` — keeping the message at `s`, so the next append's
+//! expected sequence still has its base — and removes the partition's older snapshots. A new owner rebuilds the partition from the newest snapshot and
 //! the journal after `s` ([`Snapshots::restore`]).
 
 use async_nats::jetstream::{self, object_store};
+use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
 use super::journal::{Journal, Record};
@@ -47,8 +48,16 @@ impl std::fmt::Debug for Snapshots {
     }
 }
 
-fn name(partition: u32) -> String {
-    format!("partition-{partition}")
+/// A snapshot's object name: its partition and the journal sequence it is as of. Each
+/// snapshot is an object of its own, never overwritten: a runner that lost the partition
+/// without knowing yet (paused) may still save one, as of an older sequence than the new
+/// owner's, and the newest one must win whatever the order the two land in.
+fn name(partition: u32, sequence: u64) -> String {
+    format!("{}{sequence:020}", prefix(partition))
+}
+
+fn prefix(partition: u32) -> String {
+    format!("partition-{partition}-")
 }
 
 impl Snapshots {
@@ -71,12 +80,14 @@ impl Snapshots {
     }
 
     /// Saves `state` as partition `partition`'s snapshot as of journal sequence `sequence`,
-    /// then purges the journal below it. Saved first, purged after: a crash between the two
-    /// leaves a journal longer than it needs to be, never a gap.
+    /// then purges the journal below it, then removes the partition's older snapshots. In
+    /// that order: a crash between two steps leaves a journal or a bucket larger than it needs
+    /// to be, never a gap. A stale owner's save (as of a sequence below the newest snapshot)
+    /// purges nothing the newest one needs, and is never the newest.
     pub async fn save(&self, partition: u32, sequence: u64, state: &[u8]) -> Result<(), Error> {
         let failed = |message: String| Error::Snapshot { partition, message };
         let meta = object_store::ObjectMetadata {
-            name: name(partition),
+            name: name(partition, sequence),
             metadata: [(SEQUENCE.to_owned(), sequence.to_string())].into(),
             ..Default::default()
         };
@@ -98,31 +109,55 @@ impl Snapshots {
                     failed(format!("purging the journal below {sequence}: {error}"))
                 })?;
         }
+        for (older, name) in self.saved(partition).await? {
+            if older < sequence {
+                self.store
+                    .delete(&name)
+                    .await
+                    .map_err(|error| failed(format!("removing {name}: {error}")))?;
+            }
+        }
         Ok(())
+    }
+
+    /// The partition's snapshots: the sequence each is as of, and its name.
+    async fn saved(&self, partition: u32) -> Result<Vec<(u64, String)>, Error> {
+        let failed = |message: String| Error::Snapshot { partition, message };
+        let prefix = prefix(partition);
+        let mut list = self
+            .store
+            .list()
+            .await
+            .map_err(|error| failed(error.to_string()))?;
+        let mut out = Vec::new();
+        while let Some(info) = list.next().await {
+            let info = info.map_err(|error| failed(error.to_string()))?;
+            if info.deleted {
+                continue;
+            }
+            if let Some(sequence) = info
+                .name
+                .strip_prefix(&prefix)
+                .and_then(|sequence| sequence.parse::<u64>().ok())
+            {
+                out.push((sequence, info.name));
+            }
+        }
+        Ok(out)
     }
 
     /// The newest snapshot of `partition`: the sequence it is as of, and its bytes.
     pub async fn latest(&self, partition: u32) -> Result<Option<(u64, Vec<u8>)>, Error> {
         let failed = |message: String| Error::Snapshot { partition, message };
-        let info = match self.store.info(name(partition)).await {
-            Ok(info) if !info.deleted => info,
-            Ok(_) => return Ok(None),
-            Err(error) if error.kind() == object_store::InfoErrorKind::NotFound => {
-                return Ok(None);
-            }
-            Err(error) => return Err(failed(error.to_string())),
+        let Some((sequence, name)) = self.saved(partition).await?.into_iter().max() else {
+            return Ok(None);
         };
-        let sequence = info
-            .metadata
-            .get(SEQUENCE)
-            .and_then(|value| value.parse::<u64>().ok())
-            .ok_or_else(|| failed(format!("no `{SEQUENCE}` in its metadata")))?;
         let mut object = self
             .store
-            .get(name(partition))
+            .get(&name)
             .await
             .map_err(|error| failed(error.to_string()))?;
-        let mut bytes = Vec::with_capacity(info.size);
+        let mut bytes = Vec::new();
         object
             .read_to_end(&mut bytes)
             .await

@@ -5,11 +5,16 @@
 //! appended to the journal, fenced, before it is applied to the cache. An append refused
 //! because another runner took the partition over fails the store (fail-stop) and cancels
 //! [`Owned::fenced`].
+//!
+//! Snapshots ([`Owned::snapshot`]) let the journal be purged: a snapshot is the whole cache as
+//! of a journal position, and a runner whose cache is behind the newest snapshot (or has none)
+//! starts from that snapshot in an emptied cache, then applies the journal after it.
 
 use tokio_util::sync::CancellationToken;
 
 use super::journal::{self, AppendError, Journal, JournalLog};
-use crate::store::{Store, StoreConfig};
+use super::snapshot::{self, Snapshots};
+use crate::store::{LoggedCommit, Store, StoreConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -25,6 +30,15 @@ pub enum Error {
     },
     #[error("partition {partition}'s journal is unreadable: {message}")]
     Replay { partition: u32, message: String },
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::Error),
+    #[error("cannot empty partition {partition}'s cache at {path} for its snapshot: {source}")]
+    Empty {
+        partition: u32,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A partition this runner owns, as long as its appends land.
@@ -42,6 +56,7 @@ pub struct Owned {
 #[derive(Debug, Clone)]
 pub struct Opening<'a> {
     pub journal: &'a Journal,
+    pub snapshots: &'a Snapshots,
     pub runner: &'a str,
     /// The revision of the runner's lease on the partition (for the journal's record).
     pub lease: u64,
@@ -49,7 +64,8 @@ pub struct Opening<'a> {
     pub max_payload: usize,
 }
 
-/// Takes `partition` over and opens its cache at `config`, brought up to date from the journal.
+/// Takes `partition` over and opens its cache at `config`, brought up to date from the newest
+/// snapshot (when the cache is behind it) and the journal.
 pub async fn open(
     opening: &Opening<'_>,
     partition: u32,
@@ -67,17 +83,58 @@ pub async fn open(
         fenced.clone(),
     );
     let store_error = |source| Error::Store { partition, source };
+    let blocking = |error: tokio::task::JoinError| Error::Replay {
+        partition,
+        message: error.to_string(),
+    };
+    // Where the cache is, read without the journal (nothing is committed).
+    let cached = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Store::open(&config)?.logged_position())
+            .await
+            .map_err(blocking)?
+            .map_err(store_error)?
+    };
+    let snapshot = match opening.snapshots.latest(partition).await? {
+        // The journal before the snapshot may be purged: start from it, in an emptied cache.
+        Some((at, bytes)) if at > cached => {
+            let writes = journal::decode_writes(&bytes).map_err(|message| Error::Replay {
+                partition,
+                message: format!("its snapshot as of {at}: {message}"),
+            })?;
+            let path = config.path.clone();
+            tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&path) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(Error::Empty {
+                    partition,
+                    path,
+                    source: error,
+                }),
+                _ => Ok(()),
+            })
+            .await
+            .map_err(blocking)??;
+            Some(LoggedCommit {
+                position: at,
+                writes,
+            })
+        }
+        _ => None,
+    };
     let store = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || Store::open_logged(&config, Box::new(log)))
             .await
-            .map_err(|error| Error::Replay {
-                partition,
-                message: error.to_string(),
-            })?
+            .map_err(blocking)?
             .map_err(store_error)?
     };
-    let cached = store.logged_position().map_err(store_error)?;
+    let restored = snapshot.as_ref().map(|snapshot| snapshot.position);
+    let cached = match snapshot {
+        Some(snapshot) => store
+            .apply_logged(vec![snapshot])
+            .await
+            .map_err(store_error)?,
+        None => cached,
+    };
     let records = opening.journal.replay(partition, cached).await?;
     let commits =
         journal::commits(records).map_err(|message| Error::Replay { partition, message })?;
@@ -85,6 +142,7 @@ pub async fn open(
     tracing::info!(
         partition,
         cached,
+        snapshot = restored,
         position,
         "took the partition over: its cache is up to date with the journal"
     );
@@ -94,4 +152,25 @@ pub async fn open(
         fenced,
         position,
     })
+}
+
+impl Owned {
+    /// Saves the whole cache as the partition's snapshot as of its journal position, which lets
+    /// the journal below it be purged (see [`Snapshots::save`]). Commits wait while the cache is
+    /// read. Returns the position, or `None` when nothing was committed yet.
+    pub async fn snapshot(&self, snapshots: &Snapshots) -> Result<Option<u64>, Error> {
+        let store_error = |source| Error::Store {
+            partition: self.partition,
+            source,
+        };
+        let exported = self.store.export_logged().await.map_err(store_error)?;
+        if exported.position == 0 {
+            return Ok(None);
+        }
+        let bytes = journal::encode_writes(&exported.writes);
+        snapshots
+            .save(self.partition, exported.position, &bytes)
+            .await?;
+        Ok(Some(exported.position))
+    }
 }

@@ -463,6 +463,8 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     fn logged_position(&self) -> Result<u64, Error>;
     /// See [`Store::apply_logged`].
     fn apply_logged(&self, commits: Vec<LoggedCommit>) -> BoxFuture<'_, Result<u64, Error>>;
+    /// See [`Store::export_logged`].
+    fn export_logged(&self) -> BoxFuture<'_, Result<LoggedCommit, Error>>;
 
     /// Bytes the store takes on disk (0 when it has no files of its own).
     fn size_on_disk(&self) -> Result<u64, Error>;
@@ -930,6 +932,13 @@ impl Store {
     /// position reached. For a store opened with [`Store::open_logged`], before it commits.
     pub async fn apply_logged(&self, commits: Vec<LoggedCommit>) -> Result<u64, Error> {
         self.backend.apply_logged(commits).await
+    }
+
+    /// Every key and value of the store as of its [`Store::logged_position`], read between two
+    /// commits (commits sent meanwhile wait): a snapshot that, applied to an empty store with
+    /// [`Store::apply_logged`], gives this store at that position.
+    pub async fn export_logged(&self) -> Result<LoggedCommit, Error> {
+        self.backend.export_logged().await
     }
 
     pub fn size_on_disk(&self) -> Result<u64, Error> {

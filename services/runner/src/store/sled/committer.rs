@@ -33,6 +33,8 @@ enum Request {
     Commit(Commit),
     /// Apply commits read from the commit log (see `apply_logged`).
     Logged(Vec<LoggedCommit>, oneshot::Sender<Result<u64, Error>>),
+    /// Read every key as of the last commit (see `export_logged`).
+    Export(oneshot::Sender<Result<LoggedCommit, Error>>),
     /// Compact now (see `compact`), between the batches sent before and after.
     Compact(oneshot::Sender<Result<Option<Compacted>, Error>>),
 }
@@ -120,6 +122,13 @@ impl Handle {
     pub(super) async fn apply_logged(&self, commits: Vec<LoggedCommit>) -> Result<u64, Error> {
         let (reply, done) = oneshot::channel();
         self.send(Request::Logged(commits, reply)).await?;
+        done.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Every key and value, read between two commits, with the commit log position.
+    pub(super) async fn export_logged(&self) -> Result<LoggedCommit, Error> {
+        let (reply, done) = oneshot::channel();
+        self.send(Request::Export(reply)).await?;
         done.await.map_err(|_| Error::Closed)?
     }
 
@@ -215,16 +224,13 @@ impl Committer {
                     Request::Logged(commits, reply) => {
                         // After the batches before it, before those after it.
                         let before = std::mem::take(&mut group);
-                        match &self.failed {
-                            Some(message) => {
-                                for commit in before {
-                                    let _ = commit.reply.send(Err(Error::Failed(message.clone())));
-                                }
-                            }
-                            None if !before.is_empty() => self.commit(before),
-                            None => {}
-                        }
+                        self.commit_or_refuse(before);
                         let _ = reply.send(self.apply_logged(commits));
+                    }
+                    Request::Export(reply) => {
+                        let before = std::mem::take(&mut group);
+                        self.commit_or_refuse(before);
+                        let _ = reply.send(self.export());
                     }
                 }
                 if group.len() < MAX_GROUP {
@@ -370,6 +376,40 @@ impl Committer {
                 self.fail(message);
             }
         }
+    }
+
+    /// Commits `group` now (a request that must come after it is next), or refuses it after a
+    /// failed commit.
+    fn commit_or_refuse(&mut self, group: Vec<Commit>) {
+        match &self.failed {
+            Some(message) => {
+                for commit in group {
+                    let _ = commit.reply.send(Err(Error::Failed(message.clone())));
+                }
+            }
+            None if !group.is_empty() => self.commit(group),
+            None => {}
+        }
+    }
+
+    /// Every key and value of the default tree (the only one written), with the position.
+    fn export(&self) -> Result<LoggedCommit, Error> {
+        if let Some(message) = &self.failed {
+            return Err(Error::Failed(message.clone()));
+        }
+        self.slot.with(|db| {
+            let writes = db
+                .iter()
+                .map(|item| {
+                    item.map(|(key, value)| (key.to_vec(), Some(value.to_vec())))
+                        .map_err(io)
+                })
+                .collect::<Result<Vec<Write>, Error>>()?;
+            Ok(LoggedCommit {
+                position: super::logged_position(db)?,
+                writes,
+            })
+        })
     }
 
     /// Applies commits read from the commit log as they are, in order, skipping those at or

@@ -5,9 +5,10 @@
 //! committer — the one writer — copies every live key into a fresh sled beside the store once
 //! the file has grown past [`COMPACT_FACTOR`] × its size after the last compaction (or at
 //! open), and past a floor, and swaps the copy in. The copy is made by a thread of its own
-//! while commits go on, and the committer writes every commit into the copy too (see
-//! [`Mirror`]), so the copy is complete, with every commit in it, as soon as the thread has
-//! copied every key: how long that takes no longer decides how much is left to catch up.
+//! while commits go on, in key order, and the committer writes into the copy too each key it
+//! commits that the thread has passed (see [`Mirror`]; a later chunk reads those ahead), so the
+//! copy is complete, with every commit in it, as soon as the thread has copied every key: how
+//! long that takes no longer decides how much is left to catch up.
 //! The thread then closes the copy and opens it again (below), while the committer notes the
 //! keys it writes instead; the thread reads those again into the copy, in rounds while they
 //! get fewer, and the committer reads the last round's keys itself and swaps: batches
@@ -249,27 +250,57 @@ struct Copying {
 }
 
 /// What the committer and the copy's thread share while the copy is made. First the copy
-/// itself: the thread copies the old database into it a chunk of keys at a time, each chunk
-/// read and written under the lock, and the committer writes every commit into it too, under
-/// the lock, after the commit is in the old database. So for every key, whichever of the two
-/// writes it last into the copy wrote its last value: a chunk read before the commit's write
-/// to the old database is overwritten by the committer's, and one read after it reads the
-/// value the committer wrote. Once every key is copied, the thread takes the copy back (to
-/// close and reopen it, see the module's documentation) and the committer notes the keys it
-/// writes instead; the thread, and finally the committer, read those again into the copy.
+/// itself: the thread copies the old database into it a chunk of keys at a time, in key
+/// order, each chunk read and written under the lock, and the committer writes each commit's
+/// keys that the thread has passed into it too, under the lock, after the commit is in the
+/// old database. So for every key, whichever of the two writes it last into the copy wrote its
+/// last value: a chunk read before the commit's write to the old database is overwritten by
+/// the committer's, and one read after it reads the value the committer wrote; a key ahead of
+/// the thread when it is committed is read by a later chunk, after the commit. Once every key
+/// is copied, the thread takes the copy back (to close and reopen it, see the module's
+/// documentation) and the committer notes the keys it writes instead; the thread, and finally
+/// the committer, read those again into the copy.
 #[derive(Debug, Default)]
 struct Mirror(parking_lot::Mutex<Mirroring>);
 
 #[derive(Debug, Default)]
 struct Mirroring {
-    /// The copy, while every commit is also written into it.
+    /// The copy, while commits are also written into it.
     copy: Option<::sled::Db>,
+    /// How far the thread has copied the default tree (the one commits write): the committer
+    /// writes into the copy only the keys the thread has passed; those ahead the thread reads
+    /// later, as they are then. So a key a commit creates and a later one deletes while both
+    /// are ahead never reaches the copy at all (the copy does not fill with the churn of the
+    /// time it takes), and the committer writes less.
+    passed: Passed,
     /// Keys written since the thread took the copy back. A read of one of them that follows
     /// the note sees the write (it is noted once written), and a key written again after a
     /// round took it is noted again, so the copy ends with every key's last value.
     touched: BTreeSet<Vec<u8>>,
     /// A write into the copy failed: the compaction is given up.
     failed: Option<String>,
+}
+
+/// How far the copy's thread has copied the default tree.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+enum Passed {
+    /// Not begun.
+    #[default]
+    Nothing,
+    /// Every key up to this one, included.
+    Through(::sled::IVec),
+    /// Every key.
+    All,
+}
+
+impl Passed {
+    fn covers(&self, key: &[u8]) -> bool {
+        match self {
+            Passed::Nothing => false,
+            Passed::Through(last) => key <= last.as_ref(),
+            Passed::All => true,
+        }
+    }
 }
 
 impl Mirror {
@@ -289,10 +320,14 @@ impl Mirror {
                 .extend(writes.into_iter().map(|(key, _)| key));
             return;
         };
-        let written = writes.into_iter().try_for_each(|(key, value)| match value {
-            Some(value) => copy.insert(key, value).map(drop),
-            None => copy.remove(key).map(drop),
-        });
+        let passed = &mirroring.passed;
+        let written = writes
+            .into_iter()
+            .filter(|(key, _)| passed.covers(key))
+            .try_for_each(|(key, value)| match value {
+                Some(value) => copy.insert(key, value).map(drop),
+                None => copy.remove(key).map(drop),
+            });
         if let Err(error) = written {
             mirroring.failed = Some(error.to_string());
         }
@@ -694,8 +729,8 @@ const CHUNK: usize = 256;
 
 /// Every tree's every key, unless `stop` is set: a chunk at a time, each read from `from` and
 /// written key by key (see the module's documentation) under the mirror's lock, going on after
-/// the last key of the chunk before (a key the committer writes behind that point, it writes
-/// into the copy itself).
+/// the last key of the chunk before. A key the committer writes behind that point, it writes
+/// into the copy itself; one ahead of it, a later chunk reads (see [`Mirroring::passed`]).
 fn copy_into(
     from: &::sled::Db,
     to: &::sled::Db,
@@ -706,12 +741,13 @@ fn copy_into(
     for name in from.tree_names() {
         let source = tree(from, &name)?;
         let target = tree(to, &name)?;
+        let written = name == DEFAULT_TREE;
         let mut after: Option<::sled::IVec> = None;
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Ok(copied);
             }
-            let mirroring = mirror.lock();
+            let mut mirroring = mirror.lock();
             if mirroring.failed.is_some() {
                 return Ok(copied);
             }
@@ -727,6 +763,14 @@ fn copy_into(
                 target.insert(key.clone(), value).map_err(sled_error)?;
                 after = Some(key);
                 keys += 1;
+            }
+            if written {
+                // Read under the lock: every key up to here that commits write from now on, the
+                // committer writes into the copy.
+                mirroring.passed = match (&after, keys < CHUNK) {
+                    (Some(last), false) => Passed::Through(last.clone()),
+                    _ => Passed::All,
+                };
             }
             // To the committer if it waits: a plain unlock would let this thread take the lock
             // back at once, chunk after chunk, while a commit waits.
@@ -825,6 +869,15 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(contents(&copy), contents(&old));
+    }
+
+    /// The key a chunk ended on is passed: a commit of it after the chunk is the committer's
+    /// to write into the copy (no later chunk reads it again).
+    #[test]
+    fn the_thread_has_passed_the_last_key_it_copied() {
+        let passed = Passed::Through(b"m".as_slice().into());
+        assert!(passed.covers(b"a") && passed.covers(b"m") && !passed.covers(b"n"));
+        assert!(!Passed::Nothing.covers(b"a") && Passed::All.covers(b"z"));
     }
 
     /// The copy is written through the `Db`'s own default tree, not a second handle on it (see

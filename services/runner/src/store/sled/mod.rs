@@ -965,6 +965,10 @@ impl Backend for Sled {
         Box::pin(self.committer.apply_logged(commits))
     }
 
+    fn export_logged(&self) -> BoxFuture<'_, Result<LoggedCommit, Error>> {
+        Box::pin(self.committer.export_logged())
+    }
+
     fn size_on_disk(&self) -> Result<u64, Error> {
         self.db.with(|db| db.size_on_disk().map_err(io))
     }
