@@ -21,7 +21,7 @@ pub use gateway::{
     github_event, github_signature, signed_finding, slack_interaction, slack_signature,
 };
 pub use proto::{decision, finding, ocsf_finding, redact};
-pub use runner::{config, playbook, playbook_test, template};
+pub use runner::{config, journal_record, playbook, playbook_test, template};
 
 /// A target's body: panics when the input breaks a property.
 pub type Target = fn(&[u8]);
@@ -42,6 +42,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("signed_finding", signed_finding),
     ("slack_interaction", slack_interaction),
     ("github_event", github_event),
+    ("journal_record", journal_record),
 ];
 
 /// Panics when `text` holds anything key-shaped: what redaction would still change.

@@ -223,3 +223,23 @@ pub fn config(data: &[u8]) {
 pub(crate) fn repository() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
+
+/// A journal message as a runner replays it in cluster mode (anyone who may publish to
+/// `quench.journal.>` can write one): it decodes to a record or is refused, never panics; a
+/// commit's bytes decode to writes or are refused; what decodes encodes back to itself; and
+/// putting commits together from it never panics.
+pub fn journal_record(data: &[u8]) {
+    use quench_runner::cluster::journal::{Record, commits, decode_writes, encode_writes};
+    if let Ok(record) = Record::decode(data) {
+        assert_eq!(Record::decode(&record.encode()), Ok(record.clone()));
+        if let Record::Commit { bytes, .. } = &record
+            && let Ok(writes) = decode_writes(bytes)
+        {
+            assert_eq!(decode_writes(&encode_writes(&writes)), Ok(writes));
+        }
+        let _ = commits(vec![(1, record.clone()), (2, record)]);
+    }
+    if let Ok(writes) = decode_writes(data) {
+        assert_eq!(decode_writes(&encode_writes(&writes)), Ok(writes));
+    }
+}
