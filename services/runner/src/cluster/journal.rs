@@ -126,6 +126,8 @@ pub fn commits(records: Vec<(u64, Record)>) -> Result<Vec<LoggedCommit>, String>
     for (sequence, record) in records {
         match record {
             Record::Owner { .. } => partial = None,
+            // A part past its commit's count belongs to no commit (no writer makes one).
+            Record::Commit { part, parts, .. } if part >= parts => partial = None,
             Record::Commit { part, parts, bytes } => {
                 let mut buffer = match partial.take() {
                     Some((next, buffer)) if next == part && part > 0 => buffer,
@@ -134,6 +136,7 @@ pub fn commits(records: Vec<(u64, Record)>) -> Result<Vec<LoggedCommit>, String>
                     _ => continue,
                 };
                 buffer.extend_from_slice(&bytes);
+                // `part < parts`, so `part + 1` does not overflow.
                 if part + 1 == parts {
                     let writes = decode_writes(&buffer)
                         .map_err(|error| format!("the commit at {sequence}: {error}"))?;
@@ -500,6 +503,41 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// Parts numbered past their commit's count, or at the top of the range, are dropped.
+    #[test]
+    fn parts_past_their_count_are_dropped() {
+        let bytes = encode_writes(&[(b"k".to_vec(), None)]);
+        let records = vec![
+            (
+                1,
+                Record::Commit {
+                    part: u32::MAX,
+                    parts: u32::MAX,
+                    bytes: bytes.clone(),
+                },
+            ),
+            (
+                2,
+                Record::Commit {
+                    part: 3,
+                    parts: 1,
+                    bytes: bytes.clone(),
+                },
+            ),
+            (
+                3,
+                Record::Commit {
+                    part: 0,
+                    parts: 1,
+                    bytes,
+                },
+            ),
+        ];
+        let commits = commits(records).expect("decodes");
+        assert_eq!(commits.len(), 1);
+        assert_eq!(commits[0].position, 3);
     }
 
     #[test]
