@@ -117,6 +117,21 @@ pub fn decode_writes(bytes: &[u8]) -> Result<Vec<Write>, String> {
         .collect())
 }
 
+/// One commit's records: its writes encoded, in parts of at most `part_bytes` (at least one).
+pub fn commit_parts(writes: &[Write], part_bytes: usize) -> Result<Vec<Record>, String> {
+    let encoded = encode_writes(writes);
+    let chunks: Vec<&[u8]> = encoded.chunks(part_bytes.max(1)).collect();
+    let parts = u32::try_from(chunks.len()).map_err(|_| "a commit too large".to_owned())?;
+    Ok((0..parts)
+        .zip(chunks)
+        .map(|(part, bytes)| Record::Commit {
+            part,
+            parts,
+            bytes: bytes.to_vec(),
+        })
+        .collect())
+}
+
 /// The commits among a partition's records, in order, each at the position of its last part:
 /// parts put together, owner records passed over, and a commit cut short (its parts not all
 /// there before the next record) dropped — its writer never acknowledged it.
@@ -396,20 +411,8 @@ impl JournalLog {
 
 impl CommitLog for JournalLog {
     fn append(&mut self, writes: &[Write]) -> Result<u64, String> {
-        let encoded = encode_writes(writes);
-        let chunks: Vec<&[u8]> = if encoded.is_empty() {
-            vec![&[][..]]
-        } else {
-            encoded.chunks(self.part_bytes).collect()
-        };
-        let parts = u32::try_from(chunks.len()).map_err(|_| "a commit too large".to_owned())?;
         let mut position = self.writer.last();
-        for (part, bytes) in (0..parts).zip(chunks) {
-            let record = Record::Commit {
-                part,
-                parts,
-                bytes: bytes.to_vec(),
-            };
+        for record in commit_parts(writes, self.part_bytes)? {
             match self.runtime.block_on(self.writer.append(&record)) {
                 Ok(sequence) => position = sequence,
                 Err(error) => {
@@ -434,17 +437,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn parts_of(writes: &[Write], size: usize) -> Vec<Record> {
-        let encoded = encode_writes(writes);
-        let chunks: Vec<&[u8]> = encoded.chunks(size).collect();
-        let parts = u32::try_from(chunks.len()).expect("few parts");
-        (0..parts)
-            .zip(chunks)
-            .map(|(part, bytes)| Record::Commit {
-                part,
-                parts,
-                bytes: bytes.to_vec(),
-            })
-            .collect()
+        commit_parts(writes, size).expect("few parts")
     }
 
     /// Parts are put together into their commit at the last part's position; a commit cut
