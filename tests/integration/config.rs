@@ -171,6 +171,18 @@ fn bad_values_name_their_key_and_exit_64() {
             &[("QUENCH_STORE__RETAIN_ENDED", "10s")],
             "`store.retain_ended` = \"10s\": must be a duration of at least 1m (e.g. 90d) or `forever`",
         ),
+        (
+            &[("QUENCH_CLUSTER__LEASE", "1s")],
+            "`cluster.lease` = \"1s\": must be a duration from 2s to 2m, e.g. 10s",
+        ),
+        (
+            &[("QUENCH_CLUSTER__PARTITIONS", "64")],
+            "`cluster.partitions` = \"64\": must be 1: this version keeps the run state in one partition",
+        ),
+        (
+            &[("QUENCH_CLUSTER__RUNNER", "Runner_A")],
+            "`cluster.runner` = \"Runner_A\": must be a DNS label",
+        ),
     ];
     for (env, expected) in cases {
         let output = quench(&["serve", "--dump-config"], env);

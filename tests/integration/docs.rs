@@ -15,7 +15,7 @@ use crate::support;
 
 const PLAYBOOKS: &str = "docs/playbooks.md";
 const TESTS: &str = "docs/playbook-tests.md";
-const PAGES: [&str; 9] = [
+const PAGES: [&str; 10] = [
     "README.md",
     "docs/README.md",
     PLAYBOOKS,
@@ -25,6 +25,7 @@ const PAGES: [&str; 9] = [
     "docs/owners.md",
     "docs/evidence.md",
     "docs/campaigns.md",
+    "docs/cluster.md",
 ];
 
 fn read(relative: &str) -> String {
@@ -446,4 +447,26 @@ fn every_safety_key_is_documented() {
         missing.is_empty(),
         "docs/safety.md does not explain {missing:?}"
     );
+}
+
+/// The `[cluster]` page's example config loads as it is written.
+#[test]
+fn the_cluster_example_config_loads() {
+    let page = read("docs/cluster.md");
+    let block = page
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/cluster.md has a TOML example");
+    let directory = tempfile::tempdir().expect("temp dir");
+    let path = directory.path().join("quench.toml");
+    std::fs::write(&path, block).expect("write");
+    let config = quench_common::config::Config::load(
+        Some(&path),
+        &quench_common::config::Overrides::default(),
+    )
+    .unwrap_or_else(|error| panic!("docs/cluster.md's example: {error}"));
+    assert!(config.cluster.enabled);
+    assert_eq!(config.cluster.runner, "quench-0");
+    assert_eq!(config.nats.replicas, 3);
 }

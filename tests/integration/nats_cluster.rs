@@ -54,23 +54,11 @@ async fn runs(listen: &str) -> BTreeMap<String, usize> {
     out
 }
 
-/// Waits until the cluster's JetStream answers (a meta leader is elected).
-async fn jetstream_ready(url: &str) -> async_nats::jetstream::Context {
-    let client = async_nats::connect(url).await.expect("nats");
-    let jetstream = async_nats::jetstream::new(client);
-    support::eventually_async(Duration::from_secs(30), "the cluster's JetStream", || {
-        let jetstream = jetstream.clone();
-        async move { jetstream.query_account().await.is_ok() }
-    })
-    .await;
-    jetstream
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_lost_from_the_cluster_loses_and_repeats_nothing() {
     let mut servers = tokio::task::block_in_place(|| support::NatsServer::cluster(3));
     let urls: Vec<String> = servers.iter().map(support::NatsServer::url).collect();
-    let jetstream = jetstream_ready(&urls[1]).await;
+    let jetstream = support::jetstream_ready(&urls[1]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let playbooks = dir.path().join("playbooks");
     std::fs::create_dir_all(&playbooks).expect("dir");

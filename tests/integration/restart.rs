@@ -291,3 +291,87 @@ async fn a_restart_is_refused_while_another_run_holds_the_key() {
         "{refused:?}"
     );
 }
+
+/// A restarted run leaves the index of ended runs until it ends again, so `[store]
+/// retain_ended` counts from its last end; an entry left behind (its run gone or running) is
+/// removed by a purge pass without touching anything else.
+#[tokio::test]
+async fn a_restarted_run_is_retained_from_its_last_end() {
+    use quench_runner::store::{ByTime, Key};
+    let upstream = Arc::new(Upstream {
+        failing: AtomicBool::new(true),
+        keys: Default::default(),
+    });
+    let harness = harness(upstream.clone()).await;
+    let store = harness.engine.store();
+    let run = approved(&harness, "p-1", "key_p").await;
+    let first_end = harness.run(&run).ended_at.expect("failed, so ended");
+    let ended = |store: &quench_runner::store::Store| {
+        store
+            .older_than(ByTime::Ended, chrono::DateTime::<chrono::Utc>::MAX_UTC, 100)
+            .expect("readable")
+            .into_iter()
+            .map(|(at, id)| (at.timestamp_millis(), id))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ended(store),
+        vec![(first_end.timestamp_millis(), run.clone())]
+    );
+
+    // Ten days on it is restarted and fails again: its end is now.
+    harness
+        .advance(std::time::Duration::from_secs(10 * 86400))
+        .await;
+    harness
+        .engine
+        .restart(&run, "try again", &operator())
+        .await
+        .expect("restart");
+    harness.engine.idle().await.expect("drive");
+    let second_end = harness.run(&run).ended_at.expect("failed again");
+    assert!(second_end > first_end);
+    assert_eq!(
+        ended(store),
+        vec![(second_end.timestamp_millis(), run.clone())]
+    );
+
+    // Entries left behind: one for a run that is gone, one for a run that is running.
+    let waiting = started(
+        &harness
+            .ingest(&[finding("p-2", "test.restart", "key_q")])
+            .await[0],
+    );
+    let mut batch = quench_runner::store::Batch::new();
+    batch.put(Key::Ended(first_end, "no-such-run"), &true);
+    batch.put(Key::Ended(first_end, &waiting), &true);
+    store.commit(batch).await.expect("commit");
+
+    let retain = std::time::Duration::from_secs(7 * 86400);
+    let pass = harness
+        .engine
+        .purge_ended(retain, 100)
+        .await
+        .expect("purge");
+    assert_eq!((pass.runs, pass.examined), (0, 2), "{pass:?}");
+    assert_eq!(
+        ended(store),
+        vec![(second_end.timestamp_millis(), run.clone())],
+        "the entries left behind are gone, the run's own is kept"
+    );
+    assert_eq!(harness.run(&waiting).status, RunStatus::Waiting);
+    assert_eq!(harness.run(&run).status, RunStatus::Failed);
+
+    // Eight more days: it ended more than seven days ago.
+    harness
+        .advance(std::time::Duration::from_secs(8 * 86400))
+        .await;
+    let pass = harness
+        .engine
+        .purge_ended(retain, 100)
+        .await
+        .expect("purge");
+    assert_eq!(pass.runs, 1, "{pass:?}");
+    assert!(harness.engine.run(&run).expect("readable").is_none());
+    assert!(ended(store).iter().all(|(_, id)| *id != run));
+}

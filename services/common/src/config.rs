@@ -114,6 +114,50 @@ pub struct Config {
     pub evidence: EvidenceSection,
     /// The web console at `/` of `api.listen`: sign-in and sessions.
     pub console: ConsoleSection,
+    /// Several runners on a NATS cluster: the run state in a fenced journal on JetStream,
+    /// one runner active and the others standing by (see `docs/cluster.md`).
+    pub cluster: ClusterSection,
+}
+
+/// `[cluster]`: run the store as a cache of a journal on JetStream, so another runner takes
+/// over within a lease when this one dies (ARCHITECTURE.md, "Several runners on a NATS
+/// cluster").
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Off by default: one `quench serve` keeps its state in sled alone.
+    pub enabled: bool,
+    /// This runner's name among the cluster's members, a DNS label unique in the cluster;
+    /// empty: the host name (a StatefulSet pod's name, `quench-0`).
+    pub runner: String,
+    /// Partitions of the run state, fixed when the cluster is first started. This version
+    /// runs 1: one runner owns it and serves, the others stand by.
+    pub partitions: u32,
+    /// How long a runner's claim on a partition outlives its last renewal (`10s`): a runner
+    /// that dies is replaced after about this long. Renewed every fifth of it.
+    pub lease: String,
+    /// A snapshot of the state is saved (and the journal before it purged) after this many
+    /// journal appends, or every 10 minutes if fewer.
+    pub snapshot_every: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> ClusterSection {
+        ClusterSection {
+            enabled: false,
+            runner: String::new(),
+            partitions: 1,
+            lease: "10s".to_owned(),
+            snapshot_every: 10_000,
+        }
+    }
+}
+
+impl ClusterSection {
+    /// [`ClusterSection::lease`] (checked at load).
+    pub fn lease(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.lease).unwrap_or(std::time::Duration::from_secs(10))
+    }
 }
 
 /// `[console]`: the web console the runner serves at `/` of `api.listen`.
@@ -1453,6 +1497,38 @@ impl Config {
                 "store.retain_ended",
                 &self.store.retain_ended,
                 "must be a duration of at least 1m (e.g. 90d) or `forever`",
+            ));
+        }
+        if !humantime::parse_duration(&self.cluster.lease).is_ok_and(|lease| {
+            (std::time::Duration::from_secs(2)..=std::time::Duration::from_secs(120))
+                .contains(&lease)
+        }) {
+            return Err(bad(
+                "cluster.lease",
+                &self.cluster.lease,
+                "must be a duration from 2s to 2m, e.g. 10s",
+            ));
+        }
+        if self.cluster.partitions != 1 {
+            return Err(bad(
+                "cluster.partitions",
+                &self.cluster.partitions.to_string(),
+                "must be 1: this version keeps the run state in one partition, owned by one \
+                 runner while the others stand by",
+            ));
+        }
+        if !self.cluster.runner.is_empty() && !is_dns_label(&self.cluster.runner) {
+            return Err(bad(
+                "cluster.runner",
+                &self.cluster.runner,
+                "must be a DNS label (lowercase letters, digits and `-`, at most 63), e.g. quench-0",
+            ));
+        }
+        if self.cluster.snapshot_every == 0 {
+            return Err(bad(
+                "cluster.snapshot_every",
+                "0",
+                "must be at least 1 (10000 is the default)",
             ));
         }
         if self.nats.max_deliver < 2 {

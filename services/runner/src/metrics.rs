@@ -58,6 +58,10 @@ pub const COMMIT_DURATION: &str = "quench_store_commit_duration";
 pub const STORE_COMPACTIONS: &str = "quench_store_compactions";
 /// Cluster mode: journal appends refused because another runner took the partition over.
 pub const JOURNAL_FENCED: &str = "quench_journal_fenced";
+/// Cluster mode: snapshots of a partition saved (each lets the journal below it be purged).
+pub const CLUSTER_SNAPSHOTS: &str = "quench_cluster_snapshots";
+/// Cluster mode: partitions this runner holds (0 while it stands by).
+pub const CLUSTER_PARTITIONS_HELD: &str = "quench_cluster_partitions_held";
 /// How long commits waited for one store compaction (its copy runs beside them).
 pub const COMPACTION_DURATION: &str = "quench_store_compaction_duration";
 /// 1 while the NATS connection is up.
@@ -150,6 +154,8 @@ pub struct Metrics {
     pub compactions: Counter,
     pub compaction_seconds: Histogram,
     pub journal_fenced: Counter,
+    pub cluster_snapshots: Counter,
+    pub cluster_partitions_held: Gauge,
     pub nats_connected: Gauge,
     pub playbook_loads: Family<ResultLabel, Counter>,
     pub playbooks_refused: Gauge,
@@ -198,6 +204,8 @@ impl Metrics {
             // 10 ms to about 160 s.
             compaction_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 15)),
             journal_fenced: Counter::default(),
+            cluster_snapshots: Counter::default(),
+            cluster_partitions_held: Gauge::default(),
             nats_connected: Gauge::default(),
             playbook_loads: Family::default(),
             playbooks_refused: Gauge::default(),
@@ -332,6 +340,16 @@ impl Metrics {
             JOURNAL_FENCED,
             "Journal appends refused because another runner owns the partition (cluster mode's fencing)",
             metrics.journal_fenced.clone(),
+        );
+        registry.register(
+            CLUSTER_SNAPSHOTS,
+            "Cluster mode: snapshots of a partition saved (the journal below each is purged)",
+            metrics.cluster_snapshots.clone(),
+        );
+        registry.register(
+            CLUSTER_PARTITIONS_HELD,
+            "Cluster mode: partitions this runner holds and serves (0 while it stands by)",
+            metrics.cluster_partitions_held.clone(),
         );
         registry.register_with_unit(
             COMPACTION_DURATION,

@@ -540,6 +540,9 @@ pub(crate) struct Service {
     config: Option<std::path::PathBuf>,
     /// Extra arguments of `quench serve` (e.g. `--log-format json`).
     args: Vec<String>,
+    /// What a start waits for: `/readyz` (serving), or `/healthz` (a cluster runner that
+    /// stands by).
+    until: &'static str,
 }
 
 impl Service {
@@ -569,12 +572,41 @@ impl Service {
         config: Option<&str>,
         args: &[&str],
     ) -> Service {
+        let mut service = Service::unstarted(listen, nats, playbooks, dir, env, config, args);
+        service.spawn();
+        service
+    }
+
+    /// [`Service::launch`] with a config, waiting only until it answers `/healthz` (a
+    /// `[cluster]` runner that may stand by).
+    pub(crate) fn launch_alive(
+        nats: &str,
+        playbooks: &std::path::Path,
+        dir: &std::path::Path,
+        config: &str,
+    ) -> Service {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut service = Service::unstarted(listen, nats, playbooks, dir, &[], Some(config), &[]);
+        service.until = "/healthz";
+        service.spawn();
+        service
+    }
+
+    fn unstarted(
+        listen: String,
+        nats: &str,
+        playbooks: &std::path::Path,
+        dir: &std::path::Path,
+        env: &[(&str, &str)],
+        config: Option<&str>,
+        args: &[&str],
+    ) -> Service {
         let config = config.map(|text| {
             let path = dir.join("quench.toml");
             std::fs::write(&path, text).expect("write the service config");
             path
         });
-        let mut service = Service {
+        Service {
             child: None,
             listen,
             store: dir.join("state"),
@@ -587,9 +619,19 @@ impl Service {
                 .collect(),
             config,
             args: args.iter().map(|arg| (*arg).to_owned()).collect(),
-        };
-        service.spawn();
-        service
+            until: "/readyz",
+        }
+    }
+
+    /// Starts the process again, waiting only until it answers `/healthz`.
+    pub(crate) fn respawn_alive(&mut self) {
+        self.until = "/healthz";
+        self.spawn();
+    }
+
+    /// The process's exit status, if it has exited.
+    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
     }
 
     pub(crate) fn spawn(&mut self) {
@@ -619,7 +661,7 @@ impl Service {
             .expect("quench serve starts");
         self.child = Some(child);
         if let Some(child) = self.child.as_mut() {
-            wait_ready(child, &self.listen, "quench serve", &self.log);
+            wait_for(child, &self.listen, self.until, "quench serve", &self.log);
         }
     }
 
@@ -673,8 +715,20 @@ impl Drop for Service {
 /// Waits until a child process serving on `listen` answers `/readyz` with 200; panics with its
 /// log when it exits first or takes longer than 20 s.
 fn wait_ready(child: &mut std::process::Child, listen: &str, what: &str, log: &std::path::Path) {
+    wait_for(child, listen, "/readyz", what, log);
+}
+
+/// Waits until a child process serving on `listen` answers `path` with 200; panics with its
+/// log when it exits first or takes longer than 20 s.
+fn wait_for(
+    child: &mut std::process::Child,
+    listen: &str,
+    path: &str,
+    what: &str,
+    log: &std::path::Path,
+) {
     let started = std::time::Instant::now();
-    while http_status(listen, "/readyz") != Some(200) {
+    while http_status(listen, path) != Some(200) {
         let log = || std::fs::read_to_string(log).unwrap_or_default();
         if let Ok(Some(status)) = child.try_wait() {
             panic!("{what} exited with {status} during start:\n{}", log());
@@ -862,4 +916,20 @@ pub(crate) fn print_log_on_failure(log: &std::path::Path) -> impl Drop + '_ {
         }
     }
     Guard(log)
+}
+
+/// Waits until the cluster's JetStream answers (a meta leader is elected).
+pub(crate) async fn jetstream_ready(url: &str) -> async_nats::jetstream::Context {
+    let client = async_nats::connect(url).await.expect("nats");
+    let jetstream = async_nats::jetstream::new(client);
+    eventually_async(
+        std::time::Duration::from_secs(30),
+        "the cluster's JetStream",
+        || {
+            let jetstream = jetstream.clone();
+            async move { jetstream.query_account().await.is_ok() }
+        },
+    )
+    .await;
+    jetstream
 }

@@ -1102,6 +1102,7 @@ impl Engine {
     ) -> Result<(), Error> {
         run.status = status;
         run.ended_at = Some(now);
+        tx.batch.put(Key::Ended(now, &run.id), &true);
         run.cancelled = reason.clone();
         self.clear_timers_and_gates(run, tx)?;
         self.hold_ended(run, tx)?;

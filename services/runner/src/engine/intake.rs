@@ -16,7 +16,7 @@ use super::schedule::Tick;
 use super::state::{Queued, Run};
 use super::{Engine, Error, Tx};
 use crate::playbook::{Conflict, OnResolved, Overlap, Playbook, Trigger};
-use crate::store::{AuditDraft, Key};
+use crate::store::{AuditDraft, ByTime, Key};
 
 /// Most attached finding ids remembered on a run.
 const MAX_ATTACHED: usize = 100;
@@ -185,7 +185,7 @@ impl Engine {
                 outcomes.push(FindingOutcome::Matched(handled));
             }
         }
-        self.prune_seen(&mut tx, now)?;
+        self.prune_seen(&mut tx, now, findings.len())?;
         for (_, (_, run)) in held.iter_mut() {
             tx.save(run, now);
         }
@@ -562,14 +562,21 @@ impl Engine {
         Ok(())
     }
 
-    /// Forgets seen finding ids older than the retention (a bounded amount per commit).
-    fn prune_seen(&self, tx: &mut Tx, now: DateTime<Utc>) -> Result<(), Error> {
+    /// Forgets seen finding ids older than the retention: up to twice as many as the commit
+    /// takes in (at least 256), so forgetting outpaces intake at any batch size (a fixed 256
+    /// per commit fell behind batches of 1,000 and the ids piled up), and a commit stays
+    /// bounded.
+    fn prune_seen(&self, tx: &mut Tx, now: DateTime<Utc>, taken: usize) -> Result<(), Error> {
         let retention = chrono::Duration::from_std(self.inner.config.seen_retention)
             .unwrap_or(chrono::Duration::MAX);
         let Some(before) = now.checked_sub_signed(retention) else {
             return Ok(());
         };
-        for (at, id) in self.inner.store.expired_seen(before, 256)? {
+        for (at, id) in
+            self.inner
+                .store
+                .older_than(ByTime::Seen, before, taken.saturating_mul(2).max(256))?
+        {
             tx.batch.delete(Key::SeenExpiry(at, &id));
             tx.batch.delete(Key::Seen(&id));
         }

@@ -259,31 +259,41 @@ impl Engine {
         Ok(())
     }
 
-    /// Makes sure the run indexes (by key and by playbook) list every stored run. A store
-    /// written before they were kept is indexed once here, in batches (a scan of every run);
-    /// call it at start-up. Until it is done, searches read every run, as before.
+    /// Makes sure the run indexes (by key, by playbook, and ended runs by when they ended)
+    /// list every stored run. A store written before an index was kept is indexed once here,
+    /// in batches (a scan of every run); call it at start-up. Until it is done, searches read
+    /// every run, as before, and a purge pass does it first.
     pub async fn ensure_run_indexes(&self) -> Result<(), Error> {
         const BATCH: usize = 1000;
         let store = &self.inner.store;
-        if store.run_indexes_complete()? {
+        let by_key = !store.run_indexes_complete()?;
+        let ended = !store.ended_index_complete()?;
+        if !by_key && !ended {
             return Ok(());
         }
         let mut indexed = 0usize;
         let mut after: Option<String> = None;
         loop {
             // A batch's runs are read before it is committed (the reader is not held across
-            // the commit).
+            // the commit). A run that ends meanwhile indexes itself; one restarted meanwhile
+            // leaves an entry that a purge finds stale and removes.
             let mut batch = Batch::new();
             let mut last = None;
             for item in store.runs_oldest_first::<Run>(after.as_deref()).take(BATCH) {
                 let (id, run) = item?;
-                batch.put(Key::RunOfKey(&run.key, &id), &true);
-                batch.put(Key::RunOfPlaybook(&run.playbook, &id), &true);
+                if by_key {
+                    batch.put(Key::RunOfKey(&run.key, &id), &true);
+                    batch.put(Key::RunOfPlaybook(&run.playbook, &id), &true);
+                }
+                if let Some(at) = run.ended_at.filter(|_| ended && run.status.is_terminal()) {
+                    batch.put(Key::Ended(at, &id), &true);
+                }
                 indexed += 1;
                 last = Some(id);
             }
             let Some(last) = last else {
                 batch.put(Key::Meta(crate::store::RUN_INDEXES), &true);
+                batch.put(Key::Meta(crate::store::ENDED_INDEX), &true);
                 store.commit(batch).await?;
                 break;
             };
@@ -291,7 +301,12 @@ impl Engine {
             after = Some(last);
         }
         if indexed > 0 {
-            tracing::info!(runs = indexed, "stored runs indexed by key and playbook");
+            tracing::info!(
+                runs = indexed,
+                by_key_and_playbook = by_key,
+                by_end = ended,
+                "stored runs indexed"
+            );
         }
         Ok(())
     }

@@ -134,7 +134,9 @@ impl Engine {
         run.phase = Phase::Main;
         run.cursor = index;
         run.failure = None;
-        run.ended_at = None;
+        if let Some(ended) = run.ended_at.take() {
+            tx.batch.delete(Key::Ended(ended, &run.id));
+        }
         run.cancelled = None;
         // The run's `timeout` counts again from the restart.
         run.deadline = playbook.timeout.map(|timeout| {

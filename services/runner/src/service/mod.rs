@@ -10,6 +10,7 @@
 
 pub(crate) mod api;
 mod campaigns;
+mod cluster;
 pub(crate) mod console;
 pub mod demo;
 mod events;
@@ -81,6 +82,15 @@ pub enum Error {
     NatsChild(#[from] up::StartError),
     #[error("stopped after a failed store commit; nothing unacknowledged is lost, restart quench")]
     CommitFailed,
+    /// `[cluster]`: joining, standing by or taking the partition over failed.
+    #[error("cluster: {0}")]
+    Cluster(String),
+    /// `[cluster]`: another runner holds the partition now (lease lost or an append fenced).
+    #[error(
+        "stopped: another runner of the cluster holds the partition now; nothing unacknowledged \
+         is lost (restart quench to stand by)"
+    )]
+    PartitionLost,
 }
 
 /// How a service runs beyond what its config says: what `quench up --demo` changes (flags,
@@ -137,11 +147,32 @@ pub async fn serve_with(
         .map(Arc::new);
     let mut store_config = StoreConfig::new(&config.store.path);
     store_config.sync = config.store.sync;
-    let store = Store::open(&store_config)?;
+    // On its own the store is sled's; in a cluster it is a cache of the partition's journal,
+    // opened once this runner holds the partition.
+    let alone = match config.cluster.enabled {
+        false => Some(Store::open(&store_config)?),
+        true => None,
+    };
 
     let client = connect(&config.nats).await?;
     let jetstream = async_nats::jetstream::new(client.clone());
     ensure_streams(&jetstream, &config.nats.url, config.nats.replicas).await?;
+    let (store, cluster) = match alone {
+        Some(store) => (store, None),
+        None => match cluster::take_over(&config, &client, &jetstream, &store_config, &shutdown)
+            .await?
+        {
+            Some(active) => (active.store.clone(), Some(active)),
+            // Stopped while standing by.
+            None => return Ok(()),
+        },
+    };
+    let lost = cluster
+        .as_ref()
+        .map_or_else(CancellationToken::new, |active| active.lost.clone());
+    crate::metrics::get()
+        .cluster_partitions_held
+        .set(i64::from(cluster.is_some()));
 
     let (events, publisher) = events::NatsEvents::new(jetstream.clone());
     let backlog = events.backlog();
@@ -236,12 +267,7 @@ pub async fn serve_with(
     let ready = Arc::new(AtomicBool::new(false));
     let health = Arc::new(intake::Health::default());
 
-    let listener = tokio::net::TcpListener::bind(config.api_listen())
-        .await
-        .map_err(|source| Error::Listen {
-            listen: config.api.listen.to_string(),
-            source,
-        })?;
+    let listener = listen(&config).await?;
     let inventory = crate::inventory::Inventory::new(
         engine.store().clone(),
         crate::inventory::Policy::from_section(&config.policy),
@@ -345,6 +371,7 @@ pub async fn serve_with(
     tokio::select! {
         () = shutdown.cancelled() => {}
         () = failed.cancelled() => {}
+        () = lost.cancelled() => {}
     }
     stop.cancel();
     tracing::info!("shutting down: intake stopped, letting in-flight steps finish");
@@ -357,10 +384,28 @@ pub async fn serve_with(
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
     let _ = client.flush().await;
+    crate::metrics::get().cluster_partitions_held.set(0);
+    if let Some(active) = cluster {
+        // After the last commit: a standing-by runner takes over now.
+        active.hand_over().await;
+    }
+    if lost.is_cancelled() {
+        return Err(Error::PartitionLost);
+    }
     if failed.is_cancelled() {
         return Err(Error::CommitFailed);
     }
     Ok(())
+}
+
+/// Binds `api.listen`.
+async fn listen(config: &Config) -> Result<tokio::net::TcpListener, Error> {
+    tokio::net::TcpListener::bind(config.api_listen())
+        .await
+        .map_err(|source| Error::Listen {
+            listen: config.api.listen.to_string(),
+            source,
+        })
 }
 
 /// Whether a quench service answers `/readyz` with 200 at `listen`.

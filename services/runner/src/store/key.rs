@@ -37,6 +37,9 @@ pub enum Key<'a> {
     Seen(&'a str),
     /// Seen ids by time, for bounded retention.
     SeenExpiry(DateTime<Utc>, &'a str),
+    /// Ended runs by when they ended (`[store] retain_ended`): written when a run ends, removed
+    /// when it is restarted or purged, so a purge pass reads only the runs it deletes.
+    Ended(DateTime<Utc>, &'a str),
     /// The effect journal, by idempotency key `run/step/iteration`.
     Effect(&'a str),
     /// A playbook version's source, by content hash.
@@ -94,6 +97,9 @@ pub(crate) const FORMAT: &str = "format";
 /// Set once every run stored before the run indexes were kept has been indexed
 /// ([`Key::RunOfKey`], [`Key::RunOfPlaybook`]).
 pub const RUN_INDEXES: &str = "run_indexes";
+/// Set once every run that ended before the ended-run index was kept has been indexed
+/// ([`Key::Ended`]).
+pub const ENDED_INDEX: &str = "ended_index";
 
 /// Where a record belongs when the store is split into partitions (one journal each, one
 /// writer each). A run lives in the partition of its run key: the finding key unless the
@@ -143,7 +149,8 @@ impl Key<'_> {
             | Key::Active(run)
             | Key::RunAudit(run, _)
             | Key::Gate(run, _)
-            | Key::Timer { run, .. } => Partition::Run(run),
+            | Key::Timer { run, .. }
+            | Key::Ended(_, run) => Partition::Run(run),
             // `run/step/iteration`: run ids (UUIDs) hold no `/`.
             Key::Effect(key) => Partition::Run(key.split_once('/').map_or(*key, |(run, _)| run)),
             Key::Open(_, key) | Key::Queued(_, key, _) | Key::RunOfKey(key, _) => {
@@ -202,9 +209,15 @@ impl Key<'_> {
             ),
             Key::Seen(id) => parts(b"f/", &[id.as_bytes()]),
             Key::SeenExpiry(at, id) => {
-                let mut out = b"fx/".to_vec();
+                let mut out = SEEN_EXPIRY_PREFIX.to_vec();
                 out.extend_from_slice(&millis(at));
                 out.extend_from_slice(id.as_bytes());
+                out
+            }
+            Key::Ended(at, run) => {
+                let mut out = ENDED_PREFIX.to_vec();
+                out.extend_from_slice(&millis(at));
+                out.extend_from_slice(run.as_bytes());
                 out
             }
             Key::Effect(key) => parts(b"j/", &[key.as_bytes()]),
@@ -242,6 +255,10 @@ impl Key<'_> {
 pub(crate) fn shown(raw: &[u8]) -> String {
     String::from_utf8_lossy(raw).replace('\0', "/")
 }
+
+/// The families ordered by a time and then an id ([`Key::SeenExpiry`], [`Key::Ended`]).
+pub(crate) const SEEN_EXPIRY_PREFIX: &[u8] = b"fx/";
+pub(crate) const ENDED_PREFIX: &[u8] = b"e/";
 
 /// A time as its key part: milliseconds since the epoch, big-endian (so keys sort by time).
 fn millis(time: &DateTime<Utc>) -> [u8; 8] {
@@ -334,6 +351,7 @@ mod tests {
             ),
             (Key::Seen("finding-1"), Partition::Intake),
             (Key::SeenExpiry(at, "finding-1"), Partition::Intake),
+            (Key::Ended(at, run), Partition::Run(run)),
             (Key::PlaybookVersion("sha256:ab"), Partition::Control),
             (Key::PlaybookHistory("revoke", at), Partition::Control),
             (Key::PlaybookLoadedBy("revoke", at), Partition::Control),
@@ -376,6 +394,7 @@ mod tests {
                 Key::Queued(..) => "queued",
                 Key::Seen(_) => "seen",
                 Key::SeenExpiry(..) => "seen_expiry",
+                Key::Ended(..) => "ended",
                 Key::Effect(_) => "effect",
                 Key::PlaybookVersion(_) => "playbook_version",
                 Key::PlaybookHistory(..) => "playbook_history",
@@ -395,7 +414,7 @@ mod tests {
                 Key::CampaignChunk(..) => "campaign_chunk",
             })
             .collect();
-        assert_eq!(families.len(), 29, "{families:?}");
+        assert_eq!(families.len(), 30, "{families:?}");
     }
 
     /// The encoding is the on-disk format (version 1): these bytes must not change.

@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 pub use audit::{
     AuditDraft, AuditEntry, AuditRef, Segment, Verification, parse_stored, verify_segment,
 };
-pub use key::{Key, Partition, RUN_INDEXES, TimerKey};
+pub use key::{ENDED_INDEX, Key, Partition, RUN_INDEXES, TimerKey};
 
 // The `store.sync` config value.
 pub use quench_common::config::SyncMode;
@@ -227,7 +227,8 @@ impl Batch {
     }
 
     /// Deletes everything that belongs only to run `run`: its record, its active marker, its
-    /// gates, its effect journal and its timeline index (an ended run has no timers; the keys as read from
+    /// index entries (by key, by playbook, and by when it `ended`), its gates, its effect
+    /// journal and its timeline index (an ended run has no timers; the keys as read from
     /// `store` now; the caller holds the run's lock so none is added meanwhile). Its audit
     /// entries stay in the log.
     pub fn delete_run(
@@ -236,8 +237,12 @@ impl Batch {
         run: &str,
         key: &str,
         playbook: &str,
+        ended: Option<DateTime<Utc>>,
     ) -> Result<&mut Batch, Error> {
         self.ops.push((Key::Run(run).encode(), None));
+        if let Some(ended) = ended {
+            self.ops.push((Key::Ended(ended, run).encode(), None));
+        }
         self.ops.push((Key::Active(run).encode(), None));
         self.ops.push((Key::RunOfKey(key, run).encode(), None));
         self.ops
@@ -387,6 +392,15 @@ pub enum RunIndex<'a> {
 /// query reads one run, one run key or one playbook name — or merges partitions in id order
 /// (runs) — and a batch is meant to touch one partition (the exceptions today are listed in
 /// ARCHITECTURE.md).
+/// The families of ids kept in time order, read oldest first ([`Store::older_than`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByTime {
+    /// Taken-in finding ids, by when they were taken in ([`Key::SeenExpiry`]).
+    Seen,
+    /// Ended runs, by when they ended ([`Key::Ended`]).
+    Ended,
+}
+
 pub(crate) trait Backend: Send + Sync + fmt::Debug {
     /// Queues a (non-empty) batch; batches are applied in the order they were submitted.
     fn submit(&self, batch: Batch) -> BoxFuture<'_, Result<Pending, Error>>;
@@ -407,9 +421,10 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     fn active_runs(&self) -> Result<Vec<String>, Error>;
     /// The oldest finding queued behind (playbook, key), with its sequence number.
     fn first_queued(&self, playbook: &str, key: &str) -> Result<Option<Stored<u64>>, Error>;
-    /// Seen finding ids taken in before `before`, oldest first.
-    fn expired_seen(
+    /// Entries of a family kept by time that are older than `before`, oldest first.
+    fn older_than(
         &self,
+        family: ByTime,
         before: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<(DateTime<Utc>, String)>, Error>;
@@ -862,13 +877,20 @@ impl Store {
             .transpose()
     }
 
-    /// Seen finding ids older than `before`, oldest first (for pruning).
-    pub fn expired_seen(
+    /// Up to `limit` entries of a family kept by time that are older than `before`, oldest
+    /// first, as (time, id): seen finding ids (for pruning), ended runs (for purging).
+    pub fn older_than(
         &self,
+        family: ByTime,
         before: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<(DateTime<Utc>, String)>, Error> {
-        self.backend.expired_seen(before, limit)
+        self.backend.older_than(family, before, limit)
+    }
+
+    /// Whether the ended-run index holds every ended run (see [`key::ENDED_INDEX`]).
+    pub fn ended_index_complete(&self) -> Result<bool, Error> {
+        self.contains(Key::Meta(key::ENDED_INDEX))
     }
 
     /// Every audit entry in order, as stored (records unpacked): its sequence number and bytes.

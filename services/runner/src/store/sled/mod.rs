@@ -29,10 +29,13 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 
 use super::audit::{AuditEntry, Head, Verification, parse_stored, verify_chain};
-use super::key::{AUDIT_CHECKPOINT, COUNTERS, FORMAT, LOGGED, seq_part, shown, time_part};
+use super::key::{
+    AUDIT_CHECKPOINT, COUNTERS, ENDED_PREFIX, FORMAT, LOGGED, SEEN_EXPIRY_PREFIX, seq_part, shown,
+    time_part,
+};
 use super::{
-    Backend, BackendError, Batch, BoxFuture, CommitLog, Compacted, Error, FORMAT_VERSION, Key,
-    LoggedCommit, Pending, Pruned, Rows, RunIndex, RunOrder, StoreConfig, Stored, SyncMode,
+    Backend, BackendError, Batch, BoxFuture, ByTime, CommitLog, Compacted, Error, FORMAT_VERSION,
+    Key, LoggedCommit, Pending, Pruned, Rows, RunIndex, RunOrder, StoreConfig, Stored, SyncMode,
     TimerKey,
 };
 
@@ -610,23 +613,27 @@ impl Backend for Sled {
         Ok(first.map(|(raw, value)| (seq_part(&raw[prefix.len()..]).unwrap_or(0), value)))
     }
 
-    fn expired_seen(
+    fn older_than(
         &self,
+        family: ByTime,
         before: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<(DateTime<Utc>, String)>, Error> {
-        let end = Key::SeenExpiry(before, "").encode();
+        let (prefix, end) = match family {
+            ByTime::Seen => (SEEN_EXPIRY_PREFIX, Key::SeenExpiry(before, "").encode()),
+            ByTime::Ended => (ENDED_PREFIX, Key::Ended(before, "").encode()),
+        };
         let mut out = Vec::new();
         for item in self
             .range(
-                Bound::Included(b"fx/".to_vec()),
+                Bound::Included(prefix.to_vec()),
                 Bound::Excluded(end),
                 false,
             )
             .take(limit)
         {
             let (key, _) = item?;
-            let rest = &key[3..];
+            let rest = &key[prefix.len()..];
             let Some(at) = time_part(rest) else {
                 continue;
             };

@@ -1,0 +1,384 @@
+//! `[cluster]` in `quench serve` (ARCHITECTURE.md, "Several runners on a NATS cluster"): the
+//! runner joins the members, stands by until it holds the partition's lease (answering
+//! `/healthz`, and `/readyz` with 503, so an orchestrator keeps it alive and sends it no
+//! traffic), takes the partition over in its journal (fencing the former owner) and serves from
+//! a store that is a cache of that journal. While it serves it renews the lease, snapshots the
+//! state on schedule, and stops the moment the partition is lost: lease lost or not renewed for
+//! a whole lease, or an append fenced. On a clean stop it gives the lease up after its last
+//! commit, so a standing-by runner takes over at once instead of after a lease.
+//!
+//! This version runs one partition (`[cluster] partitions = 1`): one runner active, the others
+//! standing by.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::http::StatusCode;
+use serde_json::json;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::Error;
+use crate::cluster::journal::Journal;
+use crate::cluster::owners::{Error as OwnersError, Lease, Owners};
+use crate::cluster::snapshot::Snapshots;
+use crate::cluster::store::{Opening, Owned};
+use crate::config::Config;
+use crate::store::{Store, StoreConfig};
+
+/// The partition this version runs.
+const PARTITION: u32 = 0;
+/// The oldest server cluster mode runs on: `sync_interval: always` (2.10) is what makes an
+/// acknowledged journal append durable on a majority.
+const MIN_SERVER: (u64, u64) = (2, 10);
+/// How often the owner looks whether a snapshot is due.
+const SNAPSHOT_CHECK: Duration = Duration::from_secs(15);
+/// A snapshot at least this often while the journal grows, however few the appends.
+const SNAPSHOT_AT_LEAST: Duration = Duration::from_secs(600);
+
+/// The partition, held: its store, and what keeps it.
+pub(crate) struct Active {
+    pub(crate) store: Store,
+    /// Cancelled once this runner no longer holds the partition (lease lost, or an append
+    /// fenced): the service stops.
+    pub(crate) lost: CancellationToken,
+    /// Cancelled by [`Active::hand_over`]: the lease keeper gives the lease up and ends.
+    hand_over: CancellationToken,
+    keeper: JoinHandle<()>,
+    snapshotter: JoinHandle<()>,
+}
+
+impl Active {
+    /// After the service's last commit: gives the lease up (unless it is lost already), so a
+    /// standing-by runner takes the partition over now rather than after a lease.
+    pub(crate) async fn hand_over(self) {
+        self.snapshotter.abort();
+        self.hand_over.cancel();
+        let _ = self.keeper.await;
+    }
+}
+
+/// This runner's name: `[cluster] runner`, else the host name.
+fn runner_name(config: &Config) -> Result<String, Error> {
+    if !config.cluster.runner.is_empty() {
+        return Ok(config.cluster.runner.clone());
+    }
+    // The kernel's host name (what gethostname(2) returns); a pod's name in Kubernetes.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_lowercase();
+    let host = host.split('.').next().unwrap_or_default().to_owned();
+    if quench_common::config::is_dns_label(&host) {
+        Ok(host)
+    } else {
+        Err(Error::Cluster(format!(
+            "the host name {host:?} is not a DNS label: set `[cluster] runner` to this runner's \
+             name, unique in the cluster (e.g. quench-0)"
+        )))
+    }
+}
+
+/// Refuses a server older than [`MIN_SERVER`], saying what is needed.
+fn check_server(client: &async_nats::Client) -> Result<(), Error> {
+    let version = client.server_info().version;
+    let mut parts = version
+        .split(['.', '-'])
+        .map(|part| part.parse::<u64>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if found < MIN_SERVER {
+        return Err(Error::Cluster(format!(
+            "`[cluster]` needs nats-server {}.{} or newer (its `sync_interval: always` keeps an \
+             acknowledged journal append on disk); the server at {} is {version}",
+            MIN_SERVER.0,
+            MIN_SERVER.1,
+            client.server_info().host,
+        )));
+    }
+    Ok(())
+}
+
+/// Joins the cluster, stands by until this runner holds the partition, and takes it over.
+/// `None` when `shutdown` came first.
+pub(crate) async fn take_over(
+    config: &Config,
+    client: &async_nats::Client,
+    jetstream: &async_nats::jetstream::Context,
+    store_config: &StoreConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<Active>, Error> {
+    check_server(client)?;
+    let runner = runner_name(config)?;
+    let lease_for = config.cluster.lease();
+    let replicas = config.nats.replicas;
+    let cluster = |error: &dyn std::fmt::Display| Error::Cluster(error.to_string());
+    let journal = Journal::ensure(jetstream.clone(), replicas)
+        .await
+        .map_err(|error| cluster(&error))?;
+    let snapshots = Snapshots::open(jetstream.clone(), replicas)
+        .await
+        .map_err(|error| cluster(&error))?;
+    let owners = Owners::join(jetstream, &runner, lease_for, replicas)
+        .await
+        .map_err(|error| cluster(&error))?;
+
+    let standby = StandBy::start(config).await?;
+    let lease = match claim(&owners, lease_for, shutdown).await {
+        Some(lease) => lease,
+        None => {
+            standby.stop().await;
+            let _ = owners.leave().await;
+            return Ok(None);
+        }
+    };
+    standby.stop().await;
+    tracing::info!(
+        runner,
+        partition = PARTITION,
+        lease = lease.revision,
+        "holds the partition's lease: taking it over"
+    );
+    let lost = CancellationToken::new();
+    let hand_over = CancellationToken::new();
+    // The lease is kept from now on: replaying a long journal must not let it lapse.
+    let keeper = tokio::spawn(keep(
+        owners.clone(),
+        lease,
+        lease_for,
+        lost.clone(),
+        hand_over.clone(),
+    ));
+    let opening = Opening {
+        journal: &journal,
+        snapshots: &snapshots,
+        runner: &runner,
+        lease: lease.revision,
+        max_payload: client.server_info().max_payload,
+    };
+    let owned = match crate::cluster::store::open(&opening, PARTITION, store_config).await {
+        Ok(owned) => Arc::new(owned),
+        Err(error) => {
+            hand_over.cancel();
+            let _ = keeper.await;
+            return Err(cluster(&error));
+        }
+    };
+    // A fenced append means another runner took over: this one no longer holds anything.
+    tokio::spawn({
+        let (fenced, lost) = (owned.fenced.clone(), lost.clone());
+        async move {
+            tokio::select! {
+                () = fenced.cancelled() => lost.cancel(),
+                () = lost.cancelled() => {}
+            }
+        }
+    });
+    let snapshotter = tokio::spawn(snapshot_on_schedule(
+        owned.clone(),
+        snapshots,
+        config.cluster.snapshot_every,
+        lost.clone(),
+    ));
+    Ok(Some(Active {
+        store: owned.store.clone(),
+        lost,
+        hand_over,
+        keeper,
+        snapshotter,
+    }))
+}
+
+/// Claims the partition every fifth of a lease until it is free and this runner gets it.
+async fn claim(
+    owners: &Owners,
+    lease_for: Duration,
+    shutdown: &CancellationToken,
+) -> Option<Lease> {
+    /// The lease, or who holds the partition.
+    async fn attempt(owners: &Owners) -> Result<Result<Lease, Option<String>>, OwnersError> {
+        owners.heartbeat().await?;
+        Ok(match owners.claim(PARTITION).await? {
+            Some(lease) => Ok(lease),
+            None => Err(owners.owner_of(PARTITION).await?.map(|(runner, _)| runner)),
+        })
+    }
+    let mut said: Option<String> = None;
+    loop {
+        match attempt(owners).await {
+            Ok(Ok(lease)) => return Some(lease),
+            Ok(Err(holder)) => {
+                let holder = holder.unwrap_or_else(|| "nobody".to_owned());
+                if said.as_deref() != Some(holder.as_str()) {
+                    tracing::info!(
+                        partition = PARTITION,
+                        owner = %holder,
+                        "standing by: another runner holds the partition"
+                    );
+                    said = Some(holder);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "standing by: cannot reach the ownership bucket; retrying");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(lease_for / 5) => {}
+        }
+    }
+}
+
+/// Renews the lease every fifth of it. Cancels `lost` when it was taken (expired and claimed)
+/// or could not be renewed for a whole lease (the server removes it then, and another runner
+/// may claim it); gives it up on `hand_over`.
+async fn keep(
+    owners: Owners,
+    mut lease: Lease,
+    lease_for: Duration,
+    lost: CancellationToken,
+    hand_over: CancellationToken,
+) {
+    let mut renewed = Instant::now();
+    loop {
+        tokio::select! {
+            () = hand_over.cancelled() => break,
+            () = lost.cancelled() => return,
+            () = tokio::time::sleep(lease_for / 5) => {}
+        }
+        let _ = owners.heartbeat().await;
+        match owners.renew(&mut lease).await {
+            Ok(true) => renewed = Instant::now(),
+            Ok(false) => {
+                tracing::error!(
+                    partition = PARTITION,
+                    "the partition's lease was lost (another runner holds it): stopping"
+                );
+                lost.cancel();
+                return;
+            }
+            Err(error) if renewed.elapsed() >= lease_for => {
+                tracing::error!(
+                    partition = PARTITION,
+                    %error,
+                    "the partition's lease could not be renewed for a whole lease: stopping"
+                );
+                lost.cancel();
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot renew the partition's lease yet; retrying");
+            }
+        }
+    }
+    if !lost.is_cancelled() {
+        match owners.release(lease).await {
+            Ok(()) => tracing::info!(partition = PARTITION, "gave the partition's lease up"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot give the lease up: it expires after a lease")
+            }
+        }
+    }
+    let _ = owners.leave().await;
+}
+
+/// Saves a snapshot once `every` appends landed since the last one, or every
+/// [`SNAPSHOT_AT_LEAST`] while any did.
+async fn snapshot_on_schedule(
+    owned: Arc<Owned>,
+    snapshots: Snapshots,
+    every: u64,
+    lost: CancellationToken,
+) {
+    let mut last = owned.position;
+    let mut at = Instant::now();
+    loop {
+        tokio::select! {
+            () = lost.cancelled() => return,
+            () = tokio::time::sleep(SNAPSHOT_CHECK) => {}
+        }
+        let position = match owned.store.logged_position() {
+            Ok(position) => position,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the journal position");
+                continue;
+            }
+        };
+        let due = position >= last.saturating_add(every)
+            || (position > last && at.elapsed() >= SNAPSHOT_AT_LEAST);
+        if !due {
+            continue;
+        }
+        match owned.snapshot(&snapshots).await {
+            Ok(saved) => {
+                tracing::info!(
+                    partition = owned.partition,
+                    position = saved,
+                    "saved the partition's snapshot"
+                );
+                last = saved.unwrap_or(position);
+                at = Instant::now();
+                crate::metrics::get().cluster_snapshots.inc();
+            }
+            Err(error) => tracing::warn!(%error, "cannot save the partition's snapshot; retrying"),
+        }
+    }
+}
+
+/// The HTTP a standing-by runner answers on `api.listen`: alive, not ready.
+struct StandBy {
+    stop: CancellationToken,
+    server: JoinHandle<()>,
+}
+
+impl StandBy {
+    async fn start(config: &Config) -> Result<StandBy, Error> {
+        let listener = super::listen(config).await?;
+        let router = axum::Router::new()
+            .route(
+                "/healthz",
+                axum::routing::get(|| async { Json(json!({"status": "standby"})) }),
+            )
+            .route(
+                "/readyz",
+                axum::routing::get(|| async {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Json(json!({"ready": false, "started": false, "standby": true})),
+                    )
+                }),
+            )
+            .fallback(|| async {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({"error": {
+                        "code": "standby",
+                        "message": "this runner stands by: another runner of the cluster serves",
+                    }})),
+                )
+            });
+        let stop = CancellationToken::new();
+        let server = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let _ = axum::serve(listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+            }
+        });
+        Ok(StandBy { stop, server })
+    }
+
+    /// Stops answering and frees the port for the service (a client that keeps its
+    /// connection open is cut after a second).
+    async fn stop(mut self) {
+        self.stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(1), &mut self.server)
+            .await
+            .is_err()
+        {
+            self.server.abort();
+            let _ = self.server.await;
+        }
+    }
+}
