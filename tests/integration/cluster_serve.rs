@@ -15,6 +15,19 @@ use crate::support;
 const TOKEN: &str = "cluster-serve-token";
 
 /// A gate whose deadline falls after the failover: the successor fires it.
+/// A run that ends at once.
+const NOTE: &str = r#"schema: quench.playbook/v1
+name: noted
+on:
+  finding:
+    kinds: [test.roll]
+steps:
+  - id: record
+    uses: note
+    with:
+      message: "{{ finding.key }}"
+"#;
+
 const PLAYBOOK: &str = r#"schema: quench.playbook/v1
 name: held
 on:
@@ -35,6 +48,27 @@ steps:
       message: "{{ finding.key }}"
 "#;
 
+/// A playbook whose gate falls due while the active runner is paused.
+const SHORT_GATE: &str = r#"schema: quench.playbook/v1
+name: short
+on:
+  finding:
+    kinds: [test.short]
+steps:
+  - id: decide
+    uses: approval
+    with:
+      approvers: [lead@example.com]
+      question: Revoke?
+      choices: [revoke, keep]
+      timeout: 8s
+      on_timeout: keep
+  - id: record
+    uses: note
+    with:
+      message: "{{ finding.key }}"
+"#;
+
 fn config(urls: &str, runner: &str) -> String {
     let sha = support::hex(&<sha2::Sha256 as sha2::Digest>::digest(TOKEN.as_bytes()));
     format!(
@@ -42,6 +76,8 @@ fn config(urls: &str, runner: &str) -> String {
 [nats]
 url = "{urls}"
 replicas = 3
+# A finding taken by a runner that stopped before committing it comes back this soon.
+ack_wait = "5s"
 
 [cluster]
 enabled = true
@@ -57,9 +93,13 @@ sha256 = "{sha}"
 }
 
 fn finding(n: usize) -> Value {
+    finding_of("test.cluster", n)
+}
+
+fn finding_of(kind: &str, n: usize) -> Value {
     json!({
-        "schema": "quench.finding/v1", "id": format!("held-{n}"), "kind": "test.cluster",
-        "key": format!("held:{n}"), "severity": "low", "title": "a finding",
+        "schema": "quench.finding/v1", "id": format!("{kind}-{n}"), "kind": kind,
+        "key": format!("{kind}:{n}"), "severity": "low", "title": "a finding",
         "detected_at": "2026-12-01T00:00:00Z", "source": {"scanner": "test"},
         "resource": {"provider": "openai", "type": "api_key", "id": format!("key_{n}")},
     })
@@ -78,10 +118,10 @@ async fn get(listen: &str, path: &str) -> Option<Value> {
     response.json().await.ok()
 }
 
-/// Runs by key: (count, statuses).
+/// Runs by key: their statuses.
 async fn runs(listen: &str) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let body = get(listen, "/api/v1/runs?limit=200")
+    let body = get(listen, "/api/v1/runs?limit=500")
         .await
         .unwrap_or(Value::Null);
     for run in body["runs"].as_array().into_iter().flatten() {
@@ -101,30 +141,20 @@ async fn a_standing_by_runner_takes_the_partition_over_when_the_active_one_dies(
     let servers = tokio::task::block_in_place(|| support::NatsServer::cluster(3));
     let urls: Vec<String> = servers.iter().map(support::NatsServer::url).collect();
     let jetstream = support::jetstream_ready(&urls[0]).await;
-    let root = tempfile::tempdir().expect("tempdir");
-    let playbooks = root.path().join("playbooks");
-    std::fs::create_dir_all(&playbooks).expect("dir");
-    std::fs::write(playbooks.join("held.yaml"), PLAYBOOK).expect("write");
-    let (dir_a, dir_b) = (root.path().join("a"), root.path().join("b"));
-    let (log_a, log_b) = (dir_a.join("serve.log"), dir_b.join("serve.log"));
-    std::fs::create_dir_all(&dir_a).expect("dir");
-    std::fs::create_dir_all(&dir_b).expect("dir");
     let nats = urls.join(",");
+    let pair = Pair::new(&[("held.yaml", PLAYBOOK)]);
+    let (log_a, log_b) = (pair.log(0), pair.log(1));
+    let _print_a = support::print_log_on_failure(&log_a);
+    let _print_b = support::print_log_on_failure(&log_b);
 
     // a starts first and serves; b stands by: alive, not ready, refusing the API.
-    let mut a = tokio::task::block_in_place(|| {
-        support::Service::launch_alive(&nats, &playbooks, &dir_a, &config(&nats, "runner-a"))
-    });
-    let _log_a = support::print_log_on_failure(&log_a);
+    let mut a = pair.launch(0, &nats, "runner-a");
     let listen_a = a.listen.clone();
     support::eventually(Duration::from_secs(30), "runner-a serves", || {
         support::http_status(&listen_a, "/readyz") == Some(200)
     })
     .await;
-    let mut b = tokio::task::block_in_place(|| {
-        support::Service::launch_alive(&nats, &playbooks, &dir_b, &config(&nats, "runner-b"))
-    });
-    let _log_b = support::print_log_on_failure(&log_b);
+    let mut b = pair.launch(1, &nats, "runner-b");
     let listen_b = b.listen.clone();
     let health = get(&listen_b, "/healthz")
         .await
@@ -170,22 +200,11 @@ async fn a_standing_by_runner_takes_the_partition_over_when_the_active_one_dies(
         },
     )
     .await;
-    let timed_out = get(&listen_b, "/api/v1/audit?kind=gate_timed_out&limit=100")
-        .await
-        .expect("the audit log");
-    let mut runs_timed_out: Vec<&str> = timed_out["entries"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| entry["run_id"].as_str())
-        .collect();
-    runs_timed_out.sort_unstable();
-    let before = runs_timed_out.len();
-    runs_timed_out.dedup();
-    assert_eq!(
-        (before, runs_timed_out.len()),
-        (20, 20),
-        "each deadline fired once"
+    let timeouts = timeouts(&listen_b).await;
+    assert_eq!(timeouts.len(), 20, "{timeouts:?}");
+    assert!(
+        timeouts.values().all(|count| *count == 1),
+        "each deadline fired once: {timeouts:?}"
     );
 
     // a comes back and stands by; b stopped cleanly hands over at once (no lease to wait out).
@@ -207,4 +226,219 @@ async fn a_standing_by_runner_takes_the_partition_over_when_the_active_one_dies(
         .expect("audit verify");
     assert_eq!(verified["ok"], true, "{verified}");
     assert!(a.exited().is_none());
+}
+
+/// Gate timeouts in the audit log, by run: each run's count.
+async fn timeouts(listen: &str) -> BTreeMap<String, usize> {
+    let page = get(listen, "/api/v1/audit?kind=gate_timed_out&limit=1000")
+        .await
+        .expect("the audit log");
+    let mut out = BTreeMap::new();
+    for entry in page["entries"].as_array().into_iter().flatten() {
+        *out.entry(entry["run_id"].as_str().unwrap_or_default().to_owned())
+            .or_insert(0) += 1;
+    }
+    out
+}
+
+/// Two runners, each with its own directory, on one playbooks directory.
+struct Pair {
+    _root: tempfile::TempDir,
+    playbooks: std::path::PathBuf,
+    dirs: [std::path::PathBuf; 2],
+}
+
+impl Pair {
+    fn new(playbooks: &[(&str, &str)]) -> Pair {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("playbooks");
+        std::fs::create_dir_all(&dir).expect("dir");
+        for (name, text) in playbooks {
+            std::fs::write(dir.join(name), text).expect("write");
+        }
+        let dirs = [root.path().join("a"), root.path().join("b")];
+        for dir in &dirs {
+            std::fs::create_dir_all(dir).expect("dir");
+        }
+        Pair {
+            playbooks: dir,
+            dirs,
+            _root: root,
+        }
+    }
+
+    fn launch(&self, index: usize, nats: &str, runner: &str) -> support::Service {
+        tokio::task::block_in_place(|| {
+            support::Service::launch_alive(
+                nats,
+                &self.playbooks,
+                &self.dirs[index],
+                &config(nats, runner),
+            )
+        })
+    }
+
+    fn log(&self, index: usize) -> std::path::PathBuf {
+        self.dirs[index].join("serve.log")
+    }
+}
+
+/// The fencing test: a runner paused (SIGSTOP) until another took its partition over resumes
+/// with its gates' deadlines due; its commit of them is refused by the journal (the refused
+/// append is in its log), it stops, and each deadline fired once, on the other runner.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_runner_that_resumes_is_fenced_and_stops() {
+    assert!(
+        support::nats_server_syncs(),
+        "tests/run installs nats-server 2.10+"
+    );
+    let servers = tokio::task::block_in_place(|| support::NatsServer::cluster(3));
+    let urls: Vec<String> = servers.iter().map(support::NatsServer::url).collect();
+    let jetstream = support::jetstream_ready(&urls[0]).await;
+    let nats = urls.join(",");
+    let pair = Pair::new(&[("short.yaml", SHORT_GATE)]);
+    let (log_a, log_b) = (pair.log(0), pair.log(1));
+    let _print_a = support::print_log_on_failure(&log_a);
+    let _print_b = support::print_log_on_failure(&log_b);
+    let mut a = pair.launch(0, &nats, "runner-a");
+    let listen_a = a.listen.clone();
+    support::eventually(Duration::from_secs(30), "runner-a serves", || {
+        support::http_status(&listen_a, "/readyz") == Some(200)
+    })
+    .await;
+    let b = pair.launch(1, &nats, "runner-b");
+    let listen_b = b.listen.clone();
+    for n in 0..5 {
+        support::gateway_client::publish_finding(&jetstream, &finding_of("test.short", n)).await;
+    }
+    support::eventually_async(Duration::from_secs(30), "five parked runs on a", || async {
+        let runs = runs(&listen_a).await;
+        runs.len() == 5 && runs.values().all(|statuses| statuses == &["waiting"])
+    })
+    .await;
+
+    // Paused: b takes over after the lease, and fires the deadlines itself.
+    a.signal("STOP");
+    support::eventually(Duration::from_secs(30), "runner-b serves", || {
+        support::http_status(&listen_b, "/readyz") == Some(200)
+    })
+    .await;
+    support::eventually_async(Duration::from_secs(30), "b times the gates out", || async {
+        let runs = runs(&listen_b).await;
+        runs.len() == 5 && runs.values().all(|statuses| statuses == &["completed"])
+    })
+    .await;
+
+    // Resumed: a's timers are due; its commit is refused, and it stops.
+    a.signal("CONT");
+    let resumed = Instant::now();
+    let status = loop {
+        if let Some(status) = a.exited() {
+            break status;
+        }
+        assert!(
+            resumed.elapsed() < Duration::from_secs(30),
+            "runner-a still runs after resuming"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = std::fs::read_to_string(&log_a).unwrap_or_default();
+    assert_eq!(status.code(), Some(69), "{log}");
+    assert!(
+        log.contains("a commit was not appended to the partition's journal")
+            && log.contains("fenced: its journal moved past sequence"),
+        "the refused append: {log}"
+    );
+    assert!(
+        log.contains("another runner of the cluster holds the partition now"),
+        "{log}"
+    );
+    let timeouts = timeouts(&listen_b).await;
+    assert_eq!(timeouts.len(), 5, "{timeouts:?}");
+    assert!(timeouts.values().all(|count| *count == 1), "{timeouts:?}");
+    let verified = get(&listen_b, "/api/v1/audit/verify")
+        .await
+        .expect("audit verify");
+    assert_eq!(verified["ok"], true, "{verified}");
+}
+
+/// A rolling restart under load: findings keep coming while each runner in turn is stopped
+/// (SIGTERM: it hands the partition over) and started again (it stands by); every finding has
+/// exactly one run at the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_restart_under_load_loses_and_repeats_nothing() {
+    assert!(
+        support::nats_server_syncs(),
+        "tests/run installs nats-server 2.10+"
+    );
+    let servers = tokio::task::block_in_place(|| support::NatsServer::cluster(3));
+    let urls: Vec<String> = servers.iter().map(support::NatsServer::url).collect();
+    let jetstream = support::jetstream_ready(&urls[0]).await;
+    let nats = urls.join(",");
+    let pair = Pair::new(&[("noted.yaml", NOTE)]);
+    let (log_a, log_b) = (pair.log(0), pair.log(1));
+    let _print_a = support::print_log_on_failure(&log_a);
+    let _print_b = support::print_log_on_failure(&log_b);
+    let mut runners = [
+        pair.launch(0, &nats, "runner-a"),
+        pair.launch(1, &nats, "runner-b"),
+    ];
+    let serving = |runners: &[support::Service; 2]| {
+        runners
+            .iter()
+            .position(|runner| support::http_status(&runner.listen, "/readyz") == Some(200))
+    };
+    support::eventually(Duration::from_secs(30), "a runner serves", || {
+        serving(&runners).is_some()
+    })
+    .await;
+
+    const FINDINGS: usize = 300;
+    let publisher = tokio::spawn({
+        let jetstream = jetstream.clone();
+        async move {
+            for n in 0..FINDINGS {
+                support::gateway_client::publish_finding(&jetstream, &finding_of("test.roll", n))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    // Each runner in turn, the serving one first: stopped, the other takes over, started again.
+    for _ in 0..2 {
+        let active = serving(&runners).expect("a runner serves");
+        let other = 1 - active;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(
+            tokio::task::block_in_place(|| runners[active].terminate()),
+            Some(0),
+            "a clean stop"
+        );
+        let listen = runners[other].listen.clone();
+        support::eventually(Duration::from_secs(15), "the other runner serves", || {
+            support::http_status(&listen, "/readyz") == Some(200)
+        })
+        .await;
+        tokio::task::block_in_place(|| runners[active].respawn_alive());
+    }
+    publisher.await.expect("published");
+    let active = serving(&runners).expect("a runner serves");
+    let listen = runners[active].listen.clone();
+    support::eventually_async(
+        Duration::from_secs(60),
+        "a run for every finding",
+        || async { runs(&listen).await.len() == FINDINGS },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let runs = runs(&listen).await;
+    assert_eq!(runs.len(), FINDINGS);
+    assert!(
+        runs.values().all(|statuses| statuses == &["completed"]),
+        "each once, completed: {runs:?}"
+    );
+    let verified = get(&listen, "/api/v1/audit/verify")
+        .await
+        .expect("audit verify");
+    assert_eq!(verified["ok"], true, "{verified}");
 }

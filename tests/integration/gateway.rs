@@ -1657,6 +1657,38 @@ async fn nats_permissions_confine_the_gateway_user() {
     quench_runner::service::ensure_streams(&runner_js, &nats.url(), 1)
         .await
         .expect("the runner user manages the streams");
+    // With `[cluster]` the runner user also appends to the journal, keeps its lease and
+    // saves snapshots (docs/cluster.md).
+    let journal = quench_runner::cluster::journal::Journal::ensure(runner_js.clone(), 1)
+        .await
+        .expect("the runner user keeps the journal");
+    let writer = journal
+        .take_over(0, "runner-a", 1)
+        .await
+        .expect("and appends to it");
+    let owners = quench_runner::cluster::owners::Owners::join(
+        &runner_js,
+        "runner-a",
+        Duration::from_secs(10),
+        1,
+    )
+    .await
+    .expect("the runner user joins the members");
+    assert!(
+        owners.claim(0).await.expect("claims a lease").is_some(),
+        "the partition was free"
+    );
+    let snapshots = quench_runner::cluster::snapshot::Snapshots::open(runner_js.clone(), 1)
+        .await
+        .expect("the runner user keeps snapshots");
+    snapshots
+        .save(0, writer.last(), b"state")
+        .await
+        .expect("saves one");
+    assert_eq!(
+        snapshots.latest(0).await.expect("reads it back"),
+        Some((writer.last(), b"state".to_vec()))
+    );
 
     let (gateway, errors) =
         connect_as(&nats, "quench-gateway", GATEWAY_PASSWORD, "_INBOX.gateway").await;
@@ -1693,6 +1725,12 @@ async fn nats_permissions_confine_the_gateway_user() {
     violation(&errors, "subscription to \"quench.>\"").await;
     let _other_inboxes = gateway.subscribe("_INBOX.runner.>").await.expect("sent");
     violation(&errors, "subscription to \"_INBOX.runner.>\"").await;
+    gateway
+        .publish("$KV.QUENCH_OWNERS.partition.0", "gateway".into())
+        .await
+        .expect("sent");
+    gateway.flush().await.expect("flush");
+    violation(&errors, "publish to \"$kv.quench_owners.partition.0\"").await;
     assert!(
         gateway_js
             .create_stream(jetstream::stream::Config {

@@ -975,7 +975,12 @@ fn run_service(
     };
     match result {
         Ok(()) => EXIT_OK,
-        Err(error @ (crate::service::Error::Nats(_) | crate::service::Error::NatsChild(_))) => {
+        Err(
+            error @ (crate::service::Error::Nats(_)
+            | crate::service::Error::NatsChild(_)
+            | crate::service::Error::Cluster(_)
+            | crate::service::Error::PartitionLost),
+        ) => {
             let _ = writeln!(err, "error: {error}");
             EXIT_UNAVAILABLE
         }
