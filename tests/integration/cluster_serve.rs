@@ -134,28 +134,14 @@ async fn runs(listen: &str) -> BTreeMap<String, Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standing_by_runner_takes_the_partition_over_when_the_active_one_dies() {
-    assert!(
-        support::nats_server_syncs(),
-        "cluster mode needs nats-server 2.10 or newer: tests/run puts the pinned one on PATH"
-    );
-    let servers = tokio::task::block_in_place(|| support::NatsServer::cluster(3));
-    let urls: Vec<String> = servers.iter().map(support::NatsServer::url).collect();
-    let jetstream = support::jetstream_ready(&urls[0]).await;
-    let nats = urls.join(",");
-    let pair = Pair::new(&[("held.yaml", PLAYBOOK)]);
-    let (log_a, log_b) = (pair.log(0), pair.log(1));
-    let _print_a = support::print_log_on_failure(&log_a);
-    let _print_b = support::print_log_on_failure(&log_b);
+    let setup = Setup::new(&[("held.yaml", PLAYBOOK)]).await;
+    let jetstream = &setup.jetstream;
+    let _print_a = support::print_log_on_failure(&setup.logs[0]);
+    let _print_b = support::print_log_on_failure(&setup.logs[1]);
 
     // a starts first and serves; b stands by: alive, not ready, refusing the API.
-    let mut a = pair.launch(0, &nats, "runner-a");
-    let listen_a = a.listen.clone();
-    support::eventually(Duration::from_secs(30), "runner-a serves", || {
-        support::http_status(&listen_a, "/readyz") == Some(200)
-    })
-    .await;
-    let mut b = pair.launch(1, &nats, "runner-b");
-    let listen_b = b.listen.clone();
+    let (mut a, mut b) = setup.launch_both().await;
+    let (listen_a, listen_b) = (a.listen.clone(), b.listen.clone());
     let health = get(&listen_b, "/healthz")
         .await
         .expect("b answers /healthz");
@@ -165,7 +151,7 @@ async fn a_standing_by_runner_takes_the_partition_over_when_the_active_one_dies(
 
     // Ten findings, each parked on its gate on a.
     for n in 0..10 {
-        support::gateway_client::publish_finding(&jetstream, &finding(n)).await;
+        support::gateway_client::publish_finding(jetstream, &finding(n)).await;
     }
     support::eventually_async(Duration::from_secs(30), "ten parked runs on a", || async {
         let runs = runs(&listen_a).await;
@@ -176,10 +162,7 @@ async fn a_standing_by_runner_takes_the_partition_over_when_the_active_one_dies(
     // kill -9 of a: b takes over after the lease (3 s) runs out.
     a.kill();
     let killed = Instant::now();
-    support::eventually(Duration::from_secs(30), "runner-b serves", || {
-        support::http_status(&listen_b, "/readyz") == Some(200)
-    })
-    .await;
+    serves(&listen_b, "runner-b").await;
     let failover = killed.elapsed();
     eprintln!("failover: runner-b ready {failover:?} after runner-a was killed");
     assert!(failover < Duration::from_secs(15), "{failover:?}");
@@ -189,7 +172,7 @@ async fn a_standing_by_runner_takes_the_partition_over_when_the_active_one_dies(
 
     // Ten more findings, taken in by b; then every gate's deadline fires, once, on b.
     for n in 10..20 {
-        support::gateway_client::publish_finding(&jetstream, &finding(n)).await;
+        support::gateway_client::publish_finding(jetstream, &finding(n)).await;
     }
     support::eventually_async(
         Duration::from_secs(60),
@@ -212,10 +195,7 @@ async fn a_standing_by_runner_takes_the_partition_over_when_the_active_one_dies(
     assert_eq!(support::http_status(&listen_a, "/readyz"), Some(503));
     let stopped = Instant::now();
     assert_eq!(tokio::task::block_in_place(|| b.terminate()), Some(0));
-    support::eventually(Duration::from_secs(30), "runner-a serves again", || {
-        support::http_status(&listen_a, "/readyz") == Some(200)
-    })
-    .await;
+    serves(&listen_a, "runner-a again").await;
     let handover = stopped.elapsed();
     eprintln!("hand-over: runner-a ready {handover:?} after runner-b was stopped");
     let last = runs(&listen_a).await;
@@ -241,15 +221,27 @@ async fn timeouts(listen: &str) -> BTreeMap<String, usize> {
     out
 }
 
-/// Two runners, each with its own directory, on one playbooks directory.
-struct Pair {
+/// Three NATS servers, and two runners' directories on one playbooks directory.
+struct Setup {
+    _servers: Vec<support::NatsServer>,
     _root: tempfile::TempDir,
+    jetstream: async_nats::jetstream::Context,
+    /// The servers' URLs, separated by commas.
+    nats: String,
     playbooks: std::path::PathBuf,
     dirs: [std::path::PathBuf; 2],
+    logs: [std::path::PathBuf; 2],
 }
 
-impl Pair {
-    fn new(playbooks: &[(&str, &str)]) -> Pair {
+impl Setup {
+    async fn new(playbooks: &[(&str, &str)]) -> Setup {
+        assert!(
+            support::nats_server_syncs(),
+            "cluster mode needs nats-server 2.10 or newer: tests/run puts the pinned one on PATH"
+        );
+        let servers = tokio::task::block_in_place(|| support::NatsServer::cluster(3));
+        let urls: Vec<String> = servers.iter().map(support::NatsServer::url).collect();
+        let jetstream = support::jetstream_ready(&urls[0]).await;
         let root = tempfile::tempdir().expect("tempdir");
         let dir = root.path().join("playbooks");
         std::fs::create_dir_all(&dir).expect("dir");
@@ -260,27 +252,44 @@ impl Pair {
         for dir in &dirs {
             std::fs::create_dir_all(dir).expect("dir");
         }
-        Pair {
+        Setup {
+            _servers: servers,
+            jetstream,
+            nats: urls.join(","),
             playbooks: dir,
+            logs: [dirs[0].join("serve.log"), dirs[1].join("serve.log")],
             dirs,
             _root: root,
         }
     }
 
-    fn launch(&self, index: usize, nats: &str, runner: &str) -> support::Service {
+    /// Starts runner `index` (`runner-a`, `runner-b`); returns once it answers `/healthz`.
+    fn launch(&self, index: usize) -> support::Service {
+        let runner = ["runner-a", "runner-b"][index];
         tokio::task::block_in_place(|| {
             support::Service::launch_alive(
-                nats,
+                &self.nats,
                 &self.playbooks,
                 &self.dirs[index],
-                &config(nats, runner),
+                &config(&self.nats, runner),
             )
         })
     }
 
-    fn log(&self, index: usize) -> std::path::PathBuf {
-        self.dirs[index].join("serve.log")
+    /// Starts runner-a and waits until it serves, then runner-b (which stands by).
+    async fn launch_both(&self) -> (support::Service, support::Service) {
+        let a = self.launch(0);
+        serves(&a.listen, "runner-a").await;
+        (a, self.launch(1))
     }
+}
+
+/// Waits until the runner at `listen` serves (`/readyz` 200).
+async fn serves(listen: &str, what: &str) {
+    support::eventually(Duration::from_secs(30), &format!("{what} serves"), || {
+        support::http_status(listen, "/readyz") == Some(200)
+    })
+    .await;
 }
 
 /// The fencing test: a runner paused (SIGSTOP) until another took its partition over resumes
@@ -288,28 +297,15 @@ impl Pair {
 /// append is in its log), it stops, and each deadline fired once, on the other runner.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_runner_that_resumes_is_fenced_and_stops() {
-    assert!(
-        support::nats_server_syncs(),
-        "tests/run installs nats-server 2.10+"
-    );
-    let servers = tokio::task::block_in_place(|| support::NatsServer::cluster(3));
-    let urls: Vec<String> = servers.iter().map(support::NatsServer::url).collect();
-    let jetstream = support::jetstream_ready(&urls[0]).await;
-    let nats = urls.join(",");
-    let pair = Pair::new(&[("short.yaml", SHORT_GATE)]);
-    let (log_a, log_b) = (pair.log(0), pair.log(1));
-    let _print_a = support::print_log_on_failure(&log_a);
-    let _print_b = support::print_log_on_failure(&log_b);
-    let mut a = pair.launch(0, &nats, "runner-a");
-    let listen_a = a.listen.clone();
-    support::eventually(Duration::from_secs(30), "runner-a serves", || {
-        support::http_status(&listen_a, "/readyz") == Some(200)
-    })
-    .await;
-    let b = pair.launch(1, &nats, "runner-b");
-    let listen_b = b.listen.clone();
+    let setup = Setup::new(&[("short.yaml", SHORT_GATE)]).await;
+    let jetstream = &setup.jetstream;
+    let log_a = &setup.logs[0];
+    let _print_a = support::print_log_on_failure(log_a);
+    let _print_b = support::print_log_on_failure(&setup.logs[1]);
+    let (mut a, b) = setup.launch_both().await;
+    let (listen_a, listen_b) = (a.listen.clone(), b.listen.clone());
     for n in 0..5 {
-        support::gateway_client::publish_finding(&jetstream, &finding_of("test.short", n)).await;
+        support::gateway_client::publish_finding(jetstream, &finding_of("test.short", n)).await;
     }
     support::eventually_async(Duration::from_secs(30), "five parked runs on a", || async {
         let runs = runs(&listen_a).await;
@@ -319,10 +315,7 @@ async fn a_paused_runner_that_resumes_is_fenced_and_stops() {
 
     // Paused: b takes over after the lease, and fires the deadlines itself.
     a.signal("STOP");
-    support::eventually(Duration::from_secs(30), "runner-b serves", || {
-        support::http_status(&listen_b, "/readyz") == Some(200)
-    })
-    .await;
+    serves(&listen_b, "runner-b").await;
     support::eventually_async(Duration::from_secs(30), "b times the gates out", || async {
         let runs = runs(&listen_b).await;
         runs.len() == 5 && runs.values().all(|statuses| statuses == &["completed"])
@@ -342,7 +335,7 @@ async fn a_paused_runner_that_resumes_is_fenced_and_stops() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let log = std::fs::read_to_string(&log_a).unwrap_or_default();
+    let log = std::fs::read_to_string(log_a).unwrap_or_default();
     assert_eq!(status.code(), Some(69), "{log}");
     assert!(
         log.contains("a commit was not appended to the partition's journal")
@@ -367,22 +360,10 @@ async fn a_paused_runner_that_resumes_is_fenced_and_stops() {
 /// exactly one run at the end.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rolling_restart_under_load_loses_and_repeats_nothing() {
-    assert!(
-        support::nats_server_syncs(),
-        "tests/run installs nats-server 2.10+"
-    );
-    let servers = tokio::task::block_in_place(|| support::NatsServer::cluster(3));
-    let urls: Vec<String> = servers.iter().map(support::NatsServer::url).collect();
-    let jetstream = support::jetstream_ready(&urls[0]).await;
-    let nats = urls.join(",");
-    let pair = Pair::new(&[("noted.yaml", NOTE)]);
-    let (log_a, log_b) = (pair.log(0), pair.log(1));
-    let _print_a = support::print_log_on_failure(&log_a);
-    let _print_b = support::print_log_on_failure(&log_b);
-    let mut runners = [
-        pair.launch(0, &nats, "runner-a"),
-        pair.launch(1, &nats, "runner-b"),
-    ];
+    let setup = Setup::new(&[("noted.yaml", NOTE)]).await;
+    let _print_a = support::print_log_on_failure(&setup.logs[0]);
+    let _print_b = support::print_log_on_failure(&setup.logs[1]);
+    let mut runners = [setup.launch(0), setup.launch(1)];
     let serving = |runners: &[support::Service; 2]| {
         runners
             .iter()
@@ -395,7 +376,7 @@ async fn a_rolling_restart_under_load_loses_and_repeats_nothing() {
 
     const FINDINGS: usize = 300;
     let publisher = tokio::spawn({
-        let jetstream = jetstream.clone();
+        let jetstream = setup.jetstream.clone();
         async move {
             for n in 0..FINDINGS {
                 support::gateway_client::publish_finding(&jetstream, &finding_of("test.roll", n))
@@ -414,11 +395,7 @@ async fn a_rolling_restart_under_load_loses_and_repeats_nothing() {
             Some(0),
             "a clean stop"
         );
-        let listen = runners[other].listen.clone();
-        support::eventually(Duration::from_secs(15), "the other runner serves", || {
-            support::http_status(&listen, "/readyz") == Some(200)
-        })
-        .await;
+        serves(&runners[other].listen, "the other runner").await;
         tokio::task::block_in_place(|| runners[active].respawn_alive());
     }
     publisher.await.expect("published");
