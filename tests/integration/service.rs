@@ -880,3 +880,28 @@ steps:
     );
     world.stop_and_open();
 }
+
+/// `serve` returns with what it opened let go: its store opens again at once in the same
+/// process. (`campaign.start` once held the engine that holds it, a cycle that kept the store,
+/// and sled's lock on it, alive until the process exited.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_service_lets_go_of_its_store() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = format!("127.0.0.1:{}", crate::support::free_port());
+    let mut config = quench_runner::config::Config::default();
+    config.nats.url = nats.url();
+    config.store.path = dir.path().join("state");
+    config.playbooks.dir = dir.path().to_owned();
+    config.api.listen = listen.clone();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let service = tokio::spawn(quench_runner::service::serve(config, shutdown.clone()));
+    eventually(Duration::from_secs(20), "the service serves", || {
+        http_status(&listen, "/readyz") == Some(200)
+    })
+    .await;
+    shutdown.cancel();
+    service.await.expect("joined").expect("a clean stop");
+    let store = Store::open(&StoreConfig::new(dir.path().join("state")));
+    assert!(store.is_ok(), "{store:?}");
+}

@@ -146,6 +146,21 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
+/// A handle that does not keep the engine alive, for what the engine itself holds (an action
+/// that needs the engine): a strong one would be a cycle, and the engine, its store and the
+/// store's lock would outlive every other handle.
+#[derive(Debug, Clone)]
+pub struct WeakEngine {
+    inner: std::sync::Weak<Inner>,
+}
+
+impl WeakEngine {
+    /// The engine, while another handle keeps it.
+    pub fn upgrade(&self) -> Option<Engine> {
+        self.inner.upgrade().map(|inner| Engine { inner })
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     store: Store,
@@ -169,6 +184,13 @@ struct Inner {
 }
 
 impl Engine {
+    /// A handle that does not keep the engine alive ([`WeakEngine`]).
+    pub fn downgrade(&self) -> WeakEngine {
+        WeakEngine {
+            inner: Arc::downgrade(&self.inner),
+        }
+    }
+
     pub fn new(
         store: Store,
         clock: Arc<dyn Clock>,

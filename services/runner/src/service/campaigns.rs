@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::campaign::{Campaigns, FINDING_KIND, Start, StartError};
-use crate::engine::{Action, ActionError, ActionFuture, Call, Engine, Success};
+use crate::engine::{Action, ActionError, ActionFuture, Call, Engine, Success, WeakEngine};
 use crate::playbook::Trigger;
 
 /// How often parts are published and runs followed.
@@ -113,8 +113,9 @@ pub(crate) fn check_playbook(engine: &Engine, name: &str) -> Result<(), (&'stati
 #[derive(Debug)]
 pub(crate) struct StartAction {
     pub(crate) campaigns: Campaigns,
-    /// Set once the engine exists (the action is registered before).
-    pub(crate) engine: Arc<OnceLock<Engine>>,
+    /// Set once the engine exists (the action is registered before); weak, as the engine
+    /// holds this action.
+    pub(crate) engine: Arc<OnceLock<WeakEngine>>,
 }
 
 impl Action for StartAction {
@@ -126,12 +127,13 @@ impl Action for StartAction {
             let engine = self
                 .engine
                 .get()
-                .ok_or_else(|| ActionError::retryable("the engine is starting"))?;
+                .and_then(WeakEngine::upgrade)
+                .ok_or_else(|| ActionError::retryable("the engine is starting or stopping"))?;
             let playbook = start
                 .playbook
                 .clone()
                 .unwrap_or_else(|| crate::campaign::DEFAULT_PLAYBOOK.to_owned());
-            check_playbook(engine, &playbook)
+            check_playbook(&engine, &playbook)
                 .map_err(|(_, message)| ActionError::permanent(message))?;
             let id = hex::encode(&Sha256::digest(call.idempotency_key.as_bytes())[..16]);
             let actor = quench_proto::Actor {

@@ -256,7 +256,7 @@ pub async fn serve_with(
     }
     engine.ensure_run_counts().await?;
     engine.ensure_run_indexes().await?;
-    let _ = engine_cell.set(engine.clone());
+    let _ = engine_cell.set(engine.downgrade());
     let library = playbooks::Library::new(config.playbooks.dir.clone(), engine.clone());
     library.reload("quench serve").await?;
     for (playbook, why) in engine.paused_schedules() {
