@@ -120,3 +120,25 @@ async fn runners_share_hand_over_and_lose_partitions() {
     settle(&mut [&mut a, &mut b, &mut c]).await;
     check(&[&a, &b, &c]).await;
 }
+
+/// A runner configured with another lease than the bucket was made with is refused at join,
+/// saying so: its renewals would be paced for a lease the server does not keep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_with_another_lease_is_refused_at_join() {
+    let nats = support::NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.expect("nats");
+    let jetstream = async_nats::jetstream::new(client);
+    join(&jetstream, "runner-a").await;
+    let error = Owners::join(&jetstream, "runner-b", LEASE * 4, 1)
+        .await
+        .expect_err("another lease");
+    assert!(
+        error.to_string().contains(
+            "the cluster's runners use a lease of 3s and this one `[cluster] lease = \"12s\"`: \
+             give every runner the same lease"
+        ),
+        "{error}"
+    );
+    // The same lease joins.
+    join(&jetstream, "runner-c").await;
+}

@@ -70,14 +70,35 @@ impl Owners {
                 num_replicas: replicas,
                 ..Default::default()
             })
-            .await
-            .map_err(|error| Error::Bucket(error.to_string()))?;
+            .await;
+        let kv = match kv {
+            Ok(kv) => kv,
+            Err(error) => return Err(Owners::why_not(jetstream, lease, error.to_string()).await),
+        };
         let owners = Owners {
             kv,
             runner: runner.to_owned(),
         };
         owners.heartbeat().await?;
         Ok(owners)
+    }
+
+    /// Why the bucket could not be made: most often, it exists with another lease (another
+    /// runner's `[cluster] lease`), which the message then names.
+    async fn why_not(jetstream: &jetstream::Context, lease: Duration, error: String) -> Error {
+        let existing = match jetstream.get_key_value(BUCKET).await {
+            Ok(kv) => kv.status().await.ok().map(|status| status.max_age()),
+            Err(_) => None,
+        };
+        match existing {
+            Some(theirs) if theirs != lease => Error::Bucket(format!(
+                "the cluster's runners use a lease of {} and this one `[cluster] lease = \"{}\"`: \
+                 give every runner the same lease ({error})",
+                humantime::format_duration(theirs),
+                humantime::format_duration(lease),
+            )),
+            _ => Error::Bucket(error),
+        }
     }
 
     pub fn runner(&self) -> &str {
