@@ -82,21 +82,23 @@ fn runner_name(config: &Config) -> Result<String, Error> {
 
 /// Refuses a server older than [`MIN_SERVER`], saying what is needed.
 fn check_server(client: &async_nats::Client) -> Result<(), Error> {
-    let version = client.server_info().version;
+    let info = client.server_info();
+    if new_enough(&info.version) {
+        return Ok(());
+    }
+    Err(Error::Cluster(format!(
+        "`[cluster]` needs nats-server {}.{} or newer (its `sync_interval: always` keeps an \
+         acknowledged journal append on disk); the server at {} is {}",
+        MIN_SERVER.0, MIN_SERVER.1, info.host, info.version,
+    )))
+}
+
+/// Whether a server version (`2.10.4`, `2.11.0-RC.1`) is at least [`MIN_SERVER`].
+fn new_enough(version: &str) -> bool {
     let mut parts = version
         .split(['.', '-'])
         .map(|part| part.parse::<u64>().unwrap_or(0));
-    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    if found < MIN_SERVER {
-        return Err(Error::Cluster(format!(
-            "`[cluster]` needs nats-server {}.{} or newer (its `sync_interval: always` keeps an \
-             acknowledged journal append on disk); the server at {} is {version}",
-            MIN_SERVER.0,
-            MIN_SERVER.1,
-            client.server_info().host,
-        )));
-    }
-    Ok(())
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= MIN_SERVER
 }
 
 /// Joins the cluster, stands by until this runner holds the partition, and takes it over.
@@ -379,6 +381,21 @@ impl StandBy {
         {
             self.server.abort();
             let _ = self.server.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_from_2_10_on_are_new_enough() {
+        for old in ["2.9.25", "2.2.0", "1.4.1", "", "garbage"] {
+            assert!(!new_enough(old), "{old}");
+        }
+        for new in ["2.10.0", "2.10.4", "2.11.0-RC.1", "2.12.8", "3.0.0"] {
+            assert!(new_enough(new), "{new}");
         }
     }
 }
