@@ -297,6 +297,7 @@ async fn a_restart_is_refused_while_another_run_holds_the_key() {
 /// removed by a purge pass without touching anything else.
 #[tokio::test]
 async fn a_restarted_run_is_retained_from_its_last_end() {
+    let _purges = crate::support::PURGES.lock().await;
     use quench_runner::store::{ByTime, Key};
     let upstream = Arc::new(Upstream {
         failing: AtomicBool::new(true),

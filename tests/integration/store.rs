@@ -379,6 +379,7 @@ async fn packed_audit_records_keep_timelines_and_catch_a_removed_entry() {
 /// purge; a late answer to a purged run's gate is refused as unknown, not written back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ended_runs_are_purged_after_their_retention_and_the_audit_log_is_kept() {
+    let _purges = support::PURGES.lock().await;
     use crate::support::{Harness, finding, started};
     use quench_runner::store::Key;
     const PLAYBOOK: &str = r#"schema: quench.playbook/v1
@@ -704,4 +705,56 @@ steps:
             .advance(std::time::Duration::from_secs(2 * 3600))
             .await;
     }
+}
+
+/// Open runs that started long ago do not hold the purge up: with a pass limit of 1 and five
+/// waiting runs older than the ended one, the ended run is purged in one pass. (Passes that
+/// scanned runs oldest first read the same open runs again each time, up to four times their
+/// limit, and never reached it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_runs_older_than_an_ended_one_do_not_hold_the_purge_up() {
+    let _purges = support::PURGES.lock().await;
+    use crate::support::{Harness, finding, started};
+    const PLAYBOOK: &str = r#"schema: quench.playbook/v1
+name: waiting
+on:
+  finding:
+    kinds: [test.waiting]
+steps:
+  - id: decide
+    uses: approval
+    with:
+      approvers: [lead@example.com]
+      question: Revoke?
+      choices: [revoke, keep]
+      timeout: 30d
+      on_timeout: keep
+"#;
+    let harness = Harness::new(&[PLAYBOOK]).await;
+    for n in 0..5 {
+        let id = format!("f-open-{n}");
+        started(
+            &harness
+                .ingest(&[finding(&id, "test.waiting", &format!("key_open_{n}"))])
+                .await[0],
+        );
+    }
+    let done = started(
+        &harness
+            .ingest(&[finding("f-done", "test.waiting", "key_done")])
+            .await[0],
+    );
+    harness
+        .answer(&done, "decide", "keep", "lead@example.com")
+        .await;
+    harness
+        .advance(std::time::Duration::from_secs(8 * 86400))
+        .await;
+    let pass = harness
+        .engine
+        .purge_ended(std::time::Duration::from_secs(7 * 86400), 1)
+        .await
+        .expect("purge");
+    assert_eq!(pass.runs, 1, "{pass:?}");
+    assert!(harness.engine.run(&done).expect("readable").is_none());
 }

@@ -933,3 +933,7 @@ pub(crate) async fn jetstream_ready(url: &str) -> async_nats::jetstream::Context
     .await;
     jetstream
 }
+
+/// Held by each test that purges runs: `quench_runs_purged_total` is one counter for the whole
+/// test binary, and the test that checks it counts what its own purge added.
+pub(crate) static PURGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
