@@ -14,7 +14,6 @@ use crate::support;
 
 const TOKEN: &str = "cluster-serve-token";
 
-/// A gate whose deadline falls after the failover: the successor fires it.
 /// A run that ends at once.
 const NOTE: &str = r#"schema: quench.playbook/v1
 name: noted
@@ -28,11 +27,15 @@ steps:
       message: "{{ finding.key }}"
 "#;
 
-const PLAYBOOK: &str = r#"schema: quench.playbook/v1
-name: held
+/// A playbook `name` for findings of `kind` whose runs wait on a gate that times out after
+/// `timeout` (`keep`), then note the key.
+fn gated(name: &str, kind: &str, timeout: &str) -> String {
+    format!(
+        r#"schema: quench.playbook/v1
+name: {name}
 on:
   finding:
-    kinds: [test.cluster]
+    kinds: [{kind}]
 steps:
   - id: decide
     uses: approval
@@ -40,34 +43,15 @@ steps:
       approvers: [lead@example.com]
       question: Revoke?
       choices: [revoke, keep]
-      timeout: 25s
+      timeout: {timeout}
       on_timeout: keep
   - id: record
     uses: note
     with:
-      message: "{{ finding.key }}"
-"#;
-
-/// A playbook whose gate falls due while the active runner is paused.
-const SHORT_GATE: &str = r#"schema: quench.playbook/v1
-name: short
-on:
-  finding:
-    kinds: [test.short]
-steps:
-  - id: decide
-    uses: approval
-    with:
-      approvers: [lead@example.com]
-      question: Revoke?
-      choices: [revoke, keep]
-      timeout: 8s
-      on_timeout: keep
-  - id: record
-    uses: note
-    with:
-      message: "{{ finding.key }}"
-"#;
+      message: "{{{{ finding.key }}}}"
+"#
+    )
+}
 
 fn config(urls: &str, runner: &str) -> String {
     let sha = support::hex(&<sha2::Sha256 as sha2::Digest>::digest(TOKEN.as_bytes()));
@@ -134,7 +118,8 @@ async fn runs(listen: &str) -> BTreeMap<String, Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standing_by_runner_takes_the_partition_over_when_the_active_one_dies() {
-    let setup = Setup::new(&[("held.yaml", PLAYBOOK)]).await;
+    // Gates whose deadlines fall after the failover: the successor fires them.
+    let setup = Setup::new(&[("held.yaml", &gated("held", "test.cluster", "25s"))]).await;
     let jetstream = &setup.jetstream;
     let _print_a = support::print_log_on_failure(&setup.logs[0]);
     let _print_b = support::print_log_on_failure(&setup.logs[1]);
@@ -297,7 +282,8 @@ async fn serves(listen: &str, what: &str) {
 /// append is in its log), it stops, and each deadline fired once, on the other runner.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_runner_that_resumes_is_fenced_and_stops() {
-    let setup = Setup::new(&[("short.yaml", SHORT_GATE)]).await;
+    // Gates whose deadlines fall due while the active runner is paused.
+    let setup = Setup::new(&[("short.yaml", &gated("short", "test.short", "8s"))]).await;
     let jetstream = &setup.jetstream;
     let log_a = &setup.logs[0];
     let _print_a = support::print_log_on_failure(log_a);

@@ -373,16 +373,8 @@ async fn packed_audit_records_keep_timelines_and_catch_a_removed_entry() {
     );
 }
 
-/// `[store] retain_ended`: a run ended longer ago than the retention is purged with everything
-/// that belongs only to it (record, gates, effect journal, timeline index); a run that ended
-/// later, and an open run, are kept; the audit log keeps every entry, verifies, and records the
-/// purge; a late answer to a purged run's gate is refused as unknown, not written back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ended_runs_are_purged_after_their_retention_and_the_audit_log_is_kept() {
-    let _purges = support::PURGES.lock().await;
-    use crate::support::{Harness, finding, started};
-    use quench_runner::store::Key;
-    const PLAYBOOK: &str = r#"schema: quench.playbook/v1
+/// Runs that wait on a gate for 30 days, then revoke: what the retention tests purge.
+const RETAINED: &str = r#"schema: quench.playbook/v1
 name: retained
 on:
   finding:
@@ -402,7 +394,17 @@ steps:
       project_id: proj_1
       key_id: "{{ finding.resource.id }}"
 "#;
-    let harness = Harness::new(&[PLAYBOOK]).await;
+
+/// `[store] retain_ended`: a run ended longer ago than the retention is purged with everything
+/// that belongs only to it (record, gates, effect journal, timeline index); a run that ended
+/// later, and an open run, are kept; the audit log keeps every entry, verifies, and records the
+/// purge; a late answer to a purged run's gate is refused as unknown, not written back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_runs_are_purged_after_their_retention_and_the_audit_log_is_kept() {
+    let _purges = support::PURGES.lock().await;
+    use crate::support::{Harness, finding, started};
+    use quench_runner::store::Key;
+    let harness = Harness::new(&[RETAINED]).await;
     let old = started(
         &harness
             .ingest(&[finding("f-old", "test.retained", "key_old")])
@@ -715,33 +717,18 @@ steps:
 async fn open_runs_older_than_an_ended_one_do_not_hold_the_purge_up() {
     let _purges = support::PURGES.lock().await;
     use crate::support::{Harness, finding, started};
-    const PLAYBOOK: &str = r#"schema: quench.playbook/v1
-name: waiting
-on:
-  finding:
-    kinds: [test.waiting]
-steps:
-  - id: decide
-    uses: approval
-    with:
-      approvers: [lead@example.com]
-      question: Revoke?
-      choices: [revoke, keep]
-      timeout: 30d
-      on_timeout: keep
-"#;
-    let harness = Harness::new(&[PLAYBOOK]).await;
+    let harness = Harness::new(&[RETAINED]).await;
     for n in 0..5 {
         let id = format!("f-open-{n}");
         started(
             &harness
-                .ingest(&[finding(&id, "test.waiting", &format!("key_open_{n}"))])
+                .ingest(&[finding(&id, "test.retained", &format!("key_open_{n}"))])
                 .await[0],
         );
     }
     let done = started(
         &harness
-            .ingest(&[finding("f-done", "test.waiting", "key_done")])
+            .ingest(&[finding("f-done", "test.retained", "key_done")])
             .await[0],
     );
     harness
