@@ -67,6 +67,9 @@ ack_wait = "5s"
 enabled = true
 runner = "{runner}"
 lease = "3s"
+# A snapshot at each check (every 15 s) that finds a new commit: taking over after one restores
+# it, as the journal before it is purged.
+snapshot_every = 1
 
 [[api.tokens]]
 name = "admin"
@@ -175,6 +178,18 @@ async fn a_standing_by_runner_takes_the_partition_over_when_the_active_one_dies(
         "each deadline fired once: {timeouts:?}"
     );
 
+    // b saved snapshots (the journal before each purged): a, whose store is older, must start
+    // from the newest one when it takes over again.
+    let (_, metrics) = support::http_get(&listen_b, "/metrics").expect("b's metrics");
+    assert!(
+        support::metric(&metrics, "quench_cluster_snapshots_total") >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        support::metric(&metrics, "quench_cluster_partitions_held"),
+        1.0
+    );
+
     // a comes back and stands by; b stopped cleanly hands over at once (no lease to wait out).
     tokio::task::block_in_place(|| a.respawn_alive());
     assert_eq!(support::http_status(&listen_a, "/readyz"), Some(503));
@@ -183,6 +198,15 @@ async fn a_standing_by_runner_takes_the_partition_over_when_the_active_one_dies(
     serves(&listen_a, "runner-a again").await;
     let handover = stopped.elapsed();
     eprintln!("hand-over: runner-a ready {handover:?} after runner-b was stopped");
+    let log = a.log_text();
+    let took_over = log
+        .lines()
+        .rfind(|line| line.contains("took the partition over"))
+        .expect("a took the partition over");
+    assert!(
+        took_over.contains("snapshot="),
+        "a started from b's snapshot: {took_over}"
+    );
     let last = runs(&listen_a).await;
     assert_eq!(last.len(), 20, "{last:?}");
     assert!(last.values().all(|statuses| statuses == &["completed"]));
