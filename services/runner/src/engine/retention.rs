@@ -2,10 +2,11 @@
 //! everything that belongs only to them (record, gates, effect journal, timeline index), in
 //! bounded passes off the hot path. A pass finds them through the index of ended runs by when
 //! they ended ([`crate::store::Key::Ended`]), so it reads only the runs it deletes (a scan of
-//! the runs oldest first read every run still kept, twice). A pass is one batch, committed while it holds the locks of
-//! the runs it deletes (taken without waiting: a busy run is left for the next pass), so a late
-//! answer to one of their gates cannot write a run back half-deleted. Audit entries are
-//! never touched here; each pass that purges something is itself audited.
+//! the runs oldest first read the same open old runs again each pass). A pass is one batch,
+//! committed while it holds the locks of the runs it deletes (taken without waiting: a busy
+//! run is left for the next pass), so a late answer to one of their gates cannot write a run
+//! back half-deleted. Audit entries are never touched here; each pass that purges something
+//! is itself audited.
 
 use std::time::Duration;
 
