@@ -53,7 +53,8 @@ steps:
     )
 }
 
-fn config(urls: &str, runner: &str) -> String {
+/// A runner's config; `extra` is appended.
+fn config(urls: &str, runner: &str, extra: &str) -> String {
     let sha = support::hex(&<sha2::Sha256 as sha2::Digest>::digest(TOKEN.as_bytes()));
     format!(
         r#"
@@ -75,6 +76,7 @@ snapshot_every = 1
 name = "admin"
 role = "admin"
 sha256 = "{sha}"
+{extra}
 "#
     )
 }
@@ -240,10 +242,17 @@ struct Setup {
     playbooks: std::path::PathBuf,
     dirs: [std::path::PathBuf; 2],
     logs: [std::path::PathBuf; 2],
+    /// Appended to each runner's config.
+    extra: String,
 }
 
 impl Setup {
     async fn new(playbooks: &[(&str, &str)]) -> Setup {
+        Setup::with(playbooks, "").await
+    }
+
+    /// [`Setup::new`], with `extra` appended to each runner's config.
+    async fn with(playbooks: &[(&str, &str)], extra: &str) -> Setup {
         assert!(
             support::nats_server_syncs(),
             "cluster mode needs nats-server 2.10 or newer: tests/run puts the pinned one on PATH"
@@ -268,6 +277,7 @@ impl Setup {
             playbooks: dir,
             logs: [dirs[0].join("serve.log"), dirs[1].join("serve.log")],
             dirs,
+            extra: extra.to_owned(),
             _root: root,
         }
     }
@@ -280,7 +290,7 @@ impl Setup {
                 &self.nats,
                 &self.playbooks,
                 &self.dirs[index],
-                &config(&self.nats, runner),
+                &config(&self.nats, runner, &self.extra),
             )
         })
     }
@@ -425,6 +435,127 @@ async fn a_rolling_restart_under_load_loses_and_repeats_nothing() {
         "each once, completed: {runs:?}"
     );
     let verified = get(&listen, "/api/v1/audit/verify")
+        .await
+        .expect("audit verify");
+    assert_eq!(verified["ok"], true, "{verified}");
+}
+
+/// Revokes a leaked key at once.
+const REVOKE: &str = r#"schema: quench.playbook/v1
+name: revoke
+on:
+  finding:
+    kinds: [openai.api_key.leaked]
+steps:
+  - id: revoke
+    uses: openai.revoke_key
+    with:
+      project_id: "{{ finding.resource.project_id }}"
+      key_id: "{{ finding.resource.id }}"
+"#;
+
+const PROJECT: &str = "proj_cluster";
+
+fn leak(n: usize) -> Value {
+    json!({
+        "schema": "quench.finding/v1", "id": format!("leak-{n}"), "kind": "openai.api_key.leaked",
+        "key": format!("openai:project_key:key_{n}"), "severity": "high", "title": "a leaked key",
+        "detected_at": "2026-12-01T00:00:00Z", "source": {"scanner": "test"},
+        "resource": {"provider": "openai", "type": "api_key", "id": format!("key_{n}"),
+                     "project_id": PROJECT},
+    })
+}
+
+/// `kill -9` of the serving runner while its revoke is in flight (OpenAI deleted the key; its
+/// answer is slow): the runner that takes over finds the step's intent in the journal, calls
+/// again with the same input, is told the key is gone and records `already_done` — the key is
+/// deleted once; the keys leaked after the failover are each revoked once, by the successor.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoke_in_flight_on_a_killed_runner_is_not_repeated_by_its_successor() {
+    use crate::support::openai_fake::{Fault, KeySeed, OpenAiFake, Role};
+    const KEYS: usize = 6;
+    let openai = OpenAiFake::start().await;
+    openai.seed_project(PROJECT, "web");
+    openai.seed_user(PROJECT, "user_owner", "owner@example.com", Role::Owner);
+    for n in 0..KEYS {
+        openai.seed_key(PROJECT, "user_owner", KeySeed::new(&format!("key_{n}")));
+    }
+    let path = |n: usize| format!("/v1/organization/projects/{PROJECT}/api_keys/key_{n}");
+    openai.fail_next_on(&path(0), 1, Fault::SlowAnswer(Duration::from_secs(120)));
+    let extra = format!(
+        "[openai]\nbase_url = \"{}\"\nadmin_key = \"{}\"\n",
+        openai.base_url(),
+        openai.admin_key()
+    );
+    let setup = Setup::with(&[("revoke.yaml", REVOKE)], &extra).await;
+    let _print_a = support::print_log_on_failure(&setup.logs[0]);
+    let _print_b = support::print_log_on_failure(&setup.logs[1]);
+    let (mut a, b) = setup.launch_both().await;
+    let listen_b = b.listen.clone();
+
+    support::gateway_client::publish_finding(&setup.jetstream, &leak(0)).await;
+    support::eventually(
+        Duration::from_secs(30),
+        "OpenAI deleted key_0; its answer is on the way",
+        || !openai.key_exists(PROJECT, "key_0"),
+    )
+    .await;
+    a.kill();
+    serves(&listen_b, "runner-b").await;
+    for n in 1..KEYS {
+        support::gateway_client::publish_finding(&setup.jetstream, &leak(n)).await;
+    }
+    support::eventually_async(
+        Duration::from_secs(60),
+        "every run completed on b",
+        || async {
+            let runs = runs(&listen_b).await;
+            runs.len() == KEYS && runs.values().all(|statuses| statuses == &["completed"])
+        },
+    )
+    .await;
+
+    // key_0: the DELETE in flight at the kill, and the successor's repeat, which found it gone.
+    assert_eq!(openai.calls_to("DELETE", &path(0)).len(), 2);
+    for n in 1..KEYS {
+        assert_eq!(openai.calls_to("DELETE", &path(n)).len(), 1, "key_{n}");
+        assert!(!openai.key_exists(PROJECT, &format!("key_{n}")));
+    }
+    let body = get(&listen_b, "/api/v1/runs?limit=100")
+        .await
+        .expect("runs");
+    let first = body["runs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|run| run["key"] == "openai:project_key:key_0")
+        .expect("key_0's run");
+    let run = get(
+        &listen_b,
+        &format!("/api/v1/runs/{}", first["id"].as_str().expect("id")),
+    )
+    .await
+    .expect("the run");
+    assert_eq!(run["steps"][0]["id"], "revoke", "{run}");
+    assert_eq!(run["steps"][0]["status"], "already_done", "{run}");
+    let kinds: Vec<&str> = run["audit"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry["kind"].as_str())
+        .collect();
+    // Two intents (the second records the repeat: `execution` 2), one result, one end.
+    let count = |kind: &str| kinds.iter().filter(|seen| **seen == kind).count();
+    assert_eq!(
+        (
+            count("step_intent"),
+            count("step_result"),
+            count("run_completed")
+        ),
+        (2, 1, 1),
+        "{kinds:?}"
+    );
+    let verified = get(&listen_b, "/api/v1/audit/verify")
         .await
         .expect("audit verify");
     assert_eq!(verified["ok"], true, "{verified}");
