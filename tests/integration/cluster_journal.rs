@@ -271,3 +271,79 @@ async fn a_partition_is_rebuilt_from_its_snapshot_and_the_journal_after_it() {
     ));
     next.append(&commit(6)).await.expect("the owner appends");
 }
+
+/// An append whose first attempt landed unacknowledged (a leader lost before it answered) is
+/// sent again with the same `Nats-Msg-Id` and expected sequence: the server refuses it as
+/// "wrong last sequence" (it checks the sequence before duplicates), and the writer finds its
+/// own attempt as the last message and goes on from it, appending nothing twice. Another
+/// writer's append at the same expected sequence stays refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_that_landed_unacknowledged_is_not_appended_twice() {
+    use async_nats::jetstream::message::PublishMessage;
+    let nats = support::NatsServer::start();
+    let journal = journal_on(&[nats.url()], 1).await;
+    let mut writer = journal
+        .take_over(5, "runner-a", 1)
+        .await
+        .expect("take over");
+    let jetstream =
+        async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("nats"));
+    // The attempt that landed: what the writer sends, as it sends it.
+    let landed = jetstream
+        .send_publish(
+            "quench.journal.5",
+            PublishMessage::build()
+                .payload(commit(1).encode().into())
+                .message_id(writer.next_id())
+                .expected_last_subject_sequence(writer.last()),
+        )
+        .await
+        .expect("sent")
+        .await
+        .expect("landed");
+    let sequence = writer.append(&commit(1)).await.expect("the append goes on");
+    assert_eq!(sequence, landed.sequence);
+    writer.append(&commit(2)).await.expect("and the next lands");
+
+    // A stale writer of another lease at the same sequence is refused.
+    let mut other = journal
+        .take_over(6, "runner-b", 2)
+        .await
+        .expect("take over");
+    let stale = jetstream
+        .send_publish(
+            "quench.journal.6",
+            PublishMessage::build()
+                .payload(commit(9).encode().into())
+                .message_id("6-1-0")
+                .expected_last_subject_sequence(other.last()),
+        )
+        .await
+        .expect("sent")
+        .await
+        .expect("lands");
+    let refused = other.append(&commit(1)).await;
+    assert!(
+        matches!(refused, Err(AppendError::Fenced { partition: 6, .. })),
+        "{refused:?} after {stale:?}"
+    );
+
+    let records: Vec<Record> = journal
+        .replay(5, 0)
+        .await
+        .expect("replay")
+        .into_iter()
+        .map(|(_, record)| record)
+        .collect();
+    assert_eq!(
+        records,
+        vec![
+            Record::Owner {
+                runner: "runner-a".into(),
+                lease: 1
+            },
+            commit(1),
+            commit(2)
+        ]
+    );
+}

@@ -234,7 +234,7 @@ async fn timeouts(listen: &str) -> BTreeMap<String, usize> {
 
 /// Three NATS servers, and two runners' directories on one playbooks directory.
 struct Setup {
-    _servers: Vec<support::NatsServer>,
+    servers: Vec<support::NatsServer>,
     _root: tempfile::TempDir,
     jetstream: async_nats::jetstream::Context,
     /// The servers' URLs, separated by commas.
@@ -271,7 +271,7 @@ impl Setup {
             std::fs::create_dir_all(dir).expect("dir");
         }
         Setup {
-            _servers: servers,
+            servers,
             jetstream,
             nats: urls.join(","),
             playbooks: dir,
@@ -559,4 +559,130 @@ async fn a_revoke_in_flight_on_a_killed_runner_is_not_repeated_by_its_successor(
         .await
         .expect("audit verify");
     assert_eq!(verified["ok"], true, "{verified}");
+}
+
+/// Publishes `finding`, asking again (same `Nats-Msg-Id`) while the cluster elects a leader.
+async fn publish_until_acknowledged(jetstream: &async_nats::jetstream::Context, finding: &Value) {
+    let started = Instant::now();
+    loop {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", finding["id"].as_str().expect("id"));
+        let subject = format!(
+            "quench.findings.{}",
+            finding["kind"].as_str().expect("kind")
+        );
+        let acked = match jetstream
+            .publish_with_headers(subject, headers, finding.to_string().into())
+            .await
+        {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        if acked {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{} not acknowledged in a minute",
+            finding["id"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The server that leads the journal stream: its index (servers are named n0, n1, n2).
+async fn journal_leader(jetstream: &async_nats::jetstream::Context) -> usize {
+    let mut stream = jetstream
+        .get_stream(quench_runner::cluster::journal::STREAM)
+        .await
+        .expect("the journal stream");
+    let info = stream.info().await.expect("info");
+    let leader = info
+        .cluster
+        .as_ref()
+        .and_then(|cluster| cluster.leader.clone())
+        .expect("a leader");
+    leader
+        .trim_start_matches('n')
+        .parse()
+        .expect("servers are named n0, n1, n2")
+}
+
+/// `kill -9` of the NATS server that leads the journal stream while findings arrive: the
+/// cluster elects another leader, and whichever runner serves afterwards (the same one if it
+/// rode the election out, the other if the serving one stopped: it is started again, as its
+/// supervisor would) has one completed run for every finding; the audit chain verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_loss_of_the_journal_streams_leader_loses_and_repeats_nothing() {
+    let mut setup = Setup::new(&[("noted.yaml", NOTE)]).await;
+    let _print_a = support::print_log_on_failure(&setup.logs[0]);
+    let _print_b = support::print_log_on_failure(&setup.logs[1]);
+    let mut runners = {
+        let (a, b) = setup.launch_both().await;
+        [a, b]
+    };
+    let urls: Vec<String> = setup.nats.split(',').map(str::to_owned).collect();
+    let client = async_nats::connect(urls.clone()).await.expect("nats");
+    let jetstream = async_nats::jetstream::new(client);
+
+    const FINDINGS: usize = 200;
+    let publisher = tokio::spawn({
+        let jetstream = jetstream.clone();
+        async move {
+            for n in 0..FINDINGS {
+                publish_until_acknowledged(&jetstream, &finding_of("test.roll", n)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let leader = journal_leader(&jetstream).await;
+    let killed = Instant::now();
+    tokio::task::block_in_place(|| setup.servers[leader].stop());
+    eprintln!("killed n{leader}, the journal stream's leader");
+
+    publisher.await.expect("published");
+    // A runner that stopped (it could not append, or lost its lease) is started again, as its
+    // supervisor would; the one that serves at the end has every run.
+    let listen = loop {
+        for runner in &mut runners {
+            if runner.exited().is_some() {
+                tokio::task::block_in_place(|| runner.respawn_alive());
+            }
+        }
+        let mut done = None;
+        for runner in &runners {
+            if support::http_status(&runner.listen, "/readyz") == Some(200) {
+                let runs = runs(&runner.listen).await;
+                if runs.len() == FINDINGS {
+                    done = Some((runner.listen.clone(), runs));
+                }
+            }
+        }
+        if let Some((listen, runs)) = done {
+            assert!(
+                runs.values().all(|statuses| statuses == &["completed"]),
+                "each once, completed: {runs:?}"
+            );
+            break listen;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(120),
+            "no runner has a run for every finding two minutes after the leader was killed"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!(
+        "every finding has its run {:?} after the leader was killed",
+        killed.elapsed()
+    );
+    let verified = get(&listen, "/api/v1/audit/verify")
+        .await
+        .expect("audit verify");
+    assert_eq!(verified["ok"], true, "{verified}");
+    let starts: Vec<usize> = runners
+        .iter()
+        .map(|runner| runner.log_text().matches("quench is serving").count())
+        .collect();
+    eprintln!("times each runner served (a, b): {starts:?}");
 }

@@ -28,9 +28,12 @@ pub const SUBJECT_PREFIX: &str = "quench.journal";
 /// other expected-sequence headers): "wrong last sequence".
 const WRONG_LAST_SEQUENCE: u64 = 10071;
 
-/// How long an append waits for the stream to acknowledge it (a leader election takes a few
-/// seconds; past this the append is retried by the caller or the partition given up).
+/// How long one attempt of an append waits for the stream to acknowledge it.
 const ACK_WAIT: Duration = Duration::from_secs(10);
+/// How long an append whose outcome is unknown (no answer, no stream leader: an election, a
+/// lost connection) is tried again before the writer gives up. A leader election takes a few
+/// seconds; every attempt carries the same `Nats-Msg-Id`, so the stream takes it once.
+const UNAVAILABLE_FOR: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -180,6 +183,9 @@ pub struct Writer {
     journal: Journal,
     partition: u32,
     runner: String,
+    /// The revision of the writer's lease: with the partition and the expected sequence, it
+    /// names each append (`Nats-Msg-Id`), so a retry of one that landed is recognized.
+    lease: u64,
     /// The sequence of the partition's last message, as this writer applied it.
     last: u64,
 }
@@ -208,6 +214,14 @@ impl Journal {
 
     /// The sequence of the partition's last message (0 for an empty journal).
     pub async fn last(&self, partition: u32) -> Result<u64, Error> {
+        Ok(self
+            .last_message(partition)
+            .await?
+            .map_or(0, |(sequence, _)| sequence))
+    }
+
+    /// The partition's last message: its sequence and its `Nats-Msg-Id`.
+    async fn last_message(&self, partition: u32) -> Result<Option<(u64, Option<String>)>, Error> {
         let read = |message: String| Error::Read { partition, message };
         let stream = self
             .jetstream
@@ -218,14 +232,20 @@ impl Journal {
             .get_last_raw_message_by_subject(&Journal::subject(partition))
             .await
         {
-            Ok(message) => Ok(message.sequence),
+            Ok(message) => {
+                let id = message
+                    .headers
+                    .get(async_nats::header::NATS_MESSAGE_ID)
+                    .map(|id| id.as_str().to_owned());
+                Ok(Some((message.sequence, id)))
+            }
             Err(error)
                 if matches!(
                     error.kind(),
                     async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound
                 ) =>
             {
-                Ok(0)
+                Ok(None)
             }
             Err(error) => Err(read(error.to_string())),
         }
@@ -294,6 +314,7 @@ impl Journal {
             journal: self.clone(),
             partition,
             runner: runner.to_owned(),
+            lease,
             last,
         };
         writer
@@ -305,15 +326,19 @@ impl Journal {
         Ok(writer)
     }
 
+    /// One attempt at appending `body` after `expected`, named `id` (`Nats-Msg-Id`: an attempt
+    /// whose earlier twin landed is acknowledged as a duplicate, with the twin's sequence).
     async fn publish(
         &self,
         partition: u32,
         expected: u64,
+        id: &str,
         body: Bytes,
     ) -> Result<u64, AppendError> {
         let unknown = |message: String| AppendError::Unknown { partition, message };
         let publish = jetstream::message::PublishMessage::build()
             .payload(body)
+            .message_id(id)
             .expected_last_subject_sequence(expected);
         let ack = self
             .jetstream
@@ -365,13 +390,53 @@ impl Writer {
     /// Appends one record after the last this writer knows of. `Fenced` means another runner
     /// took the partition: the writer must stop (its state is stale), and nothing that waited
     /// on this append may be acknowledged.
+    ///
+    /// An attempt whose outcome is unknown is made again, with the same expected sequence and
+    /// `Nats-Msg-Id`, for up to [`UNAVAILABLE_FOR`]: an election of the stream's leader does
+    /// not stop the writer, and an attempt that landed unacknowledged is not appended twice.
     pub async fn append(&mut self, record: &Record) -> Result<u64, AppendError> {
-        let sequence = self
-            .journal
-            .publish(self.partition, self.last, Bytes::from(record.encode()))
-            .await?;
+        let body = Bytes::from(record.encode());
+        let id = self.next_id();
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(100);
+        let sequence = loop {
+            match self
+                .journal
+                .publish(self.partition, self.last, &id, body.clone())
+                .await
+            {
+                Ok(sequence) => break sequence,
+                Err(AppendError::Unknown { message, .. })
+                    if started.elapsed() + pause < UNAVAILABLE_FOR =>
+                {
+                    tracing::warn!(
+                        partition = self.partition,
+                        error = %message,
+                        "the journal did not acknowledge an append; trying again"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                // The server checks the expected sequence before it looks for a duplicate: an
+                // earlier attempt that landed unacknowledged is the last message, with this id
+                // (no other writer's append carries it: the id names this writer's lease).
+                Err(fenced @ AppendError::Fenced { .. }) => {
+                    match self.journal.last_message(self.partition).await {
+                        Ok(Some((sequence, Some(last_id)))) if last_id == id => break sequence,
+                        _ => return Err(fenced),
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        };
         self.last = sequence;
         Ok(sequence)
+    }
+
+    /// The `Nats-Msg-Id` the next append carries: the partition, the writer's lease and the
+    /// sequence it expects to follow, so every attempt of one append carries the same.
+    pub fn next_id(&self) -> String {
+        format!("{}-{}-{}", self.partition, self.lease, self.last)
     }
 }
 

@@ -26,6 +26,9 @@ pub enum Error {
     Bucket(String),
     #[error("ownership bucket {BUCKET}: {0}")]
     Kv(String),
+    /// The bucket exists with another lease than this runner's: a configuration mistake.
+    #[error("ownership bucket {BUCKET}: {0}")]
+    Lease(String),
 }
 
 /// A partition this runner holds, and the revision its lease was last written at.
@@ -91,7 +94,7 @@ impl Owners {
             Err(_) => None,
         };
         match existing {
-            Some(theirs) if theirs != lease => Error::Bucket(format!(
+            Some(theirs) if theirs != lease => Error::Lease(format!(
                 "the cluster's runners use a lease of {} and this one `[cluster] lease = \"{}\"`: \
                  give every runner the same lease ({error})",
                 humantime::format_duration(theirs),

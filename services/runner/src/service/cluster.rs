@@ -32,6 +32,9 @@ const PARTITION: u32 = 0;
 /// The oldest server cluster mode runs on: `sync_interval: always` (2.10) is what makes an
 /// acknowledged journal append durable on a majority.
 const MIN_SERVER: (u64, u64) = (2, 10);
+/// How long joining the cluster, or a take-over, is tried again while the journal, the
+/// snapshots or the ownership bucket do not answer.
+const TAKE_OVER_FOR: Duration = Duration::from_secs(60);
 /// How often the owner looks whether a snapshot is due.
 const SNAPSHOT_CHECK: Duration = Duration::from_secs(15);
 /// A snapshot at least this often while the journal grows, however few the appends.
@@ -115,17 +118,48 @@ pub(crate) async fn take_over(
     let lease_for = config.cluster.lease();
     let replicas = config.nats.replicas;
     let cluster = |error: &dyn std::fmt::Display| Error::Cluster(error.to_string());
-    let journal = Journal::ensure(jetstream.clone(), replicas)
-        .await
-        .map_err(|error| cluster(&error))?;
-    let snapshots = Snapshots::open(jetstream.clone(), replicas)
-        .await
-        .map_err(|error| cluster(&error))?;
-    let owners = Owners::join(jetstream, &runner, lease_for, replicas)
-        .await
-        .map_err(|error| cluster(&error))?;
-
     let standby = StandBy::start(config).await?;
+    // The cluster's streams and buckets; while a stream elects a leader (a server of the
+    // cluster just lost) they do not answer for a few seconds: asked again for a while.
+    let started = Instant::now();
+    let joined = loop {
+        // Err((error, whether to ask again)).
+        let joined = async {
+            let journal = Journal::ensure(jetstream.clone(), replicas)
+                .await
+                .map_err(|error| (cluster(&error), true))?;
+            let snapshots = Snapshots::open(jetstream.clone(), replicas)
+                .await
+                .map_err(|error| (cluster(&error), true))?;
+            let owners = Owners::join(jetstream, &runner, lease_for, replicas)
+                .await
+                .map_err(|error| {
+                    // Another lease than the cluster's: a configuration mistake, not an outage.
+                    let again = !matches!(error, OwnersError::Lease(_));
+                    (cluster(&error), again)
+                })?;
+            Ok((journal, snapshots, owners))
+        }
+        .await;
+        match joined {
+            Ok(joined) => break joined,
+            Err((error, true)) if started.elapsed() < TAKE_OVER_FOR => {
+                tracing::warn!(%error, "standing by: cannot join the cluster yet; trying again");
+                tokio::select! {
+                    () = shutdown.cancelled() => {
+                        standby.stop().await;
+                        return Ok(None);
+                    }
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            Err((error, _)) => {
+                standby.stop().await;
+                return Err(error);
+            }
+        }
+    };
+    let (journal, snapshots, owners) = joined;
     let lease = match claim(&owners, lease_for, shutdown).await {
         Some(lease) => lease,
         None => {
@@ -158,12 +192,30 @@ pub(crate) async fn take_over(
         lease: lease.revision,
         max_payload: client.server_info().max_payload,
     };
-    let owned = match crate::cluster::store::open(&opening, PARTITION, store_config).await {
-        Ok(owned) => Arc::new(owned),
-        Err(error) => {
-            hand_over.cancel();
-            let _ = keeper.await;
-            return Err(cluster(&error));
+    // A journal or snapshot bucket that does not answer (its stream electing a leader) is
+    // asked again for a while, the lease kept meanwhile.
+    let started = Instant::now();
+    let owned = loop {
+        match crate::cluster::store::open(&opening, PARTITION, store_config).await {
+            Ok(owned) => break Arc::new(owned),
+            Err(error)
+                if transient(&error)
+                    && started.elapsed() < TAKE_OVER_FOR
+                    && !lost.is_cancelled()
+                    && !shutdown.is_cancelled() =>
+            {
+                tracing::warn!(
+                    partition = PARTITION,
+                    %error,
+                    "cannot take the partition over yet; trying again"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(error) => {
+                hand_over.cancel();
+                let _ = keeper.await;
+                return Err(cluster(&error));
+            }
         }
     };
     // A fenced append means another runner took over: this one no longer holds anything.
@@ -189,6 +241,18 @@ pub(crate) async fn take_over(
         keeper,
         snapshotter,
     }))
+}
+
+/// Whether taking over may succeed if tried again: the journal or the snapshots could not be
+/// read or the owner record not appended (no answer), as opposed to a take-over fenced by
+/// another runner's, or a cache or journal that cannot be used.
+fn transient(error: &crate::cluster::store::Error) -> bool {
+    use crate::cluster::journal::AppendError;
+    use crate::cluster::store::Error;
+    matches!(
+        error,
+        Error::Journal(_) | Error::Snapshot(_) | Error::TakeOver(AppendError::Unknown { .. })
+    )
 }
 
 /// Claims the partition every fifth of a lease until it is free and this runner gets it.
