@@ -284,13 +284,18 @@ impl Setup {
 
     /// Starts runner `index` (`runner-a`, `runner-b`); returns once it answers `/healthz`.
     fn launch(&self, index: usize) -> support::Service {
+        self.launch_via(index, &self.nats)
+    }
+
+    /// [`Setup::launch`], reaching the servers at `nats` (proxies, say).
+    fn launch_via(&self, index: usize, nats: &str) -> support::Service {
         let runner = ["runner-a", "runner-b"][index];
         tokio::task::block_in_place(|| {
             support::Service::launch_alive(
-                &self.nats,
+                nats,
                 &self.playbooks,
                 &self.dirs[index],
-                &config(&self.nats, runner, &self.extra),
+                &config(nats, runner, &self.extra),
             )
         })
     }
@@ -685,4 +690,77 @@ async fn the_loss_of_the_journal_streams_leader_loses_and_repeats_nothing() {
         .map(|runner| runner.log_text().matches("quench is serving").count())
         .collect();
     eprintln!("times each runner served (a, b): {starts:?}");
+}
+
+/// A network split between the serving runner and the whole cluster (every connection through
+/// its proxies closed, new ones refused): it cannot renew its lease, stops after one lease
+/// (exit 69) without acknowledging anything it could not append, and the other runner takes
+/// the partition over with the parked runs and fires their deadlines once. Healed, the first
+/// one comes back and stands by.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_split_from_the_cluster_stops_and_the_other_takes_over() {
+    let setup = Setup::new(&[("held.yaml", &gated("held", "test.cluster", "20s"))]).await;
+    let _print_a = support::print_log_on_failure(&setup.logs[0]);
+    let _print_b = support::print_log_on_failure(&setup.logs[1]);
+    let upstreams: Vec<String> = setup
+        .nats
+        .split(',')
+        .map(|url| url.trim_start_matches("nats://").to_owned())
+        .collect();
+    let split = support::split::Split::start(&upstreams).await;
+    let mut a = setup.launch_via(0, &split.nats_urls());
+    serves(&a.listen, "runner-a").await;
+    let b = setup.launch(1);
+    let (listen_a, listen_b) = (a.listen.clone(), b.listen.clone());
+    for n in 0..5 {
+        support::gateway_client::publish_finding(&setup.jetstream, &finding(n)).await;
+    }
+    support::eventually_async(Duration::from_secs(30), "five parked runs on a", || async {
+        let runs = runs(&listen_a).await;
+        runs.len() == 5 && runs.values().all(|statuses| statuses == &["waiting"])
+    })
+    .await;
+
+    split.cut();
+    let cut = Instant::now();
+    serves(&listen_b, "runner-b").await;
+    eprintln!("runner-b serves {:?} after the split", cut.elapsed());
+    let status = loop {
+        if let Some(status) = a.exited() {
+            break status;
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(60),
+            "runner-a still runs a minute after the split"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("runner-a stopped {:?} after the split", cut.elapsed());
+    let log = a.log_text();
+    assert_eq!(status.code(), Some(69), "{log}");
+    assert!(
+        log.contains("could not be renewed for a whole lease"),
+        "runner-a says why it stopped: {log}"
+    );
+    // b has the parked runs, and fires their deadlines once.
+    let after = runs(&listen_b).await;
+    assert_eq!(after.len(), 5, "{after:?}");
+
+    split.heal();
+    tokio::task::block_in_place(|| a.respawn_alive());
+    let health = get(&listen_a, "/healthz").await.expect("a answers");
+    assert_eq!(health["status"], "standby");
+    support::eventually_async(Duration::from_secs(60), "b times the gates out", || async {
+        let runs = runs(&listen_b).await;
+        runs.len() == 5 && runs.values().all(|statuses| statuses == &["completed"])
+    })
+    .await;
+    let timeouts = timeouts(&listen_b).await;
+    assert_eq!(timeouts.len(), 5, "{timeouts:?}");
+    assert!(timeouts.values().all(|count| *count == 1), "{timeouts:?}");
+    let verified = get(&listen_b, "/api/v1/audit/verify")
+        .await
+        .expect("audit verify");
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert_eq!(support::http_status(&listen_a, "/readyz"), Some(503));
 }

@@ -479,7 +479,8 @@ impl NatsServer {
                     format!(
                         "server_name: n{index}\nlisten: 127.0.0.1:{port}\n\
                          jetstream {{ store_dir: \"{store}\" }}\n\
-                         cluster {{ name: quench-test, listen: 127.0.0.1:{route}, routes: [{route_list}] }}\n",
+                         cluster {{ name: quench-test, listen: 127.0.0.1:{route}, routes: [{route_list}], \
+                         no_advertise: true }}\n",
                         port = free_port(),
                         store = dir.path().join("jetstream").display(),
                     ),
@@ -893,6 +894,7 @@ where
 }
 
 pub(crate) mod gateway_client;
+pub(crate) mod split;
 /// The OpenAI fake is a crate of its own (`services/openai-fake`): `quench up --demo` serves it too.
 pub(crate) use quench_openai_fake as openai_fake;
 // Not every helper of the Slack fake is used by a test yet.

@@ -383,7 +383,8 @@ pub async fn serve_with(
         engine.abort();
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
-    let _ = client.flush().await;
+    // Not forever: a runner split from the servers has nothing to flush to.
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
     crate::metrics::get().cluster_partitions_held.set(0);
     if let Some(active) = cluster {
         // After the last commit: a standing-by runner takes over now.
