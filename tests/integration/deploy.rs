@@ -286,7 +286,7 @@ struct Example {
     inbox_prefix: &'static str,
 }
 
-const EXAMPLES: [Example; 4] = [
+const EXAMPLES: [Example; 5] = [
     Example {
         path: "deploy/quench.toml",
         gateway: false,
@@ -300,6 +300,13 @@ const EXAMPLES: [Example; 4] = [
         secrets_dir: "/run/secrets/",
         nats_user: "quench-gateway",
         inbox_prefix: "_INBOX.gateway",
+    },
+    Example {
+        path: "deploy/kubernetes-cluster/quench.toml",
+        gateway: false,
+        secrets_dir: "/run/secrets/",
+        nats_user: "quench-runner",
+        inbox_prefix: "_INBOX.runner",
     },
     Example {
         path: "deploy/systemd/quench.toml",
@@ -466,13 +473,21 @@ fn quench_loads_every_example_config_and_redacts_its_secrets() {
     }
 }
 
+/// The copies kustomize reads (only files below a kustomization's directory) equal their
+/// originals. The cluster's quench.toml differs on purpose: see
+/// `quench_loads_the_cluster_config_with_the_pods_environment`.
 #[test]
 fn kubernetes_uses_identical_copies_of_the_configs() {
-    for name in ["quench.toml", "quench-gateway.toml", "nats-server.conf"] {
+    for (dir, name) in [
+        ("kubernetes", "quench.toml"),
+        ("kubernetes", "quench-gateway.toml"),
+        ("kubernetes", "nats-server.conf"),
+        ("kubernetes-cluster", "nats-cluster.conf"),
+    ] {
         assert!(
-            read(&deploy().join(name)) == read(&deploy().join("kubernetes").join(name)),
-            "deploy/kubernetes/{name} must be a copy of deploy/{name} (kustomize reads files only \
-             below its directory): cp deploy/{name} deploy/kubernetes/{name}"
+            read(&deploy().join(name)) == read(&deploy().join(dir).join(name)),
+            "deploy/{dir}/{name} must be a copy of deploy/{name} (kustomize reads files only \
+             below its directory): cp deploy/{name} deploy/{dir}/{name}"
         );
     }
 }
@@ -852,6 +867,819 @@ fn object_of_kind<'a>(objects: &'a [(String, Value)], kind: &str) -> &'a Value {
         .map(|(_, object)| object)
         .find(|object| text(object, "/kind") == Some(kind))
         .unwrap_or_else(|| panic!("deploy/kubernetes has no {kind}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes, cluster mode: the overlay deploy/kubernetes-cluster
+
+fn overlay() -> PathBuf {
+    deploy().join("kubernetes-cluster")
+}
+
+/// How kustomize merges a list in a strategic-merge patch, by the list's path in the object
+/// (indexes left out): by the key Kubernetes declares as its `patchMergeKey`, or (`None`, the
+/// lists without one) the patch's list replaces the base's. A patch of a list not named here
+/// fails the test: the merge below never guesses.
+const PATCHED_LISTS: [(&str, Option<&str>); 8] = [
+    ("/spec/ports", Some("port")),
+    ("/spec/template/spec/containers", Some("name")),
+    ("/spec/template/spec/containers/env", Some("name")),
+    (
+        "/spec/template/spec/containers/ports",
+        Some("containerPort"),
+    ),
+    (
+        "/spec/template/spec/containers/volumeMounts",
+        Some("mountPath"),
+    ),
+    ("/spec/template/spec/volumes", Some("name")),
+    ("/spec/template/spec/containers/args", None),
+    (
+        "/spec/template/spec/affinity/podAntiAffinity/preferredDuringSchedulingIgnoredDuringExecution",
+        None,
+    ),
+];
+
+/// Merges a strategic-merge patch into `base` as kustomize does for the fields listed in
+/// [`PATCHED_LISTS`] and for mappings and scalars (replaced); `path` is where `base` is.
+fn strategic_merge(base: &mut Value, patch: &Value, path: &str) {
+    let (Some(base), Some(patch)) = (base.as_object_mut(), patch.as_object()) else {
+        panic!("{path}: a patch merges a mapping into a mapping");
+    };
+    for (key, value) in patch {
+        let here = format!("{path}/{key}");
+        assert!(
+            !key.starts_with('$') && !matches!(value.as_str(), Some("null" | "~")),
+            "{here}: patch directives and deletions are not modelled here"
+        );
+        match value {
+            Value::Object(_) => {
+                let slot = base
+                    .entry(key.clone())
+                    .or_insert_with(|| Value::Object(Default::default()));
+                strategic_merge(slot, value, &here);
+            }
+            Value::Array(items) => {
+                let (_, merge_key) = PATCHED_LISTS
+                    .iter()
+                    .find(|(list, _)| *list == here)
+                    .unwrap_or_else(|| {
+                        panic!("{here}: add how kustomize merges this list to PATCHED_LISTS")
+                    });
+                let Some(merge_key) = merge_key else {
+                    base.insert(key.clone(), value.clone());
+                    continue;
+                };
+                let list = base
+                    .entry(key.clone())
+                    .or_insert_with(|| Value::Array(Vec::new()))
+                    .as_array_mut()
+                    .unwrap_or_else(|| panic!("{here} is a list"));
+                for item in items {
+                    let id = text(item, &format!("/{merge_key}"))
+                        .unwrap_or_else(|| panic!("an item of {here} without {merge_key}"));
+                    match list
+                        .iter_mut()
+                        .find(|existing| text(existing, &format!("/{merge_key}")) == Some(id))
+                    {
+                        Some(existing) => strategic_merge(existing, item, &here),
+                        None => list.push(item.clone()),
+                    }
+                }
+            }
+            _ => {
+                base.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+/// A path a kustomization names (`resources`, `patches`, generator files), checked as kustomize
+/// loads it: a file must be below the kustomization's directory; a directory (another
+/// kustomization) may be anywhere but must not contain it (kustomize: "cycle detected").
+fn kustomize_path(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let resolved = path
+        .canonicalize()
+        .unwrap_or_else(|error| panic!("{}: {name}: {error}", relative(dir)));
+    if resolved.is_dir() {
+        let here = dir.canonicalize().expect("the kustomization's directory");
+        assert!(
+            !here.starts_with(&resolved),
+            "{}: the base {name} contains this directory, which kustomize refuses",
+            relative(dir)
+        );
+        assert!(
+            resolved.join("kustomization.yaml").is_file(),
+            "{}: {name} is a directory without kustomization.yaml",
+            relative(dir)
+        );
+    } else {
+        assert!(
+            Path::new(name)
+                .components()
+                .all(|part| matches!(part, std::path::Component::Normal(_))),
+            "{}: kustomize reads only files below the kustomization's directory: {name}",
+            relative(dir)
+        );
+    }
+    resolved
+}
+
+/// What `kubectl apply -k DIR` applies, built as kustomize does for the features the
+/// kustomizations here use: `resources` (files, and directories built the same way), `patches`
+/// (strategic merge, each by a file naming its target), `configMapGenerator` (create, merge,
+/// replace; the ConfigMaps keep their names, without kustomize's hash suffix) and `images`. The
+/// namespace is not set. Panics on whatever else a kustomization says.
+fn kustomize_build(dir: &Path) -> Vec<Value> {
+    let mut documents = yaml_documents(&dir.join("kustomization.yaml"));
+    assert_eq!(documents.len(), 1, "{}: one kustomization", relative(dir));
+    let kustomization = documents.remove(0);
+    let known = [
+        "apiVersion",
+        "kind",
+        "namespace",
+        "resources",
+        "patches",
+        "configMapGenerator",
+        "images",
+    ];
+    for key in kustomization.as_object().expect("a mapping").keys() {
+        assert!(
+            known.contains(&key.as_str()),
+            "{}/kustomization.yaml: `{key}` is not modelled by this test",
+            relative(dir)
+        );
+    }
+    let mut objects = Vec::new();
+    for name in strings(&kustomization, "/resources") {
+        let path = kustomize_path(dir, &name);
+        if path.is_dir() {
+            objects.extend(kustomize_build(&path));
+        } else {
+            objects.extend(yaml_documents(&path));
+        }
+    }
+    for generator in kustomization
+        .pointer("/configMapGenerator")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = text(generator, "/name").expect("a generator's name");
+        let mut data = serde_json::Map::new();
+        for file in strings(generator, "/files") {
+            data.insert(
+                file.clone(),
+                Value::String(read(&kustomize_path(dir, &file))),
+            );
+        }
+        let existing = objects.iter_mut().find(|object| {
+            text(object, "/kind") == Some("ConfigMap")
+                && text(object, "/metadata/name") == Some(name)
+        });
+        match (text(generator, "/behavior").unwrap_or("create"), existing) {
+            ("create", None) => objects.push(serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": name},
+                "data": data,
+            })),
+            ("merge", Some(existing)) => {
+                existing["data"].as_object_mut().expect("data").extend(data)
+            }
+            ("replace", Some(existing)) => existing["data"] = Value::Object(data),
+            (behavior, existing) => panic!(
+                "{}: ConfigMap {name} with behavior {behavior} {} in the base",
+                relative(dir),
+                if existing.is_some() {
+                    "exists"
+                } else {
+                    "does not exist"
+                }
+            ),
+        }
+    }
+    for patch in kustomization
+        .pointer("/patches")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        assert_eq!(
+            patch.as_object().map(|patch| patch.len()),
+            Some(1),
+            "{}: a patch is a file naming its target ({patch})",
+            relative(dir)
+        );
+        let file = text(patch, "/path").expect("a patch's path");
+        let documents = yaml_documents(&kustomize_path(dir, file));
+        assert_eq!(documents.len(), 1, "{file}: one patch");
+        let kind = text(&documents[0], "/kind").expect("kind");
+        let name = text(&documents[0], "/metadata/name").expect("metadata.name");
+        let target = objects
+            .iter_mut()
+            .find(|object| {
+                text(object, "/kind") == Some(kind) && text(object, "/metadata/name") == Some(name)
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}/{file} patches {kind} {name}, which its bases do not have",
+                    relative(dir)
+                )
+            });
+        assert_eq!(
+            text(target, "/apiVersion"),
+            text(&documents[0], "/apiVersion"),
+            "{file}: the apiVersion of {kind} {name}"
+        );
+        strategic_merge(target, &documents[0], "");
+    }
+    for image in kustomization
+        .pointer("/images")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = text(image, "/name").expect("an image's name");
+        for object in &mut objects {
+            let Some(pod) = object.pointer_mut("/spec/template/spec") else {
+                continue;
+            };
+            for container in pod
+                .pointer_mut("/containers")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                let current = text(container, "/image").unwrap_or_default().to_owned();
+                let Some(tag) = current
+                    .strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(':'))
+                else {
+                    continue;
+                };
+                container["image"] = Value::String(format!(
+                    "{}:{}",
+                    text(image, "/newName").unwrap_or(name),
+                    text(image, "/newTag").unwrap_or(tag)
+                ));
+            }
+        }
+    }
+    objects
+}
+
+/// The object of `kind` named `name` among `objects`.
+fn built<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|object| {
+            text(object, "/kind") == Some(kind) && text(object, "/metadata/name") == Some(name)
+        })
+        .unwrap_or_else(|| panic!("the build has no {kind} {name}"))
+}
+
+/// `matchLabels` of a selector equal to the labels of a workload's pods (what each selects).
+fn selects(selector: &Value, workload: &Value) -> bool {
+    selector.pointer("/matchLabels").is_some_and(|labels| {
+        labels.as_object().is_some_and(|labels| {
+            labels.iter().all(|(key, value)| {
+                workload
+                    .pointer("/spec/template/metadata/labels")
+                    .and_then(|pod| pod.get(key))
+                    == Some(value)
+            })
+        })
+    })
+}
+
+/// Whether a NetworkPolicy rule may let `port` through: `ports` absent (all ports), the port, or
+/// a port given by name (whatever number the pod gives it).
+fn rule_allows(rule: &Value, port: &str) -> bool {
+    let allows = |entry: &Value| {
+        text(entry, "/port").is_some_and(|given| given == port || given.parse::<u16>().is_err())
+    };
+    rule.pointer("/ports")
+        .and_then(Value::as_array)
+        .is_none_or(|ports| ports.iter().any(allows))
+}
+
+/// The overlay: three NATS servers from nats-cluster.conf and three runners in cluster mode,
+/// built from the base's files and the overlay's patches as kustomize builds them.
+#[test]
+fn kubernetes_cluster_overlay_runs_three_nats_servers_and_three_runners() {
+    let base = kubernetes_objects();
+    assert_eq!(
+        text(
+            object(&base, "StatefulSet", "quench-runner"),
+            "/spec/replicas"
+        ),
+        Some("1"),
+        "deploy/kubernetes runs one runner"
+    );
+    let kustomization = &yaml_documents(&overlay().join("kustomization.yaml"))[0];
+    assert!(
+        strings(kustomization, "/resources").contains(&"../kubernetes".to_owned()),
+        "the overlay builds on deploy/kubernetes"
+    );
+    assert_eq!(text(kustomization, "/namespace"), Some("quench"));
+    let objects = kustomize_build(&overlay());
+
+    // The overlay's own objects are complete, and every pod it runs keeps the hardening.
+    let mut problems = Vec::new();
+    for object in &objects {
+        let kind = text(object, "/kind").unwrap_or_default();
+        let name = text(object, "/metadata/name").unwrap_or("?");
+        if text(object, "/apiVersion").is_none() || kind.is_empty() || name == "?" {
+            problems.push(format!(
+                "an object without apiVersion, kind or name: {object}"
+            ));
+        }
+        if let Some(pod) = pod_spec(object) {
+            for problem in hardening_problems(pod, !matches!(kind, "Job" | "CronJob" | "Pod")) {
+                problems.push(format!("{kind} {name}: {problem}"));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "deploy/kubernetes-cluster:\n  {}",
+        problems.join("\n  ")
+    );
+
+    // NATS: three servers from nats-cluster.conf, named after their pods, routes on 6222.
+    let nats = built(&objects, "StatefulSet", "nats");
+    assert_eq!(text(nats, "/spec/replicas"), Some("3"));
+    assert_eq!(text(nats, "/spec/podManagementPolicy"), Some("Parallel"));
+    let pod = pod_spec(nats).expect("a pod spec");
+    let args = strings(pod, "/containers/0/args");
+    let config = args
+        .windows(2)
+        .find(|pair| pair[0] == "-c")
+        .map(|pair| pair[1].clone())
+        .expect("nats-server -c FILE");
+    assert_eq!(config, "/etc/nats/nats-cluster.conf", "{args:?}");
+    let config_map = pod
+        .pointer("/volumes")
+        .and_then(Value::as_array)
+        .and_then(|volumes| {
+            volumes
+                .iter()
+                .find(|volume| text(volume, "/name") == Some("config"))
+        })
+        .and_then(|volume| text(volume, "/configMap/name"))
+        .expect("the config volume");
+    let files: BTreeSet<&String> = built(&objects, "ConfigMap", config_map)
+        .pointer("/data")
+        .and_then(Value::as_object)
+        .map(|data| data.keys().collect())
+        .unwrap_or_default();
+    assert!(
+        files.contains(&"nats-cluster.conf".to_owned())
+            && files.contains(&"nats-server.conf".to_owned()),
+        "nats-cluster.conf and the nats-server.conf it includes, side by side: {files:?}"
+    );
+    let server_name = pod
+        .pointer("/containers/0/env")
+        .and_then(Value::as_array)
+        .and_then(|env| {
+            env.iter()
+                .find(|variable| text(variable, "/name") == Some("NATS_SERVER_NAME"))
+        });
+    assert_eq!(
+        server_name.and_then(|variable| text(variable, "/valueFrom/fieldRef/fieldPath")),
+        Some("metadata.name"),
+        "each server is named after its pod"
+    );
+    let env: BTreeSet<String> = pod
+        .pointer("/containers/0/env")
+        .and_then(Value::as_array)
+        .map(|env| {
+            env.iter()
+                .filter_map(|variable| text(variable, "/name").map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        nats_variables().is_subset(&env),
+        "the patch keeps the passwords in the environment: {env:?}"
+    );
+    let container_ports: Vec<(String, String)> = pod
+        .pointer("/containers/0/ports")
+        .and_then(Value::as_array)
+        .map(|ports| {
+            ports
+                .iter()
+                .filter_map(|port| {
+                    Some((
+                        text(port, "/name")?.to_owned(),
+                        text(port, "/containerPort")?.to_owned(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for port in [("client", "4222"), ("monitor", "8222"), ("cluster", "6222")] {
+        assert!(
+            container_ports.contains(&(port.0.to_owned(), port.1.to_owned())),
+            "the NATS container's ports: {container_ports:?}"
+        );
+    }
+    let service = built(&objects, "Service", "nats");
+    assert_eq!(text(nats, "/spec/serviceName"), Some("nats"));
+    assert_eq!(text(service, "/spec/clusterIP"), Some("None"), "headless");
+    assert_eq!(
+        text(service, "/spec/publishNotReadyAddresses"),
+        Some("true"),
+        "the servers resolve each other before they are ready"
+    );
+    let route_port = service
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .and_then(|ports| {
+            ports
+                .iter()
+                .find(|port| text(port, "/targetPort") == Some("cluster"))
+        })
+        .and_then(|port| text(port, "/port"))
+        .expect("the Service's route port");
+    assert_eq!(route_port, "6222");
+    // The routes in nats-cluster.conf are the pods' names under the Service.
+    let routes: Vec<String> = read(&overlay().join("nats-cluster.conf"))
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.starts_with("nats-route://"))
+        .map(str::to_owned)
+        .collect();
+    let expected: Vec<String> = (0..3)
+        .map(|index| format!("nats-route://nats-{index}.nats:{route_port}"))
+        .collect();
+    assert_eq!(routes, expected, "nats-cluster.conf's routes");
+
+    // The runners: three, each on its own volume, ready only while serving.
+    let runner = built(&objects, "StatefulSet", "quench-runner");
+    assert_eq!(text(runner, "/spec/replicas"), Some("3"));
+    assert_eq!(text(runner, "/spec/podManagementPolicy"), Some("Parallel"));
+    assert_eq!(
+        text(runner, "/spec/updateStrategy/type"),
+        Some("OnDelete"),
+        "a rolling update would wait for a standing-by runner to be ready"
+    );
+    let pod = pod_spec(runner).expect("a pod spec");
+    for (probe, path) in [
+        ("readinessProbe", "/readyz"),
+        ("livenessProbe", "/healthz"),
+        ("startupProbe", "/healthz"),
+    ] {
+        assert_eq!(
+            text(pod, &format!("/containers/0/{probe}/httpGet/path")),
+            Some(path),
+            "the runner's {probe}"
+        );
+    }
+    let claim = text(runner, "/spec/volumeClaimTemplates/0/metadata/name").expect("a PVC per pod");
+    assert!(
+        pod.pointer("/containers/0/volumeMounts")
+            .and_then(Value::as_array)
+            .is_some_and(|mounts| mounts
+                .iter()
+                .any(|mount| text(mount, "/name") == Some(claim)
+                    && text(mount, "/mountPath") == Some("/var/lib/quench"))),
+        "each runner's store on its own volume"
+    );
+    assert!(
+        pod.pointer("/volumes")
+            .and_then(Value::as_array)
+            .is_some_and(|volumes| volumes
+                .iter()
+                .all(|volume| volume.get("persistentVolumeClaim").is_none())),
+        "no volume shared between the runners"
+    );
+    let service = built(&objects, "Service", "quench-runner");
+    assert_eq!(
+        text(service, "/spec/publishNotReadyAddresses"),
+        Some("false"),
+        "the admin API only on the serving runner"
+    );
+    let config_map = pod
+        .pointer("/volumes")
+        .and_then(Value::as_array)
+        .and_then(|volumes| {
+            volumes
+                .iter()
+                .find(|volume| text(volume, "/name") == Some("config"))
+        })
+        .and_then(|volume| text(volume, "/configMap/name"))
+        .expect("the config volume");
+    assert_eq!(
+        built(&objects, "ConfigMap", config_map).pointer("/data"),
+        Some(&serde_json::json!({"quench.toml": read(&overlay().join("quench.toml"))})),
+        "the runners read the overlay's quench.toml"
+    );
+
+    // Spread over nodes, and evicted within a budget.
+    for workload in [nats, runner] {
+        let name = text(workload, "/metadata/name").expect("a name");
+        let term = workload
+            .pointer("/spec/template/spec/affinity/podAntiAffinity")
+            .and_then(|anti| {
+                anti.pointer("/preferredDuringSchedulingIgnoredDuringExecution/0/podAffinityTerm")
+            })
+            .unwrap_or_else(|| panic!("{name}: anti-affinity"));
+        assert_eq!(text(term, "/topologyKey"), Some("kubernetes.io/hostname"));
+        assert!(
+            selects(
+                term.pointer("/labelSelector").expect("a selector"),
+                workload
+            ),
+            "{name}"
+        );
+        let budgets: Vec<&Value> = objects
+            .iter()
+            .filter(|object| text(object, "/kind") == Some("PodDisruptionBudget"))
+            .filter(|budget| {
+                budget
+                    .pointer("/spec/selector")
+                    .is_some_and(|selector| selects(selector, workload))
+            })
+            .collect();
+        assert_eq!(budgets.len(), 1, "{name}: one PodDisruptionBudget");
+        let expected = if name == "nats" {
+            ("/spec/maxUnavailable", "1")
+        } else {
+            // Only the serving runner is ready: a budget can keep only it from eviction.
+            ("/spec/minAvailable", "1")
+        };
+        assert_eq!(
+            text(budgets[0], expected.0),
+            Some(expected.1),
+            "{name}'s budget"
+        );
+    }
+
+    // Port 6222 is open between the NATS servers and to nothing else.
+    let mut route_rules = 0;
+    for policy in objects
+        .iter()
+        .filter(|object| text(object, "/kind") == Some("NetworkPolicy"))
+    {
+        let name = text(policy, "/metadata/name").unwrap_or("?");
+        let selector = policy.pointer("/spec/podSelector").expect("a podSelector");
+        let on_nats =
+            selector.as_object().is_some_and(serde_json::Map::is_empty) || selects(selector, nats);
+        for (direction, peers) in [("/spec/ingress", "/from"), ("/spec/egress", "/to")] {
+            for rule in policy
+                .pointer(direction)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if !on_nats || !rule_allows(rule, "6222") {
+                    continue;
+                }
+                route_rules += 1;
+                let peers = rule.pointer(peers).and_then(Value::as_array);
+                assert!(
+                    peers.is_some_and(|peers| !peers.is_empty()
+                        && peers.iter().all(|peer| peer
+                            .as_object()
+                            .is_some_and(|peer| peer.len() == 1)
+                            && peer
+                                .pointer("/podSelector")
+                                .is_some_and(|peer| selects(peer, nats)))),
+                    "NetworkPolicy {name} opens port 6222 of the NATS pods to others than NATS \
+                     pods: {rule}"
+                );
+            }
+        }
+    }
+    assert_eq!(route_rules, 2, "routes in and out between the NATS pods");
+}
+
+/// `value` in a form in which two builds of the same objects compare equal: mappings in key
+/// order, lists of mappings sorted (kustomize puts a patch's new items first), file modes in
+/// decimal (kustomize writes `0440` as 288), and the `generated` ConfigMaps' names without
+/// kustomize's hash suffix.
+fn canonical(value: &Value, generated: &[String]) -> Value {
+    match value {
+        Value::Object(map) => {
+            let sorted: BTreeMap<&String, Value> = map
+                .iter()
+                .map(|(key, value)| {
+                    let value = match value.as_str() {
+                        Some(mode) if key == "defaultMode" && mode.starts_with('0') => {
+                            u32::from_str_radix(mode, 8).map_or_else(
+                                |_| value.clone(),
+                                |mode| Value::String(mode.to_string()),
+                            )
+                        }
+                        _ => canonical(value, generated),
+                    };
+                    (key, value)
+                })
+                .collect();
+            Value::Object(
+                sorted
+                    .into_iter()
+                    .map(|(key, value)| (key.clone(), value))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => {
+            let mut items: Vec<Value> = items
+                .iter()
+                .map(|item| canonical(item, generated))
+                .collect();
+            if items.iter().all(Value::is_object) {
+                items.sort_by_key(Value::to_string);
+            }
+            Value::Array(items)
+        }
+        Value::String(string) => {
+            let unhashed = generated.iter().find(|name| {
+                string
+                    .strip_prefix(name.as_str())
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|hash| {
+                        hash.len() == 10
+                            && hash
+                                .bytes()
+                                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit())
+                    })
+            });
+            Value::String(unhashed.map_or_else(|| string.clone(), Clone::clone))
+        }
+        other => other.clone(),
+    }
+}
+
+/// Where kubectl is installed, `kubectl kustomize` builds the overlay into the objects the test
+/// builds itself (but for the namespace, which it sets on every object, and the ConfigMaps'
+/// hash suffixes): the merge the other tests check is kustomize's.
+#[test]
+fn kubectl_builds_the_cluster_overlay_as_the_tests_do_where_kubectl_is_installed() {
+    let available = Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !available {
+        println!(
+            "kubectl is not available here: skipping `kubectl kustomize deploy/kubernetes-cluster`"
+        );
+        return;
+    }
+    let output = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(overlay())
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        output.status.success(),
+        "kubectl kustomize deploy/kubernetes-cluster:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("build.yaml");
+    std::fs::write(&file, &output.stdout).expect("write the build");
+
+    let ours = kustomize_build(&overlay());
+    let generated: Vec<String> = ours
+        .iter()
+        .filter(|object| text(object, "/kind") == Some("ConfigMap"))
+        .filter_map(|object| text(object, "/metadata/name").map(str::to_owned))
+        .collect();
+    let key = |object: &Value| {
+        (
+            text(object, "/kind").unwrap_or_default().to_owned(),
+            text(object, "/metadata/name")
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    let mut theirs = BTreeMap::new();
+    for object in yaml_documents(&file) {
+        let object = canonical(&object, &generated);
+        if text(&object, "/kind") != Some("Namespace") {
+            assert_eq!(
+                text(&object, "/metadata/namespace"),
+                Some("quench"),
+                "{:?}",
+                key(&object)
+            );
+        }
+        let mut object = object;
+        if let Some(metadata) = object
+            .pointer_mut("/metadata")
+            .and_then(Value::as_object_mut)
+        {
+            metadata.remove("namespace");
+        }
+        theirs.insert(key(&object), object);
+    }
+    let ours: BTreeMap<_, _> = ours
+        .iter()
+        .map(|object| (key(object), canonical(object, &generated)))
+        .collect();
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        theirs.keys().collect::<Vec<_>>(),
+        "the objects of the build"
+    );
+    for (key, object) in &ours {
+        assert!(
+            theirs.get(key) == Some(object),
+            "{key:?} as the test builds it:\n{}\nas kubectl kustomize does:\n{}",
+            serde_json::to_string_pretty(object).unwrap_or_default(),
+            serde_json::to_string_pretty(&theirs[key]).unwrap_or_default()
+        );
+    }
+}
+
+/// `[section]` and line of each line of a `--dump-config`, each secret file's path reduced to
+/// its file name (the dumps put them in different temporary directories).
+fn dump_lines(dump: &Dump) -> Vec<(String, String)> {
+    let mut section = String::new();
+    let mut lines = Vec::new();
+    for line in dump.stdout.lines() {
+        if line.starts_with('[') {
+            section = line.to_owned();
+        }
+        let line = match line.split_once("_file = ") {
+            Some((key, path)) => {
+                let name = Path::new(path.trim_matches('"'))
+                    .file_name()
+                    .and_then(|name| name.to_str())
+                    .unwrap_or_default();
+                format!("{key}_file = {name}")
+            }
+            None => line.to_owned(),
+        };
+        lines.push((section.clone(), line));
+    }
+    lines
+}
+
+/// The runners' quench.toml loads with the environment of their pods, as deploy/quench.toml
+/// does, and quench makes the same of it but for `[nats] url` (the three servers of the
+/// StatefulSet `nats`), `[nats] replicas = 3` and `[cluster] enabled = true`.
+#[test]
+fn quench_loads_the_cluster_config_with_the_pods_environment() {
+    let objects = kustomize_build(&overlay());
+    let runner = built(&objects, "StatefulSet", "quench-runner");
+    let env = quench_environment(runner, "10.0.0.7");
+    assert!(
+        env.contains(&("QUENCH_API__LISTEN".to_owned(), "10.0.0.7:8080".to_owned())),
+        "{env:?}"
+    );
+    let cluster_example = EXAMPLES
+        .iter()
+        .find(|example| example.path == "deploy/kubernetes-cluster/quench.toml")
+        .expect("the cluster config is an example");
+    let single = dump_config(&EXAMPLES[0], &env);
+    let cluster = dump_config(cluster_example, &env);
+    for dump in [&single, &cluster] {
+        assert_eq!(dump.output.status.code(), Some(0), "{}", dump.stderr);
+    }
+    assert!(
+        cluster.stdout.contains("\nlisten = \"10.0.0.7:8080\"\n"),
+        "the pod's environment applies:\n{}",
+        cluster.stdout
+    );
+    let (single, cluster) = (dump_lines(&single), dump_lines(&cluster));
+    assert_eq!(single.len(), cluster.len(), "{single:?}\n{cluster:?}");
+    let differences: Vec<(String, String)> = single
+        .iter()
+        .zip(&cluster)
+        .filter(|(single, cluster)| single != cluster)
+        .map(|(_, (section, line))| (section.clone(), line.clone()))
+        .collect();
+
+    let nats = built(&objects, "StatefulSet", "nats");
+    let replicas: usize = text(nats, "/spec/replicas")
+        .and_then(|replicas| replicas.parse().ok())
+        .expect("replicas");
+    let service = text(nats, "/spec/serviceName").expect("serviceName");
+    let servers: Vec<String> = (0..replicas)
+        .map(|index| format!("nats://nats-{index}.{service}:4222"))
+        .collect();
+    let expected = [
+        ("[nats]", format!("url = \"{}\"", servers.join(","))),
+        ("[nats]", "replicas = 3".to_owned()),
+        ("[cluster]", "enabled = true".to_owned()),
+    ]
+    .map(|(section, line)| (section.to_owned(), line));
+    assert_eq!(
+        differences, expected,
+        "the cluster's quench.toml is deploy/quench.toml but for three keys"
+    );
+    // Each runner is named after its pod; one partition.
+    for line in ["runner = \"\"", "partitions = 1"] {
+        assert!(
+            cluster.contains(&("[cluster]".to_owned(), line.to_owned())),
+            "[cluster] {line}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
