@@ -57,7 +57,7 @@ use support::gateway_client::{
 };
 use support::openai_fake::{KeySeed, OpenAiFake, Role};
 use support::slack_fake::SlackFake;
-use support::{NatsServer, Service, hex, root};
+use support::{NatsServer, Service, hex, percentile, root};
 
 /// Samples before the measured ones (a new service's first commits create sled's files).
 const WARM_UP: usize = 20;
@@ -506,17 +506,6 @@ type Pick = fn(&Timing) -> Option<f64>;
 
 fn column(timings: &[Timing], pick: impl Fn(&Timing) -> Option<f64>) -> Vec<f64> {
     timings.iter().filter_map(pick).collect()
-}
-
-/// The nearest-rank percentile (`p` in 0..=1) of `values`; NaN when there are none.
-fn percentile(values: &[f64], p: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 fn report(measured: &[Timing]) {

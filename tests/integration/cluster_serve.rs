@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support;
+use crate::support::{self, NatsServer};
 
 const TOKEN: &str = "cluster-serve-token";
 
@@ -55,29 +55,14 @@ steps:
 
 /// A runner's config; `extra` is appended.
 fn config(urls: &str, runner: &str, extra: &str) -> String {
-    let sha = support::hex(&<sha2::Sha256 as sha2::Digest>::digest(TOKEN.as_bytes()));
-    format!(
-        r#"
-[nats]
-url = "{urls}"
-replicas = 3
-# A finding taken by a runner that stopped before committing it comes back this soon.
-ack_wait = "5s"
-
-[cluster]
-enabled = true
-runner = "{runner}"
-lease = "3s"
-# A snapshot at each check (every 15 s) that finds a new commit: taking over after one restores
-# it, as the journal before it is purged.
-snapshot_every = 1
-
-[[api.tokens]]
-name = "admin"
-role = "admin"
-sha256 = "{sha}"
-{extra}
-"#
+    // A snapshot at each check (every 15 s) that finds a new commit: taking over after one
+    // restores it, as the journal before it is purged.
+    support::cluster_config(
+        urls,
+        runner,
+        TOKEN,
+        "lease = \"3s\"\nsnapshot_every = 1",
+        extra,
     )
 }
 
@@ -251,13 +236,28 @@ impl Setup {
         Setup::with(playbooks, "").await
     }
 
+    /// [`Setup::new`] on servers that fsync every JetStream write before acknowledging it, as
+    /// deployed.
+    async fn synced(playbooks: &[(&str, &str)]) -> Setup {
+        Setup::on(NatsServer::synced_cluster, playbooks, "").await
+    }
+
     /// [`Setup::new`], with `extra` appended to each runner's config.
     async fn with(playbooks: &[(&str, &str)], extra: &str) -> Setup {
+        Setup::on(NatsServer::cluster, playbooks, extra).await
+    }
+
+    /// Runners' directories beside the servers `start` starts.
+    async fn on(
+        start: fn(usize) -> Vec<NatsServer>,
+        playbooks: &[(&str, &str)],
+        extra: &str,
+    ) -> Setup {
         assert!(
             support::nats_server_syncs(),
             "cluster mode needs nats-server 2.10 or newer: tests/run puts the pinned one on PATH"
         );
-        let servers = tokio::task::block_in_place(|| support::NatsServer::cluster(3));
+        let servers = tokio::task::block_in_place(|| start(3));
         let urls: Vec<String> = servers.iter().map(support::NatsServer::url).collect();
         let jetstream = support::jetstream_ready(&urls[0]).await;
         let root = tempfile::tempdir().expect("tempdir");
@@ -613,13 +613,14 @@ async fn journal_leader(jetstream: &async_nats::jetstream::Context) -> usize {
         .expect("servers are named n0, n1, n2")
 }
 
-/// `kill -9` of the NATS server that leads the journal stream while findings arrive: the
+/// `kill -9` of the NATS server that leads the journal stream while findings arrive (servers
+/// that fsync every write, as deployed): the
 /// cluster elects another leader, and whichever runner serves afterwards (the same one if it
 /// rode the election out, the other if the serving one stopped: it is started again, as its
 /// supervisor would) has one completed run for every finding; the audit chain verifies.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_loss_of_the_journal_streams_leader_loses_and_repeats_nothing() {
-    let mut setup = Setup::new(&[("noted.yaml", NOTE)]).await;
+    let mut setup = Setup::synced(&[("noted.yaml", NOTE)]).await;
     let _print_a = support::print_log_on_failure(&setup.logs[0]);
     let _print_b = support::print_log_on_failure(&setup.logs[1]);
     let mut runners = {

@@ -462,6 +462,18 @@ impl NatsServer {
     /// `size` servers forming one JetStream cluster on loopback, each with its own client and
     /// route port and its own store directory.
     pub(crate) fn cluster(size: usize) -> Vec<NatsServer> {
+        NatsServer::cluster_of(size, false)
+    }
+
+    /// As deployed (`deploy/nats-cluster.conf`): [`NatsServer::cluster`] with every JetStream
+    /// write fsynced before it is acknowledged (`sync_interval: always`); one server alone
+    /// when `size` is 1. For benchmarks: the integration tests kill processes, not machines.
+    pub(crate) fn synced_cluster(size: usize) -> Vec<NatsServer> {
+        NatsServer::cluster_of(size, true)
+    }
+
+    fn cluster_of(size: usize, synced: bool) -> Vec<NatsServer> {
+        let sync = if synced { ", sync_interval: always" } else { "" };
         let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let route_list = routes
             .iter()
@@ -478,11 +490,17 @@ impl NatsServer {
                     &config,
                     format!(
                         "server_name: n{index}\nlisten: 127.0.0.1:{port}\n\
-                         jetstream {{ store_dir: \"{store}\" }}\n\
-                         cluster {{ name: quench-test, listen: 127.0.0.1:{route}, routes: [{route_list}], \
-                         no_advertise: true }}\n",
+                         jetstream {{ store_dir: \"{store}\"{sync} }}\n{cluster}",
                         port = free_port(),
                         store = dir.path().join("jetstream").display(),
+                        cluster = if size == 1 {
+                            String::new()
+                        } else {
+                            format!(
+                                "cluster {{ name: quench-test, listen: 127.0.0.1:{route}, \
+                                 routes: [{route_list}], no_advertise: true }}\n"
+                            )
+                        },
                     ),
                 )
                 .expect("write the server config");
@@ -891,6 +909,54 @@ where
         assert!(started.elapsed() < within, "not within {within:?}: {what}");
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
+}
+
+/// The `p`-th percentile (0 < p ≤ 1) of `values` by the nearest-rank method; NaN when empty.
+#[allow(
+    dead_code,
+    reason = "the benchmarks use it, the integration tests do not"
+)]
+pub(crate) fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// A `[cluster]` runner's config on the servers at `urls` (comma-separated): runner name
+/// `runner`, an admin API token `token`, `cluster` added to its `[cluster]` table (`lease =
+/// "3s"`, say), `extra` appended. Findings a runner took and did not commit before it stopped
+/// come back after 5 s (`ack_wait`), and streams have 3 replicas.
+pub(crate) fn cluster_config(
+    urls: &str,
+    runner: &str,
+    token: &str,
+    cluster: &str,
+    extra: &str,
+) -> String {
+    let sha = hex(&<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    format!(
+        r#"
+[nats]
+url = "{urls}"
+replicas = 3
+ack_wait = "5s"
+
+[cluster]
+enabled = true
+runner = "{runner}"
+{cluster}
+
+[[api.tokens]]
+name = "admin"
+role = "admin"
+sha256 = "{sha}"
+{extra}
+"#
+    )
 }
 
 pub(crate) mod gateway_client;

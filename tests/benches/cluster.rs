@@ -1,0 +1,329 @@
+//! Cluster benchmark (figures, not pass/fail) for `[cluster]` (issue 20). Run with
+//!
+//! ```text
+//! cargo build --release --workspace --bins
+//! cargo bench -p quench-tests --bench cluster -- failover [SAMPLES] [LEASE_SECONDS]
+//! cargo bench -p quench-tests --bench cluster -- journal [FINDINGS]
+//! ```
+//!
+//! Needs the pinned nats-server (2.10+) first on the PATH, as the integration tests do. The
+//! servers run as deployed: JetStream on disk with `sync_interval: always` (every write fsynced
+//! before it is acknowledged), three of them routed into a cluster on loopback, streams with
+//! three replicas. The runners are the release `quench serve`, as processes.
+//!
+//! - **failover** (default 20 samples, lease 10 s, the shipped default): two runners, one serving
+//!   and one standing by, with 20 runs parked on an approval gate. Each sample `kill -9`s the
+//!   serving runner and measures until the other one *answers for the parked runs*: `/readyz`
+//!   200 and `GET /api/v1/runs` listing all 20, waiting. The killed one is started again (it
+//!   stands by) before the next sample, so samples alternate between the two. Also reported:
+//!   when `/readyz` first answered 200. Issue 20's target is ≤ 15 s.
+//! - **journal** (default 5,000 findings): what cluster mode costs against the single-node sled
+//!   path, in one run. The same findings, published as fast as the stream takes them (500 at a
+//!   time), through the same playbook (one `note` step: a run starts and ends in one commit),
+//!   on (a) one server and a runner without `[cluster]` (streams with one replica, state in
+//!   sled) and (b) three servers and a runner in cluster mode (streams with three replicas, each
+//!   commit appended to the partition's journal, acknowledged by a majority, before sled
+//!   applies it). The figure is findings taken in and run per second, publishing included
+//!   (from the first publish until `quench_runs_completed_total` reaches the count), and the
+//!   ratio (b) / (a).
+
+#[path = "../integration/support/mod.rs"]
+#[expect(
+    dead_code,
+    unused_imports,
+    reason = "the integration tests' support, shared as is: the bench uses part of it"
+)]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{NatsServer, Service, percentile};
+
+const TOKEN: &str = "cluster-bench-token";
+
+/// Parked runs each failover sample must find answerable on the successor.
+const PARKED: usize = 20;
+
+const HELD: &str = r#"schema: quench.playbook/v1
+name: held
+on:
+  finding:
+    kinds: [bench.held]
+steps:
+  - id: decide
+    uses: approval
+    with:
+      approvers: [lead@example.com]
+      question: Revoke?
+      choices: [revoke, keep]
+      timeout: 24h
+      on_timeout: keep
+"#;
+
+const NOTED: &str = r#"schema: quench.playbook/v1
+name: noted
+on:
+  finding:
+    kinds: [bench.noted]
+steps:
+  - id: record
+    uses: note
+    with:
+      message: "{{ finding.key }}"
+"#;
+
+fn finding(kind: &str, n: usize) -> Value {
+    json!({
+        "schema": "quench.finding/v1", "id": format!("{kind}-{n}"), "kind": kind,
+        "key": format!("{kind}:{n}"), "severity": "low", "title": "a finding",
+        "detected_at": "2026-12-01T00:00:00Z", "source": {"scanner": "bench"},
+        "resource": {"provider": "openai", "type": "api_key", "id": format!("key_{n}")},
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| arg != "--bench")
+        .collect();
+    let number = |index: usize, default: u64| -> u64 {
+        args.get(index).map_or(default, |arg| {
+            arg.parse()
+                .unwrap_or_else(|_| panic!("argument {index} is a number, not {arg:?}"))
+        })
+    };
+    assert!(
+        support::nats_server_syncs(),
+        "needs nats-server 2.10 or newer first on PATH (tests/run installs the pinned one)"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match args.first().map(String::as_str) {
+        Some("failover") => runtime.block_on(failover(number(1, 20) as usize, number(2, 10))),
+        Some("journal") => runtime.block_on(journal(number(1, 5_000) as usize)),
+        _ => panic!("usage: cargo bench -p quench-tests --bench cluster -- failover|journal …"),
+    }
+}
+
+/// A directory of playbooks and one per runner, under one temporary root.
+struct Dirs {
+    root: tempfile::TempDir,
+}
+
+impl Dirs {
+    fn new(playbook: (&str, &str)) -> Dirs {
+        let root = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(root.path().join("playbooks")).expect("dir");
+        std::fs::write(root.path().join("playbooks").join(playbook.0), playbook.1)
+            .expect("playbook");
+        Dirs { root }
+    }
+
+    fn playbooks(&self) -> std::path::PathBuf {
+        self.root.path().join("playbooks")
+    }
+
+    fn runner(&self, name: &str) -> std::path::PathBuf {
+        let dir = self.root.path().join(name);
+        std::fs::create_dir_all(&dir).expect("dir");
+        dir
+    }
+}
+
+async fn get(listen: &str, path: &str) -> Option<Value> {
+    let response = quench_common::http::http_client()
+        .get(format!("http://{listen}{path}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.json().await.ok()
+}
+
+/// Whether the runner at `listen` answers for all [`PARKED`] runs, waiting.
+async fn answers_for_the_parked_runs(listen: &str) -> bool {
+    let Some(body) = get(listen, "/api/v1/runs?limit=500").await else {
+        return false;
+    };
+    let runs = body["runs"].as_array().cloned().unwrap_or_default();
+    runs.len() == PARKED && runs.iter().all(|run| run["status"] == "waiting")
+}
+
+async fn failover(samples: usize, lease: u64) {
+    let servers = tokio::task::block_in_place(|| NatsServer::synced_cluster(3));
+    let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
+    let nats = urls.join(",");
+    let jetstream = support::jetstream_ready(&urls[0]).await;
+    let dirs = Dirs::new(("held.yaml", HELD));
+    let config = |runner: &str| {
+        support::cluster_config(&nats, runner, TOKEN, &format!("lease = \"{lease}s\""), "")
+    };
+    let mut runners: Vec<Service> = ["runner-a", "runner-b"]
+        .into_iter()
+        .map(|name| {
+            tokio::task::block_in_place(|| {
+                Service::launch_alive(&nats, &dirs.playbooks(), &dirs.runner(name), &config(name))
+            })
+        })
+        .collect();
+    let serving = |runners: &[Service]| {
+        runners
+            .iter()
+            .position(|runner| support::http_status(&runner.listen, "/readyz") == Some(200))
+    };
+    support::eventually(Duration::from_secs(60), "a runner serves", || {
+        serving(&runners).is_some()
+    })
+    .await;
+    for n in 0..PARKED {
+        support::gateway_client::publish_finding(&jetstream, &finding("bench.held", n)).await;
+    }
+    let active = serving(&runners).expect("serves");
+    let listen = runners[active].listen.clone();
+    support::eventually_async(Duration::from_secs(60), "the runs parked", || {
+        answers_for_the_parked_runs(&listen)
+    })
+    .await;
+
+    println!(
+        "failover: {samples} samples, lease {lease}s, {PARKED} parked runs, 3 servers (synced)"
+    );
+    let (mut answered, mut ready) = (Vec::new(), Vec::new());
+    for sample in 0..samples {
+        let active = serving(&runners).expect("a runner serves");
+        let other = 1 - active;
+        runners[active].kill();
+        let killed = Instant::now();
+        let mut ready_at = None;
+        loop {
+            if ready_at.is_none()
+                && support::http_status(&runners[other].listen, "/readyz") == Some(200)
+            {
+                ready_at = Some(killed.elapsed());
+            }
+            if ready_at.is_some() && answers_for_the_parked_runs(&runners[other].listen).await {
+                break;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(120),
+                "no failover in two minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = killed.elapsed();
+        let ready_at = ready_at.expect("ready");
+        println!(
+            "  sample {sample:>3}: runner {} answers after {:>6.2} s (ready after {:>6.2} s)",
+            ["a", "b"][other],
+            took.as_secs_f64(),
+            ready_at.as_secs_f64()
+        );
+        answered.push(took.as_secs_f64());
+        ready.push(ready_at.as_secs_f64());
+        tokio::task::block_in_place(|| runners[active].respawn_alive());
+    }
+    for (what, values) in [
+        ("parked runs answerable", &answered),
+        ("/readyz 200", &ready),
+    ] {
+        println!(
+            "{what:>24}: min {:.2} s, p50 {:.2} s, p90 {:.2} s, max {:.2} s, mean {:.2} s",
+            percentile(values, 0.0),
+            percentile(values, 0.5),
+            percentile(values, 0.9),
+            percentile(values, 1.0),
+            values.iter().sum::<f64>() / values.len().max(1) as f64
+        );
+    }
+    drop(servers);
+}
+
+async fn journal(findings: usize) {
+    println!("journal: {findings} findings, published 500 at a time, one `note` step each");
+    let single = intake(findings, false).await;
+    let cluster = intake(findings, true).await;
+    println!(
+        "  single node (1 server, sled):                {single:>8.0} findings/s\n  \
+         cluster mode (3 servers, journal, 3 replicas): {cluster:>8.0} findings/s\n  \
+         ratio cluster / single: {:.2}",
+        cluster / single
+    );
+}
+
+/// Findings per second through one runner: `clustered` on three servers in cluster mode, else
+/// on one server without `[cluster]`.
+async fn intake(findings: usize, clustered: bool) -> f64 {
+    let servers =
+        tokio::task::block_in_place(|| NatsServer::synced_cluster(if clustered { 3 } else { 1 }));
+    let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
+    let nats = urls.join(",");
+    let client = async_nats::connect(urls.clone()).await.expect("nats");
+    let jetstream = async_nats::jetstream::new(client);
+    let dirs = Dirs::new(("noted.yaml", NOTED));
+    let runner = if clustered {
+        let config = support::cluster_config(&nats, "runner-a", TOKEN, "", "");
+        tokio::task::block_in_place(|| {
+            Service::launch_alive(&nats, &dirs.playbooks(), &dirs.runner("a"), &config)
+        })
+    } else {
+        let sha = support::hex(&<sha2::Sha256 as sha2::Digest>::digest(TOKEN.as_bytes()));
+        let config = format!(
+            "[nats]\nurl = \"{nats}\"\n\n[[api.tokens]]\nname = \"admin\"\nrole = \"admin\"\n\
+             sha256 = \"{sha}\"\n"
+        );
+        tokio::task::block_in_place(|| {
+            Service::launch(
+                &nats,
+                &dirs.playbooks(),
+                &dirs.runner("a"),
+                &[],
+                Some(&config),
+                &[],
+            )
+        })
+    };
+    support::eventually(Duration::from_secs(60), "the runner serves", || {
+        support::http_status(&runner.listen, "/readyz") == Some(200)
+    })
+    .await;
+    let completed = || {
+        support::http_get(&runner.listen, "/metrics").map_or(0.0, |(_, text)| {
+            support::metric(&text, "quench_runs_completed_total{playbook=\"noted\"}")
+        })
+    };
+    let started = Instant::now();
+    let all: Vec<Value> = (0..findings).map(|n| finding("bench.noted", n)).collect();
+    for chunk in all.chunks(500) {
+        futures::future::join_all(
+            chunk
+                .iter()
+                .map(|finding| support::gateway_client::publish_finding(&jetstream, finding)),
+        )
+        .await;
+    }
+    let published = started.elapsed();
+    while completed() < findings as f64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "{} of {findings} runs completed in ten minutes",
+            completed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = started.elapsed();
+    println!(
+        "  {}: published in {:.2} s, all run in {:.2} s",
+        if clustered { "cluster" } else { "single" },
+        published.as_secs_f64(),
+        took.as_secs_f64()
+    );
+    drop(runner);
+    drop(servers);
+    findings as f64 / took.as_secs_f64()
+}
