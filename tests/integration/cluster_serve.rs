@@ -385,6 +385,24 @@ async fn a_paused_runner_that_resumes_is_fenced_and_stops() {
 /// exactly one run at the end.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rolling_restart_under_load_loses_and_repeats_nothing() {
+    under_load(|runner| {
+        assert_eq!(runner.terminate(), Some(0), "a clean stop");
+    })
+    .await;
+}
+
+/// `kill -9` of the serving runner, twice, while findings keep coming: what it had taken in and
+/// not committed comes back (after `ack_wait`) to the runner that took over, what it had
+/// committed is not taken in again; every finding has exactly one run at the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_intake_loses_and_repeats_nothing() {
+    under_load(support::Service::kill).await;
+}
+
+/// Findings arrive every 20 ms while the serving runner is stopped by `stop`, twice (each
+/// runner in turn), the other takes over and the stopped one is started again; at the end the
+/// runner that serves has one completed run per finding and a verified audit chain.
+async fn under_load(stop: fn(&mut support::Service)) {
     let setup = Setup::new(&[("noted.yaml", NOTE)]).await;
     let _print_a = support::print_log_on_failure(&setup.logs[0]);
     let _print_b = support::print_log_on_failure(&setup.logs[1]);
@@ -415,11 +433,7 @@ async fn a_rolling_restart_under_load_loses_and_repeats_nothing() {
         let active = serving(&runners).expect("a runner serves");
         let other = 1 - active;
         tokio::time::sleep(Duration::from_millis(800)).await;
-        assert_eq!(
-            tokio::task::block_in_place(|| runners[active].terminate()),
-            Some(0),
-            "a clean stop"
-        );
+        tokio::task::block_in_place(|| stop(&mut runners[active]));
         serves(&runners[other].listen, "the other runner").await;
         tokio::task::block_in_place(|| runners[active].respawn_alive());
     }
@@ -724,8 +738,27 @@ async fn a_runner_split_from_the_cluster_stops_and_the_other_takes_over() {
 
     split.cut();
     let cut = Instant::now();
+    // a gives the partition up once its lease would have expired, not when a late answer says
+    // so: its renewals get no longer than the lease has left (3 s here).
+    support::eventually(
+        Duration::from_secs(30),
+        "runner-a gives the partition up",
+        || {
+            a.log_text()
+                .contains("could not be renewed for a whole lease")
+        },
+    )
+    .await;
+    let stepped_down = cut.elapsed();
     serves(&listen_b, "runner-b").await;
-    eprintln!("runner-b serves {:?} after the split", cut.elapsed());
+    eprintln!(
+        "runner-a gave the partition up {stepped_down:?} and runner-b served {:?} after the split",
+        cut.elapsed()
+    );
+    assert!(
+        stepped_down < Duration::from_secs(6),
+        "runner-a held on {stepped_down:?} after the split, with a lease of 3 s"
+    );
     let status = loop {
         if let Some(status) = a.exited() {
             break status;

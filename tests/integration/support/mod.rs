@@ -473,7 +473,11 @@ impl NatsServer {
     }
 
     fn cluster_of(size: usize, synced: bool) -> Vec<NatsServer> {
-        let sync = if synced { ", sync_interval: always" } else { "" };
+        let sync = if synced {
+            ", sync_interval: always"
+        } else {
+            ""
+        };
         let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let route_list = routes
             .iter()

@@ -312,9 +312,21 @@ async fn keep(
             () = lost.cancelled() => return,
             () = tokio::time::sleep(lease_for / 5) => {}
         }
-        let _ = owners.heartbeat().await;
-        match owners.renew(&mut lease).await {
-            Ok(true) => renewed = Instant::now(),
+        // A lease runs from the server's write, so from before the attempt; and an attempt
+        // gets no longer than the lease has left (a server that does not answer must not keep
+        // this runner believing it holds a lease that has expired).
+        let attempt = Instant::now();
+        let left = lease_for
+            .saturating_sub(renewed.elapsed())
+            .max(Duration::from_millis(100));
+        let renewal = tokio::time::timeout(left, async {
+            let _ = owners.heartbeat().await;
+            owners.renew(&mut lease).await
+        })
+        .await
+        .unwrap_or_else(|_| Err(OwnersError::Kv(format!("no answer in {left:?}"))));
+        match renewal {
+            Ok(true) => renewed = attempt,
             Ok(false) => {
                 tracing::error!(
                     partition = PARTITION,

@@ -378,7 +378,14 @@ pub async fn serve_with(
     ready.store(false, Ordering::SeqCst);
     tasks.close();
     engine.close();
-    if tokio::time::timeout(GRACE, engine.idle()).await.is_err() {
+    if lost.is_cancelled() {
+        // Nothing more can commit here (the journal refuses this runner's appends, or cannot
+        // be reached): in-flight steps stop now, and the partition's new owner resumes them.
+        tracing::warn!(
+            "the partition is lost: in-flight steps stop now; its new owner resumes them"
+        );
+        engine.abort();
+    } else if tokio::time::timeout(GRACE, engine.idle()).await.is_err() {
         tracing::warn!(grace = ?GRACE, "in-flight steps did not finish in time; they resume at the next start");
         engine.abort();
     }
