@@ -134,6 +134,18 @@ async fn a_standing_by_runner_takes_the_partition_over_when_the_active_one_dies(
     })
     .await;
 
+    // b follows the journal while it stands by (hot standby, every 5 s).
+    let position = || async {
+        get(&listen_b, "/healthz").await.expect("b answers")["journal_position"]
+            .as_u64()
+            .expect("a position")
+    };
+    support::eventually_async(Duration::from_secs(30), "b follows the journal", || async {
+        position().await > 0
+    })
+    .await;
+    let followed = position().await;
+
     // kill -9 of a: b takes over after the lease (3 s) runs out.
     a.kill();
     let killed = Instant::now();
@@ -141,6 +153,22 @@ async fn a_standing_by_runner_takes_the_partition_over_when_the_active_one_dies(
     let failover = killed.elapsed();
     eprintln!("failover: runner-b ready {failover:?} after runner-a was killed");
     assert!(failover < Duration::from_secs(15), "{failover:?}");
+    let took_over = b
+        .log_text()
+        .lines()
+        .find(|line| line.contains("took the partition over"))
+        .map(str::to_owned)
+        .expect("b took the partition over");
+    let cached: u64 = took_over
+        .split("cached=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|cached| cached.parse().ok())
+        .expect("cached=");
+    assert!(
+        cached >= followed,
+        "b's cache had followed the journal to {followed} before taking over: {took_over}"
+    );
     let after = runs(&listen_b).await;
     assert_eq!(after.len(), 10, "every parked run is on b: {after:?}");
     assert!(after.values().all(|statuses| statuses == &["waiting"]));

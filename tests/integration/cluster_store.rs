@@ -8,7 +8,7 @@
 
 use quench_runner::cluster::journal::{Journal, Record};
 use quench_runner::cluster::snapshot::Snapshots;
-use quench_runner::cluster::store::{Opening, Owned, open};
+use quench_runner::cluster::store::{Follower, Opening, Owned, open};
 use quench_runner::store::{AuditDraft, Batch, Key, StoreConfig, SyncMode};
 use serde_json::{Value, json};
 
@@ -178,4 +178,69 @@ async fn a_partition_moves_to_another_runner_with_its_whole_state_and_fences_the
     assert_eq!(state(&b), after_a);
     let committed = b.store.commit(batch(23, 10)).await.expect("commits");
     assert_eq!(committed.audit[0].seq, 24);
+}
+
+/// Hot standby: a follower's cache takes what the owner commits while it stands by — from the
+/// start, then from the owner's snapshot once the journal below it is purged, then what
+/// follows — and a take-over from that cache replays only what landed after its last pass, to
+/// the owner's exact state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standing_by_cache_follows_the_journal_and_its_take_over_replays_only_the_rest() {
+    let nats = support::NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.expect("nats");
+    let jetstream = async_nats::jetstream::new(client);
+    let journal = Journal::ensure(jetstream.clone(), 1)
+        .await
+        .expect("journal");
+    let snapshots = Snapshots::open(jetstream, 1).await.expect("snapshots");
+    let cluster = (&journal, &snapshots);
+    let directory = tempfile::tempdir().expect("temp dir");
+    let standby = directory.path().join("b");
+    let mut follower = Follower::new(PARTITION, &config(&standby));
+
+    let a = take(cluster, "runner-a", 1, &directory.path().join("a")).await;
+    for n in 0..5 {
+        a.store.commit(batch(n, 10)).await.expect("commits");
+    }
+    let first = follower
+        .catch_up(&journal, &snapshots)
+        .await
+        .expect("follows");
+    assert_eq!(first, journal.last(PARTITION).await.expect("last"));
+
+    // The owner snapshots and purges below it, and commits more: the follower, behind the
+    // purge, starts from the snapshot.
+    for n in 5..8 {
+        a.store.commit(batch(n, 10)).await.expect("commits");
+    }
+    let at = a
+        .snapshot(&snapshots)
+        .await
+        .expect("snapshot")
+        .expect("something committed");
+    a.store.commit(batch(8, 10)).await.expect("commits");
+    let second = follower
+        .catch_up(&journal, &snapshots)
+        .await
+        .expect("follows");
+    assert!(second > at, "{second} after the snapshot at {at}");
+    assert_eq!(second, journal.last(PARTITION).await.expect("last"));
+
+    // Two more commits after its last pass; a dies; the follower closes its cache and takes
+    // over from it: only those two are replayed, and the state is a's.
+    a.store.commit(batch(9, 10)).await.expect("commits");
+    a.store.commit(batch(10, 10)).await.expect("commits");
+    let before = state(&a);
+    drop(a);
+    follower.close().await;
+    let b = take(cluster, "runner-b", 2, &standby).await;
+    assert_eq!(state(&b), before);
+    let replayed = journal
+        .replay(PARTITION, second)
+        .await
+        .expect("replay")
+        .len();
+    assert_eq!(replayed, 3, "a's two commits and b's owner record after the last pass");
+    let committed = b.store.commit(batch(11, 10)).await.expect("commits");
+    assert_eq!(committed.audit[0].seq, 12);
 }

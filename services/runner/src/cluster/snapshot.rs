@@ -146,6 +146,16 @@ impl Snapshots {
         Ok(out)
     }
 
+    /// The sequence the newest snapshot of `partition` is as of (its bytes are not read).
+    pub async fn newest(&self, partition: u32) -> Result<Option<u64>, Error> {
+        Ok(self
+            .saved(partition)
+            .await?
+            .into_iter()
+            .map(|(sequence, _)| sequence)
+            .max())
+    }
+
     /// The newest snapshot of `partition`: the sequence it is as of, and its bytes.
     pub async fn latest(&self, partition: u32) -> Result<Option<(u64, Vec<u8>)>, Error> {
         let failed = |message: String| Error::Snapshot { partition, message };

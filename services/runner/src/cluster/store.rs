@@ -98,25 +98,9 @@ pub async fn open(
     let snapshot = match opening.snapshots.latest(partition).await? {
         // The journal before the snapshot may be purged: start from it, in an emptied cache.
         Some((at, bytes)) if at > cached => {
-            let writes = journal::decode_writes(&bytes).map_err(|message| Error::Replay {
-                partition,
-                message: format!("its snapshot as of {at}: {message}"),
-            })?;
-            let path = config.path.clone();
-            tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&path) {
-                Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(Error::Empty {
-                    partition,
-                    path,
-                    source: error,
-                }),
-                _ => Ok(()),
-            })
-            .await
-            .map_err(blocking)??;
-            Some(LoggedCommit {
-                position: at,
-                writes,
-            })
+            let snapshot = decode_snapshot(partition, at, &bytes)?;
+            empty(partition, &config.path).await?;
+            Some(snapshot)
         }
         _ => None,
     };
@@ -152,6 +136,120 @@ pub async fn open(
         fenced,
         position,
     })
+}
+
+/// A snapshot's bytes as the commit that gives an empty cache the partition as of `at`.
+fn decode_snapshot(partition: u32, at: u64, bytes: &[u8]) -> Result<LoggedCommit, Error> {
+    let writes = journal::decode_writes(bytes).map_err(|message| Error::Replay {
+        partition,
+        message: format!("its snapshot as of {at}: {message}"),
+    })?;
+    Ok(LoggedCommit {
+        position: at,
+        writes,
+    })
+}
+
+/// Removes the cache at `path` (closed), for a snapshot to start from.
+async fn empty(partition: u32, path: &std::path::Path) -> Result<(), Error> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(Error::Empty {
+            partition,
+            path,
+            source: error,
+        }),
+        _ => Ok(()),
+    })
+    .await
+    .map_err(|error| Error::Replay {
+        partition,
+        message: error.to_string(),
+    })?
+}
+
+/// A standing-by runner's cache of a partition it does not own, kept up to date with the
+/// journal (hot standby): each [`Follower::catch_up`] applies what the journal holds after the
+/// cache's position, so that taking the partition over ([`open`]) replays only what landed
+/// since. The cache is open while following; [`Follower::close`] it before taking over.
+#[derive(Debug)]
+pub struct Follower {
+    partition: u32,
+    config: StoreConfig,
+    store: Option<Store>,
+}
+
+impl Follower {
+    pub fn new(partition: u32, config: &StoreConfig) -> Follower {
+        Follower {
+            partition,
+            config: config.clone(),
+            store: None,
+        }
+    }
+
+    /// Brings the cache up to the journal's end as read now; returns its position.
+    ///
+    /// The owner purges the journal below each snapshot it saves, after saving it, so the
+    /// records read here are complete unless a snapshot newer than the cache's position exists
+    /// by the time they were read — which the newest snapshot's position, read after them,
+    /// tells. Then the cache starts from that snapshot instead, as [`open`] does.
+    pub async fn catch_up(
+        &mut self,
+        journal: &Journal,
+        snapshots: &Snapshots,
+    ) -> Result<u64, Error> {
+        let partition = self.partition;
+        let store_error = |source| Error::Store { partition, source };
+        let store = match self.store.take() {
+            Some(store) => store,
+            None => self.open().await?,
+        };
+        let cached = store.logged_position().map_err(store_error)?;
+        let records = journal.replay(partition, cached).await?;
+        let (store, records) = match snapshots.newest(partition).await? {
+            Some(at) if at > cached => {
+                drop(store);
+                self.close().await;
+                let Some((at, bytes)) = snapshots.latest(partition).await? else {
+                    return Ok(cached);
+                };
+                let snapshot = decode_snapshot(partition, at, &bytes)?;
+                empty(partition, &self.config.path).await?;
+                let store = self.open().await?;
+                store
+                    .apply_logged(vec![snapshot])
+                    .await
+                    .map_err(store_error)?;
+                (store, journal.replay(partition, at).await?)
+            }
+            _ => (store, records),
+        };
+        let commits =
+            journal::commits(records).map_err(|message| Error::Replay { partition, message })?;
+        let position = store.apply_logged(commits).await.map_err(store_error)?;
+        self.store = Some(store);
+        Ok(position)
+    }
+
+    async fn open(&self) -> Result<Store, Error> {
+        let partition = self.partition;
+        let config = self.config.clone();
+        tokio::task::spawn_blocking(move || Store::open(&config))
+            .await
+            .map_err(|error| Error::Replay {
+                partition,
+                message: error.to_string(),
+            })?
+            .map_err(|source| Error::Store { partition, source })
+    }
+
+    /// Closes the cache (its files released), for [`open`] to take the partition over.
+    pub async fn close(&mut self) {
+        if let Some(store) = self.store.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+        }
+    }
 }
 
 impl Owned {

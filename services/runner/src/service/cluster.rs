@@ -23,7 +23,7 @@ use super::Error;
 use crate::cluster::journal::Journal;
 use crate::cluster::owners::{Error as OwnersError, Lease, Owners};
 use crate::cluster::snapshot::Snapshots;
-use crate::cluster::store::{Opening, Owned};
+use crate::cluster::store::{Follower, Opening, Owned};
 use crate::config::Config;
 use crate::store::{Store, StoreConfig};
 
@@ -35,6 +35,8 @@ const MIN_SERVER: (u64, u64) = (2, 10);
 /// How long joining the cluster, or a take-over, is tried again while the journal, the
 /// snapshots or the ownership bucket do not answer.
 const TAKE_OVER_FOR: Duration = Duration::from_secs(60);
+/// How often a standing-by runner applies the journal to its cache.
+const FOLLOW_EVERY: Duration = Duration::from_secs(5);
 /// How often the owner looks whether a snapshot is due.
 const SNAPSHOT_CHECK: Duration = Duration::from_secs(15);
 /// A snapshot at least this often while the journal grows, however few the appends.
@@ -118,7 +120,9 @@ pub(crate) async fn take_over(
     let lease_for = config.cluster.lease();
     let replicas = config.nats.replicas;
     let cluster = |error: &dyn std::fmt::Display| Error::Cluster(error.to_string());
-    let standby = StandBy::start(config).await?;
+    // How far this runner's cache follows the journal while it stands by (`/healthz` says).
+    let followed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let standby = StandBy::start(config, followed.clone()).await?;
     // The cluster's streams and buckets; while a stream elects a leader (a server of the
     // cluster just lost) they do not answer for a few seconds: asked again for a while.
     let started = Instant::now();
@@ -160,7 +164,22 @@ pub(crate) async fn take_over(
         }
     };
     let (journal, snapshots, owners) = joined;
-    let lease = match claim(&owners, lease_for, shutdown).await {
+    // Hot standby: the cache follows the journal while this runner waits for the lease.
+    let stop_following = CancellationToken::new();
+    let following = tokio::spawn(follow(
+        Follower::new(PARTITION, store_config),
+        journal.clone(),
+        snapshots.clone(),
+        followed,
+        stop_following.clone(),
+    ));
+    let claimed = claim(&owners, lease_for, shutdown).await;
+    // A pass under way finishes first (its cache must be closed before it is opened again).
+    stop_following.cancel();
+    if let Ok(mut follower) = following.await {
+        follower.close().await;
+    }
+    let lease = match claimed {
         Some(lease) => lease,
         None => {
             standby.stop().await;
@@ -253,6 +272,41 @@ fn transient(error: &crate::cluster::store::Error) -> bool {
         error,
         Error::Journal(_) | Error::Snapshot(_) | Error::TakeOver(AppendError::Unknown { .. })
     )
+}
+
+/// A standing-by runner following the partition's journal (hot standby): every
+/// [`FOLLOW_EVERY`] its cache takes what landed since, so a take-over replays only the rest.
+/// Stops between two passes once `stop` is cancelled, and returns the follower to be closed.
+async fn follow(
+    mut follower: Follower,
+    journal: Journal,
+    snapshots: Snapshots,
+    followed: Arc<std::sync::atomic::AtomicU64>,
+    stop: CancellationToken,
+) -> Follower {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return follower,
+            () = tokio::time::sleep(FOLLOW_EVERY) => {}
+        }
+        match follower.catch_up(&journal, &snapshots).await {
+            Ok(position) => {
+                failing = false;
+                followed.store(position, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(partition = PARTITION, position, "followed the journal");
+            }
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(
+                    partition = PARTITION,
+                    %error,
+                    "standing by: cannot follow the journal; trying again"
+                );
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// Claims the partition every fifth of a lease until it is free and this runner gets it.
@@ -410,12 +464,19 @@ struct StandBy {
 }
 
 impl StandBy {
-    async fn start(config: &Config) -> Result<StandBy, Error> {
+    /// `followed`: the journal position this runner's cache has reached (hot standby).
+    async fn start(
+        config: &Config,
+        followed: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Result<StandBy, Error> {
         let listener = super::listen(config).await?;
         let router = axum::Router::new()
             .route(
                 "/healthz",
-                axum::routing::get(|| async { Json(json!({"status": "standby"})) }),
+                axum::routing::get(move || async move {
+                    let position = followed.load(std::sync::atomic::Ordering::Relaxed);
+                    Json(json!({"status": "standby", "journal_position": position}))
+                }),
             )
             .route(
                 "/readyz",
