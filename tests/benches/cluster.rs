@@ -18,12 +18,13 @@
 //!   stands by) before the next sample, so samples alternate between the two. Also reported:
 //!   when `/readyz` first answered 200. Issue 20's target is ≤ 15 s.
 //! - **journal** (default 5,000 findings): what cluster mode costs against the single-node sled
-//!   path, in one run. The same findings, published as fast as the stream takes them (500 at a
+//!   path, in one run, and whether runners standing by (following the journal) slow the one
+//!   that serves. The same findings, published as fast as the stream takes them (500 at a
 //!   time), through the same playbook (one `note` step: a run starts and ends in one commit),
 //!   on (a) one server and a runner without `[cluster]` (streams with one replica, state in
 //!   sled) and (b) three servers and a runner in cluster mode (streams with three replicas, each
 //!   commit appended to the partition's journal, acknowledged by a majority, before sled
-//!   applies it). The figure is findings taken in and run per second, publishing included
+//!   applies it), then (c) as (b) with two more runners standing by. The figure is findings taken in and run per second, publishing included
 //!   (from the first publish until `quench_runs_completed_total` reaches the count), and the
 //!   ratio (b) / (a).
 
@@ -246,19 +247,22 @@ async fn failover(samples: usize, lease: u64) {
 
 async fn journal(findings: usize) {
     println!("journal: {findings} findings, published 500 at a time, one `note` step each");
-    let single = intake(findings, false).await;
-    let cluster = intake(findings, true).await;
+    let single = intake(findings, 0).await;
+    let cluster = intake(findings, 1).await;
+    let three = intake(findings, 3).await;
     println!(
-        "  single node (1 server, sled):                {single:>8.0} findings/s\n  \
-         cluster mode (3 servers, journal, 3 replicas): {cluster:>8.0} findings/s\n  \
-         ratio cluster / single: {:.2}",
+        "  single node (1 server, sled):                      {single:>8.0} findings/s\n  \
+         cluster mode, 1 runner (3 servers, 3 replicas):     {cluster:>8.0} findings/s\n  \
+         cluster mode, 3 runners (1 serving, 2 following):   {three:>8.0} findings/s\n  \
+         ratio cluster (1 runner) / single: {:.2}",
         cluster / single
     );
 }
 
-/// Findings per second through one runner: `clustered` on three servers in cluster mode, else
-/// on one server without `[cluster]`.
-async fn intake(findings: usize, clustered: bool) -> f64 {
+/// Findings per second: with `runners` 0, one runner without `[cluster]` on one server; else
+/// that many runners in cluster mode on three servers (one serves, the others follow).
+async fn intake(findings: usize, runners: usize) -> f64 {
+    let clustered = runners > 0;
     let servers =
         tokio::task::block_in_place(|| NatsServer::synced_cluster(if clustered { 3 } else { 1 }));
     let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
@@ -292,6 +296,16 @@ async fn intake(findings: usize, clustered: bool) -> f64 {
         support::http_status(&runner.listen, "/readyz") == Some(200)
     })
     .await;
+    // The others stand by (and follow the journal).
+    let _standing_by: Vec<Service> = (1..runners)
+        .map(|index| {
+            let name = format!("runner-{index}");
+            let config = support::cluster_config(&nats, &name, TOKEN, "", "");
+            tokio::task::block_in_place(|| {
+                Service::launch_alive(&nats, &dirs.playbooks(), &dirs.runner(&name), &config)
+            })
+        })
+        .collect();
     let completed = || {
         support::http_get(&runner.listen, "/metrics").map_or(0.0, |(_, text)| {
             support::metric(&text, "quench_runs_completed_total{playbook=\"noted\"}")
@@ -319,7 +333,11 @@ async fn intake(findings: usize, clustered: bool) -> f64 {
     let took = started.elapsed();
     println!(
         "  {}: published in {:.2} s, all run in {:.2} s",
-        if clustered { "cluster" } else { "single" },
+        if clustered {
+            format!("cluster, {runners} runner(s)")
+        } else {
+            "single".to_owned()
+        },
         published.as_secs_f64(),
         took.as_secs_f64()
     );

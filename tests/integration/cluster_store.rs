@@ -240,7 +240,10 @@ async fn a_standing_by_cache_follows_the_journal_and_its_take_over_replays_only_
         .await
         .expect("replay")
         .len();
-    assert_eq!(replayed, 3, "a's two commits and b's owner record after the last pass");
+    assert_eq!(
+        replayed, 3,
+        "a's two commits and b's owner record after the last pass"
+    );
     let committed = b.store.commit(batch(11, 10)).await.expect("commits");
     assert_eq!(committed.audit[0].seq, 12);
 }
