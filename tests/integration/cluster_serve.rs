@@ -270,6 +270,17 @@ impl Setup {
         Setup::on(NatsServer::synced_cluster, playbooks, "").await
     }
 
+    /// Runners' directories beside three servers of which only the first runs: no quorum, no
+    /// JetStream, until the others are started.
+    async fn without_quorum(playbooks: &[(&str, &str)]) -> Setup {
+        Setup::on(
+            |size| NatsServer::partly_started_cluster(size, 1),
+            playbooks,
+            "",
+        )
+        .await
+    }
+
     /// [`Setup::new`], with `extra` appended to each runner's config.
     async fn with(playbooks: &[(&str, &str)], extra: &str) -> Setup {
         Setup::on(NatsServer::cluster, playbooks, extra).await
@@ -287,7 +298,12 @@ impl Setup {
         );
         let servers = tokio::task::block_in_place(|| start(3));
         let urls: Vec<String> = servers.iter().map(support::NatsServer::url).collect();
-        let jetstream = support::jetstream_ready(&urls[0]).await;
+        let jetstream = if servers.iter().all(NatsServer::running) {
+            support::jetstream_ready(&urls[0]).await
+        } else {
+            let client = async_nats::connect(urls[0].as_str()).await.expect("nats");
+            async_nats::jetstream::new(client)
+        };
         let root = tempfile::tempdir().expect("tempdir");
         let dir = root.path().join("playbooks");
         std::fs::create_dir_all(&dir).expect("dir");
@@ -825,4 +841,40 @@ async fn a_runner_split_from_the_cluster_stops_and_the_other_takes_over() {
         .expect("audit verify");
     assert_eq!(verified["ok"], true, "{verified}");
     assert_eq!(support::http_status(&listen_a, "/readyz"), Some(503));
+}
+
+/// Servers and runners started together (a StatefulSet's pods): a runner that starts while the
+/// cluster has no quorum (one of three servers up, JetStream not answering) waits for it,
+/// saying so, and serves once the other two are up, instead of exiting with "JetStream is not
+/// available".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_started_before_the_cluster_has_a_quorum_waits_for_it() {
+    let mut setup = Setup::without_quorum(&[("noted.yaml", NOTE)]).await;
+    let _print_a = support::print_log_on_failure(&setup.logs[0]);
+    let mut others = setup.servers.split_off(1);
+    let back = tokio::spawn(async move {
+        // Longer than a JetStream request waits for its answer (5 s).
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        tokio::task::block_in_place(|| others.iter_mut().for_each(NatsServer::start_configured));
+        others
+    });
+    let started = Instant::now();
+    let a = setup.launch(0);
+    serves(&a.listen, "runner-a").await;
+    assert!(
+        started.elapsed() > Duration::from_secs(8),
+        "served before the quorum was there: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        a.log_text().contains("JetStream does not answer yet"),
+        "{}",
+        a.log_text()
+    );
+    let _servers = back.await.expect("servers started");
+    support::gateway_client::publish_finding(&setup.jetstream, &finding_of("test.roll", 1)).await;
+    support::eventually_async(Duration::from_secs(30), "the finding's run", || async {
+        runs(&a.listen).await.len() == 1
+    })
+    .await;
 }

@@ -462,17 +462,34 @@ impl NatsServer {
     /// `size` servers forming one JetStream cluster on loopback, each with its own client and
     /// route port and its own store directory.
     pub(crate) fn cluster(size: usize) -> Vec<NatsServer> {
-        NatsServer::cluster_of(size, false)
+        NatsServer::cluster_of(size, false, size)
     }
 
     /// As deployed (`deploy/nats-cluster.conf`): [`NatsServer::cluster`] with every JetStream
     /// write fsynced before it is acknowledged (`sync_interval: always`); one server alone
     /// when `size` is 1. For benchmarks: the integration tests kill processes, not machines.
     pub(crate) fn synced_cluster(size: usize) -> Vec<NatsServer> {
-        NatsServer::cluster_of(size, true)
+        NatsServer::cluster_of(size, true, size)
     }
 
-    fn cluster_of(size: usize, synced: bool) -> Vec<NatsServer> {
+    /// [`NatsServer::cluster`] with only the first `started` servers running: a cluster without
+    /// a quorum until the others are [`NatsServer::start_configured`]. Their URLs are known.
+    pub(crate) fn partly_started_cluster(size: usize, started: usize) -> Vec<NatsServer> {
+        NatsServer::cluster_of(size, false, started)
+    }
+
+    pub(crate) fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Starts a server made by [`NatsServer::partly_started_cluster`] and not started yet, on
+    /// the port its config names.
+    pub(crate) fn start_configured(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        self.spawn(None);
+    }
+
+    fn cluster_of(size: usize, synced: bool, started: usize) -> Vec<NatsServer> {
         let sync = if synced {
             ", sync_interval: always"
         } else {
@@ -490,12 +507,13 @@ impl NatsServer {
             .map(|(index, route)| {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let config = dir.path().join("nats-server.conf");
+                let client = free_port();
                 std::fs::write(
                     &config,
                     format!(
                         "server_name: n{index}\nlisten: 127.0.0.1:{port}\n\
                          jetstream {{ store_dir: \"{store}\"{sync} }}\n{cluster}",
-                        port = free_port(),
+                        port = client,
                         store = dir.path().join("jetstream").display(),
                         cluster = if size == 1 {
                             String::new()
@@ -510,11 +528,13 @@ impl NatsServer {
                 .expect("write the server config");
                 let mut server = NatsServer {
                     child: None,
-                    port: 0,
+                    port: client,
                     dir,
                     config: Some((config, Vec::new())),
                 };
-                server.spawn(None);
+                if index < started {
+                    server.spawn(None);
+                }
                 server
             })
             .collect()

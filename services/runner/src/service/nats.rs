@@ -15,6 +15,9 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// Most bytes the dead-letter stream keeps.
 const DLQ_MAX_BYTES: i64 = 1 << 30;
+/// How long `quench serve` waits at start for a JetStream cluster (`[nats] replicas` > 1) that
+/// does not answer yet: servers started together elect their leader first.
+const CLUSTER_FORMING: Duration = Duration::from_secs(60);
 
 /// Most bytes the OCSF records stream keeps.
 const OCSF_MAX_BYTES: i64 = 1 << 30;
@@ -99,7 +102,26 @@ pub async fn ensure_streams(
     for mut config in streams {
         config.num_replicas = replicas;
         let name = config.name.clone();
-        jetstream.create_or_update_stream(config).await.map_err(|error| {
+        // A cluster whose servers start together answers only once it has elected its meta
+        // leader: asked again for a while before the answer counts.
+        let started = std::time::Instant::now();
+        let created = loop {
+            let created = jetstream.create_or_update_stream(config.clone()).await;
+            match created {
+                Err(error)
+                    if replicas > 1
+                        && started.elapsed() < CLUSTER_FORMING
+                        && ["timed out", "no responders", "unavailable"]
+                            .iter()
+                            .any(|sign| error.to_string().to_lowercase().contains(sign)) =>
+                {
+                    tracing::warn!(stream = %name, %error, "JetStream does not answer yet (a cluster electing its leader?); asking again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                created => break created,
+            }
+        };
+        created.map_err(|error| {
             let text = error.to_string();
             // Without JetStream nobody answers the $JS API: the request times out or finds no responders.
             if ["no responders", "timed out", "not enabled", "unavailable"].iter().any(|sign| text.to_lowercase().contains(sign)) {
