@@ -267,7 +267,7 @@ async fn intake(findings: usize, runners: usize) -> f64 {
         tokio::task::block_in_place(|| NatsServer::synced_cluster(if clustered { 3 } else { 1 }));
     let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
     let nats = urls.join(",");
-    let jetstream = support::jetstream_ready(&nats).await;
+    let jetstream = support::jetstream_ready(&urls[0]).await;
     let dirs = Dirs::new(("noted.yaml", NOTED));
     let runner = if clustered {
         let config = support::cluster_config(&nats, "runner-a", TOKEN, "", "");
