@@ -347,6 +347,15 @@ async fn intake(findings: usize, runners: usize) -> f64 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took = started.elapsed() - serving;
+    // How many commits the store's committer took per write (per journal append in cluster
+    // mode): its group commit.
+    let (_, metrics) = support::http_get(&runner.listen, "/metrics").expect("metrics");
+    let groups = support::metric(&metrics, "quench_store_commit_batches_count");
+    let commits = support::metric(&metrics, "quench_store_commit_batches_sum");
+    println!(
+        "  {groups:.0} store writes of {:.1} commits on average",
+        commits / groups.max(1.0)
+    );
     println!(
         "  {}: published in {:.2} s ({:.0}/s); the runner served {:.2} s after its start and \
          ran them all in {:.2} s more",
