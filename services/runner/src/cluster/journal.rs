@@ -32,7 +32,8 @@ const WRONG_LAST_SEQUENCE: u64 = 10071;
 const ACK_WAIT: Duration = Duration::from_secs(10);
 /// How long an append whose outcome is unknown (no answer, no stream leader: an election, a
 /// lost connection) is tried again before the writer gives up. A leader election takes a few
-/// seconds; every attempt carries the same `Nats-Msg-Id`, so the stream takes it once.
+/// seconds; every attempt carries the same `Nats-Msg-Id` and expected sequence, so at most one
+/// lands, and the writer recognizes it.
 const UNAVAILABLE_FOR: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
@@ -326,8 +327,9 @@ impl Journal {
         Ok(writer)
     }
 
-    /// One attempt at appending `body` after `expected`, named `id` (`Nats-Msg-Id`: an attempt
-    /// whose earlier twin landed is acknowledged as a duplicate, with the twin's sequence).
+    /// One attempt at appending `body` after `expected`, named `id` (`Nats-Msg-Id`). The server
+    /// checks the expected sequence before duplicates, so an attempt whose earlier twin landed
+    /// fails as fenced; [`Writer::append`] then finds the twin by its id.
     async fn publish(
         &self,
         partition: u32,
