@@ -270,6 +270,12 @@ impl Setup {
         Setup::on(NatsServer::synced_cluster, playbooks, "").await
     }
 
+    /// [`Setup::new`] on servers that do not tell clients about each other, so that a runner
+    /// given proxies reaches the servers only through them.
+    async fn unadvertised(playbooks: &[(&str, &str)]) -> Setup {
+        Setup::on(NatsServer::unadvertised_cluster, playbooks, "").await
+    }
+
     /// Runners' directories beside three servers of which only the first runs: no quorum, no
     /// JetStream, until the others are started.
     async fn without_quorum(playbooks: &[(&str, &str)]) -> Setup {
@@ -758,7 +764,7 @@ async fn the_loss_of_the_journal_streams_leader_loses_and_repeats_nothing() {
 /// one comes back and stands by.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_runner_split_from_the_cluster_stops_and_the_other_takes_over() {
-    let setup = Setup::new(&[("held.yaml", &gated("held", "test.cluster", "20s"))]).await;
+    let setup = Setup::unadvertised(&[("held.yaml", &gated("held", "test.cluster", "20s"))]).await;
     let _print_a = support::print_log_on_failure(&setup.logs[0]);
     let _print_b = support::print_log_on_failure(&setup.logs[1]);
     let upstreams: Vec<String> = setup

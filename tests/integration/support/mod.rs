@@ -462,20 +462,26 @@ impl NatsServer {
     /// `size` servers forming one JetStream cluster on loopback, each with its own client and
     /// route port and its own store directory.
     pub(crate) fn cluster(size: usize) -> Vec<NatsServer> {
-        NatsServer::cluster_of(size, false, size)
+        NatsServer::cluster_of(size, false, size, true)
     }
 
     /// As deployed (`deploy/nats-cluster.conf`): [`NatsServer::cluster`] with every JetStream
     /// write fsynced before it is acknowledged (`sync_interval: always`); one server alone
     /// when `size` is 1. For benchmarks: the integration tests kill processes, not machines.
     pub(crate) fn synced_cluster(size: usize) -> Vec<NatsServer> {
-        NatsServer::cluster_of(size, true, size)
+        NatsServer::cluster_of(size, true, size, true)
+    }
+
+    /// [`NatsServer::cluster`] whose servers do not tell clients about each other
+    /// (`no_advertise`): a client reaches only the servers it is given (through proxies, say).
+    pub(crate) fn unadvertised_cluster(size: usize) -> Vec<NatsServer> {
+        NatsServer::cluster_of(size, false, size, false)
     }
 
     /// [`NatsServer::cluster`] with only the first `started` servers running: a cluster without
     /// a quorum until the others are [`NatsServer::start_configured`]. Their URLs are known.
     pub(crate) fn partly_started_cluster(size: usize, started: usize) -> Vec<NatsServer> {
-        NatsServer::cluster_of(size, false, started)
+        NatsServer::cluster_of(size, false, started, true)
     }
 
     pub(crate) fn running(&self) -> bool {
@@ -489,7 +495,12 @@ impl NatsServer {
         self.spawn(None);
     }
 
-    fn cluster_of(size: usize, synced: bool, started: usize) -> Vec<NatsServer> {
+    fn cluster_of(size: usize, synced: bool, started: usize, advertise: bool) -> Vec<NatsServer> {
+        let advertise = if advertise {
+            ""
+        } else {
+            ", no_advertise: true"
+        };
         let sync = if synced {
             ", sync_interval: always"
         } else {
@@ -520,7 +531,7 @@ impl NatsServer {
                         } else {
                             format!(
                                 "cluster {{ name: quench-test, listen: 127.0.0.1:{route}, \
-                                 routes: [{route_list}], no_advertise: true }}\n"
+                                 routes: [{route_list}]{advertise} }}\n"
                             )
                         },
                     ),
