@@ -509,20 +509,6 @@ async fn under_load(stop: fn(&mut support::Service)) {
     assert_eq!(verified["ok"], true, "{verified}");
 }
 
-/// Revokes a leaked key at once.
-const REVOKE: &str = r#"schema: quench.playbook/v1
-name: revoke
-on:
-  finding:
-    kinds: [openai.api_key.leaked]
-steps:
-  - id: revoke
-    uses: openai.revoke_key
-    with:
-      project_id: "{{ finding.resource.project_id }}"
-      key_id: "{{ finding.resource.id }}"
-"#;
-
 const PROJECT: &str = "proj_cluster";
 
 fn leak(n: usize) -> Value {
@@ -556,7 +542,7 @@ async fn a_revoke_in_flight_on_a_killed_runner_is_not_repeated_by_its_successor(
         openai.base_url(),
         openai.admin_key()
     );
-    let setup = Setup::with(&[("revoke.yaml", REVOKE)], &extra).await;
+    let setup = Setup::with(&[("revoke.yaml", crate::safety::REVOKE)], &extra).await;
     let _print_a = support::print_log_on_failure(&setup.logs[0]);
     let _print_b = support::print_log_on_failure(&setup.logs[1]);
     let (mut a, b) = setup.launch_both().await;
@@ -630,35 +616,6 @@ async fn a_revoke_in_flight_on_a_killed_runner_is_not_repeated_by_its_successor(
     assert_eq!(verified["ok"], true, "{verified}");
 }
 
-/// Publishes `finding`, asking again (same `Nats-Msg-Id`) while the cluster elects a leader.
-async fn publish_until_acknowledged(jetstream: &async_nats::jetstream::Context, finding: &Value) {
-    let started = Instant::now();
-    loop {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", finding["id"].as_str().expect("id"));
-        let subject = format!(
-            "quench.findings.{}",
-            finding["kind"].as_str().expect("kind")
-        );
-        let acked = match jetstream
-            .publish_with_headers(subject, headers, finding.to_string().into())
-            .await
-        {
-            Ok(ack) => ack.await.is_ok(),
-            Err(_) => false,
-        };
-        if acked {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{} not acknowledged in a minute",
-            finding["id"]
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// The server that leads the journal stream: its index (servers are named n0, n1, n2).
 async fn journal_leader(jetstream: &async_nats::jetstream::Context) -> usize {
     let mut stream = jetstream
@@ -700,7 +657,11 @@ async fn the_loss_of_the_journal_streams_leader_loses_and_repeats_nothing() {
         let jetstream = jetstream.clone();
         async move {
             for n in 0..FINDINGS {
-                publish_until_acknowledged(&jetstream, &finding_of("test.roll", n)).await;
+                support::gateway_client::publish_finding_retrying(
+                    &jetstream,
+                    &finding_of("test.roll", n),
+                )
+                .await;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

@@ -96,11 +96,11 @@ async fn a_server_lost_from_the_cluster_loses_and_repeats_nothing() {
     // responders); a scanner retries it with the same id, and so does this one.
     tokio::task::block_in_place(|| servers[0].stop());
     for n in 20..40 {
-        publish_retrying(&jetstream, &finding(n)).await;
+        support::gateway_client::publish_finding_retrying(&jetstream, &finding(n)).await;
     }
     // Some are published again (a scanner retrying): JetStream drops them by id.
     for n in 15..25 {
-        publish_retrying(&jetstream, &finding(n)).await;
+        support::gateway_client::publish_finding_retrying(&jetstream, &finding(n)).await;
     }
     support::eventually_async(Duration::from_secs(60), "all 40 runs", || async {
         runs(&listen).await.len() == 40
@@ -145,36 +145,4 @@ async fn three_replicas_on_one_server_are_refused_at_start() {
         text.contains("`[nats] replicas = 3` needs a JetStream cluster of at least 3 servers"),
         "{text}"
     );
-}
-
-/// Publishes a finding with its id as `Nats-Msg-Id` until the stream acknowledges it (30 s at
-/// most), as a scanner does across a leader election.
-async fn publish_retrying(jetstream: &async_nats::jetstream::Context, finding: &serde_json::Value) {
-    let started = std::time::Instant::now();
-    loop {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", finding["id"].as_str().expect("id"));
-        let subject = format!(
-            "quench.findings.{}",
-            finding["kind"].as_str().expect("kind")
-        );
-        let acked = match jetstream
-            .publish_with_headers(subject, headers, finding.to_string().into())
-            .await
-        {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|error| error.to_string()),
-            Err(error) => Err(error.to_string()),
-        };
-        match acked {
-            Ok(()) => return,
-            Err(error) => {
-                assert!(
-                    started.elapsed() < Duration::from_secs(30),
-                    "the stream never acknowledged {}: {error}",
-                    finding["id"]
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
 }

@@ -285,6 +285,41 @@ pub(crate) async fn publish_finding(scanner: &async_nats::jetstream::Context, fi
         .expect("the stream acknowledges it");
 }
 
+/// [`publish_finding`], published again (same `Nats-Msg-Id`) until the stream acknowledges it,
+/// as a scanner does across a leader election: a minute at most.
+pub(crate) async fn publish_finding_retrying(
+    jetstream: &async_nats::jetstream::Context,
+    finding: &Value,
+) {
+    let started = std::time::Instant::now();
+    loop {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", finding["id"].as_str().expect("id"));
+        let subject = format!(
+            "quench.findings.{}",
+            finding["kind"].as_str().expect("kind")
+        );
+        let acked = match jetstream
+            .publish_with_headers(subject, headers, finding.to_string().into())
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|error| error.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        match acked {
+            Ok(()) => return,
+            Err(error) => {
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(60),
+                    "the stream never acknowledged {}: {error}",
+                    finding["id"]
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
 /// A client as `user`, its server errors (permission violations) collected.
 pub(crate) async fn connect_as(
     nats: &NatsServer,
