@@ -34,6 +34,18 @@ impl Engine {
         let previous = self.playbooks();
         let mut batch = Batch::new();
         let mut set = BTreeMap::new();
+        let partitions = self.inner.config.partition.count;
+        if partitions > 1
+            && let Some(playbook) = playbooks.iter().find(|playbook| {
+                matches!(playbook.trigger, crate::playbook::Trigger::Finding(_))
+                    && !crate::playbook::is_finding_key(&playbook.key)
+            })
+        {
+            return Err(Error::KeyAcrossPartitions {
+                playbook: playbook.name.clone(),
+                partitions,
+            });
+        }
         for playbook in playbooks {
             let playbook = Arc::new(playbook);
             if !self

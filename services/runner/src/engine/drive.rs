@@ -1206,7 +1206,7 @@ impl Engine {
         vars: serde_json::Map<String, Value>,
         now: DateTime<Utc>,
     ) -> Result<Run, Error> {
-        run.id = uuid::Uuid::now_v7().to_string();
+        run.id = self.inner.config.partition.run_id();
         run.key = key;
         run.vars = vars;
         run.deadline = playbook.timeout.map(|timeout| {

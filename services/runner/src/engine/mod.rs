@@ -82,6 +82,9 @@ pub struct EngineConfig {
     pub safety: SafetyConfig,
     /// The config's links of the owner resolution chain (`[owners]`, `[teams]`).
     pub owners: Arc<crate::owners::Owners>,
+    /// The partition this engine serves (cluster mode with several partitions): its run ids
+    /// name it, and it fires only the schedules of the playbooks whose names live in it.
+    pub partition: crate::cluster::partition::Slot,
 }
 
 impl Default for EngineConfig {
@@ -96,6 +99,7 @@ impl Default for EngineConfig {
             max_inflight_runs: 256,
             safety: SafetyConfig::default(),
             owners: Arc::default(),
+            partition: crate::cluster::partition::Slot::ALONE,
         }
     }
 }
@@ -122,6 +126,14 @@ pub enum Error {
     Recompile { version: String, message: String },
     #[error("the engine is stopping")]
     Stopped,
+    /// Cluster mode with several partitions routes each finding to the partition of its key,
+    /// so a finding playbook's runs must be keyed by the finding key.
+    #[error(
+        "playbook {playbook}: `key` must be the finding key (leave it out) in a cluster of \
+         {partitions} partitions: findings are routed by their key, so runs keyed otherwise \
+         would open in several partitions at once"
+    )]
+    KeyAcrossPartitions { playbook: String, partitions: u32 },
     #[error("safety rails: {0}")]
     Safety(String),
 }
@@ -235,6 +247,11 @@ impl Engine {
         Engine {
             inner: Arc::new(inner),
         }
+    }
+
+    /// The partition this engine serves.
+    pub fn partition(&self) -> crate::cluster::partition::Slot {
+        self.inner.config.partition
     }
 
     pub fn store(&self) -> &Store {

@@ -96,6 +96,10 @@ impl Engine {
             let Trigger::Schedule(schedule) = &playbook.trigger else {
                 continue;
             };
+            if !self.inner.config.partition.holds(&playbook.name) {
+                // Another partition's engine fires it.
+                continue;
+            }
             let now = self.now();
             let stored: Option<ScheduleState> =
                 self.inner.store.get(Key::Schedule(&playbook.name))?;
@@ -186,7 +190,9 @@ impl Engine {
     pub fn next_schedule_due(&self) -> Result<Option<DateTime<Utc>>, Error> {
         let mut next: Option<DateTime<Utc>> = None;
         for playbook in self.playbooks().values() {
-            if !matches!(playbook.trigger, Trigger::Schedule(_)) {
+            if !matches!(playbook.trigger, Trigger::Schedule(_))
+                || !self.inner.config.partition.holds(&playbook.name)
+            {
                 continue;
             }
             let state: Option<ScheduleState> =

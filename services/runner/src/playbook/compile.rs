@@ -137,7 +137,7 @@ impl Compiler<'_> {
                 key
             }
             None if no_finding.is_some() => name.clone().unwrap_or_default(),
-            None => "{{ finding.key }}".to_owned(),
+            None => super::FINDING_KEY.to_owned(),
         };
         let timeout = self.duration("/timeout");
         for (var, value) in &vars_map {

@@ -83,6 +83,15 @@ impl Playbook {
     }
 }
 
+/// The run key of a finding playbook that does not set `key`: one open run per finding key.
+pub const FINDING_KEY: &str = "{{ finding.key }}";
+
+/// Whether a `key` template is [`FINDING_KEY`], however it is spaced.
+pub fn is_finding_key(template: &str) -> bool {
+    let spaced: String = template.split_whitespace().collect();
+    spaced == FINDING_KEY.split_whitespace().collect::<String>()
+}
+
 #[derive(Debug, Clone)]
 pub enum Trigger {
     Finding(FindingTrigger),

@@ -70,13 +70,6 @@ impl Source {
         }
     }
 
-    fn consumer(self) -> &'static str {
-        match self {
-            Source::Findings => "quench-findings",
-            Source::Decisions => "quench-decisions",
-        }
-    }
-
     fn filter(self) -> &'static str {
         match self {
             Source::Findings => subject::FINDINGS_ALL,
@@ -91,19 +84,65 @@ impl Source {
         }
     }
 
-    /// The advisory JetStream publishes when it gives up delivering one of its messages.
-    fn max_deliveries_advisory(self) -> String {
-        format!(
-            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
-            self.stream(),
-            self.consumer()
-        )
-    }
-
     fn index(self) -> usize {
         match self {
             Source::Findings => 0,
             Source::Decisions => 1,
+        }
+    }
+}
+
+/// Which messages an intake takes: every one of a source's stream, or those routed to one
+/// partition of a cluster (ARCHITECTURE.md, "Several runners on a NATS cluster"), whose
+/// subjects are `quench.partition.<n>.` followed by the subject they were published on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Feed {
+    All,
+    Partition(u32),
+}
+
+impl Feed {
+    /// The stream the consumer reads.
+    fn stream(self, source: Source) -> &'static str {
+        match self {
+            Feed::All => source.stream(),
+            Feed::Partition(_) => super::route::STREAM,
+        }
+    }
+
+    /// The durable consumer's name.
+    fn consumer(self, source: Source) -> String {
+        let name = match source {
+            Source::Findings => "quench-findings",
+            Source::Decisions => "quench-decisions",
+        };
+        match self {
+            Feed::All => name.to_owned(),
+            Feed::Partition(partition) => format!("{name}-{partition}"),
+        }
+    }
+
+    fn filter(self, source: Source) -> String {
+        match self {
+            Feed::All => source.filter().to_owned(),
+            Feed::Partition(partition) => super::route::subject(partition, source.filter()),
+        }
+    }
+
+    /// The advisory JetStream publishes when it gives up delivering one of its messages.
+    fn max_deliveries_advisory(self, source: Source) -> String {
+        format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
+            self.stream(source),
+            self.consumer(source)
+        )
+    }
+
+    /// The subject a message was published on, before it was routed.
+    fn published_on(self, subject: &str) -> &str {
+        match self {
+            Feed::All => subject,
+            Feed::Partition(_) => super::route::published_on(subject),
         }
     }
 }
@@ -237,18 +276,19 @@ impl Health {
 /// applies to a consumer an earlier start created).
 async fn consumer(
     jetstream: &jetstream::Context,
+    feed: Feed,
     source: Source,
     limits: Limits,
 ) -> Result<Consumer, Error> {
-    let (stream, name) = (source.stream(), source.consumer());
+    let (stream, name) = (feed.stream(source), feed.consumer(source));
     let stream = jetstream
         .get_stream(stream)
         .await
         .map_err(|error| Error::Nats(format!("cannot open stream {stream}: {error}")))?;
     stream
         .create_consumer(consumer::pull::Config {
-            durable_name: Some(name.to_owned()),
-            filter_subject: source.filter().to_owned(),
+            durable_name: Some(name.clone()),
+            filter_subject: feed.filter(source),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: limits.ack_wait,
             max_deliver: limits.max_deliver,
@@ -261,16 +301,18 @@ async fn consumer(
 
 pub(super) async fn findings_consumer(
     jetstream: &jetstream::Context,
+    feed: Feed,
     limits: Limits,
 ) -> Result<Consumer, Error> {
-    consumer(jetstream, Source::Findings, limits).await
+    consumer(jetstream, feed, Source::Findings, limits).await
 }
 
 pub(super) async fn decisions_consumer(
     jetstream: &jetstream::Context,
+    feed: Feed,
     limits: Limits,
 ) -> Result<Consumer, Error> {
-    consumer(jetstream, Source::Decisions, limits).await
+    consumer(jetstream, feed, Source::Decisions, limits).await
 }
 
 /// Yields chunks of ready messages until shutdown; re-opens the pull stream after errors (a
@@ -341,6 +383,7 @@ pub(super) struct Intake {
     pub(super) engine: Engine,
     pub(super) health: Arc<Health>,
     pub(super) limits: Limits,
+    pub(super) feed: Feed,
 }
 
 /// The findings intake. A chunk is parsed and taken into the engine in order; its commit, the
@@ -370,7 +413,7 @@ pub(super) async fn findings(
             let mut findings = Vec::with_capacity(messages.len());
             let mut accepted = Vec::with_capacity(messages.len());
             for message in messages {
-                match parse_finding(&message.subject, &message.payload) {
+                match parse_finding(intake.feed.published_on(&message.subject), &message.payload) {
                     Ok(finding) => {
                         // A campaign's part is quench's own finding: only as the campaign made it.
                         if let Err(why) = crate::campaign::admit(intake.engine.store(), &finding) {
@@ -491,7 +534,7 @@ pub(super) async fn decisions(consumer: Consumer, intake: Intake, shutdown: Canc
 /// A finding as it arrives on `subject`: an OCSF finding event on `quench.findings.ocsf`
 /// (mapped by [`quench_proto::ocsf::parse`], which names the OCSF attribute it could not map),
 /// a Finding v1 on every other `quench.findings.<kind>`. Either is checked and redacted alike.
-fn parse_finding(subject: &str, payload: &[u8]) -> Result<Finding, quench_proto::ParseError> {
+pub(super) fn parse_finding(subject: &str, payload: &[u8]) -> Result<Finding, quench_proto::ParseError> {
     if subject == subject::FINDINGS_OCSF {
         quench_proto::ocsf::parse(payload, quench_proto::ocsf::MAX_OCSF_BYTES)
     } else {
@@ -531,8 +574,9 @@ impl Intake {
     async fn refuse(&self, source: Source, message: &jetstream::Message, refusal: Refusal) {
         let letter = DeadLetter {
             source,
-            subject: &message.subject,
+            subject: self.feed.published_on(&message.subject),
             payload: &message.payload,
+            stream: self.feed.stream(source),
             stream_sequence: message.info().ok().map(|info| info.stream_sequence),
             refusal,
         };
@@ -574,6 +618,9 @@ struct DeadLetter<'a> {
     payload: &'a [u8],
     /// Its sequence in its stream: the dead letter's `Nats-Msg-Id`, so a message refused twice
     /// (its ack lost) is dead-lettered once.
+    /// The stream the message was read from, and its sequence there: the dead letter's
+    /// `Nats-Msg-Id`, so a letter published twice is kept once.
+    stream: &'a str,
     stream_sequence: Option<u64>,
     refusal: Refusal,
 }
@@ -595,7 +642,7 @@ impl DeadLetter<'_> {
             self.payload.len().to_string().as_str(),
         );
         if let Some(sequence) = self.stream_sequence {
-            let id = format!("dlq:{}:{sequence}", self.source.stream());
+            let id = format!("dlq:{}:{sequence}", self.stream);
             headers.insert(subject::HEADER_MSG_ID, id.as_str());
         }
         let mut body = redact_bytes(self.payload);
@@ -630,15 +677,11 @@ pub(super) async fn max_deliveries(
 ) -> Result<(), Error> {
     let mut advisories = Vec::new();
     for source in Source::ALL {
+        let advisory = intake.feed.max_deliveries_advisory(source);
         let subscription = client
-            .subscribe(source.max_deliveries_advisory())
+            .subscribe(advisory.clone())
             .await
-            .map_err(|error| {
-                Error::Nats(format!(
-                    "cannot subscribe to {}: {error}",
-                    source.max_deliveries_advisory()
-                ))
-            })?;
+            .map_err(|error| Error::Nats(format!("cannot subscribe to {advisory}: {error}")))?;
         advisories.push(subscription.map(move |message| (source, message)));
     }
     let mut advisories = futures::stream::select_all(advisories);
@@ -671,14 +714,13 @@ struct MaxDeliveries {
 impl Intake {
     async fn give_up(&self, source: Source, advisory: &MaxDeliveries) {
         let sequence = advisory.stream_seq;
-        let message = match self.jetstream.get_stream_no_info(source.stream()).await {
-            Ok(stream) => stream.get_raw_message(sequence).await.map_err(|error| {
-                format!(
-                    "cannot read message {sequence} of {}: {error}",
-                    source.stream()
-                )
-            }),
-            Err(error) => Err(format!("cannot open {}: {error}", source.stream())),
+        let stream = self.feed.stream(source);
+        let message = match self.jetstream.get_stream_no_info(stream).await {
+            Ok(opened) => opened
+                .get_raw_message(sequence)
+                .await
+                .map_err(|error| format!("cannot read message {sequence} of {stream}: {error}")),
+            Err(error) => Err(format!("cannot open {stream}: {error}")),
         };
         let message = match message {
             Ok(message) => message,
@@ -686,8 +728,9 @@ impl Intake {
         };
         let letter = DeadLetter {
             source,
-            subject: &message.subject,
+            subject: self.feed.published_on(&message.subject),
             payload: &message.payload,
+            stream: self.feed.stream(source),
             stream_sequence: Some(sequence),
             refusal: Refusal::new(
                 "max_deliveries",
@@ -714,8 +757,12 @@ pub(super) async fn watch(intake: Intake, shutdown: CancellationToken) {
             _ = ticks.tick() => {}
         }
         for source in Source::ALL {
-            let info = match intake.jetstream.get_stream_no_info(source.stream()).await {
-                Ok(stream) => stream.consumer_info(source.consumer()).await,
+            let info = match intake
+                .jetstream
+                .get_stream_no_info(intake.feed.stream(source))
+                .await
+            {
+                Ok(stream) => stream.consumer_info(intake.feed.consumer(source)).await,
                 Err(error) => {
                     tracing::debug!(%error, consumer = source.label(), "cannot read the consumer's state");
                     continue;

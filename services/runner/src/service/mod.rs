@@ -18,8 +18,10 @@ pub(crate) mod intake;
 pub(crate) mod inventory;
 mod nats;
 mod ocsf;
+mod partition;
 pub(crate) mod playbooks;
 mod publish;
+mod route;
 pub mod up;
 
 use std::sync::Arc;
@@ -34,9 +36,7 @@ pub use nats::{connect, ensure_streams};
 pub use publish::{PublishReport, ReadFinding, publish_findings, read_findings};
 
 use crate::config::Config;
-use crate::connectors::openai::OpenAi;
-use crate::connectors::slack::Slack;
-use crate::engine::{Actions, Engine, EngineConfig, SystemClock};
+use crate::engine::Engine;
 use crate::playbook;
 use crate::store::{Store, StoreConfig};
 
@@ -155,11 +155,13 @@ pub async fn serve_with(
     };
 
     let client = connect(&config.nats).await?;
-    let jetstream = async_nats::jetstream::new(client.clone());
+    let shared = partition::Shared::new(config, start, client.clone(), usage_scopes)?;
+    let config = &shared.config;
+    let jetstream = shared.jetstream.clone();
     ensure_streams(&jetstream, &config.nats.url, config.nats.replicas).await?;
     let (store, cluster) = match alone {
         Some(store) => (store, None),
-        None => match cluster::take_over(&config, &client, &jetstream, &store_config, &shutdown)
+        None => match cluster::take_over(config, &client, &jetstream, &store_config, &shutdown)
             .await?
         {
             Some(active) => (active.store.clone(), Some(active)),
@@ -174,105 +176,18 @@ pub async fn serve_with(
         .cluster_partitions_held
         .set(i64::from(cluster.is_some()));
 
-    let (events, publisher) = events::NatsEvents::new(jetstream.clone());
-    let backlog = events.backlog();
-    let mut actions = Actions::new();
-    actions.insert(
-        "finding.publish",
-        Arc::new(publish::PublishAction::new(jetstream.clone())),
-    );
-    let owners = Arc::new(crate::owners::Owners::from_config(&config).map_err(Error::Owners)?);
-    // `campaign.start` needs the engine, which needs the actions: it gets it once made.
-    let engine_cell = Arc::new(std::sync::OnceLock::new());
-    actions.insert(
-        "campaign.start",
-        Arc::new(campaigns::StartAction {
-            campaigns: crate::campaign::Campaigns::new(
-                crate::inventory::Inventory::new(
-                    store.clone(),
-                    crate::inventory::Policy::from_section(&config.policy),
-                ),
-                (*owners).clone(),
-            ),
-            engine: engine_cell.clone(),
-        }),
-    );
-    let engine_config = EngineConfig {
-        owners: owners.clone(),
-        mode: config.mode(),
-        dry_run_only: start.dry_run_only,
-        groups: config.groups.clone(),
-        unavailable: unavailable(&config),
-        max_inflight_runs: config.engine.max_inflight_runs,
-        safety: crate::engine::SafetyConfig::from_section(&config.safety).map_err(Error::Safety)?,
-        ..EngineConfig::default()
-    };
-    // Without an admin key the OpenAI actions still describe their requests (dry-run).
-    let openai = match &config.openai.admin_key {
-        Some(key) => OpenAi::new(
-            &config.openai.base_url,
-            key.clone(),
-            config.openai.org_id.clone(),
-        ),
-        None => OpenAi::without_key(&config.openai.base_url),
-    }
-    .map_err(Error::Connector)?
-    .with_usage_scopes(usage_scopes);
-    let openai = Arc::new(openai);
-    let estate = openai.clone();
-    crate::connectors::openai::register(&mut actions, openai.clone());
-    let stores = crate::connectors::secret_store::SecretStores::from_config(&config.secret_stores)
-        .map_err(Error::Connector)?;
-    crate::connectors::openai::register_rotation(&mut actions, openai, stores);
-    let http = crate::connectors::http::HttpAction::new(&config.http.allow_hosts)
-        .map_err(Error::Connector)?;
-    crate::connectors::http::register(&mut actions, Arc::new(http));
-    let slack = match &config.slack.bot_token {
-        Some(token) => Some(Arc::new(
-            Slack::new(&config.slack.api_url, token, config.groups.clone())
-                .map_err(Error::Connector)?
-                .with_owners(owners.clone()),
-        )),
-        None => {
-            tracing::warn!(
-                dry_run = config.mode() == crate::playbook::Mode::DryRun,
-                "slack.bot_token is not set: approvals are answered through NATS decisions and the API only; \
-                 slack.message steps are recorded, not sent, in dry-run and fail in live mode"
-            );
-            None
-        }
-    };
-    match &slack {
-        Some(slack) => slack.register(&mut actions),
-        None if config.mode() == crate::playbook::Mode::DryRun => {
-            crate::connectors::slack::register_unconfigured(&mut actions);
-        }
-        None => {}
-    }
-    let mut engine = Engine::new(store, Arc::new(SystemClock), actions, engine_config)
-        .with_events(Arc::new(events));
-    if let Some(slack) = slack {
-        engine = engine.with_notifier(slack);
-    }
-    engine.ensure_run_counts().await?;
-    engine.ensure_run_indexes().await?;
-    let _ = engine_cell.set(engine.downgrade());
-    let library = playbooks::Library::new(config.playbooks.dir.clone(), engine.clone());
-    library.reload("quench serve").await?;
-    for (playbook, why) in engine.paused_schedules() {
-        tracing::warn!(%playbook, reason = %why, "schedule paused: its runs could only fail here");
-    }
-
+    let listener = listen(config).await?;
+    let serving = partition::Serving::start(
+        &shared,
+        store,
+        crate::cluster::partition::Slot::ALONE,
+        intake::Feed::All,
+        true,
+        stop.clone(),
+    )
+    .await?;
     let tasks = TaskTracker::new();
     let ready = Arc::new(AtomicBool::new(false));
-    let health = Arc::new(intake::Health::default());
-
-    let listener = listen(&config).await?;
-    let inventory = crate::inventory::Inventory::new(
-        engine.store().clone(),
-        crate::inventory::Policy::from_section(&config.policy),
-    );
-    let inventory_status = inventory::SharedStatus::default();
     let tokens = api::Tokens::new(&config.api.tokens);
     if tokens.is_empty() {
         tracing::warn!(
@@ -280,91 +195,23 @@ pub async fn serve_with(
         );
     }
     let api = api::Api::new(api::Parts {
-        engine: engine.clone(),
-        library: library.clone(),
+        engine: serving.engine.clone(),
+        library: serving.library.clone(),
         client: client.clone(),
         tokens,
         ready: ready.clone(),
-        intake: health.clone(),
-        inventory: inventory.clone(),
-        inventory_status: inventory_status.clone(),
+        intake: serving.health.clone(),
+        inventory: serving.inventory.clone(),
+        inventory_status: serving.inventory_status.clone(),
         signer,
         sources: Arc::new(crate::evidence::Estate {
-            inventory: inventory.clone(),
-            owners: owners.clone(),
+            inventory: serving.inventory.clone(),
+            owners: shared.owners(),
         }),
         console: Arc::new(console::Console::new(&config.console, &config.api.listen)),
     });
     tasks.spawn(api::serve(listener, api, stop.clone()));
-    tasks.spawn(library.watch(stop.clone()));
-    tasks.spawn(publisher.run(stop.clone()));
-
-    // Runs that were between steps when the last process stopped.
-    engine.recover()?;
-
-    // Cancelled when a commit fails: the service stops rather than build on it.
-    let failed = engine.store().failed();
-    let limits = intake::Limits::new(&config.nats);
-    let findings = intake::findings_consumer(&jetstream, limits).await?;
-    let decisions = intake::decisions_consumer(&jetstream, limits).await?;
-    let intake = intake::Intake {
-        jetstream: jetstream.clone(),
-        engine: engine.clone(),
-        health,
-        limits,
-    };
-    let advisories = intake::max_deliveries(client.clone(), intake.clone(), stop.clone());
-    tasks.spawn(async move {
-        if let Err(error) = advisories.await {
-            tracing::error!(%error, "messages JetStream gives up delivering cannot be dead-lettered");
-        }
-    });
-    tasks.spawn(intake::watch(intake.clone(), stop.clone()));
-    tasks.spawn(intake::findings(
-        findings,
-        intake.clone(),
-        backlog,
-        stop.clone(),
-    ));
-    tasks.spawn(intake::decisions(decisions, intake, stop.clone()));
-    let records = ocsf::consumer(&jetstream).await?;
-    tasks.spawn(
-        ocsf::Emitter {
-            jetstream: jetstream.clone(),
-            engine: engine.clone(),
-        }
-        .run(records, stop.clone()),
-    );
-    tasks.spawn({
-        let (engine, stop) = (engine.clone(), stop.clone());
-        async move { engine.run_timers(stop).await }
-    });
-    if let Some(retain) = config.store.retain_ended() {
-        tasks.spawn(retention(engine.clone(), retain, stop.clone()));
-    }
-    tasks.spawn(
-        campaigns::Follow {
-            campaigns: crate::campaign::Campaigns::new(inventory.clone(), (*owners).clone()),
-            jetstream: jetstream.clone(),
-        }
-        .run(stop.clone()),
-    );
-    if config.inventory_enabled() {
-        let sync = inventory::Sync {
-            inventory,
-            openai: estate,
-            jetstream: jetstream.clone(),
-            interval: config.inventory_interval(),
-            watch_interval: config.inventory_watch_interval(),
-            publish: config.inventory.publish.clone(),
-            publish_drift: config.inventory.publish_drift,
-            status: inventory_status,
-        };
-        tasks.spawn(sync.run(stop.clone()));
-    }
-    if start.trigger_schedules {
-        trigger_schedules(&engine).await;
-    }
+    let failed = serving.failed.clone();
     ready.store(true, Ordering::SeqCst);
     tracing::info!(listen = %config.api.listen, nats = %config.nats.url, mode = config.mode().as_str(), "quench is serving");
 
@@ -377,18 +224,7 @@ pub async fn serve_with(
     tracing::info!("shutting down: intake stopped, letting in-flight steps finish");
     ready.store(false, Ordering::SeqCst);
     tasks.close();
-    engine.close();
-    if lost.is_cancelled() {
-        // Nothing more can commit here (the journal refuses this runner's appends, or cannot
-        // be reached): in-flight steps stop now, and the partition's new owner resumes them.
-        tracing::warn!(
-            "the partition is lost: in-flight steps stop now; its new owner resumes them"
-        );
-        engine.abort();
-    } else if tokio::time::timeout(GRACE, engine.idle()).await.is_err() {
-        tracing::warn!(grace = ?GRACE, "in-flight steps did not finish in time; they resume at the next start");
-        engine.abort();
-    }
+    serving.stop(GRACE, lost.is_cancelled()).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
     // Not forever: a runner split from the servers has nothing to flush to.
     let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
@@ -434,7 +270,10 @@ async fn trigger_schedules(engine: &Engine) {
         .map(|(name, _)| name)
         .collect();
     for (name, playbook) in engine.playbooks().iter() {
-        if !matches!(playbook.trigger, playbook::Trigger::Schedule(_)) || paused.contains(name) {
+        if !matches!(playbook.trigger, playbook::Trigger::Schedule(_))
+            || paused.contains(name)
+            || !engine.partition().holds(name)
+        {
             continue;
         }
         match engine.trigger(name).await {

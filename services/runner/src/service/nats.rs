@@ -99,43 +99,55 @@ pub async fn ensure_streams(
             ..Default::default()
         },
     ];
-    for mut config in streams {
-        config.num_replicas = replicas;
-        let name = config.name.clone();
-        // A cluster whose servers start together answers only once it has elected its meta
-        // leader: asked again for a while before the answer counts.
-        let started = std::time::Instant::now();
-        let created = loop {
-            let created = jetstream.create_or_update_stream(config.clone()).await;
-            match created {
-                Err(error)
-                    if replicas > 1
-                        && started.elapsed() < CLUSTER_FORMING
-                        && ["timed out", "no responders", "unavailable"]
-                            .iter()
-                            .any(|sign| error.to_string().to_lowercase().contains(sign)) =>
-                {
-                    tracing::warn!(stream = %name, %error, "JetStream does not answer yet (a cluster electing its leader?); asking again");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                created => break created,
-            }
-        };
-        created.map_err(|error| {
-            let text = error.to_string();
-            // Without JetStream nobody answers the $JS API: the request times out or finds no responders.
-            if ["no responders", "timed out", "not enabled", "unavailable"].iter().any(|sign| text.to_lowercase().contains(sign)) {
-                Error::Nats(format!(
-                    "JetStream is not available on {url} ({text}). Start nats-server with JetStream enabled (`nats-server -js`) or enable it for this account"
-                ))
-            } else if replicas > 1 && ["replicas", "insufficient resources", "clustered"].iter().any(|sign| text.to_lowercase().contains(sign)) {
-                Error::Nats(format!(
-                    "cannot keep {replicas} copies of stream {name} on {url} ({text}): `[nats] replicas = {replicas}` needs a JetStream cluster of at least {replicas} servers; use 1 on a single server"
-                ))
-            } else {
-                Error::Nats(format!("cannot create or update stream {name} on {url}: {text}"))
-            }
-        })?;
+    for config in streams {
+        create_stream(jetstream, url, config, replicas).await?;
     }
+    Ok(())
+}
+
+/// Creates `config`'s stream with `replicas` copies, or updates it to that config; with several
+/// replicas, waits a while for a cluster that is still electing its leader.
+pub(super) async fn create_stream(
+    jetstream: &jetstream::Context,
+    url: &str,
+    mut config: stream::Config,
+    replicas: usize,
+) -> Result<(), Error> {
+    config.num_replicas = replicas;
+    let name = config.name.clone();
+    // A cluster whose servers start together answers only once it has elected its meta
+    // leader: asked again for a while before the answer counts.
+    let started = std::time::Instant::now();
+    let created = loop {
+        let created = jetstream.create_or_update_stream(config.clone()).await;
+        match created {
+            Err(error)
+                if replicas > 1
+                    && started.elapsed() < CLUSTER_FORMING
+                    && ["timed out", "no responders", "unavailable"]
+                        .iter()
+                        .any(|sign| error.to_string().to_lowercase().contains(sign)) =>
+            {
+                tracing::warn!(stream = %name, %error, "JetStream does not answer yet (a cluster electing its leader?); asking again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            created => break created,
+        }
+    };
+    created.map_err(|error| {
+        let text = error.to_string();
+        // Without JetStream nobody answers the $JS API: the request times out or finds no responders.
+        if ["no responders", "timed out", "not enabled", "unavailable"].iter().any(|sign| text.to_lowercase().contains(sign)) {
+            Error::Nats(format!(
+                "JetStream is not available on {url} ({text}). Start nats-server with JetStream enabled (`nats-server -js`) or enable it for this account"
+            ))
+        } else if replicas > 1 && ["replicas", "insufficient resources", "clustered"].iter().any(|sign| text.to_lowercase().contains(sign)) {
+            Error::Nats(format!(
+                "cannot keep {replicas} copies of stream {name} on {url} ({text}): `[nats] replicas = {replicas}` needs a JetStream cluster of at least {replicas} servers; use 1 on a single server"
+            ))
+        } else {
+            Error::Nats(format!("cannot create or update stream {name} on {url}: {text}"))
+        }
+    })?;
     Ok(())
 }
