@@ -176,8 +176,16 @@ fn bad_values_name_their_key_and_exit_64() {
             "`cluster.lease` = \"1s\": must be a duration from 2s to 2m, e.g. 10s",
         ),
         (
-            &[("QUENCH_CLUSTER__PARTITIONS", "64")],
-            "`cluster.partitions` = \"64\": must be 1: this version keeps the run state in one partition",
+            &[("QUENCH_CLUSTER__PARTITIONS", "2000")],
+            "`cluster.partitions` = \"2000\": must be from 1 to 1024",
+        ),
+        (
+            &[("QUENCH_CLUSTER__PARTITIONS", "0")],
+            "`cluster.partitions` = \"0\": must be from 1 to 1024",
+        ),
+        (
+            &[("QUENCH_CLUSTER__ADVERTISE", "quench-0:8080")],
+            "`cluster.advertise` = \"quench-0:8080\": must be the http:// or https:// URL",
         ),
         (
             &[("QUENCH_CLUSTER__RUNNER", "Runner_A")],

@@ -119,6 +119,9 @@ pub struct Config {
     pub cluster: ClusterSection,
 }
 
+/// The most partitions `[cluster] partitions` may name (a run id holds its partition in 16 bits).
+pub const MAX_PARTITIONS: u32 = 1024;
+
 /// `[cluster]`: run the store as a cache of a journal on JetStream, so another runner takes
 /// over within a lease when this one dies (ARCHITECTURE.md, "Several runners on a NATS
 /// cluster").
@@ -130,9 +133,14 @@ pub struct ClusterSection {
     /// This runner's name among the cluster's members, a DNS label unique in the cluster;
     /// empty: the host name (a StatefulSet pod's name, `quench-0`).
     pub runner: String,
-    /// Partitions of the run state, fixed when the cluster is first started. This version
-    /// runs 1: one runner owns it and serves, the others stand by.
+    /// Partitions of the run state, fixed when the cluster is first started (1 to 1024).
+    /// With 1, one runner owns it and serves while the others stand by; with more, each
+    /// runner serves a share, and shares move as runners join and leave.
     pub partitions: u32,
+    /// Where the other runners reach this runner's admin API (`http://quench-0.quench:8080`)
+    /// to forward a request for a partition it serves; empty: `http://` and `api.listen`,
+    /// with the host name when it listens on every address.
+    pub advertise: String,
     /// How long a runner's claim on a partition outlives its last renewal (`10s`): a runner
     /// that dies is replaced after about this long. Renewed every fifth of it.
     pub lease: String,
@@ -147,6 +155,7 @@ impl Default for ClusterSection {
             enabled: false,
             runner: String::new(),
             partitions: 1,
+            advertise: String::new(),
             lease: "10s".to_owned(),
             snapshot_every: 10_000,
         }
@@ -1509,12 +1518,21 @@ impl Config {
                 "must be a duration from 2s to 2m, e.g. 10s",
             ));
         }
-        if self.cluster.partitions != 1 {
+        if !(1..=MAX_PARTITIONS).contains(&self.cluster.partitions) {
             return Err(bad(
                 "cluster.partitions",
                 &self.cluster.partitions.to_string(),
-                "must be 1: this version keeps the run state in one partition, owned by one \
-                 runner while the others stand by",
+                "must be from 1 to 1024 (64 spreads a cluster of up to a dozen runners evenly)",
+            ));
+        }
+        if !self.cluster.advertise.is_empty()
+            && !(self.cluster.advertise.starts_with("http://")
+                || self.cluster.advertise.starts_with("https://"))
+        {
+            return Err(bad(
+                "cluster.advertise",
+                &self.cluster.advertise,
+                "must be the http:// or https:// URL other runners reach this one's admin API at",
             ));
         }
         if !self.cluster.runner.is_empty() && !is_dns_label(&self.cluster.runner) {

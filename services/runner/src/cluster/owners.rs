@@ -29,6 +29,54 @@ pub enum Error {
     /// The bucket exists with another lease than this runner's: a configuration mistake.
     #[error("ownership bucket {BUCKET}: {0}")]
     Lease(String),
+    #[error("cannot read or write the cluster's settings ({SETTINGS}): {0}")]
+    Settings(String),
+    /// This runner's partition count is not the cluster's: a configuration mistake.
+    #[error("{0}")]
+    Partitions(String),
+}
+
+/// The bucket of the cluster's fixed settings (`partitions`).
+pub const SETTINGS: &str = "QUENCH_CLUSTER";
+
+/// Records the cluster's partition count the first time any runner starts, and refuses a
+/// runner whose `[cluster] partitions` says otherwise: the count decides which partition every
+/// run and key lives in, so it can never change under a cluster's state.
+pub async fn settle_partitions(
+    jetstream: &jetstream::Context,
+    partitions: u32,
+    replicas: usize,
+) -> Result<(), Error> {
+    let kv = jetstream
+        .create_key_value(kv::Config {
+            bucket: SETTINGS.to_owned(),
+            description: "the settings a quench cluster is created with".to_owned(),
+            history: 1,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| Error::Settings(error.to_string()))?;
+    let ours = Bytes::from(partitions.to_string());
+    match kv.create("partitions", ours).await {
+        Ok(_) => return Ok(()),
+        Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {}
+        Err(error) => return Err(Error::Settings(error.to_string())),
+    }
+    let theirs = kv
+        .get("partitions")
+        .await
+        .map_err(|error| Error::Settings(error.to_string()))?
+        .map(|value| String::from_utf8_lossy(&value).into_owned())
+        .unwrap_or_default();
+    if theirs == partitions.to_string() {
+        return Ok(());
+    }
+    Err(Error::Partitions(format!(
+        "the cluster was created with {theirs} partitions and this runner has `[cluster] \
+         partitions = {partitions}`: the count is fixed when a cluster is first started, set it \
+         to {theirs}"
+    )))
 }
 
 /// A partition this runner holds, and the revision its lease was last written at.
@@ -54,6 +102,8 @@ pub struct Changes {
 pub struct Owners {
     kv: kv::Store,
     runner: String,
+    /// Where this runner's admin API is reached by the others (its heartbeat's value).
+    address: String,
 }
 
 impl Owners {
@@ -81,6 +131,7 @@ impl Owners {
         let owners = Owners {
             kv,
             runner: runner.to_owned(),
+            address: String::new(),
         };
         owners.heartbeat().await?;
         Ok(owners)
@@ -108,10 +159,33 @@ impl Owners {
         &self.runner
     }
 
+    /// Announces where this runner's admin API is reached by the other runners (sent with
+    /// every heartbeat from now on, the first one at once).
+    pub async fn advertise(&mut self, address: &str) -> Result<(), Error> {
+        self.address = address.to_owned();
+        self.heartbeat().await
+    }
+
+    /// Where a member's admin API is reached, as it advertised it; `None` when it is not a
+    /// live member or advertised nothing.
+    pub async fn address_of(&self, runner: &str) -> Result<Option<String>, Error> {
+        let entry = self
+            .kv
+            .entry(format!("member.{runner}"))
+            .await
+            .map_err(|error| Error::Kv(error.to_string()))?;
+        Ok(entry
+            .filter(|entry| entry.operation == kv::Operation::Put && !entry.value.is_empty())
+            .map(|entry| String::from_utf8_lossy(&entry.value).into_owned()))
+    }
+
     /// Says this runner is alive (every lease / 5, say).
     pub async fn heartbeat(&self) -> Result<(), Error> {
         self.kv
-            .put(format!("member.{}", self.runner), Bytes::new())
+            .put(
+                format!("member.{}", self.runner),
+                Bytes::from(self.address.clone()),
+            )
             .await
             .map(drop)
             .map_err(|error| Error::Kv(error.to_string()))

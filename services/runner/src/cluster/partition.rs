@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 
 /// The most partitions a cluster may have: a run id holds its partition in 16 bits, and more
 /// would only add journals, leases and consumers without spreading the load any further.
-pub const MAX_PARTITIONS: u32 = 1024;
+pub use quench_common::config::MAX_PARTITIONS;
 
 /// One partition of a cluster's `count`: what an engine serving it needs to know to mint run
 /// ids that name it and to start only the runs that live in it.

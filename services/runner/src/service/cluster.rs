@@ -52,12 +52,20 @@ pub(crate) struct Active {
     hand_over: CancellationToken,
     keeper: JoinHandle<()>,
     snapshotter: JoinHandle<()>,
+    owners: Owners,
 }
 
 impl Active {
     /// After the service's last commit: gives the lease up (unless it is lost already), so a
     /// standing-by runner takes the partition over now rather than after a lease.
     pub(crate) async fn hand_over(self) {
+        let owners = self.owners.clone();
+        self.release().await;
+        let _ = owners.leave().await;
+    }
+
+    /// Gives the partition's lease up (unless it is lost already), after its last commit.
+    pub(super) async fn release(self) {
         self.snapshotter.abort();
         self.hand_over.cancel();
         let _ = self.keeper.await;
@@ -85,6 +93,21 @@ fn runner_name(config: &Config) -> Result<String, Error> {
     }
 }
 
+/// Where the other runners reach this runner's admin API: `[cluster] advertise`, else
+/// `http://` and `api.listen`, with the host name in place of an unspecified address.
+fn advertised(config: &Config) -> String {
+    if !config.cluster.advertise.is_empty() {
+        return config.cluster.advertise.trim_end_matches('/').to_owned();
+    }
+    let listen = config.api_listen();
+    if listen.ip().is_unspecified() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("http://{}:{}", host.trim(), listen.port())
+    } else {
+        format!("http://{listen}")
+    }
+}
+
 /// Refuses a server older than [`MIN_SERVER`], saying what is needed.
 fn check_server(client: &async_nats::Client) -> Result<(), Error> {
     let info = client.server_info();
@@ -106,6 +129,85 @@ fn new_enough(version: &str) -> bool {
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= MIN_SERVER
 }
 
+/// A runner that joined the cluster: its name, the journal, the snapshots and the ownership
+/// bucket.
+#[derive(Clone)]
+pub(super) struct Joined {
+    pub(super) runner: String,
+    pub(super) journal: Journal,
+    pub(super) snapshots: Snapshots,
+    pub(super) owners: Owners,
+    pub(super) lease_for: Duration,
+}
+
+/// Joins the cluster: checks the server, then opens the journal, the snapshots and the
+/// ownership bucket, asking again for a while when they do not answer (a stream electing a
+/// leader after a server was lost). `None` when `shutdown` came first.
+pub(super) async fn join(
+    config: &Config,
+    client: &async_nats::Client,
+    jetstream: &async_nats::jetstream::Context,
+    shutdown: &CancellationToken,
+) -> Result<Option<Joined>, Error> {
+    check_server(client)?;
+    let runner = runner_name(config)?;
+    let lease_for = config.cluster.lease();
+    let replicas = config.nats.replicas;
+    let cluster = |error: &dyn std::fmt::Display| Error::Cluster(error.to_string());
+    let started = Instant::now();
+    loop {
+        // Err((error, whether to ask again)).
+        let joined = async {
+            let journal = Journal::ensure(jetstream.clone(), replicas)
+                .await
+                .map_err(|error| (cluster(&error), true))?;
+            let snapshots = Snapshots::open(jetstream.clone(), replicas)
+                .await
+                .map_err(|error| (cluster(&error), true))?;
+            // Another lease or partition count than the cluster's: a configuration mistake,
+            // not an outage.
+            let mistake =
+                |error: OwnersError| {
+                    let again =
+                        !matches!(error, OwnersError::Lease(_) | OwnersError::Partitions(_));
+                    (cluster(&error), again)
+                };
+            crate::cluster::owners::settle_partitions(
+                jetstream,
+                config.cluster.partitions,
+                replicas,
+            )
+            .await
+            .map_err(mistake)?;
+            let mut owners = Owners::join(jetstream, &runner, lease_for, replicas)
+                .await
+                .map_err(mistake)?;
+            owners.advertise(&advertised(config)).await.map_err(mistake)?;
+            Ok((journal, snapshots, owners))
+        }
+        .await;
+        match joined {
+            Ok((journal, snapshots, owners)) => {
+                return Ok(Some(Joined {
+                    runner,
+                    journal,
+                    snapshots,
+                    owners,
+                    lease_for,
+                }));
+            }
+            Err((error, true)) if started.elapsed() < TAKE_OVER_FOR => {
+                tracing::warn!(%error, "cannot join the cluster yet; trying again");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(None),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
+}
+
 /// Joins the cluster, stands by until this runner holds the partition, and takes it over.
 /// `None` when `shutdown` came first.
 pub(crate) async fn take_over(
@@ -115,82 +217,56 @@ pub(crate) async fn take_over(
     store_config: &StoreConfig,
     shutdown: &CancellationToken,
 ) -> Result<Option<Active>, Error> {
-    check_server(client)?;
-    let runner = runner_name(config)?;
-    let lease_for = config.cluster.lease();
-    let replicas = config.nats.replicas;
-    let cluster = |error: &dyn std::fmt::Display| Error::Cluster(error.to_string());
     // How far this runner's cache follows the journal while it stands by (`/healthz` says).
     let followed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let standby = StandBy::start(config, followed.clone()).await?;
-    // The cluster's streams and buckets; while a stream elects a leader (a server of the
-    // cluster just lost) they do not answer for a few seconds: asked again for a while.
-    let started = Instant::now();
-    let joined = loop {
-        // Err((error, whether to ask again)).
-        let joined = async {
-            let journal = Journal::ensure(jetstream.clone(), replicas)
-                .await
-                .map_err(|error| (cluster(&error), true))?;
-            let snapshots = Snapshots::open(jetstream.clone(), replicas)
-                .await
-                .map_err(|error| (cluster(&error), true))?;
-            let owners = Owners::join(jetstream, &runner, lease_for, replicas)
-                .await
-                .map_err(|error| {
-                    // Another lease than the cluster's: a configuration mistake, not an outage.
-                    let again = !matches!(error, OwnersError::Lease(_));
-                    (cluster(&error), again)
-                })?;
-            Ok((journal, snapshots, owners))
-        }
-        .await;
-        match joined {
-            Ok(joined) => break joined,
-            Err((error, true)) if started.elapsed() < TAKE_OVER_FOR => {
-                tracing::warn!(%error, "standing by: cannot join the cluster yet; trying again");
-                tokio::select! {
-                    () = shutdown.cancelled() => {
-                        standby.stop().await;
-                        return Ok(None);
-                    }
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-            Err((error, _)) => {
-                standby.stop().await;
-                return Err(error);
-            }
+    let joined = match join(config, client, jetstream, shutdown).await {
+        Ok(Some(joined)) => joined,
+        other => {
+            standby.stop().await;
+            return other.map(|_| None);
         }
     };
-    let (journal, snapshots, owners) = joined;
     // Hot standby: the cache follows the journal while this runner waits for the lease.
     let stop_following = CancellationToken::new();
     let following = tokio::spawn(follow(
         Follower::new(PARTITION, store_config),
-        journal.clone(),
-        snapshots.clone(),
+        joined.journal.clone(),
+        joined.snapshots.clone(),
         followed,
         stop_following.clone(),
     ));
-    let claimed = claim(&owners, lease_for, shutdown).await;
+    let claimed = claim(&joined.owners, joined.lease_for, shutdown).await;
     // A pass under way finishes first (its cache must be closed before it is opened again).
     stop_following.cancel();
     if let Ok(mut follower) = following.await {
         follower.close().await;
     }
-    let lease = match claimed {
-        Some(lease) => lease,
-        None => {
-            standby.stop().await;
-            let _ = owners.leave().await;
-            return Ok(None);
-        }
-    };
     standby.stop().await;
+    let Some(lease) = claimed else {
+        let _ = joined.owners.leave().await;
+        return Ok(None);
+    };
+    hold(config, client, &joined, lease, store_config, shutdown)
+        .await
+        .map(Some)
+}
+
+/// Takes over the partition whose lease this runner just claimed: keeps the lease from now
+/// on, brings the partition's cache up to date with its journal (asking again for a while
+/// when the journal does not answer), and watches for the partition being lost.
+pub(super) async fn hold(
+    config: &Config,
+    client: &async_nats::Client,
+    joined: &Joined,
+    lease: Lease,
+    store_config: &StoreConfig,
+    shutdown: &CancellationToken,
+) -> Result<Active, Error> {
+    let partition = lease.partition;
     tracing::info!(
-        runner,
-        partition = PARTITION,
+        runner = joined.runner,
+        partition,
         lease = lease.revision,
         "holds the partition's lease: taking it over"
     );
@@ -198,16 +274,16 @@ pub(crate) async fn take_over(
     let hand_over = CancellationToken::new();
     // The lease is kept from now on: replaying a long journal must not let it lapse.
     let keeper = tokio::spawn(keep(
-        owners.clone(),
+        joined.owners.clone(),
         lease,
-        lease_for,
+        joined.lease_for,
         lost.clone(),
         hand_over.clone(),
     ));
     let opening = Opening {
-        journal: &journal,
-        snapshots: &snapshots,
-        runner: &runner,
+        journal: &joined.journal,
+        snapshots: &joined.snapshots,
+        runner: &joined.runner,
         lease: lease.revision,
         max_payload: client.server_info().max_payload,
     };
@@ -215,7 +291,7 @@ pub(crate) async fn take_over(
     // asked again for a while, the lease kept meanwhile.
     let started = Instant::now();
     let owned = loop {
-        match crate::cluster::store::open(&opening, PARTITION, store_config).await {
+        match crate::cluster::store::open(&opening, partition, store_config).await {
             Ok(owned) => break Arc::new(owned),
             Err(error)
                 if transient(&error)
@@ -224,7 +300,7 @@ pub(crate) async fn take_over(
                     && !shutdown.is_cancelled() =>
             {
                 tracing::warn!(
-                    partition = PARTITION,
+                    partition,
                     %error,
                     "cannot take the partition over yet; trying again"
                 );
@@ -233,7 +309,7 @@ pub(crate) async fn take_over(
             Err(error) => {
                 hand_over.cancel();
                 let _ = keeper.await;
-                return Err(cluster(&error));
+                return Err(Error::Cluster(error.to_string()));
             }
         }
     };
@@ -249,17 +325,18 @@ pub(crate) async fn take_over(
     });
     let snapshotter = tokio::spawn(snapshot_on_schedule(
         owned.clone(),
-        snapshots,
+        joined.snapshots.clone(),
         config.cluster.snapshot_every,
         lost.clone(),
     ));
-    Ok(Some(Active {
+    Ok(Active {
         store: owned.store.clone(),
         lost,
         hand_over,
         keeper,
         snapshotter,
-    }))
+        owners: joined.owners.clone(),
+    })
 }
 
 /// Whether taking over may succeed if tried again: the journal or the snapshots could not be
@@ -359,6 +436,7 @@ async fn keep(
     lost: CancellationToken,
     hand_over: CancellationToken,
 ) {
+    let partition = lease.partition;
     let mut renewed = Instant::now();
     loop {
         tokio::select! {
@@ -383,7 +461,7 @@ async fn keep(
             Ok(true) => renewed = attempt,
             Ok(false) => {
                 tracing::error!(
-                    partition = PARTITION,
+                    partition,
                     "the partition's lease was lost (another runner holds it): stopping"
                 );
                 lost.cancel();
@@ -391,7 +469,7 @@ async fn keep(
             }
             Err(error) if renewed.elapsed() >= lease_for => {
                 tracing::error!(
-                    partition = PARTITION,
+                    partition,
                     %error,
                     "the partition's lease could not be renewed for a whole lease: stopping"
                 );
@@ -405,13 +483,12 @@ async fn keep(
     }
     if !lost.is_cancelled() {
         match owners.release(lease).await {
-            Ok(()) => tracing::info!(partition = PARTITION, "gave the partition's lease up"),
+            Ok(()) => tracing::info!(partition, "gave the partition's lease up"),
             Err(error) => {
                 tracing::warn!(%error, "cannot give the lease up: it expires after a lease")
             }
         }
     }
-    let _ = owners.leave().await;
 }
 
 /// Saves a snapshot once `every` appends landed since the last one, or every

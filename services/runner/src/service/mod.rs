@@ -19,6 +19,7 @@ pub(crate) mod inventory;
 mod nats;
 mod ocsf;
 mod partition;
+mod partitions;
 pub(crate) mod playbooks;
 mod publish;
 mod route;
@@ -159,6 +160,9 @@ pub async fn serve_with(
     let config = &shared.config;
     let jetstream = shared.jetstream.clone();
     ensure_streams(&jetstream, &config.nats.url, config.nats.replicas).await?;
+    if config.cluster.enabled && config.cluster.partitions > 1 {
+        return partitions::serve(shared, store_config, signer, shutdown).await;
+    }
     let (store, cluster) = match alone {
         Some(store) => (store, None),
         None => match cluster::take_over(config, &client, &jetstream, &store_config, &shutdown)

@@ -46,7 +46,18 @@ pub(super) struct Emitter {
 
 /// Creates (or updates) the durable consumer of the run events that become records. A new one
 /// starts at the next event: the stream's older events are not re-told.
-pub(super) async fn consumer(jetstream: &jetstream::Context) -> Result<Consumer, Error> {
+///
+/// With several partitions each has a consumer of its own (`quench-ocsf-<n>`), which reads
+/// every event and makes the records of its own runs' (an event names its playbook, not its
+/// partition; the run id does).
+pub(super) async fn consumer(
+    jetstream: &jetstream::Context,
+    slot: crate::cluster::partition::Slot,
+) -> Result<Consumer, Error> {
+    let name = match slot.count {
+        0 | 1 => CONSUMER.to_owned(),
+        _ => format!("{CONSUMER}-{}", slot.index),
+    };
     let stream = jetstream
         .get_stream(subject::STREAM_EVENTS)
         .await
@@ -58,7 +69,7 @@ pub(super) async fn consumer(jetstream: &jetstream::Context) -> Result<Consumer,
         })?;
     stream
         .create_consumer(consumer::pull::Config {
-            durable_name: Some(CONSUMER.to_owned()),
+            durable_name: Some(name.clone()),
             filter_subjects: KINDS
                 .iter()
                 .map(|kind| format!("{}.*.{}", subject::EVENTS_PREFIX, kind.as_str()))
@@ -73,7 +84,7 @@ pub(super) async fn consumer(jetstream: &jetstream::Context) -> Result<Consumer,
             ..Default::default()
         })
         .await
-        .map_err(|error| Error::Nats(format!("cannot create consumer {CONSUMER}: {error}")))
+        .map_err(|error| Error::Nats(format!("cannot create consumer {name}: {error}")))
 }
 
 impl Emitter {
@@ -140,6 +151,13 @@ impl Emitter {
     /// The records of one event: none for a step that changes nothing, a run that is gone
     /// (retention removed it) or a scheduled run's outcome.
     fn records(&self, event: &RunEvent) -> Result<Vec<Record>, crate::engine::Error> {
+        let slot = self.engine.partition();
+        if slot.count > 1
+            && crate::cluster::partition::of_run_id(&event.run_id, slot.count) != Some(slot.index)
+        {
+            // Another partition's run: its own consumer makes the records.
+            return Ok(Vec::new());
+        }
         let Some(run) = self.engine.run(&event.run_id)? else {
             return Ok(Vec::new());
         };

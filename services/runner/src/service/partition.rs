@@ -232,7 +232,7 @@ impl Serving {
             stop.clone(),
         ));
         tasks.spawn(intake::decisions(decisions, intake, stop.clone()));
-        let records = ocsf::consumer(jetstream).await?;
+        let records = ocsf::consumer(jetstream, slot).await?;
         tasks.spawn(
             ocsf::Emitter {
                 jetstream: jetstream.clone(),

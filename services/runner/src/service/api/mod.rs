@@ -212,20 +212,26 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 static DOCUMENT: std::sync::LazyLock<utoipa::openapi::OpenApi> =
     std::sync::LazyLock::new(|| router().1);
 
+/// The API and the console as one service: what [`serve`] serves, and what a runner of a
+/// cluster hands the requests for a partition it serves.
+pub(crate) fn app(api: Api) -> Router {
+    let console = super::console::routes(api.console().enabled());
+    router()
+        .0
+        .merge(console)
+        .layer(axum::middleware::from_fn(redact_answer))
+        // A handler that panics answers 500 (and is logged) instead of dropping the connection.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        .with_state(api)
+}
+
 /// Serves the API until shutdown.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     api: Api,
     shutdown: CancellationToken,
 ) {
-    let console = super::console::routes(api.console().enabled());
-    let app = router()
-        .0
-        .merge(console)
-        .layer(axum::middleware::from_fn(redact_answer))
-        // A handler that panics answers 500 (and is logged) instead of dropping the connection.
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
-        .with_state(api);
+    let app = app(api);
     let serving = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await });
     if let Err(error) = serving.await {

@@ -1,0 +1,704 @@
+//! `[cluster] partitions` above 1 (ARCHITECTURE.md, "Several runners on a NATS cluster"):
+//! every runner serves a share of the partitions, and the shares move as runners join and
+//! leave, without a restart.
+//!
+//! - **Balancing.** Every fifth of a lease the runner says it is alive, reads the live members,
+//!   and computes the same map every runner computes ([`crate::cluster::partition::owner`]):
+//!   it claims each free partition the map gives it and hands back each one it holds that the
+//!   map now gives another runner (after that partition's last commit, so the next owner takes
+//!   it over at once).
+//! - **Holding a partition** is what a runner on its own does with its store, once per
+//!   partition: its lease kept, its journal taken over and replayed into the partition's cache
+//!   (`<store.path>/partition-<n>`), its engine serving it ([`super::partition::Serving`]) with
+//!   the findings and decisions routed to it. A partition lost (its lease, or an append fenced)
+//!   or whose store failed stops on its own; the others go on.
+//! - **Routing.** Every runner routes findings and decisions to their partitions
+//!   ([`super::route`]).
+//! - **The admin API** answers on every runner: a request for a run goes to the runner serving
+//!   the run's partition (its id names it), everything else to partition 0's (the estate, the
+//!   playbooks, the dead letters). A request for a partition this runner serves is answered
+//!   here; any other is forwarded over HTTP to the serving runner's advertised address with
+//!   its credentials, which that runner checks as it checks every request.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+
+use super::cluster::{self, Joined};
+use super::intake::{Feed, Limits};
+use super::partition::{Serving, Shared};
+use super::{Error, api, route};
+use crate::cluster::partition::{self, Slot};
+use crate::engine::Engine;
+use crate::store::StoreConfig;
+
+/// How long a partition's in-flight steps may take to finish when it is handed back.
+const GRACE: Duration = Duration::from_secs(20);
+/// A partition whose take-over failed is not claimed again for this long.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// Set on a request one runner forwards to another: the other answers it or says the
+/// partition is moving, never forwards it again.
+const FORWARDED: HeaderName = HeaderName::from_static("quench-forwarded-by");
+/// Most bytes of a request body forwarded.
+const MAX_FORWARDED_BODY: usize = 16 * 1024 * 1024;
+/// Names the partition a request is for, when one runner asks every partition (a list): the
+/// runner serving it answers for that partition alone.
+const PARTITION: HeaderName = HeaderName::from_static("quench-partition");
+/// Most bytes of one partition's answer read to merge a list.
+const MAX_PART_ANSWER: usize = 64 * 1024 * 1024;
+/// Most gates an inbox lists (as a runner on its own does).
+const MAX_INBOX: usize = 500;
+
+/// What the front of the API reads of a partition this runner serves.
+#[derive(Clone)]
+struct Local {
+    app: axum::Router,
+    engine: Engine,
+}
+
+/// The partitions this runner serves, by number.
+type Held = Arc<RwLock<BTreeMap<u32, Local>>>;
+
+/// A partition being held: cancel `leave` to hand it back.
+struct Holding {
+    leave: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Serves this runner's share of the cluster's partitions until `shutdown`.
+pub(super) async fn serve(
+    shared: Shared,
+    store_config: StoreConfig,
+    signer: Option<Arc<crate::evidence::Signer>>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let shared = Arc::new(shared);
+    let config = &shared.config;
+    let partitions = config.cluster.partitions;
+    let Some(joined) = cluster::join(config, &shared.client, &shared.jetstream, &shutdown).await?
+    else {
+        return Ok(());
+    };
+    route::ensure(&shared.jetstream, &config.nats.url, config.nats.replicas).await?;
+    let stop = shutdown.child_token();
+    let router = route::Router {
+        jetstream: shared.jetstream.clone(),
+        partitions,
+    }
+    .run(Limits::new(&config.nats), stop.clone())
+    .await?;
+    let held = Held::default();
+    let listener = super::listen(config).await?;
+    let front = Arc::new(Front {
+        held: held.clone(),
+        joined: joined.clone(),
+        partitions,
+        http: quench_common::http::http_client(),
+        client: shared.client.clone(),
+        balanced: std::sync::atomic::AtomicBool::new(false),
+    });
+    let api = tokio::spawn(front.clone().serve(listener, stop.clone()));
+    let parts = Arc::new(ApiParts {
+        tokens: api::Tokens::new(&config.api.tokens),
+        signer,
+        console: Arc::new(super::console::Console::new(
+            &config.console,
+            &config.api.listen,
+        )),
+        ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+    });
+    tracing::info!(runner = %joined.runner, partitions, listen = %config.api.listen, "quench is serving its share of the cluster's partitions");
+
+    let mut holding: BTreeMap<u32, Holding> = BTreeMap::new();
+    let mut failed: BTreeMap<u32, Instant> = BTreeMap::new();
+    loop {
+        // A partition whose holding ended on its own (lost, or its store failed).
+        let ended: Vec<u32> = holding
+            .iter()
+            .filter(|(_, holding)| holding.task.is_finished())
+            .map(|(partition, _)| *partition)
+            .collect();
+        for partition in ended {
+            holding.remove(&partition);
+            failed.insert(partition, Instant::now());
+        }
+        failed.retain(|_, at| at.elapsed() < RETRY_AFTER);
+        match tokio::time::timeout(joined.lease_for / 2, async {
+            joined.owners.heartbeat().await?;
+            joined.owners.members().await
+        })
+        .await
+        {
+            Ok(Ok(members)) => {
+                let members: Vec<&str> = members.iter().map(String::as_str).collect();
+                for number in 0..partitions {
+                    let mine = partition::owner(number, &members) == Some(joined.runner.as_str());
+                    match holding.get(&number) {
+                        Some(held) if !mine => held.leave.cancel(),
+                        None if mine && !failed.contains_key(&number) => {
+                            match joined.owners.claim(number).await {
+                                Ok(Some(lease)) => {
+                                    let leave = stop.child_token();
+                                    let task = tokio::spawn(hold(
+                                        shared.clone(),
+                                        joined.clone(),
+                                        lease,
+                                        store_config.clone(),
+                                        held.clone(),
+                                        parts.clone(),
+                                        leave.clone(),
+                                    ));
+                                    holding.insert(number, Holding { leave, task });
+                                }
+                                // Its former owner still holds it (handing it back, or dead
+                                // and its lease not yet expired).
+                                Ok(None) => {}
+                                Err(error) => {
+                                    tracing::warn!(partition = number, %error, "cannot claim the partition; trying again")
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                front
+                    .balanced
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot read the cluster's members; trying again")
+            }
+            Err(_) => tracing::warn!("the cluster's members did not answer; trying again"),
+        }
+        crate::metrics::get()
+            .cluster_partitions_held
+            .set(i64::try_from(holding.len()).unwrap_or(i64::MAX));
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(joined.lease_for / 5) => {}
+        }
+    }
+    tracing::info!("shutting down: handing every partition back after its last commit");
+    for holding in holding.values() {
+        holding.leave.cancel();
+    }
+    for (_, holding) in holding {
+        let _ = holding.task.await;
+    }
+    stop.cancel();
+    let _ = router.await;
+    let _ = api.await;
+    let _ = joined.owners.leave().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), shared.client.flush()).await;
+    crate::metrics::get().cluster_partitions_held.set(0);
+    Ok(())
+}
+
+/// What every partition's API shares.
+struct ApiParts {
+    tokens: api::Tokens,
+    signer: Option<Arc<crate::evidence::Signer>>,
+    console: Arc<super::console::Console>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Holds one partition until `leave` (handed back after its last commit), until it is lost,
+/// or until its store fails.
+async fn hold(
+    shared: Arc<Shared>,
+    joined: Joined,
+    lease: crate::cluster::owners::Lease,
+    store_config: StoreConfig,
+    held: Held,
+    parts: Arc<ApiParts>,
+    leave: CancellationToken,
+) {
+    let number = lease.partition;
+    let config = &shared.config;
+    let mut store_config = store_config;
+    store_config.path = store_config.path.join(format!("partition-{number}"));
+    let active =
+        match cluster::hold(config, &shared.client, &joined, lease, &store_config, &leave).await {
+            Ok(active) => active,
+            Err(error) => {
+                tracing::error!(partition = number, %error, "cannot take the partition over; it is claimed again later");
+                return;
+            }
+        };
+    let stop = CancellationToken::new();
+    let slot = Slot {
+        index: number,
+        count: config.cluster.partitions,
+    };
+    let serving = match Serving::start(
+        &shared,
+        active.store.clone(),
+        slot,
+        Feed::Partition(number),
+        number == 0,
+        stop.clone(),
+    )
+    .await
+    {
+        Ok(serving) => serving,
+        Err(error) => {
+            tracing::error!(partition = number, %error, "cannot serve the partition; handing it back");
+            stop.cancel();
+            active.release().await;
+            return;
+        }
+    };
+    let app = api::app(api::Api::new(api::Parts {
+        engine: serving.engine.clone(),
+        library: serving.library.clone(),
+        client: shared.client.clone(),
+        tokens: parts.tokens.clone(),
+        ready: parts.ready.clone(),
+        intake: serving.health.clone(),
+        inventory: serving.inventory.clone(),
+        inventory_status: serving.inventory_status.clone(),
+        signer: parts.signer.clone(),
+        sources: Arc::new(crate::evidence::Estate {
+            inventory: serving.inventory.clone(),
+            owners: shared.owners(),
+        }),
+        console: parts.console.clone(),
+    }));
+    write(&held).insert(
+        number,
+        Local {
+            app,
+            engine: serving.engine.clone(),
+        },
+    );
+    tracing::info!(partition = number, "serving the partition");
+    let failed = serving.failed.clone();
+    tokio::select! {
+        () = leave.cancelled() => {}
+        () = active.lost.cancelled() => {}
+        () = failed.cancelled() => {}
+    }
+    write(&held).remove(&number);
+    let lost = active.lost.is_cancelled();
+    if lost {
+        tracing::warn!(
+            partition = number,
+            "another runner holds the partition now: it stops here"
+        );
+    } else if failed.is_cancelled() {
+        tracing::error!(
+            partition = number,
+            "a commit of the partition failed: it stops here, and is taken over again from its journal"
+        );
+    } else {
+        tracing::info!(
+            partition = number,
+            "handing the partition back after its last commit"
+        );
+    }
+    serving.stop(GRACE, lost).await;
+    active.release().await;
+}
+
+fn write(held: &Held) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u32, Local>> {
+    held.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn read(held: &Held) -> std::sync::RwLockReadGuard<'_, BTreeMap<u32, Local>> {
+    held.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The admin API of a runner serving a share of the partitions.
+struct Front {
+    held: Held,
+    joined: Joined,
+    partitions: u32,
+    http: reqwest::Client,
+    client: async_nats::Client,
+    /// The first balancing round is done (`/readyz`).
+    balanced: std::sync::atomic::AtomicBool,
+}
+
+impl Front {
+    async fn serve(self: Arc<Front>, listener: tokio::net::TcpListener, stop: CancellationToken) {
+        let app = axum::Router::new().fallback(answer).with_state(self);
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(%error, "the HTTP server stopped");
+        }
+    }
+
+    /// The partition a request is for: the one a fanned-out request names; a run's, named by
+    /// its id; else partition 0, which holds the estate and answers for the playbooks and the
+    /// dead letters.
+    fn partition_of(&self, request: &Request) -> u32 {
+        let named = request
+            .headers()
+            .get(&PARTITION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u32>().ok())
+            .filter(|number| *number < self.partitions);
+        if let Some(number) = named {
+            return number;
+        }
+        request
+            .uri()
+            .path()
+            .strip_prefix("/api/v1/runs/")
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|id| partition::of_run_id(id, self.partitions))
+            .unwrap_or(0)
+    }
+
+    /// The answer of the partition a request is for, here or where it is served.
+    async fn ask(&self, number: u32, request: Request) -> Response {
+        let local = read(&self.held).get(&number).cloned();
+        match local {
+            Some(local) => match local.app.oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            },
+            None => self.forward(number, request).await,
+        }
+    }
+
+    /// A list read from every partition: the same request asked of each, their answers
+    /// merged by `merge`. The first answer that is not a success is the answer (a partition
+    /// moving between runners: 503, ask again).
+    async fn fan_out(
+        &self,
+        request: Request,
+        merge: fn(Vec<serde_json::Value>, &str) -> serde_json::Value,
+    ) -> Response {
+        let (parts, _) = request.into_parts();
+        let query = parts.uri.query().unwrap_or_default().to_owned();
+        let asked = (0..self.partitions).map(|number| {
+            let mut request = Request::new(Body::empty());
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = parts.uri.clone();
+            *request.headers_mut() = parts.headers.clone();
+            request
+                .headers_mut()
+                .insert(&PARTITION, axum::http::HeaderValue::from(number));
+            async move { self.ask(number, request).await }
+        });
+        let answers = futures::future::join_all(asked).await;
+        let mut bodies = Vec::with_capacity(answers.len());
+        for answer in answers {
+            if !answer.status().is_success() {
+                return answer;
+            }
+            let Ok(bytes) = axum::body::to_bytes(answer.into_body(), MAX_PART_ANSWER).await else {
+                return StatusCode::BAD_GATEWAY.into_response();
+            };
+            match serde_json::from_slice(&bytes) {
+                Ok(body) => bodies.push(body),
+                Err(_) => return StatusCode::BAD_GATEWAY.into_response(),
+            }
+        }
+        axum::Json(merge(bodies, &query)).into_response()
+    }
+
+    /// `/healthz`, `/readyz` and `/metrics`, answered by this runner for itself.
+    fn probe(&self, path: &str) -> Option<Response> {
+        let held: Vec<u32> = read(&self.held).keys().copied().collect();
+        match path {
+            "/healthz" => Some(
+                axum::Json(serde_json::json!({"status": "ok", "partitions": held})).into_response(),
+            ),
+            "/readyz" => {
+                let connected =
+                    self.client.connection_state() == async_nats::connection::State::Connected;
+                let ready =
+                    connected && self.balanced.load(std::sync::atomic::Ordering::Relaxed);
+                let status = match ready {
+                    true => StatusCode::OK,
+                    false => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                let nats = if connected { "connected" } else { "disconnected" };
+                let body = serde_json::json!({"ready": ready, "nats": nats, "partitions": held});
+                Some((status, axum::Json(body)).into_response())
+            }
+            "/metrics" => {
+                let metrics = crate::metrics::get();
+                let (mut open, mut awaiting) = (0, 0);
+                for local in read(&self.held).values() {
+                    if let Ok(counts) = local.engine.run_counts() {
+                        open += counts.open;
+                        awaiting += counts.awaiting_approval;
+                    }
+                }
+                metrics.runs_open.set(open);
+                metrics.runs_awaiting_approval.set(awaiting);
+                let connected =
+                    self.client.connection_state() == async_nats::connection::State::Connected;
+                metrics.nats_connected.set(i64::from(connected));
+                Some(
+                    (
+                        [(header::CONTENT_TYPE, quench_common::metrics::CONTENT_TYPE)],
+                        metrics.render(),
+                    )
+                        .into_response(),
+                )
+            }
+            _ => None,
+        }
+    }
+
+    /// Forwards `request` to the runner serving `number`.
+    async fn forward(&self, number: u32, request: Request) -> Response {
+        let moving = |why: String| {
+            let body = api::types::ErrorBody::new("partition_moving", why);
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "2")],
+                axum::Json(body),
+            )
+                .into_response()
+        };
+        if request.headers().contains_key(&FORWARDED) {
+            return moving(format!(
+                "partition {number} is moving between runners; ask again in a moment"
+            ));
+        }
+        let owner = match self.joined.owners.owner_of(number).await {
+            Ok(Some((runner, _))) => runner,
+            Ok(None) => {
+                return moving(format!(
+                    "no runner serves partition {number} at the moment; ask again in a moment"
+                ));
+            }
+            Err(error) => return moving(format!("cannot tell who serves partition {number}: {error}")),
+        };
+        let address = match self.joined.owners.address_of(&owner).await {
+            Ok(Some(address)) => address,
+            _ => {
+                return moving(format!(
+                    "runner {owner} serves partition {number} but advertises no address"
+                ));
+            }
+        };
+        let (parts, body) = request.into_parts();
+        let Ok(body) = axum::body::to_bytes(body, MAX_FORWARDED_BODY).await else {
+            let body = api::types::ErrorBody::new(
+                "too_large",
+                format!("a request body is at most {MAX_FORWARDED_BODY} bytes"),
+            );
+            return (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response();
+        };
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |path| path.as_str());
+        let mut forwarded = self
+            .http
+            .request(parts.method.clone(), format!("{address}{path}"))
+            .body(body);
+        for (name, value) in &parts.headers {
+            if !hop_by_hop(name) {
+                forwarded = forwarded.header(name, value);
+            }
+        }
+        forwarded = forwarded.header(&FORWARDED, self.joined.runner.as_str());
+        match forwarded.send().await {
+            Ok(answer) => {
+                let mut response = Response::builder().status(answer.status());
+                for (name, value) in answer.headers() {
+                    if !hop_by_hop(name) {
+                        response = response.header(name, value);
+                    }
+                }
+                response
+                    .body(Body::from_stream(answer.bytes_stream()))
+                    .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+            }
+            Err(error) => moving(format!(
+                "runner {owner}, which serves partition {number}, did not answer: {error}"
+            )),
+        }
+    }
+}
+
+/// Headers that belong to one connection, not to the request or answer passed on.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    [
+        header::CONNECTION,
+        header::HOST,
+        header::TRANSFER_ENCODING,
+        header::CONTENT_LENGTH,
+        header::UPGRADE,
+        header::TE,
+        header::TRAILER,
+        header::PROXY_AUTHORIZATION,
+        HeaderName::from_static("keep-alive"),
+    ]
+    .contains(name)
+}
+
+/// Every request: a probe; a list every partition contributes to; else the API of the
+/// partition it is for, here or where it is served.
+async fn answer(State(front): State<Arc<Front>>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    if let Some(response) = front.probe(&path) {
+        return response;
+    }
+    let whole = request.method() == axum::http::Method::GET
+        && !request.headers().contains_key(&PARTITION);
+    match path.as_str() {
+        "/api/v1/runs" if whole => front.fan_out(request, merge_runs).await,
+        "/api/v1/inbox" if whole => front.fan_out(request, merge_inbox).await,
+        _ => {
+            let number = front.partition_of(&request);
+            front.ask(number, request).await
+        }
+    }
+}
+
+/// Pages of runs (newest first) from every partition, as one page. A partition that stopped
+/// early (its `next`) has not read the runs below its cursor, so the page keeps only runs at
+/// or above the highest such cursor: the next page goes on from there, and no run is skipped.
+fn merge_runs(pages: Vec<serde_json::Value>, query: &str) -> serde_json::Value {
+    let limit = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == "limit")
+        .and_then(|(_, value)| value.parse::<usize>().ok())
+        .unwrap_or(50)
+        .clamp(1, 500);
+    let mut floor: Option<String> = None;
+    let mut runs = Vec::new();
+    for mut page in pages {
+        if let Some(next) = page["next"].as_str()
+            && floor.as_deref().is_none_or(|floor| next > floor)
+        {
+            floor = Some(next.to_owned());
+        }
+        if let serde_json::Value::Array(items) = page["runs"].take() {
+            runs.extend(items);
+        }
+    }
+    let id = |run: &serde_json::Value| run["id"].as_str().unwrap_or_default().to_owned();
+    if let Some(floor) = &floor {
+        runs.retain(|run| id(run).as_str() >= floor.as_str());
+    }
+    runs.sort_by_key(|run| std::cmp::Reverse(id(run)));
+    let next = if runs.len() > limit {
+        runs.truncate(limit);
+        runs.last().map(id)
+    } else {
+        floor
+    };
+    serde_json::json!({"runs": runs, "next": next})
+}
+
+/// Every partition's inbox, as one: earliest deadline first, at most [`MAX_INBOX`] listed,
+/// `count` all of them.
+fn merge_inbox(inboxes: Vec<serde_json::Value>, _query: &str) -> serde_json::Value {
+    let person = inboxes
+        .first()
+        .and_then(|inbox| inbox["person"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let count: u64 = inboxes
+        .iter()
+        .filter_map(|inbox| inbox["count"].as_u64())
+        .sum();
+    let mut gates: Vec<serde_json::Value> = inboxes
+        .into_iter()
+        .flat_map(|mut inbox| match inbox["gates"].take() {
+            serde_json::Value::Array(gates) => gates,
+            _ => Vec::new(),
+        })
+        .collect();
+    let order = |gate: &serde_json::Value| {
+        (
+            gate["deadline"]
+                .as_str()
+                .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok()),
+            gate["run_id"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    gates.sort_by_key(order);
+    gates.truncate(MAX_INBOX);
+    serde_json::json!({"person": person, "count": count, "gates": gates})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(id: &str) -> serde_json::Value {
+        serde_json::json!({"id": id})
+    }
+
+    fn ids(page: &serde_json::Value) -> Vec<&str> {
+        page["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|run| run["id"].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn pages_of_runs_merge_newest_first_and_skip_nothing() {
+        // Partition 0 stopped at "c" (more below it); partition 1 read to its end.
+        let pages = vec![
+            serde_json::json!({"runs": [run("e"), run("c")], "next": "c"}),
+            serde_json::json!({"runs": [run("f"), run("d"), run("a")], "next": null}),
+        ];
+        let merged = merge_runs(pages, "limit=10");
+        // "a" waits for the next page: partition 0 may have runs between "c" and "a".
+        assert_eq!(ids(&merged), ["f", "e", "d", "c"]);
+        assert_eq!(merged["next"], "c");
+
+        let pages = vec![
+            serde_json::json!({"runs": [run("e"), run("c")], "next": null}),
+            serde_json::json!({"runs": [run("f"), run("d")], "next": null}),
+        ];
+        let merged = merge_runs(pages, "limit=3");
+        assert_eq!(ids(&merged), ["f", "e", "d"]);
+        assert_eq!(merged["next"], "d", "the next page goes on below the last listed");
+
+        let merged = merge_runs(
+            vec![serde_json::json!({"runs": [], "next": null})],
+            "",
+        );
+        assert_eq!(merged["next"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn inboxes_merge_earliest_deadline_first() {
+        let inboxes = vec![
+            serde_json::json!({"person": "admin", "count": 1, "gates": [
+                {"run_id": "r2", "deadline": "2026-12-07T12:00:00Z"}]}),
+            serde_json::json!({"person": "admin", "count": 2, "gates": [
+                {"run_id": "r1", "deadline": "2026-12-07T11:00:00Z"},
+                {"run_id": "r3", "deadline": "2026-12-07T13:00:00Z"}]}),
+        ];
+        let merged = merge_inbox(inboxes, "");
+        assert_eq!(merged["count"], 3);
+        let runs: Vec<&str> = merged["gates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|gate| gate["run_id"].as_str())
+            .collect();
+        assert_eq!(runs, ["r1", "r2", "r3"]);
+    }
+
+    #[test]
+    fn connection_headers_are_not_passed_on() {
+        assert!(hop_by_hop(&header::HOST));
+        assert!(hop_by_hop(&HeaderName::from_static("keep-alive")));
+        assert!(!hop_by_hop(&header::AUTHORIZATION));
+        assert!(!hop_by_hop(&header::CONTENT_TYPE));
+    }
+}
