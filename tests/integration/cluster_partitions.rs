@@ -1,0 +1,306 @@
+//! `quench serve` with `[cluster] partitions = 8` on a three-server NATS cluster and three
+//! runners as processes: the runners share the partitions; every finding, routed by its key,
+//! has its one run; the admin API of any runner lists every partition's runs and answers for
+//! any run (forwarded to the runner serving it); a runner killed with `kill -9` has its
+//! partitions taken over by the others — parked runs still parked, their deadlines firing once
+//! — and a runner that comes back gets its share back.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{self, NatsServer};
+
+const TOKEN: &str = "cluster-partitions-token";
+/// The approver's token (its name is the approver's email).
+const LEAD: &str = "cluster-partitions-lead";
+const PARTITIONS: u32 = 8;
+const RUNNERS: [&str; 3] = ["runner-a", "runner-b", "runner-c"];
+
+/// A run that ends at once.
+const NOTE: &str = r#"schema: quench.playbook/v1
+name: noted
+on:
+  finding:
+    kinds: [test.part]
+steps:
+  - id: record
+    uses: note
+    with:
+      message: "{{ finding.key }}"
+"#;
+
+/// Runs that wait on a gate whose deadline falls after the failover.
+const HELD: &str = r#"schema: quench.playbook/v1
+name: held
+on:
+  finding:
+    kinds: [test.held]
+steps:
+  - id: decide
+    uses: approval
+    with:
+      approvers: [lead@example.com]
+      question: Revoke?
+      choices: [revoke, keep]
+      timeout: 30s
+      on_timeout: keep
+  - id: record
+    uses: note
+    with:
+      message: "{{ finding.key }}"
+"#;
+
+fn finding(kind: &str, n: usize) -> Value {
+    json!({
+        "schema": "quench.finding/v1", "id": format!("{kind}-{n}"), "kind": kind,
+        "key": format!("{kind}:{n}"), "severity": "low", "title": "a finding",
+        "detected_at": "2026-12-01T00:00:00Z", "source": {"scanner": "test"},
+        "resource": {"provider": "openai", "type": "api_key", "id": format!("key_{n}")},
+    })
+}
+
+async fn get(listen: &str, path: &str) -> Option<Value> {
+    let response = quench_common::http::http_client()
+        .get(format!("http://{listen}{path}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.json().await.ok()
+}
+
+/// Every run the runner at `listen` lists (all partitions), by key: (id, status) of each.
+/// `None` while a partition is moving.
+async fn runs(listen: &str) -> Option<BTreeMap<String, Vec<(String, String)>>> {
+    let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    let mut cursor = String::new();
+    loop {
+        let page = get(listen, &format!("/api/v1/runs?limit=100{cursor}")).await?;
+        for run in page["runs"].as_array().into_iter().flatten() {
+            out.entry(run["key"].as_str().unwrap_or_default().to_owned())
+                .or_default()
+                .push((
+                    run["id"].as_str().unwrap_or_default().to_owned(),
+                    run["status"].as_str().unwrap_or_default().to_owned(),
+                ));
+        }
+        match page["next"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => return Some(out),
+        }
+    }
+}
+
+/// Whether `runs` holds exactly one run for each of `keys`, each with `status`.
+fn one_run_each(
+    runs: &BTreeMap<String, Vec<(String, String)>>,
+    keys: &BTreeSet<String>,
+    status: &str,
+) -> bool {
+    keys.iter().all(|key| {
+        runs.get(key)
+            .is_some_and(|runs| runs.len() == 1 && runs[0].1 == status)
+    })
+}
+
+/// The partitions each runner says it serves (`/healthz`).
+async fn shares(listens: &[String]) -> Vec<BTreeSet<u32>> {
+    let mut shares = Vec::new();
+    for listen in listens {
+        let health = get(listen, "/healthz").await.unwrap_or(Value::Null);
+        shares.push(
+            health["partitions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_u64)
+                .filter_map(|n| u32::try_from(n).ok())
+                .collect(),
+        );
+    }
+    shares
+}
+
+/// Waits until the runners at `listens` serve every partition between them, each once, and
+/// each runner at least one.
+async fn shared_out(listens: &[String], what: &str) -> Vec<BTreeSet<u32>> {
+    support::eventually_async(Duration::from_secs(60), what, || async {
+        let shares = shares(listens).await;
+        let total: usize = shares.iter().map(BTreeSet::len).sum();
+        let all: BTreeSet<u32> = shares.iter().flatten().copied().collect();
+        total == PARTITIONS as usize
+            && all.len() == PARTITIONS as usize
+            && shares.iter().all(|share| !share.is_empty())
+    })
+    .await;
+    shares(listens).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others() {
+    assert!(
+        support::nats_server_syncs(),
+        "cluster mode needs nats-server 2.10 or newer: tests/run puts the pinned one on PATH"
+    );
+    let servers = tokio::task::block_in_place(|| NatsServer::cluster(3));
+    let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
+    let jetstream = support::jetstream_ready(&urls[0]).await;
+    let nats = urls.join(",");
+    let root = tempfile::tempdir().expect("tempdir");
+    let playbooks = root.path().join("playbooks");
+    std::fs::create_dir_all(&playbooks).expect("dir");
+    std::fs::write(playbooks.join("noted.yaml"), NOTE).expect("write");
+    std::fs::write(playbooks.join("held.yaml"), HELD).expect("write");
+    let launch = |runner: &str| {
+        let dir = root.path().join(runner);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let config = support::cluster_config(
+            &nats,
+            runner,
+            TOKEN,
+            &format!("lease = \"3s\"\npartitions = {PARTITIONS}\nsnapshot_every = 5"),
+            &format!(
+                "[[api.tokens]]\nname = \"lead@example.com\"\nrole = \"approver\"\nsha256 = \"{}\"\n",
+                support::hex(&<sha2::Sha256 as sha2::Digest>::digest(LEAD.as_bytes()))
+            ),
+        );
+        tokio::task::block_in_place(|| {
+            support::Service::launch_alive(&nats, &playbooks, &dir, &config)
+        })
+    };
+    let mut runners: Vec<support::Service> = RUNNERS.iter().map(|runner| launch(runner)).collect();
+    let logs: Vec<std::path::PathBuf> = RUNNERS
+        .iter()
+        .map(|runner| root.path().join(runner).join("serve.log"))
+        .collect();
+    let _print: Vec<_> = logs
+        .iter()
+        .map(|log| support::print_log_on_failure(log))
+        .collect();
+    let listens: Vec<String> = runners.iter().map(|runner| runner.listen.clone()).collect();
+    let first = shared_out(&listens, "three runners share the eight partitions").await;
+    for listen in &listens {
+        support::eventually(Duration::from_secs(30), "every runner is ready", || {
+            support::http_status(listen, "/readyz") == Some(200)
+        })
+        .await;
+    }
+
+    // Findings of many keys: routed to every partition, each with its one run, listed alike
+    // by every runner.
+    let mut noted = BTreeSet::new();
+    let mut held = BTreeSet::new();
+    for n in 0..40 {
+        support::gateway_client::publish_finding(&jetstream, &finding("test.part", n)).await;
+        noted.insert(format!("test.part:{n}"));
+    }
+    for n in 0..10 {
+        support::gateway_client::publish_finding(&jetstream, &finding("test.held", n)).await;
+        held.insert(format!("test.held:{n}"));
+    }
+    for listen in &listens {
+        support::eventually_async(
+            Duration::from_secs(60),
+            "every finding has its one run, listed by every runner",
+            || async {
+                runs(listen).await.is_some_and(|runs| {
+                    runs.len() == 50
+                        && one_run_each(&runs, &noted, "completed")
+                        && one_run_each(&runs, &held, "waiting")
+                })
+            },
+        )
+        .await;
+    }
+    let all = runs(&listens[0]).await.expect("runs");
+    // The runs are spread: ids name their partitions, and more than one partition has runs.
+    let spread: BTreeSet<u32> = all
+        .values()
+        .flatten()
+        .filter_map(|(id, _)| quench_runner::cluster::partition::of_run_id(id, PARTITIONS))
+        .collect();
+    assert!(
+        spread.len() > 3,
+        "runs spread over the partitions: {spread:?}"
+    );
+    // Any runner shows any run: the one serving it, or forwarded there.
+    for (id, _) in all.values().flatten().take(12) {
+        for listen in &listens {
+            let run = get(listen, &format!("/api/v1/runs/{id}"))
+                .await
+                .unwrap_or_else(|| panic!("{listen} shows run {id}"));
+            assert_eq!(run["run"]["id"], id.as_str());
+        }
+    }
+    // A decision through one runner for a run another serves: forwarded, and decided once.
+    let (first_held, _) = all[&format!("test.held:{}", 0)][0].clone();
+    let decided = quench_common::http::http_client()
+        .post(format!(
+            "http://{}/api/v1/runs/{first_held}/gates/decide/decision",
+            listens[2]
+        ))
+        .bearer_auth(LEAD)
+        .json(&json!({"choice": "keep"}))
+        .send()
+        .await
+        .expect("decision answered");
+    assert_eq!(decided.status(), 200, "{:?}", decided.text().await);
+    held.remove("test.held:0");
+
+    // runner-c dies: a and b take its partitions over; its parked runs are still parked there.
+    runners[2].kill();
+    let two = &listens[..2];
+    let after = shared_out(two, "a and b serve every partition").await;
+    for (before, now) in first.iter().zip(&after) {
+        assert!(before.is_subset(now), "a runner keeps its own partitions: {before:?} → {now:?}");
+    }
+    for n in 40..60 {
+        support::gateway_client::publish_finding(&jetstream, &finding("test.part", n)).await;
+        noted.insert(format!("test.part:{n}"));
+    }
+    support::eventually_async(
+        Duration::from_secs(60),
+        "findings after the failover have their runs; parked runs are still parked",
+        || async {
+            runs(&listens[0]).await.is_some_and(|runs| {
+                runs.len() == 70
+                    && one_run_each(&runs, &noted, "completed")
+                    && one_run_each(&runs, &held, "waiting")
+            })
+        },
+    )
+    .await;
+
+    // The gates time out (30 s after they opened): each deadline fires once, wherever its
+    // partition is served now.
+    support::eventually_async(Duration::from_secs(60), "every deadline fired once", || async {
+        runs(&listens[1])
+            .await
+            .is_some_and(|runs| runs.len() == 70 && one_run_each(&runs, &held, "completed"))
+    })
+    .await;
+
+    // runner-c comes back: it gets a share again, and what it is given is served.
+    runners[2].respawn_alive();
+    let back = shared_out(&listens, "runner-c gets its share back").await;
+    assert!(!back[2].is_empty());
+    for n in 60..70 {
+        support::gateway_client::publish_finding(&jetstream, &finding("test.part", n)).await;
+        noted.insert(format!("test.part:{n}"));
+    }
+    support::eventually_async(Duration::from_secs(60), "runs after the rebalance", || async {
+        runs(&listens[2])
+            .await
+            .is_some_and(|runs| runs.len() == 80 && one_run_each(&runs, &noted, "completed"))
+    })
+    .await;
+    for runner in &mut runners {
+        assert_eq!(runner.terminate(), Some(0), "a runner stops cleanly");
+    }
+    drop(servers);
+}
