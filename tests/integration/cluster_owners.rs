@@ -142,3 +142,49 @@ async fn a_runner_with_another_lease_is_refused_at_join() {
     // The same lease joins.
     join(&jetstream, "runner-c").await;
 }
+
+/// The partition count is recorded by the first runner; a runner with another is refused,
+/// saying what the cluster has: every run's and key's partition depends on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_with_another_partition_count_is_refused() {
+    let nats = support::NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.expect("nats");
+    let jetstream = async_nats::jetstream::new(client);
+    quench_runner::cluster::owners::settle_partitions(&jetstream, 8, 1)
+        .await
+        .expect("the first runner records 8");
+    quench_runner::cluster::owners::settle_partitions(&jetstream, 8, 1)
+        .await
+        .expect("the same count joins");
+    let error = quench_runner::cluster::owners::settle_partitions(&jetstream, 64, 1)
+        .await
+        .expect_err("another count");
+    assert!(
+        error.to_string().contains(
+            "the cluster was created with 8 partitions and this runner has `[cluster] \
+             partitions = 64`"
+        ),
+        "{error}"
+    );
+}
+
+/// A member advertises where its API is reached; the others read it from the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_advertises_its_address() {
+    let nats = support::NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.expect("nats");
+    let jetstream = async_nats::jetstream::new(client);
+    let mut a = join(&jetstream, "runner-a").await;
+    let b = join(&jetstream, "runner-b").await;
+    assert_eq!(b.owners.address_of("runner-a").await.expect("read"), None);
+    a.owners
+        .advertise("http://quench-0.quench:8080")
+        .await
+        .expect("advertise");
+    assert_eq!(
+        b.owners.address_of("runner-a").await.expect("read").as_deref(),
+        Some("http://quench-0.quench:8080")
+    );
+    a.owners.leave().await.expect("leave");
+    assert_eq!(b.owners.address_of("runner-a").await.expect("read"), None);
+}

@@ -299,6 +299,35 @@ async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others
             .is_some_and(|runs| runs.len() == 80 && one_run_each(&runs, &noted, "completed"))
     })
     .await;
+
+    // A playbook disabled through one runner is disabled in every partition: findings of its
+    // kind start no run anywhere.
+    let disabled = quench_common::http::http_client()
+        .post(format!("http://{}/api/v1/playbooks/noted/disable", listens[1]))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("disable answered");
+    assert_eq!(disabled.status(), 200, "{:?}", disabled.text().await);
+    for n in 70..80 {
+        support::gateway_client::publish_finding(&jetstream, &finding("test.part", n)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let now = runs(&listens[0]).await.expect("runs");
+    assert_eq!(now.len(), 80, "no run of a disabled playbook: {now:?}");
+
+    // Every partition's audit chain verifies.
+    let verified = get(&listens[0], "/api/v1/audit/verify")
+        .await
+        .expect("verify answered");
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert_eq!(
+        verified["partitions"].as_array().map(Vec::len),
+        Some(PARTITIONS as usize),
+        "{verified}"
+    );
+    assert!(verified["entries"].as_u64().unwrap_or(0) > 80, "{verified}");
+
     for runner in &mut runners {
         assert_eq!(runner.terminate(), Some(0), "a runner stops cleanly");
     }

@@ -1689,6 +1689,41 @@ async fn nats_permissions_confine_the_gateway_user() {
         snapshots.latest(0).await.expect("reads it back"),
         Some((writer.last(), b"state".to_vec()))
     );
+    // With several partitions: the cluster's partition count, and findings routed to them.
+    quench_runner::cluster::owners::settle_partitions(&runner_js, 8, 1)
+        .await
+        .expect("the runner user records the partition count");
+    quench_runner::service::ensure_routing(&runner_js, &nats.url(), 1)
+        .await
+        .expect("the runner user keeps the routing stream");
+    runner_js
+        .publish("quench.partition.3.quench.findings.x", "{}".into())
+        .await
+        .expect("routes a finding")
+        .await
+        .expect("acknowledged by the routing stream");
+    let routed = runner_js
+        .get_stream("QUENCH_PARTITIONS")
+        .await
+        .expect("the routing stream")
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("quench-findings-3".to_owned()),
+            filter_subject: "quench.partition.3.quench.findings.>".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("the partition's consumer");
+    let message = routed
+        .fetch()
+        .max_messages(1)
+        .messages()
+        .await
+        .expect("fetch")
+        .next()
+        .await
+        .expect("the routed finding")
+        .expect("a message");
+    message.double_ack().await.expect("and acknowledges it");
 
     let (gateway, errors) =
         connect_as(&nats, "quench-gateway", GATEWAY_PASSWORD, "_INBOX.gateway").await;

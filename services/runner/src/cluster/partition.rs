@@ -25,6 +25,12 @@ impl Slot {
         self.count <= 1 || of_key(key, self.count) == self.index
     }
 
+    /// Whether this partition fires the scheduled playbooks: partition 0, which holds the
+    /// estate (the inventory scheduled reviews read, the campaigns they start).
+    pub fn fires_schedules(self) -> bool {
+        self.index == 0
+    }
+
     /// A new run id: a UUIDv7 (sorting by creation time) whose last 16 bits are this
     /// partition's number when the store is split, so any runner routes by the id alone.
     pub fn run_id(self) -> String {

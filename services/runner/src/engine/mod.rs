@@ -83,7 +83,7 @@ pub struct EngineConfig {
     /// The config's links of the owner resolution chain (`[owners]`, `[teams]`).
     pub owners: Arc<crate::owners::Owners>,
     /// The partition this engine serves (cluster mode with several partitions): its run ids
-    /// name it, and it fires only the schedules of the playbooks whose names live in it.
+    /// name it, and only partition 0's engine fires the schedules.
     pub partition: crate::cluster::partition::Slot,
 }
 

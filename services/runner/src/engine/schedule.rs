@@ -96,8 +96,8 @@ impl Engine {
             let Trigger::Schedule(schedule) = &playbook.trigger else {
                 continue;
             };
-            if !self.inner.config.partition.holds(&playbook.name) {
-                // Another partition's engine fires it.
+            if !self.inner.config.partition.fires_schedules() {
+                // Partition 0's engine fires it.
                 continue;
             }
             let now = self.now();
@@ -191,7 +191,7 @@ impl Engine {
         let mut next: Option<DateTime<Utc>> = None;
         for playbook in self.playbooks().values() {
             if !matches!(playbook.trigger, Trigger::Schedule(_))
-                || !self.inner.config.partition.holds(&playbook.name)
+                || !self.inner.config.partition.fires_schedules()
             {
                 continue;
             }

@@ -34,6 +34,7 @@ use tokio_util::task::TaskTracker;
 
 pub use api::openapi;
 pub use nats::{connect, ensure_streams};
+pub use route::ensure as ensure_routing;
 pub use publish::{PublishReport, ReadFinding, publish_findings, read_findings};
 
 use crate::config::Config;
@@ -276,7 +277,7 @@ async fn trigger_schedules(engine: &Engine) {
     for (name, playbook) in engine.playbooks().iter() {
         if !matches!(playbook.trigger, playbook::Trigger::Schedule(_))
             || paused.contains(name)
-            || !engine.partition().holds(name)
+            || !engine.partition().fires_schedules()
         {
             continue;
         }

@@ -371,18 +371,20 @@ impl Front {
         }
     }
 
-    /// A list read from every partition: the same request asked of each, their answers
-    /// merged by `merge`. The first answer that is not a success is the answer (a partition
-    /// moving between runners: 503, ask again).
-    async fn fan_out(
-        &self,
-        request: Request,
-        merge: fn(Vec<serde_json::Value>, &str) -> serde_json::Value,
-    ) -> Response {
-        let (parts, _) = request.into_parts();
-        let query = parts.uri.query().unwrap_or_default().to_owned();
+    /// The same request asked of every partition (each told which it is asked for). Their
+    /// answers when every one is a success; else the first that is not (a partition moving
+    /// between runners: 503, ask again).
+    async fn ask_all(&self, request: Request) -> Result<Vec<Response>, Response> {
+        let (parts, body) = request.into_parts();
+        let Ok(body) = axum::body::to_bytes(body, MAX_FORWARDED_BODY).await else {
+            let body = api::types::ErrorBody::new(
+                "too_large",
+                format!("a request body is at most {MAX_FORWARDED_BODY} bytes"),
+            );
+            return Err((StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response());
+        };
         let asked = (0..self.partitions).map(|number| {
-            let mut request = Request::new(Body::empty());
+            let mut request = Request::new(Body::from(body.clone()));
             *request.method_mut() = parts.method.clone();
             *request.uri_mut() = parts.uri.clone();
             *request.headers_mut() = parts.headers.clone();
@@ -392,11 +394,30 @@ impl Front {
             async move { self.ask(number, request).await }
         });
         let answers = futures::future::join_all(asked).await;
+        if let Some(failed) = answers
+            .iter()
+            .position(|answer| !answer.status().is_success())
+        {
+            return Err(answers.into_iter().nth(failed).unwrap_or_else(|| {
+                StatusCode::BAD_GATEWAY.into_response()
+            }));
+        }
+        Ok(answers)
+    }
+
+    /// A list read from every partition, the answers merged by `merge`.
+    async fn fan_out(
+        &self,
+        request: Request,
+        merge: fn(Vec<serde_json::Value>, &str) -> serde_json::Value,
+    ) -> Response {
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        let answers = match self.ask_all(request).await {
+            Ok(answers) => answers,
+            Err(failed) => return failed,
+        };
         let mut bodies = Vec::with_capacity(answers.len());
         for answer in answers {
-            if !answer.status().is_success() {
-                return answer;
-            }
             let Ok(bytes) = axum::body::to_bytes(answer.into_body(), MAX_PART_ANSWER).await else {
                 return StatusCode::BAD_GATEWAY.into_response();
             };
@@ -406,6 +427,19 @@ impl Front {
             }
         }
         axum::Json(merge(bodies, &query)).into_response()
+    }
+
+    /// A change every partition makes (each keeps its own copy of the playbook library): made
+    /// in all of them, answered with partition 0's answer; the first failure otherwise (the
+    /// change is idempotent: made again, it completes).
+    async fn everywhere(&self, request: Request) -> Response {
+        match self.ask_all(request).await {
+            Ok(answers) => answers
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| StatusCode::BAD_GATEWAY.into_response()),
+            Err(failed) => failed,
+        }
     }
 
     /// `/healthz`, `/readyz` and `/metrics`, answered by this runner for itself.
@@ -551,11 +585,21 @@ async fn answer(State(front): State<Arc<Front>>, request: Request) -> Response {
     if let Some(response) = front.probe(&path) {
         return response;
     }
-    let whole = request.method() == axum::http::Method::GET
-        && !request.headers().contains_key(&PARTITION);
+    let named = request.headers().contains_key(&PARTITION);
+    let get = request.method() == axum::http::Method::GET;
+    let post = request.method() == axum::http::Method::POST;
+    let playbook_change = path == "/api/v1/playbooks"
+        || (path.starts_with("/api/v1/playbooks/")
+            && (path.ends_with("/enable") || path.ends_with("/disable")));
     match path.as_str() {
-        "/api/v1/runs" if whole => front.fan_out(request, merge_runs).await,
-        "/api/v1/inbox" if whole => front.fan_out(request, merge_inbox).await,
+        _ if named => {
+            let number = front.partition_of(&request);
+            front.ask(number, request).await
+        }
+        "/api/v1/runs" if get => front.fan_out(request, merge_runs).await,
+        "/api/v1/inbox" if get => front.fan_out(request, merge_inbox).await,
+        "/api/v1/audit/verify" if get => front.fan_out(request, merge_verified).await,
+        _ if post && playbook_change => front.everywhere(request).await,
         _ => {
             let number = front.partition_of(&request);
             front.ask(number, request).await
@@ -596,6 +640,37 @@ fn merge_runs(pages: Vec<serde_json::Value>, query: &str) -> serde_json::Value {
         floor
     };
     serde_json::json!({"runs": runs, "next": next})
+}
+
+/// Every partition's audit chain verified: ok when each is, `entries` all of them, `head`
+/// partition 0's, the first bad entry of the first partition with one; `partitions` has each.
+fn merge_verified(verified: Vec<serde_json::Value>, _query: &str) -> serde_json::Value {
+    let ok = verified.iter().all(|one| one["ok"] == true);
+    let entries: u64 = verified
+        .iter()
+        .filter_map(|one| one["entries"].as_u64())
+        .sum();
+    let head = verified
+        .first()
+        .map_or(serde_json::Value::Null, |one| one["head"].clone());
+    let bad = verified
+        .iter()
+        .enumerate()
+        .find(|(_, one)| one["ok"] != true);
+    let (first_bad, reason) = match bad {
+        Some((number, one)) => (
+            one["first_bad"].clone(),
+            serde_json::Value::String(format!(
+                "partition {number}: {}",
+                one["reason"].as_str().unwrap_or("does not verify")
+            )),
+        ),
+        None => (serde_json::Value::Null, serde_json::Value::Null),
+    };
+    serde_json::json!({
+        "ok": ok, "entries": entries, "head": head, "first_bad": first_bad, "reason": reason,
+        "partitions": verified,
+    })
 }
 
 /// Every partition's inbox, as one: earliest deadline first, at most [`MAX_INBOX`] listed,

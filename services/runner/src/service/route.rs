@@ -49,7 +49,7 @@ pub(crate) fn published_on(subject: &str) -> &str {
 
 /// Creates (or updates) the stream of routed messages: file storage, `replicas` copies, each
 /// message removed once its partition's owner acknowledged it.
-pub(super) async fn ensure(
+pub async fn ensure(
     jetstream: &jetstream::Context,
     url: &str,
     replicas: usize,
@@ -78,8 +78,12 @@ pub(super) async fn ensure(
 /// 0 for what cannot be read (its intake there refuses it with the reason).
 fn partition_of(source: Source, published_on: &str, payload: &[u8], partitions: u32) -> u32 {
     match source {
-        Source::Findings => super::intake::parse_finding(published_on, payload)
-            .map_or(0, |finding| partition::of_key(&finding.key, partitions)),
+        Source::Findings => match super::intake::parse_finding(published_on, payload) {
+            // A campaign's part is taken in where the campaign is: with the estate.
+            Ok(finding) if finding.kind == crate::campaign::FINDING_KIND => 0,
+            Ok(finding) => partition::of_key(&finding.key, partitions),
+            Err(_) => 0,
+        },
         Source::Decisions => Decision::parse(payload)
             .ok()
             .and_then(|decision| partition::of_run_id(&decision.run_id, partitions))
