@@ -182,7 +182,11 @@ async fn a_member_advertises_its_address() {
         .await
         .expect("advertise");
     assert_eq!(
-        b.owners.address_of("runner-a").await.expect("read").as_deref(),
+        b.owners
+            .address_of("runner-a")
+            .await
+            .expect("read")
+            .as_deref(),
         Some("http://quench-0.quench:8080")
     );
     a.owners.leave().await.expect("leave");

@@ -257,7 +257,10 @@ async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others
     let two = &listens[..2];
     let after = shared_out(two, "a and b serve every partition").await;
     for (before, now) in first.iter().zip(&after) {
-        assert!(before.is_subset(now), "a runner keeps its own partitions: {before:?} → {now:?}");
+        assert!(
+            before.is_subset(now),
+            "a runner keeps its own partitions: {before:?} → {now:?}"
+        );
     }
     for n in 40..60 {
         support::gateway_client::publish_finding(&jetstream, &finding("test.part", n)).await;
@@ -278,11 +281,15 @@ async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others
 
     // The gates time out (30 s after they opened): each deadline fires once, wherever its
     // partition is served now.
-    support::eventually_async(Duration::from_secs(60), "every deadline fired once", || async {
-        runs(&listens[1])
-            .await
-            .is_some_and(|runs| runs.len() == 70 && one_run_each(&runs, &held, "completed"))
-    })
+    support::eventually_async(
+        Duration::from_secs(60),
+        "every deadline fired once",
+        || async {
+            runs(&listens[1])
+                .await
+                .is_some_and(|runs| runs.len() == 70 && one_run_each(&runs, &held, "completed"))
+        },
+    )
     .await;
 
     // runner-c comes back: it gets a share again, and what it is given is served.
@@ -293,17 +300,24 @@ async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others
         support::gateway_client::publish_finding(&jetstream, &finding("test.part", n)).await;
         noted.insert(format!("test.part:{n}"));
     }
-    support::eventually_async(Duration::from_secs(60), "runs after the rebalance", || async {
-        runs(&listens[2])
-            .await
-            .is_some_and(|runs| runs.len() == 80 && one_run_each(&runs, &noted, "completed"))
-    })
+    support::eventually_async(
+        Duration::from_secs(60),
+        "runs after the rebalance",
+        || async {
+            runs(&listens[2])
+                .await
+                .is_some_and(|runs| runs.len() == 80 && one_run_each(&runs, &noted, "completed"))
+        },
+    )
     .await;
 
     // A playbook disabled through one runner is disabled in every partition: findings of its
     // kind start no run anywhere.
     let disabled = quench_common::http::http_client()
-        .post(format!("http://{}/api/v1/playbooks/noted/disable", listens[1]))
+        .post(format!(
+            "http://{}/api/v1/playbooks/noted/disable",
+            listens[1]
+        ))
         .bearer_auth(TOKEN)
         .send()
         .await

@@ -897,3 +897,62 @@ steps:
     harness.engine.ensure_run_counts().await.expect("count");
     assert_eq!(counts(&harness), (2, 1));
 }
+
+/// An engine serving one of several partitions mints run ids that name it, and refuses a
+/// finding playbook keyed by anything but the finding key (findings are routed by their key,
+/// so such runs would open in several partitions at once); the finding key, however spaced,
+/// loads.
+#[tokio::test]
+async fn an_engine_of_one_partition_names_it_and_refuses_runs_keyed_elsewhere() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&StoreConfig::new(directory.path())).expect("store");
+    let slot = quench_runner::cluster::partition::Slot { index: 5, count: 8 };
+    let engine = Engine::new(
+        store,
+        Arc::new(ManualClock::new(start_time())),
+        Actions::new(),
+        EngineConfig {
+            partition: slot,
+            ..EngineConfig::default()
+        },
+    );
+    let playbook = |key: &str| {
+        let source = format!(
+            "schema: quench.playbook/v1\nname: keyed\non:\n  finding:\n    kinds: [test.keyed]\n{key}steps:\n  - id: record\n    uses: note\n    with:\n      message: hello\n"
+        );
+        quench_runner::playbook::compile(&source)
+            .playbook
+            .expect("compiles")
+    };
+    let error = engine
+        .load_playbooks(
+            vec![playbook("key: \"{{ finding.resource.id }}\"\n")],
+            "test",
+        )
+        .await
+        .expect_err("a run key that is not the finding key");
+    assert!(
+        error
+            .to_string()
+            .contains("playbook keyed: `key` must be the finding key (leave it out) in a cluster of 8 partitions"),
+        "{error}"
+    );
+    engine
+        .load_playbooks(vec![playbook("key: \"{{finding.key}}\"\n")], "test")
+        .await
+        .expect("the finding key, spaced otherwise");
+    engine
+        .load_playbooks(vec![playbook("")], "test")
+        .await
+        .expect("the default key");
+    let outcome = engine
+        .ingest(&[finding("p", "test.keyed", "key_p")])
+        .await
+        .expect("ingest");
+    let run = started(&outcome[0]);
+    assert_eq!(
+        quench_runner::cluster::partition::of_run_id(&run, 8),
+        Some(5),
+        "{run}"
+    );
+}

@@ -1525,9 +1525,10 @@ impl Config {
                 "must be from 1 to 1024 (64 spreads a cluster of up to a dozen runners evenly)",
             ));
         }
-        if !self.cluster.advertise.is_empty()
-            && !(self.cluster.advertise.starts_with("http://")
-                || self.cluster.advertise.starts_with("https://"))
+        let advertise = &self.cluster.advertise;
+        if !(advertise.is_empty()
+            || advertise.starts_with("http://")
+            || advertise.starts_with("https://"))
         {
             return Err(bad(
                 "cluster.advertise",

@@ -135,7 +135,11 @@ mod tests {
         // A store that is not split keeps plain UUIDv7 ids, all in partition 0.
         assert_eq!(of_run_id(&Slot::ALONE.run_id(), 1), Some(0));
         assert_eq!(of_run_id("not-a-run", 8), None);
-        let far = Slot { index: 9, count: 16 }.run_id();
+        let far = Slot {
+            index: 9,
+            count: 16,
+        }
+        .run_id();
         assert_eq!(of_run_id(&far, 8), None, "no partition 9 among 8");
     }
 

@@ -166,12 +166,10 @@ pub(super) async fn join(
                 .map_err(|error| (cluster(&error), true))?;
             // Another lease or partition count than the cluster's: a configuration mistake,
             // not an outage.
-            let mistake =
-                |error: OwnersError| {
-                    let again =
-                        !matches!(error, OwnersError::Lease(_) | OwnersError::Partitions(_));
-                    (cluster(&error), again)
-                };
+            let mistake = |error: OwnersError| {
+                let again = !matches!(error, OwnersError::Lease(_) | OwnersError::Partitions(_));
+                (cluster(&error), again)
+            };
             crate::cluster::owners::settle_partitions(
                 jetstream,
                 config.cluster.partitions,
@@ -182,7 +180,10 @@ pub(super) async fn join(
             let mut owners = Owners::join(jetstream, &runner, lease_for, replicas)
                 .await
                 .map_err(mistake)?;
-            owners.advertise(&advertised(config)).await.map_err(mistake)?;
+            owners
+                .advertise(&advertised(config))
+                .await
+                .map_err(mistake)?;
             Ok((journal, snapshots, owners))
         }
         .await;

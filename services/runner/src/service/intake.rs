@@ -534,7 +534,10 @@ pub(super) async fn decisions(consumer: Consumer, intake: Intake, shutdown: Canc
 /// A finding as it arrives on `subject`: an OCSF finding event on `quench.findings.ocsf`
 /// (mapped by [`quench_proto::ocsf::parse`], which names the OCSF attribute it could not map),
 /// a Finding v1 on every other `quench.findings.<kind>`. Either is checked and redacted alike.
-pub(super) fn parse_finding(subject: &str, payload: &[u8]) -> Result<Finding, quench_proto::ParseError> {
+pub(super) fn parse_finding(
+    subject: &str,
+    payload: &[u8],
+) -> Result<Finding, quench_proto::ParseError> {
     if subject == subject::FINDINGS_OCSF {
         quench_proto::ocsf::parse(payload, quench_proto::ocsf::MAX_OCSF_BYTES)
     } else {

@@ -34,8 +34,8 @@ use tokio_util::task::TaskTracker;
 
 pub use api::openapi;
 pub use nats::{connect, ensure_streams};
-pub use route::ensure as ensure_routing;
 pub use publish::{PublishReport, ReadFinding, publish_findings, read_findings};
+pub use route::ensure as ensure_routing;
 
 use crate::config::Config;
 use crate::engine::Engine;
@@ -166,13 +166,13 @@ pub async fn serve_with(
     }
     let (store, cluster) = match alone {
         Some(store) => (store, None),
-        None => match cluster::take_over(config, &client, &jetstream, &store_config, &shutdown)
-            .await?
-        {
-            Some(active) => (active.store.clone(), Some(active)),
-            // Stopped while standing by.
-            None => return Ok(()),
-        },
+        None => {
+            match cluster::take_over(config, &client, &jetstream, &store_config, &shutdown).await? {
+                Some(active) => (active.store.clone(), Some(active)),
+                // Stopped while standing by.
+                None => return Ok(()),
+            }
+        }
     };
     let lost = cluster
         .as_ref()

@@ -98,7 +98,11 @@ impl Shared {
     }
 
     /// An engine over `store`, serving `slot`, with every action this process can run.
-    async fn engine(&self, store: Store, slot: Slot) -> Result<(Engine, events::Publisher, events::Backlog), Error> {
+    async fn engine(
+        &self,
+        store: Store,
+        slot: Slot,
+    ) -> Result<(Engine, events::Publisher, events::Backlog), Error> {
         let config = &self.config;
         let (events, publisher) = events::NatsEvents::new(self.jetstream.clone());
         let backlog = events.backlog();
@@ -218,7 +222,8 @@ impl Serving {
             limits,
             feed,
         };
-        let advisories = intake::max_deliveries(shared.client.clone(), intake.clone(), stop.clone());
+        let advisories =
+            intake::max_deliveries(shared.client.clone(), intake.clone(), stop.clone());
         tasks.spawn(async move {
             if let Err(error) = advisories.await {
                 tracing::error!(%error, "messages JetStream gives up delivering cannot be dead-lettered");
@@ -301,8 +306,14 @@ impl Serving {
                 "the partition is lost: in-flight steps stop now; its new owner resumes them"
             );
             self.engine.abort();
-        } else if tokio::time::timeout(grace, self.engine.idle()).await.is_err() {
-            tracing::warn!(?grace, "in-flight steps did not finish in time; they resume at the next start");
+        } else if tokio::time::timeout(grace, self.engine.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "in-flight steps did not finish in time; they resume at the next start"
+            );
             self.engine.abort();
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;

@@ -224,14 +224,22 @@ async fn hold(
     let config = &shared.config;
     let mut store_config = store_config;
     store_config.path = store_config.path.join(format!("partition-{number}"));
-    let active =
-        match cluster::hold(config, &shared.client, &joined, lease, &store_config, &leave).await {
-            Ok(active) => active,
-            Err(error) => {
-                tracing::error!(partition = number, %error, "cannot take the partition over; it is claimed again later");
-                return;
-            }
-        };
+    let active = match cluster::hold(
+        config,
+        &shared.client,
+        &joined,
+        lease,
+        &store_config,
+        &leave,
+    )
+    .await
+    {
+        Ok(active) => active,
+        Err(error) => {
+            tracing::error!(partition = number, %error, "cannot take the partition over; it is claimed again later");
+            return;
+        }
+    };
     let stop = CancellationToken::new();
     let slot = Slot {
         index: number,
@@ -308,7 +316,8 @@ async fn hold(
 }
 
 fn write(held: &Held) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u32, Local>> {
-    held.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    held.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn read(held: &Held) -> std::sync::RwLockReadGuard<'_, BTreeMap<u32, Local>> {
@@ -398,9 +407,10 @@ impl Front {
             .iter()
             .position(|answer| !answer.status().is_success())
         {
-            return Err(answers.into_iter().nth(failed).unwrap_or_else(|| {
-                StatusCode::BAD_GATEWAY.into_response()
-            }));
+            return Err(answers
+                .into_iter()
+                .nth(failed)
+                .unwrap_or_else(|| StatusCode::BAD_GATEWAY.into_response()));
         }
         Ok(answers)
     }
@@ -452,13 +462,16 @@ impl Front {
             "/readyz" => {
                 let connected =
                     self.client.connection_state() == async_nats::connection::State::Connected;
-                let ready =
-                    connected && self.balanced.load(std::sync::atomic::Ordering::Relaxed);
+                let ready = connected && self.balanced.load(std::sync::atomic::Ordering::Relaxed);
                 let status = match ready {
                     true => StatusCode::OK,
                     false => StatusCode::SERVICE_UNAVAILABLE,
                 };
-                let nats = if connected { "connected" } else { "disconnected" };
+                let nats = if connected {
+                    "connected"
+                } else {
+                    "disconnected"
+                };
                 let body = serde_json::json!({"ready": ready, "nats": nats, "partitions": held});
                 Some((status, axum::Json(body)).into_response())
             }
@@ -511,7 +524,11 @@ impl Front {
                     "no runner serves partition {number} at the moment; ask again in a moment"
                 ));
             }
-            Err(error) => return moving(format!("cannot tell who serves partition {number}: {error}")),
+            Err(error) => {
+                return moving(format!(
+                    "cannot tell who serves partition {number}: {error}"
+                ));
+            }
         };
         let address = match self.joined.owners.address_of(&owner).await {
             Ok(Some(address)) => address,
@@ -529,10 +546,7 @@ impl Front {
             );
             return (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response();
         };
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |path| path.as_str());
+        let path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
         let mut forwarded = self
             .http
             .request(parts.method.clone(), format!("{address}{path}"))
@@ -740,12 +754,12 @@ mod tests {
         ];
         let merged = merge_runs(pages, "limit=3");
         assert_eq!(ids(&merged), ["f", "e", "d"]);
-        assert_eq!(merged["next"], "d", "the next page goes on below the last listed");
-
-        let merged = merge_runs(
-            vec![serde_json::json!({"runs": [], "next": null})],
-            "",
+        assert_eq!(
+            merged["next"], "d",
+            "the next page goes on below the last listed"
         );
+
+        let merged = merge_runs(vec![serde_json::json!({"runs": [], "next": null})], "");
         assert_eq!(merged["next"], serde_json::Value::Null);
     }
 

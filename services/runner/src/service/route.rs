@@ -104,19 +104,16 @@ impl Router {
         limits: Limits,
         stop: CancellationToken,
     ) -> Result<tokio::task::JoinHandle<()>, Error> {
-        let findings =
-            super::intake::findings_consumer(&self.jetstream, Feed::All, limits).await?;
+        let findings = super::intake::findings_consumer(&self.jetstream, Feed::All, limits).await?;
         let decisions =
             super::intake::decisions_consumer(&self.jetstream, Feed::All, limits).await?;
         let router = std::sync::Arc::new(self);
-        let tasks = [
-            (Source::Findings, findings),
-            (Source::Decisions, decisions),
-        ]
-        .map(|(source, consumer)| {
-            let (router, stop) = (router.clone(), stop.clone());
-            tokio::spawn(async move { router.route_all(source, consumer, stop).await })
-        });
+        let tasks = [(Source::Findings, findings), (Source::Decisions, decisions)].map(
+            |(source, consumer)| {
+                let (router, stop) = (router.clone(), stop.clone());
+                tokio::spawn(async move { router.route_all(source, consumer, stop).await })
+            },
+        );
         Ok(tokio::spawn(async move {
             for task in tasks {
                 let _ = task.await;
@@ -161,12 +158,7 @@ impl Router {
     /// Republishes one message on its partition's subject and waits for the stream's ack.
     async fn route(&self, source: Source, message: &jetstream::Message) -> Result<(), String> {
         let info = message.info().map_err(|error| error.to_string())?;
-        let partition = partition_of(
-            source,
-            &message.subject,
-            &message.payload,
-            self.partitions,
-        );
+        let partition = partition_of(source, &message.subject, &message.payload, self.partitions);
         let mut headers = kept_headers(message.headers.as_ref());
         let id = format!("route:{}:{}", info.stream, info.stream_sequence);
         headers.insert(subject::HEADER_MSG_ID, id.as_str());
@@ -232,7 +224,13 @@ mod tests {
 
     #[test]
     fn what_cannot_be_read_goes_to_partition_zero() {
-        assert_eq!(partition_of(Source::Findings, "quench.findings.x", b"{", 8), 0);
-        assert_eq!(partition_of(Source::Decisions, "quench.decisions.x", b"[]", 8), 0);
+        assert_eq!(
+            partition_of(Source::Findings, "quench.findings.x", b"{", 8),
+            0
+        );
+        assert_eq!(
+            partition_of(Source::Decisions, "quench.decisions.x", b"[]", 8),
+            0
+        );
     }
 }
