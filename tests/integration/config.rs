@@ -184,6 +184,14 @@ fn bad_values_name_their_key_and_exit_64() {
             "`cluster.partitions` = \"0\": must be from 1 to 1024",
         ),
         (
+            &[
+                ("QUENCH_CLUSTER__ENABLED", "true"),
+                ("QUENCH_CLUSTER__PARTITIONS", "8"),
+                ("QUENCH_SAFETY__MAX_MUTATIONS_PER_HOUR", "5"),
+            ],
+            "`safety.max_mutations_per_hour` = \"5\": is smaller than `[cluster] partitions = 8`",
+        ),
+        (
             &[("QUENCH_CLUSTER__ADVERTISE", "quench-0:8080")],
             "`cluster.advertise` = \"quench-0:8080\": must be the http:// or https:// URL",
         ),

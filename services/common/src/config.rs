@@ -1973,6 +1973,35 @@ impl Config {
                 ));
             }
         }
+        // With several partitions each counts its share of a budget (they add up to it), so
+        // every partition needs a share of at least one call.
+        let partitions = match self.cluster.enabled {
+            true => self.cluster.partitions,
+            false => 1,
+        };
+        let budgets = safety
+            .max_mutations_per_hour
+            .map(|max| ("safety.max_mutations_per_hour".to_owned(), max))
+            .into_iter()
+            .chain(
+                safety
+                    .max_per_hour
+                    .iter()
+                    .map(|(action, max)| (format!("safety.max_per_hour.\"{action}\""), *max)),
+            );
+        for (key, max) in budgets {
+            if max < partitions {
+                return Err(bad(
+                    &key,
+                    &max.to_string(),
+                    &format!(
+                        "is smaller than `[cluster] partitions = {partitions}`: each partition \
+                         counts its share of a budget, so a budget needs at least one call per \
+                         partition (raise it, or use fewer partitions)"
+                    ),
+                ));
+            }
+        }
         let needs_approvers = safety.max_mutations_per_hour.is_some()
             || !safety.max_per_hour.is_empty()
             || !safety.protect.is_empty();

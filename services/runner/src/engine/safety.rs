@@ -214,6 +214,27 @@ impl SafetyConfig {
         })
     }
 
+    /// This partition's share of the budgets, in a cluster of `slot.count` partitions: each
+    /// budget divided among the partitions so that the shares add up to it exactly (the first
+    /// `budget % count` partitions get one more). Each partition counts its own calls, so the
+    /// estate never spends more than the budget in a window; a partition that spent its share
+    /// waits on its budget gate. The config check refuses a budget smaller than the count.
+    pub fn share(&self, slot: crate::cluster::partition::Slot) -> SafetyConfig {
+        let share = |budget: u32| {
+            let count = slot.count.max(1);
+            budget / count + u32::from(slot.index < budget % count)
+        };
+        SafetyConfig {
+            max_per_hour: self.max_per_hour.map(share),
+            max_per_action: self
+                .max_per_action
+                .iter()
+                .map(|(action, budget)| (action.clone(), share(*budget)))
+                .collect(),
+            ..self.clone()
+        }
+    }
+
     /// Whether any rail is set.
     pub fn is_set(&self) -> bool {
         self.max_per_hour.is_some()
@@ -785,6 +806,28 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn budget_shares_add_up_to_the_budget() {
+        let config = SafetyConfig {
+            max_per_hour: Some(20),
+            max_per_action: BTreeMap::from([("openai.revoke_key".to_owned(), 8)]),
+            ..SafetyConfig::default()
+        };
+        let shares: Vec<SafetyConfig> = (0..8)
+            .map(|index| config.share(crate::cluster::partition::Slot { index, count: 8 }))
+            .collect();
+        let total: u32 = shares.iter().filter_map(|share| share.max_per_hour).sum();
+        assert_eq!(total, 20);
+        assert!(shares.iter().all(|share| share.max_per_hour >= Some(2)));
+        let revokes: u32 = shares
+            .iter()
+            .map(|share| share.max_per_action["openai.revoke_key"])
+            .sum();
+        assert_eq!(revokes, 8);
+        let alone = config.share(crate::cluster::partition::Slot::ALONE);
+        assert_eq!(alone.max_per_hour, Some(20));
+    }
     use quench_common::config::FreezeWindow;
 
     fn section() -> SafetySection {

@@ -133,7 +133,7 @@ impl Shared {
             groups: config.groups.clone(),
             unavailable: super::unavailable(config),
             max_inflight_runs: config.engine.max_inflight_runs,
-            safety: self.safety.clone(),
+            safety: self.safety.share(slot),
             partition: slot,
             ..EngineConfig::default()
         };
