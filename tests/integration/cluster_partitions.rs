@@ -52,6 +52,19 @@ steps:
       message: "{{ finding.key }}"
 "#;
 
+/// Runs that read their owner: resolved when they start, in whichever partition they are.
+const OWNED: &str = r#"schema: quench.playbook/v1
+name: owned
+on:
+  finding:
+    kinds: [test.owned]
+steps:
+  - id: record
+    uses: note
+    with:
+      message: "{{ owner.recipient }} via {{ owner.link }}"
+"#;
+
 fn finding(kind: &str, n: usize) -> Value {
     json!({
         "schema": "quench.finding/v1", "id": format!("{kind}-{n}"), "kind": kind,
@@ -156,6 +169,7 @@ async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others
     std::fs::create_dir_all(&playbooks).expect("dir");
     std::fs::write(playbooks.join("noted.yaml"), NOTE).expect("write");
     std::fs::write(playbooks.join("held.yaml"), HELD).expect("write");
+    std::fs::write(playbooks.join("owned.yaml"), OWNED).expect("write");
     let launch = |runner: &str| {
         let dir = root.path().join(runner);
         std::fs::create_dir_all(&dir).expect("dir");
@@ -311,6 +325,52 @@ async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others
     )
     .await;
 
+    // Owners recorded through one runner (the estate is partition 0's) are read by the runs of
+    // every partition (each runner follows partition 0's journal).
+    let http = quench_common::http::http_client();
+    for n in 100..116 {
+        let set = http
+            .put(format!(
+                "http://{}/api/v1/inventory/project_key:key_{n}/attributes",
+                listens[n % 3]
+            ))
+            .bearer_auth(TOKEN)
+            .json(&json!({"owner": "ann@example.com"}))
+            .send()
+            .await
+            .expect("attributes answered");
+        assert_eq!(set.status(), 200, "{:?}", set.text().await);
+    }
+    // Followers take what partition 0 committed within 5 s.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    for n in 100..116 {
+        support::gateway_client::publish_finding(&jetstream, &finding("test.owned", n)).await;
+    }
+    let owned = || async {
+        let runs = runs(&listens[0]).await.unwrap_or_default();
+        (100..116)
+            .filter_map(|n| runs.get(&format!("test.owned:{n}")).cloned())
+            .flatten()
+            .filter(|(_, status)| status == "completed")
+            .map(|(id, _)| id)
+            .collect::<Vec<String>>()
+    };
+    support::eventually_async(Duration::from_secs(60), "the owned runs", || async {
+        owned().await.len() == 16
+    })
+    .await;
+    let owned_runs = owned().await;
+    let mut partitions = BTreeSet::new();
+    for id in &owned_runs {
+        let run = get(&listens[1], &format!("/api/v1/runs/{id}"))
+            .await
+            .expect("the run");
+        assert_eq!(run["owner"]["link"], "recorded", "{run}");
+        assert_eq!(run["owner"]["recipient"], "ann@example.com", "{run}");
+        partitions.insert(quench_runner::cluster::partition::of_run_id(id, PARTITIONS));
+    }
+    assert!(partitions.len() > 2, "the runs spread: {partitions:?}");
+
     // A playbook disabled through one runner is disabled in every partition: findings of its
     // kind start no run anywhere.
     let disabled = quench_common::http::http_client()
@@ -328,7 +388,7 @@ async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     let now = runs(&listens[0]).await.expect("runs");
-    assert_eq!(now.len(), 80, "no run of a disabled playbook: {now:?}");
+    assert_eq!(now.len(), 96, "no run of a disabled playbook: {now:?}");
 
     // Every partition's audit chain verifies.
     let verified = get(&listens[0], "/api/v1/audit/verify")
@@ -340,7 +400,7 @@ async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others
         Some(PARTITIONS as usize),
         "{verified}"
     );
-    assert!(verified["entries"].as_u64().unwrap_or(0) > 80, "{verified}");
+    assert!(verified["entries"].as_u64().unwrap_or(0) > 96, "{verified}");
 
     for runner in &mut runners {
         assert_eq!(runner.terminate(), Some(0), "a runner stops cleanly");

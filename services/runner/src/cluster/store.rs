@@ -177,6 +177,8 @@ pub struct Follower {
     partition: u32,
     config: StoreConfig,
     store: Option<Store>,
+    /// Where the cache is lent to readers after each pass (withdrawn while it starts over).
+    lent: Option<crate::store::Borrowed>,
 }
 
 impl Follower {
@@ -185,7 +187,19 @@ impl Follower {
             partition,
             config: config.clone(),
             store: None,
+            lent: None,
         }
+    }
+
+    /// The partition it follows.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// A follower that lends its cache to readers through `lent` after every pass.
+    pub fn lending(mut self, lent: crate::store::Borrowed) -> Follower {
+        self.lent = Some(lent);
+        self
     }
 
     /// Brings the cache up to the journal's end as read now; returns its position.
@@ -209,6 +223,9 @@ impl Follower {
         let records = journal.replay(partition, cached).await?;
         let (store, records) = match snapshots.newest(partition).await? {
             Some(at) if at > cached => {
+                if let Some(lent) = &self.lent {
+                    lent.set(None);
+                }
                 drop(store);
                 self.close().await;
                 let Some((at, bytes)) = snapshots.latest(partition).await? else {
@@ -228,6 +245,9 @@ impl Follower {
         let commits =
             journal::commits(records).map_err(|message| Error::Replay { partition, message })?;
         let position = store.apply_logged(commits).await.map_err(store_error)?;
+        if let Some(lent) = &self.lent {
+            lent.set(Some(store.clone()));
+        }
         self.store = Some(store);
         Ok(position)
     }
@@ -246,6 +266,9 @@ impl Follower {
 
     /// Closes the cache (its files released), for [`open`] to take the partition over.
     pub async fn close(&mut self) {
+        if let Some(lent) = &self.lent {
+            lent.set(None);
+        }
         if let Some(store) = self.store.take() {
             let _ = tokio::task::spawn_blocking(move || drop(store)).await;
         }

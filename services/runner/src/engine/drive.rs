@@ -1187,8 +1187,15 @@ impl Engine {
         if !playbook.uses_owner {
             return Ok(None);
         }
+        // The estate's store when this engine's does not hold it (and it is followed yet).
+        let estate = self
+            .inner
+            .config
+            .estate
+            .as_ref()
+            .and_then(crate::store::Borrowed::get);
         Ok(Some(crate::owners::resolve_for(
-            &self.inner.store,
+            estate.as_ref().unwrap_or(&self.inner.store),
             &self.inner.config.owners,
             finding,
         )?))

@@ -85,6 +85,9 @@ pub struct EngineConfig {
     /// The partition this engine serves (cluster mode with several partitions): its run ids
     /// name it, and only partition 0's engine fires the schedules.
     pub partition: crate::cluster::partition::Slot,
+    /// Where the estate (inventory, owner attributes) is read when this engine's store does
+    /// not hold it: a cluster's partitions other than 0 read partition 0's, followed.
+    pub estate: Option<crate::store::Borrowed>,
 }
 
 impl Default for EngineConfig {
@@ -100,6 +103,7 @@ impl Default for EngineConfig {
             safety: SafetyConfig::default(),
             owners: Arc::default(),
             partition: crate::cluster::partition::Slot::ALONE,
+            estate: None,
         }
     }
 }

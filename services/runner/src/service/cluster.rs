@@ -355,13 +355,14 @@ fn transient(error: &crate::cluster::store::Error) -> bool {
 /// A standing-by runner following the partition's journal (hot standby): every
 /// [`FOLLOW_EVERY`] its cache takes what landed since, so a take-over replays only the rest.
 /// Stops between two passes once `stop` is cancelled, and returns the follower to be closed.
-async fn follow(
+pub(super) async fn follow(
     mut follower: Follower,
     journal: Journal,
     snapshots: Snapshots,
     followed: Arc<std::sync::atomic::AtomicU64>,
     stop: CancellationToken,
 ) -> Follower {
+    let partition = follower.partition();
     let mut failing = false;
     loop {
         tokio::select! {
@@ -372,12 +373,12 @@ async fn follow(
             Ok(position) => {
                 failing = false;
                 followed.store(position, std::sync::atomic::Ordering::Relaxed);
-                tracing::debug!(partition = PARTITION, position, "followed the journal");
+                tracing::debug!(partition, position, "followed the journal");
             }
             Err(error) if !failing => {
                 failing = true;
                 tracing::warn!(
-                    partition = PARTITION,
+                    partition,
                     %error,
                     "standing by: cannot follow the journal; trying again"
                 );

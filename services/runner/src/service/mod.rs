@@ -187,7 +187,7 @@ pub async fn serve_with(
         store,
         crate::cluster::partition::Slot::ALONE,
         intake::Feed::All,
-        true,
+        None,
         stop.clone(),
     )
     .await?;

@@ -97,11 +97,13 @@ impl Shared {
         })
     }
 
-    /// An engine over `store`, serving `slot`, with every action this process can run.
+    /// An engine over `store`, serving `slot`, with every action this process can run;
+    /// `estate`: where it reads the estate when `store` does not hold it.
     async fn engine(
         &self,
         store: Store,
         slot: Slot,
+        estate: Option<crate::store::Borrowed>,
     ) -> Result<(Engine, events::Publisher, events::Backlog), Error> {
         let config = &self.config;
         let (events, publisher) = events::NatsEvents::new(self.jetstream.clone());
@@ -135,6 +137,7 @@ impl Shared {
             max_inflight_runs: config.engine.max_inflight_runs,
             safety: self.safety.share(slot),
             partition: slot,
+            estate,
             ..EngineConfig::default()
         };
         crate::connectors::openai::register(&mut actions, self.openai.clone());
@@ -180,19 +183,21 @@ pub(super) struct Serving {
 
 impl Serving {
     /// Starts serving `store` as `slot`: loads the playbooks, resumes the runs that were between
-    /// steps, and starts intake, timers and the rest under `stop`. `estate`: this partition
-    /// holds the inventory (syncs it, follows campaigns).
+    /// steps, and starts intake, timers and the rest under `stop`. `estate`: where the estate is
+    /// read when `store` does not hold it; `None`: it does (this partition syncs the
+    /// inventory and follows campaigns).
     pub(super) async fn start(
         shared: &Shared,
         store: Store,
         slot: Slot,
         feed: Feed,
-        estate: bool,
+        estate: Option<crate::store::Borrowed>,
         stop: CancellationToken,
     ) -> Result<Serving, Error> {
         let config = &shared.config;
         let jetstream = &shared.jetstream;
-        let (engine, publisher, backlog) = shared.engine(store, slot).await?;
+        let holds_estate = estate.is_none();
+        let (engine, publisher, backlog) = shared.engine(store, slot, estate).await?;
         let library = playbooks::Library::new(config.playbooks.dir.clone(), engine.clone());
         library.reload("quench serve").await?;
         for (playbook, why) in engine.paused_schedules() {
@@ -252,7 +257,7 @@ impl Serving {
         if let Some(retain) = config.store.retain_ended() {
             tasks.spawn(super::retention(engine.clone(), retain, stop.clone()));
         }
-        if estate {
+        if holds_estate {
             tasks.spawn(
                 campaigns::Follow {
                     campaigns: crate::campaign::Campaigns::new(

@@ -94,6 +94,18 @@ pub(super) async fn serve(
     }
     .run(Limits::new(&config.nats), stop.clone())
     .await?;
+    // The estate is partition 0's: every runner follows it for its other partitions' reads.
+    let estate = crate::store::Borrowed::default();
+    let mut estate_config = store_config.clone();
+    estate_config.path = store_config.path.join("estate");
+    let stop_following = CancellationToken::new();
+    let following = tokio::spawn(cluster::follow(
+        crate::cluster::store::Follower::new(0, &estate_config).lending(estate.clone()),
+        joined.journal.clone(),
+        joined.snapshots.clone(),
+        Arc::default(),
+        stop_following.clone(),
+    ));
     let held = Held::default();
     let listener = super::listen(config).await?;
     let front = Arc::new(Front {
@@ -153,6 +165,7 @@ pub(super) async fn serve(
                                         store_config.clone(),
                                         held.clone(),
                                         parts.clone(),
+                                        (number != 0).then(|| estate.clone()),
                                         leave.clone(),
                                     ));
                                     holding.insert(number, Holding { leave, task });
@@ -193,6 +206,10 @@ pub(super) async fn serve(
         let _ = holding.task.await;
     }
     stop.cancel();
+    stop_following.cancel();
+    if let Ok(mut follower) = following.await {
+        follower.close().await;
+    }
     let _ = router.await;
     let _ = api.await;
     let _ = joined.owners.leave().await;
@@ -218,6 +235,7 @@ async fn hold(
     store_config: StoreConfig,
     held: Held,
     parts: Arc<ApiParts>,
+    estate: Option<crate::store::Borrowed>,
     leave: CancellationToken,
 ) {
     let number = lease.partition;
@@ -250,7 +268,7 @@ async fn hold(
         active.store.clone(),
         slot,
         Feed::Partition(number),
-        number == 0,
+        estate,
         stop.clone(),
     )
     .await

@@ -327,6 +327,31 @@ impl Pending {
     }
 }
 
+/// A store some engines read but do not hold: in a cluster of several partitions, the estate
+/// (partition 0's inventory and owner attributes) as a follower of partition 0's journal keeps
+/// it on every runner. Empty until the follower's first pass, and while it starts over from a
+/// snapshot: readers then read their own store instead.
+#[derive(Debug, Clone, Default)]
+pub struct Borrowed(Arc<std::sync::RwLock<Option<Store>>>);
+
+impl Borrowed {
+    /// The store, if there is one now (hold it only for a read).
+    pub fn get(&self) -> Option<Store> {
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Makes `store` the one read (or none).
+    pub fn set(&self, store: Option<Store>) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = store;
+    }
+}
+
 /// A cheap handle to the store; clones share one backend (for sled: one database and one
 /// committer). The last clone dropped closes the backend, and returns once the store may be
 /// opened again.
