@@ -126,6 +126,14 @@ pub(super) async fn serve(
         )),
         ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
     });
+    let holder = Arc::new(Holder {
+        shared: shared.clone(),
+        joined: joined.clone(),
+        store_config: store_config.clone(),
+        held: held.clone(),
+        parts,
+        estate,
+    });
     tracing::info!(runner = %joined.runner, partitions, listen = %config.api.listen, "quench is serving its share of the cluster's partitions");
 
     let mut holding: BTreeMap<u32, Holding> = BTreeMap::new();
@@ -158,16 +166,8 @@ pub(super) async fn serve(
                             match joined.owners.claim(number).await {
                                 Ok(Some(lease)) => {
                                     let leave = stop.child_token();
-                                    let task = tokio::spawn(hold(
-                                        shared.clone(),
-                                        joined.clone(),
-                                        lease,
-                                        store_config.clone(),
-                                        held.clone(),
-                                        parts.clone(),
-                                        (number != 0).then(|| estate.clone()),
-                                        leave.clone(),
-                                    ));
+                                    let task =
+                                        tokio::spawn(hold(holder.clone(), lease, leave.clone()));
                                     holding.insert(number, Holding { leave, task });
                                 }
                                 // Its former owner still holds it (handing it back, or dead
@@ -226,31 +226,35 @@ struct ApiParts {
     ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Holds one partition until `leave` (handed back after its last commit), until it is lost,
-/// or until its store fails.
-async fn hold(
+/// What holding any partition needs.
+struct Holder {
     shared: Arc<Shared>,
     joined: Joined,
-    lease: crate::cluster::owners::Lease,
     store_config: StoreConfig,
+    /// The partitions served, for the API's front.
     held: Held,
     parts: Arc<ApiParts>,
-    estate: Option<crate::store::Borrowed>,
-    leave: CancellationToken,
-) {
+    /// Partition 0's estate, followed, for the other partitions' engines.
+    estate: crate::store::Borrowed,
+}
+
+/// Holds one partition until `leave` (handed back after its last commit), until it is lost,
+/// or until its store fails.
+async fn hold(holder: Arc<Holder>, lease: crate::cluster::owners::Lease, leave: CancellationToken) {
+    let Holder {
+        shared,
+        joined,
+        held,
+        parts,
+        ..
+    } = &*holder;
     let number = lease.partition;
     let config = &shared.config;
-    let mut store_config = store_config;
+    let estate = (number != 0).then(|| holder.estate.clone());
+    let mut store_config = holder.store_config.clone();
     store_config.path = store_config.path.join(format!("partition-{number}"));
-    let active = match cluster::hold(
-        config,
-        &shared.client,
-        &joined,
-        lease,
-        &store_config,
-        &leave,
-    )
-    .await
+    let active = match cluster::hold(config, &shared.client, joined, lease, &store_config, &leave)
+        .await
     {
         Ok(active) => active,
         Err(error) => {
@@ -264,7 +268,7 @@ async fn hold(
         count: config.cluster.partitions,
     };
     let serving = match Serving::start(
-        &shared,
+        shared,
         active.store.clone(),
         slot,
         Feed::Partition(number),
@@ -297,7 +301,7 @@ async fn hold(
         }),
         console: parts.console.clone(),
     }));
-    write(&held).insert(
+    write(held).insert(
         number,
         Local {
             app,
@@ -311,7 +315,7 @@ async fn hold(
         () = active.lost.cancelled() => {}
         () = failed.cancelled() => {}
     }
-    write(&held).remove(&number);
+    write(held).remove(&number);
     let lost = active.lost.is_cancelled();
     if lost {
         tracing::warn!(
