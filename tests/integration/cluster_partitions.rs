@@ -154,56 +154,105 @@ async fn shared_out(listens: &[String], what: &str) -> Vec<BTreeSet<u32>> {
     shares(listens).await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others() {
-    assert!(
-        support::nats_server_syncs(),
-        "cluster mode needs nats-server 2.10 or newer: tests/run puts the pinned one on PATH"
-    );
-    let servers = tokio::task::block_in_place(|| NatsServer::cluster(3));
-    let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
-    let jetstream = support::jetstream_ready(&urls[0]).await;
-    let nats = urls.join(",");
-    let root = tempfile::tempdir().expect("tempdir");
-    let playbooks = root.path().join("playbooks");
-    std::fs::create_dir_all(&playbooks).expect("dir");
-    std::fs::write(playbooks.join("noted.yaml"), NOTE).expect("write");
-    std::fs::write(playbooks.join("held.yaml"), HELD).expect("write");
-    std::fs::write(playbooks.join("owned.yaml"), OWNED).expect("write");
-    let launch = |runner: &str| {
-        let dir = root.path().join(runner);
+/// Three NATS servers, a playbooks directory, and three runners' directories and configs.
+struct Cluster {
+    _servers: Vec<NatsServer>,
+    root: tempfile::TempDir,
+    jetstream: async_nats::jetstream::Context,
+    nats: String,
+    playbooks: std::path::PathBuf,
+    /// Appended to every runner's config.
+    extra: String,
+}
+
+impl Cluster {
+    async fn new(playbooks: &[(&str, &str)], extra: &str) -> Cluster {
+        assert!(
+            support::nats_server_syncs(),
+            "cluster mode needs nats-server 2.10 or newer: tests/run puts the pinned one on PATH"
+        );
+        let servers = tokio::task::block_in_place(|| NatsServer::cluster(3));
+        let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
+        let jetstream = support::jetstream_ready(&urls[0]).await;
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("playbooks");
+        std::fs::create_dir_all(&dir).expect("dir");
+        for (name, text) in playbooks {
+            std::fs::write(dir.join(name), text).expect("write");
+        }
+        Cluster {
+            _servers: servers,
+            jetstream,
+            nats: urls.join(","),
+            playbooks: dir,
+            extra: extra.to_owned(),
+            root,
+        }
+    }
+
+    /// Each runner's log.
+    fn logs(&self) -> Vec<std::path::PathBuf> {
+        RUNNERS
+            .iter()
+            .map(|runner| self.root.path().join(runner).join("serve.log"))
+            .collect()
+    }
+
+    /// Starts `runner`; returns once it answers `/healthz`.
+    fn launch(&self, runner: &str) -> support::Service {
+        let dir = self.root.path().join(runner);
         std::fs::create_dir_all(&dir).expect("dir");
         let config = support::cluster_config(
-            &nats,
+            &self.nats,
             runner,
             TOKEN,
             &format!("lease = \"3s\"\npartitions = {PARTITIONS}\nsnapshot_every = 5"),
             &format!(
-                "[[api.tokens]]\nname = \"lead@example.com\"\nrole = \"approver\"\nsha256 = \"{}\"\n",
-                support::hex(&<sha2::Sha256 as sha2::Digest>::digest(LEAD.as_bytes()))
+                "[[api.tokens]]\nname = \"lead@example.com\"\nrole = \"approver\"\nsha256 = \"{}\"\n{}",
+                support::hex(&<sha2::Sha256 as sha2::Digest>::digest(LEAD.as_bytes())),
+                self.extra
             ),
         );
         tokio::task::block_in_place(|| {
-            support::Service::launch_alive(&nats, &playbooks, &dir, &config)
+            support::Service::launch_alive(&self.nats, &self.playbooks, &dir, &config)
         })
-    };
-    let mut runners: Vec<support::Service> = RUNNERS.iter().map(|runner| launch(runner)).collect();
-    let logs: Vec<std::path::PathBuf> = RUNNERS
-        .iter()
-        .map(|runner| root.path().join(runner).join("serve.log"))
-        .collect();
+    }
+
+    /// Starts the three runners and waits until they share the partitions and are ready.
+    async fn launch_all(&self) -> (Vec<support::Service>, Vec<String>) {
+        let runners: Vec<support::Service> =
+            RUNNERS.iter().map(|runner| self.launch(runner)).collect();
+        let listens: Vec<String> = runners.iter().map(|runner| runner.listen.clone()).collect();
+        shared_out(&listens, "three runners share the partitions").await;
+        for listen in &listens {
+            support::eventually(Duration::from_secs(30), "every runner is ready", || {
+                support::http_status(listen, "/readyz") == Some(200)
+            })
+            .await;
+        }
+        (runners, listens)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others() {
+    let cluster = Cluster::new(
+        &[
+            ("noted.yaml", NOTE),
+            ("held.yaml", HELD),
+            ("owned.yaml", OWNED),
+        ],
+        "",
+    )
+    .await;
+    let jetstream = cluster.jetstream.clone();
+    let logs = cluster.logs();
     let _print: Vec<_> = logs
         .iter()
         .map(|log| support::print_log_on_failure(log))
         .collect();
-    let listens: Vec<String> = runners.iter().map(|runner| runner.listen.clone()).collect();
-    let first = shared_out(&listens, "three runners share the eight partitions").await;
-    for listen in &listens {
-        support::eventually(Duration::from_secs(30), "every runner is ready", || {
-            support::http_status(listen, "/readyz") == Some(200)
-        })
-        .await;
-    }
+    let (mut runners, listens) = cluster.launch_all().await;
+    let first = shares(&listens).await;
 
     // Findings of many keys: routed to every partition, each with its one run, listed alike
     // by every runner.
@@ -405,5 +454,196 @@ async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others
     for runner in &mut runners {
         assert_eq!(runner.terminate(), Some(0), "a runner stops cleanly");
     }
-    drop(servers);
+}
+
+/// A gate whose deadline falls due while its runner is paused.
+const SHORT: &str = r#"schema: quench.playbook/v1
+name: short
+on:
+  finding:
+    kinds: [test.short]
+steps:
+  - id: decide
+    uses: approval
+    with:
+      approvers: [lead@example.com]
+      question: Revoke?
+      choices: [revoke, keep]
+      timeout: 12s
+      on_timeout: keep
+  - id: record
+    uses: note
+    with:
+      message: "{{ finding.key }}"
+"#;
+
+/// The fencing test with partitions: runner-a paused (SIGSTOP) until b and c took its
+/// partitions over and fired its gates' deadlines; resumed, a's own firing of them is refused
+/// by each journal it appends to (the refused append is in its log), those partitions stop on
+/// a — the process goes on — and a gets a share back. Each deadline fired once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_runner_is_fenced_in_the_partitions_it_lost_and_serves_again() {
+    let cluster = Cluster::new(&[("short.yaml", SHORT)], "").await;
+    let logs = cluster.logs();
+    let _print: Vec<_> = logs
+        .iter()
+        .map(|log| support::print_log_on_failure(log))
+        .collect();
+    let (mut runners, listens) = cluster.launch_all().await;
+    let a_share = shares(&listens[..1]).await.remove(0);
+    let mut keys = BTreeSet::new();
+    for n in 0..24 {
+        support::gateway_client::publish_finding(&cluster.jetstream, &finding("test.short", n))
+            .await;
+        keys.insert(format!("test.short:{n}"));
+    }
+    support::eventually_async(Duration::from_secs(30), "24 parked runs", || async {
+        runs(&listens[1])
+            .await
+            .is_some_and(|runs| runs.len() == 24 && one_run_each(&runs, &keys, "waiting"))
+    })
+    .await;
+    let on_a = runs(&listens[1])
+        .await
+        .expect("runs")
+        .values()
+        .flatten()
+        .filter(|(id, _)| {
+            quench_runner::cluster::partition::of_run_id(id, PARTITIONS)
+                .is_some_and(|partition| a_share.contains(&partition))
+        })
+        .count();
+    assert!(on_a > 0, "runner-a serves some of the parked runs");
+
+    runners[0].signal("STOP");
+    shared_out(&listens[1..], "b and c serve every partition").await;
+    support::eventually_async(
+        Duration::from_secs(60),
+        "b and c time every gate out",
+        || async {
+            runs(&listens[1])
+                .await
+                .is_some_and(|runs| runs.len() == 24 && one_run_each(&runs, &keys, "completed"))
+        },
+    )
+    .await;
+
+    runners[0].signal("CONT");
+    support::eventually(Duration::from_secs(30), "a's append refused", || {
+        let log = std::fs::read_to_string(&logs[0]).unwrap_or_default();
+        log.contains("fenced: its journal moved past sequence")
+    })
+    .await;
+    assert!(runners[0].exited().is_none(), "runner-a goes on serving");
+    shared_out(&listens, "runner-a gets a share again").await;
+    support::eventually(Duration::from_secs(30), "runner-a is ready", || {
+        support::http_status(&listens[0], "/readyz") == Some(200)
+    })
+    .await;
+    let runs = runs(&listens[0]).await.expect("runs");
+    assert_eq!(runs.len(), 24);
+    assert!(one_run_each(&runs, &keys, "completed"), "{runs:?}");
+    // Each deadline fired once: one `gate_timeout`-or-decision per run in its audit.
+    for (id, _) in runs.values().flatten() {
+        let run = get(&listens[0], &format!("/api/v1/runs/{id}"))
+            .await
+            .expect("the run");
+        let ended = run["audit"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|entry| entry["kind"] == "run_completed")
+            .count();
+        assert_eq!(ended, 1, "{run}");
+    }
+    let verified = get(&listens[2], "/api/v1/audit/verify")
+        .await
+        .expect("verify");
+    assert_eq!(verified["ok"], true, "{verified}");
+    for runner in &mut runners {
+        assert_eq!(runner.terminate(), Some(0), "a runner stops cleanly");
+    }
+}
+
+/// `kill -9` of one of three runners while leaked keys arrive every 30 ms: every key is
+/// revoked, no key by two runs, and a DELETE repeated by a successor (in flight at the kill)
+/// found the key gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_under_load_revokes_every_key_once() {
+    use crate::cluster_serve::{PROJECT, leak};
+    use crate::support::openai_fake::{KeySeed, OpenAiFake, Role};
+    const KEYS: usize = 150;
+    let openai = OpenAiFake::start().await;
+    openai.seed_project(PROJECT, "web");
+    openai.seed_user(PROJECT, "user_owner", "owner@example.com", Role::Owner);
+    for n in 0..KEYS {
+        openai.seed_key(PROJECT, "user_owner", KeySeed::new(&format!("key_{n}")));
+    }
+    let extra = format!(
+        "[openai]\nbase_url = \"{}\"\nadmin_key = \"{}\"\n",
+        openai.base_url(),
+        openai.admin_key()
+    );
+    let cluster = Cluster::new(&[("revoke.yaml", crate::safety::REVOKE)], &extra).await;
+    let logs = cluster.logs();
+    let _print: Vec<_> = logs
+        .iter()
+        .map(|log| support::print_log_on_failure(log))
+        .collect();
+    let (mut runners, listens) = cluster.launch_all().await;
+    let publisher = tokio::spawn({
+        let jetstream = cluster.jetstream.clone();
+        async move {
+            for n in 0..KEYS {
+                support::gateway_client::publish_finding(&jetstream, &leak(n)).await;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::task::block_in_place(|| runners[1].kill());
+    shared_out(
+        &[listens[0].clone(), listens[2].clone()],
+        "a and c serve every partition",
+    )
+    .await;
+    tokio::task::block_in_place(|| runners[1].respawn_alive());
+    publisher.await.expect("published");
+    let keys: BTreeSet<String> = (0..KEYS)
+        .map(|n| format!("openai:project_key:key_{n}"))
+        .collect();
+    support::eventually_async(
+        Duration::from_secs(90),
+        "every key's run completed",
+        || async {
+            runs(&listens[0])
+                .await
+                .is_some_and(|runs| runs.len() == KEYS && one_run_each(&runs, &keys, "completed"))
+        },
+    )
+    .await;
+    let mut repeated = 0;
+    for n in 0..KEYS {
+        let path = format!("/v1/organization/projects/{PROJECT}/api_keys/key_{n}");
+        let deletes = openai.calls_to("DELETE", &path).len();
+        assert!(
+            (1..=2).contains(&deletes),
+            "key_{n}: {deletes} DELETEs (one, or one repeated by a successor)"
+        );
+        if deletes == 2 {
+            repeated += 1;
+        }
+        assert!(!openai.key_exists(PROJECT, &format!("key_{n}")), "key_{n}");
+    }
+    assert!(
+        repeated <= 8,
+        "{repeated} DELETEs repeated: more than were in flight"
+    );
+    let verified = get(&listens[0], "/api/v1/audit/verify")
+        .await
+        .expect("verify");
+    assert_eq!(verified["ok"], true, "{verified}");
+    for runner in &mut runners {
+        assert_eq!(runner.terminate(), Some(0), "a runner stops cleanly");
+    }
 }

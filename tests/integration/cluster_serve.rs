@@ -509,9 +509,9 @@ async fn under_load(stop: fn(&mut support::Service)) {
     assert_eq!(verified["ok"], true, "{verified}");
 }
 
-const PROJECT: &str = "proj_cluster";
+pub(crate) const PROJECT: &str = "proj_cluster";
 
-fn leak(n: usize) -> Value {
+pub(crate) fn leak(n: usize) -> Value {
     json!({
         "schema": "quench.finding/v1", "id": format!("leak-{n}"), "kind": "openai.api_key.leaked",
         "key": format!("openai:project_key:key_{n}"), "severity": "high", "title": "a leaked key",
