@@ -107,7 +107,13 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("failover") => runtime.block_on(failover(number(1, 20) as usize, number(2, 10))),
         Some("journal") => runtime.block_on(journal(number(1, 5_000) as usize)),
-        _ => panic!("usage: cargo bench -p quench-tests --bench cluster -- failover|journal …"),
+        Some("partitions") => runtime.block_on(partitions(
+            number(1, 10_000) as usize,
+            u32::try_from(number(2, 8)).expect("a partition count"),
+        )),
+        _ => panic!(
+            "usage: cargo bench -p quench-tests --bench cluster -- failover|journal|partitions …"
+        ),
     }
 }
 
@@ -370,6 +376,98 @@ async fn intake(findings: usize, runners: usize) -> f64 {
         took.as_secs_f64()
     );
     drop(runner);
+    drop(servers);
+    findings as f64 / took.as_secs_f64()
+}
+
+/// Throughput with several partitions: `findings` published as fast as the publisher goes
+/// while 1, then 3, runners share `count` partitions on three servers, from the first publish
+/// until every run completed (the runs completed counted over the runners' `/metrics`).
+async fn partitions(findings: usize, count: u32) {
+    println!(
+        "partitions: {findings} findings over {count} partitions, published 500 at a time while \
+         the runners serve, one `note` step each"
+    );
+    let one = shared(findings, count, 1).await;
+    let three = shared(findings, count, 3).await;
+    println!(
+        "  1 runner:  {one:>8.0} findings/s\n  3 runners: {three:>8.0} findings/s\n  \
+         ratio 3 / 1: {:.2}",
+        three / one
+    );
+}
+
+/// Findings per second with `runners` runners sharing `count` partitions.
+async fn shared(findings: usize, count: u32, runners: usize) -> f64 {
+    let servers = tokio::task::block_in_place(|| NatsServer::synced_cluster(3));
+    let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
+    let nats = urls.join(",");
+    let jetstream = support::jetstream_ready(&urls[0]).await;
+    let dirs = Dirs::new(("noted.yaml", NOTED));
+    let cluster = format!("partitions = {count}");
+    let running: Vec<Service> = (0..runners)
+        .map(|index| {
+            let name = format!("runner-{index}");
+            let config = support::cluster_config(&nats, &name, TOKEN, &cluster, "");
+            tokio::task::block_in_place(|| {
+                Service::launch_alive(&nats, &dirs.playbooks(), &dirs.runner(&name), &config)
+            })
+        })
+        .collect();
+    // Every partition served, and by every runner a share.
+    let held = || {
+        running
+            .iter()
+            .map(|runner| {
+                support::http_get(&runner.listen, "/metrics").map_or(0.0, |(_, text)| {
+                    support::metric(&text, "quench_cluster_partitions_held")
+                })
+            })
+            .collect::<Vec<f64>>()
+    };
+    support::eventually(Duration::from_secs(120), "the runners share the partitions", || {
+        let held = held();
+        held.iter().sum::<f64>() == f64::from(count) && held.iter().all(|share| *share > 0.0)
+    })
+    .await;
+    let completed = || {
+        running
+            .iter()
+            .map(|runner| {
+                support::http_get(&runner.listen, "/metrics").map_or(0.0, |(_, text)| {
+                    support::metric(&text, "quench_runs_completed_total{playbook=\"noted\"}")
+                })
+            })
+            .sum::<f64>()
+    };
+    let all: Vec<Value> = (0..findings).map(|n| finding("bench.noted", n)).collect();
+    let started = Instant::now();
+    for chunk in all.chunks(500) {
+        futures::future::join_all(
+            chunk
+                .iter()
+                .map(|finding| support::gateway_client::publish_finding(&jetstream, finding)),
+        )
+        .await;
+    }
+    let published = started.elapsed();
+    while completed() < findings as f64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "{} of {findings} runs completed in fifteen minutes",
+            completed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = started.elapsed();
+    println!(
+        "  {runners} runner(s): published in {:.2} s, all runs completed {:.2} s after the first \
+         publish; shares {:?}",
+        published.as_secs_f64(),
+        took.as_secs_f64(),
+        held()
+    );
+    drop(running);
     drop(servers);
     findings as f64 / took.as_secs_f64()
 }
