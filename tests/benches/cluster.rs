@@ -425,10 +425,14 @@ async fn shared(findings: usize, count: u32, runners: usize) -> f64 {
             })
             .collect::<Vec<f64>>()
     };
-    support::eventually(Duration::from_secs(120), "the runners share the partitions", || {
-        let held = held();
-        held.iter().sum::<f64>() == f64::from(count) && held.iter().all(|share| *share > 0.0)
-    })
+    support::eventually(
+        Duration::from_secs(120),
+        "the runners share the partitions",
+        || {
+            let held = held();
+            held.iter().sum::<f64>() == f64::from(count) && held.iter().all(|share| *share > 0.0)
+        },
+    )
     .await;
     let completed = || {
         running

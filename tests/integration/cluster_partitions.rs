@@ -266,6 +266,21 @@ async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others
         support::gateway_client::publish_finding(&jetstream, &finding("test.held", n)).await;
         held.insert(format!("test.held:{n}"));
     }
+    // Hostile input does not stop routing: a finding that cannot be read goes to partition 0,
+    // which dead-letters it with its reason; one that would not fit in a NATS message once
+    // routed is dead-lettered by the router.
+    let client = async_nats::connect(cluster.nats.split(',').next().unwrap_or_default())
+        .await
+        .expect("nats");
+    let max_payload = client.server_info().max_payload;
+    let raw = async_nats::jetstream::new(client);
+    for body in [b"{not json".to_vec(), vec![b'x'; max_payload - 64]] {
+        raw.publish("quench.findings.hostile", body.into())
+            .await
+            .expect("published")
+            .await
+            .expect("the stream took it");
+    }
     for listen in &listens {
         support::eventually_async(
             Duration::from_secs(60),
@@ -280,6 +295,20 @@ async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others
         )
         .await;
     }
+    support::eventually_async(Duration::from_secs(30), "both hostile findings dead-lettered", || async {
+        let page = get(&listens[1], "/api/v1/dlq").await.unwrap_or(Value::Null);
+        let reasons: Vec<&str> = page["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|message| message["original_subject"] == "quench.findings.hostile")
+            .filter_map(|message| message["reason"].as_str())
+            .collect();
+        reasons.len() == 2
+            && reasons.iter().any(|reason| reason.starts_with("too_large: "))
+            && reasons.iter().any(|reason| !reason.starts_with("too_large: "))
+    })
+    .await;
     let all = runs(&listens[0]).await.expect("runs");
     // The runs are spread: ids name their partitions, and more than one partition has runs.
     let spread: BTreeSet<u32> = all

@@ -282,6 +282,19 @@ impl Owners {
             .map_err(|error| Error::Kv(error.to_string()))
     }
 
+    /// Says this runner is alive and reads the members: the partitions of `partitions` the map
+    /// gives this runner now (every runner computes the same map from the same members).
+    pub async fn mine(&self, partitions: u32) -> Result<BTreeSet<u32>, Error> {
+        self.heartbeat().await?;
+        let members = self.members().await?;
+        let members: Vec<&str> = members.iter().map(String::as_str).collect();
+        Ok((0..partitions)
+            .filter(|partition| {
+                super::partition::owner(*partition, &members) == Some(self.runner.as_str())
+            })
+            .collect())
+    }
+
     /// One round over `partitions` partitions: renews what `held` holds, releases what another
     /// live member should own, claims what this runner should own and nobody holds. The caller
     /// drops its writer of every partition `lost` or `released` (an append it still has in
@@ -292,12 +305,8 @@ impl Owners {
         partitions: u32,
         held: &mut BTreeMap<u32, Lease>,
     ) -> Result<Changes, Error> {
-        self.heartbeat().await?;
-        let members = self.members().await?;
-        let members: Vec<&str> = members.iter().map(String::as_str).collect();
-        let mine = |partition: u32| {
-            super::partition::owner(partition, &members) == Some(self.runner.as_str())
-        };
+        let mine = self.mine(partitions).await?;
+        let mine = |partition: u32| mine.contains(&partition);
         let mut changes = Changes::default();
         for (partition, lease) in held.iter_mut() {
             if !self.renew(lease).await? {

@@ -614,15 +614,34 @@ impl Intake {
     }
 }
 
+/// Dead-letters a message of `source`'s stream that cannot be passed on as it is (the router:
+/// too large once routed), with `code` and `detail` as its reason.
+pub(super) async fn dead_letter(
+    jetstream: &jetstream::Context,
+    source: Source,
+    message: &jetstream::Message,
+    code: &'static str,
+    detail: String,
+) -> Result<(), String> {
+    DeadLetter {
+        source,
+        subject: &message.subject,
+        payload: &message.payload,
+        stream: source.stream(),
+        stream_sequence: message.info().ok().map(|info| info.stream_sequence),
+        refusal: Refusal::new(code, detail),
+    }
+    .publish(jetstream)
+    .await
+}
+
 /// A refused message on its way to the dead-letter subject.
 struct DeadLetter<'a> {
     source: Source,
     subject: &'a str,
     payload: &'a [u8],
-    /// Its sequence in its stream: the dead letter's `Nats-Msg-Id`, so a message refused twice
-    /// (its ack lost) is dead-lettered once.
     /// The stream the message was read from, and its sequence there: the dead letter's
-    /// `Nats-Msg-Id`, so a letter published twice is kept once.
+    /// `Nats-Msg-Id`, so a message refused twice (its ack lost) is dead-lettered once.
     stream: &'a str,
     stream_sequence: Option<u64>,
     refusal: Refusal,

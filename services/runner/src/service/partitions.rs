@@ -91,6 +91,7 @@ pub(super) async fn serve(
     let router = route::Router {
         jetstream: shared.jetstream.clone(),
         partitions,
+        max_payload: shared.client.server_info().max_payload,
     }
     .run(Limits::new(&config.nats), stop.clone())
     .await?;
@@ -150,16 +151,10 @@ pub(super) async fn serve(
             failed.insert(partition, Instant::now());
         }
         failed.retain(|_, at| at.elapsed() < RETRY_AFTER);
-        match tokio::time::timeout(joined.lease_for / 2, async {
-            joined.owners.heartbeat().await?;
-            joined.owners.members().await
-        })
-        .await
-        {
-            Ok(Ok(members)) => {
-                let members: Vec<&str> = members.iter().map(String::as_str).collect();
+        match tokio::time::timeout(joined.lease_for / 2, joined.owners.mine(partitions)).await {
+            Ok(Ok(share)) => {
                 for number in 0..partitions {
-                    let mine = partition::owner(number, &members) == Some(joined.runner.as_str());
+                    let mine = share.contains(&number);
                     match holding.get(&number) {
                         Some(held) if !mine => held.leave.cancel(),
                         None if mine && !failed.contains_key(&number) => {

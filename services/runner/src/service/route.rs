@@ -95,6 +95,17 @@ fn partition_of(source: Source, published_on: &str, payload: &[u8], partitions: 
 pub(super) struct Router {
     pub(super) jetstream: jetstream::Context,
     pub(super) partitions: u32,
+    /// The server's `max_payload`: a message that would not fit once routed is dead-lettered.
+    pub(super) max_payload: usize,
+}
+
+/// Why a message was not routed.
+enum Unrouted {
+    /// It would exceed the server's `max_payload` with its routing subject and id: it can
+    /// never be routed, and is dead-lettered.
+    TooLarge(String),
+    /// The routing stream did not take it (an outage): offered again.
+    Failed(String),
 }
 
 impl Router {
@@ -104,6 +115,13 @@ impl Router {
         limits: Limits,
         stop: CancellationToken,
     ) -> Result<tokio::task::JoinHandle<()>, Error> {
+        // A message is routed again until the routing stream takes it, however long that
+        // takes: nothing a publisher sends makes routing fail (what cannot be read goes to
+        // partition 0), so only an outage does, and a message must not be given up on for one.
+        let limits = Limits {
+            max_deliver: -1,
+            ..limits
+        };
         let findings = super::intake::findings_consumer(&self.jetstream, Feed::All, limits).await?;
         let decisions =
             super::intake::decisions_consumer(&self.jetstream, Feed::All, limits).await?;
@@ -140,7 +158,26 @@ impl Router {
             for (message, routed) in routed {
                 let answer = match routed {
                     Ok(()) => message.ack().await,
-                    Err(error) => {
+                    Err(Unrouted::TooLarge(detail)) => {
+                        match super::intake::dead_letter(
+                            &self.jetstream,
+                            source,
+                            &message,
+                            "too_large",
+                            detail,
+                        )
+                        .await
+                        {
+                            Ok(()) => message.ack().await,
+                            Err(error) => {
+                                tracing::warn!(%error, "cannot dead-letter a message too large to route; it is offered again");
+                                message
+                                    .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
+                                    .await
+                            }
+                        }
+                    }
+                    Err(Unrouted::Failed(error)) => {
                         tracing::warn!(%error, consumer = source.label(), "cannot route a message to its partition; it is offered again");
                         message
                             .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
@@ -156,27 +193,50 @@ impl Router {
     }
 
     /// Republishes one message on its partition's subject and waits for the stream's ack.
-    async fn route(&self, source: Source, message: &jetstream::Message) -> Result<(), String> {
-        let info = message.info().map_err(|error| error.to_string())?;
+    async fn route(&self, source: Source, message: &jetstream::Message) -> Result<(), Unrouted> {
+        let info = message
+            .info()
+            .map_err(|error| Unrouted::Failed(error.to_string()))?;
         let partition = partition_of(source, &message.subject, &message.payload, self.partitions);
         let mut headers = kept_headers(message.headers.as_ref());
         let id = format!("route:{}:{}", info.stream, info.stream_sequence);
         headers.insert(subject::HEADER_MSG_ID, id.as_str());
+        let routed = self::subject(partition, &message.subject);
+        let size = routed.len() + header_bytes(&headers) + message.payload.len();
+        if size > self.max_payload {
+            return Err(Unrouted::TooLarge(format!(
+                "{size} bytes once routed (its headers, the routing subject and id added), above \
+                 the server's max_payload of {}",
+                self.max_payload
+            )));
+        }
+        let failed = |error: String| Unrouted::Failed(error);
         let ack = self
             .jetstream
-            .publish_with_headers(
-                self::subject(partition, &message.subject),
-                headers,
-                message.payload.clone(),
-            )
+            .publish_with_headers(routed, headers, message.payload.clone())
             .await
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| failed(error.to_string()))?;
         tokio::time::timeout(PUBLISH_WITHIN, ack)
             .await
-            .map_err(|_| format!("{STREAM} did not acknowledge in time"))?
-            .map_err(|error| error.to_string())?;
+            .map_err(|_| failed(format!("{STREAM} did not acknowledge in time")))?
+            .map_err(|error| failed(error.to_string()))?;
         Ok(())
     }
+}
+
+/// What `headers` take of a message, as the server counts them against `max_payload`
+/// (`NATS/1.0\r\n`, `name: value\r\n` each, a closing `\r\n`).
+fn header_bytes(headers: &async_nats::HeaderMap) -> usize {
+    let lines: usize = headers
+        .iter()
+        .map(|(name, values)| {
+            values
+                .iter()
+                .map(|value| name.to_string().len() + 2 + value.as_str().len() + 2)
+                .sum::<usize>()
+        })
+        .sum();
+    "NATS/1.0\r\n".len() + lines + 2
 }
 
 /// The headers a routed message keeps: all but the server's own (`Nats-…`), which a publisher
@@ -220,6 +280,16 @@ mod tests {
         assert_eq!(kept.len(), 1);
         assert_eq!(kept.get("Traceparent").map(|v| v.as_str()), Some("00-abc"));
         assert!(kept_headers(None).is_empty());
+    }
+
+    #[test]
+    fn headers_are_counted_as_the_server_counts_them() {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "route:QUENCH_FINDINGS:7");
+        assert_eq!(
+            header_bytes(&headers),
+            "NATS/1.0\r\nNats-Msg-Id: route:QUENCH_FINDINGS:7\r\n\r\n".len()
+        );
     }
 
     #[test]
