@@ -295,19 +295,27 @@ async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others
         )
         .await;
     }
-    support::eventually_async(Duration::from_secs(30), "both hostile findings dead-lettered", || async {
-        let page = get(&listens[1], "/api/v1/dlq").await.unwrap_or(Value::Null);
-        let reasons: Vec<&str> = page["messages"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|message| message["original_subject"] == "quench.findings.hostile")
-            .filter_map(|message| message["reason"].as_str())
-            .collect();
-        reasons.len() == 2
-            && reasons.iter().any(|reason| reason.starts_with("too_large: "))
-            && reasons.iter().any(|reason| !reason.starts_with("too_large: "))
-    })
+    support::eventually_async(
+        Duration::from_secs(30),
+        "both hostile findings dead-lettered",
+        || async {
+            let page = get(&listens[1], "/api/v1/dlq").await.unwrap_or(Value::Null);
+            let reasons: Vec<&str> = page["messages"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|message| message["original_subject"] == "quench.findings.hostile")
+                .filter_map(|message| message["reason"].as_str())
+                .collect();
+            reasons.len() == 2
+                && reasons
+                    .iter()
+                    .any(|reason| reason.starts_with("too_large: "))
+                && reasons
+                    .iter()
+                    .any(|reason| !reason.starts_with("too_large: "))
+        },
+    )
     .await;
     let all = runs(&listens[0]).await.expect("runs");
     // The runs are spread: ids name their partitions, and more than one partition has runs.
@@ -667,11 +675,15 @@ async fn under_load(stop: fn(&mut support::Service), max_repeated: usize) {
     let keys: BTreeSet<String> = (0..KEYS)
         .map(|n| format!("openai:project_key:key_{n}"))
         .collect();
-    support::eventually_async(Duration::from_secs(120), "every key's run completed", || async {
-        runs(&listens[0])
-            .await
-            .is_some_and(|runs| runs.len() == KEYS && one_run_each(&runs, &keys, "completed"))
-    })
+    support::eventually_async(
+        Duration::from_secs(120),
+        "every key's run completed",
+        || async {
+            runs(&listens[0])
+                .await
+                .is_some_and(|runs| runs.len() == KEYS && one_run_each(&runs, &keys, "completed"))
+        },
+    )
     .await;
     let mut repeated = 0;
     for n in 0..KEYS {

@@ -183,12 +183,19 @@ pub struct Segment {
 }
 
 /// Recomputes a stored chain: `entries` (sequence number, stored bytes) in order, following
-/// `start` (the prune checkpoint, or genesis) and ending at `head` (the recorded head).
+/// `start` (the prune checkpoint, or genesis) and reaching `head` (the recorded head, read
+/// before the entries). A store that serves while it is verified commits meanwhile, so the
+/// entries may go on past `head`: they must still chain, and the head read again afterwards
+/// (`head_after`) must cover them — entries past a head that does not cover them were added
+/// without it, or the head was moved back.
 pub(crate) fn verify_chain(
     start: Head,
     entries: impl Iterator<Item = Result<(u64, Vec<u8>), Error>>,
     head: Head,
+    head_after: impl FnOnce() -> Result<Head, Error>,
 ) -> Result<Verification, Error> {
+    // The hash of the entry at the head's sequence number, once reached.
+    let mut at_head = (head.seq == start.seq).then(|| start.hash.clone());
     let mut prev = start.hash;
     let mut expected = start.seq + 1;
     let bad = |seq: u64, why: String, entries: u64, prev: &str| {
@@ -229,11 +236,14 @@ pub(crate) fn verify_chain(
                 &prev,
             );
         }
+        if seq == head.seq {
+            at_head = Some(hash.clone());
+        }
         prev = hash;
         expected += 1;
     }
     let entries = expected - 1;
-    if head.seq != entries || head.hash != prev {
+    if entries < head.seq {
         return bad(
             entries + 1,
             format!(
@@ -244,9 +254,138 @@ pub(crate) fn verify_chain(
             &prev,
         );
     }
+    if at_head.as_deref() != Some(head.hash.as_str()) {
+        return bad(
+            head.seq,
+            format!(
+                "entry #{} is not the recorded head (the head or the entry was changed)",
+                head.seq
+            ),
+            head.seq.saturating_sub(1),
+            &prev,
+        );
+    }
+    if entries > head.seq {
+        let now = head_after()?;
+        if now.seq < entries {
+            return bad(
+                now.seq + 1,
+                format!(
+                    "entries #{} to #{entries} follow the recorded head, entry #{} (entries were added without it, or the head was moved back)",
+                    now.seq + 1,
+                    now.seq
+                ),
+                now.seq,
+                &prev,
+            );
+        }
+    }
     Ok(Verification {
         entries,
         head: prev,
         first_bad: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chain of `count` entries as stored: (sequence number, `hash\nbody`), and its head.
+    fn chain(count: u64) -> (Vec<(u64, Vec<u8>)>, Head) {
+        let mut prev = GENESIS.to_owned();
+        let mut stored = Vec::new();
+        for seq in 1..=count {
+            let entry = AuditEntry {
+                seq,
+                prev: prev.clone(),
+                at: DateTime::<Utc>::UNIX_EPOCH,
+                kind: "test".to_owned(),
+                run_id: None,
+                playbook: None,
+                version: None,
+                step: None,
+                actor: None,
+                allowed: None,
+                detail: serde_json::Value::Null,
+            };
+            let body = serde_json::to_vec(&entry).expect("json");
+            let hash = hex::encode(Sha256::digest(&body));
+            let mut bytes = format!("{hash}\n").into_bytes();
+            bytes.extend_from_slice(&body);
+            stored.push((seq, bytes));
+            prev = hash;
+        }
+        (
+            stored,
+            Head {
+                seq: count,
+                hash: prev,
+            },
+        )
+    }
+
+    #[test]
+    fn entries_committed_while_the_chain_is_read_verify() {
+        // The head was read at #3; #4 and #5 landed before the entries were read, and the
+        // head read again covers them.
+        let (stored, head) = chain(5);
+        let (_, head_at_3) = chain(3);
+        let verified = verify_chain(
+            Head::genesis(),
+            stored.into_iter().map(Ok),
+            head_at_3,
+            || Ok(head),
+        )
+        .expect("verified");
+        assert_eq!(verified.first_bad, None);
+        assert_eq!(verified.entries, 5);
+    }
+
+    #[test]
+    fn entries_past_a_head_that_does_not_cover_them_are_found() {
+        // The head moved back to #3 (or #4, #5 were added without it).
+        let (stored, _) = chain(5);
+        let (_, head_at_3) = chain(3);
+        let again = head_at_3.clone();
+        let verified = verify_chain(
+            Head::genesis(),
+            stored.into_iter().map(Ok),
+            head_at_3,
+            || Ok(again),
+        )
+        .expect("verified");
+        assert_eq!(verified.first_bad.map(|(seq, _)| seq), Some(4));
+        // A head moved back to nothing at all.
+        let (stored, _) = chain(2);
+        let verified = verify_chain(
+            Head::genesis(),
+            stored.into_iter().map(Ok),
+            Head::genesis(),
+            || Ok(Head::genesis()),
+        )
+        .expect("verified");
+        assert_eq!(verified.first_bad.map(|(seq, _)| seq), Some(1));
+    }
+
+    #[test]
+    fn entries_removed_from_the_end_are_found() {
+        let (stored, head) = chain(5);
+        let short = stored.into_iter().take(3).map(Ok);
+        let verified =
+            verify_chain(Head::genesis(), short, head.clone(), || Ok(head)).expect("verified");
+        assert_eq!(verified.first_bad.map(|(seq, _)| seq), Some(4));
+    }
+
+    #[test]
+    fn a_head_whose_hash_is_not_its_entrys_is_found() {
+        let (stored, mut head) = chain(3);
+        head.hash = GENESIS.to_owned();
+        let again = head.clone();
+        let verified = verify_chain(Head::genesis(), stored.into_iter().map(Ok), head, || {
+            Ok(again)
+        })
+        .expect("verified");
+        assert_eq!(verified.first_bad.map(|(seq, _)| seq), Some(3));
+    }
 }

@@ -949,7 +949,9 @@ impl Backend for Sled {
     fn verify_audit(&self) -> Result<Verification, Error> {
         let start = self.db.with(audit::checkpoint)?;
         let head = self.db.with(audit::read_head)?;
-        verify_chain(start, self.audit_entries(), head)
+        verify_chain(start, self.audit_entries(), head, || {
+            self.db.with(audit::read_head)
+        })
     }
 
     fn prune_audit<'a>(
