@@ -660,15 +660,17 @@ async fn under_load(stop: fn(&mut support::Service), max_repeated: usize) {
             }
         }
     });
-    for stopped in 0..RUNNERS.len() {
+    for (stopped, runner) in runners.iter_mut().enumerate() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        tokio::task::block_in_place(|| stop(&mut runners[stopped]));
-        let others: Vec<String> = (0..RUNNERS.len())
-            .filter(|index| *index != stopped)
-            .map(|index| listens[index].clone())
+        tokio::task::block_in_place(|| stop(runner));
+        let others: Vec<String> = listens
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| *index != stopped)
+            .map(|(_, listen)| listen.clone())
             .collect();
         shared_out(&others, "the two others serve every partition").await;
-        tokio::task::block_in_place(|| runners[stopped].respawn_alive());
+        tokio::task::block_in_place(|| runner.respawn_alive());
         shared_out(&listens, "the restarted runner gets its share back").await;
     }
     publisher.await.expect("published");
