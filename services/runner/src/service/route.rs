@@ -258,6 +258,22 @@ fn kept_headers(headers: Option<&async_nats::HeaderMap>) -> async_nats::HeaderMa
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Whatever subject a publisher used, the routed one gives it back, and a subject that
+        /// is not routed is its own.
+        #[test]
+        fn any_subject_survives_routing(
+            partition in 0u32..1024,
+            published in "[a-zA-Z0-9_.>*-]{1,80}",
+        ) {
+            let routed = subject(partition, &published);
+            proptest::prop_assert_eq!(published_on(&routed), published.as_str());
+            if !published.starts_with(PREFIX) {
+                proptest::prop_assert_eq!(published_on(&published), published.as_str());
+            }
+        }
+    }
+
     #[test]
     fn a_routed_subject_names_the_subject_it_was_published_on() {
         let routed = subject(7, "quench.findings.ocsf");
