@@ -295,9 +295,23 @@ async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others
         )
         .await;
     }
+    // A finding published straight to a partition that does not hold its key (past the
+    // router) is refused there: its key could otherwise have runs in two partitions.
+    let home = quench_runner::cluster::partition::of_key("test.part:999", PARTITIONS);
+    raw.publish(
+        format!(
+            "quench.partition.{}.quench.findings.hostile",
+            (home + 1) % PARTITIONS
+        ),
+        finding("test.part", 999).to_string().into(),
+    )
+    .await
+    .expect("published")
+    .await
+    .expect("the routing stream took it");
     support::eventually_async(
         Duration::from_secs(30),
-        "both hostile findings dead-lettered",
+        "the three hostile findings dead-lettered",
         || async {
             let page = get(&listens[1], "/api/v1/dlq").await.unwrap_or(Value::Null);
             let reasons: Vec<&str> = page["messages"]
@@ -307,13 +321,13 @@ async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others
                 .filter(|message| message["original_subject"] == "quench.findings.hostile")
                 .filter_map(|message| message["reason"].as_str())
                 .collect();
-            reasons.len() == 2
-                && reasons
-                    .iter()
-                    .any(|reason| reason.starts_with("too_large: "))
-                && reasons
-                    .iter()
-                    .any(|reason| !reason.starts_with("too_large: "))
+            let refused = |code: &str| reasons.iter().any(|reason| reason.starts_with(code));
+            reasons.len() == 3
+                && refused("too_large: ")
+                && refused("misrouted: ")
+                && reasons.iter().any(|reason| {
+                    !reason.starts_with("too_large: ") && !reason.starts_with("misrouted: ")
+                })
         },
     )
     .await;

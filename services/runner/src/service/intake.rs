@@ -415,6 +415,24 @@ pub(super) async fn findings(
             for message in messages {
                 match parse_finding(intake.feed.published_on(&message.subject), &message.payload) {
                     Ok(finding) => {
+                        // Published straight to a partition's subject (not by the router) for a
+                        // key another partition holds: taken in here, its key could have a run
+                        // open in two partitions.
+                        if let Feed::Partition(partition) = intake.feed {
+                            let count = intake.engine.partition().count;
+                            let belongs = super::route::partition_of_finding(&finding, count);
+                            if belongs != partition {
+                                let refusal = Refusal::new(
+                                    "misrouted",
+                                    format!(
+                                        "key `{}` belongs to partition {belongs}, not {partition}",
+                                        finding.key
+                                    ),
+                                );
+                                intake.refuse(Source::Findings, &message, refusal).await;
+                                continue;
+                            }
+                        }
                         // A campaign's part is quench's own finding: only as the campaign made it.
                         if let Err(why) = crate::campaign::admit(intake.engine.store(), &finding) {
                             let refusal = Refusal::new("unverified_attestation", why);

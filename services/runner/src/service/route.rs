@@ -74,16 +74,21 @@ pub async fn ensure(
     .await
 }
 
+/// The partition that takes `finding` in: its key's; a campaign's part goes where the campaign
+/// is, with the estate (partition 0).
+pub(super) fn partition_of_finding(finding: &quench_proto::Finding, partitions: u32) -> u32 {
+    if finding.kind == crate::campaign::FINDING_KIND {
+        return 0;
+    }
+    partition::of_key(&finding.key, partitions)
+}
+
 /// The partition a message belongs to among `partitions`: a finding's key's, a decision's run's;
 /// 0 for what cannot be read (its intake there refuses it with the reason).
 fn partition_of(source: Source, published_on: &str, payload: &[u8], partitions: u32) -> u32 {
     match source {
-        Source::Findings => match super::intake::parse_finding(published_on, payload) {
-            // A campaign's part is taken in where the campaign is: with the estate.
-            Ok(finding) if finding.kind == crate::campaign::FINDING_KIND => 0,
-            Ok(finding) => partition::of_key(&finding.key, partitions),
-            Err(_) => 0,
-        },
+        Source::Findings => super::intake::parse_finding(published_on, payload)
+            .map_or(0, |finding| partition_of_finding(&finding, partitions)),
         Source::Decisions => Decision::parse(payload)
             .ok()
             .and_then(|decision| partition::of_run_id(&decision.run_id, partitions))
