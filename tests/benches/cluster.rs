@@ -40,7 +40,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use support::{NatsServer, Service, percentile};
 
 const TOKEN: &str = "cluster-bench-token";
@@ -77,12 +77,7 @@ steps:
 "#;
 
 fn finding(kind: &str, n: usize) -> Value {
-    json!({
-        "schema": "quench.finding/v1", "id": format!("{kind}-{n}"), "kind": kind,
-        "key": format!("{kind}:{n}"), "severity": "low", "title": "a finding",
-        "detected_at": "2026-12-01T00:00:00Z", "source": {"scanner": "bench"},
-        "resource": {"provider": "openai", "type": "api_key", "id": format!("key_{n}")},
-    })
+    support::numbered_finding(kind, n)
 }
 
 fn main() {
@@ -143,16 +138,7 @@ impl Dirs {
 }
 
 async fn get(listen: &str, path: &str) -> Option<Value> {
-    let response = quench_common::http::http_client()
-        .get(format!("http://{listen}{path}"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .ok()?;
-    if !response.status().is_success() {
-        return None;
-    }
-    response.json().await.ok()
+    support::api_get(listen, path, TOKEN).await
 }
 
 /// Whether the runner at `listen` answers for all [`PARKED`] runs, waiting.

@@ -71,25 +71,11 @@ fn finding(n: usize) -> Value {
 }
 
 fn finding_of(kind: &str, n: usize) -> Value {
-    json!({
-        "schema": "quench.finding/v1", "id": format!("{kind}-{n}"), "kind": kind,
-        "key": format!("{kind}:{n}"), "severity": "low", "title": "a finding",
-        "detected_at": "2026-12-01T00:00:00Z", "source": {"scanner": "test"},
-        "resource": {"provider": "openai", "type": "api_key", "id": format!("key_{n}")},
-    })
+    support::numbered_finding(kind, n)
 }
 
 async fn get(listen: &str, path: &str) -> Option<Value> {
-    let response = quench_common::http::http_client()
-        .get(format!("http://{listen}{path}"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .ok()?;
-    if !response.status().is_success() {
-        return None;
-    }
-    response.json().await.ok()
+    support::api_get(listen, path, TOKEN).await
 }
 
 /// Runs by key: their statuses.

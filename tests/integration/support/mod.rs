@@ -303,6 +303,32 @@ impl Harness {
     }
 }
 
+/// A low-severity Finding v1 of `kind` numbered `n`, as JSON: id `<kind>-<n>`, key
+/// `<kind>:<n>`, about the OpenAI key `key_<n>`.
+pub(crate) fn numbered_finding(kind: &str, n: usize) -> serde_json::Value {
+    serde_json::json!({
+        "schema": "quench.finding/v1", "id": format!("{kind}-{n}"), "kind": kind,
+        "key": format!("{kind}:{n}"), "severity": "low", "title": "a finding",
+        "detected_at": "2026-12-01T00:00:00Z", "source": {"scanner": "test"},
+        "resource": {"provider": "openai", "type": "api_key", "id": format!("key_{n}")},
+    })
+}
+
+/// `GET path` of the admin API at `listen` with `token`: the JSON of a successful answer,
+/// `None` for any other (or none).
+pub(crate) async fn api_get(listen: &str, path: &str, token: &str) -> Option<serde_json::Value> {
+    let response = quench_common::http::http_client()
+        .get(format!("http://{listen}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.json().await.ok()
+}
+
 /// A valid finding of `kind` about key `key_id`, with id `id`.
 pub(crate) fn finding(id: &str, kind: &str, key_id: &str) -> quench_proto::Finding {
     let value = serde_json::json!({
