@@ -158,6 +158,7 @@ const SIGNIN_ERRORS = {
   unverified: "The identity provider's answer did not verify; the attempt was logged.",
   no_verified_email: "Your identity provider account has no verified email.",
   no_role: "You are in no group that gives a role in quench; ask the operator.",
+  sessions_unavailable: "You were signed in at the identity provider, but quench could not record the session; try again in a moment.",
 };
 
 function showSignIn(note, kind = "info") {

@@ -122,6 +122,24 @@ fn usage_scopes(config: &Config) -> Result<std::path::PathBuf, Error> {
     Ok(path)
 }
 
+/// The web console: its sessions in this process, or, in a cluster, shared by every runner.
+pub(crate) async fn console(
+    config: &Config,
+    jetstream: &async_nats::jetstream::Context,
+) -> Result<console::Console, Error> {
+    match config.cluster.enabled {
+        false => Ok(console::Console::new(&config.console, &config.api.listen)),
+        true => console::Console::shared(
+            &config.console,
+            &config.api.listen,
+            jetstream,
+            config.nats.replicas,
+        )
+        .await
+        .map_err(|error| Error::Nats(error.to_string())),
+    }
+}
+
 /// The service. Returns when `shutdown` is cancelled and the grace period is over, or with an
 /// error when a store commit fails.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
@@ -213,7 +231,7 @@ pub async fn serve_with(
             inventory: serving.inventory.clone(),
             owners: shared.owners(),
         }),
-        console: Arc::new(console::Console::new(&config.console, &config.api.listen)),
+        console: Arc::new(console(config, &jetstream).await?),
     });
     tasks.spawn(api::serve(listener, api, stop.clone()));
     let failed = serving.failed.clone();

@@ -121,10 +121,7 @@ pub(super) async fn serve(
     let parts = Arc::new(ApiParts {
         tokens: api::Tokens::new(&config.api.tokens),
         signer,
-        console: Arc::new(super::console::Console::new(
-            &config.console,
-            &config.api.listen,
-        )),
+        console: Arc::new(super::console(config, &shared.jetstream).await?),
         ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
     });
     let holder = Arc::new(Holder {
@@ -593,11 +590,12 @@ impl Front {
     }
 }
 
-/// Headers that belong to one connection, not to the request or answer passed on.
+/// Headers that belong to one connection, not to the request or answer passed on. `Host` is
+/// passed on: the serving runner checks a console sign-in's `Origin` against the host the
+/// browser asked for.
 fn hop_by_hop(name: &HeaderName) -> bool {
     [
         header::CONNECTION,
-        header::HOST,
         header::TRANSFER_ENCODING,
         header::CONTENT_LENGTH,
         header::UPGRADE,
@@ -802,7 +800,8 @@ mod tests {
 
     #[test]
     fn connection_headers_are_not_passed_on() {
-        assert!(hop_by_hop(&header::HOST));
+        assert!(!hop_by_hop(&header::HOST));
+        assert!(hop_by_hop(&header::CONNECTION));
         assert!(hop_by_hop(&HeaderName::from_static("keep-alive")));
         assert!(!hop_by_hop(&header::AUTHORIZATION));
         assert!(!hop_by_hop(&header::CONTENT_TYPE));

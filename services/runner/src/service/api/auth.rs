@@ -103,7 +103,7 @@ impl FromRequestParts<Api> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Caller, ApiError> {
         let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
-            return console_caller(parts, api);
+            return console_caller(parts, api).await;
         };
         let header = header
             .to_str()
@@ -123,11 +123,13 @@ impl FromRequestParts<Api> for Caller {
 }
 
 /// The caller a console session cookie names; a write must echo the session's CSRF token.
-fn console_caller(parts: &Parts, api: &Api) -> Result<Caller, ApiError> {
+async fn console_caller(parts: &Parts, api: &Api) -> Result<Caller, ApiError> {
     let session = api
         .inner
         .console
         .session(&parts.headers)
+        .await
+        .map_err(|error| ApiError::Unavailable(error.to_string()))?
         .ok_or(ApiError::Unauthorized("no bearer token"))?;
     if !matches!(
         parts.method,

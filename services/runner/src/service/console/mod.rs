@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
-use self::session::{COOKIE, HOST_COOKIE, Session, Sessions};
+use self::session::{COOKIE, HOST_COOKIE, Method, Session, Sessions, Unavailable};
 use super::api::Api;
 use crate::config::{ConsoleSection, Role};
 
@@ -53,7 +53,24 @@ pub(crate) struct Console {
 }
 
 impl Console {
+    /// A console whose sessions this process keeps in memory (a single runner).
     pub(crate) fn new(section: &ConsoleSection, listen: &str) -> Console {
+        Console::with(section, listen, Sessions::new(section.session_ttl()))
+    }
+
+    /// A console whose sessions every runner of the cluster shares (the KV bucket
+    /// `QUENCH_CONSOLE`).
+    pub(crate) async fn shared(
+        section: &ConsoleSection,
+        listen: &str,
+        jetstream: &async_nats::jetstream::Context,
+        replicas: usize,
+    ) -> Result<Console, Unavailable> {
+        let sessions = Sessions::shared(jetstream, section.session_ttl(), replicas).await?;
+        Ok(Console::with(section, listen, sessions))
+    }
+
+    fn with(section: &ConsoleSection, listen: &str, sessions: Sessions) -> Console {
         let loopback = listen
             .parse::<SocketAddr>()
             .is_ok_and(|address| address.ip().is_loopback());
@@ -72,7 +89,7 @@ impl Console {
             enabled: section.enabled,
             token_sign_in: section.token_sign_in,
             secure: !loopback,
-            sessions: Sessions::new(section.session_ttl()),
+            sessions,
             oidc,
         }
     }
@@ -82,12 +99,14 @@ impl Console {
     }
 
     /// The live session a request's cookie names.
-    pub(crate) fn session(&self, headers: &HeaderMap) -> Option<Session> {
+    pub(crate) async fn session(&self, headers: &HeaderMap) -> Result<Option<Session>, Unavailable> {
         if !self.enabled {
-            return None;
+            return Ok(None);
         }
-        self.cookie(headers)
-            .and_then(|value| self.sessions.get(&value))
+        match self.cookie(headers) {
+            Some(value) => self.sessions.get(&value).await,
+            None => Ok(None),
+        }
     }
 
     /// The session cookie's value, under the name this listener uses.
@@ -233,7 +252,7 @@ impl Console {
             issuer: self.oidc.as_ref().map(|oidc| oidc.issuer().to_owned()),
             person: session.map(|session| session.person.clone()),
             role: session.map(|session| session.role),
-            method: session.map(|session| session.method.to_owned()),
+            method: session.map(|session| session.method.as_str().to_owned()),
             csrf: session.map(|session| session.csrf.clone()),
             logout_url: None,
         }
@@ -242,6 +261,20 @@ impl Console {
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     hardened((status, axum::Json(body)).into_response())
+}
+
+/// The sessions cannot be read or written (cluster mode, NATS unreachable): ask again.
+fn unavailable(error: &Unavailable) -> Response {
+    tracing::warn!(%error, "a console request could not reach the sessions");
+    let mut response = refused(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "sessions_unavailable",
+        "the console's sessions cannot be reached at the moment; try again shortly",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    response
 }
 
 fn refused(status: StatusCode, code: &str, message: &str) -> Response {
@@ -253,8 +286,10 @@ fn refused(status: StatusCode, code: &str, message: &str) -> Response {
 
 async fn whoami(State(api): State<Api>, headers: HeaderMap) -> Response {
     let console = api.console();
-    let session = console.session(&headers);
-    json(StatusCode::OK, &console.view(session.as_ref()))
+    match console.session(&headers).await {
+        Ok(session) => json(StatusCode::OK, &console.view(session.as_ref())),
+        Err(error) => unavailable(&error),
+    }
 }
 
 /// A token sign-in's body.
@@ -325,7 +360,14 @@ async fn sign_in(
             "that is not a token of this service's [[api.tokens]]",
         );
     };
-    let (value, session) = console.sessions.open(caller.name, caller.role, "token");
+    let (value, session) = match console
+        .sessions
+        .open(caller.name, caller.role, Method::Token, None)
+        .await
+    {
+        Ok(opened) => opened,
+        Err(error) => return unavailable(&error),
+    };
     tracing::info!(person = %session.person, role = ?session.role, "signed in to the console with a token");
     let ttl = cookie::time::Duration::try_from(console.sessions.ttl())
         .unwrap_or(cookie::time::Duration::HOUR);
@@ -410,10 +452,17 @@ async fn oidc_callback(
     );
     match oidc.finish(&answer, binding.as_deref()).await {
         Ok(person) => {
-            let (value, session) =
-                console
-                    .sessions
-                    .open_sso(person.email, person.role, person.id_token);
+            let opened = console
+                .sessions
+                .open(person.email, person.role, Method::Oidc, Some(person.id_token))
+                .await;
+            let (value, session) = match opened {
+                Ok(opened) => opened,
+                Err(error) => {
+                    tracing::error!(%error, "a console single sign-on could not open a session");
+                    return redirect("/#signin_error=sessions_unavailable", &[clear]);
+                }
+            };
             tracing::info!(person = %session.person, role = ?session.role, "signed in to the console through single sign-on");
             let ttl = cookie::time::Duration::try_from(console.sessions.ttl())
                 .unwrap_or(cookie::time::Duration::HOUR);
@@ -428,8 +477,10 @@ async fn oidc_callback(
 
 async fn sign_out(State(api): State<Api>, headers: HeaderMap) -> Response {
     let console = api.console();
-    let Some(session) = console.session(&headers) else {
-        return refused(StatusCode::UNAUTHORIZED, "unauthorized", "not signed in");
+    let session = match console.session(&headers).await {
+        Ok(Some(session)) => session,
+        Ok(None) => return refused(StatusCode::UNAUTHORIZED, "unauthorized", "not signed in"),
+        Err(error) => return unavailable(&error),
     };
     let presented = headers
         .get("x-csrf-token")
@@ -442,12 +493,14 @@ async fn sign_out(State(api): State<Api>, headers: HeaderMap) -> Response {
             "a sign-out must carry the session's CSRF token in `X-CSRF-Token`",
         );
     }
-    if let Some(value) = console.cookie(&headers) {
-        console.sessions.close(&value);
+    if let Some(value) = console.cookie(&headers)
+        && let Err(error) = console.sessions.close(&value).await
+    {
+        return unavailable(&error);
     }
     tracing::info!(person = %session.person, "signed out of the console");
     let mut view = console.view(None);
-    if let (Some(oidc), "oidc") = (&console.oidc, session.method) {
+    if let (Some(oidc), Method::Oidc) = (&console.oidc, session.method) {
         view.logout_url = oidc.logout_url(session.id_token.as_deref()).await;
     }
     let mut response = json(StatusCode::OK, &view);
@@ -494,20 +547,27 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_cookie_is_read_under_the_listeners_name_only() {
+    #[tokio::test]
+    async fn the_cookie_is_read_under_the_listeners_name_only() {
         let console = Console::new(&ConsoleSection::default(), "127.0.0.1:8080");
         let (value, _) = console
             .sessions
-            .open("ann@example.com".into(), Role::Viewer, "token");
-        let found = console.session(&headers(&[(
-            "cookie",
-            &format!("other=1; {COOKIE}={value}"),
-        )]));
+            .open("ann@example.com".into(), Role::Viewer, Method::Token, None)
+            .await
+            .expect("open");
+        let found = console
+            .session(&headers(&[(
+                "cookie",
+                &format!("other=1; {COOKIE}={value}"),
+            )]))
+            .await
+            .expect("read");
         assert_eq!(found.expect("session").person, "ann@example.com");
         assert!(
             console
                 .session(&headers(&[("cookie", &format!("{HOST_COOKIE}={value}"))]))
+                .await
+                .expect("read")
                 .is_none()
         );
         let set = console.set_cookie(&value, cookie::time::Duration::HOUR);

@@ -116,7 +116,7 @@ impl Refusal {
 }
 
 /// A signed-in person as the provider vouched for them, with the ID token that says so (kept
-/// in the session's memory only, as the `id_token_hint` of the provider's logout).
+/// in the session only, sealed, as the `id_token_hint` of the provider's logout).
 #[derive(Clone)]
 pub(crate) struct Person {
     pub(crate) email: String,
