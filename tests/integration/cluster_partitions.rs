@@ -494,6 +494,211 @@ async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others
 }
 
 /// A gate whose deadline falls due while its runner is paused.
+/// A console request with a session cookie (and, for a write, its CSRF token): status and body.
+async fn console_call(
+    method: reqwest::Method,
+    listen: &str,
+    path: &str,
+    cookie: &str,
+    write: Option<(&str, Value)>,
+) -> (u16, Value) {
+    let mut request = quench_common::http::http_client()
+        .request(method, format!("http://{listen}{path}"))
+        .header("cookie", cookie);
+    if let Some((csrf, body)) = write {
+        request = request.header("x-csrf-token", csrf).json(&body);
+    }
+    let answer = request.send().await.expect("answered");
+    let status = answer.status().as_u16();
+    (status, answer.json().await.unwrap_or(Value::Null))
+}
+
+/// Console sessions are shared by the runners (the KV bucket `QUENCH_CONSOLE`): a person
+/// signed in through one runner is signed in on every runner — runs another runner serves,
+/// lists gathered from every partition, a decision forwarded — and a sign-out through any
+/// runner ends the session on all. The shared table holds no cookie, CSRF token or secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_console_session_holds_on_every_runner_and_a_sign_out_ends_it_on_all() {
+    let cluster = Cluster::new(&[("held.yaml", HELD)], "").await;
+    let logs = cluster.logs();
+    let _print: Vec<_> = logs
+        .iter()
+        .map(|log| support::print_log_on_failure(log))
+        .collect();
+    let (_runners, listens) = cluster.launch_all().await;
+    let mut held = BTreeSet::new();
+    for n in 0..12 {
+        support::gateway_client::publish_finding(&cluster.jetstream, &finding("test.held", n))
+            .await;
+        held.insert(format!("test.held:{n}"));
+    }
+    support::eventually_async(Duration::from_secs(60), "every run is parked", || async {
+        runs(&listens[0])
+            .await
+            .is_some_and(|runs| runs.len() == 12 && one_run_each(&runs, &held, "waiting"))
+    })
+    .await;
+    let ids: Vec<String> = runs(&listens[0])
+        .await
+        .expect("runs")
+        .into_values()
+        .flatten()
+        .map(|(id, _)| id)
+        .collect();
+
+    // Signed in through runner-a, from its own page (the sign-in is served by partition 0's
+    // runner, wherever that is: the browser's Host travels with it).
+    let signed = quench_common::http::http_client()
+        .post(format!("http://{}/console/session", listens[0]))
+        .header("origin", format!("http://{}", listens[0]))
+        .json(&json!({"token": LEAD}))
+        .send()
+        .await
+        .expect("signed in");
+    assert_eq!(signed.status(), 200);
+    let cookie = signed
+        .headers()
+        .get("set-cookie")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let view: Value = signed.json().await.expect("json");
+    let csrf = view["csrf"].as_str().expect("csrf").to_owned();
+    let id_of_cookie = cookie.split_once('=').map(|(_, v)| v).unwrap_or_default();
+    assert!(id_of_cookie.len() >= 43, "{cookie}");
+
+    // Every runner knows the session, and answers for every run with it.
+    for listen in &listens {
+        let (status, view) = console_call(
+            reqwest::Method::GET,
+            listen,
+            "/console/session",
+            &cookie,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(view["signed_in"], true, "{listen}: {view}");
+        assert_eq!(view["person"], "lead@example.com");
+        assert_eq!(
+            view["csrf"],
+            csrf.as_str(),
+            "the same CSRF token everywhere"
+        );
+        let (status, page) = console_call(
+            reqwest::Method::GET,
+            listen,
+            "/api/v1/runs?limit=100",
+            &cookie,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{listen}: {page}");
+        assert_eq!(page["runs"].as_array().map(Vec::len), Some(12), "{page}");
+        for id in &ids {
+            let (status, run) = console_call(
+                reqwest::Method::GET,
+                listen,
+                &format!("/api/v1/runs/{id}"),
+                &cookie,
+                None,
+            )
+            .await;
+            assert_eq!(status, 200, "{listen} shows {id} to the session: {run}");
+        }
+    }
+    // A decision with the session through runner-c, for a run another runner serves: the
+    // CSRF token is checked where the run is served, and the decision is made once.
+    let shares = shares(&listens).await;
+    let elsewhere = ids
+        .iter()
+        .find(|id| {
+            quench_runner::cluster::partition::of_run_id(id, PARTITIONS)
+                .is_some_and(|partition| !shares[2].contains(&partition))
+        })
+        .expect("a run runner-c does not serve");
+    let decide = format!("/api/v1/runs/{elsewhere}/gates/decide/decision");
+    let (status, _) = console_call(
+        reqwest::Method::POST,
+        &listens[2],
+        &decide,
+        &cookie,
+        Some(("forged", json!({"choice": "keep"}))),
+    )
+    .await;
+    assert_eq!(status, 403, "a write without the session's CSRF token");
+    let (status, body) = console_call(
+        reqwest::Method::POST,
+        &listens[2],
+        &decide,
+        &cookie,
+        Some((&csrf, json!({"choice": "keep"}))),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // The shared table: the person, and nothing that could act for them.
+    let kv = cluster
+        .jetstream
+        .get_key_value("QUENCH_CONSOLE")
+        .await
+        .expect("the sessions bucket");
+    let mut keys = kv.keys().await.expect("keys");
+    let mut stored = String::new();
+    while let Some(key) = futures::StreamExt::next(&mut keys).await {
+        let key = key.expect("key");
+        let value = kv.get(&key).await.expect("get").unwrap_or_default();
+        stored.push_str(&key);
+        stored.push_str(&String::from_utf8_lossy(&value));
+    }
+    assert!(stored.contains("lead@example.com"), "{stored}");
+    for secret in [id_of_cookie, csrf.as_str(), LEAD] {
+        assert!(
+            !stored.contains(secret),
+            "the sessions bucket holds {secret}"
+        );
+    }
+
+    // Signed out through runner-b: the session is over on every runner.
+    let (status, _) = console_call(
+        reqwest::Method::POST,
+        &listens[1],
+        "/console/sign-out",
+        &cookie,
+        Some((&csrf, json!({}))),
+    )
+    .await;
+    assert_eq!(status, 200);
+    for listen in &listens {
+        let (status, view) = console_call(
+            reqwest::Method::GET,
+            listen,
+            "/console/session",
+            &cookie,
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, &view["signed_in"]),
+            (200, &json!(false)),
+            "{listen}"
+        );
+        let (status, _) =
+            console_call(reqwest::Method::GET, listen, "/api/v1/runs", &cookie, None).await;
+        assert_eq!(status, 401, "{listen} refuses the ended session");
+        let (status, _) = console_call(
+            reqwest::Method::GET,
+            listen,
+            &format!("/api/v1/runs/{elsewhere}"),
+            &cookie,
+            None,
+        )
+        .await;
+        assert_eq!(status, 401, "{listen} refuses the ended session for a run");
+    }
+}
+
 const SHORT: &str = r#"schema: quench.playbook/v1
 name: short
 on:

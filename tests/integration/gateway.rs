@@ -1724,6 +1724,16 @@ async fn nats_permissions_confine_the_gateway_user() {
         .expect("the routed finding")
         .expect("a message");
     message.double_ack().await.expect("and acknowledges it");
+    // Console sessions shared by the runners.
+    let sessions = quench_runner::service::console_sessions(&runner_js, 1)
+        .await
+        .expect("the runner user keeps the console sessions");
+    sessions
+        .put("0123abcd", r#"{"person":"p"}"#.into())
+        .await
+        .expect("writes one");
+    assert!(sessions.get("0123abcd").await.expect("reads it").is_some());
+    sessions.purge("0123abcd").await.expect("ends it");
 
     let (gateway, errors) =
         connect_as(&nats, "quench-gateway", GATEWAY_PASSWORD, "_INBOX.gateway").await;
@@ -1766,6 +1776,15 @@ async fn nats_permissions_confine_the_gateway_user() {
         .expect("sent");
     gateway.flush().await.expect("flush");
     violation(&errors, "publish to \"$kv.quench_owners.partition.0\"").await;
+    gateway
+        .publish(
+            "$KV.QUENCH_CONSOLE.0123abcd",
+            r#"{"person":"forged"}"#.into(),
+        )
+        .await
+        .expect("sent");
+    gateway.flush().await.expect("flush");
+    violation(&errors, "publish to \"$kv.quench_console.0123abcd\"").await;
     assert!(
         gateway_js
             .create_stream(jetstream::stream::Config {

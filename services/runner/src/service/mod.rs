@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use api::openapi;
+pub use console::session::bucket as console_sessions;
 pub use nats::{connect, ensure_streams};
 pub use publish::{PublishReport, ReadFinding, publish_findings, read_findings};
 pub use route::ensure as ensure_routing;

@@ -99,7 +99,10 @@ impl Console {
     }
 
     /// The live session a request's cookie names.
-    pub(crate) async fn session(&self, headers: &HeaderMap) -> Result<Option<Session>, Unavailable> {
+    pub(crate) async fn session(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<Session>, Unavailable> {
         if !self.enabled {
             return Ok(None);
         }
@@ -454,7 +457,12 @@ async fn oidc_callback(
         Ok(person) => {
             let opened = console
                 .sessions
-                .open(person.email, person.role, Method::Oidc, Some(person.id_token))
+                .open(
+                    person.email,
+                    person.role,
+                    Method::Oidc,
+                    Some(person.id_token),
+                )
                 .await;
             let (value, session) = match opened {
                 Ok(opened) => opened,

@@ -115,13 +115,13 @@ struct Record {
 /// The shared table cannot be read or written (NATS unreachable).
 #[derive(Debug, thiserror::Error)]
 #[error("console sessions cannot be reached: {0}")]
-pub(crate) struct Unavailable(String);
+pub struct Unavailable(String);
 
 /// Where the sessions are kept.
 #[derive(Debug)]
 enum Table {
     Memory(Mutex<HashMap<[u8; 32], Record>>),
-    Shared(kv::Store),
+    Shared(Box<kv::Store>),
 }
 
 /// The session table.
@@ -140,41 +140,15 @@ impl Sessions {
         }
     }
 
-    /// The table every runner of a cluster shares, the KV bucket [`BUCKET`] (made when
-    /// missing): one value per session, the oldest dropped past [`MAX_SESSIONS`].
+    /// The table every runner of a cluster shares (see [`bucket`]).
     pub(crate) async fn shared(
         jetstream: &jetstream::Context,
         ttl: Duration,
         replicas: usize,
     ) -> Result<Sessions, Unavailable> {
-        // Made as a stream rather than through `create_key_value`, which cannot bound the
-        // number of values nor drop the oldest.
-        jetstream
-            .get_or_create_stream(stream::Config {
-                name: format!("KV_{BUCKET}"),
-                description: Some("quench console sessions (hashed ids, no secrets)".to_owned()),
-                subjects: vec![format!("$KV.{BUCKET}.>")],
-                max_messages: i64::try_from(MAX_SESSIONS).unwrap_or(i64::MAX),
-                max_messages_per_subject: 1,
-                max_message_size: MAX_RECORD,
-                max_age: LONGEST,
-                discard: stream::DiscardPolicy::Old,
-                storage: stream::StorageType::File,
-                num_replicas: replicas,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|error| Unavailable(error.to_string()))?;
-        let kv = jetstream
-            .get_key_value(BUCKET)
-            .await
-            .map_err(|error| Unavailable(error.to_string()))?;
         Ok(Sessions {
             ttl,
-            table: Table::Shared(kv),
+            table: Table::Shared(Box::new(bucket(jetstream, replicas).await?)),
         })
     }
 
@@ -196,9 +170,8 @@ impl Sessions {
             person,
             role,
             method,
-            expires: now_ms().saturating_add(
-                u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX),
-            ),
+            expires: now_ms()
+                .saturating_add(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)),
             id_token: id_token.as_deref().and_then(|token| seal(&cookie, token)),
         };
         let key = hash(&cookie);
@@ -267,6 +240,39 @@ impl Sessions {
     }
 }
 
+/// The KV bucket [`BUCKET`] the runners of a cluster share their console sessions in, made
+/// when missing: one value per session, the oldest dropped past [`MAX_SESSIONS`].
+pub async fn bucket(
+    jetstream: &jetstream::Context,
+    replicas: usize,
+) -> Result<kv::Store, Unavailable> {
+    // Made as a stream rather than through `create_key_value`, which cannot bound the number
+    // of values nor drop the oldest.
+    jetstream
+        .get_or_create_stream(stream::Config {
+            name: format!("KV_{BUCKET}"),
+            description: Some("quench console sessions (hashed ids, no secrets)".to_owned()),
+            subjects: vec![format!("$KV.{BUCKET}.>")],
+            max_messages: i64::try_from(MAX_SESSIONS).unwrap_or(i64::MAX),
+            max_messages_per_subject: 1,
+            max_message_size: MAX_RECORD,
+            max_age: LONGEST,
+            discard: stream::DiscardPolicy::Old,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| Unavailable(error.to_string()))?;
+    jetstream
+        .get_key_value(BUCKET)
+        .await
+        .map_err(|error| Unavailable(error.to_string()))
+}
+
 fn lock(
     table: &Mutex<HashMap<[u8; 32], Record>>,
 ) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Record>> {
@@ -278,7 +284,9 @@ fn lock(
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 /// The session a record and its cookie make: the CSRF token derived, the ID token unsealed.
@@ -355,7 +363,12 @@ mod tests {
         block_on(async {
             let sessions = Sessions::new(Duration::from_secs(60));
             let (cookie, session) = sessions
-                .open("ann@example.com".into(), Role::Approver, Method::Token, None)
+                .open(
+                    "ann@example.com".into(),
+                    Role::Approver,
+                    Method::Token,
+                    None,
+                )
                 .await
                 .expect("open");
             let found = sessions.get(&cookie).await.expect("get").expect("found");
@@ -417,9 +430,14 @@ mod tests {
             let Table::Memory(table) = &sessions.table else {
                 panic!("memory table");
             };
-            let stored = serde_json::to_string(&lock(table).values().collect::<Vec<_>>())
-                .expect("json");
-            for secret in [cookie.as_str(), session.csrf.as_str(), token, "c2lnbmF0dXJl"] {
+            let stored =
+                serde_json::to_string(&lock(table).values().collect::<Vec<_>>()).expect("json");
+            for secret in [
+                cookie.as_str(),
+                session.csrf.as_str(),
+                token,
+                "c2lnbmF0dXJl",
+            ] {
                 assert!(!stored.contains(secret), "{secret} in {stored}");
             }
             let found = sessions.get(&cookie).await.expect("get").expect("found");
