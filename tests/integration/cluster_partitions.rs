@@ -204,6 +204,23 @@ impl Cluster {
         })
     }
 
+    /// Publishes `count` findings of `kind` (keys `<kind>:0`…) and waits until the runner at
+    /// `listen` lists each one's run parked at its gate; returns the keys.
+    async fn park(&self, kind: &str, count: usize, listen: &str) -> BTreeSet<String> {
+        let mut keys = BTreeSet::new();
+        for n in 0..count {
+            support::gateway_client::publish_finding(&self.jetstream, &finding(kind, n)).await;
+            keys.insert(format!("{kind}:{n}"));
+        }
+        support::eventually_async(Duration::from_secs(60), "every run is parked", || async {
+            runs(listen)
+                .await
+                .is_some_and(|runs| runs.len() == count && one_run_each(&runs, &keys, "waiting"))
+        })
+        .await;
+        keys
+    }
+
     /// Starts the three runners and waits until they share the partitions and are ready.
     async fn launch_all(&self) -> (Vec<support::Service>, Vec<String>) {
         let runners: Vec<support::Service> =
@@ -526,18 +543,7 @@ async fn a_console_session_holds_on_every_runner_and_a_sign_out_ends_it_on_all()
         .map(|log| support::print_log_on_failure(log))
         .collect();
     let (_runners, listens) = cluster.launch_all().await;
-    let mut held = BTreeSet::new();
-    for n in 0..12 {
-        support::gateway_client::publish_finding(&cluster.jetstream, &finding("test.held", n))
-            .await;
-        held.insert(format!("test.held:{n}"));
-    }
-    support::eventually_async(Duration::from_secs(60), "every run is parked", || async {
-        runs(&listens[0])
-            .await
-            .is_some_and(|runs| runs.len() == 12 && one_run_each(&runs, &held, "waiting"))
-    })
-    .await;
+    cluster.park("test.held", 12, &listens[0]).await;
     let ids: Vec<String> = runs(&listens[0])
         .await
         .expect("runs")
@@ -733,18 +739,7 @@ async fn a_paused_runner_is_fenced_in_the_partitions_it_lost_and_serves_again() 
         .collect();
     let (mut runners, listens) = cluster.launch_all().await;
     let a_share = shares(&listens[..1]).await.remove(0);
-    let mut keys = BTreeSet::new();
-    for n in 0..24 {
-        support::gateway_client::publish_finding(&cluster.jetstream, &finding("test.short", n))
-            .await;
-        keys.insert(format!("test.short:{n}"));
-    }
-    support::eventually_async(Duration::from_secs(30), "24 parked runs", || async {
-        runs(&listens[1])
-            .await
-            .is_some_and(|runs| runs.len() == 24 && one_run_each(&runs, &keys, "waiting"))
-    })
-    .await;
+    let keys = cluster.park("test.short", 24, &listens[1]).await;
     let on_a = runs(&listens[1])
         .await
         .expect("runs")
