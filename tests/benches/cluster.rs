@@ -390,13 +390,22 @@ async fn shared(findings: usize, count: u32, runners: usize) -> f64 {
     let nats = urls.join(",");
     let jetstream = support::jetstream_ready(&urls[0]).await;
     let dirs = Dirs::new(("noted.yaml", NOTED));
-    let cluster = format!("partitions = {count}");
-    let running: Vec<Service> = (0..runners)
-        .map(|index| {
+    let (listens, peers) = support::peer_listens(runners);
+    let cluster = format!("partitions = {count}\n{peers}");
+    let running: Vec<Service> = listens
+        .into_iter()
+        .enumerate()
+        .map(|(index, listen)| {
             let name = format!("runner-{index}");
             let config = support::cluster_config(&nats, &name, TOKEN, &cluster, "");
             tokio::task::block_in_place(|| {
-                Service::launch_alive(&nats, &dirs.playbooks(), &dirs.runner(&name), &config)
+                Service::launch_alive_at(
+                    listen,
+                    &nats,
+                    &dirs.playbooks(),
+                    &dirs.runner(&name),
+                    &config,
+                )
             })
         })
         .collect();

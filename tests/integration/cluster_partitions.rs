@@ -149,6 +149,9 @@ struct Cluster {
     playbooks: std::path::PathBuf,
     /// Appended to every runner's config.
     extra: String,
+    /// Each runner's API listener, and the `[cluster] peers` line admitting them all.
+    listens: Vec<String>,
+    peers: String,
 }
 
 impl Cluster {
@@ -166,7 +169,10 @@ impl Cluster {
         for (name, text) in playbooks {
             std::fs::write(dir.join(name), text).expect("write");
         }
+        let (listens, peers) = support::peer_listens(RUNNERS.len());
         Cluster {
+            listens,
+            peers,
             _servers: servers,
             jetstream,
             nats: urls.join(","),
@@ -192,7 +198,10 @@ impl Cluster {
             &self.nats,
             runner,
             TOKEN,
-            &format!("lease = \"3s\"\npartitions = {PARTITIONS}\nsnapshot_every = 5"),
+            &format!(
+                "lease = \"3s\"\npartitions = {PARTITIONS}\nsnapshot_every = 5\n{}",
+                self.peers
+            ),
             &format!(
                 "[[api.tokens]]\nname = \"lead@example.com\"\nrole = \"approver\"\nsha256 = \"{}\"\n{}",
                 support::hex(&<sha2::Sha256 as sha2::Digest>::digest(LEAD.as_bytes())),
@@ -200,7 +209,17 @@ impl Cluster {
             ),
         );
         tokio::task::block_in_place(|| {
-            support::Service::launch_alive(&self.nats, &self.playbooks, &dir, &config)
+            let at = RUNNERS
+                .iter()
+                .position(|name| *name == runner)
+                .expect("one of RUNNERS");
+            support::Service::launch_alive_at(
+                self.listens[at].clone(),
+                &self.nats,
+                &self.playbooks,
+                &dir,
+                &config,
+            )
         })
     }
 

@@ -187,9 +187,25 @@ fn bad_values_name_their_key_and_exit_64() {
             &[
                 ("QUENCH_CLUSTER__ENABLED", "true"),
                 ("QUENCH_CLUSTER__PARTITIONS", "8"),
+                ("QUENCH_CLUSTER__PEERS", "[\"127.0.0.1:8080\"]"),
                 ("QUENCH_SAFETY__MAX_MUTATIONS_PER_HOUR", "5"),
             ],
             "`safety.max_mutations_per_hour` = \"5\": is smaller than `[cluster] partitions = 8`",
+        ),
+        (
+            &[
+                ("QUENCH_CLUSTER__ENABLED", "true"),
+                ("QUENCH_CLUSTER__PARTITIONS", "8"),
+            ],
+            "`cluster.peers` = \"[]\": must list the hosts runners advertise",
+        ),
+        (
+            &[("QUENCH_CLUSTER__PEERS", "[\"http://quench-0:8080\"]")],
+            "`cluster.peers[0]` = \"http://quench-0:8080\": not a host",
+        ),
+        (
+            &[("QUENCH_CLUSTER__PEERS", "[\"private:10.0.0.5:8080\"]")],
+            "`cluster.peers[0]` = \"private:10.0.0.5:8080\": peers take no `private:` prefix",
         ),
         (
             &[("QUENCH_CLUSTER__ADVERTISE", "quench-0:8080")],

@@ -141,6 +141,11 @@ pub struct ClusterSection {
     /// to forward a request for a partition it serves; empty: `http://` and `api.listen`,
     /// with the host name when it listens on every address.
     pub advertise: String,
+    /// The hosts (with port) runners may advertise, in the syntax of `http.allow_hosts`
+    /// (`*.quench-runners.quench.svc.cluster.local:8080`, `10.0.0.5:8080`). A request
+    /// forwarded to another runner carries its caller's credentials, so it is sent only to an
+    /// address these allow. Needed when `partitions` is more than 1.
+    pub peers: Vec<String>,
     /// How long a runner's claim on a partition outlives its last renewal (`10s`): a runner
     /// that dies is replaced after about this long. Renewed every fifth of it.
     pub lease: String,
@@ -156,6 +161,7 @@ impl Default for ClusterSection {
             runner: String::new(),
             partitions: 1,
             advertise: String::new(),
+            peers: Vec::new(),
             lease: "10s".to_owned(),
             snapshot_every: 10_000,
         }
@@ -1534,6 +1540,23 @@ impl Config {
                 "cluster.advertise",
                 &self.cluster.advertise,
                 "must be the http:// or https:// URL other runners reach this one's admin API at",
+            ));
+        }
+        for (index, peer) in self.cluster.peers.iter().enumerate() {
+            let entry = crate::http::AllowHost::parse(peer)
+                .and_then(|entry| match entry.is_private() {
+                    true => Err("peers take no `private:` prefix".to_owned()),
+                    false => Ok(entry),
+                });
+            if let Err(problem) = entry {
+                return Err(bad(&format!("cluster.peers[{index}]"), peer, &problem));
+            }
+        }
+        if self.cluster.enabled && self.cluster.partitions > 1 && self.cluster.peers.is_empty() {
+            return Err(bad(
+                "cluster.peers",
+                "[]",
+                "must list the hosts runners advertise (e.g. \"*.quench-runners.quench.svc.cluster.local:8080\"): with several partitions a request is forwarded, with its caller's credentials, to the runner serving it, and only to an address these allow",
             ));
         }
         if !self.cluster.runner.is_empty() && !is_dns_label(&self.cluster.runner) {

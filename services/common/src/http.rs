@@ -176,6 +176,18 @@ impl AllowHost {
         }
     }
 
+    /// Whether `url`'s host is this entry's and its port the entry's (without a port in the
+    /// entry: the scheme's default).
+    pub fn admits(&self, url: &url::Url) -> bool {
+        let (Some(host), Some(port)) = (url.host(), url.port_or_known_default()) else {
+            return false;
+        };
+        self.matches_host(&host.to_owned())
+            && self
+                .port
+                .map_or(url.port().is_none(), |allowed| allowed == port)
+    }
+
     /// The port the entry allows; `None`: the scheme's default port only.
     pub fn port(&self) -> Option<u16> {
         self.port

@@ -666,6 +666,18 @@ impl Service {
         config: &str,
     ) -> Service {
         let listen = format!("127.0.0.1:{}", free_port());
+        Service::launch_alive_at(listen, nats, playbooks, dir, config)
+    }
+
+    /// [`Service::launch_alive`] on a given API listener (one the runners' `[cluster] peers`
+    /// name).
+    pub(crate) fn launch_alive_at(
+        listen: String,
+        nats: &str,
+        playbooks: &std::path::Path,
+        dir: &std::path::Path,
+        config: &str,
+    ) -> Service {
         let mut service = Service::unstarted(listen, nats, playbooks, dir, &[], Some(config), &[]);
         service.until = "/healthz";
         service.spawn();
@@ -1018,6 +1030,22 @@ sha256 = "{sha}"
 {extra}
 "#
     )
+}
+
+/// Loopback listeners for `count` runners, and the `[cluster] peers` line that admits them.
+pub(crate) fn peer_listens(count: usize) -> (Vec<String>, String) {
+    let listens: Vec<String> = (0..count)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let peers = format!(
+        "peers = [{}]",
+        listens
+            .iter()
+            .map(|listen| format!("{listen:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    (listens, peers)
 }
 
 pub(crate) mod gateway_client;

@@ -316,13 +316,11 @@ impl HttpAction {
             return Err(format!("{NAME} needs a URL with a host"));
         };
         let host = host.to_owned();
-        let default_port = port_is_default(scheme, port);
         let display = describe_host(url);
         let matching: Vec<&AllowHost> = self
             .allow
             .iter()
-            .filter(|entry| entry.matches_host(&host))
-            .filter(|entry| entry.port().map_or(default_port, |allowed| allowed == port))
+            .filter(|entry| entry.admits(url))
             .collect();
         if matching.is_empty() {
             if let Some(ip) = literal(&host)
@@ -642,10 +640,6 @@ fn excerpt(bytes: &[u8], secrets: &[String]) -> String {
         cut.push('…');
     }
     cut
-}
-
-fn port_is_default(scheme: &str, port: u16) -> bool {
-    matches!((scheme, port), ("http", 80) | ("https", 443))
 }
 
 fn literal(host: &Host<String>) -> Option<IpAddr> {

@@ -108,6 +108,30 @@ fn advertised(config: &Config) -> String {
     }
 }
 
+/// `[cluster] peers`, parsed (checked at load).
+pub(super) fn peers(config: &Config) -> Vec<quench_common::http::AllowHost> {
+    config
+        .cluster
+        .peers
+        .iter()
+        .filter_map(|peer| quench_common::http::AllowHost::parse(peer).ok())
+        .collect()
+}
+
+/// Whether a runner's advertised address is one `peers` allows: an http(s) URL without
+/// credentials, query or fragment, whose host and port an entry names.
+pub(super) fn admitted(peers: &[quench_common::http::AllowHost], address: &str) -> bool {
+    let Ok(url) = url::Url::parse(address) else {
+        return false;
+    };
+    matches!(url.scheme(), "http" | "https")
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && peers.iter().any(|peer| peer.admits(&url))
+}
+
 /// Refuses a server older than [`MIN_SERVER`], saying what is needed.
 fn check_server(client: &async_nats::Client) -> Result<(), Error> {
     let info = client.server_info();
@@ -151,6 +175,15 @@ pub(super) async fn join(
 ) -> Result<Option<Joined>, Error> {
     check_server(client)?;
     let runner = runner_name(config)?;
+    let address = advertised(config);
+    if config.cluster.partitions > 1 && !admitted(&peers(config), &address) {
+        return Err(Error::Cluster(format!(
+            "this runner advertises {address}, which `[cluster] peers` ({}) does not allow: \
+             the other runners would not forward to it. Add its host and port to `peers`, or \
+             set `[cluster] advertise`",
+            config.cluster.peers.join(", ")
+        )));
+    }
     let lease_for = config.cluster.lease();
     let replicas = config.nats.replicas;
     let cluster = |error: &dyn std::fmt::Display| Error::Cluster(error.to_string());
@@ -181,7 +214,7 @@ pub(super) async fn join(
                 .await
                 .map_err(mistake)?;
             owners
-                .advertise(&advertised(config))
+                .advertise(&address)
                 .await
                 .map_err(mistake)?;
             Ok((journal, snapshots, owners))
@@ -604,6 +637,37 @@ impl StandBy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_address_peers_name_is_forwarded_to() {
+        let peers: Vec<_> = ["127.0.0.1:8080", "*.runners.quench.svc.cluster.local:8080"]
+            .into_iter()
+            .map(|peer| quench_common::http::AllowHost::parse(peer).expect("peer"))
+            .collect();
+        for good in [
+            "http://127.0.0.1:8080",
+            "http://127.0.0.1:8080/",
+            "https://quench-1.runners.quench.svc.cluster.local:8080",
+        ] {
+            assert!(admitted(&peers, good), "{good}");
+        }
+        for bad in [
+            "http://127.0.0.1:8081",
+            "http://127.0.0.1",
+            "http://127.0.0.1:8080@evil.example.com:8080",
+            "http://evil.example.com:8080#127.0.0.1:8080",
+            "http://127.0.0.1:8080/?x=1",
+            "http://user:pw@127.0.0.1:8080",
+            "ftp://127.0.0.1:8080",
+            "http://runners.quench.svc.cluster.local:8080",
+            "http://quench-1.runners.quench.svc.cluster.local.evil.example.com:8080",
+            "127.0.0.1:8080",
+            "",
+        ] {
+            assert!(!admitted(&peers, bad), "{bad}");
+        }
+        assert!(!admitted(&[], "http://127.0.0.1:8080"));
+    }
 
     #[test]
     fn servers_from_2_10_on_are_new_enough() {

@@ -116,6 +116,7 @@ pub(super) async fn serve(
         http: quench_common::http::http_client(),
         client: shared.client.clone(),
         balanced: std::sync::atomic::AtomicBool::new(false),
+        peers: cluster::peers(config),
     });
     let api = tokio::spawn(front.clone().serve(listener, stop.clone()));
     let parts = Arc::new(ApiParts {
@@ -347,6 +348,8 @@ struct Front {
     client: async_nats::Client,
     /// The first balancing round is done (`/readyz`).
     balanced: std::sync::atomic::AtomicBool,
+    /// `[cluster] peers`: the only addresses a request is forwarded to.
+    peers: Vec<quench_common::http::AllowHost>,
 }
 
 impl Front {
@@ -552,6 +555,19 @@ impl Front {
                 ));
             }
         };
+        if !cluster::admitted(&self.peers, &address) {
+            // Runner credentials could have written any address; the caller's credentials go
+            // only where `peers` allows.
+            tracing::error!(runner = %owner, %address, partition = number, "a runner advertises an address `[cluster] peers` does not allow: not forwarding to it");
+            let body = api::types::ErrorBody::new(
+                "peer_not_allowed",
+                format!(
+                    "runner {owner}, which serves partition {number}, advertises {address}, \
+                     which `[cluster] peers` does not allow; the request was not forwarded"
+                ),
+            );
+            return (StatusCode::BAD_GATEWAY, axum::Json(body)).into_response();
+        }
         let (parts, body) = request.into_parts();
         let Ok(body) = axum::body::to_bytes(body, MAX_FORWARDED_BODY).await else {
             let body = api::types::ErrorBody::new(
