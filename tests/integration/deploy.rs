@@ -807,22 +807,43 @@ fn kubernetes_runs_one_runner_on_a_volume_two_gateways_and_denies_by_default() {
     }
 }
 
-/// The `QUENCH_*` environment of a workload's first container, `$(POD_IP)` given a value.
-fn quench_environment(workload: &Value, pod_ip: &str) -> Vec<(String, String)> {
-    pod_spec(workload)
+/// The environment of a workload's first container in a pod named `pod_name` with the address
+/// `pod_ip`, as the kubelet makes it: a variable from the downward API (`fieldRef`) gets the
+/// pod's name or address, and `$(NAME)` in a value is replaced by a variable defined *before*
+/// it in the list (a later or unknown one is left as written, as Kubernetes leaves it).
+fn pod_environment(workload: &Value, pod_name: &str, pod_ip: &str) -> Vec<(String, String)> {
+    let mut defined: Vec<(String, String)> = Vec::new();
+    for variable in pod_spec(workload)
         .and_then(|pod| pod.pointer("/containers/0/env"))
         .and_then(Value::as_array)
-        .map(|env| {
-            env.iter()
-                .filter_map(|variable| {
-                    let name = text(variable, "/name")?;
-                    let value = text(variable, "/value")?;
-                    name.starts_with("QUENCH_")
-                        .then(|| (name.to_owned(), value.replace("$(POD_IP)", pod_ip)))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+    {
+        let Some(name) = text(variable, "/name") else {
+            continue;
+        };
+        let value = match (
+            text(variable, "/value"),
+            text(variable, "/valueFrom/fieldRef/fieldPath"),
+        ) {
+            (Some(value), _) => defined.iter().fold(value.to_owned(), |value, (name, set)| {
+                value.replace(&format!("$({name})"), set)
+            }),
+            (None, Some("metadata.name")) => pod_name.to_owned(),
+            (None, Some("status.podIP")) => pod_ip.to_owned(),
+            _ => continue,
+        };
+        defined.push((name.to_owned(), value));
+    }
+    defined
+}
+
+/// The `QUENCH_*` environment of a workload's first container (see [`pod_environment`]).
+fn quench_environment(workload: &Value, pod_name: &str, pod_ip: &str) -> Vec<(String, String)> {
+    pod_environment(workload, pod_name, pod_ip)
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("QUENCH_"))
+        .collect()
 }
 
 #[test]
@@ -832,7 +853,7 @@ fn quench_loads_the_kubernetes_configs_with_the_pods_environment() {
         ("StatefulSet", "quench-runner", &EXAMPLES[0]),
         ("Deployment", "quench-gateway", &EXAMPLES[1]),
     ] {
-        let env = quench_environment(object(&objects, kind, name), "10.0.0.7");
+        let env = quench_environment(object(&objects, kind, name), &format!("{name}-0"), "10.0.0.7");
         let dump = dump_config(example, &env);
         assert_eq!(
             dump.output.status.code(),
@@ -854,7 +875,11 @@ fn quench_loads_the_kubernetes_configs_with_the_pods_environment() {
         }
     }
     // The runner's admin API and probes are on the pod IP.
-    let runner = quench_environment(object(&objects, "StatefulSet", "quench-runner"), "10.0.0.7");
+    let runner = quench_environment(
+        object(&objects, "StatefulSet", "quench-runner"),
+        "quench-runner-0",
+        "10.0.0.7",
+    );
     assert!(
         runner.contains(&("QUENCH_API__LISTEN".to_owned(), "10.0.0.7:8080".to_owned())),
         "{runner:?}"
@@ -1317,14 +1342,16 @@ fn kubernetes_cluster_overlay_runs_three_nats_servers_and_three_runners() {
         .collect();
     assert_eq!(routes, expected, "nats-cluster.conf's routes");
 
-    // The runners: three, each on its own volume, ready only while serving.
+    // The runners: three, each on its own volume, updated one ready pod at a time.
     let runner = built(&objects, "StatefulSet", "quench-runner");
     assert_eq!(text(runner, "/spec/replicas"), Some("3"));
     assert_eq!(text(runner, "/spec/podManagementPolicy"), Some("Parallel"));
-    assert_eq!(
-        text(runner, "/spec/updateStrategy/type"),
-        Some("OnDelete"),
-        "a rolling update would wait for a standing-by runner to be ready"
+    assert!(
+        matches!(
+            text(runner, "/spec/updateStrategy/type"),
+            None | Some("RollingUpdate")
+        ),
+        "with several partitions every runner becomes ready: updates roll"
     );
     let pod = pod_spec(runner).expect("a pod spec");
     for (probe, path) in [
@@ -1360,7 +1387,7 @@ fn kubernetes_cluster_overlay_runs_three_nats_servers_and_three_runners() {
     assert_eq!(
         text(service, "/spec/publishNotReadyAddresses"),
         Some("false"),
-        "the admin API only on the serving runner"
+        "the admin API only on ready runners"
     );
     let config_map = pod
         .pointer("/volumes")
@@ -1405,15 +1432,11 @@ fn kubernetes_cluster_overlay_runs_three_nats_servers_and_three_runners() {
             })
             .collect();
         assert_eq!(budgets.len(), 1, "{name}: one PodDisruptionBudget");
-        let expected = if name == "nats" {
-            ("/spec/maxUnavailable", "1")
-        } else {
-            // Only the serving runner is ready: a budget can keep only it from eviction.
-            ("/spec/minAvailable", "1")
-        };
+        // One NATS server at a time; one runner at a time (every runner is ready, so a budget
+        // counts them all).
         assert_eq!(
-            text(budgets[0], expected.0),
-            Some(expected.1),
+            text(budgets[0], "/spec/maxUnavailable"),
+            Some("1"),
             "{name}'s budget"
         );
     }
@@ -1622,12 +1645,13 @@ fn dump_lines(dump: &Dump) -> Vec<(String, String)> {
 
 /// The runners' quench.toml loads with the environment of their pods, as deploy/quench.toml
 /// does, and quench makes the same of it but for `[nats] url` (the three servers of the
-/// StatefulSet `nats`), `[nats] replicas = 3` and `[cluster] enabled = true`.
+/// StatefulSet `nats`), `[nats] replicas = 3`, `[cluster] enabled = true` and `[cluster]
+/// partitions` (several).
 #[test]
 fn quench_loads_the_cluster_config_with_the_pods_environment() {
     let objects = kustomize_build(&overlay());
     let runner = built(&objects, "StatefulSet", "quench-runner");
-    let env = quench_environment(runner, "10.0.0.7");
+    let env = quench_environment(runner, "quench-runner-1", "10.0.0.7");
     assert!(
         env.contains(&("QUENCH_API__LISTEN".to_owned(), "10.0.0.7:8080".to_owned())),
         "{env:?}"
@@ -1663,23 +1687,29 @@ fn quench_loads_the_cluster_config_with_the_pods_environment() {
     let servers: Vec<String> = (0..replicas)
         .map(|index| format!("nats://nats-{index}.{service}:4222"))
         .collect();
+    let partitions: u32 = cluster
+        .iter()
+        .filter(|(section, _)| section == "[cluster]")
+        .find_map(|(_, line)| line.strip_prefix("partitions = "))
+        .and_then(|count| count.parse().ok())
+        .expect("[cluster] partitions");
+    assert!(partitions > 1, "every runner serves: partitions = {partitions}");
     let expected = [
         ("[nats]", format!("url = \"{}\"", servers.join(","))),
         ("[nats]", "replicas = 3".to_owned()),
         ("[cluster]", "enabled = true".to_owned()),
+        ("[cluster]", format!("partitions = {partitions}")),
     ]
     .map(|(section, line)| (section.to_owned(), line));
     assert_eq!(
         differences, expected,
-        "the cluster's quench.toml is deploy/quench.toml but for three keys"
+        "the cluster's quench.toml is deploy/quench.toml but for four keys"
     );
-    // Each runner is named after its pod; one partition.
-    for line in ["runner = \"\"", "partitions = 1"] {
-        assert!(
-            cluster.contains(&("[cluster]".to_owned(), line.to_owned())),
-            "[cluster] {line}"
-        );
-    }
+    // Each runner is named after its pod.
+    assert!(
+        cluster.contains(&("[cluster]".to_owned(), "runner = \"\"".to_owned())),
+        "[cluster] runner = \"\""
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
