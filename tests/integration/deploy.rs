@@ -1712,6 +1712,210 @@ fn quench_loads_the_cluster_config_with_the_pods_environment() {
     );
 }
 
+/// The pods a NetworkPolicy peer (`from`/`to` entry) names when it names pods of the policy's
+/// namespace by their labels alone (`podSelector` only); `None` for anything else.
+fn peer_pods(peer: &Value) -> Option<&Value> {
+    peer.as_object()
+        .filter(|peer| peer.len() == 1)
+        .and_then(|peer| peer.get("podSelector"))
+}
+
+/// With several partitions a runner forwards a request for a partition another runner serves
+/// to that runner's `[cluster] advertise` address. In the overlay each runner advertises its
+/// pod's name under the headless Service that governs the StatefulSet, on the port its admin
+/// API listens on; that name resolves before the pod is ready, the NetworkPolicies let the
+/// runners reach each other on that port, and quench loads the config with that environment.
+#[test]
+fn kubernetes_cluster_runners_serve_partitions_and_reach_each_other_by_their_pods_names() {
+    let kustomization = &yaml_documents(&overlay().join("kustomization.yaml"))[0];
+    let namespace = text(kustomization, "/namespace").expect("the overlay's namespace");
+    let objects = kustomize_build(&overlay());
+    let runner = built(&objects, "StatefulSet", "quench-runner");
+    let name = text(runner, "/metadata/name").expect("a name");
+    let replicas: u32 = text(runner, "/spec/replicas")
+        .and_then(|replicas| replicas.parse().ok())
+        .expect("replicas");
+    let pods: Vec<String> = (0..replicas).map(|index| format!("{name}-{index}")).collect();
+
+    // quench loads the runners' config with the environment of the pod quench-runner-1.
+    let pod_name = &pods[1];
+    let env = quench_environment(runner, pod_name, "10.0.0.7");
+    let cluster_example = EXAMPLES
+        .iter()
+        .find(|example| example.path == "deploy/kubernetes-cluster/quench.toml")
+        .expect("the cluster config is an example");
+    let dump = dump_config(cluster_example, &env);
+    assert_eq!(
+        dump.output.status.code(),
+        Some(0),
+        "{env:?}:\n{}",
+        dump.stderr
+    );
+    let lines = dump_lines(&dump);
+    let value = |section: &str, key: &str| -> String {
+        let prefix = format!("{key} = ");
+        lines
+            .iter()
+            .filter(|(here, _)| here == section)
+            .find_map(|(_, line)| line.strip_prefix(&prefix))
+            .map(|value| value.trim_matches('"').to_owned())
+            .unwrap_or_else(|| panic!("{section} {key}:\n{}", dump.stdout))
+    };
+
+    // Several partitions, and every runner of the StatefulSet is given some.
+    let partitions: u32 = value("[cluster]", "partitions")
+        .parse()
+        .expect("a partition count");
+    assert!(partitions > 1, "every runner serves: partitions = {partitions}");
+    let members: Vec<&str> = pods.iter().map(String::as_str).collect();
+    for member in &members {
+        assert!(
+            (0..partitions).any(|partition| {
+                quench_runner::cluster::partition::owner(partition, &members) == Some(member)
+            }),
+            "{member} is given none of {partitions} partitions among {members:?}"
+        );
+    }
+
+    // The advertised address: what the pod's environment says, all of it expanded, on the port
+    // the admin API listens on.
+    let advertised = env
+        .iter()
+        .find(|(variable, _)| variable == "QUENCH_CLUSTER__ADVERTISE")
+        .map(|(_, address)| address.clone())
+        .unwrap_or_else(|| panic!("QUENCH_CLUSTER__ADVERTISE in the runners' environment: {env:?}"));
+    assert_eq!(
+        value("[cluster]", "advertise"),
+        advertised,
+        "quench advertises the address of the environment"
+    );
+    let listen = value("[api]", "listen");
+    let (_, port) = listen.rsplit_once(':').expect("[api] listen is host:port");
+    let authority = advertised
+        .strip_prefix("http://")
+        .map(|rest| rest.trim_end_matches('/'))
+        .unwrap_or_else(|| panic!("{advertised}: http:// and the pod's name"));
+    assert!(
+        !authority.contains(['/', '$', '(', ')']),
+        "{advertised}: a host and a port, every $(VARIABLE) expanded"
+    );
+    let (host, advertised_port) = authority
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("{advertised}: a port"));
+    assert_eq!(
+        advertised_port, port,
+        "{advertised}: the port the admin API listens on ({listen})"
+    );
+    let pod = pod_spec(runner).expect("a pod spec");
+    let admin = pod
+        .pointer("/containers/0/ports")
+        .and_then(Value::as_array)
+        .and_then(|ports| ports.iter().find(|port| text(port, "/name") == Some("admin")))
+        .and_then(|port| text(port, "/containerPort"));
+    assert_eq!(admin, Some(port), "the runner's container port `admin`");
+
+    // The host: the pod's name under the Service that governs the StatefulSet, a headless one
+    // that selects the runners and publishes them before they are ready.
+    let service_name = text(runner, "/spec/serviceName").expect("the StatefulSet's serviceName");
+    let names = [
+        format!("{pod_name}.{service_name}"),
+        format!("{pod_name}.{service_name}.{namespace}"),
+        format!("{pod_name}.{service_name}.{namespace}.svc"),
+        format!("{pod_name}.{service_name}.{namespace}.svc.cluster.local"),
+    ];
+    assert!(
+        names.iter().any(|name| name == host),
+        "{advertised}: the host is not the pod's name under the Service {service_name}: {names:?}"
+    );
+    let service = built(&objects, "Service", service_name);
+    assert_eq!(
+        text(service, "/spec/clusterIP"),
+        Some("None"),
+        "{service_name}: headless, so that each pod has its name"
+    );
+    assert_eq!(
+        text(service, "/spec/publishNotReadyAddresses"),
+        Some("true"),
+        "{service_name}: a starting runner's name resolves"
+    );
+    let selector = service
+        .pointer("/spec/selector")
+        .filter(|selector| selector.as_object().is_some_and(|labels| !labels.is_empty()))
+        .unwrap_or_else(|| panic!("{service_name}: a selector"));
+    assert!(
+        selects(&serde_json::json!({ "matchLabels": selector }), runner),
+        "{service_name} selects the runner pods"
+    );
+
+    // The runners reach each other on that port: in (from runner pods) and out (to runner pods
+    // only: no egress rule opens it wider).
+    let mut ingress = false;
+    let mut egress = false;
+    for policy in objects
+        .iter()
+        .filter(|object| text(object, "/kind") == Some("NetworkPolicy"))
+    {
+        let policy_name = text(policy, "/metadata/name").unwrap_or("?");
+        let on_runners = policy
+            .pointer("/spec/podSelector")
+            .is_some_and(|selector| {
+                selector.as_object().is_some_and(serde_json::Map::is_empty)
+                    || selects(selector, runner)
+            });
+        if !on_runners {
+            continue;
+        }
+        for rule in policy
+            .pointer("/spec/ingress")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|rule| rule_allows(rule, port))
+        {
+            ingress |= rule
+                .pointer("/from")
+                .and_then(Value::as_array)
+                .is_some_and(|peers| {
+                    peers.iter().filter_map(peer_pods).any(|pods| {
+                        pods.as_object().is_some_and(serde_json::Map::is_empty)
+                            || selects(pods, runner)
+                    })
+                });
+        }
+        for rule in policy
+            .pointer("/spec/egress")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|rule| rule_allows(rule, port))
+        {
+            let to_runners_only = rule
+                .pointer("/to")
+                .and_then(Value::as_array)
+                .is_some_and(|peers| {
+                    !peers.is_empty()
+                        && peers
+                            .iter()
+                            .all(|peer| peer_pods(peer).is_some_and(|pods| selects(pods, runner)))
+                });
+            assert!(
+                to_runners_only,
+                "NetworkPolicy {policy_name} lets the runners out on port {port} to others than \
+                 runner pods: {rule}"
+            );
+            egress = true;
+        }
+    }
+    assert!(
+        ingress,
+        "no NetworkPolicy admits the runners' port {port} from runner pods"
+    );
+    assert!(
+        egress,
+        "no NetworkPolicy lets the runners out to each other's port {port}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Compose
 
