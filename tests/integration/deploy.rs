@@ -853,7 +853,11 @@ fn quench_loads_the_kubernetes_configs_with_the_pods_environment() {
         ("StatefulSet", "quench-runner", &EXAMPLES[0]),
         ("Deployment", "quench-gateway", &EXAMPLES[1]),
     ] {
-        let env = quench_environment(object(&objects, kind, name), &format!("{name}-0"), "10.0.0.7");
+        let env = quench_environment(
+            object(&objects, kind, name),
+            &format!("{name}-0"),
+            "10.0.0.7",
+        );
         let dump = dump_config(example, &env);
         assert_eq!(
             dump.output.status.code(),
@@ -1693,7 +1697,10 @@ fn quench_loads_the_cluster_config_with_the_pods_environment() {
         .find_map(|(_, line)| line.strip_prefix("partitions = "))
         .and_then(|count| count.parse().ok())
         .expect("[cluster] partitions");
-    assert!(partitions > 1, "every runner serves: partitions = {partitions}");
+    assert!(
+        partitions > 1,
+        "every runner serves: partitions = {partitions}"
+    );
     let expected = [
         ("[nats]", format!("url = \"{}\"", servers.join(","))),
         ("[nats]", "replicas = 3".to_owned()),
@@ -1735,7 +1742,9 @@ fn kubernetes_cluster_runners_serve_partitions_and_reach_each_other_by_their_pod
     let replicas: u32 = text(runner, "/spec/replicas")
         .and_then(|replicas| replicas.parse().ok())
         .expect("replicas");
-    let pods: Vec<String> = (0..replicas).map(|index| format!("{name}-{index}")).collect();
+    let pods: Vec<String> = (0..replicas)
+        .map(|index| format!("{name}-{index}"))
+        .collect();
 
     // quench loads the runners' config with the environment of the pod quench-runner-1.
     let pod_name = &pods[1];
@@ -1766,7 +1775,10 @@ fn kubernetes_cluster_runners_serve_partitions_and_reach_each_other_by_their_pod
     let partitions: u32 = value("[cluster]", "partitions")
         .parse()
         .expect("a partition count");
-    assert!(partitions > 1, "every runner serves: partitions = {partitions}");
+    assert!(
+        partitions > 1,
+        "every runner serves: partitions = {partitions}"
+    );
     let members: Vec<&str> = pods.iter().map(String::as_str).collect();
     for member in &members {
         assert!(
@@ -1783,7 +1795,9 @@ fn kubernetes_cluster_runners_serve_partitions_and_reach_each_other_by_their_pod
         .iter()
         .find(|(variable, _)| variable == "QUENCH_CLUSTER__ADVERTISE")
         .map(|(_, address)| address.clone())
-        .unwrap_or_else(|| panic!("QUENCH_CLUSTER__ADVERTISE in the runners' environment: {env:?}"));
+        .unwrap_or_else(|| {
+            panic!("QUENCH_CLUSTER__ADVERTISE in the runners' environment: {env:?}")
+        });
     assert_eq!(
         value("[cluster]", "advertise"),
         advertised,
@@ -1810,7 +1824,11 @@ fn kubernetes_cluster_runners_serve_partitions_and_reach_each_other_by_their_pod
     let admin = pod
         .pointer("/containers/0/ports")
         .and_then(Value::as_array)
-        .and_then(|ports| ports.iter().find(|port| text(port, "/name") == Some("admin")))
+        .and_then(|ports| {
+            ports
+                .iter()
+                .find(|port| text(port, "/name") == Some("admin"))
+        })
         .and_then(|port| text(port, "/containerPort"));
     assert_eq!(admin, Some(port), "the runner's container port `admin`");
 
@@ -1840,7 +1858,11 @@ fn kubernetes_cluster_runners_serve_partitions_and_reach_each_other_by_their_pod
     );
     let selector = service
         .pointer("/spec/selector")
-        .filter(|selector| selector.as_object().is_some_and(|labels| !labels.is_empty()))
+        .filter(|selector| {
+            selector
+                .as_object()
+                .is_some_and(|labels| !labels.is_empty())
+        })
         .unwrap_or_else(|| panic!("{service_name}: a selector"));
     assert!(
         selects(&serde_json::json!({ "matchLabels": selector }), runner),
@@ -1856,12 +1878,9 @@ fn kubernetes_cluster_runners_serve_partitions_and_reach_each_other_by_their_pod
         .filter(|object| text(object, "/kind") == Some("NetworkPolicy"))
     {
         let policy_name = text(policy, "/metadata/name").unwrap_or("?");
-        let on_runners = policy
-            .pointer("/spec/podSelector")
-            .is_some_and(|selector| {
-                selector.as_object().is_some_and(serde_json::Map::is_empty)
-                    || selects(selector, runner)
-            });
+        let on_runners = policy.pointer("/spec/podSelector").is_some_and(|selector| {
+            selector.as_object().is_some_and(serde_json::Map::is_empty) || selects(selector, runner)
+        });
         if !on_runners {
             continue;
         }
@@ -1889,15 +1908,15 @@ fn kubernetes_cluster_runners_serve_partitions_and_reach_each_other_by_their_pod
             .flatten()
             .filter(|rule| rule_allows(rule, port))
         {
-            let to_runners_only = rule
-                .pointer("/to")
-                .and_then(Value::as_array)
-                .is_some_and(|peers| {
-                    !peers.is_empty()
-                        && peers
-                            .iter()
-                            .all(|peer| peer_pods(peer).is_some_and(|pods| selects(pods, runner)))
-                });
+            let to_runners_only =
+                rule.pointer("/to")
+                    .and_then(Value::as_array)
+                    .is_some_and(|peers| {
+                        !peers.is_empty()
+                            && peers.iter().all(|peer| {
+                                peer_pods(peer).is_some_and(|pods| selects(pods, runner))
+                            })
+                    });
             assert!(
                 to_runners_only,
                 "NetworkPolicy {policy_name} lets the runners out on port {port} to others than \
