@@ -807,22 +807,43 @@ fn kubernetes_runs_one_runner_on_a_volume_two_gateways_and_denies_by_default() {
     }
 }
 
-/// The `QUENCH_*` environment of a workload's first container, `$(POD_IP)` given a value.
-fn quench_environment(workload: &Value, pod_ip: &str) -> Vec<(String, String)> {
-    pod_spec(workload)
+/// The environment of a workload's first container in a pod named `pod_name` with the address
+/// `pod_ip`, as the kubelet makes it: a variable from the downward API (`fieldRef`) gets the
+/// pod's name or address, and `$(NAME)` in a value is replaced by a variable defined *before*
+/// it in the list (a later or unknown one is left as written, as Kubernetes leaves it).
+fn pod_environment(workload: &Value, pod_name: &str, pod_ip: &str) -> Vec<(String, String)> {
+    let mut defined: Vec<(String, String)> = Vec::new();
+    for variable in pod_spec(workload)
         .and_then(|pod| pod.pointer("/containers/0/env"))
         .and_then(Value::as_array)
-        .map(|env| {
-            env.iter()
-                .filter_map(|variable| {
-                    let name = text(variable, "/name")?;
-                    let value = text(variable, "/value")?;
-                    name.starts_with("QUENCH_")
-                        .then(|| (name.to_owned(), value.replace("$(POD_IP)", pod_ip)))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+    {
+        let Some(name) = text(variable, "/name") else {
+            continue;
+        };
+        let value = match (
+            text(variable, "/value"),
+            text(variable, "/valueFrom/fieldRef/fieldPath"),
+        ) {
+            (Some(value), _) => defined.iter().fold(value.to_owned(), |value, (name, set)| {
+                value.replace(&format!("$({name})"), set)
+            }),
+            (None, Some("metadata.name")) => pod_name.to_owned(),
+            (None, Some("status.podIP")) => pod_ip.to_owned(),
+            _ => continue,
+        };
+        defined.push((name.to_owned(), value));
+    }
+    defined
+}
+
+/// The `QUENCH_*` environment of a workload's first container (see [`pod_environment`]).
+fn quench_environment(workload: &Value, pod_name: &str, pod_ip: &str) -> Vec<(String, String)> {
+    pod_environment(workload, pod_name, pod_ip)
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("QUENCH_"))
+        .collect()
 }
 
 #[test]
@@ -832,7 +853,11 @@ fn quench_loads_the_kubernetes_configs_with_the_pods_environment() {
         ("StatefulSet", "quench-runner", &EXAMPLES[0]),
         ("Deployment", "quench-gateway", &EXAMPLES[1]),
     ] {
-        let env = quench_environment(object(&objects, kind, name), "10.0.0.7");
+        let env = quench_environment(
+            object(&objects, kind, name),
+            &format!("{name}-0"),
+            "10.0.0.7",
+        );
         let dump = dump_config(example, &env);
         assert_eq!(
             dump.output.status.code(),
@@ -854,7 +879,11 @@ fn quench_loads_the_kubernetes_configs_with_the_pods_environment() {
         }
     }
     // The runner's admin API and probes are on the pod IP.
-    let runner = quench_environment(object(&objects, "StatefulSet", "quench-runner"), "10.0.0.7");
+    let runner = quench_environment(
+        object(&objects, "StatefulSet", "quench-runner"),
+        "quench-runner-0",
+        "10.0.0.7",
+    );
     assert!(
         runner.contains(&("QUENCH_API__LISTEN".to_owned(), "10.0.0.7:8080".to_owned())),
         "{runner:?}"
@@ -1317,14 +1346,16 @@ fn kubernetes_cluster_overlay_runs_three_nats_servers_and_three_runners() {
         .collect();
     assert_eq!(routes, expected, "nats-cluster.conf's routes");
 
-    // The runners: three, each on its own volume, ready only while serving.
+    // The runners: three, each on its own volume, updated one ready pod at a time.
     let runner = built(&objects, "StatefulSet", "quench-runner");
     assert_eq!(text(runner, "/spec/replicas"), Some("3"));
     assert_eq!(text(runner, "/spec/podManagementPolicy"), Some("Parallel"));
-    assert_eq!(
-        text(runner, "/spec/updateStrategy/type"),
-        Some("OnDelete"),
-        "a rolling update would wait for a standing-by runner to be ready"
+    assert!(
+        matches!(
+            text(runner, "/spec/updateStrategy/type"),
+            None | Some("RollingUpdate")
+        ),
+        "with several partitions every runner becomes ready: updates roll"
     );
     let pod = pod_spec(runner).expect("a pod spec");
     for (probe, path) in [
@@ -1360,7 +1391,7 @@ fn kubernetes_cluster_overlay_runs_three_nats_servers_and_three_runners() {
     assert_eq!(
         text(service, "/spec/publishNotReadyAddresses"),
         Some("false"),
-        "the admin API only on the serving runner"
+        "the admin API only on ready runners"
     );
     let config_map = pod
         .pointer("/volumes")
@@ -1405,15 +1436,11 @@ fn kubernetes_cluster_overlay_runs_three_nats_servers_and_three_runners() {
             })
             .collect();
         assert_eq!(budgets.len(), 1, "{name}: one PodDisruptionBudget");
-        let expected = if name == "nats" {
-            ("/spec/maxUnavailable", "1")
-        } else {
-            // Only the serving runner is ready: a budget can keep only it from eviction.
-            ("/spec/minAvailable", "1")
-        };
+        // One NATS server at a time; one runner at a time (every runner is ready, so a budget
+        // counts them all).
         assert_eq!(
-            text(budgets[0], expected.0),
-            Some(expected.1),
+            text(budgets[0], "/spec/maxUnavailable"),
+            Some("1"),
             "{name}'s budget"
         );
     }
@@ -1622,12 +1649,13 @@ fn dump_lines(dump: &Dump) -> Vec<(String, String)> {
 
 /// The runners' quench.toml loads with the environment of their pods, as deploy/quench.toml
 /// does, and quench makes the same of it but for `[nats] url` (the three servers of the
-/// StatefulSet `nats`), `[nats] replicas = 3` and `[cluster] enabled = true`.
+/// StatefulSet `nats`), `[nats] replicas = 3`, `[cluster] enabled = true` and `[cluster]
+/// partitions` (several).
 #[test]
 fn quench_loads_the_cluster_config_with_the_pods_environment() {
     let objects = kustomize_build(&overlay());
     let runner = built(&objects, "StatefulSet", "quench-runner");
-    let env = quench_environment(runner, "10.0.0.7");
+    let env = quench_environment(runner, "quench-runner-1", "10.0.0.7");
     assert!(
         env.contains(&("QUENCH_API__LISTEN".to_owned(), "10.0.0.7:8080".to_owned())),
         "{env:?}"
@@ -1663,23 +1691,248 @@ fn quench_loads_the_cluster_config_with_the_pods_environment() {
     let servers: Vec<String> = (0..replicas)
         .map(|index| format!("nats://nats-{index}.{service}:4222"))
         .collect();
+    let partitions: u32 = cluster
+        .iter()
+        .filter(|(section, _)| section == "[cluster]")
+        .find_map(|(_, line)| line.strip_prefix("partitions = "))
+        .and_then(|count| count.parse().ok())
+        .expect("[cluster] partitions");
+    assert!(
+        partitions > 1,
+        "every runner serves: partitions = {partitions}"
+    );
     let expected = [
         ("[nats]", format!("url = \"{}\"", servers.join(","))),
         ("[nats]", "replicas = 3".to_owned()),
         ("[cluster]", "enabled = true".to_owned()),
+        ("[cluster]", format!("partitions = {partitions}")),
     ]
     .map(|(section, line)| (section.to_owned(), line));
     assert_eq!(
         differences, expected,
-        "the cluster's quench.toml is deploy/quench.toml but for three keys"
+        "the cluster's quench.toml is deploy/quench.toml but for four keys"
     );
-    // Each runner is named after its pod; one partition.
-    for line in ["runner = \"\"", "partitions = 1"] {
+    // Each runner is named after its pod.
+    assert!(
+        cluster.contains(&("[cluster]".to_owned(), "runner = \"\"".to_owned())),
+        "[cluster] runner = \"\""
+    );
+}
+
+/// The pods a NetworkPolicy peer (`from`/`to` entry) names when it names pods of the policy's
+/// namespace by their labels alone (`podSelector` only); `None` for anything else.
+fn peer_pods(peer: &Value) -> Option<&Value> {
+    peer.as_object()
+        .filter(|peer| peer.len() == 1)
+        .and_then(|peer| peer.get("podSelector"))
+}
+
+/// With several partitions a runner forwards a request for a partition another runner serves
+/// to that runner's `[cluster] advertise` address. In the overlay each runner advertises its
+/// pod's name under the headless Service that governs the StatefulSet, on the port its admin
+/// API listens on; that name resolves before the pod is ready, the NetworkPolicies let the
+/// runners reach each other on that port, and quench loads the config with that environment.
+#[test]
+fn kubernetes_cluster_runners_serve_partitions_and_reach_each_other_by_their_pods_names() {
+    let kustomization = &yaml_documents(&overlay().join("kustomization.yaml"))[0];
+    let namespace = text(kustomization, "/namespace").expect("the overlay's namespace");
+    let objects = kustomize_build(&overlay());
+    let runner = built(&objects, "StatefulSet", "quench-runner");
+    let name = text(runner, "/metadata/name").expect("a name");
+    let replicas: u32 = text(runner, "/spec/replicas")
+        .and_then(|replicas| replicas.parse().ok())
+        .expect("replicas");
+    let pods: Vec<String> = (0..replicas)
+        .map(|index| format!("{name}-{index}"))
+        .collect();
+
+    // quench loads the runners' config with the environment of the pod quench-runner-1.
+    let pod_name = &pods[1];
+    let env = quench_environment(runner, pod_name, "10.0.0.7");
+    let cluster_example = EXAMPLES
+        .iter()
+        .find(|example| example.path == "deploy/kubernetes-cluster/quench.toml")
+        .expect("the cluster config is an example");
+    let dump = dump_config(cluster_example, &env);
+    assert_eq!(
+        dump.output.status.code(),
+        Some(0),
+        "{env:?}:\n{}",
+        dump.stderr
+    );
+    let lines = dump_lines(&dump);
+    let value = |section: &str, key: &str| -> String {
+        let prefix = format!("{key} = ");
+        lines
+            .iter()
+            .filter(|(here, _)| here == section)
+            .find_map(|(_, line)| line.strip_prefix(&prefix))
+            .map(|value| value.trim_matches('"').to_owned())
+            .unwrap_or_else(|| panic!("{section} {key}:\n{}", dump.stdout))
+    };
+
+    // Several partitions, and every runner of the StatefulSet is given some.
+    let partitions: u32 = value("[cluster]", "partitions")
+        .parse()
+        .expect("a partition count");
+    assert!(
+        partitions > 1,
+        "every runner serves: partitions = {partitions}"
+    );
+    let members: Vec<&str> = pods.iter().map(String::as_str).collect();
+    for member in &members {
         assert!(
-            cluster.contains(&("[cluster]".to_owned(), line.to_owned())),
-            "[cluster] {line}"
+            (0..partitions).any(|partition| {
+                quench_runner::cluster::partition::owner(partition, &members) == Some(member)
+            }),
+            "{member} is given none of {partitions} partitions among {members:?}"
         );
     }
+
+    // The advertised address: what the pod's environment says, all of it expanded, on the port
+    // the admin API listens on.
+    let advertised = env
+        .iter()
+        .find(|(variable, _)| variable == "QUENCH_CLUSTER__ADVERTISE")
+        .map(|(_, address)| address.clone())
+        .unwrap_or_else(|| {
+            panic!("QUENCH_CLUSTER__ADVERTISE in the runners' environment: {env:?}")
+        });
+    assert_eq!(
+        value("[cluster]", "advertise"),
+        advertised,
+        "quench advertises the address of the environment"
+    );
+    let listen = value("[api]", "listen");
+    let (_, port) = listen.rsplit_once(':').expect("[api] listen is host:port");
+    let authority = advertised
+        .strip_prefix("http://")
+        .map(|rest| rest.trim_end_matches('/'))
+        .unwrap_or_else(|| panic!("{advertised}: http:// and the pod's name"));
+    assert!(
+        !authority.contains(['/', '$', '(', ')']),
+        "{advertised}: a host and a port, every $(VARIABLE) expanded"
+    );
+    let (host, advertised_port) = authority
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("{advertised}: a port"));
+    assert_eq!(
+        advertised_port, port,
+        "{advertised}: the port the admin API listens on ({listen})"
+    );
+    let pod = pod_spec(runner).expect("a pod spec");
+    let admin = pod
+        .pointer("/containers/0/ports")
+        .and_then(Value::as_array)
+        .and_then(|ports| {
+            ports
+                .iter()
+                .find(|port| text(port, "/name") == Some("admin"))
+        })
+        .and_then(|port| text(port, "/containerPort"));
+    assert_eq!(admin, Some(port), "the runner's container port `admin`");
+
+    // The host: the pod's name under the Service that governs the StatefulSet, a headless one
+    // that selects the runners and publishes them before they are ready.
+    let service_name = text(runner, "/spec/serviceName").expect("the StatefulSet's serviceName");
+    let names = [
+        format!("{pod_name}.{service_name}"),
+        format!("{pod_name}.{service_name}.{namespace}"),
+        format!("{pod_name}.{service_name}.{namespace}.svc"),
+        format!("{pod_name}.{service_name}.{namespace}.svc.cluster.local"),
+    ];
+    assert!(
+        names.iter().any(|name| name == host),
+        "{advertised}: the host is not the pod's name under the Service {service_name}: {names:?}"
+    );
+    let service = built(&objects, "Service", service_name);
+    assert_eq!(
+        text(service, "/spec/clusterIP"),
+        Some("None"),
+        "{service_name}: headless, so that each pod has its name"
+    );
+    assert_eq!(
+        text(service, "/spec/publishNotReadyAddresses"),
+        Some("true"),
+        "{service_name}: a starting runner's name resolves"
+    );
+    let selector = service
+        .pointer("/spec/selector")
+        .filter(|selector| {
+            selector
+                .as_object()
+                .is_some_and(|labels| !labels.is_empty())
+        })
+        .unwrap_or_else(|| panic!("{service_name}: a selector"));
+    assert!(
+        selects(&serde_json::json!({ "matchLabels": selector }), runner),
+        "{service_name} selects the runner pods"
+    );
+
+    // The runners reach each other on that port: in (from runner pods) and out (to runner pods
+    // only: no egress rule opens it wider).
+    let mut ingress = false;
+    let mut egress = false;
+    for policy in objects
+        .iter()
+        .filter(|object| text(object, "/kind") == Some("NetworkPolicy"))
+    {
+        let policy_name = text(policy, "/metadata/name").unwrap_or("?");
+        let on_runners = policy.pointer("/spec/podSelector").is_some_and(|selector| {
+            selector.as_object().is_some_and(serde_json::Map::is_empty) || selects(selector, runner)
+        });
+        if !on_runners {
+            continue;
+        }
+        for rule in policy
+            .pointer("/spec/ingress")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|rule| rule_allows(rule, port))
+        {
+            ingress |= rule
+                .pointer("/from")
+                .and_then(Value::as_array)
+                .is_some_and(|peers| {
+                    peers.iter().filter_map(peer_pods).any(|pods| {
+                        pods.as_object().is_some_and(serde_json::Map::is_empty)
+                            || selects(pods, runner)
+                    })
+                });
+        }
+        for rule in policy
+            .pointer("/spec/egress")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|rule| rule_allows(rule, port))
+        {
+            let to_runners_only =
+                rule.pointer("/to")
+                    .and_then(Value::as_array)
+                    .is_some_and(|peers| {
+                        !peers.is_empty()
+                            && peers.iter().all(|peer| {
+                                peer_pods(peer).is_some_and(|pods| selects(pods, runner))
+                            })
+                    });
+            assert!(
+                to_runners_only,
+                "NetworkPolicy {policy_name} lets the runners out on port {port} to others than \
+                 runner pods: {rule}"
+            );
+            egress = true;
+        }
+    }
+    assert!(
+        ingress,
+        "no NetworkPolicy admits the runners' port {port} from runner pods"
+    );
+    assert!(
+        egress,
+        "no NetworkPolicy lets the runners out to each other's port {port}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
