@@ -1649,8 +1649,8 @@ fn dump_lines(dump: &Dump) -> Vec<(String, String)> {
 
 /// The runners' quench.toml loads with the environment of their pods, as deploy/quench.toml
 /// does, and quench makes the same of it but for `[nats] url` (the three servers of the
-/// StatefulSet `nats`), `[nats] replicas = 3`, `[cluster] enabled = true` and `[cluster]
-/// partitions` (several).
+/// StatefulSet `nats`), `[nats] replicas = 3`, `[cluster] enabled = true`, `[cluster]
+/// partitions` (several) and `[cluster] peers` (the runners' pods).
 #[test]
 fn quench_loads_the_cluster_config_with_the_pods_environment() {
     let objects = kustomize_build(&overlay());
@@ -1706,11 +1706,15 @@ fn quench_loads_the_cluster_config_with_the_pods_environment() {
         ("[nats]", "replicas = 3".to_owned()),
         ("[cluster]", "enabled = true".to_owned()),
         ("[cluster]", format!("partitions = {partitions}")),
+        (
+            "[cluster]",
+            "peers = [\"*.quench-runner-pods.quench.svc.cluster.local:8080\"]".to_owned(),
+        ),
     ]
     .map(|(section, line)| (section.to_owned(), line));
     assert_eq!(
         differences, expected,
-        "the cluster's quench.toml is deploy/quench.toml but for four keys"
+        "the cluster's quench.toml is deploy/quench.toml but for five keys"
     );
     // Each runner is named after its pod.
     assert!(
@@ -1802,6 +1806,21 @@ fn kubernetes_cluster_runners_serve_partitions_and_reach_each_other_by_their_pod
         value("[cluster]", "advertise"),
         advertised,
         "quench advertises the address of the environment"
+    );
+    // The other runners forward to it: `[cluster] peers` admits the advertised address.
+    let peers: Vec<String> = lines
+        .iter()
+        .filter(|(here, _)| here == "[cluster]")
+        .find_map(|(_, line)| line.strip_prefix("peers = "))
+        .and_then(|list| serde_json::from_str(list).ok())
+        .expect("[cluster] peers");
+    let url = url::Url::parse(&advertised).expect("an advertised URL");
+    assert!(
+        peers
+            .iter()
+            .any(|peer| quench_common::http::AllowHost::parse(peer)
+                .is_ok_and(|peer| peer.admits(&url))),
+        "{advertised} is admitted by [cluster] peers = {peers:?}"
     );
     let listen = value("[api]", "listen");
     let (_, port) = listen.rsplit_once(':').expect("[api] listen is host:port");

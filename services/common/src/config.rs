@@ -1543,8 +1543,8 @@ impl Config {
             ));
         }
         for (index, peer) in self.cluster.peers.iter().enumerate() {
-            let entry = crate::http::AllowHost::parse(peer)
-                .and_then(|entry| match entry.is_private() {
+            let entry =
+                crate::http::AllowHost::parse(peer).and_then(|entry| match entry.is_private() {
                     true => Err("peers take no `private:` prefix".to_owned()),
                     false => Ok(entry),
                 });

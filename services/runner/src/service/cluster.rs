@@ -213,10 +213,7 @@ pub(super) async fn join(
             let mut owners = Owners::join(jetstream, &runner, lease_for, replicas)
                 .await
                 .map_err(mistake)?;
-            owners
-                .advertise(&address)
-                .await
-                .map_err(mistake)?;
+            owners.advertise(&address).await.map_err(mistake)?;
             Ok((journal, snapshots, owners))
         }
         .await;
