@@ -192,16 +192,18 @@ impl Cluster {
 
     /// Starts `runner`; returns once it answers `/healthz`.
     fn launch(&self, runner: &str) -> support::Service {
+        self.launch_with(runner, &self.peers)
+    }
+
+    /// [`Cluster::launch`] with `peers` as its `[cluster] peers` line.
+    fn launch_with(&self, runner: &str, peers: &str) -> support::Service {
         let dir = self.root.path().join(runner);
         std::fs::create_dir_all(&dir).expect("dir");
         let config = support::cluster_config(
             &self.nats,
             runner,
             TOKEN,
-            &format!(
-                "lease = \"3s\"\npartitions = {PARTITIONS}\nsnapshot_every = 5\n{}",
-                self.peers
-            ),
+            &format!("lease = \"3s\"\npartitions = {PARTITIONS}\nsnapshot_every = 5\n{peers}"),
             &format!(
                 "[[api.tokens]]\nname = \"lead@example.com\"\nrole = \"approver\"\nsha256 = \"{}\"\n{}",
                 support::hex(&<sha2::Sha256 as sha2::Digest>::digest(LEAD.as_bytes())),
@@ -722,6 +724,95 @@ async fn a_console_session_holds_on_every_runner_and_a_sign_out_ends_it_on_all()
         .await;
         assert_eq!(status, 401, "{listen} refuses the ended session for a run");
     }
+}
+
+/// A request is forwarded, with its caller's credentials, only to a runner whose advertised
+/// address `[cluster] peers` allows; a runner advertising an address its own `peers` do not
+/// allow is refused at start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_forwards_only_to_its_peers_and_one_advertising_elsewhere_is_refused() {
+    let cluster = Cluster::new(&[("held.yaml", HELD)], "").await;
+    let logs = cluster.logs();
+    let _print: Vec<_> = logs
+        .iter()
+        .map(|log| support::print_log_on_failure(log))
+        .collect();
+    // runner-c allows runner-a and itself, not runner-b.
+    let narrow = format!(
+        "peers = [{:?}, {:?}]",
+        cluster.listens[0], cluster.listens[2]
+    );
+    let _runners = [
+        cluster.launch("runner-a"),
+        cluster.launch("runner-b"),
+        cluster.launch_with("runner-c", &narrow),
+    ];
+    let listens = cluster.listens.clone();
+    let shares = shared_out(&listens, "three runners share the partitions").await;
+    let http = quench_common::http::http_client();
+    for partition in 0..PARTITIONS {
+        let answer = http
+            .get(format!("http://{}/api/v1/playbooks", listens[2]))
+            .bearer_auth(TOKEN)
+            .header("quench-partition", partition)
+            .send()
+            .await
+            .expect("answered");
+        let status = answer.status().as_u16();
+        let body: Value = answer.json().await.unwrap_or(Value::Null);
+        if shares[1].contains(&partition) {
+            assert_eq!(
+                (status, &body["error"]["code"]),
+                (502, &json!("peer_not_allowed")),
+                "partition {partition} is runner-b's: not forwarded ({body})"
+            );
+        } else {
+            assert_eq!(status, 200, "partition {partition}: {body}");
+        }
+    }
+    assert!(
+        std::fs::read_to_string(&logs[2])
+            .unwrap_or_default()
+            .contains("a runner advertises an address `[cluster] peers` does not allow"),
+        "runner-c says why it did not forward"
+    );
+
+    // runner-d advertises an address its own peers do not allow: refused at start, saying so.
+    let dir = cluster.root.path().join("runner-d");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = support::cluster_config(
+        &cluster.nats,
+        "runner-d",
+        TOKEN,
+        &format!(
+            "lease = \"3s\"\npartitions = {PARTITIONS}\n{}",
+            cluster.peers
+        ),
+        "",
+    );
+    std::fs::write(dir.join("quench.toml"), config).expect("config");
+    let refused = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(support::quench_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(dir.join("quench.toml"))
+            .args(["--listen", &format!("127.0.0.1:{}", support::free_port())])
+            .arg("--store")
+            .arg(dir.join("state"))
+            .arg("--playbooks")
+            .arg(&cluster.playbooks)
+            .output(),
+    )
+    .await
+    .expect("runner-d stops at once")
+    .expect("runner-d ran");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("which `[cluster] peers`") && stderr.contains("does not allow"),
+        "{stderr}"
+    );
 }
 
 const SHORT: &str = r#"schema: quench.playbook/v1
