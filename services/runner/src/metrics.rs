@@ -62,6 +62,9 @@ pub const JOURNAL_FENCED: &str = "quench_journal_fenced";
 pub const CLUSTER_SNAPSHOTS: &str = "quench_cluster_snapshots";
 /// Cluster mode: partitions this runner holds (0 while it stands by).
 pub const CLUSTER_PARTITIONS_HELD: &str = "quench_cluster_partitions_held";
+/// Cluster mode, several partitions: findings and decisions this runner's router passed on,
+/// by how (`republished` to the partition's subject, or `handed_over` to a partition served here).
+pub const CLUSTER_ROUTED: &str = "quench_cluster_routed";
 /// How long commits waited for one store compaction (its copy runs beside them).
 pub const COMPACTION_DURATION: &str = "quench_store_compaction_duration";
 /// 1 while the NATS connection is up.
@@ -122,6 +125,13 @@ pub struct ActionErrorLabels {
     pub class: String,
 }
 
+/// Labels of routed messages.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoutedLabels {
+    pub source: String,
+    pub how: String,
+}
+
 /// Labels of playbook loads.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -156,6 +166,7 @@ pub struct Metrics {
     pub journal_fenced: Counter,
     pub cluster_snapshots: Counter,
     pub cluster_partitions_held: Gauge,
+    pub cluster_routed: Family<RoutedLabels, Counter>,
     pub nats_connected: Gauge,
     pub playbook_loads: Family<ResultLabel, Counter>,
     pub playbooks_refused: Gauge,
@@ -206,6 +217,7 @@ impl Metrics {
             journal_fenced: Counter::default(),
             cluster_snapshots: Counter::default(),
             cluster_partitions_held: Gauge::default(),
+            cluster_routed: Family::default(),
             nats_connected: Gauge::default(),
             playbook_loads: Family::default(),
             playbooks_refused: Gauge::default(),
@@ -351,6 +363,11 @@ impl Metrics {
             "Cluster mode: partitions this runner holds and serves (0 while it stands by)",
             metrics.cluster_partitions_held.clone(),
         );
+        registry.register(
+            CLUSTER_ROUTED,
+            "Cluster mode, several partitions: findings and decisions routed, by source and how (republished, or handed_over to a partition served by this runner)",
+            metrics.cluster_routed.clone(),
+        );
         registry.register_with_unit(
             COMPACTION_DURATION,
             "How long commits waited for one store compaction (bringing the copy up to date and swapping it in)",
@@ -431,6 +448,16 @@ impl Metrics {
     }
 
     /// Counts a dead-lettered message.
+    /// A message routed from `source` (`findings`, `decisions`), `how`.
+    pub fn routed(&self, source: &str, how: &str) {
+        self.cluster_routed
+            .get_or_create(&RoutedLabels {
+                source: source.to_owned(),
+                how: how.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn dead_letter(&self, subject: &str, reason: &str) {
         self.dead_lettered
             .get_or_create(&DeadLetterLabels {

@@ -31,6 +31,9 @@ const DEFER: Duration = Duration::from_secs(1);
 const MAX_DEFERRALS: i64 = 30;
 /// Most messages taken through the engine in one commit.
 const BATCH: usize = 256;
+/// Findings a router may hand a partition's intake before it routes the next ones through the
+/// stream instead.
+pub(super) const HANDED_OVER: usize = 2 * BATCH;
 /// Unacknowledged messages a consumer may have out at once (bounds memory on our side too).
 const MAX_ACK_PENDING: i64 = 4096;
 /// A refused message whose dead letter cannot be published is offered again after this long;
@@ -321,10 +324,41 @@ pub(super) async fn each_chunk<F, Fut>(
     consumer: Consumer,
     shutdown: CancellationToken,
     what: &'static str,
+    handle: F,
+) where
+    F: FnMut(Vec<jetstream::Message>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    each_chunk_with(
+        consumer,
+        &mut futures::stream::empty(),
+        shutdown,
+        what,
+        handle,
+    )
+    .await;
+}
+
+/// What a pull gave.
+enum Pulled {
+    Message(jetstream::Message),
+    Interrupted(String),
+    /// The pull stream ended: it is opened again.
+    Ended,
+}
+
+/// [`each_chunk`], with the messages `handed` yields (a router handing over findings of a
+/// partition this runner holds) taken in the same chunks as those pulled.
+async fn each_chunk_with<F, Fut, H>(
+    consumer: Consumer,
+    handed: &mut H,
+    shutdown: CancellationToken,
+    what: &'static str,
     mut handle: F,
 ) where
     F: FnMut(Vec<jetstream::Message>) -> Fut,
     Fut: std::future::Future<Output = ()>,
+    H: futures::Stream<Item = jetstream::Message> + Unpin,
 {
     let mut backoff = Duration::from_millis(100);
     'reconnect: while !shutdown.is_cancelled() {
@@ -346,7 +380,14 @@ pub(super) async fn each_chunk<F, Fut>(
                 continue;
             }
         };
-        let mut chunks = messages.ready_chunks(BATCH);
+        let pulled = messages
+            .map(|item| match item {
+                Ok(message) => Pulled::Message(message),
+                Err(error) => Pulled::Interrupted(error.to_string()),
+            })
+            .chain(futures::stream::iter([Pulled::Ended]));
+        let mut chunks = futures::stream::select(pulled, (&mut *handed).map(Pulled::Message))
+            .ready_chunks(BATCH);
         loop {
             let chunk = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -356,10 +397,14 @@ pub(super) async fn each_chunk<F, Fut>(
                 continue 'reconnect;
             };
             let mut ready = Vec::with_capacity(chunk.len());
+            let mut ended = false;
             for item in chunk {
                 match item {
-                    Ok(message) => ready.push(message),
-                    Err(error) => tracing::warn!(%error, consumer = what, "pull interrupted"),
+                    Pulled::Message(message) => ready.push(message),
+                    Pulled::Interrupted(error) => {
+                        tracing::warn!(%error, consumer = what, "pull interrupted")
+                    }
+                    Pulled::Ended => ended = true,
                 }
             }
             if ready.is_empty() {
@@ -369,6 +414,9 @@ pub(super) async fn each_chunk<F, Fut>(
             }
             backoff = Duration::from_millis(100);
             handle(ready).await;
+            if ended {
+                continue 'reconnect;
+            }
         }
     }
 }
@@ -392,16 +440,26 @@ pub(super) struct Intake {
 /// assumed it, so the store refuses them too; every unacknowledged message comes back after
 /// restart. While a chunk waits for room, its messages' ack wait is extended, so waiting never
 /// costs a delivery.
+///
+/// `handed`: findings the router hands over without routing them through the stream (this
+/// runner holds their partition), each still unacknowledged on the stream it was published
+/// to; acknowledged here after their commit like any other. Those still waiting when intake
+/// stops are given back at once (`Nak`), to be routed again.
 pub(super) async fn findings(
     consumer: Consumer,
     intake: Intake,
     backlog: super::events::Backlog,
+    mut handed: Option<tokio::sync::mpsc::Receiver<jetstream::Message>>,
     shutdown: CancellationToken,
 ) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     let tasks = TaskTracker::new();
     let stop = shutdown.clone();
-    each_chunk(consumer, shutdown, "findings", |messages| {
+    let mut handed_over = futures::stream::poll_fn(|context| match handed.as_mut() {
+        Some(handed) => handed.poll_recv(context),
+        None => std::task::Poll::Ready(None),
+    });
+    each_chunk_with(consumer, &mut handed_over, shutdown, "findings", |messages| {
         let intake = intake.clone();
         let (in_flight, tasks, backlog, stop) = (
             in_flight.clone(),
@@ -490,6 +548,12 @@ pub(super) async fn findings(
         }
     })
     .await;
+    if let Some(handed) = handed.as_mut() {
+        handed.close();
+        while let Ok(message) = handed.try_recv() {
+            let _ = message.ack_with(jetstream::AckKind::Nak(None)).await;
+        }
+    }
     tasks.close();
     tasks.wait().await;
 }

@@ -179,6 +179,9 @@ pub(super) struct Serving {
     /// Cancelled when a commit fails: the partition stops rather than build on it.
     pub(super) failed: CancellationToken,
     stop: CancellationToken,
+    /// With several partitions: where the router hands this partition's findings over
+    /// without routing them through the stream (it pulled them on this runner).
+    pub(super) handover: Option<tokio::sync::mpsc::Sender<async_nats::jetstream::Message>>,
 }
 
 impl Serving {
@@ -235,10 +238,18 @@ impl Serving {
             }
         });
         tasks.spawn(intake::watch(intake.clone(), stop.clone()));
+        let (handover, handed) = match feed {
+            Feed::All => (None, None),
+            Feed::Partition(_) => {
+                let (handover, handed) = tokio::sync::mpsc::channel(intake::HANDED_OVER);
+                (Some(handover), Some(handed))
+            }
+        };
         tasks.spawn(intake::findings(
             findings,
             intake.clone(),
             backlog,
+            handed,
             stop.clone(),
         ));
         tasks.spawn(intake::decisions(decisions, intake, stop.clone()));
@@ -294,6 +305,7 @@ impl Serving {
             tasks,
             failed,
             stop,
+            handover,
         })
     }
 

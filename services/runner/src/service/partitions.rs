@@ -88,10 +88,12 @@ pub(super) async fn serve(
     };
     route::ensure(&shared.jetstream, &config.nats.url, config.nats.replicas).await?;
     let stop = shutdown.child_token();
+    let handovers = route::Handovers::default();
     let router = route::Router {
         jetstream: shared.jetstream.clone(),
         partitions,
         max_payload: shared.client.server_info().max_payload,
+        handovers: handovers.clone(),
     }
     .run(Limits::new(&config.nats), stop.clone())
     .await?;
@@ -132,6 +134,7 @@ pub(super) async fn serve(
         held: held.clone(),
         parts,
         estate,
+        handovers,
     });
     tracing::info!(runner = %joined.runner, partitions, listen = %config.api.listen, "quench is serving its share of the cluster's partitions");
 
@@ -229,6 +232,8 @@ struct Holder {
     parts: Arc<ApiParts>,
     /// Partition 0's estate, followed, for the other partitions' engines.
     estate: crate::store::Borrowed,
+    /// Where the router hands over the findings of the partitions served here.
+    handovers: route::Handovers,
 }
 
 /// Holds one partition until `leave` (handed back after its last commit), until it is lost,
@@ -301,6 +306,9 @@ async fn hold(holder: Arc<Holder>, lease: crate::cluster::owners::Lease, leave: 
             engine: serving.engine.clone(),
         },
     );
+    if let Some(handover) = serving.handover.clone() {
+        handovers(&holder.handovers).insert(number, handover);
+    }
     tracing::info!(partition = number, "serving the partition");
     let failed = serving.failed.clone();
     tokio::select! {
@@ -309,6 +317,7 @@ async fn hold(holder: Arc<Holder>, lease: crate::cluster::owners::Lease, leave: 
         () = failed.cancelled() => {}
     }
     write(held).remove(&number);
+    handovers(&holder.handovers).remove(&number);
     let lost = active.lost.is_cancelled();
     if lost {
         tracing::warn!(
@@ -332,6 +341,17 @@ async fn hold(holder: Arc<Holder>, lease: crate::cluster::owners::Lease, leave: 
 
 fn write(held: &Held) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u32, Local>> {
     held.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn handovers(
+    handovers: &route::Handovers,
+) -> std::sync::RwLockWriteGuard<
+    '_,
+    BTreeMap<u32, tokio::sync::mpsc::Sender<async_nats::jetstream::Message>>,
+> {
+    handovers
+        .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 

@@ -7,6 +7,11 @@
 //! partition's owner consumes its own subjects and takes them in exactly as a runner on its own
 //! would, dead-lettering what it refuses.
 //!
+//! A finding of a partition the router's own runner serves is not republished: it is handed
+//! to that partition's intake in the process, still unacknowledged on the stream it was
+//! published to, and acknowledged there once its run is committed, as any finding is. If the
+//! partition moves first, the finding is given back (or its ack wait runs out) and routed again.
+//!
 //! The router reads no more than it needs to route: a message it cannot read is sent to
 //! partition 0, whose intake dead-letters it with the reason. Each republish carries
 //! `Nats-Msg-Id` = `route:<stream>:<sequence>`, so a message delivered again after a router
@@ -96,12 +101,31 @@ fn partition_of(source: Source, published_on: &str, payload: &[u8], partitions: 
     }
 }
 
+/// Where this runner's router hands findings of the partitions it serves straight to their
+/// intake, by partition.
+pub(super) type Handovers = std::sync::Arc<
+    std::sync::RwLock<
+        std::collections::BTreeMap<u32, tokio::sync::mpsc::Sender<jetstream::Message>>,
+    >,
+>;
+
 /// Pulls findings and decisions from the streams' shared consumers and routes them.
 pub(super) struct Router {
     pub(super) jetstream: jetstream::Context,
     pub(super) partitions: u32,
     /// The server's `max_payload`: a message that would not fit once routed is dead-lettered.
     pub(super) max_payload: usize,
+    /// The partitions this runner serves: a finding of one is handed to its intake.
+    pub(super) handovers: Handovers,
+}
+
+/// What became of a message.
+enum Routed {
+    /// Republished on its partition's subject: acknowledged now.
+    Republished,
+    /// Handed to the intake of its partition, served here, which acknowledges it once its run
+    /// is committed (or gives it back).
+    HandedOver,
 }
 
 /// Why a message was not routed.
@@ -154,15 +178,27 @@ impl Router {
             // Published all at once, acknowledged as their routes are.
             let routed = futures::stream::iter(messages)
                 .map(|message| async move {
-                    let routed = self.route(source, &message).await;
-                    (message, routed)
+                    let partition =
+                        partition_of(source, &message.subject, &message.payload, self.partitions);
+                    if source == Source::Findings && self.hand_over(partition, &message) {
+                        return (message, Ok(Routed::HandedOver));
+                    }
+                    let routed = self.route(&message, partition).await;
+                    (message, routed.map(|()| Routed::Republished))
                 })
                 .buffer_unordered(64)
                 .collect::<Vec<_>>()
                 .await;
             for (message, routed) in routed {
                 let answer = match routed {
-                    Ok(()) => message.ack().await,
+                    Ok(Routed::HandedOver) => {
+                        crate::metrics::get().routed(source.label(), "handed_over");
+                        continue;
+                    }
+                    Ok(Routed::Republished) => {
+                        crate::metrics::get().routed(source.label(), "republished");
+                        message.ack().await
+                    }
                     Err(Unrouted::TooLarge(detail)) => {
                         match super::intake::dead_letter(
                             &self.jetstream,
@@ -197,12 +233,23 @@ impl Router {
         .await;
     }
 
-    /// Republishes one message on its partition's subject and waits for the stream's ack.
-    async fn route(&self, source: Source, message: &jetstream::Message) -> Result<(), Unrouted> {
+    /// Hands a finding of `partition` to its intake when this runner serves it and the intake
+    /// has room: it is then taken in with one write fewer (no republish).
+    fn hand_over(&self, partition: u32, message: &jetstream::Message) -> bool {
+        let handover = self
+            .handovers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&partition)
+            .cloned();
+        handover.is_some_and(|handover| handover.try_send(message.clone()).is_ok())
+    }
+
+    /// Republishes one message on `partition`'s subject and waits for the stream's ack.
+    async fn route(&self, message: &jetstream::Message, partition: u32) -> Result<(), Unrouted> {
         let info = message
             .info()
             .map_err(|error| Unrouted::Failed(error.to_string()))?;
-        let partition = partition_of(source, &message.subject, &message.payload, self.partitions);
         let mut headers = kept_headers(message.headers.as_ref());
         let id = format!("route:{}:{}", info.stream, info.stream_sequence);
         headers.insert(subject::HEADER_MSG_ID, id.as_str());
