@@ -340,6 +340,10 @@ pub(super) async fn each_chunk<F, Fut>(
 }
 
 /// What a pull gave.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every item is a message: boxing would allocate once per message"
+)]
 enum Pulled {
     Message(jetstream::Message),
     Interrupted(String),
