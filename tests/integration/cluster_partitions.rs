@@ -542,6 +542,59 @@ async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others
     );
     assert!(verified["entries"].as_u64().unwrap_or(0) > 96, "{verified}");
 
+    // Each partition has its own chain: an export names one, or is refused (not taken for the
+    // whole); a partition's export verifies on its own.
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(support::quench_bin())
+            .args(args)
+            .args(["--api", &format!("http://{}", listens[1]), "--token", TOKEN])
+            .output()
+            .expect("the CLI ran");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let exported = cluster.root.path().join("audit-3.jsonl");
+    let exported_arg = exported.display().to_string();
+    let (code, _, stderr) = cli(&["audit", "export", "--before", "4", "--out", &exported_arg]);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("partition_needed") || stderr.contains("each with its own audit chain"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = cli(&[
+        "audit",
+        "export",
+        "--before",
+        "4",
+        "--out",
+        &exported_arg,
+        "--partition",
+        "3",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.starts_with("exported entries #1 to #3 to "),
+        "{stdout}"
+    );
+    let (code, stdout, _) = cli(&["audit", "list", "--partition", "3", "--json"]);
+    assert_eq!(code, Some(0));
+    let listed: Value = serde_json::from_str(&stdout).expect("json");
+    let run_ids: BTreeSet<u32> = listed["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry["run_id"].as_str())
+        .filter_map(|id| quench_runner::cluster::partition::of_run_id(id, PARTITIONS))
+        .collect();
+    assert_eq!(
+        run_ids,
+        BTreeSet::from([3]),
+        "partition 3's chain holds partition 3's runs"
+    );
+
     for runner in &mut runners {
         assert_eq!(runner.terminate(), Some(0), "a runner stops cleanly");
     }

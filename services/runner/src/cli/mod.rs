@@ -251,6 +251,10 @@ pub enum AuditCommand {
         /// Remove the exported entries from the service once the file verifies (admin).
         #[arg(long)]
         prune: bool,
+        /// With several partitions: the partition whose audit chain to read (each has its
+        /// own; `quench audit verify` checks them all).
+        #[arg(long)]
+        partition: Option<u32>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -261,6 +265,10 @@ pub enum AuditCommand {
         through: u64,
         #[arg(long)]
         hash: String,
+        /// With several partitions: the partition whose audit chain to read (each has its
+        /// own; `quench audit verify` checks them all).
+        #[arg(long)]
+        partition: Option<u32>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -286,6 +294,9 @@ pub struct AuditListArgs {
     /// Only entries by this actor (as the ACTOR column shows it).
     #[arg(long)]
     pub actor: Option<String>,
+    /// With several partitions: the partition whose audit chain to read (default 0).
+    #[arg(long)]
+    pub partition: Option<u32>,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -355,12 +366,19 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write, styled: bool) -> 
                     before,
                     out: path,
                     prune,
+                    partition,
                     api,
                 },
-        } => remote::audit_export(before, &path, prune, &api, out, err),
+        } => remote::audit_export(before, &path, prune, (&api, partition), out, err),
         Command::Audit {
-            command: AuditCommand::Prune { through, hash, api },
-        } => remote::audit_prune(through, &hash, &api, out, err),
+            command:
+                AuditCommand::Prune {
+                    through,
+                    hash,
+                    partition,
+                    api,
+                },
+        } => remote::audit_prune(through, &hash, (&api, partition), out, err),
         Command::Audit {
             command: AuditCommand::List(args),
         } => remote::audit_list(&args, out, err),

@@ -367,6 +367,8 @@ struct Client {
     token: Option<String>,
     http: reqwest::Client,
     runtime: tokio::runtime::Runtime,
+    /// Sent as `Quench-Partition`: the partition asked, in a cluster of several.
+    partition: Option<u32>,
 }
 
 impl ApiArgs {
@@ -401,6 +403,7 @@ impl Client {
             token: args.token.clone().filter(|token| !token.is_empty()),
             http,
             runtime,
+            partition: None,
         })
     }
 
@@ -469,6 +472,9 @@ impl Client {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
+        if let Some(partition) = self.partition {
+            request = request.header("quench-partition", partition);
+        }
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -511,6 +517,23 @@ fn with_client(
     body: impl FnOnce(&Client) -> Result<u8, Failure>,
 ) -> u8 {
     match Client::new(args).and_then(|client| body(&client)) {
+        Ok(code) => code,
+        Err(failure) => failure.report(err),
+    }
+}
+
+/// [`with_client`], asking `partition` (a cluster of several partitions) when one is named.
+fn with_client_in(
+    args: &ApiArgs,
+    partition: Option<u32>,
+    err: &mut dyn Write,
+    body: impl FnOnce(&Client) -> Result<u8, Failure>,
+) -> u8 {
+    let client = Client::new(args).map(|client| Client {
+        partition,
+        ..client
+    });
+    match client.and_then(|client| body(&client)) {
         Ok(code) => code,
         Err(failure) => failure.report(err),
     }
@@ -1460,11 +1483,11 @@ pub(super) fn audit_export(
     before: u64,
     out_path: &std::path::Path,
     prune: bool,
-    api: &ApiArgs,
+    (api, partition): (&ApiArgs, Option<u32>),
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
-    with_client(api, err, |client| {
+    with_client_in(api, partition, err, |client| {
         let partial = out_path.with_extension("partial");
         let local = |error: std::io::Error| {
             Failure::Local(format!("cannot write {}: {error}", partial.display()))
@@ -1516,11 +1539,13 @@ pub(super) fn audit_export(
 pub(super) fn audit_prune(
     through: u64,
     hash: &str,
-    api: &ApiArgs,
+    (api, partition): (&ApiArgs, Option<u32>),
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
-    with_client(api, err, |client| prune_through(client, through, hash, out))
+    with_client_in(api, partition, err, |client| {
+        prune_through(client, through, hash, out)
+    })
 }
 
 fn prune_through(
@@ -1555,7 +1580,7 @@ pub(super) fn audit_list(
     err: &mut dyn Write,
 ) -> u8 {
     let api = &args.api;
-    with_client(api, err, |client| {
+    with_client_in(api, args.partition, err, |client| {
         let mut query = vec![("limit", args.limit.to_string())];
         if let Some(before) = args.before {
             query.push(("before", before.to_string()));

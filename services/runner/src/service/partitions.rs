@@ -664,6 +664,20 @@ async fn answer(State(front): State<Arc<Front>>, request: Request) -> Response {
         "/api/v1/runs" if get => front.fan_out(request, merge_runs).await,
         "/api/v1/inbox" if get => front.fan_out(request, merge_inbox).await,
         "/api/v1/audit/verify" if get => front.fan_out(request, merge_verified).await,
+        // Each partition has its own chain: an export or a prune of "the" chain would be
+        // partition 0's alone, and taken for the whole.
+        "/api/v1/audit/export" | "/api/v1/audit/prune" => {
+            let body = api::types::ErrorBody::new(
+                "partition_needed",
+                format!(
+                    "this cluster has {} partitions, each with its own audit chain: name the \
+                     one to export or prune with the header `Quench-Partition: <n>` (`quench \
+                     audit export --partition <n>`), for each partition in turn",
+                    front.partitions
+                ),
+            );
+            (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+        }
         _ if post && playbook_change => front.everywhere(request).await,
         _ => {
             let number = front.partition_of(&request);
