@@ -4,6 +4,8 @@
 //! cargo build --release --workspace --bins
 //! cargo bench -p quench-tests --bench cluster -- failover [SAMPLES] [LEASE_SECONDS]
 //! cargo bench -p quench-tests --bench cluster -- journal [FINDINGS]
+//! cargo bench -p quench-tests --bench cluster -- partitions [FINDINGS] [PARTITIONS]
+//! cargo bench -p quench-tests --bench cluster -- partition-failover [SAMPLES] [LEASE_SECONDS] [PARTITIONS]
 //! ```
 //!
 //! Needs the pinned nats-server (2.10+) first on the PATH, as the integration tests do. The
@@ -17,6 +19,12 @@
 //!   200 and `GET /api/v1/runs` listing all 20, waiting. The killed one is started again (it
 //!   stands by) before the next sample, so samples alternate between the two. Also reported:
 //!   when `/readyz` first answered 200. Issue 20's target is ≤ 15 s.
+//! - **partition-failover** (default 12 samples, lease 10 s, 64 partitions): three runners
+//!   sharing the partitions, with 40 runs parked on an approval gate across them. Each sample
+//!   `kill -9`s one runner (in turn) and measures until another *answers for every parked
+//!   run*: `GET /api/v1/runs` through a survivor (gathered from every partition, so it
+//!   answers only once every partition is served again) lists all 40, waiting. The killed
+//!   runner is started again, and the next sample waits until the three share the partitions.
 //! - **journal** (default 5,000 findings): what cluster mode costs against the single-node sled
 //!   path, in one run, and whether runners standing by (following the journal) slow the one
 //!   that serves. The findings wait in the stream first (published 500 at a time while the
@@ -102,12 +110,18 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("failover") => runtime.block_on(failover(number(1, 20) as usize, number(2, 10))),
         Some("journal") => runtime.block_on(journal(number(1, 5_000) as usize)),
+        Some("partition-failover") => runtime.block_on(partition_failover(
+            number(1, 12) as usize,
+            number(2, 10),
+            u32::try_from(number(3, 64)).expect("a partition count"),
+        )),
         Some("partitions") => runtime.block_on(partitions(
             number(1, 10_000) as usize,
             u32::try_from(number(2, 8)).expect("a partition count"),
         )),
         _ => panic!(
-            "usage: cargo bench -p quench-tests --bench cluster -- failover|journal|partitions …"
+            "usage: cargo bench -p quench-tests --bench cluster -- \
+             failover|journal|partitions|partition-failover …"
         ),
     }
 }
@@ -236,6 +250,119 @@ async fn failover(samples: usize, lease: u64) {
             values.iter().sum::<f64>() / values.len().max(1) as f64
         );
     }
+    drop(servers);
+}
+
+/// Parked runs each partition-failover sample must find answerable.
+const PARKED_ACROSS: usize = 40;
+
+/// Whether the runner at `listen` answers for all [`PARKED_ACROSS`] runs, waiting (every
+/// partition answering).
+async fn answers_for_every_partition(listen: &str) -> bool {
+    let Some(body) = get(listen, "/api/v1/runs?limit=500").await else {
+        return false;
+    };
+    let runs = body["runs"].as_array().cloned().unwrap_or_default();
+    runs.len() == PARKED_ACROSS && runs.iter().all(|run| run["status"] == "waiting")
+}
+
+/// Partitions each runner serves (`/healthz`).
+fn held(runners: &[Service]) -> Vec<usize> {
+    runners
+        .iter()
+        .map(|runner| {
+            support::http_get(&runner.listen, "/healthz")
+                .and_then(|(_, text)| serde_json::from_str::<Value>(&text).ok())
+                .and_then(|health| health["partitions"].as_array().map(Vec::len))
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+async fn partition_failover(samples: usize, lease: u64, count: u32) {
+    let servers = tokio::task::block_in_place(|| NatsServer::synced_cluster(3));
+    let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
+    let nats = urls.join(",");
+    let jetstream = support::jetstream_ready(&urls[0]).await;
+    let dirs = Dirs::new(("held.yaml", HELD));
+    let (listens, peers) = support::peer_listens(3);
+    let cluster = format!("lease = \"{lease}s\"\npartitions = {count}\n{peers}");
+    let names = ["runner-a", "runner-b", "runner-c"];
+    let mut runners: Vec<Service> = names
+        .iter()
+        .zip(listens)
+        .map(|(name, listen)| {
+            let config = support::cluster_config(&nats, name, TOKEN, &cluster, "");
+            tokio::task::block_in_place(|| {
+                Service::launch_alive_at(
+                    listen,
+                    &nats,
+                    &dirs.playbooks(),
+                    &dirs.runner(name),
+                    &config,
+                )
+            })
+        })
+        .collect();
+    let shared = |runners: &[Service]| {
+        let held = held(runners);
+        held.iter().sum::<usize>() == count as usize && held.iter().all(|share| *share > 0)
+    };
+    support::eventually(
+        Duration::from_secs(120),
+        "the runners share the partitions",
+        || shared(&runners),
+    )
+    .await;
+    for n in 0..PARKED_ACROSS {
+        support::gateway_client::publish_finding(&jetstream, &finding("bench.held", n)).await;
+    }
+    let first = runners[0].listen.clone();
+    support::eventually_async(Duration::from_secs(60), "the runs parked", || {
+        answers_for_every_partition(&first)
+    })
+    .await;
+    println!(
+        "partition-failover: {samples} samples, lease {lease}s, {count} partitions, 3 runners, \
+         {PARKED_ACROSS} parked runs, 3 servers (synced)"
+    );
+    let mut answered = Vec::new();
+    for sample in 0..samples {
+        let victim = sample % runners.len();
+        let survivor = (victim + 1) % runners.len();
+        let lost = held(&runners)[victim];
+        runners[victim].kill();
+        let killed = Instant::now();
+        while !answers_for_every_partition(&runners[survivor].listen).await {
+            assert!(
+                killed.elapsed() < Duration::from_secs(120),
+                "no failover in two minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = killed.elapsed();
+        println!(
+            "  sample {sample:>3}: {} killed ({lost} partitions): every parked run answerable \
+             through {} after {:>6.2} s",
+            names[victim],
+            names[survivor],
+            took.as_secs_f64()
+        );
+        answered.push(took.as_secs_f64());
+        tokio::task::block_in_place(|| runners[victim].respawn_alive());
+        support::eventually(Duration::from_secs(120), "the three share again", || {
+            shared(&runners)
+        })
+        .await;
+    }
+    println!(
+        "  every parked run answerable: min {:.2} s, p50 {:.2} s, p90 {:.2} s, max {:.2} s, mean {:.2} s",
+        percentile(&answered, 0.0),
+        percentile(&answered, 0.5),
+        percentile(&answered, 0.9),
+        percentile(&answered, 1.0),
+        answered.iter().sum::<f64>() / answered.len().max(1) as f64
+    );
     drop(servers);
 }
 
