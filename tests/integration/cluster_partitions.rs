@@ -846,6 +846,32 @@ async fn a_runner_forwards_only_to_its_peers_and_one_advertising_elsewhere_is_re
         "runner-c says why it did not forward"
     );
 
+    // A playbook written to the directory is loaded by every partition (one watcher per
+    // runner reloads all the partitions it serves).
+    std::fs::write(cluster.playbooks.join("noted.yaml"), NOTE).expect("a new playbook");
+    for partition in 0..PARTITIONS {
+        support::eventually_async(
+            Duration::from_secs(30),
+            "every partition loads the new playbook",
+            || async {
+                let answer = http
+                    .get(format!("http://{}/api/v1/playbooks", listens[0]))
+                    .bearer_auth(TOKEN)
+                    .header("quench-partition", partition)
+                    .send()
+                    .await;
+                let Ok(answer) = answer else { return false };
+                let list: Value = answer.json().await.unwrap_or(Value::Null);
+                list["playbooks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|playbook| playbook["name"] == "noted")
+            },
+        )
+        .await;
+    }
+
     // runner-d advertises an address its own peers do not allow: refused at start, saying so.
     let dir = cluster.root.path().join("runner-d");
     std::fs::create_dir_all(&dir).expect("dir");

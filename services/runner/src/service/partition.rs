@@ -213,7 +213,10 @@ impl Serving {
             crate::inventory::Policy::from_section(&config.policy),
         );
         let inventory_status = inventory::SharedStatus::default();
-        tasks.spawn(library.clone().watch(stop.clone()));
+        // With several partitions the process watches the directory once, for all of them.
+        if feed == Feed::All {
+            tasks.spawn(library.clone().watch(stop.clone()));
+        }
         tasks.spawn(publisher.run(stop.clone()));
 
         // Runs that were between steps when the last process stopped.

@@ -61,6 +61,7 @@ const MAX_INBOX: usize = 500;
 struct Local {
     app: axum::Router,
     engine: Engine,
+    library: super::playbooks::Library,
 }
 
 /// The partitions this runner serves, by number.
@@ -121,6 +122,19 @@ pub(super) async fn serve(
         peers: cluster::peers(config),
     });
     let api = tokio::spawn(front.clone().serve(listener, stop.clone()));
+    let watched = held.clone();
+    let watching = tokio::spawn({
+        let (dir, stop) = (config.playbooks.dir.clone(), stop.clone());
+        async move {
+            super::playbooks::watch_and_reload(&dir, stop, move || {
+                read(&watched)
+                    .values()
+                    .map(|local| local.library.clone())
+                    .collect()
+            })
+            .await;
+        }
+    });
     let parts = Arc::new(ApiParts {
         tokens: api::Tokens::new(&config.api.tokens),
         signer,
@@ -208,6 +222,7 @@ pub(super) async fn serve(
     }
     let _ = router.await;
     let _ = api.await;
+    let _ = watching.await;
     let _ = joined.owners.leave().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), shared.client.flush()).await;
     crate::metrics::get().cluster_partitions_held.set(0);
@@ -304,6 +319,7 @@ async fn hold(holder: Arc<Holder>, lease: crate::cluster::owners::Lease, leave: 
         Local {
             app,
             engine: serving.engine.clone(),
+            library: serving.library.clone(),
         },
     );
     if let Some(handover) = serving.handover.clone() {

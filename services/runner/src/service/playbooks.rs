@@ -331,43 +331,57 @@ impl Library {
 
     /// Reloads on changes in the directory (debounced) and on SIGHUP, until shutdown.
     pub(crate) async fn watch(self, shutdown: CancellationToken) {
-        let (changes, mut changed) = mpsc::channel::<()>(1);
-        let watcher = watch_dir(&self.inner.dir, changes);
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            Ok(hangup) => Some(hangup),
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGHUP; playbooks reload on file changes only");
-                None
-            }
+        let dir = self.inner.dir.clone();
+        watch_and_reload(&dir, shutdown, move || vec![self.clone()]).await;
+    }
+}
+
+/// Reloads the libraries `libraries` names at the time on changes in `dir` (debounced) and on
+/// SIGHUP, until shutdown: one watcher for a process, however many partitions it serves (each
+/// keeps a library of its own), since every watcher holds an inotify instance (128 a user by
+/// default) and a signal handler.
+pub(crate) async fn watch_and_reload(
+    dir: &Path,
+    shutdown: CancellationToken,
+    libraries: impl Fn() -> Vec<Library>,
+) {
+    let (changes, mut changed) = mpsc::channel::<()>(1);
+    let watcher = watch_dir(dir, changes);
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangup) => Some(hangup),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; playbooks reload on file changes only");
+            None
+        }
+    };
+    loop {
+        let by = tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some(()) = changed.recv() => "file change",
+            Some(()) = async {
+                match &mut hangup {
+                    Some(hangup) => hangup.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => "SIGHUP",
         };
-        loop {
-            let by = tokio::select! {
-                () = shutdown.cancelled() => break,
-                Some(()) = changed.recv() => "file change",
-                Some(()) = async {
-                    match &mut hangup {
-                        Some(hangup) => hangup.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => "SIGHUP",
-            };
-            if by == "file change" {
-                // Wait for the directory to be quiet.
-                loop {
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(DEBOUNCE) => break,
-                        Some(()) = changed.recv() => {}
-                    }
+        if by == "file change" {
+            // Wait for the directory to be quiet.
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(DEBOUNCE) => break,
+                    Some(()) = changed.recv() => {}
                 }
             }
-            if let Err(error) = self.reload(by).await {
+        }
+        for library in libraries() {
+            if let Err(error) = library.reload(by).await {
                 tracing::error!(%error, "reloading playbooks failed; the current ones keep serving");
             }
         }
-        drop(watcher);
     }
+    drop(watcher);
 }
 
 /// Watches a directory (not recursively); each change sends a signal (coalesced).
