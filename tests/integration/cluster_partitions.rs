@@ -579,6 +579,9 @@ async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others
         stdout.starts_with("exported entries #1 to #3 to "),
         "{stdout}"
     );
+    let (code, _, stderr) = cli(&["audit", "list", "--partition", "8"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("from 0 to 7"), "{stderr}");
     let (code, stdout, _) = cli(&["audit", "list", "--partition", "3", "--json"]);
     assert_eq!(code, Some(0));
     let listed: Value = serde_json::from_str(&stdout).expect("json");

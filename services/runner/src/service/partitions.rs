@@ -667,6 +667,22 @@ async fn answer(State(front): State<Arc<Front>>, request: Request) -> Response {
         return response;
     }
     let named = request.headers().contains_key(&PARTITION);
+    let valid = request
+        .headers()
+        .get(&PARTITION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u32>().ok())
+        .is_some_and(|number| number < front.partitions);
+    if named && !valid {
+        let body = api::types::ErrorBody::new(
+            "bad_partition",
+            format!(
+                "`Quench-Partition` must be a partition number from 0 to {}",
+                front.partitions - 1
+            ),
+        );
+        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    }
     let get = request.method() == axum::http::Method::GET;
     let post = request.method() == axum::http::Method::POST;
     let playbook_change = path == "/api/v1/playbooks"
