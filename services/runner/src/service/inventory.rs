@@ -151,37 +151,11 @@ impl Sync {
         // watch that changed something, and until a round published everything.
         let mut due = false;
         loop {
-            let now = tokio::time::Instant::now();
-            if now >= next_pass {
-                due = true;
-                next_pass = now + self.interval;
-                match self.pass().await {
-                    Ok(report) => {
-                        tracing::info!(
-                            created = report.created,
-                            changed = report.changed,
-                            deleted = report.deleted,
-                            identities = report.identities,
-                            "inventory pass"
-                        );
-                        self.status(|status| {
-                            status.last_pass = Some(report);
-                            status.last_pass_error = None;
-                        });
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "the inventory pass failed; it runs again at the next interval");
-                        self.status(|status| {
-                            status.last_pass_error = Some(error);
-                            status.last_pass_failed_at = Some(Utc::now());
-                        });
-                    }
-                }
-            }
-            // After a pass: the audit log brings the keys' scopes, which a pass never sees.
-            due |= self.watch_once().await;
-            if due {
-                due = !self.publish_and_count().await;
+            // A round stops where it is when the partition is handed back: its store is
+            // another runner's by then, and a later pass redoes what was cut short.
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.round(&mut next_pass, &mut due) => {}
             }
             let wait = self
                 .watch_interval
@@ -190,6 +164,42 @@ impl Sync {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
             }
+        }
+    }
+
+    /// A pass when one is due, a watch, and the findings due.
+    async fn round(&self, next_pass: &mut tokio::time::Instant, due: &mut bool) {
+        let now = tokio::time::Instant::now();
+        if now >= *next_pass {
+            *due = true;
+            *next_pass = now + self.interval;
+            match self.pass().await {
+                Ok(report) => {
+                    tracing::info!(
+                        created = report.created,
+                        changed = report.changed,
+                        deleted = report.deleted,
+                        identities = report.identities,
+                        "inventory pass"
+                    );
+                    self.status(|status| {
+                        status.last_pass = Some(report);
+                        status.last_pass_error = None;
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "the inventory pass failed; it runs again at the next interval");
+                    self.status(|status| {
+                        status.last_pass_error = Some(error);
+                        status.last_pass_failed_at = Some(Utc::now());
+                    });
+                }
+            }
+        }
+        // After a pass: the audit log brings the keys' scopes, which a pass never sees.
+        *due |= self.watch_once().await;
+        if *due {
+            *due = !self.publish_and_count().await;
         }
     }
 

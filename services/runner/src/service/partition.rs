@@ -336,6 +336,11 @@ impl Serving {
             );
             self.engine.abort();
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
+        if tokio::time::timeout(Duration::from_secs(5), self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some of the partition's tasks did not stop within 5 s");
+        }
     }
 }
