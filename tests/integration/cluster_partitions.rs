@@ -224,6 +224,11 @@ impl Cluster {
         self.launch_on(runner, &self.nats, peers)
     }
 
+    /// [`Cluster::launch`], reaching the servers at `nats` (proxies, say).
+    pub(crate) fn launch_via(&self, runner: &str, nats: &str) -> support::Service {
+        self.launch_on(runner, nats, &self.peers)
+    }
+
     /// [`Cluster::launch`] on the servers at `nats`, with `peers` as its `[cluster] peers`.
     fn launch_on(&self, runner: &str, nats: &str, peers: &str) -> support::Service {
         let dir = self.root.path().join(runner);
