@@ -15,11 +15,11 @@ use crate::support::{self, NatsServer};
 const TOKEN: &str = "cluster-partitions-token";
 /// The approver's token (its name is the approver's email).
 const LEAD: &str = "cluster-partitions-lead";
-const PARTITIONS: u32 = 8;
+pub(crate) const PARTITIONS: u32 = 8;
 const RUNNERS: [&str; 3] = ["runner-a", "runner-b", "runner-c"];
 
 /// A run that ends at once.
-const NOTE: &str = r#"schema: quench.playbook/v1
+pub(crate) const NOTE: &str = r#"schema: quench.playbook/v1
 name: noted
 on:
   finding:
@@ -32,7 +32,7 @@ steps:
 "#;
 
 /// Runs that wait on a gate whose deadline falls after the failover.
-const HELD: &str = r#"schema: quench.playbook/v1
+pub(crate) const HELD: &str = r#"schema: quench.playbook/v1
 name: held
 on:
   finding:
@@ -65,17 +65,17 @@ steps:
       message: "{{ owner.recipient }} via {{ owner.link }}"
 "#;
 
-fn finding(kind: &str, n: usize) -> Value {
+pub(crate) fn finding(kind: &str, n: usize) -> Value {
     support::numbered_finding(kind, n)
 }
 
-async fn get(listen: &str, path: &str) -> Option<Value> {
+pub(crate) async fn get(listen: &str, path: &str) -> Option<Value> {
     support::api_get(listen, path, TOKEN).await
 }
 
 /// Every run the runner at `listen` lists (all partitions), by key: (id, status) of each.
 /// `None` while a partition is moving.
-async fn runs(listen: &str) -> Option<BTreeMap<String, Vec<(String, String)>>> {
+pub(crate) async fn runs(listen: &str) -> Option<BTreeMap<String, Vec<(String, String)>>> {
     let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     let mut cursor = String::new();
     loop {
@@ -96,7 +96,7 @@ async fn runs(listen: &str) -> Option<BTreeMap<String, Vec<(String, String)>>> {
 }
 
 /// Whether `runs` holds exactly one run for each of `keys`, each with `status`.
-fn one_run_each(
+pub(crate) fn one_run_each(
     runs: &BTreeMap<String, Vec<(String, String)>>,
     keys: &BTreeSet<String>,
     status: &str,
@@ -108,7 +108,7 @@ fn one_run_each(
 }
 
 /// The partitions each runner says it serves (`/healthz`).
-async fn shares(listens: &[String]) -> Vec<BTreeSet<u32>> {
+pub(crate) async fn shares(listens: &[String]) -> Vec<BTreeSet<u32>> {
     let mut shares = Vec::new();
     for listen in listens {
         let health = get(listen, "/healthz").await.unwrap_or(Value::Null);
@@ -127,7 +127,7 @@ async fn shares(listens: &[String]) -> Vec<BTreeSet<u32>> {
 
 /// Waits until the runners at `listens` serve every partition between them, each once, and
 /// each runner at least one.
-async fn shared_out(listens: &[String], what: &str) -> Vec<BTreeSet<u32>> {
+pub(crate) async fn shared_out(listens: &[String], what: &str) -> Vec<BTreeSet<u32>> {
     support::eventually_async(Duration::from_secs(60), what, || async {
         let shares = shares(listens).await;
         let total: usize = shares.iter().map(BTreeSet::len).sum();
@@ -140,11 +140,26 @@ async fn shared_out(listens: &[String], what: &str) -> Vec<BTreeSet<u32>> {
     shares(listens).await
 }
 
+/// Asks the runner at `listen` to verify every partition's audit chain, and asserts each
+/// verifies; returns the answer.
+pub(crate) async fn every_chain_verifies(listen: &str) -> Value {
+    let verified = get(listen, "/api/v1/audit/verify")
+        .await
+        .expect("verify answered");
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert_eq!(
+        verified["partitions"].as_array().map(Vec::len),
+        Some(PARTITIONS as usize),
+        "{verified}"
+    );
+    verified
+}
+
 /// Three NATS servers, a playbooks directory, and three runners' directories and configs.
-struct Cluster {
-    _servers: Vec<NatsServer>,
+pub(crate) struct Cluster {
+    pub(crate) servers: Vec<NatsServer>,
     root: tempfile::TempDir,
-    jetstream: async_nats::jetstream::Context,
+    pub(crate) jetstream: async_nats::jetstream::Context,
     nats: String,
     playbooks: std::path::PathBuf,
     /// Appended to every runner's config.
@@ -156,11 +171,20 @@ struct Cluster {
 
 impl Cluster {
     async fn new(playbooks: &[(&str, &str)], extra: &str) -> Cluster {
+        Cluster::on(NatsServer::cluster, playbooks, extra).await
+    }
+
+    /// [`Cluster::new`] on the servers `start` starts (synced, unadvertised, ...).
+    pub(crate) async fn on(
+        start: fn(usize) -> Vec<NatsServer>,
+        playbooks: &[(&str, &str)],
+        extra: &str,
+    ) -> Cluster {
         assert!(
             support::nats_server_syncs(),
             "cluster mode needs nats-server 2.10 or newer: tests/run puts the pinned one on PATH"
         );
-        let servers = tokio::task::block_in_place(|| NatsServer::cluster(3));
+        let servers = tokio::task::block_in_place(|| start(3));
         let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
         let jetstream = support::jetstream_ready(&urls[0]).await;
         let root = tempfile::tempdir().expect("tempdir");
@@ -173,7 +197,7 @@ impl Cluster {
         Cluster {
             listens,
             peers,
-            _servers: servers,
+            servers,
             jetstream,
             nats: urls.join(","),
             playbooks: dir,
@@ -183,7 +207,7 @@ impl Cluster {
     }
 
     /// Each runner's log.
-    fn logs(&self) -> Vec<std::path::PathBuf> {
+    pub(crate) fn logs(&self) -> Vec<std::path::PathBuf> {
         RUNNERS
             .iter()
             .map(|runner| self.root.path().join(runner).join("serve.log"))
@@ -191,16 +215,26 @@ impl Cluster {
     }
 
     /// Starts `runner`; returns once it answers `/healthz`.
-    fn launch(&self, runner: &str) -> support::Service {
+    pub(crate) fn launch(&self, runner: &str) -> support::Service {
         self.launch_with(runner, &self.peers)
     }
 
     /// [`Cluster::launch`] with `peers` as its `[cluster] peers` line.
     fn launch_with(&self, runner: &str, peers: &str) -> support::Service {
+        self.launch_on(runner, &self.nats, peers)
+    }
+
+    /// [`Cluster::launch`], reaching the servers at `nats` (proxies, say).
+    pub(crate) fn launch_via(&self, runner: &str, nats: &str) -> support::Service {
+        self.launch_on(runner, nats, &self.peers)
+    }
+
+    /// [`Cluster::launch`] on the servers at `nats`, with `peers` as its `[cluster] peers`.
+    fn launch_on(&self, runner: &str, nats: &str, peers: &str) -> support::Service {
         let dir = self.root.path().join(runner);
         std::fs::create_dir_all(&dir).expect("dir");
         let config = support::cluster_config(
-            &self.nats,
+            nats,
             runner,
             TOKEN,
             &format!("lease = \"3s\"\npartitions = {PARTITIONS}\nsnapshot_every = 5\n{peers}"),
@@ -217,7 +251,7 @@ impl Cluster {
                 .expect("one of RUNNERS");
             support::Service::launch_alive_at(
                 self.listens[at].clone(),
-                &self.nats,
+                nats,
                 &self.playbooks,
                 &dir,
                 &config,
@@ -225,14 +259,24 @@ impl Cluster {
         })
     }
 
-    /// Publishes `count` findings of `kind` (keys `<kind>:0`…) and waits until the runner at
-    /// `listen` lists each one's run parked at its gate; returns the keys.
-    async fn park(&self, kind: &str, count: usize, listen: &str) -> BTreeSet<String> {
+    /// Publishes the findings of `kind` numbered `numbers`; returns their keys (`<kind>:<n>`).
+    pub(crate) async fn publish(
+        &self,
+        kind: &str,
+        numbers: impl IntoIterator<Item = usize>,
+    ) -> BTreeSet<String> {
         let mut keys = BTreeSet::new();
-        for n in 0..count {
+        for n in numbers {
             support::gateway_client::publish_finding(&self.jetstream, &finding(kind, n)).await;
             keys.insert(format!("{kind}:{n}"));
         }
+        keys
+    }
+
+    /// Publishes `count` findings of `kind` (keys `<kind>:0`…) and waits until the runner at
+    /// `listen` lists each one's run parked at its gate; returns the keys.
+    pub(crate) async fn park(&self, kind: &str, count: usize, listen: &str) -> BTreeSet<String> {
+        let keys = self.publish(kind, 0..count).await;
         support::eventually_async(Duration::from_secs(60), "every run is parked", || async {
             runs(listen)
                 .await
@@ -244,8 +288,15 @@ impl Cluster {
 
     /// Starts the three runners and waits until they share the partitions and are ready.
     async fn launch_all(&self) -> (Vec<support::Service>, Vec<String>) {
-        let runners: Vec<support::Service> =
-            RUNNERS.iter().map(|runner| self.launch(runner)).collect();
+        self.all_serve(RUNNERS.iter().map(|runner| self.launch(runner)).collect())
+            .await
+    }
+
+    /// Waits until `runners` (the three, started) share the partitions and are ready.
+    pub(crate) async fn all_serve(
+        &self,
+        runners: Vec<support::Service>,
+    ) -> (Vec<support::Service>, Vec<String>) {
         let listens: Vec<String> = runners.iter().map(|runner| runner.listen.clone()).collect();
         shared_out(&listens, "three runners share the partitions").await;
         for listen in &listens {
@@ -531,15 +582,7 @@ async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others
     assert_eq!(now.len(), 96, "no run of a disabled playbook: {now:?}");
 
     // Every partition's audit chain verifies.
-    let verified = get(&listens[0], "/api/v1/audit/verify")
-        .await
-        .expect("verify answered");
-    assert_eq!(verified["ok"], true, "{verified}");
-    assert_eq!(
-        verified["partitions"].as_array().map(Vec::len),
-        Some(PARTITIONS as usize),
-        "{verified}"
-    );
+    let verified = every_chain_verifies(&listens[0]).await;
     assert!(verified["entries"].as_u64().unwrap_or(0) > 96, "{verified}");
 
     // Each partition has its own chain: an export names one, or is refused (not taken for the
@@ -1038,6 +1081,37 @@ async fn a_rolling_restart_under_load_revokes_every_key_once() {
 /// serve every partition, and it is started again and gets its share back. At most
 /// `max_repeated` DELETEs are repeated (a successor's repeat of a call in flight at a stop).
 async fn under_load(stop: fn(&mut support::Service), max_repeated: usize) {
+    under_load_on(
+        NatsServer::cluster,
+        async |_: &mut Cluster, runners: &mut [support::Service], listens: &[String]| {
+            for (stopped, runner) in runners.iter_mut().enumerate() {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                tokio::task::block_in_place(|| stop(runner));
+                let others: Vec<String> = listens
+                    .iter()
+                    .enumerate()
+                    .filter(|(index, _)| *index != stopped)
+                    .map(|(_, listen)| listen.clone())
+                    .collect();
+                shared_out(&others, "the two others serve every partition").await;
+                tokio::task::block_in_place(|| runner.respawn_alive());
+                shared_out(listens, "the restarted runner gets its share back").await;
+            }
+        },
+        max_repeated,
+    )
+    .await;
+}
+
+/// Leaked keys arrive every 40 ms, on the servers `start` starts, while `fault` strikes the
+/// cluster (its servers, its three runners, their listeners): then every key is revoked, each
+/// by its one completed run, at most `max_repeated` DELETEs repeated (a successor's repeat of a
+/// call in flight at the fault); every chain verifies; every runner stops cleanly.
+pub(crate) async fn under_load_on(
+    start: fn(usize) -> Vec<NatsServer>,
+    fault: impl AsyncFnOnce(&mut Cluster, &mut [support::Service], &[String]),
+    max_repeated: usize,
+) {
     use crate::cluster_serve::{PROJECT, leak};
     use crate::support::openai_fake::{KeySeed, OpenAiFake, Role};
     const KEYS: usize = 600;
@@ -1052,7 +1126,7 @@ async fn under_load(stop: fn(&mut support::Service), max_repeated: usize) {
         openai.base_url(),
         openai.admin_key()
     );
-    let cluster = Cluster::new(&[("revoke.yaml", crate::safety::REVOKE)], &extra).await;
+    let mut cluster = Cluster::on(start, &[("revoke.yaml", crate::safety::REVOKE)], &extra).await;
     let logs = cluster.logs();
     let _print: Vec<_> = logs
         .iter()
@@ -1063,24 +1137,12 @@ async fn under_load(stop: fn(&mut support::Service), max_repeated: usize) {
         let jetstream = cluster.jetstream.clone();
         async move {
             for n in 0..KEYS {
-                support::gateway_client::publish_finding(&jetstream, &leak(n)).await;
+                support::gateway_client::publish_finding_retrying(&jetstream, &leak(n)).await;
                 tokio::time::sleep(Duration::from_millis(40)).await;
             }
         }
     });
-    for (stopped, runner) in runners.iter_mut().enumerate() {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        tokio::task::block_in_place(|| stop(runner));
-        let others: Vec<String> = listens
-            .iter()
-            .enumerate()
-            .filter(|(index, _)| *index != stopped)
-            .map(|(_, listen)| listen.clone())
-            .collect();
-        shared_out(&others, "the two others serve every partition").await;
-        tokio::task::block_in_place(|| runner.respawn_alive());
-        shared_out(&listens, "the restarted runner gets its share back").await;
-    }
+    fault(&mut cluster, &mut runners, &listens).await;
     publisher.await.expect("published");
     let keys: BTreeSet<String> = (0..KEYS)
         .map(|n| format!("openai:project_key:key_{n}"))
@@ -1108,14 +1170,12 @@ async fn under_load(stop: fn(&mut support::Service), max_repeated: usize) {
         }
         assert!(!openai.key_exists(PROJECT, &format!("key_{n}")), "key_{n}");
     }
+    eprintln!("{repeated} DELETEs repeated");
     assert!(
         repeated <= max_repeated,
         "{repeated} DELETEs repeated, at most {max_repeated} expected"
     );
-    let verified = get(&listens[0], "/api/v1/audit/verify")
-        .await
-        .expect("verify");
-    assert_eq!(verified["ok"], true, "{verified}");
+    every_chain_verifies(&listens[0]).await;
     for runner in &mut runners {
         assert_eq!(runner.terminate(), Some(0), "a runner stops cleanly");
     }

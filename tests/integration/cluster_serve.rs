@@ -603,7 +603,7 @@ async fn a_revoke_in_flight_on_a_killed_runner_is_not_repeated_by_its_successor(
 }
 
 /// The server that leads the journal stream: its index (servers are named n0, n1, n2).
-async fn journal_leader(jetstream: &async_nats::jetstream::Context) -> usize {
+pub(crate) async fn journal_leader(jetstream: &async_nats::jetstream::Context) -> usize {
     let mut stream = jetstream
         .get_stream(quench_runner::cluster::journal::STREAM)
         .await

@@ -4,6 +4,7 @@ mod campaigns;
 mod cluster_journal;
 mod cluster_owners;
 mod cluster_partitions;
+mod cluster_partitions_faults;
 mod cluster_serve;
 mod cluster_store;
 mod compaction;
