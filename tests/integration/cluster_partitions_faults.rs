@@ -1,24 +1,29 @@
-//! Faults of the NATS cluster and of the network under `[cluster] partitions = 8` with three
-//! runners (the `cluster_partitions` fixture): `kill -9` of the NATS server leading the journal
-//! stream under load loses and repeats nothing beyond the documented bound, and the runners
-//! ride it out; a runner split from the cluster loses its partitions to the two others (parked
-//! runs still parked, each deadline firing once) and, healed, gets a share back and serves.
+//! Faults of the network under `[cluster] partitions = 8` with three runners (the
+//! `cluster_partitions` fixture): a runner split from the cluster loses its partitions to the
+//! two others (parked runs still parked, each deadline firing once) and, healed, gets a share
+//! back and serves. The loss of the journal stream's leader is `cluster_partitions_leader`, a
+//! command of its own (see there).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::cluster_partitions::{
     Cluster, HELD, NOTE, PARTITIONS, every_chain_verifies, get, one_run_each, runs, shared_out,
-    shares, under_load_on,
+    shares,
 };
 use crate::support::{self, NatsServer};
 
 /// Runs by key: (id, status) of each.
-type Runs = std::collections::BTreeMap<String, Vec<(String, String)>>;
+pub(crate) type Runs = std::collections::BTreeMap<String, Vec<(String, String)>>;
 
 /// Waits (up to `within`) until the runs the runner at `listen` lists (every partition's)
 /// satisfy `check`.
-async fn until_runs(listen: &str, within: Duration, what: &str, check: impl Fn(&Runs) -> bool) {
+pub(crate) async fn until_runs(
+    listen: &str,
+    within: Duration,
+    what: &str,
+    check: impl Fn(&Runs) -> bool,
+) {
     support::eventually_async(within, what, || async {
         runs(listen).await.is_some_and(|runs| check(&runs))
     })
@@ -31,73 +36,6 @@ async fn each_completed(listen: &str, keys: &BTreeSet<String>, what: &str) {
     until_runs(listen, Duration::from_secs(60), what, |runs| {
         runs.len() == keys.len() && one_run_each(runs, keys, "completed")
     })
-    .await;
-}
-
-/// The runs of `runs` that completed.
-fn completed(runs: &Runs) -> usize {
-    runs.values()
-        .flatten()
-        .filter(|(_, status)| status == "completed")
-        .count()
-}
-
-/// `kill -9` of the NATS server leading the journal stream (one stream, `quench.journal.<n>` a
-/// subject per partition) while leaked keys arrive, on servers that fsync every write: the
-/// cluster elects another leader, the runners' appends go on (retried with the same expected
-/// sequence), each runner stays up and serves a share; every key is revoked by its one run,
-/// a DELETE repeated at most as a successor repeats a call in flight when a partition's lease
-/// ran out during the election; every chain verifies.
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "fails about 2 runs in 7: after a server is lost, reads through temporary \
-            consumers (the owners bucket's keys, a snapshot object, the journal replay) time out \
-            for over 80 s while writes answer; run with --ignored (issue 20's note, session 18)"]
-async fn the_loss_of_the_journal_streams_leader_under_load_revokes_every_key_once() {
-    // As many repeats as one runner's kill may cause (`kill_9_of_each_runner_under_load`): at
-    // most the calls in flight in the partitions that change hands.
-    under_load_on(
-        NatsServer::synced_cluster,
-        async |cluster: &mut Cluster, runners: &mut [support::Service], listens: &[String]| {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            let before = runs(&listens[0]).await.map_or(0, |runs| completed(&runs));
-            let leader = crate::cluster_serve::journal_leader(&cluster.jetstream).await;
-            let killed = Instant::now();
-            tokio::task::block_in_place(|| cluster.servers[leader].stop());
-            eprintln!("killed n{leader}, the journal stream's leader, after {before} runs");
-            // Runs complete again: the journal has a leader and takes appends.
-            until_runs(
-                &listens[1],
-                Duration::from_secs(90),
-                "runs complete again after the leader was killed",
-                |runs| completed(runs) > before + 50,
-            )
-            .await;
-            eprintln!("runs complete again {:?} after the kill", killed.elapsed());
-            // No runner stopped: each serves a share and is ready, never restarted.
-            shared_out(listens, "the three runners still share the partitions").await;
-            for (runner, listen) in runners.iter_mut().zip(listens) {
-                assert!(runner.exited().is_none(), "{listen} stopped");
-                support::eventually(Duration::from_secs(30), "every runner is ready", || {
-                    support::http_status(listen, "/readyz") == Some(200)
-                })
-                .await;
-                let log = runner.log_text();
-                assert_eq!(log.matches("quench is serving").count(), 1, "{listen}");
-                eprintln!(
-                    "{listen}: members did not answer {}",
-                    log.matches("members did not answer").count()
-                );
-                eprintln!(
-                    "{listen}: {} partitions lost, {} appends retried",
-                    log.matches("another runner holds the partition now")
-                        .count(),
-                    log.matches("the journal did not acknowledge an append")
-                        .count()
-                );
-            }
-        },
-        PARTITIONS as usize,
-    )
     .await;
 }
 
