@@ -666,6 +666,11 @@ async fn console_call(
     (status, answer.json().await.unwrap_or(Value::Null))
 }
 
+/// A console GET with a session cookie: status and body.
+async fn console_get(listen: &str, path: &str, cookie: &str) -> (u16, Value) {
+    console_call(reqwest::Method::GET, listen, path, cookie, None).await
+}
+
 /// Console sessions are shared by the runners (the KV bucket `QUENCH_CONSOLE`): a person
 /// signed in through one runner is signed in on every runner — runs another runner serves,
 /// lists gathered from every partition, a decision forwarded — and a sign-out through any
@@ -712,14 +717,7 @@ async fn a_console_session_holds_on_every_runner_and_a_sign_out_ends_it_on_all()
 
     // Every runner knows the session, and answers for every run with it.
     for listen in &listens {
-        let (status, view) = console_call(
-            reqwest::Method::GET,
-            listen,
-            "/console/session",
-            &cookie,
-            None,
-        )
-        .await;
+        let (status, view) = console_get(listen, "/console/session", &cookie).await;
         assert_eq!(status, 200);
         assert_eq!(view["signed_in"], true, "{listen}: {view}");
         assert_eq!(view["person"], "lead@example.com");
@@ -728,25 +726,11 @@ async fn a_console_session_holds_on_every_runner_and_a_sign_out_ends_it_on_all()
             csrf.as_str(),
             "the same CSRF token everywhere"
         );
-        let (status, page) = console_call(
-            reqwest::Method::GET,
-            listen,
-            "/api/v1/runs?limit=100",
-            &cookie,
-            None,
-        )
-        .await;
+        let (status, page) = console_get(listen, "/api/v1/runs?limit=100", &cookie).await;
         assert_eq!(status, 200, "{listen}: {page}");
         assert_eq!(page["runs"].as_array().map(Vec::len), Some(12), "{page}");
         for id in &ids {
-            let (status, run) = console_call(
-                reqwest::Method::GET,
-                listen,
-                &format!("/api/v1/runs/{id}"),
-                &cookie,
-                None,
-            )
-            .await;
+            let (status, run) = console_get(listen, &format!("/api/v1/runs/{id}"), &cookie).await;
             assert_eq!(status, 200, "{listen} shows {id} to the session: {run}");
         }
     }
@@ -813,30 +797,15 @@ async fn a_console_session_holds_on_every_runner_and_a_sign_out_ends_it_on_all()
     .await;
     assert_eq!(status, 200);
     for listen in &listens {
-        let (status, view) = console_call(
-            reqwest::Method::GET,
-            listen,
-            "/console/session",
-            &cookie,
-            None,
-        )
-        .await;
+        let (status, view) = console_get(listen, "/console/session", &cookie).await;
         assert_eq!(
             (status, &view["signed_in"]),
             (200, &json!(false)),
             "{listen}"
         );
-        let (status, _) =
-            console_call(reqwest::Method::GET, listen, "/api/v1/runs", &cookie, None).await;
+        let (status, _) = console_get(listen, "/api/v1/runs", &cookie).await;
         assert_eq!(status, 401, "{listen} refuses the ended session");
-        let (status, _) = console_call(
-            reqwest::Method::GET,
-            listen,
-            &format!("/api/v1/runs/{elsewhere}"),
-            &cookie,
-            None,
-        )
-        .await;
+        let (status, _) = console_get(listen, &format!("/api/v1/runs/{elsewhere}"), &cookie).await;
         assert_eq!(status, 401, "{listen} refuses the ended session for a run");
     }
 }

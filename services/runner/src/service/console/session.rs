@@ -446,6 +446,20 @@ mod tests {
         });
     }
 
+    proptest::proptest! {
+        /// Whatever the shared bucket holds under a session's key — it is the runners' own, but
+        /// a value is read as hostile all the same — parsing it never panics, and a sealed value
+        /// not made under the cookie opens to nothing.
+        #[test]
+        fn hostile_stored_values_open_no_session(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            sealed in ".{0,300}",
+        ) {
+            let _ = serde_json::from_slice::<Record>(&bytes);
+            proptest::prop_assert_eq!(unseal("a-cookie", &sealed), None);
+        }
+    }
+
     #[test]
     fn a_sealed_id_token_opens_only_with_its_cookie() {
         let sealed = seal("cookie-one", "the id token").expect("sealed");
