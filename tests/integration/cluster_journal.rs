@@ -347,3 +347,111 @@ async fn an_append_that_landed_unacknowledged_is_not_appended_twice() {
         ]
     );
 }
+
+/// What a take-over and a balancing round read — the members, the newest snapshot, the journal
+/// after it — answers at once while one of three servers is dead (killed, not yet known to the
+/// cluster as gone), not only once the server is back or declared lost. A read through a
+/// temporary consumer does not: the server places such a one-replica consumer on any peer of
+/// the stream, the dead one included, and about one read in three hangs until it times out.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_answer_while_one_of_three_servers_is_dead() {
+    use quench_runner::cluster::owners::Owners;
+
+    let mut servers = tokio::task::block_in_place(|| support::NatsServer::cluster(3));
+    let urls: Vec<String> = servers.iter().map(support::NatsServer::url).collect();
+    let journal = journal_on(&urls, 3).await;
+    let jetstream =
+        async_nats::jetstream::new(async_nats::connect(urls.clone()).await.expect("nats"));
+    let owners = Owners::join(&jetstream, "runner-a", Duration::from_secs(60), 3)
+        .await
+        .expect("join");
+    let snapshots = Snapshots::open(jetstream.clone(), 3).await.expect("bucket");
+    let mut writer = journal
+        .take_over(1, "runner-a", 1)
+        .await
+        .expect("take over");
+    for n in 0..3 {
+        writer.append(&commit(n)).await.expect("append");
+    }
+    let at = writer.last();
+    let state = vec![5u8; 300_000];
+    snapshots.save(1, at, &state).await.expect("save");
+    for n in 3..5 {
+        writer.append(&commit(n)).await.expect("append");
+    }
+
+    // n2 is killed. The others are reached directly.
+    tokio::task::block_in_place(|| servers[2].stop());
+    let survivors = async_nats::connect(urls[..2].to_vec()).await.expect("nats");
+    let jetstream = async_nats::jetstream::new(survivors);
+    let journal = journal_on(&urls[..2], 3).await;
+    let owners_b = Owners::join(&jetstream, "runner-b", Duration::from_secs(60), 3).await;
+    // Once every stream has a leader again (writes go through), reads must answer.
+    let settled = std::time::Instant::now();
+    let owners_b = loop {
+        let mut leaders = 0;
+        for stream in [
+            quench_runner::cluster::journal::STREAM,
+            "KV_QUENCH_OWNERS",
+            "OBJ_QUENCH_SNAPSHOTS",
+        ] {
+            if let Ok(Ok(mut stream)) =
+                tokio::time::timeout(Duration::from_secs(2), jetstream.get_stream(stream)).await
+                && let Ok(Ok(info)) =
+                    tokio::time::timeout(Duration::from_secs(2), stream.info()).await
+                && info
+                    .cluster
+                    .as_ref()
+                    .and_then(|cluster| cluster.leader.as_deref())
+                    .is_some_and(|leader| leader != "n2")
+            {
+                leaders += 1;
+            }
+        }
+        if leaders == 3 {
+            match &owners_b {
+                Ok(owners) => break owners.clone(),
+                Err(_) => {
+                    if let Ok(owners) =
+                        Owners::join(&jetstream, "runner-b", Duration::from_secs(60), 3).await
+                    {
+                        break owners;
+                    }
+                }
+            }
+        }
+        assert!(
+            settled.elapsed() < Duration::from_secs(60),
+            "the streams found no new leaders"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let _ = owners;
+
+    let at_most = Duration::from_secs(4);
+    for round in 0..12 {
+        let members = tokio::time::timeout(at_most, owners_b.members())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the members did not answer in {at_most:?}"))
+            .expect("members");
+        assert!(
+            members.contains("runner-a") && members.contains("runner-b"),
+            "{members:?}"
+        );
+        let latest = tokio::time::timeout(at_most, snapshots_on(&jetstream).await.latest(1))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the snapshot did not answer in {at_most:?}"))
+            .expect("snapshot");
+        assert_eq!(latest, Some((at, state.clone())), "round {round}");
+        let records = tokio::time::timeout(at_most, journal.replay(1, at))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the journal did not answer in {at_most:?}"))
+            .expect("replay");
+        let records: Vec<Record> = records.into_iter().map(|(_, record)| record).collect();
+        assert_eq!(records, vec![commit(3), commit(4)], "round {round}");
+    }
+}
+
+async fn snapshots_on(jetstream: &async_nats::jetstream::Context) -> Snapshots {
+    Snapshots::open(jetstream.clone(), 3).await.expect("bucket")
+}

@@ -12,9 +12,8 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{CommitLog, LoggedCommit, Write};
@@ -253,6 +252,13 @@ impl Journal {
     }
 
     /// Every record of the partition after sequence `after`, in order, with its sequence.
+    ///
+    /// Read message by message from the stream's leader (`next_by_subj`), not through a
+    /// consumer: the server may place a temporary one-replica consumer on any peer of the
+    /// stream, a dead one included (a killed server counts as alive until it has missed its
+    /// heartbeats for a while), and a take-over would then hang until the read timed out —
+    /// about one in three while a NATS server is down. A request to the leader answers as
+    /// soon as the stream has one, and reads what every later append is checked against.
     pub async fn replay(&self, partition: u32, after: u64) -> Result<Vec<(u64, Record)>, Error> {
         let read = |message: String| Error::Read { partition, message };
         let last = self.last(partition).await?;
@@ -261,36 +267,25 @@ impl Journal {
         }
         let stream = self
             .jetstream
-            .get_stream(STREAM)
+            .get_stream_no_info(STREAM)
             .await
             .map_err(|error| read(error.to_string()))?;
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: Journal::subject(partition),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: after + 1,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|error| read(error.to_string()))?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|error| read(error.to_string()))?;
+        let subject = Journal::subject(partition);
         let mut out = Vec::new();
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(|error| read(error.to_string()))?;
-            let sequence = message
-                .info()
-                .map_err(|error| read(error.to_string()))?
-                .stream_sequence;
+        let mut next = after + 1;
+        while next <= last {
+            let message = stream
+                .raw_message_builder()
+                .sequence(next)
+                .next_by_subject(subject.clone())
+                .send()
+                .await
+                .map_err(|error| read(format!("after {}: {error}", next - 1)))?;
+            let sequence = message.sequence;
             let record = Record::decode(&message.payload)
                 .map_err(|error| read(format!("message {sequence}: {error}")))?;
             out.push((sequence, record));
-            if sequence >= last {
-                break;
-            }
+            next = sequence + 1;
         }
         Ok(out)
     }

@@ -199,20 +199,44 @@ impl Owners {
             .map_err(|error| Error::Kv(error.to_string()))
     }
 
-    /// The live members, by id.
+    /// The live members, by id: the member keys the stream holds (its subjects, from the
+    /// stream's leader), less those whose last word is a delete (a runner that left).
+    ///
+    /// Not [`kv::Store::keys`]: that reads through a temporary one-replica consumer, which the
+    /// server may place on any peer of the stream, a dead one included (a killed server counts
+    /// as alive until it has missed its heartbeats for a while); every balancing round would
+    /// then fail about one time in three while a NATS server is down.
     pub async fn members(&self) -> Result<BTreeSet<String>, Error> {
-        let keys: Vec<String> = self
+        let kv_error = |error: String| Error::Kv(error);
+        let prefix = format!("{}member.", self.kv.prefix);
+        let mut subjects = self
             .kv
-            .keys()
+            .stream
+            .info_with_subjects(format!("{prefix}>"))
             .await
-            .map_err(|error| Error::Kv(error.to_string()))?
-            .try_collect()
+            .map_err(|error| kv_error(error.to_string()))?;
+        let mut candidates = Vec::new();
+        while let Some(subject) = subjects
+            .try_next()
             .await
-            .map_err(|error| Error::Kv(error.to_string()))?;
-        Ok(keys
-            .into_iter()
-            .filter_map(|key| key.strip_prefix("member.").map(str::to_owned))
-            .collect())
+            .map_err(|error| kv_error(error.to_string()))?
+        {
+            if let Some(runner) = subject.0.strip_prefix(&prefix) {
+                candidates.push(runner.to_owned());
+            }
+        }
+        let mut members = BTreeSet::new();
+        for runner in candidates {
+            let entry = self
+                .kv
+                .entry(format!("member.{runner}"))
+                .await
+                .map_err(|error| kv_error(error.to_string()))?;
+            if entry.is_some_and(|entry| entry.operation == kv::Operation::Put) {
+                members.insert(runner);
+            }
+        }
+        Ok(members)
     }
 
     /// Who holds `partition`, and at which revision.

@@ -6,8 +6,9 @@
 //! the journal after `s` ([`Snapshots::restore`]).
 
 use async_nats::jetstream::{self, object_store};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE;
 use futures::StreamExt;
-use tokio::io::AsyncReadExt;
 
 use super::journal::{Journal, Record};
 
@@ -120,27 +121,70 @@ impl Snapshots {
         Ok(())
     }
 
-    /// The partition's snapshots: the sequence each is as of, and its name.
+    /// The partition's snapshots: the sequence each is as of, and its name. Read without a
+    /// consumer (the stream's subjects, then each object's info): see [`read_object`].
     async fn saved(&self, partition: u32) -> Result<Vec<(u64, String)>, Error> {
+        Ok(self
+            .saved_infos(partition)
+            .await?
+            .into_iter()
+            .map(|(sequence, info)| (sequence, info.name))
+            .collect())
+    }
+
+    async fn saved_infos(
+        &self,
+        partition: u32,
+    ) -> Result<Vec<(u64, object_store::ObjectInfo)>, Error> {
         let failed = |message: String| Error::Snapshot { partition, message };
         let prefix = prefix(partition);
-        let mut list = self
-            .store
-            .list()
+        let meta = format!("$O.{BUCKET}.M.");
+        let stream = self
+            .jetstream
+            .get_stream_no_info(format!("OBJ_{BUCKET}"))
             .await
             .map_err(|error| failed(error.to_string()))?;
-        let mut out = Vec::new();
-        while let Some(info) = list.next().await {
-            let info = info.map_err(|error| failed(error.to_string()))?;
-            if info.deleted {
+        let mut subjects = stream
+            .info_with_subjects(format!("{meta}>"))
+            .await
+            .map_err(|error| failed(error.to_string()))?;
+        let mut names = Vec::new();
+        while let Some(subject) = subjects.next().await {
+            let (subject, _) = subject.map_err(|error| failed(error.to_string()))?;
+            // The subject's last token is the object's name, base64url-encoded.
+            let Some(name) = subject
+                .strip_prefix(&meta)
+                .and_then(|encoded| URL_SAFE.decode(encoded).ok())
+                .and_then(|name| String::from_utf8(name).ok())
+            else {
                 continue;
-            }
-            if let Some(sequence) = info
-                .name
+            };
+            if let Some(sequence) = name
                 .strip_prefix(&prefix)
                 .and_then(|sequence| sequence.parse::<u64>().ok())
             {
-                out.push((sequence, info.name));
+                names.push((sequence, name));
+            }
+        }
+        // Each object's info, from the leader: a follower behind it could name an older
+        // snapshot as the newest, one whose journal after it is already purged.
+        let mut out = Vec::new();
+        for (sequence, name) in names {
+            let subject = format!("{meta}{}", URL_SAFE.encode(&name));
+            let message = match stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(message) => message,
+                Err(error)
+                    if error.kind()
+                        == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    continue;
+                }
+                Err(error) => return Err(failed(format!("{name}: {error}"))),
+            };
+            let info: object_store::ObjectInfo = serde_json::from_slice(&message.payload)
+                .map_err(|error| failed(format!("{name}'s info: {error}")))?;
+            if !info.deleted {
+                out.push((sequence, info));
             }
         }
         Ok(out)
@@ -159,19 +203,17 @@ impl Snapshots {
     /// The newest snapshot of `partition`: the sequence it is as of, and its bytes.
     pub async fn latest(&self, partition: u32) -> Result<Option<(u64, Vec<u8>)>, Error> {
         let failed = |message: String| Error::Snapshot { partition, message };
-        let Some((sequence, name)) = self.saved(partition).await?.into_iter().max() else {
+        let Some((sequence, info)) = self
+            .saved_infos(partition)
+            .await?
+            .into_iter()
+            .max_by_key(|(sequence, _)| *sequence)
+        else {
             return Ok(None);
         };
-        let mut object = self
-            .store
-            .get(&name)
+        let bytes = read_object(&self.jetstream, &info)
             .await
-            .map_err(|error| failed(error.to_string()))?;
-        let mut bytes = Vec::new();
-        object
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|error| failed(error.to_string()))?;
+            .map_err(|message| failed(format!("{}: {message}", info.name)))?;
         Ok(Some((sequence, bytes)))
     }
 
@@ -183,4 +225,51 @@ impl Snapshots {
         let records = journal.replay(partition, after).await?;
         Ok(Restored { snapshot, records })
     }
+}
+
+/// An object's bytes, read chunk by chunk from the stream's leader and checked against the
+/// object's size and SHA-256 digest.
+///
+/// Not through [`object_store::ObjectStore::get`]: that reads through a temporary one-replica
+/// consumer, which the server may place on any peer of the stream, a dead one included (it
+/// counts a killed server as alive until it has missed its heartbeats for a while), and then
+/// the read hangs until it times out — about one take-over in three while a NATS server is
+/// down. A direct request to the stream answers as soon as the stream has a leader.
+async fn read_object(
+    jetstream: &jetstream::Context,
+    info: &object_store::ObjectInfo,
+) -> Result<Vec<u8>, String> {
+    let stream = jetstream
+        .get_stream_no_info(format!("OBJ_{BUCKET}"))
+        .await
+        .map_err(|error| error.to_string())?;
+    let subject = format!("$O.{BUCKET}.C.{}", info.nuid);
+    let mut bytes = Vec::with_capacity(info.size);
+    let mut next = 1;
+    for chunk in 0..info.chunks {
+        let message = stream
+            .raw_message_builder()
+            .sequence(next)
+            .next_by_subject(subject.clone())
+            .send()
+            .await
+            .map_err(|error| format!("chunk {chunk} of {}: {error}", info.chunks))?;
+        bytes.extend_from_slice(&message.payload);
+        next = message.sequence + 1;
+    }
+    if bytes.len() != info.size {
+        return Err(format!(
+            "{} bytes read where the object has {}",
+            bytes.len(),
+            info.size
+        ));
+    }
+    let digest = format!(
+        "SHA-256={}",
+        URL_SAFE.encode(ring::digest::digest(&ring::digest::SHA256, &bytes))
+    );
+    if info.digest.as_deref() != Some(digest.as_str()) {
+        return Err("the bytes read do not match the object's digest".to_owned());
+    }
+    Ok(bytes)
 }
