@@ -6,6 +6,7 @@
 //! cargo bench -p quench-tests --bench cluster -- journal [FINDINGS]
 //! cargo bench -p quench-tests --bench cluster -- partitions [FINDINGS] [PARTITIONS]
 //! cargo bench -p quench-tests --bench cluster -- partition-failover [SAMPLES] [LEASE_SECONDS] [PARTITIONS]
+//! cargo bench -p quench-tests --bench cluster -- replay [RECORDS]
 //! ```
 //!
 //! Needs the pinned nats-server (2.10+) first on the PATH, as the integration tests do. The
@@ -37,6 +38,13 @@
 //!   second, from when the runner serves until `quench_runs_completed_total` reaches the
 //!   count, and the ratio (b) / (a); how fast the stream took the findings, and how long the
 //!   runner took to serve, are printed beside it.
+//! - **replay** (default 10,000 records, the default `snapshot_every`): how fast a take-over
+//!   reads a partition's journal. The records (a commit of ~200 bytes each) are appended to
+//!   one partition of an R3 journal on three servers, interleaved with as many of three other
+//!   partitions; then `Journal::replay` (message by message from the stream's leader) reads
+//!   them back, five times, against the same read through an ordered consumer (how it read
+//!   before: fast, but a consumer the server may place on a dead peer). Records per second,
+//!   best of five, each way.
 
 #[path = "../integration/support/mod.rs"]
 #[expect(
@@ -48,6 +56,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use serde_json::Value;
 use support::{NatsServer, Service, percentile};
 
@@ -115,13 +124,14 @@ fn main() {
             number(2, 10),
             u32::try_from(number(3, 64)).expect("a partition count"),
         )),
+        Some("replay") => runtime.block_on(replay(number(1, 10_000) as usize)),
         Some("partitions") => runtime.block_on(partitions(
             number(1, 10_000) as usize,
             u32::try_from(number(2, 8)).expect("a partition count"),
         )),
         _ => panic!(
             "usage: cargo bench -p quench-tests --bench cluster -- \
-             failover|journal|partitions|partition-failover …"
+             failover|journal|partitions|partition-failover|replay …"
         ),
     }
 }
@@ -596,4 +606,77 @@ async fn shared(findings: usize, count: u32, runners: usize) -> f64 {
     drop(running);
     drop(servers);
     findings as f64 / took.as_secs_f64()
+}
+
+async fn replay(records: usize) {
+    use quench_runner::cluster::journal::{Journal, Record, STREAM, encode_writes};
+    let servers = tokio::task::block_in_place(|| NatsServer::synced_cluster(3));
+    let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
+    let jetstream = support::jetstream_ready(&urls[0]).await;
+    let journal = loop {
+        match Journal::ensure(jetstream.clone(), 3).await {
+            Ok(journal) => break journal,
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    };
+    let commit = |n: usize| Record::Commit {
+        part: 0,
+        parts: 1,
+        bytes: encode_writes(&[(format!("runs/{n:08}").into_bytes(), Some(vec![7; 180]))]),
+    };
+    let mut writers = Vec::new();
+    for partition in 0..4 {
+        writers.push(
+            journal
+                .take_over(partition, "bench", 1)
+                .await
+                .expect("take over"),
+        );
+    }
+    let appended = Instant::now();
+    for n in 0..records {
+        for writer in &mut writers {
+            writer.append(&commit(n)).await.expect("append");
+        }
+    }
+    println!(
+        "replay: {records} records of partition 0 among {} in an R3 journal (appended in {:.1} s)",
+        records * 4,
+        appended.elapsed().as_secs_f64()
+    );
+    let mut by_gets = f64::MAX;
+    let mut by_consumer = f64::MAX;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let read = journal.replay(0, 0).await.expect("replay");
+        assert_eq!(read.len(), records + 1);
+        by_gets = by_gets.min(started.elapsed().as_secs_f64());
+
+        let started = Instant::now();
+        let stream = jetstream.get_stream(STREAM).await.expect("stream");
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                filter_subject: "quench.journal.0".to_owned(),
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+        let mut messages = consumer.messages().await.expect("messages");
+        let mut count = 0;
+        while let Some(message) = messages.next().await {
+            let message = message.expect("message");
+            Record::decode(&message.payload).expect("record");
+            count += 1;
+            if count == records + 1 {
+                break;
+            }
+        }
+        by_consumer = by_consumer.min(started.elapsed().as_secs_f64());
+    }
+    println!(
+        "  Journal::replay (leader gets):   {:>8.0} records/s ({by_gets:.2} s)\n  \
+         ordered consumer (before):        {:>8.0} records/s ({by_consumer:.2} s)",
+        (records + 1) as f64 / by_gets,
+        (records + 1) as f64 / by_consumer,
+    );
 }

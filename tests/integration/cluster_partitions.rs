@@ -207,6 +207,11 @@ impl Cluster {
     }
 
     /// Each runner's log.
+    /// Prints every runner's log when the test fails while the guard lives.
+    pub(crate) fn print_logs_on_failure(&self) -> impl Drop + use<> {
+        support::print_logs_on_failure(self.logs())
+    }
+
     pub(crate) fn logs(&self) -> Vec<std::path::PathBuf> {
         RUNNERS
             .iter()
@@ -321,11 +326,7 @@ async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others
     )
     .await;
     let jetstream = cluster.jetstream.clone();
-    let logs = cluster.logs();
-    let _print: Vec<_> = logs
-        .iter()
-        .map(|log| support::print_log_on_failure(log))
-        .collect();
+    let _print = cluster.print_logs_on_failure();
     let (mut runners, listens) = cluster.launch_all().await;
     let first = shares(&listens).await;
 
@@ -628,22 +629,81 @@ async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others
     let (code, stdout, _) = cli(&["audit", "list", "--partition", "3", "--json"]);
     assert_eq!(code, Some(0));
     let listed: Value = serde_json::from_str(&stdout).expect("json");
-    let run_ids: BTreeSet<u32> = listed["entries"]
+    assert_eq!(
+        partitions_of_entries(&listed),
+        BTreeSet::from([3]),
+        "partition 3's chain holds partition 3's runs"
+    );
+
+    // Where a browser cannot send the header (the console's list, its export link), the
+    // query names the partition; a bad or contradicting one is refused.
+    let http = quench_common::http::http_client();
+    let get = |path: &str, partition: Option<&str>| {
+        let mut request = http
+            .get(format!("http://{}{path}", listens[2]))
+            .bearer_auth(TOKEN);
+        if let Some(partition) = partition {
+            request = request.header("quench-partition", partition);
+        }
+        request.send()
+    };
+    let listed: Value = get("/api/v1/audit?partition=3", None)
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        partitions_of_entries(&listed),
+        BTreeSet::from([3]),
+        "`?partition=3`: {listed}"
+    );
+    let export = get("/api/v1/audit/export?partition=3&before=4", None)
+        .await
+        .expect("answered");
+    assert_eq!(export.status(), 200);
+    assert_eq!(
+        export.headers()["content-disposition"],
+        "attachment; filename=\"quench-audit-partition-3-before-4.jsonl\""
+    );
+    let lines = export.text().await.expect("body");
+    assert_eq!(
+        lines.as_bytes(),
+        std::fs::read(&exported)
+            .expect("the CLI's export")
+            .as_slice(),
+        "the same export as the CLI's"
+    );
+    for (path, header, code) in [
+        ("/api/v1/audit?partition=8", None, "bad_partition"),
+        ("/api/v1/audit?partition=x", None, "bad_partition"),
+        ("/api/v1/audit?partition=3", Some("4"), "bad_partition"),
+        (
+            "/api/v1/audit/export?partition=-1&before=4",
+            None,
+            "bad_partition",
+        ),
+    ] {
+        let answer = get(path, header).await.expect("answered");
+        assert_eq!(answer.status(), 400, "{path}");
+        let body: Value = answer.json().await.expect("json");
+        assert_eq!(body["error"]["code"], code, "{path}: {body}");
+    }
+
+    for runner in &mut runners {
+        assert_eq!(runner.terminate(), Some(0), "a runner stops cleanly");
+    }
+}
+
+/// The partitions of the runs an audit page's entries name.
+fn partitions_of_entries(page: &Value) -> BTreeSet<u32> {
+    page["entries"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|entry| entry["run_id"].as_str())
         .filter_map(|id| quench_runner::cluster::partition::of_run_id(id, PARTITIONS))
-        .collect();
-    assert_eq!(
-        run_ids,
-        BTreeSet::from([3]),
-        "partition 3's chain holds partition 3's runs"
-    );
-
-    for runner in &mut runners {
-        assert_eq!(runner.terminate(), Some(0), "a runner stops cleanly");
-    }
+        .collect()
 }
 
 /// A gate whose deadline falls due while its runner is paused.
@@ -678,11 +738,7 @@ async fn console_get(listen: &str, path: &str, cookie: &str) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_console_session_holds_on_every_runner_and_a_sign_out_ends_it_on_all() {
     let cluster = Cluster::new(&[("held.yaml", HELD)], "").await;
-    let logs = cluster.logs();
-    let _print: Vec<_> = logs
-        .iter()
-        .map(|log| support::print_log_on_failure(log))
-        .collect();
+    let _print = cluster.print_logs_on_failure();
     let (_runners, listens) = cluster.launch_all().await;
     cluster.park("test.held", 12, &listens[0]).await;
     let ids: Vec<String> = runs(&listens[0])
@@ -816,11 +872,7 @@ async fn a_console_session_holds_on_every_runner_and_a_sign_out_ends_it_on_all()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_runner_forwards_only_to_its_peers_and_one_advertising_elsewhere_is_refused() {
     let cluster = Cluster::new(&[("held.yaml", HELD)], "").await;
-    let logs = cluster.logs();
-    let _print: Vec<_> = logs
-        .iter()
-        .map(|log| support::print_log_on_failure(log))
-        .collect();
+    let _print = cluster.print_logs_on_failure();
     // runner-c allows runner-a and itself, not runner-b.
     let narrow = format!(
         "peers = [{:?}, {:?}]",
@@ -855,7 +907,7 @@ async fn a_runner_forwards_only_to_its_peers_and_one_advertising_elsewhere_is_re
         }
     }
     assert!(
-        std::fs::read_to_string(&logs[2])
+        std::fs::read_to_string(&cluster.logs()[2])
             .unwrap_or_default()
             .contains("a runner advertises an address `[cluster] peers` does not allow"),
         "runner-c says why it did not forward"
@@ -952,11 +1004,7 @@ steps:
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_runner_is_fenced_in_the_partitions_it_lost_and_serves_again() {
     let cluster = Cluster::new(&[("short.yaml", SHORT)], "").await;
-    let logs = cluster.logs();
-    let _print: Vec<_> = logs
-        .iter()
-        .map(|log| support::print_log_on_failure(log))
-        .collect();
+    let _print = cluster.print_logs_on_failure();
     let (mut runners, listens) = cluster.launch_all().await;
     let a_share = shares(&listens[..1]).await.remove(0);
     let keys = cluster.park("test.short", 24, &listens[1]).await;
@@ -987,7 +1035,7 @@ async fn a_paused_runner_is_fenced_in_the_partitions_it_lost_and_serves_again() 
 
     runners[0].signal("CONT");
     support::eventually(Duration::from_secs(30), "a's append refused", || {
-        let log = std::fs::read_to_string(&logs[0]).unwrap_or_default();
+        let log = std::fs::read_to_string(&cluster.logs()[0]).unwrap_or_default();
         log.contains("fenced: its journal moved past sequence")
     })
     .await;
@@ -1096,11 +1144,7 @@ pub(crate) async fn under_load_on(
         openai.admin_key()
     );
     let mut cluster = Cluster::on(start, &[("revoke.yaml", crate::safety::REVOKE)], &extra).await;
-    let logs = cluster.logs();
-    let _print: Vec<_> = logs
-        .iter()
-        .map(|log| support::print_log_on_failure(log))
-        .collect();
+    let _print = cluster.print_logs_on_failure();
     let (mut runners, listens) = cluster.launch_all().await;
     let publisher = tokio::spawn({
         let jetstream = cluster.jetstream.clone();

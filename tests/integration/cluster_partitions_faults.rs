@@ -60,11 +60,7 @@ async fn a_runner_split_from_the_cluster_loses_its_partitions_and_serves_again_w
         "",
     )
     .await;
-    let logs = cluster.logs();
-    let _print: Vec<_> = logs
-        .iter()
-        .map(|log| support::print_log_on_failure(log))
-        .collect();
+    let _print = cluster.print_logs_on_failure();
     let upstreams: Vec<String> = cluster
         .servers
         .iter()

@@ -280,6 +280,23 @@ async fn sessions_csrf_and_the_inbox_over_http() {
         .await;
     assert_eq!(whoami.body["signed_in"], false);
     assert_eq!(whoami.body["methods"], json!(["token"]));
+    // One audit chain: the audit page offers no partition to pick, and the API knows only 0.
+    assert_eq!(whoami.body["partitions"], 1);
+    console.api("/api/v1/audit?partition=0", "t-viewer").await;
+    let other = console
+        .send(
+            console
+                .http
+                .get(console.url("/api/v1/audit/export?before=2&partition=1"))
+                .bearer_auth("t-viewer"),
+        )
+        .await;
+    assert_eq!(
+        (other.status, &other.body["error"]["code"]),
+        (400, &json!("bad_partition")),
+        "{}",
+        other.body
+    );
     let inbox = console
         .send(console.http.get(console.url("/api/v1/inbox")))
         .await;
@@ -682,6 +699,23 @@ async fn click(client: &fantoccini::Client, css: &str) {
     }
 }
 
+/// What the page's export link `href` downloads, with the browser's session; asserts it
+/// verifies on its own as an audit segment.
+async fn download_verified(client: &fantoccini::Client, href: &str) -> String {
+    let exported = client
+        .execute_async(
+            r#"const done = arguments[arguments.length - 1];
+               fetch(arguments[0]).then(r => r.text()).then(done);"#,
+            vec![json!(href)],
+        )
+        .await
+        .expect("script");
+    let exported = exported.as_str().expect("text").to_owned();
+    let segment = quench_runner::store::verify_segment(&exported, None);
+    assert!(segment.is_ok(), "{segment:?}");
+    exported
+}
+
 /// Signs in through the page's token form; waits until the header shows `role`.
 async fn sign_in_with_form(client: &fantoccini::Client, token: &str, role: &str) {
     find(client, "#token")
@@ -906,18 +940,8 @@ async fn a_browser_answers_from_the_inbox_finds_the_run_and_a_viewer_cannot_writ
         .await
         .expect("attr")
         .expect("an export link");
-    let exported = client
-        .execute_async(
-            r#"const done = arguments[arguments.length - 1];
-               fetch(arguments[0]).then(r => r.text()).then(done);"#,
-            vec![json!(href)],
-        )
-        .await
-        .expect("script");
-    let exported = exported.as_str().expect("text");
+    let exported = download_verified(&client, &href).await;
     assert!(exported.lines().count() > 5, "{exported}");
-    let segment = quench_runner::store::verify_segment(exported, None);
-    assert!(segment.is_ok(), "{segment:?}");
     client
         .goto(&console.url("/#/playbooks"))
         .await
@@ -1330,4 +1354,119 @@ async fn single_sign_on_through_an_openid_provider() {
     let log = console.service.log_text();
     assert!(!log.contains(&secret), "the client secret is never logged");
     client.close().await.expect("close");
+}
+
+/// A cluster with several partitions keeps one audit chain per partition: the audit page of a
+/// real Chromium offers a partition picker, lists the picked partition's chain, links the
+/// picked partition's export (a file that verifies on its own and holds only that partition's
+/// runs), and "Verify chain" verifies every partition's chain. One runner in cluster mode holds
+/// all four partitions, so every request is answered through the same front as with several.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clusters_audit_page_lists_and_exports_the_picked_partitions_chain() {
+    const PARTITIONS: u32 = 4;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let console = Console::start_at(
+        listen.clone(),
+        &format!(
+            "[cluster]\nenabled = true\nrunner = \"solo\"\npartitions = {PARTITIONS}\n\
+             advertise = \"http://{listen}\"\npeers = [\"{listen}\"]\n"
+        ),
+    )
+    .await;
+    // Ready once it has claimed its share; each partition is served once taken over.
+    crate::support::eventually(WAIT, "the runner serves every partition", || {
+        crate::support::http_get(&console.service.listen, "/healthz").is_some_and(|(_, body)| {
+            serde_json::from_str::<Value>(&body).is_ok_and(|health| {
+                health["partitions"].as_array().map(Vec::len) == Some(PARTITIONS as usize)
+            })
+        })
+    })
+    .await;
+    for n in 0..12 {
+        console
+            .publish(&format!("f-{n}"), &format!("key_{n}"), "a leaked key")
+            .await;
+    }
+    // The partitions the runs landed in; the picked one is not partition 0 (the default).
+    let mut by_partition: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
+    for n in 0..12 {
+        let run = console
+            .run_of(&format!("openai:key:key_{n}"), "waiting")
+            .await;
+        let id = run["id"].as_str().expect("id").to_owned();
+        let partition =
+            quench_runner::cluster::partition::of_run_id(&id, PARTITIONS).expect("a partition");
+        by_partition.entry(partition).or_default().push(id);
+    }
+    let picked = *by_partition
+        .keys()
+        .find(|partition| **partition != 0)
+        .expect("runs outside partition 0");
+    let session = console.api("/console/session", "t-viewer").await;
+    assert_eq!(session["partitions"], PARTITIONS, "{session}");
+
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().expect("profile");
+    let client = browser(&driver, profile.path()).await;
+    client
+        .goto(&console.url("/#token=t-viewer"))
+        .await
+        .expect("goto");
+    find_text(&client, "#role", "viewer").await;
+    client.goto(&console.url("/#/audit")).await.expect("goto");
+    find_text(&client, "h1", "Audit log · partition 0").await;
+    let options = client
+        .find_all(fantoccini::Locator::Css("select#partition option"))
+        .await
+        .expect("find");
+    assert_eq!(options.len(), PARTITIONS as usize);
+    click(
+        &client,
+        &format!("select#partition option[value='{picked}']"),
+    )
+    .await;
+    find_text(&client, "h1", &format!("Audit log · partition {picked}")).await;
+    find(&client, "table.audit").await;
+    screenshot(&client, "audit-partition").await;
+    // The list is the picked partition's chain: every run it names is one of its runs.
+    let mut listed = Vec::new();
+    for link in client
+        .find_all(fantoccini::Locator::Css("table.audit a[title]"))
+        .await
+        .expect("find")
+    {
+        listed.push(link.attr("title").await.expect("attr").expect("a run id"));
+    }
+    assert!(!listed.is_empty(), "the chain lists its runs");
+    for id in &listed {
+        assert!(
+            by_partition[&picked].contains(id),
+            "{id} is not partition {picked}'s"
+        );
+    }
+    // The export link is the picked partition's, and what it downloads verifies on its own.
+    let export = find(&client, "a#export").await;
+    let href = export.attr("href").await.expect("attr").expect("href");
+    assert!(href.contains(&format!("partition={picked}")), "{href}");
+    let name = export.attr("download").await.expect("attr").expect("name");
+    assert!(
+        name.starts_with(&format!("quench-audit-partition-{picked}-through-")),
+        "{name}"
+    );
+    let exported = download_verified(&client, &href).await;
+    for line in exported.lines() {
+        let entry: Value = serde_json::from_str(line).expect("a JSON line");
+        if let Some(id) = entry["run_id"].as_str() {
+            assert!(by_partition[&picked].contains(&id.to_owned()), "{line}");
+        }
+    }
+    // "Verify chain" verifies every partition's.
+    click(&client, "#verify").await;
+    find_text(&client, "main", "Every partition's chain verifies: ").await;
+    let verified = console.api("/api/v1/audit/verify", "t-viewer").await;
+    assert_eq!(
+        verified["partitions"].as_array().map(Vec::len),
+        Some(PARTITIONS as usize),
+        "{verified}"
+    );
 }

@@ -5,7 +5,6 @@ mod cluster_journal;
 mod cluster_owners;
 mod cluster_partitions;
 mod cluster_partitions_faults;
-#[cfg(feature = "fault-matrix")]
 mod cluster_partitions_leader;
 mod cluster_serve;
 mod cluster_store;

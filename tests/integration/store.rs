@@ -745,3 +745,66 @@ async fn open_runs_older_than_an_ended_one_do_not_hold_the_purge_up() {
     assert_eq!(pass.runs, 1, "{pass:?}");
     assert!(harness.engine.run(&done).expect("readable").is_none());
 }
+
+/// A commit log whose appends need the async runtime, as the cluster's journal does (each
+/// append is a NATS request the runtime's tasks carry, awaited from the committer's thread).
+#[derive(Debug)]
+struct ThroughTheRuntime {
+    runtime: tokio::runtime::Handle,
+    position: u64,
+}
+
+impl quench_runner::store::CommitLog for ThroughTheRuntime {
+    fn append(&mut self, _writes: &[quench_runner::store::Write]) -> Result<u64, String> {
+        self.position += 1;
+        let position = self.position;
+        self.runtime.block_on(async move {
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                position
+            })
+            .await
+            .map_err(|error| error.to_string())
+        })
+    }
+}
+
+/// Dropping a store's last clone waits for its committer to finish what was sent; when that
+/// needs the runtime (a journal append), the drop must not take the runtime's every worker
+/// with it. A runner losing several partitions at once dropped their stores on each of its
+/// workers and hung for good. Here the runtime has one worker, and the drop happens on it
+/// while an append is under way.
+#[test]
+fn dropping_a_store_on_the_runtimes_only_worker_lets_its_journal_append_finish() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let directory = tempfile::tempdir().expect("temp dir");
+    let config = StoreConfig::new(directory.path());
+    let (done, finished) = std::sync::mpsc::channel();
+    runtime.spawn(async move {
+        let log = ThroughTheRuntime {
+            runtime: tokio::runtime::Handle::current(),
+            position: 0,
+        };
+        let store = Store::open_logged(&config, Box::new(log)).expect("store");
+        let mut batch = Batch::new();
+        batch.put(Key::Run("run-1"), &json!({"n": 1}));
+        // Queued, its append under way on the committer's thread; the store's last clone
+        // goes while it is, on the worker.
+        let pending = store.submit(batch).await.expect("queued");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        drop(store);
+        let outcome = pending.wait().await;
+        let _ = done.send(outcome.map(|_| ()).map_err(|error| error.to_string()));
+    });
+    let Ok(outcome) = finished.recv_timeout(std::time::Duration::from_secs(20)) else {
+        // Its worker is stuck for good: dropping the runtime would wait for it for ever.
+        std::mem::forget(runtime);
+        panic!("the drop never returned: nothing was left to carry the append it waited for");
+    };
+    assert_eq!(outcome, Ok(()));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+}

@@ -230,7 +230,7 @@ async function signInWithToken(token) {
 }
 
 function signedIn(view) {
-  session = { person: view.person, role: view.role, csrf: view.csrf };
+  session = { person: view.person, role: view.role, csrf: view.csrf, partitions: view.partitions || 1 };
   $("person").textContent = session.person;
   $("role").textContent = session.role;
   $("nav").hidden = false;
@@ -1112,6 +1112,11 @@ function testResults(ran) {
 }
 
 async function auditView(params) {
+  // A cluster with several partitions keeps one audit chain per partition: the page shows
+  // one at a time (the list, the export), picked here; "Verify chain" verifies them all.
+  const partitions = (session && session.partitions) || 1;
+  const asked = Number.parseInt(params.get("partition") || "0", 10);
+  const partition = partitions > 1 ? String(asked >= 0 && asked < partitions ? asked : 0) : "";
   const filters = {
     run: params.get("run") || "",
     key: params.get("key") || "",
@@ -1122,6 +1127,25 @@ async function auditView(params) {
   };
   const before = params.get("before") || "";
   const verified = h("div", {});
+  const picker =
+    partitions > 1
+      ? h(
+          "label",
+          { class: "partition", title: "Each partition keeps its own audit chain" },
+          "Partition ",
+          h(
+            "select",
+            {
+              name: "partition",
+              id: "partition",
+              onchange: (event) => event.target.form.requestSubmit(),
+            },
+            Array.from({ length: partitions }, (_, n) =>
+              h("option", { value: String(n), selected: String(n) === partition }, String(n)),
+            ),
+          ),
+        )
+      : "";
   const form = filterForm(
     "audit",
     filters,
@@ -1131,6 +1155,7 @@ async function auditView(params) {
       ["until", "before", "datetime-local"],
     ],
     {
+      before: [picker],
       after: [
     h(
       "button",
@@ -1138,12 +1163,17 @@ async function auditView(params) {
         type: "button",
         id: "verify",
         onclick: async () => {
-          verified.replaceChildren(message("info", "Verifying the chain…"));
+          verified.replaceChildren(message("info", partitions > 1 ? "Verifying every partition's chain…" : "Verifying the chain…"));
           try {
             const result = await get("/api/v1/audit/verify");
             verified.replaceChildren(
               result.ok
-                ? message("info", `The chain verifies: ${result.entries} entries, head ${result.head.slice(0, 16)}.`)
+                ? message(
+                    "info",
+                    partitions > 1
+                      ? `Every partition's chain verifies: ${result.entries} entries in ${partitions} chains.`
+                      : `The chain verifies: ${result.entries} entries, head ${result.head.slice(0, 16)}.`,
+                  )
                 : message("error", `The chain is broken at ${result.first_bad}: ${result.reason}`),
             );
           } catch (error) {
@@ -1156,29 +1186,35 @@ async function auditView(params) {
       ],
     },
   );
-  const list = await get(`/api/v1/audit${query({ ...filters, since: instant(filters.since), until: instant(filters.until), before, limit: 100 })}`);
+  const list = await get(
+    `/api/v1/audit${query({ ...filters, since: instant(filters.since), until: instant(filters.until), before, limit: 100, partition })}`,
+  );
   const pager = h("div", { class: "pager" });
-  if (list.next) pager.append(h("a", { href: `#/audit${query({ ...filters, before: list.next })}` }, "Older entries →"));
+  if (list.next) pager.append(h("a", { href: `#/audit${query({ ...filters, partition, before: list.next })}` }, "Older entries →"));
   // The export is the whole stored log up to its newest entry (JSON Lines, each line as hashed),
   // which verifies on its own: `quench audit verify --file`.
-  const newest = await get("/api/v1/audit?limit=1");
-  const exported = newest.entries.length
-    ? h(
-        "p",
-        { class: "facts" },
-        h(
-          "a",
-          {
-            id: "export",
-            href: `/api/v1/audit/export?before=${newest.entries[0].seq + 1}`,
-            download: `quench-audit-through-${newest.entries[0].seq}.jsonl`,
-          },
-          `Export the log through entry ${newest.entries[0].seq}`,
-        ),
-        " (JSON Lines; verify it on its own with quench audit verify --file).",
-      )
-    : "";
-  page("Audit log", form, verified, exported, auditTable(list.entries), pager);
+  const newest = await get(`/api/v1/audit${query({ limit: 1, partition })}`);
+  const through = newest.entries.length ? newest.entries[0].seq : null;
+  const exported =
+    through !== null
+      ? h(
+          "p",
+          { class: "facts" },
+          h(
+            "a",
+            {
+              id: "export",
+              href: `/api/v1/audit/export${query({ partition, before: through + 1 })}`,
+              download: partition
+                ? `quench-audit-partition-${partition}-through-${through}.jsonl`
+                : `quench-audit-through-${through}.jsonl`,
+            },
+            partition ? `Export partition ${partition}'s log through entry ${through}` : `Export the log through entry ${through}`,
+          ),
+          " (JSON Lines; verify it on its own with quench audit verify --file).",
+        )
+      : "";
+  page(partition ? `Audit log · partition ${partition}` : "Audit log", form, verified, exported, auditTable(list.entries), pager);
 }
 
 async function dlqView(params) {

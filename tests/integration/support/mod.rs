@@ -1064,15 +1064,22 @@ pub(crate) mod kubernetes_fake;
 
 /// Prints a service's log when the test fails after this point (keep the guard alive).
 pub(crate) fn print_log_on_failure(log: &std::path::Path) -> impl Drop + '_ {
-    struct Guard<'a>(&'a std::path::Path);
-    impl Drop for Guard<'_> {
+    print_logs_on_failure(vec![log])
+}
+
+/// [`print_log_on_failure`] for several logs, printed in order.
+pub(crate) fn print_logs_on_failure<P: AsRef<std::path::Path>>(logs: Vec<P>) -> impl Drop + use<P> {
+    struct Guard<P: AsRef<std::path::Path>>(Vec<P>);
+    impl<P: AsRef<std::path::Path>> Drop for Guard<P> {
         fn drop(&mut self) {
             if std::thread::panicking() {
-                eprintln!("{}", std::fs::read_to_string(self.0).unwrap_or_default());
+                for log in &self.0 {
+                    eprintln!("{}", std::fs::read_to_string(log).unwrap_or_default());
+                }
             }
         }
     }
-    Guard(log)
+    Guard(logs)
 }
 
 /// Waits until the cluster's JetStream answers (a meta leader is elected).

@@ -135,6 +135,7 @@ pub(crate) async fn console(
             &config.api.listen,
             jetstream,
             config.nats.replicas,
+            config.cluster.partitions,
         )
         .await
         .map_err(|error| Error::Nats(error.to_string())),

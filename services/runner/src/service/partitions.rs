@@ -399,17 +399,11 @@ impl Front {
         }
     }
 
-    /// The partition a request is for: the one a fanned-out request names; a run's, named by
-    /// its id; else partition 0, which holds the estate and answers for the playbooks and the
-    /// dead letters.
+    /// The partition a request is for: the one it names ([`named_partition`]); a run's,
+    /// named by its id; else partition 0, which holds the estate and answers for the playbooks
+    /// and the dead letters.
     fn partition_of(&self, request: &Request) -> u32 {
-        let named = request
-            .headers()
-            .get(&PARTITION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<u32>().ok())
-            .filter(|number| *number < self.partitions);
-        if let Some(number) = named {
+        if let Some(Ok(number)) = named_partition(request, self.partitions) {
             return number;
         }
         request
@@ -642,6 +636,42 @@ impl Front {
     }
 }
 
+/// The pages whose query may name the partition (`?partition=<n>`), as the header does: the
+/// audit chain a browser lists or downloads, where a link cannot send a header.
+const PARTITION_IN_QUERY: [&str; 2] = ["/api/v1/audit", "/api/v1/audit/export"];
+
+/// The partition a request names: the header `Quench-Partition`, or on the audit pages the
+/// query's `partition`; `Err` with why when either is not a partition number below `count`,
+/// or the two disagree.
+fn named_partition(request: &Request, count: u32) -> Option<Result<u32, String>> {
+    let bad = |what: &str| format!("{what} must be a partition number from 0 to {}", count - 1);
+    let parse = |value: &str| value.parse::<u32>().ok().filter(|number| *number < count);
+    let header = request.headers().get(&PARTITION).map(|value| {
+        value
+            .to_str()
+            .ok()
+            .and_then(parse)
+            .ok_or_else(|| bad("`Quench-Partition`"))
+    });
+    let query = PARTITION_IN_QUERY
+        .contains(&request.uri().path())
+        .then(|| request.uri().query())
+        .flatten()
+        .and_then(|query| {
+            url::form_urlencoded::parse(query.as_bytes())
+                .find(|(name, _)| name == "partition")
+                .map(|(_, value)| parse(&value).ok_or_else(|| bad("`partition`")))
+        });
+    match (header, query) {
+        (Some(Ok(header)), Some(Ok(query))) if header != query => Some(Err(format!(
+            "`Quench-Partition` says {header} and `partition` {query}: name one partition"
+        ))),
+        (Some(Err(why)), _) | (_, Some(Err(why))) => Some(Err(why)),
+        (Some(Ok(number)), _) | (None, Some(Ok(number))) => Some(Ok(number)),
+        (None, None) => None,
+    }
+}
+
 /// Headers that belong to one connection, not to the request or answer passed on. `Host` is
 /// passed on: the serving runner checks a console sign-in's `Origin` against the host the
 /// browser asked for.
@@ -666,23 +696,13 @@ async fn answer(State(front): State<Arc<Front>>, request: Request) -> Response {
     if let Some(response) = front.probe(&path) {
         return response;
     }
-    let named = request.headers().contains_key(&PARTITION);
-    let valid = request
-        .headers()
-        .get(&PARTITION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u32>().ok())
-        .is_some_and(|number| number < front.partitions);
-    if named && !valid {
-        let body = api::types::ErrorBody::new(
-            "bad_partition",
-            format!(
-                "`Quench-Partition` must be a partition number from 0 to {}",
-                front.partitions - 1
-            ),
-        );
-        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
-    }
+    let named = match named_partition(&request, front.partitions) {
+        Some(Err(why)) => {
+            let body = api::types::ErrorBody::new("bad_partition", why);
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
+        named => named.is_some(),
+    };
     let get = request.method() == axum::http::Method::GET;
     let post = request.method() == axum::http::Method::POST;
     let playbook_change = path == "/api/v1/playbooks"
@@ -703,8 +723,9 @@ async fn answer(State(front): State<Arc<Front>>, request: Request) -> Response {
                 "partition_needed",
                 format!(
                     "this cluster has {} partitions, each with its own audit chain: name the \
-                     one to export or prune with the header `Quench-Partition: <n>` (`quench \
-                     audit export --partition <n>`), for each partition in turn",
+                     one to export or prune with the header `Quench-Partition: <n>` or, for an \
+                     export, `?partition=<n>` (`quench audit export --partition <n>`), for each \
+                     partition in turn",
                     front.partitions
                 ),
             );
@@ -831,6 +852,44 @@ mod tests {
             .flatten()
             .filter_map(|run| run["id"].as_str())
             .collect()
+    }
+
+    #[test]
+    fn a_request_names_its_partition_by_header_or_on_the_audit_pages_by_query() {
+        let named = |uri: &str, header: Option<&str>| {
+            let mut request = Request::builder().uri(uri);
+            if let Some(header) = header {
+                request = request.header(&PARTITION, header);
+            }
+            named_partition(&request.body(Body::empty()).expect("request"), 8)
+        };
+        assert_eq!(named("/api/v1/audit", None), None);
+        assert_eq!(named("/api/v1/audit?partition=3", None), Some(Ok(3)));
+        assert_eq!(
+            named("/api/v1/audit/export?before=9&partition=7", None),
+            Some(Ok(7))
+        );
+        assert_eq!(named("/api/v1/audit", Some("5")), Some(Ok(5)));
+        assert_eq!(named("/api/v1/audit?partition=5", Some("5")), Some(Ok(5)));
+        // Elsewhere the query is the page's own: only the header names a partition.
+        assert_eq!(named("/api/v1/runs?partition=3", None), None);
+        assert_eq!(named("/api/v1/audit/prune?partition=3", None), None);
+        for (uri, header) in [
+            ("/api/v1/audit?partition=8", None),
+            ("/api/v1/audit?partition=-1", None),
+            ("/api/v1/audit?partition=", None),
+            ("/api/v1/audit?partition=%33%00", None),
+            ("/api/v1/audit?partition=99999999999999999999", None),
+            ("/api/v1/audit", Some("8")),
+            ("/api/v1/audit", Some(" 1")),
+            ("/api/v1/audit?partition=3", Some("4")),
+            ("/api/v1/audit?partition=x", Some("4")),
+        ] {
+            assert!(
+                matches!(named(uri, header), Some(Err(_))),
+                "{uri} {header:?}"
+            );
+        }
     }
 
     #[test]

@@ -86,6 +86,34 @@ pub(crate) struct AuditQuery {
     /// Entries before this time (RFC 3339).
     #[param(value_type = Option<String>, format = DateTime)]
     until: Option<DateTime<Utc>>,
+    /// Whose chain (a cluster with several partitions keeps one per partition; the header
+    /// `Quench-Partition` says the same). A service with one chain has only partition 0.
+    partition: Option<u32>,
+}
+
+/// Refuses a `partition` other than the one whose chain this API holds: through a cluster's
+/// front it names where the request went, so a mismatch is a request that went astray.
+fn this_partition(api: &Api, named: Option<u32>) -> Result<(), ApiError> {
+    let slot = api.inner.engine.partition();
+    match named {
+        Some(number) if number != slot.index => Err(ApiError::Refused {
+            status: axum::http::StatusCode::BAD_REQUEST,
+            code: "bad_partition",
+            message: if slot.count == 1 {
+                format!(
+                    "this service keeps one audit chain, partition 0; there is no partition {number}"
+                )
+            } else {
+                format!(
+                    "partition must be a partition number from 0 to {}, and this request \
+                     reached partition {}'s chain, not {number}'s",
+                    slot.count - 1,
+                    slot.index
+                )
+            },
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// How far before `since` the scan goes on: an entry's time is taken when its commit is
@@ -137,7 +165,7 @@ pub(crate) struct Verified {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of entries (role viewer)", body = AuditPage),
-        (status = 400, description = "Bad paging", body = ErrorBody),
+        (status = 400, description = "Bad paging, or a partition this chain is not", body = ErrorBody),
         (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 403, description = "Role too small", body = ErrorBody)
     ))]
@@ -147,6 +175,7 @@ pub(super) async fn list(
     Params(query): Params<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
     caller.require(Role::Viewer)?;
+    this_partition(&api, query.partition)?;
     let limit = query::limit(query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let engine = &api.inner.engine;
     // Runs' keys, looked up once per run for the key filter.
@@ -209,6 +238,9 @@ pub(crate) struct ExportQuery {
     /// Entries before this sequence number (from the first one stored).
     #[param(value_type = u64)]
     before: Sequence,
+    /// Whose chain (a cluster with several partitions keeps one per partition, and an export
+    /// must name it, here or in the header `Quench-Partition`).
+    partition: Option<u32>,
 }
 
 /// The stored audit entries before `before`, oldest first, as JSON Lines: each line is an
@@ -217,7 +249,7 @@ pub(crate) struct ExportQuery {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The entries (role viewer), one JSON object per line", content_type = "application/jsonl", body = String),
-        (status = 400, description = "Bad `before`", body = ErrorBody),
+        (status = 400, description = "Bad `before`, or a partition this chain is not", body = ErrorBody),
         (status = 401, description = "No or unknown token", body = ErrorBody),
         (status = 403, description = "Role too small", body = ErrorBody)
     ))]
@@ -227,6 +259,7 @@ pub(super) async fn export(
     Params(query): Params<ExportQuery>,
 ) -> Result<axum::response::Response, ApiError> {
     caller.require(Role::Viewer)?;
+    this_partition(&api, query.partition)?;
     let store = api.inner.engine.store().clone();
     let before = query.before.0;
     // Read on a blocking thread and sent as it is read: an export can be the whole log.
@@ -250,10 +283,24 @@ pub(super) async fn export(
         .header(axum::http::header::CONTENT_TYPE, "application/jsonl")
         .header(
             axum::http::header::CONTENT_DISPOSITION,
-            format!("attachment; filename=\"quench-audit-before-{before}.jsonl\""),
+            format!(
+                "attachment; filename=\"{}\"",
+                export_name(api.inner.engine.partition(), before)
+            ),
         )
         .body(axum::body::Body::from_stream(stream))
         .map_err(ApiError::internal)
+}
+
+/// An export's file name: the partition's too, where there are several chains.
+fn export_name(slot: crate::cluster::partition::Slot, before: u64) -> String {
+    match slot.count {
+        1 => format!("quench-audit-before-{before}.jsonl"),
+        _ => format!(
+            "quench-audit-partition-{}-before-{before}.jsonl",
+            slot.index
+        ),
+    }
 }
 
 /// The receiving end of a channel as a stream.

@@ -50,27 +50,35 @@ pub(crate) struct Console {
     sessions: Sessions,
     /// Single sign-on, when `[console.oidc]` is set.
     oidc: Option<oidc::Oidc>,
+    /// How many audit chains there are to pick from (a cluster's partitions; else 1).
+    partitions: u32,
 }
 
 impl Console {
     /// A console whose sessions this process keeps in memory (a single runner).
     pub(crate) fn new(section: &ConsoleSection, listen: &str) -> Console {
-        Console::with(section, listen, Sessions::new(section.session_ttl()))
+        Console::with(section, listen, Sessions::new(section.session_ttl()), 1)
     }
 
     /// A console whose sessions every runner of the cluster shares (the KV bucket
-    /// `QUENCH_CONSOLE`).
+    /// `QUENCH_CONSOLE`), for a cluster of `partitions` partitions.
     pub(crate) async fn shared(
         section: &ConsoleSection,
         listen: &str,
         jetstream: &async_nats::jetstream::Context,
         replicas: usize,
+        partitions: u32,
     ) -> Result<Console, Unavailable> {
         let sessions = Sessions::shared(jetstream, section.session_ttl(), replicas).await?;
-        Ok(Console::with(section, listen, sessions))
+        Ok(Console::with(section, listen, sessions, partitions))
     }
 
-    fn with(section: &ConsoleSection, listen: &str, sessions: Sessions) -> Console {
+    fn with(
+        section: &ConsoleSection,
+        listen: &str,
+        sessions: Sessions,
+        partitions: u32,
+    ) -> Console {
         let loopback = listen
             .parse::<SocketAddr>()
             .is_ok_and(|address| address.ip().is_loopback());
@@ -91,6 +99,7 @@ impl Console {
             secure: !loopback,
             sessions,
             oidc,
+            partitions,
         }
     }
 
@@ -241,6 +250,14 @@ pub(crate) struct SessionView {
     /// the session at the identity provider too (its `end_session_endpoint`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) logout_url: Option<String>,
+    /// How many audit chains the service keeps (a cluster's partitions, each with its own;
+    /// else 1): the console's audit page picks one.
+    #[serde(default = "one")]
+    pub(crate) partitions: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Console {
@@ -258,6 +275,7 @@ impl Console {
             method: session.map(|session| session.method.as_str().to_owned()),
             csrf: session.map(|session| session.csrf.clone()),
             logout_url: None,
+            partitions: self.partitions,
         }
     }
 }

@@ -58,7 +58,9 @@ impl Drop for Handle {
     fn drop(&mut self) {
         drop(self.sender.take());
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            super::off_the_runtime(|| {
+                let _ = thread.join();
+            });
         }
     }
 }

@@ -1051,8 +1051,26 @@ const RELEASE_WAIT: Duration = Duration::from_secs(5);
 impl Drop for Released {
     fn drop(&mut self) {
         if let Some(log) = &self.log {
-            wait_released(log);
+            off_the_runtime(|| wait_released(log));
         }
+    }
+}
+
+/// Runs `wait`, which blocks this thread, without stalling the async runtime the thread may
+/// be a worker of: on a multi-thread runtime's worker, the worker's other tasks are first
+/// handed to another thread (`block_in_place`). Dropping a store's last clone waits for its
+/// committer to finish what was sent, and in cluster mode the committer appends to the
+/// partition's journal through the runtime: when the partitions a runner lost were dropped
+/// on every worker at once, nothing was left to carry those appends, and the runner hung for
+/// good (seen with two workers, losing four partitions in a NATS server's failure).
+pub(super) fn off_the_runtime<T>(wait: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        // A single-threaded runtime cannot hand its tasks over; nor has it a committer's
+        // journal to carry (cluster mode runs on the multi-thread runtime).
+        _ => wait(),
     }
 }
 
