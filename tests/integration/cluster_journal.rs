@@ -259,6 +259,9 @@ async fn a_partition_is_rebuilt_from_its_snapshot_and_the_journal_after_it() {
         "{all:?}"
     );
     assert_eq!(all.len(), 3);
+    // The leader's copy, read message by message (a replay's way when its consumer stalls),
+    // is the same.
+    assert_eq!(journal.replay_from_leader(2, 0).await.expect("replay"), all);
 
     // The purge kept the fencing's base: a take-over still fences the former writer.
     let mut next = journal

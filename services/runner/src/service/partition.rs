@@ -4,6 +4,8 @@
 //! own serves one (every record in it); a runner of a cluster serves one per partition it
 //! owns, all sharing the process's connectors ([`Shared`]).
 
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -166,6 +168,54 @@ impl Shared {
     }
 }
 
+/// A partition's tasks, each with its name, so that those still running at a stop can be
+/// named.
+#[derive(Clone, Default)]
+struct Tasks {
+    tracker: TaskTracker,
+    running: Arc<parking_lot::Mutex<BTreeMap<&'static str, usize>>>,
+}
+
+impl Tasks {
+    fn spawn(&self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        /// Counts its task as running until the task ends (or is dropped).
+        struct Running(
+            &'static str,
+            Arc<parking_lot::Mutex<BTreeMap<&'static str, usize>>>,
+        );
+        impl Drop for Running {
+            fn drop(&mut self) {
+                let mut running = self.1.lock();
+                if let Some(count) = running.get_mut(self.0) {
+                    *count -= 1;
+                    if *count == 0 {
+                        running.remove(self.0);
+                    }
+                }
+            }
+        }
+        *self.running.lock().entry(name).or_default() += 1;
+        let running = Running(name, self.running.clone());
+        self.tracker.spawn(async move {
+            let _running = running;
+            task.await;
+        });
+    }
+
+    fn close(&self) {
+        self.tracker.close();
+    }
+
+    async fn wait(&self) {
+        self.tracker.wait().await;
+    }
+
+    /// The names of the tasks not ended yet.
+    fn running(&self) -> Vec<&'static str> {
+        self.running.lock().keys().copied().collect()
+    }
+}
+
 /// A partition being served: its engine and library, what the API reads of it, and the tasks
 /// that drive it.
 pub(super) struct Serving {
@@ -175,7 +225,7 @@ pub(super) struct Serving {
     /// The estate's inventory, on the partition that holds it.
     pub(super) inventory: crate::inventory::Inventory,
     pub(super) inventory_status: inventory::SharedStatus,
-    tasks: TaskTracker,
+    tasks: Tasks,
     /// Cancelled when a commit fails: the partition stops rather than build on it.
     pub(super) failed: CancellationToken,
     stop: CancellationToken,
@@ -206,7 +256,7 @@ impl Serving {
         for (playbook, why) in engine.paused_schedules() {
             tracing::warn!(%playbook, reason = %why, "schedule paused: its runs could only fail here");
         }
-        let tasks = TaskTracker::new();
+        let tasks = Tasks::default();
         let health = Arc::new(intake::Health::default());
         let inventory = crate::inventory::Inventory::new(
             engine.store().clone(),
@@ -215,9 +265,9 @@ impl Serving {
         let inventory_status = inventory::SharedStatus::default();
         // With several partitions the process watches the directory once, for all of them.
         if feed == Feed::All {
-            tasks.spawn(library.clone().watch(stop.clone()));
+            tasks.spawn("playbook watcher", library.clone().watch(stop.clone()));
         }
-        tasks.spawn(publisher.run(stop.clone()));
+        tasks.spawn("run events", publisher.run(stop.clone()));
 
         // Runs that were between steps when the last process stopped.
         engine.recover()?;
@@ -235,12 +285,12 @@ impl Serving {
         };
         let advisories =
             intake::max_deliveries(shared.client.clone(), intake.clone(), stop.clone());
-        tasks.spawn(async move {
+        tasks.spawn("max-deliveries advisories", async move {
             if let Err(error) = advisories.await {
                 tracing::error!(%error, "messages JetStream gives up delivering cannot be dead-lettered");
             }
         });
-        tasks.spawn(intake::watch(intake.clone(), stop.clone()));
+        tasks.spawn("intake watch", intake::watch(intake.clone(), stop.clone()));
         let (handover, handed) = match feed {
             Feed::All => (None, None),
             Feed::Partition(_) => {
@@ -248,31 +298,36 @@ impl Serving {
                 (Some(handover), Some(handed))
             }
         };
-        tasks.spawn(intake::findings(
-            findings,
-            intake.clone(),
-            backlog,
-            handed,
-            stop.clone(),
-        ));
-        tasks.spawn(intake::decisions(decisions, intake, stop.clone()));
+        tasks.spawn(
+            "findings intake",
+            intake::findings(findings, intake.clone(), backlog, handed, stop.clone()),
+        );
+        tasks.spawn(
+            "decisions intake",
+            intake::decisions(decisions, intake, stop.clone()),
+        );
         let records = ocsf::consumer(jetstream, slot).await?;
         tasks.spawn(
+            "OCSF records",
             ocsf::Emitter {
                 jetstream: jetstream.clone(),
                 engine: engine.clone(),
             }
             .run(records, stop.clone()),
         );
-        tasks.spawn({
+        tasks.spawn("timers", {
             let (engine, stop) = (engine.clone(), stop.clone());
             async move { engine.run_timers(stop).await }
         });
         if let Some(retain) = config.store.retain_ended() {
-            tasks.spawn(super::retention(engine.clone(), retain, stop.clone()));
+            tasks.spawn(
+                "retention",
+                super::retention(engine.clone(), retain, stop.clone()),
+            );
         }
         if holds_estate {
             tasks.spawn(
+                "campaign follower",
                 campaigns::Follow {
                     campaigns: crate::campaign::Campaigns::new(
                         inventory.clone(),
@@ -293,7 +348,7 @@ impl Serving {
                     publish_drift: config.inventory.publish_drift,
                     status: inventory_status.clone(),
                 };
-                tasks.spawn(sync.run(stop.clone()));
+                tasks.spawn("inventory sync", sync.run(stop.clone()));
             }
         }
         if shared.start.trigger_schedules {
@@ -340,7 +395,36 @@ impl Serving {
             .await
             .is_err()
         {
-            tracing::warn!("some of the partition's tasks did not stop within 5 s");
+            tracing::warn!(
+                tasks = ?self.tasks.running(),
+                "some of the partition's tasks did not stop within 5 s"
+            );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_tasks_still_running_are_named() {
+        let tasks = Tasks::default();
+        let stop = CancellationToken::new();
+        tasks.spawn("quick", async {});
+        for _ in 0..2 {
+            let stop = stop.clone();
+            tasks.spawn("waits", async move { stop.cancelled().await });
+        }
+        tasks.close();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), tasks.wait())
+                .await
+                .is_err()
+        );
+        assert_eq!(tasks.running(), ["waits"]);
+        stop.cancel();
+        tasks.wait().await;
+        assert!(tasks.running().is_empty());
     }
 }
