@@ -892,6 +892,35 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever a caller puts in `?partition=` (or the header), the front names the
+        /// partition only when it is a number below the count, and never panics.
+        #[test]
+        fn any_named_partition_is_a_partition_or_refused(value in ".{0,24}") {
+            let encoded: String =
+                url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+            let request = Request::builder()
+                .uri(format!("/api/v1/audit/export?before=1&partition={encoded}"))
+                .body(Body::empty())
+                .expect("request");
+            let want = value.parse::<u32>().ok().filter(|number| *number < 8);
+            match named_partition(&request, 8) {
+                Some(Ok(number)) => proptest::prop_assert_eq!(Some(number), want),
+                Some(Err(_)) => proptest::prop_assert_eq!(None, want),
+                None => proptest::prop_assert!(false, "a `partition` was given"),
+            }
+            if let Ok(header) = axum::http::HeaderValue::from_str(&value) {
+                let request = Request::builder()
+                    .uri("/api/v1/runs")
+                    .header(&PARTITION, header)
+                    .body(Body::empty())
+                    .expect("request");
+                let named = named_partition(&request, 8).and_then(Result::ok);
+                proptest::prop_assert_eq!(named, want);
+            }
+        }
+    }
+
     #[test]
     fn pages_of_runs_merge_newest_first_and_skip_nothing() {
         // Partition 0 stopped at "c" (more below it); partition 1 read to its end.
