@@ -674,18 +674,19 @@ async fn three_runners_share_the_partitions_and_a_killed_ones_move_to_the_others
             .as_slice(),
         "the same export as the CLI's"
     );
-    for (path, header, code) in [
-        ("/api/v1/audit?partition=8", None, "bad_partition"),
-        ("/api/v1/audit?partition=x", None, "bad_partition"),
-        ("/api/v1/audit?partition=3", Some("4"), "bad_partition"),
+    for (path, header, status, code) in [
+        ("/api/v1/audit?partition=8", None, 404, "no_such_partition"),
+        ("/api/v1/audit?partition=x", None, 400, "bad_partition"),
+        ("/api/v1/audit?partition=3", Some("4"), 400, "bad_partition"),
         (
             "/api/v1/audit/export?partition=-1&before=4",
             None,
+            400,
             "bad_partition",
         ),
     ] {
         let answer = get(path, header).await.expect("answered");
-        assert_eq!(answer.status(), 400, "{path}");
+        assert_eq!(answer.status(), status, "{path}");
         let body: Value = answer.json().await.expect("json");
         assert_eq!(body["error"]["code"], code, "{path}: {body}");
     }

@@ -293,7 +293,7 @@ async fn sessions_csrf_and_the_inbox_over_http() {
         .await;
     assert_eq!(
         (other.status, &other.body["error"]["code"]),
-        (400, &json!("bad_partition")),
+        (404, &json!("no_such_partition")),
         "{}",
         other.body
     );

@@ -641,18 +641,29 @@ impl Front {
 const PARTITION_IN_QUERY: [&str; 2] = ["/api/v1/audit", "/api/v1/audit/export"];
 
 /// The partition a request names: the header `Quench-Partition`, or on the audit pages the
-/// query's `partition`; `Err` with why when either is not a partition number below `count`,
-/// or the two disagree.
-fn named_partition(request: &Request, count: u32) -> Option<Result<u32, String>> {
-    let bad = |what: &str| format!("{what} must be a partition number from 0 to {}", count - 1);
-    let parse = |value: &str| value.parse::<u32>().ok().filter(|number| *number < count);
-    let header = request.headers().get(&PARTITION).map(|value| {
-        value
-            .to_str()
-            .ok()
-            .and_then(parse)
-            .ok_or_else(|| bad("`Quench-Partition`"))
-    });
+/// query's `partition`. Refused: a value that is not a number, or header and query naming two
+/// (400 `bad_partition`); a number that names no partition (404 `no_such_partition`).
+fn named_partition(request: &Request, count: u32) -> Option<Result<u32, Refused>> {
+    let check = |what: &str, value: Option<&str>| match value.and_then(|v| v.parse::<u32>().ok()) {
+        Some(number) if number < count => Ok(number),
+        Some(number) => Err(Refused {
+            status: StatusCode::NOT_FOUND,
+            code: "no_such_partition",
+            message: format!(
+                "{what} {number}: there is no such partition; it must be a partition number from 0 to {}",
+                count - 1
+            ),
+        }),
+        None => Err(Refused {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_partition",
+            message: format!("{what} must be a partition number from 0 to {}", count - 1),
+        }),
+    };
+    let header = request
+        .headers()
+        .get(&PARTITION)
+        .map(|value| check("`Quench-Partition`", value.to_str().ok()));
     let query = PARTITION_IN_QUERY
         .contains(&request.uri().path())
         .then(|| request.uri().query())
@@ -660,16 +671,28 @@ fn named_partition(request: &Request, count: u32) -> Option<Result<u32, String>>
         .and_then(|query| {
             url::form_urlencoded::parse(query.as_bytes())
                 .find(|(name, _)| name == "partition")
-                .map(|(_, value)| parse(&value).ok_or_else(|| bad("`partition`")))
+                .map(|(_, value)| check("`partition`", Some(&value)))
         });
     match (header, query) {
-        (Some(Ok(header)), Some(Ok(query))) if header != query => Some(Err(format!(
-            "`Quench-Partition` says {header} and `partition` {query}: name one partition"
-        ))),
+        (Some(Ok(header)), Some(Ok(query))) if header != query => Some(Err(Refused {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_partition",
+            message: format!(
+                "`Quench-Partition` says {header} and `partition` {query}: name one partition"
+            ),
+        })),
         (Some(Err(why)), _) | (_, Some(Err(why))) => Some(Err(why)),
         (Some(Ok(number)), _) | (None, Some(Ok(number))) => Some(Ok(number)),
         (None, None) => None,
     }
+}
+
+/// Why a request's partition is refused.
+#[derive(Debug, PartialEq)]
+struct Refused {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
 }
 
 /// Headers that belong to one connection, not to the request or answer passed on. `Host` is
@@ -698,8 +721,8 @@ async fn answer(State(front): State<Arc<Front>>, request: Request) -> Response {
     }
     let named = match named_partition(&request, front.partitions) {
         Some(Err(why)) => {
-            let body = api::types::ErrorBody::new("bad_partition", why);
-            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+            let body = api::types::ErrorBody::new(why.code, why.message);
+            return (why.status, axum::Json(body)).into_response();
         }
         named => named.is_some(),
     };
@@ -874,19 +897,35 @@ mod tests {
         // Elsewhere the query is the page's own: only the header names a partition.
         assert_eq!(named("/api/v1/runs?partition=3", None), None);
         assert_eq!(named("/api/v1/audit/prune?partition=3", None), None);
-        for (uri, header) in [
-            ("/api/v1/audit?partition=8", None),
-            ("/api/v1/audit?partition=-1", None),
-            ("/api/v1/audit?partition=", None),
-            ("/api/v1/audit?partition=%33%00", None),
-            ("/api/v1/audit?partition=99999999999999999999", None),
-            ("/api/v1/audit", Some("8")),
-            ("/api/v1/audit", Some(" 1")),
-            ("/api/v1/audit?partition=3", Some("4")),
-            ("/api/v1/audit?partition=x", Some("4")),
+        for (uri, header, status) in [
+            ("/api/v1/audit?partition=8", None, StatusCode::NOT_FOUND),
+            ("/api/v1/audit", Some("8"), StatusCode::NOT_FOUND),
+            ("/api/v1/audit?partition=-1", None, StatusCode::BAD_REQUEST),
+            ("/api/v1/audit?partition=", None, StatusCode::BAD_REQUEST),
+            (
+                "/api/v1/audit?partition=%33%00",
+                None,
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "/api/v1/audit?partition=99999999999999999999",
+                None,
+                StatusCode::BAD_REQUEST,
+            ),
+            ("/api/v1/audit", Some(" 1"), StatusCode::BAD_REQUEST),
+            (
+                "/api/v1/audit?partition=3",
+                Some("4"),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "/api/v1/audit?partition=x",
+                Some("4"),
+                StatusCode::BAD_REQUEST,
+            ),
         ] {
             assert!(
-                matches!(named(uri, header), Some(Err(_))),
+                matches!(named(uri, header), Some(Err(refused)) if refused.status == status),
                 "{uri} {header:?}"
             );
         }

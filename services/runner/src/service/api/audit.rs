@@ -97,8 +97,8 @@ fn this_partition(api: &Api, named: Option<u32>) -> Result<(), ApiError> {
     let slot = api.inner.engine.partition();
     match named {
         Some(number) if number != slot.index => Err(ApiError::Refused {
-            status: axum::http::StatusCode::BAD_REQUEST,
-            code: "bad_partition",
+            status: axum::http::StatusCode::NOT_FOUND,
+            code: "no_such_partition",
             message: if slot.count == 1 {
                 format!(
                     "this service keeps one audit chain, partition 0; there is no partition {number}"
@@ -165,9 +165,10 @@ pub(crate) struct Verified {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of entries (role viewer)", body = AuditPage),
-        (status = 400, description = "Bad paging, or a partition this chain is not", body = ErrorBody),
+        (status = 400, description = "Bad paging", body = ErrorBody),
         (status = 401, description = "No or unknown token", body = ErrorBody),
-        (status = 403, description = "Role too small", body = ErrorBody)
+        (status = 403, description = "Role too small", body = ErrorBody),
+        (status = 404, description = "`partition` names a chain this service does not keep", body = ErrorBody)
     ))]
 pub(super) async fn list(
     State(api): State<Api>,
@@ -249,9 +250,10 @@ pub(crate) struct ExportQuery {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The entries (role viewer), one JSON object per line", content_type = "application/jsonl", body = String),
-        (status = 400, description = "Bad `before`, or a partition this chain is not", body = ErrorBody),
+        (status = 400, description = "Bad `before`", body = ErrorBody),
         (status = 401, description = "No or unknown token", body = ErrorBody),
-        (status = 403, description = "Role too small", body = ErrorBody)
+        (status = 403, description = "Role too small", body = ErrorBody),
+        (status = 404, description = "`partition` names a chain this service does not keep", body = ErrorBody)
     ))]
 pub(super) async fn export(
     State(api): State<Api>,
