@@ -24,6 +24,22 @@ pub const STREAM: &str = "QUENCH_JOURNAL";
 /// `quench.journal.<partition>`.
 pub const SUBJECT_PREFIX: &str = "quench.journal";
 
+/// The first message on `subject` at or after sequence `from`, read from the stream's leader
+/// (`STREAM.MSG.GET` with `next_by_subj`): no consumer, answered as soon as the stream has a
+/// leader, and as of everything it acknowledged.
+pub(super) async fn next_from_leader(
+    stream: &jetstream::stream::Stream<()>,
+    subject: &str,
+    from: u64,
+) -> Result<jetstream::message::StreamMessage, jetstream::stream::RawMessageError> {
+    stream
+        .raw_message_builder()
+        .sequence(from)
+        .next_by_subject(subject.to_owned())
+        .send()
+        .await
+}
+
 /// The JetStream error code of a failed `Nats-Expected-Last-Subject-Sequence` (and of the
 /// other expected-sequence headers): "wrong last sequence".
 const WRONG_LAST_SEQUENCE: u64 = 10071;
@@ -300,11 +316,7 @@ impl Journal {
         let mut out = Vec::new();
         let mut next = after + 1;
         while next <= last {
-            let message = stream
-                .raw_message_builder()
-                .sequence(next)
-                .next_by_subject(subject.clone())
-                .send()
+            let message = next_from_leader(&stream, &subject, next)
                 .await
                 .map_err(|error| read(format!("after {}: {error}", next - 1)))?;
             let sequence = message.sequence;

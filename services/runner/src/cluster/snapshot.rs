@@ -244,14 +244,11 @@ async fn read_object(
         .await
         .map_err(|error| error.to_string())?;
     let subject = format!("$O.{BUCKET}.C.{}", info.nuid);
-    let mut bytes = Vec::with_capacity(info.size);
+    // The size is the object's own word: reserved up to 64 MiB, grown past it as read.
+    let mut bytes = Vec::with_capacity(info.size.min(64 << 20));
     let mut next = 1;
     for chunk in 0..info.chunks {
-        let message = stream
-            .raw_message_builder()
-            .sequence(next)
-            .next_by_subject(subject.clone())
-            .send()
+        let message = super::journal::next_from_leader(&stream, &subject, next)
             .await
             .map_err(|error| format!("chunk {chunk} of {}: {error}", info.chunks))?;
         bytes.extend_from_slice(&message.payload);
