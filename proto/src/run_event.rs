@@ -18,6 +18,8 @@ pub enum RunEventSchema {
 #[schemars(title = "quench run event v1")]
 pub struct RunEvent {
     pub schema: RunEventSchema,
+    /// The event's id, also its `Nats-Msg-Id`: derived from the audit entry that records the
+    /// event, so an event published again (after a crash or an outage) has the same id.
     pub id: String,
     pub kind: RunEventKind,
     pub run_id: String,
@@ -51,6 +53,27 @@ pub enum RunEventKind {
 }
 
 impl RunEventKind {
+    /// Every kind.
+    pub const ALL: [RunEventKind; 10] = [
+        RunEventKind::RunStarted,
+        RunEventKind::StepStarted,
+        RunEventKind::StepSucceeded,
+        RunEventKind::StepFailed,
+        RunEventKind::Waiting,
+        RunEventKind::Decided,
+        RunEventKind::RunCompleted,
+        RunEventKind::RunFailed,
+        RunEventKind::RunCancelled,
+        RunEventKind::RunRestarted,
+    ];
+
+    /// The kind a word names ([`RunEventKind::as_str`]'s inverse).
+    pub fn parse(word: &str) -> Option<RunEventKind> {
+        RunEventKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == word)
+    }
+
     /// The word used as the last subject token (`quench.events.<playbook>.<kind>`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -64,6 +87,25 @@ impl RunEventKind {
             RunEventKind::RunFailed => "run_failed",
             RunEventKind::RunCancelled => "run_cancelled",
             RunEventKind::RunRestarted => "run_restarted",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_named_as_serialized_and_parses_back() {
+        for kind in RunEventKind::ALL {
+            assert_eq!(
+                serde_json::to_value(kind).expect("serializes"),
+                serde_json::Value::String(kind.as_str().to_owned())
+            );
+            assert_eq!(RunEventKind::parse(kind.as_str()), Some(kind));
+        }
+        for word in ["", "run", "RUN_STARTED", "run_started ", "finding_received"] {
+            assert_eq!(RunEventKind::parse(word), None, "{word:?}");
         }
     }
 }

@@ -38,6 +38,7 @@ mod quickstart;
 mod redaction;
 mod restart;
 mod rotation;
+mod run_events;
 mod safety;
 mod schedule;
 mod scheduler;

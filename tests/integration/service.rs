@@ -405,6 +405,34 @@ async fn a_decision_resumes_a_gate_across_a_restart() {
     assert_eq!(refusals, ["wrong_token", "not_allowed"]);
 }
 
+/// Waits until the findings consumer delivered `total` findings and has none pending.
+pub(crate) async fn wait_until_delivered(world: &World, total: u64) {
+    let jetstream = async_nats::jetstream::new(world.client.clone());
+    let started = std::time::Instant::now();
+    loop {
+        let drained = match jetstream.get_stream("QUENCH_FINDINGS").await {
+            Ok(stream) => match stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>("quench-findings")
+                .await
+            {
+                Ok(mut consumer) => consumer.info().await.is_ok_and(|info| {
+                    info.num_pending == 0 && info.delivered.stream_sequence >= total
+                }),
+                Err(_) => false,
+            },
+            Err(_) => false,
+        };
+        if drained {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the findings were not all delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_restart_mid_stream_loses_nothing() {
     let mut world = World::start(&[GATE_PLAYBOOK]).await;
@@ -438,33 +466,9 @@ async fn a_nats_restart_mid_stream_loses_nothing() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    // Run events are notifications (one published while NATS was down may be dropped); the
-    // store is the record. Wait until every finding was delivered to the service (an ack lost in
-    // the restart leaves a message unacknowledged until `ack_wait`, but it was committed first).
-    let jetstream = async_nats::jetstream::new(world.client.clone());
-    let started = std::time::Instant::now();
-    loop {
-        let drained = match jetstream.get_stream("QUENCH_FINDINGS").await {
-            Ok(stream) => match stream
-                .get_consumer::<async_nats::jetstream::consumer::pull::Config>("quench-findings")
-                .await
-            {
-                Ok(mut consumer) => consumer.info().await.is_ok_and(|info| {
-                    info.num_pending == 0 && info.delivered.stream_sequence >= total as u64
-                }),
-                Err(_) => false,
-            },
-            Err(_) => false,
-        };
-        if drained {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the findings were not all delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Wait until every finding was delivered to the service (an ack lost in the restart leaves a
+    // message unacknowledged until `ack_wait`, but it was committed first).
+    wait_until_delivered(&world, total as u64).await;
     // Delivered findings are committed within a chunk's commit; give the last chunk that long.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let store = world.stop_and_open();

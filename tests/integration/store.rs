@@ -808,3 +808,64 @@ fn dropping_a_store_on_the_runtimes_only_worker_lets_its_journal_append_finish()
     assert_eq!(outcome, Ok(()));
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
 }
+
+/// The run-event publisher reads the audit log from where it stopped: from any position, in
+/// the middle of a packed record or at its edge, before or after a prune, it gets exactly the
+/// entries after it, in order.
+#[tokio::test]
+async fn the_audit_entries_after_any_position_are_exactly_those_after_it() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let store = open(directory.path());
+    // Commits of 1, 2, … 9 entries: records of every size, 45 entries in all.
+    for size in 1..=9u32 {
+        let mut batch = Batch::new();
+        for n in 0..size {
+            batch.audit(AuditDraft::new(
+                chrono::Utc::now(),
+                "note",
+                json!({"size": size, "n": n}),
+            ));
+        }
+        store.commit(batch).await.expect("commit");
+    }
+    let all: Vec<(u64, Vec<u8>)> = store
+        .audit_entries()
+        .collect::<Result<_, _>>()
+        .expect("entries");
+    assert_eq!(all.len(), 45);
+    let (head, _) = store.audit_head().expect("head");
+    assert_eq!(head, 45);
+    let check = |all: &[(u64, Vec<u8>)]| {
+        for after in 0..=head + 2 {
+            let read: Vec<(u64, Vec<u8>)> = store
+                .audit_entries_after(after)
+                .collect::<Result<_, _>>()
+                .expect("entries after");
+            let expected: Vec<(u64, Vec<u8>)> = all
+                .iter()
+                .filter(|(seq, _)| *seq > after)
+                .cloned()
+                .collect();
+            assert_eq!(read, expected, "after #{after}");
+        }
+    };
+    check(&all);
+    // Pruned through entry 10 (the end of the fourth commit's record).
+    let through = 10;
+    let hash = std::str::from_utf8(&all[9].1)
+        .expect("utf-8")
+        .split_once('\n')
+        .expect("hash line")
+        .0
+        .to_owned();
+    store.prune_audit(through, &hash).await.expect("pruned");
+    let kept: Vec<(u64, Vec<u8>)> = all.into_iter().filter(|(seq, _)| *seq > 10).collect();
+    assert_eq!(
+        store
+            .audit_entries()
+            .collect::<Result<Vec<_>, _>>()
+            .expect("entries"),
+        kept
+    );
+    check(&kept);
+}

@@ -36,7 +36,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use quench_proto::RunEvent;
 
 pub use action::{Action, ActionError, ActionFuture, Actions, Call, Success};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -142,9 +141,12 @@ pub enum Error {
     Safety(String),
 }
 
-/// Where run events go after their commit (NATS in the service; a list in tests).
+/// Told after each commit that recorded run events. The events are the commit's audit
+/// entries of event kinds; whoever publishes them reads them from the store (the service's
+/// publisher, `service::events`), so a commit's events survive a crash or an outage of the
+/// event stream.
 pub trait EventSink: Send + Sync + std::fmt::Debug {
-    fn publish(&self, events: Vec<RunEvent>);
+    fn committed(&self);
 }
 
 /// Runs open and parked on approval, from the store's counters.

@@ -2,7 +2,7 @@
 //! (logged once durable) and the runs it wakes (queued once durable).
 
 use chrono::{DateTime, Utc};
-use quench_proto::{RunEvent, RunEventKind, RunEventSchema};
+use quench_proto::RunEventKind;
 use serde_json::Value;
 
 use super::drive::Handoff;
@@ -52,7 +52,7 @@ impl Engine {
             handoff,
             holds_ended,
         } = submitted;
-        let committed = pending.wait().await?;
+        pending.wait().await?;
         if timers {
             self.inner.timers.notify_one();
         }
@@ -64,29 +64,15 @@ impl Engine {
         for ended in &ended {
             ended.log();
         }
-        if let Some(sink) = &self.inner.events
-            && !events.is_empty()
-        {
-            let events = events
-                .into_iter()
-                .map(|pending| RunEvent {
-                    schema: RunEventSchema::V1,
-                    id: uuid::Uuid::now_v7().to_string(),
-                    kind: pending.kind,
-                    run_id: pending.run_id,
-                    playbook: pending.playbook,
-                    playbook_version: pending.version,
-                    finding_key: pending.key,
-                    step: pending.step,
-                    at: pending.at,
-                    audit_hash: committed
-                        .audit
-                        .get(pending.audit_index)
-                        .map(|r| r.hash.clone())
-                        .unwrap_or_default(),
-                })
-                .collect();
-            sink.publish(events);
+        if !events.is_empty() {
+            let metrics = crate::metrics::get();
+            for event in &events {
+                // Counted here, after the commit that made them true.
+                metrics.run_event(&event.playbook, event.kind);
+            }
+            if let Some(sink) = &self.inner.events {
+                sink.committed();
+            }
         }
         Ok(())
     }
@@ -150,20 +136,33 @@ pub(super) struct Tx {
     pub(super) holds_ended: Vec<String>,
 }
 
+/// An audit entry about `run`.
+fn run_draft(
+    run: &Run,
+    at: DateTime<Utc>,
+    kind: &'static str,
+    step: Option<&str>,
+    detail: Value,
+) -> AuditDraft {
+    let mut draft = AuditDraft::new(at, kind, detail);
+    draft.run_id = Some(run.id.clone());
+    draft.playbook = Some(run.playbook.clone());
+    draft.version = Some(run.version.clone());
+    draft.step = step.map(str::to_owned);
+    draft
+}
+
+/// A run event a transaction records (as an audit entry of its kind), for the metrics.
 #[derive(Debug)]
 pub(super) struct PendingEvent {
     pub(super) kind: RunEventKind,
-    pub(super) run_id: String,
     pub(super) playbook: String,
-    pub(super) version: String,
-    pub(super) key: String,
-    pub(super) step: Option<String>,
-    pub(super) at: DateTime<Utc>,
-    pub(super) audit_index: usize,
 }
 
 impl Tx {
-    /// Appends an audit entry about `run`; returns its index within this transaction.
+    /// Appends an audit entry about `run`; returns its index within this transaction. An
+    /// entry of a run event's kind is that event ([`Tx::event`]): the publisher reads the
+    /// events from the audit log.
     pub(super) fn audit(
         &mut self,
         run: &Run,
@@ -172,12 +171,11 @@ impl Tx {
         step: Option<&str>,
         detail: Value,
     ) -> usize {
-        let mut draft = AuditDraft::new(at, kind, detail);
-        draft.run_id = Some(run.id.clone());
-        draft.playbook = Some(run.playbook.clone());
-        draft.version = Some(run.version.clone());
-        draft.step = step.map(str::to_owned);
-        self.audit_draft(draft)
+        debug_assert!(
+            RunEventKind::parse(kind).is_none(),
+            "audit entry {kind:?} is a run event's kind: record it with Tx::event"
+        );
+        self.audit_draft(run_draft(run, at, kind, step, detail))
     }
 
     pub(super) fn audit_draft(&mut self, draft: AuditDraft) -> usize {
@@ -194,16 +192,10 @@ impl Tx {
         step: Option<&str>,
         detail: Value,
     ) {
-        let audit_index = self.audit(run, at, kind.as_str(), step, detail);
+        self.audit_draft(run_draft(run, at, kind.as_str(), step, detail));
         self.events.push(PendingEvent {
             kind,
-            run_id: run.id.clone(),
             playbook: run.playbook.clone(),
-            version: run.version.clone(),
-            key: run.key.clone(),
-            step: step.map(str::to_owned),
-            at,
-            audit_index,
         });
     }
 

@@ -1,200 +1,372 @@
-//! Run events to NATS (`quench.events.<playbook>.<kind>`), published after the commit that
-//! records them (and counted in the run metrics there), each with its id as `Nats-Msg-Id` so a re-send is dropped. The audit log is the
-//! record; events are its notification, so a bounded queue sheds (and logs) rather than letting
-//! a NATS outage grow memory. Findings intake waits while the queue is more than half full
-//! ([`Backlog`]), so a burst of findings slows intake instead of shedding events; timers and
-//! decisions never wait on it (an event-bus outage must not hold back a revocation).
+//! Run events to NATS (`quench.events.<playbook>.<kind>`), published from the audit log: a run
+//! event is an audit entry of an event kind (`Tx::event`), so the commit that records a change
+//! records its event too, and nothing holds events in memory. The publisher of a partition
+//! reads the entries after its position (`events_published` in the store), publishes their
+//! events and moves the position on once the stream acknowledged them, saving it about once a
+//! second. An event is never dropped: while NATS cannot take it, the publisher waits and tries
+//! again, and what a crash, a stop or a take-over left unpublished is published by the next
+//! publisher from the saved position. Each event's id is derived from its audit entry's hash
+//! and is its `Nats-Msg-Id`, so a repeat within the stream's duplicate window is dropped and a
+//! later one carries the same id (delivery is at least once; consumers deduplicate by id).
+//! Timers and decisions never wait on the events (an event-bus outage must not hold back a
+//! revocation), and intake does not either: the backlog is the audit log itself.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use quench_proto::{RunEvent, subject};
-use tokio::sync::{Notify, mpsc};
+use quench_proto::{RunEvent, RunEventKind, RunEventSchema, subject};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::EventSink;
+use crate::store::{self, EVENTS_PUBLISHED, Key, Store};
 
-const QUEUE: usize = 65_536;
+/// Audit entries read per pass (events among them are sent together, then acknowledged).
+const BATCH: usize = 256;
+/// How often the position is saved while events flow.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// How long the publisher sleeps when nothing wakes it (a commit does).
+const IDLE: Duration = Duration::from_secs(1);
+/// After the stop: how long the publisher goes on publishing what the last commits recorded.
+const FINISH_WITHIN: Duration = Duration::from_secs(2);
+/// The longest wait between two tries of an event NATS did not take.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Run ids remembered with their keys (from their `run_started` entries).
+const KEYS_KEPT: usize = 4096;
 
+/// The engine's side: each commit that recorded events wakes the publisher.
 #[derive(Debug)]
 pub(super) struct NatsEvents {
-    queue: mpsc::Sender<RunEvent>,
-    drained: Arc<Notify>,
+    wake: Arc<Notify>,
+}
+
+impl EventSink for NatsEvents {
+    fn committed(&self) {
+        self.wake.notify_one();
+    }
 }
 
 #[derive(Debug)]
 pub(super) struct Publisher {
     jetstream: jetstream::Context,
-    queue: mpsc::Receiver<RunEvent>,
-    /// Notified each time the publisher takes an event off the queue.
-    drained: Arc<Notify>,
+    store: Store,
+    wake: Arc<Notify>,
+    /// Where it goes on from: the last audit entry whose event (if any) the stream took.
+    position: u64,
+    /// Run id → key, for the events after a run's start (its entries do not repeat the key).
+    keys: HashMap<String, String>,
 }
 
 impl NatsEvents {
-    pub(super) fn new(jetstream: jetstream::Context) -> (NatsEvents, Publisher) {
-        let (queue, receiver) = mpsc::channel(QUEUE);
-        let drained = Arc::new(Notify::new());
-        (
-            NatsEvents {
-                queue,
-                drained: drained.clone(),
-            },
+    /// The engine's sink and the publisher of `store`'s events, made before the engine
+    /// commits anything (its position is read now).
+    pub(super) fn new(
+        jetstream: jetstream::Context,
+        store: Store,
+    ) -> Result<(NatsEvents, Publisher), store::Error> {
+        let wake = Arc::new(Notify::new());
+        let position = start(&store)?;
+        Ok((
+            NatsEvents { wake: wake.clone() },
             Publisher {
                 jetstream,
-                queue: receiver,
-                drained,
+                store,
+                wake,
+                position,
+                keys: HashMap::new(),
             },
-        )
+        ))
     }
 }
 
-/// How full the run-event queue is, for intake to wait on.
-#[derive(Debug, Clone)]
-pub(super) struct Backlog {
-    queue: mpsc::Sender<RunEvent>,
-    drained: Arc<Notify>,
-}
-
-impl Backlog {
-    /// More than half the queue is waiting to be published.
-    pub(super) fn is_high(&self) -> bool {
-        self.queue.capacity() < self.queue.max_capacity() / 2
-    }
-
-    /// Waits until the queue is at most half full (or `shutdown`): woken as the publisher
-    /// takes events off it.
-    pub(super) async fn wait_low(&self, shutdown: &CancellationToken) {
-        loop {
-            let drained = self.drained.notified();
-            tokio::pin!(drained);
-            // Registered before the check, so an event taken in between is not missed.
-            drained.as_mut().enable();
-            if !self.is_high() || shutdown.is_cancelled() {
-                return;
-            }
-            tokio::select! {
-                () = drained => {}
-                () = shutdown.cancelled() => return,
-            }
+/// Where a store's publisher goes on from: the saved position; at the first start, the end of
+/// the audit log (the events recorded before were published by the queue this replaced, or
+/// never were: they are not re-told). A position before the stored log (pruned) goes on
+/// where it starts.
+fn start(store: &Store) -> Result<u64, store::Error> {
+    let (pruned_through, _) = store.audit_checkpoint()?;
+    match store.get::<u64>(Key::Meta(EVENTS_PUBLISHED))? {
+        Some(position) if position < pruned_through => {
+            tracing::warn!(
+                position,
+                pruned_through,
+                "run events: the audit entries after the last published one were pruned before their events were published; going on after them"
+            );
+            Ok(pruned_through)
         }
+        Some(position) => Ok(position),
+        None => Ok(store.audit_head()?.0),
     }
 }
 
-impl NatsEvents {
-    pub(super) fn backlog(&self) -> Backlog {
-        Backlog {
-            queue: self.queue.clone(),
-            drained: self.drained.clone(),
-        }
-    }
+/// The id of the event an audit entry records: a UUID (version 8) from the entry's hash, the
+/// same each time the entry is published.
+pub(crate) fn event_id(audit_hash: &str) -> String {
+    let digest = Sha256::digest(format!("quench.run_event/v1 {audit_hash}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
-impl EventSink for NatsEvents {
-    fn publish(&self, events: Vec<RunEvent>) {
-        let metrics = crate::metrics::get();
-        for event in events {
-            // Counted here, after the commit that made them true.
-            metrics.run_event(&event.playbook, event.kind);
-            if self.queue.try_send(event).is_err() {
-                tracing::warn!("run event queue full; an event was dropped (the audit log has it)");
-            }
-        }
-    }
+/// The events among some audit entries, and the last entry read.
+#[derive(Debug, Default)]
+struct Read {
+    events: Vec<RunEvent>,
+    through: Option<u64>,
 }
-
-/// Events sent and not yet acknowledged by the stream, at most.
-const IN_FLIGHT: usize = 256;
 
 impl Publisher {
-    /// Sends events as they come, without waiting for each acknowledgement (at most
-    /// [`IN_FLIGHT`] outstanding); an event whose publish fails is retried a few times.
-    pub(super) async fn run(mut self, shutdown: CancellationToken) {
-        let mut in_flight: std::collections::VecDeque<(
-            RunEvent,
-            u32,
-            jetstream::context::PublishAckFuture,
-        )> = std::collections::VecDeque::new();
+    /// Publishes the partition's run events until `stop`, then for up to
+    /// [`FINISH_WITHIN`] what the last commits recorded; saves its position as it goes.
+    /// `stop` is cancelled once the engine stopped committing.
+    pub(super) async fn run(mut self, stop: CancellationToken) {
+        let mut position = self.position;
+        tracing::info!(after = position, "publishing run events from the audit log");
+        let mut saved = position;
+        let mut last_save = Instant::now();
+        let mut finish_by: Option<Instant> = None;
+        let woken = self.wake.clone();
         loop {
-            let next = if in_flight.is_empty() {
+            if finish_by.is_none() && stop.is_cancelled() {
+                finish_by = Some(Instant::now() + FINISH_WITHIN);
+            }
+            let wake = woken.notified();
+            tokio::pin!(wake);
+            // Registered before the read, so a commit in between is not missed.
+            wake.as_mut().enable();
+            let read = match self.read_after(position) {
+                Ok(read) => read,
+                Err(error) => {
+                    tracing::warn!(%error, "run events: the audit log cannot be read; trying again");
+                    if finish_by.is_some() {
+                        break;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(IDLE) => {}
+                        () = stop.cancelled() => {}
+                    }
+                    continue;
+                }
+            };
+            let Some(through) = read.through else {
+                if saved != position {
+                    self.save(position).await;
+                    saved = position;
+                    last_save = Instant::now();
+                }
+                if finish_by.is_some() {
+                    break;
+                }
                 tokio::select! {
-                    event = self.queue.recv() => event.map(|event| (event, 0)),
-                    () = shutdown.cancelled() => None,
+                    () = wake => {}
+                    () = tokio::time::sleep(IDLE) => {}
+                    () = stop.cancelled() => {}
                 }
-            } else {
-                match self.queue.try_recv() {
-                    Ok(event) => Some((event, 0)),
-                    Err(_) => {
-                        // Nothing new: settle the oldest outstanding acknowledgement.
-                        if let Some((event, tries, ack)) = in_flight.pop_front()
-                            && ack.await.is_err()
-                        {
-                            self.retry(event, tries, &mut in_flight).await;
-                        }
-                        continue;
-                    }
-                }
+                continue;
             };
-            if next.is_some() {
-                self.drained.notify_waiters();
+            if !self.send(read.events, finish_by, &stop).await {
+                break;
             }
-            let Some((event, tries)) = next else {
-                for (event, tries, ack) in in_flight.drain(..).collect::<Vec<_>>() {
-                    if ack.await.is_err() && tries < 3 {
-                        self.send(&event).await;
-                    }
+            position = through;
+            if last_save.elapsed() >= SAVE_EVERY {
+                self.save(position).await;
+                saved = position;
+                last_save = Instant::now();
+            }
+        }
+        if saved != position {
+            self.save(position).await;
+        }
+    }
+
+    /// The events among the (at most [`BATCH`]) audit entries after `position`.
+    fn read_after(&mut self, position: u64) -> Result<Read, store::Error> {
+        let mut read = Read::default();
+        let store = self.store.clone();
+        for item in store.audit_entries_after(position).take(BATCH) {
+            let (seq, stored) = item?;
+            read.through = Some(seq);
+            if let Some(event) = self.event_of(seq, &stored) {
+                read.events.push(event);
+            }
+        }
+        Ok(read)
+    }
+
+    /// The run event a stored audit entry records, if it records one.
+    fn event_of(&mut self, seq: u64, stored: &[u8]) -> Option<RunEvent> {
+        let Some((hash, _, entry)) = store::parse_stored(stored) else {
+            tracing::warn!(
+                seq,
+                "run events: an audit entry cannot be read; it has no event"
+            );
+            return None;
+        };
+        let kind = RunEventKind::parse(&entry.kind)?;
+        let run_id = entry.run_id?;
+        let key = match kind {
+            RunEventKind::RunStarted => entry.detail.get("key").and_then(|key| key.as_str()),
+            _ => None,
+        }
+        .map(str::to_owned)
+        .or_else(|| self.keys.get(&run_id).cloned())
+        .or_else(|| self.stored_key(&run_id));
+        let Some(key) = key else {
+            tracing::warn!(seq, run = %run_id, kind = kind.as_str(), "run events: the run was removed before its event was published; the audit log has it");
+            return None;
+        };
+        match kind {
+            RunEventKind::RunCompleted | RunEventKind::RunFailed | RunEventKind::RunCancelled => {
+                self.keys.remove(&run_id);
+            }
+            _ => {
+                if self.keys.len() >= KEYS_KEPT {
+                    self.keys.clear();
                 }
-                return;
-            };
-            if in_flight.len() >= IN_FLIGHT
-                && let Some((old, old_tries, ack)) = in_flight.pop_front()
-                && ack.await.is_err()
-            {
-                self.retry(old, old_tries, &mut in_flight).await;
+                self.keys.insert(run_id.clone(), key.clone());
             }
-            match self.start(&event).await {
-                Some(ack) => in_flight.push_back((event, tries, ack)),
-                None => self.retry(event, tries, &mut in_flight).await,
+        }
+        Some(RunEvent {
+            schema: RunEventSchema::V1,
+            id: event_id(&hash),
+            kind,
+            run_id,
+            playbook: entry.playbook.unwrap_or_default(),
+            playbook_version: entry.version.unwrap_or_default(),
+            finding_key: key,
+            step: entry.step,
+            at: entry.at,
+            audit_hash: hash,
+        })
+    }
+
+    /// A run's key, read from its stored record.
+    fn stored_key(&self, run: &str) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Keyed {
+            key: String,
+        }
+        match self.store.get::<Keyed>(Key::Run(run)) {
+            Ok(found) => found.map(|run| run.key),
+            Err(error) => {
+                tracing::warn!(%error, %run, "run events: a run cannot be read");
+                None
             }
         }
     }
 
-    async fn retry(
+    /// Publishes `events` (all sent, then every acknowledgement awaited), trying each one NATS
+    /// did not take again, with a growing wait, until it does. False when it gave up: after
+    /// `stop`, once `finish_by` passed.
+    async fn send(
         &self,
-        event: RunEvent,
-        tries: u32,
-        in_flight: &mut std::collections::VecDeque<(
-            RunEvent,
-            u32,
-            jetstream::context::PublishAckFuture,
-        )>,
-    ) {
-        if tries >= 5 {
-            tracing::warn!(event = %event.id, "a run event could not be published (the audit log has it)");
-            return;
+        events: Vec<RunEvent>,
+        mut finish_by: Option<Instant>,
+        stop: &CancellationToken,
+    ) -> bool {
+        let mut waiting: VecDeque<RunEvent> = events.into();
+        let mut tries = 0u32;
+        while !waiting.is_empty() {
+            let mut sent = Vec::with_capacity(waiting.len());
+            for event in waiting.drain(..) {
+                let ack = self.start_publish(&event).await;
+                sent.push((event, ack));
+            }
+            // Awaited together: each acknowledgement's timeout starts when it is awaited, and
+            // a stream that answers none (gone, its subject only subscribed to) must cost one
+            // timeout, not one per event.
+            let (events, acks): (Vec<RunEvent>, Vec<_>) = sent.into_iter().unzip();
+            let acks = futures::future::join_all(acks.into_iter().map(|ack| async move {
+                match ack {
+                    Ok(ack) => ack.await.map(|_| ()).map_err(|error| error.to_string()),
+                    Err(error) => Err(error),
+                }
+            }));
+            if finish_by.is_none() && stop.is_cancelled() {
+                finish_by = Some(Instant::now() + FINISH_WITHIN);
+            }
+            let taken = match finish_by {
+                None => acks.await,
+                Some(by) => match tokio::time::timeout_at(by, acks).await {
+                    Ok(taken) => taken,
+                    Err(_) => {
+                        tracing::warn!(
+                            "stopping with run events unacknowledged; the next start publishes them"
+                        );
+                        return false;
+                    }
+                },
+            };
+            for (event, taken) in events.into_iter().zip(taken) {
+                if let Err(error) = taken {
+                    if tries == 0 && waiting.is_empty() {
+                        tracing::warn!(event = %event.id, %error, "a run event was not published; trying again until it is");
+                    }
+                    waiting.push_back(event);
+                }
+            }
+            if waiting.is_empty() {
+                break;
+            }
+            tries += 1;
+            let backoff = Duration::from_millis(100u64 << tries.min(6)).min(MAX_BACKOFF);
+            if finish_by.is_none() && stop.is_cancelled() {
+                finish_by = Some(Instant::now() + FINISH_WITHIN);
+            }
+            let wait_until = Instant::now() + backoff;
+            if let Some(by) = finish_by {
+                if wait_until >= by {
+                    tracing::warn!(
+                        unpublished = waiting.len(),
+                        "stopping with run events unpublished; the next start publishes them"
+                    );
+                    return false;
+                }
+                tokio::time::sleep_until(wait_until).await;
+            } else {
+                tokio::select! {
+                    () = tokio::time::sleep_until(wait_until) => {}
+                    () = stop.cancelled() => {}
+                }
+            }
         }
-        tokio::time::sleep(Duration::from_millis(50 << tries)).await;
-        if let Some(ack) = self.start(&event).await {
-            in_flight.push_back((event, tries + 1, ack));
+        if tries > 0 {
+            tracing::info!(tries, "run events published again after a failure");
         }
+        true
     }
 
-    /// Sends one event; the acknowledgement comes later.
-    async fn start(&self, event: &RunEvent) -> Option<jetstream::context::PublishAckFuture> {
-        let body = serde_json::to_vec(event).ok()?;
+    /// Sends one event; its acknowledgement comes later.
+    async fn start_publish(
+        &self,
+        event: &RunEvent,
+    ) -> Result<jetstream::context::PublishAckFuture, String> {
+        let body = serde_json::to_vec(event).map_err(|error| error.to_string())?;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(subject::HEADER_MSG_ID, event.id.as_str());
-        let subject = subject::event(&event.playbook, event.kind);
         self.jetstream
-            .publish_with_headers(subject, headers, body.into())
+            .publish_with_headers(
+                subject::event(&event.playbook, event.kind),
+                headers,
+                body.into(),
+            )
             .await
-            .ok()
+            .map_err(|error| error.to_string())
     }
 
-    /// Sends one event and waits for its acknowledgement (used while shutting down).
-    async fn send(&self, event: &RunEvent) {
-        if let Some(ack) = self.start(event).await {
-            let _ = tokio::time::timeout(Duration::from_secs(2), ack).await;
+    /// Saves the position (a lost partition's store refuses: its next owner goes on from the
+    /// last one saved, and the stream drops the repeats).
+    async fn save(&self, position: u64) {
+        let mut batch = store::Batch::new();
+        batch.put(Key::Meta(EVENTS_PUBLISHED), &position);
+        if let Err(error) = self.store.commit(batch).await {
+            tracing::info!(%error, position, "run events: the position was not saved; the next start publishes from the last one saved");
         }
     }
 }

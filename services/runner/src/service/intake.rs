@@ -452,25 +452,18 @@ pub(super) struct Intake {
 pub(super) async fn findings(
     consumer: Consumer,
     intake: Intake,
-    backlog: super::events::Backlog,
     mut handed: Option<tokio::sync::mpsc::Receiver<jetstream::Message>>,
     shutdown: CancellationToken,
 ) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     let tasks = TaskTracker::new();
-    let stop = shutdown.clone();
     let mut handed_over = futures::stream::poll_fn(|context| match handed.as_mut() {
         Some(handed) => handed.poll_recv(context),
         None => std::task::Poll::Ready(None),
     });
     each_chunk_with(consumer, &mut handed_over, shutdown, "findings", |messages| {
         let intake = intake.clone();
-        let (in_flight, tasks, backlog, stop) = (
-            in_flight.clone(),
-            tasks.clone(),
-            backlog.clone(),
-            stop.clone(),
-        );
+        let (in_flight, tasks) = (in_flight.clone(), tasks.clone());
         async move {
             let mut findings = Vec::with_capacity(messages.len());
             let mut accepted = Vec::with_capacity(messages.len());
@@ -515,9 +508,8 @@ pub(super) async fn findings(
             }
             let ack_wait = intake.limits.ack_wait;
             let prepared = keep_alive(&accepted, ack_wait, async {
-                // Run events not yet published slow intake down before they would be shed, and
-                // so do runs waiting to be driven.
-                backlog.wait_low(&stop).await;
+                // Runs waiting to be driven slow intake down (run events do not: they are
+                // published from the audit log, however far behind).
                 intake.engine.room().await;
                 let permit = in_flight.clone().acquire_owned().await.ok()?;
                 Some((permit, intake.engine.begin_ingest(&findings).await))

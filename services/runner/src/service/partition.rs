@@ -106,10 +106,9 @@ impl Shared {
         store: Store,
         slot: Slot,
         estate: Option<crate::store::Borrowed>,
-    ) -> Result<(Engine, events::Publisher, events::Backlog), Error> {
+    ) -> Result<(Engine, events::Publisher), Error> {
         let config = &self.config;
-        let (events, publisher) = events::NatsEvents::new(self.jetstream.clone());
-        let backlog = events.backlog();
+        let (events, publisher) = events::NatsEvents::new(self.jetstream.clone(), store.clone())?;
         let mut actions = Actions::new();
         actions.insert(
             "finding.publish",
@@ -164,7 +163,7 @@ impl Shared {
         engine.ensure_run_counts().await?;
         engine.ensure_run_indexes().await?;
         let _ = engine_cell.set(engine.downgrade());
-        Ok((engine, publisher, backlog))
+        Ok((engine, publisher))
     }
 }
 
@@ -229,6 +228,8 @@ pub(super) struct Serving {
     /// Cancelled when a commit fails: the partition stops rather than build on it.
     pub(super) failed: CancellationToken,
     stop: CancellationToken,
+    /// Stops the run-event publisher, once the engine stopped committing.
+    events_stop: CancellationToken,
     /// With several partitions: where the router hands this partition's findings over
     /// without routing them through the stream (it pulled them on this runner).
     pub(super) handover: Option<tokio::sync::mpsc::Sender<async_nats::jetstream::Message>>,
@@ -250,7 +251,7 @@ impl Serving {
         let config = &shared.config;
         let jetstream = &shared.jetstream;
         let holds_estate = estate.is_none();
-        let (engine, publisher, backlog) = shared.engine(store, slot, estate).await?;
+        let (engine, publisher) = shared.engine(store, slot, estate).await?;
         let library = playbooks::Library::new(config.playbooks.dir.clone(), engine.clone());
         library.reload("quench serve").await?;
         for (playbook, why) in engine.paused_schedules() {
@@ -267,7 +268,6 @@ impl Serving {
         if feed == Feed::All {
             tasks.spawn("playbook watcher", library.clone().watch(stop.clone()));
         }
-        tasks.spawn("run events", publisher.run(stop.clone()));
 
         // Runs that were between steps when the last process stopped.
         engine.recover()?;
@@ -300,7 +300,7 @@ impl Serving {
         };
         tasks.spawn(
             "findings intake",
-            intake::findings(findings, intake.clone(), backlog, handed, stop.clone()),
+            intake::findings(findings, intake.clone(), handed, stop.clone()),
         );
         tasks.spawn(
             "decisions intake",
@@ -354,6 +354,11 @@ impl Serving {
         if shared.start.trigger_schedules {
             super::trigger_schedules(&engine).await;
         }
+        // Started last (the events of the commits before are in the audit log), once nothing
+        // can fail; stopped after the engine (`Serving::stop`), so it publishes the events of
+        // the last commits.
+        let events_stop = CancellationToken::new();
+        tasks.spawn("run events", publisher.run(events_stop.clone()));
         Ok(Serving {
             engine,
             library,
@@ -363,6 +368,7 @@ impl Serving {
             tasks,
             failed,
             stop,
+            events_stop,
             handover,
         })
     }
@@ -391,6 +397,7 @@ impl Serving {
             );
             self.engine.abort();
         }
+        self.events_stop.cancel();
         if tokio::time::timeout(Duration::from_secs(5), self.tasks.wait())
             .await
             .is_err()

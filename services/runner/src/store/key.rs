@@ -100,6 +100,9 @@ pub const RUN_INDEXES: &str = "run_indexes";
 /// Set once every run that ended before the ended-run index was kept has been indexed
 /// ([`Key::Ended`]).
 pub const ENDED_INDEX: &str = "ended_index";
+/// The sequence number of the last audit entry whose run event (if it records one) the
+/// stream acknowledged: where the run-event publisher goes on from. Each partition's own.
+pub const EVENTS_PUBLISHED: &str = "events_published";
 
 /// Where a record belongs when the store is split into partitions (one journal each, one
 /// writer each). A run lives in the partition of its run key: the finding key unless the
@@ -118,8 +121,8 @@ pub enum Partition<'a> {
     /// the partition of the commit that took it in (the id alone does not name it, and every
     /// reader has the finding in hand).
     Intake,
-    /// Kept by each partition for itself and written by the backend, never by callers: the
-    /// audit chain (records, head, checkpoint) and the counters.
+    /// Kept by each partition for itself: the audit chain (records, head, checkpoint) and the
+    /// counters, written by the backend, never by callers; the run-event publisher's position.
     Own,
     /// Store-wide control records that every partition reads and only control commits
     /// write: the format version and the playbook library (versions, history, disabled).
@@ -137,9 +140,8 @@ impl Key<'_> {
     /// The partition this record belongs to.
     pub fn partition(&self) -> Partition<'_> {
         match self {
-            Key::Meta(AUDIT_HEAD | AUDIT_CHECKPOINT | COUNTERS | LOGGED) | Key::Audit(_) => {
-                Partition::Own
-            }
+            Key::Meta(AUDIT_HEAD | AUDIT_CHECKPOINT | COUNTERS | LOGGED | EVENTS_PUBLISHED)
+            | Key::Audit(_) => Partition::Own,
             Key::Meta(_)
             | Key::PlaybookVersion(_)
             | Key::PlaybookHistory(..)
@@ -322,6 +324,7 @@ mod tests {
             (Key::Meta(AUDIT_CHECKPOINT), Partition::Own),
             (Key::Meta(LOGGED), Partition::Own),
             (Key::Meta(COUNTERS), Partition::Own),
+            (Key::Meta(EVENTS_PUBLISHED), Partition::Own),
             (Key::Meta("something else"), Partition::Control),
             (Key::Run(run), Partition::Run(run)),
             (

@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 pub use audit::{
     AuditDraft, AuditEntry, AuditRef, Segment, Verification, parse_stored, verify_segment,
 };
-pub use key::{ENDED_INDEX, Key, Partition, RUN_INDEXES, TimerKey};
+pub use key::{ENDED_INDEX, EVENTS_PUBLISHED, Key, Partition, RUN_INDEXES, TimerKey};
 
 // The `store.sync` config value.
 pub use quench_common::config::SyncMode;
@@ -482,8 +482,11 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
 
     /// A run's audit entries, oldest first.
     fn run_audit(&self, run: &str) -> Result<Vec<AuditEntry>, Error>;
-    /// Every stored audit entry in order: (sequence number, stored bytes `hash\nbody`).
-    fn audit_entries(&self) -> Rows<'_, (u64, Vec<u8>)>;
+    /// The stored audit entries after sequence number `after`, in order: (sequence number,
+    /// stored bytes `hash\nbody`).
+    fn audit_entries_after(&self, after: u64) -> Rows<'_, (u64, Vec<u8>)>;
+    /// The last entry of the chain: `(0, genesis)` before the first.
+    fn audit_head(&self) -> Result<(u64, String), Error>;
     /// Stored audit entries newest first, with their hashes, before `before` when given.
     fn audit_newest_first(&self, before: Option<u64>) -> Rows<'_, (String, AuditEntry)>;
     /// The entry the stored chain follows: the last pruned one, or `(0, genesis)`.
@@ -920,7 +923,22 @@ impl Store {
 
     /// Every audit entry in order, as stored (records unpacked): its sequence number and bytes.
     pub fn audit_entries(&self) -> impl Iterator<Item = Result<(u64, Vec<u8>), Error>> + '_ {
-        self.backend.audit_entries()
+        self.backend.audit_entries_after(0)
+    }
+
+    /// The stored audit entries after sequence number `after`, in order, as
+    /// [`Store::audit_entries`] gives them.
+    pub fn audit_entries_after(
+        &self,
+        after: u64,
+    ) -> impl Iterator<Item = Result<(u64, Vec<u8>), Error>> + '_ {
+        self.backend.audit_entries_after(after)
+    }
+
+    /// The last entry of the chain: its sequence number and hash, `(0, genesis)` before the
+    /// first.
+    pub fn audit_head(&self) -> Result<(u64, String), Error> {
+        self.backend.audit_head()
     }
 
     /// Recomputes the audit chain (from the prune checkpoint, if any) and names the first entry
