@@ -1,9 +1,9 @@
-//! Run events are published from the audit log: none is lost while the events stream cannot
-//! take them (the publisher waits and tries again, however long), none is lost to a `kill -9`
-//! (the next start publishes from the saved position), and none is published twice (each
-//! event's id comes from its audit entry, and is its `Nats-Msg-Id`). Checked against the
-//! store: every audit entry of an event kind has exactly one event in `QUENCH_EVENTS`, which
-//! says what the entry says.
+//! Run events (and their OCSF records) are published from the audit log: none is lost while
+//! the events stream cannot take them (the publisher waits and tries again, however long), none
+//! is lost to a `kill -9` (the next start publishes from the saved position), and none is
+//! published twice (each event's id comes from its audit entry, and is its `Nats-Msg-Id`).
+//! Checked against the store: every audit entry of an event kind has exactly one event in
+//! `QUENCH_EVENTS`, which says what the entry says, and every run outcome one OCSF record.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -45,7 +45,15 @@ fn finding(id: &str) -> serde_json::Value {
 
 /// Every message the events stream holds, as run events.
 async fn stored_events(jetstream: &jetstream::Context) -> Vec<RunEvent> {
-    let Ok(mut stream) = jetstream.get_stream("QUENCH_EVENTS").await else {
+    stored(jetstream, "QUENCH_EVENTS").await
+}
+
+/// Every message a stream holds, parsed.
+async fn stored<T: serde::de::DeserializeOwned>(
+    jetstream: &jetstream::Context,
+    name: &str,
+) -> Vec<T> {
+    let Ok(mut stream) = jetstream.get_stream(name).await else {
         return Vec::new();
     };
     let Ok(info) = stream.info().await else {
@@ -65,7 +73,7 @@ async fn stored_events(jetstream: &jetstream::Context) -> Vec<RunEvent> {
             .get_raw_message(sequence)
             .await
             .expect("a stored event");
-        events.push(serde_json::from_slice(&message.payload).expect("a run event"));
+        events.push(serde_json::from_slice(&message.payload).expect("a stored message"));
     }
     events
 }
@@ -141,7 +149,23 @@ async fn no_run_event_is_lost_to_a_stream_outage_or_a_crash_and_none_is_sent_twi
     wait_until_delivered(&world, total).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     world.service.kill();
+    // The OCSF consumer an earlier version made is removed at start.
+    let mut stream = jetstream
+        .get_stream("QUENCH_EVENTS")
+        .await
+        .expect("events stream");
+    stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("quench-ocsf".to_owned()),
+            ..Default::default()
+        })
+        .await
+        .expect("an old consumer");
     world.service.spawn();
+    assert!(
+        stream.consumer_info("quench-ocsf").await.is_err(),
+        "the old OCSF consumer was removed"
+    );
     eventually_async(WAIT, "the events the killed process left", || async {
         count(&stored_events(&jetstream).await, RunEventKind::RunCompleted) >= 30
     })
@@ -176,6 +200,24 @@ async fn no_run_event_is_lost_to_a_stream_outage_or_a_crash_and_none_is_sent_twi
     );
 
     let events = stored_events(&jetstream).await;
+    // Each run's outcome has its OCSF record (a Detection Finding update), made with the event,
+    // so as complete and as free of repeats.
+    let records: Vec<serde_json::Value> = stored(&jetstream, "QUENCH_OCSF").await;
+    let mut outcomes: Vec<&str> = records
+        .iter()
+        .map(|record| record["metadata"]["uid"].as_str().expect("metadata.uid"))
+        .collect();
+    outcomes.sort_unstable();
+    let mut completed: Vec<&str> = events
+        .iter()
+        .filter(|event| event.kind == RunEventKind::RunCompleted)
+        .map(|event| event.id.as_str())
+        .collect();
+    completed.sort_unstable();
+    assert_eq!(
+        outcomes, completed,
+        "one OCSF record per run outcome, by event id"
+    );
     let store = world.stop_and_open();
     let mut by_hash: HashMap<String, RunEvent> = HashMap::new();
     for event in &events {

@@ -114,18 +114,45 @@ pub(crate) fn event_id(audit_hash: &str) -> String {
         .to_string()
 }
 
-/// The events among some audit entries, and the last entry read.
+/// A message to publish: a run event or one of its OCSF records.
+#[derive(Debug)]
+struct Outgoing {
+    subject: String,
+    /// Its `Nats-Msg-Id`.
+    id: String,
+    body: bytes::Bytes,
+}
+
+impl Outgoing {
+    fn event(event: &RunEvent) -> Option<Outgoing> {
+        Some(Outgoing {
+            subject: subject::event(&event.playbook, event.kind),
+            id: event.id.clone(),
+            body: serde_json::to_vec(event).ok()?.into(),
+        })
+    }
+
+    fn record(event: &RunEvent, record: &quench_proto::ocsf::Record) -> Option<Outgoing> {
+        Some(Outgoing {
+            subject: record.subject(),
+            id: super::ocsf::record_id(&event.id, record),
+            body: serde_json::to_vec(&record.body).ok()?.into(),
+        })
+    }
+}
+
+/// What some audit entries give to publish, and the last entry read.
 #[derive(Debug, Default)]
 struct Read {
-    events: Vec<RunEvent>,
+    outgoing: Vec<Outgoing>,
     through: Option<u64>,
 }
 
 impl Publisher {
-    /// Publishes the partition's run events until `stop`, then for up to
-    /// [`FINISH_WITHIN`] what the last commits recorded; saves its position as it goes.
-    /// `stop` is cancelled once the engine stopped committing.
-    pub(super) async fn run(mut self, stop: CancellationToken) {
+    /// Publishes the partition's run events and their OCSF records (made by `records`) until
+    /// `stop`, then for up to [`FINISH_WITHIN`] what the last commits recorded; saves its
+    /// position as it goes. `stop` is cancelled once the engine stopped committing.
+    pub(super) async fn run(mut self, records: super::ocsf::Emitter, stop: CancellationToken) {
         let mut position = self.position;
         tracing::info!(after = position, "publishing run events from the audit log");
         let mut saved = position;
@@ -140,7 +167,7 @@ impl Publisher {
             tokio::pin!(wake);
             // Registered before the read, so a commit in between is not missed.
             wake.as_mut().enable();
-            let read = match self.read_after(position) {
+            let read = match self.read_after(position, &records) {
                 Ok(read) => read,
                 Err(error) => {
                     tracing::warn!(%error, "run events: the audit log cannot be read; trying again");
@@ -170,7 +197,7 @@ impl Publisher {
                 }
                 continue;
             };
-            if !self.send(read.events, finish_by, &stop).await {
+            if !self.send(read.outgoing, finish_by, &stop).await {
                 break;
             }
             position = through;
@@ -185,15 +212,30 @@ impl Publisher {
         }
     }
 
-    /// The events among the (at most [`BATCH`]) audit entries after `position`.
-    fn read_after(&mut self, position: u64) -> Result<Read, store::Error> {
+    /// The events among the (at most [`BATCH`]) audit entries after `position`, each followed
+    /// by its OCSF records.
+    fn read_after(
+        &mut self,
+        position: u64,
+        records: &super::ocsf::Emitter,
+    ) -> Result<Read, store::Error> {
         let mut read = Read::default();
         let store = self.store.clone();
         for item in store.audit_entries_after(position).take(BATCH) {
             let (seq, stored) = item?;
             read.through = Some(seq);
-            if let Some(event) = self.event_of(seq, &stored) {
-                read.events.push(event);
+            let Some(event) = self.event_of(seq, &stored) else {
+                continue;
+            };
+            read.outgoing.extend(Outgoing::event(&event));
+            match records.records(&event) {
+                Ok(made) => read.outgoing.extend(
+                    made.iter()
+                        .filter_map(|record| Outgoing::record(&event, record)),
+                ),
+                Err(error) => {
+                    tracing::warn!(%error, seq, run = %event.run_id, "no OCSF record for an event: its run or playbook cannot be read");
+                }
             }
         }
         Ok(read)
@@ -261,27 +303,27 @@ impl Publisher {
         }
     }
 
-    /// Publishes `events` (all sent, then every acknowledgement awaited), trying each one NATS
-    /// did not take again, with a growing wait, until it does. False when it gave up: after
-    /// `stop`, once `finish_by` passed.
+    /// Publishes `outgoing` (all sent, then every acknowledgement awaited), trying each one
+    /// NATS did not take again, with a growing wait, until it does. False when it gave up:
+    /// after `stop`, once `finish_by` passed.
     async fn send(
         &self,
-        events: Vec<RunEvent>,
+        outgoing: Vec<Outgoing>,
         mut finish_by: Option<Instant>,
         stop: &CancellationToken,
     ) -> bool {
-        let mut waiting: VecDeque<RunEvent> = events.into();
+        let mut waiting: VecDeque<Outgoing> = outgoing.into();
         let mut tries = 0u32;
         while !waiting.is_empty() {
             let mut sent = Vec::with_capacity(waiting.len());
-            for event in waiting.drain(..) {
-                let ack = self.start_publish(&event).await;
-                sent.push((event, ack));
+            for message in waiting.drain(..) {
+                let ack = self.start_publish(&message).await;
+                sent.push((message, ack));
             }
             // Awaited together: each acknowledgement's timeout starts when it is awaited, and
             // a stream that answers none (gone, its subject only subscribed to) must cost one
             // timeout, not one per event.
-            let (events, acks): (Vec<RunEvent>, Vec<_>) = sent.into_iter().unzip();
+            let (messages, acks): (Vec<Outgoing>, Vec<_>) = sent.into_iter().unzip();
             let acks = futures::future::join_all(acks.into_iter().map(|ack| async move {
                 match ack {
                     Ok(ack) => ack.await.map(|_| ()).map_err(|error| error.to_string()),
@@ -303,12 +345,12 @@ impl Publisher {
                     }
                 },
             };
-            for (event, taken) in events.into_iter().zip(taken) {
+            for (message, taken) in messages.into_iter().zip(taken) {
                 if let Err(error) = taken {
                     if tries == 0 && waiting.is_empty() {
-                        tracing::warn!(event = %event.id, %error, "a run event was not published; trying again until it is");
+                        tracing::warn!(id = %message.id, subject = %message.subject, %error, "a run event was not published; trying again until it is");
                     }
-                    waiting.push_back(event);
+                    waiting.push_back(message);
                 }
             }
             if waiting.is_empty() {
@@ -342,20 +384,15 @@ impl Publisher {
         true
     }
 
-    /// Sends one event; its acknowledgement comes later.
+    /// Sends one message; its acknowledgement comes later.
     async fn start_publish(
         &self,
-        event: &RunEvent,
+        message: &Outgoing,
     ) -> Result<jetstream::context::PublishAckFuture, String> {
-        let body = serde_json::to_vec(event).map_err(|error| error.to_string())?;
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(subject::HEADER_MSG_ID, event.id.as_str());
+        headers.insert(subject::HEADER_MSG_ID, message.id.as_str());
         self.jetstream
-            .publish_with_headers(
-                subject::event(&event.playbook, event.kind),
-                headers,
-                body.into(),
-            )
+            .publish_with_headers(message.subject.clone(), headers, message.body.clone())
             .await
             .map_err(|error| error.to_string())
     }

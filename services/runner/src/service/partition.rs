@@ -306,15 +306,7 @@ impl Serving {
             "decisions intake",
             intake::decisions(decisions, intake, stop.clone()),
         );
-        let records = ocsf::consumer(jetstream, slot).await?;
-        tasks.spawn(
-            "OCSF records",
-            ocsf::Emitter {
-                jetstream: jetstream.clone(),
-                engine: engine.clone(),
-            }
-            .run(records, stop.clone()),
-        );
+        ocsf::remove_old_consumer(jetstream, slot).await;
         tasks.spawn("timers", {
             let (engine, stop) = (engine.clone(), stop.clone());
             async move { engine.run_timers(stop).await }
@@ -358,7 +350,15 @@ impl Serving {
         // can fail; stopped after the engine (`Serving::stop`), so it publishes the events of
         // the last commits.
         let events_stop = CancellationToken::new();
-        tasks.spawn("run events", publisher.run(events_stop.clone()));
+        tasks.spawn(
+            "run events",
+            publisher.run(
+                ocsf::Emitter {
+                    engine: engine.clone(),
+                },
+                events_stop.clone(),
+            ),
+        );
         Ok(Serving {
             engine,
             library,
