@@ -150,7 +150,7 @@ async fn no_run_event_is_lost_to_a_stream_outage_or_a_crash_and_none_is_sent_twi
     tokio::time::sleep(Duration::from_millis(500)).await;
     world.service.kill();
     // The OCSF consumer an earlier version made is removed at start.
-    let mut stream = jetstream
+    let stream = jetstream
         .get_stream("QUENCH_EVENTS")
         .await
         .expect("events stream");
