@@ -15,7 +15,7 @@ use quench_runner::store::{Batch, EVENTS_PUBLISHED, Key, parse_stored};
 use serde_json::json;
 
 use crate::service::{World, wait_until_delivered};
-use crate::support::{eventually, eventually_async};
+use crate::support::{self, eventually, eventually_async};
 
 const NOTE_PLAYBOOK: &str = r#"schema: quench.playbook/v1
 name: noted
@@ -137,11 +137,18 @@ async fn no_run_event_is_lost_to_a_stream_outage_or_a_crash_and_none_is_sent_twi
         "the service says why events wait:\n{}",
         world.service.log_text()
     );
+    let lag = || {
+        let (_, text) =
+            support::http_get(&world.service.listen, "/metrics").expect("metrics answer");
+        support::metric(&text, "quench_run_events_unpublished_entries")
+    };
+    assert!(lag() > 0.0, "the lag shows in the metrics");
     park_events(&jetstream, false).await;
     eventually_async(WAIT, "the events recorded during the outage", || async {
         count(&stored_events(&jetstream).await, RunEventKind::RunCompleted) >= 20
     })
     .await;
+    eventually(WAIT, "no lag once published", || lag() == 0.0).await;
 
     // 3. Killed with events unpublished: the next start publishes them.
     park_events(&jetstream, true).await;

@@ -79,6 +79,9 @@ pub const PLAYBOOKS_LOADED: &str = "quench_playbooks_loaded";
 pub const SAFETY_CALLS: &str = "quench_safety_calls_last_hour";
 /// Runs whose mutating step waits on a safety gate (budget or protect).
 pub const SAFETY_WAITING: &str = "quench_safety_waiting_runs";
+/// Audit entries (of this process's partitions) after the last one whose run event was
+/// published: how far the run events lag behind.
+pub const EVENTS_UNPUBLISHED: &str = "quench_run_events_unpublished_entries";
 
 /// Labels of per-kind finding counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -173,6 +176,7 @@ pub struct Metrics {
     pub playbooks_loaded: Gauge,
     pub safety_calls: Family<ActionLabel, Gauge>,
     pub safety_waiting: Gauge,
+    pub events_unpublished: Gauge,
 }
 
 fn step_histogram() -> Histogram {
@@ -224,6 +228,7 @@ impl Metrics {
             playbooks_loaded: Gauge::default(),
             safety_calls: Family::default(),
             safety_waiting: Gauge::default(),
+            events_unpublished: Gauge::default(),
         };
         let mut registry = Registry::default();
         registry.register(
@@ -325,6 +330,11 @@ impl Metrics {
             SAFETY_WAITING,
             "Runs whose mutating step waits on a safety gate (over budget, or a protected resource)",
             metrics.safety_waiting.clone(),
+        );
+        registry.register(
+            EVENTS_UNPUBLISHED,
+            "Audit entries after the last one whose run event the events stream took (the run events' lag; grows while NATS cannot take them)",
+            metrics.events_unpublished.clone(),
         );
         registry.register_with_unit(
             STEP_DURATION,

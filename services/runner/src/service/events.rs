@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -59,6 +60,8 @@ pub(super) struct Publisher {
     position: u64,
     /// Run id → key, for the events after a run's start (its entries do not repeat the key).
     keys: HashMap<String, String>,
+    /// What this publisher adds to the process's unpublished-entries gauge.
+    lag: AtomicI64,
 }
 
 impl NatsEvents {
@@ -78,6 +81,7 @@ impl NatsEvents {
                 wake,
                 position,
                 keys: HashMap::new(),
+                lag: AtomicI64::new(0),
             },
         ))
     }
@@ -181,6 +185,7 @@ impl Publisher {
                     continue;
                 }
             };
+            self.report_lag(position);
             let Some(through) = read.through else {
                 if saved != position {
                     self.save(position).await;
@@ -197,7 +202,7 @@ impl Publisher {
                 }
                 continue;
             };
-            if !self.send(read.outgoing, finish_by, &stop).await {
+            if !self.send(read.outgoing, position, finish_by, &stop).await {
                 break;
             }
             position = through;
@@ -210,6 +215,22 @@ impl Publisher {
         if saved != position {
             self.save(position).await;
         }
+        crate::metrics::get()
+            .events_unpublished
+            .dec_by(self.lag.swap(0, Ordering::Relaxed));
+    }
+
+    /// Sets this publisher's share of the unpublished-entries gauge: the entries after
+    /// `position`.
+    fn report_lag(&self, position: u64) {
+        let Ok((head, _)) = self.store.audit_head() else {
+            return;
+        };
+        let lag = i64::try_from(head.saturating_sub(position)).unwrap_or(i64::MAX);
+        let before = self.lag.swap(lag, Ordering::Relaxed);
+        crate::metrics::get()
+            .events_unpublished
+            .inc_by(lag - before);
     }
 
     /// The events among the (at most [`BATCH`]) audit entries after `position`, each followed
@@ -303,12 +324,14 @@ impl Publisher {
         }
     }
 
-    /// Publishes `outgoing` (all sent, then every acknowledgement awaited), trying each one
-    /// NATS did not take again, with a growing wait, until it does. False when it gave up:
+    /// Publishes `outgoing`, the messages of the entries after `position` (all sent, then
+    /// every acknowledgement awaited), trying each one NATS did not take again, with a growing
+    /// wait, until it does. False when it gave up:
     /// after `stop`, once `finish_by` passed.
     async fn send(
         &self,
         outgoing: Vec<Outgoing>,
+        position: u64,
         mut finish_by: Option<Instant>,
         stop: &CancellationToken,
     ) -> bool {
@@ -356,6 +379,7 @@ impl Publisher {
             if waiting.is_empty() {
                 break;
             }
+            self.report_lag(position);
             tries += 1;
             let backoff = Duration::from_millis(100u64 << tries.min(6)).min(MAX_BACKOFF);
             if finish_by.is_none() && stop.is_cancelled() {
