@@ -1190,7 +1190,68 @@ pub(crate) async fn under_load_on(
         "{repeated} DELETEs repeated, at most {max_repeated} expected"
     );
     every_chain_verifies(&listens[0]).await;
+    every_run_ended_once_in_the_events(&cluster.jetstream, KEYS).await;
     for runner in &mut runners {
         assert_eq!(runner.terminate(), Some(0), "a runner stops cleanly");
     }
+}
+
+/// Every one of `runs` runs has exactly one `run_completed` event in `QUENCH_EVENTS`, and its
+/// outcome one OCSF record: whatever runner committed the end, and whatever happened to it
+/// before it published the event, the partition's next owner published what it had not.
+async fn every_run_ended_once_in_the_events(
+    jetstream: &async_nats::jetstream::Context,
+    runs: usize,
+) {
+    use quench_proto::{RunEvent, RunEventKind};
+    let completed = |events: &[RunEvent]| -> Vec<String> {
+        events
+            .iter()
+            .filter(|event| event.kind == RunEventKind::RunCompleted)
+            .map(|event| event.run_id.clone())
+            .collect()
+    };
+    support::eventually_async(
+        Duration::from_secs(60),
+        "every run's run_completed event",
+        || async {
+            let events: Vec<RunEvent> = crate::run_events::stored(jetstream, "QUENCH_EVENTS").await;
+            completed(&events).len() >= runs
+        },
+    )
+    .await;
+    let events: Vec<RunEvent> = crate::run_events::stored(jetstream, "QUENCH_EVENTS").await;
+    let ended = completed(&events);
+    let distinct: BTreeSet<&String> = ended.iter().collect();
+    assert_eq!(
+        (ended.len(), distinct.len()),
+        (runs, runs),
+        "one run_completed event per run"
+    );
+    let outcomes: BTreeSet<String> = completed_ids(&events);
+    support::eventually_async(
+        Duration::from_secs(30),
+        "every run outcome's OCSF record",
+        || async {
+            let records: Vec<Value> = crate::run_events::stored(jetstream, "QUENCH_OCSF").await;
+            let uids: Vec<&str> = records
+                .iter()
+                .filter(|record| record["class_uid"] == 2004)
+                .filter_map(|record| record["metadata"]["uid"].as_str())
+                .collect();
+            let distinct: BTreeSet<String> = uids.iter().map(|uid| (*uid).to_owned()).collect();
+            assert_eq!(uids.len(), distinct.len(), "no OCSF record twice");
+            distinct == outcomes
+        },
+    )
+    .await;
+}
+
+/// The ids of the `run_completed` events among `events`.
+fn completed_ids(events: &[quench_proto::RunEvent]) -> BTreeSet<String> {
+    events
+        .iter()
+        .filter(|event| event.kind == quench_proto::RunEventKind::RunCompleted)
+        .map(|event| event.id.clone())
+        .collect()
 }

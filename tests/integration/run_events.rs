@@ -48,8 +48,8 @@ async fn stored_events(jetstream: &jetstream::Context) -> Vec<RunEvent> {
     stored(jetstream, "QUENCH_EVENTS").await
 }
 
-/// Every message a stream holds, parsed.
-async fn stored<T: serde::de::DeserializeOwned>(
+/// Every message a stream holds, parsed (each read from the stream's leader).
+pub(crate) async fn stored<T: serde::de::DeserializeOwned>(
     jetstream: &jetstream::Context,
     name: &str,
 ) -> Vec<T> {
