@@ -103,7 +103,7 @@ fn start(store: &Store) -> Result<u64, store::Error> {
             Ok(pruned_through)
         }
         Some(position) => Ok(position),
-        None => Ok(store.audit_head()?.0),
+        None => Ok(store.audit_durable_seq()),
     }
 }
 
@@ -223,9 +223,7 @@ impl Publisher {
     /// Sets this publisher's share of the unpublished-entries gauge: the entries after
     /// `position`.
     fn report_lag(&self, position: u64) {
-        let Ok((head, _)) = self.store.audit_head() else {
-            return;
-        };
+        let head = self.store.audit_durable_seq();
         let lag = i64::try_from(head.saturating_sub(position)).unwrap_or(i64::MAX);
         let before = self.lag.swap(lag, Ordering::Relaxed);
         crate::metrics::get()
@@ -242,8 +240,20 @@ impl Publisher {
     ) -> Result<Read, store::Error> {
         let mut read = Read::default();
         let store = self.store.clone();
-        for item in store.audit_entries_after(position).take(BATCH) {
+        // Only what is durable: an event told of a commit a crash then loses would be about
+        // something that did not happen.
+        let durable = store.audit_durable_seq();
+        if durable <= position {
+            return Ok(read);
+        }
+        for item in store
+            .audit_entries_after(position)
+            .take(BATCH.min(usize::try_from(durable - position).unwrap_or(BATCH)))
+        {
             let (seq, stored) = item?;
+            if seq > durable {
+                break;
+            }
             read.through = Some(seq);
             let Some(event) = self.event_of(seq, &stored) else {
                 continue;

@@ -485,8 +485,8 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     /// The stored audit entries after sequence number `after`, in order: (sequence number,
     /// stored bytes `hash\nbody`).
     fn audit_entries_after(&self, after: u64) -> Rows<'_, (u64, Vec<u8>)>;
-    /// The last entry of the chain: `(0, genesis)` before the first.
-    fn audit_head(&self) -> Result<(u64, String), Error>;
+    /// See [`Store::audit_durable_seq`].
+    fn audit_durable_seq(&self) -> u64;
     /// Stored audit entries newest first, with their hashes, before `before` when given.
     fn audit_newest_first(&self, before: Option<u64>) -> Rows<'_, (String, AuditEntry)>;
     /// The entry the stored chain follows: the last pruned one, or `(0, genesis)`.
@@ -935,10 +935,11 @@ impl Store {
         self.backend.audit_entries_after(after)
     }
 
-    /// The last entry of the chain: its sequence number and hash, `(0, genesis)` before the
-    /// first.
-    pub fn audit_head(&self) -> Result<(u64, String), Error> {
-        self.backend.audit_head()
+    /// The sequence number of the last audit entry known durable (0 before the first): what
+    /// is read past it was applied and may still be lost to a crash, so nothing outside the
+    /// store may be told of it yet (the run-event publisher reads up to here).
+    pub fn audit_durable_seq(&self) -> u64 {
+        self.backend.audit_durable_seq()
     }
 
     /// Recomputes the audit chain (from the prune checkpoint, if any) and names the first entry

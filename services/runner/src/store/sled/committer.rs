@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 
 use tokio::sync::oneshot;
@@ -50,6 +51,9 @@ pub(super) struct Handle {
     /// Cancelled when a commit fails.
     pub(super) failed: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The sequence number of the last audit entry known durable (see
+    /// [`Handle::durable_audit_seq`]).
+    durable: Arc<AtomicU64>,
 }
 
 impl Drop for Handle {
@@ -84,7 +88,10 @@ impl Handle {
         };
         let (sender, receiver) = mpsc::sync_channel(QUEUE);
         let failed = CancellationToken::new();
+        // What the store holds when it opens is durable (sled recovers only what was synced).
+        let durable = Arc::new(AtomicU64::new(head.seq));
         let committer = Committer {
+            durable: durable.clone(),
             slot,
             log,
             head,
@@ -102,7 +109,14 @@ impl Handle {
             sender: Some(sender),
             failed,
             thread: Some(thread),
+            durable,
         })
+    }
+
+    /// The sequence number of the last audit entry known durable: an entry after it may
+    /// already be readable (applied to sled, not yet synced) and could still be lost.
+    pub(super) fn durable_audit_seq(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
     }
 
     /// Queues a batch (in order); the [`Pending`] gets the outcome once it is durable.
@@ -197,6 +211,7 @@ struct Committer {
     /// the disk, so none is applied (fail-stop; reopening the store recovers).
     failed: Option<String>,
     on_failure: CancellationToken,
+    durable: Arc<AtomicU64>,
 }
 
 impl Committer {
@@ -361,6 +376,7 @@ impl Committer {
                 metrics
                     .commit_seconds
                     .observe(started.elapsed().as_secs_f64());
+                self.durable.store(next_head.seq, Ordering::Release);
                 self.head = next_head;
                 if let Some(next) = next_counters {
                     self.counters = next;
@@ -467,6 +483,7 @@ impl Committer {
             });
         match synced {
             Ok((head, counters)) => {
+                self.durable.store(head.seq, Ordering::Release);
                 self.head = head;
                 self.counters = counters;
                 Ok(position)

@@ -929,10 +929,8 @@ impl Backend for Sled {
         )
     }
 
-    fn audit_head(&self) -> Result<(u64, String), Error> {
-        self.db
-            .with(audit::read_head)
-            .map(|head| (head.seq, head.hash))
+    fn audit_durable_seq(&self) -> u64 {
+        self.committer.durable_audit_seq()
     }
 
     fn audit_newest_first(&self, before: Option<u64>) -> Rows<'_, (String, AuditEntry)> {
