@@ -152,14 +152,38 @@ struct Read {
     through: Option<u64>,
 }
 
+/// Messages sent and not yet acknowledged, at most: past it, durable entries wait to be read.
+const IN_FLIGHT: usize = 1024;
+
+/// The messages of some audit entries, sent, their acknowledgements awaited together (each
+/// one's timeout starts when it is awaited: a stream that answers none — gone, its subject
+/// only subscribed to — must cost one timeout, not one per message).
+struct Flight {
+    /// The last entry they are of.
+    through: u64,
+    messages: Vec<Outgoing>,
+    acks: futures::future::BoxFuture<'static, Vec<Result<(), String>>>,
+    /// Rounds that failed so far.
+    tries: u32,
+}
+
 impl Publisher {
     /// Publishes the partition's run events and their OCSF records (made by `records`) until
     /// `stop`, then for up to [`FINISH_WITHIN`] what the last commits recorded; saves its
     /// position as it goes. `stop` is cancelled once the engine stopped committing.
+    ///
+    /// Entries are read and their messages sent as soon as they are durable, without waiting
+    /// for the acknowledgements of those sent before (at most [`IN_FLIGHT`] outstanding); the
+    /// position moves on, in order, past each set of entries whose messages the stream all
+    /// took. Messages it did not take are sent again, with a growing wait, until it does.
     pub(super) async fn run(mut self, records: super::ocsf::Emitter, stop: CancellationToken) {
-        let mut position = self.position;
-        tracing::info!(after = position, "publishing run events from the audit log");
-        let mut saved = position;
+        // Every message of the entries up to `acked` was taken; those up to `read` were sent.
+        let mut acked = self.position;
+        let mut read = acked;
+        tracing::info!(after = acked, "publishing run events from the audit log");
+        let mut in_flight: VecDeque<Flight> = VecDeque::new();
+        let mut sending = 0usize;
+        let mut saved = acked;
         let mut last_save = Instant::now();
         let mut finish_by: Option<Instant> = None;
         let woken = self.wake.clone();
@@ -167,29 +191,41 @@ impl Publisher {
             if finish_by.is_none() && stop.is_cancelled() {
                 finish_by = Some(Instant::now() + FINISH_WITHIN);
             }
+            if finish_by.is_some_and(|by| Instant::now() >= by) {
+                tracing::warn!(
+                    unacknowledged = sending,
+                    "stopping with run events unpublished; the next start publishes them"
+                );
+                break;
+            }
             let wake = woken.notified();
             tokio::pin!(wake);
             // Registered before the read, so a commit in between is not missed.
             wake.as_mut().enable();
-            let read = match self.read_after(position, &records) {
-                Ok(read) => read,
-                Err(error) => {
-                    tracing::warn!(%error, "run events: the audit log cannot be read; trying again");
-                    if finish_by.is_some() {
-                        break;
+            let room = sending < IN_FLIGHT;
+            if room {
+                match self.read_after(read, &records) {
+                    Ok(Read {
+                        through: Some(through),
+                        outgoing,
+                    }) => {
+                        sending += outgoing.len();
+                        let flight = self.send(through, outgoing, 0).await;
+                        in_flight.push_back(flight);
+                        read = through;
+                        continue;
                     }
-                    tokio::select! {
-                        () = tokio::time::sleep(IDLE) => {}
-                        () = stop.cancelled() => {}
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "run events: the audit log cannot be read; trying again");
                     }
-                    continue;
                 }
-            };
-            self.report_lag(position);
-            let Some(through) = read.through else {
-                if saved != position {
-                    self.save(position).await;
-                    saved = position;
+            }
+            self.report_lag(acked);
+            let Some(front) = in_flight.front_mut() else {
+                if saved != acked {
+                    self.save(acked).await;
+                    saved = acked;
                     last_save = Instant::now();
                 }
                 if finish_by.is_some() {
@@ -202,18 +238,60 @@ impl Publisher {
                 }
                 continue;
             };
-            if !self.send(read.outgoing, position, finish_by, &stop).await {
-                break;
+            let far = Instant::now() + IDLE;
+            let settled = tokio::select! {
+                taken = &mut front.acks => Some(taken),
+                () = wake.as_mut(), if room => None,
+                () = tokio::time::sleep_until(finish_by.unwrap_or(far)), if finish_by.is_some() => None,
+                () = stop.cancelled(), if finish_by.is_none() => None,
+            };
+            let Some(taken) = settled else {
+                continue;
+            };
+            let Some(flight) = in_flight.pop_front() else {
+                continue;
+            };
+            let total = flight.messages.len();
+            let mut failed = Vec::new();
+            for (message, taken) in flight.messages.into_iter().zip(taken) {
+                if let Err(error) = taken {
+                    if flight.tries == 0 && failed.is_empty() {
+                        tracing::warn!(id = %message.id, subject = %message.subject, %error, "a run event was not published; trying again until it is");
+                    }
+                    failed.push(message);
+                }
             }
-            position = through;
-            if last_save.elapsed() >= SAVE_EVERY {
-                self.save(position).await;
-                saved = position;
-                last_save = Instant::now();
+            sending -= total - failed.len();
+            if failed.is_empty() {
+                if flight.tries > 0 {
+                    tracing::info!(
+                        tries = flight.tries,
+                        "run events published again after a failure"
+                    );
+                }
+                acked = flight.through;
+                if last_save.elapsed() >= SAVE_EVERY {
+                    self.save(acked).await;
+                    saved = acked;
+                    last_save = Instant::now();
+                }
+                continue;
             }
+            let tries = flight.tries + 1;
+            let backoff = Duration::from_millis(100u64 << tries.min(6)).min(MAX_BACKOFF);
+            let until = Instant::now() + backoff;
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {}
+                () = tokio::time::sleep_until(finish_by.unwrap_or(until)), if finish_by.is_some() => {}
+                () = stop.cancelled(), if finish_by.is_none() => {
+                    finish_by = Some(Instant::now() + FINISH_WITHIN);
+                }
+            }
+            let again = self.send(flight.through, failed, tries).await;
+            in_flight.push_front(again);
         }
-        if saved != position {
-            self.save(position).await;
+        if saved != acked {
+            self.save(acked).await;
         }
         crate::metrics::get()
             .events_unpublished
@@ -334,88 +412,25 @@ impl Publisher {
         }
     }
 
-    /// Publishes `outgoing`, the messages of the entries after `position` (all sent, then
-    /// every acknowledgement awaited), trying each one NATS did not take again, with a growing
-    /// wait, until it does. False when it gave up:
-    /// after `stop`, once `finish_by` passed.
-    async fn send(
-        &self,
-        outgoing: Vec<Outgoing>,
-        position: u64,
-        mut finish_by: Option<Instant>,
-        stop: &CancellationToken,
-    ) -> bool {
-        let mut waiting: VecDeque<Outgoing> = outgoing.into();
-        let mut tries = 0u32;
-        while !waiting.is_empty() {
-            let mut sent = Vec::with_capacity(waiting.len());
-            for message in waiting.drain(..) {
-                let ack = self.start_publish(&message).await;
-                sent.push((message, ack));
-            }
-            // Awaited together: each acknowledgement's timeout starts when it is awaited, and
-            // a stream that answers none (gone, its subject only subscribed to) must cost one
-            // timeout, not one per event.
-            let (messages, acks): (Vec<Outgoing>, Vec<_>) = sent.into_iter().unzip();
-            let acks = futures::future::join_all(acks.into_iter().map(|ack| async move {
-                match ack {
-                    Ok(ack) => ack.await.map(|_| ()).map_err(|error| error.to_string()),
-                    Err(error) => Err(error),
-                }
-            }));
-            if finish_by.is_none() && stop.is_cancelled() {
-                finish_by = Some(Instant::now() + FINISH_WITHIN);
-            }
-            let taken = match finish_by {
-                None => acks.await,
-                Some(by) => match tokio::time::timeout_at(by, acks).await {
-                    Ok(taken) => taken,
-                    Err(_) => {
-                        tracing::warn!(
-                            "stopping with run events unacknowledged; the next start publishes them"
-                        );
-                        return false;
-                    }
-                },
-            };
-            for (message, taken) in messages.into_iter().zip(taken) {
-                if let Err(error) = taken {
-                    if tries == 0 && waiting.is_empty() {
-                        tracing::warn!(id = %message.id, subject = %message.subject, %error, "a run event was not published; trying again until it is");
-                    }
-                    waiting.push_back(message);
-                }
-            }
-            if waiting.is_empty() {
-                break;
-            }
-            self.report_lag(position);
-            tries += 1;
-            let backoff = Duration::from_millis(100u64 << tries.min(6)).min(MAX_BACKOFF);
-            if finish_by.is_none() && stop.is_cancelled() {
-                finish_by = Some(Instant::now() + FINISH_WITHIN);
-            }
-            let wait_until = Instant::now() + backoff;
-            if let Some(by) = finish_by {
-                if wait_until >= by {
-                    tracing::warn!(
-                        unpublished = waiting.len(),
-                        "stopping with run events unpublished; the next start publishes them"
-                    );
-                    return false;
-                }
-                tokio::time::sleep_until(wait_until).await;
-            } else {
-                tokio::select! {
-                    () = tokio::time::sleep_until(wait_until) => {}
-                    () = stop.cancelled() => {}
-                }
-            }
+    /// Sends `messages`, those of the entries up to `through`: a flight whose acknowledgements
+    /// come later.
+    async fn send(&self, through: u64, messages: Vec<Outgoing>, tries: u32) -> Flight {
+        let mut acks = Vec::with_capacity(messages.len());
+        for message in &messages {
+            acks.push(self.start_publish(message).await);
         }
-        if tries > 0 {
-            tracing::info!(tries, "run events published again after a failure");
+        let acks = futures::future::join_all(acks.into_iter().map(|ack| async move {
+            match ack {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|error| error.to_string()),
+                Err(error) => Err(error),
+            }
+        }));
+        Flight {
+            through,
+            messages,
+            acks: Box::pin(acks),
+            tries,
         }
-        true
     }
 
     /// Sends one message; its acknowledgement comes later.
