@@ -145,10 +145,10 @@ impl Outgoing {
     }
 }
 
-/// What some audit entries give to publish, and the last entry read.
+/// The run events among some audit entries, and the last entry read.
 #[derive(Debug, Default)]
 struct Read {
-    outgoing: Vec<Outgoing>,
+    events: Vec<RunEvent>,
     through: Option<u64>,
 }
 
@@ -165,6 +165,27 @@ struct Flight {
     acks: futures::future::BoxFuture<'static, Vec<Result<(), String>>>,
     /// Rounds that failed so far.
     tries: u32,
+}
+
+/// A flight of `messages` sent (`acks`, in the same order), awaited together.
+fn flight(
+    through: u64,
+    messages: Vec<Outgoing>,
+    acks: Vec<Result<jetstream::context::PublishAckFuture, String>>,
+    tries: u32,
+) -> Flight {
+    let acks = futures::future::join_all(acks.into_iter().map(|ack| async move {
+        match ack {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|error| error.to_string()),
+            Err(error) => Err(error),
+        }
+    }));
+    Flight {
+        through,
+        messages,
+        acks: Box::pin(acks),
+        tries,
+    }
 }
 
 impl Publisher {
@@ -204,13 +225,13 @@ impl Publisher {
             wake.as_mut().enable();
             let room = sending < IN_FLIGHT;
             if room {
-                match self.read_after(read, &records) {
+                match self.read_after(read) {
                     Ok(Read {
                         through: Some(through),
-                        outgoing,
+                        events,
                     }) => {
-                        sending += outgoing.len();
-                        let flight = self.send(through, outgoing, 0).await;
+                        let flight = self.send_new(through, &events, &records).await;
+                        sending += flight.messages.len();
                         in_flight.push_back(flight);
                         read = through;
                         continue;
@@ -309,13 +330,8 @@ impl Publisher {
             .inc_by(lag - before);
     }
 
-    /// The events among the (at most [`BATCH`]) audit entries after `position`, each followed
-    /// by its OCSF records.
-    fn read_after(
-        &mut self,
-        position: u64,
-        records: &super::ocsf::Emitter,
-    ) -> Result<Read, store::Error> {
+    /// The events among the (at most [`BATCH`]) durable audit entries after `position`.
+    fn read_after(&mut self, position: u64) -> Result<Read, store::Error> {
         let mut read = Read::default();
         let store = self.store.clone();
         // Only what is durable: an event told of a commit a crash then loses would be about
@@ -333,19 +349,7 @@ impl Publisher {
                 break;
             }
             read.through = Some(seq);
-            let Some(event) = self.event_of(seq, &stored) else {
-                continue;
-            };
-            read.outgoing.extend(Outgoing::event(&event));
-            match records.records(&event) {
-                Ok(made) => read.outgoing.extend(
-                    made.iter()
-                        .filter_map(|record| Outgoing::record(&event, record)),
-                ),
-                Err(error) => {
-                    tracing::warn!(%error, seq, run = %event.run_id, "no OCSF record for an event: its run or playbook cannot be read");
-                }
-            }
+            read.events.extend(self.event_of(seq, &stored));
         }
         Ok(read)
     }
@@ -412,25 +416,46 @@ impl Publisher {
         }
     }
 
-    /// Sends `messages`, those of the entries up to `through`: a flight whose acknowledgements
-    /// come later.
+    /// Sends `events`, those of the entries up to `through`, then their OCSF records (made
+    /// once the events are on their way: an event does not wait for its record's run read).
+    async fn send_new(
+        &self,
+        through: u64,
+        events: &[RunEvent],
+        records: &super::ocsf::Emitter,
+    ) -> Flight {
+        let mut messages = Vec::with_capacity(events.len());
+        let mut acks = Vec::with_capacity(events.len());
+        for message in events.iter().filter_map(Outgoing::event) {
+            acks.push(self.start_publish(&message).await);
+            messages.push(message);
+        }
+        for event in events {
+            let made = match records.records(event) {
+                Ok(made) => made,
+                Err(error) => {
+                    tracing::warn!(%error, run = %event.run_id, "no OCSF record for an event: its run or playbook cannot be read");
+                    continue;
+                }
+            };
+            for message in made
+                .iter()
+                .filter_map(|record| Outgoing::record(event, record))
+            {
+                acks.push(self.start_publish(&message).await);
+                messages.push(message);
+            }
+        }
+        flight(through, messages, acks, 0)
+    }
+
+    /// Sends `messages` again, those of the entries up to `through` that were not taken.
     async fn send(&self, through: u64, messages: Vec<Outgoing>, tries: u32) -> Flight {
         let mut acks = Vec::with_capacity(messages.len());
         for message in &messages {
             acks.push(self.start_publish(message).await);
         }
-        let acks = futures::future::join_all(acks.into_iter().map(|ack| async move {
-            match ack {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|error| error.to_string()),
-                Err(error) => Err(error),
-            }
-        }));
-        Flight {
-            through,
-            messages,
-            acks: Box::pin(acks),
-            tries,
-        }
+        flight(through, messages, acks, tries)
     }
 
     /// Sends one message; its acknowledgement comes later.
