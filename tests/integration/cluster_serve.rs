@@ -762,7 +762,8 @@ async fn a_runner_split_from_the_cluster_stops_and_the_other_takes_over() {
         }
         assert!(
             cut.elapsed() < Duration::from_secs(60),
-            "runner-a still runs a minute after the split"
+            "runner-a still runs a minute after the split; its log:\n{}",
+            a.log_text()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };

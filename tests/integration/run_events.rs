@@ -121,7 +121,12 @@ async fn no_run_event_is_lost_to_a_stream_outage_or_a_crash_and_none_is_sent_twi
     // 2. The stream cannot take events for longer than the old queue's retries lasted: the
     //    runs go on, and their events are published once it can.
     park_events(&jetstream, true).await;
-    total += publish(&world, (0..10).map(|n| format!("b-{n}"))).await;
+    //    One at a time, so that their events go out in many separate sends: once the stream
+    //    is back, they must not wait for one acknowledgement timeout each.
+    for n in 0..10 {
+        total += publish(&world, std::iter::once(format!("b-{n}"))).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     wait_until_delivered(&world, total).await;
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(
@@ -144,9 +149,11 @@ async fn no_run_event_is_lost_to_a_stream_outage_or_a_crash_and_none_is_sent_twi
     };
     assert!(lag() > 0.0, "the lag shows in the metrics");
     park_events(&jetstream, false).await;
-    eventually_async(WAIT, "the events recorded during the outage", || async {
-        count(&stored_events(&jetstream).await, RunEventKind::RunCompleted) >= 20
-    })
+    eventually_async(
+        Duration::from_secs(15),
+        "the events recorded during the outage, soon after it",
+        || async { count(&stored_events(&jetstream).await, RunEventKind::RunCompleted) >= 20 },
+    )
     .await;
     eventually(WAIT, "no lag once published", || lag() == 0.0).await;
 

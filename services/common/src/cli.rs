@@ -111,12 +111,20 @@ where
 {
     init_tracing(log_format);
     let runtime = runtime(err)?;
-    Some(runtime.block_on(async {
+    let outcome = runtime.block_on(async {
         let shutdown = tokio_util::sync::CancellationToken::new();
         tokio::spawn(signals(shutdown.clone()));
         service(shutdown).await
-    }))
+    });
+    // Bounded: a task still running is dropped now, and a drop that waits on the runtime (a
+    // store whose committer waits for a journal append cut off from NATS needs its timers,
+    // which stop with it) would otherwise keep the process from exiting.
+    runtime.shutdown_timeout(SHUTDOWN_WITHIN);
+    Some(outcome)
 }
+
+/// How long the runtime may take to drop what is still running once the service returned.
+const SHUTDOWN_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// First SIGTERM or SIGINT: shut down gracefully. Second: exit at once.
 async fn signals(shutdown: tokio_util::sync::CancellationToken) {

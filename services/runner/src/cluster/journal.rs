@@ -427,11 +427,17 @@ impl Journal {
             .payload(body)
             .message_id(id)
             .expected_last_subject_sequence(expected);
-        let ack = self
-            .jetstream
-            .send_publish(Journal::subject(partition), publish)
-            .await
-            .map_err(|error| unknown(error.to_string()))?;
+        // Bounded too: while the connection is broken, sending can wait for ever for the
+        // client to take the message (and an append that never returns holds the store's
+        // committer, and so the process, however the partition ends).
+        let ack = tokio::time::timeout(
+            ACK_WAIT,
+            self.jetstream
+                .send_publish(Journal::subject(partition), publish),
+        )
+        .await
+        .map_err(|_| unknown(format!("could not send in {ACK_WAIT:?}")))?
+        .map_err(|error| unknown(error.to_string()))?;
         match tokio::time::timeout(ACK_WAIT, ack.into_future()).await {
             Err(_) => Err(unknown(format!("no acknowledgement in {ACK_WAIT:?}"))),
             Ok(Ok(ack)) => Ok(ack.sequence),

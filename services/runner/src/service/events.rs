@@ -155,35 +155,38 @@ struct Read {
 /// Messages sent and not yet acknowledged, at most: past it, durable entries wait to be read.
 const IN_FLIGHT: usize = 1024;
 
-/// The messages of some audit entries, sent, their acknowledgements awaited together (each
-/// one's timeout starts when it is awaited: a stream that answers none — gone, its subject
-/// only subscribed to — must cost one timeout, not one per message).
+/// The messages of some audit entries, sent, their acknowledgements awaited together by a
+/// task of their own from the moment they are sent. Each acknowledgement's timeout starts when
+/// it is awaited: a stream that answers none (gone, its subject only subscribed to) must cost
+/// one timeout for everything in flight, not one per message, nor one per flight in turn.
 struct Flight {
     /// The last entry they are of.
     through: u64,
     messages: Vec<Outgoing>,
-    acks: futures::future::BoxFuture<'static, Vec<Result<(), String>>>,
+    acks: tokio::task::JoinHandle<Vec<Result<(), String>>>,
     /// Rounds that failed so far.
     tries: u32,
 }
 
-/// A flight of `messages` sent (`acks`, in the same order), awaited together.
+/// A flight of `messages` sent (`acks`, in the same order).
 fn flight(
     through: u64,
     messages: Vec<Outgoing>,
     acks: Vec<Result<jetstream::context::PublishAckFuture, String>>,
     tries: u32,
 ) -> Flight {
-    let acks = futures::future::join_all(acks.into_iter().map(|ack| async move {
-        match ack {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|error| error.to_string()),
-            Err(error) => Err(error),
-        }
-    }));
+    let acks = tokio::spawn(futures::future::join_all(acks.into_iter().map(
+        |ack| async move {
+            match ack {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|error| error.to_string()),
+                Err(error) => Err(error),
+            }
+        },
+    )));
     Flight {
         through,
         messages,
-        acks: Box::pin(acks),
+        acks,
         tries,
     }
 }
@@ -197,7 +200,15 @@ impl Publisher {
     /// for the acknowledgements of those sent before (at most [`IN_FLIGHT`] outstanding); the
     /// position moves on, in order, past each set of entries whose messages the stream all
     /// took. Messages it did not take are sent again, with a growing wait, until it does.
-    pub(super) async fn run(mut self, records: super::ocsf::Emitter, stop: CancellationToken) {
+    ///
+    /// `lost`: the partition is lost; the publisher stops at once and writes nothing more (its
+    /// store could not take it: its next owner goes on from the last position saved).
+    pub(super) async fn run(
+        mut self,
+        records: super::ocsf::Emitter,
+        stop: CancellationToken,
+        lost: CancellationToken,
+    ) {
         // Every message of the entries up to `acked` was taken; those up to `read` were sent.
         let mut acked = self.position;
         let mut read = acked;
@@ -209,6 +220,9 @@ impl Publisher {
         let mut finish_by: Option<Instant> = None;
         let woken = self.wake.clone();
         loop {
+            if lost.is_cancelled() {
+                break;
+            }
             if finish_by.is_none() && stop.is_cancelled() {
                 finish_by = Some(Instant::now() + FINISH_WITHIN);
             }
@@ -245,7 +259,7 @@ impl Publisher {
             self.report_lag(acked);
             let Some(front) = in_flight.front_mut() else {
                 if saved != acked {
-                    self.save(acked).await;
+                    self.save(acked, &lost).await;
                     saved = acked;
                     last_save = Instant::now();
                 }
@@ -256,15 +270,20 @@ impl Publisher {
                     () = wake => {}
                     () = tokio::time::sleep(IDLE) => {}
                     () = stop.cancelled() => {}
+                    () = lost.cancelled() => {}
                 }
                 continue;
             };
             let far = Instant::now() + IDLE;
+            let sent = front.messages.len();
             let settled = tokio::select! {
-                taken = &mut front.acks => Some(taken),
+                taken = &mut front.acks => Some(taken.unwrap_or_else(|error| {
+                    vec![Err(format!("awaiting the acknowledgements: {error}")); sent]
+                })),
                 () = wake.as_mut(), if room => None,
                 () = tokio::time::sleep_until(finish_by.unwrap_or(far)), if finish_by.is_some() => None,
                 () = stop.cancelled(), if finish_by.is_none() => None,
+                () = lost.cancelled() => None,
             };
             let Some(taken) = settled else {
                 continue;
@@ -292,7 +311,7 @@ impl Publisher {
                 }
                 acked = flight.through;
                 if last_save.elapsed() >= SAVE_EVERY {
-                    self.save(acked).await;
+                    self.save(acked, &lost).await;
                     saved = acked;
                     last_save = Instant::now();
                 }
@@ -307,12 +326,13 @@ impl Publisher {
                 () = stop.cancelled(), if finish_by.is_none() => {
                     finish_by = Some(Instant::now() + FINISH_WITHIN);
                 }
+                () = lost.cancelled() => continue,
             }
             let again = self.send(flight.through, failed, tries).await;
             in_flight.push_front(again);
         }
-        if saved != acked {
-            self.save(acked).await;
+        if saved != acked && !lost.is_cancelled() {
+            self.save(acked, &lost).await;
         }
         crate::metrics::get()
             .events_unpublished
@@ -471,13 +491,18 @@ impl Publisher {
             .map_err(|error| error.to_string())
     }
 
-    /// Saves the position (a lost partition's store refuses: its next owner goes on from the
-    /// last one saved, and the stream drops the repeats).
-    async fn save(&self, position: u64) {
+    /// Saves the position, unless the partition is `lost` first (its store cannot take it: the
+    /// next owner goes on from the last position saved, and the stream drops the repeats).
+    async fn save(&self, position: u64, lost: &CancellationToken) {
         let mut batch = store::Batch::new();
         batch.put(Key::Meta(EVENTS_PUBLISHED), &position);
-        if let Err(error) = self.store.commit(batch).await {
-            tracing::info!(%error, position, "run events: the position was not saved; the next start publishes from the last one saved");
+        tokio::select! {
+            saved = self.store.commit(batch) => {
+                if let Err(error) = saved {
+                    tracing::info!(%error, position, "run events: the position was not saved; the next start publishes from the last one saved");
+                }
+            }
+            () = lost.cancelled() => {}
         }
     }
 }

@@ -230,6 +230,8 @@ pub(super) struct Serving {
     stop: CancellationToken,
     /// Stops the run-event publisher, once the engine stopped committing.
     events_stop: CancellationToken,
+    /// Stops it at once, with nothing more written: the partition is lost.
+    events_lost: CancellationToken,
     /// With several partitions: where the router hands this partition's findings over
     /// without routing them through the stream (it pulled them on this runner).
     pub(super) handover: Option<tokio::sync::mpsc::Sender<async_nats::jetstream::Message>>,
@@ -349,7 +351,7 @@ impl Serving {
         // Started last (the events of the commits before are in the audit log), once nothing
         // can fail; stopped after the engine (`Serving::stop`), so it publishes the events of
         // the last commits.
-        let events_stop = CancellationToken::new();
+        let (events_stop, events_lost) = (CancellationToken::new(), CancellationToken::new());
         tasks.spawn(
             "run events",
             publisher.run(
@@ -357,6 +359,7 @@ impl Serving {
                     engine: engine.clone(),
                 },
                 events_stop.clone(),
+                events_lost.clone(),
             ),
         );
         Ok(Serving {
@@ -369,6 +372,7 @@ impl Serving {
             failed,
             stop,
             events_stop,
+            events_lost,
             handover,
         })
     }
@@ -386,6 +390,7 @@ impl Serving {
             tracing::warn!(
                 "the partition is lost: in-flight steps stop now; its new owner resumes them"
             );
+            self.events_lost.cancel();
             self.engine.abort();
         } else if tokio::time::timeout(grace, self.engine.idle())
             .await
